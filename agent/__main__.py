@@ -1,0 +1,5 @@
+import sys
+
+from zcrepl.agent.main import main
+
+sys.exit(main())

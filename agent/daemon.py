@@ -1,0 +1,129 @@
+"""The zc-agent daemon: exports, data port, health, gRPC API and the controller link, as one unit.
+
+``with Agent(config) as agent:`` starts everything (ports may be 0) and stops it in reverse order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from types import TracebackType
+
+from zcrepl.agent.exports import Exports
+from zcrepl.agent.health import HealthMonitor, HealthSampler
+from zcrepl.agent.link import ControllerLink
+from zcrepl.agent.service import SERVICE_NAME, AgentService
+from zcrepl.agent.transfer.server import DataServer, TicketBook
+from zcrepl.agent.transfers import Transfers
+from zcrepl.core.config import AgentConfig, split_address
+from zcrepl.core.logs import kv
+from zcrepl.core.readyfile import write_ready_file
+from zcrepl.core.types import AgentInfo, HostHealth
+from zcrepl.proto import agent_pb2_grpc
+from zcrepl.proto.channels import add_health_and_reflection, bind, sync_server
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0"
+_WILDCARD = ("", "0.0.0.0", "::")
+
+
+def local_address_towards(target: str) -> str:
+    """The local IP this host would use to reach ``target`` (no packet is sent: UDP connect)."""
+    host, port = split_address(target)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((host, port or 9))
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.exports = Exports(config.name, config.exports)
+        self.tickets = TicketBook()
+        self.data: DataServer | None = None
+        self.transfers: Transfers | None = None
+        self.monitor: HealthMonitor | None = None
+        self.link: ControllerLink | None = None
+        self.grpc_address = ""
+        self.data_address = ""
+        self._server = sync_server()
+
+    def _advertise(self, host: str, port: int) -> str:
+        if host in _WILDCARD:
+            host = self.config.advertise_host or local_address_towards(self.config.controller)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def info(self) -> AgentInfo:
+        return AgentInfo(
+            name=self.config.name, grpc_address=self.grpc_address, data_address=self.data_address,
+            exports=self.exports.paths, version=VERSION, pid=os.getpid(), hostname=socket.gethostname(),
+        )
+
+    def health(self) -> HostHealth:
+        assert self.monitor is not None
+        return self.monitor.latest
+
+    def start(self) -> Agent:
+        cfg = self.config
+        try:
+            dhost, dport = split_address(cfg.data_listen)
+            self.data = DataServer(dhost, dport, self.tickets, handshake_timeout=cfg.handshake_timeout,
+                                   io_timeout=cfg.io_timeout, max_connections=cfg.max_connections)
+            self.data_address = self._advertise(dhost, self.data.address[1])
+            self.transfers = Transfers(cfg.name, self.exports, self.data, self.tickets, self._report,
+                                       io_timeout=cfg.io_timeout)
+            sampler = HealthSampler(self.exports.paths, active_transfers=self.transfers.count)
+            self.monitor = HealthMonitor(sampler, cfg.heartbeat_interval)
+            self.monitor.start()
+            agent_pb2_grpc.add_AgentServicer_to_server(AgentService(self.health, self.info), self._server)
+            add_health_and_reflection(self._server, [SERVICE_NAME])
+            ghost, _ = split_address(cfg.listen)
+            gport = bind(self._server, cfg.listen)
+            self.grpc_address = self._advertise(ghost, gport)
+            self._server.start()
+            self.data.start()
+            self.link = ControllerLink(
+                cfg.controller, self.info, self.health, self.transfers,
+                heartbeat_interval=cfg.heartbeat_interval, reconnect_max=cfg.reconnect_max,
+                on_interval=self.monitor.set_interval,
+            )
+            self.link.start()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("agent serving", extra=kv(name=cfg.name, grpc=self.grpc_address, data=self.data_address,
+                                           controller=cfg.controller, exports=b",".join(self.exports.paths)))
+        if cfg.ready_file:
+            write_ready_file(cfg.ready_file, {"name": cfg.name, "pid": os.getpid(), "grpc": self.grpc_address,
+                                              "data": self.data_address})
+        return self
+
+    def _report(self, r: object) -> None:
+        if self.link is not None:
+            self.link.report(r)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self.transfers is not None:
+            self.transfers.cancel_all("agent shutting down")
+        if self.link is not None:
+            self.link.stop()
+        if self.data is not None:
+            self.data.stop()
+        if self.transfers is not None:
+            self.transfers.join(5)
+        self._server.stop(grace=2).wait(3)
+        if self.monitor is not None:
+            self.monitor.stop()
+        self.exports.close()
+        log.info("agent stopped", extra=kv(name=self.config.name))
+
+    def __enter__(self) -> Agent:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,52 @@
+"""The directory roots an agent serves; every job path must resolve below one of them."""
+
+from __future__ import annotations
+
+import os
+
+from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
+from zcrepl.core.errors import InvalidPath, UnsafePath
+from zcrepl.core.paths import canonical_abs, relative_to, show
+
+
+class Exports:
+    """Opened once at start; the held root fds are what confinement is relative to."""
+
+    def __init__(self, host: str, roots: tuple[bytes, ...]) -> None:
+        self.host = host
+        self.roots: list[tuple[bytes, bytes, SafeRoot]] = []  # (as configured, realpath, opened root)
+        for raw in roots:
+            path = canonical_abs(raw)
+            self.roots.append((path, os.path.realpath(path), SafeRoot(path)))
+
+    @property
+    def paths(self) -> tuple[bytes, ...]:
+        return tuple(p for p, _, _ in self.roots)
+
+    def close(self) -> None:
+        for _, _, root in self.roots:
+            root.close()
+
+    def resolve(self, path: bytes) -> tuple[SafeRoot, tuple[bytes, ...]]:
+        """(export root, components below it) for an absolute job path, or InvalidPath naming the exports."""
+        try:
+            path = canonical_abs(path, what=f"{self.host}:{show(path)}")
+        except InvalidPath:
+            raise
+        best: tuple[SafeRoot, bytes] | None = None
+        for configured, real, root in self.roots:
+            for base in (configured, real):
+                rel = relative_to(path, base)
+                if rel is not None and (best is None or len(base) > len(best[0].path)):
+                    best = (root, rel)
+        if best is None:
+            listed = ", ".join(show(p) for p in self.paths)
+            raise InvalidPath(
+                f"{self.host}:{show(path)} is outside the exports of {self.host} ({listed}); "
+                f"use a path under an export, or start zc-agent on {self.host} with --export for it"
+            )
+        root, rel = best
+        try:
+            return root, validate_relpath(rel)
+        except UnsafePath as err:
+            raise InvalidPath(f"{self.host}:{show(path)}: {err}") from err

@@ -1,0 +1,59 @@
+"""``zc-agent``: export directory roots, move file bytes to peers, report health to the controller."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from zcrepl.agent.daemon import Agent
+from zcrepl.core.config import AgentConfig, load_config
+from zcrepl.core.errors import ConfigError
+from zcrepl.core.logs import kv, setup_logging
+
+log = logging.getLogger("zcrepl.agent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zc-agent", description=__doc__)
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file with the same keys as the flags")
+    p.add_argument("--name", help="agent (host) name operators use in HOST:/path (default: short hostname)")
+    p.add_argument("--controller", metavar="HOST:PORT", help="controller address (default 127.0.0.1:7420)")
+    p.add_argument("--export", dest="exports", action="append", metavar="DIR",
+                   help="directory root to serve; repeat for several")
+    p.add_argument("--listen", metavar="HOST:PORT", help="gRPC API address (port 0 = any free port)")
+    p.add_argument("--data-listen", metavar="HOST:PORT", help="data port address (port 0 = any free port)")
+    p.add_argument("--advertise-host", metavar="HOST", help="host to advertise when listening on 0.0.0.0")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["kv", "json"])
+    p.add_argument("--ready-file", metavar="FILE", help="write bound addresses as JSON here once serving")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    try:
+        config = load_config(AgentConfig, args.config, flags)
+    except ConfigError as err:
+        print(f"zc-agent: {err}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, config.log_format)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        with Agent(config):
+            stop.wait()
+            log.info("signal received, shutting down", extra=kv(name=config.name))
+    except OSError as err:
+        log.error("cannot start", extra=kv(error=err))
+        print(f"zc-agent: cannot start: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Atomic writes and confined removal inside a directory fd (DESIGN §3 rules 1 and 2).
+
+A file is written under a temp name in its own directory and renamed over the final name only on
+commit, so a reader sees the old or the new file, never a partial one. Removal works through fds
+opened ``O_NOFOLLOW``, so a directory swapped for a symlink is unlinked as a link, never descended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import time
+from types import TracebackType
+
+from zcrepl.agent.transfer.saferoot import MAX_DEPTH, temp_name, validate_name
+from zcrepl.core.errors import UnsafePath
+from zcrepl.core.paths import show
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_ATTEMPTS = 16
+
+
+def _unlink_quiet(name: bytes, dir_fd: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+class AtomicFile:
+    """A temp file in the target directory, renamed over the final name on commit.
+
+    A reader never sees a partial file under the final name. The caller writes through ``fd`` and keeps
+    ownership of ``dir_fd``, which must stay open until commit or discard. An existing symlink at the leaf
+    is replaced, never written through. As a context manager, leaving without :meth:`commit` discards.
+    """
+
+    fd: int
+    tmp: bytes
+    leaf: bytes
+
+    def __init__(self, dir_fd: int, leaf: bytes, size: int | None = None) -> None:
+        self.leaf = validate_name(leaf)
+        self._dir_fd = dir_fd
+        self._done = False
+        self.fd = -1
+        for _ in range(_TEMP_ATTEMPTS):
+            self.tmp = temp_name(leaf)
+            try:
+                # O_EXCL|O_NOFOLLOW: a name planted by anyone else (even a symlink) is never opened.
+                self.fd = os.open(self.tmp, _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(errno.EEXIST, "no free temp name after retries", self.tmp)
+        if size is not None and size > 0:
+            try:
+                os.posix_fallocate(self.fd, 0, size)
+            except OSError as err:
+                if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    self.discard()
+                    raise
+            except BaseException:
+                self.discard()
+                raise
+
+    def commit(self, mode: int, mtime_ns: int, *, fsync: bool = False) -> None:
+        """Set ``mode & 0o777`` and the mtime (ns) on the fd, fsync if asked, close, rename over the leaf.
+
+        With ``fsync`` the directory is fsynced after the rename too. If anything before the rename fails,
+        the temp is discarded and the error propagates (:class:`IsADirectoryError` for a directory leaf).
+        """
+        if self._done or self.fd < 0:
+            raise ValueError(f'AtomicFile for "{show(self.leaf)}" already committed or discarded')
+        try:
+            os.fchmod(self.fd, mode & 0o777)
+            os.utime(self.fd, ns=(time.time_ns(), mtime_ns))
+            if fsync:
+                os.fsync(self.fd)
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+            os.rename(self.tmp, self.leaf, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        except BaseException:
+            self.discard()
+            raise
+        self._done = True
+        if fsync:
+            os.fsync(self._dir_fd)
+
+    def discard(self) -> None:
+        """Close the fd if open and unlink the temp; idempotent, and a no-op after a successful commit."""
+        if self._done:
+            return
+        self._done = True
+        fd, self.fd = self.fd, -1
+        try:
+            if fd >= 0:
+                os.close(fd)
+        finally:
+            _unlink_quiet(self.tmp, self._dir_fd)
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.discard()
+
+
+def replace_symlink(dir_fd: int, leaf: bytes, target: bytes, mtime_ns: int) -> None:
+    """Atomically make ``leaf`` in ``dir_fd`` a symlink to ``target`` (verbatim) with mtime ``mtime_ns``.
+
+    The link is made under a temp name, its own mtime set (rename keeps it), then renamed over ``leaf``;
+    the temp is removed on failure. The target is never followed, so dangling or escaping is harmless.
+    """
+    validate_name(leaf)
+    if not target or b"\0" in target:
+        raise UnsafePath(f'refusing symlink "{show(leaf)}" -> "{show(target)}": empty target or NUL byte')
+    for _ in range(_TEMP_ATTEMPTS):
+        tmp = temp_name(leaf)
+        try:
+            os.symlink(target, tmp, dir_fd=dir_fd)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, "no free temp name after retries", leaf)
+    try:
+        os.utime(tmp, ns=(time.time_ns(), mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        os.rename(tmp, leaf, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        _unlink_quiet(tmp, dir_fd)
+        raise
+
+
+def set_dir_meta(dir_fd_of_dir: int, mode: int, mtime_ns: int) -> None:
+    """Set ``mode & 0o777`` and the mtime (ns) on an open directory fd."""
+    os.fchmod(dir_fd_of_dir, mode & 0o777)
+    os.utime(dir_fd_of_dir, ns=(time.time_ns(), mtime_ns))
+
+
+# ------------------------------------------------------------------------------------------------ removal
+
+
+def remove_entry(dir_fd: int, leaf: bytes) -> int:
+    """Remove whatever is at ``leaf`` in ``dir_fd``; return how many entries went (absent: 0).
+
+    A file or symlink counts 1 (a symlink is never followed). A directory is removed bottom-up through fds
+    opened ``O_NOFOLLOW`` and counts itself plus every entry below it. One fd is held per level, so a tree
+    deeper than ``MAX_DEPTH`` raises :class:`UnsafePath` (part of it may already be gone).
+    """
+    validate_name(leaf)
+    try:
+        st = os.stat(leaf, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return 0
+    if stat.S_ISDIR(st.st_mode):
+        return _remove_tree(dir_fd, leaf)
+    return _unlink_count(leaf, dir_fd)
+
+
+def _unlink_count(name: bytes, dir_fd: int) -> int:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return 0
+    return 1
+
+
+def _open_subdir(parent: int, name: bytes) -> int | None:
+    """fd of directory ``name`` opened O_NOFOLLOW, or None when it is (now) not a directory."""
+    try:
+        return os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+    except OSError as err:
+        if err.errno in (errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
+
+
+def _remove_tree(parent_fd: int, name: bytes) -> int:
+    # Iterative and fd-relative: each directory is entered with O_NOFOLLOW from its parent's fd, so a
+    # subdirectory swapped for a symlink mid-removal is unlinked as a link, never descended into; entries
+    # that appear or change type meanwhile are picked up by rescanning until rmdir succeeds.
+    try:
+        top = _open_subdir(parent_fd, name)
+    except FileNotFoundError:
+        return 0
+    if top is None:  # swapped for a file or symlink since the caller's lstat
+        return _unlink_count(name, parent_fd)
+    removed = 0
+    stack: list[tuple[int, bytes]] = [(top, name)]
+    try:
+        while stack:
+            fd, dname = stack[-1]
+            descend: tuple[int, bytes] | None = None
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    ename = os.fsencode(entry.name)
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                        child = _open_subdir(fd, ename) if is_dir else None
+                    except FileNotFoundError:
+                        continue
+                    if child is not None:
+                        descend = (child, ename)
+                        break
+                    with contextlib.suppress(IsADirectoryError):  # became a dir: the rescan descends
+                        removed += _unlink_count(ename, fd)
+            if descend is not None:
+                if len(stack) >= MAX_DEPTH:
+                    os.close(descend[0])
+                    raise UnsafePath(f'refusing to remove "{show(name)}": more than {MAX_DEPTH} levels deep')
+                stack.append(descend)
+                continue
+            parent = stack[-2][0] if len(stack) > 1 else parent_fd
+            try:
+                os.rmdir(dname, dir_fd=parent)
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                if err.errno != errno.ENOTEMPTY:
+                    raise
+                continue  # something was created inside meanwhile: scan again
+            stack.pop()
+            os.close(fd)
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+    return removed

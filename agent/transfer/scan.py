@@ -1,0 +1,130 @@
+"""Walk a source tree into manifest entries, confined to its root.
+
+Iterative (no recursion), one directory fd open at a time, names as bytes, symlinks recorded as links
+and never followed. Devices, FIFOs and sockets are skipped with a reason. Parents always come before
+their children, which the receiver relies on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable, Iterator
+
+import xxhash
+
+from zcrepl.agent.transfer.frame import Entry, Kind
+from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, TEMP_PREFIX, SafeRoot
+from zcrepl.core.errors import UnsafePath
+from zcrepl.core.logs import kv
+
+log = logging.getLogger(__name__)
+
+SkipFn = Callable[[bytes, str], None]
+_HASH_BUF = 1 << 20
+
+
+def file_digest(fd: int, buf: bytearray | None = None) -> bytes:
+    """xxh3-128 of a whole file read through ``fd`` (from offset 0, fd position untouched)."""
+    h = xxhash.xxh3_128()
+    buf = buf if buf is not None else bytearray(_HASH_BUF)
+    mv = memoryview(buf)
+    off = 0
+    while True:
+        n = os.preadv(fd, [mv], off)
+        if n == 0:
+            return h.digest()
+        h.update(mv[:n])
+        off += n
+
+
+class Scanner:
+    """Yields the root entry (``b""``) and then every entry below it, parents first."""
+
+    def __init__(self, root: SafeRoot, *, checksum: bool = False, on_skip: SkipFn | None = None) -> None:
+        self.root = root
+        self.checksum = checksum
+        self.on_skip = on_skip or (lambda _p, _r: None)
+        self._buf = bytearray(_HASH_BUF) if checksum else None
+
+    def entries(self) -> Iterator[Entry]:
+        st = os.fstat(self.root.fd)
+        yield Entry(Kind.DIR, b"", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+        visited = {(st.st_dev, st.st_ino)}
+        stack: list[tuple[bytes, ...]] = [()]
+        while stack:
+            parts = stack.pop()
+            try:
+                dfd = self.root.open_dir(parts)
+            except (FileNotFoundError, NotADirectoryError, UnsafePath) as err:
+                # Replaced or removed between listing its parent and now: the tree changed under us.
+                self.on_skip(b"/".join(parts), f"directory changed during the scan ({err})")
+                continue
+            try:
+                subdirs = yield from self._list(dfd, parts, visited)
+            finally:
+                os.close(dfd)
+            stack.extend(reversed(subdirs))
+
+    def _list(
+        self, dfd: int, parts: tuple[bytes, ...], visited: set[tuple[int, int]]
+    ) -> Iterator[Entry]:
+        with os.scandir(dfd) as it:
+            items = sorted((os.fsencode(de.name), de) for de in it)
+        subdirs: list[tuple[bytes, ...]] = []
+        prefix = b"/".join(parts) + b"/" if parts else b""
+        for name, de in items:
+            if name.startswith(TEMP_PREFIX):
+                continue
+            rel = prefix + name
+            try:
+                st = de.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if len(rel) > MAX_PATH or len(parts) + 1 > MAX_DEPTH:
+                self.on_skip(rel, f"path longer than {MAX_PATH} bytes or deeper than {MAX_DEPTH} levels")
+                continue
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                key = (st.st_dev, st.st_ino)
+                yield Entry(Kind.DIR, rel, stat.S_IMODE(mode), st.st_mtime_ns)
+                if key not in visited:  # bind-mount loops
+                    visited.add(key)
+                    subdirs.append((*parts, name))
+            elif stat.S_ISREG(mode):
+                digest = b""
+                if self.checksum:
+                    try:
+                        digest = self._digest(dfd, name)
+                    except OSError as err:
+                        self.on_skip(rel, f"cannot read for --checksum: {err.strerror}")
+                        continue
+                yield Entry(Kind.FILE, rel, stat.S_IMODE(mode), st.st_mtime_ns, st.st_size, digest=digest)
+            elif stat.S_ISLNK(mode):
+                try:
+                    target = os.readlink(name, dir_fd=dfd)
+                except OSError:
+                    continue
+                yield Entry(Kind.SYMLINK, rel, stat.S_IMODE(mode), st.st_mtime_ns, target=target)
+            else:
+                kind = "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else (
+                    "FIFO" if stat.S_ISFIFO(mode) else "socket")
+                self.on_skip(rel, f"{kind}: only regular files, directories and symlinks are replicated")
+        return subdirs
+
+    def _digest(self, dfd: int, name: bytes) -> bytes:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(0, "not a regular file any more")
+            return file_digest(fd, self._buf)
+        finally:
+            os.close(fd)
+
+
+def log_skip(job_id: int) -> SkipFn:
+    def on_skip(path: bytes, reason: str) -> None:
+        log.warning("skipped", extra=kv(job=job_id, path=path, reason=reason))
+
+    return on_skip

@@ -1,0 +1,201 @@
+"""The data port: accepts connections, authenticates them with single-use tickets, runs receivers.
+
+A connection must present a ticket the controller minted for a job this agent was told to receive,
+within ``handshake_timeout``; anything else is refused and closed. Tickets are looked up by their
+SHA-256, so the lookup itself leaks nothing about valid tickets, and are removed on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer.frame import Channel
+from zcrepl.core.errors import ProtocolError
+from zcrepl.core.logs import kv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Grant:
+    """What a valid ticket unlocks: one session for one attempt of one job."""
+
+    job_id: int
+    attempt: int
+    expires_at: float  # time.monotonic()
+    # Runs the session on the authenticated connection; owns error reporting.
+    serve: Callable[[Channel], None]
+    on_expired: Callable[[], None] = lambda: None
+
+
+class TicketBook:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._grants: dict[bytes, Grant] = {}
+        self._clock = clock
+
+    @staticmethod
+    def _key(ticket: bytes) -> bytes:
+        return hashlib.sha256(ticket).digest()
+
+    def register(self, ticket: bytes, grant: Grant) -> None:
+        if len(ticket) != fr.TICKET_LEN:
+            raise ValueError(f"tickets are {fr.TICKET_LEN} bytes")
+        with self._lock:
+            self._grants[self._key(ticket)] = grant
+
+    def take(self, ticket: bytes, job_id: int, attempt: int) -> Grant | None:
+        """The grant for this ticket, removed so it can never be used again; None if unknown or stale."""
+        with self._lock:
+            key = self._key(ticket)
+            grant = self._grants.get(key)
+            if grant is None or grant.job_id != job_id or grant.attempt != attempt:
+                return None
+            del self._grants[key]
+        if grant.expires_at < self._clock():
+            grant.on_expired()
+            return None
+        return grant
+
+    def revoke(self, job_id: int, attempt: int) -> bool:
+        with self._lock:
+            keys = [k for k, g in self._grants.items() if (g.job_id, g.attempt) == (job_id, attempt)]
+            for k in keys:
+                del self._grants[k]
+        return bool(keys)
+
+    def expire(self) -> None:
+        now = self._clock()
+        with self._lock:
+            stale = [(k, g) for k, g in self._grants.items() if g.expires_at < now]
+            for k, _ in stale:
+                del self._grants[k]
+        for _, g in stale:
+            g.on_expired()
+
+
+class DataServer:
+    """Listening socket plus one thread per connection (bounded by ``max_connections``)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tickets: TicketBook,
+        *,
+        handshake_timeout: float = 10.0,
+        io_timeout: float = 60.0,
+        max_connections: int = 64,
+    ) -> None:
+        self.tickets = tickets
+        self.handshake_timeout = handshake_timeout
+        self.io_timeout = io_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._lock = threading.Lock()
+        self._conns: dict[socket.socket, tuple[int, int] | None] = {}
+        self._threads: set[threading.Thread] = set()
+        self._stopping = threading.Event()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self._sock.listen(128)
+        self.address: tuple[str, int] = self._sock.getsockname()[:2]
+        self._acceptor = threading.Thread(target=self._accept_loop, name="zc-data-accept", daemon=True)
+
+    def start(self) -> None:
+        self._acceptor.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        self._acceptor.join(5)
+        with self._lock:
+            conns = list(self._conns)
+            threads = list(self._threads)
+        for c in conns:
+            _shutdown(c)
+        for t in threads:
+            t.join(5)
+
+    def abort(self, job_id: int, attempt: int) -> None:
+        """Drop the live connection of this attempt, if any (cancel)."""
+        with self._lock:
+            conns = [c for c, ref in self._conns.items() if ref == (job_id, attempt)]
+        for c in conns:
+            _shutdown(c)
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, peer = self._sock.accept()
+            except OSError:
+                return
+            if not self._slots.acquire(blocking=False):
+                log.warning("data connection refused: too many connections", extra=kv(peer=peer[0]))
+                conn.close()
+                continue
+            t = threading.Thread(target=self._serve, args=(conn, peer), name="zc-data-conn", daemon=True)
+            with self._lock:
+                self._conns[conn] = None
+                self._threads.add(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            conn.settimeout(self.handshake_timeout)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ch = Channel(conn)
+            try:
+                kind, payload = ch.recv_frame(limit=256)
+                if kind is not fr.T.HELLO:
+                    raise ProtocolError(f"expected HELLO, got {kind.name}")
+                hello = fr.decode_hello(payload)
+            except (ProtocolError, OSError) as err:
+                log.warning("data connection dropped before authentication", extra=kv(peer=peer[0], error=err))
+                _refuse(ch, "protocol error before authentication")
+                return
+            grant = self.tickets.take(hello.ticket, hello.job_id, hello.attempt)
+            if grant is None:
+                log.warning("data connection refused: bad ticket",
+                            extra=kv(peer=peer[0], job=hello.job_id, attempt=hello.attempt))
+                _refuse(ch, "unknown, expired or already used ticket")
+                return
+            with self._lock:
+                self._conns[conn] = (grant.job_id, grant.attempt)
+            conn.settimeout(self.io_timeout)
+            ch.send(fr.frame(fr.T.ACCEPT))
+            grant.serve(ch)
+        except Exception:  # a session must never take the agent down
+            log.exception("data session crashed", extra=kv(peer=peer[0]))
+        finally:
+            with self._lock:
+                self._conns.pop(conn, None)
+                self._threads.discard(threading.current_thread())
+            conn.close()
+            self._slots.release()
+
+
+def _refuse(ch: Channel, reason: str) -> None:
+    try:
+        ch.send(fr.encode_text(fr.T.REFUSE, reason))
+    except OSError:
+        pass
+
+
+def _shutdown(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

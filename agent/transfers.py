@@ -1,0 +1,245 @@
+"""Runs the orders an agent receives: one receiver registration or sender thread per attempt.
+
+Every outcome is reported upward as a TransferReport; errors carry one sentence naming the host, the
+path and the cause, and whether another attempt could help.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from zcrepl.agent.exports import Exports
+from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer.frame import Channel
+from zcrepl.agent.transfer.receive import Receiver, ReceiveSpec
+from zcrepl.agent.transfer.saferoot import SafeRoot
+from zcrepl.agent.transfer.send import Sender, SendSpec
+from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
+from zcrepl.core.config import split_address
+from zcrepl.core.errors import Cancelled, ConfigError, InvalidPath, TransferError, UnsafePath, ZcError
+from zcrepl.core.logs import kv
+from zcrepl.core.paths import show
+from zcrepl.core.types import (
+    CancelOrder,
+    Phase,
+    ReceiveOrder,
+    Role,
+    SendOrder,
+    TransferReport,
+    TransferStats,
+)
+
+log = logging.getLogger(__name__)
+
+ReportFn = Callable[[TransferReport], None]
+TICKET_TTL = 120.0
+
+
+@dataclass
+class _Active:
+    role: Role
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+
+class Transfers:
+    def __init__(
+        self,
+        host: str,
+        exports: Exports,
+        data: DataServer,
+        tickets: TicketBook,
+        report: ReportFn,
+        *,
+        io_timeout: float = 60.0,
+    ) -> None:
+        self.host = host
+        self.exports = exports
+        self.data = data
+        self.tickets = tickets
+        self.report = report
+        self.io_timeout = io_timeout
+        self._lock = threading.Lock()
+        self._active: dict[tuple[int, int, Role], _Active] = {}
+
+    # -- queries ------------------------------------------------------------------------------------
+    def count(self) -> int:
+        with self._lock:
+            return len(self._active)
+
+    def refs(self) -> list[tuple[int, int]]:
+        with self._lock:
+            return sorted({(j, a) for j, a, _ in self._active})
+
+    # -- orders -------------------------------------------------------------------------------------
+    def receive(self, order: ReceiveOrder) -> None:
+        label = f"{self.host}:{show(order.path)}"
+        try:
+            root, rel = self.exports.resolve(order.path)
+            _check_destination(root, rel, label)
+        except ZcError as err:
+            self._fail(order.job_id, order.attempt, Role.RECEIVER, str(err), retryable=False)
+            return
+        key = (order.job_id, order.attempt, Role.RECEIVER)
+        with self._lock:
+            self._active[key] = _Active(Role.RECEIVER)
+
+        def serve(ch: Channel) -> None:
+            self._serve_receive(order, root, rel, label, ch)
+
+        def expired() -> None:
+            self._forget(key)
+            self._fail(order.job_id, order.attempt, Role.RECEIVER,
+                       f"{label}: the source never connected to the data port "
+                       f"{self.data.address[0]}:{self.data.address[1]} within {TICKET_TTL:.0f}s", retryable=True)
+
+        self.tickets.register(order.ticket, Grant(order.job_id, order.attempt,
+                                                  time.monotonic() + TICKET_TTL, serve, expired))
+        log.info("receive ready", extra=kv(job=order.job_id, attempt=order.attempt, path=order.path))
+        self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.READY))
+
+    def send(self, order: SendOrder) -> None:
+        label = f"{self.host}:{show(order.path)}"
+        try:
+            root, rel = self.exports.resolve(order.path)
+            src = _open_source(root, rel, label)
+            address = split_address(order.dest_data_address)
+        except (ZcError, ConfigError) as err:
+            self._fail(order.job_id, order.attempt, Role.SENDER, str(err), retryable=False)
+            return
+        key = (order.job_id, order.attempt, Role.SENDER)
+        active = _Active(Role.SENDER)
+        with self._lock:
+            self._active[key] = active
+        spec = SendSpec(
+            job_id=order.job_id, attempt=order.attempt, ticket=order.ticket, address=address,
+            options=order.options, cancel=active.cancel, io_timeout=self.io_timeout,
+            on_progress=lambda s: self.report(
+                TransferReport(order.job_id, order.attempt, Role.SENDER, Phase.PROGRESS, s)),
+        )
+        active.thread = threading.Thread(
+            target=self._run_sender, args=(spec, src, key, label, order), name=f"zc-send-{order.job_id}",
+            daemon=True,
+        )
+        active.thread.start()
+
+    def cancel(self, order: CancelOrder) -> None:
+        with self._lock:
+            hits = [a for (j, att, _), a in self._active.items() if (j, att) == (order.job_id, order.attempt)]
+        for a in hits:
+            a.cancel.set()
+        if self.tickets.revoke(order.job_id, order.attempt):
+            self._forget((order.job_id, order.attempt, Role.RECEIVER))
+        self.data.abort(order.job_id, order.attempt)
+        log.info("transfer cancelled", extra=kv(job=order.job_id, attempt=order.attempt, reason=order.reason))
+
+    def cancel_all(self, reason: str) -> None:
+        for job_id, attempt in self.refs():
+            self.cancel(CancelOrder(job_id, attempt, reason))
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = [a.thread for a in self._active.values() if a.thread is not None]
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    # -- workers ------------------------------------------------------------------------------------
+    def _run_sender(self, spec: SendSpec, src: SafeRoot, key: tuple[int, int, Role], label: str,
+                    order: SendOrder) -> None:
+        t0 = time.monotonic()
+        sender = Sender(spec, src)
+        try:
+            stats = sender.run()
+        except Cancelled:
+            self._forget(key)
+            log.info("send cancelled", extra=kv(job=spec.job_id, attempt=spec.attempt))
+            return
+        except TransferError as err:
+            self._forget(key)
+            where = f"{label} -> {order.dest_host}:{show(order.dest_path)}"
+            self._fail(spec.job_id, spec.attempt, Role.SENDER, f"{where}: {err}", retryable=err.retryable,
+                       stats=sender.snapshot())
+            return
+        except Exception as err:  # never let a sender bug kill the agent silently
+            self._forget(key)
+            log.exception("sender crashed", extra=kv(job=spec.job_id))
+            self._fail(spec.job_id, spec.attempt, Role.SENDER, f"{label}: internal error: {err!r}",
+                       retryable=True, stats=sender.snapshot())
+            return
+        finally:
+            src.close()
+        self._forget(key)
+        log.info("send done", extra=kv(job=spec.job_id, attempt=spec.attempt, files=stats.files_done,
+                                       bytes=stats.bytes_done, seconds=round(time.monotonic() - t0, 3)))
+        self.report(TransferReport(spec.job_id, spec.attempt, Role.SENDER, Phase.DONE, stats))
+
+    def _serve_receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,
+                       ch: Channel) -> None:
+        key = (order.job_id, order.attempt, Role.RECEIVER)
+        spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label)
+        receiver = Receiver(spec, ch)
+        t0 = time.monotonic()
+        try:
+            stats = receiver.run()
+        except (TransferError, OSError) as err:
+            retryable = getattr(err, "retryable", True) and not isinstance(err, UnsafePath)
+            msg = str(err) if isinstance(err, TransferError) else (err.strerror or str(err))
+            if isinstance(err, (TransferError, UnsafePath)) and not isinstance(err, Cancelled):
+                try:
+                    ch.send(fr.encode_text(fr.T.ABORT, msg))
+                except OSError:
+                    pass
+            log.warning("receive failed", extra=kv(job=order.job_id, attempt=order.attempt, error=msg))
+            self._forget(key)
+            self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: {msg}", retryable=retryable,
+                       stats=receiver.stats())
+            return
+        self._forget(key)
+        log.info("receive done", extra=kv(job=order.job_id, attempt=order.attempt, files=stats.files_done,
+                                          bytes=stats.bytes_done, skipped=stats.files_skipped,
+                                          deleted=stats.deleted, seconds=round(time.monotonic() - t0, 3)))
+        self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE, stats))
+
+    def _forget(self, key: tuple[int, int, Role]) -> None:
+        with self._lock:
+            self._active.pop(key, None)
+
+    def _fail(self, job_id: int, attempt: int, role: Role, error: str, *, retryable: bool,
+              stats: TransferStats | None = None) -> None:
+        log.warning("transfer failed", extra=kv(job=job_id, attempt=attempt, role=role.value, error=error))
+        self.report(TransferReport(job_id, attempt, role, Phase.FAILED, stats or TransferStats(), error,
+                                   retryable))
+
+
+def _open_source(root: SafeRoot, rel: tuple[bytes, ...], label: str) -> SafeRoot:
+    try:
+        fd = root.open_dir(rel)
+    except FileNotFoundError as err:
+        raise InvalidPath(f"{label} does not exist; check the path (zc-ctl agents lists the exports)") from err
+    except NotADirectoryError as err:
+        raise InvalidPath(f"{label} is not a directory; zcrepl replicates directory trees") from err
+    except UnsafePath as err:
+        raise InvalidPath(f"{label} passes through a symlink; name the real directory instead") from err
+    except PermissionError as err:
+        raise InvalidPath(f"{label}: permission denied; run zc-agent as a user that can read it") from err
+    return SafeRoot.from_fd(fd, root.path + b"/" + b"/".join(rel) if rel else root.path)
+
+
+def _check_destination(root: SafeRoot, rel: tuple[bytes, ...], label: str) -> None:
+    """Refuse before any write when an existing component is a symlink or not a directory."""
+    for depth in range(1, len(rel) + 1):
+        try:
+            fd = root.open_dir(rel[:depth])
+        except FileNotFoundError:
+            return  # the rest will be created when the source connects
+        except NotADirectoryError as err:
+            raise InvalidPath(f"{label}: {show(b'/'.join(rel[:depth]))} exists and is not a directory") from err
+        except UnsafePath as err:
+            raise InvalidPath(f"{label} passes through a symlink; name the real directory instead") from err
+        os.close(fd)

@@ -1,0 +1,5 @@
+import sys
+
+from zcrepl.controller.main import main
+
+sys.exit(main())

@@ -1,0 +1,94 @@
+"""A typed, synchronous client of the Controller API: what zc-ctl (and scripts) build on.
+
+Every call has a deadline; RpcErrors come back as domain errors whose message says what to do next.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import grpc
+
+from zcrepl.core.errors import Unavailable
+from zcrepl.core.types import AgentStatus, Endpoint, Job, JobOptions, JobState
+from zcrepl.proto import controller_pb2 as cpb
+from zcrepl.proto import controller_pb2_grpc
+from zcrepl.proto.channels import channel
+from zcrepl.proto.convert import (
+    agent_status_from_pb,
+    endpoint_to_pb,
+    job_from_pb,
+    options_to_pb,
+    state_to_pb,
+)
+from zcrepl.proto.errors import from_rpc_error
+
+R = TypeVar("R")
+
+
+class ControllerClient:
+    def __init__(self, target: str, timeout: float = 10.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = channel(target)
+        self._stub = controller_pb2_grpc.ControllerStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ControllerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, fn: Callable[..., R], request: object) -> R:
+        try:
+            return fn(request, timeout=self.timeout, wait_for_ready=False)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, self.target) from None
+
+    def submit(self, src: Endpoint, dst: Endpoint, options: JobOptions) -> Job:
+        req = cpb.SubmitJobRequest(source=endpoint_to_pb(src), destination=endpoint_to_pb(dst),
+                                   options=options_to_pb(options))
+        return job_from_pb(self._call(self._stub.SubmitJob, req))
+
+    def job(self, job_id: int) -> Job:
+        return job_from_pb(self._call(self._stub.GetJob, cpb.JobRef(id=job_id)))
+
+    def jobs(self, states: tuple[JobState, ...] = (), limit: int = 0) -> list[Job]:
+        req = cpb.ListJobsRequest(states=[state_to_pb(s) for s in states], limit=limit)
+        return [job_from_pb(j) for j in self._call(self._stub.ListJobs, req).jobs]
+
+    def cancel(self, job_id: int) -> Job:
+        return job_from_pb(self._call(self._stub.CancelJob, cpb.JobRef(id=job_id)))
+
+    def agents(self) -> list[AgentStatus]:
+        return [agent_status_from_pb(a) for a in self._call(self._stub.ListAgents, cpb.ListAgentsRequest()).agents]
+
+    def health(self, names: list[str]) -> list[AgentStatus]:
+        resp = self._call(self._stub.GetAgentHealth, cpb.AgentHealthRequest(names=names))
+        return [agent_status_from_pb(a) for a in resp.agents]
+
+    def watch(self, job_id: int, reconnect_for: float = 60.0) -> Iterator[Job]:
+        """Job snapshots until it is final; rides out a controller restart for ``reconnect_for`` seconds."""
+        down_since: float | None = None
+        while True:
+            try:
+                for m in self._stub.WatchJob(cpb.JobRef(id=job_id)):
+                    down_since = None
+                    job = job_from_pb(m)
+                    yield job
+                    if job.state.final:
+                        return
+            except grpc.RpcError as err:
+                domain = from_rpc_error(err, self.target)
+                if not isinstance(domain, Unavailable):
+                    raise domain from None
+                now = time.monotonic()
+                down_since = down_since or now
+                if now - down_since > reconnect_for:
+                    raise domain from None
+                time.sleep(0.5)

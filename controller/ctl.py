@@ -1,0 +1,213 @@
+"""``zc-ctl``: the operator's command line for zcrepl.
+
+Exit codes: 0 success; 1 the job failed or was cancelled; 2 bad input (unknown host, bad path,
+unknown job); 3 the controller cannot be reached; 130 interrupted (the job keeps running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from zcrepl.controller import render
+from zcrepl.controller.client import ControllerClient
+from zcrepl.core.config import DEFAULT_CONTROLLER
+from zcrepl.core.errors import Unavailable, UserError, ZcError
+from zcrepl.core.paths import parse_endpoint
+from zcrepl.core.types import Job, JobOptions, JobState
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def parse_rate(text: str) -> int:
+    """``50M`` -> 50 MiB/s in bytes; plain numbers are bytes per second."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("/S")
+    suffix = t[-1] if t and t[-1] in units else ""
+    try:
+        value = float(t[: len(t) - len(suffix)] if suffix else t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate like 50M (bytes per second)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a rate cannot be negative")
+    return int(value * units[suffix])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zc-ctl", description="Operate a zcrepl cluster.")
+    p.add_argument("--controller", metavar="HOST:PORT",
+                   default=os.environ.get("ZC_CONTROLLER") or DEFAULT_CONTROLLER,
+                   help=f"controller address (default: $ZC_CONTROLLER, then {DEFAULT_CONTROLLER})")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("replicate", help="make DST an exact copy of the tree SRC (like rsync -a SRC/ DST/)")
+    r.add_argument("src", metavar="SRC", help="HOST:/path of the source tree")
+    r.add_argument("dst", metavar="DST", help="HOST:/path of the destination")
+    r.add_argument("--delete", action="store_true", help="remove what the source lacks from the destination")
+    r.add_argument("--checksum", action="store_true", help="compare files by content hash, not size+mtime")
+    r.add_argument("--bwlimit", type=parse_rate, default=0, metavar="RATE",
+                   help="cap the transfer at RATE bytes/s (suffix K, M, G)")
+    r.add_argument("--max-attempts", type=int, default=0, metavar="N", help="attempts before the job fails")
+    r.add_argument("--detach", action="store_true", help="print the job id and return at once")
+    r.add_argument("--json", action="store_true", help="print the final job as JSON")
+
+    sub.add_parser("agents", help="list registered agents").add_argument("--json", action="store_true")
+    h = sub.add_parser("health", help="show host health of agents")
+    h.add_argument("hosts", nargs="*", metavar="HOST", help="agent names (default: all)")
+    h.add_argument("--json", action="store_true")
+    j = sub.add_parser("jobs", help="list jobs, newest first")
+    j.add_argument("--state", action="append", choices=[s.value for s in JobState], help="filter by state")
+    j.add_argument("--limit", type=int, default=50)
+    j.add_argument("--json", action="store_true")
+    one = sub.add_parser("job", help="show one job with its attempts")
+    one.add_argument("id", type=int)
+    one.add_argument("--json", action="store_true")
+    c = sub.add_parser("cancel", help="cancel a queued or running job")
+    c.add_argument("id", type=int)
+    c.add_argument("--json", action="store_true")
+    d = sub.add_parser("demo", help="start a local controller and two agents and replicate a generated tree")
+    d.add_argument("--files", type=int, default=2000, help="number of small files in the demo tree")
+    d.add_argument("--big-mib", type=int, default=64, help="size of the one large file")
+    d.add_argument("--keep", action="store_true", help="keep the demo directory")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Console(highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if args.command == "demo":
+        from zcrepl.controller.demo import run_demo
+
+        return run_demo(files=args.files, big_mib=args.big_mib, keep=args.keep)
+    try:
+        with ControllerClient(args.controller) as client:
+            return _dispatch(args, client, out, err)
+    except Unavailable as e:
+        err.print(f"zc-ctl: {e}", markup=False)
+        return EXIT_UNREACHABLE
+    except UserError as e:
+        err.print(f"zc-ctl: {e}", markup=False)
+        return EXIT_USAGE
+    except ZcError as e:
+        err.print(f"zc-ctl: {e}", markup=False)
+        return EXIT_JOB_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _print_json(out: Console, doc: Any) -> None:
+    out.out(json.dumps(doc, indent=2, sort_keys=True), highlight=False)
+
+
+def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Console, err: Console) -> int:
+    if args.command == "replicate":
+        return _replicate(args, client, out, err)
+    if args.command == "agents":
+        agents = client.agents()
+        if args.json:
+            _print_json(out, [render.agent_doc(a) for a in agents])
+        else:
+            out.print(render.agents_table(agents))
+        return EXIT_OK
+    if args.command == "health":
+        statuses = client.health(args.hosts)
+        if args.json:
+            _print_json(out, [render.agent_doc(a) for a in statuses])
+        else:
+            for s in statuses:
+                out.print(render.health_table(s))
+        return EXIT_OK
+    if args.command == "jobs":
+        jobs = client.jobs(tuple(JobState(s) for s in args.state or ()), args.limit)
+        if args.json:
+            _print_json(out, [render.job_doc(j) for j in jobs])
+        else:
+            out.print(render.jobs_table(jobs))
+        return EXIT_OK
+    if args.command == "job":
+        job = client.job(args.id)
+        _show_job(job, args.json, out)
+        return EXIT_OK
+    if args.command == "cancel":
+        job = client.cancel(args.id)
+        if args.json:
+            _print_json(out, render.job_doc(job))
+        else:
+            out.print(f"job {job.id} cancelled", markup=False)
+        return EXIT_OK
+    raise AssertionError(args.command)
+
+
+def _show_job(job: Job, as_json: bool, out: Console) -> None:
+    if as_json:
+        _print_json(out, render.job_doc(job))
+        return
+    out.print(render.jobs_table([job]))
+    for a in job.history:
+        status = a.error or ("running" if not a.ended_at else "ok")
+        out.print(f"  attempt {a.number}: {render.progress_text(a.stats)}; {status}", markup=False)
+
+
+def _replicate(args: argparse.Namespace, client: ControllerClient, out: Console, err: Console) -> int:
+    src, dst = parse_endpoint(args.src), parse_endpoint(args.dst)
+    options = JobOptions(delete=args.delete, checksum=args.checksum, bwlimit=args.bwlimit,
+                         max_attempts=args.max_attempts)
+    job = client.submit(src, dst, options)
+    if args.detach:
+        if args.json:
+            _print_json(out, render.job_doc(job))
+        else:
+            out.print(f"job {job.id} queued; follow it with: zc-ctl job {job.id}", markup=False)
+        return EXIT_OK
+    try:
+        job = _follow(client, job, err)
+    except KeyboardInterrupt:
+        err.print(f"zc-ctl: stopped watching; job {job.id} keeps running "
+                  f"(zc-ctl job {job.id} to follow, zc-ctl cancel {job.id} to stop it)", markup=False)
+        return EXIT_INTERRUPTED
+    if args.json:
+        _print_json(out, render.job_doc(job))
+    if job.state is JobState.DONE:
+        if not args.json:
+            out.print(render.job_summary(job), markup=False)
+        return EXIT_OK
+    err.print(f"zc-ctl: job {job.id} {job.state.value}: {job.error}", markup=False)
+    return EXIT_JOB_FAILED
+
+
+def _follow(client: ControllerClient, job: Job, err: Console) -> Job:
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[files]}"), DownloadColumn(),
+        TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True,
+    )
+    with progress:
+        task = progress.add_task(f"job {job.id}", total=None, files="")
+        for snap in client.watch(job.id):
+            job, p = snap, snap.progress
+            if job.state is JobState.QUEUED:
+                desc = f"job {job.id} {job.wait_reason or 'queued'}"
+            else:
+                desc = f"job {job.id} {job.state.value}"
+            progress.update(task, description=desc, completed=p.bytes_done,
+                            total=p.bytes_total if p.scan_done and p.bytes_total else None,
+                            files=render.progress_text(p))
+    return job
+
+
+if __name__ == "__main__":
+    sys.exit(main())

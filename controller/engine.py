@@ -1,0 +1,331 @@
+"""The controller's state and its reactions: agents come and go, reports arrive, jobs move.
+
+Runs entirely on one asyncio event loop, so no locks: gRPC handlers call in, the scheduler loop ticks.
+Everything durable goes through ``Store``; decisions come from ``scheduler.plan`` and ``lifecycle``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+
+from zcrepl.controller import lifecycle
+from zcrepl.controller.registry import Registry, Session
+from zcrepl.controller.scheduler import HostView, Policy, overlaps, plan
+from zcrepl.controller.store import Store
+from zcrepl.core.config import ControllerConfig
+from zcrepl.core.errors import InvalidPath, UnknownHost, UnknownJob
+from zcrepl.core.logs import kv
+from zcrepl.core.paths import show
+from zcrepl.core.types import (
+    AgentInfo,
+    AgentStatus,
+    CancelOrder,
+    Endpoint,
+    HostHealth,
+    Job,
+    JobOptions,
+    JobState,
+    Phase,
+    ReceiveOrder,
+    Role,
+    SendOrder,
+    TransferReport,
+    TransferStats,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """The attempt in flight for one job."""
+
+    job_id: int
+    attempt: int
+    ticket: bytes
+    ready_deadline: float
+    receiver_ready: bool = False
+    sender_done: TransferStats | None = None
+    receiver_done: TransferStats | None = None
+    progress: TransferStats = field(default_factory=TransferStats)
+
+
+class Engine:
+    def __init__(self, config: ControllerConfig, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.policy = Policy(max_jobs_per_host=config.max_jobs_per_host)
+        self.retry = lifecycle.RetryPolicy(config.max_attempts, config.retry_base, config.retry_max)
+        self.registry = Registry(config.offline_after)
+        now = clock()
+        for name, (info, last_seen) in store.agents().items():
+            self.registry.load(name, info, last_seen)
+        requeued = store.recover_interrupted(now)
+        if requeued:
+            log.info("requeued interrupted jobs", extra=kv(jobs=",".join(map(str, requeued))))
+        self.jobs: dict[int, Job] = {j.id: j for j in store.list_jobs((JobState.QUEUED, JobState.RUNNING))}
+        self.runs: dict[int, Run] = {}
+        self._events: dict[int, asyncio.Event] = {}
+        self._wake: asyncio.Event | None = None
+
+    # -- agents -------------------------------------------------------------------------------------
+    def connect(self, info: AgentInfo, active: list[tuple[int, int]]) -> Session:
+        now = self.clock()
+        session = Session(info, now, now)
+        old = self.registry.attach(session)
+        if old is not None:
+            log.warning("agent registered again; closing its previous stream", extra=kv(agent=info.name))
+            old.close()
+            self._host_lost(info.name, f"{info.name} re-registered (its agent restarted) during the transfer")
+        self.store.upsert_agent(info, now)
+        for job_id, attempt in active:
+            run = self.runs.get(job_id)
+            if run is None or run.attempt != attempt:
+                session.outbox.put_nowait(CancelOrder(job_id, attempt, "attempt unknown to the controller"))
+        log.info("agent online", extra=kv(agent=info.name, grpc=info.grpc_address, data=info.data_address))
+        self.wake()
+        return session
+
+    def disconnect(self, session: Session, why: str = "its stream closed") -> None:
+        session.close()
+        if self.registry.detach(session):
+            name = session.info.name
+            self.store.touch_agent(name, session.last_seen)
+            log.warning("agent offline", extra=kv(agent=name, reason=why))
+            self._host_lost(name, f"{name} went offline during the transfer ({why})")
+            self.wake()
+
+    def heartbeat(self, session: Session, health: HostHealth) -> None:
+        self.registry.heartbeat(session, health, self.clock())
+
+    def report(self, session: Session, r: TransferReport) -> None:
+        run = self.runs.get(r.job_id)
+        job = self.jobs.get(r.job_id)
+        if run is None or job is None or run.attempt != r.attempt:
+            return  # a late report of an attempt already settled
+        expected = job.source.host if r.role is Role.SENDER else job.destination.host
+        if session.info.name != expected:
+            log.warning("report from the wrong agent ignored", extra=kv(agent=session.info.name, job=r.job_id))
+            return
+        if r.phase is Phase.READY and r.role is Role.RECEIVER:
+            self._on_ready(job, run)
+        elif r.phase is Phase.PROGRESS:
+            run.progress = r.stats
+            self.jobs[job.id] = replace(job, progress=r.stats)
+            self._notify(job.id)
+        elif r.phase is Phase.DONE:
+            if r.role is Role.SENDER:
+                run.sender_done = r.stats
+            else:
+                run.receiver_done = r.stats
+            if run.sender_done is not None and run.receiver_done is not None:
+                self._succeed(job, run)
+        elif r.phase is Phase.FAILED:
+            self._fail_run(job.id, r.error or f"{session.info.name} reported a failure", r.retryable, r.stats)
+
+    def statuses(self, names: list[str] | None = None) -> list[AgentStatus]:
+        now = self.clock()
+        wanted = names or sorted(self.registry.agents)
+        for n in wanted:
+            if not self.registry.known(n):
+                raise UnknownHost(_unknown_host(n))
+        running: dict[str, int] = {}
+        for job_id in self.runs:
+            j = self.jobs[job_id]
+            for h in {j.source.host, j.destination.host}:
+                running[h] = running.get(h, 0) + 1
+        return [self.registry.status(n, now, running.get(n, 0)) for n in wanted]
+
+    # -- operator -----------------------------------------------------------------------------------
+    def submit(self, src: Endpoint, dst: Endpoint, options: JobOptions) -> Job:
+        for ep in (src, dst):
+            if not self.registry.known(ep.host):
+                raise UnknownHost(_unknown_host(ep.host))
+        if overlaps(src, dst):
+            raise InvalidPath(f"{src.host}:{show(src.path)} and {dst.host}:{show(dst.path)} overlap; "
+                              "the destination must not be inside the source or the other way round")
+        if options.bwlimit < 0 or options.max_attempts < 0:
+            raise InvalidPath("bwlimit and max_attempts must not be negative")
+        job = self.store.create_job(src, dst, options, options.max_attempts or self.config.max_attempts,
+                                    self.clock())
+        self.jobs[job.id] = job
+        log.info("job queued", extra=kv(job=job.id, src=f"{src.host}:{show(src.path)}",
+                                        dst=f"{dst.host}:{show(dst.path)}"))
+        self.wake()
+        return job
+
+    def get(self, job_id: int) -> Job:
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return replace(job, history=self.store.get_job(job_id).history)  # type: ignore[union-attr]
+        stored = self.store.get_job(job_id)
+        if stored is None:
+            raise UnknownJob(f"no job {job_id}; run 'zc-ctl jobs' to list jobs")
+        return stored
+
+    def list(self, states: tuple[JobState, ...], limit: int) -> list[Job]:
+        jobs = self.store.list_jobs(states, limit)
+        return [replace(self.jobs[j.id], history=j.history) if j.id in self.jobs else j for j in jobs]
+
+    def cancel(self, job_id: int) -> Job:
+        job = self.get(job_id)
+        now = self.clock()
+        job = lifecycle.cancelled(job, now)
+        run = self.runs.pop(job_id, None)
+        if run is not None:
+            self._cancel_sides(job, run, "cancelled by the operator")
+            self.store.end_attempt(job_id, run.attempt, now, "cancelled by the operator", run.progress)
+        self._settle(job)
+        log.info("job cancelled", extra=kv(job=job_id))
+        return self.get(job_id)
+
+    async def watch(self, job_id: int, keepalive: float = 5.0) -> AsyncIterator[Job]:
+        while True:
+            job = self.get(job_id)
+            yield job
+            if job.state.final:
+                return
+            ev = self._events.setdefault(job_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(ev.wait(), keepalive)
+            except TimeoutError:
+                pass
+
+    # -- scheduling ---------------------------------------------------------------------------------
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run_forever(self) -> None:
+        self._wake = asyncio.Event()
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.config.schedule_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                self.tick()
+            except Exception:
+                log.exception("scheduler tick failed")
+
+    def tick(self) -> None:
+        now = self.clock()
+        for s in self.registry.silent(now):
+            self.disconnect(s, f"no heartbeat for {self.config.offline_after:.0f}s")
+        for run in list(self.runs.values()):
+            if not run.receiver_ready and now > run.ready_deadline:
+                job = self.jobs[run.job_id]
+                self._fail_run(run.job_id, f"{job.destination.host} did not prepare to receive within "
+                               f"{self.config.ready_timeout:.0f}s", True, run.progress)
+        queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
+        if not queued:
+            return
+        hosts = {name: HostView(name, self.registry.online(name, now)) for name in self.registry.agents}
+        for name, n in self._running_per_host().items():
+            hosts[name] = replace(hosts[name], running=n)
+        running = [self.jobs[i] for i in self.runs]
+        for d in plan(queued, hosts, running, self.policy, now):
+            job = self.jobs[d.job_id]
+            if d.start:
+                self._start(job, now)
+            elif job.wait_reason != d.reason:
+                job = replace(job, wait_reason=d.reason, updated_at=now)
+                self.jobs[job.id] = job
+                self.store.save_job(job)
+                self._notify(job.id)
+
+    def _running_per_host(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for job_id in self.runs:
+            j = self.jobs[job_id]
+            for h in {j.source.host, j.destination.host}:
+                out[h] = out.get(h, 0) + 1
+        return out
+
+    def _start(self, job: Job, now: float) -> None:
+        dst = self.registry.session(job.destination.host)
+        if dst is None:
+            return
+        job = lifecycle.started(job, now)
+        self.jobs[job.id] = job
+        self.store.save_job(job)
+        self.store.start_attempt(job.id, job.attempts, now)
+        run = Run(job.id, job.attempts, secrets.token_bytes(32), now + self.config.ready_timeout)
+        self.runs[job.id] = run
+        log.info("attempt started", extra=kv(job=job.id, attempt=run.attempt))
+        dst.outbox.put_nowait(ReceiveOrder(job.id, run.attempt, run.ticket, job.destination.path, job.options,
+                                           job.source.host))
+        self._notify(job.id)
+
+    def _on_ready(self, job: Job, run: Run) -> None:
+        run.receiver_ready = True
+        src = self.registry.session(job.source.host)
+        dst_rec = self.registry.agents.get(job.destination.host)
+        if src is None or dst_rec is None:
+            self._fail_run(job.id, f"{job.source.host} went offline before the transfer started", True,
+                           run.progress)
+            return
+        src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, job.source.path, job.options,
+                                        job.destination.host, dst_rec.info.data_address, job.destination.path))
+
+    def _succeed(self, job: Job, run: Run) -> None:
+        now = self.clock()
+        stats = run.sender_done or run.progress
+        self.runs.pop(job.id, None)
+        self.store.end_attempt(job.id, run.attempt, now, "", stats)
+        self._settle(lifecycle.succeeded(job, stats, now))
+        log.info("job done", extra=kv(job=job.id, attempt=run.attempt, files=stats.files_done,
+                                      bytes=stats.bytes_done, skipped=stats.files_skipped, deleted=stats.deleted,
+                                      seconds=round(now - job.updated_at, 3)))
+
+    def _fail_run(self, job_id: int, error: str, retryable: bool, stats: TransferStats) -> None:
+        run = self.runs.pop(job_id, None)
+        job = self.jobs.get(job_id)
+        if run is None or job is None:
+            return
+        now = self.clock()
+        self._cancel_sides(job, run, error)
+        merged = stats if stats.entries or stats.bytes_done else run.progress
+        self.store.end_attempt(job_id, run.attempt, now, error, merged)
+        job = lifecycle.failed_attempt(replace(job, progress=merged), error, retryable, now, self.retry)
+        log.warning("attempt failed", extra=kv(job=job_id, attempt=run.attempt, error=error,
+                                               retryable=retryable, next=job.state.value))
+        self._settle(job)
+
+    def _cancel_sides(self, job: Job, run: Run, reason: str) -> None:
+        for host in {job.source.host, job.destination.host}:
+            s = self.registry.session(host)
+            if s is not None:
+                s.outbox.put_nowait(CancelOrder(job.id, run.attempt, reason))
+
+    def _host_lost(self, name: str, reason: str) -> None:
+        for job_id in list(self.runs):
+            job = self.jobs[job_id]
+            if name in (job.source.host, job.destination.host):
+                self._fail_run(job_id, reason, True, self.runs[job_id].progress)
+
+    def _settle(self, job: Job) -> None:
+        self.store.save_job(job)
+        if job.state.final:
+            self.jobs.pop(job.id, None)
+        else:
+            self.jobs[job.id] = job
+        self._notify(job.id)
+        self.wake()
+
+    def _notify(self, job_id: int) -> None:
+        ev = self._events.pop(job_id, None)
+        if ev is not None:
+            ev.set()
+
+
+def _unknown_host(name: str) -> str:
+    return (f"unknown host {name!r}: no zc-agent named {name!r} has registered with this controller; "
+            "run 'zc-ctl agents' to list hosts, or start zc-agent --name " + name + " on that server")

@@ -1,0 +1,59 @@
+"""``zc-controller``: the registry of agents, the durable job store and the scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from zcrepl.controller.daemon import Controller
+from zcrepl.core.config import ControllerConfig, load_config
+from zcrepl.core.errors import ConfigError
+from zcrepl.core.logs import kv, setup_logging
+
+log = logging.getLogger("zcrepl.controller")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zc-controller", description=__doc__)
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file with the same keys as the flags")
+    p.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 0.0.0.0:7420; port 0 = any)")
+    p.add_argument("--state-dir", metavar="DIR", help="where the SQLite job store lives (default /var/lib/zcrepl)")
+    p.add_argument("--heartbeat-interval", type=float, metavar="SECONDS", help="agent heartbeat cadence")
+    p.add_argument("--offline-after", type=float, metavar="SECONDS", help="silence after which an agent is offline")
+    p.add_argument("--max-attempts", type=int, metavar="N", help="attempts per job before it fails (default 5)")
+    p.add_argument("--retry-base", type=float, metavar="SECONDS", help="first retry delay, doubling each time")
+    p.add_argument("--retry-max", type=float, metavar="SECONDS", help="longest retry delay")
+    p.add_argument("--max-jobs-per-host", type=int, metavar="N", help="concurrent jobs per host (default 4)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["kv", "json"])
+    p.add_argument("--ready-file", metavar="FILE", help="write the bound address as JSON here once serving")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    try:
+        config = load_config(ControllerConfig, args.config, flags)
+    except ConfigError as err:
+        print(f"zc-controller: {err}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, config.log_format)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        with Controller(config):
+            stop.wait()
+            log.info("signal received, shutting down", extra=kv(state=config.state_dir))
+    except (OSError, RuntimeError) as err:
+        print(f"zc-controller: cannot start: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

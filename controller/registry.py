@@ -1,0 +1,104 @@
+"""Agents the controller knows: their sessions (open streams), liveness and latest health.
+
+Liveness is a pure function of (stream open, last heartbeat, now, offline_after).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+from dataclasses import dataclass, field
+
+from zcrepl.core.types import AgentInfo, AgentStatus, HostHealth
+
+_session_ids = itertools.count(1)
+
+
+def is_online(stream_open: bool, last_seen: float, now: float, offline_after: float) -> bool:
+    return stream_open and now - last_seen <= offline_after
+
+
+@dataclass(eq=False)
+class Session:
+    """One open Connect stream. ``outbox`` carries ControllerMessages; None closes the stream."""
+
+    info: AgentInfo
+    connected_at: float
+    last_seen: float
+    id: int = field(default_factory=lambda: next(_session_ids))
+    outbox: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    open: bool = True
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.outbox.put_nowait(None)
+
+
+@dataclass
+class AgentRecord:
+    info: AgentInfo
+    last_seen: float
+    session: Session | None = None
+    health: HostHealth | None = None
+    history: collections.deque[HostHealth] = field(default_factory=lambda: collections.deque(maxlen=900))
+
+
+class Registry:
+    def __init__(self, offline_after: float) -> None:
+        self.offline_after = offline_after
+        self.agents: dict[str, AgentRecord] = {}
+
+    def known(self, name: str) -> bool:
+        return name in self.agents
+
+    def load(self, name: str, info: AgentInfo, last_seen: float) -> None:
+        self.agents.setdefault(name, AgentRecord(info, last_seen))
+
+    def attach(self, session: Session) -> Session | None:
+        """Make ``session`` current for its agent; returns the session it replaced, if any."""
+        rec = self.agents.get(session.info.name)
+        if rec is None:
+            rec = self.agents[session.info.name] = AgentRecord(session.info, session.last_seen)
+        old = rec.session
+        rec.info, rec.session, rec.last_seen = session.info, session, session.last_seen
+        return old if old is not session else None
+
+    def detach(self, session: Session) -> bool:
+        """True when ``session`` was the current one (the agent is now offline)."""
+        rec = self.agents.get(session.info.name)
+        if rec is None or rec.session is not session:
+            return False
+        rec.session = None
+        return True
+
+    def heartbeat(self, session: Session, health: HostHealth, now: float) -> None:
+        session.last_seen = now
+        rec = self.agents.get(session.info.name)
+        if rec is not None and rec.session is session:
+            rec.last_seen = now
+            rec.health = health
+            rec.history.append(health)
+
+    def session(self, name: str) -> Session | None:
+        rec = self.agents.get(name)
+        return rec.session if rec and rec.session and rec.session.open else None
+
+    def online(self, name: str, now: float) -> bool:
+        rec = self.agents.get(name)
+        return rec is not None and rec.session is not None and is_online(
+            rec.session.open, rec.last_seen, now, self.offline_after)
+
+    def silent(self, now: float) -> list[Session]:
+        """Open sessions whose heartbeats stopped: a hung agent whose TCP connection looks alive."""
+        return [r.session for r in self.agents.values()
+                if r.session is not None and r.session.open and now - r.last_seen > self.offline_after]
+
+    def status(self, name: str, now: float, running_jobs: int = 0) -> AgentStatus:
+        rec = self.agents[name]
+        return AgentStatus(
+            info=rec.info, online=self.online(name, now), last_seen=rec.last_seen,
+            connected_at=rec.session.connected_at if rec.session else 0.0, health=rec.health,
+            running_jobs=running_jobs,
+        )

@@ -1,0 +1,147 @@
+"""How zc-ctl shows things: stable JSON documents for scripts, rich tables for people."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from rich.table import Table
+
+from zcrepl.core.paths import show
+from zcrepl.core.types import AgentStatus, HostHealth, Job, TransferStats
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def ago(ts: float, now: float | None = None) -> str:
+    if not ts:
+        return "never"
+    d = max(0.0, (now or time.time()) - ts)
+    if d < 60:
+        return f"{d:.0f}s ago"
+    if d < 3600:
+        return f"{d / 60:.0f}m ago"
+    if d < 86400:
+        return f"{d / 3600:.1f}h ago"
+    return f"{d / 86400:.1f}d ago"
+
+
+# -- JSON -------------------------------------------------------------------------------------------
+def health_doc(h: HostHealth | None) -> dict[str, Any] | None:
+    if h is None:
+        return None
+    d = asdict(h)
+    d["cpu_per_core"] = list(h.cpu_per_core)
+    d["exports"] = [{**asdict(e), "path": show(e.path)} for e in h.exports]
+    d["disks"] = [asdict(x) for x in h.disks]
+    d["nics"] = [asdict(x) for x in h.nics]
+    return d
+
+
+def agent_doc(s: AgentStatus) -> dict[str, Any]:
+    return {
+        "name": s.info.name, "online": s.online, "grpc_address": s.info.grpc_address,
+        "data_address": s.info.data_address, "exports": [show(e) for e in s.info.exports],
+        "version": s.info.version, "pid": s.info.pid, "hostname": s.info.hostname, "last_seen": s.last_seen,
+        "connected_at": s.connected_at, "running_jobs": s.running_jobs, "health": health_doc(s.health),
+    }
+
+
+def stats_doc(s: TransferStats) -> dict[str, Any]:
+    return asdict(s)
+
+
+def job_doc(j: Job) -> dict[str, Any]:
+    return {
+        "id": j.id, "state": j.state.value,
+        "source": f"{j.source.host}:{show(j.source.path)}", "source_host": j.source.host,
+        "source_path": show(j.source.path),
+        "destination": f"{j.destination.host}:{show(j.destination.path)}",
+        "destination_host": j.destination.host, "destination_path": show(j.destination.path),
+        "options": asdict(j.options), "created_at": j.created_at, "updated_at": j.updated_at,
+        "started_at": j.started_at, "finished_at": j.finished_at, "attempts": j.attempts,
+        "max_attempts": j.max_attempts, "error": j.error, "wait_reason": j.wait_reason,
+        "next_attempt_at": j.next_attempt_at, "progress": stats_doc(j.progress),
+        "history": [{"number": a.number, "started_at": a.started_at, "ended_at": a.ended_at,
+                     "error": a.error, "stats": stats_doc(a.stats)} for a in j.history],
+    }
+
+
+# -- tables -----------------------------------------------------------------------------------------
+def agents_table(agents: list[AgentStatus]) -> Table:
+    t = Table(title="agents", title_justify="left")
+    for col in ("NAME", "STATE", "DATA", "EXPORTS", "CPU", "LOAD/CORE", "MEM AVAIL", "JOBS", "SEEN"):
+        t.add_column(col, no_wrap=col != "EXPORTS")
+    now = time.time()
+    for s in agents:
+        h = s.health
+        t.add_row(
+            s.info.name, "[green]online[/]" if s.online else "[red]offline[/]", s.info.data_address,
+            ", ".join(show(e) for e in s.info.exports),
+            f"{h.cpu_percent:.0f}%" if h else "-",
+            f"{h.load1 / max(1, h.cpu_count):.2f}" if h else "-",
+            human_bytes(h.mem_available) if h else "-", str(s.running_jobs), ago(s.last_seen, now),
+        )
+    return t
+
+
+def health_table(s: AgentStatus) -> Table:
+    h = s.health
+    t = Table(title=f"{s.info.name} ({'online' if s.online else 'offline'}, seen {ago(s.last_seen)})",
+              title_justify="left", show_header=False)
+    t.add_column("metric", style="bold")
+    t.add_column("value")
+    if h is None:
+        t.add_row("health", "no sample yet")
+        return t
+    t.add_row("cpu", f"{h.cpu_percent:.1f}% of {h.cpu_count} cores ("
+              + " ".join(f"{c:.0f}" for c in h.cpu_per_core) + ")")
+    t.add_row("load 1/5/15", f"{h.load1:.2f} {h.load5:.2f} {h.load15:.2f}")
+    t.add_row("memory", f"{human_bytes(h.mem_available)} available of {human_bytes(h.mem_total)}")
+    t.add_row("swap in/out", f"{human_bytes(h.swap_in_bps)}/s / {human_bytes(h.swap_out_bps)}/s")
+    for e in h.exports:
+        t.add_row(f"export {show(e.path)}", f"{e.percent:.1f}% used, {human_bytes(e.free)} free "
+                  f"of {human_bytes(e.total)}")
+    t.add_row("disk read/write", f"{human_bytes(h.disk_read_bps)}/s / {human_bytes(h.disk_write_bps)}/s")
+    for d in h.disks:
+        t.add_row(f"  {d.device}", f"{human_bytes(d.read_bps)}/s / {human_bytes(d.write_bps)}/s, "
+                  f"{d.busy_percent:.0f}% busy")
+    t.add_row("net recv/sent", f"{human_bytes(h.net_recv_bps)}/s / {human_bytes(h.net_sent_bps)}/s")
+    t.add_row("agent", f"{h.agent_cpu_percent:.1f}% cpu, {human_bytes(h.agent_rss)} rss, {h.open_fds} fds, "
+              f"{h.active_transfers} transfers")
+    return t
+
+
+def progress_text(p: TransferStats) -> str:
+    total = f"{p.files_total}" + ("" if p.scan_done else "+")
+    return f"{p.files_done}/{total} files, {human_bytes(p.bytes_done)}"
+
+
+def jobs_table(jobs: list[Job]) -> Table:
+    t = Table(title="jobs", title_justify="left")
+    for col in ("ID", "STATE", "SOURCE", "DESTINATION", "PROGRESS", "TRIES", "INFO", "CREATED"):
+        t.add_column(col, no_wrap=col not in ("INFO", "SOURCE", "DESTINATION"))
+    colors = {"done": "green", "failed": "red", "running": "cyan", "queued": "yellow", "cancelled": "magenta"}
+    now = time.time()
+    for j in jobs:
+        info = j.error if j.state.value in ("failed", "cancelled") else j.wait_reason
+        t.add_row(str(j.id), f"[{colors[j.state.value]}]{j.state.value}[/]",
+                  f"{j.source.host}:{show(j.source.path)}", f"{j.destination.host}:{show(j.destination.path)}",
+                  progress_text(j.progress), f"{j.attempts}/{j.max_attempts}", info, ago(j.created_at, now))
+    return t
+
+
+def job_summary(j: Job) -> str:
+    p = j.progress
+    secs = (j.finished_at - j.started_at) if j.finished_at and j.started_at else 0.0
+    rate = f", {human_bytes(p.bytes_done / secs)}/s" if secs > 0 else ""
+    return (f"job {j.id} {j.state.value}: {p.files_done} files ({human_bytes(p.bytes_done)}) copied, "
+            f"{p.files_skipped} up to date, {p.deleted} deleted, {p.entries} entries scanned "
+            f"in {secs:.2f}s{rate}")

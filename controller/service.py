@@ -1,0 +1,142 @@
+"""The Controller gRPC service (grpc.aio): converts wire messages and calls into the Engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from zcrepl.controller.engine import Engine
+from zcrepl.controller.registry import Session
+from zcrepl.core.errors import InvalidPath
+from zcrepl.core.logs import kv
+from zcrepl.core.paths import canonical_abs
+from zcrepl.core.types import CancelOrder, ReceiveOrder, SendOrder
+from zcrepl.proto import controller_pb2 as cpb
+from zcrepl.proto import controller_pb2_grpc, types_pb2
+from zcrepl.proto.convert import (
+    agent_info_from_pb,
+    agent_status_to_pb,
+    endpoint_from_pb,
+    health_from_pb,
+    job_to_pb,
+    options_from_pb,
+    options_to_pb,
+    report_from_pb,
+    state_from_pb,
+)
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["Controller"].full_name
+VERSION = "0.1.0"
+REGISTER_TIMEOUT = 10.0
+
+
+def order_to_pb(order: object) -> cpb.ControllerMessage:
+    if isinstance(order, ReceiveOrder):
+        return cpb.ControllerMessage(receive=cpb.ReceiveOrder(
+            job_id=order.job_id, attempt=order.attempt, ticket=order.ticket, path=order.path,
+            options=options_to_pb(order.options), source_host=order.source_host))
+    if isinstance(order, SendOrder):
+        return cpb.ControllerMessage(send=cpb.SendOrder(
+            job_id=order.job_id, attempt=order.attempt, ticket=order.ticket, path=order.path,
+            options=options_to_pb(order.options), dest_host=order.dest_host,
+            dest_data_address=order.dest_data_address, dest_path=order.dest_path))
+    if isinstance(order, CancelOrder):
+        return cpb.ControllerMessage(cancel=cpb.CancelOrder(job_id=order.job_id, attempt=order.attempt,
+                                                            reason=order.reason))
+    raise TypeError(f"not an order: {order!r}")
+
+
+class ControllerService(controller_pb2_grpc.ControllerServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def Connect(self, request_iterator: AsyncIterator[cpb.AgentMessage],  # type: ignore[override]
+                      context: grpc.aio.ServicerContext) -> None:
+        try:
+            first = await asyncio.wait_for(context.read(), REGISTER_TIMEOUT)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no Register message within 10s")
+            return
+        if first is grpc.aio.EOF or first.WhichOneof("kind") != "register":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Register")
+            return
+        info = agent_info_from_pb(first.register.info)
+        if not info.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Register without an agent name")
+            return
+        session = self.engine.connect(info, [(r.job_id, r.attempt) for r in first.register.active])
+        reader = asyncio.create_task(self._read(context, session))
+        try:
+            await context.write(cpb.ControllerMessage(welcome=cpb.Welcome(
+                heartbeat_interval=self.engine.config.heartbeat_interval, controller_version=VERSION)))
+            while True:
+                order = await session.outbox.get()
+                if order is None:
+                    break
+                await context.write(order_to_pb(order))
+        except (asyncio.CancelledError, grpc.RpcError, ConnectionError):
+            pass
+        finally:
+            reader.cancel()
+            self.engine.disconnect(session)
+
+    async def _read(self, context: grpc.aio.ServicerContext, session: Session) -> None:
+        try:
+            while True:
+                msg = await context.read()
+                if msg is grpc.aio.EOF:
+                    break
+                kind = msg.WhichOneof("kind")
+                if kind == "heartbeat":
+                    self.engine.heartbeat(session, health_from_pb(msg.heartbeat.health))
+                elif kind == "report":
+                    try:
+                        report = report_from_pb(msg.report)
+                    except KeyError:
+                        log.warning("malformed report ignored", extra=kv(agent=session.info.name))
+                        continue
+                    self.engine.report(session, report)
+        except (grpc.RpcError, asyncio.CancelledError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("agent stream reader failed", extra=kv(agent=session.info.name))
+        finally:
+            self.engine.disconnect(session)
+
+    async def SubmitJob(self, request: cpb.SubmitJobRequest, context: grpc.aio.ServicerContext
+                        ) -> types_pb2.Job:
+        src, dst = endpoint_from_pb(request.source), endpoint_from_pb(request.destination)
+        for ep in (src, dst):
+            if not ep.host:
+                raise InvalidPath("source and destination need a host: write HOST:/path")
+            canonical_abs(ep.path, what=f"{ep.host}:{ep.path.decode('utf-8', 'backslashreplace')}")
+        return job_to_pb(self.engine.submit(src, dst, options_from_pb(request.options)))
+
+    async def GetJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
+        return job_to_pb(self.engine.get(request.id))
+
+    async def ListJobs(self, request: cpb.ListJobsRequest, context: grpc.aio.ServicerContext
+                       ) -> cpb.ListJobsResponse:
+        states = tuple(state_from_pb(s) for s in request.states)
+        return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in self.engine.list(states, request.limit)])
+
+    async def CancelJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
+        return job_to_pb(self.engine.cancel(request.id))
+
+    async def WatchJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext  # type: ignore[override]
+                       ) -> AsyncIterator[types_pb2.Job]:
+        async for job in self.engine.watch(request.id):
+            yield job_to_pb(job)
+
+    async def ListAgents(self, request: cpb.ListAgentsRequest, context: grpc.aio.ServicerContext
+                         ) -> cpb.ListAgentsResponse:
+        return cpb.ListAgentsResponse(agents=[agent_status_to_pb(s) for s in self.engine.statuses()])
+
+    async def GetAgentHealth(self, request: cpb.AgentHealthRequest, context: grpc.aio.ServicerContext
+                             ) -> cpb.AgentHealthResponse:
+        statuses = self.engine.statuses(list(request.names) or None)
+        return cpb.AgentHealthResponse(agents=[agent_status_to_pb(s) for s in statuses])

@@ -1,0 +1,166 @@
+"""Durable controller state in SQLite (WAL): jobs, their attempts, and every agent ever registered.
+
+All calls come from the controller's event-loop thread; each write is one short transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from zcrepl.core.types import AgentInfo, Attempt, Endpoint, Job, JobOptions, JobState, TransferStats
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    state TEXT NOT NULL,
+    src_host TEXT NOT NULL, src_path BLOB NOT NULL,
+    dst_host TEXT NOT NULL, dst_path BLOB NOT NULL,
+    options TEXT NOT NULL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    started_at REAL NOT NULL DEFAULT 0, finished_at REAL NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    error TEXT NOT NULL DEFAULT '', wait_reason TEXT NOT NULL DEFAULT '',
+    progress TEXT NOT NULL DEFAULT '{}', next_attempt_at REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL REFERENCES jobs(id), number INTEGER NOT NULL,
+    started_at REAL NOT NULL, ended_at REAL NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '', stats TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (job_id, number)
+);
+CREATE TABLE IF NOT EXISTS agents (
+    name TEXT PRIMARY KEY, info TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL
+);
+"""
+
+
+def _stats_json(s: TransferStats) -> str:
+    return json.dumps(asdict(s), separators=(",", ":"))
+
+
+def _stats(text: str) -> TransferStats:
+    return TransferStats(**json.loads(text or "{}"))
+
+
+class Store:
+    def __init__(self, state_dir: str) -> None:
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        self.path = os.path.join(state_dir, "controller.sqlite3")
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(_SCHEMA)
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path} was written by a newer zc-controller (schema {row[0]}); upgrade")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- jobs ---------------------------------------------------------------------------------------
+    def create_job(self, src: Endpoint, dst: Endpoint, options: JobOptions, max_attempts: int, now: float) -> Job:
+        cur = self.db.execute(
+            "INSERT INTO jobs (state, src_host, src_path, dst_host, dst_path, options, created_at, updated_at,"
+            " max_attempts) VALUES (?,?,?,?,?,?,?,?,?)",
+            (JobState.QUEUED.value, src.host, src.path, dst.host, dst.path, json.dumps(asdict(options)),
+             now, now, max_attempts),
+        )
+        job = self.get_job(int(cur.lastrowid or 0))
+        assert job is not None
+        return job
+
+    def save_job(self, job: Job) -> None:
+        """Persist the mutable fields of a job (never its endpoints or options)."""
+        self.db.execute(
+            "UPDATE jobs SET state=?, updated_at=?, started_at=?, finished_at=?, attempts=?, failures=?,"
+            " max_attempts=?, error=?, wait_reason=?, progress=?, next_attempt_at=? WHERE id=?",
+            (job.state.value, job.updated_at, job.started_at, job.finished_at, job.attempts, job.failures,
+             job.max_attempts, job.error, job.wait_reason, _stats_json(job.progress), job.next_attempt_at,
+             job.id),
+        )
+
+    def start_attempt(self, job_id: int, number: int, now: float) -> None:
+        self.db.execute("INSERT OR REPLACE INTO attempts (job_id, number, started_at) VALUES (?,?,?)",
+                        (job_id, number, now))
+
+    def end_attempt(self, job_id: int, number: int, now: float, error: str, stats: TransferStats) -> None:
+        self.db.execute("UPDATE attempts SET ended_at=?, error=?, stats=? WHERE job_id=? AND number=?",
+                        (now, error, _stats_json(stats), job_id, number))
+
+    def get_job(self, job_id: int) -> Job | None:
+        row = self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return self._job(row) if row else None
+
+    def list_jobs(self, states: tuple[JobState, ...] = (), limit: int = 0) -> list[Job]:
+        sql = "SELECT * FROM jobs"
+        args: list[object] = []
+        if states:
+            sql += f" WHERE state IN ({','.join('?' * len(states))})"
+            args += [s.value for s in states]
+        sql += " ORDER BY id DESC"
+        if limit:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [self._job(r) for r in self.db.execute(sql, args).fetchall()]
+
+    def recover_interrupted(self, now: float) -> list[int]:
+        """After a restart: running jobs go back to the queue; their open attempt is closed, not counted."""
+        ids = [r[0] for r in self.db.execute("SELECT id FROM jobs WHERE state='running'").fetchall()]
+        for job_id in ids:
+            self.db.execute("UPDATE attempts SET ended_at=?, error=? WHERE job_id=? AND ended_at=0",
+                            (now, "interrupted: the controller restarted", job_id))
+            self.db.execute("UPDATE jobs SET state='queued', updated_at=?, wait_reason=? WHERE id=?",
+                            (now, "requeued after a controller restart", job_id))
+        return ids
+
+    def _attempts(self, job_id: int) -> tuple[Attempt, ...]:
+        rows = self.db.execute(
+            "SELECT number, started_at, ended_at, error, stats FROM attempts WHERE job_id=? ORDER BY number",
+            (job_id,)).fetchall()
+        return tuple(Attempt(n, s, e, err, _stats(st)) for n, s, e, err, st in rows)
+
+    def _job(self, row: tuple) -> Job:  # type: ignore[type-arg]
+        (jid, state, sh, sp, dh, dp, opts, created, updated, started, finished, attempts, failures,
+         max_attempts, error, wait_reason, progress, next_at) = row
+        return Job(
+            id=jid, state=JobState(state), source=Endpoint(sh, bytes(sp)), destination=Endpoint(dh, bytes(dp)),
+            options=JobOptions(**json.loads(opts)), created_at=created, updated_at=updated,
+            started_at=started, finished_at=finished, attempts=attempts, failures=failures,
+            max_attempts=max_attempts, error=error, wait_reason=wait_reason, progress=_stats(progress),
+            history=self._attempts(jid), next_attempt_at=next_at,
+        )
+
+    # -- agents -------------------------------------------------------------------------------------
+    def upsert_agent(self, info: AgentInfo, now: float) -> None:
+        doc = json.dumps({**asdict(info), "exports": [os.fsdecode(e) for e in info.exports]})
+        self.db.execute(
+            "INSERT INTO agents (name, info, first_seen, last_seen) VALUES (?,?,?,?)"
+            " ON CONFLICT(name) DO UPDATE SET info=excluded.info, last_seen=excluded.last_seen",
+            (info.name, doc, now, now),
+        )
+
+    def touch_agent(self, name: str, now: float) -> None:
+        self.db.execute("UPDATE agents SET last_seen=? WHERE name=?", (now, name))
+
+    def agents(self) -> dict[str, tuple[AgentInfo, float]]:
+        out = {}
+        for name, doc, last_seen in self.db.execute("SELECT name, info, last_seen FROM agents").fetchall():
+            d = json.loads(doc)
+            d["exports"] = tuple(os.fsencode(e) for e in d.get("exports", ()))
+            out[name] = (AgentInfo(**d), last_seen)
+        return out
+
+
+def with_history(job: Job, store: Store) -> Job:
+    return replace(job, history=store._attempts(job.id))

@@ -1,0 +1,215 @@
+"""Domain types shared by agent, controller and zc-ctl.
+
+Frozen dataclasses, free of gRPC: generated protobuf types stop at the adapters in ``zcrepl.proto``.
+Paths are ``bytes`` everywhere: any name Linux allows must survive, non-UTF-8 included.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class JobState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """``host:/path`` as the operator wrote it; ``path`` is absolute."""
+
+    host: str
+    path: bytes
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    delete: bool = False
+    checksum: bool = False
+    bwlimit: int = 0  # bytes/s the sender may push; 0 = unlimited
+    max_attempts: int = 0  # 0 = the controller's default
+
+
+@dataclass(frozen=True)
+class TransferStats:
+    """Counters of one attempt; totals grow while the scan runs (``scan_done`` False)."""
+
+    entries: int = 0
+    files_total: int = 0
+    files_done: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    files_skipped: int = 0
+    deleted: int = 0
+    wire_bytes: int = 0
+    skipped_special: int = 0
+    errors: int = 0
+    scan_done: bool = False
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    path: bytes
+    total: int
+    used: int
+    free: int
+    percent: float
+
+
+@dataclass(frozen=True)
+class DiskIO:
+    device: str
+    read_bps: float
+    write_bps: float
+    busy_percent: float
+
+
+@dataclass(frozen=True)
+class NetIO:
+    interface: str
+    recv_bps: float
+    sent_bps: float
+    speed_mbps: int
+
+
+@dataclass(frozen=True)
+class HostHealth:
+    """One psutil sample of a host; rates come from counter deltas over the sampling interval."""
+
+    sampled_at: float = 0.0
+    cpu_percent: float = 0.0
+    cpu_per_core: tuple[float, ...] = ()
+    cpu_count: int = 0
+    load1: float = 0.0
+    load5: float = 0.0
+    load15: float = 0.0
+    mem_total: int = 0
+    mem_available: int = 0
+    swap_in_bps: float = 0.0
+    swap_out_bps: float = 0.0
+    exports: tuple[DiskUsage, ...] = ()
+    disk_read_bps: float = 0.0
+    disk_write_bps: float = 0.0
+    disks: tuple[DiskIO, ...] = ()
+    net_recv_bps: float = 0.0
+    net_sent_bps: float = 0.0
+    nics: tuple[NetIO, ...] = ()
+    open_fds: int = 0
+    agent_cpu_percent: float = 0.0
+    agent_rss: int = 0
+    active_transfers: int = 0
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    name: str
+    grpc_address: str = ""
+    data_address: str = ""
+    exports: tuple[bytes, ...] = ()
+    version: str = ""
+    pid: int = 0
+    hostname: str = ""
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    info: AgentInfo
+    online: bool = False
+    last_seen: float = 0.0
+    connected_at: float = 0.0
+    health: HostHealth | None = None
+    running_jobs: int = 0
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int
+    started_at: float
+    ended_at: float = 0.0
+    error: str = ""
+    stats: TransferStats = field(default_factory=TransferStats)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    state: JobState
+    source: Endpoint
+    destination: Endpoint
+    options: JobOptions = field(default_factory=JobOptions)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    attempts: int = 0
+    max_attempts: int = 0
+    error: str = ""
+    wait_reason: str = ""
+    progress: TransferStats = field(default_factory=TransferStats)
+    history: tuple[Attempt, ...] = ()
+    next_attempt_at: float = 0.0
+    # Attempts that failed for their own reasons; the retry budget. Interrupted attempts (the
+    # controller restarted) don't count.
+    failures: int = 0
+
+
+class Role(enum.Enum):
+    SENDER = "sender"
+    RECEIVER = "receiver"
+
+
+class Phase(enum.Enum):
+    READY = "ready"
+    PROGRESS = "progress"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TransferReport:
+    """What an agent says about its side of one attempt."""
+
+    job_id: int
+    attempt: int
+    role: Role
+    phase: Phase
+    stats: TransferStats = field(default_factory=TransferStats)
+    error: str = ""
+    retryable: bool = True
+
+
+@dataclass(frozen=True)
+class ReceiveOrder:
+    job_id: int
+    attempt: int
+    ticket: bytes
+    path: bytes
+    options: JobOptions
+    source_host: str
+
+
+@dataclass(frozen=True)
+class SendOrder:
+    job_id: int
+    attempt: int
+    ticket: bytes
+    path: bytes
+    options: JobOptions
+    dest_host: str
+    dest_data_address: str
+    dest_path: bytes
+
+
+@dataclass(frozen=True)
+class CancelOrder:
+    job_id: int
+    attempt: int
+    reason: str = ""

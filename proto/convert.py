@@ -1,0 +1,163 @@
+"""Conversion between wire messages and the domain types of ``zcrepl.core.types``.
+
+Generated protobuf types stop at the gRPC adapters; everything behind them takes domain dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from zcrepl.core import types as t
+from zcrepl.proto import types_pb2 as pb
+
+_STATE_TO_PB = {
+    t.JobState.QUEUED: pb.JOB_STATE_QUEUED,
+    t.JobState.RUNNING: pb.JOB_STATE_RUNNING,
+    t.JobState.DONE: pb.JOB_STATE_DONE,
+    t.JobState.FAILED: pb.JOB_STATE_FAILED,
+    t.JobState.CANCELLED: pb.JOB_STATE_CANCELLED,
+}
+_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+
+
+def state_to_pb(s: t.JobState) -> int:
+    return _STATE_TO_PB[s]
+
+
+def state_from_pb(v: int) -> t.JobState:
+    return _STATE_FROM_PB[v]
+
+
+def stats_to_pb(s: t.TransferStats) -> pb.TransferStats:
+    return pb.TransferStats(**{f.name: getattr(s, f.name) for f in fields(s)})
+
+
+def stats_from_pb(m: pb.TransferStats) -> t.TransferStats:
+    return t.TransferStats(**{f.name: getattr(m, f.name) for f in fields(t.TransferStats)})
+
+
+def options_to_pb(o: t.JobOptions) -> pb.JobOptions:
+    return pb.JobOptions(delete=o.delete, checksum=o.checksum, bwlimit=o.bwlimit, max_attempts=o.max_attempts)
+
+
+def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
+    return t.JobOptions(delete=m.delete, checksum=m.checksum, bwlimit=m.bwlimit, max_attempts=m.max_attempts)
+
+
+def endpoint_to_pb(e: t.Endpoint) -> pb.Endpoint:
+    return pb.Endpoint(host=e.host, path=e.path)
+
+
+def endpoint_from_pb(m: pb.Endpoint) -> t.Endpoint:
+    return t.Endpoint(host=m.host, path=bytes(m.path))
+
+
+def health_to_pb(h: t.HostHealth) -> pb.HostHealth:
+    m = pb.HostHealth(
+        sampled_at=h.sampled_at, cpu_percent=h.cpu_percent, cpu_per_core=list(h.cpu_per_core),
+        cpu_count=h.cpu_count, load1=h.load1, load5=h.load5, load15=h.load15, mem_total=h.mem_total,
+        mem_available=h.mem_available, swap_in_bps=h.swap_in_bps, swap_out_bps=h.swap_out_bps,
+        disk_read_bps=h.disk_read_bps, disk_write_bps=h.disk_write_bps, net_recv_bps=h.net_recv_bps,
+        net_sent_bps=h.net_sent_bps, open_fds=h.open_fds, agent_cpu_percent=h.agent_cpu_percent,
+        agent_rss=h.agent_rss, active_transfers=h.active_transfers,
+    )
+    m.exports.extend(pb.DiskUsage(path=d.path, total=d.total, used=d.used, free=d.free, percent=d.percent)
+                     for d in h.exports)
+    m.disks.extend(pb.DiskIO(device=d.device, read_bps=d.read_bps, write_bps=d.write_bps,
+                             busy_percent=d.busy_percent) for d in h.disks)
+    m.nics.extend(pb.NetIO(interface=n.interface, recv_bps=n.recv_bps, sent_bps=n.sent_bps,
+                           speed_mbps=n.speed_mbps) for n in h.nics)
+    return m
+
+
+def health_from_pb(m: pb.HostHealth) -> t.HostHealth:
+    return t.HostHealth(
+        sampled_at=m.sampled_at, cpu_percent=m.cpu_percent, cpu_per_core=tuple(m.cpu_per_core),
+        cpu_count=m.cpu_count, load1=m.load1, load5=m.load5, load15=m.load15, mem_total=m.mem_total,
+        mem_available=m.mem_available, swap_in_bps=m.swap_in_bps, swap_out_bps=m.swap_out_bps,
+        exports=tuple(t.DiskUsage(bytes(d.path), d.total, d.used, d.free, d.percent) for d in m.exports),
+        disk_read_bps=m.disk_read_bps, disk_write_bps=m.disk_write_bps,
+        disks=tuple(t.DiskIO(d.device, d.read_bps, d.write_bps, d.busy_percent) for d in m.disks),
+        net_recv_bps=m.net_recv_bps, net_sent_bps=m.net_sent_bps,
+        nics=tuple(t.NetIO(n.interface, n.recv_bps, n.sent_bps, n.speed_mbps) for n in m.nics),
+        open_fds=m.open_fds, agent_cpu_percent=m.agent_cpu_percent, agent_rss=m.agent_rss,
+        active_transfers=m.active_transfers,
+    )
+
+
+def agent_info_to_pb(a: t.AgentInfo) -> pb.AgentInfo:
+    return pb.AgentInfo(name=a.name, grpc_address=a.grpc_address, data_address=a.data_address,
+                        exports=list(a.exports), version=a.version, pid=a.pid, hostname=a.hostname)
+
+
+def agent_info_from_pb(m: pb.AgentInfo) -> t.AgentInfo:
+    return t.AgentInfo(name=m.name, grpc_address=m.grpc_address, data_address=m.data_address,
+                       exports=tuple(bytes(e) for e in m.exports), version=m.version, pid=m.pid,
+                       hostname=m.hostname)
+
+
+def job_to_pb(j: t.Job) -> pb.Job:
+    m = pb.Job(
+        id=j.id, state=state_to_pb(j.state), source=endpoint_to_pb(j.source),
+        destination=endpoint_to_pb(j.destination), options=options_to_pb(j.options),
+        created_at=j.created_at, updated_at=j.updated_at, started_at=j.started_at,
+        finished_at=j.finished_at, attempts=j.attempts, max_attempts=j.max_attempts, error=j.error,
+        wait_reason=j.wait_reason, progress=stats_to_pb(j.progress), next_attempt_at=j.next_attempt_at,
+    )
+    m.history.extend(pb.Attempt(number=a.number, started_at=a.started_at, ended_at=a.ended_at,
+                                error=a.error, stats=stats_to_pb(a.stats)) for a in j.history)
+    return m
+
+
+def job_from_pb(m: pb.Job) -> t.Job:
+    return t.Job(
+        id=m.id, state=state_from_pb(m.state), source=endpoint_from_pb(m.source),
+        destination=endpoint_from_pb(m.destination), options=options_from_pb(m.options),
+        created_at=m.created_at, updated_at=m.updated_at, started_at=m.started_at,
+        finished_at=m.finished_at, attempts=m.attempts, max_attempts=m.max_attempts, error=m.error,
+        wait_reason=m.wait_reason, progress=stats_from_pb(m.progress),
+        history=tuple(t.Attempt(a.number, a.started_at, a.ended_at, a.error, stats_from_pb(a.stats))
+                      for a in m.history),
+        next_attempt_at=m.next_attempt_at,
+    )
+
+
+def agent_status_to_pb(s: t.AgentStatus) -> object:
+    from zcrepl.proto import controller_pb2 as cpb
+
+    m = cpb.AgentStatus(info=agent_info_to_pb(s.info), online=s.online, last_seen=s.last_seen,
+                        connected_at=s.connected_at, running_jobs=s.running_jobs)
+    if s.health is not None:
+        m.health.CopyFrom(health_to_pb(s.health))
+    return m
+
+
+def agent_status_from_pb(m: object) -> t.AgentStatus:
+    return t.AgentStatus(
+        info=agent_info_from_pb(m.info),  # type: ignore[attr-defined]
+        online=m.online,  # type: ignore[attr-defined]
+        last_seen=m.last_seen,  # type: ignore[attr-defined]
+        connected_at=m.connected_at,  # type: ignore[attr-defined]
+        health=health_from_pb(m.health) if m.HasField("health") else None,  # type: ignore[attr-defined]
+        running_jobs=m.running_jobs,  # type: ignore[attr-defined]
+    )
+
+
+_ROLE = {t.Role.SENDER: 1, t.Role.RECEIVER: 2}
+_PHASE = {t.Phase.READY: 1, t.Phase.PROGRESS: 2, t.Phase.DONE: 3, t.Phase.FAILED: 4}
+
+
+def report_to_pb(r: t.TransferReport) -> object:
+    from zcrepl.proto import controller_pb2 as cpb
+
+    return cpb.TransferReport(job_id=r.job_id, attempt=r.attempt, role=_ROLE[r.role], phase=_PHASE[r.phase],
+                              stats=stats_to_pb(r.stats), error=r.error, retryable=r.retryable)
+
+
+def report_from_pb(m: object) -> t.TransferReport:
+    role = {v: k for k, v in _ROLE.items()}[m.role]  # type: ignore[attr-defined]
+    phase = {v: k for k, v in _PHASE.items()}[m.phase]  # type: ignore[attr-defined]
+    return t.TransferReport(
+        job_id=m.job_id, attempt=m.attempt, role=role, phase=phase,  # type: ignore[attr-defined]
+        stats=stats_from_pb(m.stats), error=m.error, retryable=m.retryable,  # type: ignore[attr-defined]
+    )

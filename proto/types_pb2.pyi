@@ -1,0 +1,223 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_QUEUED: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_DONE: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+    JOB_STATE_CANCELLED: _ClassVar[JobState]
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_QUEUED: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_DONE: JobState
+JOB_STATE_FAILED: JobState
+JOB_STATE_CANCELLED: JobState
+
+class DiskUsage(_message.Message):
+    __slots__ = ("path", "total", "used", "free", "percent")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    path: bytes
+    total: int
+    used: int
+    free: int
+    percent: float
+    def __init__(self, path: _Optional[bytes] = ..., total: _Optional[int] = ..., used: _Optional[int] = ..., free: _Optional[int] = ..., percent: _Optional[float] = ...) -> None: ...
+
+class DiskIO(_message.Message):
+    __slots__ = ("device", "read_bps", "write_bps", "busy_percent")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    READ_BPS_FIELD_NUMBER: _ClassVar[int]
+    WRITE_BPS_FIELD_NUMBER: _ClassVar[int]
+    BUSY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    read_bps: float
+    write_bps: float
+    busy_percent: float
+    def __init__(self, device: _Optional[str] = ..., read_bps: _Optional[float] = ..., write_bps: _Optional[float] = ..., busy_percent: _Optional[float] = ...) -> None: ...
+
+class NetIO(_message.Message):
+    __slots__ = ("interface", "recv_bps", "sent_bps", "speed_mbps")
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    RECV_BPS_FIELD_NUMBER: _ClassVar[int]
+    SENT_BPS_FIELD_NUMBER: _ClassVar[int]
+    SPEED_MBPS_FIELD_NUMBER: _ClassVar[int]
+    interface: str
+    recv_bps: float
+    sent_bps: float
+    speed_mbps: int
+    def __init__(self, interface: _Optional[str] = ..., recv_bps: _Optional[float] = ..., sent_bps: _Optional[float] = ..., speed_mbps: _Optional[int] = ...) -> None: ...
+
+class HostHealth(_message.Message):
+    __slots__ = ("sampled_at", "cpu_percent", "cpu_per_core", "cpu_count", "load1", "load5", "load15", "mem_total", "mem_available", "swap_in_bps", "swap_out_bps", "exports", "disk_read_bps", "disk_write_bps", "disks", "net_recv_bps", "net_sent_bps", "nics", "open_fds", "agent_cpu_percent", "agent_rss", "active_transfers")
+    SAMPLED_AT_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    CPU_PER_CORE_FIELD_NUMBER: _ClassVar[int]
+    CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LOAD1_FIELD_NUMBER: _ClassVar[int]
+    LOAD5_FIELD_NUMBER: _ClassVar[int]
+    LOAD15_FIELD_NUMBER: _ClassVar[int]
+    MEM_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MEM_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    SWAP_IN_BPS_FIELD_NUMBER: _ClassVar[int]
+    SWAP_OUT_BPS_FIELD_NUMBER: _ClassVar[int]
+    EXPORTS_FIELD_NUMBER: _ClassVar[int]
+    DISK_READ_BPS_FIELD_NUMBER: _ClassVar[int]
+    DISK_WRITE_BPS_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
+    NET_RECV_BPS_FIELD_NUMBER: _ClassVar[int]
+    NET_SENT_BPS_FIELD_NUMBER: _ClassVar[int]
+    NICS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FDS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_RSS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    sampled_at: float
+    cpu_percent: float
+    cpu_per_core: _containers.RepeatedScalarFieldContainer[float]
+    cpu_count: int
+    load1: float
+    load5: float
+    load15: float
+    mem_total: int
+    mem_available: int
+    swap_in_bps: float
+    swap_out_bps: float
+    exports: _containers.RepeatedCompositeFieldContainer[DiskUsage]
+    disk_read_bps: float
+    disk_write_bps: float
+    disks: _containers.RepeatedCompositeFieldContainer[DiskIO]
+    net_recv_bps: float
+    net_sent_bps: float
+    nics: _containers.RepeatedCompositeFieldContainer[NetIO]
+    open_fds: int
+    agent_cpu_percent: float
+    agent_rss: int
+    active_transfers: int
+    def __init__(self, sampled_at: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., cpu_per_core: _Optional[_Iterable[float]] = ..., cpu_count: _Optional[int] = ..., load1: _Optional[float] = ..., load5: _Optional[float] = ..., load15: _Optional[float] = ..., mem_total: _Optional[int] = ..., mem_available: _Optional[int] = ..., swap_in_bps: _Optional[float] = ..., swap_out_bps: _Optional[float] = ..., exports: _Optional[_Iterable[_Union[DiskUsage, _Mapping]]] = ..., disk_read_bps: _Optional[float] = ..., disk_write_bps: _Optional[float] = ..., disks: _Optional[_Iterable[_Union[DiskIO, _Mapping]]] = ..., net_recv_bps: _Optional[float] = ..., net_sent_bps: _Optional[float] = ..., nics: _Optional[_Iterable[_Union[NetIO, _Mapping]]] = ..., open_fds: _Optional[int] = ..., agent_cpu_percent: _Optional[float] = ..., agent_rss: _Optional[int] = ..., active_transfers: _Optional[int] = ...) -> None: ...
+
+class AgentInfo(_message.Message):
+    __slots__ = ("name", "grpc_address", "data_address", "exports", "version", "pid", "hostname")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    EXPORTS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    grpc_address: str
+    data_address: str
+    exports: _containers.RepeatedScalarFieldContainer[bytes]
+    version: str
+    pid: int
+    hostname: str
+    def __init__(self, name: _Optional[str] = ..., grpc_address: _Optional[str] = ..., data_address: _Optional[str] = ..., exports: _Optional[_Iterable[bytes]] = ..., version: _Optional[str] = ..., pid: _Optional[int] = ..., hostname: _Optional[str] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("host", "path")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    path: bytes
+    def __init__(self, host: _Optional[str] = ..., path: _Optional[bytes] = ...) -> None: ...
+
+class JobOptions(_message.Message):
+    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts")
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    BWLIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    delete: bool
+    checksum: bool
+    bwlimit: int
+    max_attempts: int
+    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ...) -> None: ...
+
+class TransferStats(_message.Message):
+    __slots__ = ("entries", "files_total", "files_done", "bytes_total", "bytes_done", "files_skipped", "deleted", "wire_bytes", "skipped_special", "errors", "scan_done")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FILES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    FILES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    WIRE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_SPECIAL_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SCAN_DONE_FIELD_NUMBER: _ClassVar[int]
+    entries: int
+    files_total: int
+    files_done: int
+    bytes_total: int
+    bytes_done: int
+    files_skipped: int
+    deleted: int
+    wire_bytes: int
+    skipped_special: int
+    errors: int
+    scan_done: bool
+    def __init__(self, entries: _Optional[int] = ..., files_total: _Optional[int] = ..., files_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., files_skipped: _Optional[int] = ..., deleted: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., skipped_special: _Optional[int] = ..., errors: _Optional[int] = ..., scan_done: _Optional[bool] = ...) -> None: ...
+
+class Attempt(_message.Message):
+    __slots__ = ("number", "started_at", "ended_at", "error", "stats")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    started_at: float
+    ended_at: float
+    error: str
+    stats: TransferStats
+    def __init__(self, number: _Optional[int] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[TransferStats, _Mapping]] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("id", "state", "source", "destination", "options", "created_at", "updated_at", "started_at", "finished_at", "attempts", "max_attempts", "error", "wait_reason", "progress", "history", "next_attempt_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    WAIT_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    state: JobState
+    source: Endpoint
+    destination: Endpoint
+    options: JobOptions
+    created_at: float
+    updated_at: float
+    started_at: float
+    finished_at: float
+    attempts: int
+    max_attempts: int
+    error: str
+    wait_reason: str
+    progress: TransferStats
+    history: _containers.RepeatedCompositeFieldContainer[Attempt]
+    next_attempt_at: float
+    def __init__(self, id: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., error: _Optional[str] = ..., wait_reason: _Optional[str] = ..., progress: _Optional[_Union[TransferStats, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., next_attempt_at: _Optional[float] = ...) -> None: ...
