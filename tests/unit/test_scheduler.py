@@ -1,0 +1,222 @@
+"""Tests for zcrepl.controller.scheduler: plan() decisions and the overlaps() table."""
+
+from __future__ import annotations
+
+import pytest
+
+from zcrepl.controller.scheduler import Decision, HostView, Policy, overlaps, plan
+from zcrepl.core.types import Endpoint, Job, JobState
+
+NOW = 1_000.0
+
+
+def ep(spec: str) -> Endpoint:
+    host, _, path = spec.partition(":")
+    return Endpoint(host, path.encode())
+
+
+def job(job_id: int, src: str = "a:/src", dst: str = "b:/dst", state: JobState = JobState.QUEUED,
+        **kw: object) -> Job:
+    return Job(id=job_id, state=state, source=ep(src), destination=ep(dst), **kw)  # type: ignore[arg-type]
+
+
+def hosts(*online: str, offline: tuple[str, ...] = (), running: dict[str, int] | None = None) -> dict[str, HostView]:
+    running = running or {}
+    out = {n: HostView(n, True, running.get(n, 0)) for n in online}
+    out.update({n: HostView(n, False, running.get(n, 0)) for n in offline})
+    return out
+
+
+def by_id(decisions: list[Decision]) -> dict[int, Decision]:
+    return {d.job_id: d for d in decisions}
+
+
+# -- liveness ---------------------------------------------------------------------------------------
+
+
+def test_starts_when_both_ends_online() -> None:
+    assert plan([job(1)], hosts("a", "b"), [], Policy(), NOW) == [Decision(1, True, "")]
+
+
+@pytest.mark.parametrize(
+    ("view", "role", "host"),
+    [
+        (hosts("b", offline=("a",)), "source", "a"),
+        (hosts("a", offline=("b",)), "destination", "b"),
+        (hosts("b"), "source", "a"),  # never registered counts as offline
+        (hosts("a"), "destination", "b"),
+    ],
+    ids=["source-offline", "dest-offline", "source-unknown", "dest-unknown"],
+)
+def test_waits_naming_offline_host_and_role(view: dict[str, HostView], role: str, host: str) -> None:
+    (d,) = plan([job(1)], view, [], Policy(), NOW)
+    assert not d.start
+    assert f"{role} host {host} is offline" in d.reason
+
+
+def test_offline_host_does_not_consume_capacity() -> None:
+    view = hosts("a", offline=("b",))
+    out = by_id(plan([job(1, "a:/x", "b:/y"), job(2, "a:/x", "a:/z")], view, [], Policy(max_jobs_per_host=1), NOW))
+    assert not out[1].start
+    assert out[2].start
+
+
+# -- retry backoff ----------------------------------------------------------------------------------
+
+
+def test_respects_next_attempt_at_with_jobs_wait_reason() -> None:
+    j = job(1, next_attempt_at=NOW + 5, wait_reason="retry 2 of 5 in 5.0s after: boom")
+    assert plan([j], hosts("a", "b"), [], Policy(), NOW) == [Decision(1, False, "retry 2 of 5 in 5.0s after: boom")]
+
+
+def test_next_attempt_at_without_reason_gets_a_generic_one() -> None:
+    (d,) = plan([job(1, next_attempt_at=NOW + 2.5)], hosts("a", "b"), [], Policy(), NOW)
+    assert not d.start
+    assert "retry in 2.5s" in d.reason
+
+
+@pytest.mark.parametrize("delta", [0.0, -1.0], ids=["due-now", "overdue"])
+def test_due_retry_starts(delta: float) -> None:
+    (d,) = plan([job(1, next_attempt_at=NOW + delta, wait_reason="old")], hosts("a", "b"), [], Policy(), NOW)
+    assert d.start
+
+
+def test_backoff_outranks_offline() -> None:
+    (d,) = plan([job(1, next_attempt_at=NOW + 1, wait_reason="backing off")], hosts(), [], Policy(), NOW)
+    assert d.reason == "backing off"
+
+
+# -- per-host capacity ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("running", "limit", "start"),
+    [
+        ({"a": 0, "b": 0}, 1, True),
+        ({"a": 1}, 1, False),
+        ({"b": 1}, 1, False),
+        ({"a": 3, "b": 3}, 4, True),
+        ({"a": 4}, 4, False),
+        ({"b": 5}, 4, False),
+    ],
+)
+def test_per_host_limit(running: dict[str, int], limit: int, start: bool) -> None:
+    (d,) = plan([job(1)], hosts("a", "b", running=running), [], Policy(max_jobs_per_host=limit), NOW)
+    assert d.start is start
+    if not start:
+        busy = next(h for h, n in running.items() if n >= limit)
+        assert f"{busy} already runs {running[busy]} jobs (limit {limit})" in d.reason
+
+
+def test_starts_within_one_pass_consume_capacity() -> None:
+    queued = [job(1, "a:/s1", "b:/d1"), job(2, "a:/s2", "c:/d2"), job(3, "c:/s3", "d:/d3")]
+    out = by_id(plan(queued, hosts("a", "b", "c", "d"), [], Policy(max_jobs_per_host=1), NOW))
+    assert out[1].start
+    assert not out[2].start
+    assert "a already runs 1 jobs (limit 1)" in out[2].reason
+    assert out[3].start  # job 2 did not start, so it took nothing from c
+
+
+def test_same_host_job_counts_once_for_that_host() -> None:
+    queued = [job(1, "a:/s1", "a:/d1"), job(2, "a:/s2", "b:/d2")]
+    out = by_id(plan(queued, hosts("a", "b"), [], Policy(max_jobs_per_host=2), NOW))
+    assert out[1].start
+    assert out[2].start, out[2].reason
+
+
+def test_same_host_job_fills_the_last_slot() -> None:
+    queued = [job(1, "a:/s1", "a:/d1"), job(2, "a:/s2", "a:/d2")]
+    out = by_id(plan(queued, hosts("a", running={"a": 1}), [], Policy(max_jobs_per_host=2), NOW))
+    assert out[1].start
+    assert not out[2].start
+
+
+# -- overlapping destinations -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("running_dst", "queued_dst", "blocked"),
+    [
+        ("b:/dst", "b:/dst", True),
+        ("b:/dst", "b:/dst/sub", True),
+        ("b:/dst/sub", "b:/dst", True),
+        ("b:/dst", "b:/dst2", False),
+        ("c:/dst", "b:/dst", False),
+        ("b:/", "b:/anything", True),
+    ],
+)
+def test_overlap_with_running_job_waits_naming_it(running_dst: str, queued_dst: str, blocked: bool) -> None:
+    running = [job(7, "x:/s", running_dst, state=JobState.RUNNING)]
+    (d,) = plan([job(9, "a:/s", queued_dst)], hosts("a", "b", "c", "x"), running, Policy(), NOW)
+    assert d.start is not blocked
+    if blocked:
+        assert d.reason == f"waiting: job 7 is writing to {running_dst}"
+
+
+def test_overlap_with_job_started_in_same_pass() -> None:
+    queued = [job(2, "a:/s", "b:/dst/inner"), job(1, "a:/s", "b:/dst")]
+    out = by_id(plan(queued, hosts("a", "b"), [], Policy(), NOW))
+    assert out[1].start
+    assert not out[2].start
+    assert "job 1 is writing to b:/dst" in out[2].reason
+
+
+def test_overlap_reason_escapes_odd_path_bytes() -> None:
+    running = [Job(5, JobState.RUNNING, ep("a:/s"), Endpoint("b", b"/d\xff\n"))]
+    (d,) = plan([Job(6, JobState.QUEUED, ep("a:/s"), Endpoint("b", b"/d\xff\n/x"))], hosts("a", "b"), running,
+                Policy(), NOW)
+    assert d.reason == "waiting: job 5 is writing to b:/d\\xff\\n"
+
+
+def test_sources_may_overlap() -> None:
+    queued = [job(1, "a:/src", "b:/d1"), job(2, "a:/src", "b:/d2")]
+    assert all(d.start for d in plan(queued, hosts("a", "b"), [], Policy(), NOW))
+
+
+# -- ordering ---------------------------------------------------------------------------------------
+
+
+def test_one_decision_per_job_oldest_first() -> None:
+    queued = [job(5, dst="b:/5"), job(2, dst="b:/2"), job(9, dst="b:/9")]
+    assert [d.job_id for d in plan(queued, hosts("a", "b"), [], Policy(), NOW)] == [2, 5, 9]
+
+
+def test_lowest_id_gets_the_slot() -> None:
+    queued = [job(5, dst="b:/5"), job(3, dst="b:/3")]
+    out = by_id(plan(queued, hosts("a", "b"), [], Policy(max_jobs_per_host=1), NOW))
+    assert out[3].start
+    assert not out[5].start
+
+
+def test_empty_queue() -> None:
+    assert plan([], hosts("a"), [], Policy(), NOW) == []
+
+
+def test_plan_does_not_mutate_host_views() -> None:
+    view = hosts("a", "b")
+    plan([job(1)], view, [], Policy(), NOW)
+    assert view == hosts("a", "b")
+
+
+# -- overlaps() -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ("h:/a/b", "h:/a/b", True),
+        ("h:/a", "h:/a/b", True),
+        ("h:/a/b", "h:/a", True),
+        ("h:/a/b/c/d", "h:/a", True),
+        ("h:/a/b", "h:/a/bc", False),
+        ("h:/a/bc", "h:/a/b", False),
+        ("h:/a/b", "h:/a/c", False),
+        ("h:/a/b", "g:/a/b", False),
+        ("h:/", "h:/x", True),
+        ("h:/x", "h:/", True),
+        ("h:/", "h:/", True),
+        ("h:/", "g:/", False),
+    ],
+)
+def test_overlaps(a: str, b: str, expected: bool) -> None:
+    assert overlaps(ep(a), ep(b)) is expected

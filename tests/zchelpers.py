@@ -1,0 +1,252 @@
+"""Shared test helpers: a cluster of real daemon processes, tree generation and an independent tree walk.
+
+The tree comparison deliberately uses none of zcrepl's code (os.walk + lstat + sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OLD_MTIME_NS = 946_684_800_123_456_789  # 2000-01-01, with nanoseconds
+
+
+def wait_for(pred: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Daemon:
+    name: str
+    argv: list[str]
+    ready_file: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    ready: dict[str, Any] = field(default_factory=dict)
+
+    def start(self, timeout: float = 20.0) -> Daemon:
+        self.ready_file.unlink(missing_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, start_new_session=True)
+        finally:
+            log.close()
+
+        def is_ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            return self.ready_file.exists()
+
+        wait_for(is_ready, timeout, what=f"{self.name} to serve")
+        self.ready = json.loads(self.ready_file.read_text())
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def send_signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        self.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+            raise AssertionError(f"{self.name} ignored signal {sig} for {timeout}s:\n{self.log()[-3000:]}") from None
+        finally:
+            self.proc = None
+        return rc
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+class Cluster:
+    """A controller and agents as real processes on loopback; all ports ephemeral."""
+
+    def __init__(self, base: Path, **controller_flags: Any) -> None:
+        self.base = base
+        self.daemons: dict[str, Daemon] = {}
+        self.controller_port = free_port()
+        self.controller_addr = f"127.0.0.1:{self.controller_port}"
+        flags = {"retry_base": 0.2, "retry_max": 1.0, "heartbeat_interval": 0.5, "offline_after": 3.0,
+                 **controller_flags}
+        argv = [sys.executable, "-m", "zcrepl.controller", "--listen", self.controller_addr,
+                "--state-dir", str(base / "state"), "--ready-file", str(base / "controller.json"),
+                "--log-level", "debug"]
+        for k, v in flags.items():
+            argv += [f"--{k.replace('_', '-')}", str(v)]
+        self.daemons["controller"] = Daemon("controller", argv, base / "controller.json", base / "controller.log")
+
+    @property
+    def controller(self) -> Daemon:
+        return self.daemons["controller"]
+
+    def add_agent(self, name: str, *exports: Path) -> Daemon:
+        for e in exports:
+            e.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "zcrepl.agent", "--name", name, "--controller", self.controller_addr,
+                "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0",
+                "--ready-file", str(self.base / f"{name}.json"), "--log-level", "debug"]
+        for e in exports:
+            argv += ["--export", str(e)]
+        d = Daemon(name, argv, self.base / f"{name}.json", self.base / f"{name}.log")
+        self.daemons[name] = d
+        return d
+
+    def agents_online(self, *names: str) -> bool:
+        rc, out, _ = self.ctl("agents", "--json")
+        if rc != 0:
+            return False
+        online = {a["name"] for a in json.loads(out) if a["online"]}
+        return set(names) <= online
+
+    def wait_online(self, *names: str, timeout: float = 20.0) -> None:
+        wait_for(lambda: self.agents_online(*names), timeout, interval=0.2, what=f"agents {names} online")
+
+    def ctl(self, *args: str, timeout: float = 120.0) -> tuple[int, str, str]:
+        p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller", self.controller_addr,
+                            *args], capture_output=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+        return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        rc, out, err = self.ctl("job", str(job_id), "--json")
+        assert rc == 0, err
+        return dict(json.loads(out))
+
+    def close(self) -> None:
+        for d in reversed(list(self.daemons.values())):
+            try:
+                d.stop()
+            except AssertionError:
+                d.kill()
+
+
+# -- trees ------------------------------------------------------------------------------------------
+ODD_NAMES = [b"sp ace", b"new\nline", "ünïcödé-名前".encode(), b"bad\xff\xfeutf8", b"-dash", b"tab\tx",
+             b"back\\slash", b"quote\"'", b"a" * 200]
+
+
+def write_file(path: Path, data: bytes, mode: int = 0o644, mtime_ns: int = OLD_MTIME_NS) -> None:
+    path.write_bytes(data)
+    os.chmod(path, mode)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def make_tree(root: Path, *, files: int = 1000, big: int = 0, seed: int = 7) -> None:
+    """Nested dirs, many small files, odd names, exec bits, old mtimes, symlinks (dangling too), empties."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    broot = os.fsencode(root)
+    dirs = [b""]
+    for i in range(max(1, files // 25)):
+        parent = rng.choice(dirs)
+        d = (parent + b"/" if parent else b"") + f"d{i:03d}".encode()
+        os.mkdir(os.path.join(broot, d))
+        dirs.append(d)
+    for i in range(files):
+        d = rng.choice(dirs)
+        name = f"f{i:05d}.dat".encode()
+        p = os.path.join(broot, d, name)
+        size = rng.choice([0, 1, 100, 4096, 4097, 65536, rng.randrange(200_000)])
+        with open(p, "wb") as f:
+            f.write(rng.randbytes(size))
+        mode = rng.choice([0o644, 0o600, 0o755, 0o640])
+        os.chmod(p, mode)
+        mt = OLD_MTIME_NS + rng.randrange(10**15)
+        os.utime(p, ns=(mt, mt))
+    for name in ODD_NAMES:
+        p = os.path.join(broot, name)
+        with open(p, "wb") as f:
+            f.write(name * 3)
+        os.utime(p, ns=(OLD_MTIME_NS, OLD_MTIME_NS))
+    os.mkdir(os.path.join(broot, b"odd \xff dir\nx"))
+    with open(os.path.join(broot, b"odd \xff dir\nx", b"inner \xfe"), "wb") as f:
+        f.write(b"inner")
+    os.makedirs(os.path.join(broot, b"empty/nested-empty"))
+    open(os.path.join(broot, b"empty-file"), "wb").close()
+    os.symlink(b"d000", os.path.join(broot, b"link-to-dir"))
+    os.symlink(b"empty-file", os.path.join(broot, b"link-to-file"))
+    os.symlink(b"does/not/exist", os.path.join(broot, b"dangling"))
+    os.symlink(b"/etc/passwd", os.path.join(broot, b"absolute-link"))
+    os.symlink(b"\xff\xfe-target", os.path.join(broot, b"link \xff odd"))
+    exe = os.path.join(broot, b"run.sh")
+    with open(exe, "wb") as f:
+        f.write(b"#!/bin/sh\necho hi\n")
+    os.chmod(exe, 0o755)
+    os.mkdir(os.path.join(broot, b"ro-dir"), 0o555)
+    if big:
+        with open(os.path.join(broot, b"big.bin"), "wb") as f:
+            chunk = rng.randbytes(1 << 20)
+            for i in range(big >> 20):
+                f.write(bytes([i & 0xFF]) + chunk[1:])
+    # set directory mtimes last, after their contents
+    for d in sorted(dirs, key=len, reverse=True):
+        os.utime(os.path.join(broot, d), ns=(OLD_MTIME_NS, OLD_MTIME_NS + len(d)))
+    os.symlink(b"nowhere", os.path.join(broot, b"d000", b"sub-dangling"))
+    os.utime(os.path.join(broot, b"d000", b"sub-dangling"), ns=(OLD_MTIME_NS, OLD_MTIME_NS + 5),
+             follow_symlinks=False)
+
+
+def snapshot(root: Path, content: bool = True) -> dict[bytes, tuple[Any, ...]]:
+    """Independent walk: path -> (type, mode, mtime_ns, size, sha256 | link target)."""
+    broot = os.fsencode(root)
+    out: dict[bytes, tuple[Any, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(broot):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, broot)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", st.st_mtime_ns, os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+            elif stat.S_ISREG(st.st_mode):
+                digest = hashlib.sha256(Path(os.fsdecode(full)).read_bytes()).hexdigest() if content else ""
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size, digest)
+            else:
+                out[rel] = ("special", stat.S_IFMT(st.st_mode))
+    st = os.lstat(broot)
+    out[b"."] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+    return out
+
+
+def diff_trees(a: dict[bytes, Any], b: dict[bytes, Any]) -> list[str]:
+    problems = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            problems.append(f"{k!r}: src={a.get(k)} dst={b.get(k)}")
+    return problems
