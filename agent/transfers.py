@@ -201,6 +201,10 @@ class Transfers:
                        stats=receiver.stats())
             return
         self._forget(key)
+        if stats.errors:
+            self._fail(order.job_id, order.attempt, Role.RECEIVER,
+                       f"{stats.errors} entries failed; first: {receiver.first_error}", retryable=True, stats=stats)
+            return
         log.info("receive done", extra=kv(job=order.job_id, attempt=order.attempt, files=stats.files_done,
                                           bytes=stats.bytes_done, skipped=stats.files_skipped,
                                           deleted=stats.deleted, seconds=round(time.monotonic() - t0, 3)))

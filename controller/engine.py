@@ -53,6 +53,7 @@ class Run:
     sender_done: TransferStats | None = None
     receiver_done: TransferStats | None = None
     progress: TransferStats = field(default_factory=TransferStats)
+    last_report: float = 0.0
 
 
 class Engine:
@@ -113,6 +114,7 @@ class Engine:
         if session.info.name != expected:
             log.warning("report from the wrong agent ignored", extra=kv(agent=session.info.name, job=r.job_id))
             return
+        run.last_report = self.clock()
         if r.phase is Phase.READY and r.role is Role.RECEIVER:
             self._on_ready(job, run)
         elif r.phase is Phase.PROGRESS:
@@ -220,10 +222,14 @@ class Engine:
         for s in self.registry.silent(now):
             self.disconnect(s, f"no heartbeat for {self.config.offline_after:.0f}s")
         for run in list(self.runs.values()):
+            job = self.jobs[run.job_id]
             if not run.receiver_ready and now > run.ready_deadline:
-                job = self.jobs[run.job_id]
                 self._fail_run(run.job_id, f"{job.destination.host} did not prepare to receive within "
                                f"{self.config.ready_timeout:.0f}s", True, run.progress)
+            elif run.receiver_ready and now - run.last_report > self.config.stall_timeout:
+                quiet = job.source.host if run.sender_done is None else job.destination.host
+                self._fail_run(run.job_id, f"no report from {quiet} for {self.config.stall_timeout:.0f}s; "
+                               "the transfer is stalled (check that host's zc-agent log)", True, run.progress)
         queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
         if not queued:
             return

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-base", type=float, metavar="SECONDS", help="first retry delay, doubling each time")
     p.add_argument("--retry-max", type=float, metavar="SECONDS", help="longest retry delay")
     p.add_argument("--max-jobs-per-host", type=int, metavar="N", help="concurrent jobs per host (default 4)")
+    p.add_argument("--stall-timeout", type=float, metavar="SECONDS",
+                   help="fail a running attempt after this long without a report from its agents")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["kv", "json"])
     p.add_argument("--ready-file", metavar="FILE", help="write the bound address as JSON here once serving")

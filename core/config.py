@@ -73,6 +73,8 @@ class ControllerConfig:
     # How long the destination may take to answer READY before the attempt fails.
     ready_timeout: float = 30.0
     schedule_interval: float = 0.5
+    # A running attempt with no report from its agents for this long is failed (a hung or lying peer).
+    stall_timeout: float = 120.0
 
     def validate(self) -> None:
         split_address(self.listen)

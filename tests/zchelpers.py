@@ -250,3 +250,66 @@ def diff_trees(a: dict[bytes, Any], b: dict[bytes, Any]) -> list[str]:
         if a.get(k) != b.get(k):
             problems.append(f"{k!r}: src={a.get(k)} dst={b.get(k)}")
     return problems
+
+
+# -- a fake agent: speaks the controller stream by hand, to act as a hostile source ------------------
+class FakeAgent:
+    """Registers like a zc-agent and records the orders it gets; it never moves data by itself."""
+
+    def __init__(self, controller: str, name: str, exports: tuple[bytes, ...] = (b"/evil",)) -> None:
+        import queue as _queue
+        import threading as _threading
+
+        import grpc
+
+        from zcrepl.proto import controller_pb2 as cpb
+        from zcrepl.proto import controller_pb2_grpc
+        from zcrepl.proto import types_pb2 as tpb
+
+        self.cpb = cpb
+        self.orders: _queue.Queue[Any] = _queue.Queue()
+        self._out: _queue.Queue[Any] = _queue.Queue()
+        self._stop = _threading.Event()
+        self._channel = grpc.insecure_channel(controller)
+        stub = controller_pb2_grpc.ControllerStub(self._channel)
+        info = tpb.AgentInfo(name=name, grpc_address="127.0.0.1:1", data_address="127.0.0.1:1", exports=list(exports))
+        self._out.put(cpb.AgentMessage(register=cpb.Register(info=info)))
+
+        def requests() -> Any:
+            while True:
+                m = self._out.get()
+                if m is None:
+                    return
+                yield m
+
+        self._call = stub.Connect(requests())
+
+        def read() -> None:
+            try:
+                for m in self._call:
+                    self.orders.put(m)
+            except grpc.RpcError:
+                pass
+
+        def beat() -> None:
+            while not self._stop.wait(0.3):
+                self._out.put(cpb.AgentMessage(heartbeat=cpb.Heartbeat(health=tpb.HostHealth(cpu_count=1))))
+
+        self._threads = [_threading.Thread(target=read, daemon=True), _threading.Thread(target=beat, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def next_order(self, kind: str, timeout: float = 20.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.orders.get(timeout=max(0.01, deadline - time.monotonic()))
+            if m.WhichOneof("kind") == kind:
+                return getattr(m, kind)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._out.put(None)
+        self._call.cancel()
+        for t in self._threads:
+            t.join(5)
+        self._channel.close()

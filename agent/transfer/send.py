@@ -189,6 +189,7 @@ class Sender:
             self.paths.append(entry.path if entry.kind is Kind.FILE else None)
             batch.append(entry)
             self.c_entries += 1
+            self._progress()
             if len(batch) >= BATCH:
                 ch.send(fr.encode_entries(batch))
                 batch = []

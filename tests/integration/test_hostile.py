@@ -1,0 +1,255 @@
+"""A hostile source agent with a valid ticket: every trick is refused, nothing lands outside the root,
+and the receiving agent keeps serving (reliability.md §1a-1c, DESIGN §3 rules 2 and 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from zchelpers import Cluster, FakeAgent, diff_trees, snapshot, wait_for
+
+from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer.frame import Channel, Entry, FileHead, Hello, Kind
+from zcrepl.controller.client import ControllerClient
+from zcrepl.core.types import Endpoint, JobOptions, JobState
+
+ROOT = Entry(Kind.DIR, b"", 0o755, 1_000_000_000_000_000_000)
+
+
+def f(path: bytes, size: int = 0) -> Entry:
+    return Entry(Kind.FILE, path, 0o644, 1_000_000_000_000_000_000, size)
+
+
+@pytest.fixture
+def evil(cluster: Cluster) -> Iterator[FakeAgent]:
+    agent = FakeAgent(cluster.controller_addr, "evil")
+    cluster.wait_online("evil")
+    yield agent
+    agent.close()
+
+
+@pytest.fixture
+def client(cluster: Cluster) -> Iterator[ControllerClient]:
+    with ControllerClient(cluster.controller_addr) as c:
+        yield c
+
+
+class Session:
+    """One data connection, authenticated with the ticket the controller minted for a fresh job."""
+
+    def __init__(self, client: ControllerClient, evil: FakeAgent, dst: Path) -> None:
+        self.job = client.submit(Endpoint("evil", b"/evil/src"), Endpoint("hostB", os.fsencode(dst)),
+                                 JobOptions(max_attempts=1))
+        order = evil.next_order("send")
+        assert order.job_id == self.job.id
+        host, port = order.dest_data_address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.ch = Channel(self.sock)
+        self.ticket = bytes(order.ticket)
+        self.attempt = order.attempt
+        self.ch.send(fr.encode_hello(Hello(order.job_id, order.attempt, self.ticket)))
+        kind, payload = self.ch.recv_frame()
+        assert kind is fr.T.ACCEPT, fr.decode_text(payload)
+
+    def entries(self, *entries: Entry) -> None:
+        self.ch.send(fr.encode_entries(list(entries)))
+
+    def end_manifest(self, count: int) -> list[int]:
+        """Send MANIFEST_END and collect NEEDs up to NEED_END."""
+        self.ch.send(fr.encode_u64(fr.T.MANIFEST_END, count))
+        needs: list[int] = []
+        while True:
+            kind, payload = self.ch.recv_frame()
+            if kind is fr.T.NEED:
+                needs += fr.decode_need(payload)
+            elif kind is fr.T.NEED_END:
+                return needs
+            else:
+                raise AssertionError(f"unexpected {kind.name}: {payload[:200]!r}")
+
+    def refused(self) -> str:
+        """The receiver must drop us: an ABORT frame and/or the connection closing."""
+        try:
+            while True:
+                kind, payload = self.ch.recv_frame()
+                if kind is fr.T.ABORT:
+                    return fr.decode_text(payload)
+        except (OSError, Exception) as err:  # closed connection
+            return f"closed: {err}"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def job_failed(client: ControllerClient, job_id: int) -> str:
+    job = wait_for(lambda: (j := client.job(job_id)).state.final and j, 20, what=f"job {job_id} to end")
+    assert job.state is JobState.FAILED, job
+    return job.error
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Iterator[Callable[[], None]]:
+    """Sentinel trees outside the destination root that must never change."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_bytes(b"keep me")
+    (tmp_path / "b" / "sibling").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "b" / "sibling" / "data").write_bytes(b"sibling")
+    before_out, before_sib = snapshot(outside), snapshot(tmp_path / "b" / "sibling")
+
+    def check() -> None:
+        assert not diff_trees(before_out, snapshot(outside))
+        assert not diff_trees(before_sib, snapshot(tmp_path / "b" / "sibling"))
+        assert not list(tmp_path.rglob("pwned*"))
+        assert not [p for p in tmp_path.rglob(".zc.*")], "temp files left behind"
+
+    yield check
+    check()
+
+
+@pytest.mark.parametrize("name", [b"../pwned", b"a/../../pwned", b"/etc/pwned", b"//pwned", b"./pwned", b"",
+                                  b"x/./pwned", b"pwned/", b"nul\0pwned", b".zc.pwned.tmp"])
+def test_bad_names_are_refused(cluster: Cluster, evil: FakeAgent, client: ControllerClient, tmp_path: Path,
+                               guarded: Callable[[], None], name: bytes) -> None:
+    s = Session(client, evil, tmp_path / "b" / "dst")
+    s.entries(ROOT, Entry(Kind.DIR, b"a", 0o755, 0), f(name, 3))
+    reason = s.refused()
+    s.close()
+    assert reason and not any(c in reason for c in "\0\n\r")  # names are escaped, never raw
+    error = job_failed(client, s.job.id)
+    assert "hostB" in error
+    guarded()
+
+
+def test_name_through_symlink_in_the_same_manifest(cluster: Cluster, evil: FakeAgent, client: ControllerClient,
+                                                   tmp_path: Path, guarded: Callable[[], None]) -> None:
+    s = Session(client, evil, tmp_path / "b" / "dst")
+    s.entries(ROOT, Entry(Kind.SYMLINK, b"link", 0o777, 0, target=os.fsencode(tmp_path / "outside")),
+              f(b"link/pwned", 3))
+    assert "parent is not a directory" in s.refused()
+    s.close()
+    job_failed(client, s.job.id)
+    assert os.path.islink(tmp_path / "b" / "dst" / "link")  # the link itself is harmless data
+
+
+def test_name_through_a_planted_symlink_on_disk(cluster: Cluster, evil: FakeAgent, client: ControllerClient,
+                                                tmp_path: Path, guarded: Callable[[], None]) -> None:
+    dst = tmp_path / "b" / "dst"
+    dst.mkdir(parents=True)
+    os.symlink(tmp_path / "outside", dst / "sub")
+    # Not announced as a directory: refused outright.
+    s = Session(client, evil, dst)
+    s.entries(ROOT, f(b"sub/pwned", 3))
+    s.refused()
+    s.close()
+    job_failed(client, s.job.id)
+    # Announced as a directory: the planted link is replaced by a real directory, never followed.
+    s = Session(client, evil, dst)
+    s.entries(ROOT, Entry(Kind.DIR, b"sub", 0o755, 0), f(b"sub/pwned-but-inside", 3))
+    assert s.end_manifest(3) == [2]
+    s.ch.send(fr.encode_file(FileHead(2, 3, 0, 0o644)) + b"abc" + fr.frame(fr.T.FILE_END, bytes([fr.FILE_OK])))
+    s.ch.send(fr.frame(fr.T.SENDER_DONE))
+    kind, _ = s.ch.recv_frame()
+    assert kind is fr.T.RESULT
+    s.close()
+    assert not os.path.islink(dst / "sub")
+    assert (dst / "sub" / "pwned-but-inside").read_bytes() == b"abc"
+    (dst / "sub" / "pwned-but-inside").unlink()
+
+
+def test_symlink_swapped_in_mid_job(cluster: Cluster, evil: FakeAgent, client: ControllerClient, tmp_path: Path,
+                                    guarded: Callable[[], None]) -> None:
+    dst = tmp_path / "b" / "dst"
+    s = Session(client, evil, dst)
+    s.entries(ROOT, Entry(Kind.DIR, b"d", 0o755, 0), f(b"d/pwned", 5))
+    assert s.end_manifest(3) == [2]
+    os.rename(dst / "d", dst / "d.moved")
+    os.symlink(tmp_path / "outside", dst / "d")  # the swap, after the receiver created d
+    s.ch.send(fr.encode_file(FileHead(2, 5, 0, 0o644)) + b"12345" + fr.frame(fr.T.FILE_END, bytes([fr.FILE_OK])))
+    s.ch.send(fr.frame(fr.T.SENDER_DONE))
+    kind, payload = s.ch.recv_frame()
+    s.close()
+    assert kind is fr.T.RESULT
+    result = json.loads(payload)
+    assert result["errors"] >= 1 and "symlink" in result["first_error"]  # refused, reported, not written
+    assert "entries failed" in job_failed(client, s.job.id)
+    assert not (dst / "d.moved" / "pwned").exists()
+
+
+@pytest.mark.parametrize("announced,sent", [(100, 50), (10, 20), (10, 0)])
+def test_size_lies_leave_nothing_behind(cluster: Cluster, evil: FakeAgent, client: ControllerClient,
+                                        tmp_path: Path, guarded: Callable[[], None], announced: int,
+                                        sent: int) -> None:
+    dst = tmp_path / "b" / "dst"
+    s = Session(client, evil, dst)
+    s.entries(ROOT, f(b"liar", announced))
+    assert s.end_manifest(2) == [1]
+    s.ch.send(fr.encode_file(FileHead(1, announced, 0, 0o644)) + b"x" * sent)
+    if sent < announced:
+        s.sock.shutdown(socket.SHUT_WR)  # truncated stream
+    s.refused()
+    s.close()
+    job_failed(client, s.job.id)
+    assert not (dst / "liar").exists()
+
+
+def test_duplicate_and_unrequested_entries(cluster: Cluster, evil: FakeAgent, client: ControllerClient,
+                                           tmp_path: Path, guarded: Callable[[], None]) -> None:
+    s = Session(client, evil, tmp_path / "b" / "dst")
+    s.entries(ROOT, f(b"same", 1), f(b"same", 1))
+    assert "duplicate" in s.refused()
+    s.close()
+    s = Session(client, evil, tmp_path / "b" / "dst")
+    s.entries(ROOT, f(b"a", 1))
+    s.end_manifest(2)
+    s.ch.send(fr.encode_file(FileHead(0, 1, 0, 0o644)) + b"x")  # index 0 was never asked for
+    assert "not asked for" in s.refused()
+    s.close()
+
+
+def test_tickets_are_single_use_and_required(cluster: Cluster, evil: FakeAgent, client: ControllerClient,
+                                             tmp_path: Path) -> None:
+    s = Session(client, evil, tmp_path / "b" / "dst")
+    host, port = s.sock.getpeername()[:2]
+
+    def hello(ticket: bytes, job_id: int, attempt: int) -> tuple[Any, bytes]:
+        with socket.create_connection((host, port), timeout=10) as sock:
+            ch = Channel(sock)
+            ch.send(fr.encode_hello(Hello(job_id, attempt, ticket)))
+            return ch.recv_frame()
+
+    # The ticket was consumed by the session above: a second connection with it is refused.
+    kind, payload = hello(s.ticket, s.job.id, s.attempt)
+    assert kind is fr.T.REFUSE and b"ticket" in payload
+    # A made-up ticket, or garbage instead of HELLO, is refused too.
+    assert hello(os.urandom(32), s.job.id, s.attempt)[0] is fr.T.REFUSE
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        kind, _ = Channel(sock).recv_frame()
+        assert kind is fr.T.REFUSE
+    # The original session still works end to end.
+    s.entries(ROOT)
+    assert s.end_manifest(1) == []
+    s.ch.send(fr.frame(fr.T.SENDER_DONE))
+    assert s.ch.recv_frame()[0] is fr.T.RESULT
+    s.close()
+
+
+def test_receiver_keeps_serving_after_attacks(cluster: Cluster, evil: FakeAgent, client: ControllerClient,
+                                              tmp_path: Path) -> None:
+    for name in (b"../x", b"/abs"):
+        s = Session(client, evil, tmp_path / "b" / "dst")
+        s.entries(ROOT, f(name, 1))
+        s.refused()
+        s.close()
+    src = tmp_path / "a" / "good"
+    src.mkdir(parents=True)
+    (src / "ok").write_bytes(b"fine")
+    rc, _, err = cluster.ctl("replicate", f"hostA:{src}", f"hostB:{tmp_path}/b/good")
+    assert rc == 0, err
+    assert (tmp_path / "b" / "good" / "ok").read_bytes() == b"fine"
