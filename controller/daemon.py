@@ -75,6 +75,7 @@ class Controller:
         store = Store(cfg.state_dir)
         server: grpc.aio.Server | None = None
         scheduler: asyncio.Task[None] | None = None
+        engine: Engine | None = None
         try:
             engine = Engine(cfg, store)
             server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=KEEPALIVE_SERVER)
@@ -92,6 +93,9 @@ class Controller:
             await self._stop.wait()
             log.info("controller stopping", extra=kv(address=self.address))
         finally:
+            if engine is not None:
+                engine.stopping = True
+                engine.close_sessions()  # lets every Connect handler return on its own before the stop
             if scheduler is not None:
                 scheduler.cancel()
             if server is not None:

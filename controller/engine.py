@@ -74,6 +74,7 @@ class Engine:
         self.runs: dict[int, Run] = {}
         self._events: dict[int, asyncio.Event] = {}
         self._wake: asyncio.Event | None = None
+        self.stopping = False
 
     # -- agents -------------------------------------------------------------------------------------
     def connect(self, info: AgentInfo, active: list[tuple[int, int]]) -> Session:
@@ -95,12 +96,22 @@ class Engine:
 
     def disconnect(self, session: Session, why: str = "its stream closed") -> None:
         session.close()
+        if self.stopping:
+            # Our own shutdown closes every stream: running attempts stay "running" in the store and are
+            # requeued, uncounted, by recover_interrupted() at the next start.
+            self.registry.detach(session)
+            return
         if self.registry.detach(session):
             name = session.info.name
             self.store.touch_agent(name, session.last_seen)
             log.warning("agent offline", extra=kv(agent=name, reason=why))
             self._host_lost(name, f"{name} went offline during the transfer ({why})")
             self.wake()
+
+    def close_sessions(self) -> None:
+        for rec in self.registry.agents.values():
+            if rec.session is not None:
+                rec.session.close()
 
     def heartbeat(self, session: Session, health: HostHealth) -> None:
         self.registry.heartbeat(session, health, self.clock())

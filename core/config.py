@@ -6,6 +6,7 @@ Everything is validated once at start; a bad value raises ConfigError naming the
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
 import tomllib
@@ -14,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
-from zcrepl.core.errors import ConfigError
+from zcrepl.core.errors import ConfigError, InvalidPath
 from zcrepl.core.paths import canonical_abs, valid_host_name
 
 DEFAULT_CONTROLLER_PORT = 7420
@@ -82,6 +83,11 @@ class ControllerConfig:
             raise ConfigError("max_attempts must be at least 1")
         if self.heartbeat_interval <= 0 or self.offline_after <= self.heartbeat_interval:
             raise ConfigError("offline_after must be larger than heartbeat_interval (both in seconds, > 0)")
+        if self.max_jobs_per_host < 1:
+            raise ConfigError("max_jobs_per_host must be at least 1, or no job could ever start")
+        for key in ("stall_timeout", "ready_timeout", "schedule_interval", "retry_base", "retry_max"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be a positive number of seconds")
         if self.log_format not in ("kv", "json"):
             raise ConfigError(f"log_format {self.log_format!r}: choose 'kv' or 'json'")
 
@@ -108,11 +114,16 @@ def _coerce(name: str, typ: Any, value: Any, source: str) -> Any:
                 return False
             raise ValueError(value)
         if typ is int:
-            if isinstance(value, bool):
+            if isinstance(value, bool | float):
                 raise ValueError(value)
             return int(value)
         if typ is float:
-            return float(value)
+            if isinstance(value, bool):
+                raise ValueError(value)
+            f = float(value)
+            if not math.isfinite(f):
+                raise ValueError(value)
+            return f
         if typ is str:
             if not isinstance(value, str):
                 raise ValueError(value)
@@ -120,6 +131,8 @@ def _coerce(name: str, typ: Any, value: Any, source: str) -> Any:
         if typ == tuple[bytes, ...]:
             items = value.split(os.pathsep) if isinstance(value, str) else list(value)
             return tuple(canonical_abs(os.fsencode(os.path.abspath(v))) for v in items if v)
+    except InvalidPath as err:
+        raise ConfigError(f"{name} from {source}: {err}") from err
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{name} from {source}: {value!r} is not a valid {getattr(typ, '__name__', typ)}") from err
     raise ConfigError(f"{name}: unsupported type {typ}")
@@ -153,6 +166,8 @@ def load_config(
     for attr, value in (flags or {}).items():
         if value is None:
             continue
+        if attr not in known:
+            raise ConfigError(f"unknown setting {attr!r}")
         values[attr] = _coerce(attr, hints[attr], value, f"--{attr.replace('_', '-')}")
     cfg = cls(**values)
     cfg.validate()

@@ -70,6 +70,8 @@ def canonical_abs(raw: bytes, what: str = "") -> bytes:
     if len(raw) > 4096:
         raise InvalidPath(f"{label}: the path is longer than 4096 bytes")
     trimmed = raw.rstrip(b"/") or b"/"
+    if trimmed == b"/":
+        return trimmed
     for part in trimmed.split(b"/")[1:]:
         if part in (b"", b".", b".."):
             raise InvalidPath(f"{label}: the path must be canonical (no '//', '.' or '..' components)")

@@ -143,9 +143,12 @@ class Cluster:
         return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
     def job(self, job_id: int) -> dict[str, Any]:
-        rc, out, err = self.ctl("job", str(job_id), "--json")
-        assert rc == 0, err
-        return dict(json.loads(out))
+        """The job as ``zc-ctl job --json`` prints it, fetched in-process (cheap enough to poll)."""
+        from zcrepl.controller.client import ControllerClient
+        from zcrepl.controller.render import job_doc
+
+        with ControllerClient(self.controller_addr) as c:
+            return job_doc(c.job(job_id))
 
     def close(self) -> None:
         for d in reversed(list(self.daemons.values())):

@@ -66,7 +66,6 @@ def test_parse_endpoint_accepts(arg: str, host: str, path: bytes) -> None:
     assert parse_endpoint(arg) == Endpoint(host, path)
 
 
-@pytest.mark.xfail(strict=True, raises=InvalidPath, reason="bug: canonical_abs(b'/') rejects the root")
 @pytest.mark.parametrize("arg", ["h:/", "h://"])
 def test_parse_endpoint_accepts_root(arg: str) -> None:
     assert parse_endpoint(arg) == Endpoint("h", b"/")
@@ -134,7 +133,6 @@ def test_canonical_abs_refuses(raw: bytes) -> None:
         canonical_abs(raw)
 
 
-@pytest.mark.xfail(strict=True, raises=InvalidPath, reason="bug: canonical_abs(b'/') rejects the root")
 @pytest.mark.parametrize("raw", [b"/", b"//"])
 def test_canonical_abs_accepts_root(raw: bytes) -> None:
     assert canonical_abs(raw) == b"/"

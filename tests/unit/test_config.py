@@ -15,7 +15,7 @@ from zcrepl.core.config import (
     load_config,
     split_address,
 )
-from zcrepl.core.errors import ConfigError, InvalidPath, UserError
+from zcrepl.core.errors import ConfigError, UserError
 
 
 def write_toml(tmp_path: Path, text: str) -> str:
@@ -158,19 +158,16 @@ def test_bad_types(tmp_path: Path, toml: str, env: dict[str, str], flags: dict[s
         load_config(ControllerConfig, write_toml(tmp_path, toml) if toml else None, flags, env)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _coerce int() truncates a TOML float (2.7 -> 2) instead of refusing it")
 def test_toml_float_for_int_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="max_attempts"):
         load_config(ControllerConfig, write_toml(tmp_path, "max_attempts = 2.7"), environ={})
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _coerce float() accepts a bool (true -> 1.0); the int branch refuses")
 def test_toml_bool_for_float_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="heartbeat_interval"):
         load_config(ControllerConfig, write_toml(tmp_path, "heartbeat_interval = true"), environ={})
 
 
-@pytest.mark.xfail(strict=True, reason="bug: NaN passes validate() because every comparison with NaN is False")
 @pytest.mark.parametrize("env", [{"ZC_HEARTBEAT_INTERVAL": "nan"}, {"ZC_OFFLINE_AFTER": "nan"}])
 def test_nan_interval_is_refused(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
@@ -225,8 +222,6 @@ def test_exports_bad_type(tmp_path: Path, bad: object) -> None:
         load_config(AgentConfig, None, {"name": "h", "exports": bad}, {})
 
 
-@pytest.mark.xfail(strict=True, raises=InvalidPath,
-                   reason="bug: _coerce lets canonical_abs's InvalidPath escape instead of ConfigError")
 @pytest.mark.parametrize(
     ("toml", "flags"),
     [("", {"exports": ["/" + "a" * 5000]}), ('exports = ["/srv/\\u0000x"]', {})],

@@ -329,7 +329,6 @@ def test_same_or_older_schema_opens(state_dir: str, version: int) -> None:
     Store(state_dir).close()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Store.__init__ leaves its sqlite connection open when the guard raises")
 def test_refused_store_closes_its_connection(state_dir: str) -> None:
     _bump_schema(state_dir, SCHEMA_VERSION + 1)
     path = os.path.join(state_dir, "controller.sqlite3")
