@@ -21,7 +21,7 @@ from zcrepl.core.config import ControllerConfig, split_address
 from zcrepl.core.logs import kv
 from zcrepl.core.readyfile import write_ready_file
 from zcrepl.proto import controller_pb2_grpc
-from zcrepl.proto.channels import KEEPALIVE_SERVER, add_health_and_reflection, bind
+from zcrepl.proto.channels import KEEPALIVE_SERVER, add_health_and_reflection_aio, bind
 from zcrepl.proto.errors import ErrorInterceptor
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class Controller:
             engine = Engine(cfg, store)
             server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=KEEPALIVE_SERVER)
             controller_pb2_grpc.add_ControllerServicer_to_server(ControllerService(engine), server)
-            add_health_and_reflection(server, [SERVICE_NAME])
+            await add_health_and_reflection_aio(server, [SERVICE_NAME])
             host, _ = split_address(cfg.listen)
             port = bind(server, cfg.listen)
             self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

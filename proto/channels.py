@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent import futures
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -36,16 +37,29 @@ def sync_server(workers: int = 8) -> grpc.Server:
                        options=KEEPALIVE_SERVER)
 
 
-def add_health_and_reflection(server: grpc.Server | grpc.aio.Server, service_names: Sequence[str]
-                              ) -> health.HealthServicer:
-    """Standard grpc.health.v1 (overall and per service) plus server reflection."""
+def add_health_and_reflection(server: grpc.Server, service_names: Sequence[str]) -> health.HealthServicer:
+    """Standard grpc.health.v1 (overall and per service) plus server reflection, on a threaded server."""
     hs = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     for name in ("", *service_names):
         hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    _reflection(server, service_names)
+    return hs
+
+
+async def add_health_and_reflection_aio(server: grpc.aio.Server, service_names: Sequence[str]) -> Any:
+    """The same on a grpc.aio server, whose health servicer is async."""
+    hs = health.aio.HealthServicer()
+    for name in ("", *service_names):
+        await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    _reflection(server, service_names)
+    return hs
+
+
+def _reflection(server: grpc.Server | grpc.aio.Server, service_names: Sequence[str]) -> None:
     names = (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    return hs
 
 
 def bind(server: grpc.Server | grpc.aio.Server, address: str) -> int:
@@ -54,3 +68,4 @@ def bind(server: grpc.Server | grpc.aio.Server, address: str) -> int:
     if port == 0:
         raise OSError(f"cannot listen on {address}: the address is in use or not local")
     return port
+

@@ -1,0 +1,83 @@
+"""Read commands and the standard gRPC services, through stock clients."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from zchelpers import Cluster, wait_for
+
+from zcrepl.proto import agent_pb2, agent_pb2_grpc
+
+
+def test_agents_health_and_jobs_json(cluster: Cluster, tmp_path: Path) -> None:
+    rc, out, err = cluster.ctl("agents", "--json")
+    assert rc == 0, err
+    agents = json.loads(out)
+    assert [a["name"] for a in agents] == ["hostA", "hostB"]
+    assert all(a["online"] is True for a in agents)
+    assert agents[0]["exports"] == [str(tmp_path / "a")]
+
+    def sampled() -> dict | None:  # type: ignore[type-arg]
+        _, out, _ = cluster.ctl("health", "hostA", "--json")
+        doc = json.loads(out)[0]
+        return doc if doc["health"] and doc["health"]["mem_total"] else None
+
+    h = wait_for(sampled, 10, interval=0.2, what="a health sample")["health"]
+    assert h["cpu_count"] >= 1 and 0 <= h["cpu_percent"] <= 100
+    assert h["exports"][0]["path"] == str(tmp_path / "a") and h["exports"][0]["total"] > 0
+    for key in ("load1", "mem_available", "disk_read_bps", "disk_write_bps", "net_recv_bps", "net_sent_bps"):
+        assert key in h
+
+    rc, out, err = cluster.ctl("health", "nosuchhost")
+    assert rc == 2 and "unknown host 'nosuchhost'" in err
+
+    rc, out, _ = cluster.ctl("health")
+    assert rc == 0 and "hostA" in out and "hostB" in out and "memory" in out
+    rc, out, _ = cluster.ctl("agents")
+    assert rc == 0 and "online" in out
+
+    rc, out, _ = cluster.ctl("jobs", "--json")
+    assert rc == 0 and json.loads(out) == []
+    rc, out, err = cluster.ctl("job", "12345", "--json")
+    assert rc == 2 and "no job 12345" in err
+
+
+def test_offline_agent_and_queued_job_are_visible(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.daemons["hostB"].stop()
+    wait_for(lambda: not cluster.agents_online("hostB"), 20, what="hostB offline")
+    (tmp_path / "a" / "s").mkdir(parents=True)
+    rc, out, _ = cluster.ctl("replicate", "--detach", f"hostA:{tmp_path}/a/s", f"hostB:{tmp_path}/b/d")
+    assert rc == 0 and "job 1 queued" in out
+    wait_for(lambda: "offline" in cluster.job(1)["wait_reason"], 10, what="a wait reason")
+    rc, out, _ = cluster.ctl("jobs")
+    assert rc == 0 and "hostB is offline" in out
+    rc, out, _ = cluster.ctl("cancel", "1")
+    assert rc == 0 and cluster.job(1)["state"] == "cancelled"
+
+
+def _check_standard_services(target: str, service: str) -> None:
+    with grpc.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        for name in ("", service):
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+        responses = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                              timeout=5)
+        names = {s.name for r in responses for s in r.list_services_response.service}
+        assert {service, "grpc.health.v1.Health"} <= names
+
+
+def test_standard_health_and_reflection_on_both_daemons(cluster: Cluster) -> None:
+    _check_standard_services(cluster.controller_addr, "zcrepl.v1.Controller")
+    agent_addr = cluster.daemons["hostA"].ready["grpc"]
+    _check_standard_services(agent_addr, "zcrepl.v1.Agent")
+    with grpc.insecure_channel(agent_addr) as ch:
+        stub = agent_pb2_grpc.AgentStub(ch)
+        info = stub.GetInfo(agent_pb2.GetInfoRequest(), timeout=5)
+        assert info.name == "hostA" and info.data_address == cluster.daemons["hostA"].ready["data"]
+        assert stub.GetHealth(agent_pb2.GetHealthRequest(), timeout=5).cpu_count >= 1
