@@ -88,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = Console(highlight=False, soft_wrap=True)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    # Piped output keeps whole lines (grep-able); a terminal gets its own width.
+    wide = None if sys.stdout.isatty() else 200
+    out = Console(highlight=False, soft_wrap=True, width=wide)
+    err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
     if args.command == "demo":
         from zcrepl.controller.demo import run_demo
 

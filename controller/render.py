@@ -127,7 +127,10 @@ def progress_text(p: TransferStats) -> str:
 def jobs_table(jobs: list[Job]) -> Table:
     t = Table(title="jobs", title_justify="left")
     for col in ("ID", "STATE", "SOURCE", "DESTINATION", "PROGRESS", "TRIES", "INFO", "CREATED"):
-        t.add_column(col, no_wrap=col not in ("INFO", "SOURCE", "DESTINATION"))
+        if col == "INFO":  # the full error is in 'zc-ctl job ID'
+            t.add_column(col, overflow="ellipsis", no_wrap=True, max_width=70)
+        else:
+            t.add_column(col, no_wrap=col not in ("SOURCE", "DESTINATION"), min_width=8)
     colors = {"done": "green", "failed": "red", "running": "cyan", "queued": "yellow", "cancelled": "magenta"}
     now = time.time()
     for j in jobs:
@@ -141,7 +144,7 @@ def jobs_table(jobs: list[Job]) -> Table:
 def job_summary(j: Job) -> str:
     p = j.progress
     secs = (j.finished_at - j.started_at) if j.finished_at and j.started_at else 0.0
-    rate = f", {human_bytes(p.bytes_done / secs)}/s" if secs > 0 else ""
+    rate = f", {human_bytes(p.bytes_done / secs)}/s" if secs > 0 and p.bytes_done else ""
     return (f"job {j.id} {j.state.value}: {p.files_done} files ({human_bytes(p.bytes_done)}) copied, "
             f"{p.files_skipped} up to date, {p.deleted} deleted, {p.entries} entries scanned "
             f"in {secs:.2f}s{rate}")
