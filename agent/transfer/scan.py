@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import xxhash
 
@@ -69,7 +69,7 @@ class Scanner:
 
     def _list(
         self, dfd: int, parts: tuple[bytes, ...], visited: set[tuple[int, int]]
-    ) -> Iterator[Entry]:
+    ) -> Generator[Entry, None, list[tuple[bytes, ...]]]:
         with os.scandir(dfd) as it:
             items = sorted((os.fsencode(de.name), de) for de in it)
         subdirs: list[tuple[bytes, ...]] = []

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Entry, FileHead, Hello, Kind
@@ -117,7 +118,7 @@ class Sender:
         self.paths: list[bytes | None] = []  # index -> relpath for files (None for others)
         self.sizes: dict[int, int] = {}  # index -> size at scan time, for progress totals
         self.needs: queue.Queue[int] = queue.Queue()
-        self.result: dict[str, object] | None = None
+        self.result: dict[str, Any] | None = None
         self.peer_error: str | None = None
         self.pacer = Pacer(spec.options.bwlimit, spec.cancel)
         self._buf: bytearray | None = None
