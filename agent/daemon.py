@@ -90,7 +90,7 @@ class Agent:
             self.link = ControllerLink(
                 cfg.controller, self.info, self.health, self.transfers,
                 heartbeat_interval=cfg.heartbeat_interval, reconnect_max=cfg.reconnect_max,
-                on_interval=self.monitor.set_interval,
+                on_interval=self.monitor.set_interval, on_beat=self.tickets.expire,
             )
             self.link.start()
         except BaseException:

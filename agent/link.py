@@ -38,6 +38,7 @@ class ControllerLink:
         heartbeat_interval: float,
         reconnect_max: float,
         on_interval: Callable[[float], None] = lambda _s: None,
+        on_beat: Callable[[], None] = lambda: None,
     ) -> None:
         self.target = target
         self._info = info
@@ -46,6 +47,7 @@ class ControllerLink:
         self.interval = heartbeat_interval
         self.reconnect_max = reconnect_max
         self.on_interval = on_interval
+        self.on_beat = on_beat
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -142,6 +144,7 @@ class ControllerLink:
 
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.interval):
+            self.on_beat()
             if self.connected.is_set():
                 self._send(cpb.AgentMessage(heartbeat=cpb.Heartbeat(health=health_to_pb(self._health()))))
 
