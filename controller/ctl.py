@@ -28,7 +28,7 @@ from zcrepl.controller.client import ControllerClient
 from zcrepl.core.config import DEFAULT_CONTROLLER
 from zcrepl.core.errors import Unavailable, UserError, ZcError
 from zcrepl.core.paths import parse_endpoint
-from zcrepl.core.types import Job, JobOptions, JobState
+from zcrepl.core.types import Durability, Job, JobOptions, JobState
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--bwlimit", type=parse_rate, default=0, metavar="RATE",
                    help="cap the transfer at RATE bytes/s (suffix K, M, G)")
     r.add_argument("--max-attempts", type=int, default=0, metavar="N", help="attempts before the job fails")
+    r.add_argument("--streams", type=int, default=0, metavar="N",
+                   help="parallel data connections (default: chosen from both hosts' cores)")
+    r.add_argument("--durability", choices=[d.value for d in Durability], default=Durability.JOB.value,
+                   help="job: one syncfs before done (default); file: fsync every file; none: leave it to "
+                        "the kernel, like rsync")
     r.add_argument("--detach", action="store_true", help="print the job id and return at once")
     r.add_argument("--json", action="store_true", help="print the final job as JSON")
 
@@ -168,7 +173,8 @@ def _show_job(job: Job, as_json: bool, out: Console) -> None:
 def _replicate(args: argparse.Namespace, client: ControllerClient, out: Console, err: Console) -> int:
     src, dst = parse_endpoint(args.src), parse_endpoint(args.dst)
     options = JobOptions(delete=args.delete, checksum=args.checksum, bwlimit=args.bwlimit,
-                         max_attempts=args.max_attempts)
+                         max_attempts=args.max_attempts, streams=args.streams,
+                         durability=Durability(args.durability))
     job = client.submit(src, dst, options)
     if args.detach:
         if args.json:

@@ -11,7 +11,16 @@ import sqlite3
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from zcrepl.core.types import AgentInfo, Attempt, Endpoint, Job, JobOptions, JobState, TransferStats
+from zcrepl.core.types import (
+    AgentInfo,
+    Attempt,
+    Durability,
+    Endpoint,
+    Job,
+    JobOptions,
+    JobState,
+    TransferStats,
+)
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -40,6 +49,16 @@ CREATE TABLE IF NOT EXISTS agents (
     name TEXT PRIMARY KEY, info TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL
 );
 """
+
+
+def _options_json(o: JobOptions) -> str:
+    return json.dumps({**asdict(o), "durability": o.durability.value})
+
+
+def _options(text: str) -> JobOptions:
+    doc = json.loads(text)
+    doc["durability"] = Durability(doc.get("durability", Durability.JOB.value))
+    return JobOptions(**doc)
 
 
 def _stats_json(s: TransferStats) -> str:
@@ -80,7 +99,7 @@ class Store:
         cur = self.db.execute(
             "INSERT INTO jobs (state, src_host, src_path, dst_host, dst_path, options, created_at, updated_at,"
             " max_attempts) VALUES (?,?,?,?,?,?,?,?,?)",
-            (JobState.QUEUED.value, src.host, src.path, dst.host, dst.path, json.dumps(asdict(options)),
+            (JobState.QUEUED.value, src.host, src.path, dst.host, dst.path, _options_json(options),
              now, now, max_attempts),
         )
         job = self.get_job(int(cur.lastrowid or 0))
@@ -142,7 +161,7 @@ class Store:
          max_attempts, error, wait_reason, progress, next_at) = row
         return Job(
             id=jid, state=JobState(state), source=Endpoint(sh, bytes(sp)), destination=Endpoint(dh, bytes(dp)),
-            options=JobOptions(**json.loads(opts)), created_at=created, updated_at=updated,
+            options=_options(opts), created_at=created, updated_at=updated,
             started_at=started, finished_at=finished, attempts=attempts, failures=failures,
             max_attempts=max_attempts, error=error, wait_reason=wait_reason, progress=_stats(progress),
             history=self._attempts(jid), next_attempt_at=next_at,

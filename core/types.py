@@ -30,12 +30,20 @@ class Endpoint:
     path: bytes
 
 
+class Durability(enum.Enum):
+    JOB = "job"  # one syncfs of the destination filesystem before done
+    FILE = "file"  # fsync each file before its rename, and its directory after
+    NONE = "none"  # the kernel's writeback decides (rsync's default)
+
+
 @dataclass(frozen=True)
 class JobOptions:
     delete: bool = False
     checksum: bool = False
     bwlimit: int = 0  # bytes/s the sender may push; 0 = unlimited
     max_attempts: int = 0  # 0 = the controller's default
+    streams: int = 0  # parallel data connections; 0 = chosen from both ends' cores
+    durability: Durability = Durability.JOB
 
 
 @dataclass(frozen=True)

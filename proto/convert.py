@@ -36,12 +36,19 @@ def stats_from_pb(m: pb.TransferStats) -> t.TransferStats:
     return t.TransferStats(**{f.name: getattr(m, f.name) for f in fields(t.TransferStats)})
 
 
+_DURABILITY = {t.Durability.JOB: pb.DURABILITY_JOB, t.Durability.FILE: pb.DURABILITY_FILE,
+               t.Durability.NONE: pb.DURABILITY_NONE}
+_DURABILITY_FROM = {**{v: k for k, v in _DURABILITY.items()}, pb.DURABILITY_UNSPECIFIED: t.Durability.JOB}
+
+
 def options_to_pb(o: t.JobOptions) -> pb.JobOptions:
-    return pb.JobOptions(delete=o.delete, checksum=o.checksum, bwlimit=o.bwlimit, max_attempts=o.max_attempts)
+    return pb.JobOptions(delete=o.delete, checksum=o.checksum, bwlimit=o.bwlimit, max_attempts=o.max_attempts,
+                         streams=o.streams, durability=_DURABILITY[o.durability])
 
 
 def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
-    return t.JobOptions(delete=m.delete, checksum=m.checksum, bwlimit=m.bwlimit, max_attempts=m.max_attempts)
+    return t.JobOptions(delete=m.delete, checksum=m.checksum, bwlimit=m.bwlimit, max_attempts=m.max_attempts,
+                        streams=m.streams, durability=_DURABILITY_FROM.get(m.durability, t.Durability.JOB))
 
 
 def endpoint_to_pb(e: t.Endpoint) -> pb.Endpoint:

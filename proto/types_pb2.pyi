@@ -15,12 +15,23 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_DONE: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
+
+class Durability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DURABILITY_UNSPECIFIED: _ClassVar[Durability]
+    DURABILITY_JOB: _ClassVar[Durability]
+    DURABILITY_FILE: _ClassVar[Durability]
+    DURABILITY_NONE: _ClassVar[Durability]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
 JOB_STATE_DONE: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
+DURABILITY_UNSPECIFIED: Durability
+DURABILITY_JOB: Durability
+DURABILITY_FILE: Durability
+DURABILITY_NONE: Durability
 
 class DiskUsage(_message.Message):
     __slots__ = ("path", "total", "used", "free", "percent")
@@ -135,16 +146,20 @@ class Endpoint(_message.Message):
     def __init__(self, host: _Optional[str] = ..., path: _Optional[bytes] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts")
+    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts", "streams", "durability")
     DELETE_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     BWLIMIT_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    DURABILITY_FIELD_NUMBER: _ClassVar[int]
     delete: bool
     checksum: bool
     bwlimit: int
     max_attempts: int
-    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ...) -> None: ...
+    streams: int
+    durability: Durability
+    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ...) -> None: ...
 
 class TransferStats(_message.Message):
     __slots__ = ("entries", "files_total", "files_done", "bytes_total", "bytes_done", "files_skipped", "deleted", "wire_bytes", "skipped_special", "errors", "scan_done")

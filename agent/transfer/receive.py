@@ -27,7 +27,7 @@ from zcrepl.agent.transfer.scan import file_digest
 from zcrepl.core.errors import ProtocolError, TransferError, UnsafePath
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
-from zcrepl.core.types import JobOptions, TransferStats
+from zcrepl.core.types import Durability, JobOptions, TransferStats
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class Receiver:
         self.buf = bytearray(_BUF)
         self.files_done = self.bytes_done = self.skipped = self.deleted = self.errors = 0
         self.first_error = ""
+        self.fsync_files = spec.options.durability is Durability.FILE
 
     # -- driver -------------------------------------------------------------------------------------
     def run(self) -> TransferStats:
@@ -271,10 +272,10 @@ class Receiver:
                 self._entry_failed(e.path, OSError(0, "content hash differs from the manifest"))
                 return
             try:
-                tmp.commit(head.mode, head.mtime_ns)
+                tmp.commit(head.mode, head.mtime_ns, fsync=self.fsync_files)
             except IsADirectoryError:
                 self._clear_dir_for(pfd, leaf, e.path, "a file")
-                tmp.commit(head.mode, head.mtime_ns)
+                tmp.commit(head.mode, head.mtime_ns, fsync=self.fsync_files)
         self.files_done += 1
         self.bytes_done += head.size
 
@@ -332,7 +333,10 @@ class Receiver:
             self._delete_extras()
         self._finish_dirs()
         assert self.root is not None
-        syncfs(self.root.fd)
+        if self.spec.options.durability is Durability.JOB:
+            syncfs(self.root.fd)
+        elif self.fsync_files:
+            os.fsync(self.root.fd)  # directory entries created at the top level
         result = {
             "files_done": self.files_done, "bytes_done": self.bytes_done, "files_skipped": self.skipped,
             "deleted": self.deleted, "errors": self.errors, "first_error": self.first_error,
@@ -374,6 +378,8 @@ class Receiver:
                 continue
             try:
                 set_dir_meta(dfd, e.mode, e.mtime_ns)
+                if self.fsync_files:
+                    os.fsync(dfd)  # its new entries (mkdir, renames) are durable too
             finally:
                 os.close(dfd)
 

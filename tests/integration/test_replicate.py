@@ -73,3 +73,14 @@ def test_mode_only_change_is_applied_without_moving_bytes(cluster: Cluster, tmp_
     assert rc == 0
     assert json.loads(out)["progress"]["bytes_done"] == 0
     assert not diff_trees(snapshot(src), snapshot(dst))
+
+
+def test_every_durability_policy_gives_the_same_tree(cluster: Cluster, tmp_path: Path) -> None:
+    src = tmp_path / "a" / "s"
+    make_tree(src, files=60)
+    for mode in ("job", "file", "none"):
+        dst = tmp_path / "b" / mode
+        rc, out, err = cluster.ctl("replicate", "--durability", mode, f"hostA:{src}", f"hostB:{dst}", "--json")
+        assert rc == 0, err
+        assert json.loads(out)["options"]["durability"] == mode
+        assert not diff_trees(snapshot(src), snapshot(dst))
