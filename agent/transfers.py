@@ -6,6 +6,7 @@ path and the cause, and whether another attempt could help.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -15,8 +16,8 @@ from dataclasses import dataclass, field
 
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer.frame import Channel
-from zcrepl.agent.transfer.receive import Receiver, ReceiveSpec
+from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
@@ -89,8 +90,8 @@ class Transfers:
         with self._lock:
             self._active[key] = _Active(Role.RECEIVER)
 
-        def serve(ch: Channel) -> None:
-            self._serve_receive(order, root, rel, label, ch)
+        def serve(ch: Channel, hello: Hello) -> None:
+            self._serve_receive(order, root, rel, label, ch, hello)
 
         def expired() -> None:
             self._forget(key)
@@ -180,30 +181,31 @@ class Transfers:
         self.report(TransferReport(spec.job_id, spec.attempt, Role.SENDER, Phase.DONE, stats))
 
     def _serve_receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,
-                       ch: Channel) -> None:
+                       ch: Channel, hello: Hello) -> None:
         key = (order.job_id, order.attempt, Role.RECEIVER)
         spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label)
-        receiver = Receiver(spec, ch)
+        session = ReceiveSession(spec, self.tickets)
         t0 = time.monotonic()
         try:
-            stats = receiver.run()
+            stats = session.serve_control(ch, hello)
         except (TransferError, OSError) as err:
             retryable = getattr(err, "retryable", True) and not isinstance(err, UnsafePath)
             msg = str(err) if isinstance(err, TransferError) else (err.strerror or str(err))
-            if isinstance(err, (TransferError, UnsafePath)) and not isinstance(err, Cancelled):
-                try:
+            if not isinstance(err, Cancelled):
+                with contextlib.suppress(OSError):
                     ch.send(fr.encode_text(fr.T.ABORT, msg))
-                except OSError:
-                    pass
             log.warning("receive failed", extra=kv(job=order.job_id, attempt=order.attempt, error=msg))
             self._forget(key)
+            stats = session.stats() if session.writer is not None else TransferStats()
             self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: {msg}", retryable=retryable,
-                       stats=receiver.stats())
+                       stats=stats)
             return
         self._forget(key)
+        assert session.writer is not None
         if stats.errors:
             self._fail(order.job_id, order.attempt, Role.RECEIVER,
-                       f"{stats.errors} entries failed; first: {receiver.first_error}", retryable=True, stats=stats)
+                       f"{stats.errors} entries failed; first: {session.writer.first_error}", retryable=True,
+                       stats=stats)
             return
         log.info("receive done", extra=kv(job=order.job_id, attempt=order.attempt, files=stats.files_done,
                                           bytes=stats.bytes_done, skipped=stats.files_skipped,

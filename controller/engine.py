@@ -289,7 +289,11 @@ class Engine:
             self._fail_run(job.id, f"{job.source.host} went offline before the transfer started", True,
                            run.progress)
             return
-        src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, job.source.path, job.options,
+        options = job.options
+        if not options.streams:
+            options = replace(options, streams=default_streams(self.registry.agents[job.source.host].health,
+                                                               dst_rec.health))
+        src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, job.source.path, options,
                                         job.destination.host, dst_rec.info.data_address, job.destination.path))
 
     def _succeed(self, job: Job, run: Run) -> None:
@@ -341,6 +345,15 @@ class Engine:
         ev = self._events.pop(job_id, None)
         if ev is not None:
             ev.set()
+
+
+MAX_DEFAULT_STREAMS = 8
+
+
+def default_streams(*healths: HostHealth | None) -> int:
+    """One data connection per core of the smaller end (the receiver writes on each), 1..8."""
+    cores = [h.cpu_count for h in healths if h is not None and h.cpu_count]
+    return max(1, min([*cores, MAX_DEFAULT_STREAMS]))
 
 
 def _unknown_host(name: str) -> str:

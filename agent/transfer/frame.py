@@ -1,24 +1,26 @@
-"""Wire format of the data plane (protocol version 1).
+"""Wire format of the data plane (protocol version 2).
 
 Every control message is a frame: ``type:u8 length:u32be payload``. File bytes are NOT framed: a
-FILE frame announces ``size`` and exactly that many raw bytes follow (sent with ``os.sendfile``),
-then a FILE_END frame says whether the source stayed unchanged while it was read.
+FILE frame announces a byte range of one file and exactly that many raw bytes follow (sent with
+``os.sendfile``), then a FILE_END frame says whether the source stayed unchanged while it was read.
 
-::
+One transfer uses one control connection and N data connections::
 
-    sender                                   receiver
-    HELLO(job, attempt, ticket)       --->
-                                      <---   ACCEPT | REFUSE(reason)
-    ENTRIES(batch) ...                --->   (diffs each batch on arrival)
-                                      <---   NEED(indices) ...
-    MANIFEST_END(count)               --->
-                                      <---   NEED_END
-    FILE(index, size, mtime, mode) + raw bytes + FILE_END(status) ...
-    SENDER_DONE                       --->   (deletes extras, sets directory metadata, syncs)
-                                      <---   RESULT(json stats)
-    ABORT(reason) may come from either side at any time; the connection is then closed.
+    control connection                        data connection k (k = 1..N)
+    S: HELLO(job, attempt, ticket, N)         S: HELLO(job, attempt, data ticket k, role=data)
+    R: ACCEPT(N data tickets) | REFUSE        R: ACCEPT | REFUSE
+    S: ENTRIES(batch) ...  (diffed on arrival)S: FILE(index, offset, length, total, mtime, mode)
+    R: NEED(indices) ...                         + raw bytes + FILE_END(status) ...
+    S: MANIFEST_END(count)                    S: DATA_DONE
+    R: NEED_END
+    S: SENDER_DONE (after every data connection sent DATA_DONE)    FILE_SKIP(range) replaces FILE + bytes
+                                                                   when the source changed since the scan
+    R: RESULT(json)  (extras deleted, directory metadata set, durability applied)
 
-Every length and count from the wire is bounded before use (rsync CVE-2024-12084 and friends).
+FILE frames are accepted on the control connection too. ABORT(reason) may come from either side at
+any time; the connection is then closed. Data tickets are minted by the receiver for this session
+only and are single-use, like the controller's ticket. Every length and count from the wire is
+bounded before use (rsync CVE-2024-12084 and friends).
 """
 
 from __future__ import annotations
@@ -31,16 +33,18 @@ from dataclasses import dataclass
 from zcrepl.core.errors import ProtocolError
 
 MAGIC = b"ZCDP"
-VERSION = 1
+VERSION = 2
 TICKET_LEN = 32
 MAX_FRAME = 4 << 20
 MAX_BATCH = 4096
 MAX_TARGET = 4096
 MAX_DIGEST = 64
+MAX_STREAMS = 16
 _HEAD = struct.Struct("!BI")
-_HELLO = struct.Struct(f"!4sHQI{TICKET_LEN}s")
+_HELLO = struct.Struct(f"!4sHQI{TICKET_LEN}sBH")
 _ENTRY = struct.Struct("!BIqQHHB")
-_FILE = struct.Struct("!IQqI")
+_FILE = struct.Struct("!IQQQqI")
+_U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 
@@ -58,6 +62,9 @@ class T(enum.IntEnum):
     SENDER_DONE = 10
     RESULT = 11
     ABORT = 12
+    DATA_DONE = 13
+    # A range that will not come because the source file changed since the scan (no bytes follow).
+    FILE_SKIP = 14
 
 
 class Kind(enum.IntEnum):
@@ -66,6 +73,8 @@ class Kind(enum.IntEnum):
     SYMLINK = 3
 
 
+ROLE_CONTROL = 0
+ROLE_DATA = 1
 FILE_OK = 0
 FILE_CHANGED = 1
 
@@ -88,12 +97,18 @@ class Hello:
     job_id: int
     attempt: int
     ticket: bytes
+    role: int = ROLE_CONTROL
+    streams: int = 1  # data connections the sender would like (control role only)
 
 
 @dataclass(frozen=True, slots=True)
 class FileHead:
+    """``length`` bytes at ``offset`` of file ``index`` whose whole size is ``total``."""
+
     index: int
-    size: int
+    offset: int
+    length: int
+    total: int
     mtime_ns: int
     mode: int
 
@@ -105,18 +120,34 @@ def frame(kind: T, payload: bytes = b"") -> bytes:
 
 
 def encode_hello(h: Hello) -> bytes:
-    return frame(T.HELLO, _HELLO.pack(MAGIC, VERSION, h.job_id, h.attempt, h.ticket))
+    return frame(T.HELLO, _HELLO.pack(MAGIC, VERSION, h.job_id, h.attempt, h.ticket, h.role, h.streams))
 
 
 def decode_hello(payload: bytes) -> Hello:
-    if len(payload) != _HELLO.size:
-        raise ProtocolError(f"HELLO of {len(payload)} bytes, expected {_HELLO.size}")
-    magic, version, job_id, attempt, ticket = _HELLO.unpack(payload)
-    if magic != MAGIC:
+    if len(payload) < 6 or payload[:4] != MAGIC:
         raise ProtocolError("not a zcrepl data connection (bad magic)")
+    (version,) = _U16.unpack_from(payload, 4)
     if version != VERSION:
         raise ProtocolError(f"data protocol version {version}, this agent speaks {VERSION}; upgrade the older agent")
-    return Hello(job_id, attempt, ticket)
+    if len(payload) != _HELLO.size:
+        raise ProtocolError(f"HELLO of {len(payload)} bytes, expected {_HELLO.size}")
+    _, _, job_id, attempt, ticket, role, streams = _HELLO.unpack(payload)
+    if role not in (ROLE_CONTROL, ROLE_DATA):
+        raise ProtocolError(f"HELLO with unknown role {role}")
+    return Hello(job_id, attempt, ticket, role, streams)
+
+
+def encode_accept(tickets: list[bytes]) -> bytes:
+    return frame(T.ACCEPT, _U16.pack(len(tickets)) + b"".join(tickets))
+
+
+def decode_accept(payload: bytes) -> list[bytes]:
+    if len(payload) < 2:
+        raise ProtocolError("ACCEPT frame too short")
+    (n,) = _U16.unpack_from(payload, 0)
+    if n > MAX_STREAMS or len(payload) != 2 + n * TICKET_LEN:
+        raise ProtocolError("ACCEPT frame length disagrees with its ticket count")
+    return [payload[2 + i * TICKET_LEN : 2 + (i + 1) * TICKET_LEN] for i in range(n)]
 
 
 def encode_entries(entries: list[Entry]) -> bytes:
@@ -192,14 +223,21 @@ def decode_need(payload: bytes) -> list[int]:
     return list(struct.unpack_from(f"!{count}I", payload, 4))
 
 
-def encode_file(h: FileHead) -> bytes:
-    return frame(T.FILE, _FILE.pack(h.index, h.size, h.mtime_ns, h.mode))
+def encode_file(h: FileHead, kind: T = T.FILE) -> bytes:
+    return frame(kind, _FILE.pack(h.index, h.offset, h.length, h.total, h.mtime_ns, h.mode))
 
 
 def decode_file(payload: bytes) -> FileHead:
     if len(payload) != _FILE.size:
         raise ProtocolError(f"FILE frame of {len(payload)} bytes, expected {_FILE.size}")
-    return FileHead(*_FILE.unpack(payload))
+    h = FileHead(*_FILE.unpack(payload))
+    if h.total > (1 << 60) or h.offset + h.length > h.total:
+        raise ProtocolError(f"FILE range {h.offset}+{h.length} lies outside the file's {h.total} bytes")
+    return h
+
+
+FILE_END_OK = frame(T.FILE_END, bytes([FILE_OK]))
+FILE_END_CHANGED = frame(T.FILE_END, bytes([FILE_CHANGED]))
 
 
 def encode_text(kind: T, text: str) -> bytes:
@@ -213,40 +251,79 @@ def decode_text(payload: bytes) -> str:
 class Channel:
     """Blocking frame I/O over one socket, counting bytes both ways.
 
-    Reads go through ``recv_into`` on a reused buffer; a peer that stalls hits the socket timeout.
+    Reads are buffered: one ``recv_into`` may pull several small frames and file bodies at once, which
+    is what makes thousands of small files per second possible. File bodies larger than what is
+    buffered are read straight from the socket by the caller (``take_buffered`` first).
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, bufsize: int = 256 << 10) -> None:
         self.sock = sock
         self.sent = 0
         self.received = 0
-        self._head = bytearray(_HEAD.size)
+        self._buf = bytearray(bufsize)
+        self._mv = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
         self.sock.sendall(data)
         self.sent += len(data)
 
-    def recv_exact(self, buf: bytearray | memoryview, n: int) -> None:
-        mv = memoryview(buf)[:n]
-        got = 0
-        while got < n:
-            k = self.sock.recv_into(mv[got:], n - got)
+    def _fill(self, need: int) -> None:
+        """Make at least ``need`` (<= buffer size) bytes available in the buffer."""
+        if self._end - self._start >= need:
+            return
+        if self._start:
+            n = self._end - self._start
+            self._buf[:n] = self._mv[self._start : self._end]
+            self._start, self._end = 0, n
+        while self._end < need:
+            k = self.sock.recv_into(self._mv[self._end :])
             if k == 0:
-                raise ProtocolError(f"connection closed by the peer after {got} of {n} bytes of a frame")
-            got += k
-        self.received += n
+                raise ProtocolError(f"connection closed by the peer after {self._end} of {need} bytes of a frame")
+            self._end += k
+            self.received += k
 
     def recv_frame(self, limit: int = MAX_FRAME) -> tuple[T, bytes]:
         """Next frame; EOF at a frame boundary raises ProtocolError too (callers expect a reply)."""
-        self.recv_exact(self._head, _HEAD.size)
-        kind, length = _HEAD.unpack(self._head)
+        self._fill(_HEAD.size)
+        kind, length = _HEAD.unpack_from(self._mv, self._start)
         try:
             t = T(kind)
         except ValueError as err:
             raise ProtocolError(f"unknown frame type {kind}") from err
         if length > limit:
             raise ProtocolError(f"{t.name} frame of {length} bytes exceeds the limit of {limit}")
-        payload = bytearray(length)
-        if length:
-            self.recv_exact(payload, length)
-        return t, bytes(payload)
+        self._start += _HEAD.size
+        if length <= len(self._buf):
+            self._fill(length)
+            payload = bytes(self._mv[self._start : self._start + length])
+            self._start += length
+            return t, payload
+        out = bytearray(length)
+        got = self.take_buffered(memoryview(out))
+        while got < length:
+            k = self.sock.recv_into(memoryview(out)[got:])
+            if k == 0:
+                raise ProtocolError(f"connection closed by the peer inside a {t.name} frame")
+            got += k
+            self.received += k
+        return t, bytes(out)
+
+    def take_buffered(self, dest: memoryview) -> int:
+        """Move already-received bytes (at most ``len(dest)``) into ``dest``; returns how many."""
+        n = min(len(dest), self._end - self._start)
+        if n:
+            dest[:n] = self._mv[self._start : self._start + n]
+            self._start += n
+        return n
+
+    def buffered(self, limit: int) -> memoryview:
+        """Up to ``limit`` already-received bytes, consumed; the view is valid until the next read."""
+        n = min(limit, self._end - self._start)
+        view = self._mv[self._start : self._start + n]
+        self._start += n
+        return view
+
+    def note_received(self, n: int) -> None:
+        self.received += n

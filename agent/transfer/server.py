@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer.frame import Channel
+from zcrepl.agent.transfer.frame import Channel, Hello
 from zcrepl.core.errors import ProtocolError
 from zcrepl.core.logs import kv
 
@@ -25,14 +25,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Grant:
-    """What a valid ticket unlocks: one session for one attempt of one job."""
+    """What a valid ticket unlocks: one connection of one attempt of one job, in one role."""
 
     job_id: int
     attempt: int
     expires_at: float  # time.monotonic()
-    # Runs the session on the authenticated connection; owns error reporting.
-    serve: Callable[[Channel], None]
+    # Runs on the authenticated connection (it sends ACCEPT itself); owns error reporting.
+    serve: Callable[[Channel, Hello], object]
     on_expired: Callable[[], None] = lambda: None
+    role: int = fr.ROLE_CONTROL
 
 
 class TicketBook:
@@ -51,12 +52,12 @@ class TicketBook:
         with self._lock:
             self._grants[self._key(ticket)] = grant
 
-    def take(self, ticket: bytes, job_id: int, attempt: int) -> Grant | None:
+    def take(self, ticket: bytes, job_id: int, attempt: int, role: int = fr.ROLE_CONTROL) -> Grant | None:
         """The grant for this ticket, removed so it can never be used again; None if unknown or stale."""
         with self._lock:
             key = self._key(ticket)
             grant = self._grants.get(key)
-            if grant is None or grant.job_id != job_id or grant.attempt != attempt:
+            if grant is None or (grant.job_id, grant.attempt, grant.role) != (job_id, attempt, role):
                 return None
             del self._grants[key]
         if grant.expires_at < self._clock():
@@ -166,7 +167,7 @@ class DataServer:
                 log.warning("data connection dropped before authentication", extra=kv(peer=peer[0], error=err))
                 _refuse(ch, "protocol error before authentication")
                 return
-            grant = self.tickets.take(hello.ticket, hello.job_id, hello.attempt)
+            grant = self.tickets.take(hello.ticket, hello.job_id, hello.attempt, hello.role)
             if grant is None:
                 log.warning("data connection refused: bad ticket",
                             extra=kv(peer=peer[0], job=hello.job_id, attempt=hello.attempt))
@@ -175,8 +176,7 @@ class DataServer:
             with self._lock:
                 self._conns[conn] = (grant.job_id, grant.attempt)
             conn.settimeout(self.io_timeout)
-            ch.send(fr.frame(fr.T.ACCEPT))
-            grant.serve(ch)
+            grant.serve(ch, hello)
         except Exception:  # a session must never take the agent down
             log.exception("data session crashed", extra=kv(peer=peer[0]))
         finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ from zcrepl.controller.client import ControllerClient
 from zcrepl.core.types import Endpoint, JobOptions, JobState
 
 ROOT = Entry(Kind.DIR, b"", 0o755, 1_000_000_000_000_000_000)
+
+
+def whole(index: int, size: int) -> FileHead:
+    return FileHead(index, 0, size, size, 0, 0o644)
 
 
 def f(path: bytes, size: int = 0) -> Entry:
@@ -48,6 +53,7 @@ class Session:
         order = evil.next_order("send")
         assert order.job_id == self.job.id
         host, port = order.dest_data_address.rsplit(":", 1)
+        self.extra: list[socket.socket] = []
         self.sock = socket.create_connection((host, int(port)), timeout=10)
         self.ch = Channel(self.sock)
         self.ticket = bytes(order.ticket)
@@ -55,6 +61,16 @@ class Session:
         self.ch.send(fr.encode_hello(Hello(order.job_id, order.attempt, self.ticket)))
         kind, payload = self.ch.recv_frame()
         assert kind is fr.T.ACCEPT, fr.decode_text(payload)
+        self.data_tickets = fr.decode_accept(payload)
+        self.address = (host, int(port))
+
+    def data(self, ticket: bytes | None = None) -> Channel:
+        """Open a data connection with one of the tickets the receiver minted for this session."""
+        sock = socket.create_connection(self.address, timeout=10)
+        self.extra.append(sock)
+        ch = Channel(sock)
+        ch.send(fr.encode_hello(Hello(self.job.id, self.attempt, ticket or self.data_tickets[0], fr.ROLE_DATA, 0)))
+        return ch
 
     def entries(self, *entries: Entry) -> None:
         self.ch.send(fr.encode_entries(list(entries)))
@@ -84,6 +100,8 @@ class Session:
 
     def close(self) -> None:
         self.sock.close()
+        for sock in self.extra:
+            sock.close()
 
 
 def job_failed(client: ControllerClient, job_id: int) -> str:
@@ -152,7 +170,7 @@ def test_name_through_a_planted_symlink_on_disk(cluster: Cluster, evil: FakeAgen
     s = Session(client, evil, dst)
     s.entries(ROOT, Entry(Kind.DIR, b"sub", 0o755, 0), f(b"sub/pwned-but-inside", 3))
     assert s.end_manifest(3) == [2]
-    s.ch.send(fr.encode_file(FileHead(2, 3, 0, 0o644)) + b"abc" + fr.frame(fr.T.FILE_END, bytes([fr.FILE_OK])))
+    s.ch.send(fr.encode_file(whole(2, 3)) + b"abc" + fr.frame(fr.T.FILE_END, bytes([fr.FILE_OK])))
     s.ch.send(fr.frame(fr.T.SENDER_DONE))
     kind, _ = s.ch.recv_frame()
     assert kind is fr.T.RESULT
@@ -170,7 +188,7 @@ def test_symlink_swapped_in_mid_job(cluster: Cluster, evil: FakeAgent, client: C
     assert s.end_manifest(3) == [2]
     os.rename(dst / "d", dst / "d.moved")
     os.symlink(tmp_path / "outside", dst / "d")  # the swap, after the receiver created d
-    s.ch.send(fr.encode_file(FileHead(2, 5, 0, 0o644)) + b"12345" + fr.frame(fr.T.FILE_END, bytes([fr.FILE_OK])))
+    s.ch.send(fr.encode_file(whole(2, 5)) + b"12345" + fr.frame(fr.T.FILE_END, bytes([fr.FILE_OK])))
     s.ch.send(fr.frame(fr.T.SENDER_DONE))
     kind, payload = s.ch.recv_frame()
     s.close()
@@ -189,7 +207,7 @@ def test_size_lies_leave_nothing_behind(cluster: Cluster, evil: FakeAgent, clien
     s = Session(client, evil, dst)
     s.entries(ROOT, f(b"liar", announced))
     assert s.end_manifest(2) == [1]
-    s.ch.send(fr.encode_file(FileHead(1, announced, 0, 0o644)) + b"x" * sent)
+    s.ch.send(fr.encode_file(whole(1, announced)) + b"x" * sent)
     if sent < announced:
         s.sock.shutdown(socket.SHUT_WR)  # truncated stream
     s.refused()
@@ -207,7 +225,7 @@ def test_duplicate_and_unrequested_entries(cluster: Cluster, evil: FakeAgent, cl
     s = Session(client, evil, tmp_path / "b" / "dst")
     s.entries(ROOT, f(b"a", 1))
     s.end_manifest(2)
-    s.ch.send(fr.encode_file(FileHead(0, 1, 0, 0o644)) + b"x")  # index 0 was never asked for
+    s.ch.send(fr.encode_file(whole(0, 1)) + b"x")  # index 0 was never asked for
     assert "not asked for" in s.refused()
     s.close()
 
@@ -253,3 +271,63 @@ def test_receiver_keeps_serving_after_attacks(cluster: Cluster, evil: FakeAgent,
     rc, _, err = cluster.ctl("replicate", f"hostA:{src}", f"hostB:{tmp_path}/b/good")
     assert rc == 0, err
     assert (tmp_path / "b" / "good" / "ok").read_bytes() == b"fine"
+
+
+def test_data_connections_are_bound_to_their_session(cluster: Cluster, evil: FakeAgent,
+                                                     client: ControllerClient, tmp_path: Path,
+                                                     guarded: Callable[[], None]) -> None:
+    dst = tmp_path / "b" / "dst"
+    s = Session(client, evil, dst)
+    assert len(s.data_tickets) == 1  # we asked for one stream
+    # A data ticket can't open a control connection, and works once as a data connection.
+    with socket.create_connection(s.address, timeout=10) as sock:
+        ch = Channel(sock)
+        ch.send(fr.encode_hello(Hello(s.job.id, s.attempt, s.data_tickets[0], fr.ROLE_CONTROL, 1)))
+        assert ch.recv_frame()[0] is fr.T.REFUSE
+    d = s.data()
+    assert d.recv_frame()[0] is fr.T.ACCEPT
+    d2 = s.data()
+    assert d2.recv_frame()[0] is fr.T.REFUSE
+    s.entries(ROOT, f(b"big", 10))
+    assert s.end_manifest(2) == [1]
+    # Two ranges of one file that overlap: refused, and the partial temp file is gone.
+    d.send(fr.encode_file(FileHead(1, 0, 6, 10, 0, 0o644)) + b"abcdef" + fr.FILE_END_OK)
+    d.send(fr.encode_file(FileHead(1, 4, 6, 10, 0, 0o644)) + b"ghijkl" + fr.FILE_END_OK)
+    kind, payload = d.recv_frame()
+    assert kind is fr.T.ABORT and "overlaps" in fr.decode_text(payload)
+    s.refused()  # the control connection is dropped too: the whole attempt is lost
+    s.close()
+    job_failed(client, s.job.id)
+    assert not (dst / "big").exists()
+
+
+def test_ranges_from_two_connections_assemble_one_file(cluster: Cluster, evil: FakeAgent,
+                                                       client: ControllerClient, tmp_path: Path) -> None:
+    dst = tmp_path / "b" / "dst"
+    s = Session(client, evil, dst)
+    s.entries(ROOT, f(b"two-halves", 8))
+    assert s.end_manifest(2) == [1]
+    d = s.data()
+    assert d.recv_frame()[0] is fr.T.ACCEPT
+    d.send(fr.encode_file(FileHead(1, 4, 4, 8, 7, 0o600)) + b"5678" + fr.FILE_END_OK)
+    assert not (dst / "two-halves").exists()  # half a file is never visible under its name
+    s.ch.send(fr.encode_file(FileHead(1, 0, 4, 8, 7, 0o600)) + b"1234" + fr.FILE_END_OK)
+    d.send(fr.frame(fr.T.DATA_DONE))
+    s.ch.send(fr.frame(fr.T.SENDER_DONE))
+    assert s.ch.recv_frame()[0] is fr.T.RESULT
+    s.close()
+    assert (dst / "two-halves").read_bytes() == b"12345678"
+    assert (dst / "two-halves").stat().st_mtime_ns == 7
+    assert oct((dst / "two-halves").stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_a_range_past_the_end_is_refused(cluster: Cluster, evil: FakeAgent, client: ControllerClient,
+                                         tmp_path: Path, guarded: Callable[[], None]) -> None:
+    s = Session(client, evil, tmp_path / "b" / "dst")
+    s.entries(ROOT, f(b"f", 4))
+    s.end_manifest(2)
+    payload = struct.pack("!IQQQqI", 1, 2, 4, 4, 0, 0o644)  # bytes 2..6 of a 4-byte file
+    s.ch.send(fr.frame(fr.T.FILE, payload) + b"xxxx" + fr.FILE_END_OK)
+    assert "outside the file" in s.refused()
+    s.close()
+    job_failed(client, s.job.id)

@@ -1,0 +1,416 @@
+"""The destination side of a transfer, independent of where bytes come from.
+
+``TreeWriter`` admits manifest entries (validating every name: reject, never normalise; a parent must
+be a directory this manifest announced), applies directories and symlinks, decides which files are
+needed, hands out ``FileSlot``s that ranges of a file are written into (from any number of
+connections or a local copy), commits each file atomically once every byte arrived, and finishes
+(deletes extras, sets directory metadata children-first, applies the durability policy).
+All filesystem access goes through fds confined to the destination root.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import stat
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from zcrepl.agent.transfer.atomic import AtomicFile, remove_entry, replace_symlink, set_dir_meta
+from zcrepl.agent.transfer.frame import Entry, FileHead, Kind
+from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
+from zcrepl.agent.transfer.scan import file_digest
+from zcrepl.core.errors import ProtocolError, TransferError, UnsafePath
+from zcrepl.core.logs import kv
+from zcrepl.core.paths import show
+from zcrepl.core.types import Durability, JobOptions, TransferStats
+
+log = logging.getLogger(__name__)
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(fd: int) -> None:
+    """Flush the whole filesystem holding ``fd``: one call makes every file of the job durable."""
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@dataclass(eq=False)
+class FileSlot:
+    """One needed file being assembled from ranges; committed when the last byte arrives.
+
+    ``fd`` is None when the file could not be opened (the error is recorded): writers then discard
+    their bytes. Ranges must not overlap and must cover the file exactly.
+    """
+
+    index: int
+    entry: Entry
+    total: int
+    mode: int
+    mtime_ns: int
+    fd: int | None
+    tmp: AtomicFile | None = None
+    pfd: int = -1
+    leaf: bytes = b""
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    got: int = 0
+    active: int = 0
+    changed: bool = False
+    failed: bool = False
+    ready: threading.Event = field(default_factory=threading.Event)
+
+
+class TreeWriter:
+    def __init__(self, root: SafeRoot, options: JobOptions, label: str, job_id: int) -> None:
+        self.root = root
+        self.options = options
+        self.label = label
+        self.job_id = job_id
+        self.entries: list[Entry] = []
+        self.kinds: dict[bytes, Kind] = {}
+        self.children: dict[bytes, set[bytes]] = {}
+        self.needed: set[int] = set()  # asked for, no byte arrived yet
+        self.slots: dict[int, FileSlot] = {}  # partly arrived
+        self.manifest_done = False
+        self.fsync_files = options.durability is Durability.FILE
+        self._lock = threading.Lock()
+        self._hashbuf: bytearray | None = None
+        self.files_done = self.bytes_done = self.skipped = self.deleted = self.errors = 0
+        self.first_error = ""
+
+    # -- manifest -----------------------------------------------------------------------------------
+    def admit(self, e: Entry) -> bool:
+        """Take one entry in manifest order; True when its file content is needed.
+
+        Raises UnsafePath/ProtocolError for a malformed manifest (the caller drops the peer). Trouble
+        with the destination itself (a full disk, a planted symlink) is recorded as an entry error.
+        """
+        index = len(self.entries)
+        parts = self._check(index, e)
+        with self._lock:
+            self.entries.append(e)
+        try:
+            if e.kind is Kind.DIR:
+                if parts:
+                    self._ensure_dir(parts)
+            elif e.kind is Kind.SYMLINK:
+                self._apply_symlink(parts, e)
+            elif self._up_to_date(parts, e):
+                self._count(skipped=1)
+            else:
+                with self._lock:
+                    self.needed.add(index)
+                return True
+        except (OSError, UnsafePath) as err:
+            self.entry_failed(e.path, err)
+        return False
+
+    def end_manifest(self, count: int) -> None:
+        if count != len(self.entries):
+            raise ProtocolError(f"MANIFEST_END says {count} entries, {len(self.entries)} arrived")
+        self.manifest_done = True
+
+    def _check(self, index: int, e: Entry) -> tuple[bytes, ...]:
+        if self.manifest_done:
+            raise ProtocolError("an entry after MANIFEST_END")
+        if index == 0:
+            if e.kind is not Kind.DIR or e.path != b"":
+                raise ProtocolError("the manifest must start with the root directory")
+            self.kinds[b""] = Kind.DIR
+            self.children[b""] = set()
+            return ()
+        parts = validate_relpath(e.path)  # UnsafePath: '..', '/', NUL, empty, our temp prefix...
+        if not parts:
+            raise UnsafePath("a second root entry in the manifest")
+        if e.path in self.kinds:
+            raise ProtocolError(f"duplicate name in the manifest: {show(e.path)}")
+        parent = b"/".join(parts[:-1])
+        if self.kinds.get(parent) is not Kind.DIR:
+            # Also what stops a name through a symlink the same manifest created (CVE-2024-12087).
+            raise UnsafePath(f"{show(e.path)}: its parent is not a directory announced earlier in the manifest")
+        self.kinds[e.path] = e.kind
+        self.children[parent].add(parts[-1])
+        if e.kind is Kind.DIR:
+            self.children[e.path] = set()
+        return parts
+
+    def _ensure_dir(self, parts: tuple[bytes, ...]) -> None:
+        pfd, leaf = self.root.open_parent(parts)
+        try:
+            st = _lstat(pfd, leaf)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                if st.st_mode & 0o700 != 0o700 and os.geteuid() != 0:
+                    dfd = self.root.open_dir(parts)  # we must be able to write into it until the end
+                    try:
+                        os.fchmod(dfd, stat.S_IMODE(st.st_mode) | 0o700)
+                    finally:
+                        os.close(dfd)
+                return
+            if st is not None:
+                self._count(deleted=remove_entry(pfd, leaf))  # a file or link where the source has a dir
+            try:
+                os.mkdir(leaf, 0o700, dir_fd=pfd)
+            except FileExistsError:
+                pass
+        finally:
+            os.close(pfd)
+
+    def _apply_symlink(self, parts: tuple[bytes, ...], e: Entry) -> None:
+        pfd, leaf = self.root.open_parent(parts)
+        try:
+            st = _lstat(pfd, leaf)
+            if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(leaf, dir_fd=pfd) == e.target:
+                if st.st_mtime_ns != e.mtime_ns:
+                    os.utime(leaf, ns=(st.st_atime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+                self._count(skipped=1)
+                return
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                self._clear_dir_for(pfd, leaf, "a symlink")
+            replace_symlink(pfd, leaf, e.target, e.mtime_ns)
+        finally:
+            os.close(pfd)
+
+    def _clear_dir_for(self, pfd: int, leaf: bytes, what: str) -> None:
+        if not self.options.delete:
+            try:
+                os.rmdir(leaf, dir_fd=pfd)
+                return
+            except OSError as err:
+                raise OSError(err.errno, f"a non-empty directory stands where the source has {what}; "
+                                         "rerun with --delete to replace it") from err
+        self._count(deleted=remove_entry(pfd, leaf))
+
+    def _up_to_date(self, parts: tuple[bytes, ...], e: Entry) -> bool:
+        """True when the destination already holds this file; fixes mode/mtime drift in place."""
+        st = self.root.lstat(parts)
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
+            return False
+        if not self.options.checksum and st.st_mtime_ns != e.mtime_ns:
+            return False
+        if not self.options.checksum and stat.S_IMODE(st.st_mode) == e.mode & 0o777:
+            return True
+        fd = self.root.open_read(parts)
+        try:
+            if self.options.checksum and file_digest(fd, self._buf()) != e.digest:
+                return False
+            if stat.S_IMODE(st.st_mode) != e.mode & 0o777:
+                os.fchmod(fd, e.mode & 0o777)
+            if st.st_mtime_ns != e.mtime_ns:
+                os.utime(fd, ns=(st.st_atime_ns, e.mtime_ns))
+        finally:
+            os.close(fd)
+        return True
+
+    def _buf(self) -> bytearray:
+        if self._hashbuf is None:
+            self._hashbuf = bytearray(1 << 20)
+        return self._hashbuf
+
+    # -- file data ----------------------------------------------------------------------------------
+    def slot(self, head: FileHead) -> FileSlot:
+        """The slot a range goes into; validates the range against what was asked and what arrived."""
+        with self._lock:
+            s = self.slots.get(head.index)
+            if s is None:
+                if head.index not in self.needed:
+                    raise ProtocolError(f"FILE for index {head.index}, which was not asked for")
+                self.needed.discard(head.index)
+                s = FileSlot(head.index, self.entries[head.index], head.total, head.mode, head.mtime_ns, None)
+                self.slots[head.index] = s
+                opening = True
+            else:
+                if (head.total, head.mode, head.mtime_ns) != (s.total, s.mode, s.mtime_ns):
+                    raise ProtocolError(f"FILE ranges of index {head.index} disagree on size, mode or mtime")
+                opening = False
+            for off, length in s.ranges:
+                if head.offset < off + length and off < head.offset + head.length:
+                    raise ProtocolError(f"FILE range {head.offset}+{head.length} of index {head.index} "
+                                        "overlaps one already sent")
+            s.ranges.append((head.offset, head.length))
+            s.active += 1
+        if opening:
+            try:
+                self._open_slot(s)
+            finally:
+                s.ready.set()
+        else:
+            s.ready.wait()  # another connection is creating the temp file for this index
+        return s
+
+    def _open_slot(self, s: FileSlot) -> None:
+        try:
+            self._check_space(s.total)
+            pfd, leaf = self.root.open_parent(validate_relpath(s.entry.path))
+        except (OSError, UnsafePath) as err:
+            self.entry_failed(s.entry.path, err)  # e.g. a parent swapped for a symlink mid-job
+            s.failed = True
+            return
+        try:
+            s.tmp = AtomicFile(pfd, leaf, s.total)
+        except OSError as err:
+            os.close(pfd)
+            self.entry_failed(s.entry.path, err)
+            s.failed = True
+            return
+        s.pfd, s.leaf, s.fd = pfd, leaf, s.tmp.fd
+
+    def range_done(self, s: FileSlot, length: int, ok: bool) -> None:
+        """Account one range; the last one commits (or discards) the file."""
+        with self._lock:
+            s.active -= 1
+            s.got += length
+            s.changed |= not ok
+            complete = s.active == 0 and (s.got == s.total or s.failed)
+            if complete:
+                self.slots.pop(s.index, None)
+        if complete:
+            self._complete(s)
+
+    def range_broken(self, s: FileSlot) -> None:
+        """A connection died inside a range: the file can never complete in this attempt.
+
+        The temp file is discarded by whichever range of it finishes last, never under another writer.
+        """
+        with self._lock:
+            s.active -= 1
+            s.failed = True
+            self.slots.pop(s.index, None)
+            last = s.active == 0
+        if last:
+            self._discard(s)
+
+    def _complete(self, s: FileSlot) -> None:
+        if s.failed or s.changed or s.tmp is None:
+            self._discard(s)
+            return  # a changed source is counted by the sender; a failed open was recorded already
+        try:
+            if self.options.checksum and s.entry.digest and file_digest(s.tmp.fd, self._local_buf()) != s.entry.digest:
+                raise OSError(0, "content hash differs from the manifest")
+            try:
+                s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files)
+            except IsADirectoryError:
+                self._clear_dir_for(s.pfd, s.leaf, "a file")
+                s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files)
+        except OSError as err:
+            self.entry_failed(s.entry.path, err)
+        else:
+            self._count(files_done=1, bytes_done=s.total)
+        finally:
+            self._discard(s)  # after a commit only the directory fd is left to close
+
+    @staticmethod
+    def _discard(s: FileSlot) -> None:
+        if s.tmp is not None:
+            s.tmp.discard()
+        if s.pfd >= 0:
+            os.close(s.pfd)
+            s.pfd = -1
+
+    def _local_buf(self) -> bytearray:
+        return bytearray(1 << 20)  # completions may run on several connection threads at once
+
+    def _check_space(self, size: int) -> None:
+        vfs = os.statvfs(self.root.fd)
+        free = vfs.f_bavail * vfs.f_frsize
+        if size > free:
+            raise TransferError(
+                f"{self.label}: not enough space for a file of {size} bytes ({free} free); "
+                "free some space or choose another destination"
+            )
+
+    def abandon(self) -> None:
+        """End of a failed attempt: discard every partly written file nobody is writing into; files
+        still being written are discarded by their last writer (see range_done/range_broken)."""
+        with self._lock:
+            idle = [s for s in self.slots.values() if s.active == 0]
+            for s in self.slots.values():
+                s.failed = True
+            for s in idle:
+                del self.slots[s.index]
+        for s in idle:
+            self._discard(s)
+
+    # -- end of transfer ----------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        if not self.manifest_done:
+            raise ProtocolError("SENDER_DONE before MANIFEST_END")
+        missing = len(self.needed) + len(self.slots)
+        if missing:
+            raise ProtocolError(f"the source finished without sending {missing} requested files")
+        if self.options.delete:
+            self._delete_extras()
+        self._finish_dirs()
+        if self.options.durability is Durability.JOB:
+            syncfs(self.root.fd)
+        elif self.fsync_files:
+            os.fsync(self.root.fd)
+        return {"files_done": self.files_done, "bytes_done": self.bytes_done, "files_skipped": self.skipped,
+                "deleted": self.deleted, "errors": self.errors, "first_error": self.first_error}
+
+    def _delete_extras(self) -> None:
+        """Remove what the source lacks, only inside directories this manifest announced."""
+        for dpath, names in self.children.items():
+            try:
+                dfd = self.root.open_dir(validate_relpath(dpath))
+            except (OSError, UnsafePath) as err:
+                self.entry_failed(dpath, err)
+                continue
+            try:
+                with os.scandir(dfd) as it:
+                    extras = [os.fsencode(de.name) for de in it]
+                for name in extras:
+                    if name not in names:
+                        try:
+                            self._count(deleted=remove_entry(dfd, name))
+                        except OSError as err:
+                            self.entry_failed((dpath + b"/" if dpath else b"") + name, err)
+            finally:
+                os.close(dfd)
+
+    def _finish_dirs(self) -> None:
+        """Directory modes and mtimes, children before parents (creating files changes a dir's mtime)."""
+        for e in reversed(self.entries):
+            if e.kind is not Kind.DIR:
+                continue
+            try:
+                dfd = self.root.open_dir(validate_relpath(e.path))
+            except (OSError, UnsafePath) as err:
+                self.entry_failed(e.path, err)
+                continue
+            try:
+                set_dir_meta(dfd, e.mode, e.mtime_ns)
+                if self.fsync_files:
+                    os.fsync(dfd)  # its new entries (mkdir, renames) are durable too
+            finally:
+                os.close(dfd)
+
+    # -- accounting ---------------------------------------------------------------------------------
+    def _count(self, *, files_done: int = 0, bytes_done: int = 0, skipped: int = 0, deleted: int = 0) -> None:
+        with self._lock:
+            self.files_done += files_done
+            self.bytes_done += bytes_done
+            self.skipped += skipped
+            self.deleted += deleted
+
+    def entry_failed(self, path: bytes, err: BaseException) -> None:
+        msg = f"{self.label}/{show(path)}: {getattr(err, 'strerror', None) or err}"
+        with self._lock:
+            self.errors += 1
+            if not self.first_error:
+                self.first_error = msg
+        log.warning("entry failed", extra=kv(job=self.job_id, path=path, error=str(err)))
+
+    def stats(self) -> TransferStats:
+        return TransferStats(entries=len(self.entries), files_done=self.files_done, bytes_done=self.bytes_done,
+                             files_skipped=self.skipped, deleted=self.deleted, errors=self.errors,
+                             scan_done=self.manifest_done)
+
+
+def _lstat(dir_fd: int, leaf: bytes) -> os.stat_result | None:
+    try:
+        return os.lstat(leaf, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None

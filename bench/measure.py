@@ -1,0 +1,123 @@
+"""What one timed run records, and the probes behind it: /proc/PID/stat CPU, VmHWM, rusage, machine facts.
+
+/proc/PID/stat utime+stime cover every thread of the process (so an agent's sender and receiver threads
+count); cutime+cstime grow only when the process *reaps* a child, which is how the rsync daemon's
+per-connection children are charged.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    """One run of one tool on one workload. CPU is seconds (user+sys); None where a side does not exist."""
+
+    workload: str
+    tool: str
+    round: int  # -1 = warm-up (discarded), -2 = untimed preparation sync
+    wall: float
+    ok: bool = True
+    note: str = ""
+    cpu_send: float | None = None  # local tools: the whole tool
+    cpu_recv: float | None = None
+    cpu_client: float | None = None  # zc-ctl's own CPU (zcrepl only)
+    wire_bytes: int | None = None
+    job_seconds: float | None = None  # zcrepl: the attempt's ended_at - started_at, as the controller records it
+    submit_to_done: float | None = None  # zcrepl: job finished_at - created_at
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """(own utime+stime, reaped children's cutime+cstime) in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rindex(b")") + 2:].split()  # the command name may hold spaces and parens
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime) / CLK_TCK, (cutime + cstime) / CLK_TCK
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident set size of ``pid`` since it started, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def children_cpu() -> float:
+    """User+sys of every child this process has reaped so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def thread_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_THREAD)
+    return r.ru_utime + r.ru_stime
+
+
+def live_children(pid: int) -> list[int]:
+    """Direct children of ``pid`` that are not yet reaped."""
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:  # kernels without CONFIG_PROC_CHILDREN: scan /proc
+        kids = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    stat_line = (d / "stat").read_bytes()
+                except OSError:
+                    continue
+                if int(stat_line[stat_line.rindex(b")") + 2:].split()[1]) == pid:
+                    kids.append(int(d.name))
+        return kids
+
+
+def wait_reaped(pid: int, timeout: float = 10.0) -> bool:
+    """Wait until ``pid`` has reaped all its children, so their CPU shows in its cutime/cstime."""
+    deadline = time.monotonic() + timeout
+    while live_children(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def _cmd(*argv: str) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def machine_facts(data: Path, repo: Path) -> dict[str, Any]:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1]
+    commit = _cmd("git", "-C", str(repo), "rev-parse", "--short", "HEAD")
+    dirty = bool(_cmd("git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"))
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": round(int(mem) / (1 << 20), 1),
+        "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "python": sys.version.split()[0],
+        "rsync": _cmd("rsync", "--version").split("\n", 1)[0],
+        "filesystem": _cmd("findmnt", "-n", "-o", "SOURCE,FSTYPE,OPTIONS", "--target", str(data)),
+        "zcrepl_commit": commit + ("+dirty" if dirty else ""),
+    }

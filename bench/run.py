@@ -1,0 +1,207 @@
+"""zcrepl benchmark: zcrepl end to end against the raw sendfile limit, rsync to a daemon, rsync local and
+cp -a, interleaved round by round on generated workloads W1-W6. See bench/README.md.
+
+Run it as a script (bench/ is not a package; its directory is on sys.path that way):
+    /work/venv/bin/python bench/run.py --workloads W2,W5,W1 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import report
+from daemons import RsyncDaemon, ZcCluster
+from measure import Run, machine_facts, proc_cpu, vm_hwm
+from rich.console import Console
+from tools import Context, Tool, all_tools
+from workloads import Workload, ensure, specs, tree_summary
+
+REPO = Path(__file__).resolve().parent.parent
+ALL = ("W1", "W2", "W3", "W4", "W5", "W6")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workloads", default="W1,W2,W3,W4,W5",
+                   help="comma-separated subset of W1..W6, run in this order (default W1-W5; W6 is big)")
+    p.add_argument("--runs", type=int, default=5, help="timed rounds per workload (default 5)")
+    p.add_argument("--data", type=Path, default=Path("/tmp/zcbench"),
+                   help="where workloads and destinations live, never inside the repo (default /tmp/zcbench)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: small sizes (under DATA/quick), 1 round; --runs is ignored")
+    p.add_argument("--streams", type=int, default=0, help="pass --streams N to zc-ctl replicate")
+    p.add_argument("--tools", default="", help="comma-separated subset of: zc-none,zc-job,raw,rsyncd,rsync,cp")
+    p.add_argument("--no-warmup", action="store_true", help="skip the discarded warm-up round")
+    p.add_argument("--keep", action="store_true", help="keep each workload's destinations afterwards")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where tables are saved")
+    args = p.parse_args(argv)
+    args.names = [n.strip().upper() for n in args.workloads.split(",") if n.strip()]
+    bad = [n for n in args.names if n not in ALL]
+    if bad or not args.names:
+        p.error(f"unknown workload(s) {bad}; choose from {','.join(ALL)}")
+    if args.quick:
+        args.runs = 1
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    args.data = args.data.resolve() / ("quick" if args.quick else "")
+    if args.data.is_relative_to(REPO):
+        p.error(f"--data {args.data} is inside the repository; pick a directory outside {REPO}")
+    return args
+
+
+def _sigterm(_sig: int, _frame: Any) -> None:
+    raise KeyboardInterrupt  # so the finally blocks stop the daemons
+
+
+class Bench:
+    """One benchmark run: generated sources, the daemons, every tool, and the runs collected so far."""
+
+    def __init__(self, args: argparse.Namespace, console: Console) -> None:
+        self.args, self.console = args, console
+        self.src_root, self.dst_root = args.data / "src", args.data / "dst"
+        self.run_dir = args.data / "run"
+        self.workloads = specs(args.quick)
+        self.summaries: dict[str, dict[str, Any]] = {}  # source dir -> summary
+        self.runs: list[Run] = []
+        self.rss: dict[str, dict[str, int]] = {}
+        self.idle: dict[str, dict[str, float]] = {}
+        self.notes: list[str] = []
+
+    def generate(self) -> None:
+        wanted = {self.workloads[n].source for n in self.args.names}
+        if "W4" in self.args.names:
+            wanted.add("W1")  # W4's destination starts as W1's file
+        for name in ALL:
+            w = self.workloads[name]
+            if w.gen and w.source in wanted:
+                t0 = time.monotonic()
+                self.summaries[w.source] = ensure(w, self.src_root, self.args.data / "markers", self.console.print)
+                if time.monotonic() - t0 > 1:
+                    self.console.print(f"  {name} ready in {time.monotonic() - t0:.1f}s")
+
+    def run(self) -> None:
+        subprocess.run(["rm", "-rf", str(self.run_dir)], check=True)
+        self.run_dir.mkdir(parents=True)
+        cluster = ZcCluster(self.run_dir, self.src_root, self.dst_root)
+        rsyncd = RsyncDaemon(self.run_dir, self.dst_root / "rsyncd")
+        ctx = Context(self.src_root, self.dst_root, cluster, rsyncd, self.args.streams)
+        keys = {k.strip() for k in self.args.tools.split(",") if k.strip()}
+        self.tools = [t for t in all_tools(ctx) if not keys or t.key in keys]
+        try:
+            cluster.start_controller()
+            rsyncd.start()
+            for name in self.args.names:
+                self.workload(self.workloads[name], cluster)
+        finally:
+            cluster.stop()
+            rsyncd.stop()
+
+    def workload(self, w: Workload, cluster: ZcCluster) -> None:
+        tools = [t for t in self.tools if t.supports(w)]
+        self.console.print(f"[bold]{w.name}[/]: {w.title} ({w.mode}); tools: {', '.join(t.label for t in tools)}")
+        cluster.start_agents()
+        try:
+            self._measure_idle(w, cluster, 0.5 if self.args.quick else 2.0)
+            if w.mode == "nochange":  # every destination starts identical to the source
+                for t in tools:
+                    t.clear(w)
+                    self._one(w, t, -2)
+            first = 0 if self.args.no_warmup else -1
+            for rnd in range(first, self.args.runs):
+                for t in tools:
+                    t.prepare(w)
+                    self._one(w, t, rnd, verify=rnd == first)
+            self.rss[w.name] = {n: vm_hwm(cluster.pid(n)) for n in ("hostA", "hostB")}
+        finally:
+            cluster.stop_agents()
+            if not self.args.keep:
+                for t in tools:
+                    subprocess.run(["rm", "-rf", str(t.dest(w))], check=False)
+
+    def _measure_idle(self, w: Workload, cluster: ZcCluster, secs: float) -> None:
+        """Agents' CPU while idle (heartbeats, health sampling): the floor under every zcrepl CPU figure."""
+        pids = {n: cluster.pid(n) for n in ("hostA", "hostB")}
+        before = {n: proc_cpu(p)[0] for n, p in pids.items()}
+        time.sleep(secs)
+        self.idle[w.name] = {n: round((proc_cpu(p)[0] - before[n]) / secs, 4) for n, p in pids.items()}
+
+    def _one(self, w: Workload, t: Tool, rnd: int, verify: bool = False) -> None:
+        r = t.run(w)
+        r.round = rnd
+        if verify and r.ok:
+            problem = self._verify(w, t)
+            if problem:
+                r.ok, r.note = False, problem
+        self.runs.append(r)
+        tag = {-2: "sync", -1: "warm-up"}.get(rnd, f"round {rnd + 1}")
+        extra = f"  job {r.job_seconds:.3f}s" if r.job_seconds is not None else ""
+        bad = "" if r.ok else f"  [red]FAILED: {r.note}[/]"
+        self.console.print(f"  {w.name} {tag:<8} {t.label:<18} {r.wall:8.3f}s{extra}{bad}", markup=True)
+        if not r.ok:
+            self.notes.append(f"{w.name} {t.label} {tag}: {r.note}")
+
+    def _verify(self, w: Workload, t: Tool) -> str:
+        """Compare the copy with its source (counts, sizes, modes, file mtimes, link targets, samples)."""
+        meta = t.key != "raw"
+        src = self.src_root / w.source
+        want = self.summaries[w.source] if meta else tree_summary(src, meta=False)
+        got = tree_summary(t.dest(w), meta=meta)
+        if got == want:
+            return ""
+        diff = {k: (want[k], got[k]) for k in want if want[k] != got.get(k)}
+        return f"copy differs from the source: {diff}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Piped or logged output keeps the table's full width instead of squeezing it to 80 columns.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
+    signal.signal(signal.SIGTERM, _sigterm)
+    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["bench/run.py", *argv])
+    bench = Bench(args, console)
+    interrupted = False
+    try:
+        bench.generate()
+        facts = machine_facts(args.data, REPO)
+        bench.run()
+    except KeyboardInterrupt:
+        interrupted = True
+        bench.notes.append("interrupted: partial results")
+        facts = machine_facts(args.data, REPO)
+    if not bench.runs:
+        return 130 if interrupted else 1
+
+    wl: dict[str, dict[str, Any]] = {}
+    for name in args.names:
+        w = bench.workloads[name]
+        s = bench.summaries[w.source]
+        wl[name] = {"title": w.title, "mode": w.mode, "source": w.source, "bytes": s["bytes"],
+                    "entries": s["entries"], "files": s["files"], "dirs": s["dirs"], "symlinks": s["symlinks"],
+                    "empty_dirs": s["empty_dirs"], "gen": w.gen}
+    labels = {t.key: (t.label, t.local) for t in bench.tools}
+    rows = report.build_rows(bench.runs, wl, labels, bench.rss)
+    for name, idle in bench.idle.items():
+        bench.notes.append(f"{name}: idle agent CPU (heartbeats, health sampling) hostA {idle['hostA']:.3f} s/s, "
+                           f"hostB {idle['hostB']:.3f} s/s; included in the zcrepl CPU figures")
+    meta = {"command": command, "machine": facts, "rounds": args.runs, "warmup": not args.no_warmup,
+            "quick": args.quick, "data": str(args.data), "streams": args.streams, "notes": bench.notes,
+            "idle_cpu_per_s": bench.idle}
+    title = f"zcrepl benchmark ({'quick, ' if args.quick else ''}{args.runs} round(s), {facts['date']})"
+    report.show(console, rows, title)
+    md, js = report.save(args.out, meta, wl, rows, bench.runs, bench.rss)
+    console.print(f"saved {md} and {js}")
+    if interrupted:
+        return 130
+    return 1 if any(not r.ok for r in bench.runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
