@@ -1,0 +1,146 @@
+"""The data plane in one process, over real loopback sockets and real files: parallel streams, large
+files split into ranges, and every fast path forced onto its fallback still give identical trees."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from zchelpers import diff_trees, make_tree, snapshot
+
+from zcrepl.agent.transfer import receive, send
+from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
+from zcrepl.agent.transfer.saferoot import SafeRoot
+from zcrepl.agent.transfer.send import Sender, SendSpec
+from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
+from zcrepl.core.types import JobOptions, TransferStats
+
+
+class Plane:
+    """A receiving data server and a way to run one sender against it."""
+
+    def __init__(self, dst_export: Path) -> None:
+        self.tickets = TicketBook()
+        self.server = DataServer("127.0.0.1", 0, self.tickets)
+        self.server.start()
+        self.export = SafeRoot(os.fsencode(dst_export))
+        self.results: list[Any] = []
+        self.jobs = 0
+
+    def run(self, src: Path, rel: bytes, **options: Any) -> tuple[TransferStats, Any]:
+        self.jobs += 1
+        job = self.jobs
+        ticket = os.urandom(32)
+        opts = JobOptions(**options)
+        done = threading.Event()
+
+        def serve(ch: Channel, hello: Hello) -> None:
+            session = ReceiveSession(ReceiveSpec(job, 1, self.export, tuple(rel.split(b"/")), opts, "dst"),
+                                     self.tickets)
+            try:
+                self.results.append(session.serve_control(ch, hello))
+            except Exception as err:
+                self.results.append(err)
+            finally:
+                done.set()
+
+        self.tickets.register(ticket, Grant(job, 1, time.monotonic() + 30, serve))
+        spec = SendSpec(job, 1, ticket, self.server.address, opts, threading.Event(), lambda _s: None)
+        root = SafeRoot(os.fsencode(src))
+        try:
+            stats = Sender(spec, root).run()
+        finally:
+            root.close()
+            done.wait(10)
+        return stats, self.results[-1]
+
+    def close(self) -> None:
+        self.server.stop()
+        self.export.close()
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> Iterator[Plane]:
+    (tmp_path / "dst").mkdir()
+    p = Plane(tmp_path / "dst")
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("src") / "tree"
+    make_tree(src, files=300, big=40 << 20)
+    return src
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "recv_into"])
+@pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "read+send"])
+def test_identical_trees_on_every_path(plane: Plane, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       streams: int, splice: bool, sendfile: bool) -> None:
+    monkeypatch.setattr(receive, "USE_SPLICE", splice)
+    monkeypatch.setattr(send, "USE_SENDFILE", sendfile)
+    stats, result = plane.run(tree, b"copy", streams=streams)
+    assert isinstance(result, TransferStats), result
+    assert not diff_trees(snapshot(tree), snapshot(tmp_path / "dst" / "copy"))
+    assert stats.bytes_done >= 40 << 20 and stats.errors == 0
+    again, _ = plane.run(tree, b"copy", streams=streams)
+    assert (again.files_done, again.bytes_done) == (0, 0)
+
+
+def test_sendfile_refused_at_first_byte_falls_back(plane: Plane, tree: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+
+    def refuse(*_a: Any) -> int:
+        calls["n"] += 1
+        raise OSError(errno.EINVAL, "sendfile refused for this test")
+
+    monkeypatch.setattr(send.os, "sendfile", refuse)
+    _, result = plane.run(tree, b"copy", streams=2)
+    assert isinstance(result, TransferStats), result
+    assert calls["n"] >= 1  # tried once per connection, then read+send
+    assert not diff_trees(snapshot(tree), snapshot(tmp_path / "dst" / "copy"))
+
+
+def test_splice_into_file_refused_falls_back(plane: Plane, tree: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.splice
+    refused = {"n": 0}
+
+    def splice(src: int, dst: int, count: int, offset_src: Any = None, offset_dst: Any = None,
+               flags: int = 0) -> int:
+        if offset_dst is not None:  # the pipe -> file leg, as on a filesystem without splice_write
+            refused["n"] += 1
+            raise OSError(errno.EINVAL, "splice refused for this test")
+        return real(src, dst, count, offset_src=offset_src, flags=flags)
+
+    monkeypatch.setattr(receive.os, "splice", splice)
+    _, result = plane.run(tree, b"copy", streams=2)
+    assert isinstance(result, TransferStats), result
+    assert refused["n"] >= 1
+    assert not diff_trees(snapshot(tree), snapshot(tmp_path / "dst" / "copy"))
+
+
+def test_big_file_is_split_across_streams(plane: Plane, tree: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, int]] = []
+    real = send._Worker.send_range
+
+    def spy(self: Any, index: int, offset: int, length: int) -> None:
+        if length >= 1 << 20:
+            seen.append((offset, length))
+        real(self, index, offset, length)
+
+    monkeypatch.setattr(send._Worker, "send_range", spy)
+    plane.run(tree, b"copy", streams=2)
+    assert sorted(seen) == [(0, 20 << 20), (20 << 20, 20 << 20)]
+    assert (tmp_path / "dst" / "copy" / "big.bin").read_bytes() == (tree / "big.bin").read_bytes()
