@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.local import LocalCopy, log_local
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
@@ -117,6 +118,11 @@ class Transfers:
         active = _Active(Role.SENDER)
         with self._lock:
             self._active[key] = active
+        if order.dest_host == self.host:
+            active.thread = threading.Thread(target=self._run_local, args=(order, src, key, label, active),
+                                             name=f"zc-local-{order.job_id}", daemon=True)
+            active.thread.start()
+            return
         spec = SendSpec(
             job_id=order.job_id, attempt=order.attempt, ticket=order.ticket, address=address,
             options=order.options, cancel=active.cancel, io_timeout=self.io_timeout,
@@ -179,6 +185,40 @@ class Transfers:
         log.info("send done", extra=kv(job=spec.job_id, attempt=spec.attempt, files=stats.files_done,
                                        bytes=stats.bytes_done, seconds=round(time.monotonic() - t0, 3)))
         self.report(TransferReport(spec.job_id, spec.attempt, Role.SENDER, Phase.DONE, stats))
+
+    def _run_local(self, order: SendOrder, src: SafeRoot, key: tuple[int, int, Role], label: str,
+                   active: _Active) -> None:
+        """Both ends are this agent: copy in the kernel, then answer for both roles."""
+        self.tickets.revoke(order.job_id, order.attempt)  # nobody will connect
+        self._forget((order.job_id, order.attempt, Role.RECEIVER))
+        dst_label = f"{self.host}:{show(order.dest_path)}"
+        t0 = time.monotonic()
+        try:
+            root, rel = self.exports.resolve(order.dest_path)
+            copier = LocalCopy(order.job_id, src, root, rel, order.options, dst_label, active.cancel,
+                               lambda s: self.report(TransferReport(order.job_id, order.attempt, Role.SENDER,
+                                                                    Phase.PROGRESS, s)),
+                               workers=order.options.streams or 2)
+            stats = copier.run()
+        except Cancelled:
+            self._forget(key)
+            return
+        except (ZcError, OSError) as err:
+            self._forget(key)
+            msg = str(err) if isinstance(err, ZcError) else (err.strerror or str(err))
+            self._fail(order.job_id, order.attempt, Role.SENDER, f"{label} -> {dst_label}: {msg}",
+                       retryable=getattr(err, "retryable", True))
+            return
+        finally:
+            src.close()
+        self._forget(key)
+        if stats.errors:
+            self._fail(order.job_id, order.attempt, Role.SENDER, f"{stats.errors} entries failed copying "
+                       f"{label} -> {dst_label}; see the agent log", retryable=True, stats=stats)
+            return
+        log_local(order.job_id, stats, time.monotonic() - t0)
+        for role in (Role.RECEIVER, Role.SENDER):
+            self.report(TransferReport(order.job_id, order.attempt, role, Phase.DONE, stats))
 
     def _serve_receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,
                        ch: Channel, hello: Hello) -> None:

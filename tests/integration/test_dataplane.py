@@ -144,3 +144,21 @@ def test_big_file_is_split_across_streams(plane: Plane, tree: Path, tmp_path: Pa
     plane.run(tree, b"copy", streams=2)
     assert sorted(seen) == [(0, 20 << 20), (20 << 20, 20 << 20)]
     assert (tmp_path / "dst" / "copy" / "big.bin").read_bytes() == (tree / "big.bin").read_bytes()
+
+
+@pytest.mark.parametrize("path", ["copy_file_range", "sendfile", "read+write"])
+def test_local_copy_on_every_path(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    from zcrepl.agent.transfer import local
+
+    monkeypatch.setattr(local, "USE_COPY_FILE_RANGE", path == "copy_file_range")
+    monkeypatch.setattr(local, "USE_SENDFILE", path == "sendfile")
+    (tmp_path / "exp").mkdir()
+    src, exp = SafeRoot(os.fsencode(tree)), SafeRoot(os.fsencode(tmp_path / "exp"))
+    try:
+        stats = local.LocalCopy(1, src, exp, (b"copy",), JobOptions(), "here", threading.Event(),
+                                lambda _s: None).run()
+    finally:
+        src.close()
+        exp.close()
+    assert stats.errors == 0 and stats.bytes_done >= 40 << 20
+    assert not diff_trees(snapshot(tree), snapshot(tmp_path / "exp" / "copy"))

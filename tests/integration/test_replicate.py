@@ -84,3 +84,16 @@ def test_every_durability_policy_gives_the_same_tree(cluster: Cluster, tmp_path:
         assert rc == 0, err
         assert json.loads(out)["options"]["durability"] == mode
         assert not diff_trees(snapshot(src), snapshot(dst))
+
+
+def test_same_host_copies_locally_without_the_network(cluster: Cluster, tmp_path: Path) -> None:
+    src, dst = tmp_path / "a" / "src", tmp_path / "a" / "copy"
+    make_tree(src, files=150, big=8 << 20)
+    rc, out, err = cluster.ctl("replicate", f"hostA:{src}", f"hostA:{dst}", "--json")
+    assert rc == 0, err
+    p = json.loads(out)["progress"]
+    assert p["wire_bytes"] == 0 and p["bytes_done"] >= 8 << 20
+    assert not diff_trees(snapshot(src), snapshot(dst))
+    assert "local copy done" in cluster.daemons["hostA"].log()
+    rc, out, _ = cluster.ctl("replicate", "--delete", f"hostA:{src}", f"hostA:{dst}", "--json")
+    assert rc == 0 and json.loads(out)["progress"]["bytes_done"] == 0

@@ -1,0 +1,192 @@
+"""Same-host replication (``hostA:/x hostA:/y``): no socket at all.
+
+The scan feeds the same TreeWriter the network receiver uses (same validation, atomic temp+rename,
+delete and directory rules); needed files are copied in the kernel with ``os.copy_file_range``
+(reflinks where the filesystem has them), falling back to ``os.sendfile`` and then to read+write.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from zcrepl.agent.transfer.apply import TreeWriter
+from zcrepl.agent.transfer.frame import Entry, FileHead, Kind
+from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
+from zcrepl.agent.transfer.scan import Scanner, log_skip
+from zcrepl.core.errors import Cancelled, TransferError, UnsafePath
+from zcrepl.core.logs import kv
+from zcrepl.core.types import JobOptions, TransferStats
+
+log = logging.getLogger(__name__)
+
+USE_COPY_FILE_RANGE = True  # tests switch these off to exercise each fallback
+USE_SENDFILE = True
+_CHUNK = 64 << 20
+_STOP = -1
+
+
+def copy_range(src: int, dst: int, offset: int, length: int, buf: list[bytearray]) -> int:
+    """Copy ``length`` bytes at ``offset`` from ``src`` to ``dst``; fewer only if the source ended early."""
+    done = 0
+    mode = "cfr" if USE_COPY_FILE_RANGE else ("sendfile" if USE_SENDFILE else "rw")
+    while done < length:
+        count = min(_CHUNK, length - done)
+        try:
+            if mode == "cfr":
+                n = os.copy_file_range(src, dst, count, offset + done, offset + done)
+            elif mode == "sendfile":
+                os.lseek(dst, offset + done, os.SEEK_SET)
+                n = os.sendfile(dst, src, offset + done, count)
+            else:
+                if not buf:
+                    buf.append(bytearray(1 << 20))
+                mv = memoryview(buf[0])[: min(count, 1 << 20)]
+                n = os.preadv(src, [mv], offset + done)
+                w = 0
+                while w < n:
+                    w += os.pwrite(dst, mv[w:n], offset + done + w)
+        except OSError as err:
+            # Cross-filesystem or unsupported: step down a path and retry this chunk.
+            if err.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) and mode != "rw":
+                mode = "sendfile" if mode == "cfr" and USE_SENDFILE else "rw"
+                continue
+            raise
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+class LocalCopy:
+    def __init__(self, job_id: int, src: SafeRoot, dst_export: SafeRoot, dst_rel: tuple[bytes, ...],
+                 options: JobOptions, label: str, cancel: threading.Event,
+                 on_progress: Callable[[TransferStats], None], workers: int = 2) -> None:
+        self.job_id = job_id
+        self.src = src
+        self.dst_export = dst_export
+        self.dst_rel = dst_rel
+        self.options = options
+        self.label = label
+        self.cancel = cancel
+        self.on_progress = on_progress
+        self.nworkers = max(1, workers)
+        self.work: queue.Queue[int] = queue.Queue(maxsize=1024)
+        self.files: dict[int, Entry] = {}
+        self.entries = self.special = self.files_total = self.bytes_total = 0
+        self.copied_bytes = 0
+        self.errors: list[BaseException] = []
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def run(self) -> TransferStats:
+        root = SafeRoot.from_fd(self.dst_export.open_dir(self.dst_rel, create=True, mode=0o755),
+                                self.dst_export.path)
+        writer = TreeWriter(root, self.options, self.label, self.job_id)
+        threads = [threading.Thread(target=self._worker, args=(writer,), name=f"zc-local-{i}", daemon=True)
+                   for i in range(self.nworkers)]
+        for t in threads:
+            t.start()
+        try:
+            scanner = Scanner(self.src, checksum=self.options.checksum, on_skip=self._skipped)
+            for e in scanner.entries():
+                if self.cancel.is_set() or self.errors:
+                    break
+                index = self.entries
+                self.entries += 1
+                if writer.admit(e) and e.kind is Kind.FILE:
+                    self.files[index] = e
+                    self.files_total += 1
+                    self.bytes_total += e.size
+                    self.work.put(index)
+                self._progress(writer)
+            if not (self.cancel.is_set() or self.errors):
+                writer.end_manifest(self.entries)
+        finally:
+            for _ in threads:
+                self.work.put(_STOP)
+            for t in threads:
+                t.join()
+        try:
+            if self.cancel.is_set():
+                raise Cancelled("cancelled by the controller")
+            if self.errors:
+                raise TransferError(f"local copy failed: {self.errors[0]}") from self.errors[0]
+            writer.finish()
+            stats = self._stats(writer, scan_done=True)
+            self.on_progress(stats)
+            return stats
+        except BaseException:
+            writer.abandon()
+            raise
+        finally:
+            root.close()
+
+    def _worker(self, writer: TreeWriter) -> None:
+        buf: list[bytearray] = []
+        while True:
+            index = self.work.get()
+            if index == _STOP:
+                return
+            if self.cancel.is_set() or self.errors:
+                continue
+            try:
+                self._copy(writer, index, self.files[index], buf)
+            except BaseException as err:
+                with self._lock:
+                    self.errors.append(err)
+
+    def _copy(self, writer: TreeWriter, index: int, e: Entry, buf: list[bytearray]) -> None:
+        try:
+            fd = self.src.open_read(validate_relpath(e.path))
+        except (OSError, UnsafePath) as err:
+            slot = writer.slot(FileHead(index, 0, e.size, e.size, e.mtime_ns, e.mode))
+            writer.range_done(slot, e.size, ok=False)
+            writer.entry_failed(e.path, err)
+            return
+        try:
+            st = os.fstat(fd)
+            slot = writer.slot(FileHead(index, 0, e.size, e.size, e.mtime_ns, st.st_mode & 0o7777))
+            ok = st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
+            try:
+                if ok and slot.fd is not None:
+                    ok = copy_range(fd, slot.fd, 0, e.size, buf) == e.size
+                    after = os.fstat(fd)
+                    ok = ok and after.st_size == e.size and after.st_mtime_ns == e.mtime_ns
+            except BaseException:
+                writer.range_broken(slot)
+                raise
+            writer.range_done(slot, e.size, ok=ok)
+            if not ok:
+                writer.entry_failed(e.path, OSError(0, "changed while it was copied"))
+            with self._lock:
+                self.copied_bytes += e.size
+        finally:
+            os.close(fd)
+
+    def _skipped(self, path: bytes, reason: str) -> None:
+        log_skip(self.job_id)(path, reason)
+        self.special += 1
+
+    def _stats(self, writer: TreeWriter, scan_done: bool = False) -> TransferStats:
+        w = writer.stats()
+        return TransferStats(entries=self.entries, files_total=self.files_total, files_done=w.files_done,
+                             bytes_total=self.bytes_total, bytes_done=w.bytes_done, files_skipped=w.files_skipped,
+                             deleted=w.deleted, wire_bytes=0, skipped_special=self.special, errors=w.errors,
+                             scan_done=scan_done)
+
+    def _progress(self, writer: TreeWriter) -> None:
+        now = time.monotonic()
+        if now - self._last >= 0.5:
+            self._last = now
+            self.on_progress(self._stats(writer))
+
+
+def log_local(job_id: int, stats: TransferStats, seconds: float) -> None:
+    log.info("local copy done", extra=kv(job=job_id, files=stats.files_done, bytes=stats.bytes_done,
+                                         seconds=round(seconds, 3)))
