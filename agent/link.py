@@ -139,7 +139,8 @@ class ControllerLink:
                                           options_from_pb(o2.options), o2.dest_host, o2.dest_data_address,
                                           bytes(o2.dest_path)))
         elif kind == "cancel":
-            self.transfers.cancel(CancelOrder(msg.cancel.job_id, msg.cancel.attempt, msg.cancel.reason))
+            c = msg.cancel
+            self.transfers.cancel(CancelOrder(c.job_id, c.attempt, c.reason, c.discard_partial))
         return False
 
     def _heartbeats(self) -> None:

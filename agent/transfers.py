@@ -6,6 +6,7 @@ path and the cause, and whether another attempt could help.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -18,6 +19,7 @@ from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
 from zcrepl.agent.transfer.local import LocalCopy, log_local
+from zcrepl.agent.transfer.partial import PartialArea
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
@@ -47,6 +49,7 @@ class _Active:
     role: Role
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    session: ReceiveSession | None = None
 
 
 class Transfers:
@@ -68,6 +71,11 @@ class Transfers:
         self.io_timeout = io_timeout
         self._lock = threading.Lock()
         self._active: dict[tuple[int, int, Role], _Active] = {}
+        # Partials kept by recently failed receives, so an operator's cancel that arrives after the
+        # connection already broke can still drop them.
+        self._kept: collections.OrderedDict[tuple[int, int], tuple[SafeRoot, tuple[bytes, ...], list[bytes]]] = (
+            collections.OrderedDict())
+        self._discarded: set[tuple[int, int]] = set()
 
     # -- queries ------------------------------------------------------------------------------------
     def count(self) -> int:
@@ -140,6 +148,14 @@ class Transfers:
             hits = [a for (j, att, _), a in self._active.items() if (j, att) == (order.job_id, order.attempt)]
         for a in hits:
             a.cancel.set()
+            if order.discard_partial and a.session is not None:
+                a.session.discard_partials()
+        if order.discard_partial:
+            with self._lock:
+                kept = self._kept.pop((order.job_id, order.attempt), None)
+                self._discarded.add((order.job_id, order.attempt))
+            if kept is not None:
+                self._drop_partials(*kept)
         if self.tickets.revoke(order.job_id, order.attempt):
             self._forget((order.job_id, order.attempt, Role.RECEIVER))
         self.data.abort(order.job_id, order.attempt)
@@ -225,6 +241,10 @@ class Transfers:
         key = (order.job_id, order.attempt, Role.RECEIVER)
         spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label)
         session = ReceiveSession(spec, self.tickets)
+        with self._lock:
+            active = self._active.get(key)
+            if active is not None:
+                active.session = session
         t0 = time.monotonic()
         try:
             stats = session.serve_control(ch, hello)
@@ -236,6 +256,17 @@ class Transfers:
                     ch.send(fr.encode_text(fr.T.ABORT, msg))
             log.warning("receive failed", extra=kv(job=order.job_id, attempt=order.attempt, error=msg))
             self._forget(key)
+            if session.writer is not None and session.writer.saved_partials:
+                ref = (order.job_id, order.attempt)
+                kept = (root, rel, session.writer.saved_partials)
+                with self._lock:
+                    discard = ref in self._discarded  # the operator's cancel came first
+                    if not discard:
+                        self._kept[ref] = kept
+                        while len(self._kept) > 64:
+                            self._kept.popitem(last=False)
+                if discard:
+                    self._drop_partials(*kept)
             stats = session.stats() if session.writer is not None else TransferStats()
             self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: {msg}", retryable=retryable,
                        stats=stats)
@@ -251,6 +282,17 @@ class Transfers:
                                           bytes=stats.bytes_done, skipped=stats.files_skipped,
                                           deleted=stats.deleted, seconds=round(time.monotonic() - t0, 3)))
         self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE, stats))
+
+    @staticmethod
+    def _drop_partials(export: SafeRoot, rel: tuple[bytes, ...], relpaths: list[bytes]) -> None:
+        try:
+            root = SafeRoot.from_fd(export.open_dir(rel), export.path)
+        except (OSError, UnsafePath):
+            return
+        try:
+            PartialArea(root).drop(relpaths)
+        finally:
+            root.close()
 
     def _forget(self, key: tuple[int, int, Role]) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ per-connection children are charged.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import resource
@@ -54,6 +55,15 @@ def vm_hwm(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (all CPUs, everything but idle and iowait) since boot.
+    Its change over a run, minus the tool's own CPU, shows work that was not ours: other processes, and
+    kernel threads such as writeback."""
+    with open("/proc/stat", "rb") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK_TCK  # user nice system idle iowait irq softirq steal
 
 
 def children_cpu() -> float:
@@ -120,4 +130,17 @@ def machine_facts(data: Path, repo: Path) -> dict[str, Any]:
         "rsync": _cmd("rsync", "--version").split("\n", 1)[0],
         "filesystem": _cmd("findmnt", "-n", "-o", "SOURCE,FSTYPE,OPTIONS", "--target", str(data)),
         "zcrepl_commit": commit + ("+dirty" if dirty else ""),
+        "worktree_sha": worktree_digest(repo),
     }
+
+
+def worktree_digest(repo: Path) -> str:
+    """Identifies uncommitted source changes (the agents run the editable install, i.e. the working tree):
+    sha256 of ``git diff HEAD`` plus untracked files of the packages, without writing to the repository."""
+    h = hashlib.sha256(_cmd("git", "-C", str(repo), "diff", "HEAD", "--", "agent", "controller", "core",
+                            "proto").encode())
+    untracked = _cmd("git", "-C", str(repo), "ls-files", "--others", "--exclude-standard", "--", "agent",
+                     "controller", "core", "proto").split()
+    for name in sorted(untracked):
+        h.update(name.encode() + b"\0" + (repo / name).read_bytes())
+    return h.hexdigest()[:12]

@@ -38,6 +38,7 @@ class Row:
     cpu_recv_gib: float | None = None
     local: bool = False
     wire_bytes: int | None = None
+    other_cpu: float | None = None  # machine busy CPU during the run minus the tool's: writeback, other processes
     rss_a: int | None = None
     rss_b: int | None = None
 
@@ -72,6 +73,7 @@ def build_rows(runs: list[Run], workloads: dict[str, dict[str, Any]], labels: di
                     row.cpu_send_gib = row.cpu_send / gib if row.cpu_send is not None else None
                     row.cpu_recv_gib = row.cpu_recv / gib if row.cpu_recv is not None else None
                 row.wire_bytes = _med([r.wire_bytes for r in ok])
+                row.other_cpu = _med([_other(r) for r in ok])
                 if key.startswith("zc-") and wname in rss:
                     row.rss_a, row.rss_b = rss[wname].get("hostA"), rss[wname].get("hostB")
                 if row.median:
@@ -91,9 +93,16 @@ def build_rows(runs: list[Run], workloads: dict[str, dict[str, Any]], labels: di
     return rows
 
 
+def _other(r: Run) -> float | None:
+    busy = r.extra.get("machine_busy")
+    if busy is None:
+        return None
+    return busy - sum(x for x in (r.cpu_send, r.cpu_recv, r.cpu_client) if x is not None)
+
+
 # -- formatting -------------------------------------------------------------------------------------
 COLUMNS = ["W", "tool", "n", "wall s median (min-max)", "GB/s", "entries/s", "x rsyncd time", "x raw rate",
-           "CPU s send / recv", "CPU s/GiB send / recv", "wire bytes", "agent peak RSS MiB A / B"]
+           "CPU s send / recv", "CPU s/GiB send / recv", "other CPU s", "wire bytes", "agent peak RSS MiB A / B"]
 
 
 def _f(x: float | None, fmt: str = "{:.3g}") -> str:
@@ -118,7 +127,7 @@ def cells(r: Row) -> list[str]:
         cpu_gib = f"{_f(r.cpu_send_gib, '{:.2f}')} / {_f(r.cpu_recv_gib, '{:.2f}')}"
     rss = "-" if r.rss_a is None else f"{r.rss_a / (1 << 20):.0f} / {(r.rss_b or 0) / (1 << 20):.0f}"
     return [r.workload, r.tool, str(r.n), wall, _f(r.gbps, "{:.3f}"), _f(r.entries_per_s, "{:,.0f}"),
-            _f(r.x_rsyncd, "{:.2f}"), _f(r.x_raw, "{:.2f}"), cpu, cpu_gib,
+            _f(r.x_rsyncd, "{:.2f}"), _f(r.x_raw, "{:.2f}"), cpu, cpu_gib, _f(r.other_cpu, "{:.2f}"),
             "-" if r.wire_bytes is None else f"{int(r.wire_bytes):,}", rss]
 
 
@@ -145,7 +154,8 @@ def markdown(meta: dict[str, Any], workloads: dict[str, dict[str, Any]], rows: l
         f"{meta['rounds']} timed round(s) per workload, interleaved tool by tool, "
         f"{'after one discarded warm-up round' if meta['warmup'] else 'no warm-up round'}; "
         f"data in `{meta['data']}`{'; QUICK mode (small sizes)' if meta['quick'] else ''}"
-        f"{'; zc-ctl --streams ' + str(meta['streams']) if meta['streams'] else ''}.",
+        f"{'; zc-ctl --streams ' + str(meta['streams']) if meta['streams'] else ''}"
+        f"{'; sync(2) before every run (untimed)' if meta.get('sync') else '; no sync between runs'}.",
         "",
         "| machine | |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in facts.items()], "",
@@ -160,7 +170,9 @@ def markdown(meta: dict[str, Any], workloads: dict[str, dict[str, Any]], rows: l
         "send/recv = source/destination agent (/proc/PID/stat deltas, all threads); rsync daemon send = "
         "client rusage, recv = the daemon's reaped children; raw send = sender thread, recv = receiver "
         "process; local tools show one total. Wire bytes: zcrepl job progress.wire_bytes, rsync --stats "
-        "sent+received (a pipe for rsync local). Peak RSS is each agent's VmHWM, agents restarted per workload.",
+        "sent+received (a pipe for rsync local). Other CPU: the machine's busy CPU during the run minus the "
+        "tool's own (kernel writeback, softirq work charged elsewhere, other processes: a noise indicator). "
+        "Peak RSS is each agent's VmHWM, agents restarted per workload.",
     ]
     if meta.get("notes"):
         lines += ["", "Notes:", *[f"- {n}" for n in meta["notes"]]]

@@ -8,6 +8,7 @@ Run it as a script (bench/ is not a package; its directory is on sys.path that w
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 
 import report
 from daemons import RsyncDaemon, ZcCluster
-from measure import Run, machine_facts, proc_cpu, vm_hwm
+from measure import Run, machine_busy, machine_facts, proc_cpu, vm_hwm
 from rich.console import Console
 from tools import Context, Tool, all_tools
 from workloads import Workload, ensure, specs, tree_summary
@@ -40,6 +41,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, default=0, help="pass --streams N to zc-ctl replicate")
     p.add_argument("--tools", default="", help="comma-separated subset of: zc-none,zc-job,raw,rsyncd,rsync,cp")
     p.add_argument("--no-warmup", action="store_true", help="skip the discarded warm-up round")
+    p.add_argument("--no-sync", action="store_true",
+                   help="skip the untimed sync(2) before each run (then a run may pay for writing back the dirty "
+                        "pages of earlier runs: zcrepl's --durability job syncs the whole filesystem)")
     p.add_argument("--keep", action="store_true", help="keep each workload's destinations afterwards")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where tables are saved")
     args = p.parse_args(argv)
@@ -114,10 +118,13 @@ class Bench:
                 for t in tools:
                     t.clear(w)
                     self._one(w, t, -2)
+                os.sync()
             first = 0 if self.args.no_warmup else -1
             for rnd in range(first, self.args.runs):
                 for t in tools:
                     t.prepare(w)
+                    if not self.args.no_sync:
+                        os.sync()  # no run pays for the writeback of another's (or its own restore's) dirty pages
                     self._one(w, t, rnd, verify=rnd == first)
             self.rss[w.name] = {n: vm_hwm(cluster.pid(n)) for n in ("hostA", "hostB")}
         finally:
@@ -134,7 +141,9 @@ class Bench:
         self.idle[w.name] = {n: round((proc_cpu(p)[0] - before[n]) / secs, 4) for n, p in pids.items()}
 
     def _one(self, w: Workload, t: Tool, rnd: int, verify: bool = False) -> None:
+        busy = machine_busy()
         r = t.run(w)
+        r.extra["machine_busy"] = round(machine_busy() - busy, 2)
         r.round = rnd
         if verify and r.ok:
             problem = self._verify(w, t)
@@ -143,6 +152,7 @@ class Bench:
         self.runs.append(r)
         tag = {-2: "sync", -1: "warm-up"}.get(rnd, f"round {rnd + 1}")
         extra = f"  job {r.job_seconds:.3f}s" if r.job_seconds is not None else ""
+        extra += f"  machine busy {r.extra['machine_busy']:.2f}s"
         bad = "" if r.ok else f"  [red]FAILED: {r.note}[/]"
         self.console.print(f"  {w.name} {tag:<8} {t.label:<18} {r.wall:8.3f}s{extra}{bad}", markup=True)
         if not r.ok:
@@ -192,8 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.notes.append(f"{name}: idle agent CPU (heartbeats, health sampling) hostA {idle['hostA']:.3f} s/s, "
                            f"hostB {idle['hostB']:.3f} s/s; included in the zcrepl CPU figures")
     meta = {"command": command, "machine": facts, "rounds": args.runs, "warmup": not args.no_warmup,
-            "quick": args.quick, "data": str(args.data), "streams": args.streams, "notes": bench.notes,
-            "idle_cpu_per_s": bench.idle}
+            "quick": args.quick, "data": str(args.data), "streams": args.streams, "sync": not args.no_sync,
+            "notes": bench.notes, "idle_cpu_per_s": bench.idle}
     title = f"zcrepl benchmark ({'quick, ' if args.quick else ''}{args.runs} round(s), {facts['date']})"
     report.show(console, rows, title)
     md, js = report.save(args.out, meta, wl, rows, bench.runs, bench.rss)

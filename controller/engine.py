@@ -192,7 +192,7 @@ class Engine:
         job = lifecycle.cancelled(job, now)
         run = self.runs.pop(job_id, None)
         if run is not None:
-            self._cancel_sides(job, run, "cancelled by the operator")
+            self._cancel_sides(job, run, "cancelled by the operator", discard=True)
             self.store.end_attempt(job_id, run.attempt, now, "cancelled by the operator", run.progress)
         self._settle(job)
         log.info("job cancelled", extra=kv(job=job_id))
@@ -320,11 +320,11 @@ class Engine:
                                                retryable=retryable, next=job.state.value))
         self._settle(job)
 
-    def _cancel_sides(self, job: Job, run: Run, reason: str) -> None:
+    def _cancel_sides(self, job: Job, run: Run, reason: str, discard: bool = False) -> None:
         for host in {job.source.host, job.destination.host}:
             s = self.registry.session(host)
             if s is not None:
-                s.outbox.put_nowait(CancelOrder(job.id, run.attempt, reason))
+                s.outbox.put_nowait(CancelOrder(job.id, run.attempt, reason, discard))
 
     def _host_lost(self, name: str, reason: str) -> None:
         for job_id in list(self.runs):

@@ -46,7 +46,8 @@ def order_to_pb(order: object) -> cpb.ControllerMessage:
             dest_data_address=order.dest_data_address, dest_path=order.dest_path))
     if isinstance(order, CancelOrder):
         return cpb.ControllerMessage(cancel=cpb.CancelOrder(job_id=order.job_id, attempt=order.attempt,
-                                                            reason=order.reason))
+                                                            reason=order.reason,
+                                                            discard_partial=order.discard_partial))
     raise TypeError(f"not an order: {order!r}")
 
 

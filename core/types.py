@@ -221,3 +221,4 @@ class CancelOrder:
     job_id: int
     attempt: int
     reason: str = ""
+    discard_partial: bool = False

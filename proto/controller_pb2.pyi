@@ -125,14 +125,16 @@ class SendOrder(_message.Message):
     def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., ticket: _Optional[bytes] = ..., path: _Optional[bytes] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., dest_host: _Optional[str] = ..., dest_data_address: _Optional[str] = ..., dest_path: _Optional[bytes] = ...) -> None: ...
 
 class CancelOrder(_message.Message):
-    __slots__ = ("job_id", "attempt", "reason")
+    __slots__ = ("job_id", "attempt", "reason", "discard_partial")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    DISCARD_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     attempt: int
     reason: str
-    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    discard_partial: bool
+    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ..., discard_partial: _Optional[bool] = ...) -> None: ...
 
 class ControllerMessage(_message.Message):
     __slots__ = ("welcome", "receive", "send", "cancel")

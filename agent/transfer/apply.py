@@ -18,8 +18,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from zcrepl.agent.transfer import delta
+from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.atomic import AtomicFile, remove_entry, replace_symlink, set_dir_meta
-from zcrepl.agent.transfer.frame import Entry, FileHead, Kind
+from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind
+from zcrepl.agent.transfer.kcopy import copy_range
+from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea, intervals_digest
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import file_digest
 from zcrepl.core.errors import ProtocolError, TransferError, UnsafePath
@@ -60,6 +64,10 @@ class FileSlot:
     active: int = 0
     changed: bool = False
     failed: bool = False
+    keep_partial: bool = False  # the attempt broke: keep what arrived for a resume
+    done: list[tuple[int, int]] = field(default_factory=list)  # intervals known written
+    basis: Basis | None = None
+    basis_fd: int = -1
     ready: threading.Event = field(default_factory=threading.Event)
 
 
@@ -76,14 +84,20 @@ class TreeWriter:
         self.slots: dict[int, FileSlot] = {}  # partly arrived
         self.manifest_done = False
         self.fsync_files = options.durability is Durability.FILE
+        self.bases: dict[int, Basis] = {}
+        self.partials: dict[int, Partial] = {}
+        self.digests: dict[int, bytes] = {}
+        self.area = PartialArea(root)
+        self.keep_partials = True
+        self.saved_partials: list[bytes] = []  # relpaths whose data went to the partial area
         self._lock = threading.Lock()
         self._hashbuf: bytearray | None = None
         self.files_done = self.bytes_done = self.skipped = self.deleted = self.errors = 0
         self.first_error = ""
 
     # -- manifest -----------------------------------------------------------------------------------
-    def admit(self, e: Entry) -> bool:
-        """Take one entry in manifest order; True when its file content is needed.
+    def admit(self, e: Entry) -> bool | Basis:
+        """Take one entry in manifest order; True (or a Basis to send along) when its content is needed.
 
         Raises UnsafePath/ProtocolError for a malformed manifest (the caller drops the peer). Trouble
         with the destination itself (a full disk, a planted symlink) is recorded as an entry error.
@@ -101,12 +115,44 @@ class TreeWriter:
             elif self._up_to_date(parts, e):
                 self._count(skipped=1)
             else:
+                basis = self._basis(index, parts, e)
                 with self._lock:
                     self.needed.add(index)
-                return True
+                return basis or True
         except (OSError, UnsafePath) as err:
             self.entry_failed(e.path, err)
         return False
+
+    def _basis(self, index: int, parts: tuple[bytes, ...], e: Entry) -> Basis | None:
+        """What of this file is already here: a partial of this very version, or an older version."""
+        if e.size >= RESUME_MIN:
+            p = self.area.find(e.path, e.size, e.mtime_ns)
+            if p is not None:
+                fd = self.area.open_part(p)
+                if fd is not None:
+                    try:
+                        digest = intervals_digest(fd, p.intervals, self._buf())
+                    finally:
+                        os.close(fd)
+                    if digest:
+                        self.partials[index] = p
+                        b = Basis(index, fr.BASIS_PARTIAL, intervals=tuple(p.intervals), digest=digest)
+                        self.bases[index] = b
+                        return b
+        if e.size < delta.DELTA_MIN:
+            return None
+        st = self.root.lstat(parts)
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size < delta.DELTA_MIN:
+            return None
+        block = delta.block_size(e.size)
+        fd = self.root.open_read(parts)
+        try:
+            hashes, _ = delta.hash_blocks(fd, st.st_size, block, self._buf())
+        finally:
+            os.close(fd)
+        b = Basis(index, fr.BASIS_DELTA, block, tuple(hashes))
+        self.bases[index] = b
+        return b
 
     def end_manifest(self, count: int) -> None:
         if count != len(self.entries):
@@ -219,6 +265,7 @@ class TreeWriter:
                     raise ProtocolError(f"FILE for index {head.index}, which was not asked for")
                 self.needed.discard(head.index)
                 s = FileSlot(head.index, self.entries[head.index], head.total, head.mode, head.mtime_ns, None)
+                s.basis = self.bases.get(head.index)
                 self.slots[head.index] = s
                 opening = True
             else:
@@ -249,7 +296,10 @@ class TreeWriter:
             s.failed = True
             return
         try:
-            s.tmp = AtomicFile(pfd, leaf, s.total)
+            p = self.partials.pop(s.index, None)
+            s.tmp = self.area.take(p, pfd, leaf) if p is not None else None
+            if s.tmp is None:
+                s.tmp = AtomicFile(pfd, leaf, s.total)
         except OSError as err:
             os.close(pfd)
             self.entry_failed(s.entry.path, err)
@@ -257,38 +307,68 @@ class TreeWriter:
             return
         s.pfd, s.leaf, s.fd = pfd, leaf, s.tmp.fd
 
-    def range_done(self, s: FileSlot, length: int, ok: bool) -> None:
+    def range_done(self, s: FileSlot, length: int, ok: bool, offset: int = -1) -> None:
         """Account one range; the last one commits (or discards) the file."""
         with self._lock:
             s.active -= 1
             s.got += length
             s.changed |= not ok
+            if ok and offset >= 0:
+                s.done.append((offset, length))
             complete = s.active == 0 and (s.got == s.total or s.failed)
             if complete:
                 self.slots.pop(s.index, None)
         if complete:
             self._complete(s)
 
-    def range_broken(self, s: FileSlot) -> None:
+    def range_broken(self, s: FileSlot, offset: int = -1, written: int = 0) -> None:
         """A connection died inside a range: the file can never complete in this attempt.
 
-        The temp file is discarded by whichever range of it finishes last, never under another writer.
+        The temp file is discarded (or kept for a resume) by whichever range of it finishes last, never
+        under another writer.
         """
         with self._lock:
             s.active -= 1
             s.failed = True
+            s.keep_partial = True
+            if offset >= 0 and written > 0:
+                s.done.append((offset, written))
             self.slots.pop(s.index, None)
             last = s.active == 0
         if last:
             self._discard(s)
+
+    def reuse(self, s: FileSlot, head: FileHead) -> None:
+        """Fill a range from this file's basis: the old version (delta) or the partial (resume)."""
+        if s.fd is None or s.basis is None:
+            if s.basis is None:
+                raise ProtocolError(f"REUSE for index {head.index}, which has no basis here")
+            return
+        if s.basis.kind == fr.BASIS_PARTIAL:
+            end = head.offset + head.length
+            if not any(o <= head.offset and end <= o + n for o, n in s.basis.intervals):
+                raise ProtocolError(f"REUSE of {head.offset}+{head.length} outside the partial data we hold")
+            return  # those bytes are already in the temp file
+        with self._lock:
+            if s.basis_fd < 0:
+                s.basis_fd = self.root.open_read(validate_relpath(s.entry.path))
+        if copy_range(s.basis_fd, s.fd, head.offset, head.length, []) != head.length:
+            raise OSError(0, "the old version changed while it was reused")
+
+    def set_digest(self, index: int, digest: bytes) -> None:
+        with self._lock:
+            if index not in self.needed and index not in self.slots:
+                raise ProtocolError(f"DIGEST for index {index}, which was not asked for")
+            self.digests[index] = digest
 
     def _complete(self, s: FileSlot) -> None:
         if s.failed or s.changed or s.tmp is None:
             self._discard(s)
             return  # a changed source is counted by the sender; a failed open was recorded already
         try:
-            if self.options.checksum and s.entry.digest and file_digest(s.tmp.fd, self._local_buf()) != s.entry.digest:
-                raise OSError(0, "content hash differs from the manifest")
+            expected = self.digests.pop(s.index, b"") or (s.entry.digest if self.options.checksum else b"")
+            if expected and file_digest(s.tmp.fd, self._local_buf()) != expected:
+                raise OSError(0, "content hash of the assembled file differs from the source's")
             try:
                 s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files)
             except IsADirectoryError:
@@ -301,13 +381,20 @@ class TreeWriter:
         finally:
             self._discard(s)  # after a commit only the directory fd is left to close
 
-    @staticmethod
-    def _discard(s: FileSlot) -> None:
+    def _discard(self, s: FileSlot) -> None:
         if s.tmp is not None:
-            s.tmp.discard()
+            if self.keep_partials and s.keep_partial and not s.changed and s.total >= RESUME_MIN and s.done:
+                if self.area.save(s.entry.path, s.tmp, s.total, s.mtime_ns, s.done):
+                    with self._lock:
+                        self.saved_partials.append(s.entry.path)
+            else:
+                s.tmp.discard()
         if s.pfd >= 0:
             os.close(s.pfd)
             s.pfd = -1
+        if s.basis_fd >= 0:
+            os.close(s.basis_fd)
+            s.basis_fd = -1
 
     def _local_buf(self) -> bytearray:
         return bytearray(1 << 20)  # completions may run on several connection threads at once
@@ -328,6 +415,7 @@ class TreeWriter:
             idle = [s for s in self.slots.values() if s.active == 0]
             for s in self.slots.values():
                 s.failed = True
+                s.keep_partial = True
             for s in idle:
                 del self.slots[s.index]
         for s in idle:
@@ -342,6 +430,7 @@ class TreeWriter:
             raise ProtocolError(f"the source finished without sending {missing} requested files")
         if self.options.delete:
             self._delete_extras()
+        self.area.remove_if_empty()  # before the root's mtime is set
         self._finish_dirs()
         if self.options.durability is Durability.JOB:
             syncfs(self.root.fd)

@@ -66,6 +66,31 @@ class AtomicFile:
                 self.discard()
                 raise
 
+    @classmethod
+    def adopt(cls, dir_fd: int, leaf: bytes, tmp: bytes, fd: int) -> AtomicFile:
+        """Wrap a temp file that already exists in ``dir_fd`` (a resumed partial file)."""
+        self = cls.__new__(cls)
+        self.leaf = validate_name(leaf)
+        self._dir_fd = dir_fd
+        self._done = False
+        self.tmp = tmp
+        self.fd = fd
+        return self
+
+    def keep(self, dst_dir_fd: int, name: bytes) -> None:
+        """Move the temp file to ``name`` in ``dst_dir_fd`` (the partial area) instead of deleting it."""
+        if self._done:
+            raise ValueError("AtomicFile already committed or discarded")
+        try:
+            os.fsync(self.fd)  # what we keep must survive a crash, or resuming from it would be a lie
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+            os.rename(self.tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=dst_dir_fd)
+        except BaseException:
+            self.discard()
+            raise
+        self._done = True
+
     def commit(self, mode: int, mtime_ns: int, *, fsync: bool = False) -> None:
         """Set ``mode & 0o777`` and the mtime (ns) on the fd, fsync if asked, close, rename over the leaf.
 

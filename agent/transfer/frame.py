@@ -65,6 +65,12 @@ class T(enum.IntEnum):
     DATA_DONE = 13
     # A range that will not come because the source file changed since the scan (no bytes follow).
     FILE_SKIP = 14
+    # R->S: this needed file has a basis here (an older version, or a partial from an interrupted try).
+    NEED_BASIS = 15
+    # S->R: take this range from your basis (no bytes follow).
+    REUSE = 16
+    # S->R: the xxh3-128 of the whole new file; the assembled file is verified against it.
+    DIGEST = 17
 
 
 class Kind(enum.IntEnum):
@@ -72,6 +78,12 @@ class Kind(enum.IntEnum):
     DIR = 2
     SYMLINK = 3
 
+
+BASIS_DELTA = 1  # block hashes of the destination's current version
+BASIS_PARTIAL = 2  # intervals already written by an interrupted attempt, and their digest
+MAX_BASIS = 200_000
+_BASIS = struct.Struct("!IBII")
+_IV = struct.Struct("!QQ")
 
 ROLE_CONTROL = 0
 ROLE_DATA = 1
@@ -234,6 +246,55 @@ def decode_file(payload: bytes) -> FileHead:
     if h.total > (1 << 60) or h.offset + h.length > h.total:
         raise ProtocolError(f"FILE range {h.offset}+{h.length} lies outside the file's {h.total} bytes")
     return h
+
+
+@dataclass(frozen=True, slots=True)
+class Basis:
+    index: int
+    kind: int
+    block: int = 0
+    hashes: tuple[bytes, ...] = ()  # BASIS_DELTA: one xxh3-128 per block
+    intervals: tuple[tuple[int, int], ...] = ()  # BASIS_PARTIAL
+    digest: bytes = b""  # BASIS_PARTIAL: xxh3-128 of the intervals' bytes in order
+
+
+def encode_basis(b: Basis) -> bytes:
+    if b.kind == BASIS_DELTA:
+        body = b"".join(b.hashes)
+        count = len(b.hashes)
+    else:
+        body = b"".join(_IV.pack(o, n) for o, n in b.intervals) + b.digest
+        count = len(b.intervals)
+    return frame(T.NEED_BASIS, _BASIS.pack(b.index, b.kind, b.block, count) + body)
+
+
+def decode_basis(payload: bytes) -> Basis:
+    if len(payload) < _BASIS.size:
+        raise ProtocolError("NEED_BASIS frame too short")
+    index, kind, block, count = _BASIS.unpack_from(payload, 0)
+    body = payload[_BASIS.size :]
+    if count > MAX_BASIS:
+        raise ProtocolError(f"NEED_BASIS with {count} items exceeds {MAX_BASIS}")
+    if kind == BASIS_DELTA:
+        if len(body) != 16 * count or not (1 << 17) <= block <= (1 << 24) or block & (block - 1):
+            raise ProtocolError("NEED_BASIS delta frame with a bad length or block size")
+        return Basis(index, kind, block, tuple(body[i * 16 : (i + 1) * 16] for i in range(count)))
+    if kind == BASIS_PARTIAL:
+        if len(body) != _IV.size * count + 16:
+            raise ProtocolError("NEED_BASIS partial frame length disagrees with its count")
+        ivs = tuple(_IV.unpack_from(body, i * _IV.size) for i in range(count))
+        return Basis(index, kind, 0, intervals=ivs, digest=body[-16:])
+    raise ProtocolError(f"NEED_BASIS of unknown kind {kind}")
+
+
+def encode_digest(index: int, digest: bytes) -> bytes:
+    return frame(T.DIGEST, _U32.pack(index) + digest)
+
+
+def decode_digest(payload: bytes) -> tuple[int, bytes]:
+    if len(payload) != 20:
+        raise ProtocolError(f"DIGEST frame of {len(payload)} bytes, expected 20")
+    return _U32.unpack_from(payload, 0)[0], payload[4:]
 
 
 FILE_END_OK = frame(T.FILE_END, bytes([FILE_OK]))

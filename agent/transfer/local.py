@@ -7,7 +7,6 @@ delete and directory rules); needed files are copied in the kernel with ``os.cop
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import queue
@@ -17,6 +16,7 @@ from collections.abc import Callable
 
 from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.frame import Entry, FileHead, Kind
+from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import Scanner, log_skip
 from zcrepl.core.errors import Cancelled, TransferError, UnsafePath
@@ -24,44 +24,7 @@ from zcrepl.core.logs import kv
 from zcrepl.core.types import JobOptions, TransferStats
 
 log = logging.getLogger(__name__)
-
-USE_COPY_FILE_RANGE = True  # tests switch these off to exercise each fallback
-USE_SENDFILE = True
-_CHUNK = 64 << 20
 _STOP = -1
-
-
-def copy_range(src: int, dst: int, offset: int, length: int, buf: list[bytearray]) -> int:
-    """Copy ``length`` bytes at ``offset`` from ``src`` to ``dst``; fewer only if the source ended early."""
-    done = 0
-    mode = "cfr" if USE_COPY_FILE_RANGE else ("sendfile" if USE_SENDFILE else "rw")
-    while done < length:
-        count = min(_CHUNK, length - done)
-        try:
-            if mode == "cfr":
-                n = os.copy_file_range(src, dst, count, offset + done, offset + done)
-            elif mode == "sendfile":
-                os.lseek(dst, offset + done, os.SEEK_SET)
-                n = os.sendfile(dst, src, offset + done, count)
-            else:
-                if not buf:
-                    buf.append(bytearray(1 << 20))
-                mv = memoryview(buf[0])[: min(count, 1 << 20)]
-                n = os.preadv(src, [mv], offset + done)
-                w = 0
-                while w < n:
-                    w += os.pwrite(dst, mv[w:n], offset + done + w)
-        except OSError as err:
-            # Cross-filesystem or unsupported: step down a path and retry this chunk.
-            if err.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) and mode != "rw":
-                mode = "sendfile" if mode == "cfr" and USE_SENDFILE else "rw"
-                continue
-            raise
-        if n == 0:
-            break
-        done += n
-    return done
-
 
 class LocalCopy:
     def __init__(self, job_id: int, src: SafeRoot, dst_export: SafeRoot, dst_rel: tuple[bytes, ...],

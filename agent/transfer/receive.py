@@ -39,6 +39,7 @@ _PIPE = 1 << 20
 _BUF = 1 << 20
 DATA_TICKET_TTL = 60.0
 DATA_WAIT = 120.0
+_FILE_FRAMES = (fr.T.FILE, fr.T.FILE_SKIP, fr.T.REUSE, fr.T.DIGEST)
 
 
 @dataclass
@@ -109,18 +110,23 @@ class ReceiveSession:
         while True:
             kind, payload = ch.recv_frame()
             if kind is fr.T.ENTRIES:
-                need = []
+                need, bases = [], []
                 for e in fr.decode_entries(payload):
                     index = len(writer.entries)
-                    if writer.admit(e):
+                    wanted = writer.admit(e)
+                    if isinstance(wanted, fr.Basis):
+                        bases.append(wanted)
+                    elif wanted:
                         need.append(index)
                 if need:
                     ch.send(fr.encode_need(need))
+                for b in bases:
+                    ch.send(fr.encode_basis(b))
             elif kind is fr.T.MANIFEST_END:
                 writer.end_manifest(fr.decode_u64(payload, "MANIFEST_END"))
                 ch.send(fr.frame(fr.T.NEED_END))
-            elif kind in (fr.T.FILE, fr.T.FILE_SKIP):
-                self._file(ch, fr.decode_file(payload), kind, sink)
+            elif kind in _FILE_FRAMES:
+                self._file(ch, payload, kind, sink)
             elif kind is fr.T.SENDER_DONE:
                 if not self._wait_data(DATA_WAIT):
                     raise ProtocolError("the source finished while data connections were still open")
@@ -146,8 +152,8 @@ class ReceiveSession:
         try:
             while True:
                 kind, payload = ch.recv_frame(limit=256)
-                if kind in (fr.T.FILE, fr.T.FILE_SKIP):
-                    self._file(ch, fr.decode_file(payload), kind, sink)
+                if kind in _FILE_FRAMES:
+                    self._file(ch, payload, kind, sink)
                 elif kind is fr.T.DATA_DONE:
                     return
                 elif kind is fr.T.ABORT:
@@ -169,22 +175,35 @@ class ReceiveSession:
                 self._data[ch] = True
                 self._data_cv.notify_all()
 
-    def _file(self, ch: Channel, head: FileHead, kind: fr.T, sink: _Sink) -> None:
+    def _file(self, ch: Channel, payload: bytes, kind: fr.T, sink: _Sink) -> None:
         assert self.writer is not None
+        if kind is fr.T.DIGEST:
+            self.writer.set_digest(*fr.decode_digest(payload))
+            return
+        head = fr.decode_file(payload)
         slot = self.writer.slot(head)
         if kind is fr.T.FILE_SKIP:
             self.writer.range_done(slot, head.length, ok=False)
             return
+        if kind is fr.T.REUSE:
+            try:
+                self.writer.reuse(slot, head)
+            except BaseException:
+                self.writer.range_broken(slot)
+                raise
+            self.writer.range_done(slot, head.length, ok=True, offset=head.offset)
+            return
+        sink.written = 0
         try:
             sink.write(slot, head)
-            kind2, payload = ch.recv_frame(limit=16)
-            if kind2 is not fr.T.FILE_END or len(payload) != 1 or payload[0] not in (fr.FILE_OK, fr.FILE_CHANGED):
+            kind2, end = ch.recv_frame(limit=16)
+            if kind2 is not fr.T.FILE_END or len(end) != 1 or end[0] not in (fr.FILE_OK, fr.FILE_CHANGED):
                 raise ProtocolError(f"expected FILE_END after the file data, got {kind2.name}: "
                                     "the source sent more or fewer bytes than it announced")
         except BaseException:
-            self.writer.range_broken(slot)
+            self.writer.range_broken(slot, head.offset, sink.written)
             raise
-        self.writer.range_done(slot, head.length, ok=payload[0] == fr.FILE_OK)
+        self.writer.range_done(slot, head.length, ok=end[0] == fr.FILE_OK, offset=head.offset)
 
     def _wait_data(self, timeout: float) -> bool:
         with self._data_cv:
@@ -206,6 +225,11 @@ class ReceiveSession:
         assert self.writer is not None
         return self.writer.stats()
 
+    def discard_partials(self) -> None:
+        """The operator cancelled: what arrived is not kept for a resume."""
+        if self.writer is not None:
+            self.writer.keep_partials = False
+
 
 class _Sink:
     """Moves one range of file bytes from a connection into a slot's temp file."""
@@ -215,6 +239,7 @@ class _Sink:
         self.use_splice = USE_SPLICE
         self._pipe: tuple[int, int] | None = None
         self._buf: bytearray | None = None
+        self.written = 0  # bytes of the current range already in the file (for resume bookkeeping)
 
     def write(self, slot: FileSlot, head: FileHead) -> None:
         fd, off, left = slot.fd, head.offset, head.length
@@ -222,6 +247,7 @@ class _Sink:
         if view:
             if fd is not None:
                 _pwrite_all(fd, view, off)
+                self.written += len(view)
             off += len(view)
             left -= len(view)
         if not left:
@@ -243,6 +269,7 @@ class _Sink:
             if n == 0:
                 raise ProtocolError(f"truncated file data: {left} announced bytes never arrived")
             _pwrite_all(fd, mv[:n], off)
+            self.written += n
             off += n
             left -= n
             self.ch.note_received(n)
@@ -285,12 +312,14 @@ class _Sink:
             while n:
                 try:
                     m = os.splice(r, fd, n, offset_dst=off, flags=os.SPLICE_F_MOVE)
+                    self.written += m
                 except OSError as err:
                     if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                         raise
                     # This filesystem can't take splice writes: copy what is in the pipe, then stop
                     # splicing on this connection.
                     self._pipe_to_file(r, fd, off, n)
+                    self.written += n
                     off += n
                     self.use_splice = False
                     if left:

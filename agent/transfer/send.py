@@ -23,8 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from zcrepl.agent.transfer import delta
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Entry, FileHead, Hello, Kind
+from zcrepl.agent.transfer.partial import intervals_digest, merge
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import Scanner, log_skip
 from zcrepl.core.errors import Cancelled, ProtocolError, TransferError, Unavailable, UnsafePath
@@ -161,7 +163,10 @@ class _Worker:
                 if item == _END:
                     break
                 s.check_cancel()
-                self.send_range(*item)
+                if item[1] < 0:
+                    self.send_basis(item[0])
+                else:
+                    self.send_range(*item)
                 s.progress()
             self.ch.send(self.pending + fr.frame(fr.T.DATA_DONE))
             self.pending = b""
@@ -172,34 +177,90 @@ class _Worker:
     def send_range(self, index: int, offset: int, length: int) -> None:
         s = self.sender
         e = s.files[index]
+        fd = self.open_source(index, offset, length, e)
+        if fd is None:
+            return
+        try:
+            st = os.fstat(fd)
+            if self.send_piece(fd, st, index, offset, length, e) and s.range_finished(index):
+                self.files_done += 1
+        finally:
+            os.close(fd)
+
+    def open_source(self, index: int, offset: int, length: int, e: Entry) -> int | None:
+        """The source file as scanned, or None after telling the receiver it changed or vanished."""
+        s = self.sender
         try:
             fd = s.root.open_read(validate_relpath(e.path))
         except (OSError, UnsafePath) as err:
             log.warning("source file vanished", extra=kv(job=s.spec.job_id, path=e.path, error=err))
             self.skip(index, offset, length, e)
+            return None
+        st = os.fstat(fd)
+        if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
+            os.close(fd)
+            self.skip(index, offset, length, e)  # changed since the scan: the receiver drops it
+            return None
+        return fd
+
+    def send_piece(self, fd: int, st: os.stat_result, index: int, offset: int, length: int, e: Entry) -> bool:
+        """FILE header, the bytes by sendfile, FILE_END; False when the source changed meanwhile."""
+        s = self.sender
+        head = fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, st.st_mode & 0o7777))
+        self.ch.sock.sendall(self.pending + head, socket.MSG_MORE)
+        self.ch.sent += len(self.pending) + len(head)
+        self.pending = b""
+        sent = self.send_bytes(fd, offset, length)
+        ok = sent == length
+        if not ok:  # shrank while we read it: pad to the announced length, then void it
+            self.pad(length - sent)
+        after = os.fstat(fd)
+        ok = ok and after.st_size == e.size and after.st_mtime_ns == e.mtime_ns
+        self.pending = fr.FILE_END_OK if ok else fr.FILE_END_CHANGED
+        if not ok:
+            log.warning("source file changed while sent", extra=kv(job=s.spec.job_id, path=e.path))
+            self.errors += 1
+        return ok
+
+    def send_basis(self, index: int) -> None:
+        """Answer a NEED_BASIS: hash, then REUSE what the receiver already has and send only the rest."""
+        s = self.sender
+        e, b = s.files[index], s.bases[index]
+        fd = self.open_source(index, 0, e.size, e)
+        if fd is None:
             return
         try:
             st = os.fstat(fd)
-            if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
-                self.skip(index, offset, length, e)  # changed since the scan: the receiver drops it
-                return
-            head = fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, st.st_mode & 0o7777))
-            self.ch.sock.sendall(self.pending + head, socket.MSG_MORE)
-            self.ch.sent += len(self.pending) + len(head)
-            self.pending = b""
-            sent = self.send_bytes(fd, offset, length)
-            ok = sent == length
-            if not ok:  # shrank while we read it: pad to the announced length, then void it
-                self.pad(length - sent)
-            after = os.fstat(fd)
-            ok = ok and after.st_size == e.size and after.st_mtime_ns == e.mtime_ns
-            self.pending = fr.FILE_END_OK if ok else fr.FILE_END_CHANGED
-            if ok:
-                if s.range_finished(index):
-                    self.files_done += 1
+            if self.buf is None:
+                self.buf = bytearray(1 << 20)
+            if b.kind == fr.BASIS_DELTA:
+                mine, whole = delta.hash_blocks(fd, e.size, b.block, self.buf)
+                pieces = delta.plan(b.hashes, mine, e.size, b.block)
             else:
-                log.warning("source file changed while sent", extra=kv(job=s.spec.job_id, path=e.path))
-                self.errors += 1
+                ivs = merge(list(b.intervals))
+                valid = bool(ivs) and ivs[-1][0] + ivs[-1][1] <= e.size and list(b.intervals) == ivs
+                if valid and intervals_digest(fd, ivs, self.buf) == b.digest:
+                    pieces = sorted([(o, n, True) for o, n in ivs]
+                                    + [(o, n, False) for o, n in delta.gaps(ivs, e.size)])
+                else:
+                    pieces = [(0, e.size, False)]
+                whole = delta.hash_blocks(fd, e.size, delta.BLOCK_MAX, self.buf)[1]
+            if not whole:
+                self.skip(index, 0, e.size, e)
+                return
+            self.ch.send(self.pending + fr.encode_digest(index, whole))
+            self.pending = b""
+            ok = True
+            for off, length, reuse in pieces:
+                if reuse:
+                    self.pending += fr.encode_file(FileHead(index, off, length, e.size, e.mtime_ns,
+                                                            st.st_mode & 0o7777), fr.T.REUSE)
+                    s.reused += length
+                else:
+                    ok = self.send_piece(fd, st, index, off, length, e) and ok
+                s.check_cancel()
+            if ok:
+                self.files_done += 1
         finally:
             os.close(fd)
 
@@ -263,6 +324,8 @@ class Sender:
         self._ranges_left: dict[int, int] = {}
         self._lock = threading.Lock()
         self._asked: set[int] = set()
+        self.bases: dict[int, fr.Basis] = {}
+        self.reused = 0  # bytes the receiver took from its basis instead of the wire
         self._socks: list[socket.socket] = []
         self._closed = False
         self._reader_gone = threading.Event()
@@ -378,6 +441,9 @@ class Sender:
                 if kind is fr.T.NEED:
                     for index in fr.decode_need(payload):
                         self._queue_file(index)
+                elif kind is fr.T.NEED_BASIS:
+                    basis = fr.decode_basis(payload)
+                    self._queue_file(basis.index, basis)
                 elif kind is fr.T.NEED_END:
                     for _ in self.workers:
                         self.work.put(_END)
@@ -397,13 +463,17 @@ class Sender:
             if self.peer_error:
                 self.failed.set()
 
-    def _queue_file(self, index: int) -> None:
+    def _queue_file(self, index: int, basis: fr.Basis | None = None) -> None:
         e = self.files.get(index)
         if e is None or index in self._asked:
             raise ProtocolError(f"NEED for index {index}, which is not a file we announced or was asked already")
         self._asked.add(index)
         self.c_files_total += 1
         self.c_bytes_total += e.size
+        if basis is not None:
+            self.bases[index] = basis
+            self.work.put((index, -1, 0))
+            return
         n = len(self.workers)
         if n > 1 and e.size >= SPLIT_MIN:
             parts = min(n, e.size // RANGE_MIN)

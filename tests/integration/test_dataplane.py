@@ -20,6 +20,7 @@ from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
+from zcrepl.core.errors import TransferError
 from zcrepl.core.types import JobOptions, TransferStats
 
 
@@ -148,10 +149,10 @@ def test_big_file_is_split_across_streams(plane: Plane, tree: Path, tmp_path: Pa
 
 @pytest.mark.parametrize("path", ["copy_file_range", "sendfile", "read+write"])
 def test_local_copy_on_every_path(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
-    from zcrepl.agent.transfer import local
+    from zcrepl.agent.transfer import kcopy, local
 
-    monkeypatch.setattr(local, "USE_COPY_FILE_RANGE", path == "copy_file_range")
-    monkeypatch.setattr(local, "USE_SENDFILE", path == "sendfile")
+    monkeypatch.setattr(kcopy, "USE_COPY_FILE_RANGE", path == "copy_file_range")
+    monkeypatch.setattr(kcopy, "USE_SENDFILE", path == "sendfile")
     (tmp_path / "exp").mkdir()
     src, exp = SafeRoot(os.fsencode(tree)), SafeRoot(os.fsencode(tmp_path / "exp"))
     try:
@@ -162,3 +163,104 @@ def test_local_copy_on_every_path(tree: Path, tmp_path: Path, monkeypatch: pytes
         exp.close()
     assert stats.errors == 0 and stats.bytes_done >= 40 << 20
     assert not diff_trees(snapshot(tree), snapshot(tmp_path / "exp" / "copy"))
+
+
+def _rewrite(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_delta_sends_only_changed_blocks_and_appends(plane: Plane, tmp_path: Path) -> None:
+    src = tmp_path / "s"
+    src.mkdir()
+    big = src / "big.bin"
+    big.write_bytes(os.urandom(24 << 20))
+    plane.run(src, b"copy", streams=2)
+    _rewrite(big, 10 << 20, os.urandom(1 << 20))  # 1 MiB changed in the middle, size unchanged
+    stats, result = plane.run(src, b"copy", streams=2)
+    assert isinstance(result, TransferStats), result
+    assert (tmp_path / "dst" / "copy" / "big.bin").read_bytes() == big.read_bytes()
+    assert stats.files_done == 1
+    assert (1 << 20) <= stats.bytes_done <= (1 << 20) + 2 * (128 << 10), stats.bytes_done
+    assert stats.wire_bytes < 2 << 20  # block hashes + the changed range, not 24 MiB
+    with open(big, "ab") as f:
+        f.write(os.urandom(100_000))
+    os.utime(big, ns=(0, 5_000_000_000_000))
+    stats, _ = plane.run(src, b"copy", streams=2)
+    assert (tmp_path / "dst" / "copy" / "big.bin").read_bytes() == big.read_bytes()
+    assert stats.bytes_done <= 100_000 + (128 << 10), stats.bytes_done
+
+
+def test_delta_result_is_verified_against_the_source_hash(plane: Plane, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from zcrepl.agent.transfer import apply
+
+    src = tmp_path / "s"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(8 << 20))
+    plane.run(src, b"copy")
+    _rewrite(src / "big.bin", 0, b"changed")
+    real = apply.copy_range
+
+    def corrupt(s: int, d: int, off: int, n: int, buf: list[bytearray]) -> int:
+        done = real(s, d, off, n, buf)
+        os.pwrite(d, b"X", off)  # a reused block that came out wrong
+        return done
+
+    monkeypatch.setattr(apply, "copy_range", corrupt)
+    with pytest.raises(TransferError, match="content hash of the assembled file differs"):
+        plane.run(src, b"copy")
+    assert plane.results[-1].errors == 1
+    before = (tmp_path / "dst" / "copy" / "big.bin").read_bytes()
+    assert before[:7] != b"changed"  # the bad assembly never replaced the old file
+
+
+def test_interrupted_file_resumes_with_only_the_rest(plane: Plane, tmp_path: Path) -> None:
+    src = tmp_path / "s"
+    src.mkdir()
+    size = 48 << 20
+    (src / "big.bin").write_bytes(os.urandom(size))
+    cancel = threading.Event()
+    sent: list[int] = []
+
+    def progress(s: TransferStats) -> None:
+        sent.append(s.bytes_done)
+        if s.bytes_done >= 16 << 20:
+            cancel.set()  # the sender dies mid-file: its connections drop
+
+    job_ticket = os.urandom(32)
+    done = threading.Event()
+    opts = JobOptions(streams=2, bwlimit=24 << 20)
+
+    def serve(ch: Channel, hello: Hello) -> None:
+        session = ReceiveSession(ReceiveSpec(99, 1, plane.export, (b"copy",), opts, "dst"), plane.tickets)
+        try:
+            session.serve_control(ch, hello)
+        except Exception:
+            pass
+        finally:
+            done.set()
+
+    plane.tickets.register(job_ticket, Grant(99, 1, time.monotonic() + 30, serve))
+    root = SafeRoot(os.fsencode(src))
+    try:
+        with pytest.raises(TransferError):
+            Sender(SendSpec(99, 1, job_ticket, plane.server.address, opts, cancel, progress), root).run()
+    finally:
+        root.close()
+    assert done.wait(10)
+    first = max(sent)
+    assert (16 << 20) <= first < size
+    assert not (tmp_path / "dst" / "copy" / "big.bin").exists()
+    assert list((tmp_path / "dst" / "copy" / ".zc.partial").glob("*.part"))
+
+    stats, result = plane.run(src, b"copy", streams=2)
+    assert isinstance(result, TransferStats), result
+    assert (tmp_path / "dst" / "copy" / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+    # Only what had not arrived travels again (give or take the chunks in flight at the cut).
+    assert stats.bytes_done <= size - first + (16 << 20), (stats.bytes_done, first)
+    assert stats.bytes_done < size
+    assert not list((tmp_path / "dst" / "copy" / ".zc.partial").glob("*.part"))
