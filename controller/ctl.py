@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("dst", metavar="DST", help="HOST:/path of the destination")
     r.add_argument("--delete", action="store_true", help="remove what the source lacks from the destination")
     r.add_argument("--checksum", action="store_true", help="compare files by content hash, not size+mtime")
+    r.add_argument("--xattrs", action="store_true", help="replicate extended attributes too (like rsync -X)")
     r.add_argument("--bwlimit", type=parse_rate, default=0, metavar="RATE",
                    help="cap the transfer at RATE bytes/s (suffix K, M, G)")
     r.add_argument("--max-attempts", type=int, default=0, metavar="N", help="attempts before the job fails")
@@ -174,7 +175,7 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Console,
     src, dst = parse_endpoint(args.src), parse_endpoint(args.dst)
     options = JobOptions(delete=args.delete, checksum=args.checksum, bwlimit=args.bwlimit,
                          max_attempts=args.max_attempts, streams=args.streams,
-                         durability=Durability(args.durability))
+                         durability=Durability(args.durability), xattrs=args.xattrs)
     job = client.submit(src, dst, options)
     if args.detach:
         if args.json:

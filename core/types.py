@@ -44,6 +44,7 @@ class JobOptions:
     max_attempts: int = 0  # 0 = the controller's default
     streams: int = 0  # parallel data connections; 0 = chosen from both ends' cores
     durability: Durability = Durability.JOB
+    xattrs: bool = False  # replicate extended attributes too
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,13 @@ _DURABILITY_FROM = {**{v: k for k, v in _DURABILITY.items()}, pb.DURABILITY_UNSP
 
 def options_to_pb(o: t.JobOptions) -> pb.JobOptions:
     return pb.JobOptions(delete=o.delete, checksum=o.checksum, bwlimit=o.bwlimit, max_attempts=o.max_attempts,
-                         streams=o.streams, durability=_DURABILITY[o.durability])
+                         streams=o.streams, durability=_DURABILITY[o.durability], xattrs=o.xattrs)
 
 
 def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
     return t.JobOptions(delete=m.delete, checksum=m.checksum, bwlimit=m.bwlimit, max_attempts=m.max_attempts,
-                        streams=m.streams, durability=_DURABILITY_FROM.get(m.durability, t.Durability.JOB))
+                        streams=m.streams, durability=_DURABILITY_FROM.get(m.durability, t.Durability.JOB),
+                        xattrs=m.xattrs)
 
 
 def endpoint_to_pb(e: t.Endpoint) -> pb.Endpoint:

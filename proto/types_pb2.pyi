@@ -146,20 +146,22 @@ class Endpoint(_message.Message):
     def __init__(self, host: _Optional[str] = ..., path: _Optional[bytes] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts", "streams", "durability")
+    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts", "streams", "durability", "xattrs")
     DELETE_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     BWLIMIT_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     STREAMS_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
+    XATTRS_FIELD_NUMBER: _ClassVar[int]
     delete: bool
     checksum: bool
     bwlimit: int
     max_attempts: int
     streams: int
     durability: Durability
-    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ...) -> None: ...
+    xattrs: bool
+    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ..., xattrs: _Optional[bool] = ...) -> None: ...
 
 class TransferStats(_message.Message):
     __slots__ = ("entries", "files_total", "files_done", "bytes_total", "bytes_done", "files_skipped", "deleted", "wire_bytes", "skipped_special", "errors", "scan_done")

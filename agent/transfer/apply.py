@@ -10,7 +10,9 @@ All filesystem access goes through fds confined to the destination root.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import logging
 import os
 import stat
@@ -24,7 +26,7 @@ from zcrepl.agent.transfer.atomic import AtomicFile, remove_entry, replace_symli
 from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea, intervals_digest
-from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
+from zcrepl.agent.transfer.saferoot import SafeRoot, temp_name, validate_relpath
 from zcrepl.agent.transfer.scan import file_digest
 from zcrepl.core.errors import ProtocolError, TransferError, UnsafePath
 from zcrepl.core.logs import kv
@@ -90,6 +92,8 @@ class TreeWriter:
         self.area = PartialArea(root)
         self.keep_partials = True
         self.saved_partials: list[bytes] = []  # relpaths whose data went to the partial area
+        self.links: list[tuple[tuple[bytes, ...], tuple[bytes, ...]]] = []  # (name, first name), made at the end
+        self.as_root = os.geteuid() == 0  # ownership is kept only when we may set it
         self._lock = threading.Lock()
         self._hashbuf: bytearray | None = None
         self.files_done = self.bytes_done = self.skipped = self.deleted = self.errors = 0
@@ -112,6 +116,8 @@ class TreeWriter:
                     self._ensure_dir(parts)
             elif e.kind is Kind.SYMLINK:
                 self._apply_symlink(parts, e)
+            elif e.kind is Kind.HARDLINK:
+                self.links.append((parts, validate_relpath(e.target)))
             elif self._up_to_date(parts, e):
                 self._count(skipped=1)
             else:
@@ -125,6 +131,8 @@ class TreeWriter:
 
     def _basis(self, index: int, parts: tuple[bytes, ...], e: Entry) -> Basis | None:
         """What of this file is already here: a partial of this very version, or an older version."""
+        if e.flags & fr.F_SPARSE:
+            return None  # only data segments travel anyway
         if e.size >= RESUME_MIN:
             p = self.area.find(e.path, e.size, e.mtime_ns)
             if p is not None:
@@ -177,6 +185,8 @@ class TreeWriter:
         if self.kinds.get(parent) is not Kind.DIR:
             # Also what stops a name through a symlink the same manifest created (CVE-2024-12087).
             raise UnsafePath(f"{show(e.path)}: its parent is not a directory announced earlier in the manifest")
+        if e.kind is Kind.HARDLINK and self.kinds.get(e.target) is not Kind.FILE:
+            raise ProtocolError(f"{show(e.path)}: a hard link to something that is not a file of this manifest")
         self.kinds[e.path] = e.kind
         self.children[parent].add(parts[-1])
         if e.kind is Kind.DIR:
@@ -216,6 +226,8 @@ class TreeWriter:
             if st is not None and stat.S_ISDIR(st.st_mode):
                 self._clear_dir_for(pfd, leaf, "a symlink")
             replace_symlink(pfd, leaf, e.target, e.mtime_ns)
+            if self.as_root:
+                os.chown(leaf, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
         finally:
             os.close(pfd)
 
@@ -236,7 +248,9 @@ class TreeWriter:
             return False
         if not self.options.checksum and st.st_mtime_ns != e.mtime_ns:
             return False
-        if not self.options.checksum and stat.S_IMODE(st.st_mode) == e.mode & 0o777:
+        owner_ok = not self.as_root or (st.st_uid, st.st_gid) == (e.uid, e.gid)
+        if (not self.options.checksum and stat.S_IMODE(st.st_mode) == e.mode & 0o777 and owner_ok
+                and not self.options.xattrs):
             return True
         fd = self.root.open_read(parts)
         try:
@@ -244,11 +258,35 @@ class TreeWriter:
                 return False
             if stat.S_IMODE(st.st_mode) != e.mode & 0o777:
                 os.fchmod(fd, e.mode & 0o777)
+            self._meta(fd, e, st)
             if st.st_mtime_ns != e.mtime_ns:
                 os.utime(fd, ns=(st.st_atime_ns, e.mtime_ns))
         finally:
             os.close(fd)
         return True
+
+    def _meta(self, fd: int, e: Entry, st: os.stat_result | None = None) -> None:
+        """Ownership (only as root) and extended attributes (only with --xattrs) onto an open fd."""
+        if self.as_root and (st is None or (st.st_uid, st.st_gid) != (e.uid, e.gid)):
+            os.fchown(fd, e.uid, e.gid)
+        if self.options.xattrs:
+            wanted = dict(fr.decode_xattrs(e.xattrs))
+            for key in os.listxattr(fd):
+                bkey = os.fsencode(key)
+                if bkey not in wanted:
+                    with contextlib.suppress(OSError):
+                        os.removexattr(fd, bkey)
+            for key, value in wanted.items():
+                try:
+                    if os.getxattr(fd, key) == value:
+                        continue
+                except OSError:
+                    pass
+                try:
+                    os.setxattr(fd, key, value)
+                except OSError as err:
+                    if err.errno not in (errno.EPERM, errno.ENOTSUP):  # e.g. trusted.* as non-root
+                        raise
 
     def _buf(self) -> bytearray:
         if self._hashbuf is None:
@@ -298,7 +336,10 @@ class TreeWriter:
         try:
             p = self.partials.pop(s.index, None)
             s.tmp = self.area.take(p, pfd, leaf) if p is not None else None
-            if s.tmp is None:
+            if s.tmp is None and s.entry.flags & fr.F_SPARSE:
+                s.tmp = AtomicFile(pfd, leaf)  # no preallocation: holes must stay holes
+                os.ftruncate(s.tmp.fd, s.total)
+            elif s.tmp is None:
                 s.tmp = AtomicFile(pfd, leaf, s.total)
         except OSError as err:
             os.close(pfd)
@@ -369,6 +410,7 @@ class TreeWriter:
             expected = self.digests.pop(s.index, b"") or (s.entry.digest if self.options.checksum else b"")
             if expected and file_digest(s.tmp.fd, self._local_buf()) != expected:
                 raise OSError(0, "content hash of the assembled file differs from the source's")
+            self._meta(s.tmp.fd, s.entry)
             try:
                 s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files)
             except IsADirectoryError:
@@ -430,6 +472,7 @@ class TreeWriter:
             raise ProtocolError(f"the source finished without sending {missing} requested files")
         if self.options.delete:
             self._delete_extras()
+        self._make_links()
         self.area.remove_if_empty()  # before the root's mtime is set
         self._finish_dirs()
         if self.options.durability is Durability.JOB:
@@ -459,6 +502,37 @@ class TreeWriter:
             finally:
                 os.close(dfd)
 
+    def _make_links(self) -> None:
+        """Hard links, once every file they point at is in place (rsync -H)."""
+        for parts, tparts in self.links:
+            tpfd = pfd = -1
+            try:
+                tpfd, tleaf = self.root.open_parent(tparts)
+                pfd, leaf = self.root.open_parent(parts)
+                target = os.lstat(tleaf, dir_fd=tpfd)
+                if not stat.S_ISREG(target.st_mode):
+                    raise OSError(0, "the file it links to is missing")
+                st = _lstat(pfd, leaf)
+                if st is not None and (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                    self._count(skipped=1)
+                    continue
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    self._clear_dir_for(pfd, leaf, "a hard link")
+                tmp = temp_name(leaf)
+                os.link(tleaf, tmp, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
+                try:
+                    os.rename(tmp, leaf, src_dir_fd=pfd, dst_dir_fd=pfd)
+                except BaseException:
+                    os.unlink(tmp, dir_fd=pfd)
+                    raise
+                self._count(files_done=1)
+            except (OSError, UnsafePath) as err:
+                self.entry_failed(b"/".join(parts), err)
+            finally:
+                for fd in (tpfd, pfd):
+                    if fd >= 0:
+                        os.close(fd)
+
     def _finish_dirs(self) -> None:
         """Directory modes and mtimes, children before parents (creating files changes a dir's mtime)."""
         for e in reversed(self.entries):
@@ -470,6 +544,7 @@ class TreeWriter:
                 self.entry_failed(e.path, err)
                 continue
             try:
+                self._meta(dfd, e)
                 set_dir_meta(dfd, e.mode, e.mtime_ns)
                 if self.fsync_files:
                     os.fsync(dfd)  # its new entries (mkdir, renames) are durable too

@@ -42,7 +42,7 @@ MAX_DIGEST = 64
 MAX_STREAMS = 16
 _HEAD = struct.Struct("!BI")
 _HELLO = struct.Struct(f"!4sHQI{TICKET_LEN}sBH")
-_ENTRY = struct.Struct("!BIqQHHB")
+_ENTRY = struct.Struct("!BIqQHHBIIBI")
 _FILE = struct.Struct("!IQQQqI")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -71,12 +71,19 @@ class T(enum.IntEnum):
     REUSE = 16
     # S->R: the xxh3-128 of the whole new file; the assembled file is verified against it.
     DIGEST = 17
+    # S->R: this range of a sparse file is a hole (no bytes follow; nothing is written there).
+    HOLE = 18
 
 
 class Kind(enum.IntEnum):
     FILE = 1
     DIR = 2
     SYMLINK = 3
+    HARDLINK = 4  # another name of an earlier FILE entry of this manifest (``target`` is its path)
+
+
+F_SPARSE = 1  # the file has holes: only its data segments travel
+MAX_XATTRS = 64 << 10
 
 
 BASIS_DELTA = 1  # block hashes of the destination's current version
@@ -102,6 +109,29 @@ class Entry:
     size: int = 0
     target: bytes = b""
     digest: bytes = b""
+    uid: int = 0
+    gid: int = 0
+    flags: int = 0
+    xattrs: bytes = b""  # encode_xattrs() of the entry's extended attributes (only with --xattrs)
+
+
+def encode_xattrs(attrs: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(_U16.pack(len(k)) + _U32.pack(len(v)) + k + v for k, v in attrs)
+
+
+def decode_xattrs(blob: bytes) -> list[tuple[bytes, bytes]]:
+    out, off = [], 0
+    while off < len(blob):
+        if off + 6 > len(blob):
+            raise ProtocolError("truncated extended attribute")
+        (klen,) = _U16.unpack_from(blob, off)
+        (vlen,) = _U32.unpack_from(blob, off + 2)
+        off += 6
+        if off + klen + vlen > len(blob) or not 0 < klen <= 255:
+            raise ProtocolError("malformed extended attribute")
+        out.append((blob[off : off + klen], blob[off + klen : off + klen + vlen]))
+        off += klen + vlen
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,10 +195,12 @@ def decode_accept(payload: bytes) -> list[bytes]:
 def encode_entries(entries: list[Entry]) -> bytes:
     parts = [_U32.pack(len(entries))]
     for e in entries:
-        parts.append(_ENTRY.pack(e.kind, e.mode, e.mtime_ns, e.size, len(e.path), len(e.target), len(e.digest)))
+        parts.append(_ENTRY.pack(e.kind, e.mode, e.mtime_ns, e.size, len(e.path), len(e.target), len(e.digest),
+                                 e.uid, e.gid, e.flags, len(e.xattrs)))
         parts.append(e.path)
         parts.append(e.target)
         parts.append(e.digest)
+        parts.append(e.xattrs)
     return frame(T.ENTRIES, b"".join(parts))
 
 
@@ -185,16 +217,17 @@ def decode_entries(payload: bytes) -> list[Entry]:
     for _ in range(count):
         if off + _ENTRY.size > len(mv):
             raise ProtocolError("ENTRIES frame truncated in an entry header")
-        kind, mode, mtime_ns, size, plen, tlen, dlen = _ENTRY.unpack_from(mv, off)
+        kind, mode, mtime_ns, size, plen, tlen, dlen, uid, gid, flags, xlen = _ENTRY.unpack_from(mv, off)
         off += _ENTRY.size
-        if tlen > MAX_TARGET or dlen > MAX_DIGEST:
-            raise ProtocolError("ENTRIES entry with an oversized symlink target or digest")
-        end = off + plen + tlen + dlen
+        if tlen > MAX_TARGET or dlen > MAX_DIGEST or xlen > MAX_XATTRS:
+            raise ProtocolError("ENTRIES entry with an oversized symlink target, digest or xattrs")
+        end = off + plen + tlen + dlen + xlen
         if end > len(mv):
             raise ProtocolError("ENTRIES frame truncated in an entry body")
         path = bytes(mv[off : off + plen])
         target = bytes(mv[off + plen : off + plen + tlen])
-        digest = bytes(mv[off + plen + tlen : end])
+        digest = bytes(mv[off + plen + tlen : off + plen + tlen + dlen])
+        xattrs = bytes(mv[off + plen + tlen + dlen : end])
         off = end
         try:
             k = Kind(kind)
@@ -202,11 +235,13 @@ def decode_entries(payload: bytes) -> list[Entry]:
             raise ProtocolError(f"ENTRIES entry of unknown kind {kind}") from err
         if mtime_ns < -(1 << 62) or size > (1 << 60):
             raise ProtocolError("ENTRIES entry with an out-of-range mtime or size")
-        if k is not Kind.FILE and size:
-            raise ProtocolError("ENTRIES non-file entry with a size")
-        if k is not Kind.SYMLINK and target:
-            raise ProtocolError("ENTRIES non-symlink entry with a target")
-        out.append(Entry(k, path, mode, mtime_ns, size, target, digest))
+        if k is not Kind.FILE and (size or flags):
+            raise ProtocolError("ENTRIES non-file entry with a size or flags")
+        if k not in (Kind.SYMLINK, Kind.HARDLINK) and target:
+            raise ProtocolError("ENTRIES entry with a target that is neither a symlink nor a hard link")
+        if flags & ~F_SPARSE:
+            raise ProtocolError(f"ENTRIES entry with unknown flags {flags:#x}")
+        out.append(Entry(k, path, mode, mtime_ns, size, target, digest, uid, gid, flags, xattrs))
     if off != len(mv):
         raise ProtocolError("ENTRIES frame has trailing bytes")
     return out

@@ -7,6 +7,7 @@ delete and directory rules); needed files are copied in the kernel with ``os.cop
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from zcrepl.agent.transfer.apply import TreeWriter
-from zcrepl.agent.transfer.frame import Entry, FileHead, Kind
+from zcrepl.agent.transfer.frame import F_SPARSE, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import Scanner, log_skip
@@ -56,7 +57,8 @@ class LocalCopy:
         for t in threads:
             t.start()
         try:
-            scanner = Scanner(self.src, checksum=self.options.checksum, on_skip=self._skipped)
+            scanner = Scanner(self.src, checksum=self.options.checksum, xattrs=self.options.xattrs,
+                              on_skip=self._skipped)
             for e in scanner.entries():
                 if self.cancel.is_set() or self.errors:
                     break
@@ -118,7 +120,7 @@ class LocalCopy:
             ok = st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
             try:
                 if ok and slot.fd is not None:
-                    ok = copy_range(fd, slot.fd, 0, e.size, buf) == e.size
+                    ok = self._copy_data(fd, slot.fd, e, buf)
                     after = os.fstat(fd)
                     ok = ok and after.st_size == e.size and after.st_mtime_ns == e.mtime_ns
             except BaseException:
@@ -131,6 +133,27 @@ class LocalCopy:
                 self.copied_bytes += e.size
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _copy_data(src: int, dst: int, e: Entry, buf: list[bytearray]) -> bool:
+        """Copy the file; for a sparse one only its data segments, so holes stay holes."""
+        if not e.flags & F_SPARSE:
+            return copy_range(src, dst, 0, e.size, buf) == e.size
+        off = 0
+        while off < e.size:
+            try:
+                data = os.lseek(src, off, os.SEEK_DATA)
+            except OSError as err:
+                if err.errno != errno.ENXIO:
+                    raise
+                return True
+            if data >= e.size:
+                return True
+            end = min(os.lseek(src, data, os.SEEK_HOLE), e.size)
+            if copy_range(src, dst, data, end - data, buf) != end - data:
+                return False
+            off = end
+        return True
 
     def _skipped(self, path: bytes, reason: str) -> None:
         log_skip(self.job_id)(path, reason)

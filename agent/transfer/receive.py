@@ -39,7 +39,7 @@ _PIPE = 1 << 20
 _BUF = 1 << 20
 DATA_TICKET_TTL = 60.0
 DATA_WAIT = 120.0
-_FILE_FRAMES = (fr.T.FILE, fr.T.FILE_SKIP, fr.T.REUSE, fr.T.DIGEST)
+_FILE_FRAMES = (fr.T.FILE, fr.T.FILE_SKIP, fr.T.REUSE, fr.T.DIGEST, fr.T.HOLE)
 
 
 @dataclass
@@ -184,6 +184,9 @@ class ReceiveSession:
         slot = self.writer.slot(head)
         if kind is fr.T.FILE_SKIP:
             self.writer.range_done(slot, head.length, ok=False)
+            return
+        if kind is fr.T.HOLE:  # nothing to write: the temp file reads zeros there and stays sparse
+            self.writer.range_done(slot, head.length, ok=True, offset=head.offset)
             return
         if kind is fr.T.REUSE:
             try:

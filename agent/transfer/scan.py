@@ -14,7 +14,7 @@ from collections.abc import Callable, Generator, Iterator
 
 import xxhash
 
-from zcrepl.agent.transfer.frame import Entry, Kind
+from zcrepl.agent.transfer.frame import F_SPARSE, MAX_XATTRS, Entry, Kind, encode_xattrs
 from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, TEMP_PREFIX, SafeRoot
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import kv
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 SkipFn = Callable[[bytes, str], None]
 _HASH_BUF = 1 << 20
+_SPARSE_MIN = 64 << 10  # below this, holes are not worth a special path
 
 
 def file_digest(fd: int, buf: bytearray | None = None) -> bytes:
@@ -42,15 +43,19 @@ def file_digest(fd: int, buf: bytearray | None = None) -> bytes:
 class Scanner:
     """Yields the root entry (``b""``) and then every entry below it, parents first."""
 
-    def __init__(self, root: SafeRoot, *, checksum: bool = False, on_skip: SkipFn | None = None) -> None:
+    def __init__(self, root: SafeRoot, *, checksum: bool = False, xattrs: bool = False,
+                 on_skip: SkipFn | None = None) -> None:
         self.root = root
         self.checksum = checksum
+        self.xattrs = xattrs
         self.on_skip = on_skip or (lambda _p, _r: None)
         self._buf = bytearray(_HASH_BUF) if checksum else None
+        self._links: dict[tuple[int, int], bytes] = {}  # (dev, ino) of files with nlink > 1 -> first path
 
     def entries(self) -> Iterator[Entry]:
         st = os.fstat(self.root.fd)
-        yield Entry(Kind.DIR, b"", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+        yield Entry(Kind.DIR, b"", stat.S_IMODE(st.st_mode), st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid,
+                    xattrs=self._xattrs(self.root.fd, b".") if self.xattrs else b"")
         visited = {(st.st_dev, st.st_ino)}
         stack: list[tuple[bytes, ...]] = [()]
         while stack:
@@ -86,13 +91,21 @@ class Scanner:
                 self.on_skip(rel, f"path longer than {MAX_PATH} bytes or deeper than {MAX_DEPTH} levels")
                 continue
             mode = st.st_mode
+            xattrs = self._xattrs(dfd, name) if self.xattrs and not stat.S_ISLNK(mode) else b""
             if stat.S_ISDIR(mode):
                 key = (st.st_dev, st.st_ino)
-                yield Entry(Kind.DIR, rel, stat.S_IMODE(mode), st.st_mtime_ns)
+                yield Entry(Kind.DIR, rel, stat.S_IMODE(mode), st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid,
+                            xattrs=xattrs)
                 if key not in visited:  # bind-mount loops
                     visited.add(key)
                     subdirs.append((*parts, name))
             elif stat.S_ISREG(mode):
+                if st.st_nlink > 1:
+                    first = self._links.setdefault((st.st_dev, st.st_ino), rel)
+                    if first != rel:
+                        yield Entry(Kind.HARDLINK, rel, stat.S_IMODE(mode), st.st_mtime_ns, target=first,
+                                    uid=st.st_uid, gid=st.st_gid)
+                        continue
                 digest = b""
                 if self.checksum:
                     try:
@@ -100,18 +113,38 @@ class Scanner:
                     except OSError as err:
                         self.on_skip(rel, f"cannot read for --checksum: {err.strerror}")
                         continue
-                yield Entry(Kind.FILE, rel, stat.S_IMODE(mode), st.st_mtime_ns, st.st_size, digest=digest)
+                sparse = F_SPARSE if st.st_size > _SPARSE_MIN and st.st_blocks * 512 < st.st_size else 0
+                yield Entry(Kind.FILE, rel, stat.S_IMODE(mode), st.st_mtime_ns, st.st_size, digest=digest,
+                            uid=st.st_uid, gid=st.st_gid, flags=sparse, xattrs=xattrs)
             elif stat.S_ISLNK(mode):
                 try:
                     target = os.readlink(name, dir_fd=dfd)
                 except OSError:
                     continue
-                yield Entry(Kind.SYMLINK, rel, stat.S_IMODE(mode), st.st_mtime_ns, target=target)
+                yield Entry(Kind.SYMLINK, rel, stat.S_IMODE(mode), st.st_mtime_ns, target=target,
+                            uid=st.st_uid, gid=st.st_gid)
             else:
                 kind = "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else (
                     "FIFO" if stat.S_ISFIFO(mode) else "socket")
                 self.on_skip(rel, f"{kind}: only regular files, directories and symlinks are replicated")
         return subdirs
+
+    @staticmethod
+    def _xattrs(dfd: int, name: bytes) -> bytes:
+        """Extended attributes of ``name`` in ``dfd`` (never following a symlink), encoded for the wire.
+
+        There is no *xattr(dir_fd=...) in Python; /proc/self/fd/N/name resolves through the held dir fd.
+        """
+        path = b"/proc/self/fd/%d/%s" % (dfd, name)
+        try:
+            attrs = []
+            for key in sorted(os.listxattr(path, follow_symlinks=False)):
+                bkey = os.fsencode(key)
+                attrs.append((bkey, os.getxattr(path, bkey, follow_symlinks=False)))
+            blob = encode_xattrs(attrs)
+            return blob if len(blob) <= MAX_XATTRS else b""
+        except OSError:
+            return b""
 
     def _digest(self, dfd: int, name: bytes) -> bytes:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)

@@ -41,6 +41,7 @@ BATCH = 512
 SPLIT_MIN = 32 << 20  # files at least this big are split across data connections...
 RANGE_MIN = 16 << 20  # ...into ranges of at least this size
 _END = (-1, 0, 0)
+_BASIS, _SPARSE = -1, -2  # work items other than plain ranges: (index, kind, 0)
 
 
 @dataclass
@@ -163,8 +164,10 @@ class _Worker:
                 if item == _END:
                     break
                 s.check_cancel()
-                if item[1] < 0:
+                if item[1] == _BASIS:
                     self.send_basis(item[0])
+                elif item[1] == _SPARSE:
+                    self.send_sparse(item[0])
                 else:
                     self.send_range(*item)
                 s.progress()
@@ -258,6 +261,38 @@ class _Worker:
                     s.reused += length
                 else:
                     ok = self.send_piece(fd, st, index, off, length, e) and ok
+                s.check_cancel()
+            if ok:
+                self.files_done += 1
+        finally:
+            os.close(fd)
+
+    def send_sparse(self, index: int) -> None:
+        """Only the data segments of a sparse file travel (SEEK_DATA/SEEK_HOLE); holes go as HOLE."""
+        s = self.sender
+        e = s.files[index]
+        fd = self.open_source(index, 0, e.size, e)
+        if fd is None:
+            return
+        try:
+            st = os.fstat(fd)
+            ok, off = True, 0
+            while off < e.size:
+                try:
+                    data = os.lseek(fd, off, os.SEEK_DATA)
+                except OSError as err:
+                    if err.errno != errno.ENXIO:
+                        raise
+                    data = e.size  # only a hole is left
+                data = min(data, e.size)
+                if data > off:
+                    self.pending += fr.encode_file(FileHead(index, off, data - off, e.size, e.mtime_ns,
+                                                            st.st_mode & 0o7777), fr.T.HOLE)
+                if data >= e.size:
+                    break
+                end = min(os.lseek(fd, data, os.SEEK_HOLE), e.size)
+                ok = self.send_piece(fd, st, index, data, end - data, e) and ok
+                off = end
                 s.check_cancel()
             if ok:
                 self.files_done += 1
@@ -400,7 +435,8 @@ class Sender:
 
     # -- control: manifest out ----------------------------------------------------------------------
     def _stream(self, ctl: Channel) -> None:
-        scanner = Scanner(self.root, checksum=self.spec.options.checksum, on_skip=self._skipped)
+        scanner = Scanner(self.root, checksum=self.spec.options.checksum, xattrs=self.spec.options.xattrs,
+                          on_skip=self._skipped)
         batch: list[Entry] = []
         index = 0
         for entry in scanner.entries():
@@ -472,7 +508,10 @@ class Sender:
         self.c_bytes_total += e.size
         if basis is not None:
             self.bases[index] = basis
-            self.work.put((index, -1, 0))
+            self.work.put((index, _BASIS, 0))
+            return
+        if e.flags & fr.F_SPARSE:
+            self.work.put((index, _SPARSE, 0))
             return
         n = len(self.workers)
         if n > 1 and e.size >= SPLIT_MIN:

@@ -28,7 +28,7 @@ from zcrepl.agent.transfer.frame import (
 from zcrepl.core.errors import ProtocolError
 
 HEAD = struct.Struct("!BI")
-ENTRY = struct.Struct("!BIqQHHB")
+ENTRY = struct.Struct("!BIqQHHBIIBI")
 TICKET = bytes(range(TICKET_LEN))
 MTIME = 1_700_000_000_123_456_789
 
@@ -41,10 +41,12 @@ def split(data: bytes) -> tuple[T, bytes]:
 
 
 def raw_entry(kind: int = 1, mode: int = 0o644, mtime: int = MTIME, size: int = 0, path: bytes = b"f",
-              target: bytes = b"", digest: bytes = b"", tlen: int | None = None, dlen: int | None = None) -> bytes:
+              target: bytes = b"", digest: bytes = b"", tlen: int | None = None, dlen: int | None = None,
+              flags: int = 0, xattrs: bytes = b"") -> bytes:
     tl = len(target) if tlen is None else tlen
     dl = len(digest) if dlen is None else dlen
-    return ENTRY.pack(kind, mode, mtime, size, len(path), tl, dl) + path + target + digest
+    head = ENTRY.pack(kind, mode, mtime, size, len(path), tl, dl, 0, 0, flags, len(xattrs))
+    return head + path + target + digest + xattrs
 
 
 def batch(*entries: bytes, count: int | None = None) -> bytes:
@@ -148,21 +150,24 @@ def test_entries_full_batch_round_trip() -> None:
         (batch(raw_entry()) + b"\0", "trailing bytes"),
         (batch(raw_entry(), count=0), "trailing bytes"),
         (batch(raw_entry(kind=0)), "unknown kind 0"),
-        (batch(raw_entry(kind=4)), "unknown kind 4"),
+        (batch(raw_entry(kind=5)), "unknown kind 5"),
         (batch(raw_entry(kind=2, size=1)), "non-file entry with a size"),
         (batch(raw_entry(kind=3, size=1, target=b"t")), "non-file entry with a size"),
-        (batch(raw_entry(kind=1, target=b"t")), "non-symlink entry with a target"),
-        (batch(raw_entry(kind=2, target=b"t")), "non-symlink entry with a target"),
+        (batch(raw_entry(kind=1, target=b"t")), "neither a symlink nor a hard link"),
+        (batch(raw_entry(kind=2, target=b"t")), "neither a symlink nor a hard link"),
         (batch(raw_entry(kind=3, target=b"t" * (MAX_TARGET + 1))), "oversized"),
         (batch(raw_entry(digest=b"d" * (MAX_DIGEST + 1))), "oversized"),
         (batch(raw_entry(size=(1 << 60) + 1)), "out-of-range"),
         (batch(raw_entry(mtime=-(1 << 62) - 1)), "out-of-range"),
+        (batch(raw_entry(flags=2)), "unknown flags"),
+        (batch(raw_entry(kind=2, flags=1)), "non-file entry with a size or flags"),
+        (batch(raw_entry(xattrs=b"x" * (64 << 10 + 1))), "oversized"),
     ],
     ids=[
         "empty", "short-count", "batch-too-big", "batch-u32-max", "cut-header", "missing-entry", "second-missing",
-        "cut-path", "cut-target", "cut-digest", "trailing", "count-too-low", "kind-0", "kind-4", "dir-with-size",
+        "cut-path", "cut-target", "cut-digest", "trailing", "count-too-low", "kind-0", "kind-5", "dir-with-size",
         "symlink-with-size", "file-with-target", "dir-with-target", "target-too-long", "digest-too-long",
-        "size-too-big", "mtime-too-small",
+        "size-too-big", "mtime-too-small", "unknown-flag", "dir-sparse", "xattrs-too-big",
     ],
 )
 def test_entries_rejects(payload: bytes, needle: str) -> None:
@@ -311,7 +316,7 @@ def test_channel_reassembles_dribbled_frame(pair: tuple[Channel, socket.socket])
     assert fr.decode_entries(payload) == entries
 
 
-@pytest.mark.parametrize("kind", [0, 18, 255])
+@pytest.mark.parametrize("kind", [0, 19, 255])
 def test_channel_unknown_type(pair: tuple[Channel, socket.socket], kind: int) -> None:
     chan, peer = pair
     peer.sendall(HEAD.pack(kind, 0))
