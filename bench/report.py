@@ -97,7 +97,8 @@ def _other(r: Run) -> float | None:
     busy = r.extra.get("machine_busy")
     if busy is None:
         return None
-    return busy - sum(x for x in (r.cpu_send, r.cpu_recv, r.cpu_client) if x is not None)
+    ours = (r.cpu_send, r.cpu_recv, r.cpu_client, r.extra.get("cpu_controller"))
+    return busy - sum(x for x in ours if x is not None)
 
 
 # -- formatting -------------------------------------------------------------------------------------
@@ -192,3 +193,22 @@ def save(out_dir: Path, meta: dict[str, Any], workloads: dict[str, dict[str, Any
 
 def show(console: Console, rows: list[Row], title: str) -> None:
     console.print(rich_table(rows, title))
+
+
+def rerender(path: Path) -> Path:
+    """Rebuild the Markdown of a saved JSON result (after a change to the table code)."""
+    doc = json.loads(path.read_text())
+    meta = doc["meta"]
+    runs = [Run(**r) for r in doc["runs"]]
+    labels = {k: (v[0], v[1]) for k, v in meta["labels"].items()}
+    rows = build_rows(runs, doc["workloads"], labels, doc["peak_rss"])
+    md = path.with_suffix(".md")
+    md.write_text(markdown(meta, doc["workloads"], rows))
+    return md
+
+
+if __name__ == "__main__":
+    import sys
+
+    for arg in sys.argv[1:]:
+        print(rerender(Path(arg)))

@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            f"hostB {idle['hostB']:.3f} s/s; included in the zcrepl CPU figures")
     meta = {"command": command, "machine": facts, "rounds": args.runs, "warmup": not args.no_warmup,
             "quick": args.quick, "data": str(args.data), "streams": args.streams, "sync": not args.no_sync,
-            "notes": bench.notes, "idle_cpu_per_s": bench.idle}
+            "notes": bench.notes, "idle_cpu_per_s": bench.idle, "labels": labels}
     title = f"zcrepl benchmark ({'quick, ' if args.quick else ''}{args.runs} round(s), {facts['date']})"
     report.show(console, rows, title)
     md, js = report.save(args.out, meta, wl, rows, bench.runs, bench.rss)

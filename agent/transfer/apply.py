@@ -10,9 +10,6 @@ All filesystem access goes through fds confined to the destination root.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import errno
 import logging
 import os
 import stat
@@ -22,11 +19,13 @@ from typing import Any
 
 from zcrepl.agent.transfer import delta
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer.atomic import AtomicFile, remove_entry, replace_symlink, set_dir_meta
+from zcrepl.agent.transfer.atomic import AtomicFile, remove_entry, replace_symlink
+from zcrepl.agent.transfer.finish import delete_extras, finish_dirs, make_links
 from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
+from zcrepl.agent.transfer.meta import apply_meta, syncfs
 from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea, intervals_digest
-from zcrepl.agent.transfer.saferoot import SafeRoot, temp_name, validate_relpath
+from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import file_digest
 from zcrepl.core.errors import ProtocolError, TransferError, UnsafePath
 from zcrepl.core.logs import kv
@@ -34,14 +33,6 @@ from zcrepl.core.paths import show
 from zcrepl.core.types import Durability, JobOptions, TransferStats
 
 log = logging.getLogger(__name__)
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def syncfs(fd: int) -> None:
-    """Flush the whole filesystem holding ``fd``: one call makes every file of the job durable."""
-    if _libc.syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 @dataclass(eq=False)
@@ -119,7 +110,7 @@ class TreeWriter:
             elif e.kind is Kind.HARDLINK:
                 self.links.append((parts, validate_relpath(e.target)))
             elif self._up_to_date(parts, e):
-                self._count(skipped=1)
+                self.count(skipped=1)
             else:
                 basis = self._basis(index, parts, e)
                 with self._lock:
@@ -206,7 +197,7 @@ class TreeWriter:
                         os.close(dfd)
                 return
             if st is not None:
-                self._count(deleted=remove_entry(pfd, leaf))  # a file or link where the source has a dir
+                self.count(deleted=remove_entry(pfd, leaf))  # a file or link where the source has a dir
             try:
                 os.mkdir(leaf, 0o700, dir_fd=pfd)
             except FileExistsError:
@@ -221,17 +212,17 @@ class TreeWriter:
             if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(leaf, dir_fd=pfd) == e.target:
                 if st.st_mtime_ns != e.mtime_ns:
                     os.utime(leaf, ns=(st.st_atime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
-                self._count(skipped=1)
+                self.count(skipped=1)
                 return
             if st is not None and stat.S_ISDIR(st.st_mode):
-                self._clear_dir_for(pfd, leaf, "a symlink")
+                self.clear_dir_for(pfd, leaf, "a symlink")
             replace_symlink(pfd, leaf, e.target, e.mtime_ns)
             if self.as_root:
                 os.chown(leaf, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
         finally:
             os.close(pfd)
 
-    def _clear_dir_for(self, pfd: int, leaf: bytes, what: str) -> None:
+    def clear_dir_for(self, pfd: int, leaf: bytes, what: str) -> None:
         if not self.options.delete:
             try:
                 os.rmdir(leaf, dir_fd=pfd)
@@ -239,7 +230,7 @@ class TreeWriter:
             except OSError as err:
                 raise OSError(err.errno, f"a non-empty directory stands where the source has {what}; "
                                          "rerun with --delete to replace it") from err
-        self._count(deleted=remove_entry(pfd, leaf))
+        self.count(deleted=remove_entry(pfd, leaf))
 
     def _up_to_date(self, parts: tuple[bytes, ...], e: Entry) -> bool:
         """True when the destination already holds this file; fixes mode/mtime drift in place."""
@@ -258,35 +249,12 @@ class TreeWriter:
                 return False
             if stat.S_IMODE(st.st_mode) != e.mode & 0o777:
                 os.fchmod(fd, e.mode & 0o777)
-            self._meta(fd, e, st)
+            apply_meta(fd, e, st, owner=self.as_root, xattrs=self.options.xattrs)
             if st.st_mtime_ns != e.mtime_ns:
                 os.utime(fd, ns=(st.st_atime_ns, e.mtime_ns))
         finally:
             os.close(fd)
         return True
-
-    def _meta(self, fd: int, e: Entry, st: os.stat_result | None = None) -> None:
-        """Ownership (only as root) and extended attributes (only with --xattrs) onto an open fd."""
-        if self.as_root and (st is None or (st.st_uid, st.st_gid) != (e.uid, e.gid)):
-            os.fchown(fd, e.uid, e.gid)
-        if self.options.xattrs:
-            wanted = dict(fr.decode_xattrs(e.xattrs))
-            for key in os.listxattr(fd):
-                bkey = os.fsencode(key)
-                if bkey not in wanted:
-                    with contextlib.suppress(OSError):
-                        os.removexattr(fd, bkey)
-            for key, value in wanted.items():
-                try:
-                    if os.getxattr(fd, key) == value:
-                        continue
-                except OSError:
-                    pass
-                try:
-                    os.setxattr(fd, key, value)
-                except OSError as err:
-                    if err.errno not in (errno.EPERM, errno.ENOTSUP):  # e.g. trusted.* as non-root
-                        raise
 
     def _buf(self) -> bytearray:
         if self._hashbuf is None:
@@ -410,16 +378,16 @@ class TreeWriter:
             expected = self.digests.pop(s.index, b"") or (s.entry.digest if self.options.checksum else b"")
             if expected and file_digest(s.tmp.fd, self._local_buf()) != expected:
                 raise OSError(0, "content hash of the assembled file differs from the source's")
-            self._meta(s.tmp.fd, s.entry)
+            apply_meta(s.tmp.fd, s.entry, owner=self.as_root, xattrs=self.options.xattrs)
             try:
                 s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files)
             except IsADirectoryError:
-                self._clear_dir_for(s.pfd, s.leaf, "a file")
+                self.clear_dir_for(s.pfd, s.leaf, "a file")
                 s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files)
         except OSError as err:
             self.entry_failed(s.entry.path, err)
         else:
-            self._count(files_done=1, bytes_done=s.total)
+            self.count(files_done=1, bytes_done=s.total)
         finally:
             self._discard(s)  # after a commit only the directory fd is left to close
 
@@ -471,10 +439,10 @@ class TreeWriter:
         if missing:
             raise ProtocolError(f"the source finished without sending {missing} requested files")
         if self.options.delete:
-            self._delete_extras()
-        self._make_links()
+            delete_extras(self)
+        make_links(self)
         self.area.remove_if_empty()  # before the root's mtime is set
-        self._finish_dirs()
+        finish_dirs(self)
         if self.options.durability is Durability.JOB:
             syncfs(self.root.fd)
         elif self.fsync_files:
@@ -482,77 +450,8 @@ class TreeWriter:
         return {"files_done": self.files_done, "bytes_done": self.bytes_done, "files_skipped": self.skipped,
                 "deleted": self.deleted, "errors": self.errors, "first_error": self.first_error}
 
-    def _delete_extras(self) -> None:
-        """Remove what the source lacks, only inside directories this manifest announced."""
-        for dpath, names in self.children.items():
-            try:
-                dfd = self.root.open_dir(validate_relpath(dpath))
-            except (OSError, UnsafePath) as err:
-                self.entry_failed(dpath, err)
-                continue
-            try:
-                with os.scandir(dfd) as it:
-                    extras = [os.fsencode(de.name) for de in it]
-                for name in extras:
-                    if name not in names:
-                        try:
-                            self._count(deleted=remove_entry(dfd, name))
-                        except OSError as err:
-                            self.entry_failed((dpath + b"/" if dpath else b"") + name, err)
-            finally:
-                os.close(dfd)
-
-    def _make_links(self) -> None:
-        """Hard links, once every file they point at is in place (rsync -H)."""
-        for parts, tparts in self.links:
-            tpfd = pfd = -1
-            try:
-                tpfd, tleaf = self.root.open_parent(tparts)
-                pfd, leaf = self.root.open_parent(parts)
-                target = os.lstat(tleaf, dir_fd=tpfd)
-                if not stat.S_ISREG(target.st_mode):
-                    raise OSError(0, "the file it links to is missing")
-                st = _lstat(pfd, leaf)
-                if st is not None and (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
-                    self._count(skipped=1)
-                    continue
-                if st is not None and stat.S_ISDIR(st.st_mode):
-                    self._clear_dir_for(pfd, leaf, "a hard link")
-                tmp = temp_name(leaf)
-                os.link(tleaf, tmp, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
-                try:
-                    os.rename(tmp, leaf, src_dir_fd=pfd, dst_dir_fd=pfd)
-                except BaseException:
-                    os.unlink(tmp, dir_fd=pfd)
-                    raise
-                self._count(files_done=1)
-            except (OSError, UnsafePath) as err:
-                self.entry_failed(b"/".join(parts), err)
-            finally:
-                for fd in (tpfd, pfd):
-                    if fd >= 0:
-                        os.close(fd)
-
-    def _finish_dirs(self) -> None:
-        """Directory modes and mtimes, children before parents (creating files changes a dir's mtime)."""
-        for e in reversed(self.entries):
-            if e.kind is not Kind.DIR:
-                continue
-            try:
-                dfd = self.root.open_dir(validate_relpath(e.path))
-            except (OSError, UnsafePath) as err:
-                self.entry_failed(e.path, err)
-                continue
-            try:
-                self._meta(dfd, e)
-                set_dir_meta(dfd, e.mode, e.mtime_ns)
-                if self.fsync_files:
-                    os.fsync(dfd)  # its new entries (mkdir, renames) are durable too
-            finally:
-                os.close(dfd)
-
     # -- accounting ---------------------------------------------------------------------------------
-    def _count(self, *, files_done: int = 0, bytes_done: int = 0, skipped: int = 0, deleted: int = 0) -> None:
+    def count(self, *, files_done: int = 0, bytes_done: int = 0, skipped: int = 0, deleted: int = 0) -> None:
         with self._lock:
             self.files_done += files_done
             self.bytes_done += bytes_done

@@ -2,346 +2,38 @@
 
 The control connection carries the manifest (batches go out while the scan runs, so the first bytes
 move before the scan ends) and brings back NEEDs; a reader thread turns NEEDs into work items. N data
-connections, one worker thread each, send file ranges: small files whole, large files split into
-ranges across connections. File bytes go from the page cache to the socket with ``os.sendfile`` and
-never enter Python; per-file headers and trailers are coalesced and sent with MSG_MORE.
+connections, one ``DataWorker`` thread each, send file ranges: small files whole, large files split
+into ranges across connections. File bytes go from the page cache to the socket with ``os.sendfile``
+and never enter Python; per-file headers and trailers are coalesced and sent with MSG_MORE.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
-import os
 import queue
-import select
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from zcrepl.agent.transfer import delta
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer.frame import Channel, Entry, FileHead, Hello, Kind
-from zcrepl.agent.transfer.partial import intervals_digest, merge
-from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
+from zcrepl.agent.transfer.frame import Channel, Entry, Hello, Kind
+from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.scan import Scanner, log_skip
-from zcrepl.core.errors import Cancelled, ProtocolError, TransferError, Unavailable, UnsafePath
-from zcrepl.core.logs import kv
-from zcrepl.core.types import JobOptions, TransferStats
+from zcrepl.agent.transfer.send_worker import BASIS, END, SPARSE, DataWorker
+from zcrepl.agent.transfer.sendio import Pacer, SendSpec, connect
+from zcrepl.core.errors import Cancelled, ProtocolError, TransferError, Unavailable
+from zcrepl.core.types import TransferStats
 
 log = logging.getLogger(__name__)
 
-USE_SENDFILE = True  # tests switch it off to exercise the read+send fallback
-CHUNK = 8 << 20
 BATCH = 512
 SPLIT_MIN = 32 << 20  # files at least this big are split across data connections...
 RANGE_MIN = 16 << 20  # ...into ranges of at least this size
-_END = (-1, 0, 0)
-_BASIS, _SPARSE = -1, -2  # work items other than plain ranges: (index, kind, 0)
-
-
-@dataclass
-class SendSpec:
-    job_id: int
-    attempt: int
-    ticket: bytes
-    address: tuple[str, int]
-    options: JobOptions
-    cancel: threading.Event
-    on_progress: Callable[[TransferStats], None]
-    connect_timeout: float = 10.0
-    io_timeout: float = 60.0
-    progress_interval: float = 0.5
-
-
-class Pacer:
-    """Job-wide bandwidth cap shared by all data connections: the average rate never exceeds ``rate``."""
-
-    def __init__(self, rate: int, cancel: threading.Event) -> None:
-        self.rate = rate
-        self.cancel = cancel
-        self.start = time.monotonic()
-        self.sent = 0
-        self._lock = threading.Lock()
-
-    @property
-    def chunk(self) -> int:
-        return CHUNK if not self.rate else max(64 << 10, min(CHUNK, self.rate // 8))
-
-    def account(self, n: int) -> None:
-        if not self.rate:
-            return
-        with self._lock:
-            self.sent += n
-            ahead = self.sent / self.rate - (time.monotonic() - self.start)
-        if ahead > 0:
-            self.cancel.wait(ahead)
-
-
-def sendfile_range(sock: socket.socket, fd: int, offset: int, count: int, timeout: float | None) -> int:
-    """Send ``count`` bytes of ``fd`` from ``offset``; returns fewer only when the file ended early."""
-    sockfd = sock.fileno()
-    sent = 0
-    poller: select.poll | None = None
-    while sent < count:
-        try:
-            n = os.sendfile(sockfd, fd, offset + sent, count - sent)
-        except BlockingIOError:
-            if poller is None:
-                poller = select.poll()
-                poller.register(sockfd, select.POLLOUT)
-            if not poller.poll(None if timeout is None else timeout * 1000):
-                raise TimeoutError(f"peer accepted no data for {timeout:.0f}s") from None
-            continue
-        if n == 0:
-            break
-        sent += n
-    return sent
-
-
-def readsend_range(sock: socket.socket, fd: int, offset: int, count: int, buf: bytearray) -> int:
-    """The slow path: pread into a reused buffer and sendall."""
-    mv = memoryview(buf)
-    sent = 0
-    while sent < count:
-        n = os.preadv(fd, [mv[: min(len(buf), count - sent)]], offset + sent)
-        if n == 0:
-            break
-        sock.sendall(mv[:n])
-        sent += n
-    return sent
-
-
-def connect(spec: SendSpec, hello: Hello) -> tuple[socket.socket, Channel, bytes]:
-    """Open, authenticate, return (socket, channel, ACCEPT payload)."""
-    try:
-        sock = socket.create_connection(spec.address, timeout=spec.connect_timeout)
-    except OSError as err:
-        raise Unavailable(
-            f"cannot connect to the destination data port {spec.address[0]}:{spec.address[1]}: "
-            f"{err.strerror or err}; check that the destination agent is running and reachable"
-        ) from err
-    try:
-        sock.settimeout(spec.io_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        ch = Channel(sock, bufsize=64 << 10)
-        ch.send(fr.encode_hello(hello))
-        kind, payload = ch.recv_frame(limit=4096)
-        if kind is fr.T.REFUSE:
-            raise ProtocolError(f"the destination refused the connection: {fr.decode_text(payload)}")
-        if kind is not fr.T.ACCEPT:
-            raise ProtocolError(f"expected ACCEPT, got {kind.name}")
-        return sock, ch, payload
-    except BaseException:
-        sock.close()
-        raise
-
-
-class _Worker:
-    """One data connection and the thread that feeds it."""
-
-    def __init__(self, sender: Sender, sock: socket.socket, ch: Channel, n: int) -> None:
-        self.sender = sender
-        self.sock = sock
-        self.ch = ch
-        self.files_done = self.bytes_done = self.errors = 0
-        self.error: BaseException | None = None
-        self.pending = b""  # trailer of the previous file, sent together with the next header
-        self.use_sendfile = USE_SENDFILE
-        self.buf: bytearray | None = None
-        self.thread = threading.Thread(target=self.run, name=f"zc-send-data-{n}", daemon=True)
-
-    def run(self) -> None:
-        s = self.sender
-        try:
-            while True:
-                item = s.work.get()
-                if item == _END:
-                    break
-                s.check_cancel()
-                if item[1] == _BASIS:
-                    self.send_basis(item[0])
-                elif item[1] == _SPARSE:
-                    self.send_sparse(item[0])
-                else:
-                    self.send_range(*item)
-                s.progress()
-            self.ch.send(self.pending + fr.frame(fr.T.DATA_DONE))
-            self.pending = b""
-        except BaseException as err:
-            self.error = err
-            s.record_failure(err)
-
-    def send_range(self, index: int, offset: int, length: int) -> None:
-        s = self.sender
-        e = s.files[index]
-        fd = self.open_source(index, offset, length, e)
-        if fd is None:
-            return
-        try:
-            st = os.fstat(fd)
-            if self.send_piece(fd, st, index, offset, length, e) and s.range_finished(index):
-                self.files_done += 1
-        finally:
-            os.close(fd)
-
-    def open_source(self, index: int, offset: int, length: int, e: Entry) -> int | None:
-        """The source file as scanned, or None after telling the receiver it changed or vanished."""
-        s = self.sender
-        try:
-            fd = s.root.open_read(validate_relpath(e.path))
-        except (OSError, UnsafePath) as err:
-            log.warning("source file vanished", extra=kv(job=s.spec.job_id, path=e.path, error=err))
-            self.skip(index, offset, length, e)
-            return None
-        st = os.fstat(fd)
-        if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
-            os.close(fd)
-            self.skip(index, offset, length, e)  # changed since the scan: the receiver drops it
-            return None
-        return fd
-
-    def send_piece(self, fd: int, st: os.stat_result, index: int, offset: int, length: int, e: Entry) -> bool:
-        """FILE header, the bytes by sendfile, FILE_END; False when the source changed meanwhile."""
-        s = self.sender
-        head = fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, st.st_mode & 0o7777))
-        self.ch.sock.sendall(self.pending + head, socket.MSG_MORE)
-        self.ch.sent += len(self.pending) + len(head)
-        self.pending = b""
-        sent = self.send_bytes(fd, offset, length)
-        ok = sent == length
-        if not ok:  # shrank while we read it: pad to the announced length, then void it
-            self.pad(length - sent)
-        after = os.fstat(fd)
-        ok = ok and after.st_size == e.size and after.st_mtime_ns == e.mtime_ns
-        self.pending = fr.FILE_END_OK if ok else fr.FILE_END_CHANGED
-        if not ok:
-            log.warning("source file changed while sent", extra=kv(job=s.spec.job_id, path=e.path))
-            self.errors += 1
-        return ok
-
-    def send_basis(self, index: int) -> None:
-        """Answer a NEED_BASIS: hash, then REUSE what the receiver already has and send only the rest."""
-        s = self.sender
-        e, b = s.files[index], s.bases[index]
-        fd = self.open_source(index, 0, e.size, e)
-        if fd is None:
-            return
-        try:
-            st = os.fstat(fd)
-            if self.buf is None:
-                self.buf = bytearray(1 << 20)
-            if b.kind == fr.BASIS_DELTA:
-                mine, whole = delta.hash_blocks(fd, e.size, b.block, self.buf)
-                pieces = delta.plan(b.hashes, mine, e.size, b.block)
-            else:
-                ivs = merge(list(b.intervals))
-                valid = bool(ivs) and ivs[-1][0] + ivs[-1][1] <= e.size and list(b.intervals) == ivs
-                if valid and intervals_digest(fd, ivs, self.buf) == b.digest:
-                    pieces = sorted([(o, n, True) for o, n in ivs]
-                                    + [(o, n, False) for o, n in delta.gaps(ivs, e.size)])
-                else:
-                    pieces = [(0, e.size, False)]
-                whole = delta.hash_blocks(fd, e.size, delta.BLOCK_MAX, self.buf)[1]
-            if not whole:
-                self.skip(index, 0, e.size, e)
-                return
-            self.ch.send(self.pending + fr.encode_digest(index, whole))
-            self.pending = b""
-            ok = True
-            for off, length, reuse in pieces:
-                if reuse:
-                    self.pending += fr.encode_file(FileHead(index, off, length, e.size, e.mtime_ns,
-                                                            st.st_mode & 0o7777), fr.T.REUSE)
-                    s.reused += length
-                else:
-                    ok = self.send_piece(fd, st, index, off, length, e) and ok
-                s.check_cancel()
-            if ok:
-                self.files_done += 1
-        finally:
-            os.close(fd)
-
-    def send_sparse(self, index: int) -> None:
-        """Only the data segments of a sparse file travel (SEEK_DATA/SEEK_HOLE); holes go as HOLE."""
-        s = self.sender
-        e = s.files[index]
-        fd = self.open_source(index, 0, e.size, e)
-        if fd is None:
-            return
-        try:
-            st = os.fstat(fd)
-            ok, off = True, 0
-            while off < e.size:
-                try:
-                    data = os.lseek(fd, off, os.SEEK_DATA)
-                except OSError as err:
-                    if err.errno != errno.ENXIO:
-                        raise
-                    data = e.size  # only a hole is left
-                data = min(data, e.size)
-                if data > off:
-                    self.pending += fr.encode_file(FileHead(index, off, data - off, e.size, e.mtime_ns,
-                                                            st.st_mode & 0o7777), fr.T.HOLE)
-                if data >= e.size:
-                    break
-                end = min(os.lseek(fd, data, os.SEEK_HOLE), e.size)
-                ok = self.send_piece(fd, st, index, data, end - data, e) and ok
-                off = end
-                s.check_cancel()
-            if ok:
-                self.files_done += 1
-        finally:
-            os.close(fd)
-
-    def skip(self, index: int, offset: int, length: int, e: Entry) -> None:
-        self.ch.send(self.pending + fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, e.mode),
-                                                   fr.T.FILE_SKIP))
-        self.pending = b""
-        self.errors += 1
-
-    def send_bytes(self, fd: int, offset: int, length: int) -> int:
-        s = self.sender
-        done = 0
-        while done < length:
-            s.check_cancel()
-            count = min(s.pacer.chunk, length - done)
-            n = self.send_chunk(fd, offset + done, count, first=done == 0)
-            self.ch.sent += n
-            self.bytes_done += n
-            done += n
-            s.pacer.account(n)
-            s.progress()
-            if n < count:
-                break
-        return done
-
-    def send_chunk(self, fd: int, off: int, count: int, first: bool) -> int:
-        if self.use_sendfile:
-            try:
-                return sendfile_range(self.sock, fd, off, count, self.sender.spec.io_timeout)
-            except OSError as err:
-                # Only before the first byte of a file may we switch paths (pyftpdlib's rule): a
-                # failure later would leave the receiver with a half-sent range.
-                if not first or err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                log.info("sendfile unavailable, using read+send", extra=kv(error=err.strerror))
-                self.use_sendfile = False
-        if self.buf is None:
-            self.buf = bytearray(1 << 20)
-        return readsend_range(self.sock, fd, off, count, self.buf)
-
-    def pad(self, n: int) -> None:
-        zero = bytes(min(n, 1 << 20))
-        while n > 0:
-            k = min(n, len(zero))
-            self.ch.send(zero[:k])
-            n -= k
+__all__ = ["RANGE_MIN", "SPLIT_MIN", "SendSpec", "Sender"]
 
 
 class Sender:
@@ -355,7 +47,7 @@ class Sender:
         self.result: dict[str, Any] | None = None
         self.peer_error: str | None = None
         self.pacer = Pacer(spec.options.bwlimit, spec.cancel)
-        self.workers: list[_Worker] = []
+        self.workers: list[DataWorker] = []
         self._ranges_left: dict[int, int] = {}
         self._lock = threading.Lock()
         self._asked: set[int] = set()
@@ -385,7 +77,7 @@ class Sender:
             for i, ticket in enumerate(fr.decode_accept(accept)):
                 dsock, dch, _ = connect(spec, Hello(spec.job_id, spec.attempt, ticket, fr.ROLE_DATA, 0))
                 self._socks.append(dsock)
-                self.workers.append(_Worker(self, dsock, dch, i))
+                self.workers.append(DataWorker(self, dsock, dch, i))
             if not self.workers:
                 raise ProtocolError("the destination granted no data connection")
             reader = threading.Thread(target=self._read_loop, args=(ctl,), daemon=True, name="zc-send-reader")
@@ -417,7 +109,7 @@ class Sender:
                 sk.close()
             for w in self.workers:
                 if w.thread.is_alive():
-                    self.work.put(_END)
+                    self.work.put(END)
             for w in self.workers:
                 if w.thread.ident is not None:
                     w.thread.join(5)
@@ -482,7 +174,7 @@ class Sender:
                     self._queue_file(basis.index, basis)
                 elif kind is fr.T.NEED_END:
                     for _ in self.workers:
-                        self.work.put(_END)
+                        self.work.put(END)
                 elif kind is fr.T.RESULT:
                     self.result = json.loads(payload)
                     return
@@ -508,10 +200,10 @@ class Sender:
         self.c_bytes_total += e.size
         if basis is not None:
             self.bases[index] = basis
-            self.work.put((index, _BASIS, 0))
+            self.work.put((index, BASIS, 0))
             return
         if e.flags & fr.F_SPARSE:
-            self.work.put((index, _SPARSE, 0))
+            self.work.put((index, SPARSE, 0))
             return
         n = len(self.workers)
         if n > 1 and e.size >= SPLIT_MIN:

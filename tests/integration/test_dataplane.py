@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from zchelpers import diff_trees, make_tree, snapshot
 
-from zcrepl.agent.transfer import receive, send
+from zcrepl.agent.transfer import receive, send_worker, sendio
 from zcrepl.agent.transfer.frame import Channel, Hello
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
@@ -88,7 +88,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_identical_trees_on_every_path(plane: Plane, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        streams: int, splice: bool, sendfile: bool) -> None:
     monkeypatch.setattr(receive, "USE_SPLICE", splice)
-    monkeypatch.setattr(send, "USE_SENDFILE", sendfile)
+    monkeypatch.setattr(sendio, "USE_SENDFILE", sendfile)
     stats, result = plane.run(tree, b"copy", streams=streams)
     assert isinstance(result, TransferStats), result
     assert not diff_trees(snapshot(tree), snapshot(tmp_path / "dst" / "copy"))
@@ -105,7 +105,7 @@ def test_sendfile_refused_at_first_byte_falls_back(plane: Plane, tree: Path, tmp
         calls["n"] += 1
         raise OSError(errno.EINVAL, "sendfile refused for this test")
 
-    monkeypatch.setattr(send.os, "sendfile", refuse)
+    monkeypatch.setattr(sendio.os, "sendfile", refuse)
     _, result = plane.run(tree, b"copy", streams=2)
     assert isinstance(result, TransferStats), result
     assert calls["n"] >= 1  # tried once per connection, then read+send
@@ -134,14 +134,14 @@ def test_splice_into_file_refused_falls_back(plane: Plane, tree: Path, tmp_path:
 def test_big_file_is_split_across_streams(plane: Plane, tree: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[int, int]] = []
-    real = send._Worker.send_range
+    real = send_worker.DataWorker.send_range
 
     def spy(self: Any, index: int, offset: int, length: int) -> None:
         if length >= 1 << 20:
             seen.append((offset, length))
         real(self, index, offset, length)
 
-    monkeypatch.setattr(send._Worker, "send_range", spy)
+    monkeypatch.setattr(send_worker.DataWorker, "send_range", spy)
     plane.run(tree, b"copy", streams=2)
     assert sorted(seen) == [(0, 20 << 20), (20 << 20, 20 << 20)]
     assert (tmp_path / "dst" / "copy" / "big.bin").read_bytes() == (tree / "big.bin").read_bytes()

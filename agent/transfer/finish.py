@@ -1,0 +1,96 @@
+"""The end of a transfer at the destination: delete what the source lacks, make hard links, and set
+directory metadata children-first (creating entries changes a directory's mtime)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import TYPE_CHECKING
+
+from zcrepl.agent.transfer.atomic import remove_entry, set_dir_meta
+from zcrepl.agent.transfer.frame import Kind
+from zcrepl.agent.transfer.meta import apply_meta
+from zcrepl.agent.transfer.saferoot import temp_name, validate_relpath
+from zcrepl.core.errors import UnsafePath
+
+if TYPE_CHECKING:
+    from zcrepl.agent.transfer.apply import TreeWriter
+
+
+def delete_extras(w: TreeWriter) -> None:
+    """Remove what the source lacks, only inside directories this manifest announced."""
+    for dpath, names in w.children.items():
+        try:
+            dfd = w.root.open_dir(validate_relpath(dpath))
+        except (OSError, UnsafePath) as err:
+            w.entry_failed(dpath, err)
+            continue
+        try:
+            with os.scandir(dfd) as it:
+                extras = [os.fsencode(de.name) for de in it]
+            for name in extras:
+                if name not in names:
+                    try:
+                        w.count(deleted=remove_entry(dfd, name))
+                    except OSError as err:
+                        w.entry_failed((dpath + b"/" if dpath else b"") + name, err)
+        finally:
+            os.close(dfd)
+
+
+def make_links(w: TreeWriter) -> None:
+    """Hard links, once every file they point at is in place (rsync -H)."""
+    for parts, tparts in w.links:
+        tpfd = pfd = -1
+        try:
+            tpfd, tleaf = w.root.open_parent(tparts)
+            pfd, leaf = w.root.open_parent(parts)
+            target = os.lstat(tleaf, dir_fd=tpfd)
+            if not stat.S_ISREG(target.st_mode):
+                raise OSError(0, "the file it links to is missing")
+            st = _lstat(pfd, leaf)
+            if st is not None and (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                w.count(skipped=1)
+                continue
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                w.clear_dir_for(pfd, leaf, "a hard link")
+            tmp = temp_name(leaf)
+            os.link(tleaf, tmp, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
+            try:
+                os.rename(tmp, leaf, src_dir_fd=pfd, dst_dir_fd=pfd)
+            except BaseException:
+                os.unlink(tmp, dir_fd=pfd)
+                raise
+            w.count(files_done=1)
+        except (OSError, UnsafePath) as err:
+            w.entry_failed(b"/".join(parts), err)
+        finally:
+            for fd in (tpfd, pfd):
+                if fd >= 0:
+                    os.close(fd)
+
+
+def finish_dirs(w: TreeWriter) -> None:
+    """Directory modes and mtimes, children before parents (creating files changes a dir's mtime)."""
+    for e in reversed(w.entries):
+        if e.kind is not Kind.DIR:
+            continue
+        try:
+            dfd = w.root.open_dir(validate_relpath(e.path))
+        except (OSError, UnsafePath) as err:
+            w.entry_failed(e.path, err)
+            continue
+        try:
+            apply_meta(dfd, e, owner=w.as_root, xattrs=w.options.xattrs)
+            set_dir_meta(dfd, e.mode, e.mtime_ns)
+            if w.fsync_files:
+                os.fsync(dfd)  # its new entries (mkdir, renames) are durable too
+        finally:
+            os.close(dfd)
+
+
+def _lstat(dir_fd: int, leaf: bytes) -> os.stat_result | None:
+    try:
+        return os.lstat(leaf, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,230 @@
+"""One data connection of a sender and the thread that feeds it work items: plain ranges, delta or
+resume answers (REUSE what the receiver has, send the rest), and sparse files (data segments only)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+from zcrepl.agent.transfer import delta, sendio
+from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer.frame import Channel, Entry, FileHead
+from zcrepl.agent.transfer.partial import intervals_digest, merge
+from zcrepl.agent.transfer.saferoot import validate_relpath
+from zcrepl.agent.transfer.sendio import readsend_range, sendfile_range
+from zcrepl.core.errors import UnsafePath
+from zcrepl.core.logs import kv
+
+if TYPE_CHECKING:
+    from zcrepl.agent.transfer.send import Sender
+
+log = logging.getLogger(__name__)
+
+END = (-1, 0, 0)
+BASIS, SPARSE = -1, -2  # work items other than plain ranges: (index, kind, 0)
+
+
+class DataWorker:
+    """One data connection and the thread that feeds it."""
+
+    def __init__(self, sender: Sender, sock: socket.socket, ch: Channel, n: int) -> None:
+        self.sender = sender
+        self.sock = sock
+        self.ch = ch
+        self.files_done = self.bytes_done = self.errors = 0
+        self.error: BaseException | None = None
+        self.pending = b""  # trailer of the previous file, sent together with the next header
+        self.use_sendfile = sendio.USE_SENDFILE
+        self.buf: bytearray | None = None
+        self.thread = threading.Thread(target=self.run, name=f"zc-send-data-{n}", daemon=True)
+
+    def run(self) -> None:
+        s = self.sender
+        try:
+            while True:
+                item = s.work.get()
+                if item == END:
+                    break
+                s.check_cancel()
+                if item[1] == BASIS:
+                    self.send_basis(item[0])
+                elif item[1] == SPARSE:
+                    self.send_sparse(item[0])
+                else:
+                    self.send_range(*item)
+                s.progress()
+            self.ch.send(self.pending + fr.frame(fr.T.DATA_DONE))
+            self.pending = b""
+        except BaseException as err:
+            self.error = err
+            s.record_failure(err)
+
+    def send_range(self, index: int, offset: int, length: int) -> None:
+        s = self.sender
+        e = s.files[index]
+        fd = self.open_source(index, offset, length, e)
+        if fd is None:
+            return
+        try:
+            st = os.fstat(fd)
+            if self.send_piece(fd, st, index, offset, length, e) and s.range_finished(index):
+                self.files_done += 1
+        finally:
+            os.close(fd)
+
+    def open_source(self, index: int, offset: int, length: int, e: Entry) -> int | None:
+        """The source file as scanned, or None after telling the receiver it changed or vanished."""
+        s = self.sender
+        try:
+            fd = s.root.open_read(validate_relpath(e.path))
+        except (OSError, UnsafePath) as err:
+            log.warning("source file vanished", extra=kv(job=s.spec.job_id, path=e.path, error=err))
+            self.skip(index, offset, length, e)
+            return None
+        st = os.fstat(fd)
+        if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
+            os.close(fd)
+            self.skip(index, offset, length, e)  # changed since the scan: the receiver drops it
+            return None
+        return fd
+
+    def send_piece(self, fd: int, st: os.stat_result, index: int, offset: int, length: int, e: Entry) -> bool:
+        """FILE header, the bytes by sendfile, FILE_END; False when the source changed meanwhile."""
+        s = self.sender
+        head = fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, st.st_mode & 0o7777))
+        self.ch.sock.sendall(self.pending + head, socket.MSG_MORE)
+        self.ch.sent += len(self.pending) + len(head)
+        self.pending = b""
+        sent = self.send_bytes(fd, offset, length)
+        ok = sent == length
+        if not ok:  # shrank while we read it: pad to the announced length, then void it
+            self.pad(length - sent)
+        after = os.fstat(fd)
+        ok = ok and after.st_size == e.size and after.st_mtime_ns == e.mtime_ns
+        self.pending = fr.FILE_END_OK if ok else fr.FILE_END_CHANGED
+        if not ok:
+            log.warning("source file changed while sent", extra=kv(job=s.spec.job_id, path=e.path))
+            self.errors += 1
+        return ok
+
+    def send_basis(self, index: int) -> None:
+        """Answer a NEED_BASIS: hash, then REUSE what the receiver already has and send only the rest."""
+        s = self.sender
+        e, b = s.files[index], s.bases[index]
+        fd = self.open_source(index, 0, e.size, e)
+        if fd is None:
+            return
+        try:
+            st = os.fstat(fd)
+            if self.buf is None:
+                self.buf = bytearray(1 << 20)
+            if b.kind == fr.BASIS_DELTA:
+                mine, whole = delta.hash_blocks(fd, e.size, b.block, self.buf)
+                pieces = delta.plan(b.hashes, mine, e.size, b.block)
+            else:
+                ivs = merge(list(b.intervals))
+                valid = bool(ivs) and ivs[-1][0] + ivs[-1][1] <= e.size and list(b.intervals) == ivs
+                if valid and intervals_digest(fd, ivs, self.buf) == b.digest:
+                    pieces = sorted([(o, n, True) for o, n in ivs]
+                                    + [(o, n, False) for o, n in delta.gaps(ivs, e.size)])
+                else:
+                    pieces = [(0, e.size, False)]
+                whole = delta.hash_blocks(fd, e.size, delta.BLOCK_MAX, self.buf)[1]
+            if not whole:
+                self.skip(index, 0, e.size, e)
+                return
+            self.ch.send(self.pending + fr.encode_digest(index, whole))
+            self.pending = b""
+            ok = True
+            for off, length, reuse in pieces:
+                if reuse:
+                    self.pending += fr.encode_file(FileHead(index, off, length, e.size, e.mtime_ns,
+                                                            st.st_mode & 0o7777), fr.T.REUSE)
+                    s.reused += length
+                else:
+                    ok = self.send_piece(fd, st, index, off, length, e) and ok
+                s.check_cancel()
+            if ok:
+                self.files_done += 1
+        finally:
+            os.close(fd)
+
+    def send_sparse(self, index: int) -> None:
+        """Only the data segments of a sparse file travel (SEEK_DATA/SEEK_HOLE); holes go as HOLE."""
+        s = self.sender
+        e = s.files[index]
+        fd = self.open_source(index, 0, e.size, e)
+        if fd is None:
+            return
+        try:
+            st = os.fstat(fd)
+            ok, off = True, 0
+            while off < e.size:
+                try:
+                    data = os.lseek(fd, off, os.SEEK_DATA)
+                except OSError as err:
+                    if err.errno != errno.ENXIO:
+                        raise
+                    data = e.size  # only a hole is left
+                data = min(data, e.size)
+                if data > off:
+                    self.pending += fr.encode_file(FileHead(index, off, data - off, e.size, e.mtime_ns,
+                                                            st.st_mode & 0o7777), fr.T.HOLE)
+                if data >= e.size:
+                    break
+                end = min(os.lseek(fd, data, os.SEEK_HOLE), e.size)
+                ok = self.send_piece(fd, st, index, data, end - data, e) and ok
+                off = end
+                s.check_cancel()
+            if ok:
+                self.files_done += 1
+        finally:
+            os.close(fd)
+
+    def skip(self, index: int, offset: int, length: int, e: Entry) -> None:
+        self.ch.send(self.pending + fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, e.mode),
+                                                   fr.T.FILE_SKIP))
+        self.pending = b""
+        self.errors += 1
+
+    def send_bytes(self, fd: int, offset: int, length: int) -> int:
+        s = self.sender
+        done = 0
+        while done < length:
+            s.check_cancel()
+            count = min(s.pacer.chunk, length - done)
+            n = self.send_chunk(fd, offset + done, count, first=done == 0)
+            self.ch.sent += n
+            self.bytes_done += n
+            done += n
+            s.pacer.account(n)
+            s.progress()
+            if n < count:
+                break
+        return done
+
+    def send_chunk(self, fd: int, off: int, count: int, first: bool) -> int:
+        if self.use_sendfile:
+            try:
+                return sendfile_range(self.sock, fd, off, count, self.sender.spec.io_timeout)
+            except OSError as err:
+                # Only before the first byte of a file may we switch paths (pyftpdlib's rule): a
+                # failure later would leave the receiver with a half-sent range.
+                if not first or err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                log.info("sendfile unavailable, using read+send", extra=kv(error=err.strerror))
+                self.use_sendfile = False
+        if self.buf is None:
+            self.buf = bytearray(1 << 20)
+        return readsend_range(self.sock, fd, off, count, self.buf)
+
+    def pad(self, n: int) -> None:
+        zero = bytes(min(n, 1 << 20))
+        while n > 0:
+            k = min(n, len(zero))
+            self.ch.send(zero[:k])
+            n -= k

@@ -1,0 +1,117 @@
+"""Sending primitives: the job spec, the bandwidth cap, sendfile with its slow path, and connecting."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.core.errors import ProtocolError, Unavailable
+from zcrepl.core.types import JobOptions, TransferStats
+
+USE_SENDFILE = True  # tests switch it off to exercise the read+send fallback
+CHUNK = 8 << 20
+
+
+@dataclass
+class SendSpec:
+    job_id: int
+    attempt: int
+    ticket: bytes
+    address: tuple[str, int]
+    options: JobOptions
+    cancel: threading.Event
+    on_progress: Callable[[TransferStats], None]
+    connect_timeout: float = 10.0
+    io_timeout: float = 60.0
+    progress_interval: float = 0.5
+
+
+class Pacer:
+    """Job-wide bandwidth cap shared by all data connections: the average rate never exceeds ``rate``."""
+
+    def __init__(self, rate: int, cancel: threading.Event) -> None:
+        self.rate = rate
+        self.cancel = cancel
+        self.start = time.monotonic()
+        self.sent = 0
+        self._lock = threading.Lock()
+
+    @property
+    def chunk(self) -> int:
+        return CHUNK if not self.rate else max(64 << 10, min(CHUNK, self.rate // 8))
+
+    def account(self, n: int) -> None:
+        if not self.rate:
+            return
+        with self._lock:
+            self.sent += n
+            ahead = self.sent / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            self.cancel.wait(ahead)
+
+
+def sendfile_range(sock: socket.socket, fd: int, offset: int, count: int, timeout: float | None) -> int:
+    """Send ``count`` bytes of ``fd`` from ``offset``; returns fewer only when the file ended early."""
+    sockfd = sock.fileno()
+    sent = 0
+    poller: select.poll | None = None
+    while sent < count:
+        try:
+            n = os.sendfile(sockfd, fd, offset + sent, count - sent)
+        except BlockingIOError:
+            if poller is None:
+                poller = select.poll()
+                poller.register(sockfd, select.POLLOUT)
+            if not poller.poll(None if timeout is None else timeout * 1000):
+                raise TimeoutError(f"peer accepted no data for {timeout:.0f}s") from None
+            continue
+        if n == 0:
+            break
+        sent += n
+    return sent
+
+
+def readsend_range(sock: socket.socket, fd: int, offset: int, count: int, buf: bytearray) -> int:
+    """The slow path: pread into a reused buffer and sendall."""
+    mv = memoryview(buf)
+    sent = 0
+    while sent < count:
+        n = os.preadv(fd, [mv[: min(len(buf), count - sent)]], offset + sent)
+        if n == 0:
+            break
+        sock.sendall(mv[:n])
+        sent += n
+    return sent
+
+
+def connect(spec: SendSpec, hello: Hello) -> tuple[socket.socket, Channel, bytes]:
+    """Open, authenticate, return (socket, channel, ACCEPT payload)."""
+    try:
+        sock = socket.create_connection(spec.address, timeout=spec.connect_timeout)
+    except OSError as err:
+        raise Unavailable(
+            f"cannot connect to the destination data port {spec.address[0]}:{spec.address[1]}: "
+            f"{err.strerror or err}; check that the destination agent is running and reachable"
+        ) from err
+    try:
+        sock.settimeout(spec.io_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        ch = Channel(sock, bufsize=64 << 10)
+        ch.send(fr.encode_hello(hello))
+        kind, payload = ch.recv_frame(limit=4096)
+        if kind is fr.T.REFUSE:
+            raise ProtocolError(f"the destination refused the connection: {fr.decode_text(payload)}")
+        if kind is not fr.T.ACCEPT:
+            raise ProtocolError(f"expected ACCEPT, got {kind.name}")
+        return sock, ch, payload
+    except BaseException:
+        sock.close()
+        raise
