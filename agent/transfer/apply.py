@@ -25,7 +25,7 @@ from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.meta import apply_meta, syncfs
 from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea, intervals_digest
-from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
+from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, validate_name, validate_relpath
 from zcrepl.agent.transfer.scan import file_digest
 from zcrepl.core.errors import ProtocolError, TransferError, UnsafePath
 from zcrepl.core.logs import kv
@@ -85,6 +85,9 @@ class TreeWriter:
         self.saved_partials: list[bytes] = []  # relpaths whose data went to the partial area
         self.links: list[tuple[tuple[bytes, ...], tuple[bytes, ...]]] = []  # (name, first name), made at the end
         self.as_root = os.geteuid() == 0  # ownership is kept only when we may set it
+        self.dir_parts: dict[bytes, tuple[bytes, ...]] = {}  # announced directory -> its components
+        self._dirs: dict[tuple[bytes, ...], int] = {}  # batch cache of parent directory fds
+        self._wrote = False  # anything changed at the destination besides files and deletions
         self._lock = threading.Lock()
         self._hashbuf: bytearray | None = None
         self.files_done = self.bytes_done = self.skipped = self.deleted = self.errors = 0
@@ -166,61 +169,85 @@ class TreeWriter:
                 raise ProtocolError("the manifest must start with the root directory")
             self.kinds[b""] = Kind.DIR
             self.children[b""] = set()
+            self.dir_parts[b""] = ()
             return ()
-        parts = validate_relpath(e.path)  # UnsafePath: '..', '/', NUL, empty, our temp prefix...
-        if not parts:
-            raise UnsafePath("a second root entry in the manifest")
         if e.path in self.kinds:
             raise ProtocolError(f"duplicate name in the manifest: {show(e.path)}")
-        parent = b"/".join(parts[:-1])
-        if self.kinds.get(parent) is not Kind.DIR:
+        parent, _, leaf = e.path.rpartition(b"/")
+        parent_parts = self.dir_parts.get(parent) if self.kinds.get(parent) is Kind.DIR else None
+        if parent_parts is None:
             # Also what stops a name through a symlink the same manifest created (CVE-2024-12087).
+            validate_relpath(e.path)  # the better message for '..', '/', '//' and friends
             raise UnsafePath(f"{show(e.path)}: its parent is not a directory announced earlier in the manifest")
+        # The parent passed these checks when it was admitted: only the new component is left to check.
+        validate_name(leaf)  # UnsafePath: '..', '.', '', NUL, our temp prefix...
+        if len(e.path) > MAX_PATH or len(parent_parts) >= MAX_DEPTH:
+            validate_relpath(e.path)
         if e.kind is Kind.HARDLINK and self.kinds.get(e.target) is not Kind.FILE:
             raise ProtocolError(f"{show(e.path)}: a hard link to something that is not a file of this manifest")
+        parts = (*parent_parts, leaf)
         self.kinds[e.path] = e.kind
-        self.children[parent].add(parts[-1])
+        self.children[parent].add(leaf)
         if e.kind is Kind.DIR:
             self.children[e.path] = set()
+            self.dir_parts[e.path] = parts
         return parts
 
+    def _parent(self, parts: tuple[bytes, ...]) -> tuple[int, bytes]:
+        """Borrowed fd of the parent directory (opened confined, kept for the rest of the batch).
+
+        Entries arrive grouped by directory, so one openat2 serves a whole directory's entries. The
+        cache is emptied after every batch (``end_batch``) so a held fd never outlives a moment.
+        """
+        key = parts[:-1]
+        fd = self._dirs.get(key)
+        if fd is None:
+            fd = self.root.open_dir(key)
+            self._dirs[key] = fd
+            if len(self._dirs) > 16:
+                old = next(iter(self._dirs))
+                os.close(self._dirs.pop(old))
+        return fd, parts[-1]
+
+    def end_batch(self) -> None:
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()
+
     def _ensure_dir(self, parts: tuple[bytes, ...]) -> None:
-        pfd, leaf = self.root.open_parent(parts)
+        pfd, leaf = self._parent(parts)
+        st = _lstat(pfd, leaf)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            if st.st_mode & 0o700 != 0o700 and os.geteuid() != 0:
+                dfd = self.root.open_dir(parts)  # we must be able to write into it until the end
+                try:
+                    os.fchmod(dfd, stat.S_IMODE(st.st_mode) | 0o700)
+                finally:
+                    os.close(dfd)
+            return
+        if st is not None:
+            self.count(deleted=remove_entry(pfd, leaf))  # a file or link where the source has a dir
         try:
-            st = _lstat(pfd, leaf)
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                if st.st_mode & 0o700 != 0o700 and os.geteuid() != 0:
-                    dfd = self.root.open_dir(parts)  # we must be able to write into it until the end
-                    try:
-                        os.fchmod(dfd, stat.S_IMODE(st.st_mode) | 0o700)
-                    finally:
-                        os.close(dfd)
-                return
-            if st is not None:
-                self.count(deleted=remove_entry(pfd, leaf))  # a file or link where the source has a dir
-            try:
-                os.mkdir(leaf, 0o700, dir_fd=pfd)
-            except FileExistsError:
-                pass
-        finally:
-            os.close(pfd)
+            os.mkdir(leaf, 0o700, dir_fd=pfd)
+        except FileExistsError:
+            pass
+        self._wrote = True
 
     def _apply_symlink(self, parts: tuple[bytes, ...], e: Entry) -> None:
-        pfd, leaf = self.root.open_parent(parts)
-        try:
-            st = _lstat(pfd, leaf)
-            if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(leaf, dir_fd=pfd) == e.target:
-                if st.st_mtime_ns != e.mtime_ns:
-                    os.utime(leaf, ns=(st.st_atime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
-                self.count(skipped=1)
-                return
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                self.clear_dir_for(pfd, leaf, "a symlink")
-            replace_symlink(pfd, leaf, e.target, e.mtime_ns)
-            if self.as_root:
-                os.chown(leaf, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
-        finally:
-            os.close(pfd)
+        pfd, leaf = self._parent(parts)
+        st = _lstat(pfd, leaf)
+        if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(leaf, dir_fd=pfd) == e.target:
+            if st.st_mtime_ns != e.mtime_ns:
+                os.utime(leaf, ns=(st.st_atime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+                self._wrote = True
+            self.count(skipped=1)
+            return
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            self.clear_dir_for(pfd, leaf, "a symlink")
+        replace_symlink(pfd, leaf, e.target, e.mtime_ns)
+        self._wrote = True
+        if self.as_root:
+            os.chown(leaf, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
 
     def clear_dir_for(self, pfd: int, leaf: bytes, what: str) -> None:
         if not self.options.delete:
@@ -234,7 +261,8 @@ class TreeWriter:
 
     def _up_to_date(self, parts: tuple[bytes, ...], e: Entry) -> bool:
         """True when the destination already holds this file; fixes mode/mtime drift in place."""
-        st = self.root.lstat(parts)
+        pfd, leaf = self._parent(parts)
+        st = _lstat(pfd, leaf)
         if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
             return False
         if not self.options.checksum and st.st_mtime_ns != e.mtime_ns:
@@ -243,10 +271,13 @@ class TreeWriter:
         if (not self.options.checksum and stat.S_IMODE(st.st_mode) == e.mode & 0o777 and owner_ok
                 and not self.options.xattrs):
             return True
-        fd = self.root.open_read(parts)
+        fd = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pfd)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
             if self.options.checksum and file_digest(fd, self._buf()) != e.digest:
                 return False
+            self._wrote = True
             if stat.S_IMODE(st.st_mode) != e.mode & 0o777:
                 os.fchmod(fd, e.mode & 0o777)
             apply_meta(fd, e, st, owner=self.as_root, xattrs=self.options.xattrs)
@@ -421,6 +452,7 @@ class TreeWriter:
     def abandon(self) -> None:
         """End of a failed attempt: discard every partly written file nobody is writing into; files
         still being written are discarded by their last writer (see range_done/range_broken)."""
+        self.end_batch()
         with self._lock:
             idle = [s for s in self.slots.values() if s.active == 0]
             for s in self.slots.values():
@@ -433,6 +465,7 @@ class TreeWriter:
 
     # -- end of transfer ----------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
+        self.end_batch()
         if not self.manifest_done:
             raise ProtocolError("SENDER_DONE before MANIFEST_END")
         missing = len(self.needed) + len(self.slots)
@@ -443,7 +476,7 @@ class TreeWriter:
         make_links(self)
         self.area.remove_if_empty()  # before the root's mtime is set
         finish_dirs(self)
-        if self.options.durability is Durability.JOB:
+        if self.options.durability is Durability.JOB and self.changed():
             syncfs(self.root.fd)
         elif self.fsync_files:
             os.fsync(self.root.fd)
@@ -465,6 +498,11 @@ class TreeWriter:
             if not self.first_error:
                 self.first_error = msg
         log.warning("entry failed", extra=kv(job=self.job_id, path=path, error=str(err)))
+
+    def changed(self) -> bool:
+        """Whether this transfer wrote anything (a no-change re-sync has nothing to make durable;
+        metadata fixed in place and new directories count as writes)."""
+        return bool(self.files_done or self.deleted or self.errors or self._wrote)
 
     def stats(self) -> TransferStats:
         return TransferStats(entries=len(self.entries), files_done=self.files_done, bytes_done=self.bytes_done,

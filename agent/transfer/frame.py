@@ -29,6 +29,7 @@ import enum
 import socket
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from zcrepl.core.errors import ProtocolError
 
@@ -98,9 +99,12 @@ FILE_OK = 0
 FILE_CHANGED = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One manifest entry. ``path`` is relative to the job root (``b""`` is the root itself)."""
+class Entry(NamedTuple):
+    """One manifest entry. ``path`` is relative to the job root (``b""`` is the root itself).
+
+    A NamedTuple, not a dataclass: hundreds of thousands are decoded per second and tuple creation is
+    several times cheaper than a frozen dataclass's __init__.
+    """
 
     kind: Kind
     path: bytes
@@ -143,7 +147,7 @@ class Hello:
     streams: int = 1  # data connections the sender would like (control role only)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FileHead:
     """``length`` bytes at ``offset`` of file ``index`` whose whole size is ``total``."""
 

@@ -64,6 +64,8 @@ class LocalCopy:
                     break
                 index = self.entries
                 self.entries += 1
+                if index % 512 == 0:
+                    writer.end_batch()  # don't hold directory fds for long
                 if writer.admit(e) and e.kind is Kind.FILE:
                     self.files[index] = e
                     self.files_total += 1

@@ -118,6 +118,7 @@ class ReceiveSession:
                         bases.append(wanted)
                     elif wanted:
                         need.append(index)
+                writer.end_batch()
                 if need:
                     ch.send(fr.encode_need(need))
                 for b in bases:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import socket
 import threading
 from typing import TYPE_CHECKING
@@ -40,13 +41,14 @@ class DataWorker:
         self.pending = b""  # trailer of the previous file, sent together with the next header
         self.use_sendfile = sendio.USE_SENDFILE
         self.buf: bytearray | None = None
+        self.work: queue.Queue[tuple[int, int, int]] = queue.Queue()
         self.thread = threading.Thread(target=self.run, name=f"zc-send-data-{n}", daemon=True)
 
     def run(self) -> None:
         s = self.sender
         try:
             while True:
-                item = s.work.get()
+                item = self.work.get()
                 if item == END:
                     break
                 s.check_cancel()
