@@ -17,14 +17,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from zcrepl.agent.transfer import delta
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.atomic import AtomicFile, remove_entry, replace_symlink
+from zcrepl.agent.transfer.basis import find_basis
 from zcrepl.agent.transfer.finish import delete_extras, finish_dirs, make_links
 from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.meta import apply_meta, syncfs
-from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea, intervals_digest
+from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea
 from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, validate_name, validate_relpath
 from zcrepl.agent.transfer.scan import file_digest
 from zcrepl.core.errors import ProtocolError, TransferError, UnsafePath
@@ -115,46 +115,13 @@ class TreeWriter:
             elif self._up_to_date(parts, e):
                 self.count(skipped=1)
             else:
-                basis = self._basis(index, parts, e)
+                basis = find_basis(self, index, parts, e)
                 with self._lock:
                     self.needed.add(index)
                 return basis or True
         except (OSError, UnsafePath) as err:
             self.entry_failed(e.path, err)
         return False
-
-    def _basis(self, index: int, parts: tuple[bytes, ...], e: Entry) -> Basis | None:
-        """What of this file is already here: a partial of this very version, or an older version."""
-        if e.flags & fr.F_SPARSE:
-            return None  # only data segments travel anyway
-        if e.size >= RESUME_MIN:
-            p = self.area.find(e.path, e.size, e.mtime_ns)
-            if p is not None:
-                fd = self.area.open_part(p)
-                if fd is not None:
-                    try:
-                        digest = intervals_digest(fd, p.intervals, self._buf())
-                    finally:
-                        os.close(fd)
-                    if digest:
-                        self.partials[index] = p
-                        b = Basis(index, fr.BASIS_PARTIAL, intervals=tuple(p.intervals), digest=digest)
-                        self.bases[index] = b
-                        return b
-        if e.size < delta.DELTA_MIN:
-            return None
-        st = self.root.lstat(parts)
-        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size < delta.DELTA_MIN:
-            return None
-        block = delta.block_size(e.size)
-        fd = self.root.open_read(parts)
-        try:
-            hashes, _ = delta.hash_blocks(fd, st.st_size, block, self._buf())
-        finally:
-            os.close(fd)
-        b = Basis(index, fr.BASIS_DELTA, block, tuple(hashes))
-        self.bases[index] = b
-        return b
 
     def end_manifest(self, count: int) -> None:
         if count != len(self.entries):
@@ -275,7 +242,7 @@ class TreeWriter:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return False
-            if self.options.checksum and file_digest(fd, self._buf()) != e.digest:
+            if self.options.checksum and file_digest(fd, self.buf()) != e.digest:
                 return False
             self._wrote = True
             if stat.S_IMODE(st.st_mode) != e.mode & 0o777:
@@ -287,7 +254,7 @@ class TreeWriter:
             os.close(fd)
         return True
 
-    def _buf(self) -> bytearray:
+    def buf(self) -> bytearray:
         if self._hashbuf is None:
             self._hashbuf = bytearray(1 << 20)
         return self._hashbuf
