@@ -66,6 +66,36 @@ def machine_busy() -> float:
     return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK_TCK  # user nice system idle iowait irq softirq steal
 
 
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """pid -> (name, CPU seconds incl. reaped children) for every process now alive but this one. Diffing
+    two snapshots names who used the machine during a run (kernel threads such as kworker/jbd2 too)."""
+    out: dict[int, tuple[str, float]] = {}
+    me = os.getpid()
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == me:
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        name = data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
+        fields = data[data.rindex(b")") + 2:].split()
+        if fields[1] == b"2" or d == "2":  # children of kthreadd: kernel threads, bracketed as ps shows them
+            name = f"[{name}]"
+        out[int(d)] = (name, sum(int(x) for x in fields[11:15]) / CLK_TCK)
+    return out
+
+
+def top_cpu(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], n: int = 4,
+            floor: float = 0.05) -> list[tuple[str, float]]:
+    """The ``n`` processes that used the most CPU between two snapshots, as ("name[pid]", seconds).
+    Keyed by pid: a kworker's name changes with the work it runs."""
+    deltas = [(f"{name}[{pid}]", t - before.get(pid, ("", 0.0))[1]) for pid, (name, t) in after.items()]
+    deltas = [(k, round(v, 2)) for k, v in deltas if v >= floor]
+    return sorted(deltas, key=lambda kv: -kv[1])[:n]
+
+
 def children_cpu() -> float:
     """User+sys of every child this process has reaped so far."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -20,7 +20,7 @@ from typing import Any
 
 import report
 from daemons import RsyncDaemon, ZcCluster
-from measure import Run, machine_busy, machine_facts, proc_cpu, vm_hwm
+from measure import Run, cpu_by_process, machine_busy, machine_facts, proc_cpu, top_cpu, vm_hwm
 from rich.console import Console
 from tools import Context, Tool, all_tools
 from workloads import Workload, ensure, specs, tree_summary
@@ -37,7 +37,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=Path("/tmp/zcbench"),
                    help="where workloads and destinations live, never inside the repo (default /tmp/zcbench)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: small sizes (under DATA/quick), 1 round; --runs is ignored")
+                   help="smoke test: small sizes (under DATA/quick), 1 round, no warm-up; --runs is ignored")
     p.add_argument("--streams", type=int, default=0, help="pass --streams N to zc-ctl replicate")
     p.add_argument("--tools", default="", help="comma-separated subset of: zc-none,zc-job,raw,rsyncd,rsync,cp")
     p.add_argument("--no-warmup", action="store_true", help="skip the discarded warm-up round")
@@ -51,8 +51,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     bad = [n for n in args.names if n not in ALL]
     if bad or not args.names:
         p.error(f"unknown workload(s) {bad}; choose from {','.join(ALL)}")
-    if args.quick:
-        args.runs = 1
+    if args.quick:  # one round; it is also the one whose copies are checked
+        args.runs, args.no_warmup = 1, True
     if args.runs < 1:
         p.error("--runs must be at least 1")
     args.data = args.data.resolve() / ("quick" if args.quick else "")
@@ -78,6 +78,7 @@ class Bench:
         self.rss: dict[str, dict[str, int]] = {}
         self.idle: dict[str, dict[str, float]] = {}
         self.notes: list[str] = []
+        self.own_pids: set[int] = set()  # our daemons: their CPU is accounted, not noise
 
     def generate(self) -> None:
         wanted = {self.workloads[n].source for n in self.args.names}
@@ -102,6 +103,7 @@ class Bench:
         try:
             cluster.start_controller()
             rsyncd.start()
+            self.own_pids |= {cluster.controller.pid, rsyncd.pid}
             for name in self.args.names:
                 self.workload(self.workloads[name], cluster)
         finally:
@@ -112,6 +114,7 @@ class Bench:
         tools = [t for t in self.tools if t.supports(w)]
         self.console.print(f"[bold]{w.name}[/]: {w.title} ({w.mode}); tools: {', '.join(t.label for t in tools)}")
         cluster.start_agents()
+        self.own_pids |= {cluster.pid("hostA"), cluster.pid("hostB")}
         try:
             self._measure_idle(w, cluster, 0.5 if self.args.quick else 2.0)
             if w.mode == "nochange":  # every destination starts identical to the source
@@ -141,9 +144,10 @@ class Bench:
         self.idle[w.name] = {n: round((proc_cpu(p)[0] - before[n]) / secs, 4) for n, p in pids.items()}
 
     def _one(self, w: Workload, t: Tool, rnd: int, verify: bool = False) -> None:
-        busy = machine_busy()
+        procs, busy = cpu_by_process(), machine_busy()
         r = t.run(w)
         r.extra["machine_busy"] = round(machine_busy() - busy, 2)
+        r.extra["top_cpu"] = top_cpu(procs, cpu_by_process())  # who else was busy: noise shows up here
         r.round = rnd
         if verify and r.ok:
             problem = self._verify(w, t)
@@ -157,6 +161,26 @@ class Bench:
         self.console.print(f"  {w.name} {tag:<8} {t.label:<18} {r.wall:8.3f}s{extra}{bad}", markup=True)
         if not r.ok:
             self.notes.append(f"{w.name} {t.label} {tag}: {r.note}")
+
+    def noise_notes(self) -> list[str]:
+        """Per workload: CPU that other user processes (not ours, not kernel threads) used during the timed
+        runs. Above 5% of the timed wall time the figures are disturbed, and the note says by whom."""
+        notes = []
+        for name in self.args.names:
+            timed = [r for r in self.runs if r.workload == name and r.round >= 0]
+            by: dict[str, float] = {}
+            for r in timed:
+                for proc, secs in r.extra.get("top_cpu", []):
+                    pid = int(proc[proc.rindex("[") + 1:-1])
+                    if not proc.startswith("[") and pid not in self.own_pids:
+                        key = proc[:proc.rindex("[")]
+                        by[key] = by.get(key, 0.0) + secs
+            total, wall = sum(by.values()), sum(r.wall for r in timed)
+            if wall and total > 0.05 * wall:
+                top = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(by.items(), key=lambda kv: -kv[1])[:3])
+                notes.append(f"{name}: NOISE: other processes used {total:.1f} CPU-s during {wall:.1f}s of timed "
+                             f"runs ({top})")
+        return notes
 
     def _verify(self, w: Workload, t: Tool) -> str:
         """Compare the copy with its source (counts, sizes, modes, file mtimes, link targets, samples)."""
@@ -198,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "empty_dirs": s["empty_dirs"], "gen": w.gen}
     labels = {t.key: (t.label, t.local) for t in bench.tools}
     rows = report.build_rows(bench.runs, wl, labels, bench.rss)
+    bench.notes += bench.noise_notes()
     for name, idle in bench.idle.items():
         bench.notes.append(f"{name}: idle agent CPU (heartbeats, health sampling) hostA {idle['hostA']:.3f} s/s, "
                            f"hostB {idle['hostB']:.3f} s/s; included in the zcrepl CPU figures")

@@ -200,11 +200,13 @@ class Engine:
 
     async def watch(self, job_id: int, keepalive: float = 5.0) -> AsyncIterator[Job]:
         while True:
+            # Subscribe before reading: a change that lands while the snapshot is being sent must
+            # wake the next wait, not be lost until the keepalive.
+            ev = self._events.setdefault(job_id, asyncio.Event())
             job = self.get(job_id)
             yield job
             if job.state.final:
                 return
-            ev = self._events.setdefault(job_id, asyncio.Event())
             try:
                 await asyncio.wait_for(ev.wait(), keepalive)
             except TimeoutError:

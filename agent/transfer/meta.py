@@ -11,6 +11,9 @@ from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Entry
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# Who a file we create belongs to: a fresh temp needs no chown when the source owner is us. (A
+# setgid parent directory would give it that directory's group; rare enough to leave to the next run.)
+_ME = (os.geteuid(), os.getegid())
 
 
 def syncfs(fd: int) -> None:
@@ -23,7 +26,7 @@ def syncfs(fd: int) -> None:
 def apply_meta(fd: int, e: Entry, st: os.stat_result | None = None, *, owner: bool, xattrs: bool) -> None:
     """Ownership (only when ``owner``: the receiver runs as root) and extended attributes (only with
     ``xattrs``) onto an open fd; attributes the source lacks are removed."""
-    if owner and (st is None or (st.st_uid, st.st_gid) != (e.uid, e.gid)):
+    if owner and (e.uid, e.gid) != ((st.st_uid, st.st_gid) if st is not None else _ME):
         os.fchown(fd, e.uid, e.gid)
     if not xattrs:
         return

@@ -21,6 +21,7 @@ import ctypes
 import errno
 import os
 import platform
+import random
 import stat
 from collections.abc import Sequence
 from types import TracebackType
@@ -64,6 +65,7 @@ USE_OPENAT2: bool = True
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _TEMP_SUFFIX_LEN = len(b".") + 8 + len(b".tmp")
+_rng = random.Random(os.urandom(16))
 _EAGAIN_RETRIES = 8
 
 # 437 comes from the unified asm-generic table; only the architectures the reference verified claim it.
@@ -150,7 +152,9 @@ def temp_name(leaf: bytes) -> bytes:
     The leaf is cut bytewise (maybe mid UTF-8 sequence): only the agent itself ever looks at temps.
     """
     budget = MAX_NAME - len(TEMP_PREFIX) - _TEMP_SUFFIX_LEN
-    return TEMP_PREFIX + leaf[:budget] + b"." + os.urandom(4).hex().encode() + b".tmp"
+    # O_EXCL|O_NOFOLLOW is the real guard against planted names; the random part only avoids
+    # collisions, so a urandom-seeded PRNG (no syscall per file) is enough.
+    return TEMP_PREFIX + leaf[:budget] + b".%08x.tmp" % _rng.getrandbits(32)
 
 
 # ------------------------------------------------------------------------------------------------ openat2

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from zcrepl.agent.transfer import saferoot
-from zcrepl.agent.transfer.atomic import AtomicFile, remove_entry, replace_symlink, set_dir_meta
+from zcrepl.agent.transfer.atomic import PREALLOCATE_MIN, AtomicFile, remove_entry, replace_symlink, set_dir_meta
 from zcrepl.agent.transfer.saferoot import (
     MAX_DEPTH,
     MAX_NAME,
@@ -486,10 +486,11 @@ def test_fallocate_unsupported_is_ignored(
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(os, "posix_fallocate", unsupported)
-    with AtomicFile(root.fd, b"nofalloc", size=10) as af:
-        _write_all(af.fd, b"0123456789")
+    data = b"0123456789" * (PREALLOCATE_MIN // 10 + 1)
+    with AtomicFile(root.fd, b"nofalloc", size=len(data)) as af:
+        _write_all(af.fd, data)
         af.commit(0o644, MTIME_NS)
-    assert (tree / "root" / "nofalloc").read_bytes() == b"0123456789"
+    assert (tree / "root" / "nofalloc").read_bytes() == data
 
 
 def test_fallocate_failure_removes_temp(root: SafeRoot, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -499,7 +500,7 @@ def test_fallocate_failure_removes_temp(root: SafeRoot, tree: Path, monkeypatch:
     monkeypatch.setattr(os, "posix_fallocate", broken)
     before = _names(tree / "root")
     with pytest.raises(OSError) as info:
-        AtomicFile(root.fd, b"big", size=10)
+        AtomicFile(root.fd, b"big", size=PREALLOCATE_MIN)
     assert info.value.errno == errno.EIO
     assert _names(tree / "root") == before
 
