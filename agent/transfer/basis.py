@@ -11,6 +11,7 @@ from zcrepl.agent.transfer import delta
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Basis, Entry
 from zcrepl.agent.transfer.partial import RESUME_MIN, intervals_digest
+from zcrepl.core.errors import UnsafePath
 
 if TYPE_CHECKING:
     from zcrepl.agent.transfer.apply import TreeWriter
@@ -39,12 +40,28 @@ def find_basis(w: TreeWriter, index: int, parts: tuple[bytes, ...], e: Entry) ->
     st = w.root.lstat(parts)
     if st is None or not stat.S_ISREG(st.st_mode) or st.st_size < delta.DELTA_MIN:
         return None
-    block = delta.block_size(e.size)
-    fd = w.root.open_read(parts)
-    try:
-        hashes, _ = delta.hash_blocks(fd, st.st_size, block, w.buf())
-    finally:
-        os.close(fd)
-    b = Basis(index, fr.BASIS_DELTA, block, tuple(hashes))
+    # Hashes come later (complete_delta): first the caller hints the sender, so both ends hash at once.
+    b = Basis(index, fr.BASIS_DELTA, delta.block_size(e.size))
     w.bases[index] = b
     return b
+
+
+def complete_delta(w: TreeWriter, b: Basis) -> Basis:
+    """Hash the destination's current version of a hinted file. If it is gone or unreadable, the basis
+    has no blocks and the sender sends everything."""
+    parts = w.dir_parts.get(w.entries[b.index].path.rpartition(b"/")[0], ())
+    parts = (*parts, w.entries[b.index].path.rpartition(b"/")[2])
+    try:
+        fd = w.root.open_read(parts)
+    except (OSError, UnsafePath):
+        hashes: list[bytes] = []
+    else:
+        try:
+            hashes, _ = delta.hash_blocks(fd, os.fstat(fd).st_size, b.block, w.buf())
+        except OSError:
+            hashes = []
+        finally:
+            os.close(fd)
+    full = Basis(b.index, fr.BASIS_DELTA, b.block, tuple(hashes))
+    w.bases[b.index] = full
+    return full

@@ -74,6 +74,9 @@ class T(enum.IntEnum):
     DIGEST = 17
     # S->R: this range of a sparse file is a hole (no bytes follow; nothing is written there).
     HOLE = 18
+    # R->S: a NEED_BASIS (delta, this block size) follows for this file once we hashed our version;
+    # start hashing yours now, so both ends hash at the same time.
+    BASIS_HINT = 19
 
 
 class Kind(enum.IntEnum):
@@ -324,6 +327,22 @@ def decode_basis(payload: bytes) -> Basis:
         ivs = tuple(_IV.unpack_from(body, i * _IV.size) for i in range(count))
         return Basis(index, kind, 0, intervals=ivs, digest=body[-16:])
     raise ProtocolError(f"NEED_BASIS of unknown kind {kind}")
+
+
+_HINT = struct.Struct("!II")
+
+
+def encode_hint(index: int, block: int) -> bytes:
+    return frame(T.BASIS_HINT, _HINT.pack(index, block))
+
+
+def decode_hint(payload: bytes) -> tuple[int, int]:
+    if len(payload) != _HINT.size:
+        raise ProtocolError(f"BASIS_HINT frame of {len(payload)} bytes, expected {_HINT.size}")
+    index, block = _HINT.unpack(payload)
+    if not (1 << 17) <= block <= (1 << 24) or block & (block - 1):
+        raise ProtocolError("BASIS_HINT with a bad block size")
+    return index, block
 
 
 def encode_digest(index: int, digest: bytes) -> bytes:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.apply import FileSlot, TreeWriter
+from zcrepl.agent.transfer.basis import complete_delta
 from zcrepl.agent.transfer.frame import Channel, FileHead, Hello
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.server import Grant, TicketBook
@@ -121,8 +122,11 @@ class ReceiveSession:
                 writer.end_batch()
                 if need:
                     ch.send(fr.encode_need(need))
+                later = [b for b in bases if b.kind == fr.BASIS_DELTA and not b.hashes]
                 for b in bases:
-                    ch.send(fr.encode_basis(b))
+                    ch.send(fr.encode_hint(b.index, b.block) if b in later else fr.encode_basis(b))
+                for b in later:  # the sender hashes its version meanwhile
+                    ch.send(fr.encode_basis(complete_delta(writer, b)))
             elif kind is fr.T.MANIFEST_END:
                 writer.end_manifest(fr.decode_u64(payload, "MANIFEST_END"))
                 ch.send(fr.frame(fr.T.NEED_END))

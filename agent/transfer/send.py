@@ -51,6 +51,7 @@ class Sender:
         self._lock = threading.Lock()
         self._asked: set[int] = set()
         self.bases: dict[int, fr.Basis] = {}
+        self.hinted: dict[int, tuple[int, threading.Event]] = {}  # index -> (block, receiver hashes arrived)
         self.reused = 0  # bytes the receiver took from its basis instead of the wire
         self._socks: list[socket.socket] = []
         self._closed = False
@@ -168,9 +169,20 @@ class Sender:
                 if kind is fr.T.NEED:
                     for index in fr.decode_need(payload):
                         self._queue_file(index)
+                elif kind is fr.T.BASIS_HINT:
+                    index, block = fr.decode_hint(payload)
+                    self.hinted[index] = (block, threading.Event())
+                    self._queue_file(index, fr.Basis(index, fr.BASIS_DELTA, block))
                 elif kind is fr.T.NEED_BASIS:
                     basis = fr.decode_basis(payload)
-                    self._queue_file(basis.index, basis)
+                    hint = self.hinted.get(basis.index)
+                    if hint is None:
+                        self._queue_file(basis.index, basis)
+                    elif basis.kind != fr.BASIS_DELTA or hint[1].is_set():
+                        raise ProtocolError(f"NEED_BASIS for index {basis.index} disagrees with its hint")
+                    else:  # the worker already hashing this file picks the receiver's hashes up here
+                        self.bases[basis.index] = basis
+                        hint[1].set()
                 elif kind is fr.T.NEED_END:
                     for w in self.workers:
                         w.work.put(END)

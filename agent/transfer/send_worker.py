@@ -126,6 +126,13 @@ class DataWorker:
                 self.buf = bytearray(1 << 20)
             if b.kind == fr.BASIS_DELTA:
                 mine, whole = delta.hash_blocks(fd, e.size, b.block, self.buf)
+                hint = s.hinted.get(index)
+                if hint is not None:  # we hashed while the receiver did; now take its hashes
+                    while not hint[1].wait(0.2):
+                        s.check_cancel()
+                    b = s.bases[index]
+                    if b.block != hint[0]:
+                        mine, whole = delta.hash_blocks(fd, e.size, b.block, self.buf)
                 pieces = delta.plan(b.hashes, mine, e.size, b.block)
             else:
                 ivs = merge(list(b.intervals))

@@ -316,7 +316,7 @@ def test_channel_reassembles_dribbled_frame(pair: tuple[Channel, socket.socket])
     assert fr.decode_entries(payload) == entries
 
 
-@pytest.mark.parametrize("kind", [0, 19, 255])
+@pytest.mark.parametrize("kind", [0, 20, 255])
 def test_channel_unknown_type(pair: tuple[Channel, socket.socket], kind: int) -> None:
     chan, peer = pair
     peer.sendall(HEAD.pack(kind, 0))
@@ -350,3 +350,16 @@ def test_channel_eof_mid_frame(pair: tuple[Channel, socket.socket], data: bytes)
     peer.shutdown(socket.SHUT_WR)
     with pytest.raises(ProtocolError, match="connection closed by the peer"):
         chan.recv_frame()
+
+
+@pytest.mark.parametrize("block", [1 << 17, 1 << 20, 1 << 24])
+def test_hint_round_trip(block: int) -> None:
+    kind, payload = split(fr.encode_hint(7, block))
+    assert kind is T.BASIS_HINT and fr.decode_hint(payload) == (7, block)
+
+
+@pytest.mark.parametrize("payload", [b"", struct.pack("!II", 1, 1000), struct.pack("!II", 1, 1 << 25),
+                                     struct.pack("!II", 1, 3 << 17), struct.pack("!III", 1, 1 << 17, 0)])
+def test_hint_rejects(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        fr.decode_hint(payload)
