@@ -352,6 +352,8 @@ def order(ranked: list[RankedSource]) -> list[str]:
     [
         (links(a=50 * MiB, b=200 * MiB), {"a": hh(), "b": hh()}, {}, ["b", "a"]),
         (links(a=100 * MiB, b=100 * MiB), {"a": hh(cpu=80), "b": hh(cpu=5)}, {}, ["b", "a"]),
+        (links(a=100 * MiB, b=100 * MiB), {"a": hh(disk=80), "b": hh(disk=5)}, {}, ["b", "a"]),
+        (links(a=100 * MiB, b=100 * MiB), {"a": hh(tx_mbps=700), "b": hh()}, {}, ["b", "a"]),
         (links(a=100 * MiB, b=100 * MiB), {"a": hh(), "b": hh()}, {"a": [NOW - 60, NOW - 30]}, ["b", "a"]),
         (links(a=100 * MiB, b=100 * MiB), {"a": hh(), "b": hh()}, {"b": [NOW - 7200]}, ["a", "b"]),  # by name
         (links(a=100 * MiB, b=100 * MiB), {"a": hh(), "b": hh()}, {"a": [NOW - 7200]}, ["a", "b"]),  # old
@@ -363,7 +365,8 @@ def order(ranked: list[RankedSource]) -> list[str]:
         ({("a", "dst"): LinkState("a", "dst", ema_bps=MiB, success=0.5), **links(b=MiB)},
          {"a": hh(), "b": hh()}, {}, ["b", "a"]),  # the link's own success rate counts
     ],
-    ids=["faster", "less-loaded", "fewer-failures", "tie-by-name", "old-failures-forgotten", "stale",
+    ids=["faster", "less-loaded", "less-disk-busy", "less-net-busy", "fewer-failures", "tie-by-name",
+         "old-failures-forgotten", "stale",
          "blocked", "no-health", "unmeasured-new-replica", "unmeasured-optimistic", "link-success"],
 )
 def test_rank_sources_prefers_fast_idle_reliable(link_states: dict[tuple[str, str], LinkState],

@@ -1,0 +1,497 @@
+"""Load policy: pure decisions from measured host health and per-link history, each with a reason in words.
+
+No I/O, no clocks (``now`` is a parameter): the scheduler and engine own the state and call in for admission
+(:func:`host_blockers`), streams per job (:func:`choose_streams`), per-link adaptive concurrency
+(:func:`aimd_step`), source choice (:func:`rank_sources`), queue order (:func:`order_queue`), throttling of
+running transfers (:func:`throttle_decision`) and the explain history (:class:`DecisionRecord`).
+Ideas taken from FTS3's optimizer (``cern-fts/fts3:src/optimizer/services/OptimizerConnections.cpp``) say
+so; FTS decides once a minute over 5-30 minute windows with no host-load signal, we decide per sample
+(every ~2 s) and add live CPU, load, disk and NIC figures.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+
+from zcrepl.core.errors import ConfigError
+from zcrepl.core.paths import relative_to, show
+from zcrepl.core.types import DiskIO, DiskUsage, Endpoint, HostHealth, Job, NetIO, Role
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+MAX_STREAMS = 16  # FTS3 OptimizerMaxStreams; also the hard ceiling of choose_streams and aimd_step
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Start thresholds (admission) and high-water marks (throttling), flat so config can set each one.
+
+    A job starts only when both ends are at or under every ``max_*``. A running transfer slows down when
+    either end goes over a ``high_*`` mark and speeds up / resumes only once both ends are back at or under
+    the ``max_*`` start thresholds: the band between the two sets is the hysteresis that stops flapping.
+    """
+
+    max_cpu_percent: float = 85.0
+    max_load_per_core: float = 1.5  # load1 / cpu_count; load counts D-state tasks, so it sees I/O stalls too
+    max_disk_busy_percent: float = 90.0
+    max_net_percent: float = 85.0  # of the NIC's link speed; NICs with unknown speed (0, e.g. lo) are skipped
+    high_cpu_percent: float = 95.0
+    high_load_per_core: float = 2.5
+    high_disk_busy_percent: float = 98.0
+    high_net_percent: float = 95.0
+    # Free space at the destination must exceed bytes to move + margin; margin = min(fraction of the
+    # filesystem, absolute bytes): the fraction keeps small filesystems (tmpfs, test dirs) usable, the
+    # absolute cap keeps a 5% margin of a 100 TB array from holding back terabytes.
+    free_margin_fraction: float = 0.05
+    free_margin_bytes: int = GiB
+    max_health_age: float = 5.0  # older health means unknown load: block, never guess
+    slow_factor: float = 0.5  # each slow-down multiplies the bandwidth cap by this
+    speedup_factor: float = 1.25  # each calm sample multiplies the cap by this (gentle, against sawtooth)
+    min_bwlimit: int = MiB  # a cap below this pauses instead: a trickle only holds resources
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first inconsistent setting."""
+        for f in fields(self):
+            if not getattr(self, f.name) > 0:
+                raise ConfigError(f"{f.name} must be a positive number")
+        for metric in _METRICS:
+            if getattr(self, f"high_{metric}") < getattr(self, f"max_{metric}"):
+                raise ConfigError(f"high_{metric} must be at least max_{metric} (pause above, resume below)")
+        if self.slow_factor >= 1 or self.speedup_factor <= 1 or self.free_margin_fraction >= 1:
+            raise ConfigError("slow_factor and free_margin_fraction must be < 1, speedup_factor > 1")
+
+    def limits(self, high: bool) -> tuple[float, ...]:
+        """(cpu %, load per core, disk busy %, net %) of the high-water set or the start set."""
+        p = "high_" if high else "max_"
+        return tuple(getattr(self, p + m) for m in _METRICS)
+
+
+_METRICS = ("cpu_percent", "load_per_core", "disk_busy_percent", "net_percent")
+
+
+# -- units and small readings ----------------------------------------------------------------------
+def size(n: float) -> str:
+    """Bytes for people: ``3.2 GiB``."""
+    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def rate(bps: float) -> str:
+    return size(bps) + "/s"
+
+
+def load_per_core(h: HostHealth) -> float:
+    return h.load1 / max(1, h.cpu_count)  # cpu_count 0 = unknown: judge as one core, the strict reading
+
+
+def busiest_disk(h: HostHealth) -> DiskIO | None:
+    # HostHealth has no export -> device link today; the agent reports the devices behind its exports
+    # (all physical disks when it cannot tell), so the busiest one is a conservative stand-in. When the
+    # link is added, look up the export's device here instead.
+    return max(h.disks, key=lambda d: d.busy_percent, default=None)
+
+
+def busiest_nic(h: HostHealth, role: Role) -> tuple[NetIO, float] | None:
+    """(nic, utilisation %) in the direction this role loads: senders transmit, receivers receive.
+
+    NICs without a known speed are skipped (lo reports 0). Which NIC carries the transfer is unknown,
+    so the busiest one stands in, as for disks.
+    """
+    best: tuple[NetIO, float] | None = None
+    for nic in h.nics:
+        if nic.speed_mbps <= 0:
+            continue
+        bps = nic.sent_bps if role is Role.SENDER else nic.recv_bps
+        util = bps * 8 / (nic.speed_mbps * 1e6) * 100
+        if best is None or util > best[1]:
+            best = (nic, util)
+    return best
+
+
+def export_for(h: HostHealth, path: bytes | None) -> DiskUsage | None:
+    """The export holding ``path`` (longest root wins), or the tightest export when ``path`` is None."""
+    if path is None:
+        return min(h.exports, key=lambda e: e.free, default=None)
+    inside = [e for e in h.exports if relative_to(path, e.path) is not None]
+    return max(inside, key=lambda e: len(e.path), default=None)
+
+
+def stale(name: str, health: HostHealth | None, now: float, max_age: float) -> str:
+    """Why ``health`` cannot be trusted, or "" when it is fresh."""
+    if health is None:
+        return f"{name} has reported no health yet; its load is unknown"
+    age = now - health.sampled_at
+    if age > max_age:
+        return f"{name} health is {age:.0f}s old (limit {max_age:.0f}s); its load is unknown"
+    return ""
+
+
+def over(name: str, h: HostHealth, t: Thresholds, role: Role, *, high: bool) -> list[str]:
+    """Each figure of ``h`` above the start set (``high=False``) or the high-water set, in words."""
+    cpu, lpc, disk_lim, net_lim = t.limits(high)
+    out: list[str] = []
+    if h.cpu_percent > cpu:
+        out.append(f"{name} CPU {h.cpu_percent:.0f}% busy (limit {cpu:.0f}%)")
+    if load_per_core(h) > lpc:
+        out.append(f"{name} load {load_per_core(h):.1f} per core (limit {lpc:.1f})")
+    disk = busiest_disk(h)
+    if disk is not None and disk.busy_percent > disk_lim:
+        out.append(f"{name} disk {disk.busy_percent:.0f}% busy ({disk.device}, limit {disk_lim:.0f}%)")
+    nic = busiest_nic(h, role)
+    if nic is not None and nic[1] > net_lim:
+        way = "sending" if role is Role.SENDER else "receiving"
+        out.append(f"{name} network {nic[1]:.0f}% used {way} ({nic[0].interface} {nic[0].speed_mbps} Mb/s, "
+                   f"limit {net_lim:.0f}%)")
+    return out
+
+
+def pressure(h: HostHealth, t: Thresholds, role: Role) -> float:
+    """Largest ratio of a figure to its start threshold: 0 idle, 1 at the threshold, above 1 blocked."""
+    nic = busiest_nic(h, role)
+    disk = busiest_disk(h)
+    return max(h.cpu_percent / t.max_cpu_percent, load_per_core(h) / t.max_load_per_core,
+               (disk.busy_percent if disk else 0.0) / t.max_disk_busy_percent,
+               (nic[1] if nic else 0.0) / t.max_net_percent)
+
+
+def free_margin(e: DiskUsage, t: Thresholds) -> int:
+    return int(min(e.total * t.free_margin_fraction, t.free_margin_bytes))
+
+
+# -- admission ----------------------------------------------------------------------------------
+def host_blockers(name: str, health: HostHealth | None, thresholds: Thresholds, *, role: Role,
+                  bytes_to_move: int = 0, path: bytes | None = None, now: float,
+                  max_age: float | None = None) -> list[str]:
+    """Why a job may not start on host ``name`` in this role; [] means go.
+
+    Stale or missing health blocks alone (the other figures would be guesses). ``bytes_to_move`` is
+    checked against the destination export holding ``path`` (receivers only); before the first scan it is
+    unknown (pass 0) and only the margin is enforced. ``max_age`` overrides ``thresholds.max_health_age``.
+    """
+    why = stale(name, health, now, thresholds.max_health_age if max_age is None else max_age)
+    if why or health is None:
+        return [why]
+    out = over(name, health, thresholds, role, high=False)
+    if role is Role.RECEIVER:
+        e = export_for(health, path)
+        if e is not None:
+            need = max(0, bytes_to_move) + free_margin(e, thresholds)
+            if e.free <= need:
+                out.append(f"{name} has {size(e.free)} free on {show(e.path)}, needs {size(need)} "
+                           f"({size(bytes_to_move)} to move + {size(need - bytes_to_move)} margin)")
+    return out
+
+
+def wait_reason(blockers: Iterable[str]) -> str:
+    """``"waiting: hostB disk 93% busy; ..."``, or "" when nothing blocks."""
+    return ("waiting: " + "; ".join(b)) if (b := list(blockers)) else ""
+
+
+# -- streams per job ----------------------------------------------------------------------------
+def free_cores(h: HostHealth) -> float:
+    """Idle cores by CPU time and by run queue, whichever is fewer; at least 1 so a busy host can trickle."""
+    cores = max(1, h.cpu_count)
+    return max(1.0, min(cores * (1 - h.cpu_percent / 100), cores - h.load1))
+
+
+def choose_streams(src_health: HostHealth | None, dst_health: HostHealth | None, requested: int,
+                   caps: Mapping[str, int]) -> tuple[int, str]:
+    """(streams, reason): one stream per free core of the tighter end, within 1..MAX_STREAMS.
+
+    ``requested`` (the job's ``streams``; 0 = auto) and every positive value in ``caps`` (labelled ceilings:
+    declared per-host and per-link caps, and the link's adaptive target from :func:`aimd_step`) are
+    ceilings only: they can lower the choice, never raise it above what the free cores allow.
+    """
+    known = [(role, h) for role, h in (("source", src_health), ("destination", dst_health)) if h is not None]
+    if not known:
+        n, why = 1, "no health from either end, so 1 stream"
+    else:
+        role, h = min(known, key=lambda rh: free_cores(rh[1]))
+        n = math.floor(free_cores(h))
+        why = f"{n} free cores on the {role} ({h.cpu_percent:.0f}% CPU, load {h.load1:.1f} on {h.cpu_count})"
+    ceilings = {"requested": requested, "max": MAX_STREAMS, **caps}
+    for label, cap in ceilings.items():
+        if 0 < cap < n:
+            n, why = cap, f"{why}, capped by {label} {cap}"
+    return max(1, n), why
+
+
+# -- per-link adaptive concurrency --------------------------------------------------------------
+@dataclass(frozen=True)
+class AimdParams:
+    """Tuning of :func:`aimd_step`; FTS3's defaults noted where they differ."""
+
+    alpha: float = 0.5  # EMA weight of a new sample; FTS uses 0.1 per 60 s run, we sample every ~2 s
+    increase: int = 1  # additive step (FTS OptimizerIncreaseStep)
+    decrease: float = 0.5  # multiplicative cut on failure or congestion (FTS steps down by 1)
+    min_success: float = 0.97  # FTS "LOW" success rate: below it, throughput no longer matters
+    drop: float = 0.4  # a sample below (1 - drop) x EMA is a real throughput drop
+    min_streams: int = 1
+
+
+@dataclass(frozen=True)
+class LinkSample:
+    """What the agents reported for one (source, destination) link over one window of ``seconds``."""
+
+    at: float
+    seconds: float
+    bytes: int  # payload bytes moved on the link in the window
+    files: int = 0  # files completed in the window (the average file size comes from bytes / files)
+    failed: int = 0  # files or attempts that failed in the window
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """Per-link memory of :func:`aimd_step`; ``streams`` is the link's target of active streams."""
+
+    source: str
+    destination: str
+    streams: int = 1
+    ema_bps: float = 0.0  # 0 = nothing measured yet
+    success: float = 1.0  # EMA of the per-window success ratio
+    avg_file_size: float = 0.0  # of the last window that completed files; 0 = unknown
+    updated_at: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}→{self.destination}"
+
+
+def _magnitude(n: float) -> int:
+    return round(math.log10(n)) if n > 0 else 0
+
+
+def aimd_step(state: LinkState, sample: LinkSample, params: AimdParams = AimdParams(), *,
+              cap: int = MAX_STREAMS) -> tuple[LinkState, str]:
+    """Fold one sample into the link; return the new state and the reason for its ``streams``.
+
+    Order of rules (FTS3's optimizer gives priority to success rate, then throughput):
+    1. an idle window (no bytes, no outcome) holds: an emptying queue is not congestion (FTS-1039);
+    2. failures in the window with the success EMA under ``min_success`` cut multiplicatively;
+    3. a throughput drop with an order-of-magnitude smaller average file size is not congestion: the EMA is
+       re-based to the new file sizes and streams still rise (FTS raises too: small files want more streams);
+    4. any other real drop (sample below (1 - drop) x EMA) cuts multiplicatively;
+    5. success still recovering holds; otherwise streams rise by ``increase`` up to ``cap``.
+    ``cap`` (min of declared per-host and per-link caps, and MAX_STREAMS) is a ceiling, never a target.
+    """
+    cap = max(params.min_streams, min(cap, MAX_STREAMS))
+    streams = min(state.streams, cap)
+    if sample.seconds <= 0 or (sample.bytes <= 0 and sample.files + sample.failed == 0):
+        return replace(state, streams=streams), f"{state.name}: idle window, holding {streams} streams"
+    bps = sample.bytes / sample.seconds
+    outcomes = sample.files + sample.failed
+    success = (1 - params.alpha) * state.success + params.alpha * sample.files / outcomes if outcomes else state.success
+    avg = sample.bytes / sample.files if sample.files else state.avg_file_size
+    ema = bps if state.ema_bps <= 0 else (1 - params.alpha) * state.ema_bps + params.alpha * bps
+    new = replace(state, success=success, avg_file_size=avg, ema_bps=ema, updated_at=sample.at)
+    cut = max(params.min_streams, math.floor(streams * params.decrease))
+    dropped = state.ema_bps > 0 and bps < (1 - params.drop) * state.ema_bps
+    smaller = (state.avg_file_size > 0 and sample.files > 0
+               and _magnitude(avg) < _magnitude(state.avg_file_size))
+    if sample.failed and success < params.min_success:
+        return (replace(new, streams=cut),
+                f"{state.name}: {sample.failed} failed, success {success:.0%} < {params.min_success:.0%}, "
+                f"streams {streams} → {cut}")
+    if dropped and not smaller:
+        return (replace(new, streams=cut), f"{state.name}: throughput fell {rate(state.ema_bps)} → {rate(bps)}, "
+                f"streams {streams} → {cut}")
+    if dropped:
+        new = replace(new, ema_bps=bps)
+        why = (f"{state.name}: throughput {rate(state.ema_bps)} → {rate(bps)} with average file size "
+               f"{size(state.avg_file_size)} → {size(avg)}: smaller files, not congestion")
+    else:
+        why = f"{state.name}: throughput {rate(ema)}, success {success:.0%}"
+    if success < params.min_success:
+        return replace(new, streams=streams), f"{why}; success recovering, holding {streams} streams"
+    up = min(cap, streams + params.increase)
+    if up == streams:
+        return replace(new, streams=streams), f"{why}; at the cap of {cap} streams"
+    return replace(new, streams=up), f"{why}; streams {streams} → {up}"
+
+
+# -- source choice ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RankedSource:
+    source: Endpoint
+    score: float  # expected useful bytes/s; only comparable within one ranking
+    blocked: bool  # the host may not send now (stale health or over a start threshold)
+    reason: str
+
+
+def rank_sources(candidates: Sequence[Endpoint], dst: Endpoint, link_states: Mapping[tuple[str, str], LinkState],
+                 healths: Mapping[str, HostHealth | None], recent_failures: Mapping[str, Sequence[float]],
+                 now: float, *, thresholds: Thresholds = Thresholds(),
+                 failure_window: float = 3600.0) -> list[RankedSource]:
+    """Replicas best first: unblocked before blocked, then by score, then host name.
+
+    score = link throughput x load headroom x reliability, where throughput is the link's EMA to ``dst``
+    (an unmeasured link is assumed as fast as the best measured one, so new replicas get tried: fan-out
+    needs them), headroom = 1 - pressure (floor 0.05), and reliability = link success / (1 + failures of
+    that source host within ``failure_window``; Rucio's FailureRate ranker uses the last hour).
+    ``recent_failures`` maps a host to the times its transfers failed.
+    """
+    known = [s.ema_bps for (a, b), s in link_states.items() if b == dst.host and s.ema_bps > 0]
+    assumed = max(known, default=1.0)
+    out: list[RankedSource] = []
+    for c in candidates:
+        link = link_states.get((c.host, dst.host))
+        measured = link is not None and link.ema_bps > 0
+        bps = link.ema_bps if link is not None and measured else assumed
+        fails = sum(1 for t in recent_failures.get(c.host, ()) if now - t <= failure_window)
+        reliability = (link.success if link else 1.0) / (1 + fails)
+        h = healths.get(c.host)
+        blockers = host_blockers(c.host, h, thresholds, role=Role.SENDER, now=now)
+        fresh = not stale(c.host, h, now, thresholds.max_health_age)
+        p = pressure(h, thresholds, Role.SENDER) if h is not None and fresh else 1.0  # unknown = no headroom
+        score = bps * max(0.05, 1 - p) * reliability
+        parts = [f"{rate(bps)} {'measured' if measured else 'assumed (not measured yet)'} to {dst.host}",
+                 f"load at {p:.0%} of its start thresholds", f"{fails} failures in the last {failure_window:.0f}s"]
+        if blockers:
+            parts.append("blocked: " + "; ".join(blockers))
+        out.append(RankedSource(c, score, bool(blockers), f"{c.host}: " + ", ".join(parts)))
+    return sorted(out, key=lambda r: (r.blocked, -r.score, r.source.host))
+
+
+# -- priorities with aging ----------------------------------------------------------------------
+class Priority(enum.IntEnum):
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+
+
+def effective_priority(priority: Priority, queued_since: float, now: float, aging: float) -> float:
+    """The job's level plus one level per ``aging`` seconds waited (``aging`` <= 0 disables aging).
+
+    So a low job that has waited longer than 2 x ``aging`` outranks a fresh high one: nothing waits forever.
+    """
+    return priority + (max(0.0, now - queued_since) / aging if aging > 0 else 0.0)
+
+
+def order_queue(jobs: Iterable[Job], aging: float, priorities: Mapping[int, Priority] | None = None) -> list[Job]:
+    """Jobs in start order: highest :func:`effective_priority` first, older first on ties, then id.
+
+    Comparing ``level + (now - t) / aging`` between two jobs does not depend on ``now``, so the order is a
+    FIFO on the virtual arrival time ``created_at - level x aging`` (no clock needed, stable between ticks):
+    a job can be overtaken only by jobs that arrived less than 2 x ``aging`` after it. Jobs missing from
+    ``priorities`` are NORMAL. With aging disabled the order is by level, then age.
+    """
+    prio = priorities or {}
+
+    def key(j: Job) -> tuple[float, float, int]:
+        level = prio.get(j.id, Priority.NORMAL)
+        if aging > 0:
+            return (j.created_at - level * aging, j.created_at, j.id)
+        return (-float(level), j.created_at, j.id)
+
+    return sorted(jobs, key=key)
+
+
+# -- throttling running transfers ---------------------------------------------------------------
+class Throttle(enum.Enum):
+    HOLD = "hold"  # keep the current rate (or stay paused); nothing to record
+    SLOW = "slow"
+    PAUSE = "pause"
+    RESUME = "resume"  # from a pause, or raising a cap this policy set
+
+    @property
+    def kind(self) -> DecisionKind | None:
+        """The explain-history kind of this action; None for HOLD (nothing happened)."""
+        return None if self is Throttle.HOLD else DecisionKind(self.value)
+
+
+@dataclass(frozen=True)
+class ThrottleDecision:
+    action: Throttle
+    bwlimit: int  # bytes/s the sender may push from now on; 0 = unlimited
+    reason: str
+
+
+def throttle_decision(src_health: HostHealth | None, dst_health: HostHealth | None, thresholds: Thresholds,
+                      current_bwlimit: int, link_state: LinkState, *, now: float, paused: bool = False,
+                      ceiling: int = 0, rate_bps: float | None = None, dst_path: bytes | None = None,
+                      ) -> ThrottleDecision:
+    """What a running (or paused) transfer on ``link_state`` should do now.
+
+    Hot (either end over a high-water mark): slow to ``slow_factor`` x the current cap (or the measured
+    rate when uncapped); pause when that is under ``min_bwlimit`` or there is no rate to scale from.
+    The destination's export (the one holding ``dst_path``; the tightest when None) falling under the
+    free-space margin pauses at once.
+    Warm (over a start threshold, under every high-water mark): hold; this band is the hysteresis.
+    Calm (both ends at or under the start thresholds): resume if paused; raise a cap by ``speedup_factor``,
+    or lift it to ``ceiling`` (the job's own bwlimit, 0 = none) once the measured rate ``rate_bps`` (default
+    the link's EMA) no longer reaches 80% of it, since then the cap is not what limits the transfer.
+    Missing or stale health holds: the liveness checks deal with silent agents.
+    """
+    current = min(current_bwlimit or ceiling, ceiling or current_bwlimit)  # the job's own limit stays a ceiling
+    measured = link_state.ema_bps if rate_bps is None else rate_bps
+    ends = ((link_state.source, src_health, Role.SENDER), (link_state.destination, dst_health, Role.RECEIVER))
+    unknown = [w for n, h, _ in ends if (w := stale(n, h, now, thresholds.max_health_age))]
+    if unknown or src_health is None or dst_health is None:
+        return ThrottleDecision(Throttle.HOLD, current, "; ".join(unknown) + "; keeping the current rate")
+    e = export_for(dst_health, dst_path)
+    if e is not None and e.free <= free_margin(e, thresholds):
+        why = (f"{link_state.destination} has {size(e.free)} free on {show(e.path)}, under the "
+               f"{size(free_margin(e, thresholds))} margin")
+        return ThrottleDecision(Throttle.HOLD if paused else Throttle.PAUSE, current, why)
+    hot = [w for n, h, r in ends for w in over(n, h, thresholds, r, high=True)]
+    if hot:
+        if paused:
+            return ThrottleDecision(Throttle.HOLD, current, "still paused: " + "; ".join(hot))
+        base = current or int(measured)
+        cap = int(base * thresholds.slow_factor)
+        if cap < thresholds.min_bwlimit:
+            return ThrottleDecision(Throttle.PAUSE, current, "pause: " + "; ".join(hot))
+        return ThrottleDecision(Throttle.SLOW, cap, f"slow to {rate(cap)}: " + "; ".join(hot))
+    warm = [w for n, h, r in ends for w in over(n, h, thresholds, r, high=False)]
+    if warm:
+        state = "paused" if paused else f"at {rate(current)}" if current else "at full speed"
+        return ThrottleDecision(Throttle.HOLD, current, f"staying {state} until under the start thresholds: "
+                                + "; ".join(warm))
+    calm = "both hosts under the start thresholds"
+    if paused:
+        return ThrottleDecision(Throttle.RESUME, current, f"resume: {calm}")
+    if current and current != ceiling:
+        up = int(current * thresholds.speedup_factor)
+        if measured < 0.8 * current or (ceiling and up >= ceiling):
+            return ThrottleDecision(Throttle.RESUME, ceiling, f"back to {rate(ceiling) if ceiling else 'full speed'}: "
+                                    f"{calm}")
+        return ThrottleDecision(Throttle.RESUME, up, f"speed up to {rate(up)}: {calm}")
+    return ThrottleDecision(Throttle.HOLD, current, f"running: {calm}")
+
+
+# -- decision history ---------------------------------------------------------------------------
+class DecisionKind(enum.Enum):
+    WAIT = "wait"
+    START = "start"
+    SLOW = "slow"
+    PAUSE = "pause"
+    RESUME = "resume"
+    SWITCH_SOURCE = "switch_source"
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One line of a job's "explain" history. ``details`` is JSON-safe (so the record is not hashable)."""
+
+    job_id: int
+    at: float
+    kind: DecisionKind
+    reason: str
+    details: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+
+    def repeats(self, last: DecisionRecord | None) -> bool:
+        """Same job, kind and reason as ``last`` up to the figures: store only real changes.
+
+        The scheduler re-decides every tick, and "hostB disk 93% busy" becoming "94% busy" is the same
+        decision; "hostB disk ..." becoming "hostB CPU ..." is not. Digits inside names (host1) count.
+        """
+        return last is not None and (last.job_id, last.kind, _FIGURES.sub("#", last.reason)) == (
+            self.job_id, self.kind, _FIGURES.sub("#", self.reason))
+
+
+_FIGURES = re.compile(r"\b\d+(?:\.\d+)?")  # a number standing alone: 93, 3.2, 12 (of 12s); not host1
