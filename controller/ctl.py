@@ -10,10 +10,12 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("agents", help="list registered agents").add_argument("--json", action="store_true")
     h = sub.add_parser("health", help="show host health of agents")
     h.add_argument("hosts", nargs="*", metavar="HOST", help="agent names (default: all)")
+    h.add_argument("--watch", action="store_true", help="refresh every second until interrupted")
     h.add_argument("--json", action="store_true")
     j = sub.add_parser("jobs", help="list jobs, newest first")
     j.add_argument("--state", action="append", choices=[s.value for s in JobState], help="filter by state")
@@ -133,6 +136,8 @@ def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Console, 
             out.print(render.agents_table(agents))
         return EXIT_OK
     if args.command == "health":
+        if args.watch and not args.json:
+            return _watch_health(client, args.hosts, out)
         statuses = client.health(args.hosts)
         if args.json:
             _print_json(out, [render.agent_doc(a) for a in statuses])
@@ -159,6 +164,17 @@ def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Console, 
             out.print(f"job {job.id} cancelled", markup=False)
         return EXIT_OK
     raise AssertionError(args.command)
+
+
+def _watch_health(client: ControllerClient, hosts: list[str], out: Console) -> int:
+    """A live table of hosts, one row each, refreshed every second (Ctrl-C to stop)."""
+    try:
+        with Live(render.hosts_table(client.health(hosts)), console=out, refresh_per_second=2) as live:
+            while True:
+                time.sleep(1.0)
+                live.update(render.hosts_table(client.health(hosts)))
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _show_job(job: Job, as_json: bool, out: Console) -> None:

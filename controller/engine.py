@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 from zcrepl.controller import lifecycle
+from zcrepl.controller.policy import Thresholds
 from zcrepl.controller.registry import Registry, Session
 from zcrepl.controller.scheduler import HostView, Policy, overlaps, plan
 from zcrepl.controller.store import Store
@@ -61,7 +62,17 @@ class Engine:
         self.config = config
         self.store = store
         self.clock = clock
-        self.policy = Policy(max_jobs_per_host=config.max_jobs_per_host)
+        thresholds = Thresholds(
+            max_cpu_percent=config.max_cpu_percent, max_load_per_core=config.max_load_per_core,
+            max_disk_busy_percent=config.max_disk_busy_percent, max_net_percent=config.max_net_percent,
+            max_health_age=config.max_health_age, free_margin_bytes=config.free_margin_bytes,
+            high_cpu_percent=max(95.0, config.max_cpu_percent), high_load_per_core=max(2.5, config.max_load_per_core),
+            high_disk_busy_percent=max(98.0, config.max_disk_busy_percent),
+            high_net_percent=max(95.0, config.max_net_percent),
+        )
+        thresholds.validate()
+        self.policy = Policy(max_jobs_per_host=config.max_jobs_per_host, thresholds=thresholds,
+                             aging=config.priority_aging)
         self.retry = lifecycle.RetryPolicy(config.max_attempts, config.retry_base, config.retry_max)
         self.registry = Registry(config.offline_after)
         now = clock()
@@ -246,7 +257,8 @@ class Engine:
         queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
         if not queued:
             return
-        hosts = {name: HostView(name, self.registry.online(name, now)) for name in self.registry.agents}
+        hosts = {name: HostView(name, self.registry.online(name, now), health=self._health(name))
+                 for name in self.registry.agents}
         for name, n in self._running_per_host().items():
             hosts[name] = replace(hosts[name], running=n)
         running = [self.jobs[i] for i in self.runs]
@@ -259,6 +271,11 @@ class Engine:
                 self.jobs[job.id] = job
                 self.store.save_job(job)
                 self._notify(job.id)
+
+    def _health(self, name: str) -> HostHealth | None:
+        """Latest health stamped with when it arrived here: agents' clocks may be skewed."""
+        rec = self.registry.agents[name]
+        return replace(rec.health, sampled_at=rec.last_seen) if rec.health is not None else None
 
     def _running_per_host(self) -> dict[str, int]:
         out: dict[str, int] = {}

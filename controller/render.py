@@ -93,6 +93,30 @@ def agents_table(agents: list[AgentStatus]) -> Table:
     return t
 
 
+def hosts_table(agents: list[AgentStatus]) -> Table:
+    """One row per host: the figures the scheduler looks at."""
+    t = Table(title=f"health at {time.strftime('%H:%M:%S')}", title_justify="left")
+    for col in ("HOST", "STATE", "CPU", "LOAD/CORE", "MEM AVAIL", "DISK R/W", "BUSIEST DISK", "NET RX/TX",
+                "TRANSFERS", "SEEN"):
+        t.add_column(col, no_wrap=True)
+    now = time.time()
+    for s in agents:
+        h = s.health
+        if h is None:
+            t.add_row(s.info.name, "online" if s.online else "offline", *["-"] * 7, ago(s.last_seen, now))
+            continue
+        disk = max(h.disks, key=lambda d: d.busy_percent, default=None)
+        t.add_row(
+            s.info.name, "[green]online[/]" if s.online else "[red]offline[/]", f"{h.cpu_percent:.0f}%",
+            f"{h.load1 / max(1, h.cpu_count):.2f}", human_bytes(h.mem_available),
+            f"{human_bytes(h.disk_read_bps)}/s / {human_bytes(h.disk_write_bps)}/s",
+            f"{disk.device} {disk.busy_percent:.0f}%" if disk else "-",
+            f"{human_bytes(h.net_recv_bps)}/s / {human_bytes(h.net_sent_bps)}/s", str(h.active_transfers),
+            ago(s.last_seen, now),
+        )
+    return t
+
+
 def health_table(s: AgentStatus) -> Table:
     h = s.health
     t = Table(title=f"{s.info.name} ({'online' if s.online else 'offline'}, seen {ago(s.last_seen)})",

@@ -1,8 +1,9 @@
 """Which queued jobs start now: a pure function of (queued jobs, hosts, running jobs, policy, now).
 
-This issue's policy is liveness and capacity only: both ends online, per-host job limits, never two
-jobs writing overlapping destination trees, retry backoff honoured. Load thresholds come later and
-slot in as further checks in ``_blocker``.
+Checks, in order: retry backoff, both ends online, per-host job limits, no two jobs writing overlapping
+destination trees, and the measured load of both ends (``policy.host_blockers``: CPU, load per core,
+disk busy, network utilisation, free space at the destination, fresh health). A job that may not start
+gets the reason in words.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from zcrepl.controller.policy import Thresholds, host_blockers, order_queue, wait_reason
 from zcrepl.core.paths import relative_to, show
-from zcrepl.core.types import Endpoint, Job
+from zcrepl.core.types import Endpoint, HostHealth, Job, Role
 
 
 @dataclass(frozen=True)
@@ -19,11 +21,16 @@ class HostView:
     name: str
     online: bool
     running: int = 0
+    # Latest health with ``sampled_at`` on the controller's clock (when it arrived), or None.
+    health: HostHealth | None = None
 
 
 @dataclass(frozen=True)
 class Policy:
     max_jobs_per_host: int = 4
+    # None turns the load checks off (table tests of the other rules); the controller always sets it.
+    thresholds: Thresholds | None = None
+    aging: float = 600.0  # seconds a waiting job gains one priority level
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ def plan(
     load = {name: h.running for name, h in hosts.items()}
     writing = [(j.id, j.destination) for j in running]
     out: list[Decision] = []
-    for job in sorted(queued, key=lambda j: j.id):
+    for job in order_queue(queued, policy.aging):
         reason = _blocker(job, hosts, load, writing, policy, now)
         if reason:
             out.append(Decision(job.id, False, reason))
@@ -75,4 +82,12 @@ def _blocker(job: Job, hosts: Mapping[str, HostView], load: Mapping[str, int],
     for other_id, dst in writing:
         if overlaps(dst, job.destination):
             return f"waiting: job {other_id} is writing to {dst.host}:{show(dst.path)}"
+    if policy.thresholds is not None:
+        src, dst = hosts[job.source.host], hosts[job.destination.host]
+        left = max(0, job.progress.bytes_total - job.progress.bytes_done) if job.progress.scan_done else 0
+        blockers = host_blockers(dst.name, dst.health, policy.thresholds, role=Role.RECEIVER,
+                                 bytes_to_move=left, path=job.destination.path, now=now)
+        if src.name != dst.name:
+            blockers = host_blockers(src.name, src.health, policy.thresholds, role=Role.SENDER, now=now) + blockers
+        return wait_reason(blockers)
     return ""

@@ -76,6 +76,15 @@ class ControllerConfig:
     schedule_interval: float = 0.5
     # A running attempt with no report from its agents for this long is failed (a hung or lying peer).
     stall_timeout: float = 120.0
+    # Load policy: a job starts only when both hosts are at or under these (see controller/policy.py).
+    max_cpu_percent: float = 85.0
+    max_load_per_core: float = 1.5
+    max_disk_busy_percent: float = 90.0
+    max_net_percent: float = 85.0
+    max_health_age: float = 5.0
+    free_margin_bytes: int = 1 << 30
+    # Seconds of waiting that raise a job by one priority level, so nothing waits forever.
+    priority_aging: float = 600.0
 
     def validate(self) -> None:
         split_address(self.listen)
@@ -85,7 +94,9 @@ class ControllerConfig:
             raise ConfigError("offline_after must be larger than heartbeat_interval (both in seconds, > 0)")
         if self.max_jobs_per_host < 1:
             raise ConfigError("max_jobs_per_host must be at least 1, or no job could ever start")
-        for key in ("stall_timeout", "ready_timeout", "schedule_interval", "retry_base", "retry_max"):
+        for key in ("stall_timeout", "ready_timeout", "schedule_interval", "retry_base", "retry_max",
+                    "max_cpu_percent", "max_load_per_core", "max_disk_busy_percent", "max_net_percent",
+                    "max_health_age", "priority_aging"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be a positive number of seconds")
         if self.log_format not in ("kv", "json"):
