@@ -65,6 +65,11 @@ class ControllerClient:
     def cancel(self, job_id: int) -> Job:
         return job_from_pb(self._call(self._stub.CancelJob, cpb.JobRef(id=job_id)))
 
+    def explain(self, job_id: int) -> list[tuple[float, str, str]]:
+        """The job's decision history: (time, kind, reason), oldest first."""
+        resp = self._call(self._stub.ExplainJob, cpb.JobRef(id=job_id))
+        return [(d.at, d.kind, d.reason) for d in resp.decisions]
+
     def agents(self) -> list[AgentStatus]:
         return [agent_status_from_pb(a) for a in self._call(self._stub.ListAgents, cpb.ListAgentsRequest()).agents]
 

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     one = sub.add_parser("job", help="show one job with its attempts")
     one.add_argument("id", type=int)
     one.add_argument("--json", action="store_true")
+    x = sub.add_parser("explain", help="why a job waited, started, slowed, switched source or failed")
+    x.add_argument("id", type=int)
+    x.add_argument("--json", action="store_true")
     c = sub.add_parser("cancel", help="cancel a queued or running job")
     c.add_argument("id", type=int)
     c.add_argument("--json", action="store_true")
@@ -155,6 +158,15 @@ def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Console, 
     if args.command == "job":
         job = client.job(args.id)
         _show_job(job, args.json, out)
+        return EXIT_OK
+    if args.command == "explain":
+        history = client.explain(args.id)
+        if args.json:
+            _print_json(out, [{"at": at, "kind": kind, "reason": reason} for at, kind, reason in history])
+        else:
+            for at, kind, reason in history:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+                out.print(f"{stamp}  {kind:<7} {reason}", markup=False, highlight=False)
         return EXIT_OK
     if args.command == "cancel":
         job = client.cancel(args.id)

@@ -7,6 +7,7 @@ Everything durable goes through ``Store``; decisions come from ``scheduler.plan`
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 from zcrepl.controller import lifecycle
-from zcrepl.controller.policy import Thresholds
+from zcrepl.controller.policy import DecisionKind, DecisionRecord, Thresholds, choose_streams
 from zcrepl.controller.registry import Registry, Session
 from zcrepl.controller.scheduler import HostView, Policy, overlaps, plan
 from zcrepl.controller.store import Store
@@ -86,6 +87,7 @@ class Engine:
         self._events: dict[int, asyncio.Event] = {}
         self._wake: asyncio.Event | None = None
         self.stopping = False
+        self._last_decision: dict[int, DecisionRecord] = {}
 
     # -- agents -------------------------------------------------------------------------------------
     def connect(self, info: AgentInfo, active: list[tuple[int, int]]) -> Session:
@@ -193,7 +195,7 @@ class Engine:
             raise UnknownJob(f"no job {job_id}; run 'zc-ctl jobs' to list jobs")
         return stored
 
-    def list(self, states: tuple[JobState, ...], limit: int) -> list[Job]:
+    def list_jobs(self, states: tuple[JobState, ...], limit: int) -> list[Job]:
         jobs = self.store.list_jobs(states, limit)
         return [replace(self.jobs[j.id], history=j.history) if j.id in self.jobs else j for j in jobs]
 
@@ -206,6 +208,7 @@ class Engine:
             self._cancel_sides(job, run, "cancelled by the operator", discard=True)
             self.store.end_attempt(job_id, run.attempt, now, "cancelled by the operator", run.progress)
         self._settle(job)
+        self._decide(job_id, DecisionKind.CANCEL, "cancelled by the operator")
         log.info("job cancelled", extra=kv(job=job_id))
         return self.get(job_id)
 
@@ -222,6 +225,18 @@ class Engine:
                 await asyncio.wait_for(ev.wait(), keepalive)
             except TimeoutError:
                 pass
+
+    def explain(self, job_id: int) -> list[tuple[float, str, str]]:
+        self.get(job_id)  # UnknownJob for a wrong id
+        return self.store.decisions(job_id)
+
+    def _decide(self, job_id: int, kind: DecisionKind, reason: str, **details: str | int | float | bool) -> None:
+        """Record one step of the job's explain history (unchanged waits are not repeated)."""
+        rec = DecisionRecord(job_id, self.clock(), kind, reason, details)
+        if rec.repeats(self._last_decision.get(job_id)):
+            return
+        self._last_decision[job_id] = rec
+        self.store.add_decision(job_id, rec.at, kind.value, reason, json.dumps(details))
 
     # -- scheduling ---------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -271,6 +286,8 @@ class Engine:
                 self.jobs[job.id] = job
                 self.store.save_job(job)
                 self._notify(job.id)
+                if d.reason:
+                    self._decide(job.id, DecisionKind.WAIT, d.reason)
 
     def _health(self, name: str) -> HostHealth | None:
         """Latest health stamped with when it arrived here: agents' clocks may be skewed."""
@@ -296,6 +313,8 @@ class Engine:
         run = Run(job.id, job.attempts, secrets.token_bytes(32), now + self.config.ready_timeout)
         self.runs[job.id] = run
         log.info("attempt started", extra=kv(job=job.id, attempt=run.attempt))
+        self._decide(job.id, DecisionKind.START, f"attempt {run.attempt} started: {job.source.host} and "
+                     f"{job.destination.host} are online and under their load thresholds", attempt=run.attempt)
         dst.outbox.put_nowait(ReceiveOrder(job.id, run.attempt, run.ticket, job.destination.path, job.options,
                                            job.source.host))
         self._notify(job.id)
@@ -308,10 +327,11 @@ class Engine:
             self._fail_run(job.id, f"{job.source.host} went offline before the transfer started", True,
                            run.progress)
             return
-        options = job.options
-        if not options.streams:
-            options = replace(options, streams=default_streams(self.registry.agents[job.source.host].health,
-                                                               dst_rec.health))
+        streams, why = choose_streams(self._health(job.source.host), self._health(job.destination.host),
+                                      job.options.streams, {})
+        options = replace(job.options, streams=streams)
+        log.info("streams chosen", extra=kv(job=job.id, streams=streams, why=why))
+        self._decide(job.id, DecisionKind.START, f"sending with {streams} streams: {why}", streams=streams)
         src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, job.source.path, options,
                                         job.destination.host, dst_rec.info.data_address, job.destination.path))
 
@@ -321,6 +341,8 @@ class Engine:
         self.runs.pop(job.id, None)
         self.store.end_attempt(job.id, run.attempt, now, "", stats)
         self._settle(lifecycle.succeeded(job, stats, now))
+        self._decide(job.id, DecisionKind.DONE, f"attempt {run.attempt} done: {stats.files_done} files, "
+                     f"{stats.bytes_done} bytes moved, {stats.files_skipped} up to date")
         log.info("job done", extra=kv(job=job.id, attempt=run.attempt, files=stats.files_done,
                                       bytes=stats.bytes_done, skipped=stats.files_skipped, deleted=stats.deleted,
                                       seconds=round(now - job.updated_at, 3)))
@@ -337,6 +359,9 @@ class Engine:
         job = lifecycle.failed_attempt(replace(job, progress=merged), error, retryable, now, self.retry)
         log.warning("attempt failed", extra=kv(job=job_id, attempt=run.attempt, error=error,
                                                retryable=retryable, next=job.state.value))
+        then = (f"retry in {job.next_attempt_at - now:.1f}s" if job.state is JobState.QUEUED
+                else "no retry left" if retryable else "not retried: another attempt cannot help")
+        self._decide(job_id, DecisionKind.FAIL, f"attempt {run.attempt} failed: {error}; {then}")
         self._settle(job)
 
     def _cancel_sides(self, job: Job, run: Run, reason: str, discard: bool = False) -> None:
@@ -364,15 +389,6 @@ class Engine:
         ev = self._events.pop(job_id, None)
         if ev is not None:
             ev.set()
-
-
-MAX_DEFAULT_STREAMS = 8
-
-
-def default_streams(*healths: HostHealth | None) -> int:
-    """One data connection per core of the smaller end (the receiver writes on each), 1..8."""
-    cores = [h.cpu_count for h in healths if h is not None and h.cpu_count]
-    return max(1, min([*cores, MAX_DEFAULT_STREAMS]))
 
 
 def _unknown_host(name: str) -> str:

@@ -472,6 +472,9 @@ class DecisionKind(enum.Enum):
     PAUSE = "pause"
     RESUME = "resume"
     SWITCH_SOURCE = "switch_source"
+    FAIL = "fail"  # an attempt failed (and whether it will be retried)
+    DONE = "done"
+    CANCEL = "cancel"
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     async def ListJobs(self, request: cpb.ListJobsRequest, context: grpc.aio.ServicerContext
                        ) -> cpb.ListJobsResponse:
         states = tuple(state_from_pb(s) for s in request.states)
-        return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in self.engine.list(states, request.limit)])
+        return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in self.engine.list_jobs(states, request.limit)])
 
     async def CancelJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
         return job_to_pb(self.engine.cancel(request.id))
@@ -132,6 +132,11 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
                        ) -> AsyncIterator[types_pb2.Job]:
         async for job in self.engine.watch(request.id):
             yield job_to_pb(job)
+
+    async def ExplainJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> cpb.ExplainResponse:
+        decisions = [cpb.Decision(at=at, kind=kind, reason=reason) for at, kind, reason in
+                     self.engine.explain(request.id)]
+        return cpb.ExplainResponse(job_id=request.id, decisions=decisions)
 
     async def ListAgents(self, request: cpb.ListAgentsRequest, context: grpc.aio.ServicerContext
                          ) -> cpb.ListAgentsResponse:

@@ -45,6 +45,11 @@ CREATE TABLE IF NOT EXISTS attempts (
     error TEXT NOT NULL DEFAULT '', stats TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (job_id, number)
 );
+CREATE TABLE IF NOT EXISTS decisions (
+    job_id INTEGER NOT NULL REFERENCES jobs(id), at REAL NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL,
+    details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS decisions_job ON decisions(job_id);
 CREATE TABLE IF NOT EXISTS agents (
     name TEXT PRIMARY KEY, info TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL
 );
@@ -166,6 +171,15 @@ class Store:
             max_attempts=max_attempts, error=error, wait_reason=wait_reason, progress=_stats(progress),
             history=self._attempts(jid), next_attempt_at=next_at,
         )
+
+    # -- decisions (the explain history) ---------------------------------------------------------------
+    def add_decision(self, job_id: int, at: float, kind: str, reason: str, details: str = "{}") -> None:
+        self.db.execute("INSERT INTO decisions (job_id, at, kind, reason, details) VALUES (?,?,?,?,?)",
+                        (job_id, at, kind, reason, details))
+
+    def decisions(self, job_id: int) -> list[tuple[float, str, str]]:
+        return [(at, kind, reason) for at, kind, reason in self.db.execute(
+            "SELECT at, kind, reason FROM decisions WHERE job_id=? ORDER BY rowid", (job_id,)).fetchall()]
 
     # -- agents -------------------------------------------------------------------------------------
     def upsert_agent(self, info: AgentInfo, now: float) -> None:

@@ -65,6 +65,11 @@ class ControllerStub:
                 request_serializer=zcrepl_dot_proto_dot_controller__pb2.JobRef.SerializeToString,
                 response_deserializer=zcrepl_dot_proto_dot_types__pb2.Job.FromString,
                 _registered_method=True)
+        self.ExplainJob = channel.unary_unary(
+                '/zcrepl.v1.Controller/ExplainJob',
+                request_serializer=zcrepl_dot_proto_dot_controller__pb2.JobRef.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_controller__pb2.ExplainResponse.FromString,
+                _registered_method=True)
         self.ListAgents = channel.unary_unary(
                 '/zcrepl.v1.Controller/ListAgents',
                 request_serializer=zcrepl_dot_proto_dot_controller__pb2.ListAgentsRequest.SerializeToString,
@@ -118,6 +123,13 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainJob(self, request, context):
+        """Why the job waited, started, slowed, switched source or failed, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAgents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -162,6 +174,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=zcrepl_dot_proto_dot_controller__pb2.JobRef.FromString,
                     response_serializer=zcrepl_dot_proto_dot_types__pb2.Job.SerializeToString,
+            ),
+            'ExplainJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainJob,
+                    request_deserializer=zcrepl_dot_proto_dot_controller__pb2.JobRef.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_controller__pb2.ExplainResponse.SerializeToString,
             ),
             'ListAgents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAgents,
@@ -336,6 +353,33 @@ class Controller:
             '/zcrepl.v1.Controller/WatchJob',
             zcrepl_dot_proto_dot_controller__pb2.JobRef.SerializeToString,
             zcrepl_dot_proto_dot_types__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zcrepl.v1.Controller/ExplainJob',
+            zcrepl_dot_proto_dot_controller__pb2.JobRef.SerializeToString,
+            zcrepl_dot_proto_dot_controller__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,3 +81,25 @@ def test_standard_health_and_reflection_on_both_daemons(cluster: Cluster) -> Non
         info = stub.GetInfo(agent_pb2.GetInfoRequest(), timeout=5)
         assert info.name == "hostA" and info.data_address == cluster.daemons["hostA"].ready["data"]
         assert stub.GetHealth(agent_pb2.GetHealthRequest(), timeout=5).cpu_count >= 1
+
+
+def test_explain_tells_why_a_job_waited_failed_and_ran(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.daemons["hostB"].stop()
+    wait_for(lambda: not cluster.agents_online("hostB"), 20, what="hostB offline")
+    (tmp_path / "a" / "s").mkdir(parents=True)
+    (tmp_path / "a" / "s" / "f").write_bytes(b"data")
+    rc, out, _ = cluster.ctl("replicate", "--detach", "--json", f"hostA:{tmp_path}/a/s", f"hostB:{tmp_path}/b/d")
+    job_id = json.loads(out)["id"]
+    wait_for(lambda: cluster.job(job_id)["wait_reason"], 10, what="a wait reason")
+    cluster.daemons["hostB"].start()
+    wait_for(lambda: cluster.job(job_id)["state"] == "done", 30, what="the job to finish")
+    rc, out, err = cluster.ctl("explain", str(job_id), "--json")
+    assert rc == 0, err
+    history = json.loads(out)
+    kinds = [d["kind"] for d in history]
+    assert kinds[0] == "wait" and "hostB is offline" in history[0]["reason"]
+    assert "start" in kinds and kinds[-1] == "done"
+    assert any("streams" in d["reason"] for d in history if d["kind"] == "start")
+    rc, out, _ = cluster.ctl("explain", str(job_id))
+    assert rc == 0 and "hostB is offline" in out
+    assert cluster.ctl("explain", "999")[0] == 2
