@@ -10,9 +10,11 @@ import os
 import socket
 from types import TracebackType
 
+from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.health import HealthMonitor, HealthSampler
 from zcrepl.agent.link import ControllerLink
+from zcrepl.agent.priority import TransferPriority
 from zcrepl.agent.service import SERVICE_NAME, AgentService
 from zcrepl.agent.transfer.server import DataServer, TicketBook
 from zcrepl.agent.transfers import Transfers
@@ -70,6 +72,7 @@ class Agent:
 
     def start(self) -> Agent:
         cfg = self.config
+        priority.configure(TransferPriority(cfg.transfer_nice, cfg.transfer_ioclass, cfg.transfer_iolevel))
         try:
             dhost, dport = split_address(cfg.data_listen)
             self.data = DataServer(dhost, dport, self.tickets, handshake_timeout=cfg.handshake_timeout,

@@ -16,7 +16,15 @@ import grpc
 from zcrepl.agent.transfers import Transfers
 from zcrepl.core.backoff import backoff_delay
 from zcrepl.core.logs import kv
-from zcrepl.core.types import AgentInfo, CancelOrder, HostHealth, ReceiveOrder, SendOrder, TransferReport
+from zcrepl.core.types import (
+    AgentInfo,
+    CancelOrder,
+    HostHealth,
+    ReceiveOrder,
+    SendOrder,
+    ThrottleOrder,
+    TransferReport,
+)
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc
 from zcrepl.proto.channels import channel
@@ -138,6 +146,9 @@ class ControllerLink:
             self.transfers.send(SendOrder(o2.job_id, o2.attempt, bytes(o2.ticket), bytes(o2.path),
                                           options_from_pb(o2.options), o2.dest_host, o2.dest_data_address,
                                           bytes(o2.dest_path)))
+        elif kind == "throttle":
+            t = msg.throttle
+            self.transfers.throttle(ThrottleOrder(t.job_id, t.attempt, t.bwlimit, t.paused, t.reason))
         elif kind == "cancel":
             c = msg.cancel
             self.transfers.cancel(CancelOrder(c.job_id, c.attempt, c.reason, c.discard_partial))

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
@@ -34,6 +35,7 @@ from zcrepl.core.types import (
     ReceiveOrder,
     Role,
     SendOrder,
+    ThrottleOrder,
     TransferReport,
     TransferStats,
 )
@@ -50,6 +52,7 @@ class _Active:
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     session: ReceiveSession | None = None
+    sender: Sender | None = None
 
 
 class Transfers:
@@ -143,6 +146,16 @@ class Transfers:
         )
         active.thread.start()
 
+    def throttle(self, order: ThrottleOrder) -> None:
+        """The load policy's cap or pause for a running send (a same-host copy is not paced)."""
+        with self._lock:
+            a = self._active.get((order.job_id, order.attempt, Role.SENDER))
+        if a is None or a.sender is None:
+            return
+        a.sender.pacer.set(order.bwlimit, order.paused)
+        log.info("transfer throttled", extra=kv(job=order.job_id, attempt=order.attempt, bwlimit=order.bwlimit,
+                                                paused=order.paused, reason=order.reason))
+
     def cancel(self, order: CancelOrder) -> None:
         with self._lock:
             hits = [a for (j, att, _), a in self._active.items() if (j, att) == (order.job_id, order.attempt)]
@@ -175,8 +188,13 @@ class Transfers:
     # -- workers ------------------------------------------------------------------------------------
     def _run_sender(self, spec: SendSpec, src: SafeRoot, key: tuple[int, int, Role], label: str,
                     order: SendOrder) -> None:
+        priority.apply_to_this_thread()
         t0 = time.monotonic()
         sender = Sender(spec, src)
+        with self._lock:
+            active = self._active.get(key)
+            if active is not None:
+                active.sender = sender
         try:
             stats = sender.run()
         except Cancelled:
@@ -205,6 +223,7 @@ class Transfers:
     def _run_local(self, order: SendOrder, src: SafeRoot, key: tuple[int, int, Role], label: str,
                    active: _Active) -> None:
         """Both ends are this agent: copy in the kernel, then answer for both roles."""
+        priority.apply_to_this_thread()
         self.tickets.revoke(order.job_id, order.attempt)  # nobody will connect
         self._forget((order.job_id, order.attempt, Role.RECEIVER))
         dst_label = f"{self.host}:{show(order.dest_path)}"

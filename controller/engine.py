@@ -15,7 +15,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 from zcrepl.controller import lifecycle
-from zcrepl.controller.policy import DecisionKind, DecisionRecord, Thresholds, choose_streams
+from zcrepl.controller.policy import (
+    DecisionKind,
+    DecisionRecord,
+    LinkState,
+    Thresholds,
+    Throttle,
+    choose_streams,
+    throttle_decision,
+)
 from zcrepl.controller.registry import Registry, Session
 from zcrepl.controller.scheduler import HostView, Policy, overlaps, plan
 from zcrepl.controller.store import Store
@@ -36,11 +44,13 @@ from zcrepl.core.types import (
     ReceiveOrder,
     Role,
     SendOrder,
+    ThrottleOrder,
     TransferReport,
     TransferStats,
 )
 
 log = logging.getLogger(__name__)
+THROTTLE_EVERY = 2.0  # seconds between load decisions on a running transfer
 
 
 @dataclass
@@ -56,6 +66,11 @@ class Run:
     receiver_done: TransferStats | None = None
     progress: TransferStats = field(default_factory=TransferStats)
     last_report: float = 0.0
+    sending: bool = False  # the SendOrder went out
+    bwlimit: int = 0  # the load policy's current cap (0 = none beyond the job's own)
+    paused: bool = False
+    rate_at: float = 0.0  # when the throttle last sampled this run...
+    rate_bytes: int = 0  # ...and the bytes done then
 
 
 class Engine:
@@ -269,6 +284,7 @@ class Engine:
                 quiet = job.source.host if run.sender_done is None else job.destination.host
                 self._fail_run(run.job_id, f"no report from {quiet} for {self.config.stall_timeout:.0f}s; "
                                "the transfer is stalled (check that host's zc-agent log)", True, run.progress)
+        self._throttle_running(now)
         queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
         if not queued:
             return
@@ -288,6 +304,33 @@ class Engine:
                 self._notify(job.id)
                 if d.reason:
                     self._decide(job.id, DecisionKind.WAIT, d.reason)
+
+    def _throttle_running(self, now: float) -> None:
+        """Slow down, pause or speed up running sends as either end crosses its high-water marks."""
+        t = self.policy.thresholds
+        if t is None:
+            return
+        for run in list(self.runs.values()):
+            if not run.sending or now - run.rate_at < THROTTLE_EVERY:
+                continue
+            job = self.jobs[run.job_id]
+            rate_bps = (run.progress.bytes_done - run.rate_bytes) / (now - run.rate_at)
+            run.rate_at, run.rate_bytes = now, run.progress.bytes_done
+            link = LinkState(job.source.host, job.destination.host, ema_bps=rate_bps)
+            d = throttle_decision(self._health(job.source.host), self._health(job.destination.host), t,
+                                  run.bwlimit, link, now=now, paused=run.paused, ceiling=job.options.bwlimit,
+                                  rate_bps=rate_bps, dst_path=job.destination.path)
+            if d.action is Throttle.HOLD:
+                continue
+            run.paused = d.action is Throttle.PAUSE
+            run.bwlimit = d.bwlimit
+            src = self.registry.session(job.source.host)
+            if src is not None:
+                src.outbox.put_nowait(ThrottleOrder(job.id, run.attempt, run.bwlimit, run.paused, d.reason))
+            kind = d.action.kind
+            if kind is not None:
+                self._decide(job.id, kind, d.reason, bwlimit=run.bwlimit, paused=run.paused)
+            log.info("throttle", extra=kv(job=job.id, action=d.action.value, bwlimit=run.bwlimit, reason=d.reason))
 
     def _health(self, name: str) -> HostHealth | None:
         """Latest health stamped with when it arrived here: agents' clocks may be skewed."""
@@ -334,6 +377,7 @@ class Engine:
         self._decide(job.id, DecisionKind.START, f"sending with {streams} streams: {why}", streams=streams)
         src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, job.source.path, options,
                                         job.destination.host, dst_rec.info.data_address, job.destination.path))
+        run.sending, run.rate_at = True, self.clock()
 
     def _succeed(self, job: Job, run: Run) -> None:
         now = self.clock()

@@ -13,7 +13,7 @@ from zcrepl.controller.registry import Session
 from zcrepl.core.errors import InvalidPath
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import canonical_abs
-from zcrepl.core.types import CancelOrder, ReceiveOrder, SendOrder
+from zcrepl.core.types import CancelOrder, ReceiveOrder, SendOrder, ThrottleOrder
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc, types_pb2
 from zcrepl.proto.convert import (
@@ -44,6 +44,10 @@ def order_to_pb(order: object) -> cpb.ControllerMessage:
             job_id=order.job_id, attempt=order.attempt, ticket=order.ticket, path=order.path,
             options=options_to_pb(order.options), dest_host=order.dest_host,
             dest_data_address=order.dest_data_address, dest_path=order.dest_path))
+    if isinstance(order, ThrottleOrder):
+        return cpb.ControllerMessage(throttle=cpb.ThrottleOrder(job_id=order.job_id, attempt=order.attempt,
+                                                                bwlimit=order.bwlimit, paused=order.paused,
+                                                                reason=order.reason))
     if isinstance(order, CancelOrder):
         return cpb.ControllerMessage(cancel=cpb.CancelOrder(job_id=order.job_id, attempt=order.attempt,
                                                             reason=order.reason,

@@ -42,6 +42,11 @@ class AgentConfig:
     handshake_timeout: float = 10.0
     io_timeout: float = 60.0
     max_connections: int = 64
+    # Transfer threads run at this CPU nice (0-19) and I/O class/level: low by default, so replication
+    # yields to the host's own work.
+    transfer_nice: int = 10
+    transfer_ioclass: str = "best-effort"
+    transfer_iolevel: int = 7
 
     def validate(self) -> None:
         if not valid_host_name(self.name):
@@ -55,6 +60,12 @@ class AgentConfig:
                 raise ConfigError(f"export {os.fsdecode(exp)!r} is not an existing directory; create it first")
         if self.log_format not in ("kv", "json"):
             raise ConfigError(f"log_format {self.log_format!r}: choose 'kv' or 'json'")
+        if not 0 <= self.transfer_nice <= 19:
+            raise ConfigError(f"transfer_nice {self.transfer_nice}: choose 0 (unchanged) to 19 (lowest)")
+        if self.transfer_ioclass not in ("none", "best-effort", "idle"):
+            raise ConfigError(f"transfer_ioclass {self.transfer_ioclass!r}: choose none, best-effort or idle")
+        if not 0 <= self.transfer_iolevel <= 7:
+            raise ConfigError(f"transfer_iolevel {self.transfer_iolevel}: choose 0 (high) to 7 (low)")
 
 
 @dataclass(frozen=True)

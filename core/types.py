@@ -218,6 +218,15 @@ class SendOrder:
 
 
 @dataclass(frozen=True)
+class ThrottleOrder:
+    job_id: int
+    attempt: int
+    bwlimit: int = 0  # bytes/s; 0 = no cap beyond the job's own bwlimit
+    paused: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class CancelOrder:
     job_id: int
     attempt: int

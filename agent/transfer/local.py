@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from zcrepl.agent import priority
 from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.frame import F_SPARSE, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
@@ -95,6 +96,7 @@ class LocalCopy:
             root.close()
 
     def _worker(self, writer: TreeWriter) -> None:
+        priority.apply_to_this_thread()
         buf: list[bytearray] = []
         while True:
             index = self.work.get()

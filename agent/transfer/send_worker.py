@@ -11,6 +11,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING
 
+from zcrepl.agent import priority
 from zcrepl.agent.transfer import delta, sendio
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Entry, FileHead
@@ -45,6 +46,7 @@ class DataWorker:
         self.thread = threading.Thread(target=self.run, name=f"zc-send-data-{n}", daemon=True)
 
     def run(self) -> None:
+        priority.apply_to_this_thread()
         s = self.sender
         try:
             while True:

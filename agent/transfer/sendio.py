@@ -34,27 +34,64 @@ class SendSpec:
 
 
 class Pacer:
-    """Job-wide bandwidth cap shared by all data connections: the average rate never exceeds ``rate``."""
+    """Job-wide bandwidth cap shared by all data connections: the average rate never exceeds ``rate``.
+
+    The job's own bwlimit is a ceiling; the controller's load policy may lower the cap or pause the
+    transfer at run time (``set``). A pause holds senders between chunks; every ``KEEPALIVE`` seconds one
+    small chunk still goes out, so the receiver's idle timeout never fires and no progress is lost.
+    """
+
+    KEEPALIVE = 20.0
+    PAUSED_CHUNK = 64 << 10
 
     def __init__(self, rate: int, cancel: threading.Event) -> None:
+        self.ceiling = rate
         self.rate = rate
+        self.paused = False
         self.cancel = cancel
         self.start = time.monotonic()
         self.sent = 0
         self._lock = threading.Lock()
+        self._changed = threading.Event()
+
+    def set(self, rate: int, paused: bool) -> None:
+        """A new cap (0 = the ceiling) and pause state; the new rate counts from now."""
+        with self._lock:
+            self.rate = min(rate, self.ceiling) if rate and self.ceiling else (rate or self.ceiling)
+            self.paused = paused
+            self.start, self.sent = time.monotonic(), 0
+        self._changed.set()
 
     @property
     def chunk(self) -> int:
+        if self.paused:
+            return self.PAUSED_CHUNK
         return CHUNK if not self.rate else max(64 << 10, min(CHUNK, self.rate // 8))
 
     def account(self, n: int) -> None:
+        if self.paused:
+            self._hold()
+            return
         if not self.rate:
             return
         with self._lock:
             self.sent += n
             ahead = self.sent / self.rate - (time.monotonic() - self.start)
         if ahead > 0:
-            self.cancel.wait(ahead)
+            self._changed.clear()
+            # Wake early on cancel or on a new setting (a resume must not wait out an old sleep).
+            deadline = time.monotonic() + ahead
+            while not self.cancel.is_set() and not self._changed.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(min(left, 0.25))
+
+    def _hold(self) -> None:
+        deadline = time.monotonic() + self.KEEPALIVE
+        while self.paused and not self.cancel.is_set() and time.monotonic() < deadline:
+            self._changed.clear()
+            self._changed.wait(0.25)
 
 
 def sendfile_range(sock: socket.socket, fd: int, offset: int, count: int, timeout: float | None) -> int:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from zcrepl.agent import priority
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
 from zcrepl.core.errors import ProtocolError
@@ -154,6 +155,7 @@ class DataServer:
             t.start()
 
     def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        priority.apply_to_this_thread()
         try:
             conn.settimeout(self.handshake_timeout)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

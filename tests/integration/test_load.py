@@ -50,3 +50,33 @@ def test_cpu_burner_makes_a_job_wait_then_it_runs(strict: Cluster, tmp_path: Pat
                     what="the job to run once the burners stopped")
     assert done["state"] == "done", done["error"]
     assert (tmp_path / "b" / "d" / "f").read_bytes() == b"x" * 1000
+
+
+def test_running_transfer_slows_under_load_and_recovers(strict: Cluster, tmp_path: Path) -> None:
+    src = tmp_path / "a" / "s"
+    src.mkdir(parents=True)
+    data = os.urandom(1 << 20) * 40
+    (src / "big").write_bytes(data)
+    rc, out, err = strict.ctl("replicate", "--detach", "--json", "--bwlimit", "8M", f"hostA:{src}",
+                              f"hostB:{tmp_path}/b/d")
+    assert rc == 0, err
+    job_id = json.loads(out)["id"]
+    wait_for(lambda: strict.job(job_id)["progress"]["bytes_done"] > 2 << 20, 30, what="bytes to flow")
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        def kinds() -> list[str]:
+            return [d["kind"] for d in json.loads(strict.ctl("explain", str(job_id), "--json")[1])]
+
+        wait_for(lambda: "slow" in kinds() or "pause" in kinds(), 30, interval=0.5,
+                 what="the transfer to be slowed down under load")
+        assert strict.job(job_id)["state"] == "running"
+    finally:
+        for p in burners:
+            p.kill()
+            p.wait()
+    done = wait_for(lambda: (j := strict.job(job_id))["state"] in ("done", "failed") and j, 60,
+                    what="the transfer to speed up again and finish")
+    assert done["state"] == "done", done["error"]
+    assert done["attempts"] == 1  # slowed, never restarted: no progress lost
+    assert "resume" in kinds()
+    assert (tmp_path / "b" / "d" / "big").read_bytes() == data

@@ -1,0 +1,662 @@
+"""Source-side change collector for continuous replication: watchdog (inotify) -> queue -> coalescer.
+
+::
+
+    kernel inotify -> _FD thread -> _Emitter thread -> observer thread -> inbox -> coalescer thread -> on_changes
+                      (overflow and watch-limit hooks)                      ^
+                                                        poller thread ------+  (directories inotify cannot watch)
+
+``TreeWatcher`` is the I/O shell; every decision (merging, holding files still being written, rename chains,
+the order a ``ChangeSet`` is applied in) lives in the pure :class:`~zcrepl.agent.watch_coalesce.Coalescer`.
+The first set delivered after :meth:`TreeWatcher.start` is ``rescan=True`` (reconciliation at rule start).
+
+What watchdog 7.1 does with the two ways inotify loses events, and what is done about it here:
+
+- **Queue overflow** (``IN_Q_OVERFLOW``, ``fs.inotify.max_queued_events``): ``InotifyFD.handle_event`` logs
+  a warning and calls ``on_queue_overflow`` on each watch group, which drops pending move halves and re-adds
+  the recursive watches. Nothing reaches the event queue, so a handler never learns that events were lost.
+  ``_FD.handle_event`` calls the watcher after watchdog's own recovery; the next set is ``rescan=True``.
+- **Watch limit** (``ENOSPC`` from ``inotify_add_watch``, ``fs.inotify.max_user_watches``): ``InotifyFD``
+  raises ``OSError(ENOSPC, "inotify watch limit reached")``; ``InotifyWatchGroup._add_callback`` re-raises it
+  only for the watched root and silently swallows it for every directory below, which then goes unwatched
+  for good. ``_FD.add_callback`` reports each such directory; the watcher warns once (naming the sysctl),
+  delivers ``rescan=True`` and from then on compares those directories' listings every ``poll_interval``
+  seconds, delivering what changed (scoped per directory, not a whole-tree rescan per poll). A root that
+  cannot be watched at all (``ENOSPC``, or ``EMFILE`` for ``fs.inotify.max_user_instances``) is polled whole.
+
+Gotchas:
+
+- Paths are bytes end to end: the watch is scheduled with a bytes path, so watchdog hands bytes back; a str
+  (other emitters) goes through ``os.fsencode``.
+- Watchdog's synthetic events (a moved directory's children, a moved-in directory's content) are dropped at
+  the emitter: a directory rename stays ONE rename, and new directories are scanned here instead (confined,
+  never following a symlink), which also catches what happened before watchdog's watch was in place.
+- A rename out of the tree reaches us ~0.5 s late: watchdog holds an unpaired ``IN_MOVED_FROM`` that long
+  waiting for its ``IN_MOVED_TO``, and everything queued behind it waits too.
+- ``clock`` times the waits as well as the events: inject one that advances in real seconds.
+- Changes still pending at :meth:`TreeWatcher.stop` are dropped; the next start reconciles anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from watchdog.events import (
+    EVENT_TYPE_ATTRIB,
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CREATED,
+    EVENT_TYPE_DELETED,
+    EVENT_TYPE_MODIFIED,
+    DirAttribEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+    FileSystemMovedEvent,
+)
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyFullEmitter
+from watchdog.observers.inotify_c import CallbackId, InotifyEvent, InotifyFD, Mask, WatchCallback, WatchDescriptor
+
+from zcrepl.agent.transfer.saferoot import TEMP_PREFIX, SafeRoot
+from zcrepl.agent.watch_coalesce import REPLAY_MARGIN, ChangeSet, Coalescer, is_ignored
+from zcrepl.core.errors import UnsafePath
+from zcrepl.core.logs import kv
+from zcrepl.core.paths import show
+
+__all__ = ["ChangeSet", "TreeWatcher"]
+
+log = logging.getLogger(__name__)
+
+ChangesFn = Callable[[ChangeSet], None]
+WarnFn = Callable[[str], None]
+
+# Only what changes the tree: no IN_OPEN / IN_CLOSE_NOWRITE, so reading a file (our own shipper included)
+# costs no events. IN_ATTRIB comes with FileModifiedEvent in watchdog's mask table.
+_EVENT_FILTER: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, DirCreatedEvent, FileDeletedEvent, DirDeletedEvent, FileMovedEvent, DirMovedEvent,
+    FileModifiedEvent, FileAttribEvent, DirAttribEvent, FileClosedEvent,
+]
+_WATCHES_SYSCTL = "/proc/sys/fs/inotify/max_user_watches"
+_JOIN_TIMEOUT = 1.0
+
+Sig = tuple[int, int, int, int, int]  # (file type, ino, size, mtime_ns, ctime_ns)
+
+
+class _FD(InotifyFD):
+    """A private inotify instance that reports what watchdog only logs (overflow) or swallows (ENOSPC)."""
+
+    def __init__(self, on_overflow: Callable[[], None], on_limit: Callable[[bytes], None]) -> None:
+        self._zc_on_overflow = on_overflow
+        self._zc_on_limit = on_limit
+        super().__init__()
+
+    def handle_event(self, event: InotifyEvent) -> None:
+        super().handle_event(event)  # for an overflow: watchdog re-adds the watches first
+        if event.is_queue_overflow:
+            self._zc_on_overflow()
+
+    def add_callback(self, path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId) -> WatchDescriptor:
+        try:
+            return super().add_callback(path, mask, callback, id_)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                self._zc_on_limit(path)
+            raise
+
+
+class _Emitter(InotifyFullEmitter):
+    """Full events (an unpaired move keeps an empty side, so a move-in is told from a create), minus the
+    synthetic ones."""
+
+    def queue_event(self, event: FileSystemEvent) -> None:
+        if not event.is_synthetic:
+            super().queue_event(event)
+
+
+class _Observer(BaseObserver):
+    def __init__(self, fd: _FD) -> None:
+        self._fd = fd
+        super().__init__(_Emitter, inotify_fd=fd)
+
+    def on_thread_stop(self) -> None:
+        super().on_thread_stop()
+        self._fd.stop()
+        with contextlib.suppress(RuntimeError):  # never started
+            self._fd.join(_JOIN_TIMEOUT)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, sink: Callable[[FileSystemEvent], None]) -> None:
+        self._sink = sink
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        self._sink(event)
+
+
+@dataclass(frozen=True, slots=True)
+class _Polled:
+    """A change found by the poller, or a request for a rescan (``kind == "rescan"``)."""
+
+    kind: str  # "created" | "changed" | "deleted" | "rescan"
+    rel: bytes = b""
+    is_dir: bool = False
+
+
+@dataclass(slots=True)
+class _Echo:
+    ino: int
+    mtime_ns: int
+    size: int
+    expires: float
+    seen: tuple[int, int, int, int] | None = None  # (mode, uid, gid, ctime_ns) when first suppressed
+
+
+class TreeWatcher:
+    """Watches ``root`` recursively and calls ``on_changes`` with coalesced :class:`ChangeSet` batches.
+
+    ``on_changes`` runs on the watcher's coalescing thread, one set at a time, in order; while it runs, new
+    events keep coalescing (a slow shipper sees bigger sets, and :meth:`lag` shows it). If it raises, the
+    set is not retried: the next one is ``rescan=True``. ``window``: how long events are merged;
+    ``quiet``: how long a file still being written must see no event before it is shipped (with
+    ``close_settles`` a writer's close ends that wait at once); ``max_batch``: most items in one set;
+    ``replay_margin``: how late events may arrive (see :data:`~zcrepl.agent.watch_coalesce.REPLAY_MARGIN`).
+    For that long after a reconciliation a rename is shipped as a delete plus an upsert of its content, and
+    for that long after a path was shipped, renaming it also re-upserts it under the new name.
+    """
+
+    def __init__(
+        self,
+        root: bytes,
+        *,
+        window: float = 0.05,
+        quiet: float = 0.2,
+        max_batch: int = 10000,
+        on_changes: ChangesFn,
+        clock: Callable[[], float] = time.monotonic,
+        poll_interval: float = 30.0,
+        on_warning: WarnFn | None = None,
+        close_settles: bool = True,
+        echo_ttl: float = 30.0,
+        max_pending: int = 1_000_000,
+        replay_margin: float = REPLAY_MARGIN,
+    ) -> None:
+        if max_batch < 1 or poll_interval <= 0 or echo_ttl <= 0:
+            raise ValueError("max_batch must be >= 1, poll_interval and echo_ttl > 0")
+        self.root = os.path.realpath(os.fsencode(root))
+        self.poll_interval = poll_interval
+        self._window = window
+        self._max_batch = max_batch
+        self._on_changes = on_changes
+        self._on_warning = on_warning or _log_warning
+        self._clock = clock
+        self._echo_ttl = echo_ttl
+        self._co = Coalescer(window=window, quiet=quiet, close_settles=close_settles, max_pending=max_pending,
+                             replay_margin=replay_margin)
+        self._cond = threading.Condition()  # guards _co, _inbox, _stopping
+        self._inbox: list[tuple[float, FileSystemEvent | _Polled]] = []
+        self._stopping = False
+        self._started = False
+        self._echo_lock = threading.Lock()
+        self._echo: dict[bytes, _Echo] = {}
+        self._echo_purged = 0.0
+        self._poll_cond = threading.Condition()  # guards _unwatched
+        self._unwatched: list[tuple[bytes, bool]] = []  # (absolute dir, poll its subdirectories too)
+        self._snaps: dict[bytes, dict[bytes, Sig]] = {}  # poller thread only: rel dir -> name -> Sig
+        self._saferoot: SafeRoot | None = None
+        self._observer: _Observer | None = None
+        self._threads: list[threading.Thread] = []
+
+    # ----------------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Watch the tree; the first set delivered is ``rescan=True``. Raises OSError if root is unusable."""
+        if self._started:
+            raise RuntimeError("a TreeWatcher starts once")
+        self._started = True
+        self._saferoot = SafeRoot(self.root)
+        try:
+            self._start_observer()
+            with self._cond:
+                # After the watches exist: a reconciliation from here on misses nothing.
+                self._co.request_rescan(self._clock())
+            for name, target in (("coalesce", self._run), ("poll", self._poll_loop)):
+                t = threading.Thread(target=target, name=f"zc-watch-{name}", daemon=True)
+                t.start()
+                self._threads.append(t)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("watching", extra=kv(root=self.root))
+
+    def stop(self) -> None:
+        """Stop watching and join every thread (about a second at most); idempotent."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        with self._poll_cond:
+            self._poll_cond.notify_all()
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            with contextlib.suppress(RuntimeError):
+                observer.join(_JOIN_TIMEOUT)
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(_JOIN_TIMEOUT)
+        self._threads.clear()
+        if self._saferoot is not None:
+            self._saferoot.close()
+
+    def __enter__(self) -> TreeWatcher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------------------------------- queries
+
+    def note_applied(self, rel: bytes, ino: int, mtime_ns: int, size: int) -> None:
+        """This agent itself just wrote ``rel`` (as a destination): do not ship it back.
+
+        An upsert of ``rel`` is dropped while its ``lstat`` still shows ``(ino, mtime_ns, size)`` and, after
+        the first drop, the same mode, owner and ctime; any other change is shipped and ends the suppression.
+        Call it *before* the final rename with the temp's values (the inode, mtime and size survive the
+        rename), so the rename's event can never be released before the note. Notes expire after
+        ``echo_ttl`` seconds. Limitation: a chmod/chown of ``rel`` within ``window`` of the apply is
+        suppressed with it (the triple cannot see it).
+        """
+        with self._echo_lock:
+            self._echo[rel] = _Echo(ino, mtime_ns, size, self._clock() + self._echo_ttl)
+
+    def pending(self) -> int:
+        """Changes seen but not yet handed to ``on_changes`` (including a pending rescan)."""
+        with self._cond:
+            return self._co.pending() + len(self._inbox)
+
+    def lag(self) -> float:
+        """Age in seconds of the oldest change not yet handed to ``on_changes``; 0.0 when none."""
+        with self._cond:
+            oldest = self._co.oldest()
+            if self._inbox:
+                first = self._inbox[0][0]
+                oldest = first if oldest is None else min(oldest, first)
+        return 0.0 if oldest is None else max(0.0, self._clock() - oldest)
+
+    # ----------------------------------------------------------------------------------------- watchdog side
+
+    def _start_observer(self) -> None:
+        try:
+            fd = _FD(self._overflowed, self._limit_hit)
+        except OSError as err:
+            if err.errno != errno.EMFILE:
+                raise
+            self._fall_back(f"inotify instance limit reached ({err}); raise fs.inotify.max_user_instances "
+                            "(e.g. sysctl -w fs.inotify.max_user_instances=1024)")
+            return
+        fd.start()
+        observer = _Observer(fd)
+        # A bytes path makes watchdog hand back bytes paths (typed str | Path, works with bytes).
+        observer.schedule(_Handler(self._on_event), self.root,  # type: ignore[arg-type]
+                          recursive=True, event_filter=_EVENT_FILTER)
+        try:
+            observer.start()
+        except OSError as err:
+            observer.stop()  # stops and joins the _FD thread
+            if err.errno != errno.ENOSPC:
+                raise
+            return  # _limit_hit already queued the root for polling
+        self._observer = observer
+
+    def _fall_back(self, why: str) -> None:
+        self._on_warning(f"cannot watch {show(self.root)} with inotify: {why}; polling the whole tree every "
+                         f"{self.poll_interval:g}s instead")
+        with self._poll_cond:
+            self._unwatched.append((self.root, True))
+
+    def _on_event(self, event: FileSystemEvent | _Polled) -> None:
+        with self._cond:
+            self._inbox.append((self._clock(), event))
+            self._cond.notify()
+
+    def _overflowed(self) -> None:
+        log.warning("inotify queue overflowed; a rescan follows", extra=kv(root=self.root))
+        with self._cond:
+            self._co.request_rescan(self._clock())
+            self._cond.notify()
+
+    def _limit_hit(self, path: bytes) -> None:
+        # Runs on whichever thread adds watches (start(), or watchdog's while holding its locks): just note it.
+        with self._poll_cond:
+            self._unwatched.append((path, path == self.root))
+            self._poll_cond.notify()
+
+    def _rel(self, path: bytes | str) -> bytes | None:
+        if not path:
+            return None
+        p = os.fsencode(path)
+        if p == self.root:
+            return b""
+        if p.startswith(self.root) and p[len(self.root):len(self.root) + 1] == b"/":
+            return p[len(self.root) + 1:]
+        return None
+
+    # ----------------------------------------------------------------------------------------- coalescing thread
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._stopping:
+                        return
+                    if self._inbox:
+                        break
+                    deadline = self._co.deadline()
+                    now = self._clock()
+                    if deadline is not None and now >= deadline:
+                        break
+                    self._cond.wait(None if deadline is None else deadline - now)
+                batch, self._inbox = self._inbox, []
+            for t, item in batch:
+                self._apply(t, item)
+            with self._cond:
+                now = self._clock()
+                deadline = self._co.deadline()
+                sets = self._co.take(now, self._max_batch) if deadline is not None and now >= deadline else []
+            if sets and all(self._deliver(cs) for cs in sets):
+                with self._cond:
+                    fresh = self._co.unconfirmed()
+                gone = {rel for rel in fresh if not self._exists(rel)}  # the shipper may have skipped these
+                with self._cond:
+                    self._co.shipped(self._clock(), gone)
+
+    def _apply(self, t: float, item: FileSystemEvent | _Polled) -> None:
+        """Feed one event to the coalescer; scan a directory that is new to the destination (outside the lock)."""
+        co = self._co
+        scans: list[bytes] = []
+        if isinstance(item, _Polled):
+            with self._cond:
+                if item.kind == "rescan":
+                    co.request_rescan(t)
+                elif item.kind == "created":
+                    co.created(item.rel, is_dir=item.is_dir, now=t, new=False)
+                    scans = [item.rel] if item.is_dir else []
+                elif item.kind == "deleted":
+                    co.deleted(item.rel, is_dir=item.is_dir, now=t)
+                else:
+                    co.modified(item.rel, is_dir=item.is_dir, now=t, hot=False)
+        elif isinstance(item, FileSystemMovedEvent):
+            src, dst = self._rel(item.src_path), self._rel(item.dest_path)
+            with self._cond:
+                if src is not None and dst is not None:
+                    scans = co.moved(src, dst, is_dir=item.is_directory, now=t)
+                elif dst is not None:
+                    scans = [dst] if co.arrived(dst, is_dir=item.is_directory, now=t) else []
+                elif src is not None:
+                    co.deleted(src, is_dir=item.is_directory, now=t)
+        else:
+            rel = self._rel(item.src_path)
+            if rel is None:
+                return
+            kind, is_dir = item.event_type, item.is_directory
+            if kind == EVENT_TYPE_DELETED and rel == b"":
+                self._on_warning(f"the watched root {show(self.root)} was removed; nothing is watched any "
+                                 "more: recreate it and restart the sync")
+                kind = "rescan"
+            hot = kind == EVENT_TYPE_CREATED and not is_dir and self._is_regular(rel)
+            with self._cond:
+                if kind == EVENT_TYPE_CREATED:
+                    co.created(rel, is_dir=is_dir, now=t, hot=hot)
+                    scans = [rel] if is_dir else []
+                elif kind == EVENT_TYPE_MODIFIED:
+                    co.modified(rel, is_dir=is_dir, now=t)
+                elif kind == EVENT_TYPE_CLOSED:
+                    co.closed(rel, now=t)
+                elif kind == EVENT_TYPE_ATTRIB:
+                    co.attrib(rel, is_dir=is_dir, now=t)
+                elif kind == EVENT_TYPE_DELETED:
+                    co.deleted(rel, is_dir=is_dir, now=t)
+                elif kind == "rescan":
+                    co.request_rescan(t)
+        # Content the destination lacks: a directory that appeared (watchdog may miss what is created in it
+        # before its watch exists), arrived, or was renamed while unknown to the destination.
+        for top in scans:
+            if is_ignored(top):
+                continue
+            found = self._scan(top)
+            if found:
+                with self._cond:
+                    co.listed(top, found, now=t)
+
+    def _deliver(self, cs: ChangeSet) -> bool:
+        """Hand one set over; False if ``on_changes`` failed (then a rescan is pending instead)."""
+        if cs.upserts:
+            cs = self._drop_echoes(cs)
+            if not len(cs):
+                return True
+        try:
+            self._on_changes(cs)
+        except Exception:
+            log.exception("on_changes failed; the next change set is a rescan", extra=kv(root=self.root))
+            with self._cond:
+                self._co.request_rescan(self._clock())
+            return False
+        if cs.rescan:
+            with self._cond:
+                self._co.reconciled(self._clock())
+        return True
+
+    def _drop_echoes(self, cs: ChangeSet) -> ChangeSet:
+        with self._echo_lock:
+            if not self._echo:
+                return cs
+            now = self._clock()
+            if now - self._echo_purged > self._echo_ttl / 2:
+                self._echo_purged = now
+                for rel in [r for r, e in self._echo.items() if e.expires < now]:
+                    del self._echo[rel]
+            drop = {rel for rel in cs.upserts if rel in self._echo and self._is_echo(rel, now)}
+        return dataclasses.replace(cs, upserts=cs.upserts - drop) if drop else cs
+
+    def _is_echo(self, rel: bytes, now: float) -> bool:
+        note = self._echo[rel]
+        st = self._lstat(rel) if note.expires >= now else None
+        if st is None or (st.st_ino, st.st_mtime_ns, st.st_size) != (note.ino, note.mtime_ns, note.size):
+            del self._echo[rel]
+            return False
+        seen = (st.st_mode, st.st_uid, st.st_gid, st.st_ctime_ns)
+        if note.seen is None:
+            note.seen = seen
+        elif note.seen != seen:
+            del self._echo[rel]
+            return False
+        return True
+
+    # ----------------------------------------------------------------------------------------- confined I/O
+
+    def _lstat(self, rel: bytes) -> os.stat_result | None:
+        root = self._saferoot
+        if root is None or root.fd < 0:
+            return None
+        try:
+            return root.lstat(rel.split(b"/") if rel else ())
+        except (OSError, UnsafePath):
+            return None
+
+    def _exists(self, rel: bytes) -> bool:
+        return os.path.lexists(self.root + b"/" + rel if rel else self.root)
+
+    def _is_regular(self, rel: bytes) -> bool:
+        # Only decides whether a new file may still be written (held for ``quiet``): a plain lstat is enough
+        # and keeps a burst of creations cheap.
+        try:
+            return stat.S_ISREG(os.lstat(self.root + b"/" + rel).st_mode)
+        except OSError:
+            return False
+
+    def _listdir(self, rel: bytes) -> dict[bytes, os.DirEntry[str]] | None:
+        """Entries of directory ``rel`` (never through a symlink), minus our temp namespace; None if gone."""
+        root = self._saferoot
+        if root is None or root.fd < 0:
+            return None
+        try:
+            dfd = root.open_dir(rel.split(b"/") if rel else ())
+        except (OSError, UnsafePath):
+            return None
+        try:
+            with os.scandir(dfd) as it:  # an fd gives str names: fsencode restores the exact bytes
+                entries = {os.fsencode(de.name): de for de in it}
+            return {name: de for name, de in entries.items() if not name.startswith(TEMP_PREFIX)}
+        except OSError:
+            return None
+        finally:
+            os.close(dfd)
+
+    def _scan(self, top: bytes) -> list[tuple[bytes, bool, bool]]:
+        """Everything below directory ``top``: (rel, is_dir, is_regular_file), parents first."""
+        out: list[tuple[bytes, bool, bool]] = []
+        stack = [top]
+        while stack and not self._stopping:
+            rel = stack.pop()
+            entries = self._listdir(rel)
+            if entries is None:
+                continue
+            for name, de in sorted(entries.items()):
+                child = rel + b"/" + name if rel else name
+                try:
+                    is_dir = de.is_dir(follow_symlinks=False)
+                    is_reg = de.is_file(follow_symlinks=False)
+                except OSError:
+                    continue
+                out.append((child, is_dir, is_reg))
+                if is_dir:
+                    stack.append(child)
+        return out
+
+    # ----------------------------------------------------------------------------------------- poller thread
+
+    def _poll_loop(self) -> None:
+        next_poll: float | None = None
+        warned_at: float | None = None
+        while True:
+            with self._poll_cond:
+                while not self._stopping and not self._unwatched:
+                    now = self._clock()
+                    if next_poll is not None and now >= next_poll:
+                        break
+                    self._poll_cond.wait(None if next_poll is None else next_poll - now)
+                if self._stopping:
+                    return
+                fresh, self._unwatched = self._unwatched, []
+            if fresh:
+                added = self._baseline(fresh)
+                if added:
+                    now = self._clock()
+                    if warned_at is None or now - warned_at >= self.poll_interval:
+                        warned_at = now
+                        self._warn_limit(added)
+                    self._on_event(_Polled("rescan"))  # what changed before the baseline was taken
+                    if next_poll is None:
+                        next_poll = self._clock() + self.poll_interval
+            if next_poll is not None and self._clock() >= next_poll:
+                self._poll_once()
+                next_poll = self._clock() + self.poll_interval
+
+    def _baseline(self, fresh: list[tuple[bytes, bool]]) -> list[bytes]:
+        added: list[bytes] = []
+        for path, recursive in fresh:
+            rel = self._rel(path)
+            if rel is None or is_ignored(rel):
+                continue
+            todo = [rel]
+            while todo:
+                d = todo.pop()
+                if d in self._snaps:
+                    continue
+                entries = self._listdir(d)
+                if entries is None:
+                    continue
+                self._snaps[d] = {name: _sig(de) for name, de in entries.items()}
+                added.append(d)
+                if recursive:
+                    todo.extend(d + b"/" + n if d else n for n, s in self._snaps[d].items() if stat.S_ISDIR(s[0]))
+        return added
+
+    def _poll_once(self) -> None:
+        for d in sorted(self._snaps):
+            old = self._snaps.get(d)
+            if old is None:
+                continue
+            entries = self._listdir(d)
+            if entries is None:  # gone: its parent's watch (or poll) reports the removal
+                self._forget(d)
+                continue
+            new = {name: _sig(de) for name, de in entries.items()}
+            self._snaps[d] = new
+            for name in sorted(old.keys() | new.keys()):
+                before, after = old.get(name), new.get(name)
+                if before == after:
+                    continue
+                child = d + b"/" + name if d else name
+                if before is not None and (after is None or before[:2] != after[:2]):  # gone, or replaced
+                    self._on_event(_Polled("deleted", child, stat.S_ISDIR(before[0])))
+                    self._forget(child)
+                    before = None
+                if after is None:
+                    continue
+                is_dir = stat.S_ISDIR(after[0])
+                self._on_event(_Polled("created" if before is None else "changed", child, is_dir))
+                if is_dir and before is None:  # inotify never saw it appear: it is ours to poll
+                    self._baseline([(self.root + b"/" + child, True)])
+
+    def _forget(self, top: bytes) -> None:
+        prefix = top + b"/"
+        for d in [d for d in self._snaps if d == top or d.startswith(prefix)]:
+            del self._snaps[d]
+
+    def _warn_limit(self, dirs: list[bytes]) -> None:
+        try:
+            with open(_WATCHES_SYSCTL) as f:
+                limit = f.read().strip()
+        except OSError:
+            limit = "unknown"
+        first = show(dirs[0]) or "."
+        n = len(dirs)
+        self._on_warning(
+            f"inotify watch limit reached under {show(self.root)}: {n} director{'y' if n == 1 else 'ies'} "
+            f"(first: {first}) cannot be watched and are compared by scandir every {self.poll_interval:g}s "
+            f"instead. Raise fs.inotify.max_user_watches (now {limit}): "
+            "`sysctl -w fs.inotify.max_user_watches=1048576`, persisted with a line "
+            "`fs.inotify.max_user_watches=1048576` in /etc/sysctl.d/90-zcrepl.conf; then restart the sync "
+            "to watch everything again."
+        )
+
+
+def _sig(de: os.DirEntry[Any]) -> Sig:
+    try:
+        st = de.stat(follow_symlinks=False)
+    except OSError:
+        return (0, 0, 0, 0, 0)
+    return (stat.S_IFMT(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _log_warning(message: str) -> None:
+    log.warning(message, extra=kv(component="watch"))
