@@ -55,11 +55,16 @@ class ControllerClient:
                                    options=options_to_pb(options))
         return job_from_pb(self._call(self._stub.SubmitJob, req))
 
+    def submit_fanout(self, src: Endpoint, dsts: list[Endpoint], options: JobOptions) -> list[Job]:
+        req = cpb.SubmitFanoutRequest(source=endpoint_to_pb(src), destinations=[endpoint_to_pb(d) for d in dsts],
+                                      options=options_to_pb(options))
+        return [job_from_pb(j) for j in self._call(self._stub.SubmitFanout, req).jobs]
+
     def job(self, job_id: int) -> Job:
         return job_from_pb(self._call(self._stub.GetJob, cpb.JobRef(id=job_id)))
 
-    def jobs(self, states: tuple[JobState, ...] = (), limit: int = 0) -> list[Job]:
-        req = cpb.ListJobsRequest(states=[state_to_pb(s) for s in states], limit=limit)
+    def jobs(self, states: tuple[JobState, ...] = (), limit: int = 0, group_id: int = 0) -> list[Job]:
+        req = cpb.ListJobsRequest(states=[state_to_pb(s) for s in states], limit=limit, group_id=group_id)
         return [job_from_pb(j) for j in self._call(self._stub.ListJobs, req).jobs]
 
     def cancel(self, job_id: int) -> Job:

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("replicate", help="make DST an exact copy of the tree SRC (like rsync -a SRC/ DST/)")
     r.add_argument("src", metavar="SRC", help="HOST:/path of the source tree")
-    r.add_argument("dst", metavar="DST", help="HOST:/path of the destination")
+    r.add_argument("dst", metavar="DST", nargs="+",
+                   help="HOST:/path of the destination; several make a fan-out (finished copies feed the rest)")
     r.add_argument("--delete", action="store_true", help="remove what the source lacks from the destination")
     r.add_argument("--checksum", action="store_true", help="compare files by content hash, not size+mtime")
     r.add_argument("--xattrs", action="store_true", help="replicate extended attributes too (like rsync -X)")
@@ -200,31 +201,54 @@ def _show_job(job: Job, as_json: bool, out: Console) -> None:
 
 
 def _replicate(args: argparse.Namespace, client: ControllerClient, out: Console, err: Console) -> int:
-    src, dst = parse_endpoint(args.src), parse_endpoint(args.dst)
+    src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
     options = JobOptions(delete=args.delete, checksum=args.checksum, bwlimit=args.bwlimit,
                          max_attempts=args.max_attempts, streams=args.streams,
                          durability=Durability(args.durability), xattrs=args.xattrs)
-    job = client.submit(src, dst, options)
+    jobs = client.submit_fanout(src, dsts, options) if len(dsts) > 1 else [client.submit(src, dsts[0], options)]
+    ids = ", ".join(str(j.id) for j in jobs)
     if args.detach:
         if args.json:
-            _print_json(out, render.job_doc(job))
+            _print_json(out, render.job_doc(jobs[0]) if len(jobs) == 1 else [render.job_doc(j) for j in jobs])
         else:
-            out.print(f"job {job.id} queued; follow it with: zc-ctl job {job.id}", markup=False)
+            out.print(f"job {ids} queued; follow with: zc-ctl job {jobs[0].id}", markup=False)
         return EXIT_OK
     try:
-        job = _follow(client, job, err)
+        jobs = [_follow(client, jobs[0], err)] if len(jobs) == 1 else _follow_group(client, jobs, err)
     except KeyboardInterrupt:
-        err.print(f"zc-ctl: stopped watching; job {job.id} keeps running "
-                  f"(zc-ctl job {job.id} to follow, zc-ctl cancel {job.id} to stop it)", markup=False)
+        err.print(f"zc-ctl: stopped watching; job {ids} keeps running "
+                  f"(zc-ctl job {jobs[0].id} to follow, zc-ctl cancel {jobs[0].id} to stop it)", markup=False)
         return EXIT_INTERRUPTED
     if args.json:
-        _print_json(out, render.job_doc(job))
-    if job.state is JobState.DONE:
-        if not args.json:
-            out.print(render.job_summary(job), markup=False)
-        return EXIT_OK
-    err.print(f"zc-ctl: job {job.id} {job.state.value}: {job.error}", markup=False)
-    return EXIT_JOB_FAILED
+        _print_json(out, render.job_doc(jobs[0]) if len(jobs) == 1 else [render.job_doc(j) for j in jobs])
+    failed = [j for j in jobs if j.state is not JobState.DONE]
+    for j in jobs:
+        if j.state is JobState.DONE and not args.json:
+            out.print(render.job_summary(j), markup=False)
+    for j in failed:
+        err.print(f"zc-ctl: job {j.id} ({j.destination.host}) {j.state.value}: {j.error}", markup=False)
+    return EXIT_JOB_FAILED if failed else EXIT_OK
+
+
+def _follow_group(client: ControllerClient, jobs: list[Job], err: Console) -> list[Job]:
+    """One progress line per destination of a fan-out, until every job is final."""
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[files]}"), DownloadColumn(),
+        TransferSpeedColumn(), console=err, transient=True,
+    )
+    with progress:
+        tasks = {j.id: progress.add_task(f"job {j.id} -> {j.destination.host}", total=None, files="") for j in jobs}
+        while True:
+            jobs = client.jobs(group_id=jobs[0].group_id)
+            for j in jobs:
+                p = j.progress
+                state = j.wait_reason if j.state is JobState.QUEUED and j.wait_reason else j.state.value
+                progress.update(tasks[j.id], description=f"job {j.id} -> {j.destination.host} {state}",
+                                completed=p.bytes_done, total=p.bytes_total if p.scan_done and p.bytes_total else None,
+                                files=render.progress_text(p))
+            if all(j.state.final for j in jobs):
+                return sorted(jobs, key=lambda j: j.id)
+            time.sleep(0.3)
 
 
 def _follow(client: ControllerClient, job: Job, err: Console) -> Job:

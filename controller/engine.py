@@ -61,6 +61,7 @@ class Run:
     attempt: int
     ticket: bytes
     ready_deadline: float
+    source: Endpoint  # what this attempt reads from: the job's source, or a finished fan-out replica
     receiver_ready: bool = False
     sender_done: TransferStats | None = None
     receiver_done: TransferStats | None = None
@@ -149,7 +150,7 @@ class Engine:
         job = self.jobs.get(r.job_id)
         if run is None or job is None or run.attempt != r.attempt:
             return  # a late report of an attempt already settled
-        expected = job.source.host if r.role is Role.SENDER else job.destination.host
+        expected = run.source.host if r.role is Role.SENDER else job.destination.host
         if session.info.name != expected:
             log.warning("report from the wrong agent ignored", extra=kv(agent=session.info.name, job=r.job_id))
             return
@@ -176,14 +177,27 @@ class Engine:
         for n in wanted:
             if not self.registry.known(n):
                 raise UnknownHost(_unknown_host(n))
-        running: dict[str, int] = {}
-        for job_id in self.runs:
-            j = self.jobs[job_id]
-            for h in {j.source.host, j.destination.host}:
-                running[h] = running.get(h, 0) + 1
+        running = self._running_per_host()
         return [self.registry.status(n, now, running.get(n, 0)) for n in wanted]
 
     # -- operator -----------------------------------------------------------------------------------
+    def submit_fanout(self, src: Endpoint, dsts: list[Endpoint], options: JobOptions) -> list[Job]:
+        """One job per destination, grouped: finished destinations become sources for the others."""
+        if len(dsts) < 2:
+            raise InvalidPath("a fan-out needs at least two destinations; use SubmitJob for one")
+        if len({(d.host, d.path) for d in dsts}) != len(dsts):
+            raise InvalidPath("the same destination appears twice")
+        for i, a in enumerate(dsts):
+            for b in dsts[i + 1:]:
+                if overlaps(a, b):
+                    raise InvalidPath(f"destinations {a.host}:{show(a.path)} and {b.host}:{show(b.path)} overlap")
+        jobs = [self.submit(src, dst, options) for dst in dsts]
+        group = jobs[0].id
+        self.store.set_group([j.id for j in jobs], group)
+        for j in jobs:
+            self.jobs[j.id] = replace(self.jobs[j.id], group_id=group)
+        return [self.get(j.id) for j in jobs]
+
     def submit(self, src: Endpoint, dst: Endpoint, options: JobOptions) -> Job:
         for ep in (src, dst):
             if not self.registry.known(ep.host):
@@ -210,8 +224,8 @@ class Engine:
             raise UnknownJob(f"no job {job_id}; run 'zc-ctl jobs' to list jobs")
         return stored
 
-    def list_jobs(self, states: tuple[JobState, ...], limit: int) -> list[Job]:
-        jobs = self.store.list_jobs(states, limit)
+    def list_jobs(self, states: tuple[JobState, ...], limit: int, group_id: int = 0) -> list[Job]:
+        jobs = self.store.list_jobs(states, limit, group_id)
         return [replace(self.jobs[j.id], history=j.history) if j.id in self.jobs else j for j in jobs]
 
     def cancel(self, job_id: int) -> Job:
@@ -281,7 +295,7 @@ class Engine:
                 self._fail_run(run.job_id, f"{job.destination.host} did not prepare to receive within "
                                f"{self.config.ready_timeout:.0f}s", True, run.progress)
             elif run.receiver_ready and now - run.last_report > self.config.stall_timeout:
-                quiet = job.source.host if run.sender_done is None else job.destination.host
+                quiet = run.source.host if run.sender_done is None else job.destination.host
                 self._fail_run(run.job_id, f"no report from {quiet} for {self.config.stall_timeout:.0f}s; "
                                "the transfer is stalled (check that host's zc-agent log)", True, run.progress)
         self._throttle_running(now)
@@ -293,10 +307,12 @@ class Engine:
         for name, n in self._running_per_host().items():
             hosts[name] = replace(hosts[name], running=n)
         running = [self.jobs[i] for i in self.runs]
-        for d in plan(queued, hosts, running, self.policy, now):
+        sources = {j.id: self._replicas(j) for j in queued if j.group_id}
+        sending = [(self.jobs[i].group_id, r.source.host) for i, r in self.runs.items() if self.jobs[i].group_id]
+        for d in plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending):
             job = self.jobs[d.job_id]
             if d.start:
-                self._start(job, now)
+                self._start(job, now, d.source or job.source)
             elif job.wait_reason != d.reason:
                 job = replace(job, wait_reason=d.reason, updated_at=now)
                 self.jobs[job.id] = job
@@ -304,6 +320,16 @@ class Engine:
                 self._notify(job.id)
                 if d.reason:
                     self._decide(job.id, DecisionKind.WAIT, d.reason)
+
+    def _replicas(self, job: Job) -> list[Endpoint]:
+        """Where a fan-out job may read from: finished siblings, least loaded first, then the source."""
+        done = [j.destination for j in self.store.list_jobs((JobState.DONE,), 0, job.group_id)]
+
+        def load(ep: Endpoint) -> float:
+            h = self._health(ep.host)
+            return h.load1 / max(1, h.cpu_count) if h is not None else float("inf")
+
+        return [*sorted(done, key=load), job.source]
 
     def _throttle_running(self, now: float) -> None:
         """Slow down, pause or speed up running sends as either end crosses its high-water marks."""
@@ -316,15 +342,15 @@ class Engine:
             job = self.jobs[run.job_id]
             rate_bps = (run.progress.bytes_done - run.rate_bytes) / (now - run.rate_at)
             run.rate_at, run.rate_bytes = now, run.progress.bytes_done
-            link = LinkState(job.source.host, job.destination.host, ema_bps=rate_bps)
-            d = throttle_decision(self._health(job.source.host), self._health(job.destination.host), t,
+            link = LinkState(run.source.host, job.destination.host, ema_bps=rate_bps)
+            d = throttle_decision(self._health(run.source.host), self._health(job.destination.host), t,
                                   run.bwlimit, link, now=now, paused=run.paused, ceiling=job.options.bwlimit,
                                   rate_bps=rate_bps, dst_path=job.destination.path)
             if d.action is Throttle.HOLD:
                 continue
             run.paused = d.action is Throttle.PAUSE
             run.bwlimit = d.bwlimit
-            src = self.registry.session(job.source.host)
+            src = self.registry.session(run.source.host)
             if src is not None:
                 src.outbox.put_nowait(ThrottleOrder(job.id, run.attempt, run.bwlimit, run.paused, d.reason))
             kind = d.action.kind
@@ -339,43 +365,44 @@ class Engine:
 
     def _running_per_host(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for job_id in self.runs:
-            j = self.jobs[job_id]
-            for h in {j.source.host, j.destination.host}:
+        for job_id, run in self.runs.items():
+            for h in {run.source.host, self.jobs[job_id].destination.host}:
                 out[h] = out.get(h, 0) + 1
         return out
 
-    def _start(self, job: Job, now: float) -> None:
+    def _start(self, job: Job, now: float, source: Endpoint) -> None:
         dst = self.registry.session(job.destination.host)
         if dst is None:
             return
         job = lifecycle.started(job, now)
         self.jobs[job.id] = job
         self.store.save_job(job)
-        self.store.start_attempt(job.id, job.attempts, now)
-        run = Run(job.id, job.attempts, secrets.token_bytes(32), now + self.config.ready_timeout)
+        self.store.start_attempt(job.id, job.attempts, now, source.host.encode() + b":" + source.path)
+        run = Run(job.id, job.attempts, secrets.token_bytes(32), now + self.config.ready_timeout, source)
         self.runs[job.id] = run
         log.info("attempt started", extra=kv(job=job.id, attempt=run.attempt))
-        self._decide(job.id, DecisionKind.START, f"attempt {run.attempt} started: {job.source.host} and "
-                     f"{job.destination.host} are online and under their load thresholds", attempt=run.attempt)
+        via = "" if source == job.source else f" from the finished replica {source.host}:{show(source.path)}"
+        self._decide(job.id, DecisionKind.START if not via else DecisionKind.SWITCH_SOURCE,
+                     f"attempt {run.attempt} started{via}: {source.host} and {job.destination.host} are online "
+                     "and under their load thresholds", attempt=run.attempt, source=source.host)
         dst.outbox.put_nowait(ReceiveOrder(job.id, run.attempt, run.ticket, job.destination.path, job.options,
-                                           job.source.host))
+                                           source.host))
         self._notify(job.id)
 
     def _on_ready(self, job: Job, run: Run) -> None:
         run.receiver_ready = True
-        src = self.registry.session(job.source.host)
+        src = self.registry.session(run.source.host)
         dst_rec = self.registry.agents.get(job.destination.host)
         if src is None or dst_rec is None:
-            self._fail_run(job.id, f"{job.source.host} went offline before the transfer started", True,
+            self._fail_run(job.id, f"{run.source.host} went offline before the transfer started", True,
                            run.progress)
             return
-        streams, why = choose_streams(self._health(job.source.host), self._health(job.destination.host),
+        streams, why = choose_streams(self._health(run.source.host), self._health(job.destination.host),
                                       job.options.streams, {})
         options = replace(job.options, streams=streams)
         log.info("streams chosen", extra=kv(job=job.id, streams=streams, why=why))
         self._decide(job.id, DecisionKind.START, f"sending with {streams} streams: {why}", streams=streams)
-        src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, job.source.path, options,
+        src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, run.source.path, options,
                                         job.destination.host, dst_rec.info.data_address, job.destination.path))
         run.sending, run.rate_at = True, self.clock()
 
@@ -409,16 +436,15 @@ class Engine:
         self._settle(job)
 
     def _cancel_sides(self, job: Job, run: Run, reason: str, discard: bool = False) -> None:
-        for host in {job.source.host, job.destination.host}:
+        for host in {run.source.host, job.destination.host}:
             s = self.registry.session(host)
             if s is not None:
                 s.outbox.put_nowait(CancelOrder(job.id, run.attempt, reason, discard))
 
     def _host_lost(self, name: str, reason: str) -> None:
-        for job_id in list(self.runs):
-            job = self.jobs[job_id]
-            if name in (job.source.host, job.destination.host):
-                self._fail_run(job_id, reason, True, self.runs[job_id].progress)
+        for job_id, run in list(self.runs.items()):
+            if name in (run.source.host, self.jobs[job_id].destination.host):
+                self._fail_run(job_id, reason, True, run.progress)
 
     def _settle(self, job: Job) -> None:
         self.store.save_job(job)

@@ -70,8 +70,9 @@ def job_doc(j: Job) -> dict[str, Any]:
         "started_at": j.started_at, "finished_at": j.finished_at, "attempts": j.attempts,
         "max_attempts": j.max_attempts, "error": j.error, "wait_reason": j.wait_reason,
         "next_attempt_at": j.next_attempt_at, "progress": stats_doc(j.progress),
+        "group_id": j.group_id,
         "history": [{"number": a.number, "started_at": a.started_at, "ended_at": a.ended_at,
-                     "error": a.error, "stats": stats_doc(a.stats)} for a in j.history],
+                     "error": a.error, "source": show(a.source), "stats": stats_doc(a.stats)} for a in j.history],
     }
 
 

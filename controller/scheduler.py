@@ -38,6 +38,8 @@ class Decision:
     job_id: int
     start: bool
     reason: str = ""
+    # The endpoint to read from: the job's own source, or for a fan-out a finished replica.
+    source: Endpoint | None = None
 
 
 def overlaps(a: Endpoint, b: Endpoint) -> bool:
@@ -51,39 +53,60 @@ def plan(
     running: Iterable[Job],
     policy: Policy,
     now: float,
+    *,
+    sources: Mapping[int, Sequence[Endpoint]] | None = None,
+    group_sending: Iterable[tuple[int, str]] = (),
 ) -> list[Decision]:
-    """One decision per queued job, oldest first; starts consume capacity for later jobs in the pass."""
+    """One decision per queued job, in priority order; starts consume capacity for later jobs in the pass.
+
+    ``sources`` lists, per fan-out job, the endpoints it may read from in order of preference (finished
+    replicas first, so the busy original is spared); the first one that passes every check is chosen.
+    Within one fan-out each host sends one copy at a time (``group_sending``: (group, host) already
+    sending), which spreads a distribution to N hosts over about log2(N) rounds instead of N.
+    """
     load = {name: h.running for name, h in hosts.items()}
     writing = [(j.id, j.destination) for j in running]
+    sending = set(group_sending)
     out: list[Decision] = []
     for job in order_queue(queued, policy.aging):
-        reason = _blocker(job, hosts, load, writing, policy, now)
-        if reason:
+        reason, chosen = "", None
+        for src in (sources or {}).get(job.id) or (job.source,):
+            if job.group_id and (job.group_id, src.host) in sending:
+                why = f"waiting: {src.host} is already sending a copy for this fan-out"
+            else:
+                why = _blocker(job, src, hosts, load, writing, policy, now)
+            if not why:
+                chosen = src
+                break
+            reason = reason or why
+        if chosen is None:
             out.append(Decision(job.id, False, reason))
             continue
-        out.append(Decision(job.id, True))
-        for host in {job.source.host, job.destination.host}:
+        out.append(Decision(job.id, True, source=chosen))
+        for host in {chosen.host, job.destination.host}:
             load[host] = load.get(host, 0) + 1
         writing.append((job.id, job.destination))
+        if job.group_id:
+            sending.add((job.group_id, chosen.host))
     return out
 
 
-def _blocker(job: Job, hosts: Mapping[str, HostView], load: Mapping[str, int],
+def _blocker(job: Job, source: Endpoint, hosts: Mapping[str, HostView], load: Mapping[str, int],
              writing: Sequence[tuple[int, Endpoint]], policy: Policy, now: float) -> str:
     if job.next_attempt_at > now:
         return job.wait_reason or f"waiting: retry in {job.next_attempt_at - now:.1f}s"
-    for role, host in (("source", job.source.host), ("destination", job.destination.host)):
+    for role, host in (("source", source.host), ("destination", job.destination.host)):
         h = hosts.get(host)
         if h is None or not h.online:
             return f"waiting: {role} host {host} is offline (its zc-agent is not connected)"
-    for host in {job.source.host, job.destination.host}:
+    for host in {source.host, job.destination.host}:
         if load.get(host, 0) >= policy.max_jobs_per_host:
             return f"waiting: {host} already runs {load.get(host, 0)} jobs (limit {policy.max_jobs_per_host})"
     for other_id, dst in writing:
         if overlaps(dst, job.destination):
             return f"waiting: job {other_id} is writing to {dst.host}:{show(dst.path)}"
     if policy.thresholds is not None:
-        src, dst = hosts[job.source.host], hosts[job.destination.host]
+        src, dst = hosts[source.host], hosts[job.destination.host]
         left = max(0, job.progress.bytes_total - job.progress.bytes_done) if job.progress.scan_done else 0
         blockers = host_blockers(dst.name, dst.health, policy.thresholds, role=Role.RECEIVER,
                                  bytes_to_move=left, path=job.destination.path, now=now)

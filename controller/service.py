@@ -121,13 +121,25 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
             canonical_abs(ep.path, what=f"{ep.host}:{ep.path.decode('utf-8', 'backslashreplace')}")
         return job_to_pb(self.engine.submit(src, dst, options_from_pb(request.options)))
 
+    async def SubmitFanout(self, request: cpb.SubmitFanoutRequest, context: grpc.aio.ServicerContext
+                           ) -> cpb.ListJobsResponse:
+        src = endpoint_from_pb(request.source)
+        dsts = [endpoint_from_pb(d) for d in request.destinations]
+        for ep in (src, *dsts):
+            if not ep.host:
+                raise InvalidPath("source and destinations need a host: write HOST:/path")
+            canonical_abs(ep.path, what=f"{ep.host}:{ep.path.decode('utf-8', 'backslashreplace')}")
+        jobs = self.engine.submit_fanout(src, dsts, options_from_pb(request.options))
+        return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
+
     async def GetJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
         return job_to_pb(self.engine.get(request.id))
 
     async def ListJobs(self, request: cpb.ListJobsRequest, context: grpc.aio.ServicerContext
                        ) -> cpb.ListJobsResponse:
         states = tuple(state_from_pb(s) for s in request.states)
-        return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in self.engine.list_jobs(states, request.limit)])
+        jobs = self.engine.list_jobs(states, request.limit, request.group_id)
+        return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
     async def CancelJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
         return job_to_pb(self.engine.cancel(request.id))

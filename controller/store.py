@@ -22,7 +22,7 @@ from zcrepl.core.types import (
     TransferStats,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -36,13 +36,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
     max_attempts INTEGER NOT NULL,
     error TEXT NOT NULL DEFAULT '', wait_reason TEXT NOT NULL DEFAULT '',
-    progress TEXT NOT NULL DEFAULT '{}', next_attempt_at REAL NOT NULL DEFAULT 0
+    progress TEXT NOT NULL DEFAULT '{}', next_attempt_at REAL NOT NULL DEFAULT 0,
+    group_id INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS attempts (
     job_id INTEGER NOT NULL REFERENCES jobs(id), number INTEGER NOT NULL,
     started_at REAL NOT NULL, ended_at REAL NOT NULL DEFAULT 0,
-    error TEXT NOT NULL DEFAULT '', stats TEXT NOT NULL DEFAULT '{}',
+    error TEXT NOT NULL DEFAULT '', stats TEXT NOT NULL DEFAULT '{}', source BLOB NOT NULL DEFAULT x'',
     PRIMARY KEY (job_id, number)
 );
 CREATE TABLE IF NOT EXISTS decisions (
@@ -90,11 +91,22 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(_SCHEMA)
+            self._migrate()
             if row is None:
                 self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            else:
+                self.db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
         except BaseException:
             self.db.close()
             raise
+
+    def _migrate(self) -> None:
+        """Schema 1 -> 2: fan-out groups and the source each attempt read from (additive columns)."""
+        for table, column, decl in (("jobs", "group_id", "INTEGER NOT NULL DEFAULT 0"),
+                                    ("attempts", "source", "BLOB NOT NULL DEFAULT x''")):
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         self.db.close()
@@ -121,9 +133,12 @@ class Store:
              job.id),
         )
 
-    def start_attempt(self, job_id: int, number: int, now: float) -> None:
-        self.db.execute("INSERT OR REPLACE INTO attempts (job_id, number, started_at) VALUES (?,?,?)",
-                        (job_id, number, now))
+    def start_attempt(self, job_id: int, number: int, now: float, source: bytes = b"") -> None:
+        self.db.execute("INSERT OR REPLACE INTO attempts (job_id, number, started_at, source) VALUES (?,?,?,?)",
+                        (job_id, number, now, source))
+
+    def set_group(self, job_ids: list[int], group_id: int) -> None:
+        self.db.executemany("UPDATE jobs SET group_id=? WHERE id=?", [(group_id, j) for j in job_ids])
 
     def end_attempt(self, job_id: int, number: int, now: float, error: str, stats: TransferStats) -> None:
         self.db.execute("UPDATE attempts SET ended_at=?, error=?, stats=? WHERE job_id=? AND number=?",
@@ -133,12 +148,18 @@ class Store:
         row = self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         return self._job(row) if row else None
 
-    def list_jobs(self, states: tuple[JobState, ...] = (), limit: int = 0) -> list[Job]:
+    def list_jobs(self, states: tuple[JobState, ...] = (), limit: int = 0, group_id: int = 0) -> list[Job]:
         sql = "SELECT * FROM jobs"
+        where: list[str] = []
         args: list[object] = []
         if states:
-            sql += f" WHERE state IN ({','.join('?' * len(states))})"
+            where.append(f"state IN ({','.join('?' * len(states))})")
             args += [s.value for s in states]
+        if group_id:
+            where.append("group_id = ?")
+            args.append(group_id)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC"
         if limit:
             sql += " LIMIT ?"
@@ -157,19 +178,19 @@ class Store:
 
     def _attempts(self, job_id: int) -> tuple[Attempt, ...]:
         rows = self.db.execute(
-            "SELECT number, started_at, ended_at, error, stats FROM attempts WHERE job_id=? ORDER BY number",
+            "SELECT number, started_at, ended_at, error, stats, source FROM attempts WHERE job_id=? ORDER BY number",
             (job_id,)).fetchall()
-        return tuple(Attempt(n, s, e, err, _stats(st)) for n, s, e, err, st in rows)
+        return tuple(Attempt(n, s, e, err, _stats(st), bytes(src)) for n, s, e, err, st, src in rows)
 
     def _job(self, row: tuple) -> Job:  # type: ignore[type-arg]
         (jid, state, sh, sp, dh, dp, opts, created, updated, started, finished, attempts, failures,
-         max_attempts, error, wait_reason, progress, next_at) = row
+         max_attempts, error, wait_reason, progress, next_at, group_id) = row
         return Job(
             id=jid, state=JobState(state), source=Endpoint(sh, bytes(sp)), destination=Endpoint(dh, bytes(dp)),
             options=_options(opts), created_at=created, updated_at=updated,
             started_at=started, finished_at=finished, attempts=attempts, failures=failures,
             max_attempts=max_attempts, error=error, wait_reason=wait_reason, progress=_stats(progress),
-            history=self._attempts(jid), next_attempt_at=next_at,
+            history=self._attempts(jid), next_attempt_at=next_at, group_id=group_id,
         )
 
     # -- decisions (the explain history) ---------------------------------------------------------------

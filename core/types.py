@@ -145,6 +145,7 @@ class Attempt:
     ended_at: float = 0.0
     error: str = ""
     stats: TransferStats = field(default_factory=TransferStats)
+    source: bytes = b""  # "host:/path" read from in this attempt
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ class Job:
     # Attempts that failed for their own reasons; the retry budget. Interrupted attempts (the
     # controller restarted) don't count.
     failures: int = 0
+    group_id: int = 0  # the fan-out this job belongs to (id of its first job), 0 for none
 
 
 class Role(enum.Enum):

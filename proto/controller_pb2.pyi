@@ -174,6 +174,16 @@ class SubmitJobRequest(_message.Message):
     options: _types_pb2.JobOptions
     def __init__(self, source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destination: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ...) -> None: ...
 
+class SubmitFanoutRequest(_message.Message):
+    __slots__ = ("source", "destinations", "options")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    source: _types_pb2.Endpoint
+    destinations: _containers.RepeatedCompositeFieldContainer[_types_pb2.Endpoint]
+    options: _types_pb2.JobOptions
+    def __init__(self, source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destinations: _Optional[_Iterable[_Union[_types_pb2.Endpoint, _Mapping]]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ...) -> None: ...
+
 class JobRef(_message.Message):
     __slots__ = ("id",)
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -181,12 +191,14 @@ class JobRef(_message.Message):
     def __init__(self, id: _Optional[int] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("states", "limit")
+    __slots__ = ("states", "limit", "group_id")
     STATES_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedScalarFieldContainer[_types_pb2.JobState]
     limit: int
-    def __init__(self, states: _Optional[_Iterable[_Union[_types_pb2.JobState, str]]] = ..., limit: _Optional[int] = ...) -> None: ...
+    group_id: int
+    def __init__(self, states: _Optional[_Iterable[_Union[_types_pb2.JobState, str]]] = ..., limit: _Optional[int] = ..., group_id: _Optional[int] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs",)

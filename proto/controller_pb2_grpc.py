@@ -45,6 +45,11 @@ class ControllerStub:
                 request_serializer=zcrepl_dot_proto_dot_controller__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=zcrepl_dot_proto_dot_types__pb2.Job.FromString,
                 _registered_method=True)
+        self.SubmitFanout = channel.unary_unary(
+                '/zcrepl.v1.Controller/SubmitFanout',
+                request_serializer=zcrepl_dot_proto_dot_controller__pb2.SubmitFanoutRequest.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_controller__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/zcrepl.v1.Controller/GetJob',
                 request_serializer=zcrepl_dot_proto_dot_controller__pb2.JobRef.SerializeToString,
@@ -94,6 +99,13 @@ class ControllerServicer:
 
     def SubmitJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitFanout(self, request, context):
+        """One source, many destinations: one job per destination; finished destinations become sources.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -154,6 +166,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.SubmitJob,
                     request_deserializer=zcrepl_dot_proto_dot_controller__pb2.SubmitJobRequest.FromString,
                     response_serializer=zcrepl_dot_proto_dot_types__pb2.Job.SerializeToString,
+            ),
+            'SubmitFanout': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitFanout,
+                    request_deserializer=zcrepl_dot_proto_dot_controller__pb2.SubmitFanoutRequest.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_controller__pb2.ListJobsResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -245,6 +262,33 @@ class Controller:
             '/zcrepl.v1.Controller/SubmitJob',
             zcrepl_dot_proto_dot_controller__pb2.SubmitJobRequest.SerializeToString,
             zcrepl_dot_proto_dot_types__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitFanout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zcrepl.v1.Controller/SubmitFanout',
+            zcrepl_dot_proto_dot_controller__pb2.SubmitFanoutRequest.SerializeToString,
+            zcrepl_dot_proto_dot_controller__pb2.ListJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

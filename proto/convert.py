@@ -111,9 +111,10 @@ def job_to_pb(j: t.Job) -> pb.Job:
         created_at=j.created_at, updated_at=j.updated_at, started_at=j.started_at,
         finished_at=j.finished_at, attempts=j.attempts, max_attempts=j.max_attempts, error=j.error,
         wait_reason=j.wait_reason, progress=stats_to_pb(j.progress), next_attempt_at=j.next_attempt_at,
+        group_id=j.group_id,
     )
     m.history.extend(pb.Attempt(number=a.number, started_at=a.started_at, ended_at=a.ended_at,
-                                error=a.error, stats=stats_to_pb(a.stats)) for a in j.history)
+                                error=a.error, stats=stats_to_pb(a.stats), source=a.source) for a in j.history)
     return m
 
 
@@ -124,9 +125,9 @@ def job_from_pb(m: pb.Job) -> t.Job:
         created_at=m.created_at, updated_at=m.updated_at, started_at=m.started_at,
         finished_at=m.finished_at, attempts=m.attempts, max_attempts=m.max_attempts, error=m.error,
         wait_reason=m.wait_reason, progress=stats_from_pb(m.progress),
-        history=tuple(t.Attempt(a.number, a.started_at, a.ended_at, a.error, stats_from_pb(a.stats))
-                      for a in m.history),
-        next_attempt_at=m.next_attempt_at,
+        history=tuple(t.Attempt(a.number, a.started_at, a.ended_at, a.error, stats_from_pb(a.stats),
+                                bytes(a.source)) for a in m.history),
+        next_attempt_at=m.next_attempt_at, group_id=m.group_id,
     )
 
 

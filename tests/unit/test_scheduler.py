@@ -35,7 +35,8 @@ def by_id(decisions: list[Decision]) -> dict[int, Decision]:
 
 
 def test_starts_when_both_ends_online() -> None:
-    assert plan([job(1)], hosts("a", "b"), [], Policy(), NOW) == [Decision(1, True, "")]
+    j = job(1)
+    assert plan([j], hosts("a", "b"), [], Policy(), NOW) == [Decision(1, True, "", j.source)]
 
 
 @pytest.mark.parametrize(
@@ -220,3 +221,33 @@ def test_plan_does_not_mutate_host_views() -> None:
 )
 def test_overlaps(a: str, b: str, expected: bool) -> None:
     assert overlaps(ep(a), ep(b)) is expected
+
+
+# -- fan-out --------------------------------------------------------------------------------------
+
+
+def test_fanout_sends_one_copy_per_host_at_a_time_and_prefers_finished_replicas() -> None:
+    # Group 1: a:/src to b, c, d. Round 1: only one copy leaves a.
+    jobs = [job(i, "a:/src", f"{h}:/dst", group_id=1) for i, h in ((1, "b"), (2, "c"), (3, "d"))]
+    view = hosts("a", "b", "c", "d")
+    r1 = by_id(plan(jobs, view, [], Policy(), NOW))
+    assert r1[1].start and r1[1].source == ep("a:/src")
+    assert not r1[2].start and "a is already sending a copy for this fan-out" in r1[2].reason
+    # Round 2: b is done; c reads from b (a finished replica comes first), d from a: two copies at once.
+    sources = {2: [ep("b:/dst"), ep("a:/src")], 3: [ep("b:/dst"), ep("a:/src")]}
+    r2 = by_id(plan(jobs[1:], view, [], Policy(), NOW, sources=sources))
+    assert (r2[2].start, r2[2].source) == (True, ep("b:/dst"))
+    assert (r2[3].start, r2[3].source) == (True, ep("a:/src"))
+
+
+def test_fanout_skips_an_offline_replica() -> None:
+    j = job(5, "a:/src", "c:/dst", group_id=4)
+    d = plan([j], hosts("a", "c", offline=("b",)), [], Policy(), NOW, sources={5: [ep("b:/dst"), ep("a:/src")]})
+    assert (d[0].start, d[0].source) == (True, ep("a:/src"))
+
+
+def test_fanout_waits_when_every_replica_is_busy() -> None:
+    j = job(6, "a:/src", "c:/dst", group_id=4)
+    d = plan([j], hosts("a", "b", "c"), [], Policy(), NOW, sources={6: [ep("b:/dst"), ep("a:/src")]},
+             group_sending=[(4, "a"), (4, "b")])
+    assert not d[0].start and "b is already sending" in d[0].reason
