@@ -19,10 +19,12 @@ What watchdog 7.1 does with the two ways inotify loses events, and what is done 
 - **Watch limit** (``ENOSPC`` from ``inotify_add_watch``, ``fs.inotify.max_user_watches``): ``InotifyFD``
   raises ``OSError(ENOSPC, "inotify watch limit reached")``; ``InotifyWatchGroup._add_callback`` re-raises it
   only for the watched root and silently swallows it for every directory below, which then goes unwatched
-  for good. ``_FD.add_callback`` reports each such directory; the watcher warns once (naming the sysctl),
-  delivers ``rescan=True`` and from then on compares those directories' listings every ``poll_interval``
-  seconds, delivering what changed (scoped per directory, not a whole-tree rescan per poll). A root that
-  cannot be watched at all (``ENOSPC``, or ``EMFILE`` for ``fs.inotify.max_user_instances``) is polled whole.
+  for good. ``_FD.add_callback`` reports each such directory; the watcher calls ``on_warning`` (naming the
+  sysctl and how to raise it; at most once per ``poll_interval``), delivers ``rescan=True`` and from then
+  on compares those directories' listings every ``poll_interval`` seconds, delivering what changed as
+  ordinary upserts and deletes (scoped to the unwatched directories, not a whole-tree rescan per poll;
+  directories created inside them are polled too). A root that cannot be watched at all (``ENOSPC``, or
+  ``EMFILE`` for ``fs.inotify.max_user_instances``) is polled whole.
 
 Gotchas:
 
@@ -33,6 +35,11 @@ Gotchas:
   never following a symlink), which also catches what happened before watchdog's watch was in place.
 - A rename out of the tree reaches us ~0.5 s late: watchdog holds an unpaired ``IN_MOVED_FROM`` that long
   waiting for its ``IN_MOVED_TO``, and everything queued behind it waits too.
+- watchdog 7.1 also emits a ``RuntimeWarning`` from its reader thread each time a new directory tree appears
+  (it re-adds a watch it holds); under warnings-as-errors that kills the thread, so ``_FD`` avoids it.
+- ``on_changes`` must read the source for a set (ship it, or at least snapshot what it needs) before it
+  returns: right after, the watcher checks which freshly shipped paths still exist, and it times its replay
+  period from there (see :mod:`zcrepl.agent.watch_coalesce`).
 - ``clock`` times the waits as well as the events: inject one that advances in real seconds.
 - Changes still pending at :meth:`TreeWatcher.stop` are dropped; the next start reconciles anyway.
 """
@@ -49,7 +56,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from watchdog.events import (
     EVENT_TYPE_ATTRIB,
@@ -115,7 +121,17 @@ class _FD(InotifyFD):
 
     def add_callback(self, path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId) -> WatchDescriptor:
         try:
-            return super().add_callback(path, mask, callback, id_)
+            get_or_create = getattr(self, "_get_or_create_watch", None)
+            if get_or_create is None:  # not watchdog 7.x: its own path, warning included
+                return super().add_callback(path, mask, callback, id_)
+            # watchdog 7.1 warns (RuntimeWarning) whenever a group re-adds a watch it already holds, which
+            # happens each time a new directory tree appears (its subdirectories are walked from the parent's
+            # IN_CREATE and again from their own). With warnings as errors that kills this reader thread, so
+            # the identical callback is registered here without the warning.
+            with self._lock:
+                watch = get_or_create(path, mask)
+                watch.callbacks[id_] = callback
+                return watch.wd
         except OSError as err:
             if err.errno == errno.ENOSPC:
                 self._zc_on_limit(path)
@@ -218,7 +234,7 @@ class TreeWatcher:
         self._echo: dict[bytes, _Echo] = {}
         self._echo_purged = 0.0
         self._poll_cond = threading.Condition()  # guards _unwatched
-        self._unwatched: list[tuple[bytes, bool]] = []  # (absolute dir, poll its subdirectories too)
+        self._unwatched: list[tuple[bytes, bool, bool]] = []  # (absolute dir, its subdirectories too, warned)
         self._snaps: dict[bytes, dict[bytes, Sig]] = {}  # poller thread only: rel dir -> name -> Sig
         self._saferoot: SafeRoot | None = None
         self._observer: _Observer | None = None
@@ -247,7 +263,8 @@ class TreeWatcher:
         log.info("watching", extra=kv(root=self.root))
 
     def stop(self) -> None:
-        """Stop watching and join every thread (about a second at most); idempotent."""
+        """Stop watching and join every thread (about a second at most); idempotent. An ``on_changes`` call
+        in progress is not interrupted: its thread is left to finish it (it is a daemon thread)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -330,7 +347,7 @@ class TreeWatcher:
         self._on_warning(f"cannot watch {show(self.root)} with inotify: {why}; polling the whole tree every "
                          f"{self.poll_interval:g}s instead")
         with self._poll_cond:
-            self._unwatched.append((self.root, True))
+            self._unwatched.append((self.root, True, True))
 
     def _on_event(self, event: FileSystemEvent | _Polled) -> None:
         with self._cond:
@@ -346,7 +363,7 @@ class TreeWatcher:
     def _limit_hit(self, path: bytes) -> None:
         # Runs on whichever thread adds watches (start(), or watchdog's while holding its locks): just note it.
         with self._poll_cond:
-            self._unwatched.append((path, path == self.root))
+            self._unwatched.append((path, path == self.root, False))
             self._poll_cond.notify()
 
     def _rel(self, path: bytes | str) -> bytes | None:
@@ -512,8 +529,10 @@ class TreeWatcher:
         except OSError:
             return False
 
-    def _listdir(self, rel: bytes) -> dict[bytes, os.DirEntry[str]] | None:
-        """Entries of directory ``rel`` (never through a symlink), minus our temp namespace; None if gone."""
+    def _listdir(self, rel: bytes) -> dict[bytes, Sig] | None:
+        """``lstat`` signatures of directory ``rel``'s entries (never through a symlink), minus our temp
+        namespace; None if it is gone. Entries are stat'ed while the directory fd is open: a DirEntry from
+        an fd-based scandir stats relative to that fd, which must not be closed (or reused) by then."""
         root = self._saferoot
         if root is None or root.fd < 0:
             return None
@@ -522,9 +541,18 @@ class TreeWatcher:
         except (OSError, UnsafePath):
             return None
         try:
-            with os.scandir(dfd) as it:  # an fd gives str names: fsencode restores the exact bytes
-                entries = {os.fsencode(de.name): de for de in it}
-            return {name: de for name, de in entries.items() if not name.startswith(TEMP_PREFIX)}
+            out: dict[bytes, Sig] = {}
+            with os.scandir(dfd) as it:
+                for de in it:
+                    name = os.fsencode(de.name)  # an fd gives str names: fsencode restores the exact bytes
+                    if name.startswith(TEMP_PREFIX):
+                        continue
+                    try:
+                        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    except OSError:
+                        continue  # gone meanwhile
+                    out[name] = (stat.S_IFMT(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            return out
         except OSError:
             return None
         finally:
@@ -539,14 +567,10 @@ class TreeWatcher:
             entries = self._listdir(rel)
             if entries is None:
                 continue
-            for name, de in sorted(entries.items()):
+            for name, sig in sorted(entries.items()):
                 child = rel + b"/" + name if rel else name
-                try:
-                    is_dir = de.is_dir(follow_symlinks=False)
-                    is_reg = de.is_file(follow_symlinks=False)
-                except OSError:
-                    continue
-                out.append((child, is_dir, is_reg))
+                is_dir = stat.S_ISDIR(sig[0])
+                out.append((child, is_dir, stat.S_ISREG(sig[0])))
                 if is_dir:
                     stack.append(child)
         return out
@@ -567,10 +591,11 @@ class TreeWatcher:
                     return
                 fresh, self._unwatched = self._unwatched, []
             if fresh:
-                added = self._baseline(fresh)
+                added = self._baseline([(p, r) for p, r, _ in fresh])
                 if added:
                     now = self._clock()
-                    if warned_at is None or now - warned_at >= self.poll_interval:
+                    limit_hit = not all(warned for _, _, warned in fresh)
+                    if limit_hit and (warned_at is None or now - warned_at >= self.poll_interval):
                         warned_at = now
                         self._warn_limit(added)
                     self._on_event(_Polled("rescan"))  # what changed before the baseline was taken
@@ -594,7 +619,7 @@ class TreeWatcher:
                 entries = self._listdir(d)
                 if entries is None:
                     continue
-                self._snaps[d] = {name: _sig(de) for name, de in entries.items()}
+                self._snaps[d] = entries
                 added.append(d)
                 if recursive:
                     todo.extend(d + b"/" + n if d else n for n, s in self._snaps[d].items() if stat.S_ISDIR(s[0]))
@@ -609,7 +634,7 @@ class TreeWatcher:
             if entries is None:  # gone: its parent's watch (or poll) reports the removal
                 self._forget(d)
                 continue
-            new = {name: _sig(de) for name, de in entries.items()}
+            new = entries
             self._snaps[d] = new
             for name in sorted(old.keys() | new.keys()):
                 before, after = old.get(name), new.get(name)
@@ -648,14 +673,6 @@ class TreeWatcher:
             "`fs.inotify.max_user_watches=1048576` in /etc/sysctl.d/90-zcrepl.conf; then restart the sync "
             "to watch everything again."
         )
-
-
-def _sig(de: os.DirEntry[Any]) -> Sig:
-    try:
-        st = de.stat(follow_symlinks=False)
-    except OSError:
-        return (0, 0, 0, 0, 0)
-    return (stat.S_IFMT(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _log_warning(message: str) -> None:
