@@ -78,8 +78,8 @@ class ControllerClient:
     def agents(self) -> list[AgentStatus]:
         return [agent_status_from_pb(a) for a in self._call(self._stub.ListAgents, cpb.ListAgentsRequest()).agents]
 
-    def health(self, names: list[str]) -> list[AgentStatus]:
-        resp = self._call(self._stub.GetAgentHealth, cpb.AgentHealthRequest(names=names))
+    def health(self, names: list[str], history: int = 0) -> list[AgentStatus]:
+        resp = self._call(self._stub.GetAgentHealth, cpb.AgentHealthRequest(names=names, history=history))
         return [agent_status_from_pb(a) for a in resp.agents]
 
     def watch(self, job_id: int, reconnect_for: float = 60.0) -> Iterator[Job]:

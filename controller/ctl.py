@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("health", help="show host health of agents")
     h.add_argument("hosts", nargs="*", metavar="HOST", help="agent names (default: all)")
     h.add_argument("--watch", action="store_true", help="refresh every second until interrupted")
+    h.add_argument("--history", type=int, default=0, metavar="N",
+                   help="with --json: also the last N samples per host (the controller keeps ~15 minutes)")
     h.add_argument("--json", action="store_true")
     j = sub.add_parser("jobs", help="list jobs, newest first")
     j.add_argument("--state", action="append", choices=[s.value for s in JobState], help="filter by state")
@@ -142,7 +144,7 @@ def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Console, 
     if args.command == "health":
         if args.watch and not args.json:
             return _watch_health(client, args.hosts, out)
-        statuses = client.health(args.hosts)
+        statuses = client.health(args.hosts, args.history)
         if args.json:
             _print_json(out, [render.agent_doc(a) for a in statuses])
         else:

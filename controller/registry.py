@@ -95,10 +95,10 @@ class Registry:
         return [r.session for r in self.agents.values()
                 if r.session is not None and r.session.open and now - r.last_seen > self.offline_after]
 
-    def status(self, name: str, now: float, running_jobs: int = 0) -> AgentStatus:
+    def status(self, name: str, now: float, running_jobs: int = 0, history: int = 0) -> AgentStatus:
         rec = self.agents[name]
         return AgentStatus(
             info=rec.info, online=self.online(name, now), last_seen=rec.last_seen,
             connected_at=rec.session.connected_at if rec.session else 0.0, health=rec.health,
-            running_jobs=running_jobs,
+            running_jobs=running_jobs, history=tuple(list(rec.history)[-history:]) if history else (),
         )

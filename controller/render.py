@@ -51,6 +51,7 @@ def agent_doc(s: AgentStatus) -> dict[str, Any]:
         "data_address": s.info.data_address, "exports": [show(e) for e in s.info.exports],
         "version": s.info.version, "pid": s.info.pid, "hostname": s.info.hostname, "last_seen": s.last_seen,
         "connected_at": s.connected_at, "running_jobs": s.running_jobs, "health": health_doc(s.health),
+        "history": [health_doc(h) for h in s.history],
     }
 
 

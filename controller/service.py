@@ -160,5 +160,5 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     async def GetAgentHealth(self, request: cpb.AgentHealthRequest, context: grpc.aio.ServicerContext
                              ) -> cpb.AgentHealthResponse:
-        statuses = self.engine.statuses(list(request.names) or None)
+        statuses = self.engine.statuses(list(request.names) or None, min(request.history, 3600))
         return cpb.AgentHealthResponse(agents=[agent_status_to_pb(s) for s in statuses])

@@ -136,6 +136,7 @@ class AgentStatus:
     connected_at: float = 0.0
     health: HostHealth | None = None
     running_jobs: int = 0
+    history: tuple[HostHealth, ...] = ()  # recent samples, oldest first (only when asked for)
 
 
 @dataclass(frozen=True)

@@ -207,20 +207,22 @@ class ListJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[_types_pb2.Job, _Mapping]]] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("info", "online", "last_seen", "connected_at", "health", "running_jobs")
+    __slots__ = ("info", "online", "last_seen", "connected_at", "health", "running_jobs", "history")
     INFO_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     info: _types_pb2.AgentInfo
     online: bool
     last_seen: float
     connected_at: float
     health: _types_pb2.HostHealth
     running_jobs: int
-    def __init__(self, info: _Optional[_Union[_types_pb2.AgentInfo, _Mapping]] = ..., online: _Optional[bool] = ..., last_seen: _Optional[float] = ..., connected_at: _Optional[float] = ..., health: _Optional[_Union[_types_pb2.HostHealth, _Mapping]] = ..., running_jobs: _Optional[int] = ...) -> None: ...
+    history: _containers.RepeatedCompositeFieldContainer[_types_pb2.HostHealth]
+    def __init__(self, info: _Optional[_Union[_types_pb2.AgentInfo, _Mapping]] = ..., online: _Optional[bool] = ..., last_seen: _Optional[float] = ..., connected_at: _Optional[float] = ..., health: _Optional[_Union[_types_pb2.HostHealth, _Mapping]] = ..., running_jobs: _Optional[int] = ..., history: _Optional[_Iterable[_Union[_types_pb2.HostHealth, _Mapping]]] = ...) -> None: ...
 
 class ListAgentsRequest(_message.Message):
     __slots__ = ()
@@ -233,10 +235,12 @@ class ListAgentsResponse(_message.Message):
     def __init__(self, agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ...) -> None: ...
 
 class AgentHealthRequest(_message.Message):
-    __slots__ = ("names",)
+    __slots__ = ("names", "history")
     NAMES_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
+    history: int
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., history: _Optional[int] = ...) -> None: ...
 
 class AgentHealthResponse(_message.Message):
     __slots__ = ("agents",)

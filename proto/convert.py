@@ -138,6 +138,7 @@ def agent_status_to_pb(s: t.AgentStatus) -> object:
                         connected_at=s.connected_at, running_jobs=s.running_jobs)
     if s.health is not None:
         m.health.CopyFrom(health_to_pb(s.health))
+    m.history.extend(health_to_pb(h) for h in s.history)
     return m
 
 
@@ -149,6 +150,7 @@ def agent_status_from_pb(m: object) -> t.AgentStatus:
         connected_at=m.connected_at,  # type: ignore[attr-defined]
         health=health_from_pb(m.health) if m.HasField("health") else None,  # type: ignore[attr-defined]
         running_jobs=m.running_jobs,  # type: ignore[attr-defined]
+        history=tuple(health_from_pb(h) for h in m.history),  # type: ignore[attr-defined]
     )
 
 

@@ -32,6 +32,12 @@ def test_agents_health_and_jobs_json(cluster: Cluster, tmp_path: Path) -> None:
     for key in ("load1", "mem_available", "disk_read_bps", "disk_write_bps", "net_recv_bps", "net_sent_bps"):
         assert key in h
 
+    hist = wait_for(lambda: len((d := json.loads(cluster.ctl("health", "hostB", "--json", "--history", "3")[1])[0])
+                                ["history"]) == 3 and d, 10, interval=0.3, what="three samples of history")
+    times = [h["sampled_at"] for h in hist["history"]]
+    assert times == sorted(times) and len(set(times)) == 3
+    assert hist["history"][-1]["cpu_count"] >= 1
+
     rc, out, err = cluster.ctl("health", "nosuchhost")
     assert rc == 2 and "unknown host 'nosuchhost'" in err
 
