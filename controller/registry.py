@@ -5,14 +5,57 @@ Liveness is a pure function of (stream open, last heartbeat, now, offline_after)
 
 from __future__ import annotations
 
+import array
 import asyncio
-import collections
 import itertools
 from dataclasses import dataclass, field
 
 from zcrepl.core.types import AgentInfo, AgentStatus, HostHealth
 
 _session_ids = itertools.count(1)
+HISTORY = 900  # samples per agent: 15 minutes at one heartbeat a second
+
+
+class HealthHistory:
+    """A ring of the scalar figures of an agent's health samples, in one flat array of doubles.
+
+    No object per sample: a thousand agents times 900 samples as dataclasses were ten million objects for
+    the garbage collector to walk (multi-second full collections); as doubles they are ~110 MiB it never
+    looks at. Per-core, per-disk, per-NIC and per-export detail lives only in the latest sample.
+    """
+
+    FIELDS = ("sampled_at", "cpu_percent", "cpu_count", "load1", "load5", "load15", "mem_total", "mem_available",
+              "swap_in_bps", "swap_out_bps", "disk_read_bps", "disk_write_bps", "net_recv_bps", "net_sent_bps",
+              "open_fds", "agent_cpu_percent", "agent_rss", "active_transfers")
+    _INTS = frozenset({"cpu_count", "mem_total", "mem_available", "open_fds", "agent_rss", "active_transfers"})
+
+    def __init__(self, maxlen: int = HISTORY) -> None:
+        self.maxlen = maxlen
+        self._buf = array.array("d", bytes(8 * maxlen * len(self.FIELDS)))
+        self._next = 0
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def append(self, h: HostHealth) -> None:
+        width = len(self.FIELDS)
+        base = self._next * width
+        for i, name in enumerate(self.FIELDS):
+            self._buf[base + i] = float(getattr(h, name))
+        self._next = (self._next + 1) % self.maxlen
+        self._len = min(self._len + 1, self.maxlen)
+
+    def last(self, n: int) -> list[HostHealth]:
+        """Up to ``n`` most recent samples, oldest first (scalar figures only)."""
+        width = len(self.FIELDS)
+        out = []
+        for k in range(min(n, self._len), 0, -1):
+            base = ((self._next - k) % self.maxlen) * width
+            values = {name: (int(v) if name in self._INTS else v)
+                      for name, v in zip(self.FIELDS, self._buf[base : base + width], strict=True)}
+            out.append(HostHealth(**values))
+        return out
 
 
 def is_online(stream_open: bool, last_seen: float, now: float, offline_after: float) -> bool:
@@ -42,7 +85,7 @@ class AgentRecord:
     last_seen: float
     session: Session | None = None
     health: HostHealth | None = None
-    history: collections.deque[HostHealth] = field(default_factory=lambda: collections.deque(maxlen=900))
+    history: HealthHistory = field(default_factory=HealthHistory)
 
 
 class Registry:
@@ -100,5 +143,5 @@ class Registry:
         return AgentStatus(
             info=rec.info, online=self.online(name, now), last_seen=rec.last_seen,
             connected_at=rec.session.connected_at if rec.session else 0.0, health=rec.health,
-            running_jobs=running_jobs, history=tuple(list(rec.history)[-history:]) if history else (),
+            running_jobs=running_jobs, history=tuple(rec.history.last(history)) if history else (),
         )

@@ -118,7 +118,7 @@ def test_attach_keeps_health_history(reg: Registry) -> None:
     reg.heartbeat(old, health(101.0), 101.0)
     reg.attach(session(at=102.0))
     assert reg.agents["hostA"].health == health(101.0)
-    assert list(reg.agents["hostA"].history) == [health(101.0)]
+    assert reg.agents["hostA"].history.last(10) == [health(101.0)]
 
 
 def test_detach_current(reg: Registry) -> None:
@@ -185,7 +185,8 @@ def test_heartbeat_updates_health_and_history(reg: Registry) -> None:
         reg.heartbeat(s, health(t), t)
     rec = reg.agents["hostA"]
     assert rec.health == health(103.0)
-    assert list(rec.history) == [health(101.0), health(102.0), health(103.0)]
+    assert rec.history.last(10) == [health(101.0), health(102.0), health(103.0)]
+    assert rec.history.last(2) == [health(102.0), health(103.0)]
     assert rec.last_seen == 103.0
     assert s.last_seen == 103.0
 
@@ -200,7 +201,22 @@ def test_heartbeat_history_is_bounded() -> None:
         reg.heartbeat(s, health(float(t)), float(t))
     hist = reg.agents["hostA"].history
     assert len(hist) == 900
-    assert hist[0] == health(100.0)
+    assert hist.last(900)[0] == health(100.0)
+    assert hist.last(900)[-1] == health(999.0)
+
+
+def test_history_keeps_scalar_figures_without_objects() -> None:
+    import gc
+
+    from zcrepl.controller.registry import HealthHistory
+
+    h = HealthHistory(maxlen=3)
+    full = HostHealth(sampled_at=5.0, cpu_percent=12.5, cpu_count=2, load1=0.5, mem_total=10, mem_available=7,
+                      net_sent_bps=3.0, active_transfers=2, cpu_per_core=(10.0, 15.0))
+    h.append(full)
+    (got,) = h.last(5)
+    assert got == replace(full, cpu_per_core=())  # per-core detail lives only in the latest sample
+    assert gc.get_referents(h._buf) == []  # one array of doubles: nothing inside for the collector to walk
 
 
 def test_heartbeat_from_stale_session_is_ignored(reg: Registry) -> None:
