@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from zcrepl.core.types import (
@@ -222,6 +222,3 @@ class Store:
             out[name] = (AgentInfo(**d), last_seen)
         return out
 
-
-def with_history(job: Job, store: Store) -> Job:
-    return replace(job, history=store._attempts(job.id))

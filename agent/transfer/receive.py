@@ -29,7 +29,6 @@ from zcrepl.agent.transfer.frame import Channel, FileHead, Hello
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.server import Grant, TicketBook
 from zcrepl.core.errors import ProtocolError, TransferError
-from zcrepl.core.logs import kv
 from zcrepl.core.types import JobOptions, TransferStats
 
 log = logging.getLogger(__name__)
@@ -360,6 +359,3 @@ def _shutdown(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
 
-
-def log_failure(job_id: int, err: BaseException) -> None:
-    log.warning("receive failed", extra=kv(job=job_id, error=str(err)))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from zcrepl.controller.store import SCHEMA_VERSION, Store, with_history
+from zcrepl.controller.store import SCHEMA_VERSION, Store
 from zcrepl.core.types import AgentInfo, Attempt, Endpoint, Job, JobOptions, JobState, TransferStats
 
 SRC = Endpoint("hostA", b"/srv/data")
@@ -179,10 +179,10 @@ def test_attempt_for_missing_job_is_refused(store: Store) -> None:
         store.start_attempt(12345, 1, 1.0)
 
 
-def test_with_history(store: Store) -> None:
+def test_attempt_records_its_source(store: Store) -> None:
     job = create(store)
-    store.start_attempt(job.id, 1, 5.0)
-    assert with_history(job, store).history == (Attempt(1, 5.0),)
+    store.start_attempt(job.id, 1, 5.0, b"hostB:/copy")
+    assert store.get_job(job.id).history == (Attempt(1, 5.0, source=b"hostB:/copy"),)  # type: ignore[union-attr]
 
 
 # -- restart recovery -------------------------------------------------------------------------------
