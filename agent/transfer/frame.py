@@ -26,6 +26,7 @@ bounded before use (rsync CVE-2024-12084 and friends).
 from __future__ import annotations
 
 import enum
+import select
 import socket
 import struct
 from dataclasses import dataclass
@@ -365,6 +366,15 @@ def encode_text(kind: T, text: str) -> bytes:
 
 def decode_text(payload: bytes) -> str:
     return payload[:65536].decode("utf-8", "replace")
+
+
+def wait_ready(sockfd: int, events: int, timeout: float | None, what: str) -> None:
+    """Block until a non-blocking socket is ready for ``events`` (after EAGAIN from sendfile or splice,
+    which bypass the socket object's own timeout handling); TimeoutError names ``what`` waited for."""
+    poller = select.poll()
+    poller.register(sockfd, events)
+    if not poller.poll(None if timeout is None else timeout * 1000):
+        raise TimeoutError(f"{what} for {timeout:.0f}s")
 
 
 class Channel:

@@ -301,16 +301,11 @@ class _Sink:
         r, w = self._pipe
         sockfd = self.ch.sock.fileno()
         timeout = self.ch.sock.gettimeout()
-        poller: select.poll | None = None
         while left:
             try:
                 n = os.splice(sockfd, w, min(left, _PIPE), flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
             except BlockingIOError:
-                if poller is None:
-                    poller = select.poll()
-                    poller.register(sockfd, select.POLLIN)
-                if not poller.poll(None if timeout is None else timeout * 1000):
-                    raise TimeoutError(f"no file data for {timeout:.0f}s") from None
+                fr.wait_ready(sockfd, select.POLLIN, timeout, "no file data came")
                 continue
             if n == 0:
                 raise ProtocolError(f"truncated file data: {left} announced bytes never arrived")

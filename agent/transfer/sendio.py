@@ -98,16 +98,11 @@ def sendfile_range(sock: socket.socket, fd: int, offset: int, count: int, timeou
     """Send ``count`` bytes of ``fd`` from ``offset``; returns fewer only when the file ended early."""
     sockfd = sock.fileno()
     sent = 0
-    poller: select.poll | None = None
     while sent < count:
         try:
             n = os.sendfile(sockfd, fd, offset + sent, count - sent)
         except BlockingIOError:
-            if poller is None:
-                poller = select.poll()
-                poller.register(sockfd, select.POLLOUT)
-            if not poller.poll(None if timeout is None else timeout * 1000):
-                raise TimeoutError(f"peer accepted no data for {timeout:.0f}s") from None
+            fr.wait_ready(sockfd, select.POLLOUT, timeout, "the peer accepted no data")
             continue
         if n == 0:
             break
