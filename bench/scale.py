@@ -552,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
         console.print("[yellow]interrupted[/]: the controller and the simulator are stopped")
-    except RuntimeError as err:  # a daemon did not start or the agents did not register: keep the logs
+    except (RuntimeError, grpc.RpcError) as err:  # a daemon did not start, or stopped answering: keep the logs
         console.print(f"[red]bench/scale.py: {err}[/]")
         failed = args.keep = True
     finally:
