@@ -2,7 +2,7 @@
 
 ::
 
-    kernel inotify -> _FD thread -> _Emitter thread -> observer thread -> inbox -> coalescer thread -> on_changes
+    kernel inotify -> WatchFD -> WatchEmitter -> observer thread -> inbox -> coalescer thread -> on_changes
                       (overflow and watch-limit hooks)                      ^
                                                         poller thread ------+  (directories inotify cannot watch)
 
@@ -15,11 +15,11 @@ What watchdog 7.1 does with the two ways inotify loses events, and what is done 
 - **Queue overflow** (``IN_Q_OVERFLOW``, ``fs.inotify.max_queued_events``): ``InotifyFD.handle_event`` logs
   a warning and calls ``on_queue_overflow`` on each watch group, which drops pending move halves and re-adds
   the recursive watches. Nothing reaches the event queue, so a handler never learns that events were lost.
-  ``_FD.handle_event`` calls the watcher after watchdog's own recovery; the next set is ``rescan=True``.
+  ``WatchFD.handle_event`` calls the watcher after watchdog's own recovery; the next set is ``rescan=True``.
 - **Watch limit** (``ENOSPC`` from ``inotify_add_watch``, ``fs.inotify.max_user_watches``): ``InotifyFD``
   raises ``OSError(ENOSPC, "inotify watch limit reached")``; ``InotifyWatchGroup._add_callback`` re-raises it
   only for the watched root and silently swallows it for every directory below, which then goes unwatched
-  for good. ``_FD.add_callback`` reports each such directory; the watcher calls ``on_warning`` (naming the
+  for good. ``WatchFD.add_callback`` reports each such directory; the watcher calls ``on_warning`` (naming the
   sysctl and how to raise it; at most once per ``poll_interval``), delivers ``rescan=True`` and from then
   on compares those directories' listings every ``poll_interval`` seconds, delivering what changed as
   ordinary upserts and deletes (scoped to the unwatched directories, not a whole-tree rescan per poll;
@@ -36,7 +36,7 @@ Gotchas:
 - A rename out of the tree reaches us ~0.5 s late: watchdog holds an unpaired ``IN_MOVED_FROM`` that long
   waiting for its ``IN_MOVED_TO``, and everything queued behind it waits too.
 - watchdog 7.1 also emits a ``RuntimeWarning`` from its reader thread each time a new directory tree appears
-  (it re-adds a watch it holds); under warnings-as-errors that kills the thread, so ``_FD`` avoids it.
+  (it re-adds a watch it holds); under warnings-as-errors that kills the thread, so ``WatchFD`` avoids it.
 - ``on_changes`` must read the source for a set (ship it, or at least snapshot what it needs) before it
   returns: right after, the watcher checks which freshly shipped paths still exist, and it times its replay
   period from there (see :mod:`zcrepl.agent.watch_coalesce`).
@@ -63,26 +63,13 @@ from watchdog.events import (
     EVENT_TYPE_CREATED,
     EVENT_TYPE_DELETED,
     EVENT_TYPE_MODIFIED,
-    DirAttribEvent,
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileAttribEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
     FileSystemEvent,
-    FileSystemEventHandler,
     FileSystemMovedEvent,
 )
-from watchdog.observers.api import BaseObserver
-from watchdog.observers.inotify import InotifyFullEmitter
-from watchdog.observers.inotify_c import CallbackId, InotifyEvent, InotifyFD, Mask, WatchCallback, WatchDescriptor
 
 from zcrepl.agent.transfer.saferoot import TEMP_PREFIX, SafeRoot
 from zcrepl.agent.watch_coalesce import REPLAY_MARGIN, ChangeSet, Coalescer, is_ignored
+from zcrepl.agent.watch_inotify import EVENT_FILTER, JOIN_TIMEOUT, WatchFD, WatchHandler, WatchObserver
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
@@ -94,77 +81,9 @@ log = logging.getLogger(__name__)
 ChangesFn = Callable[[ChangeSet], None]
 WarnFn = Callable[[str], None]
 
-# Only what changes the tree: no IN_OPEN / IN_CLOSE_NOWRITE, so reading a file (our own shipper included)
-# costs no events. IN_ATTRIB comes with FileModifiedEvent in watchdog's mask table.
-_EVENT_FILTER: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, DirCreatedEvent, FileDeletedEvent, DirDeletedEvent, FileMovedEvent, DirMovedEvent,
-    FileModifiedEvent, FileAttribEvent, DirAttribEvent, FileClosedEvent,
-]
 _WATCHES_SYSCTL = "/proc/sys/fs/inotify/max_user_watches"
-_JOIN_TIMEOUT = 1.0
 
 Sig = tuple[int, int, int, int, int]  # (file type, ino, size, mtime_ns, ctime_ns)
-
-
-class _FD(InotifyFD):
-    """A private inotify instance that reports what watchdog only logs (overflow) or swallows (ENOSPC)."""
-
-    def __init__(self, on_overflow: Callable[[], None], on_limit: Callable[[bytes], None]) -> None:
-        self._zc_on_overflow = on_overflow
-        self._zc_on_limit = on_limit
-        super().__init__()
-
-    def handle_event(self, event: InotifyEvent) -> None:
-        super().handle_event(event)  # for an overflow: watchdog re-adds the watches first
-        if event.is_queue_overflow:
-            self._zc_on_overflow()
-
-    def add_callback(self, path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId) -> WatchDescriptor:
-        try:
-            get_or_create = getattr(self, "_get_or_create_watch", None)
-            if get_or_create is None:  # not watchdog 7.x: its own path, warning included
-                return super().add_callback(path, mask, callback, id_)
-            # watchdog 7.1 warns (RuntimeWarning) whenever a group re-adds a watch it already holds, which
-            # happens each time a new directory tree appears (its subdirectories are walked from the parent's
-            # IN_CREATE and again from their own). With warnings as errors that kills this reader thread, so
-            # the identical callback is registered here without the warning.
-            with self._lock:
-                watch = get_or_create(path, mask)
-                watch.callbacks[id_] = callback
-                return watch.wd
-        except OSError as err:
-            if err.errno == errno.ENOSPC:
-                self._zc_on_limit(path)
-            raise
-
-
-class _Emitter(InotifyFullEmitter):
-    """Full events (an unpaired move keeps an empty side, so a move-in is told from a create), minus the
-    synthetic ones."""
-
-    def queue_event(self, event: FileSystemEvent) -> None:
-        if not event.is_synthetic:
-            super().queue_event(event)
-
-
-class _Observer(BaseObserver):
-    def __init__(self, fd: _FD) -> None:
-        self._fd = fd
-        super().__init__(_Emitter, inotify_fd=fd)
-
-    def on_thread_stop(self) -> None:
-        super().on_thread_stop()
-        self._fd.stop()
-        with contextlib.suppress(RuntimeError):  # never started
-            self._fd.join(_JOIN_TIMEOUT)
-
-
-class _Handler(FileSystemEventHandler):
-    def __init__(self, sink: Callable[[FileSystemEvent], None]) -> None:
-        self._sink = sink
-
-    def dispatch(self, event: FileSystemEvent) -> None:
-        self._sink(event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +156,7 @@ class TreeWatcher:
         self._unwatched: list[tuple[bytes, bool, bool]] = []  # (absolute dir, its subdirectories too, warned)
         self._snaps: dict[bytes, dict[bytes, Sig]] = {}  # poller thread only: rel dir -> name -> Sig
         self._saferoot: SafeRoot | None = None
-        self._observer: _Observer | None = None
+        self._observer: WatchObserver | None = None
         self._threads: list[threading.Thread] = []
 
     # ----------------------------------------------------------------------------------------- lifecycle
@@ -274,10 +193,10 @@ class TreeWatcher:
         if observer is not None:
             observer.stop()
             with contextlib.suppress(RuntimeError):
-                observer.join(_JOIN_TIMEOUT)
+                observer.join(JOIN_TIMEOUT)
         for t in self._threads:
             if t is not threading.current_thread():
-                t.join(_JOIN_TIMEOUT)
+                t.join(JOIN_TIMEOUT)
         self._threads.clear()
         if self._saferoot is not None:
             self._saferoot.close()
@@ -322,7 +241,7 @@ class TreeWatcher:
 
     def _start_observer(self) -> None:
         try:
-            fd = _FD(self._overflowed, self._limit_hit)
+            fd = WatchFD(self._overflowed, self._limit_hit)
         except OSError as err:
             if err.errno != errno.EMFILE:
                 raise
@@ -330,14 +249,14 @@ class TreeWatcher:
                             "(e.g. sysctl -w fs.inotify.max_user_instances=1024)")
             return
         fd.start()
-        observer = _Observer(fd)
+        observer = WatchObserver(fd)
         # A bytes path makes watchdog hand back bytes paths (typed str | Path, works with bytes).
-        observer.schedule(_Handler(self._on_event), self.root,  # type: ignore[arg-type]
-                          recursive=True, event_filter=_EVENT_FILTER)
+        observer.schedule(WatchHandler(self._on_event), self.root,  # type: ignore[arg-type]
+                          recursive=True, event_filter=EVENT_FILTER)
         try:
             observer.start()
         except OSError as err:
-            observer.stop()  # stops and joins the _FD thread
+            observer.stop()  # stops and joins the WatchFD thread
             if err.errno != errno.ENOSPC:
                 raise
             return  # _limit_hit already queued the root for polling
