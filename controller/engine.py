@@ -307,7 +307,8 @@ class Engine:
         for name, n in self._running_per_host().items():
             hosts[name] = replace(hosts[name], running=n)
         running = [self.jobs[i] for i in self.runs]
-        sources = {j.id: self._replicas(j) for j in queued if j.group_id}
+        done: dict[int, list[Endpoint]] = {}  # one query per fan-out per tick, not one per waiting job
+        sources = {j.id: self._replicas(j, done) for j in queued if j.group_id}
         sending = [(self.jobs[i].group_id, r.source.host) for i, r in self.runs.items() if self.jobs[i].group_id]
         for d in plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending):
             job = self.jobs[d.job_id]
@@ -321,9 +322,12 @@ class Engine:
                 if d.reason:
                     self._decide(job.id, DecisionKind.WAIT, d.reason)
 
-    def _replicas(self, job: Job) -> list[Endpoint]:
+    def _replicas(self, job: Job, done_by_group: dict[int, list[Endpoint]]) -> list[Endpoint]:
         """Where a fan-out job may read from: finished siblings, least loaded first, then the source."""
-        done = [j.destination for j in self.store.list_jobs((JobState.DONE,), 0, job.group_id)]
+        done = done_by_group.get(job.group_id)
+        if done is None:
+            done = done_by_group[job.group_id] = [
+                j.destination for j in self.store.list_jobs((JobState.DONE,), 0, job.group_id)]
 
         def load(ep: Endpoint) -> float:
             h = self._health(ep.host)
