@@ -29,16 +29,14 @@ class Exports:
 
     def resolve(self, path: bytes) -> tuple[SafeRoot, tuple[bytes, ...]]:
         """(export root, components below it) for an absolute job path, or InvalidPath naming the exports."""
-        try:
-            path = canonical_abs(path, what=f"{self.host}:{show(path)}")
-        except InvalidPath:
-            raise
+        path = canonical_abs(path, what=f"{self.host}:{show(path)}")
         best: tuple[SafeRoot, bytes] | None = None
+        best_len = -1
         for configured, real, root in self.roots:
             for base in (configured, real):
                 rel = relative_to(path, base)
-                if rel is not None and (best is None or len(base) > len(best[0].path)):
-                    best = (root, rel)
+                if rel is not None and len(base) > best_len:  # the innermost export wins
+                    best, best_len = (root, rel), len(base)
         if best is None:
             listed = ", ".join(show(p) for p in self.paths)
             raise InvalidPath(
