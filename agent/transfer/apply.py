@@ -91,7 +91,11 @@ class TreeWriter:
         self._lock = threading.Lock()
         self._hashbuf: bytearray | None = None
         self.files_done = self.bytes_done = self.skipped = self.deleted = self.errors = 0
+        self.renamed = 0
         self.first_error = ""
+        # A watch session: the manifest lists changed paths only (see transfer/changes.py), so nothing
+        # unlisted is deleted, and what stands in an upserted path's way is replaced.
+        self.restricted = False
 
     # -- manifest -----------------------------------------------------------------------------------
     def admit(self, e: Entry) -> bool | Basis:
@@ -217,7 +221,7 @@ class TreeWriter:
             os.chown(leaf, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
 
     def clear_dir_for(self, pfd: int, leaf: bytes, what: str) -> None:
-        if not self.options.delete:
+        if not self.options.delete and not self.restricted:
             try:
                 os.rmdir(leaf, dir_fd=pfd)
                 return
@@ -440,7 +444,7 @@ class TreeWriter:
         missing = len(self.needed) + len(self.slots)
         if missing:
             raise ProtocolError(f"the source finished without sending {missing} requested files")
-        if self.options.delete:
+        if self.options.delete and not self.restricted:
             delete_extras(self)
         make_links(self)
         self.area.remove_if_empty()  # before the root's mtime is set
@@ -450,7 +454,8 @@ class TreeWriter:
         elif self.fsync_files:
             os.fsync(self.root.fd)
         return {"files_done": self.files_done, "bytes_done": self.bytes_done, "files_skipped": self.skipped,
-                "deleted": self.deleted, "errors": self.errors, "first_error": self.first_error}
+                "deleted": self.deleted, "renamed": self.renamed, "errors": self.errors,
+                "first_error": self.first_error}
 
     # -- accounting ---------------------------------------------------------------------------------
     def count(self, *, files_done: int = 0, bytes_done: int = 0, skipped: int = 0, deleted: int = 0) -> None:
@@ -467,6 +472,9 @@ class TreeWriter:
             if not self.first_error:
                 self.first_error = msg
         log.warning("entry failed", extra=kv(job=self.job_id, path=path, error=str(err)))
+
+    def note_write(self) -> None:
+        self._wrote = True
 
     def changed(self) -> bool:
         """Whether this transfer wrote anything (a no-change re-sync has nothing to make durable;

@@ -47,6 +47,7 @@ class AtomicFile:
         self.leaf = validate_name(leaf)
         self._dir_fd = dir_fd
         self._done = False
+        self._closed = False  # fd closed, rename still to do (a directory was in the way)
         self.fd = -1
         for _ in range(_TEMP_ATTEMPTS):
             self.tmp = temp_name(leaf)
@@ -76,6 +77,7 @@ class AtomicFile:
         self.leaf = validate_name(leaf)
         self._dir_fd = dir_fd
         self._done = False
+        self._closed = False
         self.tmp = tmp
         self.fd = fd
         return self
@@ -100,16 +102,20 @@ class AtomicFile:
         With ``fsync`` the directory is fsynced after the rename too. If anything before the rename fails,
         the temp is discarded and the error propagates (:class:`IsADirectoryError` for a directory leaf).
         """
-        if self._done or self.fd < 0:
+        if self._done or (self.fd < 0 and not self._closed):
             raise ValueError(f'AtomicFile for "{show(self.leaf)}" already committed or discarded')
         try:
-            os.fchmod(self.fd, mode & 0o777)
-            os.utime(self.fd, ns=(time.time_ns(), mtime_ns))
-            if fsync:
-                os.fsync(self.fd)
-            fd, self.fd = self.fd, -1
-            os.close(fd)
+            if not self._closed:
+                os.fchmod(self.fd, mode & 0o777)
+                os.utime(self.fd, ns=(time.time_ns(), mtime_ns))
+                if fsync:
+                    os.fsync(self.fd)
+                fd, self.fd = self.fd, -1
+                self._closed = True
+                os.close(fd)
             os.rename(self.tmp, self.leaf, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        except IsADirectoryError:
+            raise  # the temp stays: the caller may clear the directory and commit again
         except BaseException:
             self.discard()
             raise

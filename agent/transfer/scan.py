@@ -44,8 +44,9 @@ class Scanner:
     """Yields the root entry (``b""``) and then every entry below it, parents first."""
 
     def __init__(self, root: SafeRoot, *, checksum: bool = False, xattrs: bool = False,
-                 on_skip: SkipFn | None = None) -> None:
+                 on_skip: SkipFn | None = None, hardlinks: bool = True) -> None:
         self.root = root
+        self.hardlinks = hardlinks
         self.checksum = checksum
         self.xattrs = xattrs
         self.on_skip = on_skip or (lambda _p, _r: None)
@@ -53,11 +54,16 @@ class Scanner:
         self._links: dict[tuple[int, int], bytes] = {}  # (dev, ino) of files with nlink > 1 -> first path
 
     def entries(self) -> Iterator[Entry]:
-        st = os.fstat(self.root.fd)
-        yield Entry(Kind.DIR, b"", stat.S_IMODE(st.st_mode), st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid,
-                    xattrs=self._xattrs(self.root.fd, b".") if self.xattrs else b"")
+        yield self.root_entry()
+        yield from self.below(())
+
+    def below(self, top: tuple[bytes, ...]) -> Iterator[Entry]:
+        """Every entry under the directory ``top`` (not ``top`` itself), parents first."""
+        st = self.root.lstat(top) if top else os.fstat(self.root.fd)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return
         visited = {(st.st_dev, st.st_ino)}
-        stack: list[tuple[bytes, ...]] = [()]
+        stack: list[tuple[bytes, ...]] = [top]
         while stack:
             parts = stack.pop()
             try:
@@ -87,47 +93,59 @@ class Scanner:
                 st = de.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if len(rel) > MAX_PATH or len(parts) + 1 > MAX_DEPTH:
-                self.on_skip(rel, f"path longer than {MAX_PATH} bytes or deeper than {MAX_DEPTH} levels")
+            entry = self.entry(dfd, parts, name, rel, st)
+            if entry is None:
                 continue
-            mode = st.st_mode
-            xattrs = self._xattrs(dfd, name) if self.xattrs and not stat.S_ISLNK(mode) else b""
-            if stat.S_ISDIR(mode):
+            yield entry
+            if entry.kind is Kind.DIR:
                 key = (st.st_dev, st.st_ino)
-                yield Entry(Kind.DIR, rel, stat.S_IMODE(mode), st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid,
-                            xattrs=xattrs)
                 if key not in visited:  # bind-mount loops
                     visited.add(key)
                     subdirs.append((*parts, name))
-            elif stat.S_ISREG(mode):
-                if st.st_nlink > 1:
-                    first = self._links.setdefault((st.st_dev, st.st_ino), rel)
-                    if first != rel:
-                        yield Entry(Kind.HARDLINK, rel, stat.S_IMODE(mode), st.st_mtime_ns, target=first,
-                                    uid=st.st_uid, gid=st.st_gid)
-                        continue
-                digest = b""
-                if self.checksum:
-                    try:
-                        digest = self._digest(dfd, name)
-                    except OSError as err:
-                        self.on_skip(rel, f"cannot read for --checksum: {err.strerror}")
-                        continue
-                sparse = F_SPARSE if st.st_size > _SPARSE_MIN and st.st_blocks * 512 < st.st_size else 0
-                yield Entry(Kind.FILE, rel, stat.S_IMODE(mode), st.st_mtime_ns, st.st_size, digest=digest,
-                            uid=st.st_uid, gid=st.st_gid, flags=sparse, xattrs=xattrs)
-            elif stat.S_ISLNK(mode):
-                try:
-                    target = os.readlink(name, dir_fd=dfd)
-                except OSError:
-                    continue
-                yield Entry(Kind.SYMLINK, rel, stat.S_IMODE(mode), st.st_mtime_ns, target=target,
-                            uid=st.st_uid, gid=st.st_gid)
-            else:
-                kind = "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else (
-                    "FIFO" if stat.S_ISFIFO(mode) else "socket")
-                self.on_skip(rel, f"{kind}: only regular files, directories and symlinks are replicated")
         return subdirs
+
+    def entry(self, dfd: int, parts: tuple[bytes, ...], name: bytes, rel: bytes, st: os.stat_result) -> Entry | None:
+        """The manifest entry of ``name`` in directory ``dfd`` (``parts`` below the root), or None if skipped."""
+        if len(rel) > MAX_PATH or len(parts) + 1 > MAX_DEPTH:
+            self.on_skip(rel, f"path longer than {MAX_PATH} bytes or deeper than {MAX_DEPTH} levels")
+            return None
+        mode = st.st_mode
+        xattrs = self._xattrs(dfd, name) if self.xattrs and not stat.S_ISLNK(mode) else b""
+        if stat.S_ISDIR(mode):
+            return Entry(Kind.DIR, rel, stat.S_IMODE(mode), st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid,
+                         xattrs=xattrs)
+        if stat.S_ISREG(mode):
+            if st.st_nlink > 1 and self.hardlinks:
+                first = self._links.setdefault((st.st_dev, st.st_ino), rel)
+                if first != rel:
+                    return Entry(Kind.HARDLINK, rel, stat.S_IMODE(mode), st.st_mtime_ns, target=first,
+                                 uid=st.st_uid, gid=st.st_gid)
+            digest = b""
+            if self.checksum:
+                try:
+                    digest = self._digest(dfd, name)
+                except OSError as err:
+                    self.on_skip(rel, f"cannot read for --checksum: {err.strerror}")
+                    return None
+            sparse = F_SPARSE if st.st_size > _SPARSE_MIN and st.st_blocks * 512 < st.st_size else 0
+            return Entry(Kind.FILE, rel, stat.S_IMODE(mode), st.st_mtime_ns, st.st_size, digest=digest,
+                         uid=st.st_uid, gid=st.st_gid, flags=sparse, xattrs=xattrs)
+        if stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(name, dir_fd=dfd)
+            except OSError:
+                return None
+            return Entry(Kind.SYMLINK, rel, stat.S_IMODE(mode), st.st_mtime_ns, target=target,
+                         uid=st.st_uid, gid=st.st_gid)
+        kind = "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else (
+            "FIFO" if stat.S_ISFIFO(mode) else "socket")
+        self.on_skip(rel, f"{kind}: only regular files, directories and symlinks are replicated")
+        return None
+
+    def root_entry(self) -> Entry:
+        st = os.fstat(self.root.fd)
+        return Entry(Kind.DIR, b"", stat.S_IMODE(st.st_mode), st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid,
+                     xattrs=self._xattrs(self.root.fd, b".") if self.xattrs else b"")
 
     @staticmethod
     def _xattrs(dfd: int, name: bytes) -> bytes:

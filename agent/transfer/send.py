@@ -16,10 +16,12 @@ import socket
 import threading
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
 from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer.changes import ChangePlan, restricted_manifest
 from zcrepl.agent.transfer.frame import Channel, Entry, Hello, Kind
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.scan import Scanner, log_skip
@@ -37,9 +39,20 @@ __all__ = ["RANGE_MIN", "SPLIT_MIN", "SendSpec", "Sender"]
 
 
 class Sender:
-    def __init__(self, spec: SendSpec, root: SafeRoot) -> None:
+    """One transfer attempt: the whole tree, or (``plan``) one watch session's changes.
+
+    With ``plan`` a source file that changed or vanished while it was sent is not an error: the watcher
+    saw that change too and ships the file again in a later session.
+    """
+
+    def __init__(self, spec: SendSpec, root: SafeRoot, plan: ChangePlan | None = None,
+                 tolerate_changed: bool = False) -> None:
         self.spec = spec
         self.root = root
+        self.plan = plan
+        self.tolerate_changed = tolerate_changed or plan is not None
+        self._restricted: list[Entry] | None = None
+        self.renamed_missed = 0
         self.files: dict[int, Entry] = {}  # index -> file entry (only files can be asked for)
         self.failed = threading.Event()
         self.first_failure: BaseException | None = None
@@ -62,6 +75,8 @@ class Sender:
         self.c_files_total = self.c_bytes_total = 0
         self.c_scan_done = False
         self.final: TransferStats | None = None
+        self.changed_files = 0
+        self.renamed = 0
 
     # -- public -------------------------------------------------------------------------------------
     def run(self) -> TransferStats:
@@ -80,6 +95,8 @@ class Sender:
                 self.workers.append(DataWorker(self, dsock, dch, i))
             if not self.workers:
                 raise ProtocolError("the destination granted no data connection")
+            if self.plan is not None:
+                self._restricted = self._changes(ctl)
             reader = threading.Thread(target=self._read_loop, args=(ctl,), daemon=True, name="zc-send-reader")
             reader.start()
             for w in self.workers:
@@ -126,12 +143,47 @@ class Sender:
         return TransferError(f"data connection failed: {err}")
 
     # -- control: manifest out ----------------------------------------------------------------------
-    def _stream(self, ctl: Channel) -> None:
+    def _changes(self, ctl: Channel) -> list[Entry]:
+        """The CHANGES rounds of a watch session; returns the restricted manifest to stream."""
+        assert self.plan is not None
         scanner = Scanner(self.root, checksum=self.spec.options.checksum, xattrs=self.spec.options.xattrs,
-                          on_skip=self._skipped)
+                          on_skip=self._skipped, hardlinks=False)
+        missed = self._round(ctl, self.plan.ops(), {b for _, b in self.plan.renames})
+        self.renamed_missed = len(missed)
+        entries, gone = restricted_manifest(scanner, self.plan.upserts | missed, missed)
+        if gone:
+            self._round(ctl, [fr.Op(fr.OP_DELETE, p) for p in gone], set())
+        return entries
+
+    def _round(self, ctl: Channel, ops: list[fr.Op], targets: set[bytes]) -> set[bytes]:
+        for f in fr.op_batches(ops, fr.T.CHANGES):
+            ctl.send(f)
+        ctl.send(fr.frame(fr.T.CHANGES_END))
+        missed: set[bytes] = set()
+        while True:
+            kind, payload = ctl.recv_frame()
+            if kind is fr.T.MISSED:
+                for op in fr.decode_ops(payload, (fr.OP_MISSED,)):
+                    if op.path not in targets:
+                        raise ProtocolError("MISSED names a path that was not a rename target")
+                    missed.add(op.path)
+            elif kind is fr.T.CHANGES_ACK:
+                return missed
+            elif kind is fr.T.ABORT:
+                self.peer_error = fr.decode_text(payload)
+                raise TransferError(f"the destination aborted: {self.peer_error}")
+            else:
+                raise ProtocolError(f"unexpected {kind.name} from the destination while it applied changes")
+
+    def _stream(self, ctl: Channel) -> None:
+        if self._restricted is not None:
+            source: Iterable[Entry] = self._restricted
+        else:
+            source = Scanner(self.root, checksum=self.spec.options.checksum, xattrs=self.spec.options.xattrs,
+                             on_skip=self._skipped).entries()
         batch: list[Entry] = []
         index = 0
-        for entry in scanner.entries():
+        for entry in source:
             self.check_cancel()
             if entry.kind is Kind.FILE:
                 self.files[index] = entry
@@ -255,6 +307,10 @@ class Sender:
         r = self.result or {}
         snap = self.snapshot()
         errors = int(r.get("errors", 0)) + snap.errors
+        self.changed_files = sum(w.changed for w in self.workers)
+        self.renamed = int(r.get("renamed", 0))
+        if self.tolerate_changed:
+            errors -= self.changed_files
         wire = ctl.sent + ctl.received + sum(w.ch.sent + w.ch.received for w in self.workers)
         self.final = replace(snap, files_skipped=int(r.get("files_skipped", 0)), deleted=int(r.get("deleted", 0)),
                              errors=errors, wire_bytes=wire)

@@ -38,6 +38,7 @@ class DataWorker:
         self.sock = sock
         self.ch = ch
         self.files_done = self.bytes_done = self.errors = 0
+        self.changed = 0  # files that changed or vanished since the scan (counted in errors too)
         self.error: BaseException | None = None
         self.pending = b""  # trailer of the previous file, sent together with the next header
         self.use_sendfile = sendio.USE_SENDFILE
@@ -113,6 +114,7 @@ class DataWorker:
         if not ok:
             log.warning("source file changed while sent", extra=kv(job=s.spec.job_id, path=e.path))
             self.errors += 1
+            self.changed += 1
         return ok
 
     def send_basis(self, index: int) -> None:
@@ -201,6 +203,7 @@ class DataWorker:
                                                    fr.T.FILE_SKIP))
         self.pending = b""
         self.errors += 1
+        self.changed += 1
 
     def send_bytes(self, fd: int, offset: int, length: int) -> int:
         s = self.sender

@@ -2,7 +2,8 @@
 
 A connection must present a ticket the controller minted for a job this agent was told to receive,
 within ``handshake_timeout``; anything else is refused and closed. Tickets are looked up by their
-SHA-256, so the lookup itself leaks nothing about valid tickets, and are removed on first use.
+SHA-256, so the lookup itself leaks nothing about valid tickets, and are removed on first use (a
+watch rule's ticket stays until the rule stops or moves to a new epoch).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Grant:
     serve: Callable[[Channel, Hello], object]
     on_expired: Callable[[], None] = lambda: None
     role: int = fr.ROLE_CONTROL
+    # A watch rule's ticket: one per (rule, epoch), used by every session of that rule until revoked.
+    reusable: bool = False
 
 
 class TicketBook:
@@ -60,15 +63,18 @@ class TicketBook:
             grant = self._grants.get(key)
             if grant is None or (grant.job_id, grant.attempt, grant.role) != (job_id, attempt, role):
                 return None
-            del self._grants[key]
+            if not grant.reusable:
+                del self._grants[key]
         if grant.expires_at < self._clock():
             grant.on_expired()
             return None
         return grant
 
-    def revoke(self, job_id: int, attempt: int) -> bool:
+    def revoke(self, job_id: int, attempt: int | None = None, *, reusable: bool = False) -> bool:
+        """Drop the grants of this attempt (every attempt: ``None``); a reusable one only if ``reusable``."""
         with self._lock:
-            keys = [k for k, g in self._grants.items() if (g.job_id, g.attempt) == (job_id, attempt)]
+            keys = [k for k, g in self._grants.items()
+                    if g.job_id == job_id and attempt in (None, g.attempt) and (reusable or not g.reusable)]
             for k in keys:
                 del self._grants[k]
         return bool(keys)

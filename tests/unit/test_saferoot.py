@@ -466,10 +466,27 @@ def test_atomic_file_over_directory_raises_and_cleans_up(root: SafeRoot, tree: P
         af = AtomicFile(pfd, leaf)
         with pytest.raises(IsADirectoryError):
             af.commit(0o644, MTIME_NS)
+        af.discard()
     finally:
         os.close(pfd)
     assert (tree / "root" / "a" / "b").is_dir()
     assert _names(tree / "root" / "a") == [b"b", b"f"]
+
+
+def test_atomic_file_commits_again_once_the_directory_in_the_way_is_gone(root: SafeRoot, tree: Path) -> None:
+    (tree / "root" / "a" / "empty").mkdir()
+    pfd, leaf = root.open_parent((b"a", b"empty"))
+    try:
+        af = AtomicFile(pfd, leaf)
+        os.write(af.fd, b"data")
+        with pytest.raises(IsADirectoryError):
+            af.commit(0o640, MTIME_NS)
+        os.rmdir(leaf, dir_fd=pfd)
+        af.commit(0o640, MTIME_NS)
+    finally:
+        os.close(pfd)
+    assert (tree / "root" / "a" / "empty").read_bytes() == b"data"
+    assert (tree / "root" / "a" / "empty").stat().st_mtime_ns == MTIME_NS
 
 
 def test_atomic_file_refuses_bad_leaf(root: SafeRoot) -> None:

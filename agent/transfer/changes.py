@@ -1,0 +1,211 @@
+"""Watch sessions on the data plane: ship one ``ChangeSet`` instead of a whole tree.
+
+A watch session is an ordinary transfer (same connections, tickets, FILE ranges and atomic commits) that
+starts with rounds of CHANGES frames on the control connection::
+
+    S: CHANGES(renames, deletes)... CHANGES_END     R: applies them in order; MISSED(sources it lacked)... CHANGES_ACK
+    S: CHANGES(deletes of paths the source no longer has)... CHANGES_END           R: MISSED... CHANGES_ACK
+    S: ENTRIES ...  a manifest of the changed paths and their parent directories only
+
+The receiver then never deletes what the manifest does not list (it is not the whole tree), and replaces
+whatever stands in an upserted path's way, as the ``ChangeSet`` contract in ``zcrepl.agent.watch_coalesce``
+requires. A rename whose source the destination lacks is answered with MISSED; the sender then sends the
+rename's target in full (its subtree), or deletes it if the source has nothing there any more.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer.atomic import remove_entry
+from zcrepl.agent.transfer.frame import Entry, Kind, Op
+from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
+from zcrepl.agent.transfer.scan import Scanner
+from zcrepl.core.errors import ProtocolError, UnsafePath
+from zcrepl.core.paths import show
+
+if TYPE_CHECKING:
+    from zcrepl.agent.transfer.apply import TreeWriter
+
+__all__ = ["ChangePlan", "apply_ops", "restricted_manifest"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePlan:
+    """What one watch session ships: applied renames first, then deletes, then upserts (at ship time)."""
+
+    renames: tuple[tuple[bytes, bytes], ...] = ()
+    deletes: frozenset[bytes] = frozenset()
+    upserts: frozenset[bytes] = frozenset()
+
+    def ops(self) -> list[Op]:
+        out = [Op(fr.OP_RENAME, a, b) for a, b in self.renames]
+        out += [Op(fr.OP_DELETE, p) for p in sorted(self.deletes)]
+        return out
+
+
+# -- sender ---------------------------------------------------------------------------------------------
+
+
+def restricted_manifest(scanner: Scanner, paths: Iterable[bytes], subtrees: set[bytes]) -> tuple[list[Entry],
+                                                                                               list[bytes]]:
+    """Entries for ``paths`` as the source has them now, each preceded by its parent directories.
+
+    A directory in ``subtrees`` is sent with everything below it. Returns (entries in manifest order,
+    paths the source no longer has, to delete at the destination). Paths in our temp namespace never
+    reach here (the watcher ignores them).
+    """
+    root = scanner.root
+    entries = [scanner.root_entry()]
+    emitted = {b""}
+    not_dirs: set[bytes] = set()  # ancestors that are not (or no longer) directories
+    gone: list[bytes] = []
+    for path in sorted(set(paths)):
+        if path in emitted:
+            continue
+        parts = tuple(path.split(b"/"))
+        if not _ancestors(scanner, parts, entries, emitted, not_dirs):
+            gone.append(path)
+            continue
+        e = _entry(scanner, root, parts, path)
+        if e is None:
+            gone.append(path)
+            continue
+        entries.append(e)
+        emitted.add(path)
+        if e.kind is Kind.DIR and path in subtrees:
+            for sub in scanner.below(parts):
+                entries.append(sub)
+                emitted.add(sub.path)
+    return entries, gone
+
+
+def _ancestors(scanner: Scanner, parts: tuple[bytes, ...], out: list[Entry], emitted: set[bytes],
+               not_dirs: set[bytes]) -> bool:
+    for i in range(1, len(parts)):
+        anc = b"/".join(parts[:i])
+        if anc in emitted:
+            continue
+        if anc in not_dirs:
+            return False
+        e = _entry(scanner, scanner.root, parts[:i], anc)
+        if e is None or e.kind is not Kind.DIR:
+            not_dirs.add(anc)
+            return False
+        out.append(e)
+        emitted.add(anc)
+    return True
+
+
+def _entry(scanner: Scanner, root: SafeRoot, parts: tuple[bytes, ...], rel: bytes) -> Entry | None:
+    try:
+        pfd, leaf = root.open_parent(parts)
+    except (FileNotFoundError, NotADirectoryError, UnsafePath):
+        return None
+    try:
+        st = os.stat(leaf, dir_fd=pfd, follow_symlinks=False)
+        return scanner.entry(pfd, parts[:-1], leaf, rel, st)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(pfd)
+
+
+# -- receiver -------------------------------------------------------------------------------------------
+
+
+def apply_ops(w: TreeWriter, ops: list[Op]) -> list[bytes]:
+    """Apply renames and deletes in order at the destination; returns rename sources it did not have.
+
+    Names are validated first (a bad one is a protocol error: the peer is dropped); trouble with the
+    destination itself (a planted symlink, a full disk) is recorded as an entry error.
+    """
+    missed: list[bytes] = []
+    for op in ops:
+        src = validate_relpath(op.path)
+        dst = validate_relpath(op.target) if op.kind == fr.OP_RENAME else ()
+        if dst and dst[: len(src)] == src:
+            raise ProtocolError(f"a rename of {show(op.path)} into itself")
+        try:
+            if not dst:
+                _delete(w, src)
+            elif not _rename(w, src, dst):
+                missed.append(op.target)
+        except (OSError, UnsafePath) as err:
+            w.entry_failed(op.path, err)
+    return missed
+
+
+def _delete(w: TreeWriter, parts: tuple[bytes, ...]) -> None:
+    try:
+        pfd, leaf = w.root.open_parent(parts)
+    except (FileNotFoundError, NotADirectoryError):
+        return  # already gone
+    try:
+        w.count(deleted=remove_entry(pfd, leaf))
+    finally:
+        os.close(pfd)
+
+
+def _rename(w: TreeWriter, src: tuple[bytes, ...], dst: tuple[bytes, ...]) -> bool:
+    """False when the destination lacks the source (the sender then sends the target in full)."""
+    try:
+        spfd, sleaf = w.root.open_parent(src)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    try:
+        if _lstat(spfd, sleaf) is None:
+            return False
+        dpfd = make_parents(w, dst[:-1])
+        try:
+            try:
+                os.rename(sleaf, dst[-1], src_dir_fd=spfd, dst_dir_fd=dpfd)
+            except OSError as err:
+                if err.errno not in (errno.EISDIR, errno.ENOTDIR, errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                # Something of another kind (or a non-empty directory) is in the way: the source replaced it.
+                w.count(deleted=remove_entry(dpfd, dst[-1]))
+                os.rename(sleaf, dst[-1], src_dir_fd=spfd, dst_dir_fd=dpfd)
+        finally:
+            os.close(dpfd)
+    finally:
+        os.close(spfd)
+    w.renamed += 1
+    w.note_write()
+    return True
+
+
+def make_parents(w: TreeWriter, parts: tuple[bytes, ...]) -> int:
+    """fd of directory ``parts``, creating missing ones and replacing a non-directory in the way."""
+    fd = os.dup(w.root.fd)
+    try:
+        for name in parts:
+            st = _lstat(fd, name)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                w.count(deleted=remove_entry(fd, name))
+                st = None
+            if st is None:
+                try:
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _lstat(dir_fd: int, leaf: bytes) -> os.stat_result | None:
+    try:
+        return os.stat(leaf, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
