@@ -16,6 +16,7 @@ from zcrepl.agent.health import HealthMonitor, HealthSampler
 from zcrepl.agent.link import ControllerLink
 from zcrepl.agent.priority import TransferPriority
 from zcrepl.agent.service import SERVICE_NAME, AgentService
+from zcrepl.agent.syncs import Syncs
 from zcrepl.agent.transfer.server import DataServer, TicketBook
 from zcrepl.agent.transfers import Transfers
 from zcrepl.core.config import AgentConfig, split_address
@@ -49,6 +50,7 @@ class Agent:
         self.tickets = TicketBook()
         self.data: DataServer | None = None
         self.transfers: Transfers | None = None
+        self.syncs: Syncs | None = None
         self.monitor: HealthMonitor | None = None
         self.link: ControllerLink | None = None
         self.grpc_address = ""
@@ -80,6 +82,7 @@ class Agent:
             self.data_address = self._advertise(dhost, self.data.address[1])
             self.transfers = Transfers(cfg.name, self.exports, self.data, self.tickets, self._report,
                                        io_timeout=cfg.io_timeout)
+            self.syncs = Syncs(cfg.name, self.exports, self.data, self.tickets, io_timeout=cfg.io_timeout)
             sampler = HealthSampler(self.exports.paths, active_transfers=self.transfers.count)
             self.monitor = HealthMonitor(sampler, cfg.heartbeat_interval)
             self.monitor.start()
@@ -93,7 +96,7 @@ class Agent:
             self.link = ControllerLink(
                 cfg.controller, self.info, self.health, self.transfers,
                 heartbeat_interval=cfg.heartbeat_interval, reconnect_max=cfg.reconnect_max,
-                on_interval=self.monitor.set_interval, on_beat=self.tickets.expire,
+                on_interval=self.monitor.set_interval, on_beat=self.tickets.expire, syncs=self.syncs,
             )
             self.link.start()
         except BaseException:
@@ -113,6 +116,8 @@ class Agent:
     def stop(self) -> None:
         if self.transfers is not None:
             self.transfers.cancel_all("agent shutting down")
+        if self.syncs is not None:
+            self.syncs.stop_all()
         if self.link is not None:
             self.link.stop()
         if self.data is not None:

@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
+from zcrepl.agent.syncs import Syncs
 from zcrepl.agent.transfers import Transfers
 from zcrepl.core.backoff import backoff_delay
 from zcrepl.core.logs import kv
+from zcrepl.core.synctypes import SyncHoldOrder, SyncStopOrder
 from zcrepl.core.types import (
     AgentInfo,
     CancelOrder,
@@ -29,6 +31,7 @@ from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc
 from zcrepl.proto.channels import channel
 from zcrepl.proto.convert import agent_info_to_pb, health_to_pb, options_from_pb, report_to_pb
+from zcrepl.proto.syncconvert import dest_order_from_pb, source_order_from_pb, status_to_pb
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class ControllerLink:
         reconnect_max: float,
         on_interval: Callable[[float], None] = lambda _s: None,
         on_beat: Callable[[], None] = lambda: None,
+        syncs: Syncs | None = None,
     ) -> None:
         self.target = target
         self._info = info
@@ -56,6 +60,7 @@ class ControllerLink:
         self.reconnect_max = reconnect_max
         self.on_interval = on_interval
         self.on_beat = on_beat
+        self.syncs = syncs
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -135,7 +140,7 @@ class ControllerLink:
                 self.on_interval(self.interval)
             self.connected.set()
             log.info("registered with controller", extra=kv(controller=self.target, heartbeat=self.interval))
-            self._send(cpb.AgentMessage(heartbeat=cpb.Heartbeat(health=health_to_pb(self._health()))))
+            self._send(self._heartbeat())
             return True
         if kind == "receive":
             o = msg.receive
@@ -149,16 +154,35 @@ class ControllerLink:
         elif kind == "throttle":
             t = msg.throttle
             self.transfers.throttle(ThrottleOrder(t.job_id, t.attempt, t.bwlimit, t.paused, t.reason))
+        elif kind in ("sync_source", "sync_dest", "sync_stop", "sync_hold") and self.syncs is not None:
+            self._sync_order(msg)
         elif kind == "cancel":
             c = msg.cancel
             self.transfers.cancel(CancelOrder(c.job_id, c.attempt, c.reason, c.discard_partial))
         return False
 
+    def _sync_order(self, msg: cpb.ControllerMessage) -> None:
+        assert self.syncs is not None
+        kind = msg.WhichOneof("kind")
+        if kind == "sync_source":
+            self.syncs.source(source_order_from_pb(msg.sync_source))
+        elif kind == "sync_dest":
+            self.syncs.dest(dest_order_from_pb(msg.sync_dest))
+        elif kind == "sync_stop":
+            self.syncs.stop(SyncStopOrder(msg.sync_stop.rule_id, msg.sync_stop.reason))
+        else:
+            h = msg.sync_hold
+            self.syncs.hold(SyncHoldOrder(h.rule_id, h.epoch, h.held, h.reason))
+
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.interval):
             self.on_beat()
             if self.connected.is_set():
-                self._send(cpb.AgentMessage(heartbeat=cpb.Heartbeat(health=health_to_pb(self._health()))))
+                self._send(self._heartbeat())
+
+    def _heartbeat(self) -> cpb.AgentMessage:
+        syncs = [status_to_pb(s) for s in self.syncs.statuses()] if self.syncs is not None else []
+        return cpb.AgentMessage(heartbeat=cpb.Heartbeat(health=health_to_pb(self._health()), syncs=syncs))
 
 
 def _drain(box: queue.Queue[object]) -> Iterator[cpb.AgentMessage]:

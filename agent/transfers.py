@@ -94,7 +94,7 @@ class Transfers:
         label = f"{self.host}:{show(order.path)}"
         try:
             root, rel = self.exports.resolve(order.path)
-            _check_destination(root, rel, label)
+            check_destination(root, rel, label)
         except ZcError as err:
             self._fail(order.job_id, order.attempt, Role.RECEIVER, str(err), retryable=False)
             return
@@ -120,7 +120,7 @@ class Transfers:
         label = f"{self.host}:{show(order.path)}"
         try:
             root, rel = self.exports.resolve(order.path)
-            src = _open_source(root, rel, label)
+            src = open_source(root, rel, label)
             address = split_address(order.dest_data_address)
         except (ZcError, ConfigError) as err:
             self._fail(order.job_id, order.attempt, Role.SENDER, str(err), retryable=False)
@@ -324,7 +324,7 @@ class Transfers:
                                    retryable))
 
 
-def _open_source(root: SafeRoot, rel: tuple[bytes, ...], label: str) -> SafeRoot:
+def open_source(root: SafeRoot, rel: tuple[bytes, ...], label: str) -> SafeRoot:
     try:
         fd = root.open_dir(rel)
     except FileNotFoundError as err:
@@ -338,7 +338,7 @@ def _open_source(root: SafeRoot, rel: tuple[bytes, ...], label: str) -> SafeRoot
     return SafeRoot.from_fd(fd, root.path + b"/" + b"/".join(rel) if rel else root.path)
 
 
-def _check_destination(root: SafeRoot, rel: tuple[bytes, ...], label: str) -> None:
+def check_destination(root: SafeRoot, rel: tuple[bytes, ...], label: str) -> None:
     """Refuse before any write when an existing component is a symlink or not a directory."""
     for depth in range(1, len(rel) + 1):
         try:

@@ -27,6 +27,7 @@ from zcrepl.proto.convert import (
     report_from_pb,
     state_from_pb,
 )
+from zcrepl.proto.syncconvert import sync_order_fields
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["Controller"].full_name
@@ -52,6 +53,9 @@ def order_to_pb(order: object) -> cpb.ControllerMessage:
         return cpb.ControllerMessage(cancel=cpb.CancelOrder(job_id=order.job_id, attempt=order.attempt,
                                                             reason=order.reason,
                                                             discard_partial=order.discard_partial))
+    sync = sync_order_fields(order)
+    if sync is not None:
+        return cpb.ControllerMessage(**sync)  # type: ignore[arg-type]
     raise TypeError(f"not an order: {order!r}")
 
 

@@ -1,3 +1,4 @@
+from zcrepl.proto import sync_pb2 as _sync_pb2
 from zcrepl.proto import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -47,10 +48,12 @@ class Register(_message.Message):
     def __init__(self, info: _Optional[_Union[_types_pb2.AgentInfo, _Mapping]] = ..., active: _Optional[_Iterable[_Union[TransferRef, _Mapping]]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("health",)
+    __slots__ = ("health", "syncs")
     HEALTH_FIELD_NUMBER: _ClassVar[int]
+    SYNCS_FIELD_NUMBER: _ClassVar[int]
     health: _types_pb2.HostHealth
-    def __init__(self, health: _Optional[_Union[_types_pb2.HostHealth, _Mapping]] = ...) -> None: ...
+    syncs: _containers.RepeatedCompositeFieldContainer[_sync_pb2.SyncStatus]
+    def __init__(self, health: _Optional[_Union[_types_pb2.HostHealth, _Mapping]] = ..., syncs: _Optional[_Iterable[_Union[_sync_pb2.SyncStatus, _Mapping]]] = ...) -> None: ...
 
 class TransferReport(_message.Message):
     __slots__ = ("job_id", "attempt", "role", "phase", "stats", "error", "retryable")
@@ -151,18 +154,26 @@ class ThrottleOrder(_message.Message):
     def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., bwlimit: _Optional[int] = ..., paused: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ControllerMessage(_message.Message):
-    __slots__ = ("welcome", "receive", "send", "cancel", "throttle")
+    __slots__ = ("welcome", "receive", "send", "cancel", "throttle", "sync_source", "sync_dest", "sync_stop", "sync_hold")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     RECEIVE_FIELD_NUMBER: _ClassVar[int]
     SEND_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     THROTTLE_FIELD_NUMBER: _ClassVar[int]
+    SYNC_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SYNC_DEST_FIELD_NUMBER: _ClassVar[int]
+    SYNC_STOP_FIELD_NUMBER: _ClassVar[int]
+    SYNC_HOLD_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     receive: ReceiveOrder
     send: SendOrder
     cancel: CancelOrder
     throttle: ThrottleOrder
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., receive: _Optional[_Union[ReceiveOrder, _Mapping]] = ..., send: _Optional[_Union[SendOrder, _Mapping]] = ..., cancel: _Optional[_Union[CancelOrder, _Mapping]] = ..., throttle: _Optional[_Union[ThrottleOrder, _Mapping]] = ...) -> None: ...
+    sync_source: _sync_pb2.SyncSourceOrder
+    sync_dest: _sync_pb2.SyncDestOrder
+    sync_stop: _sync_pb2.SyncStopOrder
+    sync_hold: _sync_pb2.SyncHoldOrder
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., receive: _Optional[_Union[ReceiveOrder, _Mapping]] = ..., send: _Optional[_Union[SendOrder, _Mapping]] = ..., cancel: _Optional[_Union[CancelOrder, _Mapping]] = ..., throttle: _Optional[_Union[ThrottleOrder, _Mapping]] = ..., sync_source: _Optional[_Union[_sync_pb2.SyncSourceOrder, _Mapping]] = ..., sync_dest: _Optional[_Union[_sync_pb2.SyncDestOrder, _Mapping]] = ..., sync_stop: _Optional[_Union[_sync_pb2.SyncStopOrder, _Mapping]] = ..., sync_hold: _Optional[_Union[_sync_pb2.SyncHoldOrder, _Mapping]] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("source", "destination", "options")

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from zcrepl.proto import controller_pb2 as zcrepl_dot_proto_dot_controller__pb2
+from zcrepl.proto import sync_pb2 as zcrepl_dot_proto_dot_sync__pb2
 from zcrepl.proto import types_pb2 as zcrepl_dot_proto_dot_types__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -85,6 +86,31 @@ class ControllerStub:
                 request_serializer=zcrepl_dot_proto_dot_controller__pb2.AgentHealthRequest.SerializeToString,
                 response_deserializer=zcrepl_dot_proto_dot_controller__pb2.AgentHealthResponse.FromString,
                 _registered_method=True)
+        self.CreateSync = channel.unary_unary(
+                '/zcrepl.v1.Controller/CreateSync',
+                request_serializer=zcrepl_dot_proto_dot_sync__pb2.CreateSyncRequest.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+                _registered_method=True)
+        self.ListSyncs = channel.unary_unary(
+                '/zcrepl.v1.Controller/ListSyncs',
+                request_serializer=zcrepl_dot_proto_dot_sync__pb2.ListSyncsRequest.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_sync__pb2.ListSyncsResponse.FromString,
+                _registered_method=True)
+        self.PauseSync = channel.unary_unary(
+                '/zcrepl.v1.Controller/PauseSync',
+                request_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRef.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+                _registered_method=True)
+        self.ResumeSync = channel.unary_unary(
+                '/zcrepl.v1.Controller/ResumeSync',
+                request_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRef.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+                _registered_method=True)
+        self.RemoveSync = channel.unary_unary(
+                '/zcrepl.v1.Controller/RemoveSync',
+                request_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRef.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -154,6 +180,37 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSync(self, request, context):
+        """Continuous replication: a rule keeps destinations in step with a watched source.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSyncs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSync(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSync(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSync(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -206,6 +263,31 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.GetAgentHealth,
                     request_deserializer=zcrepl_dot_proto_dot_controller__pb2.AgentHealthRequest.FromString,
                     response_serializer=zcrepl_dot_proto_dot_controller__pb2.AgentHealthResponse.SerializeToString,
+            ),
+            'CreateSync': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSync,
+                    request_deserializer=zcrepl_dot_proto_dot_sync__pb2.CreateSyncRequest.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.SerializeToString,
+            ),
+            'ListSyncs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSyncs,
+                    request_deserializer=zcrepl_dot_proto_dot_sync__pb2.ListSyncsRequest.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_sync__pb2.ListSyncsResponse.SerializeToString,
+            ),
+            'PauseSync': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSync,
+                    request_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRef.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.SerializeToString,
+            ),
+            'ResumeSync': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSync,
+                    request_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRef.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.SerializeToString,
+            ),
+            'RemoveSync': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSync,
+                    request_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRef.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -478,6 +560,141 @@ class Controller:
             '/zcrepl.v1.Controller/GetAgentHealth',
             zcrepl_dot_proto_dot_controller__pb2.AgentHealthRequest.SerializeToString,
             zcrepl_dot_proto_dot_controller__pb2.AgentHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zcrepl.v1.Controller/CreateSync',
+            zcrepl_dot_proto_dot_sync__pb2.CreateSyncRequest.SerializeToString,
+            zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSyncs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zcrepl.v1.Controller/ListSyncs',
+            zcrepl_dot_proto_dot_sync__pb2.ListSyncsRequest.SerializeToString,
+            zcrepl_dot_proto_dot_sync__pb2.ListSyncsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zcrepl.v1.Controller/PauseSync',
+            zcrepl_dot_proto_dot_sync__pb2.SyncRef.SerializeToString,
+            zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zcrepl.v1.Controller/ResumeSync',
+            zcrepl_dot_proto_dot_sync__pb2.SyncRef.SerializeToString,
+            zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zcrepl.v1.Controller/RemoveSync',
+            zcrepl_dot_proto_dot_sync__pb2.SyncRef.SerializeToString,
+            zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,173 @@
+"""The source side of one watch rule: a TreeWatcher whose change sets are shipped to every destination.
+
+Each ``ChangeSet`` becomes one watch session per destination over the data plane (see
+``zcrepl.agent.transfer.changes``); a ``rescan`` set becomes a full mirror of the tree (reconciliation).
+Shipping runs on the watcher's coalescing thread, so events keep coalescing while a session is in flight
+and a slow destination sees bigger sets. A failed session makes the watcher's next set a rescan, after a
+backoff; a held rule (the controller's load policy) blocks shipping while changes keep collecting.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+
+from zcrepl.agent import priority
+from zcrepl.agent.transfer.changes import ChangePlan
+from zcrepl.agent.transfer.saferoot import SafeRoot
+from zcrepl.agent.transfer.send import Sender, SendSpec
+from zcrepl.agent.watch import TreeWatcher
+from zcrepl.agent.watch_coalesce import ChangeSet
+from zcrepl.core.backoff import backoff_delay
+from zcrepl.core.config import split_address
+from zcrepl.core.errors import Cancelled, ConfigError, ZcError
+from zcrepl.core.logs import kv
+from zcrepl.core.paths import show
+from zcrepl.core.synctypes import SYNC_ID_BASE, SyncCounters, SyncDest, SyncSourceOrder, SyncStatus
+
+log = logging.getLogger(__name__)
+
+RESCAN_STREAMS = 2  # a reconciliation may move a whole tree; a change set rarely more than a few files
+
+
+class _Stopped(Exception):
+    pass
+
+
+class SourceRule:
+    """Started by a SyncSourceOrder; ``stop`` ends it. ``status`` is read by the heartbeat thread."""
+
+    def __init__(self, host: str, order: SyncSourceOrder, root: SafeRoot, watch_path: bytes, *,
+                 io_timeout: float = 60.0, backoff_max: float = 30.0) -> None:
+        self.host = host
+        self.order = order
+        self.root = root  # confined source directory (the sender reads through it)
+        self.label = f"{host}:{show(order.path)}"
+        self.io_timeout = io_timeout
+        self.backoff_max = backoff_max
+        self._cancel = threading.Event()
+        self._hold = threading.Condition()
+        self._held = order.held
+        self._hold_reason = order.hold_reason
+        self._lock = threading.Lock()
+        self._counters = SyncCounters()
+        self._failures = 0
+        self._last_error = ""
+        self._last_error_at = 0.0
+        self._last_shipped_at = 0.0
+        self._warning = ""
+        self._shipping: ChangeSet | None = None
+        self._reconciling = False
+        self.watcher = TreeWatcher(watch_path, window=order.window, quiet=order.quiet, on_changes=self._ship,
+                                   on_warning=self._warn)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.watcher.start()
+        log.info("watch rule started", extra=kv(rule=self.order.rule_id, epoch=self.order.epoch, source=self.label,
+                                                dests=",".join(d.host for d in self.order.dests)))
+
+    def stop(self) -> None:
+        self._cancel.set()
+        with self._hold:
+            self._hold.notify_all()
+        self.watcher.stop()
+        self.root.close()
+        log.info("watch rule stopped", extra=kv(rule=self.order.rule_id, epoch=self.order.epoch))
+
+    def hold(self, held: bool, reason: str) -> None:
+        with self._hold:
+            changed = held != self._held
+            self._held, self._hold_reason = held, reason
+            self._hold.notify_all()
+        if changed:
+            log.info("watch rule held" if held else "watch rule released",
+                     extra=kv(rule=self.order.rule_id, reason=reason))
+
+    def status(self) -> SyncStatus:
+        now = time.monotonic()
+        with self._lock:
+            shipping = self._shipping
+            counters, err, err_at, shipped = self._counters, self._last_error, self._last_error_at, \
+                self._last_shipped_at
+            reconciling, warning = self._reconciling, self._warning
+        lag = self.watcher.lag()
+        pending = self.watcher.pending()
+        if shipping is not None:
+            lag = max(lag, now - shipping.oldest) if shipping.oldest else lag
+            pending += len(shipping)
+        return SyncStatus(self.order.rule_id, self.order.epoch, watching=not self._cancel.is_set(), lag=lag,
+                          pending=pending, held=self._held, reconciling=reconciling, counters=counters,
+                          last_error=err, last_error_at=err_at, last_shipped_at=shipped, warning=warning)
+
+    # -- shipping (the watcher's coalescing thread) -----------------------------------------------------
+    def _ship(self, cs: ChangeSet) -> None:
+        with self._lock:
+            self._shipping = cs
+            self._reconciling = cs.rescan
+        try:
+            self._wait_released()
+            priority.apply_to_this_thread()
+            for dest in self.order.dests:
+                self._ship_to(dest, cs)
+            with self._lock:
+                self._last_shipped_at = time.time()
+                self._failures = 0
+        except _Stopped:
+            raise
+        except (ZcError, OSError, ConfigError) as err:
+            self._failed(err)
+            raise
+        finally:
+            with self._lock:
+                self._shipping = None
+                self._reconciling = False
+
+    def _ship_to(self, dest: SyncDest, cs: ChangeSet) -> None:
+        o = self.order
+        plan = None if cs.rescan else ChangePlan(cs.renames, cs.deletes, cs.upserts)
+        streams = o.options.streams or (RESCAN_STREAMS if cs.rescan else 1)
+        spec = SendSpec(job_id=SYNC_ID_BASE + o.rule_id, attempt=o.epoch, ticket=dest.ticket,
+                        address=split_address(dest.data_address), options=replace(o.options, streams=streams),
+                        cancel=self._cancel, on_progress=lambda _s: None, io_timeout=self.io_timeout)
+        t0 = time.monotonic()
+        sender = Sender(spec, self.root, plan, tolerate_changed=True)
+        try:
+            stats = sender.run()
+        except Cancelled:
+            raise _Stopped() from None
+        add = SyncCounters(sessions=1, changes=0 if cs.rescan else len(cs), files=stats.files_done,
+                           bytes=stats.bytes_done, deleted=stats.deleted, renamed=sender.renamed,
+                           reconciles=int(cs.rescan))
+        with self._lock:
+            self._counters = self._counters.plus(add)
+        log.debug("change set shipped", extra=kv(rule=o.rule_id, dest=dest.host, rescan=cs.rescan, items=len(cs),
+                                                 files=stats.files_done, seconds=round(time.monotonic() - t0, 4)))
+
+    def _wait_released(self) -> None:
+        with self._hold:
+            while self._held and not self._cancel.is_set():
+                self._hold.wait(0.5)
+        if self._cancel.is_set():
+            raise _Stopped()
+
+    def _failed(self, err: BaseException) -> None:
+        msg = f"{self.label}: {err}"
+        with self._lock:
+            self._failures += 1
+            failures = self._failures
+            self._last_error, self._last_error_at = msg, time.time()
+            self._counters = self._counters.plus(SyncCounters(errors=1))
+        delay = backoff_delay(failures, 0.5, self.backoff_max)
+        log.warning("watch rule shipping failed; will reconcile", extra=kv(
+            rule=self.order.rule_id, error=msg, retry_in=round(delay, 2)))
+        # The watcher turns the raise into a rescan; waiting here first keeps a dead destination from
+        # costing a full scan per event.
+        self._cancel.wait(delay)
+
+    def _warn(self, message: str) -> None:
+        with self._lock:
+            self._warning = message
+        log.warning("watch warning", extra=kv(rule=self.order.rule_id, message=message))

@@ -1,0 +1,142 @@
+"""The watch rules an agent takes part in: sources it watches and ships from, destinations it accepts.
+
+Orders come from the controller (start with a new epoch, hold/release, stop). Rules keep running while the
+controller is away; when it comes back it re-sends them with a new epoch, which restarts the watcher and so
+reconciles the trees.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+from zcrepl.agent.exports import Exports
+from zcrepl.agent.sync_source import SourceRule
+from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
+from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
+from zcrepl.agent.transfers import check_destination, open_source
+from zcrepl.core.errors import ZcError
+from zcrepl.core.logs import kv
+from zcrepl.core.paths import show
+from zcrepl.core.synctypes import (
+    SYNC_ID_BASE,
+    SyncCounters,
+    SyncDestOrder,
+    SyncHoldOrder,
+    SyncSourceOrder,
+    SyncStatus,
+    SyncStopOrder,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Syncs:
+    def __init__(self, host: str, exports: Exports, data: DataServer, tickets: TicketBook, *,
+                 io_timeout: float = 60.0) -> None:
+        self.host = host
+        self.exports = exports
+        self.data = data
+        self.tickets = tickets
+        self.io_timeout = io_timeout
+        self._lock = threading.Lock()
+        self._sources: dict[int, SourceRule] = {}
+        self._failed: dict[int, SyncStatus] = {}  # rules that could not start here, reported until replaced
+        self._dests: dict[int, int] = {}  # rule id -> epoch accepted
+
+    # -- orders -------------------------------------------------------------------------------------
+    def source(self, order: SyncSourceOrder) -> None:
+        self._stop_source(order.rule_id)
+        label = f"{self.host}:{show(order.path)}"
+        try:
+            export, rel = self.exports.resolve(order.path)
+            root = open_source(export, rel, label)
+        except ZcError as err:
+            self._refuse(order.rule_id, order.epoch, str(err))
+            return
+        watch_path = export.path + (b"/" + b"/".join(rel) if rel else b"")
+        rule = SourceRule(self.host, order, root, watch_path, io_timeout=self.io_timeout)
+        try:
+            rule.start()
+        except OSError as err:
+            root.close()
+            self._refuse(order.rule_id, order.epoch, f"{label}: cannot watch: {err.strerror or err}")
+            return
+        with self._lock:
+            self._sources[order.rule_id] = rule
+            self._failed.pop(order.rule_id, None)
+
+    def dest(self, order: SyncDestOrder) -> None:
+        job_id = SYNC_ID_BASE + order.rule_id
+        self.tickets.revoke(job_id, reusable=True)  # the rule's earlier epoch
+        label = f"{self.host}:{show(order.path)}"
+        try:
+            export, rel = self.exports.resolve(order.path)
+            check_destination(export, rel, label)
+        except ZcError as err:
+            # The source reports the rule's errors: its sessions are refused, and this log says why.
+            log.warning("watch rule destination refused", extra=kv(rule=order.rule_id, error=str(err)))
+            return
+
+        def serve(ch: Channel, hello: Hello) -> None:
+            spec = ReceiveSpec(job_id, order.epoch, export, rel, order.options, label)
+            try:
+                ReceiveSession(spec, self.tickets).serve_control(ch, hello)
+            except Exception as err:  # the source sees the abort and reports it
+                log.warning("watch session failed", extra=kv(rule=order.rule_id, error=str(err)))
+
+        self.tickets.register(order.ticket, Grant(job_id, order.epoch, math.inf, serve, reusable=True))
+        with self._lock:
+            self._dests[order.rule_id] = order.epoch
+        log.info("watch rule destination ready", extra=kv(rule=order.rule_id, epoch=order.epoch, path=label,
+                                                          source=order.source_host))
+
+    def hold(self, order: SyncHoldOrder) -> None:
+        with self._lock:
+            rule = self._sources.get(order.rule_id)
+        if rule is not None and rule.order.epoch == order.epoch:
+            rule.hold(order.held, order.reason)
+
+    def stop(self, order: SyncStopOrder) -> None:
+        self._stop_source(order.rule_id)
+        with self._lock:
+            self._failed.pop(order.rule_id, None)
+            epoch = self._dests.pop(order.rule_id, None)
+        if epoch is not None:
+            job_id = SYNC_ID_BASE + order.rule_id
+            self.tickets.revoke(job_id, reusable=True)
+            self.data.abort(job_id, epoch)
+            log.info("watch rule destination stopped", extra=kv(rule=order.rule_id, reason=order.reason))
+
+    def stop_all(self) -> None:
+        with self._lock:
+            ids = set(self._sources) | set(self._dests)
+        for rule_id in ids:
+            self.stop(SyncStopOrder(rule_id, "agent shutting down"))
+
+    # -- reports ------------------------------------------------------------------------------------
+    def statuses(self) -> list[SyncStatus]:
+        with self._lock:
+            rules = list(self._sources.values())
+            failed = list(self._failed.values())
+        return [r.status() for r in rules] + failed
+
+    def watching(self) -> int:
+        with self._lock:
+            return len(self._sources)
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _stop_source(self, rule_id: int) -> None:
+        with self._lock:
+            rule = self._sources.pop(rule_id, None)
+        if rule is not None:
+            rule.stop()
+
+    def _refuse(self, rule_id: int, epoch: int, error: str) -> None:
+        log.warning("watch rule cannot start", extra=kv(rule=rule_id, error=error))
+        with self._lock:
+            self._failed[rule_id] = SyncStatus(rule_id, epoch, watching=False, last_error=error,
+                                               last_error_at=time.time(), counters=SyncCounters(errors=1))

@@ -1,0 +1,91 @@
+"""Conversion between the watch-rule wire messages (sync.proto) and ``zcrepl.core.synctypes``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from zcrepl.core import synctypes as st
+from zcrepl.proto import sync_pb2 as spb
+from zcrepl.proto.convert import endpoint_from_pb, endpoint_to_pb, options_from_pb, options_to_pb
+
+_STATE_TO_PB = {st.SyncState.ACTIVE: spb.SYNC_STATE_ACTIVE, st.SyncState.PAUSED: spb.SYNC_STATE_PAUSED}
+_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+
+
+def counters_to_pb(c: st.SyncCounters) -> spb.SyncCounters:
+    return spb.SyncCounters(**asdict(c))
+
+
+def counters_from_pb(m: spb.SyncCounters) -> st.SyncCounters:
+    return st.SyncCounters(m.sessions, m.changes, m.files, m.bytes, m.deleted, m.renamed, m.reconciles, m.errors)
+
+
+def status_to_pb(s: st.SyncStatus) -> spb.SyncStatus:
+    return spb.SyncStatus(rule_id=s.rule_id, epoch=s.epoch, watching=s.watching, lag=s.lag, pending=s.pending,
+                          held=s.held, reconciling=s.reconciling, counters=counters_to_pb(s.counters),
+                          last_error=s.last_error, last_error_at=s.last_error_at, last_shipped_at=s.last_shipped_at,
+                          warning=s.warning)
+
+
+def status_from_pb(m: spb.SyncStatus) -> st.SyncStatus:
+    return st.SyncStatus(m.rule_id, m.epoch, m.watching, m.lag, m.pending, m.held, m.reconciling,
+                         counters_from_pb(m.counters), m.last_error, m.last_error_at, m.last_shipped_at, m.warning)
+
+
+def rule_to_pb(r: st.SyncRule) -> spb.SyncRule:
+    return spb.SyncRule(
+        id=r.id, source=endpoint_to_pb(r.source), destinations=[endpoint_to_pb(d) for d in r.destinations],
+        options=options_to_pb(r.options), state=_STATE_TO_PB[r.state], created_at=r.created_at, window=r.window,
+        quiet=r.quiet, counters=counters_to_pb(r.counters), status=r.status, lag=r.lag, pending=r.pending,
+        last_error=r.last_error, last_error_at=r.last_error_at, last_shipped_at=r.last_shipped_at,
+    )
+
+
+def rule_from_pb(m: spb.SyncRule) -> st.SyncRule:
+    return st.SyncRule(
+        id=m.id, source=endpoint_from_pb(m.source), destinations=tuple(endpoint_from_pb(d) for d in m.destinations),
+        options=options_from_pb(m.options), state=_STATE_FROM_PB.get(m.state, st.SyncState.ACTIVE),
+        created_at=m.created_at, window=m.window, quiet=m.quiet, counters=counters_from_pb(m.counters),
+        status=m.status, lag=m.lag, pending=m.pending, last_error=m.last_error, last_error_at=m.last_error_at,
+        last_shipped_at=m.last_shipped_at,
+    )
+
+
+def source_order_to_pb(o: st.SyncSourceOrder) -> spb.SyncSourceOrder:
+    return spb.SyncSourceOrder(
+        rule_id=o.rule_id, epoch=o.epoch, path=o.path, options=options_to_pb(o.options), window=o.window,
+        quiet=o.quiet, held=o.held, hold_reason=o.hold_reason,
+        dests=[spb.SyncDest(host=d.host, data_address=d.data_address, ticket=d.ticket, path=d.path) for d in o.dests],
+    )
+
+
+def source_order_from_pb(m: spb.SyncSourceOrder) -> st.SyncSourceOrder:
+    return st.SyncSourceOrder(
+        m.rule_id, m.epoch, bytes(m.path), options_from_pb(m.options), m.window, m.quiet,
+        tuple(st.SyncDest(d.host, d.data_address, bytes(d.ticket), bytes(d.path)) for d in m.dests),
+        m.held, m.hold_reason,
+    )
+
+
+def dest_order_to_pb(o: st.SyncDestOrder) -> spb.SyncDestOrder:
+    return spb.SyncDestOrder(rule_id=o.rule_id, epoch=o.epoch, path=o.path, options=options_to_pb(o.options),
+                             ticket=o.ticket, source_host=o.source_host)
+
+
+def dest_order_from_pb(m: spb.SyncDestOrder) -> st.SyncDestOrder:
+    return st.SyncDestOrder(m.rule_id, m.epoch, bytes(m.path), options_from_pb(m.options), bytes(m.ticket),
+                            m.source_host)
+
+
+def sync_order_fields(order: object) -> dict[str, object] | None:
+    """The ControllerMessage field for a watch-rule order, or None for any other object."""
+    if isinstance(order, st.SyncSourceOrder):
+        return {"sync_source": source_order_to_pb(order)}
+    if isinstance(order, st.SyncDestOrder):
+        return {"sync_dest": dest_order_to_pb(order)}
+    if isinstance(order, st.SyncStopOrder):
+        return {"sync_stop": spb.SyncStopOrder(rule_id=order.rule_id, reason=order.reason)}
+    if isinstance(order, st.SyncHoldOrder):
+        return {"sync_hold": spb.SyncHoldOrder(rule_id=order.rule_id, epoch=order.epoch, held=order.held,
+                                               reason=order.reason)}
+    return None
