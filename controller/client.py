@@ -12,9 +12,11 @@ from typing import TypeVar
 import grpc
 
 from zcrepl.core.errors import Unavailable
+from zcrepl.core.synctypes import SyncRule
 from zcrepl.core.types import AgentStatus, Endpoint, Job, JobOptions, JobState
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc
+from zcrepl.proto import sync_pb2 as spb
 from zcrepl.proto.channels import channel
 from zcrepl.proto.convert import (
     agent_status_from_pb,
@@ -24,6 +26,7 @@ from zcrepl.proto.convert import (
     state_to_pb,
 )
 from zcrepl.proto.errors import from_rpc_error
+from zcrepl.proto.syncconvert import rule_from_pb
 
 R = TypeVar("R")
 
@@ -81,6 +84,21 @@ class ControllerClient:
     def health(self, names: list[str], history: int = 0) -> list[AgentStatus]:
         resp = self._call(self._stub.GetAgentHealth, cpb.AgentHealthRequest(names=names, history=history))
         return [agent_status_from_pb(a) for a in resp.agents]
+
+    # -- watch rules --------------------------------------------------------------------------------
+    def create_sync(self, src: Endpoint, dsts: list[Endpoint], options: JobOptions, window: float = 0.0,
+                    quiet: float = 0.0) -> SyncRule:
+        req = spb.CreateSyncRequest(source=endpoint_to_pb(src), destinations=[endpoint_to_pb(d) for d in dsts],
+                                    options=options_to_pb(options), window=window, quiet=quiet)
+        return rule_from_pb(self._call(self._stub.CreateSync, req))
+
+    def syncs(self) -> list[SyncRule]:
+        return [rule_from_pb(r) for r in self._call(self._stub.ListSyncs, spb.ListSyncsRequest()).rules]
+
+    def sync_action(self, action: str, rule_id: int) -> SyncRule:
+        """``pause``, ``resume`` or ``remove`` one rule."""
+        fn = {"pause": self._stub.PauseSync, "resume": self._stub.ResumeSync, "remove": self._stub.RemoveSync}[action]
+        return rule_from_pb(self._call(fn, spb.SyncRef(id=rule_id)))
 
     def watch(self, job_id: int, reconnect_for: float = 60.0) -> Iterator[Job]:
         """Job snapshots until it is final; rides out a controller restart for ``reconnect_for`` seconds."""

@@ -25,12 +25,12 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from zcrepl.controller import render
+from zcrepl.controller import render, render_sync
 from zcrepl.controller.client import ControllerClient
 from zcrepl.core.config import DEFAULT_CONTROLLER
 from zcrepl.core.errors import Unavailable, UserError, ZcError
-from zcrepl.core.paths import parse_endpoint
-from zcrepl.core.types import Durability, Job, JobOptions, JobState
+from zcrepl.core.paths import parse_endpoint, show
+from zcrepl.core.types import Durability, Endpoint, Job, JobOptions, JobState
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -68,9 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-attempts", type=int, default=0, metavar="N", help="attempts before the job fails")
     r.add_argument("--streams", type=int, default=0, metavar="N",
                    help="parallel data connections (default: chosen from both hosts' cores)")
-    r.add_argument("--durability", choices=[d.value for d in Durability], default=Durability.JOB.value,
+    r.add_argument("--durability", choices=[d.value for d in Durability], default=None,
                    help="job: one syncfs before done (default); file: fsync every file; none: leave it to "
-                        "the kernel, like rsync")
+                        "the kernel, like rsync (the default with --watch)")
+    r.add_argument("--watch", action="store_true",
+                   help="keep DST in step with SRC: a continuous rule (a full scan first, then every change "
+                        "within ~0.1 s; it mirrors, so deletions follow); see zc-ctl syncs")
+    r.add_argument("--window", type=float, default=0.0, metavar="SECONDS",
+                   help="with --watch: how long changes are merged before shipping (default 0.05)")
+    r.add_argument("--quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="with --watch: how long a file still open for writing must see no write before it "
+                        "ships (default 0.2; closing it ships it at once)")
     r.add_argument("--detach", action="store_true", help="print the job id and return at once")
     r.add_argument("--json", action="store_true", help="print the final job as JSON")
 
@@ -94,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cancel", help="cancel a queued or running job")
     c.add_argument("id", type=int)
     c.add_argument("--json", action="store_true")
+    sy = sub.add_parser("syncs", help="list watch rules (zc-ctl replicate --watch), or pause/resume/remove one")
+    sy.add_argument("action", nargs="?", choices=["pause", "resume", "remove"], help="what to do with rule ID")
+    sy.add_argument("id", nargs="?", type=int, metavar="ID")
+    sy.add_argument("--watch", action="store_true", help="refresh the table every second until interrupted")
+    sy.add_argument("--json", action="store_true")
     d = sub.add_parser("demo", help="start a local controller and two agents and replicate a generated tree")
     d.add_argument("--files", type=int, default=2000, help="number of small files in the demo tree")
     d.add_argument("--big-mib", type=int, default=64, help="size of the one large file")
@@ -125,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_JOB_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def show_ep(ep: Endpoint) -> str:
+    return f"{ep.host}:{show(ep.path)}"
 
 
 def _print_json(out: Console, doc: Any) -> None:
@@ -171,6 +188,8 @@ def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Console, 
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
                 out.print(f"{stamp}  {kind:<7} {reason}", markup=False, highlight=False)
         return EXIT_OK
+    if args.command == "syncs":
+        return _syncs(args, client, out)
     if args.command == "cancel":
         job = client.cancel(args.id)
         if args.json:
@@ -202,11 +221,70 @@ def _show_job(job: Job, as_json: bool, out: Console) -> None:
         out.print(f"  attempt {a.number}: {render.progress_text(a.stats)}; {status}", markup=False)
 
 
+def _syncs(args: argparse.Namespace, client: ControllerClient, out: Console) -> int:
+    if args.action:
+        if args.id is None:
+            raise UserError(f"zc-ctl syncs {args.action} needs a rule ID; zc-ctl syncs lists them")
+        rule = client.sync_action(args.action, args.id)
+        if args.json:
+            _print_json(out, render_sync.sync_doc(rule))
+        else:
+            done = {"pause": "paused", "resume": "resumed (it reconciles first)", "remove": "removed"}[args.action]
+            out.print(f"watch rule {rule.id} {done}", markup=False)
+        return EXIT_OK
+    if args.watch and not args.json:
+        try:
+            with Live(render_sync.syncs_table(client.syncs()), console=out, refresh_per_second=2) as live:
+                while True:
+                    time.sleep(1.0)
+                    live.update(render_sync.syncs_table(client.syncs()))
+        except KeyboardInterrupt:
+            return EXIT_OK
+    rules = client.syncs()
+    if args.json:
+        _print_json(out, [render_sync.sync_doc(r) for r in rules])
+    else:
+        out.print(render_sync.syncs_table(rules))
+    return EXIT_OK
+
+
+def _create_sync(args: argparse.Namespace, client: ControllerClient, options: JobOptions, out: Console,
+                 err: Console) -> int:
+    src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
+    rule = client.create_sync(src, dsts, options, args.window, args.quiet)
+    if not args.detach:
+        # Follow the first reconciliation, so a bad path or an unreachable host shows here and now.
+        with err.status(f"watch rule {rule.id}: starting") as status:
+            while True:
+                rule = next((r for r in client.syncs() if r.id == rule.id), rule)
+                status.update(f"watch rule {rule.id}: {rule.status}")
+                first_scan = rule.counters.reconciles > 0 and not rule.status.startswith("reconciling")
+                if rule.status.startswith(("failed", "waiting", "held")) or (
+                        rule.status.startswith("watching") and first_scan):
+                    break
+                time.sleep(0.2)
+    if args.json:
+        _print_json(out, render_sync.sync_doc(rule))
+    elif rule.status.startswith("failed"):
+        err.print(f"zc-ctl: watch rule {rule.id} {rule.status}; fix it and run zc-ctl syncs resume {rule.id} "
+                  f"(or zc-ctl syncs remove {rule.id})", markup=False)
+        return EXIT_JOB_FAILED
+    else:
+        c = rule.counters
+        out.print(f"watch rule {rule.id} {rule.status or 'created'}: {show_ep(src)} -> "
+                  f"{', '.join(show_ep(d) for d in dsts)}; first scan moved {c.files} files "
+                  f"({render.human_bytes(c.bytes)}); zc-ctl syncs shows its lag", markup=False)
+    return EXIT_OK
+
+
 def _replicate(args: argparse.Namespace, client: ControllerClient, out: Console, err: Console) -> int:
     src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
+    durability = args.durability or (Durability.NONE.value if args.watch else Durability.JOB.value)
     options = JobOptions(delete=args.delete, checksum=args.checksum, bwlimit=args.bwlimit,
                          max_attempts=args.max_attempts, streams=args.streams,
-                         durability=Durability(args.durability), xattrs=args.xattrs)
+                         durability=Durability(durability), xattrs=args.xattrs)
+    if args.watch:
+        return _create_sync(args, client, options, out, err)
     jobs = client.submit_fanout(src, dsts, options) if len(dsts) > 1 else [client.submit(src, dsts[0], options)]
     ids = ", ".join(str(j.id) for j in jobs)
     if args.detach:

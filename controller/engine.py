@@ -27,6 +27,8 @@ from zcrepl.controller.policy import (
 from zcrepl.controller.registry import Registry, Session
 from zcrepl.controller.scheduler import HostView, Policy, overlaps, plan
 from zcrepl.controller.store import Store
+from zcrepl.controller.sync_store import SyncStore
+from zcrepl.controller.syncs import SyncManager
 from zcrepl.core.config import ControllerConfig
 from zcrepl.core.errors import InvalidPath, UnknownHost, UnknownJob
 from zcrepl.core.logs import kv
@@ -104,6 +106,7 @@ class Engine:
         self._wake: asyncio.Event | None = None
         self.stopping = False
         self._last_decision: dict[int, DecisionRecord] = {}
+        self.syncs = SyncManager(SyncStore(store.db), self.registry, thresholds, self._health, _unknown_host)
 
     # -- agents -------------------------------------------------------------------------------------
     def connect(self, info: AgentInfo, active: list[tuple[int, int]]) -> Session:
@@ -299,6 +302,7 @@ class Engine:
                 self._fail_run(run.job_id, f"no report from {quiet} for {self.config.stall_timeout:.0f}s; "
                                "the transfer is stalled (check that host's zc-agent log)", True, run.progress)
         self._throttle_running(now)
+        self.syncs.tick(now)
         queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
         if not queued:
             return

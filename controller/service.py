@@ -16,6 +16,7 @@ from zcrepl.core.paths import canonical_abs
 from zcrepl.core.types import CancelOrder, ReceiveOrder, SendOrder, ThrottleOrder
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc, types_pb2
+from zcrepl.proto import sync_pb2 as spb
 from zcrepl.proto.convert import (
     agent_info_from_pb,
     agent_status_to_pb,
@@ -27,7 +28,7 @@ from zcrepl.proto.convert import (
     report_from_pb,
     state_from_pb,
 )
-from zcrepl.proto.syncconvert import sync_order_fields
+from zcrepl.proto.syncconvert import rule_to_pb, status_from_pb, sync_order_fields
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["Controller"].full_name
@@ -102,6 +103,9 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
                 kind = msg.WhichOneof("kind")
                 if kind == "heartbeat":
                     self.engine.heartbeat(session, health_from_pb(msg.heartbeat.health))
+                    if msg.heartbeat.syncs:
+                        self.engine.syncs.on_status(session, [status_from_pb(s) for s in msg.heartbeat.syncs],
+                                                    self.engine.clock())
                 elif kind == "report":
                     try:
                         report = report_from_pb(msg.report)
@@ -166,3 +170,31 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
                              ) -> cpb.AgentHealthResponse:
         statuses = self.engine.statuses(list(request.names) or None, min(request.history, 3600))
         return cpb.AgentHealthResponse(agents=[agent_status_to_pb(s) for s in statuses])
+
+    # -- watch rules --------------------------------------------------------------------------------
+    async def CreateSync(self, request: spb.CreateSyncRequest, context: grpc.aio.ServicerContext) -> spb.SyncRule:
+        src = endpoint_from_pb(request.source)
+        dsts = [endpoint_from_pb(d) for d in request.destinations]
+        for ep in (src, *dsts):
+            if not ep.host:
+                raise InvalidPath("source and destinations need a host: write HOST:/path")
+            canonical_abs(ep.path, what=f"{ep.host}:{ep.path.decode('utf-8', 'backslashreplace')}")
+        rule = self.engine.syncs.create(src, dsts, options_from_pb(request.options), request.window, request.quiet,
+                                        self.engine.clock())
+        self.engine.wake()
+        return rule_to_pb(rule)
+
+    async def ListSyncs(self, request: spb.ListSyncsRequest, context: grpc.aio.ServicerContext
+                        ) -> spb.ListSyncsResponse:
+        return spb.ListSyncsResponse(rules=[rule_to_pb(r) for r in self.engine.syncs.list_rules(self.engine.clock())])
+
+    async def PauseSync(self, request: spb.SyncRef, context: grpc.aio.ServicerContext) -> spb.SyncRule:
+        return rule_to_pb(self.engine.syncs.pause(request.id, self.engine.clock()))
+
+    async def ResumeSync(self, request: spb.SyncRef, context: grpc.aio.ServicerContext) -> spb.SyncRule:
+        rule = self.engine.syncs.resume(request.id, self.engine.clock())
+        self.engine.wake()
+        return rule_to_pb(rule)
+
+    async def RemoveSync(self, request: spb.SyncRef, context: grpc.aio.ServicerContext) -> spb.SyncRule:
+        return rule_to_pb(self.engine.syncs.remove(request.id, self.engine.clock()))

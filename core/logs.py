@@ -74,3 +74,5 @@ def setup_logging(level: str = "info", fmt: str = "kv", stream: Any = None) -> N
     root.setLevel(level.upper())
     # grpc's own logger is chatty at INFO about benign reconnects.
     logging.getLogger("grpc").setLevel(max(logging.WARNING, root.level))
+    # watchdog logs every inotify event at debug: thousands of lines a second under a burst of changes.
+    logging.getLogger("watchdog").setLevel(max(logging.INFO, root.level))

@@ -75,6 +75,7 @@ class ReceiveSession:
         root_fd = spec.export.open_dir(spec.rel, create=True, mode=0o755)
         root = SafeRoot.from_fd(root_fd, spec.export.path)
         self.writer = writer = TreeWriter(root, spec.options, spec.label, spec.job_id)
+        data_tickets: list[bytes] = []
         try:
             streams = max(1, min(hello.streams, fr.MAX_STREAMS))  # the peer asks; we clamp
             data_tickets = [secrets.token_bytes(fr.TICKET_LEN) for _ in range(streams)]
@@ -95,7 +96,9 @@ class ReceiveSession:
                 raise self._error from err  # a data connection failed first: that is the cause
             raise
         finally:
-            self.tickets.revoke(spec.job_id, spec.attempt)
+            # Only our own: a watch rule's next session shares (job, attempt) and may have registered its
+            # data tickets already.
+            self.tickets.discard(data_tickets)
             self._wait_data(5.0)
             root.close()
 

@@ -79,6 +79,12 @@ class TicketBook:
                 del self._grants[k]
         return bool(keys)
 
+    def discard(self, tickets: list[bytes]) -> None:
+        """Drop these tickets if still unused (a session's own data tickets, whatever else shares its ids)."""
+        with self._lock:
+            for t in tickets:
+                self._grants.pop(self._key(t), None)
+
     def expire(self) -> None:
         now = self._clock()
         with self._lock:

@@ -1,0 +1,59 @@
+"""How zc-ctl shows watch rules: a JSON document per rule for scripts, a rich table for people."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from zcrepl.controller.render import ago, human_bytes
+from zcrepl.core.paths import show
+from zcrepl.core.synctypes import SyncRule
+
+
+def _ep(host: str, path: bytes) -> str:
+    return f"{host}:{show(path)}"
+
+
+def sync_doc(r: SyncRule) -> dict[str, Any]:
+    return {
+        "id": r.id, "state": r.state.value, "status": r.status,
+        "source": _ep(r.source.host, r.source.path),
+        "destinations": [_ep(d.host, d.path) for d in r.destinations],
+        "options": {**asdict(r.options), "durability": r.options.durability.value},
+        "window": r.window, "quiet": r.quiet, "created_at": r.created_at,
+        "lag": r.lag, "pending": r.pending, "counters": asdict(r.counters),
+        "last_error": r.last_error, "last_error_at": r.last_error_at, "last_shipped_at": r.last_shipped_at,
+    }
+
+
+def lag_text(r: SyncRule) -> str:
+    if r.state.value == "paused" or r.status.startswith("waiting"):
+        return "-"
+    if not r.pending:
+        return "0"
+    return f"{r.lag * 1000:.0f} ms" if r.lag < 10 else f"{r.lag:.0f} s"
+
+
+def syncs_table(rules: list[SyncRule]) -> Table:
+    t = Table(title="watch rules", title_justify="left")
+    for col in ("ID", "STATUS", "SOURCE", "DESTINATIONS", "LAG", "PENDING", "SHIPPED", "LAST SHIP", "LAST ERROR"):
+        if col in ("STATUS", "LAST ERROR"):
+            t.add_column(col, overflow="ellipsis", no_wrap=True, max_width=48)
+        else:
+            t.add_column(col, no_wrap=col not in ("SOURCE", "DESTINATIONS"))
+    now = time.time()
+    for r in rules:
+        c = r.counters
+        color = "yellow" if r.status.startswith(("held", "waiting", "paused", "starting", "reconciling")) else (
+            "red" if r.status.startswith("failed") else "green")
+        shipped = (f"{c.changes} changes, {c.files} files ({human_bytes(c.bytes)}), {c.renamed} renamed, "
+                   f"{c.deleted} deleted, {c.reconciles} scans")
+        err = f"{escape(r.last_error)} ({ago(r.last_error_at, now)})" if r.last_error else ""
+        t.add_row(str(r.id), f"[{color}]{escape(r.status)}[/]", escape(_ep(r.source.host, r.source.path)),
+                  escape(", ".join(_ep(d.host, d.path) for d in r.destinations)), lag_text(r), str(r.pending),
+                  shipped, ago(r.last_shipped_at, now), err)
+    return t
