@@ -29,7 +29,8 @@ from zcrepl.core.synctypes import SYNC_ID_BASE, SyncCounters, SyncDest, SyncSour
 
 log = logging.getLogger(__name__)
 
-RESCAN_STREAMS = 2  # a reconciliation may move a whole tree; a change set rarely more than a few files
+RESCAN_STREAMS = 2  # a reconciliation may move a whole tree; a change set rarely more than a few files...
+BIG_SET = 64  # ...unless it is a burst: then creates in different directories run in parallel at the receiver
 
 
 class _Stopped(Exception):
@@ -128,7 +129,7 @@ class SourceRule:
     def _ship_to(self, dest: SyncDest, cs: ChangeSet) -> None:
         o = self.order
         plan = None if cs.rescan else ChangePlan(cs.renames, cs.deletes, cs.upserts)
-        streams = o.options.streams or (RESCAN_STREAMS if cs.rescan else 1)
+        streams = o.options.streams or (RESCAN_STREAMS if cs.rescan or len(cs.upserts) > BIG_SET else 1)
         spec = SendSpec(job_id=SYNC_ID_BASE + o.rule_id, attempt=o.epoch, ticket=dest.ticket,
                         address=split_address(dest.data_address), options=replace(o.options, streams=streams),
                         cancel=self._cancel, on_progress=lambda _s: None, io_timeout=self.io_timeout)

@@ -80,3 +80,33 @@ def test_running_transfer_slows_under_load_and_recovers(strict: Cluster, tmp_pat
     assert done["attempts"] == 1  # slowed, never restarted: no progress lost
     assert "resume" in kinds()
     assert (tmp_path / "b" / "d" / "big").read_bytes() == data
+
+
+def test_a_watch_rule_is_held_under_load_keeps_collecting_and_ships_after(strict: Cluster, tmp_path: Path) -> None:
+    src, dst = tmp_path / "a" / "w", tmp_path / "b" / "w"
+    src.mkdir(parents=True)
+    (src / "first").write_bytes(b"1")
+    rc, out, err = strict.ctl("replicate", "--watch", "--json", f"hostA:{src}", f"hostB:{dst}")
+    assert rc == 0, err
+    rule_id = json.loads(out)["id"]
+
+    def rule() -> dict[str, object]:
+        return next(r for r in json.loads(strict.ctl("syncs", "--json")[1]) if r["id"] == rule_id)
+
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        held = wait_for(lambda: str((r := rule())["status"]).startswith("held") and r, 20, interval=0.3,
+                        what="the rule to be held by the burners")
+        assert "CPU" in str(held["status"]) and "limit 60%" in str(held["status"]), held
+        for i in range(20):
+            (src / f"while-held-{i}").write_bytes(b"x" * 100)
+        lagging = wait_for(lambda: (r := rule())["pending"] and float(r["lag"]) > 0.5 and r, 10, interval=0.3,
+                           what="the held rule's lag to grow")  # it keeps collecting, and shows it
+        assert not (dst / "while-held-0").exists(), lagging
+    finally:
+        for p in burners:
+            p.kill()
+            p.wait()
+    wait_for(lambda: all((dst / f"while-held-{i}").exists() for i in range(20)), 30, interval=0.2,
+             what="the changes collected while held to arrive")
+    assert str(rule()["status"]).startswith("watching")

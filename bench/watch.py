@@ -1,0 +1,260 @@
+"""Continuous replication latency: zcrepl watch rules vs lsyncd, on the same changes, on this machine.
+
+    python bench/watch.py [--changes 200] [--interval 0.05] [--burst 10000] [--runs 3] [--skip-lsyncd]
+
+Two measurements per tool:
+
+- **latency**: ``--changes`` 4 KiB file changes, one every ``--interval`` seconds (even: a new file, odd: an
+  existing file rewritten in place), each under its own name. Latency is from the moment the writer closed
+  the file on the source to the moment the destination's final rename (``IN_MOVED_TO``) of that name is
+  seen through inotify (both zcrepl and rsync write a temp file and rename it into place).
+- **burst**: ``--burst`` small files created as fast as Python can, in 10 directories; the time from the
+  first create until the destination holds all of them.
+
+lsyncd runs with its default settings (``default.rsync``: a 15 s delay, up to 1000 events per batch) and,
+as a second row, with ``delay = 0``. Syncthing is left out: it refuses delays under 1 s (its fsWatcher
+delay) and needs a GUI/API setup per folder. Results go to bench/results/watch-<time>.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import os
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from daemons import BIN, Daemon, ZcCluster
+
+_IN_MOVED_TO = 0x80
+_IN_CLOSE_WRITE = 0x08
+_EVENT = struct.Struct("iIII")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Arrivals:
+    """Names renamed into (or written in) one destination directory, with when inotify reported them."""
+
+    def __init__(self, directory: Path) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        self.fd = libc.inotify_init1(os.O_CLOEXEC)
+        if self.fd < 0 or libc.inotify_add_watch(self.fd, os.fsencode(directory), _IN_MOVED_TO) < 0:
+            raise OSError(ctypes.get_errno(), "inotify")
+        self.seen: dict[str, float] = {}
+        self.cond = threading.Condition()
+        self._stop = False
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self._stop:
+            try:
+                buf = os.read(self.fd, 1 << 16)
+            except OSError:
+                return
+            now = time.monotonic()
+            off = 0
+            with self.cond:
+                while off < len(buf):
+                    _wd, _mask, _cookie, n = _EVENT.unpack_from(buf, off)
+                    name = buf[off + _EVENT.size: off + _EVENT.size + n].rstrip(b"\0").decode()
+                    off += _EVENT.size + n
+                    self.seen.setdefault(name, now)
+                self.cond.notify_all()
+
+    def wait(self, names: set[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not names <= self.seen.keys():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+        return True
+
+    def close(self) -> None:
+        self._stop = True
+        os.close(self.fd)
+
+
+def _write(path: Path, data: bytes) -> float:
+    with open(path, "wb") as f:
+        f.write(data)
+    return time.monotonic()
+
+
+def latency_run(src: Path, dst: Path, changes: int, interval: float, timeout: float) -> dict[str, Any]:
+    """The stream of 4 KiB changes; returns per-change latencies (ms) and how many never arrived."""
+    names = [f"lat-{i:04d}" for i in range(changes)]
+    for n in names[1::2]:  # the files the odd changes rewrite exist (and have arrived) beforehand
+        (src / n).write_bytes(b"old" * 100)
+    _wait_files(dst, set(names[1::2]), 120)
+    arr = Arrivals(dst)
+    written: dict[str, float] = {}
+    try:
+        t0 = time.monotonic()
+        for i, n in enumerate(names):
+            target = t0 + i * interval
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            written[n] = _write(src / n, os.urandom(4096))
+        arr.wait(set(names), timeout)
+    finally:
+        arr.close()
+    lat = sorted((arr.seen[n] - written[n]) * 1000 for n in names if n in arr.seen)
+    return {"latencies_ms": lat, "lost": changes - len(lat)}
+
+
+def burst_run(src: Path, dst: Path, files: int, timeout: float) -> dict[str, Any]:
+    dirs = 10
+    t0 = time.monotonic()
+    for d in range(dirs):
+        (src / f"burst{d}").mkdir()
+        for i in range(files // dirs):
+            (src / f"burst{d}" / f"f{i:05d}").write_bytes(b"%d %d\n" % (d, i))
+    written = time.monotonic() - t0
+    deadline = t0 + timeout
+    while True:
+        n = 0
+        for d in range(dirs):
+            try:
+                n += sum(1 for e in os.scandir(dst / f"burst{d}") if not e.name.startswith("."))
+            except FileNotFoundError:
+                pass
+        if n >= files:
+            return {"write_s": written, "converge_s": time.monotonic() - t0}
+        if time.monotonic() > deadline:
+            return {"write_s": written, "converge_s": None, "arrived": n}
+        time.sleep(0.02)
+
+
+def _wait_files(dst: Path, names: set[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not names <= {e.name for e in os.scandir(dst)}:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(names)} setup files never reached {dst}")
+        time.sleep(0.05)
+
+
+# -- tools ----------------------------------------------------------------------------------------------
+class Zcrepl:
+    name = "zcrepl (window 50 ms)"
+
+    def __init__(self, run: Path, src: Path, dst: Path) -> None:
+        self.cluster = ZcCluster(run, src.parent, dst.parent)
+        self.src, self.dst = src, dst
+
+    def start(self) -> None:
+        self.cluster.start_controller()
+        self.cluster.start_agents()
+        p = subprocess.run([str(BIN / "zc-ctl"), "--controller", self.cluster.addr, "replicate", "--watch",
+                            f"hostA:{self.src}", f"hostB:{self.dst}", "--json"], capture_output=True, timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError(f"zc-ctl replicate --watch failed: {p.stderr.decode()}")
+        time.sleep(1.5)  # past the replay margin after the first reconciliation
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+
+class Lsyncd:
+    def __init__(self, run: Path, src: Path, dst: Path, delay: float | None) -> None:
+        self.name = "lsyncd (default: delay 15 s)" if delay is None else f"lsyncd (delay = {delay:g})"
+        conf = run / f"lsyncd-{delay}.lua"
+        extra = "" if delay is None else f", delay = {delay}"
+        conf.write_text(f'settings {{ nodaemon = true, logfile = "{run}/lsyncd.log" }}\n'
+                        f'sync {{ default.rsync, source = "{src}", target = "{dst}"{extra} }}\n')
+        self.daemon = Daemon("lsyncd", ["lsyncd", str(conf)], run / "lsyncd.out")
+        self.src, self.dst = src, dst
+
+    def start(self) -> None:
+        (self.src / "lsyncd-ready").write_bytes(b"x")
+        self.daemon.start(ready=lambda: (self.dst / "lsyncd-ready").exists(), timeout=120)
+
+    def stop(self) -> None:
+        self.daemon.stop()
+
+
+def pct(xs: list[float], q: float) -> float:
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] if xs else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--changes", type=int, default=200)
+    ap.add_argument("--interval", type=float, default=0.05, help="seconds between changes")
+    ap.add_argument("--burst", type=int, default=10_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--skip-lsyncd", action="store_true")
+    ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    args = ap.parse_args(argv)
+    if not args.skip_lsyncd and shutil.which("lsyncd") is None:
+        print("bench/watch: lsyncd is not installed (apt-get install lsyncd) or pass --skip-lsyncd", file=sys.stderr)
+        return 2
+    base = Path(tempfile.mkdtemp(prefix="zc-watch-", dir=args.work))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    tools: list[Any] = [("zcrepl", None)]
+    if not args.skip_lsyncd:
+        tools += [("lsyncd", None), ("lsyncd", 0)]
+    rows: list[dict[str, Any]] = []
+    try:
+        for kind, delay in tools:
+            runs: list[dict[str, Any]] = []
+            name = ""
+            for r in range(args.runs):
+                run = base / f"{kind}-{delay}-{r}"
+                src, dst = run / "src" / "tree", run / "dst" / "tree"
+                src.mkdir(parents=True)
+                dst.mkdir(parents=True)
+                tool = Zcrepl(run, src, dst) if kind == "zcrepl" else Lsyncd(run, src, dst, delay)
+                name = tool.name
+                tool.start()
+                try:
+                    lat_timeout = 60.0 if kind == "zcrepl" or delay == 0 else 120.0
+                    lat = latency_run(src, dst, args.changes, args.interval, lat_timeout)
+                    burst = burst_run(src, dst, args.burst, 300.0)
+                finally:
+                    tool.stop()
+                runs.append({"latency": lat, "burst": burst})
+                ls = lat["latencies_ms"]
+                print(f"{name} run {r + 1}: p50 {pct(ls, 0.5):.1f} ms, p99 {pct(ls, 0.99):.1f} ms, "
+                      f"lost {lat['lost']}, burst {burst['converge_s']}", flush=True)
+            p50s = [pct(x["latency"]["latencies_ms"], 0.5) for x in runs]
+            p99s = [pct(x["latency"]["latencies_ms"], 0.99) for x in runs]
+            bursts = [x["burst"]["converge_s"] for x in runs if x["burst"]["converge_s"] is not None]
+            rows.append({"tool": name, "p50_ms": statistics.median(p50s), "p99_ms": statistics.median(p99s),
+                         "max_ms": max(max(x["latency"]["latencies_ms"] or [0]) for x in runs),
+                         "lost": sum(x["latency"]["lost"] for x in runs),
+                         "burst_s": statistics.median(bursts) if bursts else None, "runs": runs})
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    lines = [f"# watch latency, {stamp}", "",
+             f"{args.changes} changes of 4 KiB, one every {args.interval * 1000:.0f} ms; burst of {args.burst} "
+             f"files; medians of {args.runs} runs.", "",
+             "| tool | p50 latency | p99 latency | max | lost | 10k burst converged |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        burst = f"{row['burst_s']:.2f} s" if row["burst_s"] is not None else "did not converge"
+        lines.append(f"| {row['tool']} | {row['p50_ms']:.1f} ms | {row['p99_ms']:.1f} ms | {row['max_ms']:.0f} ms "
+                     f"| {row['lost']} | {burst} |")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"watch-{stamp}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"watch-{stamp}.json").write_text(json.dumps(rows, indent=1))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
