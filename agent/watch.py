@@ -7,7 +7,8 @@
                                                         poller thread ------+  (directories inotify cannot watch)
 
 ``TreeWatcher`` is the I/O shell; every decision (merging, holding files still being written, rename chains,
-the order a ``ChangeSet`` is applied in) lives in the pure :class:`~zcrepl.agent.watch_coalesce.Coalescer`.
+the order a ``ChangeSet`` is applied in) lives in the pure :class:`~zcrepl.agent.watch_coalesce.Coalescer`;
+the poller for directories inotify cannot watch in :mod:`zcrepl.agent.watch_poll`.
 The first set delivered after :meth:`TreeWatcher.start` is ``rescan=True`` (reconciliation at rule start).
 
 What watchdog 7.1 does with the two ways inotify loses events, and what is done about it here:
@@ -67,9 +68,10 @@ from watchdog.events import (
     FileSystemMovedEvent,
 )
 
-from zcrepl.agent.transfer.saferoot import TEMP_PREFIX, SafeRoot
+from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.watch_coalesce import REPLAY_MARGIN, ChangeSet, Coalescer, is_ignored
 from zcrepl.agent.watch_inotify import EVENT_FILTER, JOIN_TIMEOUT, WatchFD, WatchHandler, WatchObserver
+from zcrepl.agent.watch_poll import Polled, Poller, Sig, list_signatures
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
@@ -80,20 +82,6 @@ log = logging.getLogger(__name__)
 
 ChangesFn = Callable[[ChangeSet], None]
 WarnFn = Callable[[str], None]
-
-_WATCHES_SYSCTL = "/proc/sys/fs/inotify/max_user_watches"
-
-Sig = tuple[int, int, int, int, int]  # (file type, ino, size, mtime_ns, ctime_ns)
-
-
-@dataclass(frozen=True, slots=True)
-class _Polled:
-    """A change found by the poller, or a request for a rescan (``kind == "rescan"``)."""
-
-    kind: str  # "created" | "changed" | "deleted" | "rescan"
-    rel: bytes = b""
-    is_dir: bool = False
-
 
 @dataclass(slots=True)
 class _Echo:
@@ -146,15 +134,14 @@ class TreeWatcher:
         self._co = Coalescer(window=window, quiet=quiet, close_settles=close_settles, max_pending=max_pending,
                              replay_margin=replay_margin)
         self._cond = threading.Condition()  # guards _co, _inbox, _stopping
-        self._inbox: list[tuple[float, FileSystemEvent | _Polled]] = []
+        self._inbox: list[tuple[float, FileSystemEvent | Polled]] = []
         self._stopping = False
         self._started = False
         self._echo_lock = threading.Lock()
         self._echo: dict[bytes, _Echo] = {}
         self._echo_purged = 0.0
-        self._poll_cond = threading.Condition()  # guards _unwatched
-        self._unwatched: list[tuple[bytes, bool, bool]] = []  # (absolute dir, its subdirectories too, warned)
-        self._snaps: dict[bytes, dict[bytes, Sig]] = {}  # poller thread only: rel dir -> name -> Sig
+        self._poller = Poller(self.root, lambda: self._saferoot, self._rel, self._on_event, self._on_warning,
+                              clock, poll_interval)
         self._saferoot: SafeRoot | None = None
         self._observer: WatchObserver | None = None
         self._threads: list[threading.Thread] = []
@@ -172,7 +159,7 @@ class TreeWatcher:
             with self._cond:
                 # After the watches exist: a reconciliation from here on misses nothing.
                 self._co.request_rescan(self._clock())
-            for name, target in (("coalesce", self._run), ("poll", self._poll_loop)):
+            for name, target in (("coalesce", self._run), ("poll", self._poller.run)):
                 t = threading.Thread(target=target, name=f"zc-watch-{name}", daemon=True)
                 t.start()
                 self._threads.append(t)
@@ -187,8 +174,7 @@ class TreeWatcher:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        with self._poll_cond:
-            self._poll_cond.notify_all()
+        self._poller.stop()
         observer, self._observer = self._observer, None
         if observer is not None:
             observer.stop()
@@ -265,10 +251,9 @@ class TreeWatcher:
     def _fall_back(self, why: str) -> None:
         self._on_warning(f"cannot watch {show(self.root)} with inotify: {why}; polling the whole tree every "
                          f"{self.poll_interval:g}s instead")
-        with self._poll_cond:
-            self._unwatched.append((self.root, True, True))
+        self._poller.add(self.root, True, True)
 
-    def _on_event(self, event: FileSystemEvent | _Polled) -> None:
+    def _on_event(self, event: FileSystemEvent | Polled) -> None:
         with self._cond:
             self._inbox.append((self._clock(), event))
             self._cond.notify()
@@ -281,9 +266,7 @@ class TreeWatcher:
 
     def _limit_hit(self, path: bytes) -> None:
         # Runs on whichever thread adds watches (start(), or watchdog's while holding its locks): just note it.
-        with self._poll_cond:
-            self._unwatched.append((path, path == self.root, False))
-            self._poll_cond.notify()
+        self._poller.add(path, path == self.root, False)
 
     def _rel(self, path: bytes | str) -> bytes | None:
         if not path:
@@ -324,11 +307,11 @@ class TreeWatcher:
                 with self._cond:
                     self._co.shipped(self._clock(), gone)
 
-    def _apply(self, t: float, item: FileSystemEvent | _Polled) -> None:
+    def _apply(self, t: float, item: FileSystemEvent | Polled) -> None:
         """Feed one event to the coalescer; scan a directory that is new to the destination (outside the lock)."""
         co = self._co
         scans: list[bytes] = []
-        if isinstance(item, _Polled):
+        if isinstance(item, Polled):
             with self._cond:
                 if item.kind == "rescan":
                     co.request_rescan(t)
@@ -449,33 +432,7 @@ class TreeWatcher:
             return False
 
     def _listdir(self, rel: bytes) -> dict[bytes, Sig] | None:
-        """``lstat`` signatures of directory ``rel``'s entries (never through a symlink), minus our temp
-        namespace; None if it is gone. Entries are stat'ed while the directory fd is open: a DirEntry from
-        an fd-based scandir stats relative to that fd, which must not be closed (or reused) by then."""
-        root = self._saferoot
-        if root is None or root.fd < 0:
-            return None
-        try:
-            dfd = root.open_dir(rel.split(b"/") if rel else ())
-        except (OSError, UnsafePath):
-            return None
-        try:
-            out: dict[bytes, Sig] = {}
-            with os.scandir(dfd) as it:
-                for de in it:
-                    name = os.fsencode(de.name)  # an fd gives str names: fsencode restores the exact bytes
-                    if name.startswith(TEMP_PREFIX):
-                        continue
-                    try:
-                        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                    except OSError:
-                        continue  # gone meanwhile
-                    out[name] = (stat.S_IFMT(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            return out
-        except OSError:
-            return None
-        finally:
-            os.close(dfd)
+        return list_signatures(self._saferoot, rel)
 
     def _scan(self, top: bytes) -> list[tuple[bytes, bool, bool]]:
         """Everything below directory ``top``: (rel, is_dir, is_regular_file), parents first."""
@@ -493,106 +450,6 @@ class TreeWatcher:
                 if is_dir:
                     stack.append(child)
         return out
-
-    # ----------------------------------------------------------------------------------------- poller thread
-
-    def _poll_loop(self) -> None:
-        next_poll: float | None = None
-        warned_at: float | None = None
-        while True:
-            with self._poll_cond:
-                while not self._stopping and not self._unwatched:
-                    now = self._clock()
-                    if next_poll is not None and now >= next_poll:
-                        break
-                    self._poll_cond.wait(None if next_poll is None else next_poll - now)
-                if self._stopping:
-                    return
-                fresh, self._unwatched = self._unwatched, []
-            if fresh:
-                added = self._baseline([(p, r) for p, r, _ in fresh])
-                if added:
-                    now = self._clock()
-                    limit_hit = not all(warned for _, _, warned in fresh)
-                    if limit_hit and (warned_at is None or now - warned_at >= self.poll_interval):
-                        warned_at = now
-                        self._warn_limit(added)
-                    self._on_event(_Polled("rescan"))  # what changed before the baseline was taken
-                    if next_poll is None:
-                        next_poll = self._clock() + self.poll_interval
-            if next_poll is not None and self._clock() >= next_poll:
-                self._poll_once()
-                next_poll = self._clock() + self.poll_interval
-
-    def _baseline(self, fresh: list[tuple[bytes, bool]]) -> list[bytes]:
-        added: list[bytes] = []
-        for path, recursive in fresh:
-            rel = self._rel(path)
-            if rel is None or is_ignored(rel):
-                continue
-            todo = [rel]
-            while todo:
-                d = todo.pop()
-                if d in self._snaps:
-                    continue
-                entries = self._listdir(d)
-                if entries is None:
-                    continue
-                self._snaps[d] = entries
-                added.append(d)
-                if recursive:
-                    todo.extend(d + b"/" + n if d else n for n, s in self._snaps[d].items() if stat.S_ISDIR(s[0]))
-        return added
-
-    def _poll_once(self) -> None:
-        for d in sorted(self._snaps):
-            old = self._snaps.get(d)
-            if old is None:
-                continue
-            entries = self._listdir(d)
-            if entries is None:  # gone: its parent's watch (or poll) reports the removal
-                self._forget(d)
-                continue
-            new = entries
-            self._snaps[d] = new
-            for name in sorted(old.keys() | new.keys()):
-                before, after = old.get(name), new.get(name)
-                if before == after:
-                    continue
-                child = d + b"/" + name if d else name
-                if before is not None and (after is None or before[:2] != after[:2]):  # gone, or replaced
-                    self._on_event(_Polled("deleted", child, stat.S_ISDIR(before[0])))
-                    self._forget(child)
-                    before = None
-                if after is None:
-                    continue
-                is_dir = stat.S_ISDIR(after[0])
-                self._on_event(_Polled("created" if before is None else "changed", child, is_dir))
-                if is_dir and before is None:  # inotify never saw it appear: it is ours to poll
-                    self._baseline([(self.root + b"/" + child, True)])
-
-    def _forget(self, top: bytes) -> None:
-        prefix = top + b"/"
-        for d in [d for d in self._snaps if d == top or d.startswith(prefix)]:
-            del self._snaps[d]
-
-    def _warn_limit(self, dirs: list[bytes]) -> None:
-        try:
-            with open(_WATCHES_SYSCTL) as f:
-                limit = f.read().strip()
-        except OSError:
-            limit = "unknown"
-        first = show(dirs[0]) or "."
-        n = len(dirs)
-        self._on_warning(
-            f"inotify watch limit reached under {show(self.root)}: {n} director{'y' if n == 1 else 'ies'} "
-            f"(first: {first}) cannot be watched and are compared by scandir every {self.poll_interval:g}s "
-            f"instead. Raise fs.inotify.max_user_watches (now {limit}): "
-            "`sysctl -w fs.inotify.max_user_watches=1048576`, persisted with a line "
-            "`fs.inotify.max_user_watches=1048576` in /etc/sysctl.d/90-zcrepl.conf; then restart the sync "
-            "to watch everything again."
-        )
-
 
 def _log_warning(message: str) -> None:
     log.warning(message, extra=kv(component="watch"))

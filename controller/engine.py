@@ -141,6 +141,7 @@ class Engine:
             self.wake()
 
     def close_sessions(self) -> None:
+        self.syncs.flush(self.clock())
         for rec in self.registry.agents.values():
             if rec.session is not None:
                 rec.session.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
@@ -13,7 +13,7 @@ from zcrepl.controller.registry import Session
 from zcrepl.core.errors import InvalidPath
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import canonical_abs
-from zcrepl.core.types import CancelOrder, ReceiveOrder, SendOrder, ThrottleOrder
+from zcrepl.core.types import CancelOrder, Endpoint, ReceiveOrder, SendOrder, ThrottleOrder
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc, types_pb2
 from zcrepl.proto import sync_pb2 as spb
@@ -58,6 +58,18 @@ def order_to_pb(order: object) -> cpb.ControllerMessage:
     if sync is not None:
         return cpb.ControllerMessage(**sync)  # type: ignore[arg-type]
     raise TypeError(f"not an order: {order!r}")
+
+
+def _endpoints(source: types_pb2.Endpoint, destinations: Iterable[types_pb2.Endpoint]
+               ) -> tuple[Endpoint, list[Endpoint]]:
+    """Source and destinations of a request, each with a host and an absolute, canonical path."""
+    src = endpoint_from_pb(source)
+    dsts = [endpoint_from_pb(d) for d in destinations]
+    for ep in (src, *dsts):
+        if not ep.host:
+            raise InvalidPath("source and destinations need a host: write HOST:/path")
+        canonical_abs(ep.path, what=f"{ep.host}:{ep.path.decode('utf-8', 'backslashreplace')}")
+    return src, dsts
 
 
 class ControllerService(controller_pb2_grpc.ControllerServicer):
@@ -131,12 +143,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     async def SubmitFanout(self, request: cpb.SubmitFanoutRequest, context: grpc.aio.ServicerContext
                            ) -> cpb.ListJobsResponse:
-        src = endpoint_from_pb(request.source)
-        dsts = [endpoint_from_pb(d) for d in request.destinations]
-        for ep in (src, *dsts):
-            if not ep.host:
-                raise InvalidPath("source and destinations need a host: write HOST:/path")
-            canonical_abs(ep.path, what=f"{ep.host}:{ep.path.decode('utf-8', 'backslashreplace')}")
+        src, dsts = _endpoints(request.source, request.destinations)
         jobs = self.engine.submit_fanout(src, dsts, options_from_pb(request.options))
         return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
@@ -173,12 +180,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     # -- watch rules --------------------------------------------------------------------------------
     async def CreateSync(self, request: spb.CreateSyncRequest, context: grpc.aio.ServicerContext) -> spb.SyncRule:
-        src = endpoint_from_pb(request.source)
-        dsts = [endpoint_from_pb(d) for d in request.destinations]
-        for ep in (src, *dsts):
-            if not ep.host:
-                raise InvalidPath("source and destinations need a host: write HOST:/path")
-            canonical_abs(ep.path, what=f"{ep.host}:{ep.path.decode('utf-8', 'backslashreplace')}")
+        src, dsts = _endpoints(request.source, request.destinations)
         rule = self.engine.syncs.create(src, dsts, options_from_pb(request.options), request.window, request.quiet,
                                         self.engine.clock())
         self.engine.wake()

@@ -39,7 +39,7 @@ from zcrepl.core.types import Endpoint, HostHealth, JobOptions, Role
 
 log = logging.getLogger(__name__)
 HOLD_EVERY = 1.0  # seconds between load checks of a deployed rule
-SAVE_EVERY = 10.0  # seconds between saves of a rule's counters
+SAVE_EVERY = 1.0  # at most one save of a rule's counters per second, and only when they moved
 
 
 @dataclass
@@ -52,6 +52,7 @@ class _Live:
     held: str = ""  # why its source holds ("" = shipping)
     checked_at: float = 0.0
     saved_at: float = 0.0
+    dirty: bool = False  # counters or error moved since the last save
     status: SyncStatus | None = None
     base: SyncCounters = field(default_factory=SyncCounters)  # totals before this epoch
 
@@ -156,11 +157,23 @@ class SyncManager:
             live = self.live.get(st.rule_id)
             if rule is None or live is None or rule.source.host != session.info.name or st.epoch != live.epoch:
                 continue  # a rule removed meanwhile, or a late report of an earlier epoch
+            moved = live.status is None or (st.counters, st.last_error) != (live.status.counters,
+                                                                             live.status.last_error)
             live.status = st
-            if now - live.saved_at >= SAVE_EVERY:
+            live.dirty |= moved
+            if live.dirty and now - live.saved_at >= SAVE_EVERY:
                 self._save(rule, live, now)
 
+    def flush(self, now: float) -> None:
+        """Save every rule whose counters moved since its last save (each tick, and at shutdown)."""
+        for rule_id, live in self.live.items():
+            if live.dirty:
+                self._save(self.rules[rule_id], live, now)
+
     def tick(self, now: float) -> None:
+        for rule_id, live in self.live.items():
+            if live.dirty and now - live.saved_at >= SAVE_EVERY:
+                self._save(self.rules[rule_id], live, now)
         for rule in list(self.rules.values()):
             if rule.state is not SyncState.ACTIVE:
                 continue
@@ -238,7 +251,7 @@ class SyncManager:
         self.store.save_progress(rule.id, live.base, rule.last_error, rule.last_error_at)
 
     def _save(self, rule: SyncRule, live: _Live, now: float) -> None:
-        live.saved_at = now
+        live.saved_at, live.dirty = now, False
         st = live.status
         counters = live.base.plus(st.counters) if st is not None else live.base
         err, err_at = (st.last_error, st.last_error_at) if st is not None and st.last_error else \

@@ -17,7 +17,10 @@ One transfer uses one control connection and N data connections::
                                                                    when the source changed since the scan
     R: RESULT(json)  (extras deleted, directory metadata set, durability applied)
 
-FILE frames are accepted on the control connection too. ABORT(reason) may come from either side at
+A watch session (continuous replication) first sends rounds of CHANGES (renames, deletes) ... CHANGES_END on
+the control connection, each answered by MISSED ... CHANGES_ACK, before its ENTRIES; its manifest then lists
+only changed paths (see ``zcrepl.agent.transfer.changes``). FILE frames are accepted on the control
+connection too. ABORT(reason) may come from either side at
 any time; the connection is then closed. Data tickets are minted by the receiver for this session
 only and are single-use, like the controller's ticket. Every length and count from the wire is
 bounded before use (rsync CVE-2024-12084 and friends).

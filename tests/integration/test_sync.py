@@ -65,9 +65,9 @@ def test_every_kind_of_change_arrives_and_a_directory_rename_is_a_rename(cluster
     (src / "bigdir").rename(src / "moved")
     _converge(src, dst)
     after = _rule(cluster, rule["id"])["counters"]
-    assert (dst / "moved").stat().st_ino == inode
-    assert after["renamed"] == before["renamed"] + 1
-    assert after["bytes"] - before["bytes"] < 100_000  # not re-sent
+    assert (dst / "moved").stat().st_ino == inode, (before, after)
+    assert after["renamed"] == before["renamed"] + 1, (before, after)
+    assert after["bytes"] - before["bytes"] < 100_000, (before, after)  # not re-sent
 
     (src / "new.txt").write_bytes(b"hello")  # create
     (src / "moved" / "f000").write_bytes(b"modified")  # modify
@@ -185,3 +185,42 @@ def test_pause_resume_remove_and_a_bad_path(cluster: Cluster, tmp_path: Path) ->
     assert not (dst / "after-remove").exists() and _rules(cluster) == []
     rc, _, err = cluster.ctl("syncs", "pause", "999")
     assert rc == 2 and "no watch rule 999" in err
+
+
+def test_two_destinations_keep_in_step_through_a_controller_restart(tmp_path: Path) -> None:
+    c = Cluster(tmp_path)
+    try:
+        c.controller.start()
+        for name in ("hostA", "hostB", "hostC"):
+            c.add_agent(name, tmp_path / name).start()
+        c.wait_online("hostA", "hostB", "hostC")
+        src = tmp_path / "hostA" / "src"
+        make_tree(src, files=100)
+        dsts = [tmp_path / "hostB" / "copy", tmp_path / "hostC" / "copy"]
+        rc, out, err = c.ctl("replicate", "--watch", f"hostA:{src}", *(f"{d.parent.name}:{d}" for d in dsts),
+                             "--json")
+        assert rc == 0, err
+        rule_id = json.loads(out)["id"]
+        (src / "one").write_bytes(b"1")
+        for d in dsts:
+            _converge(src, d)
+
+        c.controller.stop()
+        (src / "while-the-controller-is-down").write_bytes(b"agents keep the rule running")
+        for d in dsts:
+            _converge(src, d)
+        c.controller.start()
+        c.wait_online("hostA", "hostB", "hostC")
+        # The restarted controller redeploys the stored rule with a new epoch: the source reconciles.
+        try:
+            wait_for(lambda: _rule(c, rule_id)["status"].startswith("watching")
+                     and _rule(c, rule_id)["counters"]["reconciles"] >= 2 * 2, 30, interval=0.2,
+                     what="the rule to be redeployed and reconciled after the controller restart")
+        except AssertionError as err:
+            raise AssertionError(f"{err}: {_rule(c, rule_id)}") from None
+        (src / "after-restart").mkdir()
+        (src / "after-restart" / "f").write_bytes(b"2")
+        for d in dsts:
+            _converge(src, d)
+    finally:
+        c.close()
