@@ -152,7 +152,10 @@ _NEVER = float("inf")
 class Coalescer:
     """Merges events per path and releases them as ``ChangeSet`` lists.
 
-    Release rule: the first event after a release opens a batch that closes ``window`` seconds later.
+    Release rule: the first event after a release opens a batch that closes ``window`` seconds later. A
+    writer's close (with ``close_settles``) closes the batch at once when the batch was opened after at least
+    ``window`` seconds without any event: a lone change ships without waiting, while a burst still merges
+    (its events come closer together than the window).
     At close, every pending rename and delete is released, and every upsert that is not *hot*. A hot
     path (a regular file created or written and not yet closed) is held until no event touched it for
     ``quiet`` seconds. With ``close_settles=False`` a close does not cool a file down, so every file
@@ -177,6 +180,8 @@ class Coalescer:
         self._sealed: list[_Segment] = []
         self._rescan: float | None = None
         self._batch_deadline: float | None = None
+        self._last_event = float("-inf")
+        self._lone = False  # the open batch began after a quiet window: a close may release it at once
         self._replay_until = float("-inf")
         self._shipped: dict[bytes, _Shipped] = {}
         self._unstamped: list[bytes] = []
@@ -266,6 +271,8 @@ class Coalescer:
         if self._skip(path, now):
             return
         self._upsert(path, is_dir=False, now=now, new=False, fresh=False, hot=not self.close_settles)
+        if self.close_settles and self._lone and self._batch_deadline is not None:
+            self._batch_deadline = min(self._batch_deadline, now)
         self._check_size(now)
 
     def deleted(self, path: bytes, *, is_dir: bool, now: float) -> None:
@@ -418,6 +425,8 @@ class Coalescer:
     def _open_batch(self, now: float) -> None:
         if self._batch_deadline is None:
             self._batch_deadline = now + self.window
+            self._lone = now - self._last_event >= self.window
+        self._last_event = max(self._last_event, now)
 
     def _check_size(self, now: float) -> None:
         if self.pending() > self.max_pending:

@@ -63,14 +63,33 @@ def _create_file(co: Coalescer, p: bytes, t: float) -> None:
 
 def test_create_then_modify_is_one_upsert_released_after_the_window() -> None:
     co = _co()
-    _create_file(co, b"a", 0.0)
+    co.created(b"a", is_dir=False, now=0.0, hot=True)
     co.modified(b"a", now=0.01)
-    co.closed(b"a", now=0.01)
     assert co.deadline() == pytest.approx(W)
     assert co.take(0.02, 100) == []  # batch not closed yet
-    [cs] = co.take(W, 100)
-    assert cs.upserts == {b"a", b""} and not cs.deletes and not cs.renames  # b"": the root's mtime moved
+    [cs] = co.take(W, 100)  # the root goes; the file is still open
+    co.modified(b"a", now=W + 0.005)  # still writing: the next batch is no lone change
+    co.closed(b"a", now=W + 0.01)
+    assert co.deadline() == pytest.approx(2 * W + 0.005)
+    [cs] = co.take(2 * W + 0.01, 100)
+    assert cs.upserts == {b"a"} and not cs.deletes and not cs.renames
     assert cs.oldest == 0.0 and co.pending() == 0 and co.deadline() is None
+
+
+def test_a_lone_closed_file_ships_at_once_and_a_burst_still_merges() -> None:
+    co = _co()
+    _create_file(co, b"a", 0.0)  # created, written and closed at 0.0, nothing released before
+    assert co.deadline() == 0.0
+    [cs] = co.take(0.0, 100)
+    assert cs.upserts == {b"a", b""}  # b"": the root's mtime moved
+    for i, t in enumerate((0.001, 0.002, 0.003)):  # a burst right behind it merges for the window
+        _create_file(co, b"b%d" % i, t)
+    assert co.deadline() == pytest.approx(0.001 + W)
+    assert co.take(0.01, 100) == []
+    [cs] = co.take(0.001 + W, 100)
+    assert cs.upserts == {b"b0", b"b1", b"b2", b""}
+    _create_file(co, b"c", 1.0)  # quiet again: the next lone change goes at once
+    assert co.deadline() == 1.0
 
 
 @pytest.mark.parametrize(
