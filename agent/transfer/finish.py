@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from zcrepl.agent.transfer.atomic import remove_entry, set_dir_meta
 from zcrepl.agent.transfer.frame import Kind
 from zcrepl.agent.transfer.meta import apply_meta
-from zcrepl.agent.transfer.saferoot import temp_name, validate_relpath
+from zcrepl.agent.transfer.saferoot import TEMP_PREFIX, temp_name, validate_relpath
 from zcrepl.core.errors import UnsafePath
 
 if TYPE_CHECKING:
@@ -29,13 +29,26 @@ def delete_extras(w: TreeWriter) -> None:
             with os.scandir(dfd) as it:
                 extras = [os.fsencode(de.name) for de in it]
             for name in extras:
-                if name not in names:
+                if name.startswith(TEMP_PREFIX):
+                    _drop_stale_temp(dfd, name)
+                elif name not in names:
                     try:
                         w.count(deleted=remove_entry(dfd, name))
                     except OSError as err:
                         w.entry_failed((dpath + b"/" if dpath else b"") + name, err)
         finally:
             os.close(dfd)
+
+
+def _drop_stale_temp(dfd: int, name: bytes) -> None:
+    """A ``.zc.*.tmp`` file here was left by a receiver that was killed mid-file: no session is writing into
+    this directory now (overlapping destinations never run at once), so it goes. ``.zc.partial`` stays: it
+    is the resume area."""
+    if name.endswith(b".tmp"):
+        try:
+            os.unlink(name, dir_fd=dfd)
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            pass
 
 
 def make_links(w: TreeWriter) -> None:

@@ -178,3 +178,13 @@ def test_ops_frames_round_trip_and_bounds() -> None:
         fr.decode_ops(frames[0][5:-1], (fr.OP_RENAME, fr.OP_DELETE))
     many = [fr.Op(fr.OP_DELETE, b"x%d" % i) for i in range(fr.MAX_OPS + 5)]
     assert len(fr.op_batches(many, fr.T.CHANGES)) == 2
+
+
+def test_a_reconciliation_removes_temp_files_a_killed_receiver_left(rule: Rule) -> None:
+    sub = _dirs(rule.dst)[0]
+    for where in (rule.dst, sub):
+        (where / ".zc.left-behind.0badc0de.tmp").write_bytes(b"half a file")
+    (rule.dst / "extra-file").write_bytes(b"the source never had it")
+    _, stats = rule.ship(None)  # a full mirror, as every rule starts, restarts and recovers
+    assert not rule.same()
+    assert not list(rule.dst.rglob(".zc.*")) and stats.deleted == 1
