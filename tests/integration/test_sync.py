@@ -64,8 +64,10 @@ def test_every_kind_of_change_arrives_and_a_directory_rename_is_a_rename(cluster
     before = _rule(cluster, rule["id"])["counters"]
     (src / "bigdir").rename(src / "moved")
     _converge(src, dst)
-    after = _rule(cluster, rule["id"])["counters"]
-    assert (dst / "moved").stat().st_ino == inode, (before, after)
+    assert (dst / "moved").stat().st_ino == inode
+    # The counters reach the controller with the source's next heartbeat.
+    after = wait_for(lambda: (c := _rule(cluster, rule["id"])["counters"])["sessions"] > before["sessions"] and c,
+                     10, interval=0.2, what="the rename's session in the rule's counters")
     assert after["renamed"] == before["renamed"] + 1, (before, after)
     assert after["bytes"] - before["bytes"] < 100_000, (before, after)  # not re-sent
 
