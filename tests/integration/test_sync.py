@@ -226,3 +226,18 @@ def test_two_destinations_keep_in_step_through_a_controller_restart(tmp_path: Pa
             _converge(src, d)
     finally:
         c.close()
+
+
+def test_a_file_that_changes_while_it_is_sent_is_sent_again(cluster: Cluster, tmp_path: Path) -> None:
+    src, dst = tmp_path / "a" / "src", tmp_path / "b" / "dst"
+    src.mkdir(parents=True)
+    rule = _watch(cluster, src, f"hostB:{dst}")
+    big = src / "big"
+    for i in range(8):  # each rewrite lands while the previous version may still be on the wire
+        with open(big, "wb") as f:
+            for _ in range(16):
+                f.write(bytes([i]) * (1 << 20))
+        time.sleep(0.03)
+    _converge(src, dst)
+    assert (dst / "big").read_bytes()[:1] == b"\x07"
+    assert _rule(cluster, rule["id"])["counters"]["errors"] == 0
