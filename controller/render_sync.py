@@ -31,7 +31,7 @@ def sync_doc(r: SyncRule) -> dict[str, Any]:
 
 
 def lag_text(r: SyncRule) -> str:
-    if r.state.value == "paused" or r.status.startswith("waiting"):
+    if r.state.value == "paused" or r.status.startswith(("waiting", "failed")):
         return "-"
     if not r.pending:
         return "0"
@@ -42,18 +42,21 @@ def syncs_table(rules: list[SyncRule]) -> Table:
     t = Table(title="watch rules", title_justify="left")
     for col in ("ID", "STATUS", "SOURCE", "DESTINATIONS", "LAG", "PENDING", "SHIPPED", "LAST SHIP", "LAST ERROR"):
         if col in ("STATUS", "LAST ERROR"):
-            t.add_column(col, overflow="ellipsis", no_wrap=True, max_width=48)
+            t.add_column(col, overflow="ellipsis", no_wrap=True, max_width=40)
+        elif col in ("SOURCE", "DESTINATIONS"):
+            t.add_column(col, min_width=24, overflow="fold")
         else:
-            t.add_column(col, no_wrap=col not in ("SOURCE", "DESTINATIONS"))
+            t.add_column(col, no_wrap=True)
     now = time.time()
     for r in rules:
         c = r.counters
         color = "yellow" if r.status.startswith(("held", "waiting", "paused", "starting", "reconciling")) else (
             "red" if r.status.startswith("failed") else "green")
-        shipped = (f"{c.changes} changes, {c.files} files ({human_bytes(c.bytes)}), {c.renamed} renamed, "
-                   f"{c.deleted} deleted, {c.reconciles} scans")
+        shipped = (f"{c.files} files ({human_bytes(c.bytes)}), {c.renamed} renamed, {c.deleted} deleted, "
+                   f"{c.reconciles} scans")
         err = f"{escape(r.last_error)} ({ago(r.last_error_at, now)})" if r.last_error else ""
-        t.add_row(str(r.id), f"[{color}]{escape(r.status)}[/]", escape(_ep(r.source.host, r.source.path)),
+        status = "failed" if r.status.startswith("failed") else r.status  # the error has its own column
+        t.add_row(str(r.id), f"[{color}]{escape(status)}[/]", escape(_ep(r.source.host, r.source.path)),
                   escape(", ".join(_ep(d.host, d.path) for d in r.destinations)), lag_text(r), str(r.pending),
                   shipped, ago(r.last_shipped_at, now), err)
     return t
