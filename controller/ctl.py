@@ -30,7 +30,7 @@ from zcrepl.controller.client import ControllerClient
 from zcrepl.core.config import DEFAULT_CONTROLLER
 from zcrepl.core.errors import Unavailable, UserError, ZcError
 from zcrepl.core.paths import parse_endpoint
-from zcrepl.core.types import Durability, Job, JobOptions, JobState
+from zcrepl.core.types import Durability, Job, JobOptions, JobState, Priority
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--durability", choices=[d.value for d in Durability], default=Durability.JOB.value,
                    help="job: one syncfs before done (default); file: fsync every file; none: leave it to "
                         "the kernel, like rsync")
+    r.add_argument("--priority", choices=[p.name.lower() for p in reversed(Priority)],
+                   default=Priority.NORMAL.name.lower(),
+                   help="queue order (default normal); a waiting job gains a level every priority_aging "
+                        "seconds, so low ones still run")
     r.add_argument("--detach", action="store_true", help="print the job id and return at once")
     r.add_argument("--json", action="store_true", help="print the final job as JSON")
 
@@ -206,7 +210,8 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Console,
     src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
     options = JobOptions(delete=args.delete, checksum=args.checksum, bwlimit=args.bwlimit,
                          max_attempts=args.max_attempts, streams=args.streams,
-                         durability=Durability(args.durability), xattrs=args.xattrs)
+                         durability=Durability(args.durability), xattrs=args.xattrs,
+                         priority=Priority[args.priority.upper()])
     jobs = client.submit_fanout(src, dsts, options) if len(dsts) > 1 else [client.submit(src, dsts[0], options)]
     ids = ", ".join(str(j.id) for j in jobs)
     if args.detach:

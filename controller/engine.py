@@ -211,7 +211,7 @@ class Engine:
                                     self.clock())
         self.jobs[job.id] = job
         log.info("job queued", extra=kv(job=job.id, src=f"{src.host}:{show(src.path)}",
-                                        dst=f"{dst.host}:{show(dst.path)}"))
+                                        dst=f"{dst.host}:{show(dst.path)}", priority=options.priority.name.lower()))
         self.wake()
         return job
 

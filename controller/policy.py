@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from zcrepl.core.errors import ConfigError
 from zcrepl.core.paths import relative_to, show
-from zcrepl.core.types import DiskIO, DiskUsage, Endpoint, HostHealth, Job, NetIO, Role
+from zcrepl.core.types import DiskIO, DiskUsage, Endpoint, HostHealth, Job, NetIO, Priority, Role
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 MAX_STREAMS = 16  # FTS3 OptimizerMaxStreams; also the hard ceiling of choose_streams and aimd_step
@@ -358,12 +358,6 @@ def rank_sources(candidates: Sequence[Endpoint], dst: Endpoint, link_states: Map
 
 
 # -- priorities with aging ----------------------------------------------------------------------
-class Priority(enum.IntEnum):
-    LOW = 0
-    NORMAL = 1
-    HIGH = 2
-
-
 def effective_priority(priority: Priority, queued_since: float, now: float, aging: float) -> float:
     """The job's level plus one level per ``aging`` seconds waited (``aging`` <= 0 disables aging).
 
@@ -372,18 +366,17 @@ def effective_priority(priority: Priority, queued_since: float, now: float, agin
     return priority + (max(0.0, now - queued_since) / aging if aging > 0 else 0.0)
 
 
-def order_queue(jobs: Iterable[Job], aging: float, priorities: Mapping[int, Priority] | None = None) -> list[Job]:
+def order_queue(jobs: Iterable[Job], aging: float) -> list[Job]:
     """Jobs in start order: highest :func:`effective_priority` first, older first on ties, then id.
 
-    Comparing ``level + (now - t) / aging`` between two jobs does not depend on ``now``, so the order is a
-    FIFO on the virtual arrival time ``created_at - level x aging`` (no clock needed, stable between ticks):
-    a job can be overtaken only by jobs that arrived less than 2 x ``aging`` after it. Jobs missing from
-    ``priorities`` are NORMAL. With aging disabled the order is by level, then age.
+    The level is each job's ``options.priority``. Comparing ``level + (now - t) / aging`` between two jobs
+    does not depend on ``now``, so the order is a FIFO on the virtual arrival time
+    ``created_at - level x aging`` (no clock needed, stable between ticks): a job can be overtaken only by
+    jobs that arrived less than 2 x ``aging`` after it. With aging disabled the order is by level, then age.
     """
-    prio = priorities or {}
 
     def key(j: Job) -> tuple[float, float, int]:
-        level = prio.get(j.id, Priority.NORMAL)
+        level = j.options.priority
         if aging > 0:
             return (j.created_at - level * aging, j.created_at, j.id)
         return (-float(level), j.created_at, j.id)

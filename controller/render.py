@@ -66,7 +66,8 @@ def job_doc(j: Job) -> dict[str, Any]:
         "source_path": show(j.source.path),
         "destination": f"{j.destination.host}:{show(j.destination.path)}",
         "destination_host": j.destination.host, "destination_path": show(j.destination.path),
-        "options": {**asdict(j.options), "durability": j.options.durability.value},
+        "options": {**asdict(j.options), "durability": j.options.durability.value,
+                    "priority": j.options.priority.name.lower()},
         "created_at": j.created_at, "updated_at": j.updated_at,
         "started_at": j.started_at, "finished_at": j.finished_at, "attempts": j.attempts,
         "max_attempts": j.max_attempts, "error": j.error, "wait_reason": j.wait_reason,
@@ -153,7 +154,7 @@ def progress_text(p: TransferStats) -> str:
 
 def jobs_table(jobs: list[Job]) -> Table:
     t = Table(title="jobs", title_justify="left")
-    for col in ("ID", "STATE", "SOURCE", "DESTINATION", "PROGRESS", "TRIES", "INFO", "CREATED"):
+    for col in ("ID", "STATE", "PRIO", "SOURCE", "DESTINATION", "PROGRESS", "TRIES", "INFO", "CREATED"):
         if col == "INFO":  # the full error is in 'zc-ctl job ID'
             t.add_column(col, overflow="ellipsis", no_wrap=True, max_width=70)
         else:
@@ -162,7 +163,7 @@ def jobs_table(jobs: list[Job]) -> Table:
     now = time.time()
     for j in jobs:
         info = j.error if j.state.value in ("failed", "cancelled") else j.wait_reason
-        t.add_row(str(j.id), f"[{colors[j.state.value]}]{j.state.value}[/]",
+        t.add_row(str(j.id), f"[{colors[j.state.value]}]{j.state.value}[/]", j.options.priority.name.lower(),
                   f"{j.source.host}:{show(j.source.path)}", f"{j.destination.host}:{show(j.destination.path)}",
                   progress_text(j.progress), f"{j.attempts}/{j.max_attempts}", info, ago(j.created_at, now))
     return t

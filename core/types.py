@@ -30,6 +30,14 @@ class Endpoint:
     path: bytes
 
 
+class Priority(enum.IntEnum):
+    """A job's place in the queue. Waiting raises it (the controller's ``priority_aging``), so low never starves."""
+
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+
+
 class Durability(enum.Enum):
     JOB = "job"  # one syncfs of the destination filesystem before done
     FILE = "file"  # fsync each file before its rename, and its directory after
@@ -45,6 +53,7 @@ class JobOptions:
     streams: int = 0  # parallel data connections; 0 = chosen from both ends' cores
     durability: Durability = Durability.JOB
     xattrs: bool = False  # replicate extended attributes too
+    priority: Priority = Priority.NORMAL
 
 
 @dataclass(frozen=True)

@@ -41,15 +41,23 @@ _DURABILITY = {t.Durability.JOB: pb.DURABILITY_JOB, t.Durability.FILE: pb.DURABI
 _DURABILITY_FROM = {**{v: k for k, v in _DURABILITY.items()}, pb.DURABILITY_UNSPECIFIED: t.Durability.JOB}
 
 
+_PRIORITY = {t.Priority.LOW: pb.PRIORITY_LOW, t.Priority.NORMAL: pb.PRIORITY_NORMAL,
+             t.Priority.HIGH: pb.PRIORITY_HIGH}
+_PRIORITY_FROM = {v: k for k, v in _PRIORITY.items()}
+
+
 def options_to_pb(o: t.JobOptions) -> pb.JobOptions:
     return pb.JobOptions(delete=o.delete, checksum=o.checksum, bwlimit=o.bwlimit, max_attempts=o.max_attempts,
-                         streams=o.streams, durability=_DURABILITY[o.durability], xattrs=o.xattrs)
+                         streams=o.streams, durability=_DURABILITY[o.durability], xattrs=o.xattrs,
+                         priority=_PRIORITY[o.priority])
 
 
 def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
     return t.JobOptions(delete=m.delete, checksum=m.checksum, bwlimit=m.bwlimit, max_attempts=m.max_attempts,
                         streams=m.streams, durability=_DURABILITY_FROM.get(m.durability, t.Durability.JOB),
-                        xattrs=m.xattrs)
+                        xattrs=m.xattrs,
+                        # Unspecified (an older client) and values from a newer one read as normal.
+                        priority=_PRIORITY_FROM.get(m.priority, t.Priority.NORMAL))
 
 
 def endpoint_to_pb(e: t.Endpoint) -> pb.Endpoint:

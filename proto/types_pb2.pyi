@@ -22,6 +22,13 @@ class Durability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DURABILITY_JOB: _ClassVar[Durability]
     DURABILITY_FILE: _ClassVar[Durability]
     DURABILITY_NONE: _ClassVar[Durability]
+
+class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRIORITY_UNSPECIFIED: _ClassVar[Priority]
+    PRIORITY_LOW: _ClassVar[Priority]
+    PRIORITY_NORMAL: _ClassVar[Priority]
+    PRIORITY_HIGH: _ClassVar[Priority]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -32,6 +39,10 @@ DURABILITY_UNSPECIFIED: Durability
 DURABILITY_JOB: Durability
 DURABILITY_FILE: Durability
 DURABILITY_NONE: Durability
+PRIORITY_UNSPECIFIED: Priority
+PRIORITY_LOW: Priority
+PRIORITY_NORMAL: Priority
+PRIORITY_HIGH: Priority
 
 class DiskUsage(_message.Message):
     __slots__ = ("path", "total", "used", "free", "percent")
@@ -146,7 +157,7 @@ class Endpoint(_message.Message):
     def __init__(self, host: _Optional[str] = ..., path: _Optional[bytes] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts", "streams", "durability", "xattrs")
+    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts", "streams", "durability", "xattrs", "priority")
     DELETE_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     BWLIMIT_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +165,7 @@ class JobOptions(_message.Message):
     STREAMS_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     XATTRS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     delete: bool
     checksum: bool
     bwlimit: int
@@ -161,7 +173,8 @@ class JobOptions(_message.Message):
     streams: int
     durability: Durability
     xattrs: bool
-    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ..., xattrs: _Optional[bool] = ...) -> None: ...
+    priority: Priority
+    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ..., xattrs: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class TransferStats(_message.Message):
     __slots__ = ("entries", "files_total", "files_done", "bytes_total", "bytes_done", "files_skipped", "deleted", "wire_bytes", "skipped_special", "errors", "scan_done")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zcrepl.controller.scheduler import Decision, HostView, Policy, overlaps, plan
-from zcrepl.core.types import Endpoint, Job, JobState
+from zcrepl.core.types import Endpoint, Job, JobOptions, JobState, Priority
 
 NOW = 1_000.0
 
@@ -251,3 +251,24 @@ def test_fanout_waits_when_every_replica_is_busy() -> None:
     d = plan([j], hosts("a", "b", "c"), [], Policy(), NOW, sources={6: [ep("b:/dst"), ep("a:/src")]},
              group_sending=[(4, "a"), (4, "b")])
     assert not d[0].start and "b is already sending" in d[0].reason
+
+
+# -- priorities -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("levels", "ages", "started"),
+    [
+        ((Priority.LOW, Priority.NORMAL, Priority.HIGH), (30.0, 20.0, 10.0), 3),  # the high one, though newest
+        ((Priority.NORMAL, Priority.NORMAL, Priority.NORMAL), (30.0, 20.0, 10.0), 1),  # oldest first
+        ((Priority.LOW, Priority.HIGH, Priority.NORMAL), (1300.0, 10.0, 0.0), 1),  # low, aged over 2 levels
+        ((Priority.LOW, Priority.HIGH, Priority.NORMAL), (1100.0, 10.0, 0.0), 2),  # not yet
+    ],
+)
+def test_the_one_free_slot_goes_to_the_highest_effective_priority(levels: tuple[Priority, ...],
+                                                                   ages: tuple[float, ...], started: int) -> None:
+    jobs = [job(i + 1, "a:/src", f"b:/dst{i}", created_at=NOW - age, options=JobOptions(priority=p))
+            for i, (p, age) in enumerate(zip(levels, ages, strict=True))]
+    out = by_id(plan(jobs, hosts("a", "b"), [], Policy(max_jobs_per_host=1, aging=600.0), NOW))
+    assert [i for i, d in out.items() if d.start] == [started]
+    assert all("already runs 1 jobs" in d.reason for i, d in out.items() if i != started)
