@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from zcrepl.controller import lifecycle
 from zcrepl.controller.policy import (
@@ -25,9 +25,10 @@ from zcrepl.controller.policy import (
     throttle_decision,
 )
 from zcrepl.controller.registry import Registry, Session
-from zcrepl.controller.scheduler import HostView, Policy, overlaps, plan
+from zcrepl.controller.runs import Run, stream_caps, stream_usage
+from zcrepl.controller.scheduler import HostView, Policy, Usage, overlaps, plan
 from zcrepl.controller.store import Store
-from zcrepl.core.config import ControllerConfig
+from zcrepl.core.config import ControllerConfig, parse_host_limits, parse_link_limits
 from zcrepl.core.errors import InvalidPath, UnknownHost, UnknownJob
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
@@ -53,27 +54,6 @@ log = logging.getLogger(__name__)
 THROTTLE_EVERY = 2.0  # seconds between load decisions on a running transfer
 
 
-@dataclass
-class Run:
-    """The attempt in flight for one job."""
-
-    job_id: int
-    attempt: int
-    ticket: bytes
-    ready_deadline: float
-    source: Endpoint  # what this attempt reads from: the job's source, or a finished fan-out replica
-    receiver_ready: bool = False
-    sender_done: TransferStats | None = None
-    receiver_done: TransferStats | None = None
-    progress: TransferStats = field(default_factory=TransferStats)
-    last_report: float = 0.0
-    sending: bool = False  # the SendOrder went out
-    bwlimit: int = 0  # the load policy's current cap (0 = none beyond the job's own)
-    paused: bool = False
-    rate_at: float = 0.0  # when the throttle last sampled this run...
-    rate_bytes: int = 0  # ...and the bytes done then
-
-
 class Engine:
     def __init__(self, config: ControllerConfig, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -83,13 +63,13 @@ class Engine:
             max_cpu_percent=config.max_cpu_percent, max_load_per_core=config.max_load_per_core,
             max_disk_busy_percent=config.max_disk_busy_percent, max_net_percent=config.max_net_percent,
             max_health_age=config.max_health_age, free_margin_bytes=config.free_margin_bytes,
-            high_cpu_percent=max(95.0, config.max_cpu_percent), high_load_per_core=max(2.5, config.max_load_per_core),
-            high_disk_busy_percent=max(98.0, config.max_disk_busy_percent),
-            high_net_percent=max(95.0, config.max_net_percent),
+            high_cpu_percent=config.high_cpu_percent, high_load_per_core=config.high_load_per_core,
+            high_disk_busy_percent=config.high_disk_busy_percent, high_net_percent=config.high_net_percent,
         )
         thresholds.validate()
         self.policy = Policy(max_jobs_per_host=config.max_jobs_per_host, thresholds=thresholds,
-                             aging=config.priority_aging)
+                             aging=config.priority_aging, host_limits=parse_host_limits(config.host_limits),
+                             link_streams=parse_link_limits(config.link_limits))
         self.retry = lifecycle.RetryPolicy(config.max_attempts, config.retry_base, config.retry_max)
         self.registry = Registry(config.offline_after)
         now = clock()
@@ -302,7 +282,9 @@ class Engine:
         queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
         if not queued:
             return
-        hosts = {name: HostView(name, self.registry.online(name, now), health=self._health(name))
+        usage = self._stream_usage()
+        hosts = {name: HostView(name, self.registry.online(name, now), streams=usage.hosts.get(name, 0),
+                                health=self._health(name))
                  for name in self.registry.agents}
         for name, n in self._running_per_host().items():
             hosts[name] = replace(hosts[name], running=n)
@@ -310,7 +292,8 @@ class Engine:
         done: dict[int, list[Endpoint]] = {}  # one query per fan-out per tick, not one per waiting job
         sources = {j.id: self._replicas(j, done) for j in queued if j.group_id}
         sending = [(self.jobs[i].group_id, r.source.host) for i, r in self.runs.items() if self.jobs[i].group_id]
-        for d in plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending):
+        for d in plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending,
+                      link_streams=usage.links):
             job = self.jobs[d.job_id]
             if d.start:
                 self._start(job, now, d.source or job.source)
@@ -362,6 +345,9 @@ class Engine:
                 self._decide(job.id, kind, d.reason, bwlimit=run.bwlimit, paused=run.paused)
             log.info("throttle", extra=kv(job=job.id, action=d.action.value, bwlimit=run.bwlimit, reason=d.reason))
 
+    def _stream_usage(self, but: int = 0) -> Usage:
+        return stream_usage(self.runs, self.jobs, but)
+
     def _health(self, name: str) -> HostHealth | None:
         """Latest health stamped with when it arrived here: agents' clocks may be skewed."""
         rec = self.registry.agents[name]
@@ -401,14 +387,15 @@ class Engine:
             self._fail_run(job.id, f"{run.source.host} went offline before the transfer started", True,
                            run.progress)
             return
+        caps = stream_caps(self.policy, self._stream_usage(but=job.id), run.source.host, job.destination.host)
         streams, why = choose_streams(self._health(run.source.host), self._health(job.destination.host),
-                                      job.options.streams, {})
+                                      job.options.streams, caps)
         options = replace(job.options, streams=streams)
         log.info("streams chosen", extra=kv(job=job.id, streams=streams, why=why))
         self._decide(job.id, DecisionKind.START, f"sending with {streams} streams: {why}", streams=streams)
         src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, run.source.path, options,
                                         job.destination.host, dst_rec.info.data_address, job.destination.path))
-        run.sending, run.rate_at = True, self.clock()
+        run.sending, run.rate_at, run.streams = True, self.clock(), streams
 
     def _succeed(self, job: Job, run: Run) -> None:
         now = self.clock()

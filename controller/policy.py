@@ -214,10 +214,10 @@ def choose_streams(src_health: HostHealth | None, dst_health: HostHealth | None,
         role, h = min(known, key=lambda rh: free_cores(rh[1]))
         n = math.floor(free_cores(h))
         why = f"{n} free cores on the {role} ({h.cpu_percent:.0f}% CPU, load {h.load1:.1f} on {h.cpu_count})"
-    ceilings = {"requested": requested, "max": MAX_STREAMS, **caps}
+    ceilings = {"the job's --streams": requested, f"the maximum of {MAX_STREAMS}": MAX_STREAMS, **caps}
     for label, cap in ceilings.items():
         if 0 < cap < n:
-            n, why = cap, f"{why}, capped by {label} {cap}"
+            n, why = cap, f"{why}, capped at {cap} by {label}"
     return max(1, n), why
 
 

@@ -16,8 +16,8 @@ from zchelpers import Cluster, wait_for
 
 @pytest.fixture
 def strict(tmp_path: Path) -> Iterator[Cluster]:
-    """hostA and hostB with a 60% CPU start threshold (the default is 85%)."""
-    c = Cluster(tmp_path, max_cpu_percent=60, max_load_per_core=1000)
+    """hostA and hostB with a 60% CPU start threshold and a 90% high-water mark (defaults 85% and 95%)."""
+    c = Cluster(tmp_path, max_cpu_percent=60, high_cpu_percent=90, max_load_per_core=1000)
     try:
         c.controller.start()
         c.add_agent("hostA", tmp_path / "a").start()

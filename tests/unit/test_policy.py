@@ -207,7 +207,8 @@ def test_streams_reason_names_the_tighter_end_and_the_cap() -> None:
     n, why = choose_streams(hh(cpu=0, load=0), hh(cpu=50, load=0), 0, {"link a→b cap": 3})
     assert n == 3
     assert "4 free cores on the destination" in why
-    assert why.endswith("capped by link a→b cap 3")
+    assert why.endswith("capped at 3 by link a→b cap")
+    assert choose_streams(hh(cpu=0, load=0), None, 2, {})[1].endswith("capped at 2 by the job's --streams")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,141 @@
+"""Engine-level tests: a real Engine and SQLite Store, agents as in-memory sessions, an injected clock.
+
+The engine's I/O is the agents' outboxes (orders) and reports/heartbeats in; here a test plays the agents,
+so decisions that span several ticks are checked without processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zcrepl.controller.engine import Engine
+from zcrepl.controller.registry import Session
+from zcrepl.controller.store import Store
+from zcrepl.core.config import ControllerConfig
+from zcrepl.core.types import (
+    AgentInfo,
+    DiskUsage,
+    Endpoint,
+    HostHealth,
+    Job,
+    JobOptions,
+    Phase,
+    ReceiveOrder,
+    Role,
+    SendOrder,
+    TransferReport,
+    TransferStats,
+)
+
+GiB = 1 << 30
+
+
+def idle(at: float, cores: int = 16, cpu: float = 0.0, load: float = 0.0) -> HostHealth:
+    return HostHealth(sampled_at=at, cpu_percent=cpu, cpu_count=cores, load1=load,
+                      exports=(DiskUsage(b"/srv", 1000 * GiB, 100 * GiB, 900 * GiB, 10.0),))
+
+
+class Harness:
+    """An Engine with agents played by the test; ``now`` is the engine's clock."""
+
+    def __init__(self, state_dir: Path, **config: Any) -> None:
+        self.now = 1000.0
+        self.store = Store(str(state_dir))
+        self.engine = Engine(ControllerConfig(state_dir=str(state_dir), **config), self.store, clock=lambda: self.now)
+        self.sessions: dict[str, Session] = {}
+
+    def agent(self, name: str, cores: int = 16, cpu: float = 0.0) -> Session:
+        s = self.engine.connect(AgentInfo(name, data_address=f"127.0.0.1:{len(self.sessions) + 9000}",
+                                          exports=(b"/srv",)), [])
+        self.sessions[name] = s
+        self.beat(name, cores, cpu)
+        return s
+
+    def beat(self, name: str, cores: int = 16, cpu: float = 0.0, load: float = 0.0) -> None:
+        self.engine.heartbeat(self.sessions[name], idle(self.now, cores, cpu, load))
+
+    def orders(self, name: str) -> list[object]:
+        out = []
+        q = self.sessions[name].outbox
+        while not q.empty():
+            out.append(q.get_nowait())
+        return out
+
+    def submit(self, src: str, dst: str, **options: Any) -> Job:
+        return self.engine.submit(ep(src), ep(dst), JobOptions(**options))
+
+    def report(self, name: str, job: Job, role: Role, phase: Phase, attempt: int = 1, **stats: Any) -> None:
+        self.engine.report(self.sessions[name], TransferReport(job.id, attempt, role, phase, TransferStats(**stats)))
+
+    def start(self, job: Job) -> SendOrder:
+        """Tick until the job's ReceiveOrder goes out, answer READY, and return the SendOrder."""
+        self.engine.tick()
+        dst = job.destination.host
+        (recv,) = [o for o in self.orders(dst) if isinstance(o, ReceiveOrder) and o.job_id == job.id]
+        self.report(dst, job, Role.RECEIVER, Phase.READY, recv.attempt)
+        run = self.engine.runs[job.id]
+        (send,) = [o for o in self.orders(run.source.host) if isinstance(o, SendOrder) and o.job_id == job.id]
+        return send
+
+    def explain(self, job: Job) -> list[tuple[str, str]]:
+        return [(kind, reason) for _, kind, reason in self.engine.explain(job.id)]
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def ep(spec: str) -> Endpoint:
+    host, _, path = spec.partition(":")
+    return Endpoint(host, path.encode())
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Any]:
+    made: list[Harness] = []
+
+    def make(**config: Any) -> Harness:
+        h = Harness(tmp_path / f"state{len(made)}", **config)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+# -- declared stream limits -------------------------------------------------------------------------
+
+
+def test_host_stream_limit_caps_streams_and_holds_back_the_next_job(harness: Any) -> None:
+    h = harness(host_limits=("hostB:streams=5",))
+    for name in ("hostA", "hostB", "hostC"):
+        h.agent(name)
+    j1 = h.submit("hostA:/srv/x", "hostB:/srv/1")
+    send = h.start(j1)
+    assert send.options.streams == 5  # 16 free cores, capped by hostB's limit
+    assert any("capped at 5 by hostB's stream limit of 5 (0 in use by other jobs)" in r for _, r in h.explain(j1))
+
+    j2 = h.submit("hostA:/srv/x", "hostB:/srv/2")
+    j3 = h.submit("hostA:/srv/x", "hostC:/srv/3")
+    h.engine.tick()
+    assert h.engine.jobs[j2.id].wait_reason == "waiting: hostB already uses 5 data streams (limit 5)"
+    assert j3.id in h.engine.runs  # other hosts are not held back
+
+
+def test_streams_left_under_a_limit_go_to_the_next_job(harness: Any) -> None:
+    h = harness(host_limits=("hostA:streams=6",), link_limits=("hostA>hostC:streams=3",))
+    for name in ("hostA", "hostB", "hostC"):
+        h.agent(name)
+    j1 = h.submit("hostA:/srv/x", "hostB:/srv/1", streams=4)
+    assert h.start(j1).options.streams == 4  # the job's own --streams
+    j2 = h.submit("hostA:/srv/x", "hostC:/srv/2")
+    send = h.start(j2)
+    assert send.options.streams == 2  # hostA: 6 - 4 left, under the link's 3
+    assert any("capped at 2 by hostA's stream limit of 6 (4 in use by other jobs)" in r for _, r in h.explain(j2))
+    j3 = h.submit("hostA:/srv/x", "hostB:/srv/3")
+    h.engine.tick()
+    assert h.engine.jobs[j3.id].wait_reason == "waiting: hostA already uses 6 data streams (limit 6)"
