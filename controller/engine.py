@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 from zcrepl.controller import lifecycle
+from zcrepl.controller.links import LinkStep, LinkTracker
 from zcrepl.controller.policy import (
     DecisionKind,
     DecisionRecord,
@@ -25,7 +26,7 @@ from zcrepl.controller.policy import (
     throttle_decision,
 )
 from zcrepl.controller.registry import Registry, Session
-from zcrepl.controller.runs import Run, stream_caps, stream_usage
+from zcrepl.controller.runs import Run, link_cap, rate_limited, stream_caps, stream_usage
 from zcrepl.controller.scheduler import HostView, Policy, Usage, overlaps, plan
 from zcrepl.controller.store import Store
 from zcrepl.core.config import ControllerConfig, parse_host_limits, parse_link_limits
@@ -51,7 +52,7 @@ from zcrepl.core.types import (
 )
 
 log = logging.getLogger(__name__)
-THROTTLE_EVERY = 2.0  # seconds between load decisions on a running transfer
+THROTTLE_EVERY = 2.0  # seconds between load decisions on a running transfer, and between its link samples
 
 
 class Engine:
@@ -84,6 +85,7 @@ class Engine:
         self._wake: asyncio.Event | None = None
         self.stopping = False
         self._last_decision: dict[int, DecisionRecord] = {}
+        self.links = LinkTracker(window=THROTTLE_EVERY)
 
     # -- agents -------------------------------------------------------------------------------------
     def connect(self, info: AgentInfo, active: list[tuple[int, int]]) -> Session:
@@ -214,6 +216,7 @@ class Engine:
         job = lifecycle.cancelled(job, now)
         run = self.runs.pop(job_id, None)
         if run is not None:
+            self.links.forget((job_id, run.attempt))
             self._cancel_sides(job, run, "cancelled by the operator", discard=True)
             self.store.end_attempt(job_id, run.attempt, now, "cancelled by the operator", run.progress)
         self._settle(job)
@@ -239,10 +242,11 @@ class Engine:
         self.get(job_id)  # UnknownJob for a wrong id
         return self.store.decisions(job_id)
 
-    def _decide(self, job_id: int, kind: DecisionKind, reason: str, **details: str | int | float | bool) -> None:
-        """Record one step of the job's explain history (unchanged waits are not repeated)."""
+    def _decide(self, job_id: int, kind: DecisionKind, reason: str, *, every: bool = False,
+                **details: str | int | float | bool) -> None:
+        """Record one step of the job's explain history (unchanged waits are not repeated, unless ``every``)."""
         rec = DecisionRecord(job_id, self.clock(), kind, reason, details)
-        if rec.repeats(self._last_decision.get(job_id)):
+        if not every and rec.repeats(self._last_decision.get(job_id)):
             return
         self._last_decision[job_id] = rec
         self.store.add_decision(job_id, rec.at, kind.value, reason, json.dumps(details))
@@ -279,6 +283,7 @@ class Engine:
                 self._fail_run(run.job_id, f"no report from {quiet} for {self.config.stall_timeout:.0f}s; "
                                "the transfer is stalled (check that host's zc-agent log)", True, run.progress)
         self._throttle_running(now)
+        self._sample_links(now)
         queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
         if not queued:
             return
@@ -345,6 +350,33 @@ class Engine:
                 self._decide(job.id, kind, d.reason, bwlimit=run.bwlimit, paused=run.paused)
             log.info("throttle", extra=kv(job=job.id, action=d.action.value, bwlimit=run.bwlimit, reason=d.reason))
 
+    def _sample_links(self, now: float) -> None:
+        """Feed each sending run's progress to its link's AIMD state (the tracker keeps the cadence)."""
+        for run in list(self.runs.values()):
+            if run.sending:
+                job = self.jobs[run.job_id]
+                link = (run.source.host, job.destination.host)
+                self._link_step(job, self.links.sample((job.id, run.attempt), link, run.progress, now,
+                                                       limited=rate_limited(job, run), cap=self._link_cap(link)))
+
+    def _link_ended(self, job: Job, run: Run, stats: TransferStats, *, failed: bool) -> None:
+        link = (run.source.host, job.destination.host)
+        if not run.sending:
+            self.links.forget((job.id, run.attempt))
+            return
+        self._link_step(job, self.links.end((job.id, run.attempt), link, stats, self.clock(), failed=failed,
+                                            limited=rate_limited(job, run), cap=self._link_cap(link)))
+
+    def _link_step(self, job: Job, step: LinkStep | None) -> None:
+        if step is None or not step.changed:
+            return
+        self._decide(job.id, DecisionKind.STREAMS, f"next jobs on {step.state.name}: {step.reason}", every=True,
+                     streams=step.state.streams)
+        log.info("link streams", extra=kv(link=step.state.name, streams=step.state.streams, reason=step.reason))
+
+    def _link_cap(self, link: tuple[str, str]) -> int:
+        return link_cap(self.policy, link)
+
     def _stream_usage(self, but: int = 0) -> Usage:
         return stream_usage(self.runs, self.jobs, but)
 
@@ -387,7 +419,8 @@ class Engine:
             self._fail_run(job.id, f"{run.source.host} went offline before the transfer started", True,
                            run.progress)
             return
-        caps = stream_caps(self.policy, self._stream_usage(but=job.id), run.source.host, job.destination.host)
+        link = (run.source.host, job.destination.host)
+        caps = stream_caps(self.policy, self._stream_usage(but=job.id), *link, self.links.target(link))
         streams, why = choose_streams(self._health(run.source.host), self._health(job.destination.host),
                                       job.options.streams, caps)
         options = replace(job.options, streams=streams)
@@ -396,11 +429,13 @@ class Engine:
         src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, run.source.path, options,
                                         job.destination.host, dst_rec.info.data_address, job.destination.path))
         run.sending, run.rate_at, run.streams = True, self.clock(), streams
+        self.links.start((job.id, run.attempt), run.progress, streams, run.rate_at)
 
     def _succeed(self, job: Job, run: Run) -> None:
         now = self.clock()
         stats = run.sender_done or run.progress
         self.runs.pop(job.id, None)
+        self._link_ended(job, run, stats, failed=False)
         self.store.end_attempt(job.id, run.attempt, now, "", stats)
         self._settle(lifecycle.succeeded(job, stats, now))
         self._decide(job.id, DecisionKind.DONE, f"attempt {run.attempt} done: {stats.files_done} files, "
@@ -417,6 +452,7 @@ class Engine:
         now = self.clock()
         self._cancel_sides(job, run, error)
         merged = stats if stats.entries or stats.bytes_done else run.progress
+        self._link_ended(job, run, merged, failed=retryable)
         self.store.end_attempt(job_id, run.attempt, now, error, merged)
         job = lifecycle.failed_attempt(replace(job, progress=merged), error, retryable, now, self.retry)
         log.warning("attempt failed", extra=kv(job=job_id, attempt=run.attempt, error=error,

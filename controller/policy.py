@@ -465,6 +465,7 @@ class DecisionKind(enum.Enum):
     PAUSE = "pause"
     RESUME = "resume"
     SWITCH_SOURCE = "switch_source"
+    STREAMS = "streams"  # the link's adaptive stream target moved (applies to the next job on the link)
     FAIL = "fail"  # an attempt failed (and whether it will be retried)
     DONE = "done"
     CANCEL = "cancel"

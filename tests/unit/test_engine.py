@@ -1,7 +1,7 @@
 """Engine-level tests: a real Engine and SQLite Store, agents as in-memory sessions, an injected clock.
 
 The engine's I/O is the agents' outboxes (orders) and reports/heartbeats in; here a test plays the agents,
-so decisions that span several ticks are checked without processes.
+so decisions that span several ticks (stream limits, AIMD) are checked without processes.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from zcrepl.core.types import (
 GiB = 1 << 30
 
 
-def idle(at: float, cores: int = 16, cpu: float = 0.0, load: float = 0.0) -> HostHealth:
-    return HostHealth(sampled_at=at, cpu_percent=cpu, cpu_count=cores, load1=load,
+def idle(at: float, cores: int = 16, cpu: float = 0.0) -> HostHealth:
+    return HostHealth(sampled_at=at, cpu_percent=cpu, cpu_count=cores, load1=0.0,
                       exports=(DiskUsage(b"/srv", 1000 * GiB, 100 * GiB, 900 * GiB, 10.0),))
 
 
@@ -55,8 +55,8 @@ class Harness:
         self.beat(name, cores, cpu)
         return s
 
-    def beat(self, name: str, cores: int = 16, cpu: float = 0.0, load: float = 0.0) -> None:
-        self.engine.heartbeat(self.sessions[name], idle(self.now, cores, cpu, load))
+    def beat(self, name: str, cores: int = 16, cpu: float = 0.0) -> None:
+        self.engine.heartbeat(self.sessions[name], idle(self.now, cores, cpu))
 
     def orders(self, name: str) -> list[object]:
         out = []
@@ -139,3 +139,70 @@ def test_streams_left_under_a_limit_go_to_the_next_job(harness: Any) -> None:
     j3 = h.submit("hostA:/srv/x", "hostB:/srv/3")
     h.engine.tick()
     assert h.engine.jobs[j3.id].wait_reason == "waiting: hostA already uses 6 data streams (limit 6)"
+
+
+# -- AIMD from live samples -------------------------------------------------------------------------
+
+MiB = 1 << 20
+
+
+def test_link_streams_follow_measured_throughput_and_cap_the_next_job(harness: Any) -> None:
+    h = harness()
+    for name in ("hostA", "hostB"):
+        h.agent(name, cores=4)
+    j1 = h.submit("hostA:/srv/x", "hostB:/srv/1")
+    assert h.start(j1).options.streams == 4  # 4 free cores, nothing measured on the link yet
+    moved = files = 0
+    for mib, n in ((10, 1), (200, 10), (200, 10), (40, 2)):  # ramp-up, steady, steady, a real drop
+        h.now += 2.0
+        moved, files = moved + mib * MiB, files + n
+        h.report("hostA", j1, Role.SENDER, Phase.PROGRESS, bytes_done=moved, files_done=files, bytes_total=1 << 40)
+        for name in ("hostA", "hostB"):
+            h.beat(name, cores=4)
+        h.engine.tick()
+    steps = [r for kind, r in h.explain(j1) if kind == "streams"]
+    assert len(steps) == 3, steps
+    assert steps[0].startswith("next jobs on hostA→hostB: hostA→hostB: throughput 100.0 MiB/s") and steps[0].endswith(
+        "streams 4 → 5")
+    assert steps[1].endswith("streams 5 → 6")
+    assert "throughput fell" in steps[2] and steps[2].endswith("streams 6 → 3")
+    assert h.engine.links.target(("hostA", "hostB")) == 3
+
+    for role, name in ((Role.SENDER, "hostA"), (Role.RECEIVER, "hostB")):
+        h.report(name, j1, role, Phase.DONE, bytes_done=moved, files_done=files)
+    assert j1.id not in h.engine.jobs  # done and settled; its last sliver of a window was not fed
+    assert h.engine.links.target(("hostA", "hostB")) == 3
+
+    j2 = h.submit("hostA:/srv/x", "hostB:/srv/2")
+    assert h.start(j2).options.streams == 3
+    assert any("capped at 3 by the hostA→hostB link's adaptive target" in r for _, r in h.explain(j2))
+
+
+def test_a_rate_capped_transfer_does_not_teach_the_link(harness: Any) -> None:
+    h = harness()
+    for name in ("hostA", "hostB"):
+        h.agent(name, cores=4)
+    j1 = h.submit("hostA:/srv/x", "hostB:/srv/1", bwlimit=10 * MiB)
+    h.start(j1)
+    for i in range(1, 5):
+        h.now += 2.0
+        h.report("hostA", j1, Role.SENDER, Phase.PROGRESS, bytes_done=i * 20 * MiB, files_done=i)
+        for name in ("hostA", "hostB"):
+            h.beat(name, cores=4)
+        h.engine.tick()
+    assert j1.id in h.engine.runs
+    assert h.engine.links.target(("hostA", "hostB")) == 0
+    assert not [r for kind, r in h.explain(j1) if kind == "streams"]
+
+
+def test_a_failure_while_sending_cuts_the_link_and_counts_against_the_source(harness: Any) -> None:
+    h = harness()
+    for name in ("hostA", "hostB"):
+        h.agent(name, cores=4)
+    j1 = h.submit("hostA:/srv/x", "hostB:/srv/1")
+    h.start(j1)
+    h.now += 1.0
+    h.report("hostA", j1, Role.SENDER, Phase.FAILED, bytes_done=5 * MiB)
+    assert h.engine.links.target(("hostA", "hostB")) == 2  # 4 streams, halved
+    assert h.engine.links.failures == {"hostA": [h.now]}
+    assert any(kind == "streams" and r.endswith("streams 4 → 2") for kind, r in h.explain(j1))
