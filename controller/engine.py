@@ -23,6 +23,7 @@ from zcrepl.controller.policy import (
     Thresholds,
     Throttle,
     choose_streams,
+    rank_sources,
     throttle_decision,
 )
 from zcrepl.controller.registry import Registry, Session
@@ -86,6 +87,7 @@ class Engine:
         self.stopping = False
         self._last_decision: dict[int, DecisionRecord] = {}
         self.links = LinkTracker(window=THROTTLE_EVERY)
+        self._ranking: dict[int, dict[Endpoint, str]] = {}  # this tick's fan-out source rankings, per job
 
     # -- agents -------------------------------------------------------------------------------------
     def connect(self, info: AgentInfo, active: list[tuple[int, int]]) -> Session:
@@ -295,6 +297,7 @@ class Engine:
             hosts[name] = replace(hosts[name], running=n)
         running = [self.jobs[i] for i in self.runs]
         done: dict[int, list[Endpoint]] = {}  # one query per fan-out per tick, not one per waiting job
+        self._ranking.clear()
         sources = {j.id: self._replicas(j, done) for j in queued if j.group_id}
         sending = [(self.jobs[i].group_id, r.source.host) for i, r in self.runs.items() if self.jobs[i].group_id]
         for d in plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending,
@@ -311,17 +314,20 @@ class Engine:
                     self._decide(job.id, DecisionKind.WAIT, d.reason)
 
     def _replicas(self, job: Job, done_by_group: dict[int, list[Endpoint]]) -> list[Endpoint]:
-        """Where a fan-out job may read from: finished siblings, least loaded first, then the source."""
+        """Where a fan-out job may read from: finished siblings best first (``policy.rank_sources``: the
+        link's measured throughput to this destination, the sibling's load, its recent failures), then the
+        original source, last so that it is spared once copies exist."""
         done = done_by_group.get(job.group_id)
         if done is None:
             done = done_by_group[job.group_id] = [
                 j.destination for j in self.store.list_jobs((JobState.DONE,), 0, job.group_id)]
-
-        def load(ep: Endpoint) -> float:
-            h = self._health(ep.host)
-            return h.load1 / max(1, h.cpu_count) if h is not None else float("inf")
-
-        return [*sorted(done, key=load), job.source]
+        if not done:
+            return [job.source]
+        ranked = rank_sources(done, job.destination, self.links.states, {ep.host: self._health(ep.host) for ep in done},
+                              self.links.failures, self.clock(), thresholds=self.policy.thresholds or Thresholds(),
+                              failure_window=self.links.failure_window)
+        self._ranking[job.id] = {r.source: r.reason for r in ranked}
+        return [*(r.source for r in ranked), job.source]
 
     def _throttle_running(self, now: float) -> None:
         """Slow down, pause or speed up running sends as either end crosses its high-water marks."""
@@ -404,9 +410,11 @@ class Engine:
         self.runs[job.id] = run
         log.info("attempt started", extra=kv(job=job.id, attempt=run.attempt))
         via = "" if source == job.source else f" from the finished replica {source.host}:{show(source.path)}"
+        ranked = self._ranking.get(job.id, {}).get(source)
+        why = f"; copies ranked by link throughput, load and failures: {ranked}" if ranked else ""
         self._decide(job.id, DecisionKind.START if not via else DecisionKind.SWITCH_SOURCE,
                      f"attempt {run.attempt} started{via}: {source.host} and {job.destination.host} are online "
-                     "and under their load thresholds", attempt=run.attempt, source=source.host)
+                     f"and under their load thresholds{why}", attempt=run.attempt, source=source.host)
         dst.outbox.put_nowait(ReceiveOrder(job.id, run.attempt, run.ticket, job.destination.path, job.options,
                                            source.host))
         self._notify(job.id)

@@ -1,7 +1,7 @@
 """Engine-level tests: a real Engine and SQLite Store, agents as in-memory sessions, an injected clock.
 
 The engine's I/O is the agents' outboxes (orders) and reports/heartbeats in; here a test plays the agents,
-so decisions that span several ticks (stream limits, AIMD) are checked without processes.
+so decisions that span several ticks (stream limits, AIMD, source choice) are checked without processes.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from zcrepl.controller.engine import Engine
+from zcrepl.controller.policy import LinkState
 from zcrepl.controller.registry import Session
 from zcrepl.controller.store import Store
 from zcrepl.core.config import ControllerConfig
@@ -34,8 +35,8 @@ from zcrepl.core.types import (
 GiB = 1 << 30
 
 
-def idle(at: float, cores: int = 16, cpu: float = 0.0) -> HostHealth:
-    return HostHealth(sampled_at=at, cpu_percent=cpu, cpu_count=cores, load1=0.0,
+def idle(at: float, cores: int = 16, cpu: float = 0.0, load: float = 0.0) -> HostHealth:
+    return HostHealth(sampled_at=at, cpu_percent=cpu, cpu_count=cores, load1=load,
                       exports=(DiskUsage(b"/srv", 1000 * GiB, 100 * GiB, 900 * GiB, 10.0),))
 
 
@@ -55,8 +56,13 @@ class Harness:
         self.beat(name, cores, cpu)
         return s
 
-    def beat(self, name: str, cores: int = 16, cpu: float = 0.0) -> None:
-        self.engine.heartbeat(self.sessions[name], idle(self.now, cores, cpu))
+    def beat(self, name: str, cores: int = 16, cpu: float = 0.0, load: float = 0.0) -> None:
+        self.engine.heartbeat(self.sessions[name], idle(self.now, cores, cpu, load))
+
+    def finish(self, job: Job) -> None:
+        run = self.engine.runs[job.id]
+        self.report(run.source.host, job, Role.SENDER, Phase.DONE, run.attempt, files_done=1)
+        self.report(job.destination.host, job, Role.RECEIVER, Phase.DONE, run.attempt, files_done=1)
 
     def orders(self, name: str) -> list[object]:
         out = []
@@ -206,3 +212,35 @@ def test_a_failure_while_sending_cuts_the_link_and_counts_against_the_source(har
     assert h.engine.links.target(("hostA", "hostB")) == 2  # 4 streams, halved
     assert h.engine.links.failures == {"hostA": [h.now]}
     assert any(kind == "streams" and r.endswith("streams 4 → 2") for kind, r in h.explain(j1))
+
+
+# -- fan-out source ranking -------------------------------------------------------------------------
+
+
+def test_fanout_reads_from_the_best_ranked_finished_copy_not_the_least_loaded(harness: Any) -> None:
+    h = harness()
+    hosts = ("hostA", "hostB", "hostC", "hostD", "hostE")
+    for name in hosts:
+        h.agent(name, cores=8)
+    jobs = h.engine.submit_fanout(ep("hostA:/srv/x"), [ep(f"{n}:/srv/copy") for n in hosts[1:]], JobOptions())
+    by_dst = {j.destination.host: j for j in jobs}
+    h.start(by_dst["hostB"])  # round 1: hostA sends one copy of the fan-out at a time
+    h.finish(by_dst["hostB"])
+    h.start(by_dst["hostC"])  # round 2: hostC reads from hostB, hostD from hostA
+    assert h.engine.runs[by_dst["hostC"].id].source.host == "hostB"
+    h.start(by_dst["hostD"])
+    assert h.engine.runs[by_dst["hostD"].id].source.host == "hostA"
+    h.finish(by_dst["hostC"])
+    h.finish(by_dst["hostD"])
+
+    # Measured earlier: hostB is slow towards hostE, hostC fast; hostD unmeasured but recently failed.
+    h.engine.links.states[("hostB", "hostE")] = LinkState("hostB", "hostE", 4, ema_bps=10 * MiB)
+    h.engine.links.states[("hostC", "hostE")] = LinkState("hostC", "hostE", 4, ema_bps=100 * MiB)
+    h.engine.links.failures["hostD"] = [h.now - 60]
+    for name in hosts:  # hostC is the busiest copy (30% CPU, load 2 on 8 cores), under every threshold
+        h.beat(name, cores=8, cpu=30.0 if name == "hostC" else 0.0, load=2.0 if name == "hostC" else 0.0)
+    h.start(by_dst["hostE"])
+    assert h.engine.runs[by_dst["hostE"].id].source.host == "hostC"
+    (switch,) = [r for kind, r in h.explain(by_dst["hostE"]) if kind == "switch_source"]
+    assert "from the finished replica hostC:/srv/copy" in switch
+    assert "hostC: 100.0 MiB/s measured to hostE, load at 35% of its start thresholds, 0 failures" in switch
