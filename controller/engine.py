@@ -155,14 +155,18 @@ class Engine:
         elif r.phase is Phase.FAILED:
             self._fail_run(job.id, r.error or f"{session.info.name} reported a failure", r.retryable, r.stats)
 
-    def statuses(self, names: list[str] | None = None, history: int = 0) -> list[AgentStatus]:
-        now = self.clock()
+    def agent_names(self, names: list[str] | None = None) -> list[str]:
+        """``names`` checked (UnknownHost for a stranger), or every known agent, sorted."""
         wanted = names or sorted(self.registry.agents)
         for n in wanted:
             if not self.registry.known(n):
                 raise UnknownHost(_unknown_host(n))
+        return wanted
+
+    def statuses(self, names: list[str] | None = None, history: int = 0) -> list[AgentStatus]:
+        now = self.clock()
         running = self._running_per_host()
-        return [self.registry.status(n, now, running.get(n, 0), history) for n in wanted]
+        return [self.registry.status(n, now, running.get(n, 0), history) for n in self.agent_names(names)]
 
     # -- operator -----------------------------------------------------------------------------------
     def submit_fanout(self, src: Endpoint, dsts: list[Endpoint], options: JobOptions) -> list[Job]:

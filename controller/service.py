@@ -160,12 +160,13 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     async def ListAgents(self, request: cpb.ListAgentsRequest, context: grpc.aio.ServicerContext
                          ) -> cpb.ListAgentsResponse:
         out = cpb.ListAgentsResponse()
-        await self.wire.fill(self.engine.statuses(), out.agents)
+        await self.wire.fill(self.engine.agent_names(), self.engine.statuses, out.agents)
         return out
 
     async def GetAgentHealth(self, request: cpb.AgentHealthRequest, context: grpc.aio.ServicerContext
                              ) -> cpb.AgentHealthResponse:
         out = cpb.AgentHealthResponse()
-        await self.wire.fill(self.engine.statuses(list(request.names) or None, min(request.history, 3600)),
-                             out.agents)
+        history = min(request.history, 3600)
+        await self.wire.fill(self.engine.agent_names(list(request.names) or None),
+                             lambda names: self.engine.statuses(names, history), out.agents)
         return out

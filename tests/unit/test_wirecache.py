@@ -4,6 +4,7 @@ and a cached message is used only for the very health object it was made from.""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -28,9 +29,21 @@ def status(i: int, health: HostHealth | None, history: tuple[HostHealth, ...] = 
                        running_jobs=i % 3, history=history)
 
 
+def lookup(statuses: list[AgentStatus], calls: list[list[str]] | None = None
+           ) -> Callable[[list[str]], list[AgentStatus]]:
+    by_name = {s.info.name: s for s in statuses}
+
+    def get(names: list[str]) -> list[AgentStatus]:
+        if calls is not None:
+            calls.append(names)
+        return [by_name[n] for n in names]
+
+    return get
+
+
 def build(cache: WireCache, statuses: list[AgentStatus]) -> cpb.ListAgentsResponse:
     out = cpb.ListAgentsResponse()
-    asyncio.run(cache.fill(statuses, out.agents))
+    asyncio.run(cache.fill([s.info.name for s in statuses], lookup(statuses), out.agents))
     return out
 
 
@@ -60,11 +73,12 @@ def test_cached_message_is_used_only_for_its_own_health_object() -> None:
     assert health_from_pb(cache.health("host001", new)) == new
 
 
-def test_large_responses_yield_to_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Other coroutines (heartbeats) run between slices of a big response, not only after it."""
+def test_large_responses_are_built_in_slices_that_yield_to_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Statuses are asked for a slice at a time, and other coroutines (heartbeats) run between slices."""
     monkeypatch.setattr(wirecache, "SLICE", 10)
     statuses = [status(i, sample(i)) for i in range(55)]
     seen: list[int] = []
+    calls: list[list[str]] = []
 
     async def main() -> None:
         out = cpb.ListAgentsResponse()
@@ -74,8 +88,10 @@ def test_large_responses_yield_to_the_event_loop(monkeypatch: pytest.MonkeyPatch
                 seen.append(len(out.agents))
                 await asyncio.sleep(0)
 
-        await asyncio.gather(WireCache().fill(statuses, out.agents), other())
-        assert len(out.agents) == 55
+        names = [s.info.name for s in statuses]
+        await asyncio.gather(WireCache().fill(names, lookup(statuses, calls), out.agents), other())
+        assert [m.info.name for m in out.agents] == names
 
     asyncio.run(main())
+    assert [len(c) for c in calls] == [10, 10, 10, 10, 10, 5]
     assert any(0 < n < 55 for n in seen), seen
