@@ -80,7 +80,8 @@ class Agent:
             self.data_address = self._advertise(dhost, self.data.address[1])
             self.transfers = Transfers(cfg.name, self.exports, self.data, self.tickets, self._report,
                                        io_timeout=cfg.io_timeout)
-            sampler = HealthSampler(self.exports.paths, active_transfers=self.transfers.count)
+            sampler = HealthSampler(self.exports.paths, active_transfers=self.transfers.count,
+                                    transfer_bytes=self.transfers.bytes_moved)
             self.monitor = HealthMonitor(sampler, cfg.heartbeat_interval)
             self.monitor.start()
             agent_pb2_grpc.add_AgentServicer_to_server(AgentService(self.health, self.info), self._server)

@@ -347,7 +347,7 @@ class Engine:
             link = LinkState(run.source.host, job.destination.host, ema_bps=rate_bps)
             d = throttle_decision(self._health(run.source.host), self._health(job.destination.host), t,
                                   run.bwlimit, link, now=now, paused=run.paused, ceiling=job.options.bwlimit,
-                                  rate_bps=rate_bps, dst_path=job.destination.path)
+                                  rate_bps=rate_bps, dst_path=job.destination.path, src_path=run.source.path)
             if d.action is Throttle.HOLD:
                 continue
             run.paused = d.action is Throttle.PAUSE

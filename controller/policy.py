@@ -90,10 +90,19 @@ def load_per_core(h: HostHealth) -> float:
 
 
 def busiest_disk(h: HostHealth) -> DiskIO | None:
-    # HostHealth has no export -> device link today; the agent reports the devices behind its exports
-    # (all physical disks when it cannot tell), so the busiest one is a conservative stand-in. When the
-    # link is added, look up the export's device here instead.
     return max(h.disks, key=lambda d: d.busy_percent, default=None)
+
+
+def disk_for(h: HostHealth, path: bytes | None) -> DiskIO | None:
+    """The block device behind the export holding ``path``, as the agent mapped it; otherwise (no path,
+    path outside the exports, device unknown, e.g. on tmpfs or NFS) the busiest disk, the conservative
+    stand-in: a job must not start on a busy disk just because we could not tell which one it uses."""
+    e = export_for(h, path) if path is not None else None
+    if e is not None and e.device:
+        for d in h.disks:
+            if d.device == e.device:
+                return d
+    return busiest_disk(h)
 
 
 def busiest_nic(h: HostHealth, role: Role) -> tuple[NetIO, float] | None:
@@ -131,15 +140,16 @@ def stale(name: str, health: HostHealth | None, now: float, max_age: float) -> s
     return ""
 
 
-def over(name: str, h: HostHealth, t: Thresholds, role: Role, *, high: bool) -> list[str]:
-    """Each figure of ``h`` above the start set (``high=False``) or the high-water set, in words."""
+def over(name: str, h: HostHealth, t: Thresholds, role: Role, *, high: bool, path: bytes | None = None) -> list[str]:
+    """Each figure of ``h`` above the start set (``high=False``) or the high-water set, in words; the disk
+    judged is the one behind ``path`` (:func:`disk_for`)."""
     cpu, lpc, disk_lim, net_lim = t.limits(high)
     out: list[str] = []
     if h.cpu_percent > cpu:
         out.append(f"{name} CPU {h.cpu_percent:.0f}% busy (limit {cpu:.0f}%)")
     if load_per_core(h) > lpc:
         out.append(f"{name} load {load_per_core(h):.1f} per core (limit {lpc:.1f})")
-    disk = busiest_disk(h)
+    disk = disk_for(h, path)
     if disk is not None and disk.busy_percent > disk_lim:
         out.append(f"{name} disk {disk.busy_percent:.0f}% busy ({disk.device}, limit {disk_lim:.0f}%)")
     nic = busiest_nic(h, role)
@@ -150,10 +160,10 @@ def over(name: str, h: HostHealth, t: Thresholds, role: Role, *, high: bool) -> 
     return out
 
 
-def pressure(h: HostHealth, t: Thresholds, role: Role) -> float:
+def pressure(h: HostHealth, t: Thresholds, role: Role, path: bytes | None = None) -> float:
     """Largest ratio of a figure to its start threshold: 0 idle, 1 at the threshold, above 1 blocked."""
     nic = busiest_nic(h, role)
-    disk = busiest_disk(h)
+    disk = disk_for(h, path)
     return max(h.cpu_percent / t.max_cpu_percent, load_per_core(h) / t.max_load_per_core,
                (disk.busy_percent if disk else 0.0) / t.max_disk_busy_percent,
                (nic[1] if nic else 0.0) / t.max_net_percent)
@@ -169,14 +179,15 @@ def host_blockers(name: str, health: HostHealth | None, thresholds: Thresholds, 
                   max_age: float | None = None) -> list[str]:
     """Why a job may not start on host ``name`` in this role; [] means go.
 
-    Stale or missing health blocks alone (the other figures would be guesses). ``bytes_to_move`` is
-    checked against the destination export holding ``path`` (receivers only); before the first scan it is
-    unknown (pass 0) and only the margin is enforced. ``max_age`` overrides ``thresholds.max_health_age``.
+    Stale or missing health blocks alone (the other figures would be guesses). ``path`` is the job's path on
+    this host: its disk is the one judged, and for receivers ``bytes_to_move`` is checked against the export
+    holding it; before the first scan that is unknown (pass 0) and only the margin is enforced.
+    ``max_age`` overrides ``thresholds.max_health_age``.
     """
     why = stale(name, health, now, thresholds.max_health_age if max_age is None else max_age)
     if why or health is None:
         return [why]
-    out = over(name, health, thresholds, role, high=False)
+    out = over(name, health, thresholds, role, high=False, path=path)
     if role is Role.RECEIVER:
         e = export_for(health, path)
         if e is not None:
@@ -345,9 +356,9 @@ def rank_sources(candidates: Sequence[Endpoint], dst: Endpoint, link_states: Map
         fails = sum(1 for t in recent_failures.get(c.host, ()) if now - t <= failure_window)
         reliability = (link.success if link else 1.0) / (1 + fails)
         h = healths.get(c.host)
-        blockers = host_blockers(c.host, h, thresholds, role=Role.SENDER, now=now)
+        blockers = host_blockers(c.host, h, thresholds, role=Role.SENDER, path=c.path, now=now)
         fresh = not stale(c.host, h, now, thresholds.max_health_age)
-        p = pressure(h, thresholds, Role.SENDER) if h is not None and fresh else 1.0  # unknown = no headroom
+        p = pressure(h, thresholds, Role.SENDER, c.path) if h is not None and fresh else 1.0  # unknown: none left
         score = bps * max(0.05, 1 - p) * reliability
         parts = [f"{rate(bps)} {'measured' if measured else 'assumed (not measured yet)'} to {dst.host}",
                  f"load at {p:.0%} of its start thresholds", f"{fails} failures in the last {failure_window:.0f}s"]
@@ -407,7 +418,7 @@ class ThrottleDecision:
 def throttle_decision(src_health: HostHealth | None, dst_health: HostHealth | None, thresholds: Thresholds,
                       current_bwlimit: int, link_state: LinkState, *, now: float, paused: bool = False,
                       ceiling: int = 0, rate_bps: float | None = None, dst_path: bytes | None = None,
-                      ) -> ThrottleDecision:
+                      src_path: bytes | None = None) -> ThrottleDecision:
     """What a running (or paused) transfer on ``link_state`` should do now.
 
     Hot (either end over a high-water mark): slow to ``slow_factor`` x the current cap (or the measured
@@ -418,12 +429,14 @@ def throttle_decision(src_health: HostHealth | None, dst_health: HostHealth | No
     Calm (both ends at or under the start thresholds): resume if paused; raise a cap by ``speedup_factor``,
     or lift it to ``ceiling`` (the job's own bwlimit, 0 = none) once the measured rate ``rate_bps`` (default
     the link's EMA) no longer reaches 80% of it, since then the cap is not what limits the transfer.
-    Missing or stale health holds: the liveness checks deal with silent agents.
+    Missing or stale health holds: the liveness checks deal with silent agents. The disks judged are the
+    ones behind ``src_path`` and ``dst_path`` (:func:`disk_for`).
     """
     current = min(current_bwlimit or ceiling, ceiling or current_bwlimit)  # the job's own limit stays a ceiling
     measured = link_state.ema_bps if rate_bps is None else rate_bps
-    ends = ((link_state.source, src_health, Role.SENDER), (link_state.destination, dst_health, Role.RECEIVER))
-    unknown = [w for n, h, _ in ends if (w := stale(n, h, now, thresholds.max_health_age))]
+    ends = ((link_state.source, src_health, Role.SENDER, src_path),
+            (link_state.destination, dst_health, Role.RECEIVER, dst_path))
+    unknown = [w for n, h, _, _ in ends if (w := stale(n, h, now, thresholds.max_health_age))]
     if unknown or src_health is None or dst_health is None:
         return ThrottleDecision(Throttle.HOLD, current, "; ".join(unknown) + "; keeping the current rate")
     e = export_for(dst_health, dst_path)
@@ -431,7 +444,7 @@ def throttle_decision(src_health: HostHealth | None, dst_health: HostHealth | No
         why = (f"{link_state.destination} has {size(e.free)} free on {show(e.path)}, under the "
                f"{size(free_margin(e, thresholds))} margin")
         return ThrottleDecision(Throttle.HOLD if paused else Throttle.PAUSE, current, why)
-    hot = [w for n, h, r in ends for w in over(n, h, thresholds, r, high=True)]
+    hot = [w for n, h, r, p in ends for w in over(n, h, thresholds, r, high=True, path=p)]
     if hot:
         if paused:
             return ThrottleDecision(Throttle.HOLD, current, "still paused: " + "; ".join(hot))
@@ -440,7 +453,7 @@ def throttle_decision(src_health: HostHealth | None, dst_health: HostHealth | No
         if cap < thresholds.min_bwlimit:
             return ThrottleDecision(Throttle.PAUSE, current, "pause: " + "; ".join(hot))
         return ThrottleDecision(Throttle.SLOW, cap, f"slow to {rate(cap)}: " + "; ".join(hot))
-    warm = [w for n, h, r in ends for w in over(n, h, thresholds, r, high=False)]
+    warm = [w for n, h, r, p in ends for w in over(n, h, thresholds, r, high=False, path=p)]
     if warm:
         state = "paused" if paused else f"at {rate(current)}" if current else "at full speed"
         return ThrottleDecision(Throttle.HOLD, current, f"staying {state} until under the start thresholds: "

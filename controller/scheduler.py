@@ -155,6 +155,7 @@ def _blocker(job: Job, source: Endpoint, hosts: Mapping[str, HostView], load: Ma
         blockers = host_blockers(dst.name, dst.health, policy.thresholds, role=Role.RECEIVER,
                                  bytes_to_move=left, path=job.destination.path, now=now)
         if src.name != dst.name:
-            blockers = host_blockers(src.name, src.health, policy.thresholds, role=Role.SENDER, now=now) + blockers
+            blockers = host_blockers(src.name, src.health, policy.thresholds, role=Role.SENDER, path=source.path,
+                                     now=now) + blockers
         return wait_reason(blockers)
     return ""

@@ -80,6 +80,7 @@ class DiskUsage:
     used: int
     free: int
     percent: float
+    device: str = ""  # the block device behind the export, as named in HostHealth.disks; "" = unknown
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,11 @@ class HostHealth:
     agent_cpu_percent: float = 0.0
     agent_rss: int = 0
     active_transfers: int = 0
+    transfer_bps: float = 0.0  # file bytes/s moved by the agent's transfers (sent and received)
+    # Inotify watches in use by the agent's user (all its processes: the limit is per user) and the
+    # kernel's per-user limit (fs.inotify.max_user_watches); 0 = unknown. Headroom is the difference.
+    inotify_watches_used: int = 0
+    inotify_watches_max: int = 0
 
 
 @dataclass(frozen=True)

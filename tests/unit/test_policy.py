@@ -23,6 +23,7 @@ from zcrepl.controller.policy import (
     ThrottleDecision,
     aimd_step,
     choose_streams,
+    disk_for,
     effective_priority,
     host_blockers,
     order_queue,
@@ -49,6 +50,74 @@ def hh(cpu: float = 10.0, load: float = 0.5, cores: int = 8, disk: float = 10.0,
         disks=(DiskIO("sda", 0, 0, disk / 2), DiskIO("sdb", 0, 0, disk)),
         nics=(NetIO("lo", 9e9, 9e9, 0), NetIO("eth0", rx_mbps * 1e6 / 8, tx_mbps * 1e6 / 8, speed)),
     )
+
+
+# -- the disk behind a job's path -------------------------------------------------------------------
+
+# Two exports: /srv on sda (quiet, 20% busy), /data on sdb (93% busy); /tmp-ish has no known device.
+MAPPED = (DiskUsage(b"/srv", 1000 * GiB, 100 * GiB, 900 * GiB, 10.0, "sda"),
+          DiskUsage(b"/data", 1000 * GiB, 100 * GiB, 900 * GiB, 10.0, "sdb"),
+          DiskUsage(b"/scratch", 1000 * GiB, 100 * GiB, 900 * GiB, 10.0, ""))
+
+
+def mapped(sda: float = 20.0, sdb: float = 93.0) -> HostHealth:
+    return replace(hh(exports=MAPPED), disks=(DiskIO("sda", 0, 0, sda), DiskIO("sdb", 0, 0, sdb)))
+
+
+@pytest.mark.parametrize(
+    ("path", "device"),
+    [
+        (b"/srv/x/y", "sda"),  # the export's own device, although another disk is busier
+        (b"/data/x", "sdb"),
+        (b"/scratch/x", "sdb"),  # device unknown: the busiest disk stands in
+        (b"/elsewhere", "sdb"),  # outside the exports: likewise
+        (None, "sdb"),
+    ],
+)
+def test_disk_for_path(path: bytes | None, device: str) -> None:
+    d = disk_for(mapped(), path)
+    assert d is not None and d.device == device
+
+
+def test_disk_for_a_device_missing_from_the_sample_falls_back() -> None:
+    h = replace(mapped(), disks=(DiskIO("sdc", 0, 0, 50.0),))
+    assert disk_for(h, b"/srv/x") == DiskIO("sdc", 0, 0, 50.0)
+    assert disk_for(replace(h, disks=()), b"/srv/x") is None
+
+
+@pytest.mark.parametrize(
+    ("path", "role", "blocked"),
+    [
+        (b"/srv/in", Role.RECEIVER, False),  # writes to the quiet sda: goes, though sdb is 93% busy
+        (b"/data/in", Role.RECEIVER, True),
+        (b"/srv/out", Role.SENDER, False),
+        (b"/data/out", Role.SENDER, True),
+        (b"/scratch/out", Role.SENDER, True),
+    ],
+)
+def test_admission_judges_the_disk_behind_the_jobs_path(path: bytes, role: Role, blocked: bool) -> None:
+    why = host_blockers("h", mapped(), T, role=role, path=path, now=NOW)
+    assert bool(why) == blocked, why
+    if blocked:
+        assert why == ["h disk 93% busy (sdb, limit 90%)"]
+
+
+def test_throttle_judges_the_disks_behind_both_paths() -> None:
+    hot = mapped(sda=10.0, sdb=99.0)
+    quiet = throttle_decision(hot, hot, T, 0, LinkState("a", "b", ema_bps=100 * MiB), now=NOW,
+                              src_path=b"/srv/x", dst_path=b"/srv/y")
+    assert quiet.action is Throttle.HOLD and "running" in quiet.reason
+    slow = throttle_decision(hot, hot, T, 0, LinkState("a", "b", ema_bps=100 * MiB), now=NOW,
+                             src_path=b"/srv/x", dst_path=b"/data/y")
+    assert slow.action is Throttle.SLOW and "b disk 99% busy (sdb, limit 98%)" in slow.reason
+    assert "a disk" not in slow.reason
+
+
+def test_rank_sources_reads_the_disk_behind_each_copy() -> None:
+    h = mapped(sda=10.0, sdb=80.0)  # under the start threshold, but /data's disk is busier
+    ranked = rank_sources([Endpoint("a", b"/data/copy"), Endpoint("b", b"/srv/copy")], Endpoint("c", b"/x"), {},
+                          {"a": h, "b": h}, {}, NOW)
+    assert [r.source.host for r in ranked] == ["b", "a"]
 
 
 # -- Thresholds ------------------------------------------------------------------------------------
