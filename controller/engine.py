@@ -380,8 +380,8 @@ class Engine:
     def _link_step(self, job: Job, step: LinkStep | None) -> None:
         if step is None or not step.changed:
             return
-        self._decide(job.id, DecisionKind.STREAMS, f"next jobs on {step.state.name}: {step.reason}", every=True,
-                     streams=step.state.streams)
+        self._decide(job.id, DecisionKind.STREAMS, f"{step.reason} (the target for the next jobs on this link)",
+                     every=True, streams=step.state.streams)
         log.info("link streams", extra=kv(link=step.state.name, streams=step.state.streams, reason=step.reason))
 
     def _link_cap(self, link: tuple[str, str]) -> int:
