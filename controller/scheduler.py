@@ -22,9 +22,9 @@ class HostView:
     name: str
     online: bool
     running: int = 0
-    streams: int = 0  # data streams of its running jobs (a job not sending yet counts as 1)
     # Latest health with ``sampled_at`` on the controller's clock (when it arrived), or None.
     health: HostHealth | None = None
+    streams: int = 0  # data streams of its running jobs (a job not sending yet counts as 1)
 
 
 @dataclass(frozen=True)

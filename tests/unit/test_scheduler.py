@@ -24,7 +24,7 @@ def job(job_id: int, src: str = "a:/src", dst: str = "b:/dst", state: JobState =
 def hosts(*online: str, offline: tuple[str, ...] = (), running: dict[str, int] | None = None,
           streams: dict[str, int] | None = None) -> dict[str, HostView]:
     running, streams = running or {}, streams or {}
-    out = {n: HostView(n, True, running.get(n, 0), streams.get(n, 0)) for n in online}
+    out = {n: HostView(n, True, running.get(n, 0), streams=streams.get(n, 0)) for n in online}
     out.update({n: HostView(n, False, running.get(n, 0)) for n in offline})
     return out
 
