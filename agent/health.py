@@ -143,7 +143,10 @@ class HealthSampler:
     unknown). ``disk_read_bps``/``disk_write_bps`` are the sums over those devices.
 
     ``transfer_bytes`` returns the file bytes this agent's transfers have moved so far (a counter; its rate
-    is ``transfer_bps``), ``inotify`` the watches in use by this user and the per-user limit.
+    is ``transfer_bps``), ``inotify`` the watches in use by this user and the per-user limit. ``data_host``
+    is the address the agent's data port advertises: the interface holding it is ``data_nic``, the NIC that
+    transfers to and from this host use (which NIC serves an export does not exist as such: peers reach
+    every export through the data port).
 
     Network totals include the loopback interface: agents on one test machine talk over ``lo``, and
     excluding it would report an idle network while transfers run. On a real host that means local
@@ -163,6 +166,7 @@ class HealthSampler:
         active_transfers: Callable[[], int] = lambda: 0,
         transfer_bytes: Callable[[], int] = lambda: 0,
         inotify: InotifyUsage | None = None,
+        data_host: str = "",
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -170,6 +174,7 @@ class HealthSampler:
         self._active_transfers = active_transfers
         self._transfer_bytes = transfer_bytes
         self._inotify = inotify if inotify is not None else InotifyUsage()
+        self._data_host = data_host.strip("[]")
         self._clock = clock
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -247,6 +252,15 @@ class HealthSampler:
         return DiskUsage(path=path, total=u.total, used=u.used, free=u.free, percent=float(u.percent),
                          device=device or "")
 
+    def _data_nic(self) -> str:
+        """The interface that holds the data address, or "" (no address given, or none holds it)."""
+        if not self._data_host:
+            return ""
+        for name, addrs in psutil.net_if_addrs().items():
+            if any(a.address.split("%")[0] == self._data_host for a in addrs):
+                return name
+        return ""
+
     def sample(self) -> HostHealth:
         """Read psutil once; rates cover the time since the previous ``sample()`` (or construction)."""
         with self._lock:
@@ -305,6 +319,7 @@ class HealthSampler:
             rss = self._probe("memory_info", lambda: self._proc.memory_info().rss, 0)
         cpu_count = self._probe("cpu_count", lambda: psutil.cpu_count(logical=True), None) or os.cpu_count()
         watches_used, watches_max = self._probe("inotify", self._inotify.read, (0, 0))
+        data_nic = self._probe("net_if_addrs", self._data_nic, "")
 
         return HostHealth(
             sampled_at=self._clock(),
@@ -333,6 +348,7 @@ class HealthSampler:
                           if cur.transfer_bytes is not None else 0.0),
             inotify_watches_used=watches_used,
             inotify_watches_max=watches_max,
+            data_nic=data_nic,
         )
 
 

@@ -105,11 +105,13 @@ def disk_for(h: HostHealth, path: bytes | None) -> DiskIO | None:
     return busiest_disk(h)
 
 
-def busiest_nic(h: HostHealth, role: Role) -> tuple[NetIO, float] | None:
-    """(nic, utilisation %) in the direction this role loads: senders transmit, receivers receive.
+def nic_for(h: HostHealth, role: Role) -> tuple[NetIO, float] | None:
+    """(nic, utilisation %) of the NIC transfers use, in the direction this role loads: senders transmit,
+    receivers receive.
 
-    NICs without a known speed are skipped (lo reports 0). Which NIC carries the transfer is unknown,
-    so the busiest one stands in, as for disks.
+    That NIC is the one holding the agent's data address (``h.data_nic``) when the agent could tell and its
+    speed is known; otherwise the busiest NIC stands in, as for disks. NICs without a known speed are
+    skipped (lo reports 0).
     """
     best: tuple[NetIO, float] | None = None
     for nic in h.nics:
@@ -117,6 +119,8 @@ def busiest_nic(h: HostHealth, role: Role) -> tuple[NetIO, float] | None:
             continue
         bps = nic.sent_bps if role is Role.SENDER else nic.recv_bps
         util = bps * 8 / (nic.speed_mbps * 1e6) * 100
+        if nic.interface == h.data_nic:
+            return (nic, util)
         if best is None or util > best[1]:
             best = (nic, util)
     return best
@@ -152,7 +156,7 @@ def over(name: str, h: HostHealth, t: Thresholds, role: Role, *, high: bool, pat
     disk = disk_for(h, path)
     if disk is not None and disk.busy_percent > disk_lim:
         out.append(f"{name} disk {disk.busy_percent:.0f}% busy ({disk.device}, limit {disk_lim:.0f}%)")
-    nic = busiest_nic(h, role)
+    nic = nic_for(h, role)
     if nic is not None and nic[1] > net_lim:
         way = "sending" if role is Role.SENDER else "receiving"
         out.append(f"{name} network {nic[1]:.0f}% used {way} ({nic[0].interface} {nic[0].speed_mbps} Mb/s, "
@@ -162,7 +166,7 @@ def over(name: str, h: HostHealth, t: Thresholds, role: Role, *, high: bool, pat
 
 def pressure(h: HostHealth, t: Thresholds, role: Role, path: bytes | None = None) -> float:
     """Largest ratio of a figure to its start threshold: 0 idle, 1 at the threshold, above 1 blocked."""
-    nic = busiest_nic(h, role)
+    nic = nic_for(h, role)
     disk = disk_for(h, path)
     return max(h.cpu_percent / t.max_cpu_percent, load_per_core(h) / t.max_load_per_core,
                (disk.busy_percent if disk else 0.0) / t.max_disk_busy_percent,

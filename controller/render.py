@@ -142,7 +142,8 @@ def health_table(s: AgentStatus) -> Table:
     for d in h.disks:
         t.add_row(f"  {d.device}", f"{human_bytes(d.read_bps)}/s / {human_bytes(d.write_bps)}/s, "
                   f"{d.busy_percent:.0f}% busy")
-    t.add_row("net recv/sent", f"{human_bytes(h.net_recv_bps)}/s / {human_bytes(h.net_sent_bps)}/s")
+    t.add_row("net recv/sent", f"{human_bytes(h.net_recv_bps)}/s / {human_bytes(h.net_sent_bps)}/s"
+              + (f", data port on {h.data_nic}" if h.data_nic else ""))
     t.add_row("agent", f"{h.agent_cpu_percent:.1f}% cpu, {human_bytes(h.agent_rss)} rss, {h.open_fds} fds")
     t.add_row("transfers", f"{h.active_transfers} active, {human_bytes(h.transfer_bps)}/s")
     used = f" ({h.inotify_watches_used:,} of {h.inotify_watches_max:,} in use by this user)"

@@ -130,6 +130,7 @@ class HostHealth:
     # kernel's per-user limit (fs.inotify.max_user_watches); 0 = unknown. Headroom is the difference.
     inotify_watches_used: int = 0
     inotify_watches_max: int = 0
+    data_nic: str = ""  # the interface holding the agent's data address (what peers connect to); "" = unknown
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ def health_to_pb(h: t.HostHealth) -> pb.HostHealth:
         net_sent_bps=h.net_sent_bps, open_fds=h.open_fds, agent_cpu_percent=h.agent_cpu_percent,
         agent_rss=h.agent_rss, active_transfers=h.active_transfers, transfer_bps=h.transfer_bps,
         inotify_watches_used=h.inotify_watches_used, inotify_watches_max=h.inotify_watches_max,
+        data_nic=h.data_nic,
     )
     m.exports.extend(pb.DiskUsage(path=d.path, total=d.total, used=d.used, free=d.free, percent=d.percent,
                                   device=d.device) for d in h.exports)
@@ -100,6 +101,7 @@ def health_from_pb(m: pb.HostHealth) -> t.HostHealth:
         open_fds=m.open_fds, agent_cpu_percent=m.agent_cpu_percent, agent_rss=m.agent_rss,
         active_transfers=m.active_transfers, transfer_bps=m.transfer_bps,
         inotify_watches_used=m.inotify_watches_used, inotify_watches_max=m.inotify_watches_max,
+        data_nic=m.data_nic,
     )
 
 

@@ -85,7 +85,7 @@ class NetIO(_message.Message):
     def __init__(self, interface: _Optional[str] = ..., recv_bps: _Optional[float] = ..., sent_bps: _Optional[float] = ..., speed_mbps: _Optional[int] = ...) -> None: ...
 
 class HostHealth(_message.Message):
-    __slots__ = ("sampled_at", "cpu_percent", "cpu_per_core", "cpu_count", "load1", "load5", "load15", "mem_total", "mem_available", "swap_in_bps", "swap_out_bps", "exports", "disk_read_bps", "disk_write_bps", "disks", "net_recv_bps", "net_sent_bps", "nics", "open_fds", "agent_cpu_percent", "agent_rss", "active_transfers", "transfer_bps", "inotify_watches_used", "inotify_watches_max")
+    __slots__ = ("sampled_at", "cpu_percent", "cpu_per_core", "cpu_count", "load1", "load5", "load15", "mem_total", "mem_available", "swap_in_bps", "swap_out_bps", "exports", "disk_read_bps", "disk_write_bps", "disks", "net_recv_bps", "net_sent_bps", "nics", "open_fds", "agent_cpu_percent", "agent_rss", "active_transfers", "transfer_bps", "inotify_watches_used", "inotify_watches_max", "data_nic")
     SAMPLED_AT_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     CPU_PER_CORE_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class HostHealth(_message.Message):
     TRANSFER_BPS_FIELD_NUMBER: _ClassVar[int]
     INOTIFY_WATCHES_USED_FIELD_NUMBER: _ClassVar[int]
     INOTIFY_WATCHES_MAX_FIELD_NUMBER: _ClassVar[int]
+    DATA_NIC_FIELD_NUMBER: _ClassVar[int]
     sampled_at: float
     cpu_percent: float
     cpu_per_core: _containers.RepeatedScalarFieldContainer[float]
@@ -136,7 +137,8 @@ class HostHealth(_message.Message):
     transfer_bps: float
     inotify_watches_used: int
     inotify_watches_max: int
-    def __init__(self, sampled_at: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., cpu_per_core: _Optional[_Iterable[float]] = ..., cpu_count: _Optional[int] = ..., load1: _Optional[float] = ..., load5: _Optional[float] = ..., load15: _Optional[float] = ..., mem_total: _Optional[int] = ..., mem_available: _Optional[int] = ..., swap_in_bps: _Optional[float] = ..., swap_out_bps: _Optional[float] = ..., exports: _Optional[_Iterable[_Union[DiskUsage, _Mapping]]] = ..., disk_read_bps: _Optional[float] = ..., disk_write_bps: _Optional[float] = ..., disks: _Optional[_Iterable[_Union[DiskIO, _Mapping]]] = ..., net_recv_bps: _Optional[float] = ..., net_sent_bps: _Optional[float] = ..., nics: _Optional[_Iterable[_Union[NetIO, _Mapping]]] = ..., open_fds: _Optional[int] = ..., agent_cpu_percent: _Optional[float] = ..., agent_rss: _Optional[int] = ..., active_transfers: _Optional[int] = ..., transfer_bps: _Optional[float] = ..., inotify_watches_used: _Optional[int] = ..., inotify_watches_max: _Optional[int] = ...) -> None: ...
+    data_nic: str
+    def __init__(self, sampled_at: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., cpu_per_core: _Optional[_Iterable[float]] = ..., cpu_count: _Optional[int] = ..., load1: _Optional[float] = ..., load5: _Optional[float] = ..., load15: _Optional[float] = ..., mem_total: _Optional[int] = ..., mem_available: _Optional[int] = ..., swap_in_bps: _Optional[float] = ..., swap_out_bps: _Optional[float] = ..., exports: _Optional[_Iterable[_Union[DiskUsage, _Mapping]]] = ..., disk_read_bps: _Optional[float] = ..., disk_write_bps: _Optional[float] = ..., disks: _Optional[_Iterable[_Union[DiskIO, _Mapping]]] = ..., net_recv_bps: _Optional[float] = ..., net_sent_bps: _Optional[float] = ..., nics: _Optional[_Iterable[_Union[NetIO, _Mapping]]] = ..., open_fds: _Optional[int] = ..., agent_cpu_percent: _Optional[float] = ..., agent_rss: _Optional[int] = ..., active_transfers: _Optional[int] = ..., transfer_bps: _Optional[float] = ..., inotify_watches_used: _Optional[int] = ..., inotify_watches_max: _Optional[int] = ..., data_nic: _Optional[str] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
     __slots__ = ("name", "grpc_address", "data_address", "exports", "version", "pid", "hostname")

@@ -35,6 +35,7 @@ def test_agents_health_and_jobs_json(cluster: Cluster, tmp_path: Path) -> None:
     assert h["inotify_watches_max"] > 0 and 0 <= h["inotify_watches_used"] <= h["inotify_watches_max"]
     disks = {d["device"] for d in h["disks"]}
     assert h["exports"][0]["device"] in disks | {""}
+    assert h["data_nic"] == "lo"  # the agents' data ports listen on 127.0.0.1
 
     hist = wait_for(lambda: len((d := json.loads(cluster.ctl("health", "hostB", "--json", "--history", "3")[1])[0])
                                 ["history"]) == 3 and d, 10, interval=0.3, what="three samples of history")

@@ -365,3 +365,11 @@ class _Fixed:
 def test_inotify_figures_reach_the_sample(tmp_path: Path) -> None:
     h = HealthSampler([os.fsencode(tmp_path)], inotify=_Fixed(1200, 8192)).sample()  # type: ignore[arg-type]
     assert (h.inotify_watches_used, h.inotify_watches_max) == (1200, 8192)
+
+
+@pytest.mark.parametrize(("host", "nic"), [("127.0.0.1", "lo"), ("[::1]", "lo"), ("192.0.2.77", ""), ("", "")])
+def test_data_nic_is_the_interface_holding_the_data_address(tmp_path: Path, host: str, nic: str) -> None:
+    addrs = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    if host.strip("[]") == "::1" and "::1" not in addrs:
+        pytest.skip("no IPv6 loopback here")
+    assert HealthSampler([os.fsencode(tmp_path)], data_host=host).sample().data_nic == nic

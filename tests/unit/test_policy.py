@@ -113,6 +113,23 @@ def test_throttle_judges_the_disks_behind_both_paths() -> None:
     assert "a disk" not in slow.reason
 
 
+@pytest.mark.parametrize(
+    ("data_nic", "blocked"),
+    [
+        ("eth1", False),  # transfers use eth1 (20% busy), though eth0 is 90% busy
+        ("eth0", True),
+        ("", True),  # unknown: the busiest NIC stands in
+        ("lo", True),  # no known speed: likewise
+        ("eth9", True),  # not in the sample: likewise
+    ],
+)
+def test_admission_judges_the_nic_behind_the_data_address(data_nic: str, blocked: bool) -> None:
+    h = replace(hh(), data_nic=data_nic, nics=(NetIO("lo", 9e9, 9e9, 0), NetIO("eth0", 0, 900e6 / 8, 1000),
+                                                NetIO("eth1", 0, 200e6 / 8, 1000)))
+    why = host_blockers("h", h, T, role=Role.SENDER, now=NOW)
+    assert why == (["h network 90% used sending (eth0 1000 Mb/s, limit 85%)"] if blocked else [])
+
+
 def test_rank_sources_reads_the_disk_behind_each_copy() -> None:
     h = mapped(sda=10.0, sdb=80.0)  # under the start threshold, but /data's disk is busier
     ranked = rank_sources([Endpoint("a", b"/data/copy"), Endpoint("b", b"/srv/copy")], Endpoint("c", b"/x"), {},
