@@ -83,7 +83,10 @@ class Agent:
             self.transfers = Transfers(cfg.name, self.exports, self.data, self.tickets, self._report,
                                        io_timeout=cfg.io_timeout)
             self.syncs = Syncs(cfg.name, self.exports, self.data, self.tickets, io_timeout=cfg.io_timeout)
-            sampler = HealthSampler(self.exports.paths, active_transfers=self.transfers.count)
+            transfers, syncs = self.transfers, self.syncs
+            sampler = HealthSampler(self.exports.paths, active_transfers=self.transfers.count,
+                                    transfer_bytes=lambda: transfers.bytes_moved() + syncs.bytes_moved(),
+                                    data_host=split_address(self.data_address)[0])
             self.monitor = HealthMonitor(sampler, cfg.heartbeat_interval)
             self.monitor.start()
             agent_pb2_grpc.add_AgentServicer_to_server(AgentService(self.health, self.info), self._server)

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import psutil
 
+from zcrepl.agent.inotify_usage import InotifyUsage
 from zcrepl.core.types import DiskIO, DiskUsage, HostHealth, NetIO
 
 __all__ = ["HealthMonitor", "HealthSampler", "counter_rate"]
@@ -130,14 +131,22 @@ class _Counters:
     disks: dict[str, tuple[int, int, int | None]] = field(default_factory=dict)
     # interface -> (bytes_recv, bytes_sent)
     nics: dict[str, tuple[int, int]] = field(default_factory=dict)
+    transfer_bytes: int | None = None  # file bytes moved by this agent's transfers since it started
 
 
 class HealthSampler:
     """Turns psutil readings into :class:`HostHealth`; thread-safe.
 
-    ``exports`` are the export roots: each gets a :class:`DiskUsage`, and per-device disk I/O is reported
-    for the block devices behind them (all physical disks when an export's device cannot be found, e.g. on
-    overlayfs, tmpfs, NFS or ZFS). ``disk_read_bps``/``disk_write_bps`` are the sums over those devices.
+    ``exports`` are the export roots: each gets a :class:`DiskUsage` naming the block device behind it
+    (``device``, as in ``disks``; "" when it cannot be found, e.g. on overlayfs, tmpfs, NFS or ZFS), and
+    per-device disk I/O is reported for those devices (all physical disks when an export's device is
+    unknown). ``disk_read_bps``/``disk_write_bps`` are the sums over those devices.
+
+    ``transfer_bytes`` returns the file bytes this agent's transfers have moved so far (a counter; its rate
+    is ``transfer_bps``), ``inotify`` the watches in use by this user and the per-user limit. ``data_host``
+    is the address the agent's data port advertises: the interface holding it is ``data_nic``, the NIC that
+    transfers to and from this host use (which NIC serves an export does not exist as such: peers reach
+    every export through the data port).
 
     Network totals include the loopback interface: agents on one test machine talk over ``lo``, and
     excluding it would report an idle network while transfers run. On a real host that means local
@@ -155,11 +164,17 @@ class HealthSampler:
         exports: Sequence[bytes],
         *,
         active_transfers: Callable[[], int] = lambda: 0,
+        transfer_bytes: Callable[[], int] = lambda: 0,
+        inotify: InotifyUsage | None = None,
+        data_host: str = "",
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._exports = tuple(os.fsencode(p) for p in exports)
         self._active_transfers = active_transfers
+        self._transfer_bytes = transfer_bytes
+        self._inotify = inotify if inotify is not None else InotifyUsage()
+        self._data_host = data_host.strip("[]")
         self._clock = clock
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -200,36 +215,51 @@ class HealthSampler:
         }
         nics = self._probe("net_io_counters", lambda: psutil.net_io_counters(pernic=True), None) or {}
         c.nics = {name: (n.bytes_recv, n.bytes_sent) for name, n in nics.items()}
+        c.transfer_bytes = self._probe("transfer_bytes", self._transfer_bytes, None)
         return c
 
-    def _export_disks(self, available: Collection[str]) -> list[str]:
-        """The devices behind the exports, or the physical disks if any export's device is unknown."""
-        mapped: set[str] = set()
-        unmapped = False
+    def _export_devices(self, available: Collection[str]) -> dict[bytes, str | None]:
+        """Export root -> the block device behind it (a name in ``available``), None where unknown.
+
+        A vanished export is left out: it does no I/O worth attributing.
+        """
+        out: dict[bytes, str | None] = {}
         for path in self._exports:
             try:
                 st_dev = os.stat(path).st_dev
             except OSError:
-                continue  # a vanished export does no I/O worth attributing
+                continue
             if st_dev not in self._dev_names:
                 self._dev_names[st_dev] = _block_device_name(st_dev)
             name = self._dev_names[st_dev]
-            if name is not None and name in available:
-                mapped.add(name)
-            else:
-                unmapped = True
-        if unmapped or not mapped:
+            out[path] = name if name is not None and name in available else None
+        return out
+
+    def _export_disks(self, available: Collection[str], devices: dict[bytes, str | None]) -> list[str]:
+        """The devices behind the exports, or the physical disks if any export's device is unknown."""
+        mapped = {name for name in devices.values() if name is not None}
+        if None in devices.values() or not mapped:
             # An unmapped export may live on any local disk; physical disks only, so a mapped partition
             # or dm device is not counted a second time through the disk beneath it.
             return sorted(_physical_disks(available))
         return sorted(mapped)
 
-    def _disk_usage(self, path: bytes) -> DiskUsage:
+    def _disk_usage(self, path: bytes, device: str | None) -> DiskUsage:
         try:
             u = psutil.disk_usage(path)
         except Exception:  # vanished, unmounted or unreadable: report it as full, i.e. unusable
             return DiskUsage(path=path, total=0, used=0, free=0, percent=100.0)
-        return DiskUsage(path=path, total=u.total, used=u.used, free=u.free, percent=float(u.percent))
+        return DiskUsage(path=path, total=u.total, used=u.used, free=u.free, percent=float(u.percent),
+                         device=device or "")
+
+    def _data_nic(self) -> str:
+        """The interface that holds the data address, or "" (no address given, or none holds it)."""
+        if not self._data_host:
+            return ""
+        for name, addrs in psutil.net_if_addrs().items():
+            if any(a.address.split("%")[0] == self._data_host for a in addrs):
+                return name
+        return ""
 
     def sample(self) -> HostHealth:
         """Read psutil once; rates cover the time since the previous ``sample()`` (or construction)."""
@@ -249,8 +279,9 @@ class HealthSampler:
         if cur.agent_cpu_seconds is not None and prev.agent_cpu_seconds is not None and dt > 0:
             agent_cpu = max(0.0, cur.agent_cpu_seconds - prev.agent_cpu_seconds) / dt * 100.0
 
+        devices = self._export_devices(cur.disks)
         disks: list[DiskIO] = []
-        for name in self._export_disks(cur.disks):
+        for name in self._export_disks(cur.disks, devices):
             r, w, busy = cur.disks[name]
             pr, pw, pbusy = prev.disks.get(name, (None, None, None))
             busy_pct = 0.0
@@ -287,6 +318,8 @@ class HealthSampler:
             open_fds = self._probe("num_fds", self._proc.num_fds, 0)
             rss = self._probe("memory_info", lambda: self._proc.memory_info().rss, 0)
         cpu_count = self._probe("cpu_count", lambda: psutil.cpu_count(logical=True), None) or os.cpu_count()
+        watches_used, watches_max = self._probe("inotify", self._inotify.read, (0, 0))
+        data_nic = self._probe("net_if_addrs", self._data_nic, "")
 
         return HostHealth(
             sampled_at=self._clock(),
@@ -300,7 +333,7 @@ class HealthSampler:
             mem_available=mem.available if mem is not None else 0,
             swap_in_bps=counter_rate(prev.swap_in, cur.swap_in, dt) if cur.swap_in is not None else 0.0,
             swap_out_bps=counter_rate(prev.swap_out, cur.swap_out, dt) if cur.swap_out is not None else 0.0,
-            exports=tuple(self._disk_usage(p) for p in self._exports),
+            exports=tuple(self._disk_usage(p, devices.get(p)) for p in self._exports),
             disk_read_bps=sum(d.read_bps for d in disks),
             disk_write_bps=sum(d.write_bps for d in disks),
             disks=tuple(disks),
@@ -311,6 +344,11 @@ class HealthSampler:
             agent_cpu_percent=agent_cpu,
             agent_rss=rss,
             active_transfers=self._probe("active_transfers", self._active_transfers, 0),
+            transfer_bps=(counter_rate(prev.transfer_bytes, cur.transfer_bytes, dt)
+                          if cur.transfer_bytes is not None else 0.0),
+            inotify_watches_used=watches_used,
+            inotify_watches_max=watches_max,
+            data_nic=data_nic,
         )
 
 

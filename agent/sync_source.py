@@ -87,6 +87,10 @@ class SourceRule:
             log.info("watch rule held" if held else "watch rule released",
                      extra=kv(rule=self.order.rule_id, reason=reason))
 
+    def shipped_bytes(self) -> int:
+        with self._lock:
+            return self._counters.bytes
+
     def status(self) -> SyncStatus:
         now = time.monotonic()
         with self._lock:

@@ -46,6 +46,7 @@ class Syncs:
         self._sources: dict[int, SourceRule] = {}
         self._failed: dict[int, SyncStatus] = {}  # rules that could not start here, reported until replaced
         self._dests: dict[int, int] = {}  # rule id -> epoch accepted
+        self._retired_bytes = 0  # bytes shipped by source rules stopped since the agent started
 
     # -- orders -------------------------------------------------------------------------------------
     def source(self, order: SyncSourceOrder) -> None:
@@ -124,6 +125,11 @@ class Syncs:
             failed = list(self._failed.values())
         return [r.status() for r in rules] + failed
 
+    def bytes_moved(self) -> int:
+        """File bytes shipped by this agent's watch rules since it started (a counter, for health)."""
+        with self._lock:
+            return self._retired_bytes + sum(r.shipped_bytes() for r in self._sources.values())
+
     def watching(self) -> int:
         with self._lock:
             return len(self._sources)
@@ -134,6 +140,8 @@ class Syncs:
             rule = self._sources.pop(rule_id, None)
         if rule is not None:
             rule.stop()
+            with self._lock:
+                self._retired_bytes += rule.shipped_bytes()
 
     def _refuse(self, rule_id: int, epoch: int, error: str) -> None:
         log.warning("watch rule cannot start", extra=kv(rule=rule_id, error=error))

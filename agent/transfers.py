@@ -79,6 +79,7 @@ class Transfers:
         self._kept: collections.OrderedDict[tuple[int, int], tuple[SafeRoot, tuple[bytes, ...], list[bytes]]] = (
             collections.OrderedDict())
         self._discarded: set[tuple[int, int]] = set()
+        self._moved_done = 0  # file bytes of transfers already forgotten (see bytes_moved)
 
     # -- queries ------------------------------------------------------------------------------------
     def count(self) -> int:
@@ -88,6 +89,14 @@ class Transfers:
     def refs(self) -> list[tuple[int, int]]:
         with self._lock:
             return sorted({(j, a) for j, a, _ in self._active})
+
+    def bytes_moved(self) -> int:
+        """File bytes sent and received by this agent's network transfers since it started: a counter
+        whose rate is the health sample's ``transfer_bps``. Live figures are the senders' and receivers'
+        own counters, read without their locks (a sample may lag by a block); a finished transfer's last
+        figure moves into a running total, so the counter does not drop when it ends."""
+        with self._lock:
+            return self._moved_done + sum(_live_bytes(a) for a in self._active.values())
 
     # -- orders -------------------------------------------------------------------------------------
     def receive(self, order: ReceiveOrder) -> None:
@@ -315,13 +324,26 @@ class Transfers:
 
     def _forget(self, key: tuple[int, int, Role]) -> None:
         with self._lock:
-            self._active.pop(key, None)
+            a = self._active.pop(key, None)
+            if a is not None:
+                self._moved_done += _live_bytes(a)
 
     def _fail(self, job_id: int, attempt: int, role: Role, error: str, *, retryable: bool,
               stats: TransferStats | None = None) -> None:
         log.warning("transfer failed", extra=kv(job=job_id, attempt=attempt, role=role.value, error=error))
         self.report(TransferReport(job_id, attempt, role, Phase.FAILED, stats or TransferStats(), error,
                                    retryable))
+
+
+def _live_bytes(a: _Active) -> int:
+    try:
+        if a.sender is not None:
+            return a.sender.snapshot().bytes_done
+        if a.session is not None and a.session.writer is not None:
+            return a.session.stats().bytes_done
+    except Exception:  # a health figure must never break a transfer; count nothing for it this time
+        log.debug("live transfer bytes unavailable", exc_info=True)
+    return 0
 
 
 def open_source(root: SafeRoot, rel: tuple[bytes, ...], label: str) -> SafeRoot:

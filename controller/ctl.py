@@ -30,7 +30,7 @@ from zcrepl.controller.client import ControllerClient
 from zcrepl.core.config import DEFAULT_CONTROLLER
 from zcrepl.core.errors import Unavailable, UserError, ZcError
 from zcrepl.core.paths import parse_endpoint, show
-from zcrepl.core.types import Durability, Endpoint, Job, JobOptions, JobState
+from zcrepl.core.types import Durability, Endpoint, Job, JobOptions, JobState, Priority
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", type=float, default=0.0, metavar="SECONDS",
                    help="with --watch: how long a file still open for writing must see no write before it "
                         "ships (default 0.2; closing it ships it at once)")
+    r.add_argument("--priority", choices=[p.name.lower() for p in reversed(Priority)],
+                   default=Priority.NORMAL.name.lower(),
+                   help="queue order (default normal); a waiting job gains a level every priority_aging "
+                        "seconds, so low ones still run")
     r.add_argument("--detach", action="store_true", help="print the job id and return at once")
     r.add_argument("--json", action="store_true", help="print the final job as JSON")
 
@@ -282,7 +286,8 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Console,
     durability = args.durability or (Durability.NONE.value if args.watch else Durability.JOB.value)
     options = JobOptions(delete=args.delete, checksum=args.checksum, bwlimit=args.bwlimit,
                          max_attempts=args.max_attempts, streams=args.streams,
-                         durability=Durability(durability), xattrs=args.xattrs)
+                         durability=Durability(durability), xattrs=args.xattrs,
+                         priority=Priority[args.priority.upper()])
     if args.watch:
         return _create_sync(args, client, options, out, err)
     jobs = client.submit_fanout(src, dsts, options) if len(dsts) > 1 else [client.submit(src, dsts[0], options)]

@@ -12,9 +12,10 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from zcrepl.controller import lifecycle
+from zcrepl.controller.links import LinkStep, LinkTracker
 from zcrepl.controller.policy import (
     DecisionKind,
     DecisionRecord,
@@ -22,14 +23,16 @@ from zcrepl.controller.policy import (
     Thresholds,
     Throttle,
     choose_streams,
+    rank_sources,
     throttle_decision,
 )
 from zcrepl.controller.registry import Registry, Session
-from zcrepl.controller.scheduler import HostView, Policy, overlaps, plan
+from zcrepl.controller.runs import Run, link_cap, rate_limited, stream_caps, stream_usage
+from zcrepl.controller.scheduler import HostView, Policy, Usage, overlaps, plan
 from zcrepl.controller.store import Store
 from zcrepl.controller.sync_store import SyncStore
 from zcrepl.controller.syncs import SyncManager
-from zcrepl.core.config import ControllerConfig
+from zcrepl.core.config import ControllerConfig, parse_host_limits, parse_link_limits
 from zcrepl.core.errors import InvalidPath, UnknownHost, UnknownJob
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
@@ -52,28 +55,7 @@ from zcrepl.core.types import (
 )
 
 log = logging.getLogger(__name__)
-THROTTLE_EVERY = 2.0  # seconds between load decisions on a running transfer
-
-
-@dataclass
-class Run:
-    """The attempt in flight for one job."""
-
-    job_id: int
-    attempt: int
-    ticket: bytes
-    ready_deadline: float
-    source: Endpoint  # what this attempt reads from: the job's source, or a finished fan-out replica
-    receiver_ready: bool = False
-    sender_done: TransferStats | None = None
-    receiver_done: TransferStats | None = None
-    progress: TransferStats = field(default_factory=TransferStats)
-    last_report: float = 0.0
-    sending: bool = False  # the SendOrder went out
-    bwlimit: int = 0  # the load policy's current cap (0 = none beyond the job's own)
-    paused: bool = False
-    rate_at: float = 0.0  # when the throttle last sampled this run...
-    rate_bytes: int = 0  # ...and the bytes done then
+THROTTLE_EVERY = 2.0  # seconds between load decisions on a running transfer, and between its link samples
 
 
 class Engine:
@@ -85,13 +67,13 @@ class Engine:
             max_cpu_percent=config.max_cpu_percent, max_load_per_core=config.max_load_per_core,
             max_disk_busy_percent=config.max_disk_busy_percent, max_net_percent=config.max_net_percent,
             max_health_age=config.max_health_age, free_margin_bytes=config.free_margin_bytes,
-            high_cpu_percent=max(95.0, config.max_cpu_percent), high_load_per_core=max(2.5, config.max_load_per_core),
-            high_disk_busy_percent=max(98.0, config.max_disk_busy_percent),
-            high_net_percent=max(95.0, config.max_net_percent),
+            high_cpu_percent=config.high_cpu_percent, high_load_per_core=config.high_load_per_core,
+            high_disk_busy_percent=config.high_disk_busy_percent, high_net_percent=config.high_net_percent,
         )
         thresholds.validate()
         self.policy = Policy(max_jobs_per_host=config.max_jobs_per_host, thresholds=thresholds,
-                             aging=config.priority_aging)
+                             aging=config.priority_aging, host_limits=parse_host_limits(config.host_limits),
+                             link_streams=parse_link_limits(config.link_limits))
         self.retry = lifecycle.RetryPolicy(config.max_attempts, config.retry_base, config.retry_max)
         self.registry = Registry(config.offline_after)
         now = clock()
@@ -107,6 +89,8 @@ class Engine:
         self.stopping = False
         self._last_decision: dict[int, DecisionRecord] = {}
         self.syncs = SyncManager(SyncStore(store.db), self.registry, thresholds, self._health, _unknown_host)
+        self.links = LinkTracker(window=THROTTLE_EVERY)
+        self._ranking: dict[int, dict[Endpoint, str]] = {}  # this tick's fan-out source rankings, per job
 
     # -- agents -------------------------------------------------------------------------------------
     def connect(self, info: AgentInfo, active: list[tuple[int, int]]) -> Session:
@@ -175,14 +159,18 @@ class Engine:
         elif r.phase is Phase.FAILED:
             self._fail_run(job.id, r.error or f"{session.info.name} reported a failure", r.retryable, r.stats)
 
-    def statuses(self, names: list[str] | None = None, history: int = 0) -> list[AgentStatus]:
-        now = self.clock()
+    def agent_names(self, names: list[str] | None = None) -> list[str]:
+        """``names`` checked (UnknownHost for a stranger), or every known agent, sorted."""
         wanted = names or sorted(self.registry.agents)
         for n in wanted:
             if not self.registry.known(n):
                 raise UnknownHost(_unknown_host(n))
+        return wanted
+
+    def statuses(self, names: list[str] | None = None, history: int = 0) -> list[AgentStatus]:
+        now = self.clock()
         running = self._running_per_host()
-        return [self.registry.status(n, now, running.get(n, 0), history) for n in wanted]
+        return [self.registry.status(n, now, running.get(n, 0), history) for n in self.agent_names(names)]
 
     # -- operator -----------------------------------------------------------------------------------
     def submit_fanout(self, src: Endpoint, dsts: list[Endpoint], options: JobOptions) -> list[Job]:
@@ -215,7 +203,7 @@ class Engine:
                                     self.clock())
         self.jobs[job.id] = job
         log.info("job queued", extra=kv(job=job.id, src=f"{src.host}:{show(src.path)}",
-                                        dst=f"{dst.host}:{show(dst.path)}"))
+                                        dst=f"{dst.host}:{show(dst.path)}", priority=options.priority.name.lower()))
         self.wake()
         return job
 
@@ -238,6 +226,7 @@ class Engine:
         job = lifecycle.cancelled(job, now)
         run = self.runs.pop(job_id, None)
         if run is not None:
+            self.links.forget((job_id, run.attempt))
             self._cancel_sides(job, run, "cancelled by the operator", discard=True)
             self.store.end_attempt(job_id, run.attempt, now, "cancelled by the operator", run.progress)
         self._settle(job)
@@ -263,10 +252,11 @@ class Engine:
         self.get(job_id)  # UnknownJob for a wrong id
         return self.store.decisions(job_id)
 
-    def _decide(self, job_id: int, kind: DecisionKind, reason: str, **details: str | int | float | bool) -> None:
-        """Record one step of the job's explain history (unchanged waits are not repeated)."""
+    def _decide(self, job_id: int, kind: DecisionKind, reason: str, *, every: bool = False,
+                **details: str | int | float | bool) -> None:
+        """Record one step of the job's explain history (unchanged waits are not repeated, unless ``every``)."""
         rec = DecisionRecord(job_id, self.clock(), kind, reason, details)
-        if rec.repeats(self._last_decision.get(job_id)):
+        if not every and rec.repeats(self._last_decision.get(job_id)):
             return
         self._last_decision[job_id] = rec
         self.store.add_decision(job_id, rec.at, kind.value, reason, json.dumps(details))
@@ -303,19 +293,24 @@ class Engine:
                 self._fail_run(run.job_id, f"no report from {quiet} for {self.config.stall_timeout:.0f}s; "
                                "the transfer is stalled (check that host's zc-agent log)", True, run.progress)
         self._throttle_running(now)
+        self._sample_links(now)
         self.syncs.tick(now)
         queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
         if not queued:
             return
-        hosts = {name: HostView(name, self.registry.online(name, now), health=self._health(name))
+        usage = self._stream_usage()
+        hosts = {name: HostView(name, self.registry.online(name, now), streams=usage.hosts.get(name, 0),
+                                health=self._health(name))
                  for name in self.registry.agents}
         for name, n in self._running_per_host().items():
             hosts[name] = replace(hosts[name], running=n)
         running = [self.jobs[i] for i in self.runs]
         done: dict[int, list[Endpoint]] = {}  # one query per fan-out per tick, not one per waiting job
+        self._ranking.clear()
         sources = {j.id: self._replicas(j, done) for j in queued if j.group_id}
         sending = [(self.jobs[i].group_id, r.source.host) for i, r in self.runs.items() if self.jobs[i].group_id]
-        for d in plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending):
+        for d in plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending,
+                      link_streams=usage.links):
             job = self.jobs[d.job_id]
             if d.start:
                 self._start(job, now, d.source or job.source)
@@ -328,17 +323,20 @@ class Engine:
                     self._decide(job.id, DecisionKind.WAIT, d.reason)
 
     def _replicas(self, job: Job, done_by_group: dict[int, list[Endpoint]]) -> list[Endpoint]:
-        """Where a fan-out job may read from: finished siblings, least loaded first, then the source."""
+        """Where a fan-out job may read from: finished siblings best first (``policy.rank_sources``: the
+        link's measured throughput to this destination, the sibling's load, its recent failures), then the
+        original source, last so that it is spared once copies exist."""
         done = done_by_group.get(job.group_id)
         if done is None:
             done = done_by_group[job.group_id] = [
                 j.destination for j in self.store.list_jobs((JobState.DONE,), 0, job.group_id)]
-
-        def load(ep: Endpoint) -> float:
-            h = self._health(ep.host)
-            return h.load1 / max(1, h.cpu_count) if h is not None else float("inf")
-
-        return [*sorted(done, key=load), job.source]
+        if not done:
+            return [job.source]
+        ranked = rank_sources(done, job.destination, self.links.states, {ep.host: self._health(ep.host) for ep in done},
+                              self.links.failures, self.clock(), thresholds=self.policy.thresholds or Thresholds(),
+                              failure_window=self.links.failure_window)
+        self._ranking[job.id] = {r.source: r.reason for r in ranked}
+        return [*(r.source for r in ranked), job.source]
 
     def _throttle_running(self, now: float) -> None:
         """Slow down, pause or speed up running sends as either end crosses its high-water marks."""
@@ -354,7 +352,7 @@ class Engine:
             link = LinkState(run.source.host, job.destination.host, ema_bps=rate_bps)
             d = throttle_decision(self._health(run.source.host), self._health(job.destination.host), t,
                                   run.bwlimit, link, now=now, paused=run.paused, ceiling=job.options.bwlimit,
-                                  rate_bps=rate_bps, dst_path=job.destination.path)
+                                  rate_bps=rate_bps, dst_path=job.destination.path, src_path=run.source.path)
             if d.action is Throttle.HOLD:
                 continue
             run.paused = d.action is Throttle.PAUSE
@@ -366,6 +364,36 @@ class Engine:
             if kind is not None:
                 self._decide(job.id, kind, d.reason, bwlimit=run.bwlimit, paused=run.paused)
             log.info("throttle", extra=kv(job=job.id, action=d.action.value, bwlimit=run.bwlimit, reason=d.reason))
+
+    def _sample_links(self, now: float) -> None:
+        """Feed each sending run's progress to its link's AIMD state (the tracker keeps the cadence)."""
+        for run in list(self.runs.values()):
+            if run.sending:
+                job = self.jobs[run.job_id]
+                link = (run.source.host, job.destination.host)
+                self._link_step(job, self.links.sample((job.id, run.attempt), link, run.progress, now,
+                                                       limited=rate_limited(job, run), cap=self._link_cap(link)))
+
+    def _link_ended(self, job: Job, run: Run, stats: TransferStats, *, failed: bool) -> None:
+        link = (run.source.host, job.destination.host)
+        if not run.sending:
+            self.links.forget((job.id, run.attempt))
+            return
+        self._link_step(job, self.links.end((job.id, run.attempt), link, stats, self.clock(), failed=failed,
+                                            limited=rate_limited(job, run), cap=self._link_cap(link)))
+
+    def _link_step(self, job: Job, step: LinkStep | None) -> None:
+        if step is None or not step.changed:
+            return
+        self._decide(job.id, DecisionKind.STREAMS, f"{step.reason} (the target for the next jobs on this link)",
+                     every=True, streams=step.state.streams)
+        log.info("link streams", extra=kv(link=step.state.name, streams=step.state.streams, reason=step.reason))
+
+    def _link_cap(self, link: tuple[str, str]) -> int:
+        return link_cap(self.policy, link)
+
+    def _stream_usage(self, but: int = 0) -> Usage:
+        return stream_usage(self.runs, self.jobs, but)
 
     def _health(self, name: str) -> HostHealth | None:
         """Latest health stamped with when it arrived here: agents' clocks may be skewed."""
@@ -391,9 +419,11 @@ class Engine:
         self.runs[job.id] = run
         log.info("attempt started", extra=kv(job=job.id, attempt=run.attempt))
         via = "" if source == job.source else f" from the finished replica {source.host}:{show(source.path)}"
+        ranked = self._ranking.get(job.id, {}).get(source)
+        why = f"; copies ranked by link throughput, load and failures: {ranked}" if ranked else ""
         self._decide(job.id, DecisionKind.START if not via else DecisionKind.SWITCH_SOURCE,
                      f"attempt {run.attempt} started{via}: {source.host} and {job.destination.host} are online "
-                     "and under their load thresholds", attempt=run.attempt, source=source.host)
+                     f"and under their load thresholds{why}", attempt=run.attempt, source=source.host)
         dst.outbox.put_nowait(ReceiveOrder(job.id, run.attempt, run.ticket, job.destination.path, job.options,
                                            source.host))
         self._notify(job.id)
@@ -406,19 +436,23 @@ class Engine:
             self._fail_run(job.id, f"{run.source.host} went offline before the transfer started", True,
                            run.progress)
             return
+        link = (run.source.host, job.destination.host)
+        caps = stream_caps(self.policy, self._stream_usage(but=job.id), *link, self.links.target(link))
         streams, why = choose_streams(self._health(run.source.host), self._health(job.destination.host),
-                                      job.options.streams, {})
+                                      job.options.streams, caps)
         options = replace(job.options, streams=streams)
         log.info("streams chosen", extra=kv(job=job.id, streams=streams, why=why))
         self._decide(job.id, DecisionKind.START, f"sending with {streams} streams: {why}", streams=streams)
         src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, run.source.path, options,
                                         job.destination.host, dst_rec.info.data_address, job.destination.path))
-        run.sending, run.rate_at = True, self.clock()
+        run.sending, run.rate_at, run.streams = True, self.clock(), streams
+        self.links.start((job.id, run.attempt), run.progress, streams, run.rate_at)
 
     def _succeed(self, job: Job, run: Run) -> None:
         now = self.clock()
         stats = run.sender_done or run.progress
         self.runs.pop(job.id, None)
+        self._link_ended(job, run, stats, failed=False)
         self.store.end_attempt(job.id, run.attempt, now, "", stats)
         self._settle(lifecycle.succeeded(job, stats, now))
         self._decide(job.id, DecisionKind.DONE, f"attempt {run.attempt} done: {stats.files_done} files, "
@@ -435,6 +469,7 @@ class Engine:
         now = self.clock()
         self._cancel_sides(job, run, error)
         merged = stats if stats.entries or stats.bytes_done else run.progress
+        self._link_ended(job, run, merged, failed=retryable)
         self.store.end_attempt(job_id, run.attempt, now, error, merged)
         job = lifecycle.failed_attempt(replace(job, progress=merged), error, retryable, now, self.retry)
         log.warning("attempt failed", extra=kv(job=job_id, attempt=run.attempt, error=error,

@@ -34,6 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-disk-busy-percent", type=float, metavar="PCT",
                    help="start jobs only under this disk busy %% (90)")
     p.add_argument("--max-net-percent", type=float, metavar="PCT", help="start jobs only under this NIC use %% (85)")
+    p.add_argument("--high-cpu-percent", type=float, metavar="PCT",
+                   help="slow running transfers above this CPU %% (95)")
+    p.add_argument("--high-load-per-core", type=float, metavar="N",
+                   help="slow running transfers above this load/core (2.5)")
+    p.add_argument("--high-disk-busy-percent", type=float, metavar="PCT",
+                   help="slow running transfers above this disk busy %% (98)")
+    p.add_argument("--high-net-percent", type=float, metavar="PCT",
+                   help="slow running transfers above this NIC use %% (95)")
+    p.add_argument("--host-limit", dest="host_limits", action="append", metavar="HOST:jobs=N,streams=N",
+                   help="ceilings for one host (repeatable): its concurrent jobs, its streams in all")
+    p.add_argument("--link-limit", dest="link_limits", action="append", metavar="SRC>DST:streams=N",
+                   help="ceiling of the streams of all jobs on one link (repeatable)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["kv", "json"])
     p.add_argument("--ready-file", metavar="FILE", help="write the bound address as JSON here once serving")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from zcrepl.core.errors import ConfigError
 from zcrepl.core.paths import relative_to, show
-from zcrepl.core.types import DiskIO, DiskUsage, Endpoint, HostHealth, Job, NetIO, Role
+from zcrepl.core.types import DiskIO, DiskUsage, Endpoint, HostHealth, Job, NetIO, Priority, Role
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 MAX_STREAMS = 16  # FTS3 OptimizerMaxStreams; also the hard ceiling of choose_streams and aimd_step
@@ -90,17 +90,28 @@ def load_per_core(h: HostHealth) -> float:
 
 
 def busiest_disk(h: HostHealth) -> DiskIO | None:
-    # HostHealth has no export -> device link today; the agent reports the devices behind its exports
-    # (all physical disks when it cannot tell), so the busiest one is a conservative stand-in. When the
-    # link is added, look up the export's device here instead.
     return max(h.disks, key=lambda d: d.busy_percent, default=None)
 
 
-def busiest_nic(h: HostHealth, role: Role) -> tuple[NetIO, float] | None:
-    """(nic, utilisation %) in the direction this role loads: senders transmit, receivers receive.
+def disk_for(h: HostHealth, path: bytes | None) -> DiskIO | None:
+    """The block device behind the export holding ``path``, as the agent mapped it; otherwise (no path,
+    path outside the exports, device unknown, e.g. on tmpfs or NFS) the busiest disk, the conservative
+    stand-in: a job must not start on a busy disk just because we could not tell which one it uses."""
+    e = export_for(h, path) if path is not None else None
+    if e is not None and e.device:
+        for d in h.disks:
+            if d.device == e.device:
+                return d
+    return busiest_disk(h)
 
-    NICs without a known speed are skipped (lo reports 0). Which NIC carries the transfer is unknown,
-    so the busiest one stands in, as for disks.
+
+def nic_for(h: HostHealth, role: Role) -> tuple[NetIO, float] | None:
+    """(nic, utilisation %) of the NIC transfers use, in the direction this role loads: senders transmit,
+    receivers receive.
+
+    That NIC is the one holding the agent's data address (``h.data_nic``) when the agent could tell and its
+    speed is known; otherwise the busiest NIC stands in, as for disks. NICs without a known speed are
+    skipped (lo reports 0).
     """
     best: tuple[NetIO, float] | None = None
     for nic in h.nics:
@@ -108,6 +119,8 @@ def busiest_nic(h: HostHealth, role: Role) -> tuple[NetIO, float] | None:
             continue
         bps = nic.sent_bps if role is Role.SENDER else nic.recv_bps
         util = bps * 8 / (nic.speed_mbps * 1e6) * 100
+        if nic.interface == h.data_nic:
+            return (nic, util)
         if best is None or util > best[1]:
             best = (nic, util)
     return best
@@ -131,18 +144,19 @@ def stale(name: str, health: HostHealth | None, now: float, max_age: float) -> s
     return ""
 
 
-def over(name: str, h: HostHealth, t: Thresholds, role: Role, *, high: bool) -> list[str]:
-    """Each figure of ``h`` above the start set (``high=False``) or the high-water set, in words."""
+def over(name: str, h: HostHealth, t: Thresholds, role: Role, *, high: bool, path: bytes | None = None) -> list[str]:
+    """Each figure of ``h`` above the start set (``high=False``) or the high-water set, in words; the disk
+    judged is the one behind ``path`` (:func:`disk_for`)."""
     cpu, lpc, disk_lim, net_lim = t.limits(high)
     out: list[str] = []
     if h.cpu_percent > cpu:
         out.append(f"{name} CPU {h.cpu_percent:.0f}% busy (limit {cpu:.0f}%)")
     if load_per_core(h) > lpc:
         out.append(f"{name} load {load_per_core(h):.1f} per core (limit {lpc:.1f})")
-    disk = busiest_disk(h)
+    disk = disk_for(h, path)
     if disk is not None and disk.busy_percent > disk_lim:
         out.append(f"{name} disk {disk.busy_percent:.0f}% busy ({disk.device}, limit {disk_lim:.0f}%)")
-    nic = busiest_nic(h, role)
+    nic = nic_for(h, role)
     if nic is not None and nic[1] > net_lim:
         way = "sending" if role is Role.SENDER else "receiving"
         out.append(f"{name} network {nic[1]:.0f}% used {way} ({nic[0].interface} {nic[0].speed_mbps} Mb/s, "
@@ -150,10 +164,10 @@ def over(name: str, h: HostHealth, t: Thresholds, role: Role, *, high: bool) -> 
     return out
 
 
-def pressure(h: HostHealth, t: Thresholds, role: Role) -> float:
+def pressure(h: HostHealth, t: Thresholds, role: Role, path: bytes | None = None) -> float:
     """Largest ratio of a figure to its start threshold: 0 idle, 1 at the threshold, above 1 blocked."""
-    nic = busiest_nic(h, role)
-    disk = busiest_disk(h)
+    nic = nic_for(h, role)
+    disk = disk_for(h, path)
     return max(h.cpu_percent / t.max_cpu_percent, load_per_core(h) / t.max_load_per_core,
                (disk.busy_percent if disk else 0.0) / t.max_disk_busy_percent,
                (nic[1] if nic else 0.0) / t.max_net_percent)
@@ -169,14 +183,15 @@ def host_blockers(name: str, health: HostHealth | None, thresholds: Thresholds, 
                   max_age: float | None = None) -> list[str]:
     """Why a job may not start on host ``name`` in this role; [] means go.
 
-    Stale or missing health blocks alone (the other figures would be guesses). ``bytes_to_move`` is
-    checked against the destination export holding ``path`` (receivers only); before the first scan it is
-    unknown (pass 0) and only the margin is enforced. ``max_age`` overrides ``thresholds.max_health_age``.
+    Stale or missing health blocks alone (the other figures would be guesses). ``path`` is the job's path on
+    this host: its disk is the one judged, and for receivers ``bytes_to_move`` is checked against the export
+    holding it; before the first scan that is unknown (pass 0) and only the margin is enforced.
+    ``max_age`` overrides ``thresholds.max_health_age``.
     """
     why = stale(name, health, now, thresholds.max_health_age if max_age is None else max_age)
     if why or health is None:
         return [why]
-    out = over(name, health, thresholds, role, high=False)
+    out = over(name, health, thresholds, role, high=False, path=path)
     if role is Role.RECEIVER:
         e = export_for(health, path)
         if e is not None:
@@ -214,10 +229,10 @@ def choose_streams(src_health: HostHealth | None, dst_health: HostHealth | None,
         role, h = min(known, key=lambda rh: free_cores(rh[1]))
         n = math.floor(free_cores(h))
         why = f"{n} free cores on the {role} ({h.cpu_percent:.0f}% CPU, load {h.load1:.1f} on {h.cpu_count})"
-    ceilings = {"requested": requested, "max": MAX_STREAMS, **caps}
+    ceilings = {"the job's --streams": requested, f"the maximum of {MAX_STREAMS}": MAX_STREAMS, **caps}
     for label, cap in ceilings.items():
         if 0 < cap < n:
-            n, why = cap, f"{why}, capped by {label} {cap}"
+            n, why = cap, f"{why}, capped at {cap} by {label}"
     return max(1, n), why
 
 
@@ -345,9 +360,9 @@ def rank_sources(candidates: Sequence[Endpoint], dst: Endpoint, link_states: Map
         fails = sum(1 for t in recent_failures.get(c.host, ()) if now - t <= failure_window)
         reliability = (link.success if link else 1.0) / (1 + fails)
         h = healths.get(c.host)
-        blockers = host_blockers(c.host, h, thresholds, role=Role.SENDER, now=now)
+        blockers = host_blockers(c.host, h, thresholds, role=Role.SENDER, path=c.path, now=now)
         fresh = not stale(c.host, h, now, thresholds.max_health_age)
-        p = pressure(h, thresholds, Role.SENDER) if h is not None and fresh else 1.0  # unknown = no headroom
+        p = pressure(h, thresholds, Role.SENDER, c.path) if h is not None and fresh else 1.0  # unknown: none left
         score = bps * max(0.05, 1 - p) * reliability
         parts = [f"{rate(bps)} {'measured' if measured else 'assumed (not measured yet)'} to {dst.host}",
                  f"load at {p:.0%} of its start thresholds", f"{fails} failures in the last {failure_window:.0f}s"]
@@ -358,12 +373,6 @@ def rank_sources(candidates: Sequence[Endpoint], dst: Endpoint, link_states: Map
 
 
 # -- priorities with aging ----------------------------------------------------------------------
-class Priority(enum.IntEnum):
-    LOW = 0
-    NORMAL = 1
-    HIGH = 2
-
-
 def effective_priority(priority: Priority, queued_since: float, now: float, aging: float) -> float:
     """The job's level plus one level per ``aging`` seconds waited (``aging`` <= 0 disables aging).
 
@@ -372,18 +381,17 @@ def effective_priority(priority: Priority, queued_since: float, now: float, agin
     return priority + (max(0.0, now - queued_since) / aging if aging > 0 else 0.0)
 
 
-def order_queue(jobs: Iterable[Job], aging: float, priorities: Mapping[int, Priority] | None = None) -> list[Job]:
+def order_queue(jobs: Iterable[Job], aging: float) -> list[Job]:
     """Jobs in start order: highest :func:`effective_priority` first, older first on ties, then id.
 
-    Comparing ``level + (now - t) / aging`` between two jobs does not depend on ``now``, so the order is a
-    FIFO on the virtual arrival time ``created_at - level x aging`` (no clock needed, stable between ticks):
-    a job can be overtaken only by jobs that arrived less than 2 x ``aging`` after it. Jobs missing from
-    ``priorities`` are NORMAL. With aging disabled the order is by level, then age.
+    The level is each job's ``options.priority``. Comparing ``level + (now - t) / aging`` between two jobs
+    does not depend on ``now``, so the order is a FIFO on the virtual arrival time
+    ``created_at - level x aging`` (no clock needed, stable between ticks): a job can be overtaken only by
+    jobs that arrived less than 2 x ``aging`` after it. With aging disabled the order is by level, then age.
     """
-    prio = priorities or {}
 
     def key(j: Job) -> tuple[float, float, int]:
-        level = prio.get(j.id, Priority.NORMAL)
+        level = j.options.priority
         if aging > 0:
             return (j.created_at - level * aging, j.created_at, j.id)
         return (-float(level), j.created_at, j.id)
@@ -414,7 +422,7 @@ class ThrottleDecision:
 def throttle_decision(src_health: HostHealth | None, dst_health: HostHealth | None, thresholds: Thresholds,
                       current_bwlimit: int, link_state: LinkState, *, now: float, paused: bool = False,
                       ceiling: int = 0, rate_bps: float | None = None, dst_path: bytes | None = None,
-                      ) -> ThrottleDecision:
+                      src_path: bytes | None = None) -> ThrottleDecision:
     """What a running (or paused) transfer on ``link_state`` should do now.
 
     Hot (either end over a high-water mark): slow to ``slow_factor`` x the current cap (or the measured
@@ -425,12 +433,14 @@ def throttle_decision(src_health: HostHealth | None, dst_health: HostHealth | No
     Calm (both ends at or under the start thresholds): resume if paused; raise a cap by ``speedup_factor``,
     or lift it to ``ceiling`` (the job's own bwlimit, 0 = none) once the measured rate ``rate_bps`` (default
     the link's EMA) no longer reaches 80% of it, since then the cap is not what limits the transfer.
-    Missing or stale health holds: the liveness checks deal with silent agents.
+    Missing or stale health holds: the liveness checks deal with silent agents. The disks judged are the
+    ones behind ``src_path`` and ``dst_path`` (:func:`disk_for`).
     """
     current = min(current_bwlimit or ceiling, ceiling or current_bwlimit)  # the job's own limit stays a ceiling
     measured = link_state.ema_bps if rate_bps is None else rate_bps
-    ends = ((link_state.source, src_health, Role.SENDER), (link_state.destination, dst_health, Role.RECEIVER))
-    unknown = [w for n, h, _ in ends if (w := stale(n, h, now, thresholds.max_health_age))]
+    ends = ((link_state.source, src_health, Role.SENDER, src_path),
+            (link_state.destination, dst_health, Role.RECEIVER, dst_path))
+    unknown = [w for n, h, _, _ in ends if (w := stale(n, h, now, thresholds.max_health_age))]
     if unknown or src_health is None or dst_health is None:
         return ThrottleDecision(Throttle.HOLD, current, "; ".join(unknown) + "; keeping the current rate")
     e = export_for(dst_health, dst_path)
@@ -438,7 +448,7 @@ def throttle_decision(src_health: HostHealth | None, dst_health: HostHealth | No
         why = (f"{link_state.destination} has {size(e.free)} free on {show(e.path)}, under the "
                f"{size(free_margin(e, thresholds))} margin")
         return ThrottleDecision(Throttle.HOLD if paused else Throttle.PAUSE, current, why)
-    hot = [w for n, h, r in ends for w in over(n, h, thresholds, r, high=True)]
+    hot = [w for n, h, r, p in ends for w in over(n, h, thresholds, r, high=True, path=p)]
     if hot:
         if paused:
             return ThrottleDecision(Throttle.HOLD, current, "still paused: " + "; ".join(hot))
@@ -447,7 +457,7 @@ def throttle_decision(src_health: HostHealth | None, dst_health: HostHealth | No
         if cap < thresholds.min_bwlimit:
             return ThrottleDecision(Throttle.PAUSE, current, "pause: " + "; ".join(hot))
         return ThrottleDecision(Throttle.SLOW, cap, f"slow to {rate(cap)}: " + "; ".join(hot))
-    warm = [w for n, h, r in ends for w in over(n, h, thresholds, r, high=False)]
+    warm = [w for n, h, r, p in ends for w in over(n, h, thresholds, r, high=False, path=p)]
     if warm:
         state = "paused" if paused else f"at {rate(current)}" if current else "at full speed"
         return ThrottleDecision(Throttle.HOLD, current, f"staying {state} until under the start thresholds: "
@@ -472,6 +482,7 @@ class DecisionKind(enum.Enum):
     PAUSE = "pause"
     RESUME = "resume"
     SWITCH_SOURCE = "switch_source"
+    STREAMS = "streams"  # the link's adaptive stream target moved (applies to the next job on the link)
     FAIL = "fail"  # an attempt failed (and whether it will be retried)
     DONE = "done"
     CANCEL = "cancel"

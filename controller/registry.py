@@ -26,7 +26,7 @@ class HealthHistory:
 
     FIELDS = ("sampled_at", "cpu_percent", "cpu_count", "load1", "load5", "load15", "mem_total", "mem_available",
               "swap_in_bps", "swap_out_bps", "disk_read_bps", "disk_write_bps", "net_recv_bps", "net_sent_bps",
-              "open_fds", "agent_cpu_percent", "agent_rss", "active_transfers")
+              "open_fds", "agent_cpu_percent", "agent_rss", "active_transfers", "transfer_bps")
     _INTS = frozenset({"cpu_count", "mem_total", "mem_available", "open_fds", "agent_rss", "active_transfers"})
 
     def __init__(self, maxlen: int = HISTORY) -> None:

@@ -66,7 +66,8 @@ def job_doc(j: Job) -> dict[str, Any]:
         "source_path": show(j.source.path),
         "destination": f"{j.destination.host}:{show(j.destination.path)}",
         "destination_host": j.destination.host, "destination_path": show(j.destination.path),
-        "options": {**asdict(j.options), "durability": j.options.durability.value},
+        "options": {**asdict(j.options), "durability": j.options.durability.value,
+                    "priority": j.options.priority.name.lower()},
         "created_at": j.created_at, "updated_at": j.updated_at,
         "started_at": j.started_at, "finished_at": j.finished_at, "attempts": j.attempts,
         "max_attempts": j.max_attempts, "error": j.error, "wait_reason": j.wait_reason,
@@ -99,13 +100,13 @@ def hosts_table(agents: list[AgentStatus]) -> Table:
     """One row per host: the figures the scheduler looks at."""
     t = Table(title=f"health at {time.strftime('%H:%M:%S')}", title_justify="left")
     for col in ("HOST", "STATE", "CPU", "LOAD/CORE", "MEM AVAIL", "DISK R/W", "BUSIEST DISK", "NET RX/TX",
-                "TRANSFERS", "SEEN"):
+                "TRANSFERS", "WATCHES FREE", "SEEN"):
         t.add_column(col, no_wrap=True)
     now = time.time()
     for s in agents:
         h = s.health
         if h is None:
-            t.add_row(s.info.name, "online" if s.online else "offline", *["-"] * 7, ago(s.last_seen, now))
+            t.add_row(s.info.name, "online" if s.online else "offline", *["-"] * 8, ago(s.last_seen, now))
             continue
         disk = max(h.disks, key=lambda d: d.busy_percent, default=None)
         t.add_row(
@@ -113,8 +114,9 @@ def hosts_table(agents: list[AgentStatus]) -> Table:
             f"{h.load1 / max(1, h.cpu_count):.2f}", human_bytes(h.mem_available),
             f"{human_bytes(h.disk_read_bps)}/s / {human_bytes(h.disk_write_bps)}/s",
             f"{disk.device} {disk.busy_percent:.0f}%" if disk else "-",
-            f"{human_bytes(h.net_recv_bps)}/s / {human_bytes(h.net_sent_bps)}/s", str(h.active_transfers),
-            ago(s.last_seen, now),
+            f"{human_bytes(h.net_recv_bps)}/s / {human_bytes(h.net_sent_bps)}/s",
+            f"{h.active_transfers} ({human_bytes(h.transfer_bps)}/s)" if h.active_transfers else "0",
+            inotify_headroom(h), ago(s.last_seen, now),
         )
     return t
 
@@ -135,15 +137,23 @@ def health_table(s: AgentStatus) -> Table:
     t.add_row("swap in/out", f"{human_bytes(h.swap_in_bps)}/s / {human_bytes(h.swap_out_bps)}/s")
     for e in h.exports:
         t.add_row(f"export {show(e.path)}", f"{e.percent:.1f}% used, {human_bytes(e.free)} free "
-                  f"of {human_bytes(e.total)}")
+                  f"of {human_bytes(e.total)}, on {e.device or 'an unknown device'}")
     t.add_row("disk read/write", f"{human_bytes(h.disk_read_bps)}/s / {human_bytes(h.disk_write_bps)}/s")
     for d in h.disks:
         t.add_row(f"  {d.device}", f"{human_bytes(d.read_bps)}/s / {human_bytes(d.write_bps)}/s, "
                   f"{d.busy_percent:.0f}% busy")
-    t.add_row("net recv/sent", f"{human_bytes(h.net_recv_bps)}/s / {human_bytes(h.net_sent_bps)}/s")
-    t.add_row("agent", f"{h.agent_cpu_percent:.1f}% cpu, {human_bytes(h.agent_rss)} rss, {h.open_fds} fds, "
-              f"{h.active_transfers} transfers")
+    t.add_row("net recv/sent", f"{human_bytes(h.net_recv_bps)}/s / {human_bytes(h.net_sent_bps)}/s"
+              + (f", data port on {h.data_nic}" if h.data_nic else ""))
+    t.add_row("agent", f"{h.agent_cpu_percent:.1f}% cpu, {human_bytes(h.agent_rss)} rss, {h.open_fds} fds")
+    t.add_row("transfers", f"{h.active_transfers} active, {human_bytes(h.transfer_bps)}/s")
+    used = f" ({h.inotify_watches_used:,} of {h.inotify_watches_max:,} in use by this user)"
+    t.add_row("inotify watches", f"{inotify_headroom(h)} free" + (used if h.inotify_watches_max else ""))
     return t
+
+
+def inotify_headroom(h: HostHealth) -> str:
+    """Watches the agent's user may still add (the kernel limit is per user), or "-" when unknown."""
+    return f"{h.inotify_watches_max - h.inotify_watches_used:,}" if h.inotify_watches_max else "-"
 
 
 def progress_text(p: TransferStats) -> str:
@@ -153,7 +163,7 @@ def progress_text(p: TransferStats) -> str:
 
 def jobs_table(jobs: list[Job]) -> Table:
     t = Table(title="jobs", title_justify="left")
-    for col in ("ID", "STATE", "SOURCE", "DESTINATION", "PROGRESS", "TRIES", "INFO", "CREATED"):
+    for col in ("ID", "STATE", "PRIO", "SOURCE", "DESTINATION", "PROGRESS", "TRIES", "INFO", "CREATED"):
         if col == "INFO":  # the full error is in 'zc-ctl job ID'
             t.add_column(col, overflow="ellipsis", no_wrap=True, max_width=70)
         else:
@@ -162,7 +172,7 @@ def jobs_table(jobs: list[Job]) -> Table:
     now = time.time()
     for j in jobs:
         info = j.error if j.state.value in ("failed", "cancelled") else j.wait_reason
-        t.add_row(str(j.id), f"[{colors[j.state.value]}]{j.state.value}[/]",
+        t.add_row(str(j.id), f"[{colors[j.state.value]}]{j.state.value}[/]", j.options.priority.name.lower(),
                   f"{j.source.host}:{show(j.source.path)}", f"{j.destination.host}:{show(j.destination.path)}",
                   progress_text(j.progress), f"{j.attempts}/{j.max_attempts}", info, ago(j.created_at, now))
     return t

@@ -1,17 +1,18 @@
 """Which queued jobs start now: a pure function of (queued jobs, hosts, running jobs, policy, now).
 
-Checks, in order: retry backoff, both ends online, per-host job limits, no two jobs writing overlapping
-destination trees, and the measured load of both ends (``policy.host_blockers``: CPU, load per core,
-disk busy, network utilisation, free space at the destination, fresh health). A job that may not start
-gets the reason in words.
+Checks, in order: retry backoff, both ends online, per-host job limits, declared per-host and per-link
+stream limits, no two jobs writing overlapping destination trees, and the measured load of both ends
+(``policy.host_blockers``: CPU, load per core, disk busy, network utilisation, free space at the
+destination, fresh health). A job that may not start gets the reason in words.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zcrepl.controller.policy import Thresholds, host_blockers, order_queue, wait_reason
+from zcrepl.core.config import HostLimit
 from zcrepl.core.paths import relative_to, show
 from zcrepl.core.types import Endpoint, HostHealth, Job, Role
 
@@ -23,6 +24,7 @@ class HostView:
     running: int = 0
     # Latest health with ``sampled_at`` on the controller's clock (when it arrived), or None.
     health: HostHealth | None = None
+    streams: int = 0  # data streams of its running jobs (a job not sending yet counts as 1)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,14 @@ class Policy:
     # None turns the load checks off (table tests of the other rules); the controller always sets it.
     thresholds: Thresholds | None = None
     aging: float = 600.0  # seconds a waiting job gains one priority level
+    # Declared ceilings: per host (jobs replaces max_jobs_per_host; streams of all its jobs together) and
+    # per (source, destination) link (streams of all jobs on it together).
+    host_limits: Mapping[str, HostLimit] = field(default_factory=dict)
+    link_streams: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+    def max_jobs(self, host: str) -> int:
+        limit = self.host_limits.get(host)
+        return limit.jobs if limit is not None and limit.jobs else self.max_jobs_per_host
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ def plan(
     *,
     sources: Mapping[int, Sequence[Endpoint]] | None = None,
     group_sending: Iterable[tuple[int, str]] = (),
+    link_streams: Mapping[tuple[str, str], int] | None = None,
 ) -> list[Decision]:
     """One decision per queued job, in priority order; starts consume capacity for later jobs in the pass.
 
@@ -63,8 +74,11 @@ def plan(
     replicas first, so the busy original is spared); the first one that passes every check is chosen.
     Within one fan-out each host sends one copy at a time (``group_sending``: (group, host) already
     sending), which spreads a distribution to N hosts over about log2(N) rounds instead of N.
+    ``link_streams`` counts the streams in use per (source, destination) link, like ``HostView.streams``;
+    a job started in this pass counts as one stream (its least) until the engine chooses its number.
     """
     load = {name: h.running for name, h in hosts.items()}
+    streams = Usage({name: h.streams for name, h in hosts.items()}, dict(link_streams or {}))
     writing = [(j.id, j.destination) for j in running]
     sending = set(group_sending)
     out: list[Decision] = []
@@ -74,7 +88,7 @@ def plan(
             if job.group_id and (job.group_id, src.host) in sending:
                 why = f"waiting: {src.host} is already sending a copy for this fan-out"
             else:
-                why = _blocker(job, src, hosts, load, writing, policy, now)
+                why = _blocker(job, src, hosts, load, streams, writing, policy, now)
             if not why:
                 chosen = src
                 break
@@ -85,13 +99,39 @@ def plan(
         out.append(Decision(job.id, True, source=chosen))
         for host in {chosen.host, job.destination.host}:
             load[host] = load.get(host, 0) + 1
+        streams.add(chosen.host, job.destination.host, 1)
         writing.append((job.id, job.destination))
         if job.group_id:
             sending.add((job.group_id, chosen.host))
     return out
 
 
-def _blocker(job: Job, source: Endpoint, hosts: Mapping[str, HostView], load: Mapping[str, int],
+@dataclass
+class Usage:
+    """Data streams in use per host and per (source, destination) link."""
+
+    hosts: dict[str, int]
+    links: dict[tuple[str, str], int]
+
+    def add(self, src: str, dst: str, n: int) -> None:
+        for host in {src, dst}:
+            self.hosts[host] = self.hosts.get(host, 0) + n
+        self.links[(src, dst)] = self.links.get((src, dst), 0) + n
+
+
+def stream_blocker(src: str, dst: str, usage: Usage, policy: Policy) -> str:
+    """Why one more stream may not run between ``src`` and ``dst`` under the declared limits, or ""."""
+    for host in (src, dst) if src != dst else (src,):
+        limit = policy.host_limits.get(host)
+        if limit is not None and limit.streams and usage.hosts.get(host, 0) >= limit.streams:
+            return f"waiting: {host} already uses {usage.hosts.get(host, 0)} data streams (limit {limit.streams})"
+    cap = policy.link_streams.get((src, dst), 0)
+    if cap and usage.links.get((src, dst), 0) >= cap:
+        return f"waiting: the link {src}→{dst} already carries {usage.links.get((src, dst), 0)} streams (limit {cap})"
+    return ""
+
+
+def _blocker(job: Job, source: Endpoint, hosts: Mapping[str, HostView], load: Mapping[str, int], streams: Usage,
              writing: Sequence[tuple[int, Endpoint]], policy: Policy, now: float) -> str:
     if job.next_attempt_at > now:
         return job.wait_reason or f"waiting: retry in {job.next_attempt_at - now:.1f}s"
@@ -100,8 +140,12 @@ def _blocker(job: Job, source: Endpoint, hosts: Mapping[str, HostView], load: Ma
         if h is None or not h.online:
             return f"waiting: {role} host {host} is offline (its zc-agent is not connected)"
     for host in {source.host, job.destination.host}:
-        if load.get(host, 0) >= policy.max_jobs_per_host:
-            return f"waiting: {host} already runs {load.get(host, 0)} jobs (limit {policy.max_jobs_per_host})"
+        if load.get(host, 0) >= (limit := policy.max_jobs(host)):
+            return f"waiting: {host} already runs {load.get(host, 0)} jobs (limit {limit})"
+    if policy.host_limits or policy.link_streams:
+        why = stream_blocker(source.host, job.destination.host, streams, policy)
+        if why:
+            return why
     for other_id, dst in writing:
         if overlaps(dst, job.destination):
             return f"waiting: job {other_id} is writing to {dst.host}:{show(dst.path)}"
@@ -111,6 +155,7 @@ def _blocker(job: Job, source: Endpoint, hosts: Mapping[str, HostView], load: Ma
         blockers = host_blockers(dst.name, dst.health, policy.thresholds, role=Role.RECEIVER,
                                  bytes_to_move=left, path=job.destination.path, now=now)
         if src.name != dst.name:
-            blockers = host_blockers(src.name, src.health, policy.thresholds, role=Role.SENDER, now=now) + blockers
+            blockers = host_blockers(src.name, src.health, policy.thresholds, role=Role.SENDER, path=source.path,
+                                     now=now) + blockers
         return wait_reason(blockers)
     return ""

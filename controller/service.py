@@ -10,6 +10,7 @@ import grpc
 
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import Session
+from zcrepl.controller.wirecache import WireCache
 from zcrepl.core.errors import InvalidPath
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import canonical_abs
@@ -19,7 +20,6 @@ from zcrepl.proto import controller_pb2_grpc, types_pb2
 from zcrepl.proto import sync_pb2 as spb
 from zcrepl.proto.convert import (
     agent_info_from_pb,
-    agent_status_to_pb,
     endpoint_from_pb,
     health_from_pb,
     job_to_pb,
@@ -75,6 +75,7 @@ def _endpoints(source: types_pb2.Endpoint, destinations: Iterable[types_pb2.Endp
 class ControllerService(controller_pb2_grpc.ControllerServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.wire = WireCache()
 
     async def Connect(self, request_iterator: AsyncIterator[cpb.AgentMessage],  # type: ignore[override]
                       context: grpc.aio.ServicerContext) -> None:
@@ -114,7 +115,9 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
                     break
                 kind = msg.WhichOneof("kind")
                 if kind == "heartbeat":
-                    self.engine.heartbeat(session, health_from_pb(msg.heartbeat.health))
+                    health = health_from_pb(msg.heartbeat.health)
+                    self.engine.heartbeat(session, health)
+                    self.wire.put_health(session.info.name, health, msg.heartbeat.health)
                     if msg.heartbeat.syncs:
                         self.engine.syncs.on_status(session, [status_from_pb(s) for s in msg.heartbeat.syncs],
                                                     self.engine.clock())
@@ -171,12 +174,17 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     async def ListAgents(self, request: cpb.ListAgentsRequest, context: grpc.aio.ServicerContext
                          ) -> cpb.ListAgentsResponse:
-        return cpb.ListAgentsResponse(agents=[agent_status_to_pb(s) for s in self.engine.statuses()])
+        out = cpb.ListAgentsResponse()
+        await self.wire.fill(self.engine.agent_names(), self.engine.statuses, out.agents)
+        return out
 
     async def GetAgentHealth(self, request: cpb.AgentHealthRequest, context: grpc.aio.ServicerContext
                              ) -> cpb.AgentHealthResponse:
-        statuses = self.engine.statuses(list(request.names) or None, min(request.history, 3600))
-        return cpb.AgentHealthResponse(agents=[agent_status_to_pb(s) for s in statuses])
+        out = cpb.AgentHealthResponse()
+        history = min(request.history, 3600)
+        await self.wire.fill(self.engine.agent_names(list(request.names) or None),
+                             lambda names: self.engine.statuses(names, history), out.agents)
+        return out
 
     # -- watch rules --------------------------------------------------------------------------------
     async def CreateSync(self, request: spb.CreateSyncRequest, context: grpc.aio.ServicerContext) -> spb.SyncRule:

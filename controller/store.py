@@ -19,10 +19,11 @@ from zcrepl.core.types import (
     Job,
     JobOptions,
     JobState,
+    Priority,
     TransferStats,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -37,7 +38,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     max_attempts INTEGER NOT NULL,
     error TEXT NOT NULL DEFAULT '', wait_reason TEXT NOT NULL DEFAULT '',
     progress TEXT NOT NULL DEFAULT '{}', next_attempt_at REAL NOT NULL DEFAULT 0,
-    group_id INTEGER NOT NULL DEFAULT 0
+    group_id INTEGER NOT NULL DEFAULT 0,
+    priority INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -58,13 +60,15 @@ CREATE TABLE IF NOT EXISTS agents (
 
 
 def _options_json(o: JobOptions) -> str:
-    return json.dumps({**asdict(o), "durability": o.durability.value})
+    # The priority has its own column (a later "change priority" is one UPDATE, and it can be queried).
+    doc = {k: v for k, v in asdict(o).items() if k != "priority"}
+    return json.dumps({**doc, "durability": o.durability.value})
 
 
-def _options(text: str) -> JobOptions:
+def _options(text: str, priority: int) -> JobOptions:
     doc = json.loads(text)
     doc["durability"] = Durability(doc.get("durability", Durability.JOB.value))
-    return JobOptions(**doc)
+    return JobOptions(**doc, priority=Priority(priority))
 
 
 def _stats_json(s: TransferStats) -> str:
@@ -101,9 +105,14 @@ class Store:
             raise
 
     def _migrate(self) -> None:
-        """Schema 1 -> 2: fan-out groups and the source each attempt read from (additive columns)."""
+        """Additive columns with defaults, so a state dir written by an older controller opens as it was.
+
+        Schema 1 -> 2: fan-out groups and the source each attempt read from. 2 -> 3: job priority (existing
+        jobs are normal, the column default, which is also what an older submit meant).
+        """
         for table, column, decl in (("jobs", "group_id", "INTEGER NOT NULL DEFAULT 0"),
-                                    ("attempts", "source", "BLOB NOT NULL DEFAULT x''")):
+                                    ("attempts", "source", "BLOB NOT NULL DEFAULT x''"),
+                                    ("jobs", "priority", f"INTEGER NOT NULL DEFAULT {int(Priority.NORMAL)}")):
             have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
@@ -115,9 +124,9 @@ class Store:
     def create_job(self, src: Endpoint, dst: Endpoint, options: JobOptions, max_attempts: int, now: float) -> Job:
         cur = self.db.execute(
             "INSERT INTO jobs (state, src_host, src_path, dst_host, dst_path, options, created_at, updated_at,"
-            " max_attempts) VALUES (?,?,?,?,?,?,?,?,?)",
+            " max_attempts, priority) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (JobState.QUEUED.value, src.host, src.path, dst.host, dst.path, _options_json(options),
-             now, now, max_attempts),
+             now, now, max_attempts, int(options.priority)),
         )
         job = self.get_job(int(cur.lastrowid or 0))
         assert job is not None
@@ -184,10 +193,10 @@ class Store:
 
     def _job(self, row: tuple) -> Job:  # type: ignore[type-arg]
         (jid, state, sh, sp, dh, dp, opts, created, updated, started, finished, attempts, failures,
-         max_attempts, error, wait_reason, progress, next_at, group_id) = row
+         max_attempts, error, wait_reason, progress, next_at, group_id, priority) = row
         return Job(
             id=jid, state=JobState(state), source=Endpoint(sh, bytes(sp)), destination=Endpoint(dh, bytes(dp)),
-            options=_options(opts), created_at=created, updated_at=updated,
+            options=_options(opts, priority), created_at=created, updated_at=updated,
             started_at=started, finished_at=finished, attempts=attempts, failures=failures,
             max_attempts=max_attempts, error=error, wait_reason=wait_reason, progress=_stats(progress),
             history=self._attempts(jid), next_attempt_at=next_at, group_id=group_id,

@@ -69,6 +69,56 @@ class AgentConfig:
 
 
 @dataclass(frozen=True)
+class HostLimit:
+    """Ceilings for one host from ``host_limits``; 0 = none beyond the defaults."""
+
+    jobs: int = 0  # concurrent jobs touching the host (replaces max_jobs_per_host for it)
+    streams: int = 0  # data streams of all its running jobs together
+
+
+def parse_host_limits(specs: tuple[str, ...]) -> dict[str, HostLimit]:
+    """``("nas1:jobs=8,streams=16", "web3:streams=2")`` -> per-host limits; ConfigError names a bad spec."""
+    out: dict[str, HostLimit] = {}
+    for spec in specs:
+        host, values = _limit_spec(spec, "host_limits", "HOST:jobs=N,streams=N", ("jobs", "streams"))
+        if not valid_host_name(host):
+            raise ConfigError(f"host_limits {spec!r}: {host!r} is not an agent name")
+        if host in out:
+            raise ConfigError(f"host_limits: {host} appears twice")
+        out[host] = HostLimit(**values)
+    return out
+
+
+def parse_link_limits(specs: tuple[str, ...]) -> dict[tuple[str, str], int]:
+    """``("hostA>hostB:streams=2",)`` -> {(source, destination): streams}; ConfigError names a bad spec."""
+    out: dict[tuple[str, str], int] = {}
+    for spec in specs:
+        link, values = _limit_spec(spec, "link_limits", "SRC>DST:streams=N", ("streams",))
+        src, sep, dst = link.partition(">")
+        if not sep or not valid_host_name(src) or not valid_host_name(dst) or src == dst:
+            raise ConfigError(f"link_limits {spec!r}: write SRC>DST:streams=N with two different agent names")
+        if (src, dst) in out:
+            raise ConfigError(f"link_limits: {src}>{dst} appears twice")
+        out[(src, dst)] = values["streams"]
+    return out
+
+
+def _limit_spec(spec: str, key: str, form: str, names: tuple[str, ...]) -> tuple[str, dict[str, int]]:
+    """``"NAME:a=1,b=2"`` -> ("NAME", {"a": 1, "b": 2}) with every value a whole number >= 1."""
+    bad = ConfigError(f"{key} {spec!r}: write {form} (each number at least 1)")
+    head, sep, tail = spec.strip().rpartition(":")
+    if not sep or not head:
+        raise bad
+    values: dict[str, int] = {}
+    for item in tail.split(","):
+        name, eq, number = (x.strip() for x in item.partition("="))
+        if name not in names or not eq or not number.isdigit() or int(number) < 1 or name in values:
+            raise bad
+        values[name] = int(number)
+    return head, values
+
+
+@dataclass(frozen=True)
 class ControllerConfig:
     listen: str = f"0.0.0.0:{DEFAULT_CONTROLLER_PORT}"
     state_dir: str = "/var/lib/zcrepl"
@@ -94,6 +144,18 @@ class ControllerConfig:
     max_net_percent: float = 85.0
     max_health_age: float = 5.0
     free_margin_bytes: int = 1 << 30
+    # High-water marks: a running transfer slows down, then pauses, while either end is above one, and
+    # speeds up again only once both are back under the start thresholds above (the band between the two
+    # is the hysteresis that keeps it from flapping). Each must be at least its start threshold.
+    high_cpu_percent: float = 95.0
+    high_load_per_core: float = 2.5
+    high_disk_busy_percent: float = 98.0
+    high_net_percent: float = 95.0
+    # Ceilings for single hosts and links, never targets: "HOST:jobs=N,streams=N" (jobs replaces
+    # max_jobs_per_host for that host; streams bounds all its running jobs together) and "SRC>DST:streams=N"
+    # (all jobs on that link together). Lists in TOML; in ZC_* variables separated by spaces or ";".
+    host_limits: tuple[str, ...] = ()
+    link_limits: tuple[str, ...] = ()
     # Seconds of waiting that raise a job by one priority level, so nothing waits forever.
     priority_aging: float = 600.0
 
@@ -106,10 +168,18 @@ class ControllerConfig:
         if self.max_jobs_per_host < 1:
             raise ConfigError("max_jobs_per_host must be at least 1, or no job could ever start")
         for key in ("stall_timeout", "ready_timeout", "schedule_interval", "retry_base", "retry_max",
-                    "max_cpu_percent", "max_load_per_core", "max_disk_busy_percent", "max_net_percent",
                     "max_health_age", "priority_aging"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be a positive number of seconds")
+        for metric in ("cpu_percent", "load_per_core", "disk_busy_percent", "net_percent"):
+            start, high = getattr(self, f"max_{metric}"), getattr(self, f"high_{metric}")
+            if start <= 0:
+                raise ConfigError(f"max_{metric} must be a positive number")
+            if high < start:
+                raise ConfigError(f"high_{metric} ({high:g}) must be at least max_{metric} ({start:g}): transfers "
+                                  "slow down above the first and speed up again below the second")
+        parse_host_limits(self.host_limits)
+        parse_link_limits(self.link_limits)
         if self.log_format not in ("kv", "json"):
             raise ConfigError(f"log_format {self.log_format!r}: choose 'kv' or 'json'")
 
@@ -150,6 +220,11 @@ def _coerce(name: str, typ: Any, value: Any, source: str) -> Any:
             if not isinstance(value, str):
                 raise ValueError(value)
             return value
+        if typ == tuple[str, ...]:
+            items = value.replace(";", " ").split() if isinstance(value, str) else list(value)
+            if not all(isinstance(v, str) for v in items):
+                raise ValueError(value)
+            return tuple(items)
         if typ == tuple[bytes, ...]:
             items = value.split(os.pathsep) if isinstance(value, str) else list(value)
             return tuple(canonical_abs(os.fsencode(os.path.abspath(v))) for v in items if v)

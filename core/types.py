@@ -30,6 +30,14 @@ class Endpoint:
     path: bytes
 
 
+class Priority(enum.IntEnum):
+    """A job's place in the queue. Waiting raises it (the controller's ``priority_aging``), so low never starves."""
+
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+
+
 class Durability(enum.Enum):
     JOB = "job"  # one syncfs of the destination filesystem before done
     FILE = "file"  # fsync each file before its rename, and its directory after
@@ -45,6 +53,7 @@ class JobOptions:
     streams: int = 0  # parallel data connections; 0 = chosen from both ends' cores
     durability: Durability = Durability.JOB
     xattrs: bool = False  # replicate extended attributes too
+    priority: Priority = Priority.NORMAL
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class DiskUsage:
     used: int
     free: int
     percent: float
+    device: str = ""  # the block device behind the export, as named in HostHealth.disks; "" = unknown
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,12 @@ class HostHealth:
     agent_cpu_percent: float = 0.0
     agent_rss: int = 0
     active_transfers: int = 0
+    transfer_bps: float = 0.0  # file bytes/s moved by the agent's transfers (sent and received)
+    # Inotify watches in use by the agent's user (all its processes: the limit is per user) and the
+    # kernel's per-user limit (fs.inotify.max_user_watches); 0 = unknown. Headroom is the difference.
+    inotify_watches_used: int = 0
+    inotify_watches_max: int = 0
+    data_nic: str = ""  # the interface holding the agent's data address (what peers connect to); "" = unknown
 
 
 @dataclass(frozen=True)

@@ -41,15 +41,23 @@ _DURABILITY = {t.Durability.JOB: pb.DURABILITY_JOB, t.Durability.FILE: pb.DURABI
 _DURABILITY_FROM = {**{v: k for k, v in _DURABILITY.items()}, pb.DURABILITY_UNSPECIFIED: t.Durability.JOB}
 
 
+_PRIORITY = {t.Priority.LOW: pb.PRIORITY_LOW, t.Priority.NORMAL: pb.PRIORITY_NORMAL,
+             t.Priority.HIGH: pb.PRIORITY_HIGH}
+_PRIORITY_FROM = {v: k for k, v in _PRIORITY.items()}
+
+
 def options_to_pb(o: t.JobOptions) -> pb.JobOptions:
     return pb.JobOptions(delete=o.delete, checksum=o.checksum, bwlimit=o.bwlimit, max_attempts=o.max_attempts,
-                         streams=o.streams, durability=_DURABILITY[o.durability], xattrs=o.xattrs)
+                         streams=o.streams, durability=_DURABILITY[o.durability], xattrs=o.xattrs,
+                         priority=_PRIORITY[o.priority])
 
 
 def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
     return t.JobOptions(delete=m.delete, checksum=m.checksum, bwlimit=m.bwlimit, max_attempts=m.max_attempts,
                         streams=m.streams, durability=_DURABILITY_FROM.get(m.durability, t.Durability.JOB),
-                        xattrs=m.xattrs)
+                        xattrs=m.xattrs,
+                        # Unspecified (an older client) and values from a newer one read as normal.
+                        priority=_PRIORITY_FROM.get(m.priority, t.Priority.NORMAL))
 
 
 def endpoint_to_pb(e: t.Endpoint) -> pb.Endpoint:
@@ -67,10 +75,12 @@ def health_to_pb(h: t.HostHealth) -> pb.HostHealth:
         mem_available=h.mem_available, swap_in_bps=h.swap_in_bps, swap_out_bps=h.swap_out_bps,
         disk_read_bps=h.disk_read_bps, disk_write_bps=h.disk_write_bps, net_recv_bps=h.net_recv_bps,
         net_sent_bps=h.net_sent_bps, open_fds=h.open_fds, agent_cpu_percent=h.agent_cpu_percent,
-        agent_rss=h.agent_rss, active_transfers=h.active_transfers,
+        agent_rss=h.agent_rss, active_transfers=h.active_transfers, transfer_bps=h.transfer_bps,
+        inotify_watches_used=h.inotify_watches_used, inotify_watches_max=h.inotify_watches_max,
+        data_nic=h.data_nic,
     )
-    m.exports.extend(pb.DiskUsage(path=d.path, total=d.total, used=d.used, free=d.free, percent=d.percent)
-                     for d in h.exports)
+    m.exports.extend(pb.DiskUsage(path=d.path, total=d.total, used=d.used, free=d.free, percent=d.percent,
+                                  device=d.device) for d in h.exports)
     m.disks.extend(pb.DiskIO(device=d.device, read_bps=d.read_bps, write_bps=d.write_bps,
                              busy_percent=d.busy_percent) for d in h.disks)
     m.nics.extend(pb.NetIO(interface=n.interface, recv_bps=n.recv_bps, sent_bps=n.sent_bps,
@@ -83,13 +93,15 @@ def health_from_pb(m: pb.HostHealth) -> t.HostHealth:
         sampled_at=m.sampled_at, cpu_percent=m.cpu_percent, cpu_per_core=tuple(m.cpu_per_core),
         cpu_count=m.cpu_count, load1=m.load1, load5=m.load5, load15=m.load15, mem_total=m.mem_total,
         mem_available=m.mem_available, swap_in_bps=m.swap_in_bps, swap_out_bps=m.swap_out_bps,
-        exports=tuple(t.DiskUsage(bytes(d.path), d.total, d.used, d.free, d.percent) for d in m.exports),
+        exports=tuple(t.DiskUsage(bytes(d.path), d.total, d.used, d.free, d.percent, d.device) for d in m.exports),
         disk_read_bps=m.disk_read_bps, disk_write_bps=m.disk_write_bps,
         disks=tuple(t.DiskIO(d.device, d.read_bps, d.write_bps, d.busy_percent) for d in m.disks),
         net_recv_bps=m.net_recv_bps, net_sent_bps=m.net_sent_bps,
         nics=tuple(t.NetIO(n.interface, n.recv_bps, n.sent_bps, n.speed_mbps) for n in m.nics),
         open_fds=m.open_fds, agent_cpu_percent=m.agent_cpu_percent, agent_rss=m.agent_rss,
-        active_transfers=m.active_transfers,
+        active_transfers=m.active_transfers, transfer_bps=m.transfer_bps,
+        inotify_watches_used=m.inotify_watches_used, inotify_watches_max=m.inotify_watches_max,
+        data_nic=m.data_nic,
     )
 
 

@@ -22,6 +22,13 @@ class Durability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DURABILITY_JOB: _ClassVar[Durability]
     DURABILITY_FILE: _ClassVar[Durability]
     DURABILITY_NONE: _ClassVar[Durability]
+
+class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRIORITY_UNSPECIFIED: _ClassVar[Priority]
+    PRIORITY_LOW: _ClassVar[Priority]
+    PRIORITY_NORMAL: _ClassVar[Priority]
+    PRIORITY_HIGH: _ClassVar[Priority]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -32,20 +39,26 @@ DURABILITY_UNSPECIFIED: Durability
 DURABILITY_JOB: Durability
 DURABILITY_FILE: Durability
 DURABILITY_NONE: Durability
+PRIORITY_UNSPECIFIED: Priority
+PRIORITY_LOW: Priority
+PRIORITY_NORMAL: Priority
+PRIORITY_HIGH: Priority
 
 class DiskUsage(_message.Message):
-    __slots__ = ("path", "total", "used", "free", "percent")
+    __slots__ = ("path", "total", "used", "free", "percent", "device")
     PATH_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     USED_FIELD_NUMBER: _ClassVar[int]
     FREE_FIELD_NUMBER: _ClassVar[int]
     PERCENT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     path: bytes
     total: int
     used: int
     free: int
     percent: float
-    def __init__(self, path: _Optional[bytes] = ..., total: _Optional[int] = ..., used: _Optional[int] = ..., free: _Optional[int] = ..., percent: _Optional[float] = ...) -> None: ...
+    device: str
+    def __init__(self, path: _Optional[bytes] = ..., total: _Optional[int] = ..., used: _Optional[int] = ..., free: _Optional[int] = ..., percent: _Optional[float] = ..., device: _Optional[str] = ...) -> None: ...
 
 class DiskIO(_message.Message):
     __slots__ = ("device", "read_bps", "write_bps", "busy_percent")
@@ -72,7 +85,7 @@ class NetIO(_message.Message):
     def __init__(self, interface: _Optional[str] = ..., recv_bps: _Optional[float] = ..., sent_bps: _Optional[float] = ..., speed_mbps: _Optional[int] = ...) -> None: ...
 
 class HostHealth(_message.Message):
-    __slots__ = ("sampled_at", "cpu_percent", "cpu_per_core", "cpu_count", "load1", "load5", "load15", "mem_total", "mem_available", "swap_in_bps", "swap_out_bps", "exports", "disk_read_bps", "disk_write_bps", "disks", "net_recv_bps", "net_sent_bps", "nics", "open_fds", "agent_cpu_percent", "agent_rss", "active_transfers")
+    __slots__ = ("sampled_at", "cpu_percent", "cpu_per_core", "cpu_count", "load1", "load5", "load15", "mem_total", "mem_available", "swap_in_bps", "swap_out_bps", "exports", "disk_read_bps", "disk_write_bps", "disks", "net_recv_bps", "net_sent_bps", "nics", "open_fds", "agent_cpu_percent", "agent_rss", "active_transfers", "transfer_bps", "inotify_watches_used", "inotify_watches_max", "data_nic")
     SAMPLED_AT_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     CPU_PER_CORE_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +108,10 @@ class HostHealth(_message.Message):
     AGENT_CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     AGENT_RSS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_BPS_FIELD_NUMBER: _ClassVar[int]
+    INOTIFY_WATCHES_USED_FIELD_NUMBER: _ClassVar[int]
+    INOTIFY_WATCHES_MAX_FIELD_NUMBER: _ClassVar[int]
+    DATA_NIC_FIELD_NUMBER: _ClassVar[int]
     sampled_at: float
     cpu_percent: float
     cpu_per_core: _containers.RepeatedScalarFieldContainer[float]
@@ -117,7 +134,11 @@ class HostHealth(_message.Message):
     agent_cpu_percent: float
     agent_rss: int
     active_transfers: int
-    def __init__(self, sampled_at: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., cpu_per_core: _Optional[_Iterable[float]] = ..., cpu_count: _Optional[int] = ..., load1: _Optional[float] = ..., load5: _Optional[float] = ..., load15: _Optional[float] = ..., mem_total: _Optional[int] = ..., mem_available: _Optional[int] = ..., swap_in_bps: _Optional[float] = ..., swap_out_bps: _Optional[float] = ..., exports: _Optional[_Iterable[_Union[DiskUsage, _Mapping]]] = ..., disk_read_bps: _Optional[float] = ..., disk_write_bps: _Optional[float] = ..., disks: _Optional[_Iterable[_Union[DiskIO, _Mapping]]] = ..., net_recv_bps: _Optional[float] = ..., net_sent_bps: _Optional[float] = ..., nics: _Optional[_Iterable[_Union[NetIO, _Mapping]]] = ..., open_fds: _Optional[int] = ..., agent_cpu_percent: _Optional[float] = ..., agent_rss: _Optional[int] = ..., active_transfers: _Optional[int] = ...) -> None: ...
+    transfer_bps: float
+    inotify_watches_used: int
+    inotify_watches_max: int
+    data_nic: str
+    def __init__(self, sampled_at: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., cpu_per_core: _Optional[_Iterable[float]] = ..., cpu_count: _Optional[int] = ..., load1: _Optional[float] = ..., load5: _Optional[float] = ..., load15: _Optional[float] = ..., mem_total: _Optional[int] = ..., mem_available: _Optional[int] = ..., swap_in_bps: _Optional[float] = ..., swap_out_bps: _Optional[float] = ..., exports: _Optional[_Iterable[_Union[DiskUsage, _Mapping]]] = ..., disk_read_bps: _Optional[float] = ..., disk_write_bps: _Optional[float] = ..., disks: _Optional[_Iterable[_Union[DiskIO, _Mapping]]] = ..., net_recv_bps: _Optional[float] = ..., net_sent_bps: _Optional[float] = ..., nics: _Optional[_Iterable[_Union[NetIO, _Mapping]]] = ..., open_fds: _Optional[int] = ..., agent_cpu_percent: _Optional[float] = ..., agent_rss: _Optional[int] = ..., active_transfers: _Optional[int] = ..., transfer_bps: _Optional[float] = ..., inotify_watches_used: _Optional[int] = ..., inotify_watches_max: _Optional[int] = ..., data_nic: _Optional[str] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
     __slots__ = ("name", "grpc_address", "data_address", "exports", "version", "pid", "hostname")
@@ -146,7 +167,7 @@ class Endpoint(_message.Message):
     def __init__(self, host: _Optional[str] = ..., path: _Optional[bytes] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts", "streams", "durability", "xattrs")
+    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts", "streams", "durability", "xattrs", "priority")
     DELETE_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     BWLIMIT_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +175,7 @@ class JobOptions(_message.Message):
     STREAMS_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     XATTRS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     delete: bool
     checksum: bool
     bwlimit: int
@@ -161,7 +183,8 @@ class JobOptions(_message.Message):
     streams: int
     durability: Durability
     xattrs: bool
-    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ..., xattrs: _Optional[bool] = ...) -> None: ...
+    priority: Priority
+    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ..., xattrs: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class TransferStats(_message.Message):
     __slots__ = ("entries", "files_total", "files_done", "bytes_total", "bytes_done", "files_skipped", "deleted", "wire_bytes", "skipped_special", "errors", "scan_done")

@@ -106,7 +106,8 @@ class Cluster:
         # on purpose by the tests that set their own thresholds.
         flags = {"retry_base": 0.2, "retry_max": 1.0, "heartbeat_interval": 0.5, "offline_after": 3.0,
                  "max_cpu_percent": 100, "max_load_per_core": 1000, "max_disk_busy_percent": 100,
-                 "max_net_percent": 100, **controller_flags}
+                 "max_net_percent": 100, "high_cpu_percent": 100, "high_load_per_core": 1000,
+                 "high_disk_busy_percent": 100, "high_net_percent": 100, **controller_flags}
         argv = [sys.executable, "-m", "zcrepl.controller", "--listen", self.controller_addr,
                 "--state-dir", str(base / "state"), "--ready-file", str(base / "controller.json"),
                 "--log-level", "debug"]

@@ -31,6 +31,11 @@ def test_agents_health_and_jobs_json(cluster: Cluster, tmp_path: Path) -> None:
     assert h["exports"][0]["path"] == str(tmp_path / "a") and h["exports"][0]["total"] > 0
     for key in ("load1", "mem_available", "disk_read_bps", "disk_write_bps", "net_recv_bps", "net_sent_bps"):
         assert key in h
+    assert h["transfer_bps"] == 0.0 and h["active_transfers"] == 0
+    assert h["inotify_watches_max"] > 0 and 0 <= h["inotify_watches_used"] <= h["inotify_watches_max"]
+    disks = {d["device"] for d in h["disks"]}
+    assert h["exports"][0]["device"] in disks | {""}
+    assert h["data_nic"] == "lo"  # the agents' data ports listen on 127.0.0.1
 
     hist = wait_for(lambda: len((d := json.loads(cluster.ctl("health", "hostB", "--json", "--history", "3")[1])[0])
                                 ["history"]) == 3 and d, 10, interval=0.3, what="three samples of history")
@@ -43,6 +48,8 @@ def test_agents_health_and_jobs_json(cluster: Cluster, tmp_path: Path) -> None:
 
     rc, out, _ = cluster.ctl("health")
     assert rc == 0 and "hostA" in out and "hostB" in out and "memory" in out
+    assert "inotify watches" in out and " free (" in out and "in use by this user" in out
+    assert "0 active, 0 B/s" in out
     rc, out, _ = cluster.ctl("agents")
     assert rc == 0 and "online" in out
 

@@ -16,8 +16,8 @@ from zchelpers import Cluster, wait_for
 
 @pytest.fixture
 def strict(tmp_path: Path) -> Iterator[Cluster]:
-    """hostA and hostB with a 60% CPU start threshold (the default is 85%)."""
-    c = Cluster(tmp_path, max_cpu_percent=60, max_load_per_core=1000)
+    """hostA and hostB with a 60% CPU start threshold and a 90% high-water mark (defaults 85% and 95%)."""
+    c = Cluster(tmp_path, max_cpu_percent=60, high_cpu_percent=90, max_load_per_core=1000)
     try:
         c.controller.start()
         c.add_agent("hostA", tmp_path / "a").start()
@@ -62,6 +62,11 @@ def test_running_transfer_slows_under_load_and_recovers(strict: Cluster, tmp_pat
     assert rc == 0, err
     job_id = json.loads(out)["id"]
     wait_for(lambda: strict.job(job_id)["progress"]["bytes_done"] > 2 << 20, 30, what="bytes to flow")
+    # The sender's health reports the transfer's byte rate (8 MiB/s cap; one sample may straddle a start).
+    rates = wait_for(lambda: (h := json.loads(strict.ctl("health", "hostA", "hostB", "--json")[1]))[0]["health"]
+                     ["transfer_bps"] > 2 << 20 and h, 15, interval=0.3, what="hostA's transfer rate")
+    assert rates[0]["health"]["transfer_bps"] < 16 << 20
+    assert rates[0]["health"]["active_transfers"] == 1
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
     try:
         def kinds() -> list[str]:

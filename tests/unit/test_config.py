@@ -12,7 +12,10 @@ from zcrepl.core.config import (
     DEFAULT_CONTROLLER,
     AgentConfig,
     ControllerConfig,
+    HostLimit,
     load_config,
+    parse_host_limits,
+    parse_link_limits,
     split_address,
 )
 from zcrepl.core.errors import ConfigError, UserError
@@ -320,3 +323,65 @@ def test_split_address(addr: str, expected: tuple[str, int]) -> None:
 def test_split_address_refuses(addr: str) -> None:
     with pytest.raises(ConfigError, match="HOST:PORT"):
         split_address(addr)
+
+
+# -- high-water marks and per-host / per-link limits ------------------------------------------------
+
+
+def test_high_water_marks_from_each_layer(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("high_cpu_percent = 97\nhigh_load_per_core = 3\n")
+    cfg = load_config(ControllerConfig, str(f), {"high_net_percent": 99.0}, {"ZC_HIGH_DISK_BUSY_PERCENT": "99.5"})
+    assert (cfg.high_cpu_percent, cfg.high_load_per_core, cfg.high_disk_busy_percent, cfg.high_net_percent) == (
+        97.0, 3.0, 99.5, 99.0)
+    assert ControllerConfig().high_cpu_percent == 95.0  # the defaults are the former fixed marks
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"ZC_MAX_CPU_PERCENT": "96"}, r"high_cpu_percent \(95\) must be at least max_cpu_percent \(96\)"),
+        ({"ZC_HIGH_LOAD_PER_CORE": "1"}, r"high_load_per_core \(1\) must be at least max_load_per_core \(1.5\)"),
+        ({"ZC_MAX_DISK_BUSY_PERCENT": "0"}, "max_disk_busy_percent must be a positive number"),
+        ({"ZC_HOST_LIMITS": "nas1:jobs=0"}, "host_limits 'nas1:jobs=0': write HOST:jobs=N,streams=N"),
+        ({"ZC_HOST_LIMITS": "nas1:cores=2"}, "host_limits 'nas1:cores=2'"),
+        ({"ZC_HOST_LIMITS": "nas1"}, "host_limits 'nas1'"),
+        ({"ZC_HOST_LIMITS": "nas1:jobs=2,jobs=3"}, "host_limits 'nas1:jobs=2,jobs=3'"),
+        ({"ZC_HOST_LIMITS": "nas1:jobs=2 nas1:streams=3"}, "nas1 appears twice"),
+        ({"ZC_HOST_LIMITS": "bad/name:jobs=2"}, "not an agent name"),
+        ({"ZC_LINK_LIMITS": "a>b:jobs=2"}, "link_limits 'a>b:jobs=2': write SRC>DST:streams=N"),
+        ({"ZC_LINK_LIMITS": "a:streams=2"}, "two different agent names"),
+        ({"ZC_LINK_LIMITS": "a>a:streams=2"}, "two different agent names"),
+        ({"ZC_LINK_LIMITS": "a>b:streams=1;a>b:streams=2"}, "a>b appears twice"),
+    ],
+)
+def test_bad_thresholds_and_limits(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(ControllerConfig, environ=env)
+
+
+def test_host_and_link_limits_from_toml_env_and_flags(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('host_limits = ["nas1:jobs=8,streams=16", "web3:streams=2"]\nlink_limits = ["a>b:streams=3"]\n')
+    cfg = load_config(ControllerConfig, str(f))
+    assert parse_host_limits(cfg.host_limits) == {"nas1": HostLimit(jobs=8, streams=16), "web3": HostLimit(streams=2)}
+    assert parse_link_limits(cfg.link_limits) == {("a", "b"): 3}
+    env = load_config(ControllerConfig, str(f), environ={"ZC_HOST_LIMITS": "x:jobs=1; y:jobs=2"})
+    assert parse_host_limits(env.host_limits) == {"x": HostLimit(jobs=1), "y": HostLimit(jobs=2)}
+    flags = load_config(ControllerConfig, str(f), {"link_limits": ["b>a:streams=1"]})
+    assert parse_link_limits(flags.link_limits) == {("b", "a"): 1}
+    with pytest.raises(ConfigError, match="link_limits"):
+        f.write_text("link_limits = [1]\n")
+        load_config(ControllerConfig, str(f))
+
+
+def test_controller_flags_for_high_marks_and_limits() -> None:
+    from zcrepl.controller.main import build_parser
+
+    args = build_parser().parse_args(["--high-cpu-percent", "97", "--host-limit", "a:jobs=1", "--host-limit",
+                                      "b:streams=2", "--link-limit", "a>b:streams=3"])
+    flags = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    cfg = load_config(ControllerConfig, None, flags, {})
+    assert cfg.high_cpu_percent == 97.0
+    assert parse_host_limits(cfg.host_limits) == {"a": HostLimit(jobs=1), "b": HostLimit(streams=2)}
+    assert parse_link_limits(cfg.link_limits) == {("a", "b"): 3}

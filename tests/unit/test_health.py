@@ -315,3 +315,61 @@ def test_monitor_set_interval_takes_effect_at_once(tmp_path: Path) -> None:
     assert time.monotonic() - started < 1.0
     assert not any(t.name == "zc-health" for t in threading.enumerate())
     monitor.stop()  # idempotent
+
+
+# -- export devices, transfer rate, inotify headroom -------------------------------------------------
+
+
+def test_each_export_names_its_device_as_listed_in_disks(tmp_path: Path) -> None:
+    h = HealthSampler([os.fsencode(tmp_path), os.fsencode(tmp_path / "gone")]).sample()
+    live, vanished = h.exports
+    assert vanished.device == ""
+    if live.device:  # found via st_dev and /sys/dev/block: it must be one of the reported disks
+        assert live.device in {d.device for d in h.disks}
+    else:  # tmpfs, overlayfs...: unknown, and the disks fall back to every physical disk
+        assert _fstype(tmp_path) not in ("ext4", "xfs")
+
+
+def test_export_device_follows_st_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sysfs lookup is what decides: a mapped export reports that device and only it."""
+    import zcrepl.agent.health as health
+
+    counters = psutil.disk_io_counters(perdisk=True)
+    name = sorted(counters)[0]
+    monkeypatch.setattr(health, "_block_device_name", lambda st_dev: name)
+    h = HealthSampler([os.fsencode(tmp_path)]).sample()
+    assert h.exports[0].device == name
+    assert [d.device for d in h.disks] == [name]
+
+
+def test_transfer_rate_is_the_rate_of_the_byte_counter(tmp_path: Path) -> None:
+    moved = [0]
+    clock = iter([100.0, 102.0, 104.0, 105.0]).__next__
+    sampler = HealthSampler([os.fsencode(tmp_path)], transfer_bytes=lambda: moved[0], monotonic=clock)
+    moved[0] = 64 * MiB
+    assert sampler.sample().transfer_bps == 32 * MiB
+    moved[0] = 96 * MiB
+    assert sampler.sample().transfer_bps == 16 * MiB
+    moved[0] = 0  # counter reset (an agent restart would look like this): no negative rate
+    assert sampler.sample().transfer_bps == 0.0
+
+
+class _Fixed:
+    def __init__(self, used: int, limit: int) -> None:
+        self.value = (used, limit)
+
+    def read(self) -> tuple[int, int]:
+        return self.value
+
+
+def test_inotify_figures_reach_the_sample(tmp_path: Path) -> None:
+    h = HealthSampler([os.fsencode(tmp_path)], inotify=_Fixed(1200, 8192)).sample()  # type: ignore[arg-type]
+    assert (h.inotify_watches_used, h.inotify_watches_max) == (1200, 8192)
+
+
+@pytest.mark.parametrize(("host", "nic"), [("127.0.0.1", "lo"), ("[::1]", "lo"), ("192.0.2.77", ""), ("", "")])
+def test_data_nic_is_the_interface_holding_the_data_address(tmp_path: Path, host: str, nic: str) -> None:
+    addrs = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    if host.strip("[]") == "::1" and "::1" not in addrs:
+        pytest.skip("no IPv6 loopback here")
+    assert HealthSampler([os.fsencode(tmp_path)], data_host=host).sample().data_nic == nic

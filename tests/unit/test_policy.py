@@ -23,6 +23,7 @@ from zcrepl.controller.policy import (
     ThrottleDecision,
     aimd_step,
     choose_streams,
+    disk_for,
     effective_priority,
     host_blockers,
     order_queue,
@@ -31,7 +32,7 @@ from zcrepl.controller.policy import (
     wait_reason,
 )
 from zcrepl.core.errors import ConfigError
-from zcrepl.core.types import DiskIO, DiskUsage, Endpoint, HostHealth, Job, JobState, NetIO, Role
+from zcrepl.core.types import DiskIO, DiskUsage, Endpoint, HostHealth, Job, JobOptions, JobState, NetIO, Role
 
 NOW = 10_000.0
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -49,6 +50,91 @@ def hh(cpu: float = 10.0, load: float = 0.5, cores: int = 8, disk: float = 10.0,
         disks=(DiskIO("sda", 0, 0, disk / 2), DiskIO("sdb", 0, 0, disk)),
         nics=(NetIO("lo", 9e9, 9e9, 0), NetIO("eth0", rx_mbps * 1e6 / 8, tx_mbps * 1e6 / 8, speed)),
     )
+
+
+# -- the disk behind a job's path -------------------------------------------------------------------
+
+# Two exports: /srv on sda (quiet, 20% busy), /data on sdb (93% busy); /tmp-ish has no known device.
+MAPPED = (DiskUsage(b"/srv", 1000 * GiB, 100 * GiB, 900 * GiB, 10.0, "sda"),
+          DiskUsage(b"/data", 1000 * GiB, 100 * GiB, 900 * GiB, 10.0, "sdb"),
+          DiskUsage(b"/scratch", 1000 * GiB, 100 * GiB, 900 * GiB, 10.0, ""))
+
+
+def mapped(sda: float = 20.0, sdb: float = 93.0) -> HostHealth:
+    return replace(hh(exports=MAPPED), disks=(DiskIO("sda", 0, 0, sda), DiskIO("sdb", 0, 0, sdb)))
+
+
+@pytest.mark.parametrize(
+    ("path", "device"),
+    [
+        (b"/srv/x/y", "sda"),  # the export's own device, although another disk is busier
+        (b"/data/x", "sdb"),
+        (b"/scratch/x", "sdb"),  # device unknown: the busiest disk stands in
+        (b"/elsewhere", "sdb"),  # outside the exports: likewise
+        (None, "sdb"),
+    ],
+)
+def test_disk_for_path(path: bytes | None, device: str) -> None:
+    d = disk_for(mapped(), path)
+    assert d is not None and d.device == device
+
+
+def test_disk_for_a_device_missing_from_the_sample_falls_back() -> None:
+    h = replace(mapped(), disks=(DiskIO("sdc", 0, 0, 50.0),))
+    assert disk_for(h, b"/srv/x") == DiskIO("sdc", 0, 0, 50.0)
+    assert disk_for(replace(h, disks=()), b"/srv/x") is None
+
+
+@pytest.mark.parametrize(
+    ("path", "role", "blocked"),
+    [
+        (b"/srv/in", Role.RECEIVER, False),  # writes to the quiet sda: goes, though sdb is 93% busy
+        (b"/data/in", Role.RECEIVER, True),
+        (b"/srv/out", Role.SENDER, False),
+        (b"/data/out", Role.SENDER, True),
+        (b"/scratch/out", Role.SENDER, True),
+    ],
+)
+def test_admission_judges_the_disk_behind_the_jobs_path(path: bytes, role: Role, blocked: bool) -> None:
+    why = host_blockers("h", mapped(), T, role=role, path=path, now=NOW)
+    assert bool(why) == blocked, why
+    if blocked:
+        assert why == ["h disk 93% busy (sdb, limit 90%)"]
+
+
+def test_throttle_judges_the_disks_behind_both_paths() -> None:
+    hot = mapped(sda=10.0, sdb=99.0)
+    quiet = throttle_decision(hot, hot, T, 0, LinkState("a", "b", ema_bps=100 * MiB), now=NOW,
+                              src_path=b"/srv/x", dst_path=b"/srv/y")
+    assert quiet.action is Throttle.HOLD and "running" in quiet.reason
+    slow = throttle_decision(hot, hot, T, 0, LinkState("a", "b", ema_bps=100 * MiB), now=NOW,
+                             src_path=b"/srv/x", dst_path=b"/data/y")
+    assert slow.action is Throttle.SLOW and "b disk 99% busy (sdb, limit 98%)" in slow.reason
+    assert "a disk" not in slow.reason
+
+
+@pytest.mark.parametrize(
+    ("data_nic", "blocked"),
+    [
+        ("eth1", False),  # transfers use eth1 (20% busy), though eth0 is 90% busy
+        ("eth0", True),
+        ("", True),  # unknown: the busiest NIC stands in
+        ("lo", True),  # no known speed: likewise
+        ("eth9", True),  # not in the sample: likewise
+    ],
+)
+def test_admission_judges_the_nic_behind_the_data_address(data_nic: str, blocked: bool) -> None:
+    h = replace(hh(), data_nic=data_nic, nics=(NetIO("lo", 9e9, 9e9, 0), NetIO("eth0", 0, 900e6 / 8, 1000),
+                                                NetIO("eth1", 0, 200e6 / 8, 1000)))
+    why = host_blockers("h", h, T, role=Role.SENDER, now=NOW)
+    assert why == (["h network 90% used sending (eth0 1000 Mb/s, limit 85%)"] if blocked else [])
+
+
+def test_rank_sources_reads_the_disk_behind_each_copy() -> None:
+    h = mapped(sda=10.0, sdb=80.0)  # under the start threshold, but /data's disk is busier
+    ranked = rank_sources([Endpoint("a", b"/data/copy"), Endpoint("b", b"/srv/copy")], Endpoint("c", b"/x"), {},
+                          {"a": h, "b": h}, {}, NOW)
+    assert [r.source.host for r in ranked] == ["b", "a"]
 
 
 # -- Thresholds ------------------------------------------------------------------------------------
@@ -207,7 +293,8 @@ def test_streams_reason_names_the_tighter_end_and_the_cap() -> None:
     n, why = choose_streams(hh(cpu=0, load=0), hh(cpu=50, load=0), 0, {"link a→b cap": 3})
     assert n == 3
     assert "4 free cores on the destination" in why
-    assert why.endswith("capped by link a→b cap 3")
+    assert why.endswith("capped at 3 by link a→b cap")
+    assert choose_streams(hh(cpu=0, load=0), None, 2, {})[1].endswith("capped at 2 by the job's --streams")
 
 
 @pytest.mark.parametrize(
@@ -414,8 +501,9 @@ def test_effective_priority(prio: Priority, waited: float, aging: float, expecte
     assert effective_priority(prio, NOW - waited, NOW, aging) == pytest.approx(expected)
 
 
-def qjob(job_id: int, created: float) -> Job:
-    return Job(id=job_id, state=JobState.QUEUED, source=ep("a"), destination=ep("b"), created_at=created)
+def qjob(job_id: int, created: float, priority: Priority = Priority.NORMAL) -> Job:
+    return Job(id=job_id, state=JobState.QUEUED, source=ep("a"), destination=ep("b"), created_at=created,
+               options=JobOptions(priority=priority))
 
 
 @pytest.mark.parametrize(
@@ -424,28 +512,45 @@ def qjob(job_id: int, created: float) -> Job:
     ids=["fresh", "just-before-aging", "just-after-aging", "long-wait"],
 )
 def test_low_job_overtakes_fresh_high_after_aging(low_waited: float, expected: list[int]) -> None:
-    low, high = qjob(1, NOW - low_waited), qjob(2, NOW)
-    got = order_queue([low, high], AGING, {1: Priority.LOW, 2: Priority.HIGH})
+    low, high = qjob(1, NOW - low_waited, Priority.LOW), qjob(2, NOW, Priority.HIGH)
+    got = order_queue([low, high], AGING)
     assert [j.id for j in got] == expected
 
 
+@pytest.mark.parametrize(
+    ("levels", "waited", "expected"),
+    [
+        # (priority of jobs 1, 2, 3), (seconds each has waited), start order
+        ((Priority.LOW, Priority.NORMAL, Priority.HIGH), (0.0, 0.0, 0.0), [3, 2, 1]),
+        ((Priority.HIGH, Priority.HIGH, Priority.HIGH), (10.0, 30.0, 20.0), [2, 3, 1]),  # FIFO within a level
+        ((Priority.NORMAL, Priority.HIGH, Priority.LOW), (AGING + 1, 0.0, 0.0), [1, 2, 3]),  # aged past high
+        ((Priority.NORMAL, Priority.HIGH, Priority.LOW), (AGING - 1, 0.0, 0.0), [2, 1, 3]),
+        ((Priority.LOW, Priority.NORMAL, Priority.HIGH), (AGING + 1, AGING + 1, 0.0), [2, 3, 1]),
+        ((Priority.LOW, Priority.HIGH, Priority.NORMAL), (3 * AGING, AGING, 0.0), [1, 2, 3]),  # tie: older
+    ],
+)
+def test_order_queue_by_job_priority(levels: tuple[Priority, ...], waited: tuple[float, ...],
+                                     expected: list[int]) -> None:
+    jobs = [qjob(i + 1, NOW - w, p) for i, (p, w) in enumerate(zip(levels, waited, strict=True))]
+    assert [j.id for j in order_queue(jobs, AGING)] == expected
+
+
 def test_order_queue_defaults_to_normal_and_fifo_within_a_level() -> None:
-    jobs = [qjob(3, 30.0), qjob(1, 10.0), qjob(2, 10.0), qjob(4, 40.0)]
-    assert [j.id for j in order_queue(jobs, AGING, {4: Priority.HIGH})] == [4, 1, 2, 3]
+    jobs = [qjob(3, 30.0), qjob(1, 10.0), qjob(2, 10.0), qjob(4, 40.0, Priority.HIGH)]
+    assert [j.id for j in order_queue(jobs, AGING)] == [4, 1, 2, 3]
 
 
 def test_order_queue_without_aging_is_by_level_then_age() -> None:
-    jobs = [qjob(1, 0.0), qjob(2, NOW)]
-    assert [j.id for j in order_queue(jobs, 0.0, {1: Priority.LOW, 2: Priority.NORMAL})] == [2, 1]
+    jobs = [qjob(1, 0.0, Priority.LOW), qjob(2, NOW)]
+    assert [j.id for j in order_queue(jobs, 0.0)] == [2, 1]
 
 
 def test_order_queue_matches_effective_priority_at_any_time() -> None:
     rng = random.Random(5)
-    jobs = [qjob(i, rng.uniform(0, 5000)) for i in range(200)]
-    prio = {j.id: rng.choice(list(Priority)) for j in jobs}
-    got = order_queue(jobs, AGING, prio)
+    jobs = [qjob(i, rng.uniform(0, 5000), rng.choice(list(Priority))) for i in range(200)]
+    got = order_queue(jobs, AGING)
     for now in (5000.0, 9000.0, 1e6):
-        eff = [effective_priority(prio[j.id], j.created_at, now, AGING) for j in got]
+        eff = [effective_priority(j.options.priority, j.created_at, now, AGING) for j in got]
         assert all(x >= y - 1e-9 for x, y in itertools.pairwise(eff)), now
 
 
@@ -552,8 +657,8 @@ def test_throttle_never_exceeds_the_jobs_own_limit() -> None:
 
 
 def test_decision_kinds_are_the_explain_vocabulary() -> None:
-    assert [k.value for k in DecisionKind] == ["wait", "start", "slow", "pause", "resume", "switch_source", "fail",
-                                             "done", "cancel"]
+    assert [k.value for k in DecisionKind] == ["wait", "start", "slow", "pause", "resume", "switch_source",
+                                             "streams", "fail", "done", "cancel"]
     assert [a.kind for a in Throttle] == [None, DecisionKind.SLOW, DecisionKind.PAUSE, DecisionKind.RESUME]
 
 

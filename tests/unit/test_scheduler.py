@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from zcrepl.controller.scheduler import Decision, HostView, Policy, overlaps, plan
-from zcrepl.core.types import Endpoint, Job, JobState
+from zcrepl.core.config import HostLimit
+from zcrepl.core.types import Endpoint, Job, JobOptions, JobState, Priority
 
 NOW = 1_000.0
 
@@ -20,9 +21,10 @@ def job(job_id: int, src: str = "a:/src", dst: str = "b:/dst", state: JobState =
     return Job(id=job_id, state=state, source=ep(src), destination=ep(dst), **kw)  # type: ignore[arg-type]
 
 
-def hosts(*online: str, offline: tuple[str, ...] = (), running: dict[str, int] | None = None) -> dict[str, HostView]:
-    running = running or {}
-    out = {n: HostView(n, True, running.get(n, 0)) for n in online}
+def hosts(*online: str, offline: tuple[str, ...] = (), running: dict[str, int] | None = None,
+          streams: dict[str, int] | None = None) -> dict[str, HostView]:
+    running, streams = running or {}, streams or {}
+    out = {n: HostView(n, True, running.get(n, 0), streams=streams.get(n, 0)) for n in online}
     out.update({n: HostView(n, False, running.get(n, 0)) for n in offline})
     return out
 
@@ -251,3 +253,65 @@ def test_fanout_waits_when_every_replica_is_busy() -> None:
     d = plan([j], hosts("a", "b", "c"), [], Policy(), NOW, sources={6: [ep("b:/dst"), ep("a:/src")]},
              group_sending=[(4, "a"), (4, "b")])
     assert not d[0].start and "b is already sending" in d[0].reason
+
+
+# -- priorities -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("levels", "ages", "started"),
+    [
+        ((Priority.LOW, Priority.NORMAL, Priority.HIGH), (30.0, 20.0, 10.0), 3),  # the high one, though newest
+        ((Priority.NORMAL, Priority.NORMAL, Priority.NORMAL), (30.0, 20.0, 10.0), 1),  # oldest first
+        ((Priority.LOW, Priority.HIGH, Priority.NORMAL), (1300.0, 10.0, 0.0), 1),  # low, aged over 2 levels
+        ((Priority.LOW, Priority.HIGH, Priority.NORMAL), (1100.0, 10.0, 0.0), 2),  # not yet
+    ],
+)
+def test_the_one_free_slot_goes_to_the_highest_effective_priority(levels: tuple[Priority, ...],
+                                                                   ages: tuple[float, ...], started: int) -> None:
+    jobs = [job(i + 1, "a:/src", f"b:/dst{i}", created_at=NOW - age, options=JobOptions(priority=p))
+            for i, (p, age) in enumerate(zip(levels, ages, strict=True))]
+    out = by_id(plan(jobs, hosts("a", "b"), [], Policy(max_jobs_per_host=1, aging=600.0), NOW))
+    assert [i for i, d in out.items() if d.start] == [started]
+    assert all("already runs 1 jobs" in d.reason for i, d in out.items() if i != started)
+
+
+# -- declared per-host and per-link limits ----------------------------------------------------------
+
+
+def limited(**kw: object) -> Policy:
+    return Policy(max_jobs_per_host=4, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("policy", "view", "link_streams", "started", "reason"),
+    [
+        # a host's own job limit replaces max_jobs_per_host, both ways
+        (limited(host_limits={"b": HostLimit(jobs=1)}), hosts("a", "b", "c"), {}, [1, 3],
+         "b already runs 1 jobs (limit 1)"),
+        (limited(host_limits={"a": HostLimit(jobs=6)}), hosts("a", "b", "c", running={"a": 4}), {}, [1, 2],
+         "a already runs 6 jobs (limit 6)"),
+        (limited(), hosts("a", "b", "c", running={"a": 4}), {}, [], "a already runs 4 jobs (limit 4)"),
+        # a host's streams (all its jobs together): a new job needs at least one
+        (limited(host_limits={"b": HostLimit(streams=8)}), hosts("a", "b", "c", streams={"b": 8}), {}, [3],
+         "b already uses 8 data streams (limit 8)"),
+        (limited(host_limits={"b": HostLimit(streams=8)}), hosts("a", "b", "c", streams={"b": 7}), {}, [1, 3],
+         "b already uses 8 data streams (limit 8)"),  # job 1 takes the last one
+        # a link's streams: only jobs on that link wait
+        (limited(link_streams={("a", "b"): 2}), hosts("a", "b", "c"), {("a", "b"): 2}, [3],
+         "the link a→b already carries 2 streams (limit 2)"),
+        (limited(link_streams={("a", "b"): 2}), hosts("a", "b", "c"), {("b", "a"): 9, ("a", "b"): 1}, [1, 3],
+         "the link a→b already carries 2 streams (limit 2)"),
+        (limited(link_streams={("b", "a"): 1}), hosts("a", "b", "c"), {("b", "a"): 1}, [1, 2, 3], ""),
+    ],
+    ids=["host-jobs-lower", "host-jobs-higher", "default-jobs", "host-streams-full", "host-streams-last",
+         "link-full", "link-last", "other-direction"],
+)
+def test_declared_limits(policy: Policy, view: dict[str, HostView], link_streams: dict[tuple[str, str], int],
+                         started: list[int], reason: str) -> None:
+    jobs = [job(1, "a:/s", "b:/d1"), job(2, "a:/s", "b:/d2"), job(3, "a:/s", "c:/d3")]
+    out = plan(jobs, view, [], policy, NOW, link_streams=link_streams)
+    assert [d.job_id for d in out if d.start] == started
+    waiting = [d.reason for d in out if not d.start]
+    assert all(r == f"waiting: {reason}" for r in waiting), waiting
+    assert bool(waiting) == bool(reason)

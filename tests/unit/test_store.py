@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from zcrepl.controller.store import SCHEMA_VERSION, Store
-from zcrepl.core.types import AgentInfo, Attempt, Endpoint, Job, JobOptions, JobState, TransferStats
+from zcrepl.controller.store import _SCHEMA, SCHEMA_VERSION, Store
+from zcrepl.core.types import AgentInfo, Attempt, Endpoint, Job, JobOptions, JobState, Priority, TransferStats
 
 SRC = Endpoint("hostA", b"/srv/data")
 DST = Endpoint("hostB", b"/backup/\xff\nodd")
@@ -64,6 +64,15 @@ def test_create_job(store: Store) -> None:
     assert job == Job(id=job.id, state=JobState.QUEUED, source=SRC, destination=DST, options=OPTS, created_at=12.5,
                       updated_at=12.5, max_attempts=3)
     assert job.id >= 1
+
+
+@pytest.mark.parametrize("priority", list(Priority))
+def test_priority_round_trips_in_its_own_column(store: Store, priority: Priority) -> None:
+    job = store.create_job(SRC, DST, replace(OPTS, priority=priority), 3, 10.0)
+    assert job.options.priority is priority
+    assert store.get_job(job.id) == job
+    assert store.db.execute("SELECT priority, options FROM jobs WHERE id=?", (job.id,)).fetchone()[0] == priority
+    assert "priority" not in store.db.execute("SELECT options FROM jobs WHERE id=?", (job.id,)).fetchone()[0]
 
 
 def test_create_assigns_increasing_ids(store: Store) -> None:
@@ -287,6 +296,33 @@ def test_reopen_keeps_data(state_dir: str) -> None:
         assert s.get_job(job.id) == saved
         assert s.agents() == {"hostA": (INFO, 3.0)}
         assert create(s).id > job.id  # ids are never reused
+    finally:
+        s.close()
+
+
+def test_schema_2_state_dir_is_migrated(state_dir: str) -> None:
+    """A state dir of the previous release (no priority column) opens; its jobs read as normal priority."""
+    os.makedirs(state_dir)
+    db = sqlite3.connect(os.path.join(state_dir, "controller.sqlite3"))
+    try:
+        db.executescript(_SCHEMA.replace(",\n    priority INTEGER NOT NULL DEFAULT 1", ""))
+        assert "priority" not in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+        db.execute("INSERT INTO meta VALUES ('schema', '2')")
+        db.execute("INSERT INTO jobs (state, src_host, src_path, dst_host, dst_path, options, created_at, updated_at,"
+                   " max_attempts) VALUES ('queued', 'hostA', x'2f61', 'hostB', x'2f62', ?, 5.0, 5.0, 3)",
+                   ('{"delete": true, "checksum": false, "bwlimit": 0, "max_attempts": 0, "streams": 0,'
+                    ' "durability": "file", "xattrs": false}',))
+        db.commit()
+    finally:
+        db.close()
+    s = Store(state_dir)
+    try:
+        (old,) = s.list_jobs()
+        assert old.options == JobOptions(delete=True, durability=old.options.durability, priority=Priority.NORMAL)
+        assert old.options.durability.value == "file"
+        new = s.create_job(SRC, DST, JobOptions(priority=Priority.LOW), 3, 6.0)
+        assert s.get_job(new.id).options.priority is Priority.LOW  # type: ignore[union-attr]
+        assert s.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(SCHEMA_VERSION),)
     finally:
         s.close()
 

@@ -1,0 +1,77 @@
+"""The attempt in flight for a job, and the stream arithmetic over the running attempts.
+
+Pure helpers of the engine: which streams the runs use per host and link, what the declared limits and
+the link's adaptive target leave for a new send, and whether a run's rate says anything about its link.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from zcrepl.controller.policy import MAX_STREAMS
+from zcrepl.controller.scheduler import Policy, Usage
+from zcrepl.core.types import Endpoint, Job, TransferStats
+
+
+@dataclass
+class Run:
+    """The attempt in flight for one job."""
+
+    job_id: int
+    attempt: int
+    ticket: bytes
+    ready_deadline: float
+    source: Endpoint  # what this attempt reads from: the job's source, or a finished fan-out replica
+    receiver_ready: bool = False
+    sender_done: TransferStats | None = None
+    receiver_done: TransferStats | None = None
+    progress: TransferStats = field(default_factory=TransferStats)
+    last_report: float = 0.0
+    sending: bool = False  # the SendOrder went out
+    streams: int = 0  # data streams the SendOrder allowed (0 until then)
+    bwlimit: int = 0  # the load policy's current cap (0 = none beyond the job's own)
+    paused: bool = False
+    rate_at: float = 0.0  # when the throttle last sampled this run...
+    rate_bytes: int = 0  # ...and the bytes done then
+
+
+def rate_limited(job: Job, run: Run) -> bool:
+    """Held back by a bandwidth cap or paused: its rate measures the cap, not the link."""
+    return run.paused or run.bwlimit > 0 or job.options.bwlimit > 0
+
+
+def link_cap(policy: Policy, link: tuple[str, str]) -> int:
+    """The declared ceiling on a link's streams (per host and per link); MAX_STREAMS when none."""
+    caps = [MAX_STREAMS, policy.link_streams.get(link, 0)]
+    caps += [limit.streams for h in set(link) if (limit := policy.host_limits.get(h)) is not None]
+    return min(c for c in caps if c > 0)
+
+
+def stream_usage(runs: Mapping[int, Run], jobs: Mapping[int, Job], but: int = 0) -> Usage:
+    """Streams in use per host and link by the runs (except job ``but``); one for a run not sending yet,
+    since it will use at least one."""
+    usage = Usage({}, {})
+    for job_id, run in runs.items():
+        if job_id != but:
+            usage.add(run.source.host, jobs[job_id].destination.host, run.streams or 1)
+    return usage
+
+
+def stream_caps(policy: Policy, usage: Usage, src: str, dst: str, target: int) -> dict[str, int]:
+    """Ceilings for a new send from ``src`` to ``dst``, labelled for its explain line: what the declared
+    limits leave after ``usage`` (other runs), and the link's adaptive ``target`` (0 = none yet)."""
+    caps: dict[str, int] = {}
+    for host in (src, dst) if src != dst else (src,):
+        limit = policy.host_limits.get(host)
+        if limit is not None and limit.streams:
+            used = usage.hosts.get(host, 0)
+            caps[f"{host}'s stream limit of {limit.streams} ({used} in use by other jobs)"] = max(
+                1, limit.streams - used)
+    cap = policy.link_streams.get((src, dst), 0)
+    if cap:
+        used = usage.links.get((src, dst), 0)
+        caps[f"the {src}→{dst} link's stream limit of {cap} ({used} in use by other jobs)"] = max(1, cap - used)
+    if target:
+        caps[f"the {src}→{dst} link's adaptive target (AIMD over its measured throughput)"] = target
+    return caps

@@ -1,0 +1,246 @@
+"""Engine-level tests: a real Engine and SQLite Store, agents as in-memory sessions, an injected clock.
+
+The engine's I/O is the agents' outboxes (orders) and reports/heartbeats in; here a test plays the agents,
+so decisions that span several ticks (stream limits, AIMD, source choice) are checked without processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zcrepl.controller.engine import Engine
+from zcrepl.controller.policy import LinkState
+from zcrepl.controller.registry import Session
+from zcrepl.controller.store import Store
+from zcrepl.core.config import ControllerConfig
+from zcrepl.core.types import (
+    AgentInfo,
+    DiskUsage,
+    Endpoint,
+    HostHealth,
+    Job,
+    JobOptions,
+    Phase,
+    ReceiveOrder,
+    Role,
+    SendOrder,
+    TransferReport,
+    TransferStats,
+)
+
+GiB = 1 << 30
+
+
+def idle(at: float, cores: int = 16, cpu: float = 0.0, load: float = 0.0) -> HostHealth:
+    return HostHealth(sampled_at=at, cpu_percent=cpu, cpu_count=cores, load1=load,
+                      exports=(DiskUsage(b"/srv", 1000 * GiB, 100 * GiB, 900 * GiB, 10.0),))
+
+
+class Harness:
+    """An Engine with agents played by the test; ``now`` is the engine's clock."""
+
+    def __init__(self, state_dir: Path, **config: Any) -> None:
+        self.now = 1000.0
+        self.store = Store(str(state_dir))
+        self.engine = Engine(ControllerConfig(state_dir=str(state_dir), **config), self.store, clock=lambda: self.now)
+        self.sessions: dict[str, Session] = {}
+
+    def agent(self, name: str, cores: int = 16, cpu: float = 0.0) -> Session:
+        s = self.engine.connect(AgentInfo(name, data_address=f"127.0.0.1:{len(self.sessions) + 9000}",
+                                          exports=(b"/srv",)), [])
+        self.sessions[name] = s
+        self.beat(name, cores, cpu)
+        return s
+
+    def beat(self, name: str, cores: int = 16, cpu: float = 0.0, load: float = 0.0) -> None:
+        self.engine.heartbeat(self.sessions[name], idle(self.now, cores, cpu, load))
+
+    def finish(self, job: Job) -> None:
+        run = self.engine.runs[job.id]
+        self.report(run.source.host, job, Role.SENDER, Phase.DONE, run.attempt, files_done=1)
+        self.report(job.destination.host, job, Role.RECEIVER, Phase.DONE, run.attempt, files_done=1)
+
+    def orders(self, name: str) -> list[object]:
+        out = []
+        q = self.sessions[name].outbox
+        while not q.empty():
+            out.append(q.get_nowait())
+        return out
+
+    def submit(self, src: str, dst: str, **options: Any) -> Job:
+        return self.engine.submit(ep(src), ep(dst), JobOptions(**options))
+
+    def report(self, name: str, job: Job, role: Role, phase: Phase, attempt: int = 1, **stats: Any) -> None:
+        self.engine.report(self.sessions[name], TransferReport(job.id, attempt, role, phase, TransferStats(**stats)))
+
+    def start(self, job: Job) -> SendOrder:
+        """Tick until the job's ReceiveOrder goes out, answer READY, and return the SendOrder."""
+        self.engine.tick()
+        dst = job.destination.host
+        (recv,) = [o for o in self.orders(dst) if isinstance(o, ReceiveOrder) and o.job_id == job.id]
+        self.report(dst, job, Role.RECEIVER, Phase.READY, recv.attempt)
+        run = self.engine.runs[job.id]
+        (send,) = [o for o in self.orders(run.source.host) if isinstance(o, SendOrder) and o.job_id == job.id]
+        return send
+
+    def explain(self, job: Job) -> list[tuple[str, str]]:
+        return [(kind, reason) for _, kind, reason in self.engine.explain(job.id)]
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def ep(spec: str) -> Endpoint:
+    host, _, path = spec.partition(":")
+    return Endpoint(host, path.encode())
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Any]:
+    made: list[Harness] = []
+
+    def make(**config: Any) -> Harness:
+        h = Harness(tmp_path / f"state{len(made)}", **config)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+# -- declared stream limits -------------------------------------------------------------------------
+
+
+def test_host_stream_limit_caps_streams_and_holds_back_the_next_job(harness: Any) -> None:
+    h = harness(host_limits=("hostB:streams=5",))
+    for name in ("hostA", "hostB", "hostC"):
+        h.agent(name)
+    j1 = h.submit("hostA:/srv/x", "hostB:/srv/1")
+    send = h.start(j1)
+    assert send.options.streams == 5  # 16 free cores, capped by hostB's limit
+    assert any("capped at 5 by hostB's stream limit of 5 (0 in use by other jobs)" in r for _, r in h.explain(j1))
+
+    j2 = h.submit("hostA:/srv/x", "hostB:/srv/2")
+    j3 = h.submit("hostA:/srv/x", "hostC:/srv/3")
+    h.engine.tick()
+    assert h.engine.jobs[j2.id].wait_reason == "waiting: hostB already uses 5 data streams (limit 5)"
+    assert j3.id in h.engine.runs  # other hosts are not held back
+
+
+def test_streams_left_under_a_limit_go_to_the_next_job(harness: Any) -> None:
+    h = harness(host_limits=("hostA:streams=6",), link_limits=("hostA>hostC:streams=3",))
+    for name in ("hostA", "hostB", "hostC"):
+        h.agent(name)
+    j1 = h.submit("hostA:/srv/x", "hostB:/srv/1", streams=4)
+    assert h.start(j1).options.streams == 4  # the job's own --streams
+    j2 = h.submit("hostA:/srv/x", "hostC:/srv/2")
+    send = h.start(j2)
+    assert send.options.streams == 2  # hostA: 6 - 4 left, under the link's 3
+    assert any("capped at 2 by hostA's stream limit of 6 (4 in use by other jobs)" in r for _, r in h.explain(j2))
+    j3 = h.submit("hostA:/srv/x", "hostB:/srv/3")
+    h.engine.tick()
+    assert h.engine.jobs[j3.id].wait_reason == "waiting: hostA already uses 6 data streams (limit 6)"
+
+
+# -- AIMD from live samples -------------------------------------------------------------------------
+
+MiB = 1 << 20
+
+
+def test_link_streams_follow_measured_throughput_and_cap_the_next_job(harness: Any) -> None:
+    h = harness()
+    for name in ("hostA", "hostB"):
+        h.agent(name, cores=4)
+    j1 = h.submit("hostA:/srv/x", "hostB:/srv/1")
+    assert h.start(j1).options.streams == 4  # 4 free cores, nothing measured on the link yet
+    moved = files = 0
+    for mib, n in ((10, 1), (200, 10), (200, 10), (40, 2)):  # ramp-up, steady, steady, a real drop
+        h.now += 2.0
+        moved, files = moved + mib * MiB, files + n
+        h.report("hostA", j1, Role.SENDER, Phase.PROGRESS, bytes_done=moved, files_done=files, bytes_total=1 << 40)
+        for name in ("hostA", "hostB"):
+            h.beat(name, cores=4)
+        h.engine.tick()
+    steps = [r for kind, r in h.explain(j1) if kind == "streams"]
+    assert len(steps) == 3, steps
+    assert steps[0] == ("hostA→hostB: throughput 100.0 MiB/s, success 100%; streams 4 → 5 "
+                        "(the target for the next jobs on this link)")
+    assert "streams 5 → 6" in steps[1]
+    assert "throughput fell" in steps[2] and "streams 6 → 3" in steps[2]
+    assert h.engine.links.target(("hostA", "hostB")) == 3
+
+    for role, name in ((Role.SENDER, "hostA"), (Role.RECEIVER, "hostB")):
+        h.report(name, j1, role, Phase.DONE, bytes_done=moved, files_done=files)
+    assert j1.id not in h.engine.jobs  # done and settled; its last sliver of a window was not fed
+    assert h.engine.links.target(("hostA", "hostB")) == 3
+
+    j2 = h.submit("hostA:/srv/x", "hostB:/srv/2")
+    assert h.start(j2).options.streams == 3
+    assert any("capped at 3 by the hostA→hostB link's adaptive target" in r for _, r in h.explain(j2))
+
+
+def test_a_rate_capped_transfer_does_not_teach_the_link(harness: Any) -> None:
+    h = harness()
+    for name in ("hostA", "hostB"):
+        h.agent(name, cores=4)
+    j1 = h.submit("hostA:/srv/x", "hostB:/srv/1", bwlimit=10 * MiB)
+    h.start(j1)
+    for i in range(1, 5):
+        h.now += 2.0
+        h.report("hostA", j1, Role.SENDER, Phase.PROGRESS, bytes_done=i * 20 * MiB, files_done=i)
+        for name in ("hostA", "hostB"):
+            h.beat(name, cores=4)
+        h.engine.tick()
+    assert j1.id in h.engine.runs
+    assert h.engine.links.target(("hostA", "hostB")) == 0
+    assert not [r for kind, r in h.explain(j1) if kind == "streams"]
+
+
+def test_a_failure_while_sending_cuts_the_link_and_counts_against_the_source(harness: Any) -> None:
+    h = harness()
+    for name in ("hostA", "hostB"):
+        h.agent(name, cores=4)
+    j1 = h.submit("hostA:/srv/x", "hostB:/srv/1")
+    h.start(j1)
+    h.now += 1.0
+    h.report("hostA", j1, Role.SENDER, Phase.FAILED, bytes_done=5 * MiB)
+    assert h.engine.links.target(("hostA", "hostB")) == 2  # 4 streams, halved
+    assert h.engine.links.failures == {"hostA": [h.now]}
+    assert any(kind == "streams" and "streams 4 → 2" in r for kind, r in h.explain(j1))
+
+
+# -- fan-out source ranking -------------------------------------------------------------------------
+
+
+def test_fanout_reads_from_the_best_ranked_finished_copy_not_the_least_loaded(harness: Any) -> None:
+    h = harness()
+    hosts = ("hostA", "hostB", "hostC", "hostD", "hostE")
+    for name in hosts:
+        h.agent(name, cores=8)
+    jobs = h.engine.submit_fanout(ep("hostA:/srv/x"), [ep(f"{n}:/srv/copy") for n in hosts[1:]], JobOptions())
+    by_dst = {j.destination.host: j for j in jobs}
+    h.start(by_dst["hostB"])  # round 1: hostA sends one copy of the fan-out at a time
+    h.finish(by_dst["hostB"])
+    h.start(by_dst["hostC"])  # round 2: hostC reads from hostB, hostD from hostA
+    assert h.engine.runs[by_dst["hostC"].id].source.host == "hostB"
+    h.start(by_dst["hostD"])
+    assert h.engine.runs[by_dst["hostD"].id].source.host == "hostA"
+    h.finish(by_dst["hostC"])
+    h.finish(by_dst["hostD"])
+
+    # Measured earlier: hostB is slow towards hostE, hostC fast; hostD unmeasured but recently failed.
+    h.engine.links.states[("hostB", "hostE")] = LinkState("hostB", "hostE", 4, ema_bps=10 * MiB)
+    h.engine.links.states[("hostC", "hostE")] = LinkState("hostC", "hostE", 4, ema_bps=100 * MiB)
+    h.engine.links.failures["hostD"] = [h.now - 60]
+    for name in hosts:  # hostC is the busiest copy (30% CPU, load 2 on 8 cores), under every threshold
+        h.beat(name, cores=8, cpu=30.0 if name == "hostC" else 0.0, load=2.0 if name == "hostC" else 0.0)
+    h.start(by_dst["hostE"])
+    assert h.engine.runs[by_dst["hostE"].id].source.host == "hostC"
+    (switch,) = [r for kind, r in h.explain(by_dst["hostE"]) if kind == "switch_source"]
+    assert "from the finished replica hostC:/srv/copy" in switch
+    assert "hostC: 100.0 MiB/s measured to hostE, load at 35% of its start thresholds, 0 failures" in switch
