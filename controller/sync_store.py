@@ -7,10 +7,8 @@ import json
 import sqlite3
 from dataclasses import asdict
 
-from zcrepl.controller.store import _options as options_from_json
-from zcrepl.controller.store import _options_json as options_to_json
 from zcrepl.core.synctypes import SyncCounters, SyncRule, SyncState
-from zcrepl.core.types import Endpoint
+from zcrepl.core.types import Durability, Endpoint, JobOptions
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS syncs (
@@ -63,6 +61,19 @@ class SyncStore:
 
     def remove(self, rule_id: int) -> None:
         self.db.execute("DELETE FROM syncs WHERE id=?", (rule_id,))
+
+
+def options_to_json(o: JobOptions) -> str:
+    # A rule has no queue priority: it is never queued.
+    doc = {k: v for k, v in asdict(o).items() if k != "priority"}
+    return json.dumps({**doc, "durability": o.durability.value})
+
+
+def options_from_json(text: str) -> JobOptions:
+    doc = json.loads(text)
+    doc.pop("priority", None)
+    doc["durability"] = Durability(doc.get("durability", Durability.JOB.value))
+    return JobOptions(**doc)
 
 
 _COLS = "id, state, src_host, src_path, dsts, options, created_at, window, quiet, counters, last_error, last_error_at"

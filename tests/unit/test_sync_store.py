@@ -1,0 +1,35 @@
+"""Watch rules in SQLite: round trips (non-UTF-8 paths too), epochs, counters, state, removal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zcrepl.controller.store import Store
+from zcrepl.controller.sync_store import SyncStore
+from zcrepl.core.synctypes import SyncCounters, SyncRule, SyncState, sync_options
+from zcrepl.core.types import Durability, Endpoint, JobOptions
+
+
+def test_rules_round_trip_and_survive_a_reopen(tmp_path: Path) -> None:
+    store = Store(str(tmp_path))
+    syncs = SyncStore(store.db)
+    src = Endpoint("hostA", b"/data/\xff\xfe odd")
+    dsts = (Endpoint("hostB", b"/copy/\xe4"), Endpoint("hostC", b"/c"))
+    opts = sync_options(JobOptions(checksum=True, durability=Durability.NONE, bwlimit=5))
+    rule = syncs.create(src, dsts, SyncRule(0, src, dsts, opts, SyncState.ACTIVE, 12.5, 0.02, 0.3))
+    assert (rule.source, rule.destinations, rule.options) == (src, dsts, opts)
+    assert opts.delete and (rule.window, rule.quiet, rule.created_at) == (0.02, 0.3, 12.5)
+    assert [syncs.next_epoch(rule.id) for _ in range(3)] == [1, 2, 3]
+    syncs.save_progress(rule.id, SyncCounters(sessions=4, bytes=99, reconciles=1), "hostB: disk full", 77.0)
+    syncs.set_state(rule.id, SyncState.PAUSED)
+    store.close()
+
+    store = Store(str(tmp_path))
+    again = SyncStore(store.db).get(rule.id)
+    assert again is not None and again.state is SyncState.PAUSED
+    assert again.counters == SyncCounters(sessions=4, bytes=99, reconciles=1)
+    assert (again.last_error, again.last_error_at) == ("hostB: disk full", 77.0)
+    assert SyncStore(store.db).next_epoch(rule.id) == 4  # epochs never repeat across restarts
+    SyncStore(store.db).remove(rule.id)
+    assert SyncStore(store.db).all() == []
+    store.close()
