@@ -448,7 +448,7 @@ def throttle_decision(src_health: HostHealth | None, dst_health: HostHealth | No
         why = (f"{link_state.destination} has {size(e.free)} free on {show(e.path)}, under the "
                f"{size(free_margin(e, thresholds))} margin")
         return ThrottleDecision(Throttle.HOLD if paused else Throttle.PAUSE, current, why)
-    hot = [w for n, h, r, p in ends for w in over(n, h, thresholds, r, high=True, path=p)]
+    hot = [w for n, h, r, p in ends if h is not None for w in over(n, h, thresholds, r, high=True, path=p)]
     if hot:
         if paused:
             return ThrottleDecision(Throttle.HOLD, current, "still paused: " + "; ".join(hot))
@@ -457,7 +457,7 @@ def throttle_decision(src_health: HostHealth | None, dst_health: HostHealth | No
         if cap < thresholds.min_bwlimit:
             return ThrottleDecision(Throttle.PAUSE, current, "pause: " + "; ".join(hot))
         return ThrottleDecision(Throttle.SLOW, cap, f"slow to {rate(cap)}: " + "; ".join(hot))
-    warm = [w for n, h, r, p in ends for w in over(n, h, thresholds, r, high=False, path=p)]
+    warm = [w for n, h, r, p in ends if h is not None for w in over(n, h, thresholds, r, high=False, path=p)]
     if warm:
         state = "paused" if paused else f"at {rate(current)}" if current else "at full speed"
         return ThrottleDecision(Throttle.HOLD, current, f"staying {state} until under the start thresholds: "

@@ -9,6 +9,7 @@ import array
 import asyncio
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 from zcrepl.core.types import AgentInfo, AgentStatus, HostHealth
 
@@ -52,7 +53,7 @@ class HealthHistory:
         out = []
         for k in range(min(n, self._len), 0, -1):
             base = ((self._next - k) % self.maxlen) * width
-            values = {name: (int(v) if name in self._INTS else v)
+            values: dict[str, Any] = {name: (int(v) if name in self._INTS else v)
                       for name, v in zip(self.FIELDS, self._buf[base : base + width], strict=True)}
             out.append(HostHealth(**values))
         return out

@@ -150,12 +150,12 @@ def _blocker(job: Job, source: Endpoint, hosts: Mapping[str, HostView], load: Ma
         if overlaps(dst, job.destination):
             return f"waiting: job {other_id} is writing to {dst.host}:{show(dst.path)}"
     if policy.thresholds is not None:
-        src, dst = hosts[source.host], hosts[job.destination.host]
+        src_view, dst_view = hosts[source.host], hosts[job.destination.host]
         left = max(0, job.progress.bytes_total - job.progress.bytes_done) if job.progress.scan_done else 0
-        blockers = host_blockers(dst.name, dst.health, policy.thresholds, role=Role.RECEIVER,
+        blockers = host_blockers(dst_view.name, dst_view.health, policy.thresholds, role=Role.RECEIVER,
                                  bytes_to_move=left, path=job.destination.path, now=now)
-        if src.name != dst.name:
-            blockers = host_blockers(src.name, src.health, policy.thresholds, role=Role.SENDER, path=source.path,
-                                     now=now) + blockers
+        if src_view.name != dst_view.name:
+            blockers = host_blockers(src_view.name, src_view.health, policy.thresholds, role=Role.SENDER,
+                                     path=source.path, now=now) + blockers
         return wait_reason(blockers)
     return ""

@@ -17,10 +17,10 @@ _STATE_TO_PB = {
     t.JobState.FAILED: pb.JOB_STATE_FAILED,
     t.JobState.CANCELLED: pb.JOB_STATE_CANCELLED,
 }
-_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+_STATE_FROM_PB: dict[int, t.JobState] = {v: k for k, v in _STATE_TO_PB.items()}
 
 
-def state_to_pb(s: t.JobState) -> int:
+def state_to_pb(s: t.JobState) -> pb.JobState:
     return _STATE_TO_PB[s]
 
 
@@ -173,7 +173,8 @@ _PHASE = {t.Phase.READY: 1, t.Phase.PROGRESS: 2, t.Phase.DONE: 3, t.Phase.FAILED
 def report_to_pb(r: t.TransferReport) -> object:
     from zcrepl.proto import controller_pb2 as cpb
 
-    return cpb.TransferReport(job_id=r.job_id, attempt=r.attempt, role=_ROLE[r.role], phase=_PHASE[r.phase],
+    return cpb.TransferReport(job_id=r.job_id, attempt=r.attempt, role=cpb.Role.Value("ROLE_" + r.role.name),
+                              phase=cpb.Phase.Value("PHASE_" + r.phase.name),
                               stats=stats_to_pb(r.stats), error=r.error, retryable=r.retryable)
 
 

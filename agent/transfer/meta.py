@@ -31,8 +31,8 @@ def apply_meta(fd: int, e: Entry, st: os.stat_result | None = None, *, owner: bo
     if not xattrs:
         return
     wanted = dict(fr.decode_xattrs(e.xattrs))
-    for key in os.listxattr(fd):
-        bkey = os.fsencode(key)
+    for name in os.listxattr(fd):
+        bkey = os.fsencode(name)
         if bkey not in wanted:
             with contextlib.suppress(OSError):
                 os.removexattr(fd, bkey)
