@@ -748,7 +748,9 @@ def test_FORCED_queue_overflow_yields_rescan(watch: Callable[..., tuple[TreeWatc
     # there this test holds watchdog's InotifyFD lock so its reader thread cannot drain the queue meanwhile.
     w, sink, root = watch()
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
-    n = limit // 2 + 200  # IN_CREATE + IN_CLOSE_WRITE per file
+    # IN_CREATE + IN_CLOSE_WRITE per file: twice the queue's room, as the reader may have one buffer of
+    # events in hand (read outside the lock) when the lock is taken.
+    n = limit + 200
     fd_thread = w._observer._fd  # type: ignore[union-attr]
     with fd_thread._lock:
         for i in range(n):
