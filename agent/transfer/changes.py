@@ -22,9 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.atomic import remove_entry
-from zcrepl.agent.transfer.frame import Entry, Kind, Op
+from zcrepl.agent.transfer.frame import Entry, Kind
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import Scanner
 from zcrepl.core.errors import ProtocolError, UnsafePath
@@ -44,9 +44,9 @@ class ChangePlan:
     deletes: frozenset[bytes] = frozenset()
     upserts: frozenset[bytes] = frozenset()
 
-    def ops(self) -> list[Op]:
-        out = [Op(fr.OP_RENAME, a, b) for a, b in self.renames]
-        out += [Op(fr.OP_DELETE, p) for p in sorted(self.deletes)]
+    def ops(self) -> list[opf.Op]:
+        out = [opf.Op(opf.OP_RENAME, a, b) for a, b in self.renames]
+        out += [opf.Op(opf.OP_DELETE, p) for p in sorted(self.deletes)]
         return out
 
 
@@ -120,7 +120,7 @@ def _entry(scanner: Scanner, root: SafeRoot, parts: tuple[bytes, ...], rel: byte
 # -- receiver -------------------------------------------------------------------------------------------
 
 
-def apply_ops(w: TreeWriter, ops: list[Op]) -> list[bytes]:
+def apply_ops(w: TreeWriter, ops: list[opf.Op]) -> list[bytes]:
     """Apply renames and deletes in order at the destination; returns rename sources it did not have.
 
     Names are validated first (a bad one is a protocol error: the peer is dropped); trouble with the
@@ -129,7 +129,7 @@ def apply_ops(w: TreeWriter, ops: list[Op]) -> list[bytes]:
     missed: list[bytes] = []
     for op in ops:
         src = validate_relpath(op.path)
-        dst = validate_relpath(op.target) if op.kind == fr.OP_RENAME else ()
+        dst = validate_relpath(op.target) if op.kind == opf.OP_RENAME else ()
         if dst and dst[: len(src)] == src:
             raise ProtocolError(f"a rename of {show(op.path)} into itself")
         try:

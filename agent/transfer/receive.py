@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.apply import FileSlot, TreeWriter
 from zcrepl.agent.transfer.basis import complete_delta
 from zcrepl.agent.transfer.changes import apply_ops
@@ -111,7 +112,7 @@ class ReceiveSession:
 
     def _control_frames(self, ch: Channel, writer: TreeWriter, sink: _Sink) -> dict[str, object]:
         last = 0.0
-        ops: list[fr.Op] = []
+        ops: list[opf.Op] = []
         while True:
             kind, payload = ch.recv_frame()
             if kind is fr.T.CHANGES or kind is fr.T.CHANGES_END:
@@ -119,13 +120,13 @@ class ReceiveSession:
                     raise ProtocolError(f"{kind.name} after the manifest started")
                 writer.restricted = True
                 if kind is fr.T.CHANGES:
-                    ops += fr.decode_ops(payload, (fr.OP_RENAME, fr.OP_DELETE))
-                    if len(ops) > fr.MAX_OPS * 64:
+                    ops += opf.decode_ops(payload, (opf.OP_RENAME, opf.OP_DELETE))
+                    if len(ops) > opf.MAX_OPS * 64:
                         raise ProtocolError("too many changes in one round")
                     continue
                 missed = apply_ops(writer, ops)
                 ops = []
-                for f in fr.op_batches([fr.Op(fr.OP_MISSED, p) for p in missed], fr.T.MISSED):
+                for f in opf.op_batches([opf.Op(opf.OP_MISSED, p) for p in missed], fr.T.MISSED):
                     ch.send(f)
                 ch.send(fr.frame(fr.T.CHANGES_ACK))
                 continue

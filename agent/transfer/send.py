@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.changes import ChangePlan, restricted_manifest
 from zcrepl.agent.transfer.frame import Channel, Entry, Hello, Kind
 from zcrepl.agent.transfer.saferoot import SafeRoot
@@ -152,18 +153,18 @@ class Sender:
         self.renamed_missed = len(missed)
         entries, gone = restricted_manifest(scanner, self.plan.upserts | missed, missed)
         if gone:
-            self._round(ctl, [fr.Op(fr.OP_DELETE, p) for p in gone], set())
+            self._round(ctl, [opf.Op(opf.OP_DELETE, p) for p in gone], set())
         return entries
 
-    def _round(self, ctl: Channel, ops: list[fr.Op], targets: set[bytes]) -> set[bytes]:
-        for f in fr.op_batches(ops, fr.T.CHANGES):
+    def _round(self, ctl: Channel, ops: list[opf.Op], targets: set[bytes]) -> set[bytes]:
+        for f in opf.op_batches(ops, fr.T.CHANGES):
             ctl.send(f)
         ctl.send(fr.frame(fr.T.CHANGES_END))
         missed: set[bytes] = set()
         while True:
             kind, payload = ctl.recv_frame()
             if kind is fr.T.MISSED:
-                for op in fr.decode_ops(payload, (fr.OP_MISSED,)):
+                for op in opf.decode_ops(payload, (opf.OP_MISSED,)):
                     if op.path not in targets:
                         raise ProtocolError("MISSED names a path that was not a rename target")
                     missed.add(op.path)

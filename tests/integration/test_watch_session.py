@@ -14,13 +14,14 @@ import pytest
 from zchelpers import diff_trees, make_tree, snapshot
 
 from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.changes import ChangePlan
 from zcrepl.agent.transfer.frame import Channel, Hello
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
-from zcrepl.core.errors import TransferError
+from zcrepl.core.errors import ProtocolError, TransferError
 from zcrepl.core.types import Durability, JobOptions, TransferStats
 
 JOB = (1 << 48) + 1
@@ -168,16 +169,16 @@ def test_hostile_change_lists_are_refused(rule: Rule, bad: tuple[bytes, bytes]) 
 
 
 def test_ops_frames_round_trip_and_bounds() -> None:
-    ops = [fr.Op(fr.OP_RENAME, b"a", b"b"), fr.Op(fr.OP_DELETE, b"c/d")]
-    frames = fr.op_batches(ops, fr.T.CHANGES)
+    items = [opf.Op(opf.OP_RENAME, b"a", b"b"), opf.Op(opf.OP_DELETE, b"c/d")]
+    frames = opf.op_batches(items, fr.T.CHANGES)
     assert len(frames) == 1
-    assert fr.decode_ops(frames[0][5:], (fr.OP_RENAME, fr.OP_DELETE)) == ops
-    with pytest.raises(fr.ProtocolError):
-        fr.decode_ops(frames[0][5:], (fr.OP_MISSED,))
-    with pytest.raises(fr.ProtocolError):
-        fr.decode_ops(frames[0][5:-1], (fr.OP_RENAME, fr.OP_DELETE))
-    many = [fr.Op(fr.OP_DELETE, b"x%d" % i) for i in range(fr.MAX_OPS + 5)]
-    assert len(fr.op_batches(many, fr.T.CHANGES)) == 2
+    assert opf.decode_ops(frames[0][5:], (opf.OP_RENAME, opf.OP_DELETE)) == items
+    with pytest.raises(ProtocolError):
+        opf.decode_ops(frames[0][5:], (opf.OP_MISSED,))
+    with pytest.raises(ProtocolError):
+        opf.decode_ops(frames[0][5:-1], (opf.OP_RENAME, opf.OP_DELETE))
+    many = [opf.Op(opf.OP_DELETE, b"x%d" % i) for i in range(opf.MAX_OPS + 5)]
+    assert len(opf.op_batches(many, fr.T.CHANGES)) == 2
 
 
 def test_a_reconciliation_removes_temp_files_a_killed_receiver_left(rule: Rule) -> None:
