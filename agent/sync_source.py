@@ -22,7 +22,7 @@ from zcrepl.agent.watch import TreeWatcher
 from zcrepl.agent.watch_coalesce import ChangeSet
 from zcrepl.core.backoff import backoff_delay
 from zcrepl.core.config import split_address
-from zcrepl.core.errors import Cancelled, ConfigError, ZcError
+from zcrepl.core.errors import Cancelled
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
 from zcrepl.core.synctypes import SYNC_ID_BASE, SyncCounters, SyncDest, SyncSourceOrder, SyncStatus
@@ -122,7 +122,7 @@ class SourceRule:
                 self._failures = 0
         except _Stopped:
             raise
-        except (ZcError, OSError, ConfigError) as err:
+        except Exception as err:  # a bug too: back off, then the watcher reconciles
             self._failed(err)
             raise
         finally:

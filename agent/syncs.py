@@ -14,6 +14,7 @@ import time
 
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.sync_source import SourceRule
+from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
@@ -78,8 +79,14 @@ class Syncs:
             export, rel = self.exports.resolve(order.path)
             check_destination(export, rel, label)
         except ZcError as err:
-            # The source reports the rule's errors: its sessions are refused, and this log says why.
+            # The source reports the rule's errors: its sessions are refused with this reason.
             log.warning("watch rule destination refused", extra=kv(rule=order.rule_id, error=str(err)))
+            reason = str(err)
+
+            def refuse(ch: Channel, _hello: Hello) -> None:
+                ch.send(fr.encode_text(fr.T.REFUSE, reason))
+
+            self.tickets.register(order.ticket, Grant(job_id, order.epoch, math.inf, refuse, reusable=True))
             return
 
         def serve(ch: Channel, hello: Hello) -> None:

@@ -167,6 +167,16 @@ def test_pause_resume_remove_and_a_bad_path(cluster: Cluster, tmp_path: Path) ->
     assert rc == 0, err
     rc, _, err = cluster.ctl("replicate", "--watch", f"nohost:{src}", f"hostB:{dst}")
     assert rc == 2 and "unknown host" in err
+    # A destination outside hostB's exports: hostB refuses the rule's sessions and says why.
+    rc, out, err = cluster.ctl("replicate", "--watch", "--detach", "--json", f"hostA:{src}", "hostB:/etc/zc")
+    assert rc == 0, err
+    refused = json.loads(out)["id"]
+    r = wait_for(lambda: (x := _rule(cluster, refused))["last_error"] and x, 20, interval=0.2,
+                 what="the destination's refusal in the rule")
+    assert "outside the exports of hostB" in r["last_error"], r
+    assert not Path("/etc/zc").exists()
+    rc, _, err = cluster.ctl("syncs", "remove", str(refused))
+    assert rc == 0, err
 
     rule = _watch(cluster, src, f"hostB:{dst}")
     rc, _, err = cluster.ctl("syncs", "pause", str(rule["id"]))
