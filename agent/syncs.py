@@ -7,6 +7,7 @@ reconciles the trees.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -87,14 +88,18 @@ class Syncs:
                 ch.send(fr.encode_text(fr.T.REFUSE, reason))
 
             self.tickets.register(order.ticket, Grant(job_id, order.epoch, math.inf, refuse, reusable=True))
+            with self._lock:
+                self._dests[order.rule_id] = order.epoch
             return
 
         def serve(ch: Channel, hello: Hello) -> None:
             spec = ReceiveSpec(job_id, order.epoch, export, rel, order.options, label)
             try:
                 ReceiveSession(spec, self.tickets).serve_control(ch, hello)
-            except Exception as err:  # the source sees the abort and reports it
+            except Exception as err:  # the source reports it as the rule's last error
                 log.warning("watch session failed", extra=kv(rule=order.rule_id, error=str(err)))
+                with contextlib.suppress(OSError):
+                    ch.send(fr.encode_text(fr.T.ABORT, f"{label}: {err}"))
 
         self.tickets.register(order.ticket, Grant(job_id, order.epoch, math.inf, serve, reusable=True))
         with self._lock:
