@@ -21,10 +21,8 @@ from zcrepl.controller.policy import (
     DecisionRecord,
     LinkState,
     Thresholds,
-    Throttle,
     choose_streams,
     rank_sources,
-    throttle_decision,
 )
 from zcrepl.controller.registry import Registry, Session
 from zcrepl.controller.runs import Run, link_cap, rate_limited, stream_caps, stream_usage
@@ -32,6 +30,7 @@ from zcrepl.controller.scheduler import HostView, Policy, Usage, overlaps, plan
 from zcrepl.controller.store import Store
 from zcrepl.controller.sync_store import SyncStore
 from zcrepl.controller.syncs import SyncManager
+from zcrepl.controller.throttle import Throttle, throttle_decision
 from zcrepl.core.config import ControllerConfig, parse_host_limits, parse_link_limits
 from zcrepl.core.errors import InvalidPath, UnknownHost, UnknownJob
 from zcrepl.core.logs import kv

@@ -19,8 +19,6 @@ from zcrepl.controller.policy import (
     Priority,
     RankedSource,
     Thresholds,
-    Throttle,
-    ThrottleDecision,
     aimd_step,
     choose_streams,
     disk_for,
@@ -28,9 +26,9 @@ from zcrepl.controller.policy import (
     host_blockers,
     order_queue,
     rank_sources,
-    throttle_decision,
     wait_reason,
 )
+from zcrepl.controller.throttle import Throttle, ThrottleDecision, throttle_decision
 from zcrepl.core.errors import ConfigError
 from zcrepl.core.types import DiskIO, DiskUsage, Endpoint, HostHealth, Job, JobOptions, JobState, NetIO, Role
 
