@@ -81,7 +81,8 @@ class ZcCluster:
             "--ready-file", str(run_dir / "controller.json"), "--log-level", "info",
             # The reference tools just loaded the machine; a benchmark measures speed, not the load policy.
             "--max-cpu-percent", "100", "--max-load-per-core", "1000", "--max-disk-busy-percent", "100",
-            "--max-net-percent", "100",
+            "--max-net-percent", "100", "--high-cpu-percent", "100", "--high-load-per-core", "1000",
+            "--high-disk-busy-percent", "100", "--high-net-percent", "100",
         ], run_dir / "controller.log", run_dir / "controller.json")
         self.agents: dict[str, Daemon] = {}
 
