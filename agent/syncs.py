@@ -142,10 +142,6 @@ class Syncs:
         with self._lock:
             return self._retired_bytes + sum(r.shipped_bytes() for r in self._sources.values())
 
-    def watching(self) -> int:
-        with self._lock:
-            return len(self._sources)
-
     # -- internals ----------------------------------------------------------------------------------
     def _stop_source(self, rule_id: int) -> None:
         with self._lock:

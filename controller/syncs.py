@@ -129,9 +129,7 @@ class SyncManager:
         rule = self._rule(rule_id)
         live = self.live[rule_id]
         st = live.status
-        counters = live.base.plus(st.counters) if st is not None else live.base
-        err, err_at = (st.last_error, st.last_error_at) if st is not None and st.last_error else \
-            (rule.last_error, rule.last_error_at)
+        counters, err, err_at = _totals(rule, live)
         if rule.state is SyncState.PAUSED:
             words = "paused"
         elif live.waiting:
@@ -253,9 +251,7 @@ class SyncManager:
     def _save(self, rule: SyncRule, live: _Live, now: float) -> None:
         live.saved_at, live.dirty = now, False
         st = live.status
-        counters = live.base.plus(st.counters) if st is not None else live.base
-        err, err_at = (st.last_error, st.last_error_at) if st is not None and st.last_error else \
-            (rule.last_error, rule.last_error_at)
+        counters, err, err_at = _totals(rule, live)
         if st is not None and st.last_error:
             self.rules[rule.id] = replace(rule, last_error=err, last_error_at=err_at)
         self.store.save_progress(rule.id, counters, err, err_at)
@@ -269,3 +265,12 @@ class SyncManager:
         if rule is None:
             raise UnknownJob(f"no watch rule {rule_id}; zc-ctl syncs lists them")
         return rule
+
+
+def _totals(rule: SyncRule, live: _Live) -> tuple[SyncCounters, str, float]:
+    """Counters over the rule's life (earlier epochs + the current one) and its latest error."""
+    st = live.status
+    counters = live.base.plus(st.counters) if st is not None else live.base
+    if st is not None and st.last_error:
+        return counters, st.last_error, st.last_error_at
+    return counters, rule.last_error, rule.last_error_at
