@@ -145,9 +145,11 @@ def decode_xattrs(blob: bytes) -> list[tuple[bytes, bytes]]:
         (klen,) = _U16.unpack_from(blob, off)
         (vlen,) = _U32.unpack_from(blob, off + 2)
         off += 6
-        if off + klen + vlen > len(blob) or not 0 < klen <= 255:
+        key = blob[off : off + klen]
+        # A NUL in the name would make os.setxattr raise ValueError (a crash, not a protocol error).
+        if off + klen + vlen > len(blob) or not 0 < klen <= 255 or b"\0" in key:
             raise ProtocolError("malformed extended attribute")
-        out.append((blob[off : off + klen], blob[off + klen : off + klen + vlen]))
+        out.append((key, blob[off + klen : off + klen + vlen]))
         off += klen + vlen
     return out
 

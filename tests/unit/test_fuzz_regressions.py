@@ -1,0 +1,29 @@
+"""Bugs the fuzz tests found (tests/unit/test_fuzz_*.py), each pinned by a plain test that failed before
+its fix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer.frame import Entry, Kind
+from zcrepl.agent.transfer.meta import apply_meta
+from zcrepl.core.errors import ProtocolError
+
+
+def test_an_xattr_name_with_nul_is_a_protocol_error(tmp_path: Path) -> None:
+    """decode_xattrs took ``user.\\0x`` as a name; applying it (``--xattrs``) made os.getxattr/setxattr
+    raise ValueError, which no caller expects: the receiving session crashed instead of dropping the peer."""
+    blob = fr.encode_xattrs([(b"user.ok", b"1"), (b"user.\0x", b"v")])
+    with pytest.raises(ProtocolError, match="malformed extended attribute"):
+        fr.decode_xattrs(blob)
+    (tmp_path / "f").write_bytes(b"")
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        with pytest.raises(ProtocolError):
+            apply_meta(fd, Entry(Kind.FILE, b"f", 0o644, 0, xattrs=blob), owner=False, xattrs=True)
+    finally:
+        os.close(fd)
