@@ -335,8 +335,8 @@ def decode_basis(payload: bytes) -> Basis:
             raise ProtocolError("NEED_BASIS delta frame with a bad length or block size")
         return Basis(index, kind, block, tuple(body[i * 16 : (i + 1) * 16] for i in range(count)))
     if kind == BASIS_PARTIAL:
-        if len(body) != _IV.size * count + 16:
-            raise ProtocolError("NEED_BASIS partial frame length disagrees with its count")
+        if len(body) != _IV.size * count + 16 or block:
+            raise ProtocolError("NEED_BASIS partial frame with a block size, or a length that disagrees with its count")
         ivs = tuple(_IV.unpack_from(body, i * _IV.size) for i in range(count))
         return Basis(index, kind, 0, intervals=ivs, digest=body[-16:])
     raise ProtocolError(f"NEED_BASIS of unknown kind {kind}")

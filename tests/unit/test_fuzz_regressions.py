@@ -27,3 +27,13 @@ def test_an_xattr_name_with_nul_is_a_protocol_error(tmp_path: Path) -> None:
             apply_meta(fd, Entry(Kind.FILE, b"f", 0o644, 0, xattrs=blob), owner=False, xattrs=True)
     finally:
         os.close(fd)
+
+
+def test_a_partial_basis_with_a_block_size_is_refused() -> None:
+    """decode_basis ignored the block field of a BASIS_PARTIAL (it has no blocks): a frame with garbage there
+    decoded as if it were zero. Every field is checked, so nothing a peer sends is silently dropped."""
+    good = fr.encode_basis(fr.Basis(7, fr.BASIS_PARTIAL, intervals=((0, 1 << 20),), digest=b"d" * 16))[5:]
+    assert fr.decode_basis(good).intervals == ((0, 1 << 20),)
+    bad = good[:5] + (1).to_bytes(4, "big") + good[9:]
+    with pytest.raises(ProtocolError, match="partial"):
+        fr.decode_basis(bad)
