@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.frame import Entry, Kind
 from zcrepl.agent.transfer.meta import apply_meta
-from zcrepl.core.errors import ProtocolError
+from zcrepl.agent.transfer.saferoot import SafeRoot
+from zcrepl.core.errors import ProtocolError, UnsafePath
+from zcrepl.core.types import JobOptions
 
 
 def test_an_xattr_name_with_nul_is_a_protocol_error(tmp_path: Path) -> None:
@@ -37,3 +40,20 @@ def test_a_partial_basis_with_a_block_size_is_refused() -> None:
     bad = good[:5] + (1).to_bytes(4, "big") + good[9:]
     with pytest.raises(ProtocolError, match="partial"):
         fr.decode_basis(bad)
+
+
+@pytest.mark.parametrize("kind", [Kind.FILE, Kind.DIR, Kind.SYMLINK], ids=["file", "dir", "symlink"])
+def test_an_absolute_name_in_the_manifest_is_refused_not_made_relative(tmp_path: Path, kind: Kind) -> None:
+    """``/x`` split into the root (``b""``) and ``x``, so TreeWriter admitted it as ``x``: an absolute name
+    was normalised instead of refused (DESIGN §3 rule 2), and ``/x`` and ``x`` could both be admitted."""
+    (tmp_path / "dst").mkdir()
+    with SafeRoot(os.fsencode(tmp_path / "dst")) as root:
+        w = TreeWriter(root, JobOptions(), "hostB:/dst", 1)
+        try:
+            w.admit(Entry(Kind.DIR, b"", 0o755, 0))
+            target = b"../outside" if kind is Kind.SYMLINK else b""
+            with pytest.raises(UnsafePath, match="empty path component"):
+                w.admit(Entry(kind, b"/x", 0o644, 0, target=target))
+        finally:
+            w.abandon()
+    assert os.listdir(tmp_path / "dst") == []
