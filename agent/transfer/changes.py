@@ -130,6 +130,8 @@ def apply_ops(w: TreeWriter, ops: list[opf.Op]) -> list[bytes]:
     for op in ops:
         src = validate_relpath(op.path)
         dst = validate_relpath(op.target) if op.kind == opf.OP_RENAME else ()
+        if op.kind == opf.OP_RENAME and not dst:  # b"" is the root: valid as a path, never as a new name
+            raise ProtocolError(f"a rename of {show(op.path)} onto the root")
         if dst and dst[: len(src)] == src:
             raise ProtocolError(f"a rename of {show(op.path)} into itself")
         try:

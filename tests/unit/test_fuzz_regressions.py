@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.apply import TreeWriter
+from zcrepl.agent.transfer.changes import apply_ops
 from zcrepl.agent.transfer.frame import Entry, Kind
 from zcrepl.agent.transfer.meta import apply_meta
 from zcrepl.agent.transfer.saferoot import SafeRoot
@@ -57,3 +59,15 @@ def test_an_absolute_name_in_the_manifest_is_refused_not_made_relative(tmp_path:
         finally:
             w.abandon()
     assert os.listdir(tmp_path / "dst") == []
+
+
+def test_a_rename_onto_the_root_is_refused_not_a_delete(tmp_path: Path) -> None:
+    """A CHANGES rename whose target is ``b""`` (the root) validated as ``()`` and took the delete branch:
+    the destination silently deleted the rename's source. No source can rename onto its root."""
+    (tmp_path / "dst" / "keep").mkdir(parents=True)
+    (tmp_path / "dst" / "keep" / "data").write_bytes(b"precious")
+    with SafeRoot(os.fsencode(tmp_path / "dst")) as root:
+        w = TreeWriter(root, JobOptions(), "hostB:/dst", 1)
+        with pytest.raises(ProtocolError, match="root"):
+            apply_ops(w, [opf.Op(opf.OP_RENAME, b"keep", b"")])
+    assert (tmp_path / "dst" / "keep" / "data").read_bytes() == b"precious"
