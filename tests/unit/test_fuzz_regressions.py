@@ -71,3 +71,22 @@ def test_a_rename_onto_the_root_is_refused_not_a_delete(tmp_path: Path) -> None:
         with pytest.raises(ProtocolError, match="root"):
             apply_ops(w, [opf.Op(opf.OP_RENAME, b"keep", b"")])
     assert (tmp_path / "dst" / "keep" / "data").read_bytes() == b"precious"
+
+
+def test_a_rename_onto_its_own_parent_replaces_the_parent(tmp_path: Path) -> None:
+    """``mv a/b x; mv x a`` coalesces to the rename ``a/b -> a``, which the ChangeSet contract says replaces
+    ``a`` with ``b``. The receiver cleared ``a`` first (ENOTEMPTY), which took ``a/b`` with it: the data was
+    gone and the rename failed with ENOENT."""
+    dst = tmp_path / "dst"
+    (dst / "a" / "b").mkdir(parents=True)
+    (dst / "a" / "b" / "kept").write_bytes(b"data")
+    (dst / "a" / "stale").write_bytes(b"old")
+    (dst / "f" / "g").mkdir(parents=True)
+    (dst / "f" / "g" / "h").write_bytes(b"file onto its grandparent")
+    with SafeRoot(os.fsencode(dst)) as root:
+        w = TreeWriter(root, JobOptions(), "hostB:/dst", 1)
+        missed = apply_ops(w, [opf.Op(opf.OP_RENAME, b"a/b", b"a"), opf.Op(opf.OP_RENAME, b"f/g/h", b"f")])
+        assert (missed, w.errors, w.first_error) == ([], 0, "")
+    assert sorted(os.listdir(dst)) == ["a", "f"]
+    assert os.listdir(dst / "a") == ["kept"] and (dst / "a" / "kept").read_bytes() == b"data"
+    assert (dst / "f").read_bytes() == b"file onto its grandparent"
