@@ -90,3 +90,29 @@ def test_a_rename_onto_its_own_parent_replaces_the_parent(tmp_path: Path) -> Non
     assert sorted(os.listdir(dst)) == ["a", "f"]
     assert os.listdir(dst / "a") == ["kept"] and (dst / "a" / "kept").read_bytes() == b"data"
     assert (dst / "f").read_bytes() == b"file onto its grandparent"
+
+
+def test_a_directory_attribute_the_destination_refuses_is_an_entry_error(tmp_path: Path) -> None:
+    """With ``--xattrs``, an attribute the destination's filesystem refuses on a directory (here one larger
+    than ext4 holds) raised OSError out of the session's finish: the whole transfer failed with a bare "No
+    space left on device" naming neither host nor path, where the same attribute on a file is one entry
+    error naming its path."""
+    big = (b"user.big", b"v" * 16000)
+    probe = os.open(tmp_path, os.O_RDONLY)
+    try:
+        os.setxattr(probe, *big)
+    except OSError as err:
+        refused = err.errno
+    else:
+        pytest.skip("this filesystem holds a 16 kB extended attribute")
+    finally:
+        os.close(probe)
+    (tmp_path / "dst").mkdir()
+    with SafeRoot(os.fsencode(tmp_path / "dst")) as root:
+        w = TreeWriter(root, JobOptions(xattrs=True), "hostB:/dst", 1)
+        w.admit(Entry(Kind.DIR, b"", 0o755, 0))
+        w.admit(Entry(Kind.DIR, b"d", 0o750, 0, xattrs=fr.encode_xattrs([big])))
+        w.end_manifest(2)
+        result = w.finish()
+    assert result["errors"] == 1 and result["first_error"] == f"hostB:/dst/d: {os.strerror(refused)}"
+    assert (tmp_path / "dst" / "d").is_dir()
