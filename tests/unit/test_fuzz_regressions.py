@@ -4,6 +4,8 @@ its fix."""
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,11 @@ from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.changes import apply_ops
-from zcrepl.agent.transfer.frame import Entry, Kind
+from zcrepl.agent.transfer.frame import Channel, Entry, Hello, Kind
 from zcrepl.agent.transfer.meta import apply_meta
+from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
+from zcrepl.agent.transfer.server import TicketBook
 from zcrepl.core.errors import ProtocolError, UnsafePath
 from zcrepl.core.types import JobOptions
 
@@ -116,3 +120,47 @@ def test_a_directory_attribute_the_destination_refuses_is_an_entry_error(tmp_pat
         result = w.finish()
     assert result["errors"] == 1 and result["first_error"] == f"hostB:/dst/d: {os.strerror(refused)}"
     assert (tmp_path / "dst" / "d").is_dir()
+
+
+def test_a_data_connection_gone_before_its_accept_fails_the_attempt_at_once(tmp_path: Path) -> None:
+    """ReceiveSession._serve_data sent the data connection's ACCEPT before its try block: a connection the
+    source had already closed raised BrokenPipeError out of the session (the data server logged a crash),
+    the attempt went on, and the connection was never marked finished, so SENDER_DONE would wait DATA_WAIT
+    (120 s) before failing. Like any broken data connection, it now ends the attempt at once."""
+    (tmp_path / "export").mkdir()
+    ctl_ours, ctl_theirs = socket.socketpair()
+    data_ours, data_theirs = socket.socketpair()
+    ctl_ours.settimeout(30)
+    with SafeRoot(os.fsencode(tmp_path / "export")) as export:
+        tickets = TicketBook()
+        spec = ReceiveSpec(job_id=9, attempt=1, export=export, rel=(b"dst",), options=JobOptions(), label="hostB:/dst")
+        session = ReceiveSession(spec, tickets)
+        outcome: list[object] = []
+
+        def serve() -> None:
+            try:
+                outcome.append(session.serve_control(Channel(ctl_theirs), Hello(9, 1, b"t" * fr.TICKET_LEN)))
+            except Exception as err:
+                outcome.append(err)
+            finally:
+                ctl_theirs.shutdown(socket.SHUT_RDWR)
+
+        receiver = threading.Thread(target=serve)
+        receiver.start()
+        try:
+            ours = Channel(ctl_ours)
+            kind, payload = ours.recv_frame()
+            assert kind is fr.T.ACCEPT
+            ticket = fr.decode_accept(payload)[0]
+            grant = tickets.take(ticket, 9, 1, fr.ROLE_DATA)
+            assert grant is not None
+            data_ours.close()  # the source's data connection died right after its HELLO
+            grant.serve(Channel(data_theirs), Hello(9, 1, ticket, fr.ROLE_DATA, 0))
+            with pytest.raises(ProtocolError, match="closed"):  # the receiver dropped the attempt
+                ours.recv_frame()
+        finally:
+            receiver.join(30)
+            for sock in (ctl_ours, ctl_theirs, data_theirs):
+                sock.close()
+    assert not receiver.is_alive()
+    assert isinstance(outcome[0], BrokenPipeError), outcome  # the data connection's failure is the cause
