@@ -31,6 +31,8 @@ from hypothesis import strategies as st
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.frame import Entry, Kind
+from zcrepl.agent.transfer.saferoot import validate_name
+from zcrepl.core.errors import UnsafePath
 
 _COMMON: dict[str, Any] = {
     "database": None,
@@ -98,7 +100,27 @@ OUTSIDE = b"@OUTSIDE@"
 GOOD_NAMES = [b"a", b"b", b"c", b"f", b"planted", b"plink", b"pdir", b"pfile", b"inner", b"x" * 255,
               b"new\nline", b"\xff\xfe", b" ", b"-rf", b"caf\xc3\xa9", b"..x", b".hidden", b"zc.not-ours"]
 BAD_NAMES = [b"..", b".", b"", b".zc.x", b".zc.partial", b".zc.f.0badc0de.tmp", b"y" * 256, b"nul\0x", b"a/b"]
-names = st.one_of(st.sampled_from(GOOD_NAMES * 3 + BAD_NAMES), st.binary(min_size=1, max_size=6))
+HOSTILITY = st.sampled_from([0, 0, 3, 10, 40])
+"""Per example, the percentage of choices that go hostile: mostly sane sessions reach the deep code."""
+
+
+def _made_good(raw: bytes) -> bytes:
+    """Any bytes turned into a name the rules accept (so no draw is ever thrown away)."""
+    name = raw.replace(b"/", b"_").replace(b"\0", b"_") or b"_"
+    try:
+        return validate_name(name)
+    except UnsafePath:
+        return b"n" + name[:250]
+
+
+good_names = st.one_of(st.sampled_from(GOOD_NAMES), st.binary(min_size=1, max_size=6).map(_made_good))
+bad_names = st.one_of(st.sampled_from(BAD_NAMES), st.binary(max_size=6))
+names = st.one_of(good_names, bad_names)
+
+
+def roll(draw: st.DrawFn, percent: int) -> bool:
+    """True with about ``percent``% likelihood (and shrinking towards False)."""
+    return percent > 0 and draw(st.integers(0, 99)) < percent
 
 
 @st.composite
@@ -136,11 +158,11 @@ xattr_lists = st.lists(st.tuples(st.one_of(st.sampled_from(XATTR_KEYS), st.binar
 
 
 @st.composite
-def xattr_blobs(draw: st.DrawFn) -> bytes:
-    """What an entry's ``xattrs`` field carries: mostly well framed, sometimes malformed."""
+def xattr_blobs(draw: st.DrawFn, hostile: int = 10) -> bytes:
+    """What an entry's ``xattrs`` field carries: well framed, or for ``hostile``% malformed."""
     attrs = draw(xattr_lists)
     blob = b"".join(len(k).to_bytes(2, "big") + len(v).to_bytes(4, "big") + k + v for k, v in attrs)
-    return draw(st.one_of(st.just(blob), mutated(st.just(blob), 2)))
+    return draw(mutated(st.just(blob), 2)) if roll(draw, hostile) else blob
 
 
 MODES = st.one_of(st.sampled_from([0o644, 0o755, 0o600, 0, 0o7777, 0o4755, 0xFFFF_FFFF, 0o170777]), U32)
@@ -152,11 +174,12 @@ IDS = st.sampled_from([0, 1000, 65534, 2**31, 2**32 - 2, 2**32 - 1])
 
 
 @st.composite
-def entries_for(draw: st.DrawFn, kind: Kind, path: bytes, earlier: list[bytes]) -> Entry:
-    """One structurally valid entry (it survives ``decode_entries``) whose content may still be hostile."""
+def entries_for(draw: st.DrawFn, kind: Kind, path: bytes, earlier: list[bytes], hostile: int = 10) -> Entry:
+    """One structurally valid entry (it survives ``decode_entries``): metadata and link targets are hostile
+    throughout (the receiver must take any of them), xattrs and hard-link targets ``hostile``% of the time."""
     mode, mtime = draw(MODES), draw(st.integers(-(1 << 62), 2**63 - 1) | st.sampled_from([0, -(1 << 62)]))
     uid, gid = draw(IDS), draw(IDS)
-    xattrs = draw(st.one_of(st.just(b""), xattr_blobs()))
+    xattrs = draw(xattr_blobs(hostile)) if draw(st.booleans()) else b""
     if kind is Kind.FILE:
         size = draw(st.integers(0, 48))
         digest = draw(st.sampled_from([b"", b"\0" * 16]) | st.binary(min_size=16, max_size=16))
@@ -166,7 +189,7 @@ def entries_for(draw: st.DrawFn, kind: Kind, path: bytes, earlier: list[bytes]) 
     if kind is Kind.SYMLINK:
         target = draw(link_targets)
     elif kind is Kind.HARDLINK:
-        target = draw(st.sampled_from(earlier) | hostile_paths()) if earlier else draw(hostile_paths())
+        target = draw(hostile_paths()) if roll(draw, hostile) or not earlier else draw(st.sampled_from(earlier))
     return Entry(kind, path, mode, mtime, 0, target, b"", uid, gid, 0, xattrs)
 
 
@@ -174,26 +197,31 @@ ROOT = Entry(Kind.DIR, b"", 0o755, 946_684_800_000_000_000)
 
 
 @st.composite
-def manifests(draw: st.DrawFn, max_entries: int = 10) -> list[Entry]:
-    """A manifest that is mostly well formed (the root first, parents before children) so the receiver's
-    deeper paths run, with hostile names, kinds, targets and metadata, and a few structural lies:
-    a raw hostile path, a duplicate, a missing root, a child under a symlink or a file."""
-    out = [draw(st.sampled_from([ROOT, ROOT, ROOT, ROOT._replace(kind=Kind.FILE), ROOT._replace(path=b"a")]))]
-    dirs, files = [b""], []
+def manifests(draw: st.DrawFn, hostile: int = 10, max_entries: int = 10) -> list[Entry]:
+    """A manifest that is well formed (the root first, parents before children, no duplicates) but for
+    ``hostile``% of its choices: hostile names, raw hostile paths, duplicates, children of non-directories,
+    a missing root. Metadata and link targets are hostile throughout."""
+    first = ROOT
+    if roll(draw, hostile // 4):
+        first = draw(st.sampled_from([ROOT._replace(kind=Kind.FILE), ROOT._replace(path=b"a")]))
+    out = [first]
+    dirs, files, seen = [b""], [], {b""}
     for _ in range(draw(st.integers(0, max_entries))):
-        how = draw(st.integers(0, 9))
-        if how == 0:
+        if roll(draw, hostile // 3):
             path = draw(hostile_paths())
-        elif how == 1 and len(out) > 1:
+        elif roll(draw, hostile // 3) and len(out) > 1:
             path = draw(st.sampled_from(out[1:])).path  # a duplicate, or a child of a non-directory below
-            path = path if draw(st.booleans()) else path + b"/" + draw(names)
+            path = path if draw(st.booleans()) else path + b"/" + draw(good_names)
         else:
             parent = draw(st.sampled_from(dirs))
-            leaf = draw(names)
+            leaf = draw(bad_names if roll(draw, hostile // 3) else good_names)
             path = parent + b"/" + leaf if parent else leaf
-        kind = draw(st.sampled_from([Kind.FILE, Kind.FILE, Kind.DIR, Kind.DIR, Kind.SYMLINK, Kind.HARDLINK]))
-        e = draw(entries_for(kind, path, files))
-        out.append(e)
+            while path in seen:
+                path += b"_"
+        kinds = [Kind.FILE, Kind.FILE, Kind.DIR, Kind.DIR, Kind.SYMLINK] + ([Kind.HARDLINK] if files else [])
+        kind = draw(st.sampled_from(kinds))
+        out.append(draw(entries_for(kind, path, files, hostile)))
+        seen.add(path)
         if kind is Kind.DIR:
             dirs.append(path)
         elif kind is Kind.FILE:
@@ -201,18 +229,26 @@ def manifests(draw: st.DrawFn, max_entries: int = 10) -> list[Entry]:
     return out
 
 
+PLAUSIBLE = [b"planted", b"plink", b"pdir", b"pdir/inner", b"pdir/esc", b"pfile", b"a", b"b", b"new", b"pdir/new",
+             b"a/b", b"new/deeper/still"]
+plausible_paths = st.one_of(st.sampled_from(PLAUSIBLE), st.lists(good_names, min_size=1, max_size=3).map(b"/".join))
+
+
 @st.composite
-def change_lists(draw: st.DrawFn, max_ops: int = 8) -> list[opf.Op]:
-    """Renames and deletes of hostile or plausible paths, including renames into themselves and onto
-    their own ancestors, and renames to the root."""
+def change_lists(draw: st.DrawFn, hostile: int = 10, max_ops: int = 8) -> list[opf.Op]:
+    """Renames and deletes of paths the arena has (or nearly), and for ``hostile``% of them: escapes and
+    malformed paths, renames into themselves, onto an ancestor, to the root, of the root."""
     ops = []
     for _ in range(draw(st.integers(0, max_ops))):
-        a = draw(st.one_of(hostile_paths(), st.sampled_from([b"planted", b"pdir", b"pdir/inner", b"pfile", b""])))
+        a = draw(hostile_paths() | st.just(b"") if roll(draw, hostile) else plausible_paths)
         if draw(st.booleans()):
             ops.append(opf.Op(opf.OP_DELETE, a))
             continue
-        b = draw(st.one_of(hostile_paths(), st.sampled_from([a, a + b"/sub", b"", b"pdir", b"new", b"pdir/new"]),
-                           st.just(a.rpartition(b"/")[0])))
+        if roll(draw, hostile):
+            b = draw(st.one_of(hostile_paths(), st.sampled_from([a, a + b"/sub", b""])))
+        else:
+            parent = a.rpartition(b"/")[0]
+            b = draw(st.one_of(plausible_paths, st.just(parent) if parent else plausible_paths))
         ops.append(opf.Op(opf.OP_RENAME, a, b))
     return ops
 
