@@ -93,6 +93,7 @@ class Codec:
     values: st.SearchStrategy[Any]
     valid: Callable[[Any], bool]
     framed: bool = True
+    encodable: st.SearchStrategy[Any] | None = None  # values that encode but need not be valid (default: values)
 
 
 def _entry_ok(e: Entry) -> bool:
@@ -135,7 +136,8 @@ CODECS: dict[str, Codec] = {
     "digest": Codec(fr.decode_digest, lambda v: fr.encode_digest(*v), st.tuples(U32, DIGEST16),
                     lambda v: len(v[1]) == 16),
     "xattrs": Codec(fr.decode_xattrs, fr.encode_xattrs, xattr_pairs,
-                    lambda kv: all(0 < len(k) <= 255 and b"\0" not in k for k, _ in kv), framed=False),
+                    lambda kv: all(0 < len(k) <= 255 and b"\0" not in k for k, _ in kv), framed=False,
+                    encodable=st.lists(st.tuples(st.binary(max_size=300), st.binary(max_size=64)), max_size=4)),
     "changes": Codec(lambda p: opf.decode_ops(p, _CHANGES), lambda ops: opf.encode_ops(T.CHANGES, ops),
                      ops_lists(_CHANGES), _ops_ok(_CHANGES)),
     "missed": Codec(lambda p: opf.decode_ops(p, _MISSED), lambda ops: opf.encode_ops(T.MISSED, ops),
@@ -143,14 +145,16 @@ CODECS: dict[str, Codec] = {
 }
 
 
-def encoded(codec: Codec) -> st.SearchStrategy[bytes]:
-    """Payloads of valid values (what a well-behaved peer sends)."""
-    return codec.values.map(lambda v: payload_of(codec.encode(v)) if codec.framed else codec.encode(v))
+def encoded(codec: Codec, values: st.SearchStrategy[Any] | None = None) -> st.SearchStrategy[bytes]:
+    """Payloads of valid values (what a well-behaved peer sends), or of ``values``."""
+    source = codec.values if values is None else values
+    return source.map(lambda v: payload_of(codec.encode(v)) if codec.framed else codec.encode(v))
 
 
 def hostile(codec: Codec) -> st.SearchStrategy[bytes]:
-    """Raw bytes, and valid payloads with a few edits."""
-    return st.one_of(st.binary(max_size=96), mutated(encoded(codec)), mutated(encoded(codec), max_edits=8))
+    """Raw bytes, encodings of values that may be invalid, and valid payloads with a few edits."""
+    return st.one_of(st.binary(max_size=96), encoded(codec, codec.encodable), mutated(encoded(codec)),
+                     mutated(encoded(codec), max_edits=8))
 
 
 def decode_bounded(codec: Codec, payload: bytes) -> Any:
