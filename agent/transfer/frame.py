@@ -29,6 +29,7 @@ bounded before use (rsync CVE-2024-12084 and friends).
 from __future__ import annotations
 
 import enum
+import json
 import select
 import socket
 import struct
@@ -378,6 +379,27 @@ def encode_text(kind: T, text: str) -> bytes:
 
 def decode_text(payload: bytes) -> str:
     return payload[:65536].decode("utf-8", "replace")
+
+
+RESULT_COUNTS = ("files_done", "bytes_done", "files_skipped", "deleted", "renamed", "errors")
+
+
+def decode_result(payload: bytes) -> dict[str, object]:
+    """The destination's RESULT: a JSON object whose counts (``RESULT_COUNTS``) are non-negative integers
+    and whose ``first_error`` is a string; other keys pass through for the caller to check."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError) as err:  # RecursionError: "[[[[..." nested past the parser's depth
+        raise ProtocolError(f"RESULT frame is not JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise ProtocolError("RESULT frame is not a JSON object")
+    for key in RESULT_COUNTS:
+        value = doc.get(key, 0)
+        if type(value) is not int or value < 0:
+            raise ProtocolError(f"RESULT frame with a bad {key} count")
+    if not isinstance(doc.get("first_error", ""), str):
+        raise ProtocolError("RESULT frame with a first_error that is not text")
+    return doc
 
 
 def wait_ready(sockfd: int, events: int, timeout: float | None, what: str) -> None:

@@ -10,7 +10,6 @@ and never enter Python; per-file headers and trailers are coalesced and sent wit
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import socket
 import threading
@@ -240,7 +239,7 @@ class Sender:
                     for w in self.workers:
                         w.work.put(END)
                 elif kind is fr.T.RESULT:
-                    self.result = json.loads(payload)
+                    self.result = fr.decode_result(payload)
                     return
                 elif kind is fr.T.ABORT:
                     self.peer_error = fr.decode_text(payload)
