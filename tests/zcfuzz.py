@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -205,7 +206,9 @@ def manifests(draw: st.DrawFn, hostile: int = 10, max_entries: int = 10) -> list
     if roll(draw, hostile // 4):
         first = draw(st.sampled_from([ROOT._replace(kind=Kind.FILE), ROOT._replace(path=b"a")]))
     out = [first]
-    dirs, files, seen = [b""], [], {b""}
+    dirs: list[bytes] = [b""]
+    files: list[bytes] = []
+    seen = {b""}
     for _ in range(draw(st.integers(0, max_entries))):
         if roll(draw, hostile // 3):
             path = draw(hostile_paths())
@@ -347,18 +350,12 @@ class Arena:
                 full = os.path.join(dirpath, d)
                 if not os.path.islink(full):
                     os.chmod(full, 0o700)
-        _rmtree(self.dir)
+        shutil.rmtree(self.dir)
 
 
 def _write(path: bytes, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path)
 
 
 @contextmanager
@@ -371,6 +368,3 @@ def arena(base: Path) -> Iterator[Arena]:
     finally:
         a.remove()
 
-
-def documented(*types: type[BaseException]) -> Callable[[BaseException], bool]:
-    return lambda err: isinstance(err, types)

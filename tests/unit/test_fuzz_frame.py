@@ -256,7 +256,8 @@ def test_op_batches_split_and_decode_back(ops: list[opf.Op], big: int) -> None:
 
 def model_frames(stream: bytes, limit: int) -> tuple[list[tuple[int, bytes]], str]:
     """What recv_frame must return on ``stream`` followed by EOF: the frames, then why it stops."""
-    out, off = [], 0
+    out: list[tuple[int, bytes]] = []
+    off = 0
     while True:
         if len(stream) - off < HEAD.size:
             return out, "eof"
