@@ -13,6 +13,7 @@ from types import TracebackType
 from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.health import HealthMonitor, HealthSampler
+from zcrepl.agent.identity import Renewer, agent_trust, enrolled_paths
 from zcrepl.agent.link import ControllerLink
 from zcrepl.agent.priority import TransferPriority
 from zcrepl.agent.service import SERVICE_NAME, AgentService
@@ -24,6 +25,7 @@ from zcrepl.core.logs import kv
 from zcrepl.core.readyfile import write_ready_file
 from zcrepl.core.types import AgentInfo, HostHealth
 from zcrepl.proto import agent_pb2_grpc
+from zcrepl.proto.auth import SyncAuthInterceptor
 from zcrepl.proto.channels import add_health_and_reflection, bind, sync_server
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,12 @@ class Agent:
         self.link: ControllerLink | None = None
         self.grpc_address = ""
         self.data_address = ""
-        self._server = sync_server()
+        self.trust = agent_trust(config)  # enrols first when started with a join token
+        if self.trust is None:
+            log.warning("INSECURE: TLS is off; the controller and the agent's API are reached in plaintext and "
+                        "without authentication (use --join TOKEN or --ca/--cert/--key)", extra=kv(name=config.name))
+        self._server = sync_server(interceptors=[SyncAuthInterceptor(self.trust)] if self.trust else [])
+        self.renewer: Renewer | None = None
 
     def _advertise(self, host: str, port: int) -> str:
         if host in _WILDCARD:
@@ -92,7 +99,7 @@ class Agent:
             agent_pb2_grpc.add_AgentServicer_to_server(AgentService(self.health, self.info), self._server)
             add_health_and_reflection(self._server, [SERVICE_NAME])
             ghost, _ = split_address(cfg.listen)
-            gport = bind(self._server, cfg.listen)
+            gport = bind(self._server, cfg.listen, self.trust)
             self.grpc_address = self._advertise(ghost, gport)
             self._server.start()
             self.data.start()
@@ -100,8 +107,12 @@ class Agent:
                 cfg.controller, self.info, self.health, self.transfers,
                 heartbeat_interval=cfg.heartbeat_interval, reconnect_max=cfg.reconnect_max,
                 on_interval=self.monitor.set_interval, on_beat=self.tickets.expire, syncs=self.syncs,
+                trust=self.trust,
             )
             self.link.start()
+            if self.trust is not None and self.trust.paths == enrolled_paths(cfg):
+                self.renewer = Renewer(self.trust, cfg.controller)
+                self.renewer.start()
         except BaseException:
             self.stop()
             raise
@@ -116,7 +127,14 @@ class Agent:
         if self.link is not None:
             self.link.report(r)  # type: ignore[arg-type]
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the TLS files now (they are also picked up within a second of changing)."""
+        if self.trust is not None:
+            self.trust.refresh(force=True)
+
     def stop(self) -> None:
+        if self.renewer is not None:
+            self.renewer.stop()
         if self.transfers is not None:
             self.transfers.cancel_all("agent shutting down")
         if self.syncs is not None:

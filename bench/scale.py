@@ -173,6 +173,8 @@ def heartbeat_run(n: int, args: argparse.Namespace, run_dir: Path, console: Cons
     ctl = Daemon("zc-controller", [
         *exe, "--listen", "127.0.0.1:0", "--state-dir", str(run_dir / "state"),
         "--ready-file", str(run_dir / "controller.json"), "--heartbeat-interval", "1", "--log-level", "info",
+        # The simulator speaks plaintext: this measures the controller's own work per heartbeat, without TLS.
+        "--insecure",
     ], run_dir / "controller.log", run_dir / "controller.json")
     sim: Daemon | None = None
     try:

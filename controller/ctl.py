@@ -1,7 +1,8 @@
 """``zc-ctl``: the operator's command line for zcrepl.
 
 Exit codes: 0 success; 1 the job failed or was cancelled; 2 bad input (unknown host, bad path,
-unknown job); 3 the controller cannot be reached; 130 interrupted (the job keeps running).
+unknown job); 3 the controller cannot be reached; 5 the certificate's role does not allow it;
+130 interrupted (the job keeps running).
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from zcrepl.controller import render, render_sync
+from zcrepl.controller import ctl_pki, render, render_sync
 from zcrepl.controller.client import ControllerClient
 from zcrepl.core.config import DEFAULT_CONTROLLER
-from zcrepl.core.errors import Unavailable, UserError, ZcError
+from zcrepl.core.errors import PermissionDenied, Unavailable, UserError, ZcError
 from zcrepl.core.paths import parse_endpoint, show
 from zcrepl.core.types import Durability, Endpoint, Job, JobOptions, JobState, Priority
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DENIED, EXIT_INTERRUPTED = 0, 1, 2, 3, 5, 130
 
 
 def parse_rate(text: str) -> int:
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--controller", metavar="HOST:PORT",
                    default=os.environ.get("ZC_CONTROLLER") or DEFAULT_CONTROLLER,
                    help=f"controller address (default: $ZC_CONTROLLER, then {DEFAULT_CONTROLLER})")
+    ctl_pki.add_tls_options(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("replicate", help="make DST an exact copy of the tree SRC (like rsync -a SRC/ DST/)")
@@ -111,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("id", nargs="?", type=int, metavar="ID")
     sy.add_argument("--watch", action="store_true", help="refresh the table every second until interrupted")
     sy.add_argument("--json", action="store_true")
+    ctl_pki.add_commands(sub)
     d = sub.add_parser("demo", help="start a local controller and two agents and replicate a generated tree")
     d.add_argument("--files", type=int, default=2000, help="number of small files in the demo tree")
     d.add_argument("--big-mib", type=int, default=64, help="size of the one large file")
@@ -129,8 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(files=args.files, big_mib=args.big_mib, keep=args.keep)
     try:
-        with ControllerClient(args.controller) as client:
+        if args.command == "pki":
+            return ctl_pki.run_pki(args, out)
+        with ControllerClient(args.controller, ctl_pki.client_trust(args)) as client:
             return _dispatch(args, client, out, err)
+    except PermissionDenied as e:
+        err.print(f"zc-ctl: permission denied: {e}", markup=False)
+        return EXIT_DENIED
     except Unavailable as e:
         err.print(f"zc-ctl: {e}", markup=False)
         return EXIT_UNREACHABLE
@@ -194,6 +202,8 @@ def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Console, 
         return EXIT_OK
     if args.command == "syncs":
         return _syncs(args, client, out)
+    if args.command in ("token", "cert"):
+        return _certs(args, client, out)
     if args.command == "cancel":
         job = client.cancel(args.id)
         if args.json:
@@ -202,6 +212,29 @@ def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Console, 
             out.print(f"job {job.id} cancelled", markup=False)
         return EXIT_OK
     raise AssertionError(args.command)
+
+
+def _certs(args: argparse.Namespace, client: ControllerClient, out: Console) -> int:
+    if args.command == "token":
+        tok = client.create_token(args.agent, args.ttl)
+        if args.json:
+            _print_json(out, {"token": tok.token, "agent": tok.agent, "expires_at": tok.expires_at,
+                              "ca_fingerprint": tok.ca_fingerprint})
+        else:
+            out.print(tok.token, markup=False)
+            err = Console(stderr=True, highlight=False)
+            err.print(f"one-time token for agent {tok.agent}, valid until {ctl_pki.when(tok.expires_at)}; on that "
+                      f"host: zc-agent --name {tok.agent} --controller {args.controller} --join TOKEN ...",
+                      markup=False)
+        return EXIT_OK
+    if args.cert_command == "revoke":
+        listing = client.revoke(args.name, args.serial)
+        out.print(f"revoked {args.name or args.serial}; {len(listing)} certificates are now revoked", markup=False)
+    else:
+        listing = client.revoked()
+    for serial, name, at in listing:
+        out.print(f"{ctl_pki.when(at)}  {name or '-':<20} {serial}", markup=False)
+    return EXIT_OK
 
 
 def _watch_health(client: ControllerClient, hosts: list[str], out: Console) -> int:

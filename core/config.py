@@ -21,6 +21,7 @@ from zcrepl.core.paths import canonical_abs, valid_host_name
 DEFAULT_CONTROLLER_PORT = 7420
 DEFAULT_AGENT_PORT = 7421
 DEFAULT_DATA_PORT = 7422
+DEFAULT_ENROLL_PORT = 7423
 DEFAULT_CONTROLLER = f"127.0.0.1:{DEFAULT_CONTROLLER_PORT}"
 
 
@@ -29,8 +30,19 @@ class AgentConfig:
     name: str = dataclasses.field(default_factory=lambda: socket.gethostname().split(".")[0])
     controller: str = DEFAULT_CONTROLLER
     exports: tuple[bytes, ...] = ()
-    listen: str = f"0.0.0.0:{DEFAULT_AGENT_PORT}"
-    data_listen: str = f"0.0.0.0:{DEFAULT_DATA_PORT}"
+    # Empty: every interface, or loopback only when insecure (see resolve_defaults).
+    listen: str = ""
+    data_listen: str = ""
+    # TLS material (PEM files): the cluster CA, this agent's certificate (zcrepl://agent/NAME) and key, and an
+    # optional revocation list; all reloaded when they change. Without them the agent uses what it enrolled
+    # into state_dir with a join token, and refuses to start unless insecure is set.
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    crl: str = ""
+    insecure: bool = False
+    join: str = ""  # a one-time token from `zc-ctl token create --agent NAME`
+    state_dir: str = "/var/lib/zcrepl-agent"
     # Host the agent advertises for its ports when they listen on a wildcard address; empty means the
     # local address this host uses to reach the controller.
     advertise_host: str = ""
@@ -48,7 +60,15 @@ class AgentConfig:
     transfer_ioclass: str = "best-effort"
     transfer_iolevel: int = 7
 
+    @staticmethod
+    def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
+        loopback = "127.0.0.1" if values.get("insecure") else "0.0.0.0"
+        values.setdefault("listen", f"{loopback}:{DEFAULT_AGENT_PORT}")
+        values.setdefault("data_listen", f"{loopback}:{DEFAULT_DATA_PORT}")
+        return values
+
     def validate(self) -> None:
+        check_tls(self.ca, self.cert, self.key, self.insecure, extra="join" if self.join else "")
         if not valid_host_name(self.name):
             raise ConfigError(f"name {self.name!r}: use letters, digits, '.', '_' and '-' (at most 63)")
         if not self.exports:
@@ -120,8 +140,23 @@ def _limit_spec(spec: str, key: str, form: str, names: tuple[str, ...]) -> tuple
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    listen: str = f"0.0.0.0:{DEFAULT_CONTROLLER_PORT}"
+    listen: str = ""  # empty: every interface, or loopback only when insecure
     state_dir: str = "/var/lib/zcrepl"
+    # TLS material (see AgentConfig); ca_key lets the controller sign (join tokens, renewals, revocations).
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    crl: str = ""
+    ca_key: str = ""
+    insecure: bool = False
+    # Keep a CA of the controller's own in state_dir/pki (created on first start): zero-config TLS.
+    auto_pki: bool = False
+    # Extra DNS names / IPs for the certificate auto_pki makes for the controller.
+    san: tuple[str, ...] = ()
+    # Where agents with a join token enrol (server-authenticated TLS only): empty = the listen host, port 7423.
+    enroll_listen: str = ""
+    token_ttl: float = 3600.0
+    agent_cert_days: int = 30
     log_level: str = "info"
     log_format: str = "kv"
     ready_file: str = ""
@@ -159,8 +194,26 @@ class ControllerConfig:
     # Seconds of waiting that raise a job by one priority level, so nothing waits forever.
     priority_aging: float = 600.0
 
+    @staticmethod
+    def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
+        loopback = "127.0.0.1" if values.get("insecure") else "0.0.0.0"
+        values.setdefault("listen", f"{loopback}:{DEFAULT_CONTROLLER_PORT}")
+        if not values.get("enroll_listen"):
+            host, port = split_address(values["listen"])
+            host = f"[{host}]" if ":" in host else host
+            values["enroll_listen"] = f"{host}:{DEFAULT_ENROLL_PORT if port else 0}"
+        return values
+
     def validate(self) -> None:
+        check_tls(self.ca, self.cert, self.key, self.insecure, extra="auto_pki" if self.auto_pki else "")
         split_address(self.listen)
+        split_address(self.enroll_listen)
+        if self.ca_key and not self.cert:
+            raise ConfigError("ca_key is only used with ca, cert and key (with auto_pki the CA lives in state_dir)")
+        if not 60 <= self.token_ttl <= 7 * 86400:
+            raise ConfigError("token_ttl: choose 60 seconds to 7 days")
+        if not 1 <= self.agent_cert_days <= 3650:
+            raise ConfigError("agent_cert_days: choose 1 to 3650")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
         if self.heartbeat_interval <= 0 or self.offline_after <= self.heartbeat_interval:
@@ -185,6 +238,18 @@ class ControllerConfig:
 
 
 C = TypeVar("C", AgentConfig, ControllerConfig)
+
+
+def check_tls(ca: str, cert: str, key: str, insecure: bool, extra: str = "") -> None:
+    """ca, cert and key come together; insecure excludes them."""
+    given = [n for n, v in (("ca", ca), ("cert", cert), ("key", key)) if v]
+    if insecure and (given or extra):
+        raise ConfigError(f"insecure cannot be combined with {', '.join(given + ([extra] if extra else []))}: "
+                          "choose TLS or --insecure")
+    if given and len(given) != 3:
+        missing = [n for n in ("ca", "cert", "key") if n not in given]
+        raise ConfigError(f"TLS needs ca, cert and key together; missing {', '.join(missing)} "
+                          "(--ca FILE --cert FILE --key FILE, or ZC_CA / ZC_CERT / ZC_KEY)")
 
 
 def split_address(addr: str) -> tuple[str, int]:
@@ -266,6 +331,6 @@ def load_config(
         if attr not in known:
             raise ConfigError(f"unknown setting {attr!r}")
         values[attr] = _coerce(attr, hints[attr], value, f"--{attr.replace('_', '-')}")
-    cfg = cls(**values)
+    cfg = cls(**cls.resolve_defaults(values))
     cfg.validate()
     return cfg

@@ -1,14 +1,23 @@
-"""Construction of gRPC servers and channels with the house settings (keepalive, health, reflection)."""
+"""Construction of gRPC servers and channels with the house settings (keepalive, limits, TLS, health, reflection).
+
+With a ``Trust`` every channel and port is mutual TLS: servers always require and verify a client certificate
+from the cluster CA, and clients verify the server against the CA and the role name it must carry
+(``controller.zcrepl`` / ``agent.zcrepl``), whatever address they dialled. Without one (``--insecure``) they are
+plaintext.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from zcrepl.core import pki
+from zcrepl.core.trust import Material, Trust
 
 # Client pings every 20 s so a dead peer is noticed without traffic; the server must permit it.
 KEEPALIVE_CLIENT = [
@@ -17,24 +26,66 @@ KEEPALIVE_CLIENT = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+# Bounds for strangers: messages, concurrent streams per connection, and metadata size.
+MAX_MESSAGE = 8 << 20
 KEEPALIVE_SERVER = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
-    ("grpc.max_receive_message_length", 8 << 20),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_concurrent_streams", 64),
+    ("grpc.max_metadata_size", 16 << 10),
     ("grpc.so_reuseport", 0),
 ]
 
 
-def channel(target: str) -> grpc.Channel:
-    return grpc.insecure_channel(target, options=KEEPALIVE_CLIENT)
+def channel(target: str, trust: Trust | None = None, server_name: str = pki.CONTROLLER_DNS,
+            options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+    """A channel to ``target``; mutual TLS when ``trust`` is given (the server must prove ``server_name``)."""
+    opts = [*KEEPALIVE_CLIENT, ("grpc.max_receive_message_length", MAX_MESSAGE), *options]
+    if trust is None:
+        return grpc.insecure_channel(target, options=opts)
+    m = trust.material
+    creds = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
+    return grpc.secure_channel(target, creds, options=[*opts, ("grpc.ssl_target_name_override", server_name)])
 
 
-def sync_server(workers: int = 8) -> grpc.Server:
+def server_credentials(trust: Trust) -> grpc.ServerCredentials:
+    """Mutual TLS that picks up renewed certificates and keys for every new handshake (see core/trust.py)."""
+    return _reloading(trust, lambda m: grpc.ssl_server_certificate_configuration(
+        [(m.key_pem, m.cert_pem)], root_certificates=m.ca_pem), client_auth=True)
+
+
+def enroll_credentials(trust: Trust) -> grpc.ServerCredentials:
+    """Server-authenticated TLS for the enrolment port: agents there have no certificate yet."""
+    return _reloading(trust, lambda m: grpc.ssl_server_certificate_configuration([(m.key_pem, m.cert_pem)]),
+                      client_auth=False)
+
+
+def _reloading(trust: Trust, config: Callable[[Material], Any], *, client_auth: bool) -> grpc.ServerCredentials:
+    # gRPC asks the fetcher before each handshake; it answers None ("unchanged") until a reload happened.
+    seen = [trust.generation]
+
+    def fetch() -> Any:
+        trust.refresh()
+        if trust.generation == seen[0]:
+            return None
+        seen[0] = trust.generation
+        return config(trust.material)
+
+    return grpc.dynamic_ssl_server_credentials(config(trust.material), fetch,
+                                               require_client_authentication=client_auth)
+
+
+def sync_server(workers: int = 8, interceptors: Sequence[grpc.ServerInterceptor] = ()) -> grpc.Server:
+    # maximum_concurrent_rpcs bounds what idle or slow callers can hold: past it, calls fail at once with
+    # RESOURCE_EXHAUSTED instead of queueing behind the worker threads.
     return grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zc-grpc"),
-                       options=KEEPALIVE_SERVER)
+                       options=KEEPALIVE_SERVER, interceptors=list(interceptors),
+                       maximum_concurrent_rpcs=workers * 4)
 
 
 def add_health_and_reflection(server: grpc.Server, service_names: Sequence[str]) -> health.HealthServicer:
@@ -62,9 +113,9 @@ def _reflection(server: grpc.Server | grpc.aio.Server, service_names: Sequence[s
     reflection.enable_server_reflection(names, server)
 
 
-def bind(server: grpc.Server | grpc.aio.Server, address: str) -> int:
-    """Bind ``HOST:PORT`` (port 0 picks a free one) and return the bound port."""
-    port = server.add_insecure_port(address)
+def bind(server: grpc.Server | grpc.aio.Server, address: str, trust: Trust | None = None) -> int:
+    """Bind ``HOST:PORT`` (port 0 picks a free one), mutual TLS with ``trust``; returns the bound port."""
+    port = server.add_secure_port(address, server_credentials(trust)) if trust else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}: the address is in use or not local")
     return port

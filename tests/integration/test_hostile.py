@@ -32,7 +32,7 @@ def f(path: bytes, size: int = 0) -> Entry:
 
 @pytest.fixture
 def evil(cluster: Cluster) -> Iterator[FakeAgent]:
-    agent = FakeAgent(cluster.controller_addr, "evil")
+    agent = FakeAgent(cluster.controller_addr, "evil", pki=cluster.pki)
     cluster.wait_online("evil")
     yield agent
     agent.close()
@@ -40,7 +40,7 @@ def evil(cluster: Cluster) -> Iterator[FakeAgent]:
 
 @pytest.fixture
 def client(cluster: Cluster) -> Iterator[ControllerClient]:
-    with ControllerClient(cluster.controller_addr) as c:
+    with cluster.client() as c:
         yield c
 
 
