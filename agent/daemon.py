@@ -11,12 +11,12 @@ import socket
 from types import TracebackType
 
 from zcrepl.agent import priority
+from zcrepl.agent.api import AgentService, ApiServer
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.health import HealthMonitor, HealthSampler
 from zcrepl.agent.identity import Renewer, agent_trust, enrolled_paths
 from zcrepl.agent.link import ControllerLink
 from zcrepl.agent.priority import TransferPriority
-from zcrepl.agent.service import SERVICE_NAME, AgentService
 from zcrepl.agent.syncs import Syncs
 from zcrepl.agent.transfer.server import DataServer, TicketBook
 from zcrepl.agent.transfers import Transfers
@@ -24,9 +24,6 @@ from zcrepl.core.config import AgentConfig, split_address
 from zcrepl.core.logs import kv
 from zcrepl.core.readyfile import write_ready_file
 from zcrepl.core.types import AgentInfo, HostHealth
-from zcrepl.proto import agent_pb2_grpc
-from zcrepl.proto.auth import SyncAuthInterceptor
-from zcrepl.proto.channels import add_health_and_reflection, bind, sync_server
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
@@ -61,7 +58,7 @@ class Agent:
         if self.trust is None:
             log.warning("INSECURE: TLS is off; the controller and the agent's API are reached in plaintext and "
                         "without authentication (use --join TOKEN or --ca/--cert/--key)", extra=kv(name=config.name))
-        self._server = sync_server(interceptors=[SyncAuthInterceptor(self.trust)] if self.trust else [])
+        self._api = ApiServer(AgentService(self.health, self.info), self.trust)
         self.renewer: Renewer | None = None
 
     def _advertise(self, host: str, port: int) -> str:
@@ -96,12 +93,9 @@ class Agent:
                                     data_host=split_address(self.data_address)[0])
             self.monitor = HealthMonitor(sampler, cfg.heartbeat_interval)
             self.monitor.start()
-            agent_pb2_grpc.add_AgentServicer_to_server(AgentService(self.health, self.info), self._server)
-            add_health_and_reflection(self._server, [SERVICE_NAME])
             ghost, _ = split_address(cfg.listen)
-            gport = bind(self._server, cfg.listen, self.trust)
+            gport = self._api.start(cfg.listen)
             self.grpc_address = self._advertise(ghost, gport)
-            self._server.start()
             self.data.start()
             self.link = ControllerLink(
                 cfg.controller, self.info, self.health, self.transfers,
@@ -145,7 +139,7 @@ class Agent:
             self.data.stop()
         if self.transfers is not None:
             self.transfers.join(5)
-        self._server.stop(grace=2).wait(3)
+        self._api.stop()
         if self.monitor is not None:
             self.monitor.stop()
         self.exports.close()

@@ -4,7 +4,7 @@ Roles nest: ``admin`` may do everything ``operator`` may, which may do everythin
 certificates may run the agent stream (and renew themselves) and nothing else; a controller certificate may
 read agents' own APIs. A method missing from the table is refused for everyone (fail closed).
 
-One interceptor per daemon authenticates every call before its handler runs: TLS 1.3, a certificate with
+One interceptor per server authenticates every call before its handler runs: TLS 1.3, a certificate with
 exactly one zcrepl identity, not revoked, and the role the method needs. Denials are PERMISSION_DENIED (or
 UNAUTHENTICATED for no usable identity) with one sentence; every call that changes something is logged with the
 caller's identity. The identity is handed to handlers through ``caller()``.
@@ -174,34 +174,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 if await admit(context):
                     return await inner(request, context)
                 return None
-            return call
-
-        return _wrap(handler, guard, _FACTORIES)
-
-
-class SyncAuthInterceptor(grpc.ServerInterceptor):
-    """The gate for a threaded grpc server (the agent's API)."""
-
-    def __init__(self, trust: Trust) -> None:
-        self._gate = _Gate(trust)
-
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None:
-            return None
-        gate = self._gate
-
-        def guard(inner: Any, attr: str) -> Any:
-            def call(request, context):  # type: ignore[no-untyped-def]
-                ident, code, why = gate.check(method, context.auth_context(), context.peer())
-                if code is not grpc.StatusCode.OK:
-                    context.abort(code, why)
-                token = _caller.set(ident)
-                try:
-                    return inner(request, context)
-                finally:
-                    _caller.reset(token)
             return call
 
         return _wrap(handler, guard, _FACTORIES)

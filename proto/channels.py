@@ -9,7 +9,6 @@ plaintext.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent import futures
 from typing import Any
 
 import grpc
@@ -80,26 +79,8 @@ def _reloading(trust: Trust, config: Callable[[Material], Any], *, client_auth: 
                                                require_client_authentication=client_auth)
 
 
-def sync_server(workers: int = 8, interceptors: Sequence[grpc.ServerInterceptor] = ()) -> grpc.Server:
-    # maximum_concurrent_rpcs bounds what idle or slow callers can hold: past it, calls fail at once with
-    # RESOURCE_EXHAUSTED instead of queueing behind the worker threads.
-    return grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zc-grpc"),
-                       options=KEEPALIVE_SERVER, interceptors=list(interceptors),
-                       maximum_concurrent_rpcs=workers * 4)
-
-
-def add_health_and_reflection(server: grpc.Server, service_names: Sequence[str]) -> health.HealthServicer:
-    """Standard grpc.health.v1 (overall and per service) plus server reflection, on a threaded server."""
-    hs = health.HealthServicer(experimental_non_blocking=True)
-    for name in ("", *service_names):
-        hs.set(name, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    _reflection(server, service_names)
-    return hs
-
-
 async def add_health_and_reflection_aio(server: grpc.aio.Server, service_names: Sequence[str]) -> Any:
-    """The same on a grpc.aio server, whose health servicer is async."""
+    """Standard grpc.health.v1 (overall and per service) plus server reflection, on a grpc.aio server."""
     hs = health.aio.HealthServicer()
     for name in ("", *service_names):
         await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
