@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from zcrepl.core import pki
+from zcrepl.core.identity import Identity
 from zcrepl.core.logs import kv
 from zcrepl.core.trust import Trust, peer_identity
 
@@ -63,15 +63,15 @@ METHODS: dict[str, str] = {
 # Calls that change state: logged with the caller's identity.
 MUTATING = frozenset(m for m, role in METHODS.items() if role in (OPERATOR, ADMIN)) | {f"{_S}RenewCertificate"}
 
-_caller: contextvars.ContextVar[pki.Identity | None] = contextvars.ContextVar("zc_caller", default=None)
+_caller: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("zc_caller", default=None)
 
 
-def caller() -> pki.Identity | None:
+def caller() -> Identity | None:
     """The authenticated identity of the call being handled (None on an insecure daemon)."""
     return _caller.get()
 
 
-def denial(ident: pki.Identity, method: str) -> str | None:
+def denial(ident: Identity, method: str) -> str | None:
     """Why ``ident`` may not call ``method``, in one sentence; None when it may."""
     need = METHODS.get(method)
     short = method.rsplit("/", 1)[-1]
@@ -91,8 +91,8 @@ def denial(ident: pki.Identity, method: str) -> str | None:
     return None
 
 
-def authenticate(auth: dict[str, list[bytes]], trust: Trust, cache: dict[bytes, pki.Identity | None]
-                 ) -> tuple[pki.Identity | None, str]:
+def authenticate(auth: dict[str, list[bytes]], trust: Trust, cache: dict[bytes, Identity | None]
+                 ) -> tuple[Identity | None, str]:
     """(identity, "") for a usable peer, else (None, why): TLS 1.3, one zcrepl identity, not revoked."""
     if auth.get("ssl_tls_version", [b""])[0] != b"TLSv1.3":
         return None, "TLS 1.3 is required"
@@ -110,10 +110,10 @@ def authenticate(auth: dict[str, list[bytes]], trust: Trust, cache: dict[bytes, 
 class _Gate:
     def __init__(self, trust: Trust) -> None:
         self.trust = trust
-        self._cache: dict[bytes, pki.Identity | None] = {}
+        self._cache: dict[bytes, Identity | None] = {}
 
     def check(self, method: str, auth: dict[str, list[bytes]], peer: str
-              ) -> tuple[pki.Identity | None, grpc.StatusCode, str]:
+              ) -> tuple[Identity | None, grpc.StatusCode, str]:
         ident, why = authenticate(auth, self.trust, self._cache)
         if ident is None:
             log.warning("call refused", extra=kv(method=method, peer=peer, reason=why))

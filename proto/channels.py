@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from zcrepl.core import pki
+from zcrepl.core.identity import CONTROLLER_DNS
 from zcrepl.core.trust import Material, Trust
 
 # Client pings every 20 s so a dead peer is noticed without traffic; the server must permit it.
@@ -41,7 +41,7 @@ KEEPALIVE_SERVER = [
 ]
 
 
-def channel(target: str, trust: Trust | None = None, server_name: str = pki.CONTROLLER_DNS,
+def channel(target: str, trust: Trust | None = None, server_name: str = CONTROLLER_DNS,
             options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
     """A channel to ``target``; mutual TLS when ``trust`` is given (the server must prove ``server_name``)."""
     opts = [*KEEPALIVE_CLIENT, ("grpc.max_receive_message_length", MAX_MESSAGE), *options]

@@ -60,6 +60,11 @@ def test_strangers_cannot_reach_the_api(cluster: Cluster, tmp_path: Path) -> Non
     assert (tmp_path / "b" / "keep").read_bytes() == b"precious"
     rc, out, _ = cluster.ctl("jobs", "--json")
     assert rc == 0 and json.loads(out) == []
+    # zc-ctl with a certificate of another CA explains what is wrong with its files.
+    env = {**os.environ, **stranger_ca.env(), "ZC_CA": cluster.pki.ca}
+    p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller", cluster.controller_addr,
+                        "agents"], capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 2 and "admin.pem is not issued by the CA in" in p.stderr, p.stderr
 
 
 def test_roles_decide_what_a_certificate_may_do(cluster: Cluster, tmp_path: Path) -> None:
@@ -150,8 +155,13 @@ def test_revocation_closes_sessions_and_refuses_calls_without_restart(cluster: C
     cluster.pki.issue("operator", "mallory", "admin")
     pki.revoke(cluster.pki.dir, "mallory")
     env = {**os.environ, **cluster.pki.env("mallory", "admin")}
-    p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller", cluster.controller_addr,
-                        "agents"], capture_output=True, text=True, timeout=60, env=env)
+
+    def refused() -> subprocess.CompletedProcess[str] | None:
+        p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller",
+                            cluster.controller_addr, "agents"], capture_output=True, text=True, timeout=60, env=env)
+        return p if p.returncode != 0 else None
+
+    p = wait_for(refused, 10, interval=0.3, what="the revoked operator to be refused")  # CRLs are read each second
     assert p.returncode == 5 and "the certificate of operator mallory (admin) is revoked" in p.stderr
     rc, out, _ = cluster.ctl("cert", "revoked")
     assert rc == 0 and str(serial) in out
