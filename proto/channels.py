@@ -26,7 +26,8 @@ KEEPALIVE_CLIENT = [
     ("grpc.http2.max_pings_without_data", 0),
 ]
 # Bounds for strangers: messages, concurrent streams per connection, and metadata size.
-MAX_MESSAGE = 8 << 20
+MAX_MESSAGE = 8 << 20  # what a server accepts from a caller
+MAX_ANSWER = 64 << 20  # what a client accepts from the controller (ListAgents of 10,000 agents is ~6 MiB)
 KEEPALIVE_SERVER = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -34,7 +35,6 @@ KEEPALIVE_SERVER = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.max_concurrent_streams", 64),
     ("grpc.max_metadata_size", 16 << 10),
     ("grpc.so_reuseport", 0),
@@ -44,7 +44,8 @@ KEEPALIVE_SERVER = [
 def channel(target: str, trust: Trust | None = None, server_name: str = CONTROLLER_DNS,
             options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
     """A channel to ``target``; mutual TLS when ``trust`` is given (the server must prove ``server_name``)."""
-    opts = [*KEEPALIVE_CLIENT, ("grpc.max_receive_message_length", MAX_MESSAGE), *options]
+    # Later options win (dict order), so a caller can raise the answer size it accepts.
+    opts = list(dict([*KEEPALIVE_CLIENT, ("grpc.max_receive_message_length", MAX_ANSWER), *options]).items())
     if trust is None:
         return grpc.insecure_channel(target, options=opts)
     m = trust.material
