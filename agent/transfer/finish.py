@@ -53,11 +53,11 @@ def _drop_stale_temp(dfd: int, name: bytes) -> None:
 
 def make_links(w: TreeWriter) -> None:
     """Hard links, once every file they point at is in place (rsync -H)."""
-    for parts, tparts in w.links:
+    for path, target in w.links:
         tpfd = pfd = -1
         try:
-            tpfd, tleaf = w.root.open_parent(tparts)
-            pfd, leaf = w.root.open_parent(parts)
+            tpfd, tleaf = w.root.open_parent(validate_relpath(target))
+            pfd, leaf = w.root.open_parent(validate_relpath(path))
             target = os.lstat(tleaf, dir_fd=tpfd)
             if not stat.S_ISREG(target.st_mode):
                 raise OSError(0, "the file it links to is missing")
@@ -76,7 +76,7 @@ def make_links(w: TreeWriter) -> None:
                 raise
             w.count(files_done=1)
         except (OSError, UnsafePath) as err:
-            w.entry_failed(b"/".join(parts), err)
+            w.entry_failed(path, err)
         finally:
             for fd in (tpfd, pfd):
                 if fd >= 0:
@@ -94,7 +94,7 @@ def finish_dirs(w: TreeWriter) -> None:
             w.entry_failed(e.path, err)
             continue
         try:
-            apply_meta(dfd, e, owner=w.as_root, xattrs=w.options.xattrs)
+            apply_meta(dfd, e, policy=w.policy, as_root=w.as_root, xattrs=w.options.xattrs)
             set_dir_meta(dfd, e.mode, e.mtime_ns)
             if w.fsync_files:
                 os.fsync(dfd)  # its new entries (mkdir, renames) are durable too
