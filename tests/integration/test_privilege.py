@@ -38,8 +38,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.controller.start()
         agents = [c.add_agent("hostA", tmp_path / "a"), c.add_agent("hostB", tmp_path / "b"),
                   c.add_agent("hostC", tmp_path / "c")]
-        agents[2].argv += ["--export-policy", f"{tmp_path / 'c'}:owners=keep,uids=1000-1999,gids=100-199,gid_map=5678>6000,"
-                                              "allow_privileged_xattrs=yes"]
+        policy = "owners=keep,uids=1000-1999,gids=100-199,gid_map=5678>6000,allow_privileged_xattrs=yes"
+        agents[2].argv += ["--export-policy", f"{tmp_path / 'c'}:{policy}"]
         for a in agents:
             a.start()
         c.wait_online("hostA", "hostB", "hostC")
