@@ -24,10 +24,11 @@ from zcrepl.agent.transfer.finish import delete_extras, finish_dirs, make_links
 from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.limits import SessionLimits
-from zcrepl.agent.transfer.meta import apply_meta, owner_ids, syncfs, xattrs_match
+from zcrepl.agent.transfer.meta import apply_meta, owner_ids, syncfs
 from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea
 from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, validate_name, validate_relpath
 from zcrepl.agent.transfer.scan import file_digest
+from zcrepl.agent.transfer.uptodate import up_to_date
 from zcrepl.core.errors import ProtocolError, TransferError, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, KEEP, ExportPolicy
 from zcrepl.core.logs import kv
@@ -128,7 +129,7 @@ class TreeWriter:
                 self._apply_symlink(parts, e)
             elif e.kind is Kind.HARDLINK:
                 self.links.append((e.path, e.target))  # the entry's own bytes: nothing new is held
-            elif self._up_to_date(parts, e):
+            elif up_to_date(self, parts, e):
                 self.count(skipped=1)
             else:
                 basis = find_basis(self, index, parts, e)
@@ -176,7 +177,7 @@ class TreeWriter:
             self.dir_parts[e.path] = parts
         return parts
 
-    def _parent(self, parts: tuple[bytes, ...]) -> tuple[int, bytes]:
+    def parent(self, parts: tuple[bytes, ...]) -> tuple[int, bytes]:
         """Borrowed fd of the parent directory (opened confined, kept for the rest of the batch).
 
         Entries arrive grouped by directory, so one openat2 serves a whole directory's entries. The
@@ -198,7 +199,7 @@ class TreeWriter:
         self._dirs.clear()
 
     def _ensure_dir(self, parts: tuple[bytes, ...]) -> None:
-        pfd, leaf = self._parent(parts)
+        pfd, leaf = self.parent(parts)
         st = _lstat(pfd, leaf)
         if st is not None and stat.S_ISDIR(st.st_mode):
             if st.st_mode & 0o700 != 0o700 and os.geteuid() != 0:
@@ -217,7 +218,7 @@ class TreeWriter:
         self._wrote = True
 
     def _apply_symlink(self, parts: tuple[bytes, ...], e: Entry) -> None:
-        pfd, leaf = self._parent(parts)
+        pfd, leaf = self.parent(parts)
         st = _lstat(pfd, leaf)
         # A symlink with other names (hard links to a link) is replaced, never touched in place.
         if (st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(leaf, dir_fd=pfd) == e.target
@@ -245,55 +246,6 @@ class TreeWriter:
                 raise OSError(err.errno, f"a non-empty directory stands where the source has {what}; "
                                          "rerun with --delete to replace it") from err
         self.count(deleted=remove_entry(pfd, leaf))
-
-    def _up_to_date(self, parts: tuple[bytes, ...], e: Entry) -> bool:
-        """True when the destination already holds this file; fixes mode/mtime/owner drift.
-
-        The fix is made in place only when the file has no other name: one with several links (st_nlink > 1)
-        may share its inode with a file outside the export, so it is replaced by a copy (temp + rename)
-        instead, and the other names keep the old inode untouched.
-        """
-        pfd, leaf = self._parent(parts)
-        st = _lstat(pfd, leaf)
-        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
-            return False
-        if not self.options.checksum and st.st_mtime_ns != e.mtime_ns:
-            return False
-        meta_ok = (stat.S_IMODE(st.st_mode) == e.mode & 0o777
-                   and owner_ids(self.policy, e, st, self.as_root) == (KEEP, KEEP))
-        if not self.options.checksum and meta_ok and not self.options.xattrs:
-            return True
-        fd = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pfd)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
-                return False
-            if self.options.checksum and file_digest(fd, self.buf()) != e.digest:
-                return False
-            if st.st_nlink > 1:
-                if not (meta_ok and st.st_mtime_ns == e.mtime_ns
-                        and (not self.options.xattrs or xattrs_match(fd, e, self.policy))):
-                    self._replace_linked(pfd, leaf, fd, e)
-                return True
-            self._wrote = True
-            if stat.S_IMODE(st.st_mode) != e.mode & 0o777:
-                os.fchmod(fd, e.mode & 0o777)
-            apply_meta(fd, e, st, policy=self.policy, as_root=self.as_root, xattrs=self.options.xattrs)
-            if st.st_mtime_ns != e.mtime_ns:
-                os.utime(fd, ns=(st.st_atime_ns, e.mtime_ns))
-        finally:
-            os.close(fd)
-        return True
-
-    def _replace_linked(self, pfd: int, leaf: bytes, fd: int, e: Entry) -> None:
-        """A fresh copy of a multiply-linked file, with this entry's metadata, renamed over ``leaf``."""
-        self._check_space(e.size)
-        with AtomicFile(pfd, leaf, e.size) as tmp:
-            if copy_range(fd, tmp.fd, 0, e.size, []) != e.size:
-                raise OSError(0, "the file changed while it was copied to break its hard link")
-            apply_meta(tmp.fd, e, policy=self.policy, as_root=self.as_root, xattrs=self.options.xattrs)
-            tmp.commit(e.mode, e.mtime_ns, fsync=self.fsync_files)
-        self._wrote = True
 
     def buf(self) -> bytearray:
         if self._hashbuf is None:
@@ -351,7 +303,7 @@ class TreeWriter:
                 os.ftruncate(s.tmp.fd, s.total)
             elif s.tmp is None:
                 with self._space_lock:  # the check and the reservation together, one file at a time
-                    self._check_space(s.total)
+                    self.check_space(s.total)
                     s.tmp = AtomicFile(pfd, leaf, s.total)
         except BaseException as err:
             os.close(pfd)
@@ -455,7 +407,7 @@ class TreeWriter:
     def _local_buf(self) -> bytearray:
         return bytearray(1 << 20)  # completions may run on several connection threads at once
 
-    def _check_space(self, size: int) -> None:
+    def check_space(self, size: int) -> None:
         """Refuse a file whose preallocation would leave less than the free-space margin on the filesystem.
 
         Only files that are preallocated (``PREALLOCATE_MIN`` and up) are checked: a small file that doesn't

@@ -53,10 +53,10 @@ def _drop_stale_temp(dfd: int, name: bytes) -> None:
 
 def make_links(w: TreeWriter) -> None:
     """Hard links, once every file they point at is in place (rsync -H)."""
-    for path, target in w.links:
+    for path, first in w.links:
         tpfd = pfd = -1
         try:
-            tpfd, tleaf = w.root.open_parent(validate_relpath(target))
+            tpfd, tleaf = w.root.open_parent(validate_relpath(first))
             pfd, leaf = w.root.open_parent(validate_relpath(path))
             target = os.lstat(tleaf, dir_fd=tpfd)
             if not stat.S_ISREG(target.st_mode):

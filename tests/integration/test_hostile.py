@@ -16,6 +16,7 @@ from hostilepeer import ROOT, Session, f, job_failed, whole
 from zchelpers import Cluster, FakeAgent, diff_trees, snapshot
 
 from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.frame import Channel, Entry, FileHead, Hello, Kind
 from zcrepl.controller.client import ControllerClient
 
@@ -255,3 +256,17 @@ def test_a_range_past_the_end_is_refused(cluster: Cluster, evil: FakeAgent, clie
     assert "outside the file" in s.refused()
     s.close()
     job_failed(client, s.job.id)
+
+
+def test_a_job_session_takes_no_change_list(cluster: Cluster, evil: FakeAgent, client: ControllerClient,
+                                            tmp_path: Path, guarded: Callable[[], None]) -> None:
+    """Deletions in a job are --delete's business: a job's source may not send a watch rule's CHANGES."""
+    dst = tmp_path / "b" / "dst"
+    dst.mkdir(parents=True)
+    (dst / "keep").write_bytes(b"mine")
+    s = Session(client, evil, dst)
+    s.ch.send(opf.encode_ops(fr.T.CHANGES, [opf.Op(opf.OP_DELETE, b"keep")]) + fr.frame(fr.T.CHANGES_END))
+    assert "only watch rules send changes" in s.refused()
+    s.close()
+    job_failed(client, s.job.id)
+    assert (dst / "keep").read_bytes() == b"mine"
