@@ -55,9 +55,9 @@ class AgentConfig:
     # per source address (kept apart from max_connections, which only authenticated transfers use).
     max_pending: int = 64
     max_pending_per_source: int = 32
-    # Per receiving session: entries of one manifest (the receiver holds them all until the end), hard links
-    # among them, and bytes of one round of watch-rule changes.
-    max_manifest_entries: int = 5_000_000
+    # Per receiving session: entries of one manifest (the receiver holds every name until the end, ~0.5 KiB
+    # per file still to come), hard links among them, and bytes of one round of watch-rule changes.
+    max_manifest_entries: int = 2_000_000
     max_hardlinks: int = 250_000
     max_changes_bytes: int = 64 << 20
     # Space a receiver leaves free on the destination filesystem: a file whose preallocation would cut into

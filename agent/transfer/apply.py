@@ -77,10 +77,13 @@ class TreeWriter:
         self.policy = policy  # what the peer may decide here: ownership, privileged xattrs
         self.limits = limits or SessionLimits()
         self._space_lock = threading.Lock()  # one free-space check and preallocation at a time
-        self.entries: list[Entry] = []
+        # Held per entry for the whole session: its name in ``kinds`` and its parent's ``children`` (and the
+        # entry itself for a directory, or for a file until its content arrived); see SessionLimits.
+        self.n_entries = 0
+        self.dirs: list[Entry] = []  # in manifest order: their metadata is set at the end, children first
         self.kinds: dict[bytes, Kind] = {}
         self.children: dict[bytes, set[bytes]] = {}
-        self.needed: set[int] = set()  # asked for, no byte arrived yet
+        self.needed: dict[int, Entry] = {}  # asked for, no byte arrived yet
         self.slots: dict[int, FileSlot] = {}  # partly arrived
         self.manifest_done = False
         self.fsync_files = options.durability is Durability.FILE
@@ -111,7 +114,7 @@ class TreeWriter:
         Raises UnsafePath/ProtocolError for a malformed manifest (the caller drops the peer). Trouble
         with the destination itself (a full disk, a planted symlink) is recorded as an entry error.
         """
-        index = len(self.entries)
+        index = self.n_entries
         if index >= self.limits.max_entries:
             raise ProtocolError(f"the manifest sent to {self.label} has more than {self.limits.max_entries:,} "
                                 "entries; raise max_manifest_entries in that agent's config if the tree is that big")
@@ -120,9 +123,10 @@ class TreeWriter:
                                 "hard links; raise max_hardlinks in that agent's config if the tree has that many")
         parts = self._check(index, e)
         with self._lock:
-            self.entries.append(e)
+            self.n_entries += 1
         try:
             if e.kind is Kind.DIR:
+                self.dirs.append(e)
                 if parts:
                     self._ensure_dir(parts)
             elif e.kind is Kind.SYMLINK:
@@ -134,15 +138,15 @@ class TreeWriter:
             else:
                 basis = find_basis(self, index, parts, e)
                 with self._lock:
-                    self.needed.add(index)
+                    self.needed[index] = e
                 return basis or True
         except (OSError, UnsafePath) as err:
             self.entry_failed(e.path, err)
         return False
 
     def end_manifest(self, count: int) -> None:
-        if count != len(self.entries):
-            raise ProtocolError(f"MANIFEST_END says {count} entries, {len(self.entries)} arrived")
+        if count != self.n_entries:
+            raise ProtocolError(f"MANIFEST_END says {count} entries, {self.n_entries} arrived")
         self.manifest_done = True
 
     def _check(self, index: int, e: Entry) -> tuple[bytes, ...]:
@@ -258,13 +262,13 @@ class TreeWriter:
         with self._lock:
             s = self.slots.get(head.index)
             if s is None:
-                if head.index not in self.needed:
+                entry = self.needed.get(head.index)
+                if entry is None:
                     raise ProtocolError(f"FILE for index {head.index}, which was not asked for")
-                entry = self.entries[head.index]
                 if head.total != entry.size:  # what we preallocate and wait for is what the manifest said
                     raise ProtocolError(f"FILE for {show(entry.path)} announces {head.total} bytes, its manifest "
                                         f"entry {entry.size}: the source is broken or hostile")
-                self.needed.discard(head.index)
+                del self.needed[head.index]
                 s = FileSlot(head.index, entry, head.total, head.mode, head.mtime_ns, None)
                 s.basis = self.bases.get(head.index)
                 self.slots[head.index] = s
@@ -484,7 +488,7 @@ class TreeWriter:
         return bool(self.files_done or self.deleted or self.errors or self._wrote)
 
     def stats(self) -> TransferStats:
-        return TransferStats(entries=len(self.entries), files_done=self.files_done, bytes_done=self.bytes_done,
+        return TransferStats(entries=self.n_entries, files_done=self.files_done, bytes_done=self.bytes_done,
                              files_skipped=self.skipped, deleted=self.deleted, errors=self.errors,
                              scan_done=self.manifest_done)
 

@@ -8,7 +8,6 @@ import stat
 from typing import TYPE_CHECKING
 
 from zcrepl.agent.transfer.atomic import remove_entry, set_dir_meta
-from zcrepl.agent.transfer.frame import Kind
 from zcrepl.agent.transfer.meta import apply_meta
 from zcrepl.agent.transfer.saferoot import TEMP_PREFIX, temp_name, validate_relpath
 from zcrepl.core.errors import UnsafePath
@@ -85,9 +84,7 @@ def make_links(w: TreeWriter) -> None:
 
 def finish_dirs(w: TreeWriter) -> None:
     """Directory modes and mtimes, children before parents (creating files changes a dir's mtime)."""
-    for e in reversed(w.entries):
-        if e.kind is not Kind.DIR:
-            continue
+    for e in reversed(w.dirs):
         try:
             dfd = w.root.open_dir(validate_relpath(e.path))
         except (OSError, UnsafePath) as err:

@@ -15,7 +15,7 @@ from zcrepl.core.config import AgentConfig
 
 @dataclass(frozen=True)
 class SessionLimits:
-    max_entries: int = 5_000_000
+    max_entries: int = 2_000_000
     max_hardlinks: int = 250_000
     max_changes_bytes: int = 64 << 20
     free_margin: int = 1 << 30

@@ -125,7 +125,7 @@ class ReceiveSession:
             if kind is fr.T.CHANGES or kind is fr.T.CHANGES_END:
                 if self.spec.job_id < SYNC_ID_BASE:  # a job's deletions are --delete's, never the peer's list
                     raise ProtocolError(f"{kind.name} in a job session: only watch rules send changes")
-                if writer.entries:
+                if writer.n_entries:
                     raise ProtocolError(f"{kind.name} after the manifest started")
                 writer.restricted = True
                 if kind is fr.T.CHANGES:
@@ -149,7 +149,7 @@ class ReceiveSession:
             if kind is fr.T.ENTRIES:
                 need, bases = [], []
                 for e in fr.decode_entries(payload):
-                    index = len(writer.entries)
+                    index = writer.n_entries
                     wanted = writer.admit(e)
                     if isinstance(wanted, fr.Basis):
                         bases.append(wanted)
