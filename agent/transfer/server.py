@@ -166,12 +166,14 @@ class DataServer:
             _shutdown(c)
 
     def _accept_loop(self) -> None:
+        poller = select.poll()  # not select(): the listening fd may be numbered past FD_SETSIZE
+        poller.register(self._sock, select.POLLIN)
         while not self._stopping.is_set():
             deadline = self.admission.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) + 0.01
+            timeout = None if deadline is None else (max(0.0, deadline - time.monotonic()) + 0.01) * 1000
             try:
-                ready, _, _ = select.select([self._sock], [], [], timeout)
-            except (OSError, ValueError):
+                ready = poller.poll(timeout)
+            except OSError:
                 return
             self._note_dropped(self.admission.expire())
             if not ready or self._stopping.is_set():
@@ -189,7 +191,15 @@ class DataServer:
             with self._lock:
                 self._conns[conn] = None
                 self._threads.add(t)
-            t.start()
+            try:
+                t.start()
+            except RuntimeError as err:  # out of threads: this connection goes, the port keeps serving
+                log.warning("data connection dropped: cannot start a thread", extra=kv(peer=peer[0], error=err))
+                self.admission.settle(conn)
+                with self._lock:
+                    self._conns.pop(conn, None)
+                    self._threads.discard(t)
+                conn.close()
 
     def _note_dropped(self, dropped: list[Waiting]) -> None:
         """One warning per few seconds, however many strangers a flood makes us drop."""
