@@ -23,7 +23,7 @@ from zcrepl.agent.transfer.basis import find_basis
 from zcrepl.agent.transfer.finish import delete_extras, finish_dirs, make_links
 from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
-from zcrepl.agent.transfer.limits import SessionLimits
+from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.meta import apply_meta, owner_ids, syncfs
 from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea
 from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, validate_name, validate_relpath
@@ -116,10 +116,10 @@ class TreeWriter:
         """
         index = self.n_entries
         if index >= self.limits.max_entries:
-            raise ProtocolError(f"the manifest sent to {self.label} has more than {self.limits.max_entries:,} "
+            raise LimitExceeded(f"the manifest sent to {self.label} has more than {self.limits.max_entries:,} "
                                 "entries; raise max_manifest_entries in that agent's config if the tree is that big")
         if e.kind is Kind.HARDLINK and len(self.links) >= self.limits.max_hardlinks:
-            raise ProtocolError(f"the manifest sent to {self.label} has more than {self.limits.max_hardlinks:,} "
+            raise LimitExceeded(f"the manifest sent to {self.label} has more than {self.limits.max_hardlinks:,} "
                                 "hard links; raise max_hardlinks in that agent's config if the tree has that many")
         parts = self._check(index, e)
         with self._lock:

@@ -11,6 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zcrepl.core.config import AgentConfig
+from zcrepl.core.errors import ProtocolError
+
+
+class LimitExceeded(ProtocolError):
+    """A source sent more than a session budget allows: another attempt would send the same, so none is made
+    until an operator raises the setting the message names."""
+
+    retryable = False
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from zcrepl.agent.transfer.apply import FileSlot, TreeWriter
 from zcrepl.agent.transfer.basis import complete_delta
 from zcrepl.agent.transfer.changes import apply_ops
 from zcrepl.agent.transfer.frame import Channel, FileHead, Hello
-from zcrepl.agent.transfer.limits import SessionLimits
+from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.server import Grant, TicketBook
 from zcrepl.core.errors import ProtocolError, TransferError
@@ -131,7 +131,7 @@ class ReceiveSession:
                 if kind is fr.T.CHANGES:
                     held += len(payload)
                     if held > self.spec.limits.max_changes_bytes:
-                        raise ProtocolError(
+                        raise LimitExceeded(
                             f"one round of changes sent to {self.spec.label} is larger than "
                             f"{self.spec.limits.max_changes_bytes:,} bytes; raise max_changes_bytes in that "
                             "agent's config if the source really renames that much at once")
