@@ -18,6 +18,7 @@ from zcrepl.agent.identity import Renewer, agent_trust, enrolled_paths
 from zcrepl.agent.link import ControllerLink
 from zcrepl.agent.priority import TransferPriority
 from zcrepl.agent.syncs import Syncs
+from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.server import DataServer, TicketBook
 from zcrepl.agent.transfers import Transfers
 from zcrepl.core.config import AgentConfig, split_address
@@ -45,7 +46,7 @@ def local_address_towards(target: str) -> str:
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.exports = Exports(config.name, config.exports)
+        self.exports = Exports(config.name, config.exports, config.export_policy)
         self.tickets = TicketBook()
         self.data: DataServer | None = None
         self.transfers: Transfers | None = None
@@ -82,11 +83,14 @@ class Agent:
         try:
             dhost, dport = split_address(cfg.data_listen)
             self.data = DataServer(dhost, dport, self.tickets, handshake_timeout=cfg.handshake_timeout,
-                                   io_timeout=cfg.io_timeout, max_connections=cfg.max_connections)
+                                   io_timeout=cfg.io_timeout, max_connections=cfg.max_connections,
+                                   max_pending=cfg.max_pending, max_pending_per_source=cfg.max_pending_per_source)
             self.data_address = self._advertise(dhost, self.data.address[1])
+            limits = SessionLimits.from_config(cfg)
             self.transfers = Transfers(cfg.name, self.exports, self.data, self.tickets, self._report,
-                                       io_timeout=cfg.io_timeout)
-            self.syncs = Syncs(cfg.name, self.exports, self.data, self.tickets, io_timeout=cfg.io_timeout)
+                                       io_timeout=cfg.io_timeout, limits=limits)
+            self.syncs = Syncs(cfg.name, self.exports, self.data, self.tickets, io_timeout=cfg.io_timeout,
+                               limits=limits)
             transfers, syncs = self.transfers, self.syncs
             sampler = HealthSampler(self.exports.paths, active_transfers=self.transfers.count,
                                     transfer_bytes=lambda: transfers.bytes_moved() + syncs.bytes_moved(),
