@@ -30,3 +30,12 @@ def test_mypy_is_clean(tmp_path: Path) -> None:
                         "-p", "zcrepl.controller"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "no issues found in" in p.stdout and int(p.stdout.split(" in ")[1].split()[0]) > 50, p.stdout
+
+
+def test_generated_modules_are_exempt_from_mypy() -> None:
+    import tomllib
+
+    doc = tomllib.loads((REPO / "pyproject.toml").read_text())
+    exempt = {m for o in doc["tool"]["mypy"]["overrides"] if o.get("ignore_errors") for m in o["module"]}
+    generated = {f"zcrepl.proto.{p.stem}" for p in (REPO / "proto").glob("*_pb2*.py")}
+    assert generated == exempt, "list the generated modules in pyproject.toml's [[tool.mypy.overrides]]"
