@@ -73,7 +73,8 @@ _INTS: dict[str, int] = {
     "agent_rss": MAX_BYTES, "active_transfers": MAX_COUNT, "inotify_watches_used": MAX_COUNT,
     "inotify_watches_max": MAX_COUNT,
 }
-_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# RFC 1123 labels, plus '_' (found in /etc/hosts names, and harmless to a resolver).
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 # -- identities and requests: refused -----------------------------------------------------------------
@@ -127,7 +128,7 @@ def _dns_problem(host: str) -> str:
     labels = host.split(".")
     if not host or len(host) > MAX_HOSTNAME or not all(_DNS_LABEL.fullmatch(x) for x in labels):
         return (f"the host must be an IP address or a DNS name of at most {MAX_HOSTNAME} characters "
-                "(labels of letters, digits and '-')")
+                "(labels of letters, digits, '-' and '_')")
     if labels[-1].isdigit():
         return "the host looks like an IP address but is not one"
     return ""

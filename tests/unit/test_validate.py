@@ -57,7 +57,7 @@ def test_a_request_cannot_name_too_many_agents() -> None:
 
 
 @pytest.mark.parametrize("addr", ["10.0.0.1:7422", "127.0.0.1:1", "[::1]:7422", "[fe80::1%eth0]:7422",
-                                  "host.example:65535", "h-1:80", "localhost:7421"])
+                                  "host.example:65535", "h-1:80", "localhost:7421", "data_net:7422"])
 def test_addresses_that_pass(addr: str) -> None:
     assert v.address(addr, "data address") == addr
 
@@ -66,7 +66,7 @@ def test_addresses_that_pass(addr: str) -> None:
     ("", "HOST:PORT"), ("host", "HOST:PORT"), ("host:", "HOST:PORT"), ("host:0", "HOST:PORT"),
     ("host:65536", "HOST:PORT"), ("host:99999999999999999999", "HOST:PORT"), ("host:\u0661\u0662", "HOST:PORT"),
     (":7422", "DNS name"), ("evil\n:7422", "DNS name"), ("a b:1", "DNS name"), ("x" * 254 + ":1", "DNS name"),
-    ("-h:1", "DNS name"), ("h_x:1", "DNS name"), ("999.1.1.1:1", "looks like an IP address"),
+    ("-h:1", "DNS name"), ("h..x:1", "DNS name"), ("999.1.1.1:1", "looks like an IP address"),
     ("0.0.0.0:7422", "unspecified"), ("[::]:7422", "unspecified"), ("224.0.0.1:1", "multicast"),
     ("[nope]:1", "not an IPv6 address"), ("::1:7422", "DNS name"),
 ])
