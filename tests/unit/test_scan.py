@@ -152,3 +152,33 @@ def test_the_receiver_keeps_what_an_unreadable_source_entry_names(tmp_path: Path
     assert (dst / "locked" / "old").read_bytes() == b"keep me"
     assert (dst / "secret").read_bytes() == b"old secret"
     assert not (dst / "extra").exists()
+
+
+_CHANGES = """
+import json, os, sys
+from zcrepl.agent.transfer.changes import restricted_manifest
+from zcrepl.agent.transfer.saferoot import SafeRoot
+from zcrepl.agent.transfer.scan import Scanner, Skips
+skips = Skips(1)
+with SafeRoot(os.fsencode(sys.argv[1])) as root:
+    entries, gone = restricted_manifest(Scanner(root, on_skip=skips, hardlinks=False),
+                                        [b"open", b"locked/inner/f", b"locked", b"secret", b"vanished"], {b"locked"})
+print(json.dumps({"entries": [[os.fsdecode(e.path), e.flags] for e in entries], "gone": [os.fsdecode(g) for g in gone],
+                  "skipped": [os.fsdecode(x.path) for x in skips.listed]}))
+"""
+
+
+def test_a_watch_session_neither_ships_nor_deletes_what_it_cannot_read(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "locked" / "inner").mkdir(parents=True)
+    (src / "locked" / "inner" / "f").write_bytes(b"x")
+    (src / "secret").write_bytes(b"s")
+    (src / "open").write_bytes(b"o")
+    os.chmod(src / "secret", 0)
+    os.chmod(src / "locked", 0)
+    p = subprocess.run([*NO_DAC, sys.executable, "-c", _CHANGES, str(src)], capture_output=True, text=True,
+                       timeout=60, check=True)
+    got = json.loads(p.stdout)
+    assert got["entries"] == [["", 0], ["locked", fr.F_UNREADABLE], ["open", 0], ["secret", fr.F_UNREADABLE]]
+    assert got["gone"] == ["vanished"]  # what is really gone still goes; what cannot be read stays
+    assert got["skipped"] == ["locked", "locked/inner/f", "secret"]
