@@ -3,7 +3,7 @@
 Exit codes: 0 success; 1 the job failed or was cancelled (or the controller refused the request in its
 current state); 2 bad input (unknown host, bad path, unknown job, a number out of range); 3 the controller
 cannot be reached; 4 the job is done but left entries out (special files, unreadable entries...: ``zc-ctl job
-ID`` lists them); 130 interrupted (the job keeps running).
+ID`` lists them); 5 the certificate's role does not allow it; 130 interrupted (the job keeps running).
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from zcrepl.controller import render, render_sync
+from zcrepl.controller import ctl_pki, render, render_sync
 from zcrepl.controller.client import ControllerClient
 from zcrepl.core.config import DEFAULT_CONTROLLER
-from zcrepl.core.errors import Unavailable, UserError, ZcError
+from zcrepl.core.errors import PermissionDenied, Unavailable, UserError, ZcError
 from zcrepl.core.paths import HOST_NAME_RULE, parse_endpoint, show, show_name, valid_host_name
 from zcrepl.core.types import Durability, Endpoint, Job, JobOptions, JobState, Priority
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_SKIPPED, EXIT_DENIED, EXIT_INTERRUPTED = (
+    0, 1, 2, 3, 4, 5, 130)
 # The controller's own ceilings (zcrepl.controller.validate), checked here first for a clearer message.
 MAX_STREAMS, MAX_ATTEMPTS, MAX_BWLIMIT, MAX_HISTORY = 16, 100, 1 << 50, 900
 
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--controller", metavar="HOST:PORT",
                    default=os.environ.get("ZC_CONTROLLER") or DEFAULT_CONTROLLER,
                    help=f"controller address (default: $ZC_CONTROLLER, then {DEFAULT_CONTROLLER})")
+    ctl_pki.add_tls_options(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("replicate", help="make DST an exact copy of the tree SRC (like rsync -a SRC/ DST/)")
@@ -166,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("id", nargs="?", type=whole(1, (1 << 63) - 1, "a rule id"), metavar="ID")
     sy.add_argument("--watch", action="store_true", help="refresh the table every second until interrupted")
     sy.add_argument("--json", action="store_true")
+    ctl_pki.add_commands(sub)
     d = sub.add_parser("demo", help="start a local controller and two agents and replicate a generated tree")
     d.add_argument("--files", type=whole(0, 10_000_000, "a number of files"), default=2000,
                    help="number of small files in the demo tree")
@@ -184,10 +187,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         from zcrepl.controller.demo import run_demo
 
         return run_demo(files=args.files, big_mib=args.big_mib, keep=args.keep)
+    trust = None
     try:
-        with ControllerClient(args.controller) as client:
+        if args.command == "pki":
+            return ctl_pki.run_pki(args, out)
+        trust = ctl_pki.client_trust(args)
+        with ControllerClient(args.controller, trust) as client:
             return _dispatch(args, client, out, err)
+    except PermissionDenied as e:
+        err.print(f"zc-ctl: permission denied: {e}", markup=False)
+        return EXIT_DENIED
     except Unavailable as e:
+        why = ctl_pki.explain_failure(trust) if trust is not None else ""
+        if why:
+            err.print(f"zc-ctl: cannot use the TLS files for {args.controller}: {why}", markup=False)
+            return EXIT_USAGE
         err.print(f"zc-ctl: {e}", markup=False)
         return EXIT_UNREACHABLE
     except UserError as e:
@@ -260,6 +274,8 @@ def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Console, 
         return EXIT_OK
     if args.command == "syncs":
         return _syncs(args, client, out)
+    if args.command in ("token", "cert"):
+        return _certs(args, client, out)
     if args.command == "cancel":
         job = client.cancel(args.id)
         if args.json:
@@ -268,6 +284,29 @@ def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Console, 
             out.print(f"job {job.id} cancelled", markup=False)
         return EXIT_OK
     raise AssertionError(args.command)
+
+
+def _certs(args: argparse.Namespace, client: ControllerClient, out: Console) -> int:
+    if args.command == "token":
+        tok = client.create_token(args.agent, args.ttl)
+        if args.json:
+            _print_json(out, {"token": tok.token, "agent": tok.agent, "expires_at": tok.expires_at,
+                              "ca_fingerprint": tok.ca_fingerprint})
+        else:
+            out.print(tok.token, markup=False)
+            err = Console(stderr=True, highlight=False)
+            err.print(f"one-time token for agent {tok.agent}, valid until {ctl_pki.when(tok.expires_at)}; on that "
+                      f"host: zc-agent --name {tok.agent} --controller {args.controller} --join TOKEN ...",
+                      markup=False)
+        return EXIT_OK
+    if args.cert_command == "revoke":
+        listing = client.revoke(args.name, args.serial)
+        out.print(f"revoked {args.name or args.serial}; {len(listing)} certificates are now revoked", markup=False)
+    else:
+        listing = client.revoked()
+    for serial, name, at in listing:
+        out.print(f"{ctl_pki.when(at)}  {name or '-':<20} {serial}", markup=False)
+    return EXIT_OK
 
 
 def _watch_health(client: ControllerClient, hosts: list[str], out: Console) -> int:

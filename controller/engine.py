@@ -89,12 +89,17 @@ class Engine(Pacing):
         self._ranking: dict[int, dict[Endpoint, str]] = {}  # this tick's fan-out source rankings, per job
 
     # -- agents -------------------------------------------------------------------------------------
-    def connect(self, info: AgentInfo, active: list[tuple[int, int]]) -> Session:
+    def connect(self, info: AgentInfo, active: list[tuple[int, int]], serial: int = 0) -> Session:
+        """A new stream for ``info.name``. A name whose current session is alive is refused (Conflict): a
+        newcomer never unseats a live agent; one whose session went silent replaces it."""
         now = self.clock()
-        session = Session(info, now, now)
+        if self.registry.online(info.name, now):
+            raise Conflict(f"{info.name} is already connected and heartbeating; a second session for it is refused "
+                           f"(if the agent restarted, it is accepted within {self.config.offline_after:g}s)")
+        session = Session(info, now, now, serial=serial)
         old = self.registry.attach(session)
         if old is not None:
-            log.warning("agent registered again; closing its previous stream", extra=kv(agent=info.name))
+            log.warning("agent registered again; closing its previous, silent stream", extra=kv(agent=info.name))
             old.close()
             self._host_lost(info.name, f"{info.name} re-registered (its agent restarted) during the transfer")
         self.store.upsert_agent(info, now)
@@ -119,6 +124,13 @@ class Engine(Pacing):
             log.warning("agent offline", extra=kv(agent=name, reason=why))
             self._host_lost(name, f"{name} went offline during the transfer ({why})")
             self.wake()
+
+    def drop_revoked(self, revoked: frozenset[int]) -> None:
+        """Close the streams of agents whose certificate was just revoked."""
+        for rec in list(self.registry.agents.values()):
+            if rec.session is not None and rec.session.serial and rec.session.serial in revoked:
+                log.warning("agent certificate revoked; closing its stream", extra=kv(agent=rec.info.name))
+                self.disconnect(rec.session, "its certificate was revoked")
 
     def close_sessions(self) -> None:
         self.syncs.flush(self.clock())

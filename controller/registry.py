@@ -92,6 +92,7 @@ class Session:
     id: int = field(default_factory=lambda: next(_session_ids))
     outbox: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     open: bool = True
+    serial: int = 0  # of the agent's certificate (0 on an insecure controller): revocation closes the session
 
     def close(self) -> None:
         if self.open:

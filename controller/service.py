@@ -12,13 +12,14 @@ from zcrepl.controller import validate
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import Session
 from zcrepl.controller.wirecache import WireCache
-from zcrepl.core.errors import InvalidArgument, InvalidPath
+from zcrepl.core.errors import Conflict, InvalidArgument, InvalidPath
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import canonical_abs, show
 from zcrepl.core.types import CancelOrder, Endpoint, ReceiveOrder, SendOrder, ThrottleOrder
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc, types_pb2
 from zcrepl.proto import sync_pb2 as spb
+from zcrepl.proto.auth import caller
 from zcrepl.proto.convert import (
     agent_info_from_pb,
     agent_status_to_pb,
@@ -100,7 +101,20 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
             log.warning("registration refused", extra=kv(peer=context.peer(), reason=str(err)))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             return
-        session = self.engine.connect(info, [(r.job_id, r.attempt) for r in first.register.active])
+        ident = caller()
+        if ident is not None and ident.name != info.name:
+            log.warning("registration refused: name differs from the certificate",
+                        extra=kv(certificate=ident.uri, claimed=info.name))
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"this certificate is for agent {ident.name}; it may not register as {info.name}")
+            return
+        try:
+            session = self.engine.connect(info, [(r.job_id, r.attempt) for r in first.register.active],
+                                          serial=ident.serial if ident else 0)
+        except Conflict as err:
+            log.warning("registration refused", extra=kv(agent=info.name, reason=err))
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
+            return
         reader = asyncio.create_task(self._read(context, session))
         try:
             await context.write(cpb.ControllerMessage(welcome=cpb.Welcome(

@@ -10,6 +10,7 @@
     │   ├── InvalidArgument      a name, address or number out of its range -> INVALID_ARGUMENT
     │   └── ConfigError          bad flag, TOML key or environment value
     ├── Conflict                 the request contradicts the current state  -> FAILED_PRECONDITION
+    ├── PermissionDenied         the caller's certificate does not allow it  -> PERMISSION_DENIED
     ├── Unavailable              the controller or an agent cannot be reached -> UNAVAILABLE
     └── TransferError            the data plane failed for a job attempt
         ├── ProtocolError        the peer sent something malformed or lied (connection dropped)
@@ -52,6 +53,10 @@ class ConfigError(UserError):
 
 
 class Conflict(ZcError):
+    pass
+
+
+class PermissionDenied(ZcError):
     pass
 
 

@@ -15,6 +15,7 @@ import pytest
 from zchelpers import Cluster, wait_for
 
 from zcrepl.proto import controller_pb2 as cpb
+from zcrepl.proto.channels import channel
 from zcrepl.proto import controller_pb2_grpc
 from zcrepl.proto import sync_pb2 as spb
 from zcrepl.proto import types_pb2 as tpb
@@ -22,16 +23,18 @@ from zcrepl.proto import types_pb2 as tpb
 U64 = (1 << 64) - 1
 
 
-def _channel(target: str) -> grpc.Channel:
-    """The one place this file opens a raw channel to the controller (moves to TLS with the others)."""
-    return grpc.insecure_channel(target)
+def _channel(c: Cluster, kind: str = "operator", name: str = "admin") -> grpc.Channel:
+    """The one place this file opens a raw channel to the controller: mutual TLS with a certificate of the
+    cluster's CA (an admin operator's, or an agent's, which a hostile agent would hold too)."""
+    return channel(c.controller_addr, c.pki.trust(kind, name))
 
 
 class RawAgent:
-    """An agent stream spoken by hand: a Register, then whatever heartbeats the test sends."""
+    """An agent stream spoken by hand with a valid agent certificate for ``cert``: a Register (whatever it
+    claims), then whatever heartbeats the test sends."""
 
-    def __init__(self, target: str, info: tpb.AgentInfo) -> None:
-        self._channel = _channel(target)
+    def __init__(self, c: Cluster, info: tpb.AgentInfo, cert: str = "") -> None:
+        self._channel = _channel(c, "agent", cert or info.name)
         self._out: queue.Queue[cpb.AgentMessage | None] = queue.Queue()
         self._out.put(cpb.AgentMessage(register=cpb.Register(info=info)))
         self.call = controller_pb2_grpc.ControllerStub(self._channel).Connect(iter(self._out.get, None))
@@ -66,7 +69,7 @@ def ctl(tmp_path: Path) -> Iterator[Cluster]:
 
 @pytest.fixture
 def stub(ctl: Cluster) -> Iterator[controller_pb2_grpc.ControllerStub]:
-    with _channel(ctl.controller_addr) as ch:
+    with _channel(ctl) as ch:
         yield controller_pb2_grpc.ControllerStub(ch)
 
 
@@ -87,7 +90,7 @@ def agent_names(c: Cluster) -> list[str]:
 ])
 def test_hostile_registrations_are_refused_and_leave_nothing(ctl: Cluster, name: str, data: str,
                                                              needle: str) -> None:
-    agent = RawAgent(ctl.controller_addr, info(name, data))
+    agent = RawAgent(ctl, info(name, data), cert="hostB")  # a real agent's certificate, a hostile Register
     try:
         with pytest.raises(grpc.RpcError) as e:
             agent.welcome()
@@ -103,8 +106,8 @@ def test_hostile_registrations_are_refused_and_leave_nothing(ctl: Cluster, name:
 
 
 def test_absurd_health_breaks_no_response(ctl: Cluster) -> None:
-    bad = RawAgent(ctl.controller_addr, info("bad"))
-    good = RawAgent(ctl.controller_addr, info("good"))
+    bad = RawAgent(ctl, info("bad"))
+    good = RawAgent(ctl, info("good"))
     try:
         bad.welcome()
         good.welcome()
@@ -142,7 +145,7 @@ def _refused(call: Any, request: Any, needle: str) -> None:
 
 
 def test_requests_out_of_range_are_refused(ctl: Cluster, stub: controller_pb2_grpc.ControllerStub) -> None:
-    agents = [RawAgent(ctl.controller_addr, info(n)) for n in ("hostA", "hostB")]
+    agents = [RawAgent(ctl, info(n)) for n in ("hostA", "hostB")]
     try:
         for a in agents:
             a.welcome()
@@ -197,8 +200,8 @@ def test_zc_ctl_refuses_bad_numbers_in_one_sentence(ctl: Cluster, args: tuple[st
 
 
 def test_zc_ctl_agents_remove_forgets_an_offline_agent(ctl: Cluster) -> None:
-    online = RawAgent(ctl.controller_addr, info("hostA"))
-    gone = RawAgent(ctl.controller_addr, info("ghost"))
+    online = RawAgent(ctl, info("hostA"))
+    gone = RawAgent(ctl, info("ghost"))
     try:
         online.welcome()
         gone.welcome()

@@ -143,7 +143,8 @@ def capless(tmp_path: Path) -> Iterator[Cluster]:
         (tmp_path / "a").mkdir()
         argv = [*NO_DAC, sys.executable, "-m", "zcrepl.agent", "--name", "hostA", "--controller",
                 c.controller_addr, "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--ready-file",
-                str(tmp_path / "hostA.json"), "--log-level", "debug", "--export", str(tmp_path / "a")]
+                str(tmp_path / "hostA.json"), "--log-level", "debug", "--export", str(tmp_path / "a"),
+                *c.pki.flags("agent", "hostA")]
         c.daemons["hostA"] = Daemon("hostA", argv, tmp_path / "hostA.json", tmp_path / "hostA.log")
         c.daemons["hostA"].start()
         c.add_agent("hostB", tmp_path / "b").start()
