@@ -33,7 +33,7 @@ RSS_BOUND = 400 * MiB
 
 @pytest.fixture
 def evil(cluster: Cluster) -> Iterator[FakeAgent]:
-    agent = FakeAgent(cluster.controller_addr, "evil")
+    agent = FakeAgent(cluster.controller_addr, "evil", pki=cluster.pki)
     cluster.wait_online("evil")
     yield agent
     agent.close()
@@ -41,7 +41,7 @@ def evil(cluster: Cluster) -> Iterator[FakeAgent]:
 
 @pytest.fixture
 def client(cluster: Cluster) -> Iterator[ControllerClient]:
-    with ControllerClient(cluster.controller_addr) as c:
+    with cluster.client() as c:
         yield c
 
 
@@ -108,7 +108,7 @@ def test_a_job_succeeds_while_slowloris_strangers_hold_the_port(cluster: Cluster
         proc = subprocess.Popen(
             [sys.executable, "-m", "zcrepl.controller.ctl", "--controller", cluster.controller_addr, "replicate",
              f"hostA:{src}", f"hostB:{tmp_path}/b/dst"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **cluster.pki.env()})
         while proc.poll() is None:  # strangers keep trickling while the job runs
             open_ones()
             time.sleep(0.5)
@@ -173,10 +173,10 @@ def margin_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 def test_preallocation_leaves_the_free_space_margin(margin_cluster: Cluster, tmp_path: Path) -> None:
     """An honest-looking manifest whose file would leave less than free_margin_bytes (32 MiB here) free on a
     64 MiB filesystem: refused before a byte is reserved; a smaller file still goes in."""
-    evil = FakeAgent(margin_cluster.controller_addr, "evil")
+    evil = FakeAgent(margin_cluster.controller_addr, "evil", pki=margin_cluster.pki)
     try:
         margin_cluster.wait_online("evil")
-        with ControllerClient(margin_cluster.controller_addr) as client, \
+        with margin_cluster.client() as client, \
                 _tmpfs(tmp_path / "b" / "small", "64m") as small:
             s = Session(client, evil, small / "dst")
             s.entries(ROOT, f(b"fits", 2 * MiB), f(b"too-big", 40 * MiB))

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from zchelpers import OLD_MTIME_NS, Cluster, wait_for, write_file
 
-from zcrepl.controller.client import ControllerClient
 from zcrepl.core.types import Endpoint, JobOptions
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="setting privileged xattrs and owners needs root")
@@ -115,7 +114,7 @@ def test_same_host_copies_follow_the_destination_policy(cluster: Cluster, tmp_pa
 def test_watch_rules_follow_the_destination_policy(cluster: Cluster, tmp_path: Path) -> None:
     src = _privileged_source(tmp_path / "a" / "src")
     dst = tmp_path / "b" / "live"
-    with ControllerClient(cluster.controller_addr) as client:
+    with cluster.client() as client:
         rule = client.create_sync(Endpoint("hostA", os.fsencode(src)), [Endpoint("hostB", os.fsencode(dst))],
                                   JobOptions(xattrs=True))
         try:
