@@ -15,10 +15,10 @@ import pytest
 from zchelpers import Cluster, wait_for
 
 from zcrepl.proto import controller_pb2 as cpb
-from zcrepl.proto.channels import channel
 from zcrepl.proto import controller_pb2_grpc
 from zcrepl.proto import sync_pb2 as spb
 from zcrepl.proto import types_pb2 as tpb
+from zcrepl.proto.channels import channel
 
 U64 = (1 << 64) - 1
 
