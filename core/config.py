@@ -17,7 +17,7 @@ from typing import Any, TypeVar, get_type_hints
 
 from zcrepl.core.errors import ConfigError, InvalidPath
 from zcrepl.core.exportpolicy import parse_export_policies, table_specs
-from zcrepl.core.paths import canonical_abs, valid_host_name
+from zcrepl.core.paths import HOST_NAME_RULE, canonical_abs, show_name, valid_host_name
 
 DEFAULT_CONTROLLER_PORT = 7420
 DEFAULT_AGENT_PORT = 7421
@@ -86,7 +86,7 @@ class AgentConfig:
     def validate(self) -> None:
         check_tls(self.ca, self.cert, self.key, self.insecure, extra="join" if self.join else "")
         if not valid_host_name(self.name):
-            raise ConfigError(f"name {self.name!r}: use letters, digits, '.', '_' and '-' (at most 63)")
+            raise ConfigError(f"name '{show_name(self.name)}': {HOST_NAME_RULE}")
         if not self.exports:
             raise ConfigError("no export configured: pass --export DIR (repeatable) or 'exports = [...]' in TOML")
         for addr in (self.controller, self.listen, self.data_listen):
