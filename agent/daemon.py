@@ -11,20 +11,20 @@ import socket
 from types import TracebackType
 
 from zcrepl.agent import priority
+from zcrepl.agent.api import AgentService, ApiServer
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.health import HealthMonitor, HealthSampler
+from zcrepl.agent.identity import Renewer, agent_trust, enrolled_paths
 from zcrepl.agent.link import ControllerLink
 from zcrepl.agent.priority import TransferPriority
-from zcrepl.agent.service import SERVICE_NAME, AgentService
 from zcrepl.agent.syncs import Syncs
+from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.server import DataServer, TicketBook
 from zcrepl.agent.transfers import Transfers
 from zcrepl.core.config import AgentConfig, split_address
 from zcrepl.core.logs import kv
 from zcrepl.core.readyfile import write_ready_file
 from zcrepl.core.types import AgentInfo, HostHealth
-from zcrepl.proto import agent_pb2_grpc
-from zcrepl.proto.channels import add_health_and_reflection, bind, sync_server
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
@@ -46,7 +46,7 @@ def local_address_towards(target: str) -> str:
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.exports = Exports(config.name, config.exports)
+        self.exports = Exports(config.name, config.exports, config.export_policy)
         self.tickets = TicketBook()
         self.data: DataServer | None = None
         self.transfers: Transfers | None = None
@@ -55,7 +55,12 @@ class Agent:
         self.link: ControllerLink | None = None
         self.grpc_address = ""
         self.data_address = ""
-        self._server = sync_server()
+        self.trust = agent_trust(config)  # enrols first when started with a join token
+        if self.trust is None:
+            log.warning("INSECURE: TLS is off; the controller and the agent's API are reached in plaintext and "
+                        "without authentication (use --join TOKEN or --ca/--cert/--key)", extra=kv(name=config.name))
+        self._api = ApiServer(AgentService(self.health, self.info), self.trust)
+        self.renewer: Renewer | None = None
 
     def _advertise(self, host: str, port: int) -> str:
         if host in _WILDCARD:
@@ -78,30 +83,34 @@ class Agent:
         try:
             dhost, dport = split_address(cfg.data_listen)
             self.data = DataServer(dhost, dport, self.tickets, handshake_timeout=cfg.handshake_timeout,
-                                   io_timeout=cfg.io_timeout, max_connections=cfg.max_connections)
+                                   io_timeout=cfg.io_timeout, max_connections=cfg.max_connections,
+                                   max_pending=cfg.max_pending, max_pending_per_source=cfg.max_pending_per_source)
             self.data_address = self._advertise(dhost, self.data.address[1])
+            limits = SessionLimits.from_config(cfg)
             self.transfers = Transfers(cfg.name, self.exports, self.data, self.tickets, self._report,
-                                       io_timeout=cfg.io_timeout)
-            self.syncs = Syncs(cfg.name, self.exports, self.data, self.tickets, io_timeout=cfg.io_timeout)
+                                       io_timeout=cfg.io_timeout, limits=limits)
+            self.syncs = Syncs(cfg.name, self.exports, self.data, self.tickets, io_timeout=cfg.io_timeout,
+                               limits=limits)
             transfers, syncs = self.transfers, self.syncs
             sampler = HealthSampler(self.exports.paths, active_transfers=self.transfers.count,
                                     transfer_bytes=lambda: transfers.bytes_moved() + syncs.bytes_moved(),
                                     data_host=split_address(self.data_address)[0])
             self.monitor = HealthMonitor(sampler, cfg.heartbeat_interval)
             self.monitor.start()
-            agent_pb2_grpc.add_AgentServicer_to_server(AgentService(self.health, self.info), self._server)
-            add_health_and_reflection(self._server, [SERVICE_NAME])
             ghost, _ = split_address(cfg.listen)
-            gport = bind(self._server, cfg.listen)
+            gport = self._api.start(cfg.listen)
             self.grpc_address = self._advertise(ghost, gport)
-            self._server.start()
             self.data.start()
             self.link = ControllerLink(
                 cfg.controller, self.info, self.health, self.transfers,
                 heartbeat_interval=cfg.heartbeat_interval, reconnect_max=cfg.reconnect_max,
                 on_interval=self.monitor.set_interval, on_beat=self.tickets.expire, syncs=self.syncs,
+                trust=self.trust,
             )
             self.link.start()
+            if self.trust is not None and self.trust.paths == enrolled_paths(cfg):
+                self.renewer = Renewer(self.trust, cfg.controller)
+                self.renewer.start()
         except BaseException:
             self.stop()
             raise
@@ -116,7 +125,14 @@ class Agent:
         if self.link is not None:
             self.link.report(r)  # type: ignore[arg-type]
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the TLS files now (they are also picked up within a second of changing)."""
+        if self.trust is not None:
+            self.trust.refresh(force=True)
+
     def stop(self) -> None:
+        if self.renewer is not None:
+            self.renewer.stop()
         if self.transfers is not None:
             self.transfers.cancel_all("agent shutting down")
         if self.syncs is not None:
@@ -127,7 +143,7 @@ class Agent:
             self.data.stop()
         if self.transfers is not None:
             self.transfers.join(5)
-        self._server.stop(grace=2).wait(3)
+        self._api.stop()
         if self.monitor is not None:
             self.monitor.stop()
         self.exports.close()

@@ -18,6 +18,7 @@ from zcrepl.agent.transfers import Transfers
 from zcrepl.core.backoff import backoff_delay
 from zcrepl.core.logs import kv
 from zcrepl.core.synctypes import SyncHoldOrder, SyncStopOrder
+from zcrepl.core.trust import Trust
 from zcrepl.core.types import (
     AgentInfo,
     CancelOrder,
@@ -51,6 +52,7 @@ class ControllerLink:
         on_interval: Callable[[float], None] = lambda _s: None,
         on_beat: Callable[[], None] = lambda: None,
         syncs: Syncs | None = None,
+        trust: Trust | None = None,
     ) -> None:
         self.target = target
         self._info = info
@@ -61,6 +63,7 @@ class ControllerLink:
         self.on_interval = on_interval
         self.on_beat = on_beat
         self.syncs = syncs
+        self.trust = trust
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -102,7 +105,9 @@ class ControllerLink:
             box: queue.Queue[object] = queue.Queue()
             refs = [cpb.TransferRef(job_id=j, attempt=a) for j, a in self.transfers.refs()]
             box.put(cpb.AgentMessage(register=cpb.Register(info=agent_info_to_pb(self._info()), active=refs)))
-            ch = channel(self.target)
+            if self.trust is not None:
+                self.trust.refresh()  # each (re)connection presents the newest certificate
+            ch = channel(self.target, self.trust)
             try:
                 stub = controller_pb2_grpc.ControllerStub(ch)
                 call = stub.Connect(_drain(box))

@@ -23,8 +23,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--controller", metavar="HOST:PORT", help="controller address (default 127.0.0.1:7420)")
     p.add_argument("--export", dest="exports", action="append", metavar="DIR",
                    help="directory root to serve; repeat for several")
+    p.add_argument("--export-policy", dest="export_policy", action="append", metavar="DIR:KEY=VALUE,...",
+                   help="what peers may set in export DIR: owners=keep|none, uids=LO-HI, gids=LO-HI, "
+                        "uid_map=SRC>DST, gid_map=SRC>DST, allow_privileged_xattrs=yes|no (repeatable)")
     p.add_argument("--listen", metavar="HOST:PORT", help="gRPC API address (port 0 = any free port)")
     p.add_argument("--data-listen", metavar="HOST:PORT", help="data port address (port 0 = any free port)")
+    tls = p.add_argument_group("TLS (mutual; required unless --insecure)")
+    tls.add_argument("--ca", metavar="FILE", help="the cluster CA certificate (PEM)")
+    tls.add_argument("--cert", metavar="FILE", help="this agent's certificate (zcrepl://agent/NAME)")
+    tls.add_argument("--key", metavar="FILE", help="its private key")
+    tls.add_argument("--crl", metavar="FILE", help="revocation list, reloaded when it changes")
+    tls.add_argument("--join", metavar="TOKEN",
+                     help="enrol with a token from `zc-ctl token create --agent NAME` (once; kept in --state-dir)")
+    tls.add_argument("--state-dir", metavar="DIR", help="where an enrolled certificate is kept "
+                     "(default /var/lib/zcrepl-agent)")
+    tls.add_argument("--insecure", action="store_true", default=None,
+                     help="no TLS and no authentication (binds loopback unless --listen says otherwise)")
     p.add_argument("--advertise-host", metavar="HOST", help="host to advertise when listening on 0.0.0.0")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["kv", "json"])
@@ -45,9 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        with Agent(config):
+        with Agent(config) as agent:
+            signal.signal(signal.SIGHUP, lambda *_: agent.reload())
             stop.wait()
             log.info("signal received, shutting down", extra=kv(name=config.name))
+    except ConfigError as err:
+        print(f"zc-agent: {err}", file=sys.stderr)
+        return 2
     except OSError as err:
         log.error("cannot start", extra=kv(error=err))
         print(f"zc-agent: cannot start: {err}", file=sys.stderr)

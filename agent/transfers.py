@@ -13,12 +13,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.local import LocalCopy, log_local
 from zcrepl.agent.transfer.partial import PartialArea
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
@@ -35,6 +36,7 @@ from zcrepl.core.types import (
     ReceiveOrder,
     Role,
     SendOrder,
+    Skipped,
     ThrottleOrder,
     TransferReport,
     TransferStats,
@@ -65,8 +67,10 @@ class Transfers:
         report: ReportFn,
         *,
         io_timeout: float = 60.0,
+        limits: SessionLimits | None = None,
     ) -> None:
         self.host = host
+        self.limits = limits or SessionLimits()
         self.exports = exports
         self.data = data
         self.tickets = tickets
@@ -214,20 +218,22 @@ class Transfers:
             self._forget(key)
             where = f"{label} -> {order.dest_host}:{show(order.dest_path)}"
             self._fail(spec.job_id, spec.attempt, Role.SENDER, f"{where}: {err}", retryable=err.retryable,
-                       stats=sender.snapshot())
+                       stats=sender.snapshot(), skipped=tuple(sender.skips.listed))
             return
         except Exception as err:  # never let a sender bug kill the agent silently
             self._forget(key)
             log.exception("sender crashed", extra=kv(job=spec.job_id))
             self._fail(spec.job_id, spec.attempt, Role.SENDER, f"{label}: internal error: {err!r}",
-                       retryable=True, stats=sender.snapshot())
+                       retryable=True, stats=sender.snapshot(), skipped=tuple(sender.skips.listed))
             return
         finally:
             src.close()
         self._forget(key)
         log.info("send done", extra=kv(job=spec.job_id, attempt=spec.attempt, files=stats.files_done,
-                                       bytes=stats.bytes_done, seconds=round(time.monotonic() - t0, 3)))
-        self.report(TransferReport(spec.job_id, spec.attempt, Role.SENDER, Phase.DONE, stats))
+                                       bytes=stats.bytes_done, left_out=stats.entries_skipped,
+                                       seconds=round(time.monotonic() - t0, 3)))
+        self.report(TransferReport(spec.job_id, spec.attempt, Role.SENDER, Phase.DONE, stats,
+                                   skipped=tuple(sender.skips.listed)))
 
     def _run_local(self, order: SendOrder, src: SafeRoot, key: tuple[int, int, Role], label: str,
                    active: _Active) -> None:
@@ -242,7 +248,8 @@ class Transfers:
             copier = LocalCopy(order.job_id, src, root, rel, order.options, dst_label, active.cancel,
                                lambda s: self.report(TransferReport(order.job_id, order.attempt, Role.SENDER,
                                                                     Phase.PROGRESS, s)),
-                               workers=order.options.streams or 2)
+                               workers=order.options.streams or 2, policy=self.exports.policy(root),
+                               limits=self.limits)
             stats = copier.run()
         except Cancelled:
             self._forget(key)
@@ -256,18 +263,22 @@ class Transfers:
         finally:
             src.close()
         self._forget(key)
+        skipped = tuple(copier.skips.listed)
         if stats.errors:
             self._fail(order.job_id, order.attempt, Role.SENDER, f"{stats.errors} entries failed copying "
-                       f"{label} -> {dst_label}; see the agent log", retryable=True, stats=stats)
+                       f"{label} -> {dst_label}; see the agent log", retryable=True, stats=stats, skipped=skipped)
             return
         log_local(order.job_id, stats, time.monotonic() - t0)
-        for role in (Role.RECEIVER, Role.SENDER):
-            self.report(TransferReport(order.job_id, order.attempt, role, Phase.DONE, stats))
+        # One scan serves both roles: its skipped entries are reported once, by the sender.
+        self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE,
+                                   replace(stats, entries_skipped=0, skipped_special=0)))
+        self.report(TransferReport(order.job_id, order.attempt, Role.SENDER, Phase.DONE, stats, skipped=skipped))
 
     def _serve_receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,
                        ch: Channel, hello: Hello) -> None:
         key = (order.job_id, order.attempt, Role.RECEIVER)
-        spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label)
+        spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label,
+                           policy=self.exports.policy(root), limits=self.limits)
         session = ReceiveSession(spec, self.tickets)
         with self._lock:
             active = self._active.get(key)
@@ -329,10 +340,10 @@ class Transfers:
                 self._moved_done += _live_bytes(a)
 
     def _fail(self, job_id: int, attempt: int, role: Role, error: str, *, retryable: bool,
-              stats: TransferStats | None = None) -> None:
+              stats: TransferStats | None = None, skipped: tuple[Skipped, ...] = ()) -> None:
         log.warning("transfer failed", extra=kv(job=job_id, attempt=attempt, role=role.value, error=error))
         self.report(TransferReport(job_id, attempt, role, Phase.FAILED, stats or TransferStats(), error,
-                                   retryable))
+                                   retryable, skipped))
 
 
 def _live_bytes(a: _Active) -> int:

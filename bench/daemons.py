@@ -78,7 +78,8 @@ class ZcCluster:
         self.addr = f"127.0.0.1:{free_port()}"
         self.controller = Daemon("zc-controller", [
             str(BIN / "zc-controller"), "--listen", self.addr, "--state-dir", str(run_dir / "zc-state"),
-            "--ready-file", str(run_dir / "controller.json"), "--log-level", "info",
+            "--ready-file", str(run_dir / "controller.json"), "--log-level", "info", "--auto-pki",
+            "--enroll-listen", "127.0.0.1:0",
             # The reference tools just loaded the machine; a benchmark measures speed, not the load policy.
             "--max-cpu-percent", "100", "--max-load-per-core", "1000", "--max-disk-busy-percent", "100",
             "--max-net-percent", "100", "--high-cpu-percent", "100", "--high-load-per-core", "1000",
@@ -87,7 +88,18 @@ class ZcCluster:
         self.agents: dict[str, Daemon] = {}
 
     def start_controller(self) -> None:
+        """Start it secure by default (its own CA); every zc-ctl the benchmark runs inherits the admin
+        certificate through ZC_CA/ZC_CERT/ZC_KEY, and the agents get certificates from the same CA."""
         self.controller.start()
+        self.pki = self.run_dir / "zc-state" / "pki"
+        os.environ.update(ZC_CA=str(self.pki / "ca.pem"), ZC_CERT=str(self.pki / "admin.pem"),
+                          ZC_KEY=str(self.pki / "admin.key"))
+
+    def _tls(self, name: str) -> list[str]:
+        from zcrepl.core import pki
+
+        cert, key = pki.issue_files(self.pki, "agent", name)
+        return ["--ca", str(self.pki / "ca.pem"), "--cert", str(cert), "--key", str(key)]
 
     def start_agents(self) -> None:
         for name, export in (("hostA", self.src), ("hostB", self.dst)):
@@ -95,7 +107,7 @@ class ZcCluster:
             self.agents[name] = Daemon(name, [
                 str(BIN / "zc-agent"), "--name", name, "--controller", self.addr, "--export", str(export),
                 "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0",
-                "--ready-file", str(self.run_dir / f"{name}.json"), "--log-level", "info",
+                "--ready-file", str(self.run_dir / f"{name}.json"), "--log-level", "info", *self._tls(name),
             ], self.run_dir / f"{name}.log", self.run_dir / f"{name}.json").start()
         deadline = time.monotonic() + 30
         while not self._online():

@@ -13,9 +13,10 @@ import grpc
 
 from zcrepl.core.errors import Unavailable
 from zcrepl.core.synctypes import SyncRule
+from zcrepl.core.trust import Trust
 from zcrepl.core.types import AgentStatus, Endpoint, Job, JobOptions, JobState
 from zcrepl.proto import controller_pb2 as cpb
-from zcrepl.proto import controller_pb2_grpc
+from zcrepl.proto import controller_pb2_grpc, security_pb2, security_pb2_grpc
 from zcrepl.proto import sync_pb2 as spb
 from zcrepl.proto.channels import channel
 from zcrepl.proto.convert import (
@@ -32,11 +33,12 @@ R = TypeVar("R")
 
 
 class ControllerClient:
-    def __init__(self, target: str, timeout: float = 10.0) -> None:
+    def __init__(self, target: str, trust: Trust | None = None, timeout: float = 10.0) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = channel(target)
+        self._channel = channel(target, trust)
         self._stub = controller_pb2_grpc.ControllerStub(self._channel)
+        self._security = security_pb2_grpc.SecurityStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -85,6 +87,10 @@ class ControllerClient:
         resp = self._call(self._stub.GetAgentHealth, cpb.AgentHealthRequest(names=names, history=history))
         return [agent_status_from_pb(a) for a in resp.agents]
 
+    def remove_agent(self, name: str) -> AgentStatus:
+        """Forget an offline agent; Conflict while it is online or named by queued jobs or watch rules."""
+        return agent_status_from_pb(self._call(self._stub.RemoveAgent, cpb.AgentRef(name=name)))
+
     # -- watch rules --------------------------------------------------------------------------------
     def create_sync(self, src: Endpoint, dsts: list[Endpoint], options: JobOptions, window: float = 0.0,
                     quiet: float = 0.0) -> SyncRule:
@@ -99,6 +105,18 @@ class ControllerClient:
         """``pause``, ``resume`` or ``remove`` one rule."""
         fn = {"pause": self._stub.PauseSync, "resume": self._stub.ResumeSync, "remove": self._stub.RemoveSync}[action]
         return rule_from_pb(self._call(fn, spb.SyncRef(id=rule_id)))
+
+    # -- certificates ---------------------------------------------------------------------------------
+    def create_token(self, agent: str, ttl: float = 0.0) -> security_pb2.JoinToken:
+        return self._call(self._security.CreateJoinToken, security_pb2.JoinTokenRequest(agent=agent, ttl=ttl))
+
+    def revoke(self, name: str = "", serial: str = "") -> list[tuple[str, str, float]]:
+        resp = self._call(self._security.RevokeCertificate, security_pb2.RevokeRequest(name=name, serial=serial))
+        return [(r.serial, r.name, r.revoked_at) for r in resp.revoked]
+
+    def revoked(self) -> list[tuple[str, str, float]]:
+        resp = self._call(self._security.ListRevoked, security_pb2.ListRevokedRequest())
+        return [(r.serial, r.name, r.revoked_at) for r in resp.revoked]
 
     def watch(self, job_id: int, reconnect_for: float = 60.0) -> Iterator[Job]:
         """Job snapshots until it is final; rides out a controller restart for ``reconnect_for`` seconds."""

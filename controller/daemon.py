@@ -14,14 +14,18 @@ from types import TracebackType
 
 import grpc
 
+from zcrepl.controller.authority import Authority, authority_from_config
 from zcrepl.controller.engine import Engine
+from zcrepl.controller.pki_store import PkiStore
+from zcrepl.controller.security import EnrollmentService, SecurityService
 from zcrepl.controller.service import SERVICE_NAME, ControllerService
 from zcrepl.controller.store import Store
 from zcrepl.core.config import ControllerConfig, split_address
 from zcrepl.core.logs import kv
 from zcrepl.core.readyfile import write_ready_file
-from zcrepl.proto import controller_pb2_grpc
-from zcrepl.proto.channels import KEEPALIVE_SERVER, add_health_and_reflection_aio, bind
+from zcrepl.proto import controller_pb2_grpc, security_pb2, security_pb2_grpc
+from zcrepl.proto.auth import AuthInterceptor
+from zcrepl.proto.channels import KEEPALIVE_SERVER, add_health_and_reflection_aio, bind, enroll_credentials
 from zcrepl.proto.errors import ErrorInterceptor
 
 log = logging.getLogger(__name__)
@@ -35,7 +39,10 @@ class Controller:
         self._thread = threading.Thread(target=self._run, name="zc-controller-loop", daemon=True)
         self._started = threading.Event()
         self._error: BaseException | None = None
+        self._engine: Engine | None = None
         self._stop: asyncio.Event | None = None
+        self.authority: Authority | None = None
+        self.enroll_address = ""
 
     def start(self) -> Controller:
         self._thread.start()
@@ -49,6 +56,15 @@ class Controller:
         if self._stop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(15)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the TLS files now (they are also picked up within a second of changing)."""
+        if self.authority is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._reload_trust, True)
+
+    def _reload_trust(self, force: bool = False) -> None:
+        if self.authority is not None and self.authority.trust.refresh(force) and self._engine is not None:
+            self._engine.drop_revoked(self.authority.trust.material.revoked)
 
     def __enter__(self) -> Controller:
         return self.start()
@@ -72,23 +88,52 @@ class Controller:
     async def _main(self) -> None:
         cfg = self.config
         self._stop = asyncio.Event()
+        self.authority = authority = authority_from_config(cfg)
+        if authority is None:
+            log.warning("INSECURE: TLS is off; anyone who can reach this port can read and overwrite every "
+                        "agent's exports (use --auto-pki or --ca/--cert/--key)", extra=kv(listen=cfg.listen))
         store = Store(cfg.state_dir)
         server: grpc.aio.Server | None = None
-        scheduler: asyncio.Task[None] | None = None
+        enroll: grpc.aio.Server | None = None
+        tasks: list[asyncio.Task[None]] = []
         engine: Engine | None = None
         try:
-            engine = Engine(cfg, store)
-            server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=KEEPALIVE_SERVER)
+            self._engine = engine = Engine(cfg, store)
+            interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+            if authority is not None:
+                interceptors.insert(0, AuthInterceptor(authority.trust))
+            server = grpc.aio.server(interceptors=interceptors, options=KEEPALIVE_SERVER)
             controller_pb2_grpc.add_ControllerServicer_to_server(ControllerService(engine), server)
-            await add_health_and_reflection_aio(server, [SERVICE_NAME])
-            host, _ = split_address(cfg.listen)
-            port = bind(server, cfg.listen)
-            self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            names = [SERVICE_NAME]
+            if authority is not None:
+                security = SecurityService(authority, PkiStore(store.db), cfg, lambda: self._enroll_port(),
+                                           lambda: self._reload_trust(True))
+                security_pb2_grpc.add_SecurityServicer_to_server(security, server)
+                names.append(security_pb2.DESCRIPTOR.services_by_name["Security"].full_name)
+                if authority.can_sign():
+                    enroll = grpc.aio.server(interceptors=[ErrorInterceptor()], options=KEEPALIVE_SERVER)
+                    security_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentService(security), enroll)
+            await add_health_and_reflection_aio(server, names)
+            self.address = self._bind(server, cfg.listen, authority)
             await server.start()
-            scheduler = asyncio.create_task(engine.run_forever())
-            log.info("controller serving", extra=kv(address=self.address, state=store.path))
+            if enroll is not None and authority is not None:
+                host, _ = split_address(cfg.enroll_listen)
+                port = enroll.add_secure_port(cfg.enroll_listen, enroll_credentials(authority.trust))
+                if port == 0:
+                    raise OSError(f"cannot listen on {cfg.enroll_listen} for enrolment: the address is in use")
+                self.enroll_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                await enroll.start()
+            tasks.append(asyncio.create_task(engine.run_forever()))
+            if authority is not None:
+                tasks.append(asyncio.create_task(self._watch_trust()))
+            log.info("controller serving", extra=kv(address=self.address, state=store.path,
+                                                    tls="off" if authority is None else "mutual",
+                                                    enroll=self.enroll_address or "-"))
             if cfg.ready_file:
-                write_ready_file(cfg.ready_file, {"pid": os.getpid(), "grpc": self.address})
+                ready = {"pid": os.getpid(), "grpc": self.address}
+                if self.enroll_address:
+                    ready["enroll"] = self.enroll_address
+                write_ready_file(cfg.ready_file, ready)
             self._started.set()
             await self._stop.wait()
             log.info("controller stopping", extra=kv(address=self.address))
@@ -96,8 +141,25 @@ class Controller:
             if engine is not None:
                 engine.stopping = True
                 engine.close_sessions()  # lets every Connect handler return on its own before the stop
-            if scheduler is not None:
-                scheduler.cancel()
+            for t in tasks:
+                t.cancel()
             if server is not None:
                 await server.stop(grace=2)
+            if enroll is not None:
+                await enroll.stop(grace=1)
             store.close()
+
+    def _enroll_port(self) -> int:
+        return split_address(self.enroll_address)[1] if self.enroll_address else 0
+
+    @staticmethod
+    def _bind(server: grpc.aio.Server, listen: str, authority: Authority | None) -> str:
+        host, _ = split_address(listen)
+        port = bind(server, listen, authority.trust if authority else None)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def _watch_trust(self) -> None:
+        """Pick up renewed or replaced TLS files and new revocations within a second (SIGHUP: at once)."""
+        while True:
+            await asyncio.sleep(1.0)
+            self._reload_trust()

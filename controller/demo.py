@@ -1,6 +1,8 @@
 """``zc-ctl demo``: a controller and two agents as real processes on loopback replicate a generated tree.
 
-Everything lives in a temporary directory; the daemons are stopped with SIGTERM at the end.
+Secure the way a real cluster starts: the controller keeps its own CA (--auto-pki), each agent enrols with a
+one-time join token, and every gRPC call is mutual TLS. Everything lives in a temporary directory; the
+daemons are stopped with SIGTERM at the end.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rich.console import Console
 from zcrepl.controller import ctl, render
 from zcrepl.controller.client import ControllerClient
 from zcrepl.core.treegen import generate_tree
+from zcrepl.core.trust import TlsPaths, Trust
 
 
 def _free_port() -> int:
@@ -69,24 +72,33 @@ def run_demo(files: int = 2000, big_mib: int = 64, keep: bool = False) -> int:
         console.print(f"generated {files} small files and a {big_mib} MiB file ({render.human_bytes(nbytes)}) "
                       f"in {src}")
         addr = f"127.0.0.1:{_free_port()}"
-        procs.append(_spawn(["zcrepl.controller", "--listen", addr, "--state-dir", str(base / "state")],
+        procs.append(_spawn(["zcrepl.controller", "--listen", addr, "--state-dir", str(base / "state"),
+                             "--auto-pki", "--enroll-listen", "127.0.0.1:0"],
                             base / "controller.json", base / "controller.log"))
-        for name in ("hostA", "hostB"):
-            procs.append(_spawn(["zcrepl.agent", "--name", name, "--controller", addr, "--export",
-                                 str(base / name), "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0"],
-                                base / f"{name}.json", base / f"{name}.log"))
-        with ControllerClient(addr) as client:
+        pki_dir = base / "state" / "pki"
+        tls = ["--ca", str(pki_dir / "ca.pem"), "--cert", str(pki_dir / "admin.pem"),
+               "--key", str(pki_dir / "admin.key")]
+        trust = Trust(TlsPaths(*tls[1::2]), kind="operator")
+        with ControllerClient(addr, trust) as client:
+            for name in ("hostA", "hostB"):
+                token = client.create_token(name).token
+                procs.append(_spawn(["zcrepl.agent", "--name", name, "--controller", addr, "--export",
+                                     str(base / name), "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0",
+                                     "--join", token, "--state-dir", str(base / f"{name}-state")],
+                                    base / f"{name}.json", base / f"{name}.log"))
+            console.print(f"controller with its own CA in {pki_dir}; agents enrolled with one-time join tokens; "
+                          "every call is mutual TLS")
             deadline = time.monotonic() + 20
             while sum(a.online and bool(a.health and a.health.mem_total) for a in client.agents()) < 2:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"agents did not come online; see the logs in {base}")
                 time.sleep(0.1)
-            console.print(f"controller on {addr}; the same as: zc-ctl --controller {addr} replicate "
-                          f"hostA:{src} hostB:{dst}")
-            rc = ctl.main(["--controller", addr, "replicate", f"hostA:{src}", f"hostB:{dst}"])
-            ctl.main(["--controller", addr, "agents"])
-            ctl.main(["--controller", addr, "health"])
-            ctl.main(["--controller", addr, "jobs"])
+            console.print(f"controller on {addr}; the same as: ZC_CA={tls[1]} ZC_CERT={tls[3]} ZC_KEY={tls[5]} "
+                          f"zc-ctl --controller {addr} replicate hostA:{src} hostB:{dst}")
+            rc = ctl.main([*tls, "--controller", addr, "replicate", f"hostA:{src}", f"hostB:{dst}"])
+            ctl.main([*tls, "--controller", addr, "agents"])
+            ctl.main([*tls, "--controller", addr, "health"])
+            ctl.main([*tls, "--controller", addr, "jobs"])
             job = client.jobs(limit=1)[0]
             console.print_json(json.dumps(render.job_doc(job)["progress"]))
         identical = _same_tree(src, dst)

@@ -19,8 +19,25 @@ log = logging.getLogger("zcrepl.controller")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zc-controller", description=__doc__)
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with the same keys as the flags")
-    p.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 0.0.0.0:7420; port 0 = any)")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="gRPC address (default 0.0.0.0:7420, 127.0.0.1:7420 with --insecure; port 0 = any)")
     p.add_argument("--state-dir", metavar="DIR", help="where the SQLite job store lives (default /var/lib/zcrepl)")
+    tls = p.add_argument_group("TLS (mutual; required unless --insecure)")
+    tls.add_argument("--ca", metavar="FILE", help="the cluster CA certificate (PEM)")
+    tls.add_argument("--cert", metavar="FILE", help="this controller's certificate (zcrepl://controller/NAME)")
+    tls.add_argument("--key", metavar="FILE", help="its private key")
+    tls.add_argument("--crl", metavar="FILE", help="revocation list, reloaded when it changes")
+    tls.add_argument("--ca-key", metavar="FILE", help="the CA's key: lets the controller enrol agents and renew")
+    tls.add_argument("--auto-pki", action="store_true", default=None,
+                     help="keep a CA of the controller's own in STATE_DIR/pki (created on the first start)")
+    tls.add_argument("--san", action="append", metavar="NAME_OR_IP",
+                     help="with --auto-pki: another DNS name or IP for the controller's certificate (repeatable)")
+    tls.add_argument("--enroll-listen", metavar="HOST:PORT",
+                     help="where agents enrol with a join token (default: the --listen host, port 7423)")
+    tls.add_argument("--token-ttl", type=float, metavar="SECONDS", help="default lifetime of join tokens (3600)")
+    tls.add_argument("--agent-cert-days", type=int, metavar="N", help="lifetime of enrolled agents' certificates")
+    tls.add_argument("--insecure", action="store_true", default=None,
+                     help="no TLS and no authentication at all (binds loopback unless --listen says otherwise)")
     p.add_argument("--heartbeat-interval", type=float, metavar="SECONDS", help="agent heartbeat cadence")
     p.add_argument("--offline-after", type=float, metavar="SECONDS", help="silence after which an agent is offline")
     p.add_argument("--max-attempts", type=int, metavar="N", help="attempts per job before it fails (default 5)")
@@ -65,9 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        with Controller(config):
+        with Controller(config) as controller:
+            signal.signal(signal.SIGHUP, lambda *_: controller.reload())
             stop.wait()
             log.info("signal received, shutting down", extra=kv(state=config.state_dir))
+    except ConfigError as err:
+        print(f"zc-controller: {err}", file=sys.stderr)
+        return 2
     except (OSError, RuntimeError) as err:
         print(f"zc-controller: cannot start: {err}", file=sys.stderr)
         return 1

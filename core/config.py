@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 from zcrepl.core.errors import ConfigError, InvalidPath
-from zcrepl.core.paths import canonical_abs, valid_host_name
+from zcrepl.core.exportpolicy import parse_export_policies, table_specs
+from zcrepl.core.paths import HOST_NAME_RULE, canonical_abs, show_name, valid_host_name
 
 DEFAULT_CONTROLLER_PORT = 7420
 DEFAULT_AGENT_PORT = 7421
 DEFAULT_DATA_PORT = 7422
+DEFAULT_ENROLL_PORT = 7423
 DEFAULT_CONTROLLER = f"127.0.0.1:{DEFAULT_CONTROLLER_PORT}"
 
 
@@ -29,8 +31,19 @@ class AgentConfig:
     name: str = dataclasses.field(default_factory=lambda: socket.gethostname().split(".")[0])
     controller: str = DEFAULT_CONTROLLER
     exports: tuple[bytes, ...] = ()
-    listen: str = f"0.0.0.0:{DEFAULT_AGENT_PORT}"
-    data_listen: str = f"0.0.0.0:{DEFAULT_DATA_PORT}"
+    # Empty: every interface, or loopback only when insecure (see resolve_defaults).
+    listen: str = ""
+    data_listen: str = ""
+    # TLS material (PEM files): the cluster CA, this agent's certificate (zcrepl://agent/NAME) and key, and an
+    # optional revocation list; all reloaded when they change. Without them the agent uses what it enrolled
+    # into state_dir with a join token, and refuses to start unless insecure is set.
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    crl: str = ""
+    insecure: bool = False
+    join: str = ""  # a one-time token from `zc-ctl token create --agent NAME`
+    state_dir: str = "/var/lib/zcrepl-agent"
     # Host the agent advertises for its ports when they listen on a wildcard address; empty means the
     # local address this host uses to reach the controller.
     advertise_host: str = ""
@@ -47,10 +60,33 @@ class AgentConfig:
     transfer_nice: int = 10
     transfer_ioclass: str = "best-effort"
     transfer_iolevel: int = 7
+    # What a peer may decide per export (see zcrepl.core.exportpolicy): "PATH:owners=keep,uids=LO-HI,...".
+    # Nothing by default: files belong to the agent's user, privileged xattrs are dropped.
+    export_policy: tuple[str, ...] = ()
+    # Budgets for strangers: connections to the data port that have not shown a valid ticket yet, overall and
+    # per source address (kept apart from max_connections, which only authenticated transfers use).
+    max_pending: int = 64
+    max_pending_per_source: int = 32
+    # Per receiving session: entries of one manifest (the receiver holds every name until the end, ~0.5 KiB
+    # per file still to come), hard links among them, and bytes of one round of watch-rule changes.
+    max_manifest_entries: int = 2_000_000
+    max_hardlinks: int = 250_000
+    max_changes_bytes: int = 64 << 20
+    # Space a receiver leaves free on the destination filesystem: a file whose preallocation would cut into
+    # it is refused.
+    free_margin_bytes: int = 1 << 30
+
+    @staticmethod
+    def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
+        loopback = "127.0.0.1" if values.get("insecure") else "0.0.0.0"
+        values.setdefault("listen", f"{loopback}:{DEFAULT_AGENT_PORT}")
+        values.setdefault("data_listen", f"{loopback}:{DEFAULT_DATA_PORT}")
+        return values
 
     def validate(self) -> None:
+        check_tls(self.ca, self.cert, self.key, self.insecure, extra="join" if self.join else "")
         if not valid_host_name(self.name):
-            raise ConfigError(f"name {self.name!r}: use letters, digits, '.', '_' and '-' (at most 63)")
+            raise ConfigError(f"name '{show_name(self.name)}': {HOST_NAME_RULE}")
         if not self.exports:
             raise ConfigError("no export configured: pass --export DIR (repeatable) or 'exports = [...]' in TOML")
         for addr in (self.controller, self.listen, self.data_listen):
@@ -66,6 +102,15 @@ class AgentConfig:
             raise ConfigError(f"transfer_ioclass {self.transfer_ioclass!r}: choose none, best-effort or idle")
         if not 0 <= self.transfer_iolevel <= 7:
             raise ConfigError(f"transfer_iolevel {self.transfer_iolevel}: choose 0 (high) to 7 (low)")
+        for key in ("max_connections", "max_pending", "max_pending_per_source", "max_manifest_entries",
+                    "max_hardlinks", "max_changes_bytes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1")
+        if self.free_margin_bytes < 0:
+            raise ConfigError("free_margin_bytes must be 0 or more bytes")
+        if self.handshake_timeout <= 0 or self.io_timeout <= 0:
+            raise ConfigError("handshake_timeout and io_timeout must be positive numbers of seconds")
+        parse_export_policies(self.export_policy, self.exports)
 
 
 @dataclass(frozen=True)
@@ -120,8 +165,23 @@ def _limit_spec(spec: str, key: str, form: str, names: tuple[str, ...]) -> tuple
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    listen: str = f"0.0.0.0:{DEFAULT_CONTROLLER_PORT}"
+    listen: str = ""  # empty: every interface, or loopback only when insecure
     state_dir: str = "/var/lib/zcrepl"
+    # TLS material (see AgentConfig); ca_key lets the controller sign (join tokens, renewals, revocations).
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    crl: str = ""
+    ca_key: str = ""
+    insecure: bool = False
+    # Keep a CA of the controller's own in state_dir/pki (created on first start): zero-config TLS.
+    auto_pki: bool = False
+    # Extra DNS names / IPs for the certificate auto_pki makes for the controller.
+    san: tuple[str, ...] = ()
+    # Where agents with a join token enrol (server-authenticated TLS only): empty = the listen host, port 7423.
+    enroll_listen: str = ""
+    token_ttl: float = 3600.0
+    agent_cert_days: int = 30
     log_level: str = "info"
     log_format: str = "kv"
     ready_file: str = ""
@@ -159,8 +219,26 @@ class ControllerConfig:
     # Seconds of waiting that raise a job by one priority level, so nothing waits forever.
     priority_aging: float = 600.0
 
+    @staticmethod
+    def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
+        loopback = "127.0.0.1" if values.get("insecure") else "0.0.0.0"
+        values.setdefault("listen", f"{loopback}:{DEFAULT_CONTROLLER_PORT}")
+        if not values.get("enroll_listen"):
+            host, port = split_address(values["listen"])
+            host = f"[{host}]" if ":" in host else host
+            values["enroll_listen"] = f"{host}:{DEFAULT_ENROLL_PORT if port else 0}"
+        return values
+
     def validate(self) -> None:
+        check_tls(self.ca, self.cert, self.key, self.insecure, extra="auto_pki" if self.auto_pki else "")
         split_address(self.listen)
+        split_address(self.enroll_listen)
+        if self.ca_key and not self.cert:
+            raise ConfigError("ca_key is only used with ca, cert and key (with auto_pki the CA lives in state_dir)")
+        if not 60 <= self.token_ttl <= 7 * 86400:
+            raise ConfigError("token_ttl: choose 60 seconds to 7 days")
+        if not 1 <= self.agent_cert_days <= 3650:
+            raise ConfigError("agent_cert_days: choose 1 to 3650")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
         if self.heartbeat_interval <= 0 or self.offline_after <= self.heartbeat_interval:
@@ -185,6 +263,18 @@ class ControllerConfig:
 
 
 C = TypeVar("C", AgentConfig, ControllerConfig)
+
+
+def check_tls(ca: str, cert: str, key: str, insecure: bool, extra: str = "") -> None:
+    """ca, cert and key come together; insecure excludes them."""
+    given = [n for n, v in (("ca", ca), ("cert", cert), ("key", key)) if v]
+    if insecure and (given or extra):
+        raise ConfigError(f"insecure cannot be combined with {', '.join(given + ([extra] if extra else []))}: "
+                          "choose TLS or --insecure")
+    if given and len(given) != 3:
+        missing = [n for n in ("ca", "cert", "key") if n not in given]
+        raise ConfigError(f"TLS needs ca, cert and key together; missing {', '.join(missing)} "
+                          "(--ca FILE --cert FILE --key FILE, or ZC_CA / ZC_CERT / ZC_KEY)")
 
 
 def split_address(addr: str) -> tuple[str, int]:
@@ -221,6 +311,8 @@ def _coerce(name: str, typ: Any, value: Any, source: str) -> Any:
                 raise ValueError(value)
             return value
         if typ == tuple[str, ...]:
+            if isinstance(value, dict):  # a TOML table of tables: [export_policy."/srv/x"]
+                value = table_specs(value)
             items = value.replace(";", " ").split() if isinstance(value, str) else list(value)
             if not all(isinstance(v, str) for v in items):
                 raise ValueError(value)
@@ -266,6 +358,6 @@ def load_config(
         if attr not in known:
             raise ConfigError(f"unknown setting {attr!r}")
         values[attr] = _coerce(attr, hints[attr], value, f"--{attr.replace('_', '-')}")
-    cfg = cls(**values)
+    cfg = cls(**cls.resolve_defaults(values))
     cfg.validate()
     return cfg

@@ -7,8 +7,10 @@
     │   ├── UnknownHost          no agent by that name ever registered      -> NOT_FOUND
     │   ├── UnknownJob           no job with that id                        -> NOT_FOUND
     │   ├── InvalidPath          malformed path, or outside the exports     -> INVALID_ARGUMENT
+    │   ├── InvalidArgument      a name, address or number out of its range -> INVALID_ARGUMENT
     │   └── ConfigError          bad flag, TOML key or environment value
     ├── Conflict                 the request contradicts the current state  -> FAILED_PRECONDITION
+    ├── PermissionDenied         the caller's certificate does not allow it  -> PERMISSION_DENIED
     ├── Unavailable              the controller or an agent cannot be reached -> UNAVAILABLE
     └── TransferError            the data plane failed for a job attempt
         ├── ProtocolError        the peer sent something malformed or lied (connection dropped)
@@ -42,11 +44,19 @@ class InvalidPath(UserError):
     pass
 
 
+class InvalidArgument(UserError):
+    pass
+
+
 class ConfigError(UserError):
     pass
 
 
 class Conflict(ZcError):
+    pass
+
+
+class PermissionDenied(ZcError):
     pass
 
 

@@ -13,12 +13,15 @@ _TO_CODE: list[tuple[type[e.ZcError], grpc.StatusCode]] = [
     (e.ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
     (e.UserError, grpc.StatusCode.INVALID_ARGUMENT),
     (e.Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (e.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (e.Unavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 _FROM_CODE: dict[grpc.StatusCode, type[e.ZcError]] = {
     grpc.StatusCode.NOT_FOUND: e.UserError,
     grpc.StatusCode.INVALID_ARGUMENT: e.UserError,
     grpc.StatusCode.FAILED_PRECONDITION: e.Conflict,
+    grpc.StatusCode.PERMISSION_DENIED: e.PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: e.PermissionDenied,
     grpc.StatusCode.UNAVAILABLE: e.Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: e.Unavailable,
 }

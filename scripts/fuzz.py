@@ -84,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         seed = args.seed + n if args.seed is not None else rng.randrange(2**32)
         n += 1
         t0 = time.monotonic()
-        cmd = [str(pytest), path, "-q", "-rf", "--hypothesis-show-statistics", f"--hypothesis-seed={seed}"]
-        run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+        # A temp dir of its own: pytest then never sweeps the shared numbered ones (other runs' leftovers).
+        with tempfile.TemporaryDirectory(prefix="zcrepl-fuzz-") as basetemp:
+            cmd = [str(pytest), path, "-q", "-rf", "--hypothesis-show-statistics", f"--hypothesis-seed={seed}",
+                   f"--basetemp={basetemp}/t"]
+            run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
         parse(run.stdout, tallies)
         bad = [m.group(1) for line in run.stdout.splitlines() if (m := _FAILED.match(line))]
         status = "ok" if run.returncode == 0 else f"FAILED ({', '.join(bad) or f'exit {run.returncode}'})"

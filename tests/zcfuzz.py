@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.frame import Entry, Kind
-from zcrepl.agent.transfer.saferoot import validate_name
+from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, validate_name
 from zcrepl.core.errors import UnsafePath
 
 _COMMON: dict[str, Any] = {
@@ -98,7 +98,7 @@ def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes], max_edits: int = 3)
 OUTSIDE = b"@OUTSIDE@"
 """Stands for the absolute path of the example's ``outside`` directory (filled in by ``Arena.resolve``)."""
 
-GOOD_NAMES = [b"a", b"b", b"c", b"f", b"planted", b"plink", b"pdir", b"pfile", b"inner", b"x" * 255,
+GOOD_NAMES = [b"a", b"b", b"c", b"f", b"planted", b"plink", b"pdir", b"pfile", b"hlink", b"inner", b"x" * 255,
               b"new\nline", b"\xff\xfe", b" ", b"-rf", b"caf\xc3\xa9", b"..x", b".hidden", b"zc.not-ours"]
 BAD_NAMES = [b"..", b".", b"", b".zc.x", b".zc.partial", b".zc.f.0badc0de.tmp", b"y" * 256, b"nul\0x", b"a/b"]
 HOSTILITY = st.sampled_from([0, 0, 3, 10, 40])
@@ -125,8 +125,12 @@ def roll(draw: st.DrawFn, percent: int) -> bool:
 
 
 @st.composite
-def hostile_paths(draw: st.DrawFn) -> bytes:
-    """Relative paths built from the vocabulary, and the classic escapes and malformations."""
+def hostile_paths(draw: st.DrawFn, creatable: bool = False) -> bytes:
+    """Relative paths built from the vocabulary, and the classic escapes and malformations.
+
+    ``creatable``: for a rename's target, whose parents the receiver creates. Its long and deep forms stay
+    walkable by the checks here (full paths under PATH_MAX, depth under Python's recursion limit); the
+    others reach MAX_PATH and MAX_DEPTH."""
     path = b"/".join(draw(st.lists(names, min_size=1, max_size=4)))
     form = draw(st.sampled_from(["plain"] * 5 + ["abs", "trail", "double", "up", "outside", "long", "deep"]))
     if form == "abs":
@@ -139,10 +143,12 @@ def hostile_paths(draw: st.DrawFn) -> bytes:
         return b"../" * draw(st.integers(1, 3)) + path
     if form == "outside":
         return OUTSIDE + b"/" + path
+    # Up to MAX_PATH (65535): a name's length on the wire is a u16, so nothing longer can be sent at all.
     if form == "long":
-        return b"/".join([b"d" * 200] * draw(st.integers(20, 22)))  # around MAX_PATH
+        return b"/".join([b"d" * 200] * draw(st.integers(15, 19) if creatable else
+                                             st.integers(MAX_PATH // 201 - 1, MAX_PATH // 201)))
     if form == "deep":
-        return b"/".join([b"d"] * draw(st.integers(255, 258)))  # around MAX_DEPTH
+        return b"/".join([b"d"] * draw(st.integers(255, 300) if creatable else st.integers(MAX_DEPTH - 1, MAX_DEPTH)))
     return path
 
 
@@ -184,17 +190,22 @@ def entries_for(draw: st.DrawFn, kind: Kind, path: bytes, earlier: list[bytes], 
     if kind is Kind.FILE:
         size = draw(st.integers(0, 48))
         digest = draw(st.sampled_from([b"", b"\0" * 16]) | st.binary(min_size=16, max_size=16))
-        flags = draw(st.sampled_from([0, 0, fr.F_SPARSE]))
+        flags = draw(st.sampled_from([0, 0, fr.F_SPARSE, fr.F_UNREADABLE]))
+        if path.endswith(b"hlink") and draw(st.booleans()):  # "up to date" with the planted hard link
+            size, mtime = len(PRECIOUS), PRECIOUS_MTIME
         return Entry(kind, path, mode, mtime, size, b"", digest, uid, gid, flags, xattrs)
     target = b""
     if kind is Kind.SYMLINK:
         target = draw(link_targets)
     elif kind is Kind.HARDLINK:
         target = draw(hostile_paths()) if roll(draw, hostile) or not earlier else draw(st.sampled_from(earlier))
-    return Entry(kind, path, mode, mtime, 0, target, b"", uid, gid, 0, xattrs)
+    flags = 0 if kind is Kind.HARDLINK else draw(st.sampled_from([0, 0, 0, fr.F_UNREADABLE]))
+    return Entry(kind, path, mode, mtime, 0, target, b"", uid, gid, flags, xattrs)
 
 
 ROOT = Entry(Kind.DIR, b"", 0o755, 946_684_800_000_000_000)
+PRECIOUS = b"keep me"
+PRECIOUS_MTIME = 946_684_800_123_456_789
 
 
 @st.composite
@@ -221,6 +232,7 @@ def manifests(draw: st.DrawFn, hostile: int = 10, max_entries: int = 10) -> list
             path = parent + b"/" + leaf if parent else leaf
             while path in seen:
                 path += b"_"
+        path = path[:0xFFFF]  # a name's length travels as a u16
         kinds = [Kind.FILE, Kind.FILE, Kind.DIR, Kind.DIR, Kind.SYMLINK] + ([Kind.HARDLINK] if files else [])
         kind = draw(st.sampled_from(kinds))
         out.append(draw(entries_for(kind, path, files, hostile)))
@@ -232,8 +244,8 @@ def manifests(draw: st.DrawFn, hostile: int = 10, max_entries: int = 10) -> list
     return out
 
 
-PLAUSIBLE = [b"planted", b"plink", b"pdir", b"pdir/inner", b"pdir/esc", b"pfile", b"a", b"b", b"new", b"pdir/new",
-             b"a/b", b"new/deeper/still"]
+PLAUSIBLE = [b"planted", b"plink", b"pdir", b"pdir/inner", b"pdir/esc", b"pfile", b"hlink", b"a", b"b", b"new",
+             b"pdir/new", b"a/b", b"new/deeper/still"]
 plausible_paths = st.one_of(st.sampled_from(PLAUSIBLE), st.lists(good_names, min_size=1, max_size=3).map(b"/".join))
 
 
@@ -248,11 +260,11 @@ def change_lists(draw: st.DrawFn, hostile: int = 10, max_ops: int = 8) -> list[o
             ops.append(opf.Op(opf.OP_DELETE, a))
             continue
         if roll(draw, hostile):
-            b = draw(st.one_of(hostile_paths(), st.sampled_from([a, a + b"/sub", b""])))
+            b = draw(st.one_of(hostile_paths(creatable=True), st.sampled_from([a, a + b"/sub", b""])))
         else:
             parent = a.rpartition(b"/")[0]
             b = draw(st.one_of(plausible_paths, st.just(parent) if parent else plausible_paths))
-        ops.append(opf.Op(opf.OP_RENAME, a, b))
+        ops.append(opf.Op(opf.OP_RENAME, a, b[:0xFFFF]))  # a name's length travels as a u16
     return ops
 
 
@@ -275,7 +287,8 @@ def _fingerprint(path: bytes) -> tuple[Any, ...]:
     except OSError:
         xattrs = []
     mtime = None if stat.S_ISDIR(st_.st_mode) else st_.st_mtime_ns  # a directory's own entries are checked
-    return (st_.st_mode, st_.st_uid, st_.st_gid, st_.st_size, st_.st_nlink, st_.st_ino, mtime, extra, xattrs)
+    # Not st_nlink: replacing or deleting dst/hlink rightly drops the link count of outside/precious.
+    return (st_.st_mode, st_.st_uid, st_.st_gid, st_.st_size, st_.st_ino, mtime, extra, xattrs)
 
 
 def tree_state(top: bytes, skip: bytes | None = None) -> dict[bytes, tuple[Any, ...]]:
@@ -307,8 +320,9 @@ class Arena:
             dst/                 the job root, with planted traps:
                 planted -> ../../outside       plink -> <abs outside>
                 pdir/inner       pdir/esc -> ../../../outside      pfile ("old", an old mtime)
+                hlink            a hard link to outside/precious
 
-    ``check()`` asserts that everything but ``dst`` is exactly as it was (content, mode, owner, links,
+    ``check()`` asserts that everything but ``dst`` is exactly as it was (content, mode, owner, mtime,
     inode, xattrs) and that no temp file (``.zc.*``) is left anywhere.
     """
 
@@ -319,7 +333,8 @@ class Arena:
         self.export = os.path.join(b, b"export")
         self.dst = os.path.join(self.export, b"dst")
         os.makedirs(os.path.join(self.outside, b"sub"))
-        _write(os.path.join(self.outside, b"precious"), b"keep me")
+        _write(os.path.join(self.outside, b"precious"), PRECIOUS)
+        os.utime(os.path.join(self.outside, b"precious"), ns=(PRECIOUS_MTIME, PRECIOUS_MTIME))
         _write(os.path.join(self.outside, b"sub", b"x"), b"x")
         os.symlink(b"precious", os.path.join(self.outside, b"link"))
         os.makedirs(os.path.join(self.export, b"sibling"))
@@ -331,6 +346,7 @@ class Arena:
         os.symlink(b"../../../outside", os.path.join(self.dst, b"pdir", b"esc"))
         _write(os.path.join(self.dst, b"pfile"), b"old")
         os.utime(os.path.join(self.dst, b"pfile"), ns=(946_684_800_000_000_000, 946_684_800_000_000_000))
+        os.link(os.path.join(self.outside, b"precious"), os.path.join(self.dst, b"hlink"))
         self._before = tree_state(b, skip=self.dst)
 
     def resolve(self, value: bytes) -> bytes:

@@ -94,12 +94,51 @@ class Daemon:
             self.proc = None
 
 
+class ClusterPKI:
+    """A throwaway cluster CA in ``directory`` with certificates issued on demand (made at run time, never kept)."""
+
+    def __init__(self, directory: Path) -> None:
+        from zcrepl.core import pki
+
+        self.dir = directory
+        pki.init_ca(directory)
+        self.ca = str(directory / pki.CA_FILE)
+        self.crl = str(directory / pki.CRL_FILE)
+        pki.write_crl(directory / pki.CRL_FILE, pki.CA.load(directory), {})
+
+    def issue(self, kind: str, name: str, role: str = "") -> tuple[str, str]:
+        """(cert path, key path) for ``kind``/``name``, issued once."""
+        from zcrepl.core import pki
+
+        cert, key = self.dir / f"{name}.pem", self.dir / f"{name}.key"
+        if not cert.exists():
+            pki.issue_files(self.dir, kind, name, role=role)
+        return str(cert), str(key)
+
+    def flags(self, kind: str, name: str, role: str = "") -> list[str]:
+        cert, key = self.issue(kind, name, role)
+        return ["--ca", self.ca, "--cert", cert, "--key", key]
+
+    def env(self, name: str = "admin", role: str = "admin") -> dict[str, str]:
+        """zc-ctl's environment for an operator certificate."""
+        cert, key = self.issue("operator", name, role)
+        return {"ZC_CA": self.ca, "ZC_CERT": cert, "ZC_KEY": key}
+
+    def trust(self, kind: str = "operator", name: str = "admin", role: str = "admin") -> Any:
+        from zcrepl.core.trust import TlsPaths, Trust
+
+        cert, key = self.issue(kind, name, role if kind == "operator" else "")
+        return Trust(TlsPaths(self.ca, cert, key), kind=kind)
+
+
 class Cluster:
-    """A controller and agents as real processes on loopback; all ports ephemeral."""
+    """A controller and agents as real processes on loopback, all with mutual TLS; all ports ephemeral."""
 
     def __init__(self, base: Path, **controller_flags: Any) -> None:
         self.base = base
         self.daemons: dict[str, Daemon] = {}
+        (base / "pki").mkdir(parents=True, exist_ok=True)
+        self.pki = ClusterPKI(base / "pki")
         self.controller_port = free_port()
         self.controller_addr = f"127.0.0.1:{self.controller_port}"
         # The machine running the suite is busy by nature: the load policy is relaxed here and exercised
@@ -110,7 +149,8 @@ class Cluster:
                  "high_disk_busy_percent": 100, "high_net_percent": 100, **controller_flags}
         argv = [sys.executable, "-m", "zcrepl.controller", "--listen", self.controller_addr,
                 "--state-dir", str(base / "state"), "--ready-file", str(base / "controller.json"),
-                "--log-level", "debug"]
+                "--log-level", "debug", "--enroll-listen", "127.0.0.1:0", "--crl", self.pki.crl,
+                "--ca-key", str(base / "pki" / "ca.key"), *self.pki.flags("controller", "controller")]
         for k, v in flags.items():
             argv += [f"--{k.replace('_', '-')}", str(v)]
         self.daemons["controller"] = Daemon("controller", argv, base / "controller.json", base / "controller.log")
@@ -119,12 +159,14 @@ class Cluster:
     def controller(self) -> Daemon:
         return self.daemons["controller"]
 
-    def add_agent(self, name: str, *exports: Path) -> Daemon:
+    def add_agent(self, name: str, *exports: Path, tls: list[str] | None = None) -> Daemon:
+        """A zc-agent; ``tls`` replaces its TLS flags (default: a certificate of the cluster's CA)."""
         for e in exports:
             e.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "zcrepl.agent", "--name", name, "--controller", self.controller_addr,
                 "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0",
-                "--ready-file", str(self.base / f"{name}.json"), "--log-level", "debug"]
+                "--ready-file", str(self.base / f"{name}.json"), "--log-level", "debug",
+                *(self.pki.flags("agent", name) if tls is None else tls)]
         for e in exports:
             argv += ["--export", str(e)]
         d = Daemon(name, argv, self.base / f"{name}.json", self.base / f"{name}.log")
@@ -143,16 +185,22 @@ class Cluster:
 
     def ctl(self, *args: str, timeout: float = 120.0) -> tuple[int, str, str]:
         p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller", self.controller_addr,
-                            *args], capture_output=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+                            *args], capture_output=True, timeout=timeout,
+                           env={**os.environ, "COLUMNS": "200", **self.pki.env()})
         return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
     def job(self, job_id: int) -> dict[str, Any]:
         """The job as ``zc-ctl job --json`` prints it, fetched in-process (cheap enough to poll)."""
-        from zcrepl.controller.client import ControllerClient
         from zcrepl.controller.render import job_doc
 
-        with ControllerClient(self.controller_addr) as c:
+        with self.client() as c:
             return job_doc(c.job(job_id))
+
+    def client(self) -> Any:
+        """An admin ControllerClient (in-process)."""
+        from zcrepl.controller.client import ControllerClient
+
+        return ControllerClient(self.controller_addr, self.pki.trust())
 
     def close(self) -> None:
         for d in reversed(list(self.daemons.values())):
@@ -263,7 +311,8 @@ def diff_trees(a: dict[bytes, Any], b: dict[bytes, Any]) -> list[str]:
 class FakeAgent:
     """Registers like a zc-agent and records the orders it gets; it never moves data by itself."""
 
-    def __init__(self, controller: str, name: str, exports: tuple[bytes, ...] = (b"/evil",)) -> None:
+    def __init__(self, controller: str, name: str, exports: tuple[bytes, ...] = (b"/evil",),
+                 pki: ClusterPKI | None = None, cert_name: str = "") -> None:
         import queue as _queue
         import threading as _threading
 
@@ -277,7 +326,9 @@ class FakeAgent:
         self.orders: _queue.Queue[Any] = _queue.Queue()
         self._out: _queue.Queue[Any] = _queue.Queue()
         self._stop = _threading.Event()
-        self._channel = grpc.insecure_channel(controller)
+        from zcrepl.proto.channels import channel
+
+        self._channel = channel(controller, pki.trust("agent", cert_name or name) if pki else None)
         stub = controller_pb2_grpc.ControllerStub(self._channel)
         info = tpb.AgentInfo(name=name, grpc_address="127.0.0.1:1", data_address="127.0.0.1:1", exports=list(exports))
         self._out.put(cpb.AgentMessage(register=cpb.Register(info=info)))
@@ -295,8 +346,8 @@ class FakeAgent:
             try:
                 for m in self._call:
                     self.orders.put(m)
-            except grpc.RpcError:
-                pass
+            except grpc.RpcError as err:
+                self.orders.put(err)  # next_order raises it: how the controller ended the stream
 
         def beat() -> None:
             while not self._stop.wait(0.3):
@@ -310,6 +361,8 @@ class FakeAgent:
         deadline = time.monotonic() + timeout
         while True:
             m = self.orders.get(timeout=max(0.01, deadline - time.monotonic()))
+            if isinstance(m, Exception):
+                raise m
             if m.WhichOneof("kind") == kind:
                 return getattr(m, kind)
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from zchelpers import Cluster, wait_for
 
+from zcrepl.core import pki
 from zcrepl.proto import agent_pb2, agent_pb2_grpc
+from zcrepl.proto.channels import channel
 
 
 def test_agents_health_and_jobs_json(cluster: Cluster, tmp_path: Path) -> None:
@@ -72,8 +74,8 @@ def test_offline_agent_and_queued_job_are_visible(cluster: Cluster, tmp_path: Pa
     assert rc == 0 and cluster.job(1)["state"] == "cancelled"
 
 
-def _check_standard_services(target: str, service: str) -> None:
-    with grpc.insecure_channel(target) as ch:
+def _check_standard_services(target: str, service: str, trust: Any, server_name: str) -> None:
+    with channel(target, trust, server_name) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         for name in ("", service):
             resp = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
@@ -86,10 +88,11 @@ def _check_standard_services(target: str, service: str) -> None:
 
 
 def test_standard_health_and_reflection_on_both_daemons(cluster: Cluster) -> None:
-    _check_standard_services(cluster.controller_addr, "zcrepl.v1.Controller")
+    reader = cluster.pki.trust("operator", "reader", "read")
+    _check_standard_services(cluster.controller_addr, "zcrepl.v1.Controller", reader, pki.CONTROLLER_DNS)
     agent_addr = cluster.daemons["hostA"].ready["grpc"]
-    _check_standard_services(agent_addr, "zcrepl.v1.Agent")
-    with grpc.insecure_channel(agent_addr) as ch:
+    _check_standard_services(agent_addr, "zcrepl.v1.Agent", reader, pki.AGENT_DNS)
+    with channel(agent_addr, reader, pki.AGENT_DNS) as ch:
         stub = agent_pb2_grpc.AgentStub(ch)
         info = stub.GetInfo(agent_pb2.GetInfoRequest(), timeout=5)
         assert info.name == "hostA" and info.data_address == cluster.daemons["hostA"].ready["data"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from zchelpers import Cluster, make_tree, snapshot
@@ -48,11 +49,14 @@ def test_unknown_host_missing_path_and_outside_export(cluster: Cluster, tmp_path
     assert all(j["attempts"] == 1 and j["error"] for j in jobs)
 
 
-def test_unreachable_controller_exits_3() -> None:
+def test_unreachable_controller_exits_3(tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    from zchelpers import ClusterPKI
+
+    env = {**os.environ, **ClusterPKI(tmp_path).env()}
     p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller", "127.0.0.1:1", "agents"],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, env=env)
     assert p.returncode == 3
     assert "cannot reach the controller at 127.0.0.1:1" in p.stderr

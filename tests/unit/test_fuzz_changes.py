@@ -26,6 +26,9 @@ from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, valida
 from zcrepl.core.errors import ProtocolError, UnsafePath
 from zcrepl.core.types import JobOptions
 
+# A failing example with 64 kB names is worth printing whole (hypothesis warns about the size of its repr).
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
+
 Tree = dict[bytes, tuple[str, bytes]]  # path -> (kind "d" | "f" | "l", content or link target)
 
 

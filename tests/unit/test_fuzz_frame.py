@@ -49,15 +49,23 @@ xattr_pairs = st.lists(st.tuples(st.binary(min_size=1, max_size=255).filter(lamb
                                  st.binary(max_size=64)), max_size=4)
 
 
+LONG_TARGET = b"t" * (fr.MAX_TARGET + 1)  # too long for a symlink, fine for a hard link (a manifest path)
+
+
 @st.composite
 def entries(draw: st.DrawFn) -> Entry:
     kind = draw(st.sampled_from(Kind))
     is_file = kind is Kind.FILE
-    target = draw(st.binary(max_size=64)) if kind in (Kind.SYMLINK, Kind.HARDLINK) else b""
+    target = b""
+    if kind in (Kind.SYMLINK, Kind.HARDLINK):
+        target = draw(st.binary(max_size=64) | st.just(LONG_TARGET if kind is Kind.HARDLINK else b"s"))
+    flags = 0
+    if kind is not Kind.HARDLINK:
+        flags = draw(st.sampled_from([0, fr.F_UNREADABLE] + ([fr.F_SPARSE, fr.F_SPARSE | fr.F_UNREADABLE]
+                                                              if is_file else [])))
     return Entry(kind, draw(st.binary(max_size=64)), draw(U32), draw(st.integers(-(1 << 62), 2**63 - 1)),
                  draw(st.integers(0, 1 << 60)) if is_file else 0, target, draw(st.binary(max_size=fr.MAX_DIGEST)),
-                 draw(U32), draw(U32), draw(st.sampled_from([0, fr.F_SPARSE])) if is_file else 0,
-                 fr.encode_xattrs(draw(xattr_pairs)))
+                 draw(U32), draw(U32), flags, fr.encode_xattrs(draw(xattr_pairs)))
 
 
 @st.composite
@@ -99,9 +107,10 @@ class Codec:
 
 
 def _entry_ok(e: Entry) -> bool:
-    return (len(e.target) <= fr.MAX_TARGET and len(e.digest) <= fr.MAX_DIGEST and len(e.xattrs) <= fr.MAX_XATTRS
-            and 0 <= e.size <= 1 << 60 and e.mtime_ns >= -(1 << 62) and not e.flags & ~fr.F_SPARSE
-            and (e.kind is Kind.FILE or not (e.size or e.flags))
+    flags = {Kind.FILE: fr.F_SPARSE | fr.F_UNREADABLE, Kind.HARDLINK: 0}.get(e.kind, fr.F_UNREADABLE)
+    return ((len(e.target) <= fr.MAX_TARGET or e.kind is Kind.HARDLINK) and len(e.digest) <= fr.MAX_DIGEST
+            and len(e.xattrs) <= fr.MAX_XATTRS and 0 <= e.size <= 1 << 60 and e.mtime_ns >= -(1 << 62)
+            and not e.flags & ~flags and (e.kind is Kind.FILE or not e.size)
             and (e.kind in (Kind.SYMLINK, Kind.HARDLINK) or not e.target))
 
 

@@ -25,19 +25,26 @@ import pytest
 import xxhash
 from hypothesis import event, given
 from hypothesis import strategies as st
-from zcfuzz import HOSTILITY, Arena, arena, budget, change_lists, manifests, open_fds, roll
+from zcfuzz import HOSTILITY, Arena, arena, budget, change_lists, manifests, open_fds, roll, tree_state
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer import receive
 from zcrepl.agent.transfer.frame import Channel, Entry, FileHead, Hello, Kind, T
+from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.server import TicketBook
 from zcrepl.core.errors import TransferError, UnsafePath
+from zcrepl.core.exportpolicy import DEFAULT_POLICY, PRIVILEGED_XATTR_PREFIXES, ExportPolicy, IdRule
+from zcrepl.core.synctypes import SYNC_ID_BASE
 from zcrepl.core.types import Durability, JobOptions, TransferStats
 
-JOB = 4242
+# A failing example with 64 kB names is worth printing whole (hypothesis warns about the size of its repr).
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
+
+JOB = 4242  # a replication job: CHANGES are refused, --delete decides deletions
+RULE = SYNC_ID_BASE + 4242  # a watch rule's session: CHANGES rounds first
 TICKET = b"T" * fr.TICKET_LEN
 # Small on purpose: a FILE frame's total is what the receiver preallocates (issue 9 item 6 is fixed
 # elsewhere); the fuzzer must not fill the shared disk while it looks for other bugs.
@@ -63,6 +70,9 @@ class Script:
     streams: int = 1
     over_data: frozenset[int] = frozenset()  # indices whose ranges go over a data connection
     data_done: bool = True  # the data connection ends with DATA_DONE (else it just closes)
+    policy: ExportPolicy = DEFAULT_POLICY
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    job_id: int = JOB
 
 
 @dataclass
@@ -76,6 +86,11 @@ class Streams:
     complete: bool = True  # False when the cut reached into ``control``: no NEED_END may ever come
 
 
+# The default (the peer decides no owner and no privileged xattr), one that keeps a range of ids and takes
+# privileged xattrs, and one that maps root away and keeps a few uids and no gid but root.
+POLICIES = [DEFAULT_POLICY, ExportPolicy(owners=True, uids=IdRule(1000, 59999), gids=IdRule(1000, 59999),
+                                         allow_privileged_xattrs=True),
+            ExportPolicy(owners=True, uids=IdRule(1000, 1999, mapping=((0, 65534),)), gids=IdRule(high=0))]
 SANE_WAYS = ["whole", "whole", "whole", "split", "digest"]
 HOSTILE_WAYS = ["changed", "skip", "hole", "bad-digest", "reuse", "lie-total", "short", "long", "none"]
 
@@ -102,7 +117,10 @@ def scripts(draw: st.DrawFn) -> Script:
                   cut=draw(st.integers(1, 200)) if roll(draw, hostile // 2) else None,
                   splice=draw(st.booleans()), streams=draw(st.integers(0, 20)),
                   over_data=frozenset(i for i in data if draw(st.booleans())) if draw(st.booleans()) else frozenset(),
-                  data_done=not roll(draw, hostile // 2))
+                  data_done=not roll(draw, hostile // 2), policy=draw(st.sampled_from(POLICIES)),
+                  limits=draw(st.sampled_from([SessionLimits()]) | st.builds(
+                      SessionLimits, st.integers(1, 12), st.integers(0, 2), st.integers(0, 400))),
+                  job_id=JOB if not rounds or roll(draw, hostile // 2) else RULE)
 
 
 def resolve(a: Arena, s: Script) -> Script:
@@ -175,10 +193,11 @@ class Source:
         self.streams = streams
         self.export = SafeRoot(a.export)
         self.tickets = TicketBook()
-        spec = ReceiveSpec(job_id=JOB, attempt=1, export=self.export, rel=(b"dst",), options=s.options,
-                           label="hostB:/export/dst")
+        self.job = s.job_id
+        spec = ReceiveSpec(job_id=s.job_id, attempt=1, export=self.export, rel=(b"dst",), options=s.options,
+                           label="hostB:/export/dst", policy=s.policy, limits=s.limits)
         self.session = ReceiveSession(spec, self.tickets)
-        self.hello = Hello(JOB, 1, TICKET, fr.ROLE_CONTROL, s.streams)
+        self.hello = Hello(s.job_id, 1, TICKET, fr.ROLE_CONTROL, s.streams)
         self.outcome: list[TransferStats | BaseException] = []
         self.crashes: list[BaseException] = []  # what a data connection's serve raised (the server logs a crash)
         self.need_end = threading.Event()
@@ -254,7 +273,7 @@ class Source:
                     self.need_end.set()
 
     def _open_data(self, ticket: bytes) -> None:
-        grant = self.tickets.take(ticket, JOB, 1, fr.ROLE_DATA)
+        grant = self.tickets.take(ticket, self.job, 1, fr.ROLE_DATA)
         if grant is None:  # the session already ended and dropped its data tickets: a refused connection
             self.data_sent.set()
             return
@@ -264,7 +283,7 @@ class Source:
 
         def serve() -> None:
             try:
-                grant.serve(Channel(theirs), Hello(JOB, 1, ticket, fr.ROLE_DATA, 0))
+                grant.serve(Channel(theirs), Hello(self.job, 1, ticket, fr.ROLE_DATA, 0))
             except Exception as err:
                 self.crashes.append(err)
             finally:
@@ -323,6 +342,23 @@ def replies_are_frames(replies: bytes, s: Script) -> None:
         off += 5 + length
 
 
+def check_privilege(a: Arena, s: Script) -> None:
+    """Whatever the session's outcome, the peer decided only what the export's policy lets it decide: no
+    owner unless it keeps owners (and then only ids its rules allow), no privileged xattr unless allowed."""
+    for path, (_, uid, gid, *_rest, xattrs) in tree_state(a.dst).items():
+        if not s.policy.owners:
+            assert (uid, gid) == (0, 0), f"{path!r} owned by {uid}:{gid}"
+        else:
+            assert uid == 0 or uid in OK_UIDS[POLICIES.index(s.policy)], f"{path!r} owned by uid {uid}"
+            assert gid == 0 or gid in OK_GIDS[POLICIES.index(s.policy)], f"{path!r} owned by gid {gid}"
+        if not s.policy.allow_privileged_xattrs:
+            assert not [k for k, _ in xattrs if os.fsencode(k).startswith(PRIVILEGED_XATTR_PREFIXES)], path
+
+
+OK_UIDS = [range(0), range(1000, 60000), [*range(1000, 2000), 65534]]
+OK_GIDS = [range(0), range(1000, 60000), range(0, 1)]
+
+
 def check_files(a: Arena, s: Script, stats: TransferStats) -> None:
     """After a clean success, every file whose bytes arrived whole and unchanged holds exactly them."""
     if stats.errors:
@@ -359,6 +395,7 @@ def test_a_hostile_source_cannot_crash_the_receiver_or_escape_the_root(base: Pat
             assert isinstance(outcome, TransferStats | TransferError), repr(outcome)
             assert isinstance(outcome, TransferStats) or str(outcome)
             replies_are_frames(replies, s)
+            check_privilege(a, s)
             if isinstance(outcome, TransferStats):
                 refused = refused_name(s)
                 assert refused is None, f"a refused name ended in success: {refused}"

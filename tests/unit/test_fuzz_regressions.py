@@ -23,6 +23,7 @@ from zcrepl.agent.transfer.send import Sender
 from zcrepl.agent.transfer.sendio import SendSpec
 from zcrepl.agent.transfer.server import TicketBook
 from zcrepl.core.errors import ProtocolError, TransferError, UnsafePath
+from zcrepl.core.exportpolicy import DEFAULT_POLICY
 from zcrepl.core.types import JobOptions
 
 
@@ -36,7 +37,8 @@ def test_an_xattr_name_with_nul_is_a_protocol_error(tmp_path: Path) -> None:
     fd = os.open(tmp_path / "f", os.O_RDONLY)
     try:
         with pytest.raises(ProtocolError):
-            apply_meta(fd, Entry(Kind.FILE, b"f", 0o644, 0, xattrs=blob), owner=False, xattrs=True)
+            apply_meta(fd, Entry(Kind.FILE, b"f", 0o644, 0, xattrs=blob), policy=DEFAULT_POLICY, as_root=False,
+                       xattrs=True)
     finally:
         os.close(fd)
 
