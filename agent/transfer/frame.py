@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import enum
 import select
-import socket
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from zcrepl.core.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from zcrepl.agent.transfer.peer import Peer
 
 MAGIC = b"ZCDP"
 VERSION = 2
@@ -387,6 +389,18 @@ def wait_ready(sockfd: int, events: int, timeout: float | None, what: str) -> No
         raise TimeoutError(f"{what} for {timeout:.0f}s")
 
 
+class Stream(Protocol):
+    """What a Channel reads and writes: a plain socket, or ``tls.TlsStream`` on an encrypted connection."""
+
+    def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0, /) -> None: ...
+    def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0, /) -> int: ...
+    def fileno(self) -> int: ...
+    def settimeout(self, timeout: float | None, /) -> None: ...
+    def gettimeout(self) -> float | None: ...
+    def shutdown(self, how: int, /) -> None: ...
+    def close(self) -> None: ...
+
+
 class Channel:
     """Blocking frame I/O over one socket, counting bytes both ways.
 
@@ -395,8 +409,9 @@ class Channel:
     buffered are read straight from the socket by the caller (``take_buffered`` first).
     """
 
-    def __init__(self, sock: socket.socket, bufsize: int = 256 << 10) -> None:
+    def __init__(self, sock: Stream, bufsize: int = 256 << 10) -> None:
         self.sock = sock
+        self.peer: Peer | None = None  # set by the data server: who connected, how (see transfer/peer.py)
         self.sent = 0
         self.received = 0
         self._buf = bytearray(bufsize)

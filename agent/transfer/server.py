@@ -3,7 +3,12 @@
 A connection must present a ticket the controller minted for a job this agent was told to receive,
 within ``handshake_timeout``; anything else is refused and closed. Tickets are looked up by their
 SHA-256, so the lookup itself leaks nothing about valid tickets, and are removed on first use (a
-watch rule's ticket stays until the rule stops or moves to a new epoch).
+watch rule's ticket stays until it expires, the rule stops or moves to a new epoch).
+
+Each ticket is bound to its peer (``peer.Binding``): the source agent the controller named, the addresses
+it may connect from, and whether the connection must be encrypted. A connection that fails the binding is
+refused without consuming the ticket. A connection that opens with a TLS ClientHello is served over TLS
+(``tls.py``) and its peer certificate names the agent checked against the binding.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zcrepl.agent import priority
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer import tls
+from zcrepl.agent.transfer.frame import Channel, Hello, Stream
+from zcrepl.agent.transfer.peer import Binding, Peer, normalise
 from zcrepl.core.errors import ProtocolError
 from zcrepl.core.logs import kv
 
@@ -36,8 +43,13 @@ class Grant:
     serve: Callable[[Channel, Hello], object]
     on_expired: Callable[[], None] = lambda: None
     role: int = fr.ROLE_CONTROL
-    # A watch rule's ticket: one per (rule, epoch), used by every session of that rule until revoked.
+    # A watch rule's ticket: used by every session of that rule until it expires or is revoked.
     reusable: bool = False
+    bind: Binding = field(default_factory=Binding)  # the peer it is for; checked before the ticket is used up
+
+
+class Refused(ProtocolError):
+    """A valid ticket from the wrong peer (address, certificate or encryption); the ticket stays valid."""
 
 
 class TicketBook:
@@ -56,16 +68,23 @@ class TicketBook:
         with self._lock:
             self._grants[self._key(ticket)] = grant
 
-    def take(self, ticket: bytes, job_id: int, attempt: int, role: int = fr.ROLE_CONTROL) -> Grant | None:
-        """The grant for this ticket, removed so it can never be used again; None if unknown or stale."""
+    def take(self, ticket: bytes, job_id: int, attempt: int, role: int = fr.ROLE_CONTROL,
+             peer: Peer | None = None) -> Grant | None:
+        """The grant for this ticket, removed so it can never be used again; None if unknown or stale.
+        Refused (and the ticket left as it was) when ``peer`` is not the one the ticket is bound to."""
         with self._lock:
             key = self._key(ticket)
             grant = self._grants.get(key)
             if grant is None or (grant.job_id, grant.attempt, grant.role) != (job_id, attempt, role):
                 return None
-            if not grant.reusable:
+            expired = grant.expires_at < self._clock()
+            if not expired:
+                why = grant.bind.refusal(peer)
+                if why:
+                    raise Refused(why)
+            if not grant.reusable or expired:
                 del self._grants[key]
-        if grant.expires_at < self._clock():
+        if expired:
             grant.on_expired()
             return None
         return grant
@@ -107,13 +126,15 @@ class DataServer:
         handshake_timeout: float = 10.0,
         io_timeout: float = 60.0,
         max_connections: int = 64,
+        tls_contexts: tls.TlsContexts | None = None,
     ) -> None:
         self.tickets = tickets
+        self.tls = tls_contexts  # None: this agent has no certificate and takes plaintext only
         self.handshake_timeout = handshake_timeout
         self.io_timeout = io_timeout
         self._slots = threading.BoundedSemaphore(max_connections)
         self._lock = threading.Lock()
-        self._conns: dict[socket.socket, tuple[int, int] | None] = {}
+        self._conns: dict[Stream, tuple[int, int] | None] = {}
         self._threads: set[threading.Thread] = set()
         self._stopping = threading.Event()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -168,10 +189,17 @@ class DataServer:
 
     def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         priority.apply_to_this_thread()
+        stream: Stream = conn
         try:
             conn.settimeout(self.handshake_timeout)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            ch = Channel(conn)
+            try:
+                stream, who = self._secure(conn, peer[0])
+            except (ProtocolError, OSError, ValueError) as err:
+                log.warning("data connection dropped in the TLS handshake", extra=kv(peer=peer[0], error=err))
+                return
+            ch = Channel(stream)
+            ch.peer = who
             try:
                 kind, payload = ch.recv_frame(limit=256)
                 if kind is not fr.T.HELLO:
@@ -181,24 +209,46 @@ class DataServer:
                 log.warning("data connection dropped before authentication", extra=kv(peer=peer[0], error=err))
                 _refuse(ch, "protocol error before authentication")
                 return
-            grant = self.tickets.take(hello.ticket, hello.job_id, hello.attempt, hello.role)
+            try:
+                grant = self.tickets.take(hello.ticket, hello.job_id, hello.attempt, hello.role, who)
+            except Refused as err:
+                log.warning("data connection refused: the ticket is bound to another peer",
+                            extra=kv(peer=peer[0], identity=who.identity, job=hello.job_id, attempt=hello.attempt,
+                                     reason=err))
+                _refuse(ch, str(err))
+                return
             if grant is None:
                 log.warning("data connection refused: bad ticket",
                             extra=kv(peer=peer[0], job=hello.job_id, attempt=hello.attempt))
                 _refuse(ch, "unknown, expired or already used ticket")
                 return
             with self._lock:
-                self._conns[conn] = (grant.job_id, grant.attempt)
-            conn.settimeout(self.io_timeout)
+                self._conns[stream] = (grant.job_id, grant.attempt)
+            stream.settimeout(self.io_timeout)
             grant.serve(ch, hello)
         except Exception:  # a session must never take the agent down
             log.exception("data session crashed", extra=kv(peer=peer[0]))
         finally:
             with self._lock:
+                self._conns.pop(stream, None)
                 self._conns.pop(conn, None)
                 self._threads.discard(threading.current_thread())
-            conn.close()
+            stream.close()
+            conn.close()  # a no-op once TLS took the descriptor over
             self._slots.release()
+
+    def _secure(self, conn: socket.socket, address: str) -> tuple[Stream, Peer]:
+        """The connection as it will be read (TLS when it opened with a ClientHello) and who is on it."""
+        who = Peer(normalise(address))
+        if not tls.starts_tls(conn):
+            return conn, who
+        if self.tls is None:
+            raise tls.TlsUnavailable("an encrypted connection reached an agent without a certificate (--insecure)")
+        stream, name = tls.accept(self.tls, conn, time.monotonic() + self.handshake_timeout)
+        with self._lock:
+            self._conns.pop(conn, None)
+            self._conns[stream] = None
+        return stream, Peer(who.address, name, stream.transport)
 
 
 def _refuse(ch: Channel, reason: str) -> None:
@@ -208,7 +258,7 @@ def _refuse(ch: Channel, reason: str) -> None:
         pass
 
 
-def _shutdown(conn: socket.socket) -> None:
+def _shutdown(conn: Stream) -> None:
     try:
         conn.shutdown(socket.SHUT_RDWR)
     except OSError:
