@@ -34,6 +34,7 @@ class Run:
     paused: bool = False
     rate_at: float = 0.0  # when the throttle last sampled this run...
     rate_bytes: int = 0  # ...and the bytes done then
+    encrypt: bool = False  # TLS on its data connections (decided when it starts, for both orders)
 
 
 def rate_limited(job: Job, run: Run) -> bool:
