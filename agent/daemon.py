@@ -11,13 +11,14 @@ import socket
 from types import TracebackType
 
 from zcrepl.agent import priority
+from zcrepl.agent.api import AgentService, ApiServer
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.health import HealthMonitor, HealthSampler
 from zcrepl.agent.identity import Renewer, agent_trust, enrolled_paths
 from zcrepl.agent.link import ControllerLink
 from zcrepl.agent.priority import TransferPriority
-from zcrepl.agent.service import SERVICE_NAME, AgentService
 from zcrepl.agent.syncs import Syncs
+from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.server import DataServer, TicketBook
 from zcrepl.agent.transfer.tls import TlsContexts
 from zcrepl.agent.transfers import Transfers
@@ -25,9 +26,6 @@ from zcrepl.core.config import AgentConfig, split_address
 from zcrepl.core.logs import kv
 from zcrepl.core.readyfile import write_ready_file
 from zcrepl.core.types import AgentInfo, HostHealth
-from zcrepl.proto import agent_pb2_grpc
-from zcrepl.proto.auth import SyncAuthInterceptor
-from zcrepl.proto.channels import add_health_and_reflection, bind, sync_server
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
@@ -49,7 +47,7 @@ def local_address_towards(target: str) -> str:
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.exports = Exports(config.name, config.exports)
+        self.exports = Exports(config.name, config.exports, config.export_policy)
         self.tickets = TicketBook()
         self.data: DataServer | None = None
         self.transfers: Transfers | None = None
@@ -62,7 +60,7 @@ class Agent:
         if self.trust is None:
             log.warning("INSECURE: TLS is off; the controller and the agent's API are reached in plaintext and "
                         "without authentication (use --join TOKEN or --ca/--cert/--key)", extra=kv(name=config.name))
-        self._server = sync_server(interceptors=[SyncAuthInterceptor(self.trust)] if self.trust else [])
+        self._api = ApiServer(AgentService(self.health, self.info), self.trust)
         self.renewer: Renewer | None = None
 
     def _advertise(self, host: str, port: int) -> str:
@@ -88,23 +86,23 @@ class Agent:
             dhost, dport = split_address(cfg.data_listen)
             self.data = DataServer(dhost, dport, self.tickets, handshake_timeout=cfg.handshake_timeout,
                                    io_timeout=cfg.io_timeout, max_connections=cfg.max_connections,
+                                   max_pending=cfg.max_pending, max_pending_per_source=cfg.max_pending_per_source,
                                    tls_contexts=TlsContexts(self.trust) if self.trust is not None else None)
             self.data_address = self._advertise(dhost, self.data.address[1])
+            limits = SessionLimits.from_config(cfg)
             self.transfers = Transfers(cfg.name, self.exports, self.data, self.tickets, self._report,
-                                       io_timeout=cfg.io_timeout)
-            self.syncs = Syncs(cfg.name, self.exports, self.data, self.tickets, io_timeout=cfg.io_timeout)
+                                       io_timeout=cfg.io_timeout, limits=limits)
+            self.syncs = Syncs(cfg.name, self.exports, self.data, self.tickets, io_timeout=cfg.io_timeout,
+                               limits=limits)
             transfers, syncs = self.transfers, self.syncs
             sampler = HealthSampler(self.exports.paths, active_transfers=self.transfers.count,
                                     transfer_bytes=lambda: transfers.bytes_moved() + syncs.bytes_moved(),
                                     data_host=split_address(self.data_address)[0])
             self.monitor = HealthMonitor(sampler, cfg.heartbeat_interval)
             self.monitor.start()
-            agent_pb2_grpc.add_AgentServicer_to_server(AgentService(self.health, self.info), self._server)
-            add_health_and_reflection(self._server, [SERVICE_NAME])
             ghost, _ = split_address(cfg.listen)
-            gport = bind(self._server, cfg.listen, self.trust)
+            gport = self._api.start(cfg.listen)
             self.grpc_address = self._advertise(ghost, gport)
-            self._server.start()
             self.data.start()
             self.link = ControllerLink(
                 cfg.controller, self.info, self.health, self.transfers,
@@ -148,7 +146,7 @@ class Agent:
             self.data.stop()
         if self.transfers is not None:
             self.transfers.join(5)
-        self._server.stop(grace=2).wait(3)
+        self._api.stop()
         if self.monitor is not None:
             self.monitor.stop()
         self.exports.close()

@@ -1,4 +1,5 @@
-"""The directory roots an agent serves; every job path must resolve below one of them."""
+"""The directory roots an agent serves, and what peers may decide in each; every job path must resolve below
+one of them."""
 
 from __future__ import annotations
 
@@ -6,18 +7,23 @@ import os
 
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.core.errors import InvalidPath, UnsafePath
+from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy, parse_export_policies
 from zcrepl.core.paths import canonical_abs, relative_to, show
 
 
 class Exports:
     """Opened once at start; the held root fds are what confinement is relative to."""
 
-    def __init__(self, host: str, roots: tuple[bytes, ...]) -> None:
+    def __init__(self, host: str, roots: tuple[bytes, ...], policies: tuple[str, ...] = ()) -> None:
         self.host = host
         self.roots: list[tuple[bytes, bytes, SafeRoot]] = []  # (as configured, realpath, opened root)
+        specs = parse_export_policies(policies, (canonical_abs(r) for r in roots))
+        self._policies: dict[int, ExportPolicy] = {}  # id(SafeRoot) -> its policy
         for raw in roots:
             path = canonical_abs(raw)
-            self.roots.append((path, os.path.realpath(path), SafeRoot(path)))
+            root = SafeRoot(path)
+            self.roots.append((path, os.path.realpath(path), root))
+            self._policies[id(root)] = specs.get(path, DEFAULT_POLICY)
 
     @property
     def paths(self) -> tuple[bytes, ...]:
@@ -26,6 +32,10 @@ class Exports:
     def close(self) -> None:
         for _, _, root in self.roots:
             root.close()
+
+    def policy(self, root: SafeRoot) -> ExportPolicy:
+        """What peers may decide in this export (one ``resolve`` returned)."""
+        return self._policies.get(id(root), DEFAULT_POLICY)
 
     def resolve(self, path: bytes) -> tuple[SafeRoot, tuple[bytes, ...]]:
         """(export root, components below it) for an absolute job path, or InvalidPath naming the exports."""

@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--controller", metavar="HOST:PORT", help="controller address (default 127.0.0.1:7420)")
     p.add_argument("--export", dest="exports", action="append", metavar="DIR",
                    help="directory root to serve; repeat for several")
+    p.add_argument("--export-policy", dest="export_policy", action="append", metavar="DIR:KEY=VALUE,...",
+                   help="what peers may set in export DIR: owners=keep|none, uids=LO-HI, gids=LO-HI, "
+                        "uid_map=SRC>DST, gid_map=SRC>DST, allow_privileged_xattrs=yes|no (repeatable)")
     p.add_argument("--listen", metavar="HOST:PORT", help="gRPC API address (port 0 = any free port)")
     p.add_argument("--data-listen", metavar="HOST:PORT", help="data port address (port 0 = any free port)")
     tls = p.add_argument_group("TLS (mutual; required unless --insecure)")

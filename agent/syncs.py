@@ -17,6 +17,7 @@ from zcrepl.agent.exports import Exports
 from zcrepl.agent.sync_source import SourceRule
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.peer import Binding, resolve
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
@@ -41,8 +42,9 @@ log = logging.getLogger(__name__)
 
 class Syncs:
     def __init__(self, host: str, exports: Exports, data: DataServer, tickets: TicketBook, *,
-                 io_timeout: float = 60.0) -> None:
+                 io_timeout: float = 60.0, limits: SessionLimits | None = None) -> None:
         self.host = host
+        self.limits = limits or SessionLimits()
         self.exports = exports
         self.data = data
         self.tickets = tickets
@@ -103,7 +105,8 @@ class Syncs:
             return
 
         def serve(ch: Channel, hello: Hello) -> None:
-            spec = ReceiveSpec(job_id, order.epoch, export, rel, order.options, label, bind=bind)
+            spec = ReceiveSpec(job_id, order.epoch, export, rel, order.options, label,
+                               policy=self.exports.policy(export), limits=self.limits, bind=bind)
             try:
                 ReceiveSession(spec, self.tickets).serve_control(ch, hello)
             except Exception as err:  # the source reports it as the rule's last error

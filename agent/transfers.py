@@ -19,6 +19,7 @@ from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.local import LocalCopy, log_local
 from zcrepl.agent.transfer.partial import PartialArea
 from zcrepl.agent.transfer.peer import Binding, resolve
@@ -72,8 +73,10 @@ class Transfers:
         report: ReportFn,
         *,
         io_timeout: float = 60.0,
+        limits: SessionLimits | None = None,
     ) -> None:
         self.host = host
+        self.limits = limits or SessionLimits()
         self.exports = exports
         self.data = data
         self.tickets = tickets
@@ -258,7 +261,8 @@ class Transfers:
             copier = LocalCopy(order.job_id, src, root, rel, order.options, dst_label, active.cancel,
                                lambda s: self.report(TransferReport(order.job_id, order.attempt, Role.SENDER,
                                                                     Phase.PROGRESS, s)),
-                               workers=order.options.streams or 2)
+                               workers=order.options.streams or 2, policy=self.exports.policy(root),
+                               limits=self.limits)
             stats = copier.run()
         except Cancelled:
             self._forget(key)
@@ -283,7 +287,8 @@ class Transfers:
     def _serve_receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,
                        ch: Channel, hello: Hello, bind: Binding) -> None:
         key = (order.job_id, order.attempt, Role.RECEIVER)
-        spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label, bind=bind)
+        spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label,
+                           policy=self.exports.policy(root), limits=self.limits, bind=bind)
         session = ReceiveSession(spec, self.tickets)
         with self._lock:
             active = self._active.get(key)

@@ -40,10 +40,11 @@ from scenario import HOST_KINDS, controller_policy, make_scenario, profile_plan,
 from simagents import fake_health, vary
 
 from zcrepl.controller.registry import Registry, Session
+from zcrepl.core.trust import TlsPaths, Trust
 from zcrepl.core.types import AgentInfo
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc
-from zcrepl.proto.channels import KEEPALIVE_CLIENT
+from zcrepl.proto.channels import KEEPALIVE_CLIENT, channel
 from zcrepl.proto.convert import health_from_pb
 
 HERE = Path(__file__).resolve().parent
@@ -173,8 +174,7 @@ def heartbeat_run(n: int, args: argparse.Namespace, run_dir: Path, console: Cons
     ctl = Daemon("zc-controller", [
         *exe, "--listen", "127.0.0.1:0", "--state-dir", str(run_dir / "state"),
         "--ready-file", str(run_dir / "controller.json"), "--heartbeat-interval", "1", "--log-level", "info",
-        # The simulator speaks plaintext: this measures the controller's own work per heartbeat, without TLS.
-        "--insecure",
+        "--auto-pki", "--enroll-listen", "127.0.0.1:0",
     ], run_dir / "controller.log", run_dir / "controller.json")
     sim: Daemon | None = None
     try:
@@ -183,11 +183,15 @@ def heartbeat_run(n: int, args: argparse.Namespace, run_dir: Path, console: Cons
         sim = Daemon("simulator", [
             sys.executable, str(HERE / "simagents.py"), "--agents", str(n), "--controller", addr,
             "--ready-file", str(run_dir / "sim.json"), "--stats-file", str(run_dir / "sim-stats.json"),
+            "--pki-dir", str(run_dir / "state" / "pki"),
         ], run_dir / "simulator.log", run_dir / "sim.json")
         ready = sim.start(timeout=60 + n / 10).ready  # assigned first: an interrupt while it connects stops it
         if not ready["connected"]:
             raise RuntimeError(f"no simulated agent could register: {ready['errors']}")
-        with grpc.insecure_channel(addr, options=POLL_CHANNEL) as ch:
+        pki_dir = run_dir / "state" / "pki"
+        admin = Trust(TlsPaths(str(pki_dir / "ca.pem"), str(pki_dir / "admin.pem"), str(pki_dir / "admin.key")),
+                      kind="operator")
+        with channel(addr, admin, options=POLL_CHANNEL) as ch:
             stub = controller_pb2_grpc.ControllerStub(ch)
             wait_reporting(stub, ready["connected"])
             time.sleep(SETTLE)

@@ -16,10 +16,12 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from zcrepl.core.identity import CONTROLLER_DNS
 from zcrepl.core.readyfile import write_ready_file
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc
@@ -77,14 +79,17 @@ class SimAgent:
         self.beats: list[tuple[float, float]] = []  # (sampled_at as sent, scheduling lag in seconds)
         self.error = ""
 
-    async def connect(self, target: str, sem: asyncio.Semaphore, timeout: float) -> float:
+    async def connect(self, target: str, sem: asyncio.Semaphore, timeout: float,
+                      creds: grpc.ChannelCredentials | None = None) -> float:
         """Register; returns the heartbeat interval the controller's Welcome sets, 0 on failure."""
         async with sem:
             info = tpb.AgentInfo(name=self.name, grpc_address="127.0.0.1:1", data_address="127.0.0.1:2",
                                  exports=[e.path for e in self.health.exports], version="bench-sim",
                                  pid=os.getpid(), hostname=self.name)
             try:
-                self.channel = grpc.aio.insecure_channel(target, options=SIM_CHANNEL)
+                self.channel = (grpc.aio.secure_channel(target, creds, options=[
+                    *SIM_CHANNEL, ("grpc.ssl_target_name_override", CONTROLLER_DNS)])
+                    if creds is not None else grpc.aio.insecure_channel(target, options=SIM_CHANNEL))
                 self.call = controller_pb2_grpc.ControllerStub(self.channel).Connect()
                 await self.call.write(cpb.AgentMessage(register=cpb.Register(info=info)))
                 first = await asyncio.wait_for(self.call.read(), timeout)
@@ -138,8 +143,9 @@ async def simulate(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     agents = [SimAgent(i, args.seed) for i in range(args.agents)]
     sem = asyncio.Semaphore(args.connect_concurrency)  # a thundering herd of handshakes measures nothing useful
+    creds = agent_credentials(Path(args.pki_dir), [a.name for a in agents]) if args.pki_dir else {}
     t0 = time.monotonic()
-    intervals = await asyncio.gather(*(a.connect(args.controller, sem, 30.0) for a in agents))
+    intervals = await asyncio.gather(*(a.connect(args.controller, sem, 30.0, creds.get(a.name)) for a in agents))
     live = [a for a, iv in zip(agents, intervals, strict=True) if iv > 0]
     interval = max(intervals, default=0.0) or 1.0
     write_ready_file(args.ready_file, {
@@ -163,6 +169,19 @@ async def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def agent_credentials(pki_dir: Path, names: list[str]) -> dict[str, grpc.ChannelCredentials]:
+    """A certificate per simulated agent from the controller's own CA (in memory; ~1 ms each)."""
+    from zcrepl.core import pki
+
+    ca = pki.CA.load(pki_dir)
+    out = {}
+    for name in names:
+        key = pki.new_key()
+        cert = ca.issue(key.public_key(), "agent", name, days=1)
+        out[name] = grpc.ssl_channel_credentials(ca.pem, pki.key_pem(key), pki.cert_pem(cert))
+    return out
+
+
 async def _orphan_watch(stop: asyncio.Event) -> None:
     """Stop when the benchmark died without stopping us (e.g. SIGKILL): never leave 1,000 streams open."""
     parent = os.getppid()
@@ -178,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ready-file", required=True)
     p.add_argument("--stats-file", required=True)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--pki-dir", default="", help="the controller's CA directory: agents speak mutual TLS")
     p.add_argument("--connect-concurrency", type=int, default=50)
     return asyncio.run(simulate(p.parse_args(argv)))
 

@@ -134,15 +134,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         from zcrepl.controller.demo import run_demo
 
         return run_demo(files=args.files, big_mib=args.big_mib, keep=args.keep)
+    trust = None
     try:
         if args.command == "pki":
             return ctl_pki.run_pki(args, out)
-        with ControllerClient(args.controller, ctl_pki.client_trust(args)) as client:
+        trust = ctl_pki.client_trust(args)
+        with ControllerClient(args.controller, trust) as client:
             return _dispatch(args, client, out, err)
     except PermissionDenied as e:
         err.print(f"zc-ctl: permission denied: {e}", markup=False)
         return EXIT_DENIED
     except Unavailable as e:
+        why = ctl_pki.explain_failure(trust) if trust is not None else ""
+        if why:
+            err.print(f"zc-ctl: cannot use the TLS files for {args.controller}: {why}", markup=False)
+            return EXIT_USAGE
         err.print(f"zc-ctl: {e}", markup=False)
         return EXIT_UNREACHABLE
     except UserError as e:

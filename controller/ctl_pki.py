@@ -13,9 +13,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from zcrepl.core import pki
 from zcrepl.core.errors import ConfigError, UserError
-from zcrepl.core.trust import TlsPaths, Trust
+from zcrepl.core.identity import ROLES
+from zcrepl.core.trust import TlsPaths, Trust, load_material
 
 
 def add_tls_options(p: argparse.ArgumentParser) -> None:
@@ -42,9 +42,18 @@ def client_trust(args: argparse.Namespace) -> Trust | None:
             "them with zc-ctl pki issue DIR --operator NAME --role read|operator|admin (with --auto-pki the "
             "controller keeps an admin certificate in STATE_DIR/pki/admin.pem); --insecure for a plaintext controller")
     try:
-        return Trust(TlsPaths(args.ca, args.cert, args.key), kind="operator")
+        return Trust(TlsPaths(args.ca, args.cert, args.key), kind="operator", check=False)
     except ConfigError as err:
         raise UserError(str(err)) from err
+
+
+def explain_failure(trust: Trust) -> str:
+    """After a failed connection: what is wrong with the operator's files, if anything ("" when they are fine)."""
+    try:
+        load_material(trust.paths, kind="operator")
+    except ConfigError as err:
+        return str(err)
+    return ""
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -58,10 +67,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     who.add_argument("--controller", metavar="NAME")
     who.add_argument("--agent", metavar="NAME")
     who.add_argument("--operator", metavar="NAME")
-    iss.add_argument("--role", choices=pki.ROLES, help="with --operator: read, operator or admin")
+    iss.add_argument("--role", choices=ROLES, help="with --operator: read, operator or admin")
     iss.add_argument("--san", action="append", default=[], metavar="DNS_OR_IP",
                      help="another DNS name or IP the certificate is valid for (repeatable)")
-    iss.add_argument("--days", type=int, default=pki.DEFAULT_DAYS, help=f"validity (default {pki.DEFAULT_DAYS})")
+    iss.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
     rv = ps.add_parser("revoke", help="add DIR/NAME.pem to DIR/crl.pem (daemons given --crl reload it)")
     rv.add_argument("dir", metavar="DIR")
     rv.add_argument("name", metavar="NAME")
@@ -95,6 +104,8 @@ def parse_duration(text: str) -> float:
 
 def run_pki(args: argparse.Namespace, out: Console) -> int:
     """The offline commands; ConfigError for bad input."""
+    from zcrepl.core import pki  # cryptography: imported only by the commands that need it
+
     d = Path(args.dir) if hasattr(args, "dir") else Path()
     if args.pki_command == "init":
         out.print(f"created {pki.init_ca(d)} and {d / pki.CA_KEY_FILE} (keep the key private: whoever has it can "

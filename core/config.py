@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 from zcrepl.core.errors import ConfigError, InvalidPath
+from zcrepl.core.exportpolicy import parse_export_policies, table_specs
 from zcrepl.core.paths import canonical_abs, valid_host_name
 
 DEFAULT_CONTROLLER_PORT = 7420
@@ -68,6 +69,21 @@ class AgentConfig:
     transfer_nice: int = 10
     transfer_ioclass: str = "best-effort"
     transfer_iolevel: int = 7
+    # What a peer may decide per export (see zcrepl.core.exportpolicy): "PATH:owners=keep,uids=LO-HI,...".
+    # Nothing by default: files belong to the agent's user, privileged xattrs are dropped.
+    export_policy: tuple[str, ...] = ()
+    # Budgets for strangers: connections to the data port that have not shown a valid ticket yet, overall and
+    # per source address (kept apart from max_connections, which only authenticated transfers use).
+    max_pending: int = 64
+    max_pending_per_source: int = 32
+    # Per receiving session: entries of one manifest (the receiver holds every name until the end, ~0.5 KiB
+    # per file still to come), hard links among them, and bytes of one round of watch-rule changes.
+    max_manifest_entries: int = 2_000_000
+    max_hardlinks: int = 250_000
+    max_changes_bytes: int = 64 << 20
+    # Space a receiver leaves free on the destination filesystem: a file whose preallocation would cut into
+    # it is refused.
+    free_margin_bytes: int = 1 << 30
 
     @staticmethod
     def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +120,15 @@ class AgentConfig:
             raise ConfigError(f"transfer_ioclass {self.transfer_ioclass!r}: choose none, best-effort or idle")
         if not 0 <= self.transfer_iolevel <= 7:
             raise ConfigError(f"transfer_iolevel {self.transfer_iolevel}: choose 0 (high) to 7 (low)")
+        for key in ("max_connections", "max_pending", "max_pending_per_source", "max_manifest_entries",
+                    "max_hardlinks", "max_changes_bytes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1")
+        if self.free_margin_bytes < 0:
+            raise ConfigError("free_margin_bytes must be 0 or more bytes")
+        if self.handshake_timeout <= 0 or self.io_timeout <= 0:
+            raise ConfigError("handshake_timeout and io_timeout must be positive numbers of seconds")
+        parse_export_policies(self.export_policy, self.exports)
 
 
 @dataclass(frozen=True)
@@ -331,6 +356,8 @@ def _coerce(name: str, typ: Any, value: Any, source: str) -> Any:
                 raise ValueError(value)
             return value
         if typ == tuple[str, ...]:
+            if isinstance(value, dict):  # a TOML table of tables: [export_policy."/srv/x"]
+                value = table_specs(value)
             items = value.replace(";", " ").split() if isinstance(value, str) else list(value)
             if not all(isinstance(v, str) for v in items):
                 raise ValueError(value)

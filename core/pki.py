@@ -18,7 +18,6 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
-import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,50 +28,24 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from zcrepl.core.errors import ConfigError
+from zcrepl.core.identity import (
+    AGENT_DNS,
+    CONTROLLER_DNS,
+    KINDS,
+    ROLES,
+    SCHEME,
+    Identity,
+    identity_uri,
+    parse_identity_uri,
+)
 from zcrepl.core.paths import valid_host_name
 
-CONTROLLER_DNS = "controller.zcrepl"
-AGENT_DNS = "agent.zcrepl"
-KINDS = ("controller", "agent", "operator")
-ROLES = ("read", "operator", "admin")
-SCHEME = "zcrepl"
-_URI = re.compile(r"zcrepl://(?P<kind>controller|agent|operator)/(?P<name>[^/?#]+)(?:\?role=(?P<role>read|operator|admin))?")
+__all__ = ["AGENT_DNS", "CONTROLLER_DNS", "KINDS", "ROLES", "SCHEME", "Identity", "identity_uri",
+           "parse_identity_uri"]
+
 CA_FILE, CA_KEY_FILE, CRL_FILE = "ca.pem", "ca.key", "crl.pem"
 DEFAULT_DAYS = 365
 CA_DAYS = 3650
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who a certificate says its holder is."""
-
-    kind: str  # controller | agent | operator
-    name: str
-    role: str = ""  # operators only
-    serial: int = 0
-    not_after: float = 0.0  # POSIX seconds
-
-    @property
-    def uri(self) -> str:
-        return identity_uri(self.kind, self.name, self.role)
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.name}" + (f" ({self.role})" if self.role else "")
-
-
-def identity_uri(kind: str, name: str, role: str = "") -> str:
-    return f"{SCHEME}://{kind}/{name}" + (f"?role={role}" if role else "")
-
-
-def parse_identity_uri(uri: str) -> tuple[str, str, str] | None:
-    """``zcrepl://operator/alice?role=admin`` -> ("operator", "alice", "admin"); None when not ours or malformed."""
-    m = _URI.fullmatch(uri)
-    if m is None or not valid_host_name(m["name"]):
-        return None
-    kind, role = m["kind"], m["role"] or ""
-    if (kind == "operator") != bool(role):
-        return None
-    return kind, m["name"], role
 
 
 def identity_of(cert: x509.Certificate) -> Identity | None:

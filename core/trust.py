@@ -14,12 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-
-from zcrepl.core import pki
 from zcrepl.core.errors import ConfigError
+from zcrepl.core.identity import Identity
 from zcrepl.core.logs import kv
 
 log = logging.getLogger(__name__)
@@ -42,7 +38,7 @@ class Material:
     ca_pem: bytes
     cert_pem: bytes  # own certificate (and any chain after it)
     key_pem: bytes
-    identity: pki.Identity
+    identity: Identity | None  # None only for unchecked material (see Trust)
     revoked: frozenset[int]
 
 
@@ -57,18 +53,31 @@ def _stamp(paths: TlsPaths) -> tuple[tuple[int, int, int], ...]:
     return tuple(out)
 
 
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise ConfigError(f"cannot read the {what} {path}: {err.strerror or err}") from err
+
+
+def read_material(paths: TlsPaths) -> Material:
+    """The files as they are, unchecked: what a short-lived client hands to gRPC (the handshake checks them;
+    ``load_material`` explains a failure)."""
+    return Material(_read(paths.ca, "CA certificate"), _read(paths.cert, "certificate"), _read(paths.key, "key"),
+                    None, frozenset())
+
+
 def load_material(paths: TlsPaths, *, kind: str, name: str = "") -> Material:
     """Read and check a set: the certificate is issued by the CA, matches the key, and names a ``kind``
     (and ``name``, when given) in its zcrepl SAN URI. ConfigError says which file is wrong and how to fix it."""
-    def read(path: str, what: str) -> bytes:
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except OSError as err:
-            raise ConfigError(f"cannot read the {what} {path}: {err.strerror or err}") from err
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
 
-    ca_pem, cert_pem = read(paths.ca, "CA certificate"), read(paths.cert, "certificate")
-    key_pem = read(paths.key, "key")
+    from zcrepl.core import pki
+
+    raw = read_material(paths)
+    ca_pem, cert_pem, key_pem = raw.ca_pem, raw.cert_pem, raw.key_pem
     try:
         ca = pki.load_cert(ca_pem)
         cert = pki.load_cert(cert_pem)
@@ -98,11 +107,7 @@ def load_material(paths: TlsPaths, *, kind: str, name: str = "") -> Material:
                           " UTC; issue a new one")
     revoked: frozenset[int] = frozenset()
     if paths.crl:
-        try:
-            with open(paths.crl, "rb") as f:
-                revoked = pki.revoked_serials(f.read(), ca_pem)
-        except OSError as err:
-            raise ConfigError(f"cannot read the revocation list {paths.crl}: {err.strerror or err}") from err
+        revoked = pki.revoked_serials(_read(paths.crl, "revocation list"), ca_pem)
     if ident.serial in revoked:
         raise ConfigError(f"{paths.cert} is revoked by {paths.crl}; issue a new certificate")
     return Material(ca_pem, cert_pem, key_pem, ident, revoked)
@@ -111,18 +116,22 @@ def load_material(paths: TlsPaths, *, kind: str, name: str = "") -> Material:
 class Trust:
     """The live material of one daemon; ``generation`` counts successful reloads."""
 
-    def __init__(self, paths: TlsPaths, *, kind: str, name: str = "") -> None:
+    def __init__(self, paths: TlsPaths, *, kind: str, name: str = "", check: bool = True) -> None:
         self.paths = paths
         self.kind, self.name = kind, name
         self._lock = threading.Lock()
         self._stamp = _stamp(paths)
         self._failed: tuple[tuple[int, int, int], ...] = ()
-        self.material = load_material(paths, kind=kind, name=name)
+        # Daemons check their material (and follow it); a one-shot client (zc-ctl) skips the check, which
+        # costs the import of the cryptography package, and explains a failed handshake afterwards.
+        self.material = load_material(paths, kind=kind, name=name) if check else read_material(paths)
+        self.checked = check
         self.generation = 0
         self._checked = time.monotonic()
 
     @property
-    def identity(self) -> pki.Identity:
+    def identity(self) -> Identity:
+        assert self.material.identity is not None, "identity of unchecked TLS material"
         return self.material.identity
 
     def revoked(self, serial: int) -> bool:
@@ -132,7 +141,7 @@ class Trust:
     def refresh(self, force: bool = False) -> bool:
         """Reload when the files changed; True when a new set is now in use."""
         now = time.monotonic()
-        if not force and now - self._checked < REFRESH_EVERY:
+        if not self.checked or (not force and now - self._checked < REFRESH_EVERY):
             return False
         with self._lock:
             self._checked = now
@@ -154,15 +163,19 @@ class Trust:
                 return False
             self.material = fresh
             self.generation += 1
-        log.info("TLS files reloaded", extra=kv(identity=fresh.identity.uri, revoked=len(fresh.revoked),
-                                                not_after=int(fresh.identity.not_after)))
+        log.info("TLS files reloaded", extra=kv(identity=self.identity.uri, revoked=len(fresh.revoked),
+                                                not_after=int(self.identity.not_after)))
         return True
 
 
-def peer_identity(pem: bytes, cache: dict[bytes, pki.Identity | None]) -> pki.Identity | None:
+def peer_identity(pem: bytes, cache: dict[bytes, Identity | None]) -> Identity | None:
     """The identity in a peer certificate (PEM as gRPC hands it over), memoised: parsing costs ~50 us."""
     if pem in cache:
         return cache[pem]
+    from cryptography import x509
+
+    from zcrepl.core import pki
+
     try:
         ident = pki.identity_of(x509.load_pem_x509_certificate(pem))
     except ValueError:

@@ -4,7 +4,7 @@ Roles nest: ``admin`` may do everything ``operator`` may, which may do everythin
 certificates may run the agent stream (and renew themselves) and nothing else; a controller certificate may
 read agents' own APIs. A method missing from the table is refused for everyone (fail closed).
 
-One interceptor per daemon authenticates every call before its handler runs: TLS 1.3, a certificate with
+One interceptor per server authenticates every call before its handler runs: TLS 1.3, a certificate with
 exactly one zcrepl identity, not revoked, and the role the method needs. Denials are PERMISSION_DENIED (or
 UNAUTHENTICATED for no usable identity) with one sentence; every call that changes something is logged with the
 caller's identity. The identity is handed to handlers through ``caller()``.
@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from zcrepl.core import pki
+from zcrepl.core.identity import Identity
 from zcrepl.core.logs import kv
 from zcrepl.core.trust import Trust, peer_identity
 
@@ -63,15 +63,15 @@ METHODS: dict[str, str] = {
 # Calls that change state: logged with the caller's identity.
 MUTATING = frozenset(m for m, role in METHODS.items() if role in (OPERATOR, ADMIN)) | {f"{_S}RenewCertificate"}
 
-_caller: contextvars.ContextVar[pki.Identity | None] = contextvars.ContextVar("zc_caller", default=None)
+_caller: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("zc_caller", default=None)
 
 
-def caller() -> pki.Identity | None:
+def caller() -> Identity | None:
     """The authenticated identity of the call being handled (None on an insecure daemon)."""
     return _caller.get()
 
 
-def denial(ident: pki.Identity, method: str) -> str | None:
+def denial(ident: Identity, method: str) -> str | None:
     """Why ``ident`` may not call ``method``, in one sentence; None when it may."""
     need = METHODS.get(method)
     short = method.rsplit("/", 1)[-1]
@@ -91,8 +91,8 @@ def denial(ident: pki.Identity, method: str) -> str | None:
     return None
 
 
-def authenticate(auth: dict[str, list[bytes]], trust: Trust, cache: dict[bytes, pki.Identity | None]
-                 ) -> tuple[pki.Identity | None, str]:
+def authenticate(auth: dict[str, list[bytes]], trust: Trust, cache: dict[bytes, Identity | None]
+                 ) -> tuple[Identity | None, str]:
     """(identity, "") for a usable peer, else (None, why): TLS 1.3, one zcrepl identity, not revoked."""
     if auth.get("ssl_tls_version", [b""])[0] != b"TLSv1.3":
         return None, "TLS 1.3 is required"
@@ -110,10 +110,10 @@ def authenticate(auth: dict[str, list[bytes]], trust: Trust, cache: dict[bytes, 
 class _Gate:
     def __init__(self, trust: Trust) -> None:
         self.trust = trust
-        self._cache: dict[bytes, pki.Identity | None] = {}
+        self._cache: dict[bytes, Identity | None] = {}
 
     def check(self, method: str, auth: dict[str, list[bytes]], peer: str
-              ) -> tuple[pki.Identity | None, grpc.StatusCode, str]:
+              ) -> tuple[Identity | None, grpc.StatusCode, str]:
         ident, why = authenticate(auth, self.trust, self._cache)
         if ident is None:
             log.warning("call refused", extra=kv(method=method, peer=peer, reason=why))
@@ -174,34 +174,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 if await admit(context):
                     return await inner(request, context)
                 return None
-            return call
-
-        return _wrap(handler, guard, _FACTORIES)
-
-
-class SyncAuthInterceptor(grpc.ServerInterceptor):
-    """The gate for a threaded grpc server (the agent's API)."""
-
-    def __init__(self, trust: Trust) -> None:
-        self._gate = _Gate(trust)
-
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None:
-            return None
-        gate = self._gate
-
-        def guard(inner: Any, attr: str) -> Any:
-            def call(request, context):  # type: ignore[no-untyped-def]
-                ident, code, why = gate.check(method, context.auth_context(), context.peer())
-                if code is not grpc.StatusCode.OK:
-                    context.abort(code, why)
-                token = _caller.set(ident)
-                try:
-                    return inner(request, context)
-                finally:
-                    _caller.reset(token)
             return call
 
         return _wrap(handler, guard, _FACTORIES)

@@ -9,14 +9,13 @@ plaintext.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent import futures
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from zcrepl.core import pki
+from zcrepl.core.identity import CONTROLLER_DNS
 from zcrepl.core.trust import Material, Trust
 
 # Client pings every 20 s so a dead peer is noticed without traffic; the server must permit it.
@@ -27,7 +26,8 @@ KEEPALIVE_CLIENT = [
     ("grpc.http2.max_pings_without_data", 0),
 ]
 # Bounds for strangers: messages, concurrent streams per connection, and metadata size.
-MAX_MESSAGE = 8 << 20
+MAX_MESSAGE = 8 << 20  # what a server accepts from a caller
+MAX_ANSWER = 64 << 20  # what a client accepts from the controller (ListAgents of 10,000 agents is ~6 MiB)
 KEEPALIVE_SERVER = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -35,17 +35,17 @@ KEEPALIVE_SERVER = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.max_concurrent_streams", 64),
     ("grpc.max_metadata_size", 16 << 10),
     ("grpc.so_reuseport", 0),
 ]
 
 
-def channel(target: str, trust: Trust | None = None, server_name: str = pki.CONTROLLER_DNS,
+def channel(target: str, trust: Trust | None = None, server_name: str = CONTROLLER_DNS,
             options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
     """A channel to ``target``; mutual TLS when ``trust`` is given (the server must prove ``server_name``)."""
-    opts = [*KEEPALIVE_CLIENT, ("grpc.max_receive_message_length", MAX_MESSAGE), *options]
+    # Later options win (dict order), so a caller can raise the answer size it accepts.
+    opts = list(dict([*KEEPALIVE_CLIENT, ("grpc.max_receive_message_length", MAX_ANSWER), *options]).items())
     if trust is None:
         return grpc.insecure_channel(target, options=opts)
     m = trust.material
@@ -80,26 +80,8 @@ def _reloading(trust: Trust, config: Callable[[Material], Any], *, client_auth: 
                                                require_client_authentication=client_auth)
 
 
-def sync_server(workers: int = 8, interceptors: Sequence[grpc.ServerInterceptor] = ()) -> grpc.Server:
-    # maximum_concurrent_rpcs bounds what idle or slow callers can hold: past it, calls fail at once with
-    # RESOURCE_EXHAUSTED instead of queueing behind the worker threads.
-    return grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zc-grpc"),
-                       options=KEEPALIVE_SERVER, interceptors=list(interceptors),
-                       maximum_concurrent_rpcs=workers * 4)
-
-
-def add_health_and_reflection(server: grpc.Server, service_names: Sequence[str]) -> health.HealthServicer:
-    """Standard grpc.health.v1 (overall and per service) plus server reflection, on a threaded server."""
-    hs = health.HealthServicer(experimental_non_blocking=True)
-    for name in ("", *service_names):
-        hs.set(name, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    _reflection(server, service_names)
-    return hs
-
-
 async def add_health_and_reflection_aio(server: grpc.aio.Server, service_names: Sequence[str]) -> Any:
-    """The same on a grpc.aio server, whose health servicer is async."""
+    """Standard grpc.health.v1 (overall and per service) plus server reflection, on a grpc.aio server."""
     hs = health.aio.HealthServicer()
     for name in ("", *service_names):
         await hs.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -18,16 +18,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer.atomic import AtomicFile, remove_entry, replace_symlink
+from zcrepl.agent.transfer.atomic import PREALLOCATE_MIN, AtomicFile, remove_entry, replace_symlink
 from zcrepl.agent.transfer.basis import find_basis
 from zcrepl.agent.transfer.finish import delete_extras, finish_dirs, make_links
 from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
-from zcrepl.agent.transfer.meta import apply_meta, syncfs
+from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
+from zcrepl.agent.transfer.meta import apply_meta, owner_ids, syncfs
 from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea
 from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, validate_name, validate_relpath
 from zcrepl.agent.transfer.scan import file_digest
+from zcrepl.agent.transfer.uptodate import up_to_date
 from zcrepl.core.errors import ProtocolError, TransferError, UnsafePath
+from zcrepl.core.exportpolicy import DEFAULT_POLICY, KEEP, ExportPolicy
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
 from zcrepl.core.types import Durability, JobOptions, TransferStats
@@ -65,15 +68,22 @@ class FileSlot:
 
 
 class TreeWriter:
-    def __init__(self, root: SafeRoot, options: JobOptions, label: str, job_id: int) -> None:
+    def __init__(self, root: SafeRoot, options: JobOptions, label: str, job_id: int, *,
+                 policy: ExportPolicy = DEFAULT_POLICY, limits: SessionLimits | None = None) -> None:
         self.root = root
         self.options = options
         self.label = label
         self.job_id = job_id
-        self.entries: list[Entry] = []
+        self.policy = policy  # what the peer may decide here: ownership, privileged xattrs
+        self.limits = limits or SessionLimits()
+        self._space_lock = threading.Lock()  # one free-space check and preallocation at a time
+        # Held per entry for the whole session: its name in ``kinds`` and its parent's ``children`` (and the
+        # entry itself for a directory, or for a file until its content arrived); see SessionLimits.
+        self.n_entries = 0
+        self.dirs: list[Entry] = []  # in manifest order: their metadata is set at the end, children first
         self.kinds: dict[bytes, Kind] = {}
         self.children: dict[bytes, set[bytes]] = {}
-        self.needed: set[int] = set()  # asked for, no byte arrived yet
+        self.needed: dict[int, Entry] = {}  # asked for, no byte arrived yet
         self.slots: dict[int, FileSlot] = {}  # partly arrived
         self.manifest_done = False
         self.fsync_files = options.durability is Durability.FILE
@@ -83,8 +93,8 @@ class TreeWriter:
         self.area = PartialArea(root)
         self.keep_partials = True
         self.saved_partials: list[bytes] = []  # relpaths whose data went to the partial area
-        self.links: list[tuple[tuple[bytes, ...], tuple[bytes, ...]]] = []  # (name, first name), made at the end
-        self.as_root = os.geteuid() == 0  # ownership is kept only when we may set it
+        self.links: list[tuple[bytes, bytes]] = []  # (name, first name), made at the end
+        self.as_root = os.geteuid() == 0  # ownership is set only when we may (and the policy allows)
         self.dir_parts: dict[bytes, tuple[bytes, ...]] = {}  # announced directory -> its components
         self._dirs: dict[tuple[bytes, ...], int] = {}  # batch cache of parent directory fds
         self._wrote = False  # anything changed at the destination besides files and deletions
@@ -104,32 +114,39 @@ class TreeWriter:
         Raises UnsafePath/ProtocolError for a malformed manifest (the caller drops the peer). Trouble
         with the destination itself (a full disk, a planted symlink) is recorded as an entry error.
         """
-        index = len(self.entries)
+        index = self.n_entries
+        if index >= self.limits.max_entries:
+            raise LimitExceeded(f"the manifest sent to {self.label} has more than {self.limits.max_entries:,} "
+                                "entries; raise max_manifest_entries in that agent's config if the tree is that big")
+        if e.kind is Kind.HARDLINK and len(self.links) >= self.limits.max_hardlinks:
+            raise LimitExceeded(f"the manifest sent to {self.label} has more than {self.limits.max_hardlinks:,} "
+                                "hard links; raise max_hardlinks in that agent's config if the tree has that many")
         parts = self._check(index, e)
         with self._lock:
-            self.entries.append(e)
+            self.n_entries += 1
         try:
             if e.kind is Kind.DIR:
+                self.dirs.append(e)
                 if parts:
                     self._ensure_dir(parts)
             elif e.kind is Kind.SYMLINK:
                 self._apply_symlink(parts, e)
             elif e.kind is Kind.HARDLINK:
-                self.links.append((parts, validate_relpath(e.target)))
-            elif self._up_to_date(parts, e):
+                self.links.append((e.path, e.target))  # the entry's own bytes: nothing new is held
+            elif up_to_date(self, parts, e):
                 self.count(skipped=1)
             else:
                 basis = find_basis(self, index, parts, e)
                 with self._lock:
-                    self.needed.add(index)
+                    self.needed[index] = e
                 return basis or True
         except (OSError, UnsafePath) as err:
             self.entry_failed(e.path, err)
         return False
 
     def end_manifest(self, count: int) -> None:
-        if count != len(self.entries):
-            raise ProtocolError(f"MANIFEST_END says {count} entries, {len(self.entries)} arrived")
+        if count != self.n_entries:
+            raise ProtocolError(f"MANIFEST_END says {count} entries, {self.n_entries} arrived")
         self.manifest_done = True
 
     def _check(self, index: int, e: Entry) -> tuple[bytes, ...]:
@@ -164,7 +181,7 @@ class TreeWriter:
             self.dir_parts[e.path] = parts
         return parts
 
-    def _parent(self, parts: tuple[bytes, ...]) -> tuple[int, bytes]:
+    def parent(self, parts: tuple[bytes, ...]) -> tuple[int, bytes]:
         """Borrowed fd of the parent directory (opened confined, kept for the rest of the batch).
 
         Entries arrive grouped by directory, so one openat2 serves a whole directory's entries. The
@@ -186,7 +203,7 @@ class TreeWriter:
         self._dirs.clear()
 
     def _ensure_dir(self, parts: tuple[bytes, ...]) -> None:
-        pfd, leaf = self._parent(parts)
+        pfd, leaf = self.parent(parts)
         st = _lstat(pfd, leaf)
         if st is not None and stat.S_ISDIR(st.st_mode):
             if st.st_mode & 0o700 != 0o700 and os.geteuid() != 0:
@@ -205,9 +222,12 @@ class TreeWriter:
         self._wrote = True
 
     def _apply_symlink(self, parts: tuple[bytes, ...], e: Entry) -> None:
-        pfd, leaf = self._parent(parts)
+        pfd, leaf = self.parent(parts)
         st = _lstat(pfd, leaf)
-        if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(leaf, dir_fd=pfd) == e.target:
+        # A symlink with other names (hard links to a link) is replaced, never touched in place.
+        if (st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(leaf, dir_fd=pfd) == e.target
+                and owner_ids(self.policy, e, st, self.as_root) == (KEEP, KEEP)
+                and (st.st_mtime_ns == e.mtime_ns or st.st_nlink == 1)):
             if st.st_mtime_ns != e.mtime_ns:
                 os.utime(leaf, ns=(st.st_atime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
                 self._wrote = True
@@ -217,8 +237,9 @@ class TreeWriter:
             self.clear_dir_for(pfd, leaf, "a symlink")
         replace_symlink(pfd, leaf, e.target, e.mtime_ns)
         self._wrote = True
-        if self.as_root:
-            os.chown(leaf, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
+        uid, gid = owner_ids(self.policy, e, None, self.as_root)
+        if (uid, gid) != (KEEP, KEEP):
+            os.chown(leaf, uid, gid, dir_fd=pfd, follow_symlinks=False)
 
     def clear_dir_for(self, pfd: int, leaf: bytes, what: str) -> None:
         if not self.options.delete and not self.restricted:
@@ -229,34 +250,6 @@ class TreeWriter:
                 raise OSError(err.errno, f"a non-empty directory stands where the source has {what}; "
                                          "rerun with --delete to replace it") from err
         self.count(deleted=remove_entry(pfd, leaf))
-
-    def _up_to_date(self, parts: tuple[bytes, ...], e: Entry) -> bool:
-        """True when the destination already holds this file; fixes mode/mtime drift in place."""
-        pfd, leaf = self._parent(parts)
-        st = _lstat(pfd, leaf)
-        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
-            return False
-        if not self.options.checksum and st.st_mtime_ns != e.mtime_ns:
-            return False
-        owner_ok = not self.as_root or (st.st_uid, st.st_gid) == (e.uid, e.gid)
-        if (not self.options.checksum and stat.S_IMODE(st.st_mode) == e.mode & 0o777 and owner_ok
-                and not self.options.xattrs):
-            return True
-        fd = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pfd)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return False
-            if self.options.checksum and file_digest(fd, self.buf()) != e.digest:
-                return False
-            self._wrote = True
-            if stat.S_IMODE(st.st_mode) != e.mode & 0o777:
-                os.fchmod(fd, e.mode & 0o777)
-            apply_meta(fd, e, st, owner=self.as_root, xattrs=self.options.xattrs)
-            if st.st_mtime_ns != e.mtime_ns:
-                os.utime(fd, ns=(st.st_atime_ns, e.mtime_ns))
-        finally:
-            os.close(fd)
-        return True
 
     def buf(self) -> bytearray:
         if self._hashbuf is None:
@@ -269,10 +262,14 @@ class TreeWriter:
         with self._lock:
             s = self.slots.get(head.index)
             if s is None:
-                if head.index not in self.needed:
+                entry = self.needed.get(head.index)
+                if entry is None:
                     raise ProtocolError(f"FILE for index {head.index}, which was not asked for")
-                self.needed.discard(head.index)
-                s = FileSlot(head.index, self.entries[head.index], head.total, head.mode, head.mtime_ns, None)
+                if head.total != entry.size:  # what we preallocate and wait for is what the manifest said
+                    raise ProtocolError(f"FILE for {show(entry.path)} announces {head.total} bytes, its manifest "
+                                        f"entry {entry.size}: the source is broken or hostile")
+                del self.needed[head.index]
+                s = FileSlot(head.index, entry, head.total, head.mode, head.mtime_ns, None)
                 s.basis = self.bases.get(head.index)
                 self.slots[head.index] = s
                 opening = True
@@ -297,7 +294,6 @@ class TreeWriter:
 
     def _open_slot(self, s: FileSlot) -> None:
         try:
-            self._check_space(s.total)
             pfd, leaf = self.root.open_parent(validate_relpath(s.entry.path))
         except (OSError, UnsafePath) as err:
             self.entry_failed(s.entry.path, err)  # e.g. a parent swapped for a symlink mid-job
@@ -310,9 +306,13 @@ class TreeWriter:
                 s.tmp = AtomicFile(pfd, leaf)  # no preallocation: holes must stay holes
                 os.ftruncate(s.tmp.fd, s.total)
             elif s.tmp is None:
-                s.tmp = AtomicFile(pfd, leaf, s.total)
-        except OSError as err:
+                with self._space_lock:  # the check and the reservation together, one file at a time
+                    self.check_space(s.total)
+                    s.tmp = AtomicFile(pfd, leaf, s.total)
+        except BaseException as err:
             os.close(pfd)
+            if not isinstance(err, OSError):
+                raise
             self.entry_failed(s.entry.path, err)
             s.failed = True
             return
@@ -380,7 +380,7 @@ class TreeWriter:
             expected = self.digests.pop(s.index, b"") or (s.entry.digest if self.options.checksum else b"")
             if expected and file_digest(s.tmp.fd, self._local_buf()) != expected:
                 raise OSError(0, "content hash of the assembled file differs from the source's")
-            apply_meta(s.tmp.fd, s.entry, owner=self.as_root, xattrs=self.options.xattrs)
+            apply_meta(s.tmp.fd, s.entry, policy=self.policy, as_root=self.as_root, xattrs=self.options.xattrs)
             try:
                 s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files)
             except IsADirectoryError:
@@ -411,15 +411,21 @@ class TreeWriter:
     def _local_buf(self) -> bytearray:
         return bytearray(1 << 20)  # completions may run on several connection threads at once
 
-    def _check_space(self, size: int) -> None:
-        if size < 1 << 20:
-            return  # a small file that doesn't fit fails on write with ENOSPC just as clearly
+    def check_space(self, size: int) -> None:
+        """Refuse a file whose preallocation would leave less than the free-space margin on the filesystem.
+
+        Only files that are preallocated (``PREALLOCATE_MIN`` and up) are checked: a small file that doesn't
+        fit fails on write with ENOSPC just as clearly, and nothing is reserved for it up front.
+        """
+        if size < PREALLOCATE_MIN:
+            return
         vfs = os.statvfs(self.root.fd)
         free = vfs.f_bavail * vfs.f_frsize
-        if size > free:
+        margin = self.limits.free_margin
+        if size + margin > free:
             raise TransferError(
-                f"{self.label}: not enough space for a file of {size} bytes ({free} free); "
-                "free some space or choose another destination"
+                f"{self.label}: not enough space for a file of {size:,} bytes ({free:,} free, {margin:,} of them "
+                "kept free by free_margin_bytes); free some space or choose another destination"
             )
 
     def abandon(self) -> None:
@@ -482,7 +488,7 @@ class TreeWriter:
         return bool(self.files_done or self.deleted or self.errors or self._wrote)
 
     def stats(self) -> TransferStats:
-        return TransferStats(entries=len(self.entries), files_done=self.files_done, bytes_done=self.bytes_done,
+        return TransferStats(entries=self.n_entries, files_done=self.files_done, bytes_done=self.bytes_done,
                              files_skipped=self.skipped, deleted=self.deleted, errors=self.errors,
                              scan_done=self.manifest_done)
 

@@ -49,9 +49,12 @@ def find_basis(w: TreeWriter, index: int, parts: tuple[bytes, ...], e: Entry) ->
 def complete_delta(w: TreeWriter, b: Basis) -> Basis:
     """Hash the destination's current version of a hinted file. If it is gone or unreadable, the basis
     has no blocks and the sender sends everything."""
-    parts = w.dir_parts.get(w.entries[b.index].path.rpartition(b"/")[0], ())
-    parts = (*parts, w.entries[b.index].path.rpartition(b"/")[2])
+    e = w.needed.get(b.index)
+    parent, _, leaf = e.path.rpartition(b"/") if e is not None else (b"", b"", b"")
+    parts = (*w.dir_parts.get(parent, ()), leaf)
     try:
+        if e is None:  # its bytes already came whole: nothing to hash
+            raise FileNotFoundError(b.index)
         fd = w.root.open_read(parts)
     except (OSError, UnsafePath):
         hashes: list[bytes] = []

@@ -8,7 +8,6 @@ import stat
 from typing import TYPE_CHECKING
 
 from zcrepl.agent.transfer.atomic import remove_entry, set_dir_meta
-from zcrepl.agent.transfer.frame import Kind
 from zcrepl.agent.transfer.meta import apply_meta
 from zcrepl.agent.transfer.saferoot import TEMP_PREFIX, temp_name, validate_relpath
 from zcrepl.core.errors import UnsafePath
@@ -53,11 +52,11 @@ def _drop_stale_temp(dfd: int, name: bytes) -> None:
 
 def make_links(w: TreeWriter) -> None:
     """Hard links, once every file they point at is in place (rsync -H)."""
-    for parts, tparts in w.links:
+    for path, first in w.links:
         tpfd = pfd = -1
         try:
-            tpfd, tleaf = w.root.open_parent(tparts)
-            pfd, leaf = w.root.open_parent(parts)
+            tpfd, tleaf = w.root.open_parent(validate_relpath(first))
+            pfd, leaf = w.root.open_parent(validate_relpath(path))
             target = os.lstat(tleaf, dir_fd=tpfd)
             if not stat.S_ISREG(target.st_mode):
                 raise OSError(0, "the file it links to is missing")
@@ -76,7 +75,7 @@ def make_links(w: TreeWriter) -> None:
                 raise
             w.count(files_done=1)
         except (OSError, UnsafePath) as err:
-            w.entry_failed(b"/".join(parts), err)
+            w.entry_failed(path, err)
         finally:
             for fd in (tpfd, pfd):
                 if fd >= 0:
@@ -85,16 +84,14 @@ def make_links(w: TreeWriter) -> None:
 
 def finish_dirs(w: TreeWriter) -> None:
     """Directory modes and mtimes, children before parents (creating files changes a dir's mtime)."""
-    for e in reversed(w.entries):
-        if e.kind is not Kind.DIR:
-            continue
+    for e in reversed(w.dirs):
         try:
             dfd = w.root.open_dir(validate_relpath(e.path))
         except (OSError, UnsafePath) as err:
             w.entry_failed(e.path, err)
             continue
         try:
-            apply_meta(dfd, e, owner=w.as_root, xattrs=w.options.xattrs)
+            apply_meta(dfd, e, policy=w.policy, as_root=w.as_root, xattrs=w.options.xattrs)
             set_dir_meta(dfd, e.mode, e.mtime_ns)
             if w.fsync_files:
                 os.fsync(dfd)  # its new entries (mkdir, renames) are durable too

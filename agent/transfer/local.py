@@ -19,9 +19,11 @@ from zcrepl.agent import priority
 from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.frame import F_SPARSE, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
+from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import Scanner, log_skip
 from zcrepl.core.errors import Cancelled, TransferError, UnsafePath
+from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
 from zcrepl.core.logs import kv
 from zcrepl.core.types import JobOptions, TransferStats
 
@@ -31,8 +33,11 @@ _STOP = -1
 class LocalCopy:
     def __init__(self, job_id: int, src: SafeRoot, dst_export: SafeRoot, dst_rel: tuple[bytes, ...],
                  options: JobOptions, label: str, cancel: threading.Event,
-                 on_progress: Callable[[TransferStats], None], workers: int = 2) -> None:
+                 on_progress: Callable[[TransferStats], None], workers: int = 2,
+                 policy: ExportPolicy = DEFAULT_POLICY, limits: SessionLimits | None = None) -> None:
         self.job_id = job_id
+        self.policy = policy  # the destination export's: a same-host copy follows it like a network one
+        self.limits = limits
         self.src = src
         self.dst_export = dst_export
         self.dst_rel = dst_rel
@@ -52,7 +57,7 @@ class LocalCopy:
     def run(self) -> TransferStats:
         root = SafeRoot.from_fd(self.dst_export.open_dir(self.dst_rel, create=True, mode=0o755),
                                 self.dst_export.path)
-        writer = TreeWriter(root, self.options, self.label, self.job_id)
+        writer = TreeWriter(root, self.options, self.label, self.job_id, policy=self.policy, limits=self.limits)
         threads = [threading.Thread(target=self._worker, args=(writer,), name=f"zc-local-{i}", daemon=True)
                    for i in range(self.nworkers)]
         for t in threads:

@@ -173,7 +173,11 @@ class PartialArea:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p.key + b".json", dir_fd=dfd)
             fd = os.open(tmp, _OPEN, dir_fd=dst_dir_fd)
-            if os.fstat(fd).st_size < p.size:
+            st = os.fstat(fd)
+            if st.st_nlink != 1:  # another name for it exists somewhere: we would write through it
+                os.close(fd)
+                raise OSError(0, "partial file has other links")
+            if st.st_size < p.size:
                 os.ftruncate(fd, p.size)
             return AtomicFile.adopt(dst_dir_fd, leaf, tmp, fd)
         except OSError:

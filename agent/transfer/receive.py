@@ -32,10 +32,13 @@ from zcrepl.agent.transfer.apply import FileSlot, TreeWriter
 from zcrepl.agent.transfer.basis import complete_delta
 from zcrepl.agent.transfer.changes import apply_ops
 from zcrepl.agent.transfer.frame import Channel, FileHead, Hello, Stream
+from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.peer import NONE, Binding
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.server import Grant, TicketBook
 from zcrepl.core.errors import ProtocolError, TransferError
+from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
+from zcrepl.core.synctypes import SYNC_ID_BASE
 from zcrepl.core.types import JobOptions, TransferStats
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,8 @@ class ReceiveSpec:
     options: JobOptions
     label: str  # "hostB:/backup/data", for messages
     on_progress: Callable[[TransferStats], None] = field(default=lambda _s: None)
+    policy: ExportPolicy = DEFAULT_POLICY  # the export's: what the peer may decide about ownership and xattrs
+    limits: SessionLimits = field(default_factory=SessionLimits)
     bind: Binding = field(default_factory=Binding)  # whom the controller's ticket was for; the data tickets inherit it
 
 
@@ -84,7 +89,8 @@ class ReceiveSession:
         self.transport = ch.peer.transport if ch.peer is not None else NONE
         root_fd = spec.export.open_dir(spec.rel, create=True, mode=0o755)
         root = SafeRoot.from_fd(root_fd, spec.export.path)
-        self.writer = writer = TreeWriter(root, spec.options, spec.label, spec.job_id)
+        self.writer = writer = TreeWriter(root, spec.options, spec.label, spec.job_id, policy=spec.policy,
+                                          limits=spec.limits)
         data_tickets: list[bytes] = []
         try:
             streams = max(1, min(hello.streams, fr.MAX_STREAMS))  # the peer asks; we clamp
@@ -122,19 +128,29 @@ class ReceiveSession:
     def _control_frames(self, ch: Channel, writer: TreeWriter, sink: _Sink) -> dict[str, object]:
         last = 0.0
         ops: list[opf.Op] = []
+        held = 0  # bytes of this round's changes
         while True:
             kind, payload = ch.recv_frame()
             if kind is fr.T.CHANGES or kind is fr.T.CHANGES_END:
-                if writer.entries:
+                if self.spec.job_id < SYNC_ID_BASE:  # a job's deletions are --delete's, never the peer's list
+                    raise ProtocolError(f"{kind.name} in a job session: only watch rules send changes")
+                if writer.n_entries:
                     raise ProtocolError(f"{kind.name} after the manifest started")
                 writer.restricted = True
                 if kind is fr.T.CHANGES:
+                    held += len(payload)
+                    if held > self.spec.limits.max_changes_bytes:
+                        raise LimitExceeded(
+                            f"one round of changes sent to {self.spec.label} is larger than "
+                            f"{self.spec.limits.max_changes_bytes:,} bytes; raise max_changes_bytes in that "
+                            "agent's config if the source really renames that much at once")
                     ops += opf.decode_ops(payload, (opf.OP_RENAME, opf.OP_DELETE))
                     if len(ops) > opf.MAX_OPS * 64:
                         raise ProtocolError("too many changes in one round")
                     continue
                 missed = apply_ops(writer, ops)
                 ops = []
+                held = 0
                 for f in opf.op_batches([opf.Op(opf.OP_MISSED, p) for p in missed], fr.T.MISSED):
                     ch.send(f)
                 ch.send(fr.frame(fr.T.CHANGES_ACK))
@@ -142,7 +158,7 @@ class ReceiveSession:
             if kind is fr.T.ENTRIES:
                 need, bases = [], []
                 for e in fr.decode_entries(payload):
-                    index = len(writer.entries)
+                    index = writer.n_entries
                     wanted = writer.admit(e)
                     if isinstance(wanted, fr.Basis):
                         bases.append(wanted)

@@ -1,20 +1,24 @@
 """The data port: accepts connections, authenticates them with single-use tickets, runs receivers.
 
 A connection must present a ticket the controller minted for a job this agent was told to receive,
-within ``handshake_timeout``; anything else is refused and closed. Tickets are looked up by their
+within ``handshake_timeout`` of its accept (a deadline for the whole handshake, not per read); anything else
+is refused and closed. Until then it counts against a small budget of its own (``admission``), never
+against the places authenticated transfers use. Tickets are looked up by their
 SHA-256, so the lookup itself leaks nothing about valid tickets, and are removed on first use (a
 watch rule's ticket stays until it expires, the rule stops or moves to a new epoch).
 
 Each ticket is bound to its peer (``peer.Binding``): the source agent the controller named, the addresses
 it may connect from, and whether the connection must be encrypted. A connection that fails the binding is
 refused without consuming the ticket. A connection that opens with a TLS ClientHello is served over TLS
-(``tls.py``) and its peer certificate names the agent checked against the binding.
+(``tls.py``), the TLS handshake inside the same deadline, and its peer certificate names the agent checked
+against the binding.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import select
 import socket
 import threading
 import time
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from zcrepl.agent import priority
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import tls
+from zcrepl.agent.transfer.admission import Admission, Waiting
 from zcrepl.agent.transfer.frame import Channel, Hello, Stream
 from zcrepl.agent.transfer.peer import Binding, Peer, normalise
 from zcrepl.core.errors import ProtocolError
@@ -115,7 +120,13 @@ class TicketBook:
 
 
 class DataServer:
-    """Listening socket plus one thread per connection (bounded by ``max_connections``)."""
+    """Listening socket plus one thread per connection.
+
+    A connection is a stranger until its HELLO shows a valid ticket: strangers live within the
+    ``Admission`` budget (``max_pending`` overall, ``max_pending_per_source`` per address) and must finish the
+    handshake within ``handshake_timeout`` of accept; only then do they take one of the ``max_connections``
+    places of authenticated transfers.
+    """
 
     def __init__(
         self,
@@ -126,6 +137,8 @@ class DataServer:
         handshake_timeout: float = 10.0,
         io_timeout: float = 60.0,
         max_connections: int = 64,
+        max_pending: int = 64,
+        max_pending_per_source: int = 32,
         tls_contexts: tls.TlsContexts | None = None,
     ) -> None:
         self.tickets = tickets
@@ -133,10 +146,13 @@ class DataServer:
         self.handshake_timeout = handshake_timeout
         self.io_timeout = io_timeout
         self._slots = threading.BoundedSemaphore(max_connections)
+        self.admission = Admission(max_pending, max_pending_per_source, handshake_timeout)
         self._lock = threading.Lock()
-        self._conns: dict[Stream, tuple[int, int] | None] = {}
+        self._conns: dict[socket.socket, tuple[int, int] | None] = {}
         self._threads: set[threading.Thread] = set()
         self._stopping = threading.Event()
+        self._dropped = 0  # strangers dropped since the last warning about them
+        self._warned = 0.0
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -154,8 +170,8 @@ class DataServer:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        self._sock.close()
         self._acceptor.join(5)
+        self._sock.close()
         with self._lock:
             conns = list(self._conns)
             threads = list(self._threads)
@@ -172,83 +188,148 @@ class DataServer:
             _shutdown(c)
 
     def _accept_loop(self) -> None:
+        poller = select.poll()  # not select(): the listening fd may be numbered past FD_SETSIZE
+        poller.register(self._sock, select.POLLIN)
         while not self._stopping.is_set():
+            deadline = self.admission.next_deadline()
+            timeout = None if deadline is None else (max(0.0, deadline - time.monotonic()) + 0.01) * 1000
             try:
-                conn, peer = self._sock.accept()
+                ready = poller.poll(timeout)
             except OSError:
                 return
-            if not self._slots.acquire(blocking=False):
-                log.warning("data connection refused: too many connections", extra=kv(peer=peer[0]))
-                conn.close()
+            self._note_dropped(self.admission.expire())
+            if not ready or self._stopping.is_set():
                 continue
+            try:
+                conn, peer = self._sock.accept()
+            except OSError as err:
+                if self._stopping.is_set():
+                    return
+                log.warning("data port accept failed", extra=kv(error=err))
+                time.sleep(0.05)  # e.g. out of fds: don't spin
+                continue
+            self._note_dropped(self.admission.admit(conn, peer[0]))
             t = threading.Thread(target=self._serve, args=(conn, peer), name="zc-data-conn", daemon=True)
             with self._lock:
                 self._conns[conn] = None
                 self._threads.add(t)
-            t.start()
+            try:
+                t.start()
+            except RuntimeError as err:  # out of threads: this connection goes, the port keeps serving
+                log.warning("data connection dropped: cannot start a thread", extra=kv(peer=peer[0], error=err))
+                self.admission.settle(conn)
+                with self._lock:
+                    self._conns.pop(conn, None)
+                    self._threads.discard(t)
+                conn.close()
+
+    def _note_dropped(self, dropped: list[Waiting]) -> None:
+        """One warning per few seconds, however many strangers a flood makes us drop."""
+        if not dropped:
+            return
+        self._dropped += len(dropped)
+        now = time.monotonic()
+        if now - self._warned >= 5.0:
+            log.warning("data connections dropped before authentication",
+                        extra=kv(count=self._dropped, peer=dropped[-1].source, reason=dropped[-1].why))
+            self._dropped, self._warned = 0, now
 
     def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         priority.apply_to_this_thread()
+        slot = False
         stream: Stream = conn
         try:
-            conn.settimeout(self.handshake_timeout)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                stream, who = self._secure(conn, peer[0])
-            except (ProtocolError, OSError, ValueError) as err:
-                log.warning("data connection dropped in the TLS handshake", extra=kv(peer=peer[0], error=err))
+            accepted = self._handshake(conn, peer)
+            if accepted is None:
                 return
-            ch = Channel(stream)
-            ch.peer = who
-            try:
-                kind, payload = ch.recv_frame(limit=256)
-                if kind is not fr.T.HELLO:
-                    raise ProtocolError(f"expected HELLO, got {kind.name}")
-                hello = fr.decode_hello(payload)
-            except (ProtocolError, OSError) as err:
-                log.warning("data connection dropped before authentication", extra=kv(peer=peer[0], error=err))
-                _refuse(ch, "protocol error before authentication")
-                return
-            try:
-                grant = self.tickets.take(hello.ticket, hello.job_id, hello.attempt, hello.role, who)
-            except Refused as err:
-                log.warning("data connection refused: the ticket is bound to another peer",
-                            extra=kv(peer=peer[0], identity=who.identity, job=hello.job_id, attempt=hello.attempt,
-                                     reason=err))
-                _refuse(ch, str(err))
-                return
-            if grant is None:
-                log.warning("data connection refused: bad ticket",
-                            extra=kv(peer=peer[0], job=hello.job_id, attempt=hello.attempt))
-                _refuse(ch, "unknown, expired or already used ticket")
-                return
+            ch, hello, grant = accepted
+            slot, stream = True, ch.sock
             with self._lock:
-                self._conns[stream] = (grant.job_id, grant.attempt)
+                self._conns[conn] = (grant.job_id, grant.attempt)
             stream.settimeout(self.io_timeout)
             grant.serve(ch, hello)
         except Exception:  # a session must never take the agent down
             log.exception("data session crashed", extra=kv(peer=peer[0]))
         finally:
+            self.admission.settle(conn)  # a no-op unless we failed before the handshake settled it
             with self._lock:
-                self._conns.pop(stream, None)
                 self._conns.pop(conn, None)
                 self._threads.discard(threading.current_thread())
-            stream.close()
-            conn.close()  # a no-op once TLS took the descriptor over
-            self._slots.release()
+            if stream is not conn:
+                stream.close()
+            conn.close()
+            if slot:
+                self._slots.release()
 
-    def _secure(self, conn: socket.socket, address: str) -> tuple[Stream, Peer]:
-        """The connection as it will be read (TLS when it opened with a ClientHello) and who is on it."""
+    def _handshake(self, conn: socket.socket, peer: tuple[str, int]) -> tuple[Channel, Hello, Grant] | None:
+        """HELLO within the deadline, a free place for an authenticated transfer, and a valid ticket; None
+        (after telling the peer why, when it can still hear it) otherwise. On success the caller owns one slot."""
+        # Each read waits at most the whole budget; the acceptor enforces the deadline across reads.
+        conn.settimeout(self.handshake_timeout)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ch = Channel(conn)
+        error: BaseException | None = None
+        try:
+            ch = self._secure(conn, peer[0])
+            hello = _read_hello(ch)
+        except (ProtocolError, OSError, ValueError) as err:
+            error = err
+        dropped = self.admission.settle(conn)
+        accepted = None
+        if dropped or error is not None:
+            if not dropped:  # ours was sent when we dropped it
+                log.warning("data connection dropped before authentication", extra=kv(peer=peer[0], error=error))
+                _refuse(ch, "protocol error before authentication")
+        elif not self._slots.acquire(blocking=False):
+            log.warning("data connection refused: too many transfers", extra=kv(peer=peer[0], job=hello.job_id))
+            _refuse(ch, "too many transfers running on this agent; try again later")
+        else:
+            accepted = self._authenticate(ch, hello, peer[0])
+            if accepted is None:
+                self._slots.release()
+        if accepted is None and ch.sock is not conn:
+            ch.sock.close()
+        return accepted
+
+    def _secure(self, conn: socket.socket, address: str) -> Channel:
+        """The channel the connection will be read through (TLS when it opened with a ClientHello), and
+        who is on it (``Channel.peer``). TLS runs on a duplicate of the descriptor, so the admission budget
+        can still shut the connection down at its deadline."""
         who = Peer(normalise(address))
         if not tls.starts_tls(conn):
-            return conn, who
-        if self.tls is None:
+            ch = Channel(conn)
+        elif self.tls is None:
             raise tls.TlsUnavailable("an encrypted connection reached an agent without a certificate (--insecure)")
-        stream, name = tls.accept(self.tls, conn, time.monotonic() + self.handshake_timeout)
-        with self._lock:
-            self._conns.pop(conn, None)
-            self._conns[stream] = None
-        return stream, Peer(who.address, name, stream.transport)
+        else:
+            stream, name = tls.accept(self.tls, conn.dup(), time.monotonic() + self.handshake_timeout)
+            ch, who = Channel(stream), Peer(who.address, name, stream.transport)
+        ch.peer = who
+        return ch
+
+    def _authenticate(self, ch: Channel, hello: Hello, address: str) -> tuple[Channel, Hello, Grant] | None:
+        """The grant of a valid ticket presented by the peer it is bound to; None after refusing."""
+        who = ch.peer
+        try:
+            grant = self.tickets.take(hello.ticket, hello.job_id, hello.attempt, hello.role, who)
+        except Refused as err:
+            log.warning("data connection refused: the ticket is bound to another peer",
+                        extra=kv(peer=address, identity=who.identity if who else "", job=hello.job_id,
+                                 attempt=hello.attempt, reason=err))
+            _refuse(ch, str(err))
+            return None
+        if grant is None:
+            log.warning("data connection refused: bad ticket", extra=kv(peer=address, job=hello.job_id,
+                                                                         attempt=hello.attempt))
+            _refuse(ch, "unknown, expired or already used ticket")
+            return None
+        return ch, hello, grant
+
+
+def _read_hello(ch: Channel) -> Hello:
+    kind, payload = ch.recv_frame(limit=256)
+    if kind is not fr.T.HELLO:
+        raise ProtocolError(f"expected HELLO, got {kind.name}")
+    return fr.decode_hello(payload)
 
 
 def _refuse(ch: Channel, reason: str) -> None:
@@ -258,7 +339,7 @@ def _refuse(ch: Channel, reason: str) -> None:
         pass
 
 
-def _shutdown(conn: Stream) -> None:
+def _shutdown(conn: socket.socket) -> None:
     try:
         conn.shutdown(socket.SHUT_RDWR)
     except OSError:

@@ -21,6 +21,7 @@ from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
 from zcrepl.core.errors import TransferError
+from zcrepl.core.exportpolicy import ExportPolicy
 from zcrepl.core.types import JobOptions, TransferStats
 
 
@@ -34,6 +35,7 @@ class Plane:
         self.export = SafeRoot(os.fsencode(dst_export))
         self.results: list[Any] = []
         self.jobs = 0
+        self.policy = ExportPolicy()  # the destination export's
 
     def run(self, src: Path, rel: bytes, **options: Any) -> tuple[TransferStats, Any]:
         self.jobs += 1
@@ -43,8 +45,8 @@ class Plane:
         done = threading.Event()
 
         def serve(ch: Channel, hello: Hello) -> None:
-            session = ReceiveSession(ReceiveSpec(job, 1, self.export, tuple(rel.split(b"/")), opts, "dst"),
-                                     self.tickets)
+            session = ReceiveSession(ReceiveSpec(job, 1, self.export, tuple(rel.split(b"/")), opts, "dst",
+                                                 policy=self.policy), self.tickets)
             try:
                 self.results.append(session.serve_control(ch, hello))
             except Exception as err:
@@ -283,13 +285,13 @@ def _parity_tree(src: Path) -> None:
     os.setxattr(src / "sub", b"user.zc", b"dir attr")
 
 
-def _local(src: Path, dst_export: Path, **options: Any) -> TransferStats:
+def _local(src: Path, dst_export: Path, policy: ExportPolicy | None = None, **options: Any) -> TransferStats:
     from zcrepl.agent.transfer import local
 
     s, e = SafeRoot(os.fsencode(src)), SafeRoot(os.fsencode(dst_export))
     try:
         return local.LocalCopy(1, s, e, (b"copy",), JobOptions(**options), "here", threading.Event(),
-                               lambda _s: None).run()
+                               lambda _s: None, policy=policy or ExportPolicy()).run()
     finally:
         s.close()
         e.close()
@@ -301,12 +303,13 @@ def test_sparse_hardlinks_xattrs_and_owners_survive(plane: Plane, tmp_path: Path
         pytest.skip("ownership needs root")
     src = tmp_path / "s"
     _parity_tree(src)
+    plane.policy = ExportPolicy(owners=True)  # the export lets peers decide ownership
     if how == "network":
         stats, result = plane.run(src, b"copy", streams=2, xattrs=True)
         assert isinstance(result, TransferStats), result
         assert stats.bytes_done <= 2 << 20 + 100  # the holes never travel
     else:
-        _local(src, tmp_path / "dst", xattrs=True)
+        _local(src, tmp_path / "dst", plane.policy, xattrs=True)
     dst = tmp_path / "dst" / "copy"
     assert not diff_trees(snapshot(src), snapshot(dst))
     sp = (dst / "sparse.bin").stat()

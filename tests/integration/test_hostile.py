@@ -12,22 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from zchelpers import Cluster, FakeAgent, diff_trees, snapshot, wait_for
+from hostilepeer import ROOT, Session, f, job_failed, whole
+from zchelpers import Cluster, FakeAgent, diff_trees, snapshot
 
 from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.frame import Channel, Entry, FileHead, Hello, Kind
 from zcrepl.controller.client import ControllerClient
-from zcrepl.core.types import Endpoint, JobOptions, JobState
-
-ROOT = Entry(Kind.DIR, b"", 0o755, 1_000_000_000_000_000_000)
-
-
-def whole(index: int, size: int) -> FileHead:
-    return FileHead(index, 0, size, size, 0, 0o644)
-
-
-def f(path: bytes, size: int = 0) -> Entry:
-    return Entry(Kind.FILE, path, 0o644, 1_000_000_000_000_000_000, size)
 
 
 @pytest.fixture
@@ -42,72 +33,6 @@ def evil(cluster: Cluster) -> Iterator[FakeAgent]:
 def client(cluster: Cluster) -> Iterator[ControllerClient]:
     with cluster.client() as c:
         yield c
-
-
-class Session:
-    """One data connection, authenticated with the ticket the controller minted for a fresh job."""
-
-    def __init__(self, client: ControllerClient, evil: FakeAgent, dst: Path) -> None:
-        self.job = client.submit(Endpoint("evil", b"/evil/src"), Endpoint("hostB", os.fsencode(dst)),
-                                 JobOptions(max_attempts=1))
-        order = evil.next_order("send")
-        assert order.job_id == self.job.id
-        host, port = order.dest_data_address.rsplit(":", 1)
-        self.extra: list[socket.socket] = []
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
-        self.ch = Channel(self.sock)
-        self.ticket = bytes(order.ticket)
-        self.attempt = order.attempt
-        self.ch.send(fr.encode_hello(Hello(order.job_id, order.attempt, self.ticket)))
-        kind, payload = self.ch.recv_frame()
-        assert kind is fr.T.ACCEPT, fr.decode_text(payload)
-        self.data_tickets = fr.decode_accept(payload)
-        self.address = (host, int(port))
-
-    def data(self, ticket: bytes | None = None) -> Channel:
-        """Open a data connection with one of the tickets the receiver minted for this session."""
-        sock = socket.create_connection(self.address, timeout=10)
-        self.extra.append(sock)
-        ch = Channel(sock)
-        ch.send(fr.encode_hello(Hello(self.job.id, self.attempt, ticket or self.data_tickets[0], fr.ROLE_DATA, 0)))
-        return ch
-
-    def entries(self, *entries: Entry) -> None:
-        self.ch.send(fr.encode_entries(list(entries)))
-
-    def end_manifest(self, count: int) -> list[int]:
-        """Send MANIFEST_END and collect NEEDs up to NEED_END."""
-        self.ch.send(fr.encode_u64(fr.T.MANIFEST_END, count))
-        needs: list[int] = []
-        while True:
-            kind, payload = self.ch.recv_frame()
-            if kind is fr.T.NEED:
-                needs += fr.decode_need(payload)
-            elif kind is fr.T.NEED_END:
-                return needs
-            else:
-                raise AssertionError(f"unexpected {kind.name}: {payload[:200]!r}")
-
-    def refused(self) -> str:
-        """The receiver must drop us: an ABORT frame and/or the connection closing."""
-        try:
-            while True:
-                kind, payload = self.ch.recv_frame()
-                if kind is fr.T.ABORT:
-                    return fr.decode_text(payload)
-        except (OSError, Exception) as err:  # closed connection
-            return f"closed: {err}"
-
-    def close(self) -> None:
-        self.sock.close()
-        for sock in self.extra:
-            sock.close()
-
-
-def job_failed(client: ControllerClient, job_id: int) -> str:
-    job = wait_for(lambda: (j := client.job(job_id)).state.final and j, 20, what=f"job {job_id} to end")
-    assert job.state is JobState.FAILED, job
-    return job.error
 
 
 @pytest.fixture
@@ -331,3 +256,17 @@ def test_a_range_past_the_end_is_refused(cluster: Cluster, evil: FakeAgent, clie
     assert "outside the file" in s.refused()
     s.close()
     job_failed(client, s.job.id)
+
+
+def test_a_job_session_takes_no_change_list(cluster: Cluster, evil: FakeAgent, client: ControllerClient,
+                                            tmp_path: Path, guarded: Callable[[], None]) -> None:
+    """Deletions in a job are --delete's business: a job's source may not send a watch rule's CHANGES."""
+    dst = tmp_path / "b" / "dst"
+    dst.mkdir(parents=True)
+    (dst / "keep").write_bytes(b"mine")
+    s = Session(client, evil, dst)
+    s.ch.send(opf.encode_ops(fr.T.CHANGES, [opf.Op(opf.OP_DELETE, b"keep")]) + fr.frame(fr.T.CHANGES_END))
+    assert "only watch rules send changes" in s.refused()
+    s.close()
+    job_failed(client, s.job.id)
+    assert (dst / "keep").read_bytes() == b"mine"

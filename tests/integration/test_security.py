@@ -8,6 +8,9 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -57,6 +60,11 @@ def test_strangers_cannot_reach_the_api(cluster: Cluster, tmp_path: Path) -> Non
     assert (tmp_path / "b" / "keep").read_bytes() == b"precious"
     rc, out, _ = cluster.ctl("jobs", "--json")
     assert rc == 0 and json.loads(out) == []
+    # zc-ctl with a certificate of another CA explains what is wrong with its files.
+    env = {**os.environ, **stranger_ca.env(), "ZC_CA": cluster.pki.ca}
+    p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller", cluster.controller_addr,
+                        "agents"], capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 2 and "admin.pem is not issued by the CA in" in p.stderr, p.stderr
 
 
 def test_roles_decide_what_a_certificate_may_do(cluster: Cluster, tmp_path: Path) -> None:
@@ -147,8 +155,13 @@ def test_revocation_closes_sessions_and_refuses_calls_without_restart(cluster: C
     cluster.pki.issue("operator", "mallory", "admin")
     pki.revoke(cluster.pki.dir, "mallory")
     env = {**os.environ, **cluster.pki.env("mallory", "admin")}
-    p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller", cluster.controller_addr,
-                        "agents"], capture_output=True, text=True, timeout=60, env=env)
+
+    def refused() -> subprocess.CompletedProcess[str] | None:
+        p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller",
+                            cluster.controller_addr, "agents"], capture_output=True, text=True, timeout=60, env=env)
+        return p if p.returncode != 0 else None
+
+    p = wait_for(refused, 10, interval=0.3, what="the revoked operator to be refused")  # CRLs are read each second
     assert p.returncode == 5 and "the certificate of operator mallory (admin) is revoked" in p.stderr
     rc, out, _ = cluster.ctl("cert", "revoked")
     assert rc == 0 and str(serial) in out
@@ -260,3 +273,75 @@ def test_insecure_mode_warns_and_binds_loopback(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0
     assert "INSECURE: TLS is off" in err
+
+
+def test_idle_streams_cannot_starve_the_agents_api(cluster: Cluster) -> None:
+    """64 reflection streams left open and idle: the agent still answers at once (no thread per stream)."""
+    from grpc_reflection.v1alpha import reflection_pb2_grpc
+
+    from zcrepl.proto import agent_pb2, agent_pb2_grpc
+
+    reader = cluster.pki.trust("operator", "rita", "read")
+    target = cluster.daemons["hostA"].ready["grpc"]
+    release = threading.Event()
+
+    def idle() -> Iterator[object]:
+        release.wait(60)
+        return
+        yield
+
+    chans = [channel(target, reader, pki.AGENT_DNS) for _ in range(4)]
+    calls = [reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(idle(), timeout=60)
+             for ch in chans for _ in range(16)]
+    try:
+        with channel(target, reader, pki.AGENT_DNS) as ch:
+            info = agent_pb2_grpc.AgentStub(ch).GetInfo(agent_pb2.GetInfoRequest(), timeout=5)
+        assert info.name == "hostA"
+    finally:
+        release.set()
+        for c in calls:
+            c.cancel()
+        for ch in chans:
+            ch.close()
+
+
+def test_oversized_messages_are_refused(cluster: Cluster, tmp_path: Path) -> None:
+    admin = _stub(cluster, cluster.pki.trust())
+    req = cpb.SubmitJobRequest(source=types_pb2.Endpoint(host="hostA", path=b"/" + b"x" * (9 << 20)),
+                               destination=types_pb2.Endpoint(host="hostB", path=os.fsencode(tmp_path / "b")))
+    assert _code(admin.SubmitJob, req)[0] is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _code(admin.ListAgents, cpb.ListAgentsRequest())[0] is grpc.StatusCode.OK
+
+
+def test_enrolled_certificates_renew_and_revoke_by_name(cluster: Cluster, tmp_path: Path) -> None:
+    from zcrepl.agent.identity import Renewer, agent_trust, enrolled_paths
+    from zcrepl.core.config import AgentConfig
+    from zcrepl.core.errors import ConfigError
+
+    rc, token, err = cluster.ctl("token", "create", "--agent", "hostR")
+    assert rc == 0, err
+    (tmp_path / "r").mkdir()
+    cfg = AgentConfig(name="hostR", controller=cluster.controller_addr, join=token.strip(),
+                      state_dir=str(tmp_path / "rs"), exports=(os.fsencode(tmp_path / "r"),))
+    trust = agent_trust(cfg)
+    assert trust is not None and trust.paths == enrolled_paths(cfg)
+    first = trust.identity.serial
+    renewer = Renewer(trust, cluster.controller_addr)
+    assert not renewer.due(time.time()) and renewer.due(trust.identity.not_after)
+    renewer.renew_now()
+    assert trust.generation == 1 and trust.identity.serial != first and trust.identity.name == "hostR"
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with channel(cluster.controller_addr, trust) as ch:  # the renewed certificate is accepted
+        assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status == 1
+    rc, out, err = cluster.ctl("cert", "revoke", "hostR")
+    assert rc == 0, err
+    assert str(first) in out and str(trust.identity.serial) in out and "hostR" in out
+    with channel(cluster.controller_addr, trust) as ch:
+        code, why = _code(health_pb2_grpc.HealthStub(ch).Check, health_pb2.HealthCheckRequest())
+    assert code is grpc.StatusCode.UNAUTHENTICATED and "is revoked" in why
+    rc, _, err = cluster.ctl("cert", "revoke", "nobody")
+    assert rc == 2 and "issued no certificate to 'nobody'" in err
+    with pytest.raises(ConfigError, match="unknown to this controller"):  # a second agent cannot reuse the state
+        agent_trust(AgentConfig(name="hostR", controller=cluster.controller_addr, join=token.strip()[:-1] + "A",
+                                state_dir=str(tmp_path / "rs2"), exports=cfg.exports))

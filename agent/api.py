@@ -1,0 +1,76 @@
+"""The agent's own gRPC API (health, identity, grpc.health.v1, reflection) on an asyncio server of its own.
+
+An asyncio server, not a thread pool: a caller that opens streams and leaves them idle (a reflection or
+health Watch stream) costs a little memory, never a worker thread, so it cannot starve the other callers.
+The number of calls in flight is bounded all the same (``MAX_RPCS``: past it calls fail at once with
+RESOURCE_EXHAUSTED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import grpc
+
+from zcrepl.core.trust import Trust
+from zcrepl.core.types import AgentInfo, HostHealth
+from zcrepl.proto import agent_pb2, agent_pb2_grpc, types_pb2
+from zcrepl.proto.auth import AuthInterceptor
+from zcrepl.proto.channels import KEEPALIVE_SERVER, add_health_and_reflection_aio, bind
+from zcrepl.proto.convert import agent_info_to_pb, health_to_pb
+from zcrepl.proto.errors import ErrorInterceptor
+
+SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
+MAX_RPCS = 256
+
+
+class AgentService(agent_pb2_grpc.AgentServicer):
+    def __init__(self, health: Callable[[], HostHealth], info: Callable[[], AgentInfo]) -> None:
+        self._health = health
+        self._info = info
+
+    async def GetHealth(self, request: agent_pb2.GetHealthRequest, context: grpc.aio.ServicerContext
+                        ) -> types_pb2.HostHealth:
+        return health_to_pb(self._health())
+
+    async def GetInfo(self, request: agent_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
+                      ) -> types_pb2.AgentInfo:
+        return agent_info_to_pb(self._info())
+
+
+class ApiServer:
+    """``start(listen)`` binds (port 0 allowed) and returns the bound port; ``stop()`` ends it."""
+
+    def __init__(self, service: AgentService, trust: Trust | None) -> None:
+        self._service = service
+        self._trust = trust
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="zc-agent-api", daemon=True)
+        self._server: grpc.aio.Server | None = None
+
+    def start(self, listen: str) -> int:
+        self._thread.start()
+        return asyncio.run_coroutine_threadsafe(self._start(listen), self._loop).result(30)
+
+    async def _start(self, listen: str) -> int:
+        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+        if self._trust is not None:
+            interceptors.insert(0, AuthInterceptor(self._trust))
+        self._server = grpc.aio.server(interceptors=interceptors, options=KEEPALIVE_SERVER,
+                                       maximum_concurrent_rpcs=MAX_RPCS)
+        agent_pb2_grpc.add_AgentServicer_to_server(self._service, self._server)
+        await add_health_and_reflection_aio(self._server, [SERVICE_NAME])
+        port = bind(self._server, listen, self._trust)
+        await self._server.start()
+        return port
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        if self._server is not None:
+            asyncio.run_coroutine_threadsafe(self._server.stop(grace=2), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()

@@ -1,0 +1,33 @@
+"""What one receiving session may make this agent hold or reserve (DESIGN §5 "Budgets for strangers").
+
+A manifest is held whole until the end of its session (deletions and directory metadata come last), so
+``max_entries`` bounds the memory a source can make the receiver spend; hard links wait for the end too,
+and the renames and deletes of a watch session's round are held until the round ends. ``free_margin`` is
+what a preallocation must leave free on the destination filesystem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zcrepl.core.config import AgentConfig
+from zcrepl.core.errors import ProtocolError
+
+
+class LimitExceeded(ProtocolError):
+    """A source sent more than a session budget allows: another attempt would send the same, so none is made
+    until an operator raises the setting the message names."""
+
+    retryable = False
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    max_entries: int = 2_000_000
+    max_hardlinks: int = 250_000
+    max_changes_bytes: int = 64 << 20
+    free_margin: int = 1 << 30
+
+    @classmethod
+    def from_config(cls, cfg: AgentConfig) -> SessionLimits:
+        return cls(cfg.max_manifest_entries, cfg.max_hardlinks, cfg.max_changes_bytes, cfg.free_margin_bytes)
