@@ -388,3 +388,27 @@ def test_a_revoked_agent_certificate_is_refused(tmp_path: Path, caplog: pytest.L
                              for r in caplog.records), 10, what="the receiver to log the revoked certificate")
     finally:
         p.close()
+
+
+def test_strangers_trickling_a_tls_handshake_stay_within_the_budget(tmp_path: Path, pki: ClusterPKI) -> None:
+    """A TLS ClientHello that never completes counts against the strangers' budget like a slow HELLO: when a
+    newcomer needs its place, the oldest is dropped at once, long before its own deadline."""
+    server = DataServer("127.0.0.1", 0, TicketBook(), handshake_timeout=60, max_pending_per_source=2,
+                        tls_contexts=tls.TlsContexts(pki.trust("agent", "hostB")))
+    server.start()
+    socks = []
+    try:
+        for _ in range(3):
+            s = socket.create_connection(server.address, timeout=20)
+            s.sendall(bytes([tls.TLS_RECORD_TYPE_HANDSHAKE, 3, 1]))  # the start of a ClientHello, then nothing
+            socks.append(s)
+            wait_for(lambda: server.admission.count() >= min(len(socks), 2), 10, what="the stranger to wait")
+        while socks[0].recv(100):  # the oldest was dropped to make room (its deadline is a minute away)
+            pass
+        socks[1].settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            socks[1].recv(100)  # the others still wait for their handshakes
+    finally:
+        for s in socks:
+            s.close()
+        server.stop()
