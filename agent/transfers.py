@@ -112,8 +112,8 @@ class Transfers:
     def receive(self, order: ReceiveOrder) -> None:
         label = f"{self.host}:{show(order.path)}"
         try:
-            if order.options.encrypt and self.data.tls is None:
-                raise ConfigError(no_tls(self.host, "receive"))
+            if order.options.encrypt and self.data.tls is None and order.source_host != self.host:
+                raise ConfigError(no_tls(self.host, "receive"))  # (a same-host copy never touches the network)
             root, rel = self.exports.resolve(order.path)
             check_destination(root, rel, label)
         except ZcError as err:
