@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from zcrepl.controller.registry import Registry
 from zcrepl.core.config import MAX_SOURCE_ADDRESSES, ControllerConfig, parse_encrypt_links, split_address
 from zcrepl.core.errors import ConfigError
+from zcrepl.core.paths import valid_host_name
 
 _WILDCARD = frozenset({"", "0.0.0.0", "::"})
 
@@ -76,8 +77,10 @@ class DataPlane:
         return tuple(dict.fromkeys(h for h in found if h not in _WILDCARD))
 
     def _site(self, name: str) -> str:
+        """The agent's site label; one that is not a plain label (it came off the wire) counts as unset."""
         rec = self.registry.agents.get(name)
-        return rec.info.site if rec is not None else ""
+        site = rec.info.site if rec is not None else ""
+        return site if valid_host_name(site) else ""
 
 
 def peer_host(peer: str) -> str:

@@ -13,7 +13,8 @@ from zcrepl.core.types import AgentInfo
 
 def plane(mode: str = "never", links: tuple[str, ...] = ()) -> DataPlane:
     reg = Registry(offline_after=5.0)
-    for name, site in (("a1", "dc1"), ("a2", "dc1"), ("b1", "dc2"), ("x", "")):
+    for name, site in (("a1", "dc1"), ("a2", "dc1"), ("b1", "dc2"), ("x", ""), ("y", "dc1\nforged line"),
+                       ("z", "dc1\nforged line")):
         reg.load(name, AgentInfo(name, site=site), 0.0)
     return DataPlane(ControllerConfig(encrypt=mode, encrypt_links=links), reg)
 
@@ -25,6 +26,7 @@ def plane(mode: str = "never", links: tuple[str, ...] = ()) -> DataPlane:
     ("cross-site", "a1", "b1", True),  # different sites
     ("cross-site", "a1", "x", True),  # a site not set counts as different
     ("cross-site", "x", "x", True),
+    ("cross-site", "y", "z", True),  # a label that is not one (it came off the wire) counts as unset
 ])
 def test_the_policy_decides_for_jobs_that_did_not_ask(mode: str, src: str, dst: str, want: bool) -> None:
     assert plane(mode).encrypt(src, dst, requested=False).encrypt is want
