@@ -56,7 +56,7 @@ class Conn:
         self.sock.close()
 
 
-def _hello(cluster: Cluster, address: str, hello: Hello, **kw: Any) -> tuple[fr.T, str, list[bytes]]:
+def _hello(address: str, hello: Hello, **kw: Any) -> tuple[fr.T, str, list[bytes]]:
     c = Conn(address, hello, **kw)
     c.close()
     return c.kind, c.text, c.tickets
@@ -68,7 +68,7 @@ def test_a_job_ticket_works_only_from_its_source_agent(cluster: Cluster, evil: F
                             JobOptions(max_attempts=1))
     order = evil.next_order("send")
     hello = Hello(job.id, order.attempt, bytes(order.ticket), fr.ROLE_CONTROL, 2)
-    kind, why, _ = _hello(cluster, order.dest_data_address, hello, source=ELSEWHERE)
+    kind, why, _ = _hello(order.dest_data_address, hello, source=ELSEWHERE)
     assert kind is fr.T.REFUSE
     assert why == ("this ticket is for evil, which connects from 127.0.0.1; this connection came from 127.0.0.2 "
                    "(if evil sends from that address, add it to its source_addresses)")
@@ -78,14 +78,14 @@ def test_a_job_ticket_works_only_from_its_source_agent(cluster: Cluster, evil: F
         assert control.kind is fr.T.ACCEPT and len(control.tickets) == 2
         # The session's data tickets are bound to the control connection's address.
         data = Hello(job.id, order.attempt, control.tickets[0], fr.ROLE_DATA, 0)
-        kind, why, _ = _hello(cluster, order.dest_data_address, data, source=ELSEWHERE)
+        kind, why, _ = _hello(order.dest_data_address, data, source=ELSEWHERE)
         assert kind is fr.T.REFUSE and "this connection came from 127.0.0.2" in why
         d = Conn(order.dest_data_address, data)
         assert d.kind is fr.T.ACCEPT
         d.close()
     finally:
         control.close()
-    assert _hello(cluster, order.dest_data_address, hello)[0] is fr.T.REFUSE  # single use
+    assert _hello(order.dest_data_address, hello)[0] is fr.T.REFUSE  # single use
     log = cluster.daemons["hostB"].log()
     assert "data connection refused: the ticket is bound to another peer" in log and "peer=127.0.0.2" in log
 
@@ -98,11 +98,11 @@ def test_a_watch_rule_ticket_works_only_from_its_source_agent(cluster: Cluster, 
     order = evil.next_order("sync_source")
     dest = order.dests[0]
     hello = Hello(SYNC_ID_BASE + rule.id, order.epoch, bytes(dest.ticket), fr.ROLE_CONTROL, 1)
-    wait_for(lambda: _hello(cluster, dest.data_address, hello)[0] is fr.T.ACCEPT, 20,
+    wait_for(lambda: _hello(dest.data_address, hello)[0] is fr.T.ACCEPT, 20,
              what="hostB to take the rule's ticket")
-    kind, why, _ = _hello(cluster, dest.data_address, hello, source=ELSEWHERE)
+    kind, why, _ = _hello(dest.data_address, hello, source=ELSEWHERE)
     assert kind is fr.T.REFUSE and why.startswith("this ticket is for evil, which connects from 127.0.0.1;")
-    assert _hello(cluster, dest.data_address, hello)[0] is fr.T.ACCEPT  # reusable, and still valid
+    assert _hello(dest.data_address, hello)[0] is fr.T.ACCEPT  # reusable, and still valid
 
 
 def test_an_encrypted_ticket_needs_the_source_agents_certificate(cluster: Cluster, evil: FakeAgent,
@@ -113,15 +113,15 @@ def test_an_encrypted_ticket_needs_the_source_agents_certificate(cluster: Cluste
     order = evil.next_order("send")
     assert order.options.encrypt
     hello = Hello(job.id, order.attempt, bytes(order.ticket), fr.ROLE_CONTROL, 1)
-    kind, why, _ = _hello(cluster, order.dest_data_address, hello)
+    kind, why, _ = _hello(order.dest_data_address, hello)
     assert kind is fr.T.REFUSE and "must be encrypted and the connection is plaintext" in why
     other = tls.TlsContexts(cluster.pki.trust("agent", "hostA"))  # a real agent's certificate, not evil's
-    kind, why, _ = _hello(cluster, order.dest_data_address, hello, cert=other)
+    kind, why, _ = _hello(order.dest_data_address, hello, cert=other)
     assert kind is fr.T.REFUSE and why == "this ticket is for agent evil; the connection's certificate is agent hostA"
     own = tls.TlsContexts(cluster.pki.trust("agent", "evil"))
-    kind, _, _ = _hello(cluster, order.dest_data_address, hello, cert=own, source=ELSEWHERE)
+    kind, _, _ = _hello(order.dest_data_address, hello, cert=own, source=ELSEWHERE)
     assert kind is fr.T.REFUSE  # the right certificate from the wrong address
-    assert _hello(cluster, order.dest_data_address, hello, cert=own)[0] is fr.T.ACCEPT
+    assert _hello(order.dest_data_address, hello, cert=own)[0] is fr.T.ACCEPT
 
 
 @pytest.fixture
@@ -149,15 +149,15 @@ def test_watch_rule_tickets_expire_and_rotate(short_tickets: Cluster, tmp_path: 
         order = evil.next_order("sync_source")
         dest = order.dests[0]
         first = Hello(SYNC_ID_BASE + rule.id, order.epoch, bytes(dest.ticket), fr.ROLE_CONTROL, 1)
-        wait_for(lambda: _hello(cluster, dest.data_address, first)[0] is fr.T.ACCEPT, 20, what="the first ticket")
+        wait_for(lambda: _hello(dest.data_address, first)[0] is fr.T.ACCEPT, 20, what="the first ticket")
         rotated = evil.next_order("sync_ticket", timeout=20)
         assert (rotated.rule_id, rotated.epoch, rotated.host) == (rule.id, order.epoch, "hostB")
         second = Hello(SYNC_ID_BASE + rule.id, order.epoch, bytes(rotated.ticket), fr.ROLE_CONTROL, 1)
-        wait_for(lambda: _hello(cluster, dest.data_address, second)[0] is fr.T.ACCEPT, 20, what="the rotated ticket")
-        assert _hello(cluster, dest.data_address, first)[0] is fr.T.ACCEPT  # the overlap: both work for a while
+        wait_for(lambda: _hello(dest.data_address, second)[0] is fr.T.ACCEPT, 20, what="the rotated ticket")
+        assert _hello(dest.data_address, first)[0] is fr.T.ACCEPT  # the overlap: both work for a while
         # The first ticket dies with its lifetime; the rotated one (and its successors) keep working.
-        wait_for(lambda: _hello(cluster, dest.data_address, first)[0] is fr.T.REFUSE, 20, what="the first to expire")
-        _, why, _ = _hello(cluster, dest.data_address, first)
+        wait_for(lambda: _hello(dest.data_address, first)[0] is fr.T.REFUSE, 20, what="the first to expire")
+        _, why, _ = _hello(dest.data_address, first)
         assert why == "unknown, expired or already used ticket"
         latest = second
         while True:  # follow the rotations the fake source was sent
@@ -166,7 +166,7 @@ def test_watch_rule_tickets_expire_and_rotate(short_tickets: Cluster, tmp_path: 
             except Exception:
                 break
             latest = Hello(SYNC_ID_BASE + rule.id, o.epoch, bytes(o.ticket), fr.ROLE_CONTROL, 1)
-        wait_for(lambda: _hello(cluster, dest.data_address, latest)[0] is fr.T.ACCEPT, 20, what="the latest ticket")
+        wait_for(lambda: _hello(dest.data_address, latest)[0] is fr.T.ACCEPT, 20, what="the latest ticket")
     finally:
         evil.close()
 
