@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
@@ -37,6 +37,7 @@ from zcrepl.core.types import (
     ReceiveOrder,
     Role,
     SendOrder,
+    Skipped,
     ThrottleOrder,
     TransferReport,
     TransferStats,
@@ -232,21 +233,22 @@ class Transfers:
             self._forget(key)
             where = f"{label} -> {order.dest_host}:{show(order.dest_path)}"
             self._fail(spec.job_id, spec.attempt, Role.SENDER, f"{where}: {err}", retryable=err.retryable,
-                       stats=sender.snapshot())
+                       stats=sender.snapshot(), skipped=tuple(sender.skips.listed))
             return
         except Exception as err:  # never let a sender bug kill the agent silently
             self._forget(key)
             log.exception("sender crashed", extra=kv(job=spec.job_id))
             self._fail(spec.job_id, spec.attempt, Role.SENDER, f"{label}: internal error: {err!r}",
-                       retryable=True, stats=sender.snapshot())
+                       retryable=True, stats=sender.snapshot(), skipped=tuple(sender.skips.listed))
             return
         finally:
             src.close()
         self._forget(key)
         log.info("send done", extra=kv(job=spec.job_id, attempt=spec.attempt, files=stats.files_done,
-                                       bytes=stats.bytes_done, transport=stats.transport,
-                                       seconds=round(time.monotonic() - t0, 3)))
-        self.report(TransferReport(spec.job_id, spec.attempt, Role.SENDER, Phase.DONE, stats))
+                                       bytes=stats.bytes_done, left_out=stats.entries_skipped,
+                                       transport=stats.transport, seconds=round(time.monotonic() - t0, 3)))
+        self.report(TransferReport(spec.job_id, spec.attempt, Role.SENDER, Phase.DONE, stats,
+                                   skipped=tuple(sender.skips.listed)))
 
     def _run_local(self, order: SendOrder, src: SafeRoot, key: tuple[int, int, Role], label: str,
                    active: _Active) -> None:
@@ -276,13 +278,16 @@ class Transfers:
         finally:
             src.close()
         self._forget(key)
+        skipped = tuple(copier.skips.listed)
         if stats.errors:
             self._fail(order.job_id, order.attempt, Role.SENDER, f"{stats.errors} entries failed copying "
-                       f"{label} -> {dst_label}; see the agent log", retryable=True, stats=stats)
+                       f"{label} -> {dst_label}; see the agent log", retryable=True, stats=stats, skipped=skipped)
             return
         log_local(order.job_id, stats, time.monotonic() - t0)
-        for role in (Role.RECEIVER, Role.SENDER):
-            self.report(TransferReport(order.job_id, order.attempt, role, Phase.DONE, stats))
+        # One scan serves both roles: its skipped entries are reported once, by the sender.
+        self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE,
+                                   replace(stats, entries_skipped=0, skipped_special=0)))
+        self.report(TransferReport(order.job_id, order.attempt, Role.SENDER, Phase.DONE, stats, skipped=skipped))
 
     def _serve_receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,
                        ch: Channel, hello: Hello, bind: Binding) -> None:
@@ -351,10 +356,10 @@ class Transfers:
                 self._moved_done += _live_bytes(a)
 
     def _fail(self, job_id: int, attempt: int, role: Role, error: str, *, retryable: bool,
-              stats: TransferStats | None = None) -> None:
+              stats: TransferStats | None = None, skipped: tuple[Skipped, ...] = ()) -> None:
         log.warning("transfer failed", extra=kv(job=job_id, attempt=attempt, role=role.value, error=error))
         self.report(TransferReport(job_id, attempt, role, Phase.FAILED, stats or TransferStats(), error,
-                                   retryable))
+                                   retryable, skipped))
 
 
 def _live_bytes(a: _Active) -> int:

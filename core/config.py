@@ -18,7 +18,7 @@ from typing import Any, TypeVar, get_type_hints
 
 from zcrepl.core.errors import ConfigError, InvalidPath
 from zcrepl.core.exportpolicy import parse_export_policies, table_specs
-from zcrepl.core.paths import canonical_abs, valid_host_name
+from zcrepl.core.paths import HOST_NAME_RULE, canonical_abs, show_name, valid_host_name
 
 DEFAULT_CONTROLLER_PORT = 7420
 DEFAULT_AGENT_PORT = 7421
@@ -95,7 +95,7 @@ class AgentConfig:
     def validate(self) -> None:
         check_tls(self.ca, self.cert, self.key, self.insecure, extra="join" if self.join else "")
         if not valid_host_name(self.name):
-            raise ConfigError(f"name {self.name!r}: use letters, digits, '.', '_' and '-' (at most 63)")
+            raise ConfigError(f"name '{show_name(self.name)}': {HOST_NAME_RULE}")
         if not self.exports:
             raise ConfigError("no export configured: pass --export DIR (repeatable) or 'exports = [...]' in TOML")
         for addr in (self.controller, self.listen, self.data_listen):
@@ -105,8 +105,8 @@ class AgentConfig:
                 raise ConfigError(f"export {os.fsdecode(exp)!r} is not an existing directory; create it first")
         if self.log_format not in ("kv", "json"):
             raise ConfigError(f"log_format {self.log_format!r}: choose 'kv' or 'json'")
-        if self.site and not valid_host_name(self.site):
-            raise ConfigError(f"site {self.site!r}: use letters, digits, '.', '_' and '-' (at most 63)")
+        if self.site and not (len(self.site) <= 64 and valid_host_name(self.site)):
+            raise ConfigError(f"site {self.site!r}: use letters, digits, '.', '_' and '-' (at most 64)")
         if len(self.source_addresses) > MAX_SOURCE_ADDRESSES:
             raise ConfigError(f"source_addresses: at most {MAX_SOURCE_ADDRESSES}")
         for a in self.source_addresses:

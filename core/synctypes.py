@@ -36,6 +36,7 @@ class SyncCounters:
     renamed: int = 0
     reconciles: int = 0  # full scans (rule start, restart, overflow, error)
     errors: int = 0
+    skipped: int = 0  # entries left out of shipped sets (special files, unreadable...)
 
     def plus(self, other: SyncCounters) -> SyncCounters:
         return SyncCounters(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))

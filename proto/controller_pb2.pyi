@@ -56,7 +56,7 @@ class Heartbeat(_message.Message):
     def __init__(self, health: _Optional[_Union[_types_pb2.HostHealth, _Mapping]] = ..., syncs: _Optional[_Iterable[_Union[_sync_pb2.SyncStatus, _Mapping]]] = ...) -> None: ...
 
 class TransferReport(_message.Message):
-    __slots__ = ("job_id", "attempt", "role", "phase", "stats", "error", "retryable")
+    __slots__ = ("job_id", "attempt", "role", "phase", "stats", "error", "retryable", "skipped")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class TransferReport(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     attempt: int
     role: Role
@@ -71,7 +72,8 @@ class TransferReport(_message.Message):
     stats: _types_pb2.TransferStats
     error: str
     retryable: bool
-    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., phase: _Optional[_Union[Phase, str]] = ..., stats: _Optional[_Union[_types_pb2.TransferStats, _Mapping]] = ..., error: _Optional[str] = ..., retryable: _Optional[bool] = ...) -> None: ...
+    skipped: _containers.RepeatedCompositeFieldContainer[_types_pb2.SkippedEntry]
+    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., phase: _Optional[_Union[Phase, str]] = ..., stats: _Optional[_Union[_types_pb2.TransferStats, _Mapping]] = ..., error: _Optional[str] = ..., retryable: _Optional[bool] = ..., skipped: _Optional[_Iterable[_Union[_types_pb2.SkippedEntry, _Mapping]]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("register", "heartbeat", "report")
@@ -248,6 +250,12 @@ class ListAgentsResponse(_message.Message):
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     agents: _containers.RepeatedCompositeFieldContainer[AgentStatus]
     def __init__(self, agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ...) -> None: ...
+
+class AgentRef(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class AgentHealthRequest(_message.Message):
     __slots__ = ("names", "history")

@@ -18,7 +18,7 @@ SYNC_STATE_ACTIVE: SyncState
 SYNC_STATE_PAUSED: SyncState
 
 class SyncCounters(_message.Message):
-    __slots__ = ("sessions", "changes", "files", "bytes", "deleted", "renamed", "reconciles", "errors")
+    __slots__ = ("sessions", "changes", "files", "bytes", "deleted", "renamed", "reconciles", "errors", "skipped")
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class SyncCounters(_message.Message):
     RENAMED_FIELD_NUMBER: _ClassVar[int]
     RECONCILES_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     sessions: int
     changes: int
     files: int
@@ -35,7 +36,8 @@ class SyncCounters(_message.Message):
     renamed: int
     reconciles: int
     errors: int
-    def __init__(self, sessions: _Optional[int] = ..., changes: _Optional[int] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ..., deleted: _Optional[int] = ..., renamed: _Optional[int] = ..., reconciles: _Optional[int] = ..., errors: _Optional[int] = ...) -> None: ...
+    skipped: int
+    def __init__(self, sessions: _Optional[int] = ..., changes: _Optional[int] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ..., deleted: _Optional[int] = ..., renamed: _Optional[int] = ..., reconciles: _Optional[int] = ..., errors: _Optional[int] = ..., skipped: _Optional[int] = ...) -> None: ...
 
 class SyncStatus(_message.Message):
     __slots__ = ("rule_id", "epoch", "watching", "lag", "pending", "held", "reconciling", "counters", "last_error", "last_error_at", "last_shipped_at", "warning")

@@ -17,7 +17,8 @@ def counters_to_pb(c: st.SyncCounters) -> spb.SyncCounters:
 
 
 def counters_from_pb(m: spb.SyncCounters) -> st.SyncCounters:
-    return st.SyncCounters(m.sessions, m.changes, m.files, m.bytes, m.deleted, m.renamed, m.reconciles, m.errors)
+    return st.SyncCounters(m.sessions, m.changes, m.files, m.bytes, m.deleted, m.renamed, m.reconciles, m.errors,
+                           m.skipped)
 
 
 def status_to_pb(s: st.SyncStatus) -> spb.SyncStatus:

@@ -101,6 +101,9 @@ class Kind(enum.IntEnum):
 
 
 F_SPARSE = 1  # the file has holes: only its data segments travel
+# The source may not read this file, directory or symlink: nothing of it travels (no content, no entries below
+# a directory) and the receiver keeps whatever it has under that name, deleting nothing inside it.
+F_UNREADABLE = 2
 MAX_XATTRS = 64 << 10
 
 
@@ -240,7 +243,8 @@ def decode_entries(payload: bytes) -> list[Entry]:
             raise ProtocolError("ENTRIES frame truncated in an entry header")
         kind, mode, mtime_ns, size, plen, tlen, dlen, uid, gid, flags, xlen = _ENTRY.unpack_from(mv, off)
         off += _ENTRY.size
-        if tlen > MAX_TARGET or dlen > MAX_DIGEST or xlen > MAX_XATTRS:
+        # A hard link's target is a path of this manifest (up to a u16, like the path); a symlink's is PATH_MAX.
+        if (tlen > MAX_TARGET and kind != Kind.HARDLINK) or dlen > MAX_DIGEST or xlen > MAX_XATTRS:
             raise ProtocolError("ENTRIES entry with an oversized symlink target, digest or xattrs")
         end = off + plen + tlen + dlen + xlen
         if end > len(mv):
@@ -256,11 +260,11 @@ def decode_entries(payload: bytes) -> list[Entry]:
             raise ProtocolError(f"ENTRIES entry of unknown kind {kind}") from err
         if mtime_ns < -(1 << 62) or size > (1 << 60):
             raise ProtocolError("ENTRIES entry with an out-of-range mtime or size")
-        if k is not Kind.FILE and (size or flags):
+        if k is not Kind.FILE and (size or flags & ~F_UNREADABLE):
             raise ProtocolError("ENTRIES non-file entry with a size or flags")
         if k not in (Kind.SYMLINK, Kind.HARDLINK) and target:
             raise ProtocolError("ENTRIES entry with a target that is neither a symlink nor a hard link")
-        if flags & ~F_SPARSE:
+        if flags & ~(F_SPARSE | F_UNREADABLE) or (k is Kind.HARDLINK and flags):
             raise ProtocolError(f"ENTRIES entry with unknown flags {flags:#x}")
         out.append(Entry(k, path, mode, mtime_ns, size, target, digest, uid, gid, flags, xattrs))
     if off != len(mv):

@@ -27,7 +27,7 @@ from zcrepl.agent.transfer.changes import ChangePlan, restricted_manifest
 from zcrepl.agent.transfer.frame import Channel, Entry, Hello, Kind, Stream
 from zcrepl.agent.transfer.peer import KTLS, NONE, TLS
 from zcrepl.agent.transfer.saferoot import SafeRoot
-from zcrepl.agent.transfer.scan import Scanner, log_skip
+from zcrepl.agent.transfer.scan import Scanner, Skips
 from zcrepl.agent.transfer.send_worker import BASIS, END, SPARSE, DataWorker
 from zcrepl.agent.transfer.sendio import Pacer, SendSpec, connect
 from zcrepl.core.errors import Cancelled, ProtocolError, TransferError, Unavailable
@@ -76,7 +76,8 @@ class Sender:
         self._reader_gone = threading.Event()
         self._last_progress = 0.0
         # Written by one thread each (scan: writer; totals: reader); snapshot() composes them.
-        self.c_entries = self.c_skipped_special = 0
+        self.c_entries = 0
+        self.skips = Skips(spec.job_id)  # what the scan left out (counted, the first ones named)
         self.c_files_total = self.c_bytes_total = 0
         self.c_scan_done = False
         self.final: TransferStats | None = None
@@ -155,7 +156,7 @@ class Sender:
         """The CHANGES rounds of a watch session; returns the restricted manifest to stream."""
         assert self.plan is not None
         scanner = Scanner(self.root, checksum=self.spec.options.checksum, xattrs=self.spec.options.xattrs,
-                          on_skip=self._skipped, hardlinks=False)
+                          on_skip=self.skips, hardlinks=False)
         missed = self._round(ctl, self.plan.ops(), {b for _, b in self.plan.renames})
         self.renamed_missed = len(missed)
         entries, gone = restricted_manifest(scanner, self.plan.upserts | missed, missed)
@@ -188,7 +189,7 @@ class Sender:
             source: Iterable[Entry] = self._restricted
         else:
             source = Scanner(self.root, checksum=self.spec.options.checksum, xattrs=self.spec.options.xattrs,
-                             on_skip=self._skipped).entries()
+                             on_skip=self.skips).entries()
         batch: list[Entry] = []
         index = 0
         for entry in source:
@@ -307,8 +308,8 @@ class Sender:
         return TransferStats(
             entries=self.c_entries, files_total=self.c_files_total, bytes_total=self.c_bytes_total,
             files_done=sum(w.files_done for w in self.workers), bytes_done=sum(w.bytes_done for w in self.workers),
-            errors=sum(w.errors for w in self.workers), skipped_special=self.c_skipped_special,
-            scan_done=self.c_scan_done, transport=self.transport,
+            errors=sum(w.errors for w in self.workers), skipped_special=self.skips.special,
+            scan_done=self.c_scan_done, entries_skipped=self.skips.total, transport=self.transport,
         )
 
     def _merge_result(self, ctl: Channel) -> TransferStats:
@@ -327,10 +328,6 @@ class Sender:
             first = r.get("first_error") or "a source file changed or vanished while it was sent"
             raise TransferError(f"{errors} entries failed; first: {first}")
         return self.final
-
-    def _skipped(self, path: bytes, reason: str) -> None:
-        log_skip(self.spec.job_id)(path, reason)
-        self.c_skipped_special += 1
 
     def record_failure(self, err: BaseException) -> None:
         with self._lock:
