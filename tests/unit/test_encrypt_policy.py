@@ -71,3 +71,23 @@ def test_grpc_peer_strings() -> None:
     assert peer_host("ipv6:[::1]:5000") == "::1"
     assert peer_host("ipv6:%5B::ffff:10.0.0.5%5D:5000") == "10.0.0.5"
     assert peer_host("unix:/tmp/sock") == ""
+
+
+def test_the_edge_checks_what_agents_say_about_the_data_plane() -> None:
+    from zcrepl.controller import validate
+    from zcrepl.core.errors import InvalidArgument
+    from zcrepl.core.types import Phase, Role, TransferReport, TransferStats
+
+    ok = AgentInfo("a1", data_address="10.0.0.1:7422", site="dc-1", source_addresses=("10.1.0.1", "fd00::2"))
+    assert validate.agent_info(ok) is ok
+    for bad, why in ((AgentInfo("a1", data_address="10.0.0.1:7422", site="dc 1\n"), "a1's site"),
+                     (AgentInfo("a1", data_address="10.0.0.1:7422", source_addresses=("gw.example",)),
+                      "a1's source address 'gw.example' is refused: list IP addresses"),
+                     (AgentInfo("a1", data_address="10.0.0.1:7422", source_addresses=("10.0.0.9",) * 17),
+                      "at most 16")):
+        with pytest.raises(InvalidArgument, match=why):
+            validate.agent_info(bad)
+    lying = TransferReport(1, 1, Role.SENDER, Phase.DONE, TransferStats(transport="tls\nforged" * 1000))
+    assert validate.report(lying).stats.transport == "?"
+    honest = TransferReport(1, 1, Role.SENDER, Phase.DONE, TransferStats(transport="ktls"))
+    assert validate.report(honest) is honest
