@@ -27,14 +27,6 @@ from zcrepl.core.types import Endpoint, JobOptions
 ELSEWHERE = "127.0.0.2"  # another address of this host: a stranger holding a stolen ticket
 
 
-@pytest.fixture
-def evil(cluster: Cluster) -> Iterator[FakeAgent]:
-    agent = FakeAgent(cluster.controller_addr, "evil", pki=cluster.pki)
-    cluster.wait_online("evil")
-    yield agent
-    agent.close()
-
-
 class Conn:
     """One data connection: HELLO with a ticket, from a chosen local address, optionally over TLS."""
 
