@@ -22,6 +22,7 @@ from zcrepl.agent.transfer.frame import Channel, Hello
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.local import LocalCopy, log_local
 from zcrepl.agent.transfer.partial import PartialArea
+from zcrepl.agent.transfer.peer import Binding, resolve
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
@@ -46,6 +47,12 @@ log = logging.getLogger(__name__)
 
 ReportFn = Callable[[TransferReport], None]
 TICKET_TTL = 120.0
+
+
+def no_tls(host: str, role: str) -> str:
+    """The sentence for an encrypted order reaching an agent that runs --insecure."""
+    return (f"{host} has no TLS certificate (it runs --insecure), so it cannot {role} an encrypted transfer; "
+            f"give it one (zc-agent --join TOKEN, or --ca/--cert/--key) or run the job without --encrypt")
 
 
 @dataclass
@@ -106,17 +113,20 @@ class Transfers:
     def receive(self, order: ReceiveOrder) -> None:
         label = f"{self.host}:{show(order.path)}"
         try:
+            if order.options.encrypt and self.data.tls is None and order.source_host != self.host:
+                raise ConfigError(no_tls(self.host, "receive"))  # (a same-host copy never touches the network)
             root, rel = self.exports.resolve(order.path)
             check_destination(root, rel, label)
         except ZcError as err:
             self._fail(order.job_id, order.attempt, Role.RECEIVER, str(err), retryable=False)
             return
+        bind = Binding(order.source_host, resolve(order.source_addresses), order.options.encrypt)
         key = (order.job_id, order.attempt, Role.RECEIVER)
         with self._lock:
             self._active[key] = _Active(Role.RECEIVER)
 
         def serve(ch: Channel, hello: Hello) -> None:
-            self._serve_receive(order, root, rel, label, ch, hello)
+            self._serve_receive(order, root, rel, label, ch, hello, bind)
 
         def expired() -> None:
             self._forget(key)
@@ -125,13 +135,17 @@ class Transfers:
                        f"{self.data.address[0]}:{self.data.address[1]} within {TICKET_TTL:.0f}s", retryable=True)
 
         self.tickets.register(order.ticket, Grant(order.job_id, order.attempt,
-                                                  time.monotonic() + TICKET_TTL, serve, expired))
-        log.info("receive ready", extra=kv(job=order.job_id, attempt=order.attempt, path=order.path))
+                                                  time.monotonic() + TICKET_TTL, serve, expired, bind=bind))
+        log.info("receive ready", extra=kv(job=order.job_id, attempt=order.attempt, path=order.path,
+                                           source=order.source_host, encrypt=order.options.encrypt,
+                                           source_addresses=",".join(sorted(bind.addresses))))
         self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.READY))
 
     def send(self, order: SendOrder) -> None:
         label = f"{self.host}:{show(order.path)}"
         try:
+            if order.options.encrypt and self.data.tls is None and order.dest_host != self.host:
+                raise ConfigError(no_tls(self.host, "send"))
             root, rel = self.exports.resolve(order.path)
             src = open_source(root, rel, label)
             address = split_address(order.dest_data_address)
@@ -152,6 +166,7 @@ class Transfers:
             options=order.options, cancel=active.cancel, io_timeout=self.io_timeout,
             on_progress=lambda s: self.report(
                 TransferReport(order.job_id, order.attempt, Role.SENDER, Phase.PROGRESS, s)),
+            encrypt=order.options.encrypt, dest=order.dest_host, contexts=self.data.tls,
         )
         active.thread = threading.Thread(
             target=self._run_sender, args=(spec, src, key, label, order), name=f"zc-send-{order.job_id}",
@@ -231,7 +246,7 @@ class Transfers:
         self._forget(key)
         log.info("send done", extra=kv(job=spec.job_id, attempt=spec.attempt, files=stats.files_done,
                                        bytes=stats.bytes_done, left_out=stats.entries_skipped,
-                                       seconds=round(time.monotonic() - t0, 3)))
+                                       transport=stats.transport, seconds=round(time.monotonic() - t0, 3)))
         self.report(TransferReport(spec.job_id, spec.attempt, Role.SENDER, Phase.DONE, stats,
                                    skipped=tuple(sender.skips.listed)))
 
@@ -275,10 +290,10 @@ class Transfers:
         self.report(TransferReport(order.job_id, order.attempt, Role.SENDER, Phase.DONE, stats, skipped=skipped))
 
     def _serve_receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,
-                       ch: Channel, hello: Hello) -> None:
+                       ch: Channel, hello: Hello, bind: Binding) -> None:
         key = (order.job_id, order.attempt, Role.RECEIVER)
         spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label,
-                           policy=self.exports.policy(root), limits=self.limits)
+                           policy=self.exports.policy(root), limits=self.limits, bind=bind)
         session = ReceiveSession(spec, self.tickets)
         with self._lock:
             active = self._active.get(key)
@@ -319,6 +334,7 @@ class Transfers:
             return
         log.info("receive done", extra=kv(job=order.job_id, attempt=order.attempt, files=stats.files_done,
                                           bytes=stats.bytes_done, skipped=stats.files_skipped,
+                                          transport=stats.transport, source=ch.peer.address if ch.peer else "",
                                           deleted=stats.deleted, seconds=round(time.monotonic() - t0, 3)))
         self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE, stats))
 

@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--delete", action="store_true", help="remove what the source lacks from the destination")
     r.add_argument("--checksum", action="store_true", help="compare files by content hash, not size+mtime")
     r.add_argument("--xattrs", action="store_true", help="replicate extended attributes too (like rsync -X)")
+    r.add_argument("--encrypt", action="store_true",
+                   help="TLS 1.3 on the data connections, with the agents' certificates (mutual); the "
+                        "controller's encrypt policy may also encrypt jobs without it")
     r.add_argument("--bwlimit", type=parse_rate, default=0, metavar="RATE",
                    help="cap the transfer at RATE bytes/s (suffix K, M, G)")
     r.add_argument("--max-attempts", type=whole(0, MAX_ATTEMPTS, "a number of attempts"), default=0, metavar="N",
@@ -325,9 +328,12 @@ def _show_job(job: Job, as_json: bool, out: Console) -> None:
         _print_json(out, render.job_doc(job))
         return
     out.print(render.jobs_table([job]))
+    asked = " (asked with --encrypt)" if job.options.encrypt else ""
+    out.print(f"  data plane: {render.transport_text(render.job_transport(job))}{asked}", markup=False)
     for a in job.history:
         status = a.error or ("running" if not a.ended_at else "ok")
-        out.print(f"  attempt {a.number}: {render.progress_text(a.stats)}; {status}", markup=False)
+        over = f"; {render.transport_text(a.stats.transport)}" if a.stats.transport else ""
+        out.print(f"  attempt {a.number}: {render.progress_text(a.stats)}{over}; {status}", markup=False)
     for line in render.skipped_lines(job):
         out.print(line, markup=False)
 
@@ -394,7 +400,7 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Console,
     options = JobOptions(delete=args.delete, checksum=args.checksum, bwlimit=args.bwlimit,
                          max_attempts=args.max_attempts, streams=args.streams,
                          durability=Durability(durability), xattrs=args.xattrs,
-                         priority=Priority[args.priority.upper()])
+                         priority=Priority[args.priority.upper()], encrypt=args.encrypt)
     if args.watch:
         return _create_sync(args, client, options, out, err)
     jobs = client.submit_fanout(src, dsts, options) if len(dsts) > 1 else [client.submit(src, dsts[0], options)]

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 from zcrepl.controller import lifecycle
+from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.links import LinkTracker
 from zcrepl.controller.pacing import THROTTLE_EVERY, Pacing
 from zcrepl.controller.policy import (
@@ -72,6 +73,7 @@ class Engine(Pacing):
                              link_streams=parse_link_limits(config.link_limits))
         self.retry = lifecycle.RetryPolicy(config.max_attempts, config.retry_base, config.retry_max)
         self.registry = Registry(config.offline_after)
+        self.dataplane = DataPlane(config, self.registry)
         now = clock()
         for name, (info, last_seen) in store.agents().items():
             self.registry.load(name, info, last_seen)
@@ -84,19 +86,20 @@ class Engine(Pacing):
         self._wake: asyncio.Event | None = None
         self.stopping = False
         self._last_decision: dict[int, DecisionRecord] = {}
-        self.syncs = SyncManager(SyncStore(store.db), self.registry, thresholds, self._health, _unknown_host)
+        self.syncs = SyncManager(SyncStore(store.db), self.registry, thresholds, self._health, _unknown_host,
+                                 dataplane=self.dataplane)
         self.links = LinkTracker(window=THROTTLE_EVERY)
         self._ranking: dict[int, dict[Endpoint, str]] = {}  # this tick's fan-out source rankings, per job
 
     # -- agents -------------------------------------------------------------------------------------
-    def connect(self, info: AgentInfo, active: list[tuple[int, int]], serial: int = 0) -> Session:
+    def connect(self, info: AgentInfo, active: list[tuple[int, int]], serial: int = 0, peer_host: str = "") -> Session:
         """A new stream for ``info.name``. A name whose current session is alive is refused (Conflict): a
         newcomer never unseats a live agent; one whose session went silent replaces it."""
         now = self.clock()
         if self.registry.online(info.name, now):
             raise Conflict(f"{info.name} is already connected and heartbeating; a second session for it is refused "
                            f"(if the agent restarted, it is accepted within {self.config.offline_after:g}s)")
-        session = Session(info, now, now, serial=serial)
+        session = Session(info, now, now, serial=serial, peer_host=peer_host)
         old = self.registry.attach(session)
         if old is not None:
             log.warning("agent registered again; closing its previous, silent stream", extra=kv(agent=info.name))
@@ -398,6 +401,8 @@ class Engine(Pacing):
         self.store.save_job(job)
         self.store.start_attempt(job.id, job.attempts, now, source.host.encode() + b":" + source.path)
         run = Run(job.id, job.attempts, secrets.token_bytes(32), now + self.config.ready_timeout, source)
+        crypt = self.dataplane.encrypt(source.host, job.destination.host, job.options.encrypt)
+        run.encrypt = crypt.encrypt
         self.runs[job.id] = run
         log.info("attempt started", extra=kv(job=job.id, attempt=run.attempt))
         via = "" if source == job.source else f" from the finished replica {source.host}:{show(source.path)}"
@@ -405,9 +410,10 @@ class Engine(Pacing):
         why = f"; copies ranked by link throughput, load and failures: {ranked}" if ranked else ""
         self._decide(job.id, DecisionKind.START if not via else DecisionKind.SWITCH_SOURCE,
                      f"attempt {run.attempt} started{via}: {source.host} and {job.destination.host} are online "
-                     f"and under their load thresholds{why}", attempt=run.attempt, source=source.host)
-        dst.outbox.put_nowait(ReceiveOrder(job.id, run.attempt, run.ticket, job.destination.path, job.options,
-                                           source.host))
+                     f"and under their load thresholds{why}; {crypt.why}", attempt=run.attempt, source=source.host)
+        dst.outbox.put_nowait(ReceiveOrder(job.id, run.attempt, run.ticket, job.destination.path,
+                                           replace(job.options, encrypt=run.encrypt), source.host,
+                                           self.dataplane.source_addresses(source.host)))
         self._notify(job.id)
 
     def _on_ready(self, job: Job, run: Run) -> None:
@@ -422,7 +428,7 @@ class Engine(Pacing):
         caps = stream_caps(self.policy, self._stream_usage(but=job.id), *link, self.links.target(link))
         streams, why = choose_streams(self._health(run.source.host), self._health(job.destination.host),
                                       job.options.streams, caps)
-        options = replace(job.options, streams=streams)
+        options = replace(job.options, streams=streams, encrypt=run.encrypt)
         log.info("streams chosen", extra=kv(job=job.id, streams=streams, why=why))
         self._decide(job.id, DecisionKind.START, f"sending with {streams} streams: {why}", streams=streams)
         src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, run.source.path, options,

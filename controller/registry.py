@@ -93,6 +93,7 @@ class Session:
     outbox: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     open: bool = True
     serial: int = 0  # of the agent's certificate (0 on an insecure controller): revocation closes the session
+    peer_host: str = ""  # the IP its stream comes from: its data connections may come from there too
 
     def close(self) -> None:
         if self.open:

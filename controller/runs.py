@@ -35,6 +35,7 @@ class Run:
     paused: bool = False
     rate_at: float = 0.0  # when the throttle last sampled this run...
     rate_bytes: int = 0  # ...and the bytes done then
+    encrypt: bool = False  # TLS on its data connections (decided when it starts, for both orders)
     skipped: list[Skipped] = field(default_factory=list)  # entries either side left out (the first ones)
     skip_totals: dict[Role, int] = field(default_factory=dict)  # entries each side left out, all of them
 

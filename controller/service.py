@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 
 from zcrepl.controller import validate
+from zcrepl.controller.dataplane import peer_host
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import Session
 from zcrepl.controller.wirecache import WireCache
@@ -44,7 +45,8 @@ def order_to_pb(order: object) -> cpb.ControllerMessage:
     if isinstance(order, ReceiveOrder):
         return cpb.ControllerMessage(receive=cpb.ReceiveOrder(
             job_id=order.job_id, attempt=order.attempt, ticket=order.ticket, path=order.path,
-            options=options_to_pb(order.options), source_host=order.source_host))
+            options=options_to_pb(order.options), source_host=order.source_host,
+            source_addresses=list(order.source_addresses)))
     if isinstance(order, SendOrder):
         return cpb.ControllerMessage(send=cpb.SendOrder(
             job_id=order.job_id, attempt=order.attempt, ticket=order.ticket, path=order.path,
@@ -110,7 +112,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
             return
         try:
             session = self.engine.connect(info, [(r.job_id, r.attempt) for r in first.register.active],
-                                          serial=ident.serial if ident else 0)
+                                          serial=ident.serial if ident else 0, peer_host=peer_host(context.peer()))
         except Conflict as err:
             log.warning("registration refused", extra=kv(agent=info.name, reason=err))
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))

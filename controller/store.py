@@ -250,6 +250,7 @@ class Store:
         for name, doc, last_seen in self.db.execute("SELECT name, info, last_seen FROM agents").fetchall():
             d = json.loads(doc)
             d["exports"] = tuple(os.fsencode(e) for e in d.get("exports", ()))
+            d["source_addresses"] = tuple(d.get("source_addresses", ()))
             out[name] = (AgentInfo(**d), last_seen)
         return out
 

@@ -49,6 +49,8 @@ MAX_LABEL = 64  # characters of a device or interface name, a version
 MAX_HOSTNAME = 253
 MAX_REASON = 500  # characters of a skipped entry's reason
 MAX_SKIPPED_PATH = 4096  # bytes of a skipped entry's path kept by the controller
+MAX_SOURCE_ADDRESSES = 16  # further addresses an agent's data connections may come from
+TRANSPORTS = frozenset({"", "none", "tls", "ktls"})
 
 # Health: what a real host can report, with room to spare. Integers stay below 2**53 (exact as doubles).
 MAX_BYTES = 1 << 52  # 4 PiB of memory or RSS
@@ -156,6 +158,18 @@ def agent_info(info: AgentInfo) -> AgentInfo:
         if len(text) > limit or not text.isprintable():
             raise InvalidArgument(f"{name}'s {label} '{show_name(text)}' is refused: at most {limit} printable "
                                   "characters")
+    if info.site and not (len(info.site) <= MAX_LABEL and valid_host_name(info.site)):
+        raise InvalidArgument(f"{name}'s site '{show_name(info.site[:MAX_LABEL])}' is refused: a site label is 1 to "
+                              f"{MAX_LABEL} characters from A-Z, a-z, 0-9, '.', '_' and '-'")
+    if len(info.source_addresses) > MAX_SOURCE_ADDRESSES:
+        raise InvalidArgument(f"{name} lists {len(info.source_addresses)} source addresses; at most "
+                              f"{MAX_SOURCE_ADDRESSES} are accepted")
+    for a in info.source_addresses:
+        try:
+            ipaddress.ip_address(a)
+        except ValueError:
+            raise InvalidArgument(f"{name}'s source address '{show_name(a[:MAX_LABEL])}' is refused: list IP "
+                                  "addresses") from None
     return info
 
 
@@ -229,6 +243,8 @@ def report(r: TransferReport) -> TransferReport:
         skipped = tuple(Skipped(x.path[:MAX_SKIPPED_PATH], _text(x.reason, MAX_REASON))
                         for x in skipped[:SKIPPED_LISTED])
     error = _text(r.error, MAX_TEXT)
+    if r.stats.transport not in TRANSPORTS:  # how the bytes travelled: one of a few words, never free text
+        r = replace(r, stats=replace(r.stats, transport="?"))
     if skipped is r.skipped and error == r.error:
         return r
     return replace(r, error=error, skipped=skipped)

@@ -54,6 +54,9 @@ class JobOptions:
     durability: Durability = Durability.JOB
     xattrs: bool = False  # replicate extended attributes too
     priority: Priority = Priority.NORMAL
+    # TLS 1.3 on the data connections. On a submission: the operator asked for it (--encrypt); in an order:
+    # the controller's decision (the job's request or its encrypt policy for the link).
+    encrypt: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class TransferStats:
     scan_done: bool = False
     # Entries not replicated for any reason; a job that ends with some is "done with N skipped".
     entries_skipped: int = 0
+    transport: str = ""  # how the bytes travelled: "none" (plaintext), "tls" or "ktls"; "" = not known yet
 
 
 SKIPPED_LISTED = 100
@@ -156,6 +160,9 @@ class AgentInfo:
     version: str = ""
     pid: int = 0
     hostname: str = ""
+    site: str = ""  # the agent's site label (its config); the controller's cross-site encrypt policy reads it
+    # Further addresses this agent's data connections may come from (multi-homed hosts; IP literals).
+    source_addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -243,6 +250,9 @@ class ReceiveOrder:
     path: bytes
     options: JobOptions
     source_host: str
+    # Where the source agent may connect from (its controller stream's address, its advertised hosts, its
+    # source_addresses); empty = unbound (an older controller).
+    source_addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

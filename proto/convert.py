@@ -60,7 +60,7 @@ _PRIORITY_FROM = {v: k for k, v in _PRIORITY.items()}
 def options_to_pb(o: t.JobOptions) -> pb.JobOptions:
     return pb.JobOptions(delete=o.delete, checksum=o.checksum, bwlimit=o.bwlimit, max_attempts=o.max_attempts,
                          streams=o.streams, durability=_DURABILITY[o.durability], xattrs=o.xattrs,
-                         priority=_PRIORITY[o.priority])
+                         priority=_PRIORITY[o.priority], encrypt=o.encrypt)
 
 
 def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
@@ -68,7 +68,7 @@ def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
                         streams=m.streams, durability=_DURABILITY_FROM.get(m.durability, t.Durability.JOB),
                         xattrs=m.xattrs,
                         # Unspecified (an older client) and values from a newer one read as normal.
-                        priority=_PRIORITY_FROM.get(m.priority, t.Priority.NORMAL))
+                        priority=_PRIORITY_FROM.get(m.priority, t.Priority.NORMAL), encrypt=m.encrypt)
 
 
 def options_from_request(m: pb.JobOptions) -> t.JobOptions:
@@ -136,13 +136,14 @@ def health_from_pb(m: pb.HostHealth) -> t.HostHealth:
 
 def agent_info_to_pb(a: t.AgentInfo) -> pb.AgentInfo:
     return pb.AgentInfo(name=a.name, grpc_address=a.grpc_address, data_address=a.data_address,
-                        exports=list(a.exports), version=a.version, pid=a.pid, hostname=a.hostname)
+                        exports=list(a.exports), version=a.version, pid=a.pid, hostname=a.hostname, site=a.site,
+                        source_addresses=list(a.source_addresses))
 
 
 def agent_info_from_pb(m: pb.AgentInfo) -> t.AgentInfo:
     return t.AgentInfo(name=m.name, grpc_address=m.grpc_address, data_address=m.data_address,
                        exports=tuple(bytes(e) for e in m.exports), version=m.version, pid=m.pid,
-                       hostname=m.hostname)
+                       hostname=m.hostname, site=m.site, source_addresses=tuple(m.source_addresses))
 
 
 def job_to_pb(j: t.Job) -> pb.Job:

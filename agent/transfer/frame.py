@@ -21,7 +21,8 @@ A watch session (continuous replication) first sends rounds of CHANGES (renames,
 the control connection, each answered by MISSED ... CHANGES_ACK, before its ENTRIES; its manifest then lists
 only changed paths (see ``zcrepl.agent.transfer.changes``). FILE frames are accepted on the control
 connection too. ABORT(reason) may come from either side at
-any time; the connection is then closed. Data tickets are minted by the receiver for this session
+any time; the connection is then closed. An encrypted transfer runs each connection as a TLS 1.3 session first
+(``tls.py``); the frames inside are the same. Data tickets are minted by the receiver for this session
 only and are single-use, like the controller's ticket. Every length and count from the wire is
 bounded before use (rsync CVE-2024-12084 and friends).
 """
@@ -31,12 +32,14 @@ from __future__ import annotations
 import enum
 import json
 import select
-import socket
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from zcrepl.core.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from zcrepl.agent.transfer.peer import Peer
 
 MAGIC = b"ZCDP"
 VERSION = 2
@@ -415,6 +418,18 @@ def wait_ready(sockfd: int, events: int, timeout: float | None, what: str) -> No
         raise TimeoutError(f"{what} for {timeout:.0f}s")
 
 
+class Stream(Protocol):
+    """What a Channel reads and writes: a plain socket, or ``tls.TlsStream`` on an encrypted connection."""
+
+    def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0, /) -> None: ...
+    def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0, /) -> int: ...
+    def fileno(self) -> int: ...
+    def settimeout(self, timeout: float | None, /) -> None: ...
+    def gettimeout(self) -> float | None: ...
+    def shutdown(self, how: int, /) -> None: ...
+    def close(self) -> None: ...
+
+
 class Channel:
     """Blocking frame I/O over one socket, counting bytes both ways.
 
@@ -423,8 +438,9 @@ class Channel:
     buffered are read straight from the socket by the caller (``take_buffered`` first).
     """
 
-    def __init__(self, sock: socket.socket, bufsize: int = 256 << 10) -> None:
+    def __init__(self, sock: Stream, bufsize: int = 256 << 10) -> None:
         self.sock = sock
+        self.peer: Peer | None = None  # set by the data server: who connected, how (see transfer/peer.py)
         self.sent = 0
         self.received = 0
         self._buf = bytearray(bufsize)

@@ -4,7 +4,8 @@ The control connection carries the manifest (batches go out while the scan runs,
 move before the scan ends) and brings back NEEDs; a reader thread turns NEEDs into work items. N data
 connections, one ``DataWorker`` thread each, send file ranges: small files whole, large files split
 into ranges across connections. File bytes go from the page cache to the socket with ``os.sendfile``
-and never enter Python; per-file headers and trailers are coalesced and sent with MSG_MORE.
+and never enter Python; per-file headers and trailers are coalesced and sent with MSG_MORE. An encrypted
+attempt (``SendSpec.encrypt``) runs every connection over TLS 1.3 and sends file bytes as ``tls.py`` says.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.changes import ChangePlan, restricted_manifest
-from zcrepl.agent.transfer.frame import Channel, Entry, Hello, Kind
+from zcrepl.agent.transfer.frame import Channel, Entry, Hello, Kind, Stream
+from zcrepl.agent.transfer.peer import KTLS, NONE, TLS
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.scan import Scanner, Skips
 from zcrepl.agent.transfer.send_worker import BASIS, END, SPARSE, DataWorker
@@ -66,7 +68,9 @@ class Sender:
         self.bases: dict[int, fr.Basis] = {}
         self.hinted: dict[int, tuple[int, threading.Event]] = {}  # index -> (block, receiver hashes arrived)
         self.reused = 0  # bytes the receiver took from its basis instead of the wire
-        self._socks: list[socket.socket] = []
+        self._socks: list[Stream] = []
+        self.transport = NONE
+        self.controlled = False  # the receiver accepted the control connection (something may have started)
         self._closed = False
         self._reader_gone = threading.Event()
         self._last_progress = 0.0
@@ -89,6 +93,7 @@ class Sender:
             sock, ctl, accept = connect(spec, Hello(spec.job_id, spec.attempt, spec.ticket, fr.ROLE_CONTROL,
                                                     streams))
             self._socks.append(sock)
+            self.controlled = True
             cancel_watch.start()
             for i, ticket in enumerate(fr.decode_accept(accept)):
                 dsock, dch, _ = connect(spec, Hello(spec.job_id, spec.attempt, ticket, fr.ROLE_DATA, 0))
@@ -96,6 +101,8 @@ class Sender:
                 self.workers.append(DataWorker(self, dsock, dch, i))
             if not self.workers:
                 raise ProtocolError("the destination granted no data connection")
+            if spec.encrypt:
+                self.transport = KTLS if all(w.tls is not None and w.tls.ktls for w in self.workers) else TLS
             if self.plan is not None:
                 self._restricted = self._changes(ctl)
             reader = threading.Thread(target=self._read_loop, args=(ctl,), daemon=True, name="zc-send-reader")
@@ -301,7 +308,7 @@ class Sender:
             entries=self.c_entries, files_total=self.c_files_total, bytes_total=self.c_bytes_total,
             files_done=sum(w.files_done for w in self.workers), bytes_done=sum(w.bytes_done for w in self.workers),
             errors=sum(w.errors for w in self.workers), skipped_special=self.skips.special,
-            scan_done=self.c_scan_done, entries_skipped=self.skips.total,
+            scan_done=self.c_scan_done, entries_skipped=self.skips.total, transport=self.transport,
         )
 
     def _merge_result(self, ctl: Channel) -> TransferStats:

@@ -14,11 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from zchelpers import Cluster, Daemon, diff_trees, snapshot, wait_for, write_file
+from zchelpers import Cluster, Daemon, diff_trees, remove_deep, snapshot, wait_for, write_file
 
 # Run a zc-agent as root without the capabilities that let root read anything: permissions then bind it
 # like any user, so unreadable entries exist for it.
 NO_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.fixture(autouse=True)
+def _remove_deep_trees(tmp_path: Path) -> Iterator[None]:
+    """The trees here are deeper than pytest's own clean-up can remove (it recurses once per level)."""
+    yield
+    for side in ("a", "b"):
+        remove_deep(tmp_path / side)
 
 
 def walk(root: Path) -> dict[bytes, tuple[Any, ...]]:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from zchelpers import remove_deep
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.apply import TreeWriter
@@ -40,8 +41,11 @@ def chain(top: Path, names: list[bytes]) -> None:
 @pytest.fixture
 def root(tmp_path: Path) -> Iterator[SafeRoot]:
     (tmp_path / "src").mkdir()
-    with SafeRoot(os.fsencode(tmp_path / "src")) as r:
-        yield r
+    try:
+        with SafeRoot(os.fsencode(tmp_path / "src")) as r:
+            yield r
+    finally:
+        remove_deep(tmp_path / "src")
 
 
 @pytest.fixture
