@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Any
-
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from zcrepl.core.paths import show
 from zcrepl.core.types import AgentStatus, HostHealth, Job, TransferStats
+
+if TYPE_CHECKING:  # each table function imports it: JSON output and plain lines never load rich
+    from rich.table import Table
 
 
 def human_bytes(n: float) -> str:
@@ -80,6 +81,8 @@ def job_doc(j: Job) -> dict[str, Any]:
 
 # -- tables -----------------------------------------------------------------------------------------
 def agents_table(agents: list[AgentStatus]) -> Table:
+    from rich.table import Table
+
     t = Table(title="agents", title_justify="left")
     for col in ("NAME", "STATE", "DATA", "EXPORTS", "CPU", "LOAD/CORE", "MEM AVAIL", "JOBS", "SEEN"):
         t.add_column(col, no_wrap=col != "EXPORTS")
@@ -98,6 +101,8 @@ def agents_table(agents: list[AgentStatus]) -> Table:
 
 def hosts_table(agents: list[AgentStatus]) -> Table:
     """One row per host: the figures the scheduler looks at."""
+    from rich.table import Table
+
     t = Table(title=f"health at {time.strftime('%H:%M:%S')}", title_justify="left")
     for col in ("HOST", "STATE", "CPU", "LOAD/CORE", "MEM AVAIL", "DISK R/W", "BUSIEST DISK", "NET RX/TX",
                 "TRANSFERS", "WATCHES FREE", "SEEN"):
@@ -122,6 +127,8 @@ def hosts_table(agents: list[AgentStatus]) -> Table:
 
 
 def health_table(s: AgentStatus) -> Table:
+    from rich.table import Table
+
     h = s.health
     t = Table(title=f"{s.info.name} ({'online' if s.online else 'offline'}, seen {ago(s.last_seen)})",
               title_justify="left", show_header=False)
@@ -162,6 +169,8 @@ def progress_text(p: TransferStats) -> str:
 
 
 def jobs_table(jobs: list[Job]) -> Table:
+    from rich.table import Table
+
     t = Table(title="jobs", title_justify="left")
     for col in ("ID", "STATE", "PRIO", "SOURCE", "DESTINATION", "PROGRESS", "TRIES", "INFO", "CREATED"):
         if col == "INFO":  # the full error is in 'zc-ctl job ID'
