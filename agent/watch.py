@@ -64,13 +64,12 @@ from watchdog.events import (
     EVENT_TYPE_CREATED,
     EVENT_TYPE_DELETED,
     EVENT_TYPE_MODIFIED,
-    FileSystemEvent,
-    FileSystemMovedEvent,
+    EVENT_TYPE_MOVED,
 )
 
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.watch_coalesce import REPLAY_MARGIN, ChangeSet, Coalescer, is_ignored
-from zcrepl.agent.watch_inotify import EVENT_FILTER, JOIN_TIMEOUT, WatchFD, WatchHandler, WatchObserver
+from zcrepl.agent.watch_inotify import EVENT_FILTER, JOIN_TIMEOUT, NO_HANDLER, Raw, WatchFD, WatchObserver
 from zcrepl.agent.watch_poll import Polled, Poller, Sig, list_signatures
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import kv
@@ -130,11 +129,12 @@ class TreeWatcher:
         self._on_changes = on_changes
         self._on_warning = on_warning or _log_warning
         self._clock = clock
+        self._quiet = quiet
         self._echo_ttl = echo_ttl
         self._co = Coalescer(window=window, quiet=quiet, close_settles=close_settles, max_pending=max_pending,
                              replay_margin=replay_margin)
         self._cond = threading.Condition()  # guards _co, _inbox, _stopping
-        self._inbox: list[tuple[float, FileSystemEvent | Polled]] = []
+        self._inbox: list[tuple[float, list[Raw] | Polled]] = []  # batches from the emitter, and polled changes
         self._stopping = False
         self._started = False
         self._echo_lock = threading.Lock()
@@ -227,7 +227,9 @@ class TreeWatcher:
 
     def _start_observer(self) -> None:
         try:
-            fd = WatchFD(self._overflowed, self._limit_hit)
+            # merge: a quarter of quiet, so a file written non-stop is still held at least 3/4 of it after its
+            # last write; pace: a tenth of the window, which merges a burst anyway (see WatchFD).
+            fd = WatchFD(self._overflowed, self._limit_hit, merge=self._quiet / 4, pace=min(0.005, self._window / 10))
         except OSError as err:
             if err.errno != errno.EMFILE:
                 raise
@@ -235,9 +237,9 @@ class TreeWatcher:
                             "(e.g. sysctl -w fs.inotify.max_user_instances=1024)")
             return
         fd.start()
-        observer = WatchObserver(fd)
+        observer = WatchObserver(fd, self._on_batch)
         # A bytes path makes watchdog hand back bytes paths (typed str | Path, works with bytes).
-        observer.schedule(WatchHandler(self._on_event), self.root,  # type: ignore[arg-type]
+        observer.schedule(NO_HANDLER, self.root,  # type: ignore[arg-type]
                           recursive=True, event_filter=EVENT_FILTER)
         try:
             observer.start()
@@ -253,9 +255,15 @@ class TreeWatcher:
                          f"{self.poll_interval:g}s instead")
         self._poller.add(self.root, True, True)
 
-    def _on_event(self, event: FileSystemEvent | Polled) -> None:
+    def _on_event(self, event: Polled) -> None:
         with self._cond:
             self._inbox.append((self._clock(), event))
+            self._cond.notify()
+
+    def _on_batch(self, events: list[Raw]) -> None:
+        # One stamp, one lock and one wake-up for everything the emitter had ready.
+        with self._cond:
+            self._inbox.append((self._clock(), events))
             self._cond.notify()
 
     def _overflowed(self) -> None:
@@ -295,7 +303,10 @@ class TreeWatcher:
                     self._cond.wait(None if deadline is None else deadline - now)
                 batch, self._inbox = self._inbox, []
             for t, item in batch:
-                self._apply(t, item)
+                if isinstance(item, Polled):
+                    self._apply_polled(t, item)
+                else:
+                    self._apply(t, item)
             with self._cond:
                 now = self._clock()
                 deadline = self._co.deadline()
@@ -307,63 +318,79 @@ class TreeWatcher:
                 with self._cond:
                     self._co.shipped(self._clock(), gone)
 
-    def _apply(self, t: float, item: FileSystemEvent | Polled) -> None:
-        """Feed one event to the coalescer; scan a directory that is new to the destination (outside the lock)."""
+    def _apply(self, t: float, events: list[Raw]) -> None:
+        """Feed one batch from the emitter to the coalescer, under one lock. A directory that is new to the
+        destination is scanned outside the lock, right after the event that made it so."""
+        co, rel_of = self._co, self._rel
+        root_gone = False
+        scans: list[bytes] = []
+        self._cond.acquire()
+        try:
+            for kind, src, dst, is_dir in events:
+                if kind == EVENT_TYPE_MOVED:
+                    s, d = rel_of(src), rel_of(dst)
+                    if s is not None and d is not None:
+                        scans = co.moved(s, d, is_dir=is_dir, now=t)
+                    elif d is not None:
+                        scans = [d] if co.arrived(d, is_dir=is_dir, now=t) else []
+                    elif s is not None:
+                        co.deleted(s, is_dir=is_dir, now=t)
+                else:
+                    rel = rel_of(src)
+                    if rel is None:
+                        continue
+                    if kind == EVENT_TYPE_CREATED:
+                        co.created(rel, is_dir=is_dir, now=t, hot=not is_dir and self._is_regular(rel))
+                        scans = [rel] if is_dir else []
+                    elif kind == EVENT_TYPE_MODIFIED:
+                        co.modified(rel, is_dir=is_dir, now=t)
+                    elif kind == EVENT_TYPE_CLOSED:
+                        co.closed(rel, now=t)
+                    elif kind == EVENT_TYPE_ATTRIB:
+                        co.attrib(rel, is_dir=is_dir, now=t)
+                    elif kind == EVENT_TYPE_DELETED and rel == b"":
+                        root_gone = True
+                        co.request_rescan(t)
+                    elif kind == EVENT_TYPE_DELETED:
+                        co.deleted(rel, is_dir=is_dir, now=t)
+                if scans:
+                    self._cond.release()
+                    try:
+                        self._scan_into(scans, t)
+                    finally:
+                        self._cond.acquire()
+                    scans = []
+        finally:
+            self._cond.release()
+        if root_gone:
+            self._on_warning(f"the watched root {show(self.root)} was removed; nothing is watched any more: "
+                             "recreate it and restart the sync")
+
+    def _apply_polled(self, t: float, item: Polled) -> None:
         co = self._co
         scans: list[bytes] = []
-        if isinstance(item, Polled):
-            with self._cond:
-                if item.kind == "rescan":
-                    co.request_rescan(t)
-                elif item.kind == "created":
-                    co.created(item.rel, is_dir=item.is_dir, now=t, new=False)
-                    scans = [item.rel] if item.is_dir else []
-                elif item.kind == "deleted":
-                    co.deleted(item.rel, is_dir=item.is_dir, now=t)
-                else:
-                    co.modified(item.rel, is_dir=item.is_dir, now=t, hot=False)
-        elif isinstance(item, FileSystemMovedEvent):
-            src, dst = self._rel(item.src_path), self._rel(item.dest_path)
-            with self._cond:
-                if src is not None and dst is not None:
-                    scans = co.moved(src, dst, is_dir=item.is_directory, now=t)
-                elif dst is not None:
-                    scans = [dst] if co.arrived(dst, is_dir=item.is_directory, now=t) else []
-                elif src is not None:
-                    co.deleted(src, is_dir=item.is_directory, now=t)
-        else:
-            rel = self._rel(item.src_path)
-            if rel is None:
-                return
-            kind, is_dir = item.event_type, item.is_directory
-            if kind == EVENT_TYPE_DELETED and rel == b"":
-                self._on_warning(f"the watched root {show(self.root)} was removed; nothing is watched any "
-                                 "more: recreate it and restart the sync")
-                kind = "rescan"
-            hot = kind == EVENT_TYPE_CREATED and not is_dir and self._is_regular(rel)
-            with self._cond:
-                if kind == EVENT_TYPE_CREATED:
-                    co.created(rel, is_dir=is_dir, now=t, hot=hot)
-                    scans = [rel] if is_dir else []
-                elif kind == EVENT_TYPE_MODIFIED:
-                    co.modified(rel, is_dir=is_dir, now=t)
-                elif kind == EVENT_TYPE_CLOSED:
-                    co.closed(rel, now=t)
-                elif kind == EVENT_TYPE_ATTRIB:
-                    co.attrib(rel, is_dir=is_dir, now=t)
-                elif kind == EVENT_TYPE_DELETED:
-                    co.deleted(rel, is_dir=is_dir, now=t)
-                elif kind == "rescan":
-                    co.request_rescan(t)
-        # Content the destination lacks: a directory that appeared (watchdog may miss what is created in it
-        # before its watch exists), arrived, or was renamed while unknown to the destination.
-        for top in scans:
+        with self._cond:
+            if item.kind == "rescan":
+                co.request_rescan(t)
+            elif item.kind == "created":
+                co.created(item.rel, is_dir=item.is_dir, now=t, new=False)
+                scans = [item.rel] if item.is_dir else []
+            elif item.kind == "deleted":
+                co.deleted(item.rel, is_dir=item.is_dir, now=t)
+            else:
+                co.modified(item.rel, is_dir=item.is_dir, now=t, hot=False)
+        self._scan_into(scans, t)
+
+    def _scan_into(self, tops: list[bytes], t: float) -> None:
+        """Content the destination lacks: a directory that appeared (watchdog may miss what is created in it
+        before its watch exists), arrived, or was renamed while unknown to the destination."""
+        for top in tops:
             if is_ignored(top):
                 continue
             found = self._scan(top)
             if found:
                 with self._cond:
-                    co.listed(top, found, now=t)
+                    self._co.listed(top, found, now=t)
 
     def _deliver(self, cs: ChangeSet) -> bool:
         """Hand one set over; False if ``on_changes`` failed (then a rescan is pending instead)."""
