@@ -48,15 +48,14 @@ Gotchas:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import logging
 import os
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from watchdog.events import (
     EVENT_TYPE_ATTRIB,
@@ -69,6 +68,7 @@ from watchdog.events import (
 
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.watch_coalesce import REPLAY_MARGIN, ChangeSet, Coalescer, is_ignored
+from zcrepl.agent.watch_echo import Echoes
 from zcrepl.agent.watch_inotify import EVENT_FILTER, JOIN_TIMEOUT, NO_HANDLER, Raw, WatchFD, WatchObserver
 from zcrepl.agent.watch_poll import Polled, Poller, Sig, list_signatures
 from zcrepl.core.errors import UnsafePath
@@ -82,14 +82,11 @@ log = logging.getLogger(__name__)
 ChangesFn = Callable[[ChangeSet], None]
 WarnFn = Callable[[str], None]
 
-@dataclass(slots=True)
-class _Echo:
-    ino: int
-    mtime_ns: int
-    size: int
-    expires: float
-    seen: tuple[int, int, int, int] | None = None  # (mode, uid, gid, ctime_ns) when first suppressed
-
+BURST_EVENTS = 100
+"""Events within one window that make a burst (100 in 50 ms: some 1,000 files a second, each created, written
+and closed); see ``TreeWatcher._burst_hold``."""
+BURST_HOLD = 1.0
+"""The longest a burst holds back shipping, from its oldest pending change (seconds)."""
 
 class TreeWatcher:
     """Watches ``root`` recursively and calls ``on_changes`` with coalesced :class:`ChangeSet` batches.
@@ -100,6 +97,9 @@ class TreeWatcher:
     ``quiet``: how long a file still being written must see no event before it is shipped (with
     ``close_settles`` a writer's close ends that wait at once); ``max_batch``: most items in one set;
     ``replay_margin``: how late events may arrive (see :data:`~zcrepl.agent.watch_coalesce.REPLAY_MARGIN`).
+    While a burst goes on (``burst_events`` events within one window), nothing is released until the writer
+    pauses for a window or the oldest pending change is ``burst_hold`` seconds old: the writer does not
+    compete with the shipping of its own files.
     For that long after a reconciliation a rename is shipped as a delete plus an upsert of its content, and
     for that long after a path was shipped, renaming it also re-upserts it under the new name.
     """
@@ -119,6 +119,8 @@ class TreeWatcher:
         echo_ttl: float = 30.0,
         max_pending: int = 1_000_000,
         replay_margin: float = REPLAY_MARGIN,
+        burst_events: int = BURST_EVENTS,
+        burst_hold: float = BURST_HOLD,
     ) -> None:
         if max_batch < 1 or poll_interval <= 0 or echo_ttl <= 0:
             raise ValueError("max_batch must be >= 1, poll_interval and echo_ttl > 0")
@@ -130,16 +132,16 @@ class TreeWatcher:
         self._on_warning = on_warning or _log_warning
         self._clock = clock
         self._quiet = quiet
-        self._echo_ttl = echo_ttl
+        self._burst_events = burst_events
+        self._burst_hold_max = burst_hold
+        self._recent: deque[tuple[float, int]] = deque()  # (stamp, events) of recent batches: burst detection
         self._co = Coalescer(window=window, quiet=quiet, close_settles=close_settles, max_pending=max_pending,
                              replay_margin=replay_margin)
         self._cond = threading.Condition()  # guards _co, _inbox, _stopping
         self._inbox: list[tuple[float, list[Raw] | Polled]] = []  # batches from the emitter, and polled changes
         self._stopping = False
         self._started = False
-        self._echo_lock = threading.Lock()
-        self._echo: dict[bytes, _Echo] = {}
-        self._echo_purged = 0.0
+        self._echoes = Echoes(echo_ttl, clock, self._lstat)
         self._poller = Poller(self.root, lambda: self._saferoot, self._rel, self._on_event, self._on_warning,
                               clock, poll_interval)
         self._saferoot: SafeRoot | None = None
@@ -206,8 +208,7 @@ class TreeWatcher:
         ``echo_ttl`` seconds. Limitation: a chmod/chown of ``rel`` within ``window`` of the apply is
         suppressed with it (the triple cannot see it).
         """
-        with self._echo_lock:
-            self._echo[rel] = _Echo(ino, mtime_ns, size, self._clock() + self._echo_ttl)
+        self._echoes.note(rel, ino, mtime_ns, size)
 
     def pending(self) -> int:
         """Changes seen but not yet handed to ``on_changes`` (including a pending rescan)."""
@@ -289,6 +290,7 @@ class TreeWatcher:
     # ----------------------------------------------------------------------------------------- coalescing thread
 
     def _run(self) -> None:
+        hold_until: float | None = None  # a burst is going on: nothing is released before then
         while True:
             with self._cond:
                 while True:
@@ -297,6 +299,8 @@ class TreeWatcher:
                     if self._inbox:
                         break
                     deadline = self._co.deadline()
+                    if deadline is not None and hold_until is not None:
+                        deadline = max(deadline, hold_until)
                     now = self._clock()
                     if deadline is not None and now >= deadline:
                         break
@@ -307,16 +311,37 @@ class TreeWatcher:
                     self._apply_polled(t, item)
                 else:
                     self._apply(t, item)
+                    self._recent.append((t, len(item)))
             with self._cond:
                 now = self._clock()
                 deadline = self._co.deadline()
-                sets = self._co.take(now, self._max_batch) if deadline is not None and now >= deadline else []
+                sets: list[ChangeSet] = []
+                if deadline is not None and now >= deadline:
+                    hold_until = self._burst_hold(now)
+                    if hold_until is None:
+                        sets = self._co.take(now, self._max_batch)
             if sets and all(self._deliver(cs) for cs in sets):
                 with self._cond:
                     fresh = self._co.unconfirmed()
                 gone = {rel for rel in fresh if not self._exists(rel)}  # the shipper may have skipped these
                 with self._cond:
                     self._co.shipped(self._clock(), gone)
+
+    def _burst_hold(self, now: float) -> float | None:
+        """While a burst goes on (``burst_events`` events or more within the last window), when to look again
+        before releasing anything; None when sets may go now. Shipping then waits for the writer to pause,
+        at most ``burst_hold`` seconds after the oldest pending change: a process writing the tree does not
+        compete with our own reading, sending and the destination's writing, which it would on a machine with
+        few cores; the burst then ships in a few large sets."""
+        recent, edge = self._recent, now - self._window
+        while recent and recent[0][0] < edge:
+            recent.popleft()
+        if sum(n for _, n in recent) < self._burst_events:
+            return None
+        oldest = self._co.oldest()
+        if oldest is None or now - oldest >= self._burst_hold_max:
+            return None
+        return min(now + self._window / 2, oldest + self._burst_hold_max)
 
     def _apply(self, t: float, events: list[Raw]) -> None:
         """Feed one batch from the emitter to the coalescer, under one lock. A directory that is new to the
@@ -395,7 +420,7 @@ class TreeWatcher:
     def _deliver(self, cs: ChangeSet) -> bool:
         """Hand one set over; False if ``on_changes`` failed (then a rescan is pending instead)."""
         if cs.upserts:
-            cs = self._drop_echoes(cs)
+            cs = self._echoes.drop(cs)
             if not len(cs):
                 return True
         try:
@@ -408,32 +433,6 @@ class TreeWatcher:
         if cs.rescan:
             with self._cond:
                 self._co.reconciled(self._clock())
-        return True
-
-    def _drop_echoes(self, cs: ChangeSet) -> ChangeSet:
-        with self._echo_lock:
-            if not self._echo:
-                return cs
-            now = self._clock()
-            if now - self._echo_purged > self._echo_ttl / 2:
-                self._echo_purged = now
-                for rel in [r for r, e in self._echo.items() if e.expires < now]:
-                    del self._echo[rel]
-            drop = {rel for rel in cs.upserts if rel in self._echo and self._is_echo(rel, now)}
-        return dataclasses.replace(cs, upserts=cs.upserts - drop) if drop else cs
-
-    def _is_echo(self, rel: bytes, now: float) -> bool:
-        note = self._echo[rel]
-        st = self._lstat(rel) if note.expires >= now else None
-        if st is None or (st.st_ino, st.st_mtime_ns, st.st_size) != (note.ino, note.mtime_ns, note.size):
-            del self._echo[rel]
-            return False
-        seen = (st.st_mode, st.st_uid, st.st_gid, st.st_ctime_ns)
-        if note.seen is None:
-            note.seen = seen
-        elif note.seen != seen:
-            del self._echo[rel]
-            return False
         return True
 
     # ----------------------------------------------------------------------------------------- confined I/O

@@ -6,7 +6,8 @@ below the root) is described in :mod:`zcrepl.agent.watch`. What it leaves out, b
 watched tree competes with every bit of Python work done per event (issue 11, item 5):
 
 - **reads in batches**: while events keep coming, the reader pauses ``pace`` seconds between reads, so one
-  read takes hundreds of events instead of waking three threads per event;
+  read takes hundreds of events instead of waking three threads per event; everything after the read runs
+  on threads lowered to the transfers' CPU priority, so a writer competes with little more than the read;
 - **no per-event objects past the watch group**: watchdog's emitter builds one or two ``FileSystemEvent``
   objects per event and hands each through a queue to its observer thread and our handler; here the emitter
   thread takes every event that is ready in one go and hands the watcher one list of plain tuples
@@ -63,6 +64,8 @@ from watchdog.observers.inotify_c import (
 )
 from watchdog.observers.inotify_move_event_grouper import GroupedInotifyEvent, PathedInotifyEvent
 
+from zcrepl.agent import priority
+
 JOIN_TIMEOUT = 1.0
 
 Raw = tuple[str, bytes, bytes, bool]
@@ -106,6 +109,10 @@ class WatchFD(InotifyFD):
     ``pace``: after a read, when the previous one came less than ``pace`` seconds before, wait ``pace`` before
     reading again (a burst then costs one read, one hand-over and one coalescing pass per ``pace``; a lone
     change is read at once).
+
+    The reading thread only reads; parsing, merging and watchdog's handling run on a second thread, lowered
+    like the transfers (:meth:`_handle_backlog`). Both use watchdog 7's private ``_read_event_buffer`` and
+    ``_parse_event_buffer`` (the public ``read_events`` does both at once).
     """
 
     def __init__(self, on_overflow: Callable[[], None], on_limit: Callable[[bytes], None], *,
@@ -116,30 +123,62 @@ class WatchFD(InotifyFD):
         self._pace = pace
         self._writing: dict[tuple[int, bytes], float] = {}  # (wd, name) -> when its last write went through
         self._pruned = 0.0
+        self._backlog: deque[bytes | None] = deque()  # read, not yet handled (None: the reader ended)
+        self._backlog_cond = threading.Condition()
         super().__init__()
 
     def run(self) -> None:
-        last = float("-inf")
-        while self.should_keep_running():
-            events = self.read_events()
-            for event in events:
+        handler = threading.Thread(target=self._handle_backlog, name="zc-watch-handle", daemon=True)
+        handler.start()
+        try:
+            last = float("-inf")
+            while self.should_keep_running():
+                # Raw bytes only: the events are parsed and handled on the other thread.
+                buf = self._read_event_buffer(DEFAULT_EVENT_BUFFER_SIZE)
+                if buf:
+                    with self._backlog_cond:
+                        self._backlog.append(buf)
+                        self._backlog_cond.notify()
+                now = time.monotonic()
+                if buf and self._pace and now - last < self._pace:
+                    time.sleep(self._pace)  # a burst: let the kernel queue fill (16,384 events by default)
+                last = now
+        finally:
+            with self._backlog_cond:
+                self._backlog.append(None)
+                self._backlog_cond.notify()
+            handler.join(JOIN_TIMEOUT)
+
+    def _handle_backlog(self) -> None:
+        """watchdog's handling of what the reader read (watch bookkeeping, move pairing, our hooks), in order, on
+        a thread of its own at the priority of background work: a process writing the tree competes only with
+        the reader, which does nothing per event."""
+        priority.apply_to_this_thread()
+        while True:
+            with self._backlog_cond:
+                while not self._backlog:
+                    self._backlog_cond.wait()
+                buf = self._backlog.popleft()
+            if buf is None:
+                return
+            for event in self._events_of(buf):
                 self.handle_event(event)
-            now = time.monotonic()
-            if events and self._pace and now - last < self._pace:
-                time.sleep(self._pace)  # a burst: let the kernel queue fill (it holds 16,384 events by default)
-            last = now
 
     def read_events(self, *, event_buffer_size: int = DEFAULT_EVENT_BUFFER_SIZE) -> list[InotifyEvent]:
-        events = super().read_events(event_buffer_size=event_buffer_size)
-        if not self._merge or not events:
-            return events
+        """watchdog's interface (``run`` reads and parses on separate threads instead)."""
+        return self._events_of(self._read_event_buffer(event_buffer_size))
+
+    def _events_of(self, buf: bytes) -> list[InotifyEvent]:
+        """The events in one read, as watchdog's ``read_events`` makes them, less the IN_MODIFY merged away
+        (before an object is made for it)."""
         now = time.monotonic()
         writing, merge = self._writing, self._merge
         kept = []
-        for ev in events:
-            mask = ev.mask
-            if not mask & _ISDIR:
-                key = (ev.wd, ev.name)
+        for wd, mask, cookie, name in InotifyFD._parse_event_buffer(buf):
+            if wd == -1 and not mask & _OVERFLOW:
+                continue  # watchdog drops the kernel's other global events too
+            if merge and not mask & _ISDIR:
+                key = (wd, name)
                 if mask & _MODIFY:
                     since = writing.get(key)
                     if since is not None and now - since < merge:
@@ -151,7 +190,7 @@ class WatchFD(InotifyFD):
                     writing.pop(key, None)
                 elif mask & _OVERFLOW:
                     writing.clear()
-            kept.append(ev)
+            kept.append(InotifyEvent(wd, mask, cookie, name))
         if writing and now - self._pruned > merge:  # files left open, or whose close was in a lost event
             self._pruned = now
             for stale in [k for k, since in writing.items() if now - since >= merge]:
@@ -285,6 +324,9 @@ class WatchEmitter(InotifyFullEmitter):
         self._sink = sink
 
     def on_thread_start(self) -> None:
+        # Background work like the shipping it feeds (which lowers the coalescing thread the same way): only the
+        # reader, which must drain the kernel queue before it overflows, keeps the agent's priority.
+        priority.apply_to_this_thread()
         # InotifyEmitter.on_thread_start, with our group.
         self._inotify = WatchGroup(self._inotify_fd, os.fsencode(self.watch.path),
                                    is_recursive=self.watch.is_recursive, event_mask=self.get_event_mask_from_filter(),
