@@ -1,7 +1,7 @@
 """Continuous replication latency: zcrepl watch rules vs lsyncd, on the same changes, on this machine.
 
     python bench/watch.py [--changes 200] [--interval 0.05] [--burst 10000] [--runs 3] [--skip-lsyncd]
-                          [--skip-syncthing] [--burst-only]
+                          [--skip-syncthing] [--burst-only] [--floor]
 
 Two measurements per tool:
 
@@ -131,7 +131,8 @@ def write_burst(src: Path, files: int, dirs: int = 10) -> float:
     return time.monotonic() - t0
 
 
-def burst_run(src: Path, dst: Path, files: int, timeout: float, unwatched: Path) -> dict[str, Any]:
+def burst_run(src: Path, dst: Path, files: int, timeout: float, unwatched: Path,
+              converge: bool = True) -> dict[str, Any]:
     dirs = 10
     unwatched.mkdir(parents=True)
     os.sync()
@@ -139,6 +140,8 @@ def burst_run(src: Path, dst: Path, files: int, timeout: float, unwatched: Path)
     os.sync()
     t0 = time.monotonic()
     written = write_burst(src, files, dirs)
+    if not converge:
+        return {"write_s": written, "unwatched_write_s": alone, "converge_s": None}
     deadline = t0 + timeout
     while True:
         n = 0
@@ -183,6 +186,48 @@ class Zcrepl:
         self.cluster.stop()
 
 
+_FLOOR = """
+import ctypes, ctypes.util, os, struct, sys
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+fd = libc.inotify_init1(os.O_CLOEXEC)
+mask = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400  # what watchdog's mask holds here
+wds = {}
+def add(path):
+    wd = libc.inotify_add_watch(fd, path, mask)
+    if wd >= 0:
+        wds[wd] = path
+add(os.fsencode(sys.argv[1]))
+open(sys.argv[2], "w").write("{}")  # the ready file Daemon waits for
+event = struct.Struct("iIII")
+while True:
+    buf = os.read(fd, 1 << 16)
+    off = 0
+    while off < len(buf):  # only to follow new directories, as any recursive watcher must
+        wd, m, _cookie, n = event.unpack_from(buf, off)
+        if m & 0x40000100 == 0x40000100 and wd in wds:  # IN_ISDIR | IN_CREATE
+            add(wds[wd] + b"/" + buf[off + 16: off + 16 + n].rstrip(b"\\0"))
+        off += 16 + n
+"""
+
+
+class InotifyFloor:
+    """Not a tool: the floor under any inotify-based one. A process that watches the tree (and each new directory)
+    with inotify and reads the events, doing nothing else with them; the writer then pays only the kernel's
+    side of inotify (queueing each event in its own system calls, waking the reader) and the reader's CPU."""
+
+    name = "floor: inotify reader that does nothing"
+
+    def __init__(self, run: Path, src: Path, dst: Path) -> None:
+        self.daemon = Daemon("inotify-floor", [sys.executable, "-c", _FLOOR, str(src), str(run / "floor.ready")],
+                             run / "floor.log", run / "floor.ready")
+
+    def start(self) -> None:
+        self.daemon.start()
+
+    def stop(self) -> None:
+        self.daemon.stop()
+
+
 class Lsyncd:
     def __init__(self, run: Path, src: Path, dst: Path, delay: float | None) -> None:
         self.name = "lsyncd (default: delay 15 s)" if delay is None else f"lsyncd (delay = {delay:g})"
@@ -214,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-lsyncd", action="store_true")
     ap.add_argument("--skip-syncthing", action="store_true")
     ap.add_argument("--burst-only", action="store_true", help="skip the latency measurement")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time the burst writer under an inotify reader that does nothing (burst only)")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
     args = ap.parse_args(argv)
     if not args.skip_lsyncd and shutil.which("lsyncd") is None:
@@ -222,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="zc-watch-", dir=args.work))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     tools: list[Any] = [("zcrepl", None)]
+    if args.floor:
+        tools.append(("floor", None))
     if not args.skip_lsyncd:
         tools += [("lsyncd", None), ("lsyncd", 0)]
     if not args.skip_syncthing:
@@ -241,14 +290,18 @@ def main(argv: list[str] | None = None) -> int:
                 src.mkdir(parents=True)
                 dst.mkdir(parents=True)
                 tool = (Zcrepl(run, src, dst) if kind == "zcrepl" else Lsyncd(run, src, dst, delay) if kind == "lsyncd"
-                        else Syncthing(run, src, dst, delay))
+                        else InotifyFloor(run, src, dst) if kind == "floor" else Syncthing(run, src, dst, delay))
                 name = tool.name
-                tool.start()
+                try:
+                    tool.start()
+                except BaseException:
+                    tool.stop()  # what did start (zcrepl's controller, say) must not outlive the benchmark
+                    raise
                 try:
                     lat_timeout = 60.0 if kind == "zcrepl" or delay == 0 else 120.0
-                    changes = 0 if args.burst_only else args.changes
+                    changes = 0 if args.burst_only or kind == "floor" else args.changes
                     lat = latency_run(src, dst, changes, args.interval, lat_timeout)
-                    burst = burst_run(src, dst, args.burst, 300.0, run / "unwatched")
+                    burst = burst_run(src, dst, args.burst, 300.0, run / "unwatched", converge=kind != "floor")
                 finally:
                     tool.stop()
                 runs.append({"latency": lat, "burst": burst})
@@ -275,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
              "| tool | p50 latency | p99 latency | max | lost | burst converged | burst writer (unwatched) |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
-        burst = f"{row['burst_s']:.2f} s" if row["burst_s"] is not None else "did not converge"
+        burst = (f"{row['burst_s']:.2f} s" if row["burst_s"] is not None
+                 else "-" if row["tool"].startswith("floor") else "did not converge")
         writer = (f"{row['write_s']:.2f} s ({row['unwatched_write_s']:.2f} s, "
                   f"{row['write_s'] / row['unwatched_write_s']:.2f}x)")
         lines.append(f"| {row['tool']} | {row['p50_ms']:.1f} ms | {row['p99_ms']:.1f} ms | {row['max_ms']:.0f} ms "

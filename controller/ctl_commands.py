@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 from zcrepl.controller import ctl_pki, render
 from zcrepl.controller.client import ControllerClient
 from zcrepl.controller.ctl_out import EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK, Out
+from zcrepl.controller.render_plain import plain_table
 from zcrepl.core.errors import UserError
 from zcrepl.core.paths import parse_endpoint, show
 from zcrepl.core.trust import Trust
@@ -36,8 +37,14 @@ def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err:
         agents = client.agents()
         if args.json:
             out.json([render.agent_doc(a) for a in agents])
-        else:
+            return EXIT_OK
+        # Piped, a plain table is what rich would print, without loading it; else (or when it cannot) rich.
+        text = None if out.terminal else plain_table("agents", render.AGENT_COLUMNS, render.agents_rows(agents),
+                                                     out.width)
+        if text is None:
             out.show(render.agents_table(agents))
+        else:
+            out.write(text)
         return EXIT_OK
     if args.command == "health":
         if args.watch and not args.json:

@@ -56,14 +56,23 @@ class Out:
         return is_terminal(self.stream)
 
     @property
+    def width(self) -> int:
+        """The rich console's width off a terminal (piped output keeps whole lines)."""
+        return 200
+
+    @property
     def console(self) -> Console:
         """A rich console on this stream: piped output keeps whole lines (200 columns), a terminal its width."""
         if self._console is None:
             from rich.console import Console
 
-            wide = None if self.stream.isatty() else 200
+            wide = None if self.stream.isatty() else self.width
             self._console = Console(stderr=self.stderr, highlight=False, soft_wrap=True, width=wide)
         return self._console
+
+    def write(self, text: str) -> None:
+        """Text already laid out (a plain table)."""
+        self._write(text)
 
     def line(self, text: str) -> None:
         self._write(text.translate(_STRIP).expandtabs(8) + "\n")

@@ -80,22 +80,34 @@ def job_doc(j: Job) -> dict[str, Any]:
 
 
 # -- tables -----------------------------------------------------------------------------------------
-def agents_table(agents: list[AgentStatus]) -> Table:
-    from rich.table import Table
+AGENT_COLUMNS = ("NAME", "STATE", "DATA", "EXPORTS", "CPU", "LOAD/CORE", "MEM AVAIL", "JOBS", "SEEN")
 
-    t = Table(title="agents", title_justify="left")
-    for col in ("NAME", "STATE", "DATA", "EXPORTS", "CPU", "LOAD/CORE", "MEM AVAIL", "JOBS", "SEEN"):
-        t.add_column(col, no_wrap=col != "EXPORTS")
+
+def agents_rows(agents: list[AgentStatus]) -> list[list[str]]:
+    """The cells of ``agents_table``, as plain text (STATE is "online" or "offline")."""
     now = time.time()
+    rows = []
     for s in agents:
         h = s.health
-        t.add_row(
-            s.info.name, "[green]online[/]" if s.online else "[red]offline[/]", s.info.data_address,
+        rows.append([
+            s.info.name, "online" if s.online else "offline", s.info.data_address,
             ", ".join(show(e) for e in s.info.exports),
             f"{h.cpu_percent:.0f}%" if h else "-",
             f"{h.load1 / max(1, h.cpu_count):.2f}" if h else "-",
             human_bytes(h.mem_available) if h else "-", str(s.running_jobs), ago(s.last_seen, now),
-        )
+        ])
+    return rows
+
+
+def agents_table(agents: list[AgentStatus]) -> Table:
+    from rich.table import Table
+
+    t = Table(title="agents", title_justify="left")
+    for col in AGENT_COLUMNS:
+        t.add_column(col, no_wrap=col != "EXPORTS")
+    for row in agents_rows(agents):
+        row[1] = "[green]online[/]" if row[1] == "online" else "[red]offline[/]"
+        t.add_row(*row)
     return t
 
 

@@ -8,11 +8,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from rich.console import Console
 
+from zcrepl.controller import render
 from zcrepl.controller.ctl_out import Out, is_terminal
+from zcrepl.controller.render_plain import plain_table
+from zcrepl.core.types import AgentInfo, AgentStatus, HostHealth
 
 HEAVY = ("grpc", "google.protobuf", "rich", "asyncio", "cryptography", "zcrepl.core.types", "zcrepl.core.config",
          "zcrepl.proto", "zcrepl.controller.client")
@@ -95,3 +99,49 @@ def test_terminal_detection_follows_rich(env: dict[str, str], monkeypatch: pytes
     finally:
         os.close(r)
         os.close(w)
+
+
+def _status(name: str, online: bool, exports: tuple[bytes, ...], health: bool) -> AgentStatus:
+    h = HostHealth(cpu_percent=12.5, cpu_count=4, load1=1.3, mem_available=3 << 30) if health else None
+    return AgentStatus(AgentInfo(name, data_address="10.0.0.7:7422", exports=exports), online=online,
+                       last_seen=time.time() - 3, health=h, running_jobs=2)
+
+
+AGENT_SETS = [
+    [],
+    [_status("hostA", True, (b"/srv/a",), True)],
+    [_status("hostA", True, (b"/srv/a", b"/data/long/export/path"), True), _status("b", False, (), False),
+     _status("host-with-a-long-name.example", True, (b"/x",), False)],
+]
+
+
+def _rich_table(renderable: object) -> str:
+    buf = io.StringIO()
+    Console(file=buf, highlight=False, soft_wrap=True, width=200).print(renderable)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("agents", AGENT_SETS)
+def test_the_plain_agents_table_is_what_rich_printed(agents: list[AgentStatus]) -> None:
+    plain = plain_table("agents", render.AGENT_COLUMNS, render.agents_rows(agents), 200)
+    assert plain is not None and plain == _rich_table(render.agents_table(agents))
+
+
+@pytest.mark.parametrize(("title", "rows", "why"), [
+    ("agents", [["/srv/名前", "x"]], "not ASCII: rich measures cells its own way"),
+    ("agents", [["/srv/[old]", "x"]], "rich reads markup in a cell"),
+    ("agents", [["x" * 150, "y" * 60]], "wider than the console: rich wraps"),
+    ("a title longer than the whole table", [["x", "y"]], "rich lays such a title out itself"),
+    ("agents", [["tab\there", "x"]], "not printable"),
+])
+def test_anything_rich_would_print_differently_is_left_to_rich(title: str, rows: list[list[str]], why: str) -> None:
+    assert plain_table(title, ["A", "B"], rows, 200) is None, why
+
+
+def test_a_table_with_no_rows_matches_too() -> None:
+    from rich.table import Table
+
+    t = Table(title="watch rules", title_justify="left")
+    for col in ("ID", "STATUS"):
+        t.add_column(col)
+    assert plain_table("watch rules", ["ID", "STATUS"], [], 200) == _rich_table(t)

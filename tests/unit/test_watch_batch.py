@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -219,3 +219,62 @@ def test_a_burst_reaches_the_coalescer_in_batches_and_complete(tmp_path: Path) -
     # Up to two events per file (IN_CREATE, IN_CLOSE_WRITE; files made before the watch on d existed are found by
     # scanning it), the IN_MODIFY between them merged away (else 9,000), handed over in batches of many.
     assert 5000 <= w.events < 7500 and w.batches < w.events / 4, (w.batches, w.events)
+
+
+def _timed_sink() -> tuple[list[tuple[float, ChangeSet]], threading.Condition, Callable[[ChangeSet], None]]:
+    sets: list[tuple[float, ChangeSet]] = []
+    cond = threading.Condition()
+
+    def ship(cs: ChangeSet) -> None:
+        with cond:
+            sets.append((time.monotonic(), cs))
+            cond.notify_all()
+
+    return sets, cond, ship
+
+
+def _files_in(sets: list[tuple[float, ChangeSet]]) -> set[bytes]:
+    return {p for _, cs in sets for p in cs.upserts if p.startswith(b"d/")}
+
+
+def test_nothing_ships_while_a_burst_goes_on(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    root.mkdir()
+    sets, cond, ship = _timed_sink()
+    # A window of half a second: the writer would have to stall that long for the burst to count as paused.
+    w = TreeWatcher(os.fsencode(root), on_changes=ship, window=0.5, burst_events=20, burst_hold=60.0)
+    # Some 2.5 s of writing, five windows: without the hold, sets would ship at the end of each.
+    writer = ("import os,sys,time\nr=sys.argv[1].encode()\nos.mkdir(r+b'/d')\n"
+              "for j in range(2000):\n f=open(r+b'/d/f%04d'%j,'wb'); f.write(b'x'); f.close(); time.sleep(0.001)\n")
+    with w:
+        with cond:
+            cond.wait_for(lambda: bool(sets), 10)  # the start-up reconciliation
+        subprocess.run([sys.executable, "-c", writer, os.fsencode(root)], check=True, timeout=120)
+        wrote = time.monotonic()
+        want = {b"d/f%04d" % j for j in range(2000)}
+        with cond:
+            assert cond.wait_for(lambda: want <= _files_in(sets), 30)
+    # Its first files may ship at once (a close after a quiet window does, before a burst can be told from a
+    # lone change); the rest waits for the writer to stop.
+    early = _files_in([(t, cs) for t, cs in sets if t < wrote])
+    assert len(early) < 20, f"{len(early)} files of the burst shipped while the writer was still writing"
+
+
+def test_a_burst_that_does_not_end_still_ships_every_burst_hold(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    root.mkdir()
+    sets, cond, ship = _timed_sink()
+    w = TreeWatcher(os.fsencode(root), on_changes=ship, window=0.5, burst_events=20, burst_hold=0.3)
+    writer = ("import os,sys,time\nr=sys.argv[1].encode()\nos.mkdir(r+b'/d')\nend=time.monotonic()+2.5\nj=0\n"
+              "while time.monotonic()<end:\n f=open(r+b'/d/f%06d'%j,'wb'); f.write(b'x'); f.close(); j+=1\n"
+              " time.sleep(0.001)\n")
+    with w:
+        with cond:
+            cond.wait_for(lambda: bool(sets), 10)
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-c", writer, os.fsencode(root)], check=True, timeout=120)
+        wrote = time.monotonic()
+        with cond:
+            assert cond.wait_for(lambda: any(t > wrote for t, _ in sets) and _files_in(sets), 30)
+    during = [t for t, cs in sets if started < t < wrote and any(p.startswith(b"d/") for p in cs.upserts)]
+    assert during, "a burst longer than burst_hold ships while it goes on"
