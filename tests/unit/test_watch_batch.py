@@ -264,17 +264,19 @@ def test_a_burst_that_does_not_end_still_ships_every_burst_hold(tmp_path: Path) 
     root = tmp_path / "src"
     root.mkdir()
     sets, cond, ship = _timed_sink()
-    w = TreeWatcher(os.fsencode(root), on_changes=ship, window=0.5, burst_events=20, burst_hold=0.3)
+    w = TreeWatcher(os.fsencode(root), on_changes=ship, window=0.1, burst_events=20, burst_hold=0.5)
     writer = ("import os,sys,time\nr=sys.argv[1].encode()\nos.mkdir(r+b'/d')\nend=time.monotonic()+2.5\nj=0\n"
               "while time.monotonic()<end:\n f=open(r+b'/d/f%06d'%j,'wb'); f.write(b'x'); f.close(); j+=1\n"
-              " time.sleep(0.001)\n")
+              " time.sleep(0.001)\nprint(j)\n")
     with w:
         with cond:
             cond.wait_for(lambda: bool(sets), 10)
         started = time.monotonic()
-        subprocess.run([sys.executable, "-c", writer, os.fsencode(root)], check=True, timeout=120)
+        p = subprocess.run([sys.executable, "-c", writer, os.fsencode(root)], check=True, timeout=120,
+                           capture_output=True)
         wrote = time.monotonic()
+        want = {b"d/f%06d" % j for j in range(int(p.stdout))}
         with cond:
-            assert cond.wait_for(lambda: any(t > wrote for t, _ in sets) and _files_in(sets), 30)
+            assert cond.wait_for(lambda: want <= _files_in(sets), 30)
     during = [t for t, cs in sets if started < t < wrote and any(p.startswith(b"d/") for p in cs.upserts)]
     assert during, "a burst longer than burst_hold ships while it goes on"
