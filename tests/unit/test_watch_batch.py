@@ -278,5 +278,6 @@ def test_a_burst_that_does_not_end_still_ships_every_burst_hold(tmp_path: Path) 
         want = {b"d/f%06d" % j for j in range(int(p.stdout))}
         with cond:
             assert cond.wait_for(lambda: want <= _files_in(sets), 30)
-    during = [t for t, cs in sets if started < t < wrote and any(p.startswith(b"d/") for p in cs.upserts)]
-    assert during, "a burst longer than burst_hold ships while it goes on"
+    # More than the first few files a lone close ships at once (see the test above).
+    during = _files_in([(t, cs) for t, cs in sets if started < t < wrote])
+    assert len(during) >= 20, "a burst longer than burst_hold ships while it goes on"
