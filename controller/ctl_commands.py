@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from zcrepl.controller import ctl_pki, render
 from zcrepl.controller.client import ControllerClient
-from zcrepl.controller.ctl_out import EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK, Out
+from zcrepl.controller.ctl_out import EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK, EXIT_SKIPPED, Out
 from zcrepl.controller.render_plain import plain_table
 from zcrepl.core.errors import UserError
 from zcrepl.core.paths import parse_endpoint, show
@@ -34,6 +34,15 @@ def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err:
     if args.command == "replicate":
         return _replicate(args, client, out, err)
     if args.command == "agents":
+        if args.action == "remove":
+            if args.name is None:
+                raise UserError("zc-ctl agents remove needs the NAME of an offline agent; zc-ctl agents lists them")
+            removed = client.remove_agent(args.name)
+            if args.json:
+                out.json(render.agent_doc(removed))
+            else:
+                out.line(f"agent {removed.info.name} removed (it was last seen {render.ago(removed.last_seen)})")
+            return EXIT_OK
         agents = client.agents()
         if args.json:
             out.json([render.agent_doc(a) for a in agents])
@@ -132,9 +141,14 @@ def _show_job(job: Job, as_json: bool, out: Out) -> None:
         out.json(render.job_doc(job))
         return
     out.show(render.jobs_table([job]))
+    asked = " (asked with --encrypt)" if job.options.encrypt else ""
+    out.line(f"  data plane: {render.transport_text(render.job_transport(job))}{asked}")
     for a in job.history:
         status = a.error or ("running" if not a.ended_at else "ok")
-        out.line(f"  attempt {a.number}: {render.progress_text(a.stats)}; {status}")
+        over = f"; {render.transport_text(a.stats.transport)}" if a.stats.transport else ""
+        out.line(f"  attempt {a.number}: {render.progress_text(a.stats)}{over}; {status}")
+    for line in render.skipped_lines(job):
+        out.line(line)
 
 
 def _syncs(args: argparse.Namespace, client: ControllerClient, out: Out) -> int:
@@ -205,7 +219,7 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err
     options = JobOptions(delete=args.delete, checksum=args.checksum, bwlimit=args.bwlimit,
                          max_attempts=args.max_attempts, streams=args.streams,
                          durability=Durability(durability), xattrs=args.xattrs,
-                         priority=Priority[args.priority.upper()])
+                         priority=Priority[args.priority.upper()], encrypt=args.encrypt)
     if args.watch:
         return _create_sync(args, client, options, out, err)
     jobs = client.submit_fanout(src, dsts, options) if len(dsts) > 1 else [client.submit(src, dsts[0], options)]
@@ -230,7 +244,12 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err
             out.line(render.job_summary(j))
     for j in failed:
         err.line(f"zc-ctl: job {j.id} ({j.destination.host}) {j.state.value}: {j.error}")
-    return EXIT_JOB_FAILED if failed else EXIT_OK
+    skipped = [j for j in jobs if j.done_with_skips]
+    for j in skipped:
+        first = f" (first: {show(j.skipped[0].path)}: {j.skipped[0].reason})" if j.skipped else ""
+        err.line(f"zc-ctl: job {j.id} ({j.destination.host}) done with {j.progress.entries_skipped} entries "
+                 f"skipped{first}; zc-ctl job {j.id} lists them")
+    return EXIT_JOB_FAILED if failed else EXIT_SKIPPED if skipped else EXIT_OK
 
 
 def _follow_group(client: ControllerClient, jobs: list[Job], err: Out) -> list[Job]:

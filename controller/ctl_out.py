@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
 # What scripts see (ctl.py's docstring says when each is returned).
-EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DENIED, EXIT_INTERRUPTED = 0, 1, 2, 3, 5, 130
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_SKIPPED, EXIT_DENIED, EXIT_INTERRUPTED = (
+    0, 1, 2, 3, 4, 5, 130)
 
 _STRIP = dict.fromkeys((7, 8, 11, 12, 13))  # rich.control.STRIP_CONTROL_CODES
 

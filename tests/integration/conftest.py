@@ -4,7 +4,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from zchelpers import Cluster
+from zchelpers import Cluster, FakeAgent
+
+from zcrepl.controller.client import ControllerClient
 
 
 @pytest.fixture
@@ -21,3 +23,19 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture
+def evil(cluster: Cluster) -> Iterator[FakeAgent]:
+    """A hostile source: registers as agent "evil" (with a certificate of the cluster) and obeys nothing."""
+    agent = FakeAgent(cluster.controller_addr, "evil", pki=cluster.pki)
+    cluster.wait_online("evil")
+    yield agent
+    agent.close()
+
+
+@pytest.fixture
+def client(cluster: Cluster) -> Iterator[ControllerClient]:
+    """An admin client of the cluster's controller, in-process."""
+    with cluster.client() as c:
+        yield c
