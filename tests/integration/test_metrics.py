@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import urllib.request
@@ -14,6 +16,7 @@ from zchelpers import Cluster, wait_for, write_file
 
 from zcrepl.core.types import Endpoint, JobOptions, JobState
 
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SIZE = 12 << 20
 RATE = 4 << 20  # bytes/s: the job runs for about three seconds, long enough to be seen running
 
@@ -45,6 +48,16 @@ def value(text: str, name: str, **labels: str) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return s.value
     raise AssertionError(f"no sample {name}{labels} in the scrape")
+
+
+def exported(texts: list[str]) -> set[str]:
+    """Every family and sample name in the scrapes (a family with no sample yet still has its TYPE line)."""
+    names = {m.group(1) for t in texts for m in re.finditer(r"^# TYPE (\S+) ", t, re.M)}
+    return names | {s.name for t in texts for f in text_string_to_metric_families(t) for s in f.samples}
+
+
+def named(expr: str) -> set[str]:
+    return set(re.findall(r"\bzcrepl_[a-z0-9_]+", expr))
 
 
 @pytest.fixture
@@ -105,6 +118,14 @@ def test_metrics_follow_a_real_job_and_pass_promtool(metered: Cluster, tmp_path:
     assert value(b, "zcrepl_agent_transferred_files_total", direction="received") == 10
     assert value(a, "zcrepl_agent_transferred_bytes_total", direction="sent") == moved
     assert value(a, "zcrepl_agent_active_transfers") == 0
+
+    have = exported([*during.values(), *after.values()])
+    dashboard = json.loads((DEPLOY / "grafana" / "zcrepl.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += re.findall(r"^\s+expr: (.+)$", (DEPLOY / "prometheus" / "alerts.yml").read_text(), re.M)
+    assert len(exprs) > 30 and all(named(e) for e in exprs if "up{" not in e)
+    missing = {n for e in exprs for n in named(e)} - have
+    assert not missing, f"the dashboard or the alerts name metrics no daemon exports: {sorted(missing)}"
 
     for text in (*during.values(), *after.values()):
         check(text)
