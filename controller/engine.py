@@ -17,6 +17,7 @@ from dataclasses import replace
 from zcrepl.controller import lifecycle
 from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.links import LinkTracker
+from zcrepl.controller.observe import Observer
 from zcrepl.controller.pacing import THROTTLE_EVERY, Pacing
 from zcrepl.controller.policy import (
     DecisionKind,
@@ -90,6 +91,7 @@ class Engine(Pacing):
                                  dataplane=self.dataplane)
         self.links = LinkTracker(window=THROTTLE_EVERY)
         self._ranking: dict[int, dict[Endpoint, str]] = {}  # this tick's fan-out source rankings, per job
+        self.observe = Observer()  # the daemon puts its metrics here
 
     # -- agents -------------------------------------------------------------------------------------
     def connect(self, info: AgentInfo, active: list[tuple[int, int]], serial: int = 0, peer_host: str = "") -> Session:
@@ -313,7 +315,7 @@ class Engine(Pacing):
                 pass
             self._wake.clear()
             try:
-                self.tick()
+                self.observe.scheduling_pass(self.tick)
             except Exception:
                 log.exception("scheduler tick failed")
 
@@ -404,6 +406,7 @@ class Engine(Pacing):
         crypt = self.dataplane.encrypt(source.host, job.destination.host, job.options.encrypt)
         run.encrypt = crypt.encrypt
         self.runs[job.id] = run
+        self.observe.attempt_started(source.host, job.destination.host)
         log.info("attempt started", extra=kv(job=job.id, attempt=run.attempt))
         via = "" if source == job.source else f" from the finished replica {source.host}:{show(source.path)}"
         ranked = self._ranking.get(job.id, {}).get(source)
@@ -441,6 +444,7 @@ class Engine(Pacing):
         stats = replace(run.sender_done or run.progress, entries_skipped=run.entries_skipped())
         self.runs.pop(job.id, None)
         self._link_ended(job, run, stats, failed=False)
+        self.observe.attempt_ended(run.source.host, job.destination.host, stats, "")
         self.store.end_attempt(job.id, run.attempt, now, "", stats)
         self.store.save_skipped(job.id, run.attempt, run.skipped)
         self._settle(lifecycle.succeeded(job, stats, now))
@@ -459,6 +463,7 @@ class Engine(Pacing):
         self._cancel_sides(job, run, error)
         merged = stats if stats.entries or stats.bytes_done else run.progress
         self._link_ended(job, run, merged, failed=retryable)
+        self.observe.attempt_ended(run.source.host, job.destination.host, merged, error)
         self.store.end_attempt(job_id, run.attempt, now, error, merged)
         self.store.save_skipped(job_id, run.attempt, run.skipped)
         job = lifecycle.failed_attempt(replace(job, progress=merged), error, retryable, now, self.retry)
@@ -482,6 +487,7 @@ class Engine(Pacing):
 
     def _settle(self, job: Job) -> None:
         self.store.save_job(job)
+        self.observe.job_settled(job)
         if job.state.final:
             self.jobs.pop(job.id, None)
         else:
