@@ -14,6 +14,7 @@ accepted with the new ticket the previous one is forgotten. So a rotation never 
 from __future__ import annotations
 
 import logging
+import stat
 import threading
 import time
 from dataclasses import replace
@@ -21,14 +22,16 @@ from dataclasses import replace
 from zcrepl.agent import priority
 from zcrepl.agent.transfer.changes import ChangePlan
 from zcrepl.agent.transfer.saferoot import SafeRoot
+from zcrepl.agent.transfer.scan import tree_filter
 from zcrepl.agent.transfer.send import Sender, SendSpec
 from zcrepl.agent.transfer.sendio import Refused
 from zcrepl.agent.transfer.tls import TlsContexts
 from zcrepl.agent.watch import TreeWatcher
 from zcrepl.agent.watch_coalesce import ChangeSet
+from zcrepl.agent.watch_filter import filter_changes
 from zcrepl.core.backoff import backoff_delay
 from zcrepl.core.config import split_address
-from zcrepl.core.errors import Cancelled
+from zcrepl.core.errors import Cancelled, TransferError
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
 from zcrepl.core.synctypes import SYNC_ID_BASE, SyncCounters, SyncDest, SyncSourceOrder, SyncStatus
@@ -125,6 +128,9 @@ class SourceRule:
 
     # -- shipping (the watcher's coalescing thread) -----------------------------------------------------
     def _ship(self, cs: ChangeSet) -> None:
+        cs = filter_changes(cs, tree_filter(self.root, self.order.options.filters, self.label), self._is_dir)
+        if not len(cs):
+            return  # only excluded paths changed
         with self._lock:
             self._shipping = cs
             self._reconciling = cs.rescan
@@ -145,6 +151,13 @@ class SourceRule:
             with self._lock:
                 self._shipping = None
                 self._reconciling = False
+
+    def _is_dir(self, path: bytes) -> bool | None:
+        try:
+            st = self.root.lstat(tuple(path.split(b"/")))
+        except (OSError, TransferError):
+            return None
+        return None if st is None else stat.S_ISDIR(st.st_mode)
 
     def _ship_to(self, dest: SyncDest, cs: ChangeSet) -> None:
         o = self.order

@@ -92,6 +92,32 @@ def parse_rate(text: str) -> int:
 job_id = whole(1, (1 << 63) - 1, "a job id")
 
 
+class _FilterArg(argparse.Action):
+    """Every filter option appends (its kind, its value) to one list, so rules keep the order they were given
+    in across --exclude, --include and the -from files (rsync evaluates them in that order)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), (self.const, values)])
+
+
+def _filter_options(r: argparse.ArgumentParser) -> None:
+    g = r.add_argument_group("filters", "rsync's include/exclude rules, in the order given: the first that matches "
+                                        "a path decides; the source tree's .zcignore adds its rules after these")
+    g.set_defaults(filters=[])
+    g.add_argument("--exclude", action=_FilterArg, const="exclude", dest="filters", metavar="PATTERN",
+                   help="leave out what PATTERN matches (a leading / anchors it at the tree's top, a trailing / "
+                        "matches directories only, * stays within a name, ** crosses /); repeatable")
+    g.add_argument("--include", action=_FilterArg, const="include", dest="filters", metavar="PATTERN",
+                   help="keep what PATTERN matches even if a later --exclude would leave it out; repeatable")
+    g.add_argument("--exclude-from", action=_FilterArg, const="exclude-from", dest="filters", metavar="FILE",
+                   help="read exclude patterns from FILE (- for stdin), one a line; # or ; starts a comment")
+    g.add_argument("--include-from", action=_FilterArg, const="include-from", dest="filters", metavar="FILE",
+                   help="read include patterns from FILE (- for stdin), one a line")
+    g.add_argument("--delete-excluded", action="store_true",
+                   help="also remove what the filters exclude from the destination (implies --delete)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zc-ctl", description="Operate a zcrepl cluster.")
     p.add_argument("--controller", metavar="HOST:PORT",
@@ -133,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "seconds, so low ones still run")
     r.add_argument("--detach", action="store_true", help="print the job id and return at once")
     r.add_argument("--json", action="store_true", help="print the final job as JSON")
+    _filter_options(r)
 
     ag = sub.add_parser("agents", help="list registered agents, or remove an offline one")
     ag.add_argument("action", nargs="?", choices=["remove"],

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -13,9 +14,12 @@ from zcrepl.controller.client import ControllerClient
 from zcrepl.controller.ctl_out import EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK, EXIT_SKIPPED, Out
 from zcrepl.controller.render_plain import plain_table
 from zcrepl.core.errors import UserError
+from zcrepl.core.filters import FilterError, check_rules, collapse, from_arg, from_lines
 from zcrepl.core.paths import parse_endpoint, show
 from zcrepl.core.trust import Trust
 from zcrepl.core.types import Durability, Endpoint, Job, JobOptions, JobState, Priority
+
+MAX_RULES_FILE = 1 << 20  # bytes of an --exclude-from/--include-from file
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -213,13 +217,44 @@ def _create_sync(args: argparse.Namespace, client: ControllerClient, options: Jo
     return EXIT_OK
 
 
+def filter_rules(given: list[tuple[str, str]]) -> tuple[str, ...]:
+    """The job's rules from the filter options in the order given (rsync's reading: see core.filters)."""
+    rules: list[str] = []
+    for kind, value in given:
+        include = kind.startswith("include")
+        if kind.endswith("-from"):
+            try:
+                if value == "-":
+                    data = sys.stdin.buffer.read()
+                else:
+                    with open(value, "rb") as f:
+                        data = f.read(MAX_RULES_FILE + 1)
+            except OSError as e:
+                raise UserError(f"cannot read --{kind} file {value}: {e.strerror}; check the path") from e
+            if len(data) > MAX_RULES_FILE:
+                raise UserError(f"--{kind} file {value} is larger than {MAX_RULES_FILE:,} bytes; "
+                                "merge its patterns with wildcards")
+            rules.extend(from_lines(data, include))
+        else:
+            rule = from_arg(value, include)
+            if rule is not None:
+                rules.append(rule)
+    out = collapse(rules)
+    try:
+        check_rules(out)
+    except FilterError as e:
+        raise UserError(str(e)) from None
+    return tuple(out)
+
+
 def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
     src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
     durability = args.durability or (Durability.NONE.value if args.watch else Durability.JOB.value)
-    options = JobOptions(delete=args.delete, checksum=args.checksum, bwlimit=args.bwlimit,
+    options = JobOptions(delete=args.delete or args.delete_excluded, checksum=args.checksum, bwlimit=args.bwlimit,
                          max_attempts=args.max_attempts, streams=args.streams,
                          durability=Durability(durability), xattrs=args.xattrs,
-                         priority=Priority[args.priority.upper()], encrypt=args.encrypt)
+                         priority=Priority[args.priority.upper()], encrypt=args.encrypt,
+                         filters=filter_rules(args.filters), delete_excluded=args.delete_excluded)
     if args.watch:
         return _create_sync(args, client, options, out, err)
     jobs = client.submit_fanout(src, dsts, options) if len(dsts) > 1 else [client.submit(src, dsts[0], options)]

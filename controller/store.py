@@ -74,6 +74,7 @@ def _options_json(o: JobOptions) -> str:
 def _options(text: str, priority: int) -> JobOptions:
     doc = json.loads(text)
     doc["durability"] = Durability(doc.get("durability", Durability.JOB.value))
+    doc["filters"] = tuple(doc.get("filters", ()))  # JSON gives a list
     return JobOptions(**doc, priority=Priority(priority))
 
 

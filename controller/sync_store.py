@@ -73,6 +73,7 @@ def options_from_json(text: str) -> JobOptions:
     doc = json.loads(text)
     doc.pop("priority", None)
     doc["durability"] = Durability(doc.get("durability", Durability.JOB.value))
+    doc["filters"] = tuple(doc.get("filters", ()))  # JSON gives a list
     return JobOptions(**doc)
 
 

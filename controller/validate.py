@@ -23,6 +23,7 @@ from typing import Any
 from zcrepl.controller.policy import MAX_STREAMS
 from zcrepl.controller.registry import HISTORY
 from zcrepl.core.errors import InvalidArgument, InvalidPath
+from zcrepl.core.filters import FilterError, check_rules
 from zcrepl.core.paths import HOST_NAME_RULE, canonical_abs, show, show_name, valid_host_name
 from zcrepl.core.synctypes import SyncStatus
 from zcrepl.core.types import (
@@ -185,6 +186,12 @@ def options(o: JobOptions) -> JobOptions:
                               "second")
     if min(o.streams, o.max_attempts, o.bwlimit) < 0:
         raise InvalidArgument("streams, max_attempts and bwlimit cannot be negative")
+    try:
+        check_rules(o.filters)
+    except FilterError as err:
+        raise InvalidArgument(str(err)) from None
+    if o.delete_excluded and not o.delete:
+        o = replace(o, delete=True)  # as in rsync, --delete-excluded implies --delete
     return o
 
 

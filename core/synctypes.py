@@ -16,9 +16,11 @@ DEFAULT_QUIET = 0.2
 
 
 def sync_options(o: JobOptions) -> JobOptions:
-    """A watch rule mirrors: what the source deletes goes at the destination too (lsyncd does the same)."""
+    """A watch rule mirrors: what the source deletes goes at the destination too (lsyncd does the same);
+    what its filters exclude stays at the destination unless delete_excluded."""
     return JobOptions(delete=True, checksum=o.checksum, bwlimit=o.bwlimit, streams=o.streams,
-                      durability=o.durability, xattrs=o.xattrs, encrypt=o.encrypt)
+                      durability=o.durability, xattrs=o.xattrs, encrypt=o.encrypt, filters=o.filters,
+                      delete_excluded=o.delete_excluded)
 
 
 class SyncState(enum.Enum):

@@ -36,6 +36,11 @@ class JobOptions:
     # TLS 1.3 on the data connections. On a submission: the operator asked for it (--encrypt); in an order:
     # the controller's decision (the job's request or its encrypt policy for the link).
     encrypt: bool = False
+    # rsync's include/exclude rules in order, each "- PATTERN" or "+ PATTERN" (zcrepl.core.filters); the
+    # source's .zcignore adds its rules after these. With delete, excluded destination entries are kept
+    # unless delete_excluded.
+    filters: tuple[str, ...] = ()
+    delete_excluded: bool = False
 
 
 @dataclass(frozen=True)

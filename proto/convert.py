@@ -60,7 +60,8 @@ _PRIORITY_FROM = {v: k for k, v in _PRIORITY.items()}
 def options_to_pb(o: t.JobOptions) -> pb.JobOptions:
     return pb.JobOptions(delete=o.delete, checksum=o.checksum, bwlimit=o.bwlimit, max_attempts=o.max_attempts,
                          streams=o.streams, durability=_DURABILITY[o.durability], xattrs=o.xattrs,
-                         priority=_PRIORITY[o.priority], encrypt=o.encrypt)
+                         priority=_PRIORITY[o.priority], encrypt=o.encrypt, filters=list(o.filters),
+                         delete_excluded=o.delete_excluded)
 
 
 def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
@@ -68,7 +69,8 @@ def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
                         streams=m.streams, durability=_DURABILITY_FROM.get(m.durability, t.Durability.JOB),
                         xattrs=m.xattrs,
                         # Unspecified (an older client) and values from a newer one read as normal.
-                        priority=_PRIORITY_FROM.get(m.priority, t.Priority.NORMAL), encrypt=m.encrypt)
+                        priority=_PRIORITY_FROM.get(m.priority, t.Priority.NORMAL), encrypt=m.encrypt,
+                        filters=tuple(m.filters), delete_excluded=m.delete_excluded)
 
 
 def options_from_request(m: pb.JobOptions) -> t.JobOptions:

@@ -27,10 +27,11 @@ from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.meta import apply_meta, owner_ids, syncfs
 from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea
 from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, validate_name, validate_relpath
-from zcrepl.agent.transfer.scan import file_digest
+from zcrepl.agent.transfer.scan import file_digest, tree_filter
 from zcrepl.agent.transfer.uptodate import up_to_date
 from zcrepl.core.errors import ProtocolError, TransferError, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, KEEP, ExportPolicy
+from zcrepl.core.filters import Filter
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
 from zcrepl.core.types import Durability, JobOptions, TransferStats
@@ -106,6 +107,7 @@ class TreeWriter:
         # A watch session: the manifest lists changed paths only (see transfer/changes.py), so nothing
         # unlisted is deleted, and what stands in an upserted path's way is replaced.
         self.restricted = False
+        self.protect = Filter()  # what --delete keeps (set by finish)
 
     # -- manifest -----------------------------------------------------------------------------------
     def admit(self, e: Entry) -> bool | Basis:
@@ -454,6 +456,9 @@ class TreeWriter:
         if missing:
             raise ProtocolError(f"the source finished without sending {missing} requested files")
         if self.options.delete and not self.restricted:
+            # The destination's own .zcignore: the source's, as this transfer just replicated it.
+            self.protect = Filter() if self.options.delete_excluded else tree_filter(
+                self.root, self.options.filters, self.label)
             delete_extras(self)
         make_links(self)
         self.area.remove_if_empty()  # before the root's mtime is set

@@ -1,19 +1,29 @@
 """The end of a transfer at the destination: delete what the source lacks, make hard links, and set
-directory metadata children-first (creating entries changes a directory's mtime)."""
+directory metadata children-first (creating entries changes a directory's mtime).
+
+Deleting follows rsync's ``--delete``: what the job's filters exclude (``TreeWriter.protect``) stays, even
+inside a directory the source lacks (that directory then stays too, holding only what is protected, as
+rsync's "cannot delete non-empty directory" leaves it); ``--delete-excluded`` protects nothing.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from typing import TYPE_CHECKING
 
-from zcrepl.agent.transfer.atomic import remove_entry, set_dir_meta
+from zcrepl.agent.transfer.atomic import _open_subdir, remove_entry, set_dir_meta
 from zcrepl.agent.transfer.meta import apply_meta
 from zcrepl.agent.transfer.saferoot import TEMP_PREFIX, temp_name, validate_relpath
 from zcrepl.core.errors import UnsafePath
+from zcrepl.core.logs import kv
 
 if TYPE_CHECKING:
     from zcrepl.agent.transfer.apply import TreeWriter
+
+log = logging.getLogger(__name__)
+_PROTECT_DEPTH = 256  # directory levels a filtered delete descends; deeper ones are kept whole (nothing lost)
 
 
 def delete_extras(w: TreeWriter) -> None:
@@ -31,12 +41,51 @@ def delete_extras(w: TreeWriter) -> None:
                 if name.startswith(TEMP_PREFIX):
                     _drop_stale_temp(dfd, name)
                 elif name not in names:
+                    rel = (dpath + b"/" if dpath else b"") + name
                     try:
-                        w.count(deleted=remove_entry(dfd, name))
+                        if w.protect:
+                            _remove_unprotected(w, dfd, name, rel, 0)
+                        else:
+                            w.count(deleted=remove_entry(dfd, name))
                     except OSError as err:
-                        w.entry_failed((dpath + b"/" if dpath else b"") + name, err)
+                        w.entry_failed(rel, err)
         finally:
             os.close(dfd)
+
+
+def _remove_unprotected(w: TreeWriter, dfd: int, name: bytes, rel: bytes, depth: int) -> bool:
+    """Remove ``name`` (path ``rel``) unless the filters protect it; a directory goes with everything below
+    it that they don't protect, and stays when something in it is. True when it is gone."""
+    st = _lstat(dfd, name)
+    if st is None:
+        return True
+    is_dir = stat.S_ISDIR(st.st_mode)
+    if w.protect.excluded(rel, is_dir):
+        return False
+    if not is_dir:
+        w.count(deleted=remove_entry(dfd, name))
+        return True
+    if depth >= _PROTECT_DEPTH:
+        log.warning("not deleted: too deep to check the filters below it",
+                    extra=kv(job=w.job_id, path=rel, levels=depth))
+        return False
+    sub = _open_subdir(dfd, name)
+    if sub is None:  # replaced by something else meanwhile
+        return _remove_unprotected(w, dfd, name, rel, depth)
+    kept = False
+    try:
+        with os.scandir(sub) as it:
+            children = [os.fsencode(de.name) for de in it]
+        for child in children:
+            kept |= not _remove_unprotected(w, sub, child, rel + b"/" + child, depth + 1)
+    finally:
+        os.close(sub)
+    if kept:
+        log.info("directory kept: it holds entries the filters protect", extra=kv(job=w.job_id, path=rel))
+        return False
+    os.rmdir(name, dir_fd=dfd)
+    w.count(deleted=1)
+    return True
 
 
 def _drop_stale_temp(dfd: int, name: bytes) -> None:

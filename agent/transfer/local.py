@@ -21,7 +21,7 @@ from zcrepl.agent.transfer.frame import F_SPARSE, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
-from zcrepl.agent.transfer.scan import Scanner, Skips
+from zcrepl.agent.transfer.scan import Scanner, Skips, tree_filter
 from zcrepl.core.errors import Cancelled, TransferError, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
 from zcrepl.core.logs import kv
@@ -65,7 +65,7 @@ class LocalCopy:
             t.start()
         try:
             scanner = Scanner(self.src, checksum=self.options.checksum, xattrs=self.options.xattrs,
-                              on_skip=self.skips)
+                              on_skip=self.skips, filter=tree_filter(self.src, self.options.filters, self.label))
             for e in scanner.entries():
                 if self.cancel.is_set() or self.errors:
                     break

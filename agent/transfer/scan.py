@@ -5,6 +5,9 @@ before their children, which the receiver relies on. Any depth Linux allows: eac
 its parent's fd (``_Path`` holds fds for the deepest few levels of the current path only), and a path is
 limited only by what a manifest entry can carry (``MAX_PATH``, 64 KiB).
 
+Filters (rsync's ``--exclude``/``--include`` rules, ``zcrepl.core.filters``) leave entries out on purpose: an
+excluded entry is not announced and an excluded directory is not descended. They are not skips.
+
 Nothing is left out silently. Every entry that is not replicated, or not entirely, goes to ``on_skip`` with
 one sentence saying why: devices, FIFOs and sockets; a path too long for the wire; extended attributes that
 cannot be read or are too large; a directory that vanished during the scan. An entry the agent may not read
@@ -26,6 +29,7 @@ import xxhash
 from zcrepl.agent.transfer.frame import F_SPARSE, F_UNREADABLE, MAX_XATTRS, Entry, Kind, encode_xattrs
 from zcrepl.agent.transfer.saferoot import MAX_PATH, TEMP_PREFIX, SafeRoot
 from zcrepl.core.errors import TransferError, UnsafePath
+from zcrepl.core.filters import CLEAR, IGNORE_FILE, Filter, FilterError, check_rule, collapse, from_lines
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
 from zcrepl.core.types import SKIPPED_LISTED, Skipped
@@ -37,6 +41,7 @@ _SPARSE_MIN = 64 << 10  # below this, holes are not worth a special path
 _KEEP_FDS = 16  # directory fds the walk holds at most, whatever the depth
 _LISTED_PATH = 4096  # bytes of a skipped entry's path that are reported (the log has it whole)
 _CAP_DAC_READ_SEARCH = 2
+_IGNORE_MAX = 1 << 20  # bytes of a .zcignore read; a longer one fails the transfer with a sentence
 
 
 class SkipFn(Protocol):
@@ -92,6 +97,41 @@ def reads_everything() -> bool:
     except (OSError, ValueError, IndexError):
         pass
     return False
+
+
+def ignore_rules(root: SafeRoot, label: str) -> list[str]:
+    """The rules of the ``.zcignore`` at the top of ``root`` (none when there is none), in job form.
+
+    Raises TransferError naming the file and the line when a rule is one rsync would refuse, so a typo
+    never silently sends (or, at a destination with --delete, deletes) what it meant to leave alone.
+    """
+    try:
+        fd = root.open_read((IGNORE_FILE,))
+    except (FileNotFoundError, UnsafePath):
+        return []  # absent, or not a regular file: no rules (a symlink there is never followed)
+    except OSError as err:
+        raise TransferError(f"{label}/{IGNORE_FILE.decode()}: cannot read it ({err.strerror}); fix its "
+                            "permissions or remove it") from err
+    try:
+        data = os.pread(fd, _IGNORE_MAX + 1, 0)
+    finally:
+        os.close(fd)
+    if len(data) > _IGNORE_MAX:
+        raise TransferError(f"{label}/{IGNORE_FILE.decode()} is larger than {_IGNORE_MAX:,} bytes; keep it to "
+                            "patterns (merge them with wildcards)")
+    rules = from_lines(data, include=False)
+    for rule in rules:
+        try:
+            if rule != CLEAR:
+                check_rule(rule)
+        except FilterError as err:
+            raise TransferError(f"{label}/{IGNORE_FILE.decode()}: {err}") from None
+    return collapse(rules)
+
+
+def tree_filter(root: SafeRoot, rules: tuple[str, ...], label: str) -> Filter:
+    """A job's rules, then its tree's ``.zcignore`` (a rule the operator gave wins over the file's)."""
+    return Filter(tuple(rules) + tuple(ignore_rules(root, label)))
 
 
 class _Path:
@@ -158,8 +198,9 @@ class Scanner:
     """Yields the root entry (``b""``) and then every entry below it, parents first."""
 
     def __init__(self, root: SafeRoot, *, checksum: bool = False, xattrs: bool = False,
-                 on_skip: SkipFn | None = None, hardlinks: bool = True) -> None:
+                 on_skip: SkipFn | None = None, hardlinks: bool = True, filter: Filter | None = None) -> None:
         self.root = root
+        self.filter = filter or Filter()
         self.hardlinks = hardlinks
         self.checksum = checksum
         self.xattrs = xattrs
@@ -215,6 +256,8 @@ class Scanner:
             try:
                 st = de.stat(follow_symlinks=False)
             except FileNotFoundError:
+                continue
+            if self.filter and self.filter.excluded(rel, stat.S_ISDIR(st.st_mode)):
                 continue
             entry = self.entry(dfd, (), name, rel, st)
             if entry is None:

@@ -26,10 +26,11 @@ from zcrepl.agent.transfer.changes import ChangePlan, restricted_manifest
 from zcrepl.agent.transfer.frame import Channel, Entry, Hello, Kind, Stream
 from zcrepl.agent.transfer.peer import KTLS, NONE, TLS
 from zcrepl.agent.transfer.saferoot import SafeRoot
-from zcrepl.agent.transfer.scan import Scanner, Skips
+from zcrepl.agent.transfer.scan import Scanner, Skips, tree_filter
 from zcrepl.agent.transfer.send_worker import BASIS, END, SPARSE, DataWorker
 from zcrepl.agent.transfer.sendio import Pacer, SendSpec, connect
 from zcrepl.core.errors import Cancelled, ProtocolError, TransferError, Unavailable
+from zcrepl.core.paths import show
 from zcrepl.core.types import TransferStats
 
 log = logging.getLogger(__name__)
@@ -154,14 +155,19 @@ class Sender:
     def _changes(self, ctl: Channel) -> list[Entry]:
         """The CHANGES rounds of a watch session; returns the restricted manifest to stream."""
         assert self.plan is not None
-        scanner = Scanner(self.root, checksum=self.spec.options.checksum, xattrs=self.spec.options.xattrs,
-                          on_skip=self.skips, hardlinks=False)
+        scanner = self._scanner(hardlinks=False)
         missed = self._round(ctl, self.plan.ops(), {b for _, b in self.plan.renames})
         self.renamed_missed = len(missed)
         entries, gone = restricted_manifest(scanner, self.plan.upserts | missed, missed)
         if gone:
             self._round(ctl, [opf.Op(opf.OP_DELETE, p) for p in gone], set())
         return entries
+
+    def _scanner(self, hardlinks: bool) -> Scanner:
+        o = self.spec.options
+        flt = tree_filter(self.root, o.filters, show(self.root.path))
+        return Scanner(self.root, checksum=o.checksum, xattrs=o.xattrs, on_skip=self.skips, hardlinks=hardlinks,
+                       filter=flt)
 
     def _round(self, ctl: Channel, ops: list[opf.Op], targets: set[bytes]) -> set[bytes]:
         for f in opf.op_batches(ops, fr.T.CHANGES):
@@ -187,8 +193,7 @@ class Sender:
         if self._restricted is not None:
             source: Iterable[Entry] = self._restricted
         else:
-            source = Scanner(self.root, checksum=self.spec.options.checksum, xattrs=self.spec.options.xattrs,
-                             on_skip=self.skips).entries()
+            source = self._scanner(hardlinks=True).entries()
         batch: list[Entry] = []
         index = 0
         for entry in source:
