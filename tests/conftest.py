@@ -24,6 +24,16 @@ def _fds() -> dict[int, str]:
     return out
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked slow run only when asked for: ``-m slow`` (or any -m naming it) or ZC_SLOW=1."""
+    if os.environ.get("ZC_SLOW") == "1" or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow or ZC_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     fds_before = _fds()
