@@ -54,6 +54,7 @@ class _Active:
     thread: threading.Thread | None = None
     session: ReceiveSession | None = None
     sender: Sender | None = None
+    ended: threading.Event = field(default_factory=threading.Event)  # set once it no longer touches files
 
 
 class Transfers:
@@ -83,6 +84,9 @@ class Transfers:
             collections.OrderedDict())
         self._discarded: set[tuple[int, int]] = set()
         self._moved_done = 0  # file bytes of transfers already forgotten (see bytes_moved)
+        # The newest attempt seen per job: the fence that keeps two attempts of a job from ever writing here at
+        # the same time (an older one's orders and data connections are refused, see _supersede).
+        self._newest: collections.OrderedDict[int, int] = collections.OrderedDict()
 
     # -- queries ------------------------------------------------------------------------------------
     def count(self) -> int:
@@ -104,6 +108,9 @@ class Transfers:
     # -- orders -------------------------------------------------------------------------------------
     def receive(self, order: ReceiveOrder) -> None:
         label = f"{self.host}:{show(order.path)}"
+        older = self._supersede(order.job_id, order.attempt, Role.RECEIVER, label)
+        if older is None:
+            return
         try:
             root, rel = self.exports.resolve(order.path)
             check_destination(root, rel, label)
@@ -113,6 +120,34 @@ class Transfers:
         key = (order.job_id, order.attempt, Role.RECEIVER)
         with self._lock:
             self._active[key] = _Active(Role.RECEIVER)
+        if any(not e.is_set() for e in older):
+            # An older attempt of this job is still stopping here: get ready only once it has (off the thread
+            # that reads the controller's orders).
+            threading.Thread(target=self._ready_after, args=(order, root, rel, label, older),
+                             name=f"zc-fence-{order.job_id}", daemon=True).start()
+            return
+        self._ready(order, root, rel, label)
+
+    def _ready_after(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,
+                     older: list[threading.Event]) -> None:
+        deadline = time.monotonic() + self.io_timeout
+        for e in older:
+            e.wait(max(0.0, deadline - time.monotonic()))
+        if all(e.is_set() for e in older):
+            self._ready(order, root, rel, label)
+            return
+        self._forget((order.job_id, order.attempt, Role.RECEIVER))
+        self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: an older attempt of job {order.job_id} "
+                   f"is still stopping here after {self.io_timeout:g}s; the next attempt will try again",
+                   retryable=True)
+
+    def _ready(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str) -> None:
+        key = (order.job_id, order.attempt, Role.RECEIVER)
+        with self._lock:
+            active = self._active.get(key)
+        if active is None or active.cancel.is_set():  # cancelled while an older attempt was stopping
+            self._forget(key)
+            return
 
         def serve(ch: Channel, hello: Hello) -> None:
             self._serve_receive(order, root, rel, label, ch, hello)
@@ -130,6 +165,9 @@ class Transfers:
 
     def send(self, order: SendOrder) -> None:
         label = f"{self.host}:{show(order.path)}"
+        older = self._supersede(order.job_id, order.attempt, Role.SENDER, label)
+        if older is None:
+            return
         try:
             root, rel = self.exports.resolve(order.path)
             src = open_source(root, rel, label)
@@ -142,7 +180,7 @@ class Transfers:
         with self._lock:
             self._active[key] = active
         if order.dest_host == self.host:
-            active.thread = threading.Thread(target=self._run_local, args=(order, src, key, label, active),
+            active.thread = threading.Thread(target=self._run_local, args=(order, src, key, label, active, older),
                                              name=f"zc-local-{order.job_id}", daemon=True)
             active.thread.start()
             return
@@ -190,6 +228,27 @@ class Transfers:
         for job_id, attempt in self.refs():
             self.cancel(CancelOrder(job_id, attempt, reason))
 
+    def _supersede(self, job_id: int, attempt: int, role: Role, label: str) -> list[threading.Event] | None:
+        """Make ``attempt`` the newest of its job here and cancel this agent's older attempts of it; returns
+        the events that tell when those have stopped, or None (with a report) when the order is itself older
+        than one already seen: a controller that lost track of an attempt never gets two writing at once."""
+        with self._lock:
+            newest = self._newest.get(job_id, 0)
+            if attempt >= newest:
+                self._newest[job_id] = attempt
+                self._newest.move_to_end(job_id)
+                while len(self._newest) > 4096:
+                    self._newest.popitem(last=False)
+            older = {(j, a): act for (j, a, _), act in self._active.items() if j == job_id and a < attempt}
+        if attempt < newest:
+            log.warning("stale order refused", extra=kv(job=job_id, attempt=attempt, newest=newest))
+            self._fail(job_id, attempt, role, f"{label}: attempt {attempt} of job {job_id} is older than attempt "
+                       f"{newest}, which this agent already received; it is not run", retryable=True)
+            return None
+        for j, a in {(j, a) for (j, a) in older}:
+            self.cancel(CancelOrder(j, a, f"attempt {attempt} of job {j} supersedes it"))
+        return [act.ended for act in older.values()]
+
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -233,7 +292,7 @@ class Transfers:
         self.report(TransferReport(spec.job_id, spec.attempt, Role.SENDER, Phase.DONE, stats))
 
     def _run_local(self, order: SendOrder, src: SafeRoot, key: tuple[int, int, Role], label: str,
-                   active: _Active) -> None:
+                   active: _Active, older: list[threading.Event]) -> None:
         """Both ends are this agent: copy in the kernel, then answer for both roles."""
         priority.apply_to_this_thread()
         self.tickets.revoke(order.job_id, order.attempt)  # nobody will connect
@@ -241,6 +300,12 @@ class Transfers:
         dst_label = f"{self.host}:{show(order.dest_path)}"
         t0 = time.monotonic()
         try:
+            deadline = t0 + self.io_timeout
+            for e in older:  # this thread is the writer: never while an older attempt still is
+                e.wait(max(0.0, deadline - time.monotonic()))
+            if not all(e.is_set() for e in older):
+                raise TransferError(f"an older attempt of job {order.job_id} is still stopping here after "
+                                    f"{self.io_timeout:g}s; the next attempt will try again")
             root, rel = self.exports.resolve(order.dest_path)
             copier = LocalCopy(order.job_id, src, root, rel, order.options, dst_label, active.cancel,
                                lambda s: self.report(TransferReport(order.job_id, order.attempt, Role.SENDER,
@@ -256,6 +321,12 @@ class Transfers:
             msg = str(err) if isinstance(err, ZcError) else (err.strerror or str(err))
             self._fail(order.job_id, order.attempt, Role.SENDER, f"{label} -> {dst_label}: {msg}",
                        retryable=getattr(err, "retryable", True))
+            return
+        except Exception as err:  # a bug must fail the attempt now, not leave it to the stall timeout
+            self._forget(key)
+            log.exception("local copy crashed", extra=kv(job=order.job_id))
+            self._fail(order.job_id, order.attempt, Role.SENDER, f"{label} -> {dst_label}: internal error: "
+                       f"{err!r}; see the agent log", retryable=True)
             return
         finally:
             src.close()
@@ -281,9 +352,15 @@ class Transfers:
         t0 = time.monotonic()
         try:
             stats = session.serve_control(ch, hello)
-        except (TransferError, OSError) as err:
+        except Exception as err:  # any exception, a bug's too, fails the attempt now (not at the stall timeout)
             retryable = getattr(err, "retryable", True) and not isinstance(err, UnsafePath)
-            msg = str(err) if isinstance(err, TransferError) else (err.strerror or str(err))
+            if isinstance(err, TransferError):
+                msg = str(err)
+            elif isinstance(err, OSError):
+                msg = err.strerror or str(err)
+            else:
+                log.exception("receive crashed", extra=kv(job=order.job_id, attempt=order.attempt))
+                msg = f"internal error: {err!r}; see the agent log"
             if not isinstance(err, Cancelled):
                 with contextlib.suppress(OSError):
                     ch.send(fr.encode_text(fr.T.ABORT, msg))
@@ -301,8 +378,8 @@ class Transfers:
                 if discard:
                     self._drop_partials(*kept)
             stats = session.stats() if session.writer is not None else TransferStats()
-            self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: {msg}", retryable=retryable,
-                       stats=stats)
+            self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label} <- {order.source_host}: {msg}",
+                       retryable=retryable, stats=stats)
             return
         self._forget(key)
         assert session.writer is not None
@@ -332,6 +409,7 @@ class Transfers:
             a = self._active.pop(key, None)
             if a is not None:
                 self._moved_done += _live_bytes(a)
+                a.ended.set()
 
     def _fail(self, job_id: int, attempt: int, role: Role, error: str, *, retryable: bool,
               stats: TransferStats | None = None) -> None:

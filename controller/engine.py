@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
-from zcrepl.controller import lifecycle
+from zcrepl.controller import fence, lifecycle
 from zcrepl.controller.links import LinkStep, LinkTracker
 from zcrepl.controller.policy import (
     DecisionKind,
@@ -104,12 +104,12 @@ class Engine:
         if old is not None:
             log.warning("agent registered again; closing its previous, silent stream", extra=kv(agent=info.name))
             old.close()
-            self._host_lost(info.name, f"{info.name} re-registered (its agent restarted) during the transfer")
         self.store.upsert_agent(info, now)
         for job_id, attempt in active:
             run = self.runs.get(job_id)
             if run is None or run.attempt != attempt:
                 session.outbox.put_nowait(CancelOrder(job_id, attempt, "attempt unknown to the controller"))
+        self._rejoined(info.name, set(active))
         log.info("agent online", extra=kv(agent=info.name, grpc=info.grpc_address, data=info.data_address))
         self.wake()
         return session
@@ -125,7 +125,7 @@ class Engine:
             name = session.info.name
             self.store.touch_agent(name, session.last_seen)
             log.warning("agent offline", extra=kv(agent=name, reason=why))
-            self._host_lost(name, f"{name} went offline during the transfer ({why})")
+            self._host_lost(name, why)
             self.wake()
 
     def drop_revoked(self, revoked: frozenset[int]) -> None:
@@ -296,7 +296,9 @@ class Engine:
             self.disconnect(s, f"no heartbeat for {self.config.offline_after:.0f}s")
         for run in list(self.runs.values()):
             job = self.jobs[run.job_id]
-            if not run.receiver_ready and now > run.ready_deadline:
+            if fence.expired(run, now):
+                self._fail_run(run.job_id, fence.expiry_reason(run, self.config.attempt_grace), True, run.progress)
+            elif not run.receiver_ready and now > run.ready_deadline:
                 self._fail_run(run.job_id, f"{job.destination.host} did not prepare to receive within "
                                f"{self.config.ready_timeout:.0f}s", True, run.progress)
             elif run.receiver_ready and now - run.last_report > self.config.stall_timeout:
@@ -496,10 +498,32 @@ class Engine:
             if s is not None:
                 s.outbox.put_nowait(CancelOrder(job.id, run.attempt, reason, discard))
 
-    def _host_lost(self, name: str, reason: str) -> None:
+    def _host_lost(self, name: str, why: str) -> None:
+        """``name`` went offline: its attempts are held for it (fence.py), or failed without a grace."""
+        now, grace = self.clock(), self.config.attempt_grace
         for job_id, run in list(self.runs.items()):
-            if name in (run.source.host, self.jobs[job_id].destination.host):
-                self._fail_run(job_id, reason, True, run.progress)
+            job = self.jobs[job_id]
+            if name not in (run.source.host, job.destination.host):
+                continue
+            if fence.holds(run, job, name) and fence.hold(run, name, now, grace):
+                self._decide(job_id, DecisionKind.WAIT, f"{name} went offline during attempt {run.attempt} "
+                             f"({why}); the attempt is held for up to {grace:g}s, since its agents may still be "
+                             "running it: no other attempt starts meanwhile", every=True)
+                log.warning("attempt held", extra=kv(job=job_id, attempt=run.attempt, agent=name, grace=grace))
+            else:
+                self._fail_run(job_id, f"{name} went offline during the transfer ({why})", True, run.progress)
+
+    def _rejoined(self, name: str, active: set[tuple[int, int]]) -> None:
+        """``name`` registered (again): its held attempts carry on if it still runs them, else they failed."""
+        for job_id, run in list(self.runs.items()):
+            lost = name in run.lost_hosts
+            why = fence.rejoin(run, self.jobs[job_id], name, active)
+            if why:
+                self._fail_run(job_id, why, True, run.progress)
+            elif lost:
+                self._decide(job_id, DecisionKind.RESUME, f"{name} is back and still runs attempt {run.attempt}: "
+                             "it carries on", every=True)
+                log.info("held attempt carries on", extra=kv(job=job_id, attempt=run.attempt, agent=name))
 
     def _settle(self, job: Job) -> None:
         self.store.save_job(job)

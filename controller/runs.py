@@ -34,6 +34,9 @@ class Run:
     paused: bool = False
     rate_at: float = 0.0  # when the throttle last sampled this run...
     rate_bytes: int = 0  # ...and the bytes done then
+    # Agents of this attempt the controller lost while it ran, and until when it is held for them (fence.py).
+    lost_hosts: set[str] = field(default_factory=set)
+    lost_until: float = 0.0
 
 
 def rate_limited(job: Job, run: Run) -> bool:

@@ -197,6 +197,10 @@ class ControllerConfig:
     schedule_interval: float = 0.5
     # A running attempt with no report from its agents for this long is failed (a hung or lying peer).
     stall_timeout: float = 120.0
+    # A running attempt whose agent went offline is held this long (no other attempt of the job starts) for
+    # the agent to come back and carry on; the agent stops it itself sooner (this minus the 30 s the gRPC
+    # keepalive may take to notice a dead stream). 0: fail such attempts at once.
+    attempt_grace: float = 60.0
     # Load policy: a job starts only when both hosts are at or under these (see controller/policy.py).
     max_cpu_percent: float = 85.0
     max_load_per_core: float = 1.5
@@ -241,6 +245,8 @@ class ControllerConfig:
             raise ConfigError("agent_cert_days: choose 1 to 3650")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
+        if self.attempt_grace < 0:
+            raise ConfigError("attempt_grace must be 0 (fail at once) or a positive number of seconds")
         if self.heartbeat_interval <= 0 or self.offline_after <= self.heartbeat_interval:
             raise ConfigError("offline_after must be larger than heartbeat_interval (both in seconds, > 0)")
         if self.max_jobs_per_host < 1:

@@ -1,0 +1,173 @@
+"""Attempts of agents the controller lost are held, not rerun (controller/fence.py through a real Engine and
+SQLite Store, agents played by the test, an injected clock)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zcrepl.controller.engine import Engine
+from zcrepl.controller.registry import Session
+from zcrepl.controller.store import Store
+from zcrepl.core.config import ControllerConfig
+from zcrepl.core.types import (
+    AgentInfo,
+    CancelOrder,
+    DiskUsage,
+    Endpoint,
+    HostHealth,
+    Job,
+    JobOptions,
+    JobState,
+    Phase,
+    ReceiveOrder,
+    Role,
+    SendOrder,
+    TransferReport,
+    TransferStats,
+)
+
+GRACE = 60.0
+
+
+class Agents:
+    """An Engine whose agents are sessions the test plays; ``now`` is the engine's clock."""
+
+    def __init__(self, state: Path, **config: Any) -> None:
+        self.now = 1000.0
+        self.store = Store(str(state))
+        cfg = ControllerConfig(state_dir=str(state), retry_base=1.0, **{"attempt_grace": GRACE, **config})
+        self.engine = Engine(cfg, self.store, clock=lambda: self.now)
+        self.sessions: dict[str, Session] = {}
+
+    def connect(self, name: str, active: list[tuple[int, int]] = ()) -> Session:  # type: ignore[assignment]
+        s = self.engine.connect(AgentInfo(name, data_address=f"10.0.0.{len(self.sessions) + 1}:7422",
+                                          exports=(b"/srv",)), list(active))
+        self.sessions[name] = s
+        self.beat(s)
+        return s
+
+    def beat(self, s: Session) -> None:
+        self.engine.heartbeat(s, HostHealth(sampled_at=self.now, cpu_count=8,
+                                            exports=(DiskUsage(b"/srv", 1 << 40, 0, 1 << 40, 0.0),)))
+
+    def advance(self, seconds: float) -> None:
+        """Time passes; the agents still connected keep heartbeating; the engine ticks."""
+        self.now += seconds
+        for s in self.sessions.values():
+            if s.open:
+                self.beat(s)
+        self.engine.tick()
+
+    def orders(self, name: str) -> list[object]:
+        out = []
+        while not self.sessions[name].outbox.empty():
+            out.append(self.sessions[name].outbox.get_nowait())
+        return [o for o in out if o is not None]
+
+    def report(self, name: str, job: Job, role: Role, phase: Phase, attempt: int = 1) -> None:
+        stats = TransferStats(files_done=1)
+        self.engine.report(self.sessions[name], TransferReport(job.id, attempt, role, phase, stats))
+
+    def running(self) -> Job:
+        """A job from a to b, started and sending (attempt 1)."""
+        job = self.engine.submit(Endpoint("a", b"/srv/x"), Endpoint("b", b"/srv/y"), JobOptions())
+        self.engine.tick()
+        assert any(isinstance(o, ReceiveOrder) for o in self.orders("b"))
+        self.report("b", job, Role.RECEIVER, Phase.READY)
+        assert any(isinstance(o, SendOrder) for o in self.orders("a"))
+        return job
+
+    def lose(self, name: str) -> None:
+        self.engine.disconnect(self.sessions[name], "its stream closed")
+
+    def job(self, job: Job) -> Job:
+        return self.engine.get(job.id)
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Any]:
+    made: list[Agents] = []
+
+    def make(**config: Any) -> Agents:
+        h = Agents(tmp_path / f"state{len(made)}", **config)
+        h.connect("a")
+        h.connect("b")
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.store.close()
+
+
+@pytest.mark.parametrize("lost", ["a", "b"], ids=["source", "destination"])
+def test_a_lost_agent_that_comes_back_with_the_attempt_carries_on(agents: Any, lost: str) -> None:
+    h = agents()
+    job = h.running()
+    h.advance(5)
+    h.lose(lost)
+    h.advance(GRACE - 1)
+    assert h.job(job).state is JobState.RUNNING and h.job(job).attempts == 1  # held, not retried
+    assert not [o for o in h.orders("b" if lost == "a" else "a") if isinstance(o, CancelOrder)]
+    h.connect(lost, active=[(job.id, 1)])
+    assert not [o for o in h.orders(lost) if isinstance(o, CancelOrder)]
+    h.advance(10)
+    h.report("a", job, Role.SENDER, Phase.DONE)
+    h.report("b", job, Role.RECEIVER, Phase.DONE)
+    done = h.job(job)
+    assert done.state is JobState.DONE and done.attempts == 1, done
+    kinds = [reason for _, _, reason in h.engine.explain(job.id)]
+    assert any("held for up to 60s" in r for r in kinds) and any("is back and still runs" in r for r in kinds)
+
+
+def test_an_agent_that_comes_back_without_the_attempt_fails_it_at_once(agents: Any) -> None:
+    h = agents()
+    job = h.running()
+    h.lose("a")
+    h.advance(2)
+    h.connect("a", active=[])  # it restarted
+    j = h.job(job)
+    assert j.state is JobState.QUEUED and j.failures == 1 and "came back without attempt 1" in j.error
+    assert any(isinstance(o, CancelOrder) and o.attempt == 1 for o in h.orders("b"))
+
+
+def test_the_attempt_is_given_up_after_the_grace_and_only_then(agents: Any) -> None:
+    h = agents()
+    job = h.running()
+    h.lose("a")
+    h.advance(GRACE - 0.5)
+    assert h.job(job).state is JobState.RUNNING
+    h.advance(1)
+    j = h.job(job)
+    assert j.state is JobState.QUEUED and "stayed out of reach of the controller for 60s" in j.error, j.error
+    assert any(isinstance(o, CancelOrder) for o in h.orders("b"))
+    # a comes back late, still listing the old attempt: it is told to cancel it
+    h.connect("a", active=[(job.id, 1)])
+    assert any(isinstance(o, CancelOrder) and o.attempt == 1 for o in h.orders("a"))
+
+
+def test_the_other_end_reporting_failure_settles_a_held_attempt(agents: Any) -> None:
+    h = agents()
+    job = h.running()
+    h.lose("a")
+    h.report("b", job, Role.RECEIVER, Phase.FAILED)  # the destination, the only writer, stopped
+    assert h.job(job).state is JobState.QUEUED
+
+
+def test_without_a_grace_a_lost_agent_fails_its_attempts_at_once(agents: Any) -> None:
+    h = agents(attempt_grace=0)
+    job = h.running()
+    h.lose("b")
+    assert h.job(job).state is JobState.QUEUED and "b went offline" in h.job(job).error
+
+
+def test_a_source_lost_before_it_was_told_to_send_fails_the_attempt(agents: Any) -> None:
+    h = agents()
+    job = h.engine.submit(Endpoint("a", b"/srv/x"), Endpoint("b", b"/srv/y"), JobOptions())
+    h.engine.tick()  # the ReceiveOrder went to b; a has nothing of the attempt yet
+    h.lose("a")
+    assert h.job(job).state is JobState.QUEUED
