@@ -18,6 +18,7 @@ from zcrepl.agent.identity import Renewer, agent_trust, enrolled_paths
 from zcrepl.agent.link import ControllerLink
 from zcrepl.agent.priority import TransferPriority
 from zcrepl.agent.syncs import Syncs
+from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.server import DataServer, TicketBook
 from zcrepl.agent.transfers import Transfers
@@ -52,6 +53,7 @@ class Agent:
         self.transfers: Transfers | None = None
         self.syncs: Syncs | None = None
         self.monitor: HealthMonitor | None = None
+        self.sweeper: Sweeper | None = None
         self.link: ControllerLink | None = None
         self.grpc_address = ""
         self.data_address = ""
@@ -87,10 +89,12 @@ class Agent:
                                    max_pending=cfg.max_pending, max_pending_per_source=cfg.max_pending_per_source)
             self.data_address = self._advertise(dhost, self.data.address[1])
             limits = SessionLimits.from_config(cfg)
+            self.sweeper = Sweeper(cfg.name, max_age=cfg.partial_max_age, max_bytes=cfg.partial_max_bytes)
+            self.sweeper.startup([root for _, _, root in self.exports.roots])
             self.transfers = Transfers(cfg.name, self.exports, self.data, self.tickets, self._report,
-                                       io_timeout=cfg.io_timeout, limits=limits)
+                                       io_timeout=cfg.io_timeout, limits=limits, sweeper=self.sweeper)
             self.syncs = Syncs(cfg.name, self.exports, self.data, self.tickets, io_timeout=cfg.io_timeout,
-                               limits=limits)
+                               limits=limits, sweeper=self.sweeper)
             transfers, syncs = self.transfers, self.syncs
             sampler = HealthSampler(self.exports.paths, active_transfers=self.transfers.count,
                                     transfer_bytes=lambda: transfers.bytes_moved() + syncs.bytes_moved(),
@@ -143,6 +147,8 @@ class Agent:
             self.data.stop()
         if self.transfers is not None:
             self.transfers.join(5)
+        if self.sweeper is not None:
+            self.sweeper.stop()
         self._api.stop()
         if self.monitor is not None:
             self.monitor.stop()

@@ -19,6 +19,7 @@ from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.local import LocalCopy, log_local
 from zcrepl.agent.transfer.partial import PartialArea
@@ -68,8 +69,10 @@ class Transfers:
         *,
         io_timeout: float = 60.0,
         limits: SessionLimits | None = None,
+        sweeper: Sweeper | None = None,
     ) -> None:
         self.host = host
+        self.sweeper = sweeper
         self.limits = limits or SessionLimits()
         self.exports = exports
         self.data = data
@@ -300,6 +303,8 @@ class Transfers:
         dst_label = f"{self.host}:{show(order.dest_path)}"
         t0 = time.monotonic()
         try:
+            if self.sweeper is not None:
+                self.sweeper.request(*self.exports.resolve(order.dest_path))
             deadline = t0 + self.io_timeout
             for e in older:  # this thread is the writer: never while an older attempt still is
                 e.wait(max(0.0, deadline - time.monotonic()))
@@ -342,6 +347,8 @@ class Transfers:
     def _serve_receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,
                        ch: Channel, hello: Hello) -> None:
         key = (order.job_id, order.attempt, Role.RECEIVER)
+        if self.sweeper is not None:  # what dead transfers left here goes, alongside this one
+            self.sweeper.request(root, rel)
         spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label,
                            policy=self.exports.policy(root), limits=self.limits)
         session = ReceiveSession(spec, self.tickets)
@@ -349,6 +356,15 @@ class Transfers:
             active = self._active.get(key)
             if active is not None:
                 active.session = session
+        try:
+            self._receive(order, root, rel, label, ch, hello, session)
+        finally:
+            if active is not None:
+                active.ended.set()
+
+    def _receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str, ch: Channel,
+                 hello: Hello, session: ReceiveSession) -> None:
+        key = (order.job_id, order.attempt, Role.RECEIVER)
         t0 = time.monotonic()
         try:
             stats = session.serve_control(ch, hello)
@@ -388,19 +404,27 @@ class Transfers:
                        f"{stats.errors} entries failed; first: {session.writer.first_error}", retryable=True,
                        stats=stats)
             return
+        # Whatever is left in the partial area belongs to files this tree no longer needs: deleted at the
+        # source, or replaced by a newer version that arrived whole.
+        self._drop_partials(root, rel, None)
         log.info("receive done", extra=kv(job=order.job_id, attempt=order.attempt, files=stats.files_done,
                                           bytes=stats.bytes_done, skipped=stats.files_skipped,
                                           deleted=stats.deleted, seconds=round(time.monotonic() - t0, 3)))
         self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE, stats))
 
     @staticmethod
-    def _drop_partials(export: SafeRoot, rel: tuple[bytes, ...], relpaths: list[bytes]) -> None:
+    def _drop_partials(export: SafeRoot, rel: tuple[bytes, ...], relpaths: list[bytes] | None) -> None:
+        """Drop these partials of the destination (all of them: None)."""
         try:
             root = SafeRoot.from_fd(export.open_dir(rel), export.path)
         except (OSError, UnsafePath):
             return
         try:
-            PartialArea(root).drop(relpaths)
+            area = PartialArea(root)
+            if relpaths is None:
+                area.sweep(max_age=-1.0)
+            else:
+                area.drop(relpaths)
         finally:
             root.close()
 
@@ -409,7 +433,8 @@ class Transfers:
             a = self._active.pop(key, None)
             if a is not None:
                 self._moved_done += _live_bytes(a)
-                a.ended.set()
+                if a.session is None:  # a serving thread signals its session's end itself, after its report
+                    a.ended.set()
 
     def _fail(self, job_id: int, attempt: int, role: Role, error: str, *, retryable: bool,
               stats: TransferStats | None = None) -> None:

@@ -320,13 +320,22 @@ class Engine:
         running = [self.jobs[i] for i in self.runs]
         done: dict[int, list[Endpoint]] = {}  # one query per fan-out per tick, not one per waiting job
         self._ranking.clear()
-        sources = {j.id: self._replicas(j, done) for j in queued if j.group_id}
+        sources: dict[int, list[Endpoint]] = {}
+        for j in queued:
+            if j.group_id:
+                try:
+                    sources[j.id] = self._replicas(j, done)
+                except Exception as err:  # this job reads from its own source this pass; the others go on
+                    self._schedule_failed(j, err)
         sending = [(self.jobs[i].group_id, r.source.host) for i, r in self.runs.items() if self.jobs[i].group_id]
         for d in plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending,
                       link_streams=usage.links):
             job = self.jobs[d.job_id]
             if d.start:
-                self._start(job, now, d.source or job.source)
+                try:
+                    self._start(job, now, d.source or job.source)
+                except Exception as err:
+                    self._schedule_failed(job, err)
             elif job.wait_reason != d.reason:
                 job = replace(job, wait_reason=d.reason, updated_at=now)
                 self.jobs[job.id] = job
@@ -334,6 +343,21 @@ class Engine:
                 self._notify(job.id)
                 if d.reason:
                     self._decide(job.id, DecisionKind.WAIT, d.reason)
+
+    def _schedule_failed(self, job: Job, err: Exception) -> None:
+        """Scheduling ``job`` raised: it stays queued as it was, the failure is logged and explained against it,
+        and the pass goes on with the other jobs."""
+        log.exception("scheduling a job failed", extra=kv(job=job.id))
+        why = f"waiting: scheduling this job failed ({err!r}); tried again next pass (see the controller log)"
+        run = self.runs.pop(job.id, None)
+        job = self.jobs[job.id] = replace(job, wait_reason=why)
+        if run is not None:
+            self._cancel_sides(job, run, "scheduling this job failed")
+        try:
+            self.store.save_job(job)
+            self._decide(job.id, DecisionKind.WAIT, why)
+        except Exception:
+            log.exception("recording a scheduling failure failed", extra=kv(job=job.id))
 
     def _replicas(self, job: Job, done_by_group: dict[int, list[Endpoint]]) -> list[Endpoint]:
         """Where a fan-out job may read from: finished siblings best first (``policy.rank_sources``: the
@@ -480,11 +504,12 @@ class Engine:
         if run is None or job is None:
             return
         now = self.clock()
-        self._cancel_sides(job, run, error)
         merged = stats if stats.entries or stats.bytes_done else run.progress
         self._link_ended(job, run, merged, failed=retryable)
         self.store.end_attempt(job_id, run.attempt, now, error, merged)
         job = lifecycle.failed_attempt(replace(job, progress=merged), error, retryable, now, self.retry)
+        # A job given up keeps nothing for a resume that will never come.
+        self._cancel_sides(job, run, error, discard=job.state is JobState.FAILED)
         log.warning("attempt failed", extra=kv(job=job_id, attempt=run.attempt, error=error,
                                                retryable=retryable, next=job.state.value))
         then = (f"retry in {job.next_attempt_at - now:.1f}s" if job.state is JobState.QUEUED

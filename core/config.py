@@ -75,6 +75,11 @@ class AgentConfig:
     # Space a receiver leaves free on the destination filesystem: a file whose preallocation would cut into
     # it is refused.
     free_margin_bytes: int = 1 << 30
+    # Each destination's partial area (.zc.partial: data of interrupted large files, kept for a resume) is swept
+    # when a job or watch session starts there and at start-up: entries older than partial_max_age seconds go,
+    # then the oldest until it holds at most partial_max_bytes (0: a tenth of its filesystem).
+    partial_max_age: float = 7 * 86400.0
+    partial_max_bytes: int = 0
 
     @staticmethod
     def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +113,9 @@ class AgentConfig:
                 raise ConfigError(f"{key} must be at least 1")
         if self.free_margin_bytes < 0:
             raise ConfigError("free_margin_bytes must be 0 or more bytes")
+        if self.partial_max_age <= 0 or self.partial_max_bytes < 0:
+            raise ConfigError("partial_max_age must be a positive number of seconds and partial_max_bytes 0 (a "
+                              "tenth of the filesystem) or more bytes")
         if self.handshake_timeout <= 0 or self.io_timeout <= 0:
             raise ConfigError("handshake_timeout and io_timeout must be positive numbers of seconds")
         parse_export_policies(self.export_policy, self.exports)

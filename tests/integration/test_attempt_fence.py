@@ -1,6 +1,6 @@
-"""The destination's fence: two attempts of one job never write there at the same time. Two real Transfers
-(hostA sends, hostB receives) in one process, over real sockets and files; orders are played by the test as
-the controller would send them."""
+"""Attempts at the agents: the destination's fence (two attempts of one job never write there at the same time)
+and threads that report FAILED on any exception. Two real Transfers (hostA sends, hostB receives) in one
+process, over real sockets and files; orders are played by the test as the controller would send them."""
 
 from __future__ import annotations
 
@@ -114,3 +114,42 @@ def test_a_cancelled_attempt_never_becomes_ready_after_the_older_one_stops(hosts
     wait_for(lambda: b.seen(1, Phase.FAILED), 20, what="attempt 1 to stop")
     wait_for(lambda: not b.transfers.refs(), 20, what="nothing left running at the destination")
     assert not b.seen(2, Phase.READY)
+
+
+def test_a_crash_in_a_same_host_copy_reports_failed_at_once(hosts: tuple[Host, Host],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from zcrepl.agent import transfers
+
+    a, _ = hosts
+    make_tree(a.export / "src", files=5)
+
+    def crash(self: object) -> None:
+        raise RuntimeError("a bug in the copier")
+
+    monkeypatch.setattr(transfers.LocalCopy, "run", crash)
+    ticket, opts, dst = os.urandom(32), JobOptions(), os.fsencode(a.export / "copy")
+    a.transfers.receive(ReceiveOrder(job_id=9, attempt=1, ticket=ticket, path=dst, options=opts, source_host="hostA"))
+    a.transfers.send(SendOrder(job_id=9, attempt=1, ticket=ticket, path=os.fsencode(a.export / "src"), options=opts,
+                               dest_host="hostA", dest_data_address="127.0.0.1:1", dest_path=dst))
+    failed = wait_for(lambda: a.seen(1, Phase.FAILED), 10, what="the crash to be reported")[0]
+    assert "internal error" in failed.error and "a bug in the copier" in failed.error and failed.retryable
+    wait_for(lambda: not a.transfers.refs(), 10, what="the attempt to be forgotten")
+
+
+def test_a_crash_in_a_receive_session_reports_failed_at_once(hosts: tuple[Host, Host],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from zcrepl.agent.transfer.receive import ReceiveSession
+
+    a, b = hosts
+    make_tree(a.export / "src", files=5)
+
+    def crash(self: object, *args: object) -> None:
+        raise KeyError("a bug in the receiver")
+
+    monkeypatch.setattr(ReceiveSession, "serve_control", crash)
+    recv, send = _orders(a, b, 1)
+    b.transfers.receive(recv)
+    a.transfers.send(send)
+    failed = wait_for(lambda: b.seen(1, Phase.FAILED), 10, what="the crash to be reported")[0]
+    assert "internal error" in failed.error and "a bug in the receiver" in failed.error
+    wait_for(lambda: a.seen(1, Phase.FAILED), 20, what="the sender to learn it")

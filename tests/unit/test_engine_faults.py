@@ -1,5 +1,7 @@
-"""Attempts of agents the controller lost are held, not rerun (controller/fence.py through a real Engine and
-SQLite Store, agents played by the test, an injected clock)."""
+"""Faults at the controller, through a real Engine and SQLite Store with agents played by the test and an
+injected clock: attempts of agents it lost are held, not rerun (controller/fence.py); one job whose scheduling
+fails does not stop the others; a job given up drops its partial files. Also the agent's side of the fence:
+it stops its transfers itself before the controller gives their attempts up."""
 
 from __future__ import annotations
 
@@ -104,6 +106,7 @@ def agents(tmp_path: Path) -> Iterator[Any]:
         h.store.close()
 
 
+# -- attempts of lost agents ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("lost", ["a", "b"], ids=["source", "destination"])
 def test_a_lost_agent_that_comes_back_with_the_attempt_carries_on(agents: Any, lost: str) -> None:
     h = agents()
@@ -171,3 +174,100 @@ def test_a_source_lost_before_it_was_told_to_send_fails_the_attempt(agents: Any)
     h.engine.tick()  # the ReceiveOrder went to b; a has nothing of the attempt yet
     h.lose("a")
     assert h.job(job).state is JobState.QUEUED
+
+
+# -- one job's failure is its own ----------------------------------------------------------------------------
+def test_a_job_whose_scheduling_fails_waits_with_the_reason_and_the_others_start(
+        agents: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zcrepl.controller import scheduler
+
+    h = agents()
+    h.connect("c")
+    jobs = [h.engine.submit(Endpoint("a", f"/srv/x{i}".encode()), Endpoint(dst, f"/srv/y{i}".encode()), JobOptions())
+            for i, dst in enumerate(("b", "c", "b"))]
+    real = scheduler._blocker
+
+    def blocker(job: Job, *args: Any) -> str:
+        if job.id == jobs[0].id:  # a bug that only this job's data triggers
+            raise ZeroDivisionError("division by zero")
+        return real(job, *args)
+
+    monkeypatch.setattr(scheduler, "_blocker", blocker)
+    h.engine.tick()
+    first = h.job(jobs[0])
+    assert first.state is JobState.QUEUED and "scheduling this job failed (ZeroDivisionError" in first.wait_reason
+    assert [h.job(j).state for j in jobs[1:]] == [JobState.RUNNING, JobState.RUNNING]
+    assert any("scheduling this job failed" in r for _, _, r in h.engine.explain(jobs[0].id))
+    monkeypatch.setattr(scheduler, "_blocker", real)
+    h.advance(1)
+    assert h.job(jobs[0]).state is JobState.RUNNING  # tried again on the next pass
+
+
+def test_a_job_that_fails_to_start_stays_queued_and_the_pass_goes_on(agents: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    h = agents()
+    jobs = [h.engine.submit(Endpoint("a", f"/srv/x{i}".encode()), Endpoint("b", f"/srv/y{i}".encode()),
+                            JobOptions()) for i in range(3)]
+    real = h.store.start_attempt
+
+    def start_attempt(job_id: int, *args: Any) -> None:
+        if job_id == jobs[1].id:
+            raise OSError(28, "No space left on device")
+        real(job_id, *args)
+
+    monkeypatch.setattr(h.store, "start_attempt", start_attempt)
+    h.engine.tick()
+    assert [h.job(j).state for j in jobs] == [JobState.RUNNING, JobState.QUEUED, JobState.RUNNING]
+    assert jobs[1].id not in h.engine.runs
+    assert "No space left on device" in h.job(jobs[1]).wait_reason
+
+
+def test_a_job_given_up_drops_its_partial_files(agents: Any) -> None:
+    h = agents(max_attempts=1)
+    job = h.running()
+    h.report("b", job, Role.RECEIVER, Phase.FAILED)
+    assert h.job(job).state is JobState.FAILED
+    cancels = [o for o in h.orders("a") + h.orders("b") if isinstance(o, CancelOrder)]
+    assert cancels and all(o.discard_partial for o in cancels)
+
+
+# -- the agent's side ------------------------------------------------------------------------------------------
+class _Running:
+    """What ControllerLink needs of Transfers: how many run, and a way to stop them all."""
+
+    def __init__(self) -> None:
+        self.stopped: list[str] = []
+
+    def count(self) -> int:
+        return 0 if self.stopped else 1
+
+    def refs(self) -> list[tuple[int, int]]:
+        return []
+
+    def cancel_all(self, reason: str) -> None:
+        self.stopped.append(reason)
+
+
+@pytest.mark.parametrize(("grace", "lost_for", "stops"), [
+    (60.0, 29.0, False),  # the controller holds the attempt for 60 s; the agent keeps it 60 - 30 s
+    (60.0, 31.0, True),
+    (0.0, 0.0, True),  # no grace: stop as soon as the loss is noticed
+    (20.0, 0.0, True),  # a grace shorter than the keepalive's detection time leaves the agent none
+])
+def test_an_agent_without_the_controller_stops_its_transfers_before_the_controller_gives_up(
+        grace: float, lost_for: float, stops: bool) -> None:
+    import time
+
+    from zcrepl.agent.link import LOSS_DETECTION, ControllerLink
+
+    assert LOSS_DETECTION == 30.0
+    running = _Running()
+    link = ControllerLink("10.0.0.1:7420", lambda: AgentInfo("a"), HostHealth, running,  # type: ignore[arg-type]
+                          heartbeat_interval=1.0, reconnect_max=1.0)
+    link.attempt_grace = grace
+    link._lost_at = time.monotonic() - lost_for
+    link._fence()
+    assert bool(running.stopped) is stops, running.stopped
+    if stops:
+        why = "no controller for 30s" if grace > LOSS_DETECTION else "lost the controller stream"
+        assert why in running.stopped[0]
