@@ -89,7 +89,8 @@ class Agent:
                                    max_pending=cfg.max_pending, max_pending_per_source=cfg.max_pending_per_source)
             self.data_address = self._advertise(dhost, self.data.address[1])
             limits = SessionLimits.from_config(cfg)
-            self.sweeper = Sweeper(cfg.name, max_age=cfg.partial_max_age, max_bytes=cfg.partial_max_bytes)
+            self.sweeper = Sweeper(cfg.name, max_age=cfg.partial_max_age, max_bytes=cfg.partial_max_bytes,
+                                   state_file=os.path.join(cfg.state_dir, "recent-destinations.json"))
             self.sweeper.startup([root for _, _, root in self.exports.roots])
             self.transfers = Transfers(cfg.name, self.exports, self.data, self.tickets, self._report,
                                        io_timeout=cfg.io_timeout, limits=limits, sweeper=self.sweeper)

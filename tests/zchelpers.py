@@ -183,6 +183,7 @@ class Cluster:
         argv = [*prefix, sys.executable, "-m", "zcrepl.agent", "--name", name, "--controller", self.controller_addr,
                 "--listen", listen, "--data-listen", listen,
                 "--ready-file", str(self.base / f"{name}.json"), "--log-level", "debug",
+                "--state-dir", str(self.base / f"{name}.state"),  # before tls: a --state-dir there wins
                 *(self.pki.flags("agent", name) if tls is None else tls), *flags]
         for e in exports:
             argv += ["--export", str(e)]

@@ -9,7 +9,8 @@
 
 :class:`Sweeper` does both for a destination directory when a job or watch session starts there, before it writes
 (at most once per ``interval`` per directory), and at start-up, in the background, for each export's recent
-destinations, which it keeps in ``<export>/.zc.dests`` (the most recent 256, with when they were last used).
+destinations, which it keeps in ``recent-destinations.json`` in the agent's state_dir (the most recent 256 per
+export, with when they were last used).
 Removing debris keeps the mtime of the directory it was in: directory mtimes are replicated data.
 """
 
@@ -24,14 +25,13 @@ import time
 from dataclasses import dataclass
 
 from zcrepl.agent.transfer.partial import PartialArea
-from zcrepl.agent.transfer.saferoot import MAX_DEPTH, TEMP_PREFIX, SafeRoot, temp_name, writer_gone
+from zcrepl.agent.transfer.saferoot import MAX_DEPTH, TEMP_PREFIX, SafeRoot, writer_gone
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
 
 log = logging.getLogger(__name__)
 
-DESTS = b".zc.dests"
 MAX_DESTS = 256
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -102,8 +102,10 @@ def sweep_destination(export: SafeRoot, rel: tuple[bytes, ...], max_age: float, 
 class Sweeper:
     """Sweeps of destination directories (see the module's docstring), never while a session writes there."""
 
-    def __init__(self, host: str, *, max_age: float, max_bytes: int, interval: float = 60.0) -> None:
+    def __init__(self, host: str, *, max_age: float, max_bytes: int, state_file: str = "",
+                 interval: float = 60.0) -> None:
         self.host = host
+        self.state_file = state_file  # where recent destinations are kept ("": nowhere)
         self.max_age = max_age
         self.max_bytes = max_bytes
         self.interval = interval
@@ -115,12 +117,13 @@ class Sweeper:
     def request(self, export: SafeRoot, rel: tuple[bytes, ...]) -> None:
         """A job or watch session is about to write in ``rel``: note it as a recent destination and sweep it
         first (unless swept within ``interval``; a start-up sweep of it still running is waited for)."""
-        if self._sweep(export, rel):
-            _note_dest(export, rel)
+        if self._sweep(export, rel) and self.state_file:
+            _note_dest(self.state_file, export.path, rel)
 
     def startup(self, exports: list[SafeRoot]) -> None:
-        """Sweep every export's recent destinations (those listed in its ``.zc.dests``), in the background."""
-        work = [(export, rel) for export in exports for rel in _read_dests(export)]
+        """Sweep every export's recent destinations (those listed in the state file), in the background."""
+        recent = _read_dests(self.state_file) if self.state_file else {}
+        work = [(export, _rel(key)) for export in exports for key in recent.get(export.path.hex(), {})]
         if not work:
             return
         t = threading.Thread(target=self._startup, args=(work,), name="zc-sweep", daemon=True)
@@ -169,40 +172,37 @@ class Sweeper:
 _dests_lock = threading.Lock()
 
 
-def _read_dests(export: SafeRoot) -> list[tuple[bytes, ...]]:
+def _read_dests(state_file: str) -> dict[str, dict[str, float]]:
+    """{export path (hex): {destination below it (hex, components joined by "/"): last used}}."""
     try:
-        fd = os.open(DESTS, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=export.fd)
-        with os.fdopen(fd, "rb") as f:
-            doc = json.loads(f.read(1 << 20))
-        return [tuple(bytes.fromhex(rel).split(b"/")) if rel else () for rel in doc]
+        with open(state_file, "rb") as f:
+            doc = json.loads(f.read(4 << 20))
+        return {e: {r: float(t) for r, t in rels.items()} for e, rels in doc.items()} if isinstance(doc, dict) else {}
     except (OSError, ValueError, TypeError, AttributeError):
-        return []
+        return {}
 
 
-def _note_dest(export: SafeRoot, rel: tuple[bytes, ...]) -> None:
-    """Record ``rel`` as the export's most recent destination (atomically replaced, the oldest dropped)."""
+def _rel(key: str) -> tuple[bytes, ...]:
+    raw = bytes.fromhex(key)
+    return tuple(raw.split(b"/")) if raw else ()
+
+
+def _note_dest(state_file: str, export: bytes, rel: tuple[bytes, ...]) -> None:
+    """Record ``rel`` as ``export``'s most recent destination (the file replaced atomically, the oldest dropped)."""
     with _dests_lock:
+        doc = _read_dests(state_file)
+        rels = doc.setdefault(export.hex(), {})
+        key = b"/".join(rel).hex()
+        rels.pop(key, None)
+        rels[key] = time.time()
+        doc[export.hex()] = dict(list(rels.items())[-MAX_DESTS:])
+        tmp = f"{state_file}.{os.getpid()}.tmp"
         try:
-            fd = os.open(DESTS, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=export.fd)
-            with os.fdopen(fd, "rb") as f:
-                doc = json.loads(f.read(1 << 20))
-            if not isinstance(doc, dict):
-                doc = {}
-        except (OSError, ValueError):
-            doc = {}
-        doc.pop(b"/".join(rel).hex(), None)
-        doc[b"/".join(rel).hex()] = time.time()
-        doc = dict(list(doc.items())[-MAX_DESTS:])
-        tmp = temp_name(DESTS)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=export.fd)
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps(doc).encode())
-            os.rename(tmp, DESTS, src_dir_fd=export.fd, dst_dir_fd=export.fd)
+            os.makedirs(os.path.dirname(state_file) or ".", mode=0o700, exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump(doc, f)
+            os.replace(tmp, state_file)
         except OSError as err:
             with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=export.fd)
-            log.debug("recent destinations not recorded", extra=kv(export=show(export.path), error=err))
-
-
+                os.unlink(tmp)
+            log.debug("recent destinations not recorded", extra=kv(file=state_file, error=err))
