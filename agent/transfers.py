@@ -372,6 +372,9 @@ class Transfers:
             retryable = getattr(err, "retryable", True) and not isinstance(err, UnsafePath)
             if isinstance(err, TransferError):
                 msg = str(err)
+            elif isinstance(err, TimeoutError):
+                msg = (f"nothing arrived for {self.io_timeout:g}s (io_timeout); check the network between "
+                       f"{order.source_host} and {self.host}, the job is retried")
             elif isinstance(err, OSError):
                 msg = err.strerror or str(err)
             else:

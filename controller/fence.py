@@ -24,9 +24,9 @@ from zcrepl.core.types import Job
 
 
 def holds(run: Run, job: Job, host: str) -> bool:
-    """``host`` has the attempt: its destination (from the ReceiveOrder on), or its source once the SendOrder
-    went out (before that the source has nothing of it)."""
-    return host == job.destination.host or (host == run.source.host and run.sending)
+    """``host`` may be moving data of the attempt: its source or its destination once the SendOrder went out
+    (before that no byte can flow, so losing either end simply fails the attempt)."""
+    return run.sending and host in (job.destination.host, run.source.host)
 
 
 def hold(run: Run, host: str, now: float, grace: float) -> bool:

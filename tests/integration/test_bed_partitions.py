@@ -60,7 +60,7 @@ def test_a_link_cut_mid_file_fails_the_attempt_then_resumes_the_file(make_bed_cl
                      what="the first attempt to fail")
     # Detected by the data connection's I/O timeout (plus a report's way to the controller).
     assert first["ended_at"] - cut_at < IO_TIMEOUT + 3, (first, cut_at)
-    assert first["error"]
+    assert "hostA" in first["error"] and "hostB" in first["error"], first  # both ends named, whoever told first
     time.sleep(max(0.0, cut_at + 15 - time.time()))  # the cut lasts 15 s
     c.bed.heal("hostA", "hostB")
 

@@ -168,12 +168,13 @@ def test_without_a_grace_a_lost_agent_fails_its_attempts_at_once(agents: Any) ->
     assert h.job(job).state is JobState.QUEUED and "b went offline" in h.job(job).error
 
 
-def test_a_source_lost_before_it_was_told_to_send_fails_the_attempt(agents: Any) -> None:
+@pytest.mark.parametrize("lost", ["a", "b"], ids=["source", "destination"])
+def test_an_agent_lost_before_the_send_order_fails_the_attempt_at_once(agents: Any, lost: str) -> None:
     h = agents()
     job = h.engine.submit(Endpoint("a", b"/srv/x"), Endpoint("b", b"/srv/y"), JobOptions())
-    h.engine.tick()  # the ReceiveOrder went to b; a has nothing of the attempt yet
-    h.lose("a")
-    assert h.job(job).state is JobState.QUEUED
+    h.engine.tick()  # the ReceiveOrder went to b, which has not answered READY: no byte can flow yet
+    h.lose(lost)
+    assert h.job(job).state is JobState.QUEUED and f"{lost} went offline" in h.job(job).error
 
 
 # -- one job's failure is its own ----------------------------------------------------------------------------
