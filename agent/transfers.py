@@ -360,7 +360,7 @@ class Transfers:
             self._receive(order, root, rel, label, ch, hello, session)
         finally:
             if active is not None:
-                active.ended.set()
+                _ended(active, key)
 
     def _receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str, ch: Channel,
                  hello: Hello, session: ReceiveSession) -> None:
@@ -437,13 +437,20 @@ class Transfers:
             if a is not None:
                 self._moved_done += _live_bytes(a)
                 if a.session is None:  # a serving thread signals its session's end itself, after its report
-                    a.ended.set()
+                    _ended(a, key)
 
     def _fail(self, job_id: int, attempt: int, role: Role, error: str, *, retryable: bool,
               stats: TransferStats | None = None) -> None:
         log.warning("transfer failed", extra=kv(job=job_id, attempt=attempt, role=role.value, error=error))
         self.report(TransferReport(job_id, attempt, role, Phase.FAILED, stats or TransferStats(), error,
                                    retryable))
+
+
+def _ended(a: _Active, key: tuple[int, int, Role]) -> None:
+    """The attempt no longer touches files here (logged: the kill-cycle tests check that no two attempts of a job
+    overlap at a destination)."""
+    a.ended.set()
+    log.debug("attempt ended here", extra=kv(job=key[0], attempt=key[1], role=key[2].value))
 
 
 def _live_bytes(a: _Active) -> int:
