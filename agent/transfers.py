@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -19,6 +20,7 @@ from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.jobdirs import check_destination, open_source
 from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.local import LocalCopy, log_local
@@ -28,7 +30,7 @@ from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
 from zcrepl.core.config import split_address
-from zcrepl.core.errors import Cancelled, ConfigError, InvalidPath, TransferError, UnsafePath, ZcError
+from zcrepl.core.errors import Cancelled, ConfigError, TransferError, UnsafePath, ZcError
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
 from zcrepl.core.types import (
@@ -375,6 +377,8 @@ class Transfers:
             elif isinstance(err, TimeoutError):
                 msg = (f"nothing arrived for {self.io_timeout:g}s (io_timeout); check the network between "
                        f"{order.source_host} and {self.host}, the job is retried")
+            elif isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                msg, retryable = self._no_space(session, root, str(err.strerror)), False
             elif isinstance(err, OSError):
                 msg = err.strerror or str(err)
             else:
@@ -397,11 +401,18 @@ class Transfers:
                 if discard:
                     self._drop_partials(*kept)
             stats = session.stats() if session.writer is not None else TransferStats()
-            self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label} <- {order.source_host}: {msg}",
+            where = f"{label} <- {order.source_host}"
+            self._fail(order.job_id, order.attempt, Role.RECEIVER,
+                       where + msg[len(label):] if msg.startswith(label) else f"{where}: {msg}",
                        retryable=retryable, stats=stats)
             return
         self._forget(key)
         assert session.writer is not None
+        if stats.errors and session.writer.no_space:
+            why = f"{stats.errors} entries failed; first: {session.writer.first_error}"
+            self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: {self._no_space(session, root, why)}",
+                       retryable=False, stats=stats)
+            return
         if stats.errors:
             self._fail(order.job_id, order.attempt, Role.RECEIVER,
                        f"{stats.errors} entries failed; first: {session.writer.first_error}", retryable=True,
@@ -414,6 +425,19 @@ class Transfers:
                                           bytes=stats.bytes_done, skipped=stats.files_skipped,
                                           deleted=stats.deleted, seconds=round(time.monotonic() - t0, 3)))
         self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE, stats))
+
+    @staticmethod
+    def _no_space(session: ReceiveSession, root: SafeRoot, why: str) -> str:
+        """The destination's filesystem is full: what the job still had to write (at least: the manifest may not
+        have been complete) against what is free."""
+        w, pending, free = session.writer, 0, 0
+        if w is not None:
+            pending = sum(e.size for e in w.needed.values()) + sum(s.total - s.got for s in w.slots.values())
+        with contextlib.suppress(OSError):
+            vfs = os.fstatvfs(root.fd)
+            free = vfs.f_bavail * vfs.f_frsize
+        return (f"the filesystem is full: at least {pending:,} more bytes to write and {free:,} free; free some "
+                f"space or choose another destination ({why})")
 
     @staticmethod
     def _drop_partials(export: SafeRoot, rel: tuple[bytes, ...], relpaths: list[bytes] | None) -> None:
@@ -446,6 +470,8 @@ class Transfers:
                                    retryable))
 
 
+
+
 def _ended(a: _Active, key: tuple[int, int, Role]) -> None:
     """The attempt no longer touches files here (logged: the kill-cycle tests check that no two attempts of a job
     overlap at a destination)."""
@@ -462,31 +488,3 @@ def _live_bytes(a: _Active) -> int:
     except Exception:  # a health figure must never break a transfer; count nothing for it this time
         log.debug("live transfer bytes unavailable", exc_info=True)
     return 0
-
-
-def open_source(root: SafeRoot, rel: tuple[bytes, ...], label: str) -> SafeRoot:
-    try:
-        fd = root.open_dir(rel)
-    except FileNotFoundError as err:
-        raise InvalidPath(f"{label} does not exist; check the path (zc-ctl agents lists the exports)") from err
-    except NotADirectoryError as err:
-        raise InvalidPath(f"{label} is not a directory; zcrepl replicates directory trees") from err
-    except UnsafePath as err:
-        raise InvalidPath(f"{label} passes through a symlink; name the real directory instead") from err
-    except PermissionError as err:
-        raise InvalidPath(f"{label}: permission denied; run zc-agent as a user that can read it") from err
-    return SafeRoot.from_fd(fd, root.path + b"/" + b"/".join(rel) if rel else root.path)
-
-
-def check_destination(root: SafeRoot, rel: tuple[bytes, ...], label: str) -> None:
-    """Refuse before any write when an existing component is a symlink or not a directory."""
-    for depth in range(1, len(rel) + 1):
-        try:
-            fd = root.open_dir(rel[:depth])
-        except FileNotFoundError:
-            return  # the rest will be created when the source connects
-        except NotADirectoryError as err:
-            raise InvalidPath(f"{label}: {show(b'/'.join(rel[:depth]))} exists and is not a directory") from err
-        except UnsafePath as err:
-            raise InvalidPath(f"{label} passes through a symlink; name the real directory instead") from err
-        os.close(fd)

@@ -168,6 +168,8 @@ class Engine:
             if run.sender_done is not None and run.receiver_done is not None:
                 self._succeed(job, run)
         elif r.phase is Phase.FAILED:
+            if fence.await_destination(run, job, r, self.clock(), self.registry.session(job.destination.host)):
+                return  # the destination's own report, due any moment, says why (and whether to retry)
             self._fail_run(job.id, r.error or f"{session.info.name} reported a failure", r.retryable, r.stats)
 
     def agent_names(self, names: list[str] | None = None) -> list[str]:
@@ -298,6 +300,8 @@ class Engine:
             job = self.jobs[run.job_id]
             if fence.expired(run, now):
                 self._fail_run(run.job_id, fence.expiry_reason(run, self.config.attempt_grace), True, run.progress)
+            elif (sent := fence.sender_failure(run, now)) is not None:
+                self._fail_run(run.job_id, sent.error, sent.retryable, sent.stats)
             elif not run.receiver_ready and now > run.ready_deadline:
                 self._fail_run(run.job_id, f"{job.destination.host} did not prepare to receive within "
                                f"{self.config.ready_timeout:.0f}s", True, run.progress)

@@ -14,13 +14,20 @@ attempt of the job starts (the run still holds its hosts and its destination in 
   been without the controller for ``attempt_grace`` minus the time it may take to notice the loss (gRPC
   keepalive), so by then it is no longer running.
 
+Also here, whose word settles a failed attempt: when the source reports a failure first, it is often only the
+echo of the destination's ("the destination aborted"), which says what went wrong and whether another attempt
+can help (a full filesystem cannot be retried away). So the source's report waits up to ``VERDICT_WAIT`` seconds
+for the destination's.
+
 Pure functions over the engine's runs and jobs; the engine applies what they return.
 """
 
 from __future__ import annotations
 
 from zcrepl.controller.runs import Run
-from zcrepl.core.types import Job
+from zcrepl.core.types import Job, Role, TransferReport
+
+VERDICT_WAIT = 2.0
 
 
 def holds(run: Run, job: Job, host: str) -> bool:
@@ -60,3 +67,20 @@ def expiry_reason(run: Run, grace: float) -> str:
     hosts = " and ".join(sorted(run.lost_hosts)) or "an agent"
     return (f"{hosts} stayed out of reach of the controller for {grace:g}s (attempt_grace) during the transfer; "
             "its agent has stopped the attempt by now")
+
+
+def await_destination(run: Run, job: Job, report: TransferReport, now: float, destination: object | None) -> bool:
+    """Hold the source's failure ``report`` for the destination's (True), if the destination is connected and has
+    the attempt; the engine fails the attempt with the destination's report, or with this one after the wait."""
+    if (report.role is not Role.SENDER or run.sender_failed is not None or not run.receiver_ready
+            or destination is None or run.source.host == job.destination.host):
+        return False
+    run.sender_failed, run.sender_failed_at = report, now
+    return True
+
+
+def sender_failure(run: Run, now: float) -> TransferReport | None:
+    """The source's held failure once the destination has had ``VERDICT_WAIT`` seconds to give its own."""
+    if run.sender_failed is not None and now - run.sender_failed_at >= VERDICT_WAIT:
+        return run.sender_failed
+    return None

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from zcrepl.controller.policy import MAX_STREAMS
 from zcrepl.controller.scheduler import Policy, Usage
-from zcrepl.core.types import Endpoint, Job, TransferStats
+from zcrepl.core.types import Endpoint, Job, TransferReport, TransferStats
 
 
 @dataclass
@@ -37,6 +37,9 @@ class Run:
     # Agents of this attempt the controller lost while it ran, and until when it is held for them (fence.py).
     lost_hosts: set[str] = field(default_factory=set)
     lost_until: float = 0.0
+    # The source's failure report, held briefly for the destination's own (fence.await_destination), and when.
+    sender_failed: TransferReport | None = None
+    sender_failed_at: float = 0.0
 
 
 def rate_limited(job: Job, run: Run) -> bool:
