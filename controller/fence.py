@@ -70,10 +70,11 @@ def expiry_reason(run: Run, grace: float) -> str:
 
 
 def await_destination(run: Run, job: Job, report: TransferReport, now: float, destination: object | None) -> bool:
-    """Hold the source's failure ``report`` for the destination's (True), if the destination is connected and has
-    the attempt; the engine fails the attempt with the destination's report, or with this one after the wait."""
-    if (report.role is not Role.SENDER or run.sender_failed is not None or not run.receiver_ready
-            or destination is None or run.source.host == job.destination.host):
+    """Hold the source's retryable failure ``report`` for the destination's (True), if the destination is connected
+    and has the attempt; the engine fails the attempt with the destination's report, or with this one after the
+    wait. A failure that is final already (a missing source path) is not held."""
+    if (report.role is not Role.SENDER or not report.retryable or run.sender_failed is not None
+            or not run.receiver_ready or destination is None or run.source.host == job.destination.host):
         return False
     run.sender_failed, run.sender_failed_at = report, now
     return True

@@ -232,6 +232,31 @@ def test_a_job_given_up_drops_its_partial_files(agents: Any) -> None:
     assert cancels and all(o.discard_partial for o in cancels)
 
 
+def test_the_destinations_verdict_on_a_failed_attempt_wins_over_the_sources_echo(agents: Any) -> None:
+    h = agents()
+    job = h.running()
+    echo = TransferReport(job.id, 1, Role.SENDER, Phase.FAILED, TransferStats(), "a: the destination aborted", True)
+    h.engine.report(h.sessions["a"], echo)
+    assert h.job(job).state is JobState.RUNNING  # waits for b's word
+    h.advance(1)
+    full = TransferReport(job.id, 1, Role.RECEIVER, Phase.FAILED, TransferStats(), "b:/srv/y: the filesystem is full",
+                          False)
+    h.engine.report(h.sessions["b"], full)
+    j = h.job(job)
+    assert j.state is JobState.FAILED and "filesystem is full" in j.error  # not retried: it would fail the same way
+
+
+def test_the_sources_failure_stands_when_the_destination_says_nothing(agents: Any) -> None:
+    h = agents()
+    job = h.running()
+    h.engine.report(h.sessions["a"], TransferReport(job.id, 1, Role.SENDER, Phase.FAILED, TransferStats(),
+                                                    "a: cannot read /srv/x", True))
+    h.advance(1.9)
+    assert h.job(job).state is JobState.RUNNING
+    h.advance(0.2)
+    assert h.job(job).state is JobState.QUEUED and "cannot read" in h.job(job).error
+
+
 # -- the agent's side ------------------------------------------------------------------------------------------
 class _Running:
     """What ControllerLink needs of Transfers: how many run, and a way to stop them all."""
