@@ -21,6 +21,7 @@ from zcrepl.agent.syncs import Syncs
 from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.server import DataServer, TicketBook
+from zcrepl.agent.transfer.tls import TlsContexts
 from zcrepl.agent.transfers import Transfers
 from zcrepl.core.config import AgentConfig, split_address
 from zcrepl.core.logs import kv
@@ -73,6 +74,7 @@ class Agent:
         return AgentInfo(
             name=self.config.name, grpc_address=self.grpc_address, data_address=self.data_address,
             exports=self.exports.paths, version=VERSION, pid=os.getpid(), hostname=socket.gethostname(),
+            site=self.config.site, source_addresses=self.config.source_addresses,
         )
 
     def health(self) -> HostHealth:
@@ -86,7 +88,8 @@ class Agent:
             dhost, dport = split_address(cfg.data_listen)
             self.data = DataServer(dhost, dport, self.tickets, handshake_timeout=cfg.handshake_timeout,
                                    io_timeout=cfg.io_timeout, max_connections=cfg.max_connections,
-                                   max_pending=cfg.max_pending, max_pending_per_source=cfg.max_pending_per_source)
+                                   max_pending=cfg.max_pending, max_pending_per_source=cfg.max_pending_per_source,
+                                   tls_contexts=TlsContexts(self.trust) if self.trust is not None else None)
             self.data_address = self._advertise(dhost, self.data.address[1])
             limits = SessionLimits.from_config(cfg)
             self.sweeper = Sweeper(cfg.name, max_age=cfg.partial_max_age, max_bytes=cfg.partial_max_bytes,

@@ -39,7 +39,7 @@ from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc
 from zcrepl.proto.channels import KEEPALIVE_CLIENT, channel
 from zcrepl.proto.convert import agent_info_to_pb, health_to_pb, options_from_pb, report_to_pb
-from zcrepl.proto.syncconvert import dest_order_from_pb, source_order_from_pb, status_to_pb
+from zcrepl.proto.syncconvert import dest_order_from_pb, source_order_from_pb, status_to_pb, ticket_order_from_pb
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,8 @@ class ControllerLink:
         if kind == "receive":
             o = msg.receive
             self.transfers.receive(ReceiveOrder(o.job_id, o.attempt, bytes(o.ticket), bytes(o.path),
-                                                options_from_pb(o.options), o.source_host))
+                                                options_from_pb(o.options), o.source_host,
+                                                tuple(o.source_addresses)))
         elif kind == "send":
             o2 = msg.send
             self.transfers.send(SendOrder(o2.job_id, o2.attempt, bytes(o2.ticket), bytes(o2.path),
@@ -210,7 +211,7 @@ class ControllerLink:
         elif kind == "throttle":
             t = msg.throttle
             self.transfers.throttle(ThrottleOrder(t.job_id, t.attempt, t.bwlimit, t.paused, t.reason))
-        elif kind in ("sync_source", "sync_dest", "sync_stop", "sync_hold") and self.syncs is not None:
+        elif kind in ("sync_source", "sync_dest", "sync_stop", "sync_hold", "sync_ticket") and self.syncs is not None:
             self._sync_order(msg)
         elif kind == "cancel":
             c = msg.cancel
@@ -226,6 +227,8 @@ class ControllerLink:
             self.syncs.dest(dest_order_from_pb(msg.sync_dest))
         elif kind == "sync_stop":
             self.syncs.stop(SyncStopOrder(msg.sync_stop.rule_id, msg.sync_stop.reason))
+        elif kind == "sync_ticket":
+            self.syncs.rotate(ticket_order_from_pb(msg.sync_ticket))
         else:
             h = msg.sync_hold
             self.syncs.hold(SyncHoldOrder(h.rule_id, h.epoch, h.held, h.reason))

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--io-timeout", type=float, metavar="SECONDS",
                    help="a data connection silent this long fails its transfer (default 60)")
     p.add_argument("--advertise-host", metavar="HOST", help="host to advertise when listening on 0.0.0.0")
+    p.add_argument("--site", metavar="LABEL",
+                   help="where this agent runs (the controller's encrypt = cross-site compares these)")
+    p.add_argument("--source-address", dest="source_addresses", action="append", metavar="IP",
+                   help="another address this host's data connections may leave from (multi-homed hosts); "
+                        "repeatable")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["kv", "json"])
     p.add_argument("--ready-file", metavar="FILE", help="write bound addresses as JSON here once serving")

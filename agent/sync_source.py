@@ -5,6 +5,10 @@ Each ``ChangeSet`` becomes one watch session per destination over the data plane
 Shipping runs on the watcher's coalescing thread, so events keep coalescing while a session is in flight
 and a slow destination sees bigger sets. A failed session makes the watcher's next set a rescan, after a
 backoff; a held rule (the controller's load policy) blocks shipping while changes keep collecting.
+
+Tickets rotate within an epoch (``rotate``): a session tries the newest ticket first and, when the destination
+refuses it at HELLO (it has not registered it yet; nothing was applied), the previous one; once a session is
+accepted with the new ticket the previous one is forgotten. So a rotation never costs a reconciliation.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from zcrepl.agent import priority
 from zcrepl.agent.transfer.changes import ChangePlan
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
+from zcrepl.agent.transfer.sendio import Refused
+from zcrepl.agent.transfer.tls import TlsContexts
 from zcrepl.agent.watch import TreeWatcher
 from zcrepl.agent.watch_coalesce import ChangeSet
 from zcrepl.core.backoff import backoff_delay
@@ -41,9 +47,12 @@ class SourceRule:
     """Started by a SyncSourceOrder; ``stop`` ends it. ``status`` is read by the heartbeat thread."""
 
     def __init__(self, host: str, order: SyncSourceOrder, root: SafeRoot, watch_path: bytes, *,
-                 io_timeout: float = 60.0, backoff_max: float = 30.0) -> None:
+                 io_timeout: float = 60.0, backoff_max: float = 30.0, contexts: TlsContexts | None = None) -> None:
         self.host = host
         self.order = order
+        self.contexts = contexts
+        # Per destination host: its tickets, newest first (two while a rotation is not yet confirmed).
+        self._tickets: dict[str, list[bytes]] = {d.host: [d.ticket] for d in order.dests}
         self.root = root  # confined source directory (the sender reads through it)
         self.label = f"{host}:{show(order.path)}"
         self.io_timeout = io_timeout
@@ -86,6 +95,13 @@ class SourceRule:
         if changed:
             log.info("watch rule held" if held else "watch rule released",
                      extra=kv(rule=self.order.rule_id, reason=reason))
+
+    def rotate(self, host: str, ticket: bytes) -> None:
+        with self._lock:
+            held = self._tickets.get(host)
+            if held is not None:
+                self._tickets[host] = [ticket, held[0]]
+        log.info("watch rule ticket rotated", extra=kv(rule=self.order.rule_id, dest=host))
 
     def shipped_bytes(self) -> int:
         with self._lock:
@@ -134,22 +150,42 @@ class SourceRule:
         o = self.order
         plan = None if cs.rescan else ChangePlan(cs.renames, cs.deletes, cs.upserts)
         streams = o.options.streams or (RESCAN_STREAMS if cs.rescan or len(cs.upserts) > BIG_SET else 1)
-        spec = SendSpec(job_id=SYNC_ID_BASE + o.rule_id, attempt=o.epoch, ticket=dest.ticket,
-                        address=split_address(dest.data_address), options=replace(o.options, streams=streams),
-                        cancel=self._cancel, on_progress=lambda _s: None, io_timeout=self.io_timeout)
+        with self._lock:
+            tickets = list(self._tickets.get(dest.host, [dest.ticket]))
         t0 = time.monotonic()
-        sender = Sender(spec, self.root, plan, tolerate_changed=True)
-        try:
-            stats = sender.run()
-        except Cancelled:
-            raise _Stopped() from None
+        for n, ticket in enumerate(tickets):
+            spec = SendSpec(job_id=SYNC_ID_BASE + o.rule_id, attempt=o.epoch, ticket=ticket,
+                            address=split_address(dest.data_address),
+                            options=replace(o.options, streams=streams, encrypt=dest.encrypt), cancel=self._cancel,
+                            on_progress=lambda _s: None, io_timeout=self.io_timeout, encrypt=dest.encrypt,
+                            dest=dest.host, contexts=self.contexts)
+            sender = Sender(spec, self.root, plan, tolerate_changed=True)
+            try:
+                stats = sender.run()
+            except Cancelled:
+                raise _Stopped() from None
+            except Refused:
+                if sender.controlled or n + 1 == len(tickets):
+                    raise
+                continue  # the destination has not registered the rotated ticket yet: the previous one
+            if n == 0 and len(tickets) > 1:
+                with self._lock:
+                    if self._tickets.get(dest.host, [])[:1] == [ticket]:
+                        self._tickets[dest.host] = [ticket]  # the rotation is confirmed
+            break
         add = SyncCounters(sessions=1, changes=0 if cs.rescan else len(cs), files=stats.files_done,
                            bytes=stats.bytes_done, deleted=stats.deleted, renamed=sender.renamed,
-                           reconciles=int(cs.rescan))
+                           reconciles=int(cs.rescan), skipped=stats.entries_skipped)
         with self._lock:
             self._counters = self._counters.plus(add)
+            if stats.entries_skipped:
+                # Not a failure (the rest shipped), but never silent: the rule shows it as its last error.
+                self._last_error = (f"{self.label} -> {dest.host}: {stats.entries_skipped} entries skipped; last: "
+                                    f"{sender.skips.last()}")
+                self._last_error_at = time.time()
         log.debug("change set shipped", extra=kv(rule=o.rule_id, dest=dest.host, rescan=cs.rescan, items=len(cs),
-                                                 files=stats.files_done, seconds=round(time.monotonic() - t0, 4)))
+                                                 files=stats.files_done, transport=stats.transport,
+                                                 seconds=round(time.monotonic() - t0, 4)))
 
     def _wait_released(self) -> None:
         with self._hold:

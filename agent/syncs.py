@@ -1,8 +1,8 @@
 """The watch rules an agent takes part in: sources it watches and ships from, destinations it accepts.
 
-Orders come from the controller (start with a new epoch, hold/release, stop). Rules keep running while the
-controller is away; when it comes back it re-sends them with a new epoch, which restarts the watcher and so
-reconciles the trees.
+Orders come from the controller (start with a new epoch, hold/release, rotate tickets, stop). Rules keep
+running while the controller is away, until their tickets expire (``sync_ticket_ttl``); when it comes back it
+re-sends them with a new epoch, which restarts the watcher and so reconciles the trees.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
 from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
+from zcrepl.agent.transfer.peer import Binding, resolve
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
+from zcrepl.agent.transfer.tls import TlsContexts
 from zcrepl.agent.transfers import check_destination, open_source
 from zcrepl.core.errors import ZcError
 from zcrepl.core.logs import kv
@@ -33,6 +35,7 @@ from zcrepl.core.synctypes import (
     SyncSourceOrder,
     SyncStatus,
     SyncStopOrder,
+    SyncTicketOrder,
 )
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ class Syncs:
         self.data = data
         self.tickets = tickets
         self.io_timeout = io_timeout
+        self.contexts: TlsContexts | None = data.tls
         self._lock = threading.Lock()
         self._sources: dict[int, SourceRule] = {}
         self._failed: dict[int, SyncStatus] = {}  # rules that could not start here, reported until replaced
@@ -65,7 +69,7 @@ class Syncs:
             self._refuse(order.rule_id, order.epoch, str(err))
             return
         watch_path = export.path + (b"/" + b"/".join(rel) if rel else b"")
-        rule = SourceRule(self.host, order, root, watch_path, io_timeout=self.io_timeout)
+        rule = SourceRule(self.host, order, root, watch_path, io_timeout=self.io_timeout, contexts=self.contexts)
         try:
             rule.start()
         except OSError as err:
@@ -78,7 +82,13 @@ class Syncs:
 
     def dest(self, order: SyncDestOrder) -> None:
         job_id = SYNC_ID_BASE + order.rule_id
-        self.tickets.revoke(job_id, reusable=True)  # the rule's earlier epoch
+        with self._lock:
+            rotation = self._dests.get(order.rule_id) == order.epoch
+        if not rotation:
+            self.tickets.revoke(job_id, reusable=True)  # the rule's earlier epoch
+        # else: a rotated ticket joins the current one, which expires on its own (the overlap)
+        expires = time.monotonic() + order.ticket_ttl if order.ticket_ttl > 0 else math.inf
+        bind = Binding(order.source_host, resolve(order.source_addresses), order.options.encrypt)
         label = f"{self.host}:{show(order.path)}"
         try:
             export, rel = self.exports.resolve(order.path)
@@ -91,7 +101,7 @@ class Syncs:
             def refuse(ch: Channel, _hello: Hello) -> None:
                 ch.send(fr.encode_text(fr.T.REFUSE, reason))
 
-            self.tickets.register(order.ticket, Grant(job_id, order.epoch, math.inf, refuse, reusable=True))
+            self.tickets.register(order.ticket, Grant(job_id, order.epoch, expires, refuse, reusable=True, bind=bind))
             with self._lock:
                 self._dests[order.rule_id] = order.epoch
             return
@@ -100,7 +110,7 @@ class Syncs:
             if self.sweeper is not None:  # what dead sessions left here goes (at most once a minute)
                 self.sweeper.request(export, rel)
             spec = ReceiveSpec(job_id, order.epoch, export, rel, order.options, label,
-                               policy=self.exports.policy(export), limits=self.limits)
+                               policy=self.exports.policy(export), limits=self.limits, bind=bind)
             try:
                 ReceiveSession(spec, self.tickets).serve_control(ch, hello)
             except Exception as err:  # the source reports it as the rule's last error
@@ -108,11 +118,19 @@ class Syncs:
                 with contextlib.suppress(OSError):
                     ch.send(fr.encode_text(fr.T.ABORT, f"{label}: {err}"))
 
-        self.tickets.register(order.ticket, Grant(job_id, order.epoch, math.inf, serve, reusable=True))
+        self.tickets.register(order.ticket, Grant(job_id, order.epoch, expires, serve, reusable=True, bind=bind))
         with self._lock:
             self._dests[order.rule_id] = order.epoch
-        log.info("watch rule destination ready", extra=kv(rule=order.rule_id, epoch=order.epoch, path=label,
-                                                          source=order.source_host))
+        log.info("watch rule ticket added" if rotation else "watch rule destination ready",
+                 extra=kv(rule=order.rule_id, epoch=order.epoch, path=label, source=order.source_host,
+                          encrypt=order.options.encrypt, ttl=order.ticket_ttl))
+
+    def rotate(self, order: SyncTicketOrder) -> None:
+        """The controller rotated a destination's ticket: ship with the new one from the next session on."""
+        with self._lock:
+            rule = self._sources.get(order.rule_id)
+        if rule is not None and rule.order.epoch == order.epoch:
+            rule.rotate(order.host, order.ticket)
 
     def hold(self, order: SyncHoldOrder) -> None:
         with self._lock:

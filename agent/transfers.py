@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
@@ -25,6 +25,7 @@ from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.local import LocalCopy, log_local
 from zcrepl.agent.transfer.partial import PartialArea
+from zcrepl.agent.transfer.peer import Binding, resolve
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
@@ -39,6 +40,7 @@ from zcrepl.core.types import (
     ReceiveOrder,
     Role,
     SendOrder,
+    Skipped,
     ThrottleOrder,
     TransferReport,
     TransferStats,
@@ -48,6 +50,12 @@ log = logging.getLogger(__name__)
 
 ReportFn = Callable[[TransferReport], None]
 TICKET_TTL = 120.0
+
+
+def no_tls(host: str, role: str) -> str:
+    """The sentence for an encrypted order reaching an agent that runs --insecure."""
+    return (f"{host} has no TLS certificate (it runs --insecure), so it cannot {role} an encrypted transfer; "
+            f"give it one (zc-agent --join TOKEN, or --ca/--cert/--key) or run the job without --encrypt")
 
 
 @dataclass
@@ -117,6 +125,8 @@ class Transfers:
         if older is None:
             return
         try:
+            if order.options.encrypt and self.data.tls is None and order.source_host != self.host:
+                raise ConfigError(no_tls(self.host, "receive"))  # (a same-host copy never touches the network)
             root, rel = self.exports.resolve(order.path)
             check_destination(root, rel, label)
         except ZcError as err:
@@ -153,9 +163,10 @@ class Transfers:
         if active is None or active.cancel.is_set():  # cancelled while an older attempt was stopping
             self._forget(key)
             return
+        bind = Binding(order.source_host, resolve(order.source_addresses), order.options.encrypt)
 
         def serve(ch: Channel, hello: Hello) -> None:
-            self._serve_receive(order, root, rel, label, ch, hello)
+            self._serve_receive(order, root, rel, label, ch, hello, bind)
 
         def expired() -> None:
             self._forget(key)
@@ -164,8 +175,10 @@ class Transfers:
                        f"{self.data.address[0]}:{self.data.address[1]} within {TICKET_TTL:.0f}s", retryable=True)
 
         self.tickets.register(order.ticket, Grant(order.job_id, order.attempt,
-                                                  time.monotonic() + TICKET_TTL, serve, expired))
-        log.info("receive ready", extra=kv(job=order.job_id, attempt=order.attempt, path=order.path))
+                                                  time.monotonic() + TICKET_TTL, serve, expired, bind=bind))
+        log.info("receive ready", extra=kv(job=order.job_id, attempt=order.attempt, path=order.path,
+                                           source=order.source_host, encrypt=order.options.encrypt,
+                                           source_addresses=",".join(sorted(bind.addresses))))
         self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.READY))
 
     def send(self, order: SendOrder) -> None:
@@ -174,6 +187,8 @@ class Transfers:
         if older is None:
             return
         try:
+            if order.options.encrypt and self.data.tls is None and order.dest_host != self.host:
+                raise ConfigError(no_tls(self.host, "send"))
             root, rel = self.exports.resolve(order.path)
             src = open_source(root, rel, label)
             address = split_address(order.dest_data_address)
@@ -194,6 +209,7 @@ class Transfers:
             options=order.options, cancel=active.cancel, io_timeout=self.io_timeout,
             on_progress=lambda s: self.report(
                 TransferReport(order.job_id, order.attempt, Role.SENDER, Phase.PROGRESS, s)),
+            encrypt=order.options.encrypt, dest=order.dest_host, contexts=self.data.tls,
         )
         active.thread = threading.Thread(
             target=self._run_sender, args=(spec, src, key, label, order), name=f"zc-send-{order.job_id}",
@@ -281,20 +297,22 @@ class Transfers:
             self._forget(key)
             where = f"{label} -> {order.dest_host}:{show(order.dest_path)}"
             self._fail(spec.job_id, spec.attempt, Role.SENDER, f"{where}: {err}", retryable=err.retryable,
-                       stats=sender.snapshot())
+                       stats=sender.snapshot(), skipped=tuple(sender.skips.listed))
             return
         except Exception as err:  # never let a sender bug kill the agent silently
             self._forget(key)
             log.exception("sender crashed", extra=kv(job=spec.job_id))
             self._fail(spec.job_id, spec.attempt, Role.SENDER, f"{label}: internal error: {err!r}",
-                       retryable=True, stats=sender.snapshot())
+                       retryable=True, stats=sender.snapshot(), skipped=tuple(sender.skips.listed))
             return
         finally:
             src.close()
         self._forget(key)
         log.info("send done", extra=kv(job=spec.job_id, attempt=spec.attempt, files=stats.files_done,
-                                       bytes=stats.bytes_done, seconds=round(time.monotonic() - t0, 3)))
-        self.report(TransferReport(spec.job_id, spec.attempt, Role.SENDER, Phase.DONE, stats))
+                                       bytes=stats.bytes_done, left_out=stats.entries_skipped,
+                                       transport=stats.transport, seconds=round(time.monotonic() - t0, 3)))
+        self.report(TransferReport(spec.job_id, spec.attempt, Role.SENDER, Phase.DONE, stats,
+                                   skipped=tuple(sender.skips.listed)))
 
     def _run_local(self, order: SendOrder, src: SafeRoot, key: tuple[int, int, Role], label: str,
                    active: _Active, older: list[threading.Event]) -> None:
@@ -338,21 +356,24 @@ class Transfers:
         finally:
             src.close()
         self._forget(key)
+        skipped = tuple(copier.skips.listed)
         if stats.errors:
             self._fail(order.job_id, order.attempt, Role.SENDER, f"{stats.errors} entries failed copying "
-                       f"{label} -> {dst_label}; see the agent log", retryable=True, stats=stats)
+                       f"{label} -> {dst_label}; see the agent log", retryable=True, stats=stats, skipped=skipped)
             return
         log_local(order.job_id, stats, time.monotonic() - t0)
-        for role in (Role.RECEIVER, Role.SENDER):
-            self.report(TransferReport(order.job_id, order.attempt, role, Phase.DONE, stats))
+        # One scan serves both roles: its skipped entries are reported once, by the sender.
+        self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE,
+                                   replace(stats, entries_skipped=0, skipped_special=0)))
+        self.report(TransferReport(order.job_id, order.attempt, Role.SENDER, Phase.DONE, stats, skipped=skipped))
 
     def _serve_receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,
-                       ch: Channel, hello: Hello) -> None:
+                       ch: Channel, hello: Hello, bind: Binding) -> None:
         key = (order.job_id, order.attempt, Role.RECEIVER)
-        if self.sweeper is not None:  # what dead transfers left here goes, alongside this one
+        if self.sweeper is not None:  # first, what dead transfers left here goes (at most once a minute)
             self.sweeper.request(root, rel)
         spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label,
-                           policy=self.exports.policy(root), limits=self.limits)
+                           policy=self.exports.policy(root), limits=self.limits, bind=bind)
         session = ReceiveSession(spec, self.tickets)
         with self._lock:
             active = self._active.get(key)
@@ -423,6 +444,7 @@ class Transfers:
         self._drop_partials(root, rel, None)
         log.info("receive done", extra=kv(job=order.job_id, attempt=order.attempt, files=stats.files_done,
                                           bytes=stats.bytes_done, skipped=stats.files_skipped,
+                                          transport=stats.transport, source=ch.peer.address if ch.peer else "",
                                           deleted=stats.deleted, seconds=round(time.monotonic() - t0, 3)))
         self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE, stats))
 
@@ -464,10 +486,10 @@ class Transfers:
                     _ended(a, key)
 
     def _fail(self, job_id: int, attempt: int, role: Role, error: str, *, retryable: bool,
-              stats: TransferStats | None = None) -> None:
+              stats: TransferStats | None = None, skipped: tuple[Skipped, ...] = ()) -> None:
         log.warning("transfer failed", extra=kv(job=job_id, attempt=attempt, role=role.value, error=error))
         self.report(TransferReport(job_id, attempt, role, Phase.FAILED, stats or TransferStats(), error,
-                                   retryable))
+                                   retryable, skipped))
 
 
 

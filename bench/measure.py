@@ -11,6 +11,7 @@ import hashlib
 import os
 import platform
 import resource
+import ssl
 import subprocess
 import sys
 import time
@@ -170,7 +171,22 @@ def machine_facts(data: Path, repo: Path) -> dict[str, Any]:
         "filesystem": _cmd("findmnt", "-n", "-o", "SOURCE,FSTYPE,OPTIONS", "--target", str(data)),
         "zcrepl_commit": commit + ("+dirty" if dirty else ""),
         "worktree_sha": worktree_digest(repo),
+        "openssl": ssl.OPENSSL_VERSION,
+        "ktls": ktls_state(),
     }
+
+
+def ktls_state() -> str:
+    """Whether --encrypt runs could use kernel TLS here: Python must expose it (3.12+ OP_ENABLE_KTLS; sendfile
+    needs SSLSocket.uses_ktls_for_send) and the kernel must have its tls module loaded (/proc/net/tls_stat)."""
+    python = hasattr(ssl, "OP_ENABLE_KTLS")
+    sendfile = hasattr(getattr(ssl, "_ssl", None), "_SSLSocket") and hasattr(ssl._ssl._SSLSocket, "uses_ktls_for_send")
+    kernel = os.path.exists("/proc/net/tls_stat")
+    if python and sendfile and kernel:
+        return "possible (Python exposes kTLS sendfile, the kernel's tls module is loaded)"
+    why = [w for w, ok in (("Python lacks OP_ENABLE_KTLS", python), ("Python lacks SSL_sendfile", sendfile),
+                           ("no kernel tls module", kernel)) if not ok]
+    return "not active: " + ", ".join(why)
 
 
 def worktree_digest(repo: Path) -> str:

@@ -39,7 +39,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke test: small sizes (under DATA/quick), 1 round, no warm-up; --runs is ignored")
     p.add_argument("--streams", type=int, default=0, help="pass --streams N to zc-ctl replicate")
-    p.add_argument("--tools", default="", help="comma-separated subset of: zc-none,zc-job,raw,rsyncd,rsync,cp")
+    p.add_argument("--tools", default="",
+                   help="comma-separated subset of: zc-none,zc-job,zc-none-tls,zc-job-tls,raw,rsyncd,rsync,cp")
+    p.add_argument("--encrypt", action="store_true",
+                   help="also run zcrepl with --encrypt (TLS 1.3 data plane): rows zcrepl none/job --encrypt")
     p.add_argument("--no-warmup", action="store_true", help="skip the discarded warm-up round")
     p.add_argument("--no-sync", action="store_true",
                    help="skip the untimed sync(2) before each run (then a run may pay for writing back the dirty "
@@ -99,7 +102,8 @@ class Bench:
         rsyncd = RsyncDaemon(self.run_dir, self.dst_root / "rsyncd")
         ctx = Context(self.src_root, self.dst_root, cluster, rsyncd, self.args.streams)
         keys = {k.strip() for k in self.args.tools.split(",") if k.strip()}
-        self.tools = [t for t in all_tools(ctx) if not keys or t.key in keys]
+        self.tools = [t for t in all_tools(ctx, self.args.encrypt or any(k.endswith("-tls") for k in keys))
+                      if not keys or t.key in keys]
         try:
             cluster.start_controller()
             rsyncd.start()

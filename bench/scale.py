@@ -320,7 +320,7 @@ def history_run(n: int, samples: int, seed: int) -> dict[str, Any]:
         for k in range(samples):
             vary(h, rng)
             reg.heartbeat(session, health_from_pb(h), float(k))
-    kept = sum(len(r.history) for r in reg.agents.values())
+    kept = sum(len(r.history) for r in reg.agents.values() if r.history is not None)
     grown, tracked = vm_rss(os.getpid()) - rss0, len(gc.get_objects()) - tracked0
     pauses = []
     for _ in range(3):

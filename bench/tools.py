@@ -18,7 +18,11 @@ from daemons import BIN, RsyncDaemon, ZcCluster
 from measure import Run, children_cpu, proc_cpu, wait_reaped
 from workloads import Workload
 
-ENV = {**os.environ, "LC_ALL": "C", "COLUMNS": "200"}  # rsync prints 1,234 style numbers in the C locale
+
+def env() -> dict[str, str]:
+    """The tools' environment, read when a tool runs: the cluster puts zc-ctl's certificate (ZC_CA, ...) into
+    os.environ when it starts. LC_ALL=C: rsync prints 1,234 style numbers in the C locale."""
+    return {**os.environ, "LC_ALL": "C", "COLUMNS": "200"}
 
 
 @dataclass
@@ -71,7 +75,7 @@ class Tool:
         """Time a local command; its CPU is the change in reaped-children rusage."""
         c0 = children_cpu()
         t0 = time.perf_counter()
-        p = subprocess.run(argv, capture_output=True, env=ENV)
+        p = subprocess.run(argv, capture_output=True, env=env())
         wall = time.perf_counter() - t0
         cpu = children_cpu() - c0
         out = p.stdout.decode(errors="replace")
@@ -80,13 +84,15 @@ class Tool:
 
 
 class Zcrepl(Tool):
-    """``zc-ctl replicate --json`` against the benchmark's cluster; agent CPU from /proc deltas."""
+    """``zc-ctl replicate --json`` against the benchmark's cluster; agent CPU from /proc deltas. ``encrypt``:
+    the same with ``--encrypt`` (TLS 1.3 data connections; the row says whether kTLS ran)."""
 
-    def __init__(self, ctx: Context, durability: str) -> None:
+    def __init__(self, ctx: Context, durability: str, encrypt: bool = False) -> None:
         super().__init__(ctx)
         self.durability = durability
-        self.key = f"zc-{durability}"
-        self.label = f"zcrepl {durability}"
+        self.encrypt = encrypt
+        self.key = f"zc-{durability}" + ("-tls" if encrypt else "")
+        self.label = f"zcrepl {durability}" + (" --encrypt" if encrypt else "")
 
     def run(self, w: Workload) -> Run:
         c = self.ctx.cluster
@@ -94,10 +100,12 @@ class Zcrepl(Tool):
                 f"hostB:{self.dest(w)}", "--json", "--durability", self.durability]
         if self.ctx.streams:
             argv += ["--streams", str(self.ctx.streams)]
+        if self.encrypt:
+            argv.append("--encrypt")
         a, b, ctl = c.pid("hostA"), c.pid("hostB"), c.controller.pid
         a0, b0, k0, c0 = proc_cpu(a)[0], proc_cpu(b)[0], proc_cpu(ctl)[0], children_cpu()
         t0 = time.perf_counter()
-        p = subprocess.run(argv, capture_output=True, env=ENV)
+        p = subprocess.run(argv, capture_output=True, env=env())
         wall = time.perf_counter() - t0
         a1, b1, k1, c1 = proc_cpu(a)[0], proc_cpu(b)[0], proc_cpu(ctl)[0], children_cpu()
         run = Run(w.name, self.key, 0, wall, cpu_send=a1 - a0, cpu_recv=b1 - b0, cpu_client=c1 - c0,
@@ -120,7 +128,9 @@ class Zcrepl(Tool):
         run.wire_bytes = prog.get("wire_bytes")
         run.extra.update(job_id=job["id"], queued=round((job.get("started_at") or 0) - job["created_at"], 4),
                          files_done=prog.get("files_done"), bytes_done=prog.get("bytes_done"),
-                         files_skipped=prog.get("files_skipped"))
+                         files_skipped=prog.get("files_skipped"), transport=job.get("transport"))
+        if self.encrypt and run.ok and job.get("transport") not in ("tls", "ktls"):
+            run.ok, run.note = False, f"asked for --encrypt, the job ran {job.get('transport')!r}"
         return run
 
 
@@ -170,9 +180,10 @@ class Cp(Tool):
         return self._local(w, ["cp", "-a", str(self.src(w)), str(self.dest(w))])
 
 
-def all_tools(ctx: Context) -> list[Tool]:
-    """In the order they run inside a round."""
-    return [Zcrepl(ctx, "none"), Zcrepl(ctx, "job"), Raw(ctx), RsyncDaemonTool(ctx), RsyncLocal(ctx), Cp(ctx)]
+def all_tools(ctx: Context, encrypt: bool = False) -> list[Tool]:
+    """In the order they run inside a round; ``encrypt`` adds the zcrepl rows with --encrypt."""
+    tls: list[Tool] = [Zcrepl(ctx, "none", encrypt=True), Zcrepl(ctx, "job", encrypt=True)] if encrypt else []
+    return [Zcrepl(ctx, "none"), Zcrepl(ctx, "job"), *tls, Raw(ctx), RsyncDaemonTool(ctx), RsyncLocal(ctx), Cp(ctx)]
 
 
 _STAT = re.compile(rb"Total bytes (sent|received): ([\d,.]+)")

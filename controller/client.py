@@ -87,6 +87,10 @@ class ControllerClient:
         resp = self._call(self._stub.GetAgentHealth, cpb.AgentHealthRequest(names=names, history=history))
         return [agent_status_from_pb(a) for a in resp.agents]
 
+    def remove_agent(self, name: str) -> AgentStatus:
+        """Forget an offline agent; Conflict while it is online or named by queued jobs or watch rules."""
+        return agent_status_from_pb(self._call(self._stub.RemoveAgent, cpb.AgentRef(name=name)))
+
     # -- watch rules --------------------------------------------------------------------------------
     def create_sync(self, src: Endpoint, dsts: list[Endpoint], options: JobOptions, window: float = 0.0,
                     quiet: float = 0.0) -> SyncRule:

@@ -1,19 +1,21 @@
 """``zc-ctl``: the operator's command line for zcrepl.
 
-Exit codes: 0 success; 1 the job failed or was cancelled; 2 bad input (unknown host, bad path,
-unknown job); 3 the controller cannot be reached; 5 the certificate's role does not allow it;
-130 interrupted (the job keeps running).
+Exit codes: 0 success; 1 the job failed or was cancelled (or the controller refused the request in its
+current state); 2 bad input (unknown host, bad path, unknown job, a number out of range); 3 the controller
+cannot be reached; 4 the job is done but left entries out (special files, unreadable entries...: ``zc-ctl job
+ID`` lists them); 5 the certificate's role does not allow it; 130 interrupted (the job keeps running).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.live import Live
@@ -30,10 +32,54 @@ from zcrepl.controller import ctl_pki, render, render_sync
 from zcrepl.controller.client import ControllerClient
 from zcrepl.core.config import DEFAULT_CONTROLLER
 from zcrepl.core.errors import PermissionDenied, Unavailable, UserError, ZcError
-from zcrepl.core.paths import parse_endpoint, show
+from zcrepl.core.paths import HOST_NAME_RULE, parse_endpoint, show, show_name, valid_host_name
 from zcrepl.core.types import Durability, Endpoint, Job, JobOptions, JobState, Priority
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DENIED, EXIT_INTERRUPTED = 0, 1, 2, 3, 5, 130
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_SKIPPED, EXIT_DENIED, EXIT_INTERRUPTED = (
+    0, 1, 2, 3, 4, 5, 130)
+# The controller's own ceilings (zcrepl.controller.validate), checked here first for a clearer message.
+MAX_STREAMS, MAX_ATTEMPTS, MAX_BWLIMIT, MAX_HISTORY = 16, 100, 1 << 50, 900
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad input in one line and exits 2 (argparse's usage block is for --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message}; run '{self.prog} --help' for the syntax\n")
+        sys.exit(EXIT_USAGE)
+
+
+def whole(lo: int, hi: int, what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number within lo..hi, or one sentence saying which numbers are."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = lo - 1
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} (a whole number from {lo} to {hi})")
+        return value
+
+    return parse
+
+
+def seconds(lo: float, hi: float, what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not lo <= value <= hi:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} (seconds from {lo:g} to {hi:g}; 0: default)")
+        return value
+
+    return parse
+
+
+def host(text: str) -> str:
+    if not valid_host_name(text):
+        raise argparse.ArgumentTypeError(f"'{show_name(text)}' is not an agent name: {HOST_NAME_RULE}")
+    return text
 
 
 def parse_rate(text: str) -> int:
@@ -45,13 +91,16 @@ def parse_rate(text: str) -> int:
         value = float(t[: len(t) - len(suffix)] if suffix else t)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a rate like 50M (bytes per second)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("a rate cannot be negative")
+    if not 0 <= value * units[suffix] <= MAX_BWLIMIT:  # NaN and inf fail too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate from 0 (unlimited) to 1048576G bytes per second")
     return int(value * units[suffix])
 
 
+job_id = whole(1, (1 << 63) - 1, "a job id")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="zc-ctl", description="Operate a zcrepl cluster.")
+    p = _Parser(prog="zc-ctl", description="Operate a zcrepl cluster.")
     p.add_argument("--controller", metavar="HOST:PORT",
                    default=os.environ.get("ZC_CONTROLLER") or DEFAULT_CONTROLLER,
                    help=f"controller address (default: $ZC_CONTROLLER, then {DEFAULT_CONTROLLER})")
@@ -65,10 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--delete", action="store_true", help="remove what the source lacks from the destination")
     r.add_argument("--checksum", action="store_true", help="compare files by content hash, not size+mtime")
     r.add_argument("--xattrs", action="store_true", help="replicate extended attributes too (like rsync -X)")
+    r.add_argument("--encrypt", action="store_true",
+                   help="TLS 1.3 on the data connections, with the agents' certificates (mutual); the "
+                        "controller's encrypt policy may also encrypt jobs without it")
     r.add_argument("--bwlimit", type=parse_rate, default=0, metavar="RATE",
                    help="cap the transfer at RATE bytes/s (suffix K, M, G)")
-    r.add_argument("--max-attempts", type=int, default=0, metavar="N", help="attempts before the job fails")
-    r.add_argument("--streams", type=int, default=0, metavar="N",
+    r.add_argument("--max-attempts", type=whole(0, MAX_ATTEMPTS, "a number of attempts"), default=0, metavar="N",
+                   help="attempts before the job fails")
+    r.add_argument("--streams", type=whole(0, MAX_STREAMS, "a number of streams"), default=0, metavar="N",
                    help="parallel data connections (default: chosen from both hosts' cores)")
     r.add_argument("--durability", choices=[d.value for d in Durability], default=None,
                    help="job: one syncfs before done (default); file: fsync every file; none: leave it to "
@@ -76,9 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--watch", action="store_true",
                    help="keep DST in step with SRC: a continuous rule (a full scan first, then every change "
                         "within ~0.1 s; it mirrors, so deletions follow); see zc-ctl syncs")
-    r.add_argument("--window", type=float, default=0.0, metavar="SECONDS",
+    r.add_argument("--window", type=seconds(0, 60, "a window"), default=0.0, metavar="SECONDS",
                    help="with --watch: how long changes are merged before shipping (default 0.05)")
-    r.add_argument("--quiet", type=float, default=0.0, metavar="SECONDS",
+    r.add_argument("--quiet", type=seconds(0, 600, "a quiet period"), default=0.0, metavar="SECONDS",
                    help="with --watch: how long a file still open for writing must see no write before it "
                         "ships (default 0.2; closing it ships it at once)")
     r.add_argument("--priority", choices=[p.name.lower() for p in reversed(Priority)],
@@ -88,35 +141,41 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--detach", action="store_true", help="print the job id and return at once")
     r.add_argument("--json", action="store_true", help="print the final job as JSON")
 
-    sub.add_parser("agents", help="list registered agents").add_argument("--json", action="store_true")
+    ag = sub.add_parser("agents", help="list registered agents, or remove an offline one")
+    ag.add_argument("action", nargs="?", choices=["remove"],
+                    help="remove: forget the offline agent NAME (refused while it is online or named by queued "
+                         "jobs or watch rules)")
+    ag.add_argument("name", nargs="?", type=host, metavar="NAME")
+    ag.add_argument("--json", action="store_true")
     h = sub.add_parser("health", help="show host health of agents")
-    h.add_argument("hosts", nargs="*", metavar="HOST", help="agent names (default: all)")
+    h.add_argument("hosts", nargs="*", type=host, metavar="HOST", help="agent names (default: all)")
     h.add_argument("--watch", action="store_true", help="refresh every second until interrupted")
-    h.add_argument("--history", type=int, default=0, metavar="N",
+    h.add_argument("--history", type=whole(0, MAX_HISTORY, "a number of samples"), default=0, metavar="N",
                    help="with --json: also the last N samples per host (the controller keeps ~15 minutes)")
     h.add_argument("--json", action="store_true")
     j = sub.add_parser("jobs", help="list jobs, newest first")
     j.add_argument("--state", action="append", choices=[s.value for s in JobState], help="filter by state")
-    j.add_argument("--limit", type=int, default=50)
+    j.add_argument("--limit", type=whole(0, 1_000_000, "a number of jobs"), default=50, help="0: all")
     j.add_argument("--json", action="store_true")
     one = sub.add_parser("job", help="show one job with its attempts")
-    one.add_argument("id", type=int)
+    one.add_argument("id", type=job_id)
     one.add_argument("--json", action="store_true")
     x = sub.add_parser("explain", help="why a job waited, started, slowed, switched source or failed")
-    x.add_argument("id", type=int)
+    x.add_argument("id", type=job_id)
     x.add_argument("--json", action="store_true")
     c = sub.add_parser("cancel", help="cancel a queued or running job")
-    c.add_argument("id", type=int)
+    c.add_argument("id", type=job_id)
     c.add_argument("--json", action="store_true")
     sy = sub.add_parser("syncs", help="list watch rules (zc-ctl replicate --watch), or pause/resume/remove one")
     sy.add_argument("action", nargs="?", choices=["pause", "resume", "remove"], help="what to do with rule ID")
-    sy.add_argument("id", nargs="?", type=int, metavar="ID")
+    sy.add_argument("id", nargs="?", type=whole(1, (1 << 63) - 1, "a rule id"), metavar="ID")
     sy.add_argument("--watch", action="store_true", help="refresh the table every second until interrupted")
     sy.add_argument("--json", action="store_true")
     ctl_pki.add_commands(sub)
     d = sub.add_parser("demo", help="start a local controller and two agents and replicate a generated tree")
-    d.add_argument("--files", type=int, default=2000, help="number of small files in the demo tree")
-    d.add_argument("--big-mib", type=int, default=64, help="size of the one large file")
+    d.add_argument("--files", type=whole(0, 10_000_000, "a number of files"), default=2000,
+                   help="number of small files in the demo tree")
+    d.add_argument("--big-mib", type=whole(0, 1 << 20, "a size in MiB"), default=64, help="size of the one large file")
     d.add_argument("--keep", action="store_true", help="keep the demo directory")
     return p
 
@@ -170,6 +229,16 @@ def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Console, 
     if args.command == "replicate":
         return _replicate(args, client, out, err)
     if args.command == "agents":
+        if args.action == "remove":
+            if args.name is None:
+                raise UserError("zc-ctl agents remove needs the NAME of an offline agent; zc-ctl agents lists them")
+            removed = client.remove_agent(args.name)
+            if args.json:
+                _print_json(out, render.agent_doc(removed))
+            else:
+                out.print(f"agent {removed.info.name} removed (it was last seen {render.ago(removed.last_seen)})",
+                          markup=False)
+            return EXIT_OK
         agents = client.agents()
         if args.json:
             _print_json(out, [render.agent_doc(a) for a in agents])
@@ -259,9 +328,14 @@ def _show_job(job: Job, as_json: bool, out: Console) -> None:
         _print_json(out, render.job_doc(job))
         return
     out.print(render.jobs_table([job]))
+    asked = " (asked with --encrypt)" if job.options.encrypt else ""
+    out.print(f"  data plane: {render.transport_text(render.job_transport(job))}{asked}", markup=False)
     for a in job.history:
         status = a.error or ("running" if not a.ended_at else "ok")
-        out.print(f"  attempt {a.number}: {render.progress_text(a.stats)}; {status}", markup=False)
+        over = f"; {render.transport_text(a.stats.transport)}" if a.stats.transport else ""
+        out.print(f"  attempt {a.number}: {render.progress_text(a.stats)}{over}; {status}", markup=False)
+    for line in render.skipped_lines(job):
+        out.print(line, markup=False)
 
 
 def _syncs(args: argparse.Namespace, client: ControllerClient, out: Console) -> int:
@@ -326,7 +400,7 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Console,
     options = JobOptions(delete=args.delete, checksum=args.checksum, bwlimit=args.bwlimit,
                          max_attempts=args.max_attempts, streams=args.streams,
                          durability=Durability(durability), xattrs=args.xattrs,
-                         priority=Priority[args.priority.upper()])
+                         priority=Priority[args.priority.upper()], encrypt=args.encrypt)
     if args.watch:
         return _create_sync(args, client, options, out, err)
     jobs = client.submit_fanout(src, dsts, options) if len(dsts) > 1 else [client.submit(src, dsts[0], options)]
@@ -351,7 +425,12 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Console,
             out.print(render.job_summary(j), markup=False)
     for j in failed:
         err.print(f"zc-ctl: job {j.id} ({j.destination.host}) {j.state.value}: {j.error}", markup=False)
-    return EXIT_JOB_FAILED if failed else EXIT_OK
+    skipped = [j for j in jobs if j.done_with_skips]
+    for j in skipped:
+        first = f" (first: {show(j.skipped[0].path)}: {j.skipped[0].reason})" if j.skipped else ""
+        err.print(f"zc-ctl: job {j.id} ({j.destination.host}) done with {j.progress.entries_skipped} entries "
+                  f"skipped{first}; zc-ctl job {j.id} lists them", markup=False)
+    return EXIT_JOB_FAILED if failed else EXIT_SKIPPED if skipped else EXIT_OK
 
 
 def _follow_group(client: ControllerClient, jobs: list[Job], err: Console) -> list[Job]:

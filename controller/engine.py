@@ -15,22 +15,22 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 from zcrepl.controller import fence, lifecycle
-from zcrepl.controller.links import LinkStep, LinkTracker
+from zcrepl.controller.dataplane import DataPlane
+from zcrepl.controller.links import LinkTracker
+from zcrepl.controller.pacing import THROTTLE_EVERY, Pacing
 from zcrepl.controller.policy import (
     DecisionKind,
     DecisionRecord,
-    LinkState,
     Thresholds,
     choose_streams,
     rank_sources,
 )
 from zcrepl.controller.registry import Registry, Session
-from zcrepl.controller.runs import Run, link_cap, rate_limited, stream_caps, stream_usage
+from zcrepl.controller.runs import Run, skip_note, stream_caps, stream_usage
 from zcrepl.controller.scheduler import HostView, Policy, Usage, overlaps, plan
 from zcrepl.controller.store import Store
 from zcrepl.controller.sync_store import SyncStore
 from zcrepl.controller.syncs import SyncManager
-from zcrepl.controller.throttle import Throttle, throttle_decision
 from zcrepl.core.config import ControllerConfig, parse_host_limits, parse_link_limits
 from zcrepl.core.errors import Conflict, InvalidPath, UnknownHost, UnknownJob
 from zcrepl.core.logs import kv
@@ -48,16 +48,14 @@ from zcrepl.core.types import (
     ReceiveOrder,
     Role,
     SendOrder,
-    ThrottleOrder,
     TransferReport,
     TransferStats,
 )
 
 log = logging.getLogger(__name__)
-THROTTLE_EVERY = 2.0  # seconds between load decisions on a running transfer, and between its link samples
 
 
-class Engine:
+class Engine(Pacing):
     def __init__(self, config: ControllerConfig, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = store
@@ -75,6 +73,7 @@ class Engine:
                              link_streams=parse_link_limits(config.link_limits))
         self.retry = lifecycle.RetryPolicy(config.max_attempts, config.retry_base, config.retry_max)
         self.registry = Registry(config.offline_after)
+        self.dataplane = DataPlane(config, self.registry)
         now = clock()
         for name, (info, last_seen) in store.agents().items():
             self.registry.load(name, info, last_seen)
@@ -87,19 +86,20 @@ class Engine:
         self._wake: asyncio.Event | None = None
         self.stopping = False
         self._last_decision: dict[int, DecisionRecord] = {}
-        self.syncs = SyncManager(SyncStore(store.db), self.registry, thresholds, self._health, _unknown_host)
+        self.syncs = SyncManager(SyncStore(store.db), self.registry, thresholds, self._health, _unknown_host,
+                                 dataplane=self.dataplane)
         self.links = LinkTracker(window=THROTTLE_EVERY)
         self._ranking: dict[int, dict[Endpoint, str]] = {}  # this tick's fan-out source rankings, per job
 
     # -- agents -------------------------------------------------------------------------------------
-    def connect(self, info: AgentInfo, active: list[tuple[int, int]], serial: int = 0) -> Session:
+    def connect(self, info: AgentInfo, active: list[tuple[int, int]], serial: int = 0, peer_host: str = "") -> Session:
         """A new stream for ``info.name``. A name whose current session is alive is refused (Conflict): a
         newcomer never unseats a live agent; one whose session went silent replaces it."""
         now = self.clock()
         if self.registry.online(info.name, now):
             raise Conflict(f"{info.name} is already connected and heartbeating; a second session for it is refused "
                            f"(if the agent restarted, it is accepted within {self.config.offline_after:g}s)")
-        session = Session(info, now, now, serial=serial)
+        session = Session(info, now, now, serial=serial, peer_host=peer_host)
         old = self.registry.attach(session)
         if old is not None:
             log.warning("agent registered again; closing its previous, silent stream", extra=kv(agent=info.name))
@@ -154,6 +154,7 @@ class Engine:
             log.warning("report from the wrong agent ignored", extra=kv(agent=session.info.name, job=r.job_id))
             return
         run.last_report = self.clock()
+        run.add_skipped(r)
         if r.phase is Phase.READY and r.role is Role.RECEIVER:
             self._on_ready(job, run)
         elif r.phase is Phase.PROGRESS:
@@ -184,6 +185,29 @@ class Engine:
         now = self.clock()
         running = self._running_per_host()
         return [self.registry.status(n, now, running.get(n, 0), history) for n in self.agent_names(names)]
+
+    def remove_agent(self, name: str) -> AgentStatus:
+        """Forget an offline agent: its record, latest health and history (the operator's RemoveAgent)."""
+        rec = self.registry.agents.get(name)
+        if rec is None:
+            raise UnknownHost(_unknown_host(name))
+        if rec.session is not None:
+            raise Conflict(f"{name} is online: removing it is refused; stop its zc-agent first (an agent that "
+                           f"connects again registers anew), then run zc-ctl agents remove {name}")
+        jobs = sorted(j.id for j in self.jobs.values() if name in (j.source.host, j.destination.host))
+        if jobs:
+            raise Conflict(f"{name} is named by queued job(s) {', '.join(map(str, jobs))}; cancel them first "
+                           "(zc-ctl cancel ID) or bring the agent back")
+        rules = sorted(r.id for r in self.syncs.rules.values() if name in {r.source.host,
+                                                                           *(d.host for d in r.destinations)})
+        if rules:
+            raise Conflict(f"{name} is part of watch rule(s) {', '.join(map(str, rules))}; remove them first "
+                           "(zc-ctl syncs remove ID)")
+        status = self.statuses([name])[0]
+        self.registry.forget(name)
+        self.store.remove_agent(name)
+        log.info("agent removed", extra=kv(agent=name))
+        return status
 
     # -- operator -----------------------------------------------------------------------------------
     def submit_fanout(self, src: Endpoint, dsts: list[Endpoint], options: JobOptions) -> list[Job]:
@@ -223,7 +247,9 @@ class Engine:
     def get(self, job_id: int) -> Job:
         job = self.jobs.get(job_id)
         if job is not None:
-            return replace(job, history=self.store.get_job(job_id).history)  # type: ignore[union-attr]
+            stored = self.store.get_job(job_id)
+            assert stored is not None
+            return replace(job, history=stored.history, skipped=stored.skipped)
         stored = self.store.get_job(job_id)
         if stored is None:
             raise UnknownJob(f"no job {job_id}; run 'zc-ctl jobs' to list jobs")
@@ -231,7 +257,8 @@ class Engine:
 
     def list_jobs(self, states: tuple[JobState, ...], limit: int, group_id: int = 0) -> list[Job]:
         jobs = self.store.list_jobs(states, limit, group_id)
-        return [replace(self.jobs[j.id], history=j.history) if j.id in self.jobs else j for j in jobs]
+        return [replace(self.jobs[j.id], history=j.history, skipped=j.skipped) if j.id in self.jobs else j
+                for j in jobs]
 
     def cancel(self, job_id: int) -> Job:
         job = self.get(job_id)
@@ -371,6 +398,7 @@ class Engine:
         if done is None:
             done = done_by_group[job.group_id] = [
                 j.destination for j in self.store.list_jobs((JobState.DONE,), 0, job.group_id)]
+        done = [d for d in done if self.registry.known(d.host)]  # a replica's agent may have been removed
         if not done:
             return [job.source]
         ranked = rank_sources(done, job.destination, self.links.states, {ep.host: self._health(ep.host) for ep in done},
@@ -378,60 +406,6 @@ class Engine:
                               failure_window=self.links.failure_window)
         self._ranking[job.id] = {r.source: r.reason for r in ranked}
         return [*(r.source for r in ranked), job.source]
-
-    def _throttle_running(self, now: float) -> None:
-        """Slow down, pause or speed up running sends as either end crosses its high-water marks."""
-        t = self.policy.thresholds
-        if t is None:
-            return
-        for run in list(self.runs.values()):
-            if not run.sending or now - run.rate_at < THROTTLE_EVERY:
-                continue
-            job = self.jobs[run.job_id]
-            rate_bps = (run.progress.bytes_done - run.rate_bytes) / (now - run.rate_at)
-            run.rate_at, run.rate_bytes = now, run.progress.bytes_done
-            link = LinkState(run.source.host, job.destination.host, ema_bps=rate_bps)
-            d = throttle_decision(self._health(run.source.host), self._health(job.destination.host), t,
-                                  run.bwlimit, link, now=now, paused=run.paused, ceiling=job.options.bwlimit,
-                                  rate_bps=rate_bps, dst_path=job.destination.path, src_path=run.source.path)
-            if d.action is Throttle.HOLD:
-                continue
-            run.paused = d.action is Throttle.PAUSE
-            run.bwlimit = d.bwlimit
-            src = self.registry.session(run.source.host)
-            if src is not None:
-                src.outbox.put_nowait(ThrottleOrder(job.id, run.attempt, run.bwlimit, run.paused, d.reason))
-            kind = d.action.kind
-            if kind is not None:
-                self._decide(job.id, kind, d.reason, bwlimit=run.bwlimit, paused=run.paused)
-            log.info("throttle", extra=kv(job=job.id, action=d.action.value, bwlimit=run.bwlimit, reason=d.reason))
-
-    def _sample_links(self, now: float) -> None:
-        """Feed each sending run's progress to its link's AIMD state (the tracker keeps the cadence)."""
-        for run in list(self.runs.values()):
-            if run.sending:
-                job = self.jobs[run.job_id]
-                link = (run.source.host, job.destination.host)
-                self._link_step(job, self.links.sample((job.id, run.attempt), link, run.progress, now,
-                                                       limited=rate_limited(job, run), cap=self._link_cap(link)))
-
-    def _link_ended(self, job: Job, run: Run, stats: TransferStats, *, failed: bool) -> None:
-        link = (run.source.host, job.destination.host)
-        if not run.sending:
-            self.links.forget((job.id, run.attempt))
-            return
-        self._link_step(job, self.links.end((job.id, run.attempt), link, stats, self.clock(), failed=failed,
-                                            limited=rate_limited(job, run), cap=self._link_cap(link)))
-
-    def _link_step(self, job: Job, step: LinkStep | None) -> None:
-        if step is None or not step.changed:
-            return
-        self._decide(job.id, DecisionKind.STREAMS, f"{step.reason} (the target for the next jobs on this link)",
-                     every=True, streams=step.state.streams)
-        log.info("link streams", extra=kv(link=step.state.name, streams=step.state.streams, reason=step.reason))
-
-    def _link_cap(self, link: tuple[str, str]) -> int:
-        return link_cap(self.policy, link)
 
     def _stream_usage(self, but: int = 0) -> Usage:
         return stream_usage(self.runs, self.jobs, but)
@@ -457,6 +431,8 @@ class Engine:
         self.store.save_job(job)
         self.store.start_attempt(job.id, job.attempts, now, source.host.encode() + b":" + source.path)
         run = Run(job.id, job.attempts, secrets.token_bytes(32), now + self.config.ready_timeout, source)
+        crypt = self.dataplane.encrypt(source.host, job.destination.host, job.options.encrypt)
+        run.encrypt = crypt.encrypt
         self.runs[job.id] = run
         log.info("attempt started", extra=kv(job=job.id, attempt=run.attempt))
         via = "" if source == job.source else f" from the finished replica {source.host}:{show(source.path)}"
@@ -464,9 +440,10 @@ class Engine:
         why = f"; copies ranked by link throughput, load and failures: {ranked}" if ranked else ""
         self._decide(job.id, DecisionKind.START if not via else DecisionKind.SWITCH_SOURCE,
                      f"attempt {run.attempt} started{via}: {source.host} and {job.destination.host} are online "
-                     f"and under their load thresholds{why}", attempt=run.attempt, source=source.host)
-        dst.outbox.put_nowait(ReceiveOrder(job.id, run.attempt, run.ticket, job.destination.path, job.options,
-                                           source.host))
+                     f"and under their load thresholds{why}; {crypt.why}", attempt=run.attempt, source=source.host)
+        dst.outbox.put_nowait(ReceiveOrder(job.id, run.attempt, run.ticket, job.destination.path,
+                                           replace(job.options, encrypt=run.encrypt), source.host,
+                                           self.dataplane.source_addresses(source.host)))
         self._notify(job.id)
 
     def _on_ready(self, job: Job, run: Run) -> None:
@@ -481,7 +458,7 @@ class Engine:
         caps = stream_caps(self.policy, self._stream_usage(but=job.id), *link, self.links.target(link))
         streams, why = choose_streams(self._health(run.source.host), self._health(job.destination.host),
                                       job.options.streams, caps)
-        options = replace(job.options, streams=streams)
+        options = replace(job.options, streams=streams, encrypt=run.encrypt)
         log.info("streams chosen", extra=kv(job=job.id, streams=streams, why=why))
         self._decide(job.id, DecisionKind.START, f"sending with {streams} streams: {why}", streams=streams)
         src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, run.source.path, options,
@@ -491,16 +468,17 @@ class Engine:
 
     def _succeed(self, job: Job, run: Run) -> None:
         now = self.clock()
-        stats = run.sender_done or run.progress
+        stats = replace(run.sender_done or run.progress, entries_skipped=run.entries_skipped())
         self.runs.pop(job.id, None)
         self._link_ended(job, run, stats, failed=False)
         self.store.end_attempt(job.id, run.attempt, now, "", stats)
+        self.store.save_skipped(job.id, run.attempt, run.skipped)
         self._settle(lifecycle.succeeded(job, stats, now))
         self._decide(job.id, DecisionKind.DONE, f"attempt {run.attempt} done: {stats.files_done} files, "
-                     f"{stats.bytes_done} bytes moved, {stats.files_skipped} up to date")
+                     f"{stats.bytes_done} bytes moved, {stats.files_skipped} up to date{skip_note(stats, run)}")
         log.info("job done", extra=kv(job=job.id, attempt=run.attempt, files=stats.files_done,
                                       bytes=stats.bytes_done, skipped=stats.files_skipped, deleted=stats.deleted,
-                                      seconds=round(now - job.updated_at, 3)))
+                                      left_out=stats.entries_skipped, seconds=round(now - job.updated_at, 3)))
 
     def _fail_run(self, job_id: int, error: str, retryable: bool, stats: TransferStats) -> None:
         run = self.runs.pop(job_id, None)
@@ -511,6 +489,7 @@ class Engine:
         merged = stats if stats.entries or stats.bytes_done else run.progress
         self._link_ended(job, run, merged, failed=retryable)
         self.store.end_attempt(job_id, run.attempt, now, error, merged)
+        self.store.save_skipped(job_id, run.attempt, run.skipped)
         job = lifecycle.failed_attempt(replace(job, progress=merged), error, retryable, now, self.retry)
         # A job given up keeps nothing for a resume that will never come.
         self._cancel_sides(job, run, error, discard=job.state is JobState.FAILED)

@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ceilings for one host (repeatable): its concurrent jobs, its streams in all")
     p.add_argument("--link-limit", dest="link_limits", action="append", metavar="SRC>DST:streams=N",
                    help="ceiling of the streams of all jobs on one link (repeatable)")
+    p.add_argument("--encrypt", choices=["never", "always", "cross-site"],
+                   help="data-plane TLS for jobs that did not ask (--encrypt always does): never (default), "
+                        "always, or cross-site (agents whose --site labels differ or are unset)")
+    p.add_argument("--encrypt-link", dest="encrypt_links", action="append", metavar="SRC>DST:always|never",
+                   help="per-link override of --encrypt (SRC or DST may be *); repeatable")
+    p.add_argument("--sync-ticket-ttl", type=float, metavar="SECONDS",
+                   help="lifetime of a watch rule's data-port ticket (3600); rotated at three quarters of it")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["kv", "json"])
     p.add_argument("--ready-file", metavar="FILE", help="write the bound address as JSON here once serving")

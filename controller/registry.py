@@ -23,7 +23,14 @@ class HealthHistory:
     No object per sample: a thousand agents times 900 samples as dataclasses were ten million objects for
     the garbage collector to walk (multi-second full collections); as doubles they are ~110 MiB it never
     looks at. Per-core, per-disk, per-NIC and per-export detail lives only in the latest sample.
+
+    The array starts at ``START`` samples and doubles as samples arrive, up to ``maxlen`` (137 KiB): an agent
+    that registers and never heartbeats costs no history at all (the registry creates the ring on the
+    first heartbeat), and one that has just started costs a few KiB. Values must fit a double exactly
+    (integers below 2**53): ``zcrepl.controller.validate.health`` clamps them before they get here.
     """
+
+    START = 16
 
     FIELDS = ("sampled_at", "cpu_percent", "cpu_count", "load1", "load5", "load15", "mem_total", "mem_available",
               "swap_in_bps", "swap_out_bps", "disk_read_bps", "disk_write_bps", "net_recv_bps", "net_sent_bps",
@@ -32,27 +39,39 @@ class HealthHistory:
 
     def __init__(self, maxlen: int = HISTORY) -> None:
         self.maxlen = maxlen
-        self._buf = array.array("d", bytes(8 * maxlen * len(self.FIELDS)))
+        self._cap = min(self.START, maxlen)
+        self._buf = array.array("d", bytes(8 * self._cap * len(self.FIELDS)))
         self._next = 0
         self._len = 0
 
     def __len__(self) -> int:
         return self._len
 
+    @property
+    def capacity(self) -> int:
+        """Samples the array has room for now (grows to ``maxlen``)."""
+        return self._cap
+
     def append(self, h: HostHealth) -> None:
         width = len(self.FIELDS)
+        if self._len == self._cap < self.maxlen:
+            # Not wrapped yet (the ring only wraps at maxlen): the samples are in order, so growing is an extend.
+            grow = min(self._cap * 2, self.maxlen) - self._cap
+            self._buf.extend(array.array("d", bytes(8 * grow * width)))
+            self._cap += grow
+            self._next = self._len
         base = self._next * width
         for i, name in enumerate(self.FIELDS):
             self._buf[base + i] = float(getattr(h, name))
-        self._next = (self._next + 1) % self.maxlen
-        self._len = min(self._len + 1, self.maxlen)
+        self._next = (self._next + 1) % self._cap
+        self._len = min(self._len + 1, self._cap)
 
     def last(self, n: int) -> list[HostHealth]:
         """Up to ``n`` most recent samples, oldest first (scalar figures only)."""
         width = len(self.FIELDS)
         out = []
         for k in range(min(n, self._len), 0, -1):
-            base = ((self._next - k) % self.maxlen) * width
+            base = ((self._next - k) % self._cap) * width
             values: dict[str, Any] = {name: (int(v) if name in self._INTS else v)
                       for name, v in zip(self.FIELDS, self._buf[base : base + width], strict=True)}
             out.append(HostHealth(**values))
@@ -74,6 +93,7 @@ class Session:
     outbox: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     open: bool = True
     serial: int = 0  # of the agent's certificate (0 on an insecure controller): revocation closes the session
+    peer_host: str = ""  # the IP its stream comes from: its data connections may come from there too
 
     def close(self) -> None:
         if self.open:
@@ -87,7 +107,7 @@ class AgentRecord:
     last_seen: float
     session: Session | None = None
     health: HostHealth | None = None
-    history: HealthHistory = field(default_factory=HealthHistory)
+    history: HealthHistory | None = None  # created by the first heartbeat
 
 
 class Registry:
@@ -124,7 +144,13 @@ class Registry:
         if rec is not None and rec.session is session:
             rec.last_seen = now
             rec.health = health
+            if rec.history is None:
+                rec.history = HealthHistory()
             rec.history.append(health)
+
+    def forget(self, name: str) -> None:
+        """Drop an agent's record (an operator's RemoveAgent; the caller checked it is offline)."""
+        self.agents.pop(name, None)
 
     def session(self, name: str) -> Session | None:
         rec = self.agents.get(name)
@@ -145,5 +171,6 @@ class Registry:
         return AgentStatus(
             info=rec.info, online=self.online(name, now), last_seen=rec.last_seen,
             connected_at=rec.session.connected_at if rec.session else 0.0, health=rec.health,
-            running_jobs=running_jobs, history=tuple(rec.history.last(history)) if history else (),
+            running_jobs=running_jobs,
+            history=tuple(rec.history.last(history)) if history and rec.history is not None else (),
         )

@@ -72,10 +72,27 @@ def job_doc(j: Job) -> dict[str, Any]:
         "started_at": j.started_at, "finished_at": j.finished_at, "attempts": j.attempts,
         "max_attempts": j.max_attempts, "error": j.error, "wait_reason": j.wait_reason,
         "next_attempt_at": j.next_attempt_at, "progress": stats_doc(j.progress),
-        "group_id": j.group_id,
+        "group_id": j.group_id, "done_with_skips": j.done_with_skips, "transport": job_transport(j),
+        "skipped": [{"path": show(x.path), "reason": x.reason} for x in j.skipped],
         "history": [{"number": a.number, "started_at": a.started_at, "ended_at": a.ended_at,
-                     "error": a.error, "source": show(a.source), "stats": stats_doc(a.stats)} for a in j.history],
+                     "error": a.error, "source": show(a.source), "transport": a.stats.transport,
+                     "stats": stats_doc(a.stats)} for a in j.history],
     }
+
+
+_TRANSPORT = {"none": "plaintext", "tls": "TLS 1.3 (OpenSSL writes)", "ktls": "TLS 1.3 (kernel TLS, sendfile)"}
+
+
+def job_transport(j: Job) -> str:
+    """How the latest attempt's bytes travelled: "none", "tls", "ktls", or "" before any was reported."""
+    for stats in (j.progress, *(a.stats for a in reversed(j.history))):
+        if stats.transport:
+            return stats.transport
+    return ""
+
+
+def transport_text(transport: str) -> str:
+    return _TRANSPORT.get(transport, transport or "-")
 
 
 # -- tables -----------------------------------------------------------------------------------------
@@ -172,7 +189,11 @@ def jobs_table(jobs: list[Job]) -> Table:
     now = time.time()
     for j in jobs:
         info = j.error if j.state.value in ("failed", "cancelled") else j.wait_reason
-        t.add_row(str(j.id), f"[{colors[j.state.value]}]{j.state.value}[/]", j.options.priority.name.lower(),
+        state = f"[{colors[j.state.value]}]{j.state.value}[/]"
+        if j.done_with_skips:
+            state = f"[yellow]done with {j.progress.entries_skipped} skipped[/]"
+            info = f"zc-ctl job {j.id} lists the entries left out"
+        t.add_row(str(j.id), state, j.options.priority.name.lower(),
                   f"{j.source.host}:{show(j.source.path)}", f"{j.destination.host}:{show(j.destination.path)}",
                   progress_text(j.progress), f"{j.attempts}/{j.max_attempts}", info, ago(j.created_at, now))
     return t
@@ -182,6 +203,20 @@ def job_summary(j: Job) -> str:
     p = j.progress
     secs = (j.finished_at - j.started_at) if j.finished_at and j.started_at else 0.0
     rate = f", {human_bytes(p.bytes_done / secs)}/s" if secs > 0 and p.bytes_done else ""
-    return (f"job {j.id} {j.state.value}: {p.files_done} files ({human_bytes(p.bytes_done)}) copied, "
+    state = f"done with {p.entries_skipped} skipped" if j.done_with_skips else j.state.value
+    over = f" over {transport_text(p.transport)}" if p.transport in ("tls", "ktls") else ""
+    return (f"job {j.id} {state}: {p.files_done} files ({human_bytes(p.bytes_done)}) copied{over}, "
             f"{p.files_skipped} up to date, {p.deleted} deleted, {p.entries} entries scanned "
             f"in {secs:.2f}s{rate}")
+
+
+def skipped_lines(j: Job) -> list[str]:
+    """The entries a job left out, one line each (path and reason), then how many more there were."""
+    if not j.progress.entries_skipped:
+        return []
+    lines = [f"{j.progress.entries_skipped} entries skipped (not replicated):"]
+    lines += [f"  {show(x.path)}: {x.reason}" for x in j.skipped]
+    more = j.progress.entries_skipped - len(j.skipped)
+    if more > 0:
+        lines.append(f"  ... and {more} more (the source agent's log names every one)")
+    return lines

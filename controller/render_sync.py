@@ -53,7 +53,7 @@ def syncs_table(rules: list[SyncRule]) -> Table:
         color = "yellow" if r.status.startswith(("held", "waiting", "paused", "starting", "reconciling")) else (
             "red" if r.status.startswith("failed") else "green")
         shipped = (f"{c.files} files ({human_bytes(c.bytes)}), {c.renamed} renamed, {c.deleted} deleted, "
-                   f"{c.reconciles} scans")
+                   f"{c.reconciles} scans" + (f", {c.skipped} skipped" if c.skipped else ""))
         err = f"{escape(r.last_error)} ({ago(r.last_error_at, now)})" if r.last_error else ""
         status = "failed" if r.status.startswith("failed") else r.status  # the error has its own column
         t.add_row(str(r.id), f"[{color}]{escape(status)}[/]", escape(_ep(r.source.host, r.source.path)),

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from zcrepl.controller.policy import MAX_STREAMS
 from zcrepl.controller.scheduler import Policy, Usage
-from zcrepl.core.types import Endpoint, Job, TransferReport, TransferStats
+from zcrepl.core.paths import show
+from zcrepl.core.types import SKIPPED_LISTED, Endpoint, Job, Phase, Role, Skipped, TransferReport, TransferStats
 
 
 @dataclass
@@ -40,6 +41,19 @@ class Run:
     # The source's failure report, held briefly for the destination's own (fence.await_destination), and when.
     sender_failed: TransferReport | None = None
     sender_failed_at: float = 0.0
+    encrypt: bool = False  # TLS on its data connections (decided when it starts, for both orders)
+    skipped: list[Skipped] = field(default_factory=list)  # entries either side left out (the first ones)
+    skip_totals: dict[Role, int] = field(default_factory=dict)  # entries each side left out, all of them
+
+    def add_skipped(self, r: TransferReport) -> None:
+        """Take the skipped entries of a final report (each side sends its list once, with DONE or FAILED)."""
+        if r.phase not in (Phase.DONE, Phase.FAILED) or r.role in self.skip_totals:
+            return
+        self.skip_totals[r.role] = max(r.stats.entries_skipped, len(r.skipped))
+        self.skipped.extend(r.skipped[: SKIPPED_LISTED - len(self.skipped)])
+
+    def entries_skipped(self) -> int:
+        return sum(self.skip_totals.values())
 
 
 def rate_limited(job: Job, run: Run) -> bool:
@@ -81,3 +95,11 @@ def stream_caps(policy: Policy, usage: Usage, src: str, dst: str, target: int) -
     if target:
         caps[f"the {src}→{dst} link's adaptive target (AIMD over its measured throughput)"] = target
     return caps
+
+
+def skip_note(stats: TransferStats, run: Run) -> str:
+    """``"; 3 entries skipped (first: a/fifo: FIFO: ...)"`` for a done decision, or "" when none were."""
+    if not stats.entries_skipped:
+        return ""
+    first = f" (first: {show(run.skipped[0].path)}: {run.skipped[0].reason})" if run.skipped else ""
+    return f"; {stats.entries_skipped} entries skipped{first}; zc-ctl job {run.job_id} lists them"

@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
+from zcrepl.controller import validate
+from zcrepl.controller.dataplane import peer_host
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import Session
 from zcrepl.controller.wirecache import WireCache
-from zcrepl.core.errors import Conflict, InvalidPath
+from zcrepl.core.errors import Conflict, InvalidArgument, InvalidPath
 from zcrepl.core.logs import kv
-from zcrepl.core.paths import canonical_abs
+from zcrepl.core.paths import canonical_abs, show
 from zcrepl.core.types import CancelOrder, Endpoint, ReceiveOrder, SendOrder, ThrottleOrder
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc, types_pb2
@@ -21,13 +23,15 @@ from zcrepl.proto import sync_pb2 as spb
 from zcrepl.proto.auth import caller
 from zcrepl.proto.convert import (
     agent_info_from_pb,
+    agent_status_to_pb,
     endpoint_from_pb,
     health_from_pb,
+    health_to_pb,
     job_to_pb,
-    options_from_pb,
+    options_from_request,
     options_to_pb,
     report_from_pb,
-    state_from_pb,
+    states_from_request,
 )
 from zcrepl.proto.syncconvert import rule_to_pb, status_from_pb, sync_order_fields
 
@@ -41,7 +45,8 @@ def order_to_pb(order: object) -> cpb.ControllerMessage:
     if isinstance(order, ReceiveOrder):
         return cpb.ControllerMessage(receive=cpb.ReceiveOrder(
             job_id=order.job_id, attempt=order.attempt, ticket=order.ticket, path=order.path,
-            options=options_to_pb(order.options), source_host=order.source_host))
+            options=options_to_pb(order.options), source_host=order.source_host,
+            source_addresses=list(order.source_addresses)))
     if isinstance(order, SendOrder):
         return cpb.ControllerMessage(send=cpb.SendOrder(
             job_id=order.job_id, attempt=order.attempt, ticket=order.ticket, path=order.path,
@@ -63,13 +68,15 @@ def order_to_pb(order: object) -> cpb.ControllerMessage:
 
 def _endpoints(source: types_pb2.Endpoint, destinations: Iterable[types_pb2.Endpoint]
                ) -> tuple[Endpoint, list[Endpoint]]:
-    """Source and destinations of a request, each with a host and an absolute, canonical path."""
+    """Source and destinations of a request, each with a valid agent name and an absolute, canonical path."""
     src = endpoint_from_pb(source)
     dsts = [endpoint_from_pb(d) for d in destinations]
+    validate.destinations(len(dsts))
     for ep in (src, *dsts):
         if not ep.host:
             raise InvalidPath("source and destinations need a host: write HOST:/path")
-        canonical_abs(ep.path, what=f"{ep.host}:{ep.path.decode('utf-8', 'backslashreplace')}")
+        validate.host_name(ep.host, "host")
+        canonical_abs(ep.path, what=f"{ep.host}:{show(ep.path[:200])}")
     return src, dsts
 
 
@@ -89,8 +96,12 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Register")
             return
         info = agent_info_from_pb(first.register.info)
-        if not info.name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Register without an agent name")
+        try:
+            validate.agent_info(info)
+            validate.active_refs(len(first.register.active), info.name)
+        except InvalidArgument as err:
+            log.warning("registration refused", extra=kv(peer=context.peer(), reason=str(err)))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             return
         ident = caller()
         if ident is not None and ident.name != info.name:
@@ -101,7 +112,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
             return
         try:
             session = self.engine.connect(info, [(r.job_id, r.attempt) for r in first.register.active],
-                                          serial=ident.serial if ident else 0)
+                                          serial=ident.serial if ident else 0, peer_host=peer_host(context.peer()))
         except Conflict as err:
             log.warning("registration refused", extra=kv(agent=info.name, reason=err))
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
@@ -130,15 +141,17 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
                     break
                 kind = msg.WhichOneof("kind")
                 if kind == "heartbeat":
-                    health = health_from_pb(msg.heartbeat.health)
+                    raw = health_from_pb(msg.heartbeat.health)
+                    health = validate.health(raw)
                     self.engine.heartbeat(session, health)
-                    self.wire.put_health(session.info.name, health, msg.heartbeat.health)
+                    self.wire.put_health(session.info.name, health,
+                                         msg.heartbeat.health if health is raw else health_to_pb(health))
                     if msg.heartbeat.syncs:
-                        self.engine.syncs.on_status(session, [status_from_pb(s) for s in msg.heartbeat.syncs],
-                                                    self.engine.clock())
+                        statuses = validate.sync_statuses([status_from_pb(s) for s in msg.heartbeat.syncs])
+                        self.engine.syncs.on_status(session, statuses, self.engine.clock())
                 elif kind == "report":
                     try:
-                        report = report_from_pb(msg.report)
+                        report = validate.report(report_from_pb(msg.report))
                     except KeyError:
                         log.warning("malformed report ignored", extra=kv(agent=session.info.name))
                         continue
@@ -152,17 +165,14 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     async def SubmitJob(self, request: cpb.SubmitJobRequest, context: grpc.aio.ServicerContext
                         ) -> types_pb2.Job:
-        src, dst = endpoint_from_pb(request.source), endpoint_from_pb(request.destination)
-        for ep in (src, dst):
-            if not ep.host:
-                raise InvalidPath("source and destination need a host: write HOST:/path")
-            canonical_abs(ep.path, what=f"{ep.host}:{ep.path.decode('utf-8', 'backslashreplace')}")
-        return job_to_pb(self.engine.submit(src, dst, options_from_pb(request.options)))
+        src, (dst,) = _endpoints(request.source, [request.destination])
+        options = validate.options(options_from_request(request.options))
+        return job_to_pb(self.engine.submit(src, dst, options))
 
     async def SubmitFanout(self, request: cpb.SubmitFanoutRequest, context: grpc.aio.ServicerContext
                            ) -> cpb.ListJobsResponse:
         src, dsts = _endpoints(request.source, request.destinations)
-        jobs = self.engine.submit_fanout(src, dsts, options_from_pb(request.options))
+        jobs = self.engine.submit_fanout(src, dsts, validate.options(options_from_request(request.options)))
         return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
     async def GetJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
@@ -170,7 +180,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     async def ListJobs(self, request: cpb.ListJobsRequest, context: grpc.aio.ServicerContext
                        ) -> cpb.ListJobsResponse:
-        states = tuple(state_from_pb(s) for s in request.states)
+        states = states_from_request(request.states)
         jobs = self.engine.list_jobs(states, request.limit, request.group_id)
         return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
@@ -196,16 +206,23 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     async def GetAgentHealth(self, request: cpb.AgentHealthRequest, context: grpc.aio.ServicerContext
                              ) -> cpb.AgentHealthResponse:
         out = cpb.AgentHealthResponse()
-        history = min(request.history, 3600)
-        await self.wire.fill(self.engine.agent_names(list(request.names) or None),
+        history = validate.history(request.history)
+        names = validate.host_names(list(request.names))
+        await self.wire.fill(self.engine.agent_names(names or None),
                              lambda names: self.engine.statuses(names, history), out.agents)
         return out
+
+    async def RemoveAgent(self, request: cpb.AgentRef, context: grpc.aio.ServicerContext) -> cpb.AgentStatus:
+        status = self.engine.remove_agent(validate.host_name(request.name))
+        self.wire.forget(request.name)
+        log.info("agent removed by the operator", extra=kv(agent=request.name, peer=context.peer()))
+        return agent_status_to_pb(status)  # type: ignore[return-value]
 
     # -- watch rules --------------------------------------------------------------------------------
     async def CreateSync(self, request: spb.CreateSyncRequest, context: grpc.aio.ServicerContext) -> spb.SyncRule:
         src, dsts = _endpoints(request.source, request.destinations)
-        rule = self.engine.syncs.create(src, dsts, options_from_pb(request.options), request.window, request.quiet,
-                                        self.engine.clock())
+        rule = self.engine.syncs.create(src, dsts, validate.options(options_from_request(request.options)),
+                                        request.window, request.quiet, self.engine.clock())
         self.engine.wake()
         return rule_to_pb(rule)
 

@@ -20,10 +20,11 @@ from zcrepl.core.types import (
     JobOptions,
     JobState,
     Priority,
+    Skipped,
     TransferStats,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -55,6 +56,11 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE INDEX IF NOT EXISTS decisions_job ON decisions(job_id);
 CREATE TABLE IF NOT EXISTS agents (
     name TEXT PRIMARY KEY, info TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS skipped (
+    job_id INTEGER NOT NULL REFERENCES jobs(id), attempt INTEGER NOT NULL, seq INTEGER NOT NULL,
+    path BLOB NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (job_id, attempt, seq)
 );
 """
 
@@ -108,7 +114,9 @@ class Store:
         """Additive columns with defaults, so a state dir written by an older controller opens as it was.
 
         Schema 1 -> 2: fan-out groups and the source each attempt read from. 2 -> 3: job priority (existing
-        jobs are normal, the column default, which is also what an older submit meant).
+        jobs are normal, the column default, which is also what an older submit meant). 3 -> 4: the ``skipped``
+        table (created by the schema script) and ``entries_skipped`` in stored stats (absent reads as 0; an
+        older controller would choke on it, hence the version).
         """
         for table, column, decl in (("jobs", "group_id", "INTEGER NOT NULL DEFAULT 0"),
                                     ("attempts", "source", "BLOB NOT NULL DEFAULT x''"),
@@ -152,6 +160,16 @@ class Store:
     def end_attempt(self, job_id: int, number: int, now: float, error: str, stats: TransferStats) -> None:
         self.db.execute("UPDATE attempts SET ended_at=?, error=?, stats=? WHERE job_id=? AND number=?",
                         (now, error, _stats_json(stats), job_id, number))
+
+    def save_skipped(self, job_id: int, attempt: int, items: list[Skipped]) -> None:
+        """The entries an attempt left out (the first ones; the attempt's stats count them all)."""
+        self.db.executemany("INSERT OR REPLACE INTO skipped (job_id, attempt, seq, path, reason) VALUES (?,?,?,?,?)",
+                            [(job_id, attempt, i, x.path, x.reason) for i, x in enumerate(items)])
+
+    def _skipped(self, job_id: int, attempt: int) -> tuple[Skipped, ...]:
+        rows = self.db.execute("SELECT path, reason FROM skipped WHERE job_id=? AND attempt=? ORDER BY seq",
+                               (job_id, attempt)).fetchall()
+        return tuple(Skipped(bytes(p), r) for p, r in rows)
 
     def get_job(self, job_id: int) -> Job | None:
         row = self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
@@ -200,6 +218,7 @@ class Store:
             started_at=started, finished_at=finished, attempts=attempts, failures=failures,
             max_attempts=max_attempts, error=error, wait_reason=wait_reason, progress=_stats(progress),
             history=self._attempts(jid), next_attempt_at=next_at, group_id=group_id,
+            skipped=self._skipped(jid, attempts) if attempts else (),
         )
 
     # -- decisions (the explain history) ---------------------------------------------------------------
@@ -220,6 +239,9 @@ class Store:
             (info.name, doc, now, now),
         )
 
+    def remove_agent(self, name: str) -> None:
+        self.db.execute("DELETE FROM agents WHERE name=?", (name,))
+
     def touch_agent(self, name: str, now: float) -> None:
         self.db.execute("UPDATE agents SET last_seen=? WHERE name=?", (now, name))
 
@@ -228,6 +250,7 @@ class Store:
         for name, doc, last_seen in self.db.execute("SELECT name, info, last_seen FROM agents").fetchall():
             d = json.loads(doc)
             d["exports"] = tuple(os.fsencode(e) for e in d.get("exports", ()))
+            d["source_addresses"] = tuple(d.get("source_addresses", ()))
             out[name] = (AgentInfo(**d), last_seen)
         return out
 

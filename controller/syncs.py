@@ -4,6 +4,10 @@ A rule is *deployed* with an epoch: every destination gets a SyncDestOrder with 
 source a SyncSourceOrder naming them all. Whenever one of its agents (re)connects, or the rule resumes, it
 is deployed again with a new epoch; the source restarts its watcher, whose first change set is a full
 reconciliation. So agent restarts, controller restarts and lost streams all end in a reconciliation.
+
+A rule's tickets live ``sync_ticket_ttl`` seconds. At three quarters of that the controller rotates them
+within the epoch (no reconciliation): each destination gets the new ticket next to the old one, which stays
+valid until it expires, and the source switches to it from its next session on.
 Runs on the engine's event loop (no locks).
 """
 
@@ -14,6 +18,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.policy import Thresholds, host_blockers
 from zcrepl.controller.registry import Registry, Session
 from zcrepl.controller.scheduler import overlaps
@@ -33,11 +38,13 @@ from zcrepl.core.synctypes import (
     SyncState,
     SyncStatus,
     SyncStopOrder,
+    SyncTicketOrder,
     sync_options,
 )
 from zcrepl.core.types import Endpoint, HostHealth, JobOptions, Role
 
 log = logging.getLogger(__name__)
+ROTATE_AT = 0.75  # of a ticket's lifetime: the rest is the overlap in which the old ticket still works
 HOLD_EVERY = 1.0  # seconds between load checks of a deployed rule
 SAVE_EVERY = 1.0  # at most one save of a rule's counters per second, and only when they moved
 
@@ -55,16 +62,19 @@ class _Live:
     dirty: bool = False  # counters or error moved since the last save
     status: SyncStatus | None = None
     base: SyncCounters = field(default_factory=SyncCounters)  # totals before this epoch
+    tickets_at: float = 0.0  # when its destinations' current tickets were minted
 
 
 class SyncManager:
     def __init__(self, store: SyncStore, registry: Registry, thresholds: Thresholds | None,
-                 health: Callable[[str], HostHealth | None], unknown_host: Callable[[str], str]) -> None:
+                 health: Callable[[str], HostHealth | None], unknown_host: Callable[[str], str],
+                 dataplane: DataPlane | None = None) -> None:
         self.store = store
         self.registry = registry
         self.thresholds = thresholds
         self.health = health
         self.unknown_host = unknown_host
+        self.dataplane = dataplane
         self.rules: dict[int, SyncRule] = {r.id: r for r in store.all()}
         self.live: dict[int, _Live] = {r.id: _Live(base=r.counters) for r in self.rules.values()}
 
@@ -193,6 +203,8 @@ class SyncManager:
             current = {h: s.id for h, s in sessions.items() if s is not None}
             if current != live.sessions:
                 self._deploy(rule, live, sessions, now)  # type: ignore[arg-type]
+            elif self.dataplane is not None and now - live.tickets_at >= ROTATE_AT * self.dataplane.ticket_ttl:
+                self._rotate(rule, live, sessions, now)  # type: ignore[arg-type]
             elif now - live.checked_at >= HOLD_EVERY:
                 self._check_load(rule, live, sessions[rule.source.host], now)  # type: ignore[arg-type]
 
@@ -206,17 +218,37 @@ class SyncManager:
         live.held = self._blockers(rule, now)
         live.checked_at = now
         dests = []
+        live.tickets_at = now
         for d in rule.destinations:
-            ticket = secrets.token_bytes(32)
-            s = sessions[d.host]
-            sessions[d.host].outbox.put_nowait(SyncDestOrder(rule.id, live.epoch, d.path, rule.options, ticket,
-                                                             rule.source.host))
-            dests.append(SyncDest(d.host, s.info.data_address, ticket, d.path))
+            ticket, encrypt = self._dest_ticket(rule, live, d, sessions[d.host])
+            dests.append(SyncDest(d.host, sessions[d.host].info.data_address, ticket, d.path, encrypt))
         sessions[rule.source.host].outbox.put_nowait(SyncSourceOrder(
             rule.id, live.epoch, rule.source.path, rule.options, rule.window, rule.quiet, tuple(dests),
             held=bool(live.held), hold_reason=live.held))
         self._save(rule, live, now)
         log.info("watch rule deployed", extra=kv(rule=rule.id, epoch=live.epoch, held=live.held))
+
+    def _dest_ticket(self, rule: SyncRule, live: _Live, d: Endpoint, dst: Session) -> tuple[bytes, bool]:
+        """Mint a ticket for destination ``d`` and send it there (bound to the source agent); (ticket, encrypt)."""
+        ticket = secrets.token_bytes(32)
+        src = rule.source.host
+        if self.dataplane is None:
+            dst.outbox.put_nowait(SyncDestOrder(rule.id, live.epoch, d.path, rule.options, ticket, src))
+            return ticket, rule.options.encrypt
+        crypt = self.dataplane.encrypt(src, d.host, rule.options.encrypt)
+        dst.outbox.put_nowait(SyncDestOrder(rule.id, live.epoch, d.path, replace(rule.options, encrypt=crypt.encrypt),
+                                            ticket, src, self.dataplane.source_addresses(src),
+                                            self.dataplane.ticket_ttl))
+        return ticket, crypt.encrypt
+
+    def _rotate(self, rule: SyncRule, live: _Live, sessions: dict[str, Session], now: float) -> None:
+        """New tickets within the epoch: destinations first, then the source (which falls back to the old
+        ticket should its next session reach a destination before the new one did)."""
+        live.tickets_at = now
+        for d in rule.destinations:
+            ticket, _ = self._dest_ticket(rule, live, d, sessions[d.host])
+            sessions[rule.source.host].outbox.put_nowait(SyncTicketOrder(rule.id, live.epoch, d.host, ticket))
+        log.info("watch rule tickets rotated", extra=kv(rule=rule.id, epoch=live.epoch))
 
     def _check_load(self, rule: SyncRule, live: _Live, src: Session, now: float) -> None:
         live.checked_at = now

@@ -40,6 +40,11 @@ class WireCache:
         """Remember ``msg`` as the wire form of ``health`` (the domain object made from it)."""
         self._health[name] = (health, msg)
 
+    def forget(self, name: str) -> None:
+        """Drop what is cached for an agent the operator removed."""
+        self._health.pop(name, None)
+        self._info.pop(name, None)
+
     def health(self, name: str, health: HostHealth) -> pb.HostHealth:
         entry = self._health.get(name)
         if entry is not None and entry[0] is health:

@@ -6,6 +6,7 @@ Everything is validated once at start; a bad value raises ConfigError naming the
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import socket
@@ -17,13 +18,15 @@ from typing import Any, TypeVar, get_type_hints
 
 from zcrepl.core.errors import ConfigError, InvalidPath
 from zcrepl.core.exportpolicy import parse_export_policies, table_specs
-from zcrepl.core.paths import canonical_abs, valid_host_name
+from zcrepl.core.paths import HOST_NAME_RULE, canonical_abs, show_name, valid_host_name
 
 DEFAULT_CONTROLLER_PORT = 7420
 DEFAULT_AGENT_PORT = 7421
 DEFAULT_DATA_PORT = 7422
 DEFAULT_ENROLL_PORT = 7423
 DEFAULT_CONTROLLER = f"127.0.0.1:{DEFAULT_CONTROLLER_PORT}"
+MAX_SOURCE_ADDRESSES = 16
+ENCRYPT_MODES = ("never", "always", "cross-site")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,12 @@ class AgentConfig:
     # Host the agent advertises for its ports when they listen on a wildcard address; empty means the
     # local address this host uses to reach the controller.
     advertise_host: str = ""
+    # A label for where the agent runs (a data centre, a rack); the controller's "cross-site" encrypt
+    # policy encrypts between agents whose sites differ or are unset.
+    site: str = ""
+    # Further IP addresses this agent's data connections may leave from (multi-homed hosts): a receiver
+    # accepts its tickets only from its controller-stream address, its advertised hosts and these.
+    source_addresses: tuple[str, ...] = ()
     log_level: str = "info"
     log_format: str = "kv"
     ready_file: str = ""
@@ -91,7 +100,7 @@ class AgentConfig:
     def validate(self) -> None:
         check_tls(self.ca, self.cert, self.key, self.insecure, extra="join" if self.join else "")
         if not valid_host_name(self.name):
-            raise ConfigError(f"name {self.name!r}: use letters, digits, '.', '_' and '-' (at most 63)")
+            raise ConfigError(f"name '{show_name(self.name)}': {HOST_NAME_RULE}")
         if not self.exports:
             raise ConfigError("no export configured: pass --export DIR (repeatable) or 'exports = [...]' in TOML")
         for addr in (self.controller, self.listen, self.data_listen):
@@ -101,6 +110,15 @@ class AgentConfig:
                 raise ConfigError(f"export {os.fsdecode(exp)!r} is not an existing directory; create it first")
         if self.log_format not in ("kv", "json"):
             raise ConfigError(f"log_format {self.log_format!r}: choose 'kv' or 'json'")
+        if self.site and not (len(self.site) <= 64 and valid_host_name(self.site)):
+            raise ConfigError(f"site {self.site!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+        if len(self.source_addresses) > MAX_SOURCE_ADDRESSES:
+            raise ConfigError(f"source_addresses: at most {MAX_SOURCE_ADDRESSES}")
+        for a in self.source_addresses:
+            try:
+                ipaddress.ip_address(a)
+            except ValueError:
+                raise ConfigError(f"source_addresses: {a!r} is not an IP address") from None
         if not 0 <= self.transfer_nice <= 19:
             raise ConfigError(f"transfer_nice {self.transfer_nice}: choose 0 (unchanged) to 19 (lowest)")
         if self.transfer_ioclass not in ("none", "best-effort", "idle"):
@@ -153,6 +171,21 @@ def parse_link_limits(specs: tuple[str, ...]) -> dict[tuple[str, str], int]:
         if (src, dst) in out:
             raise ConfigError(f"link_limits: {src}>{dst} appears twice")
         out[(src, dst)] = values["streams"]
+    return out
+
+
+def parse_encrypt_links(specs: tuple[str, ...]) -> dict[tuple[str, str], bool]:
+    """``("hostA>hostB:always", "*>nas1:never")`` -> {(source, destination): encrypt}; ``*`` is any agent."""
+    out: dict[tuple[str, str], bool] = {}
+    for spec in specs:
+        link, sep, mode = spec.strip().rpartition(":")
+        src, arrow, dst = link.partition(">")
+        if (not sep or not arrow or mode not in ("always", "never")
+                or not all(h == "*" or valid_host_name(h) for h in (src, dst))):
+            raise ConfigError(f"encrypt_links {spec!r}: write SRC>DST:always or SRC>DST:never (agent names or *)")
+        if (src, dst) in out:
+            raise ConfigError(f"encrypt_links: {src}>{dst} appears twice")
+        out[(src, dst)] = mode == "always"
     return out
 
 
@@ -230,6 +263,13 @@ class ControllerConfig:
     link_limits: tuple[str, ...] = ()
     # Seconds of waiting that raise a job by one priority level, so nothing waits forever.
     priority_aging: float = 600.0
+    # Data-plane encryption for jobs and watch rules that did not ask for it (--encrypt always encrypts):
+    # never, always, or cross-site (between agents whose site labels differ or are unset). Per-link
+    # overrides "SRC>DST:always|never" (either side may be *) win over it.
+    encrypt: str = "never"
+    encrypt_links: tuple[str, ...] = ()
+    # Lifetime of a watch rule's reusable ticket; the controller rotates it at three quarters of it.
+    sync_ticket_ttl: float = 3600.0
 
     @staticmethod
     def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -272,6 +312,11 @@ class ControllerConfig:
                                   "slow down above the first and speed up again below the second")
         parse_host_limits(self.host_limits)
         parse_link_limits(self.link_limits)
+        if self.encrypt not in ENCRYPT_MODES:
+            raise ConfigError(f"encrypt {self.encrypt!r}: choose never, always or cross-site")
+        parse_encrypt_links(self.encrypt_links)
+        if not 2 <= self.sync_ticket_ttl <= 7 * 86400:
+            raise ConfigError("sync_ticket_ttl: choose 2 seconds to 7 days")
         if self.log_format not in ("kv", "json"):
             raise ConfigError(f"log_format {self.log_format!r}: choose 'kv' or 'json'")
 

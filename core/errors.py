@@ -7,6 +7,7 @@
     │   ├── UnknownHost          no agent by that name ever registered      -> NOT_FOUND
     │   ├── UnknownJob           no job with that id                        -> NOT_FOUND
     │   ├── InvalidPath          malformed path, or outside the exports     -> INVALID_ARGUMENT
+    │   ├── InvalidArgument      a name, address or number out of its range -> INVALID_ARGUMENT
     │   └── ConfigError          bad flag, TOML key or environment value
     ├── Conflict                 the request contradicts the current state  -> FAILED_PRECONDITION
     ├── PermissionDenied         the caller's certificate does not allow it  -> PERMISSION_DENIED
@@ -41,6 +42,10 @@ class UnknownJob(UserError):
 
 
 class InvalidPath(UserError):
+    pass
+
+
+class InvalidArgument(UserError):
     pass
 
 

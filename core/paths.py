@@ -8,7 +8,12 @@ import re
 from zcrepl.core.errors import InvalidPath
 from zcrepl.core.types import Endpoint
 
-_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+MAX_HOST_NAME = 253
+"""Bytes in an agent name: a DNS name's limit, so a host's FQDN always fits."""
+HOST_NAME_RULE = (f"an agent name is 1 to {MAX_HOST_NAME} characters from A-Z, a-z, 0-9, '.', '_' and '-', "
+                  "starting with a letter or a digit (no spaces, control characters or other symbols)")
+# ASCII only, so characters are bytes; fullmatch, because '$' would also match before a trailing newline.
+_HOST = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_HOST_NAME - 1}}}")
 
 
 _NAMED_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
@@ -43,7 +48,15 @@ def show(path: bytes) -> str:
 
 
 def valid_host_name(name: str) -> bool:
-    return bool(_HOST.match(name))
+    """True when ``name`` follows ``HOST_NAME_RULE`` (the agent name pattern, documented in the README)."""
+    return _HOST.fullmatch(name) is not None
+
+
+def show_name(name: str, limit: int = 64) -> str:
+    """A name from a peer, printable and short enough for one line of an error message."""
+    raw = name.encode("utf-8", "surrogateescape")
+    cut = show(raw[:limit])
+    return cut + f"... ({len(raw)} bytes)" if len(raw) > limit else cut
 
 
 def parse_endpoint(arg: str) -> Endpoint:
@@ -55,7 +68,7 @@ def parse_endpoint(arg: str) -> Endpoint:
     if not sep or not host:
         raise InvalidPath(f"{arg!r} is not HOST:/PATH; write it like hostA:/srv/data (run 'zc-ctl agents' for hosts)")
     if not valid_host_name(host):
-        raise InvalidPath(f"{host!r} is not a valid host name; agent names use letters, digits, '.', '_' and '-'")
+        raise InvalidPath(f"'{show_name(host)}' is not a valid host name: {HOST_NAME_RULE}")
     raw = os.fsencode(path)
     return Endpoint(host=host, path=canonical_abs(raw, what=f"{host}:{path}"))
 

@@ -18,7 +18,7 @@ DEFAULT_QUIET = 0.2
 def sync_options(o: JobOptions) -> JobOptions:
     """A watch rule mirrors: what the source deletes goes at the destination too (lsyncd does the same)."""
     return JobOptions(delete=True, checksum=o.checksum, bwlimit=o.bwlimit, streams=o.streams,
-                      durability=o.durability, xattrs=o.xattrs)
+                      durability=o.durability, xattrs=o.xattrs, encrypt=o.encrypt)
 
 
 class SyncState(enum.Enum):
@@ -36,6 +36,7 @@ class SyncCounters:
     renamed: int = 0
     reconciles: int = 0  # full scans (rule start, restart, overflow, error)
     errors: int = 0
+    skipped: int = 0  # entries left out of shipped sets (special files, unreadable...)
 
     def plus(self, other: SyncCounters) -> SyncCounters:
         return SyncCounters(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -85,6 +86,7 @@ class SyncDest:
     data_address: str
     ticket: bytes
     path: bytes
+    encrypt: bool = False  # TLS on this destination's connections (the controller's decision per link)
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,9 @@ class SyncSourceOrder:
 
 @dataclass(frozen=True)
 class SyncDestOrder:
-    """Accept this rule's sessions into ``path`` with ``ticket`` (replaces the rule's earlier ticket)."""
+    """Accept this rule's sessions into ``path`` with ``ticket`` for ``ticket_ttl`` seconds (0: until
+    replaced). A new epoch replaces the rule's earlier tickets; the same epoch adds a rotated ticket and
+    leaves the previous one to expire on its own (the overlap while the source switches)."""
 
     rule_id: int
     epoch: int
@@ -112,6 +116,19 @@ class SyncDestOrder:
     options: JobOptions
     ticket: bytes
     source_host: str
+    source_addresses: tuple[str, ...] = ()  # where the source may connect from (see ReceiveOrder)
+    ticket_ttl: float = 0.0
+
+
+@dataclass(frozen=True)
+class SyncTicketOrder:
+    """A rotated ticket for one destination of a running rule: the source uses it from its next session on
+    (same epoch, so no reconciliation), keeping the previous one as a fallback until a session is accepted."""
+
+    rule_id: int
+    epoch: int
+    host: str
+    ticket: bytes
 
 
 @dataclass(frozen=True)

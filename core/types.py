@@ -54,6 +54,9 @@ class JobOptions:
     durability: Durability = Durability.JOB
     xattrs: bool = False  # replicate extended attributes too
     priority: Priority = Priority.NORMAL
+    # TLS 1.3 on the data connections. On a submission: the operator asked for it (--encrypt); in an order:
+    # the controller's decision (the job's request or its encrypt policy for the link).
+    encrypt: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,24 @@ class TransferStats:
     files_skipped: int = 0
     deleted: int = 0
     wire_bytes: int = 0
-    skipped_special: int = 0
+    skipped_special: int = 0  # devices, FIFOs and sockets (also counted in entries_skipped)
     errors: int = 0
     scan_done: bool = False
+    # Entries not replicated for any reason; a job that ends with some is "done with N skipped".
+    entries_skipped: int = 0
+    transport: str = ""  # how the bytes travelled: "none" (plaintext), "tls" or "ktls"; "" = not known yet
+
+
+SKIPPED_LISTED = 100
+"""How many skipped entries a transfer reports and a job keeps by name; the total is always counted."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """One entry a transfer left out: its path below the job's root, and why (one sentence)."""
+
+    path: bytes
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -142,6 +160,9 @@ class AgentInfo:
     version: str = ""
     pid: int = 0
     hostname: str = ""
+    site: str = ""  # the agent's site label (its config); the controller's cross-site encrypt policy reads it
+    # Further addresses this agent's data connections may come from (multi-homed hosts; IP literals).
+    source_addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,6 +208,12 @@ class Job:
     # controller restarted) don't count.
     failures: int = 0
     group_id: int = 0  # the fan-out this job belongs to (id of its first job), 0 for none
+    # Entries the latest attempt left out (the first SKIPPED_LISTED; progress.entries_skipped counts all).
+    skipped: tuple[Skipped, ...] = ()
+
+    @property
+    def done_with_skips(self) -> bool:
+        return self.state is JobState.DONE and self.progress.entries_skipped > 0
 
 
 class Role(enum.Enum):
@@ -212,6 +239,7 @@ class TransferReport:
     stats: TransferStats = field(default_factory=TransferStats)
     error: str = ""
     retryable: bool = True
+    skipped: tuple[Skipped, ...] = ()  # entries this side left out (the first SKIPPED_LISTED)
 
 
 @dataclass(frozen=True)
@@ -222,6 +250,9 @@ class ReceiveOrder:
     path: bytes
     options: JobOptions
     source_host: str
+    # Where the source agent may connect from (its controller stream's address, its advertised hosts, its
+    # source_addresses); empty = unbound (an older controller).
+    source_addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ class Heartbeat(_message.Message):
     def __init__(self, health: _Optional[_Union[_types_pb2.HostHealth, _Mapping]] = ..., syncs: _Optional[_Iterable[_Union[_sync_pb2.SyncStatus, _Mapping]]] = ...) -> None: ...
 
 class TransferReport(_message.Message):
-    __slots__ = ("job_id", "attempt", "role", "phase", "stats", "error", "retryable")
+    __slots__ = ("job_id", "attempt", "role", "phase", "stats", "error", "retryable", "skipped")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class TransferReport(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     attempt: int
     role: Role
@@ -71,7 +72,8 @@ class TransferReport(_message.Message):
     stats: _types_pb2.TransferStats
     error: str
     retryable: bool
-    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., phase: _Optional[_Union[Phase, str]] = ..., stats: _Optional[_Union[_types_pb2.TransferStats, _Mapping]] = ..., error: _Optional[str] = ..., retryable: _Optional[bool] = ...) -> None: ...
+    skipped: _containers.RepeatedCompositeFieldContainer[_types_pb2.SkippedEntry]
+    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., phase: _Optional[_Union[Phase, str]] = ..., stats: _Optional[_Union[_types_pb2.TransferStats, _Mapping]] = ..., error: _Optional[str] = ..., retryable: _Optional[bool] = ..., skipped: _Optional[_Iterable[_Union[_types_pb2.SkippedEntry, _Mapping]]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("register", "heartbeat", "report")
@@ -94,20 +96,22 @@ class Welcome(_message.Message):
     def __init__(self, heartbeat_interval: _Optional[float] = ..., controller_version: _Optional[str] = ..., attempt_grace: _Optional[float] = ...) -> None: ...
 
 class ReceiveOrder(_message.Message):
-    __slots__ = ("job_id", "attempt", "ticket", "path", "options", "source_host")
+    __slots__ = ("job_id", "attempt", "ticket", "path", "options", "source_host", "source_addresses")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     TICKET_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_HOST_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     attempt: int
     ticket: bytes
     path: bytes
     options: _types_pb2.JobOptions
     source_host: str
-    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., ticket: _Optional[bytes] = ..., path: _Optional[bytes] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., source_host: _Optional[str] = ...) -> None: ...
+    source_addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., ticket: _Optional[bytes] = ..., path: _Optional[bytes] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., source_host: _Optional[str] = ..., source_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SendOrder(_message.Message):
     __slots__ = ("job_id", "attempt", "ticket", "path", "options", "dest_host", "dest_data_address", "dest_path")
@@ -156,7 +160,7 @@ class ThrottleOrder(_message.Message):
     def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., bwlimit: _Optional[int] = ..., paused: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ControllerMessage(_message.Message):
-    __slots__ = ("welcome", "receive", "send", "cancel", "throttle", "sync_source", "sync_dest", "sync_stop", "sync_hold")
+    __slots__ = ("welcome", "receive", "send", "cancel", "throttle", "sync_source", "sync_dest", "sync_stop", "sync_hold", "sync_ticket")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     RECEIVE_FIELD_NUMBER: _ClassVar[int]
     SEND_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +170,7 @@ class ControllerMessage(_message.Message):
     SYNC_DEST_FIELD_NUMBER: _ClassVar[int]
     SYNC_STOP_FIELD_NUMBER: _ClassVar[int]
     SYNC_HOLD_FIELD_NUMBER: _ClassVar[int]
+    SYNC_TICKET_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     receive: ReceiveOrder
     send: SendOrder
@@ -175,7 +180,8 @@ class ControllerMessage(_message.Message):
     sync_dest: _sync_pb2.SyncDestOrder
     sync_stop: _sync_pb2.SyncStopOrder
     sync_hold: _sync_pb2.SyncHoldOrder
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., receive: _Optional[_Union[ReceiveOrder, _Mapping]] = ..., send: _Optional[_Union[SendOrder, _Mapping]] = ..., cancel: _Optional[_Union[CancelOrder, _Mapping]] = ..., throttle: _Optional[_Union[ThrottleOrder, _Mapping]] = ..., sync_source: _Optional[_Union[_sync_pb2.SyncSourceOrder, _Mapping]] = ..., sync_dest: _Optional[_Union[_sync_pb2.SyncDestOrder, _Mapping]] = ..., sync_stop: _Optional[_Union[_sync_pb2.SyncStopOrder, _Mapping]] = ..., sync_hold: _Optional[_Union[_sync_pb2.SyncHoldOrder, _Mapping]] = ...) -> None: ...
+    sync_ticket: _sync_pb2.SyncTicketOrder
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., receive: _Optional[_Union[ReceiveOrder, _Mapping]] = ..., send: _Optional[_Union[SendOrder, _Mapping]] = ..., cancel: _Optional[_Union[CancelOrder, _Mapping]] = ..., throttle: _Optional[_Union[ThrottleOrder, _Mapping]] = ..., sync_source: _Optional[_Union[_sync_pb2.SyncSourceOrder, _Mapping]] = ..., sync_dest: _Optional[_Union[_sync_pb2.SyncDestOrder, _Mapping]] = ..., sync_stop: _Optional[_Union[_sync_pb2.SyncStopOrder, _Mapping]] = ..., sync_hold: _Optional[_Union[_sync_pb2.SyncHoldOrder, _Mapping]] = ..., sync_ticket: _Optional[_Union[_sync_pb2.SyncTicketOrder, _Mapping]] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("source", "destination", "options")
@@ -246,6 +252,12 @@ class ListAgentsResponse(_message.Message):
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     agents: _containers.RepeatedCompositeFieldContainer[AgentStatus]
     def __init__(self, agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ...) -> None: ...
+
+class AgentRef(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class AgentHealthRequest(_message.Message):
     __slots__ = ("names", "history")

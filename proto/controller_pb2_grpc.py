@@ -86,6 +86,11 @@ class ControllerStub:
                 request_serializer=zcrepl_dot_proto_dot_controller__pb2.AgentHealthRequest.SerializeToString,
                 response_deserializer=zcrepl_dot_proto_dot_controller__pb2.AgentHealthResponse.FromString,
                 _registered_method=True)
+        self.RemoveAgent = channel.unary_unary(
+                '/zcrepl.v1.Controller/RemoveAgent',
+                request_serializer=zcrepl_dot_proto_dot_controller__pb2.AgentRef.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_controller__pb2.AgentStatus.FromString,
+                _registered_method=True)
         self.CreateSync = channel.unary_unary(
                 '/zcrepl.v1.Controller/CreateSync',
                 request_serializer=zcrepl_dot_proto_dot_sync__pb2.CreateSyncRequest.SerializeToString,
@@ -180,6 +185,14 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveAgent(self, request, context):
+        """Forget an offline agent: its registration, health and history (admin). Refused (FAILED_PRECONDITION)
+        while it is online or while queued jobs or watch rules name it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateSync(self, request, context):
         """Continuous replication: a rule keeps destinations in step with a watched source.
         """
@@ -263,6 +276,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.GetAgentHealth,
                     request_deserializer=zcrepl_dot_proto_dot_controller__pb2.AgentHealthRequest.FromString,
                     response_serializer=zcrepl_dot_proto_dot_controller__pb2.AgentHealthResponse.SerializeToString,
+            ),
+            'RemoveAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveAgent,
+                    request_deserializer=zcrepl_dot_proto_dot_controller__pb2.AgentRef.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_controller__pb2.AgentStatus.SerializeToString,
             ),
             'CreateSync': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSync,
@@ -560,6 +578,33 @@ class Controller:
             '/zcrepl.v1.Controller/GetAgentHealth',
             zcrepl_dot_proto_dot_controller__pb2.AgentHealthRequest.SerializeToString,
             zcrepl_dot_proto_dot_controller__pb2.AgentHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zcrepl.v1.Controller/RemoveAgent',
+            zcrepl_dot_proto_dot_controller__pb2.AgentRef.SerializeToString,
+            zcrepl_dot_proto_dot_controller__pb2.AgentStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from zcrepl.core import types as t
+from zcrepl.core.errors import InvalidArgument
 from zcrepl.proto import types_pb2 as pb
 
 _STATE_TO_PB = {
@@ -26,6 +27,16 @@ def state_to_pb(s: t.JobState) -> pb.JobState:
 
 def state_from_pb(v: int) -> t.JobState:
     return _STATE_FROM_PB[v]
+
+
+def states_from_request(values: object) -> tuple[t.JobState, ...]:
+    """Job states a client asked for; one this controller does not know is refused, not guessed."""
+    out = []
+    for v in values:  # type: ignore[attr-defined]
+        if v not in _STATE_FROM_PB:
+            raise InvalidArgument(f"job state {v} is unknown; use queued, running, done, failed or cancelled")
+        out.append(_STATE_FROM_PB[v])
+    return tuple(out)
 
 
 def stats_to_pb(s: t.TransferStats) -> pb.TransferStats:
@@ -49,7 +60,7 @@ _PRIORITY_FROM = {v: k for k, v in _PRIORITY.items()}
 def options_to_pb(o: t.JobOptions) -> pb.JobOptions:
     return pb.JobOptions(delete=o.delete, checksum=o.checksum, bwlimit=o.bwlimit, max_attempts=o.max_attempts,
                          streams=o.streams, durability=_DURABILITY[o.durability], xattrs=o.xattrs,
-                         priority=_PRIORITY[o.priority])
+                         priority=_PRIORITY[o.priority], encrypt=o.encrypt)
 
 
 def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
@@ -57,7 +68,25 @@ def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
                         streams=m.streams, durability=_DURABILITY_FROM.get(m.durability, t.Durability.JOB),
                         xattrs=m.xattrs,
                         # Unspecified (an older client) and values from a newer one read as normal.
-                        priority=_PRIORITY_FROM.get(m.priority, t.Priority.NORMAL))
+                        priority=_PRIORITY_FROM.get(m.priority, t.Priority.NORMAL), encrypt=m.encrypt)
+
+
+def options_from_request(m: pb.JobOptions) -> t.JobOptions:
+    """``options_from_pb`` for a client's request: an enum value this controller does not know (a newer
+    client's, or garbage) is refused instead of read as the default."""
+    if m.durability not in _DURABILITY_FROM:
+        raise InvalidArgument(f"durability {m.durability} is unknown; use job, file or none")
+    if m.priority != pb.PRIORITY_UNSPECIFIED and m.priority not in _PRIORITY_FROM:
+        raise InvalidArgument(f"priority {m.priority} is unknown; use high, normal or low")
+    return options_from_pb(m)
+
+
+def skipped_to_pb(items: tuple[t.Skipped, ...]) -> list[pb.SkippedEntry]:
+    return [pb.SkippedEntry(path=x.path, reason=x.reason) for x in items]
+
+
+def skipped_from_pb(items: object) -> tuple[t.Skipped, ...]:
+    return tuple(t.Skipped(bytes(x.path), x.reason) for x in items)  # type: ignore[attr-defined]
 
 
 def endpoint_to_pb(e: t.Endpoint) -> pb.Endpoint:
@@ -107,13 +136,14 @@ def health_from_pb(m: pb.HostHealth) -> t.HostHealth:
 
 def agent_info_to_pb(a: t.AgentInfo) -> pb.AgentInfo:
     return pb.AgentInfo(name=a.name, grpc_address=a.grpc_address, data_address=a.data_address,
-                        exports=list(a.exports), version=a.version, pid=a.pid, hostname=a.hostname)
+                        exports=list(a.exports), version=a.version, pid=a.pid, hostname=a.hostname, site=a.site,
+                        source_addresses=list(a.source_addresses))
 
 
 def agent_info_from_pb(m: pb.AgentInfo) -> t.AgentInfo:
     return t.AgentInfo(name=m.name, grpc_address=m.grpc_address, data_address=m.data_address,
                        exports=tuple(bytes(e) for e in m.exports), version=m.version, pid=m.pid,
-                       hostname=m.hostname)
+                       hostname=m.hostname, site=m.site, source_addresses=tuple(m.source_addresses))
 
 
 def job_to_pb(j: t.Job) -> pb.Job:
@@ -123,7 +153,7 @@ def job_to_pb(j: t.Job) -> pb.Job:
         created_at=j.created_at, updated_at=j.updated_at, started_at=j.started_at,
         finished_at=j.finished_at, attempts=j.attempts, max_attempts=j.max_attempts, error=j.error,
         wait_reason=j.wait_reason, progress=stats_to_pb(j.progress), next_attempt_at=j.next_attempt_at,
-        group_id=j.group_id,
+        group_id=j.group_id, skipped=skipped_to_pb(j.skipped),
     )
     m.history.extend(pb.Attempt(number=a.number, started_at=a.started_at, ended_at=a.ended_at,
                                 error=a.error, stats=stats_to_pb(a.stats), source=a.source) for a in j.history)
@@ -139,7 +169,7 @@ def job_from_pb(m: pb.Job) -> t.Job:
         wait_reason=m.wait_reason, progress=stats_from_pb(m.progress),
         history=tuple(t.Attempt(a.number, a.started_at, a.ended_at, a.error, stats_from_pb(a.stats),
                                 bytes(a.source)) for a in m.history),
-        next_attempt_at=m.next_attempt_at, group_id=m.group_id,
+        next_attempt_at=m.next_attempt_at, group_id=m.group_id, skipped=skipped_from_pb(m.skipped),
     )
 
 
@@ -175,7 +205,8 @@ def report_to_pb(r: t.TransferReport) -> object:
 
     return cpb.TransferReport(job_id=r.job_id, attempt=r.attempt, role=cpb.Role.Value("ROLE_" + r.role.name),
                               phase=cpb.Phase.Value("PHASE_" + r.phase.name),
-                              stats=stats_to_pb(r.stats), error=r.error, retryable=r.retryable)
+                              stats=stats_to_pb(r.stats), error=r.error, retryable=r.retryable,
+                              skipped=skipped_to_pb(r.skipped))
 
 
 def report_from_pb(m: object) -> t.TransferReport:
@@ -184,4 +215,5 @@ def report_from_pb(m: object) -> t.TransferReport:
     return t.TransferReport(
         job_id=m.job_id, attempt=m.attempt, role=role, phase=phase,  # type: ignore[attr-defined]
         stats=stats_from_pb(m.stats), error=m.error, retryable=m.retryable,  # type: ignore[attr-defined]
+        skipped=skipped_from_pb(m.skipped),  # type: ignore[attr-defined]
     )

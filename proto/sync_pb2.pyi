@@ -18,7 +18,7 @@ SYNC_STATE_ACTIVE: SyncState
 SYNC_STATE_PAUSED: SyncState
 
 class SyncCounters(_message.Message):
-    __slots__ = ("sessions", "changes", "files", "bytes", "deleted", "renamed", "reconciles", "errors")
+    __slots__ = ("sessions", "changes", "files", "bytes", "deleted", "renamed", "reconciles", "errors", "skipped")
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class SyncCounters(_message.Message):
     RENAMED_FIELD_NUMBER: _ClassVar[int]
     RECONCILES_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     sessions: int
     changes: int
     files: int
@@ -35,7 +36,8 @@ class SyncCounters(_message.Message):
     renamed: int
     reconciles: int
     errors: int
-    def __init__(self, sessions: _Optional[int] = ..., changes: _Optional[int] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ..., deleted: _Optional[int] = ..., renamed: _Optional[int] = ..., reconciles: _Optional[int] = ..., errors: _Optional[int] = ...) -> None: ...
+    skipped: int
+    def __init__(self, sessions: _Optional[int] = ..., changes: _Optional[int] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ..., deleted: _Optional[int] = ..., renamed: _Optional[int] = ..., reconciles: _Optional[int] = ..., errors: _Optional[int] = ..., skipped: _Optional[int] = ...) -> None: ...
 
 class SyncStatus(_message.Message):
     __slots__ = ("rule_id", "epoch", "watching", "lag", "pending", "held", "reconciling", "counters", "last_error", "last_error_at", "last_shipped_at", "warning")
@@ -100,16 +102,18 @@ class SyncRule(_message.Message):
     def __init__(self, id: _Optional[int] = ..., source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destinations: _Optional[_Iterable[_Union[_types_pb2.Endpoint, _Mapping]]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., state: _Optional[_Union[SyncState, str]] = ..., created_at: _Optional[float] = ..., window: _Optional[float] = ..., quiet: _Optional[float] = ..., counters: _Optional[_Union[SyncCounters, _Mapping]] = ..., status: _Optional[str] = ..., lag: _Optional[float] = ..., pending: _Optional[int] = ..., last_error: _Optional[str] = ..., last_error_at: _Optional[float] = ..., last_shipped_at: _Optional[float] = ...) -> None: ...
 
 class SyncDest(_message.Message):
-    __slots__ = ("host", "data_address", "ticket", "path")
+    __slots__ = ("host", "data_address", "ticket", "path", "encrypt")
     HOST_FIELD_NUMBER: _ClassVar[int]
     DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TICKET_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPT_FIELD_NUMBER: _ClassVar[int]
     host: str
     data_address: str
     ticket: bytes
     path: bytes
-    def __init__(self, host: _Optional[str] = ..., data_address: _Optional[str] = ..., ticket: _Optional[bytes] = ..., path: _Optional[bytes] = ...) -> None: ...
+    encrypt: bool
+    def __init__(self, host: _Optional[str] = ..., data_address: _Optional[str] = ..., ticket: _Optional[bytes] = ..., path: _Optional[bytes] = ..., encrypt: _Optional[bool] = ...) -> None: ...
 
 class SyncSourceOrder(_message.Message):
     __slots__ = ("rule_id", "epoch", "path", "options", "window", "quiet", "dests", "held", "hold_reason")
@@ -134,20 +138,36 @@ class SyncSourceOrder(_message.Message):
     def __init__(self, rule_id: _Optional[int] = ..., epoch: _Optional[int] = ..., path: _Optional[bytes] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., window: _Optional[float] = ..., quiet: _Optional[float] = ..., dests: _Optional[_Iterable[_Union[SyncDest, _Mapping]]] = ..., held: _Optional[bool] = ..., hold_reason: _Optional[str] = ...) -> None: ...
 
 class SyncDestOrder(_message.Message):
-    __slots__ = ("rule_id", "epoch", "path", "options", "ticket", "source_host")
+    __slots__ = ("rule_id", "epoch", "path", "options", "ticket", "source_host", "source_addresses", "ticket_ttl")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     TICKET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_HOST_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    TICKET_TTL_FIELD_NUMBER: _ClassVar[int]
     rule_id: int
     epoch: int
     path: bytes
     options: _types_pb2.JobOptions
     ticket: bytes
     source_host: str
-    def __init__(self, rule_id: _Optional[int] = ..., epoch: _Optional[int] = ..., path: _Optional[bytes] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., ticket: _Optional[bytes] = ..., source_host: _Optional[str] = ...) -> None: ...
+    source_addresses: _containers.RepeatedScalarFieldContainer[str]
+    ticket_ttl: float
+    def __init__(self, rule_id: _Optional[int] = ..., epoch: _Optional[int] = ..., path: _Optional[bytes] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., ticket: _Optional[bytes] = ..., source_host: _Optional[str] = ..., source_addresses: _Optional[_Iterable[str]] = ..., ticket_ttl: _Optional[float] = ...) -> None: ...
+
+class SyncTicketOrder(_message.Message):
+    __slots__ = ("rule_id", "epoch", "host", "ticket")
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    rule_id: int
+    epoch: int
+    host: str
+    ticket: bytes
+    def __init__(self, rule_id: _Optional[int] = ..., epoch: _Optional[int] = ..., host: _Optional[str] = ..., ticket: _Optional[bytes] = ...) -> None: ...
 
 class SyncStopOrder(_message.Message):
     __slots__ = ("rule_id", "reason")

@@ -17,7 +17,8 @@ def counters_to_pb(c: st.SyncCounters) -> spb.SyncCounters:
 
 
 def counters_from_pb(m: spb.SyncCounters) -> st.SyncCounters:
-    return st.SyncCounters(m.sessions, m.changes, m.files, m.bytes, m.deleted, m.renamed, m.reconciles, m.errors)
+    return st.SyncCounters(m.sessions, m.changes, m.files, m.bytes, m.deleted, m.renamed, m.reconciles, m.errors,
+                           m.skipped)
 
 
 def status_to_pb(s: st.SyncStatus) -> spb.SyncStatus:
@@ -55,26 +56,32 @@ def source_order_to_pb(o: st.SyncSourceOrder) -> spb.SyncSourceOrder:
     return spb.SyncSourceOrder(
         rule_id=o.rule_id, epoch=o.epoch, path=o.path, options=options_to_pb(o.options), window=o.window,
         quiet=o.quiet, held=o.held, hold_reason=o.hold_reason,
-        dests=[spb.SyncDest(host=d.host, data_address=d.data_address, ticket=d.ticket, path=d.path) for d in o.dests],
+        dests=[spb.SyncDest(host=d.host, data_address=d.data_address, ticket=d.ticket, path=d.path,
+                            encrypt=d.encrypt) for d in o.dests],
     )
 
 
 def source_order_from_pb(m: spb.SyncSourceOrder) -> st.SyncSourceOrder:
     return st.SyncSourceOrder(
         m.rule_id, m.epoch, bytes(m.path), options_from_pb(m.options), m.window, m.quiet,
-        tuple(st.SyncDest(d.host, d.data_address, bytes(d.ticket), bytes(d.path)) for d in m.dests),
+        tuple(st.SyncDest(d.host, d.data_address, bytes(d.ticket), bytes(d.path), d.encrypt) for d in m.dests),
         m.held, m.hold_reason,
     )
 
 
 def dest_order_to_pb(o: st.SyncDestOrder) -> spb.SyncDestOrder:
     return spb.SyncDestOrder(rule_id=o.rule_id, epoch=o.epoch, path=o.path, options=options_to_pb(o.options),
-                             ticket=o.ticket, source_host=o.source_host)
+                             ticket=o.ticket, source_host=o.source_host, source_addresses=list(o.source_addresses),
+                             ticket_ttl=o.ticket_ttl)
 
 
 def dest_order_from_pb(m: spb.SyncDestOrder) -> st.SyncDestOrder:
     return st.SyncDestOrder(m.rule_id, m.epoch, bytes(m.path), options_from_pb(m.options), bytes(m.ticket),
-                            m.source_host)
+                            m.source_host, tuple(m.source_addresses), m.ticket_ttl)
+
+
+def ticket_order_from_pb(m: spb.SyncTicketOrder) -> st.SyncTicketOrder:
+    return st.SyncTicketOrder(m.rule_id, m.epoch, m.host, bytes(m.ticket))
 
 
 def sync_order_fields(order: object) -> dict[str, object] | None:
@@ -85,6 +92,9 @@ def sync_order_fields(order: object) -> dict[str, object] | None:
         return {"sync_dest": dest_order_to_pb(order)}
     if isinstance(order, st.SyncStopOrder):
         return {"sync_stop": spb.SyncStopOrder(rule_id=order.rule_id, reason=order.reason)}
+    if isinstance(order, st.SyncTicketOrder):
+        return {"sync_ticket": spb.SyncTicketOrder(rule_id=order.rule_id, epoch=order.epoch, host=order.host,
+                                                   ticket=order.ticket)}
     if isinstance(order, st.SyncHoldOrder):
         return {"sync_hold": spb.SyncHoldOrder(rule_id=order.rule_id, epoch=order.epoch, held=order.held,
                                                reason=order.reason)}

@@ -141,7 +141,7 @@ class HostHealth(_message.Message):
     def __init__(self, sampled_at: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., cpu_per_core: _Optional[_Iterable[float]] = ..., cpu_count: _Optional[int] = ..., load1: _Optional[float] = ..., load5: _Optional[float] = ..., load15: _Optional[float] = ..., mem_total: _Optional[int] = ..., mem_available: _Optional[int] = ..., swap_in_bps: _Optional[float] = ..., swap_out_bps: _Optional[float] = ..., exports: _Optional[_Iterable[_Union[DiskUsage, _Mapping]]] = ..., disk_read_bps: _Optional[float] = ..., disk_write_bps: _Optional[float] = ..., disks: _Optional[_Iterable[_Union[DiskIO, _Mapping]]] = ..., net_recv_bps: _Optional[float] = ..., net_sent_bps: _Optional[float] = ..., nics: _Optional[_Iterable[_Union[NetIO, _Mapping]]] = ..., open_fds: _Optional[int] = ..., agent_cpu_percent: _Optional[float] = ..., agent_rss: _Optional[int] = ..., active_transfers: _Optional[int] = ..., transfer_bps: _Optional[float] = ..., inotify_watches_used: _Optional[int] = ..., inotify_watches_max: _Optional[int] = ..., data_nic: _Optional[str] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("name", "grpc_address", "data_address", "exports", "version", "pid", "hostname")
+    __slots__ = ("name", "grpc_address", "data_address", "exports", "version", "pid", "hostname", "site", "source_addresses")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,8 @@ class AgentInfo(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     name: str
     grpc_address: str
     data_address: str
@@ -156,7 +158,9 @@ class AgentInfo(_message.Message):
     version: str
     pid: int
     hostname: str
-    def __init__(self, name: _Optional[str] = ..., grpc_address: _Optional[str] = ..., data_address: _Optional[str] = ..., exports: _Optional[_Iterable[bytes]] = ..., version: _Optional[str] = ..., pid: _Optional[int] = ..., hostname: _Optional[str] = ...) -> None: ...
+    site: str
+    source_addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., grpc_address: _Optional[str] = ..., data_address: _Optional[str] = ..., exports: _Optional[_Iterable[bytes]] = ..., version: _Optional[str] = ..., pid: _Optional[int] = ..., hostname: _Optional[str] = ..., site: _Optional[str] = ..., source_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("host", "path")
@@ -167,7 +171,7 @@ class Endpoint(_message.Message):
     def __init__(self, host: _Optional[str] = ..., path: _Optional[bytes] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts", "streams", "durability", "xattrs", "priority")
+    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts", "streams", "durability", "xattrs", "priority", "encrypt")
     DELETE_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     BWLIMIT_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +180,7 @@ class JobOptions(_message.Message):
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     XATTRS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPT_FIELD_NUMBER: _ClassVar[int]
     delete: bool
     checksum: bool
     bwlimit: int
@@ -184,10 +189,11 @@ class JobOptions(_message.Message):
     durability: Durability
     xattrs: bool
     priority: Priority
-    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ..., xattrs: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
+    encrypt: bool
+    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ..., xattrs: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ..., encrypt: _Optional[bool] = ...) -> None: ...
 
 class TransferStats(_message.Message):
-    __slots__ = ("entries", "files_total", "files_done", "bytes_total", "bytes_done", "files_skipped", "deleted", "wire_bytes", "skipped_special", "errors", "scan_done")
+    __slots__ = ("entries", "files_total", "files_done", "bytes_total", "bytes_done", "files_skipped", "deleted", "wire_bytes", "skipped_special", "errors", "scan_done", "entries_skipped", "transport")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     FILES_DONE_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +205,8 @@ class TransferStats(_message.Message):
     SKIPPED_SPECIAL_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     SCAN_DONE_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     entries: int
     files_total: int
     files_done: int
@@ -210,7 +218,17 @@ class TransferStats(_message.Message):
     skipped_special: int
     errors: int
     scan_done: bool
-    def __init__(self, entries: _Optional[int] = ..., files_total: _Optional[int] = ..., files_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., files_skipped: _Optional[int] = ..., deleted: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., skipped_special: _Optional[int] = ..., errors: _Optional[int] = ..., scan_done: _Optional[bool] = ...) -> None: ...
+    entries_skipped: int
+    transport: str
+    def __init__(self, entries: _Optional[int] = ..., files_total: _Optional[int] = ..., files_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., files_skipped: _Optional[int] = ..., deleted: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., skipped_special: _Optional[int] = ..., errors: _Optional[int] = ..., scan_done: _Optional[bool] = ..., entries_skipped: _Optional[int] = ..., transport: _Optional[str] = ...) -> None: ...
+
+class SkippedEntry(_message.Message):
+    __slots__ = ("path", "reason")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    path: bytes
+    reason: str
+    def __init__(self, path: _Optional[bytes] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Attempt(_message.Message):
     __slots__ = ("number", "started_at", "ended_at", "error", "stats", "source")
@@ -229,7 +247,7 @@ class Attempt(_message.Message):
     def __init__(self, number: _Optional[int] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[TransferStats, _Mapping]] = ..., source: _Optional[bytes] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "source", "destination", "options", "created_at", "updated_at", "started_at", "finished_at", "attempts", "max_attempts", "error", "wait_reason", "progress", "history", "next_attempt_at", "group_id")
+    __slots__ = ("id", "state", "source", "destination", "options", "created_at", "updated_at", "started_at", "finished_at", "attempts", "max_attempts", "error", "wait_reason", "progress", "history", "next_attempt_at", "group_id", "skipped")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +265,7 @@ class Job(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     id: int
     state: JobState
     source: Endpoint
@@ -264,4 +283,5 @@ class Job(_message.Message):
     history: _containers.RepeatedCompositeFieldContainer[Attempt]
     next_attempt_at: float
     group_id: int
-    def __init__(self, id: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., error: _Optional[str] = ..., wait_reason: _Optional[str] = ..., progress: _Optional[_Union[TransferStats, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., next_attempt_at: _Optional[float] = ..., group_id: _Optional[int] = ...) -> None: ...
+    skipped: _containers.RepeatedCompositeFieldContainer[SkippedEntry]
+    def __init__(self, id: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., error: _Optional[str] = ..., wait_reason: _Optional[str] = ..., progress: _Optional[_Union[TransferStats, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., next_attempt_at: _Optional[float] = ..., group_id: _Optional[int] = ..., skipped: _Optional[_Iterable[_Union[SkippedEntry, _Mapping]]] = ...) -> None: ...

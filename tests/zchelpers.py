@@ -321,6 +321,11 @@ def snapshot(root: Path, content: bool = True) -> dict[bytes, tuple[Any, ...]]:
     return out
 
 
+def remove_deep(path: Path) -> None:
+    """Remove a tree of any depth (pytest's own clean-up recurses once per level and gives up at ~1,000)."""
+    subprocess.run(["rm", "-rf", "--", str(path)], check=True, timeout=120)
+
+
 def diff_trees(a: dict[bytes, Any], b: dict[bytes, Any]) -> list[str]:
     problems = []
     for k in sorted(set(a) | set(b)):

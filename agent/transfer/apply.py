@@ -131,6 +131,8 @@ class TreeWriter:
                 self.dirs.append(e)
                 if parts:
                     self._ensure_dir(parts)
+            elif e.flags & fr.F_UNREADABLE:
+                pass  # the source could not read it: what stands here stays as it is
             elif e.kind is Kind.SYMLINK:
                 self._apply_symlink(parts, e)
             elif e.kind is Kind.HARDLINK:
@@ -178,7 +180,8 @@ class TreeWriter:
         parts = (*parent_parts, leaf)
         self.kinds[e.path] = e.kind
         self.children[parent].add(leaf)
-        if e.kind is Kind.DIR:
+        if e.kind is Kind.DIR and not e.flags & fr.F_UNREADABLE:
+            # An unreadable source directory lists nothing: nothing in it is deleted, nothing below it admitted.
             self.children[e.path] = set()
             self.dir_parts[e.path] = parts
         return parts

@@ -14,7 +14,7 @@ import stat
 import time
 from types import TracebackType
 
-from zcrepl.agent.transfer.saferoot import MAX_DEPTH, temp_name, validate_name
+from zcrepl.agent.transfer.saferoot import temp_name, validate_name
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.paths import show
 
@@ -186,8 +186,8 @@ def remove_entry(dir_fd: int, leaf: bytes) -> int:
     """Remove whatever is at ``leaf`` in ``dir_fd``; return how many entries went (absent: 0).
 
     A file or symlink counts 1 (a symlink is never followed). A directory is removed bottom-up through fds
-    opened ``O_NOFOLLOW`` and counts itself plus every entry below it. One fd is held per level, so a tree
-    deeper than ``MAX_DEPTH`` raises :class:`UnsafePath` (part of it may already be gone).
+    opened ``O_NOFOLLOW`` and counts itself plus every entry below it, at any depth: at most
+    ``REMOVE_FDS`` directory fds are held (see ``_Levels``).
     """
     validate_name(leaf)
     try:
@@ -217,6 +217,80 @@ def _open_subdir(parent: int, name: bytes) -> int | None:
         raise
 
 
+REMOVE_FDS = 64
+
+
+class _Levels:
+    """The directories from the one being removed down to the current one: a name per level, and an fd for
+    about the deepest ``REMOVE_FDS`` of them only, so no depth exhausts the fd table. A level whose fd was let go
+    is opened again from the nearest level still held (or the caller's ``parent_fd``), one ``O_NOFOLLOW``
+    step per name, keeping the last ``REMOVE_FDS`` fds of that walk: going back up a chain of depth D costs
+    D*D/REMOVE_FDS opens instead of D fds at once."""
+
+    def __init__(self, parent_fd: int) -> None:
+        self.parent_fd = parent_fd
+        self.names: list[bytes] = []
+        self.fds: list[int] = []  # -1 where let go; held fds are always the deepest levels (a suffix)
+        self.low = 0  # the shallowest level whose fd is held
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def push(self, fd: int, name: bytes) -> None:
+        self.names.append(name)
+        self.fds.append(fd)
+        if len(self.fds) - self.low > REMOVE_FDS:
+            os.close(self.fds[self.low])
+            self.fds[self.low] = -1
+            self.low += 1
+
+    def pop(self) -> None:
+        self.names.pop()
+        fd = self.fds.pop()
+        if fd >= 0:
+            os.close(fd)
+        self.low = min(self.low, len(self.fds))
+
+    def fd(self, level: int) -> int:
+        """fd of ``level`` (-1: the caller's parent directory), opened again if it was let go."""
+        if level < 0:
+            return self.parent_fd
+        if self.fds[level] < 0:
+            self._refill(level)
+        return self.fds[level]
+
+    def _refill(self, level: int) -> None:
+        # Held fds are a suffix and ``level`` is not held, so no level up to it is: walk down from the
+        # caller's directory, keeping the fds of the last REMOVE_FDS levels (at most 2*REMOVE_FDS are then
+        # held until pushes let the extra ones go).
+        keep_from = level + 1 - REMOVE_FDS
+        fd, spare = self.parent_fd, -1  # spare: an fd of the walk that is ours to close, not kept
+        try:
+            for i in range(level + 1):
+                child = _open_subdir(fd, self.names[i])
+                if child is None:
+                    raise OSError(errno.ENOTDIR, "a directory being removed was replaced meanwhile",
+                                  b"/".join(self.names[: i + 1]))
+                if spare >= 0:
+                    os.close(spare)
+                    spare = -1
+                if i >= keep_from:
+                    self.fds[i] = child
+                else:
+                    spare = child
+                fd = child
+        finally:
+            if spare >= 0:
+                os.close(spare)
+        self.low = max(0, keep_from)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            if fd >= 0:
+                os.close(fd)
+        self.fds = [-1] * len(self.fds)
+
+
 def _remove_tree(parent_fd: int, name: bytes) -> int:
     # Iterative and fd-relative: each directory is entered with O_NOFOLLOW from its parent's fd, so a
     # subdirectory swapped for a symlink mid-removal is unlinked as a link, never descended into; entries
@@ -228,10 +302,12 @@ def _remove_tree(parent_fd: int, name: bytes) -> int:
     if top is None:  # swapped for a file or symlink since the caller's lstat
         return _unlink_count(name, parent_fd)
     removed = 0
-    stack: list[tuple[int, bytes]] = [(top, name)]
+    levels = _Levels(parent_fd)
+    levels.push(top, name)
     try:
-        while stack:
-            fd, dname = stack[-1]
+        while len(levels):
+            depth = len(levels) - 1
+            fd = levels.fd(depth)
             descend: tuple[int, bytes] | None = None
             with os.scandir(fd) as entries:
                 for entry in entries:
@@ -247,14 +323,10 @@ def _remove_tree(parent_fd: int, name: bytes) -> int:
                     with contextlib.suppress(IsADirectoryError):  # became a dir: the rescan descends
                         removed += _unlink_count(ename, fd)
             if descend is not None:
-                if len(stack) >= MAX_DEPTH:
-                    os.close(descend[0])
-                    raise UnsafePath(f'refusing to remove "{show(name)}": more than {MAX_DEPTH} levels deep')
-                stack.append(descend)
+                levels.push(*descend)
                 continue
-            parent = stack[-2][0] if len(stack) > 1 else parent_fd
             try:
-                os.rmdir(dname, dir_fd=parent)
+                os.rmdir(levels.names[depth], dir_fd=levels.fd(depth - 1))
                 removed += 1
             except FileNotFoundError:
                 pass
@@ -262,9 +334,7 @@ def _remove_tree(parent_fd: int, name: bytes) -> int:
                 if err.errno != errno.ENOTEMPTY:
                     raise
                 continue  # something was created inside meanwhile: scan again
-            stack.pop()
-            os.close(fd)
+            levels.pop()
     finally:
-        for fd, _ in stack:
-            os.close(fd)
+        levels.close()
     return removed

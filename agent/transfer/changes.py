@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.atomic import remove_entry
-from zcrepl.agent.transfer.frame import Entry, Kind
+from zcrepl.agent.transfer.frame import F_UNREADABLE, Entry, Kind
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import Scanner
 from zcrepl.core.errors import ProtocolError, UnsafePath
@@ -70,16 +70,21 @@ def restricted_manifest(scanner: Scanner, paths: Iterable[bytes], subtrees: set[
         if path in emitted:
             continue
         parts = tuple(path.split(b"/"))
-        if not _ancestors(scanner, parts, entries, emitted, not_dirs):
-            gone.append(path)
-            continue
-        e = _entry(scanner, root, parts, path)
+        try:
+            if not _ancestors(scanner, parts, entries, emitted, not_dirs):
+                gone.append(path)
+                continue
+            e = _entry(scanner, root, parts, path)
+        except _Unreadable as err:
+            scanner.on_skip(path, f"a directory above it is not readable by zc-agent ({err}): the change is not "
+                                  "replicated, and the destination keeps what it has there")
+            continue  # neither shipped nor deleted
         if e is None:
             gone.append(path)
             continue
         entries.append(e)
         emitted.add(path)
-        if e.kind is Kind.DIR and path in subtrees:
+        if e.kind is Kind.DIR and path in subtrees and not e.flags & F_UNREADABLE:
             for sub in scanner.below(parts):
                 entries.append(sub)
                 emitted.add(sub.path)
@@ -103,11 +108,17 @@ def _ancestors(scanner: Scanner, parts: tuple[bytes, ...], out: list[Entry], emi
     return True
 
 
+class _Unreadable(Exception):
+    """A changed path below a directory zc-agent may not read: it can be neither shipped nor deleted."""
+
+
 def _entry(scanner: Scanner, root: SafeRoot, parts: tuple[bytes, ...], rel: bytes) -> Entry | None:
     try:
         pfd, leaf = root.open_parent(parts)
     except (FileNotFoundError, NotADirectoryError, UnsafePath):
         return None
+    except PermissionError as err:
+        raise _Unreadable(err.strerror) from err
     try:
         st = os.stat(leaf, dir_fd=pfd, follow_symlinks=False)
         return scanner.entry(pfd, parts[:-1], leaf, rel, st)

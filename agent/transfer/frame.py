@@ -21,7 +21,8 @@ A watch session (continuous replication) first sends rounds of CHANGES (renames,
 the control connection, each answered by MISSED ... CHANGES_ACK, before its ENTRIES; its manifest then lists
 only changed paths (see ``zcrepl.agent.transfer.changes``). FILE frames are accepted on the control
 connection too. ABORT(reason) may come from either side at
-any time; the connection is then closed. Data tickets are minted by the receiver for this session
+any time; the connection is then closed. An encrypted transfer runs each connection as a TLS 1.3 session first
+(``tls.py``); the frames inside are the same. Data tickets are minted by the receiver for this session
 only and are single-use, like the controller's ticket. Every length and count from the wire is
 bounded before use (rsync CVE-2024-12084 and friends).
 """
@@ -30,12 +31,14 @@ from __future__ import annotations
 
 import enum
 import select
-import socket
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from zcrepl.core.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from zcrepl.agent.transfer.peer import Peer
 
 MAGIC = b"ZCDP"
 VERSION = 2
@@ -98,6 +101,9 @@ class Kind(enum.IntEnum):
 
 
 F_SPARSE = 1  # the file has holes: only its data segments travel
+# The source may not read this file, directory or symlink: nothing of it travels (no content, no entries below
+# a directory) and the receiver keeps whatever it has under that name, deleting nothing inside it.
+F_UNREADABLE = 2
 MAX_XATTRS = 64 << 10
 
 
@@ -237,7 +243,8 @@ def decode_entries(payload: bytes) -> list[Entry]:
             raise ProtocolError("ENTRIES frame truncated in an entry header")
         kind, mode, mtime_ns, size, plen, tlen, dlen, uid, gid, flags, xlen = _ENTRY.unpack_from(mv, off)
         off += _ENTRY.size
-        if tlen > MAX_TARGET or dlen > MAX_DIGEST or xlen > MAX_XATTRS:
+        # A hard link's target is a path of this manifest (up to a u16, like the path); a symlink's is PATH_MAX.
+        if (tlen > MAX_TARGET and kind != Kind.HARDLINK) or dlen > MAX_DIGEST or xlen > MAX_XATTRS:
             raise ProtocolError("ENTRIES entry with an oversized symlink target, digest or xattrs")
         end = off + plen + tlen + dlen + xlen
         if end > len(mv):
@@ -253,11 +260,11 @@ def decode_entries(payload: bytes) -> list[Entry]:
             raise ProtocolError(f"ENTRIES entry of unknown kind {kind}") from err
         if mtime_ns < -(1 << 62) or size > (1 << 60):
             raise ProtocolError("ENTRIES entry with an out-of-range mtime or size")
-        if k is not Kind.FILE and (size or flags):
+        if k is not Kind.FILE and (size or flags & ~F_UNREADABLE):
             raise ProtocolError("ENTRIES non-file entry with a size or flags")
         if k not in (Kind.SYMLINK, Kind.HARDLINK) and target:
             raise ProtocolError("ENTRIES entry with a target that is neither a symlink nor a hard link")
-        if flags & ~F_SPARSE:
+        if flags & ~(F_SPARSE | F_UNREADABLE) or (k is Kind.HARDLINK and flags):
             raise ProtocolError(f"ENTRIES entry with unknown flags {flags:#x}")
         out.append(Entry(k, path, mode, mtime_ns, size, target, digest, uid, gid, flags, xattrs))
     if off != len(mv):
@@ -387,6 +394,18 @@ def wait_ready(sockfd: int, events: int, timeout: float | None, what: str) -> No
         raise TimeoutError(f"{what} for {timeout:.0f}s")
 
 
+class Stream(Protocol):
+    """What a Channel reads and writes: a plain socket, or ``tls.TlsStream`` on an encrypted connection."""
+
+    def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0, /) -> None: ...
+    def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0, /) -> int: ...
+    def fileno(self) -> int: ...
+    def settimeout(self, timeout: float | None, /) -> None: ...
+    def gettimeout(self) -> float | None: ...
+    def shutdown(self, how: int, /) -> None: ...
+    def close(self) -> None: ...
+
+
 class Channel:
     """Blocking frame I/O over one socket, counting bytes both ways.
 
@@ -395,8 +414,9 @@ class Channel:
     buffered are read straight from the socket by the caller (``take_buffered`` first).
     """
 
-    def __init__(self, sock: socket.socket, bufsize: int = 256 << 10) -> None:
+    def __init__(self, sock: Stream, bufsize: int = 256 << 10) -> None:
         self.sock = sock
+        self.peer: Peer | None = None  # set by the data server: who connected, how (see transfer/peer.py)
         self.sent = 0
         self.received = 0
         self._buf = bytearray(bufsize)

@@ -21,7 +21,7 @@ from zcrepl.agent.transfer.frame import F_SPARSE, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
-from zcrepl.agent.transfer.scan import Scanner, log_skip
+from zcrepl.agent.transfer.scan import Scanner, Skips
 from zcrepl.core.errors import Cancelled, TransferError, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
 from zcrepl.core.logs import kv
@@ -48,7 +48,8 @@ class LocalCopy:
         self.nworkers = max(1, workers)
         self.work: queue.Queue[int] = queue.Queue(maxsize=1024)
         self.files: dict[int, Entry] = {}
-        self.entries = self.special = self.files_total = self.bytes_total = 0
+        self.entries = self.files_total = self.bytes_total = 0
+        self.skips = Skips(job_id)
         self.copied_bytes = 0
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
@@ -64,7 +65,7 @@ class LocalCopy:
             t.start()
         try:
             scanner = Scanner(self.src, checksum=self.options.checksum, xattrs=self.options.xattrs,
-                              on_skip=self._skipped)
+                              on_skip=self.skips)
             for e in scanner.entries():
                 if self.cancel.is_set() or self.errors:
                     break
@@ -164,16 +165,12 @@ class LocalCopy:
             off = end
         return True
 
-    def _skipped(self, path: bytes, reason: str) -> None:
-        log_skip(self.job_id)(path, reason)
-        self.special += 1
-
     def _stats(self, writer: TreeWriter, scan_done: bool = False) -> TransferStats:
         w = writer.stats()
         return TransferStats(entries=self.entries, files_total=self.files_total, files_done=w.files_done,
                              bytes_total=self.bytes_total, bytes_done=w.bytes_done, files_skipped=w.files_skipped,
-                             deleted=w.deleted, wire_bytes=0, skipped_special=self.special, errors=w.errors,
-                             scan_done=scan_done)
+                             deleted=w.deleted, wire_bytes=0, skipped_special=self.skips.special, errors=w.errors,
+                             scan_done=scan_done, entries_skipped=self.skips.total)
 
     def _progress(self, writer: TreeWriter) -> None:
         now = time.monotonic()

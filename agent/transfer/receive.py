@@ -3,7 +3,11 @@
 The control connection carries the manifest (admitted and diffed by ``TreeWriter`` as it arrives) and
 the NEEDs back; data connections carry file ranges. Bytes go from the socket to the temp file through
 ``os.splice`` (socket -> pipe -> file, no user-space copy) or, as the tested fallback, one
-``recv_into`` a reused buffer + ``pwrite``.
+``recv_into`` a reused buffer + ``pwrite``. An encrypted connection always takes the second path: splice would
+move the ciphertext.
+
+Data tickets are bound like the controller's: to the source agent, from the address its control connection
+came from, and encrypted when that connection was.
 """
 
 from __future__ import annotations
@@ -20,15 +24,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.apply import FileSlot, TreeWriter
 from zcrepl.agent.transfer.basis import complete_delta
 from zcrepl.agent.transfer.changes import apply_ops
-from zcrepl.agent.transfer.frame import Channel, FileHead, Hello
+from zcrepl.agent.transfer.frame import Channel, FileHead, Hello, Stream
 from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
+from zcrepl.agent.transfer.peer import NONE, Binding
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.server import Grant, TicketBook
 from zcrepl.core.errors import ProtocolError, TransferError
@@ -58,6 +63,7 @@ class ReceiveSpec:
     on_progress: Callable[[TransferStats], None] = field(default=lambda _s: None)
     policy: ExportPolicy = DEFAULT_POLICY  # the export's: what the peer may decide about ownership and xattrs
     limits: SessionLimits = field(default_factory=SessionLimits)
+    bind: Binding = field(default_factory=Binding)  # whom the controller's ticket was for; the data tickets inherit it
 
 
 class ReceiveSession:
@@ -73,11 +79,14 @@ class ReceiveSession:
         self._data_cv = threading.Condition(self._lock)
         self._error: BaseException | None = None
         self._control: Channel | None = None
+        self.transport = NONE
 
     # -- control ------------------------------------------------------------------------------------
     def serve_control(self, ch: Channel, hello: Hello) -> TransferStats:
         spec = self.spec
         self._control = ch
+        bind = spec.bind if ch.peer is None else spec.bind.narrowed(ch.peer)
+        self.transport = ch.peer.transport if ch.peer is not None else NONE
         root_fd = spec.export.open_dir(spec.rel, create=True, mode=0o755)
         root = SafeRoot.from_fd(root_fd, spec.export.path)
         self.writer = writer = TreeWriter(root, spec.options, spec.label, spec.job_id, policy=spec.policy,
@@ -89,7 +98,7 @@ class ReceiveSession:
             expires = time.monotonic() + DATA_TICKET_TTL
             for t in data_tickets:
                 self.tickets.register(t, Grant(spec.job_id, spec.attempt, expires, self._serve_data,
-                                               role=fr.ROLE_DATA))
+                                               role=fr.ROLE_DATA, bind=bind))
             ch.send(fr.encode_accept(data_tickets))
             result = self._control_loop(ch, writer)
             ch.send(fr.frame(fr.T.RESULT, json.dumps(result).encode()))
@@ -267,7 +276,7 @@ class ReceiveSession:
 
     def stats(self) -> TransferStats:
         assert self.writer is not None
-        return self.writer.stats()
+        return replace(self.writer.stats(), transport=self.transport)
 
     def discard_partials(self) -> None:
         """The operator cancelled: what arrived is not kept for a resume."""
@@ -280,7 +289,7 @@ class _Sink:
 
     def __init__(self, ch: Channel) -> None:
         self.ch = ch
-        self.use_splice = USE_SPLICE
+        self.use_splice = USE_SPLICE and isinstance(ch.sock, socket.socket)  # never under TLS
         self._pipe: tuple[int, int] | None = None
         self._buf: bytearray | None = None
         self.written = 0  # bytes of the current range already in the file (for resume bookkeeping)
@@ -387,7 +396,7 @@ def _pwrite_all(fd: int, data: memoryview, off: int) -> None:
         done += os.pwrite(fd, data[done:], off + done)
 
 
-def _shutdown(sock: socket.socket) -> None:
+def _shutdown(sock: Stream) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
 

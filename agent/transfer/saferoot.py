@@ -55,8 +55,15 @@ __all__ = [
 TEMP_PREFIX = b".zc."
 """The agent's own temp namespace: scanner and watcher ignore names starting with it; peers may not use it."""
 MAX_NAME = 255
-MAX_PATH = 4096
-MAX_DEPTH = 256
+MAX_PATH = 65535
+"""Bytes of a path below a root: what a manifest entry can carry (a u16 on the wire), 16 times PATH_MAX.
+
+Linux puts no limit on depth: PATH_MAX (4096) bounds only what one syscall resolves, and every operation
+here goes through directory fds, opening long paths a piece of at most ``_CHUNK`` bytes at a time. Deeper
+entries are skipped by the scanner, and reported."""
+MAX_DEPTH = (MAX_PATH + 1) // 2
+"""Implied by ``MAX_PATH`` (every level costs a name and a slash), not a limit of its own."""
+_CHUNK = 4000  # bytes of path per openat2 call: under PATH_MAX (4096 with its NUL) with room to spare
 
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -315,17 +322,48 @@ class SafeRoot:
         parts = _check_parts(parts)
         if not parts:
             return os.dup(self.fd)
-        rel = b"/".join(parts)
+        return self._open_below(self.fd, (), parts, create, mode)
+
+    def open_below(self, base_fd: int, base: Sequence[bytes], parts: Sequence[bytes]) -> int:
+        """Like :meth:`open_dir` for ``base + parts``, starting from ``base_fd``: a directory fd this root
+        handed out for ``base`` (checked then; only ``parts`` is checked here). The scanner keeps a few such
+        fds on its current path, so a deep walk does not resolve the whole path again for every directory."""
+        parts = _check_parts(parts)
+        if not parts:
+            return os.dup(base_fd)
+        return self._open_below(base_fd, tuple(base), parts, False, 0o700)
+
+    def open_child(self, parent_fd: int, name: bytes, rel: bytes) -> int:
+        """The directory ``name`` in ``parent_fd`` (a directory fd this root handed out), never through a
+        symlink; ``rel`` (its path below the root) is for messages. Errors as :meth:`open_dir`."""
+        validate_name(name)
+        return self._step(parent_fd, name, (rel,), False, 0)
+
+    def _open_below(self, base_fd: int, base: tuple[bytes, ...], parts: tuple[bytes, ...], create: bool,
+                    mode: int) -> int:
         if USE_OPENAT2:
+            fd = base_fd
             try:
-                return openat2(self.fd, rel, _DIR_FLAGS, resolve=_CONFINED)
+                # A path longer than PATH_MAX cannot go to one call: open it a chunk at a time, each chunk
+                # confined beneath the directory the previous one opened.
+                for chunk in _chunks(parts):
+                    nfd = openat2(fd, b"/".join(chunk), _DIR_FLAGS, resolve=_CONFINED)
+                    if fd != base_fd:
+                        os.close(fd)
+                    fd = nfd
+                return fd
             except OSError as err:
+                if fd != base_fd:
+                    os.close(fd)
+                rel = b"/".join((*base, *parts))
                 if err.errno in (errno.ELOOP, errno.EXDEV):
                     raise self._unsafe(rel, "a symlink is in the way") from err
                 fall_back = err.errno in (errno.ENOSYS, errno.EPERM)  # seccomp or an old kernel
                 if not fall_back and not (err.errno == errno.ENOENT and create):
+                    if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+                        raise OSError(err.errno, err.strerror, rel) from err
                     raise
-        return self._walk(parts, create, mode)
+        return self._walk(parts, create, mode, base_fd, base)
 
     def open_parent(
         self, parts: Sequence[bytes], *, create: bool = False, mode: int = 0o700
@@ -384,14 +422,15 @@ class SafeRoot:
         finally:
             os.close(pfd)
 
-    def _walk(self, parts: tuple[bytes, ...], create: bool, mode: int) -> int:
+    def _walk(self, parts: tuple[bytes, ...], create: bool, mode: int, base_fd: int | None = None,
+              base: tuple[bytes, ...] = ()) -> int:
         # Each step opens ONE name relative to an fd already checked, with O_NOFOLLOW, so a component swapped
         # for a symlink at any moment is refused rather than followed, and the fds held keep pointing at the
-        # directories that were checked even if those are renamed away meanwhile.
-        fd = os.dup(self.fd)
+        # directories that were checked even if those are renamed away meanwhile. Two fds at a time, at any depth.
+        fd = os.dup(self.fd if base_fd is None else base_fd)
         try:
             for depth, name in enumerate(parts, 1):
-                child = self._step(fd, name, parts[:depth], create, mode)
+                child = self._step(fd, name, (*base, *parts[:depth]), create, mode)
                 fd, old = child, fd
                 os.close(old)
         except BaseException:
@@ -424,6 +463,19 @@ class SafeRoot:
             f'refusing "{show(rel)}" under root "{show(self.path)}": {why}; '
             "remove or replace it on this host if it is not an attack"
         )
+
+
+def _chunks(parts: tuple[bytes, ...]) -> list[tuple[bytes, ...]]:
+    """``parts`` cut into runs whose joined length is at most ``_CHUNK`` bytes (a name is at most 255)."""
+    out: list[tuple[bytes, ...]] = []
+    start, size = 0, -1
+    for i, name in enumerate(parts):
+        if size + 1 + len(name) > _CHUNK:
+            out.append(parts[start:i])
+            start, size = i, -1
+        size += 1 + len(name)
+    out.append(parts[start:])
+    return out
 
 
 def _is_symlink(dir_fd: int, name: bytes) -> bool:

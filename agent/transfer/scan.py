@@ -1,29 +1,69 @@
 """Walk a source tree into manifest entries, confined to its root.
 
-Iterative (no recursion), one directory fd open at a time, names as bytes, symlinks recorded as links
-and never followed. Devices, FIFOs and sockets are skipped with a reason. Parents always come before
-their children, which the receiver relies on.
+Iterative (no recursion), names as bytes, symlinks recorded as links and never followed; parents always come
+before their children, which the receiver relies on. Any depth Linux allows: each directory is opened from
+its parent's fd (``_Path`` holds fds for the deepest few levels of the current path only), and a path is
+limited only by what a manifest entry can carry (``MAX_PATH``, 64 KiB).
+
+Nothing is left out silently. Every entry that is not replicated, or not entirely, goes to ``on_skip`` with
+one sentence saying why: devices, FIFOs and sockets; a path too long for the wire; extended attributes that
+cannot be read or are too large; a directory that vanished during the scan. An entry the agent may not read
+(``os.access`` says so) is still announced, flagged ``F_UNREADABLE``: the receiver then keeps what it has
+under that name (a directory with all its contents), so an unreadable source never deletes a good copy.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
+from typing import Protocol
 
 import xxhash
 
-from zcrepl.agent.transfer.frame import F_SPARSE, MAX_XATTRS, Entry, Kind, encode_xattrs
-from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, TEMP_PREFIX, SafeRoot
-from zcrepl.core.errors import UnsafePath
+from zcrepl.agent.transfer.frame import F_SPARSE, F_UNREADABLE, MAX_XATTRS, Entry, Kind, encode_xattrs
+from zcrepl.agent.transfer.saferoot import MAX_PATH, TEMP_PREFIX, SafeRoot
+from zcrepl.core.errors import TransferError, UnsafePath
 from zcrepl.core.logs import kv
+from zcrepl.core.paths import show
+from zcrepl.core.types import SKIPPED_LISTED, Skipped
 
 log = logging.getLogger(__name__)
 
-SkipFn = Callable[[bytes, str], None]
 _HASH_BUF = 1 << 20
 _SPARSE_MIN = 64 << 10  # below this, holes are not worth a special path
+_KEEP_FDS = 16  # directory fds the walk holds at most, whatever the depth
+_LISTED_PATH = 4096  # bytes of a skipped entry's path that are reported (the log has it whole)
+_CAP_DAC_READ_SEARCH = 2
+
+
+class SkipFn(Protocol):
+    def __call__(self, path: bytes, reason: str, special: bool = False) -> None: ...
+
+
+class Skips:
+    """What a scan left out: every entry logged and counted, the first ``SKIPPED_LISTED`` kept for the report."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self.total = 0
+        self.special = 0  # devices, FIFOs, sockets (the old skipped_special counter)
+        self.listed: list[Skipped] = []
+
+    def __call__(self, path: bytes, reason: str, special: bool = False) -> None:
+        log.warning("skipped", extra=kv(job=self.job_id, path=path, reason=reason))
+        self.total += 1
+        self.special += special
+        if len(self.listed) < SKIPPED_LISTED:
+            if len(path) > _LISTED_PATH:
+                reason += f" (the path is cut here at {_LISTED_PATH} of its {len(path)} bytes)"
+            self.listed.append(Skipped(path[:_LISTED_PATH], reason))
+
+    def last(self) -> str:
+        """The latest listed skip as "path: reason" ("" for none)."""
+        return f"{show(self.listed[-1].path)}: {self.listed[-1].reason}" if self.listed else ""
 
 
 def file_digest(fd: int, buf: bytearray | None = None) -> bytes:
@@ -40,6 +80,80 @@ def file_digest(fd: int, buf: bytearray | None = None) -> bytes:
         off += n
 
 
+def reads_everything() -> bool:
+    """True when the kernel lets this process read any file and list any directory on a local filesystem
+    (CAP_DAC_READ_SEARCH in its effective set, as a root agent has): the scan then spares itself one access
+    check per entry. What a network filesystem refuses even so fails the attempt with its error."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_DAC_READ_SEARCH & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+class _Path:
+    """The directory being listed, as names below the walk's top, and fds for the deepest ``_KEEP_FDS`` of its
+    ancestors. A directory is opened from its parent's fd (one ``O_NOFOLLOW`` step); a parent whose fd was
+    let go is opened again from the top in pieces (``SafeRoot.open_below``), which a walk needs only when it
+    comes back up from deeper than ``_KEEP_FDS`` levels to a directory with more subdirectories."""
+
+    def __init__(self, root: SafeRoot, top: tuple[bytes, ...]) -> None:
+        self.root = root
+        self.top = top
+        self.top_fd = root.open_dir(top) if top else os.dup(root.fd)
+        self.names: list[bytes] = []
+        self.fds: list[int] = []  # -1 where let go; the held ones are always the deepest (a suffix)
+        self.low = 0  # shallowest level whose fd is held
+        self.rel = bytearray(b"/".join(top))  # the current directory's path below the root
+        self._ends: list[int] = []
+
+    def prefix(self) -> bytes:
+        return bytes(self.rel) + b"/" if self.rel else b""
+
+    def enter(self, level: int, name: bytes) -> int:
+        """Make ``name`` in the directory at ``level`` (0: the top) current and return its fd (borrowed)."""
+        self._truncate(level)
+        parent = self._fd(level - 1)
+        self._ends.append(len(self.rel))
+        self.rel += (b"/" if self.rel else b"") + name
+        try:
+            fd = self.root.open_child(parent, name, bytes(self.rel))
+        except BaseException:
+            del self.rel[self._ends.pop():]
+            raise
+        self.names.append(name)
+        self.fds.append(fd)
+        if len(self.fds) - self.low > _KEEP_FDS:
+            os.close(self.fds[self.low])
+            self.fds[self.low] = -1
+            self.low += 1
+        return fd
+
+    def _truncate(self, level: int) -> None:
+        while len(self.names) > level:
+            self.names.pop()
+            fd = self.fds.pop()
+            if fd >= 0:
+                os.close(fd)
+            del self.rel[self._ends.pop():]
+        self.low = min(self.low, len(self.fds))
+
+    def _fd(self, i: int) -> int:
+        if i < 0:
+            return self.top_fd
+        if self.fds[i] < 0:  # let go, and so is every level above it: open it from the top
+            self.fds[i] = self.root.open_below(self.top_fd, self.top, self.names[: i + 1])
+            self.low = i
+        return self.fds[i]
+
+    def close(self) -> None:
+        self._truncate(0)
+        os.close(self.top_fd)
+
+
 class Scanner:
     """Yields the root entry (``b""``) and then every entry below it, parents first."""
 
@@ -49,7 +163,8 @@ class Scanner:
         self.hardlinks = hardlinks
         self.checksum = checksum
         self.xattrs = xattrs
-        self.on_skip = on_skip or (lambda _p, _r: None)
+        self.on_skip: SkipFn = on_skip or Skips(0)
+        self.check_access = not reads_everything()
         self._buf = bytearray(_HASH_BUF) if checksum else None
         self._links: dict[tuple[int, int], bytes] = {}  # (dev, ino) of files with nlink > 1 -> first path
 
@@ -63,28 +178,36 @@ class Scanner:
         if st is None or not stat.S_ISDIR(st.st_mode):
             return
         visited = {(st.st_dev, st.st_ino)}
-        stack: list[tuple[bytes, ...]] = [top]
-        while stack:
-            parts = stack.pop()
-            try:
-                dfd = self.root.open_dir(parts)
-            except (FileNotFoundError, NotADirectoryError, UnsafePath) as err:
-                # Replaced or removed between listing its parent and now: the tree changed under us.
-                self.on_skip(b"/".join(parts), f"directory changed during the scan ({err})")
-                continue
-            try:
-                subdirs = yield from self._list(dfd, parts, visited)
-            finally:
-                os.close(dfd)
-            stack.extend(reversed(subdirs))
+        path = _Path(self.root, top)
+        try:
+            # (level of the parent, name): a directory still to list; level 0 is the top.
+            stack: list[tuple[int, bytes]] = []
+            subdirs = yield from self._list(path.top_fd, path.prefix(), visited)
+            stack.extend((0, n) for n in reversed(subdirs))
+            while stack:
+                level, name = stack.pop()
+                try:
+                    dfd = path.enter(level, name)
+                except (FileNotFoundError, NotADirectoryError, UnsafePath) as err:
+                    # Replaced or removed between listing its parent and now: the tree changed under us.
+                    self.on_skip(path.prefix() + name, f"directory changed during the scan ({err})")
+                    continue
+                except PermissionError as err:
+                    # Announced as readable: the destination would delete what it has below it. Stop instead.
+                    raise TransferError(f'"{show(path.prefix() + name)}": {err.strerror}; the directory '
+                                        "passed the access check but cannot be listed (a network filesystem?); "
+                                        "fix its permissions or run zc-agent as a user that can read it") from err
+                subdirs = yield from self._list(dfd, path.prefix(), visited)
+                stack.extend((level + 1, n) for n in reversed(subdirs))
+        finally:
+            path.close()
 
-    def _list(
-        self, dfd: int, parts: tuple[bytes, ...], visited: set[tuple[int, int]]
-    ) -> Generator[Entry, None, list[tuple[bytes, ...]]]:
+    def _list(self, dfd: int, prefix: bytes, visited: set[tuple[int, int]]) -> Generator[Entry, None, list[bytes]]:
+        """The entries of the directory ``dfd`` whose path below the root is ``prefix``; returns the names of
+        its subdirectories to descend into."""
         with os.scandir(dfd) as it:
             items = sorted((os.fsencode(de.name), de) for de in it)
-        subdirs: list[tuple[bytes, ...]] = []
-        prefix = b"/".join(parts) + b"/" if parts else b""
+        subdirs: list[bytes] = []
         for name, de in items:
             if name.startswith(TEMP_PREFIX):
                 continue
@@ -93,28 +216,36 @@ class Scanner:
                 st = de.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            entry = self.entry(dfd, parts, name, rel, st)
+            entry = self.entry(dfd, (), name, rel, st)
             if entry is None:
                 continue
             yield entry
-            if entry.kind is Kind.DIR:
+            if entry.kind is Kind.DIR and not entry.flags & F_UNREADABLE:
                 key = (st.st_dev, st.st_ino)
                 if key not in visited:  # bind-mount loops
                     visited.add(key)
-                    subdirs.append((*parts, name))
+                    subdirs.append(name)
         return subdirs
 
     def entry(self, dfd: int, parts: tuple[bytes, ...], name: bytes, rel: bytes, st: os.stat_result) -> Entry | None:
-        """The manifest entry of ``name`` in directory ``dfd`` (``parts`` below the root), or None if skipped."""
-        if len(rel) > MAX_PATH or len(parts) + 1 > MAX_DEPTH:
-            self.on_skip(rel, f"path longer than {MAX_PATH} bytes or deeper than {MAX_DEPTH} levels")
+        """The manifest entry of ``name`` in directory ``dfd`` (path ``rel`` below the root; ``parts`` is not
+        needed any more), or None when it is skipped (``on_skip`` says why)."""
+        if len(rel) > MAX_PATH:
+            self.on_skip(rel, f"the path is {len(rel)} bytes long; a manifest entry carries at most {MAX_PATH}")
             return None
         mode = st.st_mode
-        xattrs = self._xattrs(dfd, name) if self.xattrs and not stat.S_ISLNK(mode) else b""
+        xattrs = self._xattrs(dfd, name, rel) if self.xattrs and not stat.S_ISLNK(mode) else b""
         if stat.S_ISDIR(mode):
+            flags = 0
+            if self.check_access and not _may(dfd, name, os.R_OK | os.X_OK):
+                flags = F_UNREADABLE
+                self.on_skip(rel, "directory not readable by zc-agent: its contents are not replicated, and the "
+                                  "destination keeps what it has there")
             return Entry(Kind.DIR, rel, stat.S_IMODE(mode), st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid,
-                         xattrs=xattrs)
+                         flags=flags, xattrs=xattrs)
         if stat.S_ISREG(mode):
+            if self.check_access and not _may(dfd, name, os.R_OK):
+                return self._unreadable(rel, st, "file not readable by zc-agent")
             if st.st_nlink > 1 and self.hardlinks:
                 first = self._links.setdefault((st.st_dev, st.st_ino), rel)
                 if first != rel:
@@ -125,30 +256,35 @@ class Scanner:
                 try:
                     digest = self._digest(dfd, name)
                 except OSError as err:
-                    self.on_skip(rel, f"cannot read for --checksum: {err.strerror}")
-                    return None
+                    return self._unreadable(rel, st, f"cannot read it for --checksum ({err.strerror})")
             sparse = F_SPARSE if st.st_size > _SPARSE_MIN and st.st_blocks * 512 < st.st_size else 0
             return Entry(Kind.FILE, rel, stat.S_IMODE(mode), st.st_mtime_ns, st.st_size, digest=digest,
                          uid=st.st_uid, gid=st.st_gid, flags=sparse, xattrs=xattrs)
         if stat.S_ISLNK(mode):
             try:
                 target = os.readlink(name, dir_fd=dfd)
-            except OSError:
+            except OSError as err:
+                self.on_skip(rel, f"symlink changed during the scan ({err.strerror})")
                 return None
             return Entry(Kind.SYMLINK, rel, stat.S_IMODE(mode), st.st_mtime_ns, target=target,
                          uid=st.st_uid, gid=st.st_gid)
         kind = "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else (
             "FIFO" if stat.S_ISFIFO(mode) else "socket")
-        self.on_skip(rel, f"{kind}: only regular files, directories and symlinks are replicated")
+        self.on_skip(rel, f"{kind}: only regular files, directories and symlinks are replicated", special=True)
         return None
+
+    def _unreadable(self, rel: bytes, st: os.stat_result, why: str) -> Entry:
+        """A file announced without content: the destination keeps its own copy (if any) as it is."""
+        self.on_skip(rel, f"{why}: not replicated, and the destination keeps what it has there")
+        return Entry(Kind.FILE, rel, stat.S_IMODE(st.st_mode), st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid,
+                     flags=F_UNREADABLE)
 
     def root_entry(self) -> Entry:
         st = os.fstat(self.root.fd)
         return Entry(Kind.DIR, b"", stat.S_IMODE(st.st_mode), st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid,
-                     xattrs=self._xattrs(self.root.fd, b".") if self.xattrs else b"")
+                     xattrs=self._xattrs(self.root.fd, b".", b"") if self.xattrs else b"")
 
-    @staticmethod
-    def _xattrs(dfd: int, name: bytes) -> bytes:
+    def _xattrs(self, dfd: int, name: bytes, rel: bytes) -> bytes:
         """Extended attributes of ``name`` in ``dfd`` (never following a symlink), encoded for the wire.
 
         There is no *xattr(dir_fd=...) in Python; /proc/self/fd/N/name resolves through the held dir fd.
@@ -159,10 +295,16 @@ class Scanner:
             for key in sorted(os.listxattr(path, follow_symlinks=False)):
                 bkey = os.fsencode(key)
                 attrs.append((bkey, os.getxattr(path, bkey, follow_symlinks=False)))
-            blob = encode_xattrs(attrs)
-            return blob if len(blob) <= MAX_XATTRS else b""
-        except OSError:
+        except OSError as err:
+            if err.errno != errno.ENOTSUP:  # a filesystem without xattrs has none to lose
+                self.on_skip(rel, f"extended attributes not replicated: cannot read them ({err.strerror})")
             return b""
+        blob = encode_xattrs(attrs)
+        if len(blob) > MAX_XATTRS:
+            self.on_skip(rel, f"extended attributes not replicated: {len(blob)} bytes, more than the "
+                              f"{MAX_XATTRS} an entry carries")
+            return b""
+        return blob
 
     def _digest(self, dfd: int, name: bytes) -> bytes:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
@@ -174,8 +316,9 @@ class Scanner:
             os.close(fd)
 
 
-def log_skip(job_id: int) -> SkipFn:
-    def on_skip(path: bytes, reason: str) -> None:
-        log.warning("skipped", extra=kv(job=job_id, path=path, reason=reason))
-
-    return on_skip
+def _may(dfd: int, name: bytes, mode: int) -> bool:
+    """Whether this process may open ``name`` in ``dfd`` for ``mode`` (its effective ids, ACLs and LSMs count)."""
+    try:
+        return os.access(name, mode, dir_fd=dfd, effective_ids=True, follow_symlinks=False)
+    except OSError:
+        return True  # vanished meanwhile, or an access check this kernel cannot make: opening will tell

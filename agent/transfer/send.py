@@ -4,7 +4,8 @@ The control connection carries the manifest (batches go out while the scan runs,
 move before the scan ends) and brings back NEEDs; a reader thread turns NEEDs into work items. N data
 connections, one ``DataWorker`` thread each, send file ranges: small files whole, large files split
 into ranges across connections. File bytes go from the page cache to the socket with ``os.sendfile``
-and never enter Python; per-file headers and trailers are coalesced and sent with MSG_MORE.
+and never enter Python; per-file headers and trailers are coalesced and sent with MSG_MORE. An encrypted
+attempt (``SendSpec.encrypt``) runs every connection over TLS 1.3 and sends file bytes as ``tls.py`` says.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import Any
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.changes import ChangePlan, restricted_manifest
-from zcrepl.agent.transfer.frame import Channel, Entry, Hello, Kind
+from zcrepl.agent.transfer.frame import Channel, Entry, Hello, Kind, Stream
+from zcrepl.agent.transfer.peer import KTLS, NONE, TLS
 from zcrepl.agent.transfer.saferoot import SafeRoot
-from zcrepl.agent.transfer.scan import Scanner, log_skip
+from zcrepl.agent.transfer.scan import Scanner, Skips
 from zcrepl.agent.transfer.send_worker import BASIS, END, SPARSE, DataWorker
 from zcrepl.agent.transfer.sendio import Pacer, SendSpec, connect
 from zcrepl.core.errors import Cancelled, ProtocolError, TransferError, Unavailable
@@ -67,12 +69,15 @@ class Sender:
         self.bases: dict[int, fr.Basis] = {}
         self.hinted: dict[int, tuple[int, threading.Event]] = {}  # index -> (block, receiver hashes arrived)
         self.reused = 0  # bytes the receiver took from its basis instead of the wire
-        self._socks: list[socket.socket] = []
+        self._socks: list[Stream] = []
+        self.transport = NONE
+        self.controlled = False  # the receiver accepted the control connection (something may have started)
         self._closed = False
         self._reader_gone = threading.Event()
         self._last_progress = 0.0
         # Written by one thread each (scan: writer; totals: reader); snapshot() composes them.
-        self.c_entries = self.c_skipped_special = 0
+        self.c_entries = 0
+        self.skips = Skips(spec.job_id)  # what the scan left out (counted, the first ones named)
         self.c_files_total = self.c_bytes_total = 0
         self.c_scan_done = False
         self.final: TransferStats | None = None
@@ -89,6 +94,7 @@ class Sender:
             sock, ctl, accept = connect(spec, Hello(spec.job_id, spec.attempt, spec.ticket, fr.ROLE_CONTROL,
                                                     streams))
             self._socks.append(sock)
+            self.controlled = True
             cancel_watch.start()
             for i, ticket in enumerate(fr.decode_accept(accept)):
                 dsock, dch, _ = connect(spec, Hello(spec.job_id, spec.attempt, ticket, fr.ROLE_DATA, 0))
@@ -96,6 +102,8 @@ class Sender:
                 self.workers.append(DataWorker(self, dsock, dch, i))
             if not self.workers:
                 raise ProtocolError("the destination granted no data connection")
+            if spec.encrypt:
+                self.transport = KTLS if all(w.tls is not None and w.tls.ktls for w in self.workers) else TLS
             if self.plan is not None:
                 self._restricted = self._changes(ctl)
             reader = threading.Thread(target=self._read_loop, args=(ctl,), daemon=True, name="zc-send-reader")
@@ -148,7 +156,7 @@ class Sender:
         """The CHANGES rounds of a watch session; returns the restricted manifest to stream."""
         assert self.plan is not None
         scanner = Scanner(self.root, checksum=self.spec.options.checksum, xattrs=self.spec.options.xattrs,
-                          on_skip=self._skipped, hardlinks=False)
+                          on_skip=self.skips, hardlinks=False)
         missed = self._round(ctl, self.plan.ops(), {b for _, b in self.plan.renames})
         self.renamed_missed = len(missed)
         entries, gone = restricted_manifest(scanner, self.plan.upserts | missed, missed)
@@ -181,7 +189,7 @@ class Sender:
             source: Iterable[Entry] = self._restricted
         else:
             source = Scanner(self.root, checksum=self.spec.options.checksum, xattrs=self.spec.options.xattrs,
-                             on_skip=self._skipped).entries()
+                             on_skip=self.skips).entries()
         batch: list[Entry] = []
         index = 0
         for entry in source:
@@ -300,8 +308,8 @@ class Sender:
         return TransferStats(
             entries=self.c_entries, files_total=self.c_files_total, bytes_total=self.c_bytes_total,
             files_done=sum(w.files_done for w in self.workers), bytes_done=sum(w.bytes_done for w in self.workers),
-            errors=sum(w.errors for w in self.workers), skipped_special=self.c_skipped_special,
-            scan_done=self.c_scan_done,
+            errors=sum(w.errors for w in self.workers), skipped_special=self.skips.special,
+            scan_done=self.c_scan_done, entries_skipped=self.skips.total, transport=self.transport,
         )
 
     def _merge_result(self, ctl: Channel) -> TransferStats:
@@ -320,10 +328,6 @@ class Sender:
             first = r.get("first_error") or "a source file changed or vanished while it was sent"
             raise TransferError(f"{errors} entries failed; first: {first}")
         return self.final
-
-    def _skipped(self, path: bytes, reason: str) -> None:
-        log_skip(self.spec.job_id)(path, reason)
-        self.c_skipped_special += 1
 
     def record_failure(self, err: BaseException) -> None:
         with self._lock:

@@ -1,5 +1,8 @@
 """One data connection of a sender and the thread that feeds it work items: plain ranges, delta or
-resume answers (REUSE what the receiver has, send the rest), and sparse files (data segments only)."""
+resume answers (REUSE what the receiver has, send the rest), and sparse files (data segments only).
+
+On a TLS connection a file's FILE header waits in ``prefix`` and leaves with its first bytes (MSG_MORE means
+nothing to OpenSSL); the bytes go by kTLS sendfile when the kernel encrypts, else by pread + SSL writes."""
 
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ from typing import TYPE_CHECKING
 from zcrepl.agent import priority
 from zcrepl.agent.transfer import delta, sendio
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer.frame import Channel, Entry, FileHead
+from zcrepl.agent.transfer.frame import Channel, Entry, FileHead, Stream
 from zcrepl.agent.transfer.partial import intervals_digest, merge
 from zcrepl.agent.transfer.saferoot import validate_relpath
-from zcrepl.agent.transfer.sendio import readsend_range, sendfile_range
+from zcrepl.agent.transfer.sendio import readsend_range, sendfile_range, tls_send_range
+from zcrepl.agent.transfer.tls import TlsStream
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import kv
 
@@ -33,15 +37,17 @@ BASIS, SPARSE = -1, -2  # work items other than plain ranges: (index, kind, 0)
 class DataWorker:
     """One data connection and the thread that feeds it."""
 
-    def __init__(self, sender: Sender, sock: socket.socket, ch: Channel, n: int) -> None:
+    def __init__(self, sender: Sender, sock: Stream, ch: Channel, n: int) -> None:
         self.sender = sender
         self.sock = sock
+        self.tls = sock if isinstance(sock, TlsStream) else None
+        self.prefix = b""  # TLS only: the FILE header that goes out with the range's first bytes
         self.ch = ch
         self.files_done = self.bytes_done = self.errors = 0
         self.changed = 0  # files that changed or vanished since the scan (counted in errors too)
         self.error: BaseException | None = None
         self.pending = b""  # trailer of the previous file, sent together with the next header
-        self.use_sendfile = sendio.USE_SENDFILE
+        self.use_sendfile = sendio.USE_SENDFILE and (self.tls is None or self.tls.ktls)
         self.buf: bytearray | None = None
         self.work: queue.Queue[tuple[int, int, int]] = queue.Queue()
         self.thread = threading.Thread(target=self.run, name=f"zc-send-data-{n}", daemon=True)
@@ -101,10 +107,16 @@ class DataWorker:
         """FILE header, the bytes by sendfile, FILE_END; False when the source changed meanwhile."""
         s = self.sender
         head = fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, st.st_mode & 0o7777))
-        self.ch.sock.sendall(self.pending + head, socket.MSG_MORE)
+        if self.tls is None:
+            self.ch.sock.sendall(self.pending + head, socket.MSG_MORE)
+        else:
+            self.prefix = self.pending + head
         self.ch.sent += len(self.pending) + len(head)
         self.pending = b""
         sent = self.send_bytes(fd, offset, length)
+        if self.prefix:  # an empty range: the header still goes
+            self.ch.send(self.prefix)
+            self.prefix = b""
         ok = sent == length
         if not ok:  # shrank while we read it: pad to the announced length, then void it
             self.pad(length - sent)
@@ -222,6 +234,9 @@ class DataWorker:
         return done
 
     def send_chunk(self, fd: int, off: int, count: int, first: bool) -> int:
+        if self.tls is not None:
+            return self.send_tls(fd, off, count, first)
+        assert isinstance(self.sock, socket.socket)
         if self.use_sendfile:
             try:
                 return sendfile_range(self.sock, fd, off, count, self.sender.spec.io_timeout)
@@ -235,6 +250,24 @@ class DataWorker:
         if self.buf is None:
             self.buf = bytearray(1 << 20)
         return readsend_range(self.sock, fd, off, count, self.buf)
+
+    def send_tls(self, fd: int, off: int, count: int, first: bool) -> int:
+        assert self.tls is not None
+        if self.use_sendfile:  # kTLS: the kernel encrypts the page cache's bytes
+            if self.prefix:
+                self.tls.sendall(self.prefix)
+                self.prefix = b""
+            try:
+                return self.tls.sendfile(fd, off, count)
+            except OSError as err:
+                if not first or err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                log.info("kTLS sendfile unavailable, using SSL writes", extra=kv(error=err.strerror))
+                self.use_sendfile = False
+        if self.buf is None:
+            self.buf = bytearray(1 << 20)
+        prefix, self.prefix = self.prefix, b""
+        return tls_send_range(self.tls, fd, off, count, self.buf, prefix)
 
     def pad(self, n: int) -> None:
         zero = bytes(min(n, 1 << 20))

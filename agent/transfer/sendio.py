@@ -1,4 +1,5 @@
-"""Sending primitives: the job spec, the bandwidth cap, sendfile with its slow path, and connecting."""
+"""Sending primitives: the job spec, the bandwidth cap, sendfile with its slow paths, and connecting
+(over TLS when the order says encrypt: see ``tls.py``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer import tls
+from zcrepl.agent.transfer.frame import Channel, Hello, Stream
 from zcrepl.core.errors import ProtocolError, Unavailable
 from zcrepl.core.types import JobOptions, TransferStats
+
+
+class Refused(ProtocolError):
+    """The receiver answered HELLO with REFUSE: nothing of the attempt was applied."""
+
 
 USE_SENDFILE = True  # tests switch it off to exercise the read+send fallback
 CHUNK = 8 << 20
@@ -31,6 +38,9 @@ class SendSpec:
     connect_timeout: float = 10.0
     io_timeout: float = 60.0
     progress_interval: float = 0.5
+    encrypt: bool = False  # TLS 1.3 on every connection; the receiver must be agent ``dest``
+    dest: str = ""  # the destination agent the controller named (checked in its certificate)
+    contexts: tls.TlsContexts | None = None  # this agent's TLS material; None when it runs --insecure
 
 
 class Pacer:
@@ -123,8 +133,33 @@ def readsend_range(sock: socket.socket, fd: int, offset: int, count: int, buf: b
     return sent
 
 
-def connect(spec: SendSpec, hello: Hello) -> tuple[socket.socket, Channel, bytes]:
-    """Open, authenticate, return (socket, channel, ACCEPT payload)."""
+def tls_send_range(stream: tls.TlsStream, fd: int, offset: int, count: int, buf: bytearray, prefix: bytes) -> int:
+    """The TLS path: pread into a reused buffer behind ``prefix`` (the frame header, so header and bytes
+    share TLS records) and write it through OpenSSL. ``prefix`` always goes out; returns file bytes sent."""
+    mv = memoryview(buf)
+    sent = 0
+    head = len(prefix)
+    if head > len(buf) // 2:  # a long run of REUSE frames: on its own
+        stream.sendall(prefix)
+        head = 0
+    mv[:head] = prefix[:head]
+    while sent < count or head:
+        n = os.preadv(fd, [mv[head : head + min(len(buf) - head, count - sent)]], offset + sent) if sent < count else 0
+        if head + n:
+            stream.sendall(mv[: head + n])
+        head = 0
+        if n == 0:
+            break
+        sent += n
+    return sent
+
+
+def connect(spec: SendSpec, hello: Hello) -> tuple[Stream, Channel, bytes]:
+    """Open (TLS first when ``spec.encrypt``), authenticate, return (stream, channel, ACCEPT payload)."""
+    if spec.encrypt and spec.contexts is None:
+        raise tls.TlsUnavailable("this agent has no TLS certificate (it runs --insecure), so it cannot send an "
+                                 "encrypted transfer; give it one (--join TOKEN or --ca/--cert/--key) or submit "
+                                 "the job without --encrypt")
     try:
         sock = socket.create_connection(spec.address, timeout=spec.connect_timeout)
     except OSError as err:
@@ -132,18 +167,24 @@ def connect(spec: SendSpec, hello: Hello) -> tuple[socket.socket, Channel, bytes
             f"cannot connect to the destination data port {spec.address[0]}:{spec.address[1]}: "
             f"{err.strerror or err}; check that the destination agent is running and reachable"
         ) from err
+    stream: Stream = sock
     try:
         sock.settimeout(spec.io_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        ch = Channel(sock, bufsize=64 << 10)
+        if spec.encrypt:
+            assert spec.contexts is not None
+            stream = tls.connect(spec.contexts, sock, spec.dest, time.monotonic() + spec.connect_timeout)
+            stream.settimeout(spec.io_timeout)
+        ch = Channel(stream, bufsize=64 << 10)
         ch.send(fr.encode_hello(hello))
         kind, payload = ch.recv_frame(limit=4096)
         if kind is fr.T.REFUSE:
-            raise ProtocolError(f"the destination refused the connection: {fr.decode_text(payload)}")
+            raise Refused(f"the destination refused the connection: {fr.decode_text(payload)}")
         if kind is not fr.T.ACCEPT:
             raise ProtocolError(f"expected ACCEPT, got {kind.name}")
-        return sock, ch, payload
+        return stream, ch, payload
     except BaseException:
-        sock.close()
+        stream.close()
+        sock.close()  # a no-op once TLS took the descriptor over
         raise

@@ -5,7 +5,13 @@ within ``handshake_timeout`` of its accept (a deadline for the whole handshake, 
 is refused and closed. Until then it counts against a small budget of its own (``admission``), never
 against the places authenticated transfers use. Tickets are looked up by their
 SHA-256, so the lookup itself leaks nothing about valid tickets, and are removed on first use (a
-watch rule's ticket stays until the rule stops or moves to a new epoch).
+watch rule's ticket stays until it expires, the rule stops or moves to a new epoch).
+
+Each ticket is bound to its peer (``peer.Binding``): the source agent the controller named, the addresses
+it may connect from, and whether the connection must be encrypted. A connection that fails the binding is
+refused without consuming the ticket. A connection that opens with a TLS ClientHello is served over TLS
+(``tls.py``), the TLS handshake inside the same deadline, and its peer certificate names the agent checked
+against the binding.
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zcrepl.agent import priority
 from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer import tls
 from zcrepl.agent.transfer.admission import Admission, Waiting
-from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.frame import Channel, Hello, Stream
+from zcrepl.agent.transfer.peer import Binding, Peer, normalise
 from zcrepl.core.errors import ProtocolError
 from zcrepl.core.logs import kv
 
@@ -40,8 +48,13 @@ class Grant:
     serve: Callable[[Channel, Hello], object]
     on_expired: Callable[[], None] = lambda: None
     role: int = fr.ROLE_CONTROL
-    # A watch rule's ticket: one per (rule, epoch), used by every session of that rule until revoked.
+    # A watch rule's ticket: used by every session of that rule until it expires or is revoked.
     reusable: bool = False
+    bind: Binding = field(default_factory=Binding)  # the peer it is for; checked before the ticket is used up
+
+
+class Refused(ProtocolError):
+    """A valid ticket from the wrong peer (address, certificate or encryption); the ticket stays valid."""
 
 
 class TicketBook:
@@ -60,16 +73,23 @@ class TicketBook:
         with self._lock:
             self._grants[self._key(ticket)] = grant
 
-    def take(self, ticket: bytes, job_id: int, attempt: int, role: int = fr.ROLE_CONTROL) -> Grant | None:
-        """The grant for this ticket, removed so it can never be used again; None if unknown or stale."""
+    def take(self, ticket: bytes, job_id: int, attempt: int, role: int = fr.ROLE_CONTROL,
+             peer: Peer | None = None) -> Grant | None:
+        """The grant for this ticket, removed so it can never be used again; None if unknown or stale.
+        Refused (and the ticket left as it was) when ``peer`` is not the one the ticket is bound to."""
         with self._lock:
             key = self._key(ticket)
             grant = self._grants.get(key)
             if grant is None or (grant.job_id, grant.attempt, grant.role) != (job_id, attempt, role):
                 return None
-            if not grant.reusable:
+            expired = grant.expires_at < self._clock()
+            if not expired:
+                why = grant.bind.refusal(peer)
+                if why:
+                    raise Refused(why)
+            if not grant.reusable or expired:
                 del self._grants[key]
-        if grant.expires_at < self._clock():
+        if expired:
             grant.on_expired()
             return None
         return grant
@@ -119,8 +139,10 @@ class DataServer:
         max_connections: int = 64,
         max_pending: int = 64,
         max_pending_per_source: int = 32,
+        tls_contexts: tls.TlsContexts | None = None,
     ) -> None:
         self.tickets = tickets
+        self.tls = tls_contexts  # None: this agent has no certificate and takes plaintext only
         self.handshake_timeout = handshake_timeout
         self.io_timeout = io_timeout
         self._slots = threading.BoundedSemaphore(max_connections)
@@ -215,15 +237,16 @@ class DataServer:
     def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         priority.apply_to_this_thread()
         slot = False
+        stream: Stream = conn
         try:
             accepted = self._handshake(conn, peer)
             if accepted is None:
                 return
             ch, hello, grant = accepted
-            slot = True
+            slot, stream = True, ch.sock
             with self._lock:
                 self._conns[conn] = (grant.job_id, grant.attempt)
-            conn.settimeout(self.io_timeout)
+            stream.settimeout(self.io_timeout)
             grant.serve(ch, hello)
         except Exception:  # a session must never take the agent down
             log.exception("data session crashed", extra=kv(peer=peer[0]))
@@ -232,6 +255,8 @@ class DataServer:
             with self._lock:
                 self._conns.pop(conn, None)
                 self._threads.discard(threading.current_thread())
+            if stream is not conn:
+                stream.close()
             conn.close()
             if slot:
                 self._slots.release()
@@ -245,24 +270,56 @@ class DataServer:
         ch = Channel(conn)
         error: BaseException | None = None
         try:
+            ch = self._secure(conn, peer[0])
             hello = _read_hello(ch)
-        except (ProtocolError, OSError) as err:
+        except (ProtocolError, OSError, ValueError) as err:
             error = err
         dropped = self.admission.settle(conn)
+        accepted = None
         if dropped or error is not None:
             if not dropped:  # ours was sent when we dropped it
                 log.warning("data connection dropped before authentication", extra=kv(peer=peer[0], error=error))
                 _refuse(ch, "protocol error before authentication")
-            return None
-        if not self._slots.acquire(blocking=False):
+        elif not self._slots.acquire(blocking=False):
             log.warning("data connection refused: too many transfers", extra=kv(peer=peer[0], job=hello.job_id))
             _refuse(ch, "too many transfers running on this agent; try again later")
+        else:
+            accepted = self._authenticate(ch, hello, peer[0])
+            if accepted is None:
+                self._slots.release()
+        if accepted is None and ch.sock is not conn:
+            ch.sock.close()
+        return accepted
+
+    def _secure(self, conn: socket.socket, address: str) -> Channel:
+        """The channel the connection will be read through (TLS when it opened with a ClientHello), and
+        who is on it (``Channel.peer``). TLS runs on a duplicate of the descriptor, so the admission budget
+        can still shut the connection down at its deadline."""
+        who = Peer(normalise(address))
+        if not tls.starts_tls(conn):
+            ch = Channel(conn)
+        elif self.tls is None:
+            raise tls.TlsUnavailable("an encrypted connection reached an agent without a certificate (--insecure)")
+        else:
+            stream, name = tls.accept(self.tls, conn.dup(), time.monotonic() + self.handshake_timeout)
+            ch, who = Channel(stream), Peer(who.address, name, stream.transport)
+        ch.peer = who
+        return ch
+
+    def _authenticate(self, ch: Channel, hello: Hello, address: str) -> tuple[Channel, Hello, Grant] | None:
+        """The grant of a valid ticket presented by the peer it is bound to; None after refusing."""
+        who = ch.peer
+        try:
+            grant = self.tickets.take(hello.ticket, hello.job_id, hello.attempt, hello.role, who)
+        except Refused as err:
+            log.warning("data connection refused: the ticket is bound to another peer",
+                        extra=kv(peer=address, identity=who.identity if who else "", job=hello.job_id,
+                                 attempt=hello.attempt, reason=err))
+            _refuse(ch, str(err))
             return None
-        grant = self.tickets.take(hello.ticket, hello.job_id, hello.attempt, hello.role)
         if grant is None:
-            self._slots.release()
-            log.warning("data connection refused: bad ticket",
-                        extra=kv(peer=peer[0], job=hello.job_id, attempt=hello.attempt))
+            log.warning("data connection refused: bad ticket", extra=kv(peer=address, job=hello.job_id,
+                                                                         attempt=hello.attempt))
             _refuse(ch, "unknown, expired or already used ticket")
             return None
         return ch, hello, grant

@@ -6,7 +6,9 @@ from typing import Any
 
 import netbed
 import pytest
-from zchelpers import BedCluster, Cluster
+from zchelpers import BedCluster, Cluster, FakeAgent
+
+from zcrepl.controller.client import ControllerClient
 
 
 @pytest.fixture
@@ -26,6 +28,22 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture
+def evil(cluster: Cluster) -> Iterator[FakeAgent]:
+    """A hostile source: registers as agent "evil" (with a certificate of the cluster) and obeys nothing."""
+    agent = FakeAgent(cluster.controller_addr, "evil", pki=cluster.pki)
+    cluster.wait_online("evil")
+    yield agent
+    agent.close()
+
+
+@pytest.fixture
+def client(cluster: Cluster) -> Iterator[ControllerClient]:
+    """An admin client of the cluster's controller, in-process."""
+    with cluster.client() as c:
+        yield c
+
+
+@pytest.fixture
 def bed() -> Iterator[netbed.NetBed]:
     """The network test bed (tests/netbed.py): removed after the test, whatever happened in it."""
     reason = netbed.available()
@@ -33,7 +51,6 @@ def bed() -> Iterator[netbed.NetBed]:
         pytest.skip(reason)
     with netbed.NetBed() as b:
         yield b
-
 
 
 @pytest.fixture

@@ -31,20 +31,6 @@ MiB = 1 << 20
 RSS_BOUND = 400 * MiB
 
 
-@pytest.fixture
-def evil(cluster: Cluster) -> Iterator[FakeAgent]:
-    agent = FakeAgent(cluster.controller_addr, "evil", pki=cluster.pki)
-    cluster.wait_online("evil")
-    yield agent
-    agent.close()
-
-
-@pytest.fixture
-def client(cluster: Cluster) -> Iterator[ControllerClient]:
-    with cluster.client() as c:
-        yield c
-
-
 def _rss(cluster: Cluster, name: str) -> int:
     proc = cluster.daemons[name].proc
     assert proc is not None

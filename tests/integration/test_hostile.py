@@ -22,20 +22,6 @@ from zcrepl.controller.client import ControllerClient
 
 
 @pytest.fixture
-def evil(cluster: Cluster) -> Iterator[FakeAgent]:
-    agent = FakeAgent(cluster.controller_addr, "evil", pki=cluster.pki)
-    cluster.wait_online("evil")
-    yield agent
-    agent.close()
-
-
-@pytest.fixture
-def client(cluster: Cluster) -> Iterator[ControllerClient]:
-    with cluster.client() as c:
-        yield c
-
-
-@pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[Callable[[], None]]:
     """Sentinel trees outside the destination root that must never change."""
     outside = tmp_path / "outside"

@@ -39,16 +39,18 @@ def test_replicates_tree_exactly_then_moves_nothing_then_deletes(cluster: Cluste
     os.mkfifo(src / "a-fifo")  # skipped with a logged reason, never blocks the scan
 
     rc, out, err = cluster.ctl("replicate", f"hostA:{src}", f"hostB:{dst}", "--json")
-    assert rc == 0, err
+    assert rc == 4, err  # done, with an entry left out
     job = json.loads(out)
-    assert job["state"] == "done"
+    assert job["state"] == "done" and job["done_with_skips"]
+    assert [x["path"] for x in job["skipped"]] == ["a-fifo"] and "FIFO" in job["skipped"][0]["reason"]
     problems = diff_trees({k: v for k, v in snapshot(src).items() if k != b"a-fifo"}, snapshot(dst))
     assert not problems, "\n".join(problems[:20])
     assert not (dst / "a-fifo").exists()
     assert "FIFO" in cluster.daemons["hostA"].log()
     p = job["progress"]
     assert p["files_done"] >= 1200 and p["bytes_done"] >= 100 << 20
-    assert p["skipped_special"] == 1
+    assert p["skipped_special"] == p["entries_skipped"] == 1
+    os.unlink(src / "a-fifo")
 
     # Second run: everything up to date, no file bytes move.
     rc, out, err = cluster.ctl("replicate", f"hostA:{src}", f"hostB:{dst}", "--json")
@@ -66,7 +68,7 @@ def test_replicates_tree_exactly_then_moves_nothing_then_deletes(cluster: Cluste
     rc, out, err = cluster.ctl("replicate", "--delete", f"hostA:{src}", f"hostB:{dst}", "--json")
     assert rc == 0, err
     assert json.loads(out)["progress"]["deleted"] == 4  # extra.txt, extra-link, extra-dir, deeper
-    problems = diff_trees({k: v for k, v in snapshot(src).items() if k != b"a-fifo"}, snapshot(dst))
+    problems = diff_trees(snapshot(src), snapshot(dst))
     assert not problems, "\n".join(problems[:20])
 
 

@@ -60,6 +60,7 @@ def test_backoff_never_immediate() -> None:
         ("h:/srv/\udcff\udcfe", "h", b"/srv/\xff\xfe"),  # argv decoded with surrogateescape
         ("h:/a/..b/.c", "h", b"/a/..b/.c"),
         ("x" * 63 + ":/a", "x" * 63, b"/a"),
+        ("x" * 253 + ":/a", "x" * 253, b"/a"),  # a DNS name's length
     ],
 )
 def test_parse_endpoint_accepts(arg: str, host: str, path: bytes) -> None:
@@ -82,7 +83,11 @@ def test_parse_endpoint_accepts_root(arg: str) -> None:
         (".h:/a", "not a valid host name"),
         ("h/x:/a", "not a valid host name"),
         ("h\u00e9:/a", "not a valid host name"),
-        ("x" * 64 + ":/a", "not a valid host name"),
+        ("x" * 254 + ":/a", "not a valid host name"),
+        ("h\n:/a", "not a valid host name"),  # '$' in a pattern matches before a trailing newline
+        ("h :/a", "not a valid host name"),
+        ("h\u202e:/a", "not a valid host name"),  # a right-to-left override
+        ("h\x00:/a", "not a valid host name"),
         ("h:srv/data", "absolute"),
         ("h:", "absolute"),
         ("h:/a/../b", "canonical"),

@@ -17,17 +17,21 @@ from zcrepl.controller.policy import LinkState
 from zcrepl.controller.registry import Session
 from zcrepl.controller.store import Store
 from zcrepl.core.config import ControllerConfig
+from zcrepl.core.errors import Conflict, UnknownHost
 from zcrepl.core.types import (
+    SKIPPED_LISTED,
     AgentInfo,
     DiskUsage,
     Endpoint,
     HostHealth,
     Job,
     JobOptions,
+    JobState,
     Phase,
     ReceiveOrder,
     Role,
     SendOrder,
+    Skipped,
     TransferReport,
     TransferStats,
 )
@@ -246,3 +250,110 @@ def test_fanout_reads_from_the_best_ranked_finished_copy_not_the_least_loaded(ha
     (switch,) = [r for kind, r in h.explain(by_dst["hostE"]) if kind == "switch_source"]
     assert "from the finished replica hostC:/srv/copy" in switch
     assert "hostC: 100.0 MiB/s measured to hostE, load at 35% of its start thresholds, 0 failures" in switch
+
+
+# -- removing agents (RemoveAgent) ------------------------------------------------------------------
+
+
+def test_remove_agent_refuses_an_online_agent_and_forgets_an_offline_one(harness: Any, tmp_path: Path) -> None:
+    h = harness()
+    h.agent("hostA")
+    h.agent("hostB")
+    with pytest.raises(Conflict, match=r"hostA is online: removing it is refused; stop its zc-agent first"):
+        h.engine.remove_agent("hostA")
+    with pytest.raises(UnknownHost, match="unknown host 'nobody'"):
+        h.engine.remove_agent("nobody")
+    h.engine.disconnect(h.sessions["hostA"])
+    status = h.engine.remove_agent("hostA")
+    assert status.info.name == "hostA" and not status.online
+    assert h.engine.agent_names() == ["hostB"]
+    with pytest.raises(UnknownHost):
+        h.submit("hostA:/srv/a", "hostB:/srv/b")
+    again = Engine(ControllerConfig(state_dir=str(tmp_path / "state0")), h.store, clock=lambda: h.now)
+    assert again.agent_names() == ["hostB"]  # gone from the store too, not only from memory
+
+
+def test_remove_agent_refuses_while_queued_jobs_or_watch_rules_name_it(harness: Any) -> None:
+    h = harness()
+    h.agent("hostA")
+    h.agent("hostB")
+    h.agent("hostC")
+    job = h.submit("hostA:/srv/a", "hostB:/srv/b")
+    rule = h.engine.syncs.create(ep("hostC:/srv/w"), [ep("hostA:/srv/w")], JobOptions(), 0.0, 0.0, h.now)
+    for name in ("hostA", "hostB", "hostC"):
+        h.engine.disconnect(h.sessions[name])
+    with pytest.raises(Conflict, match=rf"hostB is named by queued job\(s\) {job.id}; cancel them first"):
+        h.engine.remove_agent("hostB")
+    with pytest.raises(Conflict, match=rf"hostC is part of watch rule\(s\) {rule.id}; remove them first"):
+        h.engine.remove_agent("hostC")
+    h.engine.cancel(job.id)
+    h.engine.remove_agent("hostB")
+    h.engine.syncs.remove(rule.id, h.now)
+    h.engine.remove_agent("hostC")
+    assert h.engine.agent_names() == ["hostA"]
+
+
+def test_a_fanout_replica_on_a_removed_agent_is_not_used_as_a_source(harness: Any) -> None:
+    h = harness()
+    for name in ("hostA", "hostB", "hostC"):
+        h.agent(name)
+    jobs = h.engine.submit_fanout(ep("hostA:/srv/a"), [ep("hostB:/srv/b"), ep("hostC:/srv/c")], JobOptions())
+    h.start(jobs[0])
+    h.finish(jobs[0])
+    h.engine.disconnect(h.sessions["hostB"])
+    h.engine.remove_agent("hostB")
+    send = h.start(jobs[1])  # the finished copy on hostB is gone with its agent: the source serves
+    assert h.engine.runs[jobs[1].id].source.host == "hostA" and send.dest_host == "hostC"
+
+
+# -- skipped entries --------------------------------------------------------------------------------
+
+
+def test_a_job_that_skipped_entries_ends_done_with_them_listed(harness: Any) -> None:
+    h = harness()
+    h.agent("hostA")
+    h.agent("hostB")
+    job = h.submit("hostA:/srv/a", "hostB:/srv/b")
+    h.start(job)
+    listed = tuple(Skipped(f"dir/fifo{i}".encode(), "FIFO: only regular files, directories and symlinks are "
+                           "replicated") for i in range(SKIPPED_LISTED))
+    h.engine.report(h.sessions["hostA"], TransferReport(job.id, 1, Role.SENDER, Phase.DONE,
+                                                        TransferStats(files_done=2, entries_skipped=150), "", True,
+                                                        listed))
+    h.report("hostB", job, Role.RECEIVER, Phase.DONE, files_done=2)
+    done = h.engine.get(job.id)
+    assert done.state is JobState.DONE and done.done_with_skips
+    assert done.progress.entries_skipped == 150 and done.skipped == listed
+    assert done.history[-1].stats.entries_skipped == 150
+    (kind, reason) = h.explain(job)[-1]
+    assert kind == "done" and "150 entries skipped (first: dir/fifo0: FIFO: only regular files" in reason
+
+
+def test_skips_of_both_sides_add_up_and_a_repeated_report_counts_once(harness: Any) -> None:
+    h = harness()
+    h.agent("hostA")
+    h.agent("hostB")
+    job = h.submit("hostA:/srv/a", "hostB:/srv/b")
+    h.start(job)
+    one = (Skipped(b"x", "sender"),)
+    two = (Skipped(b"y", "receiver"),)
+    h.engine.report(h.sessions["hostA"], TransferReport(job.id, 1, Role.SENDER, Phase.DONE,
+                                                        TransferStats(entries_skipped=1), "", True, one))
+    h.engine.report(h.sessions["hostA"], TransferReport(job.id, 1, Role.SENDER, Phase.DONE,
+                                                        TransferStats(entries_skipped=1), "", True, one))
+    h.engine.report(h.sessions["hostB"], TransferReport(job.id, 1, Role.RECEIVER, Phase.DONE,
+                                                        TransferStats(entries_skipped=1), "", True, two))
+    done = h.engine.get(job.id)
+    assert done.progress.entries_skipped == 2 and done.skipped == one + two
+
+
+def test_a_job_without_skips_is_plain_done(harness: Any) -> None:
+    h = harness()
+    h.agent("hostA")
+    h.agent("hostB")
+    job = h.submit("hostA:/srv/a", "hostB:/srv/b")
+    h.start(job)
+    h.finish(job)
+    done = h.engine.get(job.id)
+    assert done.state is JobState.DONE and not done.done_with_skips and done.skipped == ()
+    assert "skipped" not in h.explain(job)[-1][1]

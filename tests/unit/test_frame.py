@@ -117,6 +117,9 @@ ENTRIES = [
     Entry(Kind.SYMLINK, b"link", 0o777, MTIME, target=b"../\xfe\ntarget"),
     Entry(Kind.SYMLINK, b"long", 0o777, MTIME, target=b"t" * MAX_TARGET),
     Entry(Kind.DIR, "d\u00e9j\u00e0/sub".encode(), 0o2775, MTIME),
+    Entry(Kind.HARDLINK, b"deep/link", 0o644, MTIME, target=b"d/" * 3000 + b"f"),  # past PATH_MAX: a manifest path
+    Entry(Kind.DIR, b"locked", 0o000, MTIME, flags=fr.F_UNREADABLE),
+    Entry(Kind.FILE, b"secret", 0o000, MTIME, flags=fr.F_UNREADABLE),
 ]
 
 
@@ -159,7 +162,8 @@ def test_entries_full_batch_round_trip() -> None:
         (batch(raw_entry(digest=b"d" * (MAX_DIGEST + 1))), "oversized"),
         (batch(raw_entry(size=(1 << 60) + 1)), "out-of-range"),
         (batch(raw_entry(mtime=-(1 << 62) - 1)), "out-of-range"),
-        (batch(raw_entry(flags=2)), "unknown flags"),
+        (batch(raw_entry(flags=4)), "unknown flags"),
+        (batch(raw_entry(kind=4, target=b"f", flags=fr.F_UNREADABLE)), "unknown flags"),
         (batch(raw_entry(kind=2, flags=1)), "non-file entry with a size or flags"),
         (batch(raw_entry(xattrs=b"x" * (64 << 10 + 1))), "oversized"),
     ],
@@ -167,7 +171,7 @@ def test_entries_full_batch_round_trip() -> None:
         "empty", "short-count", "batch-too-big", "batch-u32-max", "cut-header", "missing-entry", "second-missing",
         "cut-path", "cut-target", "cut-digest", "trailing", "count-too-low", "kind-0", "kind-5", "dir-with-size",
         "symlink-with-size", "file-with-target", "dir-with-target", "target-too-long", "digest-too-long",
-        "size-too-big", "mtime-too-small", "unknown-flag", "dir-sparse", "xattrs-too-big",
+        "size-too-big", "mtime-too-small", "unknown-flag", "hardlink-flagged", "dir-sparse", "xattrs-too-big",
     ],
 )
 def test_entries_rejects(payload: bytes, needle: str) -> None:

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from zcrepl.controller.registry import AgentRecord, Registry, Session, is_online
+from zcrepl.controller.registry import HealthHistory, Registry, Session, is_online
 from zcrepl.core.types import AgentInfo, AgentStatus, HostHealth
 
 OFFLINE_AFTER = 5.0
@@ -192,17 +192,40 @@ def test_heartbeat_updates_health_and_history(reg: Registry) -> None:
 
 
 def test_heartbeat_history_is_bounded() -> None:
-    rec = AgentRecord(INFO, 0.0)
-    assert rec.history.maxlen == 900
     reg = Registry(OFFLINE_AFTER)
     s = session(at=0.0)
     reg.attach(s)
     for t in range(1000):
         reg.heartbeat(s, health(float(t)), float(t))
     hist = reg.agents["hostA"].history
+    assert hist is not None and hist.maxlen == 900 and hist.capacity == 900
     assert len(hist) == 900
     assert hist.last(900)[0] == health(100.0)
     assert hist.last(900)[-1] == health(999.0)
+
+
+def test_history_is_allocated_only_by_heartbeats() -> None:
+    """A registration alone costs no history (1,000 fake registrations used to cost 137 KiB each)."""
+    reg = Registry(OFFLINE_AFTER)
+    for i in range(1000):
+        reg.attach(session(AgentInfo(f"fake{i}"), at=0.0))
+    assert all(rec.history is None for rec in reg.agents.values())
+    assert reg.status("fake1", 0.0, history=10).history == ()
+    s = session(at=0.0)
+    reg.attach(s)
+    reg.heartbeat(s, health(1.0), 1.0)
+    hist = reg.agents["hostA"].history
+    assert hist is not None and hist.capacity == HealthHistory.START  # a few KiB until the ring fills
+
+
+def test_history_grows_in_order_then_wraps() -> None:
+    h = HealthHistory(maxlen=40)
+    for t in range(100):
+        h.append(health(float(t)))
+        expect = [health(float(x)) for x in range(max(0, t - 39), t + 1)]
+        assert h.last(100) == expect, t
+        assert h.capacity <= 40
+    assert h.capacity == 40 and len(h._buf) == 40 * len(HealthHistory.FIELDS)
 
 
 def test_history_keeps_scalar_figures_without_objects() -> None:
@@ -227,7 +250,7 @@ def test_heartbeat_from_stale_session_is_ignored(reg: Registry) -> None:
     reg.heartbeat(old, health(150.0), 150.0)
     rec = reg.agents["hostA"]
     assert rec.health is None
-    assert len(rec.history) == 0
+    assert rec.history is None
     assert rec.last_seen == 100.0
     assert old.last_seen == 150.0  # the session itself still saw it
 

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import resource
 import stat
 import subprocess
 import threading
@@ -128,7 +129,7 @@ def test_validate_relpath_accepts(rel: bytes, parts: tuple[bytes, ...]) -> None:
         b".zc.foo",
         b"a/.zc.x.1234abcd.tmp",
         b"/".join([b"d"] * (MAX_DEPTH + 1)),
-        b"/".join([b"x" * MAX_NAME] * 17),  # every name legal, 4351 bytes in total
+        b"/".join([b"x" * MAX_NAME] * 257),  # every name legal, 65,792 bytes in total (MAX_PATH is 65,535)
     ],
 )
 def test_validate_relpath_refuses(rel: bytes) -> None:
@@ -655,18 +656,48 @@ def test_remove_tree_counts_and_stays_inside(root: SafeRoot, tree: Path) -> None
     assert _names(tree / "outside") == [b"secret"]
 
 
-def test_remove_tree_depth_limit(root: SafeRoot, tree: Path) -> None:
-    fd = os.dup(root.fd)
+def _chain(dir_fd: int, depth: int, name: bytes = b"d", files: int = 0) -> None:
+    """``depth`` nested directories ``name`` below ``dir_fd``, each holding ``files`` files too."""
+    fd = os.dup(dir_fd)
     try:
-        for _ in range(MAX_DEPTH + 1):
-            os.mkdir(b"d", dir_fd=fd)
-            child = os.open(b"d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
             os.close(fd)
             fd = child
+            for i in range(files):
+                os.close(os.open(b"f%d" % i, os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
     finally:
         os.close(fd)
-    with pytest.raises(UnsafePath):
-        remove_entry(root.fd, b"d")
+
+
+@pytest.fixture
+def few_fds() -> Iterator[int]:
+    """RLIMIT_NOFILE lowered to 200 for the test: a removal that holds an fd per level runs out at once."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard))
+    try:
+        yield 200
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_remove_tree_at_any_depth_with_few_fds(root: SafeRoot, tree: Path, few_fds: int) -> None:
+    depth = 5 * few_fds
+    names = _names(tree / "root")
+    _chain(root.fd, depth, files=2)
+    before = len(os.listdir("/proc/self/fd"))
+    assert remove_entry(root.fd, b"d") == 3 * depth  # every directory and the two files in each
+    assert _names(tree / "root") == names
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert _names(tree / "outside") == [b"secret"]
+
+
+def test_remove_tree_deeper_than_path_max(root: SafeRoot, tree: Path) -> None:
+    names = _names(tree / "root")
+    _chain(root.fd, 40, name=b"n" * 200)  # 8,040 bytes of path: no single syscall could name the bottom
+    assert remove_entry(root.fd, b"n" * 200) == 40
+    assert _names(tree / "root") == names
 
 
 # -------------------------------------------------------------------------------------------- race
@@ -728,3 +759,71 @@ def test_symlink_swap_race_never_writes_outside(root: SafeRoot, tree: Path, reso
     assert _names(tree / "outside") == [b"secret"]
     assert (tree / "outside" / "secret").read_bytes() == b"secret"
     assert flips > 10 and written > 0 and refused > 0, (flips, written, refused)
+
+
+# ------------------------------------------------------------------------------------- past PATH_MAX
+
+
+def _walk_fd(dir_fd: int, parts: tuple[bytes, ...]) -> int:
+    fd = os.dup(dir_fd)
+    for name in parts:
+        child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def test_open_dir_deeper_than_path_max(root: SafeRoot, resolver: bool) -> None:
+    parts = (b"n" * 200,) * 40  # 8,039 bytes: more than one syscall may resolve
+    _chain(root.fd, len(parts), name=parts[0])
+    fd = root.open_dir(parts)
+    ref = _walk_fd(root.fd, parts)
+    try:
+        assert os.fstat(fd).st_ino == os.fstat(ref).st_ino
+    finally:
+        os.close(fd)
+        os.close(ref)
+    made = root.open_dir((*parts, b"new", b"deeper"), create=True)
+    os.close(made)
+    assert root.lstat((*parts, b"new", b"deeper")) is not None
+    with pytest.raises(FileNotFoundError):
+        root.open_dir((*parts, b"missing"))
+
+
+def test_a_symlink_deep_below_path_max_is_refused(root: SafeRoot, tree: Path, resolver: bool) -> None:
+    parts = (b"n" * 200,) * 40
+    _chain(root.fd, len(parts), name=parts[0])
+    pfd = _walk_fd(root.fd, parts[:30])
+    try:
+        os.rename(parts[30], b"moved", src_dir_fd=pfd, dst_dir_fd=pfd)
+        os.symlink(os.fsencode(tree / "outside"), parts[30], dir_fd=pfd)
+    finally:
+        os.close(pfd)
+    with pytest.raises(UnsafePath, match="a symlink is in the way"):
+        root.open_dir(parts)
+    with pytest.raises(UnsafePath):
+        root.open_dir((*parts[:31], b"x"), create=True)
+    assert _names(tree / "outside") == [b"secret"]
+
+
+def test_open_below_and_open_child_start_from_a_held_directory(root: SafeRoot, tree: Path) -> None:
+    parts = (b"n" * 200,) * 40
+    _chain(root.fd, len(parts), name=parts[0])
+    mid = root.open_dir(parts[:20])
+    try:
+        fd = root.open_below(mid, parts[:20], parts[20:])
+        os.close(fd)
+        fd = root.open_child(mid, parts[20], b"/".join(parts[:21]))
+        os.close(fd)
+        with pytest.raises(UnsafePath, match="a symlink is in the way"):
+            root.open_child(root.fd, b"escape", b"escape")
+        with pytest.raises(UnsafePath):
+            root.open_child(mid, b"..", b"..")
+    finally:
+        os.close(mid)
+
+
+def test_paths_longer_than_path_max_are_valid_up_to_the_wire_limit() -> None:
+    deep = b"/".join([b"d"] * 300)  # deeper than the old 256-level limit
+    assert len(validate_relpath(deep)) == 300
+    assert len(validate_relpath(b"/".join([b"x" * 255] * 256))) == 256  # 65,535 bytes: MAX_PATH exactly

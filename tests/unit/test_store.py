@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 
 from zcrepl.controller.store import _SCHEMA, SCHEMA_VERSION, Store
-from zcrepl.core.types import AgentInfo, Attempt, Endpoint, Job, JobOptions, JobState, Priority, TransferStats
+from zcrepl.core.types import (
+    AgentInfo,
+    Attempt,
+    Endpoint,
+    Job,
+    JobOptions,
+    JobState,
+    Priority,
+    Skipped,
+    TransferStats,
+)
 
 SRC = Endpoint("hostA", b"/srv/data")
 DST = Endpoint("hostB", b"/backup/\xff\nodd")
@@ -276,6 +286,56 @@ def test_several_agents(store: Store) -> None:
     store.upsert_agent(INFO, 1.0)
     store.upsert_agent(other, 2.0)
     assert store.agents() == {"hostA": (INFO, 1.0), "hostB": (other, 2.0)}
+
+
+def test_remove_agent_forgets_it_for_good(state_dir: str) -> None:
+    s = Store(state_dir)
+    try:
+        s.upsert_agent(INFO, 1.0)
+        s.upsert_agent(AgentInfo(name="hostB"), 2.0)
+        s.remove_agent("hostA")
+        s.remove_agent("never-there")
+    finally:
+        s.close()
+    s = Store(state_dir)
+    try:
+        assert set(s.agents()) == {"hostB"}
+    finally:
+        s.close()
+
+
+# -- skipped entries --------------------------------------------------------------------------------
+
+
+def test_skipped_entries_of_the_latest_attempt_survive_a_reopen(state_dir: str) -> None:
+    s = Store(state_dir)
+    try:
+        job = create(s)
+        s.start_attempt(job.id, 1, 1.0)
+        s.save_skipped(job.id, 1, [Skipped(b"old", "from the first attempt")])
+        s.start_attempt(job.id, 2, 2.0)
+        items = [Skipped(b"dev/null\xff", "device: only regular files, directories and symlinks are replicated"),
+                 Skipped(b"deep/" * 3, "unreadable")]
+        s.save_skipped(job.id, 2, items)
+        s.save_job(replace(job, state=JobState.DONE, attempts=2,
+                           progress=TransferStats(entries_skipped=7, scan_done=True)))
+    finally:
+        s.close()
+    s = Store(state_dir)
+    try:
+        got = s.get_job(job.id)
+        assert got is not None and got.skipped == tuple(items)
+        assert got.progress.entries_skipped == 7 and got.done_with_skips
+        assert s.list_jobs()[0].skipped == tuple(items)
+    finally:
+        s.close()
+
+
+def test_stats_written_before_entries_skipped_existed_read_as_zero(store: Store) -> None:
+    job = create(store)
+    store.db.execute("UPDATE jobs SET progress=? WHERE id=?", ('{"entries": 3, "scan_done": true}', job.id))
+    got = store.get_job(job.id)
+    assert got is not None and got.progress == TransferStats(entries=3, scan_done=True) and got.skipped == ()
 
 
 # -- persistence and the schema guard ---------------------------------------------------------------

@@ -1,0 +1,294 @@
+"""What the controller takes from the network, checked or clamped at the edge before the engine sees it.
+
+Agents and clients are peers, not trusted code: a name, an address or a number they send ends up in the
+SQLite store, in every ``ListAgents`` response and in scheduling arithmetic. So:
+
+- identities and requests are *refused* (``InvalidArgument`` -> INVALID_ARGUMENT, one sentence naming the
+  rule): agent names, addresses, export lists, job options, request sizes;
+- measurements are *clamped* (health, reports, watch-rule statuses): a broken sample must not cost an agent
+  its session, and no value may break a response for everyone (a ``mem_total`` of 2**64-1 did: the health
+  history keeps doubles, and the value came back as an integer too large for its field).
+
+Pure functions over domain types; the gRPC adapter (``service.py``) calls them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from dataclasses import replace
+from typing import Any
+
+from zcrepl.controller.policy import MAX_STREAMS
+from zcrepl.controller.registry import HISTORY
+from zcrepl.core.errors import InvalidArgument, InvalidPath
+from zcrepl.core.paths import HOST_NAME_RULE, canonical_abs, show, show_name, valid_host_name
+from zcrepl.core.synctypes import SyncStatus
+from zcrepl.core.types import (
+    SKIPPED_LISTED,
+    AgentInfo,
+    DiskIO,
+    DiskUsage,
+    HostHealth,
+    JobOptions,
+    NetIO,
+    Skipped,
+    TransferReport,
+)
+
+MAX_EXPORTS = 64
+MAX_ATTEMPTS = 100
+MAX_BWLIMIT = 1 << 50  # bytes/s (1 PiB/s): far above any link, far below what a double or SQLite mishandles
+MAX_NAMES = 10_000  # agent names in one request
+MAX_DESTINATIONS = 1_000  # of one fan-out or watch rule
+MAX_ACTIVE = 10_000  # transfer refs in one Register
+MAX_SYNC_STATUSES = 10_000  # rule statuses in one heartbeat
+MAX_TEXT = 2_000  # characters of an error or warning from an agent
+MAX_LABEL = 64  # characters of a device or interface name, a version
+MAX_HOSTNAME = 253
+MAX_REASON = 500  # characters of a skipped entry's reason
+MAX_SKIPPED_PATH = 4096  # bytes of a skipped entry's path kept by the controller
+MAX_SOURCE_ADDRESSES = 16  # further addresses an agent's data connections may come from
+TRANSPORTS = frozenset({"", "none", "tls", "ktls"})
+
+# Health: what a real host can report, with room to spare. Integers stay below 2**53 (exact as doubles).
+MAX_BYTES = 1 << 52  # 4 PiB of memory or RSS
+MAX_DISK = 1 << 60  # 1 EiB of one filesystem
+MAX_RATE = 1e13  # bytes/s (10 TB/s)
+MAX_LOAD = 1e6
+MAX_CPUS = 65_536
+MAX_COUNT = (1 << 32) - 1  # fds, transfers, inotify watches (uint32 on the wire)
+MAX_DEVICES = 256  # disks, NICs
+MAX_SPEED_MBPS = 10_000_000  # 10 Tb/s
+MAX_TIME = 1e11  # seconds since the epoch (year 5138)
+
+_FLOATS: dict[str, tuple[float, float]] = {
+    "sampled_at": (0.0, MAX_TIME), "cpu_percent": (0.0, 100.0), "load1": (0.0, MAX_LOAD),
+    "load5": (0.0, MAX_LOAD), "load15": (0.0, MAX_LOAD), "swap_in_bps": (0.0, MAX_RATE),
+    "swap_out_bps": (0.0, MAX_RATE), "disk_read_bps": (0.0, MAX_RATE), "disk_write_bps": (0.0, MAX_RATE),
+    "net_recv_bps": (0.0, MAX_RATE), "net_sent_bps": (0.0, MAX_RATE), "agent_cpu_percent": (0.0, 100.0 * MAX_CPUS),
+    "transfer_bps": (0.0, MAX_RATE),
+}
+_INTS: dict[str, int] = {
+    "cpu_count": MAX_CPUS, "mem_total": MAX_BYTES, "mem_available": MAX_BYTES, "open_fds": MAX_COUNT,
+    "agent_rss": MAX_BYTES, "active_transfers": MAX_COUNT, "inotify_watches_used": MAX_COUNT,
+    "inotify_watches_max": MAX_COUNT,
+}
+# RFC 1123 labels, plus '_' (found in /etc/hosts names, and harmless to a resolver).
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+# -- identities and requests: refused -----------------------------------------------------------------
+def host_name(name: str, what: str = "agent name") -> str:
+    if not valid_host_name(name):
+        raise InvalidArgument(f"{what} '{show_name(name)}' is refused: {HOST_NAME_RULE}")
+    return name
+
+
+def host_names(names: list[str]) -> list[str]:
+    if len(names) > MAX_NAMES:
+        raise InvalidArgument(f"{len(names)} agent names in one request; ask for at most {MAX_NAMES}")
+    return [host_name(n) for n in names]
+
+
+def address(addr: str, what: str) -> str:
+    """``HOST:PORT`` a peer can dial: a DNS name or an IP address (``[v6]`` in brackets), port 1..65535."""
+    host, sep, port = addr.rpartition(":")
+    problem = ""
+    if not sep or not port.isascii() or not port.isdigit() or len(port) > 5 or not 1 <= int(port) <= 65535:
+        problem = "write HOST:PORT with a port from 1 to 65535"
+    elif host.startswith("[") and host.endswith("]"):
+        problem = _ip_problem(host[1:-1], v6=True)
+    else:
+        try:
+            problem = _ip_problem(host, v6=False)
+        except ValueError:
+            problem = _dns_problem(host)
+    if problem:
+        raise InvalidArgument(f"{what} '{show_name(addr)}' is refused: {problem} (for example 10.0.0.5:7422)")
+    return addr
+
+
+def _ip_problem(text: str, *, v6: bool) -> str:
+    """Why an IP literal cannot be dialled ("" when it can); ValueError when ``text`` is no IPv4 literal."""
+    if v6:
+        try:
+            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address(text)
+        except ValueError:
+            return "the part in brackets is not an IPv6 address"
+    else:
+        ip = ipaddress.IPv4Address(text)
+    if ip.is_unspecified:
+        return "an unspecified address (0.0.0.0 or ::) cannot be dialled by peers; set the agent's advertise_host"
+    if ip.is_multicast:
+        return "a multicast address cannot be dialled"
+    return ""
+
+
+def _dns_problem(host: str) -> str:
+    labels = host.split(".")
+    if not host or len(host) > MAX_HOSTNAME or not all(_DNS_LABEL.fullmatch(x) for x in labels):
+        return (f"the host must be an IP address or a DNS name of at most {MAX_HOSTNAME} characters "
+                "(labels of letters, digits, '-' and '_')")
+    if labels[-1].isdigit():
+        return "the host looks like an IP address but is not one"
+    return ""
+
+
+def agent_info(info: AgentInfo) -> AgentInfo:
+    """A Register's self-description, refused whole when any part is out of bounds."""
+    name = host_name(info.name)
+    address(info.data_address, f"{name}'s data address")
+    if info.grpc_address:
+        address(info.grpc_address, f"{name}'s gRPC address")
+    if len(info.exports) > MAX_EXPORTS:
+        raise InvalidArgument(f"{name} registers {len(info.exports)} exports; at most {MAX_EXPORTS} are accepted")
+    for e in info.exports:
+        try:
+            ok = canonical_abs(e) == e
+        except InvalidPath:
+            ok = False
+        if not ok:
+            raise InvalidArgument(f"{name}'s export {show(e[:200])!r} is refused: an export is an absolute, "
+                                  "canonical path of at most 4096 bytes")
+    if len(set(info.exports)) != len(info.exports):
+        raise InvalidArgument(f"{name} registers the same export twice")
+    for label, text, limit in (("version", info.version, MAX_LABEL), ("hostname", info.hostname, MAX_HOSTNAME)):
+        if len(text) > limit or not text.isprintable():
+            raise InvalidArgument(f"{name}'s {label} '{show_name(text)}' is refused: at most {limit} printable "
+                                  "characters")
+    if info.site and not (len(info.site) <= MAX_LABEL and valid_host_name(info.site)):
+        raise InvalidArgument(f"{name}'s site '{show_name(info.site[:MAX_LABEL])}' is refused: a site label is 1 to "
+                              f"{MAX_LABEL} characters from A-Z, a-z, 0-9, '.', '_' and '-'")
+    if len(info.source_addresses) > MAX_SOURCE_ADDRESSES:
+        raise InvalidArgument(f"{name} lists {len(info.source_addresses)} source addresses; at most "
+                              f"{MAX_SOURCE_ADDRESSES} are accepted")
+    for a in info.source_addresses:
+        try:
+            ipaddress.ip_address(a)
+        except ValueError:
+            raise InvalidArgument(f"{name}'s source address '{show_name(a[:MAX_LABEL])}' is refused: list IP "
+                                  "addresses") from None
+    return info
+
+
+def options(o: JobOptions) -> JobOptions:
+    if o.streams > MAX_STREAMS:
+        raise InvalidArgument(f"streams {o.streams} is refused: choose 0 (automatic) to {MAX_STREAMS} parallel "
+                              "connections")
+    if o.max_attempts > MAX_ATTEMPTS:
+        raise InvalidArgument(f"max_attempts {o.max_attempts} is refused: choose 0 (the controller's default) "
+                              f"to {MAX_ATTEMPTS}")
+    if o.bwlimit > MAX_BWLIMIT:
+        raise InvalidArgument(f"bwlimit {o.bwlimit} is refused: choose 0 (unlimited) to {MAX_BWLIMIT} bytes per "
+                              "second")
+    if min(o.streams, o.max_attempts, o.bwlimit) < 0:
+        raise InvalidArgument("streams, max_attempts and bwlimit cannot be negative")
+    return o
+
+
+def destinations(n: int) -> None:
+    if n > MAX_DESTINATIONS:
+        raise InvalidArgument(f"{n} destinations in one request; at most {MAX_DESTINATIONS} are accepted")
+
+
+def history(n: int) -> int:
+    """Samples of history asked for: more than the controller keeps is the same as all it keeps."""
+    return min(n, HISTORY)
+
+
+def active_refs(n: int, name: str) -> None:
+    if n > MAX_ACTIVE:
+        raise InvalidArgument(f"{name} reports {n} running transfers in its Register; at most {MAX_ACTIVE}")
+
+
+# -- measurements: clamped ----------------------------------------------------------------------------
+def health(h: HostHealth) -> HostHealth:
+    """``h`` with every figure inside what a real host can report; ``h`` itself when nothing was off
+    (the common case: the service then keeps serving the message as it arrived)."""
+    changes: dict[str, Any] = {}
+    for name, (lo, hi) in _FLOATS.items():
+        v = getattr(h, name)
+        if not lo <= v <= hi:  # NaN fails too
+            changes[name] = _clamp(v, lo, hi)
+    for name, hi_int in _INTS.items():
+        if getattr(h, name) > hi_int:
+            changes[name] = hi_int
+    if h.mem_available > changes.get("mem_total", h.mem_total):
+        changes["mem_available"] = changes.get("mem_total", h.mem_total)
+    cores = h.cpu_per_core
+    if len(cores) > MAX_CPUS or not all(0.0 <= c <= 100.0 for c in cores):
+        changes["cpu_per_core"] = tuple(_clamp(c, 0.0, 100.0) for c in cores[:MAX_CPUS])
+    if len(h.exports) > MAX_EXPORTS or not all(map(_disk_usage_ok, h.exports)):
+        changes["exports"] = tuple(_disk_usage(d) for d in h.exports[:MAX_EXPORTS] if len(d.path) <= 4096)
+    if len(h.disks) > MAX_DEVICES or not all(map(_disk_io_ok, h.disks)):
+        changes["disks"] = tuple(DiskIO(_label(d.device), _clamp(d.read_bps, 0, MAX_RATE),
+                                        _clamp(d.write_bps, 0, MAX_RATE), _clamp(d.busy_percent, 0, 100))
+                                 for d in h.disks[:MAX_DEVICES])
+    if len(h.nics) > MAX_DEVICES or not all(map(_nic_ok, h.nics)):
+        changes["nics"] = tuple(NetIO(_label(n.interface), _clamp(n.recv_bps, 0, MAX_RATE),
+                                      _clamp(n.sent_bps, 0, MAX_RATE), min(n.speed_mbps, MAX_SPEED_MBPS))
+                                for n in h.nics[:MAX_DEVICES])
+    if _label(h.data_nic) != h.data_nic:
+        changes["data_nic"] = _label(h.data_nic)
+    return replace(h, **changes) if changes else h
+
+
+def report(r: TransferReport) -> TransferReport:
+    """An agent's transfer report with its free text and its list of skipped entries bounded."""
+    skipped = r.skipped
+    if len(skipped) > SKIPPED_LISTED or any(len(x.path) > MAX_SKIPPED_PATH or _text(x.reason, MAX_REASON)
+                                            != x.reason for x in skipped):
+        skipped = tuple(Skipped(x.path[:MAX_SKIPPED_PATH], _text(x.reason, MAX_REASON))
+                        for x in skipped[:SKIPPED_LISTED])
+    error = _text(r.error, MAX_TEXT)
+    if r.stats.transport not in TRANSPORTS:  # how the bytes travelled: one of a few words, never free text
+        r = replace(r, stats=replace(r.stats, transport="?"))
+    if skipped is r.skipped and error == r.error:
+        return r
+    return replace(r, error=error, skipped=skipped)
+
+
+def sync_statuses(statuses: list[SyncStatus]) -> list[SyncStatus]:
+    out = []
+    for st in statuses[:MAX_SYNC_STATUSES]:
+        out.append(replace(st, last_error=_text(st.last_error, MAX_TEXT), warning=_text(st.warning, MAX_TEXT),
+                           lag=_clamp(st.lag, 0.0, MAX_TIME), last_error_at=_clamp(st.last_error_at, 0.0, MAX_TIME),
+                           last_shipped_at=_clamp(st.last_shipped_at, 0.0, MAX_TIME)))
+    return out
+
+
+def _clamp(v: float, lo: float, hi: float) -> float:
+    return lo if math.isnan(v) else min(max(v, lo), hi)
+
+
+def _text(s: str, limit: int) -> str:
+    """At most ``limit`` characters, non-printable ones (controls, bidi overrides) replaced by '?'."""
+    s = s[:limit]
+    return s if s.isprintable() else "".join(c if c.isprintable() else "?" for c in s)
+
+
+def _label(s: str) -> str:
+    return _text(s, MAX_LABEL)
+
+
+def _disk_usage_ok(d: DiskUsage) -> bool:
+    return (len(d.path) <= 4096 and max(d.total, d.used, d.free) <= MAX_DISK and 0.0 <= d.percent <= 100.0
+            and _label(d.device) == d.device)
+
+
+def _disk_usage(d: DiskUsage) -> DiskUsage:
+    return DiskUsage(d.path, min(d.total, MAX_DISK), min(d.used, MAX_DISK), min(d.free, MAX_DISK),
+                     _clamp(d.percent, 0.0, 100.0), _label(d.device))
+
+
+def _disk_io_ok(d: DiskIO) -> bool:
+    return (_label(d.device) == d.device and 0 <= d.read_bps <= MAX_RATE and 0 <= d.write_bps <= MAX_RATE
+            and 0 <= d.busy_percent <= 100)
+
+
+def _nic_ok(n: NetIO) -> bool:
+    return (_label(n.interface) == n.interface and 0 <= n.recv_bps <= MAX_RATE and 0 <= n.sent_bps <= MAX_RATE
+            and n.speed_mbps <= MAX_SPEED_MBPS)
+
