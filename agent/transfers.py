@@ -10,7 +10,6 @@ import collections
 import contextlib
 import errno
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,11 +19,11 @@ from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
-from zcrepl.agent.transfer.jobdirs import check_destination, open_source
+from zcrepl.agent.transfer.jobdirs import check_destination, no_space, open_source
 from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.local import LocalCopy, log_local
-from zcrepl.agent.transfer.partial import PartialArea
+from zcrepl.agent.transfer.partial import drop_partials
 from zcrepl.agent.transfer.peer import Binding, resolve
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
@@ -239,7 +238,7 @@ class Transfers:
                 kept = self._kept.pop((order.job_id, order.attempt), None)
                 self._discarded.add((order.job_id, order.attempt))
             if kept is not None:
-                self._drop_partials(*kept)
+                drop_partials(*kept)
         if self.tickets.revoke(order.job_id, order.attempt):
             self._forget((order.job_id, order.attempt, Role.RECEIVER))
         self.data.abort(order.job_id, order.attempt)
@@ -399,7 +398,7 @@ class Transfers:
                 msg = (f"nothing arrived for {self.io_timeout:g}s (io_timeout); check the network between "
                        f"{order.source_host} and {self.host}, the job is retried")
             elif isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-                msg, retryable = self._no_space(session, root, str(err.strerror)), False
+                msg, retryable = no_space(session.writer, root, str(err.strerror)), False
             elif isinstance(err, OSError):
                 msg = err.strerror or str(err)
             else:
@@ -420,7 +419,7 @@ class Transfers:
                         while len(self._kept) > 64:
                             self._kept.popitem(last=False)
                 if discard:
-                    self._drop_partials(*kept)
+                    drop_partials(*kept)
             stats = session.stats() if session.writer is not None else TransferStats()
             where = f"{label} <- {order.source_host}"
             self._fail(order.job_id, order.attempt, Role.RECEIVER,
@@ -431,7 +430,7 @@ class Transfers:
         assert session.writer is not None
         if stats.errors and session.writer.no_space:
             why = f"{stats.errors} entries failed; first: {session.writer.first_error}"
-            self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: {self._no_space(session, root, why)}",
+            self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: {no_space(session.writer, root, why)}",
                        retryable=False, stats=stats)
             return
         if stats.errors:
@@ -441,41 +440,12 @@ class Transfers:
             return
         # Whatever is left in the partial area belongs to files this tree no longer needs: deleted at the
         # source, or replaced by a newer version that arrived whole.
-        self._drop_partials(root, rel, None)
+        drop_partials(root, rel, None)
         log.info("receive done", extra=kv(job=order.job_id, attempt=order.attempt, files=stats.files_done,
                                           bytes=stats.bytes_done, skipped=stats.files_skipped,
                                           transport=stats.transport, source=ch.peer.address if ch.peer else "",
                                           deleted=stats.deleted, seconds=round(time.monotonic() - t0, 3)))
         self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE, stats))
-
-    @staticmethod
-    def _no_space(session: ReceiveSession, root: SafeRoot, why: str) -> str:
-        """The destination's filesystem is full: what the job still had to write (at least: the manifest may not
-        have been complete) against what is free."""
-        w, pending, free = session.writer, 0, 0
-        if w is not None:
-            pending = sum(e.size for e in w.needed.values()) + sum(s.total - s.got for s in w.slots.values())
-        with contextlib.suppress(OSError):
-            vfs = os.fstatvfs(root.fd)
-            free = vfs.f_bavail * vfs.f_frsize
-        return (f"the filesystem is full: at least {pending:,} more bytes to write and {free:,} free; free some "
-                f"space or choose another destination ({why})")
-
-    @staticmethod
-    def _drop_partials(export: SafeRoot, rel: tuple[bytes, ...], relpaths: list[bytes] | None) -> None:
-        """Drop these partials of the destination (all of them: None)."""
-        try:
-            root = SafeRoot.from_fd(export.open_dir(rel), export.path)
-        except (OSError, UnsafePath):
-            return
-        try:
-            area = PartialArea(root)
-            if relpaths is None:
-                area.sweep(max_age=-1.0)
-            else:
-                area.drop(relpaths)
-        finally:
-            root.close()
 
     def _forget(self, key: tuple[int, int, Role]) -> None:
         with self._lock:

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from zcrepl.controller import fence, lifecycle
 from zcrepl.controller.dataplane import DataPlane
+from zcrepl.controller.faults import Faults
 from zcrepl.controller.links import LinkTracker
 from zcrepl.controller.pacing import THROTTLE_EVERY, Pacing
 from zcrepl.controller.policy import (
@@ -55,7 +56,7 @@ from zcrepl.core.types import (
 log = logging.getLogger(__name__)
 
 
-class Engine(Pacing):
+class Engine(Pacing, Faults):
     def __init__(self, config: ControllerConfig, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = store
@@ -375,21 +376,6 @@ class Engine(Pacing):
                 if d.reason:
                     self._decide(job.id, DecisionKind.WAIT, d.reason)
 
-    def _schedule_failed(self, job: Job, err: Exception) -> None:
-        """Scheduling ``job`` raised: it stays queued as it was, the failure is logged and explained against it,
-        and the pass goes on with the other jobs."""
-        log.exception("scheduling a job failed", extra=kv(job=job.id))
-        why = f"waiting: scheduling this job failed ({err!r}); tried again next pass (see the controller log)"
-        run = self.runs.pop(job.id, None)
-        job = self.jobs[job.id] = replace(job, wait_reason=why)
-        if run is not None:
-            self._cancel_sides(job, run, "scheduling this job failed")
-        try:
-            self.store.save_job(job)
-            self._decide(job.id, DecisionKind.WAIT, why)
-        except Exception:
-            log.exception("recording a scheduling failure failed", extra=kv(job=job.id))
-
     def _replicas(self, job: Job, done_by_group: dict[int, list[Endpoint]]) -> list[Endpoint]:
         """Where a fan-out job may read from: finished siblings best first (``policy.rank_sources``: the
         link's measured throughput to this destination, the sibling's load, its recent failures), then the
@@ -505,33 +491,6 @@ class Engine(Pacing):
             s = self.registry.session(host)
             if s is not None:
                 s.outbox.put_nowait(CancelOrder(job.id, run.attempt, reason, discard))
-
-    def _host_lost(self, name: str, why: str) -> None:
-        """``name`` went offline: its attempts are held for it (fence.py), or failed without a grace."""
-        now, grace = self.clock(), self.config.attempt_grace
-        for job_id, run in list(self.runs.items()):
-            job = self.jobs[job_id]
-            if name not in (run.source.host, job.destination.host):
-                continue
-            if fence.holds(run, job, name) and fence.hold(run, name, now, grace):
-                self._decide(job_id, DecisionKind.WAIT, f"{name} went offline during attempt {run.attempt} "
-                             f"({why}); the attempt is held for up to {grace:g}s, since its agents may still be "
-                             "running it: no other attempt starts meanwhile", every=True)
-                log.warning("attempt held", extra=kv(job=job_id, attempt=run.attempt, agent=name, grace=grace))
-            else:
-                self._fail_run(job_id, f"{name} went offline during the transfer ({why})", True, run.progress)
-
-    def _rejoined(self, name: str, active: set[tuple[int, int]]) -> None:
-        """``name`` registered (again): its held attempts carry on if it still runs them, else they failed."""
-        for job_id, run in list(self.runs.items()):
-            lost = name in run.lost_hosts
-            why = fence.rejoin(run, self.jobs[job_id], name, active)
-            if why:
-                self._fail_run(job_id, why, True, run.progress)
-            elif lost:
-                self._decide(job_id, DecisionKind.RESUME, f"{name} is back and still runs attempt {run.attempt}: "
-                             "it carries on", every=True)
-                log.info("held attempt carries on", extra=kv(job=job_id, attempt=run.attempt, agent=name))
 
     def _settle(self, job: Job) -> None:
         self.store.save_job(job)

@@ -1,9 +1,12 @@
-"""The directories a job reads from and writes to, checked before anything is read or written."""
+"""The directories a job reads from and writes to: checked before anything is read or written, and what to say
+when the destination's filesystem is full."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
+from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.core.errors import InvalidPath, UnsafePath
 from zcrepl.core.paths import show
@@ -35,3 +38,16 @@ def check_destination(root: SafeRoot, rel: tuple[bytes, ...], label: str) -> Non
         except UnsafePath as err:
             raise InvalidPath(f"{label} passes through a symlink; name the real directory instead") from err
         os.close(fd)
+
+
+def no_space(writer: TreeWriter | None, root: SafeRoot, why: str) -> str:
+    """The destination's filesystem is full: what the job still had to write (at least: the manifest may not have
+    been complete yet) against what is free."""
+    pending = free = 0
+    if writer is not None:
+        pending = sum(e.size for e in writer.needed.values()) + sum(s.total - s.got for s in writer.slots.values())
+    with contextlib.suppress(OSError):
+        vfs = os.fstatvfs(root.fd)
+        free = vfs.f_bavail * vfs.f_frsize
+    return (f"the filesystem is full: at least {pending:,} more bytes to write and {free:,} free; free some space "
+            f"or choose another destination ({why})")

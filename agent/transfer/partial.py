@@ -20,6 +20,7 @@ import xxhash
 
 from zcrepl.agent.transfer.atomic import AtomicFile
 from zcrepl.agent.transfer.saferoot import SafeRoot, temp_name, writer_gone
+from zcrepl.core.errors import UnsafePath
 
 AREA = b".zc.partial"
 RESUME_MIN = 8 << 20  # smaller files are simply sent again
@@ -250,3 +251,19 @@ class PartialArea:
         for suffix in (b".part", b".json"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(key + suffix, dir_fd=dfd)
+
+
+def drop_partials(export: SafeRoot, rel: tuple[bytes, ...], relpaths: list[bytes] | None) -> None:
+    """Drop these partials of the destination ``rel`` of ``export`` (all of them: None)."""
+    try:
+        root = SafeRoot.from_fd(export.open_dir(rel), export.path)
+    except (OSError, UnsafePath):
+        return
+    try:
+        area = PartialArea(root)
+        if relpaths is None:
+            area.sweep(max_age=-1.0)
+        else:
+            area.drop(relpaths)
+    finally:
+        root.close()
