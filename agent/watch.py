@@ -48,15 +48,14 @@ Gotchas:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import logging
 import os
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from watchdog.events import (
     EVENT_TYPE_ATTRIB,
@@ -64,13 +63,13 @@ from watchdog.events import (
     EVENT_TYPE_CREATED,
     EVENT_TYPE_DELETED,
     EVENT_TYPE_MODIFIED,
-    FileSystemEvent,
-    FileSystemMovedEvent,
+    EVENT_TYPE_MOVED,
 )
 
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.watch_coalesce import REPLAY_MARGIN, ChangeSet, Coalescer, is_ignored
-from zcrepl.agent.watch_inotify import EVENT_FILTER, JOIN_TIMEOUT, WatchFD, WatchHandler, WatchObserver
+from zcrepl.agent.watch_echo import Echoes
+from zcrepl.agent.watch_inotify import EVENT_FILTER, JOIN_TIMEOUT, NO_HANDLER, Raw, WatchFD, WatchObserver
 from zcrepl.agent.watch_poll import Polled, Poller, Sig, list_signatures
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import kv
@@ -83,14 +82,11 @@ log = logging.getLogger(__name__)
 ChangesFn = Callable[[ChangeSet], None]
 WarnFn = Callable[[str], None]
 
-@dataclass(slots=True)
-class _Echo:
-    ino: int
-    mtime_ns: int
-    size: int
-    expires: float
-    seen: tuple[int, int, int, int] | None = None  # (mode, uid, gid, ctime_ns) when first suppressed
-
+BURST_EVENTS = 100
+"""Events within one window that make a burst (100 in 50 ms: some 1,000 files a second, each created, written
+and closed); see ``TreeWatcher._burst_hold``."""
+BURST_HOLD = 1.0
+"""The longest a burst holds back shipping, from its oldest pending change (seconds)."""
 
 class TreeWatcher:
     """Watches ``root`` recursively and calls ``on_changes`` with coalesced :class:`ChangeSet` batches.
@@ -101,6 +97,9 @@ class TreeWatcher:
     ``quiet``: how long a file still being written must see no event before it is shipped (with
     ``close_settles`` a writer's close ends that wait at once); ``max_batch``: most items in one set;
     ``replay_margin``: how late events may arrive (see :data:`~zcrepl.agent.watch_coalesce.REPLAY_MARGIN`).
+    While a burst goes on (``burst_events`` events within one window), nothing is released until the writer
+    pauses for a window or the oldest pending change is ``burst_hold`` seconds old: the writer does not
+    compete with the shipping of its own files.
     For that long after a reconciliation a rename is shipped as a delete plus an upsert of its content, and
     for that long after a path was shipped, renaming it also re-upserts it under the new name.
     """
@@ -120,6 +119,8 @@ class TreeWatcher:
         echo_ttl: float = 30.0,
         max_pending: int = 1_000_000,
         replay_margin: float = REPLAY_MARGIN,
+        burst_events: int = BURST_EVENTS,
+        burst_hold: float = BURST_HOLD,
     ) -> None:
         if max_batch < 1 or poll_interval <= 0 or echo_ttl <= 0:
             raise ValueError("max_batch must be >= 1, poll_interval and echo_ttl > 0")
@@ -130,16 +131,17 @@ class TreeWatcher:
         self._on_changes = on_changes
         self._on_warning = on_warning or _log_warning
         self._clock = clock
-        self._echo_ttl = echo_ttl
+        self._quiet = quiet
+        self._burst_events = burst_events
+        self._burst_hold_max = burst_hold
+        self._recent: deque[tuple[float, int]] = deque()  # (stamp, events) of recent batches: burst detection
         self._co = Coalescer(window=window, quiet=quiet, close_settles=close_settles, max_pending=max_pending,
                              replay_margin=replay_margin)
         self._cond = threading.Condition()  # guards _co, _inbox, _stopping
-        self._inbox: list[tuple[float, FileSystemEvent | Polled]] = []
+        self._inbox: list[tuple[float, list[Raw] | Polled]] = []  # batches from the emitter, and polled changes
         self._stopping = False
         self._started = False
-        self._echo_lock = threading.Lock()
-        self._echo: dict[bytes, _Echo] = {}
-        self._echo_purged = 0.0
+        self._echoes = Echoes(echo_ttl, clock, self._lstat)
         self._poller = Poller(self.root, lambda: self._saferoot, self._rel, self._on_event, self._on_warning,
                               clock, poll_interval)
         self._saferoot: SafeRoot | None = None
@@ -206,8 +208,7 @@ class TreeWatcher:
         ``echo_ttl`` seconds. Limitation: a chmod/chown of ``rel`` within ``window`` of the apply is
         suppressed with it (the triple cannot see it).
         """
-        with self._echo_lock:
-            self._echo[rel] = _Echo(ino, mtime_ns, size, self._clock() + self._echo_ttl)
+        self._echoes.note(rel, ino, mtime_ns, size)
 
     def pending(self) -> int:
         """Changes seen but not yet handed to ``on_changes`` (including a pending rescan)."""
@@ -227,7 +228,9 @@ class TreeWatcher:
 
     def _start_observer(self) -> None:
         try:
-            fd = WatchFD(self._overflowed, self._limit_hit)
+            # merge: a quarter of quiet, so a file written non-stop is still held at least 3/4 of it after its
+            # last write; pace: a tenth of the window, which merges a burst anyway (see WatchFD).
+            fd = WatchFD(self._overflowed, self._limit_hit, merge=self._quiet / 4, pace=min(0.005, self._window / 10))
         except OSError as err:
             if err.errno != errno.EMFILE:
                 raise
@@ -235,9 +238,9 @@ class TreeWatcher:
                             "(e.g. sysctl -w fs.inotify.max_user_instances=1024)")
             return
         fd.start()
-        observer = WatchObserver(fd)
+        observer = WatchObserver(fd, self._on_batch)
         # A bytes path makes watchdog hand back bytes paths (typed str | Path, works with bytes).
-        observer.schedule(WatchHandler(self._on_event), self.root,  # type: ignore[arg-type]
+        observer.schedule(NO_HANDLER, self.root,  # type: ignore[arg-type]
                           recursive=True, event_filter=EVENT_FILTER)
         try:
             observer.start()
@@ -253,9 +256,15 @@ class TreeWatcher:
                          f"{self.poll_interval:g}s instead")
         self._poller.add(self.root, True, True)
 
-    def _on_event(self, event: FileSystemEvent | Polled) -> None:
+    def _on_event(self, event: Polled) -> None:
         with self._cond:
             self._inbox.append((self._clock(), event))
+            self._cond.notify()
+
+    def _on_batch(self, events: list[Raw]) -> None:
+        # One stamp, one lock and one wake-up for everything the emitter had ready.
+        with self._cond:
+            self._inbox.append((self._clock(), events))
             self._cond.notify()
 
     def _overflowed(self) -> None:
@@ -281,6 +290,7 @@ class TreeWatcher:
     # ----------------------------------------------------------------------------------------- coalescing thread
 
     def _run(self) -> None:
+        hold_until: float | None = None  # a burst is going on: nothing is released before then
         while True:
             with self._cond:
                 while True:
@@ -289,17 +299,27 @@ class TreeWatcher:
                     if self._inbox:
                         break
                     deadline = self._co.deadline()
+                    if deadline is not None and hold_until is not None:
+                        deadline = max(deadline, hold_until)
                     now = self._clock()
                     if deadline is not None and now >= deadline:
                         break
                     self._cond.wait(None if deadline is None else deadline - now)
                 batch, self._inbox = self._inbox, []
             for t, item in batch:
-                self._apply(t, item)
+                if isinstance(item, Polled):
+                    self._apply_polled(t, item)
+                else:
+                    self._apply(t, item)
+                    self._recent.append((t, len(item)))
             with self._cond:
                 now = self._clock()
                 deadline = self._co.deadline()
-                sets = self._co.take(now, self._max_batch) if deadline is not None and now >= deadline else []
+                sets: list[ChangeSet] = []
+                if deadline is not None and now >= deadline:
+                    hold_until = self._burst_hold(now)
+                    if hold_until is None:
+                        sets = self._co.take(now, self._max_batch)
             if sets and all(self._deliver(cs) for cs in sets):
                 with self._cond:
                     fresh = self._co.unconfirmed()
@@ -307,68 +327,100 @@ class TreeWatcher:
                 with self._cond:
                     self._co.shipped(self._clock(), gone)
 
-    def _apply(self, t: float, item: FileSystemEvent | Polled) -> None:
-        """Feed one event to the coalescer; scan a directory that is new to the destination (outside the lock)."""
+    def _burst_hold(self, now: float) -> float | None:
+        """While a burst goes on (``burst_events`` events or more within the last window), when to look again
+        before releasing anything; None when sets may go now. Shipping then waits for the writer to pause,
+        at most ``burst_hold`` seconds after the oldest pending change: a process writing the tree does not
+        compete with our own reading, sending and the destination's writing, which it would on a machine with
+        few cores; the burst then ships in a few large sets."""
+        recent, edge = self._recent, now - self._window
+        while recent and recent[0][0] < edge:
+            recent.popleft()
+        if sum(n for _, n in recent) < self._burst_events:
+            return None
+        oldest = self._co.oldest()
+        if oldest is None or now - oldest >= self._burst_hold_max:
+            return None
+        return min(now + self._window / 2, oldest + self._burst_hold_max)
+
+    def _apply(self, t: float, events: list[Raw]) -> None:
+        """Feed one batch from the emitter to the coalescer, under one lock. A directory that is new to the
+        destination is scanned outside the lock, right after the event that made it so."""
+        co, rel_of = self._co, self._rel
+        root_gone = False
+        scans: list[bytes] = []
+        self._cond.acquire()
+        try:
+            for kind, src, dst, is_dir in events:
+                if kind == EVENT_TYPE_MOVED:
+                    s, d = rel_of(src), rel_of(dst)
+                    if s is not None and d is not None:
+                        scans = co.moved(s, d, is_dir=is_dir, now=t)
+                    elif d is not None:
+                        scans = [d] if co.arrived(d, is_dir=is_dir, now=t) else []
+                    elif s is not None:
+                        co.deleted(s, is_dir=is_dir, now=t)
+                else:
+                    rel = rel_of(src)
+                    if rel is None:
+                        continue
+                    if kind == EVENT_TYPE_CREATED:
+                        co.created(rel, is_dir=is_dir, now=t, hot=not is_dir and self._is_regular(rel))
+                        scans = [rel] if is_dir else []
+                    elif kind == EVENT_TYPE_MODIFIED:
+                        co.modified(rel, is_dir=is_dir, now=t)
+                    elif kind == EVENT_TYPE_CLOSED:
+                        co.closed(rel, now=t)
+                    elif kind == EVENT_TYPE_ATTRIB:
+                        co.attrib(rel, is_dir=is_dir, now=t)
+                    elif kind == EVENT_TYPE_DELETED and rel == b"":
+                        root_gone = True
+                        co.request_rescan(t)
+                    elif kind == EVENT_TYPE_DELETED:
+                        co.deleted(rel, is_dir=is_dir, now=t)
+                if scans:
+                    self._cond.release()
+                    try:
+                        self._scan_into(scans, t)
+                    finally:
+                        self._cond.acquire()
+                    scans = []
+        finally:
+            self._cond.release()
+        if root_gone:
+            self._on_warning(f"the watched root {show(self.root)} was removed; nothing is watched any more: "
+                             "recreate it and restart the sync")
+
+    def _apply_polled(self, t: float, item: Polled) -> None:
         co = self._co
         scans: list[bytes] = []
-        if isinstance(item, Polled):
-            with self._cond:
-                if item.kind == "rescan":
-                    co.request_rescan(t)
-                elif item.kind == "created":
-                    co.created(item.rel, is_dir=item.is_dir, now=t, new=False)
-                    scans = [item.rel] if item.is_dir else []
-                elif item.kind == "deleted":
-                    co.deleted(item.rel, is_dir=item.is_dir, now=t)
-                else:
-                    co.modified(item.rel, is_dir=item.is_dir, now=t, hot=False)
-        elif isinstance(item, FileSystemMovedEvent):
-            src, dst = self._rel(item.src_path), self._rel(item.dest_path)
-            with self._cond:
-                if src is not None and dst is not None:
-                    scans = co.moved(src, dst, is_dir=item.is_directory, now=t)
-                elif dst is not None:
-                    scans = [dst] if co.arrived(dst, is_dir=item.is_directory, now=t) else []
-                elif src is not None:
-                    co.deleted(src, is_dir=item.is_directory, now=t)
-        else:
-            rel = self._rel(item.src_path)
-            if rel is None:
-                return
-            kind, is_dir = item.event_type, item.is_directory
-            if kind == EVENT_TYPE_DELETED and rel == b"":
-                self._on_warning(f"the watched root {show(self.root)} was removed; nothing is watched any "
-                                 "more: recreate it and restart the sync")
-                kind = "rescan"
-            hot = kind == EVENT_TYPE_CREATED and not is_dir and self._is_regular(rel)
-            with self._cond:
-                if kind == EVENT_TYPE_CREATED:
-                    co.created(rel, is_dir=is_dir, now=t, hot=hot)
-                    scans = [rel] if is_dir else []
-                elif kind == EVENT_TYPE_MODIFIED:
-                    co.modified(rel, is_dir=is_dir, now=t)
-                elif kind == EVENT_TYPE_CLOSED:
-                    co.closed(rel, now=t)
-                elif kind == EVENT_TYPE_ATTRIB:
-                    co.attrib(rel, is_dir=is_dir, now=t)
-                elif kind == EVENT_TYPE_DELETED:
-                    co.deleted(rel, is_dir=is_dir, now=t)
-                elif kind == "rescan":
-                    co.request_rescan(t)
-        # Content the destination lacks: a directory that appeared (watchdog may miss what is created in it
-        # before its watch exists), arrived, or was renamed while unknown to the destination.
-        for top in scans:
+        with self._cond:
+            if item.kind == "rescan":
+                co.request_rescan(t)
+            elif item.kind == "created":
+                co.created(item.rel, is_dir=item.is_dir, now=t, new=False)
+                scans = [item.rel] if item.is_dir else []
+            elif item.kind == "deleted":
+                co.deleted(item.rel, is_dir=item.is_dir, now=t)
+            else:
+                co.modified(item.rel, is_dir=item.is_dir, now=t, hot=False)
+        self._scan_into(scans, t)
+
+    def _scan_into(self, tops: list[bytes], t: float) -> None:
+        """Content the destination lacks: a directory that appeared (watchdog may miss what is created in it
+        before its watch exists), arrived, or was renamed while unknown to the destination."""
+        for top in tops:
             if is_ignored(top):
                 continue
             found = self._scan(top)
             if found:
                 with self._cond:
-                    co.listed(top, found, now=t)
+                    self._co.listed(top, found, now=t)
 
     def _deliver(self, cs: ChangeSet) -> bool:
         """Hand one set over; False if ``on_changes`` failed (then a rescan is pending instead)."""
         if cs.upserts:
-            cs = self._drop_echoes(cs)
+            cs = self._echoes.drop(cs)
             if not len(cs):
                 return True
         try:
@@ -381,32 +433,6 @@ class TreeWatcher:
         if cs.rescan:
             with self._cond:
                 self._co.reconciled(self._clock())
-        return True
-
-    def _drop_echoes(self, cs: ChangeSet) -> ChangeSet:
-        with self._echo_lock:
-            if not self._echo:
-                return cs
-            now = self._clock()
-            if now - self._echo_purged > self._echo_ttl / 2:
-                self._echo_purged = now
-                for rel in [r for r, e in self._echo.items() if e.expires < now]:
-                    del self._echo[rel]
-            drop = {rel for rel in cs.upserts if rel in self._echo and self._is_echo(rel, now)}
-        return dataclasses.replace(cs, upserts=cs.upserts - drop) if drop else cs
-
-    def _is_echo(self, rel: bytes, now: float) -> bool:
-        note = self._echo[rel]
-        st = self._lstat(rel) if note.expires >= now else None
-        if st is None or (st.st_ino, st.st_mtime_ns, st.st_size) != (note.ino, note.mtime_ns, note.size):
-            del self._echo[rel]
-            return False
-        seen = (st.st_mode, st.st_uid, st.st_gid, st.st_ctime_ns)
-        if note.seen is None:
-            note.seen = seen
-        elif note.seen != seen:
-            del self._echo[rel]
-            return False
         return True
 
     # ----------------------------------------------------------------------------------------- confined I/O

@@ -1,14 +1,42 @@
-"""watchdog glue for the tree watcher: surfaces what watchdog 7.1 only logs (inotify queue overflow) or
-swallows (ENOSPC from inotify_add_watch below the root), drops its synthetic events, and stops cleanly.
-See :mod:`zcrepl.agent.watch` for what the watcher does with these signals."""
+"""watchdog glue for the tree watcher: watchdog's inotify layer (``InotifyFD`` reads the kernel queue and keeps the
+watches, ``InotifyWatchGroup`` follows the tree and pairs moves), with a lean path from there to the watcher.
+
+What it surfaces that watchdog 7.1 only logs (inotify queue overflow) or swallows (ENOSPC from inotify_add_watch
+below the root) is described in :mod:`zcrepl.agent.watch`. What it leaves out, because a process writing the
+watched tree competes with every bit of Python work done per event (issue 11, item 5):
+
+- **reads in batches**: while events keep coming, the reader pauses ``pace`` seconds between reads, so one
+  read takes hundreds of events instead of waking three threads per event; everything after the read runs
+  on threads lowered to the transfers' CPU priority, so a writer competes with little more than the read;
+- **no per-event objects past the watch group**: watchdog's emitter builds one or two ``FileSystemEvent``
+  objects per event and hands each through a queue to its observer thread and our handler; here the emitter
+  thread takes every event that is ready in one go and hands the watcher one list of plain tuples
+  (:data:`Raw`), the observer thread idles, and ``DirModifiedEvent`` (which the watcher never used) is
+  never made;
+- **no IN_MODIFY storms**: a write to a file whose creation or last write went through less than ``merge``
+  seconds ago is dropped before anything is built for it (see :class:`WatchFD`).
+
+Everything else is watchdog's own code: watch bookkeeping, recursion into new directories, move pairing.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from watchdog.events import (
+    EVENT_TYPE_ATTRIB,
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CREATED,
+    EVENT_TYPE_DELETED,
+    EVENT_TYPE_MODIFIED,
+    EVENT_TYPE_MOVED,
     DirAttribEvent,
     DirCreatedEvent,
     DirDeletedEvent,
@@ -23,13 +51,31 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.inotify import InotifyFullEmitter
-from watchdog.observers.inotify_c import CallbackId, InotifyEvent, InotifyFD, Mask, WatchCallback, WatchDescriptor
+from watchdog.observers.inotify import InotifyFullEmitter, InotifyWatchGroup
+from watchdog.observers.inotify_c import (
+    DEFAULT_EVENT_BUFFER_SIZE,
+    CallbackId,
+    InotifyConstants,
+    InotifyEvent,
+    InotifyFD,
+    Mask,
+    WatchCallback,
+    WatchDescriptor,
+)
+from watchdog.observers.inotify_move_event_grouper import GroupedInotifyEvent, PathedInotifyEvent
+
+from zcrepl.agent import priority
 
 JOIN_TIMEOUT = 1.0
 
+Raw = tuple[str, bytes, bytes, bool]
+"""One event for the watcher: (watchdog's event type, source path, destination path, is a directory). A move
+with one side outside the tree (or in no watched directory) has ``b""`` there."""
+
+BatchFn = Callable[[list[Raw]], None]
+
 # Only what changes the tree: no IN_OPEN / IN_CLOSE_NOWRITE, so reading a file (our own shipper included)
-# costs no events. IN_ATTRIB comes with FileModifiedEvent in watchdog's mask table.
+# costs no events. It sets the inotify mask (watchdog's emitter derives it from these classes).
 EVENT_FILTER: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
     DirCreatedEvent,
@@ -43,14 +89,113 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
     FileClosedEvent,
 ]
 
+_C = InotifyConstants
+_MODIFY, _CREATE, _ISDIR, _OVERFLOW = _C.IN_MODIFY, _C.IN_CREATE, _C.IN_ISDIR, _C.IN_Q_OVERFLOW
+_ENDS_WRITING = _C.IN_CLOSE_WRITE | _C.IN_DELETE | _C.IN_MOVED_FROM | _C.IN_MOVED_TO
+_DIRISH = _C.IN_ISDIR | _C.IN_DELETE_SELF | _C.IN_MOVE_SELF  # watchdog's InotifyEvent.is_directory
+
 
 class WatchFD(InotifyFD):
-    """A private inotify instance that reports what watchdog only logs (overflow) or swallows (ENOSPC)."""
+    """A private inotify instance that reports what watchdog only logs (overflow) or swallows (ENOSPC), reads
+    in batches while events keep coming, and drops redundant IN_MODIFY events.
 
-    def __init__(self, on_overflow: Callable[[], None], on_limit: Callable[[bytes], None]) -> None:
+    ``merge``: an IN_MODIFY of a file is dropped when the last event let through for that name (in that
+    directory) was its IN_CREATE or an IN_MODIFY, less than ``merge`` seconds earlier. That event made the
+    watcher hold the file as *hot* (being written) until ``quiet`` passed without events, and ``merge`` is at
+    most ``quiet``: the held upsert is read after the dropped write happened, so nothing it wrote is missed; a
+    write ``merge`` later goes through again and restarts the wait. A close, delete or move of the name lets
+    the next write through at once. ``merge=0`` keeps every event.
+
+    ``pace``: after a read, when the previous one came less than ``pace`` seconds before, wait ``pace`` before
+    reading again (a burst then costs one read, one hand-over and one coalescing pass per ``pace``; a lone
+    change is read at once).
+
+    The reading thread only reads; parsing, merging and watchdog's handling run on a second thread, lowered
+    like the transfers (:meth:`_handle_backlog`). Both use watchdog 7's private ``_read_event_buffer`` and
+    ``_parse_event_buffer`` (the public ``read_events`` does both at once).
+    """
+
+    def __init__(self, on_overflow: Callable[[], None], on_limit: Callable[[bytes], None], *,
+                 merge: float = 0.0, pace: float = 0.0) -> None:
         self._zc_on_overflow = on_overflow
         self._zc_on_limit = on_limit
+        self._merge = merge
+        self._pace = pace
+        self._writing: dict[tuple[int, bytes], float] = {}  # (wd, name) -> when its last write went through
+        self._pruned = 0.0
+        self._backlog: deque[bytes | None] = deque()  # read, not yet handled (None: the reader ended)
+        self._backlog_cond = threading.Condition()
         super().__init__()
+
+    def run(self) -> None:
+        handler = threading.Thread(target=self._handle_backlog, name="zc-watch-handle", daemon=True)
+        handler.start()
+        try:
+            last = float("-inf")
+            while self.should_keep_running():
+                # Raw bytes only: the events are parsed and handled on the other thread.
+                buf = self._read_event_buffer(DEFAULT_EVENT_BUFFER_SIZE)
+                if buf:
+                    with self._backlog_cond:
+                        self._backlog.append(buf)
+                        self._backlog_cond.notify()
+                now = time.monotonic()
+                if buf and self._pace and now - last < self._pace:
+                    time.sleep(self._pace)  # a burst: let the kernel queue fill (16,384 events by default)
+                last = now
+        finally:
+            with self._backlog_cond:
+                self._backlog.append(None)
+                self._backlog_cond.notify()
+            handler.join(JOIN_TIMEOUT)
+
+    def _handle_backlog(self) -> None:
+        """watchdog's handling of what the reader read (watch bookkeeping, move pairing, our hooks), in order, on
+        a thread of its own at the priority of background work: a process writing the tree competes only with
+        the reader, which does nothing per event."""
+        priority.apply_to_this_thread()
+        while True:
+            with self._backlog_cond:
+                while not self._backlog:
+                    self._backlog_cond.wait()
+                buf = self._backlog.popleft()
+            if buf is None:
+                return
+            for event in self._events_of(buf):
+                self.handle_event(event)
+
+    def read_events(self, *, event_buffer_size: int = DEFAULT_EVENT_BUFFER_SIZE) -> list[InotifyEvent]:
+        """watchdog's interface (``run`` reads and parses on separate threads instead)."""
+        return self._events_of(self._read_event_buffer(event_buffer_size))
+
+    def _events_of(self, buf: bytes) -> list[InotifyEvent]:
+        """The events in one read, as watchdog's ``read_events`` makes them, less the IN_MODIFY merged away
+        (before an object is made for it)."""
+        now = time.monotonic()
+        writing, merge = self._writing, self._merge
+        kept = []
+        for wd, mask, cookie, name in InotifyFD._parse_event_buffer(buf):
+            if wd == -1 and not mask & _OVERFLOW:
+                continue  # watchdog drops the kernel's other global events too
+            if merge and not mask & _ISDIR:
+                key = (wd, name)
+                if mask & _MODIFY:
+                    since = writing.get(key)
+                    if since is not None and now - since < merge:
+                        continue
+                    writing[key] = now
+                elif mask & _CREATE:
+                    writing[key] = now
+                elif mask & _ENDS_WRITING:
+                    writing.pop(key, None)
+                elif mask & _OVERFLOW:
+                    writing.clear()
+            kept.append(InotifyEvent(wd, mask, cookie, name))
+        if writing and now - self._pruned > merge:  # files left open, or whose close was in a lost event
+            self._pruned = now
+            for stale in [k for k, since in writing.items() if now - since >= merge]:
+                del writing[stale]
+        return kept
 
     def handle_event(self, event: InotifyEvent) -> None:
         super().handle_event(event)  # for an overflow: watchdog re-adds the watches first
@@ -76,19 +221,169 @@ class WatchFD(InotifyFD):
             raise
 
 
-class WatchEmitter(InotifyFullEmitter):
-    """Full events (an unpaired move keeps an empty side, so a move-in is told from a create), minus the
-    synthetic ones."""
+class BatchGrouper:
+    """watchdog's ``InotifyMoveEventGrouper`` contract, read in batches.
 
-    def queue_event(self, event: FileSystemEvent) -> None:
-        if not event.is_synthetic:
-            super().queue_event(event)
+    An IN_MOVED_FROM is held ``delay`` seconds for its IN_MOVED_TO (same cookie), and everything queued behind
+    it waits with it, so event order is kept; a paired move is queued as one (from, to) item when its
+    IN_MOVED_TO comes. Unlike watchdog's queue, the reader is woken as soon as the pair is made rather than
+    at the end of the hold, and :meth:`read_batch` returns every item that is ready.
+    """
+
+    delay = 0.5
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[GroupedInotifyEvent, float]] = deque()  # (item, held until; 0.0 = not held)
+        self._closed = False
+
+    def put_event(self, event: PathedInotifyEvent) -> None:
+        with self._cond:
+            item: GroupedInotifyEvent = event
+            woke = not self._queue
+            if event.ev.is_moved_to:
+                i = self._index_of_moved_from(event.ev.cookie)
+                if i is not None:
+                    source = self._queue[i][0]
+                    del self._queue[i]
+                    item = (source, event)  # type: ignore[assignment]
+                    woke = woke or i == 0
+            self._queue.append((item, time.monotonic() + self.delay if event.ev.is_moved_from else 0.0))
+            if woke:  # a reader waits only on an empty queue or on a held head
+                self._cond.notify()
+
+    def get_queued_moved_from_event(self, cookie: int) -> PathedInotifyEvent | None:
+        with self._cond:
+            i = self._index_of_moved_from(cookie)
+            return None if i is None else self._queue[i][0]  # type: ignore[return-value]
+
+    def discard_pending_events(self) -> None:
+        with self._cond:
+            self._queue.clear()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def read_event(self) -> GroupedInotifyEvent | None:
+        """One item (watchdog's interface; the emitter here uses :meth:`read_batch`)."""
+        with self._cond:
+            while not self._closed:
+                wait = self._ready_in()
+                if wait <= 0:
+                    return self._queue.popleft()[0]
+                self._cond.wait(wait)
+            return None
+
+    def read_batch(self) -> list[GroupedInotifyEvent] | None:
+        """Every item ready now, in order (at least one: it blocks until then); None once closed."""
+        with self._cond:
+            while not self._closed:
+                wait = self._ready_in()
+                if wait <= 0:
+                    now, out, q = time.monotonic(), [], self._queue
+                    while q and q[0][1] <= now:
+                        out.append(q.popleft()[0])
+                    return out
+                self._cond.wait(wait)
+            return None
+
+    def _ready_in(self) -> float:
+        """0 or less when the head is ready; else how long to wait (an hour when empty: a put wakes us)."""
+        if not self._queue:
+            return 3600.0
+        return self._queue[0][1] - time.monotonic()
+
+    def _index_of_moved_from(self, cookie: int) -> int | None:
+        for i, (item, _) in enumerate(self._queue):
+            if isinstance(item, PathedInotifyEvent) and item.ev.is_moved_from and item.ev.cookie == cookie:
+                return i
+        return None
+
+
+class WatchGroup(InotifyWatchGroup):
+    """watchdog's watch group with :class:`BatchGrouper` in place of its move grouper."""
+
+    def __post_init__(self) -> None:
+        self._move_event_grouper = BatchGrouper()  # type: ignore[assignment]
+        super().__post_init__()
+
+    def read_batch(self) -> list[GroupedInotifyEvent] | None:
+        grouper: BatchGrouper = self._move_event_grouper  # type: ignore[assignment]
+        return grouper.read_batch()
+
+
+class WatchEmitter(InotifyFullEmitter):
+    """Hands the watcher every event that is ready as one list of :data:`Raw` tuples: the events
+    ``InotifyFullEmitter`` would emit through ``EVENT_FILTER``, minus its synthetic ones (a moved directory's
+    children, a moved-in directory's content: the watcher scans new directories itself)."""
+
+    def __init__(self, *args: Any, sink: BatchFn, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sink = sink
+
+    def on_thread_start(self) -> None:
+        # Background work like the shipping it feeds (which lowers the coalescing thread the same way): only the
+        # reader, which must drain the kernel queue before it overflows, keeps the agent's priority.
+        priority.apply_to_this_thread()
+        # InotifyEmitter.on_thread_start, with our group.
+        self._inotify = WatchGroup(self._inotify_fd, os.fsencode(self.watch.path),
+                                   is_recursive=self.watch.is_recursive, event_mask=self.get_event_mask_from_filter(),
+                                   follow_symlink=self.watch.follow_symlink)
+
+    def queue_events(self, timeout: float, *, full_events: bool = False) -> None:
+        with self._lock:
+            group = self._inotify
+        if not isinstance(group, WatchGroup):
+            return
+        batch = group.read_batch()
+        if not batch:
+            return
+        root = os.fsencode(self.watch.path)
+        out: list[Raw] = []
+        stop = False
+        for item in batch:
+            if not isinstance(item, PathedInotifyEvent):
+                source, target = item
+                out.append((EVENT_TYPE_MOVED, source.path, target.path, bool(source.ev.mask & _DIRISH)))
+                continue
+            mask, path = item.ev.mask, item.path
+            is_dir = bool(mask & _DIRISH)
+            # The order of InotifyEmitter.build_and_queue_event (full events); DirModifiedEvent is not wanted.
+            if mask & _C.IN_MOVED_TO:
+                out.append((EVENT_TYPE_MOVED, b"", path, is_dir))
+            elif mask & _C.IN_ATTRIB:
+                out.append((EVENT_TYPE_ATTRIB, path, b"", is_dir))
+            elif mask & _MODIFY:
+                if not is_dir:
+                    out.append((EVENT_TYPE_MODIFIED, path, b"", False))
+            elif mask & _C.IN_DELETE:
+                out.append((EVENT_TYPE_DELETED, path, b"", is_dir))
+            elif mask & _C.IN_MOVED_FROM:
+                out.append((EVENT_TYPE_MOVED, path, b"", is_dir))
+            elif mask & _CREATE:
+                out.append((EVENT_TYPE_CREATED, path, b"", is_dir))
+            elif mask & _C.IN_DELETE_SELF and path == root:
+                out.append((EVENT_TYPE_DELETED, path, b"", is_dir))
+                stop = True
+            elif not is_dir and mask & _C.IN_CLOSE_WRITE:
+                out.append((EVENT_TYPE_CLOSED, path, b"", False))
+        with self._lock:
+            if self._inotify is None:
+                return  # stopped meanwhile
+        if out:
+            self._sink(out)
+        if stop:
+            self.stop()
 
 
 class WatchObserver(BaseObserver):
-    def __init__(self, fd: WatchFD) -> None:
+    """Owns the emitter thread and stops the reader with it; its own dispatch thread gets no events."""
+
+    def __init__(self, fd: WatchFD, sink: BatchFn) -> None:
         self._fd = fd
-        super().__init__(WatchEmitter, inotify_fd=fd)
+        super().__init__(WatchEmitter, inotify_fd=fd, sink=sink)
 
     def on_thread_stop(self) -> None:
         super().on_thread_stop()
@@ -97,9 +392,5 @@ class WatchObserver(BaseObserver):
             self._fd.join(JOIN_TIMEOUT)
 
 
-class WatchHandler(FileSystemEventHandler):
-    def __init__(self, sink: Callable[[FileSystemEvent], None]) -> None:
-        self._sink = sink
-
-    def dispatch(self, event: FileSystemEvent) -> None:
-        self._sink(event)
+NO_HANDLER = FileSystemEventHandler()
+"""The observer wants a handler per watch; events go to the emitter's sink instead."""

@@ -1,7 +1,7 @@
 """Continuous replication latency: zcrepl watch rules vs lsyncd, on the same changes, on this machine.
 
     python bench/watch.py [--changes 200] [--interval 0.05] [--burst 10000] [--runs 3] [--skip-lsyncd]
-                          [--skip-syncthing]
+                          [--skip-syncthing] [--burst-only] [--floor]
 
 Two measurements per tool:
 
@@ -10,7 +10,8 @@ Two measurements per tool:
   the file on the source to the moment the destination's final rename (``IN_MOVED_TO``) of that name is
   seen through inotify (both zcrepl and rsync write a temp file and rename it into place).
 - **burst**: ``--burst`` small files created as fast as Python can, in 10 directories; the time from the
-  first create until the destination holds all of them.
+  first create until the destination holds all of them, and how long the writer itself took, beside the
+  same writer on a tree no rule watches (same file system, right before; issue 11 item 5: at most 1.3x).
 
 lsyncd runs with its default settings (``default.rsync``: a 15 s delay, up to 1000 events per batch) and,
 as a second row, with ``delay = 0``; Syncthing (two instances on loopback, see ``syncthing.py``) with its
@@ -120,14 +121,27 @@ def latency_run(src: Path, dst: Path, changes: int, interval: float, timeout: fl
     return {"latencies_ms": lat, "lost": changes - len(lat)}
 
 
-def burst_run(src: Path, dst: Path, files: int, timeout: float) -> dict[str, Any]:
-    dirs = 10
+def write_burst(src: Path, files: int, dirs: int = 10) -> float:
+    """The writer: ``files`` small files in ``dirs`` new directories, as fast as Python goes; its seconds."""
     t0 = time.monotonic()
     for d in range(dirs):
         (src / f"burst{d}").mkdir()
         for i in range(files // dirs):
             (src / f"burst{d}" / f"f{i:05d}").write_bytes(b"%d %d\n" % (d, i))
-    written = time.monotonic() - t0
+    return time.monotonic() - t0
+
+
+def burst_run(src: Path, dst: Path, files: int, timeout: float, unwatched: Path,
+              converge: bool = True) -> dict[str, Any]:
+    dirs = 10
+    unwatched.mkdir(parents=True)
+    os.sync()
+    alone = write_burst(unwatched, files, dirs)  # the same writer where no rule watches, just before
+    os.sync()
+    t0 = time.monotonic()
+    written = write_burst(src, files, dirs)
+    if not converge:
+        return {"write_s": written, "unwatched_write_s": alone, "converge_s": None}
     deadline = t0 + timeout
     while True:
         n = 0
@@ -137,9 +151,9 @@ def burst_run(src: Path, dst: Path, files: int, timeout: float) -> dict[str, Any
             except FileNotFoundError:
                 pass
         if n >= files:
-            return {"write_s": written, "converge_s": time.monotonic() - t0}
+            return {"write_s": written, "unwatched_write_s": alone, "converge_s": time.monotonic() - t0}
         if time.monotonic() > deadline:
-            return {"write_s": written, "converge_s": None, "arrived": n}
+            return {"write_s": written, "unwatched_write_s": alone, "converge_s": None, "arrived": n}
         time.sleep(0.02)
 
 
@@ -172,6 +186,48 @@ class Zcrepl:
         self.cluster.stop()
 
 
+_FLOOR = """
+import ctypes, ctypes.util, os, struct, sys
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+fd = libc.inotify_init1(os.O_CLOEXEC)
+mask = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400  # what watchdog's mask holds here
+wds = {}
+def add(path):
+    wd = libc.inotify_add_watch(fd, path, mask)
+    if wd >= 0:
+        wds[wd] = path
+add(os.fsencode(sys.argv[1]))
+open(sys.argv[2], "w").write("{}")  # the ready file Daemon waits for
+event = struct.Struct("iIII")
+while True:
+    buf = os.read(fd, 1 << 16)
+    off = 0
+    while off < len(buf):  # only to follow new directories, as any recursive watcher must
+        wd, m, _cookie, n = event.unpack_from(buf, off)
+        if m & 0x40000100 == 0x40000100 and wd in wds:  # IN_ISDIR | IN_CREATE
+            add(wds[wd] + b"/" + buf[off + 16: off + 16 + n].rstrip(b"\\0"))
+        off += 16 + n
+"""
+
+
+class InotifyFloor:
+    """Not a tool: the floor under any inotify-based one. A process that watches the tree (and each new directory)
+    with inotify and reads the events, doing nothing else with them; the writer then pays only the kernel's
+    side of inotify (queueing each event in its own system calls, waking the reader) and the reader's CPU."""
+
+    name = "floor: inotify reader that does nothing"
+
+    def __init__(self, run: Path, src: Path, dst: Path) -> None:
+        self.daemon = Daemon("inotify-floor", [sys.executable, "-c", _FLOOR, str(src), str(run / "floor.ready")],
+                             run / "floor.log", run / "floor.ready")
+
+    def start(self) -> None:
+        self.daemon.start()
+
+    def stop(self) -> None:
+        self.daemon.stop()
+
+
 class Lsyncd:
     def __init__(self, run: Path, src: Path, dst: Path, delay: float | None) -> None:
         self.name = "lsyncd (default: delay 15 s)" if delay is None else f"lsyncd (delay = {delay:g})"
@@ -202,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip-lsyncd", action="store_true")
     ap.add_argument("--skip-syncthing", action="store_true")
+    ap.add_argument("--burst-only", action="store_true", help="skip the latency measurement")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time the burst writer under an inotify reader that does nothing (burst only)")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
     args = ap.parse_args(argv)
     if not args.skip_lsyncd and shutil.which("lsyncd") is None:
@@ -210,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="zc-watch-", dir=args.work))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     tools: list[Any] = [("zcrepl", None)]
+    if args.floor:
+        tools.append(("floor", None))
     if not args.skip_lsyncd:
         tools += [("lsyncd", None), ("lsyncd", 0)]
     if not args.skip_syncthing:
@@ -229,37 +290,50 @@ def main(argv: list[str] | None = None) -> int:
                 src.mkdir(parents=True)
                 dst.mkdir(parents=True)
                 tool = (Zcrepl(run, src, dst) if kind == "zcrepl" else Lsyncd(run, src, dst, delay) if kind == "lsyncd"
-                        else Syncthing(run, src, dst, delay))
+                        else InotifyFloor(run, src, dst) if kind == "floor" else Syncthing(run, src, dst, delay))
                 name = tool.name
-                tool.start()
+                try:
+                    tool.start()
+                except BaseException:
+                    tool.stop()  # what did start (zcrepl's controller, say) must not outlive the benchmark
+                    raise
                 try:
                     lat_timeout = 60.0 if kind == "zcrepl" or delay == 0 else 120.0
-                    lat = latency_run(src, dst, args.changes, args.interval, lat_timeout)
-                    burst = burst_run(src, dst, args.burst, 300.0)
+                    changes = 0 if args.burst_only or kind == "floor" else args.changes
+                    lat = latency_run(src, dst, changes, args.interval, lat_timeout)
+                    burst = burst_run(src, dst, args.burst, 300.0, run / "unwatched", converge=kind != "floor")
                 finally:
                     tool.stop()
                 runs.append({"latency": lat, "burst": burst})
                 ls = lat["latencies_ms"]
                 print(f"{name} run {r + 1}: p50 {pct(ls, 0.5):.1f} ms, p99 {pct(ls, 0.99):.1f} ms, "
-                      f"lost {lat['lost']}, burst {burst['converge_s']}", flush=True)
+                      f"lost {lat['lost']}, burst {burst['converge_s']}, writer {burst['write_s']:.3f} s "
+                      f"(unwatched {burst['unwatched_write_s']:.3f} s)", flush=True)
             p50s = [pct(x["latency"]["latencies_ms"], 0.5) for x in runs]
             p99s = [pct(x["latency"]["latencies_ms"], 0.99) for x in runs]
             bursts = [x["burst"]["converge_s"] for x in runs if x["burst"]["converge_s"] is not None]
+            writes = [x["burst"]["write_s"] for x in runs]
+            alone = [x["burst"]["unwatched_write_s"] for x in runs]
             rows.append({"tool": name, "p50_ms": statistics.median(p50s), "p99_ms": statistics.median(p99s),
                          "max_ms": max(max(x["latency"]["latencies_ms"] or [0]) for x in runs),
                          "lost": sum(x["latency"]["lost"] for x in runs),
-                         "burst_s": statistics.median(bursts) if bursts else None, "runs": runs})
+                         "burst_s": statistics.median(bursts) if bursts else None,
+                         "write_s": statistics.median(writes), "unwatched_write_s": statistics.median(alone),
+                         "runs": runs})
     finally:
         shutil.rmtree(base, ignore_errors=True)
     lines = [f"# watch latency, {stamp}", "",
              f"{args.changes} changes of 4 KiB, one every {args.interval * 1000:.0f} ms; burst of {args.burst} "
              f"files; medians of {args.runs} runs.", "",
-             "| tool | p50 latency | p99 latency | max | lost | burst converged |",
-             "|---|---|---|---|---|---|"]
+             "| tool | p50 latency | p99 latency | max | lost | burst converged | burst writer (unwatched) |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
-        burst = f"{row['burst_s']:.2f} s" if row["burst_s"] is not None else "did not converge"
+        burst = (f"{row['burst_s']:.2f} s" if row["burst_s"] is not None
+                 else "-" if row["tool"].startswith("floor") else "did not converge")
+        writer = (f"{row['write_s']:.2f} s ({row['unwatched_write_s']:.2f} s, "
+                  f"{row['write_s'] / row['unwatched_write_s']:.2f}x)")
         lines.append(f"| {row['tool']} | {row['p50_ms']:.1f} ms | {row['p99_ms']:.1f} ms | {row['max_ms']:.0f} ms "
-                     f"| {row['lost']} | {burst} |")
+                     f"| {row['lost']} | {burst} | {writer} |")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"watch-{stamp}.md").write_text("\n".join(lines) + "\n")
     (RESULTS / f"watch-{stamp}.json").write_text(json.dumps(rows, indent=1))

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from zcrepl.core.errors import Unavailable
-from zcrepl.core.synctypes import SyncRule
 from zcrepl.core.trust import Trust
 from zcrepl.core.types import AgentStatus, Endpoint, Job, JobOptions, JobState
 from zcrepl.proto import controller_pb2 as cpb
-from zcrepl.proto import controller_pb2_grpc, security_pb2, security_pb2_grpc
+from zcrepl.proto import controller_pb2_grpc
 from zcrepl.proto import sync_pb2 as spb
 from zcrepl.proto.channels import channel
 from zcrepl.proto.convert import (
@@ -27,7 +26,10 @@ from zcrepl.proto.convert import (
     state_to_pb,
 )
 from zcrepl.proto.errors import from_rpc_error
-from zcrepl.proto.syncconvert import rule_from_pb
+
+if TYPE_CHECKING:
+    from zcrepl.core.synctypes import SyncRule
+    from zcrepl.proto import security_pb2
 
 R = TypeVar("R")
 
@@ -38,7 +40,7 @@ class ControllerClient:
         self.timeout = timeout
         self._channel = channel(target, trust)
         self._stub = controller_pb2_grpc.ControllerStub(self._channel)
-        self._security = security_pb2_grpc.SecurityStub(self._channel)
+        self._security_stub: Any = None
 
     def close(self) -> None:
         self._channel.close()
@@ -48,6 +50,15 @@ class ControllerClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def _security(self) -> Any:
+        # The Security service's descriptors load only for the certificate commands.
+        if self._security_stub is None:
+            from zcrepl.proto import security_pb2_grpc
+
+            self._security_stub = security_pb2_grpc.SecurityStub(self._channel)
+        return self._security_stub
 
     def _call(self, fn: Callable[..., R], request: object) -> R:
         try:
@@ -91,30 +102,44 @@ class ControllerClient:
         """Forget an offline agent; Conflict while it is online or named by queued jobs or watch rules."""
         return agent_status_from_pb(self._call(self._stub.RemoveAgent, cpb.AgentRef(name=name)))
 
-    # -- watch rules --------------------------------------------------------------------------------
+    # -- watch rules (their domain types load with the first call) ---------------------------------------
     def create_sync(self, src: Endpoint, dsts: list[Endpoint], options: JobOptions, window: float = 0.0,
                     quiet: float = 0.0) -> SyncRule:
         req = spb.CreateSyncRequest(source=endpoint_to_pb(src), destinations=[endpoint_to_pb(d) for d in dsts],
                                     options=options_to_pb(options), window=window, quiet=quiet)
+        from zcrepl.proto.syncconvert import rule_from_pb
+
         return rule_from_pb(self._call(self._stub.CreateSync, req))
 
     def syncs(self) -> list[SyncRule]:
+        from zcrepl.proto.syncconvert import rule_from_pb
+
         return [rule_from_pb(r) for r in self._call(self._stub.ListSyncs, spb.ListSyncsRequest()).rules]
 
     def sync_action(self, action: str, rule_id: int) -> SyncRule:
         """``pause``, ``resume`` or ``remove`` one rule."""
+        from zcrepl.proto.syncconvert import rule_from_pb
+
         fn = {"pause": self._stub.PauseSync, "resume": self._stub.ResumeSync, "remove": self._stub.RemoveSync}[action]
         return rule_from_pb(self._call(fn, spb.SyncRef(id=rule_id)))
 
     # -- certificates ---------------------------------------------------------------------------------
     def create_token(self, agent: str, ttl: float = 0.0) -> security_pb2.JoinToken:
-        return self._call(self._security.CreateJoinToken, security_pb2.JoinTokenRequest(agent=agent, ttl=ttl))
+        from zcrepl.proto import security_pb2
+
+        tok: security_pb2.JoinToken = self._call(self._security.CreateJoinToken,
+                                                 security_pb2.JoinTokenRequest(agent=agent, ttl=ttl))
+        return tok
 
     def revoke(self, name: str = "", serial: str = "") -> list[tuple[str, str, float]]:
+        from zcrepl.proto import security_pb2
+
         resp = self._call(self._security.RevokeCertificate, security_pb2.RevokeRequest(name=name, serial=serial))
         return [(r.serial, r.name, r.revoked_at) for r in resp.revoked]
 
     def revoked(self) -> list[tuple[str, str, float]]:
+        from zcrepl.proto import security_pb2
+
         resp = self._call(self._security.ListRevoked, security_pb2.ListRevokedRequest())
         return [(r.serial, r.name, r.revoked_at) for r in resp.revoked]
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from zcrepl.core.errors import ConfigError, UserError
-from zcrepl.core.identity import ROLES
-from zcrepl.core.trust import TlsPaths, Trust, load_material
+from zcrepl.core.wellknown import ROLES
+
+if TYPE_CHECKING:  # the parser is built for every command, --help included: these load when used
+    from zcrepl.controller.ctl_out import Out
+    from zcrepl.core.trust import Trust
 
 
 def add_tls_options(p: argparse.ArgumentParser) -> None:
@@ -36,6 +37,8 @@ def client_trust(args: argparse.Namespace) -> Trust | None:
         if given:
             raise UserError("--insecure cannot be combined with --ca/--cert/--key (or ZC_CA/ZC_CERT/ZC_KEY)")
         return None
+    from zcrepl.core.trust import TlsPaths, Trust
+
     if len(given) != 3:
         raise UserError(
             "no TLS material: pass --ca FILE --cert FILE --key FILE (or set ZC_CA, ZC_CERT, ZC_KEY); an admin makes "
@@ -49,6 +52,8 @@ def client_trust(args: argparse.Namespace) -> Trust | None:
 
 def explain_failure(trust: Trust) -> str:
     """After a failed connection: what is wrong with the operator's files, if anything ("" when they are fine)."""
+    from zcrepl.core.trust import load_material
+
     try:
         load_material(trust.paths, kind="operator")
     except ConfigError as err:
@@ -102,34 +107,35 @@ def parse_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30m, 1h or 2d") from None
 
 
-def run_pki(args: argparse.Namespace, out: Console) -> int:
+def run_pki(args: argparse.Namespace, out: Out) -> int:
     """The offline commands; ConfigError for bad input."""
+    from pathlib import Path
+
     from zcrepl.core import pki  # cryptography: imported only by the commands that need it
 
     d = Path(args.dir) if hasattr(args, "dir") else Path()
     if args.pki_command == "init":
-        out.print(f"created {pki.init_ca(d)} and {d / pki.CA_KEY_FILE} (keep the key private: whoever has it can "
-                  "issue any identity)", markup=False)
+        out.line(f"created {pki.init_ca(d)} and {d / pki.CA_KEY_FILE} (keep the key private: whoever has it can "
+                 "issue any identity)")
     elif args.pki_command == "issue":
         kind, name = next((k, getattr(args, k)) for k in ("controller", "agent", "operator") if getattr(args, k))
         if kind == "operator" and not args.role:
             raise ConfigError("--operator needs --role read|operator|admin")
         cert, key = pki.issue_files(d, kind, name, role=args.role or "", sans=tuple(args.san), days=args.days)
-        out.print(f"wrote {cert} ({pki.identity_uri(kind, name, args.role or '')}, {args.days} days) and {key}",
-                  markup=False)
+        out.line(f"wrote {cert} ({pki.identity_uri(kind, name, args.role or '')}, {args.days} days) and {key}")
     elif args.pki_command == "revoke":
         serial, total = pki.revoke(d, args.name)
-        out.print(f"revoked {args.name} (serial {serial}); {d / pki.CRL_FILE} now lists {total}; daemons started "
-                  "with --crl pointing at it stop accepting it within a second", markup=False)
+        out.line(f"revoked {args.name} (serial {serial}); {d / pki.CRL_FILE} now lists {total}; daemons started "
+                 "with --crl pointing at it stop accepting it within a second")
     elif args.pki_command == "show":
         try:
             shown = pki.load_cert(Path(args.file).read_bytes())
         except (OSError, ValueError) as err:
             raise ConfigError(f"cannot read a certificate from {args.file}: {err}") from err
         ident = pki.identity_of(shown)
-        out.print(f"{ident.uri if ident else 'no zcrepl identity'}; serial {shown.serial_number}; valid "
-                  f"{shown.not_valid_before_utc:%Y-%m-%d} to {shown.not_valid_after_utc:%Y-%m-%d}; "
-                  f"sha256 {pki.fingerprint(shown)}", markup=False)
+        out.line(f"{ident.uri if ident else 'no zcrepl identity'}; serial {shown.serial_number}; valid "
+                 f"{shown.not_valid_before_utc:%Y-%m-%d} to {shown.not_valid_after_utc:%Y-%m-%d}; "
+                 f"sha256 {pki.fingerprint(shown)}")
     return 0
 
 

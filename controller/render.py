@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Any
-
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from zcrepl.core.paths import show
 from zcrepl.core.types import AgentStatus, HostHealth, Job, TransferStats
+
+if TYPE_CHECKING:  # each table function imports it: JSON output and plain lines never load rich
+    from rich.table import Table
 
 
 def human_bytes(n: float) -> str:
@@ -96,25 +97,41 @@ def transport_text(transport: str) -> str:
 
 
 # -- tables -----------------------------------------------------------------------------------------
-def agents_table(agents: list[AgentStatus]) -> Table:
-    t = Table(title="agents", title_justify="left")
-    for col in ("NAME", "STATE", "DATA", "EXPORTS", "CPU", "LOAD/CORE", "MEM AVAIL", "JOBS", "SEEN"):
-        t.add_column(col, no_wrap=col != "EXPORTS")
+AGENT_COLUMNS = ("NAME", "STATE", "DATA", "EXPORTS", "CPU", "LOAD/CORE", "MEM AVAIL", "JOBS", "SEEN")
+
+
+def agents_rows(agents: list[AgentStatus]) -> list[list[str]]:
+    """The cells of ``agents_table``, as plain text (STATE is "online" or "offline")."""
     now = time.time()
+    rows = []
     for s in agents:
         h = s.health
-        t.add_row(
-            s.info.name, "[green]online[/]" if s.online else "[red]offline[/]", s.info.data_address,
+        rows.append([
+            s.info.name, "online" if s.online else "offline", s.info.data_address,
             ", ".join(show(e) for e in s.info.exports),
             f"{h.cpu_percent:.0f}%" if h else "-",
             f"{h.load1 / max(1, h.cpu_count):.2f}" if h else "-",
             human_bytes(h.mem_available) if h else "-", str(s.running_jobs), ago(s.last_seen, now),
-        )
+        ])
+    return rows
+
+
+def agents_table(agents: list[AgentStatus]) -> Table:
+    from rich.table import Table
+
+    t = Table(title="agents", title_justify="left")
+    for col in AGENT_COLUMNS:
+        t.add_column(col, no_wrap=col != "EXPORTS")
+    for row in agents_rows(agents):
+        row[1] = "[green]online[/]" if row[1] == "online" else "[red]offline[/]"
+        t.add_row(*row)
     return t
 
 
 def hosts_table(agents: list[AgentStatus]) -> Table:
     """One row per host: the figures the scheduler looks at."""
+    from rich.table import Table
+
     t = Table(title=f"health at {time.strftime('%H:%M:%S')}", title_justify="left")
     for col in ("HOST", "STATE", "CPU", "LOAD/CORE", "MEM AVAIL", "DISK R/W", "BUSIEST DISK", "NET RX/TX",
                 "TRANSFERS", "WATCHES FREE", "SEEN"):
@@ -139,6 +156,8 @@ def hosts_table(agents: list[AgentStatus]) -> Table:
 
 
 def health_table(s: AgentStatus) -> Table:
+    from rich.table import Table
+
     h = s.health
     t = Table(title=f"{s.info.name} ({'online' if s.online else 'offline'}, seen {ago(s.last_seen)})",
               title_justify="left", show_header=False)
@@ -179,6 +198,8 @@ def progress_text(p: TransferStats) -> str:
 
 
 def jobs_table(jobs: list[Job]) -> Table:
+    from rich.table import Table
+
     t = Table(title="jobs", title_justify="left")
     for col in ("ID", "STATE", "PRIO", "SOURCE", "DESTINATION", "PROGRESS", "TRIES", "INFO", "CREATED"):
         if col == "INFO":  # the full error is in 'zc-ctl job ID'

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Any
-
-from rich.markup import escape
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from zcrepl.controller.render import ago, human_bytes
 from zcrepl.core.paths import show
 from zcrepl.core.synctypes import SyncRule
+
+if TYPE_CHECKING:  # syncs_table imports it: JSON output never loads rich
+    from rich.table import Table
 
 
 def _ep(host: str, path: bytes) -> str:
@@ -39,6 +39,9 @@ def lag_text(r: SyncRule) -> str:
 
 
 def syncs_table(rules: list[SyncRule]) -> Table:
+    from rich.markup import escape
+    from rich.table import Table
+
     t = Table(title="watch rules", title_justify="left")
     for col in ("ID", "STATUS", "SOURCE", "DESTINATIONS", "LAG", "PENDING", "SHIPPED", "LAST SHIP", "LAST ERROR"):
         if col in ("STATUS", "LAST ERROR"):

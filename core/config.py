@@ -19,12 +19,14 @@ from typing import Any, TypeVar, get_type_hints
 from zcrepl.core.errors import ConfigError, InvalidPath
 from zcrepl.core.exportpolicy import parse_export_policies, table_specs
 from zcrepl.core.paths import HOST_NAME_RULE, canonical_abs, show_name, valid_host_name
+from zcrepl.core.wellknown import (  # defined there so zc-ctl's parser needs none of this module
+    DEFAULT_AGENT_PORT,
+    DEFAULT_CONTROLLER,
+    DEFAULT_CONTROLLER_PORT,
+    DEFAULT_DATA_PORT,
+    DEFAULT_ENROLL_PORT,
+)
 
-DEFAULT_CONTROLLER_PORT = 7420
-DEFAULT_AGENT_PORT = 7421
-DEFAULT_DATA_PORT = 7422
-DEFAULT_ENROLL_PORT = 7423
-DEFAULT_CONTROLLER = f"127.0.0.1:{DEFAULT_CONTROLLER_PORT}"
 MAX_SOURCE_ADDRESSES = 16
 ENCRYPT_MODES = ("never", "always", "cross-site")
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING
 
 from zcrepl.core.errors import InvalidPath
-from zcrepl.core.types import Endpoint
+
+if TYPE_CHECKING:  # zc-ctl's parser checks host names with this module: it must not load the dataclasses
+    from zcrepl.core.types import Endpoint
 
 MAX_HOST_NAME = 253
 """Bytes in an agent name: a DNS name's limit, so a host's FQDN always fits."""
@@ -70,6 +73,8 @@ def parse_endpoint(arg: str) -> Endpoint:
     if not valid_host_name(host):
         raise InvalidPath(f"'{show_name(host)}' is not a valid host name: {HOST_NAME_RULE}")
     raw = os.fsencode(path)
+    from zcrepl.core.types import Endpoint
+
     return Endpoint(host=host, path=canonical_abs(raw, what=f"{host}:{path}"))
 
 

@@ -9,17 +9,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-
-class JobState(enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def final(self) -> bool:
-        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+# Defined apart so zc-ctl's parser needs no dataclass; re-exported here, where everything else takes them from.
+from zcrepl.core.enums import Durability as Durability
+from zcrepl.core.enums import JobState as JobState
+from zcrepl.core.enums import Priority as Priority
 
 
 @dataclass(frozen=True)
@@ -28,20 +21,6 @@ class Endpoint:
 
     host: str
     path: bytes
-
-
-class Priority(enum.IntEnum):
-    """A job's place in the queue. Waiting raises it (the controller's ``priority_aging``), so low never starves."""
-
-    LOW = 0
-    NORMAL = 1
-    HIGH = 2
-
-
-class Durability(enum.Enum):
-    JOB = "job"  # one syncfs of the destination filesystem before done
-    FILE = "file"  # fsync each file before its rename, and its directory after
-    NONE = "none"  # the kernel's writeback decides (rsync's default)
 
 
 @dataclass(frozen=True)

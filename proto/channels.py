@@ -12,8 +12,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from zcrepl.core.identity import CONTROLLER_DNS
 from zcrepl.core.trust import Material, Trust
@@ -82,6 +80,9 @@ def _reloading(trust: Trust, config: Callable[[Material], Any], *, client_auth: 
 
 async def add_health_and_reflection_aio(server: grpc.aio.Server, service_names: Sequence[str]) -> Any:
     """Standard grpc.health.v1 (overall and per service) plus server reflection, on a grpc.aio server."""
+    # Imported here: clients (zc-ctl above all) build channels with this module and need neither.
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
     hs = health.aio.HealthServicer()
     for name in ("", *service_names):
         await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -91,6 +92,9 @@ async def add_health_and_reflection_aio(server: grpc.aio.Server, service_names: 
 
 
 def _reflection(server: grpc.Server | grpc.aio.Server, service_names: Sequence[str]) -> None:
+    from grpc_health.v1 import health
+    from grpc_reflection.v1alpha import reflection
+
     names = (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
 

@@ -11,6 +11,16 @@ from collections.abc import Iterator
 import pytest
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``slow`` tests (fuzz campaigns, soaks) run only when asked for: ``-m slow`` or ``ZC_SLOW=1``."""
+    if os.environ.get("ZC_SLOW") == "1" or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow or ZC_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def _fds() -> dict[int, str]:
     out = {}
     for name in os.listdir("/proc/self/fd"):
@@ -22,16 +32,6 @@ def _fds() -> dict[int, str]:
         if not target.startswith("anon_inode:"):
             out[int(name)] = target
     return out
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked slow run only when asked for: ``-m slow`` (or any -m naming it) or ZC_SLOW=1."""
-    if os.environ.get("ZC_SLOW") == "1" or "slow" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow or ZC_SLOW=1")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

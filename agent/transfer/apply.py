@@ -167,7 +167,7 @@ class TreeWriter:
             raise ProtocolError(f"duplicate name in the manifest: {show(e.path)}")
         parent, _, leaf = e.path.rpartition(b"/")
         parent_parts = self.dir_parts.get(parent) if self.kinds.get(parent) is Kind.DIR else None
-        if parent_parts is None:
+        if parent_parts is None or (not parent and e.path != leaf):  # "/x" has the root as its parent too
             # Also what stops a name through a symlink the same manifest created (CVE-2024-12087).
             validate_relpath(e.path)  # the better message for '..', '/', '//' and friends
             raise UnsafePath(f"{show(e.path)}: its parent is not a directory announced earlier in the manifest")

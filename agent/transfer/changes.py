@@ -15,6 +15,7 @@ rename's target in full (its subtree), or deletes it if the source has nothing t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.atomic import remove_entry
 from zcrepl.agent.transfer.frame import F_UNREADABLE, Entry, Kind
-from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
+from zcrepl.agent.transfer.saferoot import SafeRoot, temp_name, validate_relpath
 from zcrepl.agent.transfer.scan import Scanner
 from zcrepl.core.errors import ProtocolError, UnsafePath
 from zcrepl.core.paths import show
@@ -141,6 +142,8 @@ def apply_ops(w: TreeWriter, ops: list[opf.Op]) -> list[bytes]:
     for op in ops:
         src = validate_relpath(op.path)
         dst = validate_relpath(op.target) if op.kind == opf.OP_RENAME else ()
+        if op.kind == opf.OP_RENAME and not dst:  # b"" is the root: valid as a path, never as a new name
+            raise ProtocolError(f"a rename of {show(op.path)} onto the root")
         if dst and dst[: len(src)] == src:
             raise ProtocolError(f"a rename of {show(op.path)} into itself")
         try:
@@ -175,14 +178,10 @@ def _rename(w: TreeWriter, src: tuple[bytes, ...], dst: tuple[bytes, ...]) -> bo
             return False
         dpfd = make_parents(w, dst[:-1])
         try:
-            try:
-                os.rename(sleaf, dst[-1], src_dir_fd=spfd, dst_dir_fd=dpfd)
-            except OSError as err:
-                if err.errno not in (errno.EISDIR, errno.ENOTDIR, errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-                # Something of another kind (or a non-empty directory) is in the way: the source replaced it.
-                w.count(deleted=remove_entry(dpfd, dst[-1]))
-                os.rename(sleaf, dst[-1], src_dir_fd=spfd, dst_dir_fd=dpfd)
+            if src[: len(dst)] == dst:
+                _onto_ancestor(w, spfd, sleaf, dpfd, dst[-1])
+            else:
+                _replace(w, spfd, sleaf, dpfd, dst[-1])
         finally:
             os.close(dpfd)
     finally:
@@ -190,6 +189,30 @@ def _rename(w: TreeWriter, src: tuple[bytes, ...], dst: tuple[bytes, ...]) -> bo
     w.renamed += 1
     w.note_write()
     return True
+
+
+def _replace(w: TreeWriter, spfd: int, sleaf: bytes, dpfd: int, leaf: bytes) -> None:
+    try:
+        os.rename(sleaf, leaf, src_dir_fd=spfd, dst_dir_fd=dpfd)
+    except OSError as err:
+        if err.errno not in (errno.EISDIR, errno.ENOTDIR, errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        # Something of another kind (or a non-empty directory) is in the way: the source replaced it.
+        w.count(deleted=remove_entry(dpfd, leaf))
+        os.rename(sleaf, leaf, src_dir_fd=spfd, dst_dir_fd=dpfd)
+
+
+def _onto_ancestor(w: TreeWriter, spfd: int, sleaf: bytes, dpfd: int, leaf: bytes) -> None:
+    """``a/b -> a`` (``mv a/b x; mv x a`` coalesces to it): clearing ``a`` would remove the source with it,
+    so the source first moves out from under ``a``, to a temp name beside it."""
+    tmp = temp_name(leaf)
+    os.rename(sleaf, tmp, src_dir_fd=spfd, dst_dir_fd=dpfd)
+    try:
+        _replace(w, dpfd, tmp, dpfd, leaf)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rename(tmp, sleaf, src_dir_fd=dpfd, dst_dir_fd=spfd)  # back where it was, if that still exists
+        raise
 
 
 def make_parents(w: TreeWriter, parts: tuple[bytes, ...]) -> int:

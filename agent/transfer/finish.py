@@ -95,6 +95,8 @@ def finish_dirs(w: TreeWriter) -> None:
             set_dir_meta(dfd, e.mode, e.mtime_ns)
             if w.fsync_files:
                 os.fsync(dfd)  # its new entries (mkdir, renames) are durable too
+        except OSError as err:  # e.g. an attribute this filesystem refuses: this entry failed, as for a file
+            w.entry_failed(e.path, err)
         finally:
             os.close(dfd)
 

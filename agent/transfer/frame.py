@@ -30,6 +30,7 @@ bounded before use (rsync CVE-2024-12084 and friends).
 from __future__ import annotations
 
 import enum
+import json
 import select
 import struct
 from dataclasses import dataclass
@@ -151,9 +152,11 @@ def decode_xattrs(blob: bytes) -> list[tuple[bytes, bytes]]:
         (klen,) = _U16.unpack_from(blob, off)
         (vlen,) = _U32.unpack_from(blob, off + 2)
         off += 6
-        if off + klen + vlen > len(blob) or not 0 < klen <= 255:
+        key = blob[off : off + klen]
+        # A NUL in the name would make os.setxattr raise ValueError (a crash, not a protocol error).
+        if off + klen + vlen > len(blob) or not 0 < klen <= 255 or b"\0" in key:
             raise ProtocolError("malformed extended attribute")
-        out.append((blob[off : off + klen], blob[off + klen : off + klen + vlen]))
+        out.append((key, blob[off + klen : off + klen + vlen]))
         off += klen + vlen
     return out
 
@@ -340,8 +343,8 @@ def decode_basis(payload: bytes) -> Basis:
             raise ProtocolError("NEED_BASIS delta frame with a bad length or block size")
         return Basis(index, kind, block, tuple(body[i * 16 : (i + 1) * 16] for i in range(count)))
     if kind == BASIS_PARTIAL:
-        if len(body) != _IV.size * count + 16:
-            raise ProtocolError("NEED_BASIS partial frame length disagrees with its count")
+        if len(body) != _IV.size * count + 16 or block:
+            raise ProtocolError("NEED_BASIS partial frame with a block size, or a length that disagrees with its count")
         ivs = tuple(_IV.unpack_from(body, i * _IV.size) for i in range(count))
         return Basis(index, kind, 0, intervals=ivs, digest=body[-16:])
     raise ProtocolError(f"NEED_BASIS of unknown kind {kind}")
@@ -383,6 +386,27 @@ def encode_text(kind: T, text: str) -> bytes:
 
 def decode_text(payload: bytes) -> str:
     return payload[:65536].decode("utf-8", "replace")
+
+
+RESULT_COUNTS = ("files_done", "bytes_done", "files_skipped", "deleted", "renamed", "errors")
+
+
+def decode_result(payload: bytes) -> dict[str, object]:
+    """The destination's RESULT: a JSON object whose counts (``RESULT_COUNTS``) are non-negative integers
+    and whose ``first_error`` is a string; other keys pass through for the caller to check."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError) as err:  # RecursionError: "[[[[..." nested past the parser's depth
+        raise ProtocolError(f"RESULT frame is not JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise ProtocolError("RESULT frame is not a JSON object")
+    for key in RESULT_COUNTS:
+        value = doc.get(key, 0)
+        if type(value) is not int or value < 0:
+            raise ProtocolError(f"RESULT frame with a bad {key} count")
+    if not isinstance(doc.get("first_error", ""), str):
+        raise ProtocolError("RESULT frame with a first_error that is not text")
+    return doc
 
 
 def wait_ready(sockfd: int, events: int, timeout: float | None, what: str) -> None:

@@ -197,9 +197,9 @@ class ReceiveSession:
             if self.writer is None or self._error is not None:
                 return
             self._data[ch] = False
-        ch.send(fr.encode_accept([]))
         sink = _Sink(ch)
         try:
+            ch.send(fr.encode_accept([]))  # inside: a source already gone must still mark this one finished
             while True:
                 kind, payload = ch.recv_frame(limit=256)
                 if kind in _FILE_FRAMES:

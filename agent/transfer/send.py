@@ -11,7 +11,6 @@ attempt (``SendSpec.encrypt``) runs every connection over TLS 1.3 and sends file
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import socket
 import threading
@@ -248,7 +247,7 @@ class Sender:
                     for w in self.workers:
                         w.work.put(END)
                 elif kind is fr.T.RESULT:
-                    self.result = json.loads(payload)
+                    self.result = fr.decode_result(payload)
                     return
                 elif kind is fr.T.ABORT:
                     self.peer_error = fr.decode_text(payload)

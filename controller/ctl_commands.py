@@ -1,0 +1,319 @@
+"""The zc-ctl commands that talk to the controller (everything but ``pki`` and ``demo``), imported by
+``ctl.main`` only once the arguments parsed: ``--help`` and a usage error never load gRPC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+from zcrepl.controller import ctl_pki, render
+from zcrepl.controller.client import ControllerClient
+from zcrepl.controller.ctl_out import EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK, EXIT_SKIPPED, Out
+from zcrepl.controller.render_plain import plain_table
+from zcrepl.core.errors import UserError
+from zcrepl.core.paths import parse_endpoint, show
+from zcrepl.core.trust import Trust
+from zcrepl.core.types import Durability, Endpoint, Job, JobOptions, JobState, Priority
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+
+def run(args: argparse.Namespace, trust: Trust | None, out: Out, err: Out) -> int:
+    with ControllerClient(args.controller, trust) as client:
+        return _dispatch(args, client, out, err)
+
+
+def show_ep(ep: Endpoint) -> str:
+    return f"{ep.host}:{show(ep.path)}"
+
+
+def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+    if args.command == "replicate":
+        return _replicate(args, client, out, err)
+    if args.command == "agents":
+        if args.action == "remove":
+            if args.name is None:
+                raise UserError("zc-ctl agents remove needs the NAME of an offline agent; zc-ctl agents lists them")
+            removed = client.remove_agent(args.name)
+            if args.json:
+                out.json(render.agent_doc(removed))
+            else:
+                out.line(f"agent {removed.info.name} removed (it was last seen {render.ago(removed.last_seen)})")
+            return EXIT_OK
+        agents = client.agents()
+        if args.json:
+            out.json([render.agent_doc(a) for a in agents])
+            return EXIT_OK
+        # Piped, a plain table is what rich would print, without loading it; else (or when it cannot) rich.
+        text = None if out.terminal else plain_table("agents", render.AGENT_COLUMNS, render.agents_rows(agents),
+                                                     out.width)
+        if text is None:
+            out.show(render.agents_table(agents))
+        else:
+            out.write(text)
+        return EXIT_OK
+    if args.command == "health":
+        if args.watch and not args.json:
+            return _watch_health(client, args.hosts, out)
+        statuses = client.health(args.hosts, args.history)
+        if args.json:
+            out.json([render.agent_doc(a) for a in statuses])
+        else:
+            for s in statuses:
+                out.show(render.health_table(s))
+        return EXIT_OK
+    if args.command == "jobs":
+        jobs = client.jobs(tuple(JobState(s) for s in args.state or ()), args.limit)
+        if args.json:
+            out.json([render.job_doc(j) for j in jobs])
+        else:
+            out.show(render.jobs_table(jobs))
+        return EXIT_OK
+    if args.command == "job":
+        job = client.job(args.id)
+        _show_job(job, args.json, out)
+        return EXIT_OK
+    if args.command == "explain":
+        history = client.explain(args.id)
+        if args.json:
+            out.json([{"at": at, "kind": kind, "reason": reason} for at, kind, reason in history])
+        else:
+            for at, kind, reason in history:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+                out.line(f"{stamp}  {kind:<7} {reason}")
+        return EXIT_OK
+    if args.command == "syncs":
+        return _syncs(args, client, out)
+    if args.command in ("token", "cert"):
+        return _certs(args, client, out)
+    if args.command == "cancel":
+        job = client.cancel(args.id)
+        if args.json:
+            out.json(render.job_doc(job))
+        else:
+            out.line(f"job {job.id} cancelled")
+        return EXIT_OK
+    raise AssertionError(args.command)
+
+
+def _certs(args: argparse.Namespace, client: ControllerClient, out: Out) -> int:
+    if args.command == "token":
+        tok = client.create_token(args.agent, args.ttl)
+        if args.json:
+            out.json({"token": tok.token, "agent": tok.agent, "expires_at": tok.expires_at,
+                      "ca_fingerprint": tok.ca_fingerprint})
+        else:
+            out.line(tok.token)
+            from rich.console import Console  # this note has always wrapped at the terminal's width
+
+            Console(stderr=True, highlight=False).print(
+                f"one-time token for agent {tok.agent}, valid until {ctl_pki.when(tok.expires_at)}; on that "
+                f"host: zc-agent --name {tok.agent} --controller {args.controller} --join TOKEN ...", markup=False)
+        return EXIT_OK
+    if args.cert_command == "revoke":
+        listing = client.revoke(args.name, args.serial)
+        out.line(f"revoked {args.name or args.serial}; {len(listing)} certificates are now revoked")
+    else:
+        listing = client.revoked()
+    for serial, name, at in listing:
+        out.line(f"{ctl_pki.when(at)}  {name or '-':<20} {serial}")
+    return EXIT_OK
+
+
+def _watch_health(client: ControllerClient, hosts: list[str], out: Out) -> int:
+    """A live table of hosts, one row each, refreshed every second (Ctrl-C to stop)."""
+    from rich.live import Live
+
+    try:
+        with Live(render.hosts_table(client.health(hosts)), console=out.console, refresh_per_second=2) as live:
+            while True:
+                time.sleep(1.0)
+                live.update(render.hosts_table(client.health(hosts)))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _show_job(job: Job, as_json: bool, out: Out) -> None:
+    if as_json:
+        out.json(render.job_doc(job))
+        return
+    out.show(render.jobs_table([job]))
+    asked = " (asked with --encrypt)" if job.options.encrypt else ""
+    out.line(f"  data plane: {render.transport_text(render.job_transport(job))}{asked}")
+    for a in job.history:
+        status = a.error or ("running" if not a.ended_at else "ok")
+        over = f"; {render.transport_text(a.stats.transport)}" if a.stats.transport else ""
+        out.line(f"  attempt {a.number}: {render.progress_text(a.stats)}{over}; {status}")
+    for line in render.skipped_lines(job):
+        out.line(line)
+
+
+def _syncs(args: argparse.Namespace, client: ControllerClient, out: Out) -> int:
+    from zcrepl.controller import render_sync  # watch-rule types load only for these commands
+
+    if args.action:
+        if args.id is None:
+            raise UserError(f"zc-ctl syncs {args.action} needs a rule ID; zc-ctl syncs lists them")
+        rule = client.sync_action(args.action, args.id)
+        if args.json:
+            out.json(render_sync.sync_doc(rule))
+        else:
+            done = {"pause": "paused", "resume": "resumed (it reconciles first)", "remove": "removed"}[args.action]
+            out.line(f"watch rule {rule.id} {done}")
+        return EXIT_OK
+    if args.watch and not args.json:
+        from rich.live import Live
+
+        try:
+            with Live(render_sync.syncs_table(client.syncs()), console=out.console, refresh_per_second=2) as live:
+                while True:
+                    time.sleep(1.0)
+                    live.update(render_sync.syncs_table(client.syncs()))
+        except KeyboardInterrupt:
+            return EXIT_OK
+    rules = client.syncs()
+    if args.json:
+        out.json([render_sync.sync_doc(r) for r in rules])
+    else:
+        out.show(render_sync.syncs_table(rules))
+    return EXIT_OK
+
+
+def _create_sync(args: argparse.Namespace, client: ControllerClient, options: JobOptions, out: Out,
+                 err: Out) -> int:
+    from zcrepl.controller import render_sync  # watch-rule types load only for these commands
+
+    src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
+    rule = client.create_sync(src, dsts, options, args.window, args.quiet)
+    if not args.detach:
+        # Follow the first reconciliation, so a bad path or an unreachable host shows here and now.
+        with err.status(f"watch rule {rule.id}: starting") as update:
+            while True:
+                rule = next((r for r in client.syncs() if r.id == rule.id), rule)
+                update(f"watch rule {rule.id}: {rule.status}")
+                first_scan = rule.counters.reconciles > 0 and not rule.status.startswith("reconciling")
+                if rule.status.startswith(("failed", "waiting", "held")) or (
+                        rule.status.startswith("watching") and first_scan):
+                    break
+                time.sleep(0.2)
+    if args.json:
+        out.json(render_sync.sync_doc(rule))
+    elif rule.status.startswith("failed"):
+        err.line(f"zc-ctl: watch rule {rule.id} {rule.status}; fix it and run zc-ctl syncs resume {rule.id} "
+                 f"(or zc-ctl syncs remove {rule.id})")
+        return EXIT_JOB_FAILED
+    else:
+        c = rule.counters
+        out.line(f"watch rule {rule.id} {rule.status or 'created'}: {show_ep(src)} -> "
+                 f"{', '.join(show_ep(d) for d in dsts)}; first scan moved {c.files} files "
+                 f"({render.human_bytes(c.bytes)}); zc-ctl syncs shows its lag")
+    return EXIT_OK
+
+
+def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+    src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
+    durability = args.durability or (Durability.NONE.value if args.watch else Durability.JOB.value)
+    options = JobOptions(delete=args.delete, checksum=args.checksum, bwlimit=args.bwlimit,
+                         max_attempts=args.max_attempts, streams=args.streams,
+                         durability=Durability(durability), xattrs=args.xattrs,
+                         priority=Priority[args.priority.upper()], encrypt=args.encrypt)
+    if args.watch:
+        return _create_sync(args, client, options, out, err)
+    jobs = client.submit_fanout(src, dsts, options) if len(dsts) > 1 else [client.submit(src, dsts[0], options)]
+    ids = ", ".join(str(j.id) for j in jobs)
+    if args.detach:
+        if args.json:
+            out.json(render.job_doc(jobs[0]) if len(jobs) == 1 else [render.job_doc(j) for j in jobs])
+        else:
+            out.line(f"job {ids} queued; follow with: zc-ctl job {jobs[0].id}")
+        return EXIT_OK
+    try:
+        jobs = [_follow(client, jobs[0], err)] if len(jobs) == 1 else _follow_group(client, jobs, err)
+    except KeyboardInterrupt:
+        err.line(f"zc-ctl: stopped watching; job {ids} keeps running "
+                 f"(zc-ctl job {jobs[0].id} to follow, zc-ctl cancel {jobs[0].id} to stop it)")
+        return EXIT_INTERRUPTED
+    if args.json:
+        out.json(render.job_doc(jobs[0]) if len(jobs) == 1 else [render.job_doc(j) for j in jobs])
+    failed = [j for j in jobs if j.state is not JobState.DONE]
+    for j in jobs:
+        if j.state is JobState.DONE and not args.json:
+            out.line(render.job_summary(j))
+    for j in failed:
+        err.line(f"zc-ctl: job {j.id} ({j.destination.host}) {j.state.value}: {j.error}")
+    skipped = [j for j in jobs if j.done_with_skips]
+    for j in skipped:
+        first = f" (first: {show(j.skipped[0].path)}: {j.skipped[0].reason})" if j.skipped else ""
+        err.line(f"zc-ctl: job {j.id} ({j.destination.host}) done with {j.progress.entries_skipped} entries "
+                 f"skipped{first}; zc-ctl job {j.id} lists them")
+    return EXIT_JOB_FAILED if failed else EXIT_SKIPPED if skipped else EXIT_OK
+
+
+def _follow_group(client: ControllerClient, jobs: list[Job], err: Out) -> list[Job]:
+    """One progress line per destination of a fan-out, until every job is final."""
+    progress = _progress(err, eta=False)
+    with progress:
+        tasks = {j.id: progress.add_task(f"job {j.id} -> {j.destination.host}", total=None, files="") for j in jobs}
+        while True:
+            jobs = client.jobs(group_id=jobs[0].group_id)
+            for j in jobs:
+                p = j.progress
+                state = j.wait_reason if j.state is JobState.QUEUED and j.wait_reason else j.state.value
+                progress.update(tasks[j.id], description=f"job {j.id} -> {j.destination.host} {state}",
+                                completed=p.bytes_done, total=p.bytes_total if p.scan_done and p.bytes_total else None,
+                                files=render.progress_text(p))
+            if all(j.state.final for j in jobs):
+                return sorted(jobs, key=lambda j: j.id)
+            time.sleep(0.3)
+
+
+def _follow(client: ControllerClient, job: Job, err: Out) -> Job:
+    progress = _progress(err, eta=True)
+    with progress:
+        task = progress.add_task(f"job {job.id}", total=None, files="")
+        for snap in client.watch(job.id):
+            job, p = snap, snap.progress
+            if job.state is JobState.QUEUED:
+                desc = f"job {job.id} {job.wait_reason or 'queued'}"
+            else:
+                desc = f"job {job.id} {job.state.value}"
+            progress.update(task, description=desc, completed=p.bytes_done,
+                            total=p.bytes_total if p.scan_done and p.bytes_total else None,
+                            files=render.progress_text(p))
+    return job
+
+
+class _NoBar:
+    """Stands in for rich's Progress off a terminal, where rich draws nothing (the bars are transient)."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, **fields: Any) -> TaskID:
+        return cast("TaskID", 0)
+
+    def update(self, task: TaskID, **fields: Any) -> None:
+        return None
+
+
+def _progress(err: Out, eta: bool) -> Progress | _NoBar:
+    if not err.terminal:
+        return _NoBar()
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[files]}"), DownloadColumn(),
+               TransferSpeedColumn(), *([TimeRemainingColumn()] if eta else [])]
+    return Progress(*columns, console=err.console, transient=True)

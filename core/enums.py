@@ -1,0 +1,32 @@
+"""The enumerations of the job domain types, apart from the dataclasses of ``zcrepl.core.types`` (which
+re-exports them): zc-ctl builds its parser's choices from them without paying for the dataclasses."""
+
+from __future__ import annotations
+
+import enum
+
+
+class JobState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+class Priority(enum.IntEnum):
+    """A job's place in the queue. Waiting raises it (the controller's ``priority_aging``), so low never starves."""
+
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+
+
+class Durability(enum.Enum):
+    JOB = "job"  # one syncfs of the destination filesystem before done
+    FILE = "file"  # fsync each file before its rename, and its directory after
+    NONE = "none"  # the kernel's writeback decides (rsync's default)
