@@ -19,11 +19,10 @@ def _explain(c: Cluster, job_id: int) -> list[dict[str, Any]]:
     return json.loads(out)
 
 
-def _mbit(text: str) -> float:
-    """The first rate in an explain line (``6.0 MiB/s``, ``512 KiB/s``...) in Mbit/s."""
-    m = re.search(r"([\d.]+) ([KMG]i)?B/s", text)
-    assert m, text
-    return float(m.group(1)) * {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}[m.group(2)] * 8 / 1e6
+def _mbits(text: str) -> list[float]:
+    """The rates in an explain line (``6.0 MiB/s``, ``512 KiB/s``...) in Mbit/s."""
+    units = {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    return [float(n) * units[u or None] * 8 / 1e6 for n, u in re.findall(r"([\d.]+) ([KMG]i)?B/s", text)]
 
 
 def test_fanout_feeds_the_far_host_from_the_replica_on_the_fast_link(make_bed_cluster: BedCluster,
@@ -40,9 +39,10 @@ def test_fanout_feeds_the_far_host_from_the_replica_on_the_fast_link(make_bed_cl
     steps = [d for d in _explain(c, json.loads(out)["id"]) if d["kind"] == "streams"]
     assert steps, "no stream target step on the slow link"
     assert all("hostA→hostC" in d["reason"] for d in steps), steps
-    # What the link showed is what the shaping allows. The controller's windows are cut from progress reports
-    # that arrive every 0.5 s, so one window may hold up to a quarter more or less than its share.
-    assert 0.5 * SLOW <= _mbit(steps[-1]["reason"]) <= 1.3 * SLOW, steps[-1]
+    # What the link showed is what the shaping allows. The controller's 2 s windows are cut from progress reports
+    # that arrive every 0.5 s, so a single window may read a quarter or more off either way: take the median.
+    rates = sorted(r for d in steps for r in _mbits(d["reason"]))
+    assert rates and 0.6 * SLOW <= rates[len(rates) // 2] <= 1.4 * SLOW, steps
     assert c.bed.shaped_bytes("hostA", "hostC") >= 40 << 20
 
     # The fan-out: hostB gets its copy from hostA first, then feeds hostC over the fast link, sparing the
