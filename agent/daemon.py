@@ -16,6 +16,7 @@ from zcrepl.agent.exports import Exports
 from zcrepl.agent.health import HealthMonitor, HealthSampler
 from zcrepl.agent.identity import Renewer, agent_trust, enrolled_paths
 from zcrepl.agent.link import ControllerLink
+from zcrepl.agent.metrics import AgentMetrics
 from zcrepl.agent.priority import TransferPriority
 from zcrepl.agent.syncs import Syncs
 from zcrepl.agent.transfer.leftovers import Sweeper
@@ -25,6 +26,7 @@ from zcrepl.agent.transfer.tls import TlsContexts
 from zcrepl.agent.transfers import Transfers
 from zcrepl.core.config import AgentConfig, split_address
 from zcrepl.core.logs import kv
+from zcrepl.core.metricsserver import MetricsServer
 from zcrepl.core.readyfile import write_ready_file
 from zcrepl.core.types import AgentInfo, HostHealth
 
@@ -58,6 +60,8 @@ class Agent:
         self.link: ControllerLink | None = None
         self.grpc_address = ""
         self.data_address = ""
+        self.metrics: MetricsServer | None = None
+        self.metrics_address = ""
         self.trust = agent_trust(config)  # enrols first when started with a join token
         if self.trust is None:
             log.warning("INSECURE: TLS is off; the controller and the agent's API are reached in plaintext and "
@@ -109,6 +113,10 @@ class Agent:
             gport = self._api.start(cfg.listen)
             self.grpc_address = self._advertise(ghost, gport)
             self.data.start()
+            if cfg.metrics_listen:
+                registry = AgentMetrics(cfg.name, VERSION, self.monitor, transfers, syncs, self.data).registry
+                self.metrics = MetricsServer(cfg.metrics_listen, registry).start()
+                self.metrics_address = self.metrics.address
             self.link = ControllerLink(
                 cfg.controller, self.info, self.health, self.transfers,
                 heartbeat_interval=cfg.heartbeat_interval, reconnect_max=cfg.reconnect_max,
@@ -123,10 +131,13 @@ class Agent:
             self.stop()
             raise
         log.info("agent serving", extra=kv(name=cfg.name, grpc=self.grpc_address, data=self.data_address,
-                                           controller=cfg.controller, exports=b",".join(self.exports.paths)))
+                                           controller=cfg.controller, exports=b",".join(self.exports.paths),
+                                           metrics=self.metrics_address or "-"))
         if cfg.ready_file:
-            write_ready_file(cfg.ready_file, {"name": cfg.name, "pid": os.getpid(), "grpc": self.grpc_address,
-                                              "data": self.data_address})
+            ready = {"name": cfg.name, "pid": os.getpid(), "grpc": self.grpc_address, "data": self.data_address}
+            if self.metrics_address:
+                ready["metrics"] = self.metrics_address
+            write_ready_file(cfg.ready_file, ready)
         return self
 
     def _report(self, r: object) -> None:
@@ -154,6 +165,8 @@ class Agent:
         if self.sweeper is not None:
             self.sweeper.stop()
         self._api.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.monitor is not None:
             self.monitor.stop()
         self.exports.close()

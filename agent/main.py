@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-address", dest="source_addresses", action="append", metavar="IP",
                    help="another address this host's data connections may leave from (multi-homed hosts); "
                         "repeatable")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics over plain HTTP here (off unless set; port 0 = any free port)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["kv", "json"])
     p.add_argument("--ready-file", metavar="FILE", help="write bound addresses as JSON here once serving")

@@ -57,6 +57,7 @@ class Syncs:
         self._failed: dict[int, SyncStatus] = {}  # rules that could not start here, reported until replaced
         self._dests: dict[int, int] = {}  # rule id -> epoch accepted
         self._retired_bytes = 0  # bytes shipped by source rules stopped since the agent started
+        self._retired_watch = (0, 0)  # (events, sets) of their watchers
 
     # -- orders -------------------------------------------------------------------------------------
     def source(self, order: SyncSourceOrder) -> None:
@@ -167,6 +168,13 @@ class Syncs:
         with self._lock:
             return self._retired_bytes + sum(r.shipped_bytes() for r in self._sources.values())
 
+    def watch_counts(self) -> tuple[int, int]:
+        """(file system events seen, change sets released) by this agent's watchers since it started."""
+        with self._lock:
+            watchers = [r.watcher for r in self._sources.values()]
+            events, sets = self._retired_watch
+        return events + sum(w.events_seen for w in watchers), sets + sum(w.sets_released for w in watchers)
+
     # -- internals ----------------------------------------------------------------------------------
     def _stop_source(self, rule_id: int) -> None:
         with self._lock:
@@ -175,6 +183,8 @@ class Syncs:
             rule.stop()
             with self._lock:
                 self._retired_bytes += rule.shipped_bytes()
+                events, sets = self._retired_watch
+                self._retired_watch = (events + rule.watcher.events_seen, sets + rule.watcher.sets_released)
 
     def _refuse(self, rule_id: int, epoch: int, error: str) -> None:
         log.warning("watch rule cannot start", extra=kv(rule=rule_id, error=error))

@@ -30,6 +30,7 @@ from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
 from zcrepl.core.config import split_address
+from zcrepl.core.errorkind import error_kind
 from zcrepl.core.errors import Cancelled, ConfigError, TransferError, UnsafePath, ZcError
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
@@ -96,6 +97,8 @@ class Transfers:
             collections.OrderedDict())
         self._discarded: set[tuple[int, int]] = set()
         self._moved_done = 0  # file bytes of transfers already forgotten (see bytes_moved)
+        self._done_by_role = {r: TransferStats() for r in Role}  # last figures of forgotten transfers, per role
+        self._errors: collections.Counter[str] = collections.Counter()  # failed transfers per error_kind
         # The newest attempt seen per job: the fence that keeps two attempts of a job from ever writing here at
         # the same time (an older one's orders and data connections are refused, see _supersede).
         self._newest: collections.OrderedDict[int, int] = collections.OrderedDict()
@@ -116,6 +119,20 @@ class Transfers:
         figure moves into a running total, so the counter does not drop when it ends."""
         with self._lock:
             return self._moved_done + sum(_live_bytes(a) for a in self._active.values())
+
+    def totals(self) -> dict[Role, tuple[int, int]]:
+        """(file bytes, files) moved per role since the agent started, live transfers included."""
+        with self._lock:
+            out = {r: (s.bytes_done, s.files_done) for r, s in self._done_by_role.items()}
+            for a in self._active.values():
+                s = _live_stats(a)
+                out[a.role] = (out[a.role][0] + s.bytes_done, out[a.role][1] + s.files_done)
+        return out
+
+    def error_counts(self) -> dict[str, int]:
+        """Failed transfers since the agent started, per :func:`~zcrepl.core.errorkind.error_kind`."""
+        with self._lock:
+            return dict(self._errors)
 
     # -- orders -------------------------------------------------------------------------------------
     def receive(self, order: ReceiveOrder) -> None:
@@ -451,17 +468,21 @@ class Transfers:
         with self._lock:
             a = self._active.pop(key, None)
             if a is not None:
-                self._moved_done += _live_bytes(a)
+                last = _live_stats(a)
+                self._moved_done += last.bytes_done
+                done = self._done_by_role[a.role]
+                self._done_by_role[a.role] = replace(done, bytes_done=done.bytes_done + last.bytes_done,
+                                                     files_done=done.files_done + last.files_done)
                 if a.session is None:  # a serving thread signals its session's end itself, after its report
                     _ended(a, key)
 
     def _fail(self, job_id: int, attempt: int, role: Role, error: str, *, retryable: bool,
               stats: TransferStats | None = None, skipped: tuple[Skipped, ...] = ()) -> None:
         log.warning("transfer failed", extra=kv(job=job_id, attempt=attempt, role=role.value, error=error))
+        with self._lock:
+            self._errors[error_kind(error)] += 1
         self.report(TransferReport(job_id, attempt, role, Phase.FAILED, stats or TransferStats(), error,
                                    retryable, skipped))
-
-
 
 
 def _ended(a: _Active, key: tuple[int, int, Role]) -> None:
@@ -472,11 +493,15 @@ def _ended(a: _Active, key: tuple[int, int, Role]) -> None:
 
 
 def _live_bytes(a: _Active) -> int:
+    return _live_stats(a).bytes_done
+
+
+def _live_stats(a: _Active) -> TransferStats:
     try:
         if a.sender is not None:
-            return a.sender.snapshot().bytes_done
+            return a.sender.snapshot()
         if a.session is not None and a.session.writer is not None:
-            return a.session.stats().bytes_done
+            return a.session.stats()
     except Exception:  # a health figure must never break a transfer; count nothing for it this time
         log.debug("live transfer bytes unavailable", exc_info=True)
-    return 0
+    return TransferStats()

@@ -141,6 +141,9 @@ class TreeWatcher:
         self._inbox: list[tuple[float, list[Raw] | Polled]] = []  # batches from the emitter, and polled changes
         self._stopping = False
         self._started = False
+        # For metrics, guarded by _cond: file system events received, change sets released to the shipper.
+        self.events_seen = 0
+        self.sets_released = 0
         self._echoes = Echoes(echo_ttl, clock, self._lstat)
         self._poller = Poller(self.root, lambda: self._saferoot, self._rel, self._on_event, self._on_warning,
                               clock, poll_interval)
@@ -259,12 +262,14 @@ class TreeWatcher:
     def _on_event(self, event: Polled) -> None:
         with self._cond:
             self._inbox.append((self._clock(), event))
+            self.events_seen += 1
             self._cond.notify()
 
     def _on_batch(self, events: list[Raw]) -> None:
         # One stamp, one lock and one wake-up for everything the emitter had ready.
         with self._cond:
             self._inbox.append((self._clock(), events))
+            self.events_seen += len(events)
             self._cond.notify()
 
     def _overflowed(self) -> None:
@@ -320,6 +325,7 @@ class TreeWatcher:
                     hold_until = self._burst_hold(now)
                     if hold_until is None:
                         sets = self._co.take(now, self._max_batch)
+                        self.sets_released += len(sets)
             if sets and all(self._deliver(cs) for cs in sets):
                 with self._cond:
                     fresh = self._co.unconfirmed()

@@ -16,12 +16,14 @@ import grpc
 
 from zcrepl.controller.authority import Authority, authority_from_config
 from zcrepl.controller.engine import Engine
+from zcrepl.controller.metrics import ControllerMetrics
 from zcrepl.controller.pki_store import PkiStore
 from zcrepl.controller.security import EnrollmentService, SecurityService
 from zcrepl.controller.service import SERVICE_NAME, ControllerService
 from zcrepl.controller.store import Store
 from zcrepl.core.config import ControllerConfig, split_address
 from zcrepl.core.logs import kv
+from zcrepl.core.metricsserver import MetricsServer
 from zcrepl.core.readyfile import write_ready_file
 from zcrepl.proto import controller_pb2_grpc, security_pb2, security_pb2_grpc
 from zcrepl.proto.auth import AuthInterceptor
@@ -43,6 +45,7 @@ class Controller:
         self._stop: asyncio.Event | None = None
         self.authority: Authority | None = None
         self.enroll_address = ""
+        self.metrics_address = ""
 
     def start(self) -> Controller:
         self._thread.start()
@@ -97,8 +100,13 @@ class Controller:
         enroll: grpc.aio.Server | None = None
         tasks: list[asyncio.Task[None]] = []
         engine: Engine | None = None
+        metrics: MetricsServer | None = None
         try:
             self._engine = engine = Engine(cfg, store)
+            if cfg.metrics_listen:
+                engine.observe = observer = ControllerMetrics(engine, store, asyncio.get_running_loop())
+                metrics = MetricsServer(cfg.metrics_listen, observer.registry).start()
+                self.metrics_address = metrics.address
             interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
             if authority is not None:
                 interceptors.insert(0, AuthInterceptor(authority.trust))
@@ -128,11 +136,14 @@ class Controller:
                 tasks.append(asyncio.create_task(self._watch_trust()))
             log.info("controller serving", extra=kv(address=self.address, state=store.path,
                                                     tls="off" if authority is None else "mutual",
-                                                    enroll=self.enroll_address or "-"))
+                                                    enroll=self.enroll_address or "-",
+                                                    metrics=self.metrics_address or "-"))
             if cfg.ready_file:
                 ready = {"pid": os.getpid(), "grpc": self.address}
                 if self.enroll_address:
                     ready["enroll"] = self.enroll_address
+                if self.metrics_address:
+                    ready["metrics"] = self.metrics_address
                 write_ready_file(cfg.ready_file, ready)
             self._started.set()
             await self._stop.wait()
@@ -147,6 +158,9 @@ class Controller:
                 await server.stop(grace=2)
             if enroll is not None:
                 await enroll.stop(grace=1)
+            if metrics is not None:
+                # Off the loop: shutdown() waits for a scrape in flight, which may be waiting for the loop.
+                await asyncio.to_thread(metrics.stop)
             store.close()
 
     def _enroll_port(self) -> int:

@@ -73,7 +73,7 @@ def run_demo(files: int = 2000, big_mib: int = 64, keep: bool = False) -> int:
                       f"in {src}")
         addr = f"127.0.0.1:{_free_port()}"
         procs.append(_spawn(["zcrepl.controller", "--listen", addr, "--state-dir", str(base / "state"),
-                             "--auto-pki", "--enroll-listen", "127.0.0.1:0"],
+                             "--auto-pki", "--enroll-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
                             base / "controller.json", base / "controller.log"))
         pki_dir = base / "state" / "pki"
         tls = ["--ca", str(pki_dir / "ca.pem"), "--cert", str(pki_dir / "admin.pem"),
@@ -84,7 +84,8 @@ def run_demo(files: int = 2000, big_mib: int = 64, keep: bool = False) -> int:
                 token = client.create_token(name).token
                 procs.append(_spawn(["zcrepl.agent", "--name", name, "--controller", addr, "--export",
                                      str(base / name), "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0",
-                                     "--join", token, "--state-dir", str(base / f"{name}-state")],
+                                     "--join", token, "--state-dir", str(base / f"{name}-state"),
+                                     "--metrics-listen", "127.0.0.1:0"],
                                     base / f"{name}.json", base / f"{name}.log"))
             console.print(f"controller with its own CA in {pki_dir}; agents enrolled with one-time join tokens; "
                           "every call is mutual TLS")
@@ -93,6 +94,9 @@ def run_demo(files: int = 2000, big_mib: int = 64, keep: bool = False) -> int:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"agents did not come online; see the logs in {base}")
                 time.sleep(0.1)
+            metrics = ", ".join(f"{n} http://{json.loads((base / f'{n}.json').read_text())['metrics']}/metrics"
+                                for n in ("controller", "hostA", "hostB"))
+            console.print(f"Prometheus metrics: {metrics}")
             console.print(f"controller on {addr}; the same as: ZC_CA={tls[1]} ZC_CERT={tls[3]} ZC_KEY={tls[5]} "
                           f"zc-ctl --controller {addr} replicate hostA:{src} hostB:{dst}")
             rc = ctl.main([*tls, "--controller", addr, "replicate", f"hostA:{src}", f"hostB:{dst}"])

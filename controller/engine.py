@@ -18,6 +18,7 @@ from zcrepl.controller import fence, lifecycle
 from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.faults import Faults
 from zcrepl.controller.links import LinkTracker
+from zcrepl.controller.observe import Observer
 from zcrepl.controller.pacing import THROTTLE_EVERY, Pacing
 from zcrepl.controller.policy import (
     DecisionKind,
@@ -91,6 +92,7 @@ class Engine(Pacing, Faults):
                                  dataplane=self.dataplane)
         self.links = LinkTracker(window=THROTTLE_EVERY)
         self._ranking: dict[int, dict[Endpoint, str]] = {}  # this tick's fan-out source rankings, per job
+        self.observe = Observer()  # the daemon puts its metrics here
 
     # -- agents -------------------------------------------------------------------------------------
     def connect(self, info: AgentInfo, active: list[tuple[int, int]], serial: int = 0, peer_host: str = "") -> Session:
@@ -316,7 +318,7 @@ class Engine(Pacing, Faults):
                 pass
             self._wake.clear()
             try:
-                self.tick()
+                self.observe.scheduling_pass(self.tick)
             except Exception:
                 log.exception("scheduler tick failed")
 
@@ -420,6 +422,7 @@ class Engine(Pacing, Faults):
         crypt = self.dataplane.encrypt(source.host, job.destination.host, job.options.encrypt)
         run.encrypt = crypt.encrypt
         self.runs[job.id] = run
+        self.observe.attempt_started(source.host, job.destination.host)
         log.info("attempt started", extra=kv(job=job.id, attempt=run.attempt))
         via = "" if source == job.source else f" from the finished replica {source.host}:{show(source.path)}"
         ranked = self._ranking.get(job.id, {}).get(source)
@@ -457,6 +460,7 @@ class Engine(Pacing, Faults):
         stats = replace(run.sender_done or run.progress, entries_skipped=run.entries_skipped())
         self.runs.pop(job.id, None)
         self._link_ended(job, run, stats, failed=False)
+        self.observe.attempt_ended(run.source.host, job.destination.host, stats, "")
         self.store.end_attempt(job.id, run.attempt, now, "", stats)
         self.store.save_skipped(job.id, run.attempt, run.skipped)
         self._settle(lifecycle.succeeded(job, stats, now))
@@ -474,6 +478,7 @@ class Engine(Pacing, Faults):
         now = self.clock()
         merged = stats if stats.entries or stats.bytes_done else run.progress
         self._link_ended(job, run, merged, failed=retryable)
+        self.observe.attempt_ended(run.source.host, job.destination.host, merged, error)
         self.store.end_attempt(job_id, run.attempt, now, error, merged)
         self.store.save_skipped(job_id, run.attempt, run.skipped)
         job = lifecycle.failed_attempt(replace(job, progress=merged), error, retryable, now, self.retry)
@@ -494,6 +499,7 @@ class Engine(Pacing, Faults):
 
     def _settle(self, job: Job) -> None:
         self.store.save_job(job)
+        self.observe.job_settled(job)
         if job.state.final:
             self.jobs.pop(job.id, None)
         else:

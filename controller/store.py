@@ -193,6 +193,10 @@ class Store:
             args.append(limit)
         return [self._job(r) for r in self.db.execute(sql, args).fetchall()]
 
+    def job_counts(self) -> dict[JobState, int]:
+        """How many jobs are in each state (read through the jobs_state index)."""
+        return {JobState(s): n for s, n in self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+
     def recover_interrupted(self, now: float) -> list[int]:
         """After a restart: running jobs go back to the queue; their open attempt is closed, not counted."""
         ids = [r[0] for r in self.db.execute("SELECT id FROM jobs WHERE state='running'").fetchall()]

@@ -91,6 +91,8 @@ class AgentConfig:
     # then the oldest until it holds at most partial_max_bytes (0: a tenth of its filesystem).
     partial_max_age: float = 7 * 86400.0
     partial_max_bytes: int = 0
+    # HOST:PORT of the plaintext Prometheus /metrics port; empty = no metrics port.
+    metrics_listen: str = ""
 
     @staticmethod
     def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -107,6 +109,8 @@ class AgentConfig:
             raise ConfigError("no export configured: pass --export DIR (repeatable) or 'exports = [...]' in TOML")
         for addr in (self.controller, self.listen, self.data_listen):
             split_address(addr)
+        if self.metrics_listen:
+            split_address(self.metrics_listen)
         for exp in self.exports:
             if not os.path.isdir(exp):
                 raise ConfigError(f"export {os.fsdecode(exp)!r} is not an existing directory; create it first")
@@ -272,6 +276,8 @@ class ControllerConfig:
     encrypt_links: tuple[str, ...] = ()
     # Lifetime of a watch rule's reusable ticket; the controller rotates it at three quarters of it.
     sync_ticket_ttl: float = 3600.0
+    # HOST:PORT of the plaintext Prometheus /metrics port; empty = no metrics port.
+    metrics_listen: str = ""
 
     @staticmethod
     def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -287,6 +293,8 @@ class ControllerConfig:
         check_tls(self.ca, self.cert, self.key, self.insecure, extra="auto_pki" if self.auto_pki else "")
         split_address(self.listen)
         split_address(self.enroll_listen)
+        if self.metrics_listen:
+            split_address(self.metrics_listen)
         if self.ca_key and not self.cert:
             raise ConfigError("ca_key is only used with ca, cert and key (with auto_pki the CA lives in state_dir)")
         if not 60 <= self.token_ttl <= 7 * 86400:

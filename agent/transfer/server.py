@@ -164,6 +164,12 @@ class DataServer:
     def start(self) -> None:
         self._acceptor.start()
 
+    def connections(self) -> tuple[int, int]:
+        """Open data-port connections: (admitted with a ticket, still before one): control and data streams."""
+        with self._lock:
+            admitted = sum(1 for ref in self._conns.values() if ref is not None)
+            return admitted, len(self._conns) - admitted
+
     def stop(self) -> None:
         self._stopping.set()
         try:

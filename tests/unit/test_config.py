@@ -386,3 +386,15 @@ def test_controller_flags_for_high_marks_and_limits() -> None:
     assert cfg.high_cpu_percent == 97.0
     assert parse_host_limits(cfg.host_limits) == {"a": HostLimit(jobs=1), "b": HostLimit(streams=2)}
     assert parse_link_limits(cfg.link_limits) == {("a", "b"): 3}
+
+
+@pytest.mark.parametrize("cls", [ControllerConfig, AgentConfig])
+def test_metrics_listen_is_off_by_default_and_checked(cls: Any, tmp_path: Path) -> None:
+    base = {"insecure": True, **({"exports": str(tmp_path)} if cls is AgentConfig else {})}
+    assert load_config(cls, None, base, {}).metrics_listen == ""
+    toml = tmp_path / "c.toml"
+    toml.write_text('metrics_listen = "0.0.0.0:9470"\n')
+    assert load_config(cls, str(toml), base, {}).metrics_listen == "0.0.0.0:9470"
+    assert load_config(cls, str(toml), base, {"ZC_METRICS_LISTEN": "127.0.0.1:0"}).metrics_listen == "127.0.0.1:0"
+    with pytest.raises(ConfigError, match="'9470' is not HOST:PORT"):
+        load_config(cls, None, {**base, "metrics_listen": "9470"}, {})
