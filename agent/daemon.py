@@ -19,6 +19,7 @@ from zcrepl.agent.link import ControllerLink
 from zcrepl.agent.metrics import AgentMetrics
 from zcrepl.agent.priority import TransferPriority
 from zcrepl.agent.syncs import Syncs
+from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.server import DataServer, TicketBook
 from zcrepl.agent.transfer.tls import TlsContexts
@@ -55,6 +56,7 @@ class Agent:
         self.transfers: Transfers | None = None
         self.syncs: Syncs | None = None
         self.monitor: HealthMonitor | None = None
+        self.sweeper: Sweeper | None = None
         self.link: ControllerLink | None = None
         self.grpc_address = ""
         self.data_address = ""
@@ -94,10 +96,13 @@ class Agent:
                                    tls_contexts=TlsContexts(self.trust) if self.trust is not None else None)
             self.data_address = self._advertise(dhost, self.data.address[1])
             limits = SessionLimits.from_config(cfg)
+            self.sweeper = Sweeper(cfg.name, max_age=cfg.partial_max_age, max_bytes=cfg.partial_max_bytes,
+                                   state_file=os.path.join(cfg.state_dir, "recent-destinations.json"))
+            self.sweeper.startup([root for _, _, root in self.exports.roots])
             self.transfers = Transfers(cfg.name, self.exports, self.data, self.tickets, self._report,
-                                       io_timeout=cfg.io_timeout, limits=limits)
+                                       io_timeout=cfg.io_timeout, limits=limits, sweeper=self.sweeper)
             self.syncs = Syncs(cfg.name, self.exports, self.data, self.tickets, io_timeout=cfg.io_timeout,
-                               limits=limits)
+                               limits=limits, sweeper=self.sweeper)
             transfers, syncs = self.transfers, self.syncs
             sampler = HealthSampler(self.exports.paths, active_transfers=self.transfers.count,
                                     transfer_bytes=lambda: transfers.bytes_moved() + syncs.bytes_moved(),
@@ -157,6 +162,8 @@ class Agent:
             self.data.stop()
         if self.transfers is not None:
             self.transfers.join(5)
+        if self.sweeper is not None:
+            self.sweeper.stop()
         self._api.stop()
         if self.metrics is not None:
             self.metrics.stop()

@@ -1,14 +1,20 @@
 """The agent's long-lived stream to the controller: register, heartbeats and reports up, orders down.
 
-The agent dials, so agents behind NAT still get orders. When the stream breaks the agent cancels its
-transfers (the controller fails those attempts and reschedules them) and redials with backoff.
+The agent dials, so agents behind NAT still get orders. When the stream breaks the agent redials with
+backoff and its transfers carry on: the controller holds their attempts for ``attempt_grace`` seconds (its
+Welcome says how long; see controller/fence.py). Back in time, the agent lists them in its Register and
+sends again the final reports of the last ``attempt_grace`` seconds (the controller ignores those it already
+has). Still without the controller ``attempt_grace - LOSS_DETECTION`` seconds after noticing the loss, it
+stops them itself, before the controller may start another attempt.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -23,6 +29,7 @@ from zcrepl.core.types import (
     AgentInfo,
     CancelOrder,
     HostHealth,
+    Phase,
     ReceiveOrder,
     SendOrder,
     ThrottleOrder,
@@ -30,13 +37,23 @@ from zcrepl.core.types import (
 )
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc
-from zcrepl.proto.channels import channel
+from zcrepl.proto.channels import KEEPALIVE_CLIENT, channel
 from zcrepl.proto.convert import agent_info_to_pb, health_to_pb, options_from_pb, report_to_pb
 from zcrepl.proto.syncconvert import dest_order_from_pb, source_order_from_pb, status_to_pb, ticket_order_from_pb
 
 log = logging.getLogger(__name__)
 
 _CLOSE = object()
+
+
+def _option(name: str) -> float:
+    return float(dict(KEEPALIVE_CLIENT)[name]) / 1000
+
+
+# The longest the agent may take to notice a dead stream after the controller last heard from it: a keepalive
+# ping every keepalive_time, answered within keepalive_timeout.
+LOSS_DETECTION = _option("grpc.keepalive_time_ms") + _option("grpc.keepalive_timeout_ms")
+FINAL = (Phase.DONE, Phase.FAILED)
 
 
 class ControllerLink:
@@ -65,10 +82,15 @@ class ControllerLink:
         self.syncs = syncs
         self.trust = trust
         self.connected = threading.Event()
+        self.attempt_grace = 0.0  # from the controller's Welcome: 0 stops transfers as soon as it is lost
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._outbox: queue.Queue[object] | None = None
         self._call: grpc.Future | None = None
+        self._lost_at = 0.0  # monotonic time the stream was lost with transfers running; 0 when connected
+        # Final reports with when they were made: sent again after a reconnect (a report in flight when the
+        # stream broke is lost with it, and the controller may be holding that attempt).
+        self._finals: collections.deque[tuple[float, TransferReport]] = collections.deque(maxlen=4096)
         self._thread = threading.Thread(target=self._run, name="zc-link", daemon=True)
         self._beat = threading.Thread(target=self._heartbeats, name="zc-heartbeat", daemon=True)
 
@@ -88,7 +110,16 @@ class ControllerLink:
         self._beat.join(5)
 
     def report(self, r: TransferReport) -> None:
+        if r.phase in FINAL:
+            with self._lock:
+                self._finals.append((time.monotonic(), r))
         self._send(cpb.AgentMessage(report=report_to_pb(r)))  # type: ignore[arg-type]
+
+    def _recent_finals(self) -> list[TransferReport]:
+        """Final reports the controller may still be waiting for: made within its grace plus our detection."""
+        horizon = time.monotonic() - self.attempt_grace - LOSS_DETECTION
+        with self._lock:
+            return [r for t, r in self._finals if t >= horizon] if self.attempt_grace > 0 else []
 
     # -- internals ----------------------------------------------------------------------------------
     def _send(self, msg: cpb.AgentMessage) -> bool:
@@ -103,8 +134,12 @@ class ControllerLink:
         failures = 0
         while not self._stop.is_set():
             box: queue.Queue[object] = queue.Queue()
-            refs = [cpb.TransferRef(job_id=j, attempt=a) for j, a in self.transfers.refs()]
+            finals = self._recent_finals()
+            held = sorted(set(self.transfers.refs()) | {(r.job_id, r.attempt) for r in finals})
+            refs = [cpb.TransferRef(job_id=j, attempt=a) for j, a in held]
             box.put(cpb.AgentMessage(register=cpb.Register(info=agent_info_to_pb(self._info()), active=refs)))
+            for r in finals:
+                box.put(cpb.AgentMessage(report=report_to_pb(r)))  # type: ignore[arg-type]
             if self.trust is not None:
                 self.trust.refresh()  # each (re)connection presents the newest certificate
             ch = channel(self.target, self.trust)
@@ -130,12 +165,26 @@ class ControllerLink:
                 ch.close()
             if self._stop.is_set():
                 return
-            if was_connected:
-                self.transfers.cancel_all("lost the controller stream")
+            if was_connected and self.transfers.count():
+                self._lost_at = time.monotonic()
+                self._fence()
             failures += 1
             delay = backoff_delay(failures, 0.5, self.reconnect_max)
             log.info("reconnecting to controller", extra=kv(controller=self.target, in_seconds=round(delay, 2)))
             self._stop.wait(delay)
+
+    def _fence(self) -> None:
+        """Stop the transfers once the controller has been gone for longer than it holds their attempts."""
+        if not self._lost_at or self.connected.is_set():
+            return
+        grace = max(0.0, self.attempt_grace - LOSS_DETECTION)
+        if time.monotonic() - self._lost_at < grace:
+            return
+        self._lost_at = 0.0
+        why = (f"no controller for {grace:.0f}s: the controller gives this attempt up after {self.attempt_grace:g}s"
+               if grace else "lost the controller stream")
+        log.warning("stopping transfers without the controller", extra=kv(controller=self.target, reason=why))
+        self.transfers.cancel_all(why)
 
     def _handle(self, msg: cpb.ControllerMessage) -> bool:
         kind = msg.WhichOneof("kind")
@@ -143,6 +192,8 @@ class ControllerLink:
             if msg.welcome.heartbeat_interval > 0:
                 self.interval = msg.welcome.heartbeat_interval
                 self.on_interval(self.interval)
+            self.attempt_grace = max(0.0, msg.welcome.attempt_grace)
+            self._lost_at = 0.0
             self.connected.set()
             log.info("registered with controller", extra=kv(controller=self.target, heartbeat=self.interval))
             self._send(self._heartbeat())
@@ -187,6 +238,8 @@ class ControllerLink:
             self.on_beat()
             if self.connected.is_set():
                 self._send(self._heartbeat())
+            else:
+                self._fence()
 
     def _heartbeat(self) -> cpb.AgentMessage:
         syncs = [status_to_pb(s) for s in self.syncs.statuses()] if self.syncs is not None else []

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default /var/lib/zcrepl-agent)")
     tls.add_argument("--insecure", action="store_true", default=None,
                      help="no TLS and no authentication (binds loopback unless --listen says otherwise)")
+    p.add_argument("--io-timeout", type=float, metavar="SECONDS",
+                   help="a data connection silent this long fails its transfer (default 60)")
     p.add_argument("--advertise-host", metavar="HOST", help="host to advertise when listening on 0.0.0.0")
     p.add_argument("--site", metavar="LABEL",
                    help="where this agent runs (the controller's encrypt = cross-site compares these)")

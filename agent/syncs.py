@@ -17,6 +17,7 @@ from zcrepl.agent.exports import Exports
 from zcrepl.agent.sync_source import SourceRule
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.peer import Binding, resolve
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
@@ -42,8 +43,9 @@ log = logging.getLogger(__name__)
 
 class Syncs:
     def __init__(self, host: str, exports: Exports, data: DataServer, tickets: TicketBook, *,
-                 io_timeout: float = 60.0, limits: SessionLimits | None = None) -> None:
+                 io_timeout: float = 60.0, limits: SessionLimits | None = None, sweeper: Sweeper | None = None) -> None:
         self.host = host
+        self.sweeper = sweeper
         self.limits = limits or SessionLimits()
         self.exports = exports
         self.data = data
@@ -106,6 +108,8 @@ class Syncs:
             return
 
         def serve(ch: Channel, hello: Hello) -> None:
+            if self.sweeper is not None:  # what dead sessions left here goes (at most once a minute)
+                self.sweeper.request(export, rel)
             spec = ReceiveSpec(job_id, order.epoch, export, rel, order.options, label,
                                policy=self.exports.policy(export), limits=self.limits, bind=bind)
             try:

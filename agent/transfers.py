@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,9 +19,11 @@ from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.jobdirs import check_destination, no_space, open_source
+from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.local import LocalCopy, log_local
-from zcrepl.agent.transfer.partial import PartialArea
+from zcrepl.agent.transfer.partial import drop_partials
 from zcrepl.agent.transfer.peer import Binding, resolve
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
@@ -29,7 +31,7 @@ from zcrepl.agent.transfer.send import Sender, SendSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
 from zcrepl.core.config import split_address
 from zcrepl.core.errorkind import error_kind
-from zcrepl.core.errors import Cancelled, ConfigError, InvalidPath, TransferError, UnsafePath, ZcError
+from zcrepl.core.errors import Cancelled, ConfigError, TransferError, UnsafePath, ZcError
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
 from zcrepl.core.types import (
@@ -63,6 +65,7 @@ class _Active:
     thread: threading.Thread | None = None
     session: ReceiveSession | None = None
     sender: Sender | None = None
+    ended: threading.Event = field(default_factory=threading.Event)  # set once it no longer touches files
 
 
 class Transfers:
@@ -76,8 +79,10 @@ class Transfers:
         *,
         io_timeout: float = 60.0,
         limits: SessionLimits | None = None,
+        sweeper: Sweeper | None = None,
     ) -> None:
         self.host = host
+        self.sweeper = sweeper
         self.limits = limits or SessionLimits()
         self.exports = exports
         self.data = data
@@ -94,6 +99,9 @@ class Transfers:
         self._moved_done = 0  # file bytes of transfers already forgotten (see bytes_moved)
         self._done_by_role = {r: TransferStats() for r in Role}  # last figures of forgotten transfers, per role
         self._errors: collections.Counter[str] = collections.Counter()  # failed transfers per error_kind
+        # The newest attempt seen per job: the fence that keeps two attempts of a job from ever writing here at
+        # the same time (an older one's orders and data connections are refused, see _supersede).
+        self._newest: collections.OrderedDict[int, int] = collections.OrderedDict()
 
     # -- queries ------------------------------------------------------------------------------------
     def count(self) -> int:
@@ -129,6 +137,9 @@ class Transfers:
     # -- orders -------------------------------------------------------------------------------------
     def receive(self, order: ReceiveOrder) -> None:
         label = f"{self.host}:{show(order.path)}"
+        older = self._supersede(order.job_id, order.attempt, Role.RECEIVER, label)
+        if older is None:
+            return
         try:
             if order.options.encrypt and self.data.tls is None and order.source_host != self.host:
                 raise ConfigError(no_tls(self.host, "receive"))  # (a same-host copy never touches the network)
@@ -137,10 +148,38 @@ class Transfers:
         except ZcError as err:
             self._fail(order.job_id, order.attempt, Role.RECEIVER, str(err), retryable=False)
             return
-        bind = Binding(order.source_host, resolve(order.source_addresses), order.options.encrypt)
         key = (order.job_id, order.attempt, Role.RECEIVER)
         with self._lock:
             self._active[key] = _Active(Role.RECEIVER)
+        if any(not e.is_set() for e in older):
+            # An older attempt of this job is still stopping here: get ready only once it has (off the thread
+            # that reads the controller's orders).
+            threading.Thread(target=self._ready_after, args=(order, root, rel, label, older),
+                             name=f"zc-fence-{order.job_id}", daemon=True).start()
+            return
+        self._ready(order, root, rel, label)
+
+    def _ready_after(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,
+                     older: list[threading.Event]) -> None:
+        deadline = time.monotonic() + self.io_timeout
+        for e in older:
+            e.wait(max(0.0, deadline - time.monotonic()))
+        if all(e.is_set() for e in older):
+            self._ready(order, root, rel, label)
+            return
+        self._forget((order.job_id, order.attempt, Role.RECEIVER))
+        self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: an older attempt of job {order.job_id} "
+                   f"is still stopping here after {self.io_timeout:g}s; the next attempt will try again",
+                   retryable=True)
+
+    def _ready(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str) -> None:
+        key = (order.job_id, order.attempt, Role.RECEIVER)
+        with self._lock:
+            active = self._active.get(key)
+        if active is None or active.cancel.is_set():  # cancelled while an older attempt was stopping
+            self._forget(key)
+            return
+        bind = Binding(order.source_host, resolve(order.source_addresses), order.options.encrypt)
 
         def serve(ch: Channel, hello: Hello) -> None:
             self._serve_receive(order, root, rel, label, ch, hello, bind)
@@ -160,6 +199,9 @@ class Transfers:
 
     def send(self, order: SendOrder) -> None:
         label = f"{self.host}:{show(order.path)}"
+        older = self._supersede(order.job_id, order.attempt, Role.SENDER, label)
+        if older is None:
+            return
         try:
             if order.options.encrypt and self.data.tls is None and order.dest_host != self.host:
                 raise ConfigError(no_tls(self.host, "send"))
@@ -174,7 +216,7 @@ class Transfers:
         with self._lock:
             self._active[key] = active
         if order.dest_host == self.host:
-            active.thread = threading.Thread(target=self._run_local, args=(order, src, key, label, active),
+            active.thread = threading.Thread(target=self._run_local, args=(order, src, key, label, active, older),
                                              name=f"zc-local-{order.job_id}", daemon=True)
             active.thread.start()
             return
@@ -213,7 +255,7 @@ class Transfers:
                 kept = self._kept.pop((order.job_id, order.attempt), None)
                 self._discarded.add((order.job_id, order.attempt))
             if kept is not None:
-                self._drop_partials(*kept)
+                drop_partials(*kept)
         if self.tickets.revoke(order.job_id, order.attempt):
             self._forget((order.job_id, order.attempt, Role.RECEIVER))
         self.data.abort(order.job_id, order.attempt)
@@ -222,6 +264,27 @@ class Transfers:
     def cancel_all(self, reason: str) -> None:
         for job_id, attempt in self.refs():
             self.cancel(CancelOrder(job_id, attempt, reason))
+
+    def _supersede(self, job_id: int, attempt: int, role: Role, label: str) -> list[threading.Event] | None:
+        """Make ``attempt`` the newest of its job here and cancel this agent's older attempts of it; returns
+        the events that tell when those have stopped, or None (with a report) when the order is itself older
+        than one already seen: a controller that lost track of an attempt never gets two writing at once."""
+        with self._lock:
+            newest = self._newest.get(job_id, 0)
+            if attempt >= newest:
+                self._newest[job_id] = attempt
+                self._newest.move_to_end(job_id)
+                while len(self._newest) > 4096:
+                    self._newest.popitem(last=False)
+            older = {(j, a): act for (j, a, _), act in self._active.items() if j == job_id and a < attempt}
+        if attempt < newest:
+            log.warning("stale order refused", extra=kv(job=job_id, attempt=attempt, newest=newest))
+            self._fail(job_id, attempt, role, f"{label}: attempt {attempt} of job {job_id} is older than attempt "
+                       f"{newest}, which this agent already received; it is not run", retryable=True)
+            return None
+        for j, a in {(j, a) for (j, a) in older}:
+            self.cancel(CancelOrder(j, a, f"attempt {attempt} of job {j} supersedes it"))
+        return [act.ended for act in older.values()]
 
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -268,7 +331,7 @@ class Transfers:
                                    skipped=tuple(sender.skips.listed)))
 
     def _run_local(self, order: SendOrder, src: SafeRoot, key: tuple[int, int, Role], label: str,
-                   active: _Active) -> None:
+                   active: _Active, older: list[threading.Event]) -> None:
         """Both ends are this agent: copy in the kernel, then answer for both roles."""
         priority.apply_to_this_thread()
         self.tickets.revoke(order.job_id, order.attempt)  # nobody will connect
@@ -276,6 +339,14 @@ class Transfers:
         dst_label = f"{self.host}:{show(order.dest_path)}"
         t0 = time.monotonic()
         try:
+            if self.sweeper is not None:
+                self.sweeper.request(*self.exports.resolve(order.dest_path))
+            deadline = t0 + self.io_timeout
+            for e in older:  # this thread is the writer: never while an older attempt still is
+                e.wait(max(0.0, deadline - time.monotonic()))
+            if not all(e.is_set() for e in older):
+                raise TransferError(f"an older attempt of job {order.job_id} is still stopping here after "
+                                    f"{self.io_timeout:g}s; the next attempt will try again")
             root, rel = self.exports.resolve(order.dest_path)
             copier = LocalCopy(order.job_id, src, root, rel, order.options, dst_label, active.cancel,
                                lambda s: self.report(TransferReport(order.job_id, order.attempt, Role.SENDER,
@@ -291,6 +362,12 @@ class Transfers:
             msg = str(err) if isinstance(err, ZcError) else (err.strerror or str(err))
             self._fail(order.job_id, order.attempt, Role.SENDER, f"{label} -> {dst_label}: {msg}",
                        retryable=getattr(err, "retryable", True))
+            return
+        except Exception as err:  # a bug must fail the attempt now, not leave it to the stall timeout
+            self._forget(key)
+            log.exception("local copy crashed", extra=kv(job=order.job_id))
+            self._fail(order.job_id, order.attempt, Role.SENDER, f"{label} -> {dst_label}: internal error: "
+                       f"{err!r}; see the agent log", retryable=True)
             return
         finally:
             src.close()
@@ -309,6 +386,8 @@ class Transfers:
     def _serve_receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,
                        ch: Channel, hello: Hello, bind: Binding) -> None:
         key = (order.job_id, order.attempt, Role.RECEIVER)
+        if self.sweeper is not None:  # first, what dead transfers left here goes (at most once a minute)
+            self.sweeper.request(root, rel)
         spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label,
                            policy=self.exports.policy(root), limits=self.limits, bind=bind)
         session = ReceiveSession(spec, self.tickets)
@@ -316,12 +395,32 @@ class Transfers:
             active = self._active.get(key)
             if active is not None:
                 active.session = session
+        try:
+            self._receive(order, root, rel, label, ch, hello, session)
+        finally:
+            if active is not None:
+                _ended(active, key)
+
+    def _receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str, ch: Channel,
+                 hello: Hello, session: ReceiveSession) -> None:
+        key = (order.job_id, order.attempt, Role.RECEIVER)
         t0 = time.monotonic()
         try:
             stats = session.serve_control(ch, hello)
-        except (TransferError, OSError) as err:
+        except Exception as err:  # any exception, a bug's too, fails the attempt now (not at the stall timeout)
             retryable = getattr(err, "retryable", True) and not isinstance(err, UnsafePath)
-            msg = str(err) if isinstance(err, TransferError) else (err.strerror or str(err))
+            if isinstance(err, TransferError):
+                msg = str(err)
+            elif isinstance(err, TimeoutError):
+                msg = (f"nothing arrived for {self.io_timeout:g}s (io_timeout); check the network between "
+                       f"{order.source_host} and {self.host}, the job is retried")
+            elif isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                msg, retryable = no_space(session.writer, root, str(err.strerror)), False
+            elif isinstance(err, OSError):
+                msg = err.strerror or str(err)
+            else:
+                log.exception("receive crashed", extra=kv(job=order.job_id, attempt=order.attempt))
+                msg = f"internal error: {err!r}; see the agent log"
             if not isinstance(err, Cancelled):
                 with contextlib.suppress(OSError):
                     ch.send(fr.encode_text(fr.T.ABORT, msg))
@@ -337,34 +436,33 @@ class Transfers:
                         while len(self._kept) > 64:
                             self._kept.popitem(last=False)
                 if discard:
-                    self._drop_partials(*kept)
+                    drop_partials(*kept)
             stats = session.stats() if session.writer is not None else TransferStats()
-            self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: {msg}", retryable=retryable,
-                       stats=stats)
+            where = f"{label} <- {order.source_host}"
+            self._fail(order.job_id, order.attempt, Role.RECEIVER,
+                       where + msg[len(label):] if msg.startswith(label) else f"{where}: {msg}",
+                       retryable=retryable, stats=stats)
             return
         self._forget(key)
         assert session.writer is not None
+        if stats.errors and session.writer.no_space:
+            why = f"{stats.errors} entries failed; first: {session.writer.first_error}"
+            self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: {no_space(session.writer, root, why)}",
+                       retryable=False, stats=stats)
+            return
         if stats.errors:
             self._fail(order.job_id, order.attempt, Role.RECEIVER,
                        f"{stats.errors} entries failed; first: {session.writer.first_error}", retryable=True,
                        stats=stats)
             return
+        # Whatever is left in the partial area belongs to files this tree no longer needs: deleted at the
+        # source, or replaced by a newer version that arrived whole.
+        drop_partials(root, rel, None)
         log.info("receive done", extra=kv(job=order.job_id, attempt=order.attempt, files=stats.files_done,
                                           bytes=stats.bytes_done, skipped=stats.files_skipped,
                                           transport=stats.transport, source=ch.peer.address if ch.peer else "",
                                           deleted=stats.deleted, seconds=round(time.monotonic() - t0, 3)))
         self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE, stats))
-
-    @staticmethod
-    def _drop_partials(export: SafeRoot, rel: tuple[bytes, ...], relpaths: list[bytes]) -> None:
-        try:
-            root = SafeRoot.from_fd(export.open_dir(rel), export.path)
-        except (OSError, UnsafePath):
-            return
-        try:
-            PartialArea(root).drop(relpaths)
-        finally:
-            root.close()
 
     def _forget(self, key: tuple[int, int, Role]) -> None:
         with self._lock:
@@ -375,6 +473,8 @@ class Transfers:
                 done = self._done_by_role[a.role]
                 self._done_by_role[a.role] = replace(done, bytes_done=done.bytes_done + last.bytes_done,
                                                      files_done=done.files_done + last.files_done)
+                if a.session is None:  # a serving thread signals its session's end itself, after its report
+                    _ended(a, key)
 
     def _fail(self, job_id: int, attempt: int, role: Role, error: str, *, retryable: bool,
               stats: TransferStats | None = None, skipped: tuple[Skipped, ...] = ()) -> None:
@@ -383,6 +483,13 @@ class Transfers:
             self._errors[error_kind(error)] += 1
         self.report(TransferReport(job_id, attempt, role, Phase.FAILED, stats or TransferStats(), error,
                                    retryable, skipped))
+
+
+def _ended(a: _Active, key: tuple[int, int, Role]) -> None:
+    """The attempt no longer touches files here (logged: the kill-cycle tests check that no two attempts of a job
+    overlap at a destination)."""
+    a.ended.set()
+    log.debug("attempt ended here", extra=kv(job=key[0], attempt=key[1], role=key[2].value))
 
 
 def _live_bytes(a: _Active) -> int:
@@ -398,31 +505,3 @@ def _live_stats(a: _Active) -> TransferStats:
     except Exception:  # a health figure must never break a transfer; count nothing for it this time
         log.debug("live transfer bytes unavailable", exc_info=True)
     return TransferStats()
-
-
-def open_source(root: SafeRoot, rel: tuple[bytes, ...], label: str) -> SafeRoot:
-    try:
-        fd = root.open_dir(rel)
-    except FileNotFoundError as err:
-        raise InvalidPath(f"{label} does not exist; check the path (zc-ctl agents lists the exports)") from err
-    except NotADirectoryError as err:
-        raise InvalidPath(f"{label} is not a directory; zcrepl replicates directory trees") from err
-    except UnsafePath as err:
-        raise InvalidPath(f"{label} passes through a symlink; name the real directory instead") from err
-    except PermissionError as err:
-        raise InvalidPath(f"{label}: permission denied; run zc-agent as a user that can read it") from err
-    return SafeRoot.from_fd(fd, root.path + b"/" + b"/".join(rel) if rel else root.path)
-
-
-def check_destination(root: SafeRoot, rel: tuple[bytes, ...], label: str) -> None:
-    """Refuse before any write when an existing component is a symlink or not a directory."""
-    for depth in range(1, len(rel) + 1):
-        try:
-            fd = root.open_dir(rel[:depth])
-        except FileNotFoundError:
-            return  # the rest will be created when the source connects
-        except NotADirectoryError as err:
-            raise InvalidPath(f"{label}: {show(b'/'.join(rel[:depth]))} exists and is not a directory") from err
-        except UnsafePath as err:
-            raise InvalidPath(f"{label} passes through a symlink; name the real directory instead") from err
-        os.close(fd)

@@ -14,8 +14,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
-from zcrepl.controller import lifecycle
+from zcrepl.controller import fence, lifecycle
 from zcrepl.controller.dataplane import DataPlane
+from zcrepl.controller.faults import Faults
 from zcrepl.controller.links import LinkTracker
 from zcrepl.controller.observe import Observer
 from zcrepl.controller.pacing import THROTTLE_EVERY, Pacing
@@ -56,7 +57,7 @@ from zcrepl.core.types import (
 log = logging.getLogger(__name__)
 
 
-class Engine(Pacing):
+class Engine(Pacing, Faults):
     def __init__(self, config: ControllerConfig, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = store
@@ -106,12 +107,12 @@ class Engine(Pacing):
         if old is not None:
             log.warning("agent registered again; closing its previous, silent stream", extra=kv(agent=info.name))
             old.close()
-            self._host_lost(info.name, f"{info.name} re-registered (its agent restarted) during the transfer")
         self.store.upsert_agent(info, now)
         for job_id, attempt in active:
             run = self.runs.get(job_id)
             if run is None or run.attempt != attempt:
                 session.outbox.put_nowait(CancelOrder(job_id, attempt, "attempt unknown to the controller"))
+        self._rejoined(info.name, set(active))
         log.info("agent online", extra=kv(agent=info.name, grpc=info.grpc_address, data=info.data_address))
         self.wake()
         return session
@@ -127,7 +128,7 @@ class Engine(Pacing):
             name = session.info.name
             self.store.touch_agent(name, session.last_seen)
             log.warning("agent offline", extra=kv(agent=name, reason=why))
-            self._host_lost(name, f"{name} went offline during the transfer ({why})")
+            self._host_lost(name, why)
             self.wake()
 
     def drop_revoked(self, revoked: frozenset[int]) -> None:
@@ -171,6 +172,8 @@ class Engine(Pacing):
             if run.sender_done is not None and run.receiver_done is not None:
                 self._succeed(job, run)
         elif r.phase is Phase.FAILED:
+            if fence.await_destination(run, job, r, self.clock(), self.registry.session(job.destination.host)):
+                return  # the destination's own report, due any moment, says why (and whether to retry)
             self._fail_run(job.id, r.error or f"{session.info.name} reported a failure", r.retryable, r.stats)
 
     def agent_names(self, names: list[str] | None = None) -> list[str]:
@@ -325,7 +328,11 @@ class Engine(Pacing):
             self.disconnect(s, f"no heartbeat for {self.config.offline_after:.0f}s")
         for run in list(self.runs.values()):
             job = self.jobs[run.job_id]
-            if not run.receiver_ready and now > run.ready_deadline:
+            if fence.expired(run, now):
+                self._fail_run(run.job_id, fence.expiry_reason(run, self.config.attempt_grace), True, run.progress)
+            elif (sent := fence.sender_failure(run, now)) is not None:
+                self._fail_run(run.job_id, sent.error, sent.retryable, sent.stats)
+            elif not run.receiver_ready and now > run.ready_deadline:
                 self._fail_run(run.job_id, f"{job.destination.host} did not prepare to receive within "
                                f"{self.config.ready_timeout:.0f}s", True, run.progress)
             elif run.receiver_ready and now - run.last_report > self.config.stall_timeout:
@@ -347,13 +354,22 @@ class Engine(Pacing):
         running = [self.jobs[i] for i in self.runs]
         done: dict[int, list[Endpoint]] = {}  # one query per fan-out per tick, not one per waiting job
         self._ranking.clear()
-        sources = {j.id: self._replicas(j, done) for j in queued if j.group_id}
+        sources: dict[int, list[Endpoint]] = {}
+        for j in queued:
+            if j.group_id:
+                try:
+                    sources[j.id] = self._replicas(j, done)
+                except Exception as err:  # this job reads from its own source this pass; the others go on
+                    self._schedule_failed(j, err)
         sending = [(self.jobs[i].group_id, r.source.host) for i, r in self.runs.items() if self.jobs[i].group_id]
         for d in plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending,
                       link_streams=usage.links):
             job = self.jobs[d.job_id]
             if d.start:
-                self._start(job, now, d.source or job.source)
+                try:
+                    self._start(job, now, d.source or job.source)
+                except Exception as err:
+                    self._schedule_failed(job, err)
             elif job.wait_reason != d.reason:
                 job = replace(job, wait_reason=d.reason, updated_at=now)
                 self.jobs[job.id] = job
@@ -460,13 +476,14 @@ class Engine(Pacing):
         if run is None or job is None:
             return
         now = self.clock()
-        self._cancel_sides(job, run, error)
         merged = stats if stats.entries or stats.bytes_done else run.progress
         self._link_ended(job, run, merged, failed=retryable)
         self.observe.attempt_ended(run.source.host, job.destination.host, merged, error)
         self.store.end_attempt(job_id, run.attempt, now, error, merged)
         self.store.save_skipped(job_id, run.attempt, run.skipped)
         job = lifecycle.failed_attempt(replace(job, progress=merged), error, retryable, now, self.retry)
+        # A job given up keeps nothing for a resume that will never come.
+        self._cancel_sides(job, run, error, discard=job.state is JobState.FAILED)
         log.warning("attempt failed", extra=kv(job=job_id, attempt=run.attempt, error=error,
                                                retryable=retryable, next=job.state.value))
         then = (f"retry in {job.next_attempt_at - now:.1f}s" if job.state is JobState.QUEUED
@@ -479,11 +496,6 @@ class Engine(Pacing):
             s = self.registry.session(host)
             if s is not None:
                 s.outbox.put_nowait(CancelOrder(job.id, run.attempt, reason, discard))
-
-    def _host_lost(self, name: str, reason: str) -> None:
-        for job_id, run in list(self.runs.items()):
-            if name in (run.source.host, self.jobs[job_id].destination.host):
-                self._fail_run(job_id, reason, True, run.progress)
 
     def _settle(self, job: Job) -> None:
         self.store.save_job(job)

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-jobs-per-host", type=int, metavar="N", help="concurrent jobs per host (default 4)")
     p.add_argument("--stall-timeout", type=float, metavar="SECONDS",
                    help="fail a running attempt after this long without a report from its agents")
+    p.add_argument("--attempt-grace", type=float, metavar="SECONDS",
+                   help="hold a running attempt this long for its agent to come back after losing it (60)")
     p.add_argument("--max-cpu-percent", type=float, metavar="PCT", help="start jobs only under this CPU %% (85)")
     p.add_argument("--max-load-per-core", type=float, metavar="N", help="start jobs only under this load/core (1.5)")
     p.add_argument("--max-disk-busy-percent", type=float, metavar="PCT",

@@ -35,6 +35,12 @@ class Run:
     paused: bool = False
     rate_at: float = 0.0  # when the throttle last sampled this run...
     rate_bytes: int = 0  # ...and the bytes done then
+    # Agents of this attempt the controller lost while it ran, and until when it is held for them (fence.py).
+    lost_hosts: set[str] = field(default_factory=set)
+    lost_until: float = 0.0
+    # The source's failure report, held briefly for the destination's own (fence.await_destination), and when.
+    sender_failed: TransferReport | None = None
+    sender_failed_at: float = 0.0
     encrypt: bool = False  # TLS on its data connections (decided when it starts, for both orders)
     skipped: list[Skipped] = field(default_factory=list)  # entries either side left out (the first ones)
     skip_totals: dict[Role, int] = field(default_factory=dict)  # entries each side left out, all of them

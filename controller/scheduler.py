@@ -8,13 +8,17 @@ destination, fresh health). A job that may not start gets the reason in words.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from zcrepl.controller.policy import Thresholds, host_blockers, order_queue, wait_reason
 from zcrepl.core.config import HostLimit
+from zcrepl.core.logs import kv
 from zcrepl.core.paths import relative_to, show
 from zcrepl.core.types import Endpoint, HostHealth, Job, Role
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,15 +88,21 @@ def plan(
     out: list[Decision] = []
     for job in order_queue(queued, policy.aging):
         reason, chosen = "", None
-        for src in (sources or {}).get(job.id) or (job.source,):
-            if job.group_id and (job.group_id, src.host) in sending:
-                why = f"waiting: {src.host} is already sending a copy for this fan-out"
-            else:
-                why = _blocker(job, src, hosts, load, streams, writing, policy, now)
-            if not why:
-                chosen = src
-                break
-            reason = reason or why
+        try:
+            for src in (sources or {}).get(job.id) or (job.source,):
+                if job.group_id and (job.group_id, src.host) in sending:
+                    why = f"waiting: {src.host} is already sending a copy for this fan-out"
+                else:
+                    why = _blocker(job, src, hosts, load, streams, writing, policy, now)
+                if not why:
+                    chosen = src
+                    break
+                reason = reason or why
+        except Exception as err:  # one job's bad data must not stop the others from being scheduled
+            log.exception("scheduling a job failed", extra=kv(job=job.id))
+            out.append(Decision(job.id, False, f"waiting: scheduling this job failed ({err!r}); it is tried "
+                                "again on the next pass (see the controller log)"))
+            continue
         if chosen is None:
             out.append(Decision(job.id, False, reason))
             continue

@@ -120,7 +120,8 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         reader = asyncio.create_task(self._read(context, session))
         try:
             await context.write(cpb.ControllerMessage(welcome=cpb.Welcome(
-                heartbeat_interval=self.engine.config.heartbeat_interval, controller_version=VERSION)))
+                heartbeat_interval=self.engine.config.heartbeat_interval, controller_version=VERSION,
+                attempt_grace=self.engine.config.attempt_grace)))
             while True:
                 order = await session.outbox.get()
                 if order is None:

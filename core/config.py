@@ -86,6 +86,11 @@ class AgentConfig:
     # Space a receiver leaves free on the destination filesystem: a file whose preallocation would cut into
     # it is refused.
     free_margin_bytes: int = 1 << 30
+    # Each destination's partial area (.zc.partial: data of interrupted large files, kept for a resume) is swept
+    # when a job or watch session starts there and at start-up: entries older than partial_max_age seconds go,
+    # then the oldest until it holds at most partial_max_bytes (0: a tenth of its filesystem).
+    partial_max_age: float = 7 * 86400.0
+    partial_max_bytes: int = 0
     # HOST:PORT of the plaintext Prometheus /metrics port; empty = no metrics port.
     metrics_listen: str = ""
 
@@ -132,6 +137,9 @@ class AgentConfig:
                 raise ConfigError(f"{key} must be at least 1")
         if self.free_margin_bytes < 0:
             raise ConfigError("free_margin_bytes must be 0 or more bytes")
+        if self.partial_max_age <= 0 or self.partial_max_bytes < 0:
+            raise ConfigError("partial_max_age must be a positive number of seconds and partial_max_bytes 0 (a "
+                              "tenth of the filesystem) or more bytes")
         if self.handshake_timeout <= 0 or self.io_timeout <= 0:
             raise ConfigError("handshake_timeout and io_timeout must be positive numbers of seconds")
         parse_export_policies(self.export_policy, self.exports)
@@ -236,6 +244,10 @@ class ControllerConfig:
     schedule_interval: float = 0.5
     # A running attempt with no report from its agents for this long is failed (a hung or lying peer).
     stall_timeout: float = 120.0
+    # A running attempt whose agent went offline is held this long (no other attempt of the job starts) for
+    # the agent to come back and carry on; the agent stops it itself sooner (this minus the 30 s the gRPC
+    # keepalive may take to notice a dead stream). 0: fail such attempts at once.
+    attempt_grace: float = 60.0
     # Load policy: a job starts only when both hosts are at or under these (see controller/policy.py).
     max_cpu_percent: float = 85.0
     max_load_per_core: float = 1.5
@@ -291,6 +303,8 @@ class ControllerConfig:
             raise ConfigError("agent_cert_days: choose 1 to 3650")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
+        if self.attempt_grace < 0:
+            raise ConfigError("attempt_grace must be 0 (fail at once) or a positive number of seconds")
         if self.heartbeat_interval <= 0 or self.offline_after <= self.heartbeat_interval:
             raise ConfigError("offline_after must be larger than heartbeat_interval (both in seconds, > 0)")
         if self.max_jobs_per_host < 1:

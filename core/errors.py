@@ -16,6 +16,7 @@
         ├── ProtocolError        the peer sent something malformed or lied (connection dropped)
         ├── UnsafePath           a name or path would leave the root         (never retried)
         ├── SourceChanged        a file changed while it was being sent      (retried)
+        ├── NoSpace              the destination filesystem is full           (not retried: free space first)
         └── Cancelled            the controller cancelled the attempt
 """
 
@@ -78,6 +79,13 @@ class UnsafePath(TransferError):
 
 class SourceChanged(TransferError):
     retryable = True
+
+
+class NoSpace(TransferError):
+    """The destination's filesystem cannot hold what the job still has to write; another attempt would fail the
+    same way until someone frees space."""
+
+    retryable = False
 
 
 class Cancelled(TransferError):

@@ -86,12 +86,14 @@ class AgentMessage(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., report: _Optional[_Union[TransferReport, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("heartbeat_interval", "controller_version")
+    __slots__ = ("heartbeat_interval", "controller_version", "attempt_grace")
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     CONTROLLER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_GRACE_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval: float
     controller_version: str
-    def __init__(self, heartbeat_interval: _Optional[float] = ..., controller_version: _Optional[str] = ...) -> None: ...
+    attempt_grace: float
+    def __init__(self, heartbeat_interval: _Optional[float] = ..., controller_version: _Optional[str] = ..., attempt_grace: _Optional[float] = ...) -> None: ...
 
 class ReceiveOrder(_message.Message):
     __slots__ = ("job_id", "attempt", "ticket", "path", "options", "source_host", "source_addresses")

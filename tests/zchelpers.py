@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,24 +133,32 @@ class ClusterPKI:
 
 
 class Cluster:
-    """A controller and agents as real processes on loopback, all with mutual TLS; all ports ephemeral."""
+    """A controller and agents as real processes, all with mutual TLS; all ports ephemeral.
 
-    def __init__(self, base: Path, **controller_flags: Any) -> None:
+    On loopback by default; with ``bed`` (tests/netbed.py) every daemon runs on a host of its own (a network
+    namespace with its own address), the controller on the bed's host "controller".
+    """
+
+    def __init__(self, base: Path, bed: Any = None, **controller_flags: Any) -> None:
         self.base = base
+        self.bed = bed
         self.daemons: dict[str, Daemon] = {}
         (base / "pki").mkdir(parents=True, exist_ok=True)
         self.pki = ClusterPKI(base / "pki")
-        self.controller_port = free_port()
-        self.controller_addr = f"127.0.0.1:{self.controller_port}"
+        if bed is None:
+            host, self.controller_port, prefix = "127.0.0.1", free_port(), []
+        else:  # a namespace of its own: any port is free there
+            host, self.controller_port, prefix = bed.add_host("controller").ip, 7420, bed.exec_prefix("controller")
+        self.controller_addr = f"{host}:{self.controller_port}"
         # The machine running the suite is busy by nature: the load policy is relaxed here and exercised
         # on purpose by the tests that set their own thresholds.
         flags = {"retry_base": 0.2, "retry_max": 1.0, "heartbeat_interval": 0.5, "offline_after": 3.0,
                  "max_cpu_percent": 100, "max_load_per_core": 1000, "max_disk_busy_percent": 100,
                  "max_net_percent": 100, "high_cpu_percent": 100, "high_load_per_core": 1000,
                  "high_disk_busy_percent": 100, "high_net_percent": 100, **controller_flags}
-        argv = [sys.executable, "-m", "zcrepl.controller", "--listen", self.controller_addr,
+        argv = [*prefix, sys.executable, "-m", "zcrepl.controller", "--listen", self.controller_addr,
                 "--state-dir", str(base / "state"), "--ready-file", str(base / "controller.json"),
-                "--log-level", "debug", "--enroll-listen", "127.0.0.1:0", "--crl", self.pki.crl,
+                "--log-level", "debug", "--enroll-listen", f"{host}:0", "--crl", self.pki.crl,
                 "--ca-key", str(base / "pki" / "ca.key"), *self.pki.flags("controller", "controller")]
         for k, v in flags.items():
             argv += [f"--{k.replace('_', '-')}", str(v)]
@@ -159,14 +168,23 @@ class Cluster:
     def controller(self) -> Daemon:
         return self.daemons["controller"]
 
-    def add_agent(self, name: str, *exports: Path, tls: list[str] | None = None) -> Daemon:
-        """A zc-agent; ``tls`` replaces its TLS flags (default: a certificate of the cluster's CA)."""
+    def add_agent(self, name: str, *exports: Path, tls: list[str] | None = None,
+                  flags: tuple[str, ...] = ()) -> Daemon:
+        """A zc-agent; ``tls`` replaces its TLS flags (default: a certificate of the cluster's CA), ``flags``
+        are added. On a bed it runs on a host of its own and listens on every address there, so what it
+        advertises is its own address as seen from the controller."""
         for e in exports:
             e.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "zcrepl.agent", "--name", name, "--controller", self.controller_addr,
-                "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0",
+        if self.bed is None:
+            prefix, listen = [], "127.0.0.1:0"
+        else:
+            self.bed.add_host(name)
+            prefix, listen = self.bed.exec_prefix(name), "0.0.0.0:0"
+        argv = [*prefix, sys.executable, "-m", "zcrepl.agent", "--name", name, "--controller", self.controller_addr,
+                "--listen", listen, "--data-listen", listen,
                 "--ready-file", str(self.base / f"{name}.json"), "--log-level", "debug",
-                *(self.pki.flags("agent", name) if tls is None else tls)]
+                "--state-dir", str(self.base / f"{name}.state"),  # before tls: a --state-dir there wins
+                *(self.pki.flags("agent", name) if tls is None else tls), *flags]
         for e in exports:
             argv += ["--export", str(e)]
         d = Daemon(name, argv, self.base / f"{name}.json", self.base / f"{name}.log")
@@ -208,6 +226,10 @@ class Cluster:
                 d.stop()
             except AssertionError:
                 d.kill()
+
+
+BedCluster = Callable[..., Cluster]
+"""The make_bed_cluster fixture: ``(hosts=("hostA", "hostB"), agent_flags=(), **controller_flags) -> Cluster``."""
 
 
 # -- trees ------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ All filesystem access goes through fds confined to the destination root.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -29,7 +30,7 @@ from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea
 from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, validate_name, validate_relpath
 from zcrepl.agent.transfer.scan import file_digest, tree_filter
 from zcrepl.agent.transfer.uptodate import up_to_date
-from zcrepl.core.errors import ProtocolError, TransferError, UnsafePath
+from zcrepl.core.errors import NoSpace, ProtocolError, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, KEEP, ExportPolicy
 from zcrepl.core.filters import Filter
 from zcrepl.core.logs import kv
@@ -104,6 +105,7 @@ class TreeWriter:
         self.files_done = self.bytes_done = self.skipped = self.deleted = self.errors = 0
         self.renamed = 0
         self.first_error = ""
+        self.no_space = False  # an entry failed because the filesystem was full (ENOSPC, EDQUOT)
         # A watch session: the manifest lists changed paths only (see transfer/changes.py), so nothing
         # unlisted is deleted, and what stands in an upserted path's way is replaced.
         self.restricted = False
@@ -428,7 +430,7 @@ class TreeWriter:
         free = vfs.f_bavail * vfs.f_frsize
         margin = self.limits.free_margin
         if size + margin > free:
-            raise TransferError(
+            raise NoSpace(
                 f"{self.label}: not enough space for a file of {size:,} bytes ({free:,} free, {margin:,} of them "
                 "kept free by free_margin_bytes); free some space or choose another destination"
             )
@@ -483,6 +485,7 @@ class TreeWriter:
         msg = f"{self.label}/{show(path)}: {getattr(err, 'strerror', None) or err}"
         with self._lock:
             self.errors += 1
+            self.no_space = self.no_space or getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
             if not self.first_error:
                 self.first_error = msg
         log.warning("entry failed", extra=kv(job=self.job_id, path=path, error=str(err)))

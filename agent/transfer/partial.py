@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import xxhash
 
 from zcrepl.agent.transfer.atomic import AtomicFile
-from zcrepl.agent.transfer.saferoot import SafeRoot, temp_name
+from zcrepl.agent.transfer.saferoot import SafeRoot, temp_name, writer_gone
+from zcrepl.core.errors import UnsafePath
 
 AREA = b".zc.partial"
 RESUME_MIN = 8 << 20  # smaller files are simply sent again
@@ -188,24 +189,44 @@ class PartialArea:
         finally:
             os.close(dfd)
 
-    def sweep(self, max_age: float = MAX_AGE) -> int:
-        """Remove partials older than ``max_age`` seconds (Syncthing's TempLifetime)."""
+    def sweep(self, max_age: float = MAX_AGE, max_bytes: int = 0) -> tuple[int, int]:
+        """Remove partials older than ``max_age`` seconds (Syncthing's TempLifetime), then the oldest until the
+        area holds at most ``max_bytes`` (0: a tenth of its filesystem), and sidecar temps whose writer is gone.
+        Returns (partials removed, their bytes)."""
         dfd = self._dir(create=False)
         if dfd is None:
-            return 0
-        removed = 0
+            return 0, 0
+        groups: dict[bytes, list[tuple[bytes, os.stat_result]]] = {}
         try:
-            now = time.time()
             with os.scandir(dfd) as it:
                 for de in it:
                     name = os.fsencode(de.name)
                     with contextlib.suppress(OSError):
-                        if now - de.stat(follow_symlinks=False).st_mtime > max_age:
+                        if writer_gone(name):
                             os.unlink(name, dir_fd=dfd)
-                            removed += 1
+                        elif name.endswith((b".part", b".json")):
+                            groups.setdefault(name.rpartition(b".")[0], []).append(
+                                (name, de.stat(follow_symlinks=False)))
+            if not max_bytes:
+                vfs = os.fstatvfs(dfd)
+                max_bytes = vfs.f_blocks * vfs.f_frsize // 10
+            now = time.time()
+            # Oldest first, by the newest of each partial's two files (the sidecar is rewritten as data lands).
+            ordered = sorted(groups.items(), key=lambda g: max(st.st_mtime for _, st in g[1]))
+            total = sum(st.st_blocks * 512 for _, files in ordered for _, st in files)
+            removed = freed = 0
+            for _key, files in ordered:
+                size = sum(st.st_blocks * 512 for _, st in files)
+                if now - max(st.st_mtime for _, st in files) <= max_age and total <= max_bytes:
+                    break
+                for name, _ in files:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=dfd)
+                removed, freed, total = removed + 1, freed + size, total - size
         finally:
             os.close(dfd)
-        return removed
+        self.remove_if_empty()
+        return removed, freed
 
     def drop(self, relpaths: list[bytes]) -> None:
         dfd = self._dir(create=False)
@@ -219,11 +240,30 @@ class PartialArea:
         self.remove_if_empty()
 
     def remove_if_empty(self) -> None:
-        with contextlib.suppress(FileNotFoundError, OSError):
+        """Remove the area once empty, keeping the destination directory's mtime (it is replicated data)."""
+        with contextlib.suppress(OSError):
+            st = os.fstat(self.root.fd)
             os.rmdir(AREA, dir_fd=self.root.fd)
+            os.utime(self.root.fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     @staticmethod
     def _remove(dfd: int, key: bytes) -> None:
         for suffix in (b".part", b".json"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(key + suffix, dir_fd=dfd)
+
+
+def drop_partials(export: SafeRoot, rel: tuple[bytes, ...], relpaths: list[bytes] | None) -> None:
+    """Drop these partials of the destination ``rel`` of ``export`` (all of them: None)."""
+    try:
+        root = SafeRoot.from_fd(export.open_dir(rel), export.path)
+    except (OSError, UnsafePath):
+        return
+    try:
+        area = PartialArea(root)
+        if relpaths is None:
+            area.sweep(max_age=-1.0)
+        else:
+            area.drop(relpaths)
+    finally:
+        root.close()

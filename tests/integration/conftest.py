@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import netbed
 import pytest
-from zchelpers import Cluster, FakeAgent
+from zchelpers import BedCluster, Cluster, FakeAgent
 
 from zcrepl.controller.client import ControllerClient
 
@@ -39,3 +41,44 @@ def client(cluster: Cluster) -> Iterator[ControllerClient]:
     """An admin client of the cluster's controller, in-process."""
     with cluster.client() as c:
         yield c
+
+
+@pytest.fixture
+def bed() -> Iterator[netbed.NetBed]:
+    """The network test bed (tests/netbed.py): removed after the test, whatever happened in it."""
+    reason = netbed.available()
+    if reason:
+        pytest.skip(reason)
+    with netbed.NetBed() as b:
+        yield b
+
+
+@pytest.fixture
+def make_bed_cluster(bed: netbed.NetBed, tmp_path: Path) -> Iterator[BedCluster]:
+    """``make_bed_cluster(hosts=("hostA", "hostB"), agent_flags=(), **controller_flags)``: the controller and
+    each agent on a host of their own on the bed, all online. hostA exports tmp/a, hostB tmp/b, any other
+    host tmp/<name> (the namespaces share the filesystem, so a test reads every host's files directly)."""
+    made: list[Cluster] = []
+
+    def make(hosts: tuple[str, ...] = ("hostA", "hostB"), agent_flags: tuple[str, ...] = (),
+             **controller_flags: Any) -> Cluster:
+        c = Cluster(tmp_path, bed=bed, **controller_flags)
+        made.append(c)
+        c.controller.start()
+        for name in hosts:
+            export = {"hostA": "a", "hostB": "b"}.get(name, name)
+            c.add_agent(name, tmp_path / export, flags=agent_flags).start()
+        c.wait_online(*hosts)
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.close()
+
+
+@pytest.fixture
+def bed_cluster(make_bed_cluster: BedCluster) -> Cluster:
+    """Like ``cluster``, with the controller, hostA and hostB each on a host of their own on the bed."""
+    return make_bed_cluster()

@@ -1,5 +1,8 @@
 """Continuous replication end to end: `zc-ctl replicate --watch`, real agents and controller processes,
-real inotify, real files. Each test waits for the trees to converge (never for a fixed time)."""
+real inotify, real files. Each test waits for the trees to converge (never for a fixed time).
+
+Every host runs on the network test bed (tests/netbed.py): its own namespace and address, so rules move data
+over real, distinct addresses."""
 
 from __future__ import annotations
 
@@ -11,7 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zchelpers import Cluster, diff_trees, make_tree, snapshot, wait_for
+import pytest
+from zchelpers import BedCluster, Cluster, diff_trees, make_tree, snapshot, wait_for
+
+
+@pytest.fixture
+def cluster(bed_cluster: Cluster) -> Cluster:
+    return bed_cluster
 
 
 def _rules(c: Cluster) -> list[dict[str, Any]]:
@@ -209,43 +218,36 @@ def test_pause_resume_remove_and_a_bad_path(cluster: Cluster, tmp_path: Path) ->
     assert rc == 2 and "no watch rule 999" in err
 
 
-def test_two_destinations_keep_in_step_through_a_controller_restart(tmp_path: Path) -> None:
-    c = Cluster(tmp_path)
-    try:
-        c.controller.start()
-        for name in ("hostA", "hostB", "hostC"):
-            c.add_agent(name, tmp_path / name).start()
-        c.wait_online("hostA", "hostB", "hostC")
-        src = tmp_path / "hostA" / "src"
-        make_tree(src, files=100)
-        dsts = [tmp_path / "hostB" / "copy", tmp_path / "hostC" / "copy"]
-        rc, out, err = c.ctl("replicate", "--watch", f"hostA:{src}", *(f"{d.parent.name}:{d}" for d in dsts),
-                             "--json")
-        assert rc == 0, err
-        rule_id = json.loads(out)["id"]
-        (src / "one").write_bytes(b"1")
-        for d in dsts:
-            _converge(src, d)
+def test_two_destinations_keep_in_step_through_a_controller_restart(make_bed_cluster: BedCluster,
+                                                                     tmp_path: Path) -> None:
+    c = make_bed_cluster(hosts=("hostA", "hostB", "hostC"))
+    src = tmp_path / "a" / "src"
+    make_tree(src, files=100)
+    dsts = [tmp_path / "b" / "copy", tmp_path / "hostC" / "copy"]
+    rc, out, err = c.ctl("replicate", "--watch", f"hostA:{src}", f"hostB:{dsts[0]}", f"hostC:{dsts[1]}", "--json")
+    assert rc == 0, err
+    rule_id = json.loads(out)["id"]
+    (src / "one").write_bytes(b"1")
+    for d in dsts:
+        _converge(src, d)
 
-        c.controller.stop()
-        (src / "while-the-controller-is-down").write_bytes(b"agents keep the rule running")
-        for d in dsts:
-            _converge(src, d)
-        c.controller.start()
-        c.wait_online("hostA", "hostB", "hostC")
-        # The restarted controller redeploys the stored rule with a new epoch: the source reconciles.
-        try:
-            wait_for(lambda: _rule(c, rule_id)["status"].startswith("watching")
-                     and _rule(c, rule_id)["counters"]["reconciles"] >= 2 * 2, 30, interval=0.2,
-                     what="the rule to be redeployed and reconciled after the controller restart")
-        except AssertionError as err:
-            raise AssertionError(f"{err}: {_rule(c, rule_id)}") from None
-        (src / "after-restart").mkdir()
-        (src / "after-restart" / "f").write_bytes(b"2")
-        for d in dsts:
-            _converge(src, d)
-    finally:
-        c.close()
+    c.controller.stop()
+    (src / "while-the-controller-is-down").write_bytes(b"agents keep the rule running")
+    for d in dsts:
+        _converge(src, d)
+    c.controller.start()
+    c.wait_online("hostA", "hostB", "hostC")
+    # The restarted controller redeploys the stored rule with a new epoch: the source reconciles.
+    try:
+        wait_for(lambda: _rule(c, rule_id)["status"].startswith("watching")
+                 and _rule(c, rule_id)["counters"]["reconciles"] >= 2 * 2, 30, interval=0.2,
+                 what="the rule to be redeployed and reconciled after the controller restart")
+    except AssertionError as err:
+        raise AssertionError(f"{err}: {_rule(c, rule_id)}") from None
+    (src / "after-restart").mkdir()
+    (src / "after-restart" / "f").write_bytes(b"2")
+    for d in dsts:
+        _converge(src, d)
 
 
 def test_a_file_that_changes_while_it_is_sent_is_sent_again(cluster: Cluster, tmp_path: Path) -> None:

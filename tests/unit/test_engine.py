@@ -213,6 +213,8 @@ def test_a_failure_while_sending_cuts_the_link_and_counts_against_the_source(har
     h.start(j1)
     h.now += 1.0
     h.report("hostA", j1, Role.SENDER, Phase.FAILED, bytes_done=5 * MiB)
+    h.now += 2.0
+    h.engine.tick()  # the destination gave no verdict of its own within 2 s: the source's report stands
     assert h.engine.links.target(("hostA", "hostB")) == 2  # 4 streams, halved
     assert h.engine.links.failures == {"hostA": [h.now]}
     assert any(kind == "streams" and "streams 4 → 2" in r for kind, r in h.explain(j1))

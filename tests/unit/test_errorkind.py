@@ -17,6 +17,14 @@ from zcrepl.core.errorkind import ERROR_KINDS, WAIT_KINDS, error_kind, wait_kind
     ("protocol error from 10.0.0.2: header of 9000000 bytes is too large", "protocol"),
     ("hostA:/srv/x: connection reset by peer; the job retries", "network"),
     ("hostA:/srv/missing: no such directory; check the path", "not_found"),
+    ("hostB:/srv/x <- hostA: not enough space for a file of 16,777,216 bytes (8,364,032 free, 0 of them kept "
+     "free by free_margin_bytes); free some space or choose another destination", "no_space"),
+    ("hostB:/srv/x <- hostA: the filesystem is full: at least 5,242,880 more bytes to write and 61,440 free",
+     "no_space"),
+    ("hostB:/srv/x <- hostA: nothing arrived for 60s (io_timeout); check the network between hostA and hostB",
+     "timeout"),
+    ("hostA stayed out of reach of the controller for 60s (attempt_grace) during the transfer", "host_offline"),
+    ("hostA's agent came back without attempt 2 (it restarted): the attempt is lost", "host_offline"),
     ("cancelled by the operator", "cancelled"),
     ("something nobody foresaw", "other"),
 ])

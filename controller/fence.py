@@ -1,0 +1,87 @@
+"""Attempts whose agents went out of reach: kept, never run twice at once, until the agents report or time out.
+
+An agent the controller loses (stream closed, heartbeats stopped) may still be running its attempts: a cut
+between it and the controller says nothing about the link between the two agents, which carries the data.
+So the attempt is not failed at once: it is *held* for ``attempt_grace`` seconds, during which no other
+attempt of the job starts (the run still holds its hosts and its destination in the scheduler). It ends when:
+
+- the agent comes back and lists the attempt as running (or as finished, its final report following the
+  Register): the attempt carries on as if nothing happened;
+- the agent comes back without it (it restarted): the attempt failed, the job is retried now;
+- the other agent of the attempt reports its end (the destination is the only writer, and it fences older
+  attempts itself, see agent/transfers.py);
+- ``attempt_grace`` passes: the attempt is failed and retried. The agent stops a transfer itself once it has
+  been without the controller for ``attempt_grace`` minus the time it may take to notice the loss (gRPC
+  keepalive), so by then it is no longer running.
+
+Also here, whose word settles a failed attempt: when the source reports a failure first, it is often only the
+echo of the destination's ("the destination aborted"), which says what went wrong and whether another attempt
+can help (a full filesystem cannot be retried away). So the source's report waits up to ``VERDICT_WAIT`` seconds
+for the destination's.
+
+Pure functions over the engine's runs and jobs; the engine applies what they return.
+"""
+
+from __future__ import annotations
+
+from zcrepl.controller.runs import Run
+from zcrepl.core.types import Job, Role, TransferReport
+
+VERDICT_WAIT = 2.0
+
+
+def holds(run: Run, job: Job, host: str) -> bool:
+    """``host`` may be moving data of the attempt: its source or its destination once the SendOrder went out
+    (before that no byte can flow, so losing either end simply fails the attempt)."""
+    return run.sending and host in (job.destination.host, run.source.host)
+
+
+def hold(run: Run, host: str, now: float, grace: float) -> bool:
+    """``host`` went out of reach: keep the attempt for ``grace`` seconds from its first loss; False when it
+    cannot be kept (no grace configured, or its grace already ran out)."""
+    if grace <= 0 or (run.lost_until and now >= run.lost_until):
+        return False
+    run.lost_hosts.add(host)
+    if not run.lost_until:
+        run.lost_until = now + grace
+    return True
+
+
+def rejoin(run: Run, job: Job, host: str, active: set[tuple[int, int]]) -> str:
+    """``host`` registered again with ``active`` attempts: '' when the attempt carries on, else why it failed."""
+    if not holds(run, job, host):
+        return ""
+    if (job.id, run.attempt) in active:
+        run.lost_hosts.discard(host)
+        if not run.lost_hosts:
+            run.lost_until = 0.0
+        return ""
+    return f"{host}'s agent came back without attempt {run.attempt} (it restarted): the attempt is lost"
+
+
+def expired(run: Run, now: float) -> bool:
+    return bool(run.lost_until) and now >= run.lost_until
+
+
+def expiry_reason(run: Run, grace: float) -> str:
+    hosts = " and ".join(sorted(run.lost_hosts)) or "an agent"
+    return (f"{hosts} stayed out of reach of the controller for {grace:g}s (attempt_grace) during the transfer; "
+            "its agent has stopped the attempt by now")
+
+
+def await_destination(run: Run, job: Job, report: TransferReport, now: float, destination: object | None) -> bool:
+    """Hold the source's retryable failure ``report`` for the destination's (True), if the destination is connected
+    and has the attempt; the engine fails the attempt with the destination's report, or with this one after the
+    wait. A failure that is final already (a missing source path) is not held."""
+    if (report.role is not Role.SENDER or not report.retryable or run.sender_failed is not None
+            or not run.receiver_ready or destination is None or run.source.host == job.destination.host):
+        return False
+    run.sender_failed, run.sender_failed_at = report, now
+    return True
+
+
+def sender_failure(run: Run, now: float) -> TransferReport | None:
+    """The source's held failure once the destination has had ``VERDICT_WAIT`` seconds to give its own."""
+    if run.sender_failed is not None and now - run.sender_failed_at >= VERDICT_WAIT:
+        return run.sender_failed
+    return None
