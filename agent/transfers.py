@@ -380,7 +380,7 @@ class Transfers:
         log_local(order.job_id, stats, time.monotonic() - t0)
         # One scan serves both roles: its skipped entries are reported once, by the sender.
         self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE,
-                                   replace(stats, entries_skipped=0, skipped_special=0)))
+                                   replace(stats, entries_skipped=0, skipped_special=0, file_errors=0)))
         self.report(TransferReport(order.job_id, order.attempt, Role.SENDER, Phase.DONE, stats, skipped=skipped))
 
     def _serve_receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,

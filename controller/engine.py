@@ -468,7 +468,8 @@ class Engine(Pacing, Faults):
                      f"{stats.bytes_done} bytes moved, {stats.files_skipped} up to date{skip_note(stats, run)}")
         log.info("job done", extra=kv(job=job.id, attempt=run.attempt, files=stats.files_done,
                                       bytes=stats.bytes_done, skipped=stats.files_skipped, deleted=stats.deleted,
-                                      left_out=stats.entries_skipped, seconds=round(now - job.updated_at, 3)))
+                                      left_out=stats.entries_skipped, file_errors=stats.file_errors,
+                                      seconds=round(now - job.updated_at, 3)))
 
     def _fail_run(self, job_id: int, error: str, retryable: bool, stats: TransferStats) -> None:
         run = self.runs.pop(job_id, None)

@@ -24,7 +24,7 @@ from zcrepl.core.types import (
     TransferStats,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS agents (
 );
 CREATE TABLE IF NOT EXISTS skipped (
     job_id INTEGER NOT NULL REFERENCES jobs(id), attempt INTEGER NOT NULL, seq INTEGER NOT NULL,
-    path BLOB NOT NULL, reason TEXT NOT NULL,
+    path BLOB NOT NULL, reason TEXT NOT NULL, error INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, attempt, seq)
 );
 """
@@ -117,11 +117,13 @@ class Store:
         Schema 1 -> 2: fan-out groups and the source each attempt read from. 2 -> 3: job priority (existing
         jobs are normal, the column default, which is also what an older submit meant). 3 -> 4: the ``skipped``
         table (created by the schema script) and ``entries_skipped`` in stored stats (absent reads as 0; an
-        older controller would choke on it, hence the version).
+        older controller would choke on it, hence the version). 4 -> 5: ``error`` on skipped entries (a file
+        that could not be copied) and ``file_errors`` in stored stats (the same reasoning).
         """
         for table, column, decl in (("jobs", "group_id", "INTEGER NOT NULL DEFAULT 0"),
                                     ("attempts", "source", "BLOB NOT NULL DEFAULT x''"),
-                                    ("jobs", "priority", f"INTEGER NOT NULL DEFAULT {int(Priority.NORMAL)}")):
+                                    ("jobs", "priority", f"INTEGER NOT NULL DEFAULT {int(Priority.NORMAL)}"),
+                                    ("skipped", "error", "INTEGER NOT NULL DEFAULT 0")):
             have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
@@ -163,14 +165,16 @@ class Store:
                         (now, error, _stats_json(stats), job_id, number))
 
     def save_skipped(self, job_id: int, attempt: int, items: list[Skipped]) -> None:
-        """The entries an attempt left out (the first ones; the attempt's stats count them all)."""
-        self.db.executemany("INSERT OR REPLACE INTO skipped (job_id, attempt, seq, path, reason) VALUES (?,?,?,?,?)",
-                            [(job_id, attempt, i, x.path, x.reason) for i, x in enumerate(items)])
+        """The entries an attempt left out and the files it could not copy (the first ones; the attempt's stats
+        count them all)."""
+        self.db.executemany("INSERT OR REPLACE INTO skipped (job_id, attempt, seq, path, reason, error) "
+                            "VALUES (?,?,?,?,?,?)",
+                            [(job_id, attempt, i, x.path, x.reason, int(x.error)) for i, x in enumerate(items)])
 
     def _skipped(self, job_id: int, attempt: int) -> tuple[Skipped, ...]:
-        rows = self.db.execute("SELECT path, reason FROM skipped WHERE job_id=? AND attempt=? ORDER BY seq",
+        rows = self.db.execute("SELECT path, reason, error FROM skipped WHERE job_id=? AND attempt=? ORDER BY seq",
                                (job_id, attempt)).fetchall()
-        return tuple(Skipped(bytes(p), r) for p, r in rows)
+        return tuple(Skipped(bytes(p), r, bool(e)) for p, r, e in rows)
 
     def get_job(self, job_id: int) -> Job | None:
         row = self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
