@@ -22,7 +22,7 @@ import grpc
 from zcrepl.agent.syncs import Syncs
 from zcrepl.agent.transfers import Transfers
 from zcrepl.core.backoff import backoff_delay
-from zcrepl.core.logs import kv
+from zcrepl.core.logs import attempt_fields, kv, log_context
 from zcrepl.core.synctypes import SyncHoldOrder, SyncStopOrder
 from zcrepl.core.trust import Trust
 from zcrepl.core.types import (
@@ -198,6 +198,19 @@ class ControllerLink:
             log.info("registered with controller", extra=kv(controller=self.target, heartbeat=self.interval))
             self._send(self._heartbeat())
             return True
+        # Every line logged while an order is handled (and by the threads it starts) names its job or rule.
+        order = getattr(msg, kind) if kind else None
+        if order is not None and hasattr(order, "job_id"):
+            fields = attempt_fields(order.job_id, order.attempt)
+        elif order is not None and hasattr(order, "rule_id"):
+            fields = {"rule": order.rule_id, **({"epoch": order.epoch} if hasattr(order, "epoch") else {})}
+        else:
+            fields = {}
+        with log_context(**fields):
+            self._order(msg, kind)
+        return False
+
+    def _order(self, msg: cpb.ControllerMessage, kind: str | None) -> None:
         if kind == "receive":
             o = msg.receive
             self.transfers.receive(ReceiveOrder(o.job_id, o.attempt, bytes(o.ticket), bytes(o.path),
@@ -216,7 +229,6 @@ class ControllerLink:
         elif kind == "cancel":
             c = msg.cancel
             self.transfers.cancel(CancelOrder(c.job_id, c.attempt, c.reason, c.discard_partial))
-        return False
 
     def _sync_order(self, msg: cpb.ControllerMessage) -> None:
         assert self.syncs is not None

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"zc-agent: {err}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level, config.log_format)
+    setup_logging(config.log_level, config.log_format, static={"service": "zc-agent", "host": config.name})
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

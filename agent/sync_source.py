@@ -32,7 +32,7 @@ from zcrepl.agent.watch_filter import filter_changes
 from zcrepl.core.backoff import backoff_delay
 from zcrepl.core.config import split_address
 from zcrepl.core.errors import Cancelled, TransferError
-from zcrepl.core.logs import kv
+from zcrepl.core.logs import kv, log_context
 from zcrepl.core.paths import show
 from zcrepl.core.synctypes import SYNC_ID_BASE, SyncCounters, SyncDest, SyncSourceOrder, SyncStatus
 
@@ -78,7 +78,8 @@ class SourceRule:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
-        self.watcher.start()
+        with log_context(rule=self.order.rule_id, epoch=self.order.epoch):  # the watcher's threads keep it
+            self.watcher.start()
         log.info("watch rule started", extra=kv(rule=self.order.rule_id, epoch=self.order.epoch, source=self.label,
                                                 dests=",".join(d.host for d in self.order.dests)))
 

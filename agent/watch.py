@@ -72,7 +72,7 @@ from zcrepl.agent.watch_echo import Echoes
 from zcrepl.agent.watch_inotify import EVENT_FILTER, JOIN_TIMEOUT, NO_HANDLER, Raw, WatchFD, WatchObserver
 from zcrepl.agent.watch_poll import Polled, Poller, Sig, list_signatures
 from zcrepl.core.errors import UnsafePath
-from zcrepl.core.logs import kv
+from zcrepl.core.logs import carry, kv
 from zcrepl.core.paths import show
 
 __all__ = ["ChangeSet", "TreeWatcher"]
@@ -165,7 +165,7 @@ class TreeWatcher:
                 # After the watches exist: a reconciliation from here on misses nothing.
                 self._co.request_rescan(self._clock())
             for name, target in (("coalesce", self._run), ("poll", self._poller.run)):
-                t = threading.Thread(target=target, name=f"zc-watch-{name}", daemon=True)
+                t = threading.Thread(target=carry(target), name=f"zc-watch-{name}", daemon=True)
                 t.start()
                 self._threads.append(t)
         except BaseException:

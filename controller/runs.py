@@ -59,6 +59,14 @@ class Run:
         return sum(self.skip_totals.values())
 
 
+def job_fields(job: Job, run: Run | None = None) -> dict[str, object]:
+    """The log fields of a line about ``job``: its id, the attempt (``run``'s, else its latest; 0 before the
+    first), ``host`` its destination (as zc-ctl names a job: "job 3 (hostB)") and ``source`` the host it reads
+    from (the attempt's: a fan-out may read a finished replica)."""
+    return {"job": job.id, "attempt": job.attempts if run is None else run.attempt, "host": job.destination.host,
+            "source": job.source.host if run is None else run.source.host}
+
+
 def rate_limited(job: Job, run: Run) -> bool:
     """Held back by a bandwidth cap or paused: its rate measures the cap, not the link."""
     return run.paused or run.bwlimit > 0 or job.options.bwlimit > 0

@@ -114,7 +114,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
             session = self.engine.connect(info, [(r.job_id, r.attempt) for r in first.register.active],
                                           serial=ident.serial if ident else 0, peer_host=peer_host(context.peer()))
         except Conflict as err:
-            log.warning("registration refused", extra=kv(agent=info.name, reason=err))
+            log.warning("registration refused", extra=kv(agent=info.name, host=info.name, reason=err))
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
             return
         reader = asyncio.create_task(self._read(context, session))
@@ -153,13 +153,14 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
                     try:
                         report = validate.report(report_from_pb(msg.report))
                     except KeyError:
-                        log.warning("malformed report ignored", extra=kv(agent=session.info.name))
+                        log.warning("malformed report ignored",
+                                    extra=kv(agent=session.info.name, host=session.info.name))
                         continue
                     self.engine.report(session, report)
         except (grpc.RpcError, asyncio.CancelledError, ConnectionError):
             pass
         except Exception:
-            log.exception("agent stream reader failed", extra=kv(agent=session.info.name))
+            log.exception("agent stream reader failed", extra=kv(agent=session.info.name, host=session.info.name))
         finally:
             self.engine.disconnect(session)
 
@@ -215,7 +216,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     async def RemoveAgent(self, request: cpb.AgentRef, context: grpc.aio.ServicerContext) -> cpb.AgentStatus:
         status = self.engine.remove_agent(validate.host_name(request.name))
         self.wire.forget(request.name)
-        log.info("agent removed by the operator", extra=kv(agent=request.name, peer=context.peer()))
+        log.info("agent removed by the operator", extra=kv(agent=request.name, host=request.name, peer=context.peer()))
         return agent_status_to_pb(status)  # type: ignore[return-value]
 
     # -- watch rules --------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble, tree_filter
 from zcrepl.core.errors import Cancelled, TransferError, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
-from zcrepl.core.logs import kv
+from zcrepl.core.logs import carry, kv
 from zcrepl.core.types import JobOptions, TransferStats
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class LocalCopy:
         root = SafeRoot.from_fd(self.dst_export.open_dir(self.dst_rel, create=True, mode=0o755),
                                 self.dst_export.path)
         writer = TreeWriter(root, self.options, self.label, self.job_id, policy=self.policy, limits=self.limits)
-        threads = [threading.Thread(target=self._worker, args=(writer,), name=f"zc-local-{i}", daemon=True)
+        threads = [threading.Thread(target=carry(self._worker), args=(writer,), name=f"zc-local-{i}", daemon=True)
                    for i in range(self.nworkers)]
         for t in threads:
             t.start()

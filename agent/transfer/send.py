@@ -30,6 +30,7 @@ from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_tr
 from zcrepl.agent.transfer.send_worker import BASIS, END, SPARSE, DataWorker
 from zcrepl.agent.transfer.sendio import Pacer, SendSpec, connect
 from zcrepl.core.errors import Cancelled, ProtocolError, TransferError, Unavailable
+from zcrepl.core.logs import carry
 from zcrepl.core.paths import show
 from zcrepl.core.types import TransferStats
 
@@ -108,7 +109,8 @@ class Sender:
                 self.transport = KTLS if all(w.tls is not None and w.tls.ktls for w in self.workers) else TLS
             if self.plan is not None:
                 self._restricted = self._changes(ctl)
-            reader = threading.Thread(target=self._read_loop, args=(ctl,), daemon=True, name="zc-send-reader")
+            reader = threading.Thread(target=carry(self._read_loop), args=(ctl,), daemon=True,
+                                      name="zc-send-reader")
             reader.start()
             for w in self.workers:
                 w.thread.start()

@@ -23,7 +23,7 @@ from zcrepl.agent.transfer.saferoot import validate_relpath
 from zcrepl.agent.transfer.sendio import readsend_range, sendfile_range, tls_send_range
 from zcrepl.agent.transfer.tls import TlsStream
 from zcrepl.core.errors import UnsafePath
-from zcrepl.core.logs import kv
+from zcrepl.core.logs import carry, kv
 
 if TYPE_CHECKING:
     from zcrepl.agent.transfer.send import Sender
@@ -49,7 +49,7 @@ class DataWorker:
         self.use_sendfile = sendio.USE_SENDFILE and (self.tls is None or self.tls.ktls)
         self.buf: bytearray | None = None
         self.work: queue.Queue[tuple[int, int, int]] = queue.Queue()
-        self.thread = threading.Thread(target=self.run, name=f"zc-send-data-{n}", daemon=True)
+        self.thread = threading.Thread(target=carry(self.run), name=f"zc-send-data-{n}", daemon=True)
 
     def run(self) -> None:
         priority.apply_to_this_thread()
