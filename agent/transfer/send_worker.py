@@ -157,7 +157,8 @@ class DataWorker:
                 else:
                     pieces = [(0, e.size, False)]
                 whole = delta.hash_blocks(fd, e.size, delta.BLOCK_MAX, self.buf)[1]
-            if not whole:
+            if not whole:  # it shrank while hashed
+                s.source_changed(index, e.path)
                 self.skip(index, 0, e.size, e)
                 return
             self.ch.send(self.pending + fr.encode_digest(index, whole))
