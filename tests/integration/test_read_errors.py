@@ -16,7 +16,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from zchelpers import Cluster, Daemon, diff_trees, snapshot, wait_for, write_file
@@ -52,17 +51,16 @@ def start_ctl(c: Cluster, *args: str) -> subprocess.Popen[bytes]:
                             env={**os.environ, "COLUMNS": "200", **c.pki.env()})
 
 
-def on_the_wire(c: Cluster) -> dict[str, Any]:
-    """The newest job once its scan is over and its first file is being sent."""
-    def sending() -> dict[str, Any] | None:
-        rc, out, _ = c.ctl("jobs", "--json")
-        jobs = json.loads(out) if rc == 0 else []
-        if not jobs:
-            return None
-        j = max(jobs, key=lambda j: j["id"])
-        p = j["progress"]
-        return j if j["state"] == "running" and p["scan_done"] and 0 < p["bytes_done"] < BIG else None
-    return wait_for(sending, 30, interval=0.05, what="the big file on the wire")
+def on_the_wire(c: Cluster) -> int:
+    """The id of the newest job once its scan is over and its first file is being sent."""
+    with c.client() as client:
+        def sending() -> int | None:
+            jobs = client.jobs(limit=1)
+            j = jobs[0] if jobs else None
+            if j is None or j.state.value != "running":
+                return None
+            return j.id if j.progress.scan_done and 0 < j.progress.bytes_done < BIG else None
+        return int(wait_for(sending, 30, interval=0.05, what="the big file on the wire"))
 
 
 def no_temps(root: Path) -> list[str]:
@@ -86,7 +84,7 @@ def test_files_that_vanish_or_become_unreadable_mid_job(capless: Cluster) -> Non
 
     proc = start_ctl(capless, "replicate", "--streams", "1", "--bwlimit", "2M", f"hostA:{src}", f"hostB:{dst}")
     try:
-        job = on_the_wire(capless)
+        job_id = on_the_wire(capless)
         (src / "z" / "gone").unlink()
         (src / "z" / "gone-here-too").unlink()
         os.chmod(src / "z" / "locked", 0o000)
@@ -96,8 +94,8 @@ def test_files_that_vanish_or_become_unreadable_mid_job(capless: Cluster) -> Non
             proc.kill()
             proc.communicate()
     assert proc.returncode == 6, err
-    assert f"job {job['id']} done with 1 error, 2 skipped" in out.decode()
-    assert (f"zc-ctl: job {job['id']} (hostB) done with 1 error (first: z/locked: cannot be read at the source "
+    assert f"job {job_id} done with 1 error, 2 skipped" in out.decode()
+    assert (f"zc-ctl: job {job_id} (hostB) done with 1 error (first: z/locked: cannot be read at the source "
             "(Permission denied)") in err.decode()
 
     # The rest of the tree is there (z's mtime is the scan's: the test changed z after); the unreadable file's
@@ -110,7 +108,7 @@ def test_files_that_vanish_or_become_unreadable_mid_job(capless: Cluster) -> Non
     assert diff_trees(want, got) == []
     assert not (dst / "z" / "gone").exists() and no_temps(dst) == []
 
-    doc = capless.job(job["id"])
+    doc = capless.job(job_id)
     assert doc["state"] == "done" and doc["done_with_errors"] and doc["done_with_skips"]
     assert doc["progress"]["file_errors"] == 1 and doc["progress"]["entries_skipped"] == 2
     assert doc["errors"] == [{"path": "z/locked", "reason": "cannot be read at the source (Permission denied): "
@@ -120,7 +118,7 @@ def test_files_that_vanish_or_become_unreadable_mid_job(capless: Cluster) -> Non
         p: "vanished from the source during the job (No such file or directory): not replicated"
         for p in ("z/gone", "z/gone-here-too")}
 
-    rc, text, _ = capless.ctl("job", str(job["id"]))
+    rc, text, _ = capless.ctl("job", str(job_id))
     assert rc == 0
     assert ("1 file could not be read (not replicated):\n  z/locked: cannot be read at the source "
             "(Permission denied)") in text
@@ -131,7 +129,7 @@ def test_files_that_vanish_or_become_unreadable_mid_job(capless: Cluster) -> Non
     capless.controller.stop()  # the list is durable like the rest of the job
     capless.controller.start()
     capless.wait_online("hostA", "hostB")
-    again = capless.job(job["id"])
+    again = capless.job(job_id)
     assert again["errors"] == doc["errors"] and again["skipped"] == doc["skipped"]
     os.chmod(src / "z" / "locked", 0o644)
 
