@@ -99,3 +99,22 @@ def test_the_kinds_of_trouble_and_their_bounded_lists() -> None:
     source_changed(watch, b"log", watch=True)
     source_trouble(watch, b"locked", PermissionError(errno.EACCES, "Permission denied"), watch=True)
     assert (watch.total, watch.errors, [x.path for x in watch.listed]) == (0, 1, [b"locked"])
+
+
+def test_the_controller_keeps_a_hundred_of_each_kind() -> None:
+    from zcrepl.controller import validate
+    from zcrepl.controller.runs import Run, skip_note
+    from zcrepl.core.types import Endpoint, Phase, Role, Skipped, TransferReport, TransferStats
+
+    items = tuple(Skipped(b"e%d" % i, "unreadable", True) for i in range(SKIPPED_LISTED + 7)) + tuple(
+        Skipped(b"s%d" % i, "a FIFO") for i in range(SKIPPED_LISTED + 3))
+    stats = TransferStats(entries_skipped=SKIPPED_LISTED + 3, file_errors=SKIPPED_LISTED + 7)
+    r = validate.report(TransferReport(1, 1, Role.SENDER, Phase.DONE, stats, skipped=items))
+    assert sum(x.error for x in r.skipped) == SKIPPED_LISTED and len(r.skipped) == 2 * SKIPPED_LISTED
+    assert r.skipped[0] == Skipped(b"s0", "a FIFO") and r.skipped[-1] == Skipped(b"e99", "unreadable", True)
+    run = Run(1, 1, b"", 0.0, Endpoint("hostA", b"/a"))
+    run.add_skipped(r)
+    assert run.entries_skipped() == SKIPPED_LISTED + 3 and len(run.skipped) == 2 * SKIPPED_LISTED
+    assert skip_note(stats, run) == (f"; {SKIPPED_LISTED + 7} files could not be copied (first: e0: unreadable); "
+                                     f"{SKIPPED_LISTED + 3} entries skipped (first: s0: a FIFO); zc-ctl job 1 "
+                                     "lists them")
