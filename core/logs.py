@@ -35,8 +35,6 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, ParamSpec, TypeVar
 
-from zcrepl.core.synctypes import SYNC_ID_BASE
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -78,11 +76,18 @@ def carry(fn: Callable[P, R], **fields: Any) -> Callable[P, R]:
     return functools.partial(ctx.run, run)  # type: ignore[return-value]
 
 
+@functools.cache
+def _sync_id_base() -> int:
+    from zcrepl.core.synctypes import SYNC_ID_BASE  # here: zc-ctl imports this module and needs none of that
+
+    return SYNC_ID_BASE
+
+
 def attempt_fields(job_id: int, attempt: int) -> dict[str, int]:
     """The log fields of a data-plane (job id, attempt): ``job`` and ``attempt``, or for a watch rule's
     sessions (whose data-plane job id is ``SYNC_ID_BASE`` + the rule's id) ``rule`` and ``epoch``."""
-    if job_id >= SYNC_ID_BASE:
-        return {"rule": job_id - SYNC_ID_BASE, "epoch": attempt}
+    if job_id >= _sync_id_base():
+        return {"rule": job_id - _sync_id_base(), "epoch": attempt}
     return {"job": job_id, "attempt": attempt}
 
 
@@ -93,8 +98,9 @@ class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         own = getattr(record, "kv", None)
         job = own.get("job") if own else None
-        if isinstance(job, int) and job >= SYNC_ID_BASE and own is not None:
-            own = {("rule" if k == "job" else k): (job - SYNC_ID_BASE if k == "job" else v) for k, v in own.items()}
+        if isinstance(job, int) and job >= _sync_id_base() and own is not None:
+            base = _sync_id_base()
+            own = {("rule" if k == "job" else k): (job - base if k == "job" else v) for k, v in own.items()}
             record.kv = own
         ctx = _CONTEXT.get()
         if ctx:
