@@ -28,7 +28,7 @@ from zcrepl.core.config import AgentConfig, split_address
 from zcrepl.core.logs import kv
 from zcrepl.core.metricsserver import MetricsServer
 from zcrepl.core.readyfile import write_ready_file
-from zcrepl.core.types import AgentInfo, HostHealth
+from zcrepl.core.types import AgentInfo, HostHealth, TransferReport
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
@@ -140,9 +140,9 @@ class Agent:
             write_ready_file(cfg.ready_file, ready)
         return self
 
-    def _report(self, r: object) -> None:
+    def _report(self, r: TransferReport) -> None:
         if self.link is not None:
-            self.link.report(r)  # type: ignore[arg-type]
+            self.link.report(r)
 
     def reload(self) -> None:
         """SIGHUP: re-read the TLS files now (they are also picked up within a second of changing)."""

@@ -82,20 +82,3 @@ def dest_order_from_pb(m: spb.SyncDestOrder) -> st.SyncDestOrder:
 
 def ticket_order_from_pb(m: spb.SyncTicketOrder) -> st.SyncTicketOrder:
     return st.SyncTicketOrder(m.rule_id, m.epoch, m.host, bytes(m.ticket))
-
-
-def sync_order_fields(order: object) -> dict[str, object] | None:
-    """The ControllerMessage field for a watch-rule order, or None for any other object."""
-    if isinstance(order, st.SyncSourceOrder):
-        return {"sync_source": source_order_to_pb(order)}
-    if isinstance(order, st.SyncDestOrder):
-        return {"sync_dest": dest_order_to_pb(order)}
-    if isinstance(order, st.SyncStopOrder):
-        return {"sync_stop": spb.SyncStopOrder(rule_id=order.rule_id, reason=order.reason)}
-    if isinstance(order, st.SyncTicketOrder):
-        return {"sync_ticket": spb.SyncTicketOrder(rule_id=order.rule_id, epoch=order.epoch, host=order.host,
-                                                   ticket=order.ticket)}
-    if isinstance(order, st.SyncHoldOrder):
-        return {"sync_hold": spb.SyncHoldOrder(rule_id=order.rule_id, epoch=order.epoch, held=order.held,
-                                               reason=order.reason)}
-    return None
