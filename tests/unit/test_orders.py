@@ -9,6 +9,8 @@ from zcrepl.core.synctypes import (
     SyncDest,
     SyncDestOrder,
     SyncHoldOrder,
+    SyncPhase,
+    SyncRule,
     SyncSourceOrder,
     SyncStopOrder,
     SyncTicketOrder,
@@ -49,3 +51,14 @@ def test_every_kind_of_message_but_the_welcome_is_an_order() -> None:
 def test_anything_else_is_refused() -> None:
     with pytest.raises(TypeError, match="not an order"):
         order_to_pb("cancel job 7")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("phase", list(SyncPhase), ids=lambda p: p.value)
+def test_a_watch_rules_phase_crosses_the_wire_as_a_field(phase: SyncPhase) -> None:
+    from zcrepl.core.types import Endpoint
+    from zcrepl.proto.syncconvert import rule_from_pb, rule_to_pb
+
+    rule = SyncRule(4, Endpoint("hostA", b"/srv/a/w"), (Endpoint("hostB", b"/srv/b/w"),), OPTS, phase=phase,
+                    status=f"{phase.value}: as the operator reads it")
+    back = rule_from_pb(type(rule_to_pb(rule)).FromString(rule_to_pb(rule).SerializeToString()))
+    assert (back.phase, back.status) == (phase, rule.status)
