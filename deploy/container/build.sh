@@ -64,16 +64,21 @@ fi
 ctx=$(mktemp -d "${TMPDIR:-/tmp}/zcrepl-image.XXXXXX")
 trap 'rm -rf "$ctx"' EXIT
 cp "$HERE/Containerfile" "$ctx/"
-mkdir "$ctx/wheels"
+mkdir "$ctx/wheels" "$ctx/config"
+cp "$CHECKOUT/deploy/controller.toml" "$CHECKOUT/deploy/agent.toml" "$ctx/config/"
 say "building zcrepl's wheel from $CHECKOUT"
-"$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation -w "$ctx/wheels" "$CHECKOUT" >/dev/null 2>&1 \
-    || "$PYTHON" -m pip wheel --quiet --no-deps -w "$ctx/wheels" "$CHECKOUT"
+pip_log="$ctx/pip.log"
+"$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation -w "$ctx/wheels" "$CHECKOUT" >"$pip_log" 2>&1 \
+    || "$PYTHON" -m pip wheel --quiet --no-deps -w "$ctx/wheels" "$CHECKOUT" >"$pip_log" 2>&1 \
+    || { cat "$pip_log" >&2; say "pip wheel of $CHECKOUT failed"; exit 1; }
 wheel=$(ls "$ctx"/wheels/zcrepl-*.whl)
 arch=$(uname -m)
 say "downloading dependency wheels for CPython $PYVER on $arch"
 "$PYTHON" -m pip download --quiet --only-binary=:all: --python-version "$PYVER" --implementation cp \
     --platform "manylinux_2_36_$arch" --platform "manylinux_2_28_$arch" --platform "manylinux_2_17_$arch" \
-    --platform "manylinux2014_$arch" --platform "linux_$arch" -d "$ctx/wheels" "$wheel"
+    --platform "manylinux2014_$arch" --platform "linux_$arch" -d "$ctx/wheels" "$wheel" >"$pip_log" 2>&1 \
+    || { cat "$pip_log" >&2; say "downloading the dependencies' wheels failed (is PyPI reachable?)"; exit 1; }
+rm -f "$pip_log"
 
 say "buildah bud --isolation chroot -t $TAG"
 buildah bud --quiet --isolation chroot --layers=false --build-arg "BASE=$BASE" \

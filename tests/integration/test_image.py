@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -62,7 +63,7 @@ def run_in_image(root: Path, work: Path, *argv: str, uid: int = 0) -> str:
 
 
 @pytest.fixture(scope="module")
-def image() -> Iterator[Path]:
+def image() -> Iterator[tuple[Path, dict[str, Any]]]:
     if os.geteuid() != 0:
         pytest.skip("the image test needs root (debootstrap, podman, chroot, mount namespaces)")
     tag = f"localhost/zcrepl-test:{os.getpid()}"
@@ -81,7 +82,7 @@ def image() -> Iterator[Path]:
         assert inspect["Config"].get("User") == "zcrepl", "the image must run as its unprivileged user by default"
         root = Path(podman("image", "mount", tag).stdout.strip())
         try:
-            yield root
+            yield root, inspect["Config"]
         finally:
             podman("image", "unmount", tag)
     finally:
@@ -96,17 +97,49 @@ def serving(address: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def test_image_replicates_a_tree_between_its_own_daemons(image: Path, tmp_path: Path) -> None:
-    root = image
-    for tool in ("zc-controller", "zc-agent", "zc-ctl"):
-        assert (root / "usr/local/bin" / tool).is_symlink(), f"{tool} missing from the image"
+def workdir(tmp_path: Path, *owned: str) -> Path:
+    """The directory mounted at /mnt; ``owned`` subdirectories belong to the image's user."""
     work = tmp_path / "work"
     work.mkdir()
     os.chmod(work, 0o755)
-    for d in ("ctl", "hostA", "hostB", "dst"):
+    for d in owned:
         (work / d).mkdir()
-    for d in ("ctl", "hostB", "dst"):
         os.chown(work / d, IMAGE_UID, IMAGE_UID)
+    return work
+
+
+def test_default_command_starts_a_secure_controller(image: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    # `podman run IMAGE` as it is: the image's user, its command, the example config it ships (auto_pki). Only
+    # the addresses (free ports here) and the state directory (the image root is read-only here) are moved.
+    root, config = image
+    work = workdir(tmp_path, "state")
+    env = {"ZC_LISTEN": "127.0.0.1:0", "ZC_ENROLL_LISTEN": "127.0.0.1:0", "ZC_METRICS_LISTEN": "127.0.0.1:0",
+           "ZC_HEALTH_LISTEN": "127.0.0.1:0", "ZC_STATE_DIR": "/mnt/state", "ZC_READY_FILE": "/mnt/state/ready.json"}
+    argv = ["env", "-i", *(f"{k}={v}" for k, v in {**ENV, **env}.items()),
+            *in_image(root, work, config["Cmd"], IMAGE_UID)]
+    controller = Daemon("default", argv, work / "state" / "ready.json", tmp_path / "default.log")
+    try:
+        controller.start(timeout=60)
+        assert serving(controller.ready["health"])
+        pki = work / "state" / "pki"
+        assert (pki / "ca.pem").exists() and (pki / "admin.pem").stat().st_uid == IMAGE_UID
+        agents = run_in_image(root, work, "zc-ctl", "--controller", controller.ready["grpc"], "--ca",
+                              "/mnt/state/pki/ca.pem", "--cert", "/mnt/state/pki/admin.pem", "--key",
+                              "/mnt/state/pki/admin.key", "agents", "--json", uid=IMAGE_UID)
+        assert json.loads(agents) == []
+        assert controller.stop() == 0
+        print(f"[image] default command {config['Cmd']} as {config['User']}: a controller with its own CA, "
+              "answering zc-ctl over mutual TLS; exit 0 on SIGTERM")
+    finally:
+        controller.kill()
+
+
+def test_image_replicates_a_tree_between_its_own_daemons(image: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    root, _ = image
+    for tool in ("zc-controller", "zc-agent", "zc-ctl"):
+        assert (root / "usr/local/bin" / tool).is_symlink(), f"{tool} missing from the image"
+    work = workdir(tmp_path, "ctl", "hostB", "dst")
+    (work / "hostA").mkdir()
     make_tree(work / "src", files=300)
 
     pki = "/mnt/pki"

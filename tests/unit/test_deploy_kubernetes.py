@@ -10,11 +10,14 @@ to be the same, generated name suffixes aside.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from zcrepl.agent.main import build_parser as agent_parser
 from zcrepl.controller.main import build_parser as controller_parser
 from zcrepl.controller.service import SERVICE_NAME as CONTROLLER_SERVICE
 from zcrepl.core.config import AgentConfig, ControllerConfig, load_config, split_address
+from zcrepl.core.trust import TlsPaths, Trust
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "kubernetes"
@@ -130,6 +134,7 @@ def effective_config(obj: dict[str, Any], container: dict[str, Any], objects: li
     mount = mounts[args.config]
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     toml_text = find(objects, "ConfigMap", volume["configMap"]["name"])["data"][mount["subPath"]]
+    tmp_path.mkdir(parents=True, exist_ok=True)
     toml = tmp_path / mount["subPath"]
     toml.write_text(toml_text)
     if cls is AgentConfig:
@@ -191,3 +196,28 @@ def test_controller_keeps_its_store_on_a_claim_and_the_agent_uses_the_node_netwo
                o.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", []) if "secret" in v}
     assert secrets == {"zcrepl-controller-tls", "zcrepl-agent-tls"}
     assert not [o for o in objects if o["kind"] == "Secret"], "no key material in the repository"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (for kubectl create secret) is not installed")
+def test_secrets_recipe_gives_each_daemon_the_files_it_is_configured_with(objects: list[dict[str, Any]],
+                                                                          tmp_path: Path) -> None:
+    zc_ctl = Path(sys.executable).parent / "zc-ctl"
+    node = DOWNWARD["spec.nodeName"]
+    out = subprocess.run([str(K8S / "secrets.sh"), str(tmp_path / "pki"), node, "node-2"], capture_output=True,
+                         text=True, timeout=120, check=True, env={**os.environ, "ZC_CTL": str(zc_ctl)})
+    secrets = {d["metadata"]["name"]: d for d in yaml.safe_load_all(out.stdout) if d}
+    for s in secrets.values():
+        kubernetes_validate.validate(s, "1.30.0", strict=True)
+        assert s["metadata"]["namespace"] == "zcrepl"
+    for kind, name, who in (("StatefulSet", "zcrepl-controller", "controller"), ("DaemonSet", "zcrepl-agent", node)):
+        obj = find(objects, kind, name)
+        spec = obj["spec"]["template"]["spec"]
+        cfg, _ = effective_config(obj, spec["containers"][0], objects, tmp_path / name)
+        secret = secrets[next(v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v)]
+        files = tmp_path / f"{name}-mounted"
+        files.mkdir()
+        for key, value in secret["data"].items():
+            (files / key).write_bytes(base64.b64decode(value))
+        paths = TlsPaths(*(str(files / Path(p).name) for p in (cfg.ca, cfg.cert, cfg.key)))
+        # The daemon's own check: the CA signs the certificate, the key matches, the identity is the expected one.
+        Trust(paths, kind="controller" if who == "controller" else "agent", name=who)
