@@ -76,11 +76,16 @@ class ApiServer:
             self.health_address = await self._health.start(health_listen)
         return port
 
+    def stop_health(self) -> None:
+        """NOT_SERVING on the health port, then close it: the first step of a stop, so probes see it early."""
+        if self._health is not None and self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._health.stop(), self._loop).result(5)
+            self._health = None
+
     def stop(self) -> None:
         if not self._thread.is_alive():
             return
-        if self._health is not None:
-            asyncio.run_coroutine_threadsafe(self._health.stop(), self._loop).result(5)
+        self.stop_health()
         if self._server is not None:
             asyncio.run_coroutine_threadsafe(self._server.stop(grace=2), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -155,6 +155,7 @@ class Agent:
             self.trust.refresh(force=True)
 
     def stop(self) -> None:
+        self._api.stop_health()
         if self.renewer is not None:
             self.renewer.stop()
         if self.transfers is not None:
