@@ -67,9 +67,20 @@ cp "$HERE/Containerfile" "$ctx/"
 mkdir "$ctx/wheels" "$ctx/config"
 cp "$CHECKOUT/deploy/controller.toml" "$CHECKOUT/deploy/agent.toml" "$ctx/config/"
 say "building zcrepl's wheel from $CHECKOUT"
+# From a copy of the checkout's own files (tracked or new, nothing ignored): a build/ or egg-info left by an
+# earlier install must not slip stale modules into the wheel.
+src=$(mktemp -d "${TMPDIR:-/tmp}/zcrepl-src.XXXXXX")
+trap 'rm -rf "$ctx" "$src"' EXIT
+if git -C "$CHECKOUT" rev-parse --git-dir >/dev/null 2>&1; then
+    git -C "$CHECKOUT" ls-files -z --cached --others --exclude-standard \
+        | tar -C "$CHECKOUT" --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -C "$src" -xf -
+else
+    tar -C "$CHECKOUT" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' -cf - . \
+        | tar -C "$src" -xf -
+fi
 pip_log="$ctx/pip.log"
-"$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation -w "$ctx/wheels" "$CHECKOUT" >"$pip_log" 2>&1 \
-    || "$PYTHON" -m pip wheel --quiet --no-deps -w "$ctx/wheels" "$CHECKOUT" >"$pip_log" 2>&1 \
+"$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation -w "$ctx/wheels" "$src" >"$pip_log" 2>&1 \
+    || "$PYTHON" -m pip wheel --quiet --no-deps -w "$ctx/wheels" "$src" >"$pip_log" 2>&1 \
     || { cat "$pip_log" >&2; say "pip wheel of $CHECKOUT failed"; exit 1; }
 wheel=$(ls "$ctx"/wheels/zcrepl-*.whl)
 arch=$(uname -m)
