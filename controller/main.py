@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lifetime of a watch rule's data-port ticket (3600); rotated at three quarters of it")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics over plain HTTP here (off unless set; port 0 = any free port)")
+    p.add_argument("--health-listen", metavar="HOST:PORT",
+                   help="serve only grpc.health.v1 in plaintext here, for probes without TLS such as "
+                        "Kubernetes' (off unless set; port 0 = any free port)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["kv", "json"])
     p.add_argument("--ready-file", metavar="FILE", help="write the bound address as JSON here once serving")
