@@ -158,6 +158,7 @@ class Engine(Pacing, Faults):
             return
         run.last_report = self.clock()
         run.add_skipped(r)
+        run.add_plan(r)
         if r.phase is Phase.READY and r.role is Role.RECEIVER:
             self._on_ready(job, run)
         elif r.phase is Phase.PROGRESS:
@@ -252,7 +253,7 @@ class Engine(Pacing, Faults):
         if job is not None:
             stored = self.store.get_job(job_id)
             assert stored is not None
-            return replace(job, history=stored.history, skipped=stored.skipped)
+            return replace(job, history=stored.history, skipped=stored.skipped, plan=stored.plan)
         stored = self.store.get_job(job_id)
         if stored is None:
             raise UnknownJob(f"no job {job_id}; run 'zc-ctl jobs' to list jobs")
@@ -260,7 +261,7 @@ class Engine(Pacing, Faults):
 
     def list_jobs(self, states: tuple[JobState, ...], limit: int, group_id: int = 0) -> list[Job]:
         jobs = self.store.list_jobs(states, limit, group_id)
-        return [replace(self.jobs[j.id], history=j.history, skipped=j.skipped) if j.id in self.jobs else j
+        return [replace(self.jobs[j.id], history=j.history, skipped=j.skipped, plan=j.plan) if j.id in self.jobs else j
                 for j in jobs]
 
     def cancel(self, job_id: int) -> Job:
@@ -457,12 +458,14 @@ class Engine(Pacing, Faults):
 
     def _succeed(self, job: Job, run: Run) -> None:
         now = self.clock()
-        stats = replace(run.sender_done or run.progress, entries_skipped=run.entries_skipped())
+        stats = run.with_receiver_counts(replace(run.sender_done or run.progress,
+                                                 entries_skipped=run.entries_skipped()))
         self.runs.pop(job.id, None)
         self._link_ended(job, run, stats, failed=False)
         self.observe.attempt_ended(run.source.host, job.destination.host, stats, "")
         self.store.end_attempt(job.id, run.attempt, now, "", stats)
         self.store.save_skipped(job.id, run.attempt, run.skipped)
+        self.store.save_plan(job.id, run.attempt, run.plan)
         self._settle(lifecycle.succeeded(job, stats, now))
         self._decide(job.id, DecisionKind.DONE, f"attempt {run.attempt} done: {stats.files_done} files, "
                      f"{stats.bytes_done} bytes moved, {stats.files_skipped} up to date{skip_note(stats, run)}")

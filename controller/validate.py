@@ -27,6 +27,8 @@ from zcrepl.core.filters import FilterError, check_rules
 from zcrepl.core.paths import HOST_NAME_RULE, canonical_abs, show, show_name, valid_host_name
 from zcrepl.core.synctypes import SyncStatus
 from zcrepl.core.types import (
+    PLAN_LISTED,
+    PLAN_LISTED_BYTES,
     SKIPPED_LISTED,
     AgentInfo,
     DiskIO,
@@ -34,6 +36,7 @@ from zcrepl.core.types import (
     HostHealth,
     JobOptions,
     NetIO,
+    PlanItem,
     Skipped,
     TransferReport,
 )
@@ -252,9 +255,29 @@ def report(r: TransferReport) -> TransferReport:
     error = _text(r.error, MAX_TEXT)
     if r.stats.transport not in TRANSPORTS:  # how the bytes travelled: one of a few words, never free text
         r = replace(r, stats=replace(r.stats, transport="?"))
-    if skipped is r.skipped and error == r.error:
+    plan = _plan(r.plan)
+    if skipped is r.skipped and error == r.error and plan is r.plan:
         return r
-    return replace(r, error=error, skipped=skipped)
+    return replace(r, error=error, skipped=skipped, plan=plan)
+
+
+PLAN_CHANGES = frozenset({"created", "updated", "deleted"})
+PLAN_KINDS = frozenset({"file", "dir", "symlink", "hardlink"})
+PLAN_WHY = frozenset({"size", "mtime", "content", "mode", "target", "owner", "type", "link"})
+
+
+def _plan(items: tuple[PlanItem, ...]) -> tuple[PlanItem, ...]:
+    """A dry run's plan bounded: at most PLAN_LISTED items and PLAN_LISTED_BYTES of paths, known words only."""
+    out: list[PlanItem] = []
+    held = 0
+    for x in items[:PLAN_LISTED]:
+        held += len(x.path) + len(x.target)
+        if held > PLAN_LISTED_BYTES:
+            break
+        out.append(PlanItem(x.path[:MAX_SKIPPED_PATH], x.change if x.change in PLAN_CHANGES else "?",
+                            x.kind if x.kind in PLAN_KINDS else "?", tuple(w for w in x.why[:8] if w in PLAN_WHY),
+                            max(0, min(x.size, MAX_DISK)), x.target[:MAX_SKIPPED_PATH]))
+    return items if tuple(out) == items else tuple(out)
 
 
 def sync_statuses(statuses: list[SyncStatus]) -> list[SyncStatus]:

@@ -14,18 +14,20 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from zcrepl.agent import priority
 from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.frame import F_SPARSE, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.limits import SessionLimits
+from zcrepl.agent.transfer.plan import PlanWriter, make_writer, open_job_root
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import Scanner, Skips, tree_filter
 from zcrepl.core.errors import Cancelled, TransferError, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
 from zcrepl.core.logs import kv
-from zcrepl.core.types import JobOptions, TransferStats
+from zcrepl.core.types import JobOptions, PlanItem, TransferStats
 
 log = logging.getLogger(__name__)
 _STOP = -1
@@ -54,11 +56,12 @@ class LocalCopy:
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._last = 0.0
+        self.writer: TreeWriter | None = None
 
     def run(self) -> TransferStats:
-        root = SafeRoot.from_fd(self.dst_export.open_dir(self.dst_rel, create=True, mode=0o755),
-                                self.dst_export.path)
-        writer = TreeWriter(root, self.options, self.label, self.job_id, policy=self.policy, limits=self.limits)
+        root, missing = open_job_root(self.dst_export, self.dst_rel, self.options)
+        self.writer = writer = make_writer(root, missing, self.options, self.label, self.job_id, policy=self.policy,
+                                           limits=self.limits)
         threads = [threading.Thread(target=self._worker, args=(writer,), name=f"zc-local-{i}", daemon=True)
                    for i in range(self.nworkers)]
         for t in threads:
@@ -165,8 +168,16 @@ class LocalCopy:
             off = end
         return True
 
+    @property
+    def plan(self) -> tuple[PlanItem, ...]:
+        """A dry run's plan (the first items)."""
+        return tuple(self.writer.items) if isinstance(self.writer, PlanWriter) else ()
+
     def _stats(self, writer: TreeWriter, scan_done: bool = False) -> TransferStats:
         w = writer.stats()
+        if isinstance(writer, PlanWriter):
+            return replace(w, entries=self.entries, files_total=self.files_total, bytes_total=self.bytes_total,
+                           skipped_special=self.skips.special, scan_done=scan_done, entries_skipped=self.skips.total)
         return TransferStats(entries=self.entries, files_total=self.files_total, files_done=w.files_done,
                              bytes_total=self.bytes_total, bytes_done=w.bytes_done, files_skipped=w.files_skipped,
                              deleted=w.deleted, wire_bytes=0, skipped_special=self.skips.special, errors=w.errors,

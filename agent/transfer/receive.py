@@ -34,6 +34,7 @@ from zcrepl.agent.transfer.changes import apply_ops
 from zcrepl.agent.transfer.frame import Channel, FileHead, Hello, Stream
 from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.peer import NONE, Binding
+from zcrepl.agent.transfer.plan import make_writer, open_job_root
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.server import Grant, TicketBook
 from zcrepl.core.errors import ProtocolError, TransferError
@@ -87,10 +88,9 @@ class ReceiveSession:
         self._control = ch
         bind = spec.bind if ch.peer is None else spec.bind.narrowed(ch.peer)
         self.transport = ch.peer.transport if ch.peer is not None else NONE
-        root_fd = spec.export.open_dir(spec.rel, create=True, mode=0o755)
-        root = SafeRoot.from_fd(root_fd, spec.export.path)
-        self.writer = writer = TreeWriter(root, spec.options, spec.label, spec.job_id, policy=spec.policy,
-                                          limits=spec.limits)
+        root, missing = open_job_root(spec.export, spec.rel, spec.options)
+        self.writer = writer = make_writer(root, missing, spec.options, spec.label, spec.job_id, policy=spec.policy,
+                                           limits=spec.limits)
         data_tickets: list[bytes] = []
         try:
             streams = max(1, min(hello.streams, fr.MAX_STREAMS))  # the peer asks; we clamp
