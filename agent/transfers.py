@@ -24,8 +24,8 @@ from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.local import LocalCopy, log_local
 from zcrepl.agent.transfer.partial import drop_partials
-from zcrepl.agent.transfer.plan import PlanWriter
 from zcrepl.agent.transfer.peer import Binding, resolve
+from zcrepl.agent.transfer.plan import PlanWriter
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
-from zcrepl.controller import fence, lifecycle
+from zcrepl.controller import fence, lifecycle, validate
 from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.faults import Faults
 from zcrepl.controller.links import LinkTracker
@@ -240,6 +240,8 @@ class Engine(Pacing, Faults):
                               "the destination must not be inside the source or the other way round")
         if options.bwlimit < 0 or options.max_attempts < 0:
             raise InvalidPath("bwlimit and max_attempts must not be negative")
+        if options.backup_dir or options.link_dest:
+            options = validate.job_dirs(src, dst, options, self.registry.agents[dst.host].info.exports)
         job = self.store.create_job(src, dst, options, options.max_attempts or self.config.max_attempts,
                                     self.clock())
         self.jobs[job.id] = job

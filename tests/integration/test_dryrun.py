@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from treesnap import snapshot
 
 from zcrepl.agent.transfer.local import LocalCopy
 from zcrepl.agent.transfer.saferoot import SafeRoot
@@ -154,25 +154,6 @@ def by_category(items: list[PlanItem]) -> dict[str, set[str]]:
     for x in items:
         plan[x.change].add(os.fsdecode(x.path))
     return plan
-
-
-def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
-    """Everything a dry run must not change, directory mtimes included."""
-    if not root.exists():
-        return {}
-    out: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [".", *dirnames, *filenames]:
-            p = Path(dirpath) / name
-            st = p.lstat()
-            rel = str(p.relative_to(root))
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(p), st.st_mtime_ns)
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", st.st_mode, st.st_mtime_ns, st.st_uid)
-            else:
-                out[rel] = ("file", st.st_mode, st.st_mtime_ns, st.st_ino, p.read_bytes())
-    return out
 
 
 def _pair(tmp: Path, name: str) -> tuple[Path, Path]:

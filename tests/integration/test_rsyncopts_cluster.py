@@ -1,0 +1,92 @@
+"""rsync's everyday options end to end on one cluster (real controller and agents, the network data plane, zc-ctl):
+a dry run's plan reaching the operator, --backup-dir and --link-dest, and their bad input refused in one sentence.
+The rsync-equality table of the plan runs in test_dryrun.py."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from treesnap import snapshot
+from zchelpers import Cluster
+
+
+@pytest.fixture(scope="module")
+def cl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    base = tmp_path_factory.mktemp("rsyncopts")
+    c = Cluster(base)
+    try:
+        c.controller.start()
+        a = c.add_agent("hostA", base / "a")
+        b = c.add_agent("hostB", base / "b")
+        a.start()
+        b.start()
+        c.wait_online("hostA", "hostB")
+        yield c
+    finally:
+        c.close()
+
+
+def _tree(root: Path, files: dict[str, bytes], t: int = 1_600_000_000) -> None:
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        os.utime(p, (t, t))
+
+
+def _case(cl: Cluster, name: str) -> tuple[Path, Path]:
+    return cl.base / "a" / name / "src", cl.base / "b" / name / "dst"
+
+
+def test_dry_run_lists_the_plan_and_changes_nothing(cl: Cluster) -> None:
+    src, dst = _case(cl, "dry")
+    _tree(src, {"same.txt": b"same", "new/n.txt": b"new!", "grown.txt": b"longer now", "mode.txt": b"m"})
+    _tree(dst, {"same.txt": b"same", "grown.txt": b"short", "mode.txt": b"m", "old/o.txt": b"o"})
+    os.chmod(dst / "mode.txt", 0o600)
+    (dst / ".zc.stale.tmp").write_bytes(b"left by a killed receiver: a real run removes it, a dry run doesn't")
+    for root in (src, dst):  # directories alike: their mtimes would be updates of their own
+        for d in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+            os.utime(d, (1_600_000_000, 1_600_000_000))
+    before = snapshot(dst)
+    rc, out, err = cl.ctl("replicate", "-n", "--delete", f"hostA:{src}", f"hostB:{dst}", "--json")
+    assert rc == 0, err
+    plan = {(x["change"], x["path"]): x for x in json.loads(out)}
+    assert set(plan) == {("created", "new"), ("created", "new/n.txt"), ("updated", "grown.txt"),
+                         ("updated", "mode.txt"), ("deleted", "old/o.txt"), ("deleted", "old")}
+    assert plan[("updated", "grown.txt")]["why"] == ["size"] and plan[("updated", "grown.txt")]["bytes"] == 10
+    assert plan[("updated", "mode.txt")]["itemize"] == ".f...p....."
+    assert plan[("created", "new/n.txt")]["itemize"] == ">f+++++++++"
+    assert "2 to create, 2 to update, 2 to delete; 2 files (14 bytes) would be sent" in err
+    assert snapshot(dst) == before
+
+    rc, out, err = cl.ctl("replicate", "--dry-run", f"hostA:{src}", f"hostB:{dst}")  # no --delete: no deletions
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert ">f.s....... grown.txt  (size)" in lines and "cd+++++++++ new/" in lines
+    assert not any("deleting" in line for line in lines)
+    job_id = int(lines[-1].split()[1])
+    rc, out, err = cl.ctl("job", str(job_id), "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["options"]["dry_run"] and doc["progress"]["plan_created"] == 2 and len(doc["plan"]) == 4
+    assert doc["progress"]["bytes_done"] == 0 and doc["progress"]["files_done"] == 0
+    assert snapshot(dst) == before
+
+    missing = dst.parent / "not-yet"
+    rc, out, err = cl.ctl("replicate", "-n", f"hostA:{src}", f"hostB:{missing}", "--json")
+    assert rc == 0, err
+    assert {x["path"] for x in json.loads(out) if x["change"] == "created"} == {
+        "", "same.txt", "new", "new/n.txt", "grown.txt", "mode.txt"}
+    assert not missing.exists()
+
+
+def test_dry_run_refused_with_watch(cl: Cluster) -> None:
+    src, dst = _case(cl, "dry-refused")
+    _tree(src, {"f": b"f"})
+    rc, _out, err = cl.ctl("replicate", "-n", "--watch", f"hostA:{src}", f"hostB:{dst}")
+    assert rc == 2 and "--dry-run plans one run" in err and err.count("\n") == 1, err
+    assert not dst.exists()
