@@ -19,7 +19,7 @@ from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
-from zcrepl.agent.transfer.jobdirs import check_destination, no_space, open_source
+from zcrepl.agent.transfer.jobdirs import check_destination, no_space, open_source, resolve_dirs
 from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.local import LocalCopy, log_local
@@ -146,6 +146,7 @@ class Transfers:
                 raise ConfigError(no_tls(self.host, "receive"))  # (a same-host copy never touches the network)
             root, rel = self.exports.resolve(order.path)
             check_destination(root, rel, label)
+            resolve_dirs(self.exports.resolve, order.options)  # --backup-dir, --link-dest: inside the exports
         except ZcError as err:
             self._fail(order.job_id, order.attempt, Role.RECEIVER, str(err), retryable=False)
             return
@@ -353,7 +354,7 @@ class Transfers:
                                lambda s: self.report(TransferReport(order.job_id, order.attempt, Role.SENDER,
                                                                     Phase.PROGRESS, s)),
                                workers=order.options.streams or 2, policy=self.exports.policy(root),
-                               limits=self.limits)
+                               limits=self.limits, dirs=resolve_dirs(self.exports.resolve, order.options))
             stats = copier.run()
         except Cancelled:
             self._forget(key)
@@ -390,7 +391,8 @@ class Transfers:
         if self.sweeper is not None and not order.options.dry_run:  # first, what dead transfers left here goes
             self.sweeper.request(root, rel)
         spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label,
-                           policy=self.exports.policy(root), limits=self.limits, bind=bind)
+                           policy=self.exports.policy(root), limits=self.limits, bind=bind,
+                           dirs=resolve_dirs(self.exports.resolve, order.options))
         session = ReceiveSession(spec, self.tickets)
         with self._lock:
             active = self._active.get(key)
