@@ -28,7 +28,8 @@ def _tree(root: Path, files: dict[str, bytes], t: int = T) -> None:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.is_symlink()}
 
 
 def _run(base: Path, src: str, dst: str, options: JobOptions, backup: str = "",
