@@ -90,3 +90,55 @@ def test_dry_run_refused_with_watch(cl: Cluster) -> None:
     rc, _out, err = cl.ctl("replicate", "-n", "--watch", f"hostA:{src}", f"hostB:{dst}")
     assert rc == 2 and "--dry-run plans one run" in err and err.count("\n") == 1, err
     assert not dst.exists()
+
+
+def test_backup_dir_over_the_network(cl: Cluster) -> None:
+    src, dst = _case(cl, "bak")
+    bak = dst.parent / "backup"
+    _tree(src, {"top.txt": b"new top", "a/b/deep.txt": b"new deep"})
+    _tree(dst, {"top.txt": b"old top", "a/b/deep.txt": b"old deep", "gone/g.txt": b"deleted"}, 1_500_000_000)
+    rc, out, err = cl.ctl("replicate", "--delete", "--backup-dir", "../backup", f"hostA:{src}", f"hostB:{dst}",
+                          "--json")
+    assert rc == 0, err
+    job = json.loads(out)
+    assert job["options"]["backup_dir"] == str(bak)  # stored resolved, relative to the destination
+    assert job["progress"]["backed_up"] == 3
+    assert {str(p.relative_to(bak)): p.read_bytes() for p in bak.rglob("*") if p.is_file()} == {
+        "top.txt": b"old top", "a/b/deep.txt": b"old deep", "gone/g.txt": b"deleted"}
+    assert (dst / "top.txt").read_bytes() == b"new top" and not (dst / "gone").exists()
+
+
+@pytest.mark.parametrize("flag,value,says", [
+    ("--backup-dir", "/elsewhere/bak", "outside hostB's exports"),
+    ("--backup-dir", "inside", "which overlaps the destination"),
+    ("--link-dest", "..", "which overlaps the destination"),
+    ("--link-dest", "/etc", "outside hostB's exports"),
+])
+def test_backup_and_link_dirs_refused(cl: Cluster, flag: str, value: str, says: str) -> None:
+    src, dst = _case(cl, "refused")
+    _tree(src, {"f": b"f"})
+    rc, _out, err = cl.ctl("replicate", flag, value, f"hostA:{src}", f"hostB:{dst}")
+    assert rc == 2 and says in err and err.count("\n") == 1, err
+    assert not dst.exists()
+
+
+def test_link_dest_moves_almost_nothing_for_an_unchanged_file(cl: Cluster) -> None:
+    """A snapshot of an unchanged 16 MiB file against the previous one: linked, and less than 1% of it on the
+    wire (the manifest and the protocol are all that travel)."""
+    src = cl.base / "a" / "snaps-src"
+    snaps = cl.base / "b" / "snaps"
+    src.mkdir(parents=True)
+    big = src / "big.bin"
+    big.write_bytes(os.urandom(16 << 20))  # incompressible, no holes: only a link avoids sending it
+    _tree(src, {"small.txt": b"changes every night"})
+    rc, _out, err = cl.ctl("replicate", f"hostA:{src}", f"hostB:{snaps / 'day1'}")
+    assert rc == 0, err
+    _tree(src, {"small.txt": b"changed the next night"}, 1_600_000_100)
+    rc, out, err = cl.ctl("replicate", "--link-dest", "../day1", f"hostA:{src}", f"hostB:{snaps / 'day2'}", "--json")
+    assert rc == 0, err
+    p = json.loads(out)["progress"]
+    assert p["linked"] == 1 and p["files_done"] == 1
+    assert 0 < p["wire_bytes"] < (16 << 20) // 100, p
+    assert os.path.samefile(snaps / "day1" / "big.bin", snaps / "day2" / "big.bin")
+    assert (snaps / "day1" / "small.txt").read_bytes() == b"changes every night"
+    assert (snaps / "day2" / "small.txt").read_bytes() == b"changed the next night"
