@@ -142,3 +142,21 @@ def test_link_dest_moves_almost_nothing_for_an_unchanged_file(cl: Cluster) -> No
     assert os.path.samefile(snaps / "day1" / "big.bin", snaps / "day2" / "big.bin")
     assert (snaps / "day1" / "small.txt").read_bytes() == b"changes every night"
     assert (snaps / "day2" / "small.txt").read_bytes() == b"changed the next night"
+
+
+def test_same_host_copy_plans_and_backs_up_too(cl: Cluster) -> None:
+    """Both ends on one agent (the local copy, no socket): the same receiver rules."""
+    base = cl.base / "b" / "local"
+    src, dst = base / "src", base / "dst"
+    _tree(src, {"f.txt": b"new version"})
+    _tree(dst, {"f.txt": b"old", "extra.txt": b"x"}, 1_500_000_000)
+    before = snapshot(dst)
+    rc, out, err = cl.ctl("replicate", "-n", "--delete", f"hostB:{src}", f"hostB:{dst}", "--json")
+    assert rc == 0, err
+    assert {(x["change"], x["path"]) for x in json.loads(out)} >= {("updated", "f.txt"), ("deleted", "extra.txt")}
+    assert snapshot(dst) == before
+    rc, out, err = cl.ctl("replicate", "--delete", "--backup-dir", "../bak", f"hostB:{src}", f"hostB:{dst}",
+                          "--json")
+    assert rc == 0, err
+    assert json.loads(out)["progress"]["backed_up"] == 2
+    assert (base / "bak" / "f.txt").read_bytes() == b"old" and (base / "bak" / "extra.txt").read_bytes() == b"x"
