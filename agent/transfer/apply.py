@@ -114,6 +114,7 @@ class TreeWriter:
         self.protect = Filter()  # what --delete keeps (set by finish)
         self.backup: Backup | None = None  # --backup-dir: where what this run replaces or deletes goes
         self.link_dest: LinkDest | None = None  # --link-dest: earlier copies unchanged files are linked from
+        self.basis_roots: dict[int, SafeRoot] = {}  # a delta basis found in a --link-dest directory, by index
 
     # -- manifest -----------------------------------------------------------------------------------
     def admit(self, e: Entry) -> bool | Basis:
@@ -381,7 +382,8 @@ class TreeWriter:
             return  # those bytes are already in the temp file
         with self._lock:
             if s.basis_fd < 0:
-                s.basis_fd = self.root.open_read(validate_relpath(s.entry.path))
+                src = self.basis_roots.get(s.index, self.root)  # the file's old version, or a --link-dest copy
+                s.basis_fd = src.open_read(validate_relpath(s.entry.path))
         if copy_range(s.basis_fd, s.fd, head.offset, head.length, []) != head.length:
             raise OSError(0, "the old version changed while it was reused")
 

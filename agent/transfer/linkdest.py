@@ -1,6 +1,7 @@
 """--link-dest (rsync's): a file the destination lacks (or holds in another version) that is unchanged against
 one of the link-dest directories is hard-linked from there instead of sent, so a nightly snapshot costs only
-what changed.
+what changed. A changed file the destination lacks is sent as a delta against the link-dest copy (the first
+directory holding a regular file there), as rsync does with its basis files.
 
 Unchanged means rsync's test: a regular file of the same size, mtime and permission bits, with the owner this
 destination would give it (only when ownership is replicated: ``owner_ids``), the same content with
@@ -63,6 +64,17 @@ class LinkDest:
             self.linked += 1
             return True
         return False
+
+    def basis(self, parts: tuple[bytes, ...]) -> tuple[SafeRoot, os.stat_result] | None:
+        """The first directory holding a regular file at ``parts`` (a changed one): a delta basis."""
+        for root in self.roots:
+            try:
+                st = root.lstat(parts)
+            except UnsafePath:
+                continue
+            if st is not None and stat.S_ISREG(st.st_mode):
+                return root, st
+        return None
 
     @staticmethod
     def _unchanged(w: TreeWriter, pfd: int, leaf: bytes, e: Entry) -> bool:

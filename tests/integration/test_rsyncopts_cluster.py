@@ -160,3 +160,24 @@ def test_same_host_copy_plans_and_backs_up_too(cl: Cluster) -> None:
     assert rc == 0, err
     assert json.loads(out)["progress"]["backed_up"] == 2
     assert (base / "bak" / "f.txt").read_bytes() == b"old" and (base / "bak" / "extra.txt").read_bytes() == b"x"
+
+
+def test_link_dest_copy_is_the_delta_basis_of_a_changed_file(cl: Cluster) -> None:
+    """A new snapshot lacks the file, so its own old version can't serve as a delta basis: the previous
+    snapshot's copy does, and only the changed block and the hashes travel."""
+    src = cl.base / "a" / "delta-src"
+    snaps = cl.base / "b" / "delta-snaps"
+    src.mkdir(parents=True)
+    data = bytearray(os.urandom(8 << 20))
+    (src / "db.bin").write_bytes(data)
+    rc, _out, err = cl.ctl("replicate", f"hostA:{src}", f"hostB:{snaps / 'day1'}")
+    assert rc == 0, err
+    data[5 << 20: (5 << 20) + 4096] = os.urandom(4096)
+    (src / "db.bin").write_bytes(data)
+    rc, out, err = cl.ctl("replicate", "--link-dest", "../day1", f"hostA:{src}", f"hostB:{snaps / 'day2'}", "--json")
+    assert rc == 0, err
+    p = json.loads(out)["progress"]
+    assert p["linked"] == 0 and p["files_done"] == 1
+    assert p["wire_bytes"] < (8 << 20) // 10, p
+    assert (snaps / "day2" / "db.bin").read_bytes() == data
+    assert (snaps / "day1" / "db.bin").read_bytes() != data  # the basis itself is untouched
