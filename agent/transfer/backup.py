@@ -50,8 +50,9 @@ def open_backup(export: SafeRoot, rel: tuple[bytes, ...], job_root: SafeRoot, la
 class Backup:
     """Moves previous versions into one job's backup directory; counts them in ``kept``."""
 
-    def __init__(self, root: SafeRoot) -> None:
+    def __init__(self, root: SafeRoot, *, fsync: bool = False) -> None:
         self.root = root
+        self.fsync = fsync  # --durability file: each backup's directory entry is made durable as it is made
         self.kept = 0
 
     def close(self) -> None:
@@ -84,6 +85,8 @@ class Backup:
             except BaseException:
                 os.unlink(tmp, dir_fd=bfd)
                 raise
+            if self.fsync:
+                os.fsync(bfd)
         finally:
             os.close(bfd)
         self.kept += 1
@@ -98,6 +101,8 @@ class Backup:
             bfd, bleaf = self._parent(rel)
             try:
                 self._into(bfd, name, bleaf, src_fd=dfd)
+                if self.fsync:
+                    os.fsync(bfd)
             finally:
                 os.close(bfd)
             self.kept += 1

@@ -41,7 +41,7 @@ def attach_dirs(w: TreeWriter, dirs: ExtraDirs, label: str) -> None:
     """Open the backup directory (made when missing) and the link-dest directories (a missing one is skipped,
     as the first of a series of snapshots has none to link from) for ``w``; both must share its filesystem."""
     if dirs.backup is not None:
-        w.backup = Backup(open_backup(*dirs.backup, w.root, label))
+        w.backup = Backup(open_backup(*dirs.backup, w.root, label), fsync=w.fsync_files)
     roots: list[SafeRoot] = []
     try:
         for export, rel in dirs.link_dest:

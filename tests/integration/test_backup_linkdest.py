@@ -14,7 +14,7 @@ from zcrepl.agent.transfer.backup import Backup, DirRefused
 from zcrepl.agent.transfer.jobdirs import ExtraDirs
 from zcrepl.agent.transfer.local import LocalCopy
 from zcrepl.agent.transfer.saferoot import SafeRoot
-from zcrepl.core.types import JobOptions, TransferStats
+from zcrepl.core.types import Durability, JobOptions, TransferStats
 
 T = 1_600_000_000
 
@@ -67,7 +67,7 @@ def test_backup_keeps_what_a_run_overwrites_and_deletes(tmp_path: Path) -> None:
 def test_without_delete_nothing_is_deleted_or_backed_up_but_overwrites(tmp_path: Path) -> None:
     _tree(tmp_path / "src", {"f": b"new"})
     _tree(tmp_path / "dst", {"f": b"old", "extra": b"stays"}, T - 5)
-    stats = _run(tmp_path, "src", "dst", JobOptions(), backup="bak")
+    stats = _run(tmp_path, "src", "dst", JobOptions(durability=Durability.FILE), backup="bak")  # fsyncs each backup
     assert _files(tmp_path / "bak") == {"f": b"old"} and stats.backed_up == 1
     assert _files(tmp_path / "dst") == {"f": b"new", "extra": b"stays"}
 

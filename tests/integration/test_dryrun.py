@@ -21,7 +21,7 @@ from treesnap import snapshot
 from zcrepl.agent.transfer.local import LocalCopy
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.core.filters import from_arg
-from zcrepl.core.types import JobOptions, PlanItem
+from zcrepl.core.types import PLAN_LISTED, JobOptions, PlanItem
 
 RSYNC = shutil.which("rsync")
 pytestmark = pytest.mark.skipif(RSYNC is None, reason="rsync is not installed")
@@ -223,3 +223,13 @@ def test_missing_destination_is_planned_not_created(tmp_path: Path) -> None:
     got = by_category(items)
     assert got["created"] == want["created"] and not got["updated"] and not got["deleted"]
     assert totals["bytes"] == sum((src / f).stat().st_size for f in FILES)
+
+
+def test_a_large_plan_is_capped_and_counted_whole(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(PLAN_LISTED + 20):
+        (src / f"f{i:05d}").write_bytes(b"")
+    items, totals = zc_plan(src, tmp_path / "dst", {})
+    assert len(items) == PLAN_LISTED
+    assert totals["created"] == PLAN_LISTED + 21 and totals["files"] == PLAN_LISTED + 20  # the root too
