@@ -83,8 +83,9 @@ class Run:
 
 
 def rate_limited(job: Job, run: Run) -> bool:
-    """Held back by a bandwidth cap or paused: its rate measures the cap, not the link."""
-    return run.paused or run.bwlimit > 0 or job.options.bwlimit > 0
+    """Held back by a bandwidth cap or paused (its rate measures the cap, not the link), or a dry run (it sends no
+    file content at all)."""
+    return run.paused or run.bwlimit > 0 or job.options.bwlimit > 0 or job.options.dry_run
 
 
 def link_cap(policy: Policy, link: tuple[str, str]) -> int:

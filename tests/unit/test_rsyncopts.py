@@ -10,12 +10,15 @@ import pytest
 
 from zcrepl.controller import ctl, validate
 from zcrepl.controller.render_plan import itemize
+from zcrepl.controller.runs import Run, rate_limited
 from zcrepl.controller.store import Store
 from zcrepl.core.errors import InvalidArgument, InvalidPath
 from zcrepl.core.types import (
     PLAN_LISTED,
     Endpoint,
+    Job,
     JobOptions,
+    JobState,
     Phase,
     PlanItem,
     Role,
@@ -137,3 +140,21 @@ def test_store_keeps_the_plan_and_the_options(tmp_path: Path) -> None:
         assert got.options == opts and got.plan == tuple(items) and got.progress.plan_created == 2
     finally:
         store.close()
+
+
+def test_a_dry_run_says_nothing_about_its_links_throughput() -> None:
+    run = Run(1, 1, b"t", 0.0, SRC)
+    job = Job(1, JobState.RUNNING, SRC, DST, JobOptions(dry_run=True))
+    assert rate_limited(job, run) and not rate_limited(replace(job, options=JobOptions()), run)
+
+
+def test_the_final_stats_take_the_destinations_counts() -> None:
+    run = Run(1, 1, b"t", 0.0, SRC)
+    run.receiver_done = TransferStats(plan_created=3, plan_bytes=7, linked=2, backed_up=1, files_done=9)
+    out = run.with_receiver_counts(TransferStats(files_done=4, wire_bytes=100))
+    assert (out.plan_created, out.plan_bytes, out.linked, out.backed_up, out.files_done, out.wire_bytes) == (
+        3, 7, 2, 1, 4, 100)
+    run.add_plan(TransferReport(1, 1, Role.SENDER, Phase.DONE, plan=(PlanItem(b"x", "created", "file"),)))
+    assert run.plan == []  # only the destination plans
+    run.add_plan(TransferReport(1, 1, Role.RECEIVER, Phase.DONE, plan=(PlanItem(b"y", "created", "file"),)))
+    assert [x.path for x in run.plan] == [b"y"]
