@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
-from zcrepl.controller import fence, lifecycle
+from zcrepl.controller import fence, lifecycle, validate
 from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.faults import Faults
 from zcrepl.controller.links import LinkTracker
@@ -162,6 +162,7 @@ class Engine(Pacing, Faults):
             return
         run.last_report = self.clock()
         run.add_skipped(r)
+        run.add_plan(r)
         if r.phase is Phase.READY and r.role is Role.RECEIVER:
             self._on_ready(job, run)
         elif r.phase is Phase.PROGRESS:
@@ -243,6 +244,8 @@ class Engine(Pacing, Faults):
                               "the destination must not be inside the source or the other way round")
         if options.bwlimit < 0 or options.max_attempts < 0:
             raise InvalidPath("bwlimit and max_attempts must not be negative")
+        if options.backup_dir or options.link_dest:
+            options = validate.job_dirs(src, dst, options, self.registry.agents[dst.host].info.exports)
         job = self.store.create_job(src, dst, options, options.max_attempts or self.config.max_attempts,
                                     self.clock())
         self.jobs[job.id] = job
@@ -256,7 +259,7 @@ class Engine(Pacing, Faults):
         if job is not None:
             stored = self.store.get_job(job_id)
             assert stored is not None
-            return replace(job, history=stored.history, skipped=stored.skipped)
+            return replace(job, history=stored.history, skipped=stored.skipped, plan=stored.plan)
         stored = self.store.get_job(job_id)
         if stored is None:
             raise UnknownJob(f"no job {job_id}; run 'zc-ctl jobs' to list jobs")
@@ -264,7 +267,7 @@ class Engine(Pacing, Faults):
 
     def list_jobs(self, states: tuple[JobState, ...], limit: int, group_id: int = 0) -> list[Job]:
         jobs = self.store.list_jobs(states, limit, group_id)
-        return [replace(self.jobs[j.id], history=j.history, skipped=j.skipped) if j.id in self.jobs else j
+        return [replace(self.jobs[j.id], history=j.history, skipped=j.skipped, plan=j.plan) if j.id in self.jobs else j
                 for j in jobs]
 
     def cancel(self, job_id: int) -> Job:
@@ -462,12 +465,14 @@ class Engine(Pacing, Faults):
 
     def _succeed(self, job: Job, run: Run) -> None:
         now = self.clock()
-        stats = replace(run.sender_done or run.progress, entries_skipped=run.entries_skipped())
+        stats = run.with_receiver_counts(replace(run.sender_done or run.progress,
+                                                 entries_skipped=run.entries_skipped()))
         self.runs.pop(job.id, None)
         self._link_ended(job, run, stats, failed=False)
         self.observe.attempt_ended(run.source.host, job.destination.host, stats, "")
         self.store.end_attempt(job.id, run.attempt, now, "", stats)
         self.store.save_skipped(job.id, run.attempt, run.skipped)
+        self.store.save_plan(job.id, run.attempt, run.plan)
         self._settle(lifecycle.succeeded(job, stats, now))
         self._decide(job.id, DecisionKind.DONE, f"attempt {run.attempt} done: {stats.files_done} files, "
                      f"{stats.bytes_done} bytes moved, {stats.files_skipped} up to date{skip_note(stats, run)}")

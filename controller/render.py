@@ -6,6 +6,7 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from zcrepl.controller.render_plan import item_doc
 from zcrepl.core.paths import show
 from zcrepl.core.types import AgentStatus, HostHealth, Job, TransferStats
 
@@ -68,7 +69,8 @@ def job_doc(j: Job) -> dict[str, Any]:
         "destination": f"{j.destination.host}:{show(j.destination.path)}",
         "destination_host": j.destination.host, "destination_path": show(j.destination.path),
         "options": {**asdict(j.options), "durability": j.options.durability.value,
-                    "priority": j.options.priority.name.lower()},
+                    "priority": j.options.priority.name.lower(), "backup_dir": show(j.options.backup_dir),
+                    "link_dest": [show(d) for d in j.options.link_dest]},
         "created_at": j.created_at, "updated_at": j.updated_at,
         "started_at": j.started_at, "finished_at": j.finished_at, "attempts": j.attempts,
         "max_attempts": j.max_attempts, "error": j.error, "wait_reason": j.wait_reason,
@@ -77,6 +79,7 @@ def job_doc(j: Job) -> dict[str, Any]:
         "transport": job_transport(j),
         "skipped": [{"path": show(x.path), "reason": x.reason} for x in j.skipped if not x.error],
         "errors": [{"path": show(x.path), "reason": x.reason} for x in j.skipped if x.error],
+        "plan": [item_doc(x) for x in j.plan],
         "history": [{"number": a.number, "started_at": a.started_at, "ended_at": a.ended_at,
                      "error": a.error, "source": show(a.source), "transport": a.stats.transport,
                      "stats": stats_doc(a.stats)} for a in j.history],

@@ -7,12 +7,23 @@ the link's adaptive target leave for a new send, and whether a run's rate says a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from zcrepl.controller.policy import MAX_STREAMS
 from zcrepl.controller.scheduler import Policy, Usage
 from zcrepl.core.paths import show
-from zcrepl.core.types import SKIPPED_LISTED, Endpoint, Job, Phase, Role, Skipped, TransferReport, TransferStats
+from zcrepl.core.types import (
+    PLAN_LISTED,
+    SKIPPED_LISTED,
+    Endpoint,
+    Job,
+    Phase,
+    PlanItem,
+    Role,
+    Skipped,
+    TransferReport,
+    TransferStats,
+)
 
 
 @dataclass
@@ -55,6 +66,21 @@ class Run:
             room = SKIPPED_LISTED - sum(x.error is error for x in self.skipped)
             self.skipped.extend([x for x in r.skipped if x.error is error][:max(0, room)])
 
+    plan: list[PlanItem] = field(default_factory=list)  # the receiver's dry-run plan (the first items)
+
+    def add_plan(self, r: TransferReport) -> None:
+        """Take a dry run's plan from the receiver's final report."""
+        if r.phase is Phase.DONE and r.role is Role.RECEIVER and not self.plan:
+            self.plan = list(r.plan[:PLAN_LISTED])
+
+    def with_receiver_counts(self, stats: TransferStats) -> TransferStats:
+        """The final stats with what only the destination knows: a dry run's totals, links, backups."""
+        d = self.receiver_done
+        if d is None:
+            return stats
+        return replace(stats, plan_created=d.plan_created, plan_updated=d.plan_updated, plan_deleted=d.plan_deleted,
+                       plan_files=d.plan_files, plan_bytes=d.plan_bytes, linked=d.linked, backed_up=d.backed_up)
+
     def entries_skipped(self) -> int:
         return sum(self.skip_totals.values())
 
@@ -68,8 +94,9 @@ def job_fields(job: Job, run: Run | None = None) -> dict[str, object]:
 
 
 def rate_limited(job: Job, run: Run) -> bool:
-    """Held back by a bandwidth cap or paused: its rate measures the cap, not the link."""
-    return run.paused or run.bwlimit > 0 or job.options.bwlimit > 0
+    """Held back by a bandwidth cap or paused (its rate measures the cap, not the link), or a dry run (it sends no
+    file content at all)."""
+    return run.paused or run.bwlimit > 0 or job.options.bwlimit > 0 or job.options.dry_run
 
 
 def link_cap(policy: Policy, link: tuple[str, str]) -> int:

@@ -148,7 +148,8 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     async def SubmitFanout(self, request: cpb.SubmitFanoutRequest, context: grpc.aio.ServicerContext
                            ) -> cpb.ListJobsResponse:
         src, dsts = _endpoints(request.source, request.destinations)
-        jobs = self.engine.submit_fanout(src, dsts, validate.options(options_from_request(request.options)))
+        options = validate.several(validate.options(options_from_request(request.options)), "a fan-out")
+        jobs = self.engine.submit_fanout(src, dsts, options)
         return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
     async def GetJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
@@ -197,7 +198,8 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     # -- watch rules --------------------------------------------------------------------------------
     async def CreateSync(self, request: spb.CreateSyncRequest, context: grpc.aio.ServicerContext) -> spb.SyncRule:
         src, dsts = _endpoints(request.source, request.destinations)
-        rule = self.engine.syncs.create(src, dsts, validate.options(options_from_request(request.options)),
+        rule = self.engine.syncs.create(src, dsts, validate.several(validate.options(options_from_request(
+                                            request.options)), "a watch rule"),
                                         request.window, request.quiet, self.engine.clock())
         self.engine.wake()
         return rule_to_pb(rule)

@@ -14,18 +14,21 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from zcrepl.agent import priority
 from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.frame import F_SPARSE, Entry, FileHead, Kind
+from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.limits import SessionLimits
+from zcrepl.agent.transfer.plan import PlanWriter, make_writer, open_job_root
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble, tree_filter
 from zcrepl.core.errors import Cancelled, TransferError, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
 from zcrepl.core.logs import carry, kv
-from zcrepl.core.types import JobOptions, TransferStats
+from zcrepl.core.types import JobOptions, PlanItem, TransferStats
 
 log = logging.getLogger(__name__)
 _STOP = -1
@@ -34,8 +37,10 @@ class LocalCopy:
     def __init__(self, job_id: int, src: SafeRoot, dst_export: SafeRoot, dst_rel: tuple[bytes, ...],
                  options: JobOptions, label: str, cancel: threading.Event,
                  on_progress: Callable[[TransferStats], None], workers: int = 2,
-                 policy: ExportPolicy = DEFAULT_POLICY, limits: SessionLimits | None = None) -> None:
+                 policy: ExportPolicy = DEFAULT_POLICY, limits: SessionLimits | None = None,
+                 dirs: ExtraDirs | None = None) -> None:
         self.job_id = job_id
+        self.dirs = dirs or ExtraDirs()
         self.policy = policy  # the destination export's: a same-host copy follows it like a network one
         self.limits = limits
         self.src = src
@@ -54,11 +59,17 @@ class LocalCopy:
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._last = 0.0
+        self.writer: TreeWriter | None = None
 
     def run(self) -> TransferStats:
-        root = SafeRoot.from_fd(self.dst_export.open_dir(self.dst_rel, create=True, mode=0o755),
-                                self.dst_export.path)
-        writer = TreeWriter(root, self.options, self.label, self.job_id, policy=self.policy, limits=self.limits)
+        root, missing = open_job_root(self.dst_export, self.dst_rel, self.options)
+        self.writer = writer = make_writer(root, missing, self.options, self.label, self.job_id, policy=self.policy,
+                                           limits=self.limits)
+        try:
+            attach_dirs(writer, self.dirs, self.label)
+        except BaseException:
+            root.close()
+            raise
         threads = [threading.Thread(target=carry(self._worker), args=(writer,), name=f"zc-local-{i}", daemon=True)
                    for i in range(self.nworkers)]
         for t in threads:
@@ -99,6 +110,7 @@ class LocalCopy:
             writer.abandon()
             raise
         finally:
+            detach_dirs(writer)
             root.close()
 
     def _worker(self, writer: TreeWriter) -> None:
@@ -165,12 +177,21 @@ class LocalCopy:
             off = end
         return True
 
+    @property
+    def plan(self) -> tuple[PlanItem, ...]:
+        """A dry run's plan (the first items)."""
+        return tuple(self.writer.items) if isinstance(self.writer, PlanWriter) else ()
+
     def _stats(self, writer: TreeWriter, scan_done: bool = False) -> TransferStats:
         w = writer.stats()
+        if isinstance(writer, PlanWriter):
+            return replace(w, entries=self.entries, files_total=self.files_total, bytes_total=self.bytes_total,
+                           skipped_special=self.skips.special, scan_done=scan_done, entries_skipped=self.skips.total)
         return TransferStats(entries=self.entries, files_total=self.files_total, files_done=w.files_done,
                              bytes_total=self.bytes_total, bytes_done=w.bytes_done, files_skipped=w.files_skipped,
                              deleted=w.deleted, wire_bytes=0, skipped_special=self.skips.special, errors=w.errors,
-                             scan_done=scan_done, entries_skipped=self.skips.total, file_errors=self.skips.errors)
+                             scan_done=scan_done, entries_skipped=self.skips.total, file_errors=self.skips.errors,
+                             linked=w.linked, backed_up=w.backed_up)
 
     def _progress(self, writer: TreeWriter) -> None:
         now = time.monotonic()
