@@ -18,7 +18,7 @@ from collections.abc import Callable
 from zcrepl.agent import priority
 from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.frame import F_SPARSE, Entry, FileHead, Kind
-from zcrepl.agent.transfer.kcopy import copy_range
+from zcrepl.agent.transfer.kcopy import ALL_PATHS, CopyPaths, copy_range
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import Scanner, Skips, tree_filter
@@ -34,8 +34,10 @@ class LocalCopy:
     def __init__(self, job_id: int, src: SafeRoot, dst_export: SafeRoot, dst_rel: tuple[bytes, ...],
                  options: JobOptions, label: str, cancel: threading.Event,
                  on_progress: Callable[[TransferStats], None], workers: int = 2,
-                 policy: ExportPolicy = DEFAULT_POLICY, limits: SessionLimits | None = None) -> None:
+                 policy: ExportPolicy = DEFAULT_POLICY, limits: SessionLimits | None = None,
+                 copy_paths: CopyPaths = ALL_PATHS) -> None:
         self.job_id = job_id
+        self.copy_paths = copy_paths
         self.policy = policy  # the destination export's: a same-host copy follows it like a network one
         self.limits = limits
         self.src = src
@@ -144,11 +146,10 @@ class LocalCopy:
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _copy_data(src: int, dst: int, e: Entry, buf: list[bytearray]) -> bool:
+    def _copy_data(self, src: int, dst: int, e: Entry, buf: list[bytearray]) -> bool:
         """Copy the file; for a sparse one only its data segments, so holes stay holes."""
         if not e.flags & F_SPARSE:
-            return copy_range(src, dst, 0, e.size, buf) == e.size
+            return copy_range(src, dst, 0, e.size, buf, self.copy_paths) == e.size
         off = 0
         while off < e.size:
             try:
@@ -160,7 +161,7 @@ class LocalCopy:
             if data >= e.size:
                 return True
             end = min(os.lseek(src, data, os.SEEK_HOLE), e.size)
-            if copy_range(src, dst, data, end - data, buf) != end - data:
+            if copy_range(src, dst, data, end - data, buf, self.copy_paths) != end - data:
                 return False
             off = end
         return True
