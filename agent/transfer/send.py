@@ -68,7 +68,6 @@ class Sender:
         self._asked: set[int] = set()
         self.bases: dict[int, fr.Basis] = {}
         self.hinted: dict[int, tuple[int, threading.Event]] = {}  # index -> (block, receiver hashes arrived)
-        self.reused = 0  # bytes the receiver took from its basis instead of the wire
         self._socks: list[Stream] = []
         self.transport = NONE
         self.controlled = False  # the receiver accepted the control connection (something may have started)

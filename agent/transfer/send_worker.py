@@ -45,7 +45,6 @@ class DataWorker:
         self.ch = ch
         self.files_done = self.bytes_done = self.errors = 0
         self.changed = 0  # files that changed or vanished since the scan (counted in errors too)
-        self.error: BaseException | None = None
         self.pending = b""  # trailer of the previous file, sent together with the next header
         self.use_sendfile = sendio.USE_SENDFILE and (self.tls is None or self.tls.ktls)
         self.buf: bytearray | None = None
@@ -71,7 +70,6 @@ class DataWorker:
             self.ch.send(self.pending + fr.frame(fr.T.DATA_DONE))
             self.pending = b""
         except BaseException as err:
-            self.error = err
             s.record_failure(err)
 
     def send_range(self, index: int, offset: int, length: int) -> None:
@@ -169,7 +167,6 @@ class DataWorker:
                 if reuse:
                     self.pending += fr.encode_file(FileHead(index, off, length, e.size, e.mtime_ns,
                                                             st.st_mode & 0o7777), fr.T.REUSE)
-                    s.reused += length
                 else:
                     ok = self.send_piece(fd, st, index, off, length, e) and ok
                 s.check_cancel()
