@@ -301,7 +301,10 @@ class Engine(Pacing, Faults):
         rec = DecisionRecord(job_id, self.clock(), kind, reason, details)
         if not every and rec.repeats(self._last_decision.get(job_id)):
             return
-        self._last_decision[job_id] = rec
+        if job_id in self.jobs:
+            self._last_decision[job_id] = rec
+        else:  # the job has ended: nothing repeats after its last word
+            self._last_decision.pop(job_id, None)
         self.store.add_decision(job_id, rec.at, kind.value, reason, json.dumps(details))
 
     # -- scheduling ---------------------------------------------------------------------------------
@@ -502,6 +505,7 @@ class Engine(Pacing, Faults):
         self.observe.job_settled(job)
         if job.state.final:
             self.jobs.pop(job.id, None)
+            self._last_decision.pop(job.id, None)
         else:
             self.jobs[job.id] = job
         self._notify(job.id)
