@@ -137,14 +137,6 @@ class Filter:
         """Excluded as a file or as a directory: for a path whose kind is not known (it is gone)."""
         return self.excluded(path, False) or self.excluded(path, True)
 
-    def excluded_below(self, path: bytes) -> bool:
-        """``path`` or one of its parent directories is excluded (so a walk never reaches it)."""
-        parts = path.split(b"/")
-        for i in range(1, len(parts)):
-            if self.excluded(b"/".join(parts[:i]), True):
-                return True
-        return self.excluded_any(path)
-
 
 def check_rule(rule: str) -> None:
     """Raise FilterError when ``rule`` is not one a job can carry (see ``from_arg`` for the spellings)."""

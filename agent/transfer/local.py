@@ -52,7 +52,6 @@ class LocalCopy:
         self.files: dict[int, Entry] = {}
         self.entries = self.files_total = self.bytes_total = 0
         self.skips = Skips(job_id)
-        self.copied_bytes = 0
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._last = 0.0
@@ -141,8 +140,6 @@ class LocalCopy:
             writer.range_done(slot, e.size, ok=ok)
             if not ok:
                 writer.entry_failed(e.path, OSError(0, "changed while it was copied"))
-            with self._lock:
-                self.copied_bytes += e.size
         finally:
             os.close(fd)
 
