@@ -334,7 +334,7 @@ class TreeWatcher:
             return None
         return min(now + self._window / 2, oldest + self._burst_hold_max)
 
-    def _apply(self, t: float, events: list[Raw]) -> None:
+    def _apply(self, t: float, events: list[Raw]) -> None:  # noqa: C901
         """Feed one batch from the emitter to the coalescer, under one lock. A directory that is new to the
         destination is scanned outside the lock, right after the event that made it so."""
         co, rel_of = self._co, self._rel

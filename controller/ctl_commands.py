@@ -34,7 +34,7 @@ def show_ep(ep: Endpoint) -> str:
     return f"{ep.host}:{show(ep.path)}"
 
 
-def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:  # noqa: C901
     if args.command == "replicate":
         return _replicate(args, client, out, err)
     if args.command == "agents":

@@ -325,7 +325,7 @@ class Engine(Pacing, Faults):
             except Exception:
                 log.exception("scheduler tick failed")
 
-    def tick(self) -> None:
+    def tick(self) -> None:  # noqa: C901
         now = self.clock()
         for s in self.registry.silent(now):
             self.disconnect(s, f"no heartbeat for {self.config.offline_after:.0f}s")

@@ -84,7 +84,7 @@ class Sender:
         self.renamed = 0
 
     # -- public -------------------------------------------------------------------------------------
-    def run(self) -> TransferStats:
+    def run(self) -> TransferStats:  # noqa: C901
         spec = self.spec
         streams = max(1, min(spec.options.streams or 1, fr.MAX_STREAMS))
         cancel_watch = threading.Thread(target=self._close_on_cancel, daemon=True, name="zc-send-cancel")
@@ -226,7 +226,7 @@ class Sender:
             raise first
 
     # -- control: NEEDs in --------------------------------------------------------------------------
-    def _read_loop(self, ctl: Channel) -> None:
+    def _read_loop(self, ctl: Channel) -> None:  # noqa: C901
         try:
             while True:
                 kind, payload = ctl.recv_frame()
