@@ -63,7 +63,6 @@ class SourceRule:
         self._cancel = threading.Event()
         self._hold = threading.Condition()
         self._held = order.held
-        self._hold_reason = order.hold_reason
         self._lock = threading.Lock()
         self._counters = SyncCounters()
         self._failures = 0
@@ -94,7 +93,7 @@ class SourceRule:
     def hold(self, held: bool, reason: str) -> None:
         with self._hold:
             changed = held != self._held
-            self._held, self._hold_reason = held, reason
+            self._held = held
             self._hold.notify_all()
         if changed:
             log.info("watch rule held" if held else "watch rule released",

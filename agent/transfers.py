@@ -406,7 +406,7 @@ class Transfers:
             if active is not None:
                 _ended(active, key)
 
-    def _receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str, ch: Channel,
+    def _receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str, ch: Channel,  # noqa: C901
                  hello: Hello, session: ReceiveSession) -> None:
         key = (order.job_id, order.attempt, Role.RECEIVER)
         t0 = time.monotonic()

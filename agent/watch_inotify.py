@@ -338,7 +338,7 @@ class WatchEmitter(InotifyFullEmitter):
                                    is_recursive=self.watch.is_recursive, event_mask=self.get_event_mask_from_filter(),
                                    follow_symlink=self.watch.follow_symlink)
 
-    def queue_events(self, timeout: float, *, full_events: bool = False) -> None:
+    def queue_events(self, timeout: float, *, full_events: bool = False) -> None:  # noqa: C901
         with self._lock:
             group = self._inotify
         if not isinstance(group, WatchGroup):

@@ -41,7 +41,7 @@ def show_ep(ep: Endpoint) -> str:
     return f"{ep.host}:{show(ep.path)}"
 
 
-def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:  # noqa: C901
     if args.command == "replicate":
         return _replicate(args, client, out, err)
     if args.command == "agents":
@@ -258,7 +258,7 @@ def filter_rules(given: list[tuple[str, str]]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:  # noqa: C901
     src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
     durability = args.durability or (Durability.NONE.value if args.watch else Durability.JOB.value)
     options = JobOptions(delete=args.delete or args.delete_excluded, checksum=args.checksum, bwlimit=args.bwlimit,

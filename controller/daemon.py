@@ -90,7 +90,7 @@ class Controller:
             self._started.set()
             self._loop.close()
 
-    async def _main(self) -> None:
+    async def _main(self) -> None:  # noqa: C901
         cfg = self.config
         self._stop = asyncio.Event()
         self.authority = authority = authority_from_config(cfg)

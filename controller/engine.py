@@ -308,7 +308,10 @@ class Engine(Pacing, Faults):
         rec = DecisionRecord(job_id, self.clock(), kind, reason, details)
         if not every and rec.repeats(self._last_decision.get(job_id)):
             return
-        self._last_decision[job_id] = rec
+        if job_id in self.jobs:
+            self._last_decision[job_id] = rec
+        else:  # the job has ended: nothing repeats after its last word
+            self._last_decision.pop(job_id, None)
         self.store.add_decision(job_id, rec.at, kind.value, reason, json.dumps(details))
 
     # -- scheduling ---------------------------------------------------------------------------------
@@ -329,7 +332,7 @@ class Engine(Pacing, Faults):
             except Exception:
                 log.exception("scheduler tick failed")
 
-    def tick(self) -> None:
+    def tick(self) -> None:  # noqa: C901
         now = self.clock()
         for s in self.registry.silent(now):
             self.disconnect(s, f"no heartbeat for {self.config.offline_after:.0f}s")
@@ -513,6 +516,7 @@ class Engine(Pacing, Faults):
         self.observe.job_settled(job)
         if job.state.final:
             self.jobs.pop(job.id, None)
+            self._last_decision.pop(job.id, None)
         else:
             self.jobs[job.id] = job
         self._notify(job.id)

@@ -144,7 +144,7 @@ def _dns_problem(host: str) -> str:
     return ""
 
 
-def agent_info(info: AgentInfo) -> AgentInfo:
+def agent_info(info: AgentInfo) -> AgentInfo:  # noqa: C901
     """A Register's self-description, refused whole when any part is out of bounds."""
     name = host_name(info.name)
     address(info.data_address, f"{name}'s data address")

@@ -104,7 +104,7 @@ class AgentConfig:
         values.setdefault("data_listen", f"{loopback}:{DEFAULT_DATA_PORT}")
         return values
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # noqa: C901
         check_tls(self.ca, self.cert, self.key, self.insecure, extra="join" if self.join else "")
         if not valid_host_name(self.name):
             raise ConfigError(f"name '{show_name(self.name)}': {HOST_NAME_RULE}")
@@ -296,7 +296,7 @@ class ControllerConfig:
             values["enroll_listen"] = f"{host}:{DEFAULT_ENROLL_PORT if port else 0}"
         return values
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # noqa: C901
         check_tls(self.ca, self.cert, self.key, self.insecure, extra="auto_pki" if self.auto_pki else "")
         split_address(self.listen)
         split_address(self.enroll_listen)
@@ -362,7 +362,7 @@ def split_address(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _coerce(name: str, typ: Any, value: Any, source: str) -> Any:
+def _coerce(name: str, typ: Any, value: Any, source: str) -> Any:  # noqa: C901
     try:
         if typ is bool:
             if isinstance(value, bool):

@@ -20,7 +20,7 @@ from zcrepl.agent import priority
 from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.frame import F_SPARSE, Entry, FileHead, Kind
 from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
-from zcrepl.agent.transfer.kcopy import copy_range
+from zcrepl.agent.transfer.kcopy import ALL_PATHS, CopyPaths, copy_range
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.plan import PlanWriter, make_writer, open_job_root
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
@@ -38,9 +38,10 @@ class LocalCopy:
                  options: JobOptions, label: str, cancel: threading.Event,
                  on_progress: Callable[[TransferStats], None], workers: int = 2,
                  policy: ExportPolicy = DEFAULT_POLICY, limits: SessionLimits | None = None,
-                 dirs: ExtraDirs | None = None) -> None:
+                 dirs: ExtraDirs | None = None, copy_paths: CopyPaths = ALL_PATHS) -> None:
         self.job_id = job_id
         self.dirs = dirs or ExtraDirs()
+        self.copy_paths = copy_paths
         self.policy = policy  # the destination export's: a same-host copy follows it like a network one
         self.limits = limits
         self.src = src
@@ -55,13 +56,12 @@ class LocalCopy:
         self.files: dict[int, Entry] = {}
         self.entries = self.files_total = self.bytes_total = 0
         self.skips = Skips(job_id)
-        self.copied_bytes = 0
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._last = 0.0
         self.writer: TreeWriter | None = None
 
-    def run(self) -> TransferStats:
+    def run(self) -> TransferStats:  # noqa: C901
         root, missing = open_job_root(self.dst_export, self.dst_rel, self.options)
         self.writer = writer = make_writer(root, missing, self.options, self.label, self.job_id, policy=self.policy,
                                            limits=self.limits)
@@ -151,16 +151,13 @@ class LocalCopy:
             writer.range_done(slot, e.size, ok=ok)
             if not ok:
                 source_changed(self.skips, e.path)
-            with self._lock:
-                self.copied_bytes += e.size
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _copy_data(src: int, dst: int, e: Entry, buf: list[bytearray]) -> bool:
+    def _copy_data(self, src: int, dst: int, e: Entry, buf: list[bytearray]) -> bool:
         """Copy the file; for a sparse one only its data segments, so holes stay holes."""
         if not e.flags & F_SPARSE:
-            return copy_range(src, dst, 0, e.size, buf) == e.size
+            return copy_range(src, dst, 0, e.size, buf, self.copy_paths) == e.size
         off = 0
         while off < e.size:
             try:
@@ -172,7 +169,7 @@ class LocalCopy:
             if data >= e.size:
                 return True
             end = min(os.lseek(src, data, os.SEEK_HOLE), e.size)
-            if copy_range(src, dst, data, end - data, buf) != end - data:
+            if copy_range(src, dst, data, end - data, buf, self.copy_paths) != end - data:
                 return False
             off = end
         return True

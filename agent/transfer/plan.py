@@ -84,7 +84,7 @@ class PlanWriter(TreeWriter):
             self.entry_failed(e.path, err)
         return False  # nothing is sent in a dry run
 
-    def _plan(self, parts: tuple[bytes, ...], e: Entry) -> None:
+    def _plan(self, parts: tuple[bytes, ...], e: Entry) -> None:  # noqa: C901
         parent = e.path.rpartition(b"/")[0]
         if self.missing or (parts and parent in self.new_dirs):
             st = None

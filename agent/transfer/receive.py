@@ -129,7 +129,7 @@ class ReceiveSession:
         finally:
             sink.close()
 
-    def _control_frames(self, ch: Channel, writer: TreeWriter, sink: _Sink) -> dict[str, object]:
+    def _control_frames(self, ch: Channel, writer: TreeWriter, sink: _Sink) -> dict[str, object]:  # noqa: C901
         last = 0.0
         ops: list[opf.Op] = []
         held = 0  # bytes of this round's changes

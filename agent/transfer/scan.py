@@ -323,7 +323,7 @@ class Scanner:
                     subdirs.append(name)
         return subdirs
 
-    def entry(self, dfd: int, parts: tuple[bytes, ...], name: bytes, rel: bytes, st: os.stat_result) -> Entry | None:
+    def entry(self, dfd: int, parts: tuple[bytes, ...], name: bytes, rel: bytes, st: os.stat_result) -> Entry | None:  # noqa: C901
         """The manifest entry of ``name`` in directory ``dfd`` (path ``rel`` below the root; ``parts`` is not
         needed any more), or None when it is skipped (``on_skip`` says why)."""
         if len(rel) > MAX_PATH:

@@ -71,7 +71,6 @@ class Sender:
         self._asked: set[int] = set()
         self.bases: dict[int, fr.Basis] = {}
         self.hinted: dict[int, tuple[int, threading.Event]] = {}  # index -> (block, receiver hashes arrived)
-        self.reused = 0  # bytes the receiver took from its basis instead of the wire
         self._socks: list[Stream] = []
         self.transport = NONE
         self.controlled = False  # the receiver accepted the control connection (something may have started)
@@ -88,7 +87,7 @@ class Sender:
         self.renamed = 0
 
     # -- public -------------------------------------------------------------------------------------
-    def run(self) -> TransferStats:
+    def run(self) -> TransferStats:  # noqa: C901
         spec = self.spec
         streams = max(1, min(spec.options.streams or 1, fr.MAX_STREAMS))
         cancel_watch = threading.Thread(target=self._close_on_cancel, daemon=True, name="zc-send-cancel")
@@ -231,7 +230,7 @@ class Sender:
             raise first
 
     # -- control: NEEDs in --------------------------------------------------------------------------
-    def _read_loop(self, ctl: Channel) -> None:
+    def _read_loop(self, ctl: Channel) -> None:  # noqa: C901
         try:
             while True:
                 kind, payload = ctl.recv_frame()

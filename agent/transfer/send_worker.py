@@ -44,7 +44,6 @@ class DataWorker:
         self.prefix = b""  # TLS only: the FILE header that goes out with the range's first bytes
         self.ch = ch
         self.files_done = self.bytes_done = 0
-        self.error: BaseException | None = None
         self.pending = b""  # trailer of the previous file, sent together with the next header
         self.use_sendfile = sendio.USE_SENDFILE and (self.tls is None or self.tls.ktls)
         self.buf: bytearray | None = None
@@ -70,7 +69,6 @@ class DataWorker:
             self.ch.send(self.pending + fr.frame(fr.T.DATA_DONE))
             self.pending = b""
         except BaseException as err:
-            self.error = err
             s.record_failure(err)
 
     def send_range(self, index: int, offset: int, length: int) -> None:
@@ -168,7 +166,6 @@ class DataWorker:
                 if reuse:
                     self.pending += fr.encode_file(FileHead(index, off, length, e.size, e.mtime_ns,
                                                             st.st_mode & 0o7777), fr.T.REUSE)
-                    s.reused += length
                 else:
                     ok = self.send_piece(fd, st, index, off, length, e) and ok
                 s.check_cancel()
