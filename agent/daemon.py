@@ -29,9 +29,9 @@ from zcrepl.core.logs import kv
 from zcrepl.core.metricsserver import MetricsServer
 from zcrepl.core.readyfile import write_ready_file
 from zcrepl.core.types import AgentInfo, HostHealth, TransferReport
+from zcrepl.core.version import VERSION
 
 log = logging.getLogger(__name__)
-VERSION = "0.1.0"
 _WILDCARD = ("", "0.0.0.0", "::")
 
 

@@ -17,6 +17,7 @@ from zcrepl.core.errors import Conflict, InvalidArgument, InvalidPath
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import canonical_abs, show
 from zcrepl.core.types import Endpoint
+from zcrepl.core.version import VERSION
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc, types_pb2
 from zcrepl.proto import sync_pb2 as spb
@@ -37,7 +38,6 @@ from zcrepl.proto.syncconvert import rule_to_pb, status_from_pb
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["Controller"].full_name
-VERSION = "0.1.0"
 REGISTER_TIMEOUT = 10.0
 
 
