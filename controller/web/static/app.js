@@ -36,13 +36,13 @@ function duration(s) {
 
 function ago(ts, now) { return ts ? `${duration(now - ts)} ago` : "-"; }
 
-function spark(values) {
+function spark(values, ceiling) {
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("class", "spark");
   svg.setAttribute("viewBox", "0 0 90 20");
   svg.setAttribute("preserveAspectRatio", "none");
   if (values.length > 1) {
-    const top = Math.max(...values, 1e-9);
+    const top = ceiling || Math.max(...values, 1e-9);
     const step = 90 / (values.length - 1);
     const line = document.createElementNS(SVG, "polyline");
     line.setAttribute("points", values.map((v, i) =>
@@ -100,7 +100,7 @@ function hosts(h, now) {
     const hh = x.health;
     const state = el("span", { class: `badge ${x.online ? "online" : "offline"}` }, x.online ? "online" : "offline");
     const cells = hh ? [
-      el("td", { class: "num" }, `${hh.cpu_percent.toFixed(0)}%`), el("td", {}, spark(x.history.cpu)),
+      el("td", { class: "num" }, `${hh.cpu_percent.toFixed(0)}%`), el("td", {}, spark(x.history.cpu, 100)),
       el("td", { class: "num" }, (hh.load1 / Math.max(1, hh.cpu_count)).toFixed(2)),
       el("td", { class: "num" }, bytes(hh.mem_available)),
       el("td", { class: "num" }, hh.active_transfers ? `${hh.active_transfers} · ${bytes(hh.transfer_bps)}/s` : "0"),
