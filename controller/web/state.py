@@ -124,13 +124,13 @@ class StateBuilder:
 
     def _host(self, rec: AgentRecord, reasons: list[str], up: bool, now: float) -> dict[str, Any]:
         h = rec.health
-        history = rec.history.last(SPARK_SAMPLES) if rec.history is not None else []
+        hist = rec.history
         doc: dict[str, Any] = {
             "name": rec.info.name, "online": up, "attention": [_text(r) for r in reasons],
             "seen_ago": round(max(0.0, now - rec.last_seen), 1), "site": rec.info.site, "version": rec.info.version,
             "exports": len(rec.info.exports), "health": None,
-            "history": {"cpu": [round(s.cpu_percent, 1) for s in history],
-                        "transfer_bps": [round(s.transfer_bps) for s in history]},
+            "history": {"cpu": [round(v, 1) for v in hist.series("cpu_percent", SPARK_SAMPLES)] if hist else [],
+                        "transfer_bps": [round(v) for v in hist.series("transfer_bps", SPARK_SAMPLES)] if hist else []},
         }
         if h is not None:
             doc["health"] = _health(h)
