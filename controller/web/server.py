@@ -83,7 +83,8 @@ class WebServer:
             app.router.add_get(path, self._file)
         app.router.add_get("/api/state", self._state)
         # No access log: every open page polls once a second.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Requests are short (one JSON document): the controller's stop need not wait long for them.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         host, port = split_address(self.listen)
         site = web.TCPSite(self._runner, host, port, ssl_context=self._base_context(), reuse_address=True)

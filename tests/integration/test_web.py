@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import ssl
 import struct
 from collections.abc import Iterator
@@ -70,6 +71,16 @@ def state(cluster: Cluster, page: int = 0) -> dict[str, Any]:
     return doc
 
 
+def served_certificate(address: str, cluster: Cluster) -> bytes:
+    """The certificate the view presents (DER), to an operator."""
+    host, port = address.rsplit(":", 1)
+    ctx = tls(cluster, cluster.pki.issue("operator", "viewer", "read"))
+    with socket.create_connection((host, int(port)), timeout=10) as raw, ctx.wrap_socket(raw) as conn:
+        der = conn.getpeercert(binary_form=True)
+    assert der
+    return der
+
+
 def failing_job(cluster: Cluster) -> tuple[int, str]:
     """A job whose source does not exist: it fails on its only attempt. (id, its error)"""
     base = cluster.base
@@ -123,13 +134,16 @@ def test_the_view_is_read_only_and_loads_nothing_from_elsewhere(web: Cluster) ->
 
 def test_required_client_certificates_let_in_operators_only(web: Cluster, tmp_path: Path) -> None:
     """http_client_cert = required: no certificate, no handshake; an agent's certificate, a 403 that says what
-    to do; any operator role, the view."""
+    to do; any operator role, the view. A renewed server certificate is served without a restart."""
     from zcrepl.controller.daemon import Controller
     from zcrepl.core.config import ControllerConfig
 
-    ca, cert, key = web.pki.flags("controller", "controller")[1::2]
+    ca = web.pki.ca
+    cert, key = tmp_path / "controller.pem", tmp_path / "controller.key"
+    for src, dst in zip(web.pki.issue("controller", "controller"), (cert, key), strict=True):
+        shutil.copy(src, dst)
     cfg = ControllerConfig(listen="127.0.0.1:0", enroll_listen="127.0.0.1:0", state_dir=str(tmp_path / "state"),
-                           ca=ca, cert=cert, key=key, http_listen="127.0.0.1:0", http_client_cert="required")
+                           ca=ca, cert=str(cert), key=str(key), http_listen="127.0.0.1:0", http_client_cert="required")
     with Controller(cfg) as c:
         address = c.http_address
         with pytest.raises((ssl.SSLError, ConnectionError)):
@@ -139,6 +153,11 @@ def test_required_client_certificates_let_in_operators_only(web: Cluster, tmp_pa
         status, headers, body = request(address, "/api/state", tls(web, web.pki.issue("operator", "viewer", "read")))
         assert status == 200 and json.loads(body)["summary"]["agents"]["total"] == 0
         assert headers["Content-Security-Policy"] == CSP
+
+        before = served_certificate(address, web)
+        for src, dst in zip(web.pki.issue("controller", "controller-renewed"), (cert, key), strict=True):
+            shutil.copy(src, dst)
+        wait_for(lambda: served_certificate(address, web) != before, what="the renewed certificate on the view")
 
 
 def test_a_browser_sees_hosts_progress_done_and_a_failure(web: Cluster, tmp_path: Path) -> None:
