@@ -249,3 +249,29 @@ def _screenshot(driver: Any, tmp_path: Path) -> None:
     if os.environ.get("ZC_WEB_SCREENSHOT") == "1":
         SCREENSHOT.parent.mkdir(exist_ok=True)
         SCREENSHOT.write_bytes(png)
+
+
+def test_an_insecure_controller_serves_plain_http_to_addresses_only(tmp_path: Path) -> None:
+    """No TLS, no certificate: plain HTTP, and a Host that is a name (DNS rebinding) is refused."""
+    from zcrepl.controller.daemon import Controller
+    from zcrepl.core.config import ControllerConfig
+
+    cfg = ControllerConfig(listen="127.0.0.1:0", enroll_listen="127.0.0.1:0", state_dir=str(tmp_path / "state"),
+                           insecure=True, http_listen="127.0.0.1:0")
+    with Controller(cfg) as c:
+        assert c.http_url == f"http://{c.http_address}/"
+        status, headers, _ = request(c.http_address, "/api/state", None)
+        assert status == 200 and headers["Content-Security-Policy"] == CSP
+        host, port = c.http_address.rsplit(":", 1)
+        for name, allowed in ((f"localhost:{port}", True), (f"[::1]:{port}", True),
+                              (f"attacker.example:{port}", False), ("attacker.example", False)):
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            try:
+                conn.request("GET", "/api/state", headers={"Host": name})
+                r = conn.getresponse()
+                body = r.read()
+            finally:
+                conn.close()
+            assert (r.status == 200) is allowed, (name, r.status, body)
+            if not allowed:
+                assert r.status == 403 and b"open the view by address" in body
