@@ -117,8 +117,9 @@ class WebServer:
         return ctx
 
     def _pick_context(self, sock: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        # No refresh here: the daemon's own refresh (every second, SIGHUP) must see each change, since it is
+        # what closes revoked agents' sessions.
         assert self.trust is not None
-        self.trust.refresh()
         generation = self.trust.generation
         ctx = self._contexts.get(generation)
         if ctx is None:
@@ -174,7 +175,7 @@ class WebServer:
         if ident is None or ident.kind != "operator":
             return ("this web view needs an operator certificate of the cluster (any role) in the browser: "
                     "zc-ctl pki issue DIR --operator NAME --role read makes one (README, \"Web view\")")
-        if self.trust.revoked(ident.serial):
+        if ident.serial in self.trust.material.revoked:
             return f"the certificate of {ident} is revoked; ask an admin for a new one"
         return ""
 

@@ -10,6 +10,7 @@ import shutil
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,14 +137,18 @@ def test_required_client_certificates_let_in_operators_only(web: Cluster, tmp_pa
     """http_client_cert = required: no certificate, no handshake; an agent's certificate, a 403 that says what
     to do; any operator role, the view. A renewed server certificate is served without a restart."""
     from zcrepl.controller.daemon import Controller
+    from zcrepl.core import pki
     from zcrepl.core.config import ControllerConfig
 
     ca = web.pki.ca
     cert, key = tmp_path / "controller.pem", tmp_path / "controller.key"
     for src, dst in zip(web.pki.issue("controller", "controller"), (cert, key), strict=True):
         shutil.copy(src, dst)
+    crl = tmp_path / "crl.pem"
+    shutil.copy(web.pki.crl, crl)
     cfg = ControllerConfig(listen="127.0.0.1:0", enroll_listen="127.0.0.1:0", state_dir=str(tmp_path / "state"),
-                           ca=ca, cert=str(cert), key=str(key), http_listen="127.0.0.1:0", http_client_cert="required")
+                           ca=ca, cert=str(cert), key=str(key), crl=str(crl),
+                           http_listen="127.0.0.1:0", http_client_cert="required")
     with Controller(cfg) as c:
         address = c.http_address
         with pytest.raises((ssl.SSLError, ConnectionError)):
@@ -154,9 +159,18 @@ def test_required_client_certificates_let_in_operators_only(web: Cluster, tmp_pa
         assert status == 200 and json.loads(body)["summary"]["agents"]["total"] == 0
         assert headers["Content-Security-Policy"] == CSP
 
+        # Both picked up within a second or two, without a restart: a revoked operator, a renewed certificate.
+        gone = web.pki.issue("operator", "gone", "read")
+        assert request(address, "/api/state", tls(web, gone))[0] == 200
         before = served_certificate(address, web)
-        for src, dst in zip(web.pki.issue("controller", "controller-renewed"), (cert, key), strict=True):
+        renewed = web.pki.issue("controller", "controller-renewed")
+        pki.write_crl(crl, pki.CA.load(web.pki.dir), {pki.load_cert(Path(gone[0]).read_bytes()).serial_number:
+                                                      time.time()})
+        for src, dst in zip(renewed, (cert, key), strict=True):
             shutil.copy(src, dst)
+        wait_for(lambda: request(address, "/api/state", tls(web, gone))[0] == 403,
+                 what="the revoked operator to be refused")
+        assert b"revoked" in request(address, "/", tls(web, gone))[2]
         wait_for(lambda: served_certificate(address, web) != before, what="the renewed certificate on the view")
 
 
