@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import HealthHistory
 from zcrepl.controller.store import Store
-from zcrepl.controller.web.state import FINISHED_SHOWN, HOSTS_PER_PAGE, JOBS_SHOWN, SPARK_SAMPLES, StateBuilder
+from zcrepl.controller.web.state import (
+    FINISHED_SHOWN,
+    HOSTS_PER_PAGE,
+    JOBS_SHOWN,
+    RULES_SHOWN,
+    SPARK_SAMPLES,
+    TEXT_MAX,
+    StateBuilder,
+)
 from zcrepl.core.config import ControllerConfig
 from zcrepl.core.types import AgentInfo, DiskUsage, Endpoint, HostHealth, JobOptions, JobState
 
@@ -90,15 +99,27 @@ def test_a_thousand_agents_make_a_bounded_document(fleet: tuple[Engine, Clock]) 
     assert sorted(names) == [f"host{i:04d}" for i in range(AGENTS)]
 
 
-def test_finished_jobs_and_errors_are_capped(fleet: tuple[Engine, Clock]) -> None:
-    engine, _ = fleet
+def test_finished_jobs_watch_rules_and_long_texts_are_capped(fleet: tuple[Engine, Clock]) -> None:
+    engine, clock = fleet
     for job in list(engine.jobs.values())[:40]:
         engine.cancel(job.id)
+    rules = [engine.syncs.create(Endpoint("host0001", b"/srv/data/w%d" % i),
+                                 [Endpoint(f"host{d:04d}", b"/srv/data/w%d" % i) for d in range(2, 12)],
+                                 JobOptions(), 1.0, 0.5, clock.now) for i in range(60)]
     doc = StateBuilder(engine).build()
+    assert doc["summary"]["rules"]["total"] == len(rules) and doc["rules"]["total"] == len(rules)
+    assert len(doc["rules"]["items"]) == RULES_SHOWN
+    assert all(len(r["destinations"]) == 8 and r["status"] for r in doc["rules"]["items"])
     assert doc["summary"]["jobs"]["cancelled"] == 40
     assert len(doc["finished"]["items"]) == FINISHED_SHOWN
     assert {j["state"] for j in doc["finished"]["items"]} == {JobState.CANCELLED.value}
     assert doc["waiting"]["total"] == QUEUED - 40
+
+    # A job whose reason runs long (a lying agent's words end up in reasons and errors) is cut.
+    job = next(j for j in engine.jobs.values() if j.state is JobState.QUEUED)
+    engine.jobs[job.id] = replace(job, wait_reason="waiting: " + "x" * 5000)
+    waiting = StateBuilder(engine).build()["waiting"]["items"]
+    assert max(len(j["reason"]) for j in waiting) == TEXT_MAX
 
 
 def test_sparkline_series_follow_the_ring_as_it_wraps() -> None:
