@@ -18,7 +18,7 @@ from zcrepl.core.paths import show
 from zcrepl.core.synctypes import SyncState
 from zcrepl.core.types import Endpoint, HostHealth, Job, JobState
 
-HOSTS_PER_PAGE = 50
+HOSTS_PER_PAGE = 25  # a glance: the jobs below stay in view
 JOBS_SHOWN = 50  # running and waiting jobs listed (the counts cover all)
 FINISHED_SHOWN = 10  # failed, and done or cancelled, jobs listed: the latest ones
 RULES_SHOWN = 50

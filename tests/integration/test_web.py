@@ -185,36 +185,46 @@ def test_a_browser_sees_hosts_progress_done_and_a_failure(web: Cluster, tmp_path
         url = web.controller.ready["http_url"]
         driver.get(url)
 
-        def rows(selector: str) -> list[Any]:
-            return list(driver.find_elements("css selector", selector))
+        def text(selector: str) -> str | None:
+            """The element's text, read in the page's own thread: rows are redrawn every second, so an element
+            found by one WebDriver call may be gone by the next."""
+            found: str | None = driver.execute_script(
+                "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", selector)
+            return found
 
-        wait_for(lambda: len(rows("#hosts tr[data-online=true]")) == 2, what="two online hosts on the page")
-        assert [r.get_attribute("id") for r in rows("#hosts tbody tr")] == ["host-hostA", "host-hostB"]
-        row = wait_for(lambda: rows(f"#failed #job-{failed_id}"), what="the failed job on the page")[0]
-        assert error[:60] in row.text
+        def hosts() -> list[list[str]]:
+            found: list[list[str]] = driver.execute_script(
+                "return [...document.querySelectorAll('#hosts tbody tr')].map(r => [r.id, r.dataset.online]);")
+            return found
+
+        wait_for(lambda: hosts() == [["host-hostA", "true"], ["host-hostB", "true"]], what="two online hosts")
+        row = wait_for(lambda: text(f"#failed #job-{failed_id}"), what="the failed job on the page")
+        assert error[:60] in row
 
         with web.client() as c:
             job = c.submit(Endpoint("hostA", str(src).encode()), Endpoint("hostB", str(dst).encode()),
                            JobOptions(bwlimit=RATE))
 
             def percent() -> float:
-                bars = rows(f"#running #job-{job.id} .bar")
-                return float(bars[0].get_attribute("data-percent")) if bars else -1.0
+                found: float = driver.execute_script(
+                    "const b = document.querySelector(arguments[0]); return b ? Number(b.dataset.percent) : -1;",
+                    f"#running #job-{job.id} .bar")
+                return found
 
             # Same destination: it waits for the first, with the scheduler's reason on the page.
             second = c.submit(Endpoint("hostA", str(src).encode()), Endpoint("hostB", str(dst).encode()),
                               JobOptions())
             first = wait_for(lambda: (p := percent()) > 0 and p, what="the job's progress bar to move off zero")
             wait_for(lambda: percent() > first, what="the job's progress to grow")
-            reason = wait_for(lambda: [r.text for r in rows(f"#waiting #job-{second.id} .reason") if r.text],
+            reason = wait_for(lambda: text(f"#waiting #job-{second.id} .reason"),
                               what="the second job's wait reason on the page")
-            assert "writing to" in reason[0]
+            assert "writing to" in reason
             if percent() < 90:  # while it runs, with a waiting and a failed job: what README shows
                 _screenshot(driver, tmp_path)
             c.cancel(second.id)
-        wait_for(lambda: rows(f"#finished #job-{job.id}[data-state=done]"), timeout=60,
+        wait_for(lambda: text(f"#finished #job-{job.id}[data-state=done]"), timeout=60,
                  what="the job to reach done on the page")
-        assert not rows(f"#running #job-{job.id}")
+        assert text(f"#running #job-{job.id}") is None
 
         origin = url.rstrip("/")
         requested = [m["params"]["request"]["url"] for m in _performance(driver)

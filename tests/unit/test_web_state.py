@@ -28,7 +28,7 @@ from zcrepl.core.types import AgentInfo, DiskUsage, Endpoint, HostHealth, JobOpt
 AGENTS = 1000
 SAMPLES = 120
 QUEUED = 300
-MAX_DOCUMENT = 160 << 10  # bytes of JSON for any page, whatever the fleet's size
+MAX_DOCUMENT = 100 << 10  # bytes of JSON for any page, whatever the fleet's size
 
 
 class Clock:

@@ -62,11 +62,11 @@ function bar(done, total, paused) {
 
 function fill(id, rows, columns, empty) {
   const body = document.querySelector(`#${id} tbody`);
-  if (!rows.length) {
-    body.replaceChildren(el("tr", {}, el("td", { class: "empty", colspan: String(columns) }, empty)));
-  } else {
-    body.replaceChildren(...rows);
-  }
+  const fresh = document.createElement("tbody");
+  fresh.append(...(rows.length ? rows
+    : [el("tr", {}, el("td", { class: "empty", colspan: String(columns) }, empty))]));
+  // Rows that did not change stay as they are, so a selection (a path being copied) survives the refresh.
+  if (fresh.innerHTML !== body.innerHTML) body.replaceChildren(...fresh.childNodes);
 }
 
 function count(id, shown, total) {
