@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeatable")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics over plain HTTP here (off unless set; port 0 = any free port)")
+    p.add_argument("--health-listen", metavar="HOST:PORT",
+                   help="serve only grpc.health.v1 in plaintext here, for probes without TLS such as "
+                        "Kubernetes' (off unless set; port 0 = any free port)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["kv", "json"])
     p.add_argument("--ready-file", metavar="FILE", help="write bound addresses as JSON here once serving")

@@ -70,7 +70,7 @@ from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.watch_coalesce import REPLAY_MARGIN, ChangeSet, Coalescer, is_ignored
 from zcrepl.agent.watch_echo import Echoes
 from zcrepl.agent.watch_inotify import EVENT_FILTER, JOIN_TIMEOUT, NO_HANDLER, Raw, WatchFD, WatchObserver
-from zcrepl.agent.watch_poll import Polled, Poller, Sig, list_signatures
+from zcrepl.agent.watch_poll import Polled, Poller, PollKind, Sig, list_signatures
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
@@ -401,15 +401,16 @@ class TreeWatcher:
         co = self._co
         scans: list[bytes] = []
         with self._cond:
-            if item.kind == "rescan":
-                co.request_rescan(t)
-            elif item.kind == "created":
-                co.created(item.rel, is_dir=item.is_dir, now=t, new=False)
-                scans = [item.rel] if item.is_dir else []
-            elif item.kind == "deleted":
-                co.deleted(item.rel, is_dir=item.is_dir, now=t)
-            else:
-                co.modified(item.rel, is_dir=item.is_dir, now=t, hot=False)
+            match item.kind:
+                case PollKind.RESCAN:
+                    co.request_rescan(t)
+                case PollKind.CREATED:
+                    co.created(item.rel, is_dir=item.is_dir, now=t, new=False)
+                    scans = [item.rel] if item.is_dir else []
+                case PollKind.DELETED:
+                    co.deleted(item.rel, is_dir=item.is_dir, now=t)
+                case PollKind.CHANGED:
+                    co.modified(item.rel, is_dir=item.is_dir, now=t, hot=False)
         self._scan_into(scans, t)
 
     def _scan_into(self, tops: list[bytes], t: float) -> None:

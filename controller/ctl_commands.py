@@ -189,6 +189,7 @@ def _syncs(args: argparse.Namespace, client: ControllerClient, out: Out) -> int:
 def _create_sync(args: argparse.Namespace, client: ControllerClient, options: JobOptions, out: Out,
                  err: Out) -> int:
     from zcrepl.controller import render_sync  # watch-rule types load only for these commands
+    from zcrepl.core.synctypes import SyncPhase
 
     src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
     rule = client.create_sync(src, dsts, options, args.window, args.quiet)
@@ -198,14 +199,13 @@ def _create_sync(args: argparse.Namespace, client: ControllerClient, options: Jo
             while True:
                 rule = next((r for r in client.syncs() if r.id == rule.id), rule)
                 update(f"watch rule {rule.id}: {rule.status}")
-                first_scan = rule.counters.reconciles > 0 and not rule.status.startswith("reconciling")
-                if rule.status.startswith(("failed", "waiting", "held")) or (
-                        rule.status.startswith("watching") and first_scan):
+                first_scan = rule.counters.reconciles > 0 and rule.phase is not SyncPhase.RECONCILING
+                if rule.phase.settled or (rule.phase is SyncPhase.WATCHING and first_scan):
                     break
                 time.sleep(0.2)
     if args.json:
         out.json(render_sync.sync_doc(rule))
-    elif rule.status.startswith("failed"):
+    elif rule.phase is SyncPhase.FAILED:
         err.line(f"zc-ctl: watch rule {rule.id} {rule.status}; fix it and run zc-ctl syncs resume {rule.id} "
                  f"(or zc-ctl syncs remove {rule.id})")
         return EXIT_JOB_FAILED

@@ -30,6 +30,7 @@ from zcrepl.proto import controller_pb2_grpc, security_pb2, security_pb2_grpc
 from zcrepl.proto.auth import AuthInterceptor
 from zcrepl.proto.channels import KEEPALIVE_SERVER, add_health_and_reflection_aio, bind, enroll_credentials
 from zcrepl.proto.errors import ErrorInterceptor
+from zcrepl.proto.healthport import HealthPort
 
 if TYPE_CHECKING:
     from zcrepl.controller.web.server import WebServer
@@ -52,6 +53,7 @@ class Controller:
         self.metrics_address = ""
         self.http_address = ""
         self.http_url = ""
+        self.health_address = ""
 
     def start(self) -> Controller:
         self._thread.start()
@@ -108,6 +110,7 @@ class Controller:
         engine: Engine | None = None
         metrics: MetricsServer | None = None
         webview: WebServer | None = None
+        health: HealthPort | None = None
         try:
             self._engine = engine = Engine(cfg, store)
             if cfg.metrics_listen:
@@ -145,6 +148,9 @@ class Controller:
                                     cfg.http_client_cert)
                 await webview.start()
                 self.http_address, self.http_url = webview.address, webview.url
+            if cfg.health_listen:
+                health = HealthPort(names)
+                self.health_address = await health.start(cfg.health_listen)
             tasks.append(asyncio.create_task(engine.run_forever()))
             if authority is not None:
                 tasks.append(asyncio.create_task(self._watch_trust()))
@@ -152,7 +158,8 @@ class Controller:
                                                     tls="off" if authority is None else "mutual",
                                                     enroll=self.enroll_address or "-",
                                                     metrics=self.metrics_address or "-",
-                                                    web=self.http_url or "-"))
+                                                    web=self.http_url or "-",
+                                                    health=self.health_address or "-"))
             if cfg.ready_file:
                 ready = {"pid": os.getpid(), "grpc": self.address}
                 if self.enroll_address:
@@ -162,11 +169,15 @@ class Controller:
                 if self.http_address:
                     ready["http"] = self.http_address
                     ready["http_url"] = self.http_url
+                if self.health_address:
+                    ready["health"] = self.health_address
                 write_ready_file(cfg.ready_file, ready)
             self._started.set()
             await self._stop.wait()
             log.info("controller stopping", extra=kv(address=self.address))
         finally:
+            if health is not None:
+                await health.stop()  # probes see the stop before the main port closes
             if engine is not None:
                 engine.stopping = True
                 engine.close_sessions()  # lets every Connect handler return on its own before the stop

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-client-cert", choices=["required", "optional"],
                    help="optional (default): no browser certificate, loopback addresses only; required: browsers "
                         "present an operator certificate of the cluster CA")
+    p.add_argument("--health-listen", metavar="HOST:PORT",
+                   help="serve only grpc.health.v1 in plaintext here, for probes without TLS such as "
+                        "Kubernetes' (off unless set; port 0 = any free port)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["kv", "json"])
     p.add_argument("--ready-file", metavar="FILE", help="write the bound address as JSON here once serving")

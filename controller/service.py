@@ -16,7 +16,7 @@ from zcrepl.controller.wirecache import WireCache
 from zcrepl.core.errors import Conflict, InvalidArgument, InvalidPath
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import canonical_abs, show
-from zcrepl.core.types import CancelOrder, Endpoint, ReceiveOrder, SendOrder, ThrottleOrder
+from zcrepl.core.types import Endpoint
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc, types_pb2
 from zcrepl.proto import sync_pb2 as spb
@@ -29,41 +29,16 @@ from zcrepl.proto.convert import (
     health_to_pb,
     job_to_pb,
     options_from_request,
-    options_to_pb,
     report_from_pb,
     states_from_request,
 )
-from zcrepl.proto.syncconvert import rule_to_pb, status_from_pb, sync_order_fields
+from zcrepl.proto.orders import order_to_pb
+from zcrepl.proto.syncconvert import rule_to_pb, status_from_pb
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["Controller"].full_name
 VERSION = "0.1.0"
 REGISTER_TIMEOUT = 10.0
-
-
-def order_to_pb(order: object) -> cpb.ControllerMessage:
-    if isinstance(order, ReceiveOrder):
-        return cpb.ControllerMessage(receive=cpb.ReceiveOrder(
-            job_id=order.job_id, attempt=order.attempt, ticket=order.ticket, path=order.path,
-            options=options_to_pb(order.options), source_host=order.source_host,
-            source_addresses=list(order.source_addresses)))
-    if isinstance(order, SendOrder):
-        return cpb.ControllerMessage(send=cpb.SendOrder(
-            job_id=order.job_id, attempt=order.attempt, ticket=order.ticket, path=order.path,
-            options=options_to_pb(order.options), dest_host=order.dest_host,
-            dest_data_address=order.dest_data_address, dest_path=order.dest_path))
-    if isinstance(order, ThrottleOrder):
-        return cpb.ControllerMessage(throttle=cpb.ThrottleOrder(job_id=order.job_id, attempt=order.attempt,
-                                                                bwlimit=order.bwlimit, paused=order.paused,
-                                                                reason=order.reason))
-    if isinstance(order, CancelOrder):
-        return cpb.ControllerMessage(cancel=cpb.CancelOrder(job_id=order.job_id, attempt=order.attempt,
-                                                            reason=order.reason,
-                                                            discard_partial=order.discard_partial))
-    sync = sync_order_fields(order)
-    if sync is not None:
-        return cpb.ControllerMessage(**sync)  # type: ignore[arg-type]
-    raise TypeError(f"not an order: {order!r}")
 
 
 def _endpoints(source: types_pb2.Endpoint, destinations: Iterable[types_pb2.Endpoint]
