@@ -45,6 +45,10 @@ def _spawn(args: list[str], ready: Path, log: Path, timeout: float = 30.0) -> su
     return proc
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _same_tree(a: Path, b: Path) -> bool:
     for dirpath, dirnames, filenames in os.walk(a):
         for name in dirnames + filenames:
@@ -113,6 +117,7 @@ def run_demo(files: int = 2000, big_mib: int = 64, keep: bool = False, serve: bo
         console.print("[green]trees identical[/]" if identical else "[red]trees differ[/]")
         if serve:
             console.print(f"serving the web view at {web} until Ctrl-C")
+            signal.signal(signal.SIGTERM, _interrupt)  # a kill stops the daemons too, as Ctrl-C does
             try:
                 while True:
                     time.sleep(3600)
