@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of small files in the demo tree")
     d.add_argument("--big-mib", type=whole(0, 1 << 20, "a size in MiB"), default=64, help="size of the one large file")
     d.add_argument("--keep", action="store_true", help="keep the demo directory")
+    d.add_argument("--serve", action="store_true", help="keep the cluster and its web view up until Ctrl-C")
     return p
 
 
@@ -230,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from zcrepl.controller.demo import run_demo
 
-        return run_demo(files=args.files, big_mib=args.big_mib, keep=args.keep)
+        return run_demo(files=args.files, big_mib=args.big_mib, keep=args.keep, serve=args.serve)
     out, err = Out(), Out(stderr=True)
     trust = None
     try:

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -31,6 +32,9 @@ from zcrepl.proto.channels import KEEPALIVE_SERVER, add_health_and_reflection_ai
 from zcrepl.proto.errors import ErrorInterceptor
 from zcrepl.proto.healthport import HealthPort
 
+if TYPE_CHECKING:
+    from zcrepl.controller.web.server import WebServer
+
 log = logging.getLogger(__name__)
 
 
@@ -47,6 +51,8 @@ class Controller:
         self.authority: Authority | None = None
         self.enroll_address = ""
         self.metrics_address = ""
+        self.http_address = ""
+        self.http_url = ""
         self.health_address = ""
 
     def start(self) -> Controller:
@@ -103,6 +109,7 @@ class Controller:
         tasks: list[asyncio.Task[None]] = []
         engine: Engine | None = None
         metrics: MetricsServer | None = None
+        webview: WebServer | None = None
         health: HealthPort | None = None
         try:
             self._engine = engine = Engine(cfg, store)
@@ -134,6 +141,13 @@ class Controller:
                     raise OSError(f"cannot listen on {cfg.enroll_listen} for enrolment: the address is in use")
                 self.enroll_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 await enroll.start()
+            if cfg.http_listen:
+                from zcrepl.controller.web.server import WebServer  # aiohttp only when the view is on
+
+                webview = WebServer(cfg.http_listen, engine, authority.trust if authority else None,
+                                    cfg.http_client_cert)
+                await webview.start()
+                self.http_address, self.http_url = webview.address, webview.url
             if cfg.health_listen:
                 health = HealthPort(names)
                 self.health_address = await health.start(cfg.health_listen)
@@ -144,6 +158,7 @@ class Controller:
                                                     tls="off" if authority is None else "mutual",
                                                     enroll=self.enroll_address or "-",
                                                     metrics=self.metrics_address or "-",
+                                                    web=self.http_url or "-",
                                                     health=self.health_address or "-"))
             if cfg.ready_file:
                 ready = {"pid": os.getpid(), "grpc": self.address}
@@ -151,6 +166,9 @@ class Controller:
                     ready["enroll"] = self.enroll_address
                 if self.metrics_address:
                     ready["metrics"] = self.metrics_address
+                if self.http_address:
+                    ready["http"] = self.http_address
+                    ready["http_url"] = self.http_url
                 if self.health_address:
                     ready["health"] = self.health_address
                 write_ready_file(cfg.ready_file, ready)
@@ -165,6 +183,8 @@ class Controller:
                 engine.close_sessions()  # lets every Connect handler return on its own before the stop
             for t in tasks:
                 t.cancel()
+            if webview is not None:
+                await webview.stop()
             if server is not None:
                 await server.stop(grace=2)
             if enroll is not None:

@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lifetime of a watch rule's data-port ticket (3600); rotated at three quarters of it")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics over plain HTTP here (off unless set; port 0 = any free port)")
+    p.add_argument("--http-listen", metavar="HOST:PORT",
+                   help="serve the read-only web view here, over HTTPS with the gRPC certificate (off unless set)")
+    p.add_argument("--http-client-cert", choices=["required", "optional"],
+                   help="optional (default): no browser certificate, loopback addresses only; required: browsers "
+                        "present an operator certificate of the cluster CA")
     p.add_argument("--health-listen", metavar="HOST:PORT",
                    help="serve only grpc.health.v1 in plaintext here, for probes without TLS such as "
                         "Kubernetes' (off unless set; port 0 = any free port)")

@@ -67,6 +67,11 @@ class HealthHistory:
         self._next = (self._next + 1) % self._cap
         self._len = min(self._len + 1, self._cap)
 
+    def series(self, name: str, n: int) -> list[float]:
+        """Up to ``n`` most recent values of one figure, oldest first: a sparkline without building samples."""
+        width, col = len(self.FIELDS), self.FIELDS.index(name)
+        return [self._buf[((self._next - k) % self._cap) * width + col] for k in range(min(n, self._len), 0, -1)]
+
     def last(self, n: int) -> list[HostHealth]:
         """Up to ``n`` most recent samples, oldest first (scalar figures only)."""
         width = len(self.FIELDS)

@@ -282,6 +282,11 @@ class ControllerConfig:
     sync_ticket_ttl: float = 3600.0
     # HOST:PORT of the plaintext Prometheus /metrics port; empty = no metrics port.
     metrics_listen: str = ""
+    # HOST:PORT of the read-only web view (HTTPS with the gRPC port's certificate; plain HTTP when insecure);
+    # empty = off. http_client_cert "optional": browsers need no certificate, so only a loopback address is
+    # allowed (reach it with ssh -L); "required": an operator certificate of the cluster CA, any address.
+    http_listen: str = ""
+    http_client_cert: str = "optional"
     # HOST:PORT of a plaintext port serving only grpc.health.v1 (for Kubernetes' gRPC probes, which do no
     # TLS); empty = none.
     health_listen: str = ""
@@ -303,6 +308,7 @@ class ControllerConfig:
         for extra in (self.metrics_listen, self.health_listen):
             if extra:
                 split_address(extra)
+        check_http(self.http_listen, self.http_client_cert, self.insecure)
         if self.ca_key and not self.cert:
             raise ConfigError("ca_key is only used with ca, cert and key (with auto_pki the CA lives in state_dir)")
         if not 60 <= self.token_ttl <= 7 * 86400:
@@ -352,6 +358,25 @@ def check_tls(ca: str, cert: str, key: str, insecure: bool, extra: str = "") -> 
         missing = [n for n in ("ca", "cert", "key") if n not in given]
         raise ConfigError(f"TLS needs ca, cert and key together; missing {', '.join(missing)} "
                           "(--ca FILE --cert FILE --key FILE, or ZC_CA / ZC_CERT / ZC_KEY)")
+
+
+def check_http(listen: str, client_cert: str, insecure: bool) -> None:
+    """The web view shows paths and errors: without a client certificate it is served on loopback only."""
+    if client_cert not in ("required", "optional"):
+        raise ConfigError(f"http_client_cert {client_cert!r}: choose required or optional")
+    if not listen:
+        return
+    host, _ = split_address(listen)
+    if insecure or client_cert == "required":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ConfigError(f"http_listen {listen}: the web view without client certificates (http_client_cert = "
+                          "optional) is served on loopback only; listen on 127.0.0.1:PORT and reach it with ssh -L, "
+                          "or set http_client_cert = required (browsers then present an operator certificate)")
 
 
 def split_address(addr: str) -> tuple[str, int]:
