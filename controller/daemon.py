@@ -54,6 +54,7 @@ class Controller:
         self.http_address = ""
         self.http_url = ""
         self.health_address = ""
+        self._trust_generation = 0
 
     def start(self) -> Controller:
         self._thread.start()
@@ -74,8 +75,15 @@ class Controller:
             self._loop.call_soon_threadsafe(self._reload_trust, True)
 
     def _reload_trust(self, force: bool = False) -> None:
-        if self.authority is not None and self.authority.trust.refresh(force) and self._engine is not None:
-            self._engine.drop_revoked(self.authority.trust.material.revoked)
+        # Whoever reloads the files first (this check, or a call's revocation check in the interceptor), the
+        # sessions of newly revoked agents close here: judged by the material's generation, not by who reloaded.
+        if self.authority is None or self._engine is None:
+            return
+        trust = self.authority.trust
+        trust.refresh(force)
+        if trust.generation != self._trust_generation:
+            self._trust_generation = trust.generation
+            self._engine.drop_revoked(trust.material.revoked)
 
     def __enter__(self) -> Controller:
         return self.start()
@@ -100,6 +108,8 @@ class Controller:
         cfg = self.config
         self._stop = asyncio.Event()
         self.authority = authority = authority_from_config(cfg)
+        if authority is not None:
+            self._trust_generation = authority.trust.generation
         if authority is None:
             log.warning("INSECURE: TLS is off; anyone who can reach this port can read and overwrite every "
                         "agent's exports (use --auto-pki or --ca/--cert/--key)", extra=kv(listen=cfg.listen))
