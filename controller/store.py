@@ -86,10 +86,13 @@ class Store:
     # -- the machinery ------------------------------------------------------------------------------
     def write(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
         """Queue a statement; the caller does not wait (``flush`` does)."""
+        if self._closing:
+            log.error("a store write after the store closed is lost", extra=kv(call=name, store=self.path))
+            return
         self._q.put(_Op(name, lambda: fn(*args), None))
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        if self._closing:
+        if self._closing or not self._thread.is_alive():
             raise RuntimeError(f"the store {self.path} is closed")
         fut: Future[T] = Future()
         self._q.put(_Op(getattr(fn, "__name__", "call"), lambda: fn(*args), fut))
@@ -134,8 +137,17 @@ class Store:
             if stop:
                 self._closing = True
                 ops.pop()
+            # A read whose caller gave up (a cancelled RPC) is dropped; the others are marked running, after
+            # which they can no longer be cancelled.
+            ops = [op for op in ops if op.future is None or op.future.set_running_or_notify_cancel()]
             if ops:
-                self._execute(ops)
+                try:
+                    self._execute(ops)
+                except BaseException as err:  # the thread must outlive any one batch, or every caller hangs
+                    log.exception("the store's thread failed a batch", extra=kv(store=self.path))
+                    for op in ops:
+                        if op.future is not None and not op.future.done():
+                            op.future.set_exception(err)
             if stop:
                 return
 

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -241,6 +242,20 @@ def test_reads_wait_for_every_write_queued_before_them(store: Store) -> None:
     for j in jobs:
         store.save_job(replace(j, state=JobState.DONE, finished_at=99.0))
     assert store.job_counts() == {JobState.DONE: 300}
+
+
+def test_a_read_whose_caller_gave_up_is_dropped_and_the_store_goes_on(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """A cancelled RPC cancels its queued read (asyncio.wrap_future passes the cancellation on)."""
+    job = create(store)
+    gate = threading.Event()
+    store.write("hold", gate.wait)  # holds the store's thread: the read below stays queued
+    read = store.submit(store.sql.get_job, job.id)
+    assert read.cancel()
+    with caplog.at_level(logging.ERROR, "zcrepl.controller.store"):
+        gate.set()
+        assert store.get_job(job.id) == job
+    assert not caplog.records
 
 
 def test_a_blocking_read_is_refused_on_the_event_loop(store: Store) -> None:
