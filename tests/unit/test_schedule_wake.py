@@ -24,10 +24,10 @@ from zcrepl.core.types import (
 )
 
 
-def test_a_submit_is_scheduled_without_waiting_for_the_next_tick(tmp_path: Path) -> None:
+def test_a_submit_is_scheduled_without_waiting_for_the_next_tick(tmp_path: Path, store_spec: str) -> None:
     async def scenario() -> None:
         # A scheduling pass every hour: only the wake-up that submit() gives can start the job in time.
-        store = open_store("", str(tmp_path))
+        store = open_store(store_spec, str(tmp_path))
         # As the daemon does: the engine reads the state it resumes off the loop.
         engine = await asyncio.to_thread(Engine, ControllerConfig(state_dir=str(tmp_path), schedule_interval=3600.0),
                                          store)
