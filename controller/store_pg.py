@@ -30,23 +30,32 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _why(url: str) -> str:
+    """The server's or libpq's own words for a failed connection (the pool only says it timed out)."""
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.Error as err:
+        return " ".join(str(err).split())
+    return "the connection succeeded on a retry: the server is slow to accept"
+
+
 class PgDb:
     dialect = "postgres"
     order_column = "id"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, open_timeout: float = OPEN_TIMEOUT) -> None:
         self.where = redact(url)
         self._sql: dict[str, str] = {}
         self._conn: psycopg.Connection[Any] | None = None
         self.pool = ConnectionPool(url, min_size=1, max_size=2, open=False, name="zc-store",
                                    kwargs={"application_name": "zc-controller"})
         try:
-            self.pool.open(wait=True, timeout=OPEN_TIMEOUT)
+            self.pool.open(wait=True, timeout=open_timeout)
         except PoolTimeout as err:
             self.pool.close()
-            raise RuntimeError(f"cannot reach PostgreSQL at {self.where} within {OPEN_TIMEOUT:g}s; check that the "
-                               "server runs, the URL (user, host, database) and pg_hba.conf, then start "
-                               "zc-controller again") from err
+            raise RuntimeError(f"cannot reach PostgreSQL at {self.where} within {open_timeout:g}s "
+                               f"({_why(url)}); check that the server runs, the URL (user, host, database) and "
+                               "pg_hba.conf, then start zc-controller again") from err
 
     def _translate(self, sql: str) -> str:
         out = self._sql.get(sql)

@@ -80,7 +80,8 @@ class PgServer:
         import tempfile
 
         self.bindir = _pg_bindir()
-        self.base = tempfile.mkdtemp(prefix="zc-pg-")
+        # Under /tmp whatever TMPDIR says: the postgres user must reach it, and a socket path is short.
+        self.base = tempfile.mkdtemp(prefix="zc-pg-", dir="/tmp" if os.path.isdir("/tmp") else None)
         self.data = os.path.join(self.base, "data")
         self.database = "zc_test"
         self._as: list[str] = []

@@ -9,6 +9,7 @@ import os
 import re
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -341,3 +342,15 @@ def test_a_database_url_of_another_kind_is_refused_in_one_sentence(tmp_path: Pat
     cfg = load_config(ControllerConfig, environ={"ZC_STORE": "postgresql://zc@db/zc", "ZC_INSECURE": "1"})
     assert cfg.store == "postgresql://zc@db/zc"
     assert not os.path.exists(tmp_path / "state")
+
+
+def test_an_unreachable_postgres_is_refused_in_one_sentence_naming_why(pg_server: Any) -> None:
+    from zcrepl.controller.store_pg import PgDb
+
+    url = pg_server.url("no_such_db").replace("postgresql://", "postgresql://postgres:secret@")
+    with pytest.raises(RuntimeError) as caught:
+        PgDb(url, open_timeout=0.5)
+    why = str(caught.value)
+    assert why.startswith("cannot reach PostgreSQL at postgresql://postgres:***@/no_such_db?host=")
+    assert '"no_such_db" does not exist' in why and "then start zc-controller again" in why
+    assert "secret" not in why
