@@ -498,3 +498,25 @@ def test_refused_store_closes_its_connection(state_dir: str) -> None:
         gc.enable()
         gc.collect()
     assert leaked == []
+
+
+def test_writes_queued_while_postgres_drops_the_connection_are_retried_and_committed(
+        pg_server: Any, pg_url: str, state_dir: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The server ends the store's session (a restart, a failover, an operator's pg_terminate_backend): the
+    batch in hand fails, is kept, and commits on a new connection from the pool."""
+    s = open_store(pg_url, state_dir)
+    try:
+        job = create(s)
+        assert s.get_job(job.id) == job
+        pg_server.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid()", pg_server.database)
+        with caplog.at_level(logging.ERROR, "zcrepl.controller.store"):
+            s.save_job(replace(job, state=JobState.DONE, finished_at=3.0))
+            s.add_decision(job.id, 3.0, "done", "after the reconnect")
+            assert s.get_job(job.id) == replace(job, state=JobState.DONE, finished_at=3.0)
+        assert [r.getMessage() for r in caplog.records][:1] == [
+            "the store cannot be written; queued changes wait and are retried (check the database server, its "
+            "disk and the URL)"]
+        assert s.decisions(job.id) == [(3.0, "done", "after the reconnect")]
+    finally:
+        s.close()
