@@ -86,7 +86,11 @@ class PgServer:
         self.database = "zc_test"
         self._as: list[str] = []
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-            pw = pwd.getpwnam(PG_USER)
+            try:
+                pw = pwd.getpwnam(PG_USER)
+            except KeyError:
+                raise RuntimeError(f"no OS user {PG_USER!r} to run PostgreSQL as (root cannot): install Debian's "
+                                   "postgresql package, which creates it") from None
             os.chown(self.base, pw.pw_uid, pw.pw_gid)
             self._as = ["runuser", "-u", PG_USER, "--"]
         self._run = subprocess.run
