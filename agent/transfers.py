@@ -32,7 +32,7 @@ from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
 from zcrepl.core.config import split_address
 from zcrepl.core.errorkind import error_kind
 from zcrepl.core.errors import Cancelled, ConfigError, TransferError, UnsafePath, ZcError
-from zcrepl.core.logs import kv
+from zcrepl.core.logs import carry, kv
 from zcrepl.core.paths import show
 from zcrepl.core.types import (
     CancelOrder,
@@ -154,7 +154,7 @@ class Transfers:
         if any(not e.is_set() for e in older):
             # An older attempt of this job is still stopping here: get ready only once it has (off the thread
             # that reads the controller's orders).
-            threading.Thread(target=self._ready_after, args=(order, root, rel, label, older),
+            threading.Thread(target=carry(self._ready_after), args=(order, root, rel, label, older),
                              name=f"zc-fence-{order.job_id}", daemon=True).start()
             return
         self._ready(order, root, rel, label)
@@ -216,7 +216,8 @@ class Transfers:
         with self._lock:
             self._active[key] = active
         if order.dest_host == self.host:
-            active.thread = threading.Thread(target=self._run_local, args=(order, src, key, label, active, older),
+            active.thread = threading.Thread(target=carry(self._run_local),
+                                             args=(order, src, key, label, active, older),
                                              name=f"zc-local-{order.job_id}", daemon=True)
             active.thread.start()
             return
@@ -228,7 +229,7 @@ class Transfers:
             encrypt=order.options.encrypt, dest=order.dest_host, contexts=self.data.tls,
         )
         active.thread = threading.Thread(
-            target=self._run_sender, args=(spec, src, key, label, order), name=f"zc-send-{order.job_id}",
+            target=carry(self._run_sender), args=(spec, src, key, label, order), name=f"zc-send-{order.job_id}",
             daemon=True,
         )
         active.thread.start()
@@ -380,7 +381,7 @@ class Transfers:
         log_local(order.job_id, stats, time.monotonic() - t0)
         # One scan serves both roles: its skipped entries are reported once, by the sender.
         self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE,
-                                   replace(stats, entries_skipped=0, skipped_special=0)))
+                                   replace(stats, entries_skipped=0, skipped_special=0, file_errors=0)))
         self.report(TransferReport(order.job_id, order.attempt, Role.SENDER, Phase.DONE, stats, skipped=skipped))
 
     def _serve_receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,

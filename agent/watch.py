@@ -70,9 +70,9 @@ from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.watch_coalesce import REPLAY_MARGIN, ChangeSet, Coalescer, is_ignored
 from zcrepl.agent.watch_echo import Echoes
 from zcrepl.agent.watch_inotify import EVENT_FILTER, JOIN_TIMEOUT, NO_HANDLER, Raw, WatchFD, WatchObserver
-from zcrepl.agent.watch_poll import Polled, Poller, Sig, list_signatures
+from zcrepl.agent.watch_poll import Polled, Poller, PollKind, Sig, list_signatures
 from zcrepl.core.errors import UnsafePath
-from zcrepl.core.logs import kv
+from zcrepl.core.logs import carry, kv
 from zcrepl.core.paths import show
 
 __all__ = ["ChangeSet", "TreeWatcher"]
@@ -165,7 +165,7 @@ class TreeWatcher:
                 # After the watches exist: a reconciliation from here on misses nothing.
                 self._co.request_rescan(self._clock())
             for name, target in (("coalesce", self._run), ("poll", self._poller.run)):
-                t = threading.Thread(target=target, name=f"zc-watch-{name}", daemon=True)
+                t = threading.Thread(target=carry(target), name=f"zc-watch-{name}", daemon=True)
                 t.start()
                 self._threads.append(t)
         except BaseException:
@@ -401,15 +401,16 @@ class TreeWatcher:
         co = self._co
         scans: list[bytes] = []
         with self._cond:
-            if item.kind == "rescan":
-                co.request_rescan(t)
-            elif item.kind == "created":
-                co.created(item.rel, is_dir=item.is_dir, now=t, new=False)
-                scans = [item.rel] if item.is_dir else []
-            elif item.kind == "deleted":
-                co.deleted(item.rel, is_dir=item.is_dir, now=t)
-            else:
-                co.modified(item.rel, is_dir=item.is_dir, now=t, hot=False)
+            match item.kind:
+                case PollKind.RESCAN:
+                    co.request_rescan(t)
+                case PollKind.CREATED:
+                    co.created(item.rel, is_dir=item.is_dir, now=t, new=False)
+                    scans = [item.rel] if item.is_dir else []
+                case PollKind.DELETED:
+                    co.deleted(item.rel, is_dir=item.is_dir, now=t)
+                case PollKind.CHANGED:
+                    co.modified(item.rel, is_dir=item.is_dir, now=t, hot=False)
         self._scan_into(scans, t)
 
     def _scan_into(self, tops: list[bytes], t: float) -> None:

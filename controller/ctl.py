@@ -3,7 +3,9 @@
 Exit codes: 0 success; 1 the job failed or was cancelled (or the controller refused the request in its
 current state); 2 bad input (unknown host, bad path, unknown job, a number out of range); 3 the controller
 cannot be reached; 4 the job is done but left entries out (special files, unreadable entries...: ``zc-ctl job
-ID`` lists them); 5 the certificate's role does not allow it; 130 interrupted (the job keeps running).
+ID`` lists them); 5 the certificate's role does not allow it; 6 the job is done but files that should have been
+copied were not (unreadable at the source, changed while read: ``zc-ctl job ID`` lists them; outranks 4); 130
+interrupted (the job keeps running).
 """
 
 from __future__ import annotations

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from zcrepl.controller import ctl_pki, render
 from zcrepl.controller.client import ControllerClient
-from zcrepl.controller.ctl_out import EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK, EXIT_SKIPPED, Out
+from zcrepl.controller.ctl_out import (
+    EXIT_FILE_ERRORS,
+    EXIT_INTERRUPTED,
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    EXIT_SKIPPED,
+    Out,
+)
 from zcrepl.controller.render_plain import plain_table
 from zcrepl.core.errors import UserError
 from zcrepl.core.filters import FilterError, check_rules, collapse, from_arg, from_lines
@@ -189,6 +196,7 @@ def _syncs(args: argparse.Namespace, client: ControllerClient, out: Out) -> int:
 def _create_sync(args: argparse.Namespace, client: ControllerClient, options: JobOptions, out: Out,
                  err: Out) -> int:
     from zcrepl.controller import render_sync  # watch-rule types load only for these commands
+    from zcrepl.core.synctypes import SyncPhase
 
     src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
     rule = client.create_sync(src, dsts, options, args.window, args.quiet)
@@ -198,14 +206,13 @@ def _create_sync(args: argparse.Namespace, client: ControllerClient, options: Jo
             while True:
                 rule = next((r for r in client.syncs() if r.id == rule.id), rule)
                 update(f"watch rule {rule.id}: {rule.status}")
-                first_scan = rule.counters.reconciles > 0 and not rule.status.startswith("reconciling")
-                if rule.status.startswith(("failed", "waiting", "held")) or (
-                        rule.status.startswith("watching") and first_scan):
+                first_scan = rule.counters.reconciles > 0 and rule.phase is not SyncPhase.RECONCILING
+                if rule.phase.settled or (rule.phase is SyncPhase.WATCHING and first_scan):
                     break
                 time.sleep(0.2)
     if args.json:
         out.json(render_sync.sync_doc(rule))
-    elif rule.status.startswith("failed"):
+    elif rule.phase is SyncPhase.FAILED:
         err.line(f"zc-ctl: watch rule {rule.id} {rule.status}; fix it and run zc-ctl syncs resume {rule.id} "
                  f"(or zc-ctl syncs remove {rule.id})")
         return EXIT_JOB_FAILED
@@ -280,11 +287,20 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err
     for j in failed:
         err.line(f"zc-ctl: job {j.id} ({j.destination.host}) {j.state.value}: {j.error}")
     skipped = [j for j in jobs if j.done_with_skips]
+    errors = [j for j in jobs if j.done_with_errors]
+    for j in errors:
+        listed = [x for x in j.skipped if x.error]
+        first = f" (first: {show(listed[0].path)}: {listed[0].reason})" if listed else ""
+        n = j.progress.file_errors
+        err.line(f"zc-ctl: job {j.id} ({j.destination.host}) done with {n} error{'s' if n != 1 else ''}{first}; "
+                 f"zc-ctl job {j.id} lists the files not copied")
     for j in skipped:
-        first = f" (first: {show(j.skipped[0].path)}: {j.skipped[0].reason})" if j.skipped else ""
+        listed = [x for x in j.skipped if not x.error]
+        first = f" (first: {show(listed[0].path)}: {listed[0].reason})" if listed else ""
         err.line(f"zc-ctl: job {j.id} ({j.destination.host}) done with {j.progress.entries_skipped} entries "
                  f"skipped{first}; zc-ctl job {j.id} lists them")
-    return EXIT_JOB_FAILED if failed else EXIT_SKIPPED if skipped else EXIT_OK
+    return (EXIT_JOB_FAILED if failed else EXIT_FILE_ERRORS if errors else EXIT_SKIPPED if skipped
+            else EXIT_OK)
 
 
 def _follow_group(client: ControllerClient, jobs: list[Job], err: Out) -> list[Job]:

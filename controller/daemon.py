@@ -29,6 +29,7 @@ from zcrepl.proto import controller_pb2_grpc, security_pb2, security_pb2_grpc
 from zcrepl.proto.auth import AuthInterceptor
 from zcrepl.proto.channels import KEEPALIVE_SERVER, add_health_and_reflection_aio, bind, enroll_credentials
 from zcrepl.proto.errors import ErrorInterceptor
+from zcrepl.proto.healthport import HealthPort
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Controller:
         self.authority: Authority | None = None
         self.enroll_address = ""
         self.metrics_address = ""
+        self.health_address = ""
 
     def start(self) -> Controller:
         self._thread.start()
@@ -102,6 +104,7 @@ class Controller:
         tasks: list[asyncio.Task[None]] = []
         engine: Engine | None = None
         metrics: MetricsServer | None = None
+        health: HealthPort | None = None
         try:
             self._engine = engine = await asyncio.to_thread(Engine, cfg, store)  # reads the state it resumes
             if cfg.metrics_listen:
@@ -132,24 +135,32 @@ class Controller:
                     raise OSError(f"cannot listen on {cfg.enroll_listen} for enrolment: the address is in use")
                 self.enroll_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 await enroll.start()
+            if cfg.health_listen:
+                health = HealthPort(names)
+                self.health_address = await health.start(cfg.health_listen)
             tasks.append(asyncio.create_task(engine.run_forever()))
             if authority is not None:
                 tasks.append(asyncio.create_task(self._watch_trust()))
             log.info("controller serving", extra=kv(address=self.address, state=store.path,
                                                     tls="off" if authority is None else "mutual",
                                                     enroll=self.enroll_address or "-",
-                                                    metrics=self.metrics_address or "-"))
+                                                    metrics=self.metrics_address or "-",
+                                                    health=self.health_address or "-"))
             if cfg.ready_file:
                 ready = {"pid": os.getpid(), "grpc": self.address}
                 if self.enroll_address:
                     ready["enroll"] = self.enroll_address
                 if self.metrics_address:
                     ready["metrics"] = self.metrics_address
+                if self.health_address:
+                    ready["health"] = self.health_address
                 write_ready_file(cfg.ready_file, ready)
             self._started.set()
             await self._stop.wait()
             log.info("controller stopping", extra=kv(address=self.address))
         finally:
+            if health is not None:
+                await health.stop()  # probes see the stop before the main port closes
             if engine is not None:
                 engine.stopping = True
                 engine.close_sessions()  # lets every Connect handler return on its own before the stop

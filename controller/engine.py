@@ -29,7 +29,7 @@ from zcrepl.controller.policy import (
     rank_sources,
 )
 from zcrepl.controller.registry import Registry, Session
-from zcrepl.controller.runs import Run, skip_note, stream_caps, stream_usage
+from zcrepl.controller.runs import Run, job_fields, skip_note, stream_caps, stream_usage
 from zcrepl.controller.scheduler import HostView, Policy, Usage, overlaps, plan
 from zcrepl.controller.store import Store
 from zcrepl.controller.sync_store import SyncStore
@@ -111,7 +111,8 @@ class Engine(Pacing, Faults, JobReads):
         session = Session(info, now, now, serial=serial, peer_host=peer_host)
         old = self.registry.attach(session)
         if old is not None:
-            log.warning("agent registered again; closing its previous, silent stream", extra=kv(agent=info.name))
+            log.warning("agent registered again; closing its previous, silent stream",
+                        extra=kv(agent=info.name, host=info.name))
             old.close()
         self.store.upsert_agent(info, now)
         for job_id, attempt in active:
@@ -119,7 +120,8 @@ class Engine(Pacing, Faults, JobReads):
             if run is None or run.attempt != attempt:
                 session.outbox.put_nowait(CancelOrder(job_id, attempt, "attempt unknown to the controller"))
         self._rejoined(info.name, set(active))
-        log.info("agent online", extra=kv(agent=info.name, grpc=info.grpc_address, data=info.data_address))
+        log.info("agent online", extra=kv(agent=info.name, host=info.name, grpc=info.grpc_address,
+                                          data=info.data_address))
         self.wake()
         return session
 
@@ -133,7 +135,7 @@ class Engine(Pacing, Faults, JobReads):
         if self.registry.detach(session):
             name = session.info.name
             self.store.touch_agent(name, session.last_seen)
-            log.warning("agent offline", extra=kv(agent=name, reason=why))
+            log.warning("agent offline", extra=kv(agent=name, host=name, reason=why))
             self._host_lost(name, why)
             self.wake()
 
@@ -141,7 +143,8 @@ class Engine(Pacing, Faults, JobReads):
         """Close the streams of agents whose certificate was just revoked."""
         for rec in list(self.registry.agents.values()):
             if rec.session is not None and rec.session.serial and rec.session.serial in revoked:
-                log.warning("agent certificate revoked; closing its stream", extra=kv(agent=rec.info.name))
+                log.warning("agent certificate revoked; closing its stream",
+                            extra=kv(agent=rec.info.name, host=rec.info.name))
                 self.disconnect(rec.session, "its certificate was revoked")
 
     def close_sessions(self) -> None:
@@ -160,7 +163,8 @@ class Engine(Pacing, Faults, JobReads):
             return  # a late report of an attempt already settled
         expected = run.source.host if r.role is Role.SENDER else job.destination.host
         if session.info.name != expected:
-            log.warning("report from the wrong agent ignored", extra=kv(agent=session.info.name, job=r.job_id))
+            log.warning("report from the wrong agent ignored", extra=kv(**job_fields(job, run),
+                                                                         agent=session.info.name))
             return
         run.last_report = self.clock()
         run.add_skipped(r)
@@ -215,7 +219,7 @@ class Engine(Pacing, Faults, JobReads):
         status = self.statuses([name])[0]
         self.registry.forget(name)
         self.store.remove_agent(name)
-        log.info("agent removed", extra=kv(agent=name))
+        log.info("agent removed", extra=kv(agent=name, host=name))
         return status
 
     # -- operator -----------------------------------------------------------------------------------
@@ -249,7 +253,7 @@ class Engine(Pacing, Faults, JobReads):
         job = self.store.create_job(src, dst, options, options.max_attempts or self.config.max_attempts,
                                     self.clock())
         self.jobs[job.id] = job
-        log.info("job queued", extra=kv(job=job.id, src=f"{src.host}:{show(src.path)}",
+        log.info("job queued", extra=kv(**job_fields(job), src=f"{src.host}:{show(src.path)}",
                                         dst=f"{dst.host}:{show(dst.path)}", priority=options.priority.name.lower()))
         self.wake()
         return job
@@ -273,7 +277,7 @@ class Engine(Pacing, Faults, JobReads):
             self.store.end_attempt(job_id, run.attempt, now, "cancelled by the operator", run.progress)
         self._settle(job)
         self._decide(job_id, DecisionKind.CANCEL, "cancelled by the operator")
-        log.info("job cancelled", extra=kv(job=job_id))
+        log.info("job cancelled", extra=kv(**job_fields(job, run)))
 
     def _decide(self, job_id: int, kind: DecisionKind, reason: str, *, every: bool = False,
                 **details: str | int | float | bool) -> None:
@@ -399,7 +403,7 @@ class Engine(Pacing, Faults, JobReads):
         run.encrypt = crypt.encrypt
         self.runs[job.id] = run
         self.observe.attempt_started(source.host, job.destination.host)
-        log.info("attempt started", extra=kv(job=job.id, attempt=run.attempt))
+        log.info("attempt started", extra=kv(**job_fields(job, run)))
         via = "" if source == job.source else f" from the finished replica {source.host}:{show(source.path)}"
         ranked = self._ranking.get(job.id, {}).get(source)
         why = f"; copies ranked by link throughput, load and failures: {ranked}" if ranked else ""
@@ -424,7 +428,8 @@ class Engine(Pacing, Faults, JobReads):
         streams, why = choose_streams(self._health(run.source.host), self._health(job.destination.host),
                                       job.options.streams, caps)
         options = replace(job.options, streams=streams, encrypt=run.encrypt)
-        log.info("streams chosen", extra=kv(job=job.id, streams=streams, why=why))
+        log.info("streams chosen", extra=kv(**job_fields(job, run), streams=streams,
+                                            why=why))
         self._decide(job.id, DecisionKind.START, f"sending with {streams} streams: {why}", streams=streams)
         src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, run.source.path, options,
                                         job.destination.host, dst_rec.info.data_address, job.destination.path))
@@ -444,9 +449,10 @@ class Engine(Pacing, Faults, JobReads):
         self._settle(lifecycle.succeeded(job, stats, now))
         self._decide(job.id, DecisionKind.DONE, f"attempt {run.attempt} done: {stats.files_done} files, "
                      f"{stats.bytes_done} bytes moved, {stats.files_skipped} up to date{skip_note(stats, run)}")
-        log.info("job done", extra=kv(job=job.id, attempt=run.attempt, files=stats.files_done,
+        log.info("job done", extra=kv(**job_fields(job, run), files=stats.files_done,
                                       bytes=stats.bytes_done, skipped=stats.files_skipped, deleted=stats.deleted,
-                                      left_out=stats.entries_skipped, seconds=round(now - job.updated_at, 3)))
+                                      left_out=stats.entries_skipped, file_errors=stats.file_errors,
+                                      seconds=round(now - job.updated_at, 3)))
 
     def _fail_run(self, job_id: int, error: str, retryable: bool, stats: TransferStats) -> None:
         run = self.runs.pop(job_id, None)
@@ -462,7 +468,7 @@ class Engine(Pacing, Faults, JobReads):
         job = lifecycle.failed_attempt(replace(job, progress=merged), error, retryable, now, self.retry)
         # A job given up keeps nothing for a resume that will never come.
         self._cancel_sides(job, run, error, discard=job.state is JobState.FAILED)
-        log.warning("attempt failed", extra=kv(job=job_id, attempt=run.attempt, error=error,
+        log.warning("attempt failed", extra=kv(**job_fields(job, run), error=error,
                                                retryable=retryable, next=job.state.value))
         then = (f"retry in {job.next_attempt_at - now:.1f}s" if job.state is JobState.QUEUED
                 else "no retry left" if retryable else "not retried: another attempt cannot help")

@@ -42,18 +42,29 @@ class Run:
     sender_failed: TransferReport | None = None
     sender_failed_at: float = 0.0
     encrypt: bool = False  # TLS on its data connections (decided when it starts, for both orders)
-    skipped: list[Skipped] = field(default_factory=list)  # entries either side left out (the first ones)
+    # Entries either side left out and files it could not copy (the first SKIPPED_LISTED of each kind).
+    skipped: list[Skipped] = field(default_factory=list)
     skip_totals: dict[Role, int] = field(default_factory=dict)  # entries each side left out, all of them
 
     def add_skipped(self, r: TransferReport) -> None:
         """Take the skipped entries of a final report (each side sends its list once, with DONE or FAILED)."""
         if r.phase not in (Phase.DONE, Phase.FAILED) or r.role in self.skip_totals:
             return
-        self.skip_totals[r.role] = max(r.stats.entries_skipped, len(r.skipped))
-        self.skipped.extend(r.skipped[: SKIPPED_LISTED - len(self.skipped)])
+        self.skip_totals[r.role] = max(r.stats.entries_skipped, sum(not x.error for x in r.skipped))
+        for error in (False, True):
+            room = SKIPPED_LISTED - sum(x.error is error for x in self.skipped)
+            self.skipped.extend([x for x in r.skipped if x.error is error][:max(0, room)])
 
     def entries_skipped(self) -> int:
         return sum(self.skip_totals.values())
+
+
+def job_fields(job: Job, run: Run | None = None) -> dict[str, object]:
+    """The log fields of a line about ``job``: its id, the attempt (``run``'s, else its latest; 0 before the
+    first), ``host`` its destination (as zc-ctl names a job: "job 3 (hostB)") and ``source`` the host it reads
+    from (the attempt's: a fan-out may read a finished replica)."""
+    return {"job": job.id, "attempt": job.attempts if run is None else run.attempt, "host": job.destination.host,
+            "source": job.source.host if run is None else run.source.host}
 
 
 def rate_limited(job: Job, run: Run) -> bool:
@@ -98,8 +109,13 @@ def stream_caps(policy: Policy, usage: Usage, src: str, dst: str, target: int) -
 
 
 def skip_note(stats: TransferStats, run: Run) -> str:
-    """``"; 3 entries skipped (first: a/fifo: FIFO: ...)"`` for a done decision, or "" when none were."""
-    if not stats.entries_skipped:
-        return ""
-    first = f" (first: {show(run.skipped[0].path)}: {run.skipped[0].reason})" if run.skipped else ""
-    return f"; {stats.entries_skipped} entries skipped{first}; zc-ctl job {run.job_id} lists them"
+    """``"; 3 entries skipped (first: a/fifo: FIFO: ...)"`` for a done decision (and as much for file errors),
+    or "" when there were none."""
+    note = ""
+    for error, count, what in ((True, stats.file_errors, "files could not be copied"),
+                               (False, stats.entries_skipped, "entries skipped")):
+        if count:
+            listed = [x for x in run.skipped if x.error is error]
+            first = f" (first: {show(listed[0].path)}: {listed[0].reason})" if listed else ""
+            note += f"; {count} {what}{first}"
+    return f"{note}; zc-ctl job {run.job_id} lists them" if note else ""

@@ -3,9 +3,9 @@
 The version lives where controllers before this file kept it (``meta``, key ``schema``), so an older
 zc-controller meeting a newer database refuses it in a sentence instead of misreading it. SQLite's steps 1-4
 are the schemas those controllers created (1: jobs, attempts, agents; 2: fan-out groups and attempt sources;
-3: priorities; 4: skipped entries); step 5 adds what they created without a version bump (decisions, watch
-rules, join tokens, issued certificates) when missing. PostgreSQL starts at the current shape: no older
-PostgreSQL database exists.
+3: priorities; 4: skipped entries; 5: files that could not be copied, among the skipped entries); step 6 adds
+what they created without a version bump (decisions, watch rules, join tokens, issued certificates) when
+missing. PostgreSQL starts at the current shape: no older PostgreSQL database exists.
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ CREATE TABLE IF NOT EXISTS skipped (
     PRIMARY KEY (job_id, attempt, seq)
 );
 """,
-    5: """
+    # A file that should have been copied and was not (unreadable, changed while read) is kept with the skipped
+    # entries, marked; stored stats gain file_errors (absent reads as 0).
+    5: "ALTER TABLE skipped ADD COLUMN error INTEGER NOT NULL DEFAULT 0;",
+    6: """
 CREATE TABLE IF NOT EXISTS decisions (
     job_id INTEGER NOT NULL REFERENCES jobs(id), at REAL NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL,
     details TEXT NOT NULL DEFAULT '{}'
@@ -121,7 +124,7 @@ CREATE TABLE agents (
 );
 CREATE TABLE skipped (
     job_id BIGINT NOT NULL REFERENCES jobs(id), attempt INTEGER NOT NULL, seq INTEGER NOT NULL,
-    path BYTEA NOT NULL, reason TEXT NOT NULL,
+    path BYTEA NOT NULL, reason TEXT NOT NULL, error INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, attempt, seq)
 );
 CREATE TABLE syncs (

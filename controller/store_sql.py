@@ -158,12 +158,14 @@ class JobsSql:
                         (now, error, _stats_json(stats), job_id, number))
 
     def save_skipped(self, job_id: int, attempt: int, items: list[Skipped]) -> None:
-        """The entries an attempt left out (the first ones; the attempt's stats count them all)."""
+        """The entries an attempt left out and the files it could not copy (the first ones; the attempt's stats
+        count them all)."""
         if items:
             self.db.executemany(
-                "INSERT INTO skipped (job_id, attempt, seq, path, reason) VALUES (?,?,?,?,?) ON CONFLICT"
-                " (job_id, attempt, seq) DO UPDATE SET path=excluded.path, reason=excluded.reason",
-                [(job_id, attempt, i, x.path, x.reason) for i, x in enumerate(items)])
+                "INSERT INTO skipped (job_id, attempt, seq, path, reason, error) VALUES (?,?,?,?,?,?) ON CONFLICT"
+                " (job_id, attempt, seq) DO UPDATE SET path=excluded.path, reason=excluded.reason,"
+                " error=excluded.error",
+                [(job_id, attempt, i, x.path, x.reason, int(x.error)) for i, x in enumerate(items)])
 
     def get_job(self, job_id: int) -> Job | None:
         row = self.db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id=?", (job_id,)).fetchone()
@@ -209,9 +211,9 @@ class JobsSql:
         return tuple(Attempt(n, s, e, err, _stats(st), bytes(src)) for n, s, e, err, st, src in rows)
 
     def _skipped(self, job_id: int, attempt: int) -> tuple[Skipped, ...]:
-        rows = self.db.execute("SELECT path, reason FROM skipped WHERE job_id=? AND attempt=? ORDER BY seq",
+        rows = self.db.execute("SELECT path, reason, error FROM skipped WHERE job_id=? AND attempt=? ORDER BY seq",
                                (job_id, attempt)).fetchall()
-        return tuple(Skipped(bytes(p), r) for p, r in rows)
+        return tuple(Skipped(bytes(p), r, bool(e)) for p, r, e in rows)
 
     def _job(self, row: Sequence[Any]) -> Job:
         (jid, state, sh, sp, dh, dp, opts, created, updated, started, finished, attempts, failures,

@@ -243,12 +243,14 @@ def health(h: HostHealth) -> HostHealth:
 
 
 def report(r: TransferReport) -> TransferReport:
-    """An agent's transfer report with its free text and its list of skipped entries bounded."""
+    """An agent's transfer report with its free text and its lists of skipped entries and file errors bounded
+    (``SKIPPED_LISTED`` of each kind)."""
     skipped = r.skipped
-    if len(skipped) > SKIPPED_LISTED or any(len(x.path) > MAX_SKIPPED_PATH or _text(x.reason, MAX_REASON)
-                                            != x.reason for x in skipped):
-        skipped = tuple(Skipped(x.path[:MAX_SKIPPED_PATH], _text(x.reason, MAX_REASON))
-                        for x in skipped[:SKIPPED_LISTED])
+    errors = sum(x.error for x in skipped)
+    if errors > SKIPPED_LISTED or len(skipped) - errors > SKIPPED_LISTED or any(
+            len(x.path) > MAX_SKIPPED_PATH or _text(x.reason, MAX_REASON) != x.reason for x in skipped):
+        skipped = tuple(Skipped(x.path[:MAX_SKIPPED_PATH], _text(x.reason, MAX_REASON), x.error)
+                        for error in (False, True) for x in [y for y in skipped if y.error is error][:SKIPPED_LISTED])
     error = _text(r.error, MAX_TEXT)
     if r.stats.transport not in TRANSPORTS:  # how the bytes travelled: one of a few words, never free text
         r = replace(r, stats=replace(r.stats, transport="?"))

@@ -93,6 +93,9 @@ class AgentConfig:
     partial_max_bytes: int = 0
     # HOST:PORT of the plaintext Prometheus /metrics port; empty = no metrics port.
     metrics_listen: str = ""
+    # HOST:PORT of a plaintext port serving only grpc.health.v1 (for Kubernetes' gRPC probes, which do no
+    # TLS); empty = none.
+    health_listen: str = ""
 
     @staticmethod
     def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -109,8 +112,9 @@ class AgentConfig:
             raise ConfigError("no export configured: pass --export DIR (repeatable) or 'exports = [...]' in TOML")
         for addr in (self.controller, self.listen, self.data_listen):
             split_address(addr)
-        if self.metrics_listen:
-            split_address(self.metrics_listen)
+        for extra in (self.metrics_listen, self.health_listen):
+            if extra:
+                split_address(extra)
         for exp in self.exports:
             if not os.path.isdir(exp):
                 raise ConfigError(f"export {os.fsdecode(exp)!r} is not an existing directory; create it first")
@@ -281,6 +285,9 @@ class ControllerConfig:
     sync_ticket_ttl: float = 3600.0
     # HOST:PORT of the plaintext Prometheus /metrics port; empty = no metrics port.
     metrics_listen: str = ""
+    # HOST:PORT of a plaintext port serving only grpc.health.v1 (for Kubernetes' gRPC probes, which do no
+    # TLS); empty = none.
+    health_listen: str = ""
 
     @staticmethod
     def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -296,8 +303,9 @@ class ControllerConfig:
         check_tls(self.ca, self.cert, self.key, self.insecure, extra="auto_pki" if self.auto_pki else "")
         split_address(self.listen)
         split_address(self.enroll_listen)
-        if self.metrics_listen:
-            split_address(self.metrics_listen)
+        for extra in (self.metrics_listen, self.health_listen):
+            if extra:
+                split_address(extra)
         if self.ca_key and not self.cert:
             raise ConfigError("ca_key is only used with ca, cert and key (with auto_pki the CA lives in state_dir)")
         if not 60 <= self.token_ttl <= 7 * 86400:

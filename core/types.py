@@ -61,18 +61,24 @@ class TransferStats:
     # Entries not replicated for any reason; a job that ends with some is "done with N skipped".
     entries_skipped: int = 0
     transport: str = ""  # how the bytes travelled: "none" (plaintext), "tls" or "ktls"; "" = not known yet
+    # Regular files that should have been copied and were not (the source could not read them, or they changed
+    # while read); a job that ends with some is "done with N errors". Apart from entries_skipped.
+    file_errors: int = 0
 
 
 SKIPPED_LISTED = 100
-"""How many skipped entries a transfer reports and a job keeps by name; the total is always counted."""
+"""How many skipped entries (and as many file errors) a transfer reports and a job keeps by name; the totals
+are always counted."""
 
 
 @dataclass(frozen=True)
 class Skipped:
-    """One entry a transfer left out: its path below the job's root, and why (one sentence)."""
+    """One entry a transfer left out: its path below the job's root, and why (one sentence). ``error``: a file
+    that should have been copied and was not (unreadable, changed while read), not one left out on purpose."""
 
     path: bytes
     reason: str
+    error: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,10 @@ class Job:
     @property
     def done_with_skips(self) -> bool:
         return self.state is JobState.DONE and self.progress.entries_skipped > 0
+
+    @property
+    def done_with_errors(self) -> bool:
+        return self.state is JobState.DONE and self.progress.file_errors > 0
 
 
 class Role(enum.Enum):

@@ -84,11 +84,11 @@ def options_from_request(m: pb.JobOptions) -> t.JobOptions:
 
 
 def skipped_to_pb(items: tuple[t.Skipped, ...]) -> list[pb.SkippedEntry]:
-    return [pb.SkippedEntry(path=x.path, reason=x.reason) for x in items]
+    return [pb.SkippedEntry(path=x.path, reason=x.reason, error=x.error) for x in items]
 
 
 def skipped_from_pb(items: object) -> tuple[t.Skipped, ...]:
-    return tuple(t.Skipped(bytes(x.path), x.reason) for x in items)  # type: ignore[attr-defined]
+    return tuple(t.Skipped(bytes(x.path), x.reason, x.error) for x in items)  # type: ignore[attr-defined]
 
 
 def endpoint_to_pb(e: t.Endpoint) -> pb.Endpoint:

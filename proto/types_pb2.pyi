@@ -197,7 +197,7 @@ class JobOptions(_message.Message):
     def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ..., xattrs: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ..., encrypt: _Optional[bool] = ..., filters: _Optional[_Iterable[str]] = ..., delete_excluded: _Optional[bool] = ...) -> None: ...
 
 class TransferStats(_message.Message):
-    __slots__ = ("entries", "files_total", "files_done", "bytes_total", "bytes_done", "files_skipped", "deleted", "wire_bytes", "skipped_special", "errors", "scan_done", "entries_skipped", "transport")
+    __slots__ = ("entries", "files_total", "files_done", "bytes_total", "bytes_done", "files_skipped", "deleted", "wire_bytes", "skipped_special", "errors", "scan_done", "entries_skipped", "transport", "file_errors")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     FILES_DONE_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +211,7 @@ class TransferStats(_message.Message):
     SCAN_DONE_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    FILE_ERRORS_FIELD_NUMBER: _ClassVar[int]
     entries: int
     files_total: int
     files_done: int
@@ -224,15 +225,18 @@ class TransferStats(_message.Message):
     scan_done: bool
     entries_skipped: int
     transport: str
-    def __init__(self, entries: _Optional[int] = ..., files_total: _Optional[int] = ..., files_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., files_skipped: _Optional[int] = ..., deleted: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., skipped_special: _Optional[int] = ..., errors: _Optional[int] = ..., scan_done: _Optional[bool] = ..., entries_skipped: _Optional[int] = ..., transport: _Optional[str] = ...) -> None: ...
+    file_errors: int
+    def __init__(self, entries: _Optional[int] = ..., files_total: _Optional[int] = ..., files_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., files_skipped: _Optional[int] = ..., deleted: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., skipped_special: _Optional[int] = ..., errors: _Optional[int] = ..., scan_done: _Optional[bool] = ..., entries_skipped: _Optional[int] = ..., transport: _Optional[str] = ..., file_errors: _Optional[int] = ...) -> None: ...
 
 class SkippedEntry(_message.Message):
-    __slots__ = ("path", "reason")
+    __slots__ = ("path", "reason", "error")
     PATH_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     path: bytes
     reason: str
-    def __init__(self, path: _Optional[bytes] = ..., reason: _Optional[str] = ...) -> None: ...
+    error: bool
+    def __init__(self, path: _Optional[bytes] = ..., reason: _Optional[str] = ..., error: _Optional[bool] = ...) -> None: ...
 
 class Attempt(_message.Message):
     __slots__ = ("number", "started_at", "ended_at", "error", "stats", "source")

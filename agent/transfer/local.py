@@ -21,10 +21,10 @@ from zcrepl.agent.transfer.frame import F_SPARSE, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
-from zcrepl.agent.transfer.scan import Scanner, Skips, tree_filter
+from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble, tree_filter
 from zcrepl.core.errors import Cancelled, TransferError, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
-from zcrepl.core.logs import kv
+from zcrepl.core.logs import carry, kv
 from zcrepl.core.types import JobOptions, TransferStats
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class LocalCopy:
         root = SafeRoot.from_fd(self.dst_export.open_dir(self.dst_rel, create=True, mode=0o755),
                                 self.dst_export.path)
         writer = TreeWriter(root, self.options, self.label, self.job_id, policy=self.policy, limits=self.limits)
-        threads = [threading.Thread(target=self._worker, args=(writer,), name=f"zc-local-{i}", daemon=True)
+        threads = [threading.Thread(target=carry(self._worker), args=(writer,), name=f"zc-local-{i}", daemon=True)
                    for i in range(self.nworkers)]
         for t in threads:
             t.start()
@@ -122,14 +122,14 @@ class LocalCopy:
         except (OSError, UnsafePath) as err:
             slot = writer.slot(FileHead(index, 0, e.size, e.size, e.mtime_ns, e.mode))
             writer.range_done(slot, e.size, ok=False)
-            writer.entry_failed(e.path, err)
+            source_trouble(self.skips, e.path, err)  # the rest of the tree is copied all the same
             return
         try:
             st = os.fstat(fd)
             slot = writer.slot(FileHead(index, 0, e.size, e.size, e.mtime_ns, st.st_mode & 0o7777))
             ok = st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
             try:
-                if ok and slot.fd is not None:
+                if ok and slot.fd is not None:  # (no fd: the destination's trouble, recorded already)
                     ok = self._copy_data(fd, slot.fd, e, buf)
                     after = os.fstat(fd)
                     ok = ok and after.st_size == e.size and after.st_mtime_ns == e.mtime_ns
@@ -138,7 +138,7 @@ class LocalCopy:
                 raise
             writer.range_done(slot, e.size, ok=ok)
             if not ok:
-                writer.entry_failed(e.path, OSError(0, "changed while it was copied"))
+                source_changed(self.skips, e.path)
             with self._lock:
                 self.copied_bytes += e.size
         finally:
@@ -170,7 +170,7 @@ class LocalCopy:
         return TransferStats(entries=self.entries, files_total=self.files_total, files_done=w.files_done,
                              bytes_total=self.bytes_total, bytes_done=w.bytes_done, files_skipped=w.files_skipped,
                              deleted=w.deleted, wire_bytes=0, skipped_special=self.skips.special, errors=w.errors,
-                             scan_done=scan_done, entries_skipped=self.skips.total)
+                             scan_done=scan_done, entries_skipped=self.skips.total, file_errors=self.skips.errors)
 
     def _progress(self, writer: TreeWriter) -> None:
         now = time.monotonic()

@@ -26,10 +26,10 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
     c = Cluster(tmp_path, **store_flags(request))
     try:
         c.controller.start()
-        a = c.add_agent("hostA", tmp_path / "a")
-        b = c.add_agent("hostB", tmp_path / "b")
-        a.start()
-        b.start()
+        a = c.add_agent("hostA", tmp_path / "a").spawn()
+        b = c.add_agent("hostB", tmp_path / "b").spawn()
+        a.wait_ready()
+        b.wait_ready()
         c.wait_online("hostA", "hostB")
         yield c
     finally:

@@ -61,7 +61,7 @@ def _watch(c: Cluster, src: Path, *dsts: str) -> dict[str, Any]:
     rc, out, err = c.ctl("replicate", "--watch", f"hostA:{src}", *dsts, "--json")
     assert rc == 0, err
     rule = json.loads(out)
-    assert rule["status"].startswith("watching"), rule
+    assert rule["phase"] == "watching", rule
     return rule
 
 
@@ -181,7 +181,7 @@ def test_pause_resume_remove_and_a_bad_path(cluster: Cluster, tmp_path: Path) ->
     rc, _, err = cluster.ctl("replicate", "--watch", "hostA:/etc", f"hostB:{dst}")
     assert rc == 1 and "outside the exports of hostA" in err and "syncs remove" in err, err
     bad = _rules(cluster)[0]
-    assert bad["status"].startswith("failed") and "outside the exports" in bad["last_error"]
+    assert bad["phase"] == "failed" and "outside the exports" in bad["last_error"]
     rc, _, err = cluster.ctl("syncs", "remove", str(bad["id"]))
     assert rc == 0, err
     rc, _, err = cluster.ctl("replicate", "--watch", f"nohost:{src}", f"hostB:{dst}")
@@ -203,7 +203,7 @@ def test_pause_resume_remove_and_a_bad_path(cluster: Cluster, tmp_path: Path) ->
     (src / "while-paused").write_bytes(b"x")
     time.sleep(1.0)
     assert not (dst / "while-paused").exists()
-    assert _rule(cluster, rule["id"])["status"] == "paused"
+    assert _rule(cluster, rule["id"])["phase"] == "paused"
     rc, table, _ = cluster.ctl("syncs")
     assert rc == 0 and "paused" in table
     rc, _, err = cluster.ctl("syncs", "resume", str(rule["id"]))
@@ -239,7 +239,7 @@ def test_two_destinations_keep_in_step_through_a_controller_restart(make_bed_clu
     c.wait_online("hostA", "hostB", "hostC")
     # The restarted controller redeploys the stored rule with a new epoch: the source reconciles.
     try:
-        wait_for(lambda: _rule(c, rule_id)["status"].startswith("watching")
+        wait_for(lambda: _rule(c, rule_id)["phase"] == "watching"
                  and _rule(c, rule_id)["counters"]["reconciles"] >= 2 * 2, 30, interval=0.2,
                  what="the rule to be redeployed and reconciled after the controller restart")
     except AssertionError as err:

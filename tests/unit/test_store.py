@@ -384,7 +384,7 @@ def test_skipped_entries_of_the_latest_attempt_survive_a_reopen(reopen: Any) -> 
         s.save_skipped(job.id, 1, [Skipped(b"old", "from the first attempt")])
         s.start_attempt(job.id, 2, 2.0)
         items = [Skipped(b"dev/null\xff", "device: only regular files, directories and symlinks are replicated"),
-                 Skipped(b"deep/" * 3, "unreadable")]
+                 Skipped(b"deep/" * 3, "unreadable", error=True)]
         s.save_skipped(job.id, 2, items)
         s.save_job(replace(job, state=JobState.DONE, attempts=2,
                            progress=TransferStats(entries_skipped=7, scan_done=True)))

@@ -182,6 +182,44 @@ CREATE TABLE IF NOT EXISTS skipped (
     PRIMARY KEY (job_id, attempt, seq)
 );
 """),
+    ("896573f", 5, "files that could not be copied (skipped.error)", """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    state TEXT NOT NULL,
+    src_host TEXT NOT NULL, src_path BLOB NOT NULL,
+    dst_host TEXT NOT NULL, dst_path BLOB NOT NULL,
+    options TEXT NOT NULL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    started_at REAL NOT NULL DEFAULT 0, finished_at REAL NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    error TEXT NOT NULL DEFAULT '', wait_reason TEXT NOT NULL DEFAULT '',
+    progress TEXT NOT NULL DEFAULT '{}', next_attempt_at REAL NOT NULL DEFAULT 0,
+    group_id INTEGER NOT NULL DEFAULT 0,
+    priority INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL REFERENCES jobs(id), number INTEGER NOT NULL,
+    started_at REAL NOT NULL, ended_at REAL NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '', stats TEXT NOT NULL DEFAULT '{}', source BLOB NOT NULL DEFAULT x'',
+    PRIMARY KEY (job_id, number)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    job_id INTEGER NOT NULL REFERENCES jobs(id), at REAL NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL,
+    details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS decisions_job ON decisions(job_id);
+CREATE TABLE IF NOT EXISTS agents (
+    name TEXT PRIMARY KEY, info TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS skipped (
+    job_id INTEGER NOT NULL REFERENCES jobs(id), attempt INTEGER NOT NULL, seq INTEGER NOT NULL,
+    path BLOB NOT NULL, reason TEXT NOT NULL, error INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, attempt, seq)
+);
+"""),
 ]
 
 # Tables later controllers added to a schema-4 database without a version bump (watch rules, then TLS enrolment).
@@ -296,7 +334,8 @@ def test_every_older_sqlite_schema_opens_keeps_its_data_and_ends_like_a_new_one(
 def test_a_schema_4_database_with_watch_rules_and_tokens_keeps_them(tmp_path: Path) -> None:
     """Controllers after 48c741b added the syncs and enrolment tables to schema 4 without a bump."""
     state = tmp_path / "state"
-    _old_state_dir(state, 4, HISTORY[-1][3], SYNCS_AC9E2A6 + PKI_7D35674)
+    (v4,) = [ddl for commit, _, _, ddl in HISTORY if commit == "48c741b"]
+    _old_state_dir(state, 4, v4, SYNCS_AC9E2A6 + PKI_7D35674)
     db = sqlite3.connect(state / "controller.sqlite3")
     try:
         db.execute("INSERT INTO syncs (state, src_host, src_path, dsts, options, created_at, window, quiet, epoch,"
