@@ -14,7 +14,7 @@ from typing import Any
 
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.scheduler import Decision, HostView, Policy, plan
-from zcrepl.controller.store import Store
+from zcrepl.controller.store import open_store
 from zcrepl.core.config import ControllerConfig
 from zcrepl.core.types import DiskIO, DiskUsage, Endpoint, HostHealth, Job, JobState, NetIO, TransferStats
 
@@ -105,7 +105,7 @@ def queued_job(i: int, names: list[str], rng: random.Random, now: float) -> Job:
 
 def controller_policy(state_dir: Path) -> Policy:
     """The Policy a zc-controller with default settings builds (the Engine maps config to thresholds)."""
-    store = Store(str(state_dir))
+    store = open_store("", str(state_dir))
     try:
         return Engine(ControllerConfig(state_dir=str(state_dir)), store).policy
     finally:

@@ -21,7 +21,7 @@ from zcrepl.controller.metrics import ControllerMetrics
 from zcrepl.controller.pki_store import PkiStore
 from zcrepl.controller.security import EnrollmentService, SecurityService
 from zcrepl.controller.service import SERVICE_NAME, ControllerService
-from zcrepl.controller.store import Store
+from zcrepl.controller.store import open_store
 from zcrepl.core.config import ControllerConfig, split_address
 from zcrepl.core.logs import kv
 from zcrepl.core.metricsserver import MetricsServer
@@ -113,7 +113,8 @@ class Controller:
         if authority is None:
             log.warning("INSECURE: TLS is off; anyone who can reach this port can read and overwrite every "
                         "agent's exports (use --auto-pki or --ca/--cert/--key)", extra=kv(listen=cfg.listen))
-        store = Store(cfg.state_dir)
+        # Off the loop: opening runs the schema migrations and may wait for a PostgreSQL server.
+        store = await asyncio.to_thread(open_store, cfg.store, cfg.state_dir)
         server: grpc.aio.Server | None = None
         enroll: grpc.aio.Server | None = None
         tasks: list[asyncio.Task[None]] = []
@@ -122,7 +123,7 @@ class Controller:
         webview: WebServer | None = None
         health: HealthPort | None = None
         try:
-            self._engine = engine = Engine(cfg, store)
+            self._engine = engine = await asyncio.to_thread(Engine, cfg, store)  # reads the state it resumes
             if cfg.metrics_listen:
                 engine.observe = observer = ControllerMetrics(engine, store, asyncio.get_running_loop())
                 metrics = MetricsServer(cfg.metrics_listen, observer.registry).start()
@@ -134,7 +135,7 @@ class Controller:
             controller_pb2_grpc.add_ControllerServicer_to_server(ControllerService(engine), server)
             names = [SERVICE_NAME]
             if authority is not None:
-                security = SecurityService(authority, PkiStore(store.db), cfg, lambda: self._enroll_port(),
+                security = SecurityService(authority, PkiStore(store), cfg, lambda: self._enroll_port(),
                                            lambda: self._reload_trust(True))
                 security_pb2_grpc.add_SecurityServicer_to_server(security, server)
                 names.append(security_pb2.DESCRIPTOR.services_by_name["Security"].full_name)
@@ -202,7 +203,7 @@ class Controller:
             if metrics is not None:
                 # Off the loop: shutdown() waits for a scrape in flight, which may be waiting for the loop.
                 await asyncio.to_thread(metrics.stop)
-            store.close()
+            await asyncio.to_thread(store.close)  # commits what is queued
 
     def _enroll_port(self) -> int:
         return split_address(self.enroll_address)[1] if self.enroll_address else 0

@@ -11,12 +11,13 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 
 from zcrepl.controller import fence, lifecycle, validate
 from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.faults import Faults
+from zcrepl.controller.jobreads import JobReads
 from zcrepl.controller.links import LinkTracker
 from zcrepl.controller.observe import Observer
 from zcrepl.controller.pacing import THROTTLE_EVERY, Pacing
@@ -34,7 +35,7 @@ from zcrepl.controller.store import Store
 from zcrepl.controller.sync_store import SyncStore
 from zcrepl.controller.syncs import SyncManager
 from zcrepl.core.config import ControllerConfig, parse_host_limits, parse_link_limits
-from zcrepl.core.errors import Conflict, InvalidPath, UnknownHost, UnknownJob
+from zcrepl.core.errors import Conflict, InvalidPath, UnknownHost
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
 from zcrepl.core.types import (
@@ -57,7 +58,7 @@ from zcrepl.core.types import (
 log = logging.getLogger(__name__)
 
 
-class Engine(Pacing, Faults):
+class Engine(Pacing, Faults, JobReads):
     def __init__(self, config: ControllerConfig, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = store
@@ -83,12 +84,17 @@ class Engine(Pacing, Faults):
         if requeued:
             log.info("requeued interrupted jobs", extra=kv(jobs=",".join(map(str, requeued))))
         self.jobs: dict[int, Job] = {j.id: j for j in store.list_jobs((JobState.QUEUED, JobState.RUNNING))}
+        # Finished destinations of each fan-out with jobs still to run: sources for the others, kept here so
+        # that a scheduling pass reads nothing from the store.
+        self._replicas_done: dict[int, list[Endpoint]] = {
+            g: [j.destination for j in store.list_jobs((JobState.DONE,), 0, g)]
+            for g in {j.group_id for j in self.jobs.values() if j.group_id}}
         self.runs: dict[int, Run] = {}
         self._events: dict[int, asyncio.Event] = {}
         self._wake: asyncio.Event | None = None
         self.stopping = False
         self._last_decision: dict[int, DecisionRecord] = {}
-        self.syncs = SyncManager(SyncStore(store.db), self.registry, thresholds, self._health, _unknown_host,
+        self.syncs = SyncManager(SyncStore(store), self.registry, thresholds, self._health, _unknown_host,
                                  dataplane=self.dataplane)
         self.links = LinkTracker(window=THROTTLE_EVERY)
         self._ranking: dict[int, dict[Endpoint, str]] = {}  # this tick's fan-out source rankings, per job
@@ -233,7 +239,8 @@ class Engine(Pacing, Faults):
         self.store.set_group([j.id for j in jobs], group)
         for j in jobs:
             self.jobs[j.id] = replace(self.jobs[j.id], group_id=group)
-        return [self.get(j.id) for j in jobs]
+        self._replicas_done[group] = []
+        return [self.jobs[j.id] for j in jobs]  # new: no history yet
 
     def submit(self, src: Endpoint, dst: Endpoint, options: JobOptions) -> Job:
         for ep in (src, dst):
@@ -254,24 +261,16 @@ class Engine(Pacing, Faults):
         self.wake()
         return job
 
-    def get(self, job_id: int) -> Job:
-        job = self.jobs.get(job_id)
-        if job is not None:
-            stored = self.store.get_job(job_id)
-            assert stored is not None
-            return replace(job, history=stored.history, skipped=stored.skipped, plan=stored.plan)
-        stored = self.store.get_job(job_id)
-        if stored is None:
-            raise UnknownJob(f"no job {job_id}; run 'zc-ctl jobs' to list jobs")
-        return stored
-
-    def list_jobs(self, states: tuple[JobState, ...], limit: int, group_id: int = 0) -> list[Job]:
-        jobs = self.store.list_jobs(states, limit, group_id)
-        return [replace(self.jobs[j.id], history=j.history, skipped=j.skipped, plan=j.plan) if j.id in self.jobs else j
-                for j in jobs]
-
     def cancel(self, job_id: int) -> Job:
-        job = self.get(job_id)
+        self._cancel(self.jobs.get(job_id) or self.get(job_id))
+        return self.get(job_id)
+
+    async def cancel_async(self, job_id: int) -> Job:
+        self._cancel(self.jobs.get(job_id) or await self.get_async(job_id))
+        return await self.get_async(job_id)
+
+    def _cancel(self, job: Job) -> None:
+        job_id = job.id
         now = self.clock()
         job = lifecycle.cancelled(job, now)
         run = self.runs.pop(job_id, None)
@@ -282,25 +281,6 @@ class Engine(Pacing, Faults):
         self._settle(job)
         self._decide(job_id, DecisionKind.CANCEL, "cancelled by the operator")
         log.info("job cancelled", extra=kv(**job_fields(job, run)))
-        return self.get(job_id)
-
-    async def watch(self, job_id: int, keepalive: float = 5.0) -> AsyncIterator[Job]:
-        while True:
-            # Subscribe before reading: a change that lands while the snapshot is being sent must
-            # wake the next wait, not be lost until the keepalive.
-            ev = self._events.setdefault(job_id, asyncio.Event())
-            job = self.get(job_id)
-            yield job
-            if job.state.final:
-                return
-            try:
-                await asyncio.wait_for(ev.wait(), keepalive)
-            except TimeoutError:
-                pass
-
-    def explain(self, job_id: int) -> list[tuple[float, str, str]]:
-        self.get(job_id)  # UnknownJob for a wrong id
-        return self.store.decisions(job_id)
 
     def _decide(self, job_id: int, kind: DecisionKind, reason: str, *, every: bool = False,
                 **details: str | int | float | bool) -> None:
@@ -362,13 +342,12 @@ class Engine(Pacing, Faults):
         for name, n in self._running_per_host().items():
             hosts[name] = replace(hosts[name], running=n)
         running = [self.jobs[i] for i in self.runs]
-        done: dict[int, list[Endpoint]] = {}  # one query per fan-out per tick, not one per waiting job
         self._ranking.clear()
         sources: dict[int, list[Endpoint]] = {}
         for j in queued:
             if j.group_id:
                 try:
-                    sources[j.id] = self._replicas(j, done)
+                    sources[j.id] = self._replicas(j)
                 except Exception as err:  # this job reads from its own source this pass; the others go on
                     self._schedule_failed(j, err)
         sending = [(self.jobs[i].group_id, r.source.host) for i, r in self.runs.items() if self.jobs[i].group_id]
@@ -388,15 +367,12 @@ class Engine(Pacing, Faults):
                 if d.reason:
                     self._decide(job.id, DecisionKind.WAIT, d.reason)
 
-    def _replicas(self, job: Job, done_by_group: dict[int, list[Endpoint]]) -> list[Endpoint]:
+    def _replicas(self, job: Job) -> list[Endpoint]:
         """Where a fan-out job may read from: finished siblings best first (``policy.rank_sources``: the
         link's measured throughput to this destination, the sibling's load, its recent failures), then the
         original source, last so that it is spared once copies exist."""
-        done = done_by_group.get(job.group_id)
-        if done is None:
-            done = done_by_group[job.group_id] = [
-                j.destination for j in self.store.list_jobs((JobState.DONE,), 0, job.group_id)]
-        done = [d for d in done if self.registry.known(d.host)]  # a replica's agent may have been removed
+        # A replica's agent may have been removed since.
+        done = [d for d in self._replicas_done.get(job.group_id, ()) if self.registry.known(d.host)]
         if not done:
             return [job.source]
         ranked = rank_sources(done, job.destination, self.links.states, {ep.host: self._health(ep.host) for ep in done},
@@ -476,6 +452,8 @@ class Engine(Pacing, Faults):
         self.store.end_attempt(job.id, run.attempt, now, "", stats)
         self.store.save_skipped(job.id, run.attempt, run.skipped)
         self.store.save_plan(job.id, run.attempt, run.plan)
+        if job.group_id:
+            self._replicas_done.setdefault(job.group_id, []).append(job.destination)
         self._settle(lifecycle.succeeded(job, stats, now))
         self._decide(job.id, DecisionKind.DONE, f"attempt {run.attempt} done: {stats.files_done} files, "
                      f"{stats.bytes_done} bytes moved, {stats.files_skipped} up to date{skip_note(stats, run)}")
@@ -517,6 +495,8 @@ class Engine(Pacing, Faults):
         if job.state.final:
             self.jobs.pop(job.id, None)
             self._last_decision.pop(job.id, None)
+            if job.group_id and not any(j.group_id == job.group_id for j in self.jobs.values()):
+                self._replicas_done.pop(job.group_id, None)  # the fan-out is over
         else:
             self.jobs[job.id] = job
         self._notify(job.id)

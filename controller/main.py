@@ -21,7 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with the same keys as the flags")
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="gRPC address (default 0.0.0.0:7420, 127.0.0.1:7420 with --insecure; port 0 = any)")
-    p.add_argument("--state-dir", metavar="DIR", help="where the SQLite job store lives (default /var/lib/zcrepl)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="the controller's own files: the default SQLite store, auto-pki (default /var/lib/zcrepl)")
+    p.add_argument("--store", metavar="PATH|URL",
+                   help="the job store: a SQLite file or a postgresql://USER@HOST/DB URL "
+                        "(default STATE_DIR/controller.sqlite3)")
     tls = p.add_argument_group("TLS (mutual; required unless --insecure)")
     tls.add_argument("--ca", metavar="FILE", help="the cluster CA certificate (PEM)")
     tls.add_argument("--cert", metavar="FILE", help="this controller's certificate (zcrepl://controller/NAME)")

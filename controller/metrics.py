@@ -11,10 +11,7 @@ Labels are hosts, links (source, destination), rule ids and a few fixed words; n
 from __future__ import annotations
 
 import asyncio
-import functools
-import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -83,20 +80,10 @@ class ControllerMetrics(Observer):
 
 
 def instrument_store(store: Store, histogram: Histogram) -> None:
-    """Time every job-store call the engine makes, by wrapping the bound methods on this instance."""
+    """Time every statement the store's thread runs (the engine's own calls only queue them)."""
     for name in STORE_CALLS:
-        setattr(store, name, _timed(getattr(store, name), histogram.labels(name)))
-
-
-def _timed(fn: Callable[..., Any], child: Any) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            child.observe(time.perf_counter() - started)
-    return call
+        histogram.labels(name)  # every call a series from the start, at zero
+    store.timer = lambda name, seconds: histogram.labels(name).observe(seconds)
 
 
 class _StateCollector(Collector):
@@ -121,7 +108,7 @@ class _StateCollector(Collector):
         e = self.engine
         now = e.clock()
         jobs = GaugeMetricFamily("zcrepl_controller_jobs", "Jobs in the store, per state", labels=["state"])
-        counts = e.store.job_counts()
+        counts = await e.store.call(e.store.sql.job_counts)
         for state in JobState:
             jobs.add_metric([state.value], counts.get(state, 0))
         waiting = GaugeMetricFamily("zcrepl_controller_waiting_jobs",

@@ -39,7 +39,7 @@ class SecurityService(security_pb2_grpc.SecurityServicer):
             raise UserError(f"--ttl {ttl:g}s: choose 1m to 7d")
         now = time.time()
         secret = secrets.token_urlsafe(32)
-        self.store.add_token(secret, request.agent, now, now + ttl)
+        await self.store.add_token(secret, request.agent, now, now + ttl)
         fp = self.authority.fingerprint
         return sp.JoinToken(token=jointoken.make(self.enroll_port(), fp, secret), agent=request.agent,
                             expires_at=now + ttl, ca_fingerprint=fp)
@@ -49,7 +49,7 @@ class SecurityService(security_pb2_grpc.SecurityServicer):
         ident = caller()
         if ident is None or ident.kind != "agent":
             raise PermissionDenied("only an agent renews its own certificate")
-        return self._issue(request.csr_pem, ident.name)
+        return await self._issue(request.csr_pem, ident.name)
 
     async def RevokeCertificate(self, request: sp.RevokeRequest, context: grpc.aio.ServicerContext
                                 ) -> sp.RevokeResponse:
@@ -58,7 +58,7 @@ class SecurityService(security_pb2_grpc.SecurityServicer):
                 raise UserError(f"serial {request.serial!r}: give the decimal serial zc-ctl pki show prints")
             serials = [int(request.serial)]
         elif request.name:
-            serials = self.store.serials_of(request.name)
+            serials = await self.store.serials_of(request.name)
             if not serials:
                 raise UserError(f"this controller issued no certificate to {request.name!r}; a certificate made "
                                 "with zc-ctl pki issue is revoked with zc-ctl pki revoke DIR NAME")
@@ -66,24 +66,24 @@ class SecurityService(security_pb2_grpc.SecurityServicer):
             raise UserError("name the certificate holder (or give --serial) to revoke")
         self.authority.revoke(serials)
         self.on_revoked()
-        return self._listing()
+        return await self._listing()
 
     async def ListRevoked(self, request: sp.ListRevokedRequest, context: grpc.aio.ServicerContext
                           ) -> sp.RevokeResponse:
-        return self._listing()
+        return await self._listing()
 
-    def _listing(self) -> sp.RevokeResponse:
+    async def _listing(self) -> sp.RevokeResponse:
         revoked = self.authority.revoked()
-        names = self.store.names_of(list(revoked))
+        names = await self.store.names_of(list(revoked))
         return sp.RevokeResponse(revoked=[sp.RevokedCertificate(serial=str(s), name=names.get(s, ""), revoked_at=at)
                                           for s, at in sorted(revoked.items(), key=lambda kv: kv[1])])
 
-    def _issue(self, csr_pem: bytes, name: str) -> sp.IssuedCertificate:
+    async def _issue(self, csr_pem: bytes, name: str) -> sp.IssuedCertificate:
         try:
             issued = self.authority.sign(csr_pem, "agent", name, self.config.agent_cert_days)
         except ConfigError as err:
             raise UserError(str(err)) from err
-        self.store.record_cert(issued.serial, "agent", name, time.time(), issued.not_after)
+        await self.store.record_cert(issued.serial, "agent", name, time.time(), issued.not_after)
         return sp.IssuedCertificate(cert_pem=issued.cert_pem, ca_pem=self.authority.trust.material.ca_pem, name=name,
                                     not_after=issued.not_after)
 
@@ -99,13 +99,13 @@ class EnrollmentService(security_pb2_grpc.EnrollmentServicer):
         if pin != self.security.authority.fingerprint:
             raise PermissionDenied("the join token was made by another cluster's controller (its CA differs)")
         store = self.security.store
-        agent, why = store.check_token(secret, time.time())
+        agent, why = await store.check_token(secret, time.time())
         if not agent:
             raise PermissionDenied(why)
         if request.name and request.name != agent:
             raise PermissionDenied(f"this join token is for agent {agent}, not {request.name}; start zc-agent with "
                                    f"--name {agent} (the token stays valid)")
-        issued = self.security._issue(request.csr_pem, agent)  # a bad CSR does not spend the token
-        if not store.spend_token(secret, time.time()):
+        issued = await self.security._issue(request.csr_pem, agent)  # a bad CSR does not spend the token
+        if not await store.spend_token(secret, time.time()):
             raise PermissionDenied("the join token was already used; create a new one with zc-ctl token create")
         return issued

@@ -143,26 +143,29 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
                         ) -> types_pb2.Job:
         src, (dst,) = _endpoints(request.source, [request.destination])
         options = validate.options(options_from_request(request.options))
-        return job_to_pb(self.engine.submit(src, dst, options))
+        job = self.engine.submit(src, dst, options)
+        await self.engine.store.flush()  # the job id is handed out once the job is committed
+        return job_to_pb(job)
 
     async def SubmitFanout(self, request: cpb.SubmitFanoutRequest, context: grpc.aio.ServicerContext
                            ) -> cpb.ListJobsResponse:
         src, dsts = _endpoints(request.source, request.destinations)
         options = validate.several(validate.options(options_from_request(request.options)), "a fan-out")
         jobs = self.engine.submit_fanout(src, dsts, options)
+        await self.engine.store.flush()
         return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
     async def GetJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
-        return job_to_pb(self.engine.get(request.id))
+        return job_to_pb(await self.engine.get_async(request.id))
 
     async def ListJobs(self, request: cpb.ListJobsRequest, context: grpc.aio.ServicerContext
                        ) -> cpb.ListJobsResponse:
         states = states_from_request(request.states)
-        jobs = self.engine.list_jobs(states, request.limit, request.group_id)
+        jobs = await self.engine.list_jobs_async(states, request.limit, request.group_id)
         return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
     async def CancelJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
-        return job_to_pb(self.engine.cancel(request.id))
+        return job_to_pb(await self.engine.cancel_async(request.id))
 
     async def WatchJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext  # type: ignore[override]
                        ) -> AsyncIterator[types_pb2.Job]:
@@ -171,7 +174,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     async def ExplainJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> cpb.ExplainResponse:
         decisions = [cpb.Decision(at=at, kind=kind, reason=reason) for at, kind, reason in
-                     self.engine.explain(request.id)]
+                     await self.engine.explain(request.id)]
         return cpb.ExplainResponse(job_id=request.id, decisions=decisions)
 
     async def ListAgents(self, request: cpb.ListAgentsRequest, context: grpc.aio.ServicerContext
@@ -192,6 +195,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     async def RemoveAgent(self, request: cpb.AgentRef, context: grpc.aio.ServicerContext) -> cpb.AgentStatus:
         status = self.engine.remove_agent(validate.host_name(request.name))
         self.wire.forget(request.name)
+        await self.engine.store.flush()
         log.info("agent removed by the operator", extra=kv(agent=request.name, host=request.name, peer=context.peer()))
         return agent_status_to_pb(status)  # type: ignore[return-value]
 
@@ -202,6 +206,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
                                             request.options)), "a watch rule"),
                                         request.window, request.quiet, self.engine.clock())
         self.engine.wake()
+        await self.engine.store.flush()  # the rule id is handed out once the rule is committed
         return rule_to_pb(rule)
 
     async def ListSyncs(self, request: spb.ListSyncsRequest, context: grpc.aio.ServicerContext
@@ -209,12 +214,17 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         return spb.ListSyncsResponse(rules=[rule_to_pb(r) for r in self.engine.syncs.list_rules(self.engine.clock())])
 
     async def PauseSync(self, request: spb.SyncRef, context: grpc.aio.ServicerContext) -> spb.SyncRule:
-        return rule_to_pb(self.engine.syncs.pause(request.id, self.engine.clock()))
+        rule = self.engine.syncs.pause(request.id, self.engine.clock())
+        await self.engine.store.flush()
+        return rule_to_pb(rule)
 
     async def ResumeSync(self, request: spb.SyncRef, context: grpc.aio.ServicerContext) -> spb.SyncRule:
         rule = self.engine.syncs.resume(request.id, self.engine.clock())
         self.engine.wake()
+        await self.engine.store.flush()
         return rule_to_pb(rule)
 
     async def RemoveSync(self, request: spb.SyncRef, context: grpc.aio.ServicerContext) -> spb.SyncRule:
-        return rule_to_pb(self.engine.syncs.remove(request.id, self.engine.clock()))
+        rule = self.engine.syncs.remove(request.id, self.engine.clock())
+        await self.engine.store.flush()
+        return rule_to_pb(rule)

@@ -1,59 +1,53 @@
-"""Watch rules in the controller's SQLite database (a table of their own, created if missing: additive, so
-an older database opens unchanged and an older controller ignores it)."""
+"""Watch rules in the controller's store (either backend; the table comes from store_migrations.py).
+
+``SyncsSql`` runs on the store's thread; ``SyncStore`` is what the synchronous ``SyncManager`` calls: writes are
+queued, and rule ids and epochs are kept here (read once at start-up) so nothing waits for the database.
+"""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from typing import Any
 
+from zcrepl.controller.store import Store
+from zcrepl.controller.store_sql import Db, options_from_json, options_json
 from zcrepl.core.synctypes import SyncCounters, SyncRule, SyncState
-from zcrepl.core.types import Durability, Endpoint, JobOptions
+from zcrepl.core.types import Endpoint, Priority
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS syncs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    state TEXT NOT NULL,
-    src_host TEXT NOT NULL, src_path BLOB NOT NULL,
-    dsts TEXT NOT NULL,
-    options TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    window REAL NOT NULL, quiet REAL NOT NULL,
-    epoch INTEGER NOT NULL DEFAULT 0,
-    counters TEXT NOT NULL DEFAULT '{}',
-    last_error TEXT NOT NULL DEFAULT '', last_error_at REAL NOT NULL DEFAULT 0
-);
-"""
+EPOCH_MAX = 4294967295  # epochs travel in a u32 on the wire
+_COLS = ('id, state, src_host, src_path, dsts, options, created_at, "window", quiet, counters, last_error,'
+         ' last_error_at')
 
 
-class SyncStore:
-    def __init__(self, db: sqlite3.Connection) -> None:
+class SyncsSql:
+    def __init__(self, db: Db) -> None:
         self.db = db
-        self.db.executescript(_SCHEMA)
 
-    def create(self, src: Endpoint, dsts: tuple[Endpoint, ...], rule: SyncRule) -> SyncRule:
-        cur = self.db.execute(
-            "INSERT INTO syncs (state, src_host, src_path, dsts, options, created_at, window, quiet) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (rule.state.value, src.host, src.path, _dsts_json(dsts), options_to_json(rule.options),
-             rule.created_at, rule.window, rule.quiet))
-        assert cur.lastrowid is not None
-        return self.get(cur.lastrowid)  # type: ignore[return-value]
+    def create(self, rule: SyncRule) -> None:
+        self.db.execute(
+            'INSERT INTO syncs (id, state, src_host, src_path, dsts, options, created_at, "window", quiet) '
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (rule.id, rule.state.value, rule.source.host, rule.source.path, _dsts_json(rule.destinations),
+             options_to_json(rule.options), rule.created_at, rule.window, rule.quiet))
 
     def get(self, rule_id: int) -> SyncRule | None:
         row = self.db.execute(f"SELECT {_COLS} FROM syncs WHERE id=?", (rule_id,)).fetchone()
         return _rule(row) if row else None
 
     def all(self) -> list[SyncRule]:
-        return [_rule(r) for r in self.db.execute(f"SELECT {_COLS} FROM syncs ORDER BY id")]
+        return [_rule(r) for r in self.db.execute(f"SELECT {_COLS} FROM syncs ORDER BY id").fetchall()]
+
+    def epochs(self) -> tuple[int, dict[int, int]]:
+        """The largest rule id ever stored and each rule's latest epoch."""
+        top = int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM syncs").fetchone()[0])
+        return top, {int(i): int(e) for i, e in self.db.execute("SELECT id, epoch FROM syncs").fetchall()}
 
     def set_state(self, rule_id: int, state: SyncState) -> None:
         self.db.execute("UPDATE syncs SET state=? WHERE id=?", (state.value, rule_id))
 
-    def next_epoch(self, rule_id: int) -> int:
-        """A new epoch for the rule: unique over the controller's restarts (fits the wire's u32)."""
-        self.db.execute("UPDATE syncs SET epoch=(epoch % 4294967295) + 1 WHERE id=?", (rule_id,))
-        return int(self.db.execute("SELECT epoch FROM syncs WHERE id=?", (rule_id,)).fetchone()[0])
+    def set_epoch(self, rule_id: int, epoch: int) -> None:
+        self.db.execute("UPDATE syncs SET epoch=? WHERE id=?", (epoch, rule_id))
 
     def save_progress(self, rule_id: int, counters: SyncCounters, last_error: str, last_error_at: float) -> None:
         self.db.execute("UPDATE syncs SET counters=?, last_error=?, last_error_at=? WHERE id=?",
@@ -63,21 +57,46 @@ class SyncStore:
         self.db.execute("DELETE FROM syncs WHERE id=?", (rule_id,))
 
 
-def options_to_json(o: JobOptions) -> str:
-    # A rule has no queue priority: it is never queued; nor backup or link-dest directories (refused for rules).
-    doc = {k: v for k, v in asdict(o).items() if k not in ("priority", "backup_dir", "link_dest")}
-    return json.dumps({**doc, "durability": o.durability.value})
+class SyncStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.sql = SyncsSql(store.db)
+        self._id, self._epochs = store.run(self.sql.epochs)
+
+    def create(self, src: Endpoint, dsts: tuple[Endpoint, ...], rule: SyncRule) -> SyncRule:
+        self._id += 1
+        rule = replace(rule, id=self._id, source=src, destinations=dsts)
+        self._epochs[rule.id] = 0
+        self.store.write("sync_create", self.sql.create, rule)
+        return rule
+
+    def get(self, rule_id: int) -> SyncRule | None:
+        return self.store.run(self.sql.get, rule_id)
+
+    def all(self) -> list[SyncRule]:
+        return self.store.run(self.sql.all)
+
+    def set_state(self, rule_id: int, state: SyncState) -> None:
+        self.store.write("sync_state", self.sql.set_state, rule_id, state)
+
+    def next_epoch(self, rule_id: int) -> int:
+        """A new epoch for the rule: unique over the controller's restarts (stored before any order carries it,
+        since the store's writes are committed in order)."""
+        epoch = self._epochs[rule_id] = self._epochs.get(rule_id, 0) % EPOCH_MAX + 1
+        self.store.write("sync_epoch", self.sql.set_epoch, rule_id, epoch)
+        return epoch
+
+    def save_progress(self, rule_id: int, counters: SyncCounters, last_error: str, last_error_at: float) -> None:
+        self.store.write("sync_progress", self.sql.save_progress, rule_id, counters, last_error, last_error_at)
+
+    def remove(self, rule_id: int) -> None:
+        self._epochs.pop(rule_id, None)
+        self.store.write("sync_remove", self.sql.remove, rule_id)
 
 
-def options_from_json(text: str) -> JobOptions:
-    doc = json.loads(text)
-    doc.pop("priority", None)
-    doc["durability"] = Durability(doc.get("durability", Durability.JOB.value))
-    doc["filters"] = tuple(doc.get("filters", ()))  # JSON gives a list
-    return JobOptions(**doc)
-
-
-_COLS = "id, state, src_host, src_path, dsts, options, created_at, window, quiet, counters, last_error, last_error_at"
+def options_to_json(o: Any) -> str:
+    # A rule has no queue priority: it is never queued.
+    return options_json(replace(o, priority=Priority.NORMAL))
 
 
 def _dsts_json(dsts: tuple[Endpoint, ...]) -> str:

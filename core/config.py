@@ -218,6 +218,9 @@ def _limit_spec(spec: str, key: str, form: str, names: tuple[str, ...]) -> tuple
 class ControllerConfig:
     listen: str = ""  # empty: every interface, or loopback only when insecure
     state_dir: str = "/var/lib/zcrepl"
+    # The job store: a SQLite file, or a postgresql://USER[:PASSWORD]@HOST[:PORT]/DB URL (psycopg's form;
+    # ?host=/run/postgresql for a Unix socket). Empty: state_dir/controller.sqlite3.
+    store: str = ""
     # TLS material (see AgentConfig); ca_key lets the controller sign (join tokens, renewals, revocations).
     ca: str = ""
     cert: str = ""
@@ -343,6 +346,9 @@ class ControllerConfig:
             raise ConfigError("sync_ticket_ttl: choose 2 seconds to 7 days")
         if self.log_format not in ("kv", "json"):
             raise ConfigError(f"log_format {self.log_format!r}: choose 'kv' or 'json'")
+        if "://" in self.store and not self.store.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"store {self.store.split('://')[0]}://...: give a SQLite file path or a "
+                              "postgresql:// URL")
 
 
 C = TypeVar("C", AgentConfig, ControllerConfig)

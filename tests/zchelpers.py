@@ -23,6 +23,11 @@ from typing import Any
 OLD_MTIME_NS = 946_684_800_123_456_789  # 2000-01-01, with nanoseconds
 
 
+# The controller's store backends, for tests that run on both: parametrize their cluster fixture with
+# ``@pytest.mark.parametrize("cluster", BACKENDS, indirect=True)`` (tests/integration/conftest.py).
+BACKENDS = ("sqlite", "postgres")
+
+
 def wait_for(pred: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -207,7 +207,8 @@ class WebServer:
         hit = self._cache.get(page)
         if hit is None or now - hit[0] >= CACHE_SECONDS:
             self._cache = {p: v for p, v in self._cache.items() if now - v[0] < CACHE_SECONDS}
-            hit = self._cache[page] = (now, json.dumps(self.builder.build(page), separators=(",", ":")).encode())
+            doc = await self.builder.build(page)
+            hit = self._cache[page] = (now, json.dumps(doc, separators=(",", ":")).encode())
         return web.Response(body=hit[1], headers={"Content-Type": "application/json", "Cache-Control": "no-store"})
 
 

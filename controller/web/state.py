@@ -50,8 +50,9 @@ class StateBuilder:
         self.engine = engine
         self._samples: dict[int, _Sample] = {}
 
-    def build(self, page: int = 0) -> dict[str, Any]:
+    async def build(self, page: int = 0) -> dict[str, Any]:
         e = self.engine
+        sql = e.store.sql  # read on the store's thread, behind every write queued before
         now = e.clock()
         hosts = self._hosts(now)
         pages = max(1, -(-len(hosts) // HOSTS_PER_PAGE))
@@ -61,7 +62,9 @@ class StateBuilder:
         queued = sorted((j for j in e.jobs.values() if j.state is JobState.QUEUED),
                         key=lambda j: (-int(j.options.priority), j.id))
         self._forget_samples({j.id for j in running})
-        counts = {s.value: n for s, n in e.store.job_counts().items()}
+        counts = {s.value: n for s, n in (await e.store.call(sql.job_counts)).items()}
+        failed = await e.store.call(sql.list_jobs, (JobState.FAILED,), FINISHED_SHOWN)
+        finished = await e.store.call(sql.list_jobs, (JobState.DONE, JobState.CANCELLED), FINISHED_SHOWN)
         waits = dict.fromkeys(WAIT_KINDS, 0)
         for j in queued:
             if j.wait_reason:
@@ -83,9 +86,8 @@ class StateBuilder:
             "running": {"total": len(running), "items": [self._running(j, now) for j in running[:JOBS_SHOWN]]},
             "waiting": {"total": len(queued), "items": [self._waiting(j, now) for j in queued[:JOBS_SHOWN]]},
             "failed": {"total": counts.get(JobState.FAILED.value, 0),
-                       "items": [self._finished(j) for j in e.store.list_jobs((JobState.FAILED,), FINISHED_SHOWN)]},
-            "finished": {"items": [self._finished(j) for j in
-                                   e.store.list_jobs((JobState.DONE, JobState.CANCELLED), FINISHED_SHOWN)]},
+                       "items": [self._finished(j) for j in failed]},
+            "finished": {"items": [self._finished(j) for j in finished]},
             "rules": {"total": len(rules), "items": [{
                 "id": r.id, "source": _ep(r.source), "destinations": [_ep(d) for d in r.destinations[:8]],
                 "state": r.state.value, "status": _text(r.status), "lag": r.lag, "pending": r.pending,

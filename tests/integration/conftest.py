@@ -11,10 +11,19 @@ from zchelpers import BedCluster, Cluster, FakeAgent
 from zcrepl.controller.client import ControllerClient
 
 
+def store_flags(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The controller's store for a test that parametrizes its cluster fixture by backend:
+    ``@pytest.mark.parametrize("cluster", BACKENDS, indirect=True)`` (likewise ``bed_cluster``); SQLite
+    (the state dir's file) unless asked."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        return {"store": str(request.getfixturevalue("pg_url"))}
+    return {}
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """A controller and two agents (hostA exports tmp/a, hostB exports tmp/b), all real processes."""
-    c = Cluster(tmp_path)
+    c = Cluster(tmp_path, **store_flags(request))
     try:
         c.controller.start()
         a = c.add_agent("hostA", tmp_path / "a").spawn()
@@ -79,6 +88,8 @@ def make_bed_cluster(bed: netbed.NetBed, tmp_path: Path) -> Iterator[BedCluster]
 
 
 @pytest.fixture
-def bed_cluster(make_bed_cluster: BedCluster) -> Cluster:
+def bed_cluster(make_bed_cluster: BedCluster, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """Like ``cluster``, with the controller, hostA and hostB each on a host of their own on the bed."""
-    return make_bed_cluster()
+    c = make_bed_cluster(**store_flags(request))
+    yield c
+    c.close()  # here, before a PostgreSQL store's database (set up after make_bed_cluster) is dropped

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from zchelpers import Cluster, diff_trees, make_tree, snapshot, wait_for
+from zchelpers import BACKENDS, Cluster, diff_trees, make_tree, snapshot, wait_for
 
 
 def test_source_killed_mid_file_then_job_completes(cluster: Cluster, tmp_path: Path) -> None:
@@ -68,6 +68,7 @@ def test_source_killed_mid_file_then_job_completes(cluster: Cluster, tmp_path: P
     assert not list((dst / ".zc.partial").glob("*.part"))
 
 
+@pytest.mark.parametrize("cluster", BACKENDS, indirect=True)
 def test_controller_restart_keeps_queued_job(cluster: Cluster, tmp_path: Path) -> None:
     src, dst = tmp_path / "a" / "src", tmp_path / "b" / "dst"
     make_tree(src, files=100)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from zchelpers import Cluster, wait_for
+import pytest
+from zchelpers import BACKENDS, Cluster, wait_for
 
 
 def _tree(root: Path, rels: list[str]) -> None:
@@ -55,6 +56,7 @@ def test_a_pattern_rsync_refuses_is_refused(cluster: Cluster, tmp_path: Path) ->
     assert rc == 2 and "cannot read --exclude-from file" in err, err
 
 
+@pytest.mark.parametrize("cluster", BACKENDS, indirect=True)
 def test_watch_rule_leaves_excluded_paths_alone(cluster: Cluster, tmp_path: Path) -> None:
     src, dst = tmp_path / "a" / "src", tmp_path / "b" / "dst"
     _tree(src, ["a.txt", "cache/c1", "x.log"])

@@ -16,6 +16,11 @@ def test_example_controller_config_loads() -> None:
     assert cfg.state_dir == "/var/lib/zcrepl" and cfg.max_attempts == 5
 
 
+def test_example_postgres_controller_config_loads() -> None:
+    cfg = load_config(ControllerConfig, str(DEPLOY / "controller-postgres.toml"), environ={})
+    assert cfg.store.startswith("postgresql://zcrepl@") and ":" not in cfg.store.split("@")[0][len("postgresql://"):]
+
+
 def test_example_agent_config_loads(tmp_path: Path) -> None:
     doc = tomllib.loads((DEPLOY / "agent.toml").read_text())
     exports = [tmp_path / Path(e).name for e in doc["exports"]]

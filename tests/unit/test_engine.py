@@ -1,4 +1,5 @@
-"""Engine-level tests: a real Engine and SQLite Store, agents as in-memory sessions, an injected clock.
+"""Engine-level tests: a real Engine and Store (SQLite and PostgreSQL: fixture ``store_spec``), agents as
+in-memory sessions, an injected clock.
 
 The engine's I/O is the agents' outboxes (orders) and reports/heartbeats in; here a test plays the agents,
 so decisions that span several ticks (stream limits, AIMD, source choice) are checked without processes.
@@ -6,6 +7,7 @@ so decisions that span several ticks (stream limits, AIMD, source choice) are ch
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.policy import LinkState
 from zcrepl.controller.registry import Session
-from zcrepl.controller.store import Store
+from zcrepl.controller.store import open_store
 from zcrepl.core.config import ControllerConfig
 from zcrepl.core.errors import Conflict, UnknownHost
 from zcrepl.core.types import (
@@ -47,9 +49,9 @@ def idle(at: float, cores: int = 16, cpu: float = 0.0, load: float = 0.0) -> Hos
 class Harness:
     """An Engine with agents played by the test; ``now`` is the engine's clock."""
 
-    def __init__(self, state_dir: Path, **config: Any) -> None:
+    def __init__(self, state_dir: Path, store_spec: str = "", **config: Any) -> None:
         self.now = 1000.0
-        self.store = Store(str(state_dir))
+        self.store = open_store(store_spec, str(state_dir))
         self.engine = Engine(ControllerConfig(state_dir=str(state_dir), **config), self.store, clock=lambda: self.now)
         self.sessions: dict[str, Session] = {}
 
@@ -92,7 +94,7 @@ class Harness:
         return send
 
     def explain(self, job: Job) -> list[tuple[str, str]]:
-        return [(kind, reason) for _, kind, reason in self.engine.explain(job.id)]
+        return [(kind, reason) for _, kind, reason in asyncio.run(self.engine.explain(job.id))]
 
     def close(self) -> None:
         self.store.close()
@@ -104,11 +106,12 @@ def ep(spec: str) -> Endpoint:
 
 
 @pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Any]:
+def harness(tmp_path: Path, store_spec: str) -> Iterator[Any]:
     made: list[Harness] = []
 
     def make(**config: Any) -> Harness:
-        h = Harness(tmp_path / f"state{len(made)}", **config)
+        assert not made or not store_spec, "one harness per test on PostgreSQL: it has one database"
+        h = Harness(tmp_path / f"state{len(made)}", store_spec, **config)
         made.append(h)
         return h
 

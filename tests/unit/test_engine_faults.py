@@ -5,6 +5,7 @@ it stops its transfers itself before the controller gives their attempts up."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import Session
-from zcrepl.controller.store import Store
+from zcrepl.controller.store import open_store
 from zcrepl.core.config import ControllerConfig
 from zcrepl.core.types import (
     AgentInfo,
@@ -38,9 +39,9 @@ GRACE = 60.0
 class Agents:
     """An Engine whose agents are sessions the test plays; ``now`` is the engine's clock."""
 
-    def __init__(self, state: Path, **config: Any) -> None:
+    def __init__(self, state: Path, store_spec: str = "", **config: Any) -> None:
         self.now = 1000.0
-        self.store = Store(str(state))
+        self.store = open_store(store_spec, str(state))
         cfg = ControllerConfig(state_dir=str(state), retry_base=1.0, **{"attempt_grace": GRACE, **config})
         self.engine = Engine(cfg, self.store, clock=lambda: self.now)
         self.sessions: dict[str, Session] = {}
@@ -91,11 +92,12 @@ class Agents:
 
 
 @pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Any]:
+def agents(tmp_path: Path, store_spec: str) -> Iterator[Any]:
     made: list[Agents] = []
 
     def make(**config: Any) -> Agents:
-        h = Agents(tmp_path / f"state{len(made)}", **config)
+        assert not made or not store_spec, "one engine per test on PostgreSQL: it has one database"
+        h = Agents(tmp_path / f"state{len(made)}", store_spec, **config)
         h.connect("a")
         h.connect("b")
         made.append(h)
@@ -123,7 +125,7 @@ def test_a_lost_agent_that_comes_back_with_the_attempt_carries_on(agents: Any, l
     h.report("b", job, Role.RECEIVER, Phase.DONE)
     done = h.job(job)
     assert done.state is JobState.DONE and done.attempts == 1, done
-    kinds = [reason for _, _, reason in h.engine.explain(job.id)]
+    kinds = [reason for _, _, reason in asyncio.run(h.engine.explain(job.id))]
     assert any("held for up to 60s" in r for r in kinds) and any("is back and still runs" in r for r in kinds)
 
 
@@ -198,7 +200,7 @@ def test_a_job_whose_scheduling_fails_waits_with_the_reason_and_the_others_start
     first = h.job(jobs[0])
     assert first.state is JobState.QUEUED and "scheduling this job failed (ZeroDivisionError" in first.wait_reason
     assert [h.job(j).state for j in jobs[1:]] == [JobState.RUNNING, JobState.RUNNING]
-    assert any("scheduling this job failed" in r for _, _, r in h.engine.explain(jobs[0].id))
+    assert any("scheduling this job failed" in r for _, _, r in asyncio.run(h.engine.explain(jobs[0].id)))
     monkeypatch.setattr(scheduler, "_blocker", real)
     h.advance(1)
     assert h.job(jobs[0]).state is JobState.RUNNING  # tried again on the next pass

@@ -11,7 +11,7 @@ import pytest
 from zcrepl.controller import ctl, validate
 from zcrepl.controller.render_plan import itemize
 from zcrepl.controller.runs import Run, rate_limited
-from zcrepl.controller.store import Store
+from zcrepl.controller.store import open_store
 from zcrepl.core.errors import InvalidArgument, InvalidPath
 from zcrepl.core.types import (
     PLAN_LISTED,
@@ -124,8 +124,8 @@ def test_itemize_codes_are_rsyncs(item: PlanItem, code: str) -> None:
     assert itemize(item) == code and len(code) == 11
 
 
-def test_store_keeps_the_plan_and_the_options(tmp_path: Path) -> None:
-    store = Store(str(tmp_path))
+def test_store_keeps_the_plan_and_the_options(tmp_path: Path, store_spec: str) -> None:
+    store = open_store(store_spec, str(tmp_path))
     try:
         opts = JobOptions(dry_run=True, backup_dir=b"/e/\xffbak", link_dest=(b"/e/a", b"/e/\xfe"))
         job = store.create_job(SRC, DST, opts, 3, 1.0)

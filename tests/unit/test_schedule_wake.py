@@ -8,7 +8,7 @@ import contextlib
 from pathlib import Path
 
 from zcrepl.controller.engine import Engine
-from zcrepl.controller.store import Store
+from zcrepl.controller.store import open_store
 from zcrepl.core.config import ControllerConfig
 from zcrepl.core.types import (
     AgentInfo,
@@ -24,11 +24,13 @@ from zcrepl.core.types import (
 )
 
 
-def test_a_submit_is_scheduled_without_waiting_for_the_next_tick(tmp_path: Path) -> None:
+def test_a_submit_is_scheduled_without_waiting_for_the_next_tick(tmp_path: Path, store_spec: str) -> None:
     async def scenario() -> None:
         # A scheduling pass every hour: only the wake-up that submit() gives can start the job in time.
-        store = Store(str(tmp_path))
-        engine = Engine(ControllerConfig(state_dir=str(tmp_path), schedule_interval=3600.0), store)
+        store = open_store(store_spec, str(tmp_path))
+        # As the daemon does: the engine reads the state it resumes off the loop.
+        engine = await asyncio.to_thread(Engine, ControllerConfig(state_dir=str(tmp_path), schedule_interval=3600.0),
+                                         store)
         health = HostHealth(cpu_count=8, exports=(DiskUsage(b"/srv", 1 << 40, 0, 1 << 40, 0.0),))
         sessions = {}
         for i, name in enumerate(("hostA", "hostB")):

@@ -1,18 +1,22 @@
-"""Tests for zcrepl.controller.store.Store: jobs, attempts, restart recovery, agents, schema guard (real SQLite)."""
+"""Tests for zcrepl.controller.store.Store on both backends (real SQLite, real PostgreSQL): jobs, attempts,
+restart recovery, agents, the schema guard, and the write queue (ordering, batching, a failing write)."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
 import os
-import sqlite3
+import threading
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from zcrepl.controller.store import _SCHEMA, SCHEMA_VERSION, Store
+from zcrepl.controller.store import Store, open_store
+from zcrepl.controller.store_migrations import latest
 from zcrepl.core.types import (
     AgentInfo,
     Attempt,
@@ -57,10 +61,32 @@ def state_dir(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def store(state_dir: str) -> Iterator[Store]:
-    s = Store(state_dir)
+def store(store_spec: str, state_dir: str) -> Iterator[Store]:
+    s = open_store(store_spec, state_dir)
     yield s
     s.close()
+
+
+@pytest.fixture
+def reopen(store_spec: str, state_dir: str) -> Iterator[Any]:
+    """Opens the test's store again (the same file or database), closing each one at the end."""
+    opened: list[Store] = []
+
+    def make() -> Store:
+        opened.append(open_store(store_spec, state_dir))
+        return opened[-1]
+    yield make
+    for s in opened:
+        s.close()
+
+
+def sql(store: Store, query: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """A statement run on the store's own thread, after everything queued (the backends' rows as tuples)."""
+    return store.run(lambda: [tuple(r) for r in store.db.execute(query, args).fetchall()])
+
+
+def schema(store: Store) -> list[tuple[object, ...]]:
+    return sql(store, "SELECT value FROM meta WHERE key='schema'")
 
 
 def create(store: Store, now: float = 10.0, src: Endpoint = SRC, dst: Endpoint = DST) -> Job:
@@ -82,8 +108,8 @@ def test_priority_round_trips_in_its_own_column(store: Store, priority: Priority
     job = store.create_job(SRC, DST, replace(OPTS, priority=priority), 3, 10.0)
     assert job.options.priority is priority
     assert store.get_job(job.id) == job
-    assert store.db.execute("SELECT priority, options FROM jobs WHERE id=?", (job.id,)).fetchone()[0] == priority
-    assert "priority" not in store.db.execute("SELECT options FROM jobs WHERE id=?", (job.id,)).fetchone()[0]
+    assert sql(store, "SELECT priority FROM jobs WHERE id=?", (job.id,)) == [(priority,)]
+    assert "priority" not in str(sql(store, "SELECT options FROM jobs WHERE id=?", (job.id,))[0][0])
 
 
 def test_create_assigns_increasing_ids(store: Store) -> None:
@@ -194,9 +220,51 @@ def test_restarting_an_attempt_number_replaces_it(store: Store) -> None:
     assert got.history == (Attempt(1, 3.0),)
 
 
-def test_attempt_for_missing_job_is_refused(store: Store) -> None:
-    with pytest.raises(sqlite3.IntegrityError):
-        store.start_attempt(12345, 1, 1.0)
+def test_a_refused_write_is_logged_and_the_others_in_its_batch_still_commit(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """An attempt of a job that does not exist breaks the foreign key: that write alone is lost, in one
+    sentence; the writes queued around it (the same transaction at first) are committed."""
+    before = create(store)
+    store.start_attempt(12345, 1, 1.0)
+    after = create(store)
+    store.start_attempt(after.id, 1, 2.0)
+    with caplog.at_level(logging.ERROR, "zcrepl.controller.store"):
+        asyncio.run(store.flush())
+    assert [r.getMessage() for r in caplog.records] == ["a store write failed and is lost"]
+    assert caplog.records[0].__dict__["kv"]["call"] == "start_attempt"
+    assert [j.id for j in store.list_jobs()] == [after.id, before.id]
+    assert store.get_job(after.id).history == (Attempt(1, 2.0),)  # type: ignore[union-attr]
+    assert sql(store, "SELECT COUNT(*) FROM attempts WHERE job_id=12345") == [(0,)]
+
+
+def test_reads_wait_for_every_write_queued_before_them(store: Store) -> None:
+    jobs = [create(store, now=float(i)) for i in range(300)]
+    for j in jobs:
+        store.save_job(replace(j, state=JobState.DONE, finished_at=99.0))
+    assert store.job_counts() == {JobState.DONE: 300}
+
+
+def test_a_read_whose_caller_gave_up_is_dropped_and_the_store_goes_on(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """A cancelled RPC cancels its queued read (asyncio.wrap_future passes the cancellation on)."""
+    job = create(store)
+    gate = threading.Event()
+    store.write("hold", gate.wait)  # holds the store's thread: the read below stays queued
+    read = store.submit(store.sql.get_job, job.id)
+    assert read.cancel()
+    with caplog.at_level(logging.ERROR, "zcrepl.controller.store"):
+        gate.set()
+        assert store.get_job(job.id) == job
+    assert not caplog.records
+
+
+def test_a_blocking_read_is_refused_on_the_event_loop(store: Store) -> None:
+    async def on_loop() -> None:
+        with pytest.raises(RuntimeError, match="blocking store call on the event loop"):
+            store.get_job(1)
+        job = create(store)
+        assert await store.call(store.sql.get_job, job.id) == job
+    asyncio.run(on_loop())
 
 
 def test_attempt_records_its_source(store: Store) -> None:
@@ -272,7 +340,7 @@ def test_upsert_replaces_info_and_last_seen(store: Store) -> None:
 def test_upsert_keeps_first_seen(store: Store) -> None:
     store.upsert_agent(INFO, 7.0)
     store.upsert_agent(INFO, 9.0)
-    assert store.db.execute("SELECT first_seen, last_seen FROM agents").fetchall() == [(7.0, 9.0)]
+    assert sql(store, "SELECT first_seen, last_seen FROM agents") == [(7.0, 9.0)]
 
 
 def test_touch_agent(store: Store) -> None:
@@ -289,8 +357,8 @@ def test_several_agents(store: Store) -> None:
     assert store.agents() == {"hostA": (INFO, 1.0), "hostB": (other, 2.0)}
 
 
-def test_remove_agent_forgets_it_for_good(state_dir: str) -> None:
-    s = Store(state_dir)
+def test_remove_agent_forgets_it_for_good(reopen: Any) -> None:
+    s = reopen()
     try:
         s.upsert_agent(INFO, 1.0)
         s.upsert_agent(AgentInfo(name="hostB"), 2.0)
@@ -298,7 +366,7 @@ def test_remove_agent_forgets_it_for_good(state_dir: str) -> None:
         s.remove_agent("never-there")
     finally:
         s.close()
-    s = Store(state_dir)
+    s = reopen()
     try:
         assert set(s.agents()) == {"hostB"}
     finally:
@@ -308,21 +376,21 @@ def test_remove_agent_forgets_it_for_good(state_dir: str) -> None:
 # -- skipped entries --------------------------------------------------------------------------------
 
 
-def test_skipped_entries_of_the_latest_attempt_survive_a_reopen(state_dir: str) -> None:
-    s = Store(state_dir)
+def test_skipped_entries_of_the_latest_attempt_survive_a_reopen(reopen: Any) -> None:
+    s = reopen()
     try:
         job = create(s)
         s.start_attempt(job.id, 1, 1.0)
         s.save_skipped(job.id, 1, [Skipped(b"old", "from the first attempt")])
         s.start_attempt(job.id, 2, 2.0)
         items = [Skipped(b"dev/null\xff", "device: only regular files, directories and symlinks are replicated"),
-                 Skipped(b"deep/" * 3, "unreadable")]
+                 Skipped(b"deep/" * 3, "unreadable", error=True)]
         s.save_skipped(job.id, 2, items)
         s.save_job(replace(job, state=JobState.DONE, attempts=2,
                            progress=TransferStats(entries_skipped=7, scan_done=True)))
     finally:
         s.close()
-    s = Store(state_dir)
+    s = reopen()
     try:
         got = s.get_job(job.id)
         assert got is not None and got.skipped == tuple(items)
@@ -334,7 +402,8 @@ def test_skipped_entries_of_the_latest_attempt_survive_a_reopen(state_dir: str) 
 
 def test_stats_written_before_entries_skipped_existed_read_as_zero(store: Store) -> None:
     job = create(store)
-    store.db.execute("UPDATE jobs SET progress=? WHERE id=?", ('{"entries": 3, "scan_done": true}', job.id))
+    store.run(lambda: store.db.execute("UPDATE jobs SET progress=? WHERE id=?",
+                                       ('{"entries": 3, "scan_done": true}', job.id)))
     got = store.get_job(job.id)
     assert got is not None and got.progress == TransferStats(entries=3, scan_done=True) and got.skipped == ()
 
@@ -342,8 +411,8 @@ def test_stats_written_before_entries_skipped_existed_read_as_zero(store: Store)
 # -- persistence and the schema guard ---------------------------------------------------------------
 
 
-def test_reopen_keeps_data(state_dir: str) -> None:
-    s = Store(state_dir)
+def test_reopen_keeps_data(reopen: Any) -> None:
+    s = reopen()
     try:
         job = create(s)
         s.start_attempt(job.id, 1, 11.0)
@@ -352,7 +421,7 @@ def test_reopen_keeps_data(state_dir: str) -> None:
         s.upsert_agent(INFO, 3.0)
     finally:
         s.close()
-    s = Store(state_dir)
+    s = reopen()
     try:
         assert s.get_job(job.id) == saved
         assert s.agents() == {"hostA": (INFO, 3.0)}
@@ -361,35 +430,8 @@ def test_reopen_keeps_data(state_dir: str) -> None:
         s.close()
 
 
-def test_schema_2_state_dir_is_migrated(state_dir: str) -> None:
-    """A state dir of the previous release (no priority column) opens; its jobs read as normal priority."""
-    os.makedirs(state_dir)
-    db = sqlite3.connect(os.path.join(state_dir, "controller.sqlite3"))
-    try:
-        db.executescript(_SCHEMA.replace(",\n    priority INTEGER NOT NULL DEFAULT 1", ""))
-        assert "priority" not in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
-        db.execute("INSERT INTO meta VALUES ('schema', '2')")
-        db.execute("INSERT INTO jobs (state, src_host, src_path, dst_host, dst_path, options, created_at, updated_at,"
-                   " max_attempts) VALUES ('queued', 'hostA', x'2f61', 'hostB', x'2f62', ?, 5.0, 5.0, 3)",
-                   ('{"delete": true, "checksum": false, "bwlimit": 0, "max_attempts": 0, "streams": 0,'
-                    ' "durability": "file", "xattrs": false}',))
-        db.commit()
-    finally:
-        db.close()
-    s = Store(state_dir)
-    try:
-        (old,) = s.list_jobs()
-        assert old.options == JobOptions(delete=True, durability=old.options.durability, priority=Priority.NORMAL)
-        assert old.options.durability.value == "file"
-        new = s.create_job(SRC, DST, JobOptions(priority=Priority.LOW), 3, 6.0)
-        assert s.get_job(new.id).options.priority is Priority.LOW  # type: ignore[union-attr]
-        assert s.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(SCHEMA_VERSION),)
-    finally:
-        s.close()
-
-
 def test_creates_missing_state_dir(tmp_path: Path) -> None:
-    s = Store(str(tmp_path / "a" / "b"))
+    s = open_store("", str(tmp_path / "a" / "b"))
     try:
         assert Path(s.path).is_file()
         assert Path(s.path).parent == tmp_path / "a" / "b"
@@ -397,50 +439,84 @@ def test_creates_missing_state_dir(tmp_path: Path) -> None:
         s.close()
 
 
-def test_schema_version_recorded(store: Store) -> None:
-    assert store.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(SCHEMA_VERSION),)
-
-
-def test_wal_mode(store: Store) -> None:
-    assert store.db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-
-
-def _bump_schema(state_dir: str, version: int) -> None:
-    s = Store(state_dir)
-    s.db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(version),))
-    s.close()
-
-
-def test_newer_schema_is_refused(state_dir: str) -> None:
-    _bump_schema(state_dir, SCHEMA_VERSION + 1)
+def test_a_store_path_outside_the_state_dir(tmp_path: Path) -> None:
+    s = open_store(str(tmp_path / "db" / "jobs.sqlite3"), str(tmp_path / "state"))
     try:
-        with pytest.raises(RuntimeError, match=f"newer zc-controller \\(schema {SCHEMA_VERSION + 1}\\)"):
-            Store(state_dir)
+        create(s)
+        assert s.path == str(tmp_path / "db" / "jobs.sqlite3") and Path(s.path).is_file()
+    finally:
+        s.close()
+
+
+def test_schema_version_recorded(store: Store) -> None:
+    assert schema(store) == [(str(latest(store.db.dialect)),)]
+
+
+def test_sqlite_runs_in_wal_mode(state_dir: str) -> None:
+    s = open_store("", state_dir)
+    try:
+        assert sql(s, "PRAGMA journal_mode") == [("wal",)]
+    finally:
+        s.close()
+
+
+def _set_schema(store: Store, version: int) -> None:
+    store.run(lambda: store.db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(version),)))
+
+
+def test_newer_schema_is_refused(reopen: Any) -> None:
+    s = reopen()
+    newer = latest(s.db.dialect) + 1
+    _set_schema(s, newer)
+    s.close()
+    try:
+        with pytest.raises(RuntimeError, match=f"newer zc-controller \\(schema {newer}\\).*--store"):
+            reopen()
     finally:
         gc.collect()  # see test_refused_store_closes_its_connection
 
 
-@pytest.mark.parametrize("version", [SCHEMA_VERSION, SCHEMA_VERSION - 1])
-def test_same_or_older_schema_opens(state_dir: str, version: int) -> None:
-    """Opens with the jobs it holds, records the current version, and takes new jobs."""
-    with closing(Store(state_dir)) as s:
-        kept = create(s)
-    _bump_schema(state_dir, version)
-    with closing(Store(state_dir)) as s:
-        assert s.get_job(kept.id) == kept
-        assert s.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(SCHEMA_VERSION),)
-        assert create(s).id == kept.id + 1
+def test_the_same_schema_opens_and_keeps_its_version(reopen: Any) -> None:
+    s = reopen()
+    create(s)
+    s.close()
+    s = reopen()
+    assert schema(s) == [(str(latest(s.db.dialect)),)] and len(s.list_jobs()) == 1
 
 
 def test_refused_store_closes_its_connection(state_dir: str) -> None:
-    _bump_schema(state_dir, SCHEMA_VERSION + 1)
+    s = open_store("", state_dir)
+    _set_schema(s, latest("sqlite") + 1)
+    s.close()
     path = os.path.join(state_dir, "controller.sqlite3")
     gc.disable()  # the connection sits in a reference cycle; only the cyclic GC would close it
     try:
         with pytest.raises(RuntimeError):
-            Store(state_dir)
+            open_store("", state_dir)
         leaked = _db_fds(path)
     finally:
         gc.enable()
         gc.collect()
     assert leaked == []
+
+
+def test_writes_queued_while_postgres_drops_the_connection_are_retried_and_committed(
+        pg_server: Any, pg_url: str, state_dir: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The server ends the store's session (a restart, a failover, an operator's pg_terminate_backend): the
+    batch in hand fails, is kept, and commits on a new connection from the pool."""
+    s = open_store(pg_url, state_dir)
+    try:
+        job = create(s)
+        assert s.get_job(job.id) == job
+        pg_server.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid()", pg_server.database)
+        with caplog.at_level(logging.ERROR, "zcrepl.controller.store"):
+            s.save_job(replace(job, state=JobState.DONE, finished_at=3.0))
+            s.add_decision(job.id, 3.0, "done", "after the reconnect")
+            assert s.get_job(job.id) == replace(job, state=JobState.DONE, finished_at=3.0)
+        assert [r.getMessage() for r in caplog.records][:1] == [
+            "the store cannot be written; queued changes wait and are retried (check the database server, its "
+            "disk and the URL)"]
+        assert s.decisions(job.id) == [(3.0, "done", "after the reconnect")]
+    finally:
+        s.close()

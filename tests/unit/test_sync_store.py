@@ -1,18 +1,18 @@
-"""Watch rules in SQLite: round trips (non-UTF-8 paths too), epochs, counters, state, removal."""
+"""Watch rules in the store, on both backends: round trips (non-UTF-8 paths too), epochs, counters, state, removal."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from zcrepl.controller.store import Store
+from zcrepl.controller.store import open_store
 from zcrepl.controller.sync_store import SyncStore
 from zcrepl.core.synctypes import SyncCounters, SyncRule, SyncState, sync_options
 from zcrepl.core.types import Durability, Endpoint, JobOptions
 
 
-def test_rules_round_trip_and_survive_a_reopen(tmp_path: Path) -> None:
-    store = Store(str(tmp_path))
-    syncs = SyncStore(store.db)
+def test_rules_round_trip_and_survive_a_reopen(store_spec: str, tmp_path: Path) -> None:
+    store = open_store(store_spec, str(tmp_path))
+    syncs = SyncStore(store)
     src = Endpoint("hostA", b"/data/\xff\xfe odd")
     dsts = (Endpoint("hostB", b"/copy/\xe4"), Endpoint("hostC", b"/c"))
     opts = sync_options(JobOptions(checksum=True, durability=Durability.NONE, bwlimit=5))
@@ -24,12 +24,13 @@ def test_rules_round_trip_and_survive_a_reopen(tmp_path: Path) -> None:
     syncs.set_state(rule.id, SyncState.PAUSED)
     store.close()
 
-    store = Store(str(tmp_path))
-    again = SyncStore(store.db).get(rule.id)
+    store = open_store(store_spec, str(tmp_path))
+    again = SyncStore(store).get(rule.id)
     assert again is not None and again.state is SyncState.PAUSED
     assert again.counters == SyncCounters(sessions=4, bytes=99, reconciles=1)
     assert (again.last_error, again.last_error_at) == ("hostB: disk full", 77.0)
-    assert SyncStore(store.db).next_epoch(rule.id) == 4  # epochs never repeat across restarts
-    SyncStore(store.db).remove(rule.id)
-    assert SyncStore(store.db).all() == []
+    assert SyncStore(store).next_epoch(rule.id) == 4  # epochs never repeat across restarts
+    assert SyncStore(store).create(src, dsts, rule).id == rule.id + 1
+    SyncStore(store).remove(rule.id)
+    assert [r.id for r in SyncStore(store).all()] == [rule.id + 1]
     store.close()

@@ -4,6 +4,7 @@ that need attention come first."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import replace
@@ -12,7 +13,7 @@ import pytest
 
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import HealthHistory
-from zcrepl.controller.store import Store
+from zcrepl.controller.store import open_store
 from zcrepl.controller.web.state import (
     FINISHED_SHOWN,
     HOSTS_PER_PAGE,
@@ -45,7 +46,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, Cl
     and 300 queued jobs. Shared: the tests below go in order (the last one cancels jobs)."""
     clock = Clock()
     tmp_path = tmp_path_factory.mktemp("fleet")
-    store = Store(str(tmp_path))
+    store = open_store("", str(tmp_path))
     engine = Engine(ControllerConfig(state_dir=str(tmp_path), insecure=True), store, clock)
     sessions = {}
     for i in range(AGENTS):
@@ -73,7 +74,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, Cl
 def test_a_thousand_agents_make_a_bounded_document(fleet: tuple[Engine, Clock]) -> None:
     engine, _ = fleet
     builder = StateBuilder(engine)
-    docs = [builder.build(p) for p in range(AGENTS // HOSTS_PER_PAGE)]
+    docs = [asyncio.run(builder.build(p)) for p in range(AGENTS // HOSTS_PER_PAGE)]
     first = docs[0]
     sizes = [len(json.dumps(d)) for d in docs]
     assert first["hosts"]["pages"] == AGENTS // HOSTS_PER_PAGE
@@ -106,7 +107,7 @@ def test_finished_jobs_watch_rules_and_long_texts_are_capped(fleet: tuple[Engine
     rules = [engine.syncs.create(Endpoint("host0001", b"/srv/data/w%d" % i),
                                  [Endpoint(f"host{d:04d}", b"/srv/data/w%d" % i) for d in range(2, 12)],
                                  JobOptions(), 1.0, 0.5, clock.now) for i in range(60)]
-    doc = StateBuilder(engine).build()
+    doc = asyncio.run(StateBuilder(engine).build())
     assert doc["summary"]["rules"]["total"] == len(rules) and doc["rules"]["total"] == len(rules)
     assert len(doc["rules"]["items"]) == RULES_SHOWN
     assert all(len(r["destinations"]) == 8 and r["status"] for r in doc["rules"]["items"])
@@ -118,7 +119,7 @@ def test_finished_jobs_watch_rules_and_long_texts_are_capped(fleet: tuple[Engine
     # A job whose reason runs long (a lying agent's words end up in reasons and errors) is cut.
     job = next(j for j in engine.jobs.values() if j.state is JobState.QUEUED)
     engine.jobs[job.id] = replace(job, wait_reason="waiting: " + "x" * 5000)
-    waiting = StateBuilder(engine).build()["waiting"]["items"]
+    waiting = asyncio.run(StateBuilder(engine).build())["waiting"]["items"]
     assert max(len(j["reason"]) for j in waiting) == TEXT_MAX
 
 
