@@ -37,10 +37,6 @@ def run(args: argparse.Namespace, trust: Trust | None, out: Out, err: Out) -> in
         return _dispatch(args, client, out, err)
 
 
-def show_ep(ep: Endpoint) -> str:
-    return f"{ep.host}:{show(ep.path)}"
-
-
 def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:  # noqa: C901
     if args.command == "replicate":
         return _replicate(args, client, out, err)
@@ -222,8 +218,8 @@ def _create_sync(args: argparse.Namespace, client: ControllerClient, options: Jo
         return EXIT_JOB_FAILED
     else:
         c = rule.counters
-        out.line(f"watch rule {rule.id} {rule.status or 'created'}: {show_ep(src)} -> "
-                 f"{', '.join(show_ep(d) for d in dsts)}; first scan moved {c.files} files "
+        out.line(f"watch rule {rule.id} {rule.status or 'created'}: {src} -> "
+                 f"{', '.join(map(str, dsts))}; first scan moved {c.files} files "
                  f"({render.human_bytes(c.bytes)}); zc-ctl syncs shows its lag")
     return EXIT_OK
 
@@ -328,7 +324,7 @@ def _dry_run(args: argparse.Namespace, client: ControllerClient, src: Endpoint, 
     failed = [j for j in jobs if j.state is not JobState.DONE]
     if args.json:
         docs = [[render_plan.item_doc(x) for x in j.plan] for j in jobs]
-        out.json(docs[0] if len(jobs) == 1 else [{"job": j.id, "destination": show_ep(j.destination),
+        out.json(docs[0] if len(jobs) == 1 else [{"job": j.id, "destination": str(j.destination),
                                                    "totals": render.stats_doc(j.progress), "plan": d}
                                                   for j, d in zip(jobs, docs, strict=True)])
     for j in jobs:

@@ -37,7 +37,6 @@ from zcrepl.controller.syncs import SyncManager
 from zcrepl.core.config import ControllerConfig, parse_host_limits, parse_link_limits
 from zcrepl.core.errors import Conflict, InvalidPath, UnknownHost
 from zcrepl.core.logs import kv
-from zcrepl.core.paths import show
 from zcrepl.core.types import (
     AgentInfo,
     AgentStatus,
@@ -233,7 +232,7 @@ class Engine(Pacing, Faults, JobReads):
         for i, a in enumerate(dsts):
             for b in dsts[i + 1:]:
                 if overlaps(a, b):
-                    raise InvalidPath(f"destinations {a.host}:{show(a.path)} and {b.host}:{show(b.path)} overlap")
+                    raise InvalidPath(f"destinations {a} and {b} overlap")
         jobs = [self.submit(src, dst, options) for dst in dsts]
         group = jobs[0].id
         self.store.set_group([j.id for j in jobs], group)
@@ -247,7 +246,7 @@ class Engine(Pacing, Faults, JobReads):
             if not self.registry.known(ep.host):
                 raise UnknownHost(_unknown_host(ep.host))
         if overlaps(src, dst):
-            raise InvalidPath(f"{src.host}:{show(src.path)} and {dst.host}:{show(dst.path)} overlap; "
+            raise InvalidPath(f"{src} and {dst} overlap; "
                               "the destination must not be inside the source or the other way round")
         if options.bwlimit < 0 or options.max_attempts < 0:
             raise InvalidPath("bwlimit and max_attempts must not be negative")
@@ -256,8 +255,8 @@ class Engine(Pacing, Faults, JobReads):
         job = self.store.create_job(src, dst, options, options.max_attempts or self.config.max_attempts,
                                     self.clock())
         self.jobs[job.id] = job
-        log.info("job queued", extra=kv(**job_fields(job), src=f"{src.host}:{show(src.path)}",
-                                        dst=f"{dst.host}:{show(dst.path)}", priority=options.priority.name.lower()))
+        log.info("job queued", extra=kv(**job_fields(job), src=str(src),
+                                        dst=str(dst), priority=options.priority.name.lower()))
         self.wake()
         return job
 
@@ -410,7 +409,7 @@ class Engine(Pacing, Faults, JobReads):
         self.runs[job.id] = run
         self.observe.attempt_started(source.host, job.destination.host)
         log.info("attempt started", extra=kv(**job_fields(job, run)))
-        via = "" if source == job.source else f" from the finished replica {source.host}:{show(source.path)}"
+        via = "" if source == job.source else f" from the finished replica {source}"
         ranked = self._ranking.get(job.id, {}).get(source)
         why = f"; copies ranked by link throughput, load and failures: {ranked}" if ranked else ""
         self._decide(job.id, DecisionKind.START if not via else DecisionKind.SWITCH_SOURCE,

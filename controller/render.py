@@ -64,9 +64,9 @@ def stats_doc(s: TransferStats) -> dict[str, Any]:
 def job_doc(j: Job) -> dict[str, Any]:
     return {
         "id": j.id, "state": j.state.value,
-        "source": f"{j.source.host}:{show(j.source.path)}", "source_host": j.source.host,
+        "source": str(j.source), "source_host": j.source.host,
         "source_path": show(j.source.path),
-        "destination": f"{j.destination.host}:{show(j.destination.path)}",
+        "destination": str(j.destination),
         "destination_host": j.destination.host, "destination_path": show(j.destination.path),
         "options": {**asdict(j.options), "durability": j.options.durability.value,
                     "priority": j.options.priority.name.lower(), "backup_dir": show(j.options.backup_dir),
@@ -198,7 +198,7 @@ def inotify_headroom(h: HostHealth) -> str:
 
 
 def progress_text(p: TransferStats) -> str:
-    total = f"{p.files_total}" + ("" if p.scan_done else "+")
+    total = str(p.files_total) + ("" if p.scan_done else "+")
     return f"{p.files_done}/{total} files, {human_bytes(p.bytes_done)}"
 
 
@@ -223,7 +223,7 @@ def jobs_table(jobs: list[Job]) -> Table:
             state = f"[yellow]{done_state(j)}[/]"
             info = f"zc-ctl job {j.id} lists the entries left out"
         t.add_row(str(j.id), state, j.options.priority.name.lower(),
-                  f"{j.source.host}:{show(j.source.path)}", f"{j.destination.host}:{show(j.destination.path)}",
+                  str(j.source), str(j.destination),
                   progress_text(j.progress), f"{j.attempts}/{j.max_attempts}", info, ago(j.created_at, now))
     return t
 

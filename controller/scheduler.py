@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from zcrepl.controller.policy import Thresholds, host_blockers, order_queue, wait_reason
 from zcrepl.core.config import HostLimit
 from zcrepl.core.logs import kv
-from zcrepl.core.paths import relative_to, show
+from zcrepl.core.paths import relative_to
 from zcrepl.core.types import Endpoint, HostHealth, Job, Role
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def _blocker(job: Job, source: Endpoint, hosts: Mapping[str, HostView], load: Ma
             return why
     for other_id, dst in writing:
         if overlaps(dst, job.destination):
-            return f"waiting: job {other_id} is writing to {dst.host}:{show(dst.path)}"
+            return f"waiting: job {other_id} is writing to {dst}"
     if policy.thresholds is not None:
         src_view, dst_view = hosts[source.host], hosts[job.destination.host]
         left = max(0, job.progress.bytes_total - job.progress.bytes_done) if job.progress.scan_done else 0

@@ -25,7 +25,6 @@ from zcrepl.controller.scheduler import overlaps
 from zcrepl.controller.sync_store import SyncStore
 from zcrepl.core.errors import InvalidPath, UnknownJob
 from zcrepl.core.logs import kv
-from zcrepl.core.paths import show
 from zcrepl.core.synctypes import (
     DEFAULT_QUIET,
     DEFAULT_WINDOW,
@@ -91,14 +90,14 @@ class SyncManager:
             raise InvalidPath("the same destination appears twice")
         for d in dsts:
             if overlaps(src, d):
-                raise InvalidPath(f"{src.host}:{show(src.path)} and {d.host}:{show(d.path)} overlap: a watched "
+                raise InvalidPath(f"{src} and {d} overlap: a watched "
                                   "tree cannot contain its own copy")
         for r in self.rules.values():
             for d in dsts:
                 for other in (r.source, *r.destinations):
                     if overlaps(d, other):
-                        raise InvalidPath(f"{d.host}:{show(d.path)} overlaps watch rule {r.id} "
-                                          f"({other.host}:{show(other.path)}); remove that rule first")
+                        raise InvalidPath(f"{d} overlaps watch rule {r.id} "
+                                          f"({other}); remove that rule first")
         if not 0.001 <= (window or DEFAULT_WINDOW) <= 60 or not 0 <= (quiet or DEFAULT_QUIET) <= 600:
             raise InvalidPath("--window must be within 1 ms..60 s and --quiet within 0..600 s")
         draft = SyncRule(0, src, tuple(dsts), sync_options(options), SyncState.ACTIVE, now,
@@ -106,8 +105,8 @@ class SyncManager:
         rule = self.store.create(src, tuple(dsts), draft)
         self.rules[rule.id] = rule
         self.live[rule.id] = _Live()
-        log.info("watch rule created", extra=kv(rule=rule.id, source=f"{src.host}:{show(src.path)}",
-                                                dests=",".join(f"{d.host}:{show(d.path)}" for d in dsts)))
+        log.info("watch rule created", extra=kv(rule=rule.id, source=str(src),
+                                                dests=",".join(str(d) for d in dsts)))
         return self.view(rule.id, now)
 
     def pause(self, rule_id: int, now: float) -> SyncRule:

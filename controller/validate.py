@@ -235,7 +235,7 @@ def job_dirs(src: Endpoint, dst: Endpoint, o: JobOptions, exports: tuple[bytes, 
         for ep, what in ((dst, "the destination"), (src, "the source")):
             if overlaps(there, ep):
                 raise InvalidPath(f"{label} resolves to {dst.host}:{show(path)}, which overlaps {what} "
-                                  f"{ep.host}:{show(ep.path)}; choose a directory beside it (for example "
+                                  f"{ep}; choose a directory beside it (for example "
                                   f"{show(posixpath.dirname(dst.path) or b'/')}/backup)")
         return path
 

@@ -22,6 +22,12 @@ class Endpoint:
     host: str
     path: bytes
 
+    def __str__(self) -> str:
+        """``host:/path`` as the operator reads it (undecodable bytes shown escaped)."""
+        from zcrepl.core.paths import show
+
+        return f"{self.host}:{show(self.path)}"
+
 
 @dataclass(frozen=True)
 class JobOptions:

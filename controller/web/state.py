@@ -40,7 +40,7 @@ def _text(s: str) -> str:
 
 
 def _ep(e: Endpoint) -> str:
-    return _text(f"{e.host}:{show(e.path)}")
+    return _text(str(e))
 
 
 class StateBuilder:
