@@ -22,10 +22,11 @@ from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.atomic import PREALLOCATE_MIN, AtomicFile, remove_entry, replace_symlink
 from zcrepl.agent.transfer.basis import find_basis
 from zcrepl.agent.transfer.finish import delete_extras, finish_dirs, make_links
+from zcrepl.agent.transfer.flush import JobFlush
 from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
-from zcrepl.agent.transfer.meta import apply_meta, owner_ids, syncfs
+from zcrepl.agent.transfer.meta import apply_meta, owner_ids
 from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea
 from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, validate_name, validate_relpath
 from zcrepl.agent.transfer.scan import file_digest, tree_filter
@@ -89,6 +90,8 @@ class TreeWriter:
         self.slots: dict[int, FileSlot] = {}  # partly arrived
         self.manifest_done = False
         self.fsync_files = options.durability is Durability.FILE
+        # ``job``: what this job wrote is fsynced in the background and waited for in finish()
+        self.flush = JobFlush() if options.durability is Durability.JOB else None
         self.bases: dict[int, Basis] = {}
         self.partials: dict[int, Partial] = {}
         self.digests: dict[int, bytes] = {}
@@ -389,10 +392,10 @@ class TreeWriter:
                 raise OSError(0, "content hash of the assembled file differs from the source's")
             apply_meta(s.tmp.fd, s.entry, policy=self.policy, as_root=self.as_root, xattrs=self.options.xattrs)
             try:
-                s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files)
+                s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files, flush=self.flush)
             except IsADirectoryError:
                 self.clear_dir_for(s.pfd, s.leaf, "a file")
-                s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files)
+                s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files, flush=self.flush)
         except OSError as err:
             self.entry_failed(s.entry.path, err)
         else:
@@ -439,6 +442,8 @@ class TreeWriter:
         """End of a failed attempt: discard every partly written file nobody is writing into; files
         still being written are discarded by their last writer (see range_done/range_broken)."""
         self.end_batch()
+        if self.flush is not None:
+            self.flush.close()
         with self._lock:
             idle = [s for s in self.slots.values() if s.active == 0]
             for s in self.slots.values():
@@ -465,8 +470,10 @@ class TreeWriter:
         make_links(self)
         self.area.remove_if_empty()  # before the root's mtime is set
         finish_dirs(self)
-        if self.options.durability is Durability.JOB and self.changed():
-            syncfs(self.root.fd)
+        if self.flush is not None:
+            self.flush.wait()  # every file and directory this job changed, nothing else
+            if self.flush.files or self.flush.dirs:
+                log.debug("job flushed", extra=kv(job=self.job_id, files=self.flush.files, dirs=self.flush.dirs))
         elif self.fsync_files:
             os.fsync(self.root.fd)
         return {"files_done": self.files_done, "bytes_done": self.bytes_done, "files_skipped": self.skipped,
@@ -492,6 +499,17 @@ class TreeWriter:
 
     def note_write(self) -> None:
         self._wrote = True
+
+    def dir_changed(self, dfd: int) -> None:
+        """An entry of the directory ``dfd`` changed outside the manifest's directories (a watch session's
+        rename or delete): under ``job`` durability it is fsynced before done (``dfd`` stays the caller's)."""
+        if self.flush is not None:
+            self.flush.dir_changed(os.dup(dfd))
+
+    def file_changed(self, fd: int) -> None:
+        """Metadata of an existing file was fixed in place through ``fd`` (which stays the caller's)."""
+        if self.flush is not None:
+            self.flush.file_done(os.dup(fd))
 
     def changed(self) -> bool:
         """Whether this transfer wrote anything (a no-change re-sync has nothing to make durable;

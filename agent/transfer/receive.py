@@ -31,6 +31,7 @@ from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.apply import FileSlot, TreeWriter
 from zcrepl.agent.transfer.basis import complete_delta
 from zcrepl.agent.transfer.changes import apply_ops
+from zcrepl.agent.transfer.flush import sync_ancestors
 from zcrepl.agent.transfer.frame import Channel, FileHead, Hello, Stream
 from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.peer import NONE, Binding
@@ -101,6 +102,8 @@ class ReceiveSession:
                                                role=fr.ROLE_DATA, bind=bind))
             ch.send(fr.encode_accept(data_tickets))
             result = self._control_loop(ch, writer)
+            if writer.flush is not None:  # the job's root may have been created with its parents
+                sync_ancestors(spec.export, spec.rel, writer.flush.since_ns)
             ch.send(fr.frame(fr.T.RESULT, json.dumps(result).encode()))
             return self.stats()
         except BaseException as err:
