@@ -1,0 +1,68 @@
+"""JobFlush on real files: every fd handed in is fsynced and closed, a failed fsync fails the wait, and an
+abandoned attempt closes what it held without waiting for it to be durable."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from zcrepl.agent.transfer import flush as fl
+from zcrepl.agent.transfer.flush import JobFlush
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _files(tmp_path: Path, n: int) -> Iterator[int]:
+    """Opened one at a time, as a receiver completes them."""
+    for i in range(n):
+        fd = os.open(tmp_path / f"f{i}", os.O_RDWR | os.O_CREAT, 0o644)
+        os.write(fd, b"x" * 4096)
+        yield fd
+
+
+def test_every_fd_is_flushed_and_closed_with_a_bounded_number_open(tmp_path: Path) -> None:
+    before = _open_fds()
+    f = JobFlush()
+    most = 0
+    for fd in _files(tmp_path, 5 * fl.BATCH + 3):  # several batches through the pool, and a remainder
+        f.file_done(fd)
+        most = max(most, _open_fds() - before)
+    f.dir_changed(os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY))
+    f.wait()
+    assert _open_fds() == before
+    assert most <= fl.BATCH * (fl.IN_FLIGHT + 1) + 1
+    assert (f.files, f.dirs) == (5 * fl.BATCH + 3, 1)
+    with pytest.raises(RuntimeError):
+        f.file_done(os.open(tmp_path / "late", os.O_RDWR | os.O_CREAT, 0o644))
+    assert _open_fds() == before
+
+
+@pytest.mark.parametrize("where", ["pool", "remainder"])
+def test_a_failed_fsync_fails_the_wait_and_nothing_leaks(tmp_path: Path, where: str) -> None:
+    before = _open_fds()
+    f = JobFlush()
+    files = list(_files(tmp_path, fl.BATCH + 2))
+    r, w = os.pipe()  # fsync of a pipe is EINVAL: a real error from the kernel, as EIO would be
+    os.close(w)
+    for i, fd in enumerate(files):
+        if i == (3 if where == "pool" else fl.BATCH + 1):
+            f.dir_changed(r)
+        f.file_done(fd)
+    with pytest.raises(OSError):
+        f.wait()
+    assert _open_fds() == before
+
+
+def test_close_lets_go_of_everything_without_waiting_for_it(tmp_path: Path) -> None:
+    before = _open_fds()
+    f = JobFlush()
+    for fd in _files(tmp_path, fl.BATCH + 5):
+        f.file_done(fd)
+    f.close()
+    f.close()  # idempotent: a failed finish() is followed by abandon()
+    assert _open_fds() == before
