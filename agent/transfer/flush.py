@@ -2,12 +2,19 @@
 
 ``syncfs`` would also wait for every other process's dirty data on the destination filesystem (someone
 else's 10 GB make our "done" late by their flush). Instead each file the job completes gets
-``sync_file_range(SYNC_FILE_RANGE_WRITE)`` at once (its writeback starts while the job goes on), and its fd
-is handed here; fds are fsynced in batches by a few worker threads (on ext4 and XFS the first fsync of a
-batch commits the journal for all the files written back meanwhile, so the rest are cheap) and closed. The
-directories the job changed are fsynced last (their entries, renames and metadata), and :meth:`JobFlush.wait`
-returns when every one of those fsyncs did. fsync, not fdatasync: the mode and mtime set on the fd are part
-of what "durable when done" promises.
+``sync_file_range(SYNC_FILE_RANGE_WRITE)`` at once (its writeback starts while the job goes on) and its fd is
+handed here; a few worker threads take the fds in batches, wait for them and close them; the directories the
+job changed are fsynced; :meth:`JobFlush.wait` returns when all of it is on disk. How a file is waited for
+depends on the filesystem:
+
+- ext4 and XFS keep all metadata in one journal (log) committed in order, and a commit flushes the device's
+  cache first. There a file needs only its data written (``sync_file_range`` with both WAITs: block
+  allocation, size and unwritten-extent conversion are then journaled), and one journal commit after the
+  last of those waits makes every file and directory durable at once: the last step touches the job's root
+  directory (its own times set again, unchanged) and fsyncs it, which commits the journal up to now.
+- Anywhere else (btrfs logs per inode, for one) every file gets its own fsync.
+
+fsync, not fdatasync: the mode and mtime set on the fd are part of what "durable when done" promises.
 
 Open fds are bounded (``BATCH * (IN_FLIGHT + 1)``): the thread that hands in a file waits while that many
 are queued.
@@ -32,12 +39,38 @@ IN_FLIGHT = 4  # batches queued or being fsynced at once; also the number of wor
 # kernel's coarse clock, which lags time.time_ns() by up to a tick) was changed during the job.
 CTIME_MARGIN_NS = 1_000_000_000
 _SYNC_FILE_RANGE_WRITE = 2
+_SYNC_FILE_RANGE_WAIT_ALL = 1 | 2 | 4  # WAIT_BEFORE | WRITE | WAIT_AFTER: this file's data is on the device
+# statfs f_type of the filesystems whose single ordered journal makes one commit cover every earlier change
+_JOURNALED = {0xEF53: "ext4", 0x58465342: "xfs"}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _sfr = getattr(_libc, "sync_file_range", None)
 if _sfr is not None:
     _sfr.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     _sfr.restype = ctypes.c_int
+
+
+def journaled(fd: int) -> bool:
+    """Whether ``fd`` is on ext4 or XFS, where one journal commit makes all earlier written data durable."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field (a long)
+    if _sfr is None or _libc.fstatfs(fd, buf) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buf).value in _JOURNALED
+
+
+def syncfs(fd: int) -> None:
+    """Flush the whole filesystem holding ``fd`` (the fallback when the journal cannot be committed through
+    the job's root)."""
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _wait_data(fd: int) -> None:
+    assert _sfr is not None
+    if _sfr(fd, 0, 0, _SYNC_FILE_RANGE_WAIT_ALL) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
@@ -49,11 +82,17 @@ def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
 
 
 class JobFlush:
-    """fsyncs handed-in fds in the background; :meth:`wait` makes them all durable or raises the first error."""
+    """Flushes handed-in fds in the background; :meth:`wait` makes them all durable or raises the first error.
 
-    def __init__(self) -> None:
+    ``root_fd`` (the job's root directory, the caller's) is where the final journal commit is made on ext4
+    and XFS; it must stay open until :meth:`wait` returns."""
+
+    def __init__(self, root_fd: int) -> None:
         self.since_ns = time.time_ns() - CTIME_MARGIN_NS
-        self._pending: list[int] = []
+        self._root = root_fd
+        self.journaled = journaled(root_fd)
+        self._dev = os.fstat(root_fd).st_dev  # a file on another filesystem (a mount below the root) is fsynced
+        self._pending: list[tuple[int, bool]] = []  # (fd, is a directory)
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(IN_FLIGHT)
         self._pool: ThreadPoolExecutor | None = None
@@ -65,29 +104,29 @@ class JobFlush:
         """Take ownership of a completed file's fd: its writeback starts now, its fsync comes later."""
         start_writeback(fd)
         self.files += 1
-        self._take(fd)
+        self._take(fd, False)
 
     def dir_changed(self, fd: int) -> None:
         """Take ownership of a directory fd whose entries or metadata the job changed."""
         self.dirs += 1
-        self._take(fd)
+        self._take(fd, True)
 
     def changed_since_start(self, st: os.stat_result) -> bool:
         return st.st_ctime_ns >= self.since_ns
 
-    def _take(self, fd: int) -> None:
+    def _take(self, fd: int, is_dir: bool) -> None:
         with self._lock:
             if self._closed:
                 os.close(fd)
                 raise RuntimeError("JobFlush used after wait() or close()")
-            self._pending.append(fd)
+            self._pending.append((fd, is_dir))
             batch = self._pending if len(self._pending) >= BATCH else None
             if batch is not None:
                 self._pending = []
         if batch is not None:
             self._submit(batch)
 
-    def _submit(self, batch: list[int]) -> None:
+    def _submit(self, batch: list[tuple[int, bool]]) -> None:
         self._slots.acquire()  # backpressure: at most IN_FLIGHT batches of fds open at once
         try:
             with self._lock:
@@ -99,11 +138,14 @@ class JobFlush:
             _close_all(batch)
             raise
 
-    def _sync(self, batch: list[int]) -> None:
+    def _sync(self, batch: list[tuple[int, bool]]) -> None:
         try:
-            for i, fd in enumerate(batch):
+            for i, (fd, is_dir) in enumerate(batch):
                 try:
-                    os.fsync(fd)
+                    if self.journaled and not is_dir and os.fstat(fd).st_dev == self._dev:
+                        _wait_data(fd)  # the journal commit at the end covers its metadata
+                    else:
+                        os.fsync(fd)
                 except BaseException:
                     _close_all(batch[i:])
                     raise
@@ -124,6 +166,19 @@ class JobFlush:
                 self._sync(rest)
         finally:
             self._join()
+        if self.journaled and (self.files or self.dirs):
+            self._commit()
+
+    def _commit(self) -> None:
+        """One journal commit after every data wait: the root's times set again (unchanged) put it in the
+        running transaction, and its fsync commits that transaction and every one before it."""
+        st = os.fstat(self._root)
+        try:
+            os.utime(self._root, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except PermissionError:  # a root we may not touch: flush the filesystem rather than promise less
+            syncfs(self._root)
+            return
+        os.fsync(self._root)
 
     def close(self) -> None:
         """End of a failed attempt: wait for the batches under way, close the rest without fsync."""
@@ -158,8 +213,8 @@ def sync_ancestors(export: SafeRoot, rel: tuple[bytes, ...], since_ns: int) -> N
             os.close(fd)
 
 
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
+def _close_all(items: list[tuple[int, bool]]) -> None:
+    for fd, _ in items:
         try:
             os.close(fd)
         except OSError:

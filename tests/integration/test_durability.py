@@ -22,8 +22,9 @@ import pytest
 from zchelpers import Cluster, diff_trees, snapshot, wait_for, write_file
 
 from zcrepl.agent.transfer.flush import CTIME_MARGIN_NS
+from zcrepl.agent.transfer.flush import journaled as _journaled
 
-_CALL = re.compile(r"^\d+\s+(fsync|fdatasync|sync_file_range|syncfs)\((\d+)<([^>]*)>")
+_CALL = re.compile(r"^\d+\s+(fsync|fdatasync|sync_file_range|syncfs)\((\d+)<([^>]*)>(.*)")
 _TEMP = re.compile(r"^\.zc\.(.*)\.[0-9a-f]{8}\.[^/]*\.tmp$")
 
 
@@ -62,17 +63,31 @@ class Strace:
                 return False
         return True
 
-    def stop(self) -> dict[str, list[str]]:
-        """Detach; {syscall: [path of the fd, temp names mapped to final ones]}."""
+    def stop(self) -> list[tuple[str, str]]:
+        """Detach; the calls in order as (syscall, path of the fd with temp names mapped to final ones); a
+        sync_file_range that waits for the data is "wait"."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         self.proc.wait(20)
-        calls: dict[str, list[str]] = {}
+        calls = []
         for line in self.out.read_text().splitlines():
             m = _CALL.match(line)
             if m:
-                calls.setdefault(m.group(1), []).append(_final(m.group(3)))
+                name = "wait" if "WAIT_AFTER" in m.group(4) else m.group(1)
+                calls.append((name, _final(m.group(3))))
         return calls
+
+
+def _paths(calls: list[tuple[str, str]], name: str) -> set[str]:
+    return {path for call, path in calls if call == name}
+
+
+def journaled(path: Path) -> bool:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return _journaled(fd)
+    finally:
+        os.close(fd)
 
 
 def _tree(root: Path, files: int) -> list[Path]:
@@ -98,16 +113,22 @@ def test_job_durability_fsyncs_what_the_job_wrote_and_nothing_else(cluster: Clus
     assert rc == 0, err
     assert json.loads(out)["options"]["durability"] == "job"
     assert not diff_trees(snapshot(src), snapshot(dst))
-    assert "syncfs" not in calls, "job durability flushed the whole filesystem"
-    fsynced = set(calls.get("fsync", []))
+    assert not _paths(calls, "syncfs"), "job durability flushed the whole filesystem"
     want_files = {str(dst / p.relative_to(src)) for p in files}
-    assert want_files <= fsynced, sorted(want_files - fsynced)[:5]
-    assert want_files <= set(calls.get("sync_file_range", [])), "writeback was not started as files completed"
+    assert want_files <= _paths(calls, "sync_file_range"), "writeback was not started as files completed"
     # Every directory the job created, and the ones it created them in (the job's root was made with its
     # parent "new": the export's root holds the new entry).
     want_dirs = {str(d) for d in dst.rglob("*") if d.is_dir()} | {str(dst), str(dst.parent), str(dst.parent.parent)}
+    fsynced = _paths(calls, "fsync")
     assert want_dirs <= fsynced, sorted(want_dirs - fsynced)
-    assert fsynced <= want_files | want_dirs, sorted(fsynced - want_files - want_dirs)[:5]
+    if journaled(dst):  # ext4/XFS: each file's data waited for, then one journal commit through the root
+        assert want_files <= _paths(calls, "wait")
+        last_wait = max(i for i, (call, _) in enumerate(calls) if call == "wait")
+        assert ("fsync", str(dst)) in calls[last_wait:], "no journal commit after the last data wait"
+        assert fsynced <= want_dirs, sorted(fsynced - want_dirs)[:5]
+    else:
+        assert want_files <= fsynced, sorted(want_files - fsynced)[:5]
+        assert fsynced <= want_files | want_dirs, sorted(fsynced - want_files - want_dirs)[:5]
 
     # A re-sync that changes one file flushes that file and the directories it changed, nothing more
     # (directories changed within CTIME_MARGIN_NS before a job started count as changed by it: wait that out).
@@ -122,8 +143,9 @@ def test_job_durability_fsyncs_what_the_job_wrote_and_nothing_else(cluster: Clus
     assert rc == 0, err
     assert json.loads(out)["progress"]["files_done"] == 1
     target = dst / changed.relative_to(src)
-    assert set(calls.get("fsync", [])) == {str(target), str(target.parent)}, calls
-    assert "syncfs" not in calls
+    flushed = _paths(calls, "fsync") | _paths(calls, "wait")
+    assert flushed == {str(target), str(target.parent)} | ({str(dst)} if journaled(dst) else set()), calls
+    assert not _paths(calls, "syncfs")
 
     # The agent dies the moment the job is done: what it reported is there, complete, no temp left.
     write_file(files[3], b"changed again")

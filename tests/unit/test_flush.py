@@ -25,15 +25,30 @@ def _files(tmp_path: Path, n: int) -> Iterator[int]:
         yield fd
 
 
-def test_every_fd_is_flushed_and_closed_with_a_bounded_number_open(tmp_path: Path) -> None:
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[int]:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+@pytest.mark.parametrize("journaled", [True, False], ids=["one-commit", "fsync-each"])
+def test_every_fd_is_flushed_and_closed_with_a_bounded_number_open(tmp_path: Path, root: int,
+                                                                    journaled: bool) -> None:
+    if journaled and not fl.journaled(root):
+        pytest.skip("the temp dir is not on ext4 or XFS")
     before = _open_fds()
-    f = JobFlush()
+    f = JobFlush(root)
+    f.journaled = journaled
     most = 0
     for fd in _files(tmp_path, 5 * fl.BATCH + 3):  # several batches through the pool, and a remainder
         f.file_done(fd)
         most = max(most, _open_fds() - before)
     f.dir_changed(os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY))
+    os.utime(tmp_path, ns=(1, 1_600_000_000_123_456_789))
+    mtime = os.stat(tmp_path).st_mtime_ns
     f.wait()
+    assert os.stat(tmp_path).st_mtime_ns == mtime  # the final commit touched the root's times, not changed them
     assert _open_fds() == before
     assert most <= fl.BATCH * (fl.IN_FLIGHT + 1) + 1
     assert (f.files, f.dirs) == (5 * fl.BATCH + 3, 1)
@@ -43,9 +58,9 @@ def test_every_fd_is_flushed_and_closed_with_a_bounded_number_open(tmp_path: Pat
 
 
 @pytest.mark.parametrize("where", ["pool", "remainder"])
-def test_a_failed_fsync_fails_the_wait_and_nothing_leaks(tmp_path: Path, where: str) -> None:
+def test_a_failed_fsync_fails_the_wait_and_nothing_leaks(tmp_path: Path, root: int, where: str) -> None:
     before = _open_fds()
-    f = JobFlush()
+    f = JobFlush(root)
     files = list(_files(tmp_path, fl.BATCH + 2))
     r, w = os.pipe()  # fsync of a pipe is EINVAL: a real error from the kernel, as EIO would be
     os.close(w)
@@ -58,9 +73,9 @@ def test_a_failed_fsync_fails_the_wait_and_nothing_leaks(tmp_path: Path, where: 
     assert _open_fds() == before
 
 
-def test_close_lets_go_of_everything_without_waiting_for_it(tmp_path: Path) -> None:
+def test_close_lets_go_of_everything_without_waiting_for_it(tmp_path: Path, root: int) -> None:
     before = _open_fds()
-    f = JobFlush()
+    f = JobFlush(root)
     for fd in _files(tmp_path, fl.BATCH + 5):
         f.file_done(fd)
     f.close()
