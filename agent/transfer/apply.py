@@ -392,10 +392,10 @@ class TreeWriter:
                 raise OSError(0, "content hash of the assembled file differs from the source's")
             apply_meta(s.tmp.fd, s.entry, policy=self.policy, as_root=self.as_root, xattrs=self.options.xattrs)
             try:
-                s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files, flush=self.flush)
+                s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files, flush=self.flush, size=s.total)
             except IsADirectoryError:
                 self.clear_dir_for(s.pfd, s.leaf, "a file")
-                s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files, flush=self.flush)
+                s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files, flush=self.flush, size=s.total)
         except OSError as err:
             self.entry_failed(s.entry.path, err)
         else:

@@ -100,11 +100,12 @@ class AtomicFile:
             raise
         self._done = True
 
-    def commit(self, mode: int, mtime_ns: int, *, fsync: bool = False, flush: JobFlush | None = None) -> None:
+    def commit(self, mode: int, mtime_ns: int, *, fsync: bool = False, flush: JobFlush | None = None,
+               size: int = 1 << 62) -> None:
         """Set ``mode & 0o777`` and the mtime (ns) on the fd, fsync if asked, close, rename over the leaf.
 
         With ``fsync`` the directory is fsynced after the rename too. With ``flush`` the fd is handed to it
-        instead of closed (its writeback starts now, its fsync comes before the job is done). If anything
+        instead of closed (``size``: the file's, which decides when its writeback starts). If anything
         before the rename fails, the temp is discarded and the error propagates (:class:`IsADirectoryError`
         for a directory leaf).
         """
@@ -119,7 +120,7 @@ class AtomicFile:
                 fd, self.fd = self.fd, -1
                 self._closed = True
                 if flush is not None:
-                    flush.file_done(fd)
+                    flush.file_done(fd, size)
                 else:
                     os.close(fd)
             os.rename(self.tmp, self.leaf, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)

@@ -72,7 +72,7 @@ def _replace_linked(w: TreeWriter, pfd: int, leaf: bytes, fd: int, e: Entry) -> 
         if copy_range(fd, tmp.fd, 0, e.size, []) != e.size:
             raise OSError(0, "the file changed while it was copied to break its hard link")
         apply_meta(tmp.fd, e, policy=w.policy, as_root=w.as_root, xattrs=w.options.xattrs)
-        tmp.commit(e.mode, e.mtime_ns, fsync=w.fsync_files, flush=w.flush)
+        tmp.commit(e.mode, e.mtime_ns, fsync=w.fsync_files, flush=w.flush, size=e.size)
     w.note_write()
 
 
