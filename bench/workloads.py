@@ -65,7 +65,8 @@ def specs(quick: bool) -> dict[str, Workload]:
         "W8D": Workload("W8D", f"W8 while another process holds {_h(dirt)} dirty on the same filesystem", "W8",
                         "fresh", {}, dirty=dirt),
         "W9": Workload("W9", f"one {_h(mid)} file", "W9", "fresh", {"kind": "bigfile", "size": mid, "seed": SEED + 9}),
-        **{name: Workload(name, f"real tree: a copy of {path}", name, "fresh", {"kind": "copy", "path": path, "drop": "special,unreadable,abs-links"})
+        **{name: Workload(name, f"real tree: a copy of {path}", name, "fresh",
+                          {"kind": "copy", "path": path, "drop": "special,unreadable,abs-links"})
            for name, path in REAL_TREES.items()},
         "W6": Workload("W6", "200,000 x 0-4 KiB in ~2,000 dirs" if not quick else "1,500 x 0-4 KiB in 30 dirs",
                        "W6", "fresh", {"kind": "flat", "files": 1500 if quick else 200_000,

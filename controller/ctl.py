@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--streams", type=whole(0, MAX_STREAMS, "a number of streams"), default=0, metavar="N",
                    help="parallel data connections (default: chosen from both hosts' cores)")
     r.add_argument("--durability", choices=[d.value for d in Durability], default=None,
-                   help="job: one syncfs before done (default); file: fsync every file; none: leave it to "
-                        "the kernel, like rsync (the default with --watch)")
+                   help="job: flush what the job wrote before done (default); file: fsync every file; none: leave "
+                        "it to the kernel, like rsync (the default with --watch)")
     r.add_argument("--watch", action="store_true",
                    help="keep DST in step with SRC: a continuous rule (a full scan first, then every change "
                         "within ~0.1 s; it mirrors, so deletions follow); see zc-ctl syncs")
