@@ -62,7 +62,7 @@ def specs(quick: bool) -> dict[str, Workload]:
         "W5": Workload("W5", "no-change re-sync of W2", "W2", "nochange", {}),
         "W8": Workload("W8", "3,000 x 4 KiB in 30 dirs" if not quick else "300 x 4 KiB in 3 dirs", "W8", "fresh",
                        w8),
-        "W8D": Workload("W8D", f"W8 while another process holds {_h(dirt)} dirty on the same filesystem", "W8",
+        "W8D": Workload("W8D", f"W8 while another process writes {_h(dirt)} to the same filesystem", "W8",
                         "fresh", {}, dirty=dirt),
         "W9": Workload("W9", f"one {_h(mid)} file", "W9", "fresh", {"kind": "bigfile", "size": mid, "seed": SEED + 9}),
         **{name: Workload(name, f"real tree: a copy of {path}", name, "fresh",
