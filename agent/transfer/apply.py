@@ -90,7 +90,7 @@ class TreeWriter:
         self.slots: dict[int, FileSlot] = {}  # partly arrived
         self.manifest_done = False
         self.fsync_files = options.durability is Durability.FILE
-        # ``job``: what this job wrote is fsynced in the background and waited for in finish()
+        # ``job``: what this job wrote is flushed in the background and waited for in finish()
         self.flush = JobFlush(root.fd) if options.durability is Durability.JOB else None
         self.bases: dict[int, Basis] = {}
         self.partials: dict[int, Partial] = {}
