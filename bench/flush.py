@@ -59,7 +59,7 @@ class Tree:
             for dfd in self.dfds:
                 self.flush.dir_changed(os.dup(dfd))
             self.flush.dir_changed(os.dup(self.rfd))
-            self.flush.wait()
+            self.flush.wait("bench")
         elif self.mode == "syncfs":
             syncfs(self.rfd)
         return time.perf_counter() - t0

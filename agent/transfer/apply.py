@@ -471,9 +471,7 @@ class TreeWriter:
         self.area.remove_if_empty()  # before the root's mtime is set
         finish_dirs(self)
         if self.flush is not None:
-            self.flush.wait()  # every file and directory this job changed, nothing else
-            if self.flush.files or self.flush.dirs:
-                log.debug("job flushed", extra=kv(job=self.job_id, files=self.flush.files, dirs=self.flush.dirs))
+            self.flush.wait(self.label)  # every file and directory this job changed, nothing else
         elif self.fsync_files:
             os.fsync(self.root.fd)
         return {"files_done": self.files_done, "bytes_done": self.bytes_done, "files_skipped": self.skipped,
@@ -501,13 +499,12 @@ class TreeWriter:
         self._wrote = True
 
     def dir_changed(self, dfd: int) -> None:
-        """An entry of the directory ``dfd`` changed outside the manifest's directories (a watch session's
-        rename or delete): under ``job`` durability it is fsynced before done (``dfd`` stays the caller's)."""
+        """An entry of directory ``dfd`` (the caller's) changed outside the manifest's directories."""
         if self.flush is not None:
             self.flush.dir_changed(os.dup(dfd))
 
     def file_changed(self, fd: int) -> None:
-        """Metadata of an existing file was fixed in place through ``fd`` (which stays the caller's)."""
+        """Metadata of an existing file was fixed in place through ``fd`` (the caller's)."""
         if self.flush is not None:
             self.flush.file_done(os.dup(fd))
 

@@ -30,10 +30,12 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from zcrepl.agent.transfer.saferoot import SafeRoot
+from zcrepl.core.errors import TransferError
+from zcrepl.core.logs import kv
 
 log = logging.getLogger(__name__)
 
-BATCH = 64  # fds fsynced by one worker in a row
+BATCH = 64  # fds flushed by one worker in a row
 IN_FLIGHT = 4  # batches queued or being fsynced at once; also the number of worker threads
 # A directory whose ctime is at least the job's start (less this margin: file timestamps come from the
 # kernel's coarse clock, which lags time.time_ns() by up to a tick) was changed during the job.
@@ -106,12 +108,10 @@ class JobFlush:
         with its batch otherwise (the call costs ~50 us, more than a small file's wait for its batch)."""
         if size >= WRITEBACK_NOW:
             start_writeback(fd)
-        self.files += 1
         self._take(fd, False)
 
     def dir_changed(self, fd: int) -> None:
         """Take ownership of a directory fd whose entries or metadata the job changed."""
-        self.dirs += 1
         self._take(fd, True)
 
     def changed_since_start(self, st: os.stat_result) -> bool:
@@ -123,6 +123,10 @@ class JobFlush:
                 os.close(fd)
                 raise RuntimeError("JobFlush used after wait() or close()")
             self._pending.append((fd, is_dir))
+            if is_dir:
+                self.dirs += 1
+            else:
+                self.files += 1
             batch = self._pending if len(self._pending) >= BATCH else None
             if batch is not None:
                 self._pending = []
@@ -159,10 +163,20 @@ class JobFlush:
         finally:
             self._slots.release()
 
-    def wait(self) -> None:
-        """fsync everything handed in (the remainder on this thread) and return when all of it is durable.
+    def wait(self, label: str) -> None:
+        """Flush everything handed in (the remainder on this thread) and return when all of it is durable.
 
-        Raises the first fsync error (EIO, ENOSPC...): then what the job wrote may not be on disk."""
+        A failed wait or fsync (EIO, ENOSPC...) raises :class:`TransferError` naming ``label`` (the
+        destination): what the job wrote may not be on disk, and the job must not report done."""
+        try:
+            self._wait()
+        except OSError as err:
+            raise TransferError(f"{label}: what this job wrote could not be made durable ({err.strerror or err}); "
+                                "the job is not done: check that disk (dmesg, free space), then run it again") from err
+        if self.files or self.dirs:
+            log.debug("job flushed", extra=kv(files=self.files, dirs=self.dirs, one_commit=self.journaled))
+
+    def _wait(self) -> None:
         with self._lock:
             self._closed = True
             rest, self._pending = self._pending, []

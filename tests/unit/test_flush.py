@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 from zcrepl.agent.transfer import flush as fl
+from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.flush import JobFlush
+from zcrepl.agent.transfer.frame import Entry, Kind
+from zcrepl.agent.transfer.saferoot import SafeRoot
+from zcrepl.core.errors import TransferError
+from zcrepl.core.types import JobOptions
 
 
 def _open_fds() -> int:
@@ -47,7 +52,7 @@ def test_every_fd_is_flushed_and_closed_with_a_bounded_number_open(tmp_path: Pat
     f.dir_changed(os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY))
     os.utime(tmp_path, ns=(1, 1_600_000_000_123_456_789))
     mtime = os.stat(tmp_path).st_mtime_ns
-    f.wait()
+    f.wait("test")
     assert os.stat(tmp_path).st_mtime_ns == mtime  # the final commit touched the root's times, not changed them
     assert _open_fds() == before
     assert most <= fl.BATCH * (fl.IN_FLIGHT + 1) + 1
@@ -68,8 +73,8 @@ def test_a_failed_fsync_fails_the_wait_and_nothing_leaks(tmp_path: Path, root: i
         if i == (3 if where == "pool" else fl.BATCH + 1):
             f.dir_changed(r)
         f.file_done(fd)
-    with pytest.raises(OSError):
-        f.wait()
+    with pytest.raises(TransferError, match="test: what this job wrote could not be made durable"):
+        f.wait("test")
     assert _open_fds() == before
 
 
@@ -81,3 +86,21 @@ def test_close_lets_go_of_everything_without_waiting_for_it(tmp_path: Path, root
     f.close()
     f.close()  # idempotent: a failed finish() is followed by abandon()
     assert _open_fds() == before
+
+
+def test_a_writer_whose_flush_fails_reports_a_clear_error_and_not_done(tmp_path: Path) -> None:
+    root = SafeRoot(os.fsencode(tmp_path))
+    try:
+        w = TreeWriter(root, JobOptions(), "hostB:/backup", 7)
+        assert w.flush is not None
+        w.admit(Entry(Kind.DIR, b"", 0o755, 1_600_000_000_000_000_000))
+        w.end_manifest(1)
+        r, wr = os.pipe()  # fsync of a pipe fails (EINVAL) as a failing disk's would (EIO)
+        os.close(wr)
+        w.flush.dir_changed(r)
+        with pytest.raises(TransferError, match=r"hostB:/backup: what this job wrote could not be made durable .*"
+                                                r"check that disk"):
+            w.finish()
+        w.abandon()
+    finally:
+        root.close()
