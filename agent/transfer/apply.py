@@ -471,7 +471,7 @@ class TreeWriter:
         self.area.remove_if_empty()  # before the root's mtime is set
         finish_dirs(self)
         if self.flush is not None:
-            self.flush.wait(self.label)  # every file and directory this job changed, nothing else
+            self.flush.wait(self.label, self.root)  # every file and directory this job changed, nothing else
         elif self.fsync_files:
             os.fsync(self.root.fd)
         return {"files_done": self.files_done, "bytes_done": self.bytes_done, "files_skipped": self.skipped,
@@ -498,15 +498,15 @@ class TreeWriter:
     def note_write(self) -> None:
         self._wrote = True
 
-    def dir_changed(self, dfd: int) -> None:
-        """An entry of directory ``dfd`` (the caller's) changed outside the manifest's directories."""
+    def dir_changed(self, parts: tuple[bytes, ...]) -> None:
+        """An entry of directory ``parts`` changed outside what finish_dirs sees (a watch session's ops)."""
         if self.flush is not None:
-            self.flush.dir_changed(os.dup(dfd))
+            self.flush.note(parts, is_dir=True)
 
-    def file_changed(self, fd: int) -> None:
-        """Metadata of an existing file was fixed in place through ``fd`` (the caller's)."""
+    def file_changed(self, parts: tuple[bytes, ...]) -> None:
+        """Metadata of the existing file ``parts`` was fixed in place."""
         if self.flush is not None:
-            self.flush.file_done(os.dup(fd))
+            self.flush.note(parts, is_dir=False)
 
     def changed(self) -> bool:
         """Whether this transfer wrote anything (a no-change re-sync has nothing to make durable;

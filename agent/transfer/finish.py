@@ -82,12 +82,10 @@ def _remove_unprotected(w: TreeWriter, dfd: int, name: bytes, rel: bytes, depth:
         os.close(sub)
     if kept:
         log.info("directory kept: it holds entries the filters protect", extra=kv(job=w.job_id, path=rel))
-        sub = _open_subdir(dfd, name)  # not a manifest directory: finish_dirs will not see what went from it
-        if sub is not None:
-            try:
-                w.dir_changed(sub)
-            finally:
-                os.close(sub)
+        try:  # not a manifest directory: finish_dirs will not see what went from it
+            w.dir_changed(validate_relpath(rel))
+        except UnsafePath:
+            pass  # a name we never write (our temp prefix): nothing of this job's is in it
         return False
     os.rmdir(name, dir_fd=dfd)
     w.count(deleted=1)

@@ -30,7 +30,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from zcrepl.agent.transfer.saferoot import SafeRoot
-from zcrepl.core.errors import TransferError
+from zcrepl.core.errors import TransferError, UnsafePath
 from zcrepl.core.logs import kv
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class JobFlush:
         self._pool: ThreadPoolExecutor | None = None
         self._futures: list[Future[None]] = []
         self._closed = False
+        self._noted: set[tuple[tuple[bytes, ...], bool]] = set()  # (path below the root, is a directory)
         self.files = self.dirs = 0  # fds handed in, for the log line
 
     def file_done(self, fd: int, size: int = WRITEBACK_NOW) -> None:
@@ -113,6 +114,11 @@ class JobFlush:
     def dir_changed(self, fd: int) -> None:
         """Take ownership of a directory fd whose entries or metadata the job changed."""
         self._take(fd, True)
+
+    def note(self, parts: tuple[bytes, ...], is_dir: bool) -> None:
+        """A path below the root to flush at :meth:`wait` (opened then: no fd is held meanwhile)."""
+        with self._lock:
+            self._noted.add((parts, is_dir))
 
     def changed_since_start(self, st: os.stat_result) -> bool:
         return st.st_ctime_ns >= self.since_ns
@@ -163,12 +169,15 @@ class JobFlush:
         finally:
             self._slots.release()
 
-    def wait(self, label: str) -> None:
-        """Flush everything handed in (the remainder on this thread) and return when all of it is durable.
+    def wait(self, label: str, root: SafeRoot | None = None) -> None:
+        """Flush everything handed in and noted (paths opened below ``root``), and return when all of it is
+        durable.
 
         A failed wait or fsync (EIO, ENOSPC...) raises :class:`TransferError` naming ``label`` (the
         destination): what the job wrote may not be on disk, and the job must not report done."""
         try:
+            if root is not None:
+                self._open_noted(root)
             self._wait()
         except OSError as err:
             raise TransferError(f"{label}: what this job wrote could not be made durable ({err.strerror or err}); "
@@ -188,6 +197,19 @@ class JobFlush:
             self._join()
         if self.journaled and (self.files or self.dirs):
             self._commit()
+
+    def _open_noted(self, root: SafeRoot) -> None:
+        with self._lock:
+            noted, self._noted = self._noted, set()
+        for parts, is_dir in sorted(noted, key=lambda n: -len(n[0])):  # children first, as finish_dirs
+            try:
+                fd = root.open_dir(parts) if is_dir else root.open_read(parts)
+            except (OSError, UnsafePath):
+                continue  # gone or replaced since: its parent's entry is what changed, and that is noted
+            if is_dir:
+                self.dir_changed(fd)
+            else:
+                self.file_done(fd)
 
     def _commit(self) -> None:
         """One journal commit after every data wait: the root's times set again (unchanged) put it in the

@@ -60,7 +60,7 @@ def up_to_date(w: TreeWriter, parts: tuple[bytes, ...], e: Entry) -> bool:
         if st.st_mtime_ns != e.mtime_ns:
             os.utime(fd, ns=(st.st_atime_ns, e.mtime_ns))
         if not (meta_ok and st.st_mtime_ns == e.mtime_ns) or w.options.xattrs:
-            w.file_changed(fd)
+            w.file_changed(parts)
     finally:
         os.close(fd)
     return True

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from zcrepl.agent.transfer import flush as fl
+from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.apply import TreeWriter
+from zcrepl.agent.transfer.changes import apply_ops
 from zcrepl.agent.transfer.flush import JobFlush
 from zcrepl.agent.transfer.frame import Entry, Kind
 from zcrepl.agent.transfer.saferoot import SafeRoot
@@ -104,3 +106,23 @@ def test_a_writer_whose_flush_fails_reports_a_clear_error_and_not_done(tmp_path:
         w.abandon()
     finally:
         root.close()
+
+
+def test_a_watch_sessions_renames_and_deletes_flush_the_directories_they_changed(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_bytes(b"x")
+    (tmp_path / "gone").write_bytes(b"y")
+    before = _open_fds()
+    root = SafeRoot(os.fsencode(tmp_path))
+    try:
+        w = TreeWriter(root, JobOptions(), "hostB:/backup", 7)
+        assert w.flush is not None
+        apply_ops(w, [opf.Op(opf.OP_RENAME, b"a/f", b"new/dir/f"), opf.Op(opf.OP_DELETE, b"gone", b"")])
+        assert _open_fds() == before + 1  # the root's fd only: nothing is held until the flush
+        w.flush.wait("hostB:/backup", root)
+        # a (rename source), new/dir (its target), new (made for it), the root (new made, gone deleted)
+        assert w.flush.dirs == 4
+    finally:
+        root.close()
+    assert _open_fds() == before
+    assert (tmp_path / "new" / "dir" / "f").read_bytes() == b"x" and not (tmp_path / "gone").exists()
