@@ -21,6 +21,7 @@ from zcrepl.proto.auth import AuthInterceptor
 from zcrepl.proto.channels import KEEPALIVE_SERVER, add_health_and_reflection_aio, bind
 from zcrepl.proto.convert import agent_info_to_pb, health_to_pb
 from zcrepl.proto.errors import ErrorInterceptor
+from zcrepl.proto.healthport import HealthPort
 
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
 MAX_RPCS = 256
@@ -41,7 +42,11 @@ class AgentService(agent_pb2_grpc.AgentServicer):
 
 
 class ApiServer:
-    """``start(listen)`` binds (port 0 allowed) and returns the bound port; ``stop()`` ends it."""
+    """``start(listen)`` binds (port 0 allowed) and returns the bound port; ``stop()`` ends it.
+
+    With ``health_listen`` it also serves the plaintext health-only port (see proto/healthport.py) on the
+    same loop; its bound address is then ``health_address``.
+    """
 
     def __init__(self, service: AgentService, trust: Trust | None) -> None:
         self._service = service
@@ -49,12 +54,14 @@ class ApiServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="zc-agent-api", daemon=True)
         self._server: grpc.aio.Server | None = None
+        self._health: HealthPort | None = None
+        self.health_address = ""
 
-    def start(self, listen: str) -> int:
+    def start(self, listen: str, health_listen: str = "") -> int:
         self._thread.start()
-        return asyncio.run_coroutine_threadsafe(self._start(listen), self._loop).result(30)
+        return asyncio.run_coroutine_threadsafe(self._start(listen, health_listen), self._loop).result(30)
 
-    async def _start(self, listen: str) -> int:
+    async def _start(self, listen: str, health_listen: str) -> int:
         interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
         if self._trust is not None:
             interceptors.insert(0, AuthInterceptor(self._trust))
@@ -64,11 +71,21 @@ class ApiServer:
         await add_health_and_reflection_aio(self._server, [SERVICE_NAME])
         port = bind(self._server, listen, self._trust)
         await self._server.start()
+        if health_listen:
+            self._health = HealthPort([SERVICE_NAME])
+            self.health_address = await self._health.start(health_listen)
         return port
+
+    def stop_health(self) -> None:
+        """NOT_SERVING on the health port, then close it: the first step of a stop, so probes see it early."""
+        if self._health is not None and self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._health.stop(), self._loop).result(5)
+            self._health = None
 
     def stop(self) -> None:
         if not self._thread.is_alive():
             return
+        self.stop_health()
         if self._server is not None:
             asyncio.run_coroutine_threadsafe(self._server.stop(grace=2), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)

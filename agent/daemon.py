@@ -28,10 +28,10 @@ from zcrepl.core.config import AgentConfig, split_address
 from zcrepl.core.logs import kv
 from zcrepl.core.metricsserver import MetricsServer
 from zcrepl.core.readyfile import write_ready_file
-from zcrepl.core.types import AgentInfo, HostHealth
+from zcrepl.core.types import AgentInfo, HostHealth, TransferReport
+from zcrepl.core.version import VERSION
 
 log = logging.getLogger(__name__)
-VERSION = "0.1.0"
 _WILDCARD = ("", "0.0.0.0", "::")
 
 
@@ -62,6 +62,7 @@ class Agent:
         self.data_address = ""
         self.metrics: MetricsServer | None = None
         self.metrics_address = ""
+        self.health_address = ""
         self.trust = agent_trust(config)  # enrols first when started with a join token
         if self.trust is None:
             log.warning("INSECURE: TLS is off; the controller and the agent's API are reached in plaintext and "
@@ -110,7 +111,8 @@ class Agent:
             self.monitor = HealthMonitor(sampler, cfg.heartbeat_interval)
             self.monitor.start()
             ghost, _ = split_address(cfg.listen)
-            gport = self._api.start(cfg.listen)
+            gport = self._api.start(cfg.listen, cfg.health_listen)
+            self.health_address = self._api.health_address
             self.grpc_address = self._advertise(ghost, gport)
             self.data.start()
             if cfg.metrics_listen:
@@ -132,17 +134,20 @@ class Agent:
             raise
         log.info("agent serving", extra=kv(name=cfg.name, grpc=self.grpc_address, data=self.data_address,
                                            controller=cfg.controller, exports=b",".join(self.exports.paths),
-                                           metrics=self.metrics_address or "-"))
+                                           metrics=self.metrics_address or "-",
+                                           health=self.health_address or "-"))
         if cfg.ready_file:
             ready = {"name": cfg.name, "pid": os.getpid(), "grpc": self.grpc_address, "data": self.data_address}
             if self.metrics_address:
                 ready["metrics"] = self.metrics_address
+            if self.health_address:
+                ready["health"] = self.health_address
             write_ready_file(cfg.ready_file, ready)
         return self
 
-    def _report(self, r: object) -> None:
+    def _report(self, r: TransferReport) -> None:
         if self.link is not None:
-            self.link.report(r)  # type: ignore[arg-type]
+            self.link.report(r)
 
     def reload(self) -> None:
         """SIGHUP: re-read the TLS files now (they are also picked up within a second of changing)."""
@@ -150,6 +155,7 @@ class Agent:
             self.trust.refresh(force=True)
 
     def stop(self) -> None:
+        self._api.stop_health()
         if self.renewer is not None:
             self.renewer.stop()
         if self.transfers is not None:

@@ -19,7 +19,6 @@ Gotchas:
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import stat
@@ -355,18 +354,17 @@ class HealthSampler:
 class HealthMonitor:
     """Samples a :class:`HealthSampler` on a daemon thread every ``interval`` seconds; a context manager.
 
-    ``latest`` is the newest sample (an all-zero ``HostHealth()`` before the first one); ``history()``
-    keeps the last ``maxlen``. The controller sets the cadence at runtime through :meth:`set_interval`,
-    which takes effect at once rather than after the interval already being waited out.
+    ``latest`` is the newest sample (an all-zero ``HostHealth()`` before the first one), ``samples`` how many
+    were taken (the history is the controller's: it keeps each agent's). The controller sets the cadence at
+    runtime through :meth:`set_interval`, which takes effect at once rather than after the interval already
+    being waited out.
     """
 
-    def __init__(self, sampler: HealthSampler, interval: float, *, maxlen: int = 900) -> None:
-        if maxlen < 1:
-            raise ValueError(f"health history maxlen must be >= 1, got {maxlen}")
+    def __init__(self, sampler: HealthSampler, interval: float) -> None:
         self._sampler = sampler
         self._interval = self._check_interval(interval)
         self._lock = threading.Lock()
-        self._history: collections.deque[HostHealth] = collections.deque(maxlen=maxlen)
+        self._samples = 0
         self._latest = HostHealth()
         self._stop = threading.Event()
         # Set by stop() and set_interval() to cut the current wait short.
@@ -387,10 +385,10 @@ class HealthMonitor:
     def latest(self) -> HostHealth:
         return self._latest
 
-    def history(self) -> list[HostHealth]:
-        """The retained samples, oldest first."""
-        with self._lock:
-            return list(self._history)
+    @property
+    def samples(self) -> int:
+        """Samples taken so far."""
+        return self._samples
 
     def set_interval(self, seconds: float) -> None:
         """Change the cadence; the next sample is due ``seconds`` after the previous one."""
@@ -429,7 +427,7 @@ class HealthMonitor:
             log.exception("health sample failed")
             return
         with self._lock:
-            self._history.append(health)
+            self._samples += 1
             self._latest = health
 
     def _run(self) -> None:

@@ -22,8 +22,9 @@ import grpc
 from zcrepl.agent.syncs import Syncs
 from zcrepl.agent.transfers import Transfers
 from zcrepl.core.backoff import backoff_delay
-from zcrepl.core.logs import kv
-from zcrepl.core.synctypes import SyncHoldOrder, SyncStopOrder
+from zcrepl.core.logs import attempt_fields, kv, log_context
+from zcrepl.core.orders import Order
+from zcrepl.core.synctypes import SyncDestOrder, SyncHoldOrder, SyncSourceOrder, SyncStopOrder, SyncTicketOrder
 from zcrepl.core.trust import Trust
 from zcrepl.core.types import (
     AgentInfo,
@@ -38,8 +39,9 @@ from zcrepl.core.types import (
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc
 from zcrepl.proto.channels import KEEPALIVE_CLIENT, channel
-from zcrepl.proto.convert import agent_info_to_pb, health_to_pb, options_from_pb, report_to_pb
-from zcrepl.proto.syncconvert import dest_order_from_pb, source_order_from_pb, status_to_pb, ticket_order_from_pb
+from zcrepl.proto.convert import agent_info_to_pb, health_to_pb, report_to_pb
+from zcrepl.proto.orders import order_from_pb
+from zcrepl.proto.syncconvert import status_to_pb
 
 log = logging.getLogger(__name__)
 
@@ -198,40 +200,36 @@ class ControllerLink:
             log.info("registered with controller", extra=kv(controller=self.target, heartbeat=self.interval))
             self._send(self._heartbeat())
             return True
-        if kind == "receive":
-            o = msg.receive
-            self.transfers.receive(ReceiveOrder(o.job_id, o.attempt, bytes(o.ticket), bytes(o.path),
-                                                options_from_pb(o.options), o.source_host,
-                                                tuple(o.source_addresses)))
-        elif kind == "send":
-            o2 = msg.send
-            self.transfers.send(SendOrder(o2.job_id, o2.attempt, bytes(o2.ticket), bytes(o2.path),
-                                          options_from_pb(o2.options), o2.dest_host, o2.dest_data_address,
-                                          bytes(o2.dest_path)))
-        elif kind == "throttle":
-            t = msg.throttle
-            self.transfers.throttle(ThrottleOrder(t.job_id, t.attempt, t.bwlimit, t.paused, t.reason))
-        elif kind in ("sync_source", "sync_dest", "sync_stop", "sync_hold", "sync_ticket") and self.syncs is not None:
-            self._sync_order(msg)
-        elif kind == "cancel":
-            c = msg.cancel
-            self.transfers.cancel(CancelOrder(c.job_id, c.attempt, c.reason, c.discard_partial))
+        order = order_from_pb(msg)
+        if order is not None:
+            # Every line logged while an order is handled (and by the threads it starts) names its job or rule.
+            with log_context(**_order_fields(order)):
+                self._dispatch(order)
         return False
 
-    def _sync_order(self, msg: cpb.ControllerMessage) -> None:
-        assert self.syncs is not None
-        kind = msg.WhichOneof("kind")
-        if kind == "sync_source":
-            self.syncs.source(source_order_from_pb(msg.sync_source))
-        elif kind == "sync_dest":
-            self.syncs.dest(dest_order_from_pb(msg.sync_dest))
-        elif kind == "sync_stop":
-            self.syncs.stop(SyncStopOrder(msg.sync_stop.rule_id, msg.sync_stop.reason))
-        elif kind == "sync_ticket":
-            self.syncs.rotate(ticket_order_from_pb(msg.sync_ticket))
-        else:
-            h = msg.sync_hold
-            self.syncs.hold(SyncHoldOrder(h.rule_id, h.epoch, h.held, h.reason))
+    def _dispatch(self, order: Order) -> None:
+        match order:
+            case ReceiveOrder():
+                self.transfers.receive(order)
+            case SendOrder():
+                self.transfers.send(order)
+            case ThrottleOrder():
+                self.transfers.throttle(order)
+            case CancelOrder():
+                self.transfers.cancel(order)
+            case _ if self.syncs is None:
+                log.warning("watch-rule order ignored: this agent runs no watch rules",
+                            extra=kv(order=type(order).__name__))
+            case SyncSourceOrder():
+                self.syncs.source(order)
+            case SyncDestOrder():
+                self.syncs.dest(order)
+            case SyncStopOrder():
+                self.syncs.stop(order)
+            case SyncTicketOrder():
+                self.syncs.rotate(order)
+            case SyncHoldOrder():
+                self.syncs.hold(order)
 
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.interval):
@@ -252,3 +250,14 @@ def _drain(box: queue.Queue[object]) -> Iterator[cpb.AgentMessage]:
         if item is _CLOSE:
             return
         yield item  # type: ignore[misc]
+
+
+def _order_fields(order: Order) -> dict[str, int]:
+    """The log fields of an order: its job and attempt, or its watch rule (and epoch)."""
+    job_id, attempt = getattr(order, "job_id", None), getattr(order, "attempt", None)
+    if job_id is not None and attempt is not None:
+        return attempt_fields(job_id, attempt)
+    fields = {"rule": order.rule_id} if hasattr(order, "rule_id") else {}
+    if hasattr(order, "epoch"):
+        fields["epoch"] = order.epoch
+    return fields

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeatable")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics over plain HTTP here (off unless set; port 0 = any free port)")
+    p.add_argument("--health-listen", metavar="HOST:PORT",
+                   help="serve only grpc.health.v1 in plaintext here, for probes without TLS such as "
+                        "Kubernetes' (off unless set; port 0 = any free port)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["kv", "json"])
     p.add_argument("--ready-file", metavar="FILE", help="write bound addresses as JSON here once serving")
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"zc-agent: {err}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level, config.log_format)
+    setup_logging(config.log_level, config.log_format, static={"service": "zc-agent", "host": config.name})
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

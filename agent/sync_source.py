@@ -32,7 +32,7 @@ from zcrepl.agent.watch_filter import filter_changes
 from zcrepl.core.backoff import backoff_delay
 from zcrepl.core.config import split_address
 from zcrepl.core.errors import Cancelled, TransferError
-from zcrepl.core.logs import kv
+from zcrepl.core.logs import kv, log_context
 from zcrepl.core.paths import show
 from zcrepl.core.synctypes import SYNC_ID_BASE, SyncCounters, SyncDest, SyncSourceOrder, SyncStatus
 
@@ -63,7 +63,6 @@ class SourceRule:
         self._cancel = threading.Event()
         self._hold = threading.Condition()
         self._held = order.held
-        self._hold_reason = order.hold_reason
         self._lock = threading.Lock()
         self._counters = SyncCounters()
         self._failures = 0
@@ -78,7 +77,8 @@ class SourceRule:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
-        self.watcher.start()
+        with log_context(rule=self.order.rule_id, epoch=self.order.epoch):  # the watcher's threads keep it
+            self.watcher.start()
         log.info("watch rule started", extra=kv(rule=self.order.rule_id, epoch=self.order.epoch, source=self.label,
                                                 dests=",".join(d.host for d in self.order.dests)))
 
@@ -93,7 +93,7 @@ class SourceRule:
     def hold(self, held: bool, reason: str) -> None:
         with self._hold:
             changed = held != self._held
-            self._held, self._hold_reason = held, reason
+            self._held = held
             self._hold.notify_all()
         if changed:
             log.info("watch rule held" if held else "watch rule released",
@@ -188,12 +188,14 @@ class SourceRule:
             break
         add = SyncCounters(sessions=1, changes=0 if cs.rescan else len(cs), files=stats.files_done,
                            bytes=stats.bytes_done, deleted=stats.deleted, renamed=sender.renamed,
-                           reconciles=int(cs.rescan), skipped=stats.entries_skipped)
+                           reconciles=int(cs.rescan), skipped=stats.entries_skipped + stats.file_errors)
         with self._lock:
             self._counters = self._counters.plus(add)
-            if stats.entries_skipped:
+            if stats.entries_skipped or stats.file_errors:
                 # Not a failure (the rest shipped), but never silent: the rule shows it as its last error.
-                self._last_error = (f"{self.label} -> {dest.host}: {stats.entries_skipped} entries skipped; last: "
+                what = (f"{stats.file_errors} files could not be read, " if stats.file_errors else "") + (
+                    f"{stats.entries_skipped} entries skipped" if stats.entries_skipped else "")
+                self._last_error = (f"{self.label} -> {dest.host}: {what.removesuffix(', ')}; last: "
                                     f"{sender.skips.last()}")
                 self._last_error_at = time.time()
         log.debug("change set shipped", extra=kv(rule=o.rule_id, dest=dest.host, rescan=cs.rescan, items=len(cs),

@@ -19,12 +19,13 @@ from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Hello
-from zcrepl.agent.transfer.jobdirs import check_destination, no_space, open_source
+from zcrepl.agent.transfer.jobdirs import check_destination, no_space, open_source, resolve_dirs
 from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.local import LocalCopy, log_local
 from zcrepl.agent.transfer.partial import drop_partials
 from zcrepl.agent.transfer.peer import Binding, resolve
+from zcrepl.agent.transfer.plan import PlanWriter
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
@@ -32,7 +33,7 @@ from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
 from zcrepl.core.config import split_address
 from zcrepl.core.errorkind import error_kind
 from zcrepl.core.errors import Cancelled, ConfigError, TransferError, UnsafePath, ZcError
-from zcrepl.core.logs import kv
+from zcrepl.core.logs import carry, kv
 from zcrepl.core.paths import show
 from zcrepl.core.types import (
     CancelOrder,
@@ -145,6 +146,7 @@ class Transfers:
                 raise ConfigError(no_tls(self.host, "receive"))  # (a same-host copy never touches the network)
             root, rel = self.exports.resolve(order.path)
             check_destination(root, rel, label)
+            resolve_dirs(self.exports.resolve, order.options)  # --backup-dir, --link-dest: inside the exports
         except ZcError as err:
             self._fail(order.job_id, order.attempt, Role.RECEIVER, str(err), retryable=False)
             return
@@ -154,7 +156,7 @@ class Transfers:
         if any(not e.is_set() for e in older):
             # An older attempt of this job is still stopping here: get ready only once it has (off the thread
             # that reads the controller's orders).
-            threading.Thread(target=self._ready_after, args=(order, root, rel, label, older),
+            threading.Thread(target=carry(self._ready_after), args=(order, root, rel, label, older),
                              name=f"zc-fence-{order.job_id}", daemon=True).start()
             return
         self._ready(order, root, rel, label)
@@ -216,7 +218,8 @@ class Transfers:
         with self._lock:
             self._active[key] = active
         if order.dest_host == self.host:
-            active.thread = threading.Thread(target=self._run_local, args=(order, src, key, label, active, older),
+            active.thread = threading.Thread(target=carry(self._run_local),
+                                             args=(order, src, key, label, active, older),
                                              name=f"zc-local-{order.job_id}", daemon=True)
             active.thread.start()
             return
@@ -228,7 +231,7 @@ class Transfers:
             encrypt=order.options.encrypt, dest=order.dest_host, contexts=self.data.tls,
         )
         active.thread = threading.Thread(
-            target=self._run_sender, args=(spec, src, key, label, order), name=f"zc-send-{order.job_id}",
+            target=carry(self._run_sender), args=(spec, src, key, label, order), name=f"zc-send-{order.job_id}",
             daemon=True,
         )
         active.thread.start()
@@ -339,7 +342,7 @@ class Transfers:
         dst_label = f"{self.host}:{show(order.dest_path)}"
         t0 = time.monotonic()
         try:
-            if self.sweeper is not None:
+            if self.sweeper is not None and not order.options.dry_run:
                 self.sweeper.request(*self.exports.resolve(order.dest_path))
             deadline = t0 + self.io_timeout
             for e in older:  # this thread is the writer: never while an older attempt still is
@@ -352,7 +355,7 @@ class Transfers:
                                lambda s: self.report(TransferReport(order.job_id, order.attempt, Role.SENDER,
                                                                     Phase.PROGRESS, s)),
                                workers=order.options.streams or 2, policy=self.exports.policy(root),
-                               limits=self.limits)
+                               limits=self.limits, dirs=resolve_dirs(self.exports.resolve, order.options))
             stats = copier.run()
         except Cancelled:
             self._forget(key)
@@ -380,16 +383,18 @@ class Transfers:
         log_local(order.job_id, stats, time.monotonic() - t0)
         # One scan serves both roles: its skipped entries are reported once, by the sender.
         self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE,
-                                   replace(stats, entries_skipped=0, skipped_special=0)))
+                                   replace(stats, entries_skipped=0, skipped_special=0, file_errors=0),
+                                   plan=copier.plan))
         self.report(TransferReport(order.job_id, order.attempt, Role.SENDER, Phase.DONE, stats, skipped=skipped))
 
     def _serve_receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,
                        ch: Channel, hello: Hello, bind: Binding) -> None:
         key = (order.job_id, order.attempt, Role.RECEIVER)
-        if self.sweeper is not None:  # first, what dead transfers left here goes (at most once a minute)
+        if self.sweeper is not None and not order.options.dry_run:  # first, what dead transfers left here goes
             self.sweeper.request(root, rel)
         spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label,
-                           policy=self.exports.policy(root), limits=self.limits, bind=bind)
+                           policy=self.exports.policy(root), limits=self.limits, bind=bind,
+                           dirs=resolve_dirs(self.exports.resolve, order.options))
         session = ReceiveSession(spec, self.tickets)
         with self._lock:
             active = self._active.get(key)
@@ -401,7 +406,7 @@ class Transfers:
             if active is not None:
                 _ended(active, key)
 
-    def _receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str, ch: Channel,
+    def _receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str, ch: Channel,  # noqa: C901
                  hello: Hello, session: ReceiveSession) -> None:
         key = (order.job_id, order.attempt, Role.RECEIVER)
         t0 = time.monotonic()
@@ -457,12 +462,14 @@ class Transfers:
             return
         # Whatever is left in the partial area belongs to files this tree no longer needs: deleted at the
         # source, or replaced by a newer version that arrived whole.
-        drop_partials(root, rel, None)
+        if not order.options.dry_run:
+            drop_partials(root, rel, None)
         log.info("receive done", extra=kv(job=order.job_id, attempt=order.attempt, files=stats.files_done,
                                           bytes=stats.bytes_done, skipped=stats.files_skipped,
                                           transport=stats.transport, source=ch.peer.address if ch.peer else "",
                                           deleted=stats.deleted, seconds=round(time.monotonic() - t0, 3)))
-        self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE, stats))
+        plan = tuple(session.writer.items) if isinstance(session.writer, PlanWriter) else ()
+        self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE, stats, plan=plan))
 
     def _forget(self, key: tuple[int, int, Role]) -> None:
         with self._lock:

@@ -68,11 +68,10 @@ from watchdog.events import (
 
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.watch_coalesce import REPLAY_MARGIN, ChangeSet, Coalescer, is_ignored
-from zcrepl.agent.watch_echo import Echoes
 from zcrepl.agent.watch_inotify import EVENT_FILTER, JOIN_TIMEOUT, NO_HANDLER, Raw, WatchFD, WatchObserver
-from zcrepl.agent.watch_poll import Polled, Poller, Sig, list_signatures
+from zcrepl.agent.watch_poll import Polled, Poller, PollKind, Sig, list_signatures
 from zcrepl.core.errors import UnsafePath
-from zcrepl.core.logs import kv
+from zcrepl.core.logs import carry, kv
 from zcrepl.core.paths import show
 
 __all__ = ["ChangeSet", "TreeWatcher"]
@@ -116,14 +115,13 @@ class TreeWatcher:
         poll_interval: float = 30.0,
         on_warning: WarnFn | None = None,
         close_settles: bool = True,
-        echo_ttl: float = 30.0,
         max_pending: int = 1_000_000,
         replay_margin: float = REPLAY_MARGIN,
         burst_events: int = BURST_EVENTS,
         burst_hold: float = BURST_HOLD,
     ) -> None:
-        if max_batch < 1 or poll_interval <= 0 or echo_ttl <= 0:
-            raise ValueError("max_batch must be >= 1, poll_interval and echo_ttl > 0")
+        if max_batch < 1 or poll_interval <= 0:
+            raise ValueError("max_batch must be >= 1 and poll_interval > 0")
         self.root = os.path.realpath(os.fsencode(root))
         self.poll_interval = poll_interval
         self._window = window
@@ -144,7 +142,6 @@ class TreeWatcher:
         # For metrics, guarded by _cond: file system events received, change sets released to the shipper.
         self.events_seen = 0
         self.sets_released = 0
-        self._echoes = Echoes(echo_ttl, clock, self._lstat)
         self._poller = Poller(self.root, lambda: self._saferoot, self._rel, self._on_event, self._on_warning,
                               clock, poll_interval)
         self._saferoot: SafeRoot | None = None
@@ -165,7 +162,7 @@ class TreeWatcher:
                 # After the watches exist: a reconciliation from here on misses nothing.
                 self._co.request_rescan(self._clock())
             for name, target in (("coalesce", self._run), ("poll", self._poller.run)):
-                t = threading.Thread(target=target, name=f"zc-watch-{name}", daemon=True)
+                t = threading.Thread(target=carry(target), name=f"zc-watch-{name}", daemon=True)
                 t.start()
                 self._threads.append(t)
         except BaseException:
@@ -200,18 +197,6 @@ class TreeWatcher:
         self.stop()
 
     # ----------------------------------------------------------------------------------------- queries
-
-    def note_applied(self, rel: bytes, ino: int, mtime_ns: int, size: int) -> None:
-        """This agent itself just wrote ``rel`` (as a destination): do not ship it back.
-
-        An upsert of ``rel`` is dropped while its ``lstat`` still shows ``(ino, mtime_ns, size)`` and, after
-        the first drop, the same mode, owner and ctime; any other change is shipped and ends the suppression.
-        Call it *before* the final rename with the temp's values (the inode, mtime and size survive the
-        rename), so the rename's event can never be released before the note. Notes expire after
-        ``echo_ttl`` seconds. Limitation: a chmod/chown of ``rel`` within ``window`` of the apply is
-        suppressed with it (the triple cannot see it).
-        """
-        self._echoes.note(rel, ino, mtime_ns, size)
 
     def pending(self) -> int:
         """Changes seen but not yet handed to ``on_changes`` (including a pending rescan)."""
@@ -349,7 +334,7 @@ class TreeWatcher:
             return None
         return min(now + self._window / 2, oldest + self._burst_hold_max)
 
-    def _apply(self, t: float, events: list[Raw]) -> None:
+    def _apply(self, t: float, events: list[Raw]) -> None:  # noqa: C901
         """Feed one batch from the emitter to the coalescer, under one lock. A directory that is new to the
         destination is scanned outside the lock, right after the event that made it so."""
         co, rel_of = self._co, self._rel
@@ -401,15 +386,16 @@ class TreeWatcher:
         co = self._co
         scans: list[bytes] = []
         with self._cond:
-            if item.kind == "rescan":
-                co.request_rescan(t)
-            elif item.kind == "created":
-                co.created(item.rel, is_dir=item.is_dir, now=t, new=False)
-                scans = [item.rel] if item.is_dir else []
-            elif item.kind == "deleted":
-                co.deleted(item.rel, is_dir=item.is_dir, now=t)
-            else:
-                co.modified(item.rel, is_dir=item.is_dir, now=t, hot=False)
+            match item.kind:
+                case PollKind.RESCAN:
+                    co.request_rescan(t)
+                case PollKind.CREATED:
+                    co.created(item.rel, is_dir=item.is_dir, now=t, new=False)
+                    scans = [item.rel] if item.is_dir else []
+                case PollKind.DELETED:
+                    co.deleted(item.rel, is_dir=item.is_dir, now=t)
+                case PollKind.CHANGED:
+                    co.modified(item.rel, is_dir=item.is_dir, now=t, hot=False)
         self._scan_into(scans, t)
 
     def _scan_into(self, tops: list[bytes], t: float) -> None:
@@ -425,10 +411,6 @@ class TreeWatcher:
 
     def _deliver(self, cs: ChangeSet) -> bool:
         """Hand one set over; False if ``on_changes`` failed (then a rescan is pending instead)."""
-        if cs.upserts:
-            cs = self._echoes.drop(cs)
-            if not len(cs):
-                return True
         try:
             self._on_changes(cs)
         except Exception:
@@ -453,15 +435,11 @@ class TreeWatcher:
             return None
 
     def _exists(self, rel: bytes) -> bool:
-        return os.path.lexists(self.root + b"/" + rel if rel else self.root)
+        return self._lstat(rel) is not None
 
     def _is_regular(self, rel: bytes) -> bool:
-        # Only decides whether a new file may still be written (held for ``quiet``): a plain lstat is enough
-        # and keeps a burst of creations cheap.
-        try:
-            return stat.S_ISREG(os.lstat(self.root + b"/" + rel).st_mode)
-        except OSError:
-            return False
+        st = self._lstat(rel)
+        return st is not None and stat.S_ISREG(st.st_mode)
 
     def _listdir(self, rel: bytes) -> dict[bytes, Sig] | None:
         return list_signatures(self._saferoot, rel)

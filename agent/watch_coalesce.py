@@ -305,7 +305,7 @@ class Coalescer:
         for path, is_dir, is_reg in found:
             self.created(path, is_dir=is_dir, now=now, hot=is_reg, new=new)
 
-    def moved(self, src: bytes, dst: bytes, *, is_dir: bool, now: float) -> list[bytes]:
+    def moved(self, src: bytes, dst: bytes, *, is_dir: bool, now: float) -> list[bytes]:  # noqa: C901
         """A rename inside the tree. Returns the directories the caller should scan (and report with
         ``listed``): content the destination lacks, which the rename may have taken along before an
         earlier scan could list it."""

@@ -65,6 +65,7 @@ from watchdog.observers.inotify_c import (
 from watchdog.observers.inotify_move_event_grouper import GroupedInotifyEvent, PathedInotifyEvent
 
 from zcrepl.agent import priority
+from zcrepl.core.logs import carry, context_fields, log_context
 
 JOIN_TIMEOUT = 1.0
 
@@ -125,10 +126,15 @@ class WatchFD(InotifyFD):
         self._pruned = 0.0
         self._backlog: deque[bytes | None] = deque()  # read, not yet handled (None: the reader ended)
         self._backlog_cond = threading.Condition()
+        self._zc_log = dict(context_fields())  # the watch rule's: its lines name it on this thread too
         super().__init__()
 
     def run(self) -> None:
-        handler = threading.Thread(target=self._handle_backlog, name="zc-watch-handle", daemon=True)
+        with log_context(**self._zc_log):
+            self._zc_read()
+
+    def _zc_read(self) -> None:
+        handler = threading.Thread(target=carry(self._handle_backlog), name="zc-watch-handle", daemon=True)
         handler.start()
         try:
             last = float("-inf")
@@ -332,7 +338,7 @@ class WatchEmitter(InotifyFullEmitter):
                                    is_recursive=self.watch.is_recursive, event_mask=self.get_event_mask_from_filter(),
                                    follow_symlink=self.watch.follow_symlink)
 
-    def queue_events(self, timeout: float, *, full_events: bool = False) -> None:
+    def queue_events(self, timeout: float, *, full_events: bool = False) -> None:  # noqa: C901
         with self._lock:
             group = self._inotify
         if not isinstance(group, WatchGroup):

@@ -7,6 +7,7 @@ to the watcher as ordinary created/changed/deleted items (``Polled``), scoped to
 
 from __future__ import annotations
 
+import enum
 import os
 import stat
 import threading
@@ -18,18 +19,25 @@ from zcrepl.agent.watch_coalesce import is_ignored
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.paths import show
 
-__all__ = ["Polled", "Poller", "Sig", "list_signatures"]
+__all__ = ["PollKind", "Polled", "Poller", "Sig", "list_signatures"]
 
 _WATCHES_SYSCTL = "/proc/sys/fs/inotify/max_user_watches"
 
 Sig = tuple[int, int, int, int, int]  # (file type, ino, size, mtime_ns, ctime_ns)
 
 
+class PollKind(enum.Enum):
+    CREATED = "created"
+    CHANGED = "changed"
+    DELETED = "deleted"
+    RESCAN = "rescan"  # what changed before the poller's baseline was taken is unknown
+
+
 @dataclass(frozen=True, slots=True)
 class Polled:
-    """A change found by the poller, or a request for a rescan (``kind == "rescan"``)."""
+    """A change found by the poller, or a request for a rescan."""
 
-    kind: str  # "created" | "changed" | "deleted" | "rescan"
+    kind: PollKind
     rel: bytes = b""
     is_dir: bool = False
 
@@ -116,7 +124,7 @@ class Poller:
                     if limit_hit and (warned_at is None or now - warned_at >= self.poll_interval):
                         warned_at = now
                         self._warn_limit(added)
-                    self._emit(Polled("rescan"))  # what changed before the baseline was taken
+                    self._emit(Polled(PollKind.RESCAN))  # what changed before the baseline was taken
                     if next_poll is None:
                         next_poll = self._clock() + self.poll_interval
             if next_poll is not None and self._clock() >= next_poll:
@@ -160,13 +168,13 @@ class Poller:
                     continue
                 child = d + b"/" + name if d else name
                 if before is not None and (after is None or before[:2] != after[:2]):  # gone, or replaced
-                    self._emit(Polled("deleted", child, stat.S_ISDIR(before[0])))
+                    self._emit(Polled(PollKind.DELETED, child, stat.S_ISDIR(before[0])))
                     self._forget(child)
                     before = None
                 if after is None:
                     continue
                 is_dir = stat.S_ISDIR(after[0])
-                self._emit(Polled("created" if before is None else "changed", child, is_dir))
+                self._emit(Polled(PollKind.CREATED if before is None else PollKind.CHANGED, child, is_dir))
                 if is_dir and before is None:  # inotify never saw it appear: it is ours to poll
                     self._baseline([(self.root + b"/" + child, True)])
 

@@ -3,7 +3,9 @@
 Exit codes: 0 success; 1 the job failed or was cancelled (or the controller refused the request in its
 current state); 2 bad input (unknown host, bad path, unknown job, a number out of range); 3 the controller
 cannot be reached; 4 the job is done but left entries out (special files, unreadable entries...: ``zc-ctl job
-ID`` lists them); 5 the certificate's role does not allow it; 130 interrupted (the job keeps running).
+ID`` lists them); 5 the certificate's role does not allow it; 6 the job is done but files that should have been
+copied were not (unreadable at the source, changed while read: ``zc-ctl job ID`` lists them; outranks 4); 130
+interrupted (the job keeps running).
 """
 
 from __future__ import annotations
@@ -118,6 +120,58 @@ def _filter_options(r: argparse.ArgumentParser) -> None:
                    help="also remove what the filters exclude from the destination (implies --delete)")
 
 
+def _replicate_options(r: argparse.ArgumentParser) -> None:
+    """replicate's options in groups, rsync's spellings where the meaning is the same (README: coming from rsync)."""
+    g = r.add_argument_group("what is compared and changed")
+    g.add_argument("-c", "--checksum", action="store_true", help="compare files by content hash, not size+mtime")
+    g.add_argument("-n", "--dry-run", action="store_true",
+                   help="change nothing: list what the run would create, update (and why) and delete, with totals "
+                        "(the destination compares, as in a real run; nothing is sent)")
+    g.add_argument("--xattrs", action="store_true", help="replicate extended attributes too (like rsync -X)")
+    d = r.add_argument_group("deletion, backups and snapshots")
+    d.add_argument("--delete", action="store_true", help="remove what the source lacks from the destination")
+    d.add_argument("--backup-dir", type=os.fsencode, default=b"", metavar="DIR",
+                   help="move the previous version of every file the run overwrites or deletes into DIR, relative "
+                        "path kept (rsync --backup --backup-dir); DIR is on the destination host inside its "
+                        "exports, absolute or relative to DST, and outside DST")
+    d.add_argument("--link-dest", type=os.fsencode, action="append", default=[], metavar="DIR",
+                   help="hard-link a file unchanged against DIR (same size, mtime, mode) instead of sending it: "
+                        "snapshots cost only what changed; DIR is on the destination host inside its exports, "
+                        "absolute or relative to DST; repeatable (up to 20, the first match wins)")
+    _filter_options(r)
+    t = r.add_argument_group("how it moves")
+    t.add_argument("--bwlimit", type=parse_rate, default=0, metavar="RATE",
+                   help="cap the transfer at RATE bytes/s (suffix K, M, G)")
+    t.add_argument("--encrypt", action="store_true",
+                   help="TLS 1.3 on the data connections, with the agents' certificates (mutual); the "
+                        "controller's encrypt policy may also encrypt jobs without it")
+    t.add_argument("--streams", type=whole(0, MAX_STREAMS, "a number of streams"), default=0, metavar="N",
+                   help="parallel data connections (default: chosen from both hosts' cores)")
+    t.add_argument("--durability", choices=[d.value for d in Durability], default=None,
+                   help="job: flush what the job wrote before done (default); file: fsync every file; none: leave "
+                        "it to the kernel, like rsync (the default with --watch)")
+    q = r.add_argument_group("queue")
+    q.add_argument("--max-attempts", type=whole(0, MAX_ATTEMPTS, "a number of attempts"), default=0, metavar="N",
+                   help="attempts before the job fails")
+    q.add_argument("--priority", choices=[p.name.lower() for p in reversed(Priority)],
+                   default=Priority.NORMAL.name.lower(),
+                   help="queue order (default normal); a waiting job gains a level every priority_aging "
+                        "seconds, so low ones still run")
+    w = r.add_argument_group("continuous mirroring")
+    w.add_argument("--watch", action="store_true",
+                   help="keep DST in step with SRC: a continuous rule (a full scan first, then every change "
+                        "within ~0.1 s; it mirrors, so deletions follow); see zc-ctl syncs")
+    w.add_argument("--window", type=seconds(0, 60, "a window"), default=0.0, metavar="SECONDS",
+                   help="with --watch: how long changes are merged before shipping (default 0.05)")
+    w.add_argument("--quiet", type=seconds(0, 600, "a quiet period"), default=0.0, metavar="SECONDS",
+                   help="with --watch: how long a file still open for writing must see no write before it "
+                        "ships (default 0.2; closing it ships it at once)")
+    o = r.add_argument_group("output")
+    o.add_argument("--detach", action="store_true", help="print the job id and return at once")
+    o.add_argument("--json", action="store_true",
+                   help="print the final job as JSON (with --dry-run: its plan, a list of objects)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zc-ctl", description="Operate a zcrepl cluster.")
     p.add_argument("--controller", metavar="HOST:PORT",
@@ -130,36 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("src", metavar="SRC", help="HOST:/path of the source tree")
     r.add_argument("dst", metavar="DST", nargs="+",
                    help="HOST:/path of the destination; several make a fan-out (finished copies feed the rest)")
-    r.add_argument("--delete", action="store_true", help="remove what the source lacks from the destination")
-    r.add_argument("--checksum", action="store_true", help="compare files by content hash, not size+mtime")
-    r.add_argument("--xattrs", action="store_true", help="replicate extended attributes too (like rsync -X)")
-    r.add_argument("--encrypt", action="store_true",
-                   help="TLS 1.3 on the data connections, with the agents' certificates (mutual); the "
-                        "controller's encrypt policy may also encrypt jobs without it")
-    r.add_argument("--bwlimit", type=parse_rate, default=0, metavar="RATE",
-                   help="cap the transfer at RATE bytes/s (suffix K, M, G)")
-    r.add_argument("--max-attempts", type=whole(0, MAX_ATTEMPTS, "a number of attempts"), default=0, metavar="N",
-                   help="attempts before the job fails")
-    r.add_argument("--streams", type=whole(0, MAX_STREAMS, "a number of streams"), default=0, metavar="N",
-                   help="parallel data connections (default: chosen from both hosts' cores)")
-    r.add_argument("--durability", choices=[d.value for d in Durability], default=None,
-                   help="job: flush what the job wrote before done (default); file: fsync every file; none: leave "
-                        "it to the kernel, like rsync (the default with --watch)")
-    r.add_argument("--watch", action="store_true",
-                   help="keep DST in step with SRC: a continuous rule (a full scan first, then every change "
-                        "within ~0.1 s; it mirrors, so deletions follow); see zc-ctl syncs")
-    r.add_argument("--window", type=seconds(0, 60, "a window"), default=0.0, metavar="SECONDS",
-                   help="with --watch: how long changes are merged before shipping (default 0.05)")
-    r.add_argument("--quiet", type=seconds(0, 600, "a quiet period"), default=0.0, metavar="SECONDS",
-                   help="with --watch: how long a file still open for writing must see no write before it "
-                        "ships (default 0.2; closing it ships it at once)")
-    r.add_argument("--priority", choices=[p.name.lower() for p in reversed(Priority)],
-                   default=Priority.NORMAL.name.lower(),
-                   help="queue order (default normal); a waiting job gains a level every priority_aging "
-                        "seconds, so low ones still run")
-    r.add_argument("--detach", action="store_true", help="print the job id and return at once")
-    r.add_argument("--json", action="store_true", help="print the final job as JSON")
-    _filter_options(r)
+    _replicate_options(r)
 
     ag = sub.add_parser("agents", help="list registered agents, or remove an offline one")
     ag.add_argument("action", nargs="?", choices=["remove"],
@@ -197,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of small files in the demo tree")
     d.add_argument("--big-mib", type=whole(0, 1 << 20, "a size in MiB"), default=64, help="size of the one large file")
     d.add_argument("--keep", action="store_true", help="keep the demo directory")
+    d.add_argument("--serve", action="store_true", help="keep the cluster and its web view up until Ctrl-C")
     return p
 
 
@@ -205,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from zcrepl.controller.demo import run_demo
 
-        return run_demo(files=args.files, big_mib=args.big_mib, keep=args.keep)
+        return run_demo(files=args.files, big_mib=args.big_mib, keep=args.keep, serve=args.serve)
     out, err = Out(), Out(stderr=True)
     trust = None
     try:

@@ -9,9 +9,16 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from zcrepl.controller import ctl_pki, render
+from zcrepl.controller import ctl_pki, render, render_plan
 from zcrepl.controller.client import ControllerClient
-from zcrepl.controller.ctl_out import EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK, EXIT_SKIPPED, Out
+from zcrepl.controller.ctl_out import (
+    EXIT_FILE_ERRORS,
+    EXIT_INTERRUPTED,
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    EXIT_SKIPPED,
+    Out,
+)
 from zcrepl.controller.render_plain import plain_table
 from zcrepl.core.errors import UserError
 from zcrepl.core.filters import FilterError, check_rules, collapse, from_arg, from_lines
@@ -34,7 +41,7 @@ def show_ep(ep: Endpoint) -> str:
     return f"{ep.host}:{show(ep.path)}"
 
 
-def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:  # noqa: C901
     if args.command == "replicate":
         return _replicate(args, client, out, err)
     if args.command == "agents":
@@ -153,6 +160,10 @@ def _show_job(job: Job, as_json: bool, out: Out) -> None:
         out.line(f"  attempt {a.number}: {render.progress_text(a.stats)}{over}; {status}")
     for line in render.skipped_lines(job):
         out.line(line)
+    if job.options.dry_run and job.state is JobState.DONE:
+        out.line("  " + render_plan.plan_summary(job))
+        for line in render_plan.plan_lines(job):
+            out.line("  " + line)
 
 
 def _syncs(args: argparse.Namespace, client: ControllerClient, out: Out) -> int:
@@ -189,6 +200,7 @@ def _syncs(args: argparse.Namespace, client: ControllerClient, out: Out) -> int:
 def _create_sync(args: argparse.Namespace, client: ControllerClient, options: JobOptions, out: Out,
                  err: Out) -> int:
     from zcrepl.controller import render_sync  # watch-rule types load only for these commands
+    from zcrepl.core.synctypes import SyncPhase
 
     src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
     rule = client.create_sync(src, dsts, options, args.window, args.quiet)
@@ -198,14 +210,13 @@ def _create_sync(args: argparse.Namespace, client: ControllerClient, options: Jo
             while True:
                 rule = next((r for r in client.syncs() if r.id == rule.id), rule)
                 update(f"watch rule {rule.id}: {rule.status}")
-                first_scan = rule.counters.reconciles > 0 and not rule.status.startswith("reconciling")
-                if rule.status.startswith(("failed", "waiting", "held")) or (
-                        rule.status.startswith("watching") and first_scan):
+                first_scan = rule.counters.reconciles > 0 and rule.phase is not SyncPhase.RECONCILING
+                if rule.phase.settled or (rule.phase is SyncPhase.WATCHING and first_scan):
                     break
                 time.sleep(0.2)
     if args.json:
         out.json(render_sync.sync_doc(rule))
-    elif rule.status.startswith("failed"):
+    elif rule.phase is SyncPhase.FAILED:
         err.line(f"zc-ctl: watch rule {rule.id} {rule.status}; fix it and run zc-ctl syncs resume {rule.id} "
                  f"(or zc-ctl syncs remove {rule.id})")
         return EXIT_JOB_FAILED
@@ -247,16 +258,21 @@ def filter_rules(given: list[tuple[str, str]]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:  # noqa: C901
     src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
     durability = args.durability or (Durability.NONE.value if args.watch else Durability.JOB.value)
     options = JobOptions(delete=args.delete or args.delete_excluded, checksum=args.checksum, bwlimit=args.bwlimit,
                          max_attempts=args.max_attempts, streams=args.streams,
                          durability=Durability(durability), xattrs=args.xattrs,
                          priority=Priority[args.priority.upper()], encrypt=args.encrypt,
-                         filters=filter_rules(args.filters), delete_excluded=args.delete_excluded)
+                         filters=filter_rules(args.filters), delete_excluded=args.delete_excluded,
+                         dry_run=args.dry_run, backup_dir=args.backup_dir, link_dest=tuple(args.link_dest))
     if args.watch:
+        if args.dry_run:
+            raise UserError("--dry-run plans one run; a --watch rule runs for ever: drop one of them")
         return _create_sync(args, client, options, out, err)
+    if args.dry_run:  # each destination compares itself with the source: no fan-out (no copy feeds another)
+        return _dry_run(args, client, src, dsts, options, out, err)
     jobs = client.submit_fanout(src, dsts, options) if len(dsts) > 1 else [client.submit(src, dsts[0], options)]
     ids = ", ".join(str(j.id) for j in jobs)
     if args.detach:
@@ -280,11 +296,50 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err
     for j in failed:
         err.line(f"zc-ctl: job {j.id} ({j.destination.host}) {j.state.value}: {j.error}")
     skipped = [j for j in jobs if j.done_with_skips]
+    errors = [j for j in jobs if j.done_with_errors]
+    for j in errors:
+        listed = [x for x in j.skipped if x.error]
+        first = f" (first: {show(listed[0].path)}: {listed[0].reason})" if listed else ""
+        n = j.progress.file_errors
+        err.line(f"zc-ctl: job {j.id} ({j.destination.host}) done with {n} error{'s' if n != 1 else ''}{first}; "
+                 f"zc-ctl job {j.id} lists the files not copied")
     for j in skipped:
-        first = f" (first: {show(j.skipped[0].path)}: {j.skipped[0].reason})" if j.skipped else ""
+        listed = [x for x in j.skipped if not x.error]
+        first = f" (first: {show(listed[0].path)}: {listed[0].reason})" if listed else ""
         err.line(f"zc-ctl: job {j.id} ({j.destination.host}) done with {j.progress.entries_skipped} entries "
                  f"skipped{first}; zc-ctl job {j.id} lists them")
-    return EXIT_JOB_FAILED if failed else EXIT_SKIPPED if skipped else EXIT_OK
+    return (EXIT_JOB_FAILED if failed else EXIT_FILE_ERRORS if errors else EXIT_SKIPPED if skipped
+            else EXIT_OK)
+
+
+def _dry_run(args: argparse.Namespace, client: ControllerClient, src: Endpoint, dsts: list[Endpoint],
+             options: JobOptions, out: Out, err: Out) -> int:
+    """Submit one planning job per destination and print each plan (rsync -n -i), or, with --json, the plan as a
+    list of objects (several destinations: one list per job, in an object with its id and totals)."""
+    jobs = [client.submit(src, d, options) for d in dsts]
+    if args.detach:
+        out.line(f"job {', '.join(str(j.id) for j in jobs)} queued; its plan: zc-ctl job {jobs[0].id}")
+        return EXIT_OK
+    try:
+        jobs = [_follow(client, j, err) for j in jobs]
+    except KeyboardInterrupt:
+        err.line(f"zc-ctl: stopped watching; the dry run goes on (zc-ctl job {jobs[0].id} shows its plan)")
+        return EXIT_INTERRUPTED
+    failed = [j for j in jobs if j.state is not JobState.DONE]
+    if args.json:
+        docs = [[render_plan.item_doc(x) for x in j.plan] for j in jobs]
+        out.json(docs[0] if len(jobs) == 1 else [{"job": j.id, "destination": show_ep(j.destination),
+                                                   "totals": render.stats_doc(j.progress), "plan": d}
+                                                  for j, d in zip(jobs, docs, strict=True)])
+    for j in jobs:
+        if j.state is JobState.DONE:
+            if not args.json:
+                for line in render_plan.plan_lines(j):
+                    out.line(line)
+            (err if args.json else out).line(render_plan.plan_summary(j))
+        else:
+            err.line(f"zc-ctl: job {j.id} ({j.destination.host}) {j.state.value}: {j.error}")
+    return EXIT_JOB_FAILED if failed else EXIT_OK
 
 
 def _follow_group(client: ControllerClient, jobs: list[Job], err: Out) -> list[Job]:

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 # What scripts see (ctl.py's docstring says when each is returned).
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_SKIPPED, EXIT_DENIED, EXIT_INTERRUPTED = (
     0, 1, 2, 3, 4, 5, 130)
+# The job is done, but files that should have been copied were not (unreadable at the source, changed while
+# read): rsync's 23 "partial transfer due to error". Worse than skipped entries (4), which it outranks.
+EXIT_FILE_ERRORS = 6
 
 _STRIP = dict.fromkeys((7, 8, 11, 12, 13))  # rich.control.STRIP_CONTROL_CODES
 

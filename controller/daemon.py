@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -29,6 +30,10 @@ from zcrepl.proto import controller_pb2_grpc, security_pb2, security_pb2_grpc
 from zcrepl.proto.auth import AuthInterceptor
 from zcrepl.proto.channels import KEEPALIVE_SERVER, add_health_and_reflection_aio, bind, enroll_credentials
 from zcrepl.proto.errors import ErrorInterceptor
+from zcrepl.proto.healthport import HealthPort
+
+if TYPE_CHECKING:
+    from zcrepl.controller.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,9 @@ class Controller:
         self.authority: Authority | None = None
         self.enroll_address = ""
         self.metrics_address = ""
+        self.http_address = ""
+        self.http_url = ""
+        self.health_address = ""
 
     def start(self) -> Controller:
         self._thread.start()
@@ -88,7 +96,7 @@ class Controller:
             self._started.set()
             self._loop.close()
 
-    async def _main(self) -> None:
+    async def _main(self) -> None:  # noqa: C901
         cfg = self.config
         self._stop = asyncio.Event()
         self.authority = authority = authority_from_config(cfg)
@@ -101,6 +109,8 @@ class Controller:
         tasks: list[asyncio.Task[None]] = []
         engine: Engine | None = None
         metrics: MetricsServer | None = None
+        webview: WebServer | None = None
+        health: HealthPort | None = None
         try:
             self._engine = engine = Engine(cfg, store)
             if cfg.metrics_listen:
@@ -131,29 +141,50 @@ class Controller:
                     raise OSError(f"cannot listen on {cfg.enroll_listen} for enrolment: the address is in use")
                 self.enroll_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 await enroll.start()
+            if cfg.http_listen:
+                from zcrepl.controller.web.server import WebServer  # aiohttp only when the view is on
+
+                webview = WebServer(cfg.http_listen, engine, authority.trust if authority else None,
+                                    cfg.http_client_cert)
+                await webview.start()
+                self.http_address, self.http_url = webview.address, webview.url
+            if cfg.health_listen:
+                health = HealthPort(names)
+                self.health_address = await health.start(cfg.health_listen)
             tasks.append(asyncio.create_task(engine.run_forever()))
             if authority is not None:
                 tasks.append(asyncio.create_task(self._watch_trust()))
             log.info("controller serving", extra=kv(address=self.address, state=store.path,
                                                     tls="off" if authority is None else "mutual",
                                                     enroll=self.enroll_address or "-",
-                                                    metrics=self.metrics_address or "-"))
+                                                    metrics=self.metrics_address or "-",
+                                                    web=self.http_url or "-",
+                                                    health=self.health_address or "-"))
             if cfg.ready_file:
                 ready = {"pid": os.getpid(), "grpc": self.address}
                 if self.enroll_address:
                     ready["enroll"] = self.enroll_address
                 if self.metrics_address:
                     ready["metrics"] = self.metrics_address
+                if self.http_address:
+                    ready["http"] = self.http_address
+                    ready["http_url"] = self.http_url
+                if self.health_address:
+                    ready["health"] = self.health_address
                 write_ready_file(cfg.ready_file, ready)
             self._started.set()
             await self._stop.wait()
             log.info("controller stopping", extra=kv(address=self.address))
         finally:
+            if health is not None:
+                await health.stop()  # probes see the stop before the main port closes
             if engine is not None:
                 engine.stopping = True
                 engine.close_sessions()  # lets every Connect handler return on its own before the stop
             for t in tasks:
                 t.cancel()
+            if webview is not None:
+                await webview.stop()
             if server is not None:
                 await server.stop(grace=2)
             if enroll is not None:

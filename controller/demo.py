@@ -45,6 +45,10 @@ def _spawn(args: list[str], ready: Path, log: Path, timeout: float = 30.0) -> su
     return proc
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _same_tree(a: Path, b: Path) -> bool:
     for dirpath, dirnames, filenames in os.walk(a):
         for name in dirnames + filenames:
@@ -60,7 +64,7 @@ def _same_tree(a: Path, b: Path) -> bool:
     return True
 
 
-def run_demo(files: int = 2000, big_mib: int = 64, keep: bool = False) -> int:
+def run_demo(files: int = 2000, big_mib: int = 64, keep: bool = False, serve: bool = False) -> int:
     console = Console(highlight=False)
     base = Path(tempfile.mkdtemp(prefix="zcrepl-demo-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -73,7 +77,8 @@ def run_demo(files: int = 2000, big_mib: int = 64, keep: bool = False) -> int:
                       f"in {src}")
         addr = f"127.0.0.1:{_free_port()}"
         procs.append(_spawn(["zcrepl.controller", "--listen", addr, "--state-dir", str(base / "state"),
-                             "--auto-pki", "--enroll-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
+                             "--auto-pki", "--enroll-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                             "--http-listen", "127.0.0.1:0"],
                             base / "controller.json", base / "controller.log"))
         pki_dir = base / "state" / "pki"
         tls = ["--ca", str(pki_dir / "ca.pem"), "--cert", str(pki_dir / "admin.pem"),
@@ -97,6 +102,9 @@ def run_demo(files: int = 2000, big_mib: int = 64, keep: bool = False) -> int:
             metrics = ", ".join(f"{n} http://{json.loads((base / f'{n}.json').read_text())['metrics']}/metrics"
                                 for n in ("controller", "hostA", "hostB"))
             console.print(f"Prometheus metrics: {metrics}")
+            web = json.loads((base / "controller.json").read_text())["http_url"]
+            console.print(f"web view: {web} (a certificate of the demo's own CA: accept it in the browser; "
+                          "--serve keeps the cluster up afterwards)")
             console.print(f"controller on {addr}; the same as: ZC_CA={tls[1]} ZC_CERT={tls[3]} ZC_KEY={tls[5]} "
                           f"zc-ctl --controller {addr} replicate hostA:{src} hostB:{dst}")
             rc = ctl.main([*tls, "--controller", addr, "replicate", f"hostA:{src}", f"hostB:{dst}"])
@@ -107,6 +115,14 @@ def run_demo(files: int = 2000, big_mib: int = 64, keep: bool = False) -> int:
             console.print_json(json.dumps(render.job_doc(job)["progress"]))
         identical = _same_tree(src, dst)
         console.print("[green]trees identical[/]" if identical else "[red]trees differ[/]")
+        if serve:
+            console.print(f"serving the web view at {web} until Ctrl-C")
+            signal.signal(signal.SIGTERM, _interrupt)  # a kill stops the daemons too, as Ctrl-C does
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                console.print("stopping the demo cluster")
         return rc if identical else 1
     finally:
         for p in procs:

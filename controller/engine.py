@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
-from zcrepl.controller import fence, lifecycle
+from zcrepl.controller import fence, lifecycle, validate
 from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.faults import Faults
 from zcrepl.controller.links import LinkTracker
@@ -28,7 +28,7 @@ from zcrepl.controller.policy import (
     rank_sources,
 )
 from zcrepl.controller.registry import Registry, Session
-from zcrepl.controller.runs import Run, skip_note, stream_caps, stream_usage
+from zcrepl.controller.runs import Run, job_fields, skip_note, stream_caps, stream_usage
 from zcrepl.controller.scheduler import HostView, Policy, Usage, overlaps, plan
 from zcrepl.controller.store import Store
 from zcrepl.controller.sync_store import SyncStore
@@ -105,7 +105,8 @@ class Engine(Pacing, Faults):
         session = Session(info, now, now, serial=serial, peer_host=peer_host)
         old = self.registry.attach(session)
         if old is not None:
-            log.warning("agent registered again; closing its previous, silent stream", extra=kv(agent=info.name))
+            log.warning("agent registered again; closing its previous, silent stream",
+                        extra=kv(agent=info.name, host=info.name))
             old.close()
         self.store.upsert_agent(info, now)
         for job_id, attempt in active:
@@ -113,7 +114,8 @@ class Engine(Pacing, Faults):
             if run is None or run.attempt != attempt:
                 session.outbox.put_nowait(CancelOrder(job_id, attempt, "attempt unknown to the controller"))
         self._rejoined(info.name, set(active))
-        log.info("agent online", extra=kv(agent=info.name, grpc=info.grpc_address, data=info.data_address))
+        log.info("agent online", extra=kv(agent=info.name, host=info.name, grpc=info.grpc_address,
+                                          data=info.data_address))
         self.wake()
         return session
 
@@ -127,7 +129,7 @@ class Engine(Pacing, Faults):
         if self.registry.detach(session):
             name = session.info.name
             self.store.touch_agent(name, session.last_seen)
-            log.warning("agent offline", extra=kv(agent=name, reason=why))
+            log.warning("agent offline", extra=kv(agent=name, host=name, reason=why))
             self._host_lost(name, why)
             self.wake()
 
@@ -135,7 +137,8 @@ class Engine(Pacing, Faults):
         """Close the streams of agents whose certificate was just revoked."""
         for rec in list(self.registry.agents.values()):
             if rec.session is not None and rec.session.serial and rec.session.serial in revoked:
-                log.warning("agent certificate revoked; closing its stream", extra=kv(agent=rec.info.name))
+                log.warning("agent certificate revoked; closing its stream",
+                            extra=kv(agent=rec.info.name, host=rec.info.name))
                 self.disconnect(rec.session, "its certificate was revoked")
 
     def close_sessions(self) -> None:
@@ -154,10 +157,12 @@ class Engine(Pacing, Faults):
             return  # a late report of an attempt already settled
         expected = run.source.host if r.role is Role.SENDER else job.destination.host
         if session.info.name != expected:
-            log.warning("report from the wrong agent ignored", extra=kv(agent=session.info.name, job=r.job_id))
+            log.warning("report from the wrong agent ignored", extra=kv(**job_fields(job, run),
+                                                                         agent=session.info.name))
             return
         run.last_report = self.clock()
         run.add_skipped(r)
+        run.add_plan(r)
         if r.phase is Phase.READY and r.role is Role.RECEIVER:
             self._on_ready(job, run)
         elif r.phase is Phase.PROGRESS:
@@ -209,7 +214,7 @@ class Engine(Pacing, Faults):
         status = self.statuses([name])[0]
         self.registry.forget(name)
         self.store.remove_agent(name)
-        log.info("agent removed", extra=kv(agent=name))
+        log.info("agent removed", extra=kv(agent=name, host=name))
         return status
 
     # -- operator -----------------------------------------------------------------------------------
@@ -239,10 +244,12 @@ class Engine(Pacing, Faults):
                               "the destination must not be inside the source or the other way round")
         if options.bwlimit < 0 or options.max_attempts < 0:
             raise InvalidPath("bwlimit and max_attempts must not be negative")
+        if options.backup_dir or options.link_dest:
+            options = validate.job_dirs(src, dst, options, self.registry.agents[dst.host].info.exports)
         job = self.store.create_job(src, dst, options, options.max_attempts or self.config.max_attempts,
                                     self.clock())
         self.jobs[job.id] = job
-        log.info("job queued", extra=kv(job=job.id, src=f"{src.host}:{show(src.path)}",
+        log.info("job queued", extra=kv(**job_fields(job), src=f"{src.host}:{show(src.path)}",
                                         dst=f"{dst.host}:{show(dst.path)}", priority=options.priority.name.lower()))
         self.wake()
         return job
@@ -252,7 +259,7 @@ class Engine(Pacing, Faults):
         if job is not None:
             stored = self.store.get_job(job_id)
             assert stored is not None
-            return replace(job, history=stored.history, skipped=stored.skipped)
+            return replace(job, history=stored.history, skipped=stored.skipped, plan=stored.plan)
         stored = self.store.get_job(job_id)
         if stored is None:
             raise UnknownJob(f"no job {job_id}; run 'zc-ctl jobs' to list jobs")
@@ -260,7 +267,7 @@ class Engine(Pacing, Faults):
 
     def list_jobs(self, states: tuple[JobState, ...], limit: int, group_id: int = 0) -> list[Job]:
         jobs = self.store.list_jobs(states, limit, group_id)
-        return [replace(self.jobs[j.id], history=j.history, skipped=j.skipped) if j.id in self.jobs else j
+        return [replace(self.jobs[j.id], history=j.history, skipped=j.skipped, plan=j.plan) if j.id in self.jobs else j
                 for j in jobs]
 
     def cancel(self, job_id: int) -> Job:
@@ -274,7 +281,7 @@ class Engine(Pacing, Faults):
             self.store.end_attempt(job_id, run.attempt, now, "cancelled by the operator", run.progress)
         self._settle(job)
         self._decide(job_id, DecisionKind.CANCEL, "cancelled by the operator")
-        log.info("job cancelled", extra=kv(job=job_id))
+        log.info("job cancelled", extra=kv(**job_fields(job, run)))
         return self.get(job_id)
 
     async def watch(self, job_id: int, keepalive: float = 5.0) -> AsyncIterator[Job]:
@@ -301,7 +308,10 @@ class Engine(Pacing, Faults):
         rec = DecisionRecord(job_id, self.clock(), kind, reason, details)
         if not every and rec.repeats(self._last_decision.get(job_id)):
             return
-        self._last_decision[job_id] = rec
+        if job_id in self.jobs:
+            self._last_decision[job_id] = rec
+        else:  # the job has ended: nothing repeats after its last word
+            self._last_decision.pop(job_id, None)
         self.store.add_decision(job_id, rec.at, kind.value, reason, json.dumps(details))
 
     # -- scheduling ---------------------------------------------------------------------------------
@@ -322,7 +332,7 @@ class Engine(Pacing, Faults):
             except Exception:
                 log.exception("scheduler tick failed")
 
-    def tick(self) -> None:
+    def tick(self) -> None:  # noqa: C901
         now = self.clock()
         for s in self.registry.silent(now):
             self.disconnect(s, f"no heartbeat for {self.config.offline_after:.0f}s")
@@ -423,7 +433,7 @@ class Engine(Pacing, Faults):
         run.encrypt = crypt.encrypt
         self.runs[job.id] = run
         self.observe.attempt_started(source.host, job.destination.host)
-        log.info("attempt started", extra=kv(job=job.id, attempt=run.attempt))
+        log.info("attempt started", extra=kv(**job_fields(job, run)))
         via = "" if source == job.source else f" from the finished replica {source.host}:{show(source.path)}"
         ranked = self._ranking.get(job.id, {}).get(source)
         why = f"; copies ranked by link throughput, load and failures: {ranked}" if ranked else ""
@@ -448,7 +458,8 @@ class Engine(Pacing, Faults):
         streams, why = choose_streams(self._health(run.source.host), self._health(job.destination.host),
                                       job.options.streams, caps)
         options = replace(job.options, streams=streams, encrypt=run.encrypt)
-        log.info("streams chosen", extra=kv(job=job.id, streams=streams, why=why))
+        log.info("streams chosen", extra=kv(**job_fields(job, run), streams=streams,
+                                            why=why))
         self._decide(job.id, DecisionKind.START, f"sending with {streams} streams: {why}", streams=streams)
         src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, run.source.path, options,
                                         job.destination.host, dst_rec.info.data_address, job.destination.path))
@@ -457,18 +468,21 @@ class Engine(Pacing, Faults):
 
     def _succeed(self, job: Job, run: Run) -> None:
         now = self.clock()
-        stats = replace(run.sender_done or run.progress, entries_skipped=run.entries_skipped())
+        stats = run.with_receiver_counts(replace(run.sender_done or run.progress,
+                                                 entries_skipped=run.entries_skipped()))
         self.runs.pop(job.id, None)
         self._link_ended(job, run, stats, failed=False)
         self.observe.attempt_ended(run.source.host, job.destination.host, stats, "")
         self.store.end_attempt(job.id, run.attempt, now, "", stats)
         self.store.save_skipped(job.id, run.attempt, run.skipped)
+        self.store.save_plan(job.id, run.attempt, run.plan)
         self._settle(lifecycle.succeeded(job, stats, now))
         self._decide(job.id, DecisionKind.DONE, f"attempt {run.attempt} done: {stats.files_done} files, "
                      f"{stats.bytes_done} bytes moved, {stats.files_skipped} up to date{skip_note(stats, run)}")
-        log.info("job done", extra=kv(job=job.id, attempt=run.attempt, files=stats.files_done,
+        log.info("job done", extra=kv(**job_fields(job, run), files=stats.files_done,
                                       bytes=stats.bytes_done, skipped=stats.files_skipped, deleted=stats.deleted,
-                                      left_out=stats.entries_skipped, seconds=round(now - job.updated_at, 3)))
+                                      left_out=stats.entries_skipped, file_errors=stats.file_errors,
+                                      seconds=round(now - job.updated_at, 3)))
 
     def _fail_run(self, job_id: int, error: str, retryable: bool, stats: TransferStats) -> None:
         run = self.runs.pop(job_id, None)
@@ -484,7 +498,7 @@ class Engine(Pacing, Faults):
         job = lifecycle.failed_attempt(replace(job, progress=merged), error, retryable, now, self.retry)
         # A job given up keeps nothing for a resume that will never come.
         self._cancel_sides(job, run, error, discard=job.state is JobState.FAILED)
-        log.warning("attempt failed", extra=kv(job=job_id, attempt=run.attempt, error=error,
+        log.warning("attempt failed", extra=kv(**job_fields(job, run), error=error,
                                                retryable=retryable, next=job.state.value))
         then = (f"retry in {job.next_attempt_at - now:.1f}s" if job.state is JobState.QUEUED
                 else "no retry left" if retryable else "not retried: another attempt cannot help")
@@ -502,6 +516,7 @@ class Engine(Pacing, Faults):
         self.observe.job_settled(job)
         if job.state.final:
             self.jobs.pop(job.id, None)
+            self._last_decision.pop(job.id, None)
         else:
             self.jobs[job.id] = job
         self._notify(job.id)

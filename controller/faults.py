@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from zcrepl.controller import fence
 from zcrepl.controller.policy import DecisionKind
-from zcrepl.controller.runs import Run
+from zcrepl.controller.runs import Run, job_fields
 from zcrepl.controller.store import Store
 from zcrepl.core.config import ControllerConfig
 from zcrepl.core.logs import kv
@@ -48,7 +48,7 @@ class Faults:
                 self._decide(job_id, DecisionKind.WAIT, f"{name} went offline during attempt {run.attempt} "
                              f"({why}); the attempt is held for up to {grace:g}s, since its agents may still be "
                              "running it: no other attempt starts meanwhile", every=True)
-                log.warning("attempt held", extra=kv(job=job_id, attempt=run.attempt, agent=name, grace=grace))
+                log.warning("attempt held", extra=kv(**job_fields(job, run), agent=name, grace=grace))
             else:
                 self._fail_run(job_id, f"{name} went offline during the transfer ({why})", True, run.progress)
 
@@ -62,12 +62,12 @@ class Faults:
             elif lost:
                 self._decide(job_id, DecisionKind.RESUME, f"{name} is back and still runs attempt {run.attempt}: "
                              "it carries on", every=True)
-                log.info("held attempt carries on", extra=kv(job=job_id, attempt=run.attempt, agent=name))
+                log.info("held attempt carries on", extra=kv(**job_fields(self.jobs[job_id], run), agent=name))
 
     def _schedule_failed(self, job: Job, err: Exception) -> None:
         """Scheduling ``job`` raised: it stays queued as it was, the failure is logged and explained against it,
         and the pass goes on with the other jobs."""
-        log.exception("scheduling a job failed", extra=kv(job=job.id))
+        log.exception("scheduling a job failed", extra=kv(**job_fields(job, self.runs.get(job.id))))
         why = f"waiting: scheduling this job failed ({err!r}); tried again next pass (see the controller log)"
         run = self.runs.pop(job.id, None)
         job = self.jobs[job.id] = replace(job, wait_reason=why)
@@ -77,4 +77,4 @@ class Faults:
             self.store.save_job(job)
             self._decide(job.id, DecisionKind.WAIT, why)
         except Exception:
-            log.exception("recording a scheduling failure failed", extra=kv(job=job.id))
+            log.exception("recording a scheduling failure failed", extra=kv(**job_fields(job)))

@@ -51,11 +51,6 @@ def failed_attempt(job: Job, error: str, retryable: bool, now: float, policy: Re
                    wait_reason="", next_attempt_at=0.0)
 
 
-def interrupted(job: Job, reason: str, now: float) -> Job:
-    """The attempt stopped for a reason outside the job (agent shutdown); retry at once, budget untouched."""
-    return replace(job, state=JobState.QUEUED, updated_at=now, wait_reason=reason, next_attempt_at=now)
-
-
 def cancelled(job: Job, now: float) -> Job:
     if job.state.final:
         raise Conflict(f"job {job.id} is already {job.state.value}; nothing to cancel")

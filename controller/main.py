@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lifetime of a watch rule's data-port ticket (3600); rotated at three quarters of it")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics over plain HTTP here (off unless set; port 0 = any free port)")
+    p.add_argument("--http-listen", metavar="HOST:PORT",
+                   help="serve the read-only web view here, over HTTPS with the gRPC certificate (off unless set)")
+    p.add_argument("--http-client-cert", choices=["required", "optional"],
+                   help="optional (default): no browser certificate, loopback addresses only; required: browsers "
+                        "present an operator certificate of the cluster CA")
+    p.add_argument("--health-listen", metavar="HOST:PORT",
+                   help="serve only grpc.health.v1 in plaintext here, for probes without TLS such as "
+                        "Kubernetes' (off unless set; port 0 = any free port)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["kv", "json"])
     p.add_argument("--ready-file", metavar="FILE", help="write the bound address as JSON here once serving")
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"zc-controller: {err}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level, config.log_format)
+    setup_logging(config.log_level, config.log_format, static={"service": "zc-controller"})
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

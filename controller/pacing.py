@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from zcrepl.controller.links import LinkStep, LinkTracker
 from zcrepl.controller.policy import DecisionKind, LinkState
 from zcrepl.controller.registry import Registry
-from zcrepl.controller.runs import Run, link_cap, rate_limited
+from zcrepl.controller.runs import Run, job_fields, link_cap, rate_limited
 from zcrepl.controller.scheduler import Policy
 from zcrepl.controller.throttle import Throttle, throttle_decision
 from zcrepl.core.logs import kv
@@ -63,7 +63,8 @@ class Pacing:
             kind = d.action.kind
             if kind is not None:
                 self._decide(job.id, kind, d.reason, bwlimit=run.bwlimit, paused=run.paused)
-            log.info("throttle", extra=kv(job=job.id, action=d.action.value, bwlimit=run.bwlimit, reason=d.reason))
+            log.info("throttle", extra=kv(**job_fields(job, run), action=d.action.value, bwlimit=run.bwlimit,
+                                          reason=d.reason))
 
     def _sample_links(self, now: float) -> None:
         """Feed each sending run's progress to its link's AIMD state (the tracker keeps the cadence)."""

@@ -11,6 +11,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from zcrepl.core.orders import Order
 from zcrepl.core.types import AgentInfo, AgentStatus, HostHealth
 
 _session_ids = itertools.count(1)
@@ -66,6 +67,11 @@ class HealthHistory:
         self._next = (self._next + 1) % self._cap
         self._len = min(self._len + 1, self._cap)
 
+    def series(self, name: str, n: int) -> list[float]:
+        """Up to ``n`` most recent values of one figure, oldest first: a sparkline without building samples."""
+        width, col = len(self.FIELDS), self.FIELDS.index(name)
+        return [self._buf[((self._next - k) % self._cap) * width + col] for k in range(min(n, self._len), 0, -1)]
+
     def last(self, n: int) -> list[HostHealth]:
         """Up to ``n`` most recent samples, oldest first (scalar figures only)."""
         width = len(self.FIELDS)
@@ -84,13 +90,13 @@ def is_online(stream_open: bool, last_seen: float, now: float, offline_after: fl
 
 @dataclass(eq=False)
 class Session:
-    """One open Connect stream. ``outbox`` carries ControllerMessages; None closes the stream."""
+    """One open Connect stream. ``outbox`` carries the orders to send down it; None closes the stream."""
 
     info: AgentInfo
     connected_at: float
     last_seen: float
     id: int = field(default_factory=lambda: next(_session_ids))
-    outbox: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[Order | None] = field(default_factory=asyncio.Queue)
     open: bool = True
     serial: int = 0  # of the agent's certificate (0 on an insecure controller): revocation closes the session
     peer_host: str = ""  # the IP its stream comes from: its data connections may come from there too

@@ -6,6 +6,7 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from zcrepl.controller.render_plan import item_doc
 from zcrepl.core.paths import show
 from zcrepl.core.types import AgentStatus, HostHealth, Job, TransferStats
 
@@ -68,13 +69,17 @@ def job_doc(j: Job) -> dict[str, Any]:
         "destination": f"{j.destination.host}:{show(j.destination.path)}",
         "destination_host": j.destination.host, "destination_path": show(j.destination.path),
         "options": {**asdict(j.options), "durability": j.options.durability.value,
-                    "priority": j.options.priority.name.lower()},
+                    "priority": j.options.priority.name.lower(), "backup_dir": show(j.options.backup_dir),
+                    "link_dest": [show(d) for d in j.options.link_dest]},
         "created_at": j.created_at, "updated_at": j.updated_at,
         "started_at": j.started_at, "finished_at": j.finished_at, "attempts": j.attempts,
         "max_attempts": j.max_attempts, "error": j.error, "wait_reason": j.wait_reason,
         "next_attempt_at": j.next_attempt_at, "progress": stats_doc(j.progress),
-        "group_id": j.group_id, "done_with_skips": j.done_with_skips, "transport": job_transport(j),
-        "skipped": [{"path": show(x.path), "reason": x.reason} for x in j.skipped],
+        "group_id": j.group_id, "done_with_skips": j.done_with_skips, "done_with_errors": j.done_with_errors,
+        "transport": job_transport(j),
+        "skipped": [{"path": show(x.path), "reason": x.reason} for x in j.skipped if not x.error],
+        "errors": [{"path": show(x.path), "reason": x.reason} for x in j.skipped if x.error],
+        "plan": [item_doc(x) for x in j.plan],
         "history": [{"number": a.number, "started_at": a.started_at, "ended_at": a.ended_at,
                      "error": a.error, "source": show(a.source), "transport": a.stats.transport,
                      "stats": stats_doc(a.stats)} for a in j.history],
@@ -211,8 +216,11 @@ def jobs_table(jobs: list[Job]) -> Table:
     for j in jobs:
         info = j.error if j.state.value in ("failed", "cancelled") else j.wait_reason
         state = f"[{colors[j.state.value]}]{j.state.value}[/]"
-        if j.done_with_skips:
-            state = f"[yellow]done with {j.progress.entries_skipped} skipped[/]"
+        if j.done_with_errors:
+            state = f"[red]{done_state(j)}[/]"
+            info = f"zc-ctl job {j.id} lists the files not copied"
+        elif j.done_with_skips:
+            state = f"[yellow]{done_state(j)}[/]"
             info = f"zc-ctl job {j.id} lists the entries left out"
         t.add_row(str(j.id), state, j.options.priority.name.lower(),
                   f"{j.source.host}:{show(j.source.path)}", f"{j.destination.host}:{show(j.destination.path)}",
@@ -224,20 +232,32 @@ def job_summary(j: Job) -> str:
     p = j.progress
     secs = (j.finished_at - j.started_at) if j.finished_at and j.started_at else 0.0
     rate = f", {human_bytes(p.bytes_done / secs)}/s" if secs > 0 and p.bytes_done else ""
-    state = f"done with {p.entries_skipped} skipped" if j.done_with_skips else j.state.value
+    state = done_state(j) if j.done_with_skips or j.done_with_errors else j.state.value
     over = f" over {transport_text(p.transport)}" if p.transport in ("tls", "ktls") else ""
     return (f"job {j.id} {state}: {p.files_done} files ({human_bytes(p.bytes_done)}) copied{over}, "
             f"{p.files_skipped} up to date, {p.deleted} deleted, {p.entries} entries scanned "
             f"in {secs:.2f}s{rate}")
 
 
+def done_state(j: Job) -> str:
+    """"done with 2 errors, 3 skipped", "done with 1 error", "done with 3 skipped" or "done"."""
+    p = j.progress
+    parts = ([f"{p.file_errors} error{'s' if p.file_errors != 1 else ''}"] if p.file_errors else []) + (
+        [f"{p.entries_skipped} skipped"] if p.entries_skipped else [])
+    return f"done with {', '.join(parts)}" if parts else "done"
+
+
 def skipped_lines(j: Job) -> list[str]:
-    """The entries a job left out, one line each (path and reason), then how many more there were."""
-    if not j.progress.entries_skipped:
-        return []
-    lines = [f"{j.progress.entries_skipped} entries skipped (not replicated):"]
-    lines += [f"  {show(x.path)}: {x.reason}" for x in j.skipped]
-    more = j.progress.entries_skipped - len(j.skipped)
-    if more > 0:
-        lines.append(f"  ... and {more} more (the source agent's log names every one)")
+    """The files a job could not copy, then the entries it left out: one line each (path and reason), then how
+    many more there were."""
+    lines: list[str] = []
+    for error, total in ((True, j.progress.file_errors), (False, j.progress.entries_skipped)):
+        if not total:
+            continue
+        listed = [x for x in j.skipped if x.error is error]
+        lines.append(f"{total} file{'s' if total != 1 else ''} could not be read (not replicated):" if error
+                     else f"{total} entries skipped (not replicated):")
+        lines += [f"  {show(x.path)}: {x.reason}" for x in listed]
+        if total > len(listed):
+            lines.append(f"  ... and {total - len(listed)} more (the source agent's log names every one)")
     return lines

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from zcrepl.controller.render import ago, human_bytes
 from zcrepl.core.paths import show
-from zcrepl.core.synctypes import SyncRule
+from zcrepl.core.synctypes import SyncPhase, SyncRule
 
 if TYPE_CHECKING:  # syncs_table imports it: JSON output never loads rich
     from rich.table import Table
@@ -20,10 +20,11 @@ def _ep(host: str, path: bytes) -> str:
 
 def sync_doc(r: SyncRule) -> dict[str, Any]:
     return {
-        "id": r.id, "state": r.state.value, "status": r.status,
+        "id": r.id, "state": r.state.value, "phase": r.phase.value, "status": r.status,
         "source": _ep(r.source.host, r.source.path),
         "destinations": [_ep(d.host, d.path) for d in r.destinations],
-        "options": {**asdict(r.options), "durability": r.options.durability.value},
+        "options": {**{k: v for k, v in asdict(r.options).items() if k not in ("backup_dir", "link_dest")},
+                    "durability": r.options.durability.value},
         "window": r.window, "quiet": r.quiet, "created_at": r.created_at,
         "lag": r.lag, "pending": r.pending, "counters": asdict(r.counters),
         "last_error": r.last_error, "last_error_at": r.last_error_at, "last_shipped_at": r.last_shipped_at,
@@ -31,7 +32,7 @@ def sync_doc(r: SyncRule) -> dict[str, Any]:
 
 
 def lag_text(r: SyncRule) -> str:
-    if r.state.value == "paused" or r.status.startswith(("waiting", "failed")):
+    if r.phase in (SyncPhase.PAUSED, SyncPhase.WAITING, SyncPhase.FAILED):
         return "-"
     if not r.pending:
         return "0"
@@ -53,12 +54,11 @@ def syncs_table(rules: list[SyncRule]) -> Table:
     now = time.time()
     for r in rules:
         c = r.counters
-        color = "yellow" if r.status.startswith(("held", "waiting", "paused", "starting", "reconciling")) else (
-            "red" if r.status.startswith("failed") else "green")
+        color = {SyncPhase.WATCHING: "green", SyncPhase.FAILED: "red"}.get(r.phase, "yellow")
         shipped = (f"{c.files} files ({human_bytes(c.bytes)}), {c.renamed} renamed, {c.deleted} deleted, "
                    f"{c.reconciles} scans" + (f", {c.skipped} skipped" if c.skipped else ""))
         err = f"{escape(r.last_error)} ({ago(r.last_error_at, now)})" if r.last_error else ""
-        status = "failed" if r.status.startswith("failed") else r.status  # the error has its own column
+        status = "failed" if r.phase is SyncPhase.FAILED else r.status  # the error has its own column
         t.add_row(str(r.id), f"[{color}]{escape(status)}[/]", escape(_ep(r.source.host, r.source.path)),
                   escape(", ".join(_ep(d.host, d.path) for d in r.destinations)), lag_text(r), str(r.pending),
                   shipped, ago(r.last_shipped_at, now), err)

@@ -7,12 +7,23 @@ the link's adaptive target leave for a new send, and whether a run's rate says a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from zcrepl.controller.policy import MAX_STREAMS
 from zcrepl.controller.scheduler import Policy, Usage
 from zcrepl.core.paths import show
-from zcrepl.core.types import SKIPPED_LISTED, Endpoint, Job, Phase, Role, Skipped, TransferReport, TransferStats
+from zcrepl.core.types import (
+    PLAN_LISTED,
+    SKIPPED_LISTED,
+    Endpoint,
+    Job,
+    Phase,
+    PlanItem,
+    Role,
+    Skipped,
+    TransferReport,
+    TransferStats,
+)
 
 
 @dataclass
@@ -42,23 +53,50 @@ class Run:
     sender_failed: TransferReport | None = None
     sender_failed_at: float = 0.0
     encrypt: bool = False  # TLS on its data connections (decided when it starts, for both orders)
-    skipped: list[Skipped] = field(default_factory=list)  # entries either side left out (the first ones)
+    # Entries either side left out and files it could not copy (the first SKIPPED_LISTED of each kind).
+    skipped: list[Skipped] = field(default_factory=list)
     skip_totals: dict[Role, int] = field(default_factory=dict)  # entries each side left out, all of them
 
     def add_skipped(self, r: TransferReport) -> None:
         """Take the skipped entries of a final report (each side sends its list once, with DONE or FAILED)."""
         if r.phase not in (Phase.DONE, Phase.FAILED) or r.role in self.skip_totals:
             return
-        self.skip_totals[r.role] = max(r.stats.entries_skipped, len(r.skipped))
-        self.skipped.extend(r.skipped[: SKIPPED_LISTED - len(self.skipped)])
+        self.skip_totals[r.role] = max(r.stats.entries_skipped, sum(not x.error for x in r.skipped))
+        for error in (False, True):
+            room = SKIPPED_LISTED - sum(x.error is error for x in self.skipped)
+            self.skipped.extend([x for x in r.skipped if x.error is error][:max(0, room)])
+
+    plan: list[PlanItem] = field(default_factory=list)  # the receiver's dry-run plan (the first items)
+
+    def add_plan(self, r: TransferReport) -> None:
+        """Take a dry run's plan from the receiver's final report."""
+        if r.phase is Phase.DONE and r.role is Role.RECEIVER and not self.plan:
+            self.plan = list(r.plan[:PLAN_LISTED])
+
+    def with_receiver_counts(self, stats: TransferStats) -> TransferStats:
+        """The final stats with what only the destination knows: a dry run's totals, links, backups."""
+        d = self.receiver_done
+        if d is None:
+            return stats
+        return replace(stats, plan_created=d.plan_created, plan_updated=d.plan_updated, plan_deleted=d.plan_deleted,
+                       plan_files=d.plan_files, plan_bytes=d.plan_bytes, linked=d.linked, backed_up=d.backed_up)
 
     def entries_skipped(self) -> int:
         return sum(self.skip_totals.values())
 
 
+def job_fields(job: Job, run: Run | None = None) -> dict[str, object]:
+    """The log fields of a line about ``job``: its id, the attempt (``run``'s, else its latest; 0 before the
+    first), ``host`` its destination (as zc-ctl names a job: "job 3 (hostB)") and ``source`` the host it reads
+    from (the attempt's: a fan-out may read a finished replica)."""
+    return {"job": job.id, "attempt": job.attempts if run is None else run.attempt, "host": job.destination.host,
+            "source": job.source.host if run is None else run.source.host}
+
+
 def rate_limited(job: Job, run: Run) -> bool:
-    """Held back by a bandwidth cap or paused: its rate measures the cap, not the link."""
-    return run.paused or run.bwlimit > 0 or job.options.bwlimit > 0
+    """Held back by a bandwidth cap or paused (its rate measures the cap, not the link), or a dry run (it sends no
+    file content at all)."""
+    return run.paused or run.bwlimit > 0 or job.options.bwlimit > 0 or job.options.dry_run
 
 
 def link_cap(policy: Policy, link: tuple[str, str]) -> int:
@@ -98,8 +136,13 @@ def stream_caps(policy: Policy, usage: Usage, src: str, dst: str, target: int) -
 
 
 def skip_note(stats: TransferStats, run: Run) -> str:
-    """``"; 3 entries skipped (first: a/fifo: FIFO: ...)"`` for a done decision, or "" when none were."""
-    if not stats.entries_skipped:
-        return ""
-    first = f" (first: {show(run.skipped[0].path)}: {run.skipped[0].reason})" if run.skipped else ""
-    return f"; {stats.entries_skipped} entries skipped{first}; zc-ctl job {run.job_id} lists them"
+    """``"; 3 entries skipped (first: a/fifo: FIFO: ...)"`` for a done decision (and as much for file errors),
+    or "" when there were none."""
+    note = ""
+    for error, count, what in ((True, stats.file_errors, "files could not be copied"),
+                               (False, stats.entries_skipped, "entries skipped")):
+        if count:
+            listed = [x for x in run.skipped if x.error is error]
+            first = f" (first: {show(listed[0].path)}: {listed[0].reason})" if listed else ""
+            note += f"; {count} {what}{first}"
+    return f"{note}; zc-ctl job {run.job_id} lists them" if note else ""

@@ -99,7 +99,8 @@ def plan(
                     break
                 reason = reason or why
         except Exception as err:  # one job's bad data must not stop the others from being scheduled
-            log.exception("scheduling a job failed", extra=kv(job=job.id))
+            log.exception("scheduling a job failed", extra=kv(job=job.id, attempt=job.attempts,
+                                                              host=job.destination.host, source=job.source.host))
             out.append(Decision(job.id, False, f"waiting: scheduling this job failed ({err!r}); it is tried "
                                 "again on the next pass (see the controller log)"))
             continue

@@ -16,7 +16,8 @@ from zcrepl.controller.wirecache import WireCache
 from zcrepl.core.errors import Conflict, InvalidArgument, InvalidPath
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import canonical_abs, show
-from zcrepl.core.types import CancelOrder, Endpoint, ReceiveOrder, SendOrder, ThrottleOrder
+from zcrepl.core.types import Endpoint
+from zcrepl.core.version import VERSION
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc, types_pb2
 from zcrepl.proto import sync_pb2 as spb
@@ -29,41 +30,15 @@ from zcrepl.proto.convert import (
     health_to_pb,
     job_to_pb,
     options_from_request,
-    options_to_pb,
     report_from_pb,
     states_from_request,
 )
-from zcrepl.proto.syncconvert import rule_to_pb, status_from_pb, sync_order_fields
+from zcrepl.proto.orders import order_to_pb
+from zcrepl.proto.syncconvert import rule_to_pb, status_from_pb
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["Controller"].full_name
-VERSION = "0.1.0"
 REGISTER_TIMEOUT = 10.0
-
-
-def order_to_pb(order: object) -> cpb.ControllerMessage:
-    if isinstance(order, ReceiveOrder):
-        return cpb.ControllerMessage(receive=cpb.ReceiveOrder(
-            job_id=order.job_id, attempt=order.attempt, ticket=order.ticket, path=order.path,
-            options=options_to_pb(order.options), source_host=order.source_host,
-            source_addresses=list(order.source_addresses)))
-    if isinstance(order, SendOrder):
-        return cpb.ControllerMessage(send=cpb.SendOrder(
-            job_id=order.job_id, attempt=order.attempt, ticket=order.ticket, path=order.path,
-            options=options_to_pb(order.options), dest_host=order.dest_host,
-            dest_data_address=order.dest_data_address, dest_path=order.dest_path))
-    if isinstance(order, ThrottleOrder):
-        return cpb.ControllerMessage(throttle=cpb.ThrottleOrder(job_id=order.job_id, attempt=order.attempt,
-                                                                bwlimit=order.bwlimit, paused=order.paused,
-                                                                reason=order.reason))
-    if isinstance(order, CancelOrder):
-        return cpb.ControllerMessage(cancel=cpb.CancelOrder(job_id=order.job_id, attempt=order.attempt,
-                                                            reason=order.reason,
-                                                            discard_partial=order.discard_partial))
-    sync = sync_order_fields(order)
-    if sync is not None:
-        return cpb.ControllerMessage(**sync)  # type: ignore[arg-type]
-    raise TypeError(f"not an order: {order!r}")
 
 
 def _endpoints(source: types_pb2.Endpoint, destinations: Iterable[types_pb2.Endpoint]
@@ -114,7 +89,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
             session = self.engine.connect(info, [(r.job_id, r.attempt) for r in first.register.active],
                                           serial=ident.serial if ident else 0, peer_host=peer_host(context.peer()))
         except Conflict as err:
-            log.warning("registration refused", extra=kv(agent=info.name, reason=err))
+            log.warning("registration refused", extra=kv(agent=info.name, host=info.name, reason=err))
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
             return
         reader = asyncio.create_task(self._read(context, session))
@@ -153,13 +128,14 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
                     try:
                         report = validate.report(report_from_pb(msg.report))
                     except KeyError:
-                        log.warning("malformed report ignored", extra=kv(agent=session.info.name))
+                        log.warning("malformed report ignored",
+                                    extra=kv(agent=session.info.name, host=session.info.name))
                         continue
                     self.engine.report(session, report)
         except (grpc.RpcError, asyncio.CancelledError, ConnectionError):
             pass
         except Exception:
-            log.exception("agent stream reader failed", extra=kv(agent=session.info.name))
+            log.exception("agent stream reader failed", extra=kv(agent=session.info.name, host=session.info.name))
         finally:
             self.engine.disconnect(session)
 
@@ -172,7 +148,8 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     async def SubmitFanout(self, request: cpb.SubmitFanoutRequest, context: grpc.aio.ServicerContext
                            ) -> cpb.ListJobsResponse:
         src, dsts = _endpoints(request.source, request.destinations)
-        jobs = self.engine.submit_fanout(src, dsts, validate.options(options_from_request(request.options)))
+        options = validate.several(validate.options(options_from_request(request.options)), "a fan-out")
+        jobs = self.engine.submit_fanout(src, dsts, options)
         return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
     async def GetJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
@@ -215,13 +192,14 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     async def RemoveAgent(self, request: cpb.AgentRef, context: grpc.aio.ServicerContext) -> cpb.AgentStatus:
         status = self.engine.remove_agent(validate.host_name(request.name))
         self.wire.forget(request.name)
-        log.info("agent removed by the operator", extra=kv(agent=request.name, peer=context.peer()))
+        log.info("agent removed by the operator", extra=kv(agent=request.name, host=request.name, peer=context.peer()))
         return agent_status_to_pb(status)  # type: ignore[return-value]
 
     # -- watch rules --------------------------------------------------------------------------------
     async def CreateSync(self, request: spb.CreateSyncRequest, context: grpc.aio.ServicerContext) -> spb.SyncRule:
         src, dsts = _endpoints(request.source, request.destinations)
-        rule = self.engine.syncs.create(src, dsts, validate.options(options_from_request(request.options)),
+        rule = self.engine.syncs.create(src, dsts, validate.several(validate.options(options_from_request(
+                                            request.options)), "a watch rule"),
                                         request.window, request.quiet, self.engine.clock())
         self.engine.wake()
         return rule_to_pb(rule)

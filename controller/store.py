@@ -19,12 +19,13 @@ from zcrepl.core.types import (
     Job,
     JobOptions,
     JobState,
+    PlanItem,
     Priority,
     Skipped,
     TransferStats,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -59,7 +60,13 @@ CREATE TABLE IF NOT EXISTS agents (
 );
 CREATE TABLE IF NOT EXISTS skipped (
     job_id INTEGER NOT NULL REFERENCES jobs(id), attempt INTEGER NOT NULL, seq INTEGER NOT NULL,
-    path BLOB NOT NULL, reason TEXT NOT NULL,
+    path BLOB NOT NULL, reason TEXT NOT NULL, error INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, attempt, seq)
+);
+CREATE TABLE IF NOT EXISTS plan (
+    job_id INTEGER NOT NULL REFERENCES jobs(id), attempt INTEGER NOT NULL, seq INTEGER NOT NULL,
+    path BLOB NOT NULL, change TEXT NOT NULL, kind TEXT NOT NULL, why TEXT NOT NULL, size INTEGER NOT NULL,
+    target BLOB NOT NULL,
     PRIMARY KEY (job_id, attempt, seq)
 );
 """
@@ -68,13 +75,22 @@ CREATE TABLE IF NOT EXISTS skipped (
 def _options_json(o: JobOptions) -> str:
     # The priority has its own column (a later "change priority" is one UPDATE, and it can be queried).
     doc = {k: v for k, v in asdict(o).items() if k != "priority"}
+    # Paths are bytes: kept as str with surrogate escapes (JSON writes them as \udcXX), any byte survives.
+    doc["backup_dir"] = _path_text(o.backup_dir)
+    doc["link_dest"] = [_path_text(p) for p in o.link_dest]
     return json.dumps({**doc, "durability": o.durability.value})
+
+
+def _path_text(p: bytes) -> str:
+    return p.decode("utf-8", "surrogateescape")
 
 
 def _options(text: str, priority: int) -> JobOptions:
     doc = json.loads(text)
     doc["durability"] = Durability(doc.get("durability", Durability.JOB.value))
     doc["filters"] = tuple(doc.get("filters", ()))  # JSON gives a list
+    doc["backup_dir"] = doc.get("backup_dir", "").encode("utf-8", "surrogateescape")
+    doc["link_dest"] = tuple(p.encode("utf-8", "surrogateescape") for p in doc.get("link_dest", ()))
     return JobOptions(**doc, priority=Priority(priority))
 
 
@@ -117,11 +133,14 @@ class Store:
         Schema 1 -> 2: fan-out groups and the source each attempt read from. 2 -> 3: job priority (existing
         jobs are normal, the column default, which is also what an older submit meant). 3 -> 4: the ``skipped``
         table (created by the schema script) and ``entries_skipped`` in stored stats (absent reads as 0; an
-        older controller would choke on it, hence the version).
+        older controller would choke on it, hence the version). 4 -> 5: ``error`` on skipped entries (a file
+        that could not be copied), the ``plan`` table (a dry run's items), and ``file_errors`` and the plan, link
+        and backup counters in stored stats (the same reasoning).
         """
         for table, column, decl in (("jobs", "group_id", "INTEGER NOT NULL DEFAULT 0"),
                                     ("attempts", "source", "BLOB NOT NULL DEFAULT x''"),
-                                    ("jobs", "priority", f"INTEGER NOT NULL DEFAULT {int(Priority.NORMAL)}")):
+                                    ("jobs", "priority", f"INTEGER NOT NULL DEFAULT {int(Priority.NORMAL)}"),
+                                    ("skipped", "error", "INTEGER NOT NULL DEFAULT 0")):
             have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
@@ -163,14 +182,30 @@ class Store:
                         (now, error, _stats_json(stats), job_id, number))
 
     def save_skipped(self, job_id: int, attempt: int, items: list[Skipped]) -> None:
-        """The entries an attempt left out (the first ones; the attempt's stats count them all)."""
-        self.db.executemany("INSERT OR REPLACE INTO skipped (job_id, attempt, seq, path, reason) VALUES (?,?,?,?,?)",
-                            [(job_id, attempt, i, x.path, x.reason) for i, x in enumerate(items)])
+        """The entries an attempt left out and the files it could not copy (the first ones; the attempt's stats
+        count them all)."""
+        self.db.executemany("INSERT OR REPLACE INTO skipped (job_id, attempt, seq, path, reason, error) "
+                            "VALUES (?,?,?,?,?,?)",
+                            [(job_id, attempt, i, x.path, x.reason, int(x.error)) for i, x in enumerate(items)])
+
+    def save_plan(self, job_id: int, attempt: int, items: list[PlanItem]) -> None:
+        """A dry run's plan (the first items; the attempt's stats count them all)."""
+        self.db.executemany(
+            "INSERT OR REPLACE INTO plan (job_id, attempt, seq, path, change, kind, why, size, target)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
+            [(job_id, attempt, i, x.path, x.change, x.kind, ",".join(x.why), x.size, x.target)
+             for i, x in enumerate(items)])
+
+    def _plan(self, job_id: int, attempt: int) -> tuple[PlanItem, ...]:
+        rows = self.db.execute("SELECT path, change, kind, why, size, target FROM plan WHERE job_id=? AND attempt=?"
+                               " ORDER BY seq", (job_id, attempt)).fetchall()
+        return tuple(PlanItem(bytes(p), c, k, tuple(w.split(",")) if w else (), n, bytes(t))
+                     for p, c, k, w, n, t in rows)
 
     def _skipped(self, job_id: int, attempt: int) -> tuple[Skipped, ...]:
-        rows = self.db.execute("SELECT path, reason FROM skipped WHERE job_id=? AND attempt=? ORDER BY seq",
+        rows = self.db.execute("SELECT path, reason, error FROM skipped WHERE job_id=? AND attempt=? ORDER BY seq",
                                (job_id, attempt)).fetchall()
-        return tuple(Skipped(bytes(p), r) for p, r in rows)
+        return tuple(Skipped(bytes(p), r, bool(e)) for p, r, e in rows)
 
     def get_job(self, job_id: int) -> Job | None:
         row = self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
@@ -217,13 +252,15 @@ class Store:
     def _job(self, row: tuple) -> Job:  # type: ignore[type-arg]
         (jid, state, sh, sp, dh, dp, opts, created, updated, started, finished, attempts, failures,
          max_attempts, error, wait_reason, progress, next_at, group_id, priority) = row
+        options = _options(opts, priority)
         return Job(
             id=jid, state=JobState(state), source=Endpoint(sh, bytes(sp)), destination=Endpoint(dh, bytes(dp)),
-            options=_options(opts, priority), created_at=created, updated_at=updated,
+            options=options, created_at=created, updated_at=updated,
             started_at=started, finished_at=finished, attempts=attempts, failures=failures,
             max_attempts=max_attempts, error=error, wait_reason=wait_reason, progress=_stats(progress),
             history=self._attempts(jid), next_attempt_at=next_at, group_id=group_id,
             skipped=self._skipped(jid, attempts) if attempts else (),
+            plan=self._plan(jid, attempts) if attempts and options.dry_run else (),
         )
 
     # -- decisions (the explain history) ---------------------------------------------------------------

@@ -64,8 +64,8 @@ class SyncStore:
 
 
 def options_to_json(o: JobOptions) -> str:
-    # A rule has no queue priority: it is never queued.
-    doc = {k: v for k, v in asdict(o).items() if k != "priority"}
+    # A rule has no queue priority: it is never queued; nor backup or link-dest directories (refused for rules).
+    doc = {k: v for k, v in asdict(o).items() if k not in ("priority", "backup_dir", "link_dest")}
     return json.dumps({**doc, "durability": o.durability.value})
 
 

@@ -33,6 +33,7 @@ from zcrepl.core.synctypes import (
     SyncDest,
     SyncDestOrder,
     SyncHoldOrder,
+    SyncPhase,
     SyncRule,
     SyncSourceOrder,
     SyncState,
@@ -130,7 +131,7 @@ class SyncManager:
         del self.rules[rule_id]
         del self.live[rule_id]
         log.info("watch rule removed", extra=kv(rule=rule_id))
-        return replace(view, status="removed")
+        return replace(view, phase=SyncPhase.REMOVED, status="removed")
 
     def list_rules(self, now: float) -> list[SyncRule]:
         return [self.view(i, now) for i in sorted(self.rules)]
@@ -140,21 +141,8 @@ class SyncManager:
         live = self.live[rule_id]
         st = live.status
         counters, err, err_at = _totals(rule, live)
-        if rule.state is SyncState.PAUSED:
-            words = "paused"
-        elif live.waiting:
-            words = live.waiting
-        elif st is None:
-            words = "starting"
-        elif not st.watching:
-            words = f"failed: {st.last_error}"
-        elif live.held:
-            words = f"held: {live.held}"
-        elif st.reconciling:
-            words = "reconciling"
-        else:
-            words = "watching" + (f" ({st.warning})" if st.warning else "")
-        return replace(rule, counters=counters, status=words, lag=st.lag if st else 0.0,
+        phase, words = _phase(rule, live)
+        return replace(rule, counters=counters, phase=phase, status=words, lag=st.lag if st else 0.0,
                        pending=st.pending if st else 0, last_error=err, last_error_at=err_at,
                        last_shipped_at=st.last_shipped_at if st else 0.0)
 
@@ -297,6 +285,24 @@ class SyncManager:
         if rule is None:
             raise UnknownJob(f"no watch rule {rule_id}; zc-ctl syncs lists them")
         return rule
+
+
+def _phase(rule: SyncRule, live: _Live) -> tuple[SyncPhase, str]:
+    """The rule's phase and the sentence an operator reads for it."""
+    st = live.status
+    if rule.state is SyncState.PAUSED:
+        return SyncPhase.PAUSED, "paused"
+    if live.waiting:
+        return SyncPhase.WAITING, live.waiting
+    if st is None:
+        return SyncPhase.STARTING, "starting"
+    if not st.watching:
+        return SyncPhase.FAILED, f"failed: {st.last_error}"
+    if live.held:
+        return SyncPhase.HELD, f"held: {live.held}"
+    if st.reconciling:
+        return SyncPhase.RECONCILING, "reconciling"
+    return SyncPhase.WATCHING, "watching" + (f" ({st.warning})" if st.warning else "")
 
 
 def _totals(rule: SyncRule, live: _Live) -> tuple[SyncCounters, str, float]:

@@ -16,24 +16,31 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import posixpath
 import re
 from dataclasses import replace
 from typing import Any
 
 from zcrepl.controller.policy import MAX_STREAMS
 from zcrepl.controller.registry import HISTORY
+from zcrepl.controller.scheduler import overlaps
 from zcrepl.core.errors import InvalidArgument, InvalidPath
 from zcrepl.core.filters import FilterError, check_rules
-from zcrepl.core.paths import HOST_NAME_RULE, canonical_abs, show, show_name, valid_host_name
+from zcrepl.core.paths import HOST_NAME_RULE, canonical_abs, relative_to, show, show_name, valid_host_name
 from zcrepl.core.synctypes import SyncStatus
 from zcrepl.core.types import (
+    MAX_LINK_DEST,
+    PLAN_LISTED,
+    PLAN_LISTED_BYTES,
     SKIPPED_LISTED,
     AgentInfo,
     DiskIO,
     DiskUsage,
+    Endpoint,
     HostHealth,
     JobOptions,
     NetIO,
+    PlanItem,
     Skipped,
     TransferReport,
 )
@@ -137,7 +144,7 @@ def _dns_problem(host: str) -> str:
     return ""
 
 
-def agent_info(info: AgentInfo) -> AgentInfo:
+def agent_info(info: AgentInfo) -> AgentInfo:  # noqa: C901
     """A Register's self-description, refused whole when any part is out of bounds."""
     name = host_name(info.name)
     address(info.data_address, f"{name}'s data address")
@@ -192,7 +199,52 @@ def options(o: JobOptions) -> JobOptions:
         raise InvalidArgument(str(err)) from None
     if o.delete_excluded and not o.delete:
         o = replace(o, delete=True)  # as in rsync, --delete-excluded implies --delete
+    if len(o.link_dest) > MAX_LINK_DEST:
+        raise InvalidArgument(f"{len(o.link_dest)} --link-dest directories are refused: name at most "
+                              f"{MAX_LINK_DEST} (rsync's limit)")
+    if o.dry_run and (o.backup_dir or o.link_dest):
+        o = replace(o, backup_dir=b"", link_dest=())  # a dry run writes nothing, so it backs up and links nothing
     return o
+
+
+def several(o: JobOptions, what: str) -> JobOptions:
+    """Options of a fan-out or a watch rule: a dry run plans one destination at a time, once."""
+    if o.dry_run:
+        raise InvalidArgument(f"--dry-run is refused for {what}: submit one dry-run job per destination")
+    if what == "a watch rule" and (o.backup_dir or o.link_dest):
+        raise InvalidArgument("--backup-dir and --link-dest are refused for a watch rule: they belong to one-off "
+                              "jobs and snapshots; drop --watch")
+    return o
+
+
+def job_dirs(src: Endpoint, dst: Endpoint, o: JobOptions, exports: tuple[bytes, ...]) -> JobOptions:
+    """--backup-dir and --link-dest resolved to absolute paths on the destination host and checked: inside one
+    of its exports (``exports``; empty when not known yet, then only the agent checks), and overlapping neither
+    the job's destination (a backup or link base inside the tree it replicates, or holding it, would replicate
+    into itself, so rsync's exclude-the-backup-dir trick is not needed) nor, on the same host, its source."""
+    def resolve(raw: bytes, flag: str) -> bytes:
+        label = f"--{flag} {show(raw[:200])}"
+        if not raw or b"\0" in raw:
+            raise InvalidPath(f"{label}: give a directory on {dst.host}, absolute or relative to the destination")
+        path = raw if raw.startswith(b"/") else posixpath.normpath(dst.path + b"/" + raw)
+        path = canonical_abs(posixpath.normpath(path), what=label)
+        there = Endpoint(dst.host, path)
+        if exports and not any(relative_to(path, e) is not None for e in exports):
+            raise InvalidPath(f"{label} resolves to {dst.host}:{show(path)}, outside {dst.host}'s exports "
+                              f"({', '.join(show(e) for e in exports)}); choose a directory inside one of them")
+        for ep, what in ((dst, "the destination"), (src, "the source")):
+            if overlaps(there, ep):
+                raise InvalidPath(f"{label} resolves to {dst.host}:{show(path)}, which overlaps {what} "
+                                  f"{ep.host}:{show(ep.path)}; choose a directory beside it (for example "
+                                  f"{show(posixpath.dirname(dst.path) or b'/')}/backup)")
+        return path
+
+    backup = resolve(o.backup_dir, "backup-dir") if o.backup_dir else b""
+    links = tuple(resolve(d, "link-dest") for d in o.link_dest)
+    if backup and backup in links:
+        raise InvalidPath("--backup-dir and --link-dest name the same directory; keep backups apart from the "
+                          "snapshots files are linked from")
+    return replace(o, backup_dir=backup, link_dest=links)
 
 
 def destinations(n: int) -> None:
@@ -243,18 +295,40 @@ def health(h: HostHealth) -> HostHealth:
 
 
 def report(r: TransferReport) -> TransferReport:
-    """An agent's transfer report with its free text and its list of skipped entries bounded."""
+    """An agent's transfer report with its free text and its lists of skipped entries and file errors bounded
+    (``SKIPPED_LISTED`` of each kind)."""
     skipped = r.skipped
-    if len(skipped) > SKIPPED_LISTED or any(len(x.path) > MAX_SKIPPED_PATH or _text(x.reason, MAX_REASON)
-                                            != x.reason for x in skipped):
-        skipped = tuple(Skipped(x.path[:MAX_SKIPPED_PATH], _text(x.reason, MAX_REASON))
-                        for x in skipped[:SKIPPED_LISTED])
+    errors = sum(x.error for x in skipped)
+    if errors > SKIPPED_LISTED or len(skipped) - errors > SKIPPED_LISTED or any(
+            len(x.path) > MAX_SKIPPED_PATH or _text(x.reason, MAX_REASON) != x.reason for x in skipped):
+        skipped = tuple(Skipped(x.path[:MAX_SKIPPED_PATH], _text(x.reason, MAX_REASON), x.error)
+                        for error in (False, True) for x in [y for y in skipped if y.error is error][:SKIPPED_LISTED])
     error = _text(r.error, MAX_TEXT)
     if r.stats.transport not in TRANSPORTS:  # how the bytes travelled: one of a few words, never free text
         r = replace(r, stats=replace(r.stats, transport="?"))
-    if skipped is r.skipped and error == r.error:
+    plan = _plan(r.plan)
+    if skipped is r.skipped and error == r.error and plan is r.plan:
         return r
-    return replace(r, error=error, skipped=skipped)
+    return replace(r, error=error, skipped=skipped, plan=plan)
+
+
+PLAN_CHANGES = frozenset({"created", "updated", "deleted"})
+PLAN_KINDS = frozenset({"file", "dir", "symlink", "hardlink"})
+PLAN_WHY = frozenset({"size", "mtime", "content", "mode", "target", "owner", "type", "link"})
+
+
+def _plan(items: tuple[PlanItem, ...]) -> tuple[PlanItem, ...]:
+    """A dry run's plan bounded: at most PLAN_LISTED items and PLAN_LISTED_BYTES of paths, known words only."""
+    out: list[PlanItem] = []
+    held = 0
+    for x in items[:PLAN_LISTED]:
+        held += len(x.path) + len(x.target)
+        if held > PLAN_LISTED_BYTES:
+            break
+        out.append(PlanItem(x.path[:MAX_SKIPPED_PATH], x.change if x.change in PLAN_CHANGES else "?",
+                            x.kind if x.kind in PLAN_KINDS else "?", tuple(w for w in x.why[:8] if w in PLAN_WHY),
+                            max(0, min(x.size, MAX_DISK)), x.target[:MAX_SKIPPED_PATH]))
+    return items if tuple(out) == items else tuple(out)
 
 
 def sync_statuses(statuses: list[SyncStatus]) -> list[SyncStatus]:

@@ -93,6 +93,9 @@ class AgentConfig:
     partial_max_bytes: int = 0
     # HOST:PORT of the plaintext Prometheus /metrics port; empty = no metrics port.
     metrics_listen: str = ""
+    # HOST:PORT of a plaintext port serving only grpc.health.v1 (for Kubernetes' gRPC probes, which do no
+    # TLS); empty = none.
+    health_listen: str = ""
 
     @staticmethod
     def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +104,7 @@ class AgentConfig:
         values.setdefault("data_listen", f"{loopback}:{DEFAULT_DATA_PORT}")
         return values
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # noqa: C901
         check_tls(self.ca, self.cert, self.key, self.insecure, extra="join" if self.join else "")
         if not valid_host_name(self.name):
             raise ConfigError(f"name '{show_name(self.name)}': {HOST_NAME_RULE}")
@@ -109,8 +112,9 @@ class AgentConfig:
             raise ConfigError("no export configured: pass --export DIR (repeatable) or 'exports = [...]' in TOML")
         for addr in (self.controller, self.listen, self.data_listen):
             split_address(addr)
-        if self.metrics_listen:
-            split_address(self.metrics_listen)
+        for extra in (self.metrics_listen, self.health_listen):
+            if extra:
+                split_address(extra)
         for exp in self.exports:
             if not os.path.isdir(exp):
                 raise ConfigError(f"export {os.fsdecode(exp)!r} is not an existing directory; create it first")
@@ -278,6 +282,14 @@ class ControllerConfig:
     sync_ticket_ttl: float = 3600.0
     # HOST:PORT of the plaintext Prometheus /metrics port; empty = no metrics port.
     metrics_listen: str = ""
+    # HOST:PORT of the read-only web view (HTTPS with the gRPC port's certificate; plain HTTP when insecure);
+    # empty = off. http_client_cert "optional": browsers need no certificate, so only a loopback address is
+    # allowed (reach it with ssh -L); "required": an operator certificate of the cluster CA, any address.
+    http_listen: str = ""
+    http_client_cert: str = "optional"
+    # HOST:PORT of a plaintext port serving only grpc.health.v1 (for Kubernetes' gRPC probes, which do no
+    # TLS); empty = none.
+    health_listen: str = ""
 
     @staticmethod
     def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -289,12 +301,14 @@ class ControllerConfig:
             values["enroll_listen"] = f"{host}:{DEFAULT_ENROLL_PORT if port else 0}"
         return values
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # noqa: C901
         check_tls(self.ca, self.cert, self.key, self.insecure, extra="auto_pki" if self.auto_pki else "")
         split_address(self.listen)
         split_address(self.enroll_listen)
-        if self.metrics_listen:
-            split_address(self.metrics_listen)
+        for extra in (self.metrics_listen, self.health_listen):
+            if extra:
+                split_address(extra)
+        check_http(self.http_listen, self.http_client_cert, self.insecure)
         if self.ca_key and not self.cert:
             raise ConfigError("ca_key is only used with ca, cert and key (with auto_pki the CA lives in state_dir)")
         if not 60 <= self.token_ttl <= 7 * 86400:
@@ -346,6 +360,25 @@ def check_tls(ca: str, cert: str, key: str, insecure: bool, extra: str = "") -> 
                           "(--ca FILE --cert FILE --key FILE, or ZC_CA / ZC_CERT / ZC_KEY)")
 
 
+def check_http(listen: str, client_cert: str, insecure: bool) -> None:
+    """The web view shows paths and errors: without a client certificate it is served on loopback only."""
+    if client_cert not in ("required", "optional"):
+        raise ConfigError(f"http_client_cert {client_cert!r}: choose required or optional")
+    if not listen:
+        return
+    host, _ = split_address(listen)
+    if insecure or client_cert == "required":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ConfigError(f"http_listen {listen}: the web view without client certificates (http_client_cert = "
+                          "optional) is served on loopback only; listen on 127.0.0.1:PORT and reach it with ssh -L, "
+                          "or set http_client_cert = required (browsers then present an operator certificate)")
+
+
 def split_address(addr: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port); port 0 asks for a free port."""
     host, sep, port = addr.rpartition(":")
@@ -354,7 +387,7 @@ def split_address(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _coerce(name: str, typ: Any, value: Any, source: str) -> Any:
+def _coerce(name: str, typ: Any, value: Any, source: str) -> Any:  # noqa: C901
     try:
         if typ is bool:
             if isinstance(value, bool):

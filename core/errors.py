@@ -15,7 +15,6 @@
     └── TransferError            the data plane failed for a job attempt
         ├── ProtocolError        the peer sent something malformed or lied (connection dropped)
         ├── UnsafePath           a name or path would leave the root         (never retried)
-        ├── SourceChanged        a file changed while it was being sent      (retried)
         ├── NoSpace              the destination filesystem is full           (not retried: free space first)
         └── Cancelled            the controller cancelled the attempt
 """
@@ -75,10 +74,6 @@ class ProtocolError(TransferError):
 
 class UnsafePath(TransferError):
     retryable = False
-
-
-class SourceChanged(TransferError):
-    retryable = True
 
 
 class NoSpace(TransferError):

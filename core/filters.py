@@ -70,7 +70,7 @@ class Rule:
                    wild2=wild2, wild2_prefix=wild2 and pat.startswith(b"**"),
                    wild3_suffix=wild2 and pat.endswith(b"***"))
 
-    def matches(self, path: bytes, is_dir: bool) -> bool:
+    def matches(self, path: bytes, is_dir: bool) -> bool:  # noqa: C901
         name = path
         pieces: list[bytes] = []
         if not self.slashes and not self.wild2:
@@ -136,14 +136,6 @@ class Filter:
     def excluded_any(self, path: bytes) -> bool:
         """Excluded as a file or as a directory: for a path whose kind is not known (it is gone)."""
         return self.excluded(path, False) or self.excluded(path, True)
-
-    def excluded_below(self, path: bytes) -> bool:
-        """``path`` or one of its parent directories is excluded (so a walk never reaches it)."""
-        parts = path.split(b"/")
-        for i in range(1, len(parts)):
-            if self.excluded(b"/".join(parts[:i]), True):
-                return True
-        return self.excluded_any(path)
 
 
 def check_rule(rule: str) -> None:
@@ -235,7 +227,7 @@ def _last_components(text: bytes, n: int) -> int | None:
     return text.rfind(b"/", 0, end) + 1
 
 
-def _match(p: bytes, pi: int, t: bytes, ti: int) -> bool | int:
+def _match(p: bytes, pi: int, t: bytes, ti: int) -> bool | int:  # noqa: C901
     """Match pattern ``p[pi:]`` against text ``t[ti:]``: True, False, or one of the abort codes.
     Character classes are ASCII (bytes above 127 are in no named class), as in rsync's C locale."""
     np, nt = len(p), len(t)
@@ -282,7 +274,7 @@ def _match(p: bytes, pi: int, t: bytes, ti: int) -> bool | int:
     return ti >= nt
 
 
-def _klass(p: bytes, pi: int, c: int) -> tuple[bool, int] | None:
+def _klass(p: bytes, pi: int, c: int) -> tuple[bool, int] | None:  # noqa: C901
     """A ``[...]`` starting at ``p[pi]`` against the byte ``c``: (matched, index of its ``]``), or None
     when the class never closes (nothing can match then)."""
     np = len(p)

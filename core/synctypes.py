@@ -28,6 +28,24 @@ class SyncState(enum.Enum):
     PAUSED = "paused"
 
 
+class SyncPhase(enum.Enum):
+    """Where a rule is now, as the controller sees it (``SyncRule.status`` is the sentence that goes with it)."""
+
+    STARTING = "starting"  # deployed, no report from the source yet
+    RECONCILING = "reconciling"  # a full scan is shipping
+    WATCHING = "watching"  # changes ship as they happen
+    HELD = "held"  # the load policy holds it; changes are collected
+    WAITING = "waiting"  # an agent of the rule is offline
+    FAILED = "failed"  # the source's watcher stopped on an error
+    PAUSED = "paused"  # by the operator
+    REMOVED = "removed"
+
+    @property
+    def settled(self) -> bool:
+        """No longer on its way to watching: an operator waiting for the first scan can stop waiting."""
+        return self in (SyncPhase.HELD, SyncPhase.WAITING, SyncPhase.FAILED, SyncPhase.PAUSED, SyncPhase.REMOVED)
+
+
 @dataclass(frozen=True)
 class SyncCounters:
     sessions: int = 0  # change sets shipped (per destination)
@@ -73,7 +91,9 @@ class SyncRule:
     window: float = DEFAULT_WINDOW
     quiet: float = DEFAULT_QUIET
     counters: SyncCounters = SyncCounters()  # totals over the rule's life
-    # Live, from the controller's view (not stored): "watching", "held: hostB CPU 93% busy", ...
+    # Live, from the controller's view (not stored): the phase, and the sentence that goes with it
+    # ("watching", "held: hostB CPU 93% busy", "failed: <error>").
+    phase: SyncPhase = SyncPhase.STARTING
     status: str = ""
     lag: float = 0.0
     pending: int = 0

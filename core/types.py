@@ -41,6 +41,18 @@ class JobOptions:
     # unless delete_excluded.
     filters: tuple[str, ...] = ()
     delete_excluded: bool = False
+    # rsync -n: the destination compares and reports what it would change (TransferReport.plan), changing nothing.
+    dry_run: bool = False
+    # rsync --backup --backup-dir: where the destination keeps the previous version of what a run overwrites or
+    # deletes (relative path kept); a path on the destination host, absolute or relative to the job's root.
+    backup_dir: bytes = b""
+    # rsync --link-dest: directories on the destination host (absolute or relative to the job's root) a file
+    # unchanged against is hard-linked from instead of sent; at most MAX_LINK_DEST.
+    link_dest: tuple[bytes, ...] = ()
+
+
+MAX_LINK_DEST = 20
+"""--link-dest directories one job may name (rsync's limit)."""
 
 
 @dataclass(frozen=True)
@@ -61,18 +73,52 @@ class TransferStats:
     # Entries not replicated for any reason; a job that ends with some is "done with N skipped".
     entries_skipped: int = 0
     transport: str = ""  # how the bytes travelled: "none" (plaintext), "tls" or "ktls"; "" = not known yet
+    # Regular files that should have been copied and were not (the source could not read them, or they changed
+    # while read); a job that ends with some is "done with N errors". Apart from entries_skipped.
+    file_errors: int = 0
+    # A dry run's totals (the destination's plan, all of it; the listed items are capped at PLAN_LISTED).
+    plan_created: int = 0
+    plan_updated: int = 0
+    plan_deleted: int = 0
+    plan_files: int = 0  # files whose content would be sent
+    plan_bytes: int = 0  # their bytes
+    linked: int = 0  # files hard-linked from a --link-dest directory instead of sent
+    backed_up: int = 0  # previous versions moved into the --backup-dir
 
 
 SKIPPED_LISTED = 100
-"""How many skipped entries a transfer reports and a job keeps by name; the total is always counted."""
+"""How many skipped entries (and as many file errors) a transfer reports and a job keeps by name; the totals
+are always counted."""
+
+
+PLAN_LISTED = 1000
+"""How many items of a dry run's plan a transfer reports and a job keeps (at most PLAN_LISTED_BYTES of paths
+between them); the totals in TransferStats count them all."""
+PLAN_LISTED_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One change a dry run found: ``change`` is "created", "updated" or "deleted"; ``kind`` "file", "dir",
+    "symlink" or "hardlink"; ``why`` (updates) the differences among "size", "mtime", "content", "mode",
+    "target", "owner"; ``size`` the bytes that would move for it (0 for metadata-only changes)."""
+
+    path: bytes
+    change: str
+    kind: str
+    why: tuple[str, ...] = ()
+    size: int = 0
+    target: bytes = b""  # a symlink's new target
 
 
 @dataclass(frozen=True)
 class Skipped:
-    """One entry a transfer left out: its path below the job's root, and why (one sentence)."""
+    """One entry a transfer left out: its path below the job's root, and why (one sentence). ``error``: a file
+    that should have been copied and was not (unreadable, changed while read), not one left out on purpose."""
 
     path: bytes
     reason: str
+    error: bool = False
 
 
 @dataclass(frozen=True)
@@ -194,10 +240,15 @@ class Job:
     group_id: int = 0  # the fan-out this job belongs to (id of its first job), 0 for none
     # Entries the latest attempt left out (the first SKIPPED_LISTED; progress.entries_skipped counts all).
     skipped: tuple[Skipped, ...] = ()
+    plan: tuple[PlanItem, ...] = ()  # a dry run's changes (the first PLAN_LISTED; progress.plan_* counts all)
 
     @property
     def done_with_skips(self) -> bool:
         return self.state is JobState.DONE and self.progress.entries_skipped > 0
+
+    @property
+    def done_with_errors(self) -> bool:
+        return self.state is JobState.DONE and self.progress.file_errors > 0
 
 
 class Role(enum.Enum):
@@ -224,6 +275,7 @@ class TransferReport:
     error: str = ""
     retryable: bool = True
     skipped: tuple[Skipped, ...] = ()  # entries this side left out (the first SKIPPED_LISTED)
+    plan: tuple[PlanItem, ...] = ()  # the receiver's dry-run plan (the first PLAN_LISTED)
 
 
 @dataclass(frozen=True)

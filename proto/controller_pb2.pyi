@@ -56,7 +56,7 @@ class Heartbeat(_message.Message):
     def __init__(self, health: _Optional[_Union[_types_pb2.HostHealth, _Mapping]] = ..., syncs: _Optional[_Iterable[_Union[_sync_pb2.SyncStatus, _Mapping]]] = ...) -> None: ...
 
 class TransferReport(_message.Message):
-    __slots__ = ("job_id", "attempt", "role", "phase", "stats", "error", "retryable", "skipped")
+    __slots__ = ("job_id", "attempt", "role", "phase", "stats", "error", "retryable", "skipped", "plan")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class TransferReport(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     attempt: int
     role: Role
@@ -73,7 +74,8 @@ class TransferReport(_message.Message):
     error: str
     retryable: bool
     skipped: _containers.RepeatedCompositeFieldContainer[_types_pb2.SkippedEntry]
-    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., phase: _Optional[_Union[Phase, str]] = ..., stats: _Optional[_Union[_types_pb2.TransferStats, _Mapping]] = ..., error: _Optional[str] = ..., retryable: _Optional[bool] = ..., skipped: _Optional[_Iterable[_Union[_types_pb2.SkippedEntry, _Mapping]]] = ...) -> None: ...
+    plan: _containers.RepeatedCompositeFieldContainer[_types_pb2.PlanItem]
+    def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., phase: _Optional[_Union[Phase, str]] = ..., stats: _Optional[_Union[_types_pb2.TransferStats, _Mapping]] = ..., error: _Optional[str] = ..., retryable: _Optional[bool] = ..., skipped: _Optional[_Iterable[_Union[_types_pb2.SkippedEntry, _Mapping]]] = ..., plan: _Optional[_Iterable[_Union[_types_pb2.PlanItem, _Mapping]]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("register", "heartbeat", "report")

@@ -61,7 +61,8 @@ def options_to_pb(o: t.JobOptions) -> pb.JobOptions:
     return pb.JobOptions(delete=o.delete, checksum=o.checksum, bwlimit=o.bwlimit, max_attempts=o.max_attempts,
                          streams=o.streams, durability=_DURABILITY[o.durability], xattrs=o.xattrs,
                          priority=_PRIORITY[o.priority], encrypt=o.encrypt, filters=list(o.filters),
-                         delete_excluded=o.delete_excluded)
+                         delete_excluded=o.delete_excluded, dry_run=o.dry_run, backup_dir=o.backup_dir,
+                         link_dest=list(o.link_dest))
 
 
 def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
@@ -70,7 +71,8 @@ def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
                         xattrs=m.xattrs,
                         # Unspecified (an older client) and values from a newer one read as normal.
                         priority=_PRIORITY_FROM.get(m.priority, t.Priority.NORMAL), encrypt=m.encrypt,
-                        filters=tuple(m.filters), delete_excluded=m.delete_excluded)
+                        filters=tuple(m.filters), delete_excluded=m.delete_excluded, dry_run=m.dry_run,
+                        backup_dir=bytes(m.backup_dir), link_dest=tuple(bytes(x) for x in m.link_dest))
 
 
 def options_from_request(m: pb.JobOptions) -> t.JobOptions:
@@ -84,11 +86,21 @@ def options_from_request(m: pb.JobOptions) -> t.JobOptions:
 
 
 def skipped_to_pb(items: tuple[t.Skipped, ...]) -> list[pb.SkippedEntry]:
-    return [pb.SkippedEntry(path=x.path, reason=x.reason) for x in items]
+    return [pb.SkippedEntry(path=x.path, reason=x.reason, error=x.error) for x in items]
 
 
 def skipped_from_pb(items: object) -> tuple[t.Skipped, ...]:
-    return tuple(t.Skipped(bytes(x.path), x.reason) for x in items)  # type: ignore[attr-defined]
+    return tuple(t.Skipped(bytes(x.path), x.reason, x.error) for x in items)  # type: ignore[attr-defined]
+
+
+def plan_to_pb(items: tuple[t.PlanItem, ...]) -> list[pb.PlanItem]:
+    return [pb.PlanItem(path=x.path, change=x.change, kind=x.kind, why=list(x.why), size=x.size, target=x.target)
+            for x in items]
+
+
+def plan_from_pb(items: object) -> tuple[t.PlanItem, ...]:
+    return tuple(t.PlanItem(bytes(x.path), x.change, x.kind, tuple(x.why), x.size, bytes(x.target))
+                 for x in items)  # type: ignore[attr-defined]
 
 
 def endpoint_to_pb(e: t.Endpoint) -> pb.Endpoint:
@@ -155,7 +167,7 @@ def job_to_pb(j: t.Job) -> pb.Job:
         created_at=j.created_at, updated_at=j.updated_at, started_at=j.started_at,
         finished_at=j.finished_at, attempts=j.attempts, max_attempts=j.max_attempts, error=j.error,
         wait_reason=j.wait_reason, progress=stats_to_pb(j.progress), next_attempt_at=j.next_attempt_at,
-        group_id=j.group_id, skipped=skipped_to_pb(j.skipped),
+        group_id=j.group_id, skipped=skipped_to_pb(j.skipped), plan=plan_to_pb(j.plan),
     )
     m.history.extend(pb.Attempt(number=a.number, started_at=a.started_at, ended_at=a.ended_at,
                                 error=a.error, stats=stats_to_pb(a.stats), source=a.source) for a in j.history)
@@ -172,6 +184,7 @@ def job_from_pb(m: pb.Job) -> t.Job:
         history=tuple(t.Attempt(a.number, a.started_at, a.ended_at, a.error, stats_from_pb(a.stats),
                                 bytes(a.source)) for a in m.history),
         next_attempt_at=m.next_attempt_at, group_id=m.group_id, skipped=skipped_from_pb(m.skipped),
+        plan=plan_from_pb(m.plan),
     )
 
 
@@ -208,7 +221,7 @@ def report_to_pb(r: t.TransferReport) -> object:
     return cpb.TransferReport(job_id=r.job_id, attempt=r.attempt, role=cpb.Role.Value("ROLE_" + r.role.name),
                               phase=cpb.Phase.Value("PHASE_" + r.phase.name),
                               stats=stats_to_pb(r.stats), error=r.error, retryable=r.retryable,
-                              skipped=skipped_to_pb(r.skipped))
+                              skipped=skipped_to_pb(r.skipped), plan=plan_to_pb(r.plan))
 
 
 def report_from_pb(m: object) -> t.TransferReport:
@@ -218,4 +231,5 @@ def report_from_pb(m: object) -> t.TransferReport:
         job_id=m.job_id, attempt=m.attempt, role=role, phase=phase,  # type: ignore[attr-defined]
         stats=stats_from_pb(m.stats), error=m.error, retryable=m.retryable,  # type: ignore[attr-defined]
         skipped=skipped_from_pb(m.skipped),  # type: ignore[attr-defined]
+        plan=plan_from_pb(m.plan),  # type: ignore[attr-defined]
     )

@@ -13,9 +13,30 @@ class SyncState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SYNC_STATE_UNSPECIFIED: _ClassVar[SyncState]
     SYNC_STATE_ACTIVE: _ClassVar[SyncState]
     SYNC_STATE_PAUSED: _ClassVar[SyncState]
+
+class SyncPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SYNC_PHASE_UNSPECIFIED: _ClassVar[SyncPhase]
+    SYNC_PHASE_STARTING: _ClassVar[SyncPhase]
+    SYNC_PHASE_RECONCILING: _ClassVar[SyncPhase]
+    SYNC_PHASE_WATCHING: _ClassVar[SyncPhase]
+    SYNC_PHASE_HELD: _ClassVar[SyncPhase]
+    SYNC_PHASE_WAITING: _ClassVar[SyncPhase]
+    SYNC_PHASE_FAILED: _ClassVar[SyncPhase]
+    SYNC_PHASE_PAUSED: _ClassVar[SyncPhase]
+    SYNC_PHASE_REMOVED: _ClassVar[SyncPhase]
 SYNC_STATE_UNSPECIFIED: SyncState
 SYNC_STATE_ACTIVE: SyncState
 SYNC_STATE_PAUSED: SyncState
+SYNC_PHASE_UNSPECIFIED: SyncPhase
+SYNC_PHASE_STARTING: SyncPhase
+SYNC_PHASE_RECONCILING: SyncPhase
+SYNC_PHASE_WATCHING: SyncPhase
+SYNC_PHASE_HELD: SyncPhase
+SYNC_PHASE_WAITING: SyncPhase
+SYNC_PHASE_FAILED: SyncPhase
+SYNC_PHASE_PAUSED: SyncPhase
+SYNC_PHASE_REMOVED: SyncPhase
 
 class SyncCounters(_message.Message):
     __slots__ = ("sessions", "changes", "files", "bytes", "deleted", "renamed", "reconciles", "errors", "skipped")
@@ -68,7 +89,7 @@ class SyncStatus(_message.Message):
     def __init__(self, rule_id: _Optional[int] = ..., epoch: _Optional[int] = ..., watching: _Optional[bool] = ..., lag: _Optional[float] = ..., pending: _Optional[int] = ..., held: _Optional[bool] = ..., reconciling: _Optional[bool] = ..., counters: _Optional[_Union[SyncCounters, _Mapping]] = ..., last_error: _Optional[str] = ..., last_error_at: _Optional[float] = ..., last_shipped_at: _Optional[float] = ..., warning: _Optional[str] = ...) -> None: ...
 
 class SyncRule(_message.Message):
-    __slots__ = ("id", "source", "destinations", "options", "state", "created_at", "window", "quiet", "counters", "status", "lag", "pending", "last_error", "last_error_at", "last_shipped_at")
+    __slots__ = ("id", "source", "destinations", "options", "state", "created_at", "window", "quiet", "counters", "status", "lag", "pending", "last_error", "last_error_at", "last_shipped_at", "phase")
     ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +105,7 @@ class SyncRule(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_SHIPPED_AT_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
     id: int
     source: _types_pb2.Endpoint
     destinations: _containers.RepeatedCompositeFieldContainer[_types_pb2.Endpoint]
@@ -99,7 +121,8 @@ class SyncRule(_message.Message):
     last_error: str
     last_error_at: float
     last_shipped_at: float
-    def __init__(self, id: _Optional[int] = ..., source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destinations: _Optional[_Iterable[_Union[_types_pb2.Endpoint, _Mapping]]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., state: _Optional[_Union[SyncState, str]] = ..., created_at: _Optional[float] = ..., window: _Optional[float] = ..., quiet: _Optional[float] = ..., counters: _Optional[_Union[SyncCounters, _Mapping]] = ..., status: _Optional[str] = ..., lag: _Optional[float] = ..., pending: _Optional[int] = ..., last_error: _Optional[str] = ..., last_error_at: _Optional[float] = ..., last_shipped_at: _Optional[float] = ...) -> None: ...
+    phase: SyncPhase
+    def __init__(self, id: _Optional[int] = ..., source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destinations: _Optional[_Iterable[_Union[_types_pb2.Endpoint, _Mapping]]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., state: _Optional[_Union[SyncState, str]] = ..., created_at: _Optional[float] = ..., window: _Optional[float] = ..., quiet: _Optional[float] = ..., counters: _Optional[_Union[SyncCounters, _Mapping]] = ..., status: _Optional[str] = ..., lag: _Optional[float] = ..., pending: _Optional[int] = ..., last_error: _Optional[str] = ..., last_error_at: _Optional[float] = ..., last_shipped_at: _Optional[float] = ..., phase: _Optional[_Union[SyncPhase, str]] = ...) -> None: ...
 
 class SyncDest(_message.Message):
     __slots__ = ("host", "data_address", "ticket", "path", "encrypt")

@@ -10,6 +10,8 @@ from zcrepl.proto.convert import endpoint_from_pb, endpoint_to_pb, options_from_
 
 _STATE_TO_PB = {st.SyncState.ACTIVE: spb.SYNC_STATE_ACTIVE, st.SyncState.PAUSED: spb.SYNC_STATE_PAUSED}
 _STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+_PHASE_TO_PB = {p: spb.SyncPhase.Value(f"SYNC_PHASE_{p.name}") for p in st.SyncPhase}
+_PHASE_FROM_PB = {v: k for k, v in _PHASE_TO_PB.items()}
 
 
 def counters_to_pb(c: st.SyncCounters) -> spb.SyncCounters:
@@ -39,6 +41,7 @@ def rule_to_pb(r: st.SyncRule) -> spb.SyncRule:
         options=options_to_pb(r.options), state=_STATE_TO_PB[r.state], created_at=r.created_at, window=r.window,
         quiet=r.quiet, counters=counters_to_pb(r.counters), status=r.status, lag=r.lag, pending=r.pending,
         last_error=r.last_error, last_error_at=r.last_error_at, last_shipped_at=r.last_shipped_at,
+        phase=_PHASE_TO_PB[r.phase],
     )
 
 
@@ -48,7 +51,7 @@ def rule_from_pb(m: spb.SyncRule) -> st.SyncRule:
         options=options_from_pb(m.options), state=_STATE_FROM_PB.get(m.state, st.SyncState.ACTIVE),
         created_at=m.created_at, window=m.window, quiet=m.quiet, counters=counters_from_pb(m.counters),
         status=m.status, lag=m.lag, pending=m.pending, last_error=m.last_error, last_error_at=m.last_error_at,
-        last_shipped_at=m.last_shipped_at,
+        last_shipped_at=m.last_shipped_at, phase=_PHASE_FROM_PB.get(m.phase, st.SyncPhase.STARTING),
     )
 
 
@@ -82,20 +85,3 @@ def dest_order_from_pb(m: spb.SyncDestOrder) -> st.SyncDestOrder:
 
 def ticket_order_from_pb(m: spb.SyncTicketOrder) -> st.SyncTicketOrder:
     return st.SyncTicketOrder(m.rule_id, m.epoch, m.host, bytes(m.ticket))
-
-
-def sync_order_fields(order: object) -> dict[str, object] | None:
-    """The ControllerMessage field for a watch-rule order, or None for any other object."""
-    if isinstance(order, st.SyncSourceOrder):
-        return {"sync_source": source_order_to_pb(order)}
-    if isinstance(order, st.SyncDestOrder):
-        return {"sync_dest": dest_order_to_pb(order)}
-    if isinstance(order, st.SyncStopOrder):
-        return {"sync_stop": spb.SyncStopOrder(rule_id=order.rule_id, reason=order.reason)}
-    if isinstance(order, st.SyncTicketOrder):
-        return {"sync_ticket": spb.SyncTicketOrder(rule_id=order.rule_id, epoch=order.epoch, host=order.host,
-                                                   ticket=order.ticket)}
-    if isinstance(order, st.SyncHoldOrder):
-        return {"sync_hold": spb.SyncHoldOrder(rule_id=order.rule_id, epoch=order.epoch, held=order.held,
-                                               reason=order.reason)}
-    return None

@@ -171,7 +171,7 @@ class Endpoint(_message.Message):
     def __init__(self, host: _Optional[str] = ..., path: _Optional[bytes] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts", "streams", "durability", "xattrs", "priority", "encrypt", "filters", "delete_excluded")
+    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts", "streams", "durability", "xattrs", "priority", "encrypt", "filters", "delete_excluded", "dry_run", "backup_dir", "link_dest")
     DELETE_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     BWLIMIT_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +183,9 @@ class JobOptions(_message.Message):
     ENCRYPT_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     DELETE_EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    BACKUP_DIR_FIELD_NUMBER: _ClassVar[int]
+    LINK_DEST_FIELD_NUMBER: _ClassVar[int]
     delete: bool
     checksum: bool
     bwlimit: int
@@ -194,10 +197,13 @@ class JobOptions(_message.Message):
     encrypt: bool
     filters: _containers.RepeatedScalarFieldContainer[str]
     delete_excluded: bool
-    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ..., xattrs: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ..., encrypt: _Optional[bool] = ..., filters: _Optional[_Iterable[str]] = ..., delete_excluded: _Optional[bool] = ...) -> None: ...
+    dry_run: bool
+    backup_dir: bytes
+    link_dest: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ..., xattrs: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ..., encrypt: _Optional[bool] = ..., filters: _Optional[_Iterable[str]] = ..., delete_excluded: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., backup_dir: _Optional[bytes] = ..., link_dest: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class TransferStats(_message.Message):
-    __slots__ = ("entries", "files_total", "files_done", "bytes_total", "bytes_done", "files_skipped", "deleted", "wire_bytes", "skipped_special", "errors", "scan_done", "entries_skipped", "transport")
+    __slots__ = ("entries", "files_total", "files_done", "bytes_total", "bytes_done", "files_skipped", "deleted", "wire_bytes", "skipped_special", "errors", "scan_done", "entries_skipped", "transport", "file_errors", "plan_created", "plan_updated", "plan_deleted", "plan_files", "plan_bytes", "linked", "backed_up")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     FILES_DONE_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +217,14 @@ class TransferStats(_message.Message):
     SCAN_DONE_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    FILE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_CREATED_FIELD_NUMBER: _ClassVar[int]
+    PLAN_UPDATED_FIELD_NUMBER: _ClassVar[int]
+    PLAN_DELETED_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FILES_FIELD_NUMBER: _ClassVar[int]
+    PLAN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LINKED_FIELD_NUMBER: _ClassVar[int]
+    BACKED_UP_FIELD_NUMBER: _ClassVar[int]
     entries: int
     files_total: int
     files_done: int
@@ -224,15 +238,41 @@ class TransferStats(_message.Message):
     scan_done: bool
     entries_skipped: int
     transport: str
-    def __init__(self, entries: _Optional[int] = ..., files_total: _Optional[int] = ..., files_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., files_skipped: _Optional[int] = ..., deleted: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., skipped_special: _Optional[int] = ..., errors: _Optional[int] = ..., scan_done: _Optional[bool] = ..., entries_skipped: _Optional[int] = ..., transport: _Optional[str] = ...) -> None: ...
+    file_errors: int
+    plan_created: int
+    plan_updated: int
+    plan_deleted: int
+    plan_files: int
+    plan_bytes: int
+    linked: int
+    backed_up: int
+    def __init__(self, entries: _Optional[int] = ..., files_total: _Optional[int] = ..., files_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., files_skipped: _Optional[int] = ..., deleted: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., skipped_special: _Optional[int] = ..., errors: _Optional[int] = ..., scan_done: _Optional[bool] = ..., entries_skipped: _Optional[int] = ..., transport: _Optional[str] = ..., file_errors: _Optional[int] = ..., plan_created: _Optional[int] = ..., plan_updated: _Optional[int] = ..., plan_deleted: _Optional[int] = ..., plan_files: _Optional[int] = ..., plan_bytes: _Optional[int] = ..., linked: _Optional[int] = ..., backed_up: _Optional[int] = ...) -> None: ...
 
 class SkippedEntry(_message.Message):
-    __slots__ = ("path", "reason")
+    __slots__ = ("path", "reason", "error")
     PATH_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     path: bytes
     reason: str
-    def __init__(self, path: _Optional[bytes] = ..., reason: _Optional[str] = ...) -> None: ...
+    error: bool
+    def __init__(self, path: _Optional[bytes] = ..., reason: _Optional[str] = ..., error: _Optional[bool] = ...) -> None: ...
+
+class PlanItem(_message.Message):
+    __slots__ = ("path", "change", "kind", "why", "size", "target")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    path: bytes
+    change: str
+    kind: str
+    why: _containers.RepeatedScalarFieldContainer[str]
+    size: int
+    target: bytes
+    def __init__(self, path: _Optional[bytes] = ..., change: _Optional[str] = ..., kind: _Optional[str] = ..., why: _Optional[_Iterable[str]] = ..., size: _Optional[int] = ..., target: _Optional[bytes] = ...) -> None: ...
 
 class Attempt(_message.Message):
     __slots__ = ("number", "started_at", "ended_at", "error", "stats", "source")
@@ -251,7 +291,7 @@ class Attempt(_message.Message):
     def __init__(self, number: _Optional[int] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[TransferStats, _Mapping]] = ..., source: _Optional[bytes] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "source", "destination", "options", "created_at", "updated_at", "started_at", "finished_at", "attempts", "max_attempts", "error", "wait_reason", "progress", "history", "next_attempt_at", "group_id", "skipped")
+    __slots__ = ("id", "state", "source", "destination", "options", "created_at", "updated_at", "started_at", "finished_at", "attempts", "max_attempts", "error", "wait_reason", "progress", "history", "next_attempt_at", "group_id", "skipped", "plan")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -270,6 +310,7 @@ class Job(_message.Message):
     NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     id: int
     state: JobState
     source: Endpoint
@@ -288,4 +329,5 @@ class Job(_message.Message):
     next_attempt_at: float
     group_id: int
     skipped: _containers.RepeatedCompositeFieldContainer[SkippedEntry]
-    def __init__(self, id: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., error: _Optional[str] = ..., wait_reason: _Optional[str] = ..., progress: _Optional[_Union[TransferStats, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., next_attempt_at: _Optional[float] = ..., group_id: _Optional[int] = ..., skipped: _Optional[_Iterable[_Union[SkippedEntry, _Mapping]]] = ...) -> None: ...
+    plan: _containers.RepeatedCompositeFieldContainer[PlanItem]
+    def __init__(self, id: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., error: _Optional[str] = ..., wait_reason: _Optional[str] = ..., progress: _Optional[_Union[TransferStats, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., next_attempt_at: _Optional[float] = ..., group_id: _Optional[int] = ..., skipped: _Optional[_Iterable[_Union[SkippedEntry, _Mapping]]] = ..., plan: _Optional[_Iterable[_Union[PlanItem, _Mapping]]] = ...) -> None: ...

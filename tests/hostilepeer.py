@@ -12,6 +12,7 @@ from zchelpers import FakeAgent, wait_for
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Channel, Entry, FileHead, Hello, Kind
 from zcrepl.controller.client import ControllerClient
+from zcrepl.core.errors import ProtocolError
 from zcrepl.core.types import Endpoint, JobOptions, JobState
 
 ROOT = Entry(Kind.DIR, b"", 0o755, 1_000_000_000_000_000_000)
@@ -69,14 +70,29 @@ class Session:
             else:
                 raise AssertionError(f"unexpected {kind.name}: {payload[:200]!r}")
 
-    def refused(self) -> str:
-        """The receiver must drop us: an ABORT frame and/or the connection closing."""
+    def refused(self, within: float = 10.0) -> str:
+        """The receiver must drop us within ``within`` seconds: the ABORT text, or ``closed: ...`` on EOF or reset.
+
+        Frames the receiver sends before it gives up (NEED, BASIS_HINT, ...) are skipped; a RESULT means the session
+        was accepted to the end, and silence past the deadline means it was not refused: both fail the test.
+        """
+        self.sock.settimeout(within)
+        seen: list[str] = []
         try:
             while True:
                 kind, payload = self.ch.recv_frame()
                 if kind is fr.T.ABORT:
                     return fr.decode_text(payload)
-        except (OSError, Exception) as err:  # closed connection
+                assert kind is not fr.T.RESULT, f"the receiver finished the session instead of refusing: {payload!r}"
+                seen.append(kind.name)
+        except TimeoutError as err:
+            self.close()  # the failure is this test's alone: no socket left open for the next test's leak check
+            raise AssertionError(f"no ABORT and no EOF within {within} s (frames seen: {seen})") from err
+        except ProtocolError as err:
+            if "connection closed by the peer" not in str(err):
+                raise
+            return f"closed: {err}"
+        except (ConnectionResetError, BrokenPipeError) as err:
             return f"closed: {err}"
 
     def close(self) -> None:

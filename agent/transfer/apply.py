@@ -20,12 +20,14 @@ from typing import Any
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.atomic import PREALLOCATE_MIN, AtomicFile, remove_entry, replace_symlink
+from zcrepl.agent.transfer.backup import Backup
 from zcrepl.agent.transfer.basis import find_basis
 from zcrepl.agent.transfer.finish import delete_extras, finish_dirs, make_links
 from zcrepl.agent.transfer.flush import JobFlush
 from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
+from zcrepl.agent.transfer.linkdest import LinkDest
 from zcrepl.agent.transfer.meta import apply_meta, owner_ids
 from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea
 from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, validate_name, validate_relpath
@@ -113,6 +115,9 @@ class TreeWriter:
         # unlisted is deleted, and what stands in an upserted path's way is replaced.
         self.restricted = False
         self.protect = Filter()  # what --delete keeps (set by finish)
+        self.backup: Backup | None = None  # --backup-dir: where what this run replaces or deletes goes
+        self.link_dest: LinkDest | None = None  # --link-dest: earlier copies unchanged files are linked from
+        self.basis_roots: dict[int, SafeRoot] = {}  # a delta basis found in a --link-dest directory, by index
 
     # -- manifest -----------------------------------------------------------------------------------
     def admit(self, e: Entry) -> bool | Basis:
@@ -144,6 +149,8 @@ class TreeWriter:
                 self.links.append((e.path, e.target))  # the entry's own bytes: nothing new is held
             elif up_to_date(self, parts, e):
                 self.count(skipped=1)
+            elif self.link_dest is not None and self.link_dest.link(self, parts, e):
+                pass  # an unchanged copy in a --link-dest directory: linked, not sent
             else:
                 basis = find_basis(self, index, parts, e)
                 with self._lock:
@@ -224,7 +231,7 @@ class TreeWriter:
                     os.close(dfd)
             return
         if st is not None:
-            self.count(deleted=remove_entry(pfd, leaf))  # a file or link where the source has a dir
+            self.count(deleted=self.remove(pfd, leaf, b"/".join(parts)))  # a file or link where the source has a dir
         try:
             os.mkdir(leaf, 0o700, dir_fd=pfd)
         except FileExistsError:
@@ -244,14 +251,20 @@ class TreeWriter:
             self.count(skipped=1)
             return
         if st is not None and stat.S_ISDIR(st.st_mode):
-            self.clear_dir_for(pfd, leaf, "a symlink")
+            self.clear_dir_for(pfd, leaf, "a symlink", e.path)
+        elif st is not None and self.backup is not None:
+            self.backup.keep(pfd, leaf, e.path)
         replace_symlink(pfd, leaf, e.target, e.mtime_ns)
         self._wrote = True
         uid, gid = owner_ids(self.policy, e, None, self.as_root)
         if (uid, gid) != (KEEP, KEEP):
             os.chown(leaf, uid, gid, dir_fd=pfd, follow_symlinks=False)
 
-    def clear_dir_for(self, pfd: int, leaf: bytes, what: str) -> None:
+    def remove(self, dfd: int, leaf: bytes, rel: bytes) -> int:
+        """Delete ``leaf`` (path ``rel``): into the --backup-dir when there is one. How many entries went."""
+        return remove_entry(dfd, leaf) if self.backup is None else self.backup.take(dfd, leaf, rel)
+
+    def clear_dir_for(self, pfd: int, leaf: bytes, what: str, rel: bytes) -> None:
         if not self.options.delete and not self.restricted:
             try:
                 os.rmdir(leaf, dir_fd=pfd)
@@ -259,7 +272,7 @@ class TreeWriter:
             except OSError as err:
                 raise OSError(err.errno, f"a non-empty directory stands where the source has {what}; "
                                          "rerun with --delete to replace it") from err
-        self.count(deleted=remove_entry(pfd, leaf))
+        self.count(deleted=self.remove(pfd, leaf, rel))
 
     def buf(self) -> bytearray:
         if self._hashbuf is None:
@@ -372,7 +385,8 @@ class TreeWriter:
             return  # those bytes are already in the temp file
         with self._lock:
             if s.basis_fd < 0:
-                s.basis_fd = self.root.open_read(validate_relpath(s.entry.path))
+                src = self.basis_roots.get(s.index, self.root)  # the file's old version, or a --link-dest copy
+                s.basis_fd = src.open_read(validate_relpath(s.entry.path))
         if copy_range(s.basis_fd, s.fd, head.offset, head.length, []) != head.length:
             raise OSError(0, "the old version changed while it was reused")
 
@@ -391,10 +405,12 @@ class TreeWriter:
             if expected and file_digest(s.tmp.fd, self._local_buf()) != expected:
                 raise OSError(0, "content hash of the assembled file differs from the source's")
             apply_meta(s.tmp.fd, s.entry, policy=self.policy, as_root=self.as_root, xattrs=self.options.xattrs)
+            if self.backup is not None:
+                self.backup.keep(s.pfd, s.leaf, s.entry.path)  # linked first: a reader sees old or new, never none
             try:
                 s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files, flush=self.flush, size=s.total)
             except IsADirectoryError:
-                self.clear_dir_for(s.pfd, s.leaf, "a file")
+                self.clear_dir_for(s.pfd, s.leaf, "a file", s.entry.path)
                 s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files, flush=self.flush, size=s.total)
         except OSError as err:
             self.entry_failed(s.entry.path, err)
@@ -471,6 +487,8 @@ class TreeWriter:
         self.area.remove_if_empty()  # before the root's mtime is set
         finish_dirs(self)
         if self.flush is not None:
+            if self.backup is not None:
+                self.backup.flush_into(self.flush)
             self.flush.wait(self.label, self.root)  # every file and directory this job changed, nothing else
         elif self.fsync_files:
             os.fsync(self.root.fd)
@@ -516,7 +534,8 @@ class TreeWriter:
     def stats(self) -> TransferStats:
         return TransferStats(entries=self.n_entries, files_done=self.files_done, bytes_done=self.bytes_done,
                              files_skipped=self.skipped, deleted=self.deleted, errors=self.errors,
-                             scan_done=self.manifest_done)
+                             scan_done=self.manifest_done, backed_up=self.backup.kept if self.backup else 0,
+                             linked=self.link_dest.linked if self.link_dest else 0)
 
 
 def _lstat(dir_fd: int, leaf: bytes) -> os.stat_result | None:

@@ -38,7 +38,13 @@ def find_basis(w: TreeWriter, index: int, parts: tuple[bytes, ...], e: Entry) ->
     if e.size < delta.DELTA_MIN:
         return None
     st = w.root.lstat(parts)
+    if (st is None or not stat.S_ISREG(st.st_mode)) and w.link_dest is not None:
+        # Not here (a new snapshot): the copy in a --link-dest directory is the older version to delta against.
+        found = w.link_dest.basis(parts)
+        if found is not None:
+            w.basis_roots[index], st = found
     if st is None or not stat.S_ISREG(st.st_mode) or st.st_size < delta.DELTA_MIN:
+        w.basis_roots.pop(index, None)
         return None
     # Hashes come later (complete_delta): first the caller hints the sender, so both ends hash at once.
     b = Basis(index, fr.BASIS_DELTA, delta.block_size(e.size))
@@ -55,7 +61,7 @@ def complete_delta(w: TreeWriter, b: Basis) -> Basis:
     try:
         if e is None:  # its bytes already came whole: nothing to hash
             raise FileNotFoundError(b.index)
-        fd = w.root.open_read(parts)
+        fd = w.basis_roots.get(b.index, w.root).open_read(parts)
     except (OSError, UnsafePath):
         hashes: list[bytes] = []
     else:

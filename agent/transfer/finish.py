@@ -13,7 +13,7 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
-from zcrepl.agent.transfer.atomic import _open_subdir, remove_entry, set_dir_meta
+from zcrepl.agent.transfer.atomic import _open_subdir, set_dir_meta
 from zcrepl.agent.transfer.meta import apply_meta
 from zcrepl.agent.transfer.saferoot import TEMP_PREFIX, temp_name, validate_relpath
 from zcrepl.core.errors import UnsafePath
@@ -46,7 +46,7 @@ def delete_extras(w: TreeWriter) -> None:
                         if w.protect:
                             _remove_unprotected(w, dfd, name, rel, 0)
                         else:
-                            w.count(deleted=remove_entry(dfd, name))
+                            w.count(deleted=w.remove(dfd, name, rel))
                     except OSError as err:
                         w.entry_failed(rel, err)
         finally:
@@ -63,7 +63,7 @@ def _remove_unprotected(w: TreeWriter, dfd: int, name: bytes, rel: bytes, depth:
     if w.protect.excluded(rel, is_dir):
         return False
     if not is_dir:
-        w.count(deleted=remove_entry(dfd, name))
+        w.count(deleted=w.remove(dfd, name, rel))
         return True
     if depth >= _PROTECT_DEPTH:
         log.warning("not deleted: too deep to check the filters below it",
@@ -118,7 +118,9 @@ def make_links(w: TreeWriter) -> None:
                 w.count(skipped=1)
                 continue
             if st is not None and stat.S_ISDIR(st.st_mode):
-                w.clear_dir_for(pfd, leaf, "a hard link")
+                w.clear_dir_for(pfd, leaf, "a hard link", path)
+            elif st is not None and w.backup is not None:
+                w.backup.keep(pfd, leaf, path)
             tmp = temp_name(leaf)
             os.link(tleaf, tmp, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
             try:

@@ -4,12 +4,75 @@ when the destination's filesystem is full."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from zcrepl.agent.transfer.apply import TreeWriter
+from zcrepl.agent.transfer.backup import Backup, DirRefused, open_backup
+from zcrepl.agent.transfer.linkdest import LinkDest
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.core.errors import InvalidPath, UnsafePath
+from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
+from zcrepl.core.types import JobOptions
+
+log = logging.getLogger(__name__)
+Place = tuple[SafeRoot, tuple[bytes, ...]]  # an export root and components below it
+
+
+@dataclass(frozen=True)
+class ExtraDirs:
+    """A job's --backup-dir and --link-dest directories, resolved through the destination's exports."""
+
+    backup: Place | None = None
+    link_dest: tuple[Place, ...] = ()
+
+
+def resolve_dirs(resolve: Callable[[bytes], Place], o: JobOptions) -> ExtraDirs:
+    """InvalidPath (naming the exports) for a directory outside them; a dry run uses none."""
+    if o.dry_run:
+        return ExtraDirs()
+    return ExtraDirs(resolve(o.backup_dir) if o.backup_dir else None, tuple(resolve(d) for d in o.link_dest))
+
+
+def attach_dirs(w: TreeWriter, dirs: ExtraDirs, label: str) -> None:
+    """Open the backup directory (made when missing) and the link-dest directories (a missing one is skipped,
+    as the first of a series of snapshots has none to link from) for ``w``; both must share its filesystem."""
+    if dirs.backup is not None:
+        w.backup = Backup(open_backup(*dirs.backup, w.root, label), fsync=w.fsync_files)
+    roots: list[SafeRoot] = []
+    try:
+        for export, rel in dirs.link_dest:
+            path = export.path + (b"/" + b"/".join(rel) if rel else b"")
+            try:
+                fd = export.open_dir(rel)
+            except FileNotFoundError:
+                log.info("--link-dest directory missing; not used", extra=kv(job=w.job_id, path=path))
+                continue
+            except (NotADirectoryError, UnsafePath) as err:
+                raise DirRefused(f"--link-dest {show(path)} is not a directory (or passes through a symlink); "
+                                 "name the real directory of an earlier copy") from err
+            roots.append(SafeRoot.from_fd(fd, path))
+            if os.fstat(fd).st_dev != os.fstat(w.root.fd).st_dev:
+                raise DirRefused(f"--link-dest {show(path)} is on another filesystem than {label}; hard links "
+                                 "can't cross filesystems: name an earlier copy on the destination's filesystem")
+    except BaseException:
+        for r in roots:
+            r.close()
+        raise
+    if roots:
+        w.link_dest = LinkDest(roots)
+
+
+def detach_dirs(w: TreeWriter | None) -> None:
+    if w is None:
+        return
+    if w.backup is not None:
+        w.backup.close()
+    if w.link_dest is not None:
+        w.link_dest.close()
 
 
 def open_source(root: SafeRoot, rel: tuple[bytes, ...], label: str) -> SafeRoot:

@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import errno
 import os
+from dataclasses import dataclass
 
-USE_COPY_FILE_RANGE = True  # tests switch these off to exercise each fallback
-USE_SENDFILE = True
 _CHUNK = 64 << 20
 
 
-def copy_range(src: int, dst: int, offset: int, length: int, buf: list[bytearray]) -> int:
+@dataclass(frozen=True)
+class CopyPaths:
+    """The in-kernel copies ``copy_range`` may try, best first; pread+pwrite is always the last resort. Turning
+    one off takes the path a filesystem or kernel without it takes anyway (tests exercise each fallback so)."""
+
+    copy_file_range: bool = True
+    sendfile: bool = True
+
+
+ALL_PATHS = CopyPaths()
+
+
+def copy_range(src: int, dst: int, offset: int, length: int, buf: list[bytearray],
+               paths: CopyPaths = ALL_PATHS) -> int:
     """Copy ``length`` bytes at ``offset`` from ``src`` to ``dst``; fewer only if the source ended early."""
     done = 0
-    mode = "cfr" if USE_COPY_FILE_RANGE else ("sendfile" if USE_SENDFILE else "rw")
+    mode = "cfr" if paths.copy_file_range else ("sendfile" if paths.sendfile else "rw")
     while done < length:
         count = min(_CHUNK, length - done)
         try:
@@ -34,7 +46,7 @@ def copy_range(src: int, dst: int, offset: int, length: int, buf: list[bytearray
         except OSError as err:
             # Cross-filesystem or unsupported: step down a path and retry this chunk.
             if err.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) and mode != "rw":
-                mode = "sendfile" if mode == "cfr" and USE_SENDFILE else "rw"
+                mode = "sendfile" if mode == "cfr" and paths.sendfile else "rw"
                 continue
             raise
         if n == 0:

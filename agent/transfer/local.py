@@ -14,19 +14,22 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from zcrepl.agent import priority
 from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.flush import sync_ancestors
 from zcrepl.agent.transfer.frame import F_SPARSE, Entry, FileHead, Kind
-from zcrepl.agent.transfer.kcopy import copy_range
+from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
+from zcrepl.agent.transfer.kcopy import ALL_PATHS, CopyPaths, copy_range
 from zcrepl.agent.transfer.limits import SessionLimits
+from zcrepl.agent.transfer.plan import PlanWriter, make_writer, open_job_root
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
-from zcrepl.agent.transfer.scan import Scanner, Skips, tree_filter
+from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble, tree_filter
 from zcrepl.core.errors import Cancelled, TransferError, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
-from zcrepl.core.logs import kv
-from zcrepl.core.types import JobOptions, TransferStats
+from zcrepl.core.logs import carry, kv
+from zcrepl.core.types import JobOptions, PlanItem, TransferStats
 
 log = logging.getLogger(__name__)
 _STOP = -1
@@ -35,8 +38,11 @@ class LocalCopy:
     def __init__(self, job_id: int, src: SafeRoot, dst_export: SafeRoot, dst_rel: tuple[bytes, ...],
                  options: JobOptions, label: str, cancel: threading.Event,
                  on_progress: Callable[[TransferStats], None], workers: int = 2,
-                 policy: ExportPolicy = DEFAULT_POLICY, limits: SessionLimits | None = None) -> None:
+                 policy: ExportPolicy = DEFAULT_POLICY, limits: SessionLimits | None = None,
+                 dirs: ExtraDirs | None = None, copy_paths: CopyPaths = ALL_PATHS) -> None:
         self.job_id = job_id
+        self.dirs = dirs or ExtraDirs()
+        self.copy_paths = copy_paths
         self.policy = policy  # the destination export's: a same-host copy follows it like a network one
         self.limits = limits
         self.src = src
@@ -51,16 +57,21 @@ class LocalCopy:
         self.files: dict[int, Entry] = {}
         self.entries = self.files_total = self.bytes_total = 0
         self.skips = Skips(job_id)
-        self.copied_bytes = 0
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._last = 0.0
+        self.writer: TreeWriter | None = None
 
-    def run(self) -> TransferStats:
-        root = SafeRoot.from_fd(self.dst_export.open_dir(self.dst_rel, create=True, mode=0o755),
-                                self.dst_export.path)
-        writer = TreeWriter(root, self.options, self.label, self.job_id, policy=self.policy, limits=self.limits)
-        threads = [threading.Thread(target=self._worker, args=(writer,), name=f"zc-local-{i}", daemon=True)
+    def run(self) -> TransferStats:  # noqa: C901
+        root, missing = open_job_root(self.dst_export, self.dst_rel, self.options)
+        self.writer = writer = make_writer(root, missing, self.options, self.label, self.job_id, policy=self.policy,
+                                           limits=self.limits)
+        try:
+            attach_dirs(writer, self.dirs, self.label)
+        except BaseException:
+            root.close()
+            raise
+        threads = [threading.Thread(target=carry(self._worker), args=(writer,), name=f"zc-local-{i}", daemon=True)
                    for i in range(self.nworkers)]
         for t in threads:
             t.start()
@@ -102,6 +113,7 @@ class LocalCopy:
             writer.abandon()
             raise
         finally:
+            detach_dirs(writer)
             root.close()
 
     def _worker(self, writer: TreeWriter) -> None:
@@ -125,14 +137,14 @@ class LocalCopy:
         except (OSError, UnsafePath) as err:
             slot = writer.slot(FileHead(index, 0, e.size, e.size, e.mtime_ns, e.mode))
             writer.range_done(slot, e.size, ok=False)
-            writer.entry_failed(e.path, err)
+            source_trouble(self.skips, e.path, err)  # the rest of the tree is copied all the same
             return
         try:
             st = os.fstat(fd)
             slot = writer.slot(FileHead(index, 0, e.size, e.size, e.mtime_ns, st.st_mode & 0o7777))
             ok = st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
             try:
-                if ok and slot.fd is not None:
+                if ok and slot.fd is not None:  # (no fd: the destination's trouble, recorded already)
                     ok = self._copy_data(fd, slot.fd, e, buf)
                     after = os.fstat(fd)
                     ok = ok and after.st_size == e.size and after.st_mtime_ns == e.mtime_ns
@@ -141,17 +153,14 @@ class LocalCopy:
                 raise
             writer.range_done(slot, e.size, ok=ok)
             if not ok:
-                writer.entry_failed(e.path, OSError(0, "changed while it was copied"))
-            with self._lock:
-                self.copied_bytes += e.size
+                source_changed(self.skips, e.path)
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _copy_data(src: int, dst: int, e: Entry, buf: list[bytearray]) -> bool:
+    def _copy_data(self, src: int, dst: int, e: Entry, buf: list[bytearray]) -> bool:
         """Copy the file; for a sparse one only its data segments, so holes stay holes."""
         if not e.flags & F_SPARSE:
-            return copy_range(src, dst, 0, e.size, buf) == e.size
+            return copy_range(src, dst, 0, e.size, buf, self.copy_paths) == e.size
         off = 0
         while off < e.size:
             try:
@@ -163,17 +172,26 @@ class LocalCopy:
             if data >= e.size:
                 return True
             end = min(os.lseek(src, data, os.SEEK_HOLE), e.size)
-            if copy_range(src, dst, data, end - data, buf) != end - data:
+            if copy_range(src, dst, data, end - data, buf, self.copy_paths) != end - data:
                 return False
             off = end
         return True
 
+    @property
+    def plan(self) -> tuple[PlanItem, ...]:
+        """A dry run's plan (the first items)."""
+        return tuple(self.writer.items) if isinstance(self.writer, PlanWriter) else ()
+
     def _stats(self, writer: TreeWriter, scan_done: bool = False) -> TransferStats:
         w = writer.stats()
+        if isinstance(writer, PlanWriter):
+            return replace(w, entries=self.entries, files_total=self.files_total, bytes_total=self.bytes_total,
+                           skipped_special=self.skips.special, scan_done=scan_done, entries_skipped=self.skips.total)
         return TransferStats(entries=self.entries, files_total=self.files_total, files_done=w.files_done,
                              bytes_total=self.bytes_total, bytes_done=w.bytes_done, files_skipped=w.files_skipped,
                              deleted=w.deleted, wire_bytes=0, skipped_special=self.skips.special, errors=w.errors,
-                             scan_done=scan_done, entries_skipped=self.skips.total)
+                             scan_done=scan_done, entries_skipped=self.skips.total, file_errors=self.skips.errors,
+                             linked=w.linked, backed_up=w.backed_up)
 
     def _progress(self, writer: TreeWriter) -> None:
         now = time.monotonic()

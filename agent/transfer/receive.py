@@ -33,8 +33,10 @@ from zcrepl.agent.transfer.basis import complete_delta
 from zcrepl.agent.transfer.changes import apply_ops
 from zcrepl.agent.transfer.flush import start_writeback, sync_ancestors
 from zcrepl.agent.transfer.frame import Channel, FileHead, Hello, Stream
+from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
 from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.peer import NONE, Binding
+from zcrepl.agent.transfer.plan import make_writer, open_job_root
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.server import Grant, TicketBook
 from zcrepl.core.errors import ProtocolError, TransferError
@@ -66,6 +68,7 @@ class ReceiveSpec:
     policy: ExportPolicy = DEFAULT_POLICY  # the export's: what the peer may decide about ownership and xattrs
     limits: SessionLimits = field(default_factory=SessionLimits)
     bind: Binding = field(default_factory=Binding)  # whom the controller's ticket was for; the data tickets inherit it
+    dirs: ExtraDirs = field(default_factory=ExtraDirs)  # --backup-dir and --link-dest, resolved
 
 
 class ReceiveSession:
@@ -89,12 +92,12 @@ class ReceiveSession:
         self._control = ch
         bind = spec.bind if ch.peer is None else spec.bind.narrowed(ch.peer)
         self.transport = ch.peer.transport if ch.peer is not None else NONE
-        root_fd = spec.export.open_dir(spec.rel, create=True, mode=0o755)
-        root = SafeRoot.from_fd(root_fd, spec.export.path)
-        self.writer = writer = TreeWriter(root, spec.options, spec.label, spec.job_id, policy=spec.policy,
-                                          limits=spec.limits)
+        root, missing = open_job_root(spec.export, spec.rel, spec.options)
+        self.writer = writer = make_writer(root, missing, spec.options, spec.label, spec.job_id, policy=spec.policy,
+                                           limits=spec.limits)
         data_tickets: list[bytes] = []
         try:
+            attach_dirs(writer, spec.dirs, spec.label)
             streams = max(1, min(hello.streams, fr.MAX_STREAMS))  # the peer asks; we clamp
             data_tickets = [secrets.token_bytes(fr.TICKET_LEN) for _ in range(streams)]
             expires = time.monotonic() + DATA_TICKET_TTL
@@ -120,6 +123,7 @@ class ReceiveSession:
             # data tickets already.
             self.tickets.discard(data_tickets)
             self._wait_data(5.0)
+            detach_dirs(writer)
             root.close()
 
     def _control_loop(self, ch: Channel, writer: TreeWriter) -> dict[str, object]:
@@ -129,7 +133,7 @@ class ReceiveSession:
         finally:
             sink.close()
 
-    def _control_frames(self, ch: Channel, writer: TreeWriter, sink: _Sink) -> dict[str, object]:
+    def _control_frames(self, ch: Channel, writer: TreeWriter, sink: _Sink) -> dict[str, object]:  # noqa: C901
         last = 0.0
         ops: list[opf.Op] = []
         held = 0  # bytes of this round's changes

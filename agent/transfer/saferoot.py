@@ -40,7 +40,6 @@ __all__ = [
     "RESOLVE_NO_SYMLINKS",
     "RESOLVE_NO_XDEV",
     "TEMP_PREFIX",
-    "USE_OPENAT2",
     "SafeRoot",
     "openat2",
     "process_start",
@@ -70,9 +69,6 @@ RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 _CONFINED = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
-
-USE_OPENAT2: bool = True
-"""When False, ``SafeRoot`` always uses the per-component ``O_NOFOLLOW`` walk (tests force the fallback)."""
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -273,22 +269,28 @@ class SafeRoot:
 
     ``path`` is kept for messages only. The root itself may be reached through a symlink (operator
     config); nothing below it is. Methods only read the shared root fd, so threads may share one instance.
+
+    ``use_openat2=False`` always takes the per-component ``O_NOFOLLOW`` walk, the path a kernel without openat2
+    (or a seccomp filter refusing it) takes anyway: tests pass it to exercise that path on any kernel.
     """
 
     fd: int
     path: bytes
+    use_openat2: bool
 
-    def __init__(self, path: bytes) -> None:
+    def __init__(self, path: bytes, *, use_openat2: bool = True) -> None:
         if not isinstance(path, bytes):
             raise TypeError(f"root path must be bytes, not {type(path).__name__}")
         self.path = path
+        self.use_openat2 = use_openat2
         self.fd = os.open(path, _DIR_FLAGS)
 
     @classmethod
-    def from_fd(cls, fd: int, path: bytes) -> SafeRoot:
+    def from_fd(cls, fd: int, path: bytes, *, use_openat2: bool = True) -> SafeRoot:
         """Adopt an already confined directory fd (e.g. from ``open_dir``) as a root; takes ownership."""
         root = cls.__new__(cls)
         root.path = path
+        root.use_openat2 = use_openat2
         root.fd = fd
         return root
 
@@ -341,7 +343,7 @@ class SafeRoot:
 
     def _open_below(self, base_fd: int, base: tuple[bytes, ...], parts: tuple[bytes, ...], create: bool,
                     mode: int) -> int:
-        if USE_OPENAT2:
+        if self.use_openat2:
             fd = base_fd
             try:
                 # A path longer than PATH_MAX cannot go to one call: open it a chunk at a time, each chunk

@@ -10,9 +10,11 @@ excluded entry is not announced and an excluded directory is not descended. They
 
 Nothing is left out silently. Every entry that is not replicated, or not entirely, goes to ``on_skip`` with
 one sentence saying why: devices, FIFOs and sockets; a path too long for the wire; extended attributes that
-cannot be read or are too large; a directory that vanished during the scan. An entry the agent may not read
-(``os.access`` says so) is still announced, flagged ``F_UNREADABLE``: the receiver then keeps what it has
-under that name (a directory with all its contents), so an unreadable source never deletes a good copy.
+cannot be read or are too large; a directory that vanished during the scan; an unreadable directory. A
+regular file the agent may not read is a file error (``on_skip.error``), not a skip: it should have been
+copied. An entry the agent may not read (``os.access`` says so) is still announced, flagged ``F_UNREADABLE``:
+the receiver then keeps what it has under that name (a directory with all its contents), so an unreadable
+source never deletes a good copy.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import errno
 import logging
 import os
 import stat
+import threading
 from collections.abc import Generator, Iterator
 from typing import Protocol
 
@@ -47,28 +50,78 @@ _IGNORE_MAX = 1 << 20  # bytes of a .zcignore read; a longer one fails the trans
 class SkipFn(Protocol):
     def __call__(self, path: bytes, reason: str, special: bool = False) -> None: ...
 
+    def error(self, path: bytes, reason: str) -> None: ...
+
 
 class Skips:
-    """What a scan left out: every entry logged and counted, the first ``SKIPPED_LISTED`` kept for the report."""
+    """What a transfer left out, in two kinds kept apart: entries skipped on purpose (specials, paths too long,
+    unreadable directories, files that vanished) and file errors (regular files that should have been copied
+    and were not). Every one is logged and counted; the first ``SKIPPED_LISTED`` of each kind are kept for
+    the report. Data connection threads report too, hence the lock."""
 
     def __init__(self, job_id: int) -> None:
         self.job_id = job_id
-        self.total = 0
+        self.total = 0  # skipped entries (TransferStats.entries_skipped)
         self.special = 0  # devices, FIFOs, sockets (the old skipped_special counter)
+        self.errors = 0  # file errors (TransferStats.file_errors)
         self.listed: list[Skipped] = []
+        self._lock = threading.Lock()
+        self._kept = {False: 0, True: 0}
 
     def __call__(self, path: bytes, reason: str, special: bool = False) -> None:
         log.warning("skipped", extra=kv(job=self.job_id, path=path, reason=reason))
-        self.total += 1
-        self.special += special
-        if len(self.listed) < SKIPPED_LISTED:
+        with self._lock:
+            self.total += 1
+            self.special += special
+            self._list(path, reason, False)
+
+    def error(self, path: bytes, reason: str) -> None:
+        log.warning("file not replicated", extra=kv(job=self.job_id, path=path, reason=reason))
+        with self._lock:
+            self.errors += 1
+            self._list(path, reason, True)
+
+    def _list(self, path: bytes, reason: str, error: bool) -> None:
+        if self._kept[error] < SKIPPED_LISTED:
+            self._kept[error] += 1
             if len(path) > _LISTED_PATH:
                 reason += f" (the path is cut here at {_LISTED_PATH} of its {len(path)} bytes)"
-            self.listed.append(Skipped(path[:_LISTED_PATH], reason))
+            self.listed.append(Skipped(path[:_LISTED_PATH], reason, error))
 
     def last(self) -> str:
-        """The latest listed skip as "path: reason" ("" for none)."""
-        return f"{show(self.listed[-1].path)}: {self.listed[-1].reason}" if self.listed else ""
+        """The latest listed entry as "path: reason" ("" for none)."""
+        with self._lock:
+            return f"{show(self.listed[-1].path)}: {self.listed[-1].reason}" if self.listed else ""
+
+
+UNREADABLE = "not replicated, and the destination keeps what it has there; make it readable by zc-agent and run " \
+             "the job again"
+
+
+def source_trouble(skips: SkipFn, path: bytes, err: BaseException, *, watch: bool = False) -> None:
+    """Report a source file that could not be opened for sending (rsync's semantics).
+
+    Vanished (removed, or a directory above it removed or replaced, since the scan): skipped, not an error,
+    as rsync's "file has vanished" is a warning (exit 24): the destination keeps whatever it has there, as it
+    keeps any file the source no longer has. Anything else the OS refuses (permission denied, an I/O error, a
+    symlink swapped in): a file error. A watch session reports neither of the vanished kind: the watcher saw
+    that change too and ships it in a later set.
+    """
+    if isinstance(err, UnsafePath) or (isinstance(err, OSError) and err.errno in (errno.ENOENT, errno.ENOTDIR)):
+        if not watch:
+            why = err.strerror if isinstance(err, OSError) else str(err)
+            skips(path, f"vanished from the source during the job ({why}): not replicated")
+        return
+    skips.error(path, f"cannot be read at the source ({getattr(err, 'strerror', None) or err}): {UNREADABLE}")
+
+
+def source_changed(skips: SkipFn, path: bytes, *, watch: bool = False) -> None:
+    """A file whose size or mtime moved while it was read: what arrived is discarded, the destination keeps
+    what it had. A file error for a job (its content as of the scan never made it); a watch session ships
+    it again with the change set the watcher saw."""
+    if not watch:
+        skips.error(path, "changed at the source while it was read: not replicated, and the destination keeps "
+                          "what it has there; run the job again once the file is quiet (or use a watch rule)")
 
 
 def file_digest(fd: int, buf: bytearray | None = None) -> bytes:
@@ -270,7 +323,7 @@ class Scanner:
                     subdirs.append(name)
         return subdirs
 
-    def entry(self, dfd: int, parts: tuple[bytes, ...], name: bytes, rel: bytes, st: os.stat_result) -> Entry | None:
+    def entry(self, dfd: int, parts: tuple[bytes, ...], name: bytes, rel: bytes, st: os.stat_result) -> Entry | None:  # noqa: C901
         """The manifest entry of ``name`` in directory ``dfd`` (path ``rel`` below the root; ``parts`` is not
         needed any more), or None when it is skipped (``on_skip`` says why)."""
         if len(rel) > MAX_PATH:
@@ -288,7 +341,7 @@ class Scanner:
                          flags=flags, xattrs=xattrs)
         if stat.S_ISREG(mode):
             if self.check_access and not _may(dfd, name, os.R_OK):
-                return self._unreadable(rel, st, "file not readable by zc-agent")
+                return self._unreadable(rel, st, os.strerror(errno.EACCES))
             if st.st_nlink > 1 and self.hardlinks:
                 first = self._links.setdefault((st.st_dev, st.st_ino), rel)
                 if first != rel:
@@ -299,7 +352,10 @@ class Scanner:
                 try:
                     digest = self._digest(dfd, name)
                 except OSError as err:
-                    return self._unreadable(rel, st, f"cannot read it for --checksum ({err.strerror})")
+                    if err.errno in (errno.ENOENT, errno.ENOTDIR):
+                        self.on_skip(rel, f"vanished from the source during the scan ({err.strerror})")
+                        return None
+                    return self._unreadable(rel, st, str(err.strerror or err))
             sparse = F_SPARSE if st.st_size > _SPARSE_MIN and st.st_blocks * 512 < st.st_size else 0
             return Entry(Kind.FILE, rel, stat.S_IMODE(mode), st.st_mtime_ns, st.st_size, digest=digest,
                          uid=st.st_uid, gid=st.st_gid, flags=sparse, xattrs=xattrs)
@@ -317,8 +373,9 @@ class Scanner:
         return None
 
     def _unreadable(self, rel: bytes, st: os.stat_result, why: str) -> Entry:
-        """A file announced without content: the destination keeps its own copy (if any) as it is."""
-        self.on_skip(rel, f"{why}: not replicated, and the destination keeps what it has there")
+        """A file announced without content: the destination keeps its own copy (if any) as it is. A file error:
+        it should have been copied."""
+        self.on_skip.error(rel, f"cannot be read at the source ({why}): {UNREADABLE}")
         return Entry(Kind.FILE, rel, stat.S_IMODE(st.st_mode), st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid,
                      flags=F_UNREADABLE)
 

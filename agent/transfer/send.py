@@ -26,10 +26,11 @@ from zcrepl.agent.transfer.changes import ChangePlan, restricted_manifest
 from zcrepl.agent.transfer.frame import Channel, Entry, Hello, Kind, Stream
 from zcrepl.agent.transfer.peer import KTLS, NONE, TLS
 from zcrepl.agent.transfer.saferoot import SafeRoot
-from zcrepl.agent.transfer.scan import Scanner, Skips, tree_filter
+from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble, tree_filter
 from zcrepl.agent.transfer.send_worker import BASIS, END, SPARSE, DataWorker
 from zcrepl.agent.transfer.sendio import Pacer, SendSpec, connect
 from zcrepl.core.errors import Cancelled, ProtocolError, TransferError, Unavailable
+from zcrepl.core.logs import carry
 from zcrepl.core.paths import show
 from zcrepl.core.types import TransferStats
 
@@ -44,8 +45,10 @@ __all__ = ["RANGE_MIN", "SPLIT_MIN", "SendSpec", "Sender"]
 class Sender:
     """One transfer attempt: the whole tree, or (``plan``) one watch session's changes.
 
-    With ``plan`` a source file that changed or vanished while it was sent is not an error: the watcher
-    saw that change too and ships the file again in a later session.
+    A source file that cannot be read when its bytes are due, or that changes while it is sent, does not fail
+    the attempt: it is reported (``skips``, see ``scan.source_trouble``) and the rest of the tree is sent. With
+    ``plan`` (or ``tolerate_changed``) a file that changed or vanished is not even reported: the watcher saw
+    that change too and ships the file again in a later session.
     """
 
     def __init__(self, spec: SendSpec, root: SafeRoot, plan: ChangePlan | None = None,
@@ -68,7 +71,6 @@ class Sender:
         self._asked: set[int] = set()
         self.bases: dict[int, fr.Basis] = {}
         self.hinted: dict[int, tuple[int, threading.Event]] = {}  # index -> (block, receiver hashes arrived)
-        self.reused = 0  # bytes the receiver took from its basis instead of the wire
         self._socks: list[Stream] = []
         self.transport = NONE
         self.controlled = False  # the receiver accepted the control connection (something may have started)
@@ -81,11 +83,11 @@ class Sender:
         self.c_files_total = self.c_bytes_total = 0
         self.c_scan_done = False
         self.final: TransferStats | None = None
-        self.changed_files = 0
+        self._troubled: set[int] = set()  # indices reported by source_trouble/source_changed (once each)
         self.renamed = 0
 
     # -- public -------------------------------------------------------------------------------------
-    def run(self) -> TransferStats:
+    def run(self) -> TransferStats:  # noqa: C901
         spec = self.spec
         streams = max(1, min(spec.options.streams or 1, fr.MAX_STREAMS))
         cancel_watch = threading.Thread(target=self._close_on_cancel, daemon=True, name="zc-send-cancel")
@@ -106,7 +108,8 @@ class Sender:
                 self.transport = KTLS if all(w.tls is not None and w.tls.ktls for w in self.workers) else TLS
             if self.plan is not None:
                 self._restricted = self._changes(ctl)
-            reader = threading.Thread(target=self._read_loop, args=(ctl,), daemon=True, name="zc-send-reader")
+            reader = threading.Thread(target=carry(self._read_loop), args=(ctl,), daemon=True,
+                                      name="zc-send-reader")
             reader.start()
             for w in self.workers:
                 w.thread.start()
@@ -227,7 +230,7 @@ class Sender:
             raise first
 
     # -- control: NEEDs in --------------------------------------------------------------------------
-    def _read_loop(self, ctl: Channel) -> None:
+    def _read_loop(self, ctl: Channel) -> None:  # noqa: C901
         try:
             while True:
                 kind, payload = ctl.recv_frame()
@@ -312,26 +315,37 @@ class Sender:
         return TransferStats(
             entries=self.c_entries, files_total=self.c_files_total, bytes_total=self.c_bytes_total,
             files_done=sum(w.files_done for w in self.workers), bytes_done=sum(w.bytes_done for w in self.workers),
-            errors=sum(w.errors for w in self.workers), skipped_special=self.skips.special,
-            scan_done=self.c_scan_done, entries_skipped=self.skips.total, transport=self.transport,
+            skipped_special=self.skips.special, scan_done=self.c_scan_done, entries_skipped=self.skips.total,
+            transport=self.transport, file_errors=self.skips.errors,
         )
 
     def _merge_result(self, ctl: Channel) -> TransferStats:
         r = self.result or {}
         snap = self.snapshot()
-        errors = int(r.get("errors", 0)) + snap.errors
-        self.changed_files = sum(w.changed for w in self.workers)
+        errors = int(r.get("errors", 0))  # the destination's: it could not write what it was sent
         self.renamed = int(r.get("renamed", 0))
-        if self.tolerate_changed:
-            errors -= self.changed_files
         wire = ctl.sent + ctl.received + sum(w.ch.sent + w.ch.received for w in self.workers)
         self.final = replace(snap, files_skipped=int(r.get("files_skipped", 0)), deleted=int(r.get("deleted", 0)),
                              errors=errors, wire_bytes=wire)
         self.progress(force=True)
         if errors:
-            first = r.get("first_error") or "a source file changed or vanished while it was sent"
-            raise TransferError(f"{errors} entries failed; first: {first}")
+            raise TransferError(f"{errors} entries failed; first: {r.get('first_error') or 'see its log'}")
         return self.final
+
+    def source_trouble(self, index: int, path: bytes, err: BaseException) -> None:
+        """File ``index`` could not be opened for sending (called by data workers; once per file)."""
+        if self._first_trouble(index):
+            source_trouble(self.skips, path, err, watch=self.tolerate_changed)
+
+    def source_changed(self, index: int, path: bytes) -> None:
+        if self._first_trouble(index):
+            source_changed(self.skips, path, watch=self.tolerate_changed)
+
+    def _first_trouble(self, index: int) -> bool:
+        with self._lock:  # a file split in ranges may be found out by several connections
+            first = index not in self._troubled
+            self._troubled.add(index)
+            return first
 
     def record_failure(self, err: BaseException) -> None:
         with self._lock:

@@ -23,7 +23,7 @@ from zcrepl.agent.transfer.saferoot import validate_relpath
 from zcrepl.agent.transfer.sendio import readsend_range, sendfile_range, tls_send_range
 from zcrepl.agent.transfer.tls import TlsStream
 from zcrepl.core.errors import UnsafePath
-from zcrepl.core.logs import kv
+from zcrepl.core.logs import carry, kv
 
 if TYPE_CHECKING:
     from zcrepl.agent.transfer.send import Sender
@@ -43,14 +43,12 @@ class DataWorker:
         self.tls = sock if isinstance(sock, TlsStream) else None
         self.prefix = b""  # TLS only: the FILE header that goes out with the range's first bytes
         self.ch = ch
-        self.files_done = self.bytes_done = self.errors = 0
-        self.changed = 0  # files that changed or vanished since the scan (counted in errors too)
-        self.error: BaseException | None = None
+        self.files_done = self.bytes_done = 0
         self.pending = b""  # trailer of the previous file, sent together with the next header
         self.use_sendfile = sendio.USE_SENDFILE and (self.tls is None or self.tls.ktls)
         self.buf: bytearray | None = None
         self.work: queue.Queue[tuple[int, int, int]] = queue.Queue()
-        self.thread = threading.Thread(target=self.run, name=f"zc-send-data-{n}", daemon=True)
+        self.thread = threading.Thread(target=carry(self.run), name=f"zc-send-data-{n}", daemon=True)
 
     def run(self) -> None:
         priority.apply_to_this_thread()
@@ -71,7 +69,6 @@ class DataWorker:
             self.ch.send(self.pending + fr.frame(fr.T.DATA_DONE))
             self.pending = b""
         except BaseException as err:
-            self.error = err
             s.record_failure(err)
 
     def send_range(self, index: int, offset: int, length: int) -> None:
@@ -93,12 +90,13 @@ class DataWorker:
         try:
             fd = s.root.open_read(validate_relpath(e.path))
         except (OSError, UnsafePath) as err:
-            log.warning("source file vanished", extra=kv(job=s.spec.job_id, path=e.path, error=err))
+            s.source_trouble(index, e.path, err)
             self.skip(index, offset, length, e)
             return None
         st = os.fstat(fd)
         if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
             os.close(fd)
+            s.source_changed(index, e.path)
             self.skip(index, offset, length, e)  # changed since the scan: the receiver drops it
             return None
         return fd
@@ -124,9 +122,7 @@ class DataWorker:
         ok = ok and after.st_size == e.size and after.st_mtime_ns == e.mtime_ns
         self.pending = fr.FILE_END_OK if ok else fr.FILE_END_CHANGED
         if not ok:
-            log.warning("source file changed while sent", extra=kv(job=s.spec.job_id, path=e.path))
-            self.errors += 1
-            self.changed += 1
+            s.source_changed(index, e.path)
         return ok
 
     def send_basis(self, index: int) -> None:
@@ -159,7 +155,8 @@ class DataWorker:
                 else:
                     pieces = [(0, e.size, False)]
                 whole = delta.hash_blocks(fd, e.size, delta.BLOCK_MAX, self.buf)[1]
-            if not whole:
+            if not whole:  # it shrank while hashed
+                s.source_changed(index, e.path)
                 self.skip(index, 0, e.size, e)
                 return
             self.ch.send(self.pending + fr.encode_digest(index, whole))
@@ -169,7 +166,6 @@ class DataWorker:
                 if reuse:
                     self.pending += fr.encode_file(FileHead(index, off, length, e.size, e.mtime_ns,
                                                             st.st_mode & 0o7777), fr.T.REUSE)
-                    s.reused += length
                 else:
                     ok = self.send_piece(fd, st, index, off, length, e) and ok
                 s.check_cancel()
@@ -214,8 +210,6 @@ class DataWorker:
         self.ch.send(self.pending + fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, e.mode),
                                                    fr.T.FILE_SKIP))
         self.pending = b""
-        self.errors += 1
-        self.changed += 1
 
     def send_bytes(self, fd: int, offset: int, length: int) -> int:
         s = self.sender

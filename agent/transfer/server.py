@@ -32,7 +32,7 @@ from zcrepl.agent.transfer.admission import Admission, Waiting
 from zcrepl.agent.transfer.frame import Channel, Hello, Stream
 from zcrepl.agent.transfer.peer import Binding, Peer, normalise
 from zcrepl.core.errors import ProtocolError
-from zcrepl.core.logs import kv
+from zcrepl.core.logs import attempt_fields, kv, log_context
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,8 @@ class DataServer:
             with self._lock:
                 self._conns[conn] = (grant.job_id, grant.attempt)
             stream.settimeout(self.io_timeout)
-            grant.serve(ch, hello)
+            with log_context(**attempt_fields(grant.job_id, grant.attempt)):
+                grant.serve(ch, hello)
         except Exception:  # a session must never take the agent down
             log.exception("data session crashed", extra=kv(peer=peer[0]))
         finally:

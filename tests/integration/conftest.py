@@ -17,10 +17,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(tmp_path)
     try:
         c.controller.start()
-        a = c.add_agent("hostA", tmp_path / "a")
-        b = c.add_agent("hostB", tmp_path / "b")
-        a.start()
-        b.start()
+        a = c.add_agent("hostA", tmp_path / "a").spawn()
+        b = c.add_agent("hostB", tmp_path / "b").spawn()
+        a.wait_ready()
+        b.wait_ready()
         c.wait_online("hostA", "hostB")
         yield c
     finally:

@@ -7,7 +7,7 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,17 +153,30 @@ def test_big_file_is_split_across_streams(plane: Plane, tree: Path, tmp_path: Pa
 def test_local_copy_on_every_path(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     from zcrepl.agent.transfer import kcopy, local
 
-    monkeypatch.setattr(kcopy, "USE_COPY_FILE_RANGE", path == "copy_file_range")
-    monkeypatch.setattr(kcopy, "USE_SENDFILE", path == "sendfile")
+    used: dict[str, int] = {"copy_file_range": 0, "sendfile": 0}
+
+    def counted(name: str) -> Callable[..., int]:
+        real = getattr(os, name)
+
+        def spy(*args: Any) -> int:
+            used[name] += 1
+            return int(real(*args))
+
+        return spy
+
+    for name in used:
+        monkeypatch.setattr(kcopy.os, name, counted(name))
+    paths = kcopy.CopyPaths(copy_file_range=path == "copy_file_range", sendfile=path == "sendfile")
     (tmp_path / "exp").mkdir()
     src, exp = SafeRoot(os.fsencode(tree)), SafeRoot(os.fsencode(tmp_path / "exp"))
     try:
         stats = local.LocalCopy(1, src, exp, (b"copy",), JobOptions(), "here", threading.Event(),
-                                lambda _s: None).run()
+                                lambda _s: None, copy_paths=paths).run()
     finally:
         src.close()
         exp.close()
     assert stats.errors == 0 and stats.bytes_done >= 40 << 20
+    assert {name for name, n in used.items() if n} == ({path} & set(used)), used  # that path, and only it
     assert not diff_trees(snapshot(tree), snapshot(tmp_path / "exp" / "copy"))
 
 

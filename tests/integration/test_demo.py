@@ -12,3 +12,4 @@ def test_the_demo_replicates_and_checks_its_copy() -> None:
     out = p.stdout.decode(errors="replace")
     assert p.returncode == 0, p.stderr.decode(errors="replace")[-2000:]
     assert "trees identical" in out and '"errors": 0' in out
+    assert "web view: https://127.0.0.1:" in out

@@ -135,7 +135,7 @@ def test_file_total_must_match_the_entry(cluster: Cluster, evil: FakeAgent, clie
         s.entries(ROOT, f(b"tiny", 1))
         assert s.end_manifest(2) == [1]
         s.ch.send(fr.encode_file(FileHead(1, 0, 1, 48 * MiB, 0, 0o644)) + b"x")
-        s.refused()
+        assert "announces 50331648 bytes" in s.refused()
         assert _used(small) < MiB, "the lie was preallocated"
         s.close()
         error = job_failed(client, s.job.id)
@@ -170,7 +170,7 @@ def test_preallocation_leaves_the_free_space_margin(margin_cluster: Cluster, tmp
             s.ch.send(fr.encode_file(FileHead(1, 0, 2 * MiB, 2 * MiB, 0, 0o644)) + b"y" * (2 * MiB)
                       + fr.FILE_END_OK)
             s.ch.send(fr.encode_file(FileHead(2, 0, MiB, 40 * MiB, 0, 0o644)) + b"z" * MiB)
-            s.refused()
+            assert "free_margin_bytes" in s.refused()
             s.close()
             error = job_failed(client, s.job.id)
             assert "free_margin_bytes" in error and "hostB" in error, error
@@ -201,7 +201,7 @@ def test_a_million_hard_links_are_refused_with_memory_bounded(cluster: Cluster, 
         yield fr.encode_u64(fr.T.MANIFEST_END, n + 2)
 
     _send_all(s.ch, frames(), lambda: peak.append(_rss(cluster, "hostB")))
-    s.refused()
+    assert "max_hardlinks" in s.refused()
     s.close()
     error = job_failed(client, s.job.id)
     assert "more than 250,000 hard links" in error and "max_hardlinks" in error, error

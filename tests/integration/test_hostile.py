@@ -74,7 +74,7 @@ def test_name_through_a_planted_symlink_on_disk(cluster: Cluster, evil: FakeAgen
     # Not announced as a directory: refused outright.
     s = Session(client, evil, dst)
     s.entries(ROOT, f(b"sub/pwned", 3))
-    s.refused()
+    assert "parent is not a directory" in s.refused()
     s.close()
     job_failed(client, s.job.id)
     # Announced as a directory: the planted link is replaced by a real directory, never followed.
@@ -121,7 +121,9 @@ def test_size_lies_leave_nothing_behind(cluster: Cluster, evil: FakeAgent, clien
     s.ch.send(fr.encode_file(whole(1, announced)) + b"x" * sent)
     if sent < announced:
         s.sock.shutdown(socket.SHUT_WR)  # truncated stream
-    s.refused()
+        assert "announced bytes never arrived" in s.refused()
+    else:  # the surplus bytes are read as the next frame header
+        assert "unknown frame type" in s.refused()
     s.close()
     job_failed(client, s.job.id)
     assert not (dst / "liar").exists()
@@ -174,7 +176,7 @@ def test_receiver_keeps_serving_after_attacks(cluster: Cluster, evil: FakeAgent,
     for name in (b"../x", b"/abs"):
         s = Session(client, evil, tmp_path / "b" / "dst")
         s.entries(ROOT, f(name, 1))
-        s.refused()
+        assert "refusing path" in s.refused()
         s.close()
     src = tmp_path / "a" / "good"
     src.mkdir(parents=True)
@@ -206,7 +208,7 @@ def test_data_connections_are_bound_to_their_session(cluster: Cluster, evil: Fak
     d.send(fr.encode_file(FileHead(1, 4, 6, 10, 0, 0o644)) + b"ghijkl" + fr.FILE_END_OK)
     kind, payload = d.recv_frame()
     assert kind is fr.T.ABORT and "overlaps" in fr.decode_text(payload)
-    s.refused()  # the control connection is dropped too: the whole attempt is lost
+    assert s.refused().startswith("closed")  # the control connection is dropped too: the whole attempt is lost
     s.close()
     job_failed(client, s.job.id)
     assert not (dst / "big").exists()

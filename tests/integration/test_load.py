@@ -100,7 +100,7 @@ def test_a_watch_rule_is_held_under_load_keeps_collecting_and_ships_after(strict
 
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
     try:
-        held = wait_for(lambda: str((r := rule())["status"]).startswith("held") and r, 20, interval=0.3,
+        held = wait_for(lambda: (r := rule())["phase"] == "held" and r, 20, interval=0.3,
                         what="the rule to be held by the burners")
         assert "CPU" in str(held["status"]) and "limit 60%" in str(held["status"]), held
         for i in range(20):
@@ -115,4 +115,4 @@ def test_a_watch_rule_is_held_under_load_keeps_collecting_and_ships_after(strict
     wait_for(lambda: all((dst / f"while-held-{i}").exists() for i in range(20)), 30, interval=0.2,
              what="the changes collected while held to arrive")
     # (a burner can also delay heartbeats past offline_after: a redeploy then reconciles first)
-    wait_for(lambda: str(rule()["status"]).startswith("watching"), 30, interval=0.3, what="the rule to watch again")
+    wait_for(lambda: rule()["phase"] == "watching", 30, interval=0.3, what="the rule to watch again")

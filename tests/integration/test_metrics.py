@@ -151,6 +151,37 @@ def test_failures_are_counted_by_cause(metered: Cluster, tmp_path: Path) -> None
     assert value(b, "zcrepl_agent_transfer_errors_total", kind="not_found") == 1
 
 
+def test_watch_rules_are_measured_on_both_ends(metered: Cluster, tmp_path: Path) -> None:
+    src, dst = tmp_path / "a" / "w", tmp_path / "b" / "w"
+    src.mkdir()
+    ctl_addr, a_addr = metered.controller.ready["metrics"], metered.daemons["hostA"].ready["metrics"]
+    with metered.client() as c:
+        rule = c.create_sync(Endpoint("hostA", str(src).encode()), [Endpoint("hostB", str(dst).encode())],
+                             JobOptions())
+        key = {"rule": str(rule.id), "source": "hostA"}
+        wait_for(lambda: dst.is_dir(), what="the rule's first scan")
+        for i in range(5):
+            write_file(src / f"f{i}", b"w" * 1000)
+        wait_for(lambda: all((dst / f"f{i}").exists() for i in range(5)), what="the changes to arrive")
+        # The controller learns the rule's counters from the source's heartbeats.
+        ctl = wait_for(lambda: (t := scrape(ctl_addr)) and value(
+            t, "zcrepl_controller_watch_rule_transferred_bytes_total", **key) >= 5000 and t, what="the rule's bytes")
+        a = scrape(a_addr)
+        assert value(ctl, "zcrepl_controller_watch_rule_active", **key) == 1
+        assert value(ctl, "zcrepl_controller_watch_rule_pending_changes", **key) == 0
+        assert value(ctl, "zcrepl_controller_watch_rule_errors_total", **key) == 0
+        assert value(a, "zcrepl_agent_watch_rules") == 1
+        assert value(a, "zcrepl_agent_watch_events_total") >= 5
+        assert value(a, "zcrepl_agent_watch_change_sets_total") >= 1
+        assert value(a, "zcrepl_agent_watch_transferred_bytes_total") >= 5000
+        c.sync_action("pause", rule.id)
+        paused = scrape(ctl_addr)
+    assert value(paused, "zcrepl_controller_watch_rule_active", **key) == 0
+    for text in (ctl, a, paused):
+        check(text)
+        assert str(src) not in text and "f0" not in text
+
+
 def test_metrics_port_is_off_unless_set(tmp_path: Path) -> None:
     c = Cluster(tmp_path)
     try:

@@ -1,5 +1,6 @@
 """Nothing is skipped silently (issue 9, item 10): trees of any depth replicate, and every entry left out
-makes the job "done with N skipped" (zc-ctl exit 4) with its path and reason in ``zc-ctl job``."""
+makes the job "done with N skipped" (zc-ctl exit 4) with its path and reason in ``zc-ctl job``; a file that
+cannot be read makes it "done with N errors" (exit 6, test_read_errors.py)."""
 
 from __future__ import annotations
 
@@ -162,8 +163,10 @@ def capless(tmp_path: Path) -> Iterator[Cluster]:
         c.close()
 
 
-def test_unreadable_entries_are_skipped_and_the_destination_keeps_its_copy(capless: Cluster,
-                                                                           tmp_path: Path) -> None:
+def test_unreadable_entries_are_left_out_and_the_destination_keeps_its_copy(capless: Cluster,
+                                                                             tmp_path: Path) -> None:
+    """An unreadable directory is skipped; an unreadable file is a file error (it should have been copied),
+    which outranks the skip in the exit code."""
     src, dst = tmp_path / "a" / "s", tmp_path / "b" / "d"
     (src / "locked" / "inner").mkdir(parents=True)
     write_file(src / "locked" / "inner" / "f", b"new")
@@ -177,12 +180,14 @@ def test_unreadable_entries_are_skipped_and_the_destination_keeps_its_copy(caple
     write_file(dst / "extra", b"gone with --delete")
 
     rc, out, err = capless.ctl("replicate", "--delete", f"hostA:{src}", f"hostB:{dst}", "--json")
-    assert rc == 4, err
+    assert rc == 6, err
     doc = json.loads(out)
     reasons = {x["path"]: x["reason"] for x in doc["skipped"]}
-    assert set(reasons) == {"locked", "secret"}
+    assert set(reasons) == {"locked"} and doc["progress"]["entries_skipped"] == 1
     assert reasons["locked"].startswith("directory not readable by zc-agent: its contents are not replicated")
-    assert reasons["secret"].startswith("file not readable by zc-agent: not replicated, and the destination keeps")
+    assert [x["path"] for x in doc["errors"]] == ["secret"] and doc["progress"]["file_errors"] == 1
+    assert doc["errors"][0]["reason"].startswith("cannot be read at the source (Permission denied): not "
+                                                 "replicated, and the destination keeps")
     # What the source could not read is kept as it was; the rest is mirrored.
     assert (dst / "locked" / "inner" / "f").read_bytes() == b"the copy from last week"
     assert (dst / "locked" / "only-here").read_bytes() == b"kept"

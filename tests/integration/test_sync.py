@@ -17,6 +17,13 @@ from typing import Any
 import pytest
 from zchelpers import BedCluster, Cluster, diff_trees, make_tree, snapshot, wait_for
 
+from zcrepl.agent.watch_coalesce import REPLAY_MARGIN
+from zcrepl.core.synctypes import DEFAULT_QUIET, DEFAULT_WINDOW
+
+# A change is on its way within this long after it was made: events may lag REPLAY_MARGIN behind it, then the
+# watcher holds it for the window and the quiet period. What has not left after that was held back on purpose.
+SHIPPED_WITHIN = REPLAY_MARGIN + DEFAULT_WINDOW + DEFAULT_QUIET
+
 
 @pytest.fixture
 def cluster(bed_cluster: Cluster) -> Cluster:
@@ -61,7 +68,7 @@ def _watch(c: Cluster, src: Path, *dsts: str) -> dict[str, Any]:
     rc, out, err = c.ctl("replicate", "--watch", f"hostA:{src}", *dsts, "--json")
     assert rc == 0, err
     rule = json.loads(out)
-    assert rule["status"].startswith("watching"), rule
+    assert rule["phase"] == "watching", rule
     return rule
 
 
@@ -76,9 +83,10 @@ def test_every_kind_of_change_arrives_and_a_directory_rename_is_a_rename(cluster
     assert rule["counters"]["reconciles"] >= 1 and rule["counters"]["files"] > 300
     assert not diff_trees(snapshot(src), snapshot(dst))
 
-    # For REPLAY_MARGIN (1 s) after a reconciliation the watcher ships renames as delete + upsert (the
-    # destination may be ahead of events still in flight); after that a rename is a rename.
-    time.sleep(1.2)
+    # For REPLAY_MARGIN after a reconciliation the watcher ships renames as delete + upsert (the destination may
+    # be ahead of events still in flight); after that a rename is a rename. The reconciliation ended before the
+    # rule reported "watching", so the margin has run out this long after that (a fifth more for the clocks).
+    time.sleep(REPLAY_MARGIN * 1.2)
     inode = (dst / "bigdir").stat().st_ino
     before = _rule(cluster, rule["id"])["counters"]
     (src / "bigdir").rename(src / "moved")
@@ -126,6 +134,7 @@ def test_an_agent_restart_during_a_stream_of_changes_loses_nothing(cluster: Clus
     make_tree(src, files=100)
     rule = _watch(cluster, src, f"hostB:{dst}")
     stop = threading.Event()
+    written = [0]  # stream files created so far
 
     def writer() -> None:
         i = 0
@@ -134,20 +143,33 @@ def test_an_agent_restart_during_a_stream_of_changes_loses_nothing(cluster: Clus
             if i % 7 == 3:
                 (src / f"stream-{i - 3:05d}").unlink()
             i += 1
-            time.sleep(0.005)
+            written[0] = i
+            time.sleep(0.005)  # a steady stream, not a burst the coalescer folds into one set
+
+    def arrived() -> int:
+        """Stream files at the destination, up to the newest one."""
+        return max((int(p.name[7:]) + 1 for p in dst.glob("stream-*")), default=0)
+
+    def changes_while_down(what: str) -> None:
+        mark = written[0]
+        wait_for(lambda: written[0] >= mark + 100, 20, what=f"100 changes while {what} is down")
+
+    def flowing_again(what: str) -> None:
+        mark = written[0]
+        wait_for(lambda: arrived() > mark, 30, interval=0.1, what=f"new changes to reach hostB after {what}")
 
     t = threading.Thread(target=writer)
     t.start()
     try:
-        time.sleep(1.0)
+        flowing_again("the rule started")
         cluster.daemons["hostB"].kill()  # the destination dies mid-stream...
-        time.sleep(0.5)
+        changes_while_down("hostB")
         cluster.daemons["hostB"].start()
-        time.sleep(1.0)
+        flowing_again("hostB's restart")
         cluster.daemons["hostA"].kill()  # ...then the source
-        time.sleep(0.5)
+        changes_while_down("hostA")
         cluster.daemons["hostA"].start()
-        time.sleep(1.0)
+        flowing_again("hostA's restart")
     finally:
         stop.set()
         t.join()
@@ -181,7 +203,7 @@ def test_pause_resume_remove_and_a_bad_path(cluster: Cluster, tmp_path: Path) ->
     rc, _, err = cluster.ctl("replicate", "--watch", "hostA:/etc", f"hostB:{dst}")
     assert rc == 1 and "outside the exports of hostA" in err and "syncs remove" in err, err
     bad = _rules(cluster)[0]
-    assert bad["status"].startswith("failed") and "outside the exports" in bad["last_error"]
+    assert bad["phase"] == "failed" and "outside the exports" in bad["last_error"]
     rc, _, err = cluster.ctl("syncs", "remove", str(bad["id"]))
     assert rc == 0, err
     rc, _, err = cluster.ctl("replicate", "--watch", f"nohost:{src}", f"hostB:{dst}")
@@ -201,9 +223,9 @@ def test_pause_resume_remove_and_a_bad_path(cluster: Cluster, tmp_path: Path) ->
     rc, _, err = cluster.ctl("syncs", "pause", str(rule["id"]))
     assert rc == 0, err
     (src / "while-paused").write_bytes(b"x")
-    time.sleep(1.0)
+    time.sleep(SHIPPED_WITHIN)
     assert not (dst / "while-paused").exists()
-    assert _rule(cluster, rule["id"])["status"] == "paused"
+    assert _rule(cluster, rule["id"])["phase"] == "paused"
     rc, table, _ = cluster.ctl("syncs")
     assert rc == 0 and "paused" in table
     rc, _, err = cluster.ctl("syncs", "resume", str(rule["id"]))
@@ -212,7 +234,7 @@ def test_pause_resume_remove_and_a_bad_path(cluster: Cluster, tmp_path: Path) ->
     rc, _, err = cluster.ctl("syncs", "remove", str(rule["id"]))
     assert rc == 0, err
     (src / "after-remove").write_bytes(b"x")
-    time.sleep(1.0)
+    time.sleep(SHIPPED_WITHIN)
     assert not (dst / "after-remove").exists() and _rules(cluster) == []
     rc, _, err = cluster.ctl("syncs", "pause", "999")
     assert rc == 2 and "no watch rule 999" in err
@@ -239,7 +261,7 @@ def test_two_destinations_keep_in_step_through_a_controller_restart(make_bed_clu
     c.wait_online("hostA", "hostB", "hostC")
     # The restarted controller redeploys the stored rule with a new epoch: the source reconciles.
     try:
-        wait_for(lambda: _rule(c, rule_id)["status"].startswith("watching")
+        wait_for(lambda: _rule(c, rule_id)["phase"] == "watching"
                  and _rule(c, rule_id)["counters"]["reconciles"] >= 2 * 2, 30, interval=0.2,
                  what="the rule to be redeployed and reconciled after the controller restart")
     except AssertionError as err:

@@ -357,3 +357,25 @@ def test_a_job_without_skips_is_plain_done(harness: Any) -> None:
     done = h.engine.get(job.id)
     assert done.state is JobState.DONE and not done.done_with_skips and done.skipped == ()
     assert "skipped" not in h.explain(job)[-1][1]
+
+
+# -- decision memory --------------------------------------------------------------------------------
+
+
+def test_the_memory_of_last_decisions_holds_live_jobs_only(harness: Any) -> None:
+    """Unchanged waits are recorded once; a job that ended leaves nothing behind (it grew by a job forever)."""
+    h = harness(host_limits=("hostB:streams=1",))
+    h.agent("hostA")
+    h.agent("hostB")
+    running = h.submit("hostA:/srv/a", "hostB:/srv/1")
+    h.start(running)
+    waiting = h.submit("hostA:/srv/a", "hostB:/srv/2")
+    h.engine.tick()
+    h.engine.tick()
+    assert [kind for kind, _ in h.explain(waiting)].count("wait") == 1
+    assert set(h.engine._last_decision) == {running.id, waiting.id}
+    h.finish(running)
+    h.engine.cancel(waiting.id)
+    assert h.engine.get(running.id).state is JobState.DONE
+    assert h.engine.get(waiting.id).state is JobState.CANCELLED
+    assert h.engine._last_decision == {}

@@ -273,16 +273,11 @@ def test_sample_is_serialised(tmp_path: Path) -> None:
 
 def test_monitor_samples_and_stops_promptly(tmp_path: Path) -> None:
     sampler = HealthSampler([os.fsencode(tmp_path)])
-    monitor = HealthMonitor(sampler, interval=0.01, maxlen=5)
-    assert monitor.latest == HostHealth()
+    monitor = HealthMonitor(sampler, interval=0.01)
+    assert monitor.latest == HostHealth() and monitor.samples == 0
     with monitor:
-        assert _wait_until(lambda: len(monitor.history()) >= 3)
-        assert monitor.latest is monitor.history()[-1]
+        assert _wait_until(lambda: monitor.samples >= 3)
         assert monitor.latest.sampled_at > 0
-        # bounded history
-        assert _wait_until(lambda: len(monitor.history()) == 5)
-        time.sleep(0.05)
-        assert len(monitor.history()) == 5
         started = time.monotonic()
     assert time.monotonic() - started < 1.0
     assert not any(t.name == "zc-health" for t in threading.enumerate())
@@ -293,17 +288,17 @@ def test_monitor_set_interval_takes_effect_at_once(tmp_path: Path) -> None:
     monitor = HealthMonitor(sampler, interval=30.0)
     monitor.start()
     try:
-        assert _wait_until(lambda: len(monitor.history()) == 1)
+        assert _wait_until(lambda: monitor.samples == 1)
         time.sleep(0.1)
-        assert len(monitor.history()) == 1  # still waiting out the 30 s interval
+        assert monitor.samples == 1  # still waiting out the 30 s interval
         monitor.set_interval(0.01)  # must cut the 30 s wait short
         assert monitor.interval == 0.01
-        assert _wait_until(lambda: len(monitor.history()) >= 5, timeout=1.0)
+        assert _wait_until(lambda: monitor.samples >= 5, timeout=1.0)
         monitor.set_interval(30.0)
         time.sleep(0.05)  # let a sample already under way land
-        n = len(monitor.history())
+        n = monitor.samples
         time.sleep(0.2)
-        assert len(monitor.history()) == n
+        assert monitor.samples == n
         with pytest.raises(ValueError):
             monitor.set_interval(0)
         with pytest.raises(ValueError):

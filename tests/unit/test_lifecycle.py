@@ -11,7 +11,6 @@ from zcrepl.controller.lifecycle import (
     RetryPolicy,
     cancelled,
     failed_attempt,
-    interrupted,
     started,
     succeeded,
 )
@@ -145,19 +144,6 @@ def test_budget_is_the_jobs_not_the_policys() -> None:
     out = failed_attempt(running(failures=2, max_attempts=3), "e", True, NOW, RetryPolicy(max_attempts=50),
                          lambda: 0.0)
     assert out.state is JobState.FAILED
-
-
-# -- interrupted ------------------------------------------------------------------------------------
-
-
-def test_interrupted_requeues_at_once_without_spending_budget() -> None:
-    out = interrupted(running(failures=2), "agent b shut down", NOW)
-    assert out.state is JobState.QUEUED
-    assert out.failures == 2
-    assert out.attempts == 1
-    assert out.next_attempt_at == NOW
-    assert out.wait_reason == "agent b shut down"
-    assert out.updated_at == NOW
 
 
 # -- cancelled --------------------------------------------------------------------------------------

@@ -47,13 +47,13 @@ def _no_fd_leak() -> Iterator[None]:
 
 @pytest.fixture(params=[True, False], ids=["openat2", "walk"])
 def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Run a test with openat2, then with the per-component walk (openat2 must not even be called)."""
+    """Run a test with openat2, then with the per-component walk (openat2 must not even be called); the
+    ``root`` fixture passes the choice to its SafeRoot."""
     use = bool(request.param)
-    monkeypatch.setattr(saferoot, "USE_OPENAT2", use)
     if not use:
 
         def forbidden(*args: object, **kwargs: object) -> int:
-            raise AssertionError("openat2 called although USE_OPENAT2 is False")
+            raise AssertionError("openat2 called by a SafeRoot made with use_openat2=False")
 
         monkeypatch.setattr(saferoot, "openat2", forbidden)
     return use
@@ -76,8 +76,9 @@ def tree(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def root(tree: Path) -> Iterator[SafeRoot]:
-    with SafeRoot(os.fsencode(tree / "root")) as r:
+def root(tree: Path, request: pytest.FixtureRequest) -> Iterator[SafeRoot]:
+    use_openat2 = request.getfixturevalue("resolver") if "resolver" in request.fixturenames else True
+    with SafeRoot(os.fsencode(tree / "root"), use_openat2=use_openat2) as r:
         yield r
 
 
@@ -273,7 +274,7 @@ def test_open_dir_falls_back_when_openat2_is_refused(
         calls.append(path)
         raise OSError(err, os.strerror(err), path)
 
-    monkeypatch.setattr(saferoot, "USE_OPENAT2", True)
+    assert root.use_openat2
     monkeypatch.setattr(saferoot, "openat2", refused)
     os.close(root.open_dir((b"a", b"b")))
     with pytest.raises(UnsafePath):

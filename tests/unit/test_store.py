@@ -6,6 +6,7 @@ import gc
 import os
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -421,8 +422,14 @@ def test_newer_schema_is_refused(state_dir: str) -> None:
 
 @pytest.mark.parametrize("version", [SCHEMA_VERSION, SCHEMA_VERSION - 1])
 def test_same_or_older_schema_opens(state_dir: str, version: int) -> None:
+    """Opens with the jobs it holds, records the current version, and takes new jobs."""
+    with closing(Store(state_dir)) as s:
+        kept = create(s)
     _bump_schema(state_dir, version)
-    Store(state_dir).close()
+    with closing(Store(state_dir)) as s:
+        assert s.get_job(kept.id) == kept
+        assert s.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(SCHEMA_VERSION),)
+        assert create(s).id == kept.id + 1
 
 
 def test_refused_store_closes_its_connection(state_dir: str) -> None:

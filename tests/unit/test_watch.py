@@ -707,29 +707,20 @@ def test_temp_files_never_appear(watch: Callable[..., tuple[TreeWatcher, Sink, b
     assert ups == {b"", b"f"}
 
 
-def test_note_applied_suppresses_the_echo_but_not_a_later_change(
-        watch: Callable[..., tuple[TreeWatcher, Sink, bytes]]) -> None:
+def test_its_own_checks_stay_below_the_root(watch: Callable[..., tuple[TreeWatcher, Sink, bytes]],
+                                            tmp_path: Path) -> None:
+    """Whether a path still exists, and whether a new file may still be written, is asked through the SafeRoot:
+    a symlink swapped in for a directory does not make a file outside the root look present."""
     w, sink, root = watch()
-    os.mkdir(root + b"/d")
-    sink.wait_for(upserts={b"d"})
-    sink.settle(0.1)
-    sink.clear()
-    tmp, final = root + b"/d/.zc.f.1.tmp", root + b"/d/f"
-    _write(tmp, b"applied")
-    os.utime(tmp, ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
-    st = os.lstat(tmp)
-    w.note_applied(b"d/f", st.st_ino, st.st_mtime_ns, st.st_size)  # before the rename, as documented
-    os.rename(tmp, final)
-    sink.wait(lambda s: bool(s.sets))  # the parent directory's mtime is still reported
-    sink.settle(0.2)
-    assert b"d/f" not in sink.merged()[0]
-    sink.clear()
-    with open(final, "ab") as f:
-        f.write(b" and changed")
-    sink.wait_for(upserts={b"d/f"})
-    sink.clear()
-    os.chmod(final, 0o640)  # a metadata-only change after the echo is delivered too
-    sink.wait_for(upserts={b"d/f"})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f").write_bytes(b"x")
+    os.symlink(outside, root + b"/link")
+    _write(root + b"/real")
+    sink.wait_for(upserts={b"link", b"real"})
+    assert os.path.exists(root + b"/link/f")  # what a plain path lookup would have believed
+    assert not w._exists(b"link/f") and not w._is_regular(b"link/f")
+    assert w._exists(b"real") and w._is_regular(b"real") and w._exists(b"link") and not w._is_regular(b"link")
 
 
 def test_names_that_are_not_utf8_survive(watch: Callable[..., tuple[TreeWatcher, Sink, bytes]]) -> None:
