@@ -8,6 +8,7 @@ Run it as a script (bench/ is not a package; its directory is on sys.path that w
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import shlex
 import signal
@@ -23,16 +24,18 @@ from daemons import RsyncDaemon, ZcCluster
 from measure import Run, cpu_by_process, machine_busy, machine_facts, proc_cpu, top_cpu, vm_hwm
 from rich.console import Console
 from tools import Context, Tool, all_tools
-from workloads import Workload, ensure, specs, tree_summary
+from workloads import Workload, _h, ensure, specs, tree_summary
 
 REPO = Path(__file__).resolve().parent.parent
-ALL = ("W1", "W2", "W3", "W4", "W5", "W6")
+ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W8", "W8D", "W9", "R1", "R2", "R3", "R4")
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--workloads", default="W1,W2,W3,W4,W5",
-                   help="comma-separated subset of W1..W6, run in this order (default W1-W5; W6 is big)")
+                   help="comma-separated subset of W1..W6, W8, W8D, W9, R1..R4, run in this order (default W1-W5; "
+                        "W6 is big)")
     p.add_argument("--runs", type=int, default=5, help="timed rounds per workload (default 5)")
     p.add_argument("--data", type=Path, default=Path("/tmp/zcbench"),
                    help="where workloads and destinations live, never inside the repo (default /tmp/zcbench)")
@@ -132,13 +135,42 @@ class Bench:
                     t.prepare(w)
                     if not self.args.no_sync:
                         os.sync()  # no run pays for the writeback of another's (or its own restore's) dirty pages
-                    self._one(w, t, rnd, verify=rnd == first)
+                    dirt = self._dirty(w.dirty) if w.dirty else None
+                    try:
+                        self._one(w, t, rnd, verify=rnd == first)
+                        if dirt is not None:
+                            self.runs[-1].extra["syncfs_after"] = self._syncfs_seconds()
+                    finally:
+                        if dirt is not None:
+                            dirt.wait()
+                            (self.dst_root / ".dirt").unlink(missing_ok=True)
             self.rss[w.name] = {n: vm_hwm(cluster.pid(n)) for n in ("hostA", "hostB")}
         finally:
             cluster.stop_agents()
             if not self.args.keep:
                 for t in tools:
                     subprocess.run(["rm", "-rf", str(t.dest(w))], check=False)
+
+    def _dirty(self, size: int) -> subprocess.Popen[bytes]:
+        """Another process starts writing ``size`` bytes to a file on the destination filesystem, without
+        syncing, as the timed run starts; it goes on during the run (2 GiB take ~5 s here: the kernel holds at
+        most ~0.9 GB dirty and throttles the writer)."""
+        path = self.dst_root / ".dirt"
+        self.dst_root.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen(["dd", "if=/dev/zero", f"of={path}", "bs=4M", f"count={size // (4 << 20)}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def _syncfs_seconds(self) -> float:
+        """How long a syncfs of the destination filesystem takes right after the run: what a job that flushed
+        the whole filesystem (zcrepl's `job` durability before issue 11) would have waited for on top."""
+        fd = os.open(self.dst_root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            t0 = time.perf_counter()
+            if _libc.syncfs(fd) != 0:
+                raise OSError(ctypes.get_errno(), "syncfs failed")
+            return round(time.perf_counter() - t0, 3)
+        finally:
+            os.close(fd)
 
     def _measure_idle(self, w: Workload, cluster: ZcCluster, secs: float) -> None:
         """Agents' CPU while idle (heartbeats, health sampling): the floor under every zcrepl CPU figure."""
@@ -227,6 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = {t.key: (t.label, t.local) for t in bench.tools}
     rows = report.build_rows(bench.runs, wl, labels, bench.rss)
     bench.notes += bench.noise_notes()
+    for name in args.names:
+        after = sorted(r.extra["syncfs_after"] for r in bench.runs
+                       if r.workload == name and r.round >= 0 and "syncfs_after" in r.extra)
+        if after:
+            bench.notes.append(f"{name}: another process writing {_h(bench.workloads[name].dirty)} (no sync) during "
+                               f"each run; a syncfs right after the run took {after[len(after) // 2]:.2f} s (median, "
+                               f"{after[0]:.2f}-{after[-1]:.2f}): what a whole-filesystem flush adds")
     for name, idle in bench.idle.items():
         bench.notes.append(f"{name}: idle agent CPU (heartbeats, health sampling) hostA {idle['hostA']:.3f} s/s, "
                            f"hostB {idle['hostB']:.3f} s/s; included in the zcrepl CPU figures")

@@ -1,5 +1,5 @@
-"""The benchmark workloads W1-W6: their specs, deterministic generation (cached by spec hash) and a tree
-summary used to check every tool's copy.
+"""The benchmark workloads W1-W6, W8-W9 and R1-R4 (real trees of this machine): their specs, deterministic
+generation (cached by spec hash) and a tree summary used to check every tool's copy.
 
 Same seed, same names, same bytes, same file mtimes. File contents are pseudo-random so nothing compresses
 or dedups. Markers live outside the trees (``DATA/markers``) so they are never replicated.
@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import stat
+import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ class Workload:
     source: str  # directory under DATA/src
     mode: str  # "fresh" (destination removed first), "delta" (holds W1's file), "nochange" (already synced)
     gen: dict[str, Any] = field(default_factory=dict)  # generator parameters; part of the cache key
+    dirty: int = 0  # bytes another process leaves dirty on the destination filesystem before each run
 
 
 def specs(quick: bool) -> dict[str, Workload]:
@@ -41,6 +43,10 @@ def specs(quick: bool) -> dict[str, Workload]:
     big = 64 * MiB if quick else 1024 * MiB
     large = [s // 16 for s in _LARGE_MIB] if quick else _LARGE_MIB
     w1 = {"kind": "bigfile", "size": big, "seed": SEED + 1}
+    mid = 16 * MiB if quick else 256 * MiB
+    dirt = 64 * MiB if quick else 2048 * MiB
+    w8 = {"kind": "flat", "files": 300 if quick else 3000, "dirs": 3 if quick else 30, "min": 4 * KiB,
+          "max": 4 * KiB, "nest": 1, "seed": SEED + 8}
     return {
         "W1": Workload("W1", f"one {_h(big)} file", "W1", "fresh", w1),
         "W2": Workload("W2", "20,000 x 4 KiB in 200 dirs" if not quick else "500 x 4 KiB in 10 dirs", "W2",
@@ -54,12 +60,24 @@ def specs(quick: bool) -> dict[str, Workload]:
         "W4": Workload("W4", f"W1 with 1 MiB changed at {_h(big // 2)}", "W4", "delta",
                        {"kind": "changed", "base": w1, "offset": big // 2, "length": MiB, "seed": SEED + 4}),
         "W5": Workload("W5", "no-change re-sync of W2", "W2", "nochange", {}),
+        "W8": Workload("W8", "3,000 x 4 KiB in 30 dirs" if not quick else "300 x 4 KiB in 3 dirs", "W8", "fresh",
+                       w8),
+        "W8D": Workload("W8D", f"W8 while another process writes {_h(dirt)} to the same filesystem", "W8",
+                        "fresh", {}, dirty=dirt),
+        "W9": Workload("W9", f"one {_h(mid)} file", "W9", "fresh", {"kind": "bigfile", "size": mid, "seed": SEED + 9}),
+        **{name: Workload(name, f"real tree: a copy of {path}", name, "fresh",
+                          {"kind": "copy", "path": path, "drop": "special,unreadable,escaping-links"})
+           for name, path in REAL_TREES.items()},
         "W6": Workload("W6", "200,000 x 0-4 KiB in ~2,000 dirs" if not quick else "1,500 x 0-4 KiB in 30 dirs",
                        "W6", "fresh", {"kind": "flat", "files": 1500 if quick else 200_000,
                                        "dirs": 30 if quick else 2000, "min": 0, "max": 4 * KiB, "nest": 2,
                                        "seed": SEED + 6}),
     }
 
+
+# Trees of the system as people keep them (C headers, time zones, locale data, package docs), copied into the
+# benchmark's data directory at generation time: their contents are this machine's, never committed.
+REAL_TREES = {"R1": "/usr/include", "R2": "/usr/share/zoneinfo", "R3": "/usr/share/locale", "R4": "/usr/share/doc"}
 
 # 8 large files, 16-256 MiB, 720 MiB in total (like baselines.md T3)
 _LARGE_MIB = [s * MiB for s in (16, 24, 40, 56, 80, 112, 136, 256)]
@@ -72,7 +90,7 @@ def _h(n: int) -> str:
 # -- generation -------------------------------------------------------------------------------------
 def ensure(w: Workload, src_root: Path, markers: Path, log: Any = print) -> dict[str, Any]:
     """Generate ``w``'s source tree unless a marker with the same spec hash exists; returns its summary."""
-    if not w.gen:  # W5 reuses W2's tree
+    if not w.gen:  # W5 reuses W2's tree, W8D W8's
         raise ValueError(f"{w.name} has no tree of its own")
     digest = hashlib.sha256(json.dumps({"v": GEN_VERSION, **w.gen}, sort_keys=True).encode()).hexdigest()[:16]
     marker = markers / f"{w.source}.json"
@@ -95,6 +113,10 @@ def ensure(w: Workload, src_root: Path, markers: Path, log: Any = print) -> dict
         _flat(root, w.gen)
     elif kind == "mixed":
         _mixed(root, w.gen)
+    elif kind == "copy":  # cp -a keeps modes, mtimes and symlinks; what we may not read is left out
+        root.rmdir()
+        subprocess.run(["cp", "-a", w.gen["path"], str(root)], check=False, capture_output=True)
+        _drop_unreadable(root)
     else:
         raise ValueError(kind)
     summary = tree_summary(root)
@@ -182,6 +204,25 @@ def _mixed(root: Path, gen: dict[str, Any]) -> None:
         os.symlink(target.relative_to(root), root / f"link{i:02d}")
     os.symlink(dirs[-1][0].relative_to(root), root / "link-dir")
     os.symlink("no/such/target", root / "link-dangling")
+
+
+def _drop_unreadable(root: Path) -> None:
+    """Entries no tool can copy alike are removed: special files, unreadable ones, and symlinks that leave the
+    tree (an rsync daemon without chroot rewrites those, so its copy would differ)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + dirnames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)) \
+                    or (not stat.S_ISLNK(st.st_mode) and not os.access(p, os.R_OK)) \
+                    or (stat.S_ISLNK(st.st_mode) and _leaves(root, p)):
+                shutil.rmtree(p) if stat.S_ISDIR(st.st_mode) else p.unlink()
+
+
+def _leaves(root: Path, link: Path) -> bool:
+    target = os.readlink(link)
+    return target.startswith("/") or os.path.normpath(os.path.join(os.path.relpath(link.parent, root),
+                                                                     target)).startswith("..")
 
 
 def _set_mtime(p: Path, secs: int) -> None:

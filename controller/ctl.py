@@ -148,8 +148,8 @@ def _replicate_options(r: argparse.ArgumentParser) -> None:
     t.add_argument("--streams", type=whole(0, MAX_STREAMS, "a number of streams"), default=0, metavar="N",
                    help="parallel data connections (default: chosen from both hosts' cores)")
     t.add_argument("--durability", choices=[d.value for d in Durability], default=None,
-                   help="job: one syncfs before done (default); file: fsync every file; none: leave it to "
-                        "the kernel, like rsync (the default with --watch)")
+                   help="job: flush what the job wrote before done (default); file: fsync every file; none: leave "
+                        "it to the kernel, like rsync (the default with --watch)")
     q = r.add_argument_group("queue")
     q.add_argument("--max-attempts", type=whole(0, MAX_ATTEMPTS, "a number of attempts"), default=0, metavar="N",
                    help="attempts before the job fails")

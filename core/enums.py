@@ -27,6 +27,6 @@ class Priority(enum.IntEnum):
 
 
 class Durability(enum.Enum):
-    JOB = "job"  # one syncfs of the destination filesystem before done
+    JOB = "job"  # what the job wrote is flushed before done (agent/transfer/flush.py)
     FILE = "file"  # fsync each file before its rename, and its directory after
     NONE = "none"  # the kernel's writeback decides (rsync's default)

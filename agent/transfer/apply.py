@@ -23,11 +23,12 @@ from zcrepl.agent.transfer.atomic import PREALLOCATE_MIN, AtomicFile, remove_ent
 from zcrepl.agent.transfer.backup import Backup
 from zcrepl.agent.transfer.basis import find_basis
 from zcrepl.agent.transfer.finish import delete_extras, finish_dirs, make_links
+from zcrepl.agent.transfer.flush import JobFlush
 from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.linkdest import LinkDest
-from zcrepl.agent.transfer.meta import apply_meta, owner_ids, syncfs
+from zcrepl.agent.transfer.meta import apply_meta, owner_ids
 from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea
 from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, validate_name, validate_relpath
 from zcrepl.agent.transfer.scan import file_digest, tree_filter
@@ -91,6 +92,8 @@ class TreeWriter:
         self.slots: dict[int, FileSlot] = {}  # partly arrived
         self.manifest_done = False
         self.fsync_files = options.durability is Durability.FILE
+        # ``job``: what this job wrote is flushed in the background and waited for in finish()
+        self.flush = JobFlush(root.fd) if options.durability is Durability.JOB else None
         self.bases: dict[int, Basis] = {}
         self.partials: dict[int, Partial] = {}
         self.digests: dict[int, bytes] = {}
@@ -405,10 +408,10 @@ class TreeWriter:
             if self.backup is not None:
                 self.backup.keep(s.pfd, s.leaf, s.entry.path)  # linked first: a reader sees old or new, never none
             try:
-                s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files)
+                s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files, flush=self.flush, size=s.total)
             except IsADirectoryError:
                 self.clear_dir_for(s.pfd, s.leaf, "a file", s.entry.path)
-                s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files)
+                s.tmp.commit(s.mode, s.mtime_ns, fsync=self.fsync_files, flush=self.flush, size=s.total)
         except OSError as err:
             self.entry_failed(s.entry.path, err)
         else:
@@ -455,6 +458,8 @@ class TreeWriter:
         """End of a failed attempt: discard every partly written file nobody is writing into; files
         still being written are discarded by their last writer (see range_done/range_broken)."""
         self.end_batch()
+        if self.flush is not None:
+            self.flush.close()
         with self._lock:
             idle = [s for s in self.slots.values() if s.active == 0]
             for s in self.slots.values():
@@ -481,8 +486,10 @@ class TreeWriter:
         make_links(self)
         self.area.remove_if_empty()  # before the root's mtime is set
         finish_dirs(self)
-        if self.options.durability is Durability.JOB and self.changed():
-            syncfs(self.root.fd)
+        if self.flush is not None:
+            if self.backup is not None:
+                self.backup.flush_into(self.flush)
+            self.flush.wait(self.label, self.root)  # every file and directory this job changed, nothing else
         elif self.fsync_files:
             os.fsync(self.root.fd)
         return {"files_done": self.files_done, "bytes_done": self.bytes_done, "files_skipped": self.skipped,
@@ -508,6 +515,16 @@ class TreeWriter:
 
     def note_write(self) -> None:
         self._wrote = True
+
+    def dir_changed(self, parts: tuple[bytes, ...]) -> None:
+        """An entry of directory ``parts`` changed outside what finish_dirs sees (a watch session's ops)."""
+        if self.flush is not None:
+            self.flush.note(parts, is_dir=True)
+
+    def file_changed(self, parts: tuple[bytes, ...]) -> None:
+        """Metadata of the existing file ``parts`` was fixed in place."""
+        if self.flush is not None:
+            self.flush.note(parts, is_dir=False)
 
     def changed(self) -> bool:
         """Whether this transfer wrote anything (a no-change re-sync has nothing to make durable;

@@ -13,10 +13,14 @@ import os
 import stat
 import time
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from zcrepl.agent.transfer.saferoot import temp_name, validate_name
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.paths import show
+
+if TYPE_CHECKING:
+    from zcrepl.agent.transfer.flush import JobFlush
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -96,11 +100,14 @@ class AtomicFile:
             raise
         self._done = True
 
-    def commit(self, mode: int, mtime_ns: int, *, fsync: bool = False) -> None:
+    def commit(self, mode: int, mtime_ns: int, *, fsync: bool = False, flush: JobFlush | None = None,
+               size: int = 1 << 62) -> None:
         """Set ``mode & 0o777`` and the mtime (ns) on the fd, fsync if asked, close, rename over the leaf.
 
-        With ``fsync`` the directory is fsynced after the rename too. If anything before the rename fails,
-        the temp is discarded and the error propagates (:class:`IsADirectoryError` for a directory leaf).
+        With ``fsync`` the directory is fsynced after the rename too. With ``flush`` the fd is handed to it
+        instead of closed (``size``: the file's, which decides when its writeback starts). If anything
+        before the rename fails, the temp is discarded and the error propagates (:class:`IsADirectoryError`
+        for a directory leaf).
         """
         if self._done or (self.fd < 0 and not self._closed):
             raise ValueError(f'AtomicFile for "{show(self.leaf)}" already committed or discarded')
@@ -112,7 +119,10 @@ class AtomicFile:
                     os.fsync(self.fd)
                 fd, self.fd = self.fd, -1
                 self._closed = True
-                os.close(fd)
+                if flush is not None:
+                    flush.file_done(fd, size)
+                else:
+                    os.close(fd)
             os.rename(self.tmp, self.leaf, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         except IsADirectoryError:
             raise  # the temp stays: the caller may clear the directory and commit again

@@ -20,11 +20,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from zcrepl.agent.transfer.atomic import _open_subdir, remove_entry
 from zcrepl.agent.transfer.saferoot import SafeRoot, temp_name, validate_relpath
-from zcrepl.core.errors import TransferError
+from zcrepl.core.errors import TransferError, UnsafePath
 from zcrepl.core.paths import show
+
+if TYPE_CHECKING:
+    from zcrepl.agent.transfer.flush import JobFlush
 
 _TEMP_ATTEMPTS = 8
 
@@ -54,6 +58,7 @@ class Backup:
         self.root = root
         self.fsync = fsync  # --durability file: each backup's directory entry is made durable as it is made
         self.kept = 0
+        self.touched: set[tuple[bytes, ...]] = set()  # backup directories given entries (--durability job)
 
     def close(self) -> None:
         self.root.close()
@@ -123,7 +128,20 @@ class Backup:
 
     def _parent(self, rel: bytes) -> tuple[int, bytes]:
         parts = validate_relpath(rel)
+        self.touched.update(parts[:depth] for depth in range(len(parts)))  # made on the way, with their entries
         return self.root.open_parent(parts, create=True, mode=0o755)
+
+    def flush_into(self, flush: JobFlush) -> None:
+        """``--durability job``: hand every backup directory that got an entry to the job's flush."""
+        for parts in sorted(self.touched, key=len, reverse=True):
+            try:
+                fd = self.root.open_dir(parts)
+            except (OSError, UnsafePath):
+                continue
+            if flush.changed_since_start(os.fstat(fd)):
+                flush.dir_changed(fd)
+            else:
+                os.close(fd)
 
     @staticmethod
     def _into(bfd: int, name: bytes, bleaf: bytes, *, src_fd: int = -1) -> None:

@@ -163,6 +163,7 @@ def _delete(w: TreeWriter, parts: tuple[bytes, ...]) -> None:
         return  # already gone
     try:
         w.count(deleted=remove_entry(pfd, leaf))
+        w.dir_changed(parts[:-1])
     finally:
         os.close(pfd)
 
@@ -182,6 +183,8 @@ def _rename(w: TreeWriter, src: tuple[bytes, ...], dst: tuple[bytes, ...]) -> bo
                 _onto_ancestor(w, spfd, sleaf, dpfd, dst[-1])
             else:
                 _replace(w, spfd, sleaf, dpfd, dst[-1])
+            w.dir_changed(src[:-1])
+            w.dir_changed(dst[:-1])
         finally:
             os.close(dpfd)
     finally:
@@ -219,7 +222,7 @@ def make_parents(w: TreeWriter, parts: tuple[bytes, ...]) -> int:
     """fd of directory ``parts``, creating missing ones and replacing a non-directory in the way."""
     fd = os.dup(w.root.fd)
     try:
-        for name in parts:
+        for depth, name in enumerate(parts):
             st = _lstat(fd, name)
             if st is not None and not stat.S_ISDIR(st.st_mode):
                 w.count(deleted=remove_entry(fd, name))
@@ -229,6 +232,7 @@ def make_parents(w: TreeWriter, parts: tuple[bytes, ...]) -> int:
                     os.mkdir(name, 0o755, dir_fd=fd)
                 except FileExistsError:
                     pass
+                w.dir_changed(parts[:depth])
             nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             os.close(fd)
             fd = nfd

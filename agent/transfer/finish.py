@@ -82,6 +82,10 @@ def _remove_unprotected(w: TreeWriter, dfd: int, name: bytes, rel: bytes, depth:
         os.close(sub)
     if kept:
         log.info("directory kept: it holds entries the filters protect", extra=kv(job=w.job_id, path=rel))
+        try:  # not a manifest directory: finish_dirs will not see what went from it
+            w.dir_changed(validate_relpath(rel))
+        except UnsafePath:
+            pass  # a name we never write (our temp prefix): nothing of this job's is in it
         return False
     os.rmdir(name, dir_fd=dfd)
     w.count(deleted=1)
@@ -134,7 +138,12 @@ def make_links(w: TreeWriter) -> None:
 
 
 def finish_dirs(w: TreeWriter) -> None:
-    """Directory modes and mtimes, children before parents (creating files changes a dir's mtime)."""
+    """Directory modes and mtimes, children before parents (creating files changes a dir's mtime).
+
+    Under ``job`` durability a directory goes to the flush when its ctime says it changed since the job
+    started (an entry added, renamed or removed, by this job's code paths whichever they were) or when its
+    metadata is set now; an untouched directory costs one fstat.
+    """
     for e in reversed(w.dirs):
         try:
             dfd = w.root.open_dir(validate_relpath(e.path))
@@ -143,13 +152,21 @@ def finish_dirs(w: TreeWriter) -> None:
             continue
         try:
             apply_meta(dfd, e, policy=w.policy, as_root=w.as_root, xattrs=w.options.xattrs)
-            set_dir_meta(dfd, e.mode, e.mtime_ns)
+            st = os.fstat(dfd)
+            changed = w.flush is not None and w.flush.changed_since_start(st)
+            if stat.S_IMODE(st.st_mode) != e.mode & 0o777 or st.st_mtime_ns != e.mtime_ns:
+                set_dir_meta(dfd, e.mode, e.mtime_ns)
+                changed = True
             if w.fsync_files:
                 os.fsync(dfd)  # its new entries (mkdir, renames) are durable too
+            elif changed and w.flush is not None:
+                w.flush.dir_changed(dfd)
+                dfd = -1  # the flush owns it now
         except OSError as err:  # e.g. an attribute this filesystem refuses: this entry failed, as for a file
             w.entry_failed(e.path, err)
         finally:
-            os.close(dfd)
+            if dfd >= 0:
+                os.close(dfd)
 
 
 def _lstat(dir_fd: int, leaf: bytes) -> os.stat_result | None:

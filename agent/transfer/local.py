@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from zcrepl.agent import priority
 from zcrepl.agent.transfer.apply import TreeWriter
+from zcrepl.agent.transfer.flush import sync_ancestors
 from zcrepl.agent.transfer.frame import F_SPARSE, Entry, FileHead, Kind
 from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
 from zcrepl.agent.transfer.kcopy import ALL_PATHS, CopyPaths, copy_range
@@ -103,6 +104,8 @@ class LocalCopy:
             if self.errors:
                 raise TransferError(f"local copy failed: {self.errors[0]}") from self.errors[0]
             writer.finish()
+            if writer.flush is not None:  # the job's root may have been created with its parents
+                sync_ancestors(self.dst_export, self.dst_rel, writer.flush.since_ns)
             stats = self._stats(writer, scan_done=True)
             self.on_progress(stats)
             return stats

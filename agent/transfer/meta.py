@@ -1,4 +1,4 @@
-"""Metadata that travels besides bytes and modes: ownership, extended attributes, and durability.
+"""Metadata that travels besides bytes and modes: ownership and extended attributes.
 
 What of it a peer may decide is the receiving export's policy (``zcrepl.core.exportpolicy``): by default no
 ownership, and no attribute in the privileged namespaces (a ``security.capability`` from a peer would be as
@@ -8,7 +8,6 @@ good as a setuid bit, which is stripped too).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 
@@ -16,17 +15,9 @@ from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import Entry
 from zcrepl.core.exportpolicy import KEEP, ExportPolicy
 
-_libc = ctypes.CDLL(None, use_errno=True)
 # Who a file we create belongs to: a fresh temp needs no chown when the source owner is us. (A
 # setgid parent directory would give it that directory's group; rare enough to leave to the next run.)
 _ME = (os.geteuid(), os.getegid())
-
-
-def syncfs(fd: int) -> None:
-    """Flush the whole filesystem holding ``fd``: one call makes every file of the job durable."""
-    if _libc.syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def owner_ids(policy: ExportPolicy, e: Entry, st: os.stat_result | None, as_root: bool) -> tuple[int, int]:

@@ -31,6 +31,7 @@ from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.apply import FileSlot, TreeWriter
 from zcrepl.agent.transfer.basis import complete_delta
 from zcrepl.agent.transfer.changes import apply_ops
+from zcrepl.agent.transfer.flush import start_writeback, sync_ancestors
 from zcrepl.agent.transfer.frame import Channel, FileHead, Hello, Stream
 from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
 from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
@@ -41,7 +42,7 @@ from zcrepl.agent.transfer.server import Grant, TicketBook
 from zcrepl.core.errors import ProtocolError, TransferError
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
 from zcrepl.core.synctypes import SYNC_ID_BASE
-from zcrepl.core.types import JobOptions, TransferStats
+from zcrepl.core.types import Durability, JobOptions, TransferStats
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ _PIPE = 1 << 20
 _BUF = 1 << 20
 DATA_TICKET_TTL = 60.0
 DATA_WAIT = 120.0
+WRITEBACK_STEP = 8 << 20
 _FILE_FRAMES = (fr.T.FILE, fr.T.FILE_SKIP, fr.T.REUSE, fr.T.DIGEST, fr.T.HOLE)
 
 
@@ -104,6 +106,8 @@ class ReceiveSession:
                                                role=fr.ROLE_DATA, bind=bind))
             ch.send(fr.encode_accept(data_tickets))
             result = self._control_loop(ch, writer)
+            if writer.flush is not None:  # the job's root may have been created with its parents
+                sync_ancestors(spec.export, spec.rel, writer.flush.since_ns)
             ch.send(fr.frame(fr.T.RESULT, json.dumps(result).encode()))
             return self.stats()
         except BaseException as err:
@@ -123,7 +127,7 @@ class ReceiveSession:
             root.close()
 
     def _control_loop(self, ch: Channel, writer: TreeWriter) -> dict[str, object]:
-        sink = _Sink(ch)
+        sink = _Sink(ch, writeback=self.spec.options.durability is Durability.JOB)
         try:
             return self._control_frames(ch, writer, sink)
         finally:
@@ -201,7 +205,7 @@ class ReceiveSession:
             if self.writer is None or self._error is not None:
                 return
             self._data[ch] = False
-        sink = _Sink(ch)
+        sink = _Sink(ch, writeback=self.spec.options.durability is Durability.JOB)
         try:
             ch.send(fr.encode_accept([]))  # inside: a source already gone must still mark this one finished
             while True:
@@ -291,15 +295,20 @@ class ReceiveSession:
 class _Sink:
     """Moves one range of file bytes from a connection into a slot's temp file."""
 
-    def __init__(self, ch: Channel) -> None:
+    def __init__(self, ch: Channel, writeback: bool = False) -> None:
         self.ch = ch
         self.use_splice = USE_SPLICE and isinstance(ch.sock, socket.socket)  # never under TLS
+        # ``job`` durability: start the writeback of each WRITEBACK_STEP written, so a big file is mostly on
+        # disk when its last byte arrives instead of all of it being written then.
+        self.writeback = writeback
+        self._kick = 0
         self._pipe: tuple[int, int] | None = None
         self._buf: bytearray | None = None
         self.written = 0  # bytes of the current range already in the file (for resume bookkeeping)
 
     def write(self, slot: FileSlot, head: FileHead) -> None:
         fd, off, left = slot.fd, head.offset, head.length
+        self._kick = off
         view = self.ch.buffered(left)  # bytes that came in with the frame header
         if view:
             if fd is not None:
@@ -330,6 +339,8 @@ class _Sink:
             off += n
             left -= n
             self.ch.note_received(n)
+            if self.writeback and off - self._kick >= WRITEBACK_STEP:
+                self._start_writeback(fd, off)
 
     def _discard(self, left: int) -> None:
         if self._buf is None:
@@ -379,6 +390,12 @@ class _Sink:
                     return
                 off += m
                 n -= m
+            if self.writeback and off - self._kick >= WRITEBACK_STEP:
+                self._start_writeback(fd, off)
+
+    def _start_writeback(self, fd: int, end: int) -> None:
+        start_writeback(fd, self._kick, end - self._kick)
+        self._kick = end
 
     def _pipe_to_file(self, r: int, fd: int, off: int, n: int) -> None:
         while n:

@@ -59,6 +59,8 @@ def up_to_date(w: TreeWriter, parts: tuple[bytes, ...], e: Entry) -> bool:
         apply_meta(fd, e, st, policy=w.policy, as_root=w.as_root, xattrs=w.options.xattrs)
         if st.st_mtime_ns != e.mtime_ns:
             os.utime(fd, ns=(st.st_atime_ns, e.mtime_ns))
+        if not (meta_ok and st.st_mtime_ns == e.mtime_ns) or w.options.xattrs:
+            w.file_changed(parts)
     finally:
         os.close(fd)
     return True
@@ -70,7 +72,7 @@ def _replace_linked(w: TreeWriter, pfd: int, leaf: bytes, fd: int, e: Entry) -> 
         if copy_range(fd, tmp.fd, 0, e.size, []) != e.size:
             raise OSError(0, "the file changed while it was copied to break its hard link")
         apply_meta(tmp.fd, e, policy=w.policy, as_root=w.as_root, xattrs=w.options.xattrs)
-        tmp.commit(e.mode, e.mtime_ns, fsync=w.fsync_files)
+        tmp.commit(e.mode, e.mtime_ns, fsync=w.fsync_files, flush=w.flush, size=e.size)
     w.note_write()
 
 

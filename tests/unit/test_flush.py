@@ -1,0 +1,128 @@
+"""JobFlush on real files: every fd handed in is fsynced and closed, a failed fsync fails the wait, and an
+abandoned attempt closes what it held without waiting for it to be durable."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from zcrepl.agent.transfer import flush as fl
+from zcrepl.agent.transfer import opsframe as opf
+from zcrepl.agent.transfer.apply import TreeWriter
+from zcrepl.agent.transfer.changes import apply_ops
+from zcrepl.agent.transfer.flush import JobFlush
+from zcrepl.agent.transfer.frame import Entry, Kind
+from zcrepl.agent.transfer.saferoot import SafeRoot
+from zcrepl.core.errors import TransferError
+from zcrepl.core.types import JobOptions
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _files(tmp_path: Path, n: int) -> Iterator[int]:
+    """Opened one at a time, as a receiver completes them."""
+    for i in range(n):
+        fd = os.open(tmp_path / f"f{i}", os.O_RDWR | os.O_CREAT, 0o644)
+        os.write(fd, b"x" * 4096)
+        yield fd
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[int]:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+@pytest.mark.parametrize("journaled", [True, False], ids=["one-commit", "fsync-each"])
+def test_every_fd_is_flushed_and_closed_with_a_bounded_number_open(tmp_path: Path, root: int,
+                                                                    journaled: bool) -> None:
+    if journaled and not fl.journaled(root):
+        pytest.skip("the temp dir is not on ext4 or XFS")
+    before = _open_fds()
+    f = JobFlush(root)
+    f.journaled = journaled
+    most = 0
+    for fd in _files(tmp_path, 5 * fl.BATCH + 3):  # several batches through the pool, and a remainder
+        f.file_done(fd)
+        most = max(most, _open_fds() - before)
+    f.dir_changed(os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY))
+    os.utime(tmp_path, ns=(1, 1_600_000_000_123_456_789))
+    mtime = os.stat(tmp_path).st_mtime_ns
+    f.wait("test")
+    assert os.stat(tmp_path).st_mtime_ns == mtime  # the final commit touched the root's times, not changed them
+    assert _open_fds() == before
+    assert most <= fl.BATCH * (fl.IN_FLIGHT + 1) + 1
+    assert (f.files, f.dirs) == (5 * fl.BATCH + 3, 1)
+    with pytest.raises(RuntimeError):
+        f.file_done(os.open(tmp_path / "late", os.O_RDWR | os.O_CREAT, 0o644))
+    assert _open_fds() == before
+
+
+@pytest.mark.parametrize("where", ["pool", "remainder"])
+def test_a_failed_fsync_fails_the_wait_and_nothing_leaks(tmp_path: Path, root: int, where: str) -> None:
+    before = _open_fds()
+    f = JobFlush(root)
+    files = list(_files(tmp_path, fl.BATCH + 2))
+    r, w = os.pipe()  # fsync of a pipe is EINVAL: a real error from the kernel, as EIO would be
+    os.close(w)
+    for i, fd in enumerate(files):
+        if i == (3 if where == "pool" else fl.BATCH + 1):
+            f.dir_changed(r)
+        f.file_done(fd)
+    with pytest.raises(TransferError, match="test: what this job wrote could not be made durable"):
+        f.wait("test")
+    assert _open_fds() == before
+
+
+def test_close_lets_go_of_everything_without_waiting_for_it(tmp_path: Path, root: int) -> None:
+    before = _open_fds()
+    f = JobFlush(root)
+    for fd in _files(tmp_path, fl.BATCH + 5):
+        f.file_done(fd)
+    f.close()
+    f.close()  # idempotent: a failed finish() is followed by abandon()
+    assert _open_fds() == before
+
+
+def test_a_writer_whose_flush_fails_reports_a_clear_error_and_not_done(tmp_path: Path) -> None:
+    root = SafeRoot(os.fsencode(tmp_path))
+    try:
+        w = TreeWriter(root, JobOptions(), "hostB:/backup", 7)
+        assert w.flush is not None
+        w.admit(Entry(Kind.DIR, b"", 0o755, 1_600_000_000_000_000_000))
+        w.end_manifest(1)
+        r, wr = os.pipe()  # fsync of a pipe fails (EINVAL) as a failing disk's would (EIO)
+        os.close(wr)
+        w.flush.dir_changed(r)
+        with pytest.raises(TransferError, match=r"hostB:/backup: what this job wrote could not be made durable .*"
+                                                r"check that disk"):
+            w.finish()
+        w.abandon()
+    finally:
+        root.close()
+
+
+def test_a_watch_sessions_renames_and_deletes_flush_the_directories_they_changed(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_bytes(b"x")
+    (tmp_path / "gone").write_bytes(b"y")
+    before = _open_fds()
+    root = SafeRoot(os.fsencode(tmp_path))
+    try:
+        w = TreeWriter(root, JobOptions(), "hostB:/backup", 7)
+        assert w.flush is not None
+        apply_ops(w, [opf.Op(opf.OP_RENAME, b"a/f", b"new/dir/f"), opf.Op(opf.OP_DELETE, b"gone", b"")])
+        assert _open_fds() == before + 1  # the root's fd only: nothing is held until the flush
+        w.flush.wait("hostB:/backup", root)
+        # a (rename source), new/dir (its target), new (made for it), the root (new made, gone deleted)
+        assert w.flush.dirs == 4
+    finally:
+        root.close()
+    assert _open_fds() == before
+    assert (tmp_path / "new" / "dir" / "f").read_bytes() == b"x" and not (tmp_path / "gone").exists()
