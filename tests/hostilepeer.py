@@ -51,7 +51,7 @@ class Session:
         sock = socket.create_connection(self.address, timeout=10)
         self.extra.append(sock)
         ch = Channel(sock)
-        ch.send(fr.encode_hello(Hello(self.job.id, self.attempt, ticket or self.data_tickets[0], fr.ROLE_DATA, 0)))
+        ch.send(fr.encode_hello(Hello(self.job.id, self.attempt, ticket or self.data_tickets[0], fr.ConnRole.DATA, 0)))
         return ch
 
     def entries(self, *entries: Entry) -> None:

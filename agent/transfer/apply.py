@@ -378,7 +378,7 @@ class TreeWriter:
             if s.basis is None:
                 raise ProtocolError(f"REUSE for index {head.index}, which has no basis here")
             return
-        if s.basis.kind == fr.BASIS_PARTIAL:
+        if s.basis.kind == fr.BasisKind.PARTIAL:
             end = head.offset + head.length
             if not any(o <= head.offset and end <= o + n for o, n in s.basis.intervals):
                 raise ProtocolError(f"REUSE of {head.offset}+{head.length} outside the partial data we hold")

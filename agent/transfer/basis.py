@@ -32,7 +32,7 @@ def find_basis(w: TreeWriter, index: int, parts: tuple[bytes, ...], e: Entry) ->
                     os.close(fd)
                 if digest:
                     w.partials[index] = p
-                    b = Basis(index, fr.BASIS_PARTIAL, intervals=tuple(p.intervals), digest=digest)
+                    b = Basis(index, fr.BasisKind.PARTIAL, intervals=tuple(p.intervals), digest=digest)
                     w.bases[index] = b
                     return b
     if e.size < delta.DELTA_MIN:
@@ -47,7 +47,7 @@ def find_basis(w: TreeWriter, index: int, parts: tuple[bytes, ...], e: Entry) ->
         w.basis_roots.pop(index, None)
         return None
     # Hashes come later (complete_delta): first the caller hints the sender, so both ends hash at once.
-    b = Basis(index, fr.BASIS_DELTA, delta.block_size(e.size))
+    b = Basis(index, fr.BasisKind.DELTA, delta.block_size(e.size))
     w.bases[index] = b
     return b
 
@@ -71,6 +71,6 @@ def complete_delta(w: TreeWriter, b: Basis) -> Basis:
             hashes = []
         finally:
             os.close(fd)
-    full = Basis(b.index, fr.BASIS_DELTA, b.block, tuple(hashes))
+    full = Basis(b.index, fr.BasisKind.DELTA, b.block, tuple(hashes))
     w.bases[b.index] = full
     return full

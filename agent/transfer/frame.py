@@ -108,16 +108,27 @@ F_UNREADABLE = 2
 MAX_XATTRS = 64 << 10
 
 
-BASIS_DELTA = 1  # block hashes of the destination's current version
-BASIS_PARTIAL = 2  # intervals already written by an interrupted attempt, and their digest
+class BasisKind(enum.IntEnum):
+    DELTA = 1  # block hashes of the destination's current version
+    PARTIAL = 2  # intervals already written by an interrupted attempt, and their digest
+
+
 MAX_BASIS = 200_000
 _BASIS = struct.Struct("!IBII")
 _IV = struct.Struct("!QQ")
 
-ROLE_CONTROL = 0
-ROLE_DATA = 1
-FILE_OK = 0
-FILE_CHANGED = 1
+class ConnRole(enum.IntEnum):
+    """What a data-port connection is for, as its HELLO says."""
+
+    CONTROL = 0  # the session: manifest, needs, bases, result
+    DATA = 1  # file bytes of a session that already holds a control connection
+
+
+class FileEnd(enum.IntEnum):
+    """The one byte of a FILE_END: whether the range arrived as the source scanned it."""
+
+    OK = 0
+    CHANGED = 1  # the source file changed while it was read: the receiver discards the range
 
 
 class Entry(NamedTuple):
@@ -166,7 +177,7 @@ class Hello:
     job_id: int
     attempt: int
     ticket: bytes
-    role: int = ROLE_CONTROL
+    role: ConnRole = ConnRole.CONTROL
     streams: int = 1  # data connections the sender would like (control role only)
 
 
@@ -201,9 +212,10 @@ def decode_hello(payload: bytes) -> Hello:
     if len(payload) != _HELLO.size:
         raise ProtocolError(f"HELLO of {len(payload)} bytes, expected {_HELLO.size}")
     _, _, job_id, attempt, ticket, role, streams = _HELLO.unpack(payload)
-    if role not in (ROLE_CONTROL, ROLE_DATA):
-        raise ProtocolError(f"HELLO with unknown role {role}")
-    return Hello(job_id, attempt, ticket, role, streams)
+    try:
+        return Hello(job_id, attempt, ticket, ConnRole(role), streams)
+    except ValueError:
+        raise ProtocolError(f"HELLO with unknown role {role}") from None
 
 
 def encode_accept(tickets: list[bytes]) -> bytes:
@@ -314,15 +326,15 @@ def decode_file(payload: bytes) -> FileHead:
 @dataclass(frozen=True, slots=True)
 class Basis:
     index: int
-    kind: int
+    kind: BasisKind
     block: int = 0
-    hashes: tuple[bytes, ...] = ()  # BASIS_DELTA: one xxh3-128 per block
-    intervals: tuple[tuple[int, int], ...] = ()  # BASIS_PARTIAL
-    digest: bytes = b""  # BASIS_PARTIAL: xxh3-128 of the intervals' bytes in order
+    hashes: tuple[bytes, ...] = ()  # DELTA: one xxh3-128 per block
+    intervals: tuple[tuple[int, int], ...] = ()  # PARTIAL
+    digest: bytes = b""  # PARTIAL: xxh3-128 of the intervals' bytes in order
 
 
 def encode_basis(b: Basis) -> bytes:
-    if b.kind == BASIS_DELTA:
+    if b.kind == BasisKind.DELTA:
         body = b"".join(b.hashes)
         count = len(b.hashes)
     else:
@@ -338,15 +350,15 @@ def decode_basis(payload: bytes) -> Basis:
     body = payload[_BASIS.size :]
     if count > MAX_BASIS:
         raise ProtocolError(f"NEED_BASIS with {count} items exceeds {MAX_BASIS}")
-    if kind == BASIS_DELTA:
+    if kind == BasisKind.DELTA:
         if len(body) != 16 * count or not (1 << 17) <= block <= (1 << 24) or block & (block - 1):
             raise ProtocolError("NEED_BASIS delta frame with a bad length or block size")
-        return Basis(index, kind, block, tuple(body[i * 16 : (i + 1) * 16] for i in range(count)))
-    if kind == BASIS_PARTIAL:
+        return Basis(index, BasisKind.DELTA, block, tuple(body[i * 16 : (i + 1) * 16] for i in range(count)))
+    if kind == BasisKind.PARTIAL:
         if len(body) != _IV.size * count + 16 or block:
             raise ProtocolError("NEED_BASIS partial frame with a block size, or a length that disagrees with its count")
         ivs = tuple(_IV.unpack_from(body, i * _IV.size) for i in range(count))
-        return Basis(index, kind, 0, intervals=ivs, digest=body[-16:])
+        return Basis(index, BasisKind.PARTIAL, 0, intervals=ivs, digest=body[-16:])
     raise ProtocolError(f"NEED_BASIS of unknown kind {kind}")
 
 
@@ -376,8 +388,8 @@ def decode_digest(payload: bytes) -> tuple[int, bytes]:
     return _U32.unpack_from(payload, 0)[0], payload[4:]
 
 
-FILE_END_OK = frame(T.FILE_END, bytes([FILE_OK]))
-FILE_END_CHANGED = frame(T.FILE_END, bytes([FILE_CHANGED]))
+FILE_END_OK = frame(T.FILE_END, bytes([FileEnd.OK]))
+FILE_END_CHANGED = frame(T.FILE_END, bytes([FileEnd.CHANGED]))
 
 
 def encode_text(kind: T, text: str) -> bytes:

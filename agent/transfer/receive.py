@@ -103,7 +103,7 @@ class ReceiveSession:
             expires = time.monotonic() + DATA_TICKET_TTL
             for t in data_tickets:
                 self.tickets.register(t, Grant(spec.job_id, spec.attempt, expires, self._serve_data,
-                                               role=fr.ROLE_DATA, bind=bind))
+                                               role=fr.ConnRole.DATA, bind=bind))
             ch.send(fr.encode_accept(data_tickets))
             result = self._control_loop(ch, writer)
             if writer.flush is not None:  # the job's root may have been created with its parents
@@ -175,7 +175,7 @@ class ReceiveSession:
                 writer.end_batch()
                 if need:
                     ch.send(fr.encode_need(need))
-                later = [b for b in bases if b.kind == fr.BASIS_DELTA and not b.hashes]
+                later = [b for b in bases if b.kind == fr.BasisKind.DELTA and not b.hashes]
                 for b in bases:
                     ch.send(fr.encode_hint(b.index, b.block) if b in later else fr.encode_basis(b))
                 for b in later:  # the sender hashes its version meanwhile
@@ -258,13 +258,13 @@ class ReceiveSession:
         try:
             sink.write(slot, head)
             kind2, end = ch.recv_frame(limit=16)
-            if kind2 is not fr.T.FILE_END or len(end) != 1 or end[0] not in (fr.FILE_OK, fr.FILE_CHANGED):
+            if kind2 is not fr.T.FILE_END or len(end) != 1 or end[0] not in tuple(fr.FileEnd):
                 raise ProtocolError(f"expected FILE_END after the file data, got {kind2.name}: "
                                     "the source sent more or fewer bytes than it announced")
         except BaseException:
             self.writer.range_broken(slot, head.offset, sink.written)
             raise
-        self.writer.range_done(slot, head.length, ok=end[0] == fr.FILE_OK, offset=head.offset)
+        self.writer.range_done(slot, head.length, ok=end[0] == fr.FileEnd.OK, offset=head.offset)
 
     def _wait_data(self, timeout: float) -> bool:
         with self._data_cv:

@@ -93,13 +93,13 @@ class Sender:
         cancel_watch = threading.Thread(target=self._close_on_cancel, daemon=True, name="zc-send-cancel")
         reader: threading.Thread | None = None
         try:
-            sock, ctl, accept = connect(spec, Hello(spec.job_id, spec.attempt, spec.ticket, fr.ROLE_CONTROL,
+            sock, ctl, accept = connect(spec, Hello(spec.job_id, spec.attempt, spec.ticket, fr.ConnRole.CONTROL,
                                                     streams))
             self._socks.append(sock)
             self.controlled = True
             cancel_watch.start()
             for i, ticket in enumerate(fr.decode_accept(accept)):
-                dsock, dch, _ = connect(spec, Hello(spec.job_id, spec.attempt, ticket, fr.ROLE_DATA, 0))
+                dsock, dch, _ = connect(spec, Hello(spec.job_id, spec.attempt, ticket, fr.ConnRole.DATA, 0))
                 self._socks.append(dsock)
                 self.workers.append(DataWorker(self, dsock, dch, i))
             if not self.workers:
@@ -240,13 +240,13 @@ class Sender:
                 elif kind is fr.T.BASIS_HINT:
                     index, block = fr.decode_hint(payload)
                     self.hinted[index] = (block, threading.Event())
-                    self._queue_file(index, fr.Basis(index, fr.BASIS_DELTA, block))
+                    self._queue_file(index, fr.Basis(index, fr.BasisKind.DELTA, block))
                 elif kind is fr.T.NEED_BASIS:
                     basis = fr.decode_basis(payload)
                     hint = self.hinted.get(basis.index)
                     if hint is None:
                         self._queue_file(basis.index, basis)
-                    elif basis.kind != fr.BASIS_DELTA or hint[1].is_set():
+                    elif basis.kind != fr.BasisKind.DELTA or hint[1].is_set():
                         raise ProtocolError(f"NEED_BASIS for index {basis.index} disagrees with its hint")
                     else:  # the worker already hashing this file picks the receiver's hashes up here
                         self.bases[basis.index] = basis

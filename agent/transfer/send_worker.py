@@ -136,7 +136,7 @@ class DataWorker:
             st = os.fstat(fd)
             if self.buf is None:
                 self.buf = bytearray(1 << 20)
-            if b.kind == fr.BASIS_DELTA:
+            if b.kind == fr.BasisKind.DELTA:
                 mine, whole = delta.hash_blocks(fd, e.size, b.block, self.buf)
                 hint = s.hinted.get(index)
                 if hint is not None:  # we hashed while the receiver did; now take its hashes

@@ -47,7 +47,7 @@ class Grant:
     # Runs on the authenticated connection (it sends ACCEPT itself); owns error reporting.
     serve: Callable[[Channel, Hello], object]
     on_expired: Callable[[], None] = lambda: None
-    role: int = fr.ROLE_CONTROL
+    role: fr.ConnRole = fr.ConnRole.CONTROL
     # A watch rule's ticket: used by every session of that rule until it expires or is revoked.
     reusable: bool = False
     bind: Binding = field(default_factory=Binding)  # the peer it is for; checked before the ticket is used up
@@ -73,7 +73,7 @@ class TicketBook:
         with self._lock:
             self._grants[self._key(ticket)] = grant
 
-    def take(self, ticket: bytes, job_id: int, attempt: int, role: int = fr.ROLE_CONTROL,
+    def take(self, ticket: bytes, job_id: int, attempt: int, role: fr.ConnRole = fr.ConnRole.CONTROL,
              peer: Peer | None = None) -> Grant | None:
         """The grant for this ticket, removed so it can never be used again; None if unknown or stale.
         Refused (and the ticket left as it was) when ``peer`` is not the one the ticket is bound to."""

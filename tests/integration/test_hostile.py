@@ -81,7 +81,7 @@ def test_name_through_a_planted_symlink_on_disk(cluster: Cluster, evil: FakeAgen
     s = Session(client, evil, dst)
     s.entries(ROOT, Entry(Kind.DIR, b"sub", 0o755, 0), f(b"sub/pwned-but-inside", 3))
     assert s.end_manifest(3) == [2]
-    s.ch.send(fr.encode_file(whole(2, 3)) + b"abc" + fr.frame(fr.T.FILE_END, bytes([fr.FILE_OK])))
+    s.ch.send(fr.encode_file(whole(2, 3)) + b"abc" + fr.frame(fr.T.FILE_END, bytes([fr.FileEnd.OK])))
     s.ch.send(fr.frame(fr.T.SENDER_DONE))
     kind, _ = s.ch.recv_frame()
     assert kind is fr.T.RESULT
@@ -99,7 +99,7 @@ def test_symlink_swapped_in_mid_job(cluster: Cluster, evil: FakeAgent, client: C
     assert s.end_manifest(3) == [2]
     os.rename(dst / "d", dst / "d.moved")
     os.symlink(tmp_path / "outside", dst / "d")  # the swap, after the receiver created d
-    s.ch.send(fr.encode_file(whole(2, 5)) + b"12345" + fr.frame(fr.T.FILE_END, bytes([fr.FILE_OK])))
+    s.ch.send(fr.encode_file(whole(2, 5)) + b"12345" + fr.frame(fr.T.FILE_END, bytes([fr.FileEnd.OK])))
     s.ch.send(fr.frame(fr.T.SENDER_DONE))
     kind, payload = s.ch.recv_frame()
     s.close()
@@ -195,7 +195,7 @@ def test_data_connections_are_bound_to_their_session(cluster: Cluster, evil: Fak
     # A data ticket can't open a control connection, and works once as a data connection.
     with socket.create_connection(s.address, timeout=10) as sock:
         ch = Channel(sock)
-        ch.send(fr.encode_hello(Hello(s.job.id, s.attempt, s.data_tickets[0], fr.ROLE_CONTROL, 1)))
+        ch.send(fr.encode_hello(Hello(s.job.id, s.attempt, s.data_tickets[0], fr.ConnRole.CONTROL, 1)))
         assert ch.recv_frame()[0] is fr.T.REFUSE
     d = s.data()
     assert d.recv_frame()[0] is fr.T.ACCEPT

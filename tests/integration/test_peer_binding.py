@@ -59,7 +59,7 @@ def test_a_job_ticket_works_only_from_its_source_agent(cluster: Cluster, evil: F
         job = client.submit(Endpoint("evil", b"/evil/src"), Endpoint("hostB", os.fsencode(tmp_path / "b" / "dst")),
                             JobOptions(max_attempts=1))
     order = evil.next_order("send")
-    hello = Hello(job.id, order.attempt, bytes(order.ticket), fr.ROLE_CONTROL, 2)
+    hello = Hello(job.id, order.attempt, bytes(order.ticket), fr.ConnRole.CONTROL, 2)
     kind, why, _ = _hello(order.dest_data_address, hello, source=ELSEWHERE)
     assert kind is fr.T.REFUSE
     assert why == ("this ticket is for evil, which connects from 127.0.0.1; this connection came from 127.0.0.2 "
@@ -69,7 +69,7 @@ def test_a_job_ticket_works_only_from_its_source_agent(cluster: Cluster, evil: F
     try:
         assert control.kind is fr.T.ACCEPT and len(control.tickets) == 2
         # The session's data tickets are bound to the control connection's address.
-        data = Hello(job.id, order.attempt, control.tickets[0], fr.ROLE_DATA, 0)
+        data = Hello(job.id, order.attempt, control.tickets[0], fr.ConnRole.DATA, 0)
         kind, why, _ = _hello(order.dest_data_address, data, source=ELSEWHERE)
         assert kind is fr.T.REFUSE and "this connection came from 127.0.0.2" in why
         d = Conn(order.dest_data_address, data)
@@ -89,7 +89,7 @@ def test_a_watch_rule_ticket_works_only_from_its_source_agent(cluster: Cluster, 
                                   [Endpoint("hostB", os.fsencode(tmp_path / "b" / "w"))], JobOptions(), 0.0, 0.0)
     order = evil.next_order("sync_source")
     dest = order.dests[0]
-    hello = Hello(SYNC_ID_BASE + rule.id, order.epoch, bytes(dest.ticket), fr.ROLE_CONTROL, 1)
+    hello = Hello(SYNC_ID_BASE + rule.id, order.epoch, bytes(dest.ticket), fr.ConnRole.CONTROL, 1)
     wait_for(lambda: _hello(dest.data_address, hello)[0] is fr.T.ACCEPT, 20,
              what="hostB to take the rule's ticket")
     kind, why, _ = _hello(dest.data_address, hello, source=ELSEWHERE)
@@ -104,7 +104,7 @@ def test_an_encrypted_ticket_needs_the_source_agents_certificate(cluster: Cluste
                             JobOptions(max_attempts=1, encrypt=True))
     order = evil.next_order("send")
     assert order.options.encrypt
-    hello = Hello(job.id, order.attempt, bytes(order.ticket), fr.ROLE_CONTROL, 1)
+    hello = Hello(job.id, order.attempt, bytes(order.ticket), fr.ConnRole.CONTROL, 1)
     kind, why, _ = _hello(order.dest_data_address, hello)
     assert kind is fr.T.REFUSE and "must be encrypted and the connection is plaintext" in why
     other = tls.TlsContexts(cluster.pki.trust("agent", "hostA"))  # a real agent's certificate, not evil's
@@ -140,11 +140,11 @@ def test_watch_rule_tickets_expire_and_rotate(short_tickets: Cluster, tmp_path: 
                                       [Endpoint("hostB", os.fsencode(tmp_path / "b" / "w"))], JobOptions(), 0.0, 0.0)
         order = evil.next_order("sync_source")
         dest = order.dests[0]
-        first = Hello(SYNC_ID_BASE + rule.id, order.epoch, bytes(dest.ticket), fr.ROLE_CONTROL, 1)
+        first = Hello(SYNC_ID_BASE + rule.id, order.epoch, bytes(dest.ticket), fr.ConnRole.CONTROL, 1)
         wait_for(lambda: _hello(dest.data_address, first)[0] is fr.T.ACCEPT, 20, what="the first ticket")
         rotated = evil.next_order("sync_ticket", timeout=20)
         assert (rotated.rule_id, rotated.epoch, rotated.host) == (rule.id, order.epoch, "hostB")
-        second = Hello(SYNC_ID_BASE + rule.id, order.epoch, bytes(rotated.ticket), fr.ROLE_CONTROL, 1)
+        second = Hello(SYNC_ID_BASE + rule.id, order.epoch, bytes(rotated.ticket), fr.ConnRole.CONTROL, 1)
         wait_for(lambda: _hello(dest.data_address, second)[0] is fr.T.ACCEPT, 20, what="the rotated ticket")
         assert _hello(dest.data_address, first)[0] is fr.T.ACCEPT  # the overlap: both work for a while
         # The first ticket dies with its lifetime; the rotated one (and its successors) keep working.
@@ -157,7 +157,7 @@ def test_watch_rule_tickets_expire_and_rotate(short_tickets: Cluster, tmp_path: 
                 o = evil.next_order("sync_ticket", timeout=0.1)
             except Exception:
                 break
-            latest = Hello(SYNC_ID_BASE + rule.id, o.epoch, bytes(o.ticket), fr.ROLE_CONTROL, 1)
+            latest = Hello(SYNC_ID_BASE + rule.id, o.epoch, bytes(o.ticket), fr.ConnRole.CONTROL, 1)
         wait_for(lambda: _hello(dest.data_address, latest)[0] is fr.T.ACCEPT, 20, what="the latest ticket")
     finally:
         evil.close()

@@ -77,8 +77,8 @@ def test_frame_refuses_oversized_payload() -> None:
 
 
 @pytest.mark.parametrize("hello", [Hello(1, 1, TICKET), Hello(2**64 - 1, 2**32 - 1, b"\xff" * TICKET_LEN),
-                                   Hello(0, 0, b"\0" * TICKET_LEN), Hello(3, 1, TICKET, fr.ROLE_DATA, 0),
-                                   Hello(3, 1, TICKET, fr.ROLE_CONTROL, 16)])
+                                   Hello(0, 0, b"\0" * TICKET_LEN), Hello(3, 1, TICKET, fr.ConnRole.DATA, 0),
+                                   Hello(3, 1, TICKET, fr.ConnRole.CONTROL, 16)])
 def test_hello_round_trip(hello: Hello) -> None:
     kind, payload = split(fr.encode_hello(hello))
     assert kind is T.HELLO

@@ -43,7 +43,7 @@ def payload_of(encoded: bytes) -> bytes:
 # -- valid values, one strategy per message ---------------------------------------------------------
 
 hellos = st.builds(Hello, U64, U32, st.binary(min_size=fr.TICKET_LEN, max_size=fr.TICKET_LEN),
-                   st.sampled_from([fr.ROLE_CONTROL, fr.ROLE_DATA]), U16)
+                   st.sampled_from([fr.ConnRole.CONTROL, fr.ConnRole.DATA]), U16)
 accepts = st.lists(st.binary(min_size=fr.TICKET_LEN, max_size=fr.TICKET_LEN), max_size=fr.MAX_STREAMS)
 xattr_pairs = st.lists(st.tuples(st.binary(min_size=1, max_size=255).filter(lambda k: b"\0" not in k),
                                  st.binary(max_size=64)), max_size=4)
@@ -77,8 +77,8 @@ def file_heads(draw: st.DrawFn) -> FileHead:
 
 
 bases = st.one_of(
-    st.builds(lambda i, b, h: Basis(i, fr.BASIS_DELTA, b, tuple(h)), U32, BLOCKS, st.lists(DIGEST16, max_size=8)),
-    st.builds(lambda i, iv, d: Basis(i, fr.BASIS_PARTIAL, intervals=tuple(iv), digest=d), U32,
+    st.builds(lambda i, b, h: Basis(i, fr.BasisKind.DELTA, b, tuple(h)), U32, BLOCKS, st.lists(DIGEST16, max_size=8)),
+    st.builds(lambda i, iv, d: Basis(i, fr.BasisKind.PARTIAL, intervals=tuple(iv), digest=d), U32,
               st.lists(st.tuples(U64, U64), max_size=8), DIGEST16),
 )
 
@@ -115,9 +115,9 @@ def _entry_ok(e: Entry) -> bool:
 
 
 def _basis_ok(b: Basis) -> bool:
-    if b.kind == fr.BASIS_DELTA:
+    if b.kind == fr.BasisKind.DELTA:
         return (1 << 17) <= b.block <= (1 << 24) and not b.block & (b.block - 1) and all(len(h) == 16 for h in b.hashes)
-    return b.kind == fr.BASIS_PARTIAL and len(b.digest) == 16 and len(b.intervals) <= fr.MAX_BASIS
+    return b.kind == fr.BasisKind.PARTIAL and len(b.digest) == 16 and len(b.intervals) <= fr.MAX_BASIS
 
 
 def _ops_ok(kinds: tuple[int, ...]) -> Callable[[list[opf.Op]], bool]:
@@ -140,7 +140,7 @@ _CHANGES = (opf.OP_RENAME, opf.OP_DELETE)
 _MISSED = (opf.OP_MISSED,)
 CODECS: dict[str, Codec] = {
     "hello": Codec(fr.decode_hello, fr.encode_hello, hellos,
-                   lambda h: h.role in (fr.ROLE_CONTROL, fr.ROLE_DATA) and len(h.ticket) == fr.TICKET_LEN),
+                   lambda h: h.role in (fr.ConnRole.CONTROL, fr.ConnRole.DATA) and len(h.ticket) == fr.TICKET_LEN),
     "accept": Codec(fr.decode_accept, fr.encode_accept, accepts,
                     lambda ts: len(ts) <= fr.MAX_STREAMS and all(len(t) == fr.TICKET_LEN for t in ts)),
     "entries": Codec(fr.decode_entries, fr.encode_entries, st.lists(entries(), max_size=6),

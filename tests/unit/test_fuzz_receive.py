@@ -197,7 +197,7 @@ class Source:
         spec = ReceiveSpec(job_id=s.job_id, attempt=1, export=self.export, rel=(b"dst",), options=s.options,
                            label="hostB:/export/dst", policy=s.policy, limits=s.limits)
         self.session = ReceiveSession(spec, self.tickets)
-        self.hello = Hello(s.job_id, 1, TICKET, fr.ROLE_CONTROL, s.streams)
+        self.hello = Hello(s.job_id, 1, TICKET, fr.ConnRole.CONTROL, s.streams)
         self.outcome: list[TransferStats | BaseException] = []
         self.crashes: list[BaseException] = []  # what a data connection's serve raised (the server logs a crash)
         self.need_end = threading.Event()
@@ -273,7 +273,7 @@ class Source:
                     self.need_end.set()
 
     def _open_data(self, ticket: bytes) -> None:
-        grant = self.tickets.take(ticket, self.job, 1, fr.ROLE_DATA)
+        grant = self.tickets.take(ticket, self.job, 1, fr.ConnRole.DATA)
         if grant is None:  # the session already ended and dropped its data tickets: a refused connection
             self.data_sent.set()
             return
@@ -283,7 +283,7 @@ class Source:
 
         def serve() -> None:
             try:
-                grant.serve(Channel(theirs), Hello(self.job, 1, ticket, fr.ROLE_DATA, 0))
+                grant.serve(Channel(theirs), Hello(self.job, 1, ticket, fr.ConnRole.DATA, 0))
             except Exception as err:
                 self.crashes.append(err)
             finally:

@@ -46,7 +46,7 @@ def test_an_xattr_name_with_nul_is_a_protocol_error(tmp_path: Path) -> None:
 def test_a_partial_basis_with_a_block_size_is_refused() -> None:
     """decode_basis ignored the block field of a BASIS_PARTIAL (it has no blocks): a frame with garbage there
     decoded as if it were zero. Every field is checked, so nothing a peer sends is silently dropped."""
-    good = fr.encode_basis(fr.Basis(7, fr.BASIS_PARTIAL, intervals=((0, 1 << 20),), digest=b"d" * 16))[5:]
+    good = fr.encode_basis(fr.Basis(7, fr.BasisKind.PARTIAL, intervals=((0, 1 << 20),), digest=b"d" * 16))[5:]
     assert fr.decode_basis(good).intervals == ((0, 1 << 20),)
     bad = good[:5] + (1).to_bytes(4, "big") + good[9:]
     with pytest.raises(ProtocolError, match="partial"):
@@ -157,10 +157,10 @@ def test_a_data_connection_gone_before_its_accept_fails_the_attempt_at_once(tmp_
             kind, payload = ours.recv_frame()
             assert kind is fr.T.ACCEPT
             ticket = fr.decode_accept(payload)[0]
-            grant = tickets.take(ticket, 9, 1, fr.ROLE_DATA)
+            grant = tickets.take(ticket, 9, 1, fr.ConnRole.DATA)
             assert grant is not None
             data_ours.close()  # the source's data connection died right after its HELLO
-            grant.serve(Channel(data_theirs), Hello(9, 1, ticket, fr.ROLE_DATA, 0))
+            grant.serve(Channel(data_theirs), Hello(9, 1, ticket, fr.ConnRole.DATA, 0))
             with pytest.raises(ProtocolError, match="closed"):  # the receiver dropped the attempt
                 ours.recv_frame()
         finally:
