@@ -11,15 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from enginehelpers import Harness
 
-from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import Session
-from zcrepl.controller.store import open_store
-from zcrepl.core.config import ControllerConfig
 from zcrepl.core.types import (
     AgentInfo,
     CancelOrder,
-    DiskUsage,
     Endpoint,
     HostHealth,
     Job,
@@ -36,44 +33,33 @@ from zcrepl.core.types import (
 GRACE = 60.0
 
 
-class Agents:
-    """An Engine whose agents are sessions the test plays; ``now`` is the engine's clock."""
+class Agents(Harness):
+    """The shared harness with the fence's view: sessions that reconnect listing their attempts, time that
+    passes with heartbeats, agents lost."""
 
     def __init__(self, state: Path, store_spec: str = "", **config: Any) -> None:
-        self.now = 1000.0
-        self.store = open_store(store_spec, str(state))
-        cfg = ControllerConfig(state_dir=str(state), retry_base=1.0, **{"attempt_grace": GRACE, **config})
-        self.engine = Engine(cfg, self.store, clock=lambda: self.now)
-        self.sessions: dict[str, Session] = {}
+        super().__init__(state, store_spec, **{"retry_base": 1.0, "attempt_grace": GRACE, **config})
 
     def connect(self, name: str, active: list[tuple[int, int]] = ()) -> Session:  # type: ignore[assignment]
         s = self.engine.connect(AgentInfo(name, data_address=f"10.0.0.{len(self.sessions) + 1}:7422",
                                           exports=(b"/srv",)), list(active))
         self.sessions[name] = s
-        self.beat(s)
+        self.beat(name)
         return s
-
-    def beat(self, s: Session) -> None:
-        self.engine.heartbeat(s, HostHealth(sampled_at=self.now, cpu_count=8,
-                                            exports=(DiskUsage(b"/srv", 1 << 40, 0, 1 << 40, 0.0),)))
 
     def advance(self, seconds: float) -> None:
         """Time passes; the agents still connected keep heartbeating; the engine ticks."""
         self.now += seconds
-        for s in self.sessions.values():
+        for name, s in self.sessions.items():
             if s.open:
-                self.beat(s)
+                self.beat(name)
         self.engine.tick()
 
     def orders(self, name: str) -> list[object]:
-        out = []
-        while not self.sessions[name].outbox.empty():
-            out.append(self.sessions[name].outbox.get_nowait())
-        return [o for o in out if o is not None]
+        return [o for o in super().orders(name) if o is not None]
 
-    def report(self, name: str, job: Job, role: Role, phase: Phase, attempt: int = 1) -> None:
-        stats = TransferStats(files_done=1)
-        self.engine.report(self.sessions[name], TransferReport(job.id, attempt, role, phase, stats))
+    def report(self, name: str, job: Job, role: Role, phase: Phase, attempt: int = 1, **stats: Any) -> None:
+        super().report(name, job, role, phase, attempt, **{"files_done": 1, **stats})
 
     def running(self) -> Job:
         """A job from a to b, started and sending (attempt 1)."""
@@ -105,7 +91,7 @@ def agents(tmp_path: Path, store_spec: str) -> Iterator[Any]:
 
     yield make
     for h in made:
-        h.store.close()
+        h.close()
 
 
 # -- attempts of lost agents ----------------------------------------------------------------------------------
