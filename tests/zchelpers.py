@@ -257,6 +257,15 @@ ODD_NAMES = [b"sp ace", b"new\nline", "ünïcödé-名前".encode(), b"bad\xff\x
              b"back\\slash", b"quote\"'", b"a" * 200]
 
 
+def rewrite(path: Path, offset: int, data: bytes) -> None:
+    """Overwrite ``data`` at ``offset`` in place (same size) and move the mtime a second on, as an editor would."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
 def write_file(path: Path, data: bytes, mode: int = 0o644, mtime_ns: int = OLD_MTIME_NS) -> None:
     path.write_bytes(data)
     os.chmod(path, mode)

@@ -44,6 +44,7 @@ from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
 from zcrepl.core.synctypes import SYNC_ID_BASE
 from zcrepl.core.types import Durability, JobOptions, TransferStats
 
+_FILE_ENDS = frozenset(fr.FileEnd)
 log = logging.getLogger(__name__)
 
 USE_SPLICE = True  # tests switch it off to exercise the recv_into + pwrite path
@@ -258,7 +259,7 @@ class ReceiveSession:
         try:
             sink.write(slot, head)
             kind2, end = ch.recv_frame(limit=16)
-            if kind2 is not fr.T.FILE_END or len(end) != 1 or end[0] not in tuple(fr.FileEnd):
+            if kind2 is not fr.T.FILE_END or len(end) != 1 or end[0] not in _FILE_ENDS:
                 raise ProtocolError(f"expected FILE_END after the file data, got {kind2.name}: "
                                     "the source sent more or fewer bytes than it announced")
         except BaseException:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from zchelpers import diff_trees, make_tree, snapshot
+from zchelpers import diff_trees, make_tree, rewrite, snapshot
 
 from zcrepl.agent.transfer import receive, send_worker, sendio
 from zcrepl.agent.transfer.frame import Channel, Hello
@@ -180,21 +180,13 @@ def test_local_copy_on_every_path(tree: Path, tmp_path: Path, monkeypatch: pytes
     assert not diff_trees(snapshot(tree), snapshot(tmp_path / "exp" / "copy"))
 
 
-def _rewrite(path: Path, offset: int, data: bytes) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(data)
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-
-
 def test_delta_sends_only_changed_blocks_and_appends(plane: Plane, tmp_path: Path) -> None:
     src = tmp_path / "s"
     src.mkdir()
     big = src / "big.bin"
     big.write_bytes(os.urandom(24 << 20))
     plane.run(src, b"copy", streams=2)
-    _rewrite(big, 10 << 20, os.urandom(1 << 20))  # 1 MiB changed in the middle, size unchanged
+    rewrite(big, 10 << 20, os.urandom(1 << 20))  # 1 MiB changed in the middle, size unchanged
     stats, result = plane.run(src, b"copy", streams=2)
     assert isinstance(result, TransferStats), result
     assert (tmp_path / "dst" / "copy" / "big.bin").read_bytes() == big.read_bytes()
@@ -217,7 +209,7 @@ def test_delta_result_is_verified_against_the_source_hash(plane: Plane, tmp_path
     src.mkdir()
     (src / "big.bin").write_bytes(os.urandom(8 << 20))
     plane.run(src, b"copy")
-    _rewrite(src / "big.bin", 0, b"changed")
+    rewrite(src / "big.bin", 0, b"changed")
     real = apply.copy_range
 
     def corrupt(s: int, d: int, off: int, n: int, buf: list[bytearray]) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from zchelpers import ClusterPKI, diff_trees, make_tree, snapshot, wait_for
+from zchelpers import ClusterPKI, diff_trees, make_tree, rewrite, snapshot, wait_for
 
 from zcrepl.agent.transfer import send_worker, tls
 from zcrepl.agent.transfer.frame import Channel, Hello
@@ -262,21 +262,13 @@ def test_ktls_is_detected_only_where_python_exposes_it() -> None:
     assert tls.ktls_send(Sock(object())) is False  # type: ignore[arg-type]  # Python 3.11, as here
 
 
-def _rewrite(path: Path, offset: int, data: bytes) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(data)
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-
-
 def test_encrypted_delta_sends_only_changed_blocks(plane: TlsPlane, tmp_path: Path) -> None:
     src = tmp_path / "s"
     src.mkdir()
     big = src / "big.bin"
     big.write_bytes(os.urandom(24 << 20))
     plane.run(src, b"copy", streams=2)
-    _rewrite(big, 10 << 20, os.urandom(1 << 20))
+    rewrite(big, 10 << 20, os.urandom(1 << 20))
     stats, result = plane.run(src, b"copy", streams=2)
     assert isinstance(result, TransferStats), result
     assert (tmp_path / "dst" / "copy" / "big.bin").read_bytes() == big.read_bytes()
