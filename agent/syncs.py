@@ -16,7 +16,8 @@ import time
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.sync_source import SourceRule
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.peer import Binding, resolve

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.jobdirs import check_destination, no_space, open_source, resolve_dirs
 from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits

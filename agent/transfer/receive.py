@@ -31,8 +31,9 @@ from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.apply import FileSlot, TreeWriter
 from zcrepl.agent.transfer.basis import complete_delta
 from zcrepl.agent.transfer.changes import apply_ops
+from zcrepl.agent.transfer.channel import Channel, Stream, wait_ready
 from zcrepl.agent.transfer.flush import start_writeback, sync_ancestors
-from zcrepl.agent.transfer.frame import Channel, FileHead, Hello, Stream
+from zcrepl.agent.transfer.frame import FileHead, Hello
 from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
 from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.peer import NONE, Binding
@@ -367,7 +368,7 @@ class _Sink:
             try:
                 n = os.splice(sockfd, w, min(left, _PIPE), flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
             except BlockingIOError:
-                fr.wait_ready(sockfd, select.POLLIN, timeout, "no file data came")
+                wait_ready(sockfd, select.POLLIN, timeout, "no file data came")
                 continue
             if n == 0:
                 raise ProtocolError(f"truncated file data: {left} announced bytes never arrived")

@@ -23,7 +23,8 @@ from typing import Any
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.changes import ChangePlan, restricted_manifest
-from zcrepl.agent.transfer.frame import Channel, Entry, Hello, Kind, Stream
+from zcrepl.agent.transfer.channel import Channel, Stream
+from zcrepl.agent.transfer.frame import Entry, Hello, Kind
 from zcrepl.agent.transfer.peer import KTLS, NONE, TLS
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble, tree_filter

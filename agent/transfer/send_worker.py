@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from zcrepl.agent import priority
 from zcrepl.agent.transfer import delta, sendio
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer.frame import Channel, Entry, FileHead, Stream
+from zcrepl.agent.transfer.channel import Channel, Stream
+from zcrepl.agent.transfer.frame import Entry, FileHead
 from zcrepl.agent.transfer.partial import intervals_digest, merge
 from zcrepl.agent.transfer.saferoot import validate_relpath
 from zcrepl.agent.transfer.sendio import readsend_range, sendfile_range, tls_send_range

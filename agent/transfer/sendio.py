@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import tls
-from zcrepl.agent.transfer.frame import Channel, Hello, Stream
+from zcrepl.agent.transfer.channel import Channel, Stream, wait_ready
+from zcrepl.agent.transfer.frame import Hello
 from zcrepl.core.errors import ProtocolError, Unavailable
 from zcrepl.core.types import JobOptions, TransferStats
 
@@ -112,7 +113,7 @@ def sendfile_range(sock: socket.socket, fd: int, offset: int, count: int, timeou
         try:
             n = os.sendfile(sockfd, fd, offset + sent, count - sent)
         except BlockingIOError:
-            fr.wait_ready(sockfd, select.POLLOUT, timeout, "the peer accepted no data")
+            wait_ready(sockfd, select.POLLOUT, timeout, "the peer accepted no data")
             continue
         if n == 0:
             break

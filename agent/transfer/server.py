@@ -29,7 +29,8 @@ from zcrepl.agent import priority
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import tls
 from zcrepl.agent.transfer.admission import Admission, Waiting
-from zcrepl.agent.transfer.frame import Channel, Hello, Stream
+from zcrepl.agent.transfer.channel import Channel, Stream
+from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.peer import Binding, Peer, normalise
 from zcrepl.core.errors import ProtocolError
 from zcrepl.core.logs import attempt_fields, kv, log_context

@@ -154,7 +154,7 @@ def ktls_send(ssock: ssl.SSLSocket) -> bool:
 class TlsStream:
     """A socket-like TLS connection safe for one reader and one writer thread at once (see module doc).
 
-    Offers what ``frame.Channel`` and the senders use: ``sendall``, ``recv_into``, ``settimeout``,
+    Offers what ``channel.Channel`` and the senders use: ``sendall``, ``recv_into``, ``settimeout``,
     ``gettimeout``, ``fileno``, ``shutdown``, ``close``.
     """
 

@@ -15,7 +15,8 @@ import pytest
 from zchelpers import diff_trees, make_tree, rewrite, snapshot
 
 from zcrepl.agent.transfer import receive, send_worker, sendio
-from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec

@@ -17,7 +17,8 @@ import pytest
 from zchelpers import ClusterPKI, diff_trees, make_tree, rewrite, snapshot, wait_for
 
 from zcrepl.agent.transfer import send_worker, tls
-from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.peer import Binding
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot

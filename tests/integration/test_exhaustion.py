@@ -21,7 +21,8 @@ from zchelpers import Cluster, FakeAgent, diff_trees, make_tree, snapshot, wait_
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
-from zcrepl.agent.transfer.frame import Channel, Entry, FileHead, Hello, Kind
+from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.frame import Entry, FileHead, Hello, Kind
 from zcrepl.controller.client import ControllerClient
 from zcrepl.core.synctypes import SYNC_ID_BASE
 from zcrepl.core.types import Endpoint, JobOptions

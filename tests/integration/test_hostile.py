@@ -17,7 +17,8 @@ from zchelpers import Cluster, FakeAgent, diff_trees, snapshot
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
-from zcrepl.agent.transfer.frame import Channel, Entry, FileHead, Hello, Kind
+from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.frame import Entry, FileHead, Hello, Kind
 from zcrepl.controller.client import ControllerClient
 
 

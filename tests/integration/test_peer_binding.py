@@ -20,7 +20,8 @@ from zchelpers import Cluster, Daemon, FakeAgent, free_port, make_tree, snapshot
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import tls
-from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.frame import Hello
 from zcrepl.core.synctypes import SYNC_ID_BASE
 from zcrepl.core.types import Endpoint, JobOptions
 

@@ -16,7 +16,8 @@ from zchelpers import diff_trees, make_tree, snapshot
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.changes import ChangePlan
-from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec

@@ -12,7 +12,8 @@ import pytest
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.admission import Admission
-from zcrepl.agent.transfer.frame import Channel, Hello
+from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
 
 

@@ -1,4 +1,5 @@
-"""Tests for zcrepl.agent.transfer.frame: encode/decode round trips, bounded decoding, Channel over a socketpair."""
+"""Tests for zcrepl.agent.transfer.frame and .channel: encode/decode round trips, bounded decoding, Channel over a
+socketpair."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.frame import (
     MAGIC,
     MAX_BATCH,
@@ -18,7 +20,6 @@ from zcrepl.agent.transfer.frame import (
     MAX_TARGET,
     TICKET_LEN,
     VERSION,
-    Channel,
     Entry,
     FileHead,
     Hello,

@@ -24,7 +24,8 @@ from zcfuzz import U16, U32, U64, budget, extremes, mutated
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
-from zcrepl.agent.transfer.frame import Basis, Channel, Entry, FileHead, Hello, Kind, T
+from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Hello, Kind, T
 from zcrepl.core.errors import ProtocolError
 
 HEAD = struct.Struct("!BI")

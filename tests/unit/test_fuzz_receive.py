@@ -30,7 +30,8 @@ from zcfuzz import HOSTILITY, Arena, arena, budget, change_lists, manifests, ope
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer import receive
-from zcrepl.agent.transfer.frame import Channel, Entry, FileHead, Hello, Kind, T
+from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.frame import Entry, FileHead, Hello, Kind, T
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
@@ -262,7 +263,7 @@ class Source:
         while chunk := ours.recv(1 << 16):
             replies += chunk
             while len(replies) - off >= 5:
-                kind, length = fr._HEAD.unpack_from(replies, off)
+                kind, length = fr.HEAD.unpack_from(replies, off)
                 if len(replies) - off - 5 < length:
                     break
                 payload = bytes(replies[off + 5 : off + 5 + length])
@@ -334,7 +335,7 @@ def replies_are_frames(replies: bytes, s: Script) -> None:
     off = 0
     files = {i for i, e in enumerate(s.manifest) if e.kind is Kind.FILE}
     while off < len(replies):
-        kind, length = fr._HEAD.unpack_from(replies, off)
+        kind, length = fr.HEAD.unpack_from(replies, off)
         payload = replies[off + 5 : off + 5 + length]
         assert len(payload) == length, "a reply frame was cut"
         if T(kind) is T.NEED:

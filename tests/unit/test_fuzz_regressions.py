@@ -15,7 +15,8 @@ from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.changes import apply_ops
-from zcrepl.agent.transfer.frame import Channel, Entry, Hello, Kind
+from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.frame import Entry, Hello, Kind
 from zcrepl.agent.transfer.meta import apply_meta
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
