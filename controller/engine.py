@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from zcrepl.controller import fence, lifecycle, validate
+from zcrepl.controller import fence, lifecycle, snapshot, validate
 from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.faults import Faults
 from zcrepl.controller.jobreads import JobReads
@@ -62,6 +62,7 @@ class Engine(Pacing, Faults, JobReads):
         self.config = config
         self.store = store
         self.clock = clock
+        self.snapshot_clock = clock  # what snapshots are named after (tests move it across days and months)
         thresholds = Thresholds(
             max_cpu_percent=config.max_cpu_percent, max_load_per_core=config.max_load_per_core,
             max_disk_busy_percent=config.max_disk_busy_percent, max_net_percent=config.max_net_percent,
@@ -252,6 +253,9 @@ class Engine(Pacing, Faults, JobReads):
             raise InvalidPath("bwlimit and max_attempts must not be negative")
         if options.backup_dir or options.link_dest:
             options = validate.job_dirs(src, dst, options, self.registry.agents[dst.host].info.exports)
+        if options.snapshot:
+            options = snapshot.name_job(dst, options, self.registry.agents[dst.host].info.exports,
+                                        self.snapshot_clock(), self.jobs.values())
         job = self.store.create_job(src, dst, options, options.max_attempts or self.config.max_attempts,
                                     self.clock())
         self.jobs[job.id] = job

@@ -62,7 +62,8 @@ def options_to_pb(o: t.JobOptions) -> pb.JobOptions:
                          streams=o.streams, durability=_DURABILITY[o.durability], xattrs=o.xattrs,
                          priority=_PRIORITY[o.priority], encrypt=o.encrypt, filters=list(o.filters),
                          delete_excluded=o.delete_excluded, dry_run=o.dry_run, backup_dir=o.backup_dir,
-                         link_dest=list(o.link_dest))
+                         link_dest=list(o.link_dest), snapshot=o.snapshot, snapshot_name=o.snapshot_name,
+                         keep_daily=o.keep_daily, keep_weekly=o.keep_weekly, keep_monthly=o.keep_monthly)
 
 
 def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
@@ -72,7 +73,9 @@ def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
                         # Unspecified (an older client) and values from a newer one read as normal.
                         priority=_PRIORITY_FROM.get(m.priority, t.Priority.NORMAL), encrypt=m.encrypt,
                         filters=tuple(m.filters), delete_excluded=m.delete_excluded, dry_run=m.dry_run,
-                        backup_dir=bytes(m.backup_dir), link_dest=tuple(bytes(x) for x in m.link_dest))
+                        backup_dir=bytes(m.backup_dir), link_dest=tuple(bytes(x) for x in m.link_dest),
+                        snapshot=m.snapshot, snapshot_name=m.snapshot_name, keep_daily=m.keep_daily,
+                        keep_weekly=m.keep_weekly, keep_monthly=m.keep_monthly)
 
 
 def options_from_request(m: pb.JobOptions) -> t.JobOptions:
