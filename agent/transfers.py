@@ -407,7 +407,8 @@ class Transfers:
             self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: {err}",
                        retryable=getattr(err, "retryable", True))
             return
-        with contextlib.closing(snap):
+        active = None
+        try:
             spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label,
                                policy=self.exports.policy(root), limits=self.limits, bind=bind,
                                dirs=snap.dirs(resolve_dirs(self.exports.resolve, order.options)))
@@ -416,11 +417,11 @@ class Transfers:
                 active = self._active.get(key)
                 if active is not None:
                     active.session = session
-            try:
-                self._receive(order, root, rel, label, ch, hello, session, snap)
-            finally:
-                if active is not None:
-                    _ended(active, key)
+            self._receive(order, root, rel, label, ch, hello, session, snap)
+        finally:
+            snap.close()  # before the attempt counts as ended: the next run may clean up what it left
+            if active is not None:
+                _ended(active, key)
 
     def _receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str, ch: Channel,  # noqa: C901
                  hello: Hello, session: ReceiveSession, snap: Snapshot | NoSnapshot) -> None:
