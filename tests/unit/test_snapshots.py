@@ -6,6 +6,7 @@ test_backup_recipe.py runs it all on a cluster."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -197,3 +198,15 @@ def test_snapshots_directory_through_a_symlink_is_refused(tmp_path: Path) -> Non
     with SafeRoot(os.fsencode(tmp_path)) as export, pytest.raises(InvalidPath, match="passes through a symlink"):
         Snapshot(export, job_rel((b"snaps",), options), options, "hostB:/snaps")
     assert list((tmp_path / "real").iterdir()) == []
+
+
+def test_readme_coming_from_rsync_covers_the_issue_options() -> None:
+    """Issue 12 item 8: the table has a row for each rsync option the issue names (mapped, or why not)."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    start = readme.index("Coming from rsync")
+    rows = [line for line in readme[start:readme.index("### Dry run", start)].splitlines() if line.startswith("| `")]
+    firsts = [row.split("|")[1] for row in rows]
+    for option in ("-n", "-z", "--delete", "-c", "--bwlimit", "--exclude", "--include", "--exclude-from",
+                   "--link-dest", "--backup-dir"):
+        assert any(re.search(rf"[` ]{re.escape(option)}[`=/ ]", first) for first in firsts), option
+    assert "zc-ctl snapshot" in readme[readme.index("### Backup recipe"):]
