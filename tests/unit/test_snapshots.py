@@ -5,8 +5,11 @@ test_backup_recipe.py runs it all on a cluster."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,6 +23,8 @@ from zcrepl.agent.transfer.local import LocalCopy
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.snapshot import Snapshot, SnapshotBusy, SnapshotExists, begin_snapshot, job_rel
 from zcrepl.controller import validate
+from zcrepl.controller.store import open_store
+from zcrepl.controller.store_sql import options_from_json, options_json
 from zcrepl.core.errors import Conflict, InvalidArgument, InvalidPath
 from zcrepl.core.snapshots import in_progress, leftover, name_at, newest, parse_name, retain
 from zcrepl.core.types import JobOptions, JobState
@@ -118,6 +123,24 @@ def test_snapshot_refused_for_fanout_and_watch() -> None:
             validate.several(JobOptions(snapshot=True), what)
 
 
+def test_snapshot_options_kept_by_the_store(store_spec: str, tmp_path: Path) -> None:
+    """On both backends, in the options document (no schema step: a job written by the previous version, without
+    these keys, reads as no snapshot)."""
+    store = open_store(store_spec, str(tmp_path))
+    try:
+        o = JobOptions(snapshot=True, snapshot_name="2026-11-30T020000Z", keep_daily=7, keep_weekly=5,
+                       keep_monthly=12)
+        job = store.create_job(ep("hostA:/srv/d"), ep("hostB:/srv/snaps"), o, 3, 1000.0)
+        stored = store.get_job(job.id)
+        assert stored is not None and stored.options == o
+    finally:
+        store.close()
+    before = json.loads(options_json(JobOptions(delete=True)))
+    for key in ("snapshot", "snapshot_name", "keep_daily", "keep_weekly", "keep_monthly"):
+        del before[key]
+    assert options_from_json(json.dumps(before)) == JobOptions(delete=True)
+
+
 # -- the destination --------------------------------------------------------------------------------
 T = 1_600_000_000
 
@@ -189,6 +212,28 @@ def test_a_held_snapshot_is_left_alone(tmp_path: Path) -> None:
                 again.complete()
         finally:
             again.close()
+
+
+HOLD = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()")
+
+
+def test_a_killed_writer_lets_go(tmp_path: Path) -> None:
+    """The lock is the writer process's: while it lives its in-progress directory stays, once it is killed
+    (SIGKILL, as an agent dies) the next run removes what it left."""
+    _write(tmp_path / "src" / "f", b"f")
+    left = tmp_path / "snaps" / ".2026-11-29T020000Z.in-progress"
+    _write(left / "half-written", b"x")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(left)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        _run(tmp_path, "2026-11-30T020000Z")
+        assert (left / "half-written").exists()
+    finally:
+        holder.kill()
+        holder.communicate()
+    _run(tmp_path, "2026-12-01T020000Z")
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == ["2026-11-30T020000Z", "2026-12-01T020000Z"]
 
 
 def test_snapshots_directory_through_a_symlink_is_refused(tmp_path: Path) -> None:
