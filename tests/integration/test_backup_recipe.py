@@ -8,7 +8,6 @@ removes it; retention keeps exactly the snapshots restic's forget would."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -19,6 +18,8 @@ from typing import Any
 
 import pytest
 from zchelpers import Cluster, snapshot, wait_for
+
+from zcrepl.core.types import Endpoint, JobOptions
 
 LAUNCHER = """\
 import runpy, sys
@@ -131,14 +132,13 @@ def test_nightly_snapshots_with_retention(recipe: Recipe) -> None:
     _write(src / "big.bin", os.urandom(4 << 20), T + 2 * 86400)
     _settle_dirs(src)
     mon = recipe.at("2026-11-30 02:00")
-    rc, out, err = recipe.cl.ctl("snapshot", *KEEP, "--bwlimit", "256K", "--detach", "--json",
-                                 f"hostA:{src}", f"hostB:{recipe.snaps}")
-    assert rc == 0, err
-    job = json.loads(out)["id"]
-    partial = recipe.snaps / f".{mon}.in-progress"
-    wait_for(lambda: recipe.cl.job(job)["progress"]["bytes_done"] > 0, 30, what="the cancelled run to start")
-    rc, _out, err = recipe.cl.ctl("cancel", str(job))
-    assert rc == 0, err
+    with recipe.cl.client() as c:  # in-process: the recipe's command is above, this is its interruption
+        job = c.submit(Endpoint("hostA", os.fsencode(src)), Endpoint("hostB", os.fsencode(recipe.snaps)),
+                       JobOptions(snapshot=True, keep_daily=2, keep_weekly=2, keep_monthly=2,
+                                  bwlimit=256 << 10)).id
+        partial = recipe.snaps / f".{mon}.in-progress"
+        wait_for(lambda: c.job(job).progress.bytes_done > 0, 30, what="the cancelled run to start")
+        c.cancel(job)
     ended = re.compile(rf"attempt ended here.*\bjob[=\": ]+{job}\b")
     wait_for(lambda: any(ended.search(line) for line in recipe.cl.daemons["hostB"].log().splitlines()), 30,
              what="the receiver to let go of the cancelled snapshot")
