@@ -181,3 +181,15 @@ def test_nightly_snapshots_with_retention(recipe: Recipe) -> None:
         return [int(x) for x in out[::2]]
 
     assert du(*recipe.names())[-1] < 64 << 10 < 4 << 20 < du(wed2)[0]
+
+
+@pytest.mark.parametrize("args,says", [
+    (("hostB:/etc/snaps",), "snapshots directory hostB:/etc/snaps is outside hostB's exports"),
+    (("--backup-dir", "../bak", "hostB:{b}/snaps-b"), "--backup-dir is refused for a snapshot"),
+])
+def test_snapshot_bad_input_refused_in_one_sentence(recipe: Recipe, args: tuple[str, ...], says: str) -> None:
+    b = recipe.snaps.parent
+    before = sorted(p.name for p in b.iterdir())
+    rc, out, err = recipe.cl.ctl("snapshot", f"hostA:{recipe.src}", *(a.format(b=b) for a in args))
+    assert rc == 2 and says in err and err.count("\n") == 1 and not out, err
+    assert sorted(p.name for p in b.iterdir()) == before  # nothing made
