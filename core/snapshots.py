@@ -93,10 +93,12 @@ def retain(names: Iterable[str], daily: int = 0, weekly: int = 0, monthly: int =
     return keep
 
 
-def newest(names: Iterable[str], before: str = "") -> str | None:
-    """The newest snapshot name (older than ``before`` when given and one is), the link base of the next."""
+def newest(names: Iterable[str], upto: str = "") -> str | None:
+    """The newest snapshot name, the link base of the next: the newest up to ``upto`` (the new snapshot's own
+    name, which an earlier attempt of its job may have completed already) when there is one, else the newest
+    (the clock went back)."""
     ordered = sorted(n for n in names if parse_name(n) is not None)
-    older = [n for n in ordered if n < before] if before else ordered
+    older = [n for n in ordered if n <= upto] if upto else ordered
     pick = older or ordered
     return pick[-1] if pick else None
 

@@ -40,10 +40,6 @@ class SnapshotBusy(TransferError):
     retryable = True
 
 
-class SnapshotExists(TransferError):
-    retryable = False
-
-
 def job_rel(rel: tuple[bytes, ...], options: JobOptions) -> tuple[bytes, ...]:
     """The job's root below the export: for a snapshot, its in-progress directory in the snapshots directory
     ``rel`` (the job's destination); else ``rel`` itself."""
@@ -71,7 +67,7 @@ class Snapshot:
         try:
             self._clean_up()
             self._hold_own()
-            self.base = newest([n.decode() for n in self._complete()], before=options.snapshot_name)
+            self.base = newest([n.decode() for n in self._complete()], upto=options.snapshot_name)
         except BaseException:
             self.close()
             raise
@@ -90,15 +86,19 @@ class Snapshot:
 
     def complete(self) -> int:
         """The transfer is done: the snapshot takes its name, then the old ones go by the retention counts; how
-        many went."""
-        try:
-            os.lstat(self.name, dir_fd=self.dfd)
-        except FileNotFoundError:
-            pass
+        many went.
+
+        A snapshot of that name already there was completed by an earlier attempt of this job whose report was
+        lost (or by a job of the same second): this newer copy replaces it, the old one going the way of a
+        pruned snapshot, so the name never stands for a half-removed tree."""
+        if not _absent(self.dfd, self.name):
+            old = pruning(self.name)
+            remove_entry(self.dfd, old)
+            os.rename(self.name, old, src_dir_fd=self.dfd, dst_dir_fd=self.dfd)
+            os.rename(self.own, self.name, src_dir_fd=self.dfd, dst_dir_fd=self.dfd)
+            remove_entry(self.dfd, old)
         else:
-            raise SnapshotExists(f"{self.label}/{self.name.decode()} already exists (a snapshot made in the same "
-                                 f"second); {self.label}/{self.own.decode()} keeps this copy: rename it by hand")
-        os.rename(self.own, self.name, src_dir_fd=self.dfd, dst_dir_fd=self.dfd)
+            os.rename(self.own, self.name, src_dir_fd=self.dfd, dst_dir_fd=self.dfd)
         if self.options.durability is not Durability.NONE:
             os.fsync(self.dfd)
         log.info("snapshot complete", extra=kv(path=self.label, snapshot=self.name, base=self.base or ""))

@@ -21,7 +21,7 @@ from enginehelpers import Harness, ep
 from zcrepl.agent.transfer.jobdirs import ExtraDirs
 from zcrepl.agent.transfer.local import LocalCopy
 from zcrepl.agent.transfer.saferoot import SafeRoot
-from zcrepl.agent.transfer.snapshot import Snapshot, SnapshotBusy, SnapshotExists, begin_snapshot, job_rel
+from zcrepl.agent.transfer.snapshot import Snapshot, SnapshotBusy, begin_snapshot, job_rel
 from zcrepl.controller import validate
 from zcrepl.controller.store import open_store
 from zcrepl.controller.store_sql import options_from_json, options_json
@@ -43,9 +43,10 @@ def test_names_sort_as_times_and_only_names_parse() -> None:
         assert parse_name(other) is None, other
     assert leftover(in_progress("2026-11-30T020000Z")) and leftover(b".2026-11-30T020000Z.pruning")
     assert not leftover(b".hidden.in-progress") and not leftover(b"2026-11-30T020000Z")
-    assert newest(["2026-11-29T020000Z", "2026-11-30T020000Z", "latest"], before="2026-11-30T020000Z") == \
+    assert newest(["2026-11-29T020000Z", "2026-11-30T020000Z", "latest"], upto="2026-11-29T230000Z") == \
         "2026-11-29T020000Z"
-    assert newest(["2026-12-01T020000Z"], before="2026-11-30T020000Z") == "2026-12-01T020000Z"  # clock went back
+    assert newest(["2026-11-30T020000Z"], upto="2026-11-30T020000Z") == "2026-11-30T020000Z"  # a retry's own
+    assert newest(["2026-12-01T020000Z"], upto="2026-11-30T020000Z") == "2026-12-01T020000Z"  # clock went back
     assert newest([]) is None
 
 
@@ -190,9 +191,9 @@ def test_snapshot_links_against_the_newest_complete_one_and_cleans_up(tmp_path: 
     assert sorted(p.name for p in snaps.iterdir()) == ["2026-12-01T020000Z"]
 
 
-def test_a_held_snapshot_is_left_alone(tmp_path: Path) -> None:
-    """An in-progress directory whose run still holds its lock is never removed; a run that finds its own held
-    fails its attempt (retryable), and one that finds its final name taken refuses to overwrite it."""
+def test_a_held_snapshot_is_left_alone_and_a_retry_takes_its_name_over(tmp_path: Path) -> None:
+    """An in-progress directory whose run still holds its lock is never removed (it is removed once let go), and
+    a run that finds its own held fails its attempt (retryable)."""
     _write(tmp_path / "src" / "f", b"f")
     options = JobOptions(snapshot=True, snapshot_name="2026-11-29T020000Z")
     with SafeRoot(os.fsencode(tmp_path)) as export:
@@ -204,14 +205,13 @@ def test_a_held_snapshot_is_left_alone(tmp_path: Path) -> None:
                 Snapshot(export, job_rel((b"snaps",), options), options, "hostB:/snaps")
         finally:
             held.close()
-        taken = JobOptions(snapshot=True, snapshot_name="2026-11-30T020000Z")
-        again = Snapshot(export, job_rel((b"snaps",), taken), taken, "hostB:/snaps")
-        try:
-            assert again.base == "2026-11-30T020000Z"
-            with pytest.raises(SnapshotExists, match="already exists"):
-                again.complete()
-        finally:
-            again.close()
+    # An earlier attempt completed this snapshot but its report was lost: the retry links against it and
+    # takes its name over.
+    (tmp_path / "src" / "f").write_bytes(b"g")
+    first = tmp_path / "snaps" / "2026-11-30T020000Z"
+    assert _run(tmp_path, "2026-11-30T020000Z") == 0
+    assert (first / "f").read_bytes() == b"g"
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == ["2026-11-30T020000Z"]
 
 
 HOLD = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY); "
