@@ -403,6 +403,8 @@ class Transfers:
         try:
             snap = begin_snapshot(root, rel, order.options, label)  # NoSnapshot unless the job is a snapshot
         except (ZcError, OSError) as err:
+            with contextlib.suppress(OSError):
+                ch.send(fr.encode_text(fr.T.ABORT, f"{label}: {err}"))
             self._forget(key)
             self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: {err}",
                        retryable=getattr(err, "retryable", True))
