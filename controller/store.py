@@ -230,6 +230,14 @@ class Store:
     def touch_agent(self, name: str, now: float) -> None:
         self.write("touch_agent", self.sql.touch_agent, name, now)
 
+    def touch_agents(self, names: list[str], now: float) -> None:
+        """The leader's periodic word that these agents are online, for followers answering from the store."""
+        self.write("touch_agents", self.sql.touch_agents, list(names), now)
+
+    def reload_ids(self) -> None:
+        """Read the largest job id again: a controller taking the lead after another (blocking, off the loop)."""
+        self._job_id = self.run(self.sql.max_job_id)
+
     # -- jobs: blocking reads (start-up, tools, tests; the loop uses ``await store.call(store.sql.X)``) --------
     def get_job(self, job_id: int) -> Job | None:
         return self.run(self.sql.get_job, job_id)

@@ -280,6 +280,9 @@ class JobsSql:
     def touch_agent(self, name: str, now: float) -> None:
         self.db.execute("UPDATE agents SET last_seen=? WHERE name=?", (now, name))
 
+    def touch_agents(self, names: list[str], now: float) -> None:
+        self.db.executemany("UPDATE agents SET last_seen=? WHERE name=?", [(now, n) for n in names])
+
     def agents(self) -> dict[str, tuple[AgentInfo, float]]:
         out = {}
         for name, doc, last_seen in self.db.execute("SELECT name, info, last_seen FROM agents").fetchall():
