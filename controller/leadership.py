@@ -139,6 +139,7 @@ class Leadership:
         self.leader = ""  # the leader's address as last read ("" while unknown or none)
         self.led_at = 0.0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="zc-lease")
+        self._closed = False
         self._trouble = ""  # the last failure logged, so a database that stays down is not logged every poll
 
     async def _lease_call(self, fn: Callable[[], Any]) -> Any:
@@ -189,7 +190,10 @@ class Leadership:
             log.warning("follower: no lease", extra=kv(reason=trouble))
 
     def close(self) -> None:
-        """Give the lease up (closing its connection) and stop the thread; blocking."""
+        """Give the lease up (closing its connection) and stop the thread; blocking (again: harmless)."""
+        if self._closed:
+            return
+        self._closed = True
         self._pool.submit(self.lease.release)
         self._pool.shutdown(wait=True)
         self.leading = False

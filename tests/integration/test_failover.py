@@ -15,12 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from hahelpers import address, controllers, drop_database, ha_cluster, leader, leads, pg_database
 from zchelpers import Cluster, diff_trees, snapshot, wait_for
 
 from zcrepl.controller.client import ControllerClient
 from zcrepl.core.types import Endpoint, JobOptions, JobState
+from zcrepl.proto import controller_pb2 as cpb
+from zcrepl.proto.channels import channel
+from zcrepl.proto.controller_pb2_grpc import ControllerStub
 
 JOBS = 3
 FILE = 96 * 1024
@@ -151,3 +155,9 @@ def test_sigkill_leader(ha: Cluster) -> None:
         for before, after in itertools.pairwise(history):
             assert 0 < before.ended_at <= after.started_at, (j.id, history)
     assert not leads(old) and leads(new)
+    # A follower answers a write with the leader's address (which the clients above followed on their own).
+    follower = next(d for d in survivors if d is not new)
+    with channel(address(follower), c.pki.trust()) as ch, pytest.raises(grpc.RpcError) as info:
+        ControllerStub(ch).CancelJob(cpb.JobRef(id=ids[0]), timeout=5)
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE and "follower" in info.value.details()
+    assert dict(info.value.trailing_metadata())["zc-leader"] == address(new)
