@@ -127,3 +127,15 @@ def test_agent_refuses_orders_of_a_deposed_leader() -> None:
     link._handle(_msg(6, 1, "T"))  # another store (the agent was moved to a new cluster): its own count
     link._handle(_msg(7, 0, ""))  # a controller without epochs
     assert transfers.cancelled == [1, 3, 4, 6, 7]
+
+
+def test_controller_lists_and_lease_settings_are_checked() -> None:
+    from zcrepl.core.config import ControllerConfig, controller_list, load_config
+    from zcrepl.core.errors import ConfigError
+
+    assert controller_list(" a:1, b:2 ,") == ["a:1", "b:2"]
+    for bad in ("", "a:1,b", ","):
+        with pytest.raises(ConfigError):
+            controller_list(bad)
+    with pytest.raises(ConfigError, match="lease_renew"):
+        load_config(ControllerConfig, None, {"insecure": True, "lease_renew": 3.0, "lease_timeout": 2.0}, environ={})
