@@ -7,6 +7,7 @@ address is ``c.address``) and stops it cleanly on exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -210,6 +211,10 @@ class Controller:
             for t in tasks:
                 t.cancel()
             if self.leadership is not None:
+                if self.leadership.leading:
+                    # Our last writes go in before the lease goes: the next leader reads them.
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(store.flush(), 5)
                 await asyncio.to_thread(self.leadership.close)  # the lease goes now: a follower takes over at once
             if webview is not None:
                 await webview.stop()
