@@ -163,6 +163,7 @@ class ControllerLink:
             if self.trust is not None:
                 self.trust.refresh()  # each (re)connection presents the newest certificate
             ch = channel(self.target, self.trust)
+            leader = ""
             try:
                 stub = controller_pb2_grpc.ControllerStub(ch)
                 call = stub.Connect(_drain(box))
@@ -173,7 +174,6 @@ class ControllerLink:
                         failures, tried = 0, 0
             except _Stale:
                 call.cancel()
-                leader = ""
             except grpc.RpcError as err:
                 leader = _leader(err)
                 if not self._stop.is_set() and not leader:
