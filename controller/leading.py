@@ -7,16 +7,25 @@ A mixin of ``Engine`` (which owns the state named under TYPE_CHECKING), like fau
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
+from zcrepl.controller import fence
+from zcrepl.controller.links import LinkTracker
+from zcrepl.controller.policy import DecisionKind
 from zcrepl.controller.registry import Registry
+from zcrepl.controller.runs import Run, job_fields
 from zcrepl.controller.store import Store
+from zcrepl.core.config import ControllerConfig
+from zcrepl.core.logs import kv
+from zcrepl.core.types import Endpoint
 
 if TYPE_CHECKING:
     from zcrepl.controller.policy import DecisionRecord
-    from zcrepl.controller.runs import Run
     from zcrepl.controller.syncs import SyncManager
-    from zcrepl.core.types import Endpoint, Job
+    from zcrepl.core.types import Job
+
+log = logging.getLogger(__name__)
 
 AGENT_TOUCH = 2.0  # seconds between the leader's notes in the store of which agents are online
 
@@ -24,6 +33,8 @@ AGENT_TOUCH = 2.0  # seconds between the leader's notes in the store of which ag
 class Leading:
     if TYPE_CHECKING:
         store: Store
+        config: ControllerConfig
+        links: LinkTracker
         registry: Registry
         syncs: SyncManager
         jobs: dict[int, Job]
@@ -32,7 +43,9 @@ class Leading:
         _last_decision: dict[int, DecisionRecord]
         _events: dict[int, asyncio.Event]
 
-        def _read_state(self, lead: bool) -> tuple[SyncManager, bool]: ...
+        def _read_state(self, lead: bool, adopt: bool = False) -> tuple[SyncManager, bool]: ...
+        def _decide(self, job_id: int, kind: DecisionKind, reason: str, *, every: bool = False,
+                    **details: str | int | float | bool) -> None: ...
         def _notify(self, job_id: int) -> None: ...
         def wake(self) -> None: ...
 
@@ -44,9 +57,32 @@ class Leading:
     async def lead(self, epoch: int, store_id: str) -> None:
         """This controller now leads with ``epoch``: re-read the store (ids, agents, queued and running jobs, watch
         rules) before the first scheduling pass."""
-        self.syncs, _ = await asyncio.to_thread(self._read_state, True)
+        self.syncs, _ = await asyncio.to_thread(self._read_state, True, True)
         self.epoch, self.store_id, self.leading = epoch, store_id, True
         self.wake()
+
+    def _adopt(self, running: list[tuple[int, int, bytes]], now: float) -> None:
+        """Take over the attempts a previous leader left running: each is held for its two agents as if both had
+        just gone out of reach (fence.py), for ``attempt_grace`` seconds. An agent that comes back still running
+        it lets it carry on, and its reports settle it as usual (the final ones an agent sends again on
+        reconnecting included); one that comes back without it, or not at all, fails it and the job is retried.
+        No other attempt of the job starts meanwhile."""
+        for job_id, attempt, source in running:
+            job = self.jobs.get(job_id)
+            if job is None:
+                continue
+            host, _, path = source.partition(b":")
+            src = Endpoint(host.decode(), path) if host else job.source
+            run = Run(job_id, attempt, b"", now + self.config.ready_timeout, src, receiver_ready=True, sending=True,
+                      last_report=now, streams=max(1, job.options.streams), progress=job.progress, rate_at=now)
+            for name in {src.host, job.destination.host}:
+                fence.hold(run, name, now, self.config.attempt_grace)
+            self.runs[job_id] = run
+            self.links.start((job_id, attempt), run.progress, run.streams, now)
+            self._decide(job_id, DecisionKind.WAIT, f"attempt {attempt} was running when this controller took the "
+                         f"lead: held for up to {self.config.attempt_grace:g}s for its agents, which may still be "
+                         "running it; no other attempt starts meanwhile", every=True)
+            log.info("running attempt adopted", extra=kv(**job_fields(job, run)))
 
     def step_down(self) -> None:
         """The lease may be lost: stop scheduling and sending at once, close every agent's stream (they go

@@ -254,8 +254,8 @@ class Store:
     def agents(self) -> dict[str, tuple[AgentInfo, float]]:
         return self.run(self.sql.agents)
 
-    def recover_interrupted(self, now: float) -> list[int]:
-        return self.run(self.sql.recover_interrupted, now)
+    def recover_interrupted(self, now: float, keep: frozenset[int] = frozenset()) -> list[int]:
+        return self.run(self.sql.recover_interrupted, now, keep)
 
 
 def _nothing() -> None:

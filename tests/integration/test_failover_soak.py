@@ -27,7 +27,7 @@ CYCLES = 20
 @pytest.fixture
 def soak(tmp_path: Path, pg_server: Any) -> Iterator[Cluster]:
     name, url = pg_database(pg_server)
-    c = ha_cluster(tmp_path, url, attempt_grace=20)
+    c = ha_cluster(tmp_path, url)
     try:
         for d in controllers(c):
             d.spawn()
