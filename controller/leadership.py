@@ -41,11 +41,15 @@ class Execute(Protocol):
     def __call__(self, sql: str, args: Sequence[object] = ...) -> Cursor: ...
 
 
-def claim(execute: Execute, address: str) -> tuple[int, str]:
+def claim(execute: Execute, address: str, now: float | None = None) -> tuple[int, str]:
     """Inside the caller's transaction: the next epoch, recorded with the leader's address; and the store's id
-    (made on first use). Written in SQL both dialects share (``?`` placeholders)."""
+    (made on first use). Written in SQL both dialects share (``?`` placeholders).
+
+    The epoch is the time of the takeover in milliseconds, or the last epoch plus one when that is larger: it
+    grows with each leader either way, and a store restored from a backup (an old epoch in it) still leads under
+    an epoch newer than any its agents have seen, instead of having every order refused."""
     rows = dict(execute("SELECT key, value FROM meta WHERE key IN (?, ?)", (META_EPOCH, META_STORE)).fetchall())
-    epoch = int(rows.get(META_EPOCH, "0")) + 1
+    epoch = max(int(rows.get(META_EPOCH, "0")) + 1, int((time.time() if now is None else now) * 1000))
     store_id = rows.get(META_STORE) or secrets.token_hex(8)
     for key, value in ((META_EPOCH, str(epoch)), (META_LEADER, address), (META_STORE, store_id)):
         execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
