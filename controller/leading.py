@@ -88,6 +88,7 @@ class Leading:
         """The lease may be lost: stop scheduling and sending at once, close every agent's stream (they go
         looking for the new leader) and forget the jobs in memory (the next leader reads them from the store)."""
         self.leading = False
+        self.store.fence()
         for rec in self.registry.agents.values():
             if rec.session is not None:
                 rec.session.close()

@@ -13,7 +13,7 @@ from zcrepl.controller.dataplane import peer_host
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import Session
 from zcrepl.controller.wirecache import WireCache
-from zcrepl.core.errors import Conflict, InvalidArgument, InvalidPath
+from zcrepl.core.errors import Conflict, InvalidArgument, InvalidPath, Unavailable
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import canonical_abs, show
 from zcrepl.core.types import AgentStatus, Endpoint
@@ -63,10 +63,20 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         self.leader = leader  # the leader's address as this controller last read it (followers redirect there)
         self.me = me
 
-    async def _lead(self, context: grpc.aio.ServicerContext) -> None:
-        """Writes and agents' streams only on the leader: a follower names the leader and ends the call."""
+    async def _lead(self, context: grpc.aio.ServicerContext) -> int:
+        """Writes and agents' streams only on the leader: a follower names the leader and ends the call. Returns
+        the store's generation, for ``_commit``."""
         if not self.engine.leading:
             await follower.redirect(context, self.me(), self.leader())
+        return self.engine.store.generation
+
+    async def _commit(self, generation: int) -> None:
+        """Wait until this call's writes are committed; Unavailable when the lease was lost meanwhile (the writes
+        of a deposed leader are dropped, see Store.fence)."""
+        await self.engine.store.flush()
+        if self.engine.store.generation != generation:
+            raise Unavailable("this controller lost the lease before the change was committed, and it was dropped; "
+                              "run the command again (zc-ctl finds the new leader; zc-ctl jobs shows what exists)")
 
     async def Connect(self, request_iterator: AsyncIterator[cpb.AgentMessage],  # type: ignore[override]
                       context: grpc.aio.ServicerContext) -> None:
@@ -155,20 +165,20 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     async def SubmitJob(self, request: cpb.SubmitJobRequest, context: grpc.aio.ServicerContext
                         ) -> types_pb2.Job:
-        await self._lead(context)
+        gen = await self._lead(context)
         src, (dst,) = _endpoints(request.source, [request.destination])
         options = validate.options(options_from_request(request.options))
         job = self.engine.submit(src, dst, options)
-        await self.engine.store.flush()  # the job id is handed out once the job is committed
+        await self._commit(gen)  # the job id is handed out once the job is committed
         return job_to_pb(job)
 
     async def SubmitFanout(self, request: cpb.SubmitFanoutRequest, context: grpc.aio.ServicerContext
                            ) -> cpb.ListJobsResponse:
-        await self._lead(context)
+        gen = await self._lead(context)
         src, dsts = _endpoints(request.source, request.destinations)
         options = validate.several(validate.options(options_from_request(request.options)), "a fan-out")
         jobs = self.engine.submit_fanout(src, dsts, options)
-        await self.engine.store.flush()
+        await self._commit(gen)
         return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
     async def GetJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
@@ -181,8 +191,10 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
     async def CancelJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
-        await self._lead(context)
-        return job_to_pb(await self.engine.cancel_async(request.id))
+        gen = await self._lead(context)
+        job = await self.engine.cancel_async(request.id)
+        await self._commit(gen)
+        return job_to_pb(job)
 
     async def WatchJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext  # type: ignore[override]
                        ) -> AsyncIterator[types_pb2.Job]:
@@ -216,10 +228,10 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         return out
 
     async def RemoveAgent(self, request: cpb.AgentRef, context: grpc.aio.ServicerContext) -> cpb.AgentStatus:
-        await self._lead(context)
+        gen = await self._lead(context)
         status = self.engine.remove_agent(validate.host_name(request.name))
         self.wire.forget(request.name)
-        await self.engine.store.flush()
+        await self._commit(gen)
         log.info("agent removed by the operator", extra=kv(agent=request.name, host=request.name, peer=context.peer()))
         return agent_status_to_pb(status)  # type: ignore[return-value]
 
@@ -228,13 +240,13 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     # -- watch rules --------------------------------------------------------------------------------
     async def CreateSync(self, request: spb.CreateSyncRequest, context: grpc.aio.ServicerContext) -> spb.SyncRule:
-        await self._lead(context)
+        gen = await self._lead(context)
         src, dsts = _endpoints(request.source, request.destinations)
         rule = self.engine.syncs.create(src, dsts, validate.several(validate.options(options_from_request(
                                             request.options)), "a watch rule"),
                                         request.window, request.quiet, self.engine.clock())
         self.engine.wake()
-        await self.engine.store.flush()  # the rule id is handed out once the rule is committed
+        await self._commit(gen)  # the rule id is handed out once the rule is committed
         return rule_to_pb(rule)
 
     async def ListSyncs(self, request: spb.ListSyncsRequest, context: grpc.aio.ServicerContext
@@ -244,20 +256,20 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         return spb.ListSyncsResponse(rules=[rule_to_pb(r) for r in self.engine.syncs.list_rules(self.engine.clock())])
 
     async def PauseSync(self, request: spb.SyncRef, context: grpc.aio.ServicerContext) -> spb.SyncRule:
-        await self._lead(context)
+        gen = await self._lead(context)
         rule = self.engine.syncs.pause(request.id, self.engine.clock())
-        await self.engine.store.flush()
+        await self._commit(gen)
         return rule_to_pb(rule)
 
     async def ResumeSync(self, request: spb.SyncRef, context: grpc.aio.ServicerContext) -> spb.SyncRule:
-        await self._lead(context)
+        gen = await self._lead(context)
         rule = self.engine.syncs.resume(request.id, self.engine.clock())
         self.engine.wake()
-        await self.engine.store.flush()
+        await self._commit(gen)
         return rule_to_pb(rule)
 
     async def RemoveSync(self, request: spb.SyncRef, context: grpc.aio.ServicerContext) -> spb.SyncRule:
-        await self._lead(context)
+        gen = await self._lead(context)
         rule = self.engine.syncs.remove(request.id, self.engine.clock())
-        await self.engine.store.flush()
+        await self._commit(gen)
         return rule_to_pb(rule)

@@ -92,3 +92,34 @@ def _drain(s: object) -> list[object]:
     while not q.empty():
         out.append(q.get_nowait())
     return out
+
+
+def test_a_deposed_leaders_uncommitted_writes_are_dropped(tmp_path: Path) -> None:
+    import threading
+
+    import pytest
+
+    from zcrepl.controller.store import Fenced, open_store
+    from zcrepl.core.types import Endpoint, JobOptions
+
+    store = open_store("", str(tmp_path))
+    try:
+        started, held = threading.Event(), threading.Event()
+
+        def block() -> None:  # the store's thread is busy (as with a database out of reach)
+            started.set()
+            held.wait(10)
+
+        busy = store.submit(block)
+        assert started.wait(10)
+        old = store.create_job(Endpoint("a", b"/x"), Endpoint("b", b"/y"), JobOptions(), 5, 1.0)
+        waiting = store.submit(store.sql.get_job, old.id)
+        store.fence()
+        new = store.create_job(Endpoint("a", b"/x"), Endpoint("b", b"/z"), JobOptions(), 5, 2.0)
+        held.set()
+        busy.result(10)
+        with pytest.raises(Fenced):
+            waiting.result(10)
+        assert store.get_job(old.id) is None and store.get_job(new.id) is not None
+    finally:
+        store.close()
