@@ -97,27 +97,10 @@ class Engine(Pacing, Faults, JobReads, Leading):
         self._touched_at = 0.0
         self.syncs, self.leading = self._read_state(lead)
 
-    def _read_state(self, lead: bool, adopt: bool = False) -> tuple[SyncManager, bool]:
-        """Blocking (off the loop): everything a leader resumes from the store, and the watch rules. Called again
-        when this controller takes the lead after another, so nothing handed out before is handed out again;
-        then (``adopt``) the attempts that were running carry on if their agents still run them (leading.py)."""
-        store = self.store
-        if lead:
-            store.reload_ids()
-            self.registry.agents.clear()
-            for name, (info, last_seen) in store.agents().items():
-                self.registry.load(name, info, last_seen)
-            running = store.run(store.sql.open_attempts) if adopt and self.config.attempt_grace > 0 else []
-            requeued = store.recover_interrupted(self.clock(), frozenset(j for j, _, _ in running))
-            if requeued:
-                log.info("requeued interrupted jobs", extra=kv(jobs=",".join(map(str, requeued))))
-            self.jobs = {j.id: j for j in store.list_jobs((JobState.QUEUED, JobState.RUNNING))}
-            self._replicas_done = {g: [j.destination for j in store.list_jobs((JobState.DONE,), 0, g)]
-                                   for g in {j.group_id for j in self.jobs.values() if j.group_id}}
-            self._adopt(running, self.clock())
-        syncs = SyncManager(SyncStore(store), self.registry, self.policy.thresholds, self._health, _unknown_host,
-                            dataplane=self.dataplane)
-        return syncs, lead
+    def _sync_manager(self) -> SyncManager:
+        """The watch rules as stored (read off the loop)."""
+        return SyncManager(SyncStore(self.store), self.registry, self.policy.thresholds, self._health, _unknown_host,
+                           dataplane=self.dataplane)
 
     # -- agents -------------------------------------------------------------------------------------
     def connect(self, info: AgentInfo, active: list[tuple[int, int]], serial: int = 0, peer_host: str = "") -> Session:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from zcrepl.controller import fence
@@ -18,7 +19,7 @@ from zcrepl.controller.runs import Run, job_fields
 from zcrepl.controller.store import Store
 from zcrepl.core.config import ControllerConfig
 from zcrepl.core.logs import kv
-from zcrepl.core.types import Endpoint
+from zcrepl.core.types import Endpoint, JobState
 
 if TYPE_CHECKING:
     from zcrepl.controller.policy import DecisionRecord
@@ -43,7 +44,9 @@ class Leading:
         _last_decision: dict[int, DecisionRecord]
         _events: dict[int, asyncio.Event]
 
-        def _read_state(self, lead: bool, adopt: bool = False) -> tuple[SyncManager, bool]: ...
+        clock: Callable[[], float]
+
+        def _sync_manager(self) -> SyncManager: ...
         def _decide(self, job_id: int, kind: DecisionKind, reason: str, *, every: bool = False,
                     **details: str | int | float | bool) -> None: ...
         def _notify(self, job_id: int) -> None: ...
@@ -53,6 +56,26 @@ class Leading:
     epoch: int
     store_id: str
     _touched_at: float
+
+    def _read_state(self, lead: bool, adopt: bool = False) -> tuple[SyncManager, bool]:
+        """Blocking (off the loop): everything a leader resumes from the store, and the watch rules. Called again
+        when this controller takes the lead after another, so nothing handed out before is handed out again;
+        then (``adopt``) the attempts that were running carry on if their agents still run them (leading.py)."""
+        store = self.store
+        if lead:
+            store.reload_ids()
+            self.registry.agents.clear()
+            for name, (info, last_seen) in store.agents().items():
+                self.registry.load(name, info, last_seen)
+            running = store.run(store.sql.open_attempts) if adopt and self.config.attempt_grace > 0 else []
+            requeued = store.recover_interrupted(self.clock(), frozenset(j for j, _, _ in running))
+            if requeued:
+                log.info("requeued interrupted jobs", extra=kv(jobs=",".join(map(str, requeued))))
+            self.jobs = {j.id: j for j in store.list_jobs((JobState.QUEUED, JobState.RUNNING))}
+            self._replicas_done = {g: [j.destination for j in store.list_jobs((JobState.DONE,), 0, g)]
+                                   for g in {j.group_id for j in self.jobs.values() if j.group_id}}
+            self._adopt(running, self.clock())
+        return self._sync_manager(), lead
 
     async def lead(self, epoch: int, store_id: str) -> None:
         """This controller now leads with ``epoch``: re-read the store (ids, agents, queued and running jobs, watch
