@@ -28,7 +28,7 @@ from zcrepl.agent.transfer.frame import Entry, Hello, Kind
 from zcrepl.agent.transfer.peer import KTLS, NONE, TLS
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble, tree_filter
-from zcrepl.agent.transfer.send_worker import BASIS, END, SPARSE, DataWorker
+from zcrepl.agent.transfer.send_worker import END, DataWorker, Work, WorkItem
 from zcrepl.agent.transfer.sendio import Pacer, SendSpec, connect
 from zcrepl.core.errors import Cancelled, ProtocolError, TransferError, Unavailable
 from zcrepl.core.logs import carry
@@ -283,10 +283,10 @@ class Sender:
         home = self.workers[zlib.crc32(e.path.rpartition(b"/")[0]) % len(self.workers)].work
         if basis is not None:
             self.bases[index] = basis
-            home.put((index, BASIS, 0))
+            home.put(WorkItem(Work.BASIS, index))
             return
         if e.flags & fr.F_SPARSE:
-            home.put((index, SPARSE, 0))
+            home.put(WorkItem(Work.SPARSE, index))
             return
         n = len(self.workers)
         if n > 1 and e.size >= SPLIT_MIN:
@@ -299,10 +299,10 @@ class Sender:
         with self._lock:
             self._ranges_left[index] = len(ranges)
         if len(ranges) == 1:
-            home.put((index, 0, e.size))
+            home.put(WorkItem(Work.RANGE, index, 0, e.size))
             return
         for k, (off, length) in enumerate(ranges):  # one range per connection
-            self.workers[(index + k) % n].work.put((index, off, length))
+            self.workers[(index + k) % n].work.put(WorkItem(Work.RANGE, index, off, length))
 
     def range_finished(self, index: int) -> bool:
         with self._lock:

@@ -12,6 +12,8 @@ import os
 import queue
 import socket
 import threading
+from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from zcrepl.agent import priority
@@ -31,8 +33,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-END = (-1, 0, 0)
-BASIS, SPARSE = -1, -2  # work items other than plain ranges: (index, kind, 0)
+class Work(Enum):
+    RANGE = "range"  # bytes [offset, offset + length) of the file, sent as they are
+    BASIS = "basis"  # answer the receiver's NEED_BASIS: REUSE what it has, send the rest
+    SPARSE = "sparse"  # the whole file, data segments only
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One job for a data connection: which file, and what to send of it."""
+
+    kind: Work
+    index: int
+    offset: int = 0
+    length: int = 0
+
+
+END: WorkItem | None = None  # no more work: the worker sends DATA_DONE and exits
 
 
 class DataWorker:
@@ -48,7 +65,7 @@ class DataWorker:
         self.pending = b""  # trailer of the previous file, sent together with the next header
         self.use_sendfile = sendio.USE_SENDFILE and (self.tls is None or self.tls.ktls)
         self.buf: bytearray | None = None
-        self.work: queue.Queue[tuple[int, int, int]] = queue.Queue()
+        self.work: queue.Queue[WorkItem | None] = queue.Queue()
         self.thread = threading.Thread(target=carry(self.run), name=f"zc-send-data-{n}", daemon=True)
 
     def run(self) -> None:
@@ -57,15 +74,15 @@ class DataWorker:
         try:
             while True:
                 item = self.work.get()
-                if item == END:
+                if item is None:
                     break
                 s.check_cancel()
-                if item[1] == BASIS:
-                    self.send_basis(item[0])
-                elif item[1] == SPARSE:
-                    self.send_sparse(item[0])
+                if item.kind is Work.BASIS:
+                    self.send_basis(item.index)
+                elif item.kind is Work.SPARSE:
+                    self.send_sparse(item.index)
                 else:
-                    self.send_range(*item)
+                    self.send_range(item.index, item.offset, item.length)
                 s.progress()
             self.ch.send(self.pending + fr.frame(fr.T.DATA_DONE))
             self.pending = b""
