@@ -16,7 +16,6 @@ import os
 import stat
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.atomic import PREALLOCATE_MIN, AtomicFile, remove_entry, replace_symlink
@@ -24,7 +23,7 @@ from zcrepl.agent.transfer.backup import Backup
 from zcrepl.agent.transfer.basis import find_basis
 from zcrepl.agent.transfer.finish import delete_extras, finish_dirs, make_links
 from zcrepl.agent.transfer.flush import JobFlush
-from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind
+from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind, Result
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.linkdest import LinkDest
@@ -471,7 +470,7 @@ class TreeWriter:
             self._discard(s)
 
     # -- end of transfer ----------------------------------------------------------------------------
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> Result:
         self.end_batch()
         if not self.manifest_done:
             raise ProtocolError("SENDER_DONE before MANIFEST_END")
@@ -492,9 +491,8 @@ class TreeWriter:
             self.flush.wait(self.label, self.root)  # every file and directory this job changed, nothing else
         elif self.fsync_files:
             os.fsync(self.root.fd)
-        return {"files_done": self.files_done, "bytes_done": self.bytes_done, "files_skipped": self.skipped,
-                "deleted": self.deleted, "renamed": self.renamed, "errors": self.errors,
-                "first_error": self.first_error}
+        return Result(files_done=self.files_done, bytes_done=self.bytes_done, files_skipped=self.skipped,
+                      deleted=self.deleted, renamed=self.renamed, errors=self.errors, first_error=self.first_error)
 
     # -- accounting ---------------------------------------------------------------------------------
     def count(self, *, files_done: int = 0, bytes_done: int = 0, skipped: int = 0, deleted: int = 0) -> None:

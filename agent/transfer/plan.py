@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.atomic import _open_subdir
-from zcrepl.agent.transfer.frame import Entry, Kind
+from zcrepl.agent.transfer.frame import Entry, Kind, Result
 from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.meta import owner_ids
 from zcrepl.agent.transfer.saferoot import TEMP_PREFIX, SafeRoot, validate_relpath
@@ -161,7 +160,7 @@ class PlanWriter(TreeWriter):
                 self._held += len(item.path) + len(item.target)
 
     # -- end of transfer ----------------------------------------------------------------------------
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> Result:
         self.end_batch()
         if not self.manifest_done:
             raise ProtocolError("SENDER_DONE before MANIFEST_END")
@@ -171,8 +170,7 @@ class PlanWriter(TreeWriter):
             for dpath in list(self.children):
                 if dpath not in self.new_dirs:
                     self._extras(dpath, protect)
-        return {"files_done": 0, "bytes_done": 0, "files_skipped": 0, "deleted": 0, "renamed": 0,
-                "errors": self.errors, "first_error": self.first_error}
+        return Result(errors=self.errors, first_error=self.first_error)
 
     def _extras(self, dpath: bytes, protect: Filter) -> None:
         try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import secrets
@@ -110,7 +109,7 @@ class ReceiveSession:
             result = self._control_loop(ch, writer)
             if writer.flush is not None:  # the job's root may have been created with its parents
                 sync_ancestors(spec.export, spec.rel, writer.flush.since_ns)
-            ch.send(fr.frame(fr.T.RESULT, json.dumps(result).encode()))
+            ch.send(fr.encode_result(result))
             return self.stats()
         except BaseException as err:
             with self._lock:
@@ -128,14 +127,14 @@ class ReceiveSession:
             detach_dirs(writer)
             root.close()
 
-    def _control_loop(self, ch: Channel, writer: TreeWriter) -> dict[str, object]:
+    def _control_loop(self, ch: Channel, writer: TreeWriter) -> fr.Result:
         sink = _Sink(ch, writeback=self.spec.options.durability is Durability.JOB)
         try:
             return self._control_frames(ch, writer, sink)
         finally:
             sink.close()
 
-    def _control_frames(self, ch: Channel, writer: TreeWriter, sink: _Sink) -> dict[str, object]:  # noqa: C901
+    def _control_frames(self, ch: Channel, writer: TreeWriter, sink: _Sink) -> fr.Result:  # noqa: C901
         last = 0.0
         ops: list[opf.Op] = []
         held = 0  # bytes of this round's changes

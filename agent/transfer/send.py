@@ -18,7 +18,6 @@ import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
@@ -63,7 +62,7 @@ class Sender:
         self.files: dict[int, Entry] = {}  # index -> file entry (only files can be asked for)
         self.failed = threading.Event()
         self.first_failure: BaseException | None = None
-        self.result: dict[str, Any] | None = None
+        self.result: fr.Result | None = None
         self.peer_error: str | None = None
         self.pacer = Pacer(spec.options.bwlimit, spec.cancel)
         self.workers: list[DataWorker] = []
@@ -321,16 +320,15 @@ class Sender:
         )
 
     def _merge_result(self, ctl: Channel) -> TransferStats:
-        r = self.result or {}
+        r = self.result or fr.Result()
         snap = self.snapshot()
-        errors = int(r.get("errors", 0))  # the destination's: it could not write what it was sent
-        self.renamed = int(r.get("renamed", 0))
+        self.renamed = r.renamed
         wire = ctl.sent + ctl.received + sum(w.ch.sent + w.ch.received for w in self.workers)
-        self.final = replace(snap, files_skipped=int(r.get("files_skipped", 0)), deleted=int(r.get("deleted", 0)),
-                             errors=errors, wire_bytes=wire)
+        # errors are the destination's: it could not write what it was sent
+        self.final = replace(snap, files_skipped=r.files_skipped, deleted=r.deleted, errors=r.errors, wire_bytes=wire)
         self.progress(force=True)
-        if errors:
-            raise TransferError(f"{errors} entries failed; first: {r.get('first_error') or 'see its log'}")
+        if r.errors:
+            raise TransferError(f"{r.errors} entries failed; first: {r.first_error or 'see its log'}")
         return self.final
 
     def source_trouble(self, index: int, path: bytes, err: BaseException) -> None:

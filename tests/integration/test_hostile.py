@@ -3,7 +3,6 @@ and the receiving agent keeps serving (reliability.md §1a-1c, DESIGN §3 rules 
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import struct
@@ -105,8 +104,8 @@ def test_symlink_swapped_in_mid_job(cluster: Cluster, evil: FakeAgent, client: C
     kind, payload = s.ch.recv_frame()
     s.close()
     assert kind is fr.T.RESULT
-    result = json.loads(payload)
-    assert result["errors"] >= 1 and "symlink" in result["first_error"]  # refused, reported, not written
+    result = fr.decode_result(payload)
+    assert result.errors >= 1 and "symlink" in result.first_error  # refused, reported, not written
     assert "entries failed" in job_failed(client, s.job.id)
     assert not (dst / "d.moved" / "pwned").exists()
 

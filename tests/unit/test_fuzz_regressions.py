@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
 import threading
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def test_a_directory_attribute_the_destination_refuses_is_an_entry_error(tmp_pat
         w.admit(Entry(Kind.DIR, b"d", 0o750, 0, xattrs=fr.encode_xattrs([big])))
         w.end_manifest(2)
         result = w.finish()
-    assert result["errors"] == 1 and result["first_error"] == f"hostB:/dst/d: {refused}"
+    assert result.errors == 1 and result.first_error == f"hostB:/dst/d: {refused}"
     assert (tmp_path / "dst" / "d").is_dir()
 
 
@@ -172,12 +173,18 @@ def test_a_data_connection_gone_before_its_accept_fails_the_attempt_at_once(tmp_
     assert isinstance(outcome[0], BrokenPipeError), outcome  # the data connection's failure is the cause
 
 
-@pytest.mark.parametrize("result", [b"[]", b'{"errors": "many"}', b'{"errors": -1}', b"[" * 100_000, b"\xff{"],
-                         ids=["list", "text-count", "negative", "deep", "not-utf8"])
+_HEAD = struct.Struct("!6QI")
+_GOOD = fr.encode_result(fr.Result(files_done=1, errors=1, first_error="hostB:/d/x: EACCES"))[5:]  # the payload
+
+
+@pytest.mark.parametrize("result", [
+    b'{"errors": 0}', _GOOD[:-1], _GOOD + b"x", _HEAD.pack(0, 0, 0, 0, 0, 1, fr.MAX_RESULT_TEXT + 1),
+    _HEAD.pack(0, 0, 0, 0, 0, 1, 2) + b"\xff{", _GOOD[: _HEAD.size - 1]],
+    ids=["json", "short-text", "trailing", "overlong-text", "not-utf8", "short-header"])
 def test_a_malformed_result_from_the_destination_is_a_protocol_error(tmp_path: Path, result: bytes) -> None:
-    """The source read RESULT with a bare json.loads: a list made Sender.run raise AttributeError, a text
-    count ValueError, deep nesting RecursionError (out of its reader thread), a negative count "-1 entries
-    failed": crashes and nonsense, where a lying destination is a protocol error that fails the attempt."""
+    """The source once read RESULT with a bare json.loads (a list crashed Sender.run, deep nesting raised
+    RecursionError in its reader thread); it is binary now, and a lying destination is still a protocol error
+    that fails the attempt: every length is checked against the frame, the text must be UTF-8."""
     (tmp_path / "src").mkdir()
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(30)
