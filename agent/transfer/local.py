@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from zcrepl.agent import priority
 from zcrepl.agent.transfer.apply import TreeWriter
+from zcrepl.agent.transfer.failure import explain
 from zcrepl.agent.transfer.flush import sync_ancestors
 from zcrepl.agent.transfer.frame import F_SPARSE, Entry, FileHead, Kind
 from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
@@ -26,7 +27,7 @@ from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.plan import PlanWriter, make_writer, open_job_root
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble, tree_filter
-from zcrepl.core.errors import Cancelled, TransferError, UnsafePath
+from zcrepl.core.errors import Cancelled, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
 from zcrepl.core.logs import carry, kv
 from zcrepl.core.types import JobOptions, PlanItem, TransferStats
@@ -102,7 +103,7 @@ class LocalCopy:
             if self.cancel.is_set():
                 raise Cancelled("cancelled by the controller")
             if self.errors:
-                raise TransferError(f"local copy failed: {self.errors[0]}") from self.errors[0]
+                raise explain(self.errors[0]).error("local copy failed: ") from self.errors[0]
             writer.finish()
             if writer.flush is not None:  # the job's root may have been created with its parents
                 sync_ancestors(self.dst_export, self.dst_rel, writer.flush.since_ns)

@@ -23,6 +23,7 @@ from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.changes import ChangePlan, restricted_manifest
 from zcrepl.agent.transfer.channel import Channel, Stream
+from zcrepl.agent.transfer.failure import explain
 from zcrepl.agent.transfer.frame import Entry, Hello, Kind
 from zcrepl.agent.transfer.peer import KTLS, NONE, TLS
 from zcrepl.agent.transfer.saferoot import SafeRoot
@@ -152,7 +153,8 @@ class Sender:
             return Cancelled("cancelled")
         if self.peer_error:
             return TransferError(f"the destination aborted: {self.peer_error}")
-        return TransferError(f"data connection failed: {err}")
+        between = f"this agent and {self.spec.dest or self.spec.address[0]}"
+        return explain(err, io_timeout=self.spec.io_timeout, between=between).error("data connection failed: ")
 
     # -- control: manifest out ----------------------------------------------------------------------
     def _changes(self, ctl: Channel) -> list[Entry]:
