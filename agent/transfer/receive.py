@@ -30,7 +30,7 @@ from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.apply import FileSlot, TreeWriter
 from zcrepl.agent.transfer.basis import complete_delta
 from zcrepl.agent.transfer.changes import apply_ops
-from zcrepl.agent.transfer.channel import Channel, Stream, wait_ready
+from zcrepl.agent.transfer.channel import ZERO_COPY, Channel, Stream, ZeroCopy, wait_ready
 from zcrepl.agent.transfer.flush import start_writeback, sync_ancestors
 from zcrepl.agent.transfer.frame import FileHead, Hello
 from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
@@ -47,7 +47,6 @@ from zcrepl.core.types import Durability, JobOptions, TransferStats
 _FILE_ENDS = frozenset(fr.FileEnd)
 log = logging.getLogger(__name__)
 
-USE_SPLICE = True  # tests switch it off to exercise the recv_into + pwrite path
 _F_SETPIPE_SZ = 1031
 _PIPE = 1 << 20
 _BUF = 1 << 20
@@ -70,6 +69,7 @@ class ReceiveSpec:
     limits: SessionLimits = field(default_factory=SessionLimits)
     bind: Binding = field(default_factory=Binding)  # whom the controller's ticket was for; the data tickets inherit it
     dirs: ExtraDirs = field(default_factory=ExtraDirs)  # --backup-dir and --link-dest, resolved
+    zero_copy: ZeroCopy = ZERO_COPY
 
 
 class ReceiveSession:
@@ -128,7 +128,7 @@ class ReceiveSession:
             root.close()
 
     def _control_loop(self, ch: Channel, writer: TreeWriter) -> fr.Result:
-        sink = _Sink(ch, writeback=self.spec.options.durability is Durability.JOB)
+        sink = _Sink(ch, self.spec.zero_copy, writeback=self.spec.options.durability is Durability.JOB)
         try:
             return self._control_frames(ch, writer, sink)
         finally:
@@ -206,7 +206,7 @@ class ReceiveSession:
             if self.writer is None or self._error is not None:
                 return
             self._data[ch] = False
-        sink = _Sink(ch, writeback=self.spec.options.durability is Durability.JOB)
+        sink = _Sink(ch, self.spec.zero_copy, writeback=self.spec.options.durability is Durability.JOB)
         try:
             ch.send(fr.encode_accept([]))  # inside: a source already gone must still mark this one finished
             while True:
@@ -296,9 +296,9 @@ class ReceiveSession:
 class _Sink:
     """Moves one range of file bytes from a connection into a slot's temp file."""
 
-    def __init__(self, ch: Channel, writeback: bool = False) -> None:
+    def __init__(self, ch: Channel, zero_copy: ZeroCopy, writeback: bool = False) -> None:
         self.ch = ch
-        self.use_splice = USE_SPLICE and isinstance(ch.sock, socket.socket)  # never under TLS
+        self.use_splice = zero_copy.splice and isinstance(ch.sock, socket.socket)  # never under TLS
         # ``job`` durability: start the writeback of each WRITEBACK_STEP written, so a big file is mostly on
         # disk when its last byte arrives instead of all of it being written then.
         self.writeback = writeback

@@ -17,7 +17,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from zcrepl.agent import priority
-from zcrepl.agent.transfer import delta, sendio
+from zcrepl.agent.transfer import delta
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.channel import Channel, Stream
 from zcrepl.agent.transfer.frame import Entry, FileHead
@@ -63,7 +63,7 @@ class DataWorker:
         self.ch = ch
         self.files_done = self.bytes_done = 0
         self.pending = b""  # trailer of the previous file, sent together with the next header
-        self.use_sendfile = sendio.USE_SENDFILE and (self.tls is None or self.tls.ktls)
+        self.use_sendfile = sender.spec.zero_copy.sendfile and (self.tls is None or self.tls.ktls)
         self.buf: bytearray | None = None
         self.work: queue.Queue[WorkItem | None] = queue.Queue()
         self.thread = threading.Thread(target=carry(self.run), name=f"zc-send-data-{n}", daemon=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import tls
-from zcrepl.agent.transfer.channel import Channel, Stream, wait_ready
+from zcrepl.agent.transfer.channel import ZERO_COPY, Channel, Stream, ZeroCopy, wait_ready
 from zcrepl.agent.transfer.frame import Hello
 from zcrepl.core.errors import ProtocolError, Unavailable
 from zcrepl.core.types import JobOptions, TransferStats
@@ -23,7 +23,6 @@ class Refused(ProtocolError):
     """The receiver answered HELLO with REFUSE: nothing of the attempt was applied."""
 
 
-USE_SENDFILE = True  # tests switch it off to exercise the read+send fallback
 CHUNK = 8 << 20
 
 
@@ -42,6 +41,7 @@ class SendSpec:
     encrypt: bool = False  # TLS 1.3 on every connection; the receiver must be agent ``dest``
     dest: str = ""  # the destination agent the controller named (checked in its certificate)
     contexts: tls.TlsContexts | None = None  # this agent's TLS material; None when it runs --insecure
+    zero_copy: ZeroCopy = ZERO_COPY
 
 
 class Pacer:
