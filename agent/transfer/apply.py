@@ -29,7 +29,7 @@ from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.linkdest import LinkDest
 from zcrepl.agent.transfer.meta import apply_meta, owner_ids
 from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea
-from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, validate_name, validate_relpath
+from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, lstat_at, validate_name, validate_relpath
 from zcrepl.agent.transfer.scan import file_digest, tree_filter
 from zcrepl.agent.transfer.uptodate import up_to_date
 from zcrepl.core.errors import NoSpace, ProtocolError, UnsafePath
@@ -220,7 +220,7 @@ class TreeWriter:
 
     def _ensure_dir(self, parts: tuple[bytes, ...]) -> None:
         pfd, leaf = self.parent(parts)
-        st = _lstat(pfd, leaf)
+        st = lstat_at(pfd, leaf)
         if st is not None and stat.S_ISDIR(st.st_mode):
             if st.st_mode & 0o700 != 0o700 and os.geteuid() != 0:
                 dfd = self.root.open_dir(parts)  # we must be able to write into it until the end
@@ -239,7 +239,7 @@ class TreeWriter:
 
     def _apply_symlink(self, parts: tuple[bytes, ...], e: Entry) -> None:
         pfd, leaf = self.parent(parts)
-        st = _lstat(pfd, leaf)
+        st = lstat_at(pfd, leaf)
         # A symlink with other names (hard links to a link) is replaced, never touched in place.
         if (st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(leaf, dir_fd=pfd) == e.target
                 and owner_ids(self.policy, e, st, self.as_root) == (KEEP, KEEP)
@@ -534,10 +534,3 @@ class TreeWriter:
                              files_skipped=self.skipped, deleted=self.deleted, errors=self.errors,
                              scan_done=self.manifest_done, backed_up=self.backup.kept if self.backup else 0,
                              linked=self.link_dest.linked if self.link_dest else 0)
-
-
-def _lstat(dir_fd: int, leaf: bytes) -> os.stat_result | None:
-    try:
-        return os.lstat(leaf, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None

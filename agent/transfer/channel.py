@@ -5,7 +5,9 @@ The wire format itself (frame types, encoders and decoders) is in frame.py; this
 
 from __future__ import annotations
 
+import contextlib
 import select
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,6 +28,13 @@ class ZeroCopy:
 
 
 ZERO_COPY = ZeroCopy()
+
+
+def shut(sock: Stream | socket.socket) -> None:
+    """Shut both directions: a thread blocked in recv, send, sendfile or splice on it wakes up with EOF or an
+    error (close alone would not wake it), and the peer sees the end. Already gone is fine."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def wait_ready(sockfd: int, events: int, timeout: float | None, what: str) -> None:

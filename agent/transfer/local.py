@@ -7,7 +7,6 @@ delete and directory rules); needed files are copied in the kernel with ``os.cop
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import queue
@@ -27,6 +26,7 @@ from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.plan import PlanWriter, make_writer, open_job_root
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble, tree_filter
+from zcrepl.agent.transfer.sourcefile import as_scanned, data_segments
 from zcrepl.core.errors import Cancelled, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
 from zcrepl.core.logs import carry, kv
@@ -143,12 +143,12 @@ class LocalCopy:
         try:
             st = os.fstat(fd)
             slot = writer.slot(FileHead(index, 0, e.size, e.size, e.mtime_ns, st.st_mode & 0o7777))
-            ok = st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
+            ok = as_scanned(st, e)
             try:
                 if ok and slot.fd is not None:  # (no fd: the destination's trouble, recorded already)
                     ok = self._copy_data(fd, slot.fd, e, buf)
                     after = os.fstat(fd)
-                    ok = ok and after.st_size == e.size and after.st_mtime_ns == e.mtime_ns
+                    ok = ok and as_scanned(after, e)
             except BaseException:
                 writer.range_broken(slot)
                 raise
@@ -162,21 +162,7 @@ class LocalCopy:
         """Copy the file; for a sparse one only its data segments, so holes stay holes."""
         if not e.flags & F_SPARSE:
             return copy_range(src, dst, 0, e.size, buf, self.copy_paths) == e.size
-        off = 0
-        while off < e.size:
-            try:
-                data = os.lseek(src, off, os.SEEK_DATA)
-            except OSError as err:
-                if err.errno != errno.ENXIO:
-                    raise
-                return True
-            if data >= e.size:
-                return True
-            end = min(os.lseek(src, data, os.SEEK_HOLE), e.size)
-            if copy_range(src, dst, data, end - data, buf, self.copy_paths) != end - data:
-                return False
-            off = end
-        return True
+        return all(copy_range(src, dst, off, n, buf, self.copy_paths) == n for off, n in data_segments(src, e.size))
 
     @property
     def plan(self) -> tuple[PlanItem, ...]:

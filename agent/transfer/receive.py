@@ -30,7 +30,7 @@ from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.apply import FileSlot, TreeWriter
 from zcrepl.agent.transfer.basis import complete_delta
 from zcrepl.agent.transfer.changes import apply_ops
-from zcrepl.agent.transfer.channel import ZERO_COPY, Channel, Stream, ZeroCopy, wait_ready
+from zcrepl.agent.transfer.channel import ZERO_COPY, Channel, ZeroCopy, shut, wait_ready
 from zcrepl.agent.transfer.flush import start_writeback, sync_ancestors
 from zcrepl.agent.transfer.frame import FileHead, Hello
 from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
@@ -225,7 +225,7 @@ class ReceiveSession:
             with contextlib.suppress(OSError):
                 ch.send(fr.encode_text(fr.T.ABORT, str(err)))
             if self._control is not None:
-                _shutdown(self._control.sock)  # wake the control thread: the attempt is lost
+                shut(self._control.sock)  # wake the control thread: the attempt is lost
             if not isinstance(err, Exception):
                 raise
         finally:
@@ -281,7 +281,7 @@ class ReceiveSession:
         with self._lock:
             chans = list(self._data)
         for c in chans:
-            _shutdown(c.sock)
+            shut(c.sock)
 
     def stats(self) -> TransferStats:
         assert self.writer is not None
@@ -416,9 +416,4 @@ def _pwrite_all(fd: int, data: memoryview, off: int) -> None:
     done = 0
     while done < len(data):
         done += os.pwrite(fd, data[done:], off + done)
-
-
-def _shutdown(sock: Stream) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
 

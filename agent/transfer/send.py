@@ -10,9 +10,7 @@ attempt (``SendSpec.encrypt``) runs every connection over TLS 1.3 and sends file
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import threading
 import time
 import zlib
@@ -22,7 +20,7 @@ from dataclasses import replace
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.changes import ChangePlan, restricted_manifest
-from zcrepl.agent.transfer.channel import Channel, Stream
+from zcrepl.agent.transfer.channel import Channel, Stream, shut
 from zcrepl.agent.transfer.failure import explain
 from zcrepl.agent.transfer.frame import Entry, Hello, Kind
 from zcrepl.agent.transfer.peer import KTLS, NONE, TLS
@@ -134,8 +132,7 @@ class Sender:
         finally:
             self._closed = True
             for sk in self._socks:
-                with contextlib.suppress(OSError):
-                    sk.shutdown(socket.SHUT_RDWR)
+                shut(sk)
                 sk.close()
             for w in self.workers:
                 if w.thread.is_alive():
@@ -372,6 +369,5 @@ class Sender:
         while not self._closed:
             if self.spec.cancel.wait(0.2) or self.failed.is_set():
                 for sk in list(self._socks):
-                    with contextlib.suppress(OSError):
-                        sk.shutdown(socket.SHUT_RDWR)
+                    shut(sk)
                 return

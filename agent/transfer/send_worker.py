@@ -24,6 +24,7 @@ from zcrepl.agent.transfer.frame import Entry, FileHead
 from zcrepl.agent.transfer.partial import intervals_digest, merge
 from zcrepl.agent.transfer.saferoot import validate_relpath
 from zcrepl.agent.transfer.sendio import readsend_range, sendfile_range, tls_send_range
+from zcrepl.agent.transfer.sourcefile import as_scanned, data_segments
 from zcrepl.agent.transfer.tls import TlsStream
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import carry, kv
@@ -112,7 +113,7 @@ class DataWorker:
             self.skip(index, offset, length, e)
             return None
         st = os.fstat(fd)
-        if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
+        if not as_scanned(st, e):
             os.close(fd)
             s.source_changed(index, e.path)
             self.skip(index, offset, length, e)  # changed since the scan: the receiver drops it
@@ -137,7 +138,7 @@ class DataWorker:
         if not ok:  # shrank while we read it: pad to the announced length, then void it
             self.pad(length - sent)
         after = os.fstat(fd)
-        ok = ok and after.st_size == e.size and after.st_mtime_ns == e.mtime_ns
+        ok = ok and as_scanned(after, e)
         self.pending = fr.FILE_END_OK if ok else fr.FILE_END_CHANGED
         if not ok:
             s.source_changed(index, e.path)
@@ -202,27 +203,22 @@ class DataWorker:
         try:
             st = os.fstat(fd)
             ok, off = True, 0
-            while off < e.size:
-                try:
-                    data = os.lseek(fd, off, os.SEEK_DATA)
-                except OSError as err:
-                    if err.errno != errno.ENXIO:
-                        raise
-                    data = e.size  # only a hole is left
-                data = min(data, e.size)
+            for data, length in data_segments(fd, e.size):
                 if data > off:
-                    self.pending += fr.encode_file(FileHead(index, off, data - off, e.size, e.mtime_ns,
-                                                            st.st_mode & 0o7777), fr.T.HOLE)
-                if data >= e.size:
-                    break
-                end = min(os.lseek(fd, data, os.SEEK_HOLE), e.size)
-                ok = self.send_piece(fd, st, index, data, end - data, e) and ok
-                off = end
+                    self.hole(index, off, data - off, e, st)
+                ok = self.send_piece(fd, st, index, data, length, e) and ok
+                off = data + length
                 s.check_cancel()
+            if off < e.size:
+                self.hole(index, off, e.size - off, e, st)
             if ok:
                 self.files_done += 1
         finally:
             os.close(fd)
+
+    def hole(self, index: int, offset: int, length: int, e: Entry, st: os.stat_result) -> None:
+        self.pending += fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, st.st_mode & 0o7777),
+                                       fr.T.HOLE)
 
     def skip(self, index: int, offset: int, length: int, e: Entry) -> None:
         self.ch.send(self.pending + fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, e.mode),
