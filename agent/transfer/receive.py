@@ -26,22 +26,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.apply import FileSlot, TreeWriter
-from zcrepl.agent.transfer.basis import complete_delta
-from zcrepl.agent.transfer.changes import apply_ops
 from zcrepl.agent.transfer.channel import ZERO_COPY, Channel, ZeroCopy, shut, wait_ready
 from zcrepl.agent.transfer.flush import start_writeback, sync_ancestors
 from zcrepl.agent.transfer.frame import FileHead, Hello
 from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
-from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
+from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.peer import NONE, Binding
 from zcrepl.agent.transfer.plan import make_writer, open_job_root
+from zcrepl.agent.transfer.receive_control import FILE_FRAMES, ControlSession
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.server import Grant, TicketBook
 from zcrepl.core.errors import ProtocolError, TransferError
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
-from zcrepl.core.synctypes import SYNC_ID_BASE
 from zcrepl.core.types import Durability, JobOptions, TransferStats
 
 _FILE_ENDS = frozenset(fr.FileEnd)
@@ -53,7 +50,6 @@ _BUF = 1 << 20
 DATA_TICKET_TTL = 60.0
 DATA_WAIT = 120.0
 WRITEBACK_STEP = 8 << 20
-_FILE_FRAMES = (fr.T.FILE, fr.T.FILE_SKIP, fr.T.REUSE, fr.T.DIGEST, fr.T.HOLE)
 
 
 @dataclass
@@ -130,75 +126,9 @@ class ReceiveSession:
     def _control_loop(self, ch: Channel, writer: TreeWriter) -> fr.Result:
         sink = _Sink(ch, self.spec.zero_copy, writeback=self.spec.options.durability is Durability.JOB)
         try:
-            return self._control_frames(ch, writer, sink)
+            return ControlSession(self, ch, writer, sink).run()
         finally:
             sink.close()
-
-    def _control_frames(self, ch: Channel, writer: TreeWriter, sink: _Sink) -> fr.Result:  # noqa: C901
-        last = 0.0
-        ops: list[opf.Op] = []
-        held = 0  # bytes of this round's changes
-        while True:
-            kind, payload = ch.recv_frame()
-            if kind is fr.T.CHANGES or kind is fr.T.CHANGES_END:
-                if self.spec.job_id < SYNC_ID_BASE:  # a job's deletions are --delete's, never the peer's list
-                    raise ProtocolError(f"{kind.name} in a job session: only watch rules send changes")
-                if writer.n_entries:
-                    raise ProtocolError(f"{kind.name} after the manifest started")
-                writer.restricted = True
-                if kind is fr.T.CHANGES:
-                    held += len(payload)
-                    if held > self.spec.limits.max_changes_bytes:
-                        raise LimitExceeded(
-                            f"one round of changes sent to {self.spec.label} is larger than "
-                            f"{self.spec.limits.max_changes_bytes:,} bytes; raise max_changes_bytes in that "
-                            "agent's config if the source really renames that much at once")
-                    ops += opf.decode_ops(payload, (opf.OP_RENAME, opf.OP_DELETE))
-                    if len(ops) > opf.MAX_OPS * 64:
-                        raise ProtocolError("too many changes in one round")
-                    continue
-                missed = apply_ops(writer, ops)
-                ops = []
-                held = 0
-                for f in opf.op_batches([opf.Op(opf.OP_MISSED, p) for p in missed], fr.T.MISSED):
-                    ch.send(f)
-                ch.send(fr.frame(fr.T.CHANGES_ACK))
-                continue
-            if kind is fr.T.ENTRIES:
-                need, bases = [], []
-                for e in fr.decode_entries(payload):
-                    index = writer.n_entries
-                    wanted = writer.admit(e)
-                    if isinstance(wanted, fr.Basis):
-                        bases.append(wanted)
-                    elif wanted:
-                        need.append(index)
-                writer.end_batch()
-                if need:
-                    ch.send(fr.encode_need(need))
-                later = [b for b in bases if b.kind == fr.BasisKind.DELTA and not b.hashes]
-                for b in bases:
-                    ch.send(fr.encode_hint(b.index, b.block) if b in later else fr.encode_basis(b))
-                for b in later:  # the sender hashes its version meanwhile
-                    ch.send(fr.encode_basis(complete_delta(writer, b)))
-            elif kind is fr.T.MANIFEST_END:
-                writer.end_manifest(fr.decode_u64(payload, "MANIFEST_END"))
-                ch.send(fr.frame(fr.T.NEED_END))
-            elif kind in _FILE_FRAMES:
-                self._file(ch, payload, kind, sink)
-            elif kind is fr.T.SENDER_DONE:
-                if not self._wait_data(DATA_WAIT):
-                    raise ProtocolError("the source finished while data connections were still open")
-                self._raise_data_error()
-                return writer.finish()
-            elif kind is fr.T.ABORT:
-                raise TransferError(f"the source aborted: {fr.decode_text(payload)}")
-            else:
-                raise ProtocolError(f"unexpected {kind.name} frame on the control connection")
-            now = time.monotonic()
-            if now - last > 0.5:
-                last = now
-                self.spec.on_progress(self.stats())
 
     # -- data ---------------------------------------------------------------------------------------
     def _serve_data(self, ch: Channel, hello: Hello) -> None:
@@ -211,8 +141,8 @@ class ReceiveSession:
             ch.send(fr.encode_accept([]))  # inside: a source already gone must still mark this one finished
             while True:
                 kind, payload = ch.recv_frame(limit=256)
-                if kind in _FILE_FRAMES:
-                    self._file(ch, payload, kind, sink)
+                if kind in FILE_FRAMES:
+                    self.file_frame(ch, payload, kind, sink)
                 elif kind is fr.T.DATA_DONE:
                     return
                 elif kind is fr.T.ABORT:
@@ -234,7 +164,7 @@ class ReceiveSession:
                 self._data[ch] = True
                 self._data_cv.notify_all()
 
-    def _file(self, ch: Channel, payload: bytes, kind: fr.T, sink: _Sink) -> None:
+    def file_frame(self, ch: Channel, payload: bytes, kind: fr.T, sink: _Sink) -> None:
         assert self.writer is not None
         if kind is fr.T.DIGEST:
             self.writer.set_digest(*fr.decode_digest(payload))
@@ -266,6 +196,12 @@ class ReceiveSession:
             self.writer.range_broken(slot, head.offset, sink.written)
             raise
         self.writer.range_done(slot, head.length, ok=end[0] == fr.FileEnd.OK, offset=head.offset)
+
+    def data_finished(self) -> None:
+        """The source says it is done: every data connection must finish too, and none may have failed."""
+        if not self._wait_data(DATA_WAIT):
+            raise ProtocolError("the source finished while data connections were still open")
+        self._raise_data_error()
 
     def _wait_data(self, timeout: float) -> bool:
         with self._data_cv:
