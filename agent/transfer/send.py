@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from zcrepl.agent.transfer import frame as fr
@@ -86,25 +86,11 @@ class Sender:
         self.renamed = 0
 
     # -- public -------------------------------------------------------------------------------------
-    def run(self) -> TransferStats:  # noqa: C901
+    def run(self) -> TransferStats:
         spec = self.spec
-        streams = max(1, min(spec.options.streams or 1, fr.MAX_STREAMS))
-        cancel_watch = threading.Thread(target=self._close_on_cancel, daemon=True, name="zc-send-cancel")
         reader: threading.Thread | None = None
         try:
-            sock, ctl, accept = connect(spec, Hello(spec.job_id, spec.attempt, spec.ticket, fr.ConnRole.CONTROL,
-                                                    streams))
-            self._socks.append(sock)
-            self.controlled = True
-            cancel_watch.start()
-            for i, ticket in enumerate(fr.decode_accept(accept)):
-                dsock, dch, _ = connect(spec, Hello(spec.job_id, spec.attempt, ticket, fr.ConnRole.DATA, 0))
-                self._socks.append(dsock)
-                self.workers.append(DataWorker(self, dsock, dch, i))
-            if not self.workers:
-                raise ProtocolError("the destination granted no data connection")
-            if spec.encrypt:
-                self.transport = KTLS if all(w.tls is not None and w.tls.ktls for w in self.workers) else TLS
+            ctl = self._open()
             if self.plan is not None:
                 self._restricted = self._changes(ctl)
             reader = threading.Thread(target=carry(self._read_loop), args=(ctl,), daemon=True,
@@ -130,20 +116,41 @@ class Sender:
                 raise TransferError(f"the destination aborted: {self.peer_error}") from err
             raise
         finally:
-            self._closed = True
-            for sk in self._socks:
-                shut(sk)
-                sk.close()
-            for w in self.workers:
-                if w.thread.is_alive():
-                    w.work.put(END)
-            for w in self.workers:
-                if w.thread.ident is not None:
-                    w.thread.join(5)
-            if reader is not None:
-                reader.join(5)
-            # The cancel watcher sees _closed within its 0.2 s poll and exits on its own; joining it
-            # here would add that poll to every transfer.
+            self._close(reader)
+
+    def _open(self) -> Channel:
+        """The handshake: the control connection, then the data connections the destination granted."""
+        spec = self.spec
+        streams = max(1, min(spec.options.streams or 1, fr.MAX_STREAMS))
+        sock, ctl, accept = connect(spec, Hello(spec.job_id, spec.attempt, spec.ticket, fr.ConnRole.CONTROL, streams))
+        self._socks.append(sock)
+        self.controlled = True
+        threading.Thread(target=self._close_on_cancel, daemon=True, name="zc-send-cancel").start()
+        for i, ticket in enumerate(fr.decode_accept(accept)):
+            dsock, dch, _ = connect(spec, Hello(spec.job_id, spec.attempt, ticket, fr.ConnRole.DATA, 0))
+            self._socks.append(dsock)
+            self.workers.append(DataWorker(self, dsock, dch, i))
+        if not self.workers:
+            raise ProtocolError("the destination granted no data connection")
+        if spec.encrypt:
+            self.transport = KTLS if all(w.tls is not None and w.tls.ktls for w in self.workers) else TLS
+        return ctl
+
+    def _close(self, reader: threading.Thread | None) -> None:
+        self._closed = True
+        for sk in self._socks:
+            shut(sk)
+            sk.close()
+        for w in self.workers:
+            if w.thread.is_alive():
+                w.work.put(END)
+        for w in self.workers:
+            if w.thread.ident is not None:
+                w.thread.join(5)
+        if reader is not None:
+            reader.join(5)
+        # The cancel watcher sees _closed within its 0.2 s poll and exits on its own; joining it
+        # here would add that poll to every transfer.
 
     def _explain(self, err: BaseException) -> TransferError:
         if self.spec.cancel.is_set():
@@ -229,38 +236,20 @@ class Sender:
             raise first
 
     # -- control: NEEDs in --------------------------------------------------------------------------
-    def _read_loop(self, ctl: Channel) -> None:  # noqa: C901
+    def _read_loop(self, ctl: Channel) -> None:
+        """The destination's answers, one handler per frame type, until RESULT or ABORT."""
+        handlers: dict[fr.T, Callable[[bytes], bool]] = {
+            fr.T.NEED: self._on_need, fr.T.BASIS_HINT: self._on_hint, fr.T.NEED_BASIS: self._on_need_basis,
+            fr.T.NEED_END: self._on_need_end, fr.T.RESULT: self._on_result, fr.T.ABORT: self._on_abort,
+        }
         try:
             while True:
                 kind, payload = ctl.recv_frame()
-                if kind is fr.T.NEED:
-                    for index in fr.decode_need(payload):
-                        self._queue_file(index)
-                elif kind is fr.T.BASIS_HINT:
-                    index, block = fr.decode_hint(payload)
-                    self.hinted[index] = (block, threading.Event())
-                    self._queue_file(index, fr.Basis(index, fr.BasisKind.DELTA, block))
-                elif kind is fr.T.NEED_BASIS:
-                    basis = fr.decode_basis(payload)
-                    hint = self.hinted.get(basis.index)
-                    if hint is None:
-                        self._queue_file(basis.index, basis)
-                    elif basis.kind != fr.BasisKind.DELTA or hint[1].is_set():
-                        raise ProtocolError(f"NEED_BASIS for index {basis.index} disagrees with its hint")
-                    else:  # the worker already hashing this file picks the receiver's hashes up here
-                        self.bases[basis.index] = basis
-                        hint[1].set()
-                elif kind is fr.T.NEED_END:
-                    for w in self.workers:
-                        w.work.put(END)
-                elif kind is fr.T.RESULT:
-                    self.result = fr.decode_result(payload)
-                    return
-                elif kind is fr.T.ABORT:
-                    self.peer_error = fr.decode_text(payload)
-                    return
-                else:
+                handler = handlers.get(kind)
+                if handler is None:
                     raise ProtocolError(f"unexpected {kind.name} from the destination")
+                if handler(payload):
+                    return
         except (OSError, ProtocolError, ValueError) as err:
             if not self._closed and not self.spec.cancel.is_set() and self.peer_error is None:
                 self.peer_error = str(err)
@@ -268,6 +257,43 @@ class Sender:
             self._reader_gone.set()
             if self.peer_error:
                 self.failed.set()
+
+    # Each returns True when the destination has said its last word.
+    def _on_need(self, payload: bytes) -> bool:
+        for index in fr.decode_need(payload):
+            self._queue_file(index)
+        return False
+
+    def _on_hint(self, payload: bytes) -> bool:
+        index, block = fr.decode_hint(payload)
+        self.hinted[index] = (block, threading.Event())
+        self._queue_file(index, fr.Basis(index, fr.BasisKind.DELTA, block))
+        return False
+
+    def _on_need_basis(self, payload: bytes) -> bool:
+        basis = fr.decode_basis(payload)
+        hint = self.hinted.get(basis.index)
+        if hint is None:
+            self._queue_file(basis.index, basis)
+        elif basis.kind != fr.BasisKind.DELTA or hint[1].is_set():
+            raise ProtocolError(f"NEED_BASIS for index {basis.index} disagrees with its hint")
+        else:  # the worker already hashing this file picks the receiver's hashes up here
+            self.bases[basis.index] = basis
+            hint[1].set()
+        return False
+
+    def _on_need_end(self, _payload: bytes) -> bool:
+        for w in self.workers:
+            w.work.put(END)
+        return False
+
+    def _on_result(self, payload: bytes) -> bool:
+        self.result = fr.decode_result(payload)
+        return True
+
+    def _on_abort(self, payload: bytes) -> bool:
+        self.peer_error = fr.decode_text(payload)
+        return True
 
     def _queue_file(self, index: int, basis: fr.Basis | None = None) -> None:
         e = self.files.get(index)

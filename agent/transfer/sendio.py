@@ -42,6 +42,9 @@ class SendSpec:
     dest: str = ""  # the destination agent the controller named (checked in its certificate)
     contexts: tls.TlsContexts | None = None  # this agent's TLS material; None when it runs --insecure
     zero_copy: ZeroCopy = ZERO_COPY
+    # How a connection is opened: None is TCP to ``address``; protocol tests pass one that returns a
+    # socketpair end whose other end a ReceiveSession (or a hostile peer) serves in-process.
+    dial: Callable[[SendSpec], socket.socket] | None = None
 
 
 class Pacer:
@@ -155,12 +158,7 @@ def tls_send_range(stream: tls.TlsStream, fd: int, offset: int, count: int, buf:
     return sent
 
 
-def connect(spec: SendSpec, hello: Hello) -> tuple[Stream, Channel, bytes]:
-    """Open (TLS first when ``spec.encrypt``), authenticate, return (stream, channel, ACCEPT payload)."""
-    if spec.encrypt and spec.contexts is None:
-        raise tls.TlsUnavailable("this agent has no TLS certificate (it runs --insecure), so it cannot send an "
-                                 "encrypted transfer; give it one (--join TOKEN or --ca/--cert/--key) or submit "
-                                 "the job without --encrypt")
+def dial_tcp(spec: SendSpec) -> socket.socket:
     try:
         sock = socket.create_connection(spec.address, timeout=spec.connect_timeout)
     except OSError as err:
@@ -168,11 +166,25 @@ def connect(spec: SendSpec, hello: Hello) -> tuple[Stream, Channel, bytes]:
             f"cannot connect to the destination data port {spec.address[0]}:{spec.address[1]}: "
             f"{err.strerror or err}; check that the destination agent is running and reachable"
         ) from err
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def connect(spec: SendSpec, hello: Hello) -> tuple[Stream, Channel, bytes]:
+    """Open (TLS first when ``spec.encrypt``), authenticate, return (stream, channel, ACCEPT payload)."""
+    if spec.encrypt and spec.contexts is None:
+        raise tls.TlsUnavailable("this agent has no TLS certificate (it runs --insecure), so it cannot send an "
+                                 "encrypted transfer; give it one (--join TOKEN or --ca/--cert/--key) or submit "
+                                 "the job without --encrypt")
+    sock = spec.dial(spec) if spec.dial is not None else dial_tcp(spec)
     stream: Stream = sock
     try:
         sock.settimeout(spec.io_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if spec.encrypt:
             assert spec.contexts is not None
             stream = tls.connect(spec.contexts, sock, spec.dest, time.monotonic() + spec.connect_timeout)

@@ -3,10 +3,8 @@ its fix."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-import struct
 import threading
 from pathlib import Path
 
@@ -21,10 +19,8 @@ from zcrepl.agent.transfer.frame import Entry, Hello, Kind
 from zcrepl.agent.transfer.meta import apply_meta
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
-from zcrepl.agent.transfer.send import Sender
-from zcrepl.agent.transfer.sendio import SendSpec
 from zcrepl.agent.transfer.server import TicketBook
-from zcrepl.core.errors import ProtocolError, TransferError, UnsafePath
+from zcrepl.core.errors import ProtocolError, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY
 from zcrepl.core.types import JobOptions
 
@@ -171,59 +167,3 @@ def test_a_data_connection_gone_before_its_accept_fails_the_attempt_at_once(tmp_
                 sock.close()
     assert not receiver.is_alive()
     assert isinstance(outcome[0], BrokenPipeError), outcome  # the data connection's failure is the cause
-
-
-_HEAD = struct.Struct("!6QI")
-_GOOD = fr.encode_result(fr.Result(files_done=1, errors=1, first_error="hostB:/d/x: EACCES"))[5:]  # the payload
-
-
-@pytest.mark.parametrize("result", [
-    b'{"errors": 0}', _GOOD[:-1], _GOOD + b"x", _HEAD.pack(0, 0, 0, 0, 0, 1, fr.MAX_RESULT_TEXT + 1),
-    _HEAD.pack(0, 0, 0, 0, 0, 1, 2) + b"\xff{", _GOOD[: _HEAD.size - 1]],
-    ids=["json", "short-text", "trailing", "overlong-text", "not-utf8", "short-header"])
-def test_a_malformed_result_from_the_destination_is_a_protocol_error(tmp_path: Path, result: bytes) -> None:
-    """The source once read RESULT with a bare json.loads (a list crashed Sender.run, deep nesting raised
-    RecursionError in its reader thread); it is binary now, and a lying destination is still a protocol error
-    that fails the attempt: every length is checked against the frame, the text must be UTF-8."""
-    (tmp_path / "src").mkdir()
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(30)
-
-    def destination() -> None:  # speaks just enough of the protocol to reach RESULT
-        socks = [listener.accept()[0]]
-        try:
-            socks[0].settimeout(30)
-            ctl = Channel(socks[0])
-            ctl.recv_frame()
-            ctl.send(fr.encode_accept([b"d" * fr.TICKET_LEN]))
-            socks.append(listener.accept()[0])
-            socks[1].settimeout(30)
-            data = Channel(socks[1])
-            data.recv_frame()
-            data.send(fr.encode_accept([]))
-            while ctl.recv_frame()[0] is not fr.T.MANIFEST_END:
-                pass
-            ctl.send(fr.frame(fr.T.NEED_END))
-            while data.recv_frame()[0] is not fr.T.DATA_DONE:
-                pass
-            while ctl.recv_frame()[0] is not fr.T.SENDER_DONE:
-                pass
-            ctl.send(fr.frame(fr.T.RESULT, result))
-            with contextlib.suppress(OSError):
-                while socks[0].recv(4096):
-                    pass
-        finally:
-            for sock in socks:
-                sock.close()
-
-    dest = threading.Thread(target=destination)
-    dest.start()
-    spec = SendSpec(9, 1, b"t" * fr.TICKET_LEN, listener.getsockname()[:2], JobOptions(), threading.Event(),
-                    lambda _s: None, io_timeout=30)
-    try:
-        with SafeRoot(os.fsencode(tmp_path / "src")) as root, pytest.raises(TransferError, match="RESULT frame"):
-            Sender(spec, root).run()
-    finally:
-        dest.join(30)
-        listener.close()
-    assert not dest.is_alive()
