@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer.cancel import Cancel
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.failure import explain
 from zcrepl.agent.transfer.frame import Hello
@@ -63,7 +64,7 @@ def no_tls(host: str, role: str) -> str:
 @dataclass
 class _Active:
     role: Role
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: Cancel = field(default_factory=Cancel)
     thread: threading.Thread | None = None
     session: ReceiveSession | None = None
     sender: Sender | None = None

@@ -75,6 +75,10 @@ class Sender:
         self.controlled = False  # the receiver accepted the control connection (something may have started)
         self._closed = False
         self._reader_gone = threading.Event()
+        # Set whenever the main thread may have something to act on: a worker finished, the reader stopped, a
+        # failure or a cancel. It waits on this, never on a timer.
+        self._changed = threading.Event()
+        self._unhook: Callable[[], None] = lambda: None
         self._last_progress = 0.0
         # Written by one thread each (scan: writer; totals: reader); snapshot() composes them.
         self.c_entries = 0
@@ -125,7 +129,7 @@ class Sender:
         sock, ctl, accept = connect(spec, Hello(spec.job_id, spec.attempt, spec.ticket, fr.ConnRole.CONTROL, streams))
         self._socks.append(sock)
         self.controlled = True
-        threading.Thread(target=self._close_on_cancel, daemon=True, name="zc-send-cancel").start()
+        self._unhook = spec.cancel.on_set(self._wake)
         for i, ticket in enumerate(fr.decode_accept(accept)):
             dsock, dch, _ = connect(spec, Hello(spec.job_id, spec.attempt, ticket, fr.ConnRole.DATA, 0))
             self._socks.append(dsock)
@@ -138,6 +142,7 @@ class Sender:
 
     def _close(self, reader: threading.Thread | None) -> None:
         self._closed = True
+        self._unhook()
         for sk in self._socks:
             shut(sk)
             sk.close()
@@ -149,8 +154,6 @@ class Sender:
                 w.thread.join(5)
         if reader is not None:
             reader.join(5)
-        # The cancel watcher sees _closed within its 0.2 s poll and exits on its own; joining it
-        # here would add that poll to every transfer.
 
     def _explain(self, err: BaseException) -> TransferError:
         if self.spec.cancel.is_set():
@@ -223,12 +226,16 @@ class Sender:
         self.progress(force=True)
 
     def _join_workers(self) -> None:
+        while True:
+            self._changed.clear()  # before the checks: a change after them still ends the wait below
+            self.check_cancel()
+            if self.peer_error or (self._reader_gone.is_set() and self.result is None):
+                raise ProtocolError(f"the destination stopped: {self.peer_error or 'connection closed'}")
+            if all(w.finished.is_set() for w in self.workers):
+                break
+            self._changed.wait()
         for w in self.workers:
-            while w.thread.is_alive():
-                w.thread.join(0.2)
-                self.check_cancel()
-                if self.peer_error or (self._reader_gone.is_set() and self.result is None):
-                    raise ProtocolError(f"the destination stopped: {self.peer_error or 'connection closed'}")
+            w.thread.join()
         first = self.first_failure
         if first is not None:
             if isinstance(first, OSError | TimeoutError):
@@ -255,8 +262,12 @@ class Sender:
                 self.peer_error = str(err)
         finally:
             self._reader_gone.set()
+            for _, hashes in list(self.hinted.values()):
+                hashes.set()  # nobody else would: a worker waiting for them checks why it woke
             if self.peer_error:
                 self.failed.set()
+                self._wake()
+            self._changed.set()
 
     # Each returns True when the destination has said its last word.
     def _on_need(self, payload: bytes) -> bool:
@@ -376,6 +387,10 @@ class Sender:
             if self.first_failure is None:
                 self.first_failure = err
         self.failed.set()
+        self._wake()
+
+    def worker_finished(self) -> None:
+        self._changed.set()
 
     def check_cancel(self) -> None:
         """Stop early when cancelled, or when any part of this attempt already failed."""
@@ -390,10 +405,12 @@ class Sender:
             self._last_progress = now
             self.spec.on_progress(self.snapshot())
 
-    def _close_on_cancel(self) -> None:
-        # On cancel or on the first failure, wake writers blocked in sendfile and the reader in recv.
-        while not self._closed:
-            if self.spec.cancel.wait(0.2) or self.failed.is_set():
-                for sk in list(self._socks):
-                    shut(sk)
-                return
+    def _wake(self) -> None:
+        """On cancel or on the first failure: wake writers blocked in sendfile and the reader in recv (shut
+        sockets), a worker waiting for the receiver's hashes, a paced or paused writer, and the main thread."""
+        for sk in list(self._socks):
+            shut(sk)
+        for _, hashes in list(self.hinted.values()):
+            hashes.set()
+        self.pacer.wake()
+        self._changed.set()

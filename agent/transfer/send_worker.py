@@ -68,6 +68,7 @@ class DataWorker:
         self.buf: bytearray | None = None
         self.work: queue.Queue[WorkItem | None] = queue.Queue()
         self.thread = threading.Thread(target=carry(self.run), name=f"zc-send-data-{n}", daemon=True)
+        self.finished = threading.Event()
 
     def run(self) -> None:
         priority.apply_to_this_thread()
@@ -89,6 +90,9 @@ class DataWorker:
             self.pending = b""
         except BaseException as err:
             s.record_failure(err)
+        finally:
+            self.finished.set()
+            s.worker_finished()
 
     def send_range(self, index: int, offset: int, length: int) -> None:
         s = self.sender
@@ -159,8 +163,8 @@ class DataWorker:
                 mine, whole = delta.hash_blocks(fd, e.size, b.block, self.buf)
                 hint = s.hinted.get(index)
                 if hint is not None:  # we hashed while the receiver did; now take its hashes
-                    while not hint[1].wait(0.2):
-                        s.check_cancel()
+                    hint[1].wait()  # set by the reader when they arrive, or by a cancel or failure
+                    s.check_cancel()
                     b = s.bases[index]
                     if b.block != hint[0]:
                         mine, whole = delta.hash_blocks(fd, e.size, b.block, self.buf)

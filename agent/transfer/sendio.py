@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import tls
+from zcrepl.agent.transfer.cancel import Cancel
 from zcrepl.agent.transfer.channel import ZERO_COPY, Channel, Stream, ZeroCopy, wait_ready
 from zcrepl.agent.transfer.frame import Hello
 from zcrepl.core.errors import ProtocolError, Unavailable
@@ -33,7 +34,7 @@ class SendSpec:
     ticket: bytes
     address: tuple[str, int]
     options: JobOptions
-    cancel: threading.Event
+    cancel: Cancel
     on_progress: Callable[[TransferStats], None]
     connect_timeout: float = 10.0
     io_timeout: float = 60.0
@@ -58,7 +59,7 @@ class Pacer:
     KEEPALIVE = 20.0
     PAUSED_CHUNK = 64 << 10
 
-    def __init__(self, rate: int, cancel: threading.Event) -> None:
+    def __init__(self, rate: int, cancel: threading.Event) -> None:  # the sender calls wake() when it is set
         self.ceiling = rate
         self.rate = rate
         self.paused = False
@@ -74,6 +75,10 @@ class Pacer:
             self.rate = min(rate, self.ceiling) if rate and self.ceiling else (rate or self.ceiling)
             self.paused = paused
             self.start, self.sent = time.monotonic(), 0
+        self._changed.set()
+
+    def wake(self) -> None:
+        """Cut a pacing wait or a pause short (a cancel or a failure: the caller checks which)."""
         self._changed.set()
 
     @property
@@ -99,13 +104,14 @@ class Pacer:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                self._changed.wait(min(left, 0.25))
+                self._changed.wait(left)
 
     def _hold(self) -> None:
         deadline = time.monotonic() + self.KEEPALIVE
-        while self.paused and not self.cancel.is_set() and time.monotonic() < deadline:
+        while self.paused and not self.cancel.is_set() and (left := deadline - time.monotonic()) > 0:
             self._changed.clear()
-            self._changed.wait(0.25)
+            if self.paused and not self.cancel.is_set():  # not set between the loop's check and the clear
+                self._changed.wait(left)
 
 
 def sendfile_range(sock: socket.socket, fd: int, offset: int, count: int, timeout: float | None) -> int:

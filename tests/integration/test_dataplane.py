@@ -15,6 +15,7 @@ import pytest
 from zchelpers import diff_trees, make_tree, rewrite, snapshot
 
 from zcrepl.agent.transfer import receive, send_worker, sendio
+from zcrepl.agent.transfer.cancel import Cancel
 from zcrepl.agent.transfer.channel import ZERO_COPY, Channel, ZeroCopy
 from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
@@ -56,7 +57,7 @@ class Plane:
                 done.set()
 
         self.tickets.register(ticket, Grant(job, 1, time.monotonic() + 30, serve))
-        spec = SendSpec(job, 1, ticket, self.server.address, opts, threading.Event(), lambda _s: None,
+        spec = SendSpec(job, 1, ticket, self.server.address, opts, Cancel(), lambda _s: None,
                         zero_copy=zero_copy)
         root = SafeRoot(os.fsencode(src))
         try:
@@ -231,7 +232,7 @@ def test_interrupted_file_resumes_with_only_the_rest(plane: Plane, tmp_path: Pat
     src.mkdir()
     size = 48 << 20
     (src / "big.bin").write_bytes(os.urandom(size))
-    cancel = threading.Event()
+    cancel = Cancel()
     sent: list[int] = []
 
     def progress(s: TransferStats) -> None:

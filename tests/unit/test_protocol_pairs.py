@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import threading
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from pairplane import pairs, ticket_server
 from zchelpers import diff_trees, make_tree, snapshot
 
 from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer.cancel import Cancel
 from zcrepl.agent.transfer.channel import Channel, ZeroCopy
 from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
@@ -44,7 +44,7 @@ def _replicate(src: Path, dst: Path, streams: int, zero_copy: ZeroCopy) -> tuple
 
         tickets.register(TICKET, Grant(9, 1, time.monotonic() + 30, serve))
         with pairs(ticket_server(tickets)) as p, SafeRoot(os.fsencode(src)) as root:
-            spec = SendSpec(9, 1, TICKET, ("pair", 0), opts, threading.Event(), lambda _s: None, io_timeout=30,
+            spec = SendSpec(9, 1, TICKET, ("pair", 0), opts, Cancel(), lambda _s: None, io_timeout=30,
                             zero_copy=zero_copy, dial=p.dial)
             stats = Sender(spec, root).run()
     return stats, outcome[0]
@@ -96,7 +96,7 @@ def test_a_malformed_result_from_the_destination_is_a_protocol_error(tmp_path: P
         ch.send(fr.frame(fr.T.RESULT, result))
 
     with pairs(destination) as p, SafeRoot(os.fsencode(tmp_path / "src")) as root:
-        spec = SendSpec(9, 1, TICKET, ("pair", 0), JobOptions(), threading.Event(), lambda _s: None,
+        spec = SendSpec(9, 1, TICKET, ("pair", 0), JobOptions(), Cancel(), lambda _s: None,
                         io_timeout=30, dial=p.dial)
         with pytest.raises(TransferError, match="RESULT frame"):
             Sender(spec, root).run()
