@@ -63,7 +63,7 @@ class LocalCopy:
         self._last = 0.0
         self.writer: TreeWriter | None = None
 
-    def run(self) -> TransferStats:  # noqa: C901
+    def run(self) -> TransferStats:
         root, missing = open_job_root(self.dst_export, self.dst_rel, self.options)
         self.writer = writer = make_writer(root, missing, self.options, self.label, self.job_id, policy=self.policy,
                                            limits=self.limits)
@@ -77,45 +77,52 @@ class LocalCopy:
         for t in threads:
             t.start()
         try:
-            scanner = Scanner(self.src, checksum=self.options.checksum, xattrs=self.options.xattrs,
-                              on_skip=self.skips, filter=tree_filter(self.src, self.options.filters, self.label))
-            for e in scanner.entries():
-                if self.cancel.is_set() or self.errors:
-                    break
-                index = self.entries
-                self.entries += 1
-                if index % 512 == 0:
-                    writer.end_batch()  # don't hold directory fds for long
-                if writer.admit(e) and e.kind is Kind.FILE:
-                    self.files[index] = e
-                    self.files_total += 1
-                    self.bytes_total += e.size
-                    self.work.put(index)
-                self._progress(writer)
-            if not (self.cancel.is_set() or self.errors):
-                writer.end_manifest(self.entries)
+            self._scan(writer)
         finally:
             for _ in threads:
                 self.work.put(_STOP)
             for t in threads:
                 t.join()
         try:
-            if self.cancel.is_set():
-                raise Cancelled("cancelled by the controller")
-            if self.errors:
-                raise explain(self.errors[0]).error("local copy failed: ") from self.errors[0]
-            writer.finish()
-            if writer.flush is not None:  # the job's root may have been created with its parents
-                sync_ancestors(self.dst_export, self.dst_rel, writer.flush.since_ns)
-            stats = self._stats(writer, scan_done=True)
-            self.on_progress(stats)
-            return stats
+            return self._finish(writer)
         except BaseException:
             writer.abandon()
             raise
         finally:
             detach_dirs(writer)
             root.close()
+
+    def _scan(self, writer: TreeWriter) -> None:
+        """The source's entries into the writer; the files it needs to the copying workers."""
+        scanner = Scanner(self.src, checksum=self.options.checksum, xattrs=self.options.xattrs,
+                          on_skip=self.skips, filter=tree_filter(self.src, self.options.filters, self.label))
+        for e in scanner.entries():
+            if self.cancel.is_set() or self.errors:
+                return
+            index = self.entries
+            self.entries += 1
+            if index % 512 == 0:
+                writer.end_batch()  # don't hold directory fds for long
+            if writer.admit(e) and e.kind is Kind.FILE:
+                self.files[index] = e
+                self.files_total += 1
+                self.bytes_total += e.size
+                self.work.put(index)
+            self._progress(writer)
+        if not (self.cancel.is_set() or self.errors):
+            writer.end_manifest(self.entries)
+
+    def _finish(self, writer: TreeWriter) -> TransferStats:
+        if self.cancel.is_set():
+            raise Cancelled("cancelled by the controller")
+        if self.errors:
+            raise explain(self.errors[0]).error("local copy failed: ") from self.errors[0]
+        writer.finish()
+        if writer.flush is not None:  # the job's root may have been created with its parents
+            sync_ancestors(self.dst_export, self.dst_rel, writer.flush.since_ns)
+        stats = self._stats(writer, scan_done=True)
+        self.on_progress(stats)
+        return stats
 
     def _worker(self, writer: TreeWriter) -> None:
         priority.apply_to_this_thread()
