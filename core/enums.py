@@ -30,3 +30,12 @@ class Durability(enum.Enum):
     JOB = "job"  # what the job wrote is flushed before done (agent/transfer/flush.py)
     FILE = "file"  # fsync each file before its rename, and its directory after
     NONE = "none"  # the kernel's writeback decides (rsync's default)
+
+
+class Compress(enum.IntEnum):
+    """zstd on a job's data connections. A submission says what the operator asked (AUTO: the link's
+    ``compress`` setting decides); an order carries the controller's decision, ON or OFF."""
+
+    AUTO = 0
+    ON = 1
+    OFF = 2
