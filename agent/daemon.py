@@ -19,6 +19,7 @@ from zcrepl.agent.link import ControllerLink
 from zcrepl.agent.metrics import AgentMetrics
 from zcrepl.agent.priority import TransferPriority
 from zcrepl.agent.syncs import Syncs
+from zcrepl.agent.transfer.compress import measure_rate
 from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.server import DataServer, TicketBook
@@ -69,6 +70,8 @@ class Agent:
                         "without authentication (use --join TOKEN or --ca/--cert/--key)", extra=kv(name=config.name))
         self._api = ApiServer(AgentService(self.health, self.info), self.trust)
         self.renewer: Renewer | None = None
+        # Once, at start-up (a few milliseconds): the controller's compress = auto weighs it against links.
+        self.compress_bps = measure_rate(size=2 << 20)
 
     def _advertise(self, host: str, port: int) -> str:
         if host in _WILDCARD:
@@ -79,7 +82,7 @@ class Agent:
         return AgentInfo(
             name=self.config.name, grpc_address=self.grpc_address, data_address=self.data_address,
             exports=self.exports.paths, version=VERSION, pid=os.getpid(), hostname=socket.gethostname(),
-            site=self.config.site, source_addresses=self.config.source_addresses,
+            site=self.config.site, source_addresses=self.config.source_addresses, compress_bps=self.compress_bps,
         )
 
     def health(self) -> HostHealth:

@@ -153,6 +153,8 @@ def _show_job(job: Job, as_json: bool, out: Out) -> None:
     for a in job.history:
         status = a.error or ("running" if not a.ended_at else "ok")
         over = f"; {render.transport_text(a.stats.transport)}" if a.stats.transport else ""
+        wire = render.wire_text(a.stats)
+        over += f"; {wire}" if wire else ""
         out.line(f"  attempt {a.number}: {render.progress_text(a.stats)}{over}; {status}")
     for line in render.skipped_lines(job):
         out.line(line)
@@ -262,7 +264,8 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err
                          durability=Durability(durability), xattrs=args.xattrs,
                          priority=Priority[args.priority.upper()], encrypt=args.encrypt,
                          filters=filter_rules(args.filters), delete_excluded=args.delete_excluded,
-                         dry_run=args.dry_run, backup_dir=args.backup_dir, link_dest=tuple(args.link_dest))
+                         dry_run=args.dry_run, backup_dir=args.backup_dir, link_dest=tuple(args.link_dest),
+                         compress=args.compress, compress_level=args.compress_level)
     if args.watch:
         if args.dry_run:
             raise UserError("--dry-run plans one run; a --watch rule runs for ever: drop one of them")

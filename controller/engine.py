@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from zcrepl.controller import fence, lifecycle, validate
+from zcrepl.controller.compression import CompressPolicy
 from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.faults import Faults
 from zcrepl.controller.jobreads import JobReads
@@ -41,6 +42,7 @@ from zcrepl.core.types import (
     AgentInfo,
     AgentStatus,
     CancelOrder,
+    Compress,
     Endpoint,
     HostHealth,
     Job,
@@ -76,6 +78,7 @@ class Engine(Pacing, Faults, JobReads):
         self.retry = lifecycle.RetryPolicy(config.max_attempts, config.retry_base, config.retry_max)
         self.registry = Registry(config.offline_after)
         self.dataplane = DataPlane(config, self.registry)
+        self.compression = CompressPolicy(config.compress, config.compress_links)
         now = clock()
         for name, (info, last_seen) in store.agents().items():
             self.registry.load(name, info, last_seen)
@@ -432,10 +435,13 @@ class Engine(Pacing, Faults, JobReads):
         caps = stream_caps(self.policy, self._stream_usage(but=job.id), *link, self.links.target(link))
         streams, why = choose_streams(self._health(run.source.host), self._health(job.destination.host),
                                       job.options.streams, caps)
-        options = replace(job.options, streams=streams, encrypt=run.encrypt)
+        comp = self._compress_choice(job, run, streams)
+        options = replace(job.options, streams=streams, encrypt=run.encrypt,
+                          compress=Compress.ON if comp.on else Compress.OFF)
         log.info("streams chosen", extra=kv(**job_fields(job, run), streams=streams,
-                                            why=why))
+                                            why=why, compress=comp.on))
         self._decide(job.id, DecisionKind.START, f"sending with {streams} streams: {why}", streams=streams)
+        self._decide(job.id, DecisionKind.START, comp.why, compress=comp.on)
         src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, run.source.path, options,
                                         job.destination.host, dst_rec.info.data_address, job.destination.path))
         run.sending, run.rate_at, run.streams = True, self.clock(), streams

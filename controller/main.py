@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "always, or cross-site (agents whose --site labels differ or are unset)")
     p.add_argument("--encrypt-link", dest="encrypt_links", action="append", metavar="SRC>DST:always|never",
                    help="per-link override of --encrypt (SRC or DST may be *); repeatable")
+    p.add_argument("--compress", choices=["auto", "never", "always"],
+                   help="zstd on the data connections of jobs that did not say: auto (default: slow links, idle "
+                        "hosts), never, or always")
+    p.add_argument("--compress-link", dest="compress_links", action="append", metavar="SRC>DST:auto|never|always",
+                   help="per-link override of --compress (SRC or DST may be *); repeatable")
     p.add_argument("--sync-ticket-ttl", type=float, metavar="SECONDS",
                    help="lifetime of a watch rule's data-port ticket (3600); rotated at three quarters of it")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",

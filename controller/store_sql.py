@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from zcrepl.core.types import (
     AgentInfo,
     Attempt,
+    Compress,
     Durability,
     Endpoint,
     Job,
@@ -112,6 +113,7 @@ def options_from_json(text: str, priority: int = int(Priority.NORMAL)) -> JobOpt
     doc["filters"] = tuple(doc.get("filters", ()))  # JSON gives a list
     doc["backup_dir"] = doc.get("backup_dir", "").encode("utf-8", "surrogateescape")
     doc["link_dest"] = tuple(p.encode("utf-8", "surrogateescape") for p in doc.get("link_dest", ()))
+    doc["compress"] = Compress(doc.get("compress", Compress.AUTO))  # rows from before compression: auto
     return JobOptions(**doc, priority=Priority(priority))
 
 

@@ -29,6 +29,7 @@ from zcrepl.core.wellknown import (  # defined there so zc-ctl's parser needs no
 
 MAX_SOURCE_ADDRESSES = 16
 ENCRYPT_MODES = ("never", "always", "cross-site")
+COMPRESS_MODES = ("auto", "never", "always")
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,22 @@ def parse_encrypt_links(specs: tuple[str, ...]) -> dict[tuple[str, str], bool]:
     return out
 
 
+def parse_compress_links(specs: tuple[str, ...]) -> dict[tuple[str, str], str]:
+    """``("hostA>hostB:always", "*>nas1:never")`` -> {(source, destination): mode}; ``*`` is any agent."""
+    out: dict[tuple[str, str], str] = {}
+    for spec in specs:
+        link, sep, mode = spec.strip().rpartition(":")
+        src, arrow, dst = link.partition(">")
+        if (not sep or not arrow or mode not in COMPRESS_MODES
+                or not all(h == "*" or valid_host_name(h) for h in (src, dst))):
+            raise ConfigError(f"compress_links {spec!r}: write SRC>DST:auto, SRC>DST:never or SRC>DST:always "
+                              "(agent names or *)")
+        if (src, dst) in out:
+            raise ConfigError(f"compress_links: {src}>{dst} appears twice")
+        out[(src, dst)] = mode
+    return out
+
+
 def _limit_spec(spec: str, key: str, form: str, names: tuple[str, ...]) -> tuple[str, dict[str, int]]:
     """``"NAME:a=1,b=2"`` -> ("NAME", {"a": 1, "b": 2}) with every value a whole number >= 1."""
     bad = ConfigError(f"{key} {spec!r}: write {form} (each number at least 1)")
@@ -281,6 +298,12 @@ class ControllerConfig:
     # overrides "SRC>DST:always|never" (either side may be *) win over it.
     encrypt: str = "never"
     encrypt_links: tuple[str, ...] = ()
+    # zstd on the data connections of jobs that did not say (--compress / --no-compress win): auto (on when
+    # the link's measured throughput is far below what the sending host's idle cores compress, and both hosts
+    # have cores to spare; see controller/compression.py), never, or always. Per-link overrides
+    # "SRC>DST:auto|never|always" (either side may be *) win over it.
+    compress: str = "auto"
+    compress_links: tuple[str, ...] = ()
     # Lifetime of a watch rule's reusable ticket; the controller rotates it at three quarters of it.
     sync_ticket_ttl: float = 3600.0
     # HOST:PORT of the plaintext Prometheus /metrics port; empty = no metrics port.
@@ -342,6 +365,9 @@ class ControllerConfig:
         if self.encrypt not in ENCRYPT_MODES:
             raise ConfigError(f"encrypt {self.encrypt!r}: choose never, always or cross-site")
         parse_encrypt_links(self.encrypt_links)
+        if self.compress not in COMPRESS_MODES:
+            raise ConfigError(f"compress {self.compress!r}: choose auto, never or always")
+        parse_compress_links(self.compress_links)
         if not 2 <= self.sync_ticket_ttl <= 7 * 86400:
             raise ConfigError("sync_ticket_ttl: choose 2 seconds to 7 days")
         if self.log_format not in ("kv", "json"):

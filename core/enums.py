@@ -39,3 +39,8 @@ class Compress(enum.IntEnum):
     AUTO = 0
     ON = 1
     OFF = 2
+
+
+MAX_COMPRESS_LEVEL = 19
+"""The highest zstd level a job may ask for: 20-22 ("ultra") want windows a 1 MiB piece of the data plane never
+uses."""

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 
 # Defined apart so zc-ctl's parser needs no dataclass; re-exported here, where everything else takes them from.
+from zcrepl.core.enums import MAX_COMPRESS_LEVEL as MAX_COMPRESS_LEVEL
 from zcrepl.core.enums import Compress as Compress
 from zcrepl.core.enums import Durability as Durability
 from zcrepl.core.enums import JobState as JobState
@@ -64,9 +65,6 @@ class JobOptions:
 
 MAX_LINK_DEST = 20
 """--link-dest directories one job may name (rsync's limit)."""
-MAX_COMPRESS_LEVEL = 19
-"""The highest zstd level a job may ask for: 20-22 ("ultra") want windows a 1 MiB piece of the data plane never
-uses."""
 
 
 @dataclass(frozen=True)

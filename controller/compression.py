@@ -1,0 +1,110 @@
+"""Whether a job's data connections carry zstd: the controller's decision per send, with its reason for
+``zc-ctl explain`` (like the stream count).
+
+The first rule that applies decides:
+
+1. Both agents must speak it (``AgentInfo.compress_bps`` > 0): an older agent on either end means plain bytes,
+   even for a job that asked (the job still runs, and explain says why).
+2. The job's own ``--compress`` / ``--no-compress``.
+3. A per-link override in ``compress_links`` (``SRC>DST``, then ``SRC>*``, ``*>DST``, ``*>*``), then ``compress``.
+4. ``auto``: off until the link's throughput is measured (the zero-copy path is the default); off when either
+   host is busy (the source under ``BUSY_CPU`` idle, or fewer than ``MIN_IDLE_CORES`` idle cores at either
+   end: compression would slow the other work there down); on when the link moved under ``1/FAR`` of what the
+   source's idle cores compress (each stream compresses on its own core, so at most ``streams`` of them count);
+   off otherwise: the link is fast enough that sendfile beats compressing.
+
+The compress rate is what the sending agent measured at start-up on text-like data at the default level
+(``agent/transfer/compress.py``: ``measure_rate``). The link's throughput is the AIMD tracker's average of file
+bytes per second; on a link that was compressed that is the effective rate (wire rate times the ratio), so a
+compressed slow link keeps reading as slow for any ratio below ``FAR`` times the margin between the link and
+the cores, and does not flap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zcrepl.core.config import parse_compress_links
+from zcrepl.core.types import Compress, HostHealth
+
+FAR = 4.0  # "far below": the link carries at most a quarter of what the idle cores compress
+MIN_IDLE_CORES = 1.0
+BUSY_CPU = 75.0  # percent of all cores busy at the source: no compression there
+
+
+@dataclass(frozen=True)
+class CompressChoice:
+    on: bool
+    why: str
+
+
+def _rate(bps: float) -> str:
+    for unit, scale in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:.1f} {unit}"
+    return f"{bps:.0f} B/s"
+
+
+def idle_cores(h: HostHealth | None) -> float:
+    if h is None or h.cpu_count <= 0:
+        return 0.0
+    return h.cpu_count * max(0.0, 100.0 - h.cpu_percent) / 100.0
+
+
+def auto_decision(link_bps: float, src: HostHealth | None, dst: HostHealth | None, src_rate: int,
+                  streams: int) -> CompressChoice:
+    """Rule 4 of the module doc: ``link_bps`` the link's measured file bytes/s (0 = not yet), ``src_rate`` the
+    source agent's compress bytes/s per core, ``streams`` the send's data connections."""
+    if link_bps <= 0:
+        return CompressChoice(False, "auto: the link's throughput is not measured yet, so the zero-copy path "
+                                     "goes first")
+    if src is None or dst is None:
+        return CompressChoice(False, "auto: no recent health from both hosts, so no spare cores are known")
+    if src.cpu_percent >= BUSY_CPU:
+        return CompressChoice(False, f"auto: the source is busy ({src.cpu_percent:.0f}% CPU, compression needs "
+                                     f"under {BUSY_CPU:.0f}%)")
+    for side, h in (("source", src), ("destination", dst)):
+        if idle_cores(h) < MIN_IDLE_CORES:
+            return CompressChoice(False, f"auto: the {side} is busy ({idle_cores(h):.1f} idle cores of "
+                                         f"{h.cpu_count})")
+    cores = min(idle_cores(src), float(max(1, streams)))
+    capacity = cores * src_rate
+    if link_bps * FAR < capacity:
+        return CompressChoice(True, f"auto: the link moved {_rate(link_bps)}, far below the {_rate(capacity)} "
+                                    f"{cores:.1f} idle cores of the source compress")
+    return CompressChoice(False, f"auto: the link is fast ({_rate(link_bps)} against the {_rate(capacity)} "
+                                 f"{cores:.1f} idle cores of the source compress), so the zero-copy path")
+
+
+class CompressPolicy:
+    """The controller's ``compress`` and ``compress_links`` settings, applied per send."""
+
+    def __init__(self, mode: str = "auto", links: tuple[str, ...] = ()) -> None:
+        self.mode = mode
+        self.links = parse_compress_links(links)
+
+    def setting(self, src: str, dst: str) -> tuple[str, str]:
+        """(mode, where it comes from) for the link."""
+        for key in ((src, dst), (src, "*"), ("*", dst), ("*", "*")):
+            if key in self.links:
+                return self.links[key], f"compress_links {key[0]}>{key[1]}"
+        return self.mode, "compress"
+
+    def decide(self, asked: Compress, src: str, dst: str, rates: tuple[int, int], link_bps: float,
+               health: tuple[HostHealth | None, HostHealth | None], streams: int) -> CompressChoice:
+        """Rules 1-4 of the module doc; ``rates`` and ``health`` are (source, destination)."""
+        for name, rate in zip((src, dst), rates, strict=True):
+            if rate <= 0:
+                return CompressChoice(False, f"not compressed: {name}'s agent cannot compress (an older version); "
+                                             "upgrade it to compress on this link")
+        if asked is Compress.ON:
+            return CompressChoice(True, "compressed: the job asked for it (--compress)")
+        if asked is Compress.OFF:
+            return CompressChoice(False, "not compressed: the job asked for none (--no-compress)")
+        mode, where = self.setting(src, dst)
+        if mode == "always":
+            return CompressChoice(True, f"compressed: {where} = always")
+        if mode == "never":
+            return CompressChoice(False, f"not compressed: {where} = never")
+        auto = auto_decision(link_bps, *health, rates[0], streams)
+        return CompressChoice(auto.on, f"{'compressed' if auto.on else 'not compressed'}: {where} = {auto.why}")
