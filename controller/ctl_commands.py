@@ -24,7 +24,7 @@ from zcrepl.core.errors import UserError
 from zcrepl.core.filters import FilterError, check_rules, collapse, from_arg, from_lines
 from zcrepl.core.paths import parse_endpoint, show
 from zcrepl.core.trust import Trust
-from zcrepl.core.types import Durability, Endpoint, Job, JobOptions, JobState, Priority
+from zcrepl.core.types import Compress, Durability, Endpoint, Job, JobOptions, JobState, Priority
 
 MAX_RULES_FILE = 1 << 20  # bytes of an --exclude-from/--include-from file
 
@@ -269,6 +269,8 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err
     if args.watch:
         if args.dry_run:
             raise UserError("--dry-run plans one run; a --watch rule runs for ever: drop one of them")
+        if args.compress is Compress.ON:
+            raise UserError("-z/--compress applies to jobs; a --watch rule sends uncompressed: drop one of them")
         return _create_sync(args, client, options, out, err)
     if args.dry_run:  # each destination compares itself with the source: no fan-out (no copy feeds another)
         return _dry_run(args, client, src, dsts, options, out, err)
