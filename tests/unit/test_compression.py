@@ -131,3 +131,12 @@ def test_zc_ctl_spellings() -> None:
     for bad in (["-z", "--no-compress"], ["--compress-level", "20"], ["--compress-level", "0"]):
         with pytest.raises(SystemExit):
             parse(*bad)
+
+
+def test_job_view_shows_wire_bytes_beside_file_bytes() -> None:
+    from zcrepl.controller.render import wire_text
+    from zcrepl.core.types import TransferStats
+
+    assert wire_text(TransferStats(bytes_done=40_000_000, wire_bytes=9_400_000)) == (
+        "9.0 MiB on the wire for 38.1 MiB of files")
+    assert wire_text(TransferStats()) == ""  # nothing moved yet: no line
