@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from zchelpers import diff_trees, rewrite, snapshot
 
 from zcrepl.agent.transfer import compress
@@ -199,3 +201,18 @@ def test_unpacker_bounds_each_piece_by_what_is_left() -> None:
 def test_measured_rate_is_plausible() -> None:
     rate = compress.measure_rate(size=1 << 20)
     assert 1 << 20 < rate < 100 << 30  # a core compresses text faster than 1 MiB/s, slower than 100 GiB/s
+
+
+@settings(max_examples=150, deadline=None)
+@given(body=st.binary(max_size=64), method=st.sampled_from([compress.STORED, compress.ZSTD]),
+       left=st.integers(min_value=1, max_value=1 << 21), real=st.booleans())
+def test_any_piece_unpacks_within_its_bound_or_is_refused(body: bytes, method: int, left: int, real: bool) -> None:
+    """Whatever a peer sends as a ZDATA payload (garbage, or a real frame of some size), the receiver gets at
+    most min(left, PIECE) bytes, or a ProtocolError."""
+    if real and method == compress.ZSTD:
+        body = zstandard.ZstdCompressor().compress(body * 4096)  # up to 256 KiB declared
+    try:
+        out = compress.Unpacker().unpack(bytes([method]) + body, left, "f")
+    except ProtocolError:
+        return
+    assert 0 < len(out) <= min(left, compress.PIECE)
