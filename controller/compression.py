@@ -3,9 +3,9 @@
 
 The first rule that applies decides:
 
-1. Both agents must speak it (``AgentInfo.compress_bps`` > 0): an older agent on either end means plain bytes,
-   even for a job that asked (the job still runs, and explain says why).
-2. The job's own ``--compress`` / ``--no-compress``.
+1. The job's ``--no-compress``.
+2. Both agents must speak it (``AgentInfo.compress_bps`` > 0): an older agent on either end means plain bytes,
+   even for a job that asked (the job still runs, and explain says why); then the job's ``--compress``.
 3. A per-link override in ``compress_links`` (``SRC>DST``, then ``SRC>*``, ``*>DST``, ``*>*``), then ``compress``.
 4. ``auto``: off until the link's throughput is measured (the zero-copy path is the default); off when either
    host is busy (the source under ``BUSY_CPU`` idle, or fewer than ``MIN_IDLE_CORES`` idle cores at either
@@ -15,9 +15,10 @@ The first rule that applies decides:
 
 The compress rate is what the sending agent measured at start-up on text-like data at the default level
 (``agent/transfer/compress.py``: ``measure_rate``). The link's throughput is the AIMD tracker's average of file
-bytes per second; on a link that was compressed that is the effective rate (wire rate times the ratio), so a
-compressed slow link keeps reading as slow for any ratio below ``FAR`` times the margin between the link and
-the cores, and does not flap.
+bytes per second; after a compressed send that reads higher than the link carries (file bytes are the wire bytes
+times the ratio), so the rule divides it by the ratio of the link's last finished send (file bytes per wire
+byte; 1 after an uncompressed one). Otherwise a link that compression made look fast would turn it off for the
+next send, and back on after that one.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zcrepl.core.config import parse_compress_links
-from zcrepl.core.types import Compress, HostHealth
+from zcrepl.core.types import Compress, HostHealth, TransferStats
 
 FAR = 4.0  # "far below": the link carries at most a quarter of what the idle cores compress
 MIN_IDLE_CORES = 1.0
 BUSY_CPU = 75.0  # percent of all cores busy at the source: no compression there
+RATIO_MIN_BYTES = 1 << 20  # a send of fewer file bytes says too little about the ratio (its frames dominate)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,12 @@ class CompressPolicy:
     def __init__(self, mode: str = "auto", links: tuple[str, ...] = ()) -> None:
         self.mode = mode
         self.links = parse_compress_links(links)
+        self.ratios: dict[tuple[str, str], float] = {}  # link -> file bytes per wire byte of its last finished send
+
+    def ended(self, link: tuple[str, str], compressed: bool, stats: TransferStats) -> None:
+        """A send on ``link`` settled: remember its ratio (1 when it went uncompressed)."""
+        if stats.bytes_done >= RATIO_MIN_BYTES and stats.wire_bytes > 0:
+            self.ratios[link] = max(1.0, stats.bytes_done / stats.wire_bytes) if compressed else 1.0
 
     def setting(self, src: str, dst: str) -> tuple[str, str]:
         """(mode, where it comes from) for the link."""
@@ -93,18 +101,22 @@ class CompressPolicy:
     def decide(self, asked: Compress, src: str, dst: str, rates: tuple[int, int], link_bps: float,
                health: tuple[HostHealth | None, HostHealth | None], streams: int) -> CompressChoice:
         """Rules 1-4 of the module doc; ``rates`` and ``health`` are (source, destination)."""
+        if asked is Compress.OFF:
+            return CompressChoice(False, "not compressed: the job asked for none (--no-compress)")
         for name, rate in zip((src, dst), rates, strict=True):
             if rate <= 0:
                 return CompressChoice(False, f"not compressed: {name}'s agent cannot compress (an older version); "
                                              "upgrade it to compress on this link")
         if asked is Compress.ON:
             return CompressChoice(True, "compressed: the job asked for it (--compress)")
-        if asked is Compress.OFF:
-            return CompressChoice(False, "not compressed: the job asked for none (--no-compress)")
         mode, where = self.setting(src, dst)
         if mode == "always":
             return CompressChoice(True, f"compressed: {where} = always")
         if mode == "never":
             return CompressChoice(False, f"not compressed: {where} = never")
-        auto = auto_decision(link_bps, *health, rates[0], streams)
-        return CompressChoice(auto.on, f"{'compressed' if auto.on else 'not compressed'}: {where} = {auto.why}")
+        ratio = self.ratios.get((src, dst), 1.0)
+        auto = auto_decision(link_bps / ratio, *health, rates[0], streams)
+        why = f"{'compressed' if auto.on else 'not compressed'}: {where} = {auto.why}"
+        if ratio > 1.0 and link_bps > 0:
+            why += f" (on the wire: {_rate(link_bps)} of files at the last send's {ratio:.1f}x ratio)"
+        return CompressChoice(auto.on, why)

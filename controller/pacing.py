@@ -82,6 +82,7 @@ class Pacing:
         if not run.sending:
             self.links.forget((job.id, run.attempt))
             return
+        self.compression.ended(link, run.compressed, stats)
         self._link_step(job, self.links.end((job.id, run.attempt), link, stats, self.clock(), failed=failed,
                                             limited=rate_limited(job, run), cap=self._link_cap(link)))
 
@@ -98,9 +99,11 @@ class Pacing:
         rates = tuple(rec.info.compress_bps if rec is not None else 0
                       for rec in (self.registry.agents.get(src), self.registry.agents.get(dst)))
         state = self.links.states.get((src, dst))
-        return self.compression.decide(job.options.compress, src, dst, (rates[0], rates[1]),
-                                       state.ema_bps if state is not None else 0.0,
-                                       (self._health(src), self._health(dst)), streams)
+        choice = self.compression.decide(job.options.compress, src, dst, (rates[0], rates[1]),
+                                         state.ema_bps if state is not None else 0.0,
+                                         (self._health(src), self._health(dst)), streams)
+        run.compressed = choice.on
+        return choice
 
     def _link_cap(self, link: tuple[str, str]) -> int:
         return link_cap(self.policy, link)

@@ -14,7 +14,7 @@ from zcrepl.controller.policy import LinkState
 from zcrepl.controller.store_sql import options_from_json, options_json
 from zcrepl.core.config import ControllerConfig, parse_compress_links
 from zcrepl.core.errors import ConfigError
-from zcrepl.core.types import AgentInfo, Compress, HostHealth, JobOptions
+from zcrepl.core.types import AgentInfo, Compress, HostHealth, JobOptions, Phase, Role, TransferStats
 
 MB = 1_000_000
 RATE = 200 * MB  # one core's zstd rate, as an agent measures it
@@ -48,7 +48,7 @@ def test_auto_decision_table(link: float, src: HostHealth | None, dst: HostHealt
     assert why in choice.why
 
 
-def test_precedence_agents_then_job_then_link_then_default() -> None:
+def test_precedence_job_off_then_agents_then_job_on_then_link_then_default() -> None:
     p = CompressPolicy("never", ("a>b:always", "a>*:auto", "*>nas:never"))
     fine = (health(), health())
 
@@ -61,11 +61,29 @@ def test_precedence_agents_then_job_then_link_then_default() -> None:
         False, "not compressed: b's agent cannot compress (an older version); upgrade it to compress on this link")
     assert decide(Compress.ON, src="x") == (True, "compressed: the job asked for it (--compress)")
     assert decide(Compress.OFF) == (False, "not compressed: the job asked for none (--no-compress)")
+    assert decide(Compress.OFF, rates=(0, 0)) == (False, "not compressed: the job asked for none (--no-compress)")
     assert decide(Compress.AUTO) == (True, "compressed: compress_links a>b = always")
     assert decide(Compress.AUTO, dst="c")[1].startswith("compressed: compress_links a>* = auto: the link moved")
     assert decide(Compress.AUTO, dst="c", link=0)[0] is False
     assert decide(Compress.AUTO, src="x", dst="nas") == (False, "not compressed: compress_links *>nas = never")
     assert decide(Compress.AUTO, src="x", dst="y") == (False, "not compressed: compress = never")
+
+
+def test_a_compressed_link_is_judged_by_its_wire_rate() -> None:
+    """After a compressed send the link's file rate is the wire rate times the ratio: judged on the file rate,
+    a 25 MB/s link compressing 4x would read 100 MB/s, "fast", and flap off and on from send to send."""
+    p = CompressPolicy()
+    fine, link = (health(), health()), ("a", "b")
+    one_core = p.decide(Compress.AUTO, "a", "b", (RATE, RATE), 100 * MB, fine, 1)
+    assert not one_core.on and "the link is fast (100.0 MB/s" in one_core.why
+    p.ended(link, True, TransferStats(bytes_done=400 * MB, wire_bytes=100 * MB))
+    again = p.decide(Compress.AUTO, "a", "b", (RATE, RATE), 100 * MB, fine, 1)
+    assert again.on, again.why
+    assert "the link moved 25.0 MB/s" in again.why and "100.0 MB/s of files at the last send's 4.0x ratio" in again.why
+    p.ended(link, True, TransferStats(bytes_done=1000, wire_bytes=10))  # too small to say anything
+    assert p.ratios[link] == 4.0
+    p.ended(link, False, TransferStats(bytes_done=400 * MB, wire_bytes=401 * MB))  # an uncompressed send
+    assert p.ratios[link] == 1.0
 
 
 @pytest.mark.parametrize("bad", ["a>b", "a>b:sometimes", "a:always", "a>b c:never", ">b:auto"])
@@ -108,6 +126,9 @@ def test_order_and_explain_carry_the_decision(tmp_path: Path) -> None:
         assert order.options.compress is Compress.ON and order.options.compress_level == 7
         assert any("compressed: compress = auto: the link moved 6.0 MB/s, far below" in why
                    for _, why in h.explain(slow))
+        for name, role in (("hostA", Role.SENDER), ("hostB", Role.RECEIVER)):
+            h.report(name, slow, role, Phase.DONE, files_done=1, bytes_done=30 * MB, wire_bytes=10 * MB)
+        assert h.engine.compression.ratios[("hostA", "hostB")] == 3.0  # the send's ratio, for the next decision
         asked = h.submit("hostA:/srv/b", "old:/srv/b", compress=Compress.ON)
         order = h.start(asked)
         assert order.options.compress is Compress.OFF  # the old agent could not take ZFILE frames
@@ -135,7 +156,6 @@ def test_zc_ctl_spellings() -> None:
 
 def test_job_view_shows_wire_bytes_beside_file_bytes() -> None:
     from zcrepl.controller.render import wire_text
-    from zcrepl.core.types import TransferStats
 
     assert wire_text(TransferStats(bytes_done=40_000_000, wire_bytes=9_400_000)) == (
         "9.0 MiB on the wire for 38.1 MiB of files")
