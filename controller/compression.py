@@ -3,7 +3,7 @@
 
 The first rule that applies decides:
 
-1. The job's ``--no-compress``.
+1. The job's ``--no-compress``; a copy within one host (nothing crosses a network).
 2. Both agents must speak it (``AgentInfo.compress_bps`` > 0): an older agent on either end means plain bytes,
    even for a job that asked (the job still runs, and explain says why); then the job's ``--compress``.
 3. A per-link override in ``compress_links`` (``SRC>DST``, then ``SRC>*``, ``*>DST``, ``*>*``), then ``compress``.
@@ -103,6 +103,8 @@ class CompressPolicy:
         """Rules 1-4 of the module doc; ``rates`` and ``health`` are (source, destination)."""
         if asked is Compress.OFF:
             return CompressChoice(False, "not compressed: the job asked for none (--no-compress)")
+        if src == dst:
+            return CompressChoice(False, f"not compressed: a copy within {src} crosses no network")
         for name, rate in zip((src, dst), rates, strict=True):
             if rate <= 0:
                 return CompressChoice(False, f"not compressed: {name}'s agent cannot compress (an older version); "

@@ -62,6 +62,7 @@ def test_precedence_job_off_then_agents_then_job_on_then_link_then_default() -> 
     assert decide(Compress.ON, src="x") == (True, "compressed: the job asked for it (--compress)")
     assert decide(Compress.OFF) == (False, "not compressed: the job asked for none (--no-compress)")
     assert decide(Compress.OFF, rates=(0, 0)) == (False, "not compressed: the job asked for none (--no-compress)")
+    assert decide(Compress.ON, dst="a") == (False, "not compressed: a copy within a crosses no network")
     assert decide(Compress.AUTO) == (True, "compressed: compress_links a>b = always")
     assert decide(Compress.AUTO, dst="c")[1].startswith("compressed: compress_links a>* = auto: the link moved")
     assert decide(Compress.AUTO, dst="c", link=0)[0] is False
