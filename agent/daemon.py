@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from types import TracebackType
 
 from zcrepl.agent import priority
@@ -70,7 +71,13 @@ class Agent:
                         "without authentication (use --join TOKEN or --ca/--cert/--key)", extra=kv(name=config.name))
         self._api = ApiServer(AgentService(self.health, self.info), self.trust)
         self.renewer: Renewer | None = None
-        # Once, at start-up (about 10 ms): the controller's compress = auto weighs it against links.
+        # Once, at start-up, beside the rest of it (tens of ms): the controller's compress = auto weighs it
+        # against links. info() waits for it, so the registration always carries it.
+        self.compress_bps = 0
+        self._rate = threading.Thread(target=self._measure_compress, name="zc-compress-rate", daemon=True)
+        self._rate.start()
+
+    def _measure_compress(self) -> None:
         self.compress_bps = measure_rate()
 
     def _advertise(self, host: str, port: int) -> str:
@@ -79,6 +86,7 @@ class Agent:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def info(self) -> AgentInfo:
+        self._rate.join()
         return AgentInfo(
             name=self.config.name, grpc_address=self.grpc_address, data_address=self.data_address,
             exports=self.exports.paths, version=VERSION, pid=os.getpid(), hostname=socket.gethostname(),
