@@ -14,11 +14,11 @@ The first rule that applies decides:
    off otherwise: the link is fast enough that sendfile beats compressing.
 
 The compress rate is what the sending agent measured at start-up on text-like data at the default level
-(``agent/transfer/compress.py``: ``measure_rate``). The link's throughput is the AIMD tracker's average of file
-bytes per second; after a compressed send that reads higher than the link carries (file bytes are the wire bytes
-times the ratio), so the rule divides it by the ratio of the link's last finished send (file bytes per wire
-byte; 1 after an uncompressed one). Otherwise a link that compression made look fast would turn it off for the
-next send, and back on after that one.
+(``agent/transfer/compress.py``: ``measure_rate``), scaled to the job's level by ``LEVEL_SPEED``. The link's
+throughput is the AIMD tracker's average of file bytes per second; after a compressed send that reads higher than
+the link carries (file bytes are the wire bytes times the ratio), so the rule divides it by the ratio of the link's
+last finished send (file bytes per wire byte; 1 after an uncompressed one). Otherwise a link that compression made
+look fast would turn it off for the next send, and back on after that one.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ FAR = 4.0  # "far below": the link carries at most a quarter of what the idle co
 MIN_IDLE_CORES = 1.0
 BUSY_CPU = 75.0  # percent of all cores busy at the source: no compression there
 RATIO_MIN_BYTES = 1 << 20  # a send of fewer file bytes says too little about the ratio (its frames dominate)
+# zstd's speed at each level relative to level 3 (what agents measure), on the agents' generated text, measured on
+# the 2-core guest of bench/README.md with zstandard 0.25 (libzstd 1.5.7), best of three runs per level.
+LEVEL_SPEED = {1: 1.42, 2: 1.1, 3: 1.0, 4: 0.57, 5: 0.52, 6: 0.43, 7: 0.39, 8: 0.32, 9: 0.31, 10: 0.28, 11: 0.16,
+               12: 0.15, 13: 0.07, 14: 0.06, 15: 0.06, 16: 0.04, 17: 0.04, 18: 0.02, 19: 0.02}
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,9 @@ class CompressPolicy:
         return self.mode, "compress"
 
     def decide(self, asked: Compress, src: str, dst: str, rates: tuple[int, int], link_bps: float,
-               health: tuple[HostHealth | None, HostHealth | None], streams: int) -> CompressChoice:
-        """Rules 1-4 of the module doc; ``rates`` and ``health`` are (source, destination)."""
+               health: tuple[HostHealth | None, HostHealth | None], streams: int, level: int = 0) -> CompressChoice:
+        """Rules 1-4 of the module doc; ``rates`` and ``health`` are (source, destination), ``level`` the job's
+        (0: the default); auto scales the source's measured rate (level 3) by ``LEVEL_SPEED``."""
         if asked is Compress.OFF:
             return CompressChoice(False, "not compressed: the job asked for none (--no-compress)")
         if src == dst:
@@ -117,7 +122,7 @@ class CompressPolicy:
         if mode == "never":
             return CompressChoice(False, f"not compressed: {where} = never")
         ratio = self.ratios.get((src, dst), 1.0)
-        auto = auto_decision(link_bps / ratio, *health, rates[0], streams)
+        auto = auto_decision(link_bps / ratio, *health, int(rates[0] * LEVEL_SPEED.get(level or 3, 1.0)), streams)
         why = f"{'compressed' if auto.on else 'not compressed'}: {where} = {auto.why}"
         if ratio > 1.0 and link_bps > 0:
             why += f" (on the wire: {_rate(link_bps)} of files at the last send's {ratio:.1f}x ratio)"

@@ -101,7 +101,7 @@ class Pacing:
         state = self.links.states.get((src, dst))
         choice = self.compression.decide(job.options.compress, src, dst, (rates[0], rates[1]),
                                          state.ema_bps if state is not None else 0.0,
-                                         (self._health(src), self._health(dst)), streams)
+                                         (self._health(src), self._health(dst)), streams, job.options.compress_level)
         run.compressed = choice.on
         return choice
 

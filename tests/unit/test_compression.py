@@ -70,6 +70,14 @@ def test_precedence_job_off_then_agents_then_job_on_then_link_then_default() -> 
     assert decide(Compress.AUTO, src="x", dst="y") == (False, "not compressed: compress = never")
 
 
+def test_a_slow_level_needs_a_slower_link() -> None:
+    p, fine = CompressPolicy(), (health(), health())
+    default = p.decide(Compress.AUTO, "a", "b", (RATE, RATE), 6 * MB, fine, 4)
+    assert default.on and "far below the 800.0 MB/s 4.0 idle cores" in default.why
+    slow = p.decide(Compress.AUTO, "a", "b", (RATE, RATE), 6 * MB, fine, 4, level=19)  # 2% of level 3's speed
+    assert not slow.on and "the link is fast (6.0 MB/s against the 16.0 MB/s" in slow.why
+
+
 def test_a_compressed_link_is_judged_by_its_wire_rate() -> None:
     """After a compressed send the link's file rate is the wire rate times the ratio: judged on the file rate,
     a 25 MB/s link compressing 4x would read 100 MB/s, "fast", and flap off and on from send to send."""
