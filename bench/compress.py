@@ -26,7 +26,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -71,6 +70,7 @@ def serve(dst: str) -> None:
 
 def send(src: str, address: str, job: int, ticket_hex: str, compress: bool, level: int, streams: int) -> None:
     """Sender: one transfer; prints its figures as a JSON line."""
+    from zcrepl.agent.transfer.cancel import Cancel
     from zcrepl.agent.transfer.saferoot import SafeRoot
     from zcrepl.agent.transfer.send import Sender, SendSpec
     from zcrepl.core.types import Compress, Durability, JobOptions
@@ -78,7 +78,7 @@ def send(src: str, address: str, job: int, ticket_hex: str, compress: bool, leve
     host, port = address.rsplit(":", 1)
     opts = JobOptions(streams=streams, durability=Durability.NONE, compress=Compress.ON if compress else Compress.OFF,
                       compress_level=level)
-    spec = SendSpec(job, 1, bytes.fromhex(ticket_hex), (host, int(port)), opts, threading.Event(), lambda _s: None,
+    spec = SendSpec(job, 1, bytes.fromhex(ticket_hex), (host, int(port)), opts, Cancel(), lambda _s: None,
                     io_timeout=300.0)
     root = SafeRoot(os.fsencode(src))
     cpu, start = time.process_time(), time.monotonic()

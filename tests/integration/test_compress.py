@@ -21,6 +21,7 @@ from zchelpers import diff_trees, rewrite, snapshot
 
 from zcrepl.agent.transfer import compress
 from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer.cancel import Cancel
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.frame import Entry, FileHead, Hello, Kind
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
@@ -70,7 +71,7 @@ class Plane:
     def run(self, src: Path, rel: bytes, **options: Any) -> tuple[TransferStats, Any]:
         opts = JobOptions(**options)
         job, ticket, done = self.grant(rel, opts)
-        spec = SendSpec(job, 1, ticket, self.server.address, opts, threading.Event(), lambda _s: None)
+        spec = SendSpec(job, 1, ticket, self.server.address, opts, Cancel(), lambda _s: None)
         root = SafeRoot(os.fsencode(src))
         try:
             stats = Sender(spec, root).run()
