@@ -62,14 +62,7 @@ class Engine(Pacing, Faults, JobReads):
         self.config = config
         self.store = store
         self.clock = clock
-        thresholds = Thresholds(
-            max_cpu_percent=config.max_cpu_percent, max_load_per_core=config.max_load_per_core,
-            max_disk_busy_percent=config.max_disk_busy_percent, max_net_percent=config.max_net_percent,
-            max_health_age=config.max_health_age, free_margin_bytes=config.free_margin_bytes,
-            high_cpu_percent=config.high_cpu_percent, high_load_per_core=config.high_load_per_core,
-            high_disk_busy_percent=config.high_disk_busy_percent, high_net_percent=config.high_net_percent,
-        )
-        thresholds.validate()
+        thresholds: Thresholds = config  # the load policy's settings are fields of the config (validated there)
         self.policy = Policy(max_jobs_per_host=config.max_jobs_per_host, thresholds=thresholds,
                              aging=config.priority_aging, host_limits=parse_host_limits(config.host_limits),
                              link_streams=parse_link_limits(config.link_limits))
