@@ -20,25 +20,13 @@ from dataclasses import dataclass, field, replace
 from zcrepl.core.config import Thresholds
 from zcrepl.core.paths import relative_to, show
 from zcrepl.core.types import DiskIO, DiskUsage, Endpoint, HostHealth, Job, NetIO, Priority, Role
+from zcrepl.core.units import rate, size
 
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 DEFAULTS = Thresholds()
 MAX_STREAMS = 16  # FTS3 OptimizerMaxStreams; also the hard ceiling of choose_streams and aimd_step
 
 
-# -- units and small readings ----------------------------------------------------------------------
-def size(n: float) -> str:
-    """Bytes for people: ``3.2 GiB``."""
-    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
-def rate(bps: float) -> str:
-    return size(bps) + "/s"
-
-
+# -- small readings ----------------------------------------------------------------------------------
 def load_per_core(h: HostHealth) -> float:
     return h.load1 / max(1, h.cpu_count)  # cpu_count 0 = unknown: judge as one core, the strict reading
 

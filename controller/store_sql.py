@@ -9,7 +9,6 @@ store_migrations.py. Everything here runs on the store's own thread (store.py), 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -92,17 +91,22 @@ class SqliteDb:
         self.conn.close()
 
 
+def path_text(p: bytes) -> str:
+    """A path (bytes: any name Linux allows) as JSON-safe text: UTF-8 with surrogate escapes for the other bytes
+    (JSON writes them as \\udcXX), so every byte survives; the one encoding of paths inside the store's JSON."""
+    return p.decode("utf-8", "surrogateescape")
+
+
+def text_path(t: str) -> bytes:
+    return t.encode("utf-8", "surrogateescape")
+
+
 def options_json(o: JobOptions) -> str:
     # The priority has its own column (a later "change priority" is one UPDATE, and it can be queried).
     doc = {k: v for k, v in asdict(o).items() if k != "priority"}
-    # Paths are bytes: kept as str with surrogate escapes (JSON writes them as \udcXX), any byte survives.
-    doc["backup_dir"] = _path_text(o.backup_dir)
-    doc["link_dest"] = [_path_text(p) for p in o.link_dest]
+    doc["backup_dir"] = path_text(o.backup_dir)
+    doc["link_dest"] = [path_text(p) for p in o.link_dest]
     return json.dumps({**doc, "durability": o.durability.value})
-
-
-def _path_text(p: bytes) -> str:
-    return p.decode("utf-8", "surrogateescape")
 
 
 def options_from_json(text: str, priority: int = int(Priority.NORMAL)) -> JobOptions:
@@ -110,8 +114,8 @@ def options_from_json(text: str, priority: int = int(Priority.NORMAL)) -> JobOpt
     doc.pop("priority", None)
     doc["durability"] = Durability(doc.get("durability", Durability.JOB.value))
     doc["filters"] = tuple(doc.get("filters", ()))  # JSON gives a list
-    doc["backup_dir"] = doc.get("backup_dir", "").encode("utf-8", "surrogateescape")
-    doc["link_dest"] = tuple(p.encode("utf-8", "surrogateescape") for p in doc.get("link_dest", ()))
+    doc["backup_dir"] = text_path(doc.get("backup_dir", ""))
+    doc["link_dest"] = tuple(text_path(p) for p in doc.get("link_dest", ()))
     return JobOptions(**doc, priority=Priority(priority))
 
 
@@ -268,7 +272,7 @@ class JobsSql:
 
     # -- agents -------------------------------------------------------------------------------------
     def upsert_agent(self, info: AgentInfo, now: float) -> None:
-        doc = json.dumps({**asdict(info), "exports": [os.fsdecode(e) for e in info.exports]})
+        doc = json.dumps({**asdict(info), "exports": [path_text(e) for e in info.exports]})
         self.db.execute(
             "INSERT INTO agents (name, info, first_seen, last_seen) VALUES (?,?,?,?)"
             " ON CONFLICT (name) DO UPDATE SET info=excluded.info, last_seen=excluded.last_seen",
@@ -284,7 +288,7 @@ class JobsSql:
         out = {}
         for name, doc, last_seen in self.db.execute("SELECT name, info, last_seen FROM agents").fetchall():
             d = json.loads(doc)
-            d["exports"] = tuple(os.fsencode(e) for e in d.get("exports", ()))
+            d["exports"] = tuple(text_path(e) for e in d.get("exports", ()))
             d["source_addresses"] = tuple(d.get("source_addresses", ()))
             out[name] = (AgentInfo(**d), last_seen)
         return out

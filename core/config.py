@@ -404,9 +404,14 @@ class ControllerConfig(Thresholds):
         parse_host_limits(self.host_limits)
         parse_link_limits(self.link_limits)
         parse_encrypt_links(self.encrypt_links)
-        if "://" in self.store and not self.store.startswith(("postgresql://", "postgres://")):
+        if "://" in self.store and not is_postgres(self.store):
             raise ConfigError(f"store {self.store.split('://')[0]}://...: give a SQLite file path or a "
                               "postgresql:// URL")
+
+
+def is_postgres(store: str) -> bool:
+    """Whether a ``store`` setting names a PostgreSQL database (otherwise it is a SQLite file)."""
+    return store.startswith(("postgresql://", "postgres://"))
 
 
 def check_tls(ca: str, cert: str, key: str, insecure: bool, extra: str = "") -> None:
