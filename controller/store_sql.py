@@ -12,7 +12,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any, Protocol
 
 from zcrepl.core.types import (
@@ -31,8 +31,8 @@ from zcrepl.core.types import (
 
 
 class Cursor(Protocol):
-    @property
-    def rowcount(self) -> int: ...
+    """What a statement gives back: its rows. No ``rowcount``: PostgreSQL's statements are pipelined (store_pg.py)
+    and a count is known only once the result is fetched; ask for rows with ``RETURNING`` instead."""
 
     def fetchone(self) -> Any: ...
     def fetchall(self) -> list[Any]: ...
@@ -47,6 +47,10 @@ class Db(Protocol):
 
     def execute(self, sql: str, args: Sequence[object] = ()) -> Cursor: ...
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None: ...
+    # A write nobody reads the result of, which commutes with the batched writes of other statements (different
+    # tables, rows that exist already): it may wait, with the others of its statement, until the next execute,
+    # executemany or commit, and go out as one executemany then (writes of one statement keep their order).
+    def batched(self, sql: str, args: Sequence[object]) -> None: ...
     def transaction(self) -> Any: ...  # a context manager: commit on success, roll back on error
     def transient(self, err: BaseException) -> bool: ...  # worth retrying (connection lost, database busy)
     def close(self) -> None: ...
@@ -73,6 +77,9 @@ class SqliteDb:
 
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
         self.conn.executemany(sql, rows)
+
+    def batched(self, sql: str, args: Sequence[object]) -> None:
+        self.conn.execute(sql, args)  # in-process: a statement costs no round trip
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -119,8 +126,13 @@ def options_from_json(text: str, priority: int = int(Priority.NORMAL)) -> JobOpt
     return JobOptions(**doc, priority=Priority(priority))
 
 
+_STATS_FIELDS = tuple(f.name for f in fields(TransferStats))
+
+
 def _stats_json(s: TransferStats) -> str:
-    return json.dumps(asdict(s), separators=(",", ":"))
+    # Not asdict(): its deep copy was a third of the store thread's time in a scheduling pass (every field is a
+    # number, a bool or a string).
+    return json.dumps({f: getattr(s, f) for f in _STATS_FIELDS}, separators=(",", ":"))
 
 
 def _stats(text: str) -> TransferStats:
@@ -151,7 +163,7 @@ class JobsSql:
 
     def save_job(self, job: Job) -> None:
         """Persist the mutable fields of a job (never its endpoints or options)."""
-        self.db.execute(
+        self.db.batched(
             "UPDATE jobs SET state=?, updated_at=?, started_at=?, finished_at=?, attempts=?, failures=?,"
             " max_attempts=?, error=?, wait_reason=?, progress=?, next_attempt_at=? WHERE id=?",
             (job.state.value, job.updated_at, job.started_at, job.finished_at, job.attempts, job.failures,
@@ -262,7 +274,7 @@ class JobsSql:
 
     # -- decisions (the explain history) ---------------------------------------------------------------
     def add_decision(self, job_id: int, at: float, kind: str, reason: str, details: str = "{}") -> None:
-        self.db.execute("INSERT INTO decisions (job_id, at, kind, reason, details) VALUES (?,?,?,?,?)",
+        self.db.batched("INSERT INTO decisions (job_id, at, kind, reason, details) VALUES (?,?,?,?,?)",
                         (job_id, at, kind, reason, details))
 
     def decisions(self, job_id: int) -> list[tuple[float, str, str]]:
