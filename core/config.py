@@ -53,7 +53,7 @@ def _seconds(key: str, value: float) -> None:
 @dataclass(frozen=True)
 class AgentConfig:
     name: str = setting(factory=lambda: socket.gethostname().split(".")[0], default_text="the short hostname",
-                        help="agent (host) name operators use in HOST:/path")
+                        help="agent (host) name operators use in HOST:/path", metavar="NAME")
     controller: str = setting(DEFAULT_CONTROLLER, "controller address", metavar=ADDRESS)
     exports: tuple[bytes, ...] = setting((), "directory root to serve", metavar="DIR", flag="export")
     # Empty: every interface, or loopback only when insecure (see resolve_defaults).
@@ -117,15 +117,15 @@ class AgentConfig:
     max_hardlinks: int = setting(250_000, "hard links within one received manifest", group=LIMITS,
                                  check=at_least(1))
     max_changes_bytes: int = setting(64 << 20, "bytes of one round of watch-rule changes", metavar="BYTES",
-                                     group=LIMITS, check=at_least(1))
+                                     group=LIMITS, check=at_least(1), default_text="64 MiB")
     free_margin_bytes: int = setting(1 << 30, "space a receiver leaves free on the destination filesystem: a file "
                                      "whose preallocation would cut into it is refused", metavar="BYTES",
-                                     group=LIMITS, check=at_least(0, " bytes"))
+                                     group=LIMITS, check=at_least(0, " bytes"), default_text="1 GiB")
     # Each destination's partial area (.zc.partial: data of interrupted large files, kept for a resume) is swept
     # when a job or watch session starts there and at start-up: entries older than partial_max_age go, then the
     # oldest until it holds at most partial_max_bytes.
     partial_max_age: float = setting(7 * DAY, "age after which kept partial data of interrupted files goes",
-                                     metavar="SECONDS", group=LIMITS, check=_seconds)
+                                     metavar="SECONDS", group=LIMITS, check=_seconds, default_text="7 days")
     partial_max_bytes: int = setting(0, "bytes of partial data kept per destination (0: a tenth of its "
                                      "filesystem)", metavar="BYTES", group=LIMITS, check=at_least(0, " bytes"))
     metrics_listen: str = setting("", "serve Prometheus metrics over plain HTTP here (off unless set; port 0 = any "
