@@ -35,6 +35,7 @@ TUNING = "timeouts and tuning"
 LOAD = ("load policy (a job starts only while both hosts are at or under every max-*; a running transfer slows "
         "down, then pauses, above a high-* and speeds up again once both are back under the max-*)")
 OPS = "observability"
+HA = "several controllers on one PostgreSQL store (one leads; see controller/leadership.py)"
 ADDRESS = "HOST:PORT"
 
 
@@ -54,7 +55,9 @@ def _seconds(key: str, value: float) -> None:
 class AgentConfig:
     name: str = setting(factory=lambda: socket.gethostname().split(".")[0], default_text="the short hostname",
                         help="agent (host) name operators use in HOST:/path", metavar="NAME")
-    controller: str = setting(DEFAULT_CONTROLLER, "controller address", metavar=ADDRESS)
+    controller: str = setting(DEFAULT_CONTROLLER, "controller address, or several sharing one PostgreSQL store "
+                              "separated by commas: the agent finds their leader and follows it",
+                              metavar="HOST:PORT[,HOST:PORT...]")
     exports: tuple[bytes, ...] = setting((), "directory root to serve", metavar="DIR", flag="export")
     # Empty: every interface, or loopback only when insecure (see resolve_defaults).
     listen: str = setting("", "gRPC API address (port 0 = any free port)", metavar=ADDRESS,
@@ -148,7 +151,7 @@ class AgentConfig:
             raise ConfigError(f"name '{show_name(self.name)}': {HOST_NAME_RULE}")
         if not self.exports:
             raise ConfigError("no export configured: pass --export DIR (repeatable) or 'exports = [...]' in TOML")
-        for addr in (self.controller, self.listen, self.data_listen):
+        for addr in (*controller_list(self.controller), self.listen, self.data_listen):
             split_address(addr)
         check_fields(self)
         for exp in self.exports:
@@ -380,6 +383,14 @@ class ControllerConfig(Thresholds):
     health_listen: str = setting("", "serve only grpc.health.v1 in plaintext here, for probes without TLS such as "
                                  "Kubernetes' (off unless set; port 0 = any free port)", metavar=ADDRESS, group=OPS,
                                  check=_address(optional=True))
+    advertise: str = setting("", "where agents and zc-ctl reach this controller; followers name the leader by it",
+                             metavar=ADDRESS, group=HA, check=_address(optional=True),
+                             default_text="the bound --listen address")
+    # Leading stops when a check fails or takes longer than lease_timeout.
+    lease_renew: float = setting(1.0, "the leader checks its lease this often", metavar="SECONDS", group=HA)
+    lease_timeout: float = setting(2.0, "the leader stops leading when a check fails or takes longer than this",
+                                   metavar="SECONDS", group=HA)
+    lease_poll: float = setting(0.5, "a follower tries to take the lease this often", metavar="SECONDS", group=HA)
 
     @staticmethod
     def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -407,6 +418,9 @@ class ControllerConfig(Thresholds):
         if "://" in self.store and not is_postgres(self.store):
             raise ConfigError(f"store {self.store.split('://')[0]}://...: give a SQLite file path or a "
                               "postgresql:// URL")
+        if not 0 < self.lease_renew < self.lease_timeout or self.lease_poll <= 0:
+            raise ConfigError("lease_renew must be positive and shorter than lease_timeout, and lease_poll positive "
+                              "(seconds)")
 
 
 def is_postgres(store: str) -> bool:
@@ -443,6 +457,16 @@ def check_http(listen: str, client_cert: str, insecure: bool) -> None:
         raise ConfigError(f"http_listen {listen}: the web view without client certificates (http_client_cert = "
                           "optional) is served on loopback only; listen on 127.0.0.1:PORT and reach it with ssh -L, "
                           "or set http_client_cert = required (browsers then present an operator certificate)")
+
+
+def controller_list(spec: str) -> list[str]:
+    """``a:7420,b:7420`` -> ["a:7420", "b:7420"]: the controllers an agent or zc-ctl may reach."""
+    out = [a.strip() for a in spec.split(",") if a.strip()]
+    if not out:
+        raise ConfigError("controller: give HOST:PORT, or several separated by commas")
+    for a in out:
+        split_address(a)
+    return out
 
 
 def split_address(addr: str) -> tuple[str, int]:

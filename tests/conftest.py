@@ -89,3 +89,14 @@ def store_spec(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return ""
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def own_pg_server(pg_server: PgServer) -> Iterator[PgServer]:
+    """A PostgreSQL server of the test's own (initdb costs ~1-2 s), for tests that stop and start it: stopping
+    the session's would break the tests running beside. Asks for ``pg_server`` only for its checks."""
+    server = PgServer()
+    try:
+        yield server
+    finally:
+        server.stop()
