@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from zcrepl.core.config import parse_compress_links
 from zcrepl.core.types import Compress, HostHealth, TransferStats
+from zcrepl.core.units import rate
 
 FAR = 4.0  # "far below": the link carries at most a quarter of what the idle cores compress
 MIN_IDLE_CORES = 1.0
@@ -42,13 +43,6 @@ LEVEL_SPEED = {1: 1.42, 2: 1.1, 3: 1.0, 4: 0.57, 5: 0.52, 6: 0.43, 7: 0.39, 8: 0
 class CompressChoice:
     on: bool
     why: str
-
-
-def _rate(bps: float) -> str:
-    for unit, scale in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
-        if bps >= scale:
-            return f"{bps / scale:.1f} {unit}"
-    return f"{bps:.0f} B/s"
 
 
 def idle_cores(h: HostHealth | None) -> float:
@@ -76,9 +70,9 @@ def auto_decision(link_bps: float, src: HostHealth | None, dst: HostHealth | Non
     cores = min(idle_cores(src), float(max(1, streams)))
     capacity = cores * src_rate
     if link_bps * FAR < capacity:
-        return CompressChoice(True, f"auto: the link moved {_rate(link_bps)}, far below the {_rate(capacity)} "
+        return CompressChoice(True, f"auto: the link moved {rate(link_bps)}, far below the {rate(capacity)} "
                                     f"{cores:.1f} idle cores of the source compress")
-    return CompressChoice(False, f"auto: the link is fast ({_rate(link_bps)} against the {_rate(capacity)} "
+    return CompressChoice(False, f"auto: the link is fast ({rate(link_bps)} against the {rate(capacity)} "
                                  f"{cores:.1f} idle cores of the source compress), so the zero-copy path")
 
 
@@ -110,8 +104,8 @@ class CompressPolicy:
             return CompressChoice(False, "not compressed: the job asked for none (--no-compress)")
         if src == dst:
             return CompressChoice(False, f"not compressed: a copy within {src} crosses no network")
-        for name, rate in zip((src, dst), rates, strict=True):
-            if rate <= 0:
+        for name, bps in zip((src, dst), rates, strict=True):
+            if bps <= 0:
                 return CompressChoice(False, f"not compressed: {name}'s agent cannot compress (an older version); "
                                              "upgrade it to compress on this link")
         if asked is Compress.ON:
@@ -125,5 +119,5 @@ class CompressPolicy:
         auto = auto_decision(link_bps / ratio, *health, int(rates[0] * LEVEL_SPEED.get(level or 3, 1.0)), streams)
         why = f"{'compressed' if auto.on else 'not compressed'}: {where} = {auto.why}"
         if ratio > 1.0 and link_bps > 0:
-            why += f" (on the wire: {_rate(link_bps)} of files at the last send's {ratio:.1f}x ratio)"
+            why += f" (on the wire: {rate(link_bps)} of files at the last send's {ratio:.1f}x ratio)"
         return CompressChoice(auto.on, why)

@@ -16,7 +16,7 @@ from zcrepl.core.config import ControllerConfig, parse_compress_links
 from zcrepl.core.errors import ConfigError
 from zcrepl.core.types import AgentInfo, Compress, HostHealth, JobOptions, Phase, Role, TransferStats
 
-MB = 1_000_000
+MB = 1 << 20  # zc-ctl speaks binary units (core/units.py)
 RATE = 200 * MB  # one core's zstd rate, as an agent measures it
 
 
@@ -28,15 +28,15 @@ def health(cores: int = 8, cpu: float = 0.0) -> HostHealth:
 AUTO_TABLE = [
     (0, health(), health(), 4, False, "not measured yet"),
     (6 * MB, None, health(), 4, False, "no recent health"),
-    (6 * MB, health(), health(), 4, True, "far below the 800.0 MB/s 4.0 idle cores"),  # a 50 Mbit/s link
-    (6 * MB, health(), health(), 1, True, "far below the 200.0 MB/s 1.0 idle cores"),  # one stream, one core
-    (50 * MB, health(), health(), 1, False, "the link is fast (50.0 MB/s against the 200.0 MB/s"),
-    (110 * MB, health(), health(), 2, False, "the link is fast"),  # 1 GbE, two cores: 400 MB/s is not 4x
-    (110 * MB, health(16), health(), 16, True, "far below the 3.2 GB/s 16.0 idle cores"),
+    (6 * MB, health(), health(), 4, True, "far below the 800.0 MiB/s 4.0 idle cores"),  # a 50 Mbit/s link
+    (6 * MB, health(), health(), 1, True, "far below the 200.0 MiB/s 1.0 idle cores"),  # one stream, one core
+    (50 * MB, health(), health(), 1, False, "the link is fast (50.0 MiB/s against the 200.0 MiB/s"),
+    (110 * MB, health(), health(), 2, False, "the link is fast"),  # 1 GbE, two cores: 400 MiB/s is not 4x
+    (110 * MB, health(16), health(), 16, True, "far below the 3.1 GiB/s 16.0 idle cores"),
     (6 * MB, health(8, cpu=80.0), health(), 4, False, "the source is busy (80% CPU"),
     (6 * MB, health(1, cpu=50.0), health(), 4, False, "the source is busy (0.5 idle cores of 1)"),
     (6 * MB, health(), health(2, cpu=60.0), 4, False, "the destination is busy (0.8 idle cores of 2)"),
-    (6 * MB, health(4, cpu=50.0), health(), 8, True, "far below the 400.0 MB/s 2.0 idle cores"),
+    (6 * MB, health(4, cpu=50.0), health(), 8, True, "far below the 400.0 MiB/s 2.0 idle cores"),
 ]
 
 
@@ -73,22 +73,23 @@ def test_precedence_job_off_then_agents_then_job_on_then_link_then_default() -> 
 def test_a_slow_level_needs_a_slower_link() -> None:
     p, fine = CompressPolicy(), (health(), health())
     default = p.decide(Compress.AUTO, "a", "b", (RATE, RATE), 6 * MB, fine, 4)
-    assert default.on and "far below the 800.0 MB/s 4.0 idle cores" in default.why
+    assert default.on and "far below the 800.0 MiB/s 4.0 idle cores" in default.why
     slow = p.decide(Compress.AUTO, "a", "b", (RATE, RATE), 6 * MB, fine, 4, level=19)  # 2% of level 3's speed
-    assert not slow.on and "the link is fast (6.0 MB/s against the 16.0 MB/s" in slow.why
+    assert not slow.on and "the link is fast (6.0 MiB/s against the 16.0 MiB/s" in slow.why
 
 
 def test_a_compressed_link_is_judged_by_its_wire_rate() -> None:
     """After a compressed send the link's file rate is the wire rate times the ratio: judged on the file rate,
-    a 25 MB/s link compressing 4x would read 100 MB/s, "fast", and flap off and on from send to send."""
+    a 25 MiB/s link compressing 4x would read 100 MiB/s, "fast", and flap off and on from send to send."""
     p = CompressPolicy()
     fine, link = (health(), health()), ("a", "b")
     one_core = p.decide(Compress.AUTO, "a", "b", (RATE, RATE), 100 * MB, fine, 1)
-    assert not one_core.on and "the link is fast (100.0 MB/s" in one_core.why
+    assert not one_core.on and "the link is fast (100.0 MiB/s" in one_core.why
     p.ended(link, True, TransferStats(bytes_done=400 * MB, wire_bytes=100 * MB))
     again = p.decide(Compress.AUTO, "a", "b", (RATE, RATE), 100 * MB, fine, 1)
     assert again.on, again.why
-    assert "the link moved 25.0 MB/s" in again.why and "100.0 MB/s of files at the last send's 4.0x ratio" in again.why
+    assert "the link moved 25.0 MiB/s" in again.why
+    assert "100.0 MiB/s of files at the last send's 4.0x ratio" in again.why
     p.ended(link, True, TransferStats(bytes_done=1000, wire_bytes=10))  # too small to say anything
     assert p.ratios[link] == 4.0
     p.ended(link, False, TransferStats(bytes_done=400 * MB, wire_bytes=401 * MB))  # an uncompressed send
@@ -133,7 +134,7 @@ def test_order_and_explain_carry_the_decision(tmp_path: Path) -> None:
         slow = h.submit("hostA:/srv/a", "hostB:/srv/a", compress_level=7)
         order = h.start(slow)
         assert order.options.compress is Compress.ON and order.options.compress_level == 7
-        assert any("compressed: compress = auto: the link moved 6.0 MB/s, far below" in why
+        assert any("compressed: compress = auto: the link moved 6.0 MiB/s, far below" in why
                    for _, why in h.explain(slow))
         for name, role in (("hostA", Role.SENDER), ("hostB", Role.RECEIVER)):
             h.report(name, slow, role, Phase.DONE, files_done=1, bytes_done=30 * MB, wire_bytes=10 * MB)
