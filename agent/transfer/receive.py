@@ -182,6 +182,7 @@ class ReceiveSession:
                     ch.send(fr.encode_hint(b.index, b.block) if b in later else fr.encode_basis(b))
                 for b in later:  # the sender hashes its version meanwhile
                     ch.send(fr.encode_basis(complete_delta(writer, b)))
+                ch.send(fr.encode_u64(fr.T.MANIFEST_ACK, writer.n_entries))  # the sender lets go of the rest
             elif kind is fr.T.MANIFEST_END:
                 writer.end_manifest(fr.decode_u64(payload, "MANIFEST_END"))
                 ch.send(fr.frame(fr.T.NEED_END))

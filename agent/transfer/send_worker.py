@@ -66,6 +66,7 @@ class DataWorker:
                     self.send_sparse(item[0])
                 else:
                     self.send_range(*item)
+                s.item_done(item[0])
                 s.progress()
             self.ch.send(self.pending + fr.frame(fr.T.DATA_DONE))
             self.pending = b""
