@@ -23,6 +23,7 @@ import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import IO
 
 from zcrepl.agent.transfer.frame import F_LINKED, F_UNREADABLE, Entry, Kind
 from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, validate_name, validate_relpath
@@ -55,7 +56,7 @@ class Listing:
         self.current = b""  # the directory whose entries arrive now
         self.linkable: set[bytes] = set()  # files flagged F_LINKED: what a HARDLINK may name
         self.closed = 0
-        self._spill: tempfile._TemporaryFileWrapper[bytes] | None = None
+        self._spill: IO[bytes] | None = None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
 
@@ -110,7 +111,7 @@ class Listing:
 
     def _write(self, dpath: bytes, names: set[bytes]) -> None:
         if self._spill is None:
-            self._spill = tempfile.TemporaryFile(prefix="zc-listing-")  # noqa: SIM115 (closed in close())
+            self._spill = tempfile.TemporaryFile(prefix="zc-listing-")  # noqa: SIM115 - closed in close()
         rec = [_LEN.pack(len(dpath)), dpath, _LEN.pack(len(names))]
         for n in names:
             rec += (_LEN.pack(len(n)), n)
