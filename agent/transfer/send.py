@@ -428,4 +428,5 @@ class Sender:
         for _, hashes in list(self.hinted.values()):
             hashes.set()
         self.pacer.wake()
+        self.files.wake()  # a scan waiting for room in its window
         self._changed.set()

@@ -21,7 +21,7 @@ __all__ = ["BATCH", "WINDOW", "FileWindow"]
 
 BATCH = 512  # manifest entries per ENTRIES frame
 WINDOW = 8192  # file entries the sender keeps (announced, not yet decided or sent) before the scan waits
-_POLL = 0.2  # seconds between cancel checks while the scan waits for room
+_POLL = 1.0  # a safety net only: cancel and failure wake the waiting scan (``wake``)
 
 
 class FileWindow:
@@ -85,11 +85,16 @@ class FileWindow:
             return True
 
     def wait_room(self, check: Callable[[], None]) -> None:
-        """Block the scan while the window is full; ``check`` raises to stop (cancel, a failed attempt)."""
+        """Block the scan while the window is full; ``check`` raises to stop (cancel, a failed attempt), which
+        ``wake`` (the sender's cancel and failure hook) makes it look at at once."""
         with self._cv:
             while len(self._files) >= self.window:
                 check()
                 self._cv.wait(_POLL)
+
+    def wake(self) -> None:
+        with self._cv:
+            self._cv.notify_all()
 
     def __len__(self) -> int:
         return len(self._files)

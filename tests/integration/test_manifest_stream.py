@@ -16,6 +16,7 @@ import pytest
 from zchelpers import diff_trees, snapshot, write_file
 
 from zcrepl.agent.transfer import listing, window
+from zcrepl.agent.transfer.cancel import Cancel
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
@@ -39,7 +40,7 @@ class Plane:
         self.jobs = 0
         self.held: list[int] = []  # the receiver's held names and directories, sampled at every entry
 
-    def run(self, src: Path, cancel: threading.Event | None = None, on_progress: Any = None,
+    def run(self, src: Path, cancel: Cancel | None = None, on_progress: Any = None,
             **options: Any) -> tuple[Sender, Any]:
         self.jobs += 1
         job, ticket, opts = self.jobs, os.urandom(32), JobOptions(**options)
@@ -56,7 +57,7 @@ class Plane:
                 done.set()
 
         self.tickets.register(ticket, Grant(job, 1, time.monotonic() + 30, serve))
-        spec = SendSpec(job, 1, ticket, self.server.address, opts, cancel or threading.Event(),
+        spec = SendSpec(job, 1, ticket, self.server.address, opts, cancel or Cancel(),
                         on_progress or (lambda _s: None))
         root = SafeRoot(os.fsencode(src))
         sender = Sender(spec, root)
@@ -142,7 +143,7 @@ def test_a_resumed_file_among_many_small_ones(plane: Plane, tmp_path: Path) -> N
     make(src, dirs=12)
     size = 24 << 20
     (src / "d06" / "big.bin").write_bytes(os.urandom(size))
-    cancel = threading.Event()
+    cancel = Cancel()
 
     def progress(s: TransferStats) -> None:
         if s.bytes_done >= 8 << 20:
