@@ -27,6 +27,7 @@ from zcrepl.controller.scheduler import overlaps
 from zcrepl.core.errors import InvalidArgument, InvalidPath
 from zcrepl.core.filters import FilterError, check_rules
 from zcrepl.core.paths import HOST_NAME_RULE, canonical_abs, relative_to, show, show_name, valid_host_name
+from zcrepl.core.snapshots import MAX_KEEP
 from zcrepl.core.synctypes import SyncStatus
 from zcrepl.core.types import (
     MAX_LINK_DEST,
@@ -204,7 +205,32 @@ def options(o: JobOptions) -> JobOptions:
                               f"{MAX_LINK_DEST} (rsync's limit)")
     if o.dry_run and (o.backup_dir or o.link_dest):
         o = replace(o, backup_dir=b"", link_dest=())  # a dry run writes nothing, so it backs up and links nothing
-    return o
+    return snapshot_options(o)
+
+
+def snapshot_options(o: JobOptions) -> JobOptions:
+    """zc-ctl snapshot's options: keep counts in range and only on a snapshot, nothing a new directory can't use;
+    the name is the controller's to give (engine.submit), so a client's is dropped."""
+    keeps = {"--keep-daily": o.keep_daily, "--keep-weekly": o.keep_weekly, "--keep-monthly": o.keep_monthly}
+    for flag, n in keeps.items():
+        if not 0 <= n <= MAX_KEEP:
+            raise InvalidArgument(f"{flag} {n} is refused: choose 0 (no such rule) to {MAX_KEEP:,}")
+    if not o.snapshot:
+        if any(keeps.values()) or o.snapshot_name:
+            raise InvalidArgument("--keep-daily, --keep-weekly and --keep-monthly belong to snapshots: use "
+                                  "zc-ctl snapshot SRC DST")
+        return o
+    if o.dry_run:
+        raise InvalidArgument("--dry-run is refused for a snapshot: every snapshot is a new directory, so all "
+                              "would be listed as created; run zc-ctl replicate -n against the newest snapshot")
+    if o.backup_dir:
+        raise InvalidArgument("--backup-dir is refused for a snapshot: a new snapshot replaces and deletes "
+                              "nothing (the earlier snapshots are the previous versions); drop it")
+    if len(o.link_dest) >= MAX_LINK_DEST:
+        raise InvalidArgument(f"{len(o.link_dest)} --link-dest directories are refused for a snapshot: the "
+                              f"newest snapshot takes one of rsync's {MAX_LINK_DEST}; name at most "
+                              f"{MAX_LINK_DEST - 1}")
+    return replace(o, snapshot_name="")
 
 
 def several(o: JobOptions, what: str) -> JobOptions:
@@ -214,6 +240,9 @@ def several(o: JobOptions, what: str) -> JobOptions:
     if what == "a watch rule" and (o.backup_dir or o.link_dest):
         raise InvalidArgument("--backup-dir and --link-dest are refused for a watch rule: they belong to one-off "
                               "jobs and snapshots; drop --watch")
+    if o.snapshot:
+        raise InvalidArgument(f"a snapshot is refused for {what}: a snapshot is one job into one snapshots "
+                              "directory; make one per destination")
     return o
 
 
