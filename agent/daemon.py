@@ -24,7 +24,7 @@ from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.server import DataServer, TicketBook
 from zcrepl.agent.transfer.tls import TlsContexts
 from zcrepl.agent.transfers import Transfers
-from zcrepl.core.config import AgentConfig, split_address
+from zcrepl.core.config import AgentConfig, controller_list, split_address
 from zcrepl.core.logs import kv
 from zcrepl.core.metricsserver import MetricsServer
 from zcrepl.core.readyfile import write_ready_file
@@ -72,7 +72,7 @@ class Agent:
 
     def _advertise(self, host: str, port: int) -> str:
         if host in _WILDCARD:
-            host = self.config.advertise_host or local_address_towards(self.config.controller)
+            host = self.config.advertise_host or local_address_towards(controller_list(self.config.controller)[0])
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def info(self) -> AgentInfo:
@@ -127,7 +127,7 @@ class Agent:
             )
             self.link.start()
             if self.trust is not None and self.trust.paths == enrolled_paths(cfg):
-                self.renewer = Renewer(self.trust, cfg.controller)
+                self.renewer = Renewer(self.trust, controller_list(cfg.controller)[0])
                 self.renewer.start()
         except BaseException:
             self.stop()

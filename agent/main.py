@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zc-agent", description=__doc__)
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with the same keys as the flags")
     p.add_argument("--name", help="agent (host) name operators use in HOST:/path (default: short hostname)")
-    p.add_argument("--controller", metavar="HOST:PORT", help="controller address (default 127.0.0.1:7420)")
+    p.add_argument("--controller", metavar="HOST:PORT[,HOST:PORT...]",
+                   help="controller address, or several sharing one PostgreSQL store: the agent follows their leader "
+                        "(default 127.0.0.1:7420)")
     p.add_argument("--export", dest="exports", action="append", metavar="DIR",
                    help="directory root to serve; repeat for several")
     p.add_argument("--export-policy", dest="export_policy", action="append", metavar="DIR:KEY=VALUE,...",

@@ -174,9 +174,10 @@ def _replicate_options(r: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zc-ctl", description="Operate a zcrepl cluster.")
-    p.add_argument("--controller", metavar="HOST:PORT",
+    p.add_argument("--controller", metavar="HOST:PORT[,...]",
                    default=os.environ.get("ZC_CONTROLLER") or DEFAULT_CONTROLLER,
-                   help=f"controller address (default: $ZC_CONTROLLER, then {DEFAULT_CONTROLLER})")
+                   help=f"controller address, or several (one PostgreSQL store): zc-ctl follows their leader "
+                        f"(default: $ZC_CONTROLLER, then {DEFAULT_CONTROLLER})")
     ctl_pki.add_tls_options(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -18,6 +18,7 @@ from zcrepl.controller import fence, lifecycle, validate
 from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.faults import Faults
 from zcrepl.controller.jobreads import JobReads
+from zcrepl.controller.leading import Leading
 from zcrepl.controller.links import LinkTracker
 from zcrepl.controller.observe import Observer
 from zcrepl.controller.pacing import THROTTLE_EVERY, Pacing
@@ -57,8 +58,9 @@ from zcrepl.core.types import (
 log = logging.getLogger(__name__)
 
 
-class Engine(Pacing, Faults, JobReads):
-    def __init__(self, config: ControllerConfig, store: Store, clock: Callable[[], float] = time.time) -> None:
+class Engine(Pacing, Faults, JobReads, Leading):
+    def __init__(self, config: ControllerConfig, store: Store, clock: Callable[[], float] = time.time,
+                 lead: bool = True) -> None:
         self.config = config
         self.store = store
         self.clock = clock
@@ -76,28 +78,29 @@ class Engine(Pacing, Faults, JobReads):
         self.retry = lifecycle.RetryPolicy(config.max_attempts, config.retry_base, config.retry_max)
         self.registry = Registry(config.offline_after)
         self.dataplane = DataPlane(config, self.registry)
-        now = clock()
-        for name, (info, last_seen) in store.agents().items():
-            self.registry.load(name, info, last_seen)
-        requeued = store.recover_interrupted(now)
-        if requeued:
-            log.info("requeued interrupted jobs", extra=kv(jobs=",".join(map(str, requeued))))
-        self.jobs: dict[int, Job] = {j.id: j for j in store.list_jobs((JobState.QUEUED, JobState.RUNNING))}
+        self.jobs: dict[int, Job] = {}
         # Finished destinations of each fan-out with jobs still to run: sources for the others, kept here so
         # that a scheduling pass reads nothing from the store.
-        self._replicas_done: dict[int, list[Endpoint]] = {
-            g: [j.destination for j in store.list_jobs((JobState.DONE,), 0, g)]
-            for g in {j.group_id for j in self.jobs.values() if j.group_id}}
+        self._replicas_done: dict[int, list[Endpoint]] = {}
         self.runs: dict[int, Run] = {}
         self._events: dict[int, asyncio.Event] = {}
         self._wake: asyncio.Event | None = None
         self.stopping = False
         self._last_decision: dict[int, DecisionRecord] = {}
-        self.syncs = SyncManager(SyncStore(store), self.registry, thresholds, self._health, _unknown_host,
-                                 dataplane=self.dataplane)
         self.links = LinkTracker(window=THROTTLE_EVERY)
         self._ranking: dict[int, dict[Endpoint, str]] = {}  # this tick's fan-out source rankings, per job
         self.observe = Observer()  # the daemon puts its metrics here
+        # Leadership (controller/leadership.py): only a leader schedules, accepts agents and sends orders, each
+        # stamped with its epoch. A follower's engine holds no jobs, runs or sessions.
+        self.epoch = 0
+        self.store_id = ""
+        self._touched_at = 0.0
+        self.syncs, self.leading = self._read_state(lead)
+
+    def _sync_manager(self) -> SyncManager:
+        """The watch rules as stored (read off the loop)."""
+        return SyncManager(SyncStore(self.store), self.registry, self.policy.thresholds, self._health, _unknown_host,
+                           dataplane=self.dataplane)
 
     # -- agents -------------------------------------------------------------------------------------
     def connect(self, info: AgentInfo, active: list[tuple[int, int]], serial: int = 0, peer_host: str = "") -> Session:
@@ -126,7 +129,7 @@ class Engine(Pacing, Faults, JobReads):
 
     def disconnect(self, session: Session, why: str = "its stream closed") -> None:
         session.close()
-        if self.stopping:
+        if self.stopping or not self.leading:
             # Our own shutdown closes every stream: running attempts stay "running" in the store and are
             # requeued, uncounted, by recover_interrupted() at the next start.
             self.registry.detach(session)
@@ -306,6 +309,8 @@ class Engine(Pacing, Faults, JobReads):
             except TimeoutError:
                 pass
             self._wake.clear()
+            if not self.leading:
+                continue
             try:
                 self.observe.scheduling_pass(self.tick)
             except Exception:
@@ -330,6 +335,7 @@ class Engine(Pacing, Faults, JobReads):
                                "the transfer is stalled (check that host's zc-agent log)", True, run.progress)
         self._throttle_running(now)
         self._sample_links(now)
+        self._touch_online(now)
         self.syncs.tick(now)
         queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
         if not queued:

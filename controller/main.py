@@ -86,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-listen", metavar="HOST:PORT",
                    help="serve only grpc.health.v1 in plaintext here, for probes without TLS such as "
                         "Kubernetes' (off unless set; port 0 = any free port)")
+    ha = p.add_argument_group("several controllers on one PostgreSQL store (one leads)")
+    ha.add_argument("--advertise", metavar="HOST:PORT",
+                    help="where agents and zc-ctl reach this controller; followers name the leader by it "
+                         "(default: the bound --listen address)")
+    ha.add_argument("--lease-renew", type=float, metavar="SECONDS", help="the leader checks its lease this often (1)")
+    ha.add_argument("--lease-timeout", type=float, metavar="SECONDS",
+                    help="the leader stops leading when a check fails or takes longer than this (2)")
+    ha.add_argument("--lease-poll", type=float, metavar="SECONDS", help="a follower tries to take the lease this "
+                                                                          "often (0.5)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["kv", "json"])
     p.add_argument("--ready-file", metavar="FILE", help="write the bound address as JSON here once serving")

@@ -221,15 +221,25 @@ class JobsSql:
         rows = self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return {JobState(s): int(n) for s, n in rows}
 
-    def recover_interrupted(self, now: float) -> list[int]:
-        """After a restart: running jobs go back to the queue; their open attempt is closed, not counted."""
-        ids = [int(r[0]) for r in self.db.execute("SELECT id FROM jobs WHERE state='running' ORDER BY id").fetchall()]
+    def recover_interrupted(self, now: float, keep: frozenset[int] = frozenset()) -> list[int]:
+        """After a restart: running jobs (but those in ``keep``) go back to the queue; their open attempt is
+        closed, not counted."""
+        ids = [int(r[0]) for r in self.db.execute("SELECT id FROM jobs WHERE state='running' ORDER BY id").fetchall()
+               if int(r[0]) not in keep]
         for job_id in ids:
             self.db.execute("UPDATE attempts SET ended_at=?, error=? WHERE job_id=? AND ended_at=0",
                             (now, "interrupted: the controller restarted", job_id))
             self.db.execute("UPDATE jobs SET state='queued', updated_at=?, wait_reason=? WHERE id=?",
                             (now, "requeued after a controller restart", job_id))
         return ids
+
+    def open_attempts(self) -> list[tuple[int, int, bytes]]:
+        """(job id, attempt, source as HOST:PATH) of every running job's attempt still open: what a new leader
+        may find its agents still running."""
+        rows = self.db.execute(
+            "SELECT a.job_id, a.number, a.source FROM attempts a JOIN jobs j ON j.id = a.job_id "
+            "WHERE j.state = 'running' AND a.ended_at = 0 AND a.number = j.attempts ORDER BY a.job_id").fetchall()
+        return [(int(j), int(n), bytes(src)) for j, n, src in rows]
 
     def _attempts(self, job_id: int) -> tuple[Attempt, ...]:
         rows = self.db.execute(
@@ -279,6 +289,9 @@ class JobsSql:
 
     def touch_agent(self, name: str, now: float) -> None:
         self.db.execute("UPDATE agents SET last_seen=? WHERE name=?", (now, name))
+
+    def touch_agents(self, names: list[str], now: float) -> None:
+        self.db.executemany("UPDATE agents SET last_seen=? WHERE name=?", [(now, n) for n in names])
 
     def agents(self) -> dict[str, tuple[AgentInfo, float]]:
         out = {}

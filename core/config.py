@@ -34,6 +34,8 @@ ENCRYPT_MODES = ("never", "always", "cross-site")
 @dataclass(frozen=True)
 class AgentConfig:
     name: str = dataclasses.field(default_factory=lambda: socket.gethostname().split(".")[0])
+    # HOST:PORT of the controller, or several separated by commas (controllers sharing one PostgreSQL store):
+    # the agent finds the leader among them and follows it.
     controller: str = DEFAULT_CONTROLLER
     exports: tuple[bytes, ...] = ()
     # Empty: every interface, or loopback only when insecure (see resolve_defaults).
@@ -110,7 +112,7 @@ class AgentConfig:
             raise ConfigError(f"name '{show_name(self.name)}': {HOST_NAME_RULE}")
         if not self.exports:
             raise ConfigError("no export configured: pass --export DIR (repeatable) or 'exports = [...]' in TOML")
-        for addr in (self.controller, self.listen, self.data_listen):
+        for addr in (*controller_list(self.controller), self.listen, self.data_listen):
             split_address(addr)
         for extra in (self.metrics_listen, self.health_listen):
             if extra:
@@ -293,6 +295,14 @@ class ControllerConfig:
     # HOST:PORT of a plaintext port serving only grpc.health.v1 (for Kubernetes' gRPC probes, which do no
     # TLS); empty = none.
     health_listen: str = ""
+    # Several controllers on one PostgreSQL store (see controller/leadership.py): the HOST:PORT agents and
+    # zc-ctl reach this controller at (followers name the leader by it); empty: the bound listen address.
+    advertise: str = ""
+    # The leader checks its lease every lease_renew seconds and stops leading when a check fails or takes longer
+    # than lease_timeout; a follower tries to take the lease every lease_poll seconds.
+    lease_renew: float = 1.0
+    lease_timeout: float = 2.0
+    lease_poll: float = 0.5
 
     @staticmethod
     def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -349,6 +359,11 @@ class ControllerConfig:
         if "://" in self.store and not self.store.startswith(("postgresql://", "postgres://")):
             raise ConfigError(f"store {self.store.split('://')[0]}://...: give a SQLite file path or a "
                               "postgresql:// URL")
+        if self.advertise:
+            split_address(self.advertise)
+        if not 0 < self.lease_renew < self.lease_timeout or self.lease_poll <= 0:
+            raise ConfigError("lease_renew must be positive and shorter than lease_timeout, and lease_poll positive "
+                              "(seconds)")
 
 
 C = TypeVar("C", AgentConfig, ControllerConfig)
@@ -383,6 +398,16 @@ def check_http(listen: str, client_cert: str, insecure: bool) -> None:
         raise ConfigError(f"http_listen {listen}: the web view without client certificates (http_client_cert = "
                           "optional) is served on loopback only; listen on 127.0.0.1:PORT and reach it with ssh -L, "
                           "or set http_client_cert = required (browsers then present an operator certificate)")
+
+
+def controller_list(spec: str) -> list[str]:
+    """``a:7420,b:7420`` -> ["a:7420", "b:7420"]: the controllers an agent or zc-ctl may reach."""
+    out = [a.strip() for a in spec.split(",") if a.strip()]
+    if not out:
+        raise ConfigError("controller: give HOST:PORT, or several separated by commas")
+    for a in out:
+        split_address(a)
+    return out
 
 
 def split_address(addr: str) -> tuple[str, int]:

@@ -96,10 +96,17 @@ class PgServer:
             self._as = ["runuser", "-u", PG_USER, "--"]
         self._run = subprocess.run
         self._pg("initdb", "-D", self.data, "-A", "trust", "-U", PG_USER, "-E", "UTF8", "--no-sync")
-        options = (f"-k {self.base} -c listen_addresses='' -c fsync=off -c synchronous_commit=off "
-                   "-c full_page_writes=off -c max_connections=200")
-        self._pg("pg_ctl", "-D", self.data, "-l", os.path.join(self.base, "log"), "-o", options, "-w", "start")
+        self.options = (f"-k {self.base} -c listen_addresses='' -c fsync=off -c synchronous_commit=off "
+                        "-c full_page_writes=off -c max_connections=200")
+        self.start()
         self.admin(f"CREATE DATABASE {self.database} TEMPLATE template0")
+
+    def start(self) -> None:
+        self._pg("pg_ctl", "-D", self.data, "-l", os.path.join(self.base, "log"), "-o", self.options, "-w", "start")
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data (``start`` brings it back): a database outage."""
+        self._pg("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
 
     def _pg(self, tool: str, *args: str) -> None:
         out = self._run([*self._as, os.path.join(self.bindir, tool), *args], capture_output=True, text=True,
@@ -159,3 +166,14 @@ def store_spec(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return ""
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def own_pg_server(pg_server: PgServer) -> Iterator[PgServer]:
+    """A PostgreSQL server of the test's own (initdb costs ~1-2 s), for tests that stop and start it: stopping
+    the session's would break the tests running beside. Asks for ``pg_server`` only for its checks."""
+    server = PgServer()
+    try:
+        yield server
+    finally:
+        server.stop()
