@@ -7,7 +7,8 @@
                                                         poller thread ------+  (directories inotify cannot watch)
 
 ``TreeWatcher`` is the I/O shell; every decision (merging, holding files still being written, rename chains,
-the order a ``ChangeSet`` is applied in) lives in the pure :class:`~zcrepl.agent.watch_coalesce.Coalescer`;
+the order a ``ChangeSet`` is applied in, :mod:`zcrepl.agent.watch_changeset`) lives in the pure
+:class:`~zcrepl.agent.watch_coalesce.Coalescer`;
 the poller for directories inotify cannot watch in :mod:`zcrepl.agent.watch_poll`.
 The first set delivered after :meth:`TreeWatcher.start` is ``rescan=True`` (reconciliation at rule start).
 
