@@ -18,6 +18,7 @@ import ipaddress
 import math
 import posixpath
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -145,24 +146,13 @@ def _dns_problem(host: str) -> str:
     return ""
 
 
-def agent_info(info: AgentInfo) -> AgentInfo:  # noqa: C901
+def agent_info(info: AgentInfo) -> AgentInfo:
     """A Register's self-description, refused whole when any part is out of bounds."""
     name = host_name(info.name)
     address(info.data_address, f"{name}'s data address")
     if info.grpc_address:
         address(info.grpc_address, f"{name}'s gRPC address")
-    if len(info.exports) > MAX_EXPORTS:
-        raise InvalidArgument(f"{name} registers {len(info.exports)} exports; at most {MAX_EXPORTS} are accepted")
-    for e in info.exports:
-        try:
-            ok = canonical_abs(e) == e
-        except InvalidPath:
-            ok = False
-        if not ok:
-            raise InvalidArgument(f"{name}'s export {show(e[:200])!r} is refused: an export is an absolute, "
-                                  "canonical path of at most 4096 bytes")
-    if len(set(info.exports)) != len(info.exports):
-        raise InvalidArgument(f"{name} registers the same export twice")
+    _exports(name, info.exports)
     for label, text, limit in (("version", info.version, MAX_LABEL), ("hostname", info.hostname, MAX_HOSTNAME)):
         if len(text) > limit or not text.isprintable():
             raise InvalidArgument(f"{name}'s {label} '{show_name(text)}' is refused: at most {limit} printable "
@@ -170,16 +160,35 @@ def agent_info(info: AgentInfo) -> AgentInfo:  # noqa: C901
     if info.site and not (len(info.site) <= MAX_LABEL and valid_host_name(info.site)):
         raise InvalidArgument(f"{name}'s site '{show_name(info.site[:MAX_LABEL])}' is refused: a site label is 1 to "
                               f"{MAX_LABEL} characters from A-Z, a-z, 0-9, '.', '_' and '-'")
-    if len(info.source_addresses) > MAX_SOURCE_ADDRESSES:
-        raise InvalidArgument(f"{name} lists {len(info.source_addresses)} source addresses; at most "
+    _source_addresses(name, info.source_addresses)
+    return info
+
+
+def _exports(name: str, exports: Sequence[bytes]) -> None:
+    if len(exports) > MAX_EXPORTS:
+        raise InvalidArgument(f"{name} registers {len(exports)} exports; at most {MAX_EXPORTS} are accepted")
+    for e in exports:
+        try:
+            ok = canonical_abs(e) == e
+        except InvalidPath:
+            ok = False
+        if not ok:
+            raise InvalidArgument(f"{name}'s export {show(e[:200])!r} is refused: an export is an absolute, "
+                                  "canonical path of at most 4096 bytes")
+    if len(set(exports)) != len(exports):
+        raise InvalidArgument(f"{name} registers the same export twice")
+
+
+def _source_addresses(name: str, addresses: Sequence[str]) -> None:
+    if len(addresses) > MAX_SOURCE_ADDRESSES:
+        raise InvalidArgument(f"{name} lists {len(addresses)} source addresses; at most "
                               f"{MAX_SOURCE_ADDRESSES} are accepted")
-    for a in info.source_addresses:
+    for a in addresses:
         try:
             ipaddress.ip_address(a)
         except ValueError:
             raise InvalidArgument(f"{name}'s source address '{show_name(a[:MAX_LABEL])}' is refused: list IP "
                                   "addresses") from None
-    return info
 
 
 def options(o: JobOptions) -> JobOptions:
