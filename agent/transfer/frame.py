@@ -104,6 +104,8 @@ class Kind(enum.IntEnum):
     HARDLINK = 4  # another name of an earlier FILE entry of this manifest (``target`` is its path)
 
 
+_KIND_OF = {k.value: k for k in Kind}  # a dict lookup per decoded entry costs less than Kind(n)
+
 F_SPARSE = 1  # the file has holes: only its data segments travel
 # The source may not read this file, directory or symlink: nothing of it travels (no content, no entries below
 # a directory) and the receiver keeps whatever it has under that name, deleting nothing inside it.
@@ -284,10 +286,9 @@ def decode_entries(payload: bytes) -> list[Entry]:
 
 def _checked_kind(kind: int, mtime_ns: int, size: int, flags: int, target: bytes) -> Kind:
     """The entry's kind, once its fields fit it (a ProtocolError otherwise)."""
-    try:
-        k = Kind(kind)
-    except ValueError as err:
-        raise ProtocolError(f"ENTRIES entry of unknown kind {kind}") from err
+    k = _KIND_OF.get(kind)
+    if k is None:
+        raise ProtocolError(f"ENTRIES entry of unknown kind {kind}")
     if mtime_ns < -(1 << 62) or size > (1 << 60):
         raise ProtocolError("ENTRIES entry with an out-of-range mtime or size")
     if k is not Kind.FILE and (size or flags & ~F_UNREADABLE):
