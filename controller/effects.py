@@ -2,8 +2,9 @@
 scheduler's decisions, the clock's reading) and return what must happen, which the engine, a thin shell over the
 store and the agent sessions, carries out in order (``Engine._apply``).
 
-Begun with the scheduling pass: which running attempts are past a deadline (:func:`overdue`) and what the
-scheduler's decisions change (:func:`scheduled`). No I/O, no clock, no asyncio, no store: tested with tables.
+The scheduling pass: which running attempts are past a deadline (:func:`overdue`) and what the scheduler's
+decisions change (:func:`scheduled`); the agents' reports (:func:`reported`). No I/O, no clock, no asyncio, no
+store: tested with tables.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from zcrepl.controller import fence
 from zcrepl.controller.policy import DecisionKind
 from zcrepl.controller.runs import Run
 from zcrepl.controller.scheduler import Decision
-from zcrepl.core.types import Endpoint, Job, TransferStats
+from zcrepl.core.types import Endpoint, Job, Phase, Role, TransferReport, TransferStats
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,55 @@ class Start:
     source: Endpoint
 
 
-Effect = Persist | Record | Notify | FailAttempt | Start
+@dataclass(frozen=True)
+class Heard:
+    """The running attempt takes ``report``'s bookkeeping: when its side last spoke, what it skipped, a dry run's
+    plan, and a final report's stats as that side's result."""
+
+    report: TransferReport
+    at: float
+
+
+@dataclass(frozen=True)
+class Misdirected:
+    """A report about the job came from ``agent``, which has no side in its attempt: ignored, and logged."""
+
+    job_id: int
+    agent: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The attempt's running totals (kept in memory only: too frequent to write, the final ones are saved)."""
+
+    job_id: int
+    stats: TransferStats
+
+
+@dataclass(frozen=True)
+class Send:
+    """The destination is ready: choose the streams and compression and give the source its SendOrder."""
+
+    job_id: int
+
+
+@dataclass(frozen=True)
+class AwaitVerdict:
+    """Keep the source's failure ``report`` until the destination's own says why (fence.py, ``VERDICT_WAIT``)."""
+
+    report: TransferReport
+    at: float
+
+
+@dataclass(frozen=True)
+class Succeed:
+    """Both sides are done: end the attempt and the job as done."""
+
+    job_id: int
+
+
+Effect = (Persist | Record | Notify | FailAttempt | Start
+          | Heard | Misdirected | Progress | Send | AwaitVerdict | Succeed)
 
 
 @dataclass(frozen=True)
@@ -104,4 +153,31 @@ def scheduled(decisions: Iterable[Decision], jobs: Mapping[int, Job], now: float
             out += [Persist(replace(job, wait_reason=d.reason, updated_at=now)), Notify(job.id)]
             if d.reason:
                 out.append(Record(job.id, DecisionKind.WAIT, d.reason))
+    return out
+
+
+def reported(run: Run | None, job: Job | None, r: TransferReport, agent: str, now: float,
+             destination_online: bool) -> list[Effect]:
+    """What ``agent``'s report ``r`` changes: nothing when its attempt is settled already (a late report), a
+    logged refusal when ``agent`` is not the side it speaks for; else the run takes it (:class:`Heard`) and then
+    the destination's readiness starts the send, progress is announced, the second side done ends the job, and a
+    failure ends the attempt (the source's retryable one first waits for the destination's verdict while
+    ``destination_online``)."""
+    if run is None or job is None or run.attempt != r.attempt:
+        return []
+    if agent != (run.source.host if r.role is Role.SENDER else job.destination.host):
+        return [Misdirected(job.id, agent)]
+    out: list[Effect] = [Heard(r, now)]
+    if r.phase is Phase.READY and r.role is Role.RECEIVER:
+        out.append(Send(job.id))
+    elif r.phase is Phase.PROGRESS:
+        out += [Progress(job.id, r.stats), Notify(job.id)]
+    elif r.phase is Phase.DONE:
+        if (run.receiver_done if r.role is Role.SENDER else run.sender_done) is not None:
+            out.append(Succeed(job.id))
+    elif r.phase is Phase.FAILED:
+        if fence.awaits_destination(run, job, r, destination_online):
+            out.append(AwaitVerdict(r, now))
+        else:
+            out.append(FailAttempt(job.id, r.error or f"{agent} reported a failure", r.retryable, r.stats))
     return out

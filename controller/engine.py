@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from zcrepl.controller import effects, fence, lifecycle, validate
+from zcrepl.controller import effects, lifecycle, validate
 from zcrepl.controller.compression import CompressPolicy
 from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.faults import Faults
@@ -49,9 +49,7 @@ from zcrepl.core.types import (
     Job,
     JobOptions,
     JobState,
-    Phase,
     ReceiveOrder,
-    Role,
     SendOrder,
     TransferReport,
     TransferStats,
@@ -156,35 +154,10 @@ class Engine(Pacing, Faults, JobReads, Leading):
         self.registry.heartbeat(session, health, self.clock())
 
     def report(self, session: Session, r: TransferReport) -> None:
-        run = self.runs.get(r.job_id)
         job = self.jobs.get(r.job_id)
-        if run is None or job is None or run.attempt != r.attempt:
-            return  # a late report of an attempt already settled
-        expected = run.source.host if r.role is Role.SENDER else job.destination.host
-        if session.info.name != expected:
-            log.warning("report from the wrong agent ignored", extra=kv(**job_fields(job, run),
-                                                                         agent=session.info.name))
-            return
-        run.last_report = self.clock()
-        run.add_skipped(r)
-        run.add_plan(r)
-        if r.phase is Phase.READY and r.role is Role.RECEIVER:
-            self._on_ready(job, run)
-        elif r.phase is Phase.PROGRESS:
-            run.progress = r.stats
-            self.jobs[job.id] = replace(job, progress=r.stats)
-            self._notify(job.id)
-        elif r.phase is Phase.DONE:
-            if r.role is Role.SENDER:
-                run.sender_done = r.stats
-            else:
-                run.receiver_done = r.stats
-            if run.sender_done is not None and run.receiver_done is not None:
-                self._succeed(job, run)
-        elif r.phase is Phase.FAILED:
-            if fence.await_destination(run, job, r, self.clock(), self.registry.session(job.destination.host)):
-                return  # the destination's own report, due any moment, says why (and whether to retry)
-            self._fail_run(job.id, r.error or f"{session.info.name} reported a failure", r.retryable, r.stats)
+        online = job is not None and self.registry.session(job.destination.host) is not None
+        now = self.clock()
+        self._apply(effects.reported(self.runs.get(r.job_id), job, r, session.info.name, now, online), now)
 
     def agent_names(self, names: list[str] | None = None) -> list[str]:
         """``names`` checked (UnknownHost for a stranger), or every known agent, sorted."""
@@ -364,6 +337,26 @@ class Engine(Pacing, Faults, JobReads, Leading):
                         self._start(queued, now, source)
                     except Exception as err:  # the job stays queued as it was; the pass goes on with the others
                         self._schedule_failed(queued, err)
+                case _:
+                    self._apply_report(e)
+
+    def _apply_report(self, e: effects.Effect) -> None:
+        """The effects of an agent's report (``effects.reported``), on the attempt it is about."""
+        match e:
+            case effects.Heard(r, at):
+                self.runs[r.job_id].heard(r, at)
+            case effects.Misdirected(job_id, agent):
+                log.warning("report from the wrong agent ignored",
+                            extra=kv(**job_fields(self.jobs[job_id], self.runs[job_id]), agent=agent))
+            case effects.Progress(job_id, stats):
+                self.runs[job_id].progress = stats
+                self.jobs[job_id] = replace(self.jobs[job_id], progress=stats)
+            case effects.Send(job_id):
+                self._on_ready(self.jobs[job_id], self.runs[job_id])
+            case effects.AwaitVerdict(r, at):
+                self.runs[r.job_id].sender_failed, self.runs[r.job_id].sender_failed_at = r, at
+            case effects.Succeed(job_id):
+                self._succeed(self.jobs[job_id], self.runs[job_id])
 
     def _replicas(self, job: Job) -> list[Endpoint]:
         """Where a fan-out job may read from: finished siblings best first (``policy.rank_sources``: the

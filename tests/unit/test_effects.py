@@ -8,7 +8,24 @@ from typing import Any
 
 import pytest
 
-from zcrepl.controller.effects import Deadlines, FailAttempt, Notify, Persist, Record, Start, overdue, scheduled
+from zcrepl.controller.effects import (
+    AwaitVerdict,
+    Deadlines,
+    Effect,
+    FailAttempt,
+    Heard,
+    Misdirected,
+    Notify,
+    Persist,
+    Progress,
+    Record,
+    Send,
+    Start,
+    Succeed,
+    overdue,
+    reported,
+    scheduled,
+)
 from zcrepl.controller.policy import DecisionKind
 from zcrepl.controller.runs import Run
 from zcrepl.controller.scheduler import Decision
@@ -75,3 +92,61 @@ def test_scheduled() -> None:
         Persist(replace(jobs[4], wait_reason="", updated_at=NOW)), Notify(4),
         Start(5, COPY),
     ]
+
+
+def rep(role: Role, phase: Phase, *, attempt: int = 1, error: str = "", retryable: bool = True) -> TransferReport:
+    return TransferReport(1, attempt, role, phase, SOME, error, retryable)
+
+
+S, R = Role.SENDER, Role.RECEIVER
+
+
+@pytest.mark.parametrize(
+    ("r", "report", "agent", "online", "expected"),
+    [
+        (None, rep(S, Phase.PROGRESS), "hostA", True, []),  # the attempt was settled already
+        (run(), rep(S, Phase.PROGRESS, attempt=2), "hostA", True, []),  # a report of another attempt
+        (run(), rep(S, Phase.PROGRESS), "hostB", True, [Misdirected(1, "hostB")]),
+        (run(), rep(R, Phase.PROGRESS), "hostA", True, [Misdirected(1, "hostA")]),
+        (run(receiver_ready=False), rep(R, Phase.READY), "hostB", True, [Send(1)]),
+        (run(), rep(S, Phase.PROGRESS), "hostA", True, [Progress(1, SOME), Notify(1)]),
+        (run(), rep(S, Phase.DONE), "hostA", True, []),  # the destination's verdict still to come
+        (run(receiver_done=SOME), rep(S, Phase.DONE), "hostA", True, [Succeed(1)]),
+        (run(sender_done=SOME), rep(R, Phase.DONE), "hostB", True, [Succeed(1)]),
+        (run(sender_done=SOME), rep(S, Phase.DONE), "hostA", True, []),  # the same side twice is not both
+        (run(), rep(R, Phase.FAILED, error="disk full", retryable=False), "hostB", True,
+         [FailAttempt(1, "disk full", False, SOME)]),
+        (run(), rep(S, Phase.FAILED, error="reset"), "hostA", True, [AwaitVerdict(rep(S, Phase.FAILED, error="reset"),
+                                                                                   NOW)]),
+        (run(), rep(S, Phase.FAILED, error="reset"), "hostA", False, [FailAttempt(1, "reset", True, SOME)]),
+        (run(), rep(S, Phase.FAILED, error="no such path", retryable=False), "hostA", True,
+         [FailAttempt(1, "no such path", False, SOME)]),  # final already: nothing to wait for
+        (run(receiver_ready=False), rep(S, Phase.FAILED), "hostA", True,
+         [FailAttempt(1, "hostA reported a failure", True, SOME)]),  # the destination has not the attempt yet
+        (run(sender_failed=FAILED_SEND), rep(S, Phase.FAILED, error="again"), "hostA", True,
+         [FailAttempt(1, "again", True, SOME)]),  # only the first failure waits
+    ],
+    ids=["late", "other-attempt", "wrong-sender", "wrong-receiver", "ready", "progress", "one-side-done",
+         "sender-second", "receiver-second", "same-side-twice", "destination-failed", "source-waits-verdict",
+         "destination-offline", "source-final", "not-ready", "second-source-failure"],
+)
+def test_reported(r: Run | None, report: TransferReport, agent: str, online: bool, expected: list[Effect]) -> None:
+    heard: list[Effect] = [Heard(report, NOW)] if r is not None and report.attempt == 1 and not (
+        expected and isinstance(expected[0], Misdirected)) else []
+    assert reported(r, job(), report, agent, NOW, online) == heard + expected
+
+
+def test_reported_about_a_job_on_one_host_fails_at_once() -> None:
+    """Source and destination on one host: the source's failure is the host's only word, nothing to wait for."""
+    same = replace(job(), destination=Endpoint("hostA", b"/b"))
+    report = rep(S, Phase.FAILED, error="reset")
+    assert reported(run(), same, report, "hostA", NOW, True) == [Heard(report, NOW), FailAttempt(1, "reset", True,
+                                                                                               SOME)]
+
+
+def test_heard_takes_a_final_report_as_its_sides_result() -> None:
+    r = run()
+    r.heard(rep(S, Phase.PROGRESS), NOW)
+    assert (r.last_report, r.sender_done) == (NOW, None)
+    r.heard(rep(R, Phase.DONE), NOW + 1)
+    assert (r.last_report, r.sender_done, r.receiver_done) == (NOW + 1, None, SOME)
