@@ -3,20 +3,32 @@ scheduler's decisions, the clock's reading) and return what must happen, which t
 store and the agent sessions, carries out in order (``Engine._apply``).
 
 The scheduling pass: which running attempts are past a deadline (:func:`overdue`) and what the scheduler's
-decisions change (:func:`scheduled`); the agents' reports (:func:`reported`). No I/O, no clock, no asyncio, no
-store: tested with tables.
+decisions change (:func:`scheduled`); the agents' reports (:func:`reported`); how an attempt ends and its job
+settles (:func:`succeeded`, :func:`failed`, :func:`cancelled`). No I/O, no clock, no asyncio, no store: tested
+with tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from zcrepl.controller import fence
+from zcrepl.controller import fence, lifecycle
 from zcrepl.controller.policy import DecisionKind
-from zcrepl.controller.runs import Run
+from zcrepl.controller.runs import Run, job_fields, skip_note
 from zcrepl.controller.scheduler import Decision
-from zcrepl.core.types import Endpoint, Job, Phase, Role, TransferReport, TransferStats
+from zcrepl.core.types import (
+    CancelOrder,
+    Endpoint,
+    Job,
+    JobState,
+    Phase,
+    ReceiveOrder,
+    Role,
+    SendOrder,
+    TransferReport,
+    TransferStats,
+)
 
 
 @dataclass(frozen=True)
@@ -107,8 +119,61 @@ class Succeed:
     job_id: int
 
 
+@dataclass(frozen=True)
+class EndAttempt:
+    """The job's attempt is over, done (``error`` "") or failed: forget its run, let its link and the metrics learn
+    from ``stats`` (``link_failed``: count it against the link), and save its end, what it skipped and a dry run's
+    plan."""
+
+    job_id: int
+    error: str
+    stats: TransferStats
+    link_failed: bool
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """The job's attempt is called off (``reason``): forget its run and save its end; its link learns nothing."""
+
+    job_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Order:
+    """Give ``host``'s agent ``order`` (if it is connected: one that is not learns at its Register)."""
+
+    host: str
+    order: CancelOrder | ReceiveOrder | SendOrder
+
+
+@dataclass(frozen=True)
+class ReplicaDone:
+    """A fan-out destination is complete: a source for the group's other jobs."""
+
+    group_id: int
+    replica: Endpoint
+
+
+@dataclass(frozen=True)
+class Settle:
+    """Save the job as it now is, count it, forget it when final, and announce it (``Engine._settle``)."""
+
+    job: Job
+
+
+@dataclass(frozen=True)
+class Log:
+    """One line of the controller's log."""
+
+    message: str
+    fields: Mapping[str, object]
+    warning: bool = False
+
+
 Effect = (Persist | Record | Notify | FailAttempt | Start
-          | Heard | Misdirected | Progress | Send | AwaitVerdict | Succeed)
+          | Heard | Misdirected | Progress | Send | AwaitVerdict | Succeed
+          | EndAttempt | Withdraw | Order | ReplicaDone | Settle | Log)
 
 
 @dataclass(frozen=True)
@@ -181,3 +246,52 @@ def reported(run: Run | None, job: Job | None, r: TransferReport, agent: str, no
         else:
             out.append(FailAttempt(job.id, r.error or f"{agent} reported a failure", r.retryable, r.stats))
     return out
+
+
+def cancel_orders(job: Job, run: Run, reason: str, discard: bool = False) -> list[Order]:
+    """Tell both agents of the attempt to stop it (``discard``: and drop what it kept for a resume)."""
+    return [Order(h, CancelOrder(job.id, run.attempt, reason, discard))
+            for h in sorted({run.source.host, job.destination.host})]
+
+
+def succeeded(job: Job, run: Run, now: float) -> list[Effect]:
+    """Both sides of ``run`` reported done: the attempt's stats (the source's, with what only the destination
+    knows), the job done, a fan-out's new replica, its explain line."""
+    stats = run.with_receiver_counts(replace(run.sender_done or run.progress, entries_skipped=run.entries_skipped()))
+    out: list[Effect] = [EndAttempt(job.id, "", stats, False)]
+    if job.group_id:
+        out.append(ReplicaDone(job.group_id, job.destination))
+    return [*out, Settle(lifecycle.succeeded(job, stats, now)),
+            Record(job.id, DecisionKind.DONE, f"attempt {run.attempt} done: {stats.files_done} files, "
+                   f"{stats.bytes_done} bytes moved, {stats.files_skipped} up to date{skip_note(stats, run)}"),
+            Log("job done", {**job_fields(job, run), "files": stats.files_done, "bytes": stats.bytes_done,
+                             "skipped": stats.files_skipped, "deleted": stats.deleted,
+                             "left_out": stats.entries_skipped, "file_errors": stats.file_errors,
+                             "seconds": round(now - job.updated_at, 3)})]
+
+
+def failed(job: Job, run: Run, error: str, retryable: bool, stats: TransferStats, now: float,
+           retry: lifecycle.RetryPolicy, rand: Callable[[], float] | None = None) -> list[Effect]:
+    """``run`` failed with ``error``: the job back in the queue after a backoff (``rand`` draws its jitter) while
+    ``retryable`` and its budget last, else failed; both agents told to stop (a job given up keeps nothing for a
+    resume that will never come). ``stats`` count when they say anything, else the last progress does."""
+    merged = stats if stats.entries or stats.bytes_done else run.progress
+    after = lifecycle.failed_attempt(replace(job, progress=merged), error, retryable, now, retry, rand)
+    then = (f"retry in {after.next_attempt_at - now:.1f}s" if after.state is JobState.QUEUED
+            else "no retry left" if retryable else "not retried: another attempt cannot help")
+    return [EndAttempt(job.id, error, merged, retryable),
+            *cancel_orders(after, run, error, discard=after.state is JobState.FAILED),
+            Log("attempt failed", {**job_fields(after, run), "error": error, "retryable": retryable,
+                                   "next": after.state.value}, warning=True),
+            Record(job.id, DecisionKind.FAIL, f"attempt {run.attempt} failed: {error}; {then}"),
+            Settle(after)]
+
+
+def cancelled(job: Job, run: Run | None, now: float) -> list[Effect]:
+    """The operator cancels ``job`` (lifecycle.cancelled refuses a finished one): its attempt, if one runs, is
+    called off and its agents drop what they kept for a resume."""
+    why = "cancelled by the operator"
+    after = lifecycle.cancelled(job, now)
+    stop: list[Effect] = [] if run is None else [Withdraw(job.id, why), *cancel_orders(after, run, why, True)]
+    return [*stop, Settle(after), Record(job.id, DecisionKind.CANCEL, why),
+            Log("job cancelled", job_fields(after, run))]

@@ -31,7 +31,7 @@ from zcrepl.controller.policy import (
     rank_sources,
 )
 from zcrepl.controller.registry import Registry, Session
-from zcrepl.controller.runs import Run, job_fields, skip_note, stream_caps, stream_usage
+from zcrepl.controller.runs import Run, job_fields, stream_caps, stream_usage
 from zcrepl.controller.scheduler import HostView, Policy, Usage, overlaps, plan
 from zcrepl.controller.store import Store
 from zcrepl.controller.sync_store import SyncStore
@@ -242,17 +242,7 @@ class Engine(Pacing, Faults, JobReads, Leading):
         return await self.get_async(job_id)
 
     def _cancel(self, job: Job) -> None:
-        job_id = job.id
-        now = self.clock()
-        job = lifecycle.cancelled(job, now)
-        run = self.runs.pop(job_id, None)
-        if run is not None:
-            self.links.forget((job_id, run.attempt))
-            self._cancel_sides(job, run, "cancelled by the operator", discard=True)
-            self.store.end_attempt(job_id, run.attempt, now, "cancelled by the operator", run.progress)
-        self._settle(job)
-        self._decide(job_id, DecisionKind.CANCEL, "cancelled by the operator")
-        log.info("job cancelled", extra=kv(**job_fields(job, run)))
+        self._apply(effects.cancelled(job, self.runs.get(job.id), self.clock()), self.clock())
 
     def _decide(self, job_id: int, kind: DecisionKind, reason: str, *, every: bool = False,
                 **details: str | int | float | bool) -> None:
@@ -329,16 +319,45 @@ class Engine(Pacing, Faults, JobReads, Leading):
                     self._notify(job_id)
                 case effects.Record(job_id, kind, reason):
                     self._decide(job_id, kind, reason)
-                case effects.FailAttempt(job_id, error, retryable, stats):
-                    self._fail_run(job_id, error, retryable, stats)
-                case effects.Start(job_id, source):
-                    queued = self.jobs[job_id]
-                    try:
-                        self._start(queued, now, source)
-                    except Exception as err:  # the job stays queued as it was; the pass goes on with the others
-                        self._schedule_failed(queued, err)
+                case effects.Settle(job):
+                    self._settle(job)
+                case effects.Order(host, order):
+                    if (session := self.registry.session(host)) is not None:
+                        session.outbox.put_nowait(order)
+                case effects.Log(message, fields, warning):
+                    (log.warning if warning else log.info)(message, extra=kv(**fields))
+                case effects.Start() | effects.FailAttempt() | effects.EndAttempt() | effects.Withdraw() \
+                        | effects.ReplicaDone():
+                    self._attempt(e, now)
                 case _:
                     self._apply_report(e)
+
+    def _attempt(self, e: effects.Start | effects.FailAttempt | effects.EndAttempt | effects.Withdraw
+                 | effects.ReplicaDone, now: float) -> None:
+        """The effects that start or end an attempt (``effects.scheduled``, ``overdue``, ``succeeded``, ...)."""
+        match e:
+            case effects.Start(job_id, source):
+                queued = self.jobs[job_id]
+                try:
+                    self._start(queued, now, source)
+                except Exception as err:  # the job stays queued as it was; the pass goes on with the others
+                    self._schedule_failed(queued, err)
+            case effects.FailAttempt(job_id, error, retryable, stats):
+                self._fail_run(job_id, error, retryable, stats)
+            case effects.EndAttempt(job_id, error, stats, link_failed):
+                run, job = self.runs.pop(job_id), self.jobs[job_id]
+                self._link_ended(job, run, stats, failed=link_failed)
+                self.observe.attempt_ended(run.source.host, job.destination.host, stats, error)
+                self.store.end_attempt(job_id, run.attempt, now, error, stats)
+                self.store.save_skipped(job_id, run.attempt, run.skipped)
+                if not error:
+                    self.store.save_plan(job_id, run.attempt, run.plan)
+            case effects.Withdraw(job_id, reason):
+                run = self.runs.pop(job_id)
+                self.links.forget((job_id, run.attempt))
+                self.store.end_attempt(job_id, run.attempt, now, reason, run.progress)
+            case effects.ReplicaDone(group_id, replica):
+                self._replicas_done.setdefault(group_id, []).append(replica)
 
     def _apply_report(self, e: effects.Effect) -> None:
         """The effects of an agent's report (``effects.reported``), on the attempt it is about."""
@@ -356,7 +375,8 @@ class Engine(Pacing, Faults, JobReads, Leading):
             case effects.AwaitVerdict(r, at):
                 self.runs[r.job_id].sender_failed, self.runs[r.job_id].sender_failed_at = r, at
             case effects.Succeed(job_id):
-                self._succeed(self.jobs[job_id], self.runs[job_id])
+                now = self.clock()
+                self._apply(effects.succeeded(self.jobs[job_id], self.runs[job_id], now), now)
 
     def _replicas(self, job: Job) -> list[Endpoint]:
         """Where a fan-out job may read from: finished siblings best first (``policy.rank_sources``: the
@@ -436,52 +456,14 @@ class Engine(Pacing, Faults, JobReads, Leading):
         run.sending, run.rate_at, run.streams = True, self.clock(), streams
         self.links.start((job.id, run.attempt), run.progress, streams, run.rate_at)
 
-    def _succeed(self, job: Job, run: Run) -> None:
-        now = self.clock()
-        stats = run.with_receiver_counts(replace(run.sender_done or run.progress,
-                                                 entries_skipped=run.entries_skipped()))
-        self.runs.pop(job.id, None)
-        self._link_ended(job, run, stats, failed=False)
-        self.observe.attempt_ended(run.source.host, job.destination.host, stats, "")
-        self.store.end_attempt(job.id, run.attempt, now, "", stats)
-        self.store.save_skipped(job.id, run.attempt, run.skipped)
-        self.store.save_plan(job.id, run.attempt, run.plan)
-        if job.group_id:
-            self._replicas_done.setdefault(job.group_id, []).append(job.destination)
-        self._settle(lifecycle.succeeded(job, stats, now))
-        self._decide(job.id, DecisionKind.DONE, f"attempt {run.attempt} done: {stats.files_done} files, "
-                     f"{stats.bytes_done} bytes moved, {stats.files_skipped} up to date{skip_note(stats, run)}")
-        log.info("job done", extra=kv(**job_fields(job, run), files=stats.files_done,
-                                      bytes=stats.bytes_done, skipped=stats.files_skipped, deleted=stats.deleted,
-                                      left_out=stats.entries_skipped, file_errors=stats.file_errors,
-                                      seconds=round(now - job.updated_at, 3)))
-
     def _fail_run(self, job_id: int, error: str, retryable: bool, stats: TransferStats) -> None:
-        run = self.runs.pop(job_id, None)
-        job = self.jobs.get(job_id)
-        if run is None or job is None:
-            return
-        now = self.clock()
-        merged = stats if stats.entries or stats.bytes_done else run.progress
-        self._link_ended(job, run, merged, failed=retryable)
-        self.observe.attempt_ended(run.source.host, job.destination.host, merged, error)
-        self.store.end_attempt(job_id, run.attempt, now, error, merged)
-        self.store.save_skipped(job_id, run.attempt, run.skipped)
-        job = lifecycle.failed_attempt(replace(job, progress=merged), error, retryable, now, self.retry)
-        # A job given up keeps nothing for a resume that will never come.
-        self._cancel_sides(job, run, error, discard=job.state is JobState.FAILED)
-        log.warning("attempt failed", extra=kv(**job_fields(job, run), error=error,
-                                               retryable=retryable, next=job.state.value))
-        then = (f"retry in {job.next_attempt_at - now:.1f}s" if job.state is JobState.QUEUED
-                else "no retry left" if retryable else "not retried: another attempt cannot help")
-        self._decide(job_id, DecisionKind.FAIL, f"attempt {run.attempt} failed: {error}; {then}")
-        self._settle(job)
+        run, job = self.runs.get(job_id), self.jobs.get(job_id)
+        if run is not None and job is not None:
+            now = self.clock()
+            self._apply(effects.failed(job, run, error, retryable, stats, now, self.retry), now)
 
     def _cancel_sides(self, job: Job, run: Run, reason: str, discard: bool = False) -> None:
-        for host in {run.source.host, job.destination.host}:
-            s = self.registry.session(host)
-            if s is not None:
-                s.outbox.put_nowait(CancelOrder(job.id, run.attempt, reason, discard))
+        self._apply(effects.cancel_orders(job, run, reason, discard), self.clock())
 
     def _settle(self, job: Job) -> None:
         self.store.save_job(job)

@@ -12,24 +12,35 @@ from zcrepl.controller.effects import (
     AwaitVerdict,
     Deadlines,
     Effect,
+    EndAttempt,
     FailAttempt,
     Heard,
+    Log,
     Misdirected,
     Notify,
+    Order,
     Persist,
     Progress,
     Record,
+    ReplicaDone,
     Send,
+    Settle,
     Start,
     Succeed,
+    Withdraw,
+    cancelled,
+    failed,
     overdue,
     reported,
     scheduled,
+    succeeded,
 )
+from zcrepl.controller.lifecycle import RetryPolicy
 from zcrepl.controller.policy import DecisionKind
 from zcrepl.controller.runs import Run
 from zcrepl.controller.scheduler import Decision
-from zcrepl.core.types import Endpoint, Job, JobState, Phase, Role, TransferReport, TransferStats
+from zcrepl.core.errors import Conflict
+from zcrepl.core.types import CancelOrder, Endpoint, Job, JobState, Phase, Role, TransferReport, TransferStats
 
 SRC, DST, COPY = Endpoint("hostA", b"/a"), Endpoint("hostB", b"/b"), Endpoint("hostC", b"/c")
 LIMITS = Deadlines(ready_timeout=30.0, stall_timeout=120.0, attempt_grace=60.0)
@@ -150,3 +161,61 @@ def test_heard_takes_a_final_report_as_its_sides_result() -> None:
     assert (r.last_report, r.sender_done) == (NOW, None)
     r.heard(rep(R, Phase.DONE), NOW + 1)
     assert (r.last_report, r.sender_done, r.receiver_done) == (NOW + 1, None, SOME)
+
+
+RUNNING = replace(job(attempts=1, max_attempts=3, updated_at=NOW - 4), state=JobState.RUNNING)
+RETRY = RetryPolicy(max_attempts=3, base=2.0, cap=60.0)
+
+
+def orders(reason: str, discard: bool) -> list[Effect]:
+    return [Order(h, CancelOrder(1, 1, reason, discard)) for h in ("hostA", "hostB")]
+
+
+def test_succeeded_takes_the_sources_stats_with_the_destinations_counts() -> None:
+    r = run(sender_done=TransferStats(files_done=3, bytes_done=30), receiver_done=TransferStats(linked=2))
+    fx = succeeded(RUNNING, r, NOW)
+    stats = TransferStats(files_done=3, bytes_done=30, linked=2)
+    assert fx[:2] == [EndAttempt(1, "", stats, False), Settle(replace(
+        RUNNING, state=JobState.DONE, progress=stats, updated_at=NOW, finished_at=NOW))]
+    assert fx[2] == Record(1, DecisionKind.DONE, "attempt 1 done: 3 files, 30 bytes moved, 0 up to date")
+    assert isinstance(fx[3], Log) and fx[3].fields["seconds"] == 4.0 and not fx[3].warning
+
+
+def test_a_fanout_destination_done_is_a_replica_before_its_job_settles() -> None:
+    fx = succeeded(replace(RUNNING, group_id=9), run(sender_done=SOME, receiver_done=SOME), NOW)
+    assert [type(e) for e in fx[:3]] == [EndAttempt, ReplicaDone, Settle] and fx[1] == ReplicaDone(9, DST)
+
+
+@pytest.mark.parametrize(
+    ("failures", "retryable", "state", "then", "discard"),
+    [
+        (0, True, JobState.QUEUED, "retry in 1.0s", False),  # half-jitter at its low end: base/2
+        (2, True, JobState.FAILED, "no retry left", True),
+        (0, False, JobState.FAILED, "not retried: another attempt cannot help", True),
+    ],
+    ids=["retried", "budget-spent", "not-retryable"],
+)
+def test_failed(failures: int, retryable: bool, state: JobState, then: str, discard: bool) -> None:
+    fx = failed(replace(RUNNING, failures=failures), run(), "reset", retryable, TransferStats(), NOW, RETRY,
+                rand=lambda: 0.0)
+    assert fx[0] == EndAttempt(1, "reset", SOME, retryable)  # empty stats: the last progress counts
+    assert fx[1:3] == orders("reset", discard)
+    assert isinstance(fx[3], Log) and fx[3].warning and fx[3].fields["next"] == state.value
+    assert fx[4] == Record(1, DecisionKind.FAIL, f"attempt 1 failed: reset; {then}")
+    assert isinstance(fx[5], Settle) and fx[5].job.state is state and fx[5].job.failures == failures + 1
+
+
+def test_failed_keeps_the_reports_stats_when_they_count_something() -> None:
+    stats = TransferStats(bytes_done=5)
+    assert failed(RUNNING, run(), "x", True, stats, NOW, RETRY)[0] == EndAttempt(1, "x", stats, True)
+
+
+def test_cancelled() -> None:
+    why = "cancelled by the operator"
+    after = replace(RUNNING, state=JobState.CANCELLED, updated_at=NOW, finished_at=NOW, error=why)
+    fx = cancelled(RUNNING, run(), NOW)
+    assert fx[:5] == [Withdraw(1, why), *orders(why, True), Settle(after), Record(1, DecisionKind.CANCEL, why)]
+    queued = cancelled(job(), None, NOW)  # nothing runs: nothing to call off
+    assert [type(e) for e in queued] == [Settle, Record, Log]
+    with pytest.raises(Conflict, match="already done"):
+        cancelled(replace(RUNNING, state=JobState.DONE), None, NOW)
