@@ -4,16 +4,16 @@ store and the agent sessions, carries out in order (``Engine._apply``).
 
 The scheduling pass: which running attempts are past a deadline (:func:`overdue`) and what the scheduler's
 decisions change (:func:`scheduled`); the agents' reports (:func:`reported`); how an attempt ends and its job
-settles (:func:`succeeded`, :func:`failed`, :func:`cancelled`). No I/O, no clock, no asyncio, no store: tested
-with tables.
+settles (:func:`succeeded`, :func:`failed`, :func:`cancelled`); an attempt's start (:func:`started`). No I/O,
+no clock, no asyncio, no store: tested with tables.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from zcrepl.controller import fence, lifecycle
+from zcrepl.controller import dataplane, fence, lifecycle
 from zcrepl.controller.policy import DecisionKind
 from zcrepl.controller.runs import Run, job_fields, skip_note
 from zcrepl.controller.scheduler import Decision
@@ -45,6 +45,7 @@ class Record:
     job_id: int
     kind: DecisionKind
     reason: str
+    details: Mapping[str, str | int | float | bool] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,13 @@ class Settle:
 
 
 @dataclass(frozen=True)
+class Begin:
+    """Save the start of ``run``'s attempt and keep it as the job's attempt in flight."""
+
+    run: Run
+
+
+@dataclass(frozen=True)
 class Log:
     """One line of the controller's log."""
 
@@ -173,7 +181,7 @@ class Log:
 
 Effect = (Persist | Record | Notify | FailAttempt | Start
           | Heard | Misdirected | Progress | Send | AwaitVerdict | Succeed
-          | EndAttempt | Withdraw | Order | ReplicaDone | Settle | Log)
+          | EndAttempt | Withdraw | Order | ReplicaDone | Settle | Begin | Log)
 
 
 @dataclass(frozen=True)
@@ -295,3 +303,22 @@ def cancelled(job: Job, run: Run | None, now: float) -> list[Effect]:
     stop: list[Effect] = [] if run is None else [Withdraw(job.id, why), *cancel_orders(after, run, why, True)]
     return [*stop, Settle(after), Record(job.id, DecisionKind.CANCEL, why),
             Log("job cancelled", job_fields(after, run))]
+
+
+def started(job: Job, source: Endpoint, now: float, *, ticket: bytes, ready_by: float, crypt: dataplane.Decision,
+            addresses: tuple[str, ...], ranked: str = "") -> list[Effect]:
+    """Start an attempt of the queued ``job`` reading ``source`` (a fan-out's finished replica, ``ranked`` why, or
+    its own source): the job running, the attempt saved, the destination given its ReceiveOrder with ``ticket`` (the
+    source's data connection proves itself with it), from ``addresses`` the source may connect from, and ready by
+    ``ready_by``; TLS on its data connections as ``crypt`` decided."""
+    after = lifecycle.started(job, now)
+    run = Run(job.id, after.attempts, ticket, ready_by, source, encrypt=crypt.encrypt)
+    via = "" if source == job.source else f" from the finished replica {source}"
+    why = f"; copies ranked by link throughput, load and failures: {ranked}" if ranked else ""
+    order = ReceiveOrder(job.id, run.attempt, ticket, job.destination.path, replace(job.options, encrypt=run.encrypt),
+                         source.host, addresses)
+    return [Persist(after), Begin(run), Log("attempt started", job_fields(after, run)),
+            Record(job.id, DecisionKind.SWITCH_SOURCE if via else DecisionKind.START,
+                   f"attempt {run.attempt} started{via}: {source.host} and {job.destination.host} are online and "
+                   f"under their load thresholds{why}; {crypt.why}", {"attempt": run.attempt, "source": source.host}),
+            Order(job.destination.host, order), Notify(job.id)]

@@ -49,7 +49,6 @@ from zcrepl.core.types import (
     Job,
     JobOptions,
     JobState,
-    ReceiveOrder,
     SendOrder,
     TransferReport,
     TransferStats,
@@ -247,14 +246,16 @@ class Engine(Pacing, Faults, JobReads, Leading):
     def _decide(self, job_id: int, kind: DecisionKind, reason: str, *, every: bool = False,
                 **details: str | int | float | bool) -> None:
         """Record one step of the job's explain history (unchanged waits are not repeated, unless ``every``)."""
-        rec = DecisionRecord(job_id, self.clock(), kind, reason, details)
-        if not every and rec.repeats(self._last_decision.get(job_id)):
+        self._record(DecisionRecord(job_id, self.clock(), kind, reason, details), every)
+
+    def _record(self, rec: DecisionRecord, every: bool = False) -> None:
+        if not every and rec.repeats(self._last_decision.get(rec.job_id)):
             return
-        if job_id in self.jobs:
-            self._last_decision[job_id] = rec
+        if rec.job_id in self.jobs:
+            self._last_decision[rec.job_id] = rec
         else:  # the job has ended: nothing repeats after its last word
-            self._last_decision.pop(job_id, None)
-        self.store.add_decision(job_id, rec.at, kind.value, reason, json.dumps(details))
+            self._last_decision.pop(rec.job_id, None)
+        self.store.add_decision(rec.job_id, rec.at, rec.kind.value, rec.reason, json.dumps(dict(rec.details)))
 
     # -- scheduling ---------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -317,8 +318,8 @@ class Engine(Pacing, Faults, JobReads, Leading):
                     self.store.save_job(job)
                 case effects.Notify(job_id):
                     self._notify(job_id)
-                case effects.Record(job_id, kind, reason):
-                    self._decide(job_id, kind, reason)
+                case effects.Record(job_id, kind, reason, details):
+                    self._record(DecisionRecord(job_id, self.clock(), kind, reason, details))
                 case effects.Settle(job):
                     self._settle(job)
                 case effects.Order(host, order):
@@ -326,13 +327,13 @@ class Engine(Pacing, Faults, JobReads, Leading):
                         session.outbox.put_nowait(order)
                 case effects.Log(message, fields, warning):
                     (log.warning if warning else log.info)(message, extra=kv(**fields))
-                case effects.Start() | effects.FailAttempt() | effects.EndAttempt() | effects.Withdraw() \
-                        | effects.ReplicaDone():
+                case effects.Start() | effects.FailAttempt() | effects.Begin() | effects.EndAttempt() \
+                        | effects.Withdraw() | effects.ReplicaDone():
                     self._attempt(e, now)
                 case _:
                     self._apply_report(e)
 
-    def _attempt(self, e: effects.Start | effects.FailAttempt | effects.EndAttempt | effects.Withdraw
+    def _attempt(self, e: effects.Start | effects.FailAttempt | effects.Begin | effects.EndAttempt | effects.Withdraw
                  | effects.ReplicaDone, now: float) -> None:
         """The effects that start or end an attempt (``effects.scheduled``, ``overdue``, ``succeeded``, ...)."""
         match e:
@@ -356,6 +357,11 @@ class Engine(Pacing, Faults, JobReads, Leading):
                 run = self.runs.pop(job_id)
                 self.links.forget((job_id, run.attempt))
                 self.store.end_attempt(job_id, run.attempt, now, reason, run.progress)
+            case effects.Begin(run):
+                job = self.jobs[run.job_id]
+                self.store.start_attempt(job.id, run.attempt, now, run.source.host.encode() + b":" + run.source.path)
+                self.runs[job.id] = run
+                self.observe.attempt_started(run.source.host, job.destination.host)
             case effects.ReplicaDone(group_id, replica):
                 self._replicas_done.setdefault(group_id, []).append(replica)
 
@@ -408,29 +414,13 @@ class Engine(Pacing, Faults, JobReads, Leading):
         return out
 
     def _start(self, job: Job, now: float, source: Endpoint) -> None:
-        dst = self.registry.session(job.destination.host)
-        if dst is None:
-            return
-        job = lifecycle.started(job, now)
-        self.jobs[job.id] = job
-        self.store.save_job(job)
-        self.store.start_attempt(job.id, job.attempts, now, source.host.encode() + b":" + source.path)
-        run = Run(job.id, job.attempts, secrets.token_bytes(32), now + self.config.ready_timeout, source)
+        if self.registry.session(job.destination.host) is None:
+            return  # gone since the scheduler saw it online: the job waits for the next pass
         crypt = self.dataplane.encrypt(source.host, job.destination.host, job.options.encrypt)
-        run.encrypt = crypt.encrypt
-        self.runs[job.id] = run
-        self.observe.attempt_started(source.host, job.destination.host)
-        log.info("attempt started", extra=kv(**job_fields(job, run)))
-        via = "" if source == job.source else f" from the finished replica {source}"
-        ranked = self._ranking.get(job.id, {}).get(source)
-        why = f"; copies ranked by link throughput, load and failures: {ranked}" if ranked else ""
-        self._decide(job.id, DecisionKind.START if not via else DecisionKind.SWITCH_SOURCE,
-                     f"attempt {run.attempt} started{via}: {source.host} and {job.destination.host} are online "
-                     f"and under their load thresholds{why}; {crypt.why}", attempt=run.attempt, source=source.host)
-        dst.outbox.put_nowait(ReceiveOrder(job.id, run.attempt, run.ticket, job.destination.path,
-                                           replace(job.options, encrypt=run.encrypt), source.host,
-                                           self.dataplane.source_addresses(source.host)))
-        self._notify(job.id)
+        self._apply(effects.started(job, source, now, ticket=secrets.token_bytes(32), crypt=crypt,
+                                    ready_by=now + self.config.ready_timeout,
+                                    addresses=self.dataplane.source_addresses(source.host),
+                                    ranked=self._ranking.get(job.id, {}).get(source, "")), now)
 
     def _on_ready(self, job: Job, run: Run) -> None:
         run.receiver_ready = True

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from zcrepl.controller.dataplane import Decision as Crypt
 from zcrepl.controller.effects import (
     AwaitVerdict,
+    Begin,
     Deadlines,
     Effect,
     EndAttempt,
@@ -33,6 +35,7 @@ from zcrepl.controller.effects import (
     overdue,
     reported,
     scheduled,
+    started,
     succeeded,
 )
 from zcrepl.controller.lifecycle import RetryPolicy
@@ -40,7 +43,18 @@ from zcrepl.controller.policy import DecisionKind
 from zcrepl.controller.runs import Run
 from zcrepl.controller.scheduler import Decision
 from zcrepl.core.errors import Conflict
-from zcrepl.core.types import CancelOrder, Endpoint, Job, JobState, Phase, Role, TransferReport, TransferStats
+from zcrepl.core.types import (
+    CancelOrder,
+    Endpoint,
+    Job,
+    JobOptions,
+    JobState,
+    Phase,
+    ReceiveOrder,
+    Role,
+    TransferReport,
+    TransferStats,
+)
 
 SRC, DST, COPY = Endpoint("hostA", b"/a"), Endpoint("hostB", b"/b"), Endpoint("hostC", b"/c")
 LIMITS = Deadlines(ready_timeout=30.0, stall_timeout=120.0, attempt_grace=60.0)
@@ -219,3 +233,35 @@ def test_cancelled() -> None:
     assert [type(e) for e in queued] == [Settle, Record, Log]
     with pytest.raises(Conflict, match="already done"):
         cancelled(replace(RUNNING, state=JobState.DONE), None, NOW)
+
+
+@pytest.mark.parametrize(
+    ("source", "ranked", "kind", "reason"),
+    [
+        (SRC, "", DecisionKind.START, "attempt 2 started: hostA and hostB are online and under their load thresholds; "
+                                      "encrypted: encrypt = always"),
+        (COPY, "hostC: 80 MB/s", DecisionKind.SWITCH_SOURCE,
+         "attempt 2 started from the finished replica hostC:/c: hostC and hostB are online and under their load "
+         "thresholds; copies ranked by link throughput, load and failures: hostC: 80 MB/s; "
+         "encrypted: encrypt = always"),
+    ],
+    ids=["own-source", "replica"],
+)
+def test_started(source: Endpoint, ranked: str, kind: DecisionKind, reason: str) -> None:
+    queued = replace(job(attempts=1, progress=SOME, wait_reason="waiting"), options=JobOptions(streams=2))
+    crypt = Crypt(True, "encrypted: encrypt = always")
+    fx = started(queued, source, NOW, ticket=b"t" * 32, ready_by=NOW + 30, crypt=crypt, addresses=("10.0.0.1",),
+                 ranked=ranked)
+    after = replace(queued, state=JobState.RUNNING, attempts=2, updated_at=NOW, started_at=NOW, wait_reason="",
+                    progress=TransferStats())
+    assert fx[:2] == [Persist(after), Begin(Run(1, 2, b"t" * 32, NOW + 30, source, encrypt=True))]
+    assert isinstance(fx[2], Log) and fx[2].fields["source"] == source.host
+    assert fx[3:] == [Record(1, kind, reason, {"attempt": 2, "source": source.host}),
+                      Order("hostB", ReceiveOrder(1, 2, b"t" * 32, b"/b", JobOptions(streams=2, encrypt=True),
+                                                  source.host, ("10.0.0.1",))),
+                      Notify(1)]
+
+
+def test_only_a_queued_job_starts() -> None:
+    with pytest.raises(Conflict, match="only a queued job can start"):
+        started(RUNNING, SRC, NOW, ticket=b"t", ready_by=NOW, crypt=Crypt(False, ""), addresses=())
