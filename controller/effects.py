@@ -4,8 +4,9 @@ store and the agent sessions, carries out in order (``Engine._apply``).
 
 The scheduling pass: which running attempts are past a deadline (:func:`overdue`) and what the scheduler's
 decisions change (:func:`scheduled`); the agents' reports (:func:`reported`); how an attempt ends and its job
-settles (:func:`succeeded`, :func:`failed`, :func:`cancelled`); an attempt's start (:func:`started`). No I/O,
-no clock, no asyncio, no store: tested with tables.
+settles (:func:`succeeded`, :func:`failed`, :func:`cancelled`); an attempt's start (:func:`started`) and its
+send once the destination is ready (:func:`send`, :func:`unready`). No I/O, no clock, no asyncio, no store:
+tested with tables.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from zcrepl.controller import dataplane, fence, lifecycle
+from zcrepl.controller.compression import CompressChoice
 from zcrepl.controller.policy import DecisionKind
 from zcrepl.controller.runs import Run, job_fields, skip_note
 from zcrepl.controller.scheduler import Decision
 from zcrepl.core.types import (
     CancelOrder,
+    Compress,
     Endpoint,
     Job,
     JobState,
@@ -171,6 +174,17 @@ class Begin:
 
 
 @dataclass(frozen=True)
+class Sending:
+    """The SendOrder went out with ``streams`` streams (``compressed`` or not): the run and its link measure it
+    from ``at``."""
+
+    job_id: int
+    streams: int
+    compressed: bool
+    at: float
+
+
+@dataclass(frozen=True)
 class Log:
     """One line of the controller's log."""
 
@@ -181,7 +195,7 @@ class Log:
 
 Effect = (Persist | Record | Notify | FailAttempt | Start
           | Heard | Misdirected | Progress | Send | AwaitVerdict | Succeed
-          | EndAttempt | Withdraw | Order | ReplicaDone | Settle | Begin | Log)
+          | EndAttempt | Withdraw | Order | ReplicaDone | Settle | Begin | Sending | Log)
 
 
 @dataclass(frozen=True)
@@ -322,3 +336,23 @@ def started(job: Job, source: Endpoint, now: float, *, ticket: bytes, ready_by: 
                    f"attempt {run.attempt} started{via}: {source.host} and {job.destination.host} are online and "
                    f"under their load thresholds{why}; {crypt.why}", {"attempt": run.attempt, "source": source.host}),
             Order(job.destination.host, order), Notify(job.id)]
+
+
+def unready(job: Job, run: Run) -> list[Effect]:
+    """The destination is ready for ``run`` but an end went offline meanwhile: the attempt fails, and is retried."""
+    return [FailAttempt(job.id, f"{run.source.host} went offline before the transfer started", True, run.progress)]
+
+
+def send(job: Job, run: Run, data_address: str, now: float, streams: int, why: str,
+         compress: CompressChoice) -> list[Effect]:
+    """The destination is ready for ``run``: the source gets its SendOrder towards the destination's
+    ``data_address`` with ``streams`` streams (``why``: the load policy's reason) and zstd or not as ``compress``
+    decided."""
+    options = replace(job.options, streams=streams, encrypt=run.encrypt,
+                      compress=Compress.ON if compress.on else Compress.OFF)
+    return [Log("streams chosen", {**job_fields(job, run), "streams": streams, "why": why, "compress": compress.on}),
+            Record(job.id, DecisionKind.START, f"sending with {streams} streams: {why}", {"streams": streams}),
+            Record(job.id, DecisionKind.START, compress.why, {"compress": compress.on}),
+            Order(run.source.host, SendOrder(job.id, run.attempt, run.ticket, run.source.path, options,
+                                             job.destination.host, data_address, job.destination.path)),
+            Sending(job.id, streams, compress.on, now)]

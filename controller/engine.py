@@ -43,13 +43,11 @@ from zcrepl.core.types import (
     AgentInfo,
     AgentStatus,
     CancelOrder,
-    Compress,
     Endpoint,
     HostHealth,
     Job,
     JobOptions,
     JobState,
-    SendOrder,
     TransferReport,
     TransferStats,
 )
@@ -327,14 +325,14 @@ class Engine(Pacing, Faults, JobReads, Leading):
                         session.outbox.put_nowait(order)
                 case effects.Log(message, fields, warning):
                     (log.warning if warning else log.info)(message, extra=kv(**fields))
-                case effects.Start() | effects.FailAttempt() | effects.Begin() | effects.EndAttempt() \
-                        | effects.Withdraw() | effects.ReplicaDone():
+                case effects.Start() | effects.FailAttempt() | effects.Begin() | effects.Sending() \
+                        | effects.EndAttempt() | effects.Withdraw() | effects.ReplicaDone():
                     self._attempt(e, now)
                 case _:
                     self._apply_report(e)
 
-    def _attempt(self, e: effects.Start | effects.FailAttempt | effects.Begin | effects.EndAttempt | effects.Withdraw
-                 | effects.ReplicaDone, now: float) -> None:
+    def _attempt(self, e: effects.Start | effects.FailAttempt | effects.Begin | effects.Sending | effects.EndAttempt
+                 | effects.Withdraw | effects.ReplicaDone, now: float) -> None:
         """The effects that start or end an attempt (``effects.scheduled``, ``overdue``, ``succeeded``, ...)."""
         match e:
             case effects.Start(job_id, source):
@@ -357,6 +355,10 @@ class Engine(Pacing, Faults, JobReads, Leading):
                 run = self.runs.pop(job_id)
                 self.links.forget((job_id, run.attempt))
                 self.store.end_attempt(job_id, run.attempt, now, reason, run.progress)
+            case effects.Sending(job_id, streams, compressed, at):
+                run = self.runs[job_id]
+                run.sending, run.rate_at, run.streams, run.compressed = True, at, streams, compressed
+                self.links.start((job_id, run.attempt), run.progress, streams, at)
             case effects.Begin(run):
                 job = self.jobs[run.job_id]
                 self.store.start_attempt(job.id, run.attempt, now, run.source.host.encode() + b":" + run.source.path)
@@ -424,27 +426,17 @@ class Engine(Pacing, Faults, JobReads, Leading):
 
     def _on_ready(self, job: Job, run: Run) -> None:
         run.receiver_ready = True
-        src = self.registry.session(run.source.host)
+        now = self.clock()
         dst_rec = self.registry.agents.get(job.destination.host)
-        if src is None or dst_rec is None:
-            self._fail_run(job.id, f"{run.source.host} went offline before the transfer started", True,
-                           run.progress)
+        if self.registry.session(run.source.host) is None or dst_rec is None:
+            self._apply(effects.unready(job, run), now)
             return
         link = (run.source.host, job.destination.host)
         caps = stream_caps(self.policy, self._stream_usage(but=job.id), *link, self.links.target(link))
         streams, why = choose_streams(self._health(run.source.host), self._health(job.destination.host),
                                       job.options.streams, caps)
-        comp = self._compress_choice(job, run, streams)
-        options = replace(job.options, streams=streams, encrypt=run.encrypt,
-                          compress=Compress.ON if comp.on else Compress.OFF)
-        log.info("streams chosen", extra=kv(**job_fields(job, run), streams=streams,
-                                            why=why, compress=comp.on))
-        self._decide(job.id, DecisionKind.START, f"sending with {streams} streams: {why}", streams=streams)
-        self._decide(job.id, DecisionKind.START, comp.why, compress=comp.on)
-        src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, run.source.path, options,
-                                        job.destination.host, dst_rec.info.data_address, job.destination.path))
-        run.sending, run.rate_at, run.streams = True, self.clock(), streams
-        self.links.start((job.id, run.attempt), run.progress, streams, run.rate_at)
+        self._apply(effects.send(job, run, dst_rec.info.data_address, now, streams, why,
+                                 self._compress_choice(job, run, streams)), now)
 
     def _fail_run(self, job_id: int, error: str, retryable: bool, stats: TransferStats) -> None:
         run, job = self.runs.get(job_id), self.jobs.get(job_id)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from zcrepl.controller.compression import CompressChoice
 from zcrepl.controller.dataplane import Decision as Crypt
 from zcrepl.controller.effects import (
     AwaitVerdict,
@@ -26,6 +27,7 @@ from zcrepl.controller.effects import (
     Record,
     ReplicaDone,
     Send,
+    Sending,
     Settle,
     Start,
     Succeed,
@@ -35,8 +37,10 @@ from zcrepl.controller.effects import (
     overdue,
     reported,
     scheduled,
+    send,
     started,
     succeeded,
+    unready,
 )
 from zcrepl.controller.lifecycle import RetryPolicy
 from zcrepl.controller.policy import DecisionKind
@@ -45,6 +49,7 @@ from zcrepl.controller.scheduler import Decision
 from zcrepl.core.errors import Conflict
 from zcrepl.core.types import (
     CancelOrder,
+    Compress,
     Endpoint,
     Job,
     JobOptions,
@@ -52,6 +57,7 @@ from zcrepl.core.types import (
     Phase,
     ReceiveOrder,
     Role,
+    SendOrder,
     TransferReport,
     TransferStats,
 )
@@ -265,3 +271,21 @@ def test_started(source: Endpoint, ranked: str, kind: DecisionKind, reason: str)
 def test_only_a_queued_job_starts() -> None:
     with pytest.raises(Conflict, match="only a queued job can start"):
         started(RUNNING, SRC, NOW, ticket=b"t", ready_by=NOW, crypt=Crypt(False, ""), addresses=())
+
+
+def test_send() -> None:
+    r = run(encrypt=True)
+    fx = send(job(options=JobOptions(streams=8)), r, "10.0.0.2:7001", NOW, 3, "hostA's disk is 70% busy",
+              CompressChoice(True, "zstd: the link moves 5 MB/s"))
+    assert isinstance(fx[0], Log) and fx[0].fields["streams"] == 3
+    assert fx[1:] == [
+        Record(1, DecisionKind.START, "sending with 3 streams: hostA's disk is 70% busy", {"streams": 3}),
+        Record(1, DecisionKind.START, "zstd: the link moves 5 MB/s", {"compress": True}),
+        Order("hostA", SendOrder(1, 1, r.ticket, b"/a", JobOptions(streams=3, encrypt=True, compress=Compress.ON),
+                                 "hostB", "10.0.0.2:7001", b"/b")),
+        Sending(1, 3, True, NOW),
+    ]
+
+
+def test_unready() -> None:
+    assert unready(job(), run()) == [FailAttempt(1, "hostA went offline before the transfer started", True, SOME)]
