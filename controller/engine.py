@@ -32,7 +32,7 @@ from zcrepl.controller.policy import (
 )
 from zcrepl.controller.registry import Registry, Session
 from zcrepl.controller.runs import Run, job_fields, stream_caps, stream_usage
-from zcrepl.controller.scheduler import HostView, Policy, Usage, overlaps, plan
+from zcrepl.controller.scheduler import Decision, HostView, Policy, Usage, overlaps, plan
 from zcrepl.controller.store import Store
 from zcrepl.controller.sync_store import SyncStore
 from zcrepl.controller.syncs import SyncManager
@@ -285,8 +285,11 @@ class Engine(Pacing, Faults, JobReads, Leading):
         self._touch_online(now)
         self.syncs.tick(now)
         queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
-        if not queued:
-            return
+        if queued:
+            self._apply(effects.scheduled(self._plan(queued, now), self.jobs, now), now)
+
+    def _plan(self, queued: list[Job], now: float) -> list[Decision]:
+        """The scheduler's decisions for the ``queued`` jobs, over the hosts, runs and fan-out copies as they are."""
         usage = self._stream_usage()
         hosts = {name: HostView(name, self.registry.online(name, now), streams=usage.hosts.get(name, 0),
                                 health=self._health(name))
@@ -303,9 +306,8 @@ class Engine(Pacing, Faults, JobReads, Leading):
                 except Exception as err:  # this job reads from its own source this pass; the others go on
                     self._schedule_failed(j, err)
         sending = [(self.jobs[i].group_id, r.source.host) for i, r in self.runs.items() if self.jobs[i].group_id]
-        decisions = plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending,
-                         link_streams=usage.links)
-        self._apply(effects.scheduled(decisions, self.jobs, now), now)
+        return plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending,
+                    link_streams=usage.links)
 
     def _apply(self, todo: Sequence[effects.Effect], now: float) -> None:
         """Carry out what the pure core decided, in order, against the store and the agent sessions."""
