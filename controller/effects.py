@@ -270,6 +270,13 @@ def reported(run: Run | None, job: Job | None, r: TransferReport, agent: str, no
     return out
 
 
+def unknown_attempts(host: str, active: Iterable[tuple[int, int]], runs: Mapping[int, Run]) -> list[Order]:
+    """``host``'s agent registered running ``active`` (job, attempt) pairs: those that are not the jobs' attempts in
+    flight here (settled, or superseded while it was away) are stopped."""
+    return [Order(host, CancelOrder(job_id, attempt, "attempt unknown to the controller"))
+            for job_id, attempt in active if (run := runs.get(job_id)) is None or run.attempt != attempt]
+
+
 def cancel_orders(job: Job, run: Run, reason: str, discard: bool = False) -> list[Order]:
     """Tell both agents of the attempt to stop it (``discard``: and drop what it kept for a resume)."""
     return [Order(h, CancelOrder(job.id, run.attempt, reason, discard))

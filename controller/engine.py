@@ -42,7 +42,6 @@ from zcrepl.core.logs import kv
 from zcrepl.core.types import (
     AgentInfo,
     AgentStatus,
-    CancelOrder,
     Endpoint,
     HostHealth,
     Job,
@@ -109,10 +108,7 @@ class Engine(Pacing, Faults, JobReads, Leading):
                         extra=kv(agent=info.name, host=info.name))
             old.close()
         self.store.upsert_agent(info, now)
-        for job_id, attempt in active:
-            run = self.runs.get(job_id)
-            if run is None or run.attempt != attempt:
-                session.outbox.put_nowait(CancelOrder(job_id, attempt, "attempt unknown to the controller"))
+        self._apply(effects.unknown_attempts(info.name, active, self.runs), now)
         self._rejoined(info.name, set(active))
         log.info("agent online", extra=kv(agent=info.name, host=info.name, grpc=info.grpc_address,
                                           data=info.data_address))
@@ -239,7 +235,8 @@ class Engine(Pacing, Faults, JobReads, Leading):
         return await self.get_async(job_id)
 
     def _cancel(self, job: Job) -> None:
-        self._apply(effects.cancelled(job, self.runs.get(job.id), self.clock()), self.clock())
+        now = self.clock()
+        self._apply(effects.cancelled(job, self.runs.get(job.id), now), now)
 
     def _decide(self, job_id: int, kind: DecisionKind, reason: str, *, every: bool = False,
                 **details: str | int | float | bool) -> None:

@@ -40,6 +40,7 @@ from zcrepl.controller.effects import (
     send,
     started,
     succeeded,
+    unknown_attempts,
     unready,
 )
 from zcrepl.controller.lifecycle import RetryPolicy
@@ -289,3 +290,11 @@ def test_send() -> None:
 
 def test_unready() -> None:
     assert unready(job(), run()) == [FailAttempt(1, "hostA went offline before the transfer started", True, SOME)]
+
+
+def test_unknown_attempts() -> None:
+    """An agent back with attempts: the one in flight here carries on, a settled or superseded one is stopped."""
+    stale = [(1, 1), (1, 0), (5, 2)]
+    assert unknown_attempts("hostA", stale, {1: run(1)}) == [
+        Order("hostA", CancelOrder(1, 0, "attempt unknown to the controller")),
+        Order("hostA", CancelOrder(5, 2, "attempt unknown to the controller"))]
