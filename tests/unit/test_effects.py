@@ -136,10 +136,6 @@ S, R = Role.SENDER, Role.RECEIVER
 @pytest.mark.parametrize(
     ("r", "report", "agent", "online", "expected"),
     [
-        (None, rep(S, Phase.PROGRESS), "hostA", True, []),  # the attempt was settled already
-        (run(), rep(S, Phase.PROGRESS, attempt=2), "hostA", True, []),  # a report of another attempt
-        (run(), rep(S, Phase.PROGRESS), "hostB", True, [Misdirected(1, "hostB")]),
-        (run(), rep(R, Phase.PROGRESS), "hostA", True, [Misdirected(1, "hostA")]),
         (run(receiver_ready=False), rep(R, Phase.READY), "hostB", True, [Send(1)]),
         (run(), rep(S, Phase.PROGRESS), "hostA", True, [Progress(1, SOME), Notify(1)]),
         (run(), rep(S, Phase.DONE), "hostA", True, []),  # the destination's verdict still to come
@@ -158,14 +154,28 @@ S, R = Role.SENDER, Role.RECEIVER
         (run(sender_failed=FAILED_SEND), rep(S, Phase.FAILED, error="again"), "hostA", True,
          [FailAttempt(1, "again", True, SOME)]),  # only the first failure waits
     ],
-    ids=["late", "other-attempt", "wrong-sender", "wrong-receiver", "ready", "progress", "one-side-done",
+    ids=["ready", "progress", "one-side-done",
          "sender-second", "receiver-second", "same-side-twice", "destination-failed", "source-waits-verdict",
          "destination-offline", "source-final", "not-ready", "second-source-failure"],
 )
-def test_reported(r: Run | None, report: TransferReport, agent: str, online: bool, expected: list[Effect]) -> None:
-    heard: list[Effect] = [Heard(report, NOW)] if r is not None and report.attempt == 1 and not (
-        expected and isinstance(expected[0], Misdirected)) else []
-    assert reported(r, job(), report, agent, NOW, online) == heard + expected
+def test_reported(r: Run, report: TransferReport, agent: str, online: bool, expected: list[Effect]) -> None:
+    """A report of the attempt in flight, from its side: the run hears it first, then what it changes."""
+    assert reported(r, job(), report, agent, NOW, online) == [Heard(report, NOW), *expected]
+
+
+@pytest.mark.parametrize(
+    ("r", "report", "agent", "expected"),
+    [
+        (None, rep(S, Phase.DONE), "hostA", []),  # the attempt was settled already
+        (run(), rep(S, Phase.DONE, attempt=2), "hostA", []),  # a report of another attempt
+        (run(), rep(S, Phase.DONE), "hostB", [Misdirected(1, "hostB")]),
+        (run(), rep(R, Phase.DONE), "hostA", [Misdirected(1, "hostA")]),
+    ],
+    ids=["late", "other-attempt", "wrong-sender", "wrong-receiver"],
+)
+def test_reported_changes_nothing_when_not_the_attempts_word(r: Run | None, report: TransferReport, agent: str,
+                                                             expected: list[Effect]) -> None:
+    assert reported(r, job(), report, agent, NOW, True) == expected
 
 
 def test_reported_about_a_job_on_one_host_fails_at_once() -> None:
