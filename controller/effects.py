@@ -193,9 +193,11 @@ class Log:
     warning: bool = False
 
 
-Effect = (Persist | Record | Notify | FailAttempt | Start
-          | Heard | Misdirected | Progress | Send | AwaitVerdict | Succeed
-          | EndAttempt | Withdraw | Order | ReplicaDone | Settle | Begin | Sending | Log)
+# The shell carries out each family in one place (``Engine._apply``); mypy checks that none is left out.
+JobEffect = Persist | Record | Notify | Settle | Order | Log
+AttemptEffect = Start | FailAttempt | Begin | Sending | EndAttempt | Withdraw | ReplicaDone
+ReportEffect = Heard | Misdirected | Progress | Send | AwaitVerdict | Succeed
+Effect = JobEffect | AttemptEffect | ReportEffect
 
 
 @dataclass(frozen=True)

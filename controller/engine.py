@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import assert_never
 
 from zcrepl.controller import effects, lifecycle, validate
 from zcrepl.controller.compression import CompressPolicy
@@ -309,29 +310,33 @@ class Engine(Pacing, Faults, JobReads, Leading):
     def _apply(self, todo: Sequence[effects.Effect], now: float) -> None:
         """Carry out what the pure core decided, in order, against the store and the agent sessions."""
         for e in todo:
-            match e:
-                case effects.Persist(job):
-                    self.jobs[job.id] = job
-                    self.store.save_job(job)
-                case effects.Notify(job_id):
-                    self._notify(job_id)
-                case effects.Record(job_id, kind, reason, details):
-                    self._record(DecisionRecord(job_id, self.clock(), kind, reason, details))
-                case effects.Settle(job):
-                    self._settle(job)
-                case effects.Order(host, order):
-                    if (session := self.registry.session(host)) is not None:
-                        session.outbox.put_nowait(order)
-                case effects.Log(message, fields, warning):
-                    (log.warning if warning else log.info)(message, extra=kv(**fields))
-                case effects.Start() | effects.FailAttempt() | effects.Begin() | effects.Sending() \
-                        | effects.EndAttempt() | effects.Withdraw() | effects.ReplicaDone():
-                    self._attempt(e, now)
-                case _:
-                    self._apply_report(e)
+            if isinstance(e, effects.AttemptEffect):
+                self._attempt(e, now)
+            elif isinstance(e, effects.ReportEffect):
+                self._apply_report(e)
+            else:
+                self._job_effect(e)
 
-    def _attempt(self, e: effects.Start | effects.FailAttempt | effects.Begin | effects.Sending | effects.EndAttempt
-                 | effects.Withdraw | effects.ReplicaDone, now: float) -> None:
+    def _job_effect(self, e: effects.JobEffect) -> None:
+        match e:
+            case effects.Persist(job):
+                self.jobs[job.id] = job
+                self.store.save_job(job)
+            case effects.Notify(job_id):
+                self._notify(job_id)
+            case effects.Record(job_id, kind, reason, details):
+                self._record(DecisionRecord(job_id, self.clock(), kind, reason, details))
+            case effects.Settle(job):
+                self._settle(job)
+            case effects.Order(host, order):
+                if (session := self.registry.session(host)) is not None:
+                    session.outbox.put_nowait(order)
+            case effects.Log(message, fields, warning):
+                (log.warning if warning else log.info)(message, extra=kv(**fields))
+            case _:
+                assert_never(e)
+
+    def _attempt(self, e: effects.AttemptEffect, now: float) -> None:
         """The effects that start or end an attempt (``effects.scheduled``, ``overdue``, ``succeeded``, ...)."""
         match e:
             case effects.Start(job_id, source):
@@ -365,8 +370,10 @@ class Engine(Pacing, Faults, JobReads, Leading):
                 self.observe.attempt_started(run.source.host, job.destination.host)
             case effects.ReplicaDone(group_id, replica):
                 self._replicas_done.setdefault(group_id, []).append(replica)
+            case _:
+                assert_never(e)
 
-    def _apply_report(self, e: effects.Effect) -> None:
+    def _apply_report(self, e: effects.ReportEffect) -> None:
         """The effects of an agent's report (``effects.reported``), on the attempt it is about."""
         match e:
             case effects.Heard(r, at):
@@ -384,6 +391,8 @@ class Engine(Pacing, Faults, JobReads, Leading):
             case effects.Succeed(job_id):
                 now = self.clock()
                 self._apply(effects.succeeded(self.jobs[job_id], self.runs[job_id], now), now)
+            case _:
+                assert_never(e)
 
     def _replicas(self, job: Job) -> list[Endpoint]:
         """Where a fan-out job may read from: finished siblings best first (``policy.rank_sources``: the
