@@ -94,6 +94,10 @@ def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err:
         return EXIT_OK
     if args.command == "syncs":
         return _syncs(args, client, out)
+    if args.command in ("schedule", "schedules"):
+        from zcrepl.controller import ctl_schedule
+
+        return ctl_schedule.run(args, client, out)
     if args.command in ("token", "cert"):
         return _certs(args, client, out)
     if args.command == "cancel":
@@ -254,15 +258,21 @@ def filter_rules(given: list[tuple[str, str]]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def job_options(args: argparse.Namespace) -> JobOptions:
+    """The options of ``ctl.job_options`` as a job carries them (replicate's and schedule add's)."""
+    watch = getattr(args, "watch", False)
+    durability = args.durability or (Durability.NONE.value if watch else Durability.JOB.value)
+    return JobOptions(delete=args.delete or args.delete_excluded, checksum=args.checksum, bwlimit=args.bwlimit,
+                      max_attempts=args.max_attempts, streams=args.streams,
+                      durability=Durability(durability), xattrs=args.xattrs,
+                      priority=Priority[args.priority.upper()], encrypt=args.encrypt,
+                      filters=filter_rules(args.filters), delete_excluded=args.delete_excluded,
+                      dry_run=args.dry_run, backup_dir=args.backup_dir, link_dest=tuple(args.link_dest))
+
+
 def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:  # noqa: C901
     src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
-    durability = args.durability or (Durability.NONE.value if args.watch else Durability.JOB.value)
-    options = JobOptions(delete=args.delete or args.delete_excluded, checksum=args.checksum, bwlimit=args.bwlimit,
-                         max_attempts=args.max_attempts, streams=args.streams,
-                         durability=Durability(durability), xattrs=args.xattrs,
-                         priority=Priority[args.priority.upper()], encrypt=args.encrypt,
-                         filters=filter_rules(args.filters), delete_excluded=args.delete_excluded,
-                         dry_run=args.dry_run, backup_dir=args.backup_dir, link_dest=tuple(args.link_dest))
+    options = job_options(args)
     if args.watch:
         if args.dry_run:
             raise UserError("--dry-run plans one run; a --watch rule runs for ever: drop one of them")

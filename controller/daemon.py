@@ -163,6 +163,7 @@ class Controller:
                 health = HealthPort(names)
                 self.health_address = await health.start(cfg.health_listen)
             tasks.append(asyncio.create_task(engine.run_forever()))
+            engine.schedules.start()  # one gate-able object: fires what fell due while down, then sleeps till due
             if authority is not None:
                 tasks.append(asyncio.create_task(self._watch_trust()))
             log.info("controller serving", extra=kv(address=self.address, state=store.path,
@@ -192,6 +193,8 @@ class Controller:
             if engine is not None:
                 engine.stopping = True
                 engine.close_sessions()  # lets every Connect handler return on its own before the stop
+            if engine is not None:
+                engine.schedules.stop()
             for t in tasks:
                 t.cancel()
             if webview is not None:

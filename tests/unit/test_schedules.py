@@ -1,0 +1,269 @@
+"""Schedules on a real Engine and Store (SQLite, and PostgreSQL where the store is what is tested), agents played by
+the test, a fake clock driving both the pure step and the real asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from calendar import timegm
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from enginehelpers import Harness, ep
+
+from zcrepl.controller import schedule_spec as spec
+from zcrepl.controller.schedule_store import ScheduleStore
+from zcrepl.controller.schedules import Schedules
+from zcrepl.core.errors import Conflict, InvalidArgument, InvalidPath, UnknownHost, UnknownJob
+from zcrepl.core.schedtypes import ScheduleState
+from zcrepl.core.types import JobOptions, JobState, Priority
+
+T0 = float(timegm((2026, 11, 30, 12, 0, 0)))  # a Monday, 12:00 UTC
+
+
+def utc(*parts: int) -> float:
+    return float(timegm((*parts, 0, 0, 0)[:6]))
+
+
+# -- when a schedule is due (pure) -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("cron", "tz", "after", "due"), [
+    ("0 2 * * *", "", T0, utc(2026, 12, 1, 2)),
+    ("0 2 * * *", "", utc(2026, 12, 1, 2), utc(2026, 12, 2, 2)),  # strictly after: not the same slot again
+    ("0  2 * *  *", "", utc(2026, 12, 1, 1, 59, 59), utc(2026, 12, 1, 2)),
+    ("*/15 * * * *", "", T0 + 1, T0 + 900),
+    ("0 2 * * *", "Europe/Riga", T0, utc(2026, 12, 1, 0)),  # 02:00 in Riga (UTC+2 in winter)
+    ("0 9 * * mon-fri", "", utc(2026, 12, 4, 10), utc(2026, 12, 7, 9)),  # Friday after 9 -> Monday
+    ("@daily", "", T0, utc(2026, 12, 1, 0)),
+    ("@hourly", "", T0, T0 + 3600),
+    ("0 0 29 2 *", "", T0, utc(2028, 2, 29, 0)),
+    ("30 3 29 3 *", "Europe/Riga", utc(2026, 3, 1), utc(2026, 3, 29, 1)),  # 03:30 skipped by DST: as Debian cron, 04:00
+])
+def test_cron_next_due(cron: str, tz: str, after: float, due: float) -> None:
+    assert spec.next_due(cron, 0.0, tz, 0.0, after) == due
+
+
+def test_intervals_keep_their_grid_and_skip_what_passed() -> None:
+    assert spec.next_due("", 3600.0, "", T0, T0) == T0 + 3600
+    assert spec.next_due("", 3600.0, "", T0, T0 + 3600) == T0 + 7200  # strictly after
+    assert spec.next_due("", 3600.0, "", T0, T0 + 10 * 3600 + 5) == T0 + 11 * 3600
+    assert spec.check("", 1.0, "", T0) == T0 + 1
+
+
+@pytest.mark.parametrize(("cron", "every", "tz", "words"), [
+    ("0 0 30 2 *", 0.0, "", "cron expression '0 0 30 2 *' is refused (bad day-of-month: a value out of range, or a "
+                            "day no month has, which never fires)"),
+    ("0 0 31 4 *", 0.0, "", "bad day-of-month"),
+    ("61 * * * *", 0.0, "", "bad minute"),
+    ("0 2 * *", 0.0, "", "wrong number of fields"),
+    ("@reboot", 0.0, "", "wrong number of fields"),
+    ("* * */20 * 1L", 0.0, "", "never fires (no time matches it in the next 50 years)"),
+    ("0 2 * * *\n", 0.0, "", "give five fields"),
+    ("0 2 * * *", 0.0, "Mars/Olympus", "--tz 'Mars/Olympus' is not a time zone this controller knows"),
+    ("", 0.5, "", "--every 0.5s is refused: give an interval from 1s to 366d"),
+    ("", math.nan, "", "--every nans is refused"),
+    ("", 3600.0, "Europe/Riga", "--tz applies to --cron only"),
+    ("", 0.0, "", "exactly one of --cron EXPR and --every INTERVAL"),
+    ("0 2 * * *", 60.0, "", "exactly one of --cron EXPR and --every INTERVAL"),
+])
+def test_timing_that_cannot_run_is_refused_in_one_sentence(cron: str, every: float, tz: str, words: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        spec.check(cron, every, tz, T0)
+    assert words in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+# -- the engine's schedules (fake clock) ---------------------------------------------------------------------
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    made = Harness(tmp_path / "state")
+    made.now = T0
+    made.agent("hostA")
+    made.agent("hostB")
+    yield made
+    made.close()
+
+
+def _add(h: Harness, **kw: Any) -> Any:
+    kw.setdefault("every", 3600.0)
+    return h.engine.schedules.add(ep("hostA:/srv/data"), ep("hostB:/srv/copy"), JobOptions(**kw.pop("options", {})),
+                                  **kw)
+
+
+def _at(h: Harness, t: float) -> None:
+    """The fake clock moves to ``t``; the agents heartbeat then (else they would be offline by now)."""
+    h.now = t
+    for name in h.sessions:
+        h.beat(name)
+
+
+def _jobs(h: Harness) -> list[Any]:
+    return sorted(h.engine.jobs.values(), key=lambda j: j.id)
+
+
+def test_a_due_schedule_queues_an_ordinary_job_that_names_it(h: Harness) -> None:
+    sched = h.engine.schedules
+    s = _add(h, options={"delete": True, "priority": Priority.HIGH, "filters": ("- *.tmp",)})
+    assert (s.id, s.next_due, s.state) == (1, T0 + 3600, ScheduleState.ACTIVE)
+    assert sched.step() == T0 + 3600 and not h.engine.jobs  # nothing due yet
+    _at(h, T0 + 3600)
+    assert sched.step() == T0 + 7200
+    (job,) = _jobs(h)
+    assert (job.schedule_id, job.source, job.destination) == (s.id, ep("hostA:/srv/data"), ep("hostB:/srv/copy"))
+    assert job.options == JobOptions(delete=True, priority=Priority.HIGH, filters=("- *.tmp",))
+    h.engine.tick()  # the ordinary path: the scheduler starts it
+    assert h.engine.jobs[job.id].state is JobState.RUNNING
+    stored = h.store.get_job(job.id)
+    assert stored is not None and stored.schedule_id == s.id
+    (now,) = asyncio.run(sched.listed())
+    assert (now.runs, now.last_job_id, now.last_run_at, now.last_state) == (1, job.id, T0 + 3600, "running")
+
+
+def test_a_run_still_going_is_not_started_twice_and_the_skip_is_recorded(h: Harness) -> None:
+    sched = h.engine.schedules
+    s = _add(h)
+    _at(h, T0 + 3600)
+    sched.step()
+    (first,) = _jobs(h)
+    h.start(first)
+    _at(h, T0 + 7200)
+    sched.step()
+    assert _jobs(h) == [h.engine.jobs[first.id]]  # no second job
+    s = sched.get(s.id)
+    assert (s.runs, s.skips, s.last_skip_at, s.next_due) == (1, 1, T0 + 7200, T0 + 3 * 3600)
+    assert s.last_skip == (f"the run due at 2026-11-30 14:00:00 UTC was skipped: job {first.id} (the previous run) "
+                           "was still running")
+    h.finish(first)
+    _at(h, T0 + 3 * 3600)
+    sched.step()
+    (second,) = _jobs(h)
+    assert second.id != first.id and second.schedule_id == s.id
+    (listed,) = asyncio.run(sched.listed())
+    assert (listed.runs, listed.skips, listed.last_job_id, listed.last_state) == (2, 1, second.id, "queued")
+
+
+def test_missed_runs_run_once_at_start_up_then_the_grid_goes_on(h: Harness, tmp_path: Path) -> None:
+    s = _add(h)
+    h.store.run(lambda: None)  # what was queued is committed
+    h.close()
+    later = Harness(tmp_path / "state")  # the controller was down for ten slots and a bit
+    try:
+        later.now = T0 + 10 * 3600 + 120
+        later.agent("hostA")
+        later.agent("hostB")
+        sched = later.engine.schedules
+        assert sched.get(s.id).next_due == T0 + 3600
+        assert sched.step() == T0 + 11 * 3600
+        (job,) = _jobs(later)
+        assert job.schedule_id == s.id
+        assert sched.step() == T0 + 11 * 3600 and len(later.engine.jobs) == 1  # once, not once per missed slot
+    finally:
+        later.close()
+
+
+def test_pause_resume_remove(h: Harness) -> None:
+    sched = h.engine.schedules
+    s = _add(h, cron="0 2 * * *", every=0.0)
+    assert sched.pause(s.id).next_due == 0.0
+    _at(h, utc(2026, 12, 3, 5))
+    assert sched.step() == math.inf and not h.engine.jobs  # paused: nothing fires, nothing is made up later
+    resumed = sched.resume(s.id)
+    assert (resumed.state, resumed.next_due) == (ScheduleState.ACTIVE, utc(2026, 12, 4, 2))
+    assert sched.step() == utc(2026, 12, 4, 2) and not h.engine.jobs
+    h.engine.disconnect(h.sessions["hostB"])
+    with pytest.raises(Conflict, match=r"hostB is named by schedule\(s\) 1; remove them first"):
+        h.engine.remove_agent("hostB")
+    assert sched.remove(s.id).id == s.id
+    with pytest.raises(UnknownJob, match="no schedule 1; run 'zc-ctl schedules' to list them"):
+        sched.pause(s.id)
+    h.store.run(lambda: None)
+    assert ScheduleStore(h.store).all() == []
+
+
+def test_bad_input_stores_nothing(h: Harness) -> None:
+    sched = h.engine.schedules
+    cases: list[tuple[dict[str, Any], type[Exception], str]] = [
+        ({"cron": "0 0 30 2 *", "every": 0.0}, InvalidArgument, "bad day-of-month"),
+        ({"every": 0.2}, InvalidArgument, "--every 0.2s is refused"),
+    ]
+    for kw, err, words in cases:
+        with pytest.raises(err, match=words):
+            _add(h, **kw)
+    with pytest.raises(UnknownHost, match="unknown host 'hostZ'"):
+        sched.add(ep("hostZ:/srv/x"), ep("hostB:/srv/y"), JobOptions(), every=60.0)
+    with pytest.raises(InvalidPath, match="overlap"):
+        sched.add(ep("hostA:/srv/x"), ep("hostA:/srv/x/in"), JobOptions(), every=60.0)
+    with pytest.raises(InvalidPath, match="--backup-dir"):
+        sched.add(ep("hostA:/srv/x"), ep("hostB:/srv/y"), JobOptions(backup_dir=b"/elsewhere"), every=60.0)
+    h.store.run(lambda: None)
+    assert sched.schedules == {} and ScheduleStore(h.store).all() == []
+    assert _add(h).id == 1  # no id was spent on a refusal
+
+
+def test_a_run_that_cannot_be_queued_says_why_and_the_next_one_tries_again(h: Harness) -> None:
+    sched = h.engine.schedules
+    s = _add(h)
+    h.engine.registry.forget("hostB")  # gone behind the schedule's back (remove_agent refuses it)
+    _at(h, T0 + 3600)
+    sched.step()
+    s = sched.get(s.id)
+    assert not h.engine.jobs and s.runs == 0 and s.next_due == T0 + 7200
+    assert s.last_error.startswith("the run due at 2026-11-30 13:00:00 UTC could not be queued: unknown host 'hostB'")
+
+
+def test_the_loop_sleeps_until_due_and_is_driven_by_the_clock(h: Harness) -> None:
+    async def settle(pred: Any) -> None:
+        for _ in range(50):  # loop iterations, not time: the loop runs as soon as the test yields
+            if pred():
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("the schedule loop did not get there")
+
+    async def scenario() -> None:
+        sched = h.engine.schedules
+        sched.start()
+        sched.start()  # idempotent
+        await settle(lambda: sched.running)
+        s = _add(h, every=3600.0)  # a wake: the loop recomputes when it next looks
+        await settle(lambda: sched.sleeping_until == T0 + 3600)
+        assert not h.engine.jobs
+        _at(h, T0 + 3600)  # the fake clock reaches the due time; the wake stands in for the timer
+        sched.wake()
+        await settle(lambda: h.engine.jobs)
+        (job,) = _jobs(h)
+        assert job.schedule_id == s.id
+        await settle(lambda: sched.sleeping_until == T0 + 7200)
+        sched.stop()
+        await settle(lambda: not sched.running)
+        _at(h, T0 + 7200)
+        sched.wake()  # stopped (not the leader): nothing fires
+        await asyncio.sleep(0)
+        now = sched.get(s.id)
+        assert len(h.engine.jobs) == 1 and (now.next_due, now.skips) == (T0 + 7200, 0)  # untouched
+
+    asyncio.run(scenario())
+
+
+def test_schedules_survive_a_restart_on_either_store(tmp_path: Path, store_spec: str) -> None:
+    h = Harness(tmp_path / "a", store_spec)
+    try:
+        h.now = T0
+        h.agent("hostA")
+        h.agent("hostB")
+        s = h.engine.schedules.add(ep("hostA:/srv/d"), ep("hostB:/srv/c"),
+                                   JobOptions(checksum=True, priority=Priority.LOW, link_dest=(b"/srv/prev",)),
+                                   cron="0 2 * * mon", tz="America/New_York")
+        _at(h, s.next_due)
+        h.engine.schedules.step()
+        h.engine.schedules.pause(s.id)
+        h.store.run(lambda: None)
+        (again,) = Schedules(ScheduleStore(h.store), h.engine).schedules.values()
+        assert again == h.engine.schedules.get(s.id)
+        assert (again.tz, again.runs, again.state, again.options.priority) == (
+            "America/New_York", 1, ScheduleState.PAUSED, Priority.LOW)
+        assert h.store.get_job(again.last_job_id).schedule_id == s.id  # type: ignore[union-attr]
+    finally:
+        h.close()
