@@ -267,3 +267,48 @@ def test_schedules_survive_a_restart_on_either_store(tmp_path: Path, store_spec:
         assert h.store.get_job(again.last_job_id).schedule_id == s.id  # type: ignore[union-attr]
     finally:
         h.close()
+
+
+def test_a_store_of_the_version_before_schedules_migrates_and_keeps_its_jobs(tmp_path: Path, store_spec: str) -> None:
+    """SQLite step 8 and PostgreSQL step 3 on a database written by the controller before them."""
+    from zcrepl.controller.store import open_db, open_store
+    from zcrepl.controller.store_migrations import STEPS
+    from zcrepl.controller.store_sql import JobsSql
+    from zcrepl.core.schedtypes import Schedule
+    from zcrepl.core.types import Job
+
+    db = open_db(store_spec, str(tmp_path))
+    step = {"sqlite": 8, "postgres": 3}[db.dialect]
+    old = Job(1, JobState.DONE, ep("hostA:/srv/d"), ep("hostB:/srv/c"), JobOptions(delete=True), created_at=5.0,
+              updated_at=6.0, max_attempts=3)
+    try:
+        with db.transaction():
+            db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            for number in sorted(n for n in STEPS[db.dialect] if n < step):
+                for statement in STEPS[db.dialect][number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            db.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(step - 1),))
+            JobsSql(db).create_job(old)
+    finally:
+        db.close()
+    s = open_store(store_spec, str(tmp_path))
+    try:
+        job = s.get_job(1)
+        assert job is not None and (job.state, job.options.delete, job.schedule_id) == (JobState.DONE, True, 0)
+        store = ScheduleStore(s)
+        sid = store.new_id()
+        store.save(Schedule(sid, old.source, old.destination, JobOptions(xattrs=True), cron="@daily", created_at=7.0,
+                            next_due=8.0))
+        new = s.create_job(old.source, old.destination, JobOptions(), 3, 9.0)
+        store.mark_job(new.id, sid)
+    finally:
+        s.close()
+    s = open_store(store_spec, str(tmp_path))
+    try:
+        (kept,) = ScheduleStore(s).all()
+        assert (kept.id, kept.cron, kept.options.xattrs, kept.next_due) == (sid, "@daily", True, 8.0)
+        assert s.get_job(new.id).schedule_id == sid  # type: ignore[union-attr]
+        assert s.get_job(1).schedule_id == 0  # type: ignore[union-attr]
+    finally:
+        s.close()
