@@ -154,6 +154,8 @@ def _show_job(job: Job, as_json: bool, out: Out) -> None:
     out.show(render.jobs_table([job]))
     asked = " (asked with --encrypt)" if job.options.encrypt else ""
     out.line(f"  data plane: {render.transport_text(render.job_transport(job))}{asked}")
+    if job.schedule_id:
+        out.line(f"  queued by schedule {job.schedule_id} (zc-ctl schedules)")
     for a in job.history:
         status = a.error or ("running" if not a.ended_at else "ok")
         over = f"; {render.transport_text(a.stats.transport)}" if a.stats.transport else ""
