@@ -19,6 +19,7 @@ from zcrepl.core.errors import InvalidArgument
 MIN_EVERY = 1.0
 MAX_EVERY = 366 * 86400.0
 MAX_CRON = 200  # characters
+MAX_ZONE = 64  # characters; the longest IANA name has 32
 # Debian cron's nicknames (@reboot has no meaning for a controller that may restart at any time).
 NICKNAMES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
              "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
@@ -30,8 +31,10 @@ def zone(tz: str) -> tzinfo:
     if not tz:
         return UTC
     try:
+        if len(tz) > MAX_ZONE or not tz.isprintable():
+            raise ValueError(tz)
         return zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidArgument(f"--tz {tz[:100]!r} is not a time zone this controller knows; give an IANA name such as "
                               "Europe/Riga or America/New_York (empty: UTC)") from None
 

@@ -173,13 +173,20 @@ class Schedules:
         now = self.clock()
         for s in sorted(self.schedules.values(), key=lambda x: (x.next_due, x.id)):
             if s.state is ScheduleState.ACTIVE and s.next_due <= now:
-                self._fire(s, now)
+                try:
+                    self._fire(s, now)
+                except Exception as err:  # one schedule (its zone gone from the system...) must not stop the others
+                    log.exception("schedule could not fire", extra=kv(schedule=s.id))
+                    self.schedules[s.id] = s = replace(s, next_due=now + MAX_SLEEP, last_error_at=now,
+                                                       last_error=f"could not fire: {err}; tried again shortly")
+                    self.store.save(s)
         return min((s.next_due for s in self.schedules.values() if s.state is ScheduleState.ACTIVE),
                    default=math.inf)
 
     def _fire(self, s: Schedule, now: float) -> None:
         due = s.next_due
         late = now - due
+        nxt = spec.next_due(s.cron, s.every, s.tz, s.created_at, now)  # first: if it cannot be known, nothing runs
         fields = {"schedule": s.id, "due": stamp(due), "late": round(late, 3), "host": s.destination.host}
         previous = self.engine.jobs.get(s.last_job_id) if s.last_job_id else None
         if previous is not None:
@@ -199,7 +206,6 @@ class Schedules:
                 self.store.mark_job(job.id, s.id)
                 s = replace(s, runs=s.runs + 1, last_job_id=job.id, last_run_at=now, last_error="", last_error_at=0.0)
                 log.info("scheduled run queued", extra=kv(**fields, job=job.id))
-        nxt = spec.next_due(s.cron, s.every, s.tz, s.created_at, now)
         if spec.next_due(s.cron, s.every, s.tz, s.created_at, due) < now:
             log.info("schedule missed runs: they are not repeated", extra=kv(**fields, next_due=stamp(nxt)))
         self.schedules[s.id] = s = replace(s, next_due=nxt)

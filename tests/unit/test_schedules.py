@@ -7,6 +7,7 @@ import asyncio
 import math
 from calendar import timegm
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from enginehelpers import Harness, ep
 
 from zcrepl.controller import schedule_spec as spec
 from zcrepl.controller.schedule_store import ScheduleStore
-from zcrepl.controller.schedules import Schedules
+from zcrepl.controller.schedules import MAX_SLEEP, Schedules
 from zcrepl.core.errors import Conflict, InvalidArgument, InvalidPath, UnknownHost, UnknownJob
 from zcrepl.core.schedtypes import ScheduleState
 from zcrepl.core.types import JobOptions, JobState, Priority
@@ -212,6 +213,19 @@ def test_a_run_that_cannot_be_queued_says_why_and_the_next_one_tries_again(h: Ha
     s = sched.get(s.id)
     assert not h.engine.jobs and s.runs == 0 and s.next_due == T0 + 7200
     assert s.last_error.startswith("the run due at 2026-11-30 13:00:00 UTC could not be queued: unknown host 'hostB'")
+
+
+def test_a_schedule_that_cannot_fire_does_not_stop_the_others(h: Harness) -> None:
+    sched = h.engine.schedules
+    bad = _add(h, cron="0 * * * *", every=0.0)
+    sched.schedules[bad.id] = replace(bad, tz="Gone/Zone")  # as if the zone vanished from the system since
+    good = _add(h)
+    _at(h, T0 + 3600)
+    assert sched.step() == T0 + 3600 + MAX_SLEEP
+    assert [j.schedule_id for j in _jobs(h)] == [good.id]
+    failed = sched.get(bad.id)
+    assert (failed.runs, failed.next_due) == (0, T0 + 3600 + MAX_SLEEP)
+    assert failed.last_error.startswith("could not fire: --tz 'Gone/Zone' is not a time zone this controller knows")
 
 
 def test_the_loop_sleeps_until_due_and_is_driven_by_the_clock(h: Harness) -> None:
