@@ -228,6 +228,33 @@ def test_a_schedule_that_cannot_fire_does_not_stop_the_others(h: Harness) -> Non
     assert failed.last_error.startswith("could not fire: --tz 'Gone/Zone' is not a time zone this controller knows")
 
 
+def test_metrics_show_each_schedule_and_a_failed_last_run(h: Harness) -> None:
+    from zcrepl.controller.metrics import _StateCollector
+
+    sched = h.engine.schedules
+    _add(h)  # schedule 1: its run is cancelled
+    paused = _add(h, cron="@daily", every=0.0)
+    sched.pause(paused.id)
+    _at(h, T0 + 3600)
+    sched.step()
+    (job,) = _jobs(h)
+    h.engine.cancel(job.id)
+
+    async def scrape() -> dict[tuple[str, str], float]:
+        families = await _StateCollector(h.engine, asyncio.get_running_loop())._schedules()
+        return {(x.name, x.labels["schedule"]): x.value for f in families for x in f.samples}
+
+    got = asyncio.run(scrape())
+    assert got == {
+        ("zcrepl_controller_schedule_active", "1"): 1, ("zcrepl_controller_schedule_active", "2"): 0,
+        ("zcrepl_controller_schedule_runs_total", "1"): 1, ("zcrepl_controller_schedule_runs_total", "2"): 0,
+        ("zcrepl_controller_schedule_skipped_runs_total", "1"): 0,
+        ("zcrepl_controller_schedule_skipped_runs_total", "2"): 0,
+        ("zcrepl_controller_schedule_next_due_timestamp_seconds", "1"): T0 + 7200,  # none for the paused one
+        ("zcrepl_controller_schedule_last_run_failed", "1"): 1, ("zcrepl_controller_schedule_last_run_failed", "2"): 0,
+    }
+
+
 def test_the_loop_sleeps_until_due_and_is_driven_by_the_clock(h: Harness) -> None:
     async def settle(pred: Any) -> None:
         for _ in range(50):  # loop iterations, not time: the loop runs as soon as the test yields
