@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from zcrepl.controller import schedule_spec as spec
+from zcrepl.controller.policy import DecisionKind
 from zcrepl.controller.schedule_store import ScheduleStore
 from zcrepl.core.errors import UnknownJob, ZcError
 from zcrepl.core.logs import kv
@@ -193,6 +194,7 @@ class Schedules:
             why = (f"the run due at {stamp(due)} was skipped: job {previous.id} (the previous run) was still "
                    f"{previous.state.value}")
             s = replace(s, skips=s.skips + 1, last_skip_at=now, last_skip=why)
+            self.engine._decide(previous.id, DecisionKind.SCHEDULE, f"schedule {s.id}: {why}")
             log.warning("scheduled run skipped: the previous one is still going", extra=kv(**fields, job=previous.id))
         else:
             try:
@@ -205,6 +207,8 @@ class Schedules:
                 self.engine.jobs[job.id] = replace(job, schedule_id=s.id)
                 self.store.mark_job(job.id, s.id)
                 s = replace(s, runs=s.runs + 1, last_job_id=job.id, last_run_at=now, last_error="", last_error_at=0.0)
+                self.engine._decide(job.id, DecisionKind.SCHEDULE,
+                                    f"queued by schedule {s.id} ({s.when}) for the run due at {stamp(due)}")
                 log.info("scheduled run queued", extra=kv(**fields, job=job.id))
         if spec.next_due(s.cron, s.every, s.tz, s.created_at, due) < now:
             log.info("schedule missed runs: they are not repeated", extra=kv(**fields, next_due=stamp(nxt)))

@@ -137,13 +137,21 @@ def test_a_run_still_going_is_not_started_twice_and_the_skip_is_recorded(h: Harn
     assert (s.runs, s.skips, s.last_skip_at, s.next_due) == (1, 1, T0 + 7200, T0 + 3 * 3600)
     assert s.last_skip == (f"the run due at 2026-11-30 14:00:00 UTC was skipped: job {first.id} (the previous run) "
                            "was still running")
+    _at(h, T0 + 3 * 3600 - 1)
+    h.engine.schedules.schedules[s.id] = replace(s, next_due=T0 + 3 * 3600 - 1)  # a second skip, same job
+    sched.step()
+    assert sched.get(s.id).skips == 2
+    assert [r for k, r in h.explain(first) if k == "schedule"] == [  # the job's explain: one line for both skips
+        f"queued by schedule {s.id} (every 1h) for the run due at 2026-11-30 13:00:00 UTC",
+        f"schedule {s.id}: the run due at 2026-11-30 14:00:00 UTC was skipped: job {first.id} (the previous run) "
+        "was still running"]
     h.finish(first)
     _at(h, T0 + 3 * 3600)
     sched.step()
     (second,) = _jobs(h)
     assert second.id != first.id and second.schedule_id == s.id
     (listed,) = asyncio.run(sched.listed())
-    assert (listed.runs, listed.skips, listed.last_job_id, listed.last_state) == (2, 1, second.id, "queued")
+    assert (listed.runs, listed.skips, listed.last_job_id, listed.last_state) == (2, 2, second.id, "queued")
 
 
 def test_missed_runs_run_once_at_start_up_then_the_grid_goes_on(h: Harness, tmp_path: Path) -> None:
