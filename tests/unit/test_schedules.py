@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from enginehelpers import Harness, ep
+from hypothesis import given
+from hypothesis import strategies as st
 
 from zcrepl.controller import schedule_spec as spec
 from zcrepl.controller.schedule_store import ScheduleStore
@@ -51,6 +53,14 @@ def test_intervals_keep_their_grid_and_skip_what_passed() -> None:
     assert spec.next_due("", 3600.0, "", T0, T0 + 3600) == T0 + 7200  # strictly after
     assert spec.next_due("", 3600.0, "", T0, T0 + 10 * 3600 + 5) == T0 + 11 * 3600
     assert spec.check("", 1.0, "", T0) == T0 + 1
+
+
+@given(anchor=st.floats(0, 2e9), every=st.floats(1, 366 * 86400), ahead=st.floats(-1e7, 1e9))
+def test_an_interval_is_due_on_its_grid_strictly_after_now(anchor: float, every: float, ahead: float) -> None:
+    after = anchor + ahead
+    due = spec.next_due("", every, "", anchor, after)
+    assert after < due <= max(after, anchor) + every * 1.000001
+    assert abs((due - anchor) / every - round((due - anchor) / every)) < 1e-6 and due > anchor
 
 
 @pytest.mark.parametrize(("cron", "every", "tz", "words"), [
