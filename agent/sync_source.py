@@ -20,6 +20,7 @@ import time
 from dataclasses import replace
 
 from zcrepl.agent import priority
+from zcrepl.agent.transfer.cancel import Cancel
 from zcrepl.agent.transfer.changes import ChangePlan
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.scan import tree_filter
@@ -60,7 +61,7 @@ class SourceRule:
         self.label = f"{host}:{show(order.path)}"
         self.io_timeout = io_timeout
         self.backoff_max = backoff_max
-        self._cancel = threading.Event()
+        self._cancel = Cancel()  # wakes a running session's threads at once
         self._hold = threading.Condition()
         self._held = order.held
         self._lock = threading.Lock()

@@ -17,6 +17,7 @@ from zcrepl.agent.exports import Exports
 from zcrepl.agent.sync_source import SourceRule
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.failure import explain
 from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
@@ -116,9 +117,12 @@ class Syncs:
             try:
                 ReceiveSession(spec, self.tickets).serve_control(ch, hello)
             except Exception as err:  # the source reports it as the rule's last error
-                log.warning("watch session failed", extra=kv(rule=order.rule_id, error=str(err)))
+                f = explain(err, io_timeout=self.io_timeout, between=f"{order.source_host} and {self.host}")
+                if f.unexpected:
+                    log.exception("watch session crashed", extra=kv(rule=order.rule_id))
+                log.warning("watch session failed", extra=kv(rule=order.rule_id, error=f.message))
                 with contextlib.suppress(OSError):
-                    ch.send(fr.encode_text(fr.T.ABORT, f"{label}: {err}"))
+                    ch.send(fr.encode_text(fr.T.ABORT, f"{label}: {f.message}"))
 
         self.tickets.register(order.ticket, Grant(job_id, order.epoch, expires, serve, reusable=True, bind=bind))
         with self._lock:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import logging
 import threading
 import time
@@ -18,7 +17,9 @@ from dataclasses import dataclass, field, replace
 from zcrepl.agent import priority
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer.cancel import Cancel
 from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.failure import explain
 from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.jobdirs import check_destination, no_space, open_source, resolve_dirs
 from zcrepl.agent.transfer.leftovers import Sweeper
@@ -33,7 +34,7 @@ from zcrepl.agent.transfer.send import Sender, SendSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
 from zcrepl.core.config import split_address
 from zcrepl.core.errorkind import error_kind
-from zcrepl.core.errors import Cancelled, ConfigError, TransferError, UnsafePath, ZcError
+from zcrepl.core.errors import ConfigError, TransferError, ZcError
 from zcrepl.core.logs import carry, kv
 from zcrepl.core.paths import show
 from zcrepl.core.types import (
@@ -63,7 +64,7 @@ def no_tls(host: str, role: str) -> str:
 @dataclass
 class _Active:
     role: Role
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: Cancel = field(default_factory=Cancel)
     thread: threading.Thread | None = None
     session: ReceiveSession | None = None
     sender: Sender | None = None
@@ -309,21 +310,17 @@ class Transfers:
                 active.sender = sender
         try:
             stats = sender.run()
-        except Cancelled:
+        except Exception as err:  # any exception, a bug's too, fails the attempt now (not at the stall timeout)
             self._forget(key)
-            log.info("send cancelled", extra=kv(job=spec.job_id, attempt=spec.attempt))
-            return
-        except TransferError as err:
-            self._forget(key)
+            f = explain(err, io_timeout=self.io_timeout, between=f"{self.host} and {order.dest_host}")
+            if f.cancelled:
+                log.info("send cancelled", extra=kv(job=spec.job_id, attempt=spec.attempt))
+                return
+            if f.unexpected:
+                log.exception("sender crashed", extra=kv(job=spec.job_id))
             where = f"{label} -> {order.dest_host}:{show(order.dest_path)}"
-            self._fail(spec.job_id, spec.attempt, Role.SENDER, f"{where}: {err}", retryable=err.retryable,
+            self._fail(spec.job_id, spec.attempt, Role.SENDER, f"{where}: {f.message}", retryable=f.retryable,
                        stats=sender.snapshot(), skipped=tuple(sender.skips.listed))
-            return
-        except Exception as err:  # never let a sender bug kill the agent silently
-            self._forget(key)
-            log.exception("sender crashed", extra=kv(job=spec.job_id))
-            self._fail(spec.job_id, spec.attempt, Role.SENDER, f"{label}: internal error: {err!r}",
-                       retryable=True, stats=sender.snapshot(), skipped=tuple(sender.skips.listed))
             return
         finally:
             src.close()
@@ -358,20 +355,15 @@ class Transfers:
                                workers=order.options.streams or 2, policy=self.exports.policy(root),
                                limits=self.limits, dirs=resolve_dirs(self.exports.resolve, order.options))
             stats = copier.run()
-        except Cancelled:
-            self._forget(key)
-            return
-        except (ZcError, OSError) as err:
-            self._forget(key)
-            msg = str(err) if isinstance(err, ZcError) else (err.strerror or str(err))
-            self._fail(order.job_id, order.attempt, Role.SENDER, f"{label} -> {dst_label}: {msg}",
-                       retryable=getattr(err, "retryable", True))
-            return
         except Exception as err:  # a bug must fail the attempt now, not leave it to the stall timeout
             self._forget(key)
-            log.exception("local copy crashed", extra=kv(job=order.job_id))
-            self._fail(order.job_id, order.attempt, Role.SENDER, f"{label} -> {dst_label}: internal error: "
-                       f"{err!r}; see the agent log", retryable=True)
+            f = explain(err, io_timeout=self.io_timeout)
+            if f.cancelled:
+                return
+            if f.unexpected:
+                log.exception("local copy crashed", extra=kv(job=order.job_id))
+            self._fail(order.job_id, order.attempt, Role.SENDER, f"{label} -> {dst_label}: {f.message}",
+                       retryable=f.retryable)
             return
         finally:
             src.close()
@@ -407,27 +399,19 @@ class Transfers:
             if active is not None:
                 _ended(active, key)
 
-    def _receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str, ch: Channel,  # noqa: C901
+    def _receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str, ch: Channel,
                  hello: Hello, session: ReceiveSession) -> None:
         key = (order.job_id, order.attempt, Role.RECEIVER)
         t0 = time.monotonic()
         try:
             stats = session.serve_control(ch, hello)
         except Exception as err:  # any exception, a bug's too, fails the attempt now (not at the stall timeout)
-            retryable = getattr(err, "retryable", True) and not isinstance(err, UnsafePath)
-            if isinstance(err, TransferError):
-                msg = str(err)
-            elif isinstance(err, TimeoutError):
-                msg = (f"nothing arrived for {self.io_timeout:g}s (io_timeout); check the network between "
-                       f"{order.source_host} and {self.host}, the job is retried")
-            elif isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-                msg, retryable = no_space(session.writer, root, str(err.strerror)), False
-            elif isinstance(err, OSError):
-                msg = err.strerror or str(err)
-            else:
+            f = explain(err, io_timeout=self.io_timeout, between=f"{order.source_host} and {self.host}",
+                        full=lambda why: no_space(session.writer, root, why))
+            msg, retryable = f.message, f.retryable
+            if f.unexpected:
                 log.exception("receive crashed", extra=kv(job=order.job_id, attempt=order.attempt))
-                msg = f"internal error: {err!r}; see the agent log"
-            if not isinstance(err, Cancelled):
+            if not f.cancelled:
                 with contextlib.suppress(OSError):
                     ch.send(fr.encode_text(fr.T.ABORT, msg))
             log.warning("receive failed", extra=kv(job=order.job_id, attempt=order.attempt, error=msg))

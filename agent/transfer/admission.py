@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer.channel import shut
 
 
 @dataclass(eq=False)
@@ -102,6 +103,5 @@ class Admission:
         self._dropped[w.sock] = why
         with contextlib.suppress(OSError):
             w.sock.send(fr.encode_text(fr.T.REFUSE, why), socket.MSG_DONTWAIT)
-        with contextlib.suppress(OSError):
-            w.sock.shutdown(socket.SHUT_RDWR)
+        shut(w.sock)
         return w

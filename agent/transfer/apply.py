@@ -16,7 +16,6 @@ import os
 import stat
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.atomic import PREALLOCATE_MIN, AtomicFile, remove_entry, replace_symlink
@@ -24,13 +23,13 @@ from zcrepl.agent.transfer.backup import Backup
 from zcrepl.agent.transfer.basis import find_basis
 from zcrepl.agent.transfer.finish import delete_extras, finish_dirs, make_links
 from zcrepl.agent.transfer.flush import JobFlush
-from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind
+from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind, Result
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.linkdest import LinkDest
 from zcrepl.agent.transfer.meta import apply_meta, owner_ids
 from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea
-from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, validate_name, validate_relpath
+from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, lstat_at, validate_name, validate_relpath
 from zcrepl.agent.transfer.scan import file_digest, tree_filter
 from zcrepl.agent.transfer.uptodate import up_to_date
 from zcrepl.core.errors import NoSpace, ProtocolError, UnsafePath
@@ -221,7 +220,7 @@ class TreeWriter:
 
     def _ensure_dir(self, parts: tuple[bytes, ...]) -> None:
         pfd, leaf = self.parent(parts)
-        st = _lstat(pfd, leaf)
+        st = lstat_at(pfd, leaf)
         if st is not None and stat.S_ISDIR(st.st_mode):
             if st.st_mode & 0o700 != 0o700 and os.geteuid() != 0:
                 dfd = self.root.open_dir(parts)  # we must be able to write into it until the end
@@ -240,7 +239,7 @@ class TreeWriter:
 
     def _apply_symlink(self, parts: tuple[bytes, ...], e: Entry) -> None:
         pfd, leaf = self.parent(parts)
-        st = _lstat(pfd, leaf)
+        st = lstat_at(pfd, leaf)
         # A symlink with other names (hard links to a link) is replaced, never touched in place.
         if (st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(leaf, dir_fd=pfd) == e.target
                 and owner_ids(self.policy, e, st, self.as_root) == (KEEP, KEEP)
@@ -471,7 +470,7 @@ class TreeWriter:
             self._discard(s)
 
     # -- end of transfer ----------------------------------------------------------------------------
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> Result:
         self.end_batch()
         if not self.manifest_done:
             raise ProtocolError("SENDER_DONE before MANIFEST_END")
@@ -492,9 +491,8 @@ class TreeWriter:
             self.flush.wait(self.label, self.root)  # every file and directory this job changed, nothing else
         elif self.fsync_files:
             os.fsync(self.root.fd)
-        return {"files_done": self.files_done, "bytes_done": self.bytes_done, "files_skipped": self.skipped,
-                "deleted": self.deleted, "renamed": self.renamed, "errors": self.errors,
-                "first_error": self.first_error}
+        return Result(files_done=self.files_done, bytes_done=self.bytes_done, files_skipped=self.skipped,
+                      deleted=self.deleted, renamed=self.renamed, errors=self.errors, first_error=self.first_error)
 
     # -- accounting ---------------------------------------------------------------------------------
     def count(self, *, files_done: int = 0, bytes_done: int = 0, skipped: int = 0, deleted: int = 0) -> None:
@@ -536,10 +534,3 @@ class TreeWriter:
                              files_skipped=self.skipped, deleted=self.deleted, errors=self.errors,
                              scan_done=self.manifest_done, backed_up=self.backup.kept if self.backup else 0,
                              linked=self.link_dest.linked if self.link_dest else 0)
-
-
-def _lstat(dir_fd: int, leaf: bytes) -> os.stat_result | None:
-    try:
-        return os.lstat(leaf, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None

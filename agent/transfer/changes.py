@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.atomic import remove_entry
 from zcrepl.agent.transfer.frame import F_UNREADABLE, Entry, Kind
-from zcrepl.agent.transfer.saferoot import SafeRoot, temp_name, validate_relpath
+from zcrepl.agent.transfer.saferoot import SafeRoot, lstat_at, temp_name, validate_relpath
 from zcrepl.agent.transfer.scan import Scanner
 from zcrepl.core.errors import ProtocolError, UnsafePath
 from zcrepl.core.paths import show
@@ -175,7 +175,7 @@ def _rename(w: TreeWriter, src: tuple[bytes, ...], dst: tuple[bytes, ...]) -> bo
     except (FileNotFoundError, NotADirectoryError):
         return False
     try:
-        if _lstat(spfd, sleaf) is None:
+        if lstat_at(spfd, sleaf) is None:
             return False
         dpfd = make_parents(w, dst[:-1])
         try:
@@ -223,7 +223,7 @@ def make_parents(w: TreeWriter, parts: tuple[bytes, ...]) -> int:
     fd = os.dup(w.root.fd)
     try:
         for depth, name in enumerate(parts):
-            st = _lstat(fd, name)
+            st = lstat_at(fd, name)
             if st is not None and not stat.S_ISDIR(st.st_mode):
                 w.count(deleted=remove_entry(fd, name))
                 st = None
@@ -240,10 +240,3 @@ def make_parents(w: TreeWriter, parts: tuple[bytes, ...]) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def _lstat(dir_fd: int, leaf: bytes) -> os.stat_result | None:
-    try:
-        return os.stat(leaf, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None

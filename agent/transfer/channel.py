@@ -5,7 +5,10 @@ The wire format itself (frame types, encoders and decoders) is in frame.py; this
 
 from __future__ import annotations
 
+import contextlib
 import select
+import socket
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from zcrepl.agent.transfer.frame import HEAD, MAX_FRAME, T
@@ -13,6 +16,25 @@ from zcrepl.core.errors import ProtocolError
 
 if TYPE_CHECKING:
     from zcrepl.agent.transfer.peer import Peer
+
+
+@dataclass(frozen=True)
+class ZeroCopy:
+    """Which kernel paths move file bytes. Turning one off takes the path a kernel, filesystem or transport
+    without it takes anyway: tests pass these to exercise every fallback on any machine."""
+
+    sendfile: bool = True  # sender: os.sendfile (kTLS sendfile when the kernel encrypts); off: pread + send
+    splice: bool = True  # receiver: socket -> pipe -> file (never under TLS); off: recv_into + pwrite
+
+
+ZERO_COPY = ZeroCopy()
+
+
+def shut(sock: Stream | socket.socket) -> None:
+    """Shut both directions: a thread blocked in recv, send, sendfile or splice on it wakes up with EOF or an
+    error (close alone would not wake it), and the peer sees the end. Already gone is fine."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def wait_ready(sockfd: int, events: int, timeout: float | None, what: str) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from zcrepl.agent.transfer.atomic import _open_subdir, set_dir_meta
 from zcrepl.agent.transfer.meta import apply_meta
-from zcrepl.agent.transfer.saferoot import TEMP_PREFIX, temp_name, validate_relpath
+from zcrepl.agent.transfer.saferoot import TEMP_PREFIX, lstat_at, temp_name, validate_relpath
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import kv
 
@@ -56,7 +56,7 @@ def delete_extras(w: TreeWriter) -> None:
 def _remove_unprotected(w: TreeWriter, dfd: int, name: bytes, rel: bytes, depth: int) -> bool:
     """Remove ``name`` (path ``rel``) unless the filters protect it; a directory goes with everything below
     it that they don't protect, and stays when something in it is. True when it is gone."""
-    st = _lstat(dfd, name)
+    st = lstat_at(dfd, name)
     if st is None:
         return True
     is_dir = stat.S_ISDIR(st.st_mode)
@@ -113,7 +113,7 @@ def make_links(w: TreeWriter) -> None:
             target = os.lstat(tleaf, dir_fd=tpfd)
             if not stat.S_ISREG(target.st_mode):
                 raise OSError(0, "the file it links to is missing")
-            st = _lstat(pfd, leaf)
+            st = lstat_at(pfd, leaf)
             if st is not None and (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
                 w.count(skipped=1)
                 continue
@@ -167,10 +167,3 @@ def finish_dirs(w: TreeWriter) -> None:
         finally:
             if dfd >= 0:
                 os.close(dfd)
-
-
-def _lstat(dir_fd: int, leaf: bytes) -> os.stat_result | None:
-    try:
-        return os.lstat(leaf, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None

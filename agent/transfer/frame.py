@@ -15,7 +15,7 @@ One transfer uses one control connection and N data connections::
     R: NEED_END
     S: SENDER_DONE (after every data connection sent DATA_DONE)    FILE_SKIP(range) replaces FILE + bytes
                                                                    when the source changed since the scan
-    R: RESULT(json)  (extras deleted, directory metadata set, durability applied)
+    R: RESULT(counts, first error)  (extras deleted, directory metadata set, durability applied)
 
 A watch session (continuous replication) first sends rounds of CHANGES (renames, deletes) ... CHANGES_END on
 the control connection, each answered by MISSED ... CHANGES_ACK, before its ENTRIES; its manifest then lists
@@ -30,7 +30,6 @@ bounded before use (rsync CVE-2024-12084 and friends).
 from __future__ import annotations
 
 import enum
-import json
 import struct
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -397,21 +396,39 @@ def decode_text(payload: bytes) -> str:
 
 
 RESULT_COUNTS = ("files_done", "bytes_done", "files_skipped", "deleted", "renamed", "errors")
+MAX_RESULT_TEXT = 65536
+_RESULT = struct.Struct("!6QI")  # the six counts, then the length of first_error's UTF-8 bytes that follow
 
 
-def decode_result(payload: bytes) -> dict[str, object]:
-    """The destination's RESULT: a JSON object whose counts (``RESULT_COUNTS``) are non-negative integers
-    and whose ``first_error`` is a string; other keys pass through for the caller to check."""
+@dataclass(frozen=True)
+class Result:
+    """The destination's account of an attempt: what it applied, and the first entry it could not."""
+
+    files_done: int = 0
+    bytes_done: int = 0
+    files_skipped: int = 0
+    deleted: int = 0
+    renamed: int = 0
+    errors: int = 0
+    first_error: str = ""
+
+
+def encode_result(r: Result) -> bytes:
+    # Cut at a character boundary, so the decoder's strict UTF-8 check holds for any text we send.
+    text = r.first_error.encode("utf-8", "backslashreplace")[:MAX_RESULT_TEXT].decode("utf-8", "ignore").encode()
+    return frame(T.RESULT, _RESULT.pack(*(getattr(r, k) for k in RESULT_COUNTS), len(text)) + text)
+
+
+def decode_result(payload: bytes) -> Result:
+    if len(payload) < _RESULT.size:
+        raise ProtocolError(f"RESULT frame of {len(payload)} bytes, shorter than its {_RESULT.size}-byte header")
+    files, nbytes, skipped, deleted, renamed, errors, n = _RESULT.unpack_from(payload, 0)
+    if n > MAX_RESULT_TEXT:
+        raise ProtocolError(f"RESULT frame with a {n}-byte error text, over {MAX_RESULT_TEXT}")
+    if len(payload) != _RESULT.size + n:
+        raise ProtocolError(f"RESULT frame of {len(payload)} bytes, but its header announces {_RESULT.size + n}")
     try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError) as err:  # RecursionError: "[[[[..." nested past the parser's depth
-        raise ProtocolError(f"RESULT frame is not JSON: {err}") from err
-    if not isinstance(doc, dict):
-        raise ProtocolError("RESULT frame is not a JSON object")
-    for key in RESULT_COUNTS:
-        value = doc.get(key, 0)
-        if type(value) is not int or value < 0:
-            raise ProtocolError(f"RESULT frame with a bad {key} count")
-    if not isinstance(doc.get("first_error", ""), str):
-        raise ProtocolError("RESULT frame with a first_error that is not text")
-    return doc
+        text = payload[_RESULT.size :].decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ProtocolError(f"RESULT frame with an error text that is not UTF-8: {err}") from err
+    return Result(files, nbytes, skipped, deleted, renamed, errors, text)

@@ -7,7 +7,6 @@ delete and directory rules); needed files are copied in the kernel with ``os.cop
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import queue
@@ -18,6 +17,7 @@ from dataclasses import replace
 
 from zcrepl.agent import priority
 from zcrepl.agent.transfer.apply import TreeWriter
+from zcrepl.agent.transfer.failure import explain
 from zcrepl.agent.transfer.flush import sync_ancestors
 from zcrepl.agent.transfer.frame import F_SPARSE, Entry, FileHead, Kind
 from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
@@ -26,7 +26,8 @@ from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.plan import PlanWriter, make_writer, open_job_root
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble, tree_filter
-from zcrepl.core.errors import Cancelled, TransferError, UnsafePath
+from zcrepl.agent.transfer.sourcefile import as_scanned, data_segments
+from zcrepl.core.errors import Cancelled, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
 from zcrepl.core.logs import carry, kv
 from zcrepl.core.types import JobOptions, PlanItem, TransferStats
@@ -62,7 +63,7 @@ class LocalCopy:
         self._last = 0.0
         self.writer: TreeWriter | None = None
 
-    def run(self) -> TransferStats:  # noqa: C901
+    def run(self) -> TransferStats:
         root, missing = open_job_root(self.dst_export, self.dst_rel, self.options)
         self.writer = writer = make_writer(root, missing, self.options, self.label, self.job_id, policy=self.policy,
                                            limits=self.limits)
@@ -76,45 +77,52 @@ class LocalCopy:
         for t in threads:
             t.start()
         try:
-            scanner = Scanner(self.src, checksum=self.options.checksum, xattrs=self.options.xattrs,
-                              on_skip=self.skips, filter=tree_filter(self.src, self.options.filters, self.label))
-            for e in scanner.entries():
-                if self.cancel.is_set() or self.errors:
-                    break
-                index = self.entries
-                self.entries += 1
-                if index % 512 == 0:
-                    writer.end_batch()  # don't hold directory fds for long
-                if writer.admit(e) and e.kind is Kind.FILE:
-                    self.files[index] = e
-                    self.files_total += 1
-                    self.bytes_total += e.size
-                    self.work.put(index)
-                self._progress(writer)
-            if not (self.cancel.is_set() or self.errors):
-                writer.end_manifest(self.entries)
+            self._scan(writer)
         finally:
             for _ in threads:
                 self.work.put(_STOP)
             for t in threads:
                 t.join()
         try:
-            if self.cancel.is_set():
-                raise Cancelled("cancelled by the controller")
-            if self.errors:
-                raise TransferError(f"local copy failed: {self.errors[0]}") from self.errors[0]
-            writer.finish()
-            if writer.flush is not None:  # the job's root may have been created with its parents
-                sync_ancestors(self.dst_export, self.dst_rel, writer.flush.since_ns)
-            stats = self._stats(writer, scan_done=True)
-            self.on_progress(stats)
-            return stats
+            return self._finish(writer)
         except BaseException:
             writer.abandon()
             raise
         finally:
             detach_dirs(writer)
             root.close()
+
+    def _scan(self, writer: TreeWriter) -> None:
+        """The source's entries into the writer; the files it needs to the copying workers."""
+        scanner = Scanner(self.src, checksum=self.options.checksum, xattrs=self.options.xattrs,
+                          on_skip=self.skips, filter=tree_filter(self.src, self.options.filters, self.label))
+        for e in scanner.entries():
+            if self.cancel.is_set() or self.errors:
+                return
+            index = self.entries
+            self.entries += 1
+            if index % 512 == 0:
+                writer.end_batch()  # don't hold directory fds for long
+            if writer.admit(e) and e.kind is Kind.FILE:
+                self.files[index] = e
+                self.files_total += 1
+                self.bytes_total += e.size
+                self.work.put(index)
+            self._progress(writer)
+        if not (self.cancel.is_set() or self.errors):
+            writer.end_manifest(self.entries)
+
+    def _finish(self, writer: TreeWriter) -> TransferStats:
+        if self.cancel.is_set():
+            raise Cancelled("cancelled by the controller")
+        if self.errors:
+            raise explain(self.errors[0]).error("local copy failed: ") from self.errors[0]
+        writer.finish()
+        if writer.flush is not None:  # the job's root may have been created with its parents
+            sync_ancestors(self.dst_export, self.dst_rel, writer.flush.since_ns)
+        stats = self._stats(writer, scan_done=True)
+        self.on_progress(stats)
+        return stats
 
     def _worker(self, writer: TreeWriter) -> None:
         priority.apply_to_this_thread()
@@ -142,12 +150,12 @@ class LocalCopy:
         try:
             st = os.fstat(fd)
             slot = writer.slot(FileHead(index, 0, e.size, e.size, e.mtime_ns, st.st_mode & 0o7777))
-            ok = st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
+            ok = as_scanned(st, e)
             try:
                 if ok and slot.fd is not None:  # (no fd: the destination's trouble, recorded already)
                     ok = self._copy_data(fd, slot.fd, e, buf)
                     after = os.fstat(fd)
-                    ok = ok and after.st_size == e.size and after.st_mtime_ns == e.mtime_ns
+                    ok = ok and as_scanned(after, e)
             except BaseException:
                 writer.range_broken(slot)
                 raise
@@ -161,21 +169,7 @@ class LocalCopy:
         """Copy the file; for a sparse one only its data segments, so holes stay holes."""
         if not e.flags & F_SPARSE:
             return copy_range(src, dst, 0, e.size, buf, self.copy_paths) == e.size
-        off = 0
-        while off < e.size:
-            try:
-                data = os.lseek(src, off, os.SEEK_DATA)
-            except OSError as err:
-                if err.errno != errno.ENXIO:
-                    raise
-                return True
-            if data >= e.size:
-                return True
-            end = min(os.lseek(src, data, os.SEEK_HOLE), e.size)
-            if copy_range(src, dst, data, end - data, buf, self.copy_paths) != end - data:
-                return False
-            off = end
-        return True
+        return all(copy_range(src, dst, off, n, buf, self.copy_paths) == n for off, n in data_segments(src, e.size))
 
     @property
     def plan(self) -> tuple[PlanItem, ...]:

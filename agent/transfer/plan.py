@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.atomic import _open_subdir
-from zcrepl.agent.transfer.frame import Entry, Kind
+from zcrepl.agent.transfer.frame import Entry, Kind, Result
 from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.meta import owner_ids
-from zcrepl.agent.transfer.saferoot import TEMP_PREFIX, SafeRoot, validate_relpath
+from zcrepl.agent.transfer.saferoot import TEMP_PREFIX, SafeRoot, lstat_at, validate_relpath
 from zcrepl.agent.transfer.scan import file_digest, tree_filter
 from zcrepl.core.errors import ProtocolError, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, KEEP, ExportPolicy
@@ -92,7 +91,7 @@ class PlanWriter(TreeWriter):
             st = os.fstat(self.root.fd)
         else:
             pfd, leaf = self.parent(parts)
-            st = _lstat(pfd, leaf)
+            st = lstat_at(pfd, leaf)
         kind = _KIND[e.kind]
         if st is not None and _type(st) != _want(e.kind):
             if stat.S_ISDIR(st.st_mode) and (self.options.delete or self.restricted):
@@ -140,7 +139,7 @@ class PlanWriter(TreeWriter):
         except (OSError, UnsafePath):
             return False
         try:
-            t = _lstat(tpfd, tleaf)
+            t = lstat_at(tpfd, tleaf)
         finally:
             os.close(tpfd)
         return t is not None and (t.st_dev, t.st_ino) == (st.st_dev, st.st_ino)
@@ -161,7 +160,7 @@ class PlanWriter(TreeWriter):
                 self._held += len(item.path) + len(item.target)
 
     # -- end of transfer ----------------------------------------------------------------------------
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> Result:
         self.end_batch()
         if not self.manifest_done:
             raise ProtocolError("SENDER_DONE before MANIFEST_END")
@@ -171,8 +170,7 @@ class PlanWriter(TreeWriter):
             for dpath in list(self.children):
                 if dpath not in self.new_dirs:
                     self._extras(dpath, protect)
-        return {"files_done": 0, "bytes_done": 0, "files_skipped": 0, "deleted": 0, "renamed": 0,
-                "errors": self.errors, "first_error": self.first_error}
+        return Result(errors=self.errors, first_error=self.first_error)
 
     def _extras(self, dpath: bytes, protect: Filter) -> None:
         try:
@@ -206,7 +204,7 @@ class PlanWriter(TreeWriter):
 
     def _gone(self, dfd: int, name: bytes, rel: bytes, protect: Filter, depth: int) -> bool:
         """Plan the removal of ``name`` as finish.delete_extras would do it; True when it would be gone."""
-        st = _lstat(dfd, name)
+        st = lstat_at(dfd, name)
         if st is None:
             return True
         is_dir = stat.S_ISDIR(st.st_mode)
@@ -255,10 +253,3 @@ def _type(st: os.stat_result) -> str:
 
 def _want(kind: Kind) -> str:
     return "file" if kind is Kind.HARDLINK else _KIND[kind]
-
-
-def _lstat(dir_fd: int, leaf: bytes) -> os.stat_result | None:
-    try:
-        return os.lstat(leaf, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import secrets
@@ -27,35 +26,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.apply import FileSlot, TreeWriter
-from zcrepl.agent.transfer.basis import complete_delta
-from zcrepl.agent.transfer.changes import apply_ops
-from zcrepl.agent.transfer.channel import Channel, Stream, wait_ready
+from zcrepl.agent.transfer.channel import ZERO_COPY, Channel, ZeroCopy, shut, wait_ready
 from zcrepl.agent.transfer.flush import start_writeback, sync_ancestors
 from zcrepl.agent.transfer.frame import FileHead, Hello
 from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
-from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
+from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.peer import NONE, Binding
 from zcrepl.agent.transfer.plan import make_writer, open_job_root
+from zcrepl.agent.transfer.receive_control import FILE_FRAMES, ControlSession
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.server import Grant, TicketBook
 from zcrepl.core.errors import ProtocolError, TransferError
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
-from zcrepl.core.synctypes import SYNC_ID_BASE
 from zcrepl.core.types import Durability, JobOptions, TransferStats
 
 _FILE_ENDS = frozenset(fr.FileEnd)
 log = logging.getLogger(__name__)
 
-USE_SPLICE = True  # tests switch it off to exercise the recv_into + pwrite path
 _F_SETPIPE_SZ = 1031
 _PIPE = 1 << 20
 _BUF = 1 << 20
 DATA_TICKET_TTL = 60.0
 DATA_WAIT = 120.0
 WRITEBACK_STEP = 8 << 20
-_FILE_FRAMES = (fr.T.FILE, fr.T.FILE_SKIP, fr.T.REUSE, fr.T.DIGEST, fr.T.HOLE)
 
 
 @dataclass
@@ -71,6 +65,7 @@ class ReceiveSpec:
     limits: SessionLimits = field(default_factory=SessionLimits)
     bind: Binding = field(default_factory=Binding)  # whom the controller's ticket was for; the data tickets inherit it
     dirs: ExtraDirs = field(default_factory=ExtraDirs)  # --backup-dir and --link-dest, resolved
+    zero_copy: ZeroCopy = ZERO_COPY
 
 
 class ReceiveSession:
@@ -110,7 +105,7 @@ class ReceiveSession:
             result = self._control_loop(ch, writer)
             if writer.flush is not None:  # the job's root may have been created with its parents
                 sync_ancestors(spec.export, spec.rel, writer.flush.since_ns)
-            ch.send(fr.frame(fr.T.RESULT, json.dumps(result).encode()))
+            ch.send(fr.encode_result(result))
             return self.stats()
         except BaseException as err:
             with self._lock:
@@ -128,78 +123,12 @@ class ReceiveSession:
             detach_dirs(writer)
             root.close()
 
-    def _control_loop(self, ch: Channel, writer: TreeWriter) -> dict[str, object]:
-        sink = _Sink(ch, writeback=self.spec.options.durability is Durability.JOB)
+    def _control_loop(self, ch: Channel, writer: TreeWriter) -> fr.Result:
+        sink = _Sink(ch, self.spec.zero_copy, writeback=self.spec.options.durability is Durability.JOB)
         try:
-            return self._control_frames(ch, writer, sink)
+            return ControlSession(self, ch, writer, sink).run()
         finally:
             sink.close()
-
-    def _control_frames(self, ch: Channel, writer: TreeWriter, sink: _Sink) -> dict[str, object]:  # noqa: C901
-        last = 0.0
-        ops: list[opf.Op] = []
-        held = 0  # bytes of this round's changes
-        while True:
-            kind, payload = ch.recv_frame()
-            if kind is fr.T.CHANGES or kind is fr.T.CHANGES_END:
-                if self.spec.job_id < SYNC_ID_BASE:  # a job's deletions are --delete's, never the peer's list
-                    raise ProtocolError(f"{kind.name} in a job session: only watch rules send changes")
-                if writer.n_entries:
-                    raise ProtocolError(f"{kind.name} after the manifest started")
-                writer.restricted = True
-                if kind is fr.T.CHANGES:
-                    held += len(payload)
-                    if held > self.spec.limits.max_changes_bytes:
-                        raise LimitExceeded(
-                            f"one round of changes sent to {self.spec.label} is larger than "
-                            f"{self.spec.limits.max_changes_bytes:,} bytes; raise max_changes_bytes in that "
-                            "agent's config if the source really renames that much at once")
-                    ops += opf.decode_ops(payload, (opf.OP_RENAME, opf.OP_DELETE))
-                    if len(ops) > opf.MAX_OPS * 64:
-                        raise ProtocolError("too many changes in one round")
-                    continue
-                missed = apply_ops(writer, ops)
-                ops = []
-                held = 0
-                for f in opf.op_batches([opf.Op(opf.OP_MISSED, p) for p in missed], fr.T.MISSED):
-                    ch.send(f)
-                ch.send(fr.frame(fr.T.CHANGES_ACK))
-                continue
-            if kind is fr.T.ENTRIES:
-                need, bases = [], []
-                for e in fr.decode_entries(payload):
-                    index = writer.n_entries
-                    wanted = writer.admit(e)
-                    if isinstance(wanted, fr.Basis):
-                        bases.append(wanted)
-                    elif wanted:
-                        need.append(index)
-                writer.end_batch()
-                if need:
-                    ch.send(fr.encode_need(need))
-                later = [b for b in bases if b.kind == fr.BasisKind.DELTA and not b.hashes]
-                for b in bases:
-                    ch.send(fr.encode_hint(b.index, b.block) if b in later else fr.encode_basis(b))
-                for b in later:  # the sender hashes its version meanwhile
-                    ch.send(fr.encode_basis(complete_delta(writer, b)))
-            elif kind is fr.T.MANIFEST_END:
-                writer.end_manifest(fr.decode_u64(payload, "MANIFEST_END"))
-                ch.send(fr.frame(fr.T.NEED_END))
-            elif kind in _FILE_FRAMES:
-                self._file(ch, payload, kind, sink)
-            elif kind is fr.T.SENDER_DONE:
-                if not self._wait_data(DATA_WAIT):
-                    raise ProtocolError("the source finished while data connections were still open")
-                self._raise_data_error()
-                return writer.finish()
-            elif kind is fr.T.ABORT:
-                raise TransferError(f"the source aborted: {fr.decode_text(payload)}")
-            else:
-                raise ProtocolError(f"unexpected {kind.name} frame on the control connection")
-            now = time.monotonic()
-            if now - last > 0.5:
-                last = now
-                self.spec.on_progress(self.stats())
 
     # -- data ---------------------------------------------------------------------------------------
     def _serve_data(self, ch: Channel, hello: Hello) -> None:
@@ -207,13 +136,13 @@ class ReceiveSession:
             if self.writer is None or self._error is not None:
                 return
             self._data[ch] = False
-        sink = _Sink(ch, writeback=self.spec.options.durability is Durability.JOB)
+        sink = _Sink(ch, self.spec.zero_copy, writeback=self.spec.options.durability is Durability.JOB)
         try:
             ch.send(fr.encode_accept([]))  # inside: a source already gone must still mark this one finished
             while True:
                 kind, payload = ch.recv_frame(limit=256)
-                if kind in _FILE_FRAMES:
-                    self._file(ch, payload, kind, sink)
+                if kind in FILE_FRAMES:
+                    self.file_frame(ch, payload, kind, sink)
                 elif kind is fr.T.DATA_DONE:
                     return
                 elif kind is fr.T.ABORT:
@@ -226,7 +155,7 @@ class ReceiveSession:
             with contextlib.suppress(OSError):
                 ch.send(fr.encode_text(fr.T.ABORT, str(err)))
             if self._control is not None:
-                _shutdown(self._control.sock)  # wake the control thread: the attempt is lost
+                shut(self._control.sock)  # wake the control thread: the attempt is lost
             if not isinstance(err, Exception):
                 raise
         finally:
@@ -235,7 +164,7 @@ class ReceiveSession:
                 self._data[ch] = True
                 self._data_cv.notify_all()
 
-    def _file(self, ch: Channel, payload: bytes, kind: fr.T, sink: _Sink) -> None:
+    def file_frame(self, ch: Channel, payload: bytes, kind: fr.T, sink: _Sink) -> None:
         assert self.writer is not None
         if kind is fr.T.DIGEST:
             self.writer.set_digest(*fr.decode_digest(payload))
@@ -268,6 +197,12 @@ class ReceiveSession:
             raise
         self.writer.range_done(slot, head.length, ok=end[0] == fr.FileEnd.OK, offset=head.offset)
 
+    def data_finished(self) -> None:
+        """The source says it is done: every data connection must finish too, and none may have failed."""
+        if not self._wait_data(DATA_WAIT):
+            raise ProtocolError("the source finished while data connections were still open")
+        self._raise_data_error()
+
     def _wait_data(self, timeout: float) -> bool:
         with self._data_cv:
             return self._data_cv.wait_for(lambda: all(self._data.values()), timeout)
@@ -282,7 +217,7 @@ class ReceiveSession:
         with self._lock:
             chans = list(self._data)
         for c in chans:
-            _shutdown(c.sock)
+            shut(c.sock)
 
     def stats(self) -> TransferStats:
         assert self.writer is not None
@@ -297,9 +232,9 @@ class ReceiveSession:
 class _Sink:
     """Moves one range of file bytes from a connection into a slot's temp file."""
 
-    def __init__(self, ch: Channel, writeback: bool = False) -> None:
+    def __init__(self, ch: Channel, zero_copy: ZeroCopy, writeback: bool = False) -> None:
         self.ch = ch
-        self.use_splice = USE_SPLICE and isinstance(ch.sock, socket.socket)  # never under TLS
+        self.use_splice = zero_copy.splice and isinstance(ch.sock, socket.socket)  # never under TLS
         # ``job`` durability: start the writeback of each WRITEBACK_STEP written, so a big file is mostly on
         # disk when its last byte arrives instead of all of it being written then.
         self.writeback = writeback
@@ -417,9 +352,4 @@ def _pwrite_all(fd: int, data: memoryview, off: int) -> None:
     done = 0
     while done < len(data):
         done += os.pwrite(fd, data[done:], off + done)
-
-
-def _shutdown(sock: Stream) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
 

@@ -480,6 +480,14 @@ def _chunks(parts: tuple[bytes, ...]) -> list[tuple[bytes, ...]]:
     return out
 
 
+def lstat_at(dir_fd: int, leaf: bytes) -> os.stat_result | None:
+    """What ``leaf`` in the directory ``dir_fd`` is, never following a symlink; None when nothing is there."""
+    try:
+        return os.lstat(leaf, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+
+
 def _is_symlink(dir_fd: int, name: bytes) -> bool:
     try:
         return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)

@@ -10,25 +10,23 @@ attempt (``SendSpec.encrypt``) runs every connection over TLS 1.3 and sends file
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.changes import ChangePlan, restricted_manifest
-from zcrepl.agent.transfer.channel import Channel, Stream
+from zcrepl.agent.transfer.channel import Channel, Stream, shut
+from zcrepl.agent.transfer.failure import explain
 from zcrepl.agent.transfer.frame import Entry, Hello, Kind
 from zcrepl.agent.transfer.peer import KTLS, NONE, TLS
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble, tree_filter
-from zcrepl.agent.transfer.send_worker import BASIS, END, SPARSE, DataWorker
+from zcrepl.agent.transfer.send_worker import END, DataWorker, Work, WorkItem
 from zcrepl.agent.transfer.sendio import Pacer, SendSpec, connect
 from zcrepl.core.errors import Cancelled, ProtocolError, TransferError, Unavailable
 from zcrepl.core.logs import carry
@@ -63,7 +61,7 @@ class Sender:
         self.files: dict[int, Entry] = {}  # index -> file entry (only files can be asked for)
         self.failed = threading.Event()
         self.first_failure: BaseException | None = None
-        self.result: dict[str, Any] | None = None
+        self.result: fr.Result | None = None
         self.peer_error: str | None = None
         self.pacer = Pacer(spec.options.bwlimit, spec.cancel)
         self.workers: list[DataWorker] = []
@@ -77,6 +75,10 @@ class Sender:
         self.controlled = False  # the receiver accepted the control connection (something may have started)
         self._closed = False
         self._reader_gone = threading.Event()
+        # Set whenever the main thread may have something to act on: a worker finished, the reader stopped, a
+        # failure or a cancel. It waits on this, never on a timer.
+        self._changed = threading.Event()
+        self._unhook: Callable[[], None] = lambda: None
         self._last_progress = 0.0
         # Written by one thread each (scan: writer; totals: reader); snapshot() composes them.
         self.c_entries = 0
@@ -88,25 +90,11 @@ class Sender:
         self.renamed = 0
 
     # -- public -------------------------------------------------------------------------------------
-    def run(self) -> TransferStats:  # noqa: C901
+    def run(self) -> TransferStats:
         spec = self.spec
-        streams = max(1, min(spec.options.streams or 1, fr.MAX_STREAMS))
-        cancel_watch = threading.Thread(target=self._close_on_cancel, daemon=True, name="zc-send-cancel")
         reader: threading.Thread | None = None
         try:
-            sock, ctl, accept = connect(spec, Hello(spec.job_id, spec.attempt, spec.ticket, fr.ConnRole.CONTROL,
-                                                    streams))
-            self._socks.append(sock)
-            self.controlled = True
-            cancel_watch.start()
-            for i, ticket in enumerate(fr.decode_accept(accept)):
-                dsock, dch, _ = connect(spec, Hello(spec.job_id, spec.attempt, ticket, fr.ConnRole.DATA, 0))
-                self._socks.append(dsock)
-                self.workers.append(DataWorker(self, dsock, dch, i))
-            if not self.workers:
-                raise ProtocolError("the destination granted no data connection")
-            if spec.encrypt:
-                self.transport = KTLS if all(w.tls is not None and w.tls.ktls for w in self.workers) else TLS
+            ctl = self._open()
             if self.plan is not None:
                 self._restricted = self._changes(ctl)
             reader = threading.Thread(target=carry(self._read_loop), args=(ctl,), daemon=True,
@@ -132,28 +120,48 @@ class Sender:
                 raise TransferError(f"the destination aborted: {self.peer_error}") from err
             raise
         finally:
-            self._closed = True
-            for sk in self._socks:
-                with contextlib.suppress(OSError):
-                    sk.shutdown(socket.SHUT_RDWR)
-                sk.close()
-            for w in self.workers:
-                if w.thread.is_alive():
-                    w.work.put(END)
-            for w in self.workers:
-                if w.thread.ident is not None:
-                    w.thread.join(5)
-            if reader is not None:
-                reader.join(5)
-            # The cancel watcher sees _closed within its 0.2 s poll and exits on its own; joining it
-            # here would add that poll to every transfer.
+            self._close(reader)
+
+    def _open(self) -> Channel:
+        """The handshake: the control connection, then the data connections the destination granted."""
+        spec = self.spec
+        streams = max(1, min(spec.options.streams or 1, fr.MAX_STREAMS))
+        sock, ctl, accept = connect(spec, Hello(spec.job_id, spec.attempt, spec.ticket, fr.ConnRole.CONTROL, streams))
+        self._socks.append(sock)
+        self.controlled = True
+        self._unhook = spec.cancel.on_set(self._wake)
+        for i, ticket in enumerate(fr.decode_accept(accept)):
+            dsock, dch, _ = connect(spec, Hello(spec.job_id, spec.attempt, ticket, fr.ConnRole.DATA, 0))
+            self._socks.append(dsock)
+            self.workers.append(DataWorker(self, dsock, dch, i))
+        if not self.workers:
+            raise ProtocolError("the destination granted no data connection")
+        if spec.encrypt:
+            self.transport = KTLS if all(w.tls is not None and w.tls.ktls for w in self.workers) else TLS
+        return ctl
+
+    def _close(self, reader: threading.Thread | None) -> None:
+        self._closed = True
+        self._unhook()
+        for sk in self._socks:
+            shut(sk)
+            sk.close()
+        for w in self.workers:
+            if w.thread.is_alive():
+                w.work.put(END)
+        for w in self.workers:
+            if w.thread.ident is not None:
+                w.thread.join(5)
+        if reader is not None:
+            reader.join(5)
 
     def _explain(self, err: BaseException) -> TransferError:
         if self.spec.cancel.is_set():
             return Cancelled("cancelled")
         if self.peer_error:
             return TransferError(f"the destination aborted: {self.peer_error}")
-        return TransferError(f"data connection failed: {err}")
+        between = f"this agent and {self.spec.dest or self.spec.address[0]}"
+        return explain(err, io_timeout=self.spec.io_timeout, between=between).error("data connection failed: ")
 
     # -- control: manifest out ----------------------------------------------------------------------
     def _changes(self, ctl: Channel) -> list[Entry]:
@@ -218,12 +226,16 @@ class Sender:
         self.progress(force=True)
 
     def _join_workers(self) -> None:
+        while True:
+            self._changed.clear()  # before the checks: a change after them still ends the wait below
+            self.check_cancel()
+            if self.peer_error or (self._reader_gone.is_set() and self.result is None):
+                raise ProtocolError(f"the destination stopped: {self.peer_error or 'connection closed'}")
+            if all(w.finished.is_set() for w in self.workers):
+                break
+            self._changed.wait()
         for w in self.workers:
-            while w.thread.is_alive():
-                w.thread.join(0.2)
-                self.check_cancel()
-                if self.peer_error or (self._reader_gone.is_set() and self.result is None):
-                    raise ProtocolError(f"the destination stopped: {self.peer_error or 'connection closed'}")
+            w.thread.join()
         first = self.first_failure
         if first is not None:
             if isinstance(first, OSError | TimeoutError):
@@ -231,45 +243,68 @@ class Sender:
             raise first
 
     # -- control: NEEDs in --------------------------------------------------------------------------
-    def _read_loop(self, ctl: Channel) -> None:  # noqa: C901
+    def _read_loop(self, ctl: Channel) -> None:
+        """The destination's answers, one handler per frame type, until RESULT or ABORT."""
+        handlers: dict[fr.T, Callable[[bytes], bool]] = {
+            fr.T.NEED: self._on_need, fr.T.BASIS_HINT: self._on_hint, fr.T.NEED_BASIS: self._on_need_basis,
+            fr.T.NEED_END: self._on_need_end, fr.T.RESULT: self._on_result, fr.T.ABORT: self._on_abort,
+        }
         try:
             while True:
                 kind, payload = ctl.recv_frame()
-                if kind is fr.T.NEED:
-                    for index in fr.decode_need(payload):
-                        self._queue_file(index)
-                elif kind is fr.T.BASIS_HINT:
-                    index, block = fr.decode_hint(payload)
-                    self.hinted[index] = (block, threading.Event())
-                    self._queue_file(index, fr.Basis(index, fr.BasisKind.DELTA, block))
-                elif kind is fr.T.NEED_BASIS:
-                    basis = fr.decode_basis(payload)
-                    hint = self.hinted.get(basis.index)
-                    if hint is None:
-                        self._queue_file(basis.index, basis)
-                    elif basis.kind != fr.BasisKind.DELTA or hint[1].is_set():
-                        raise ProtocolError(f"NEED_BASIS for index {basis.index} disagrees with its hint")
-                    else:  # the worker already hashing this file picks the receiver's hashes up here
-                        self.bases[basis.index] = basis
-                        hint[1].set()
-                elif kind is fr.T.NEED_END:
-                    for w in self.workers:
-                        w.work.put(END)
-                elif kind is fr.T.RESULT:
-                    self.result = fr.decode_result(payload)
-                    return
-                elif kind is fr.T.ABORT:
-                    self.peer_error = fr.decode_text(payload)
-                    return
-                else:
+                handler = handlers.get(kind)
+                if handler is None:
                     raise ProtocolError(f"unexpected {kind.name} from the destination")
+                if handler(payload):
+                    return
         except (OSError, ProtocolError, ValueError) as err:
             if not self._closed and not self.spec.cancel.is_set() and self.peer_error is None:
                 self.peer_error = str(err)
         finally:
             self._reader_gone.set()
+            for _, hashes in list(self.hinted.values()):
+                hashes.set()  # nobody else would: a worker waiting for them checks why it woke
             if self.peer_error:
                 self.failed.set()
+                self._wake()
+            self._changed.set()
+
+    # Each returns True when the destination has said its last word.
+    def _on_need(self, payload: bytes) -> bool:
+        for index in fr.decode_need(payload):
+            self._queue_file(index)
+        return False
+
+    def _on_hint(self, payload: bytes) -> bool:
+        index, block = fr.decode_hint(payload)
+        self.hinted[index] = (block, threading.Event())
+        self._queue_file(index, fr.Basis(index, fr.BasisKind.DELTA, block))
+        return False
+
+    def _on_need_basis(self, payload: bytes) -> bool:
+        basis = fr.decode_basis(payload)
+        hint = self.hinted.get(basis.index)
+        if hint is None:
+            self._queue_file(basis.index, basis)
+        elif basis.kind != fr.BasisKind.DELTA or hint[1].is_set():
+            raise ProtocolError(f"NEED_BASIS for index {basis.index} disagrees with its hint")
+        else:  # the worker already hashing this file picks the receiver's hashes up here
+            self.bases[basis.index] = basis
+            hint[1].set()
+        return False
+
+    def _on_need_end(self, _payload: bytes) -> bool:
+        for w in self.workers:
+            w.work.put(END)
+        return False
+
+    def _on_result(self, payload: bytes) -> bool:
+        self.result = fr.decode_result(payload)
+        return True
+
+    def _on_abort(self, payload: bytes) -> bool:
+        self.peer_error = fr.decode_text(payload)
+        return True
 
     def _queue_file(self, index: int, basis: fr.Basis | None = None) -> None:
         e = self.files.get(index)
@@ -283,10 +318,10 @@ class Sender:
         home = self.workers[zlib.crc32(e.path.rpartition(b"/")[0]) % len(self.workers)].work
         if basis is not None:
             self.bases[index] = basis
-            home.put((index, BASIS, 0))
+            home.put(WorkItem(Work.BASIS, index))
             return
         if e.flags & fr.F_SPARSE:
-            home.put((index, SPARSE, 0))
+            home.put(WorkItem(Work.SPARSE, index))
             return
         n = len(self.workers)
         if n > 1 and e.size >= SPLIT_MIN:
@@ -299,10 +334,10 @@ class Sender:
         with self._lock:
             self._ranges_left[index] = len(ranges)
         if len(ranges) == 1:
-            home.put((index, 0, e.size))
+            home.put(WorkItem(Work.RANGE, index, 0, e.size))
             return
         for k, (off, length) in enumerate(ranges):  # one range per connection
-            self.workers[(index + k) % n].work.put((index, off, length))
+            self.workers[(index + k) % n].work.put(WorkItem(Work.RANGE, index, off, length))
 
     def range_finished(self, index: int) -> bool:
         with self._lock:
@@ -321,16 +356,15 @@ class Sender:
         )
 
     def _merge_result(self, ctl: Channel) -> TransferStats:
-        r = self.result or {}
+        r = self.result or fr.Result()
         snap = self.snapshot()
-        errors = int(r.get("errors", 0))  # the destination's: it could not write what it was sent
-        self.renamed = int(r.get("renamed", 0))
+        self.renamed = r.renamed
         wire = ctl.sent + ctl.received + sum(w.ch.sent + w.ch.received for w in self.workers)
-        self.final = replace(snap, files_skipped=int(r.get("files_skipped", 0)), deleted=int(r.get("deleted", 0)),
-                             errors=errors, wire_bytes=wire)
+        # errors are the destination's: it could not write what it was sent
+        self.final = replace(snap, files_skipped=r.files_skipped, deleted=r.deleted, errors=r.errors, wire_bytes=wire)
         self.progress(force=True)
-        if errors:
-            raise TransferError(f"{errors} entries failed; first: {r.get('first_error') or 'see its log'}")
+        if r.errors:
+            raise TransferError(f"{r.errors} entries failed; first: {r.first_error or 'see its log'}")
         return self.final
 
     def source_trouble(self, index: int, path: bytes, err: BaseException) -> None:
@@ -353,6 +387,10 @@ class Sender:
             if self.first_failure is None:
                 self.first_failure = err
         self.failed.set()
+        self._wake()
+
+    def worker_finished(self) -> None:
+        self._changed.set()
 
     def check_cancel(self) -> None:
         """Stop early when cancelled, or when any part of this attempt already failed."""
@@ -367,11 +405,12 @@ class Sender:
             self._last_progress = now
             self.spec.on_progress(self.snapshot())
 
-    def _close_on_cancel(self) -> None:
-        # On cancel or on the first failure, wake writers blocked in sendfile and the reader in recv.
-        while not self._closed:
-            if self.spec.cancel.wait(0.2) or self.failed.is_set():
-                for sk in list(self._socks):
-                    with contextlib.suppress(OSError):
-                        sk.shutdown(socket.SHUT_RDWR)
-                return
+    def _wake(self) -> None:
+        """On cancel or on the first failure: wake writers blocked in sendfile and the reader in recv (shut
+        sockets), a worker waiting for the receiver's hashes, a paced or paused writer, and the main thread."""
+        for sk in list(self._socks):
+            shut(sk)
+        for _, hashes in list(self.hinted.values()):
+            hashes.set()
+        self.pacer.wake()
+        self._changed.set()

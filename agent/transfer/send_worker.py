@@ -12,16 +12,19 @@ import os
 import queue
 import socket
 import threading
+from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from zcrepl.agent import priority
-from zcrepl.agent.transfer import delta, sendio
+from zcrepl.agent.transfer import delta
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.channel import Channel, Stream
 from zcrepl.agent.transfer.frame import Entry, FileHead
 from zcrepl.agent.transfer.partial import intervals_digest, merge
 from zcrepl.agent.transfer.saferoot import validate_relpath
 from zcrepl.agent.transfer.sendio import readsend_range, sendfile_range, tls_send_range
+from zcrepl.agent.transfer.sourcefile import as_scanned, data_segments
 from zcrepl.agent.transfer.tls import TlsStream
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import carry, kv
@@ -31,8 +34,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-END = (-1, 0, 0)
-BASIS, SPARSE = -1, -2  # work items other than plain ranges: (index, kind, 0)
+class Work(Enum):
+    RANGE = "range"  # bytes [offset, offset + length) of the file, sent as they are
+    BASIS = "basis"  # answer the receiver's NEED_BASIS: REUSE what it has, send the rest
+    SPARSE = "sparse"  # the whole file, data segments only
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One job for a data connection: which file, and what to send of it."""
+
+    kind: Work
+    index: int
+    offset: int = 0
+    length: int = 0
+
+
+END: WorkItem | None = None  # no more work: the worker sends DATA_DONE and exits
 
 
 class DataWorker:
@@ -46,10 +64,11 @@ class DataWorker:
         self.ch = ch
         self.files_done = self.bytes_done = 0
         self.pending = b""  # trailer of the previous file, sent together with the next header
-        self.use_sendfile = sendio.USE_SENDFILE and (self.tls is None or self.tls.ktls)
+        self.use_sendfile = sender.spec.zero_copy.sendfile and (self.tls is None or self.tls.ktls)
         self.buf: bytearray | None = None
-        self.work: queue.Queue[tuple[int, int, int]] = queue.Queue()
+        self.work: queue.Queue[WorkItem | None] = queue.Queue()
         self.thread = threading.Thread(target=carry(self.run), name=f"zc-send-data-{n}", daemon=True)
+        self.finished = threading.Event()
 
     def run(self) -> None:
         priority.apply_to_this_thread()
@@ -57,20 +76,23 @@ class DataWorker:
         try:
             while True:
                 item = self.work.get()
-                if item == END:
+                if item is None:
                     break
                 s.check_cancel()
-                if item[1] == BASIS:
-                    self.send_basis(item[0])
-                elif item[1] == SPARSE:
-                    self.send_sparse(item[0])
+                if item.kind is Work.BASIS:
+                    self.send_basis(item.index)
+                elif item.kind is Work.SPARSE:
+                    self.send_sparse(item.index)
                 else:
-                    self.send_range(*item)
+                    self.send_range(item.index, item.offset, item.length)
                 s.progress()
             self.ch.send(self.pending + fr.frame(fr.T.DATA_DONE))
             self.pending = b""
         except BaseException as err:
             s.record_failure(err)
+        finally:
+            self.finished.set()
+            s.worker_finished()
 
     def send_range(self, index: int, offset: int, length: int) -> None:
         s = self.sender
@@ -95,7 +117,7 @@ class DataWorker:
             self.skip(index, offset, length, e)
             return None
         st = os.fstat(fd)
-        if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
+        if not as_scanned(st, e):
             os.close(fd)
             s.source_changed(index, e.path)
             self.skip(index, offset, length, e)  # changed since the scan: the receiver drops it
@@ -120,7 +142,7 @@ class DataWorker:
         if not ok:  # shrank while we read it: pad to the announced length, then void it
             self.pad(length - sent)
         after = os.fstat(fd)
-        ok = ok and after.st_size == e.size and after.st_mtime_ns == e.mtime_ns
+        ok = ok and as_scanned(after, e)
         self.pending = fr.FILE_END_OK if ok else fr.FILE_END_CHANGED
         if not ok:
             s.source_changed(index, e.path)
@@ -141,8 +163,8 @@ class DataWorker:
                 mine, whole = delta.hash_blocks(fd, e.size, b.block, self.buf)
                 hint = s.hinted.get(index)
                 if hint is not None:  # we hashed while the receiver did; now take its hashes
-                    while not hint[1].wait(0.2):
-                        s.check_cancel()
+                    hint[1].wait()  # set by the reader when they arrive, or by a cancel or failure
+                    s.check_cancel()
                     b = s.bases[index]
                     if b.block != hint[0]:
                         mine, whole = delta.hash_blocks(fd, e.size, b.block, self.buf)
@@ -185,27 +207,22 @@ class DataWorker:
         try:
             st = os.fstat(fd)
             ok, off = True, 0
-            while off < e.size:
-                try:
-                    data = os.lseek(fd, off, os.SEEK_DATA)
-                except OSError as err:
-                    if err.errno != errno.ENXIO:
-                        raise
-                    data = e.size  # only a hole is left
-                data = min(data, e.size)
+            for data, length in data_segments(fd, e.size):
                 if data > off:
-                    self.pending += fr.encode_file(FileHead(index, off, data - off, e.size, e.mtime_ns,
-                                                            st.st_mode & 0o7777), fr.T.HOLE)
-                if data >= e.size:
-                    break
-                end = min(os.lseek(fd, data, os.SEEK_HOLE), e.size)
-                ok = self.send_piece(fd, st, index, data, end - data, e) and ok
-                off = end
+                    self.hole(index, off, data - off, e, st)
+                ok = self.send_piece(fd, st, index, data, length, e) and ok
+                off = data + length
                 s.check_cancel()
+            if off < e.size:
+                self.hole(index, off, e.size - off, e, st)
             if ok:
                 self.files_done += 1
         finally:
             os.close(fd)
+
+    def hole(self, index: int, offset: int, length: int, e: Entry, st: os.stat_result) -> None:
+        self.pending += fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, st.st_mode & 0o7777),
+                                       fr.T.HOLE)
 
     def skip(self, index: int, offset: int, length: int, e: Entry) -> None:
         self.ch.send(self.pending + fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, e.mode),

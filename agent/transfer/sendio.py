@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import tls
-from zcrepl.agent.transfer.channel import Channel, Stream, wait_ready
+from zcrepl.agent.transfer.cancel import Cancel
+from zcrepl.agent.transfer.channel import ZERO_COPY, Channel, Stream, ZeroCopy, wait_ready
 from zcrepl.agent.transfer.frame import Hello
 from zcrepl.core.errors import ProtocolError, Unavailable
 from zcrepl.core.types import JobOptions, TransferStats
@@ -23,7 +24,6 @@ class Refused(ProtocolError):
     """The receiver answered HELLO with REFUSE: nothing of the attempt was applied."""
 
 
-USE_SENDFILE = True  # tests switch it off to exercise the read+send fallback
 CHUNK = 8 << 20
 
 
@@ -34,7 +34,7 @@ class SendSpec:
     ticket: bytes
     address: tuple[str, int]
     options: JobOptions
-    cancel: threading.Event
+    cancel: Cancel
     on_progress: Callable[[TransferStats], None]
     connect_timeout: float = 10.0
     io_timeout: float = 60.0
@@ -42,6 +42,10 @@ class SendSpec:
     encrypt: bool = False  # TLS 1.3 on every connection; the receiver must be agent ``dest``
     dest: str = ""  # the destination agent the controller named (checked in its certificate)
     contexts: tls.TlsContexts | None = None  # this agent's TLS material; None when it runs --insecure
+    zero_copy: ZeroCopy = ZERO_COPY
+    # How a connection is opened: None is TCP to ``address``; protocol tests pass one that returns a
+    # socketpair end whose other end a ReceiveSession (or a hostile peer) serves in-process.
+    dial: Callable[[SendSpec], socket.socket] | None = None
 
 
 class Pacer:
@@ -55,7 +59,7 @@ class Pacer:
     KEEPALIVE = 20.0
     PAUSED_CHUNK = 64 << 10
 
-    def __init__(self, rate: int, cancel: threading.Event) -> None:
+    def __init__(self, rate: int, cancel: threading.Event) -> None:  # the sender calls wake() when it is set
         self.ceiling = rate
         self.rate = rate
         self.paused = False
@@ -71,6 +75,10 @@ class Pacer:
             self.rate = min(rate, self.ceiling) if rate and self.ceiling else (rate or self.ceiling)
             self.paused = paused
             self.start, self.sent = time.monotonic(), 0
+        self._changed.set()
+
+    def wake(self) -> None:
+        """Cut a pacing wait or a pause short (a cancel or a failure: the caller checks which)."""
         self._changed.set()
 
     @property
@@ -96,13 +104,14 @@ class Pacer:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                self._changed.wait(min(left, 0.25))
+                self._changed.wait(left)
 
     def _hold(self) -> None:
         deadline = time.monotonic() + self.KEEPALIVE
-        while self.paused and not self.cancel.is_set() and time.monotonic() < deadline:
+        while self.paused and not self.cancel.is_set() and (left := deadline - time.monotonic()) > 0:
             self._changed.clear()
-            self._changed.wait(0.25)
+            if self.paused and not self.cancel.is_set():  # not set between the loop's check and the clear
+                self._changed.wait(left)
 
 
 def sendfile_range(sock: socket.socket, fd: int, offset: int, count: int, timeout: float | None) -> int:
@@ -155,12 +164,7 @@ def tls_send_range(stream: tls.TlsStream, fd: int, offset: int, count: int, buf:
     return sent
 
 
-def connect(spec: SendSpec, hello: Hello) -> tuple[Stream, Channel, bytes]:
-    """Open (TLS first when ``spec.encrypt``), authenticate, return (stream, channel, ACCEPT payload)."""
-    if spec.encrypt and spec.contexts is None:
-        raise tls.TlsUnavailable("this agent has no TLS certificate (it runs --insecure), so it cannot send an "
-                                 "encrypted transfer; give it one (--join TOKEN or --ca/--cert/--key) or submit "
-                                 "the job without --encrypt")
+def dial_tcp(spec: SendSpec) -> socket.socket:
     try:
         sock = socket.create_connection(spec.address, timeout=spec.connect_timeout)
     except OSError as err:
@@ -168,11 +172,25 @@ def connect(spec: SendSpec, hello: Hello) -> tuple[Stream, Channel, bytes]:
             f"cannot connect to the destination data port {spec.address[0]}:{spec.address[1]}: "
             f"{err.strerror or err}; check that the destination agent is running and reachable"
         ) from err
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def connect(spec: SendSpec, hello: Hello) -> tuple[Stream, Channel, bytes]:
+    """Open (TLS first when ``spec.encrypt``), authenticate, return (stream, channel, ACCEPT payload)."""
+    if spec.encrypt and spec.contexts is None:
+        raise tls.TlsUnavailable("this agent has no TLS certificate (it runs --insecure), so it cannot send an "
+                                 "encrypted transfer; give it one (--join TOKEN or --ca/--cert/--key) or submit "
+                                 "the job without --encrypt")
+    sock = spec.dial(spec) if spec.dial is not None else dial_tcp(spec)
     stream: Stream = sock
     try:
         sock.settimeout(spec.io_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if spec.encrypt:
             assert spec.contexts is not None
             stream = tls.connect(spec.contexts, sock, spec.dest, time.monotonic() + spec.connect_timeout)

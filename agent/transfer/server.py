@@ -29,7 +29,7 @@ from zcrepl.agent import priority
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import tls
 from zcrepl.agent.transfer.admission import Admission, Waiting
-from zcrepl.agent.transfer.channel import Channel, Stream
+from zcrepl.agent.transfer.channel import Channel, Stream, shut
 from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.peer import Binding, Peer, normalise
 from zcrepl.core.errors import ProtocolError
@@ -173,17 +173,14 @@ class DataServer:
 
     def stop(self) -> None:
         self._stopping.set()
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        shut(self._sock)
         self._acceptor.join(5)
         self._sock.close()
         with self._lock:
             conns = list(self._conns)
             threads = list(self._threads)
         for c in conns:
-            _shutdown(c)
+            shut(c)
         for t in threads:
             t.join(5)
 
@@ -192,7 +189,7 @@ class DataServer:
         with self._lock:
             conns = [c for c, ref in self._conns.items() if ref == (job_id, attempt)]
         for c in conns:
-            _shutdown(c)
+            shut(c)
 
     def _accept_loop(self) -> None:
         poller = select.poll()  # not select(): the listening fd may be numbered past FD_SETSIZE
@@ -343,12 +340,5 @@ def _read_hello(ch: Channel) -> Hello:
 def _refuse(ch: Channel, reason: str) -> None:
     try:
         ch.send(fr.encode_text(fr.T.REFUSE, reason))
-    except OSError:
-        pass
-
-
-def _shutdown(conn: socket.socket) -> None:
-    try:
-        conn.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass

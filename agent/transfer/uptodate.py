@@ -17,6 +17,7 @@ from zcrepl.agent.transfer.atomic import AtomicFile
 from zcrepl.agent.transfer.frame import Entry
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.meta import apply_meta, owner_ids, xattrs_match
+from zcrepl.agent.transfer.saferoot import lstat_at
 from zcrepl.agent.transfer.scan import file_digest
 from zcrepl.core.exportpolicy import KEEP
 
@@ -32,7 +33,7 @@ def up_to_date(w: TreeWriter, parts: tuple[bytes, ...], e: Entry) -> bool:
     instead, and the other names keep the old inode untouched.
     """
     pfd, leaf = w.parent(parts)
-    st = _lstat(pfd, leaf)
+    st = lstat_at(pfd, leaf)
     if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
         return False
     if not w.options.checksum and st.st_mtime_ns != e.mtime_ns:
@@ -74,10 +75,3 @@ def _replace_linked(w: TreeWriter, pfd: int, leaf: bytes, fd: int, e: Entry) -> 
         apply_meta(tmp.fd, e, policy=w.policy, as_root=w.as_root, xattrs=w.options.xattrs)
         tmp.commit(e.mode, e.mtime_ns, fsync=w.fsync_files, flush=w.flush, size=e.size)
     w.note_write()
-
-
-def _lstat(dir_fd: int, leaf: bytes) -> os.stat_result | None:
-    try:
-        return os.lstat(leaf, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None

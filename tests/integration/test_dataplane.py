@@ -15,7 +15,8 @@ import pytest
 from zchelpers import diff_trees, make_tree, rewrite, snapshot
 
 from zcrepl.agent.transfer import receive, send_worker, sendio
-from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.cancel import Cancel
+from zcrepl.agent.transfer.channel import ZERO_COPY, Channel, ZeroCopy
 from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
@@ -38,7 +39,7 @@ class Plane:
         self.jobs = 0
         self.policy = ExportPolicy()  # the destination export's
 
-    def run(self, src: Path, rel: bytes, **options: Any) -> tuple[TransferStats, Any]:
+    def run(self, src: Path, rel: bytes, zero_copy: ZeroCopy = ZERO_COPY, **options: Any) -> tuple[TransferStats, Any]:
         self.jobs += 1
         job = self.jobs
         ticket = os.urandom(32)
@@ -47,7 +48,7 @@ class Plane:
 
         def serve(ch: Channel, hello: Hello) -> None:
             session = ReceiveSession(ReceiveSpec(job, 1, self.export, tuple(rel.split(b"/")), opts, "dst",
-                                                 policy=self.policy), self.tickets)
+                                                 policy=self.policy, zero_copy=zero_copy), self.tickets)
             try:
                 self.results.append(session.serve_control(ch, hello))
             except Exception as err:
@@ -56,7 +57,8 @@ class Plane:
                 done.set()
 
         self.tickets.register(ticket, Grant(job, 1, time.monotonic() + 30, serve))
-        spec = SendSpec(job, 1, ticket, self.server.address, opts, threading.Event(), lambda _s: None)
+        spec = SendSpec(job, 1, ticket, self.server.address, opts, Cancel(), lambda _s: None,
+                        zero_copy=zero_copy)
         root = SafeRoot(os.fsencode(src))
         try:
             stats = Sender(spec, root).run()
@@ -88,15 +90,14 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("streams", [1, 3])
 @pytest.mark.parametrize("splice", [True, False], ids=["splice", "recv_into"])
 @pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "read+send"])
-def test_identical_trees_on_every_path(plane: Plane, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       streams: int, splice: bool, sendfile: bool) -> None:
-    monkeypatch.setattr(receive, "USE_SPLICE", splice)
-    monkeypatch.setattr(sendio, "USE_SENDFILE", sendfile)
-    stats, result = plane.run(tree, b"copy", streams=streams)
+def test_identical_trees_on_every_path(plane: Plane, tree: Path, tmp_path: Path, streams: int, splice: bool,
+                                       sendfile: bool) -> None:
+    paths = ZeroCopy(sendfile=sendfile, splice=splice)
+    stats, result = plane.run(tree, b"copy", paths, streams=streams)
     assert isinstance(result, TransferStats), result
     assert not diff_trees(snapshot(tree), snapshot(tmp_path / "dst" / "copy"))
     assert stats.bytes_done >= 40 << 20 and stats.errors == 0
-    again, _ = plane.run(tree, b"copy", streams=streams)
+    again, _ = plane.run(tree, b"copy", paths, streams=streams)
     assert (again.files_done, again.bytes_done) == (0, 0)
 
 
@@ -231,7 +232,7 @@ def test_interrupted_file_resumes_with_only_the_rest(plane: Plane, tmp_path: Pat
     src.mkdir()
     size = 48 << 20
     (src / "big.bin").write_bytes(os.urandom(size))
-    cancel = threading.Event()
+    cancel = Cancel()
     sent: list[int] = []
 
     def progress(s: TransferStats) -> None:

@@ -17,6 +17,7 @@ import pytest
 from zchelpers import ClusterPKI, diff_trees, make_tree, rewrite, snapshot, wait_for
 
 from zcrepl.agent.transfer import send_worker, tls
+from zcrepl.agent.transfer.cancel import Cancel
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.peer import Binding
@@ -122,10 +123,10 @@ class TlsPlane:
         return job, ticket
 
     def send(self, job: int, ticket: bytes, src: Path, opts: JobOptions, *, sender: str = "hostA",
-             address: tuple[str, int] | None = None, cancel: threading.Event | None = None,
+             address: tuple[str, int] | None = None, cancel: Cancel | None = None,
              progress: Any = None) -> TransferStats:
         self.done.clear()
-        spec = SendSpec(job, 1, ticket, address or self.server.address, opts, cancel or threading.Event(),
+        spec = SendSpec(job, 1, ticket, address or self.server.address, opts, cancel or Cancel(),
                         progress or (lambda _s: None), encrypt=opts.encrypt, dest="hostB",
                         contexts=tls.TlsContexts(self.pki.trust("agent", sender)))
         root = SafeRoot(os.fsencode(src))
@@ -282,7 +283,7 @@ def test_encrypted_interrupted_file_resumes_with_only_the_rest(plane: TlsPlane, 
     src.mkdir()
     size = 48 << 20
     (src / "big.bin").write_bytes(os.urandom(size))
-    cancel = threading.Event()
+    cancel = Cancel()
     sent: list[int] = []
 
     def progress(s: TransferStats) -> None:

@@ -1,12 +1,16 @@
 """A hostile source agent with a valid ticket: every trick is refused, nothing lands outside the root,
-and the receiving agent keeps serving (reliability.md §1a-1c, DESIGN §3 rules 2 and 4)."""
+and the receiving agent keeps serving (reliability.md §1a-1c, DESIGN §3 rules 2 and 4).
+
+One cluster serves the whole module (a cluster per test cost a second each): both agents export one directory,
+and each test's ``tmp_path`` is a fresh directory inside it, so ``tmp_path / "b" / "dst"`` is a destination
+of its own and what one test leaves cannot meet the next."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import struct
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,44 @@ from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.frame import Entry, FileHead, Hello, Kind
 from zcrepl.controller.client import ControllerClient
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    base = tmp_path_factory.mktemp("hostile")
+    (base / "x").mkdir()
+    c = Cluster(base)
+    try:
+        c.controller.start()
+        a = c.add_agent("hostA", base / "x").spawn()
+        b = c.add_agent("hostB", base / "x").spawn()
+        a.wait_ready()
+        b.wait_ready()
+        c.wait_online("hostA", "hostB")
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def evil(cluster: Cluster) -> Iterator[FakeAgent]:
+    agent = FakeAgent(cluster.controller_addr, "evil", pki=cluster.pki)
+    cluster.wait_online("evil")
+    yield agent
+    agent.close()
+
+
+@pytest.fixture(scope="module")
+def client(cluster: Cluster) -> Iterator[ControllerClient]:
+    with cluster.client() as c:
+        c.jobs()  # connected before the first test's leak check takes its baseline
+        yield c
+
+
+@pytest.fixture
+def tmp_path(cluster: Cluster) -> Path:
+    """This test's own directory inside both agents' export."""
+    return Path(tempfile.mkdtemp(prefix="t", dir=cluster.base / "x"))
 
 
 @pytest.fixture
@@ -105,8 +147,8 @@ def test_symlink_swapped_in_mid_job(cluster: Cluster, evil: FakeAgent, client: C
     kind, payload = s.ch.recv_frame()
     s.close()
     assert kind is fr.T.RESULT
-    result = json.loads(payload)
-    assert result["errors"] >= 1 and "symlink" in result["first_error"]  # refused, reported, not written
+    result = fr.decode_result(payload)
+    assert result.errors >= 1 and "symlink" in result.first_error  # refused, reported, not written
     assert "entries failed" in job_failed(client, s.job.id)
     assert not (dst / "d.moved" / "pwned").exists()
 

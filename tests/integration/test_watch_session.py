@@ -15,6 +15,7 @@ from zchelpers import diff_trees, make_tree, snapshot
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
+from zcrepl.agent.transfer.cancel import Cancel
 from zcrepl.agent.transfer.changes import ChangePlan
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.frame import Hello
@@ -54,7 +55,7 @@ class Rule:
         self.tickets.register(self.ticket, Grant(JOB, 1, math.inf, serve, reusable=True))
 
     def ship(self, plan: ChangePlan | None) -> tuple[Sender, TransferStats]:
-        spec = SendSpec(JOB, 1, self.ticket, self.server.address, OPTS, threading.Event(), lambda _s: None)
+        spec = SendSpec(JOB, 1, self.ticket, self.server.address, OPTS, Cancel(), lambda _s: None)
         root = SafeRoot(os.fsencode(self.src))
         try:
             sender = Sender(spec, root, plan, tolerate_changed=True)

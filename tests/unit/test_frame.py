@@ -368,3 +368,25 @@ def test_hint_round_trip(block: int) -> None:
 def test_hint_rejects(payload: bytes) -> None:
     with pytest.raises(ProtocolError):
         fr.decode_hint(payload)
+
+
+def test_result_round_trips_and_cuts_a_long_error_at_a_character() -> None:
+    r = fr.Result(files_done=3, bytes_done=2**64 - 1, files_skipped=1, deleted=2, renamed=4, errors=1,
+                  first_error="hostB:/d/\u65e5: EACCES")
+    assert fr.decode_result(fr.encode_result(r)[5:]) == r
+    long = fr.Result(errors=1, first_error="x" + "\u65e5" * fr.MAX_RESULT_TEXT)
+    back = fr.decode_result(fr.encode_result(long)[5:])
+    assert long.first_error.startswith(back.first_error)
+    assert fr.MAX_RESULT_TEXT - 3 < len(back.first_error.encode()) <= fr.MAX_RESULT_TEXT
+
+
+@pytest.mark.parametrize(("payload", "why"), [
+    (b"", "shorter than its 52-byte header"),
+    (struct.pack("!6QI", 0, 0, 0, 0, 0, 0, 3) + b"ab", "header announces 55"),
+    (struct.pack("!6QI", 0, 0, 0, 0, 0, 0, 0) + b"!", "header announces 52"),
+    (struct.pack("!6QI", 0, 0, 0, 0, 0, 1, fr.MAX_RESULT_TEXT + 1), "error text, over"),
+    (struct.pack("!6QI", 0, 0, 0, 0, 0, 1, 1) + b"\xff", "not UTF-8"),
+])
+def test_malformed_result_is_refused(payload: bytes, why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        fr.decode_result(payload)

@@ -29,8 +29,7 @@ from zcfuzz import HOSTILITY, Arena, arena, budget, change_lists, manifests, ope
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
-from zcrepl.agent.transfer import receive
-from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.channel import Channel, ZeroCopy
 from zcrepl.agent.transfer.frame import Entry, FileHead, Hello, Kind, T
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
@@ -196,7 +195,8 @@ class Source:
         self.tickets = TicketBook()
         self.job = s.job_id
         spec = ReceiveSpec(job_id=s.job_id, attempt=1, export=self.export, rel=(b"dst",), options=s.options,
-                           label="hostB:/export/dst", policy=s.policy, limits=s.limits)
+                           label="hostB:/export/dst", policy=s.policy, limits=s.limits,
+                           zero_copy=ZeroCopy(splice=s.splice))
         self.session = ReceiveSession(spec, self.tickets)
         self.hello = Hello(s.job_id, 1, TICKET, fr.ConnRole.CONTROL, s.streams)
         self.outcome: list[TransferStats | BaseException] = []
@@ -384,23 +384,18 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @budget(120)
 def test_a_hostile_source_cannot_crash_the_receiver_or_escape_the_root(base: Path, script: Script) -> None:
     before = open_fds()
-    saved = receive.USE_SPLICE
-    receive.USE_SPLICE = script.splice
-    try:
-        with arena(base) as a:
-            s = resolve(a, script)
-            outcome, replies = Source(a, s, encode(s)).run()
-            event(type(outcome).__name__)
-            # Destination trouble with one entry is that entry's error (it names the path); what ends the
-            # session is the peer's fault: a TransferError (ProtocolError, UnsafePath, an ABORT).
-            assert isinstance(outcome, TransferStats | TransferError), repr(outcome)
-            assert isinstance(outcome, TransferStats) or str(outcome)
-            replies_are_frames(replies, s)
-            check_privilege(a, s)
-            if isinstance(outcome, TransferStats):
-                refused = refused_name(s)
-                assert refused is None, f"a refused name ended in success: {refused}"
-                check_files(a, s, outcome)
-    finally:
-        receive.USE_SPLICE = saved
+    with arena(base) as a:
+        s = resolve(a, script)
+        outcome, replies = Source(a, s, encode(s)).run()
+        event(type(outcome).__name__)
+        # Destination trouble with one entry is that entry's error (it names the path); what ends the
+        # session is the peer's fault: a TransferError (ProtocolError, UnsafePath, an ABORT).
+        assert isinstance(outcome, TransferStats | TransferError), repr(outcome)
+        assert isinstance(outcome, TransferStats) or str(outcome)
+        replies_are_frames(replies, s)
+        check_privilege(a, s)
+        if isinstance(outcome, TransferStats):
+            refused = refused_name(s)
+            assert refused is None, f"a refused name ended in success: {refused}"
+            check_files(a, s, outcome)
     assert open_fds() == before, "file descriptors leaked"
