@@ -23,7 +23,7 @@ from cryptography import x509
 
 from zcrepl.core import jointoken, pki
 from zcrepl.core.backoff import backoff_delay
-from zcrepl.core.config import AgentConfig, split_address
+from zcrepl.core.config import AgentConfig, controller_list, split_address
 from zcrepl.core.errors import ConfigError, UserError
 from zcrepl.core.logs import kv
 from zcrepl.core.trust import TlsPaths, Trust
@@ -83,7 +83,7 @@ def enroll(cfg: AgentConfig, paths: TlsPaths) -> None:
         port, pin, _ = jointoken.parse(cfg.join)
     except UserError as err:
         raise ConfigError(f"--join: {err}") from err
-    host = split_address(cfg.controller)[0]
+    host = split_address(controller_list(cfg.controller)[0])[0]
     key = pki.new_key()
     request = sp.EnrollRequest(token=cfg.join.strip(), csr_pem=pki.make_csr(key, cfg.name), name=cfg.name)
     deadline = time.monotonic() + ENROLL_PATIENCE

@@ -6,6 +6,13 @@ Welcome says how long; see controller/fence.py). Back in time, the agent lists t
 sends again the final reports of the last ``attempt_grace`` seconds (the controller ignores those it already
 has). Still without the controller ``attempt_grace - LOSS_DETECTION`` seconds after noticing the loss, it
 stops them itself, before the controller may start another attempt.
+
+Several controllers (``--controller a:7420,b:7420,c:7420``, one PostgreSQL store, one leader): the agent dials
+them in turn and keeps its stream to the leader only. A follower ends the call with UNAVAILABLE and the leader's
+address in the ``zc-leader`` trailer, which the agent dials next; an address that fails sends it to the next
+one in the list after a short pause, with backoff only once it has tried them all. Every message down the
+stream carries the leader's epoch: the agent remembers the newest it has seen (per store) and refuses, and
+logs, what comes with an older one (a deposed leader that has not noticed yet), then looks for the leader.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import grpc
 from zcrepl.agent.syncs import Syncs
 from zcrepl.agent.transfers import Transfers
 from zcrepl.core.backoff import backoff_delay
+from zcrepl.core.config import controller_list
 from zcrepl.core.logs import attempt_fields, kv, log_context
 from zcrepl.core.orders import Order
 from zcrepl.core.synctypes import SyncDestOrder, SyncHoldOrder, SyncSourceOrder, SyncStopOrder, SyncTicketOrder
@@ -46,6 +54,12 @@ from zcrepl.proto.syncconvert import status_to_pb
 log = logging.getLogger(__name__)
 
 _CLOSE = object()
+LEADER_KEY = "zc-leader"  # controller/follower.py: the trailer naming the leader
+REDIAL = 0.2  # seconds before dialling the leader a follower named, or the next controller of the list
+
+
+class _Stale(Exception):
+    """The controller's messages carry an older leader epoch than one already seen: it was deposed."""
 
 
 def _option(name: str) -> float:
@@ -73,7 +87,10 @@ class ControllerLink:
         syncs: Syncs | None = None,
         trust: Trust | None = None,
     ) -> None:
-        self.target = target
+        self.targets = controller_list(target)
+        self.target = self.targets[0]
+        self._epoch = 0  # the newest leader epoch seen, of store ``_store_id``
+        self._store_id = ""
         self._info = info
         self._health = health
         self.transfers = transfers
@@ -134,6 +151,7 @@ class ControllerLink:
 
     def _run(self) -> None:
         failures = 0
+        tried = 0  # controllers of the list tried since the last good stream
         while not self._stop.is_set():
             box: queue.Queue[object] = queue.Queue()
             finals = self._recent_finals()
@@ -145,6 +163,7 @@ class ControllerLink:
             if self.trust is not None:
                 self.trust.refresh()  # each (re)connection presents the newest certificate
             ch = channel(self.target, self.trust)
+            leader = ""
             try:
                 stub = controller_pb2_grpc.ControllerStub(ch)
                 call = stub.Connect(_drain(box))
@@ -152,9 +171,12 @@ class ControllerLink:
                     self._call, self._outbox = call, box
                 for msg in call:
                     if self._handle(msg):
-                        failures = 0
+                        failures, tried = 0, 0
+            except _Stale:
+                call.cancel()
             except grpc.RpcError as err:
-                if not self._stop.is_set():
+                leader = _leader(err)
+                if not self._stop.is_set() and not leader:
                     log.warning("controller stream lost", extra=kv(
                         controller=self.target, code=err.code().name if hasattr(err, "code") else "?",
                         details=err.details() if hasattr(err, "details") else str(err)))
@@ -170,10 +192,21 @@ class ControllerLink:
             if was_connected and self.transfers.count():
                 self._lost_at = time.monotonic()
                 self._fence()
-            failures += 1
-            delay = backoff_delay(failures, 0.5, self.reconnect_max)
+            delay, tried, failures = self._next_target(leader, tried + 1, failures)
             log.info("reconnecting to controller", extra=kv(controller=self.target, in_seconds=round(delay, 2)))
             self._stop.wait(delay)
+
+    def _next_target(self, leader: str, tried: int, failures: int) -> tuple[float, int, int]:
+        """Point ``target`` at the controller to dial next: (delay before, tried, failures) updated."""
+        if leader:  # a follower named the leader: dial it next
+            self.target = leader
+            return REDIAL, tried, failures
+        at = self.targets.index(self.target) + 1 if self.target in self.targets else 0
+        self.target = self.targets[at % len(self.targets)]
+        if tried < len(self.targets):
+            return REDIAL, tried, failures
+        # Each has been tried: back off before the next round.
+        return backoff_delay(failures + 1, 0.5, self.reconnect_max), 0, failures + 1
 
     def _fence(self) -> None:
         """Stop the transfers once the controller has been gone for longer than it holds their attempts."""
@@ -188,7 +221,21 @@ class ControllerLink:
         log.warning("stopping transfers without the controller", extra=kv(controller=self.target, reason=why))
         self.transfers.cancel_all(why)
 
+    def _fresh(self, msg: cpb.ControllerMessage) -> bool:
+        """False for a message of an older leader epoch than the newest seen from the same store."""
+        epoch, store_id = msg.leader_epoch, msg.store_id
+        if not epoch:
+            return True  # a controller without leadership epochs
+        if store_id == self._store_id and epoch < self._epoch:
+            log.warning("order refused: it comes from a deposed leader; looking for the current one", extra=kv(
+                controller=self.target, kind=msg.WhichOneof("kind"), epoch=epoch, newest_epoch=self._epoch))
+            return False
+        self._store_id, self._epoch = store_id, epoch
+        return True
+
     def _handle(self, msg: cpb.ControllerMessage) -> bool:
+        if not self._fresh(msg):
+            raise _Stale()
         kind = msg.WhichOneof("kind")
         if kind == "welcome":
             if msg.welcome.heartbeat_interval > 0:
@@ -197,7 +244,8 @@ class ControllerLink:
             self.attempt_grace = max(0.0, msg.welcome.attempt_grace)
             self._lost_at = 0.0
             self.connected.set()
-            log.info("registered with controller", extra=kv(controller=self.target, heartbeat=self.interval))
+            log.info("registered with controller", extra=kv(controller=self.target, heartbeat=self.interval,
+                                                            epoch=msg.leader_epoch))
             self._send(self._heartbeat())
             return True
         order = order_from_pb(msg)
@@ -242,6 +290,16 @@ class ControllerLink:
     def _heartbeat(self) -> cpb.AgentMessage:
         syncs = [status_to_pb(s) for s in self.syncs.statuses()] if self.syncs is not None else []
         return cpb.AgentMessage(heartbeat=cpb.Heartbeat(health=health_to_pb(self._health()), syncs=syncs))
+
+
+def _leader(err: grpc.RpcError) -> str:
+    """The leader's address a follower put in its UNAVAILABLE, or ''."""
+    if not hasattr(err, "code") or err.code() is not grpc.StatusCode.UNAVAILABLE:
+        return ""
+    for key, value in (err.trailing_metadata() if hasattr(err, "trailing_metadata") else None) or ():
+        if key == LEADER_KEY and isinstance(value, str):
+            return value
+    return ""
 
 
 def _drain(box: queue.Queue[object]) -> Iterator[cpb.AgentMessage]:

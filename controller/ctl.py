@@ -28,9 +28,10 @@ from zcrepl.controller.ctl_out import (
     EXIT_USAGE,
     Out,
 )
-from zcrepl.core.enums import Durability, JobState, Priority
+from zcrepl.core.enums import MAX_COMPRESS_LEVEL, Compress, Durability, JobState, Priority
 from zcrepl.core.errors import PermissionDenied, Unavailable, UserError, ZcError
 from zcrepl.core.paths import HOST_NAME_RULE, show_name, valid_host_name
+from zcrepl.core.units import GiB, KiB, MiB
 from zcrepl.core.wellknown import DEFAULT_CONTROLLER
 
 # The controller's own ceilings (zcrepl.controller.validate), checked here first for a clearer message.
@@ -80,7 +81,7 @@ def host(text: str) -> str:
 
 def parse_rate(text: str) -> int:
     """``50M`` -> 50 MiB/s in bytes; plain numbers are bytes per second."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    units = {"": 1, "K": KiB, "M": MiB, "G": GiB}
     t = text.strip().upper().removesuffix("B").removesuffix("/S")
     suffix = t[-1] if t and t[-1] in units else ""
     try:
@@ -147,6 +148,14 @@ def job_options(r: argparse.ArgumentParser) -> None:
     t.add_argument("--encrypt", action="store_true",
                    help="TLS 1.3 on the data connections, with the agents' certificates (mutual); the "
                         "controller's encrypt policy may also encrypt jobs without it")
+    z = t.add_mutually_exclusive_group()
+    z.add_argument("-z", "--compress", dest="compress", action="store_const", const=Compress.ON, default=Compress.AUTO,
+                   help="zstd on the data connections (rsync -z); without it or --no-compress the controller's "
+                        "compress setting decides (auto: on for slow links between hosts with idle cores)")
+    z.add_argument("--no-compress", dest="compress", action="store_const", const=Compress.OFF,
+                   help="never compress this job (the zero-copy path even on a slow link)")
+    t.add_argument("--compress-level", type=whole(1, MAX_COMPRESS_LEVEL, "a zstd level"), default=0, metavar="N",
+                   help=f"zstd level 1-{MAX_COMPRESS_LEVEL} when compressed (default 3; higher: smaller, slower)")
     t.add_argument("--streams", type=whole(0, MAX_STREAMS, "a number of streams"), default=0, metavar="N",
                    help="parallel data connections (default: chosen from both hosts' cores)")
     t.add_argument("--durability", choices=[d.value for d in Durability], default=None,
@@ -230,9 +239,10 @@ def _schedule_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zc-ctl", description="Operate a zcrepl cluster.")
-    p.add_argument("--controller", metavar="HOST:PORT",
+    p.add_argument("--controller", metavar="HOST:PORT[,...]",
                    default=os.environ.get("ZC_CONTROLLER") or DEFAULT_CONTROLLER,
-                   help=f"controller address (default: $ZC_CONTROLLER, then {DEFAULT_CONTROLLER})")
+                   help=f"controller address, or several (one PostgreSQL store): zc-ctl follows their leader "
+                        f"(default: $ZC_CONTROLLER, then {DEFAULT_CONTROLLER})")
     ctl_pki.add_tls_options(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

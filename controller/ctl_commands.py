@@ -24,7 +24,8 @@ from zcrepl.core.errors import UserError
 from zcrepl.core.filters import FilterError, check_rules, collapse, from_arg, from_lines
 from zcrepl.core.paths import parse_endpoint, show
 from zcrepl.core.trust import Trust
-from zcrepl.core.types import Durability, Endpoint, Job, JobOptions, JobState, Priority
+from zcrepl.core.types import Compress, Durability, Endpoint, Job, JobOptions, JobState, Priority
+from zcrepl.core.units import size
 
 MAX_RULES_FILE = 1 << 20  # bytes of an --exclude-from/--include-from file
 
@@ -159,6 +160,8 @@ def _show_job(job: Job, as_json: bool, out: Out) -> None:
     for a in job.history:
         status = a.error or ("running" if not a.ended_at else "ok")
         over = f"; {render.transport_text(a.stats.transport)}" if a.stats.transport else ""
+        wire = render.wire_text(a.stats)
+        over += f"; {wire}" if wire else ""
         out.line(f"  attempt {a.number}: {render.progress_text(a.stats)}{over}; {status}")
     for line in render.skipped_lines(job):
         out.line(line)
@@ -226,7 +229,7 @@ def _create_sync(args: argparse.Namespace, client: ControllerClient, options: Jo
         c = rule.counters
         out.line(f"watch rule {rule.id} {rule.status or 'created'}: {src} -> "
                  f"{', '.join(map(str, dsts))}; first scan moved {c.files} files "
-                 f"({render.human_bytes(c.bytes)}); zc-ctl syncs shows its lag")
+                 f"({size(c.bytes)}); zc-ctl syncs shows its lag")
     return EXIT_OK
 
 
@@ -269,7 +272,8 @@ def job_options(args: argparse.Namespace) -> JobOptions:
                       durability=Durability(durability), xattrs=args.xattrs,
                       priority=Priority[args.priority.upper()], encrypt=args.encrypt,
                       filters=filter_rules(args.filters), delete_excluded=args.delete_excluded,
-                      dry_run=args.dry_run, backup_dir=args.backup_dir, link_dest=tuple(args.link_dest))
+                      dry_run=args.dry_run, backup_dir=args.backup_dir, link_dest=tuple(args.link_dest),
+                      compress=args.compress, compress_level=args.compress_level)
 
 
 def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:  # noqa: C901
@@ -278,6 +282,8 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err
     if args.watch:
         if args.dry_run:
             raise UserError("--dry-run plans one run; a --watch rule runs for ever: drop one of them")
+        if args.compress is Compress.ON:
+            raise UserError("-z/--compress applies to jobs; a --watch rule sends uncompressed: drop one of them")
         return _create_sync(args, client, options, out, err)
     if args.dry_run:  # each destination compares itself with the source: no fan-out (no copy feeds another)
         return _dry_run(args, client, src, dsts, options, out, err)

@@ -7,9 +7,11 @@ address is ``c.address``) and stops it cleanly on exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -17,11 +19,12 @@ import grpc
 
 from zcrepl.controller.authority import Authority, authority_from_config
 from zcrepl.controller.engine import Engine
+from zcrepl.controller.leadership import Leadership, PgLease, claim
 from zcrepl.controller.metrics import ControllerMetrics
 from zcrepl.controller.pki_store import PkiStore
 from zcrepl.controller.security import EnrollmentService, SecurityService
 from zcrepl.controller.service import SERVICE_NAME, ControllerService
-from zcrepl.controller.store import open_store
+from zcrepl.controller.store import is_postgres, open_store
 from zcrepl.core.config import ControllerConfig, split_address
 from zcrepl.core.logs import kv
 from zcrepl.core.metricsserver import MetricsServer
@@ -55,6 +58,7 @@ class Controller:
         self.http_url = ""
         self.health_address = ""
         self._trust_generation = 0
+        self.leadership: Leadership | None = None  # several controllers on one PostgreSQL store
 
     def start(self) -> Controller:
         self._thread.start()
@@ -123,7 +127,11 @@ class Controller:
         webview: WebServer | None = None
         health: HealthPort | None = None
         try:
-            self._engine = engine = await asyncio.to_thread(Engine, cfg, store)  # reads the state it resumes
+            shared = is_postgres(cfg.store)
+            # Reads the state it resumes; on PostgreSQL only once it holds the lease (leadership.py).
+            self._engine = engine = await asyncio.to_thread(Engine, cfg, store, lead=not shared)
+            if not shared:  # the only controller of its store: it leads, under a new epoch at each start
+                engine.epoch, engine.store_id = await store.call(claim, store.db.execute, "")
             if cfg.metrics_listen:
                 engine.observe = observer = ControllerMetrics(engine, store, asyncio.get_running_loop())
                 metrics = MetricsServer(cfg.metrics_listen, observer.registry).start()
@@ -132,7 +140,9 @@ class Controller:
             if authority is not None:
                 interceptors.insert(0, AuthInterceptor(authority.trust))
             server = grpc.aio.server(interceptors=interceptors, options=KEEPALIVE_SERVER)
-            controller_pb2_grpc.add_ControllerServicer_to_server(ControllerService(engine), server)
+            service = ControllerService(engine, leader=lambda: self.leadership.leader if self.leadership else "",
+                                        me=lambda: self.advertised)
+            controller_pb2_grpc.add_ControllerServicer_to_server(service, server)
             names = [SERVICE_NAME]
             if authority is not None:
                 security = SecurityService(authority, PkiStore(store), cfg, lambda: self._enroll_port(),
@@ -163,7 +173,14 @@ class Controller:
                 health = HealthPort(names)
                 self.health_address = await health.start(cfg.health_listen)
             tasks.append(asyncio.create_task(engine.run_forever()))
-            engine.schedules.start()  # one gate-able object: fires what fell due while down, then sleeps till due
+            if engine.leading:  # on PostgreSQL the lease decides: Engine.lead starts them, step_down stops them
+                engine.schedules.start()  # fires what fell due while down, then sleeps till the next is due
+            if shared:
+                self.leadership = Leadership(
+                    PgLease(cfg.store, self.advertised, cfg.lease_timeout), self.advertised, renew=cfg.lease_renew,
+                    timeout=cfg.lease_timeout, poll=cfg.lease_poll, on_elected=engine.lead,
+                    on_deposed=lambda _why: _async(engine.step_down))
+                tasks.append(asyncio.create_task(self.leadership.run()))
             if authority is not None:
                 tasks.append(asyncio.create_task(self._watch_trust()))
             log.info("controller serving", extra=kv(address=self.address, state=store.path,
@@ -197,6 +214,12 @@ class Controller:
                 engine.schedules.stop()
             for t in tasks:
                 t.cancel()
+            if self.leadership is not None:
+                if self.leadership.leading:
+                    # Our last writes go in before the lease goes: the next leader reads them.
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(store.flush(), 5)
+                await asyncio.to_thread(self.leadership.close)  # the lease goes now: a follower takes over at once
             if webview is not None:
                 await webview.stop()
             if server is not None:
@@ -207,6 +230,11 @@ class Controller:
                 # Off the loop: shutdown() waits for a scrape in flight, which may be waiting for the loop.
                 await asyncio.to_thread(metrics.stop)
             await asyncio.to_thread(store.close)  # commits what is queued
+
+    @property
+    def advertised(self) -> str:
+        """Where agents and zc-ctl reach this controller: ``advertise``, else the bound address."""
+        return self.config.advertise or self.address
 
     def _enroll_port(self) -> int:
         return split_address(self.enroll_address)[1] if self.enroll_address else 0
@@ -222,3 +250,7 @@ class Controller:
         while True:
             await asyncio.sleep(1.0)
             self._reload_trust()
+
+
+async def _async(fn: Callable[[], None]) -> None:
+    fn()

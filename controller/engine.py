@@ -11,13 +11,15 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from zcrepl.controller import fence, lifecycle, validate
+from zcrepl.controller import effects, fence, lifecycle, validate
+from zcrepl.controller.compression import CompressPolicy
 from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.faults import Faults
 from zcrepl.controller.jobreads import JobReads
+from zcrepl.controller.leading import Leading
 from zcrepl.controller.links import LinkTracker
 from zcrepl.controller.observe import Observer
 from zcrepl.controller.pacing import THROTTLE_EVERY, Pacing
@@ -43,6 +45,7 @@ from zcrepl.core.types import (
     AgentInfo,
     AgentStatus,
     CancelOrder,
+    Compress,
     Endpoint,
     HostHealth,
     Job,
@@ -59,48 +62,45 @@ from zcrepl.core.types import (
 log = logging.getLogger(__name__)
 
 
-class Engine(Pacing, Faults, JobReads):
-    def __init__(self, config: ControllerConfig, store: Store, clock: Callable[[], float] = time.time) -> None:
+class Engine(Pacing, Faults, JobReads, Leading):
+    def __init__(self, config: ControllerConfig, store: Store, clock: Callable[[], float] = time.time,
+                 lead: bool = True) -> None:
         self.config = config
         self.store = store
         self.clock = clock
-        thresholds = Thresholds(
-            max_cpu_percent=config.max_cpu_percent, max_load_per_core=config.max_load_per_core,
-            max_disk_busy_percent=config.max_disk_busy_percent, max_net_percent=config.max_net_percent,
-            max_health_age=config.max_health_age, free_margin_bytes=config.free_margin_bytes,
-            high_cpu_percent=config.high_cpu_percent, high_load_per_core=config.high_load_per_core,
-            high_disk_busy_percent=config.high_disk_busy_percent, high_net_percent=config.high_net_percent,
-        )
-        thresholds.validate()
+        thresholds: Thresholds = config  # the load policy's settings are fields of the config (validated there)
         self.policy = Policy(max_jobs_per_host=config.max_jobs_per_host, thresholds=thresholds,
                              aging=config.priority_aging, host_limits=parse_host_limits(config.host_limits),
                              link_streams=parse_link_limits(config.link_limits))
         self.retry = lifecycle.RetryPolicy(config.max_attempts, config.retry_base, config.retry_max)
+        self.deadlines = effects.Deadlines(config.ready_timeout, config.stall_timeout, config.attempt_grace)
         self.registry = Registry(config.offline_after)
         self.dataplane = DataPlane(config, self.registry)
-        now = clock()
-        for name, (info, last_seen) in store.agents().items():
-            self.registry.load(name, info, last_seen)
-        requeued = store.recover_interrupted(now)
-        if requeued:
-            log.info("requeued interrupted jobs", extra=kv(jobs=",".join(map(str, requeued))))
-        self.jobs: dict[int, Job] = {j.id: j for j in store.list_jobs((JobState.QUEUED, JobState.RUNNING))}
+        self.compression = CompressPolicy(config.compress, config.compress_links)
+        self.jobs: dict[int, Job] = {}
         # Finished destinations of each fan-out with jobs still to run: sources for the others, kept here so
         # that a scheduling pass reads nothing from the store.
-        self._replicas_done: dict[int, list[Endpoint]] = {
-            g: [j.destination for j in store.list_jobs((JobState.DONE,), 0, g)]
-            for g in {j.group_id for j in self.jobs.values() if j.group_id}}
+        self._replicas_done: dict[int, list[Endpoint]] = {}
         self.runs: dict[int, Run] = {}
         self._events: dict[int, asyncio.Event] = {}
         self._wake: asyncio.Event | None = None
         self.stopping = False
         self._last_decision: dict[int, DecisionRecord] = {}
-        self.syncs = SyncManager(SyncStore(store), self.registry, thresholds, self._health, _unknown_host,
-                                 dataplane=self.dataplane)
         self.links = LinkTracker(window=THROTTLE_EVERY)
         self.schedules = Schedules(ScheduleStore(store), self)  # its loop is started by the daemon
         self._ranking: dict[int, dict[Endpoint, str]] = {}  # this tick's fan-out source rankings, per job
         self.observe = Observer()  # the daemon puts its metrics here
+        # Leadership (controller/leadership.py): only a leader schedules, accepts agents and sends orders, each
+        # stamped with its epoch. A follower's engine holds no jobs, runs or sessions.
+        self.epoch = 0
+        self.store_id = ""
+        self._touched_at = 0.0
+        self.syncs, self.leading = self._read_state(lead)
+
+    def _sync_manager(self) -> SyncManager:
+        """The watch rules as stored (read off the loop)."""
+        return SyncManager(SyncStore(self.store), self.registry, self.policy.thresholds, self._health, _unknown_host,
+                           dataplane=self.dataplane)
 
     # -- agents -------------------------------------------------------------------------------------
     def connect(self, info: AgentInfo, active: list[tuple[int, int]], serial: int = 0, peer_host: str = "") -> Session:
@@ -129,7 +129,7 @@ class Engine(Pacing, Faults, JobReads):
 
     def disconnect(self, session: Session, why: str = "its stream closed") -> None:
         session.close()
-        if self.stopping:
+        if self.stopping or not self.leading:
             # Our own shutdown closes every stream: running attempts stay "running" in the store and are
             # requeued, uncounted, by recover_interrupted() at the next start.
             self.registry.detach(session)
@@ -319,30 +319,21 @@ class Engine(Pacing, Faults, JobReads):
             except TimeoutError:
                 pass
             self._wake.clear()
+            if not self.leading:
+                continue
             try:
                 self.observe.scheduling_pass(self.tick)
             except Exception:
                 log.exception("scheduler tick failed")
 
-    def tick(self) -> None:  # noqa: C901
+    def tick(self) -> None:
         now = self.clock()
         for s in self.registry.silent(now):
             self.disconnect(s, f"no heartbeat for {self.config.offline_after:.0f}s")
-        for run in list(self.runs.values()):
-            job = self.jobs[run.job_id]
-            if fence.expired(run, now):
-                self._fail_run(run.job_id, fence.expiry_reason(run, self.config.attempt_grace), True, run.progress)
-            elif (sent := fence.sender_failure(run, now)) is not None:
-                self._fail_run(run.job_id, sent.error, sent.retryable, sent.stats)
-            elif not run.receiver_ready and now > run.ready_deadline:
-                self._fail_run(run.job_id, f"{job.destination.host} did not prepare to receive within "
-                               f"{self.config.ready_timeout:.0f}s", True, run.progress)
-            elif run.receiver_ready and now - run.last_report > self.config.stall_timeout:
-                quiet = run.source.host if run.sender_done is None else job.destination.host
-                self._fail_run(run.job_id, f"no report from {quiet} for {self.config.stall_timeout:.0f}s; "
-                               "the transfer is stalled (check that host's zc-agent log)", True, run.progress)
+        self._apply(effects.overdue(list(self.runs.values()), self.jobs, now, self.deadlines), now)
         self._throttle_running(now)
         self._sample_links(now)
+        self._touch_online(now)
         self.syncs.tick(now)
         queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
         if not queued:
@@ -363,21 +354,29 @@ class Engine(Pacing, Faults, JobReads):
                 except Exception as err:  # this job reads from its own source this pass; the others go on
                     self._schedule_failed(j, err)
         sending = [(self.jobs[i].group_id, r.source.host) for i, r in self.runs.items() if self.jobs[i].group_id]
-        for d in plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending,
-                      link_streams=usage.links):
-            job = self.jobs[d.job_id]
-            if d.start:
-                try:
-                    self._start(job, now, d.source or job.source)
-                except Exception as err:
-                    self._schedule_failed(job, err)
-            elif job.wait_reason != d.reason:
-                job = replace(job, wait_reason=d.reason, updated_at=now)
-                self.jobs[job.id] = job
-                self.store.save_job(job)
-                self._notify(job.id)
-                if d.reason:
-                    self._decide(job.id, DecisionKind.WAIT, d.reason)
+        decisions = plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending,
+                         link_streams=usage.links)
+        self._apply(effects.scheduled(decisions, self.jobs, now), now)
+
+    def _apply(self, todo: Sequence[effects.Effect], now: float) -> None:
+        """Carry out what the pure core decided, in order, against the store and the agent sessions."""
+        for e in todo:
+            match e:
+                case effects.Persist(job):
+                    self.jobs[job.id] = job
+                    self.store.save_job(job)
+                case effects.Notify(job_id):
+                    self._notify(job_id)
+                case effects.Record(job_id, kind, reason):
+                    self._decide(job_id, kind, reason)
+                case effects.FailAttempt(job_id, error, retryable, stats):
+                    self._fail_run(job_id, error, retryable, stats)
+                case effects.Start(job_id, source):
+                    queued = self.jobs[job_id]
+                    try:
+                        self._start(queued, now, source)
+                    except Exception as err:  # the job stays queued as it was; the pass goes on with the others
+                        self._schedule_failed(queued, err)
 
     def _replicas(self, job: Job) -> list[Endpoint]:
         """Where a fan-out job may read from: finished siblings best first (``policy.rank_sources``: the
@@ -445,10 +444,13 @@ class Engine(Pacing, Faults, JobReads):
         caps = stream_caps(self.policy, self._stream_usage(but=job.id), *link, self.links.target(link))
         streams, why = choose_streams(self._health(run.source.host), self._health(job.destination.host),
                                       job.options.streams, caps)
-        options = replace(job.options, streams=streams, encrypt=run.encrypt)
+        comp = self._compress_choice(job, run, streams)
+        options = replace(job.options, streams=streams, encrypt=run.encrypt,
+                          compress=Compress.ON if comp.on else Compress.OFF)
         log.info("streams chosen", extra=kv(**job_fields(job, run), streams=streams,
-                                            why=why))
+                                            why=why, compress=comp.on))
         self._decide(job.id, DecisionKind.START, f"sending with {streams} streams: {why}", streams=streams)
+        self._decide(job.id, DecisionKind.START, comp.why, compress=comp.on)
         src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, run.source.path, options,
                                         job.destination.host, dst_rec.info.data_address, job.destination.path))
         run.sending, run.rate_at, run.streams = True, self.clock(), streams

@@ -31,7 +31,8 @@ JOB_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 360
 PASS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 STORE_CALLS = ("create_job", "save_job", "start_attempt", "end_attempt", "save_skipped", "get_job", "list_jobs",
-               "add_decision", "decisions", "upsert_agent", "touch_agent", "remove_agent", "job_counts", "set_group")
+               "add_decision", "decisions", "upsert_agent", "touch_agent", "touch_agents", "remove_agent", "job_counts",
+               "set_group")
 SCRAPE_TIMEOUT = 5.0
 FAILED_STATES = (JobState.FAILED.value, JobState.CANCELLED.value)
 
@@ -122,7 +123,14 @@ class _StateCollector(Collector):
                 kinds[wait_kind(job.wait_reason)] += 1
         for kind, n in kinds.items():
             waiting.add_metric([kind], n)
-        return [jobs, waiting, *self._agents(now), *self._links(), *self._rules(now), *await self._schedules()]
+        lead = GaugeMetricFamily("zcrepl_controller_leader",
+                                 "1 while this controller leads (holds the lease; always with SQLite), 0 as a follower")
+        lead.add_metric([], 1 if e.leading else 0)
+        epoch = GaugeMetricFamily("zcrepl_controller_leader_epoch",
+                                  "The epoch this controller last led under (grows with each new leader)")
+        epoch.add_metric([], e.epoch)
+        return [jobs, waiting, lead, epoch, *self._agents(now), *self._links(), *self._rules(now),
+                *await self._schedules()]
 
     def _agents(self, now: float) -> list[Metric]:
         reg = self.engine.registry

@@ -91,6 +91,12 @@ class Schedules:
         self.wake()
         return s
 
+    def reload(self) -> None:
+        """Read the schedules and the largest id again: this controller takes the lead after another (blocking, off
+        the loop)."""
+        self.store = ScheduleStore(self.store.store)
+        self.schedules = {s.id: s for s in self.store.all()}
+
     def get(self, schedule_id: int) -> Schedule:
         s = self.schedules.get(schedule_id)
         if s is None:
@@ -104,7 +110,9 @@ class Schedules:
     async def listed(self) -> list[Schedule]:
         """Every schedule, with its last run's job as it is now (live, or read from the store)."""
         out = []
-        for s in sorted(self.schedules.values(), key=lambda x: x.id):
+        # A follower's copy may be stale (the leader changes them): it reads the store.
+        items = self.schedules.values() if self.engine.leading else await self.store.store.call(self.store.sql.all)
+        for s in sorted(items, key=lambda x: x.id):
             if s.last_job_id:
                 try:
                     job = await self.engine.get_async(s.last_job_id)

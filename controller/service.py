@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import grpc
 
-from zcrepl.controller import validate
+from zcrepl.controller import follower, validate
 from zcrepl.controller.dataplane import peer_host
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import Session
 from zcrepl.controller.wirecache import WireCache
-from zcrepl.core.errors import Conflict, InvalidArgument, InvalidPath
+from zcrepl.core.errors import Conflict, InvalidArgument, InvalidPath, Unavailable
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import canonical_abs, show
-from zcrepl.core.types import Endpoint
+from zcrepl.core.types import AgentStatus, Endpoint
 from zcrepl.core.version import VERSION
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc, types_pb2
@@ -58,12 +58,31 @@ def _endpoints(source: types_pb2.Endpoint, destinations: Iterable[types_pb2.Endp
 
 
 class ControllerService(controller_pb2_grpc.ControllerServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, leader: Callable[[], str] = lambda: "", me: Callable[[], str] = lambda: ""
+                 ) -> None:
         self.engine = engine
         self.wire = WireCache()
+        self.leader = leader  # the leader's address as this controller last read it (followers redirect there)
+        self.me = me
+
+    async def _lead(self, context: grpc.aio.ServicerContext) -> int:
+        """Writes and agents' streams only on the leader: a follower names the leader and ends the call. Returns
+        the store's generation, for ``_commit``."""
+        if not self.engine.leading:
+            await follower.redirect(context, self.me(), self.leader())
+        return self.engine.store.generation
+
+    async def _commit(self, generation: int) -> None:
+        """Wait until this call's writes are committed; Unavailable when the lease was lost meanwhile (the writes
+        of a deposed leader are dropped, see Store.fence)."""
+        await self.engine.store.flush()
+        if self.engine.store.generation != generation:
+            raise Unavailable("this controller lost the lease before the change was committed, and it was dropped; "
+                              "run the command again (zc-ctl finds the new leader; zc-ctl jobs shows what exists)")
 
     async def Connect(self, request_iterator: AsyncIterator[cpb.AgentMessage],  # type: ignore[override]
                       context: grpc.aio.ServicerContext) -> None:
+        await self._lead(context)
         try:
             first = await asyncio.wait_for(context.read(), REGISTER_TIMEOUT)
         except TimeoutError:
@@ -95,15 +114,20 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
             return
         reader = asyncio.create_task(self._read(context, session))
+        # Every message down this stream carries the epoch the session was opened under: a leader deposed since
+        # closes it, and an agent that has seen a newer epoch refuses what it still sends.
+        epoch, store_id = self.engine.epoch, self.engine.store_id
         try:
             await context.write(cpb.ControllerMessage(welcome=cpb.Welcome(
                 heartbeat_interval=self.engine.config.heartbeat_interval, controller_version=VERSION,
-                attempt_grace=self.engine.config.attempt_grace)))
+                attempt_grace=self.engine.config.attempt_grace), leader_epoch=epoch, store_id=store_id))
             while True:
                 order = await session.outbox.get()
                 if order is None:
                     break
-                await context.write(order_to_pb(order))
+                msg = order_to_pb(order)
+                msg.leader_epoch, msg.store_id = epoch, store_id
+                await context.write(msg)
         except (asyncio.CancelledError, grpc.RpcError, ConnectionError):
             pass
         finally:
@@ -143,18 +167,20 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     async def SubmitJob(self, request: cpb.SubmitJobRequest, context: grpc.aio.ServicerContext
                         ) -> types_pb2.Job:
+        gen = await self._lead(context)
         src, (dst,) = _endpoints(request.source, [request.destination])
         options = validate.options(options_from_request(request.options))
         job = self.engine.submit(src, dst, options)
-        await self.engine.store.flush()  # the job id is handed out once the job is committed
+        await self._commit(gen)  # the job id is handed out once the job is committed
         return job_to_pb(job)
 
     async def SubmitFanout(self, request: cpb.SubmitFanoutRequest, context: grpc.aio.ServicerContext
                            ) -> cpb.ListJobsResponse:
+        gen = await self._lead(context)
         src, dsts = _endpoints(request.source, request.destinations)
         options = validate.several(validate.options(options_from_request(request.options)), "a fan-out")
         jobs = self.engine.submit_fanout(src, dsts, options)
-        await self.engine.store.flush()
+        await self._commit(gen)
         return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
     async def GetJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
@@ -167,7 +193,10 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
     async def CancelJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
-        return job_to_pb(await self.engine.cancel_async(request.id))
+        gen = await self._lead(context)
+        job = await self.engine.cancel_async(request.id)
+        await self._commit(gen)
+        return job_to_pb(job)
 
     async def WatchJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext  # type: ignore[override]
                        ) -> AsyncIterator[types_pb2.Job]:
@@ -182,6 +211,9 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     async def ListAgents(self, request: cpb.ListAgentsRequest, context: grpc.aio.ServicerContext
                          ) -> cpb.ListAgentsResponse:
         out = cpb.ListAgentsResponse()
+        if not self.engine.leading:
+            out.agents.extend(agent_status_to_pb(a) for a in await self._stored_agents([]))  # type: ignore[misc]
+            return out
         await self.wire.fill(self.engine.agent_names(), self.engine.statuses, out.agents)
         return out
 
@@ -190,54 +222,68 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         out = cpb.AgentHealthResponse()
         history = validate.history(request.history)
         names = validate.host_names(list(request.names))
+        if not self.engine.leading:
+            out.agents.extend(agent_status_to_pb(a) for a in await self._stored_agents(names))  # type: ignore[misc]
+            return out
         await self.wire.fill(self.engine.agent_names(names or None),
                              lambda names: self.engine.statuses(names, history), out.agents)
         return out
 
     async def RemoveAgent(self, request: cpb.AgentRef, context: grpc.aio.ServicerContext) -> cpb.AgentStatus:
+        gen = await self._lead(context)
         status = self.engine.remove_agent(validate.host_name(request.name))
         self.wire.forget(request.name)
-        await self.engine.store.flush()
+        await self._commit(gen)
         log.info("agent removed by the operator", extra=kv(agent=request.name, host=request.name, peer=context.peer()))
         return agent_status_to_pb(status)  # type: ignore[return-value]
 
+    async def _stored_agents(self, names: list[str]) -> list[AgentStatus]:
+        return await follower.agents(self.engine.store, names, self.engine.clock(), self.engine.config.offline_after)
+
     # -- watch rules --------------------------------------------------------------------------------
     async def CreateSync(self, request: spb.CreateSyncRequest, context: grpc.aio.ServicerContext) -> spb.SyncRule:
+        gen = await self._lead(context)
         src, dsts = _endpoints(request.source, request.destinations)
         rule = self.engine.syncs.create(src, dsts, validate.several(validate.options(options_from_request(
                                             request.options)), "a watch rule"),
                                         request.window, request.quiet, self.engine.clock())
         self.engine.wake()
-        await self.engine.store.flush()  # the rule id is handed out once the rule is committed
+        await self._commit(gen)  # the rule id is handed out once the rule is committed
         return rule_to_pb(rule)
 
     async def ListSyncs(self, request: spb.ListSyncsRequest, context: grpc.aio.ServicerContext
                         ) -> spb.ListSyncsResponse:
+        if not self.engine.leading:
+            return spb.ListSyncsResponse(rules=[rule_to_pb(r) for r in await follower.rules(self.engine.store)])
         return spb.ListSyncsResponse(rules=[rule_to_pb(r) for r in self.engine.syncs.list_rules(self.engine.clock())])
 
     async def PauseSync(self, request: spb.SyncRef, context: grpc.aio.ServicerContext) -> spb.SyncRule:
+        gen = await self._lead(context)
         rule = self.engine.syncs.pause(request.id, self.engine.clock())
-        await self.engine.store.flush()
+        await self._commit(gen)
         return rule_to_pb(rule)
 
     async def ResumeSync(self, request: spb.SyncRef, context: grpc.aio.ServicerContext) -> spb.SyncRule:
+        gen = await self._lead(context)
         rule = self.engine.syncs.resume(request.id, self.engine.clock())
         self.engine.wake()
-        await self.engine.store.flush()
+        await self._commit(gen)
         return rule_to_pb(rule)
 
     async def RemoveSync(self, request: spb.SyncRef, context: grpc.aio.ServicerContext) -> spb.SyncRule:
+        gen = await self._lead(context)
         rule = self.engine.syncs.remove(request.id, self.engine.clock())
-        await self.engine.store.flush()
+        await self._commit(gen)
         return rule_to_pb(rule)
 
     # -- schedules ----------------------------------------------------------------------------------
     async def CreateSchedule(self, request: schpb.CreateScheduleRequest, context: grpc.aio.ServicerContext
                              ) -> schpb.Schedule:
+        gen = await self._lead(context)
         src, (dst,) = _endpoints(request.source, [request.destination])
         options = validate.options(options_from_request(request.options))  # SubmitJob's checks, then the job's
         s = self.engine.schedules.add(src, dst, options, request.cron, request.every, request.tz)
-        await self.engine.store.flush()  # the id is handed out once the schedule is committed
+        await self._commit(gen)  # the id is handed out once the schedule is committed
         return schedule_to_pb(s)
 
     async def ListSchedules(self, request: schpb.ListSchedulesRequest, context: grpc.aio.ServicerContext
@@ -245,16 +291,19 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         return schpb.ListSchedulesResponse(schedules=[schedule_to_pb(s) for s in await self.engine.schedules.listed()])
 
     async def PauseSchedule(self, request: schpb.ScheduleRef, context: grpc.aio.ServicerContext) -> schpb.Schedule:
+        gen = await self._lead(context)
         s = self.engine.schedules.pause(request.id)
-        await self.engine.store.flush()
+        await self._commit(gen)
         return schedule_to_pb(s)
 
     async def ResumeSchedule(self, request: schpb.ScheduleRef, context: grpc.aio.ServicerContext) -> schpb.Schedule:
+        gen = await self._lead(context)
         s = self.engine.schedules.resume(request.id)
-        await self.engine.store.flush()
+        await self._commit(gen)
         return schedule_to_pb(s)
 
     async def RemoveSchedule(self, request: schpb.ScheduleRef, context: grpc.aio.ServicerContext) -> schpb.Schedule:
+        gen = await self._lead(context)
         s = self.engine.schedules.remove(request.id)
-        await self.engine.store.flush()
+        await self._commit(gen)
         return schedule_to_pb(s)

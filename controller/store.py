@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from zcrepl.controller.store_migrations import migrate
 from zcrepl.controller.store_sql import Db, JobsSql, SqliteDb
+from zcrepl.core.config import is_postgres
 from zcrepl.core.logs import kv
 from zcrepl.core.types import AgentInfo, Endpoint, Job, JobOptions, JobState, PlanItem, Skipped, TransferStats
 
@@ -35,10 +36,6 @@ T = TypeVar("T")
 BATCH = 1000  # statements per transaction at most: a long queue is committed in bounded steps
 RETRY_MAX = 5.0  # seconds between tries while the database is unreachable
 SQLITE_FILE = "controller.sqlite3"
-
-
-def is_postgres(spec: str) -> bool:
-    return spec.startswith(("postgresql://", "postgres://"))
 
 
 def open_db(spec: str, state_dir: str) -> Db:
@@ -60,9 +57,14 @@ class _Op:
     name: str
     fn: Callable[[], Any]
     future: Future[Any] | None  # None: a write nobody waits for (its failure is logged)
+    generation: int = 0  # the store's generation when it was queued (see Store.fence)
 
 
-_STOP = _Op("stop", lambda: None, None)
+_STOP = _Op("stop", lambda: None, None, -1)
+
+
+class Fenced(RuntimeError):
+    """The call was queued before the controller stopped leading, and dropped uncommitted."""
 
 
 class Store:
@@ -78,6 +80,7 @@ class Store:
             db.close()
             raise
         self.timer: Callable[[str, float], None] | None = None  # the metrics' per-call latency, when on
+        self.generation = 0  # moved on by fence(): calls queued before are dropped
         self._q: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="zc-store", daemon=True)
@@ -89,14 +92,20 @@ class Store:
         if self._closing:
             log.error("a store write after the store closed is lost", extra=kv(call=name, store=self.path))
             return
-        self._q.put(_Op(name, lambda: fn(*args), None))
+        self._q.put(_Op(name, lambda: fn(*args), None, self.generation))
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         if self._closing or not self._thread.is_alive():
             raise RuntimeError(f"the store {self.path} is closed")
         fut: Future[T] = Future()
-        self._q.put(_Op(getattr(fn, "__name__", "call"), lambda: fn(*args), fut))
+        self._q.put(_Op(getattr(fn, "__name__", "call"), lambda: fn(*args), fut, self.generation))
         return fut
+
+    def fence(self) -> None:
+        """This controller stopped leading: whatever it queued and the database has not committed yet (the
+        database may be out of reach) is dropped, so a deposed leader's changes never land after the next
+        leader's; whoever waits on one of them gets ``Fenced``. Calls queued from now on run as usual."""
+        self.generation += 1
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the store's thread after every queued write; the loop serves on meanwhile."""
@@ -140,6 +149,7 @@ class Store:
             # A read whose caller gave up (a cancelled RPC) is dropped; the others are marked running, after
             # which they can no longer be cancelled.
             ops = [op for op in ops if op.future is None or op.future.set_running_or_notify_cancel()]
+            ops = self._current(ops)
             if ops:
                 try:
                     self._execute(ops)
@@ -163,6 +173,9 @@ class Store:
                               extra=kv(store=self.path, error=str(err).strip(), queued=len(ops)))
                     time.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX)
+                    ops = self._current(ops)
+                    if not ops:
+                        return
                     continue
                 if len(ops) > 1:
                     for op in ops:  # one bad statement must not take the others in its transaction with it
@@ -174,6 +187,19 @@ class Store:
                 if op.future is not None:
                     op.future.set_result(result)
             return
+
+    def _current(self, ops: list[_Op]) -> list[_Op]:
+        """``ops`` without those queued before the last fence (dropped, their waiters told)."""
+        stale = [op for op in ops if op.generation < self.generation and op is not _STOP]
+        if not stale:
+            return ops
+        for op in stale:
+            if op.future is not None and not op.future.done():
+                op.future.set_exception(Fenced(f"{op.name}: this controller stopped leading before it was "
+                                               "committed; it was dropped"))
+        log.warning("changes of a deposed leader dropped uncommitted", extra=kv(store=self.path, calls=len(stale)))
+        dropped = {id(op) for op in stale}
+        return [op for op in ops if id(op) not in dropped]
 
     def _batch(self, ops: list[_Op]) -> list[Any]:
         out = []
@@ -230,6 +256,14 @@ class Store:
     def touch_agent(self, name: str, now: float) -> None:
         self.write("touch_agent", self.sql.touch_agent, name, now)
 
+    def touch_agents(self, names: list[str], now: float) -> None:
+        """The leader's periodic word that these agents are online, for followers answering from the store."""
+        self.write("touch_agents", self.sql.touch_agents, list(names), now)
+
+    def reload_ids(self) -> None:
+        """Read the largest job id again: a controller taking the lead after another (blocking, off the loop)."""
+        self._job_id = self.run(self.sql.max_job_id)
+
     # -- jobs: blocking reads (start-up, tools, tests; the loop uses ``await store.call(store.sql.X)``) --------
     def get_job(self, job_id: int) -> Job | None:
         return self.run(self.sql.get_job, job_id)
@@ -246,8 +280,8 @@ class Store:
     def agents(self) -> dict[str, tuple[AgentInfo, float]]:
         return self.run(self.sql.agents)
 
-    def recover_interrupted(self, now: float) -> list[int]:
-        return self.run(self.sql.recover_interrupted, now)
+    def recover_interrupted(self, now: float, keep: frozenset[int] = frozenset()) -> list[int]:
+        return self.run(self.sql.recover_interrupted, now, keep)
 
 
 def _nothing() -> None:

@@ -9,16 +9,16 @@ store_migrations.py. Everything here runs on the store's own thread (store.py), 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any, Protocol
 
 from zcrepl.core.types import (
     AgentInfo,
     Attempt,
+    Compress,
     Durability,
     Endpoint,
     Job,
@@ -32,8 +32,8 @@ from zcrepl.core.types import (
 
 
 class Cursor(Protocol):
-    @property
-    def rowcount(self) -> int: ...
+    """What a statement gives back: its rows. No ``rowcount``: PostgreSQL's statements are pipelined (store_pg.py)
+    and a count is known only once the result is fetched; ask for rows with ``RETURNING`` instead."""
 
     def fetchone(self) -> Any: ...
     def fetchall(self) -> list[Any]: ...
@@ -48,6 +48,10 @@ class Db(Protocol):
 
     def execute(self, sql: str, args: Sequence[object] = ()) -> Cursor: ...
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None: ...
+    # A write nobody reads the result of, which commutes with the batched writes of other statements (different
+    # tables, rows that exist already): it may wait, with the others of its statement, until the next execute,
+    # executemany or commit, and go out as one executemany then (writes of one statement keep their order).
+    def batched(self, sql: str, args: Sequence[object]) -> None: ...
     def transaction(self) -> Any: ...  # a context manager: commit on success, roll back on error
     def transient(self, err: BaseException) -> bool: ...  # worth retrying (connection lost, database busy)
     def close(self) -> None: ...
@@ -75,6 +79,9 @@ class SqliteDb:
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
         self.conn.executemany(sql, rows)
 
+    def batched(self, sql: str, args: Sequence[object]) -> None:
+        self.conn.execute(sql, args)  # in-process: a statement costs no round trip
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         self.conn.execute("BEGIN")
@@ -92,17 +99,22 @@ class SqliteDb:
         self.conn.close()
 
 
+def path_text(p: bytes) -> str:
+    """A path (bytes: any name Linux allows) as JSON-safe text: UTF-8 with surrogate escapes for the other bytes
+    (JSON writes them as \\udcXX), so every byte survives; the one encoding of paths inside the store's JSON."""
+    return p.decode("utf-8", "surrogateescape")
+
+
+def text_path(t: str) -> bytes:
+    return t.encode("utf-8", "surrogateescape")
+
+
 def options_json(o: JobOptions) -> str:
     # The priority has its own column (a later "change priority" is one UPDATE, and it can be queried).
     doc = {k: v for k, v in asdict(o).items() if k != "priority"}
-    # Paths are bytes: kept as str with surrogate escapes (JSON writes them as \udcXX), any byte survives.
-    doc["backup_dir"] = _path_text(o.backup_dir)
-    doc["link_dest"] = [_path_text(p) for p in o.link_dest]
+    doc["backup_dir"] = path_text(o.backup_dir)
+    doc["link_dest"] = [path_text(p) for p in o.link_dest]
     return json.dumps({**doc, "durability": o.durability.value})
-
-
-def _path_text(p: bytes) -> str:
-    return p.decode("utf-8", "surrogateescape")
 
 
 def options_from_json(text: str, priority: int = int(Priority.NORMAL)) -> JobOptions:
@@ -110,13 +122,19 @@ def options_from_json(text: str, priority: int = int(Priority.NORMAL)) -> JobOpt
     doc.pop("priority", None)
     doc["durability"] = Durability(doc.get("durability", Durability.JOB.value))
     doc["filters"] = tuple(doc.get("filters", ()))  # JSON gives a list
-    doc["backup_dir"] = doc.get("backup_dir", "").encode("utf-8", "surrogateescape")
-    doc["link_dest"] = tuple(p.encode("utf-8", "surrogateescape") for p in doc.get("link_dest", ()))
+    doc["backup_dir"] = text_path(doc.get("backup_dir", ""))
+    doc["link_dest"] = tuple(text_path(p) for p in doc.get("link_dest", ()))
+    doc["compress"] = Compress(doc.get("compress", Compress.AUTO))  # rows from before compression: auto
     return JobOptions(**doc, priority=Priority(priority))
 
 
+_STATS_FIELDS = tuple(f.name for f in fields(TransferStats))
+
+
 def _stats_json(s: TransferStats) -> str:
-    return json.dumps(asdict(s), separators=(",", ":"))
+    # Not asdict(): its deep copy was a third of the store thread's time in a scheduling pass (every field is a
+    # number, a bool or a string).
+    return json.dumps({f: getattr(s, f) for f in _STATS_FIELDS}, separators=(",", ":"))
 
 
 def _stats(text: str) -> TransferStats:
@@ -147,7 +165,7 @@ class JobsSql:
 
     def save_job(self, job: Job) -> None:
         """Persist the mutable fields of a job (never its endpoints or options)."""
-        self.db.execute(
+        self.db.batched(
             "UPDATE jobs SET state=?, updated_at=?, started_at=?, finished_at=?, attempts=?, failures=?,"
             " max_attempts=?, error=?, wait_reason=?, progress=?, next_attempt_at=? WHERE id=?",
             (job.state.value, job.updated_at, job.started_at, job.finished_at, job.attempts, job.failures,
@@ -221,15 +239,25 @@ class JobsSql:
         rows = self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return {JobState(s): int(n) for s, n in rows}
 
-    def recover_interrupted(self, now: float) -> list[int]:
-        """After a restart: running jobs go back to the queue; their open attempt is closed, not counted."""
-        ids = [int(r[0]) for r in self.db.execute("SELECT id FROM jobs WHERE state='running' ORDER BY id").fetchall()]
+    def recover_interrupted(self, now: float, keep: frozenset[int] = frozenset()) -> list[int]:
+        """After a restart: running jobs (but those in ``keep``) go back to the queue; their open attempt is
+        closed, not counted."""
+        ids = [int(r[0]) for r in self.db.execute("SELECT id FROM jobs WHERE state='running' ORDER BY id").fetchall()
+               if int(r[0]) not in keep]
         for job_id in ids:
             self.db.execute("UPDATE attempts SET ended_at=?, error=? WHERE job_id=? AND ended_at=0",
                             (now, "interrupted: the controller restarted", job_id))
             self.db.execute("UPDATE jobs SET state='queued', updated_at=?, wait_reason=? WHERE id=?",
                             (now, "requeued after a controller restart", job_id))
         return ids
+
+    def open_attempts(self) -> list[tuple[int, int, bytes]]:
+        """(job id, attempt, source as HOST:PATH) of every running job's attempt still open: what a new leader
+        may find its agents still running."""
+        rows = self.db.execute(
+            "SELECT a.job_id, a.number, a.source FROM attempts a JOIN jobs j ON j.id = a.job_id "
+            "WHERE j.state = 'running' AND a.ended_at = 0 AND a.number = j.attempts ORDER BY a.job_id").fetchall()
+        return [(int(j), int(n), bytes(src)) for j, n, src in rows]
 
     def _attempts(self, job_id: int) -> tuple[Attempt, ...]:
         rows = self.db.execute(
@@ -258,7 +286,7 @@ class JobsSql:
 
     # -- decisions (the explain history) ---------------------------------------------------------------
     def add_decision(self, job_id: int, at: float, kind: str, reason: str, details: str = "{}") -> None:
-        self.db.execute("INSERT INTO decisions (job_id, at, kind, reason, details) VALUES (?,?,?,?,?)",
+        self.db.batched("INSERT INTO decisions (job_id, at, kind, reason, details) VALUES (?,?,?,?,?)",
                         (job_id, at, kind, reason, details))
 
     def decisions(self, job_id: int) -> list[tuple[float, str, str]]:
@@ -268,7 +296,7 @@ class JobsSql:
 
     # -- agents -------------------------------------------------------------------------------------
     def upsert_agent(self, info: AgentInfo, now: float) -> None:
-        doc = json.dumps({**asdict(info), "exports": [os.fsdecode(e) for e in info.exports]})
+        doc = json.dumps({**asdict(info), "exports": [path_text(e) for e in info.exports]})
         self.db.execute(
             "INSERT INTO agents (name, info, first_seen, last_seen) VALUES (?,?,?,?)"
             " ON CONFLICT (name) DO UPDATE SET info=excluded.info, last_seen=excluded.last_seen",
@@ -280,11 +308,14 @@ class JobsSql:
     def touch_agent(self, name: str, now: float) -> None:
         self.db.execute("UPDATE agents SET last_seen=? WHERE name=?", (now, name))
 
+    def touch_agents(self, names: list[str], now: float) -> None:
+        self.db.executemany("UPDATE agents SET last_seen=? WHERE name=?", [(now, n) for n in names])
+
     def agents(self) -> dict[str, tuple[AgentInfo, float]]:
         out = {}
         for name, doc, last_seen in self.db.execute("SELECT name, info, last_seen FROM agents").fetchall():
             d = json.loads(doc)
-            d["exports"] = tuple(os.fsencode(e) for e in d.get("exports", ()))
+            d["exports"] = tuple(text_path(e) for e in d.get("exports", ()))
             d["source_addresses"] = tuple(d.get("source_addresses", ()))
             out[name] = (AgentInfo(**d), last_seen)
         return out

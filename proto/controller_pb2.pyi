@@ -163,7 +163,7 @@ class ThrottleOrder(_message.Message):
     def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., bwlimit: _Optional[int] = ..., paused: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ControllerMessage(_message.Message):
-    __slots__ = ("welcome", "receive", "send", "cancel", "throttle", "sync_source", "sync_dest", "sync_stop", "sync_hold", "sync_ticket")
+    __slots__ = ("welcome", "receive", "send", "cancel", "throttle", "sync_source", "sync_dest", "sync_stop", "sync_hold", "sync_ticket", "leader_epoch", "store_id")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     RECEIVE_FIELD_NUMBER: _ClassVar[int]
     SEND_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,8 @@ class ControllerMessage(_message.Message):
     SYNC_STOP_FIELD_NUMBER: _ClassVar[int]
     SYNC_HOLD_FIELD_NUMBER: _ClassVar[int]
     SYNC_TICKET_FIELD_NUMBER: _ClassVar[int]
+    LEADER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     receive: ReceiveOrder
     send: SendOrder
@@ -184,7 +186,9 @@ class ControllerMessage(_message.Message):
     sync_stop: _sync_pb2.SyncStopOrder
     sync_hold: _sync_pb2.SyncHoldOrder
     sync_ticket: _sync_pb2.SyncTicketOrder
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., receive: _Optional[_Union[ReceiveOrder, _Mapping]] = ..., send: _Optional[_Union[SendOrder, _Mapping]] = ..., cancel: _Optional[_Union[CancelOrder, _Mapping]] = ..., throttle: _Optional[_Union[ThrottleOrder, _Mapping]] = ..., sync_source: _Optional[_Union[_sync_pb2.SyncSourceOrder, _Mapping]] = ..., sync_dest: _Optional[_Union[_sync_pb2.SyncDestOrder, _Mapping]] = ..., sync_stop: _Optional[_Union[_sync_pb2.SyncStopOrder, _Mapping]] = ..., sync_hold: _Optional[_Union[_sync_pb2.SyncHoldOrder, _Mapping]] = ..., sync_ticket: _Optional[_Union[_sync_pb2.SyncTicketOrder, _Mapping]] = ...) -> None: ...
+    leader_epoch: int
+    store_id: str
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., receive: _Optional[_Union[ReceiveOrder, _Mapping]] = ..., send: _Optional[_Union[SendOrder, _Mapping]] = ..., cancel: _Optional[_Union[CancelOrder, _Mapping]] = ..., throttle: _Optional[_Union[ThrottleOrder, _Mapping]] = ..., sync_source: _Optional[_Union[_sync_pb2.SyncSourceOrder, _Mapping]] = ..., sync_dest: _Optional[_Union[_sync_pb2.SyncDestOrder, _Mapping]] = ..., sync_stop: _Optional[_Union[_sync_pb2.SyncStopOrder, _Mapping]] = ..., sync_hold: _Optional[_Union[_sync_pb2.SyncHoldOrder, _Mapping]] = ..., sync_ticket: _Optional[_Union[_sync_pb2.SyncTicketOrder, _Mapping]] = ..., leader_epoch: _Optional[int] = ..., store_id: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("source", "destination", "options")

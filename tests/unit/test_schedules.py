@@ -371,3 +371,23 @@ def test_a_store_of_the_version_before_schedules_migrates_and_keeps_its_jobs(tmp
         assert s.get_job(1).schedule_id == 0  # type: ignore[union-attr]
     finally:
         s.close()
+
+
+def test_only_the_leader_fires_and_a_new_leader_reads_the_schedules_again(h: Harness) -> None:
+    from zcrepl.controller.engine import Engine
+    from zcrepl.core.config import ControllerConfig
+
+    follower = Engine(ControllerConfig(state_dir=str(h.store.path)), h.store, clock=lambda: h.now, lead=False)
+    s = _add(h)  # written by the leader after the follower started
+    h.store.run(lambda: None)
+
+    async def scenario() -> None:
+        assert not follower.schedules.running and s.id not in follower.schedules.schedules
+        assert [x.id for x in await follower.schedules.listed()] == [s.id]  # a follower lists from the store
+        await follower.lead(5, "S")
+        assert follower.schedules.running and follower.schedules.get(s.id) == s
+        assert follower.schedules.store.new_id() == s.id + 1  # no id handed out twice
+        follower.step_down()
+        assert not follower.schedules.running
+
+    asyncio.run(scenario())

@@ -1,0 +1,166 @@
+"""Several controllers on one PostgreSQL store: SIGKILL the leader while jobs run and a watch rule ships.
+
+A follower takes the lease and serves; it adopts the attempts that were running (held for their agents, which
+come back still running them), so those transfers finish and are recorded under it, attempt 1 still; no job is
+lost, none runs twice at once; the watch rule is redeployed and every
+file its writer wrote arrives; ``agents`` and ``jobs`` answer on every live controller throughout.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from hahelpers import address, controllers, drop_database, ha_cluster, leader, leads, pg_database
+from zchelpers import Cluster, diff_trees, snapshot, wait_for
+
+from zcrepl.controller.client import ControllerClient
+from zcrepl.core.types import Endpoint, JobOptions, JobState
+from zcrepl.proto import controller_pb2 as cpb
+from zcrepl.proto.channels import channel
+from zcrepl.proto.controller_pb2_grpc import ControllerStub
+
+JOBS = 3
+FILE = 96 * 1024
+RATE = 192 * 1024  # bytes/s per job: each runs ~2 s, so all run when the leader dies
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory: pytest.TempPathFactory, pg_server: Any) -> Iterator[Cluster]:
+    base = tmp_path_factory.mktemp("ha")
+    name, url = pg_database(pg_server)
+    c = ha_cluster(base, url)
+    try:
+        for d in controllers(c):
+            d.spawn()
+        a = c.add_agent("hostA", base / "a").spawn()
+        b = c.add_agent("hostB", base / "b").spawn()
+        for d in (*controllers(c), a, b):
+            d.wait_ready()
+        c.wait_online("hostA", "hostB")
+        yield c
+    finally:
+        c.close()
+        drop_database(pg_server, name)
+
+
+def _ep(host: str, path: Path) -> Endpoint:
+    return Endpoint(host, os.fsencode(path))
+
+
+def _client(c: Cluster, target: str) -> ControllerClient:
+    return ControllerClient(target, c.pki.trust(), timeout=5.0)
+
+
+class Readers(threading.Thread):
+    """Asks every given controller for agents and jobs, over and over, noting any failure."""
+
+    def __init__(self, c: Cluster, targets: list[str]) -> None:
+        super().__init__(name="readers", daemon=True)
+        self.clients = [_client(c, t) for t in targets]
+        self.failures: list[str] = []
+        self.rounds = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for cl in self.clients:
+                try:
+                    cl.agents()
+                    cl.jobs(limit=50)
+                except Exception as err:
+                    self.failures.append(f"{cl.target}: {err}")
+            self.rounds += 1
+            self.stop.wait(0.1)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join(10)
+        for cl in self.clients:
+            cl.close()
+
+
+def test_sigkill_leader(ha: Cluster) -> None:
+    c, base = ha, ha.base
+    old = leader(c)
+    src = base / "a"
+    (src / "w").mkdir()
+    (base / "b" / "w").mkdir()
+    for i in range(JOBS):
+        (src / f"s{i}").mkdir()
+        for k in range(4):
+            (src / f"s{i}" / f"f{k}").write_bytes(os.urandom(FILE))
+    stop_writer = threading.Event()
+    written: list[str] = []
+
+    def writer() -> None:
+        n = 0
+        while not stop_writer.wait(0.05):
+            (src / "w" / f"n{n:04d}").write_bytes(os.urandom(512) + str(n).encode())
+            written.append(f"n{n:04d}")
+            n += 1
+
+    with _client(c, c.controller_addr) as cl:
+        rule = cl.create_sync(_ep("hostA", src / "w"), [_ep("hostB", base / "b" / "w")], JobOptions())
+        ids = [cl.submit(_ep("hostA", src / f"s{i}"), _ep("hostB", base / "b" / f"s{i}"), JobOptions(bwlimit=RATE)).id
+               for i in range(JOBS)]
+        wt = threading.Thread(target=writer, name="writer", daemon=True)
+        wt.start()
+        wait_for(lambda: all(j.state is JobState.RUNNING and j.progress.bytes_done > 0
+                             for j in cl.jobs((JobState.RUNNING,)) if j.id in ids)
+                 and len(cl.jobs((JobState.RUNNING,))) == JOBS, 20, what="all jobs running")
+    survivors = [d for d in controllers(c) if d is not old]
+    readers = Readers(c, [address(d) for d in survivors])
+    readers.start()
+    try:
+        killed = time.monotonic()
+        old.kill()
+        new = leader(c, timeout=30)
+        led = time.monotonic() - killed
+        with _client(c, c.controller_addr) as cl:
+            cl.jobs()  # a write below needs the leader; this read works anywhere
+            probe = cl.submit(_ep("hostA", src / "s0"), _ep("hostB", base / "b" / "p"), JobOptions())
+            serving = time.monotonic() - killed
+            with _client(c, address(new)) as direct:
+                wait_for(lambda: {a.info.name for a in direct.agents() if a.online} >= {"hostA", "hostB"}, 30,
+                         what="agents back at the new leader")
+            agents_back = time.monotonic() - killed
+            print(f"\nfailover: new leader {new.name} after {led:.2f}s, accepting writes after {serving:.2f}s, "
+                  f"agents reconnected after {agents_back:.2f}s")
+            done = wait_for(lambda: (js := [cl.job(i) for i in [*ids, probe.id]]) and all(j.state.final for j in js)
+                            and js, 60, interval=0.2, what="every job final")
+            stop_writer.set()
+            wt.join(5)
+            wait_for(lambda: not diff_trees(snapshot(src / "w"), snapshot(base / "b" / "w")), 30, interval=0.2,
+                     what="the watch rule's destination to catch up")
+            assert [r.id for r in cl.syncs()] == [rule.id]
+    finally:
+        stop_writer.set()
+        readers.close()
+    assert not readers.failures, readers.failures[:5]
+    assert readers.rounds > 0
+    assert [j.state for j in done] == [JobState.DONE] * (JOBS + 1), [(j.id, j.state, j.error) for j in done]
+    for i in range(JOBS):
+        assert not diff_trees(snapshot(src / f"s{i}"), snapshot(base / "b" / f"s{i}"))
+    assert set(os.listdir(base / "b" / "w")) >= set(written)
+    # The transfers running at the kill carried on and were recorded by the new leader: no second attempt.
+    assert [len(j.history) for j in done[:JOBS]] == [1] * JOBS, [(j.id, j.history) for j in done]
+    # Never two attempts of a job at once: each started after the one before it ended.
+    for j in done:
+        history = sorted(j.history, key=lambda a: a.number)
+        for before, after in itertools.pairwise(history):
+            assert 0 < before.ended_at <= after.started_at, (j.id, history)
+    assert not leads(old) and leads(new)
+    # A follower answers a write with the leader's address (which the clients above followed on their own).
+    follower = next(d for d in survivors if d is not new)
+    with channel(address(follower), c.pki.trust()) as ch, pytest.raises(grpc.RpcError) as info:
+        ControllerStub(ch).CancelJob(cpb.JobRef(id=ids[0]), timeout=5)
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE and "follower" in info.value.details()
+    assert dict(info.value.trailing_metadata())["zc-leader"] == address(new)
