@@ -36,6 +36,7 @@ from zcrepl.proto.convert import (
 from zcrepl.proto.errors import from_rpc_error
 
 if TYPE_CHECKING:
+    from zcrepl.core.schedtypes import Schedule
     from zcrepl.core.synctypes import SyncRule
     from zcrepl.proto import security_pb2
 
@@ -178,6 +179,31 @@ class ControllerClient:
 
         name = {"pause": "PauseSync", "resume": "ResumeSync", "remove": "RemoveSync"}[action]
         return rule_from_pb(self._call(lambda: getattr(self._stub, name), spb.SyncRef(id=rule_id)))
+
+    # -- schedules (their domain types load with the first call) ----------------------------------------
+    def create_schedule(self, src: Endpoint, dst: Endpoint, options: JobOptions, cron: str = "", every: float = 0.0,
+                        tz: str = "") -> Schedule:
+        from zcrepl.proto import schedule_pb2 as schpb
+        from zcrepl.proto.scheduleconvert import schedule_from_pb
+
+        req = schpb.CreateScheduleRequest(source=endpoint_to_pb(src), destination=endpoint_to_pb(dst),
+                                          options=options_to_pb(options), cron=cron, every=every, tz=tz)
+        return schedule_from_pb(self._call(lambda: self._stub.CreateSchedule, req))
+
+    def schedules(self) -> list[Schedule]:
+        from zcrepl.proto import schedule_pb2 as schpb
+        from zcrepl.proto.scheduleconvert import schedule_from_pb
+
+        resp = self._call(lambda: self._stub.ListSchedules, schpb.ListSchedulesRequest())
+        return [schedule_from_pb(s) for s in resp.schedules]
+
+    def schedule_action(self, action: str, schedule_id: int) -> Schedule:
+        """``pause``, ``resume`` or ``remove`` one schedule."""
+        from zcrepl.proto import schedule_pb2 as schpb
+        from zcrepl.proto.scheduleconvert import schedule_from_pb
+
+        name = {"pause": "PauseSchedule", "resume": "ResumeSchedule", "remove": "RemoveSchedule"}[action]
+        return schedule_from_pb(self._call(lambda: getattr(self._stub, name), schpb.ScheduleRef(id=schedule_id)))
 
     # -- certificates ---------------------------------------------------------------------------------
     def create_token(self, agent: str, ttl: float = 0.0) -> security_pb2.JoinToken:

@@ -173,6 +173,8 @@ class Controller:
                 health = HealthPort(names)
                 self.health_address = await health.start(cfg.health_listen)
             tasks.append(asyncio.create_task(engine.run_forever()))
+            if engine.leading:  # on PostgreSQL the lease decides: Engine.lead starts them, step_down stops them
+                engine.schedules.start()  # fires what fell due while down, then sleeps till the next is due
             if shared:
                 self.leadership = Leadership(
                     PgLease(cfg.store, self.advertised, cfg.lease_timeout), self.advertised, renew=cfg.lease_renew,
@@ -208,6 +210,8 @@ class Controller:
             if engine is not None:
                 engine.stopping = True
                 engine.close_sessions()  # lets every Connect handler return on its own before the stop
+            if engine is not None:
+                engine.schedules.stop()
             for t in tasks:
                 t.cancel()
             if self.leadership is not None:

@@ -33,7 +33,9 @@ from zcrepl.controller.policy import (
 )
 from zcrepl.controller.registry import Registry, Session
 from zcrepl.controller.runs import Run, job_fields, stream_caps, stream_usage
+from zcrepl.controller.schedule_store import ScheduleStore
 from zcrepl.controller.scheduler import Decision, HostView, Policy, Usage, overlaps, plan
+from zcrepl.controller.schedules import Schedules
 from zcrepl.controller.store import Store
 from zcrepl.controller.sync_store import SyncStore
 from zcrepl.controller.syncs import SyncManager
@@ -81,6 +83,7 @@ class Engine(Pacing, Faults, JobReads, Leading):
         self.stopping = False
         self._last_decision: dict[int, DecisionRecord] = {}
         self.links = LinkTracker(window=THROTTLE_EVERY)
+        self.schedules = Schedules(ScheduleStore(store), self)  # its loop is started by the daemon
         self._ranking: dict[int, dict[Endpoint, str]] = {}  # this tick's fan-out source rankings, per job
         self.observe = Observer()  # the daemon puts its metrics here
         # Leadership (controller/leadership.py): only a leader schedules, accepts agents and sends orders, each
@@ -184,6 +187,10 @@ class Engine(Pacing, Faults, JobReads, Leading):
         if rules:
             raise Conflict(f"{name} is part of watch rule(s) {', '.join(map(str, rules))}; remove them first "
                            "(zc-ctl syncs remove ID)")
+        schedules = self.schedules.naming(name)
+        if schedules:
+            raise Conflict(f"{name} is named by schedule(s) {', '.join(map(str, schedules))}; remove them first "
+                           "(zc-ctl schedule remove ID)")
         status = self.statuses([name])[0]
         self.registry.forget(name)
         self.store.remove_agent(name)
@@ -209,7 +216,9 @@ class Engine(Pacing, Faults, JobReads, Leading):
         self._replicas_done[group] = []
         return [self.jobs[j.id] for j in jobs]  # new: no history yet
 
-    def submit(self, src: Endpoint, dst: Endpoint, options: JobOptions) -> Job:
+    def admit(self, src: Endpoint, dst: Endpoint, options: JobOptions) -> JobOptions:
+        """The checks of a job from ``src`` to ``dst`` (also a schedule's, before it is stored): the options as the
+        job would carry them, or UnknownHost / InvalidPath in one sentence."""
         for ep in (src, dst):
             if not self.registry.known(ep.host):
                 raise UnknownHost(_unknown_host(ep.host))
@@ -220,7 +229,11 @@ class Engine(Pacing, Faults, JobReads, Leading):
             raise InvalidPath("bwlimit and max_attempts must not be negative")
         if options.backup_dir or options.link_dest:
             options = validate.job_dirs(src, dst, options, self.registry.agents[dst.host].info.exports)
-        if options.snapshot:
+        return options
+
+    def submit(self, src: Endpoint, dst: Endpoint, options: JobOptions) -> Job:
+        options = self.admit(src, dst, options)
+        if options.snapshot:  # named per job: a schedule's runs each get their own
             options = snapshot.name_job(dst, options, self.registry.agents[dst.host].info.exports,
                                         self.snapshot_clock(), self.jobs.values())
         job = self.store.create_job(src, dst, options, options.max_attempts or self.config.max_attempts,

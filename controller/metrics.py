@@ -22,6 +22,7 @@ from zcrepl.controller.observe import Observer
 from zcrepl.controller.runs import stream_usage
 from zcrepl.controller.store import Store
 from zcrepl.core.errorkind import ERROR_KINDS, WAIT_KINDS, error_kind, wait_kind
+from zcrepl.core.schedtypes import ScheduleState
 from zcrepl.core.synctypes import SyncState
 from zcrepl.core.types import Job, JobState, TransferStats
 
@@ -33,6 +34,7 @@ STORE_CALLS = ("create_job", "save_job", "start_attempt", "end_attempt", "save_s
                "add_decision", "decisions", "upsert_agent", "touch_agent", "touch_agents", "remove_agent", "job_counts",
                "set_group")
 SCRAPE_TIMEOUT = 5.0
+FAILED_STATES = (JobState.FAILED.value, JobState.CANCELLED.value)
 
 
 class ControllerMetrics(Observer):
@@ -127,7 +129,8 @@ class _StateCollector(Collector):
         epoch = GaugeMetricFamily("zcrepl_controller_leader_epoch",
                                   "The epoch this controller last led under (grows with each new leader)")
         epoch.add_metric([], e.epoch)
-        return [jobs, waiting, lead, epoch, *self._agents(now), *self._links(), *self._rules(now)]
+        return [jobs, waiting, lead, epoch, *self._agents(now), *self._links(), *self._rules(now),
+                *await self._schedules()]
 
     def _agents(self, now: float) -> list[Metric]:
         reg = self.engine.registry
@@ -180,3 +183,27 @@ class _StateCollector(Collector):
             shipped.add_metric(key, rule.counters.bytes)
             errors.add_metric(key, rule.counters.errors)
         return [lag, pending, active, shipped, errors]
+
+    async def _schedules(self) -> list[Metric]:
+        labels = ["schedule", "destination"]
+        active = GaugeMetricFamily("zcrepl_controller_schedule_active", "1 for an active schedule, 0 when paused",
+                                   labels=labels)
+        runs = CounterMetricFamily("zcrepl_controller_schedule_runs", "Jobs the schedule queued", labels=labels)
+        skipped = CounterMetricFamily("zcrepl_controller_schedule_skipped_runs",
+                                      "Due runs not started because the schedule's previous run was still going",
+                                      labels=labels)
+        due = GaugeMetricFamily("zcrepl_controller_schedule_next_due_timestamp_seconds",
+                                "When the schedule's next run is due (no sample while it is paused)", labels=labels)
+        failed = GaugeMetricFamily("zcrepl_controller_schedule_last_run_failed",
+                                   "1 when the schedule's last run failed, was cancelled or could not be queued",
+                                   labels=labels)
+        for s in await self.engine.schedules.listed():
+            key = [str(s.id), s.destination.host]
+            active.add_metric(key, 1 if s.state is ScheduleState.ACTIVE else 0)
+            runs.add_metric(key, s.runs)
+            skipped.add_metric(key, s.skips)
+            if s.next_due:
+                due.add_metric(key, s.next_due)
+            not_queued = bool(s.last_error) and s.last_error_at >= s.last_run_at
+            failed.add_metric(key, 1 if not_queued or s.last_state in FAILED_STATES else 0)
+        return [active, runs, skipped, due, failed]

@@ -20,6 +20,7 @@ from zcrepl.core.types import AgentStatus, Endpoint
 from zcrepl.core.version import VERSION
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc, types_pb2
+from zcrepl.proto import schedule_pb2 as schpb
 from zcrepl.proto import sync_pb2 as spb
 from zcrepl.proto.auth import caller
 from zcrepl.proto.convert import (
@@ -34,6 +35,7 @@ from zcrepl.proto.convert import (
     states_from_request,
 )
 from zcrepl.proto.orders import order_to_pb
+from zcrepl.proto.scheduleconvert import schedule_to_pb
 from zcrepl.proto.syncconvert import rule_to_pb, status_from_pb
 
 log = logging.getLogger(__name__)
@@ -273,3 +275,35 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         rule = self.engine.syncs.remove(request.id, self.engine.clock())
         await self._commit(gen)
         return rule_to_pb(rule)
+
+    # -- schedules ----------------------------------------------------------------------------------
+    async def CreateSchedule(self, request: schpb.CreateScheduleRequest, context: grpc.aio.ServicerContext
+                             ) -> schpb.Schedule:
+        gen = await self._lead(context)
+        src, (dst,) = _endpoints(request.source, [request.destination])
+        options = validate.options(options_from_request(request.options))  # SubmitJob's checks, then the job's
+        s = self.engine.schedules.add(src, dst, options, request.cron, request.every, request.tz)
+        await self._commit(gen)  # the id is handed out once the schedule is committed
+        return schedule_to_pb(s)
+
+    async def ListSchedules(self, request: schpb.ListSchedulesRequest, context: grpc.aio.ServicerContext
+                            ) -> schpb.ListSchedulesResponse:
+        return schpb.ListSchedulesResponse(schedules=[schedule_to_pb(s) for s in await self.engine.schedules.listed()])
+
+    async def PauseSchedule(self, request: schpb.ScheduleRef, context: grpc.aio.ServicerContext) -> schpb.Schedule:
+        gen = await self._lead(context)
+        s = self.engine.schedules.pause(request.id)
+        await self._commit(gen)
+        return schedule_to_pb(s)
+
+    async def ResumeSchedule(self, request: schpb.ScheduleRef, context: grpc.aio.ServicerContext) -> schpb.Schedule:
+        gen = await self._lead(context)
+        s = self.engine.schedules.resume(request.id)
+        await self._commit(gen)
+        return schedule_to_pb(s)
+
+    async def RemoveSchedule(self, request: schpb.ScheduleRef, context: grpc.aio.ServicerContext) -> schpb.Schedule:
+        gen = await self._lead(context)
+        s = self.engine.schedules.remove(request.id)
+        await self._commit(gen)
+        return schedule_to_pb(s)

@@ -1,3 +1,4 @@
+from zcrepl.proto import schedule_pb2 as _schedule_pb2
 from zcrepl.proto import sync_pb2 as _sync_pb2
 from zcrepl.proto import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers

@@ -366,7 +366,7 @@ def test_postgres_starts_at_the_current_shape_and_a_second_run_changes_nothing(p
         tables = s.run(lambda: sorted(r[0] for r in s.db.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema='public'").fetchall()))
         assert tables == ["agents", "attempts", "decisions", "issued_certs", "jobs", "join_tokens", "meta", "plan",
-                          "skipped", "syncs"]
+                          "schedules", "skipped", "syncs"]
     finally:
         s.close()
 
