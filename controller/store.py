@@ -19,8 +19,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,6 +87,7 @@ class Store:
         self.generation = 0  # moved on by fence(): calls queued before are dropped
         self._q: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._closing = False
+        self._together: list[Callable[[], Any]] | None = None
         self._thread = threading.Thread(target=self._run, name="zc-store", daemon=True)
         self._thread.start()
 
@@ -95,7 +97,25 @@ class Store:
         if self._closing:
             log.error("a store write after the store closed is lost", extra=kv(call=name, store=self.path))
             return
+        if self._together is not None:
+            self._together.append(lambda: fn(*args))
+            return
         self._q.put(_Op(name, lambda: fn(*args), None, self.generation))
+
+    @contextmanager
+    def together(self, name: str) -> Iterator[None]:
+        """The writes queued inside the block commit in one transaction, all or none: a job and the request id
+        that made it (requests.py) must not be split by a batch boundary and a crash between the two."""
+        if self._together is not None:  # nested: the outer block commits
+            yield
+            return
+        self._together = []
+        try:
+            yield
+        finally:
+            fns, self._together = self._together, None
+            if fns:
+                self._q.put(_Op(name, lambda: [fn() for fn in fns], None, self.generation))
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         if self._closing or not self._thread.is_alive():

@@ -3,7 +3,9 @@
 A follower takes the lease and serves; it adopts the attempts that were running (held for their agents, which
 come back still running them), so those transfers finish and are recorded under it, attempt 1 still; no job is
 lost, none runs twice at once; the watch rule is redeployed and every
-file its writer wrote arrives; ``agents`` and ``jobs`` answer on every live controller throughout.
+file its writer wrote arrives; ``agents`` and ``jobs`` answer on every live controller throughout. A submit the
+old leader committed, sent again with its request id to the new leader (as zc-ctl's retry after UNAVAILABLE
+does), gets the same job back: exactly one job.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from zcrepl.core.types import Endpoint, JobOptions, JobState
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto.channels import channel
 from zcrepl.proto.controller_pb2_grpc import ControllerStub
+from zcrepl.proto.convert import endpoint_to_pb
 
 JOBS = 3
 FILE = 96 * 1024
@@ -116,6 +119,12 @@ def test_sigkill_leader(ha: Cluster) -> None:
         wait_for(lambda: all(j.state is JobState.RUNNING and j.progress.bytes_done > 0
                              for j in cl.jobs((JobState.RUNNING,)) if j.id in ids)
                  and len(cl.jobs((JobState.RUNNING,))) == JOBS, 20, what="all jobs running")
+    # Committed by the old leader just before it dies; its answer is what a client may never see.
+    again = cpb.SubmitJobRequest(source=endpoint_to_pb(_ep("hostA", src / "s0")),
+                                 destination=endpoint_to_pb(_ep("hostB", base / "b" / "r")),
+                                 request_id="5f0c6f7e-2d1b-4c59-9a53-5f8d0f1e2b3c")
+    with channel(address(old), c.pki.trust()) as ch:
+        first = ControllerStub(ch).SubmitJob(again, timeout=5)
     survivors = [d for d in controllers(c) if d is not old]
     readers = Readers(c, [address(d) for d in survivors])
     readers.start()
@@ -128,13 +137,19 @@ def test_sigkill_leader(ha: Cluster) -> None:
             cl.jobs()  # a write below needs the leader; this read works anywhere
             probe = cl.submit(_ep("hostA", src / "s0"), _ep("hostB", base / "b" / "p"), JobOptions())
             serving = time.monotonic() - killed
+            with channel(address(new), c.pki.trust()) as ch:
+                retried = ControllerStub(ch).SubmitJob(again, timeout=5)
+            assert retried.id == first.id
+            made = [j.id for j in cl.jobs() if j.destination.path == os.fsencode(base / "b" / "r")]
+            assert made == [first.id]
             with _client(c, address(new)) as direct:
                 wait_for(lambda: {a.info.name for a in direct.agents() if a.online} >= {"hostA", "hostB"}, 30,
                          what="agents back at the new leader")
             agents_back = time.monotonic() - killed
             print(f"\nfailover: new leader {new.name} after {led:.2f}s, accepting writes after {serving:.2f}s, "
                   f"agents reconnected after {agents_back:.2f}s")
-            done = wait_for(lambda: (js := [cl.job(i) for i in [*ids, probe.id]]) and all(j.state.final for j in js)
+            every = [*ids, probe.id, first.id]
+            done = wait_for(lambda: (js := [cl.job(i) for i in every]) and all(j.state.final for j in js)
                             and js, 60, interval=0.2, what="every job final")
             stop_writer.set()
             wt.join(5)
@@ -146,7 +161,7 @@ def test_sigkill_leader(ha: Cluster) -> None:
         readers.close()
     assert not readers.failures, readers.failures[:5]
     assert readers.rounds > 0
-    assert [j.state for j in done] == [JobState.DONE] * (JOBS + 1), [(j.id, j.state, j.error) for j in done]
+    assert [j.state for j in done] == [JobState.DONE] * (JOBS + 2), [(j.id, j.state, j.error) for j in done]
     for i in range(JOBS):
         assert not diff_trees(snapshot(src / f"s{i}"), snapshot(base / "b" / f"s{i}"))
     assert set(os.listdir(base / "b" / "w")) >= set(written)
