@@ -179,6 +179,9 @@ class Controller:
                     timeout=cfg.lease_timeout, poll=cfg.lease_poll, on_elected=engine.lead,
                     on_deposed=lambda _why: _async(engine.step_down))
                 tasks.append(asyncio.create_task(self.leadership.run()))
+                if isinstance(engine.observe, ControllerMetrics):
+                    lease = self.leadership
+                    engine.observe.store_reachable = lambda: lease.reachable
             if authority is not None:
                 tasks.append(asyncio.create_task(self._watch_trust()))
             log.info("controller serving", extra=kv(address=self.address, state=store.path,
