@@ -166,7 +166,7 @@ class Controller:
                 from zcrepl.controller.web.server import WebServer  # aiohttp only when the view is on
 
                 webview = WebServer(cfg.http_listen, engine, authority.trust if authority else None,
-                                    cfg.http_client_cert)
+                                    cfg.http_client_cert, service.leader, service.me)
                 await webview.start()
                 self.http_address, self.http_url = webview.address, webview.url
             if cfg.health_listen:
