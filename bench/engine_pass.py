@@ -1,7 +1,7 @@
 """The engine's scheduling pass with its store: what ``Engine.tick()`` costs the event loop over 10,000 queued jobs,
 store writes included (bench/scale.py times ``plan()`` alone), and what one store call costs its caller.
 
-    .venv/bin/python bench/engine_pass.py [--jobs 10000] [--hosts 200] [--store PATH|postgresql://...]
+    .venv/bin/python bench/engine_pass.py [--jobs 10000] [--hosts 200] [--store PATH|postgresql://...|postgres]
 
 Pass 1 is the write-heavy one: every waiting job gets its first wait reason (a job save and an explain record
 each) and the first jobs start; later passes change little. "store drained" is how long the store's thread
@@ -19,6 +19,8 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from stores import label, store_spec
 
 from zcrepl.controller.engine import Engine
 from zcrepl.core.config import ControllerConfig
@@ -92,17 +94,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--hosts", type=int, default=200)
     p.add_argument("--passes", type=int, default=5)
     p.add_argument("--runs", type=int, default=3, help="repeat and report each run")
-    p.add_argument("--store", default="", help="SQLite file or postgresql:// URL (default: SQLite in a temp dir)")
+    p.add_argument("--store", default="", help="SQLite file, postgresql:// URL, or 'postgres' (a throwaway server "
+                   "for the run); default: SQLite in a temp dir")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
     print("| store | jobs | hosts | started | submit µs/job | pass 1 ms | store drained ms | later passes ms |"
           " save_job µs/call |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for i in range(args.runs):
-        r = run(args.jobs, args.hosts, args.passes, args.store, args.seed + i)
-        print(f"| {r['store']} | {r['jobs']} | {r['hosts']} | {r['started']} | {r['submit_us']:.1f} | "
-              f"{r['pass1_ms']:.1f} | {r['drained_ms']:.1f} | {r['later_ms']:.1f} | {r['save_job_us']:.1f} |",
-              flush=True)
+    with store_spec(args.store) as fresh:
+        for i in range(args.runs):
+            r = run(args.jobs, args.hosts, args.passes, fresh(), args.seed + i)
+            print(f"| {label(args.store)} | {r['jobs']} | {r['hosts']} | {r['started']} | {r['submit_us']:.1f} | "
+                  f"{r['pass1_ms']:.1f} | {r['drained_ms']:.1f} | {r['later_ms']:.1f} | {r['save_job_us']:.1f} |",
+                  flush=True)
     return 0
 
 

@@ -30,6 +30,7 @@ from zcrepl.controller.ctl_out import (
 from zcrepl.core.enums import Durability, JobState, Priority
 from zcrepl.core.errors import PermissionDenied, Unavailable, UserError, ZcError
 from zcrepl.core.paths import HOST_NAME_RULE, show_name, valid_host_name
+from zcrepl.core.units import GiB, KiB, MiB
 from zcrepl.core.wellknown import DEFAULT_CONTROLLER
 
 # The controller's own ceilings (zcrepl.controller.validate), checked here first for a clearer message.
@@ -79,7 +80,7 @@ def host(text: str) -> str:
 
 def parse_rate(text: str) -> int:
     """``50M`` -> 50 MiB/s in bytes; plain numbers are bytes per second."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    units = {"": 1, "K": KiB, "M": MiB, "G": GiB}
     t = text.strip().upper().removesuffix("B").removesuffix("/S")
     suffix = t[-1] if t and t[-1] in units else ""
     try:

@@ -25,6 +25,7 @@ from zcrepl.core.filters import FilterError, check_rules, collapse, from_arg, fr
 from zcrepl.core.paths import parse_endpoint, show
 from zcrepl.core.trust import Trust
 from zcrepl.core.types import Durability, Endpoint, Job, JobOptions, JobState, Priority
+from zcrepl.core.units import size
 
 MAX_RULES_FILE = 1 << 20  # bytes of an --exclude-from/--include-from file
 
@@ -220,7 +221,7 @@ def _create_sync(args: argparse.Namespace, client: ControllerClient, options: Jo
         c = rule.counters
         out.line(f"watch rule {rule.id} {rule.status or 'created'}: {src} -> "
                  f"{', '.join(map(str, dsts))}; first scan moved {c.files} files "
-                 f"({render.human_bytes(c.bytes)}); zc-ctl syncs shows its lag")
+                 f"({size(c.bytes)}); zc-ctl syncs shows its lag")
     return EXIT_OK
 
 

@@ -23,6 +23,7 @@ from zcrepl.controller import ctl, render
 from zcrepl.controller.client import ControllerClient
 from zcrepl.core.treegen import generate_tree
 from zcrepl.core.trust import TlsPaths, Trust
+from zcrepl.core.units import size
 
 
 def _free_port() -> int:
@@ -73,7 +74,7 @@ def run_demo(files: int = 2000, big_mib: int = 64, keep: bool = False, serve: bo
         (base / "hostB").mkdir(parents=True)
         console.print(f"[bold]zcrepl demo[/] in {base}")
         nbytes = generate_tree(src, files=files, big_bytes=big_mib << 20)
-        console.print(f"generated {files} small files and a {big_mib} MiB file ({render.human_bytes(nbytes)}) "
+        console.print(f"generated {files} small files and a {big_mib} MiB file ({size(nbytes)}) "
                       f"in {src}")
         addr = f"127.0.0.1:{_free_port()}"
         procs.append(_spawn(["zcrepl.controller", "--listen", addr, "--state-dir", str(base / "state"),

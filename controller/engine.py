@@ -11,10 +11,10 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from zcrepl.controller import fence, lifecycle, validate
+from zcrepl.controller import effects, fence, lifecycle, validate
 from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.faults import Faults
 from zcrepl.controller.jobreads import JobReads
@@ -64,18 +64,12 @@ class Engine(Pacing, Faults, JobReads, Leading):
         self.config = config
         self.store = store
         self.clock = clock
-        thresholds = Thresholds(
-            max_cpu_percent=config.max_cpu_percent, max_load_per_core=config.max_load_per_core,
-            max_disk_busy_percent=config.max_disk_busy_percent, max_net_percent=config.max_net_percent,
-            max_health_age=config.max_health_age, free_margin_bytes=config.free_margin_bytes,
-            high_cpu_percent=config.high_cpu_percent, high_load_per_core=config.high_load_per_core,
-            high_disk_busy_percent=config.high_disk_busy_percent, high_net_percent=config.high_net_percent,
-        )
-        thresholds.validate()
+        thresholds: Thresholds = config  # the load policy's settings are fields of the config (validated there)
         self.policy = Policy(max_jobs_per_host=config.max_jobs_per_host, thresholds=thresholds,
                              aging=config.priority_aging, host_limits=parse_host_limits(config.host_limits),
                              link_streams=parse_link_limits(config.link_limits))
         self.retry = lifecycle.RetryPolicy(config.max_attempts, config.retry_base, config.retry_max)
+        self.deadlines = effects.Deadlines(config.ready_timeout, config.stall_timeout, config.attempt_grace)
         self.registry = Registry(config.offline_after)
         self.dataplane = DataPlane(config, self.registry)
         self.jobs: dict[int, Job] = {}
@@ -316,23 +310,11 @@ class Engine(Pacing, Faults, JobReads, Leading):
             except Exception:
                 log.exception("scheduler tick failed")
 
-    def tick(self) -> None:  # noqa: C901
+    def tick(self) -> None:
         now = self.clock()
         for s in self.registry.silent(now):
             self.disconnect(s, f"no heartbeat for {self.config.offline_after:.0f}s")
-        for run in list(self.runs.values()):
-            job = self.jobs[run.job_id]
-            if fence.expired(run, now):
-                self._fail_run(run.job_id, fence.expiry_reason(run, self.config.attempt_grace), True, run.progress)
-            elif (sent := fence.sender_failure(run, now)) is not None:
-                self._fail_run(run.job_id, sent.error, sent.retryable, sent.stats)
-            elif not run.receiver_ready and now > run.ready_deadline:
-                self._fail_run(run.job_id, f"{job.destination.host} did not prepare to receive within "
-                               f"{self.config.ready_timeout:.0f}s", True, run.progress)
-            elif run.receiver_ready and now - run.last_report > self.config.stall_timeout:
-                quiet = run.source.host if run.sender_done is None else job.destination.host
-                self._fail_run(run.job_id, f"no report from {quiet} for {self.config.stall_timeout:.0f}s; "
-                               "the transfer is stalled (check that host's zc-agent log)", True, run.progress)
+        self._apply(effects.overdue(list(self.runs.values()), self.jobs, now, self.deadlines), now)
         self._throttle_running(now)
         self._sample_links(now)
         self._touch_online(now)
@@ -356,21 +338,29 @@ class Engine(Pacing, Faults, JobReads, Leading):
                 except Exception as err:  # this job reads from its own source this pass; the others go on
                     self._schedule_failed(j, err)
         sending = [(self.jobs[i].group_id, r.source.host) for i, r in self.runs.items() if self.jobs[i].group_id]
-        for d in plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending,
-                      link_streams=usage.links):
-            job = self.jobs[d.job_id]
-            if d.start:
-                try:
-                    self._start(job, now, d.source or job.source)
-                except Exception as err:
-                    self._schedule_failed(job, err)
-            elif job.wait_reason != d.reason:
-                job = replace(job, wait_reason=d.reason, updated_at=now)
-                self.jobs[job.id] = job
-                self.store.save_job(job)
-                self._notify(job.id)
-                if d.reason:
-                    self._decide(job.id, DecisionKind.WAIT, d.reason)
+        decisions = plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending,
+                         link_streams=usage.links)
+        self._apply(effects.scheduled(decisions, self.jobs, now), now)
+
+    def _apply(self, todo: Sequence[effects.Effect], now: float) -> None:
+        """Carry out what the pure core decided, in order, against the store and the agent sessions."""
+        for e in todo:
+            match e:
+                case effects.Persist(job):
+                    self.jobs[job.id] = job
+                    self.store.save_job(job)
+                case effects.Notify(job_id):
+                    self._notify(job_id)
+                case effects.Record(job_id, kind, reason):
+                    self._decide(job_id, kind, reason)
+                case effects.FailAttempt(job_id, error, retryable, stats):
+                    self._fail_run(job_id, error, retryable, stats)
+                case effects.Start(job_id, source):
+                    queued = self.jobs[job_id]
+                    try:
+                        self._start(queued, now, source)
+                    except Exception as err:  # the job stays queued as it was; the pass goes on with the others
+                        self._schedule_failed(queued, err)
 
     def _replicas(self, job: Job) -> list[Endpoint]:
         """Where a fan-out job may read from: finished siblings best first (``policy.rank_sources``: the

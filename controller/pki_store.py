@@ -32,8 +32,9 @@ class PkiSql:
         return (str(row[0]), float(row[1]), float(row[2])) if row else None
 
     def spend_token(self, token_digest: bytes, now: float) -> bool:
-        cur = self.db.execute("UPDATE join_tokens SET used_at=? WHERE digest=? AND used_at=0", (now, token_digest))
-        return cur.rowcount == 1
+        # RETURNING, not rowcount: PostgreSQL pipelines statements, and only fetching a result waits for it.
+        return self.db.execute("UPDATE join_tokens SET used_at=? WHERE digest=? AND used_at=0 RETURNING digest",
+                               (now, token_digest)).fetchone() is not None
 
     def record_cert(self, serial: int, kind: str, name: str, now: float, not_after: float) -> None:
         self.db.execute("INSERT INTO issued_certs (serial, kind, name, issued_at, not_after) VALUES (?,?,?,?,?)"

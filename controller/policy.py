@@ -15,76 +15,18 @@ import enum
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
-from zcrepl.core.errors import ConfigError
+from zcrepl.core.config import Thresholds
 from zcrepl.core.paths import relative_to, show
 from zcrepl.core.types import DiskIO, DiskUsage, Endpoint, HostHealth, Job, NetIO, Priority, Role
+from zcrepl.core.units import rate, size
 
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+DEFAULTS = Thresholds()
 MAX_STREAMS = 16  # FTS3 OptimizerMaxStreams; also the hard ceiling of choose_streams and aimd_step
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """Start thresholds (admission) and high-water marks (throttling), flat so config can set each one.
-
-    A job starts only when both ends are at or under every ``max_*``. A running transfer slows down when
-    either end goes over a ``high_*`` mark and speeds up / resumes only once both ends are back at or under
-    the ``max_*`` start thresholds: the band between the two sets is the hysteresis that stops flapping.
-    """
-
-    max_cpu_percent: float = 85.0
-    max_load_per_core: float = 1.5  # load1 / cpu_count; load counts D-state tasks, so it sees I/O stalls too
-    max_disk_busy_percent: float = 90.0
-    max_net_percent: float = 85.0  # of the NIC's link speed; NICs with unknown speed (0, e.g. lo) are skipped
-    high_cpu_percent: float = 95.0
-    high_load_per_core: float = 2.5
-    high_disk_busy_percent: float = 98.0
-    high_net_percent: float = 95.0
-    # Free space at the destination must exceed bytes to move + margin; margin = min(fraction of the
-    # filesystem, absolute bytes): the fraction keeps small filesystems (tmpfs, test dirs) usable, the
-    # absolute cap keeps a 5% margin of a 100 TB array from holding back terabytes.
-    free_margin_fraction: float = 0.05
-    free_margin_bytes: int = GiB
-    max_health_age: float = 5.0  # older health means unknown load: block, never guess
-    slow_factor: float = 0.5  # each slow-down multiplies the bandwidth cap by this
-    speedup_factor: float = 1.25  # each calm sample multiplies the cap by this (gentle, against sawtooth)
-    min_bwlimit: int = MiB  # a cap below this pauses instead: a trickle only holds resources
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first inconsistent setting."""
-        for f in fields(self):
-            if not getattr(self, f.name) > 0:
-                raise ConfigError(f"{f.name} must be a positive number")
-        for metric in _METRICS:
-            if getattr(self, f"high_{metric}") < getattr(self, f"max_{metric}"):
-                raise ConfigError(f"high_{metric} must be at least max_{metric} (pause above, resume below)")
-        if self.slow_factor >= 1 or self.speedup_factor <= 1 or self.free_margin_fraction >= 1:
-            raise ConfigError("slow_factor and free_margin_fraction must be < 1, speedup_factor > 1")
-
-    def limits(self, high: bool) -> tuple[float, ...]:
-        """(cpu %, load per core, disk busy %, net %) of the high-water set or the start set."""
-        p = "high_" if high else "max_"
-        return tuple(getattr(self, p + m) for m in _METRICS)
-
-
-_METRICS = ("cpu_percent", "load_per_core", "disk_busy_percent", "net_percent")
-
-
-# -- units and small readings ----------------------------------------------------------------------
-def size(n: float) -> str:
-    """Bytes for people: ``3.2 GiB``."""
-    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
-def rate(bps: float) -> str:
-    return size(bps) + "/s"
-
-
+# -- small readings ----------------------------------------------------------------------------------
 def load_per_core(h: HostHealth) -> float:
     return h.load1 / max(1, h.cpu_count)  # cpu_count 0 = unknown: judge as one core, the strict reading
 
@@ -340,7 +282,7 @@ class RankedSource:
 
 def rank_sources(candidates: Sequence[Endpoint], dst: Endpoint, link_states: Mapping[tuple[str, str], LinkState],
                  healths: Mapping[str, HostHealth | None], recent_failures: Mapping[str, Sequence[float]],
-                 now: float, *, thresholds: Thresholds = Thresholds(),
+                 now: float, *, thresholds: Thresholds = DEFAULTS,
                  failure_window: float = 3600.0) -> list[RankedSource]:
     """Replicas best first: unblocked before blocked, then by score, then host name.
 

@@ -9,17 +9,10 @@ from typing import TYPE_CHECKING, Any
 from zcrepl.controller.render_plan import item_doc
 from zcrepl.core.paths import show
 from zcrepl.core.types import AgentStatus, HostHealth, Job, TransferStats
+from zcrepl.core.units import rate, size
 
 if TYPE_CHECKING:  # each table function imports it: JSON output and plain lines never load rich
     from rich.table import Table
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def ago(ts: float, now: float | None = None) -> str:
@@ -116,7 +109,7 @@ def agents_rows(agents: list[AgentStatus]) -> list[list[str]]:
             ", ".join(show(e) for e in s.info.exports),
             f"{h.cpu_percent:.0f}%" if h else "-",
             f"{h.load1 / max(1, h.cpu_count):.2f}" if h else "-",
-            human_bytes(h.mem_available) if h else "-", str(s.running_jobs), ago(s.last_seen, now),
+            size(h.mem_available) if h else "-", str(s.running_jobs), ago(s.last_seen, now),
         ])
     return rows
 
@@ -150,11 +143,11 @@ def hosts_table(agents: list[AgentStatus]) -> Table:
         disk = max(h.disks, key=lambda d: d.busy_percent, default=None)
         t.add_row(
             s.info.name, "[green]online[/]" if s.online else "[red]offline[/]", f"{h.cpu_percent:.0f}%",
-            f"{h.load1 / max(1, h.cpu_count):.2f}", human_bytes(h.mem_available),
-            f"{human_bytes(h.disk_read_bps)}/s / {human_bytes(h.disk_write_bps)}/s",
+            f"{h.load1 / max(1, h.cpu_count):.2f}", size(h.mem_available),
+            f"{rate(h.disk_read_bps)} / {rate(h.disk_write_bps)}",
             f"{disk.device} {disk.busy_percent:.0f}%" if disk else "-",
-            f"{human_bytes(h.net_recv_bps)}/s / {human_bytes(h.net_sent_bps)}/s",
-            f"{h.active_transfers} ({human_bytes(h.transfer_bps)}/s)" if h.active_transfers else "0",
+            f"{rate(h.net_recv_bps)} / {rate(h.net_sent_bps)}",
+            f"{h.active_transfers} ({rate(h.transfer_bps)})" if h.active_transfers else "0",
             inotify_headroom(h), ago(s.last_seen, now),
         )
     return t
@@ -174,19 +167,19 @@ def health_table(s: AgentStatus) -> Table:
     t.add_row("cpu", f"{h.cpu_percent:.1f}% of {h.cpu_count} cores ("
               + " ".join(f"{c:.0f}" for c in h.cpu_per_core) + ")")
     t.add_row("load 1/5/15", f"{h.load1:.2f} {h.load5:.2f} {h.load15:.2f}")
-    t.add_row("memory", f"{human_bytes(h.mem_available)} available of {human_bytes(h.mem_total)}")
-    t.add_row("swap in/out", f"{human_bytes(h.swap_in_bps)}/s / {human_bytes(h.swap_out_bps)}/s")
+    t.add_row("memory", f"{size(h.mem_available)} available of {size(h.mem_total)}")
+    t.add_row("swap in/out", f"{rate(h.swap_in_bps)} / {rate(h.swap_out_bps)}")
     for e in h.exports:
-        t.add_row(f"export {show(e.path)}", f"{e.percent:.1f}% used, {human_bytes(e.free)} free "
-                  f"of {human_bytes(e.total)}, on {e.device or 'an unknown device'}")
-    t.add_row("disk read/write", f"{human_bytes(h.disk_read_bps)}/s / {human_bytes(h.disk_write_bps)}/s")
+        t.add_row(f"export {show(e.path)}", f"{e.percent:.1f}% used, {size(e.free)} free "
+                  f"of {size(e.total)}, on {e.device or 'an unknown device'}")
+    t.add_row("disk read/write", f"{rate(h.disk_read_bps)} / {rate(h.disk_write_bps)}")
     for d in h.disks:
-        t.add_row(f"  {d.device}", f"{human_bytes(d.read_bps)}/s / {human_bytes(d.write_bps)}/s, "
+        t.add_row(f"  {d.device}", f"{rate(d.read_bps)} / {rate(d.write_bps)}, "
                   f"{d.busy_percent:.0f}% busy")
-    t.add_row("net recv/sent", f"{human_bytes(h.net_recv_bps)}/s / {human_bytes(h.net_sent_bps)}/s"
+    t.add_row("net recv/sent", f"{rate(h.net_recv_bps)} / {rate(h.net_sent_bps)}"
               + (f", data port on {h.data_nic}" if h.data_nic else ""))
-    t.add_row("agent", f"{h.agent_cpu_percent:.1f}% cpu, {human_bytes(h.agent_rss)} rss, {h.open_fds} fds")
-    t.add_row("transfers", f"{h.active_transfers} active, {human_bytes(h.transfer_bps)}/s")
+    t.add_row("agent", f"{h.agent_cpu_percent:.1f}% cpu, {size(h.agent_rss)} rss, {h.open_fds} fds")
+    t.add_row("transfers", f"{h.active_transfers} active, {rate(h.transfer_bps)}")
     used = f" ({h.inotify_watches_used:,} of {h.inotify_watches_max:,} in use by this user)"
     t.add_row("inotify watches", f"{inotify_headroom(h)} free" + (used if h.inotify_watches_max else ""))
     return t
@@ -199,7 +192,7 @@ def inotify_headroom(h: HostHealth) -> str:
 
 def progress_text(p: TransferStats) -> str:
     total = str(p.files_total) + ("" if p.scan_done else "+")
-    return f"{p.files_done}/{total} files, {human_bytes(p.bytes_done)}"
+    return f"{p.files_done}/{total} files, {size(p.bytes_done)}"
 
 
 def jobs_table(jobs: list[Job]) -> Table:
@@ -231,12 +224,12 @@ def jobs_table(jobs: list[Job]) -> Table:
 def job_summary(j: Job) -> str:
     p = j.progress
     secs = (j.finished_at - j.started_at) if j.finished_at and j.started_at else 0.0
-    rate = f", {human_bytes(p.bytes_done / secs)}/s" if secs > 0 and p.bytes_done else ""
+    speed = f", {rate(p.bytes_done / secs)}" if secs > 0 and p.bytes_done else ""
     state = done_state(j) if j.done_with_skips or j.done_with_errors else j.state.value
     over = f" over {transport_text(p.transport)}" if p.transport in ("tls", "ktls") else ""
-    return (f"job {j.id} {state}: {p.files_done} files ({human_bytes(p.bytes_done)}) copied{over}, "
+    return (f"job {j.id} {state}: {p.files_done} files ({size(p.bytes_done)}) copied{over}, "
             f"{p.files_skipped} up to date, {p.deleted} deleted, {p.entries} entries scanned "
-            f"in {secs:.2f}s{rate}")
+            f"in {secs:.2f}s{speed}")
 
 
 def done_state(j: Job) -> str:

@@ -6,9 +6,10 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from zcrepl.controller.render import ago, human_bytes
+from zcrepl.controller.render import ago
 from zcrepl.core.paths import show
 from zcrepl.core.synctypes import SyncPhase, SyncRule
+from zcrepl.core.units import size
 
 if TYPE_CHECKING:  # syncs_table imports it: JSON output never loads rich
     from rich.table import Table
@@ -55,7 +56,7 @@ def syncs_table(rules: list[SyncRule]) -> Table:
     for r in rules:
         c = r.counters
         color = {SyncPhase.WATCHING: "green", SyncPhase.FAILED: "red"}.get(r.phase, "yellow")
-        shipped = (f"{c.files} files ({human_bytes(c.bytes)}), {c.renamed} renamed, {c.deleted} deleted, "
+        shipped = (f"{c.files} files ({size(c.bytes)}), {c.renamed} renamed, {c.deleted} deleted, "
                    f"{c.reconciles} scans" + (f", {c.skipped} skipped" if c.skipped else ""))
         err = f"{escape(r.last_error)} ({ago(r.last_error_at, now)})" if r.last_error else ""
         status = "failed" if r.phase is SyncPhase.FAILED else r.status  # the error has its own column

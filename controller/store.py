@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from zcrepl.controller.store_migrations import migrate
 from zcrepl.controller.store_sql import Db, JobsSql, SqliteDb
+from zcrepl.core.config import is_postgres
 from zcrepl.core.logs import kv
 from zcrepl.core.types import AgentInfo, Endpoint, Job, JobOptions, JobState, PlanItem, Skipped, TransferStats
 
@@ -36,10 +37,6 @@ T = TypeVar("T")
 BATCH = 1000  # statements per transaction at most: a long queue is committed in bounded steps
 RETRY_MAX = 5.0  # seconds between tries while the database is unreachable
 SQLITE_FILE = "controller.sqlite3"
-
-
-def is_postgres(spec: str) -> bool:
-    return spec.startswith(("postgresql://", "postgres://"))
 
 
 def open_db(spec: str, state_dir: str) -> Db:

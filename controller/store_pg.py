@@ -2,6 +2,13 @@
 
 The store's thread holds one pooled connection per transaction; the pool replaces a connection that broke
 (the server restarted, the network dropped), so the next batch runs on a fresh one.
+
+Writes go out in bulk. ``batched`` writes (a job's mutable fields, explain records: ~20,000 of a scheduling pass
+over 10,000 jobs) wait per statement until the next other statement or the commit and go out as one
+``executemany`` each; and a transaction runs in psycopg's pipeline mode, so statements go out without waiting for
+each one's reply: the connection waits only where a result is read (``fetchone``/``fetchall``) and at the
+commit. A statement that fails raises at the next wait, aborting the rest of the transaction; the store then
+retries the batch one write per transaction (store.py), as with SQLite.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ class PgDb:
         self.where = redact(url)
         self._sql: dict[str, str] = {}
         self._conn: psycopg.Connection[Any] | None = None
+        self._batched: dict[str, list[Sequence[object]]] = {}  # statement -> rows, in the order they came
         self.pool = ConnectionPool(url, min_size=1, max_size=2, open=False, name="zc-store",
                                    kwargs={"application_name": "zc-controller"})
         try:
@@ -69,20 +77,35 @@ class PgDb:
         return self._conn
 
     def execute(self, sql: str, args: Sequence[object] = ()) -> Cursor:
+        self._flush()
         return self._connection().execute(self._translate(sql), args or None)  # type: ignore[arg-type]
 
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        self._flush()
         with self._connection().cursor() as cur:
             cur.executemany(self._translate(sql), rows)  # type: ignore[arg-type]
+
+    def batched(self, sql: str, args: Sequence[object]) -> None:
+        self._connection()
+        self._batched.setdefault(sql, []).append(args)
+
+    def _flush(self) -> None:
+        if self._batched:
+            batched, self._batched = self._batched, {}
+            with self._connection().cursor() as cur:
+                for sql, rows in batched.items():
+                    cur.executemany(self._translate(sql), rows)  # type: ignore[arg-type]
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         # The pool's context commits when the block ends cleanly and rolls back when it raises.
-        with self.pool.connection() as conn:
+        with self.pool.connection() as conn, conn.pipeline():
             self._conn = conn
             try:
                 yield
+                self._flush()
             finally:
+                self._batched = {}  # a failed transaction's are rolled back with it
                 self._conn = None
 
     def transient(self, err: BaseException) -> bool:

@@ -9,11 +9,10 @@ store_migrations.py. Everything here runs on the store's own thread (store.py), 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any, Protocol
 
 from zcrepl.core.types import (
@@ -32,8 +31,8 @@ from zcrepl.core.types import (
 
 
 class Cursor(Protocol):
-    @property
-    def rowcount(self) -> int: ...
+    """What a statement gives back: its rows. No ``rowcount``: PostgreSQL's statements are pipelined (store_pg.py)
+    and a count is known only once the result is fetched; ask for rows with ``RETURNING`` instead."""
 
     def fetchone(self) -> Any: ...
     def fetchall(self) -> list[Any]: ...
@@ -48,6 +47,10 @@ class Db(Protocol):
 
     def execute(self, sql: str, args: Sequence[object] = ()) -> Cursor: ...
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None: ...
+    # A write nobody reads the result of, which commutes with the batched writes of other statements (different
+    # tables, rows that exist already): it may wait, with the others of its statement, until the next execute,
+    # executemany or commit, and go out as one executemany then (writes of one statement keep their order).
+    def batched(self, sql: str, args: Sequence[object]) -> None: ...
     def transaction(self) -> Any: ...  # a context manager: commit on success, roll back on error
     def transient(self, err: BaseException) -> bool: ...  # worth retrying (connection lost, database busy)
     def close(self) -> None: ...
@@ -75,6 +78,9 @@ class SqliteDb:
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
         self.conn.executemany(sql, rows)
 
+    def batched(self, sql: str, args: Sequence[object]) -> None:
+        self.conn.execute(sql, args)  # in-process: a statement costs no round trip
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         self.conn.execute("BEGIN")
@@ -92,17 +98,22 @@ class SqliteDb:
         self.conn.close()
 
 
+def path_text(p: bytes) -> str:
+    """A path (bytes: any name Linux allows) as JSON-safe text: UTF-8 with surrogate escapes for the other bytes
+    (JSON writes them as \\udcXX), so every byte survives; the one encoding of paths inside the store's JSON."""
+    return p.decode("utf-8", "surrogateescape")
+
+
+def text_path(t: str) -> bytes:
+    return t.encode("utf-8", "surrogateescape")
+
+
 def options_json(o: JobOptions) -> str:
     # The priority has its own column (a later "change priority" is one UPDATE, and it can be queried).
     doc = {k: v for k, v in asdict(o).items() if k != "priority"}
-    # Paths are bytes: kept as str with surrogate escapes (JSON writes them as \udcXX), any byte survives.
-    doc["backup_dir"] = _path_text(o.backup_dir)
-    doc["link_dest"] = [_path_text(p) for p in o.link_dest]
+    doc["backup_dir"] = path_text(o.backup_dir)
+    doc["link_dest"] = [path_text(p) for p in o.link_dest]
     return json.dumps({**doc, "durability": o.durability.value})
-
-
-def _path_text(p: bytes) -> str:
-    return p.decode("utf-8", "surrogateescape")
 
 
 def options_from_json(text: str, priority: int = int(Priority.NORMAL)) -> JobOptions:
@@ -110,13 +121,18 @@ def options_from_json(text: str, priority: int = int(Priority.NORMAL)) -> JobOpt
     doc.pop("priority", None)
     doc["durability"] = Durability(doc.get("durability", Durability.JOB.value))
     doc["filters"] = tuple(doc.get("filters", ()))  # JSON gives a list
-    doc["backup_dir"] = doc.get("backup_dir", "").encode("utf-8", "surrogateescape")
-    doc["link_dest"] = tuple(p.encode("utf-8", "surrogateescape") for p in doc.get("link_dest", ()))
+    doc["backup_dir"] = text_path(doc.get("backup_dir", ""))
+    doc["link_dest"] = tuple(text_path(p) for p in doc.get("link_dest", ()))
     return JobOptions(**doc, priority=Priority(priority))
 
 
+_STATS_FIELDS = tuple(f.name for f in fields(TransferStats))
+
+
 def _stats_json(s: TransferStats) -> str:
-    return json.dumps(asdict(s), separators=(",", ":"))
+    # Not asdict(): its deep copy was a third of the store thread's time in a scheduling pass (every field is a
+    # number, a bool or a string).
+    return json.dumps({f: getattr(s, f) for f in _STATS_FIELDS}, separators=(",", ":"))
 
 
 def _stats(text: str) -> TransferStats:
@@ -147,7 +163,7 @@ class JobsSql:
 
     def save_job(self, job: Job) -> None:
         """Persist the mutable fields of a job (never its endpoints or options)."""
-        self.db.execute(
+        self.db.batched(
             "UPDATE jobs SET state=?, updated_at=?, started_at=?, finished_at=?, attempts=?, failures=?,"
             " max_attempts=?, error=?, wait_reason=?, progress=?, next_attempt_at=? WHERE id=?",
             (job.state.value, job.updated_at, job.started_at, job.finished_at, job.attempts, job.failures,
@@ -268,7 +284,7 @@ class JobsSql:
 
     # -- decisions (the explain history) ---------------------------------------------------------------
     def add_decision(self, job_id: int, at: float, kind: str, reason: str, details: str = "{}") -> None:
-        self.db.execute("INSERT INTO decisions (job_id, at, kind, reason, details) VALUES (?,?,?,?,?)",
+        self.db.batched("INSERT INTO decisions (job_id, at, kind, reason, details) VALUES (?,?,?,?,?)",
                         (job_id, at, kind, reason, details))
 
     def decisions(self, job_id: int) -> list[tuple[float, str, str]]:
@@ -278,7 +294,7 @@ class JobsSql:
 
     # -- agents -------------------------------------------------------------------------------------
     def upsert_agent(self, info: AgentInfo, now: float) -> None:
-        doc = json.dumps({**asdict(info), "exports": [os.fsdecode(e) for e in info.exports]})
+        doc = json.dumps({**asdict(info), "exports": [path_text(e) for e in info.exports]})
         self.db.execute(
             "INSERT INTO agents (name, info, first_seen, last_seen) VALUES (?,?,?,?)"
             " ON CONFLICT (name) DO UPDATE SET info=excluded.info, last_seen=excluded.last_seen",
@@ -297,7 +313,7 @@ class JobsSql:
         out = {}
         for name, doc, last_seen in self.db.execute("SELECT name, info, last_seen FROM agents").fetchall():
             d = json.loads(doc)
-            d["exports"] = tuple(os.fsencode(e) for e in d.get("exports", ()))
+            d["exports"] = tuple(text_path(e) for e in d.get("exports", ()))
             d["source_addresses"] = tuple(d.get("source_addresses", ()))
             out[name] = (AgentInfo(**d), last_seen)
         return out

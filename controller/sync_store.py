@@ -11,7 +11,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from zcrepl.controller.store import Store
-from zcrepl.controller.store_sql import Db, options_from_json, options_json
+from zcrepl.controller.store_sql import Db, options_from_json, options_json, path_text, text_path
 from zcrepl.core.synctypes import SyncCounters, SyncRule, SyncState
 from zcrepl.core.types import Endpoint, Priority
 
@@ -100,15 +100,21 @@ def options_to_json(o: Any) -> str:
 
 
 def _dsts_json(dsts: tuple[Endpoint, ...]) -> str:
-    # Paths are bytes (any name Linux allows): stored as latin-1 text, which round-trips every byte.
-    return json.dumps([[d.host, d.path.decode("latin-1")] for d in dsts])
+    return json.dumps([{"host": d.host, "path": path_text(d.path)} for d in dsts])
+
+
+def _dsts(text: str) -> tuple[Endpoint, ...]:
+    """Destinations as ``_dsts_json`` writes them; rules stored before it have ``[host, path]`` pairs with the path
+    as latin-1 text, told apart by their shape (a data change, not a schema step: nothing else moved)."""
+    return tuple(Endpoint(d["host"], text_path(d["path"])) if isinstance(d, dict)
+                 else Endpoint(d[0], d[1].encode("latin-1")) for d in json.loads(text))
 
 
 def _rule(row: tuple) -> SyncRule:  # type: ignore[type-arg]
     (rid, state, src_host, src_path, dsts, options, created, window, quiet, counters, err, err_at) = row
     return SyncRule(
         id=rid, source=Endpoint(src_host, bytes(src_path)),
-        destinations=tuple(Endpoint(h, p.encode("latin-1")) for h, p in json.loads(dsts)),
+        destinations=_dsts(dsts),
         options=options_from_json(options), state=SyncState(state), created_at=created, window=window,
         quiet=quiet, counters=SyncCounters(**json.loads(counters or "{}")), last_error=err, last_error_at=err_at,
     )

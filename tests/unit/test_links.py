@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from zcrepl.controller.links import LinkTracker
-from zcrepl.controller.policy import MiB
 from zcrepl.core.types import TransferStats
+from zcrepl.core.units import MiB
 
 LINK = ("a", "b")
 KEY = (1, 1)

@@ -147,7 +147,7 @@ def test_default_thresholds_are_valid_and_high_water_marks_sit_above_start() -> 
 @pytest.mark.parametrize(
     ("change", "words"),
     [
-        ({"high_cpu_percent": 80.0}, "high_cpu_percent must be at least max_cpu_percent"),
+        ({"high_cpu_percent": 80.0}, r"high_cpu_percent \(80\) must be at least max_cpu_percent \(85\)"),
         ({"high_disk_busy_percent": 50.0}, "high_disk_busy_percent"),
         ({"max_load_per_core": 0.0}, "max_load_per_core must be a positive number"),
         ({"slow_factor": 1.0}, "slow_factor"),

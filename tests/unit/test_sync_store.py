@@ -34,3 +34,21 @@ def test_rules_round_trip_and_survive_a_reopen(store_spec: str, tmp_path: Path) 
     SyncStore(store).remove(rule.id)
     assert [r.id for r in SyncStore(store).all()] == [rule.id + 1]
     store.close()
+
+
+def test_destinations_stored_in_the_former_latin1_shape_still_read(store_spec: str, tmp_path: Path) -> None:
+    # Rules written before paths had one encoding in the store keep [host, latin-1 text] pairs; new ones are
+    # written in the options' encoding (UTF-8 with surrogate escapes), so b"\xc3\xa9" reads back the same either way.
+    store = open_store(store_spec, str(tmp_path))
+    syncs = SyncStore(store)
+    src, dsts = Endpoint("hostA", b"/a"), (Endpoint("hostB", b"/caf\xc3\xa9"), Endpoint("hostC", b"/raw\xff"))
+    old = syncs.create(src, dsts, SyncRule(0, src, dsts, sync_options(JobOptions()), SyncState.ACTIVE, 1.0, 0.02, 0.3))
+    new = syncs.create(src, dsts, old)
+    former = '[["hostB", "/caf\\u00c3\\u00a9"], ["hostC", "/raw\\u00ff"]]'
+    store.run(lambda: store.db.execute("UPDATE syncs SET dsts=? WHERE id=?", (former, old.id)))
+    store.close()
+    store = open_store(store_spec, str(tmp_path))
+    assert [r.destinations for r in SyncStore(store).all()] == [dsts, dsts]
+    stored = store.run(lambda: store.db.execute("SELECT dsts FROM syncs WHERE id=?", (new.id,)).fetchone()[0])
+    assert '"path": "/caf\\u00e9"' in stored and '"/raw\\udcff"' in stored
+    store.close()
