@@ -167,7 +167,9 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     async def SubmitJob(self, request: cpb.SubmitJobRequest, context: grpc.aio.ServicerContext
                         ) -> types_pb2.Job:
         rid = request.request_id
-        made = await self.requests.made(rid, requests.JOB)  # a retry of a submit already committed
+        # A retry of a submit already committed? Asked before _lead: nothing may await between the leadership
+        # check and the write, or a step-down in between would let a follower's write through the fence.
+        made = await self.requests.made(rid, requests.JOB)
         gen = await self._lead(context)
         if made:
             return job_to_pb(await self.engine.get_async(made[0]))
