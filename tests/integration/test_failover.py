@@ -26,6 +26,7 @@ from zchelpers import Cluster, diff_trees, snapshot, wait_for
 from zcrepl.controller.client import ControllerClient
 from zcrepl.core.types import Endpoint, JobOptions, JobState
 from zcrepl.proto import controller_pb2 as cpb
+from zcrepl.proto import sync_pb2 as spb
 from zcrepl.proto.channels import channel
 from zcrepl.proto.controller_pb2_grpc import ControllerStub
 from zcrepl.proto.convert import endpoint_to_pb
@@ -179,3 +180,35 @@ def test_sigkill_leader(ha: Cluster) -> None:
         ControllerStub(ch).CancelJob(cpb.JobRef(id=ids[0]), timeout=5)
     assert info.value.code() is grpc.StatusCode.UNAVAILABLE and "follower" in info.value.details()
     assert dict(info.value.trailing_metadata())["zc-leader"] == address(new)
+
+
+def test_a_repeated_fanout_or_watch_rule_is_made_once(ha: Cluster) -> None:
+    """zc-ctl's retry of a fan-out or a new watch rule (the same request id) gets what the first call made; another
+    id makes another, whatever the request says."""
+    c, base = ha, ha.base
+    src = base / "a" / "fan"
+    src.mkdir()
+    (src / "f").write_bytes(b"fan-out")
+    (base / "a" / "w2").mkdir()
+    fan = cpb.SubmitFanoutRequest(source=endpoint_to_pb(_ep("hostA", src)),
+                                  destinations=[endpoint_to_pb(_ep("hostB", base / "b" / f"fan{i}")) for i in (1, 2)],
+                                  request_id="0b6a3f58-1c1e-4f0e-9d55-7c1b2a3e4f50")
+    rule = spb.CreateSyncRequest(source=endpoint_to_pb(_ep("hostA", base / "a" / "w2")),
+                                 destinations=[endpoint_to_pb(_ep("hostB", base / "b" / "w2"))],
+                                 request_id="9c2d7e14-5a3b-4c8d-8e9f-0a1b2c3d4e5f")
+    with channel(address(leader(c)), c.pki.trust()) as ch:
+        stub = ControllerStub(ch)
+        first, again = stub.SubmitFanout(fan, timeout=5), stub.SubmitFanout(fan, timeout=5)
+        assert len(first.jobs) == 2 and [j.id for j in again.jobs] == [j.id for j in first.jobs]
+        made, repeat = stub.CreateSync(rule, timeout=5), stub.CreateSync(rule, timeout=5)
+        rule.request_id = "another"  # and another destination: two rules may not write to one directory
+        rule.destinations[0].path = os.fsencode(base / "b" / "w3")
+        other = stub.CreateSync(rule, timeout=5)
+        assert repeat.id == made.id != other.id
+        listed = [r.id for r in stub.ListSyncs(spb.ListSyncsRequest(), timeout=5).rules
+                  if r.source.path == os.fsencode(base / "a" / "w2")]
+        assert sorted(listed) == sorted([made.id, other.id])
+        for r in (made, other):
+            stub.RemoveSync(spb.SyncRef(id=r.id), timeout=5)
+        jobs = stub.ListJobs(cpb.ListJobsRequest(group_id=first.jobs[0].group_id), timeout=5).jobs
+        assert sorted(j.id for j in jobs) == sorted(j.id for j in first.jobs)
