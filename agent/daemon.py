@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from types import TracebackType
 
 from zcrepl.agent import priority
@@ -19,6 +20,7 @@ from zcrepl.agent.link import ControllerLink
 from zcrepl.agent.metrics import AgentMetrics
 from zcrepl.agent.priority import TransferPriority
 from zcrepl.agent.syncs import Syncs
+from zcrepl.agent.transfer.compress import measure_rate
 from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.server import DataServer, TicketBook
@@ -69,6 +71,14 @@ class Agent:
                         "without authentication (use --join TOKEN or --ca/--cert/--key)", extra=kv(name=config.name))
         self._api = ApiServer(AgentService(self.health, self.info), self.trust)
         self.renewer: Renewer | None = None
+        # Once, at start-up, beside the rest of it (tens of ms): the controller's compress = auto weighs it
+        # against links. info() waits for it, so the registration always carries it.
+        self.compress_bps = 0
+        self._rate = threading.Thread(target=self._measure_compress, name="zc-compress-rate", daemon=True)
+        self._rate.start()
+
+    def _measure_compress(self) -> None:
+        self.compress_bps = measure_rate()
 
     def _advertise(self, host: str, port: int) -> str:
         if host in _WILDCARD:
@@ -76,10 +86,11 @@ class Agent:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def info(self) -> AgentInfo:
+        self._rate.join()
         return AgentInfo(
             name=self.config.name, grpc_address=self.grpc_address, data_address=self.data_address,
             exports=self.exports.paths, version=VERSION, pid=os.getpid(), hostname=socket.gethostname(),
-            site=self.config.site, source_addresses=self.config.source_addresses,
+            site=self.config.site, source_addresses=self.config.source_addresses, compress_bps=self.compress_bps,
         )
 
     def health(self) -> HostHealth:

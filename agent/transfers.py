@@ -326,8 +326,9 @@ class Transfers:
             src.close()
         self._forget(key)
         log.info("send done", extra=kv(job=spec.job_id, attempt=spec.attempt, files=stats.files_done,
-                                       bytes=stats.bytes_done, left_out=stats.entries_skipped,
-                                       transport=stats.transport, seconds=round(time.monotonic() - t0, 3)))
+                                       bytes=stats.bytes_done, wire=stats.wire_bytes, left_out=stats.entries_skipped,
+                                       transport=stats.transport, compress=spec.options.compress.name.lower(),
+                                       seconds=round(time.monotonic() - t0, 3)))
         self.report(TransferReport(spec.job_id, spec.attempt, Role.SENDER, Phase.DONE, stats,
                                    skipped=tuple(sender.skips.listed)))
 

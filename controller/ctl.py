@@ -27,7 +27,7 @@ from zcrepl.controller.ctl_out import (
     EXIT_USAGE,
     Out,
 )
-from zcrepl.core.enums import Durability, JobState, Priority
+from zcrepl.core.enums import MAX_COMPRESS_LEVEL, Compress, Durability, JobState, Priority
 from zcrepl.core.errors import PermissionDenied, Unavailable, UserError, ZcError
 from zcrepl.core.paths import HOST_NAME_RULE, show_name, valid_host_name
 from zcrepl.core.units import GiB, KiB, MiB
@@ -146,6 +146,14 @@ def _replicate_options(r: argparse.ArgumentParser) -> None:
     t.add_argument("--encrypt", action="store_true",
                    help="TLS 1.3 on the data connections, with the agents' certificates (mutual); the "
                         "controller's encrypt policy may also encrypt jobs without it")
+    z = t.add_mutually_exclusive_group()
+    z.add_argument("-z", "--compress", dest="compress", action="store_const", const=Compress.ON, default=Compress.AUTO,
+                   help="zstd on the data connections (rsync -z); without it or --no-compress the controller's "
+                        "compress setting decides (auto: on for slow links between hosts with idle cores)")
+    z.add_argument("--no-compress", dest="compress", action="store_const", const=Compress.OFF,
+                   help="never compress this job (the zero-copy path even on a slow link)")
+    t.add_argument("--compress-level", type=whole(1, MAX_COMPRESS_LEVEL, "a zstd level"), default=0, metavar="N",
+                   help=f"zstd level 1-{MAX_COMPRESS_LEVEL} when compressed (default 3; higher: smaller, slower)")
     t.add_argument("--streams", type=whole(0, MAX_STREAMS, "a number of streams"), default=0, metavar="N",
                    help="parallel data connections (default: chosen from both hosts' cores)")
     t.add_argument("--durability", choices=[d.value for d in Durability], default=None,

@@ -24,7 +24,7 @@ from zcrepl.core.errors import UserError
 from zcrepl.core.filters import FilterError, check_rules, collapse, from_arg, from_lines
 from zcrepl.core.paths import parse_endpoint, show
 from zcrepl.core.trust import Trust
-from zcrepl.core.types import Durability, Endpoint, Job, JobOptions, JobState, Priority
+from zcrepl.core.types import Compress, Durability, Endpoint, Job, JobOptions, JobState, Priority
 from zcrepl.core.units import size
 
 MAX_RULES_FILE = 1 << 20  # bytes of an --exclude-from/--include-from file
@@ -154,6 +154,8 @@ def _show_job(job: Job, as_json: bool, out: Out) -> None:
     for a in job.history:
         status = a.error or ("running" if not a.ended_at else "ok")
         over = f"; {render.transport_text(a.stats.transport)}" if a.stats.transport else ""
+        wire = render.wire_text(a.stats)
+        over += f"; {wire}" if wire else ""
         out.line(f"  attempt {a.number}: {render.progress_text(a.stats)}{over}; {status}")
     for line in render.skipped_lines(job):
         out.line(line)
@@ -263,10 +265,13 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err
                          durability=Durability(durability), xattrs=args.xattrs,
                          priority=Priority[args.priority.upper()], encrypt=args.encrypt,
                          filters=filter_rules(args.filters), delete_excluded=args.delete_excluded,
-                         dry_run=args.dry_run, backup_dir=args.backup_dir, link_dest=tuple(args.link_dest))
+                         dry_run=args.dry_run, backup_dir=args.backup_dir, link_dest=tuple(args.link_dest),
+                         compress=args.compress, compress_level=args.compress_level)
     if args.watch:
         if args.dry_run:
             raise UserError("--dry-run plans one run; a --watch rule runs for ever: drop one of them")
+        if args.compress is Compress.ON:
+            raise UserError("-z/--compress applies to jobs; a --watch rule sends uncompressed: drop one of them")
         return _create_sync(args, client, options, out, err)
     if args.dry_run:  # each destination compares itself with the source: no fan-out (no copy feeds another)
         return _dry_run(args, client, src, dsts, options, out, err)

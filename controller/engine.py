@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from zcrepl.controller import effects, fence, lifecycle, validate
+from zcrepl.controller.compression import CompressPolicy
 from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.faults import Faults
 from zcrepl.controller.jobreads import JobReads
@@ -42,6 +43,7 @@ from zcrepl.core.types import (
     AgentInfo,
     AgentStatus,
     CancelOrder,
+    Compress,
     Endpoint,
     HostHealth,
     Job,
@@ -72,6 +74,7 @@ class Engine(Pacing, Faults, JobReads, Leading):
         self.deadlines = effects.Deadlines(config.ready_timeout, config.stall_timeout, config.attempt_grace)
         self.registry = Registry(config.offline_after)
         self.dataplane = DataPlane(config, self.registry)
+        self.compression = CompressPolicy(config.compress, config.compress_links)
         self.jobs: dict[int, Job] = {}
         # Finished destinations of each fan-out with jobs still to run: sources for the others, kept here so
         # that a scheduling pass reads nothing from the store.
@@ -428,10 +431,13 @@ class Engine(Pacing, Faults, JobReads, Leading):
         caps = stream_caps(self.policy, self._stream_usage(but=job.id), *link, self.links.target(link))
         streams, why = choose_streams(self._health(run.source.host), self._health(job.destination.host),
                                       job.options.streams, caps)
-        options = replace(job.options, streams=streams, encrypt=run.encrypt)
+        comp = self._compress_choice(job, run, streams)
+        options = replace(job.options, streams=streams, encrypt=run.encrypt,
+                          compress=Compress.ON if comp.on else Compress.OFF)
         log.info("streams chosen", extra=kv(**job_fields(job, run), streams=streams,
-                                            why=why))
+                                            why=why, compress=comp.on))
         self._decide(job.id, DecisionKind.START, f"sending with {streams} streams: {why}", streams=streams)
+        self._decide(job.id, DecisionKind.START, comp.why, compress=comp.on)
         src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, run.source.path, options,
                                         job.destination.host, dst_rec.info.data_address, job.destination.path))
         run.sending, run.rate_at, run.streams = True, self.clock(), streams

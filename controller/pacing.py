@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from zcrepl.controller.compression import CompressChoice, CompressPolicy
 from zcrepl.controller.links import LinkStep, LinkTracker
 from zcrepl.controller.policy import DecisionKind, LinkState
 from zcrepl.controller.registry import Registry
@@ -31,6 +32,7 @@ class Pacing:
         policy: Policy
         registry: Registry
         links: LinkTracker
+        compression: CompressPolicy
         clock: Callable[[], float]
 
         def _decide(self, job_id: int, kind: DecisionKind, reason: str, *, every: bool = False,
@@ -80,6 +82,7 @@ class Pacing:
         if not run.sending:
             self.links.forget((job.id, run.attempt))
             return
+        self.compression.ended(link, run.compressed, stats)
         self._link_step(job, self.links.end((job.id, run.attempt), link, stats, self.clock(), failed=failed,
                                             limited=rate_limited(job, run), cap=self._link_cap(link)))
 
@@ -89,6 +92,18 @@ class Pacing:
         self._decide(job.id, DecisionKind.STREAMS, f"{step.reason} (the target for the next jobs on this link)",
                      every=True, streams=step.state.streams)
         log.info("link streams", extra=kv(link=step.state.name, streams=step.state.streams, reason=step.reason))
+
+    def _compress_choice(self, job: Job, run: Run, streams: int) -> CompressChoice:
+        """zstd on this send or not (controller/compression.py), from the link's throughput and both ends."""
+        src, dst = run.source.host, job.destination.host
+        rates = tuple(rec.info.compress_bps if rec is not None else 0
+                      for rec in (self.registry.agents.get(src), self.registry.agents.get(dst)))
+        state = self.links.states.get((src, dst))
+        choice = self.compression.decide(job.options.compress, src, dst, (rates[0], rates[1]),
+                                         state.ema_bps if state is not None else 0.0,
+                                         (self._health(src), self._health(dst)), streams, job.options.compress_level)
+        run.compressed = choice.on
+        return choice
 
     def _link_cap(self, link: tuple[str, str]) -> int:
         return link_cap(self.policy, link)

@@ -63,7 +63,8 @@ def job_doc(j: Job) -> dict[str, Any]:
         "destination_host": j.destination.host, "destination_path": show(j.destination.path),
         "options": {**asdict(j.options), "durability": j.options.durability.value,
                     "priority": j.options.priority.name.lower(), "backup_dir": show(j.options.backup_dir),
-                    "link_dest": [show(d) for d in j.options.link_dest]},
+                    "link_dest": [show(d) for d in j.options.link_dest],
+                    "compress": j.options.compress.name.lower()},
         "created_at": j.created_at, "updated_at": j.updated_at,
         "started_at": j.started_at, "finished_at": j.finished_at, "attempts": j.attempts,
         "max_attempts": j.max_attempts, "error": j.error, "wait_reason": j.wait_reason,
@@ -193,6 +194,13 @@ def inotify_headroom(h: HostHealth) -> str:
 def progress_text(p: TransferStats) -> str:
     total = str(p.files_total) + ("" if p.scan_done else "+")
     return f"{p.files_done}/{total} files, {size(p.bytes_done)}"
+
+
+def wire_text(p: TransferStats) -> str:
+    """What crossed the network against the file bytes moved (compression shows here), or "" before any."""
+    if not p.wire_bytes or not p.bytes_done:
+        return ""
+    return f"{size(p.wire_bytes)} on the wire for {size(p.bytes_done)} of files"
 
 
 def jobs_table(jobs: list[Job]) -> Table:

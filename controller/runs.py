@@ -53,6 +53,7 @@ class Run:
     sender_failed: TransferReport | None = None
     sender_failed_at: float = 0.0
     encrypt: bool = False  # TLS on its data connections (decided when it starts, for both orders)
+    compressed: bool = False  # zstd on its data connections (decided with its streams, controller/compression.py)
     # Entries either side left out and files it could not copy (the first SKIPPED_LISTED of each kind).
     skipped: list[Skipped] = field(default_factory=list)
     skip_totals: dict[Role, int] = field(default_factory=dict)  # entries each side left out, all of them

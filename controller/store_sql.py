@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from zcrepl.core.types import (
     AgentInfo,
     Attempt,
+    Compress,
     Durability,
     Endpoint,
     Job,
@@ -123,6 +124,7 @@ def options_from_json(text: str, priority: int = int(Priority.NORMAL)) -> JobOpt
     doc["filters"] = tuple(doc.get("filters", ()))  # JSON gives a list
     doc["backup_dir"] = text_path(doc.get("backup_dir", ""))
     doc["link_dest"] = tuple(text_path(p) for p in doc.get("link_dest", ()))
+    doc["compress"] = Compress(doc.get("compress", Compress.AUTO))  # rows from before compression: auto
     return JobOptions(**doc, priority=Priority(priority))
 
 

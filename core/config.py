@@ -26,6 +26,7 @@ from zcrepl.core.wellknown import (  # defined there so zc-ctl's parser needs no
 
 MAX_SOURCE_ADDRESSES = 16
 ENCRYPT_MODES = ("never", "always", "cross-site")
+COMPRESS_MODES = ("auto", "never", "always")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("kv", "json")
 DAY = 86400.0
@@ -219,6 +220,22 @@ def parse_encrypt_links(specs: tuple[str, ...]) -> dict[tuple[str, str], bool]:
     return out
 
 
+def parse_compress_links(specs: tuple[str, ...]) -> dict[tuple[str, str], str]:
+    """``("hostA>hostB:always", "*>nas1:never")`` -> {(source, destination): mode}; ``*`` is any agent."""
+    out: dict[tuple[str, str], str] = {}
+    for spec in specs:
+        link, sep, mode = spec.strip().rpartition(":")
+        src, arrow, dst = link.partition(">")
+        if (not sep or not arrow or mode not in COMPRESS_MODES
+                or not all(h == "*" or valid_host_name(h) for h in (src, dst))):
+            raise ConfigError(f"compress_links {spec!r}: write SRC>DST:auto, SRC>DST:never or SRC>DST:always "
+                              "(agent names or *)")
+        if (src, dst) in out:
+            raise ConfigError(f"compress_links: {src}>{dst} appears twice")
+        out[(src, dst)] = mode
+    return out
+
+
 def _limit_spec(spec: str, key: str, form: str, names: tuple[str, ...]) -> tuple[str, dict[str, int]]:
     """``"NAME:a=1,b=2"`` -> ("NAME", {"a": 1, "b": 2}) with every value a whole number >= 1."""
     bad = ConfigError(f"{key} {spec!r}: write {form} (each number at least 1)")
@@ -369,6 +386,12 @@ class ControllerConfig(Thresholds):
     # Per-link overrides win over encrypt.
     encrypt_links: tuple[str, ...] = setting((), "per-link override of --encrypt (SRC or DST may be *)",
                                              metavar="SRC>DST:always|never", flag="encrypt-link")
+    # zstd for jobs that did not say (--compress / --no-compress win); see controller/compression.py for auto.
+    compress: str = setting("auto", "zstd on the data connections of jobs that did not say: auto (slow links "
+                            "between hosts with idle cores), never, or always", choices=COMPRESS_MODES)
+    # Per-link overrides win over compress.
+    compress_links: tuple[str, ...] = setting((), "per-link override of --compress (SRC or DST may be *)",
+                                              metavar="SRC>DST:auto|never|always", flag="compress-link")
     sync_ticket_ttl: float = setting(3600.0, "lifetime of a watch rule's data-port ticket; rotated at three "
                                      "quarters of it", metavar="SECONDS", check=within(2, 7 * DAY,
                                                                                          "2 seconds to 7 days"))
@@ -415,6 +438,7 @@ class ControllerConfig(Thresholds):
         parse_host_limits(self.host_limits)
         parse_link_limits(self.link_limits)
         parse_encrypt_links(self.encrypt_links)
+        parse_compress_links(self.compress_links)
         if "://" in self.store and not is_postgres(self.store):
             raise ConfigError(f"store {self.store.split('://')[0]}://...: give a SQLite file path or a "
                               "postgresql:// URL")

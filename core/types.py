@@ -10,6 +10,8 @@ import enum
 from dataclasses import dataclass, field
 
 # Defined apart so zc-ctl's parser needs no dataclass; re-exported here, where everything else takes them from.
+from zcrepl.core.enums import MAX_COMPRESS_LEVEL as MAX_COMPRESS_LEVEL
+from zcrepl.core.enums import Compress as Compress
 from zcrepl.core.enums import Durability as Durability
 from zcrepl.core.enums import JobState as JobState
 from zcrepl.core.enums import Priority as Priority
@@ -55,6 +57,10 @@ class JobOptions:
     # rsync --link-dest: directories on the destination host (absolute or relative to the job's root) a file
     # unchanged against is hard-linked from instead of sent; at most MAX_LINK_DEST.
     link_dest: tuple[bytes, ...] = ()
+    # zstd on the data connections (slow links): a submission's --compress / --no-compress, or AUTO for the
+    # controller's per-link decision; an order carries that decision (ON or OFF). Level 0 = the default (3).
+    compress: Compress = Compress.AUTO
+    compress_level: int = 0
 
 
 MAX_LINK_DEST = 20
@@ -199,6 +205,9 @@ class AgentInfo:
     site: str = ""  # the agent's site label (its config); the controller's cross-site encrypt policy reads it
     # Further addresses this agent's data connections may come from (multi-homed hosts; IP literals).
     source_addresses: tuple[str, ...] = ()
+    # Bytes/s one of its cores compresses text-like data with zstd at the default level, measured at start-up;
+    # 0: an agent without compression (an older one), never ordered to compress or to receive compressed bytes.
+    compress_bps: int = 0
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ _DURABILITY_FROM = {**{v: k for k, v in _DURABILITY.items()}, pb.DURABILITY_UNSP
 _PRIORITY = {t.Priority.LOW: pb.PRIORITY_LOW, t.Priority.NORMAL: pb.PRIORITY_NORMAL,
              t.Priority.HIGH: pb.PRIORITY_HIGH}
 _PRIORITY_FROM = {v: k for k, v in _PRIORITY.items()}
+_COMPRESS = frozenset(int(c) for c in t.Compress)
 
 
 def options_to_pb(o: t.JobOptions) -> pb.JobOptions:
@@ -62,7 +63,7 @@ def options_to_pb(o: t.JobOptions) -> pb.JobOptions:
                          streams=o.streams, durability=_DURABILITY[o.durability], xattrs=o.xattrs,
                          priority=_PRIORITY[o.priority], encrypt=o.encrypt, filters=list(o.filters),
                          delete_excluded=o.delete_excluded, dry_run=o.dry_run, backup_dir=o.backup_dir,
-                         link_dest=list(o.link_dest))
+                         link_dest=list(o.link_dest), compress=int(o.compress), compress_level=o.compress_level)
 
 
 def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
@@ -72,7 +73,10 @@ def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
                         # Unspecified (an older client) and values from a newer one read as normal.
                         priority=_PRIORITY_FROM.get(m.priority, t.Priority.NORMAL), encrypt=m.encrypt,
                         filters=tuple(m.filters), delete_excluded=m.delete_excluded, dry_run=m.dry_run,
-                        backup_dir=bytes(m.backup_dir), link_dest=tuple(bytes(x) for x in m.link_dest))
+                        backup_dir=bytes(m.backup_dir), link_dest=tuple(bytes(x) for x in m.link_dest),
+                        # A value from a newer peer reads as auto: the controller decides.
+                        compress=t.Compress(m.compress) if m.compress in _COMPRESS else t.Compress.AUTO,
+                        compress_level=m.compress_level)
 
 
 def options_from_request(m: pb.JobOptions) -> t.JobOptions:
@@ -82,6 +86,10 @@ def options_from_request(m: pb.JobOptions) -> t.JobOptions:
         raise InvalidArgument(f"durability {m.durability} is unknown; use job, file or none")
     if m.priority != pb.PRIORITY_UNSPECIFIED and m.priority not in _PRIORITY_FROM:
         raise InvalidArgument(f"priority {m.priority} is unknown; use high, normal or low")
+    if m.compress not in _COMPRESS:
+        raise InvalidArgument(f"compress {m.compress} is unknown; use 0 (auto), 1 (on) or 2 (off)")
+    if m.compress_level > t.MAX_COMPRESS_LEVEL:
+        raise InvalidArgument(f"compress level {m.compress_level} is out of range; choose 1 to {t.MAX_COMPRESS_LEVEL}")
     return options_from_pb(m)
 
 
@@ -151,13 +159,14 @@ def health_from_pb(m: pb.HostHealth) -> t.HostHealth:
 def agent_info_to_pb(a: t.AgentInfo) -> pb.AgentInfo:
     return pb.AgentInfo(name=a.name, grpc_address=a.grpc_address, data_address=a.data_address,
                         exports=list(a.exports), version=a.version, pid=a.pid, hostname=a.hostname, site=a.site,
-                        source_addresses=list(a.source_addresses))
+                        source_addresses=list(a.source_addresses), compress_bps=a.compress_bps)
 
 
 def agent_info_from_pb(m: pb.AgentInfo) -> t.AgentInfo:
     return t.AgentInfo(name=m.name, grpc_address=m.grpc_address, data_address=m.data_address,
                        exports=tuple(bytes(e) for e in m.exports), version=m.version, pid=m.pid,
-                       hostname=m.hostname, site=m.site, source_addresses=tuple(m.source_addresses))
+                       hostname=m.hostname, site=m.site, source_addresses=tuple(m.source_addresses),
+                       compress_bps=m.compress_bps)
 
 
 def job_to_pb(j: t.Job) -> pb.Job:

@@ -141,7 +141,7 @@ class HostHealth(_message.Message):
     def __init__(self, sampled_at: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., cpu_per_core: _Optional[_Iterable[float]] = ..., cpu_count: _Optional[int] = ..., load1: _Optional[float] = ..., load5: _Optional[float] = ..., load15: _Optional[float] = ..., mem_total: _Optional[int] = ..., mem_available: _Optional[int] = ..., swap_in_bps: _Optional[float] = ..., swap_out_bps: _Optional[float] = ..., exports: _Optional[_Iterable[_Union[DiskUsage, _Mapping]]] = ..., disk_read_bps: _Optional[float] = ..., disk_write_bps: _Optional[float] = ..., disks: _Optional[_Iterable[_Union[DiskIO, _Mapping]]] = ..., net_recv_bps: _Optional[float] = ..., net_sent_bps: _Optional[float] = ..., nics: _Optional[_Iterable[_Union[NetIO, _Mapping]]] = ..., open_fds: _Optional[int] = ..., agent_cpu_percent: _Optional[float] = ..., agent_rss: _Optional[int] = ..., active_transfers: _Optional[int] = ..., transfer_bps: _Optional[float] = ..., inotify_watches_used: _Optional[int] = ..., inotify_watches_max: _Optional[int] = ..., data_nic: _Optional[str] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("name", "grpc_address", "data_address", "exports", "version", "pid", "hostname", "site", "source_addresses")
+    __slots__ = ("name", "grpc_address", "data_address", "exports", "version", "pid", "hostname", "site", "source_addresses", "compress_bps")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,7 @@ class AgentInfo(_message.Message):
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    COMPRESS_BPS_FIELD_NUMBER: _ClassVar[int]
     name: str
     grpc_address: str
     data_address: str
@@ -160,7 +161,8 @@ class AgentInfo(_message.Message):
     hostname: str
     site: str
     source_addresses: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., grpc_address: _Optional[str] = ..., data_address: _Optional[str] = ..., exports: _Optional[_Iterable[bytes]] = ..., version: _Optional[str] = ..., pid: _Optional[int] = ..., hostname: _Optional[str] = ..., site: _Optional[str] = ..., source_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
+    compress_bps: int
+    def __init__(self, name: _Optional[str] = ..., grpc_address: _Optional[str] = ..., data_address: _Optional[str] = ..., exports: _Optional[_Iterable[bytes]] = ..., version: _Optional[str] = ..., pid: _Optional[int] = ..., hostname: _Optional[str] = ..., site: _Optional[str] = ..., source_addresses: _Optional[_Iterable[str]] = ..., compress_bps: _Optional[int] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("host", "path")
@@ -171,7 +173,7 @@ class Endpoint(_message.Message):
     def __init__(self, host: _Optional[str] = ..., path: _Optional[bytes] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts", "streams", "durability", "xattrs", "priority", "encrypt", "filters", "delete_excluded", "dry_run", "backup_dir", "link_dest")
+    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts", "streams", "durability", "xattrs", "priority", "encrypt", "filters", "delete_excluded", "dry_run", "backup_dir", "link_dest", "compress", "compress_level")
     DELETE_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     BWLIMIT_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +188,8 @@ class JobOptions(_message.Message):
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     BACKUP_DIR_FIELD_NUMBER: _ClassVar[int]
     LINK_DEST_FIELD_NUMBER: _ClassVar[int]
+    COMPRESS_FIELD_NUMBER: _ClassVar[int]
+    COMPRESS_LEVEL_FIELD_NUMBER: _ClassVar[int]
     delete: bool
     checksum: bool
     bwlimit: int
@@ -200,7 +204,9 @@ class JobOptions(_message.Message):
     dry_run: bool
     backup_dir: bytes
     link_dest: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ..., xattrs: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ..., encrypt: _Optional[bool] = ..., filters: _Optional[_Iterable[str]] = ..., delete_excluded: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., backup_dir: _Optional[bytes] = ..., link_dest: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    compress: int
+    compress_level: int
+    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ..., xattrs: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ..., encrypt: _Optional[bool] = ..., filters: _Optional[_Iterable[str]] = ..., delete_excluded: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., backup_dir: _Optional[bytes] = ..., link_dest: _Optional[_Iterable[bytes]] = ..., compress: _Optional[int] = ..., compress_level: _Optional[int] = ...) -> None: ...
 
 class TransferStats(_message.Message):
     __slots__ = ("entries", "files_total", "files_done", "bytes_total", "bytes_done", "files_skipped", "deleted", "wire_bytes", "skipped_special", "errors", "scan_done", "entries_skipped", "transport", "file_errors", "plan_created", "plan_updated", "plan_deleted", "plan_files", "plan_bytes", "linked", "backed_up")

@@ -21,7 +21,8 @@ A watch session (continuous replication) first sends rounds of CHANGES (renames,
 the control connection, each answered by MISSED ... CHANGES_ACK, before its ENTRIES; its manifest then lists
 only changed paths (see ``zcrepl.agent.transfer.changes``). FILE frames are accepted on the control
 connection too. ABORT(reason) may come from either side at
-any time; the connection is then closed. An encrypted transfer runs each connection as a TLS 1.3 session first
+any time; the connection is then closed. A compressed transfer sends ZFILE + ZDATA frames where FILE + raw bytes
+would go (``compress.py``). An encrypted transfer runs each connection as a TLS 1.3 session first
 (``tls.py``); the frames inside are the same. Data tickets are minted by the receiver for this session
 only and are single-use, like the controller's ticket. Every length and count from the wire is
 bounded before use (rsync CVE-2024-12084 and friends).
@@ -87,6 +88,10 @@ class T(enum.IntEnum):
     # R->S after CHANGES_END: rename sources the destination did not have (MISSED ...), then CHANGES_ACK.
     MISSED = 22
     CHANGES_ACK = 23
+    # S->R, only when the controller ordered compression: a FILE header whose bytes follow as ZDATA frames
+    # (zstd pieces, see compress.py) instead of raw; FILE_END closes it as usual.
+    ZFILE = 40
+    ZDATA = 41
 
 
 class Kind(enum.IntEnum):

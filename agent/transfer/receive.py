@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.apply import FileSlot, TreeWriter
 from zcrepl.agent.transfer.channel import ZERO_COPY, Channel, ZeroCopy, shut, wait_ready
+from zcrepl.agent.transfer.compress import Unpacker
 from zcrepl.agent.transfer.flush import start_writeback, sync_ancestors
 from zcrepl.agent.transfer.frame import FileHead, Hello
 from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
@@ -187,7 +188,10 @@ class ReceiveSession:
             return
         sink.written = 0
         try:
-            sink.write(slot, head)
+            if kind is fr.T.ZFILE:
+                sink.write_packed(slot, head, self.spec.label)
+            else:
+                sink.write(slot, head)
             kind2, end = ch.recv_frame(limit=16)
             if kind2 is not fr.T.FILE_END or len(end) != 1 or end[0] not in _FILE_ENDS:
                 raise ProtocolError(f"expected FILE_END after the file data, got {kind2.name}: "
@@ -241,6 +245,7 @@ class _Sink:
         self._kick = 0
         self._pipe: tuple[int, int] | None = None
         self._buf: bytearray | None = None
+        self._unpacker: Unpacker | None = None  # this connection's zstd context, made at its first ZFILE
         self.written = 0  # bytes of the current range already in the file (for resume bookkeeping)
 
     def write(self, slot: FileSlot, head: FileHead) -> None:
@@ -261,6 +266,20 @@ class _Sink:
             self._splice(fd, off, left)
         else:
             self._recv(fd, off, left)
+
+    def write_packed(self, slot: FileSlot, head: FileHead, label: str) -> None:
+        """A ZFILE range: its ZDATA pieces, each bounded and checked before it is inflated (compress.py)."""
+        if self._unpacker is None:
+            self._unpacker = Unpacker()
+        fd, off = slot.fd, head.offset
+        self._kick = off
+        for data in self._unpacker.pieces(self.ch, head.length, label):
+            if fd is not None:
+                _pwrite_all(fd, memoryview(data), off)
+                self.written += len(data)
+                if self.writeback and off + len(data) - self._kick >= WRITEBACK_STEP:
+                    self._start_writeback(fd, off + len(data))
+            off += len(data)
 
     def _recv(self, fd: int, off: int, left: int) -> None:
         if self._buf is None:

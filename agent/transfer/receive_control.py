@@ -32,7 +32,7 @@ from zcrepl.core.synctypes import SYNC_ID_BASE
 if TYPE_CHECKING:
     from zcrepl.agent.transfer.receive import ReceiveSession, _Sink
 
-FILE_FRAMES = frozenset({fr.T.FILE, fr.T.FILE_SKIP, fr.T.REUSE, fr.T.DIGEST, fr.T.HOLE})
+FILE_FRAMES = frozenset({fr.T.FILE, fr.T.FILE_SKIP, fr.T.REUSE, fr.T.DIGEST, fr.T.HOLE, fr.T.ZFILE})
 PROGRESS_EVERY = 0.5  # seconds between progress reports while frames arrive
 
 

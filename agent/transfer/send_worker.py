@@ -20,6 +20,7 @@ from zcrepl.agent import priority
 from zcrepl.agent.transfer import delta
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.channel import Channel, Stream
+from zcrepl.agent.transfer.compress import Packer
 from zcrepl.agent.transfer.frame import Entry, FileHead
 from zcrepl.agent.transfer.partial import intervals_digest, merge
 from zcrepl.agent.transfer.saferoot import validate_relpath
@@ -28,6 +29,7 @@ from zcrepl.agent.transfer.sourcefile import as_scanned, data_segments
 from zcrepl.agent.transfer.tls import TlsStream
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import carry, kv
+from zcrepl.core.types import Compress
 
 if TYPE_CHECKING:
     from zcrepl.agent.transfer.send import Sender
@@ -66,6 +68,8 @@ class DataWorker:
         self.pending = b""  # trailer of the previous file, sent together with the next header
         self.use_sendfile = sender.spec.zero_copy.sendfile and (self.tls is None or self.tls.ktls)
         self.buf: bytearray | None = None
+        o = sender.spec.options
+        self.packer = Packer(o.compress_level) if o.compress is Compress.ON else None  # per connection
         self.work: queue.Queue[WorkItem | None] = queue.Queue()
         self.thread = threading.Thread(target=carry(self.run), name=f"zc-send-data-{n}", daemon=True)
         self.finished = threading.Event()
@@ -127,7 +131,24 @@ class DataWorker:
     def send_piece(self, fd: int, st: os.stat_result, index: int, offset: int, length: int, e: Entry) -> bool:
         """FILE header, the bytes by sendfile, FILE_END; False when the source changed meanwhile."""
         s = self.sender
-        head = fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, st.st_mode & 0o7777))
+        head = fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, st.st_mode & 0o7777),
+                              fr.T.FILE if self.packer is None else fr.T.ZFILE)
+        if self.packer is not None:
+            self.ch.send(self.pending + head)
+            self.pending = b""
+            sent = self.send_packed(fd, offset, length)  # pads a shrunk file itself
+        else:
+            sent = self.send_plain(fd, offset, length, head)
+        ok = sent == length
+        after = os.fstat(fd)
+        ok = ok and as_scanned(after, e)
+        self.pending = fr.FILE_END_OK if ok else fr.FILE_END_CHANGED
+        if not ok:
+            s.source_changed(index, e.path)
+        return ok
+
+    def send_plain(self, fd: int, offset: int, length: int, head: bytes) -> int:
+        """The header and the range's bytes as they are (sendfile when it can)."""
         if self.tls is None:
             self.ch.sock.sendall(self.pending + head, socket.MSG_MORE)
         else:
@@ -138,15 +159,9 @@ class DataWorker:
         if self.prefix:  # an empty range: the header still goes
             self.ch.send(self.prefix)
             self.prefix = b""
-        ok = sent == length
-        if not ok:  # shrank while we read it: pad to the announced length, then void it
+        if sent != length:  # shrank while we read it: pad to the announced length, then void it
             self.pad(length - sent)
-        after = os.fstat(fd)
-        ok = ok and as_scanned(after, e)
-        self.pending = fr.FILE_END_OK if ok else fr.FILE_END_CHANGED
-        if not ok:
-            s.source_changed(index, e.path)
-        return ok
+        return sent
 
     def send_basis(self, index: int) -> None:
         """Answer a NEED_BASIS: hash, then REUSE what the receiver already has and send only the rest."""
@@ -243,6 +258,20 @@ class DataWorker:
             s.progress()
             if n < count:
                 break
+        return done
+
+    def send_packed(self, fd: int, offset: int, length: int) -> int:
+        """The range as zstd pieces (compress.py); the cap counts wire bytes, progress counts file bytes."""
+        assert self.packer is not None
+        s = self.sender
+        done = 0
+        for n, wire in self.packer.frames(fd, offset, length, s.pacer.chunk):
+            s.check_cancel()
+            self.ch.send(wire)
+            self.bytes_done += n
+            done += n
+            s.pacer.account(len(wire))
+            s.progress()
         return done
 
     def send_chunk(self, fd: int, off: int, count: int, first: bool) -> int:

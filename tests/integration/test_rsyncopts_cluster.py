@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zchelpers
 from treesnap import snapshot
 from zchelpers import Cluster
 
@@ -181,3 +182,29 @@ def test_link_dest_copy_is_the_delta_basis_of_a_changed_file(cl: Cluster) -> Non
     assert p["wire_bytes"] < (8 << 20) // 10, p
     assert (snaps / "day2" / "db.bin").read_bytes() == data
     assert (snaps / "day1" / "db.bin").read_bytes() != data  # the basis itself is untouched
+
+
+def test_compress_end_to_end(cl: Cluster) -> None:
+    """-z through zc-ctl, the controller's order and both agents (which registered their zstd rate): an exact
+    copy, fewer wire bytes than file bytes, and the decision in explain."""
+    src, dst = _case(cl, "zstd")
+    line = b"2026-11-30 16:50:01 hostA zc-agent[4242]: send done job=17 files=2261 bytes=40000000\n"
+    _tree(src, {"log/big.log": line * 40_000, "small.txt": b"hello\n", "empty": b""})
+    rc, out, err = cl.ctl("replicate", "-z", "--compress-level", "5", f"hostA:{src}", f"hostB:{dst}", "--json")
+    assert rc == 0, err
+    job = json.loads(out)
+    assert job["options"]["compress"] == "on" and job["options"]["compress_level"] == 5
+    assert not zchelpers.diff_trees(zchelpers.snapshot(src), zchelpers.snapshot(dst))
+    stats = job["history"][-1]["stats"]
+    assert stats["bytes_done"] == len(line) * 40_000 + 6
+    assert stats["wire_bytes"] < stats["bytes_done"] // 20, stats  # a log of repeated lines shrinks a lot
+    rc, out, err = cl.ctl("explain", str(job["id"]))
+    assert rc == 0 and "compressed: the job asked for it (--compress)" in out, out + err
+
+
+def test_compress_refused_with_watch(cl: Cluster) -> None:
+    src, dst = _case(cl, "zstd-watch")
+    _tree(src, {"f": b"f"})
+    rc, _out, err = cl.ctl("replicate", "-z", "--watch", f"hostA:{src}", f"hostB:{dst}")
+    assert rc == 2 and "-z/--compress applies to jobs" in err and err.count("\n") == 1, err
+    assert not dst.exists()

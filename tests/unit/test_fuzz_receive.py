@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import xxhash
+import zstandard
 from hypothesis import event, given
 from hypothesis import strategies as st
 from zcfuzz import HOSTILITY, Arena, arena, budget, change_lists, manifests, open_fds, roll, tree_state
@@ -30,6 +31,7 @@ from zcfuzz import HOSTILITY, Arena, arena, budget, change_lists, manifests, ope
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.channel import Channel, ZeroCopy
+from zcrepl.agent.transfer.compress import ZSTD, Packer
 from zcrepl.agent.transfer.frame import Entry, FileHead, Hello, Kind, T
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
@@ -91,8 +93,9 @@ class Streams:
 POLICIES = [DEFAULT_POLICY, ExportPolicy(owners=True, uids=IdRule(1000, 59999), gids=IdRule(1000, 59999),
                                          allow_privileged_xattrs=True),
             ExportPolicy(owners=True, uids=IdRule(1000, 1999, mapping=((0, 65534),)), gids=IdRule(high=0))]
-SANE_WAYS = ["whole", "whole", "whole", "split", "digest"]
-HOSTILE_WAYS = ["changed", "skip", "hole", "bad-digest", "reuse", "lie-total", "short", "long", "none"]
+SANE_WAYS = ["whole", "whole", "whole", "split", "digest", "packed"]
+HOSTILE_WAYS = ["changed", "skip", "hole", "bad-digest", "reuse", "lie-total", "short", "long", "none",
+                "packed-bomb", "packed-short"]
 
 
 @st.composite
@@ -157,6 +160,13 @@ def file_frames(index: int, e: Entry, way: str, data: bytes) -> list[bytes]:
         return [fr.encode_file(head) + data[: size // 2] + ok]
     if way == "long":
         return [fr.encode_file(head) + data + b"extra" + ok]
+    if way.startswith("packed"):  # zstd pieces (agent/transfer/compress.py) after a ZFILE header
+        pieces = Packer().pack(data) if data else b""
+        if way == "packed-bomb":  # a piece that declares more than the range holds
+            pieces = fr.frame(T.ZDATA, bytes([ZSTD]) + zstandard.ZstdCompressor().compress(data + bytes(size + 1)))
+        elif way == "packed-short" and size:
+            pieces = Packer().pack(data[: size // 2])
+        return [fr.encode_file(head, T.ZFILE) + pieces + ok]
     return []
 
 
@@ -365,7 +375,7 @@ def check_files(a: Arena, s: Script, stats: TransferStats) -> None:
     if stats.errors:
         return
     for index, (way, data) in s.data.items():
-        if way not in ("whole", "split", "digest"):
+        if way not in ("whole", "split", "digest", "packed"):
             continue
         path = os.path.join(a.dst, s.manifest[index].path)
         st_ = os.lstat(path)
