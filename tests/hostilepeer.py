@@ -68,7 +68,7 @@ class Session:
                 needs += fr.decode_need(payload)
             elif kind is fr.T.NEED_END:
                 return needs
-            else:
+            elif kind is not fr.T.MANIFEST_ACK:  # one per batch: the sender's window (window.py)
                 raise AssertionError(f"unexpected {kind.name}: {payload[:200]!r}")
 
     def refused(self, within: float = 10.0) -> str:

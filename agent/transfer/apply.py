@@ -27,9 +27,10 @@ from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind, Result
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.linkdest import LinkDest
+from zcrepl.agent.transfer.listing import Listing
 from zcrepl.agent.transfer.meta import apply_meta, owner_ids
 from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea
-from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, SafeRoot, lstat_at, validate_name, validate_relpath
+from zcrepl.agent.transfer.saferoot import SafeRoot, lstat_at, validate_relpath
 from zcrepl.agent.transfer.scan import file_digest, tree_filter
 from zcrepl.agent.transfer.uptodate import up_to_date
 from zcrepl.core.errors import NoSpace, ProtocolError, UnsafePath
@@ -81,12 +82,13 @@ class TreeWriter:
         self.policy = policy  # what the peer may decide here: ownership, privileged xattrs
         self.limits = limits or SessionLimits()
         self._space_lock = threading.Lock()  # one free-space check and preallocation at a time
-        # Held per entry for the whole session: its name in ``kinds`` and its parent's ``children`` (and the
-        # entry itself for a directory, or for a file until its content arrived); see SessionLimits.
+        # Held per directory, not per entry: see listing.py; a needed file's entry until its content arrived
+        # (the sender's window bounds how many are asked for at once).
         self.n_entries = 0
         self.dirs: list[Entry] = []  # in manifest order: their metadata is set at the end, children first
-        self.kinds: dict[bytes, Kind] = {}
-        self.children: dict[bytes, set[bytes]] = {}
+        # Names per directory, one directory at a time (listing.py); made at the first entry, when a watch
+        # session has said so (``restricted``).
+        self.listing = Listing(keep_names=False)
         self.needed: dict[int, Entry] = {}  # asked for, no byte arrived yet
         self.slots: dict[int, FileSlot] = {}  # partly arrived
         self.manifest_done = False
@@ -101,7 +103,6 @@ class TreeWriter:
         self.saved_partials: list[bytes] = []  # relpaths whose data went to the partial area
         self.links: list[tuple[bytes, bytes]] = []  # (name, first name), made at the end
         self.as_root = os.geteuid() == 0  # ownership is set only when we may (and the policy allows)
-        self.dir_parts: dict[bytes, tuple[bytes, ...]] = {}  # announced directory -> its components
         self._dirs: dict[tuple[bytes, ...], int] = {}  # batch cache of parent directory fds
         self._wrote = False  # anything changed at the destination besides files and deletions
         self._lock = threading.Lock()
@@ -170,32 +171,12 @@ class TreeWriter:
         if index == 0:
             if e.kind is not Kind.DIR or e.path != b"":
                 raise ProtocolError("the manifest must start with the root directory")
-            self.kinds[b""] = Kind.DIR
-            self.children[b""] = set()
-            self.dir_parts[b""] = ()
+            self.listing = Listing(keep_names=self.options.delete and not self.restricted,
+                                   contiguous=not self.restricted)
             return ()
-        if e.path in self.kinds:
+        if not e.path:
             raise ProtocolError(f"duplicate name in the manifest: {show(e.path)}")
-        parent, _, leaf = e.path.rpartition(b"/")
-        parent_parts = self.dir_parts.get(parent) if self.kinds.get(parent) is Kind.DIR else None
-        if parent_parts is None or (not parent and e.path != leaf):  # "/x" has the root as its parent too
-            # Also what stops a name through a symlink the same manifest created (CVE-2024-12087).
-            validate_relpath(e.path)  # the better message for '..', '/', '//' and friends
-            raise UnsafePath(f"{show(e.path)}: its parent is not a directory announced earlier in the manifest")
-        # The parent passed these checks when it was admitted: only the new component is left to check.
-        validate_name(leaf)  # UnsafePath: '..', '.', '', NUL, our temp prefix...
-        if len(e.path) > MAX_PATH or len(parent_parts) >= MAX_DEPTH:
-            validate_relpath(e.path)
-        if e.kind is Kind.HARDLINK and self.kinds.get(e.target) is not Kind.FILE:
-            raise ProtocolError(f"{show(e.path)}: a hard link to something that is not a file of this manifest")
-        parts = (*parent_parts, leaf)
-        self.kinds[e.path] = e.kind
-        self.children[parent].add(leaf)
-        if e.kind is Kind.DIR and not e.flags & fr.F_UNREADABLE:
-            # An unreadable source directory lists nothing: nothing in it is deleted, nothing below it admitted.
-            self.children[e.path] = set()
-            self.dir_parts[e.path] = parts
-        return parts
+        return self.listing.admit(e)
 
     def parent(self, parts: tuple[bytes, ...]) -> tuple[int, bytes]:
         """Borrowed fd of the parent directory (opened confined, kept for the rest of the batch).
@@ -457,6 +438,7 @@ class TreeWriter:
         """End of a failed attempt: discard every partly written file nobody is writing into; files
         still being written are discarded by their last writer (see range_done/range_broken)."""
         self.end_batch()
+        self.listing.close()
         if self.flush is not None:
             self.flush.close()
         with self._lock:
@@ -482,6 +464,7 @@ class TreeWriter:
             self.protect = Filter() if self.options.delete_excluded else tree_filter(
                 self.root, self.options.filters, self.label)
             delete_extras(self)
+        self.listing.close()
         make_links(self)
         self.area.remove_if_empty()  # before the root's mtime is set
         finish_dirs(self)

@@ -57,7 +57,7 @@ def complete_delta(w: TreeWriter, b: Basis) -> Basis:
     has no blocks and the sender sends everything."""
     e = w.needed.get(b.index)
     parent, _, leaf = e.path.rpartition(b"/") if e is not None else (b"", b"", b"")
-    parts = (*w.dir_parts.get(parent, ()), leaf)
+    parts = (*(w.listing.parts_of(parent) or ()), leaf)
     try:
         if e is None:  # its bytes already came whole: nothing to hash
             raise FileNotFoundError(b.index)

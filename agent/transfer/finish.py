@@ -27,8 +27,8 @@ _PROTECT_DEPTH = 256  # directory levels a filtered delete descends; deeper ones
 
 
 def delete_extras(w: TreeWriter) -> None:
-    """Remove what the source lacks, only inside directories this manifest announced."""
-    for dpath, names in w.children.items():
+    """Remove what the source lacks, only inside directories this manifest listed (read back one at a time)."""
+    for dpath, names in w.listing.directories():
         try:
             dfd = w.root.open_dir(validate_relpath(dpath))
         except (OSError, UnsafePath) as err:

@@ -88,6 +88,9 @@ class T(enum.IntEnum):
     # R->S after CHANGES_END: rename sources the destination did not have (MISSED ...), then CHANGES_ACK.
     MISSED = 22
     CHANGES_ACK = 23
+    # R->S after the NEEDs and bases of each ENTRIES batch: the first N entries are decided (u64 N). The sender
+    # keeps only files it announced and not yet had decided or sent, and waits for these before it runs ahead.
+    MANIFEST_ACK = 32
     # S->R, only when the controller ordered compression: a FILE header whose bytes follow as ZDATA frames
     # (zstd pieces, see compress.py) instead of raw; FILE_END closes it as usual.
     ZFILE = 40
@@ -105,6 +108,9 @@ F_SPARSE = 1  # the file has holes: only its data segments travel
 # The source may not read this file, directory or symlink: nothing of it travels (no content, no entries below
 # a directory) and the receiver keeps whatever it has under that name, deleting nothing inside it.
 F_UNREADABLE = 2
+# A file with other names (nlink > 1), the first of them in this manifest: the only files a HARDLINK entry may
+# name, so the receiver keeps the paths of these and of no other file.
+F_LINKED = 4
 MAX_XATTRS = 64 << 10
 
 
@@ -279,7 +285,7 @@ def decode_entries(payload: bytes) -> list[Entry]:  # noqa: C901
             raise ProtocolError("ENTRIES non-file entry with a size or flags")
         if k not in (Kind.SYMLINK, Kind.HARDLINK) and target:
             raise ProtocolError("ENTRIES entry with a target that is neither a symlink nor a hard link")
-        if flags & ~(F_SPARSE | F_UNREADABLE) or (k is Kind.HARDLINK and flags):
+        if flags & ~(F_SPARSE | F_UNREADABLE | F_LINKED) or (k is Kind.HARDLINK and flags):
             raise ProtocolError(f"ENTRIES entry with unknown flags {flags:#x}")
         out.append(Entry(k, path, mode, mtime_ns, size, target, digest, uid, gid, flags, xattrs))
     if off != len(mv):

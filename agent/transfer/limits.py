@@ -1,8 +1,11 @@
 """What one receiving session may make this agent hold or reserve (DESIGN §5 "Budgets for strangers").
 
-A manifest is held whole until the end of its session (deletions and directory metadata come last), so
-``max_entries`` bounds the memory a source can make the receiver spend; hard links wait for the end too,
-and the renames and deletes of a watch session's round are held until the round ends. ``free_margin`` is
+A job's manifest is held per directory, not per entry (``listing.py``: the names of the directory being
+listed; --delete's names of the others wait in a nameless temp file), and needed files only until their bytes
+arrived; ``max_entries`` still caps a session's entries, and a source that ignores the sender's window
+(``window.py``) can make the receiver hold needed entries up to it. Hard links wait for the end, and a watch
+session's restricted manifest and the renames and deletes of its round are held whole (they are its change
+set). ``free_margin`` is
 what a preallocation must leave free on the destination filesystem.
 """
 

@@ -134,7 +134,7 @@ class LocalCopy:
             if self.cancel.is_set() or self.errors:
                 continue
             try:
-                self._copy(writer, index, self.files[index], buf)
+                self._copy(writer, index, self.files.pop(index), buf)
             except BaseException as err:
                 with self._lock:
                     self.errors.append(err)

@@ -167,12 +167,13 @@ class PlanWriter(TreeWriter):
         if self.options.delete and not self.restricted and not self.missing:
             protect = Filter() if self.options.delete_excluded else tree_filter(
                 self.root, self.options.filters, self.label)
-            for dpath in list(self.children):
+            for dpath, names in self.listing.directories():
                 if dpath not in self.new_dirs:
-                    self._extras(dpath, protect)
+                    self._extras(dpath, names, protect)
+        self.listing.close()
         return Result(errors=self.errors, first_error=self.first_error)
 
-    def _extras(self, dpath: bytes, protect: Filter) -> None:
+    def _extras(self, dpath: bytes, listed: set[bytes], protect: Filter) -> None:
         try:
             dfd = self.root.open_dir(validate_relpath(dpath))
         except (OSError, UnsafePath) as err:
@@ -182,7 +183,7 @@ class PlanWriter(TreeWriter):
             with os.scandir(dfd) as it:
                 names = sorted(os.fsencode(de.name) for de in it)
             for name in names:
-                if name.startswith(TEMP_PREFIX) or name in self.children[dpath]:
+                if name.startswith(TEMP_PREFIX) or name in listed:
                     continue
                 self._gone(dfd, name, (dpath + b"/" if dpath else b"") + name, protect, 0)
         finally:

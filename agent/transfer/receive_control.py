@@ -4,7 +4,8 @@ After the handshake (HELLO answered by ACCEPT, in ``ReceiveSession.serve_control
 phases; each phase names the frame types it takes and each frame type has one handler::
 
     CHANGES   (watch sessions only) rounds of CHANGES ... CHANGES_END, each answered by MISSED ... CHANGES_ACK
-    MANIFEST  ENTRIES batches admitted and diffed as they arrive, NEED / BASIS_HINT / NEED_BASIS back;
+    MANIFEST  ENTRIES batches admitted and diffed as they arrive, NEED / BASIS_HINT / NEED_BASIS back, then
+              MANIFEST_ACK (the sender's window, window.py);
               file frames may already come (the sender starts on the first NEEDs)
     DATA      after MANIFEST_END (answered by NEED_END): file frames, then SENDER_DONE
     DONE      every data connection finished and the tree is applied: RESULT goes back
@@ -139,6 +140,7 @@ class ControlSession:
             self.ch.send(fr.encode_hint(b.index, b.block) if b in later else fr.encode_basis(b))
         for b in later:  # the sender hashes its version meanwhile
             self.ch.send(fr.encode_basis(complete_delta(writer, b)))
+        self.ch.send(fr.encode_u64(fr.T.MANIFEST_ACK, writer.n_entries))  # the sender lets go of the rest
 
     def _manifest_end(self, _kind: fr.T, payload: bytes) -> None:
         self.writer.end_manifest(fr.decode_u64(payload, "MANIFEST_END"))

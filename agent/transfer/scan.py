@@ -29,7 +29,7 @@ from typing import Protocol
 
 import xxhash
 
-from zcrepl.agent.transfer.frame import F_SPARSE, F_UNREADABLE, MAX_XATTRS, Entry, Kind, encode_xattrs
+from zcrepl.agent.transfer.frame import F_LINKED, F_SPARSE, F_UNREADABLE, MAX_XATTRS, Entry, Kind, encode_xattrs
 from zcrepl.agent.transfer.saferoot import MAX_PATH, TEMP_PREFIX, SafeRoot
 from zcrepl.core.errors import TransferError, UnsafePath
 from zcrepl.core.filters import CLEAR, IGNORE_FILE, Filter, FilterError, check_rule, collapse, from_lines
@@ -342,11 +342,13 @@ class Scanner:
         if stat.S_ISREG(mode):
             if self.check_access and not _may(dfd, name, os.R_OK):
                 return self._unreadable(rel, st, os.strerror(errno.EACCES))
+            linked = 0
             if st.st_nlink > 1 and self.hardlinks:
                 first = self._links.setdefault((st.st_dev, st.st_ino), rel)
                 if first != rel:
                     return Entry(Kind.HARDLINK, rel, stat.S_IMODE(mode), st.st_mtime_ns, target=first,
                                  uid=st.st_uid, gid=st.st_gid)
+                linked = F_LINKED  # later names of this inode are HARDLINK entries naming this one
             digest = b""
             if self.checksum:
                 try:
@@ -358,7 +360,7 @@ class Scanner:
                     return self._unreadable(rel, st, str(err.strerror or err))
             sparse = F_SPARSE if st.st_size > _SPARSE_MIN and st.st_blocks * 512 < st.st_size else 0
             return Entry(Kind.FILE, rel, stat.S_IMODE(mode), st.st_mtime_ns, st.st_size, digest=digest,
-                         uid=st.st_uid, gid=st.st_gid, flags=sparse, xattrs=xattrs)
+                         uid=st.st_uid, gid=st.st_gid, flags=sparse | linked, xattrs=xattrs)
         if stat.S_ISLNK(mode):
             try:
                 target = os.readlink(name, dir_fd=dfd)

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
+from zcrepl.agent.transfer import window
 from zcrepl.agent.transfer.changes import ChangePlan, restricted_manifest
 from zcrepl.agent.transfer.channel import Channel, Stream, shut
 from zcrepl.agent.transfer.failure import explain
@@ -28,6 +29,7 @@ from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble, tree_filter
 from zcrepl.agent.transfer.send_worker import END, DataWorker, Work, WorkItem
 from zcrepl.agent.transfer.sendio import Pacer, SendSpec, connect
+from zcrepl.agent.transfer.window import FileWindow
 from zcrepl.core.errors import Cancelled, ProtocolError, TransferError, Unavailable
 from zcrepl.core.logs import carry
 from zcrepl.core.paths import show
@@ -35,7 +37,6 @@ from zcrepl.core.types import TransferStats
 
 log = logging.getLogger(__name__)
 
-BATCH = 512
 SPLIT_MIN = 32 << 20  # files at least this big are split across data connections...
 RANGE_MIN = 16 << 20  # ...into ranges of at least this size
 __all__ = ["RANGE_MIN", "SPLIT_MIN", "SendSpec", "Sender"]
@@ -58,7 +59,7 @@ class Sender:
         self.tolerate_changed = tolerate_changed or plan is not None
         self._restricted: list[Entry] | None = None
         self.renamed_missed = 0
-        self.files: dict[int, Entry] = {}  # index -> file entry (only files can be asked for)
+        self.files = FileWindow()  # file entries announced and still of use (only files can be asked for)
         self.failed = threading.Event()
         self.first_failure: BaseException | None = None
         self.result: fr.Result | None = None
@@ -67,7 +68,6 @@ class Sender:
         self.workers: list[DataWorker] = []
         self._ranges_left: dict[int, int] = {}
         self._lock = threading.Lock()
-        self._asked: set[int] = set()
         self.bases: dict[int, fr.Basis] = {}
         self.hinted: dict[int, tuple[int, threading.Event]] = {}  # index -> (block, receiver hashes arrived)
         self._socks: list[Stream] = []
@@ -211,14 +211,15 @@ class Sender:
         for entry in source:
             self.check_cancel()
             if entry.kind is Kind.FILE:
-                self.files[index] = entry
+                self.files.announce(index, entry)
             index += 1
             batch.append(entry)
             self.c_entries = index
-            if len(batch) >= BATCH:
+            if len(batch) >= window.BATCH:
                 ctl.send(fr.encode_entries(batch))
                 batch = []
                 self.progress()
+                self.files.wait_room(self.check_cancel)  # the receiver decides, the workers send
         if batch:
             ctl.send(fr.encode_entries(batch))
         ctl.send(fr.encode_u64(fr.T.MANIFEST_END, index))
@@ -248,6 +249,7 @@ class Sender:
         handlers: dict[fr.T, Callable[[bytes], bool]] = {
             fr.T.NEED: self._on_need, fr.T.BASIS_HINT: self._on_hint, fr.T.NEED_BASIS: self._on_need_basis,
             fr.T.NEED_END: self._on_need_end, fr.T.RESULT: self._on_result, fr.T.ABORT: self._on_abort,
+            fr.T.MANIFEST_ACK: self._on_manifest_ack,
         }
         try:
             while True:
@@ -293,6 +295,10 @@ class Sender:
             hint[1].set()
         return False
 
+    def _on_manifest_ack(self, payload: bytes) -> bool:
+        self.files.decided(fr.decode_u64(payload, "MANIFEST_ACK"), self.c_entries)
+        return False
+
     def _on_need_end(self, _payload: bytes) -> bool:
         for w in self.workers:
             w.work.put(END)
@@ -307,10 +313,7 @@ class Sender:
         return True
 
     def _queue_file(self, index: int, basis: fr.Basis | None = None) -> None:
-        e = self.files.get(index)
-        if e is None or index in self._asked:
-            raise ProtocolError(f"NEED for index {index}, which is not a file we announced or was asked already")
-        self._asked.add(index)
+        e = self.files.ask(index)
         self.c_files_total += 1
         self.c_bytes_total += e.size
         # Files of one directory go to one connection: creating files in a directory takes its lock in
@@ -333,6 +336,7 @@ class Sender:
             ranges = [(0, e.size)]
         with self._lock:
             self._ranges_left[index] = len(ranges)
+        self.files.expect(index, len(ranges))
         if len(ranges) == 1:
             home.put(WorkItem(Work.RANGE, index, 0, e.size))
             return
@@ -343,6 +347,17 @@ class Sender:
         with self._lock:
             self._ranges_left[index] -= 1
             return self._ranges_left[index] == 0
+
+    def item_done(self, index: int) -> None:
+        """A data worker finished one work item of file ``index`` (sent, skipped or failed): after the last,
+        nothing of the file is kept (a hint still waiting for its NEED_BASIS stays, to match it)."""
+        if self.files.item_done(index):
+            with self._lock:
+                self._ranges_left.pop(index, None)
+            self.bases.pop(index, None)
+            hint = self.hinted.get(index)
+            if hint is not None and hint[1].is_set():
+                del self.hinted[index]
 
     # -- helpers ------------------------------------------------------------------------------------
     def snapshot(self) -> TransferStats:
@@ -413,4 +428,5 @@ class Sender:
         for _, hashes in list(self.hinted.values()):
             hashes.set()
         self.pacer.wake()
+        self.files.wake()  # a scan waiting for room in its window
         self._changed.set()

@@ -89,6 +89,7 @@ class DataWorker:
                     self.send_sparse(item.index)
                 else:
                     self.send_range(item.index, item.offset, item.length)
+                s.item_done(item.index)
                 s.progress()
             self.ch.send(self.pending + fr.frame(fr.T.DATA_DONE))
             self.pending = b""

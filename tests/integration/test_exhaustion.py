@@ -192,7 +192,7 @@ def test_a_million_hard_links_are_refused_with_memory_bounded(cluster: Cluster, 
     peak = [_rss(cluster, "hostB")]
 
     def frames() -> Iterator[bytes]:
-        yield fr.encode_entries([ROOT, f(b"a", 1)])
+        yield fr.encode_entries([ROOT, f(b"a", 1)._replace(flags=fr.F_LINKED)])  # a file with other names
         n = 0
         while n < 1_003_522:
             batch = [Entry(Kind.HARDLINK, b"link-%07d" % i, 0o644, 0, target=b"a")

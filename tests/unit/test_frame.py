@@ -163,7 +163,7 @@ def test_entries_full_batch_round_trip() -> None:
         (batch(raw_entry(digest=b"d" * (MAX_DIGEST + 1))), "oversized"),
         (batch(raw_entry(size=(1 << 60) + 1)), "out-of-range"),
         (batch(raw_entry(mtime=-(1 << 62) - 1)), "out-of-range"),
-        (batch(raw_entry(flags=4)), "unknown flags"),
+        (batch(raw_entry(flags=8)), "unknown flags"),
         (batch(raw_entry(kind=4, target=b"f", flags=fr.F_UNREADABLE)), "unknown flags"),
         (batch(raw_entry(kind=2, flags=1)), "non-file entry with a size or flags"),
         (batch(raw_entry(xattrs=b"x" * (64 << 10 + 1))), "oversized"),

@@ -107,7 +107,7 @@ class Codec:
 
 
 def _entry_ok(e: Entry) -> bool:
-    flags = {Kind.FILE: fr.F_SPARSE | fr.F_UNREADABLE, Kind.HARDLINK: 0}.get(e.kind, fr.F_UNREADABLE)
+    flags = {Kind.FILE: fr.F_SPARSE | fr.F_UNREADABLE | fr.F_LINKED, Kind.HARDLINK: 0}.get(e.kind, fr.F_UNREADABLE)
     return ((len(e.target) <= fr.MAX_TARGET or e.kind is Kind.HARDLINK) and len(e.digest) <= fr.MAX_DIGEST
             and len(e.xattrs) <= fr.MAX_XATTRS and 0 <= e.size <= 1 << 60 and e.mtime_ns >= -(1 << 62)
             and not e.flags & ~flags and (e.kind is Kind.FILE or not e.size)
