@@ -63,10 +63,14 @@ def test_a_job_and_its_request_id_commit_together_or_not_at_all(store_spec: str,
     s = open_store(store_spec, str(tmp_path))
     try:
         req = Requests(s)
+        timed: list[str] = []
+        s.timer = lambda name, _seconds: timed.append(name)
         with s.together("submit_fanout"):
             jobs = [s.create_job(SRC, Endpoint("hostB", f"/d{i}".encode()), JobOptions(), 3, 1.0) for i in range(2)]
             req.remember("fan", JOB, [j.id for j in jobs], 1.0)
         assert asyncio.run(req.made("fan", JOB)) == [1, 2]
+        # The metrics time each write of the block under its own name (zcrepl_controller_store_call_seconds).
+        assert timed[:3] == ["create_job", "create_job", "remember_request"]
         # A second job under the same request id and ref breaks the primary key: the job made in the same
         # block must not be left behind without its id.
         with s.together("submit_job"):
