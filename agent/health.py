@@ -269,86 +269,105 @@ class HealthSampler:
         prev, cur = self._prev, self._read_counters()
         self._prev = cur
         dt = cur.at - prev.at
-
-        per_core = tuple(
-            _cpu_busy_percent(prev.per_cpu[i] if i < len(prev.per_cpu) else None, t)
-            for i, t in enumerate(cur.per_cpu)
-        )
-        agent_cpu = 0.0
-        if cur.agent_cpu_seconds is not None and prev.agent_cpu_seconds is not None and dt > 0:
-            agent_cpu = max(0.0, cur.agent_cpu_seconds - prev.agent_cpu_seconds) / dt * 100.0
-
         devices = self._export_devices(cur.disks)
-        disks: list[DiskIO] = []
-        for name in self._export_disks(cur.disks, devices):
-            r, w, busy = cur.disks[name]
-            pr, pw, pbusy = prev.disks.get(name, (None, None, None))
-            busy_pct = 0.0
-            if busy is not None:
-                # busy_time is milliseconds of I/O in flight, so ms/s divided by 10 is percent.
-                busy_pct = min(100.0, counter_rate(pbusy, busy, dt) / 10.0)
-            disks.append(
-                DiskIO(
-                    device=name,
-                    read_bps=counter_rate(pr, r, dt),
-                    write_bps=counter_rate(pw, w, dt),
-                    busy_percent=busy_pct,
-                )
-            )
-
-        speeds: dict[str, Any] = self._probe("net_if_stats", psutil.net_if_stats, {})
-        nics: list[NetIO] = []
-        for name in sorted(cur.nics):
-            rx, tx = cur.nics[name]
-            prx, ptx = prev.nics.get(name, (None, None))
-            nic_stats = speeds.get(name)
-            nics.append(
-                NetIO(
-                    interface=name,
-                    recv_bps=counter_rate(prx, rx, dt),
-                    sent_bps=counter_rate(ptx, tx, dt),
-                    speed_mbps=max(0, int(nic_stats.speed)) if nic_stats is not None else 0,
-                )
-            )
-
-        load = self._probe("loadavg", os.getloadavg, (0.0, 0.0, 0.0))
-        mem = self._probe("virtual_memory", psutil.virtual_memory, None)
-        with self._proc.oneshot():
-            open_fds = self._probe("num_fds", self._proc.num_fds, 0)
-            rss = self._probe("memory_info", lambda: self._proc.memory_info().rss, 0)
-        cpu_count = self._probe("cpu_count", lambda: psutil.cpu_count(logical=True), None) or os.cpu_count()
-        watches_used, watches_max = self._probe("inotify", self._inotify.read, (0, 0))
-        data_nic = self._probe("net_if_addrs", self._data_nic, "")
-
+        disks = _disk_rates(prev, cur, dt, self._export_disks(cur.disks, devices))
+        nics = _nic_rates(prev, cur, dt, self._probe("net_if_stats", psutil.net_if_stats, {}))
+        facts = self._facts()
         return HostHealth(
             sampled_at=self._clock(),
             cpu_percent=_cpu_busy_percent(prev.cpu, cur.cpu) if cur.cpu is not None else 0.0,
-            cpu_per_core=per_core,
-            cpu_count=cpu_count or 0,
-            load1=load[0],
-            load5=load[1],
-            load15=load[2],
-            mem_total=mem.total if mem is not None else 0,
-            mem_available=mem.available if mem is not None else 0,
+            cpu_per_core=_per_core(prev, cur),
+            cpu_count=facts.cpu_count,
+            load1=facts.load[0],
+            load5=facts.load[1],
+            load15=facts.load[2],
+            mem_total=facts.mem_total,
+            mem_available=facts.mem_available,
             swap_in_bps=counter_rate(prev.swap_in, cur.swap_in, dt) if cur.swap_in is not None else 0.0,
             swap_out_bps=counter_rate(prev.swap_out, cur.swap_out, dt) if cur.swap_out is not None else 0.0,
             exports=tuple(self._disk_usage(p, devices.get(p)) for p in self._exports),
             disk_read_bps=sum(d.read_bps for d in disks),
             disk_write_bps=sum(d.write_bps for d in disks),
-            disks=tuple(disks),
+            disks=disks,
             net_recv_bps=sum(n.recv_bps for n in nics),
             net_sent_bps=sum(n.sent_bps for n in nics),
-            nics=tuple(nics),
-            open_fds=open_fds,
-            agent_cpu_percent=agent_cpu,
-            agent_rss=rss,
-            active_transfers=self._probe("active_transfers", self._active_transfers, 0),
+            nics=nics,
+            open_fds=facts.open_fds,
+            agent_cpu_percent=_agent_cpu_percent(prev, cur, dt),
+            agent_rss=facts.rss,
+            active_transfers=facts.active_transfers,
             transfer_bps=(counter_rate(prev.transfer_bytes, cur.transfer_bytes, dt)
                           if cur.transfer_bytes is not None else 0.0),
-            inotify_watches_used=watches_used,
-            inotify_watches_max=watches_max,
-            data_nic=data_nic,
+            inotify_watches_used=facts.watches[0],
+            inotify_watches_max=facts.watches[1],
+            data_nic=facts.data_nic,
         )
+
+    def _facts(self) -> _Facts:
+        """The readings that are levels, not counters (no rate to compute)."""
+        mem = self._probe("virtual_memory", psutil.virtual_memory, None)
+        with self._proc.oneshot():
+            open_fds = self._probe("num_fds", self._proc.num_fds, 0)
+            rss = self._probe("memory_info", lambda: self._proc.memory_info().rss, 0)
+        cpu_count = self._probe("cpu_count", lambda: psutil.cpu_count(logical=True), None) or os.cpu_count()
+        return _Facts(
+            load=self._probe("loadavg", os.getloadavg, (0.0, 0.0, 0.0)),
+            mem_total=mem.total if mem is not None else 0,
+            mem_available=mem.available if mem is not None else 0,
+            open_fds=open_fds,
+            rss=rss,
+            cpu_count=cpu_count or 0,
+            watches=self._probe("inotify", self._inotify.read, (0, 0)),
+            data_nic=self._probe("net_if_addrs", self._data_nic, ""),
+            active_transfers=self._probe("active_transfers", self._active_transfers, 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    load: tuple[float, float, float]
+    mem_total: int
+    mem_available: int
+    open_fds: int
+    rss: int
+    cpu_count: int
+    watches: tuple[int, int]  # inotify watches used, and the per-user limit
+    data_nic: str
+    active_transfers: int
+
+
+def _per_core(prev: _Counters, cur: _Counters) -> tuple[float, ...]:
+    return tuple(_cpu_busy_percent(prev.per_cpu[i] if i < len(prev.per_cpu) else None, t)
+                 for i, t in enumerate(cur.per_cpu))
+
+
+def _agent_cpu_percent(prev: _Counters, cur: _Counters, dt: float) -> float:
+    if cur.agent_cpu_seconds is None or prev.agent_cpu_seconds is None or dt <= 0:
+        return 0.0
+    return max(0.0, cur.agent_cpu_seconds - prev.agent_cpu_seconds) / dt * 100.0
+
+
+def _disk_rates(prev: _Counters, cur: _Counters, dt: float, names: Iterable[str]) -> tuple[DiskIO, ...]:
+    disks: list[DiskIO] = []
+    for name in names:
+        r, w, busy = cur.disks[name]
+        pr, pw, pbusy = prev.disks.get(name, (None, None, None))
+        # busy_time is milliseconds of I/O in flight, so ms/s divided by 10 is percent.
+        busy_pct = min(100.0, counter_rate(pbusy, busy, dt) / 10.0) if busy is not None else 0.0
+        disks.append(DiskIO(device=name, read_bps=counter_rate(pr, r, dt), write_bps=counter_rate(pw, w, dt),
+                            busy_percent=busy_pct))
+    return tuple(disks)
+
+
+def _nic_rates(prev: _Counters, cur: _Counters, dt: float, speeds: dict[str, Any]) -> tuple[NetIO, ...]:
+    nics: list[NetIO] = []
+    for name in sorted(cur.nics):
+        rx, tx = cur.nics[name]
+        prx, ptx = prev.nics.get(name, (None, None))
+        nic_stats = speeds.get(name)
+        nics.append(NetIO(interface=name, recv_bps=counter_rate(prx, rx, dt), sent_bps=counter_rate(ptx, tx, dt),
+                          speed_mbps=max(0, int(nic_stats.speed)) if nic_stats is not None else 0))
+    return tuple(nics)
 
 
 class HealthMonitor:

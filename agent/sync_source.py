@@ -47,6 +47,44 @@ class _Stopped(Exception):
     pass
 
 
+class ReleaseGate:
+    """Whether a watch rule may ship now: the controller holds and releases it (load policy), and shipping
+    waits at the gate. A wait ends when the rule is released or cancelled, woken by whichever did it."""
+
+    def __init__(self, held: bool, cancel: Cancel) -> None:
+        self._lock = threading.Lock()  # a hold must not clear the wake a concurrent cancellation just set
+        self._cancel = cancel
+        self._held = held
+        self._open = threading.Event()
+        if not held:
+            self._open.set()
+        cancel.on_set(self._wake)  # for the rule's lifetime: the Cancel is the rule's own
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def set_held(self, held: bool) -> bool:
+        """Hold or release; returns whether that changed anything."""
+        with self._lock:
+            changed = held != self._held
+            self._held = held
+            if held and not self._cancel.is_set():
+                self._open.clear()
+            else:
+                self._open.set()
+        return changed
+
+    def wait(self) -> bool:
+        """Block while held; True once released, False if cancelled."""
+        self._open.wait()
+        return not self._cancel.is_set()
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._open.set()
+
+
 class SourceRule:
     """Started by a SyncSourceOrder; ``stop`` ends it. ``status`` is read by the heartbeat thread."""
 
@@ -62,8 +100,7 @@ class SourceRule:
         self.io_timeout = io_timeout
         self.backoff_max = backoff_max
         self._cancel = Cancel()  # wakes a running session's threads at once
-        self._hold = threading.Condition()
-        self._held = order.held
+        self._gate = ReleaseGate(order.held, self._cancel)
         self._lock = threading.Lock()
         self._counters = SyncCounters()
         self._failures = 0
@@ -84,19 +121,13 @@ class SourceRule:
                                                 dests=",".join(d.host for d in self.order.dests)))
 
     def stop(self) -> None:
-        self._cancel.set()
-        with self._hold:
-            self._hold.notify_all()
+        self._cancel.set()  # also opens the gate
         self.watcher.stop()
         self.root.close()
         log.info("watch rule stopped", extra=kv(rule=self.order.rule_id, epoch=self.order.epoch))
 
     def hold(self, held: bool, reason: str) -> None:
-        with self._hold:
-            changed = held != self._held
-            self._held = held
-            self._hold.notify_all()
-        if changed:
+        if self._gate.set_held(held):
             log.info("watch rule held" if held else "watch rule released",
                      extra=kv(rule=self.order.rule_id, reason=reason))
 
@@ -124,7 +155,7 @@ class SourceRule:
             lag = max(lag, now - shipping.oldest) if shipping.oldest else lag
             pending += len(shipping)
         return SyncStatus(self.order.rule_id, self.order.epoch, watching=not self._cancel.is_set(), lag=lag,
-                          pending=pending, held=self._held, reconciling=reconciling, counters=counters,
+                          pending=pending, held=self._gate.held, reconciling=reconciling, counters=counters,
                           last_error=err, last_error_at=err_at, last_shipped_at=shipped, warning=warning)
 
     # -- shipping (the watcher's coalescing thread) -----------------------------------------------------
@@ -204,10 +235,7 @@ class SourceRule:
                                                  seconds=round(time.monotonic() - t0, 4)))
 
     def _wait_released(self) -> None:
-        with self._hold:
-            while self._held and not self._cancel.is_set():
-                self._hold.wait(0.5)
-        if self._cancel.is_set():
+        if not self._gate.wait():
             raise _Stopped()
 
     def _failed(self, err: BaseException) -> None:

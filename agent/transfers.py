@@ -32,6 +32,7 @@ from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
+from zcrepl.agent.transfer.snapshot import NoSnapshot, Snapshot, begin_snapshot, job_rel
 from zcrepl.core.config import split_address
 from zcrepl.core.errorkind import error_kind
 from zcrepl.core.errors import ConfigError, TransferError, ZcError
@@ -147,6 +148,7 @@ class Transfers:
             if order.options.encrypt and self.data.tls is None and order.source_host != self.host:
                 raise ConfigError(no_tls(self.host, "receive"))  # (a same-host copy never touches the network)
             root, rel = self.exports.resolve(order.path)
+            rel = job_rel(rel, order.options)  # a snapshot: its in-progress directory
             check_destination(root, rel, label)
             resolve_dirs(self.exports.resolve, order.options)  # --backup-dir, --link-dest: inside the exports
         except ZcError as err:
@@ -350,12 +352,17 @@ class Transfers:
                 raise TransferError(f"an older attempt of job {order.job_id} is still stopping here after "
                                     f"{self.io_timeout:g}s; the next attempt will try again")
             root, rel = self.exports.resolve(order.dest_path)
-            copier = LocalCopy(order.job_id, src, root, rel, order.options, dst_label, active.cancel,
-                               lambda s: self.report(TransferReport(order.job_id, order.attempt, Role.SENDER,
-                                                                    Phase.PROGRESS, s)),
-                               workers=order.options.streams or 2, policy=self.exports.policy(root),
-                               limits=self.limits, dirs=resolve_dirs(self.exports.resolve, order.options))
-            stats = copier.run()
+            rel = job_rel(rel, order.options)
+            with contextlib.closing(begin_snapshot(root, rel, order.options, dst_label)) as snap:
+                copier = LocalCopy(order.job_id, src, root, rel, order.options, dst_label, active.cancel,
+                                   lambda s: self.report(TransferReport(order.job_id, order.attempt, Role.SENDER,
+                                                                        Phase.PROGRESS, s)),
+                                   workers=order.options.streams or 2, policy=self.exports.policy(root),
+                                   limits=self.limits, dirs=snap.dirs(resolve_dirs(self.exports.resolve,
+                                                                                    order.options)))
+                stats = copier.run()
+                if not stats.errors:
+                    stats = replace(stats, pruned=snap.complete())
         except Exception as err:  # a bug must fail the attempt now, not leave it to the stall timeout
             self._forget(key)
             f = explain(err, io_timeout=self.io_timeout)
@@ -386,22 +393,33 @@ class Transfers:
         key = (order.job_id, order.attempt, Role.RECEIVER)
         if self.sweeper is not None and not order.options.dry_run:  # first, what dead transfers left here goes
             self.sweeper.request(root, rel)
-        spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label,
-                           policy=self.exports.policy(root), limits=self.limits, bind=bind,
-                           dirs=resolve_dirs(self.exports.resolve, order.options))
-        session = ReceiveSession(spec, self.tickets)
-        with self._lock:
-            active = self._active.get(key)
-            if active is not None:
-                active.session = session
         try:
-            self._receive(order, root, rel, label, ch, hello, session)
+            snap = begin_snapshot(root, rel, order.options, label)  # NoSnapshot unless the job is a snapshot
+        except (ZcError, OSError) as err:
+            f = explain(err, io_timeout=self.io_timeout)
+            with contextlib.suppress(OSError):
+                ch.send(fr.encode_text(fr.T.ABORT, f"{label}: {f.message}"))
+            self._forget(key)
+            self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: {f.message}", retryable=f.retryable)
+            return
+        active = None
+        try:
+            spec = ReceiveSpec(order.job_id, order.attempt, root, rel, order.options, label,
+                               policy=self.exports.policy(root), limits=self.limits, bind=bind,
+                               dirs=snap.dirs(resolve_dirs(self.exports.resolve, order.options)))
+            session = ReceiveSession(spec, self.tickets)
+            with self._lock:
+                active = self._active.get(key)
+                if active is not None:
+                    active.session = session
+            self._receive(order, root, rel, label, ch, hello, session, snap)
         finally:
+            snap.close()  # before the attempt counts as ended: the next run may clean up what it left
             if active is not None:
                 _ended(active, key)
 
     def _receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str, ch: Channel,
-                 hello: Hello, session: ReceiveSession) -> None:
+                 hello: Hello, session: ReceiveSession, snap: Snapshot | NoSnapshot) -> None:
         key = (order.job_id, order.attempt, Role.RECEIVER)
         t0 = time.monotonic()
         try:
@@ -450,6 +468,13 @@ class Transfers:
         # source, or replaced by a newer version that arrived whole.
         if not order.options.dry_run:
             drop_partials(root, rel, None)
+        try:
+            stats = replace(stats, pruned=snap.complete())
+        except (ZcError, OSError) as err:
+            f = explain(err, io_timeout=self.io_timeout)
+            self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: {f.message}", retryable=f.retryable,
+                       stats=stats)
+            return
         log.info("receive done", extra=kv(job=order.job_id, attempt=order.attempt, files=stats.files_done,
                                           bytes=stats.bytes_done, skipped=stats.files_skipped,
                                           transport=stats.transport, source=ch.peer.address if ch.peer else "",

@@ -7,7 +7,8 @@
                                                         poller thread ------+  (directories inotify cannot watch)
 
 ``TreeWatcher`` is the I/O shell; every decision (merging, holding files still being written, rename chains,
-the order a ``ChangeSet`` is applied in) lives in the pure :class:`~zcrepl.agent.watch_coalesce.Coalescer`;
+the order a ``ChangeSet`` is applied in, :mod:`zcrepl.agent.watch_changeset`) lives in the pure
+:class:`~zcrepl.agent.watch_coalesce.Coalescer`;
 the poller for directories inotify cannot watch in :mod:`zcrepl.agent.watch_poll`.
 The first set delivered after :meth:`TreeWatcher.start` is ``rescan=True`` (reconciliation at rule start).
 
@@ -55,7 +56,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from watchdog.events import (
     EVENT_TYPE_ATTRIB,
@@ -136,6 +137,11 @@ class TreeWatcher:
         self._co = Coalescer(window=window, quiet=quiet, close_settles=close_settles, max_pending=max_pending,
                              replay_margin=replay_margin)
         self._cond = threading.Condition()  # guards _co, _inbox, _stopping
+        self._handlers: dict[str, Callable[[bytes, bool, float], Sequence[bytes]]] = {
+            EVENT_TYPE_CREATED: self._on_created, EVENT_TYPE_MODIFIED: self._on_modified,
+            EVENT_TYPE_CLOSED: self._on_closed, EVENT_TYPE_ATTRIB: self._on_attrib,
+            EVENT_TYPE_DELETED: self._on_deleted,
+        }
         self._inbox: list[tuple[float, list[Raw] | Polled]] = []  # batches from the emitter, and polled changes
         self._stopping = False
         self._started = False
@@ -334,53 +340,71 @@ class TreeWatcher:
             return None
         return min(now + self._window / 2, oldest + self._burst_hold_max)
 
-    def _apply(self, t: float, events: list[Raw]) -> None:  # noqa: C901
+    def _apply(self, t: float, events: list[Raw]) -> None:
         """Feed one batch from the emitter to the coalescer, under one lock. A directory that is new to the
         destination is scanned outside the lock, right after the event that made it so."""
-        co, rel_of = self._co, self._rel
+        rel_of, handlers = self._rel, self._handlers
         root_gone = False
-        scans: list[bytes] = []
         self._cond.acquire()
         try:
             for kind, src, dst, is_dir in events:
                 if kind == EVENT_TYPE_MOVED:
-                    s, d = rel_of(src), rel_of(dst)
-                    if s is not None and d is not None:
-                        scans = co.moved(s, d, is_dir=is_dir, now=t)
-                    elif d is not None:
-                        scans = [d] if co.arrived(d, is_dir=is_dir, now=t) else []
-                    elif s is not None:
-                        co.deleted(s, is_dir=is_dir, now=t)
+                    scans = self._on_moved(src, dst, is_dir, t)
                 else:
                     rel = rel_of(src)
-                    if rel is None:
+                    handler = handlers.get(kind)
+                    if rel is None or handler is None:
                         continue
-                    if kind == EVENT_TYPE_CREATED:
-                        co.created(rel, is_dir=is_dir, now=t, hot=not is_dir and self._is_regular(rel))
-                        scans = [rel] if is_dir else []
-                    elif kind == EVENT_TYPE_MODIFIED:
-                        co.modified(rel, is_dir=is_dir, now=t)
-                    elif kind == EVENT_TYPE_CLOSED:
-                        co.closed(rel, now=t)
-                    elif kind == EVENT_TYPE_ATTRIB:
-                        co.attrib(rel, is_dir=is_dir, now=t)
-                    elif kind == EVENT_TYPE_DELETED and rel == b"":
+                    if rel == b"" and kind == EVENT_TYPE_DELETED:
                         root_gone = True
-                        co.request_rescan(t)
-                    elif kind == EVENT_TYPE_DELETED:
-                        co.deleted(rel, is_dir=is_dir, now=t)
+                    scans = handler(rel, is_dir, t)
                 if scans:
                     self._cond.release()
                     try:
                         self._scan_into(scans, t)
                     finally:
                         self._cond.acquire()
-                    scans = []
         finally:
             self._cond.release()
         if root_gone:
             self._on_warning(f"the watched root {show(self.root)} was removed; nothing is watched any more: "
                              "recreate it and restart the sync")
+
+    # One handler per event kind, called by _apply under the lock with the root-relative path; each returns the
+    # directories to scan.
+
+    def _on_moved(self, src: bytes, dst: bytes, is_dir: bool, t: float) -> Sequence[bytes]:
+        s, d = self._rel(src), self._rel(dst)
+        if s is not None and d is not None:
+            return self._co.moved(s, d, is_dir=is_dir, now=t)
+        if d is not None:
+            return [d] if self._co.arrived(d, is_dir=is_dir, now=t) else ()
+        if s is not None:
+            self._co.deleted(s, is_dir=is_dir, now=t)
+        return ()
+
+    def _on_created(self, rel: bytes, is_dir: bool, t: float) -> Sequence[bytes]:
+        self._co.created(rel, is_dir=is_dir, now=t, hot=not is_dir and self._is_regular(rel))
+        return [rel] if is_dir else ()
+
+    def _on_modified(self, rel: bytes, is_dir: bool, t: float) -> Sequence[bytes]:
+        self._co.modified(rel, is_dir=is_dir, now=t)
+        return ()
+
+    def _on_closed(self, rel: bytes, is_dir: bool, t: float) -> Sequence[bytes]:
+        self._co.closed(rel, now=t)
+        return ()
+
+    def _on_attrib(self, rel: bytes, is_dir: bool, t: float) -> Sequence[bytes]:
+        self._co.attrib(rel, is_dir=is_dir, now=t)
+        return ()
+
+    def _on_deleted(self, rel: bytes, is_dir: bool, t: float) -> Sequence[bytes]:
+        if rel == b"":
+            self._co.request_rescan(t)  # the root itself: _apply warns
+        else:
+            self._co.deleted(rel, is_dir=is_dir, now=t)
+        return ()
 
     def _apply_polled(self, t: float, item: Polled) -> None:
         co = self._co
@@ -398,7 +422,7 @@ class TreeWatcher:
                     co.modified(item.rel, is_dir=item.is_dir, now=t, hot=False)
         self._scan_into(scans, t)
 
-    def _scan_into(self, tops: list[bytes], t: float) -> None:
+    def _scan_into(self, tops: Sequence[bytes], t: float) -> None:
         """Content the destination lacks: a directory that appeared (watchdog may miss what is created in it
         before its watch exists), arrived, or was renamed while unknown to the destination."""
         for top in tops:

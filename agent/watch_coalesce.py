@@ -3,25 +3,8 @@
 No I/O and no threads here; time is passed in (DESIGN §4.4). ``zcrepl.agent.watch`` feeds it events from
 watchdog and hands what ``take`` returns to the shipper.
 
-How a ChangeSet is applied (the contract the shipper relies on; ``tests/unit/test_watch.py`` checks it
-against a model destination over thousands of random histories):
-
-1. ``rescan``: reconcile the whole tree against the destination; the other fields are then empty. The
-   reconciliation reads the source before ``on_changes`` returns.
-2. ``renames`` in order. A rename replaces whatever is at its destination (recursively) and creates missing
-   parent directories (replacing a non-directory in the way: a later read may have put one there, and the
-   events that follow restore it). Should its source be missing at the destination anyway, make the destination path
-   match the source as it is now (copy its subtree, or remove what is there if the source has nothing).
-3. ``deletes`` (paths after the renames): remove recursively; a path that is already gone is fine.
-4. ``upserts`` (paths after the renames): make the destination's path match the source *at ship time*:
-   its type, metadata, content or link target, replacing what the destination has whatever its type and
-   creating parents as renames do; or, if the source has nothing there any more, remove it (recursively).
-   An upserted directory stands for its own metadata only; every entry below it that needs sending is
-   listed too. Parents of created, deleted and renamed entries are
-   upserted because their mtime moved; ``b""`` is the root itself.
-
-Consecutive ChangeSets are applied in order, and ``on_changes`` ships (reads the source for) a set before
-it returns. Paths are root-relative ``bytes`` without a leading slash.
+The ChangeSet contract the shipper relies on is in ``zcrepl.agent.watch_changeset``; the pending state
+and its order operations are in ``zcrepl.agent.watch_pending``.
 
 Gotchas:
 
@@ -47,9 +30,8 @@ Gotchas:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from zcrepl.agent.transfer.saferoot import TEMP_PREFIX
+from zcrepl.agent.watch_changeset import ChangeSet, is_ignored, parent_of
+from zcrepl.agent.watch_pending import NEVER, Entry, PendingState, Segment, Shipped
 
 __all__ = ["REPLAY_MARGIN", "ChangeSet", "Coalescer", "is_ignored", "parent_of"]
 
@@ -60,96 +42,8 @@ destination got. It must cover watchdog's pipeline, which holds a lone ``IN_MOVE
 event queued behind it); if events ever lag more, a rare race can leave the destination inexact until
 the next reconciliation."""
 
-_SEP = b"/"
-_IGNORED_INNER = _SEP + TEMP_PREFIX
 
-
-@dataclass(frozen=True, slots=True)
-class ChangeSet:
-    """One immutable batch of changes, applied as described in the module docstring."""
-
-    upserts: frozenset[bytes] = frozenset()
-    deletes: frozenset[bytes] = frozenset()
-    renames: tuple[tuple[bytes, bytes], ...] = ()
-    rescan: bool = False
-    oldest: float = 0.0
-    """Clock time of the oldest change in the set (the watcher's clock, ``time.monotonic`` by default)."""
-
-    def __len__(self) -> int:
-        return len(self.upserts) + len(self.deletes) + len(self.renames) + int(self.rescan)
-
-
-def is_ignored(path: bytes) -> bool:
-    """True if any component of ``path`` is in the agent's own temp namespace (``.zc.*``)."""
-    return path.startswith(TEMP_PREFIX) or _IGNORED_INNER in path
-
-
-def parent_of(path: bytes) -> bytes:
-    return path.rpartition(_SEP)[0]
-
-
-def _under(path: bytes, top: bytes) -> bool:
-    """``path`` is ``top`` or inside it (``top == b""`` is the root, which holds everything)."""
-    return not top or path == top or path.startswith(top + _SEP)
-
-
-def _overlap(a: bytes, b: bytes) -> bool:
-    return _under(a, b) or _under(b, a)
-
-
-def _rebase(path: bytes, old: bytes, new: bytes) -> bytes:
-    return new + path[len(old):]
-
-
-@dataclass(slots=True)
-class _Entry:
-    is_dir: bool
-    new: bool  # the destination has nothing at this path
-    fresh: bool  # the destination does not have this object (new implies fresh)
-    hot: bool  # being written: held until quiet (or closed)
-    first: float
-    last: float
-
-
-@dataclass(slots=True)
-class _Shipped:
-    """A released upsert whose source may have been read later than the events still to come."""
-
-    is_dir: bool
-    fresh: bool  # the destination may lack it (cleared once the caller saw it still exists after shipping)
-    until: float
-    content_fresh: bool = False  # a fresh directory: what a scan did not list below it may be missing
-
-
-@dataclass(slots=True)
-class _Delete:
-    is_dir: bool
-    first: float
-    seq: int = 0  # order among renames and deletes (a delete is applied after every rename of its set)
-
-
-@dataclass(slots=True)
-class _Rename:
-    src: bytes
-    dst: bytes
-    first: float
-    clobbers: bool = True  # dst may have held something the rename replaced (unknown unless dst was new)
-    seq: int = 0
-
-
-@dataclass(slots=True)
-class _Segment:
-    renames: list[_Rename] = field(default_factory=list)
-    deletes: dict[bytes, _Delete] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.renames or self.deletes)
-
-
-_NEVER = float("inf")
-
-
-class Coalescer:
+class Coalescer(PendingState):
     """Merges events per path and releases them as ``ChangeSet`` lists.
 
     Release rule: the first event after a release opens a batch that closes ``window`` seconds later. A
@@ -170,23 +64,16 @@ class Coalescer:
                  max_pending: int = 1_000_000, replay_margin: float = REPLAY_MARGIN) -> None:
         if window <= 0 or quiet < 0 or replay_margin < 0:
             raise ValueError("window must be > 0, quiet and replay_margin >= 0")
+        super().__init__(replay_margin)
         self.window = window
         self.quiet = quiet
         self.close_settles = close_settles
         self.max_pending = max_pending
-        self.replay_margin = replay_margin
-        self._u: dict[bytes, _Entry] = {}
-        self._open = _Segment()
-        self._sealed: list[_Segment] = []
         self._rescan: float | None = None
         self._batch_deadline: float | None = None
         self._last_event = float("-inf")
         self._lone = False  # the open batch began after a quiet window: a close may release it at once
         self._replay_until = float("-inf")
-        self._shipped: dict[bytes, _Shipped] = {}
-        self._unstamped: list[bytes] = []
-        self._purged = float("-inf")
-        self._seq = 0
 
     # ----------------------------------------------------------------------------------------- feedback
 
@@ -208,7 +95,7 @@ class Coalescer:
         until = now + self.replay_margin
         for p in self._unstamped:
             s = self._shipped.get(p)
-            if s is not None and s.until == _NEVER:
+            if s is not None and s.until == NEVER:
                 s.until = until
                 s.fresh = s.fresh and p in gone
         self._unstamped.clear()
@@ -222,7 +109,7 @@ class Coalescer:
             oldest = self.oldest()  # the dropped changes stay unshipped until the reconciliation
             self._rescan = now if oldest is None else min(now, oldest)
         self._u.clear()
-        self._open = _Segment()
+        self._open = Segment()
         self._sealed.clear()
         self._shipped.clear()
         self._unstamped.clear()
@@ -305,20 +192,14 @@ class Coalescer:
         for path, is_dir, is_reg in found:
             self.created(path, is_dir=is_dir, now=now, hot=is_reg, new=new)
 
-    def moved(self, src: bytes, dst: bytes, *, is_dir: bool, now: float) -> list[bytes]:  # noqa: C901
+    def moved(self, src: bytes, dst: bytes, *, is_dir: bool, now: float) -> list[bytes]:
         """A rename inside the tree. Returns the directories the caller should scan (and report with
         ``listed``): content the destination lacks, which the rename may have taken along before an
         earlier scan could list it."""
         if self._rescan is not None:
             return []
-        src_ign, dst_ign = is_ignored(src), is_ignored(dst)
-        if src_ign and dst_ign:
-            return []
-        if src_ign:
-            return [dst] if self.arrived(dst, is_dir=is_dir, now=now) else []
-        if dst_ign:
-            self.deleted(src, is_dir=is_dir, now=now)
-            return []
+        if is_ignored(src) or is_ignored(dst):
+            return self._moved_across_temp(src, dst, is_dir=is_dir, now=now)
         if src == dst or not src or not dst:
             return []
         self._open_batch(now)
@@ -331,35 +212,22 @@ class Coalescer:
             # The destination lacks this object: it is an upsert of dst (its pending content moves along).
             return self._as_upsert(src, dst, is_dir=is_dir, now=now,
                                    delete_src=not (entry is not None and entry.new))
-        target = self._u.get(dst)  # known absent at the destination: new, with no older object to delete
-        clobbers = not (target is not None and target.new and dst not in self._open.deletes)
-        if self._needs_barrier(src, dst):
-            self._seal()
-        i = self._chain(src, dst)
-        self._drop_u_under(dst)  # a rename replaces its target, recursively
-        deletes = self._open.deletes
-        for p in [p for p in deletes if _under(p, dst)]:
-            del deletes[p]
-        self._rekey_u(src, dst)
-        for p in [p for p in deletes if _under(p, src) and p != src]:
-            deletes[_rebase(p, src, dst)] = deletes.pop(p)
-        renames = self._open.renames
-        self._seq += 1
-        if i is None:
-            renames.append(_Rename(src, dst, now, clobbers, self._seq))
-        else:
-            first = renames[i]  # X -> src, now X -> dst: src is skipped, so what X replaced there must go
-            if first.clobbers:
-                self._add_delete(src, True, first.first)
-            if first.src == dst:
-                del renames[i]  # X -> src -> X
-            else:
-                renames[i] = _Rename(first.src, dst, first.first, clobbers, first.seq)
+        self._record_rename(src, dst, now)
         rescan = self._verify_unsettled(src, dst, now)
         self._check_size(now)
-        prefix = dst + _SEP
+        prefix = dst + b"/"
         rescan += [p for p, e in self._u.items() if e.is_dir and e.fresh and (p == dst or p.startswith(prefix))]
         return sorted(set(rescan))
+
+    def _moved_across_temp(self, src: bytes, dst: bytes, *, is_dir: bool, now: float) -> list[bytes]:
+        """A rename out of our temp namespace is an arrival, one into it a delete (see the Gotchas)."""
+        src_ign, dst_ign = is_ignored(src), is_ignored(dst)
+        if src_ign and dst_ign:
+            return []
+        if src_ign:
+            return [dst] if self.arrived(dst, is_dir=is_dir, now=now) else []
+        self.deleted(src, is_dir=is_dir, now=now)
+        return []
 
     # ----------------------------------------------------------------------------------------- output
 
@@ -376,7 +244,7 @@ class Coalescer:
             oldest = self._rescan
             self._rescan = None
             self._batch_deadline = None
-            self._replay_until = _NEVER  # until reconciled() says when the reconciliation read the source
+            self._replay_until = NEVER  # until reconciled() says when the reconciliation read the source
             return [ChangeSet(rescan=True, oldest=oldest)]
         early = self._batch_deadline is not None and now < self._batch_deadline
         if early and not any(e.hot and now - e.last >= self.quiet for e in self._u.values()):
@@ -386,13 +254,13 @@ class Coalescer:
         ready = [(p, e) for p, e in self._u.items() if not e.hot or now - e.last >= self.quiet]
         segments = [s for s in (*self._sealed, self._open) if s]
         self._sealed.clear()
-        self._open = _Segment()
+        self._open = Segment()
         for p, e in ready:
             del self._u[p]
             old = self._shipped.get(p)
             fresh = e.fresh or (old is not None and old.fresh)
             content = e.is_dir and (e.fresh or (old is not None and old.content_fresh))
-            self._shipped[p] = _Shipped(e.is_dir, fresh, _NEVER, content)
+            self._shipped[p] = Shipped(e.is_dir, fresh, NEVER, content)
             self._unstamped.append(p)
         return _chunks(segments, ready, max(1, max_batch))
 
@@ -432,24 +300,6 @@ class Coalescer:
         if self.pending() > self.max_pending:
             self.request_rescan(now)
 
-    def _upsert(self, path: bytes, *, is_dir: bool, now: float, new: bool, fresh: bool, hot: bool | None,
-                arrival: bool = False) -> None:
-        entry = self._u.get(path)
-        if entry is not None:
-            entry.last = now
-            entry.is_dir = is_dir
-            if hot is not None:
-                entry.hot = hot
-            if arrival:
-                entry.new, entry.fresh = False, fresh
-            return
-        old = self._open.deletes.get(path)
-        if old is not None and not (old.is_dir or is_dir):
-            del self._open.deletes[path]  # a file upsert replaces the deleted file
-            new = False
-        # (a directory on either side keeps the delete: the destination drops the old tree first)
-        self._u[path] = _Entry(is_dir, new, fresh or new, bool(hot), now, now)
-
     def _as_upsert(self, src: bytes, dst: bytes, *, is_dir: bool, now: float, delete_src: bool) -> list[bytes]:
         """Ship ``dst`` as an upsert instead of renaming ``src``; returns ``[dst]`` if it must be scanned."""
         target = self._u.get(dst)
@@ -460,7 +310,7 @@ class Coalescer:
         self._forget_shipped(src)  # the destination's copy, if any, goes with the delete of src
         moved = self._u.get(dst)
         if moved is None:
-            moved = self._u[dst] = _Entry(is_dir, False, True, False, now, now)
+            moved = self._u[dst] = Entry(is_dir, False, True, False, now, now)
         moved.fresh, moved.last, moved.is_dir = True, now, is_dir  # the event knows; a scan may have run ahead
         old = self._open.deletes.get(dst)
         if old is not None and not (old.is_dir or moved.is_dir):
@@ -473,151 +323,9 @@ class Coalescer:
         self._check_size(now)
         return [dst] if moved.is_dir else []
 
-    def _verify_unsettled(self, src: bytes, dst: bytes, now: float) -> list[bytes]:
-        """Recently shipped paths that this rename moved: the destination may hold a later read of their
-        old name (the source was read after the rename), so upsert them again under the new one. Returns
-        the fresh directories among them (their content may be missing at the destination)."""
-        self._forget_shipped(dst)
-        moved = [(p, s) for p, s in self._shipped.items() if _under(p, src) and s.until >= now]
-        for p, _ in moved:
-            del self._shipped[p]
-        for p, s in moved:
-            q = _rebase(p, src, dst)
-            self._shipped[q] = s
-            if q not in self._u:
-                self._u[q] = _Entry(s.is_dir, False, s.fresh, False, now, now)
-        return [_rebase(p, src, dst) for p, s in moved if s.is_dir and (s.fresh or s.content_fresh)]
-
-    def _fresh(self, path: bytes, now: float) -> bool:
-        """The destination may lack the object at ``path``: it, or a directory above it, is fresh (pending or
-        recently shipped), and no pending rename brought it there. Erring towards fresh is safe: a rename
-        of something fresh becomes a delete plus an upsert."""
-        dsts = {r.dst for r in self._open.renames}
-        entry, shipped = self._u.get(path), self._unsettled(path, now)
-        if (entry is not None and entry.fresh) or (shipped is not None and shipped.fresh):
-            return True
-        if shipped is not None:
-            return False  # shipped and seen to exist afterwards: the destination has it
-        p = path
-        while p:
-            if p in dsts:
-                return False
-            p = parent_of(p)
-            entry, shipped = self._u.get(p), self._unsettled(p, now)
-            if (entry is not None and entry.fresh) or (shipped is not None and shipped.content_fresh):
-                return True
-        return False
-
-    def _purge(self, now: float) -> None:
-        if now - self._purged >= self.replay_margin / 4:
-            self._purged = now
-            for p in [p for p, s in self._shipped.items() if s.until < now]:
-                del self._shipped[p]
-
-    def _unsettled(self, path: bytes, now: float) -> _Shipped | None:
-        s = self._shipped.get(path)
-        return s if s is not None and s.until >= now else None
-
-    def _forget_shipped(self, top: bytes) -> None:
-        self._shipped.pop(top, None)
-        if self._shipped:
-            prefix = top + _SEP
-            for p in [p for p in self._shipped if p.startswith(prefix)]:
-                del self._shipped[p]
-
-    def _parent_changed(self, path: bytes, now: float) -> None:
-        parent = parent_of(path)
-        if parent not in self._u and parent in self._open.deletes:
-            return  # a stale event below a deleted directory
-        self._upsert(parent, is_dir=True, now=now, new=False, fresh=False, hot=None)
-
-    def _add_delete(self, path: bytes, is_dir: bool, now: float) -> None:
-        deletes = self._open.deletes
-        if is_dir:
-            prefix = path + _SEP
-            for p in [p for p in deletes if p.startswith(prefix)]:
-                del deletes[p]
-        old = deletes.get(path)
-        self._seq += 1
-        deletes[path] = _Delete(is_dir or (old is not None and old.is_dir), old.first if old else now, self._seq)
-
-    def _drop_u_under(self, top: bytes) -> None:
-        self._u.pop(top, None)
-        prefix = top + _SEP
-        for p in [p for p in self._u if p.startswith(prefix)]:
-            del self._u[p]
-
-    def _rekey_u(self, src: bytes, dst: bytes) -> None:
-        entry = self._u.pop(src, None)
-        prefix = src + _SEP
-        moved = [(p, self._u.pop(p)) for p in [p for p in self._u if p.startswith(prefix)]]
-        if entry is not None:
-            self._u[dst] = entry
-        for p, e in moved:
-            self._u[_rebase(p, src, dst)] = e
-
-    def _renamed_into(self, path: bytes) -> bool:
-        """Some pending rename put content at or below ``path`` (so the destination has it)."""
-        return any(_under(r.dst, path) for r in self._open.renames)
-
-    def _chain(self, src: bytes, dst: bytes) -> int | None:
-        """Index of a pending rename X -> src that this rename src -> dst can extend into X -> dst."""
-        renames = self._open.renames
-        for i in range(len(renames) - 1, -1, -1):
-            r = renames[i]
-            if not (_overlap(r.src, src) or _overlap(r.dst, src)):
-                continue
-            if r.dst != src:
-                return None
-            later = renames[i + 1:]
-            if any(_overlap(x, y) for lr in later for x in (lr.src, lr.dst) for y in (r.src, dst)):
-                return None
-            if any(d.seq > r.seq and (_overlap(p, r.src) or _overlap(p, dst))
-                   for p, d in self._open.deletes.items()):
-                return None  # X -> dst would run before that delete, which was applied in between
-            return i
-        return None
-
-    def _origin(self, path: bytes) -> int | None:
-        """Index of the pending rename X -> path whose removal turns a delete of ``path`` into one of X.
-
-        Only when nothing happened at X (or inside it) since: the delete is applied after all renames,
-        so X must still name the original object then.
-        """
-        renames = self._open.renames
-        for i in range(len(renames) - 1, -1, -1):
-            r = renames[i]
-            if not (_overlap(r.src, path) or _overlap(r.dst, path)):
-                continue
-            if r.dst != path:
-                return None
-            if any(_overlap(lr.src, r.src) or _overlap(lr.dst, r.src) for lr in renames[i + 1:]):
-                return None
-            if any(_under(p, r.src) for p in self._u) or any(_under(p, r.src) for p in self._open.deletes):
-                return None
-            return i
-        return None
-
-    def _needs_barrier(self, src: bytes, dst: bytes) -> bool:
-        """A pending delete that must happen before this rename and cannot be moved after it."""
-        return any(_under(src, p) or (_under(dst, p) and dst != p) for p in self._open.deletes)
-
-    def _seal(self) -> None:
-        sealed = self._open
-        self._sealed.append(sealed)
-        self._open = _Segment()
-        for r in sealed.renames:  # the destination now has r.dst and (via mkdir -p) its parents
-            p = r.dst
-            while True:
-                entry = self._u.get(p)
-                if entry is not None:
-                    entry.new = False
-                if not p:
-                    break
-                p = parent_of(p)
 
 
-def _chunks(segments: list[_Segment], ready: list[tuple[bytes, _Entry]], max_batch: int) -> list[ChangeSet]:
+def _chunks(segments: list[Segment], ready: list[tuple[bytes, Entry]], max_batch: int) -> list[ChangeSet]:
     """Cut the ordered operations into sets. A set never mixes two segments, because within a set all
     renames are applied before all deletes; upserts (applied last) only join the final segment."""
     out: list[ChangeSet] = []

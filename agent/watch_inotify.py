@@ -95,6 +95,74 @@ _MODIFY, _CREATE, _ISDIR, _OVERFLOW = _C.IN_MODIFY, _C.IN_CREATE, _C.IN_ISDIR, _
 _ENDS_WRITING = _C.IN_CLOSE_WRITE | _C.IN_DELETE | _C.IN_MOVED_FROM | _C.IN_MOVED_TO
 _DIRISH = _C.IN_ISDIR | _C.IN_DELETE_SELF | _C.IN_MOVE_SELF  # watchdog's InotifyEvent.is_directory
 
+# What one inotify mask becomes (besides the plain event kinds): a name moved in or out of the tree (the other
+# half was not paired), and the watched directory itself deleted (an event only when it is the root).
+_MOVED_IN, _MOVED_OUT, _SELF_DELETED = "moved_in", "moved_out", "self_deleted"
+
+
+def _kind_of(mask: int) -> str | None:
+    """The kind ``mask`` is reported as, or None when it is not wanted; the order of
+    ``InotifyEmitter.build_and_queue_event`` (full events), without DirModifiedEvent."""
+    is_dir = bool(mask & _DIRISH)
+    if mask & _C.IN_MOVED_TO:
+        return _MOVED_IN
+    if mask & _C.IN_ATTRIB:
+        return EVENT_TYPE_ATTRIB
+    if mask & _MODIFY:
+        return None if is_dir else EVENT_TYPE_MODIFIED
+    if mask & _C.IN_DELETE:
+        return EVENT_TYPE_DELETED
+    if mask & _C.IN_MOVED_FROM:
+        return _MOVED_OUT
+    if mask & _CREATE:
+        return EVENT_TYPE_CREATED
+    if mask & _C.IN_DELETE_SELF:
+        return _SELF_DELETED
+    if not is_dir and mask & _C.IN_CLOSE_WRITE:
+        return EVENT_TYPE_CLOSED
+    return None
+
+
+class _Kinds(dict[int, str | None]):
+    """``_kind_of`` per mask seen so far: a writer creating thousands of files repeats a handful of masks, and one
+    dict lookup per event costs less than walking the bit tests (masks are a few flag combinations, so it stays
+    small)."""
+
+    def __missing__(self, mask: int) -> str | None:
+        kind = self[mask] = _kind_of(mask)
+        return kind
+
+
+_KINDS = _Kinds()
+
+
+def _translate(batch: list[GroupedInotifyEvent], root: bytes) -> tuple[list[Raw], bool]:
+    """The batch as :data:`Raw` tuples, and whether the watched root itself was deleted (the emitter stops)."""
+    out: list[Raw] = []
+    stop = False
+    kinds = _KINDS
+    for item in batch:
+        if not isinstance(item, PathedInotifyEvent):
+            source, target = item
+            out.append((EVENT_TYPE_MOVED, source.path, target.path, bool(source.ev.mask & _DIRISH)))
+            continue
+        mask, path = item.ev.mask, item.path
+        kind = kinds[mask]
+        if kind is None:
+            continue
+        is_dir = bool(mask & _DIRISH)
+        if kind == _MOVED_IN:
+            out.append((EVENT_TYPE_MOVED, b"", path, is_dir))
+        elif kind == _MOVED_OUT:
+            out.append((EVENT_TYPE_MOVED, path, b"", is_dir))
+        elif kind == _SELF_DELETED:
+            if path == root:
+                out.append((EVENT_TYPE_DELETED, path, b"", is_dir))
+                stop = True
+        else:
+            out.append((kind, path, b"", is_dir))
+    return out, stop
+
 
 class WatchFD(InotifyFD):
     """A private inotify instance that reports what watchdog only logs (overflow) or swallows (ENOSPC), reads
@@ -338,7 +406,7 @@ class WatchEmitter(InotifyFullEmitter):
                                    is_recursive=self.watch.is_recursive, event_mask=self.get_event_mask_from_filter(),
                                    follow_symlink=self.watch.follow_symlink)
 
-    def queue_events(self, timeout: float, *, full_events: bool = False) -> None:  # noqa: C901
+    def queue_events(self, timeout: float, *, full_events: bool = False) -> None:
         with self._lock:
             group = self._inotify
         if not isinstance(group, WatchGroup):
@@ -346,35 +414,7 @@ class WatchEmitter(InotifyFullEmitter):
         batch = group.read_batch()
         if not batch:
             return
-        root = os.fsencode(self.watch.path)
-        out: list[Raw] = []
-        stop = False
-        for item in batch:
-            if not isinstance(item, PathedInotifyEvent):
-                source, target = item
-                out.append((EVENT_TYPE_MOVED, source.path, target.path, bool(source.ev.mask & _DIRISH)))
-                continue
-            mask, path = item.ev.mask, item.path
-            is_dir = bool(mask & _DIRISH)
-            # The order of InotifyEmitter.build_and_queue_event (full events); DirModifiedEvent is not wanted.
-            if mask & _C.IN_MOVED_TO:
-                out.append((EVENT_TYPE_MOVED, b"", path, is_dir))
-            elif mask & _C.IN_ATTRIB:
-                out.append((EVENT_TYPE_ATTRIB, path, b"", is_dir))
-            elif mask & _MODIFY:
-                if not is_dir:
-                    out.append((EVENT_TYPE_MODIFIED, path, b"", False))
-            elif mask & _C.IN_DELETE:
-                out.append((EVENT_TYPE_DELETED, path, b"", is_dir))
-            elif mask & _C.IN_MOVED_FROM:
-                out.append((EVENT_TYPE_MOVED, path, b"", is_dir))
-            elif mask & _CREATE:
-                out.append((EVENT_TYPE_CREATED, path, b"", is_dir))
-            elif mask & _C.IN_DELETE_SELF and path == root:
-                out.append((EVENT_TYPE_DELETED, path, b"", is_dir))
-                stop = True
-            elif not is_dir and mask & _C.IN_CLOSE_WRITE:
-                out.append((EVENT_TYPE_CLOSED, path, b"", False))
+        out, stop = _translate(batch, os.fsencode(self.watch.path))
         with self._lock:
             if self._inotify is None:
                 return  # stopped meanwhile

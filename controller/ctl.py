@@ -30,6 +30,7 @@ from zcrepl.controller.ctl_out import (
 from zcrepl.core.enums import MAX_COMPRESS_LEVEL, Compress, Durability, JobState, Priority
 from zcrepl.core.errors import PermissionDenied, Unavailable, UserError, ZcError
 from zcrepl.core.paths import HOST_NAME_RULE, show_name, valid_host_name
+from zcrepl.core.snapshots import MAX_KEEP
 from zcrepl.core.units import GiB, KiB, MiB
 from zcrepl.core.wellknown import DEFAULT_CONTROLLER
 
@@ -181,6 +182,16 @@ def _replicate_options(r: argparse.ArgumentParser) -> None:
                    help="print the final job as JSON (with --dry-run: its plan, a list of objects)")
 
 
+def snapshot_options(r: argparse.ArgumentParser) -> None:
+    """The retention counts of zc-ctl snapshot (README: Backup recipe)."""
+    g = r.add_argument_group("retention", "after a snapshot is complete, keep the newest snapshot of each of the "
+                                          "last N days, ISO weeks and months that have one (restic's forget); "
+                                          "the newest is always kept; without these, all are")
+    for period, span in (("daily", "days"), ("weekly", "ISO weeks"), ("monthly", "months")):
+        g.add_argument(f"--keep-{period}", type=whole(0, MAX_KEEP, "a number of snapshots"), default=0,
+                       metavar="N", help=f"keep the newest snapshot of each of the last N {span} (UTC)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zc-ctl", description="Operate a zcrepl cluster.")
     p.add_argument("--controller", metavar="HOST:PORT[,...]",
@@ -195,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("dst", metavar="DST", nargs="+",
                    help="HOST:/path of the destination; several make a fan-out (finished copies feed the rest)")
     _replicate_options(r)
+
+    sn = sub.add_parser("snapshot", help="make DST/<UTC time>/, a copy of SRC hard-linked against the newest "
+                                         "complete snapshot in DST (rsync --link-dest), then prune by --keep-*")
+    sn.add_argument("src", metavar="SRC", help="HOST:/path of the source tree")
+    sn.add_argument("dst", metavar="DST", nargs=1, help="HOST:/path of the directory the snapshots are kept in")
+    snapshot_options(sn)
+    _replicate_options(sn)
 
     ag = sub.add_parser("agents", help="list registered agents, or remove an offline one")
     ag.add_argument("action", nargs="?", choices=["remove"],

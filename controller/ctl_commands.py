@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from zcrepl.controller import ctl_pki, render, render_plan
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace, trust: Trust | None, out: Out, err: Out) -> in
 
 
 def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:  # noqa: C901
-    if args.command == "replicate":
+    if args.command in ("replicate", "snapshot"):
         return _replicate(args, client, out, err)
     if args.command == "agents":
         if args.action == "remove":
@@ -267,6 +268,8 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err
                          filters=filter_rules(args.filters), delete_excluded=args.delete_excluded,
                          dry_run=args.dry_run, backup_dir=args.backup_dir, link_dest=tuple(args.link_dest),
                          compress=args.compress, compress_level=args.compress_level)
+    if args.command == "snapshot":
+        options = snapshot_job(args, options)
     if args.watch:
         if args.dry_run:
             raise UserError("--dry-run plans one run; a --watch rule runs for ever: drop one of them")
@@ -295,6 +298,8 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err
     for j in jobs:
         if j.state is JobState.DONE and not args.json:
             out.line(render.job_summary(j))
+            if j.options.snapshot:
+                out.line(render.snapshot_summary(j))
     for j in failed:
         err.line(f"zc-ctl: job {j.id} ({j.destination.host}) {j.state.value}: {j.error}")
     skipped = [j for j in jobs if j.done_with_skips]
@@ -312,6 +317,15 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err
                  f"skipped{first}; zc-ctl job {j.id} lists them")
     return (EXIT_JOB_FAILED if failed else EXIT_FILE_ERRORS if errors else EXIT_SKIPPED if skipped
             else EXIT_OK)
+
+
+def snapshot_job(args: argparse.Namespace, options: JobOptions) -> JobOptions:
+    """``options`` (replicate's) made a snapshot rule's: zc-ctl snapshot, or a schedule of one."""
+    if args.watch or args.dry_run:
+        raise UserError(f"{'--watch' if args.watch else '--dry-run'} is refused for a snapshot: a snapshot is one "
+                        "complete copy made at one time; use zc-ctl replicate for that")
+    return replace(options, snapshot=True, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly,
+                   keep_monthly=args.keep_monthly)
 
 
 def _dry_run(args: argparse.Namespace, client: ControllerClient, src: Endpoint, dsts: list[Endpoint],

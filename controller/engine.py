@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from zcrepl.controller import effects, fence, lifecycle, validate
+from zcrepl.controller import effects, fence, lifecycle, snapshot, validate
 from zcrepl.controller.compression import CompressPolicy
 from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.faults import Faults
@@ -66,6 +66,7 @@ class Engine(Pacing, Faults, JobReads, Leading):
         self.config = config
         self.store = store
         self.clock = clock
+        self.snapshot_clock = clock  # what snapshots are named after (tests move it across days and months)
         thresholds: Thresholds = config  # the load policy's settings are fields of the config (validated there)
         self.policy = Policy(max_jobs_per_host=config.max_jobs_per_host, thresholds=thresholds,
                              aging=config.priority_aging, host_limits=parse_host_limits(config.host_limits),
@@ -252,6 +253,9 @@ class Engine(Pacing, Faults, JobReads, Leading):
             raise InvalidPath("bwlimit and max_attempts must not be negative")
         if options.backup_dir or options.link_dest:
             options = validate.job_dirs(src, dst, options, self.registry.agents[dst.host].info.exports)
+        if options.snapshot:
+            options = snapshot.name_job(dst, options, self.registry.agents[dst.host].info.exports,
+                                        self.snapshot_clock(), self.jobs.values())
         job = self.store.create_job(src, dst, options, options.max_attempts or self.config.max_attempts,
                                     self.clock())
         self.jobs[job.id] = job

@@ -240,6 +240,13 @@ def job_summary(j: Job) -> str:
             f"in {secs:.2f}s{speed}")
 
 
+def snapshot_summary(j: Job) -> str:
+    """The last line of zc-ctl snapshot: where the snapshot is, what it shares with the one before, what went."""
+    p = j.progress
+    return (f"snapshot {j.destination}/{j.options.snapshot_name} complete: {p.linked} files hard-linked from the "
+            f"previous snapshot, {p.pruned} old snapshot{'s' if p.pruned != 1 else ''} pruned")
+
+
 def done_state(j: Job) -> str:
     """"done with 2 errors, 3 skipped", "done with 1 error", "done with 3 skipped" or "done"."""
     p = j.progress

@@ -80,7 +80,8 @@ class Run:
         if d is None:
             return stats
         return replace(stats, plan_created=d.plan_created, plan_updated=d.plan_updated, plan_deleted=d.plan_deleted,
-                       plan_files=d.plan_files, plan_bytes=d.plan_bytes, linked=d.linked, backed_up=d.backed_up)
+                       plan_files=d.plan_files, plan_bytes=d.plan_bytes, linked=d.linked, backed_up=d.backed_up,
+                       pruned=d.pruned)
 
     def entries_skipped(self) -> int:
         return sum(self.skip_totals.values())

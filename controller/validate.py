@@ -18,6 +18,7 @@ import ipaddress
 import math
 import posixpath
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -27,6 +28,7 @@ from zcrepl.controller.scheduler import overlaps
 from zcrepl.core.errors import InvalidArgument, InvalidPath
 from zcrepl.core.filters import FilterError, check_rules
 from zcrepl.core.paths import HOST_NAME_RULE, canonical_abs, relative_to, show, show_name, valid_host_name
+from zcrepl.core.snapshots import MAX_KEEP
 from zcrepl.core.synctypes import SyncStatus
 from zcrepl.core.types import (
     MAX_LINK_DEST,
@@ -144,24 +146,13 @@ def _dns_problem(host: str) -> str:
     return ""
 
 
-def agent_info(info: AgentInfo) -> AgentInfo:  # noqa: C901
+def agent_info(info: AgentInfo) -> AgentInfo:
     """A Register's self-description, refused whole when any part is out of bounds."""
     name = host_name(info.name)
     address(info.data_address, f"{name}'s data address")
     if info.grpc_address:
         address(info.grpc_address, f"{name}'s gRPC address")
-    if len(info.exports) > MAX_EXPORTS:
-        raise InvalidArgument(f"{name} registers {len(info.exports)} exports; at most {MAX_EXPORTS} are accepted")
-    for e in info.exports:
-        try:
-            ok = canonical_abs(e) == e
-        except InvalidPath:
-            ok = False
-        if not ok:
-            raise InvalidArgument(f"{name}'s export {show(e[:200])!r} is refused: an export is an absolute, "
-                                  "canonical path of at most 4096 bytes")
-    if len(set(info.exports)) != len(info.exports):
-        raise InvalidArgument(f"{name} registers the same export twice")
+    _exports(name, info.exports)
     for label, text, limit in (("version", info.version, MAX_LABEL), ("hostname", info.hostname, MAX_HOSTNAME)):
         if len(text) > limit or not text.isprintable():
             raise InvalidArgument(f"{name}'s {label} '{show_name(text)}' is refused: at most {limit} printable "
@@ -169,16 +160,35 @@ def agent_info(info: AgentInfo) -> AgentInfo:  # noqa: C901
     if info.site and not (len(info.site) <= MAX_LABEL and valid_host_name(info.site)):
         raise InvalidArgument(f"{name}'s site '{show_name(info.site[:MAX_LABEL])}' is refused: a site label is 1 to "
                               f"{MAX_LABEL} characters from A-Z, a-z, 0-9, '.', '_' and '-'")
-    if len(info.source_addresses) > MAX_SOURCE_ADDRESSES:
-        raise InvalidArgument(f"{name} lists {len(info.source_addresses)} source addresses; at most "
+    _source_addresses(name, info.source_addresses)
+    return info
+
+
+def _exports(name: str, exports: Sequence[bytes]) -> None:
+    if len(exports) > MAX_EXPORTS:
+        raise InvalidArgument(f"{name} registers {len(exports)} exports; at most {MAX_EXPORTS} are accepted")
+    for e in exports:
+        try:
+            ok = canonical_abs(e) == e
+        except InvalidPath:
+            ok = False
+        if not ok:
+            raise InvalidArgument(f"{name}'s export {show(e[:200])!r} is refused: an export is an absolute, "
+                                  "canonical path of at most 4096 bytes")
+    if len(set(exports)) != len(exports):
+        raise InvalidArgument(f"{name} registers the same export twice")
+
+
+def _source_addresses(name: str, addresses: Sequence[str]) -> None:
+    if len(addresses) > MAX_SOURCE_ADDRESSES:
+        raise InvalidArgument(f"{name} lists {len(addresses)} source addresses; at most "
                               f"{MAX_SOURCE_ADDRESSES} are accepted")
-    for a in info.source_addresses:
+    for a in addresses:
         try:
             ipaddress.ip_address(a)
         except ValueError:
             raise InvalidArgument(f"{name}'s source address '{show_name(a[:MAX_LABEL])}' is refused: list IP "
                                   "addresses") from None
-    return info
 
 
 def options(o: JobOptions) -> JobOptions:
@@ -204,7 +214,32 @@ def options(o: JobOptions) -> JobOptions:
                               f"{MAX_LINK_DEST} (rsync's limit)")
     if o.dry_run and (o.backup_dir or o.link_dest):
         o = replace(o, backup_dir=b"", link_dest=())  # a dry run writes nothing, so it backs up and links nothing
-    return o
+    return snapshot_options(o)
+
+
+def snapshot_options(o: JobOptions) -> JobOptions:
+    """zc-ctl snapshot's options: keep counts in range and only on a snapshot, nothing a new directory can't use;
+    the name is the controller's to give (engine.submit), so a client's is dropped."""
+    keeps = {"--keep-daily": o.keep_daily, "--keep-weekly": o.keep_weekly, "--keep-monthly": o.keep_monthly}
+    for flag, n in keeps.items():
+        if not 0 <= n <= MAX_KEEP:
+            raise InvalidArgument(f"{flag} {n} is refused: choose 0 (no such rule) to {MAX_KEEP:,}")
+    if not o.snapshot:
+        if any(keeps.values()) or o.snapshot_name:
+            raise InvalidArgument("--keep-daily, --keep-weekly and --keep-monthly belong to snapshots: use "
+                                  "zc-ctl snapshot SRC DST")
+        return o
+    if o.dry_run:
+        raise InvalidArgument("--dry-run is refused for a snapshot: every snapshot is a new directory, so all "
+                              "would be listed as created; run zc-ctl replicate -n against the newest snapshot")
+    if o.backup_dir:
+        raise InvalidArgument("--backup-dir is refused for a snapshot: a new snapshot replaces and deletes "
+                              "nothing (the earlier snapshots are the previous versions); drop it")
+    if len(o.link_dest) >= MAX_LINK_DEST:
+        raise InvalidArgument(f"{len(o.link_dest)} --link-dest directories are refused for a snapshot: the "
+                              f"newest snapshot takes one of rsync's {MAX_LINK_DEST}; name at most "
+                              f"{MAX_LINK_DEST - 1}")
+    return replace(o, snapshot_name="")
 
 
 def several(o: JobOptions, what: str) -> JobOptions:
@@ -214,6 +249,9 @@ def several(o: JobOptions, what: str) -> JobOptions:
     if what == "a watch rule" and (o.backup_dir or o.link_dest):
         raise InvalidArgument("--backup-dir and --link-dest are refused for a watch rule: they belong to one-off "
                               "jobs and snapshots; drop --watch")
+    if o.snapshot:
+        raise InvalidArgument(f"a snapshot is refused for {what}: a snapshot is one job into one snapshots "
+                              "directory; make one per destination")
     return o
 
 

@@ -55,6 +55,8 @@ class Rule:
     wild2: bool  # has "**"
     wild2_prefix: bool  # starts with "**"
     wild3_suffix: bool  # ends with "***" ("dir/***" matches dir too)
+    anchored: bool  # starts with "/": matched from the root
+    body: bytes  # the pattern without that "/"
 
     @classmethod
     def parse(cls, rule: str) -> Rule:
@@ -66,52 +68,39 @@ class Rule:
             pat = pat[:-1]
         wild = any(c in _WILD for c in pat)
         wild2 = wild and b"**" in pat
+        anchored = pat.startswith(b"/")
         return cls(include=rule[0] == "+", pattern=pat, dir_only=dir_only, slashes=pat.count(b"/"), wild=wild,
                    wild2=wild2, wild2_prefix=wild2 and pat.startswith(b"**"),
-                   wild3_suffix=wild2 and pat.endswith(b"***"))
+                   wild3_suffix=wild2 and pat.endswith(b"***"), anchored=anchored,
+                   body=pat[1:] if anchored else pat)
 
-    def matches(self, path: bytes, is_dir: bool) -> bool:  # noqa: C901
-        name = path
-        pieces: list[bytes] = []
-        if not self.slashes and not self.wild2:
-            name = path.rpartition(b"/")[2]
-        elif self.wild2_prefix:
-            pieces.append(b"/")  # lets "**/x" match "x" at the top
-        pieces.append(name)
-        if is_dir:
-            if self.wild3_suffix:
-                pieces.append(b"/")
-        elif self.dir_only:
+    def matches(self, path: bytes, is_dir: bool) -> bool:
+        if self.dir_only and not is_dir:
             return False
-        text = b"".join(pieces)
-        pat = self.pattern
-        anchored = pat.startswith(b"/")
-        if anchored:
-            pat = pat[1:]
+        name = path.rpartition(b"/")[2] if not self.slashes and not self.wild2 else path
         if not self.wild:
-            if anchored or len(pieces) > 1:
-                return text == pat
-            return name == pat or name.endswith(b"/" + pat)
-        if not anchored and self.slashes and not self.wild2:
+            return name == self.body or (not self.anchored and name.endswith(b"/" + self.body))
+        if self.wild2_prefix:
+            name = b"/" + name  # lets "**/x" match "x" at the top
+        if is_dir and self.wild3_suffix:
+            name += b"/"
+        return self._wildmatch(name)
+
+    def _wildmatch(self, text: bytes) -> bool:
+        pat = self.body
+        if not self.anchored and self.slashes and not self.wild2:
             start = _last_components(text, self.slashes + 1)
             return start is not None and _match(pat, 0, text, start) is True
-        if anchored or self.wild2_prefix or not self.wild2:
+        if self.anchored or self.wild2_prefix or not self.wild2:
             return _match(pat, 0, text, 0) is True
         # An unanchored pattern with an inner or trailing "**": tried at the start and after every "/".
-        r = _match(pat, 0, text, 0)
-        if r is True:
-            return True
-        if r is _ABORT_ALL:
-            return False
         i = 0
         while True:
+            r = _match(pat, 0, text, i)
+            if r is True or r is _ABORT_ALL:
+                return r is True
             i = text.find(b"/", i) + 1
             if i == 0:
-                return False
-            r = _match(pat, 0, text, i)
-            if r is True:
-                return True
-            if r is _ABORT_ALL:
                 return False
 
 
@@ -227,38 +216,24 @@ def _last_components(text: bytes, n: int) -> int | None:
     return text.rfind(b"/", 0, end) + 1
 
 
-def _match(p: bytes, pi: int, t: bytes, ti: int) -> bool | int:  # noqa: C901
+def _match(p: bytes, pi: int, t: bytes, ti: int) -> bool | int:
     """Match pattern ``p[pi:]`` against text ``t[ti:]``: True, False, or one of the abort codes.
     Character classes are ASCII (bytes above 127 are in no named class), as in rsync's C locale."""
     np, nt = len(p), len(t)
     while pi < np:
         ch = p[pi]
-        if ti >= nt and ch != 0x2A:
+        if ch == 0x2A:  # *
+            return _star(p, pi, t, ti)
+        if ti >= nt:
             return False
         if ch == 0x3F:  # ?
             if t[ti] == _SLASH:
                 return False
-        elif ch == 0x2A:  # *
-            pi += 1
-            star2 = pi < np and p[pi] == 0x2A
-            while pi < np and p[pi] == 0x2A:
-                pi += 1
-            if pi >= np:
-                return True if star2 else _SLASH not in t[ti:]
-            while ti < nt:
-                r = _match(p, pi, t, ti)
-                if r is not False:
-                    if not star2 or r != _ABORT_TO_STARSTAR:
-                        return r
-                elif not star2 and t[ti] == _SLASH:
-                    return _ABORT_TO_STARSTAR
-                ti += 1
-            return _ABORT_ALL
         elif ch == 0x5B:  # [
-            r2 = _klass(p, pi, t[ti])
-            if r2 is None:
+            r = _klass(p, pi, t[ti])
+            if r is None:
                 return _ABORT_ALL
-            ok, pi = r2
+            ok, pi = r
             if not ok:
                 return False
         else:
@@ -274,7 +249,28 @@ def _match(p: bytes, pi: int, t: bytes, ti: int) -> bool | int:  # noqa: C901
     return ti >= nt
 
 
-def _klass(p: bytes, pi: int, c: int) -> tuple[bool, int] | None:  # noqa: C901
+def _star(p: bytes, pi: int, t: bytes, ti: int) -> bool | int:
+    """The rest of a match from the ``*`` (or ``**``) at ``p[pi]``: the rest of the pattern tried at every
+    later position; a single ``*`` stops at a ``/``."""
+    np, nt = len(p), len(t)
+    pi += 1
+    star2 = pi < np and p[pi] == 0x2A
+    while pi < np and p[pi] == 0x2A:
+        pi += 1
+    if pi >= np:
+        return True if star2 else _SLASH not in t[ti:]
+    while ti < nt:
+        r = _match(p, pi, t, ti)
+        if r is not False:
+            if not star2 or r != _ABORT_TO_STARSTAR:
+                return r
+        elif not star2 and t[ti] == _SLASH:
+            return _ABORT_TO_STARSTAR
+        ti += 1
+    return _ABORT_ALL
+
+
+def _klass(p: bytes, pi: int, c: int) -> tuple[bool, int] | None:
     """A ``[...]`` starting at ``p[pi]`` against the byte ``c``: (matched, index of its ``]``), or None
     when the class never closes (nothing can match then)."""
     np = len(p)
@@ -290,40 +286,49 @@ def _klass(p: bytes, pi: int, c: int) -> tuple[bool, int] | None:  # noqa: C901
             return None
         ch = p[pi]
         if ch == 0x5D and not first:  # ]
-            break
+            return matched != negate, pi
         first = False
-        if ch == _BACKSLASH:
+        if ch == _BACKSLASH or (ch == 0x2D and prev and pi + 1 < np and p[pi + 1] != 0x5D):
+            step = _escape_or_range(p, pi, c, prev)
+        elif ch == 0x5B and pi + 1 < np and p[pi + 1] == 0x3A:  # [:name:]
+            step = _named_class(p, pi, c)
+        else:
+            step = c == ch, pi, ch
+        if step is None:
+            return None
+        hit, pi, prev = step
+        matched |= hit
+        pi += 1
+
+
+def _escape_or_range(p: bytes, pi: int, c: int, prev: int) -> tuple[bool, int, int] | None:
+    """Inside a class, the ``\\x`` or the ``-hi`` of a range (``hi`` may be escaped) at ``p[pi]``: (``c``
+    matched, index of its last byte, what a following ``-`` ranges from: the escaped byte, or nothing after a
+    range), or None when the class ends inside it."""
+    np = len(p)
+    if p[pi] == 0x2D:  # the caller saw a byte after the "-"
+        pi += 1
+        if p[pi] == _BACKSLASH:
             pi += 1
             if pi >= np:
                 return None
-            ch = p[pi]
-            matched |= c == ch
-        elif ch == 0x2D and prev and pi + 1 < np and p[pi + 1] != 0x5D:  # a range
-            pi += 1
-            hi = p[pi]
-            if hi == _BACKSLASH:
-                pi += 1
-                if pi >= np:
-                    return None
-                hi = p[pi]
-            matched |= prev <= c <= hi
-            ch = 0
-        elif ch == 0x5B and pi + 1 < np and p[pi + 1] == 0x3A:  # [:name:]
-            end = p.find(b"]", pi + 2)
-            if end < 0:
-                return None
-            name = p[pi + 2:end]
-            if len(name) < 1 or not name.endswith(b":"):
-                matched |= c == 0x5B  # not a named class: a literal "["
-            else:
-                test = _CLASSES.get(name[:-1])
-                if test is None:
-                    return None
-                matched |= test(c)
-                pi = end
-                ch = 0
-        else:
-            matched |= c == ch
-        prev = ch
-        pi += 1
-    return matched != negate, pi
+        return prev <= c <= p[pi], pi, 0
+    pi += 1
+    if pi >= np:
+        return None
+    return c == p[pi], pi, p[pi]
+
+
+def _named_class(p: bytes, pi: int, c: int) -> tuple[bool, int, int] | None:
+    """Inside a class, a ``[:name:]`` at ``p[pi]``: (``c`` matched, index of its last byte, 0), or None when
+    it never closes or names no class. A ``[`` that is not a named class is a literal ``[``."""
+    end = p.find(b"]", pi + 2)
+    if end < 0:
+        return None
+    name = p[pi + 2:end]
+    if len(name) < 1 or not name.endswith(b":"):
+        return c == 0x5B, pi, 0x5B
+    test = _CLASSES.get(name[:-1])
+    if test is None:
+        return None
+    return test(c), end, 0

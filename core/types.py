@@ -61,6 +61,16 @@ class JobOptions:
     # controller's per-link decision; an order carries that decision (ON or OFF). Level 0 = the default (3).
     compress: Compress = Compress.AUTO
     compress_level: int = 0
+    # zc-ctl snapshot: the destination is a snapshots directory. The job writes a hidden in-progress directory
+    # there, linked against the newest complete snapshot, renamed to ``snapshot_name`` when done; then the
+    # snapshots are pruned by the keep_* counts (0 each: all are kept). See zcrepl.core.snapshots.
+    snapshot: bool = False
+    # Set by the controller when it creates the job, from its clock (a client's value is replaced): the UTC
+    # timestamp the snapshot is named after, e.g. "2026-11-30T020000Z".
+    snapshot_name: str = ""
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
 
 
 MAX_LINK_DEST = 20
@@ -96,6 +106,7 @@ class TransferStats:
     plan_bytes: int = 0  # their bytes
     linked: int = 0  # files hard-linked from a --link-dest directory instead of sent
     backed_up: int = 0  # previous versions moved into the --backup-dir
+    pruned: int = 0  # snapshots removed by the retention counts after this one was made (zc-ctl snapshot)
 
 
 SKIPPED_LISTED = 100

@@ -63,7 +63,9 @@ def options_to_pb(o: t.JobOptions) -> pb.JobOptions:
                          streams=o.streams, durability=_DURABILITY[o.durability], xattrs=o.xattrs,
                          priority=_PRIORITY[o.priority], encrypt=o.encrypt, filters=list(o.filters),
                          delete_excluded=o.delete_excluded, dry_run=o.dry_run, backup_dir=o.backup_dir,
-                         link_dest=list(o.link_dest), compress=int(o.compress), compress_level=o.compress_level)
+                         link_dest=list(o.link_dest), compress=int(o.compress), compress_level=o.compress_level,
+                         snapshot=o.snapshot, snapshot_name=o.snapshot_name, keep_daily=o.keep_daily,
+                         keep_weekly=o.keep_weekly, keep_monthly=o.keep_monthly)
 
 
 def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
@@ -76,7 +78,8 @@ def options_from_pb(m: pb.JobOptions) -> t.JobOptions:
                         backup_dir=bytes(m.backup_dir), link_dest=tuple(bytes(x) for x in m.link_dest),
                         # A value from a newer peer reads as auto: the controller decides.
                         compress=t.Compress(m.compress) if m.compress in _COMPRESS else t.Compress.AUTO,
-                        compress_level=m.compress_level)
+                        compress_level=m.compress_level, snapshot=m.snapshot, snapshot_name=m.snapshot_name,
+                        keep_daily=m.keep_daily, keep_weekly=m.keep_weekly, keep_monthly=m.keep_monthly)
 
 
 def options_from_request(m: pb.JobOptions) -> t.JobOptions:

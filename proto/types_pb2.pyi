@@ -173,7 +173,7 @@ class Endpoint(_message.Message):
     def __init__(self, host: _Optional[str] = ..., path: _Optional[bytes] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts", "streams", "durability", "xattrs", "priority", "encrypt", "filters", "delete_excluded", "dry_run", "backup_dir", "link_dest", "compress", "compress_level")
+    __slots__ = ("delete", "checksum", "bwlimit", "max_attempts", "streams", "durability", "xattrs", "priority", "encrypt", "filters", "delete_excluded", "dry_run", "backup_dir", "link_dest", "snapshot", "snapshot_name", "keep_daily", "keep_weekly", "keep_monthly", "compress", "compress_level")
     DELETE_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     BWLIMIT_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +188,11 @@ class JobOptions(_message.Message):
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     BACKUP_DIR_FIELD_NUMBER: _ClassVar[int]
     LINK_DEST_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_NAME_FIELD_NUMBER: _ClassVar[int]
+    KEEP_DAILY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_WEEKLY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_MONTHLY_FIELD_NUMBER: _ClassVar[int]
     COMPRESS_FIELD_NUMBER: _ClassVar[int]
     COMPRESS_LEVEL_FIELD_NUMBER: _ClassVar[int]
     delete: bool
@@ -204,12 +209,17 @@ class JobOptions(_message.Message):
     dry_run: bool
     backup_dir: bytes
     link_dest: _containers.RepeatedScalarFieldContainer[bytes]
+    snapshot: bool
+    snapshot_name: str
+    keep_daily: int
+    keep_weekly: int
+    keep_monthly: int
     compress: int
     compress_level: int
-    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ..., xattrs: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ..., encrypt: _Optional[bool] = ..., filters: _Optional[_Iterable[str]] = ..., delete_excluded: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., backup_dir: _Optional[bytes] = ..., link_dest: _Optional[_Iterable[bytes]] = ..., compress: _Optional[int] = ..., compress_level: _Optional[int] = ...) -> None: ...
+    def __init__(self, delete: _Optional[bool] = ..., checksum: _Optional[bool] = ..., bwlimit: _Optional[int] = ..., max_attempts: _Optional[int] = ..., streams: _Optional[int] = ..., durability: _Optional[_Union[Durability, str]] = ..., xattrs: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ..., encrypt: _Optional[bool] = ..., filters: _Optional[_Iterable[str]] = ..., delete_excluded: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., backup_dir: _Optional[bytes] = ..., link_dest: _Optional[_Iterable[bytes]] = ..., snapshot: _Optional[bool] = ..., snapshot_name: _Optional[str] = ..., keep_daily: _Optional[int] = ..., keep_weekly: _Optional[int] = ..., keep_monthly: _Optional[int] = ..., compress: _Optional[int] = ..., compress_level: _Optional[int] = ...) -> None: ...
 
 class TransferStats(_message.Message):
-    __slots__ = ("entries", "files_total", "files_done", "bytes_total", "bytes_done", "files_skipped", "deleted", "wire_bytes", "skipped_special", "errors", "scan_done", "entries_skipped", "transport", "file_errors", "plan_created", "plan_updated", "plan_deleted", "plan_files", "plan_bytes", "linked", "backed_up")
+    __slots__ = ("entries", "files_total", "files_done", "bytes_total", "bytes_done", "files_skipped", "deleted", "wire_bytes", "skipped_special", "errors", "scan_done", "entries_skipped", "transport", "file_errors", "plan_created", "plan_updated", "plan_deleted", "plan_files", "plan_bytes", "linked", "backed_up", "pruned")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     FILES_DONE_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +241,7 @@ class TransferStats(_message.Message):
     PLAN_BYTES_FIELD_NUMBER: _ClassVar[int]
     LINKED_FIELD_NUMBER: _ClassVar[int]
     BACKED_UP_FIELD_NUMBER: _ClassVar[int]
+    PRUNED_FIELD_NUMBER: _ClassVar[int]
     entries: int
     files_total: int
     files_done: int
@@ -252,7 +263,8 @@ class TransferStats(_message.Message):
     plan_bytes: int
     linked: int
     backed_up: int
-    def __init__(self, entries: _Optional[int] = ..., files_total: _Optional[int] = ..., files_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., files_skipped: _Optional[int] = ..., deleted: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., skipped_special: _Optional[int] = ..., errors: _Optional[int] = ..., scan_done: _Optional[bool] = ..., entries_skipped: _Optional[int] = ..., transport: _Optional[str] = ..., file_errors: _Optional[int] = ..., plan_created: _Optional[int] = ..., plan_updated: _Optional[int] = ..., plan_deleted: _Optional[int] = ..., plan_files: _Optional[int] = ..., plan_bytes: _Optional[int] = ..., linked: _Optional[int] = ..., backed_up: _Optional[int] = ...) -> None: ...
+    pruned: int
+    def __init__(self, entries: _Optional[int] = ..., files_total: _Optional[int] = ..., files_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., files_skipped: _Optional[int] = ..., deleted: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., skipped_special: _Optional[int] = ..., errors: _Optional[int] = ..., scan_done: _Optional[bool] = ..., entries_skipped: _Optional[int] = ..., transport: _Optional[str] = ..., file_errors: _Optional[int] = ..., plan_created: _Optional[int] = ..., plan_updated: _Optional[int] = ..., plan_deleted: _Optional[int] = ..., plan_files: _Optional[int] = ..., plan_bytes: _Optional[int] = ..., linked: _Optional[int] = ..., backed_up: _Optional[int] = ..., pruned: _Optional[int] = ...) -> None: ...
 
 class SkippedEntry(_message.Message):
     __slots__ = ("path", "reason", "error")

@@ -1,5 +1,5 @@
 """Fuzzing a watch session's change lists at the destination (``apply_ops`` on a real directory with
-planted symlinks, checked against a model of the ChangeSet contract in ``zcrepl.agent.watch_coalesce``)
+planted symlinks, checked against a model of the ChangeSet contract in ``zcrepl.agent.watch_changeset``)
 and the path validation every name from a peer goes through.
 
 Whatever the ops, nothing outside the job root changes and the only errors are ProtocolError/UnsafePath
@@ -58,7 +58,7 @@ def _parent(p: bytes) -> bytes:
 
 
 class Model:
-    """The destination as the ChangeSet contract describes it (``watch_coalesce`` docstring, items 2 and 3)."""
+    """The destination as the ChangeSet contract describes it (``watch_changeset`` docstring, items 2 and 3)."""
 
     def __init__(self, tree: Tree) -> None:
         self.tree = dict(tree)

@@ -26,9 +26,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from watchdog.events import EVENT_TYPE_CREATED, EVENT_TYPE_DELETED
 
 from zcrepl.agent.watch import TreeWatcher
 from zcrepl.agent.watch_coalesce import ChangeSet, Coalescer, is_ignored
+from zcrepl.core.paths import show
 
 W, Q = 0.05, 0.2
 
@@ -795,3 +797,15 @@ def test_stop_joins_threads_and_closes_everything(tmp_path: Path) -> None:
     assert not [t for t in threading.enumerate() if t not in before and t.is_alive()]
     with pytest.raises(RuntimeError):
         w.start()
+
+
+
+def test_an_event_that_the_watched_root_was_deleted_warns_and_asks_for_a_reconciliation(tmp_path: Path) -> None:
+    # The emitter reports IN_DELETE_SELF of the root only once the kernel frees it (our own descriptors on the
+    # root delay that), so the batch is handed to the watcher's dispatch directly, as the emitter would.
+    sink = Sink()
+    w = TreeWatcher(os.fsencode(tmp_path), on_changes=sink, on_warning=sink.warn)
+    w._apply(1.0, [(EVENT_TYPE_CREATED, w.root + b"/f", b"", False), (EVENT_TYPE_DELETED, w.root, b"", True)])
+    assert sink.warnings == [f"the watched root {show(w.root)} was removed; nothing is watched any more: "
+                             "recreate it and restart the sync"]
+    assert w._co.take(2.0, 100) == [ChangeSet(rescan=True, oldest=1.0)]  # the create is dropped into it

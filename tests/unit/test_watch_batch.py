@@ -12,18 +12,59 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from watchdog.events import (
+    EVENT_TYPE_ATTRIB,
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CREATED,
+    EVENT_TYPE_DELETED,
+    EVENT_TYPE_MODIFIED,
+    EVENT_TYPE_MOVED,
+)
 from watchdog.observers.inotify_c import CallbackId, InotifyConstants, InotifyEvent, Mask, WatchDescriptor
 from watchdog.observers.inotify_move_event_grouper import PathedInotifyEvent
 
 from zcrepl.agent.watch import TreeWatcher
 from zcrepl.agent.watch_coalesce import ChangeSet
-from zcrepl.agent.watch_inotify import BatchGrouper, Raw, WatchFD
+from zcrepl.agent.watch_inotify import BatchGrouper, Raw, WatchFD, _translate
 
 C = InotifyConstants
 
 
 def ev(mask: int, name: bytes, cookie: int = 0) -> PathedInotifyEvent:
     return PathedInotifyEvent(InotifyEvent(WatchDescriptor(1), Mask(mask), cookie, name), b"/r/" + name)
+
+
+# -- the emitter's translation of inotify events into Raw tuples ----------------------------------------------
+
+_TRANSLATED: list[tuple[int, bytes, list[Raw]]] = [
+    (C.IN_CREATE, b"f", [(EVENT_TYPE_CREATED, b"/r/f", b"", False)]),
+    (C.IN_CREATE | C.IN_ISDIR, b"d", [(EVENT_TYPE_CREATED, b"/r/d", b"", True)]),
+    (C.IN_MODIFY, b"f", [(EVENT_TYPE_MODIFIED, b"/r/f", b"", False)]),
+    (C.IN_MODIFY | C.IN_ISDIR, b"d", []),  # DirModifiedEvent is not wanted
+    (C.IN_ATTRIB | C.IN_ISDIR, b"d", [(EVENT_TYPE_ATTRIB, b"/r/d", b"", True)]),
+    (C.IN_DELETE, b"f", [(EVENT_TYPE_DELETED, b"/r/f", b"", False)]),
+    (C.IN_MOVED_FROM, b"f", [(EVENT_TYPE_MOVED, b"/r/f", b"", False)]),  # moved out of the tree
+    (C.IN_MOVED_TO | C.IN_ISDIR, b"d", [(EVENT_TYPE_MOVED, b"", b"/r/d", True)]),  # moved in
+    (C.IN_CLOSE_WRITE, b"f", [(EVENT_TYPE_CLOSED, b"/r/f", b"", False)]),
+    (C.IN_CLOSE_WRITE | C.IN_ISDIR, b"d", []),
+    (C.IN_DELETE_SELF, b"d", []),  # a watched subdirectory: its parent's IN_DELETE reports it
+    (C.IN_OPEN, b"f", []),
+]
+
+
+def test_each_inotify_mask_becomes_its_raw_event_first_seen_or_cached() -> None:
+    for _ in range(2):  # the first pass fills the per-mask table, the second reads it
+        for mask, name, want in _TRANSLATED:
+            assert _translate([ev(mask, name)], b"/r") == (want, False), (mask, name)
+
+
+def test_a_batch_keeps_its_order_pairs_moves_and_stops_when_the_root_is_deleted() -> None:
+    moved = (ev(C.IN_MOVED_FROM, b"a", cookie=3), ev(C.IN_MOVED_TO, b"b", cookie=3))
+    root_gone = PathedInotifyEvent(InotifyEvent(WatchDescriptor(1), Mask(C.IN_DELETE_SELF), 0, b""), b"/r")
+    out, stop = _translate([ev(C.IN_CREATE, b"x"), moved, root_gone], b"/r")
+    assert out == [(EVENT_TYPE_CREATED, b"/r/x", b"", False), (EVENT_TYPE_MOVED, b"/r/a", b"/r/b", False),
+                   (EVENT_TYPE_DELETED, b"/r", b"", True)]
+    assert stop
 
 
 # -- BatchGrouper: watchdog's move-pairing contract, read in batches ---------------------------------------
