@@ -166,7 +166,7 @@ class Controller:
                 from zcrepl.controller.web.server import WebServer  # aiohttp only when the view is on
 
                 webview = WebServer(cfg.http_listen, engine, authority.trust if authority else None,
-                                    cfg.http_client_cert)
+                                    cfg.http_client_cert, service.leader, service.me)
                 await webview.start()
                 self.http_address, self.http_url = webview.address, webview.url
             if cfg.health_listen:
@@ -181,6 +181,9 @@ class Controller:
                     timeout=cfg.lease_timeout, poll=cfg.lease_poll, on_elected=engine.lead,
                     on_deposed=lambda _why: _async(engine.step_down))
                 tasks.append(asyncio.create_task(self.leadership.run()))
+                if isinstance(engine.observe, ControllerMetrics):
+                    lease = self.leadership
+                    engine.observe.store_reachable = lambda: lease.reachable
             if authority is not None:
                 tasks.append(asyncio.create_task(self._watch_trust()))
             log.info("controller serving", extra=kv(address=self.address, state=store.path,

@@ -60,7 +60,9 @@ class ControllerMetrics(Observer):
                                       "Duration of one scheduling pass", buckets=PASS_BUCKETS, registry=r)
         self.store_seconds = Histogram("zcrepl_controller_store_call_seconds", "Latency of job store calls",
                                        ["call"], buckets=STORE_BUCKETS, registry=r)
-        r.register(_StateCollector(engine, loop))
+        # Whether this controller's lease connection reaches the database (daemon.py sets it on PostgreSQL).
+        self.store_reachable: Callable[[], bool] = lambda: True
+        r.register(_StateCollector(engine, loop, lambda: self.store_reachable()))
         instrument_store(store, self.store_seconds)
 
     # -- Observer -----------------------------------------------------------------------------------
@@ -92,9 +94,10 @@ def instrument_store(store: Store, histogram: Histogram) -> None:
 class _StateCollector(Collector):
     """Reads the engine's state at scrape time, on the loop's thread (the engine has no locks)."""
 
-    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, reachable: Callable[[], bool]) -> None:
         self.engine = engine
         self.loop = loop
+        self.reachable = reachable
 
     def describe(self) -> Iterable[Metric]:
         return []  # no fixed names to check against the registry's: the families below are read live
@@ -110,6 +113,20 @@ class _StateCollector(Collector):
     async def _families(self) -> list[Metric]:
         e = self.engine
         now = e.clock()
+        lead = GaugeMetricFamily("zcrepl_controller_leader",
+                                 "1 while this controller leads (holds the lease; always with SQLite), 0 as a follower")
+        lead.add_metric([], 1 if e.leading else 0)
+        epoch = GaugeMetricFamily("zcrepl_controller_leader_epoch",
+                                  "The epoch this controller last led under (grows with each new leader)")
+        epoch.add_metric([], e.epoch)
+        reach = GaugeMetricFamily("zcrepl_controller_store_reachable",
+                                  "1 while this controller's lease connection reaches the database (always 1 with "
+                                  "SQLite)")
+        reach.add_metric([], 1 if self.reachable() else 0)
+        if not e.leading:
+            # A follower's engine holds nothing (the leader's does): its job, agent, link and rule gauges would
+            # read as an empty fleet, or count the store's jobs once per controller in a sum.
+            return [lead, epoch, reach]
         jobs = GaugeMetricFamily("zcrepl_controller_jobs", "Jobs in the store, per state", labels=["state"])
         counts = await e.store.call(e.store.sql.job_counts)
         for state in JobState:
@@ -123,13 +140,7 @@ class _StateCollector(Collector):
                 kinds[wait_kind(job.wait_reason)] += 1
         for kind, n in kinds.items():
             waiting.add_metric([kind], n)
-        lead = GaugeMetricFamily("zcrepl_controller_leader",
-                                 "1 while this controller leads (holds the lease; always with SQLite), 0 as a follower")
-        lead.add_metric([], 1 if e.leading else 0)
-        epoch = GaugeMetricFamily("zcrepl_controller_leader_epoch",
-                                  "The epoch this controller last led under (grows with each new leader)")
-        epoch.add_metric([], e.epoch)
-        return [jobs, waiting, lead, epoch, *self._agents(now), *self._links(), *self._rules(now),
+        return [jobs, waiting, lead, epoch, reach, *self._agents(now), *self._links(), *self._rules(now),
                 *await self._schedules()]
 
     def _agents(self, now: float) -> list[Metric]:

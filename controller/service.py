@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 import grpc
 
-from zcrepl.controller import follower, validate
+from zcrepl.controller import follower, requests, validate
 from zcrepl.controller.dataplane import peer_host
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import Session
@@ -64,6 +64,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         self.wire = WireCache()
         self.leader = leader  # the leader's address as this controller last read it (followers redirect there)
         self.me = me
+        self.requests = requests.Requests(engine.store)
 
     async def _lead(self, context: grpc.aio.ServicerContext) -> int:
         """Writes and agents' streams only on the leader: a follower names the leader and ends the call. Returns
@@ -167,20 +168,36 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     async def SubmitJob(self, request: cpb.SubmitJobRequest, context: grpc.aio.ServicerContext
                         ) -> types_pb2.Job:
+        rid = request.request_id
+        # A retry of a submit already committed? Asked before _lead: nothing may await between the leadership
+        # check and the write, or a step-down in between would let a follower's write through the fence.
+        made = await self.requests.made(rid, requests.JOB)
         gen = await self._lead(context)
+        if made:
+            return job_to_pb(await self.engine.get_async(made[0]))
         src, (dst,) = _endpoints(request.source, [request.destination])
         options = validate.options(options_from_request(request.options))
-        job = self.engine.submit(src, dst, options)
-        await self._commit(gen)  # the job id is handed out once the job is committed
+        with self.requests.making(rid, requests.JOB):
+            with self.engine.store.together("submit_job"):
+                job = self.engine.submit(src, dst, options)
+                self.requests.remember(rid, requests.JOB, [job.id], self.engine.clock())
+            await self._commit(gen)  # the job id is handed out once the job is committed
         return job_to_pb(job)
 
     async def SubmitFanout(self, request: cpb.SubmitFanoutRequest, context: grpc.aio.ServicerContext
                            ) -> cpb.ListJobsResponse:
+        rid = request.request_id
+        made = await self.requests.made(rid, requests.JOB)
         gen = await self._lead(context)
+        if made:
+            return cpb.ListJobsResponse(jobs=[job_to_pb(await self.engine.get_async(i)) for i in made])
         src, dsts = _endpoints(request.source, request.destinations)
         options = validate.several(validate.options(options_from_request(request.options)), "a fan-out")
-        jobs = self.engine.submit_fanout(src, dsts, options)
-        await self._commit(gen)
+        with self.requests.making(rid, requests.JOB):
+            with self.engine.store.together("submit_fanout"):
+                jobs = self.engine.submit_fanout(src, dsts, options)
+                self.requests.remember(rid, requests.JOB, [j.id for j in jobs], self.engine.clock())
+            await self._commit(gen)
         return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
     async def GetJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
@@ -242,13 +259,20 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     # -- watch rules --------------------------------------------------------------------------------
     async def CreateSync(self, request: spb.CreateSyncRequest, context: grpc.aio.ServicerContext) -> spb.SyncRule:
+        rid = request.request_id
+        made = await self.requests.made(rid, requests.SYNC)
         gen = await self._lead(context)
+        if made:
+            return rule_to_pb(self.engine.syncs.view(made[0], self.engine.clock()))
         src, dsts = _endpoints(request.source, request.destinations)
-        rule = self.engine.syncs.create(src, dsts, validate.several(validate.options(options_from_request(
-                                            request.options)), "a watch rule"),
-                                        request.window, request.quiet, self.engine.clock())
-        self.engine.wake()
-        await self._commit(gen)  # the rule id is handed out once the rule is committed
+        options = validate.several(validate.options(options_from_request(request.options)), "a watch rule")
+        with self.requests.making(rid, requests.SYNC):
+            with self.engine.store.together("create_sync"):
+                rule = self.engine.syncs.create(src, dsts, options, request.window, request.quiet,
+                                                self.engine.clock())
+                self.requests.remember(rid, requests.SYNC, [rule.id], self.engine.clock())
+            self.engine.wake()
+            await self._commit(gen)  # the rule id is handed out once the rule is committed
         return rule_to_pb(rule)
 
     async def ListSyncs(self, request: spb.ListSyncsRequest, context: grpc.aio.ServicerContext

@@ -5,9 +5,9 @@ zc-controller meeting a newer database refuses it in a sentence instead of misre
 are the schemas those controllers created (1: jobs, attempts, agents; 2: fan-out groups and attempt sources;
 3: priorities; 4: skipped entries; 5: files that could not be copied, among the skipped entries); step 6 adds
 what they created without a version bump (decisions, watch rules, join tokens, issued certificates) when
-missing; step 7 adds a dry run's plan; step 8 schedules, and the schedule that queued each job. PostgreSQL's
-step 1 is the shape of the first controller that could use it (no older PostgreSQL database exists); later steps
-follow the SQLite ones.
+missing; step 7 adds a dry run's plan; step 8 schedules, and the schedule that queued each job; step 9
+the request ids of writes. PostgreSQL's step 1 is the shape of the first controller that could use it (no
+older PostgreSQL database exists); later steps follow the SQLite ones.
 """
 
 from __future__ import annotations
@@ -110,6 +110,13 @@ CREATE TABLE IF NOT EXISTS schedules (
     last_error TEXT NOT NULL DEFAULT '', last_error_at REAL NOT NULL DEFAULT 0
 );
 """,
+    # Request ids of writes (issue 15): a zc-ctl retry after a failover finds what the first call made.
+    9: """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT NOT NULL, kind TEXT NOT NULL, ref INTEGER NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (request_id, kind, ref)
+);
+""",
 }
 
 # PostgreSQL's REAL is 4 bytes: times are DOUBLE PRECISION. Ids are handed out by the controller (store.py), so
@@ -199,6 +206,13 @@ CREATE TABLE schedules (
     skips BIGINT NOT NULL DEFAULT 0, last_skip_at DOUBLE PRECISION NOT NULL DEFAULT 0,
     last_skip TEXT NOT NULL DEFAULT '',
     last_error TEXT NOT NULL DEFAULT '', last_error_at DOUBLE PRECISION NOT NULL DEFAULT 0
+);
+""",
+    # SQLite's step 9.
+    4: """
+CREATE TABLE requests (
+    request_id TEXT NOT NULL, kind TEXT NOT NULL, ref BIGINT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (request_id, kind, ref)
 );
 """,
 }

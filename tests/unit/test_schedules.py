@@ -259,7 +259,7 @@ def test_metrics_show_each_schedule_and_a_failed_last_run(h: Harness) -> None:
     h.engine.cancel(job.id)
 
     async def scrape() -> dict[tuple[str, str], float]:
-        families = await _StateCollector(h.engine, asyncio.get_running_loop())._schedules()
+        families = await _StateCollector(h.engine, asyncio.get_running_loop(), lambda: True)._schedules()
         return {(x.name, x.labels["schedule"]): x.value for f in families for x in f.samples}
 
     got = asyncio.run(scrape())
