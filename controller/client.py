@@ -195,7 +195,8 @@ class ControllerClient:
         from zcrepl.proto.scheduleconvert import schedule_from_pb
 
         req = schpb.CreateScheduleRequest(source=endpoint_to_pb(src), destination=endpoint_to_pb(dst),
-                                          options=options_to_pb(options), cron=cron, every=every, tz=tz)
+                                          options=options_to_pb(options), cron=cron, every=every, tz=tz,
+                                          request_id=_request_id())
         return schedule_from_pb(self._call(lambda: self._stub.CreateSchedule, req))
 
     def schedules(self) -> list[Schedule]:

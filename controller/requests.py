@@ -21,6 +21,7 @@ from zcrepl.core.errors import InvalidArgument
 MAX_LEN = 64
 JOB = "job"
 SYNC = "sync"
+SCHEDULE = "schedule"
 
 
 class RequestsSql:

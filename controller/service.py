@@ -303,11 +303,18 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     # -- schedules ----------------------------------------------------------------------------------
     async def CreateSchedule(self, request: schpb.CreateScheduleRequest, context: grpc.aio.ServicerContext
                              ) -> schpb.Schedule:
+        rid = request.request_id
+        made = await self.requests.made(rid, requests.SCHEDULE)
         gen = await self._lead(context)
+        if made:
+            return schedule_to_pb(self.engine.schedules.get(made[0]))
         src, (dst,) = _endpoints(request.source, [request.destination])
         options = validate.options(options_from_request(request.options))  # SubmitJob's checks, then the job's
-        s = self.engine.schedules.add(src, dst, options, request.cron, request.every, request.tz)
-        await self._commit(gen)  # the id is handed out once the schedule is committed
+        with self.requests.making(rid, requests.SCHEDULE):
+            with self.engine.store.together("create_schedule"):
+                s = self.engine.schedules.add(src, dst, options, request.cron, request.every, request.tz)
+                self.requests.remember(rid, requests.SCHEDULE, [s.id], self.engine.clock())
+            await self._commit(gen)  # the id is handed out once the schedule is committed
         return schedule_to_pb(s)
 
     async def ListSchedules(self, request: schpb.ListSchedulesRequest, context: grpc.aio.ServicerContext

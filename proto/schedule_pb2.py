@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from zcrepl.proto import types_pb2 as zcrepl_dot_proto_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bzcrepl/proto/schedule.proto\x12\tzcrepl.v1\x1a\x18zcrepl/proto/types.proto\"\xcc\x03\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x06source\x18\x02 \x01(\x0b\x32\x13.zcrepl.v1.Endpoint\x12(\n\x0b\x64\x65stination\x18\x03 \x01(\x0b\x32\x13.zcrepl.v1.Endpoint\x12&\n\x07options\x18\x04 \x01(\x0b\x32\x15.zcrepl.v1.JobOptions\x12\x0c\n\x04\x63ron\x18\x05 \x01(\t\x12\r\n\x05\x65very\x18\x06 \x01(\x01\x12\n\n\x02tz\x18\x07 \x01(\t\x12\'\n\x05state\x18\x08 \x01(\x0e\x32\x18.zcrepl.v1.ScheduleState\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x10\n\x08next_due\x18\n \x01(\x01\x12\x0c\n\x04runs\x18\x0b \x01(\x04\x12\x13\n\x0blast_job_id\x18\x0c \x01(\x04\x12\x13\n\x0blast_run_at\x18\r \x01(\x01\x12\r\n\x05skips\x18\x0e \x01(\x04\x12\x14\n\x0clast_skip_at\x18\x0f \x01(\x01\x12\x11\n\tlast_skip\x18\x10 \x01(\t\x12\x12\n\nlast_error\x18\x11 \x01(\t\x12\x15\n\rlast_error_at\x18\x12 \x01(\x01\x12\x12\n\nlast_state\x18\x13 \x01(\t\x12\x16\n\x0elast_job_error\x18\x14 \x01(\t\"\xb7\x01\n\x15\x43reateScheduleRequest\x12#\n\x06source\x18\x01 \x01(\x0b\x32\x13.zcrepl.v1.Endpoint\x12(\n\x0b\x64\x65stination\x18\x02 \x01(\x0b\x32\x13.zcrepl.v1.Endpoint\x12&\n\x07options\x18\x03 \x01(\x0b\x32\x15.zcrepl.v1.JobOptions\x12\x0c\n\x04\x63ron\x18\x04 \x01(\t\x12\r\n\x05\x65very\x18\x05 \x01(\x01\x12\n\n\x02tz\x18\x06 \x01(\t\"\x19\n\x0bScheduleRef\x12\n\n\x02id\x18\x01 \x01(\x04\"\x16\n\x14ListSchedulesRequest\"?\n\x15ListSchedulesResponse\x12&\n\tschedules\x18\x01 \x03(\x0b\x32\x13.zcrepl.v1.Schedule*e\n\rScheduleState\x12\x1e\n\x1aSCHEDULE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SCHEDULE_STATE_ACTIVE\x10\x01\x12\x19\n\x15SCHEDULE_STATE_PAUSED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bzcrepl/proto/schedule.proto\x12\tzcrepl.v1\x1a\x18zcrepl/proto/types.proto\"\xcc\x03\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x06source\x18\x02 \x01(\x0b\x32\x13.zcrepl.v1.Endpoint\x12(\n\x0b\x64\x65stination\x18\x03 \x01(\x0b\x32\x13.zcrepl.v1.Endpoint\x12&\n\x07options\x18\x04 \x01(\x0b\x32\x15.zcrepl.v1.JobOptions\x12\x0c\n\x04\x63ron\x18\x05 \x01(\t\x12\r\n\x05\x65very\x18\x06 \x01(\x01\x12\n\n\x02tz\x18\x07 \x01(\t\x12\'\n\x05state\x18\x08 \x01(\x0e\x32\x18.zcrepl.v1.ScheduleState\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x10\n\x08next_due\x18\n \x01(\x01\x12\x0c\n\x04runs\x18\x0b \x01(\x04\x12\x13\n\x0blast_job_id\x18\x0c \x01(\x04\x12\x13\n\x0blast_run_at\x18\r \x01(\x01\x12\r\n\x05skips\x18\x0e \x01(\x04\x12\x14\n\x0clast_skip_at\x18\x0f \x01(\x01\x12\x11\n\tlast_skip\x18\x10 \x01(\t\x12\x12\n\nlast_error\x18\x11 \x01(\t\x12\x15\n\rlast_error_at\x18\x12 \x01(\x01\x12\x12\n\nlast_state\x18\x13 \x01(\t\x12\x16\n\x0elast_job_error\x18\x14 \x01(\t\"\xcb\x01\n\x15\x43reateScheduleRequest\x12#\n\x06source\x18\x01 \x01(\x0b\x32\x13.zcrepl.v1.Endpoint\x12(\n\x0b\x64\x65stination\x18\x02 \x01(\x0b\x32\x13.zcrepl.v1.Endpoint\x12&\n\x07options\x18\x03 \x01(\x0b\x32\x15.zcrepl.v1.JobOptions\x12\x0c\n\x04\x63ron\x18\x04 \x01(\t\x12\r\n\x05\x65very\x18\x05 \x01(\x01\x12\n\n\x02tz\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\x19\n\x0bScheduleRef\x12\n\n\x02id\x18\x01 \x01(\x04\"\x16\n\x14ListSchedulesRequest\"?\n\x15ListSchedulesResponse\x12&\n\tschedules\x18\x01 \x03(\x0b\x32\x13.zcrepl.v1.Schedule*e\n\rScheduleState\x12\x1e\n\x1aSCHEDULE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SCHEDULE_STATE_ACTIVE\x10\x01\x12\x19\n\x15SCHEDULE_STATE_PAUSED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zcrepl.proto.schedule_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCHEDULESTATE']._serialized_start=833
-  _globals['_SCHEDULESTATE']._serialized_end=934
+  _globals['_SCHEDULESTATE']._serialized_start=853
+  _globals['_SCHEDULESTATE']._serialized_end=954
   _globals['_SCHEDULE']._serialized_start=69
   _globals['_SCHEDULE']._serialized_end=529
   _globals['_CREATESCHEDULEREQUEST']._serialized_start=532
-  _globals['_CREATESCHEDULEREQUEST']._serialized_end=715
-  _globals['_SCHEDULEREF']._serialized_start=717
-  _globals['_SCHEDULEREF']._serialized_end=742
-  _globals['_LISTSCHEDULESREQUEST']._serialized_start=744
-  _globals['_LISTSCHEDULESREQUEST']._serialized_end=766
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=768
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=831
+  _globals['_CREATESCHEDULEREQUEST']._serialized_end=735
+  _globals['_SCHEDULEREF']._serialized_start=737
+  _globals['_SCHEDULEREF']._serialized_end=762
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=764
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=786
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=788
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=851
 # @@protoc_insertion_point(module_scope)

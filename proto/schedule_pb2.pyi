@@ -62,20 +62,22 @@ class Schedule(_message.Message):
     def __init__(self, id: _Optional[int] = ..., source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destination: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., cron: _Optional[str] = ..., every: _Optional[float] = ..., tz: _Optional[str] = ..., state: _Optional[_Union[ScheduleState, str]] = ..., created_at: _Optional[float] = ..., next_due: _Optional[float] = ..., runs: _Optional[int] = ..., last_job_id: _Optional[int] = ..., last_run_at: _Optional[float] = ..., skips: _Optional[int] = ..., last_skip_at: _Optional[float] = ..., last_skip: _Optional[str] = ..., last_error: _Optional[str] = ..., last_error_at: _Optional[float] = ..., last_state: _Optional[str] = ..., last_job_error: _Optional[str] = ...) -> None: ...
 
 class CreateScheduleRequest(_message.Message):
-    __slots__ = ("source", "destination", "options", "cron", "every", "tz")
+    __slots__ = ("source", "destination", "options", "cron", "every", "tz", "request_id")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     CRON_FIELD_NUMBER: _ClassVar[int]
     EVERY_FIELD_NUMBER: _ClassVar[int]
     TZ_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     source: _types_pb2.Endpoint
     destination: _types_pb2.Endpoint
     options: _types_pb2.JobOptions
     cron: str
     every: float
     tz: str
-    def __init__(self, source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destination: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., cron: _Optional[str] = ..., every: _Optional[float] = ..., tz: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destination: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., cron: _Optional[str] = ..., every: _Optional[float] = ..., tz: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ScheduleRef(_message.Message):
     __slots__ = ("id",)

@@ -26,6 +26,7 @@ from zchelpers import Cluster, diff_trees, snapshot, wait_for
 from zcrepl.controller.client import ControllerClient
 from zcrepl.core.types import Endpoint, JobOptions, JobState
 from zcrepl.proto import controller_pb2 as cpb
+from zcrepl.proto import schedule_pb2 as schpb
 from zcrepl.proto import sync_pb2 as spb
 from zcrepl.proto.channels import channel
 from zcrepl.proto.controller_pb2_grpc import ControllerStub
@@ -182,9 +183,9 @@ def test_sigkill_leader(ha: Cluster) -> None:
     assert dict(info.value.trailing_metadata())["zc-leader"] == address(new)
 
 
-def test_a_repeated_fanout_or_watch_rule_is_made_once(ha: Cluster) -> None:
-    """zc-ctl's retry of a fan-out or a new watch rule (the same request id) gets what the first call made; another
-    id makes another, whatever the request says."""
+def test_a_repeated_fanout_watch_rule_or_schedule_is_made_once(ha: Cluster) -> None:
+    """zc-ctl's retry of a fan-out, a new watch rule or a schedule (the same request id) gets what the first call
+    made; another id makes another, whatever the request says."""
     c, base = ha, ha.base
     src = base / "a" / "fan"
     src.mkdir()
@@ -212,3 +213,11 @@ def test_a_repeated_fanout_or_watch_rule_is_made_once(ha: Cluster) -> None:
             stub.RemoveSync(spb.SyncRef(id=r.id), timeout=5)
         jobs = stub.ListJobs(cpb.ListJobsRequest(group_id=first.jobs[0].group_id), timeout=5).jobs
         assert sorted(j.id for j in jobs) == sorted(j.id for j in first.jobs)
+        add = schpb.CreateScheduleRequest(source=endpoint_to_pb(_ep("hostA", src)),
+                                          destination=endpoint_to_pb(_ep("hostB", base / "b" / "nightly")),
+                                          cron="0 2 * * *", request_id="5e1f0c3a-2b4d-4e6f-8a9b-c0d1e2f3a4b5")
+        sched, sched_again = stub.CreateSchedule(add, timeout=5), stub.CreateSchedule(add, timeout=5)
+        assert sched_again.id == sched.id
+        listed_schedules = stub.ListSchedules(schpb.ListSchedulesRequest(), timeout=5).schedules
+        assert [s.id for s in listed_schedules if s.cron == "0 2 * * *"] == [sched.id]
+        stub.RemoveSchedule(schpb.ScheduleRef(id=sched.id), timeout=5)
