@@ -138,7 +138,7 @@ class Agent:
             )
             self.link.start()
             if self.trust is not None and self.trust.paths == enrolled_paths(cfg):
-                self.renewer = Renewer(self.trust, controller_list(cfg.controller)[0])
+                self.renewer = Renewer(self.trust, cfg.controller)
                 self.renewer.start()
         except BaseException:
             self.stop()

@@ -7,6 +7,10 @@ certificate, key and CA land in ``state_dir/pki`` (key 0600) and are reused at e
 
 Renewal: an enrolled certificate is renewed over the agent's authenticated channel once two thirds of its
 life have passed; new handshakes pick the new files up (core/trust.py), open connections keep theirs.
+
+Both go to any controller of the agent's list (``--controller a:7420,b:7420,c:7420``), tried in turn: every
+controller of one store signs with the same CA and reads the same join tokens and issued certificates, leader or
+follower, so one controller down (the first of the list included) stops neither.
 """
 
 from __future__ import annotations
@@ -83,38 +87,55 @@ def enroll(cfg: AgentConfig, paths: TlsPaths) -> None:
         port, pin, _ = jointoken.parse(cfg.join)
     except UserError as err:
         raise ConfigError(f"--join: {err}") from err
-    host = split_address(controller_list(cfg.controller)[0])[0]
+    hosts = list(dict.fromkeys(split_address(c)[0] for c in controller_list(cfg.controller)))
     key = pki.new_key()
     request = sp.EnrollRequest(token=cfg.join.strip(), csr_pem=pki.make_csr(key, cfg.name), name=cfg.name)
     deadline = time.monotonic() + ENROLL_PATIENCE
     failures = 0
     while True:
+        issued, why = _enroll_round(hosts, port, pin, request)
+        if issued is not None:
+            break
+        failures += 1
+        if time.monotonic() > deadline:
+            where = ", ".join(f"{h}:{port}" for h in hosts)
+            raise ConfigError(f"cannot reach the controller's enrolment port {where} ({why}); check "
+                              "--controller and that the controller runs with its own CA (--auto-pki)")
+        delay = backoff_delay(failures, 0.5, 5.0)
+        log.info("enrolment: controller not reachable yet", extra=kv(controller=",".join(hosts), port=port,
+                                                                     error=why, retry_in=round(delay, 2)))
+        time.sleep(delay)
+    _store(paths, issued, key_pem=pki.key_pem(key))
+    log.info("enrolled with the controller", extra=kv(name=issued.name, not_after=int(issued.not_after),
+                                                      dir=str(Path(paths.cert).parent)))
+
+
+def _enroll_round(hosts: list[str], port: int, pin: str, request: sp.EnrollRequest
+                  ) -> tuple[sp.IssuedCertificate | None, str]:
+    """One try at each controller's enrolment port: the certificate, or None and why the last one failed.
+    A refusal (a bad token, another CA) ends enrolment: every controller would give the same answer."""
+    why = ""
+    for host in hosts:
         try:
             ca_pem = fetch_ca(host, port, pin)
             creds = grpc.ssl_channel_credentials(ca_pem)
             with grpc.secure_channel(f"{host}:{port}", creds, options=[
                     *KEEPALIVE_CLIENT, ("grpc.ssl_target_name_override", pki.CONTROLLER_DNS)]) as ch:
-                issued = security_pb2_grpc.EnrollmentStub(ch).Enroll(request, timeout=15)
-            break
+                issued: sp.IssuedCertificate = security_pb2_grpc.EnrollmentStub(ch).Enroll(request, timeout=15)
+            return issued, ""
         except grpc.RpcError as err:
-            code = err.code() if hasattr(err, "code") else None
-            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if not _transient(err):
                 raise ConfigError(f"enrolment refused by the controller at {host}:{port}: "
                                   f"{err.details() if hasattr(err, 'details') else err}") from err
-            why: str = err.details() if hasattr(err, "details") else str(err)
+            why = f"{host}:{port}: {err.details() if hasattr(err, 'details') else err}"
         except OSError as err:
-            why = str(err)
-        failures += 1
-        if time.monotonic() > deadline:
-            raise ConfigError(f"cannot reach the controller's enrolment port {host}:{port} ({why}); check "
-                              "--controller and that the controller runs with its own CA (--auto-pki)")
-        delay = backoff_delay(failures, 0.5, 5.0)
-        log.info("enrolment: controller not reachable yet", extra=kv(controller=f"{host}:{port}", error=why,
-                                                                     retry_in=round(delay, 2)))
-        time.sleep(delay)
-    _store(paths, issued, key_pem=pki.key_pem(key))
-    log.info("enrolled with the controller", extra=kv(name=issued.name, not_after=int(issued.not_after),
-                                                      dir=str(Path(paths.cert).parent)))
+            why = f"{host}:{port}: {err}"
+    return None, why
+
+
+def _transient(err: grpc.RpcError) -> bool:
+    code = err.code() if hasattr(err, "code") else None
+    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 def _store(paths: TlsPaths, issued: sp.IssuedCertificate, key_pem: bytes) -> None:
@@ -132,7 +153,7 @@ class Renewer:
 
     def __init__(self, trust: Trust, controller: str, check_every: float = 60.0) -> None:
         self.trust = trust
-        self.controller = controller
+        self.controllers = controller_list(controller)
         self.check_every = check_every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="zc-renew", daemon=True)
@@ -151,9 +172,17 @@ class Renewer:
 
     def renew_now(self) -> None:
         key = pki.new_key()
-        with channel(self.controller, self.trust) as ch:
-            issued = security_pb2_grpc.SecurityStub(ch).RenewCertificate(
-                sp.RenewRequest(csr_pem=pki.make_csr(key, self.trust.identity.name)), timeout=15)
+        request = sp.RenewRequest(csr_pem=pki.make_csr(key, self.trust.identity.name))
+        for i, target in enumerate(self.controllers):
+            try:
+                with channel(target, self.trust) as ch:
+                    issued = security_pb2_grpc.SecurityStub(ch).RenewCertificate(request, timeout=15)
+                break
+            except grpc.RpcError as err:
+                if not _transient(err) or i == len(self.controllers) - 1:
+                    raise
+                log.info("certificate renewal: controller out of reach, trying the next",
+                         extra=kv(controller=target, error=err.details() if hasattr(err, "details") else err))
         _store(self.trust.paths, issued, pki.key_pem(key))
         self.trust.refresh(force=True)
         log.info("certificate renewed", extra=kv(not_after=int(issued.not_after)))

@@ -7,12 +7,14 @@ client follows the leader on its own: a follower answers reads itself and ends w
 the leader (the ``zc-leader`` trailer), which the client calls next; a controller out of reach sends it to the
 next one of the list, and after a whole round it waits (backoff up to ``ROUND_MAX`` s) and tries again, for
 ``patience`` seconds in all. A write retried after a controller died mid-call may have been committed there
-(the leader's answer was lost with it): check with ``zc-ctl jobs`` before submitting again by hand.
+(the leader's answer was lost with it): submits and new watch rules carry a request id (a UUID made here, the
+same on every retry), and the leader answers a repeat with what the first call made, so they are made once.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,6 +38,7 @@ from zcrepl.proto.convert import (
 from zcrepl.proto.errors import from_rpc_error
 
 if TYPE_CHECKING:
+    from zcrepl.core.schedtypes import Schedule
     from zcrepl.core.synctypes import SyncRule
     from zcrepl.proto import security_pb2
 
@@ -53,6 +56,11 @@ def _leader(err: grpc.RpcError) -> str | None:
         if key == LEADER_KEY:
             return str(value)
     return None
+
+
+def _request_id() -> str:
+    """One per write, kept across its retries (controller/requests.py)."""
+    return str(uuid.uuid4())
 
 
 class ControllerClient:
@@ -123,12 +131,12 @@ class ControllerClient:
 
     def submit(self, src: Endpoint, dst: Endpoint, options: JobOptions) -> Job:
         req = cpb.SubmitJobRequest(source=endpoint_to_pb(src), destination=endpoint_to_pb(dst),
-                                   options=options_to_pb(options))
+                                   options=options_to_pb(options), request_id=_request_id())
         return job_from_pb(self._call(lambda: self._stub.SubmitJob, req))
 
     def submit_fanout(self, src: Endpoint, dsts: list[Endpoint], options: JobOptions) -> list[Job]:
         req = cpb.SubmitFanoutRequest(source=endpoint_to_pb(src), destinations=[endpoint_to_pb(d) for d in dsts],
-                                      options=options_to_pb(options))
+                                      options=options_to_pb(options), request_id=_request_id())
         return [job_from_pb(j) for j in self._call(lambda: self._stub.SubmitFanout, req).jobs]
 
     def job(self, job_id: int) -> Job:
@@ -162,7 +170,8 @@ class ControllerClient:
     def create_sync(self, src: Endpoint, dsts: list[Endpoint], options: JobOptions, window: float = 0.0,
                     quiet: float = 0.0) -> SyncRule:
         req = spb.CreateSyncRequest(source=endpoint_to_pb(src), destinations=[endpoint_to_pb(d) for d in dsts],
-                                    options=options_to_pb(options), window=window, quiet=quiet)
+                                    options=options_to_pb(options), window=window, quiet=quiet,
+                                    request_id=_request_id())
         from zcrepl.proto.syncconvert import rule_from_pb
 
         return rule_from_pb(self._call(lambda: self._stub.CreateSync, req))
@@ -178,6 +187,32 @@ class ControllerClient:
 
         name = {"pause": "PauseSync", "resume": "ResumeSync", "remove": "RemoveSync"}[action]
         return rule_from_pb(self._call(lambda: getattr(self._stub, name), spb.SyncRef(id=rule_id)))
+
+    # -- schedules (their domain types load with the first call) ----------------------------------------
+    def create_schedule(self, src: Endpoint, dst: Endpoint, options: JobOptions, cron: str = "", every: float = 0.0,
+                        tz: str = "") -> Schedule:
+        from zcrepl.proto import schedule_pb2 as schpb
+        from zcrepl.proto.scheduleconvert import schedule_from_pb
+
+        req = schpb.CreateScheduleRequest(source=endpoint_to_pb(src), destination=endpoint_to_pb(dst),
+                                          options=options_to_pb(options), cron=cron, every=every, tz=tz,
+                                          request_id=_request_id())
+        return schedule_from_pb(self._call(lambda: self._stub.CreateSchedule, req))
+
+    def schedules(self) -> list[Schedule]:
+        from zcrepl.proto import schedule_pb2 as schpb
+        from zcrepl.proto.scheduleconvert import schedule_from_pb
+
+        resp = self._call(lambda: self._stub.ListSchedules, schpb.ListSchedulesRequest())
+        return [schedule_from_pb(s) for s in resp.schedules]
+
+    def schedule_action(self, action: str, schedule_id: int) -> Schedule:
+        """``pause``, ``resume`` or ``remove`` one schedule."""
+        from zcrepl.proto import schedule_pb2 as schpb
+        from zcrepl.proto.scheduleconvert import schedule_from_pb
+
+        name = {"pause": "PauseSchedule", "resume": "ResumeSchedule", "remove": "RemoveSchedule"}[action]
+        return schedule_from_pb(self._call(lambda: getattr(self._stub, name), schpb.ScheduleRef(id=schedule_id)))
 
     # -- certificates ---------------------------------------------------------------------------------
     def create_token(self, agent: str, ttl: float = 0.0) -> security_pb2.JoinToken:

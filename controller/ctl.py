@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -122,8 +123,9 @@ def _filter_options(r: argparse.ArgumentParser) -> None:
                    help="also remove what the filters exclude from the destination (implies --delete)")
 
 
-def _replicate_options(r: argparse.ArgumentParser) -> None:
-    """replicate's options in groups, rsync's spellings where the meaning is the same (README: coming from rsync)."""
+def job_options(r: argparse.ArgumentParser) -> None:
+    """What a job carries, in groups, rsync's spellings where the meaning is the same (README: coming from rsync):
+    replicate's options and every schedule's (zc-ctl schedule add), so an option added here works on both."""
     g = r.add_argument_group("what is compared and changed")
     g.add_argument("-c", "--checksum", action="store_true", help="compare files by content hash, not size+mtime")
     g.add_argument("-n", "--dry-run", action="store_true",
@@ -167,6 +169,10 @@ def _replicate_options(r: argparse.ArgumentParser) -> None:
                    default=Priority.NORMAL.name.lower(),
                    help="queue order (default normal); a waiting job gains a level every priority_aging "
                         "seconds, so low ones still run")
+
+
+def _replicate_options(r: argparse.ArgumentParser) -> None:
+    job_options(r)
     w = r.add_argument_group("continuous mirroring")
     w.add_argument("--watch", action="store_true",
                    help="keep DST in step with SRC: a continuous rule (a full scan first, then every change "
@@ -190,6 +196,59 @@ def snapshot_options(r: argparse.ArgumentParser) -> None:
     for period, span in (("daily", "days"), ("weekly", "ISO weeks"), ("monthly", "months")):
         g.add_argument(f"--keep-{period}", type=whole(0, MAX_KEEP, "a number of snapshots"), default=0,
                        metavar="N", help=f"keep the newest snapshot of each of the last N {span} (UTC)")
+
+
+_INTERVAL = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def interval(text: str) -> float:
+    """``--every``: ``90s``, ``30m``, ``1h30m``, ``1d``, or plain seconds; from 1s to 366d."""
+    t = text.strip().lower()
+    parts = _INTERVAL.findall(t)
+    if t.replace(".", "", 1).isdigit():
+        total = float(t)
+    elif parts and "".join(n + u for n, u in parts) == t:
+        total = sum(float(n) * _UNIT[u] for n, u in parts)
+    else:
+        total = -1.0
+    if not 1 <= total <= 366 * 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an interval from 1s to 366d (such as 90s, 30m, 1h30m, 1d)")
+    return total
+
+
+def _schedule_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    sc = sub.add_parser("schedule", help="add a schedule (a replicate job queued whenever a cron expression or an "
+                                         "interval comes due), or pause, resume or remove one")
+    actions = sc.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="queue a job from SRC to DST on a cron schedule or at an interval",
+                             description="Each run is an ordinary job (zc-ctl jobs, job, explain; retries and the "
+                                         "load policy apply). A run still going when the next is due makes that "
+                                         "next one skipped (recorded); runs missed while the controller was down "
+                                         "run once when it is back.")
+    when = add.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", metavar="EXPR",
+                      help="a crontab time: minute hour day-of-month month day-of-week, such as '0 2 * * *' "
+                           "(02:00 every day), or @hourly, @daily, @weekly, @monthly, @yearly")
+    when.add_argument("--every", type=interval, metavar="INTERVAL",
+                      help="run every INTERVAL (90s, 30m, 1h30m, 1d), the first one INTERVAL from now")
+    add.add_argument("--tz", default="", metavar="ZONE",
+                     help="read --cron in this IANA time zone, such as Europe/Riga (default UTC)")
+    add.add_argument("src", metavar="SRC", help="HOST:/path of the source tree")
+    add.add_argument("dst", metavar="DST", help="HOST:/path of the destination")
+    job_options(add)
+    add.add_argument("--snapshot", action="store_true",
+                     help="each run makes DST/<UTC time>/ as zc-ctl snapshot does, with the retention below")
+    snapshot_options(add)
+    add.add_argument("--json", action="store_true", help="print the new schedule as JSON")
+    for action, what in (("pause", "stop queueing runs until resumed (a run going on goes on)"),
+                         ("resume", "queue runs again, from the next due time after now"),
+                         ("remove", "forget the schedule (a run going on goes on; zc-ctl cancel stops it)")):
+        a = actions.add_parser(action, help=what)
+        a.add_argument("id", type=whole(1, (1 << 63) - 1, "a schedule id"), metavar="ID")
+        a.add_argument("--json", action="store_true")
+    ls = sub.add_parser("schedules", help="list schedules: when each is due next, its last run's result, skips")
+    ls.add_argument("--json", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("id", nargs="?", type=whole(1, (1 << 63) - 1, "a rule id"), metavar="ID")
     sy.add_argument("--watch", action="store_true", help="refresh the table every second until interrupted")
     sy.add_argument("--json", action="store_true")
+    _schedule_commands(sub)
     ctl_pki.add_commands(sub)
     d = sub.add_parser("demo", help="start a local controller and two agents and replicate a generated tree")
     d.add_argument("--files", type=whole(0, 10_000_000, "a number of files"), default=2000,

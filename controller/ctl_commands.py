@@ -96,6 +96,10 @@ def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err:
         return EXIT_OK
     if args.command == "syncs":
         return _syncs(args, client, out)
+    if args.command in ("schedule", "schedules"):
+        from zcrepl.controller import ctl_schedule
+
+        return ctl_schedule.run(args, client, out)
     if args.command in ("token", "cert"):
         return _certs(args, client, out)
     if args.command == "cancel":
@@ -152,6 +156,8 @@ def _show_job(job: Job, as_json: bool, out: Out) -> None:
     out.show(render.jobs_table([job]))
     asked = " (asked with --encrypt)" if job.options.encrypt else ""
     out.line(f"  data plane: {render.transport_text(render.job_transport(job))}{asked}")
+    if job.schedule_id:
+        out.line(f"  queued by schedule {job.schedule_id} (zc-ctl schedules)")
     for a in job.history:
         status = a.error or ("running" if not a.ended_at else "ok")
         over = f"; {render.transport_text(a.stats.transport)}" if a.stats.transport else ""
@@ -258,16 +264,22 @@ def filter_rules(given: list[tuple[str, str]]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def job_options(args: argparse.Namespace) -> JobOptions:
+    """The options of ``ctl.job_options`` as a job carries them (replicate's and schedule add's)."""
+    watch = getattr(args, "watch", False)
+    durability = args.durability or (Durability.NONE.value if watch else Durability.JOB.value)
+    return JobOptions(delete=args.delete or args.delete_excluded, checksum=args.checksum, bwlimit=args.bwlimit,
+                      max_attempts=args.max_attempts, streams=args.streams,
+                      durability=Durability(durability), xattrs=args.xattrs,
+                      priority=Priority[args.priority.upper()], encrypt=args.encrypt,
+                      filters=filter_rules(args.filters), delete_excluded=args.delete_excluded,
+                      dry_run=args.dry_run, backup_dir=args.backup_dir, link_dest=tuple(args.link_dest),
+                      compress=args.compress, compress_level=args.compress_level)
+
+
 def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:  # noqa: C901
     src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
-    durability = args.durability or (Durability.NONE.value if args.watch else Durability.JOB.value)
-    options = JobOptions(delete=args.delete or args.delete_excluded, checksum=args.checksum, bwlimit=args.bwlimit,
-                         max_attempts=args.max_attempts, streams=args.streams,
-                         durability=Durability(durability), xattrs=args.xattrs,
-                         priority=Priority[args.priority.upper()], encrypt=args.encrypt,
-                         filters=filter_rules(args.filters), delete_excluded=args.delete_excluded,
-                         dry_run=args.dry_run, backup_dir=args.backup_dir, link_dest=tuple(args.link_dest),
-                         compress=args.compress, compress_level=args.compress_level)
+    options = job_options(args)
     if args.command == "snapshot":
         options = snapshot_job(args, options)
     if args.watch:
@@ -321,8 +333,9 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err
 
 def snapshot_job(args: argparse.Namespace, options: JobOptions) -> JobOptions:
     """``options`` (replicate's) made a snapshot rule's: zc-ctl snapshot, or a schedule of one."""
-    if args.watch or args.dry_run:
-        raise UserError(f"{'--watch' if args.watch else '--dry-run'} is refused for a snapshot: a snapshot is one "
+    watch = getattr(args, "watch", False)  # schedule add has no --watch
+    if watch or args.dry_run:
+        raise UserError(f"{'--watch' if watch else '--dry-run'} is refused for a snapshot: a snapshot is one "
                         "complete copy made at one time; use zc-ctl replicate for that")
     return replace(options, snapshot=True, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly,
                    keep_monthly=args.keep_monthly)

@@ -48,6 +48,7 @@ class _Parts:
 
     store: Store
     engine: Engine | None = None
+    service: ControllerService | None = None
     server: grpc.aio.Server | None = None
     enroll: grpc.aio.Server | None = None
     metrics: MetricsServer | None = None
@@ -171,8 +172,8 @@ class Controller:
         if authority is not None:
             interceptors.insert(0, AuthInterceptor(authority.trust))
         parts.server = server = grpc.aio.server(interceptors=interceptors, options=KEEPALIVE_SERVER)
-        service = ControllerService(engine, leader=lambda: self.leadership.leader if self.leadership else "",
-                                    me=lambda: self.advertised)
+        parts.service = service = ControllerService(
+            engine, leader=lambda: self.leadership.leader if self.leadership else "", me=lambda: self.advertised)
         controller_pb2_grpc.add_ControllerServicer_to_server(service, server)
         names = [SERVICE_NAME]
         if authority is not None:
@@ -205,8 +206,9 @@ class Controller:
         if cfg.http_listen:
             from zcrepl.controller.web.server import WebServer  # aiohttp only when the view is on
 
+            assert parts.service is not None  # the gRPC port, started first, made it
             parts.webview = webview = WebServer(cfg.http_listen, engine, authority.trust if authority else None,
-                                                cfg.http_client_cert)
+                                                cfg.http_client_cert, parts.service.leader, parts.service.me)
             await webview.start()
             self.http_address, self.http_url = webview.address, webview.url
         if cfg.health_listen:
@@ -217,12 +219,17 @@ class Controller:
         """The scheduler loop, the lease (on a shared store) and the TLS file watch."""
         cfg = self.config
         parts.tasks.append(asyncio.create_task(engine.run_forever()))
+        if engine.leading:  # on PostgreSQL the lease decides: Engine.lead starts them, step_down stops them
+            engine.schedules.start()  # fires what fell due while down, then sleeps till the next is due
         if is_postgres(cfg.store):
             self.leadership = Leadership(
                 PgLease(cfg.store, self.advertised, cfg.lease_timeout), self.advertised, renew=cfg.lease_renew,
                 timeout=cfg.lease_timeout, poll=cfg.lease_poll, on_elected=engine.lead,
                 on_deposed=lambda _why: _async(engine.step_down))
             parts.tasks.append(asyncio.create_task(self.leadership.run()))
+            if isinstance(engine.observe, ControllerMetrics):
+                lease = self.leadership
+                engine.observe.store_reachable = lambda: lease.reachable
         if self.authority is not None:
             parts.tasks.append(asyncio.create_task(self._watch_trust()))
 
@@ -249,6 +256,7 @@ class Controller:
         if parts.engine is not None:
             parts.engine.stopping = True
             parts.engine.close_sessions()  # lets every Connect handler return on its own before the stop
+            parts.engine.schedules.stop()
         for t in parts.tasks:
             t.cancel()
         if self.leadership is not None:

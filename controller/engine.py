@@ -13,8 +13,9 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import assert_never
 
-from zcrepl.controller import effects, fence, lifecycle, snapshot, validate
+from zcrepl.controller import effects, lifecycle, snapshot, validate
 from zcrepl.controller.compression import CompressPolicy
 from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.faults import Faults
@@ -31,8 +32,10 @@ from zcrepl.controller.policy import (
     rank_sources,
 )
 from zcrepl.controller.registry import Registry, Session
-from zcrepl.controller.runs import Run, job_fields, skip_note, stream_caps, stream_usage
-from zcrepl.controller.scheduler import HostView, Policy, Usage, overlaps, plan
+from zcrepl.controller.runs import Run, job_fields, stream_caps, stream_usage
+from zcrepl.controller.schedule_store import ScheduleStore
+from zcrepl.controller.scheduler import Decision, HostView, Policy, Usage, overlaps, plan
+from zcrepl.controller.schedules import Schedules
 from zcrepl.controller.store import Store
 from zcrepl.controller.sync_store import SyncStore
 from zcrepl.controller.syncs import SyncManager
@@ -42,17 +45,11 @@ from zcrepl.core.logs import kv
 from zcrepl.core.types import (
     AgentInfo,
     AgentStatus,
-    CancelOrder,
-    Compress,
     Endpoint,
     HostHealth,
     Job,
     JobOptions,
     JobState,
-    Phase,
-    ReceiveOrder,
-    Role,
-    SendOrder,
     TransferReport,
     TransferStats,
 )
@@ -86,6 +83,7 @@ class Engine(Pacing, Faults, JobReads, Leading):
         self.stopping = False
         self._last_decision: dict[int, DecisionRecord] = {}
         self.links = LinkTracker(window=THROTTLE_EVERY)
+        self.schedules = Schedules(ScheduleStore(store), self)  # its loop is started by the daemon
         self._ranking: dict[int, dict[Endpoint, str]] = {}  # this tick's fan-out source rankings, per job
         self.observe = Observer()  # the daemon puts its metrics here
         # Leadership (controller/leadership.py): only a leader schedules, accepts agents and sends orders, each
@@ -115,10 +113,7 @@ class Engine(Pacing, Faults, JobReads, Leading):
                         extra=kv(agent=info.name, host=info.name))
             old.close()
         self.store.upsert_agent(info, now)
-        for job_id, attempt in active:
-            run = self.runs.get(job_id)
-            if run is None or run.attempt != attempt:
-                session.outbox.put_nowait(CancelOrder(job_id, attempt, "attempt unknown to the controller"))
+        self._apply(effects.unknown_attempts(info.name, active, self.runs), now)
         self._rejoined(info.name, set(active))
         log.info("agent online", extra=kv(agent=info.name, host=info.name, grpc=info.grpc_address,
                                           data=info.data_address))
@@ -157,35 +152,10 @@ class Engine(Pacing, Faults, JobReads, Leading):
         self.registry.heartbeat(session, health, self.clock())
 
     def report(self, session: Session, r: TransferReport) -> None:
-        run = self.runs.get(r.job_id)
         job = self.jobs.get(r.job_id)
-        if run is None or job is None or run.attempt != r.attempt:
-            return  # a late report of an attempt already settled
-        expected = run.source.host if r.role is Role.SENDER else job.destination.host
-        if session.info.name != expected:
-            log.warning("report from the wrong agent ignored", extra=kv(**job_fields(job, run),
-                                                                         agent=session.info.name))
-            return
-        run.last_report = self.clock()
-        run.add_skipped(r)
-        run.add_plan(r)
-        if r.phase is Phase.READY and r.role is Role.RECEIVER:
-            self._on_ready(job, run)
-        elif r.phase is Phase.PROGRESS:
-            run.progress = r.stats
-            self.jobs[job.id] = replace(job, progress=r.stats)
-            self._notify(job.id)
-        elif r.phase is Phase.DONE:
-            if r.role is Role.SENDER:
-                run.sender_done = r.stats
-            else:
-                run.receiver_done = r.stats
-            if run.sender_done is not None and run.receiver_done is not None:
-                self._succeed(job, run)
-        elif r.phase is Phase.FAILED:
-            if fence.await_destination(run, job, r, self.clock(), self.registry.session(job.destination.host)):
-                return  # the destination's own report, due any moment, says why (and whether to retry)
-            self._fail_run(job.id, r.error or f"{session.info.name} reported a failure", r.retryable, r.stats)
+        online = job is not None and self.registry.session(job.destination.host) is not None
+        now = self.clock()
+        self._apply(effects.reported(self.runs.get(r.job_id), job, r, session.info.name, now, online), now)
 
     def agent_names(self, names: list[str] | None = None) -> list[str]:
         """``names`` checked (UnknownHost for a stranger), or every known agent, sorted."""
@@ -217,6 +187,10 @@ class Engine(Pacing, Faults, JobReads, Leading):
         if rules:
             raise Conflict(f"{name} is part of watch rule(s) {', '.join(map(str, rules))}; remove them first "
                            "(zc-ctl syncs remove ID)")
+        schedules = self.schedules.naming(name)
+        if schedules:
+            raise Conflict(f"{name} is named by schedule(s) {', '.join(map(str, schedules))}; remove them first "
+                           "(zc-ctl schedule remove ID)")
         status = self.statuses([name])[0]
         self.registry.forget(name)
         self.store.remove_agent(name)
@@ -242,7 +216,9 @@ class Engine(Pacing, Faults, JobReads, Leading):
         self._replicas_done[group] = []
         return [self.jobs[j.id] for j in jobs]  # new: no history yet
 
-    def submit(self, src: Endpoint, dst: Endpoint, options: JobOptions) -> Job:
+    def admit(self, src: Endpoint, dst: Endpoint, options: JobOptions) -> JobOptions:
+        """The checks of a job from ``src`` to ``dst`` (also a schedule's, before it is stored): the options as the
+        job would carry them, or UnknownHost / InvalidPath in one sentence."""
         for ep in (src, dst):
             if not self.registry.known(ep.host):
                 raise UnknownHost(_unknown_host(ep.host))
@@ -253,7 +229,11 @@ class Engine(Pacing, Faults, JobReads, Leading):
             raise InvalidPath("bwlimit and max_attempts must not be negative")
         if options.backup_dir or options.link_dest:
             options = validate.job_dirs(src, dst, options, self.registry.agents[dst.host].info.exports)
-        if options.snapshot:
+        return options
+
+    def submit(self, src: Endpoint, dst: Endpoint, options: JobOptions) -> Job:
+        options = self.admit(src, dst, options)
+        if options.snapshot:  # named per job: a schedule's runs each get their own
             options = snapshot.name_job(dst, options, self.registry.agents[dst.host].info.exports,
                                         self.snapshot_clock(), self.jobs.values())
         job = self.store.create_job(src, dst, options, options.max_attempts or self.config.max_attempts,
@@ -273,29 +253,22 @@ class Engine(Pacing, Faults, JobReads, Leading):
         return await self.get_async(job_id)
 
     def _cancel(self, job: Job) -> None:
-        job_id = job.id
         now = self.clock()
-        job = lifecycle.cancelled(job, now)
-        run = self.runs.pop(job_id, None)
-        if run is not None:
-            self.links.forget((job_id, run.attempt))
-            self._cancel_sides(job, run, "cancelled by the operator", discard=True)
-            self.store.end_attempt(job_id, run.attempt, now, "cancelled by the operator", run.progress)
-        self._settle(job)
-        self._decide(job_id, DecisionKind.CANCEL, "cancelled by the operator")
-        log.info("job cancelled", extra=kv(**job_fields(job, run)))
+        self._apply(effects.cancelled(job, self.runs.get(job.id), now), now)
 
     def _decide(self, job_id: int, kind: DecisionKind, reason: str, *, every: bool = False,
                 **details: str | int | float | bool) -> None:
         """Record one step of the job's explain history (unchanged waits are not repeated, unless ``every``)."""
-        rec = DecisionRecord(job_id, self.clock(), kind, reason, details)
-        if not every and rec.repeats(self._last_decision.get(job_id)):
+        self._record(DecisionRecord(job_id, self.clock(), kind, reason, details), every)
+
+    def _record(self, rec: DecisionRecord, every: bool = False) -> None:
+        if not every and rec.repeats(self._last_decision.get(rec.job_id)):
             return
-        if job_id in self.jobs:
-            self._last_decision[job_id] = rec
+        if rec.job_id in self.jobs:
+            self._last_decision[rec.job_id] = rec
         else:  # the job has ended: nothing repeats after its last word
-            self._last_decision.pop(job_id, None)
-        self.store.add_decision(job_id, rec.at, kind.value, reason, json.dumps(details))
+            self._last_decision.pop(rec.job_id, None)
+        self.store.add_decision(rec.job_id, rec.at, rec.kind.value, rec.reason, json.dumps(dict(rec.details)))
 
     # -- scheduling ---------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -327,8 +300,11 @@ class Engine(Pacing, Faults, JobReads, Leading):
         self._touch_online(now)
         self.syncs.tick(now)
         queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
-        if not queued:
-            return
+        if queued:
+            self._apply(effects.scheduled(self._plan(queued, now), self.jobs, now), now)
+
+    def _plan(self, queued: list[Job], now: float) -> list[Decision]:
+        """The scheduler's decisions for the ``queued`` jobs, over the hosts, runs and fan-out copies as they are."""
         usage = self._stream_usage()
         hosts = {name: HostView(name, self.registry.online(name, now), streams=usage.hosts.get(name, 0),
                                 health=self._health(name))
@@ -345,29 +321,95 @@ class Engine(Pacing, Faults, JobReads, Leading):
                 except Exception as err:  # this job reads from its own source this pass; the others go on
                     self._schedule_failed(j, err)
         sending = [(self.jobs[i].group_id, r.source.host) for i, r in self.runs.items() if self.jobs[i].group_id]
-        decisions = plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending,
-                         link_streams=usage.links)
-        self._apply(effects.scheduled(decisions, self.jobs, now), now)
+        return plan(queued, hosts, running, self.policy, now, sources=sources, group_sending=sending,
+                    link_streams=usage.links)
 
     def _apply(self, todo: Sequence[effects.Effect], now: float) -> None:
         """Carry out what the pure core decided, in order, against the store and the agent sessions."""
         for e in todo:
-            match e:
-                case effects.Persist(job):
-                    self.jobs[job.id] = job
-                    self.store.save_job(job)
-                case effects.Notify(job_id):
-                    self._notify(job_id)
-                case effects.Record(job_id, kind, reason):
-                    self._decide(job_id, kind, reason)
-                case effects.FailAttempt(job_id, error, retryable, stats):
-                    self._fail_run(job_id, error, retryable, stats)
-                case effects.Start(job_id, source):
-                    queued = self.jobs[job_id]
-                    try:
-                        self._start(queued, now, source)
-                    except Exception as err:  # the job stays queued as it was; the pass goes on with the others
-                        self._schedule_failed(queued, err)
+            if isinstance(e, effects.AttemptEffect):
+                self._attempt(e, now)
+            elif isinstance(e, effects.ReportEffect):
+                self._apply_report(e)
+            else:
+                self._job_effect(e)
+
+    def _job_effect(self, e: effects.JobEffect) -> None:
+        match e:
+            case effects.Persist(job):
+                self.jobs[job.id] = job
+                self.store.save_job(job)
+            case effects.Notify(job_id):
+                self._notify(job_id)
+            case effects.Record(job_id, kind, reason, details):
+                self._record(DecisionRecord(job_id, self.clock(), kind, reason, details))
+            case effects.Settle(job):
+                self._settle(job)
+            case effects.Order(host, order):
+                if (session := self.registry.session(host)) is not None:
+                    session.outbox.put_nowait(order)
+            case effects.Log(message, fields, warning):
+                (log.warning if warning else log.info)(message, extra=kv(**fields))
+            case _:
+                assert_never(e)
+
+    def _attempt(self, e: effects.AttemptEffect, now: float) -> None:
+        """The effects that start or end an attempt (``effects.scheduled``, ``overdue``, ``succeeded``, ...)."""
+        match e:
+            case effects.Start(job_id, source):
+                queued = self.jobs[job_id]
+                try:
+                    self._start(queued, now, source)
+                except Exception as err:  # the job stays queued as it was; the pass goes on with the others
+                    self._schedule_failed(queued, err)
+            case effects.FailAttempt(job_id, error, retryable, stats):
+                self._fail_run(job_id, error, retryable, stats)
+            case effects.EndAttempt(job_id, error, stats, link_failed):
+                run, job = self.runs.pop(job_id), self.jobs[job_id]
+                self._link_ended(job, run, stats, failed=link_failed)
+                self.observe.attempt_ended(run.source.host, job.destination.host, stats, error)
+                self.store.end_attempt(job_id, run.attempt, now, error, stats)
+                self.store.save_skipped(job_id, run.attempt, run.skipped)
+                if not error:
+                    self.store.save_plan(job_id, run.attempt, run.plan)
+            case effects.Withdraw(job_id, reason):
+                run = self.runs.pop(job_id)
+                self.links.forget((job_id, run.attempt))
+                self.store.end_attempt(job_id, run.attempt, now, reason, run.progress)
+            case effects.Sending(job_id, streams, compressed, at):
+                run = self.runs[job_id]
+                run.sending, run.rate_at, run.streams, run.compressed = True, at, streams, compressed
+                self.links.start((job_id, run.attempt), run.progress, streams, at)
+            case effects.Begin(run):
+                job = self.jobs[run.job_id]
+                self.store.start_attempt(job.id, run.attempt, now, run.source.host.encode() + b":" + run.source.path)
+                self.runs[job.id] = run
+                self.observe.attempt_started(run.source.host, job.destination.host)
+            case effects.ReplicaDone(group_id, replica):
+                self._replicas_done.setdefault(group_id, []).append(replica)
+            case _:
+                assert_never(e)
+
+    def _apply_report(self, e: effects.ReportEffect) -> None:
+        """The effects of an agent's report (``effects.reported``), on the attempt it is about."""
+        match e:
+            case effects.Heard(r, at):
+                self.runs[r.job_id].heard(r, at)
+            case effects.Misdirected(job_id, agent):
+                log.warning("report from the wrong agent ignored",
+                            extra=kv(**job_fields(self.jobs[job_id], self.runs[job_id]), agent=agent))
+            case effects.Progress(job_id, stats):
+                self.runs[job_id].progress = stats
+                self.jobs[job_id] = replace(self.jobs[job_id], progress=stats)
+            case effects.Send(job_id):
+                self._on_ready(self.jobs[job_id], self.runs[job_id])
+            case effects.AwaitVerdict(r, at):
+                self.runs[r.job_id].sender_failed, self.runs[r.job_id].sender_failed_at = r, at
+            case effects.Succeed(job_id):
+                now = self.clock()
+                self._apply(effects.succeeded(self.jobs[job_id], self.runs[job_id], now), now)
+            case _:
+                assert_never(e)
 
     def _replicas(self, job: Job) -> list[Endpoint]:
         """Where a fan-out job may read from: finished siblings best first (``policy.rank_sources``: the
@@ -399,100 +441,36 @@ class Engine(Pacing, Faults, JobReads, Leading):
         return out
 
     def _start(self, job: Job, now: float, source: Endpoint) -> None:
-        dst = self.registry.session(job.destination.host)
-        if dst is None:
-            return
-        job = lifecycle.started(job, now)
-        self.jobs[job.id] = job
-        self.store.save_job(job)
-        self.store.start_attempt(job.id, job.attempts, now, source.host.encode() + b":" + source.path)
-        run = Run(job.id, job.attempts, secrets.token_bytes(32), now + self.config.ready_timeout, source)
+        if self.registry.session(job.destination.host) is None:
+            return  # gone since the scheduler saw it online: the job waits for the next pass
         crypt = self.dataplane.encrypt(source.host, job.destination.host, job.options.encrypt)
-        run.encrypt = crypt.encrypt
-        self.runs[job.id] = run
-        self.observe.attempt_started(source.host, job.destination.host)
-        log.info("attempt started", extra=kv(**job_fields(job, run)))
-        via = "" if source == job.source else f" from the finished replica {source}"
-        ranked = self._ranking.get(job.id, {}).get(source)
-        why = f"; copies ranked by link throughput, load and failures: {ranked}" if ranked else ""
-        self._decide(job.id, DecisionKind.START if not via else DecisionKind.SWITCH_SOURCE,
-                     f"attempt {run.attempt} started{via}: {source.host} and {job.destination.host} are online "
-                     f"and under their load thresholds{why}; {crypt.why}", attempt=run.attempt, source=source.host)
-        dst.outbox.put_nowait(ReceiveOrder(job.id, run.attempt, run.ticket, job.destination.path,
-                                           replace(job.options, encrypt=run.encrypt), source.host,
-                                           self.dataplane.source_addresses(source.host)))
-        self._notify(job.id)
+        self._apply(effects.started(job, source, now, ticket=secrets.token_bytes(32), crypt=crypt,
+                                    ready_by=now + self.config.ready_timeout,
+                                    addresses=self.dataplane.source_addresses(source.host),
+                                    ranked=self._ranking.get(job.id, {}).get(source, "")), now)
 
     def _on_ready(self, job: Job, run: Run) -> None:
         run.receiver_ready = True
-        src = self.registry.session(run.source.host)
+        now = self.clock()
         dst_rec = self.registry.agents.get(job.destination.host)
-        if src is None or dst_rec is None:
-            self._fail_run(job.id, f"{run.source.host} went offline before the transfer started", True,
-                           run.progress)
+        if self.registry.session(run.source.host) is None or dst_rec is None:
+            self._apply(effects.unready(job, run), now)
             return
         link = (run.source.host, job.destination.host)
         caps = stream_caps(self.policy, self._stream_usage(but=job.id), *link, self.links.target(link))
         streams, why = choose_streams(self._health(run.source.host), self._health(job.destination.host),
                                       job.options.streams, caps)
-        comp = self._compress_choice(job, run, streams)
-        options = replace(job.options, streams=streams, encrypt=run.encrypt,
-                          compress=Compress.ON if comp.on else Compress.OFF)
-        log.info("streams chosen", extra=kv(**job_fields(job, run), streams=streams,
-                                            why=why, compress=comp.on))
-        self._decide(job.id, DecisionKind.START, f"sending with {streams} streams: {why}", streams=streams)
-        self._decide(job.id, DecisionKind.START, comp.why, compress=comp.on)
-        src.outbox.put_nowait(SendOrder(job.id, run.attempt, run.ticket, run.source.path, options,
-                                        job.destination.host, dst_rec.info.data_address, job.destination.path))
-        run.sending, run.rate_at, run.streams = True, self.clock(), streams
-        self.links.start((job.id, run.attempt), run.progress, streams, run.rate_at)
-
-    def _succeed(self, job: Job, run: Run) -> None:
-        now = self.clock()
-        stats = run.with_receiver_counts(replace(run.sender_done or run.progress,
-                                                 entries_skipped=run.entries_skipped()))
-        self.runs.pop(job.id, None)
-        self._link_ended(job, run, stats, failed=False)
-        self.observe.attempt_ended(run.source.host, job.destination.host, stats, "")
-        self.store.end_attempt(job.id, run.attempt, now, "", stats)
-        self.store.save_skipped(job.id, run.attempt, run.skipped)
-        self.store.save_plan(job.id, run.attempt, run.plan)
-        if job.group_id:
-            self._replicas_done.setdefault(job.group_id, []).append(job.destination)
-        self._settle(lifecycle.succeeded(job, stats, now))
-        self._decide(job.id, DecisionKind.DONE, f"attempt {run.attempt} done: {stats.files_done} files, "
-                     f"{stats.bytes_done} bytes moved, {stats.files_skipped} up to date{skip_note(stats, run)}")
-        log.info("job done", extra=kv(**job_fields(job, run), files=stats.files_done,
-                                      bytes=stats.bytes_done, skipped=stats.files_skipped, deleted=stats.deleted,
-                                      left_out=stats.entries_skipped, file_errors=stats.file_errors,
-                                      seconds=round(now - job.updated_at, 3)))
+        self._apply(effects.send(job, run, dst_rec.info.data_address, now, streams, why,
+                                 self._compress_choice(job, run, streams)), now)
 
     def _fail_run(self, job_id: int, error: str, retryable: bool, stats: TransferStats) -> None:
-        run = self.runs.pop(job_id, None)
-        job = self.jobs.get(job_id)
-        if run is None or job is None:
-            return
-        now = self.clock()
-        merged = stats if stats.entries or stats.bytes_done else run.progress
-        self._link_ended(job, run, merged, failed=retryable)
-        self.observe.attempt_ended(run.source.host, job.destination.host, merged, error)
-        self.store.end_attempt(job_id, run.attempt, now, error, merged)
-        self.store.save_skipped(job_id, run.attempt, run.skipped)
-        job = lifecycle.failed_attempt(replace(job, progress=merged), error, retryable, now, self.retry)
-        # A job given up keeps nothing for a resume that will never come.
-        self._cancel_sides(job, run, error, discard=job.state is JobState.FAILED)
-        log.warning("attempt failed", extra=kv(**job_fields(job, run), error=error,
-                                               retryable=retryable, next=job.state.value))
-        then = (f"retry in {job.next_attempt_at - now:.1f}s" if job.state is JobState.QUEUED
-                else "no retry left" if retryable else "not retried: another attempt cannot help")
-        self._decide(job_id, DecisionKind.FAIL, f"attempt {run.attempt} failed: {error}; {then}")
-        self._settle(job)
+        run, job = self.runs.get(job_id), self.jobs.get(job_id)
+        if run is not None and job is not None:
+            now = self.clock()
+            self._apply(effects.failed(job, run, error, retryable, stats, now, self.retry), now)
 
     def _cancel_sides(self, job: Job, run: Run, reason: str, discard: bool = False) -> None:
-        for host in {run.source.host, job.destination.host}:
-            s = self.registry.session(host)
-            if s is not None:
-                s.outbox.put_nowait(CancelOrder(job.id, run.attempt, reason, discard))
+        self._apply(effects.cancel_orders(job, run, reason, discard), self.clock())
 
     def _settle(self, job: Job) -> None:
         self.store.save_job(job)

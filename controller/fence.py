@@ -69,15 +69,13 @@ def expiry_reason(run: Run, grace: float) -> str:
             "its agent has stopped the attempt by now")
 
 
-def await_destination(run: Run, job: Job, report: TransferReport, now: float, destination: object | None) -> bool:
-    """Hold the source's retryable failure ``report`` for the destination's (True), if the destination is connected
-    and has the attempt; the engine fails the attempt with the destination's report, or with this one after the
-    wait. A failure that is final already (a missing source path) is not held."""
-    if (report.role is not Role.SENDER or not report.retryable or run.sender_failed is not None
-            or not run.receiver_ready or destination is None or run.source.host == job.destination.host):
-        return False
-    run.sender_failed, run.sender_failed_at = report, now
-    return True
+def awaits_destination(run: Run, job: Job, report: TransferReport, destination_online: bool) -> bool:
+    """Whether the source's failure ``report`` waits for the destination's: a retryable one, the first, once the
+    destination (connected, and a different host) has the attempt; the engine keeps it (``Run.sender_failed``) and
+    fails the attempt with the destination's report, or with this one after the wait. A failure that is final
+    already (a missing source path) does not wait."""
+    return (report.role is Role.SENDER and report.retryable and run.sender_failed is None and run.receiver_ready
+            and destination_online and run.source.host != job.destination.host)
 
 
 def sender_failure(run: Run, now: float) -> TransferReport | None:

@@ -142,6 +142,7 @@ class Leadership:
         self.epoch = 0
         self.leader = ""  # the leader's address as last read ("" while unknown or none)
         self.led_at = 0.0
+        self.reachable = True  # the last lease call reached the database (a metric: a follower cut off from it)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="zc-lease")
         self._closed = False
         self._trouble = ""  # the last failure logged, so a database that stays down is not logged every poll
@@ -161,10 +162,10 @@ class Leadership:
             epoch, store_id, leader = await self._lease_call(self.lease.acquire)
         except Exception as err:
             self._note(f"cannot reach the database for the lease: {_words(err)}")
-            self.leader = ""
+            self.leader, self.reachable = "", False
             await asyncio.sleep(self.poll)
             return
-        self._trouble = ""
+        self._trouble, self.reachable = "", True
         if not epoch:
             self.leader = leader
             await asyncio.sleep(self.poll)
@@ -179,7 +180,7 @@ class Leadership:
         except Exception as err:
             why = (f"the lease check took over {self.timeout:g}s" if isinstance(err, TimeoutError)
                    else f"the lease connection failed: {_words(err)}")
-            self.leading, self.leader = False, ""
+            self.leading, self.leader, self.reachable = False, "", False
             self._pool.submit(self.lease.release)  # after the hung check, if it is one
             log.error("stopped leading: the lease cannot be renewed; no more scheduling or orders from this "
                       "controller until it leads again", extra=kv(epoch=self.epoch, reason=why))

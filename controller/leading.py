@@ -23,6 +23,7 @@ from zcrepl.core.types import Endpoint, JobState
 
 if TYPE_CHECKING:
     from zcrepl.controller.policy import DecisionRecord
+    from zcrepl.controller.schedules import Schedules
     from zcrepl.controller.syncs import SyncManager
     from zcrepl.core.types import Job
 
@@ -38,6 +39,7 @@ class Leading:
         links: LinkTracker
         registry: Registry
         syncs: SyncManager
+        schedules: Schedules
         jobs: dict[int, Job]
         runs: dict[int, Run]
         _replicas_done: dict[int, list[Endpoint]]
@@ -81,7 +83,9 @@ class Leading:
         """This controller now leads with ``epoch``: re-read the store (ids, agents, queued and running jobs, watch
         rules) before the first scheduling pass."""
         self.syncs, _ = await asyncio.to_thread(self._read_state, True, True)
+        await asyncio.to_thread(self.schedules.reload)
         self.epoch, self.store_id, self.leading = epoch, store_id, True
+        self.schedules.start()  # what fell due while no controller led runs now, once
         self.wake()
 
     def _adopt(self, running: list[tuple[int, int, bytes]], now: float) -> None:
@@ -111,6 +115,7 @@ class Leading:
         """The lease may be lost: stop scheduling and sending at once, close every agent's stream (they go
         looking for the new leader) and forget the jobs in memory (the next leader reads them from the store)."""
         self.leading = False
+        self.schedules.stop()
         self.store.fence()
         for rec in self.registry.agents.values():
             if rec.session is not None:

@@ -22,6 +22,7 @@ from zcrepl.controller.observe import Observer
 from zcrepl.controller.runs import stream_usage
 from zcrepl.controller.store import Store
 from zcrepl.core.errorkind import ERROR_KINDS, WAIT_KINDS, error_kind, wait_kind
+from zcrepl.core.schedtypes import ScheduleState
 from zcrepl.core.synctypes import SyncState
 from zcrepl.core.types import Job, JobState, TransferStats
 
@@ -33,6 +34,7 @@ STORE_CALLS = ("create_job", "save_job", "start_attempt", "end_attempt", "save_s
                "add_decision", "decisions", "upsert_agent", "touch_agent", "touch_agents", "remove_agent", "job_counts",
                "set_group")
 SCRAPE_TIMEOUT = 5.0
+FAILED_STATES = (JobState.FAILED.value, JobState.CANCELLED.value)
 
 
 class ControllerMetrics(Observer):
@@ -58,7 +60,9 @@ class ControllerMetrics(Observer):
                                       "Duration of one scheduling pass", buckets=PASS_BUCKETS, registry=r)
         self.store_seconds = Histogram("zcrepl_controller_store_call_seconds", "Latency of job store calls",
                                        ["call"], buckets=STORE_BUCKETS, registry=r)
-        r.register(_StateCollector(engine, loop))
+        # Whether this controller's lease connection reaches the database (daemon.py sets it on PostgreSQL).
+        self.store_reachable: Callable[[], bool] = lambda: True
+        r.register(_StateCollector(engine, loop, lambda: self.store_reachable()))
         instrument_store(store, self.store_seconds)
 
     # -- Observer -----------------------------------------------------------------------------------
@@ -90,9 +94,10 @@ def instrument_store(store: Store, histogram: Histogram) -> None:
 class _StateCollector(Collector):
     """Reads the engine's state at scrape time, on the loop's thread (the engine has no locks)."""
 
-    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, reachable: Callable[[], bool]) -> None:
         self.engine = engine
         self.loop = loop
+        self.reachable = reachable
 
     def describe(self) -> Iterable[Metric]:
         return []  # no fixed names to check against the registry's: the families below are read live
@@ -108,6 +113,20 @@ class _StateCollector(Collector):
     async def _families(self) -> list[Metric]:
         e = self.engine
         now = e.clock()
+        lead = GaugeMetricFamily("zcrepl_controller_leader",
+                                 "1 while this controller leads (holds the lease; always with SQLite), 0 as a follower")
+        lead.add_metric([], 1 if e.leading else 0)
+        epoch = GaugeMetricFamily("zcrepl_controller_leader_epoch",
+                                  "The epoch this controller last led under (grows with each new leader)")
+        epoch.add_metric([], e.epoch)
+        reach = GaugeMetricFamily("zcrepl_controller_store_reachable",
+                                  "1 while this controller's lease connection reaches the database (always 1 with "
+                                  "SQLite)")
+        reach.add_metric([], 1 if self.reachable() else 0)
+        if not e.leading:
+            # A follower's engine holds nothing (the leader's does): its job, agent, link and rule gauges would
+            # read as an empty fleet, or count the store's jobs once per controller in a sum.
+            return [lead, epoch, reach]
         jobs = GaugeMetricFamily("zcrepl_controller_jobs", "Jobs in the store, per state", labels=["state"])
         counts = await e.store.call(e.store.sql.job_counts)
         for state in JobState:
@@ -121,13 +140,8 @@ class _StateCollector(Collector):
                 kinds[wait_kind(job.wait_reason)] += 1
         for kind, n in kinds.items():
             waiting.add_metric([kind], n)
-        lead = GaugeMetricFamily("zcrepl_controller_leader",
-                                 "1 while this controller leads (holds the lease; always with SQLite), 0 as a follower")
-        lead.add_metric([], 1 if e.leading else 0)
-        epoch = GaugeMetricFamily("zcrepl_controller_leader_epoch",
-                                  "The epoch this controller last led under (grows with each new leader)")
-        epoch.add_metric([], e.epoch)
-        return [jobs, waiting, lead, epoch, *self._agents(now), *self._links(), *self._rules(now)]
+        return [jobs, waiting, lead, epoch, reach, *self._agents(now), *self._links(), *self._rules(now),
+                *await self._schedules()]
 
     def _agents(self, now: float) -> list[Metric]:
         reg = self.engine.registry
@@ -180,3 +194,27 @@ class _StateCollector(Collector):
             shipped.add_metric(key, rule.counters.bytes)
             errors.add_metric(key, rule.counters.errors)
         return [lag, pending, active, shipped, errors]
+
+    async def _schedules(self) -> list[Metric]:
+        labels = ["schedule", "destination"]
+        active = GaugeMetricFamily("zcrepl_controller_schedule_active", "1 for an active schedule, 0 when paused",
+                                   labels=labels)
+        runs = CounterMetricFamily("zcrepl_controller_schedule_runs", "Jobs the schedule queued", labels=labels)
+        skipped = CounterMetricFamily("zcrepl_controller_schedule_skipped_runs",
+                                      "Due runs not started because the schedule's previous run was still going",
+                                      labels=labels)
+        due = GaugeMetricFamily("zcrepl_controller_schedule_next_due_timestamp_seconds",
+                                "When the schedule's next run is due (no sample while it is paused)", labels=labels)
+        failed = GaugeMetricFamily("zcrepl_controller_schedule_last_run_failed",
+                                   "1 when the schedule's last run failed, was cancelled or could not be queued",
+                                   labels=labels)
+        for s in await self.engine.schedules.listed():
+            key = [str(s.id), s.destination.host]
+            active.add_metric(key, 1 if s.state is ScheduleState.ACTIVE else 0)
+            runs.add_metric(key, s.runs)
+            skipped.add_metric(key, s.skips)
+            if s.next_due:
+                due.add_metric(key, s.next_due)
+            not_queued = bool(s.last_error) and s.last_error_at >= s.last_run_at
+            failed.add_metric(key, 1 if not_queued or s.last_state in FAILED_STATES else 0)
+        return [active, runs, skipped, due, failed]

@@ -353,6 +353,7 @@ class DecisionKind(enum.Enum):
     FAIL = "fail"  # an attempt failed (and whether it will be retried)
     DONE = "done"
     CANCEL = "cancel"
+    SCHEDULE = "schedule"  # queued by a schedule, or a schedule's next run skipped while this job was still going
 
 
 @dataclass(frozen=True)

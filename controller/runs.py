@@ -58,6 +58,17 @@ class Run:
     skipped: list[Skipped] = field(default_factory=list)
     skip_totals: dict[Role, int] = field(default_factory=dict)  # entries each side left out, all of them
 
+    def heard(self, r: TransferReport, at: float) -> None:
+        """Take what any report of this attempt carries (``effects.Heard``); a final one is that side's result."""
+        self.last_report = at
+        self.add_skipped(r)
+        self.add_plan(r)
+        if r.phase is Phase.DONE:
+            if r.role is Role.SENDER:
+                self.sender_done = r.stats
+            else:
+                self.receiver_done = r.stats
+
     def add_skipped(self, r: TransferReport) -> None:
         """Take the skipped entries of a final report (each side sends its list once, with DONE or FAILED)."""
         if r.phase not in (Phase.DONE, Phase.FAILED) or r.role in self.skip_totals:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 import grpc
 
-from zcrepl.controller import follower, validate
+from zcrepl.controller import follower, requests, validate
 from zcrepl.controller.dataplane import peer_host
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import Session
@@ -20,6 +20,7 @@ from zcrepl.core.types import AgentStatus, Endpoint
 from zcrepl.core.version import VERSION
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc, types_pb2
+from zcrepl.proto import schedule_pb2 as schpb
 from zcrepl.proto import sync_pb2 as spb
 from zcrepl.proto.auth import caller
 from zcrepl.proto.convert import (
@@ -34,6 +35,7 @@ from zcrepl.proto.convert import (
     states_from_request,
 )
 from zcrepl.proto.orders import order_to_pb
+from zcrepl.proto.scheduleconvert import schedule_to_pb
 from zcrepl.proto.syncconvert import rule_to_pb, status_from_pb
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         self.wire = WireCache()
         self.leader = leader  # the leader's address as this controller last read it (followers redirect there)
         self.me = me
+        self.requests = requests.Requests(engine.store)
 
     async def _lead(self, context: grpc.aio.ServicerContext) -> int:
         """Writes and agents' streams only on the leader: a follower names the leader and ends the call. Returns
@@ -165,20 +168,36 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     async def SubmitJob(self, request: cpb.SubmitJobRequest, context: grpc.aio.ServicerContext
                         ) -> types_pb2.Job:
+        rid = request.request_id
+        # A retry of a submit already committed? Asked before _lead: nothing may await between the leadership
+        # check and the write, or a step-down in between would let a follower's write through the fence.
+        made = await self.requests.made(rid, requests.JOB)
         gen = await self._lead(context)
+        if made:
+            return job_to_pb(await self.engine.get_async(made[0]))
         src, (dst,) = _endpoints(request.source, [request.destination])
         options = validate.options(options_from_request(request.options))
-        job = self.engine.submit(src, dst, options)
-        await self._commit(gen)  # the job id is handed out once the job is committed
+        with self.requests.making(rid, requests.JOB):
+            with self.engine.store.together("submit_job"):
+                job = self.engine.submit(src, dst, options)
+                self.requests.remember(rid, requests.JOB, [job.id], self.engine.clock())
+            await self._commit(gen)  # the job id is handed out once the job is committed
         return job_to_pb(job)
 
     async def SubmitFanout(self, request: cpb.SubmitFanoutRequest, context: grpc.aio.ServicerContext
                            ) -> cpb.ListJobsResponse:
+        rid = request.request_id
+        made = await self.requests.made(rid, requests.JOB)
         gen = await self._lead(context)
+        if made:
+            return cpb.ListJobsResponse(jobs=[job_to_pb(await self.engine.get_async(i)) for i in made])
         src, dsts = _endpoints(request.source, request.destinations)
         options = validate.several(validate.options(options_from_request(request.options)), "a fan-out")
-        jobs = self.engine.submit_fanout(src, dsts, options)
-        await self._commit(gen)
+        with self.requests.making(rid, requests.JOB):
+            with self.engine.store.together("submit_fanout"):
+                jobs = self.engine.submit_fanout(src, dsts, options)
+                self.requests.remember(rid, requests.JOB, [j.id for j in jobs], self.engine.clock())
+            await self._commit(gen)
         return cpb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
     async def GetJob(self, request: cpb.JobRef, context: grpc.aio.ServicerContext) -> types_pb2.Job:
@@ -240,13 +259,20 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     # -- watch rules --------------------------------------------------------------------------------
     async def CreateSync(self, request: spb.CreateSyncRequest, context: grpc.aio.ServicerContext) -> spb.SyncRule:
+        rid = request.request_id
+        made = await self.requests.made(rid, requests.SYNC)
         gen = await self._lead(context)
+        if made:
+            return rule_to_pb(self.engine.syncs.view(made[0], self.engine.clock()))
         src, dsts = _endpoints(request.source, request.destinations)
-        rule = self.engine.syncs.create(src, dsts, validate.several(validate.options(options_from_request(
-                                            request.options)), "a watch rule"),
-                                        request.window, request.quiet, self.engine.clock())
-        self.engine.wake()
-        await self._commit(gen)  # the rule id is handed out once the rule is committed
+        options = validate.several(validate.options(options_from_request(request.options)), "a watch rule")
+        with self.requests.making(rid, requests.SYNC):
+            with self.engine.store.together("create_sync"):
+                rule = self.engine.syncs.create(src, dsts, options, request.window, request.quiet,
+                                                self.engine.clock())
+                self.requests.remember(rid, requests.SYNC, [rule.id], self.engine.clock())
+            self.engine.wake()
+            await self._commit(gen)  # the rule id is handed out once the rule is committed
         return rule_to_pb(rule)
 
     async def ListSyncs(self, request: spb.ListSyncsRequest, context: grpc.aio.ServicerContext
@@ -273,3 +299,42 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         rule = self.engine.syncs.remove(request.id, self.engine.clock())
         await self._commit(gen)
         return rule_to_pb(rule)
+
+    # -- schedules ----------------------------------------------------------------------------------
+    async def CreateSchedule(self, request: schpb.CreateScheduleRequest, context: grpc.aio.ServicerContext
+                             ) -> schpb.Schedule:
+        rid = request.request_id
+        made = await self.requests.made(rid, requests.SCHEDULE)
+        gen = await self._lead(context)
+        if made:
+            return schedule_to_pb(self.engine.schedules.get(made[0]))
+        src, (dst,) = _endpoints(request.source, [request.destination])
+        options = validate.options(options_from_request(request.options))  # SubmitJob's checks, then the job's
+        with self.requests.making(rid, requests.SCHEDULE):
+            with self.engine.store.together("create_schedule"):
+                s = self.engine.schedules.add(src, dst, options, request.cron, request.every, request.tz)
+                self.requests.remember(rid, requests.SCHEDULE, [s.id], self.engine.clock())
+            await self._commit(gen)  # the id is handed out once the schedule is committed
+        return schedule_to_pb(s)
+
+    async def ListSchedules(self, request: schpb.ListSchedulesRequest, context: grpc.aio.ServicerContext
+                            ) -> schpb.ListSchedulesResponse:
+        return schpb.ListSchedulesResponse(schedules=[schedule_to_pb(s) for s in await self.engine.schedules.listed()])
+
+    async def PauseSchedule(self, request: schpb.ScheduleRef, context: grpc.aio.ServicerContext) -> schpb.Schedule:
+        gen = await self._lead(context)
+        s = self.engine.schedules.pause(request.id)
+        await self._commit(gen)
+        return schedule_to_pb(s)
+
+    async def ResumeSchedule(self, request: schpb.ScheduleRef, context: grpc.aio.ServicerContext) -> schpb.Schedule:
+        gen = await self._lead(context)
+        s = self.engine.schedules.resume(request.id)
+        await self._commit(gen)
+        return schedule_to_pb(s)
+
+    async def RemoveSchedule(self, request: schpb.ScheduleRef, context: grpc.aio.ServicerContext) -> schpb.Schedule:
+        gen = await self._lead(context)
+        s = self.engine.schedules.remove(request.id)
+        await self._commit(gen)
+        return schedule_to_pb(s)

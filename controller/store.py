@@ -19,8 +19,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,6 +59,7 @@ class _Op:
     fn: Callable[[], Any]
     future: Future[Any] | None  # None: a write nobody waits for (its failure is logged)
     generation: int = 0  # the store's generation when it was queued (see Store.fence)
+    parts: tuple[_Op, ...] = ()  # writes made one op by Store.together, each timed under its own name
 
 
 _STOP = _Op("stop", lambda: None, None, -1)
@@ -83,6 +85,7 @@ class Store:
         self.generation = 0  # moved on by fence(): calls queued before are dropped
         self._q: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._closing = False
+        self._together: list[_Op] | None = None
         self._thread = threading.Thread(target=self._run, name="zc-store", daemon=True)
         self._thread.start()
 
@@ -92,7 +95,25 @@ class Store:
         if self._closing:
             log.error("a store write after the store closed is lost", extra=kv(call=name, store=self.path))
             return
+        if self._together is not None:
+            self._together.append(_Op(name, lambda: fn(*args), None, self.generation))
+            return
         self._q.put(_Op(name, lambda: fn(*args), None, self.generation))
+
+    @contextmanager
+    def together(self, name: str) -> Iterator[None]:
+        """The writes queued inside the block commit in one transaction, all or none: a job and the request id
+        that made it (requests.py) must not be split by a batch boundary and a crash between the two."""
+        if self._together is not None:  # nested: the outer block commits
+            yield
+            return
+        self._together = []
+        try:
+            yield
+        finally:
+            parts, self._together = self._together, None
+            if parts:
+                self._q.put(_Op(name, _nothing, None, self.generation, tuple(parts)))
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         if self._closing or not self._thread.is_alive():
@@ -205,10 +226,12 @@ class Store:
         out = []
         with self.db.transaction():
             for op in ops:
-                started = time.perf_counter()
-                out.append(op.fn())
-                if self.timer is not None:
-                    self.timer(op.name, time.perf_counter() - started)
+                for part in op.parts or (op,):
+                    started = time.perf_counter()
+                    result = part.fn()
+                    if self.timer is not None:
+                        self.timer(part.name, time.perf_counter() - started)
+                out.append(result)
         return out
 
     @staticmethod

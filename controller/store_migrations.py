@@ -5,8 +5,9 @@ zc-controller meeting a newer database refuses it in a sentence instead of misre
 are the schemas those controllers created (1: jobs, attempts, agents; 2: fan-out groups and attempt sources;
 3: priorities; 4: skipped entries; 5: files that could not be copied, among the skipped entries); step 6 adds
 what they created without a version bump (decisions, watch rules, join tokens, issued certificates) when
-missing; step 7 adds a dry run's plan. PostgreSQL's step 1 is the shape of the first controller that could use it
-(no older PostgreSQL database exists); later steps follow the SQLite ones.
+missing; step 7 adds a dry run's plan; step 8 schedules, and the schedule that queued each job; step 9
+the request ids of writes. PostgreSQL's step 1 is the shape of the first controller that could use it (no
+older PostgreSQL database exists); later steps follow the SQLite ones.
 """
 
 from __future__ import annotations
@@ -93,6 +94,29 @@ CREATE TABLE IF NOT EXISTS plan (
     PRIMARY KEY (job_id, attempt, seq)
 );
 """,
+    # Schedules (issue 12): a rule that queues an ordinary job when due; each job names the schedule that queued it.
+    8: """
+ALTER TABLE jobs ADD COLUMN schedule_id INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS schedules (
+    id INTEGER PRIMARY KEY,
+    state TEXT NOT NULL,
+    src_host TEXT NOT NULL, src_path BLOB NOT NULL,
+    dst_host TEXT NOT NULL, dst_path BLOB NOT NULL,
+    options TEXT NOT NULL, priority INTEGER NOT NULL,
+    cron TEXT NOT NULL DEFAULT '', every_seconds REAL NOT NULL DEFAULT 0, tz TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL, next_due REAL NOT NULL DEFAULT 0,
+    runs INTEGER NOT NULL DEFAULT 0, last_job_id INTEGER NOT NULL DEFAULT 0, last_run_at REAL NOT NULL DEFAULT 0,
+    skips INTEGER NOT NULL DEFAULT 0, last_skip_at REAL NOT NULL DEFAULT 0, last_skip TEXT NOT NULL DEFAULT '',
+    last_error TEXT NOT NULL DEFAULT '', last_error_at REAL NOT NULL DEFAULT 0
+);
+""",
+    # Request ids of writes (issue 15): a zc-ctl retry after a failover finds what the first call made.
+    9: """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT NOT NULL, kind TEXT NOT NULL, ref INTEGER NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (request_id, kind, ref)
+);
+""",
 }
 
 # PostgreSQL's REAL is 4 bytes: times are DOUBLE PRECISION. Ids are handed out by the controller (store.py), so
@@ -165,6 +189,30 @@ CREATE TABLE plan (
     path BYTEA NOT NULL, change TEXT NOT NULL, kind TEXT NOT NULL, why TEXT NOT NULL, size BIGINT NOT NULL,
     target BYTEA NOT NULL,
     PRIMARY KEY (job_id, attempt, seq)
+);
+""",
+    3: """
+ALTER TABLE jobs ADD COLUMN schedule_id BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE schedules (
+    id BIGINT PRIMARY KEY,
+    state TEXT NOT NULL,
+    src_host TEXT NOT NULL, src_path BYTEA NOT NULL,
+    dst_host TEXT NOT NULL, dst_path BYTEA NOT NULL,
+    options TEXT NOT NULL, priority INTEGER NOT NULL,
+    cron TEXT NOT NULL DEFAULT '', every_seconds DOUBLE PRECISION NOT NULL DEFAULT 0, tz TEXT NOT NULL DEFAULT '',
+    created_at DOUBLE PRECISION NOT NULL, next_due DOUBLE PRECISION NOT NULL DEFAULT 0,
+    runs BIGINT NOT NULL DEFAULT 0, last_job_id BIGINT NOT NULL DEFAULT 0,
+    last_run_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+    skips BIGINT NOT NULL DEFAULT 0, last_skip_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+    last_skip TEXT NOT NULL DEFAULT '',
+    last_error TEXT NOT NULL DEFAULT '', last_error_at DOUBLE PRECISION NOT NULL DEFAULT 0
+);
+""",
+    # SQLite's step 9.
+    4: """
+CREATE TABLE requests (
+    request_id TEXT NOT NULL, kind TEXT NOT NULL, ref BIGINT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (request_id, kind, ref)
 );
 """,
 }

@@ -143,7 +143,7 @@ def _stats(text: str) -> TransferStats:
 
 _JOB_COLS = ("id, state, src_host, src_path, dst_host, dst_path, options, created_at, updated_at, started_at,"
              " finished_at, attempts, failures, max_attempts, error, wait_reason, progress, next_attempt_at,"
-             " group_id, priority")
+             " group_id, priority, schedule_id")
 
 
 class JobsSql:
@@ -272,7 +272,7 @@ class JobsSql:
 
     def _job(self, row: Sequence[Any]) -> Job:
         (jid, state, sh, sp, dh, dp, opts, created, updated, started, finished, attempts, failures,
-         max_attempts, error, wait_reason, progress, next_at, group_id, priority) = row
+         max_attempts, error, wait_reason, progress, next_at, group_id, priority, schedule_id) = row
         options = options_from_json(opts, priority)
         return Job(
             id=jid, state=JobState(state), source=Endpoint(sh, bytes(sp)), destination=Endpoint(dh, bytes(dp)),
@@ -281,7 +281,7 @@ class JobsSql:
             max_attempts=max_attempts, error=error, wait_reason=wait_reason, progress=_stats(progress),
             history=self._attempts(jid), next_attempt_at=next_at, group_id=group_id,
             skipped=self._skipped(jid, attempts) if attempts else (),
-            plan=self._plan(jid, attempts) if attempts and options.dry_run else (),
+            plan=self._plan(jid, attempts) if attempts and options.dry_run else (), schedule_id=schedule_id,
         )
 
     # -- decisions (the explain history) ---------------------------------------------------------------

@@ -267,6 +267,7 @@ class Job:
     # Entries the latest attempt left out (the first SKIPPED_LISTED; progress.entries_skipped counts all).
     skipped: tuple[Skipped, ...] = ()
     plan: tuple[PlanItem, ...] = ()  # a dry run's changes (the first PLAN_LISTED; progress.plan_* counts all)
+    schedule_id: int = 0  # the schedule that queued this job, 0 for none
 
     @property
     def done_with_skips(self) -> bool:

@@ -1,3 +1,4 @@
+from zcrepl.proto import schedule_pb2 as _schedule_pb2
 from zcrepl.proto import sync_pb2 as _sync_pb2
 from zcrepl.proto import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
@@ -190,24 +191,28 @@ class ControllerMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., receive: _Optional[_Union[ReceiveOrder, _Mapping]] = ..., send: _Optional[_Union[SendOrder, _Mapping]] = ..., cancel: _Optional[_Union[CancelOrder, _Mapping]] = ..., throttle: _Optional[_Union[ThrottleOrder, _Mapping]] = ..., sync_source: _Optional[_Union[_sync_pb2.SyncSourceOrder, _Mapping]] = ..., sync_dest: _Optional[_Union[_sync_pb2.SyncDestOrder, _Mapping]] = ..., sync_stop: _Optional[_Union[_sync_pb2.SyncStopOrder, _Mapping]] = ..., sync_hold: _Optional[_Union[_sync_pb2.SyncHoldOrder, _Mapping]] = ..., sync_ticket: _Optional[_Union[_sync_pb2.SyncTicketOrder, _Mapping]] = ..., leader_epoch: _Optional[int] = ..., store_id: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("source", "destination", "options")
+    __slots__ = ("source", "destination", "options", "request_id")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     source: _types_pb2.Endpoint
     destination: _types_pb2.Endpoint
     options: _types_pb2.JobOptions
-    def __init__(self, source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destination: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destination: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SubmitFanoutRequest(_message.Message):
-    __slots__ = ("source", "destinations", "options")
+    __slots__ = ("source", "destinations", "options", "request_id")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     source: _types_pb2.Endpoint
     destinations: _containers.RepeatedCompositeFieldContainer[_types_pb2.Endpoint]
     options: _types_pb2.JobOptions
-    def __init__(self, source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destinations: _Optional[_Iterable[_Union[_types_pb2.Endpoint, _Mapping]]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destinations: _Optional[_Iterable[_Union[_types_pb2.Endpoint, _Mapping]]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("id",)

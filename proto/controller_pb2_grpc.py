@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from zcrepl.proto import controller_pb2 as zcrepl_dot_proto_dot_controller__pb2
+from zcrepl.proto import schedule_pb2 as zcrepl_dot_proto_dot_schedule__pb2
 from zcrepl.proto import sync_pb2 as zcrepl_dot_proto_dot_sync__pb2
 from zcrepl.proto import types_pb2 as zcrepl_dot_proto_dot_types__pb2
 
@@ -116,6 +117,31 @@ class ControllerStub:
                 request_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRef.SerializeToString,
                 response_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
                 _registered_method=True)
+        self.CreateSchedule = channel.unary_unary(
+                '/zcrepl.v1.Controller/CreateSchedule',
+                request_serializer=zcrepl_dot_proto_dot_schedule__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_schedule__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/zcrepl.v1.Controller/ListSchedules',
+                request_serializer=zcrepl_dot_proto_dot_schedule__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_schedule__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/zcrepl.v1.Controller/PauseSchedule',
+                request_serializer=zcrepl_dot_proto_dot_schedule__pb2.ScheduleRef.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_schedule__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/zcrepl.v1.Controller/ResumeSchedule',
+                request_serializer=zcrepl_dot_proto_dot_schedule__pb2.ScheduleRef.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_schedule__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.RemoveSchedule = channel.unary_unary(
+                '/zcrepl.v1.Controller/RemoveSchedule',
+                request_serializer=zcrepl_dot_proto_dot_schedule__pb2.ScheduleRef.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_schedule__pb2.Schedule.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -224,6 +250,39 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSchedule(self, request, context):
+        """Schedules: a rule that queues an ordinary job when a cron expression or an interval comes due. A
+        bad expression, interval, host or path is INVALID_ARGUMENT and nothing is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSchedule(self, request, context):
+        """Forgets the schedule; a run already queued or running goes on (zc-ctl cancel stops it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +365,31 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.RemoveSync,
                     request_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRef.FromString,
                     response_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.SerializeToString,
+            ),
+            'CreateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedule,
+                    request_deserializer=zcrepl_dot_proto_dot_schedule__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_schedule__pb2.Schedule.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=zcrepl_dot_proto_dot_schedule__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_schedule__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=zcrepl_dot_proto_dot_schedule__pb2.ScheduleRef.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_schedule__pb2.Schedule.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=zcrepl_dot_proto_dot_schedule__pb2.ScheduleRef.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_schedule__pb2.Schedule.SerializeToString,
+            ),
+            'RemoveSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSchedule,
+                    request_deserializer=zcrepl_dot_proto_dot_schedule__pb2.ScheduleRef.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_schedule__pb2.Schedule.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -740,6 +824,141 @@ class Controller:
             '/zcrepl.v1.Controller/RemoveSync',
             zcrepl_dot_proto_dot_sync__pb2.SyncRef.SerializeToString,
             zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zcrepl.v1.Controller/CreateSchedule',
+            zcrepl_dot_proto_dot_schedule__pb2.CreateScheduleRequest.SerializeToString,
+            zcrepl_dot_proto_dot_schedule__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zcrepl.v1.Controller/ListSchedules',
+            zcrepl_dot_proto_dot_schedule__pb2.ListSchedulesRequest.SerializeToString,
+            zcrepl_dot_proto_dot_schedule__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zcrepl.v1.Controller/PauseSchedule',
+            zcrepl_dot_proto_dot_schedule__pb2.ScheduleRef.SerializeToString,
+            zcrepl_dot_proto_dot_schedule__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zcrepl.v1.Controller/ResumeSchedule',
+            zcrepl_dot_proto_dot_schedule__pb2.ScheduleRef.SerializeToString,
+            zcrepl_dot_proto_dot_schedule__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zcrepl.v1.Controller/RemoveSchedule',
+            zcrepl_dot_proto_dot_schedule__pb2.ScheduleRef.SerializeToString,
+            zcrepl_dot_proto_dot_schedule__pb2.Schedule.FromString,
             options,
             channel_credentials,
             insecure,

@@ -180,6 +180,7 @@ def job_to_pb(j: t.Job) -> pb.Job:
         finished_at=j.finished_at, attempts=j.attempts, max_attempts=j.max_attempts, error=j.error,
         wait_reason=j.wait_reason, progress=stats_to_pb(j.progress), next_attempt_at=j.next_attempt_at,
         group_id=j.group_id, skipped=skipped_to_pb(j.skipped), plan=plan_to_pb(j.plan),
+        schedule_id=j.schedule_id,
     )
     m.history.extend(pb.Attempt(number=a.number, started_at=a.started_at, ended_at=a.ended_at,
                                 error=a.error, stats=stats_to_pb(a.stats), source=a.source) for a in j.history)
@@ -196,7 +197,7 @@ def job_from_pb(m: pb.Job) -> t.Job:
         history=tuple(t.Attempt(a.number, a.started_at, a.ended_at, a.error, stats_from_pb(a.stats),
                                 bytes(a.source)) for a in m.history),
         next_attempt_at=m.next_attempt_at, group_id=m.group_id, skipped=skipped_from_pb(m.skipped),
-        plan=plan_from_pb(m.plan),
+        plan=plan_from_pb(m.plan), schedule_id=m.schedule_id,
     )
 
 

@@ -213,18 +213,20 @@ class SyncHoldOrder(_message.Message):
     def __init__(self, rule_id: _Optional[int] = ..., epoch: _Optional[int] = ..., held: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CreateSyncRequest(_message.Message):
-    __slots__ = ("source", "destinations", "options", "window", "quiet")
+    __slots__ = ("source", "destinations", "options", "window", "quiet", "request_id")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     QUIET_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     source: _types_pb2.Endpoint
     destinations: _containers.RepeatedCompositeFieldContainer[_types_pb2.Endpoint]
     options: _types_pb2.JobOptions
     window: float
     quiet: float
-    def __init__(self, source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destinations: _Optional[_Iterable[_Union[_types_pb2.Endpoint, _Mapping]]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., window: _Optional[float] = ..., quiet: _Optional[float] = ...) -> None: ...
+    request_id: str
+    def __init__(self, source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destinations: _Optional[_Iterable[_Union[_types_pb2.Endpoint, _Mapping]]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., window: _Optional[float] = ..., quiet: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SyncRef(_message.Message):
     __slots__ = ("id",)

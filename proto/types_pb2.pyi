@@ -309,7 +309,7 @@ class Attempt(_message.Message):
     def __init__(self, number: _Optional[int] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[TransferStats, _Mapping]] = ..., source: _Optional[bytes] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "source", "destination", "options", "created_at", "updated_at", "started_at", "finished_at", "attempts", "max_attempts", "error", "wait_reason", "progress", "history", "next_attempt_at", "group_id", "skipped", "plan")
+    __slots__ = ("id", "state", "source", "destination", "options", "created_at", "updated_at", "started_at", "finished_at", "attempts", "max_attempts", "error", "wait_reason", "progress", "history", "next_attempt_at", "group_id", "skipped", "plan", "schedule_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +329,7 @@ class Job(_message.Message):
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
     id: int
     state: JobState
     source: Endpoint
@@ -348,4 +349,5 @@ class Job(_message.Message):
     group_id: int
     skipped: _containers.RepeatedCompositeFieldContainer[SkippedEntry]
     plan: _containers.RepeatedCompositeFieldContainer[PlanItem]
-    def __init__(self, id: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., error: _Optional[str] = ..., wait_reason: _Optional[str] = ..., progress: _Optional[_Union[TransferStats, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., next_attempt_at: _Optional[float] = ..., group_id: _Optional[int] = ..., skipped: _Optional[_Iterable[_Union[SkippedEntry, _Mapping]]] = ..., plan: _Optional[_Iterable[_Union[PlanItem, _Mapping]]] = ...) -> None: ...
+    schedule_id: int
+    def __init__(self, id: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., error: _Optional[str] = ..., wait_reason: _Optional[str] = ..., progress: _Optional[_Union[TransferStats, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., next_attempt_at: _Optional[float] = ..., group_id: _Optional[int] = ..., skipped: _Optional[_Iterable[_Union[SkippedEntry, _Mapping]]] = ..., plan: _Optional[_Iterable[_Union[PlanItem, _Mapping]]] = ..., schedule_id: _Optional[int] = ...) -> None: ...

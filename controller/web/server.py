@@ -60,13 +60,14 @@ def _static() -> dict[str, tuple[bytes, str]]:
 
 
 class WebServer:
-    def __init__(self, listen: str, engine: Engine, trust: Trust | None, client_cert: str = "optional") -> None:
+    def __init__(self, listen: str, engine: Engine, trust: Trust | None, client_cert: str = "optional",
+                 leader: Callable[[], str] = lambda: "", me: Callable[[], str] = lambda: "") -> None:
         self.listen = listen
         self.trust = trust
         self.client_cert = client_cert
         self.address = ""
         self.scheme = "https" if trust is not None else "http"
-        self.builder = StateBuilder(engine)
+        self.builder = StateBuilder(engine, leader, me)
         self._files = _static()
         self._cache: dict[int, tuple[float, bytes]] = {}
         self._contexts: dict[int, ssl.SSLContext] = {}

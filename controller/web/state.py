@@ -2,20 +2,25 @@
 
 Built from the controller's in-memory state (registry, engine jobs and runs, watch rules) on the event loop's
 thread, like ListAgents and ListJobs; the store is read only for job counts and the latest finished jobs.
+A follower (controller/follower.py) holds no such state: its document comes from the store, as its gRPC reads
+do (stored agents, online when the leader saw them lately, without health; the latest running and waiting
+jobs as last saved; the watch rules without live lag), and ``role`` names the leader, whose view is live.
 The document's size does not grow with the fleet: hosts come in pages (those needing attention first), job
 and rule lists are capped and say how many there are in all.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from zcrepl.controller import follower
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import AgentRecord
 from zcrepl.core.errorkind import WAIT_KINDS, wait_kind
 from zcrepl.core.paths import show
-from zcrepl.core.synctypes import SyncState
+from zcrepl.core.synctypes import SyncRule, SyncState
 from zcrepl.core.types import Endpoint, HostHealth, Job, JobState
 
 HOSTS_PER_PAGE = 25  # a glance: the jobs below stay in view
@@ -46,33 +51,43 @@ def _ep(e: Endpoint) -> str:
 class StateBuilder:
     """Builds the document; keeps the last progress sample per running job to compute its rate."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, leader: Callable[[], str] = lambda: "", me: Callable[[], str] = lambda: ""
+                 ) -> None:
         self.engine = engine
+        self.leader = leader  # the leader's address as this controller last read it (as ControllerService)
+        self.me = me
         self._samples: dict[int, _Sample] = {}
 
     async def build(self, page: int = 0) -> dict[str, Any]:
         e = self.engine
         sql = e.store.sql  # read on the store's thread, behind every write queued before
         now = e.clock()
-        hosts = self._hosts(now)
+        counts = {s.value: n for s, n in (await e.store.call(sql.job_counts)).items()}
+        if e.leading:
+            hosts = self._hosts(now)
+            running = [j for j in e.jobs.values() if j.state is JobState.RUNNING]
+            queued = [j for j in e.jobs.values() if j.state is JobState.QUEUED]
+            rules = e.syncs.list_rules(now)
+            totals = (len(running), len(queued))
+        else:
+            hosts, running, queued, rules = await self._stored(now)
+            totals = (counts.get(JobState.RUNNING.value, 0), counts.get(JobState.QUEUED.value, 0))
+        running.sort(key=lambda j: j.id)
+        queued.sort(key=lambda j: (-int(j.options.priority), j.id))
         pages = max(1, -(-len(hosts) // HOSTS_PER_PAGE))
         page = min(max(0, page), pages - 1)
         shown = hosts[page * HOSTS_PER_PAGE:(page + 1) * HOSTS_PER_PAGE]
-        running = sorted((j for j in e.jobs.values() if j.state is JobState.RUNNING), key=lambda j: j.id)
-        queued = sorted((j for j in e.jobs.values() if j.state is JobState.QUEUED),
-                        key=lambda j: (-int(j.options.priority), j.id))
         self._forget_samples({j.id for j in running})
-        counts = {s.value: n for s, n in (await e.store.call(sql.job_counts)).items()}
         failed = await e.store.call(sql.list_jobs, (JobState.FAILED,), FINISHED_SHOWN)
         finished = await e.store.call(sql.list_jobs, (JobState.DONE, JobState.CANCELLED), FINISHED_SHOWN)
         waits = dict.fromkeys(WAIT_KINDS, 0)
         for j in queued:
             if j.wait_reason:
                 waits[wait_kind(j.wait_reason)] += 1
-        rules = e.syncs.list_rules(now)
         online = sum(1 for _, _, up in hosts if up)
         return {
             "generated_at": now,
+            "role": {"leading": e.leading, "leader": self.leader(), "me": self.me()},
             "summary": {
                 "agents": {"total": len(hosts), "online": online, "offline": len(hosts) - online,
                            "attention": sum(1 for _, reasons, _ in hosts if reasons)},
@@ -83,8 +98,8 @@ class StateBuilder:
             },
             "hosts": {"page": page, "pages": pages, "per_page": HOSTS_PER_PAGE, "total": len(hosts),
                       "items": [self._host(rec, reasons, up, now) for rec, reasons, up in shown]},
-            "running": {"total": len(running), "items": [self._running(j, now) for j in running[:JOBS_SHOWN]]},
-            "waiting": {"total": len(queued), "items": [self._waiting(j, now) for j in queued[:JOBS_SHOWN]]},
+            "running": {"total": totals[0], "items": [self._running(j, now) for j in running[:JOBS_SHOWN]]},
+            "waiting": {"total": totals[1], "items": [self._waiting(j, now) for j in queued[:JOBS_SHOWN]]},
             "failed": {"total": counts.get(JobState.FAILED.value, 0),
                        "items": [self._finished(j) for j in failed]},
             "finished": {"items": [self._finished(j) for j in finished]},
@@ -95,6 +110,17 @@ class StateBuilder:
                 "last_shipped_at": r.last_shipped_at,
             } for r in sorted(rules, key=lambda r: -r.lag)[:RULES_SHOWN]]},
         }
+
+    async def _stored(self, now: float) -> tuple[list[tuple[AgentRecord, list[str], bool]], list[Job], list[Job],
+                                                 list[SyncRule]]:
+        """A follower's hosts, running and waiting jobs (the latest of each) and watch rules, from the store."""
+        e = self.engine
+        agents = await follower.agents(e.store, [], now, e.config.offline_after)
+        hosts = [(AgentRecord(a.info, a.last_seen), [] if a.online else ["offline"], a.online) for a in agents]
+        hosts.sort(key=lambda t: (0 if not t[2] else 1, t[0].info.name))
+        running = await e.store.call(e.store.sql.list_jobs, (JobState.RUNNING,), JOBS_SHOWN)
+        queued = await e.store.call(e.store.sql.list_jobs, (JobState.QUEUED,), JOBS_SHOWN)
+        return hosts, running, queued, await follower.rules(e.store)
 
     # -- hosts --------------------------------------------------------------------------------------
     def _hosts(self, now: float) -> list[tuple[AgentRecord, list[str], bool]]:

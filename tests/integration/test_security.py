@@ -321,12 +321,16 @@ def test_enrolled_certificates_renew_and_revoke_by_name(cluster: Cluster, tmp_pa
     rc, token, err = cluster.ctl("token", "create", "--agent", "hostR")
     assert rc == 0, err
     (tmp_path / "r").mkdir()
-    cfg = AgentConfig(name="hostR", controller=cluster.controller_addr, join=token.strip(),
+    # The first controller of the agent's list is out of reach (nothing listens on 127.0.0.2): enrolment and
+    # renewal go on to the next, as the agent's stream does.
+    port = cluster.controller_addr.rpartition(":")[2]
+    listed = f"127.0.0.2:{port},{cluster.controller_addr}"
+    cfg = AgentConfig(name="hostR", controller=listed, join=token.strip(),
                       state_dir=str(tmp_path / "rs"), exports=(os.fsencode(tmp_path / "r"),))
     trust = agent_trust(cfg)
     assert trust is not None and trust.paths == enrolled_paths(cfg)
     first = trust.identity.serial
-    renewer = Renewer(trust, cluster.controller_addr)
+    renewer = Renewer(trust, listed)
     assert not renewer.due(time.time()) and renewer.due(trust.identity.not_after)
     renewer.renew_now()
     assert trust.generation == 1 and trust.identity.serial != first and trust.identity.name == "hostR"

@@ -23,7 +23,7 @@ def promtool(*args: str) -> str:
 
 
 def test_alert_rules_check() -> None:
-    assert "SUCCESS: 5 rules found" in promtool("check", "rules", "alerts.yml")
+    assert "SUCCESS: 10 rules found" in promtool("check", "rules", "alerts.yml")
 
 
 def test_alert_rules_unit_tests() -> None:

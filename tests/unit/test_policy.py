@@ -656,7 +656,7 @@ def test_throttle_never_exceeds_the_jobs_own_limit() -> None:
 
 def test_decision_kinds_are_the_explain_vocabulary() -> None:
     assert [k.value for k in DecisionKind] == ["wait", "start", "slow", "pause", "resume", "switch_source",
-                                             "streams", "fail", "done", "cancel"]
+                                             "streams", "fail", "done", "cancel", "schedule"]
     assert [a.kind for a in Throttle] == [None, DecisionKind.SLOW, DecisionKind.PAUSE, DecisionKind.RESUME]
 
 

@@ -9,6 +9,7 @@ let pages = 1;
 let timer = null;
 let busy = false;
 let again = false;
+let leading = true;
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -108,7 +109,8 @@ function hosts(h, now) {
       el("td", { class: "path" }, hh.fullest_export
         ? `${hh.fullest_export.path} ${hh.fullest_export.percent.toFixed(0)}% (${bytes(hh.fullest_export.free)} free)`
         : "-"),
-    ] : [el("td", { class: "empty", colspan: "7" }, "no health reported yet")];
+    ] : [el("td", { class: "empty", colspan: "7" },
+      leading ? "no health reported yet" : "live health is in the leader's view")];
     return el("tr", { id: `host-${x.name}`, "data-online": String(x.online) },
       el("td", {}, el("b", {}, x.name)), el("td", {}, state),
       el("td", { class: "attention" }, x.attention.join("; ")), ...cells,
@@ -170,6 +172,18 @@ function rules(r) {
   count("rules-count", r.items.length, r.total);
 }
 
+// A follower shows what the store holds; the live view (health, rates, lag) is the leader's.
+function role(r) {
+  leading = !r || r.leading;
+  const box = document.getElementById("role");
+  box.hidden = leading;
+  if (!leading) {
+    box.textContent = `This controller (${r.me || "?"}) follows: jobs, agents and rules as stored. ` +
+      (r.leader ? `The leader is ${r.leader}: its web view shows live health, rates and lag.`
+                : "No controller leads right now (a failover is under way).");
+  }
+}
+
 function schedule(ms) {
   clearTimeout(timer);
   timer = setTimeout(refresh, ms);
@@ -184,6 +198,7 @@ async function refresh() {
     if (!resp.ok) throw new Error(`${resp.status} ${(await resp.text()).trim()}`);
     const s = await resp.json();
     const now = s.generated_at;
+    role(s.role);
     summary(s.summary);
     hosts(s.hosts, now);
     running(s.running, now);
