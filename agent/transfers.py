@@ -12,30 +12,30 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from zcrepl.agent import priority
+from zcrepl.agent.attempt_local import run_local
+from zcrepl.agent.attempt_receive import run_receive
+from zcrepl.agent.attempt_state import Active, ended, live_bytes, live_stats, no_tls
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer.cancel import Cancel
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.failure import explain
 from zcrepl.agent.transfer.frame import Hello
-from zcrepl.agent.transfer.jobdirs import check_destination, no_space, open_source, resolve_dirs
+from zcrepl.agent.transfer.jobdirs import check_destination, open_source, resolve_dirs
 from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
-from zcrepl.agent.transfer.local import LocalCopy, log_local
 from zcrepl.agent.transfer.partial import drop_partials
 from zcrepl.agent.transfer.peer import Binding, resolve
-from zcrepl.agent.transfer.plan import PlanWriter
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
-from zcrepl.agent.transfer.snapshot import NoSnapshot, Snapshot, begin_snapshot, job_rel
+from zcrepl.agent.transfer.snapshot import begin_snapshot, job_rel
 from zcrepl.core.config import split_address
 from zcrepl.core.errorkind import error_kind
-from zcrepl.core.errors import ConfigError, TransferError, ZcError
+from zcrepl.core.errors import ConfigError, ZcError
 from zcrepl.core.logs import carry, kv
 from zcrepl.core.paths import show
 from zcrepl.core.types import (
@@ -54,22 +54,6 @@ log = logging.getLogger(__name__)
 
 ReportFn = Callable[[TransferReport], None]
 TICKET_TTL = 120.0
-
-
-def no_tls(host: str, role: str) -> str:
-    """The sentence for an encrypted order reaching an agent that runs --insecure."""
-    return (f"{host} has no TLS certificate (it runs --insecure), so it cannot {role} an encrypted transfer; "
-            f"give it one (zc-agent --join TOKEN, or --ca/--cert/--key) or run the job without --encrypt")
-
-
-@dataclass
-class _Active:
-    role: Role
-    cancel: Cancel = field(default_factory=Cancel)
-    thread: threading.Thread | None = None
-    session: ReceiveSession | None = None
-    sender: Sender | None = None
-    ended: threading.Event = field(default_factory=threading.Event)  # set once it no longer touches files
 
 
 class Transfers:
@@ -94,7 +78,7 @@ class Transfers:
         self.report = report
         self.io_timeout = io_timeout
         self._lock = threading.Lock()
-        self._active: dict[tuple[int, int, Role], _Active] = {}
+        self._active: dict[tuple[int, int, Role], Active] = {}
         # Partials kept by recently failed receives, so an operator's cancel that arrives after the
         # connection already broke can still drop them.
         self._kept: collections.OrderedDict[tuple[int, int], tuple[SafeRoot, tuple[bytes, ...], list[bytes]]] = (
@@ -122,14 +106,14 @@ class Transfers:
         own counters, read without their locks (a sample may lag by a block); a finished transfer's last
         figure moves into a running total, so the counter does not drop when it ends."""
         with self._lock:
-            return self._moved_done + sum(_live_bytes(a) for a in self._active.values())
+            return self._moved_done + sum(live_bytes(a) for a in self._active.values())
 
     def totals(self) -> dict[Role, tuple[int, int]]:
         """(file bytes, files) moved per role since the agent started, live transfers included."""
         with self._lock:
             out = {r: (s.bytes_done, s.files_done) for r, s in self._done_by_role.items()}
             for a in self._active.values():
-                s = _live_stats(a)
+                s = live_stats(a)
                 out[a.role] = (out[a.role][0] + s.bytes_done, out[a.role][1] + s.files_done)
         return out
 
@@ -156,7 +140,7 @@ class Transfers:
             return
         key = (order.job_id, order.attempt, Role.RECEIVER)
         with self._lock:
-            self._active[key] = _Active(Role.RECEIVER)
+            self._active[key] = Active(Role.RECEIVER)
         if any(not e.is_set() for e in older):
             # An older attempt of this job is still stopping here: get ready only once it has (off the thread
             # that reads the controller's orders).
@@ -218,12 +202,12 @@ class Transfers:
             self._fail(order.job_id, order.attempt, Role.SENDER, str(err), retryable=False)
             return
         key = (order.job_id, order.attempt, Role.SENDER)
-        active = _Active(Role.SENDER)
+        active = Active(Role.SENDER)
         with self._lock:
             self._active[key] = active
         if order.dest_host == self.host:
-            active.thread = threading.Thread(target=carry(self._run_local),
-                                             args=(order, src, key, label, active, older),
+            active.thread = threading.Thread(target=carry(run_local),
+                                             args=(self, order, src, key, label, active, older),
                                              name=f"zc-local-{order.job_id}", daemon=True)
             active.thread.start()
             return
@@ -334,60 +318,6 @@ class Transfers:
         self.report(TransferReport(spec.job_id, spec.attempt, Role.SENDER, Phase.DONE, stats,
                                    skipped=tuple(sender.skips.listed)))
 
-    def _run_local(self, order: SendOrder, src: SafeRoot, key: tuple[int, int, Role], label: str,
-                   active: _Active, older: list[threading.Event]) -> None:
-        """Both ends are this agent: copy in the kernel, then answer for both roles."""
-        priority.apply_to_this_thread()
-        self.tickets.revoke(order.job_id, order.attempt)  # nobody will connect
-        self._forget((order.job_id, order.attempt, Role.RECEIVER))
-        dst_label = f"{self.host}:{show(order.dest_path)}"
-        t0 = time.monotonic()
-        try:
-            if self.sweeper is not None and not order.options.dry_run:
-                self.sweeper.request(*self.exports.resolve(order.dest_path))
-            deadline = t0 + self.io_timeout
-            for e in older:  # this thread is the writer: never while an older attempt still is
-                e.wait(max(0.0, deadline - time.monotonic()))
-            if not all(e.is_set() for e in older):
-                raise TransferError(f"an older attempt of job {order.job_id} is still stopping here after "
-                                    f"{self.io_timeout:g}s; the next attempt will try again")
-            root, rel = self.exports.resolve(order.dest_path)
-            rel = job_rel(rel, order.options)
-            with contextlib.closing(begin_snapshot(root, rel, order.options, dst_label)) as snap:
-                copier = LocalCopy(order.job_id, src, root, rel, order.options, dst_label, active.cancel,
-                                   lambda s: self.report(TransferReport(order.job_id, order.attempt, Role.SENDER,
-                                                                        Phase.PROGRESS, s)),
-                                   workers=order.options.streams or 2, policy=self.exports.policy(root),
-                                   limits=self.limits, dirs=snap.dirs(resolve_dirs(self.exports.resolve,
-                                                                                    order.options)))
-                stats = copier.run()
-                if not stats.errors:
-                    stats = replace(stats, pruned=snap.complete())
-        except Exception as err:  # a bug must fail the attempt now, not leave it to the stall timeout
-            self._forget(key)
-            f = explain(err, io_timeout=self.io_timeout)
-            if f.cancelled:
-                return
-            if f.unexpected:
-                log.exception("local copy crashed", extra=kv(job=order.job_id))
-            self._fail(order.job_id, order.attempt, Role.SENDER, f"{label} -> {dst_label}: {f.message}",
-                       retryable=f.retryable)
-            return
-        finally:
-            src.close()
-        self._forget(key)
-        skipped = tuple(copier.skips.listed)
-        if stats.errors:
-            self._fail(order.job_id, order.attempt, Role.SENDER, f"{stats.errors} entries failed copying "
-                       f"{label} -> {dst_label}; see the agent log", retryable=True, stats=stats, skipped=skipped)
-            return
-        log_local(order.job_id, stats, time.monotonic() - t0)
-        # One scan serves both roles: its skipped entries are reported once, by the sender.
-        self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE,
-                                   replace(stats, entries_skipped=0, skipped_special=0, file_errors=0),
-                                   plan=copier.plan))
-        self.report(TransferReport(order.job_id, order.attempt, Role.SENDER, Phase.DONE, stats, skipped=skipped))
-
     def _serve_receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str,
                        ch: Channel, hello: Hello, bind: Binding) -> None:
         key = (order.job_id, order.attempt, Role.RECEIVER)
@@ -412,87 +342,34 @@ class Transfers:
                 active = self._active.get(key)
                 if active is not None:
                     active.session = session
-            self._receive(order, root, rel, label, ch, hello, session, snap)
+            run_receive(self, order, root, rel, label, ch, hello, session, snap)
         finally:
             snap.close()  # before the attempt counts as ended: the next run may clean up what it left
             if active is not None:
-                _ended(active, key)
+                ended(active, key)
 
-    def _receive(self, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str, ch: Channel,
-                 hello: Hello, session: ReceiveSession, snap: Snapshot | NoSnapshot) -> None:
-        key = (order.job_id, order.attempt, Role.RECEIVER)
-        t0 = time.monotonic()
-        try:
-            stats = session.serve_control(ch, hello)
-        except Exception as err:  # any exception, a bug's too, fails the attempt now (not at the stall timeout)
-            f = explain(err, io_timeout=self.io_timeout, between=f"{order.source_host} and {self.host}",
-                        full=lambda why: no_space(session.writer, root, why))
-            msg, retryable = f.message, f.retryable
-            if f.unexpected:
-                log.exception("receive crashed", extra=kv(job=order.job_id, attempt=order.attempt))
-            if not f.cancelled:
-                with contextlib.suppress(OSError):
-                    ch.send(fr.encode_text(fr.T.ABORT, msg))
-            log.warning("receive failed", extra=kv(job=order.job_id, attempt=order.attempt, error=msg))
-            self._forget(key)
-            if session.writer is not None and session.writer.saved_partials:
-                ref = (order.job_id, order.attempt)
-                kept = (root, rel, session.writer.saved_partials)
-                with self._lock:
-                    discard = ref in self._discarded  # the operator's cancel came first
-                    if not discard:
-                        self._kept[ref] = kept
-                        while len(self._kept) > 64:
-                            self._kept.popitem(last=False)
-                if discard:
-                    drop_partials(*kept)
-            stats = session.stats() if session.writer is not None else TransferStats()
-            where = f"{label} <- {order.source_host}"
-            self._fail(order.job_id, order.attempt, Role.RECEIVER,
-                       where + msg[len(label):] if msg.startswith(label) else f"{where}: {msg}",
-                       retryable=retryable, stats=stats)
-            return
-        self._forget(key)
-        assert session.writer is not None
-        if stats.errors and session.writer.no_space:
-            why = f"{stats.errors} entries failed; first: {session.writer.first_error}"
-            self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: {no_space(session.writer, root, why)}",
-                       retryable=False, stats=stats)
-            return
-        if stats.errors:
-            self._fail(order.job_id, order.attempt, Role.RECEIVER,
-                       f"{stats.errors} entries failed; first: {session.writer.first_error}", retryable=True,
-                       stats=stats)
-            return
-        # Whatever is left in the partial area belongs to files this tree no longer needs: deleted at the
-        # source, or replaced by a newer version that arrived whole.
-        if not order.options.dry_run:
-            drop_partials(root, rel, None)
-        try:
-            stats = replace(stats, pruned=snap.complete())
-        except (ZcError, OSError) as err:
-            f = explain(err, io_timeout=self.io_timeout)
-            self._fail(order.job_id, order.attempt, Role.RECEIVER, f"{label}: {f.message}", retryable=f.retryable,
-                       stats=stats)
-            return
-        log.info("receive done", extra=kv(job=order.job_id, attempt=order.attempt, files=stats.files_done,
-                                          bytes=stats.bytes_done, skipped=stats.files_skipped,
-                                          transport=stats.transport, source=ch.peer.address if ch.peer else "",
-                                          deleted=stats.deleted, seconds=round(time.monotonic() - t0, 3)))
-        plan = tuple(session.writer.items) if isinstance(session.writer, PlanWriter) else ()
-        self.report(TransferReport(order.job_id, order.attempt, Role.RECEIVER, Phase.DONE, stats, plan=plan))
+    def _keep_partials(self, ref: tuple[int, int], kept: tuple[SafeRoot, tuple[bytes, ...], list[bytes]]) -> None:
+        """A failed receive's partials stay for the next attempt, unless the operator's cancel came first."""
+        with self._lock:
+            discard = ref in self._discarded
+            if not discard:
+                self._kept[ref] = kept
+                while len(self._kept) > 64:
+                    self._kept.popitem(last=False)
+        if discard:
+            drop_partials(*kept)
 
     def _forget(self, key: tuple[int, int, Role]) -> None:
         with self._lock:
             a = self._active.pop(key, None)
             if a is not None:
-                last = _live_stats(a)
+                last = live_stats(a)
                 self._moved_done += last.bytes_done
                 done = self._done_by_role[a.role]
                 self._done_by_role[a.role] = replace(done, bytes_done=done.bytes_done + last.bytes_done,
                                                      files_done=done.files_done + last.files_done)
                 if a.session is None:  # a serving thread signals its session's end itself, after its report
-                    _ended(a, key)
+                    ended(a, key)
 
     def _fail(self, job_id: int, attempt: int, role: Role, error: str, *, retryable: bool,
               stats: TransferStats | None = None, skipped: tuple[Skipped, ...] = ()) -> None:
@@ -501,25 +378,3 @@ class Transfers:
             self._errors[error_kind(error)] += 1
         self.report(TransferReport(job_id, attempt, role, Phase.FAILED, stats or TransferStats(), error,
                                    retryable, skipped))
-
-
-def _ended(a: _Active, key: tuple[int, int, Role]) -> None:
-    """The attempt no longer touches files here (logged: the kill-cycle tests check that no two attempts of a job
-    overlap at a destination)."""
-    a.ended.set()
-    log.debug("attempt ended here", extra=kv(job=key[0], attempt=key[1], role=key[2].value))
-
-
-def _live_bytes(a: _Active) -> int:
-    return _live_stats(a).bytes_done
-
-
-def _live_stats(a: _Active) -> TransferStats:
-    try:
-        if a.sender is not None:
-            return a.sender.snapshot()
-        if a.session is not None and a.session.writer is not None:
-            return a.session.stats()
-    except Exception:  # a health figure must never break a transfer; count nothing for it this time
-        log.debug("live transfer bytes unavailable", exc_info=True)
-    return TransferStats()

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ from zcrepl.controller.metrics import ControllerMetrics
 from zcrepl.controller.pki_store import PkiStore
 from zcrepl.controller.security import EnrollmentService, SecurityService
 from zcrepl.controller.service import SERVICE_NAME, ControllerService
-from zcrepl.controller.store import is_postgres, open_store
+from zcrepl.controller.store import Store, is_postgres, open_store
 from zcrepl.core.config import ControllerConfig, split_address
 from zcrepl.core.logs import kv
 from zcrepl.core.metricsserver import MetricsServer
@@ -39,6 +40,21 @@ if TYPE_CHECKING:
     from zcrepl.controller.web.server import WebServer
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Parts:
+    """What one run of the controller started, so the shutdown stops exactly that."""
+
+    store: Store
+    engine: Engine | None = None
+    service: ControllerService | None = None
+    server: grpc.aio.Server | None = None
+    enroll: grpc.aio.Server | None = None
+    metrics: MetricsServer | None = None
+    webview: WebServer | None = None
+    health: HealthPort | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class Controller:
@@ -108,131 +124,161 @@ class Controller:
             self._started.set()
             self._loop.close()
 
-    async def _main(self) -> None:  # noqa: C901
+    async def _main(self) -> None:
         cfg = self.config
         self._stop = asyncio.Event()
-        self.authority = authority = authority_from_config(cfg)
-        if authority is not None:
-            self._trust_generation = authority.trust.generation
-        if authority is None:
-            log.warning("INSECURE: TLS is off; anyone who can reach this port can read and overwrite every "
-                        "agent's exports (use --auto-pki or --ca/--cert/--key)", extra=kv(listen=cfg.listen))
+        self._secure()
         # Off the loop: opening runs the schema migrations and may wait for a PostgreSQL server.
         store = await asyncio.to_thread(open_store, cfg.store, cfg.state_dir)
-        server: grpc.aio.Server | None = None
-        enroll: grpc.aio.Server | None = None
-        tasks: list[asyncio.Task[None]] = []
-        engine: Engine | None = None
-        metrics: MetricsServer | None = None
-        webview: WebServer | None = None
-        health: HealthPort | None = None
+        parts = _Parts(store)
         try:
-            shared = is_postgres(cfg.store)
-            # Reads the state it resumes; on PostgreSQL only once it holds the lease (leadership.py).
-            self._engine = engine = await asyncio.to_thread(Engine, cfg, store, lead=not shared)
-            if not shared:  # the only controller of its store: it leads, under a new epoch at each start
-                engine.epoch, engine.store_id = await store.call(claim, store.db.execute, "")
-            if cfg.metrics_listen:
-                engine.observe = observer = ControllerMetrics(engine, store, asyncio.get_running_loop())
-                metrics = MetricsServer(cfg.metrics_listen, observer.registry).start()
-                self.metrics_address = metrics.address
-            interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
-            if authority is not None:
-                interceptors.insert(0, AuthInterceptor(authority.trust))
-            server = grpc.aio.server(interceptors=interceptors, options=KEEPALIVE_SERVER)
-            service = ControllerService(engine, leader=lambda: self.leadership.leader if self.leadership else "",
-                                        me=lambda: self.advertised)
-            controller_pb2_grpc.add_ControllerServicer_to_server(service, server)
-            names = [SERVICE_NAME]
-            if authority is not None:
-                security = SecurityService(authority, PkiStore(store), cfg, lambda: self._enroll_port(),
-                                           lambda: self._reload_trust(True))
-                security_pb2_grpc.add_SecurityServicer_to_server(security, server)
-                names.append(security_pb2.DESCRIPTOR.services_by_name["Security"].full_name)
-                if authority.can_sign():
-                    enroll = grpc.aio.server(interceptors=[ErrorInterceptor()], options=KEEPALIVE_SERVER)
-                    security_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentService(security), enroll)
-            await add_health_and_reflection_aio(server, names)
-            self.address = self._bind(server, cfg.listen, authority)
-            await server.start()
-            if enroll is not None and authority is not None:
-                host, _ = split_address(cfg.enroll_listen)
-                port = enroll.add_secure_port(cfg.enroll_listen, enroll_credentials(authority.trust))
-                if port == 0:
-                    raise OSError(f"cannot listen on {cfg.enroll_listen} for enrolment: the address is in use")
-                self.enroll_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                await enroll.start()
-            if cfg.http_listen:
-                from zcrepl.controller.web.server import WebServer  # aiohttp only when the view is on
-
-                webview = WebServer(cfg.http_listen, engine, authority.trust if authority else None,
-                                    cfg.http_client_cert, service.leader, service.me)
-                await webview.start()
-                self.http_address, self.http_url = webview.address, webview.url
-            if cfg.health_listen:
-                health = HealthPort(names)
-                self.health_address = await health.start(cfg.health_listen)
-            tasks.append(asyncio.create_task(engine.run_forever()))
-            if engine.leading:  # on PostgreSQL the lease decides: Engine.lead starts them, step_down stops them
-                engine.schedules.start()  # fires what fell due while down, then sleeps till the next is due
-            if shared:
-                self.leadership = Leadership(
-                    PgLease(cfg.store, self.advertised, cfg.lease_timeout), self.advertised, renew=cfg.lease_renew,
-                    timeout=cfg.lease_timeout, poll=cfg.lease_poll, on_elected=engine.lead,
-                    on_deposed=lambda _why: _async(engine.step_down))
-                tasks.append(asyncio.create_task(self.leadership.run()))
-                if isinstance(engine.observe, ControllerMetrics):
-                    lease = self.leadership
-                    engine.observe.store_reachable = lambda: lease.reachable
-            if authority is not None:
-                tasks.append(asyncio.create_task(self._watch_trust()))
-            log.info("controller serving", extra=kv(address=self.address, state=store.path,
-                                                    tls="off" if authority is None else "mutual",
-                                                    enroll=self.enroll_address or "-",
-                                                    metrics=self.metrics_address or "-",
-                                                    web=self.http_url or "-",
-                                                    health=self.health_address or "-"))
-            if cfg.ready_file:
-                ready = {"pid": os.getpid(), "grpc": self.address}
-                if self.enroll_address:
-                    ready["enroll"] = self.enroll_address
-                if self.metrics_address:
-                    ready["metrics"] = self.metrics_address
-                if self.http_address:
-                    ready["http"] = self.http_address
-                    ready["http_url"] = self.http_url
-                if self.health_address:
-                    ready["health"] = self.health_address
-                write_ready_file(cfg.ready_file, ready)
+            engine = await self._build_engine(parts)
+            names = await self._start_grpc(parts, engine)
+            await self._start_side_ports(parts, engine, names)
+            self._start_tasks(parts, engine)
+            self._announce(store)
             self._started.set()
             await self._stop.wait()
             log.info("controller stopping", extra=kv(address=self.address))
         finally:
-            if health is not None:
-                await health.stop()  # probes see the stop before the main port closes
-            if engine is not None:
-                engine.stopping = True
-                engine.close_sessions()  # lets every Connect handler return on its own before the stop
-            if engine is not None:
-                engine.schedules.stop()
-            for t in tasks:
-                t.cancel()
-            if self.leadership is not None:
-                if self.leadership.leading:
-                    # Our last writes go in before the lease goes: the next leader reads them.
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(store.flush(), 5)
-                await asyncio.to_thread(self.leadership.close)  # the lease goes now: a follower takes over at once
-            if webview is not None:
-                await webview.stop()
-            if server is not None:
-                await server.stop(grace=2)
-            if enroll is not None:
-                await enroll.stop(grace=1)
-            if metrics is not None:
-                # Off the loop: shutdown() waits for a scrape in flight, which may be waiting for the loop.
-                await asyncio.to_thread(metrics.stop)
-            await asyncio.to_thread(store.close)  # commits what is queued
+            await self._shutdown(parts)
+
+    def _secure(self) -> None:
+        cfg = self.config
+        self.authority = authority = authority_from_config(cfg)
+        if authority is not None:
+            self._trust_generation = authority.trust.generation
+        else:
+            log.warning("INSECURE: TLS is off; anyone who can reach this port can read and overwrite every "
+                        "agent's exports (use --auto-pki or --ca/--cert/--key)", extra=kv(listen=cfg.listen))
+
+    async def _build_engine(self, parts: _Parts) -> Engine:
+        cfg, store = self.config, parts.store
+        shared = is_postgres(cfg.store)
+        # Reads the state it resumes; on PostgreSQL only once it holds the lease (leadership.py).
+        self._engine = parts.engine = engine = await asyncio.to_thread(Engine, cfg, store, lead=not shared)
+        if not shared:  # the only controller of its store: it leads, under a new epoch at each start
+            engine.epoch, engine.store_id = await store.call(claim, store.db.execute, "")
+        if cfg.metrics_listen:
+            engine.observe = observer = ControllerMetrics(engine, store, asyncio.get_running_loop())
+            parts.metrics = MetricsServer(cfg.metrics_listen, observer.registry).start()
+            self.metrics_address = parts.metrics.address
+        return engine
+
+    async def _start_grpc(self, parts: _Parts, engine: Engine) -> list[str]:
+        """The main port (and the enrolment port when this controller signs); returns the service names."""
+        cfg, authority = self.config, self.authority
+        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+        if authority is not None:
+            interceptors.insert(0, AuthInterceptor(authority.trust))
+        parts.server = server = grpc.aio.server(interceptors=interceptors, options=KEEPALIVE_SERVER)
+        parts.service = service = ControllerService(
+            engine, leader=lambda: self.leadership.leader if self.leadership else "", me=lambda: self.advertised)
+        controller_pb2_grpc.add_ControllerServicer_to_server(service, server)
+        names = [SERVICE_NAME]
+        if authority is not None:
+            security = SecurityService(authority, PkiStore(parts.store), cfg, lambda: self._enroll_port(),
+                                       lambda: self._reload_trust(True))
+            security_pb2_grpc.add_SecurityServicer_to_server(security, server)
+            names.append(security_pb2.DESCRIPTOR.services_by_name["Security"].full_name)
+            if authority.can_sign():
+                parts.enroll = grpc.aio.server(interceptors=[ErrorInterceptor()], options=KEEPALIVE_SERVER)
+                security_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentService(security), parts.enroll)
+        await add_health_and_reflection_aio(server, names)
+        self.address = self._bind(server, cfg.listen, authority)
+        await server.start()
+        if parts.enroll is not None and authority is not None:
+            await self._start_enroll(parts.enroll, authority)
+        return names
+
+    async def _start_enroll(self, enroll: grpc.aio.Server, authority: Authority) -> None:
+        listen = self.config.enroll_listen
+        host, _ = split_address(listen)
+        port = enroll.add_secure_port(listen, enroll_credentials(authority.trust))
+        if port == 0:
+            raise OSError(f"cannot listen on {listen} for enrolment: the address is in use")
+        self.enroll_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        await enroll.start()
+
+    async def _start_side_ports(self, parts: _Parts, engine: Engine, names: list[str]) -> None:
+        """The web view and the plain health port, each only when configured."""
+        cfg, authority = self.config, self.authority
+        if cfg.http_listen:
+            from zcrepl.controller.web.server import WebServer  # aiohttp only when the view is on
+
+            assert parts.service is not None  # the gRPC port, started first, made it
+            parts.webview = webview = WebServer(cfg.http_listen, engine, authority.trust if authority else None,
+                                                cfg.http_client_cert, parts.service.leader, parts.service.me)
+            await webview.start()
+            self.http_address, self.http_url = webview.address, webview.url
+        if cfg.health_listen:
+            parts.health = HealthPort(names)
+            self.health_address = await parts.health.start(cfg.health_listen)
+
+    def _start_tasks(self, parts: _Parts, engine: Engine) -> None:
+        """The scheduler loop, the lease (on a shared store) and the TLS file watch."""
+        cfg = self.config
+        parts.tasks.append(asyncio.create_task(engine.run_forever()))
+        if engine.leading:  # on PostgreSQL the lease decides: Engine.lead starts them, step_down stops them
+            engine.schedules.start()  # fires what fell due while down, then sleeps till the next is due
+        if is_postgres(cfg.store):
+            self.leadership = Leadership(
+                PgLease(cfg.store, self.advertised, cfg.lease_timeout), self.advertised, renew=cfg.lease_renew,
+                timeout=cfg.lease_timeout, poll=cfg.lease_poll, on_elected=engine.lead,
+                on_deposed=lambda _why: _async(engine.step_down))
+            parts.tasks.append(asyncio.create_task(self.leadership.run()))
+            if isinstance(engine.observe, ControllerMetrics):
+                lease = self.leadership
+                engine.observe.store_reachable = lambda: lease.reachable
+        if self.authority is not None:
+            parts.tasks.append(asyncio.create_task(self._watch_trust()))
+
+    def _announce(self, store: Store) -> None:
+        """The serving log line and, when asked, the ready file with every bound address."""
+        log.info("controller serving", extra=kv(address=self.address, state=store.path,
+                                                tls="off" if self.authority is None else "mutual",
+                                                enroll=self.enroll_address or "-",
+                                                metrics=self.metrics_address or "-",
+                                                web=self.http_url or "-",
+                                                health=self.health_address or "-"))
+        if not self.config.ready_file:
+            return
+        ready = {"pid": os.getpid(), "grpc": self.address}
+        optional = {"enroll": self.enroll_address, "metrics": self.metrics_address, "http": self.http_address,
+                    "http_url": self.http_address and self.http_url, "health": self.health_address}
+        ready.update((key, value) for key, value in optional.items() if value)
+        write_ready_file(self.config.ready_file, ready)
+
+    async def _shutdown(self, parts: _Parts) -> None:
+        """Stops what started, in the order that loses nothing: probes, sessions, lease, ports, store."""
+        if parts.health is not None:
+            await parts.health.stop()  # probes see the stop before the main port closes
+        if parts.engine is not None:
+            parts.engine.stopping = True
+            parts.engine.close_sessions()  # lets every Connect handler return on its own before the stop
+            parts.engine.schedules.stop()
+        for t in parts.tasks:
+            t.cancel()
+        if self.leadership is not None:
+            await self._resign(parts.store, self.leadership)
+        if parts.webview is not None:
+            await parts.webview.stop()
+        if parts.server is not None:
+            await parts.server.stop(grace=2)
+        if parts.enroll is not None:
+            await parts.enroll.stop(grace=1)
+        if parts.metrics is not None:
+            # Off the loop: shutdown() waits for a scrape in flight, which may be waiting for the loop.
+            await asyncio.to_thread(parts.metrics.stop)
+        await asyncio.to_thread(parts.store.close)  # commits what is queued
+
+    @staticmethod
+    async def _resign(store: Store, leadership: Leadership) -> None:
+        if leadership.leading:
+            # Our last writes go in before the lease goes: the next leader reads them.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(store.flush(), 5)
+        await asyncio.to_thread(leadership.close)  # the lease goes now: a follower takes over at once
 
     @property
     def advertised(self) -> str:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
 import threading
 from dataclasses import dataclass, field
 
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer.atomic import PREALLOCATE_MIN, AtomicFile, remove_entry, replace_symlink
+from zcrepl.agent.transfer.apply_nodes import apply_symlink, ensure_dir
+from zcrepl.agent.transfer.atomic import PREALLOCATE_MIN, AtomicFile, remove_entry
 from zcrepl.agent.transfer.backup import Backup
 from zcrepl.agent.transfer.basis import find_basis
 from zcrepl.agent.transfer.finish import delete_extras, finish_dirs, make_links
@@ -28,13 +28,13 @@ from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.limits import LimitExceeded, SessionLimits
 from zcrepl.agent.transfer.linkdest import LinkDest
 from zcrepl.agent.transfer.listing import Listing
-from zcrepl.agent.transfer.meta import apply_meta, owner_ids
+from zcrepl.agent.transfer.meta import apply_meta
 from zcrepl.agent.transfer.partial import RESUME_MIN, Partial, PartialArea
-from zcrepl.agent.transfer.saferoot import SafeRoot, lstat_at, validate_relpath
+from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.scan import file_digest, tree_filter
 from zcrepl.agent.transfer.uptodate import up_to_date
 from zcrepl.core.errors import NoSpace, ProtocolError, UnsafePath
-from zcrepl.core.exportpolicy import DEFAULT_POLICY, KEEP, ExportPolicy
+from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
 from zcrepl.core.filters import Filter
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
@@ -140,11 +140,11 @@ class TreeWriter:
             if e.kind is Kind.DIR:
                 self.dirs.append(e)
                 if parts:
-                    self._ensure_dir(parts)
+                    ensure_dir(self, parts)
             elif e.flags & fr.F_UNREADABLE:
                 pass  # the source could not read it: what stands here stays as it is
             elif e.kind is Kind.SYMLINK:
-                self._apply_symlink(parts, e)
+                apply_symlink(self, parts, e)
             elif e.kind is Kind.HARDLINK:
                 self.links.append((e.path, e.target))  # the entry's own bytes: nothing new is held
             elif up_to_date(self, parts, e):
@@ -198,47 +198,6 @@ class TreeWriter:
         for fd in self._dirs.values():
             os.close(fd)
         self._dirs.clear()
-
-    def _ensure_dir(self, parts: tuple[bytes, ...]) -> None:
-        pfd, leaf = self.parent(parts)
-        st = lstat_at(pfd, leaf)
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            if st.st_mode & 0o700 != 0o700 and os.geteuid() != 0:
-                dfd = self.root.open_dir(parts)  # we must be able to write into it until the end
-                try:
-                    os.fchmod(dfd, stat.S_IMODE(st.st_mode) | 0o700)
-                finally:
-                    os.close(dfd)
-            return
-        if st is not None:
-            self.count(deleted=self.remove(pfd, leaf, b"/".join(parts)))  # a file or link where the source has a dir
-        try:
-            os.mkdir(leaf, 0o700, dir_fd=pfd)
-        except FileExistsError:
-            pass
-        self._wrote = True
-
-    def _apply_symlink(self, parts: tuple[bytes, ...], e: Entry) -> None:
-        pfd, leaf = self.parent(parts)
-        st = lstat_at(pfd, leaf)
-        # A symlink with other names (hard links to a link) is replaced, never touched in place.
-        if (st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(leaf, dir_fd=pfd) == e.target
-                and owner_ids(self.policy, e, st, self.as_root) == (KEEP, KEEP)
-                and (st.st_mtime_ns == e.mtime_ns or st.st_nlink == 1)):
-            if st.st_mtime_ns != e.mtime_ns:
-                os.utime(leaf, ns=(st.st_atime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
-                self._wrote = True
-            self.count(skipped=1)
-            return
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            self.clear_dir_for(pfd, leaf, "a symlink", e.path)
-        elif st is not None and self.backup is not None:
-            self.backup.keep(pfd, leaf, e.path)
-        replace_symlink(pfd, leaf, e.target, e.mtime_ns)
-        self._wrote = True
-        uid, gid = owner_ids(self.policy, e, None, self.as_root)
-        if (uid, gid) != (KEEP, KEEP):
-            os.chown(leaf, uid, gid, dir_fd=pfd, follow_symlinks=False)
 
     def remove(self, dfd: int, leaf: bytes, rel: bytes) -> int:
         """Delete ``leaf`` (path ``rel``): into the --backup-dir when there is one. How many entries went."""

@@ -83,38 +83,58 @@ class PlanWriter(TreeWriter):
             self.entry_failed(e.path, err)
         return False  # nothing is sent in a dry run
 
-    def _plan(self, parts: tuple[bytes, ...], e: Entry) -> None:  # noqa: C901
-        parent = e.path.rpartition(b"/")[0]
-        if self.missing or (parts and parent in self.new_dirs):
-            st = None
-        elif not parts:
-            st = os.fstat(self.root.fd)
-        else:
-            pfd, leaf = self.parent(parts)
-            st = lstat_at(pfd, leaf)
+    def _plan(self, parts: tuple[bytes, ...], e: Entry) -> None:
+        st = self._existing(parts, e)
         kind = _KIND[e.kind]
-        if st is not None and _type(st) != _want(e.kind):
-            if stat.S_ISDIR(st.st_mode) and (self.options.delete or self.restricted):
-                self._list_deleted(parts, e.path, Filter(), top=False)  # rsync lists its contents, not it
-            st = None
         if st is None:
             if e.kind is Kind.DIR:
                 self.new_dirs.add(e.path)
             size = e.size if e.kind is Kind.FILE else 0
             self._add(PlanItem(e.path, "created", kind, (), size, e.target if e.kind is Kind.SYMLINK else b""))
             return
+        why, size = self._file_why(parts, e, st) if e.kind is Kind.FILE else (self._other_why(parts, e, st), 0)
+        if e.kind in (Kind.FILE, Kind.DIR) and stat.S_IMODE(st.st_mode) & 0o777 != e.mode & 0o777:
+            why.append("mode")
+        if e.kind is not Kind.HARDLINK and owner_ids(self.policy, e, st, self.as_root) != (KEEP, KEEP):
+            why.append("owner")
+        if why:
+            self._add(PlanItem(e.path, "updated", kind, tuple(why), size,
+                               e.target if e.kind is Kind.SYMLINK and "target" in why else b""))
+
+    def _existing(self, parts: tuple[bytes, ...], e: Entry) -> os.stat_result | None:
+        """What is at the entry's place now, or None when it would be created (absent, or of another type)."""
+        parent = e.path.rpartition(b"/")[0]
+        if self.missing or (parts and parent in self.new_dirs):
+            return None
+        st: os.stat_result | None
+        if not parts:
+            st = os.fstat(self.root.fd)
+        else:
+            pfd, leaf = self.parent(parts)
+            st = lstat_at(pfd, leaf)
+        if st is not None and _type(st) != _want(e.kind):
+            if stat.S_ISDIR(st.st_mode) and (self.options.delete or self.restricted):
+                self._list_deleted(parts, e.path, Filter(), top=False)  # rsync lists its contents, not it
+            return None
+        return st
+
+    def _file_why(self, parts: tuple[bytes, ...], e: Entry, st: os.stat_result) -> tuple[list[str], int]:
+        """Why a regular file would be updated, and the bytes that would be sent for it."""
         why: list[str] = []
-        size = 0
-        if e.kind is Kind.FILE:
-            if st.st_size != e.size:
-                why.append("size")
-            elif self.options.checksum and _digest(self, parts, e) != e.digest:
-                why.append("content")
-            if st.st_mtime_ns != e.mtime_ns:
-                why.append("mtime")
-            if "size" in why or "content" in why or (why and not self.options.checksum):
-                size = e.size  # the quick check failed: the content is sent (or its delta)
-        elif e.kind is Kind.SYMLINK:
+        if st.st_size != e.size:
+            why.append("size")
+        elif self.options.checksum and _digest(self, parts, e) != e.digest:
+            why.append("content")
+        if st.st_mtime_ns != e.mtime_ns:
+            why.append("mtime")
+        if "size" in why or "content" in why or (why and not self.options.checksum):
+            return why, e.size  # the quick check failed: the content is sent (or its delta)
+        return why, 0
+
+    def _other_why(self, parts: tuple[bytes, ...], e: Entry, st: os.stat_result) -> list[str]:
+        """Why a symlink, hard link or directory would be updated (metadata aside)."""
+        why: list[str] = []
+        if e.kind is Kind.SYMLINK:
             pfd, leaf = self.parent(parts)
             if os.readlink(leaf, dir_fd=pfd) != e.target:
                 why.append("target")
@@ -125,13 +145,7 @@ class PlanWriter(TreeWriter):
                 why.append("link")
         elif st.st_mtime_ns != e.mtime_ns:
             why.append("mtime")
-        if e.kind in (Kind.FILE, Kind.DIR) and stat.S_IMODE(st.st_mode) & 0o777 != e.mode & 0o777:
-            why.append("mode")
-        if e.kind is not Kind.HARDLINK and owner_ids(self.policy, e, st, self.as_root) != (KEEP, KEEP):
-            why.append("owner")
-        if why:
-            self._add(PlanItem(e.path, "updated", kind, tuple(why), size,
-                               e.target if e.kind is Kind.SYMLINK and "target" in why else b""))
+        return why
 
     def _same_inode(self, st: os.stat_result, first: bytes) -> bool:
         try:

@@ -323,7 +323,7 @@ class Scanner:
                     subdirs.append(name)
         return subdirs
 
-    def entry(self, dfd: int, parts: tuple[bytes, ...], name: bytes, rel: bytes, st: os.stat_result) -> Entry | None:  # noqa: C901
+    def entry(self, dfd: int, parts: tuple[bytes, ...], name: bytes, rel: bytes, st: os.stat_result) -> Entry | None:
         """The manifest entry of ``name`` in directory ``dfd`` (path ``rel`` below the root; ``parts`` is not
         needed any more), or None when it is skipped (``on_skip`` says why)."""
         if len(rel) > MAX_PATH:
@@ -332,47 +332,57 @@ class Scanner:
         mode = st.st_mode
         xattrs = self._xattrs(dfd, name, rel) if self.xattrs and not stat.S_ISLNK(mode) else b""
         if stat.S_ISDIR(mode):
-            flags = 0
-            if self.check_access and not _may(dfd, name, os.R_OK | os.X_OK):
-                flags = F_UNREADABLE
-                self.on_skip(rel, "directory not readable by zc-agent: its contents are not replicated, and the "
-                                  "destination keeps what it has there")
-            return Entry(Kind.DIR, rel, stat.S_IMODE(mode), st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid,
-                         flags=flags, xattrs=xattrs)
+            return self._dir_entry(dfd, name, rel, st, xattrs)
         if stat.S_ISREG(mode):
-            if self.check_access and not _may(dfd, name, os.R_OK):
-                return self._unreadable(rel, st, os.strerror(errno.EACCES))
-            linked = 0
-            if st.st_nlink > 1 and self.hardlinks:
-                first = self._links.setdefault((st.st_dev, st.st_ino), rel)
-                if first != rel:
-                    return Entry(Kind.HARDLINK, rel, stat.S_IMODE(mode), st.st_mtime_ns, target=first,
-                                 uid=st.st_uid, gid=st.st_gid)
-                linked = F_LINKED  # later names of this inode are HARDLINK entries naming this one
-            digest = b""
-            if self.checksum:
-                try:
-                    digest = self._digest(dfd, name)
-                except OSError as err:
-                    if err.errno in (errno.ENOENT, errno.ENOTDIR):
-                        self.on_skip(rel, f"vanished from the source during the scan ({err.strerror})")
-                        return None
-                    return self._unreadable(rel, st, str(err.strerror or err))
-            sparse = F_SPARSE if st.st_size > _SPARSE_MIN and st.st_blocks * 512 < st.st_size else 0
-            return Entry(Kind.FILE, rel, stat.S_IMODE(mode), st.st_mtime_ns, st.st_size, digest=digest,
-                         uid=st.st_uid, gid=st.st_gid, flags=sparse | linked, xattrs=xattrs)
+            return self._file_entry(dfd, name, rel, st, xattrs)
         if stat.S_ISLNK(mode):
-            try:
-                target = os.readlink(name, dir_fd=dfd)
-            except OSError as err:
-                self.on_skip(rel, f"symlink changed during the scan ({err.strerror})")
-                return None
-            return Entry(Kind.SYMLINK, rel, stat.S_IMODE(mode), st.st_mtime_ns, target=target,
-                         uid=st.st_uid, gid=st.st_gid)
+            return self._symlink_entry(dfd, name, rel, st)
         kind = "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else (
             "FIFO" if stat.S_ISFIFO(mode) else "socket")
         self.on_skip(rel, f"{kind}: only regular files, directories and symlinks are replicated", special=True)
         return None
+
+    def _dir_entry(self, dfd: int, name: bytes, rel: bytes, st: os.stat_result, xattrs: bytes) -> Entry:
+        flags = 0
+        if self.check_access and not _may(dfd, name, os.R_OK | os.X_OK):
+            flags = F_UNREADABLE
+            self.on_skip(rel, "directory not readable by zc-agent: its contents are not replicated, and the "
+                              "destination keeps what it has there")
+        return Entry(Kind.DIR, rel, stat.S_IMODE(st.st_mode), st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid,
+                     flags=flags, xattrs=xattrs)
+
+    def _file_entry(self, dfd: int, name: bytes, rel: bytes, st: os.stat_result, xattrs: bytes) -> Entry | None:
+        mode = st.st_mode
+        if self.check_access and not _may(dfd, name, os.R_OK):
+            return self._unreadable(rel, st, os.strerror(errno.EACCES))
+        linked = 0
+        if st.st_nlink > 1 and self.hardlinks:
+            first = self._links.setdefault((st.st_dev, st.st_ino), rel)
+            if first != rel:
+                return Entry(Kind.HARDLINK, rel, stat.S_IMODE(mode), st.st_mtime_ns, target=first,
+                             uid=st.st_uid, gid=st.st_gid)
+            linked = F_LINKED  # later names of this inode are HARDLINK entries naming this one
+        digest = b""
+        if self.checksum:
+            try:
+                digest = self._digest(dfd, name)
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.ENOTDIR):
+                    self.on_skip(rel, f"vanished from the source during the scan ({err.strerror})")
+                    return None
+                return self._unreadable(rel, st, str(err.strerror or err))
+        sparse = F_SPARSE if st.st_size > _SPARSE_MIN and st.st_blocks * 512 < st.st_size else 0
+        return Entry(Kind.FILE, rel, stat.S_IMODE(mode), st.st_mtime_ns, st.st_size, digest=digest,
+                     uid=st.st_uid, gid=st.st_gid, flags=sparse | linked, xattrs=xattrs)
+
+    def _symlink_entry(self, dfd: int, name: bytes, rel: bytes, st: os.stat_result) -> Entry | None:
+        try:
+            target = os.readlink(name, dir_fd=dfd)
+        except OSError as err:
+            self.on_skip(rel, f"symlink changed during the scan ({err.strerror})")
+            return None
+        return Entry(Kind.SYMLINK, rel, stat.S_IMODE(st.st_mode), st.st_mtime_ns, target=target,
+                     uid=st.st_uid, gid=st.st_gid)
 
     def _unreadable(self, rel: bytes, st: os.stat_result, why: str) -> Entry:
         """A file announced without content: the destination keeps its own copy (if any) as it is. A file error:

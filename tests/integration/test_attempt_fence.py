@@ -118,7 +118,7 @@ def test_a_cancelled_attempt_never_becomes_ready_after_the_older_one_stops(hosts
 
 def test_a_crash_in_a_same_host_copy_reports_failed_at_once(hosts: tuple[Host, Host],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from zcrepl.agent import transfers
+    from zcrepl.agent import attempt_local
 
     a, _ = hosts
     make_tree(a.export / "src", files=5)
@@ -126,7 +126,7 @@ def test_a_crash_in_a_same_host_copy_reports_failed_at_once(hosts: tuple[Host, H
     def crash(self: object) -> None:
         raise RuntimeError("a bug in the copier")
 
-    monkeypatch.setattr(transfers.LocalCopy, "run", crash)
+    monkeypatch.setattr(attempt_local.LocalCopy, "run", crash)
     ticket, opts, dst = os.urandom(32), JobOptions(), os.fsencode(a.export / "copy")
     a.transfers.receive(ReceiveOrder(job_id=9, attempt=1, ticket=ticket, path=dst, options=opts, source_host="hostA"))
     a.transfers.send(SendOrder(job_id=9, attempt=1, ticket=ticket, path=os.fsencode(a.export / "src"), options=opts,
