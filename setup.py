@@ -6,7 +6,7 @@ searched with find_packages so a new sub-package can never silently miss the whe
 
 from setuptools import find_packages, setup
 
-FOLDERS = ("core", "proto", "agent", "controller")
+FOLDERS = ("core", "proto", "agent", "controller", "cli")
 
 package_dir: dict[str, str] = {}
 packages: list[str] = []

@@ -22,12 +22,12 @@ from zcrepl.core.paths import show
 from zcrepl.core.types import Phase, Role, SendOrder, TransferReport
 
 if TYPE_CHECKING:
-    from zcrepl.agent.transfers import Transfers
+    from zcrepl.agent.attempts import Attempts
 
 log = logging.getLogger(__name__)
 
 
-def run_local(t: Transfers, order: SendOrder, src: SafeRoot, key: Key, label: str, active: Active,
+def run_local(t: Attempts, order: SendOrder, src: SafeRoot, key: Key, label: str, active: Active,
               older: list[threading.Event]) -> None:
     """Both ends are this agent: copy in the kernel, then answer for both roles (the thread of a same-host send)."""
     priority.apply_to_this_thread()

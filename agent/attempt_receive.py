@@ -23,12 +23,12 @@ from zcrepl.core.logs import kv
 from zcrepl.core.types import Phase, ReceiveOrder, Role, TransferReport, TransferStats
 
 if TYPE_CHECKING:
-    from zcrepl.agent.transfers import Transfers
+    from zcrepl.agent.attempts import Attempts
 
 log = logging.getLogger(__name__)
 
 
-def run_receive(t: Transfers, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str, ch: Channel,
+def run_receive(t: Attempts, order: ReceiveOrder, root: SafeRoot, rel: tuple[bytes, ...], label: str, ch: Channel,
                 hello: Hello, session: ReceiveSession, snap: Snapshot | NoSnapshot) -> None:
     """Serves the source's control connection, then reports the outcome: done (the snapshot completed, stale
     partials dropped) or failed (with the partials kept for the next attempt unless the operator discarded them)."""

@@ -13,19 +13,19 @@ from types import TracebackType
 
 from zcrepl.agent import priority
 from zcrepl.agent.api import AgentService, ApiServer
+from zcrepl.agent.attempts import Attempts
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.health import HealthMonitor, HealthSampler
 from zcrepl.agent.identity import Renewer, agent_trust, enrolled_paths
 from zcrepl.agent.link import ControllerLink
 from zcrepl.agent.metrics import AgentMetrics
 from zcrepl.agent.priority import TransferPriority
-from zcrepl.agent.syncs import Syncs
 from zcrepl.agent.transfer.compress import measure_rate
 from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.server import DataServer, TicketBook
 from zcrepl.agent.transfer.tls import TlsContexts
-from zcrepl.agent.transfers import Transfers
+from zcrepl.agent.watchrules import WatchRules
 from zcrepl.core.config import AgentConfig, controller_list, split_address
 from zcrepl.core.logs import kv
 from zcrepl.core.metricsserver import MetricsServer
@@ -55,8 +55,8 @@ class Agent:
         self.exports = Exports(config.name, config.exports, config.export_policy)
         self.tickets = TicketBook()
         self.data: DataServer | None = None
-        self.transfers: Transfers | None = None
-        self.syncs: Syncs | None = None
+        self.transfers: Attempts | None = None
+        self.watch_rules: WatchRules | None = None
         self.monitor: HealthMonitor | None = None
         self.sweeper: Sweeper | None = None
         self.link: ControllerLink | None = None
@@ -111,13 +111,13 @@ class Agent:
             self.sweeper = Sweeper(cfg.name, max_age=cfg.partial_max_age, max_bytes=cfg.partial_max_bytes,
                                    state_file=os.path.join(cfg.state_dir, "recent-destinations.json"))
             self.sweeper.startup([root for _, _, root in self.exports.roots])
-            self.transfers = Transfers(cfg.name, self.exports, self.data, self.tickets, self._report,
+            self.transfers = Attempts(cfg.name, self.exports, self.data, self.tickets, self._report,
                                        io_timeout=cfg.io_timeout, limits=limits, sweeper=self.sweeper)
-            self.syncs = Syncs(cfg.name, self.exports, self.data, self.tickets, io_timeout=cfg.io_timeout,
+            self.watch_rules = WatchRules(cfg.name, self.exports, self.data, self.tickets, io_timeout=cfg.io_timeout,
                                limits=limits, sweeper=self.sweeper)
-            transfers, syncs = self.transfers, self.syncs
+            transfers, watch_rules = self.transfers, self.watch_rules
             sampler = HealthSampler(self.exports.paths, active_transfers=self.transfers.count,
-                                    transfer_bytes=lambda: transfers.bytes_moved() + syncs.bytes_moved(),
+                                    transfer_bytes=lambda: transfers.bytes_moved() + watch_rules.bytes_moved(),
                                     data_host=split_address(self.data_address)[0])
             self.monitor = HealthMonitor(sampler, cfg.heartbeat_interval)
             self.monitor.start()
@@ -127,13 +127,13 @@ class Agent:
             self.grpc_address = self._advertise(ghost, gport)
             self.data.start()
             if cfg.metrics_listen:
-                registry = AgentMetrics(cfg.name, VERSION, self.monitor, transfers, syncs, self.data).registry
+                registry = AgentMetrics(cfg.name, VERSION, self.monitor, transfers, watch_rules, self.data).registry
                 self.metrics = MetricsServer(cfg.metrics_listen, registry).start()
                 self.metrics_address = self.metrics.address
             self.link = ControllerLink(
                 cfg.controller, self.info, self.health, self.transfers,
                 heartbeat_interval=cfg.heartbeat_interval, reconnect_max=cfg.reconnect_max,
-                on_interval=self.monitor.set_interval, on_beat=self.tickets.expire, syncs=self.syncs,
+                on_interval=self.monitor.set_interval, on_beat=self.tickets.expire, watch_rules=self.watch_rules,
                 trust=self.trust,
             )
             self.link.start()
@@ -171,8 +171,8 @@ class Agent:
             self.renewer.stop()
         if self.transfers is not None:
             self.transfers.cancel_all("agent shutting down")
-        if self.syncs is not None:
-            self.syncs.stop_all()
+        if self.watch_rules is not None:
+            self.watch_rules.stop_all()
         if self.link is not None:
             self.link.stop()
         if self.data is not None:

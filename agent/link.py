@@ -26,13 +26,12 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from zcrepl.agent.syncs import Syncs
-from zcrepl.agent.transfers import Transfers
+from zcrepl.agent.attempts import Attempts
+from zcrepl.agent.watchrules import WatchRules
 from zcrepl.core.backoff import backoff_delay
 from zcrepl.core.config import controller_list
 from zcrepl.core.logs import attempt_fields, kv, log_context
 from zcrepl.core.orders import Order
-from zcrepl.core.synctypes import SyncDestOrder, SyncHoldOrder, SyncSourceOrder, SyncStopOrder, SyncTicketOrder
 from zcrepl.core.trust import Trust
 from zcrepl.core.types import (
     AgentInfo,
@@ -44,12 +43,13 @@ from zcrepl.core.types import (
     ThrottleOrder,
     TransferReport,
 )
+from zcrepl.core.watchtypes import WatchDestOrder, WatchHoldOrder, WatchSourceOrder, WatchStopOrder, WatchTicketOrder
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc
 from zcrepl.proto.channels import KEEPALIVE_CLIENT, channel
 from zcrepl.proto.convert import agent_info_to_pb, health_to_pb, report_to_pb
 from zcrepl.proto.orders import order_from_pb
-from zcrepl.proto.syncconvert import status_to_pb
+from zcrepl.proto.watchconvert import status_to_pb
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,13 @@ class ControllerLink:
         target: str,
         info: Callable[[], AgentInfo],
         health: Callable[[], HostHealth],
-        transfers: Transfers,
+        transfers: Attempts,
         *,
         heartbeat_interval: float,
         reconnect_max: float,
         on_interval: Callable[[float], None] = lambda _s: None,
         on_beat: Callable[[], None] = lambda: None,
-        syncs: Syncs | None = None,
+        watch_rules: WatchRules | None = None,
         trust: Trust | None = None,
     ) -> None:
         self.targets = controller_list(target)
@@ -98,7 +98,7 @@ class ControllerLink:
         self.reconnect_max = reconnect_max
         self.on_interval = on_interval
         self.on_beat = on_beat
-        self.syncs = syncs
+        self.watch_rules = watch_rules
         self.trust = trust
         self.connected = threading.Event()
         self.attempt_grace = 0.0  # from the controller's Welcome: 0 stops transfers as soon as it is lost
@@ -265,19 +265,19 @@ class ControllerLink:
                 self.transfers.throttle(order)
             case CancelOrder():
                 self.transfers.cancel(order)
-            case _ if self.syncs is None:
+            case _ if self.watch_rules is None:
                 log.warning("watch-rule order ignored: this agent runs no watch rules",
                             extra=kv(order=type(order).__name__))
-            case SyncSourceOrder():
-                self.syncs.source(order)
-            case SyncDestOrder():
-                self.syncs.dest(order)
-            case SyncStopOrder():
-                self.syncs.stop(order)
-            case SyncTicketOrder():
-                self.syncs.rotate(order)
-            case SyncHoldOrder():
-                self.syncs.hold(order)
+            case WatchSourceOrder():
+                self.watch_rules.source(order)
+            case WatchDestOrder():
+                self.watch_rules.dest(order)
+            case WatchStopOrder():
+                self.watch_rules.stop(order)
+            case WatchTicketOrder():
+                self.watch_rules.rotate(order)
+            case WatchHoldOrder():
+                self.watch_rules.hold(order)
 
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.interval):
@@ -288,8 +288,8 @@ class ControllerLink:
                 self._fence()
 
     def _heartbeat(self) -> cpb.AgentMessage:
-        syncs = [status_to_pb(s) for s in self.syncs.statuses()] if self.syncs is not None else []
-        return cpb.AgentMessage(heartbeat=cpb.Heartbeat(health=health_to_pb(self._health()), syncs=syncs))
+        watch_rules = [status_to_pb(s) for s in self.watch_rules.statuses()] if self.watch_rules is not None else []
+        return cpb.AgentMessage(heartbeat=cpb.Heartbeat(health=health_to_pb(self._health()), watch_rules=watch_rules))
 
 
 def _leader(err: grpc.RpcError) -> str:

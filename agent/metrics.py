@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from zcrepl.agent.attempts import Attempts
 from zcrepl.agent.health import HealthMonitor
-from zcrepl.agent.syncs import Syncs
 from zcrepl.agent.transfer.server import DataServer
-from zcrepl.agent.transfers import Transfers
+from zcrepl.agent.watchrules import WatchRules
 from zcrepl.core.errorkind import ERROR_KINDS
 from zcrepl.core.types import HostHealth, Role
 
@@ -51,10 +51,10 @@ _SCALARS: tuple[tuple[str, str, str, float], ...] = (
 
 
 class AgentMetrics(Collector):
-    def __init__(self, name: str, version: str, monitor: HealthMonitor, transfers: Transfers, syncs: Syncs,
+    def __init__(self, name: str, version: str, monitor: HealthMonitor, transfers: Attempts, watch_rules: WatchRules,
                  data: DataServer) -> None:
         self.name, self.version = name, version
-        self.monitor, self.transfers, self.syncs, self.data = monitor, transfers, syncs, data
+        self.monitor, self.transfers, self.watch_rules, self.data = monitor, transfers, watch_rules, data
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -122,11 +122,11 @@ class AgentMetrics(Collector):
         errors = CounterMetricFamily(P + "transfer_errors", "Failed job transfers, per error kind", labels=["kind"])
         for kind in ERROR_KINDS:
             errors.add_metric([kind], errors_by_kind.get(kind, 0))
-        events, sets = self.syncs.watch_counts()
+        events, sets = self.watch_rules.watch_counts()
         shipped = CounterMetricFamily(P + "watch_transferred_bytes", "File bytes shipped by watch rules",
-                                      value=self.syncs.bytes_moved())
+                                      value=self.watch_rules.bytes_moved())
         rules = GaugeMetricFamily(P + "watch_rules", "Watch rules this agent is the source of",
-                                  value=len(self.syncs.statuses()))
+                                  value=len(self.watch_rules.statuses()))
         return [moved, files, active, conns, errors,
                 CounterMetricFamily(P + "watch_events", "File system events seen by the watchers", value=events),
                 CounterMetricFamily(P + "watch_change_sets", "Coalesced change sets released for shipping",

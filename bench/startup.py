@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 TARGET = 0.15  # seconds, issue 11 item 1
 # Cumulative import time of these (as -X importtime reports them, nested under whatever imported them first).
-MODULES = ("argparse", "zcrepl.controller.ctl", "zcrepl.controller.ctl_commands", "grpc", "asyncio",
+MODULES = ("argparse", "zcrepl.cli.ctl", "zcrepl.cli.ctl_commands", "grpc", "asyncio",
            "zcrepl.proto.controller_pb2", "google.protobuf.descriptor_pool", "zcrepl.core.types", "dataclasses",
-           "zcrepl.core.trust", "zcrepl.controller.client", "rich.console", "rich.table", "rich.progress")
+           "zcrepl.core.trust", "zcrepl.cli.client", "rich.console", "rich.table", "rich.progress")
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
@@ -51,7 +51,7 @@ def importtime(args: list[str], runs: int) -> dict[str, Any]:
     per: dict[str, list[float]] = {}
     totals: list[float] = []
     for _ in range(runs):
-        p = subprocess.run([sys.executable, "-X", "importtime", "-m", "zcrepl.controller.ctl", *args],
+        p = subprocess.run([sys.executable, "-X", "importtime", "-m", "zcrepl.cli.ctl", *args],
                            capture_output=True, text=True, timeout=120)
         seen: dict[str, float] = {}
         total = 0.0
@@ -160,7 +160,7 @@ def report(rows: dict[str, dict[str, list[float]]], imports: dict[str, Any], fac
         target = f"<= {TARGET * 1000:.0f}" if label in targeted else ""
         lines.append(f"| {label} | {med * 1000:.0f} ({w[0] * 1000:.0f}-{w[-1] * 1000:.0f}) | "
                      f"{statistics.median(v['cpu']) * 1000:.0f} | {target} | {verdict} |")
-    lines += ["", f"`python -X importtime -m zcrepl.controller.ctl ...`, medians of {args.importtime_runs} runs "
+    lines += ["", f"`python -X importtime -m zcrepl.cli.ctl ...`, medians of {args.importtime_runs} runs "
               "(ms, cumulative: a module's own time plus what it imported first; -X importtime itself adds "
               "overhead, so compare the rows with each other rather than with the wall times):", ""]
     cmds = list(imports)

@@ -37,8 +37,8 @@ from zcrepl.controller.schedule_store import ScheduleStore
 from zcrepl.controller.scheduler import Decision, HostView, Policy, Usage, overlaps, plan
 from zcrepl.controller.schedules import Schedules
 from zcrepl.controller.store import Store
-from zcrepl.controller.sync_store import SyncStore
-from zcrepl.controller.syncs import SyncManager
+from zcrepl.controller.watchrule_store import WatchRuleStore
+from zcrepl.controller.watchrules import WatchRuleManager
 from zcrepl.core.config import ControllerConfig, parse_host_limits, parse_link_limits
 from zcrepl.core.errors import Conflict, InvalidPath, UnknownHost
 from zcrepl.core.logs import kv
@@ -91,12 +91,12 @@ class Engine(Pacing, Faults, JobReads, Leading):
         self.epoch = 0
         self.store_id = ""
         self._touched_at = 0.0
-        self.syncs, self.leading = self._read_state(lead)
+        self.watch_rules, self.leading = self._read_state(lead)
 
-    def _sync_manager(self) -> SyncManager:
+    def _watch_rule_manager(self) -> WatchRuleManager:
         """The watch rules as stored (read off the loop)."""
-        return SyncManager(SyncStore(self.store), self.registry, self.policy.thresholds, self._health, _unknown_host,
-                           dataplane=self.dataplane)
+        return WatchRuleManager(WatchRuleStore(self.store), self.registry, self.policy.thresholds, self._health,
+                                _unknown_host, dataplane=self.dataplane)
 
     # -- agents -------------------------------------------------------------------------------------
     def connect(self, info: AgentInfo, active: list[tuple[int, int]], serial: int = 0, peer_host: str = "") -> Session:
@@ -143,7 +143,7 @@ class Engine(Pacing, Faults, JobReads, Leading):
                 self.disconnect(rec.session, "its certificate was revoked")
 
     def close_sessions(self) -> None:
-        self.syncs.flush(self.clock())
+        self.watch_rules.flush(self.clock())
         for rec in self.registry.agents.values():
             if rec.session is not None:
                 rec.session.close()
@@ -182,7 +182,7 @@ class Engine(Pacing, Faults, JobReads, Leading):
         if jobs:
             raise Conflict(f"{name} is named by queued job(s) {', '.join(map(str, jobs))}; cancel them first "
                            "(zc-ctl cancel ID) or bring the agent back")
-        rules = sorted(r.id for r in self.syncs.rules.values() if name in {r.source.host,
+        rules = sorted(r.id for r in self.watch_rules.rules.values() if name in {r.source.host,
                                                                            *(d.host for d in r.destinations)})
         if rules:
             raise Conflict(f"{name} is part of watch rule(s) {', '.join(map(str, rules))}; remove them first "
@@ -298,7 +298,7 @@ class Engine(Pacing, Faults, JobReads, Leading):
         self._throttle_running(now)
         self._sample_links(now)
         self._touch_online(now)
-        self.syncs.tick(now)
+        self.watch_rules.tick(now)
         queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
         if queued:
             self._apply(effects.scheduled(self._plan(queued, now), self.jobs, now), now)

@@ -9,7 +9,7 @@ attempt of the job starts (the run still holds its hosts and its destination in 
   Register): the attempt carries on as if nothing happened;
 - the agent comes back without it (it restarted): the attempt failed, the job is retried now;
 - the other agent of the attempt reports its end (the destination is the only writer, and it fences older
-  attempts itself, see agent/transfers.py);
+  attempts itself, see agent/attempts.py);
 - ``attempt_grace`` passes: the attempt is failed and retried. The agent stops a transfer itself once it has
   been without the controller for ``attempt_grace`` minus the time it may take to notice the loss (gRPC
   keepalive), so by then it is no longer running.

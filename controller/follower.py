@@ -16,9 +16,9 @@ import grpc
 
 from zcrepl.controller.leading import AGENT_TOUCH
 from zcrepl.controller.store import Store
-from zcrepl.controller.sync_store import SyncsSql
-from zcrepl.core.synctypes import SyncRule
+from zcrepl.controller.watchrule_store import WatchRulesSql
 from zcrepl.core.types import AgentStatus
+from zcrepl.core.watchtypes import WatchRule
 
 LEADER_KEY = "zc-leader"
 
@@ -43,5 +43,5 @@ async def agents(store: Store, names: list[str], now: float, offline_after: floa
             for n in wanted if n in stored]
 
 
-async def rules(store: Store) -> list[SyncRule]:
-    return await store.call(SyncsSql(store.db).all)
+async def rules(store: Store) -> list[WatchRule]:
+    return await store.call(WatchRulesSql(store.db).all)

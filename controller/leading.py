@@ -24,7 +24,7 @@ from zcrepl.core.types import Endpoint, JobState
 if TYPE_CHECKING:
     from zcrepl.controller.policy import DecisionRecord
     from zcrepl.controller.schedules import Schedules
-    from zcrepl.controller.syncs import SyncManager
+    from zcrepl.controller.watchrules import WatchRuleManager
     from zcrepl.core.types import Job
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Leading:
         config: ControllerConfig
         links: LinkTracker
         registry: Registry
-        syncs: SyncManager
+        watch_rules: WatchRuleManager
         schedules: Schedules
         jobs: dict[int, Job]
         runs: dict[int, Run]
@@ -48,7 +48,7 @@ class Leading:
 
         clock: Callable[[], float]
 
-        def _sync_manager(self) -> SyncManager: ...
+        def _watch_rule_manager(self) -> WatchRuleManager: ...
         def _decide(self, job_id: int, kind: DecisionKind, reason: str, *, every: bool = False,
                     **details: str | int | float | bool) -> None: ...
         def _notify(self, job_id: int) -> None: ...
@@ -59,7 +59,7 @@ class Leading:
     store_id: str
     _touched_at: float
 
-    def _read_state(self, lead: bool, adopt: bool = False) -> tuple[SyncManager, bool]:
+    def _read_state(self, lead: bool, adopt: bool = False) -> tuple[WatchRuleManager, bool]:
         """Blocking (off the loop): everything a leader resumes from the store, and the watch rules. Called again
         when this controller takes the lead after another, so nothing handed out before is handed out again;
         then (``adopt``) the attempts that were running carry on if their agents still run them (leading.py)."""
@@ -77,12 +77,12 @@ class Leading:
             self._replicas_done = {g: [j.destination for j in store.list_jobs((JobState.DONE,), 0, g)]
                                    for g in {j.group_id for j in self.jobs.values() if j.group_id}}
             self._adopt(running, self.clock())
-        return self._sync_manager(), lead
+        return self._watch_rule_manager(), lead
 
     async def lead(self, epoch: int, store_id: str) -> None:
         """This controller now leads with ``epoch``: re-read the store (ids, agents, queued and running jobs, watch
         rules) before the first scheduling pass."""
-        self.syncs, _ = await asyncio.to_thread(self._read_state, True, True)
+        self.watch_rules, _ = await asyncio.to_thread(self._read_state, True, True)
         await asyncio.to_thread(self.schedules.reload)
         self.epoch, self.store_id, self.leading = epoch, store_id, True
         self.schedules.start()  # what fell due while no controller led runs now, once

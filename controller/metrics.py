@@ -23,8 +23,8 @@ from zcrepl.controller.runs import stream_usage
 from zcrepl.controller.store import Store
 from zcrepl.core.errorkind import ERROR_KINDS, WAIT_KINDS, error_kind, wait_kind
 from zcrepl.core.schedtypes import ScheduleState
-from zcrepl.core.synctypes import SyncState
 from zcrepl.core.types import Job, JobState, TransferStats
+from zcrepl.core.watchtypes import WatchState
 
 # Whole-tree jobs run from seconds to a day.
 JOB_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
@@ -186,11 +186,11 @@ class _StateCollector(Collector):
                                       "File bytes the rule shipped over its life", labels=labels)
         errors = CounterMetricFamily("zcrepl_controller_watch_rule_errors", "Failed sessions of the rule",
                                      labels=labels)
-        for rule in self.engine.syncs.list_rules(now):
+        for rule in self.engine.watch_rules.list_rules(now):
             key = [str(rule.id), rule.source.host]
             lag.add_metric(key, rule.lag)
             pending.add_metric(key, rule.pending)
-            active.add_metric(key, 1 if rule.state is SyncState.ACTIVE else 0)
+            active.add_metric(key, 1 if rule.state is WatchState.ACTIVE else 0)
             shipped.add_metric(key, rule.counters.bytes)
             errors.add_metric(key, rule.counters.errors)
         return [lag, pending, active, shipped, errors]

@@ -20,7 +20,7 @@ from zcrepl.core.errors import InvalidArgument
 
 MAX_LEN = 64
 JOB = "job"
-SYNC = "sync"
+WATCH_RULE = "watch_rule"
 SCHEDULE = "schedule"
 
 

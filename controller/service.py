@@ -21,7 +21,7 @@ from zcrepl.core.version import VERSION
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc, types_pb2
 from zcrepl.proto import schedule_pb2 as schpb
-from zcrepl.proto import sync_pb2 as spb
+from zcrepl.proto import watchrules_pb2 as spb
 from zcrepl.proto.auth import caller
 from zcrepl.proto.convert import (
     agent_info_from_pb,
@@ -36,7 +36,7 @@ from zcrepl.proto.convert import (
 )
 from zcrepl.proto.orders import order_to_pb
 from zcrepl.proto.scheduleconvert import schedule_to_pb
-from zcrepl.proto.syncconvert import rule_to_pb, status_from_pb
+from zcrepl.proto.watchconvert import rule_to_pb, status_from_pb
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["Controller"].full_name
@@ -148,9 +148,9 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
                     self.engine.heartbeat(session, health)
                     self.wire.put_health(session.info.name, health,
                                          msg.heartbeat.health if health is raw else health_to_pb(health))
-                    if msg.heartbeat.syncs:
-                        statuses = validate.sync_statuses([status_from_pb(s) for s in msg.heartbeat.syncs])
-                        self.engine.syncs.on_status(session, statuses, self.engine.clock())
+                    if msg.heartbeat.watch_rules:
+                        statuses = validate.watch_statuses([status_from_pb(s) for s in msg.heartbeat.watch_rules])
+                        self.engine.watch_rules.on_status(session, statuses, self.engine.clock())
                 elif kind == "report":
                     try:
                         report = validate.report(report_from_pb(msg.report))
@@ -258,45 +258,47 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         return await follower.agents(self.engine.store, names, self.engine.clock(), self.engine.config.offline_after)
 
     # -- watch rules --------------------------------------------------------------------------------
-    async def CreateSync(self, request: spb.CreateSyncRequest, context: grpc.aio.ServicerContext) -> spb.SyncRule:
+    async def CreateWatchRule(self, request: spb.CreateWatchRuleRequest, context: grpc.aio.ServicerContext
+                              ) -> spb.WatchRule:
         rid = request.request_id
-        made = await self.requests.made(rid, requests.SYNC)
+        made = await self.requests.made(rid, requests.WATCH_RULE)
         gen = await self._lead(context)
         if made:
-            return rule_to_pb(self.engine.syncs.view(made[0], self.engine.clock()))
+            return rule_to_pb(self.engine.watch_rules.view(made[0], self.engine.clock()))
         src, dsts = _endpoints(request.source, request.destinations)
         options = validate.several(validate.options(options_from_request(request.options)), "a watch rule")
-        with self.requests.making(rid, requests.SYNC):
-            with self.engine.store.together("create_sync"):
-                rule = self.engine.syncs.create(src, dsts, options, request.window, request.quiet,
+        with self.requests.making(rid, requests.WATCH_RULE):
+            with self.engine.store.together("create_watch_rule"):
+                rule = self.engine.watch_rules.create(src, dsts, options, request.window, request.quiet,
                                                 self.engine.clock())
-                self.requests.remember(rid, requests.SYNC, [rule.id], self.engine.clock())
+                self.requests.remember(rid, requests.WATCH_RULE, [rule.id], self.engine.clock())
             self.engine.wake()
             await self._commit(gen)  # the rule id is handed out once the rule is committed
         return rule_to_pb(rule)
 
-    async def ListSyncs(self, request: spb.ListSyncsRequest, context: grpc.aio.ServicerContext
-                        ) -> spb.ListSyncsResponse:
+    async def ListWatchRules(self, request: spb.ListWatchRulesRequest, context: grpc.aio.ServicerContext
+                        ) -> spb.ListWatchRulesResponse:
         if not self.engine.leading:
-            return spb.ListSyncsResponse(rules=[rule_to_pb(r) for r in await follower.rules(self.engine.store)])
-        return spb.ListSyncsResponse(rules=[rule_to_pb(r) for r in self.engine.syncs.list_rules(self.engine.clock())])
+            return spb.ListWatchRulesResponse(rules=[rule_to_pb(r) for r in await follower.rules(self.engine.store)])
+        rules = self.engine.watch_rules.list_rules(self.engine.clock())
+        return spb.ListWatchRulesResponse(rules=[rule_to_pb(r) for r in rules])
 
-    async def PauseSync(self, request: spb.SyncRef, context: grpc.aio.ServicerContext) -> spb.SyncRule:
+    async def PauseWatchRule(self, request: spb.WatchRef, context: grpc.aio.ServicerContext) -> spb.WatchRule:
         gen = await self._lead(context)
-        rule = self.engine.syncs.pause(request.id, self.engine.clock())
+        rule = self.engine.watch_rules.pause(request.id, self.engine.clock())
         await self._commit(gen)
         return rule_to_pb(rule)
 
-    async def ResumeSync(self, request: spb.SyncRef, context: grpc.aio.ServicerContext) -> spb.SyncRule:
+    async def ResumeWatchRule(self, request: spb.WatchRef, context: grpc.aio.ServicerContext) -> spb.WatchRule:
         gen = await self._lead(context)
-        rule = self.engine.syncs.resume(request.id, self.engine.clock())
+        rule = self.engine.watch_rules.resume(request.id, self.engine.clock())
         self.engine.wake()
         await self._commit(gen)
         return rule_to_pb(rule)
 
-    async def RemoveSync(self, request: spb.SyncRef, context: grpc.aio.ServicerContext) -> spb.SyncRule:
+    async def RemoveWatchRule(self, request: spb.WatchRef, context: grpc.aio.ServicerContext) -> spb.WatchRule:
         gen = await self._lead(context)
-        rule = self.engine.syncs.remove(request.id, self.engine.clock())
+        rule = self.engine.watch_rules.remove(request.id, self.engine.clock())
         await self._commit(gen)
         return rule_to_pb(rule)
 

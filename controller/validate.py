@@ -29,7 +29,6 @@ from zcrepl.core.errors import InvalidArgument, InvalidPath
 from zcrepl.core.filters import FilterError, check_rules
 from zcrepl.core.paths import HOST_NAME_RULE, canonical_abs, relative_to, show, show_name, valid_host_name
 from zcrepl.core.snapshots import MAX_KEEP
-from zcrepl.core.synctypes import SyncStatus
 from zcrepl.core.types import (
     MAX_LINK_DEST,
     PLAN_LISTED,
@@ -46,6 +45,7 @@ from zcrepl.core.types import (
     Skipped,
     TransferReport,
 )
+from zcrepl.core.watchtypes import WatchStatus
 
 MAX_EXPORTS = 64
 MAX_ATTEMPTS = 100
@@ -53,7 +53,7 @@ MAX_BWLIMIT = 1 << 50  # bytes/s (1 PiB/s): far above any link, far below what a
 MAX_NAMES = 10_000  # agent names in one request
 MAX_DESTINATIONS = 1_000  # of one fan-out or watch rule
 MAX_ACTIVE = 10_000  # transfer refs in one Register
-MAX_SYNC_STATUSES = 10_000  # rule statuses in one heartbeat
+MAX_WATCH_STATUSES = 10_000  # rule statuses in one heartbeat
 MAX_TEXT = 2_000  # characters of an error or warning from an agent
 MAX_LABEL = 64  # characters of a device or interface name, a version
 MAX_HOSTNAME = 253
@@ -369,9 +369,9 @@ def _plan(items: tuple[PlanItem, ...]) -> tuple[PlanItem, ...]:
     return items if tuple(out) == items else tuple(out)
 
 
-def sync_statuses(statuses: list[SyncStatus]) -> list[SyncStatus]:
+def watch_statuses(statuses: list[WatchStatus]) -> list[WatchStatus]:
     out = []
-    for st in statuses[:MAX_SYNC_STATUSES]:
+    for st in statuses[:MAX_WATCH_STATUSES]:
         out.append(replace(st, last_error=_text(st.last_error, MAX_TEXT), warning=_text(st.warning, MAX_TEXT),
                            lag=_clamp(st.lag, 0.0, MAX_TIME), last_error_at=_clamp(st.last_error_at, 0.0, MAX_TIME),
                            last_shipped_at=_clamp(st.last_shipped_at, 0.0, MAX_TIME)))

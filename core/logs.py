@@ -77,17 +77,17 @@ def carry(fn: Callable[P, R], **fields: Any) -> Callable[P, R]:
 
 
 @functools.cache
-def _sync_id_base() -> int:
-    from zcrepl.core.synctypes import SYNC_ID_BASE  # here: zc-ctl imports this module and needs none of that
+def _watch_id_base() -> int:
+    from zcrepl.core.watchtypes import WATCH_ID_BASE  # here: zc-ctl imports this module and needs none of that
 
-    return SYNC_ID_BASE
+    return WATCH_ID_BASE
 
 
 def attempt_fields(job_id: int, attempt: int) -> dict[str, int]:
     """The log fields of a data-plane (job id, attempt): ``job`` and ``attempt``, or for a watch rule's
-    sessions (whose data-plane job id is ``SYNC_ID_BASE`` + the rule's id) ``rule`` and ``epoch``."""
-    if job_id >= _sync_id_base():
-        return {"rule": job_id - _sync_id_base(), "epoch": attempt}
+    sessions (whose data-plane job id is ``WATCH_ID_BASE`` + the rule's id) ``rule`` and ``epoch``."""
+    if job_id >= _watch_id_base():
+        return {"rule": job_id - _watch_id_base(), "epoch": attempt}
     return {"job": job_id, "attempt": attempt}
 
 
@@ -98,8 +98,8 @@ class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         own = getattr(record, "kv", None)
         job = own.get("job") if own else None
-        if isinstance(job, int) and job >= _sync_id_base() and own is not None:
-            base = _sync_id_base()
+        if isinstance(job, int) and job >= _watch_id_base() and own is not None:
+            base = _watch_id_base()
             own = {("rule" if k == "job" else k): (job - base if k == "job" else v) for k, v in own.items()}
             record.kv = own
         ctx = _CONTEXT.get()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
-from zcrepl.core.synctypes import SyncDestOrder, SyncHoldOrder, SyncSourceOrder, SyncStopOrder, SyncTicketOrder
 from zcrepl.core.types import CancelOrder, ReceiveOrder, SendOrder, ThrottleOrder
+from zcrepl.core.watchtypes import WatchDestOrder, WatchHoldOrder, WatchSourceOrder, WatchStopOrder, WatchTicketOrder
 
 JobOrder: TypeAlias = ReceiveOrder | SendOrder | ThrottleOrder | CancelOrder
-SyncOrder: TypeAlias = SyncSourceOrder | SyncDestOrder | SyncStopOrder | SyncTicketOrder | SyncHoldOrder
-Order: TypeAlias = JobOrder | SyncOrder
+WatchOrder: TypeAlias = WatchSourceOrder | WatchDestOrder | WatchStopOrder | WatchTicketOrder | WatchHoldOrder
+Order: TypeAlias = JobOrder | WatchOrder

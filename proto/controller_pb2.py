@@ -23,69 +23,69 @@ _sym_db = _symbol_database.Default()
 
 
 from zcrepl.proto import schedule_pb2 as zcrepl_dot_proto_dot_schedule__pb2
-from zcrepl.proto import sync_pb2 as zcrepl_dot_proto_dot_sync__pb2
+from zcrepl.proto import watchrules_pb2 as zcrepl_dot_proto_dot_watchrules__pb2
 from zcrepl.proto import types_pb2 as zcrepl_dot_proto_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dzcrepl/proto/controller.proto\x12\tzcrepl.v1\x1a\x1bzcrepl/proto/schedule.proto\x1a\x17zcrepl/proto/sync.proto\x1a\x18zcrepl/proto/types.proto\".\n\x0bTransferRef\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"V\n\x08Register\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x14.zcrepl.v1.AgentInfo\x12&\n\x06\x61\x63tive\x18\x02 \x03(\x0b\x32\x16.zcrepl.v1.TransferRef\"X\n\tHeartbeat\x12%\n\x06health\x18\x01 \x01(\x0b\x32\x15.zcrepl.v1.HostHealth\x12$\n\x05syncs\x18\x02 \x03(\x0b\x32\x15.zcrepl.v1.SyncStatus\"\x89\x02\n\x0eTransferReport\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x1d\n\x04role\x18\x03 \x01(\x0e\x32\x0f.zcrepl.v1.Role\x12\x1f\n\x05phase\x18\x04 \x01(\x0e\x32\x10.zcrepl.v1.Phase\x12\'\n\x05stats\x18\x05 \x01(\x0b\x32\x18.zcrepl.v1.TransferStats\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x11\n\tretryable\x18\x07 \x01(\x08\x12(\n\x07skipped\x18\x08 \x03(\x0b\x32\x17.zcrepl.v1.SkippedEntry\x12!\n\x04plan\x18\t \x03(\x0b\x32\x13.zcrepl.v1.PlanItem\"\x97\x01\n\x0c\x41gentMessage\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.zcrepl.v1.RegisterH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.zcrepl.v1.HeartbeatH\x00\x12+\n\x06report\x18\x03 \x01(\x0b\x32\x19.zcrepl.v1.TransferReportH\x00\x42\x06\n\x04kind\"X\n\x07Welcome\x12\x1a\n\x12heartbeat_interval\x18\x01 \x01(\x01\x12\x1a\n\x12\x63ontroller_version\x18\x02 \x01(\t\x12\x15\n\rattempt_grace\x18\x03 \x01(\x01\"\xa4\x01\n\x0cReceiveOrder\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06ticket\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x01(\x0c\x12&\n\x07options\x18\x05 \x01(\x0b\x32\x15.zcrepl.v1.JobOptions\x12\x13\n\x0bsource_host\x18\x06 \x01(\t\x12\x18\n\x10source_addresses\x18\x07 \x03(\t\"\xb3\x01\n\tSendOrder\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06ticket\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x01(\x0c\x12&\n\x07options\x18\x05 \x01(\x0b\x32\x15.zcrepl.v1.JobOptions\x12\x11\n\tdest_host\x18\x06 \x01(\t\x12\x19\n\x11\x64\x65st_data_address\x18\x07 \x01(\t\x12\x11\n\tdest_path\x18\x08 \x01(\x0c\"W\n\x0b\x43\x61ncelOrder\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0f\x64iscard_partial\x18\x04 \x01(\x08\"a\n\rThrottleOrder\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07\x62wlimit\x18\x03 \x01(\x04\x12\x0e\n\x06paused\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x87\x04\n\x11\x43ontrollerMessage\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.zcrepl.v1.WelcomeH\x00\x12*\n\x07receive\x18\x02 \x01(\x0b\x32\x17.zcrepl.v1.ReceiveOrderH\x00\x12$\n\x04send\x18\x03 \x01(\x0b\x32\x14.zcrepl.v1.SendOrderH\x00\x12(\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x16.zcrepl.v1.CancelOrderH\x00\x12,\n\x08throttle\x18\x05 \x01(\x0b\x32\x18.zcrepl.v1.ThrottleOrderH\x00\x12\x31\n\x0bsync_source\x18\x06 \x01(\x0b\x32\x1a.zcrepl.v1.SyncSourceOrderH\x00\x12-\n\tsync_dest\x18\x07 \x01(\x0b\x32\x18.zcrepl.v1.SyncDestOrderH\x00\x12-\n\tsync_stop\x18\x08 \x01(\x0b\x32\x18.zcrepl.v1.SyncStopOrderH\x00\x12-\n\tsync_hold\x18\t \x01(\x0b\x32\x18.zcrepl.v1.SyncHoldOrderH\x00\x12\x31\n\x0bsync_ticket\x18\n \x01(\x0b\x32\x1a.zcrepl.v1.SyncTicketOrderH\x00\x12\x14\n\x0cleader_epoch\x18\x1e \x01(\x04\x12\x10\n\x08store_id\x18\x1f \x01(\tB\x06\n\x04kind\"\x9d\x01\n\x10SubmitJobRequest\x12#\n\x06source\x18\x01 \x01(\x0b\x32\x13.zcrepl.v1.Endpoint\x12(\n\x0b\x64\x65stination\x18\x02 \x01(\x0b\x32\x13.zcrepl.v1.Endpoint\x12&\n\x07options\x18\x03 \x01(\x0b\x32\x15.zcrepl.v1.JobOptions\x12\x12\n\nrequest_id\x18  \x01(\t\"\xa1\x01\n\x13SubmitFanoutRequest\x12#\n\x06source\x18\x01 \x01(\x0b\x32\x13.zcrepl.v1.Endpoint\x12)\n\x0c\x64\x65stinations\x18\x02 \x03(\x0b\x32\x13.zcrepl.v1.Endpoint\x12&\n\x07options\x18\x03 \x01(\x0b\x32\x15.zcrepl.v1.JobOptions\x12\x12\n\nrequest_id\x18  \x01(\t\"\x14\n\x06JobRef\x12\n\n\x02id\x18\x01 \x01(\x04\"W\n\x0fListJobsRequest\x12#\n\x06states\x18\x01 \x03(\x0e\x32\x13.zcrepl.v1.JobState\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x10\n\x08group_id\x18\x03 \x01(\x04\"0\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.zcrepl.v1.Job\"\xcf\x01\n\x0b\x41gentStatus\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x14.zcrepl.v1.AgentInfo\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x11\n\tlast_seen\x18\x03 \x01(\x01\x12\x14\n\x0c\x63onnected_at\x18\x04 \x01(\x01\x12%\n\x06health\x18\x05 \x01(\x0b\x32\x15.zcrepl.v1.HostHealth\x12\x14\n\x0crunning_jobs\x18\x06 \x01(\r\x12&\n\x07history\x18\x07 \x03(\x0b\x32\x15.zcrepl.v1.HostHealth\"\x13\n\x11ListAgentsRequest\"<\n\x12ListAgentsResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.zcrepl.v1.AgentStatus\"\x18\n\x08\x41gentRef\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x12\x41gentHealthRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0f\n\x07history\x18\x02 \x01(\r\"=\n\x13\x41gentHealthResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.zcrepl.v1.AgentStatus\"4\n\x08\x44\x65\x63ision\x12\n\n\x02\x61t\x18\x01 \x01(\x01\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"I\n\x0f\x45xplainResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12&\n\tdecisions\x18\x02 \x03(\x0b\x32\x13.zcrepl.v1.Decision*@\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SENDER\x10\x01\x12\x11\n\rROLE_RECEIVER\x10\x02*e\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPHASE_READY\x10\x01\x12\x12\n\x0ePHASE_PROGRESS\x10\x02\x12\x0e\n\nPHASE_DONE\x10\x03\x12\x10\n\x0cPHASE_FAILED\x10\x04\x32\xc7\n\n\nController\x12\x44\n\x07\x43onnect\x12\x17.zcrepl.v1.AgentMessage\x1a\x1c.zcrepl.v1.ControllerMessage(\x01\x30\x01\x12\x38\n\tSubmitJob\x12\x1b.zcrepl.v1.SubmitJobRequest\x1a\x0e.zcrepl.v1.Job\x12K\n\x0cSubmitFanout\x12\x1e.zcrepl.v1.SubmitFanoutRequest\x1a\x1b.zcrepl.v1.ListJobsResponse\x12+\n\x06GetJob\x12\x11.zcrepl.v1.JobRef\x1a\x0e.zcrepl.v1.Job\x12\x43\n\x08ListJobs\x12\x1a.zcrepl.v1.ListJobsRequest\x1a\x1b.zcrepl.v1.ListJobsResponse\x12.\n\tCancelJob\x12\x11.zcrepl.v1.JobRef\x1a\x0e.zcrepl.v1.Job\x12/\n\x08WatchJob\x12\x11.zcrepl.v1.JobRef\x1a\x0e.zcrepl.v1.Job0\x01\x12;\n\nExplainJob\x12\x11.zcrepl.v1.JobRef\x1a\x1a.zcrepl.v1.ExplainResponse\x12I\n\nListAgents\x12\x1c.zcrepl.v1.ListAgentsRequest\x1a\x1d.zcrepl.v1.ListAgentsResponse\x12O\n\x0eGetAgentHealth\x12\x1d.zcrepl.v1.AgentHealthRequest\x1a\x1e.zcrepl.v1.AgentHealthResponse\x12:\n\x0bRemoveAgent\x12\x13.zcrepl.v1.AgentRef\x1a\x16.zcrepl.v1.AgentStatus\x12?\n\nCreateSync\x12\x1c.zcrepl.v1.CreateSyncRequest\x1a\x13.zcrepl.v1.SyncRule\x12\x46\n\tListSyncs\x12\x1b.zcrepl.v1.ListSyncsRequest\x1a\x1c.zcrepl.v1.ListSyncsResponse\x12\x34\n\tPauseSync\x12\x12.zcrepl.v1.SyncRef\x1a\x13.zcrepl.v1.SyncRule\x12\x35\n\nResumeSync\x12\x12.zcrepl.v1.SyncRef\x1a\x13.zcrepl.v1.SyncRule\x12\x35\n\nRemoveSync\x12\x12.zcrepl.v1.SyncRef\x1a\x13.zcrepl.v1.SyncRule\x12G\n\x0e\x43reateSchedule\x12 .zcrepl.v1.CreateScheduleRequest\x1a\x13.zcrepl.v1.Schedule\x12R\n\rListSchedules\x12\x1f.zcrepl.v1.ListSchedulesRequest\x1a .zcrepl.v1.ListSchedulesResponse\x12<\n\rPauseSchedule\x12\x16.zcrepl.v1.ScheduleRef\x1a\x13.zcrepl.v1.Schedule\x12=\n\x0eResumeSchedule\x12\x16.zcrepl.v1.ScheduleRef\x1a\x13.zcrepl.v1.Schedule\x12=\n\x0eRemoveSchedule\x12\x16.zcrepl.v1.ScheduleRef\x1a\x13.zcrepl.v1.Scheduleb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dzcrepl/proto/controller.proto\x12\tzcrepl.v1\x1a\x1bzcrepl/proto/schedule.proto\x1a\x1dzcrepl/proto/watchrules.proto\x1a\x18zcrepl/proto/types.proto\".\n\x0bTransferRef\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"V\n\x08Register\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x14.zcrepl.v1.AgentInfo\x12&\n\x06\x61\x63tive\x18\x02 \x03(\x0b\x32\x16.zcrepl.v1.TransferRef\"_\n\tHeartbeat\x12%\n\x06health\x18\x01 \x01(\x0b\x32\x15.zcrepl.v1.HostHealth\x12+\n\x0bwatch_rules\x18\x02 \x03(\x0b\x32\x16.zcrepl.v1.WatchStatus\"\x89\x02\n\x0eTransferReport\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x1d\n\x04role\x18\x03 \x01(\x0e\x32\x0f.zcrepl.v1.Role\x12\x1f\n\x05phase\x18\x04 \x01(\x0e\x32\x10.zcrepl.v1.Phase\x12\'\n\x05stats\x18\x05 \x01(\x0b\x32\x18.zcrepl.v1.TransferStats\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x11\n\tretryable\x18\x07 \x01(\x08\x12(\n\x07skipped\x18\x08 \x03(\x0b\x32\x17.zcrepl.v1.SkippedEntry\x12!\n\x04plan\x18\t \x03(\x0b\x32\x13.zcrepl.v1.PlanItem\"\x97\x01\n\x0c\x41gentMessage\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.zcrepl.v1.RegisterH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.zcrepl.v1.HeartbeatH\x00\x12+\n\x06report\x18\x03 \x01(\x0b\x32\x19.zcrepl.v1.TransferReportH\x00\x42\x06\n\x04kind\"X\n\x07Welcome\x12\x1a\n\x12heartbeat_interval\x18\x01 \x01(\x01\x12\x1a\n\x12\x63ontroller_version\x18\x02 \x01(\t\x12\x15\n\rattempt_grace\x18\x03 \x01(\x01\"\xa4\x01\n\x0cReceiveOrder\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06ticket\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x01(\x0c\x12&\n\x07options\x18\x05 \x01(\x0b\x32\x15.zcrepl.v1.JobOptions\x12\x13\n\x0bsource_host\x18\x06 \x01(\t\x12\x18\n\x10source_addresses\x18\x07 \x03(\t\"\xb3\x01\n\tSendOrder\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06ticket\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x01(\x0c\x12&\n\x07options\x18\x05 \x01(\x0b\x32\x15.zcrepl.v1.JobOptions\x12\x11\n\tdest_host\x18\x06 \x01(\t\x12\x19\n\x11\x64\x65st_data_address\x18\x07 \x01(\t\x12\x11\n\tdest_path\x18\x08 \x01(\x0c\"W\n\x0b\x43\x61ncelOrder\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0f\x64iscard_partial\x18\x04 \x01(\x08\"a\n\rThrottleOrder\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07\x62wlimit\x18\x03 \x01(\x04\x12\x0e\n\x06paused\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x91\x04\n\x11\x43ontrollerMessage\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.zcrepl.v1.WelcomeH\x00\x12*\n\x07receive\x18\x02 \x01(\x0b\x32\x17.zcrepl.v1.ReceiveOrderH\x00\x12$\n\x04send\x18\x03 \x01(\x0b\x32\x14.zcrepl.v1.SendOrderH\x00\x12(\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x16.zcrepl.v1.CancelOrderH\x00\x12,\n\x08throttle\x18\x05 \x01(\x0b\x32\x18.zcrepl.v1.ThrottleOrderH\x00\x12\x33\n\x0cwatch_source\x18\x06 \x01(\x0b\x32\x1b.zcrepl.v1.WatchSourceOrderH\x00\x12/\n\nwatch_dest\x18\x07 \x01(\x0b\x32\x19.zcrepl.v1.WatchDestOrderH\x00\x12/\n\nwatch_stop\x18\x08 \x01(\x0b\x32\x19.zcrepl.v1.WatchStopOrderH\x00\x12/\n\nwatch_hold\x18\t \x01(\x0b\x32\x19.zcrepl.v1.WatchHoldOrderH\x00\x12\x33\n\x0cwatch_ticket\x18\n \x01(\x0b\x32\x1b.zcrepl.v1.WatchTicketOrderH\x00\x12\x14\n\x0cleader_epoch\x18\x1e \x01(\x04\x12\x10\n\x08store_id\x18\x1f \x01(\tB\x06\n\x04kind\"\x9d\x01\n\x10SubmitJobRequest\x12#\n\x06source\x18\x01 \x01(\x0b\x32\x13.zcrepl.v1.Endpoint\x12(\n\x0b\x64\x65stination\x18\x02 \x01(\x0b\x32\x13.zcrepl.v1.Endpoint\x12&\n\x07options\x18\x03 \x01(\x0b\x32\x15.zcrepl.v1.JobOptions\x12\x12\n\nrequest_id\x18  \x01(\t\"\xa1\x01\n\x13SubmitFanoutRequest\x12#\n\x06source\x18\x01 \x01(\x0b\x32\x13.zcrepl.v1.Endpoint\x12)\n\x0c\x64\x65stinations\x18\x02 \x03(\x0b\x32\x13.zcrepl.v1.Endpoint\x12&\n\x07options\x18\x03 \x01(\x0b\x32\x15.zcrepl.v1.JobOptions\x12\x12\n\nrequest_id\x18  \x01(\t\"\x14\n\x06JobRef\x12\n\n\x02id\x18\x01 \x01(\x04\"W\n\x0fListJobsRequest\x12#\n\x06states\x18\x01 \x03(\x0e\x32\x13.zcrepl.v1.JobState\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x10\n\x08group_id\x18\x03 \x01(\x04\"0\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.zcrepl.v1.Job\"\xcf\x01\n\x0b\x41gentStatus\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x14.zcrepl.v1.AgentInfo\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x11\n\tlast_seen\x18\x03 \x01(\x01\x12\x14\n\x0c\x63onnected_at\x18\x04 \x01(\x01\x12%\n\x06health\x18\x05 \x01(\x0b\x32\x15.zcrepl.v1.HostHealth\x12\x14\n\x0crunning_jobs\x18\x06 \x01(\r\x12&\n\x07history\x18\x07 \x03(\x0b\x32\x15.zcrepl.v1.HostHealth\"\x13\n\x11ListAgentsRequest\"<\n\x12ListAgentsResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.zcrepl.v1.AgentStatus\"\x18\n\x08\x41gentRef\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x12\x41gentHealthRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0f\n\x07history\x18\x02 \x01(\r\"=\n\x13\x41gentHealthResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.zcrepl.v1.AgentStatus\"4\n\x08\x44\x65\x63ision\x12\n\n\x02\x61t\x18\x01 \x01(\x01\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"I\n\x0f\x45xplainResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12&\n\tdecisions\x18\x02 \x03(\x0b\x32\x13.zcrepl.v1.Decision*@\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SENDER\x10\x01\x12\x11\n\rROLE_RECEIVER\x10\x02*e\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPHASE_READY\x10\x01\x12\x12\n\x0ePHASE_PROGRESS\x10\x02\x12\x0e\n\nPHASE_DONE\x10\x03\x12\x10\n\x0cPHASE_FAILED\x10\x04\x32\xf6\n\n\nController\x12\x44\n\x07\x43onnect\x12\x17.zcrepl.v1.AgentMessage\x1a\x1c.zcrepl.v1.ControllerMessage(\x01\x30\x01\x12\x38\n\tSubmitJob\x12\x1b.zcrepl.v1.SubmitJobRequest\x1a\x0e.zcrepl.v1.Job\x12K\n\x0cSubmitFanout\x12\x1e.zcrepl.v1.SubmitFanoutRequest\x1a\x1b.zcrepl.v1.ListJobsResponse\x12+\n\x06GetJob\x12\x11.zcrepl.v1.JobRef\x1a\x0e.zcrepl.v1.Job\x12\x43\n\x08ListJobs\x12\x1a.zcrepl.v1.ListJobsRequest\x1a\x1b.zcrepl.v1.ListJobsResponse\x12.\n\tCancelJob\x12\x11.zcrepl.v1.JobRef\x1a\x0e.zcrepl.v1.Job\x12/\n\x08WatchJob\x12\x11.zcrepl.v1.JobRef\x1a\x0e.zcrepl.v1.Job0\x01\x12;\n\nExplainJob\x12\x11.zcrepl.v1.JobRef\x1a\x1a.zcrepl.v1.ExplainResponse\x12I\n\nListAgents\x12\x1c.zcrepl.v1.ListAgentsRequest\x1a\x1d.zcrepl.v1.ListAgentsResponse\x12O\n\x0eGetAgentHealth\x12\x1d.zcrepl.v1.AgentHealthRequest\x1a\x1e.zcrepl.v1.AgentHealthResponse\x12:\n\x0bRemoveAgent\x12\x13.zcrepl.v1.AgentRef\x1a\x16.zcrepl.v1.AgentStatus\x12J\n\x0f\x43reateWatchRule\x12!.zcrepl.v1.CreateWatchRuleRequest\x1a\x14.zcrepl.v1.WatchRule\x12U\n\x0eListWatchRules\x12 .zcrepl.v1.ListWatchRulesRequest\x1a!.zcrepl.v1.ListWatchRulesResponse\x12;\n\x0ePauseWatchRule\x12\x13.zcrepl.v1.WatchRef\x1a\x14.zcrepl.v1.WatchRule\x12<\n\x0fResumeWatchRule\x12\x13.zcrepl.v1.WatchRef\x1a\x14.zcrepl.v1.WatchRule\x12<\n\x0fRemoveWatchRule\x12\x13.zcrepl.v1.WatchRef\x1a\x14.zcrepl.v1.WatchRule\x12G\n\x0e\x43reateSchedule\x12 .zcrepl.v1.CreateScheduleRequest\x1a\x13.zcrepl.v1.Schedule\x12R\n\rListSchedules\x12\x1f.zcrepl.v1.ListSchedulesRequest\x1a .zcrepl.v1.ListSchedulesResponse\x12<\n\rPauseSchedule\x12\x16.zcrepl.v1.ScheduleRef\x1a\x13.zcrepl.v1.Schedule\x12=\n\x0eResumeSchedule\x12\x16.zcrepl.v1.ScheduleRef\x1a\x13.zcrepl.v1.Schedule\x12=\n\x0eRemoveSchedule\x12\x16.zcrepl.v1.ScheduleRef\x1a\x13.zcrepl.v1.Scheduleb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zcrepl.proto.controller_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=2971
-  _globals['_ROLE']._serialized_end=3035
-  _globals['_PHASE']._serialized_start=3037
-  _globals['_PHASE']._serialized_end=3138
-  _globals['_TRANSFERREF']._serialized_start=124
-  _globals['_TRANSFERREF']._serialized_end=170
-  _globals['_REGISTER']._serialized_start=172
-  _globals['_REGISTER']._serialized_end=258
-  _globals['_HEARTBEAT']._serialized_start=260
-  _globals['_HEARTBEAT']._serialized_end=348
-  _globals['_TRANSFERREPORT']._serialized_start=351
-  _globals['_TRANSFERREPORT']._serialized_end=616
-  _globals['_AGENTMESSAGE']._serialized_start=619
-  _globals['_AGENTMESSAGE']._serialized_end=770
-  _globals['_WELCOME']._serialized_start=772
-  _globals['_WELCOME']._serialized_end=860
-  _globals['_RECEIVEORDER']._serialized_start=863
-  _globals['_RECEIVEORDER']._serialized_end=1027
-  _globals['_SENDORDER']._serialized_start=1030
-  _globals['_SENDORDER']._serialized_end=1209
-  _globals['_CANCELORDER']._serialized_start=1211
-  _globals['_CANCELORDER']._serialized_end=1298
-  _globals['_THROTTLEORDER']._serialized_start=1300
-  _globals['_THROTTLEORDER']._serialized_end=1397
-  _globals['_CONTROLLERMESSAGE']._serialized_start=1400
-  _globals['_CONTROLLERMESSAGE']._serialized_end=1919
-  _globals['_SUBMITJOBREQUEST']._serialized_start=1922
-  _globals['_SUBMITJOBREQUEST']._serialized_end=2079
-  _globals['_SUBMITFANOUTREQUEST']._serialized_start=2082
-  _globals['_SUBMITFANOUTREQUEST']._serialized_end=2243
-  _globals['_JOBREF']._serialized_start=2245
-  _globals['_JOBREF']._serialized_end=2265
-  _globals['_LISTJOBSREQUEST']._serialized_start=2267
-  _globals['_LISTJOBSREQUEST']._serialized_end=2354
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2356
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2404
-  _globals['_AGENTSTATUS']._serialized_start=2407
-  _globals['_AGENTSTATUS']._serialized_end=2614
-  _globals['_LISTAGENTSREQUEST']._serialized_start=2616
-  _globals['_LISTAGENTSREQUEST']._serialized_end=2635
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=2637
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=2697
-  _globals['_AGENTREF']._serialized_start=2699
-  _globals['_AGENTREF']._serialized_end=2723
-  _globals['_AGENTHEALTHREQUEST']._serialized_start=2725
-  _globals['_AGENTHEALTHREQUEST']._serialized_end=2777
-  _globals['_AGENTHEALTHRESPONSE']._serialized_start=2779
-  _globals['_AGENTHEALTHRESPONSE']._serialized_end=2840
-  _globals['_DECISION']._serialized_start=2842
-  _globals['_DECISION']._serialized_end=2894
-  _globals['_EXPLAINRESPONSE']._serialized_start=2896
-  _globals['_EXPLAINRESPONSE']._serialized_end=2969
-  _globals['_CONTROLLER']._serialized_start=3141
-  _globals['_CONTROLLER']._serialized_end=4492
+  _globals['_ROLE']._serialized_start=2994
+  _globals['_ROLE']._serialized_end=3058
+  _globals['_PHASE']._serialized_start=3060
+  _globals['_PHASE']._serialized_end=3161
+  _globals['_TRANSFERREF']._serialized_start=130
+  _globals['_TRANSFERREF']._serialized_end=176
+  _globals['_REGISTER']._serialized_start=178
+  _globals['_REGISTER']._serialized_end=264
+  _globals['_HEARTBEAT']._serialized_start=266
+  _globals['_HEARTBEAT']._serialized_end=361
+  _globals['_TRANSFERREPORT']._serialized_start=364
+  _globals['_TRANSFERREPORT']._serialized_end=629
+  _globals['_AGENTMESSAGE']._serialized_start=632
+  _globals['_AGENTMESSAGE']._serialized_end=783
+  _globals['_WELCOME']._serialized_start=785
+  _globals['_WELCOME']._serialized_end=873
+  _globals['_RECEIVEORDER']._serialized_start=876
+  _globals['_RECEIVEORDER']._serialized_end=1040
+  _globals['_SENDORDER']._serialized_start=1043
+  _globals['_SENDORDER']._serialized_end=1222
+  _globals['_CANCELORDER']._serialized_start=1224
+  _globals['_CANCELORDER']._serialized_end=1311
+  _globals['_THROTTLEORDER']._serialized_start=1313
+  _globals['_THROTTLEORDER']._serialized_end=1410
+  _globals['_CONTROLLERMESSAGE']._serialized_start=1413
+  _globals['_CONTROLLERMESSAGE']._serialized_end=1942
+  _globals['_SUBMITJOBREQUEST']._serialized_start=1945
+  _globals['_SUBMITJOBREQUEST']._serialized_end=2102
+  _globals['_SUBMITFANOUTREQUEST']._serialized_start=2105
+  _globals['_SUBMITFANOUTREQUEST']._serialized_end=2266
+  _globals['_JOBREF']._serialized_start=2268
+  _globals['_JOBREF']._serialized_end=2288
+  _globals['_LISTJOBSREQUEST']._serialized_start=2290
+  _globals['_LISTJOBSREQUEST']._serialized_end=2377
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2379
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2427
+  _globals['_AGENTSTATUS']._serialized_start=2430
+  _globals['_AGENTSTATUS']._serialized_end=2637
+  _globals['_LISTAGENTSREQUEST']._serialized_start=2639
+  _globals['_LISTAGENTSREQUEST']._serialized_end=2658
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=2660
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=2720
+  _globals['_AGENTREF']._serialized_start=2722
+  _globals['_AGENTREF']._serialized_end=2746
+  _globals['_AGENTHEALTHREQUEST']._serialized_start=2748
+  _globals['_AGENTHEALTHREQUEST']._serialized_end=2800
+  _globals['_AGENTHEALTHRESPONSE']._serialized_start=2802
+  _globals['_AGENTHEALTHRESPONSE']._serialized_end=2863
+  _globals['_DECISION']._serialized_start=2865
+  _globals['_DECISION']._serialized_end=2917
+  _globals['_EXPLAINRESPONSE']._serialized_start=2919
+  _globals['_EXPLAINRESPONSE']._serialized_end=2992
+  _globals['_CONTROLLER']._serialized_start=3164
+  _globals['_CONTROLLER']._serialized_end=4562
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,5 @@
 from zcrepl.proto import schedule_pb2 as _schedule_pb2
-from zcrepl.proto import sync_pb2 as _sync_pb2
+from zcrepl.proto import watchrules_pb2 as _watchrules_pb2
 from zcrepl.proto import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -49,12 +49,12 @@ class Register(_message.Message):
     def __init__(self, info: _Optional[_Union[_types_pb2.AgentInfo, _Mapping]] = ..., active: _Optional[_Iterable[_Union[TransferRef, _Mapping]]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("health", "syncs")
+    __slots__ = ("health", "watch_rules")
     HEALTH_FIELD_NUMBER: _ClassVar[int]
-    SYNCS_FIELD_NUMBER: _ClassVar[int]
+    WATCH_RULES_FIELD_NUMBER: _ClassVar[int]
     health: _types_pb2.HostHealth
-    syncs: _containers.RepeatedCompositeFieldContainer[_sync_pb2.SyncStatus]
-    def __init__(self, health: _Optional[_Union[_types_pb2.HostHealth, _Mapping]] = ..., syncs: _Optional[_Iterable[_Union[_sync_pb2.SyncStatus, _Mapping]]] = ...) -> None: ...
+    watch_rules: _containers.RepeatedCompositeFieldContainer[_watchrules_pb2.WatchStatus]
+    def __init__(self, health: _Optional[_Union[_types_pb2.HostHealth, _Mapping]] = ..., watch_rules: _Optional[_Iterable[_Union[_watchrules_pb2.WatchStatus, _Mapping]]] = ...) -> None: ...
 
 class TransferReport(_message.Message):
     __slots__ = ("job_id", "attempt", "role", "phase", "stats", "error", "retryable", "skipped", "plan")
@@ -163,17 +163,17 @@ class ThrottleOrder(_message.Message):
     def __init__(self, job_id: _Optional[int] = ..., attempt: _Optional[int] = ..., bwlimit: _Optional[int] = ..., paused: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ControllerMessage(_message.Message):
-    __slots__ = ("welcome", "receive", "send", "cancel", "throttle", "sync_source", "sync_dest", "sync_stop", "sync_hold", "sync_ticket", "leader_epoch", "store_id")
+    __slots__ = ("welcome", "receive", "send", "cancel", "throttle", "watch_source", "watch_dest", "watch_stop", "watch_hold", "watch_ticket", "leader_epoch", "store_id")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     RECEIVE_FIELD_NUMBER: _ClassVar[int]
     SEND_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     THROTTLE_FIELD_NUMBER: _ClassVar[int]
-    SYNC_SOURCE_FIELD_NUMBER: _ClassVar[int]
-    SYNC_DEST_FIELD_NUMBER: _ClassVar[int]
-    SYNC_STOP_FIELD_NUMBER: _ClassVar[int]
-    SYNC_HOLD_FIELD_NUMBER: _ClassVar[int]
-    SYNC_TICKET_FIELD_NUMBER: _ClassVar[int]
+    WATCH_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    WATCH_DEST_FIELD_NUMBER: _ClassVar[int]
+    WATCH_STOP_FIELD_NUMBER: _ClassVar[int]
+    WATCH_HOLD_FIELD_NUMBER: _ClassVar[int]
+    WATCH_TICKET_FIELD_NUMBER: _ClassVar[int]
     LEADER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
@@ -181,14 +181,14 @@ class ControllerMessage(_message.Message):
     send: SendOrder
     cancel: CancelOrder
     throttle: ThrottleOrder
-    sync_source: _sync_pb2.SyncSourceOrder
-    sync_dest: _sync_pb2.SyncDestOrder
-    sync_stop: _sync_pb2.SyncStopOrder
-    sync_hold: _sync_pb2.SyncHoldOrder
-    sync_ticket: _sync_pb2.SyncTicketOrder
+    watch_source: _watchrules_pb2.WatchSourceOrder
+    watch_dest: _watchrules_pb2.WatchDestOrder
+    watch_stop: _watchrules_pb2.WatchStopOrder
+    watch_hold: _watchrules_pb2.WatchHoldOrder
+    watch_ticket: _watchrules_pb2.WatchTicketOrder
     leader_epoch: int
     store_id: str
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., receive: _Optional[_Union[ReceiveOrder, _Mapping]] = ..., send: _Optional[_Union[SendOrder, _Mapping]] = ..., cancel: _Optional[_Union[CancelOrder, _Mapping]] = ..., throttle: _Optional[_Union[ThrottleOrder, _Mapping]] = ..., sync_source: _Optional[_Union[_sync_pb2.SyncSourceOrder, _Mapping]] = ..., sync_dest: _Optional[_Union[_sync_pb2.SyncDestOrder, _Mapping]] = ..., sync_stop: _Optional[_Union[_sync_pb2.SyncStopOrder, _Mapping]] = ..., sync_hold: _Optional[_Union[_sync_pb2.SyncHoldOrder, _Mapping]] = ..., sync_ticket: _Optional[_Union[_sync_pb2.SyncTicketOrder, _Mapping]] = ..., leader_epoch: _Optional[int] = ..., store_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., receive: _Optional[_Union[ReceiveOrder, _Mapping]] = ..., send: _Optional[_Union[SendOrder, _Mapping]] = ..., cancel: _Optional[_Union[CancelOrder, _Mapping]] = ..., throttle: _Optional[_Union[ThrottleOrder, _Mapping]] = ..., watch_source: _Optional[_Union[_watchrules_pb2.WatchSourceOrder, _Mapping]] = ..., watch_dest: _Optional[_Union[_watchrules_pb2.WatchDestOrder, _Mapping]] = ..., watch_stop: _Optional[_Union[_watchrules_pb2.WatchStopOrder, _Mapping]] = ..., watch_hold: _Optional[_Union[_watchrules_pb2.WatchHoldOrder, _Mapping]] = ..., watch_ticket: _Optional[_Union[_watchrules_pb2.WatchTicketOrder, _Mapping]] = ..., leader_epoch: _Optional[int] = ..., store_id: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("source", "destination", "options", "request_id")

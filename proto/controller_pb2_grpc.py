@@ -5,8 +5,8 @@ import warnings
 
 from zcrepl.proto import controller_pb2 as zcrepl_dot_proto_dot_controller__pb2
 from zcrepl.proto import schedule_pb2 as zcrepl_dot_proto_dot_schedule__pb2
-from zcrepl.proto import sync_pb2 as zcrepl_dot_proto_dot_sync__pb2
 from zcrepl.proto import types_pb2 as zcrepl_dot_proto_dot_types__pb2
+from zcrepl.proto import watchrules_pb2 as zcrepl_dot_proto_dot_watchrules__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -92,30 +92,30 @@ class ControllerStub:
                 request_serializer=zcrepl_dot_proto_dot_controller__pb2.AgentRef.SerializeToString,
                 response_deserializer=zcrepl_dot_proto_dot_controller__pb2.AgentStatus.FromString,
                 _registered_method=True)
-        self.CreateSync = channel.unary_unary(
-                '/zcrepl.v1.Controller/CreateSync',
-                request_serializer=zcrepl_dot_proto_dot_sync__pb2.CreateSyncRequest.SerializeToString,
-                response_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+        self.CreateWatchRule = channel.unary_unary(
+                '/zcrepl.v1.Controller/CreateWatchRule',
+                request_serializer=zcrepl_dot_proto_dot_watchrules__pb2.CreateWatchRuleRequest.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_watchrules__pb2.WatchRule.FromString,
                 _registered_method=True)
-        self.ListSyncs = channel.unary_unary(
-                '/zcrepl.v1.Controller/ListSyncs',
-                request_serializer=zcrepl_dot_proto_dot_sync__pb2.ListSyncsRequest.SerializeToString,
-                response_deserializer=zcrepl_dot_proto_dot_sync__pb2.ListSyncsResponse.FromString,
+        self.ListWatchRules = channel.unary_unary(
+                '/zcrepl.v1.Controller/ListWatchRules',
+                request_serializer=zcrepl_dot_proto_dot_watchrules__pb2.ListWatchRulesRequest.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_watchrules__pb2.ListWatchRulesResponse.FromString,
                 _registered_method=True)
-        self.PauseSync = channel.unary_unary(
-                '/zcrepl.v1.Controller/PauseSync',
-                request_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRef.SerializeToString,
-                response_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+        self.PauseWatchRule = channel.unary_unary(
+                '/zcrepl.v1.Controller/PauseWatchRule',
+                request_serializer=zcrepl_dot_proto_dot_watchrules__pb2.WatchRef.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_watchrules__pb2.WatchRule.FromString,
                 _registered_method=True)
-        self.ResumeSync = channel.unary_unary(
-                '/zcrepl.v1.Controller/ResumeSync',
-                request_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRef.SerializeToString,
-                response_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+        self.ResumeWatchRule = channel.unary_unary(
+                '/zcrepl.v1.Controller/ResumeWatchRule',
+                request_serializer=zcrepl_dot_proto_dot_watchrules__pb2.WatchRef.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_watchrules__pb2.WatchRule.FromString,
                 _registered_method=True)
-        self.RemoveSync = channel.unary_unary(
-                '/zcrepl.v1.Controller/RemoveSync',
-                request_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRef.SerializeToString,
-                response_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+        self.RemoveWatchRule = channel.unary_unary(
+                '/zcrepl.v1.Controller/RemoveWatchRule',
+                request_serializer=zcrepl_dot_proto_dot_watchrules__pb2.WatchRef.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_watchrules__pb2.WatchRule.FromString,
                 _registered_method=True)
         self.CreateSchedule = channel.unary_unary(
                 '/zcrepl.v1.Controller/CreateSchedule',
@@ -219,32 +219,32 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def CreateSync(self, request, context):
+    def CreateWatchRule(self, request, context):
         """Continuous replication: a rule keeps destinations in step with a watched source.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListSyncs(self, request, context):
+    def ListWatchRules(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def PauseSync(self, request, context):
+    def PauseWatchRule(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ResumeSync(self, request, context):
+    def ResumeWatchRule(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RemoveSync(self, request, context):
+    def RemoveWatchRule(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -341,30 +341,30 @@ def add_ControllerServicer_to_server(servicer, server):
                     request_deserializer=zcrepl_dot_proto_dot_controller__pb2.AgentRef.FromString,
                     response_serializer=zcrepl_dot_proto_dot_controller__pb2.AgentStatus.SerializeToString,
             ),
-            'CreateSync': grpc.unary_unary_rpc_method_handler(
-                    servicer.CreateSync,
-                    request_deserializer=zcrepl_dot_proto_dot_sync__pb2.CreateSyncRequest.FromString,
-                    response_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.SerializeToString,
+            'CreateWatchRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWatchRule,
+                    request_deserializer=zcrepl_dot_proto_dot_watchrules__pb2.CreateWatchRuleRequest.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_watchrules__pb2.WatchRule.SerializeToString,
             ),
-            'ListSyncs': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListSyncs,
-                    request_deserializer=zcrepl_dot_proto_dot_sync__pb2.ListSyncsRequest.FromString,
-                    response_serializer=zcrepl_dot_proto_dot_sync__pb2.ListSyncsResponse.SerializeToString,
+            'ListWatchRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWatchRules,
+                    request_deserializer=zcrepl_dot_proto_dot_watchrules__pb2.ListWatchRulesRequest.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_watchrules__pb2.ListWatchRulesResponse.SerializeToString,
             ),
-            'PauseSync': grpc.unary_unary_rpc_method_handler(
-                    servicer.PauseSync,
-                    request_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRef.FromString,
-                    response_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.SerializeToString,
+            'PauseWatchRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseWatchRule,
+                    request_deserializer=zcrepl_dot_proto_dot_watchrules__pb2.WatchRef.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_watchrules__pb2.WatchRule.SerializeToString,
             ),
-            'ResumeSync': grpc.unary_unary_rpc_method_handler(
-                    servicer.ResumeSync,
-                    request_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRef.FromString,
-                    response_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.SerializeToString,
+            'ResumeWatchRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeWatchRule,
+                    request_deserializer=zcrepl_dot_proto_dot_watchrules__pb2.WatchRef.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_watchrules__pb2.WatchRule.SerializeToString,
             ),
-            'RemoveSync': grpc.unary_unary_rpc_method_handler(
-                    servicer.RemoveSync,
-                    request_deserializer=zcrepl_dot_proto_dot_sync__pb2.SyncRef.FromString,
-                    response_serializer=zcrepl_dot_proto_dot_sync__pb2.SyncRule.SerializeToString,
+            'RemoveWatchRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveWatchRule,
+                    request_deserializer=zcrepl_dot_proto_dot_watchrules__pb2.WatchRef.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_watchrules__pb2.WatchRule.SerializeToString,
             ),
             'CreateSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSchedule,
@@ -700,7 +700,7 @@ class Controller:
             _registered_method=True)
 
     @staticmethod
-    def CreateSync(request,
+    def CreateWatchRule(request,
             target,
             options=(),
             channel_credentials=None,
@@ -713,9 +713,9 @@ class Controller:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/zcrepl.v1.Controller/CreateSync',
-            zcrepl_dot_proto_dot_sync__pb2.CreateSyncRequest.SerializeToString,
-            zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+            '/zcrepl.v1.Controller/CreateWatchRule',
+            zcrepl_dot_proto_dot_watchrules__pb2.CreateWatchRuleRequest.SerializeToString,
+            zcrepl_dot_proto_dot_watchrules__pb2.WatchRule.FromString,
             options,
             channel_credentials,
             insecure,
@@ -727,7 +727,7 @@ class Controller:
             _registered_method=True)
 
     @staticmethod
-    def ListSyncs(request,
+    def ListWatchRules(request,
             target,
             options=(),
             channel_credentials=None,
@@ -740,9 +740,9 @@ class Controller:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/zcrepl.v1.Controller/ListSyncs',
-            zcrepl_dot_proto_dot_sync__pb2.ListSyncsRequest.SerializeToString,
-            zcrepl_dot_proto_dot_sync__pb2.ListSyncsResponse.FromString,
+            '/zcrepl.v1.Controller/ListWatchRules',
+            zcrepl_dot_proto_dot_watchrules__pb2.ListWatchRulesRequest.SerializeToString,
+            zcrepl_dot_proto_dot_watchrules__pb2.ListWatchRulesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -754,7 +754,7 @@ class Controller:
             _registered_method=True)
 
     @staticmethod
-    def PauseSync(request,
+    def PauseWatchRule(request,
             target,
             options=(),
             channel_credentials=None,
@@ -767,9 +767,9 @@ class Controller:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/zcrepl.v1.Controller/PauseSync',
-            zcrepl_dot_proto_dot_sync__pb2.SyncRef.SerializeToString,
-            zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+            '/zcrepl.v1.Controller/PauseWatchRule',
+            zcrepl_dot_proto_dot_watchrules__pb2.WatchRef.SerializeToString,
+            zcrepl_dot_proto_dot_watchrules__pb2.WatchRule.FromString,
             options,
             channel_credentials,
             insecure,
@@ -781,7 +781,7 @@ class Controller:
             _registered_method=True)
 
     @staticmethod
-    def ResumeSync(request,
+    def ResumeWatchRule(request,
             target,
             options=(),
             channel_credentials=None,
@@ -794,9 +794,9 @@ class Controller:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/zcrepl.v1.Controller/ResumeSync',
-            zcrepl_dot_proto_dot_sync__pb2.SyncRef.SerializeToString,
-            zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+            '/zcrepl.v1.Controller/ResumeWatchRule',
+            zcrepl_dot_proto_dot_watchrules__pb2.WatchRef.SerializeToString,
+            zcrepl_dot_proto_dot_watchrules__pb2.WatchRule.FromString,
             options,
             channel_credentials,
             insecure,
@@ -808,7 +808,7 @@ class Controller:
             _registered_method=True)
 
     @staticmethod
-    def RemoveSync(request,
+    def RemoveWatchRule(request,
             target,
             options=(),
             channel_credentials=None,
@@ -821,9 +821,9 @@ class Controller:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/zcrepl.v1.Controller/RemoveSync',
-            zcrepl_dot_proto_dot_sync__pb2.SyncRef.SerializeToString,
-            zcrepl_dot_proto_dot_sync__pb2.SyncRule.FromString,
+            '/zcrepl.v1.Controller/RemoveWatchRule',
+            zcrepl_dot_proto_dot_watchrules__pb2.WatchRef.SerializeToString,
+            zcrepl_dot_proto_dot_watchrules__pb2.WatchRule.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from zcrepl.core.orders import Order
-from zcrepl.core.synctypes import SyncDestOrder, SyncHoldOrder, SyncSourceOrder, SyncStopOrder, SyncTicketOrder
 from zcrepl.core.types import CancelOrder, ReceiveOrder, SendOrder, ThrottleOrder
+from zcrepl.core.watchtypes import WatchDestOrder, WatchHoldOrder, WatchSourceOrder, WatchStopOrder, WatchTicketOrder
 from zcrepl.proto import controller_pb2 as cpb
-from zcrepl.proto import sync_pb2 as spb
+from zcrepl.proto import watchrules_pb2 as spb
 from zcrepl.proto.convert import options_from_pb, options_to_pb
-from zcrepl.proto.syncconvert import (
+from zcrepl.proto.watchconvert import (
     dest_order_from_pb,
     dest_order_to_pb,
     source_order_from_pb,
@@ -37,17 +37,17 @@ def order_to_pb(order: Order) -> cpb.ControllerMessage:
             return cpb.ControllerMessage(cancel=cpb.CancelOrder(
                 job_id=order.job_id, attempt=order.attempt, reason=order.reason,
                 discard_partial=order.discard_partial))
-        case SyncSourceOrder():
-            return cpb.ControllerMessage(sync_source=source_order_to_pb(order))
-        case SyncDestOrder():
-            return cpb.ControllerMessage(sync_dest=dest_order_to_pb(order))
-        case SyncStopOrder():
-            return cpb.ControllerMessage(sync_stop=spb.SyncStopOrder(rule_id=order.rule_id, reason=order.reason))
-        case SyncTicketOrder():
-            return cpb.ControllerMessage(sync_ticket=spb.SyncTicketOrder(
+        case WatchSourceOrder():
+            return cpb.ControllerMessage(watch_source=source_order_to_pb(order))
+        case WatchDestOrder():
+            return cpb.ControllerMessage(watch_dest=dest_order_to_pb(order))
+        case WatchStopOrder():
+            return cpb.ControllerMessage(watch_stop=spb.WatchStopOrder(rule_id=order.rule_id, reason=order.reason))
+        case WatchTicketOrder():
+            return cpb.ControllerMessage(watch_ticket=spb.WatchTicketOrder(
                 rule_id=order.rule_id, epoch=order.epoch, host=order.host, ticket=order.ticket))
-        case SyncHoldOrder():
-            return cpb.ControllerMessage(sync_hold=spb.SyncHoldOrder(
+        case WatchHoldOrder():
+            return cpb.ControllerMessage(watch_hold=spb.WatchHoldOrder(
                 rule_id=order.rule_id, epoch=order.epoch, held=order.held, reason=order.reason))
     raise TypeError(f"not an order: {order!r}")
 
@@ -70,15 +70,15 @@ def order_from_pb(msg: cpb.ControllerMessage) -> Order | None:
     if kind == "cancel":
         c = msg.cancel
         return CancelOrder(c.job_id, c.attempt, c.reason, c.discard_partial)
-    if kind == "sync_source":
-        return source_order_from_pb(msg.sync_source)
-    if kind == "sync_dest":
-        return dest_order_from_pb(msg.sync_dest)
-    if kind == "sync_stop":
-        return SyncStopOrder(msg.sync_stop.rule_id, msg.sync_stop.reason)
-    if kind == "sync_ticket":
-        return ticket_order_from_pb(msg.sync_ticket)
-    if kind == "sync_hold":
-        h = msg.sync_hold
-        return SyncHoldOrder(h.rule_id, h.epoch, h.held, h.reason)
+    if kind == "watch_source":
+        return source_order_from_pb(msg.watch_source)
+    if kind == "watch_dest":
+        return dest_order_from_pb(msg.watch_dest)
+    if kind == "watch_stop":
+        return WatchStopOrder(msg.watch_stop.rule_id, msg.watch_stop.reason)
+    if kind == "watch_ticket":
+        return ticket_order_from_pb(msg.watch_ticket)
+    if kind == "watch_hold":
+        h = msg.watch_hold
+        return WatchHoldOrder(h.rule_id, h.epoch, h.held, h.reason)
     return None

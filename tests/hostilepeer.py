@@ -12,7 +12,7 @@ from zchelpers import FakeAgent, wait_for
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.frame import Entry, FileHead, Hello, Kind
-from zcrepl.controller.client import ControllerClient
+from zcrepl.cli.client import ControllerClient
 from zcrepl.core.errors import ProtocolError
 from zcrepl.core.types import Endpoint, JobOptions, JobState
 

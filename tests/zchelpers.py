@@ -218,21 +218,21 @@ class Cluster:
         wait_for(lambda: self.agents_online(*names), timeout, interval=0.2, what=f"agents {names} online")
 
     def ctl(self, *args: str, timeout: float = 120.0) -> tuple[int, str, str]:
-        p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller", self.controller_addr,
+        p = subprocess.run([sys.executable, "-m", "zcrepl.cli.ctl", "--controller", self.controller_addr,
                             *args], capture_output=True, timeout=timeout,
                            env={**os.environ, "COLUMNS": "200", **self.pki.env()})
         return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
     def job(self, job_id: int) -> dict[str, Any]:
         """The job as ``zc-ctl job --json`` prints it, fetched in-process (cheap enough to poll)."""
-        from zcrepl.controller.render import job_doc
+        from zcrepl.cli.render import job_doc
 
         with self.client() as c:
             return job_doc(c.job(job_id))
 
     def client(self) -> Any:
         """An admin ControllerClient (in-process)."""
-        from zcrepl.controller.client import ControllerClient
+        from zcrepl.cli.client import ControllerClient
 
         return ControllerClient(self.controller_addr, self.pki.trust())
 

@@ -28,7 +28,7 @@ from zcrepl.agent.transfer.changes import apply_ops
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.limits import LimitExceeded
 from zcrepl.core.errors import ProtocolError, TransferError
-from zcrepl.core.synctypes import SYNC_ID_BASE
+from zcrepl.core.watchtypes import WATCH_ID_BASE
 
 if TYPE_CHECKING:
     from zcrepl.agent.transfer.receive import ReceiveSession, _Sink
@@ -64,7 +64,7 @@ class ControlSession:
         self.ch = ch
         self.writer = writer
         self.sink = sink
-        self.sync = self.spec.job_id >= SYNC_ID_BASE
+        self.sync = self.spec.job_id >= WATCH_ID_BASE
         # A job's deletions are --delete's, never the peer's list: a job session starts at its manifest.
         self.phase = Phase.CHANGES if self.sync else Phase.MANIFEST
         self.result: fr.Result | None = None

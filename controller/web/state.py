@@ -20,8 +20,8 @@ from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import AgentRecord
 from zcrepl.core.errorkind import WAIT_KINDS, wait_kind
 from zcrepl.core.paths import show
-from zcrepl.core.synctypes import SyncRule, SyncState
 from zcrepl.core.types import Endpoint, HostHealth, Job, JobState
+from zcrepl.core.watchtypes import WatchRule, WatchState
 
 HOSTS_PER_PAGE = 25  # a glance: the jobs below stay in view
 JOBS_SHOWN = 50  # running and waiting jobs listed (the counts cover all)
@@ -67,7 +67,7 @@ class StateBuilder:
             hosts = self._hosts(now)
             running = [j for j in e.jobs.values() if j.state is JobState.RUNNING]
             queued = [j for j in e.jobs.values() if j.state is JobState.QUEUED]
-            rules = e.syncs.list_rules(now)
+            rules = e.watch_rules.list_rules(now)
             totals = (len(running), len(queued))
         else:
             hosts, running, queued, rules = await self._stored(now)
@@ -93,7 +93,7 @@ class StateBuilder:
                            "attention": sum(1 for _, reasons, _ in hosts if reasons)},
                 "jobs": {s.value: counts.get(s.value, 0) for s in JobState},
                 "waiting": {k: n for k, n in waits.items() if n},
-                "rules": {"total": len(rules), "paused": sum(r.state is SyncState.PAUSED for r in rules),
+                "rules": {"total": len(rules), "paused": sum(r.state is WatchState.PAUSED for r in rules),
                           "max_lag": max((r.lag for r in rules), default=0.0)},
             },
             "hosts": {"page": page, "pages": pages, "per_page": HOSTS_PER_PAGE, "total": len(hosts),
@@ -112,7 +112,7 @@ class StateBuilder:
         }
 
     async def _stored(self, now: float) -> tuple[list[tuple[AgentRecord, list[str], bool]], list[Job], list[Job],
-                                                 list[SyncRule]]:
+                                                 list[WatchRule]]:
         """A follower's hosts, running and waiting jobs (the latest of each) and watch rules, from the store."""
         e = self.engine
         agents = await follower.agents(e.store, [], now, e.config.offline_after)

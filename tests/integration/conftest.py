@@ -8,7 +8,7 @@ import netbed
 import pytest
 from zchelpers import BedCluster, Cluster, FakeAgent
 
-from zcrepl.controller.client import ControllerClient
+from zcrepl.cli.client import ControllerClient
 
 
 def store_flags(request: pytest.FixtureRequest) -> dict[str, str]:

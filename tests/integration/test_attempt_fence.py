@@ -1,5 +1,5 @@
 """Attempts at the agents: the destination's fence (two attempts of one job never write there at the same time)
-and threads that report FAILED on any exception. Two real Transfers (hostA sends, hostB receives) in one
+and threads that report FAILED on any exception. Two real Attempts (hostA sends, hostB receives) in one
 process, over real sockets and files; orders are played by the test as the controller would send them."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from zchelpers import diff_trees, make_tree, snapshot, wait_for
 
+from zcrepl.agent.attempts import Attempts
 from zcrepl.agent.exports import Exports
 from zcrepl.agent.transfer.server import DataServer, TicketBook
-from zcrepl.agent.transfers import Transfers
 from zcrepl.core.types import CancelOrder, JobOptions, Phase, ReceiveOrder, Role, SendOrder, TransferReport
 
 
@@ -32,7 +32,7 @@ class Host:
         self.tickets = TicketBook()
         self.data = DataServer("127.0.0.1", 0, self.tickets, io_timeout=10)
         self.data.start()
-        self.transfers = Transfers(self.name, self.exports, self.data, self.tickets, self._report, io_timeout=10)
+        self.transfers = Attempts(self.name, self.exports, self.data, self.tickets, self._report, io_timeout=10)
 
     def _report(self, r: TransferReport) -> None:
         with self.lock:

@@ -21,7 +21,7 @@ import pytest
 from hahelpers import STOPS, controllers, ha_cluster, leader, leads
 from zchelpers import Cluster, diff_trees, snapshot, wait_for
 
-from zcrepl.controller.client import ControllerClient
+from zcrepl.cli.client import ControllerClient
 from zcrepl.core.errors import Unavailable
 from zcrepl.core.types import Endpoint, JobOptions, JobState
 

@@ -11,7 +11,7 @@ import sys
 def test_the_demo_replicates_and_checks_its_copy() -> None:
     # A session of its own: if the demo does not finish in time, its daemons go with it (a timeout alone
     # would SIGKILL zc-ctl and leave the controller and agents running).
-    p = subprocess.Popen([sys.executable, "-m", "zcrepl.controller.ctl", "demo", "--files", "100", "--big-mib", "2"],
+    p = subprocess.Popen([sys.executable, "-m", "zcrepl.cli.ctl", "demo", "--files", "100", "--big-mib", "2"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         stdout, stderr = p.communicate(timeout=120)

@@ -16,8 +16,8 @@ from zchelpers import Cluster, wait_for
 
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc
-from zcrepl.proto import sync_pb2 as spb
 from zcrepl.proto import types_pb2 as tpb
+from zcrepl.proto import watchrules_pb2 as spb
 from zcrepl.proto.channels import channel
 
 U64 = (1 << 64) - 1
@@ -164,7 +164,7 @@ def test_requests_out_of_range_are_refused(ctl: Cluster, stub: controller_pb2_gr
                                                       destination=dst), "1 to 253 characters")
         _refused(stub.SubmitFanout, cpb.SubmitFanoutRequest(source=src, destinations=[dst] * 1001),
                  "at most 1000")
-        _refused(stub.CreateSync, spb.CreateSyncRequest(source=src, destinations=[dst], window=math.nan),
+        _refused(stub.CreateWatchRule, spb.CreateWatchRuleRequest(source=src, destinations=[dst], window=math.nan),
                  "--window must be within")
         _refused(stub.ListJobs, cpb.ListJobsRequest(states=[42]), "job state 42 is unknown")
         _refused(stub.GetAgentHealth, cpb.AgentHealthRequest(names=["bad name"]), "agent name 'bad name'")

@@ -56,7 +56,7 @@ def test_unreachable_controller_exits_3(tmp_path: Path) -> None:
     from zchelpers import ClusterPKI
 
     env = {**os.environ, **ClusterPKI(tmp_path).env()}
-    p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller", "127.0.0.1:1", "agents"],
+    p = subprocess.run([sys.executable, "-m", "zcrepl.cli.ctl", "--controller", "127.0.0.1:1", "agents"],
                        capture_output=True, text=True, timeout=60, env=env)
     assert p.returncode == 3
     assert "cannot reach the controller at 127.0.0.1:1" in p.stderr

@@ -23,9 +23,9 @@ from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.frame import Entry, FileHead, Hello, Kind
-from zcrepl.controller.client import ControllerClient
-from zcrepl.core.synctypes import SYNC_ID_BASE
+from zcrepl.cli.client import ControllerClient
 from zcrepl.core.types import Endpoint, JobOptions
+from zcrepl.core.watchtypes import WATCH_ID_BASE
 
 MiB = 1 << 20
 # Normal agents here stay under ~100 MiB; the findings grew one by 560 (hard links) and 323 MiB (renames).
@@ -93,7 +93,7 @@ def test_a_job_succeeds_while_slowloris_strangers_hold_the_port(cluster: Cluster
     try:
         assert len(open_ones()) >= 64  # the port is as full of strangers as it gets
         proc = subprocess.Popen(
-            [sys.executable, "-m", "zcrepl.controller.ctl", "--controller", cluster.controller_addr, "replicate",
+            [sys.executable, "-m", "zcrepl.cli.ctl", "--controller", cluster.controller_addr, "replicate",
              f"hostA:{src}", f"hostB:{tmp_path}/b/dst"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **cluster.pki.env()})
         while proc.poll() is None:  # strangers keep trickling while the job runs
@@ -215,14 +215,14 @@ def test_huge_rounds_of_renames_are_refused_with_memory_bounded(cluster: Cluster
                                                                client: ControllerClient, tmp_path: Path) -> None:
     """Finding 7: 40,050 renames with long names in one round of a watch session added 323 MiB."""
     dst = tmp_path / "b" / "live"
-    client.create_sync(Endpoint("evil", b"/evil/src"), [Endpoint("hostB", os.fsencode(dst))], JobOptions())
-    order = evil.next_order("sync_source")
+    client.create_watch_rule(Endpoint("evil", b"/evil/src"), [Endpoint("hostB", os.fsencode(dst))], JobOptions())
+    order = evil.next_order("watch_source")
     dest = order.dests[0]
     host, port = dest.data_address.rsplit(":", 1)
 
     def connect() -> Channel | None:
         ch = Channel(socket.create_connection((host, int(port)), timeout=10))
-        ch.send(fr.encode_hello(Hello(SYNC_ID_BASE + order.rule_id, order.epoch, bytes(dest.ticket))))
+        ch.send(fr.encode_hello(Hello(WATCH_ID_BASE + order.rule_id, order.epoch, bytes(dest.ticket))))
         if ch.recv_frame()[0] is fr.T.ACCEPT:
             return ch
         ch.sock.close()

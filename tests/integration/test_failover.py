@@ -23,11 +23,11 @@ import pytest
 from hahelpers import address, controllers, drop_database, ha_cluster, leader, leads, pg_database
 from zchelpers import Cluster, diff_trees, snapshot, wait_for
 
-from zcrepl.controller.client import ControllerClient
+from zcrepl.cli.client import ControllerClient
 from zcrepl.core.types import Endpoint, JobOptions, JobState
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import schedule_pb2 as schpb
-from zcrepl.proto import sync_pb2 as spb
+from zcrepl.proto import watchrules_pb2 as spb
 from zcrepl.proto.channels import channel
 from zcrepl.proto.controller_pb2_grpc import ControllerStub
 from zcrepl.proto.convert import endpoint_to_pb
@@ -113,7 +113,7 @@ def test_sigkill_leader(ha: Cluster) -> None:
             n += 1
 
     with _client(c, c.controller_addr) as cl:
-        rule = cl.create_sync(_ep("hostA", src / "w"), [_ep("hostB", base / "b" / "w")], JobOptions())
+        rule = cl.create_watch_rule(_ep("hostA", src / "w"), [_ep("hostB", base / "b" / "w")], JobOptions())
         ids = [cl.submit(_ep("hostA", src / f"s{i}"), _ep("hostB", base / "b" / f"s{i}"), JobOptions(bwlimit=RATE)).id
                for i in range(JOBS)]
         wt = threading.Thread(target=writer, name="writer", daemon=True)
@@ -157,7 +157,7 @@ def test_sigkill_leader(ha: Cluster) -> None:
             wt.join(5)
             wait_for(lambda: not diff_trees(snapshot(src / "w"), snapshot(base / "b" / "w")), 30, interval=0.2,
                      what="the watch rule's destination to catch up")
-            assert [r.id for r in cl.syncs()] == [rule.id]
+            assert [r.id for r in cl.watch_rules()] == [rule.id]
     finally:
         stop_writer.set()
         readers.close()
@@ -194,23 +194,23 @@ def test_a_repeated_fanout_watch_rule_or_schedule_is_made_once(ha: Cluster) -> N
     fan = cpb.SubmitFanoutRequest(source=endpoint_to_pb(_ep("hostA", src)),
                                   destinations=[endpoint_to_pb(_ep("hostB", base / "b" / f"fan{i}")) for i in (1, 2)],
                                   request_id="0b6a3f58-1c1e-4f0e-9d55-7c1b2a3e4f50")
-    rule = spb.CreateSyncRequest(source=endpoint_to_pb(_ep("hostA", base / "a" / "w2")),
+    rule = spb.CreateWatchRuleRequest(source=endpoint_to_pb(_ep("hostA", base / "a" / "w2")),
                                  destinations=[endpoint_to_pb(_ep("hostB", base / "b" / "w2"))],
                                  request_id="9c2d7e14-5a3b-4c8d-8e9f-0a1b2c3d4e5f")
     with channel(address(leader(c)), c.pki.trust()) as ch:
         stub = ControllerStub(ch)
         first, again = stub.SubmitFanout(fan, timeout=5), stub.SubmitFanout(fan, timeout=5)
         assert len(first.jobs) == 2 and [j.id for j in again.jobs] == [j.id for j in first.jobs]
-        made, repeat = stub.CreateSync(rule, timeout=5), stub.CreateSync(rule, timeout=5)
+        made, repeat = stub.CreateWatchRule(rule, timeout=5), stub.CreateWatchRule(rule, timeout=5)
         rule.request_id = "another"  # and another destination: two rules may not write to one directory
         rule.destinations[0].path = os.fsencode(base / "b" / "w3")
-        other = stub.CreateSync(rule, timeout=5)
+        other = stub.CreateWatchRule(rule, timeout=5)
         assert repeat.id == made.id != other.id
-        listed = [r.id for r in stub.ListSyncs(spb.ListSyncsRequest(), timeout=5).rules
+        listed = [r.id for r in stub.ListWatchRules(spb.ListWatchRulesRequest(), timeout=5).rules
                   if r.source.path == os.fsencode(base / "a" / "w2")]
         assert sorted(listed) == sorted([made.id, other.id])
         for r in (made, other):
-            stub.RemoveSync(spb.SyncRef(id=r.id), timeout=5)
+            stub.RemoveWatchRule(spb.WatchRef(id=r.id), timeout=5)
         jobs = stub.ListJobs(cpb.ListJobsRequest(group_id=first.jobs[0].group_id), timeout=5).jobs
         assert sorted(j.id for j in jobs) == sorted(j.id for j in first.jobs)
         add = schpb.CreateScheduleRequest(source=endpoint_to_pb(_ep("hostA", src)),

@@ -18,7 +18,7 @@ import pytest
 from hahelpers import controllers, drop_database, ha_cluster, leader, pg_database
 from zchelpers import Cluster, diff_trees, snapshot, wait_for
 
-from zcrepl.controller.client import ControllerClient
+from zcrepl.cli.client import ControllerClient
 from zcrepl.core.types import Endpoint, JobOptions, JobState
 
 CYCLES = 20
@@ -79,7 +79,7 @@ def test_failover_soak(soak: Cluster) -> None:
             n += 1
 
     with ControllerClient(c.controller_addr, c.pki.trust(), patience=60) as cl:
-        cl.create_sync(_ep("hostA", src / "w"), [_ep("hostB", base / "b" / "w")], JobOptions())
+        cl.create_watch_rule(_ep("hostA", src / "w"), [_ep("hostB", base / "b" / "w")], JobOptions())
         threads = [threading.Thread(target=f, daemon=True) for f in (submitter, writer)]
         for t in threads:
             t.start()

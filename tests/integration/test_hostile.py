@@ -23,7 +23,7 @@ from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.frame import Entry, FileHead, Hello, Kind
-from zcrepl.controller.client import ControllerClient
+from zcrepl.cli.client import ControllerClient
 
 
 @pytest.fixture(scope="module")

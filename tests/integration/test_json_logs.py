@@ -93,5 +93,5 @@ def test_every_line_of_a_session_is_json_with_its_ids(tmp_path: Path) -> None:
     # The watch rule's lines name it, on both agents and on the controller.
     for name in ("controller", "hostA", "hostB"):
         assert any(d.get("rule") == rule for d in logs[name]), name
-    assert all(d.get("rule") == rule for d in logs["hostA"] if d["logger"].startswith("zcrepl.agent.sync"))
+    assert all(d.get("rule") == rule for d in logs["hostA"] if d["logger"].startswith("zcrepl.agent.watchrule"))
     assert os.path.exists(tmp_path / "b" / "w" / "new")

@@ -156,7 +156,7 @@ def test_watch_rules_are_measured_on_both_ends(metered: Cluster, tmp_path: Path)
     src.mkdir()
     ctl_addr, a_addr = metered.controller.ready["metrics"], metered.daemons["hostA"].ready["metrics"]
     with metered.client() as c:
-        rule = c.create_sync(Endpoint("hostA", str(src).encode()), [Endpoint("hostB", str(dst).encode())],
+        rule = c.create_watch_rule(Endpoint("hostA", str(src).encode()), [Endpoint("hostB", str(dst).encode())],
                              JobOptions())
         key = {"rule": str(rule.id), "source": "hostA"}
         wait_for(lambda: dst.is_dir(), what="the rule's first scan")
@@ -174,7 +174,7 @@ def test_watch_rules_are_measured_on_both_ends(metered: Cluster, tmp_path: Path)
         assert value(a, "zcrepl_agent_watch_events_total") >= 5
         assert value(a, "zcrepl_agent_watch_change_sets_total") >= 1
         assert value(a, "zcrepl_agent_watch_transferred_bytes_total") >= 5000
-        c.sync_action("pause", rule.id)
+        c.watch_rule_action("pause", rule.id)
         paused = scrape(ctl_addr)
     assert value(paused, "zcrepl_controller_watch_rule_active", **key) == 0
     for text in (ctl, a, paused):

@@ -22,8 +22,8 @@ from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import tls
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.frame import Hello
-from zcrepl.core.synctypes import SYNC_ID_BASE
 from zcrepl.core.types import Endpoint, JobOptions
+from zcrepl.core.watchtypes import WATCH_ID_BASE
 
 ELSEWHERE = "127.0.0.2"  # another address of this host: a stranger holding a stolen ticket
 
@@ -86,11 +86,11 @@ def test_a_job_ticket_works_only_from_its_source_agent(cluster: Cluster, evil: F
 def test_a_watch_rule_ticket_works_only_from_its_source_agent(cluster: Cluster, evil: FakeAgent,
                                                               tmp_path: Path) -> None:
     with cluster.client() as client:
-        rule = client.create_sync(Endpoint("evil", b"/evil/src"),
+        rule = client.create_watch_rule(Endpoint("evil", b"/evil/src"),
                                   [Endpoint("hostB", os.fsencode(tmp_path / "b" / "w"))], JobOptions(), 0.0, 0.0)
-    order = evil.next_order("sync_source")
+    order = evil.next_order("watch_source")
     dest = order.dests[0]
-    hello = Hello(SYNC_ID_BASE + rule.id, order.epoch, bytes(dest.ticket), fr.ConnRole.CONTROL, 1)
+    hello = Hello(WATCH_ID_BASE + rule.id, order.epoch, bytes(dest.ticket), fr.ConnRole.CONTROL, 1)
     wait_for(lambda: _hello(dest.data_address, hello)[0] is fr.T.ACCEPT, 20,
              what="hostB to take the rule's ticket")
     kind, why, _ = _hello(dest.data_address, hello, source=ELSEWHERE)
@@ -137,15 +137,15 @@ def test_watch_rule_tickets_expire_and_rotate(short_tickets: Cluster, tmp_path: 
     try:
         cluster.wait_online("evil")
         with cluster.client() as client:
-            rule = client.create_sync(Endpoint("evil", b"/evil/src"),
+            rule = client.create_watch_rule(Endpoint("evil", b"/evil/src"),
                                       [Endpoint("hostB", os.fsencode(tmp_path / "b" / "w"))], JobOptions(), 0.0, 0.0)
-        order = evil.next_order("sync_source")
+        order = evil.next_order("watch_source")
         dest = order.dests[0]
-        first = Hello(SYNC_ID_BASE + rule.id, order.epoch, bytes(dest.ticket), fr.ConnRole.CONTROL, 1)
+        first = Hello(WATCH_ID_BASE + rule.id, order.epoch, bytes(dest.ticket), fr.ConnRole.CONTROL, 1)
         wait_for(lambda: _hello(dest.data_address, first)[0] is fr.T.ACCEPT, 20, what="the first ticket")
-        rotated = evil.next_order("sync_ticket", timeout=20)
+        rotated = evil.next_order("watch_ticket", timeout=20)
         assert (rotated.rule_id, rotated.epoch, rotated.host) == (rule.id, order.epoch, "hostB")
-        second = Hello(SYNC_ID_BASE + rule.id, order.epoch, bytes(rotated.ticket), fr.ConnRole.CONTROL, 1)
+        second = Hello(WATCH_ID_BASE + rule.id, order.epoch, bytes(rotated.ticket), fr.ConnRole.CONTROL, 1)
         wait_for(lambda: _hello(dest.data_address, second)[0] is fr.T.ACCEPT, 20, what="the rotated ticket")
         assert _hello(dest.data_address, first)[0] is fr.T.ACCEPT  # the overlap: both work for a while
         # The first ticket dies with its lifetime; the rotated one (and its successors) keep working.
@@ -155,10 +155,10 @@ def test_watch_rule_tickets_expire_and_rotate(short_tickets: Cluster, tmp_path: 
         latest = second
         while True:  # follow the rotations the fake source was sent
             try:
-                o = evil.next_order("sync_ticket", timeout=0.1)
+                o = evil.next_order("watch_ticket", timeout=0.1)
             except Exception:
                 break
-            latest = Hello(SYNC_ID_BASE + rule.id, o.epoch, bytes(o.ticket), fr.ConnRole.CONTROL, 1)
+            latest = Hello(WATCH_ID_BASE + rule.id, o.epoch, bytes(o.ticket), fr.ConnRole.CONTROL, 1)
         wait_for(lambda: _hello(dest.data_address, latest)[0] is fr.T.ACCEPT, 20, what="the latest ticket")
     finally:
         evil.close()
@@ -261,7 +261,7 @@ def test_an_insecure_agent_cannot_take_an_encrypted_job(tmp_path: Path) -> None:
 
         def zc(*args: str) -> subprocess.CompletedProcess[str]:
             env = {k: v for k, v in os.environ.items() if not k.startswith("ZC_")}
-            return subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--insecure", "--controller", addr,
+            return subprocess.run([sys.executable, "-m", "zcrepl.cli.ctl", "--insecure", "--controller", addr,
                                    *args], capture_output=True, text=True, timeout=60, env=env)
 
         wait_for(lambda: zc("agents", "--json").stdout.count('"online": true') == 2, 20, what="agents online")

@@ -115,7 +115,7 @@ def test_watch_rules_follow_the_destination_policy(cluster: Cluster, tmp_path: P
     src = _privileged_source(tmp_path / "a" / "src")
     dst = tmp_path / "b" / "live"
     with cluster.client() as client:
-        rule = client.create_sync(Endpoint("hostA", os.fsencode(src)), [Endpoint("hostB", os.fsencode(dst))],
+        rule = client.create_watch_rule(Endpoint("hostA", os.fsencode(src)), [Endpoint("hostB", os.fsencode(dst))],
                                   JobOptions(xattrs=True))
         try:
             wait_for(lambda: (dst / "tool").exists() and (dst / "alice").exists(), what="the first full scan")
@@ -124,7 +124,7 @@ def test_watch_rules_follow_the_destination_policy(cluster: Cluster, tmp_path: P
             os.setxattr(src / "later", b"security.capability", CAP_SETUID)
             wait_for(lambda: (dst / "later").exists(), what="the change to arrive")
         finally:
-            client.sync_action("remove", rule.id)
+            client.watch_rule_action("remove", rule.id)
     for name in ("tool", "later"):
         assert _attrs(dst / name) & set(PRIVILEGED) == set(), name
     assert _owner(dst / "alice") == _owner(dst / "later") == (0, 0)

@@ -46,7 +46,7 @@ def capless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def start_ctl(c: Cluster, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "zcrepl.controller.ctl", "--controller", c.controller_addr,
+    return subprocess.Popen([sys.executable, "-m", "zcrepl.cli.ctl", "--controller", c.controller_addr,
                              *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "COLUMNS": "200", **c.pki.env()})
 

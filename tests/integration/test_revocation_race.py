@@ -7,7 +7,7 @@ from pathlib import Path
 
 from zchelpers import ClusterPKI, FakeAgent, wait_for
 
-from zcrepl.controller.client import ControllerClient
+from zcrepl.cli.client import ControllerClient
 from zcrepl.controller.daemon import Controller
 from zcrepl.core import pki
 from zcrepl.core.config import ControllerConfig

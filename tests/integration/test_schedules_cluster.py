@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from zchelpers import Cluster, diff_trees, snapshot, wait_for, write_file
 
-from zcrepl.controller.ctl import main
+from zcrepl.cli.ctl import main
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from zchelpers import Cluster, ClusterPKI, FakeAgent, make_tree, snapshot, wait_
 from zcrepl.core import pki
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc, types_pb2
-from zcrepl.proto import sync_pb2 as spb
+from zcrepl.proto import watchrules_pb2 as spb
 from zcrepl.proto.channels import channel
 
 
@@ -56,13 +56,13 @@ def test_strangers_cannot_reach_the_api(cluster: Cluster, tmp_path: Path) -> Non
             code, _ = _code(stub.SubmitJob, _submit(tmp_path))
             assert code is grpc.StatusCode.UNAVAILABLE
             assert _code(stub.CancelJob, cpb.JobRef(id=1))[0] is grpc.StatusCode.UNAVAILABLE
-            assert _code(stub.RemoveSync, spb.SyncRef(id=1))[0] is grpc.StatusCode.UNAVAILABLE
+            assert _code(stub.RemoveWatchRule, spb.WatchRef(id=1))[0] is grpc.StatusCode.UNAVAILABLE
     assert (tmp_path / "b" / "keep").read_bytes() == b"precious"
     rc, out, _ = cluster.ctl("jobs", "--json")
     assert rc == 0 and json.loads(out) == []
     # zc-ctl with a certificate of another CA explains what is wrong with its files.
     env = {**os.environ, **stranger_ca.env(), "ZC_CA": cluster.pki.ca}
-    p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller", cluster.controller_addr,
+    p = subprocess.run([sys.executable, "-m", "zcrepl.cli.ctl", "--controller", cluster.controller_addr,
                         "agents"], capture_output=True, text=True, timeout=60, env=env)
     assert p.returncode == 2 and "admin.pem is not issued by the CA in" in p.stderr, p.stderr
 
@@ -74,7 +74,7 @@ def test_roles_decide_what_a_certificate_may_do(cluster: Cluster, tmp_path: Path
     assert code is grpc.StatusCode.PERMISSION_DENIED
     assert why == "rita has the read role; SubmitJob needs operator (ask an admin for a certificate)"
     assert _code(reader.CancelJob, cpb.JobRef(id=1))[0] is grpc.StatusCode.PERMISSION_DENIED
-    assert _code(reader.RemoveSync, spb.SyncRef(id=1))[0] is grpc.StatusCode.PERMISSION_DENIED
+    assert _code(reader.RemoveWatchRule, spb.WatchRef(id=1))[0] is grpc.StatusCode.PERMISSION_DENIED
     assert _code(reader.ListAgents, cpb.ListAgentsRequest())[0] is grpc.StatusCode.OK
     agent = _stub(cluster, cluster.pki.trust("agent", "hostA"))
     code, why = _code(agent.SubmitJob, _submit(tmp_path))
@@ -83,17 +83,17 @@ def test_roles_decide_what_a_certificate_may_do(cluster: Cluster, tmp_path: Path
     assert (tmp_path / "b" / "keep").read_bytes() == b"precious"
 
     env = {**os.environ, **cluster.pki.env("rita", "read")}
-    p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller", cluster.controller_addr,
+    p = subprocess.run([sys.executable, "-m", "zcrepl.cli.ctl", "--controller", cluster.controller_addr,
                         "replicate", f"hostA:{tmp_path}/a", f"hostB:{tmp_path}/b/x"], capture_output=True,
                        text=True, timeout=60, env=env)
     assert p.returncode == 5, p.stderr
     assert p.stderr.strip() == ("zc-ctl: permission denied: rita has the read role; SubmitJob needs operator "
                                 "(ask an admin for a certificate)")
     env = {**os.environ, **cluster.pki.env("olga", "operator")}
-    p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller", cluster.controller_addr,
+    p = subprocess.run([sys.executable, "-m", "zcrepl.cli.ctl", "--controller", cluster.controller_addr,
                         "token", "create", "--agent", "hostC"], capture_output=True, text=True, timeout=60, env=env)
     assert p.returncode == 5 and "CreateJoinToken needs admin" in p.stderr
-    p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller", cluster.controller_addr,
+    p = subprocess.run([sys.executable, "-m", "zcrepl.cli.ctl", "--controller", cluster.controller_addr,
                         "replicate", f"hostA:{tmp_path}/a", f"hostB:{tmp_path}/b/x"], capture_output=True,
                        text=True, timeout=60, env=env)
     assert p.returncode == 0, p.stderr
@@ -157,7 +157,7 @@ def test_revocation_closes_sessions_and_refuses_calls_without_restart(cluster: C
     env = {**os.environ, **cluster.pki.env("mallory", "admin")}
 
     def refused() -> subprocess.CompletedProcess[str] | None:
-        p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "--controller",
+        p = subprocess.run([sys.executable, "-m", "zcrepl.cli.ctl", "--controller",
                             cluster.controller_addr, "agents"], capture_output=True, text=True, timeout=60, env=env)
         return p if p.returncode != 0 else None
 
@@ -256,7 +256,7 @@ def test_daemons_refuse_to_start_without_tls_material(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "zcrepl.agent", "--name", "h", "--export", str(tmp_path / "e"),
                         "--state-dir", str(tmp_path / "as")], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "no TLS material" in p.stderr and "--join TOKEN" in p.stderr
-    p = subprocess.run([sys.executable, "-m", "zcrepl.controller.ctl", "agents"], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "zcrepl.cli.ctl", "agents"], capture_output=True, text=True,
                        timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("ZC_")})
     assert p.returncode == 2 and "no TLS material" in p.stderr
 

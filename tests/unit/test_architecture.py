@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 # `agent/link.py` or `agent/link.py:ControllerLink._handle` inside backticks.
-REF = re.compile(r"`((?:agent|controller|core|proto)/[\w/]+\.py)(?::([\w.]+))?`")
+REF = re.compile(r"`((?:agent|controller|core|proto|cli)/[\w/]+\.py)(?::([\w.]+))?`")
 
 
 def _defined(tree: ast.Module, dotted: str) -> bool:

@@ -34,10 +34,10 @@ def test_every_rpc_of_every_service_has_a_role() -> None:
 
 @pytest.mark.parametrize(("ident", "method", "allowed"), [
     (READ_ID, "ListAgents", True), (READ_ID, "ExplainJob", True), (READ_ID, "WatchJob", True),
-    (READ_ID, "ListSyncs", True), (READ_ID, "SubmitJob", False), (READ_ID, "CancelJob", False),
-    (READ_ID, "RemoveSync", False), (READ_ID, "CreateSync", False), (READ_ID, "Connect", False),
+    (READ_ID, "ListWatchRules", True), (READ_ID, "SubmitJob", False), (READ_ID, "CancelJob", False),
+    (READ_ID, "RemoveWatchRule", False), (READ_ID, "CreateWatchRule", False), (READ_ID, "Connect", False),
     (OPER_ID, "SubmitJob", True), (OPER_ID, "SubmitFanout", True), (OPER_ID, "CancelJob", True),
-    (OPER_ID, "PauseSync", True), (OPER_ID, "RemoveSync", True), (OPER_ID, "ListAgents", True),
+    (OPER_ID, "PauseWatchRule", True), (OPER_ID, "RemoveWatchRule", True), (OPER_ID, "ListAgents", True),
     (OPER_ID, "RemoveAgent", False), (OPER_ID, "Connect", False),
     (ADMIN_ID, "RemoveAgent", True), (ADMIN_ID, "SubmitJob", True), (ADMIN_ID, "Connect", False),
     (AGENT_ID, "Connect", True), (AGENT_ID, "SubmitJob", False), (AGENT_ID, "ListAgents", False),

@@ -149,7 +149,7 @@ def test_order_and_explain_carry_the_decision(tmp_path: Path) -> None:
 
 
 def test_zc_ctl_spellings() -> None:
-    from zcrepl.controller.ctl import build_parser
+    from zcrepl.cli.ctl import build_parser
 
     def parse(*argv: str) -> tuple[Compress, int]:
         a = build_parser().parse_args(["replicate", "hostA:/a", "hostB:/b", *argv])
@@ -165,7 +165,7 @@ def test_zc_ctl_spellings() -> None:
 
 
 def test_job_view_shows_wire_bytes_beside_file_bytes() -> None:
-    from zcrepl.controller.render import wire_text
+    from zcrepl.cli.render import wire_text
 
     assert wire_text(TransferStats(bytes_done=40_000_000, wire_bytes=9_400_000)) == (
         "9.0 MiB on the wire for 38.1 MiB of files")

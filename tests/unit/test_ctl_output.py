@@ -13,13 +13,13 @@ import time
 import pytest
 from rich.console import Console
 
-from zcrepl.controller import render
-from zcrepl.controller.ctl_out import Out, is_terminal
-from zcrepl.controller.render_plain import plain_table
+from zcrepl.cli import render
+from zcrepl.cli.ctl_out import Out, is_terminal
+from zcrepl.cli.render_plain import plain_table
 from zcrepl.core.types import AgentInfo, AgentStatus, HostHealth
 
 HEAVY = ("grpc", "google.protobuf", "rich", "asyncio", "cryptography", "zcrepl.core.types", "zcrepl.core.config",
-         "zcrepl.proto", "zcrepl.controller.client")
+         "zcrepl.proto", "zcrepl.cli.client")
 
 
 def _modules_after(code: str) -> set[str]:
@@ -30,18 +30,18 @@ def _modules_after(code: str) -> set[str]:
 
 def test_help_and_parsing_load_no_grpc_protobuf_rich_or_asyncio() -> None:
     loaded = _modules_after(
-        "from zcrepl.controller import ctl\n"
+        "from zcrepl.cli import ctl\n"
         "ctl.build_parser().parse_args(['replicate', 'hostA:/a', 'hostB:/b', '--durability', 'none'])\n"
         "try:\n    ctl.main(['--help'])\nexcept SystemExit:\n    pass\n"
         "try:\n    ctl.main(['pki', 'issue', '--help'])\nexcept SystemExit:\n    pass")
-    assert "zcrepl.controller.ctl" in loaded
+    assert "zcrepl.cli.ctl" in loaded
     heavy = sorted(m for m in loaded if m.startswith(HEAVY))
     assert not heavy, f"the parser pulled in {heavy}"
 
 
 def test_a_usage_error_loads_nothing_heavy_either() -> None:
     loaded = _modules_after(
-        "from zcrepl.controller import ctl\n"
+        "from zcrepl.cli import ctl\n"
         "try:\n    ctl.main(['replicate', 'hostA:/a', 'hostB:/b', '--durability', 'fast'])\nexcept SystemExit:\n"
         "    pass")
     assert not [m for m in loaded if m.startswith(HEAVY)]

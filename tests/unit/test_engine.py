@@ -207,7 +207,7 @@ def test_remove_agent_refuses_while_queued_jobs_or_watch_rules_name_it(harness: 
     h.agent("hostB")
     h.agent("hostC")
     job = h.submit("hostA:/srv/a", "hostB:/srv/b")
-    rule = h.engine.syncs.create(ep("hostC:/srv/w"), [ep("hostA:/srv/w")], JobOptions(), 0.0, 0.0, h.now)
+    rule = h.engine.watch_rules.create(ep("hostC:/srv/w"), [ep("hostA:/srv/w")], JobOptions(), 0.0, 0.0, h.now)
     for name in ("hostA", "hostB", "hostC"):
         h.engine.disconnect(h.sessions[name])
     with pytest.raises(Conflict, match=rf"hostB is named by queued job\(s\) {job.id}; cancel them first"):
@@ -216,7 +216,7 @@ def test_remove_agent_refuses_while_queued_jobs_or_watch_rules_name_it(harness: 
         h.engine.remove_agent("hostC")
     h.engine.cancel(job.id)
     h.engine.remove_agent("hostB")
-    h.engine.syncs.remove(rule.id, h.now)
+    h.engine.watch_rules.remove(rule.id, h.now)
     h.engine.remove_agent("hostC")
     assert h.engine.agent_names() == ["hostA"]
 

@@ -247,7 +247,7 @@ def test_the_sources_failure_stands_when_the_destination_says_nothing(agents: An
 
 # -- the agent's side ------------------------------------------------------------------------------------------
 class _Running:
-    """What ControllerLink needs of Transfers: how many run, and a way to stop them all."""
+    """What ControllerLink needs of Attempts: how many run, and a way to stop them all."""
 
     def __init__(self) -> None:
         self.stopped: list[str] = []

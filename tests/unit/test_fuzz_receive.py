@@ -39,14 +39,14 @@ from zcrepl.agent.transfer.saferoot import SafeRoot, validate_relpath
 from zcrepl.agent.transfer.server import TicketBook
 from zcrepl.core.errors import TransferError, UnsafePath
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, PRIVILEGED_XATTR_PREFIXES, ExportPolicy, IdRule
-from zcrepl.core.synctypes import SYNC_ID_BASE
 from zcrepl.core.types import Durability, JobOptions, TransferStats
+from zcrepl.core.watchtypes import WATCH_ID_BASE
 
 # A failing example with 64 kB names is worth printing whole (hypothesis warns about the size of its repr).
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 JOB = 4242  # a replication job: CHANGES are refused, --delete decides deletions
-RULE = SYNC_ID_BASE + 4242  # a watch rule's session: CHANGES rounds first
+RULE = WATCH_ID_BASE + 4242  # a watch rule's session: CHANGES rounds first
 TICKET = b"T" * fr.TICKET_LEN
 # Small on purpose: a FILE frame's total is what the receiver preallocates (issue 9 item 6 is fixed
 # elsewhere); the fuzzer must not fill the shared disk while it looks for other bugs.

@@ -14,7 +14,7 @@ from typing import Any
 _CHILD = r"""
 import gc, logging, os, sys, threading, warnings
 from zcrepl.core.logs import attempt_fields, carry, kv, log_context, setup_logging
-from zcrepl.core.synctypes import SYNC_ID_BASE
+from zcrepl.core.watchtypes import WATCH_ID_BASE
 
 setup_logging("debug", sys.argv[1], static={"service": "zc-test", "host": "hostT"})
 log = logging.getLogger("zcrepl.test")
@@ -23,8 +23,8 @@ with log_context(job=7, attempt=2):
     t = threading.Thread(target=carry(lambda: log.info("from a thread it started")))
     t.start(); t.join()
     log.info("own fields win", extra=kv(attempt=3))
-log.info("data plane of a watch rule", extra=kv(job=SYNC_ID_BASE + 5, path="x"))
-with log_context(**attempt_fields(SYNC_ID_BASE + 5, 9)):
+log.info("data plane of a watch rule", extra=kv(job=WATCH_ID_BASE + 5, path="x"))
+with log_context(**attempt_fields(WATCH_ID_BASE + 5, 9)):
     log.info("in a watch session")
 logging.getLogger("grpc._cython.cygrpc").error("from grpc's Python side")
 logging.getLogger("watchdog.observers.inotify_buffer").warning("from watchdog")

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 
 from zcrepl.core.orders import Order
-from zcrepl.core.synctypes import (
-    SyncDest,
-    SyncDestOrder,
-    SyncHoldOrder,
-    SyncPhase,
-    SyncRule,
-    SyncSourceOrder,
-    SyncStopOrder,
-    SyncTicketOrder,
-)
 from zcrepl.core.types import CancelOrder, JobOptions, ReceiveOrder, SendOrder, ThrottleOrder
+from zcrepl.core.watchtypes import (
+    WatchDest,
+    WatchDestOrder,
+    WatchHoldOrder,
+    WatchPhase,
+    WatchRule,
+    WatchSourceOrder,
+    WatchStopOrder,
+    WatchTicketOrder,
+)
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto.orders import order_from_pb, order_to_pb
 
@@ -25,13 +25,13 @@ ORDERS: list[Order] = [
     SendOrder(7, 2, b"t" * 32, b"/srv/a/src", OPTS, "hostB", "10.0.0.3:7421", b"/srv/b/\xffdst"),
     ThrottleOrder(7, 2, bwlimit=5 << 20, paused=True, reason="hostB's disk is busy"),
     CancelOrder(7, 2, reason="cancelled by the operator", discard_partial=True),
-    SyncSourceOrder(3, 9, b"/srv/a/w", OPTS, 0.05, 0.2,
-                    (SyncDest("hostB", "10.0.0.3:7421", b"t" * 32, b"/srv/b/w", encrypt=True),),
+    WatchSourceOrder(3, 9, b"/srv/a/w", OPTS, 0.05, 0.2,
+                    (WatchDest("hostB", "10.0.0.3:7421", b"t" * 32, b"/srv/b/w", encrypt=True),),
                     held=True, hold_reason="hostA is busy"),
-    SyncDestOrder(3, 9, b"/srv/b/w", OPTS, b"t" * 32, "hostA", ("10.0.0.2",), ticket_ttl=3600.0),
-    SyncTicketOrder(3, 9, "hostB", b"u" * 32),
-    SyncStopOrder(3, "rule removed"),
-    SyncHoldOrder(3, 9, True, "hostB is busy"),
+    WatchDestOrder(3, 9, b"/srv/b/w", OPTS, b"t" * 32, "hostA", ("10.0.0.2",), ticket_ttl=3600.0),
+    WatchTicketOrder(3, 9, "hostB", b"u" * 32),
+    WatchStopOrder(3, "rule removed"),
+    WatchHoldOrder(3, 9, True, "hostB is busy"),
 ]
 
 
@@ -53,12 +53,12 @@ def test_anything_else_is_refused() -> None:
         order_to_pb("cancel job 7")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("phase", list(SyncPhase), ids=lambda p: p.value)
-def test_a_watch_rules_phase_crosses_the_wire_as_a_field(phase: SyncPhase) -> None:
+@pytest.mark.parametrize("phase", list(WatchPhase), ids=lambda p: p.value)
+def test_a_watch_rules_phase_crosses_the_wire_as_a_field(phase: WatchPhase) -> None:
     from zcrepl.core.types import Endpoint
-    from zcrepl.proto.syncconvert import rule_from_pb, rule_to_pb
+    from zcrepl.proto.watchconvert import rule_from_pb, rule_to_pb
 
-    rule = SyncRule(4, Endpoint("hostA", b"/srv/a/w"), (Endpoint("hostB", b"/srv/b/w"),), OPTS, phase=phase,
+    rule = WatchRule(4, Endpoint("hostA", b"/srv/a/w"), (Endpoint("hostB", b"/srv/b/w"),), OPTS, phase=phase,
                     status=f"{phase.value}: as the operator reads it")
     back = rule_from_pb(type(rule_to_pb(rule)).FromString(rule_to_pb(rule).SerializeToString()))
     assert (back.phase, back.status) == (phase, rule.status)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from zcrepl.controller.requests import JOB, SYNC, Requests, checked
+from zcrepl.controller.requests import JOB, WATCH_RULE, Requests, checked
 from zcrepl.controller.store import open_db, open_store
 from zcrepl.controller.store_migrations import STEPS, latest
 from zcrepl.core.errors import InvalidArgument
@@ -53,7 +53,7 @@ def test_the_previous_schema_gains_the_requests_table_and_keeps_its_jobs(store_s
             req.remember("r-1", JOB, [job.id], 5.0)
         assert job.id == 2
         assert asyncio.run(req.made("r-1", JOB)) == [2]
-        assert asyncio.run(req.made("r-1", SYNC)) == []  # a watch rule's id is another kind
+        assert asyncio.run(req.made("r-1", WATCH_RULE)) == []  # a watch rule's id is another kind
         assert asyncio.run(req.made("", JOB)) == []
     finally:
         s.close()

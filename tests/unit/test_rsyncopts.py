@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from zcrepl.controller import ctl, validate
-from zcrepl.controller.render_plan import itemize
+from zcrepl.cli import ctl
+from zcrepl.cli.render_plan import itemize
+from zcrepl.controller import validate
 from zcrepl.controller.runs import Run, rate_limited
 from zcrepl.controller.store import open_store
 from zcrepl.core.errors import InvalidArgument, InvalidPath

@@ -16,9 +16,9 @@ import pytest
 from zcrepl.controller.pki_store import PkiStore
 from zcrepl.controller.store import Store, open_store
 from zcrepl.controller.store_migrations import STEPS, latest, migrate
-from zcrepl.controller.sync_store import SyncStore
-from zcrepl.core.synctypes import SyncCounters, SyncRule, SyncState
+from zcrepl.controller.watchrule_store import WatchRuleStore
 from zcrepl.core.types import Attempt, Durability, Endpoint, JobOptions, JobState, Priority, Skipped
+from zcrepl.core.watchtypes import WatchCounters, WatchRule, WatchState
 
 # (commit, the schema version it recorded, what it added, its schema script)
 HISTORY = [
@@ -316,7 +316,7 @@ def test_every_older_sqlite_schema_opens_keeps_its_data_and_ends_like_a_new_one(
         s.start_attempt(new.id, 1, 11.0, b"hostC:/copy")
         s.save_skipped(new.id, 1, [Skipped(b"dev", "device")])
         s.add_decision(new.id, 11.0, "start", "new reason")
-        rule = SyncStore(s).create(SRC, (DST,), SyncRule(0, SRC, (DST,), JobOptions(delete=True)))
+        rule = WatchRuleStore(s).create(SRC, (DST,), WatchRule(0, SRC, (DST,), JobOptions(delete=True)))
         asyncio.run(PkiStore(s).add_token("secret", "hostR", 1.0, 2.0))
     finally:
         s.close()
@@ -326,7 +326,7 @@ def test_every_older_sqlite_schema_opens_keeps_its_data_and_ends_like_a_new_one(
         assert again is not None and again.options.priority is Priority.HIGH
         assert again.history == (Attempt(1, 11.0, source=b"hostC:/copy"),)
         assert s.decisions(new.id) == [(11.0, "start", "new reason")]
-        assert [r.id for r in SyncStore(s).all()] == [rule.id]
+        assert [r.id for r in WatchRuleStore(s).all()] == [rule.id]
     finally:
         s.close()
 
@@ -346,9 +346,9 @@ def test_a_schema_4_database_with_watch_rules_and_tokens_keeps_them(tmp_path: Pa
         db.close()
     s = open_store("", str(state))
     try:
-        syncs = SyncStore(s)
+        syncs = WatchRuleStore(s)
         (rule,) = syncs.all()
-        assert (rule.state, rule.window, rule.counters) == (SyncState.PAUSED, 0.05, SyncCounters(sessions=3))
+        assert (rule.state, rule.window, rule.counters) == (WatchState.PAUSED, 0.05, WatchCounters(sessions=3))
         assert syncs.next_epoch(rule.id) == 8  # the stored epoch goes on, never repeats
     finally:
         s.close()

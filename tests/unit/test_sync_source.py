@@ -1,12 +1,12 @@
-"""Tests for zcrepl.agent.sync_source's ReleaseGate: a held watch rule's shipping is woken by the release or by
+"""Tests for zcrepl.agent.watchrule_source's ReleaseGate: a held watch rule's shipping is woken by the release or by
 cancellation (threads blocked at the gate, a real Cancel), not by a poll."""
 
 from __future__ import annotations
 
 import threading
 
-from zcrepl.agent.sync_source import ReleaseGate
 from zcrepl.agent.transfer.cancel import Cancel
+from zcrepl.agent.watchrule_source import ReleaseGate
 
 JOIN = 10.0  # only bounds a hung test; the wake itself is immediate
 

@@ -10,7 +10,6 @@ import pytest
 from zcrepl.controller import validate as v
 from zcrepl.controller.registry import HealthHistory
 from zcrepl.core.errors import InvalidArgument
-from zcrepl.core.synctypes import SyncStatus
 from zcrepl.core.types import (
     SKIPPED_LISTED,
     AgentInfo,
@@ -24,6 +23,7 @@ from zcrepl.core.types import (
     Skipped,
     TransferReport,
 )
+from zcrepl.core.watchtypes import WatchStatus
 from zcrepl.proto.convert import health_from_pb, health_to_pb
 
 GOOD = AgentInfo(name="hostA", grpc_address="10.0.0.1:7421", data_address="10.0.0.1:7422",
@@ -180,7 +180,7 @@ def test_a_report_keeps_its_skipped_list_bounded_and_its_text_printable() -> Non
     assert v.report(ok) is ok
 
 
-def test_sync_statuses_are_clamped() -> None:
-    (st,) = v.sync_statuses([SyncStatus(1, 1, lag=math.nan, last_error="e\u202e" * 3000, warning="w\n")])
+def test_watch_statuses_are_clamped() -> None:
+    (st,) = v.watch_statuses([WatchStatus(1, 1, lag=math.nan, last_error="e\u202e" * 3000, warning="w\n")])
     assert st.lag == 0.0 and len(st.last_error) == v.MAX_TEXT and "\u202e" not in st.last_error
     assert st.warning == "w?"

@@ -104,7 +104,7 @@ def test_finished_jobs_watch_rules_and_long_texts_are_capped(fleet: tuple[Engine
     engine, clock = fleet
     for job in list(engine.jobs.values())[:40]:
         engine.cancel(job.id)
-    rules = [engine.syncs.create(Endpoint("host0001", b"/srv/data/w%d" % i),
+    rules = [engine.watch_rules.create(Endpoint("host0001", b"/srv/data/w%d" % i),
                                  [Endpoint(f"host{d:04d}", b"/srv/data/w%d" % i) for d in range(2, 12)],
                                  JobOptions(), 1.0, 0.5, clock.now) for i in range(60)]
     doc = asyncio.run(StateBuilder(engine).build())

@@ -56,7 +56,7 @@ ReportFn = Callable[[TransferReport], None]
 TICKET_TTL = 120.0
 
 
-class Transfers:
+class Attempts:
     def __init__(
         self,
         host: str,

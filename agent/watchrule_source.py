@@ -35,7 +35,7 @@ from zcrepl.core.config import split_address
 from zcrepl.core.errors import Cancelled, TransferError
 from zcrepl.core.logs import kv, log_context
 from zcrepl.core.paths import show
-from zcrepl.core.synctypes import SYNC_ID_BASE, SyncCounters, SyncDest, SyncSourceOrder, SyncStatus
+from zcrepl.core.watchtypes import WATCH_ID_BASE, WatchCounters, WatchDest, WatchSourceOrder, WatchStatus
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,9 @@ class ReleaseGate:
 
 
 class SourceRule:
-    """Started by a SyncSourceOrder; ``stop`` ends it. ``status`` is read by the heartbeat thread."""
+    """Started by a WatchSourceOrder; ``stop`` ends it. ``status`` is read by the heartbeat thread."""
 
-    def __init__(self, host: str, order: SyncSourceOrder, root: SafeRoot, watch_path: bytes, *,
+    def __init__(self, host: str, order: WatchSourceOrder, root: SafeRoot, watch_path: bytes, *,
                  io_timeout: float = 60.0, backoff_max: float = 30.0, contexts: TlsContexts | None = None) -> None:
         self.host = host
         self.order = order
@@ -102,7 +102,7 @@ class SourceRule:
         self._cancel = Cancel()  # wakes a running session's threads at once
         self._gate = ReleaseGate(order.held, self._cancel)
         self._lock = threading.Lock()
-        self._counters = SyncCounters()
+        self._counters = WatchCounters()
         self._failures = 0
         self._last_error = ""
         self._last_error_at = 0.0
@@ -142,7 +142,7 @@ class SourceRule:
         with self._lock:
             return self._counters.bytes
 
-    def status(self) -> SyncStatus:
+    def status(self) -> WatchStatus:
         now = time.monotonic()
         with self._lock:
             shipping = self._shipping
@@ -154,7 +154,7 @@ class SourceRule:
         if shipping is not None:
             lag = max(lag, now - shipping.oldest) if shipping.oldest else lag
             pending += len(shipping)
-        return SyncStatus(self.order.rule_id, self.order.epoch, watching=not self._cancel.is_set(), lag=lag,
+        return WatchStatus(self.order.rule_id, self.order.epoch, watching=not self._cancel.is_set(), lag=lag,
                           pending=pending, held=self._gate.held, reconciling=reconciling, counters=counters,
                           last_error=err, last_error_at=err_at, last_shipped_at=shipped, warning=warning)
 
@@ -191,7 +191,7 @@ class SourceRule:
             return None
         return None if st is None else stat.S_ISDIR(st.st_mode)
 
-    def _ship_to(self, dest: SyncDest, cs: ChangeSet) -> None:
+    def _ship_to(self, dest: WatchDest, cs: ChangeSet) -> None:
         o = self.order
         plan = None if cs.rescan else ChangePlan(cs.renames, cs.deletes, cs.upserts)
         streams = o.options.streams or (RESCAN_STREAMS if cs.rescan or len(cs.upserts) > BIG_SET else 1)
@@ -199,7 +199,7 @@ class SourceRule:
             tickets = list(self._tickets.get(dest.host, [dest.ticket]))
         t0 = time.monotonic()
         for n, ticket in enumerate(tickets):
-            spec = SendSpec(job_id=SYNC_ID_BASE + o.rule_id, attempt=o.epoch, ticket=ticket,
+            spec = SendSpec(job_id=WATCH_ID_BASE + o.rule_id, attempt=o.epoch, ticket=ticket,
                             address=split_address(dest.data_address),
                             options=replace(o.options, streams=streams, encrypt=dest.encrypt), cancel=self._cancel,
                             on_progress=lambda _s: None, io_timeout=self.io_timeout, encrypt=dest.encrypt,
@@ -218,7 +218,7 @@ class SourceRule:
                     if self._tickets.get(dest.host, [])[:1] == [ticket]:
                         self._tickets[dest.host] = [ticket]  # the rotation is confirmed
             break
-        add = SyncCounters(sessions=1, changes=0 if cs.rescan else len(cs), files=stats.files_done,
+        add = WatchCounters(sessions=1, changes=0 if cs.rescan else len(cs), files=stats.files_done,
                            bytes=stats.bytes_done, deleted=stats.deleted, renamed=sender.renamed,
                            reconciles=int(cs.rescan), skipped=stats.entries_skipped + stats.file_errors)
         with self._lock:
@@ -244,7 +244,7 @@ class SourceRule:
             self._failures += 1
             failures = self._failures
             self._last_error, self._last_error_at = msg, time.time()
-            self._counters = self._counters.plus(SyncCounters(errors=1))
+            self._counters = self._counters.plus(WatchCounters(errors=1))
         delay = backoff_delay(failures, 0.5, self.backoff_max)
         log.warning("watch rule shipping failed; will reconcile", extra=kv(
             rule=self.order.rule_id, error=msg, retry_in=round(delay, 2)))

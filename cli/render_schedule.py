@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from zcrepl.controller.render import ago, job_doc
+from zcrepl.cli.render import ago, job_doc
 from zcrepl.core.schedtypes import Schedule, ScheduleState
 from zcrepl.core.types import Job, JobState
 

@@ -13,8 +13,8 @@ import math
 import threading
 import time
 
+from zcrepl.agent.attempts import check_destination, open_source
 from zcrepl.agent.exports import Exports
-from zcrepl.agent.sync_source import SourceRule
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.failure import explain
@@ -25,25 +25,25 @@ from zcrepl.agent.transfer.peer import Binding, resolve
 from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
 from zcrepl.agent.transfer.tls import TlsContexts
-from zcrepl.agent.transfers import check_destination, open_source
+from zcrepl.agent.watchrule_source import SourceRule
 from zcrepl.core.errors import ZcError
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import show
-from zcrepl.core.synctypes import (
-    SYNC_ID_BASE,
-    SyncCounters,
-    SyncDestOrder,
-    SyncHoldOrder,
-    SyncSourceOrder,
-    SyncStatus,
-    SyncStopOrder,
-    SyncTicketOrder,
+from zcrepl.core.watchtypes import (
+    WATCH_ID_BASE,
+    WatchCounters,
+    WatchDestOrder,
+    WatchHoldOrder,
+    WatchSourceOrder,
+    WatchStatus,
+    WatchStopOrder,
+    WatchTicketOrder,
 )
 
 log = logging.getLogger(__name__)
 
 
-class Syncs:
+class WatchRules:
     def __init__(self, host: str, exports: Exports, data: DataServer, tickets: TicketBook, *,
                  io_timeout: float = 60.0, limits: SessionLimits | None = None, sweeper: Sweeper | None = None) -> None:
         self.host = host
@@ -56,13 +56,13 @@ class Syncs:
         self.contexts: TlsContexts | None = data.tls
         self._lock = threading.Lock()
         self._sources: dict[int, SourceRule] = {}
-        self._failed: dict[int, SyncStatus] = {}  # rules that could not start here, reported until replaced
+        self._failed: dict[int, WatchStatus] = {}  # rules that could not start here, reported until replaced
         self._dests: dict[int, int] = {}  # rule id -> epoch accepted
         self._retired_bytes = 0  # bytes shipped by source rules stopped since the agent started
         self._retired_watch = (0, 0)  # (events, sets) of their watchers
 
     # -- orders -------------------------------------------------------------------------------------
-    def source(self, order: SyncSourceOrder) -> None:
+    def source(self, order: WatchSourceOrder) -> None:
         self._stop_source(order.rule_id)
         label = f"{self.host}:{show(order.path)}"
         try:
@@ -83,8 +83,8 @@ class Syncs:
             self._sources[order.rule_id] = rule
             self._failed.pop(order.rule_id, None)
 
-    def dest(self, order: SyncDestOrder) -> None:
-        job_id = SYNC_ID_BASE + order.rule_id
+    def dest(self, order: WatchDestOrder) -> None:
+        job_id = WATCH_ID_BASE + order.rule_id
         with self._lock:
             rotation = self._dests.get(order.rule_id) == order.epoch
         if not rotation:
@@ -131,26 +131,26 @@ class Syncs:
                  extra=kv(rule=order.rule_id, epoch=order.epoch, path=label, source=order.source_host,
                           encrypt=order.options.encrypt, ttl=order.ticket_ttl))
 
-    def rotate(self, order: SyncTicketOrder) -> None:
+    def rotate(self, order: WatchTicketOrder) -> None:
         """The controller rotated a destination's ticket: ship with the new one from the next session on."""
         with self._lock:
             rule = self._sources.get(order.rule_id)
         if rule is not None and rule.order.epoch == order.epoch:
             rule.rotate(order.host, order.ticket)
 
-    def hold(self, order: SyncHoldOrder) -> None:
+    def hold(self, order: WatchHoldOrder) -> None:
         with self._lock:
             rule = self._sources.get(order.rule_id)
         if rule is not None and rule.order.epoch == order.epoch:
             rule.hold(order.held, order.reason)
 
-    def stop(self, order: SyncStopOrder) -> None:
+    def stop(self, order: WatchStopOrder) -> None:
         self._stop_source(order.rule_id)
         with self._lock:
             self._failed.pop(order.rule_id, None)
             epoch = self._dests.pop(order.rule_id, None)
         if epoch is not None:
-            job_id = SYNC_ID_BASE + order.rule_id
+            job_id = WATCH_ID_BASE + order.rule_id
             self.tickets.revoke(job_id, reusable=True)
             self.data.abort(job_id, epoch)
             log.info("watch rule destination stopped", extra=kv(rule=order.rule_id, reason=order.reason))
@@ -159,10 +159,10 @@ class Syncs:
         with self._lock:
             ids = set(self._sources) | set(self._dests)
         for rule_id in ids:
-            self.stop(SyncStopOrder(rule_id, "agent shutting down"))
+            self.stop(WatchStopOrder(rule_id, "agent shutting down"))
 
     # -- reports ------------------------------------------------------------------------------------
-    def statuses(self) -> list[SyncStatus]:
+    def statuses(self) -> list[WatchStatus]:
         with self._lock:
             rules = list(self._sources.values())
             failed = list(self._failed.values())
@@ -194,5 +194,5 @@ class Syncs:
     def _refuse(self, rule_id: int, epoch: int, error: str) -> None:
         log.warning("watch rule cannot start", extra=kv(rule=rule_id, error=error))
         with self._lock:
-            self._failed[rule_id] = SyncStatus(rule_id, epoch, watching=False, last_error=error,
-                                               last_error_at=time.time(), counters=SyncCounters(errors=1))
+            self._failed[rule_id] = WatchStatus(rule_id, epoch, watching=False, last_error=error,
+                                               last_error_at=time.time(), counters=WatchCounters(errors=1))

@@ -8,37 +8,37 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class SyncState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+class WatchState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    SYNC_STATE_UNSPECIFIED: _ClassVar[SyncState]
-    SYNC_STATE_ACTIVE: _ClassVar[SyncState]
-    SYNC_STATE_PAUSED: _ClassVar[SyncState]
+    WATCH_STATE_UNSPECIFIED: _ClassVar[WatchState]
+    WATCH_STATE_ACTIVE: _ClassVar[WatchState]
+    WATCH_STATE_PAUSED: _ClassVar[WatchState]
 
-class SyncPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+class WatchPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    SYNC_PHASE_UNSPECIFIED: _ClassVar[SyncPhase]
-    SYNC_PHASE_STARTING: _ClassVar[SyncPhase]
-    SYNC_PHASE_RECONCILING: _ClassVar[SyncPhase]
-    SYNC_PHASE_WATCHING: _ClassVar[SyncPhase]
-    SYNC_PHASE_HELD: _ClassVar[SyncPhase]
-    SYNC_PHASE_WAITING: _ClassVar[SyncPhase]
-    SYNC_PHASE_FAILED: _ClassVar[SyncPhase]
-    SYNC_PHASE_PAUSED: _ClassVar[SyncPhase]
-    SYNC_PHASE_REMOVED: _ClassVar[SyncPhase]
-SYNC_STATE_UNSPECIFIED: SyncState
-SYNC_STATE_ACTIVE: SyncState
-SYNC_STATE_PAUSED: SyncState
-SYNC_PHASE_UNSPECIFIED: SyncPhase
-SYNC_PHASE_STARTING: SyncPhase
-SYNC_PHASE_RECONCILING: SyncPhase
-SYNC_PHASE_WATCHING: SyncPhase
-SYNC_PHASE_HELD: SyncPhase
-SYNC_PHASE_WAITING: SyncPhase
-SYNC_PHASE_FAILED: SyncPhase
-SYNC_PHASE_PAUSED: SyncPhase
-SYNC_PHASE_REMOVED: SyncPhase
+    WATCH_PHASE_UNSPECIFIED: _ClassVar[WatchPhase]
+    WATCH_PHASE_STARTING: _ClassVar[WatchPhase]
+    WATCH_PHASE_RECONCILING: _ClassVar[WatchPhase]
+    WATCH_PHASE_WATCHING: _ClassVar[WatchPhase]
+    WATCH_PHASE_HELD: _ClassVar[WatchPhase]
+    WATCH_PHASE_WAITING: _ClassVar[WatchPhase]
+    WATCH_PHASE_FAILED: _ClassVar[WatchPhase]
+    WATCH_PHASE_PAUSED: _ClassVar[WatchPhase]
+    WATCH_PHASE_REMOVED: _ClassVar[WatchPhase]
+WATCH_STATE_UNSPECIFIED: WatchState
+WATCH_STATE_ACTIVE: WatchState
+WATCH_STATE_PAUSED: WatchState
+WATCH_PHASE_UNSPECIFIED: WatchPhase
+WATCH_PHASE_STARTING: WatchPhase
+WATCH_PHASE_RECONCILING: WatchPhase
+WATCH_PHASE_WATCHING: WatchPhase
+WATCH_PHASE_HELD: WatchPhase
+WATCH_PHASE_WAITING: WatchPhase
+WATCH_PHASE_FAILED: WatchPhase
+WATCH_PHASE_PAUSED: WatchPhase
+WATCH_PHASE_REMOVED: WatchPhase
 
-class SyncCounters(_message.Message):
+class WatchCounters(_message.Message):
     __slots__ = ("sessions", "changes", "files", "bytes", "deleted", "renamed", "reconciles", "errors", "skipped")
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
@@ -60,7 +60,7 @@ class SyncCounters(_message.Message):
     skipped: int
     def __init__(self, sessions: _Optional[int] = ..., changes: _Optional[int] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ..., deleted: _Optional[int] = ..., renamed: _Optional[int] = ..., reconciles: _Optional[int] = ..., errors: _Optional[int] = ..., skipped: _Optional[int] = ...) -> None: ...
 
-class SyncStatus(_message.Message):
+class WatchStatus(_message.Message):
     __slots__ = ("rule_id", "epoch", "watching", "lag", "pending", "held", "reconciling", "counters", "last_error", "last_error_at", "last_shipped_at", "warning")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -81,14 +81,14 @@ class SyncStatus(_message.Message):
     pending: int
     held: bool
     reconciling: bool
-    counters: SyncCounters
+    counters: WatchCounters
     last_error: str
     last_error_at: float
     last_shipped_at: float
     warning: str
-    def __init__(self, rule_id: _Optional[int] = ..., epoch: _Optional[int] = ..., watching: _Optional[bool] = ..., lag: _Optional[float] = ..., pending: _Optional[int] = ..., held: _Optional[bool] = ..., reconciling: _Optional[bool] = ..., counters: _Optional[_Union[SyncCounters, _Mapping]] = ..., last_error: _Optional[str] = ..., last_error_at: _Optional[float] = ..., last_shipped_at: _Optional[float] = ..., warning: _Optional[str] = ...) -> None: ...
+    def __init__(self, rule_id: _Optional[int] = ..., epoch: _Optional[int] = ..., watching: _Optional[bool] = ..., lag: _Optional[float] = ..., pending: _Optional[int] = ..., held: _Optional[bool] = ..., reconciling: _Optional[bool] = ..., counters: _Optional[_Union[WatchCounters, _Mapping]] = ..., last_error: _Optional[str] = ..., last_error_at: _Optional[float] = ..., last_shipped_at: _Optional[float] = ..., warning: _Optional[str] = ...) -> None: ...
 
-class SyncRule(_message.Message):
+class WatchRule(_message.Message):
     __slots__ = ("id", "source", "destinations", "options", "state", "created_at", "window", "quiet", "counters", "status", "lag", "pending", "last_error", "last_error_at", "last_shipped_at", "phase")
     ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -110,21 +110,21 @@ class SyncRule(_message.Message):
     source: _types_pb2.Endpoint
     destinations: _containers.RepeatedCompositeFieldContainer[_types_pb2.Endpoint]
     options: _types_pb2.JobOptions
-    state: SyncState
+    state: WatchState
     created_at: float
     window: float
     quiet: float
-    counters: SyncCounters
+    counters: WatchCounters
     status: str
     lag: float
     pending: int
     last_error: str
     last_error_at: float
     last_shipped_at: float
-    phase: SyncPhase
-    def __init__(self, id: _Optional[int] = ..., source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destinations: _Optional[_Iterable[_Union[_types_pb2.Endpoint, _Mapping]]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., state: _Optional[_Union[SyncState, str]] = ..., created_at: _Optional[float] = ..., window: _Optional[float] = ..., quiet: _Optional[float] = ..., counters: _Optional[_Union[SyncCounters, _Mapping]] = ..., status: _Optional[str] = ..., lag: _Optional[float] = ..., pending: _Optional[int] = ..., last_error: _Optional[str] = ..., last_error_at: _Optional[float] = ..., last_shipped_at: _Optional[float] = ..., phase: _Optional[_Union[SyncPhase, str]] = ...) -> None: ...
+    phase: WatchPhase
+    def __init__(self, id: _Optional[int] = ..., source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destinations: _Optional[_Iterable[_Union[_types_pb2.Endpoint, _Mapping]]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., state: _Optional[_Union[WatchState, str]] = ..., created_at: _Optional[float] = ..., window: _Optional[float] = ..., quiet: _Optional[float] = ..., counters: _Optional[_Union[WatchCounters, _Mapping]] = ..., status: _Optional[str] = ..., lag: _Optional[float] = ..., pending: _Optional[int] = ..., last_error: _Optional[str] = ..., last_error_at: _Optional[float] = ..., last_shipped_at: _Optional[float] = ..., phase: _Optional[_Union[WatchPhase, str]] = ...) -> None: ...
 
-class SyncDest(_message.Message):
+class WatchDest(_message.Message):
     __slots__ = ("host", "data_address", "ticket", "path", "encrypt")
     HOST_FIELD_NUMBER: _ClassVar[int]
     DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -138,7 +138,7 @@ class SyncDest(_message.Message):
     encrypt: bool
     def __init__(self, host: _Optional[str] = ..., data_address: _Optional[str] = ..., ticket: _Optional[bytes] = ..., path: _Optional[bytes] = ..., encrypt: _Optional[bool] = ...) -> None: ...
 
-class SyncSourceOrder(_message.Message):
+class WatchSourceOrder(_message.Message):
     __slots__ = ("rule_id", "epoch", "path", "options", "window", "quiet", "dests", "held", "hold_reason")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -155,12 +155,12 @@ class SyncSourceOrder(_message.Message):
     options: _types_pb2.JobOptions
     window: float
     quiet: float
-    dests: _containers.RepeatedCompositeFieldContainer[SyncDest]
+    dests: _containers.RepeatedCompositeFieldContainer[WatchDest]
     held: bool
     hold_reason: str
-    def __init__(self, rule_id: _Optional[int] = ..., epoch: _Optional[int] = ..., path: _Optional[bytes] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., window: _Optional[float] = ..., quiet: _Optional[float] = ..., dests: _Optional[_Iterable[_Union[SyncDest, _Mapping]]] = ..., held: _Optional[bool] = ..., hold_reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, rule_id: _Optional[int] = ..., epoch: _Optional[int] = ..., path: _Optional[bytes] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., window: _Optional[float] = ..., quiet: _Optional[float] = ..., dests: _Optional[_Iterable[_Union[WatchDest, _Mapping]]] = ..., held: _Optional[bool] = ..., hold_reason: _Optional[str] = ...) -> None: ...
 
-class SyncDestOrder(_message.Message):
+class WatchDestOrder(_message.Message):
     __slots__ = ("rule_id", "epoch", "path", "options", "ticket", "source_host", "source_addresses", "ticket_ttl")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -180,7 +180,7 @@ class SyncDestOrder(_message.Message):
     ticket_ttl: float
     def __init__(self, rule_id: _Optional[int] = ..., epoch: _Optional[int] = ..., path: _Optional[bytes] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., ticket: _Optional[bytes] = ..., source_host: _Optional[str] = ..., source_addresses: _Optional[_Iterable[str]] = ..., ticket_ttl: _Optional[float] = ...) -> None: ...
 
-class SyncTicketOrder(_message.Message):
+class WatchTicketOrder(_message.Message):
     __slots__ = ("rule_id", "epoch", "host", "ticket")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -192,7 +192,7 @@ class SyncTicketOrder(_message.Message):
     ticket: bytes
     def __init__(self, rule_id: _Optional[int] = ..., epoch: _Optional[int] = ..., host: _Optional[str] = ..., ticket: _Optional[bytes] = ...) -> None: ...
 
-class SyncStopOrder(_message.Message):
+class WatchStopOrder(_message.Message):
     __slots__ = ("rule_id", "reason")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -200,7 +200,7 @@ class SyncStopOrder(_message.Message):
     reason: str
     def __init__(self, rule_id: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
-class SyncHoldOrder(_message.Message):
+class WatchHoldOrder(_message.Message):
     __slots__ = ("rule_id", "epoch", "held", "reason")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -212,7 +212,7 @@ class SyncHoldOrder(_message.Message):
     reason: str
     def __init__(self, rule_id: _Optional[int] = ..., epoch: _Optional[int] = ..., held: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
-class CreateSyncRequest(_message.Message):
+class CreateWatchRuleRequest(_message.Message):
     __slots__ = ("source", "destinations", "options", "window", "quiet", "request_id")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -228,18 +228,18 @@ class CreateSyncRequest(_message.Message):
     request_id: str
     def __init__(self, source: _Optional[_Union[_types_pb2.Endpoint, _Mapping]] = ..., destinations: _Optional[_Iterable[_Union[_types_pb2.Endpoint, _Mapping]]] = ..., options: _Optional[_Union[_types_pb2.JobOptions, _Mapping]] = ..., window: _Optional[float] = ..., quiet: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
 
-class SyncRef(_message.Message):
+class WatchRef(_message.Message):
     __slots__ = ("id",)
     ID_FIELD_NUMBER: _ClassVar[int]
     id: int
     def __init__(self, id: _Optional[int] = ...) -> None: ...
 
-class ListSyncsRequest(_message.Message):
+class ListWatchRulesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class ListSyncsResponse(_message.Message):
+class ListWatchRulesResponse(_message.Message):
     __slots__ = ("rules",)
     RULES_FIELD_NUMBER: _ClassVar[int]
-    rules: _containers.RepeatedCompositeFieldContainer[SyncRule]
-    def __init__(self, rules: _Optional[_Iterable[_Union[SyncRule, _Mapping]]] = ...) -> None: ...
+    rules: _containers.RepeatedCompositeFieldContainer[WatchRule]
+    def __init__(self, rules: _Optional[_Iterable[_Union[WatchRule, _Mapping]]] = ...) -> None: ...

@@ -26,7 +26,7 @@ from zcrepl.core.trust import Trust
 from zcrepl.core.types import AgentStatus, Endpoint, Job, JobOptions, JobState
 from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto import controller_pb2_grpc
-from zcrepl.proto import sync_pb2 as spb
+from zcrepl.proto import watchrules_pb2 as spb
 from zcrepl.proto.channels import channel
 from zcrepl.proto.convert import (
     agent_status_from_pb,
@@ -39,7 +39,7 @@ from zcrepl.proto.errors import from_rpc_error
 
 if TYPE_CHECKING:
     from zcrepl.core.schedtypes import Schedule
-    from zcrepl.core.synctypes import SyncRule
+    from zcrepl.core.watchtypes import WatchRule
     from zcrepl.proto import security_pb2
 
 R = TypeVar("R")
@@ -167,26 +167,27 @@ class ControllerClient:
         return agent_status_from_pb(self._call(lambda: self._stub.RemoveAgent, cpb.AgentRef(name=name)))
 
     # -- watch rules (their domain types load with the first call) ---------------------------------------
-    def create_sync(self, src: Endpoint, dsts: list[Endpoint], options: JobOptions, window: float = 0.0,
-                    quiet: float = 0.0) -> SyncRule:
-        req = spb.CreateSyncRequest(source=endpoint_to_pb(src), destinations=[endpoint_to_pb(d) for d in dsts],
+    def create_watch_rule(self, src: Endpoint, dsts: list[Endpoint], options: JobOptions, window: float = 0.0,
+                    quiet: float = 0.0) -> WatchRule:
+        req = spb.CreateWatchRuleRequest(source=endpoint_to_pb(src), destinations=[endpoint_to_pb(d) for d in dsts],
                                     options=options_to_pb(options), window=window, quiet=quiet,
                                     request_id=_request_id())
-        from zcrepl.proto.syncconvert import rule_from_pb
+        from zcrepl.proto.watchconvert import rule_from_pb
 
-        return rule_from_pb(self._call(lambda: self._stub.CreateSync, req))
+        return rule_from_pb(self._call(lambda: self._stub.CreateWatchRule, req))
 
-    def syncs(self) -> list[SyncRule]:
-        from zcrepl.proto.syncconvert import rule_from_pb
+    def watch_rules(self) -> list[WatchRule]:
+        from zcrepl.proto.watchconvert import rule_from_pb
 
-        return [rule_from_pb(r) for r in self._call(lambda: self._stub.ListSyncs, spb.ListSyncsRequest()).rules]
+        listed = self._call(lambda: self._stub.ListWatchRules, spb.ListWatchRulesRequest())
+        return [rule_from_pb(r) for r in listed.rules]
 
-    def sync_action(self, action: str, rule_id: int) -> SyncRule:
+    def watch_rule_action(self, action: str, rule_id: int) -> WatchRule:
         """``pause``, ``resume`` or ``remove`` one rule."""
-        from zcrepl.proto.syncconvert import rule_from_pb
+        from zcrepl.proto.watchconvert import rule_from_pb
 
-        name = {"pause": "PauseSync", "resume": "ResumeSync", "remove": "RemoveSync"}[action]
-        return rule_from_pb(self._call(lambda: getattr(self._stub, name), spb.SyncRef(id=rule_id)))
+        name = {"pause": "PauseWatchRule", "resume": "ResumeWatchRule", "remove": "RemoveWatchRule"}[action]
+        return rule_from_pb(self._call(lambda: getattr(self._stub, name), spb.WatchRef(id=rule_id)))
 
     # -- schedules (their domain types load with the first call) ----------------------------------------
     def create_schedule(self, src: Endpoint, dst: Endpoint, options: JobOptions, cron: str = "", every: float = 0.0,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from zcrepl.controller import ctl, render
-from zcrepl.controller.client import ControllerClient
+from zcrepl.cli import ctl, render
+from zcrepl.cli.client import ControllerClient
 from zcrepl.core.treegen import generate_tree
 from zcrepl.core.trust import TlsPaths, Trust
 from zcrepl.core.units import size

@@ -15,7 +15,7 @@ from zcrepl.core.errors import ConfigError, UserError
 from zcrepl.core.wellknown import ROLES
 
 if TYPE_CHECKING:  # the parser is built for every command, --help included: these load when used
-    from zcrepl.controller.ctl_out import Out
+    from zcrepl.cli.ctl_out import Out
     from zcrepl.core.trust import Trust
 
 

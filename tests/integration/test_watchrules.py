@@ -18,7 +18,7 @@ import pytest
 from zchelpers import BedCluster, Cluster, diff_trees, make_tree, snapshot, wait_for
 
 from zcrepl.agent.watch_coalesce import REPLAY_MARGIN
-from zcrepl.core.synctypes import DEFAULT_QUIET, DEFAULT_WINDOW
+from zcrepl.core.watchtypes import DEFAULT_QUIET, DEFAULT_WINDOW
 
 # A change is on its way within this long after it was made: events may lag REPLAY_MARGIN behind it, then the
 # watcher holds it for the window and the quiet period. What has not left after that was held back on purpose.

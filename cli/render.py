@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from zcrepl.controller.render_plan import item_doc
+from zcrepl.cli.render_plan import item_doc
 from zcrepl.core.paths import show
 from zcrepl.core.types import AgentStatus, HostHealth, Job, TransferStats
 from zcrepl.core.units import rate, size

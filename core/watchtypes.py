@@ -7,15 +7,15 @@ from dataclasses import dataclass, fields
 
 from zcrepl.core.types import Endpoint, JobOptions
 
-SYNC_ID_BASE = 1 << 48
-"""Data-plane job ids of watch rules are ``SYNC_ID_BASE + rule id``: far above any job id, so the tickets of
+WATCH_ID_BASE = 1 << 48
+"""Data-plane job ids of watch rules are ``WATCH_ID_BASE + rule id``: far above any job id, so the tickets of
 a rule and of a job can never be confused on an agent."""
 
 DEFAULT_WINDOW = 0.05
 DEFAULT_QUIET = 0.2
 
 
-def sync_options(o: JobOptions) -> JobOptions:
+def watch_options(o: JobOptions) -> JobOptions:
     """A watch rule mirrors: what the source deletes goes at the destination too (lsyncd does the same);
     what its filters exclude stays at the destination unless delete_excluded."""
     return JobOptions(delete=True, checksum=o.checksum, bwlimit=o.bwlimit, streams=o.streams,
@@ -23,13 +23,13 @@ def sync_options(o: JobOptions) -> JobOptions:
                       delete_excluded=o.delete_excluded)
 
 
-class SyncState(enum.Enum):
+class WatchState(enum.Enum):
     ACTIVE = "active"
     PAUSED = "paused"
 
 
-class SyncPhase(enum.Enum):
-    """Where a rule is now, as the controller sees it (``SyncRule.status`` is the sentence that goes with it)."""
+class WatchPhase(enum.Enum):
+    """Where a rule is now, as the controller sees it (``WatchRule.status`` is the sentence that goes with it)."""
 
     STARTING = "starting"  # deployed, no report from the source yet
     RECONCILING = "reconciling"  # a full scan is shipping
@@ -43,11 +43,11 @@ class SyncPhase(enum.Enum):
     @property
     def settled(self) -> bool:
         """No longer on its way to watching: an operator waiting for the first scan can stop waiting."""
-        return self in (SyncPhase.HELD, SyncPhase.WAITING, SyncPhase.FAILED, SyncPhase.PAUSED, SyncPhase.REMOVED)
+        return self in (WatchPhase.HELD, WatchPhase.WAITING, WatchPhase.FAILED, WatchPhase.PAUSED, WatchPhase.REMOVED)
 
 
 @dataclass(frozen=True)
-class SyncCounters:
+class WatchCounters:
     sessions: int = 0  # change sets shipped (per destination)
     changes: int = 0  # items in them (upserts + deletes + renames)
     files: int = 0  # files whose content moved
@@ -58,12 +58,12 @@ class SyncCounters:
     errors: int = 0
     skipped: int = 0  # entries left out of shipped sets (special files, unreadable...)
 
-    def plus(self, other: SyncCounters) -> SyncCounters:
-        return SyncCounters(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+    def plus(self, other: WatchCounters) -> WatchCounters:
+        return WatchCounters(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
 @dataclass(frozen=True)
-class SyncStatus:
+class WatchStatus:
     """What the source agent reports for one rule with each heartbeat."""
 
     rule_id: int
@@ -73,7 +73,7 @@ class SyncStatus:
     pending: int = 0  # changes seen, not yet at every destination
     held: bool = False
     reconciling: bool = False
-    counters: SyncCounters = SyncCounters()
+    counters: WatchCounters = WatchCounters()
     last_error: str = ""
     last_error_at: float = 0.0  # wall clock
     last_shipped_at: float = 0.0  # wall clock
@@ -81,19 +81,19 @@ class SyncStatus:
 
 
 @dataclass(frozen=True)
-class SyncRule:
+class WatchRule:
     id: int
     source: Endpoint
     destinations: tuple[Endpoint, ...]
     options: JobOptions
-    state: SyncState = SyncState.ACTIVE
+    state: WatchState = WatchState.ACTIVE
     created_at: float = 0.0
     window: float = DEFAULT_WINDOW
     quiet: float = DEFAULT_QUIET
-    counters: SyncCounters = SyncCounters()  # totals over the rule's life
+    counters: WatchCounters = WatchCounters()  # totals over the rule's life
     # Live, from the controller's view (not stored): the phase, and the sentence that goes with it
     # ("watching", "held: hostB CPU 93% busy", "failed: <error>").
-    phase: SyncPhase = SyncPhase.STARTING
+    phase: WatchPhase = WatchPhase.STARTING
     status: str = ""
     lag: float = 0.0
     pending: int = 0
@@ -103,7 +103,7 @@ class SyncRule:
 
 
 @dataclass(frozen=True)
-class SyncDest:
+class WatchDest:
     host: str
     data_address: str
     ticket: bytes
@@ -112,7 +112,7 @@ class SyncDest:
 
 
 @dataclass(frozen=True)
-class SyncSourceOrder:
+class WatchSourceOrder:
     """Start (or restart, with a new epoch) watching ``path`` and shipping to ``dests``."""
 
     rule_id: int
@@ -121,13 +121,13 @@ class SyncSourceOrder:
     options: JobOptions
     window: float
     quiet: float
-    dests: tuple[SyncDest, ...]
+    dests: tuple[WatchDest, ...]
     held: bool = False
     hold_reason: str = ""
 
 
 @dataclass(frozen=True)
-class SyncDestOrder:
+class WatchDestOrder:
     """Accept this rule's sessions into ``path`` with ``ticket`` for ``ticket_ttl`` seconds (0: until
     replaced). A new epoch replaces the rule's earlier tickets; the same epoch adds a rotated ticket and
     leaves the previous one to expire on its own (the overlap while the source switches)."""
@@ -143,7 +143,7 @@ class SyncDestOrder:
 
 
 @dataclass(frozen=True)
-class SyncTicketOrder:
+class WatchTicketOrder:
     """A rotated ticket for one destination of a running rule: the source uses it from its next session on
     (same epoch, so no reconciliation), keeping the previous one as a fallback until a session is accepted."""
 
@@ -154,13 +154,13 @@ class SyncTicketOrder:
 
 
 @dataclass(frozen=True)
-class SyncStopOrder:
+class WatchStopOrder:
     rule_id: int
     reason: str = ""
 
 
 @dataclass(frozen=True)
-class SyncHoldOrder:
+class WatchHoldOrder:
     """The load policy: keep collecting changes but ship none until released."""
 
     rule_id: int

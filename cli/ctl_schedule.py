@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from zcrepl.controller.client import ControllerClient
-from zcrepl.controller.ctl_commands import job_options, snapshot_job
-from zcrepl.controller.ctl_out import EXIT_OK, Out
-from zcrepl.controller.render_schedule import schedule_doc, schedules_table, when_due
+from zcrepl.cli.client import ControllerClient
+from zcrepl.cli.ctl_commands import job_options, snapshot_job
+from zcrepl.cli.ctl_out import EXIT_OK, Out
+from zcrepl.cli.render_schedule import schedule_doc, schedules_table, when_due
 from zcrepl.core.errors import UserError
 from zcrepl.core.paths import parse_endpoint
 

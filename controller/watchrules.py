@@ -1,7 +1,7 @@
 """Watch rules on the controller: store them, deploy them to their agents, hold them by load, show them.
 
-A rule is *deployed* with an epoch: every destination gets a SyncDestOrder with a fresh ticket, then the
-source a SyncSourceOrder naming them all. Whenever one of its agents (re)connects, or the rule resumes, it
+A rule is *deployed* with an epoch: every destination gets a WatchDestOrder with a fresh ticket, then the
+source a WatchSourceOrder naming them all. Whenever one of its agents (re)connects, or the rule resumes, it
 is deployed again with a new epoch; the source restarts its watcher, whose first change set is a full
 reconciliation. So agent restarts, controller restarts and lost streams all end in a reconciliation.
 
@@ -22,26 +22,26 @@ from zcrepl.controller.dataplane import DataPlane
 from zcrepl.controller.policy import Thresholds, host_blockers
 from zcrepl.controller.registry import Registry, Session
 from zcrepl.controller.scheduler import overlaps
-from zcrepl.controller.sync_store import SyncStore
+from zcrepl.controller.watchrule_store import WatchRuleStore
 from zcrepl.core.errors import InvalidPath, UnknownJob
 from zcrepl.core.logs import kv
-from zcrepl.core.synctypes import (
+from zcrepl.core.types import Endpoint, HostHealth, JobOptions, Role
+from zcrepl.core.watchtypes import (
     DEFAULT_QUIET,
     DEFAULT_WINDOW,
-    SyncCounters,
-    SyncDest,
-    SyncDestOrder,
-    SyncHoldOrder,
-    SyncPhase,
-    SyncRule,
-    SyncSourceOrder,
-    SyncState,
-    SyncStatus,
-    SyncStopOrder,
-    SyncTicketOrder,
-    sync_options,
+    WatchCounters,
+    WatchDest,
+    WatchDestOrder,
+    WatchHoldOrder,
+    WatchPhase,
+    WatchRule,
+    WatchSourceOrder,
+    WatchState,
+    WatchStatus,
+    WatchStopOrder,
+    WatchTicketOrder,
+    watch_options,
 )
-from zcrepl.core.types import Endpoint, HostHealth, JobOptions, Role
 
 log = logging.getLogger(__name__)
 ROTATE_AT = 0.75  # of a ticket's lifetime: the rest is the overlap in which the old ticket still works
@@ -60,13 +60,13 @@ class _Live:
     checked_at: float = 0.0
     saved_at: float = 0.0
     dirty: bool = False  # counters or error moved since the last save
-    status: SyncStatus | None = None
-    base: SyncCounters = field(default_factory=SyncCounters)  # totals before this epoch
+    status: WatchStatus | None = None
+    base: WatchCounters = field(default_factory=WatchCounters)  # totals before this epoch
     tickets_at: float = 0.0  # when its destinations' current tickets were minted
 
 
-class SyncManager:
-    def __init__(self, store: SyncStore, registry: Registry, thresholds: Thresholds | None,
+class WatchRuleManager:
+    def __init__(self, store: WatchRuleStore, registry: Registry, thresholds: Thresholds | None,
                  health: Callable[[str], HostHealth | None], unknown_host: Callable[[str], str],
                  dataplane: DataPlane | None = None) -> None:
         self.store = store
@@ -75,12 +75,12 @@ class SyncManager:
         self.health = health
         self.unknown_host = unknown_host
         self.dataplane = dataplane
-        self.rules: dict[int, SyncRule] = {r.id: r for r in store.all()}
+        self.rules: dict[int, WatchRule] = {r.id: r for r in store.all()}
         self.live: dict[int, _Live] = {r.id: _Live(base=r.counters) for r in self.rules.values()}
 
     # -- operator -----------------------------------------------------------------------------------
     def create(self, src: Endpoint, dsts: list[Endpoint], options: JobOptions, window: float, quiet: float,
-               now: float) -> SyncRule:
+               now: float) -> WatchRule:
         if not dsts:
             raise InvalidPath("a watch rule needs at least one destination")
         for ep in (src, *dsts):
@@ -100,7 +100,7 @@ class SyncManager:
                                           f"({other}); remove that rule first")
         if not 0.001 <= (window or DEFAULT_WINDOW) <= 60 or not 0 <= (quiet or DEFAULT_QUIET) <= 600:
             raise InvalidPath("--window must be within 1 ms..60 s and --quiet within 0..600 s")
-        draft = SyncRule(0, src, tuple(dsts), sync_options(options), SyncState.ACTIVE, now,
+        draft = WatchRule(0, src, tuple(dsts), watch_options(options), WatchState.ACTIVE, now,
                          window or DEFAULT_WINDOW, quiet or DEFAULT_QUIET)
         rule = self.store.create(src, tuple(dsts), draft)
         self.rules[rule.id] = rule
@@ -109,20 +109,20 @@ class SyncManager:
                                                 dests=",".join(str(d) for d in dsts)))
         return self.view(rule.id, now)
 
-    def pause(self, rule_id: int, now: float) -> SyncRule:
+    def pause(self, rule_id: int, now: float) -> WatchRule:
         rule = self._rule(rule_id)
-        if rule.state is SyncState.ACTIVE:
+        if rule.state is WatchState.ACTIVE:
             self._undeploy(rule, "paused by the operator")
-            self._set_state(rule, SyncState.PAUSED)
+            self._set_state(rule, WatchState.PAUSED)
         return self.view(rule_id, now)
 
-    def resume(self, rule_id: int, now: float) -> SyncRule:
+    def resume(self, rule_id: int, now: float) -> WatchRule:
         rule = self._rule(rule_id)
-        if rule.state is SyncState.PAUSED:
-            self._set_state(rule, SyncState.ACTIVE)
+        if rule.state is WatchState.PAUSED:
+            self._set_state(rule, WatchState.ACTIVE)
         return self.view(rule_id, now)
 
-    def remove(self, rule_id: int, now: float) -> SyncRule:
+    def remove(self, rule_id: int, now: float) -> WatchRule:
         rule = self._rule(rule_id)
         view = self.view(rule_id, now)
         self._undeploy(rule, "removed by the operator")
@@ -130,12 +130,12 @@ class SyncManager:
         del self.rules[rule_id]
         del self.live[rule_id]
         log.info("watch rule removed", extra=kv(rule=rule_id))
-        return replace(view, phase=SyncPhase.REMOVED, status="removed")
+        return replace(view, phase=WatchPhase.REMOVED, status="removed")
 
-    def list_rules(self, now: float) -> list[SyncRule]:
+    def list_rules(self, now: float) -> list[WatchRule]:
         return [self.view(i, now) for i in sorted(self.rules)]
 
-    def view(self, rule_id: int, now: float) -> SyncRule:
+    def view(self, rule_id: int, now: float) -> WatchRule:
         rule = self._rule(rule_id)
         live = self.live[rule_id]
         st = live.status
@@ -146,7 +146,7 @@ class SyncManager:
                        last_shipped_at=st.last_shipped_at if st else 0.0)
 
     # -- agents -------------------------------------------------------------------------------------
-    def on_status(self, session: Session, statuses: list[SyncStatus], now: float) -> None:
+    def on_status(self, session: Session, statuses: list[WatchStatus], now: float) -> None:
         for st in statuses:
             rule = self.rules.get(st.rule_id)
             live = self.live.get(st.rule_id)
@@ -170,7 +170,7 @@ class SyncManager:
             if live.dirty and now - live.saved_at >= SAVE_EVERY:
                 self._save(self.rules[rule_id], live, now)
         for rule in list(self.rules.values()):
-            if rule.state is not SyncState.ACTIVE:
+            if rule.state is not WatchState.ACTIVE:
                 continue
             live = self.live[rule.id]
             hosts = (rule.source.host, *(d.host for d in rule.destinations))
@@ -182,7 +182,7 @@ class SyncManager:
                     # follows its return reconciles.
                     src = sessions[rule.source.host]
                     if src is not None:
-                        src.outbox.put_nowait(SyncHoldOrder(rule.id, live.epoch, True,
+                        src.outbox.put_nowait(WatchHoldOrder(rule.id, live.epoch, True,
                                                             f"{', '.join(missing)} offline"))
                 live.waiting = f"waiting: {', '.join(missing)} offline"
                 continue
@@ -196,7 +196,7 @@ class SyncManager:
                 self._check_load(rule, live, sessions[rule.source.host], now)  # type: ignore[arg-type]
 
     # -- internals ----------------------------------------------------------------------------------
-    def _deploy(self, rule: SyncRule, live: _Live, sessions: dict[str, Session], now: float) -> None:
+    def _deploy(self, rule: WatchRule, live: _Live, sessions: dict[str, Session], now: float) -> None:
         if live.status is not None:
             live.base = live.base.plus(live.status.counters)
             live.status = None
@@ -208,44 +208,44 @@ class SyncManager:
         live.tickets_at = now
         for d in rule.destinations:
             ticket, encrypt = self._dest_ticket(rule, live, d, sessions[d.host])
-            dests.append(SyncDest(d.host, sessions[d.host].info.data_address, ticket, d.path, encrypt))
-        sessions[rule.source.host].outbox.put_nowait(SyncSourceOrder(
+            dests.append(WatchDest(d.host, sessions[d.host].info.data_address, ticket, d.path, encrypt))
+        sessions[rule.source.host].outbox.put_nowait(WatchSourceOrder(
             rule.id, live.epoch, rule.source.path, rule.options, rule.window, rule.quiet, tuple(dests),
             held=bool(live.held), hold_reason=live.held))
         self._save(rule, live, now)
         log.info("watch rule deployed", extra=kv(rule=rule.id, epoch=live.epoch, held=live.held))
 
-    def _dest_ticket(self, rule: SyncRule, live: _Live, d: Endpoint, dst: Session) -> tuple[bytes, bool]:
+    def _dest_ticket(self, rule: WatchRule, live: _Live, d: Endpoint, dst: Session) -> tuple[bytes, bool]:
         """Mint a ticket for destination ``d`` and send it there (bound to the source agent); (ticket, encrypt)."""
         ticket = secrets.token_bytes(32)
         src = rule.source.host
         if self.dataplane is None:
-            dst.outbox.put_nowait(SyncDestOrder(rule.id, live.epoch, d.path, rule.options, ticket, src))
+            dst.outbox.put_nowait(WatchDestOrder(rule.id, live.epoch, d.path, rule.options, ticket, src))
             return ticket, rule.options.encrypt
         crypt = self.dataplane.encrypt(src, d.host, rule.options.encrypt)
-        dst.outbox.put_nowait(SyncDestOrder(rule.id, live.epoch, d.path, replace(rule.options, encrypt=crypt.encrypt),
+        dst.outbox.put_nowait(WatchDestOrder(rule.id, live.epoch, d.path, replace(rule.options, encrypt=crypt.encrypt),
                                             ticket, src, self.dataplane.source_addresses(src),
                                             self.dataplane.ticket_ttl))
         return ticket, crypt.encrypt
 
-    def _rotate(self, rule: SyncRule, live: _Live, sessions: dict[str, Session], now: float) -> None:
+    def _rotate(self, rule: WatchRule, live: _Live, sessions: dict[str, Session], now: float) -> None:
         """New tickets within the epoch: destinations first, then the source (which falls back to the old
         ticket should its next session reach a destination before the new one did)."""
         live.tickets_at = now
         for d in rule.destinations:
             ticket, _ = self._dest_ticket(rule, live, d, sessions[d.host])
-            sessions[rule.source.host].outbox.put_nowait(SyncTicketOrder(rule.id, live.epoch, d.host, ticket))
+            sessions[rule.source.host].outbox.put_nowait(WatchTicketOrder(rule.id, live.epoch, d.host, ticket))
         log.info("watch rule tickets rotated", extra=kv(rule=rule.id, epoch=live.epoch))
 
-    def _check_load(self, rule: SyncRule, live: _Live, src: Session, now: float) -> None:
+    def _check_load(self, rule: WatchRule, live: _Live, src: Session, now: float) -> None:
         live.checked_at = now
         why = self._blockers(rule, now)
         if bool(why) != bool(live.held):
-            src.outbox.put_nowait(SyncHoldOrder(rule.id, live.epoch, bool(why), why))
+            src.outbox.put_nowait(WatchHoldOrder(rule.id, live.epoch, bool(why), why))
             log.info("watch rule held" if why else "watch rule released", extra=kv(rule=rule.id, reason=why))
         live.held = why
 
-    def _blockers(self, rule: SyncRule, now: float) -> str:
+    def _blockers(self, rule: WatchRule, now: float) -> str:
         t = self.thresholds
         if t is None:
             return ""
@@ -254,12 +254,12 @@ class SyncManager:
             why += host_blockers(d.host, self.health(d.host), t, role=Role.RECEIVER, path=d.path, now=now)
         return "; ".join(why)
 
-    def _undeploy(self, rule: SyncRule, reason: str) -> None:
+    def _undeploy(self, rule: WatchRule, reason: str) -> None:
         live = self.live[rule.id]
         for host in {rule.source.host, *(d.host for d in rule.destinations)}:
             s = self.registry.session(host)
             if s is not None:
-                s.outbox.put_nowait(SyncStopOrder(rule.id, reason))
+                s.outbox.put_nowait(WatchStopOrder(rule.id, reason))
         if live.status is not None:
             live.base = live.base.plus(live.status.counters)
             live.status = None
@@ -267,7 +267,7 @@ class SyncManager:
         live.held = ""
         self.store.save_progress(rule.id, live.base, rule.last_error, rule.last_error_at)
 
-    def _save(self, rule: SyncRule, live: _Live, now: float) -> None:
+    def _save(self, rule: WatchRule, live: _Live, now: float) -> None:
         live.saved_at, live.dirty = now, False
         st = live.status
         counters, err, err_at = _totals(rule, live)
@@ -275,36 +275,36 @@ class SyncManager:
             self.rules[rule.id] = replace(rule, last_error=err, last_error_at=err_at)
         self.store.save_progress(rule.id, counters, err, err_at)
 
-    def _set_state(self, rule: SyncRule, state: SyncState) -> None:
+    def _set_state(self, rule: WatchRule, state: WatchState) -> None:
         self.store.set_state(rule.id, state)
         self.rules[rule.id] = replace(rule, state=state)
 
-    def _rule(self, rule_id: int) -> SyncRule:
+    def _rule(self, rule_id: int) -> WatchRule:
         rule = self.rules.get(rule_id)
         if rule is None:
             raise UnknownJob(f"no watch rule {rule_id}; zc-ctl syncs lists them")
         return rule
 
 
-def _phase(rule: SyncRule, live: _Live) -> tuple[SyncPhase, str]:
+def _phase(rule: WatchRule, live: _Live) -> tuple[WatchPhase, str]:
     """The rule's phase and the sentence an operator reads for it."""
     st = live.status
-    if rule.state is SyncState.PAUSED:
-        return SyncPhase.PAUSED, "paused"
+    if rule.state is WatchState.PAUSED:
+        return WatchPhase.PAUSED, "paused"
     if live.waiting:
-        return SyncPhase.WAITING, live.waiting
+        return WatchPhase.WAITING, live.waiting
     if st is None:
-        return SyncPhase.STARTING, "starting"
+        return WatchPhase.STARTING, "starting"
     if not st.watching:
-        return SyncPhase.FAILED, f"failed: {st.last_error}"
+        return WatchPhase.FAILED, f"failed: {st.last_error}"
     if live.held:
-        return SyncPhase.HELD, f"held: {live.held}"
+        return WatchPhase.HELD, f"held: {live.held}"
     if st.reconciling:
-        return SyncPhase.RECONCILING, "reconciling"
-    return SyncPhase.WATCHING, "watching" + (f" ({st.warning})" if st.warning else "")
+        return WatchPhase.RECONCILING, "reconciling"
+    return WatchPhase.WATCHING, "watching" + (f" ({st.warning})" if st.warning else "")
 
 
-def _totals(rule: SyncRule, live: _Live) -> tuple[SyncCounters, str, float]:
+def _totals(rule: WatchRule, live: _Live) -> tuple[WatchCounters, str, float]:
     """Counters over the rule's life (earlier epochs + the current one) and its latest error."""
     st = live.status
     counters = live.base.plus(st.counters) if st is not None else live.base

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 # Only what the parser needs: a command's own modules (gRPC, protobuf, rich) load after parsing, in main().
-from zcrepl.controller import ctl_pki
-from zcrepl.controller.ctl_out import (
+from zcrepl.cli import ctl_pki
+from zcrepl.cli.ctl_out import (
     EXIT_DENIED,
     EXIT_INTERRUPTED,
     EXIT_JOB_FAILED,
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from zcrepl.controller.demo import run_demo
+        from zcrepl.cli.demo import run_demo
 
         return run_demo(files=args.files, big_mib=args.big_mib, keep=args.keep, serve=args.serve)
     out, err = Out(), Out(stderr=True)
@@ -326,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "pki":
             return ctl_pki.run_pki(args, out)
         trust = ctl_pki.client_trust(args)
-        from zcrepl.controller import ctl_commands
+        from zcrepl.cli import ctl_commands
 
         return ctl_commands.run(args, trust, out, err)
     except PermissionDenied as e:

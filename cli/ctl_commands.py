@@ -10,9 +10,9 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
-from zcrepl.controller import ctl_pki, render, render_plan
-from zcrepl.controller.client import ControllerClient
-from zcrepl.controller.ctl_out import (
+from zcrepl.cli import ctl_pki, render, render_plan
+from zcrepl.cli.client import ControllerClient
+from zcrepl.cli.ctl_out import (
     EXIT_FILE_ERRORS,
     EXIT_INTERRUPTED,
     EXIT_JOB_FAILED,
@@ -20,7 +20,7 @@ from zcrepl.controller.ctl_out import (
     EXIT_SKIPPED,
     Out,
 )
-from zcrepl.controller.render_plain import plain_table
+from zcrepl.cli.render_plain import plain_table
 from zcrepl.core.errors import UserError
 from zcrepl.core.filters import FilterError, check_rules, collapse, from_arg, from_lines
 from zcrepl.core.paths import parse_endpoint, show
@@ -95,9 +95,9 @@ def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err:
                 out.line(f"{stamp}  {kind:<7} {reason}")
         return EXIT_OK
     if args.command == "syncs":
-        return _syncs(args, client, out)
+        return _watch_rules(args, client, out)
     if args.command in ("schedule", "schedules"):
-        from zcrepl.controller import ctl_schedule
+        from zcrepl.cli import ctl_schedule
 
         return ctl_schedule.run(args, client, out)
     if args.command in ("token", "cert"):
@@ -172,15 +172,15 @@ def _show_job(job: Job, as_json: bool, out: Out) -> None:
             out.line("  " + line)
 
 
-def _syncs(args: argparse.Namespace, client: ControllerClient, out: Out) -> int:
-    from zcrepl.controller import render_sync  # watch-rule types load only for these commands
+def _watch_rules(args: argparse.Namespace, client: ControllerClient, out: Out) -> int:
+    from zcrepl.cli import render_watch  # watch-rule types load only for these commands
 
     if args.action:
         if args.id is None:
             raise UserError(f"zc-ctl syncs {args.action} needs a rule ID; zc-ctl syncs lists them")
-        rule = client.sync_action(args.action, args.id)
+        rule = client.watch_rule_action(args.action, args.id)
         if args.json:
-            out.json(render_sync.sync_doc(rule))
+            out.json(render_watch.watch_rule_doc(rule))
         else:
             done = {"pause": "paused", "resume": "resumed (it reconciles first)", "remove": "removed"}[args.action]
             out.line(f"watch rule {rule.id} {done}")
@@ -189,40 +189,41 @@ def _syncs(args: argparse.Namespace, client: ControllerClient, out: Out) -> int:
         from rich.live import Live
 
         try:
-            with Live(render_sync.syncs_table(client.syncs()), console=out.console, refresh_per_second=2) as live:
+            table = render_watch.watch_rules_table(client.watch_rules())
+            with Live(table, console=out.console, refresh_per_second=2) as live:
                 while True:
                     time.sleep(1.0)
-                    live.update(render_sync.syncs_table(client.syncs()))
+                    live.update(render_watch.watch_rules_table(client.watch_rules()))
         except KeyboardInterrupt:
             return EXIT_OK
-    rules = client.syncs()
+    rules = client.watch_rules()
     if args.json:
-        out.json([render_sync.sync_doc(r) for r in rules])
+        out.json([render_watch.watch_rule_doc(r) for r in rules])
     else:
-        out.show(render_sync.syncs_table(rules))
+        out.show(render_watch.watch_rules_table(rules))
     return EXIT_OK
 
 
-def _create_sync(args: argparse.Namespace, client: ControllerClient, options: JobOptions, out: Out,
+def _create_watch_rule(args: argparse.Namespace, client: ControllerClient, options: JobOptions, out: Out,
                  err: Out) -> int:
-    from zcrepl.controller import render_sync  # watch-rule types load only for these commands
-    from zcrepl.core.synctypes import SyncPhase
+    from zcrepl.cli import render_watch  # watch-rule types load only for these commands
+    from zcrepl.core.watchtypes import WatchPhase
 
     src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
-    rule = client.create_sync(src, dsts, options, args.window, args.quiet)
+    rule = client.create_watch_rule(src, dsts, options, args.window, args.quiet)
     if not args.detach:
         # Follow the first reconciliation, so a bad path or an unreachable host shows here and now.
         with err.status(f"watch rule {rule.id}: starting") as update:
             while True:
-                rule = next((r for r in client.syncs() if r.id == rule.id), rule)
+                rule = next((r for r in client.watch_rules() if r.id == rule.id), rule)
                 update(f"watch rule {rule.id}: {rule.status}")
-                first_scan = rule.counters.reconciles > 0 and rule.phase is not SyncPhase.RECONCILING
-                if rule.phase.settled or (rule.phase is SyncPhase.WATCHING and first_scan):
+                first_scan = rule.counters.reconciles > 0 and rule.phase is not WatchPhase.RECONCILING
+                if rule.phase.settled or (rule.phase is WatchPhase.WATCHING and first_scan):
                     break
                 time.sleep(0.2)
     if args.json:
-        out.json(render_sync.sync_doc(rule))
-    elif rule.phase is SyncPhase.FAILED:
+        out.json(render_watch.watch_rule_doc(rule))
+    elif rule.phase is WatchPhase.FAILED:
         err.line(f"zc-ctl: watch rule {rule.id} {rule.status}; fix it and run zc-ctl syncs resume {rule.id} "
                  f"(or zc-ctl syncs remove {rule.id})")
         return EXIT_JOB_FAILED
@@ -287,7 +288,7 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err
             raise UserError("--dry-run plans one run; a --watch rule runs for ever: drop one of them")
         if args.compress is Compress.ON:
             raise UserError("-z/--compress applies to jobs; a --watch rule sends uncompressed: drop one of them")
-        return _create_sync(args, client, options, out, err)
+        return _create_watch_rule(args, client, options, out, err)
     if args.dry_run:  # each destination compares itself with the source: no fan-out (no copy feeds another)
         return _dry_run(args, client, src, dsts, options, out, err)
     jobs = client.submit_fanout(src, dsts, options) if len(dsts) > 1 else [client.submit(src, dsts[0], options)]

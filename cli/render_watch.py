@@ -6,12 +6,12 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from zcrepl.controller.render import ago
+from zcrepl.cli.render import ago
 from zcrepl.core.paths import show
-from zcrepl.core.synctypes import SyncPhase, SyncRule
 from zcrepl.core.units import size
+from zcrepl.core.watchtypes import WatchPhase, WatchRule
 
-if TYPE_CHECKING:  # syncs_table imports it: JSON output never loads rich
+if TYPE_CHECKING:  # watch_rules_table imports it: JSON output never loads rich
     from rich.table import Table
 
 
@@ -19,7 +19,7 @@ def _ep(host: str, path: bytes) -> str:
     return f"{host}:{show(path)}"
 
 
-def sync_doc(r: SyncRule) -> dict[str, Any]:
+def watch_rule_doc(r: WatchRule) -> dict[str, Any]:
     return {
         "id": r.id, "state": r.state.value, "phase": r.phase.value, "status": r.status,
         "source": _ep(r.source.host, r.source.path),
@@ -32,15 +32,15 @@ def sync_doc(r: SyncRule) -> dict[str, Any]:
     }
 
 
-def lag_text(r: SyncRule) -> str:
-    if r.phase in (SyncPhase.PAUSED, SyncPhase.WAITING, SyncPhase.FAILED):
+def lag_text(r: WatchRule) -> str:
+    if r.phase in (WatchPhase.PAUSED, WatchPhase.WAITING, WatchPhase.FAILED):
         return "-"
     if not r.pending:
         return "0"
     return f"{r.lag * 1000:.0f} ms" if r.lag < 10 else f"{r.lag:.0f} s"
 
 
-def syncs_table(rules: list[SyncRule]) -> Table:
+def watch_rules_table(rules: list[WatchRule]) -> Table:
     from rich.markup import escape
     from rich.table import Table
 
@@ -55,11 +55,11 @@ def syncs_table(rules: list[SyncRule]) -> Table:
     now = time.time()
     for r in rules:
         c = r.counters
-        color = {SyncPhase.WATCHING: "green", SyncPhase.FAILED: "red"}.get(r.phase, "yellow")
+        color = {WatchPhase.WATCHING: "green", WatchPhase.FAILED: "red"}.get(r.phase, "yellow")
         shipped = (f"{c.files} files ({size(c.bytes)}), {c.renamed} renamed, {c.deleted} deleted, "
                    f"{c.reconciles} scans" + (f", {c.skipped} skipped" if c.skipped else ""))
         err = f"{escape(r.last_error)} ({ago(r.last_error_at, now)})" if r.last_error else ""
-        status = "failed" if r.phase is SyncPhase.FAILED else r.status  # the error has its own column
+        status = "failed" if r.phase is WatchPhase.FAILED else r.status  # the error has its own column
         t.add_row(str(r.id), f"[{color}]{escape(status)}[/]", escape(_ep(r.source.host, r.source.path)),
                   escape(", ".join(_ep(d.host, d.path) for d in r.destinations)), lag_text(r), str(r.pending),
                   shipped, ago(r.last_shipped_at, now), err)

@@ -1,0 +1,1 @@
+"""zc-ctl, the operator's command line: parsing, the gRPC client and output."""

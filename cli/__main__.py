@@ -1,0 +1,5 @@
+import sys
+
+from zcrepl.cli.ctl import run
+
+sys.exit(run())
