@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -39,77 +40,84 @@ def run(args: argparse.Namespace, trust: Trust | None, out: Out, err: Out) -> in
         return _dispatch(args, client, out, err)
 
 
-def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:  # noqa: C901
-    if args.command in ("replicate", "snapshot"):
-        return _replicate(args, client, out, err)
-    if args.command == "agents":
-        if args.action == "remove":
-            if args.name is None:
-                raise UserError("zc-ctl agents remove needs the NAME of an offline agent; zc-ctl agents lists them")
-            removed = client.remove_agent(args.name)
-            if args.json:
-                out.json(render.agent_doc(removed))
-            else:
-                out.line(f"agent {removed.info.name} removed (it was last seen {render.ago(removed.last_seen)})")
-            return EXIT_OK
-        agents = client.agents()
-        if args.json:
-            out.json([render.agent_doc(a) for a in agents])
-            return EXIT_OK
-        # Piped, a plain table is what rich would print, without loading it; else (or when it cannot) rich.
-        text = None if out.terminal else plain_table("agents", render.AGENT_COLUMNS, render.agents_rows(agents),
-                                                     out.width)
-        if text is None:
-            out.show(render.agents_table(agents))
-        else:
-            out.write(text)
-        return EXIT_OK
-    if args.command == "health":
-        if args.watch and not args.json:
-            return _watch_health(client, args.hosts, out)
-        statuses = client.health(args.hosts, args.history)
-        if args.json:
-            out.json([render.agent_doc(a) for a in statuses])
-        else:
-            for s in statuses:
-                out.show(render.health_table(s))
-        return EXIT_OK
-    if args.command == "jobs":
-        jobs = client.jobs(tuple(JobState(s) for s in args.state or ()), args.limit)
-        if args.json:
-            out.json([render.job_doc(j) for j in jobs])
-        else:
-            out.show(render.jobs_table(jobs))
-        return EXIT_OK
-    if args.command == "job":
-        job = client.job(args.id)
-        _show_job(job, args.json, out)
-        return EXIT_OK
-    if args.command == "explain":
-        history = client.explain(args.id)
-        if args.json:
-            out.json([{"at": at, "kind": kind, "reason": reason} for at, kind, reason in history])
-        else:
-            for at, kind, reason in history:
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-                out.line(f"{stamp}  {kind:<7} {reason}")
-        return EXIT_OK
-    if args.command == "syncs":
-        return _watch_rules(args, client, out)
-    if args.command in ("schedule", "schedules"):
-        from zcrepl.cli import ctl_schedule
+def _dispatch(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+    return _COMMANDS[args.command](args, client, out, err)
 
-        return ctl_schedule.run(args, client, out)
-    if args.command in ("token", "cert"):
-        return _certs(args, client, out)
-    if args.command == "cancel":
-        job = client.cancel(args.id)
+
+def _agents(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+    if args.action == "remove":
+        if args.name is None:
+            raise UserError("zc-ctl agents remove needs the NAME of an offline agent; zc-ctl agents lists them")
+        removed = client.remove_agent(args.name)
         if args.json:
-            out.json(render.job_doc(job))
+            out.json(render.agent_doc(removed))
         else:
-            out.line(f"job {job.id} cancelled")
+            out.line(f"agent {removed.info.name} removed (it was last seen {render.ago(removed.last_seen)})")
         return EXIT_OK
-    raise AssertionError(args.command)
+    agents = client.agents()
+    if args.json:
+        out.json([render.agent_doc(a) for a in agents])
+        return EXIT_OK
+    # Piped, a plain table is what rich would print, without loading it; else (or when it cannot) rich.
+    text = None if out.terminal else plain_table("agents", render.AGENT_COLUMNS, render.agents_rows(agents),
+                                                 out.width)
+    if text is None:
+        out.show(render.agents_table(agents))
+    else:
+        out.write(text)
+    return EXIT_OK
+
+
+def _health(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+    if args.watch and not args.json:
+        return _watch_health(client, args.hosts, out)
+    statuses = client.health(args.hosts, args.history)
+    if args.json:
+        out.json([render.agent_doc(a) for a in statuses])
+    else:
+        for s in statuses:
+            out.show(render.health_table(s))
+    return EXIT_OK
+
+
+def _jobs(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+    jobs = client.jobs(tuple(JobState(s) for s in args.state or ()), args.limit)
+    if args.json:
+        out.json([render.job_doc(j) for j in jobs])
+    else:
+        out.show(render.jobs_table(jobs))
+    return EXIT_OK
+
+
+def _job(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+    _show_job(client.job(args.id), args.json, out)
+    return EXIT_OK
+
+
+def _explain(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+    history = client.explain(args.id)
+    if args.json:
+        out.json([{"at": at, "kind": kind, "reason": reason} for at, kind, reason in history])
+    else:
+        for at, kind, reason in history:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+            out.line(f"{stamp}  {kind:<7} {reason}")
+    return EXIT_OK
+
+
+def _schedules(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+    from zcrepl.cli import ctl_schedule
+
+    return ctl_schedule.run(args, client, out)
+
+
+def _cancel(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+    job = client.cancel(args.id)
+    if args.json:
+        out.json(render.job_doc(job))
+    else:
+        out.line(f"job {job.id} cancelled")
+    return EXIT_OK
 
 
 def _certs(args: argparse.Namespace, client: ControllerClient, out: Out) -> int:
@@ -278,7 +286,7 @@ def job_options(args: argparse.Namespace) -> JobOptions:
                       compress=args.compress, compress_level=args.compress_level)
 
 
-def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:  # noqa: C901
+def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
     src, dsts = parse_endpoint(args.src), [parse_endpoint(d) for d in args.dst]
     options = job_options(args)
     if args.command == "snapshot":
@@ -305,11 +313,17 @@ def _replicate(args: argparse.Namespace, client: ControllerClient, out: Out, err
         err.line(f"zc-ctl: stopped watching; job {ids} keeps running "
                  f"(zc-ctl job {jobs[0].id} to follow, zc-ctl cancel {jobs[0].id} to stop it)")
         return EXIT_INTERRUPTED
-    if args.json:
+    return _report_ended(jobs, args.json, out, err)
+
+
+def _report_ended(jobs: list[Job], as_json: bool, out: Out, err: Out) -> int:
+    """The followed jobs' outcome: JSON or a summary each, one line per failure and per job that skipped or could
+    not copy files, and the exit code that says the worst of them."""
+    if as_json:
         out.json(render.job_doc(jobs[0]) if len(jobs) == 1 else [render.job_doc(j) for j in jobs])
     failed = [j for j in jobs if j.state is not JobState.DONE]
     for j in jobs:
-        if j.state is JobState.DONE and not args.json:
+        if j.state is JobState.DONE and not as_json:
             out.line(render.job_summary(j))
             if j.options.snapshot:
                 out.line(render.snapshot_summary(j))
@@ -437,3 +451,22 @@ def _progress(err: Out, eta: bool) -> Progress | _NoBar:
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[files]}"), DownloadColumn(),
                TransferSpeedColumn(), *([TimeRemainingColumn()] if eta else [])]
     return Progress(*columns, console=err.console, transient=True)
+
+
+_Command = Callable[[argparse.Namespace, ControllerClient, Out, Out], int]
+# One handler per zc-ctl command that talks to the controller (pki and demo never get here).
+_COMMANDS: dict[str, _Command] = {
+    "replicate": _replicate,
+    "snapshot": _replicate,
+    "agents": _agents,
+    "health": _health,
+    "jobs": _jobs,
+    "job": _job,
+    "explain": _explain,
+    "syncs": lambda a, c, o, e: _watch_rules(a, c, o),
+    "schedule": _schedules,
+    "schedules": _schedules,
+    "token": lambda a, c, o, e: _certs(a, c, o),
+    "cert": lambda a, c, o, e: _certs(a, c, o),
+    "cancel": _cancel,
+}

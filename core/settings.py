@@ -113,47 +113,68 @@ def flag_name(f: dataclasses.Field[Any]) -> str:
     return "--" + (spec_of(f).flag or f.name.replace("_", "-"))
 
 
-def coerce(name: str, typ: Any, value: Any, source: str) -> Any:  # noqa: C901
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(value).lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool | float):
+        raise ValueError(value)
+    return int(value)
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    f = float(value)
+    if not math.isfinite(f):
+        raise ValueError(value)
+    return f
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(value)
+    return value
+
+
+def _strs(value: Any) -> tuple[str, ...]:
+    if isinstance(value, dict):  # a TOML table of tables: [export_policy."/srv/x"]
+        value = table_specs(value)
+    items = value.replace(";", " ").split() if isinstance(value, str) else list(value)
+    if not all(isinstance(v, str) for v in items):
+        raise ValueError(value)
+    return tuple(items)
+
+
+def _paths(value: Any) -> tuple[bytes, ...]:
+    items = value.split(os.pathsep) if isinstance(value, str) else list(value)
+    return tuple(canonical_abs(os.fsencode(os.path.abspath(v))) for v in items if v)
+
+
+# How a value read from TOML (typed) or from the environment and flags (strings) becomes each field type.
+_COERCE: list[tuple[Any, Callable[[Any], Any]]] = [
+    (bool, _bool), (int, _int), (float, _float), (str, _str), (tuple[str, ...], _strs), (tuple[bytes, ...], _paths),
+]
+
+
+def coerce(name: str, typ: Any, value: Any, source: str) -> Any:
     """``value`` as read from ``source`` (TOML keeps its types; environment and flags give strings)."""
+    convert = next((fn for t, fn in _COERCE if typ is t or typ == t), None)
+    if convert is None:
+        raise ConfigError(f"{name}: unsupported type {typ}")
     try:
-        if typ is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if typ is int:
-            if isinstance(value, bool | float):
-                raise ValueError(value)
-            return int(value)
-        if typ is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            f = float(value)
-            if not math.isfinite(f):
-                raise ValueError(value)
-            return f
-        if typ is str:
-            if not isinstance(value, str):
-                raise ValueError(value)
-            return value
-        if typ == tuple[str, ...]:
-            if isinstance(value, dict):  # a TOML table of tables: [export_policy."/srv/x"]
-                value = table_specs(value)
-            items = value.replace(";", " ").split() if isinstance(value, str) else list(value)
-            if not all(isinstance(v, str) for v in items):
-                raise ValueError(value)
-            return tuple(items)
-        if typ == tuple[bytes, ...]:
-            items = value.split(os.pathsep) if isinstance(value, str) else list(value)
-            return tuple(canonical_abs(os.fsencode(os.path.abspath(v))) for v in items if v)
+        return convert(value)
     except InvalidPath as err:
         raise ConfigError(f"{name} from {source}: {err}") from err
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{name} from {source}: {value!r} is not a valid {getattr(typ, '__name__', typ)}") from err
-    raise ConfigError(f"{name}: unsupported type {typ}")
 
 
 def load_config(
