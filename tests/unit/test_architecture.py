@@ -45,3 +45,34 @@ def test_every_module_and_name_on_the_page_exists() -> None:
 
 def test_the_readme_links_to_it() -> None:
     assert "](ARCHITECTURE.md)" in (REPO / "README.md").read_text()
+
+
+# Which top-level packages each may import (the page's "Imports flow one way").
+ALLOWED = {
+    "core": {"core"},
+    "proto": {"core", "proto"},
+    "agent": {"core", "proto", "agent"},
+    "controller": {"core", "proto", "controller"},
+    "cli": {"core", "proto", "cli"},
+}
+
+
+def _imported_packages(source: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(source.read_bytes())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "zcrepl" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+def test_imports_flow_one_way() -> None:
+    wrong = []
+    for package, allowed in ALLOWED.items():
+        for source in sorted((REPO / package).rglob("*.py")):
+            for other in _imported_packages(source) - allowed:
+                wrong.append(f"{source.relative_to(REPO)} imports zcrepl.{other}")
+    assert not wrong, wrong
