@@ -90,6 +90,8 @@ class ZcCluster:
     def start_controller(self) -> None:
         """Start it secure by default (its own CA); every zc-ctl the benchmark runs inherits the admin
         certificate through ZC_CA/ZC_CERT/ZC_KEY, and the agents get certificates from the same CA."""
+        for var in ("ZC_CA", "ZC_CERT", "ZC_KEY"):  # an earlier cluster's admin certificate is not this daemon's
+            os.environ.pop(var, None)
         self.controller.start()
         self.pki = self.run_dir / "zc-state" / "pki"
         os.environ.update(ZC_CA=str(self.pki / "ca.pem"), ZC_CERT=str(self.pki / "admin.pem"),
