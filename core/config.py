@@ -207,31 +207,27 @@ def parse_link_limits(specs: tuple[str, ...]) -> dict[tuple[str, str], int]:
 
 def parse_encrypt_links(specs: tuple[str, ...]) -> dict[tuple[str, str], bool]:
     """``("hostA>hostB:always", "*>nas1:never")`` -> {(source, destination): encrypt}; ``*`` is any agent."""
-    out: dict[tuple[str, str], bool] = {}
-    for spec in specs:
-        link, sep, mode = spec.strip().rpartition(":")
-        src, arrow, dst = link.partition(">")
-        if (not sep or not arrow or mode not in ("always", "never")
-                or not all(h == "*" or valid_host_name(h) for h in (src, dst))):
-            raise ConfigError(f"encrypt_links {spec!r}: write SRC>DST:always or SRC>DST:never (agent names or *)")
-        if (src, dst) in out:
-            raise ConfigError(f"encrypt_links: {src}>{dst} appears twice")
-        out[(src, dst)] = mode == "always"
-    return out
+    return {link: mode == "always" for link, mode in _link_modes(specs, "encrypt_links", ("always", "never")).items()}
 
 
 def parse_compress_links(specs: tuple[str, ...]) -> dict[tuple[str, str], str]:
     """``("hostA>hostB:always", "*>nas1:never")`` -> {(source, destination): mode}; ``*`` is any agent."""
+    return _link_modes(specs, "compress_links", COMPRESS_MODES)
+
+
+def _link_modes(specs: tuple[str, ...], key: str, modes: tuple[str, ...]) -> dict[tuple[str, str], str]:
+    """``SRC>DST:MODE`` specs (agent names or ``*``) -> {(source, destination): mode}; ConfigError names a bad one."""
     out: dict[tuple[str, str], str] = {}
+    forms = [f"SRC>DST:{m}" for m in modes]
+    form = f"{', '.join(forms[:-1])} or {forms[-1]}"
     for spec in specs:
         link, sep, mode = spec.strip().rpartition(":")
         src, arrow, dst = link.partition(">")
-        if (not sep or not arrow or mode not in COMPRESS_MODES
+        if (not sep or not arrow or mode not in modes
                 or not all(h == "*" or valid_host_name(h) for h in (src, dst))):
-            raise ConfigError(f"compress_links {spec!r}: write SRC>DST:auto, SRC>DST:never or SRC>DST:always "
-                              "(agent names or *)")
+            raise ConfigError(f"{key} {spec!r}: write {form} (agent names or *)")
         if (src, dst) in out:
-            raise ConfigError(f"compress_links: {src}>{dst} appears twice")
+            raise ConfigError(f"{key}: {src}>{dst} appears twice")
         out[(src, dst)] = mode
     return out
 
