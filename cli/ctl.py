@@ -241,6 +241,7 @@ def _schedule_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
                      help="each run makes DST/<UTC time>/ as zc-ctl snapshot does, with the retention below")
     snapshot_options(add)
     add.add_argument("--json", action="store_true", help="print the new schedule as JSON")
+    add.set_defaults(watch=False)  # a schedule is runs of a job, never a watch rule: the job options read it
     for action, what in (("pause", "stop queueing runs until resumed (a run going on goes on)"),
                          ("resume", "queue runs again, from the next due time after now"),
                          ("remove", "forget the schedule (a run going on goes on; zc-ctl cancel stops it)")):

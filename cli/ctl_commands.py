@@ -275,8 +275,7 @@ def filter_rules(given: list[tuple[str, str]]) -> tuple[str, ...]:
 
 def job_options(args: argparse.Namespace) -> JobOptions:
     """The options of ``ctl.job_options`` as a job carries them (replicate's and schedule add's)."""
-    watch = getattr(args, "watch", False)
-    durability = args.durability or (Durability.NONE.value if watch else Durability.JOB.value)
+    durability = args.durability or (Durability.NONE.value if args.watch else Durability.JOB.value)
     return JobOptions(delete=args.delete or args.delete_excluded, checksum=args.checksum, bwlimit=args.bwlimit,
                       max_attempts=args.max_attempts, streams=args.streams,
                       durability=Durability(durability), xattrs=args.xattrs,
@@ -348,9 +347,8 @@ def _report_ended(jobs: list[Job], as_json: bool, out: Out, err: Out) -> int:
 
 def snapshot_job(args: argparse.Namespace, options: JobOptions) -> JobOptions:
     """``options`` (replicate's) made a snapshot rule's: zc-ctl snapshot, or a schedule of one."""
-    watch = getattr(args, "watch", False)  # schedule add has no --watch
-    if watch or args.dry_run:
-        raise UserError(f"{'--watch' if watch else '--dry-run'} is refused for a snapshot: a snapshot is one "
+    if args.watch or args.dry_run:
+        raise UserError(f"{'--watch' if args.watch else '--dry-run'} is refused for a snapshot: a snapshot is one "
                         "complete copy made at one time; use zc-ctl replicate for that")
     return replace(options, snapshot=True, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly,
                    keep_monthly=args.keep_monthly)
