@@ -297,7 +297,7 @@ def _phase(rule: WatchRule, live: _Live) -> tuple[WatchPhase, str]:
         return WatchPhase.STARTING, "starting"
     if not st.watching:
         return WatchPhase.FAILED, f"failed: {st.last_error}"
-    if live.held:
+    if live.held and st.held:  # "held" promises changes are being collected: only once the source holds
         return WatchPhase.HELD, f"held: {live.held}"
     if st.reconciling:
         return WatchPhase.RECONCILING, "reconciling"
