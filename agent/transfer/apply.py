@@ -21,6 +21,7 @@ from zcrepl.agent.transfer.apply_nodes import apply_symlink, ensure_dir
 from zcrepl.agent.transfer.atomic import PREALLOCATE_MIN, AtomicFile, remove_entry
 from zcrepl.agent.transfer.backup import Backup
 from zcrepl.agent.transfer.basis import find_basis
+from zcrepl.agent.transfer.dircache import DirCache
 from zcrepl.agent.transfer.finish import delete_extras, finish_dirs, make_links
 from zcrepl.agent.transfer.flush import JobFlush
 from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind, Result
@@ -41,6 +42,7 @@ from zcrepl.core.paths import show
 from zcrepl.core.types import Durability, JobOptions, TransferStats
 
 log = logging.getLogger(__name__)
+MADE_KEEP = 256
 
 
 @dataclass(eq=False)
@@ -59,6 +61,7 @@ class FileSlot:
     fd: int | None
     tmp: AtomicFile | None = None
     pfd: int = -1
+    pdir: tuple[bytes, ...] | None = None  # ``pfd`` is borrowed from the writer's DirCache for this directory
     leaf: bytes = b""
     ranges: list[tuple[int, int]] = field(default_factory=list)
     got: int = 0
@@ -104,6 +107,10 @@ class TreeWriter:
         self.links: list[tuple[bytes, bytes]] = []  # (name, first name), made at the end
         self.as_root = os.geteuid() == 0  # ownership is set only when we may (and the policy allows)
         self._dirs: dict[tuple[bytes, ...], int] = {}  # batch cache of parent directory fds
+        self.data_dirs = DirCache(root)  # the data connections' parent directory fds (see dircache.py)
+        # Directories this transfer just made (the last MADE_KEEP): empty, so a file entry in one is needed
+        # without looking at the destination.
+        self._made: dict[tuple[bytes, ...], None] = {}
         self._wrote = False  # anything changed at the destination besides files and deletions
         self._lock = threading.Lock()
         self._hashbuf: bytearray | None = None
@@ -147,7 +154,7 @@ class TreeWriter:
                 apply_symlink(self, parts, e)
             elif e.kind is Kind.HARDLINK:
                 self.links.append((e.path, e.target))  # the entry's own bytes: nothing new is held
-            elif up_to_date(self, parts, e):
+            elif parts[:-1] not in self._made and up_to_date(self, parts, e):
                 self.count(skipped=1)
             elif self.link_dest is not None and self.link_dest.link(self, parts, e):
                 pass  # an unchanged copy in a --link-dest directory: linked, not sent
@@ -193,6 +200,15 @@ class TreeWriter:
                 old = next(iter(self._dirs))
                 os.close(self._dirs.pop(old))
         return fd, parts[-1]
+
+    def made_dir(self, parts: tuple[bytes, ...]) -> None:
+        """``ensure_dir`` created this directory: nothing of it needs a look before its files are written. Not
+        in a watch session, whose ops may move entries into a directory made earlier in the session."""
+        if self.restricted:
+            return
+        self._made[parts] = None
+        if len(self._made) > MADE_KEEP:
+            del self._made[next(iter(self._made))]
 
     def end_batch(self) -> None:
         for fd in self._dirs.values():
@@ -256,29 +272,61 @@ class TreeWriter:
 
     def _open_slot(self, s: FileSlot) -> None:
         try:
-            pfd, leaf = self.root.open_parent(validate_relpath(s.entry.path))
+            parts = validate_relpath(s.entry.path)
+            if not parts:
+                raise UnsafePath(f'refusing the root "{show(self.root.path)}" as a file')
+            # A watch session's ops move and remove directories while files arrive: no fd is kept there.
+            s.pdir = None if self.restricted else parts[:-1]
+            s.pfd = self.data_dirs.acquire(parts[:-1]) if s.pdir is not None else self.root.open_dir(parts[:-1])
+            s.leaf = parts[-1]
         except (OSError, UnsafePath) as err:
             self.entry_failed(s.entry.path, err)  # e.g. a parent swapped for a symlink mid-job
             s.failed = True
             return
         try:
-            p = self.partials.pop(s.index, None)
-            s.tmp = self.area.take(p, pfd, leaf) if p is not None else None
-            if s.tmp is None and s.entry.flags & fr.F_SPARSE:
-                s.tmp = AtomicFile(pfd, leaf)  # no preallocation: holes must stay holes
-                os.ftruncate(s.tmp.fd, s.total)
-            elif s.tmp is None:
-                with self._space_lock:  # the check and the reservation together, one file at a time
-                    self.check_space(s.total)
-                    s.tmp = AtomicFile(pfd, leaf, s.total)
+            try:
+                s.tmp = self._new_temp(s)
+            except FileNotFoundError:
+                if s.pdir is None:
+                    raise
+                # The directory held in the cache was removed meanwhile: look the path up again.
+                self.data_dirs.drop(s.pdir, s.pfd)
+                self._release_parent(s)
+                s.pfd, s.pdir = self.data_dirs.acquire(parts[:-1]), parts[:-1]
+                s.tmp = self._new_temp(s)
         except BaseException as err:
-            os.close(pfd)
-            if not isinstance(err, OSError):
+            self._release_parent(s)
+            if not isinstance(err, (OSError, UnsafePath)):
                 raise
             self.entry_failed(s.entry.path, err)
             s.failed = True
             return
-        s.pfd, s.leaf, s.fd = pfd, leaf, s.tmp.fd
+        s.fd = s.tmp.fd
+
+    def _new_temp(self, s: FileSlot) -> AtomicFile:
+        p = self.partials.pop(s.index, None)
+        tmp = self.area.take(p, s.pfd, s.leaf) if p is not None else None
+        if tmp is None and s.entry.flags & fr.F_SPARSE:
+            tmp = AtomicFile(s.pfd, s.leaf, unnamed=True)  # no preallocation: holes must stay holes
+            try:
+                os.ftruncate(tmp.fd, s.total)
+            except BaseException:
+                tmp.discard()
+                raise
+        elif tmp is None:
+            with self._space_lock:  # the check and the reservation together, one file at a time
+                self.check_space(s.total)
+                tmp = AtomicFile(s.pfd, s.leaf, s.total, unnamed=True)
+        return tmp
+
+    def _release_parent(self, s: FileSlot) -> None:
+        if s.pfd < 0:
+            return
+        if s.pdir is not None:
+            self.data_dirs.release(s.pdir, s.pfd)
+        else:
+            os.close(s.pfd)
+        s.pfd = -1
 
     def range_done(self, s: FileSlot, length: int, ok: bool, offset: int = -1) -> None:
         """Account one range; the last one commits (or discards) the file."""
@@ -366,9 +414,7 @@ class TreeWriter:
                         self.saved_partials.append(s.entry.path)
             else:
                 s.tmp.discard()
-        if s.pfd >= 0:
-            os.close(s.pfd)
-            s.pfd = -1
+        self._release_parent(s)
         if s.basis_fd >= 0:
             os.close(s.basis_fd)
             s.basis_fd = -1
@@ -397,6 +443,7 @@ class TreeWriter:
         """End of a failed attempt: discard every partly written file nobody is writing into; files
         still being written are discarded by their last writer (see range_done/range_broken)."""
         self.end_batch()
+        self.data_dirs.close()
         self.listing.close()
         if self.flush is not None:
             self.flush.close()
@@ -413,6 +460,7 @@ class TreeWriter:
     # -- end of transfer ----------------------------------------------------------------------------
     def finish(self) -> Result:
         self.end_batch()
+        self.data_dirs.close()
         if not self.manifest_done:
             raise ProtocolError("SENDER_DONE before MANIFEST_END")
         missing = len(self.needed) + len(self.slots)

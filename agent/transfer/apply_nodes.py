@@ -35,6 +35,8 @@ def ensure_dir(w: TreeWriter, parts: tuple[bytes, ...]) -> None:
         os.mkdir(leaf, 0o700, dir_fd=pfd)
     except FileExistsError:
         pass
+    else:
+        w.made_dir(parts)
     w.note_write()
 
 def apply_symlink(w: TreeWriter, parts: tuple[bytes, ...], e: Entry) -> None:

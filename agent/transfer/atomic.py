@@ -1,8 +1,11 @@
 """Atomic writes and confined removal inside a directory fd (DESIGN §3 rules 1 and 2).
 
 A file is written under a temp name in its own directory and renamed over the final name only on
-commit, so a reader sees the old or the new file, never a partial one. Removal works through fds
-opened ``O_NOFOLLOW``, so a directory swapped for a symlink is unlinked as a link, never descended.
+commit, so a reader sees the old or the new file, never a partial one. An ``unnamed`` file has no name
+at all until commit (``O_TMPFILE``), when it is linked in under its final name if nothing is there (one
+directory operation instead of create + rename; a crash or a kill leaves nothing behind), or else under a
+temp name renamed over what is there. Removal works through fds opened ``O_NOFOLLOW``, so a directory
+swapped for a symlink is unlinked as a link, never descended.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ if TYPE_CHECKING:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_ATTEMPTS = 16
+_UNNAMED_FLAGS = os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC  # never O_EXCL: that would forbid the link
+# An unnamed file is linked through its /proc/self/fd path (linkat AT_EMPTY_PATH would need
+# CAP_DAC_READ_SEARCH): without /proc, files are created under a temp name.
+_PROC_FD = os.path.isdir("/proc/self/fd")
 # Reserve space up front (ENOSPC before any byte is written, less fragmentation) for files this big;
 # for small files the extra syscall costs more than it saves.
 PREALLOCATE_MIN = 1 << 20
@@ -41,28 +48,31 @@ class AtomicFile:
     A reader never sees a partial file under the final name. The caller writes through ``fd`` and keeps
     ownership of ``dir_fd``, which must stay open until commit or discard. An existing symlink at the leaf
     is replaced, never written through. As a context manager, leaving without :meth:`commit` discards.
+
+    ``unnamed``: open the file with ``O_TMPFILE`` (``tmp`` is then ``b""`` until commit or keep give it a
+    name); where the filesystem or kernel can't, it is an ordinary named temp.
     """
 
     fd: int
     tmp: bytes
     leaf: bytes
 
-    def __init__(self, dir_fd: int, leaf: bytes, size: int | None = None) -> None:
+    def __init__(self, dir_fd: int, leaf: bytes, size: int | None = None, *, unnamed: bool = False) -> None:
         self.leaf = validate_name(leaf)
         self._dir_fd = dir_fd
         self._done = False
         self._closed = False  # fd closed, rename still to do (a directory was in the way)
         self.fd = -1
-        for _ in range(_TEMP_ATTEMPTS):
-            self.tmp = temp_name(leaf)
+        self.tmp = b""
+        if unnamed and _PROC_FD:
             try:
-                # O_EXCL|O_NOFOLLOW: a name planted by anyone else (even a symlink) is never opened.
-                self.fd = os.open(self.tmp, _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise FileExistsError(errno.EEXIST, "no free temp name after retries", self.tmp)
+                self.fd = os.open(b".", _UNNAMED_FLAGS, 0o600, dir_fd=dir_fd)
+            except OSError as err:
+                # EOPNOTSUPP: the filesystem has no O_TMPFILE; EISDIR/EINVAL: a kernel older than 3.11
+                if err.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+        if self.fd < 0:
+            self._create_named()
         if size is not None and size >= PREALLOCATE_MIN:
             try:
                 os.posix_fallocate(self.fd, 0, size)
@@ -73,6 +83,41 @@ class AtomicFile:
             except BaseException:
                 self.discard()
                 raise
+
+    def _create_named(self) -> None:
+        for _ in range(_TEMP_ATTEMPTS):
+            self.tmp = temp_name(self.leaf)
+            try:
+                # O_EXCL|O_NOFOLLOW: a name planted by anyone else (even a symlink) is never opened.
+                self.fd = os.open(self.tmp, _TEMP_FLAGS, 0o600, dir_fd=self._dir_fd)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(errno.EEXIST, "no free temp name after retries", self.tmp)
+
+    def _link(self, dir_fd: int, name: bytes) -> None:
+        """Give the unnamed file the name ``name`` in ``dir_fd``; FileExistsError when that is taken (linkat
+        never replaces)."""
+        os.link(b"/proc/self/fd/%d" % self.fd, name, dst_dir_fd=dir_fd, follow_symlinks=True)
+
+    def _place(self) -> bool:
+        """Link the unnamed file in at its final name: True. When something is there already (an old version,
+        a directory), link it under a temp name for the rename that replaces it: False."""
+        try:
+            self._link(self._dir_fd, self.leaf)
+            return True
+        except FileExistsError:
+            pass
+        for _ in range(_TEMP_ATTEMPTS):
+            tmp = temp_name(self.leaf)
+            try:
+                self._link(self._dir_fd, tmp)
+            except FileExistsError:
+                continue
+            self.tmp = tmp
+            return False
+        raise FileExistsError(errno.EEXIST, "no free temp name after retries", self.leaf)
 
     @classmethod
     def adopt(cls, dir_fd: int, leaf: bytes, tmp: bytes, fd: int) -> AtomicFile:
@@ -92,9 +137,12 @@ class AtomicFile:
             raise ValueError("AtomicFile already committed or discarded")
         try:
             os.fsync(self.fd)  # what we keep must survive a crash, or resuming from it would be a lie
+            if not self.tmp:
+                self._link(dst_dir_fd, name)
             fd, self.fd = self.fd, -1
             os.close(fd)
-            os.rename(self.tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=dst_dir_fd)
+            if self.tmp:
+                os.rename(self.tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=dst_dir_fd)
         except BaseException:
             self.discard()
             raise
@@ -112,18 +160,21 @@ class AtomicFile:
         if self._done or (self.fd < 0 and not self._closed):
             raise ValueError(f'AtomicFile for "{show(self.leaf)}" already committed or discarded')
         try:
+            placed = False
             if not self._closed:
                 os.fchmod(self.fd, mode & 0o777)
                 os.utime(self.fd, ns=(time.time_ns(), mtime_ns))
                 if fsync:
                     os.fsync(self.fd)
+                placed = not self.tmp and self._place()  # every byte and its metadata are in: name it now
                 fd, self.fd = self.fd, -1
                 self._closed = True
                 if flush is not None:
                     flush.file_done(fd, size)
                 else:
                     os.close(fd)
-            os.rename(self.tmp, self.leaf, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            if not placed:
+                os.rename(self.tmp, self.leaf, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         except IsADirectoryError:
             raise  # the temp stays: the caller may clear the directory and commit again
         except BaseException:
@@ -141,9 +192,10 @@ class AtomicFile:
         fd, self.fd = self.fd, -1
         try:
             if fd >= 0:
-                os.close(fd)
+                os.close(fd)  # an unnamed file that was never linked goes with its last fd
         finally:
-            _unlink_quiet(self.tmp, self._dir_fd)
+            if self.tmp:
+                _unlink_quiet(self.tmp, self._dir_fd)
 
     def __enter__(self) -> AtomicFile:
         return self
