@@ -306,8 +306,12 @@ class TreeWriter:
     def _new_temp(self, s: FileSlot) -> AtomicFile:
         p = self.partials.pop(s.index, None)
         tmp = self.area.take(p, s.pfd, s.leaf) if p is not None else None
+        # Small files are unnamed until commit (O_TMPFILE: one directory operation instead of two, nothing left
+        # by a kill). The saving is per file: a big one keeps its temp name, where an operator sees it grow
+        # and the start-up sweep (leftovers.py) finds it after a kill.
+        unnamed = s.total < RESUME_MIN
         if tmp is None and s.entry.flags & fr.F_SPARSE:
-            tmp = AtomicFile(s.pfd, s.leaf, unnamed=True)  # no preallocation: holes must stay holes
+            tmp = AtomicFile(s.pfd, s.leaf, unnamed=unnamed)  # no preallocation: holes must stay holes
             try:
                 os.ftruncate(tmp.fd, s.total)
             except BaseException:
@@ -316,7 +320,7 @@ class TreeWriter:
         elif tmp is None:
             with self._space_lock:  # the check and the reservation together, one file at a time
                 self.check_space(s.total)
-                tmp = AtomicFile(s.pfd, s.leaf, s.total, unnamed=True)
+                tmp = AtomicFile(s.pfd, s.leaf, s.total, unnamed=unnamed)
         return tmp
 
     def _release_parent(self, s: FileSlot) -> None:
