@@ -72,7 +72,7 @@ class FileSlot:
     done: list[tuple[int, int]] = field(default_factory=list)  # intervals known written
     basis: Basis | None = None
     basis_fd: int = -1
-    ready: threading.Event = field(default_factory=threading.Event)
+    opening: bool = True  # the temp file is being created (by the connection whose range came first)
 
 
 class TreeWriter:
@@ -113,6 +113,9 @@ class TreeWriter:
         self._made: dict[tuple[bytes, ...], None] = {}
         self._wrote = False  # anything changed at the destination besides files and deletions
         self._lock = threading.Lock()
+        # A slot's first range creates its temp file; later ranges (other connections) wait for that. One
+        # condition for all slots: such waits are rare, an Event per file is not free.
+        self._opened = threading.Condition(self._lock)
         self._hashbuf: bytearray | None = None
         self.files_done = self.bytes_done = self.skipped = self.deleted = self.errors = 0
         self.renamed = 0
@@ -261,20 +264,22 @@ class TreeWriter:
                                         "overlaps one already sent")
             s.ranges.append((head.offset, head.length))
             s.active += 1
+            if not opening:
+                while s.opening:  # another connection is creating the temp file for this index
+                    self._opened.wait()
         if opening:
             try:
                 self._open_slot(s)
             finally:
-                s.ready.set()
-        else:
-            s.ready.wait()  # another connection is creating the temp file for this index
+                with self._lock:
+                    s.opening = False
+                    self._opened.notify_all()
         return s
 
     def _open_slot(self, s: FileSlot) -> None:
         try:
-            parts = validate_relpath(s.entry.path)
-            if not parts:
-                raise UnsafePath(f'refusing the root "{show(self.root.path)}" as a file')
+            # Validated when admitted; the leaf is checked again by AtomicFile, a directory by open_dir.
+            parts = tuple(s.entry.path.split(b"/"))
             # A watch session's ops move and remove directories while files arrive: no fd is kept there.
             s.pdir = None if self.restricted else parts[:-1]
             s.pfd = self.data_dirs.acquire(parts[:-1]) if s.pdir is not None else self.root.open_dir(parts[:-1])
@@ -317,6 +322,8 @@ class TreeWriter:
             except BaseException:
                 tmp.discard()
                 raise
+        elif tmp is None and s.total < PREALLOCATE_MIN:
+            tmp = AtomicFile(s.pfd, s.leaf, s.total, unnamed=unnamed)  # nothing to check or reserve
         elif tmp is None:
             with self._space_lock:  # the check and the reservation together, one file at a time
                 self.check_space(s.total)
