@@ -28,11 +28,21 @@ _CALL = re.compile(r"^\d+\s+(fsync|fdatasync|sync_file_range|syncfs)\((\d+)<([^>
 _TEMP = re.compile(r"^\.zc\.(.*)\.[0-9a-f]{8}\.[^/]*\.tmp$")
 
 
+_UNNAMED = re.compile(r"^#(\d+)$")  # an O_TMPFILE file's fd (strace adds "(deleted)"), even once linked in
+
+
 def _final(path: str) -> str:
-    """A temp file's path as its final name (the pool may fsync a file before its rename)."""
+    """A temp file's path as its final name (the pool may fsync a file before its rename); an unnamed one's
+    by its inode, looked up in its directory (call this after the job)."""
     head, _, leaf = path.rpartition("/")
     m = _TEMP.match(leaf)
-    return f"{head}/{m.group(1)}" if m else path
+    if m:
+        return f"{head}/{m.group(1)}"
+    m = _UNNAMED.match(leaf)
+    if m:
+        with os.scandir(head) as entries:
+            return next((e.path for e in entries if e.inode() == int(m.group(1))), path)
+    return path
 
 
 class Strace:
