@@ -14,14 +14,14 @@ import errno
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.apply_nodes import apply_symlink, ensure_dir
-from zcrepl.agent.transfer.atomic import PREALLOCATE_MIN, AtomicFile, remove_entry
+from zcrepl.agent.transfer.atomic import PREALLOCATE_MIN, remove_entry
 from zcrepl.agent.transfer.backup import Backup
 from zcrepl.agent.transfer.basis import find_basis
 from zcrepl.agent.transfer.dircache import DirCache
+from zcrepl.agent.transfer.fileslot import FileSlot, open_slot, release_parent
 from zcrepl.agent.transfer.finish import delete_extras, finish_dirs, make_links
 from zcrepl.agent.transfer.flush import JobFlush
 from zcrepl.agent.transfer.frame import Basis, Entry, FileHead, Kind, Result
@@ -45,36 +45,6 @@ log = logging.getLogger(__name__)
 MADE_KEEP = 256
 
 
-@dataclass(eq=False)
-class FileSlot:
-    """One needed file being assembled from ranges; committed when the last byte arrives.
-
-    ``fd`` is None when the file could not be opened (the error is recorded): writers then discard
-    their bytes. Ranges must not overlap and must cover the file exactly.
-    """
-
-    index: int
-    entry: Entry
-    total: int
-    mode: int
-    mtime_ns: int
-    fd: int | None
-    tmp: AtomicFile | None = None
-    pfd: int = -1
-    pdir: tuple[bytes, ...] | None = None  # ``pfd`` is borrowed from the writer's DirCache for this directory
-    leaf: bytes = b""
-    ranges: list[tuple[int, int]] = field(default_factory=list)
-    got: int = 0
-    active: int = 0
-    changed: bool = False
-    failed: bool = False
-    keep_partial: bool = False  # the attempt broke: keep what arrived for a resume
-    done: list[tuple[int, int]] = field(default_factory=list)  # intervals known written
-    basis: Basis | None = None
-    basis_fd: int = -1
-    opening: bool = True  # the temp file is being created (by the connection whose range came first)
-
-
 class TreeWriter:
     def __init__(self, root: SafeRoot, options: JobOptions, label: str, job_id: int, *,
                  policy: ExportPolicy = DEFAULT_POLICY, limits: SessionLimits | None = None) -> None:
@@ -84,7 +54,7 @@ class TreeWriter:
         self.job_id = job_id
         self.policy = policy  # what the peer may decide here: ownership, privileged xattrs
         self.limits = limits or SessionLimits()
-        self._space_lock = threading.Lock()  # one free-space check and preallocation at a time
+        self.space_lock = threading.Lock()  # one free-space check and preallocation at a time
         # Held per directory, not per entry: see listing.py; a needed file's entry until its content arrived
         # (the sender's window bounds how many are asked for at once).
         self.n_entries = 0
@@ -269,75 +239,12 @@ class TreeWriter:
                     self._opened.wait()
         if opening:
             try:
-                self._open_slot(s)
+                open_slot(self, s)
             finally:
                 with self._lock:
                     s.opening = False
                     self._opened.notify_all()
         return s
-
-    def _open_slot(self, s: FileSlot) -> None:
-        try:
-            # Validated when admitted; the leaf is checked again by AtomicFile, a directory by open_dir.
-            parts = tuple(s.entry.path.split(b"/"))
-            # A watch session's ops move and remove directories while files arrive: no fd is kept there.
-            s.pdir = None if self.restricted else parts[:-1]
-            s.pfd = self.data_dirs.acquire(parts[:-1]) if s.pdir is not None else self.root.open_dir(parts[:-1])
-            s.leaf = parts[-1]
-        except (OSError, UnsafePath) as err:
-            self.entry_failed(s.entry.path, err)  # e.g. a parent swapped for a symlink mid-job
-            s.failed = True
-            return
-        try:
-            try:
-                s.tmp = self._new_temp(s)
-            except FileNotFoundError:
-                if s.pdir is None:
-                    raise
-                # The directory held in the cache was removed meanwhile: look the path up again.
-                self.data_dirs.drop(s.pdir, s.pfd)
-                self._release_parent(s)
-                s.pfd, s.pdir = self.data_dirs.acquire(parts[:-1]), parts[:-1]
-                s.tmp = self._new_temp(s)
-        except BaseException as err:
-            self._release_parent(s)
-            if not isinstance(err, (OSError, UnsafePath)):
-                raise
-            self.entry_failed(s.entry.path, err)
-            s.failed = True
-            return
-        s.fd = s.tmp.fd
-
-    def _new_temp(self, s: FileSlot) -> AtomicFile:
-        p = self.partials.pop(s.index, None)
-        tmp = self.area.take(p, s.pfd, s.leaf) if p is not None else None
-        # Small files are unnamed until commit (O_TMPFILE: one directory operation instead of two, nothing left
-        # by a kill). The saving is per file: a big one keeps its temp name, where an operator sees it grow
-        # and the start-up sweep (leftovers.py) finds it after a kill.
-        unnamed = s.total < RESUME_MIN
-        if tmp is None and s.entry.flags & fr.F_SPARSE:
-            tmp = AtomicFile(s.pfd, s.leaf, unnamed=unnamed)  # no preallocation: holes must stay holes
-            try:
-                os.ftruncate(tmp.fd, s.total)
-            except BaseException:
-                tmp.discard()
-                raise
-        elif tmp is None and s.total < PREALLOCATE_MIN:
-            tmp = AtomicFile(s.pfd, s.leaf, s.total, unnamed=unnamed)  # nothing to check or reserve
-        elif tmp is None:
-            with self._space_lock:  # the check and the reservation together, one file at a time
-                self.check_space(s.total)
-                tmp = AtomicFile(s.pfd, s.leaf, s.total, unnamed=unnamed)
-        return tmp
-
-    def _release_parent(self, s: FileSlot) -> None:
-        if s.pfd < 0:
-            return
-        if s.pdir is not None:
-            self.data_dirs.release(s.pdir, s.pfd)
-        else:
-            os.close(s.pfd)
-        s.pfd = -1
 
     def range_done(self, s: FileSlot, length: int, ok: bool, offset: int = -1) -> None:
         """Account one range; the last one commits (or discards) the file."""
@@ -425,7 +332,7 @@ class TreeWriter:
                         self.saved_partials.append(s.entry.path)
             else:
                 s.tmp.discard()
-        self._release_parent(s)
+        release_parent(self, s)
         if s.basis_fd >= 0:
             os.close(s.basis_fd)
             s.basis_fd = -1

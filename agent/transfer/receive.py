@@ -26,9 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from zcrepl.agent.transfer import frame as fr
-from zcrepl.agent.transfer.apply import FileSlot, TreeWriter
+from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.channel import ZERO_COPY, Channel, ZeroCopy, shut, wait_ready
 from zcrepl.agent.transfer.compress import Unpacker
+from zcrepl.agent.transfer.fileslot import FileSlot
 from zcrepl.agent.transfer.flush import start_writeback, sync_ancestors
 from zcrepl.agent.transfer.frame import FileHead, Hello
 from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
