@@ -95,14 +95,6 @@ class Channel:
             self._end += k
             self.received += k
 
-    def fill(self, need: int) -> bool:
-        """Make ``need`` bytes available to :meth:`buffered` when they fit in the buffer (False when they don't);
-        one read takes whatever else the socket holds too, e.g. the next small files' frames."""
-        if need > len(self._buf):
-            return False
-        self._fill(need)
-        return True
-
     def recv_frame(self, limit: int = MAX_FRAME) -> tuple[T, bytes]:
         """Next frame; EOF at a frame boundary raises ProtocolError too (callers expect a reply)."""
         self._fill(HEAD.size)

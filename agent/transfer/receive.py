@@ -52,7 +52,6 @@ _BUF = 1 << 20
 DATA_TICKET_TTL = 60.0
 DATA_WAIT = 120.0
 WRITEBACK_STEP = 8 << 20
-SMALL_REST = 64 << 10  # a file body's rest up to this size comes through the channel's buffer
 
 
 @dataclass
@@ -261,14 +260,6 @@ class _Sink:
             off += len(view)
             left -= len(view)
         if not left:
-            return
-        if left <= SMALL_REST and self.ch.fill(left):
-            # The rest of a small body: read into the connection's buffer, which takes the frames that follow
-            # in the same call, instead of splice's three calls (and a poll when the bytes are not there yet).
-            view = self.ch.buffered(left)
-            if fd is not None:
-                _pwrite_all(fd, view, off)
-                self.written += len(view)
             return
         if fd is None:
             self._discard(left)
