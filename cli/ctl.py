@@ -16,7 +16,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 # Only what the parser needs: a command's own modules (gRPC, protobuf, rich) load after parsing, in main().
 from zcrepl.cli import ctl_pki
@@ -34,6 +34,11 @@ from zcrepl.core.paths import HOST_NAME_RULE, show_name, valid_host_name
 from zcrepl.core.snapshots import MAX_KEEP
 from zcrepl.core.units import GiB, KiB, MiB
 from zcrepl.core.wellknown import DEFAULT_CONTROLLER
+
+if TYPE_CHECKING:
+    import grpc
+
+    from zcrepl.core.trust import Trust
 
 # The controller's own ceilings (zcrepl.controller.validate), checked here first for a clearer message.
 MAX_STREAMS, MAX_ATTEMPTS, MAX_BWLIMIT, MAX_HISTORY = 16, 100, 1 << 50, 900
@@ -327,9 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "pki":
             return ctl_pki.run_pki(args, out)
         trust = ctl_pki.client_trust(args)
+        dialled = _dial(args.controller, trust)
         from zcrepl.cli import ctl_commands
 
-        return ctl_commands.run(args, trust, out, err)
+        return ctl_commands.run(args, trust, out, err, dialled)
     except PermissionDenied as e:
         err.line(f"zc-ctl: permission denied: {e}")
         return EXIT_DENIED
@@ -348,6 +354,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_JOB_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _dial(target: str, trust: Trust | None) -> grpc.Channel:
+    """A channel to the first controller of ``target``, its connection started now: the TCP and TLS handshakes
+    and HTTP/2's settings run on gRPC's own threads while the command's protobuf and domain modules load (~30 ms
+    of imports that otherwise come first), so the first call finds the connection up."""
+    from zcrepl.cli.dial import connect_early, targets
+
+    return connect_early(targets(target)[0], trust)
 
 
 def run() -> NoReturn:
