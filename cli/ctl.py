@@ -11,6 +11,7 @@ interrupted (the job keeps running).
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import re
@@ -335,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dialled = _dial(args.controller, trust)
         from zcrepl.cli import ctl_commands
 
+        _imports_done()
         return ctl_commands.run(args, trust, out, err, dialled)
     except PermissionDenied as e:
         err.line(f"zc-ctl: permission denied: {e}")
@@ -365,10 +367,31 @@ def _dial(target: str, trust: Trust | None) -> grpc.Channel:
     return connect_early(targets(target)[0], trust)
 
 
+def _imports_done() -> None:
+    """The command's modules are loaded: what they made is kept for good (``gc.freeze``: never scanned again) and
+    the collector, off since ``run`` started, runs again for whatever the command itself makes (a live view or
+    a long job's follow runs for hours)."""
+    global _GC_PAUSED
+    if _GC_PAUSED:
+        _GC_PAUSED = False
+        gc.freeze()
+        gc.enable()
+
+
+_GC_PAUSED = False
+
+
 def run() -> NoReturn:
     """The console script: ``main()``, then out without the interpreter's teardown, which costs ~25 ms of
     CPU once gRPC is loaded (module clean-up and gRPC's own shutdown) and does nothing a finished command
-    needs. What was printed is flushed first; an exception still ends the normal way, with its traceback."""
+    needs. What was printed is flushed first; an exception still ends the normal way, with its traceback.
+
+    The cyclic garbage collector is off while a command's modules load (``_imports_done``): imports make
+    ~10^5 objects and no garbage, and the collections their allocations trigger cost ~6 ms of CPU in a 1-file
+    replicate (median of 30 interleaved runs, 155 -> 149 ms)."""
+    global _GC_PAUSED
+    _GC_PAUSED = gc.isenabled()
+    gc.disable()
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:
