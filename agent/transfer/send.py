@@ -376,8 +376,9 @@ class Sender:
         self.renamed = r.renamed
         wire = ctl.sent + ctl.received + sum(w.ch.sent + w.ch.received for w in self.workers)
         # errors are the destination's: it could not write what it was sent
+        # No last progress report: the DONE (or FAILED) report that follows carries these totals, and one more
+        # report would cost the controller a notify and every watcher a snapshot right before the final one.
         self.final = replace(snap, files_skipped=r.files_skipped, deleted=r.deleted, errors=r.errors, wire_bytes=wire)
-        self.progress(force=True)
         if r.errors:
             raise TransferError(f"{r.errors} entries failed; first: {r.first_error or 'see its log'}")
         return self.final
