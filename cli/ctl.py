@@ -324,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
+        _imports_done()  # a cluster of its own, up for as long as the operator likes: the collector runs
         from zcrepl.cli.demo import run_demo
 
         return run_demo(files=args.files, big_mib=args.big_mib, keep=args.keep, serve=args.serve)
@@ -331,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trust = None
     try:
         if args.command == "pki":
+            _imports_done()
             return ctl_pki.run_pki(args, out)
         trust = ctl_pki.client_trust(args)
         dialled = _dial(args.controller, trust)
