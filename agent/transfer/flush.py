@@ -7,12 +7,14 @@ file, with its batch of 64 for a small one) and its fd is handed here; a few wor
 batches, wait for them and close them; the directories the job changed are fsynced; :meth:`JobFlush.wait`
 returns when all of it is on disk. How a file is waited for depends on the filesystem:
 
-- ext4 and XFS keep all metadata in one journal (log) committed in order, and a commit flushes the device's
-  cache first. There a file needs only its data written (``sync_file_range`` with both WAITs: block
+- ext4 with a journal and XFS keep all metadata in one journal (log) committed in order, and a commit flushes
+  the device's cache first. There a file needs only its data written (``sync_file_range`` with both WAITs: block
   allocation, size and unwritten-extent conversion are then journaled), and one journal commit after the
   last of those waits makes every file and directory durable at once: the last step touches the job's root
   directory (its own times set again, unchanged) and fsyncs it, which commits the journal up to now.
-- Anywhere else (btrfs logs per inode, for one) every file gets its own fsync.
+- Anywhere else every file gets its own fsync: btrfs logs per inode, and an ext4 made without a journal
+  (``mkfs.ext4 -O ^has_journal``, as this project's test VM's root) has no commit that covers other inodes
+  (its fsync writes that one inode), though statfs names it ext4 all the same.
 
 fsync, not fdatasync: the mode and mtime set on the fd are part of what "durable when done" promises.
 
@@ -43,8 +45,7 @@ CTIME_MARGIN_NS = 1_000_000_000
 WRITEBACK_NOW = 1 << 20  # files this big start their writeback as they complete; smaller ones with their batch
 _SYNC_FILE_RANGE_WRITE = 2
 _SYNC_FILE_RANGE_WAIT_ALL = 1 | 2 | 4  # WAIT_BEFORE | WRITE | WAIT_AFTER: this file's data is on the device
-# statfs f_type of the filesystems whose single ordered journal makes one commit cover every earlier change
-_JOURNALED = {0xEF53: "ext4", 0x58465342: "xfs"}
+_EXT4, _XFS = 0xEF53, 0x58465342  # statfs f_type
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _sfr = getattr(_libc, "sync_file_range", None)
@@ -54,11 +55,25 @@ if _sfr is not None:
 
 
 def journaled(fd: int) -> bool:
-    """Whether ``fd`` is on ext4 or XFS, where one journal commit makes all earlier written data durable."""
+    """Whether ``fd`` is on XFS or on an ext4 with a journal, where one journal commit makes all earlier
+    written data durable."""
     buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field (a long)
     if _sfr is None or _libc.fstatfs(fd, buf) != 0:
         return False
-    return ctypes.c_long.from_buffer(buf).value in _JOURNALED
+    kind = ctypes.c_long.from_buffer(buf).value
+    return kind == _XFS or (kind == _EXT4 and ext4_has_journal(os.fstat(fd).st_dev))
+
+
+def ext4_has_journal(dev: int, proc: str = "/proc", sys: str = "/sys") -> bool:
+    """Whether the ext4 on device ``dev`` runs with a journal: its mount options in /proc/fs/ext4/NAME/options
+    name a data= journaling mode only then. Unknown (no /proc or /sys, a name not found) counts as no journal:
+    the per-file fsync is right on every filesystem, the one commit only where the journal is certain."""
+    try:
+        name = os.path.basename(os.readlink(f"{sys}/dev/block/{os.major(dev)}:{os.minor(dev)}"))
+        with open(f"{proc}/fs/ext4/{name}/options", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("data=") for line in f)
+    except OSError:
+        return False
 
 
 def syncfs(fd: int) -> None:
