@@ -4,15 +4,19 @@
 else's 10 GB make our "done" late by their flush). Instead each file the job completes gets
 ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` (its writeback starts while the job goes on: at once for a big
 file, with its batch of 64 for a small one) and its fd is handed here; a few worker threads take the fds in
-batches, wait for them and close them; the directories the job changed are fsynced; :meth:`JobFlush.wait`
-returns when all of it is on disk. How a file is waited for depends on the filesystem:
+batches, wait for them and close them; the directories the job changed are handed in too;
+:meth:`JobFlush.wait` returns when all of it is on disk. How that is done depends on the filesystem:
 
 - ext4 with a journal and XFS keep all metadata in one journal (log) committed in order, and a commit flushes
   the device's cache first. There a file needs only its data written (``sync_file_range`` with both WAITs: block
   allocation, size and unwritten-extent conversion are then journaled), and one journal commit after the
   last of those waits makes every file and directory durable at once: the last step touches the job's root
-  directory (its own times set again, unchanged) and fsyncs it, which commits the journal up to now.
-- Anywhere else every file gets its own fsync: btrfs logs per inode, and an ext4 made without a journal
+  directory (its own times set again, unchanged) and fsyncs it, which commits the journal up to now. A
+  directory's entries and times are journal metadata too, so a changed directory is not fsynced on its own
+  (each such fsync found its transaction committed and only flushed the device's cache again: 200
+  directories, 200 cache flushes). A file or directory on another filesystem (a mount below the root) is
+  fsynced.
+- Anywhere else every file and directory gets its own fsync: btrfs logs per inode, and an ext4 made without a journal
   (``mkfs.ext4 -O ^has_journal``, as this project's test VM's root) has no commit that covers other inodes
   (its fsync writes that one inode), though statfs names it ext4 all the same.
 
@@ -186,10 +190,10 @@ class JobFlush:
                     start_writeback(fd)  # the whole batch's writes in flight before the first wait
             for i, (fd, is_dir) in enumerate(batch):
                 try:
-                    if self.journaled and not is_dir and os.fstat(fd).st_dev == self._dev:
-                        _wait_data(fd)  # the journal commit at the end covers its metadata
-                    else:
+                    if not self.journaled or os.fstat(fd).st_dev != self._dev:
                         os.fsync(fd)
+                    elif not is_dir:
+                        _wait_data(fd)  # the journal commit at the end covers its metadata (a directory: all of it)
                 except BaseException:
                     _close_all(batch[i:])
                     raise
