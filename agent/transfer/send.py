@@ -273,8 +273,12 @@ class Sender:
 
     # Each returns True when the destination has said its last word.
     def _on_need(self, payload: bytes) -> bool:
+        # One put per data connection per NEED frame, not one per file: a queue put may wake its worker.
+        planned: dict[int, list[WorkItem]] = {}
         for index in fr.decode_need(payload):
-            self._queue_file(index)
+            self._plan_file(index, None, planned)
+        for k, items in planned.items():
+            self.workers[k].work.put(items)
         return False
 
     def _on_hint(self, payload: bytes) -> bool:
@@ -313,47 +317,57 @@ class Sender:
         return True
 
     def _queue_file(self, index: int, basis: fr.Basis | None = None) -> None:
+        planned: dict[int, list[WorkItem]] = {}
+        self._plan_file(index, basis, planned)
+        for k, items in planned.items():
+            self.workers[k].work.put(items)
+
+    def _plan_file(self, index: int, basis: fr.Basis | None, planned: dict[int, list[WorkItem]]) -> None:
+        """The work items that send file ``index``, added to ``planned`` (data connection -> its items)."""
         e = self.files.ask(index)
         self.c_files_total += 1
         self.c_bytes_total += e.size
+        n = len(self.workers)
         # Files of one directory go to one connection: creating files in a directory takes its lock in
         # the receiving kernel, so connections working on different directories create in parallel.
-        home = self.workers[zlib.crc32(e.path.rpartition(b"/")[0]) % len(self.workers)].work
+        home = zlib.crc32(e.path.rpartition(b"/")[0]) % n if n > 1 else 0
         if basis is not None:
             self.bases[index] = basis
-            home.put(WorkItem(Work.BASIS, index))
+            planned.setdefault(home, []).append(WorkItem(Work.BASIS, index))
             return
         if e.flags & fr.F_SPARSE:
-            home.put(WorkItem(Work.SPARSE, index))
+            planned.setdefault(home, []).append(WorkItem(Work.SPARSE, index))
             return
-        n = len(self.workers)
-        if n > 1 and e.size >= SPLIT_MIN:
-            parts = min(n, e.size // RANGE_MIN)
-            step = -(-e.size // parts)
-            step = -(-step // (1 << 20)) * (1 << 20)  # 1 MiB aligned
-            ranges = [(off, min(step, e.size - off)) for off in range(0, e.size, step)]
-        else:
-            ranges = [(0, e.size)]
-        with self._lock:
-            self._ranges_left[index] = len(ranges)
-        self.files.expect(index, len(ranges))
-        if len(ranges) == 1:
-            home.put(WorkItem(Work.RANGE, index, 0, e.size))
+        if n == 1 or e.size < SPLIT_MIN:
+            planned.setdefault(home, []).append(WorkItem(Work.RANGE, index, 0, e.size))
             return
+        parts = min(n, e.size // RANGE_MIN)
+        step = -(-e.size // parts)
+        step = -(-step // (1 << 20)) * (1 << 20)  # 1 MiB aligned
+        ranges = [(off, min(step, e.size - off)) for off in range(0, e.size, step)]
+        if len(ranges) > 1:  # a file sent whole needs no count: its one item is its last
+            with self._lock:
+                self._ranges_left[index] = len(ranges)
+            self.files.expect(index, len(ranges))
         for k, (off, length) in enumerate(ranges):  # one range per connection
-            self.workers[(index + k) % n].work.put(WorkItem(Work.RANGE, index, off, length))
+            planned.setdefault((index + k) % n, []).append(WorkItem(Work.RANGE, index, off, length))
 
     def range_finished(self, index: int) -> bool:
+        """A range of file ``index`` was sent whole; True when it was the file's last."""
         with self._lock:
-            self._ranges_left[index] -= 1
-            return self._ranges_left[index] == 0
+            left = self._ranges_left.get(index)
+            if left is None:
+                return True
+            self._ranges_left[index] = left - 1
+            return left == 1
 
     def item_done(self, index: int) -> None:
         """A data worker finished one work item of file ``index`` (sent, skipped or failed): after the last,
         nothing of the file is kept (a hint still waiting for its NEED_BASIS stays, to match it)."""
         if self.files.item_done(index):
-            with self._lock:
-                self._ranges_left.pop(index, None)
+            if index in self._ranges_left:
+                with self._lock:
+                    self._ranges_left.pop(index, None)
             self.bases.pop(index, None)
             hint = self.hinted.get(index)
             if hint is not None and hint[1].is_set():

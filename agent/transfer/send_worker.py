@@ -50,7 +50,7 @@ class WorkItem(NamedTuple):
     length: int = 0
 
 
-END: WorkItem | None = None  # no more work: the worker sends DATA_DONE and exits
+END: list[WorkItem] | None = None  # no more work: the worker sends DATA_DONE and exits
 
 SMALL = 64 << 10  # a whole file up to this size is read into the output buffer, not sent with sendfile
 FLUSH = 256 << 10  # the output buffer goes out once it holds this much (or the worker runs out of work)
@@ -78,7 +78,7 @@ class DataWorker:
         o = sender.spec.options
         self.packer = Packer(o.compress_level) if o.compress is Compress.ON else None  # per connection
         self.sources = SourceFiles(sender.root)
-        self.work: queue.Queue[WorkItem | None] = queue.Queue()
+        self.work: queue.Queue[list[WorkItem] | None] = queue.Queue()  # items of one NEED frame per put
         self.thread = threading.Thread(target=carry(self.run), name=f"zc-send-data-{n}", daemon=True)
         self.finished = threading.Event()
 
@@ -88,26 +88,27 @@ class DataWorker:
         try:
             while True:
                 try:
-                    item = self.work.get_nowait()
+                    items = self.work.get_nowait()
                 except queue.Empty:
                     self.sources.release()
                     self.flush()
-                    item = self.work.get()
-                if item is None:
+                    items = self.work.get()
+                if items is None:
                     break
-                s.check_cancel()
-                if item.kind is Work.RANGE and item.length <= SMALL and item.offset == 0 and self.packer is None:
-                    self.send_small(item.index)
-                else:
-                    self.flush()
-                    if item.kind is Work.BASIS:
-                        self.send_basis(item.index)
-                    elif item.kind is Work.SPARSE:
-                        self.send_sparse(item.index)
+                for item in items:
+                    s.check_cancel()
+                    if item.kind is Work.RANGE and item.length <= SMALL and item.offset == 0 and self.packer is None:
+                        self.send_small(item.index)
                     else:
-                        self.send_range(item.index, item.offset, item.length)
-                s.item_done(item.index)
-                s.progress()
+                        self.flush()
+                        if item.kind is Work.BASIS:
+                            self.send_basis(item.index)
+                        elif item.kind is Work.SPARSE:
+                            self.send_sparse(item.index)
+                        else:
+                            self.send_range(item.index, item.offset, item.length)
+                    s.item_done(item.index)
+                    s.progress()
             self.out += fr.frame(fr.T.DATA_DONE)
             self.flush()
         except BaseException as err:
