@@ -23,7 +23,7 @@ from zcrepl.agent.transfer import window
 from zcrepl.agent.transfer.changes import ChangePlan, restricted_manifest
 from zcrepl.agent.transfer.channel import Channel, Stream, shut
 from zcrepl.agent.transfer.failure import explain
-from zcrepl.agent.transfer.frame import Entry, Hello, Kind
+from zcrepl.agent.transfer.frame import Entry, Hello
 from zcrepl.agent.transfer.peer import KTLS, NONE, TLS
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble, tree_filter
@@ -208,19 +208,24 @@ class Sender:
             source = self._scanner(hardlinks=True).entries()
         batch: list[Entry] = []
         index = 0
+        cancel, failed = self.spec.cancel, self.failed
         for entry in source:
-            self.check_cancel()
-            if entry.kind is Kind.FILE:
-                self.files.announce(index, entry)
-            index += 1
+            if cancel.is_set() or failed.is_set():
+                self.check_cancel()
             batch.append(entry)
-            self.c_entries = index
             if len(batch) >= window.BATCH:
+                # Announced before they are sent: the receiver may ask for them as soon as it reads them.
+                self.files.announce_batch(index, batch)
+                index += len(batch)
+                self.c_entries = index
                 ctl.send(fr.encode_entries(batch))
                 batch = []
                 self.progress()
                 self.files.wait_room(self.check_cancel)  # the receiver decides, the workers send
         if batch:
+            self.files.announce_batch(index, batch)
+            index += len(batch)
+            self.c_entries = index
             ctl.send(fr.encode_entries(batch))
         ctl.send(fr.encode_u64(fr.T.MANIFEST_END, index))
         self.c_scan_done = True

@@ -22,7 +22,6 @@ from zcrepl.agent.transfer.channel import Channel, Stream
 from zcrepl.agent.transfer.compress import Packer
 from zcrepl.agent.transfer.frame import Entry
 from zcrepl.agent.transfer.partial import intervals_digest, merge
-from zcrepl.agent.transfer.saferoot import validate_relpath
 from zcrepl.agent.transfer.sendio import readsend_range, sendfile_range, tls_send_range
 from zcrepl.agent.transfer.sourcefile import SourceFiles, as_scanned, data_segments
 from zcrepl.agent.transfer.tls import TlsStream
@@ -171,7 +170,7 @@ class DataWorker:
         """The source file as scanned and its fstat, or None after telling the receiver it changed or vanished."""
         s = self.sender
         try:
-            fd, st = self.sources.open(validate_relpath(e.path))
+            fd, st = self.sources.open(e.path)
         except (OSError, UnsafePath) as err:
             s.source_trouble(index, e.path, err)
             self.skip(index, offset, length, e)

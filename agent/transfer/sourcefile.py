@@ -9,7 +9,7 @@ import stat
 from collections.abc import Iterator
 
 from zcrepl.agent.transfer.frame import Entry
-from zcrepl.agent.transfer.saferoot import SafeRoot
+from zcrepl.agent.transfer.saferoot import SafeRoot, validate_name, validate_relpath
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.paths import show
 
@@ -52,30 +52,30 @@ class SourceFiles:
 
     def __init__(self, root: SafeRoot) -> None:
         self.root = root
-        self._dir: tuple[bytes, ...] | None = None
+        self._dir: bytes | None = None
         self._dfd = -1
 
-    def open(self, parts: tuple[bytes, ...]) -> tuple[int, os.stat_result]:
-        """(fd, its fstat) of the regular file ``root/parts...``; ``parts`` already validated, non-empty."""
-        if not parts:
-            raise UnsafePath(f'refusing the root "{show(self.root.path)}" as a file to read')
-        parent = parts[:-1]
+    def open(self, path: bytes) -> tuple[int, os.stat_result]:
+        """(fd, its fstat) of the regular file ``path`` below the root; UnsafePath for a path that is not one
+        (checked as ``validate_relpath`` does: the parent once per run of files in it, the name every time)."""
+        parent, _, leaf = path.rpartition(b"/")
+        validate_name(leaf)
         if parent != self._dir:
             self.release()
-            self._dfd = self.root.open_dir(parent)
+            self._dfd = self.root.open_dir(validate_relpath(parent))
             self._dir = parent
         try:
-            fd = os.open(parts[-1], _READ_FLAGS, dir_fd=self._dfd)
+            fd = os.open(leaf, _READ_FLAGS, dir_fd=self._dfd)
         except OSError as err:
             if err.errno == errno.ELOOP:
-                raise self._unsafe(parts, "it is a symlink (sent as a link, never read)") from err
+                raise self._unsafe(path, "it is a symlink (sent as a link, never read)") from err
             if err.errno == errno.ENXIO:  # a socket, or a device without a driver
-                raise self._unsafe(parts, "not a regular file") from err
+                raise self._unsafe(path, "not a regular file") from err
             raise
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise self._unsafe(parts, "not a regular file any more")
+                raise self._unsafe(path, "not a regular file any more")
         except BaseException:
             os.close(fd)
             raise
@@ -86,6 +86,6 @@ class SourceFiles:
         if dfd >= 0:
             os.close(dfd)
 
-    def _unsafe(self, parts: tuple[bytes, ...], why: str) -> UnsafePath:
-        return UnsafePath(f'refusing "{show(b"/".join(parts))}" under root "{show(self.root.path)}": {why}; '
+    def _unsafe(self, path: bytes, why: str) -> UnsafePath:
+        return UnsafePath(f'refusing "{show(path)}" under root "{show(self.root.path)}": {why}; '
                           "remove or replace it on this host if it is not an attack")
