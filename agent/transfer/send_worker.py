@@ -44,7 +44,7 @@ class WorkItem(NamedTuple):
     """One job for a data connection: which file, and what to send of it (a tuple: one is made per file)."""
 
     kind: Work
-    index: int
+    file: int  # its index in the manifest
     offset: int = 0
     length: int = 0
 
@@ -97,16 +97,16 @@ class DataWorker:
                 for item in items:
                     s.check_cancel()
                     if item.kind is Work.RANGE and item.length <= SMALL and item.offset == 0 and self.packer is None:
-                        self.send_small(item.index)
+                        self.send_small(item.file)
                     else:
                         self.flush()
                         if item.kind is Work.BASIS:
-                            self.send_basis(item.index)
+                            self.send_basis(item.file)
                         elif item.kind is Work.SPARSE:
-                            self.send_sparse(item.index)
+                            self.send_sparse(item.file)
                         else:
-                            self.send_range(item.index, item.offset, item.length)
-                    s.item_done(item.index)
+                            self.send_range(item.file, item.offset, item.length)
+                    s.item_done(item.file)
                     s.progress()
             self.out += fr.frame(fr.T.DATA_DONE)
             self.flush()
