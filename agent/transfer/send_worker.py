@@ -96,7 +96,7 @@ class DataWorker:
                     break
                 for item in items:
                     s.check_cancel()
-                    if item.kind is Work.RANGE and item.length <= SMALL and item.offset == 0 and self.packer is None:
+                    if item.kind is Work.RANGE and item.length <= SMALL and item.offset == 0:
                         self.send_small(item.file)
                     else:
                         self.flush()
@@ -125,8 +125,8 @@ class DataWorker:
             self.sender.pacer.account(n)
 
     def send_small(self, index: int) -> None:
-        """A whole small file into ``out``: FILE header, its bytes (read, checked against the scan before and
-        after), FILE_END."""
+        """A whole small file into ``out``: FILE (ZFILE) header, its bytes (read, checked against the scan before
+        and after; compressed), FILE_END."""
         s = self.sender
         e = s.files[index]
         opened = self.open_source(index, 0, e.size, e)
@@ -138,12 +138,17 @@ class DataWorker:
             ok = len(data) == e.size and as_scanned(os.fstat(fd), e)
         finally:
             os.close(fd)
-        out = self.out
-        out += fr.file_head(fr.T.FILE, index, 0, e.size, e.size, e.mtime_ns, st.st_mode & 0o7777)
-        out += data
-        if len(data) < e.size:  # shrank while we read it: pad to the announced length, then void it
-            out += bytes(e.size - len(data))
         self.bytes_done += len(data)
+        if len(data) < e.size:  # shrank while we read it: pad to the announced length, then void it
+            data += bytes(e.size - len(data))
+        out = self.out
+        if self.packer is None:
+            out += fr.file_head(fr.T.FILE, index, 0, e.size, e.size, e.mtime_ns, st.st_mode & 0o7777)
+            out += data
+        else:  # one ZDATA piece (SMALL <= compress.PIECE)
+            out += fr.file_head(fr.T.ZFILE, index, 0, e.size, e.size, e.mtime_ns, st.st_mode & 0o7777)
+            if data:
+                out += self.packer.pack(data)
         if ok:
             out += fr.FILE_END_OK
             self.files_done += 1

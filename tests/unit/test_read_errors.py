@@ -30,7 +30,7 @@ from zcrepl.agent.transfer.send import Sender
 from zcrepl.agent.transfer.sendio import SendSpec
 from zcrepl.agent.transfer.server import Grant, TicketBook
 from zcrepl.core.errors import UnsafePath
-from zcrepl.core.types import SKIPPED_LISTED, JobOptions, TransferStats
+from zcrepl.core.types import SKIPPED_LISTED, Compress, JobOptions, TransferStats
 
 
 def _grow(p: Path) -> None:
@@ -129,8 +129,10 @@ def test_the_controller_keeps_a_hundred_of_each_kind() -> None:
                                      "lists them")
 
 
+@pytest.mark.parametrize("compress", [Compress.OFF, Compress.ON], ids=["raw", "zstd"])
 def test_a_network_send_of_small_files_reports_each_and_never_sends_one_torn(tmp_path: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                             monkeypatch: pytest.MonkeyPatch,
+                                                                             compress: Compress) -> None:
     """The sender's small-file path (read into its output buffer, not sendfile) over socketpairs to a real
     receiver: a file changed before it is opened, one changed while it is read, one vanished and one swapped
     for a symlink are reported; the destination keeps its old copies, and the rest arrive."""
@@ -154,7 +156,7 @@ def test_a_network_send_of_small_files_reports_each_and_never_sends_one_torn(tmp
     monkeypatch.setattr(send_worker.os, "pread", pread)
     tickets = TicketBook()
     outcome: list[object] = []
-    opts = JobOptions()
+    opts = JobOptions(compress=compress)
     with SafeRoot(os.fsencode(dst)) as export:
 
         def serve(ch: Channel, hello: Hello) -> None:
