@@ -4,7 +4,9 @@ The control connection carries the manifest (batches go out while the scan runs,
 move before the scan ends) and brings back NEEDs; a reader thread turns NEEDs into work items. N data
 connections, one ``DataWorker`` thread each, send file ranges: small files whole, large files split
 into ranges across connections. File bytes go from the page cache to the socket with ``os.sendfile``
-and never enter Python; per-file headers and trailers are coalesced and sent with MSG_MORE. An encrypted
+and never enter Python, except a small file's (``send_worker.SMALL``): it is read whole, with its header and
+trailer, into the connection's output buffer, which goes out in one send per ``FLUSH`` bytes (a header send,
+a sendfile and a trailer per 4 KiB file cost more than the copy they avoid). An encrypted
 attempt (``SendSpec.encrypt``) runs every connection over TLS 1.3 and sends file bytes as ``tls.py`` says.
 """
 
