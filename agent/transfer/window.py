@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from zcrepl.agent.transfer.frame import Entry
+from zcrepl.agent.transfer.frame import Entry, Kind
 from zcrepl.core.errors import ProtocolError
 
 __all__ = ["BATCH", "WINDOW", "FileWindow"]
@@ -41,6 +41,17 @@ class FileWindow:
             self._files[index] = e
             self._undecided.append(index)
             self.peak = max(self.peak, len(self._files))
+
+    def announce_batch(self, first: int, batch: list[Entry]) -> None:
+        """``announce`` for the file entries of ``batch``, whose first entry has index ``first``."""
+        file = Kind.FILE
+        with self._cv:
+            files, undecided = self._files, self._undecided
+            for index, e in enumerate(batch, first):
+                if e.kind is file:
+                    files[index] = e
+                    undecided.append(index)
+            self.peak = max(self.peak, len(files))
 
     def __getitem__(self, index: int) -> Entry:
         return self._files[index]
