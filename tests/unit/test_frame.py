@@ -51,7 +51,12 @@ def raw_entry(kind: int = 1, mode: int = 0o644, mtime: int = MTIME, size: int = 
 
 
 def batch(*entries: bytes, count: int | None = None) -> bytes:
-    return struct.pack("!I", len(entries) if count is None else count) + b"".join(entries)
+    """One run of names at the root: the entries' headers, then their bodies."""
+    head = struct.pack("!I", len(entries) if count is None else count)
+    if not entries:
+        return head
+    run = struct.pack("!HH", len(entries), 0)
+    return head + run + b"".join(e[: ENTRY.size] for e in entries) + b"".join(e[ENTRY.size :] for e in entries)
 
 
 @pytest.fixture(autouse=True)
