@@ -185,6 +185,37 @@ def test_entries_rejects(payload: bytes, needle: str) -> None:
         fr.decode_entries(payload)
 
 
+def run(prefix: bytes, *entries: bytes) -> bytes:
+    return struct.pack("!HH", len(entries), len(prefix)) + prefix + b"".join(e[: ENTRY.size] for e in entries) + \
+        b"".join(e[ENTRY.size :] for e in entries)
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        (struct.pack("!I", 2) + run(b"a/", raw_entry()) + run(b"a/", raw_entry(path=b"g")), "predecessor"),
+        (struct.pack("!I", 1) + run(b"a", raw_entry()), "bad prefix"),
+        (struct.pack("!I", 1) + run(b"a/") + run(b"b/", raw_entry()), "no entries"),
+        (struct.pack("!I", 1) + run(b"", raw_entry(path=b"a/b")), "'/' in its name"),
+        (struct.pack("!I", 1) + run(b"a/", raw_entry())[:3], "run header"),
+    ],
+    ids=["same-directory-twice", "prefix-without-slash", "empty-run", "slash-in-leaf", "cut-run-header"],
+)
+def test_entries_runs_are_canonical(payload: bytes, needle: str) -> None:
+    """One encoding per batch: a run per change of directory, each name one component of it."""
+    with pytest.raises(ProtocolError, match=needle):
+        fr.decode_runs(payload)
+
+
+def test_entries_runs_share_their_directory() -> None:
+    entries = [Entry(Kind.DIR, b"", 0o755, 0), Entry(Kind.DIR, b"a", 0o755, 0), Entry(Kind.FILE, b"a/x", 0o644, 0),
+               Entry(Kind.FILE, b"a/y", 0o644, 0), Entry(Kind.FILE, b"z", 0o644, 0), Entry(Kind.FILE, b"/w", 0o644, 0)]
+    runs = fr.decode_runs(split(fr.encode_entries(entries))[1])
+    assert [(r.prefix, r.leaves) for r in runs] == [(b"", [b"", b"a"]), (b"a/", [b"x", b"y"]), (b"", [b"z"]),
+                                                   (b"/", [b"w"])]
+    assert [e for r in runs for e in r.entries] == entries
+
+
 def test_entries_oversized_lengths_rejected_before_reading_body() -> None:
     # Header claims a huge target but no body follows: the bound check fires, not the truncation check.
     with pytest.raises(ProtocolError, match="oversized"):
