@@ -23,7 +23,7 @@ from zcrepl.agent.transfer import window
 from zcrepl.agent.transfer.changes import ChangePlan, restricted_manifest
 from zcrepl.agent.transfer.channel import Channel, Stream, shut
 from zcrepl.agent.transfer.failure import explain
-from zcrepl.agent.transfer.frame import Entry, Hello, Kind
+from zcrepl.agent.transfer.frame import Entry, Hello
 from zcrepl.agent.transfer.peer import KTLS, NONE, TLS
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble, tree_filter
@@ -210,21 +210,23 @@ class Sender:
         index = 0
         for entry in source:
             self.check_cancel()
-            if entry.kind is Kind.FILE:
-                self.files.announce(index, entry)
             index += 1
             batch.append(entry)
-            self.c_entries = index
             if len(batch) >= window.BATCH:
-                ctl.send(fr.encode_entries(batch))
+                self._send_batch(ctl, batch, index)
                 batch = []
                 self.progress()
                 self.files.wait_room(self.check_cancel)  # the receiver decides, the workers send
         if batch:
-            ctl.send(fr.encode_entries(batch))
+            self._send_batch(ctl, batch, index)
         ctl.send(fr.encode_u64(fr.T.MANIFEST_END, index))
         self.c_scan_done = True
         self.progress(force=True)
+
+    def _send_batch(self, ctl: Channel, batch: list[Entry], end: int) -> None:
+        self.files.announce_batch(end - len(batch), batch)  # before the receiver can NEED any of them
+        self.c_entries = end
+        ctl.send(fr.encode_entries(batch))
 
     def _join_workers(self) -> None:
         while True:

@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from zcrepl.agent.transfer.frame import Entry
+from zcrepl.agent.transfer.frame import Entry, Kind
 from zcrepl.core.errors import ProtocolError
 
 __all__ = ["BATCH", "WINDOW", "FileWindow"]
@@ -36,10 +36,13 @@ class FileWindow:
         self.decided_upto = 0
         self.peak = 0  # most file entries kept at once (for the tests and the bench)
 
-    def announce(self, index: int, e: Entry) -> None:
+    def announce_batch(self, start: int, batch: list[Entry]) -> None:
+        """The files of a batch whose first entry is ``start`` are kept until decided or sent."""
         with self._cv:
-            self._files[index] = e
-            self._undecided.append(index)
+            for index, e in enumerate(batch, start):
+                if e.kind is Kind.FILE:
+                    self._files[index] = e
+                    self._undecided.append(index)
             self.peak = max(self.peak, len(self._files))
 
     def __getitem__(self, index: int) -> Entry:
