@@ -56,7 +56,10 @@ def admit_run(w: TreeWriter, run: Run) -> list[tuple[int, bool | Basis]]:
                     pfd = w.parent(probe)[0]
                 st = os.lstat(leaves[i], dir_fd=pfd)
             except OSError:
-                st = None  # decide() looks again, and reports what is wrong
+                # decide() looks again, and reports what is wrong. A new directory's files are all missing:
+                # the rest of the run skips this look, which would only fail the same way before decide's.
+                st = None
+                quick = False
             if (st is not None
                     and (st.st_mode, st.st_size, st.st_mtime_ns) == (stat.S_IFREG | e.mode & 0o777, e.size, e.mtime_ns)
                     and (not owners or owner_ids(w.policy, e, st, w.as_root) == (KEEP, KEEP))):
