@@ -216,22 +216,22 @@ class Sender:
                 self.check_cancel()
             batch.append(entry)
             if len(batch) >= window.BATCH:
-                # Announced before they are sent: the receiver may ask for them as soon as it reads them.
-                self.files.announce_batch(index, batch)
                 index += len(batch)
-                self.c_entries = index
-                ctl.send(fr.encode_entries(batch))
+                self._send_batch(ctl, batch, index)
                 batch = []
                 self.progress()
                 self.files.wait_room(self.check_cancel)  # the receiver decides, the workers send
         if batch:
-            self.files.announce_batch(index, batch)
             index += len(batch)
-            self.c_entries = index
-            ctl.send(fr.encode_entries(batch))
+            self._send_batch(ctl, batch, index)
         ctl.send(fr.encode_u64(fr.T.MANIFEST_END, index))
         self.c_scan_done = True
         self.progress(force=True)
+
+    def _send_batch(self, ctl: Channel, batch: list[Entry], end: int) -> None:
+        self.files.announce_batch(end - len(batch), batch)  # before the receiver can NEED any of them
+        self.c_entries = end
+        ctl.send(fr.encode_entries(batch))
 
     def _join_workers(self) -> None:
         while True:

@@ -36,14 +36,8 @@ class FileWindow:
         self.decided_upto = 0
         self.peak = 0  # most file entries kept at once (for the tests and the bench)
 
-    def announce(self, index: int, e: Entry) -> None:
-        with self._cv:
-            self._files[index] = e
-            self._undecided.append(index)
-            self.peak = max(self.peak, len(self._files))
-
     def announce_batch(self, first: int, batch: list[Entry]) -> None:
-        """``announce`` for the file entries of ``batch``, whose first entry has index ``first``."""
+        """The files of a batch whose first entry is ``first`` are kept until decided or sent."""
         file = Kind.FILE
         with self._cv:
             files, undecided = self._files, self._undecided
