@@ -70,7 +70,7 @@ from watchdog.events import (
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.watch_coalesce import REPLAY_MARGIN, ChangeSet, Coalescer, is_ignored
 from zcrepl.agent.watch_inotify import EVENT_FILTER, JOIN_TIMEOUT, NO_HANDLER, Raw, WatchFD, WatchObserver
-from zcrepl.agent.watch_poll import Polled, Poller, PollKind, Sig, list_signatures
+from zcrepl.agent.watch_poll import Polled, Poller, PollKind, Sig, list_signatures, missing
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import carry, kv
 from zcrepl.core.paths import show
@@ -143,6 +143,7 @@ class TreeWatcher:
             EVENT_TYPE_DELETED: self._on_deleted,
         }
         self._inbox: list[tuple[float, list[Raw] | Polled]] = []  # batches from the emitter, and polled changes
+        self._closing: set[bytes] = set()  # paths closed after writing in the batch _apply is applying
         self._stopping = False
         self._started = False
         # For metrics, guarded by _cond: file system events received, change sets released to the shipper.
@@ -320,7 +321,7 @@ class TreeWatcher:
             if sets and all(self._deliver(cs) for cs in sets):
                 with self._cond:
                     fresh = self._co.unconfirmed()
-                gone = {rel for rel in fresh if not self._exists(rel)}  # the shipper may have skipped these
+                gone = missing(self._saferoot, fresh)  # the shipper may have skipped these
                 with self._cond:
                     self._co.shipped(self._clock(), gone)
 
@@ -345,6 +346,10 @@ class TreeWatcher:
         destination is scanned outside the lock, right after the event that made it so."""
         rel_of, handlers = self._rel, self._handlers
         root_gone = False
+        # A file closed after writing later in this batch is settled by that close whatever it is, so its
+        # IN_CREATE needs no lstat to tell a regular file (held as hot) from anything else: in a burst that
+        # is nearly every file, and the lstat (three system calls through SafeRoot) was most of the work.
+        self._closing = {src for kind, src, _, _ in events if kind == EVENT_TYPE_CLOSED}
         self._cond.acquire()
         try:
             for kind, src, dst, is_dir in events:
@@ -384,7 +389,8 @@ class TreeWatcher:
         return ()
 
     def _on_created(self, rel: bytes, is_dir: bool, t: float) -> Sequence[bytes]:
-        self._co.created(rel, is_dir=is_dir, now=t, hot=not is_dir and self._is_regular(rel))
+        hot = not is_dir and (self.root + b"/" + rel in self._closing or self._is_regular(rel))
+        self._co.created(rel, is_dir=is_dir, now=t, hot=hot)
         return [rel] if is_dir else ()
 
     def _on_modified(self, rel: bytes, is_dir: bool, t: float) -> Sequence[bytes]:
