@@ -67,6 +67,7 @@ from watchdog.events import (
     EVENT_TYPE_MOVED,
 )
 
+from zcrepl.agent import watch_inotify as wi
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.watch_coalesce import REPLAY_MARGIN, ChangeSet, Coalescer, is_ignored
 from zcrepl.agent.watch_inotify import EVENT_FILTER, JOIN_TIMEOUT, NO_HANDLER, Raw, WatchFD, WatchObserver
@@ -140,10 +141,9 @@ class TreeWatcher:
         self._handlers: dict[str, Callable[[bytes, bool, float], Sequence[bytes]]] = {
             EVENT_TYPE_CREATED: self._on_created, EVENT_TYPE_MODIFIED: self._on_modified,
             EVENT_TYPE_CLOSED: self._on_closed, EVENT_TYPE_ATTRIB: self._on_attrib,
-            EVENT_TYPE_DELETED: self._on_deleted,
+            EVENT_TYPE_DELETED: self._on_deleted, wi.CREATED_CLOSED: self._on_created_closed,
         }
         self._inbox: list[tuple[float, list[Raw] | Polled]] = []  # batches from the emitter, and polled changes
-        self._closing: set[bytes] = set()  # paths closed after writing in the batch _apply is applying
         self._stopping = False
         self._started = False
         # For metrics, guarded by _cond: file system events received, change sets released to the shipper.
@@ -346,10 +346,6 @@ class TreeWatcher:
         destination is scanned outside the lock, right after the event that made it so."""
         rel_of, handlers = self._rel, self._handlers
         root_gone = False
-        # A file closed after writing later in this batch is settled by that close whatever it is, so its
-        # IN_CREATE needs no lstat to tell a regular file (held as hot) from anything else: in a burst that
-        # is nearly every file, and the lstat (three system calls through SafeRoot) was most of the work.
-        self._closing = {src for kind, src, _, _ in events if kind == EVENT_TYPE_CLOSED}
         self._cond.acquire()
         try:
             for kind, src, dst, is_dir in events:
@@ -389,9 +385,14 @@ class TreeWatcher:
         return ()
 
     def _on_created(self, rel: bytes, is_dir: bool, t: float) -> Sequence[bytes]:
-        hot = not is_dir and (self.root + b"/" + rel in self._closing or self._is_regular(rel))
-        self._co.created(rel, is_dir=is_dir, now=t, hot=hot)
+        self._co.created(rel, is_dir=is_dir, now=t, hot=not is_dir and self._is_regular(rel))
         return [rel] if is_dir else ()
+
+    def _on_created_closed(self, rel: bytes, is_dir: bool, t: float) -> Sequence[bytes]:
+        # One event for a file's create, writes and close (see WatchFD): no lstat, its close settles it anyway.
+        self._co.created(rel, is_dir=False, now=t, hot=True)
+        self._co.closed(rel, now=t)
+        return ()
 
     def _on_modified(self, rel: bytes, is_dir: bool, t: float) -> Sequence[bytes]:
         self._co.modified(rel, is_dir=is_dir, now=t)
