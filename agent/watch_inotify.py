@@ -414,6 +414,12 @@ class WatchGroup(InotifyWatchGroup):
         grouper: BatchGrouper = self._move_event_grouper  # type: ignore[assignment]
         return grouper.read_batch()
 
+    def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
+        # watchdog walks a new (or renamed) directory and makes an IN_CREATE for everything in it; the watcher
+        # scans such directories itself. In a burst the new directory's IN_CREATE is handled after the writer
+        # put hundreds of files in it, and each of them then cost an event and an lstat on top of the scan.
+        return []
+
 
 class WatchEmitter(InotifyFullEmitter):
     """Hands the watcher every event that is ready as one list of :data:`Raw` tuples: the events
