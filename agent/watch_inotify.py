@@ -14,7 +14,10 @@ watched tree competes with every bit of Python work done per event (issue 11, it
   (:data:`Raw`), the observer thread idles, and ``DirModifiedEvent`` (which the watcher never used) is
   never made;
 - **no IN_MODIFY storms**: a write to a file whose creation or last write went through less than ``merge``
-  seconds ago is dropped before anything is built for it (see :class:`WatchFD`).
+  seconds ago is dropped before anything is built for it (see :class:`WatchFD`);
+- **one event per new file**: its IN_CREATE and IN_CLOSE_WRITE, read together, become one (:data:`CREATED_CLOSED`),
+  which needs no lstat either; and watchdog's walk of a new directory (an IN_CREATE per file already in it) is
+  left out, since the watcher scans new directories itself.
 
 Everything else is watchdog's own code: watch bookkeeping, recursion into new directories, move pairing.
 """
@@ -260,7 +263,7 @@ class WatchFD(InotifyFD):
         everything after the read instead of two."""
         now = time.monotonic()
         writing, merge, merged = self._writing, self._merge, self._merged
-        kept: list[tuple[int, int, int, bytes]] = []
+        kept: list[tuple[WatchDescriptor, Mask, int, bytes]] = []
         created: dict[tuple[int, bytes], int] = {}  # files whose IN_CREATE is kept[i], nothing since but merges
         for wd, mask, cookie, name in InotifyFD._parse_event_buffer(buf):
             if wd == -1 and not mask & _OVERFLOW:
@@ -271,7 +274,7 @@ class WatchFD(InotifyFD):
                     continue
                 i = created.pop(key, None)
                 if i is not None and mask & _C.IN_CLOSE_WRITE:
-                    kept[i] = (wd, kept[i][1] | _C.IN_CLOSE_WRITE, 0, name)
+                    kept[i] = (wd, Mask(kept[i][1] | _C.IN_CLOSE_WRITE), 0, name)
                     continue
                 if mask & _CREATE:
                     created[key] = len(kept)
