@@ -32,8 +32,8 @@ Gotchas:
 
 - Paths are bytes end to end: the watch is scheduled with a bytes path, so watchdog hands bytes back; a str
   (other emitters) goes through ``os.fsencode``.
-- Watchdog's synthetic events (a moved directory's children, a moved-in directory's content) are dropped at
-  the emitter: a directory rename stays ONE rename, and new directories are scanned here instead (confined,
+- Watchdog's synthetic events (a moved directory's children, a moved-in or new directory's content) are never
+  made: a directory rename stays ONE rename, and new directories are scanned here instead (confined,
   never following a symlink), which also catches what happened before watchdog's watch was in place.
 - A rename out of the tree reaches us ~0.5 s late: watchdog holds an unpaired ``IN_MOVED_FROM`` that long
   waiting for its ``IN_MOVED_TO``, and everything queued behind it waits too.
