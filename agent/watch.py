@@ -71,7 +71,7 @@ from zcrepl.agent import watch_inotify as wi
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.watch_coalesce import REPLAY_MARGIN, ChangeSet, Coalescer, is_ignored
 from zcrepl.agent.watch_inotify import EVENT_FILTER, JOIN_TIMEOUT, NO_HANDLER, Raw, WatchFD, WatchObserver
-from zcrepl.agent.watch_poll import Polled, Poller, PollKind, Sig, list_signatures, missing
+from zcrepl.agent.watch_poll import Polled, Poller, PollKind, list_types, missing
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import carry, kv
 from zcrepl.core.paths import show
@@ -472,8 +472,8 @@ class TreeWatcher:
         st = self._lstat(rel)
         return st is not None and stat.S_ISREG(st.st_mode)
 
-    def _listdir(self, rel: bytes) -> dict[bytes, Sig] | None:
-        return list_signatures(self._saferoot, rel)
+    def _listdir(self, rel: bytes) -> dict[bytes, int] | None:
+        return list_types(self._saferoot, rel)
 
     def _scan(self, top: bytes) -> list[tuple[bytes, bool, bool]]:
         """Everything below directory ``top``: (rel, is_dir, is_regular_file), parents first."""
@@ -484,10 +484,10 @@ class TreeWatcher:
             entries = self._listdir(rel)
             if entries is None:
                 continue
-            for name, sig in sorted(entries.items()):
+            for name, kind in sorted(entries.items()):
                 child = rel + b"/" + name if rel else name
-                is_dir = stat.S_ISDIR(sig[0])
-                out.append((child, is_dir, stat.S_ISREG(sig[0])))
+                is_dir = kind == stat.S_IFDIR
+                out.append((child, is_dir, kind == stat.S_IFREG))
                 if is_dir:
                     stack.append(child)
         return out

@@ -19,7 +19,7 @@ from zcrepl.agent.watch_coalesce import is_ignored
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.paths import show
 
-__all__ = ["PollKind", "Polled", "Poller", "Sig", "list_signatures", "missing"]
+__all__ = ["PollKind", "Polled", "Poller", "Sig", "list_signatures", "list_types", "missing"]
 
 _WATCHES_SYSCTL = "/proc/sys/fs/inotify/max_user_watches"
 
@@ -67,6 +67,37 @@ def list_signatures(root: SafeRoot | None, rel: bytes) -> dict[bytes, Sig] | Non
                 except OSError:
                     continue  # gone meanwhile
                 out[name] = (stat.S_IFMT(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return out
+    except OSError:
+        return None
+    finally:
+        os.close(dfd)
+
+
+def list_types(root: SafeRoot | None, rel: bytes) -> dict[bytes, int] | None:
+    """The file type (``S_IFDIR``, ``S_IFREG``, ...) of each of directory ``rel``'s entries,
+    minus our temp namespace; None if it is gone. From the directory's own entries (``d_type``), so a scan of a
+    new directory costs no lstat per file where the file system records types (ext4, xfs, tmpfs do)."""
+    if root is None or root.fd < 0:
+        return None
+    try:
+        dfd = root.open_dir(rel.split(b"/") if rel else ())
+    except (OSError, UnsafePath):
+        return None
+    try:
+        out: dict[bytes, int] = {}
+        with os.scandir(dfd) as it:
+            for de in it:
+                name = os.fsencode(de.name)  # an fd gives str names: fsencode restores the exact bytes
+                if name.startswith(TEMP_PREFIX):
+                    continue
+                try:  # d_type, or (DT_UNKNOWN) an lstat relative to dfd, which is still open here
+                    kind = (stat.S_IFDIR if de.is_dir(follow_symlinks=False) else
+                            stat.S_IFREG if de.is_file(follow_symlinks=False) else
+                            stat.S_IFMT(de.stat(follow_symlinks=False).st_mode))
+                except OSError:
+                    continue  # gone meanwhile
+                out[name] = kind
         return out
     except OSError:
         return None
