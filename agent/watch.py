@@ -32,8 +32,8 @@ Gotchas:
 
 - Paths are bytes end to end: the watch is scheduled with a bytes path, so watchdog hands bytes back; a str
   (other emitters) goes through ``os.fsencode``.
-- Watchdog's synthetic events (a moved directory's children, a moved-in directory's content) are dropped at
-  the emitter: a directory rename stays ONE rename, and new directories are scanned here instead (confined,
+- Watchdog's synthetic events (a moved directory's children, a moved-in or new directory's content) are never
+  made: a directory rename stays ONE rename, and new directories are scanned here instead (confined,
   never following a symlink), which also catches what happened before watchdog's watch was in place.
 - A rename out of the tree reaches us ~0.5 s late: watchdog holds an unpaired ``IN_MOVED_FROM`` that long
   waiting for its ``IN_MOVED_TO``, and everything queued behind it waits too.
@@ -67,10 +67,11 @@ from watchdog.events import (
     EVENT_TYPE_MOVED,
 )
 
+from zcrepl.agent import watch_inotify as wi
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.watch_coalesce import REPLAY_MARGIN, ChangeSet, Coalescer, is_ignored
 from zcrepl.agent.watch_inotify import EVENT_FILTER, JOIN_TIMEOUT, NO_HANDLER, Raw, WatchFD, WatchObserver
-from zcrepl.agent.watch_poll import Polled, Poller, PollKind, Sig, list_signatures
+from zcrepl.agent.watch_poll import Polled, Poller, PollKind, list_types, missing
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import carry, kv
 from zcrepl.core.paths import show
@@ -140,7 +141,7 @@ class TreeWatcher:
         self._handlers: dict[str, Callable[[bytes, bool, float], Sequence[bytes]]] = {
             EVENT_TYPE_CREATED: self._on_created, EVENT_TYPE_MODIFIED: self._on_modified,
             EVENT_TYPE_CLOSED: self._on_closed, EVENT_TYPE_ATTRIB: self._on_attrib,
-            EVENT_TYPE_DELETED: self._on_deleted,
+            EVENT_TYPE_DELETED: self._on_deleted, wi.CREATED_CLOSED: self._on_created_closed,
         }
         self._inbox: list[tuple[float, list[Raw] | Polled]] = []  # batches from the emitter, and polled changes
         self._stopping = False
@@ -320,7 +321,7 @@ class TreeWatcher:
             if sets and all(self._deliver(cs) for cs in sets):
                 with self._cond:
                     fresh = self._co.unconfirmed()
-                gone = {rel for rel in fresh if not self._exists(rel)}  # the shipper may have skipped these
+                gone = missing(self._saferoot, fresh)  # the shipper may have skipped these
                 with self._cond:
                     self._co.shipped(self._clock(), gone)
 
@@ -386,6 +387,12 @@ class TreeWatcher:
     def _on_created(self, rel: bytes, is_dir: bool, t: float) -> Sequence[bytes]:
         self._co.created(rel, is_dir=is_dir, now=t, hot=not is_dir and self._is_regular(rel))
         return [rel] if is_dir else ()
+
+    def _on_created_closed(self, rel: bytes, is_dir: bool, t: float) -> Sequence[bytes]:
+        # One event for a file's create, writes and close (see WatchFD): no lstat, its close settles it anyway.
+        self._co.created(rel, is_dir=False, now=t, hot=True)
+        self._co.closed(rel, now=t)
+        return ()
 
     def _on_modified(self, rel: bytes, is_dir: bool, t: float) -> Sequence[bytes]:
         self._co.modified(rel, is_dir=is_dir, now=t)
@@ -465,8 +472,8 @@ class TreeWatcher:
         st = self._lstat(rel)
         return st is not None and stat.S_ISREG(st.st_mode)
 
-    def _listdir(self, rel: bytes) -> dict[bytes, Sig] | None:
-        return list_signatures(self._saferoot, rel)
+    def _listdir(self, rel: bytes) -> dict[bytes, int] | None:
+        return list_types(self._saferoot, rel)
 
     def _scan(self, top: bytes) -> list[tuple[bytes, bool, bool]]:
         """Everything below directory ``top``: (rel, is_dir, is_regular_file), parents first."""
@@ -477,10 +484,10 @@ class TreeWatcher:
             entries = self._listdir(rel)
             if entries is None:
                 continue
-            for name, sig in sorted(entries.items()):
+            for name, kind in sorted(entries.items()):
                 child = rel + b"/" + name if rel else name
-                is_dir = stat.S_ISDIR(sig[0])
-                out.append((child, is_dir, stat.S_ISREG(sig[0])))
+                is_dir = kind == stat.S_IFDIR
+                out.append((child, is_dir, kind == stat.S_IFREG))
                 if is_dir:
                     stack.append(child)
         return out

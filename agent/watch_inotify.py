@@ -14,7 +14,10 @@ watched tree competes with every bit of Python work done per event (issue 11, it
   (:data:`Raw`), the observer thread idles, and ``DirModifiedEvent`` (which the watcher never used) is
   never made;
 - **no IN_MODIFY storms**: a write to a file whose creation or last write went through less than ``merge``
-  seconds ago is dropped before anything is built for it (see :class:`WatchFD`).
+  seconds ago is dropped before anything is built for it (see :class:`WatchFD`);
+- **one event per new file**: its IN_CREATE and IN_CLOSE_WRITE, read together, become one (:data:`CREATED_CLOSED`),
+  which needs no lstat either; and watchdog's walk of a new directory (an IN_CREATE per file already in it) is
+  left out, since the watcher scans new directories itself.
 
 Everything else is watchdog's own code: watch bookkeeping, recursion into new directories, move pairing.
 """
@@ -94,16 +97,24 @@ _C = InotifyConstants
 _MODIFY, _CREATE, _ISDIR, _OVERFLOW = _C.IN_MODIFY, _C.IN_CREATE, _C.IN_ISDIR, _C.IN_Q_OVERFLOW
 _ENDS_WRITING = _C.IN_CLOSE_WRITE | _C.IN_DELETE | _C.IN_MOVED_FROM | _C.IN_MOVED_TO
 _DIRISH = _C.IN_ISDIR | _C.IN_DELETE_SELF | _C.IN_MOVE_SELF  # watchdog's InotifyEvent.is_directory
+_FUSED = _C.IN_CREATE | _C.IN_CLOSE_WRITE  # a mask inotify never sends: made by WatchFD._events_of
 
 # What one inotify mask becomes (besides the plain event kinds): a name moved in or out of the tree (the other
 # half was not paired), and the watched directory itself deleted (an event only when it is the root).
 _MOVED_IN, _MOVED_OUT, _SELF_DELETED = "moved_in", "moved_out", "self_deleted"
 
 
+CREATED_CLOSED = "created_closed"
+"""A file's IN_CREATE and its IN_CLOSE_WRITE from the same read, with at most IN_MODIFY between them, as one event
+(see :meth:`WatchFD._events_of`): it was created and written, and is closed."""
+
+
 def _kind_of(mask: int) -> str | None:
     """The kind ``mask`` is reported as, or None when it is not wanted; the order of
     ``InotifyEmitter.build_and_queue_event`` (full events), without DirModifiedEvent."""
     is_dir = bool(mask & _DIRISH)
+    if mask & _FUSED == _FUSED and not is_dir:
+        return CREATED_CLOSED
     if mask & _C.IN_MOVED_TO:
         return _MOVED_IN
     if mask & _C.IN_ATTRIB:
@@ -244,32 +255,51 @@ class WatchFD(InotifyFD):
 
     def _events_of(self, buf: bytes) -> list[InotifyEvent]:
         """The events in one read, as watchdog's ``read_events`` makes them, less the IN_MODIFY merged away
-        (before an object is made for it)."""
+        (before an object is made for it), and with a file's IN_CLOSE_WRITE folded into its IN_CREATE when
+        both are in this read and nothing but IN_MODIFY (merged away) came for the name between them: the
+        one event (mask ``IN_CREATE | IN_CLOSE_WRITE``, :data:`CREATED_CLOSED`) tells the watcher the file
+        is new and closed, with no lstat to learn it is a regular file and no object, watchdog dispatch or
+        coalescer call for the close. A writer creating many small files sends one event per file through
+        everything after the read instead of two."""
         now = time.monotonic()
-        writing, merge = self._writing, self._merge
-        kept = []
+        writing, merge, merged = self._writing, self._merge, self._merged
+        kept: list[tuple[WatchDescriptor, Mask, int, bytes]] = []
+        created: dict[tuple[int, bytes], int] = {}  # files whose IN_CREATE is kept[i], nothing since but merges
         for wd, mask, cookie, name in InotifyFD._parse_event_buffer(buf):
             if wd == -1 and not mask & _OVERFLOW:
                 continue  # watchdog drops the kernel's other global events too
-            if merge and not mask & _ISDIR:
+            if not mask & _ISDIR:
                 key = (wd, name)
-                if mask & _MODIFY:
-                    since = writing.get(key)
-                    if since is not None and now - since < merge:
-                        continue
-                    writing[key] = now
-                elif mask & _CREATE:
-                    writing[key] = now
-                elif mask & _ENDS_WRITING:
-                    writing.pop(key, None)
-                elif mask & _OVERFLOW:
-                    writing.clear()
-            kept.append(InotifyEvent(wd, mask, cookie, name))
+                if merge and merged(key, mask, now):
+                    continue
+                i = created.pop(key, None)
+                if i is not None and mask & _C.IN_CLOSE_WRITE:
+                    kept[i] = (wd, Mask(kept[i][1] | _C.IN_CLOSE_WRITE), 0, name)
+                    continue
+                if mask & _CREATE:
+                    created[key] = len(kept)
+            kept.append((wd, mask, cookie, name))
         if writing and now - self._pruned > merge:  # files left open, or whose close was in a lost event
             self._pruned = now
             for stale in [k for k, since in writing.items() if now - since >= merge]:
                 del writing[stale]
-        return kept
+        return [InotifyEvent(*e) for e in kept]
+
+    def _merged(self, key: tuple[int, bytes], mask: int, now: float) -> bool:
+        """Whether this event of a file is an IN_MODIFY to drop (see the class), keeping the record of writes."""
+        writing = self._writing
+        if mask & _MODIFY:
+            since = writing.get(key)
+            if since is not None and now - since < self._merge:
+                return True
+            writing[key] = now
+        elif mask & _CREATE:
+            writing[key] = now
+        elif mask & _ENDS_WRITING:
+            writing.pop(key, None)
+        elif mask & _OVERFLOW:
+            writing.clear()
+        return False
 
     def handle_event(self, event: InotifyEvent) -> None:
         super().handle_event(event)  # for an overflow: watchdog re-adds the watches first
@@ -386,6 +416,12 @@ class WatchGroup(InotifyWatchGroup):
     def read_batch(self) -> list[GroupedInotifyEvent] | None:
         grouper: BatchGrouper = self._move_event_grouper  # type: ignore[assignment]
         return grouper.read_batch()
+
+    def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
+        # watchdog walks a new (or renamed) directory and makes an IN_CREATE for everything in it; the watcher
+        # scans such directories itself. In a burst the new directory's IN_CREATE is handled after the writer
+        # put hundreds of files in it, and each of them then cost an event and an lstat on top of the scan.
+        return []
 
 
 class WatchEmitter(InotifyFullEmitter):

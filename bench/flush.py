@@ -4,7 +4,8 @@ Each round writes the same tree (FILES files of 4 KiB in DIRS directories) the w
 opened O_EXCL, bytes, mode and mtime set on the fd, rename) and then makes it durable in one of three ways:
 
 - ``job``: what zcrepl does since issue 11 (agent/transfer/flush.py: writeback started per batch, data
-  waited for, changed directories fsynced, one journal commit on ext4/XFS);
+  waited for, one journal commit on XFS and journaled ext4 that covers the changed directories too; elsewhere
+  every file and changed directory fsynced);
 - ``syncfs``: what it did before (one syncfs of the destination filesystem);
 - ``none``: nothing (the page cache only).
 

@@ -1,7 +1,8 @@
 """Continuous replication latency: zcrepl watch rules vs lsyncd, on the same changes, on this machine.
 
-    python bench/watch.py [--changes 200] [--interval 0.05] [--burst 10000] [--runs 3] [--skip-lsyncd]
-                          [--skip-syncthing] [--burst-only] [--floor]
+    python bench/watch.py [--changes 200] [--interval 0.05] [--burst 10000] [--runs 3] [--rounds 3]
+                          [--skip-lsyncd] [--skip-syncthing] [--burst-only] [--floor]
+                          [--work DIR [--loop-ext4 SIZE]]
 
 Two measurements per tool:
 
@@ -11,7 +12,12 @@ Two measurements per tool:
   seen through inotify (both zcrepl and rsync write a temp file and rename it into place).
 - **burst**: ``--burst`` small files created as fast as Python can, in 10 directories; the time from the
   first create until the destination holds all of them, and how long the writer itself took, beside the
-  same writer on a tree no rule watches (same file system, right before; issue 11 item 5: at most 1.3x).
+  same writer on a tree no rule watches (same file system; issue 11 item 5: at most 1.3x). Each run does
+  ``--rounds`` such pairs, the order alternating (unwatched first, then watched first), with a ``sync`` and the
+  convergence of the watched copy between any two writers, so neither pays for the other's writeback or
+  shipping. Per writer: its wall and CPU seconds (``RUSAGE_THREAD``), and the watching process's CPU seconds
+  meanwhile (the sum of its threads' ``/proc/PID/task/*/schedstat``), also from the watched writer's start to
+  convergence.
 
 lsyncd runs with its default settings (``default.rsync``: a 15 s delay, up to 1000 events per batch) and,
 as a second row, with ``delay = 0``; Syncthing (two instances on loopback, see ``syncthing.py``) with its
@@ -22,10 +28,12 @@ bench/results/watch-<time>.{md,json}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import json
 import os
+import resource
 import shutil
 import statistics
 import struct
@@ -38,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loopfs
 from daemons import BIN, Daemon, ZcCluster
 from syncthing import Syncthing
 
@@ -121,40 +130,94 @@ def latency_run(src: Path, dst: Path, changes: int, interval: float, timeout: fl
     return {"latencies_ms": lat, "lost": changes - len(lat)}
 
 
-def write_burst(src: Path, files: int, dirs: int = 10) -> float:
-    """The writer: ``files`` small files in ``dirs`` new directories, as fast as Python goes; its seconds."""
+def write_burst(src: Path, files: int, dirs: int = 10, prefix: str = "burst") -> tuple[float, float]:
+    """The writer: ``files`` small files in ``dirs`` new directories, as fast as Python goes; its wall and CPU
+    seconds (this thread's user + system time)."""
+    c0 = _thread_cpu()
     t0 = time.monotonic()
     for d in range(dirs):
-        (src / f"burst{d}").mkdir()
+        (src / f"{prefix}{d}").mkdir()
         for i in range(files // dirs):
-            (src / f"burst{d}" / f"f{i:05d}").write_bytes(b"%d %d\n" % (d, i))
-    return time.monotonic() - t0
+            (src / f"{prefix}{d}" / f"f{i:05d}").write_bytes(b"%d %d\n" % (d, i))
+    return time.monotonic() - t0, _thread_cpu() - c0
 
 
-def burst_run(src: Path, dst: Path, files: int, timeout: float, unwatched: Path,
-              converge: bool = True) -> dict[str, Any]:
+def _thread_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_THREAD)
+    return ru.ru_utime + ru.ru_stime
+
+
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds of every live thread of ``pid`` (schedstat: nanoseconds, where stat's ticks are 10 ms)."""
+    if pid is None:
+        return 0.0
+    total = 0
+    with contextlib.suppress(FileNotFoundError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError), \
+                    open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+    return total / 1e9
+
+
+def settle(pids: list[int], timeout: float = 15.0) -> None:
+    """``sync``, then wait until ``pids`` use under 2% of a core for 0.5 s: the previous burst's shipping,
+    the destination's flush of it and their logs are over before the next writer starts."""
+    os.sync()
+    deadline = time.monotonic() + timeout
+    before = sum(process_cpu(p) for p in pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = sum(process_cpu(p) for p in pids)
+        if now - before < 0.01:
+            return
+        before = now
+
+
+def _arrived(dst: Path, prefix: str, dirs: int) -> int:
+    n = 0
+    for d in range(dirs):
+        with contextlib.suppress(FileNotFoundError):
+            n += sum(1 for e in os.scandir(dst / f"{prefix}{d}") if not e.name.startswith("."))
+    return n
+
+
+def burst_round(src: Path, dst: Path, files: int, timeout: float, unwatched: Path, prefix: str, *,
+                watched_first: bool, pids: list[int], converge: bool = True) -> dict[str, Any]:
+    """One pair of writers (unwatched and watched, in the given order), each after the previous watched burst
+    converged and the tool settled (:func:`settle`). ``pids[0]`` is the watching process."""
     dirs = 10
-    unwatched.mkdir(parents=True)
-    os.sync()
-    alone = write_burst(unwatched, files, dirs)  # the same writer where no rule watches, just before
-    os.sync()
-    t0 = time.monotonic()
-    written = write_burst(src, files, dirs)
-    if not converge:
-        return {"write_s": written, "unwatched_write_s": alone, "converge_s": None}
-    deadline = t0 + timeout
-    while True:
-        n = 0
-        for d in range(dirs):
-            try:
-                n += sum(1 for e in os.scandir(dst / f"burst{d}") if not e.name.startswith("."))
-            except FileNotFoundError:
-                pass
-        if n >= files:
-            return {"write_s": written, "unwatched_write_s": alone, "converge_s": time.monotonic() - t0}
-        if time.monotonic() > deadline:
-            return {"write_s": written, "unwatched_write_s": alone, "converge_s": None, "arrived": n}
-        time.sleep(0.02)
+    out: dict[str, Any] = {}
+    pid = pids[0] if pids else None
+
+    def unwatched_writer() -> None:
+        settle(pids)
+        a0 = process_cpu(pid)
+        out["unwatched_write_s"], out["unwatched_writer_cpu_s"] = write_burst(unwatched, files, dirs, prefix)
+        out["unwatched_agent_cpu_s"] = process_cpu(pid) - a0
+
+    def watched_writer() -> None:
+        settle(pids)
+        a0 = process_cpu(pid)
+        t0 = time.monotonic()
+        out["write_s"], out["writer_cpu_s"] = write_burst(src, files, dirs, prefix)
+        out["agent_cpu_s"] = process_cpu(pid) - a0
+        out["converge_s"] = None
+        if not converge:
+            return
+        deadline = t0 + timeout
+        while (n := _arrived(dst, prefix, dirs)) < files:
+            if time.monotonic() > deadline:
+                out["arrived"] = n
+                break
+            time.sleep(0.02)
+        else:
+            out["converge_s"] = time.monotonic() - t0
+        out["agent_cpu_to_converge_s"] = process_cpu(pid) - a0
+
+    for writer in ((watched_writer, unwatched_writer) if watched_first else (unwatched_writer, watched_writer)):
+        writer()
+    return out
 
 
 def _wait_files(dst: Path, names: set[str], timeout: float) -> None:
@@ -181,6 +244,14 @@ class Zcrepl:
         if p.returncode != 0:
             raise RuntimeError(f"zc-ctl replicate --watch failed: {p.stderr.decode()}")
         time.sleep(1.5)  # past the replay margin after the first reconciliation
+
+    @property
+    def pid(self) -> int:
+        return self.cluster.pid("hostA")
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.cluster.pid("hostA"), self.cluster.pid("hostB"), self.cluster.controller.pid]
 
     def stop(self) -> None:
         self.cluster.stop()
@@ -224,6 +295,10 @@ class InotifyFloor:
     def start(self) -> None:
         self.daemon.start()
 
+    @property
+    def pid(self) -> int:
+        return self.daemon.pid
+
     def stop(self) -> None:
         self.daemon.stop()
 
@@ -242,6 +317,10 @@ class Lsyncd:
         (self.src / "lsyncd-ready").write_bytes(b"x")
         self.daemon.start(ready=lambda: (self.dst / "lsyncd-ready").exists(), timeout=120)
 
+    @property
+    def pid(self) -> int:
+        return self.daemon.pid
+
     def stop(self) -> None:
         self.daemon.stop()
 
@@ -250,39 +329,61 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] if xs else float("nan")
 
 
+def _med(runs: list[dict[str, Any]], key: str) -> float | None:
+    xs = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(xs) if xs else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--changes", type=int, default=200)
     ap.add_argument("--interval", type=float, default=0.05, help="seconds between changes")
     ap.add_argument("--burst", type=int, default=10_000)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=3, help="tool starts (a fresh cluster or daemon each)")
+    ap.add_argument("--rounds", type=int, default=3, help="burst pairs (unwatched, watched) per run")
     ap.add_argument("--skip-lsyncd", action="store_true")
     ap.add_argument("--skip-syncthing", action="store_true")
     ap.add_argument("--burst-only", action="store_true", help="skip the latency measurement")
     ap.add_argument("--floor", action="store_true",
                     help="also time the burst writer under an inotify reader that does nothing (burst only)")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    ap.add_argument("--loop-ext4", metavar="SIZE", default="",
+                    help="mount a journaled ext4 image (WORK.ext4.img, sparse, kept) over --work for the run: this "
+                         "VM's root ext4 has no journal and creates small files 3-20x slower after deletions "
+                         "(loopfs.py); needs root")
     args = ap.parse_args(argv)
     if not args.skip_lsyncd and shutil.which("lsyncd") is None:
         print("bench/watch: lsyncd is not installed (apt-get install lsyncd) or pass --skip-lsyncd", file=sys.stderr)
         return 2
-    base = Path(tempfile.mkdtemp(prefix="zc-watch-", dir=args.work))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if not args.skip_syncthing and shutil.which("syncthing") is None:
+        print("bench/watch: syncthing is not installed (apt-get install syncthing) or pass --skip-syncthing",
+              file=sys.stderr)
+        return 2
+    if args.loop_ext4 and args.work is None:
+        print("bench/watch: --loop-ext4 needs --work DIR (the mount point)", file=sys.stderr)
+        return 2
     tools: list[Any] = [("zcrepl", None)]
     if args.floor:
         tools.append(("floor", None))
     if not args.skip_lsyncd:
         tools += [("lsyncd", None), ("lsyncd", 0)]
     if not args.skip_syncthing:
-        if shutil.which("syncthing") is None:
-            print("bench/watch: syncthing is not installed (apt-get install syncthing) or pass --skip-syncthing",
-                  file=sys.stderr)
-            return 2
         tools += [("syncthing", None), ("syncthing", 1)]
+    mount = (loopfs.mounted(args.work, loopfs.parse_size(args.loop_ext4)) if args.loop_ext4
+             else contextlib.nullcontext(args.work))
+    with mount:
+        rows = _measure(args, tools)
+    _report(args, rows)
+    return 0
+
+
+def _measure(args: argparse.Namespace, tools: list[Any]) -> list[dict[str, Any]]:
+    base = Path(tempfile.mkdtemp(prefix="zc-watch-", dir=args.work))
     rows: list[dict[str, Any]] = []
     try:
         for kind, delay in tools:
-            runs: list[dict[str, Any]] = []
+            lats: list[dict[str, Any]] = []
+            bursts: list[dict[str, Any]] = []
             name = ""
             for r in range(args.runs):
                 run = base / f"{kind}-{delay}-{r}"
@@ -301,44 +402,79 @@ def main(argv: list[str] | None = None) -> int:
                     lat_timeout = 60.0 if kind == "zcrepl" or delay == 0 else 120.0
                     changes = 0 if args.burst_only or kind == "floor" else args.changes
                     lat = latency_run(src, dst, changes, args.interval, lat_timeout)
-                    burst = burst_run(src, dst, args.burst, 300.0, run / "unwatched", converge=kind != "floor")
+                    (run / "unwatched").mkdir()
+                    for k in range(args.rounds):
+                        b = burst_round(src, dst, args.burst, 300.0, run / "unwatched", f"r{k}-",
+                                        watched_first=k % 2 == 1, pids=_pids(tool),
+                                        converge=kind != "floor")
+                        bursts.append(b)
+                        _print_round(f"{name} run {r + 1} round {k + 1}", b)
                 finally:
                     tool.stop()
-                runs.append({"latency": lat, "burst": burst})
+                    shutil.rmtree(run, ignore_errors=True)  # 30,000 inodes a round: the loop image's run out
+                lats.append(lat)
                 ls = lat["latencies_ms"]
                 print(f"{name} run {r + 1}: p50 {pct(ls, 0.5):.1f} ms, p99 {pct(ls, 0.99):.1f} ms, "
-                      f"lost {lat['lost']}, burst {burst['converge_s']}, writer {burst['write_s']:.3f} s "
-                      f"(unwatched {burst['unwatched_write_s']:.3f} s)", flush=True)
-            p50s = [pct(x["latency"]["latencies_ms"], 0.5) for x in runs]
-            p99s = [pct(x["latency"]["latencies_ms"], 0.99) for x in runs]
-            bursts = [x["burst"]["converge_s"] for x in runs if x["burst"]["converge_s"] is not None]
-            writes = [x["burst"]["write_s"] for x in runs]
-            alone = [x["burst"]["unwatched_write_s"] for x in runs]
-            rows.append({"tool": name, "p50_ms": statistics.median(p50s), "p99_ms": statistics.median(p99s),
-                         "max_ms": max(max(x["latency"]["latencies_ms"] or [0]) for x in runs),
-                         "lost": sum(x["latency"]["lost"] for x in runs),
-                         "burst_s": statistics.median(bursts) if bursts else None,
-                         "write_s": statistics.median(writes), "unwatched_write_s": statistics.median(alone),
-                         "runs": runs})
+                      f"lost {lat['lost']}", flush=True)
+            ratios = [b["write_s"] / b["unwatched_write_s"] for b in bursts]
+            row: dict[str, Any] = {
+                "tool": name, "p50_ms": statistics.median(pct(x["latencies_ms"], 0.5) for x in lats),
+                "p99_ms": statistics.median(pct(x["latencies_ms"], 0.99) for x in lats),
+                "max_ms": max(max(x["latencies_ms"] or [0]) for x in lats), "lost": sum(x["lost"] for x in lats),
+                "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                "latency": lats, "bursts": bursts}
+            for key in ("converge_s", "write_s", "unwatched_write_s", "writer_cpu_s", "unwatched_writer_cpu_s",
+                        "agent_cpu_s", "unwatched_agent_cpu_s", "agent_cpu_to_converge_s"):
+                row[key] = _med(bursts, key)
+            rows.append(row)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    return rows
+
+
+def _pids(tool: Any) -> list[int]:
+    pids = getattr(tool, "pids", None)
+    if pids is not None:
+        return list(pids)
+    pid = getattr(tool, "pid", None)
+    return [] if pid is None else [pid]
+
+
+def _print_round(what: str, b: dict[str, Any]) -> None:
+    conv = "-" if b["converge_s"] is None else f"{b['converge_s']:.2f} s"
+    print(f"{what}: writer {b['write_s']:.3f} s (cpu {b['writer_cpu_s']:.3f}) vs unwatched "
+          f"{b['unwatched_write_s']:.3f} s (cpu {b['unwatched_writer_cpu_s']:.3f}) = "
+          f"{b['write_s'] / b['unwatched_write_s']:.2f}x; watcher cpu {b['agent_cpu_s']:.3f} s during, "
+          f"{b.get('agent_cpu_to_converge_s', 0.0):.3f} s to convergence ({conv})", flush=True)
+
+
+def _s(x: float | None, fmt: str = ".2f") -> str:
+    return "-" if x is None else f"{x:{fmt}}"
+
+
+def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    where = (f"a journaled ext4 ({args.loop_ext4} loop image)" if args.loop_ext4
+             else str(args.work) if args.work else "the default temp dir")
     lines = [f"# watch latency, {stamp}", "",
              f"{args.changes} changes of 4 KiB, one every {args.interval * 1000:.0f} ms; burst of {args.burst} "
-             f"files; medians of {args.runs} runs.", "",
-             "| tool | p50 latency | p99 latency | max | lost | burst converged | burst writer (unwatched) |",
-             "|---|---|---|---|---|---|---|"]
+             f"files on {where}; {args.runs} runs of {args.rounds} burst pairs (order alternating), medians.", "",
+             "| tool | p50 latency | p99 latency | max | lost | burst converged | burst writer (unwatched) "
+             "| writer CPU s (unwatched) | watcher CPU s: during writer / to convergence |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        burst = (f"{row['burst_s']:.2f} s" if row["burst_s"] is not None
+        burst = (f"{row['converge_s']:.2f} s" if row["converge_s"] is not None
                  else "-" if row["tool"].startswith("floor") else "did not converge")
-        writer = (f"{row['write_s']:.2f} s ({row['unwatched_write_s']:.2f} s, "
-                  f"{row['write_s'] / row['unwatched_write_s']:.2f}x)")
+        writer = (f"{row['write_s']:.2f} s ({row['unwatched_write_s']:.2f} s, {row['ratio']:.2f}x, "
+                  f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f})")
         lines.append(f"| {row['tool']} | {row['p50_ms']:.1f} ms | {row['p99_ms']:.1f} ms | {row['max_ms']:.0f} ms "
-                     f"| {row['lost']} | {burst} | {writer} |")
+                     f"| {row['lost']} | {burst} | {writer} | {_s(row['writer_cpu_s'])} "
+                     f"({_s(row['unwatched_writer_cpu_s'])}) | {_s(row['agent_cpu_s'])} / "
+                     f"{_s(row['agent_cpu_to_converge_s'])} |")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"watch-{stamp}.md").write_text("\n".join(lines) + "\n")
     (RESULTS / f"watch-{stamp}.json").write_text(json.dumps(rows, indent=1))
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
+from zcrepl.cli.dial import targets
 from zcrepl.core.backoff import backoff_delay
 from zcrepl.core.errors import Unavailable
 from zcrepl.core.trust import Trust
@@ -64,17 +65,19 @@ def _request_id() -> str:
 
 
 class ControllerClient:
-    def __init__(self, target: str, trust: Trust | None = None, timeout: float = 10.0, patience: float = 15.0
-                 ) -> None:
-        self.targets = [t.strip() for t in target.split(",") if t.strip()] or [target]
+    def __init__(self, target: str, trust: Trust | None = None, timeout: float = 10.0, patience: float = 15.0,
+                 dialled: grpc.Channel | None = None) -> None:
+        """``dialled``: a channel to the first controller of ``target``, made with ``trust`` (and maybe connected
+        already: ``dial.connect_early``); the client owns it from here."""
+        self.targets = targets(target)
         self.timeout = timeout
         self.patience = patience
         self.trust = trust
-        self._open(self.targets[0])
+        self._open(self.targets[0], dialled)
 
-    def _open(self, target: str) -> None:
+    def _open(self, target: str, dialled: grpc.Channel | None = None) -> None:
         self.target = target
-        self._channel = channel(target, self.trust)
+        self._channel = dialled or channel(target, self.trust)
         self._stub = controller_pb2_grpc.ControllerStub(self._channel)
         self._security_stub: Any = None
 

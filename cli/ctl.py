@@ -11,12 +11,13 @@ interrupted (the job keeps running).
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 # Only what the parser needs: a command's own modules (gRPC, protobuf, rich) load after parsing, in main().
 from zcrepl.cli import ctl_pki
@@ -34,6 +35,11 @@ from zcrepl.core.paths import HOST_NAME_RULE, show_name, valid_host_name
 from zcrepl.core.snapshots import MAX_KEEP
 from zcrepl.core.units import GiB, KiB, MiB
 from zcrepl.core.wellknown import DEFAULT_CONTROLLER
+
+if TYPE_CHECKING:
+    import grpc
+
+    from zcrepl.core.trust import Trust
 
 # The controller's own ceilings (zcrepl.controller.validate), checked here first for a clearer message.
 MAX_STREAMS, MAX_ATTEMPTS, MAX_BWLIMIT, MAX_HISTORY = 16, 100, 1 << 50, 900
@@ -318,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
+        _imports_done()  # a cluster of its own, up for as long as the operator likes: the collector runs
         from zcrepl.cli.demo import run_demo
 
         return run_demo(files=args.files, big_mib=args.big_mib, keep=args.keep, serve=args.serve)
@@ -325,11 +332,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     trust = None
     try:
         if args.command == "pki":
+            _imports_done()
             return ctl_pki.run_pki(args, out)
         trust = ctl_pki.client_trust(args)
+        dialled = _dial(args.controller, trust)
         from zcrepl.cli import ctl_commands
 
-        return ctl_commands.run(args, trust, out, err)
+        _imports_done()
+        return ctl_commands.run(args, trust, out, err, dialled)
     except PermissionDenied as e:
         err.line(f"zc-ctl: permission denied: {e}")
         return EXIT_DENIED
@@ -350,10 +360,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _dial(target: str, trust: Trust | None) -> grpc.Channel:
+    """A channel to the first controller of ``target``, its connection started now: the TCP and TLS handshakes
+    and HTTP/2's settings run on gRPC's own threads while the command's protobuf and domain modules load (~30 ms
+    of imports that otherwise come first), so the first call finds the connection up."""
+    from zcrepl.cli.dial import connect_early, targets
+
+    return connect_early(targets(target)[0], trust)
+
+
+def _imports_done() -> None:
+    """The command's modules are loaded: what they made is kept for good (``gc.freeze``: never scanned again) and
+    the collector, off since ``run`` started, runs again for whatever the command itself makes (a live view or
+    a long job's follow runs for hours)."""
+    global _GC_PAUSED
+    if _GC_PAUSED:
+        _GC_PAUSED = False
+        gc.freeze()
+        gc.enable()
+
+
+_GC_PAUSED = False
+
+
 def run() -> NoReturn:
     """The console script: ``main()``, then out without the interpreter's teardown, which costs ~25 ms of
     CPU once gRPC is loaded (module clean-up and gRPC's own shutdown) and does nothing a finished command
-    needs. What was printed is flushed first; an exception still ends the normal way, with its traceback."""
+    needs. What was printed is flushed first; an exception still ends the normal way, with its traceback.
+
+    The cyclic garbage collector is off while a command's modules load (``_imports_done``): imports make
+    ~10^5 objects and no garbage, and the collections their allocations trigger cost ~6 ms of CPU in a 1-file
+    replicate (median of 30 interleaved runs, 155 -> 149 ms)."""
+    global _GC_PAUSED
+    _GC_PAUSED = gc.isenabled()
+    gc.disable()
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -32,11 +32,15 @@ from zcrepl.core.units import size
 MAX_RULES_FILE = 1 << 20  # bytes of an --exclude-from/--include-from file
 
 if TYPE_CHECKING:
+    import grpc
     from rich.progress import Progress, TaskID
 
 
-def run(args: argparse.Namespace, trust: Trust | None, out: Out, err: Out) -> int:
-    with ControllerClient(args.controller, trust) as client:
+def run(args: argparse.Namespace, trust: Trust | None, out: Out, err: Out, dialled: grpc.Channel | None = None
+        ) -> int:
+    """Run the command against ``args.controller``; ``dialled``: a channel to its first controller that
+    ``ctl.main`` opened already (``dial.connect_early``)."""
+    with ControllerClient(args.controller, trust, dialled=dialled) as client:
         return _dispatch(args, client, out, err)
 
 

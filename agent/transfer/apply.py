@@ -107,15 +107,22 @@ class TreeWriter:
         with the destination itself (a full disk, a planted symlink) is recorded as an entry error.
         """
         index = self.n_entries
-        if index >= self.limits.max_entries:
-            raise LimitExceeded(f"the manifest sent to {self.label} has more than {self.limits.max_entries:,} "
-                                "entries; raise max_manifest_entries in that agent's config if the tree is that big")
-        if e.kind is Kind.HARDLINK and len(self.links) >= self.limits.max_hardlinks:
-            raise LimitExceeded(f"the manifest sent to {self.label} has more than {self.limits.max_hardlinks:,} "
-                                "hard links; raise max_hardlinks in that agent's config if the tree has that many")
+        self.check_count(index + 1)
         parts = self._check(index, e)
         with self._lock:
             self.n_entries += 1
+        return self.decide(index, parts, e)
+
+    def check_count(self, total: int) -> None:
+        if total > self.limits.max_entries:
+            raise LimitExceeded(f"the manifest sent to {self.label} has more than {self.limits.max_entries:,} "
+                                "entries; raise max_manifest_entries in that agent's config if the tree is that big")
+
+    def decide(self, index: int, parts: tuple[bytes, ...], e: Entry) -> bool | Basis:
+        """What ``admit`` does with an entry once it passed the manifest's checks (``parts``: its components)."""
+        if e.kind is Kind.HARDLINK and len(self.links) >= self.limits.max_hardlinks:
+            raise LimitExceeded(f"the manifest sent to {self.label} has more than {self.limits.max_hardlinks:,} "
+                                "hard links; raise max_hardlinks in that agent's config if the tree has that many")
         try:
             if e.kind is Kind.DIR:
                 self.dirs.append(e)

@@ -76,7 +76,7 @@ class Channel:
         self._start = 0
         self._end = 0
 
-    def send(self, data: bytes | memoryview) -> None:
+    def send(self, data: bytes | bytearray | memoryview) -> None:
         self.sock.sendall(data)
         self.sent += len(data)
 

@@ -4,20 +4,27 @@
 else's 10 GB make our "done" late by their flush). Instead each file the job completes gets
 ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` (its writeback starts while the job goes on: at once for a big
 file, with its batch of 64 for a small one) and its fd is handed here; a few worker threads take the fds in
-batches, wait for them and close them; the directories the job changed are fsynced; :meth:`JobFlush.wait`
-returns when all of it is on disk. How a file is waited for depends on the filesystem:
+batches, wait for them and close them; the directories the job changed are handed in too;
+:meth:`JobFlush.wait` returns when all of it is on disk. How that is done depends on the filesystem:
 
-- ext4 and XFS keep all metadata in one journal (log) committed in order, and a commit flushes the device's
-  cache first. There a file needs only its data written (``sync_file_range`` with both WAITs: block
+- ext4 with a journal and XFS keep all metadata in one journal (log) committed in order, and a commit flushes
+  the device's cache first. There a file needs only its data written (``sync_file_range`` with both WAITs: block
   allocation, size and unwritten-extent conversion are then journaled), and one journal commit after the
   last of those waits makes every file and directory durable at once: the last step touches the job's root
-  directory (its own times set again, unchanged) and fsyncs it, which commits the journal up to now.
-- Anywhere else (btrfs logs per inode, for one) every file gets its own fsync.
+  directory (its own times set again, unchanged) and fsyncs it, which commits the journal up to now. A
+  directory's entries and times are journal metadata too, so a changed directory is not fsynced on its own
+  (each such fsync found its transaction committed and only flushed the device's cache again: 200
+  directories, 200 cache flushes). A file or directory on another filesystem (a mount below the root) is
+  fsynced.
+- Anywhere else every file and directory gets its own fsync: btrfs logs per inode, and an ext4 made without a journal
+  (``mkfs.ext4 -O ^has_journal``, as this project's test VM's root) has no commit that covers other inodes
+  (its fsync writes that one inode), though statfs names it ext4 all the same.
 
 fsync, not fdatasync: the mode and mtime set on the fd are part of what "durable when done" promises.
 
-Open fds are bounded (``BATCH * (IN_FLIGHT + 1)``): the thread that hands in a file waits while that many
-are queued.
+Open fds are bounded (``BATCH * (in_flight() + 1)``): the thread that hands in a file waits while that many
+are queued. The bound grows with the process's fd limit: the receiving thread blocked on it stalls the whole
+transfer while the kernel finishes earlier writes (0.18 s of a 20,000-file job at 4 batches, 0.04 s at 16).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import resource
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,15 +44,15 @@ from zcrepl.core.logs import kv
 log = logging.getLogger(__name__)
 
 BATCH = 64  # fds flushed by one worker in a row
-IN_FLIGHT = 4  # batches queued or being fsynced at once; also the number of worker threads
+WORKERS = 4  # threads that start, wait for and close the batches
+MAX_IN_FLIGHT = 16  # batches queued or being flushed at once, where the fd limit allows (see in_flight)
 # A directory whose ctime is at least the job's start (less this margin: file timestamps come from the
 # kernel's coarse clock, which lags time.time_ns() by up to a tick) was changed during the job.
 CTIME_MARGIN_NS = 1_000_000_000
 WRITEBACK_NOW = 1 << 20  # files this big start their writeback as they complete; smaller ones with their batch
 _SYNC_FILE_RANGE_WRITE = 2
 _SYNC_FILE_RANGE_WAIT_ALL = 1 | 2 | 4  # WAIT_BEFORE | WRITE | WAIT_AFTER: this file's data is on the device
-# statfs f_type of the filesystems whose single ordered journal makes one commit cover every earlier change
-_JOURNALED = {0xEF53: "ext4", 0x58465342: "xfs"}
+_EXT4, _XFS = 0xEF53, 0x58465342  # statfs f_type
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _sfr = getattr(_libc, "sync_file_range", None)
@@ -54,11 +62,34 @@ if _sfr is not None:
 
 
 def journaled(fd: int) -> bool:
-    """Whether ``fd`` is on ext4 or XFS, where one journal commit makes all earlier written data durable."""
+    """Whether ``fd`` is on XFS or on an ext4 with a journal, where one journal commit makes all earlier
+    written data durable."""
     buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field (a long)
     if _sfr is None or _libc.fstatfs(fd, buf) != 0:
         return False
-    return ctypes.c_long.from_buffer(buf).value in _JOURNALED
+    kind = ctypes.c_long.from_buffer(buf).value
+    return kind == _XFS or (kind == _EXT4 and ext4_has_journal(os.fstat(fd).st_dev))
+
+
+def ext4_has_journal(dev: int, proc: str = "/proc", sys: str = "/sys") -> bool:
+    """Whether the ext4 on device ``dev`` runs with a journal: its mount options in /proc/fs/ext4/NAME/options
+    name a data= journaling mode only then. Unknown (no /proc or /sys, a name not found) counts as no journal:
+    the per-file fsync is right on every filesystem, the one commit only where the journal is certain."""
+    try:
+        name = os.path.basename(os.readlink(f"{sys}/dev/block/{os.major(dev)}:{os.minor(dev)}"))
+        with open(f"{proc}/fs/ext4/{name}/options", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("data=") for line in f)
+    except OSError:
+        return False
+
+
+def in_flight() -> int:
+    """Batches of fds one job may hold open: at most an eighth of the soft fd limit (several jobs and their
+    connections share it), never fewer than WORKERS (4 batches, 256 fds, under the common limit of 1,024)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_IN_FLIGHT
+    return max(WORKERS, min(MAX_IN_FLIGHT, soft // (8 * BATCH)))
 
 
 def syncfs(fd: int) -> None:
@@ -97,7 +128,8 @@ class JobFlush:
         self._dev = os.fstat(root_fd).st_dev  # a file on another filesystem (a mount below the root) is fsynced
         self._pending: list[tuple[int, bool]] = []  # (fd, is a directory)
         self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(IN_FLIGHT)
+        self.in_flight = in_flight()
+        self._slots = threading.BoundedSemaphore(self.in_flight)
         self._pool: ThreadPoolExecutor | None = None
         self._futures: list[Future[None]] = []
         self._closed = False
@@ -140,11 +172,11 @@ class JobFlush:
             self._submit(batch)
 
     def _submit(self, batch: list[tuple[int, bool]]) -> None:
-        self._slots.acquire()  # backpressure: at most IN_FLIGHT batches of fds open at once
+        self._slots.acquire()  # backpressure: at most in_flight batches of fds open at once
         try:
             with self._lock:
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="zc-flush")
+                    self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="zc-flush")
                 self._futures.append(self._pool.submit(self._sync, batch))
         except BaseException:
             self._slots.release()
@@ -158,10 +190,10 @@ class JobFlush:
                     start_writeback(fd)  # the whole batch's writes in flight before the first wait
             for i, (fd, is_dir) in enumerate(batch):
                 try:
-                    if self.journaled and not is_dir and os.fstat(fd).st_dev == self._dev:
-                        _wait_data(fd)  # the journal commit at the end covers its metadata
-                    else:
+                    if not self.journaled or os.fstat(fd).st_dev != self._dev:
                         os.fsync(fd)
+                    elif not is_dir:
+                        _wait_data(fd)  # the journal commit at the end covers its metadata (a directory: all of it)
                 except BaseException:
                     _close_all(batch[i:])
                     raise

@@ -48,6 +48,7 @@ MAX_STREAMS = 16
 HEAD = struct.Struct("!BI")
 _HELLO = struct.Struct(f"!4sHQI{TICKET_LEN}sBH")
 _ENTRY = struct.Struct("!BIqQHHBIIBI")
+_RUN = struct.Struct("!HH")
 _FILE = struct.Struct("!IQQQqI")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -114,7 +115,9 @@ F_UNREADABLE = 2
 # name, so the receiver keeps the paths of these and of no other file.
 F_LINKED = 4
 MAX_XATTRS = 64 << 10
-
+_FILE_FLAGS = F_SPARSE | F_UNREADABLE | F_LINKED
+_MIN_MTIME = -(1 << 62)
+_MAX_SIZE = 1 << 60
 
 class BasisKind(enum.IntEnum):
     DELTA = 1  # block hashes of the destination's current version
@@ -239,49 +242,115 @@ def decode_accept(payload: bytes) -> list[bytes]:
     return [payload[2 + i * TICKET_LEN : 2 + (i + 1) * TICKET_LEN] for i in range(n)]
 
 
+class Run(NamedTuple):
+    """Entries of one directory that follow each other in a batch: ``prefix`` is ``b""`` for names at the root,
+    else the directory's path and a ``/``; each entry's path is ``prefix + leaf``."""
+
+    prefix: bytes
+    entries: list[Entry]
+    leaves: list[bytes]
+
+
 def encode_entries(entries: list[Entry]) -> bytes:
+    """An ENTRIES frame: ``count:u32``, then runs of entries sharing a directory, each ``n:u16 prefix_len:u16
+    prefix``, n fixed headers (``_ENTRY``, whose path length is the leaf's), then each entry's leaf, target,
+    digest and xattrs in order. The directory travels once per run: the receiver checks it once, decodes the
+    headers with one ``iter_unpack``, and never splits a path."""
     parts = [_U32.pack(len(entries))]
-    for e in entries:
-        parts.append(_ENTRY.pack(e.kind, e.mode, e.mtime_ns, e.size, len(e.path), len(e.target), len(e.digest),
-                                 e.uid, e.gid, e.flags, len(e.xattrs)))
-        parts.append(e.path)
-        parts.append(e.target)
-        parts.append(e.digest)
-        parts.append(e.xattrs)
+    pack = _ENTRY.pack
+    i, n = 0, len(entries)
+    while i < n:
+        path = entries[i].path
+        cut = path.rfind(b"/") + 1
+        prefix = path[:cut]
+        j = i + 1
+        while j < n and entries[j].path.rfind(b"/") + 1 == cut and entries[j].path.startswith(prefix):
+            j += 1
+        run = entries[i:j]
+        leaves = [e.path[cut:] for e in run]
+        parts += (_RUN.pack(j - i, cut), prefix)
+        parts += [pack(e.kind, e.mode, e.mtime_ns, e.size, len(leaf), len(e.target), len(e.digest), e.uid, e.gid,
+                       e.flags, len(e.xattrs)) for e, leaf in zip(run, leaves, strict=True)]
+        for e, leaf in zip(run, leaves, strict=True):
+            parts += (leaf, e.target, e.digest, e.xattrs) if e.target or e.digest or e.xattrs else (leaf,)
+        i = j
     return frame(T.ENTRIES, b"".join(parts))
 
 
 def decode_entries(payload: bytes) -> list[Entry]:
+    return [e for run in decode_runs(payload) for e in run.entries]
+
+
+def decode_runs(payload: bytes) -> list[Run]:
     """Decode a batch; structural checks only (names are validated by the receiver)."""
-    mv = memoryview(payload)
-    if len(mv) < 4:
+    payload = bytes(payload)
+    size, total = _ENTRY.size, len(payload)
+    if total < 4:
         raise ProtocolError("ENTRIES frame too short")
-    (count,) = _U32.unpack_from(mv, 0)
+    (count,) = _U32.unpack_from(payload, 0)
     if count > MAX_BATCH:
         raise ProtocolError(f"ENTRIES batch of {count} entries exceeds {MAX_BATCH}")
-    off = 4
-    out: list[Entry] = []
-    for _ in range(count):
-        if off + _ENTRY.size > len(mv):
+    off, seen = 4, 0
+    out: list[Run] = []
+    last = None
+    while off < total:
+        if seen == count:
+            raise ProtocolError("ENTRIES frame has trailing bytes after its entries")
+        if off + _RUN.size > total:
+            raise ProtocolError("ENTRIES frame truncated in a run header")
+        n, cut = _RUN.unpack_from(payload, off)
+        prefix = payload[off + _RUN.size : off + _RUN.size + cut]
+        off += _RUN.size + cut
+        seen += n
+        if seen > count:
+            raise ProtocolError("ENTRIES frame has trailing bytes: more entries than its count")
+        if off + n * size > total:
             raise ProtocolError("ENTRIES frame truncated in an entry header")
-        kind, mode, mtime_ns, size, plen, tlen, dlen, uid, gid, flags, xlen = _ENTRY.unpack_from(mv, off)
-        off += _ENTRY.size
-        # A hard link's target is a path of this manifest (up to a u16, like the path); a symlink's is PATH_MAX.
-        if (tlen > MAX_TARGET and kind != Kind.HARDLINK) or dlen > MAX_DIGEST or xlen > MAX_XATTRS:
-            raise ProtocolError("ENTRIES entry with an oversized symlink target, digest or xattrs")
-        end = off + plen + tlen + dlen + xlen
-        if end > len(mv):
-            raise ProtocolError("ENTRIES frame truncated in an entry body")
-        path = bytes(mv[off : off + plen])
-        target = bytes(mv[off + plen : off + plen + tlen])
-        digest = bytes(mv[off + plen + tlen : off + plen + tlen + dlen])
-        xattrs = bytes(mv[off + plen + tlen + dlen : end])
-        off = end
-        k = _checked_kind(kind, mtime_ns, size, flags, target)
-        out.append(Entry(k, path, mode, mtime_ns, size, target, digest, uid, gid, flags, xattrs))
-    if off != len(mv):
-        raise ProtocolError("ENTRIES frame has trailing bytes")
+        # One encoding per batch: a run per directory change, its prefix empty or ending in '/'.
+        if not n or prefix == last or (prefix and prefix[-1] != 0x2F):
+            raise ProtocolError("ENTRIES run with no entries, its predecessor's directory, or a bad prefix")
+        last = prefix
+        run, off = _decode_run(payload, prefix, n, off)
+        out.append(run)
+    if seen != count:
+        raise ProtocolError(f"ENTRIES frame truncated in an entry header: {seen} of {count} entries")
     return out
+
+
+def _decode_run(payload: bytes, prefix: bytes, n: int, off: int) -> tuple[Run, int]:
+    """The n entries of one run whose headers start at ``off``; returns the run and where the next one starts."""
+    size = _ENTRY.size
+    new = tuple.__new__  # Entry's own __new__ is a Python function: a frame per entry
+    heads = _ENTRY.iter_unpack(payload[off : off + n * size])
+    off += n * size
+    entries: list[Entry] = []
+    leaves: list[bytes] = []
+    for kind, mode, mtime_ns, fsize, llen, tlen, dlen, uid, gid, flags, xlen in heads:
+        leaf = payload[off : off + llen]
+        off += llen
+        if tlen or dlen or xlen:
+            # A hard link's target is a path of this manifest (up to a u16); a symlink's is PATH_MAX.
+            if (tlen > MAX_TARGET and kind != Kind.HARDLINK) or dlen > MAX_DIGEST or xlen > MAX_XATTRS:
+                raise ProtocolError("ENTRIES entry with an oversized symlink target, digest or xattrs")
+            target = payload[off : off + tlen]
+            digest = payload[off + tlen : off + tlen + dlen]
+            xattrs = payload[off + tlen + dlen : off + tlen + dlen + xlen]
+            off += tlen + dlen + xlen
+            k = _checked_kind(kind, mtime_ns, fsize, flags, target)
+        else:
+            target = digest = xattrs = b""
+            if kind == 1 and not flags & ~_FILE_FLAGS and fsize <= _MAX_SIZE and mtime_ns >= _MIN_MTIME:
+                k = Kind.FILE  # the common case, checked inline: what _checked_kind checks of a plain file
+            else:
+                k = _checked_kind(kind, mtime_ns, fsize, flags, b"")
+        entries.append(new(Entry, (k, prefix + leaf, mode, mtime_ns, fsize, target, digest, uid, gid, flags,
+                                   xattrs)))
+        leaves.append(leaf)
+    if off > len(payload):  # slices stop at the end: what they cut short is refused here, before any use
+        raise ProtocolError("ENTRIES frame truncated in an entry body")
+    if b"/" in b"".join(leaves):
+        raise ProtocolError("ENTRIES entry with a '/' in its name: a run holds one directory's entries")
+    return Run(prefix, entries, leaves), off
 
 
 def _checked_kind(kind: int, mtime_ns: int, size: int, flags: int, target: bytes) -> Kind:
@@ -289,13 +358,13 @@ def _checked_kind(kind: int, mtime_ns: int, size: int, flags: int, target: bytes
     k = _KIND_OF.get(kind)
     if k is None:
         raise ProtocolError(f"ENTRIES entry of unknown kind {kind}")
-    if mtime_ns < -(1 << 62) or size > (1 << 60):
+    if mtime_ns < _MIN_MTIME or size > _MAX_SIZE:
         raise ProtocolError("ENTRIES entry with an out-of-range mtime or size")
     if k is not Kind.FILE and (size or flags & ~F_UNREADABLE):
         raise ProtocolError("ENTRIES non-file entry with a size or flags")
     if k not in (Kind.SYMLINK, Kind.HARDLINK) and target:
         raise ProtocolError("ENTRIES entry with a target that is neither a symlink nor a hard link")
-    if flags & ~(F_SPARSE | F_UNREADABLE | F_LINKED) or (k is Kind.HARDLINK and flags):
+    if flags & ~_FILE_FLAGS or (k is Kind.HARDLINK and flags):
         raise ProtocolError(f"ENTRIES entry with unknown flags {flags:#x}")
     return k
 
@@ -325,6 +394,15 @@ def decode_need(payload: bytes) -> list[int]:
 
 def encode_file(h: FileHead, kind: T = T.FILE) -> bytes:
     return frame(kind, _FILE.pack(h.index, h.offset, h.length, h.total, h.mtime_ns, h.mode))
+
+
+_FILE_FRAME = struct.Struct("!BI" + _FILE.format[1:])
+
+
+def file_head(kind: T, index: int, offset: int, length: int, total: int, mtime_ns: int, mode: int) -> bytes:
+    """``encode_file`` without the FileHead: the same bytes in one pack (a sender of many small files makes
+    one of these per file)."""
+    return _FILE_FRAME.pack(kind, _FILE.size, index, offset, length, total, mtime_ns, mode)
 
 
 def decode_file(payload: bytes) -> FileHead:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from zcrepl.agent.transfer.frame import F_LINKED, F_UNREADABLE, Entry, Kind
-from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_PATH, validate_name, validate_relpath
+from zcrepl.agent.transfer.saferoot import MAX_DEPTH, MAX_NAME, MAX_PATH, TEMP_PREFIX, validate_name, validate_relpath
 from zcrepl.core.errors import ProtocolError, UnsafePath
 from zcrepl.core.paths import show
 
@@ -94,6 +94,34 @@ class Listing:
             self.linkable.add(e.path)
         return parts
 
+    def admit_run(self, prefix: bytes, entries: list[Entry], leaves: list[bytes]) -> tuple[bytes, ...]:
+        """``admit`` for a run of one directory's entries (``frame.Run``: path = prefix + leaf, none the root),
+        with the checks made once for the run; returns the directory's components."""
+        parent = prefix[:-1]
+        if parent != self.current and self.contiguous and parent in self.open:
+            self._close(self.current)
+            self.current = parent
+        d = self.open.get(parent)
+        if d is None or prefix == b"/":
+            validate_relpath(entries[0].path)
+            raise UnsafePath(f"{show(entries[0].path)}: its parent is not a directory announced earlier in the "
+                             "manifest, or its directory's entries were not sent together")
+        if self.contiguous and parent != self.current:
+            raise ProtocolError(f"{show(entries[0].path)}: entries of two directories are interleaved in the manifest")
+        fresh = set(leaves)
+        _check_names(prefix, d, entries, leaves, fresh)
+        for e, leaf in zip(entries, leaves, strict=True):
+            if e.kind is Kind.FILE:
+                if e.flags & F_LINKED:
+                    self.linkable.add(e.path)
+            elif e.kind is Kind.DIR:
+                if not e.flags & F_UNREADABLE:
+                    self.open[e.path] = _Dir((*d.parts, leaf))
+            elif e.kind is Kind.HARDLINK and e.target not in self.linkable:
+                raise ProtocolError(f"{show(e.path)}: a hard link to something that is not a file of this manifest")
+        d.names |= fresh
+        return d.parts
+
     def parts_of(self, dpath: bytes) -> tuple[bytes, ...] | None:
         """Components of a directory still open (the current one, or one announced and not yet listed)."""
         d = self.open.get(dpath)
@@ -153,3 +181,23 @@ class Listing:
         if self._spill is not None:
             self._spill.close()
             self._spill = None
+
+
+def _check_names(prefix: bytes, d: _Dir, entries: list[Entry], leaves: list[bytes], fresh: set[bytes]) -> None:
+    """What ``Listing.admit`` checks of each name, for a run: validate_name's checks by C scans of one string
+    (per name only when one hits), path length and depth, duplicates within the run and with earlier runs."""
+    joined = b"/" + b"/".join(leaves)
+    longest = max(map(len, leaves))
+    if (longest > MAX_NAME or joined.count(b"/") != len(leaves) or b"//" in joined or joined[-1] == 0x2F
+            or b"\0" in joined or b"/" + TEMP_PREFIX in joined or b"." in fresh or b".." in fresh):
+        for leaf in leaves:
+            validate_name(leaf)
+    if len(prefix) + longest > MAX_PATH or len(d.parts) >= MAX_DEPTH:
+        for e in entries:
+            validate_relpath(e.path)
+    if len(fresh) != len(leaves) or not fresh.isdisjoint(d.names):
+        seen = set(d.names)
+        for e, leaf in zip(entries, leaves, strict=True):
+            if leaf in seen:
+                raise ProtocolError(f"duplicate name in the manifest: {show(e.path)}")
+            seen.add(leaf)

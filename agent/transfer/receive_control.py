@@ -27,6 +27,7 @@ from zcrepl.agent.transfer.basis import complete_delta
 from zcrepl.agent.transfer.changes import apply_ops
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.limits import LimitExceeded
+from zcrepl.agent.transfer.uptodate import admit_run
 from zcrepl.core.errors import ProtocolError, TransferError
 from zcrepl.core.watchtypes import WATCH_ID_BASE
 
@@ -125,13 +126,12 @@ class ControlSession:
         writer = self.writer
         need: list[int] = []
         bases: list[fr.Basis] = []
-        for e in fr.decode_entries(payload):
-            index = writer.n_entries
-            wanted = writer.admit(e)
-            if isinstance(wanted, fr.Basis):
-                bases.append(wanted)
-            elif wanted:
-                need.append(index)
+        for run in fr.decode_runs(payload):
+            for index, wanted in admit_run(writer, run):
+                if isinstance(wanted, fr.Basis):
+                    bases.append(wanted)
+                else:
+                    need.append(index)
         writer.end_batch()
         if need:
             self.ch.send(fr.encode_need(need))

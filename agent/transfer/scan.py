@@ -302,6 +302,8 @@ class Scanner:
         with os.scandir(dfd) as it:
             items = sorted((os.fsencode(de.name), de) for de in it)
         subdirs: list[bytes] = []
+        flt = self.filter if self.filter else None  # Filter.__bool__ once per directory, not per entry
+        make = self.entry
         for name, de in items:
             if name.startswith(TEMP_PREFIX):
                 continue
@@ -310,9 +312,9 @@ class Scanner:
                 st = de.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if self.filter and self.filter.excluded(rel, stat.S_ISDIR(st.st_mode)):
+            if flt is not None and flt.excluded(rel, stat.S_ISDIR(st.st_mode)):
                 continue
-            entry = self.entry(dfd, (), name, rel, st)
+            entry = make(dfd, (), name, rel, st)
             if entry is None:
                 continue
             yield entry

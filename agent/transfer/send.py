@@ -4,7 +4,9 @@ The control connection carries the manifest (batches go out while the scan runs,
 move before the scan ends) and brings back NEEDs; a reader thread turns NEEDs into work items. N data
 connections, one ``DataWorker`` thread each, send file ranges: small files whole, large files split
 into ranges across connections. File bytes go from the page cache to the socket with ``os.sendfile``
-and never enter Python; per-file headers and trailers are coalesced and sent with MSG_MORE. An encrypted
+and never enter Python, except a small file's (``send_worker.SMALL``): it is read whole, with its header and
+trailer, into the connection's output buffer, which goes out in one send per ``FLUSH`` bytes (a header send,
+a sendfile and a trailer per 4 KiB file cost more than the copy they avoid). An encrypted
 attempt (``SendSpec.encrypt``) runs every connection over TLS 1.3 and sends file bytes as ``tls.py`` says.
 """
 
@@ -23,7 +25,7 @@ from zcrepl.agent.transfer import window
 from zcrepl.agent.transfer.changes import ChangePlan, restricted_manifest
 from zcrepl.agent.transfer.channel import Channel, Stream, shut
 from zcrepl.agent.transfer.failure import explain
-from zcrepl.agent.transfer.frame import Entry, Hello, Kind
+from zcrepl.agent.transfer.frame import Entry, Hello
 from zcrepl.agent.transfer.peer import KTLS, NONE, TLS
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble, tree_filter
@@ -208,23 +210,28 @@ class Sender:
             source = self._scanner(hardlinks=True).entries()
         batch: list[Entry] = []
         index = 0
+        cancel, failed = self.spec.cancel, self.failed
         for entry in source:
-            self.check_cancel()
-            if entry.kind is Kind.FILE:
-                self.files.announce(index, entry)
-            index += 1
+            if cancel.is_set() or failed.is_set():
+                self.check_cancel()
             batch.append(entry)
-            self.c_entries = index
             if len(batch) >= window.BATCH:
-                ctl.send(fr.encode_entries(batch))
+                index += len(batch)
+                self._send_batch(ctl, batch, index)
                 batch = []
                 self.progress()
                 self.files.wait_room(self.check_cancel)  # the receiver decides, the workers send
         if batch:
-            ctl.send(fr.encode_entries(batch))
+            index += len(batch)
+            self._send_batch(ctl, batch, index)
         ctl.send(fr.encode_u64(fr.T.MANIFEST_END, index))
         self.c_scan_done = True
         self.progress(force=True)
+
+    def _send_batch(self, ctl: Channel, batch: list[Entry], end: int) -> None:
+        self.files.announce_batch(end - len(batch), batch)  # before the receiver can NEED any of them
+        self.c_entries = end
+        ctl.send(fr.encode_entries(batch))
 
     def _join_workers(self) -> None:
         while True:
@@ -273,8 +280,12 @@ class Sender:
 
     # Each returns True when the destination has said its last word.
     def _on_need(self, payload: bytes) -> bool:
+        # One put per data connection per NEED frame, not one per file: a queue put may wake its worker.
+        planned: dict[int, list[WorkItem]] = {}
         for index in fr.decode_need(payload):
-            self._queue_file(index)
+            self._plan_file(index, None, planned)
+        for k, items in planned.items():
+            self.workers[k].work.put(items)
         return False
 
     def _on_hint(self, payload: bytes) -> bool:
@@ -313,47 +324,57 @@ class Sender:
         return True
 
     def _queue_file(self, index: int, basis: fr.Basis | None = None) -> None:
+        planned: dict[int, list[WorkItem]] = {}
+        self._plan_file(index, basis, planned)
+        for k, items in planned.items():
+            self.workers[k].work.put(items)
+
+    def _plan_file(self, index: int, basis: fr.Basis | None, planned: dict[int, list[WorkItem]]) -> None:
+        """The work items that send file ``index``, added to ``planned`` (data connection -> its items)."""
         e = self.files.ask(index)
         self.c_files_total += 1
         self.c_bytes_total += e.size
+        n = len(self.workers)
         # Files of one directory go to one connection: creating files in a directory takes its lock in
         # the receiving kernel, so connections working on different directories create in parallel.
-        home = self.workers[zlib.crc32(e.path.rpartition(b"/")[0]) % len(self.workers)].work
+        home = zlib.crc32(e.path.rpartition(b"/")[0]) % n if n > 1 else 0
         if basis is not None:
             self.bases[index] = basis
-            home.put(WorkItem(Work.BASIS, index))
+            planned.setdefault(home, []).append(WorkItem(Work.BASIS, index))
             return
         if e.flags & fr.F_SPARSE:
-            home.put(WorkItem(Work.SPARSE, index))
+            planned.setdefault(home, []).append(WorkItem(Work.SPARSE, index))
             return
-        n = len(self.workers)
-        if n > 1 and e.size >= SPLIT_MIN:
-            parts = min(n, e.size // RANGE_MIN)
-            step = -(-e.size // parts)
-            step = -(-step // (1 << 20)) * (1 << 20)  # 1 MiB aligned
-            ranges = [(off, min(step, e.size - off)) for off in range(0, e.size, step)]
-        else:
-            ranges = [(0, e.size)]
-        with self._lock:
-            self._ranges_left[index] = len(ranges)
-        self.files.expect(index, len(ranges))
-        if len(ranges) == 1:
-            home.put(WorkItem(Work.RANGE, index, 0, e.size))
+        if n == 1 or e.size < SPLIT_MIN:
+            planned.setdefault(home, []).append(WorkItem(Work.RANGE, index, 0, e.size))
             return
+        parts = min(n, e.size // RANGE_MIN)
+        step = -(-e.size // parts)
+        step = -(-step // (1 << 20)) * (1 << 20)  # 1 MiB aligned
+        ranges = [(off, min(step, e.size - off)) for off in range(0, e.size, step)]
+        if len(ranges) > 1:  # a file sent whole needs no count: its one item is its last
+            with self._lock:
+                self._ranges_left[index] = len(ranges)
+            self.files.expect(index, len(ranges))
         for k, (off, length) in enumerate(ranges):  # one range per connection
-            self.workers[(index + k) % n].work.put(WorkItem(Work.RANGE, index, off, length))
+            planned.setdefault((index + k) % n, []).append(WorkItem(Work.RANGE, index, off, length))
 
     def range_finished(self, index: int) -> bool:
+        """A range of file ``index`` was sent whole; True when it was the file's last."""
         with self._lock:
-            self._ranges_left[index] -= 1
-            return self._ranges_left[index] == 0
+            left = self._ranges_left.get(index)
+            if left is None:
+                return True
+            self._ranges_left[index] = left - 1
+            return left == 1
 
     def item_done(self, index: int) -> None:
         """A data worker finished one work item of file ``index`` (sent, skipped or failed): after the last,
         nothing of the file is kept (a hint still waiting for its NEED_BASIS stays, to match it)."""
         if self.files.item_done(index):
-            with self._lock:
-                self._ranges_left.pop(index, None)
+            if index in self._ranges_left:
+                with self._lock:
+                    self._ranges_left.pop(index, None)
             self.bases.pop(index, None)
             hint = self.hinted.get(index)
             if hint is not None and hint[1].is_set():
@@ -376,8 +397,9 @@ class Sender:
         self.renamed = r.renamed
         wire = ctl.sent + ctl.received + sum(w.ch.sent + w.ch.received for w in self.workers)
         # errors are the destination's: it could not write what it was sent
+        # No last progress report: the DONE (or FAILED) report that follows carries these totals, and one more
+        # report would cost the controller a notify and every watcher a snapshot right before the final one.
         self.final = replace(snap, files_skipped=r.files_skipped, deleted=r.deleted, errors=r.errors, wire_bytes=wire)
-        self.progress(force=True)
         if r.errors:
             raise TransferError(f"{r.errors} entries failed; first: {r.first_error or 'see its log'}")
         return self.final

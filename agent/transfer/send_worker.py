@@ -12,20 +12,18 @@ import os
 import queue
 import socket
 import threading
-from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from zcrepl.agent import priority
 from zcrepl.agent.transfer import delta
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.channel import Channel, Stream
 from zcrepl.agent.transfer.compress import Packer
-from zcrepl.agent.transfer.frame import Entry, FileHead
+from zcrepl.agent.transfer.frame import Entry
 from zcrepl.agent.transfer.partial import intervals_digest, merge
-from zcrepl.agent.transfer.saferoot import validate_relpath
 from zcrepl.agent.transfer.sendio import readsend_range, sendfile_range, tls_send_range
-from zcrepl.agent.transfer.sourcefile import as_scanned, data_segments
+from zcrepl.agent.transfer.sourcefile import SourceFiles, as_scanned, data_segments
 from zcrepl.agent.transfer.tls import TlsStream
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.logs import carry, kv
@@ -42,21 +40,29 @@ class Work(Enum):
     SPARSE = "sparse"  # the whole file, data segments only
 
 
-@dataclass(frozen=True)
-class WorkItem:
-    """One job for a data connection: which file, and what to send of it."""
+class WorkItem(NamedTuple):
+    """One job for a data connection: which file, and what to send of it (a tuple: one is made per file)."""
 
     kind: Work
-    index: int
+    file: int  # its index in the manifest
     offset: int = 0
     length: int = 0
 
 
-END: WorkItem | None = None  # no more work: the worker sends DATA_DONE and exits
+END: list[WorkItem] | None = None  # no more work: the worker sends DATA_DONE and exits
+
+SMALL = 64 << 10  # a whole file up to this size is read into the output buffer, not sent with sendfile
+FLUSH = 256 << 10  # the output buffer goes out once it holds this much (or the worker runs out of work)
 
 
 class DataWorker:
-    """One data connection and the thread that feeds it."""
+    """One data connection and the thread that feeds it.
+
+    Frames and small files' bytes collect in ``out`` and leave in one send per ``FLUSH`` bytes: at 4 KiB a
+    file, a header send, a sendfile and a trailer per file cost more than reading the file ever does. ``out``
+    goes out before any other write to the connection and whenever the work queue is empty, so nothing the
+    receiver waits for stays behind while this thread waits.
+    """
 
     def __init__(self, sender: Sender, sock: Stream, ch: Channel, n: int) -> None:
         self.sender = sender
@@ -65,12 +71,13 @@ class DataWorker:
         self.prefix = b""  # TLS only: the FILE header that goes out with the range's first bytes
         self.ch = ch
         self.files_done = self.bytes_done = 0
-        self.pending = b""  # trailer of the previous file, sent together with the next header
+        self.out = bytearray()  # frames (and small files) not sent yet
         self.use_sendfile = sender.spec.zero_copy.sendfile and (self.tls is None or self.tls.ktls)
         self.buf: bytearray | None = None
         o = sender.spec.options
         self.packer = Packer(o.compress_level) if o.compress is Compress.ON else None  # per connection
-        self.work: queue.Queue[WorkItem | None] = queue.Queue()
+        self.sources = SourceFiles(sender.root)
+        self.work: queue.Queue[list[WorkItem] | None] = queue.Queue()  # items of one NEED frame per put
         self.thread = threading.Thread(target=carry(self.run), name=f"zc-send-data-{n}", daemon=True)
         self.finished = threading.Event()
 
@@ -79,83 +86,133 @@ class DataWorker:
         s = self.sender
         try:
             while True:
-                item = self.work.get()
-                if item is None:
+                try:
+                    items = self.work.get_nowait()
+                except queue.Empty:
+                    self.sources.release()
+                    self.flush()
+                    items = self.work.get()
+                if items is None:
                     break
-                s.check_cancel()
-                if item.kind is Work.BASIS:
-                    self.send_basis(item.index)
-                elif item.kind is Work.SPARSE:
-                    self.send_sparse(item.index)
-                else:
-                    self.send_range(item.index, item.offset, item.length)
-                s.item_done(item.index)
-                s.progress()
-            self.ch.send(self.pending + fr.frame(fr.T.DATA_DONE))
-            self.pending = b""
+                for item in items:
+                    s.check_cancel()
+                    if item.kind is Work.RANGE and item.length <= SMALL and item.offset == 0:
+                        self.send_small(item.file)
+                    else:
+                        self.flush()
+                        if item.kind is Work.BASIS:
+                            self.send_basis(item.file)
+                        elif item.kind is Work.SPARSE:
+                            self.send_sparse(item.file)
+                        else:
+                            self.send_range(item.file, item.offset, item.length)
+                    s.item_done(item.file)
+                    s.progress()
+            self.out += fr.frame(fr.T.DATA_DONE)
+            self.flush()
         except BaseException as err:
             s.record_failure(err)
         finally:
+            self.sources.release()
             self.finished.set()
             s.worker_finished()
+
+    def flush(self) -> None:
+        if self.out:
+            n = len(self.out)
+            self.ch.send(self.out)
+            self.out.clear()
+            self.sender.pacer.account(n)
+
+    def send_small(self, index: int) -> None:
+        """A whole small file into ``out``: FILE (ZFILE) header, its bytes (read, checked against the scan before
+        and after; compressed), FILE_END."""
+        s = self.sender
+        e = s.files[index]
+        opened = self.open_source(index, 0, e.size, e)
+        if opened is None:
+            return
+        fd, st = opened
+        try:
+            data = os.pread(fd, e.size, 0)
+            ok = len(data) == e.size and as_scanned(os.fstat(fd), e)
+        finally:
+            os.close(fd)
+        self.bytes_done += len(data)
+        if len(data) < e.size:  # shrank while we read it: pad to the announced length, then void it
+            data += bytes(e.size - len(data))
+        out = self.out
+        if self.packer is None:
+            out += fr.file_head(fr.T.FILE, index, 0, e.size, e.size, e.mtime_ns, st.st_mode & 0o7777)
+            out += data
+        else:  # one ZDATA piece (SMALL <= compress.PIECE)
+            out += fr.file_head(fr.T.ZFILE, index, 0, e.size, e.size, e.mtime_ns, st.st_mode & 0o7777)
+            if data:
+                out += self.packer.pack(data)
+        if ok:
+            out += fr.FILE_END_OK
+            self.files_done += 1
+        else:
+            out += fr.FILE_END_CHANGED
+            s.source_changed(index, e.path)
+        if len(out) >= FLUSH:
+            self.flush()
 
     def send_range(self, index: int, offset: int, length: int) -> None:
         s = self.sender
         e = s.files[index]
-        fd = self.open_source(index, offset, length, e)
-        if fd is None:
+        opened = self.open_source(index, offset, length, e)
+        if opened is None:
             return
+        fd, st = opened
         try:
-            st = os.fstat(fd)
             if self.send_piece(fd, st, index, offset, length, e) and s.range_finished(index):
                 self.files_done += 1
         finally:
             os.close(fd)
 
-    def open_source(self, index: int, offset: int, length: int, e: Entry) -> int | None:
-        """The source file as scanned, or None after telling the receiver it changed or vanished."""
+    def open_source(self, index: int, offset: int, length: int, e: Entry) -> tuple[int, os.stat_result] | None:
+        """The source file as scanned and its fstat, or None after telling the receiver it changed or vanished."""
         s = self.sender
         try:
-            fd = s.root.open_read(validate_relpath(e.path))
+            fd, st = self.sources.open(e.path)
         except (OSError, UnsafePath) as err:
             s.source_trouble(index, e.path, err)
             self.skip(index, offset, length, e)
             return None
-        st = os.fstat(fd)
         if not as_scanned(st, e):
             os.close(fd)
             s.source_changed(index, e.path)
             self.skip(index, offset, length, e)  # changed since the scan: the receiver drops it
             return None
-        return fd
+        return fd, st
 
     def send_piece(self, fd: int, st: os.stat_result, index: int, offset: int, length: int, e: Entry) -> bool:
         """FILE header, the bytes by sendfile, FILE_END; False when the source changed meanwhile."""
         s = self.sender
-        head = fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, st.st_mode & 0o7777),
-                              fr.T.FILE if self.packer is None else fr.T.ZFILE)
+        self.out += fr.file_head(fr.T.FILE if self.packer is None else fr.T.ZFILE, index, offset, length, e.size,
+                                 e.mtime_ns, st.st_mode & 0o7777)
         if self.packer is not None:
-            self.ch.send(self.pending + head)
-            self.pending = b""
+            self.flush()
             sent = self.send_packed(fd, offset, length)  # pads a shrunk file itself
         else:
-            sent = self.send_plain(fd, offset, length, head)
+            sent = self.send_plain(fd, offset, length)
         ok = sent == length
         after = os.fstat(fd)
         ok = ok and as_scanned(after, e)
-        self.pending = fr.FILE_END_OK if ok else fr.FILE_END_CHANGED
+        self.out += fr.FILE_END_OK if ok else fr.FILE_END_CHANGED
         if not ok:
             s.source_changed(index, e.path)
         return ok
 
-    def send_plain(self, fd: int, offset: int, length: int, head: bytes) -> int:
-        """The header and the range's bytes as they are (sendfile when it can)."""
+    def send_plain(self, fd: int, offset: int, length: int) -> int:
+        """``out`` (ending with the header) and the range's bytes as they are (sendfile when it can)."""
         if self.tls is None:
-            self.ch.sock.sendall(self.pending + head, socket.MSG_MORE)
+            self.ch.sock.sendall(self.out, socket.MSG_MORE)
         else:
-            self.prefix = self.pending + head
-        self.ch.sent += len(self.pending) + len(head)
-        self.pending = b""
+            self.prefix = bytes(self.out)
+        self.ch.sent += len(self.out)
+        self.out.clear()
         sent = self.send_bytes(fd, offset, length)
         if self.prefix:  # an empty range: the header still goes
             self.ch.send(self.prefix)
@@ -168,11 +225,11 @@ class DataWorker:
         """Answer a NEED_BASIS: hash, then REUSE what the receiver already has and send only the rest."""
         s = self.sender
         e, b = s.files[index], s.bases[index]
-        fd = self.open_source(index, 0, e.size, e)
-        if fd is None:
+        opened = self.open_source(index, 0, e.size, e)
+        if opened is None:
             return
+        fd, st = opened
         try:
-            st = os.fstat(fd)
             if self.buf is None:
                 self.buf = bytearray(1 << 20)
             if b.kind == fr.BasisKind.DELTA:
@@ -198,13 +255,13 @@ class DataWorker:
                 s.source_changed(index, e.path)
                 self.skip(index, 0, e.size, e)
                 return
-            self.ch.send(self.pending + fr.encode_digest(index, whole))
-            self.pending = b""
+            self.out += fr.encode_digest(index, whole)
+            self.flush()
             ok = True
             for off, length, reuse in pieces:
                 if reuse:
-                    self.pending += fr.encode_file(FileHead(index, off, length, e.size, e.mtime_ns,
-                                                            st.st_mode & 0o7777), fr.T.REUSE)
+                    self.out += fr.file_head(fr.T.REUSE, index, off, length, e.size, e.mtime_ns,
+                                             st.st_mode & 0o7777)
                 else:
                     ok = self.send_piece(fd, st, index, off, length, e) and ok
                 s.check_cancel()
@@ -217,11 +274,11 @@ class DataWorker:
         """Only the data segments of a sparse file travel (SEEK_DATA/SEEK_HOLE); holes go as HOLE."""
         s = self.sender
         e = s.files[index]
-        fd = self.open_source(index, 0, e.size, e)
-        if fd is None:
+        opened = self.open_source(index, 0, e.size, e)
+        if opened is None:
             return
+        fd, st = opened
         try:
-            st = os.fstat(fd)
             ok, off = True, 0
             for data, length in data_segments(fd, e.size):
                 if data > off:
@@ -237,13 +294,10 @@ class DataWorker:
             os.close(fd)
 
     def hole(self, index: int, offset: int, length: int, e: Entry, st: os.stat_result) -> None:
-        self.pending += fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, st.st_mode & 0o7777),
-                                       fr.T.HOLE)
+        self.out += fr.file_head(fr.T.HOLE, index, offset, length, e.size, e.mtime_ns, st.st_mode & 0o7777)
 
     def skip(self, index: int, offset: int, length: int, e: Entry) -> None:
-        self.ch.send(self.pending + fr.encode_file(FileHead(index, offset, length, e.size, e.mtime_ns, e.mode),
-                                                   fr.T.FILE_SKIP))
-        self.pending = b""
+        self.out += fr.file_head(fr.T.FILE_SKIP, index, offset, length, e.size, e.mtime_ns, e.mode)
 
     def send_bytes(self, fd: int, offset: int, length: int) -> int:
         s = self.sender

@@ -14,15 +14,88 @@ import stat
 from typing import TYPE_CHECKING
 
 from zcrepl.agent.transfer.atomic import AtomicFile
-from zcrepl.agent.transfer.frame import Entry
+from zcrepl.agent.transfer.frame import F_UNREADABLE, Basis, Entry, Kind, Run
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.meta import apply_meta, owner_ids, xattrs_match
 from zcrepl.agent.transfer.saferoot import lstat_at
 from zcrepl.agent.transfer.scan import file_digest
+from zcrepl.core.errors import ProtocolError
 from zcrepl.core.exportpolicy import KEEP
 
 if TYPE_CHECKING:
     from zcrepl.agent.transfer.apply import TreeWriter
+
+
+def admit_run(w: TreeWriter, run: Run) -> list[tuple[int, bool | Basis]]:
+    """Take a run of one directory's entries (``frame.Run``) in manifest order; (index, what ``admit`` said)
+    for each entry whose content is needed.
+
+    The run is checked as one (``Listing.admit_run``), and a file whose lstat matches its entry in type, mode,
+    size, mtime (and owner, where the policy sets owners) is counted as skipped here, with one syscall and
+    one tuple comparison: the common case of a re-sync. Anything else goes the per-entry way (``decide``).
+    """
+    entries, leaves = run.entries, run.leaves
+    if w.options.dry_run:  # a dry run's checks are its own (plan.py)
+        return _one_by_one(w, entries)
+    out: list[tuple[int, bool | Basis]] = []
+    if not w.n_entries:  # the root entry comes first, and alone
+        out = _one_by_one(w, entries[:1])
+        entries, leaves = entries[1:], leaves[1:]
+        if not entries:
+            return out
+    start, dparts = _take(w, run.prefix, entries, leaves)
+    quick = not (w.options.checksum or w.options.xattrs)
+    owners = w.policy.owners and w.as_root
+    probe = (*dparts, b"")
+    pfd = -1
+    skipped = 0
+    for i, e in enumerate(entries):
+        if quick and e.kind is Kind.FILE and not e.flags & F_UNREADABLE:
+            try:
+                if pfd < 0:
+                    pfd = w.parent(probe)[0]
+                st = os.lstat(leaves[i], dir_fd=pfd)
+            except OSError:
+                # decide() looks again, and reports what is wrong. A new directory's files are all missing:
+                # the rest of the run skips this look, which would only fail the same way before decide's.
+                st = None
+                quick = False
+            if (st is not None
+                    and (st.st_mode, st.st_size, st.st_mtime_ns) == (stat.S_IFREG | e.mode & 0o777, e.size, e.mtime_ns)
+                    and (not owners or owner_ids(w.policy, e, st, w.as_root) == (KEEP, KEEP))):
+                skipped += 1
+                continue
+        wanted = w.decide(start + i, (*dparts, leaves[i]), e)
+        pfd = -1  # decide() may have opened other directories: the cached fd may be closed
+        if wanted:
+            out.append((start + i, wanted))
+    if skipped:
+        w.count(skipped=skipped)
+    return out
+
+
+def _one_by_one(w: TreeWriter, entries: list[Entry]) -> list[tuple[int, bool | Basis]]:
+    out: list[tuple[int, bool | Basis]] = []
+    for e in entries:
+        index = w.n_entries
+        wanted = w.admit(e)
+        if wanted:
+            out.append((index, wanted))
+    return out
+
+
+def _take(w: TreeWriter, prefix: bytes, entries: list[Entry], leaves: list[bytes]) -> tuple[int, tuple[bytes, ...]]:
+    """The run's checks (what ``admit`` checks of each entry); returns its first index and its directory."""
+    start = w.n_entries
+    w.check_count(start + len(entries))
+    if w.manifest_done:
+        raise ProtocolError("an entry after MANIFEST_END")
+    if not prefix and b"" in leaves:
+        raise ProtocolError("duplicate name in the manifest: the root")
+    dparts = w.listing.admit_run(prefix, entries, leaves)
+    with w._lock:
+        w.n_entries += len(entries)
+    return start, dparts
 
 
 def up_to_date(w: TreeWriter, parts: tuple[bytes, ...], e: Entry) -> bool:

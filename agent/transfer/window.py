@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from zcrepl.agent.transfer.frame import Entry
+from zcrepl.agent.transfer.frame import Entry, Kind
 from zcrepl.core.errors import ProtocolError
 
 __all__ = ["BATCH", "WINDOW", "FileWindow"]
@@ -36,11 +36,16 @@ class FileWindow:
         self.decided_upto = 0
         self.peak = 0  # most file entries kept at once (for the tests and the bench)
 
-    def announce(self, index: int, e: Entry) -> None:
+    def announce_batch(self, first: int, batch: list[Entry]) -> None:
+        """The files of a batch whose first entry is ``first`` are kept until decided or sent."""
+        file = Kind.FILE
         with self._cv:
-            self._files[index] = e
-            self._undecided.append(index)
-            self.peak = max(self.peak, len(self._files))
+            files, undecided = self._files, self._undecided
+            for index, e in enumerate(batch, first):
+                if e.kind is file:
+                    files[index] = e
+                    undecided.append(index)
+            self.peak = max(self.peak, len(files))
 
     def __getitem__(self, index: int) -> Entry:
         return self._files[index]

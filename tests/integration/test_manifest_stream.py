@@ -38,7 +38,7 @@ class Plane:
         self.server.start()
         self.export = SafeRoot(os.fsencode(dst_export))
         self.jobs = 0
-        self.held: list[int] = []  # the receiver's held names and directories, sampled at every entry
+        self.held: list[int] = []  # the receiver's held names and directories, sampled at every entry or run
 
     def run(self, src: Path, cancel: Cancel | None = None, on_progress: Any = None,
             **options: Any) -> tuple[Sender, Any]:
@@ -85,7 +85,14 @@ def plane(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Plane]:
         p.held.append(self.held())
         return real(self, e)
 
+    real_run = listing.Listing.admit_run
+
+    def admit_run(self: listing.Listing, prefix: bytes, entries: list[Any], leaves: list[bytes]) -> tuple[bytes, ...]:
+        p.held.append(self.held())
+        return real_run(self, prefix, entries, leaves)
+
     monkeypatch.setattr(listing.Listing, "admit", admit)
+    monkeypatch.setattr(listing.Listing, "admit_run", admit_run)
     yield p
     p.close()
 

@@ -4,6 +4,7 @@ abandoned attempt closes what it held without waiting for it to be durable."""
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,15 +41,16 @@ def root(tmp_path: Path) -> Iterator[int]:
 
 
 @pytest.mark.parametrize("journaled", [True, False], ids=["one-commit", "fsync-each"])
-def test_every_fd_is_flushed_and_closed_with_a_bounded_number_open(tmp_path: Path, root: int,
-                                                                    journaled: bool) -> None:
-    if journaled and not fl.journaled(root):
-        pytest.skip("the temp dir is not on ext4 or XFS")
+def test_every_fd_is_flushed_and_closed_with_a_bounded_number_open(tmp_path: Path, root: int, journaled: bool,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fl, "in_flight", lambda: fl.WORKERS)  # the bound under a 1,024-fd limit: fewer files
+    # The one-commit path is forced on whatever the temp dir is (its syscalls work anywhere; whether they make
+    # the files durable there is journaled()'s question, tested below).
     before = _open_fds()
     f = JobFlush(root)
     f.journaled = journaled
     most = 0
-    for fd in _files(tmp_path, 5 * fl.BATCH + 3):  # several batches through the pool, and a remainder
+    for fd in _files(tmp_path, (f.in_flight + 1) * fl.BATCH + 3):  # more than the bound, and a remainder
         f.file_done(fd)
         most = max(most, _open_fds() - before)
     f.dir_changed(os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY))
@@ -57,8 +59,8 @@ def test_every_fd_is_flushed_and_closed_with_a_bounded_number_open(tmp_path: Pat
     f.wait("test")
     assert os.stat(tmp_path).st_mtime_ns == mtime  # the final commit touched the root's times, not changed them
     assert _open_fds() == before
-    assert most <= fl.BATCH * (fl.IN_FLIGHT + 1) + 1
-    assert (f.files, f.dirs) == (5 * fl.BATCH + 3, 1)
+    assert most <= fl.BATCH * (f.in_flight + 1) + 1
+    assert (f.files, f.dirs) == ((fl.WORKERS + 1) * fl.BATCH + 3, 1)
     with pytest.raises(RuntimeError):
         f.file_done(os.open(tmp_path / "late", os.O_RDWR | os.O_CREAT, 0o644))
     assert _open_fds() == before
@@ -126,3 +128,28 @@ def test_a_watch_sessions_renames_and_deletes_flush_the_directories_they_changed
         root.close()
     assert _open_fds() == before
     assert (tmp_path / "new" / "dir" / "f").read_bytes() == b"x" and not (tmp_path / "gone").exists()
+
+
+@pytest.mark.parametrize(("options", "want"), [
+    ("rw\nbarrier\ndata=ordered\ncommit=5\n", True),
+    ("rw\ndata=journal\n", True),
+    ("rw\nbarrier\nnojournal_checksum\ncommit=5\n", False),  # mkfs.ext4 -O ^has_journal: no data= mode
+    (None, False),  # not found under /proc/fs/ext4: not known to have a journal, so each file is fsynced
+])
+def test_an_ext4_counts_as_journaled_only_when_its_mount_has_a_data_mode(tmp_path: Path, options: str | None,
+                                                                         want: bool) -> None:
+    dev = os.makedev(7, 3)
+    (tmp_path / "sys" / "dev" / "block").mkdir(parents=True)
+    os.symlink("../../devices/virtual/block/loop3", tmp_path / "sys" / "dev" / "block" / "7:3")
+    if options is not None:
+        (tmp_path / "proc" / "fs" / "ext4" / "loop3").mkdir(parents=True)
+        (tmp_path / "proc" / "fs" / "ext4" / "loop3" / "options").write_text(options)
+    assert fl.ext4_has_journal(dev, proc=str(tmp_path / "proc"), sys=str(tmp_path / "sys")) is want
+
+
+@pytest.mark.parametrize(("soft", "want"), [(256, fl.WORKERS), (1024, fl.WORKERS), (4096, 8),
+                                            (20_000, fl.MAX_IN_FLIGHT), (resource.RLIM_INFINITY, fl.MAX_IN_FLIGHT)])
+def test_the_fds_in_flight_grow_with_the_fd_limit_up_to_an_eighth_of_it(monkeypatch: pytest.MonkeyPatch, soft: int,
+                                                                       want: int) -> None:
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (soft, resource.RLIM_INFINITY))
+    assert fl.in_flight() == want

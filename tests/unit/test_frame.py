@@ -51,7 +51,12 @@ def raw_entry(kind: int = 1, mode: int = 0o644, mtime: int = MTIME, size: int = 
 
 
 def batch(*entries: bytes, count: int | None = None) -> bytes:
-    return struct.pack("!I", len(entries) if count is None else count) + b"".join(entries)
+    """One run of names at the root: the entries' headers, then their bodies."""
+    head = struct.pack("!I", len(entries) if count is None else count)
+    if not entries:
+        return head
+    run = struct.pack("!HH", len(entries), 0)
+    return head + run + b"".join(e[: ENTRY.size] for e in entries) + b"".join(e[ENTRY.size :] for e in entries)
 
 
 @pytest.fixture(autouse=True)
@@ -178,6 +183,37 @@ def test_entries_full_batch_round_trip() -> None:
 def test_entries_rejects(payload: bytes, needle: str) -> None:
     with pytest.raises(ProtocolError, match=needle):
         fr.decode_entries(payload)
+
+
+def run(prefix: bytes, *entries: bytes) -> bytes:
+    return struct.pack("!HH", len(entries), len(prefix)) + prefix + b"".join(e[: ENTRY.size] for e in entries) + \
+        b"".join(e[ENTRY.size :] for e in entries)
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        (struct.pack("!I", 2) + run(b"a/", raw_entry()) + run(b"a/", raw_entry(path=b"g")), "predecessor"),
+        (struct.pack("!I", 1) + run(b"a", raw_entry()), "bad prefix"),
+        (struct.pack("!I", 1) + run(b"a/") + run(b"b/", raw_entry()), "no entries"),
+        (struct.pack("!I", 1) + run(b"", raw_entry(path=b"a/b")), "'/' in its name"),
+        (struct.pack("!I", 1) + run(b"a/", raw_entry())[:3], "run header"),
+    ],
+    ids=["same-directory-twice", "prefix-without-slash", "empty-run", "slash-in-leaf", "cut-run-header"],
+)
+def test_entries_runs_are_canonical(payload: bytes, needle: str) -> None:
+    """One encoding per batch: a run per change of directory, each name one component of it."""
+    with pytest.raises(ProtocolError, match=needle):
+        fr.decode_runs(payload)
+
+
+def test_entries_runs_share_their_directory() -> None:
+    entries = [Entry(Kind.DIR, b"", 0o755, 0), Entry(Kind.DIR, b"a", 0o755, 0), Entry(Kind.FILE, b"a/x", 0o644, 0),
+               Entry(Kind.FILE, b"a/y", 0o644, 0), Entry(Kind.FILE, b"z", 0o644, 0), Entry(Kind.FILE, b"/w", 0o644, 0)]
+    runs = fr.decode_runs(split(fr.encode_entries(entries))[1])
+    assert [(r.prefix, r.leaves) for r in runs] == [(b"", [b"", b"a"]), (b"a/", [b"x", b"y"]), (b"", [b"z"]),
+                                                   (b"/", [b"w"])]
+    assert [e for r in runs for e in r.entries] == entries
 
 
 def test_entries_oversized_lengths_rejected_before_reading_body() -> None:

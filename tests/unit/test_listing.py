@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import F_LINKED, F_UNREADABLE, Entry, Kind
 from zcrepl.agent.transfer.listing import Listing
 from zcrepl.core.errors import ProtocolError, UnsafePath
@@ -47,11 +48,46 @@ def test_names_are_held_for_one_directory_at_a_time_and_spilled_for_delete() -> 
     ([f(b"x"), f(b"x/y")], "parent is not a directory announced"),
     ([f(b"../x")], "'.' or '..'"),
 ])
-def test_bad_manifests_are_refused(entries: list[Entry], needle: str) -> None:
+@pytest.mark.parametrize("by_run", [False, True], ids=["entry", "run"])
+def test_bad_manifests_are_refused(entries: list[Entry], needle: str, by_run: bool) -> None:
     ls = Listing(keep_names=False)
     with pytest.raises((ProtocolError, UnsafePath), match=needle):
+        admit_all(ls, entries, by_run)
+    ls.close()
+
+
+def admit_all(ls: Listing, entries: list[Entry], by_run: bool) -> None:
+    """Entry by entry, or as the receiver does: the runs of one ENTRIES frame per entry group of the wire."""
+    if not by_run:
         for e in entries:
             ls.admit(e)
+        return
+    for run in fr.decode_runs(fr.encode_entries(entries)[fr.HEAD.size :]):
+        assert ls.admit_run(run.prefix, run.entries, run.leaves) == tuple(run.prefix.split(b"/")[:-1])
+
+
+@pytest.mark.parametrize("leaf, needle", [
+    (b"", "empty"), (b".", "'.' or '..'"), (b"..", "'.' or '..'"), (b"x\0", "NUL"), (b".zc.tmp", "temp namespace"),
+    (b"n" * 256, "longer than 255"),
+])
+def test_a_run_checks_every_name(leaf: bytes, needle: str) -> None:
+    """The run's names are checked with a few scans of one string: each kind of bad name is still caught,
+    wherever it stands in the run."""
+    for at in (0, 2):
+        ls = Listing(keep_names=False)
+        names = [b"ok1", b"ok2", b"ok3"]
+        names[at] = leaf
+        with pytest.raises(UnsafePath, match=needle):
+            admit_all(ls, [d(b"a")] + [f(b"a/" + n) for n in names], by_run=True)
+        ls.close()
+
+
+def test_a_run_keeps_what_entries_keep() -> None:
+    ls = Listing(keep_names=True)
+    entries = [d(b"a"), f(b"x", F_LINKED), d(b"b", F_UNREADABLE), f(b"a/1"), link(b"a/2", b"x")]
+    admit_all(ls, entries, by_run=True)
+    assert ls.linkable == {b"x"} and b"b" not in ls.open
+    assert dict(ls.directories()) == {b"": {b"a", b"x", b"b"}, b"a": {b"1", b"2"}}
     ls.close()
 
 

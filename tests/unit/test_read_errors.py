@@ -10,18 +10,27 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pairplane import pairs, ticket_server
 from zchelpers import write_file
 
-from zcrepl.agent.transfer import local
-from zcrepl.agent.transfer.frame import Entry
+from zcrepl.agent.transfer import frame as fr
+from zcrepl.agent.transfer import local, send, send_worker
+from zcrepl.agent.transfer.cancel import Cancel
+from zcrepl.agent.transfer.channel import Channel
+from zcrepl.agent.transfer.frame import Entry, Hello
+from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.scan import Scanner, Skips, source_changed, source_trouble
+from zcrepl.agent.transfer.send import Sender
+from zcrepl.agent.transfer.sendio import SendSpec
+from zcrepl.agent.transfer.server import Grant, TicketBook
 from zcrepl.core.errors import UnsafePath
-from zcrepl.core.types import SKIPPED_LISTED, JobOptions
+from zcrepl.core.types import SKIPPED_LISTED, Compress, JobOptions, TransferStats
 
 
 def _grow(p: Path) -> None:
@@ -118,3 +127,54 @@ def test_the_controller_keeps_a_hundred_of_each_kind() -> None:
     assert skip_note(stats, run) == (f"; {SKIPPED_LISTED + 7} files could not be copied (first: e0: unreadable); "
                                      f"{SKIPPED_LISTED + 3} entries skipped (first: s0: a FIFO); zc-ctl job 1 "
                                      "lists them")
+
+
+@pytest.mark.parametrize("compress", [Compress.OFF, Compress.ON], ids=["raw", "zstd"])
+def test_a_network_send_of_small_files_reports_each_and_never_sends_one_torn(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch,
+                                                                             compress: Compress) -> None:
+    """The sender's small-file path (read into its output buffer, not sendfile) over socketpairs to a real
+    receiver: a file changed before it is opened, one changed while it is read, one vanished and one swapped
+    for a symlink are reported; the destination keeps its old copies, and the rest arrive."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "d").mkdir(parents=True)
+    (dst / "copy" / "d").mkdir(parents=True)
+    for name in ("a", "d/gone", "d/grown", "d/swapped", "d/torn", "d/z"):
+        write_file(src / name, b"content of " + name.encode())
+    write_file(dst / "copy" / "d" / "grown", b"the old copy")
+    write_file(dst / "copy" / "d" / "torn", b"the old torn")
+    MeddlingScanner.top = src
+    monkeypatch.setattr(send, "Scanner", MeddlingScanner)
+    real_pread = send_worker.os.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        data = real_pread(fd, n, offset)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/d/torn"):
+            _grow(src / "d" / "torn")  # after the bytes were read: only the check after the read can see it
+        return data
+
+    monkeypatch.setattr(send_worker.os, "pread", pread)
+    tickets = TicketBook()
+    outcome: list[object] = []
+    opts = JobOptions(compress=compress)
+    with SafeRoot(os.fsencode(dst)) as export:
+
+        def serve(ch: Channel, hello: Hello) -> None:
+            session = ReceiveSession(ReceiveSpec(9, 1, export, (b"copy",), opts, "hostB:/dst/copy"), tickets)
+            outcome.append(session.serve_control(ch, hello))
+
+        tickets.register(b"t" * fr.TICKET_LEN, Grant(9, 1, time.monotonic() + 30, serve))
+        with pairs(ticket_server(tickets)) as p, SafeRoot(os.fsencode(src)) as root:
+            spec = SendSpec(9, 1, b"t" * fr.TICKET_LEN, ("pair", 0), opts, Cancel(), lambda _s: None, io_timeout=30,
+                            dial=p.dial)
+            sender = Sender(spec, root)
+            stats = sender.run()
+    assert isinstance(outcome[0], TransferStats), outcome
+    assert (stats.errors, stats.file_errors, stats.entries_skipped, stats.files_done) == (0, 2, 2, 2)
+    listed = {os.fsdecode(x.path): x.error for x in sender.skips.listed}
+    assert listed == {"d/gone": False, "d/swapped": False, "d/grown": True, "d/torn": True}
+    out = dst / "copy"
+    assert (out / "a").read_bytes() == b"content of a" and (out / "d" / "z").read_bytes() == b"content of d/z"
+    assert (out / "d" / "grown").read_bytes() == b"the old copy"
+    assert (out / "d" / "torn").read_bytes() == b"the old torn"
+    assert sorted(p.name for p in (out / "d").iterdir()) == ["grown", "torn", "z"]  # no temp file left

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from zcrepl.agent.transfer.frame import Entry, Kind
-from zcrepl.agent.transfer.sourcefile import as_scanned, data_segments
+from zcrepl.agent.transfer.saferoot import TEMP_PREFIX, SafeRoot
+from zcrepl.agent.transfer.sourcefile import SourceFiles, as_scanned, data_segments
+from zcrepl.core.errors import UnsafePath
 
 MIB = 1 << 20
 
@@ -57,3 +59,29 @@ def test_as_scanned(tmp_path: Path) -> None:
     assert as_scanned(st, e)
     assert not as_scanned(st, Entry(Kind.FILE, b"f", 0o644, st.st_mtime_ns, 4))
     assert not as_scanned(st, Entry(Kind.FILE, b"f", 0o644, st.st_mtime_ns + 1, 3))
+
+
+def test_source_files_open_regular_files_below_the_root_and_nothing_else(tmp_path: Path) -> None:
+    """SourceFiles refuses what SafeRoot.open_read refuses (bad names, symlinks anywhere, non-regular files),
+    reuses the parent's fd for the files of one directory, and holds no fd once released."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a").write_bytes(b"a")
+    (tmp_path / "d" / "b").write_bytes(b"bb")
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    (tmp_path / "d" / "ln").symlink_to(tmp_path / "d" / "a")
+    os.mkfifo(tmp_path / "d" / "fifo")
+    before = len(os.listdir("/proc/self/fd"))
+    with SafeRoot(os.fsencode(tmp_path)) as root:
+        files = SourceFiles(root)
+        for path, size in ((b"d/a", 1), (b"d/b", 2)):
+            fd, st = files.open(path)
+            os.close(fd)
+            assert st.st_size == size
+        temp = b"d/" + TEMP_PREFIX + b"x"
+        for bad in (b"", b"d", b"d/", b"d/../d/a", b"/d/a", b"d//a", b"link/a", b"d/ln", b"d/fifo", temp):
+            with pytest.raises(UnsafePath):
+                files.open(bad)
+        with pytest.raises(FileNotFoundError):
+            files.open(b"d/gone")
+        files.release()
+        assert len(os.listdir("/proc/self/fd")) == before + 1  # the root's own fd

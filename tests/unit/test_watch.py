@@ -28,8 +28,10 @@ from pathlib import Path
 import pytest
 from watchdog.events import EVENT_TYPE_CREATED, EVENT_TYPE_DELETED
 
+from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.watch import TreeWatcher
 from zcrepl.agent.watch_coalesce import ChangeSet, Coalescer, is_ignored
+from zcrepl.agent.watch_poll import LIST_AT, missing
 from zcrepl.core.paths import show
 
 W, Q = 0.05, 0.2
@@ -809,3 +811,21 @@ def test_an_event_that_the_watched_root_was_deleted_warns_and_asks_for_a_reconci
     assert sink.warnings == [f"the watched root {show(w.root)} was removed; nothing is watched any more: "
                              "recreate it and restart the sync"]
     assert w._co.take(2.0, 100) == [ChangeSet(rescan=True, oldest=1.0)]  # the create is dropped into it
+
+
+def test_missing_lists_a_crowded_directory_once_and_never_follows_a_symlink(tmp_path: Path) -> None:
+    """After a burst ships, the watcher asks which fresh paths are gone: a directory holding many of them is
+    listed once (names compared as bytes, whatever their encoding) instead of an lstat each; one reached
+    through a symlink counts as gone either way, as an lstat through SafeRoot says."""
+    (tmp_path / "d").mkdir()
+    names = [b"f%02d" % i for i in range(LIST_AT + 4)] + [b"caf\xe9"]
+    for n in names:
+        (tmp_path / "d" / os.fsdecode(n)).write_bytes(b"x")
+    (tmp_path / "out").mkdir()
+    for i in range(LIST_AT):
+        (tmp_path / "out" / f"g{i}").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "out")
+    asked = [b"d/" + n for n in names] + [b"d/nope", b"gone/x"] + [b"link/g%d" % i for i in range(LIST_AT)]
+    with SafeRoot(os.fsencode(tmp_path)) as root:
+        assert missing(root, asked) == {b"d/nope", b"gone/x"} | {b"link/g%d" % i for i in range(LIST_AT)}
+        assert missing(root, [b"d/f00", b"d/nope"]) == {b"d/nope"}  # few: an lstat each
