@@ -29,6 +29,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import loopfs
+
 from zcrepl.agent.transfer.atomic import AtomicFile
 from zcrepl.agent.transfer.flush import JobFlush, syncfs
 
@@ -89,7 +91,16 @@ def main() -> int:
     p.add_argument("--wait-dirty", type=int, default=512,
                    help="MiB the other process must have dirty before the flush starts (at most 3 s of waiting)")
     p.add_argument("--data", type=Path, default=Path("/tmp/zcflush"))
+    p.add_argument("--loop-ext4", metavar="SIZE", default="",
+                   help="run on a journaled ext4 image mounted over DATA (loopfs.py), e.g. 8G; needs root")
     args = p.parse_args()
+    if args.loop_ext4:
+        with loopfs.mounted(args.data, loopfs.parse_size(args.loop_ext4)):
+            return _run(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     dirty_mib = int(float(args.dirty.rstrip("GgMm")) * (1024 if args.dirty[-1] in "Gg" else 1))
     args.data.mkdir(parents=True, exist_ok=True)
     flushes: dict[str, list[float]] = {m: [] for m in MODES}

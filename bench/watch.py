@@ -32,6 +32,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import json
+import math
 import os
 import resource
 import shutil
@@ -467,8 +468,10 @@ def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
                  else "-" if row["tool"].startswith("floor") else "did not converge")
         writer = (f"{row['write_s']:.2f} s ({row['unwatched_write_s']:.2f} s, {row['ratio']:.2f}x, "
                   f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f})")
-        lines.append(f"| {row['tool']} | {row['p50_ms']:.1f} ms | {row['p99_ms']:.1f} ms | {row['max_ms']:.0f} ms "
-                     f"| {row['lost']} | {burst} | {writer} | {_s(row['writer_cpu_s'])} "
+        measured = not math.isnan(row["p50_ms"])  # nan: no latency part (--burst-only, the floor row)
+        lat = (f"{row['p50_ms']:.1f} ms | {row['p99_ms']:.1f} ms | {row['max_ms']:.0f} ms | {row['lost']}" if measured
+               else "- | - | - | -")
+        lines.append(f"| {row['tool']} | {lat} | {burst} | {writer} | {_s(row['writer_cpu_s'])} "
                      f"({_s(row['unwatched_writer_cpu_s'])}) | {_s(row['agent_cpu_s'])} / "
                      f"{_s(row['agent_cpu_to_converge_s'])} |")
     RESULTS.mkdir(exist_ok=True)
