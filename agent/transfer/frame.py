@@ -255,25 +255,35 @@ def encode_entries(entries: list[Entry]) -> bytes:
     """An ENTRIES frame: ``count:u32``, then runs of entries sharing a directory, each ``n:u16 prefix_len:u16
     prefix``, n fixed headers (``_ENTRY``, whose path length is the leaf's), then each entry's leaf, target,
     digest and xattrs in order. The directory travels once per run: the receiver checks it once, decodes the
-    headers with one ``iter_unpack``, and never splits a path."""
+    headers with one ``iter_unpack``, and never splits a path.
+
+    One pass, each entry unpacked once as the tuple it is (a sender encodes every entry of the tree; a
+    no-change re-sync does little else per file)."""
     parts = [_U32.pack(len(entries))]
-    pack = _ENTRY.pack
-    i, n = 0, len(entries)
-    while i < n:
-        path = entries[i].path
-        cut = path.rfind(b"/") + 1
-        prefix = path[:cut]
-        j = i + 1
-        while j < n and entries[j].path.rfind(b"/") + 1 == cut and entries[j].path.startswith(prefix):
-            j += 1
-        run = entries[i:j]
-        leaves = [e.path[cut:] for e in run]
-        parts += (_RUN.pack(j - i, cut), prefix)
-        parts += [pack(e.kind, e.mode, e.mtime_ns, e.size, len(leaf), len(e.target), len(e.digest), e.uid, e.gid,
-                       e.flags, len(e.xattrs)) for e, leaf in zip(run, leaves, strict=True)]
-        for e, leaf in zip(run, leaves, strict=True):
-            parts += (leaf, e.target, e.digest, e.xattrs) if e.target or e.digest or e.xattrs else (leaf,)
-        i = j
+    pack, run_head = _ENTRY.pack, _RUN.pack
+    heads: list[bytes] = []
+    bodies: list[bytes] = []
+    prefix, cut = b"", -1
+    for kind, path, mode, mtime_ns, size, target, digest, uid, gid, flags, xattrs in entries:
+        c = path.rfind(b"/") + 1
+        if c != cut or not path.startswith(prefix):  # another directory: the run so far is complete
+            if heads:
+                parts += (run_head(len(heads), cut), prefix)
+                parts += heads
+                parts += bodies
+                heads, bodies = [], []
+            prefix, cut = path[:c], c
+        leaf = path[c:]
+        heads.append(pack(kind, mode, mtime_ns, size, len(leaf), len(target), len(digest), uid, gid, flags,
+                          len(xattrs)))
+        if target or digest or xattrs:
+            bodies += (leaf, target, digest, xattrs)
+        else:
+            bodies.append(leaf)
+    if heads:
+        parts += (run_head(len(heads), cut), prefix)
+        parts += heads
+        parts += bodies
     return frame(T.ENTRIES, b"".join(parts))
 
 

@@ -19,10 +19,12 @@ source never deletes a good copy.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import logging
 import os
 import stat
+import sys
 import threading
 from collections.abc import Generator, Iterator
 from typing import Protocol
@@ -45,6 +47,10 @@ _KEEP_FDS = 16  # directory fds the walk holds at most, whatever the depth
 _LISTED_PATH = 4096  # bytes of a skipped entry's path that are reported (the log has it whole)
 _CAP_DAC_READ_SEARCH = 2
 _IGNORE_MAX = 1 << 20  # bytes of a .zcignore read; a longer one fails the transfer with a sentence
+CHUNK = 512  # entries per list of ``Scanner.chunks`` (a directory's listing is held whole anyway)
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # os.fsencode's
+_S_IFMT, _S_IFDIR, _S_IFREG = 0o170000, stat.S_IFDIR, stat.S_IFREG
+_TEMP_END = TEMP_PREFIX[:-1] + bytes([TEMP_PREFIX[-1] + 1])  # the first name past every name in TEMP_PREFIX
 
 
 class SkipFn(Protocol):
@@ -266,8 +272,17 @@ class Scanner:
         yield self.root_entry()
         yield from self.below(())
 
+    def chunks(self) -> Iterator[list[Entry]]:
+        """``entries()`` in lists of at most ``CHUNK`` entries (a sender moves them a list at a time)."""
+        yield [self.root_entry()]
+        yield from self._walk(())
+
     def below(self, top: tuple[bytes, ...]) -> Iterator[Entry]:
         """Every entry under the directory ``top`` (not ``top`` itself), parents first."""
+        for chunk in self._walk(top):
+            yield from chunk
+
+    def _walk(self, top: tuple[bytes, ...]) -> Iterator[list[Entry]]:
         st = self.root.lstat(top) if top else os.fstat(self.root.fd)
         if st is None or not stat.S_ISDIR(st.st_mode):
             return
@@ -296,33 +311,64 @@ class Scanner:
         finally:
             path.close()
 
-    def _list(self, dfd: int, prefix: bytes, visited: set[tuple[int, int]]) -> Generator[Entry, None, list[bytes]]:
-        """The entries of the directory ``dfd`` whose path below the root is ``prefix``; returns the names of
-        its subdirectories to descend into."""
-        with os.scandir(dfd) as it:
-            items = sorted((os.fsencode(de.name), de) for de in it)
+    def _list(self, dfd: int, prefix: bytes,
+              visited: set[tuple[int, int]]) -> Generator[list[Entry], None, list[bytes]]:
+        """The entries of the directory ``dfd`` whose path below the root is ``prefix``, in lists of at most
+        ``CHUNK``; returns the names of its subdirectories to descend into.
+
+        A regular file with one name is the entry of a million-file tree nearly every time, and a no-change
+        re-sync of such a tree is this loop and little else: its entry is built here, from the stat alone,
+        as one tuple (``Entry``'s own ``__new__`` is a Python function), unless an option (checksum, xattrs,
+        access checks) has more to ask of it; everything else goes through ``entry``.
+        """
+        # listdir and lstat, not scandir: a DirEntry costs more to make than it saves (its d_type is not
+        # enough, every entry needs its stat). One encode per directory, not an os.fsencode per name: a
+        # name never holds a NUL.
+        listed = os.listdir(dfd)
+        if not listed:
+            return []
+        names = sorted("\0".join(listed).encode(_FS_ENCODING, _FS_ERRORS).split(b"\0"))
+        del listed
+        # Our temp names sort together: one cut, not a test per name.
+        temp = bisect.bisect_left(names, TEMP_PREFIX)
+        del names[temp : bisect.bisect_left(names, _TEMP_END, temp)]
+        if not names:
+            return []
         subdirs: list[bytes] = []
         flt = self.filter if self.filter else None  # Filter.__bool__ once per directory, not per entry
         make = self.entry
-        for name, de in items:
-            if name.startswith(TEMP_PREFIX):
-                continue
-            rel = prefix + name
-            try:
-                st = de.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if flt is not None and flt.excluded(rel, stat.S_ISDIR(st.st_mode)):
-                continue
-            entry = make(dfd, (), name, rel, st)
-            if entry is None:
-                continue
-            yield entry
-            if entry.kind is Kind.DIR and not entry.flags & F_UNREADABLE:
-                key = (st.st_dev, st.st_ino)
-                if key not in visited:  # bind-mount loops
-                    visited.add(key)
-                    subdirs.append(name)
+        plain = not (self.checksum or self.xattrs or self.check_access)
+        # Names are at most 255 bytes on Linux: the path length is checked per entry only near the limit.
+        near_limit = len(prefix) + max(map(len, names)) > MAX_PATH
+        new, file_kind, lstat = tuple.__new__, Kind.FILE, os.lstat
+        for lo in range(0, len(names), CHUNK):
+            out: list[Entry] = []
+            for name in names[lo : lo + CHUNK]:
+                rel = prefix + name
+                try:
+                    st = lstat(name, dir_fd=dfd)
+                except FileNotFoundError:
+                    continue
+                mode = st.st_mode
+                if flt is not None and flt.excluded(rel, mode & _S_IFMT == _S_IFDIR):
+                    continue
+                if plain and mode & _S_IFMT == _S_IFREG and st.st_nlink == 1 and not near_limit:
+                    size = st.st_size
+                    out.append(new(Entry, (file_kind, rel, mode & 0o7777, st.st_mtime_ns, size, b"", b"",
+                                           st.st_uid, st.st_gid,
+                                           F_SPARSE if size > _SPARSE_MIN and st.st_blocks * 512 < size else 0, b"")))
+                    continue
+                entry = make(dfd, (), name, rel, st)
+                if entry is None:
+                    continue
+                out.append(entry)
+                if entry.kind is Kind.DIR and not entry.flags & F_UNREADABLE:
+                    key = (st.st_dev, st.st_ino)
+                    if key not in visited:  # bind-mount loops
+                        visited.add(key)
+                        subdirs.append(name)
+            if out:
+                yield out
         return subdirs
 
     def entry(self, dfd: int, parts: tuple[bytes, ...], name: bytes, rel: bytes, st: os.stat_result) -> Entry | None:

@@ -204,21 +204,23 @@ class Sender:
                 raise ProtocolError(f"unexpected {kind.name} from the destination while it applied changes")
 
     def _stream(self, ctl: Channel) -> None:
+        size = window.BATCH
         if self._restricted is not None:
-            source: Iterable[Entry] = self._restricted
+            r = self._restricted
+            source: Iterable[list[Entry]] = (r[i : i + size] for i in range(0, len(r), size))
         else:
-            source = self._scanner(hardlinks=True).entries()
+            source = self._scanner(hardlinks=True).chunks()
         batch: list[Entry] = []
         index = 0
         cancel, failed = self.spec.cancel, self.failed
-        for entry in source:
+        for chunk in source:  # a list of entries at a time: nothing below is done per entry
             if cancel.is_set() or failed.is_set():
                 self.check_cancel()
-            batch.append(entry)
-            if len(batch) >= window.BATCH:
-                index += len(batch)
-                self._send_batch(ctl, batch, index)
-                batch = []
+            batch += chunk
+            while len(batch) >= size:
+                index += size
+                self._send_batch(ctl, batch[:size], index)
+                del batch[:size]
                 self.progress()
                 self.files.wait_room(self.check_cancel)  # the receiver decides, the workers send
         if batch:

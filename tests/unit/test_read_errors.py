@@ -11,7 +11,7 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,15 +46,17 @@ ACTS: dict[bytes, Callable[[Path], None]] = {
 
 
 class MeddlingScanner(Scanner):
-    """A real scan; right after it made the entry of a file named in ACTS, the file is acted on."""
+    """A real scan; right after it made the entries of a directory's files, before it hands them on, the files
+    named in ACTS are acted on."""
 
     top = Path()
 
-    def entry(self, dfd: int, parts: tuple[bytes, ...], name: bytes, rel: bytes, st: os.stat_result) -> Entry | None:
-        e = super().entry(dfd, parts, name, rel, st)
-        if rel in ACTS:
-            ACTS[rel](self.top / os.fsdecode(rel))
-        return e
+    def _walk(self, top: tuple[bytes, ...]) -> Iterator[list[Entry]]:
+        for chunk in super()._walk(top):
+            for e in chunk:
+                if e.path in ACTS:
+                    ACTS[e.path](self.top / os.fsdecode(e.path))
+            yield chunk
 
 
 def test_a_same_host_copy_reports_each_file_and_copies_the_rest(tmp_path: Path,
