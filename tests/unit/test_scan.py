@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from zchelpers import remove_deep
+from zchelpers import remove_deep, write_file
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.apply import TreeWriter
@@ -20,6 +20,7 @@ from zcrepl.agent.transfer.frame import Entry, Kind
 from zcrepl.agent.transfer.saferoot import MAX_PATH, SafeRoot
 from zcrepl.agent.transfer.scan import Scanner, Skips
 from zcrepl.core.errors import UnsafePath
+from zcrepl.core.filters import Filter
 from zcrepl.core.types import SKIPPED_LISTED, JobOptions
 
 NO_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
@@ -186,3 +187,32 @@ def test_a_watch_session_neither_ships_nor_deletes_what_it_cannot_read(tmp_path:
     assert got["entries"] == [["", 0], ["locked", fr.F_UNREADABLE], ["open", 0], ["secret", fr.F_UNREADABLE]]
     assert got["gone"] == ["vanished"]  # what is really gone still goes; what cannot be read stays
     assert got["skipped"] == ["locked", "locked/inner/f", "secret"]
+
+
+def test_plain_files_get_the_entries_the_general_path_gives(root: SafeRoot, tmp_path: Path) -> None:
+    """A regular file with one name gets its entry in the listing loop itself unless an option asks more of it
+    (here, access checks): both paths give the same entries in the same byte order, leave our temp names and
+    filtered names out, and keep hard links, sparse files and odd names as they are."""
+    d = tmp_path / "src" / "d"
+    d.mkdir()
+    for name, mode in ((b"plain", 0o4755), (b"\xff\xfe", 0o600), (b".zc", 0o644), (b".zc0", 0o644),
+                       (b".zc.tmp", 0o644), (b"x.skip", 0o644), (b"first", 0o644)):
+        write_file(Path(os.fsdecode(os.fsencode(d) + b"/" + name)), b"data of " + name, mode)
+    os.link(d / "first", d / "second")
+    os.symlink("plain", d / "sym")
+    with open(d / "sparse", "wb") as f:
+        f.truncate(1 << 20)
+        f.write(b"head")
+    rules = Filter(("- *.skip",))
+    fast = list(Scanner(root, filter=rules).entries())
+    general = Scanner(root, filter=rules)
+    general.check_access = True  # root may read anything: the same entries, through ``entry``
+    assert list(general.entries()) == fast
+    assert [e.path for e in fast] == [b"", b"d", b"d/.zc", b"d/.zc0", b"d/first", b"d/plain", b"d/second",
+                                      b"d/sparse", b"d/sym", b"d/\xff\xfe"]
+    by = {e.path: e for e in fast}
+    st = os.lstat(d / "plain")
+    assert by[b"d/plain"] == Entry(Kind.FILE, b"d/plain", 0o4755, st.st_mtime_ns, 13, uid=st.st_uid, gid=st.st_gid)
+    assert by[b"d/sparse"].flags == fr.F_SPARSE and by[b"d/first"].flags == fr.F_LINKED
+    assert (by[b"d/second"].kind, by[b"d/second"].target) == (Kind.HARDLINK, b"d/first")
+    assert type(by[b"d/\xff\xfe"]) is Entry and by[b"d/\xff\xfe"].mode == 0o600
