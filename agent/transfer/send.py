@@ -61,7 +61,7 @@ class Sender:
         self.tolerate_changed = tolerate_changed or plan is not None
         self._restricted: list[Entry] | None = None
         self.renamed_missed = 0
-        self.files = FileWindow()  # file entries announced and still of use (only files can be asked for)
+        self.files = FileWindow()  # batches announced and not yet decided, files asked for and not yet sent
         self.failed = threading.Event()
         self.first_failure: BaseException | None = None
         self.result: fr.Result | None = None
