@@ -1,0 +1,50 @@
+"""gRPC's asyncio half is deferred in zc-ctl (cli/deferred.py): not run by ``import grpc``, whole at its first use."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from zcrepl.cli.deferred import defer_grpc_asyncio
+
+_PROBE = """
+import sys, threading
+from zcrepl.cli.deferred import defer_grpc_asyncio, is_placeholder
+
+defer_grpc_asyncio()
+import grpc
+import asyncio
+from zcrepl.proto.errors import from_rpc_error  # what zc-ctl's client imports
+assert is_placeholder(asyncio) and is_placeholder(grpc.aio), "import grpc ran asyncio or grpc.aio"
+assert "asyncio.base_events" not in sys.modules and "grpc.aio._channel" not in sys.modules
+
+# The first use, from several threads at once: each one sees the whole module.
+results = []
+def use():
+    results.append(asyncio.run(asyncio.sleep(0, result=7)))
+threads = [threading.Thread(target=use) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert results == [7] * 4 and not is_placeholder(asyncio), results
+
+async def main():
+    async with grpc.aio.insecure_channel("127.0.0.1:9") as ch:
+        return type(ch).__name__
+assert asyncio.run(main()) == "Channel" and not is_placeholder(grpc.aio)
+print("ok")
+"""
+
+
+def test_import_grpc_runs_neither_and_the_first_use_loads_them_whole() -> None:
+    p = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout == "ok\n", p.stderr
+
+
+def test_nothing_changes_once_asyncio_is_loaded() -> None:
+    import asyncio
+
+    before = dict(sys.modules)
+    defer_grpc_asyncio()
+    assert sys.modules["asyncio"] is asyncio and dict(sys.modules) == before
