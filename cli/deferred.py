@@ -1,12 +1,14 @@
-"""Modules that gRPC imports for its asyncio API, run only when something uses them: zc-ctl's sync client does not.
+"""Modules that gRPC and protobuf import for what zc-ctl never uses, run only when something does use them.
 
 ``import grpc`` runs ``grpc.aio`` (its package ends with ``from grpc import aio``), and gRPC's Cython core runs
-``import asyncio``: ~17 ms of a ~98 ms 1-file ``zc-ctl replicate`` (CPU, median of 15 interleaved runs), for
-names the synchronous channel never reads. :func:`defer_grpc_asyncio` puts both in ``sys.modules`` as
-placeholders before gRPC loads: an ``import`` of them then finds the placeholder and returns at once, and the
-first read of a name the module has not defined yet runs the real module inside that same module object (so
+``import asyncio``: ~15 ms of a ~98 ms 1-file ``zc-ctl replicate`` (CPU, median of 15 interleaved runs), for
+names the synchronous channel never reads. protobuf's descriptor pool imports its pure-Python message
+implementation (``python_message``, with text_format, the decoders and containers: ~3 ms) even when messages
+are built by the upb extension, which never reads it. :func:`defer_unused` puts these in ``sys.modules`` as
+placeholders before gRPC and protobuf load: an ``import`` of one finds the placeholder and returns at once, and
+the first read of a name the module has not defined yet runs the real module inside that same module object (so
 every reference handed out stays valid). Behaviour is the one of an ordinary import, only later: a caller that
-does use asyncio or ``grpc.aio`` gets the whole module at its first attribute.
+uses asyncio, ``grpc.aio`` or the pure-Python protobuf gets the whole module at its first attribute.
 
 Why not ``importlib.util.LazyLoader``: its modules load on any attribute read, ``__spec__`` included, and an
 ``import`` statement reads ``__spec__`` of a module already in ``sys.modules`` (CPython's
@@ -19,7 +21,7 @@ import importlib.util
 import sys
 import threading
 import types
-from importlib.machinery import PathFinder
+from importlib.machinery import ModuleSpec, PathFinder
 from typing import Any
 
 # One for all placeholders: a module's code may read another placeholder while it runs (grpc.aio reads asyncio).
@@ -55,19 +57,28 @@ def _run(module: types.ModuleType) -> None:
     module.__class__ = types.ModuleType
 
 
-def defer_grpc_asyncio() -> None:
-    """Before the first ``import grpc``: asyncio and ``grpc.aio`` load when first used. Nothing is changed once
-    either is loaded (a test process, a daemon, ``zc-ctl demo``), nor where gRPC is not found."""
-    if "grpc" in sys.modules or "asyncio" in sys.modules or "grpc.aio" in sys.modules:
+def defer_unused() -> None:
+    """Before the first ``import grpc``: asyncio and ``grpc.aio``, and protobuf's pure-Python messages where the
+    upb extension builds them, load when first used. A module already loaded (a test process, a daemon, ``zc-ctl
+    demo``), or whose package is not found, is left as it is."""
+    if not {"grpc", "asyncio", "grpc.aio"} & sys.modules.keys():
+        grpc_spec = importlib.util.find_spec("grpc")  # a top-level name: nothing is imported to find it
+        if grpc_spec is not None and grpc_spec.submodule_search_locations:
+            _defer(importlib.util.find_spec("asyncio"),
+                   PathFinder.find_spec("grpc.aio", list(grpc_spec.submodule_search_locations)))
+    if importlib.util.find_spec("google.protobuf") is not None:
+        from google.protobuf.internal import api_implementation  # descriptor.py imports it first thing anyway
+
+        if api_implementation.Type() != "python":
+            _defer(importlib.util.find_spec("google.protobuf.internal.python_message"))
+
+
+def _defer(*specs: ModuleSpec | None) -> None:
+    """Placeholders for all of ``specs``, or (one of them not found) for none."""
+    if any(spec is None or spec.loader is None or spec.name in sys.modules for spec in specs):
         return
-    grpc_spec = importlib.util.find_spec("grpc")  # a top-level name: nothing is imported to find it
-    if grpc_spec is None or not grpc_spec.submodule_search_locations:
-        return
-    asyncio_spec = importlib.util.find_spec("asyncio")
-    aio_spec = PathFinder.find_spec("grpc.aio", list(grpc_spec.submodule_search_locations))
-    if asyncio_spec is None or aio_spec is None or asyncio_spec.loader is None or aio_spec.loader is None:
-        return
-    for spec in (asyncio_spec, aio_spec):
+    for spec in specs:
+        assert spec is not None
         module = importlib.util.module_from_spec(spec)
         module.__class__ = _Placeholder
         sys.modules[spec.name] = module

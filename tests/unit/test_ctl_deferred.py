@@ -1,22 +1,28 @@
-"""gRPC's asyncio half is deferred in zc-ctl (cli/deferred.py): not run by ``import grpc``, whole at its first use."""
+"""What zc-ctl defers (cli/deferred.py): gRPC's asyncio half and protobuf's pure-Python messages are not run by
+``import grpc`` or the generated modules, and are whole at their first use."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from zcrepl.cli.deferred import defer_grpc_asyncio
+from zcrepl.cli.deferred import defer_unused
 
 _PROBE = """
 import sys, threading
-from zcrepl.cli.deferred import defer_grpc_asyncio, is_placeholder
+from zcrepl.cli.deferred import defer_unused, is_placeholder
 
-defer_grpc_asyncio()
+defer_unused()
 import grpc
 import asyncio
+from google.protobuf.internal import python_message
+from zcrepl.proto import controller_pb2 as cpb
 from zcrepl.proto.errors import from_rpc_error  # what zc-ctl's client imports
 assert is_placeholder(asyncio) and is_placeholder(grpc.aio), "import grpc ran asyncio or grpc.aio"
 assert "asyncio.base_events" not in sys.modules and "grpc.aio._channel" not in sys.modules
+assert cpb.JobRef.FromString(cpb.JobRef(id=7).SerializeToString()).id == 7
+assert is_placeholder(python_message) and "google.protobuf.text_format" not in sys.modules
+assert python_message.GeneratedProtocolMessageType and not is_placeholder(python_message)
 
 # The first use, from several threads at once: each one sees the whole module.
 results = []
@@ -42,9 +48,12 @@ def test_import_grpc_runs_neither_and_the_first_use_loads_them_whole() -> None:
     assert p.returncode == 0 and p.stdout == "ok\n", p.stderr
 
 
-def test_nothing_changes_once_asyncio_is_loaded() -> None:
+def test_nothing_changes_once_they_are_loaded() -> None:
     import asyncio
 
+    import grpc
+    from google.protobuf.internal import python_message
+
     before = dict(sys.modules)
-    defer_grpc_asyncio()
-    assert sys.modules["asyncio"] is asyncio and dict(sys.modules) == before
+    defer_unused()
+    assert dict(sys.modules) == before and sys.modules["asyncio"] is asyncio and grpc and python_message
