@@ -31,7 +31,7 @@ def test_each_command_loads_only_what_it_uses(cluster: Cluster, tmp_path: Path) 
     assert rc == 0 and {a["name"] for a in json.loads(out)} == {"hostA", "hostB"}
     assert "grpc" in mods and "zcrepl.proto.controller_pb2" in mods
     # (grpc itself touches the bare grpc_health and grpc_reflection packages; their services stay unloaded.)
-    # asyncio, grpc.aio and protobuf's pure-Python messages stay placeholders (cli/deferred.py): nothing they import ran.
+    # asyncio, grpc.aio and protobuf's pure-Python messages stay placeholders (cli/deferred.py): none of it ran.
     unused = sorted(m for m in mods if m.startswith(("rich", "zcrepl.core.watchtypes", "zcrepl.proto.security_pb2",
                                                      "grpc_health.", "grpc_reflection.", "cryptography",
                                                      "asyncio.", "grpc.aio.", "google.protobuf.text_format")))
