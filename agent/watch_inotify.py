@@ -206,6 +206,8 @@ class WatchFD(InotifyFD):
         self._backlog: deque[bytes | None] = deque()  # read, not yet handled (None: the reader ended)
         self._backlog_cond = threading.Condition()
         self._zc_log = dict(context_fields())  # the watch rule's: its lines name it on this thread too
+        self._zc_released = False  # the inotify fd and the kill pipe are closed
+        self._zc_reader_done = False  # the reading thread is past its loop
         super().__init__()
 
     def run(self) -> None:
@@ -229,10 +231,28 @@ class WatchFD(InotifyFD):
                     time.sleep(self._pace)  # a burst: let the kernel queue fill (16,384 events by default)
                 last = now
         finally:
+            with self._lock:
+                self._zc_reader_done = True
+                if self._closed:  # stopped before (or without) a read that would have closed them
+                    self._close_resources()
             with self._backlog_cond:
                 self._backlog.append(None)
                 self._backlog_cond.notify()
             handler.join(JOIN_TIMEOUT)
+
+    def close(self) -> None:
+        # watchdog leaves the fds to the reading thread whenever it believes one reads (its flag starts true), and
+        # a thread stopped before its first read, or never started, never closes them: 3 fds lost per rule that
+        # was removed at once (a test's fd check caught it).
+        super().close()
+        with self._lock:  # the reader's exit checks under the same lock: one of the two closes them
+            if self._zc_reader_done or not self.is_alive():
+                self._close_resources()
+
+    def _close_resources(self) -> None:
+        if not self._zc_released:  # the reader, close() and the reader's exit may each get here
+            self._zc_released = True
+            super()._close_resources()
 
     def _handle_backlog(self) -> None:
         """watchdog's handling of what the reader read (watch bookkeeping, move pairing, our hooks), in order, on

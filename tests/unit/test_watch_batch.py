@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import subprocess
@@ -346,3 +347,26 @@ def test_a_burst_that_does_not_end_still_ships_every_burst_hold(tmp_path: Path) 
     # More than the first few files a lone close ships at once (see the test above).
     during = _files_in([(t, cs) for t, cs in sets if started < t < wrote])
     assert len(during) >= 20, "a burst longer than burst_hold ships while it goes on"
+
+
+def test_a_watch_fd_stopped_before_its_first_read_closes_its_fds() -> None:
+    """watchdog leaves the inotify fd and its kill pipe to the reading thread; one stopped before it read (a rule
+    removed at once) or never started must still let them go (the autouse fixture counts the pipes; the inotify
+    instances would run into the per-user limit of 128)."""
+    def inotify_fds() -> int:
+        n = 0
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(FileNotFoundError):  # closed since the listing (another thread's)
+                n += os.readlink(f"/proc/self/fd/{name}") == "anon_inode:inotify"
+        return n
+
+    before = inotify_fds()
+    for i in range(60):
+        f = WatchFD(lambda: None, lambda _p: None)
+        if i % 3:
+            f.start()
+        f.stop()
+        if i % 3:
+            f.join(5)
+            assert not f.is_alive()
+    assert inotify_fds() == before
