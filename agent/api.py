@@ -20,8 +20,8 @@ from zcrepl.proto import agent_pb2, agent_pb2_grpc, types_pb2
 from zcrepl.proto.auth import AuthInterceptor
 from zcrepl.proto.channels import KEEPALIVE_SERVER, add_health_and_reflection_aio, bind
 from zcrepl.proto.convert import agent_info_to_pb, health_to_pb
-from zcrepl.proto.errors import ErrorInterceptor
 from zcrepl.proto.healthport import HealthPort
+from zcrepl.proto.servererrors import ErrorInterceptor
 
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
 MAX_RPCS = 256

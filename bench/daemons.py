@@ -19,6 +19,18 @@ from typing import Any
 BIN = Path(sys.executable).parent  # the venv's console scripts live next to its python
 
 
+def compile_bytecode() -> None:
+    """Write the bytecode of zcrepl's modules, as ``pip install`` does for a wheel. An editable install run with
+    PYTHONDONTWRITEBYTECODE=1 (this machine's sessions set it) would compile every module it imports at each
+    start: ~25 ms of CPU per zc-ctl (~30 modules), which an installed zcrepl never spends. (py_compile writes
+    regardless of that variable; the interpreter still reads what is there.)"""
+    import compileall
+
+    import zcrepl.cli
+
+    compileall.compile_dir(str(Path(zcrepl.cli.__file__).parent.parent), quiet=1)  # every zcrepl package
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,6 +104,7 @@ class ZcCluster:
         certificate through ZC_CA/ZC_CERT/ZC_KEY, and the agents get certificates from the same CA."""
         for var in ("ZC_CA", "ZC_CERT", "ZC_KEY"):  # an earlier cluster's admin certificate is not this daemon's
             os.environ.pop(var, None)
+        compile_bytecode()
         self.controller.start()
         self.pki = self.run_dir / "zc-state" / "pki"
         os.environ.update(ZC_CA=str(self.pki / "ca.pem"), ZC_CERT=str(self.pki / "admin.pem"),

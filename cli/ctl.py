@@ -363,7 +363,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dial(target: str, trust: Trust | None) -> grpc.Channel:
     """A channel to the first controller of ``target``, its connection started now: the TCP and TLS handshakes
     and HTTP/2's settings run on gRPC's own threads while the command's protobuf and domain modules load (~30 ms
-    of imports that otherwise come first), so the first call finds the connection up."""
+    of imports that otherwise come first), so the first call finds the connection up. What gRPC and protobuf
+    import for their asyncio API and pure-Python messages is deferred first (``cli/deferred.py``): unused here."""
+    from zcrepl.cli.deferred import defer_unused
+
+    defer_unused()
     from zcrepl.cli.dial import connect_early, targets
 
     return connect_early(targets(target)[0], trust)

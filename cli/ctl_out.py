@@ -10,7 +10,6 @@ skipped here without loading rich at all.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -82,6 +81,8 @@ class Out:
         self._write(text.translate(_STRIP).expandtabs(8) + "\n")
 
     def json(self, doc: Any) -> None:
+        import json  # here: a command that prints no JSON never loads it
+
         self._write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
     def show(self, renderable: RenderableType) -> None:

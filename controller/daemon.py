@@ -33,8 +33,8 @@ from zcrepl.core.readyfile import write_ready_file
 from zcrepl.proto import controller_pb2_grpc, security_pb2, security_pb2_grpc
 from zcrepl.proto.auth import AuthInterceptor
 from zcrepl.proto.channels import KEEPALIVE_SERVER, add_health_and_reflection_aio, bind, enroll_credentials
-from zcrepl.proto.errors import ErrorInterceptor
 from zcrepl.proto.healthport import HealthPort
+from zcrepl.proto.servererrors import ErrorInterceptor
 
 if TYPE_CHECKING:
     from zcrepl.controller.web.server import WebServer

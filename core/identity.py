@@ -14,11 +14,11 @@ import re
 from dataclasses import dataclass
 
 from zcrepl.core.paths import valid_host_name
-from zcrepl.core.wellknown import KINDS as KINDS  # re-exported: pki and the tests take them from here
+from zcrepl.core.wellknown import AGENT_DNS as AGENT_DNS  # re-exported: pki and the tests take them from here
+from zcrepl.core.wellknown import CONTROLLER_DNS as CONTROLLER_DNS
+from zcrepl.core.wellknown import KINDS as KINDS
 from zcrepl.core.wellknown import ROLES as ROLES
 
-CONTROLLER_DNS = "controller.zcrepl"
-AGENT_DNS = "agent.zcrepl"
 SCHEME = "zcrepl"
 _URI = re.compile(r"zcrepl://(?P<kind>controller|agent|operator)/(?P<name>[^/?#]+)(?:\?role=(?P<role>read|operator|admin))?")
 

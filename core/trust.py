@@ -13,10 +13,12 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from zcrepl.core.errors import ConfigError
-from zcrepl.core.identity import Identity
-from zcrepl.core.logs import kv
+
+if TYPE_CHECKING:  # zc-ctl reads its files unchecked (read_material): the identity types and logs load when used
+    from zcrepl.core.identity import Identity
 
 log = logging.getLogger(__name__)
 REFRESH_EVERY = 1.0
@@ -143,6 +145,8 @@ class Trust:
         now = time.monotonic()
         if not self.checked or (not force and now - self._checked < REFRESH_EVERY):
             return False
+        from zcrepl.core.logs import kv  # here: zc-ctl never refreshes, and never loads the log helpers
+
         with self._lock:
             self._checked = now
             stamp = _stamp(self.paths)

@@ -14,4 +14,8 @@ DEFAULT_ENROLL_PORT = 7423
 DEFAULT_CONTROLLER = f"127.0.0.1:{DEFAULT_CONTROLLER_PORT}"
 
 KINDS = ("controller", "agent", "operator")
+# The DNS names in the SANs of controller and agent certificates, which a client checks whatever address it
+# dialled (core/identity.py re-exports them; zc-ctl's channel takes them from here, without the identity types).
+CONTROLLER_DNS = "controller.zcrepl"
+AGENT_DNS = "agent.zcrepl"
 ROLES = ("read", "operator", "admin")

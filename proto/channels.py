@@ -13,8 +13,8 @@ from typing import Any
 
 import grpc
 
-from zcrepl.core.identity import CONTROLLER_DNS
 from zcrepl.core.trust import Material, Trust
+from zcrepl.core.wellknown import CONTROLLER_DNS
 
 # Client pings every 20 s so a dead peer is noticed without traffic; the server must permit it.
 KEEPALIVE_CLIENT = [
