@@ -9,6 +9,7 @@ from pathlib import Path
 
 from zchelpers import FakeAgent, wait_for
 
+from zcrepl.agent.transfer import entrycodec as ec
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.frame import Entry, FileHead, Hello, Kind
@@ -56,7 +57,7 @@ class Session:
         return ch
 
     def entries(self, *entries: Entry) -> None:
-        self.ch.send(fr.encode_entries(list(entries)))
+        self.ch.send(ec.encode_entries(list(entries)))
 
     def end_manifest(self, count: int) -> list[int]:
         """Send MANIFEST_END and collect NEEDs up to NEED_END."""

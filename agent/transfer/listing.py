@@ -95,7 +95,7 @@ class Listing:
         return parts
 
     def admit_run(self, prefix: bytes, entries: list[Entry], leaves: list[bytes]) -> tuple[bytes, ...]:
-        """``admit`` for a run of one directory's entries (``frame.Run``: path = prefix + leaf, none the root),
+        """``admit`` for a run of one directory's entries (``entrycodec.Run``: path = prefix + leaf, none the root),
         with the checks made once for the run; returns the directory's components."""
         parent = prefix[:-1]
         if parent != self.current and self.contiguous and parent in self.open:

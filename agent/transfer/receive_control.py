@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from zcrepl.agent.transfer import entrycodec as ec
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.apply import TreeWriter
@@ -126,7 +127,7 @@ class ControlSession:
         writer = self.writer
         need: list[int] = []
         bases: list[fr.Basis] = []
-        for run in fr.decode_runs(payload):
+        for run in ec.decode_runs(payload):
             for index, wanted in admit_run(writer, run):
                 if isinstance(wanted, fr.Basis):
                     bases.append(wanted)

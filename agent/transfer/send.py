@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
+from zcrepl.agent.transfer import entrycodec as ec
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer import window
@@ -233,7 +234,7 @@ class Sender:
     def _send_batch(self, ctl: Channel, batch: list[Entry], end: int) -> None:
         self.files.announce_batch(end - len(batch), batch)  # before the receiver can NEED any of them
         self.c_entries = end
-        ctl.send(fr.encode_entries(batch))
+        ctl.send(ec.encode_entries(batch))
 
     def _join_workers(self) -> None:
         while True:

@@ -14,7 +14,8 @@ import stat
 from typing import TYPE_CHECKING
 
 from zcrepl.agent.transfer.atomic import AtomicFile
-from zcrepl.agent.transfer.frame import F_UNREADABLE, Basis, Entry, Kind, Run
+from zcrepl.agent.transfer.entrycodec import Run
+from zcrepl.agent.transfer.frame import F_UNREADABLE, Basis, Entry, Kind
 from zcrepl.agent.transfer.kcopy import copy_range
 from zcrepl.agent.transfer.meta import apply_meta, owner_ids, xattrs_match
 from zcrepl.agent.transfer.saferoot import lstat_at
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 
 def admit_run(w: TreeWriter, run: Run) -> list[tuple[int, bool | Basis]]:
-    """Take a run of one directory's entries (``frame.Run``) in manifest order; (index, what ``admit`` said)
+    """Take a run of one directory's entries (``entrycodec.Run``) in manifest order; (index, what ``admit`` said)
     for each entry whose content is needed.
 
     The run is checked as one (``Listing.admit_run``), and a file whose lstat matches its entry in type, mode,

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from zchelpers import diff_trees, rewrite, snapshot
 
 from zcrepl.agent.transfer import compress
+from zcrepl.agent.transfer import entrycodec as ec
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.cancel import Cancel
 from zcrepl.agent.transfer.channel import Channel
@@ -167,7 +168,7 @@ def test_a_decompression_bomb_is_refused_and_leaves_nothing(plane: Plane, dst: P
         ch.send(fr.encode_hello(Hello(job, 1, ticket)))
         assert ch.recv_frame()[0] is fr.T.ACCEPT
         size = 100 << 20
-        ch.send(fr.encode_entries([Entry(Kind.DIR, b"", 0o755, 10**18), Entry(Kind.FILE, b"f", 0o644, 10**18, size)]))
+        ch.send(ec.encode_entries([Entry(Kind.DIR, b"", 0o755, 10**18), Entry(Kind.FILE, b"f", 0o644, 10**18, size)]))
         assert fr.decode_need(ch.recv_frame()[1]) == [1]
         # FILE frames are accepted on the control connection too: the whole file as one compressed range.
         ch.send(fr.encode_file(FileHead(1, 0, size, size, 10**18, 0o644), fr.T.ZFILE) + fr.frame(fr.T.ZDATA, payload))

@@ -19,6 +19,7 @@ import pytest
 from hostilepeer import ROOT, Session, f, job_failed
 from zchelpers import Cluster, FakeAgent, diff_trees, make_tree, snapshot, wait_for
 
+from zcrepl.agent.transfer import entrycodec as ec
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.channel import Channel
@@ -192,13 +193,13 @@ def test_a_million_hard_links_are_refused_with_memory_bounded(cluster: Cluster, 
     peak = [_rss(cluster, "hostB")]
 
     def frames() -> Iterator[bytes]:
-        yield fr.encode_entries([ROOT, f(b"a", 1)._replace(flags=fr.F_LINKED)])  # a file with other names
+        yield ec.encode_entries([ROOT, f(b"a", 1)._replace(flags=fr.F_LINKED)])  # a file with other names
         n = 0
         while n < 1_003_522:
             batch = [Entry(Kind.HARDLINK, b"link-%07d" % i, 0o644, 0, target=b"a")
                      for i in range(n, min(n + fr.MAX_BATCH, 1_003_522))]
             n += len(batch)
-            yield fr.encode_entries(batch)
+            yield ec.encode_entries(batch)
         yield fr.encode_u64(fr.T.MANIFEST_END, n + 2)
 
     _send_all(s.ch, frames(), lambda: peak.append(_rss(cluster, "hostB")))

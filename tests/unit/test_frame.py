@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from zcrepl.agent.transfer import entrycodec as ec
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.frame import (
@@ -131,16 +132,16 @@ ENTRIES = [
 
 @pytest.mark.parametrize("entries", [[], ENTRIES[:1], ENTRIES], ids=["empty", "one", "mixed"])
 def test_entries_round_trip(entries: list[Entry]) -> None:
-    kind, payload = split(fr.encode_entries(entries))
+    kind, payload = split(ec.encode_entries(entries))
     assert kind is T.ENTRIES
-    out = fr.decode_entries(payload)
+    out = ec.decode_entries(payload)
     assert out == entries
     assert all(isinstance(e.kind, Kind) for e in out)
 
 
 def test_entries_full_batch_round_trip() -> None:
     entries = [Entry(Kind.FILE, b"f%d" % i, 0o644, i, size=i) for i in range(MAX_BATCH)]
-    assert fr.decode_entries(split(fr.encode_entries(entries))[1]) == entries
+    assert ec.decode_entries(split(ec.encode_entries(entries))[1]) == entries
 
 
 @pytest.mark.parametrize(
@@ -182,7 +183,7 @@ def test_entries_full_batch_round_trip() -> None:
 )
 def test_entries_rejects(payload: bytes, needle: str) -> None:
     with pytest.raises(ProtocolError, match=needle):
-        fr.decode_entries(payload)
+        ec.decode_entries(payload)
 
 
 def run(prefix: bytes, *entries: bytes) -> bytes:
@@ -204,13 +205,13 @@ def run(prefix: bytes, *entries: bytes) -> bytes:
 def test_entries_runs_are_canonical(payload: bytes, needle: str) -> None:
     """One encoding per batch: a run per change of directory, each name one component of it."""
     with pytest.raises(ProtocolError, match=needle):
-        fr.decode_runs(payload)
+        ec.decode_runs(payload)
 
 
 def test_entries_runs_share_their_directory() -> None:
     entries = [Entry(Kind.DIR, b"", 0o755, 0), Entry(Kind.DIR, b"a", 0o755, 0), Entry(Kind.FILE, b"a/x", 0o644, 0),
                Entry(Kind.FILE, b"a/y", 0o644, 0), Entry(Kind.FILE, b"z", 0o644, 0), Entry(Kind.FILE, b"/w", 0o644, 0)]
-    runs = fr.decode_runs(split(fr.encode_entries(entries))[1])
+    runs = ec.decode_runs(split(ec.encode_entries(entries))[1])
     assert [(r.prefix, r.leaves) for r in runs] == [(b"", [b"", b"a"]), (b"a/", [b"x", b"y"]), (b"", [b"z"]),
                                                    (b"/", [b"w"])]
     assert [e for r in runs for e in r.entries] == entries
@@ -219,7 +220,7 @@ def test_entries_runs_share_their_directory() -> None:
 def test_entries_oversized_lengths_rejected_before_reading_body() -> None:
     # Header claims a huge target but no body follows: the bound check fires, not the truncation check.
     with pytest.raises(ProtocolError, match="oversized"):
-        fr.decode_entries(batch(raw_entry(kind=3, tlen=0xFFFF)))
+        ec.decode_entries(batch(raw_entry(kind=3, tlen=0xFFFF)))
 
 
 # -- NEED, FILE, u64, text --------------------------------------------------------------------------
@@ -348,13 +349,13 @@ def test_channel_round_trip_and_counters(pair: tuple[Channel, socket.socket]) ->
 def test_channel_reassembles_dribbled_frame(pair: tuple[Channel, socket.socket]) -> None:
     chan, peer = pair
     entries = [e for e in ENTRIES if len(e.target) < 100]
-    data = fr.encode_entries(entries)
+    data = ec.encode_entries(entries)
     # A few dozen small sends fit the socket buffer, so no reader thread is needed.
     for i in range(0, len(data), 7):
         peer.sendall(data[i : i + 7])
     kind, payload = chan.recv_frame()
     assert kind is T.ENTRIES
-    assert fr.decode_entries(payload) == entries
+    assert ec.decode_entries(payload) == entries
 
 
 @pytest.mark.parametrize("kind", [0, 24, 255])

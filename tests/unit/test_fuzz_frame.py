@@ -21,6 +21,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from zcfuzz import U16, U32, U64, budget, extremes, mutated
 
+from zcrepl.agent.transfer import entrycodec as ec
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.channel import Channel
@@ -139,7 +140,7 @@ CODECS: dict[str, Codec] = {
                    lambda h: h.role in (fr.ConnRole.CONTROL, fr.ConnRole.DATA) and len(h.ticket) == fr.TICKET_LEN),
     "accept": Codec(fr.decode_accept, fr.encode_accept, accepts,
                     lambda ts: len(ts) <= fr.MAX_STREAMS and all(len(t) == fr.TICKET_LEN for t in ts)),
-    "entries": Codec(fr.decode_entries, fr.encode_entries, st.lists(entries(), max_size=6),
+    "entries": Codec(ec.decode_entries, ec.encode_entries, st.lists(entries(), max_size=6),
                      lambda es: len(es) <= fr.MAX_BATCH and all(map(_entry_ok, es))),
     "u64": Codec(lambda p: fr.decode_u64(p, "MANIFEST_END"), lambda v: fr.encode_u64(T.MANIFEST_END, v), U64,
                  lambda v: 0 <= v < 2**64),
@@ -375,7 +376,7 @@ def test_an_oversized_length_is_refused_before_any_allocation(length: int, kind:
 @budget(4)
 def test_full_batches_decode_canonically_or_are_protocol_errors(data: st.DataObject) -> None:
     """Batches of MAX_BATCH entries and frames near MAX_FRAME, edited in a few places."""
-    base = fr.encode_entries([Entry(Kind.FILE, b"f%05d" % i, 0o644, i, i, b"", b"d" * 16, 0, 0, 0,
+    base = ec.encode_entries([Entry(Kind.FILE, b"f%05d" % i, 0o644, i, i, b"", b"d" * 16, 0, 0, 0,
                                     fr.encode_xattrs([(b"user.k", b"v" * 900)])) for i in range(fr.MAX_BATCH)])
     assert len(base) - HEAD.size <= fr.MAX_FRAME
     payload = data.draw(mutated(st.just(payload_of(base)), max_edits=4))

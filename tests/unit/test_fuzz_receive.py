@@ -28,6 +28,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 from zcfuzz import HOSTILITY, Arena, arena, budget, change_lists, manifests, open_fds, roll, tree_state
 
+from zcrepl.agent.transfer import entrycodec as ec
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
 from zcrepl.agent.transfer.channel import Channel, ZeroCopy
@@ -176,7 +177,7 @@ def encode(s: Script) -> Streams:
         frames += opf.op_batches(ops, T.CHANGES)
         frames.append(fr.frame(T.CHANGES_END))
     for i in range(0, len(s.manifest), s.batch):
-        frames.append(fr.encode_entries(s.manifest[i : i + s.batch]))
+        frames.append(ec.encode_entries(s.manifest[i : i + s.batch]))
     frames.append(fr.encode_u64(T.MANIFEST_END, max(0, len(s.manifest) + s.count_lie)))
     data: list[bytes] = []
     for index, (way, content) in s.data.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from zcrepl.agent.transfer import entrycodec as ec
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer.frame import F_LINKED, F_UNREADABLE, Entry, Kind
 from zcrepl.agent.transfer.listing import Listing
@@ -62,7 +63,7 @@ def admit_all(ls: Listing, entries: list[Entry], by_run: bool) -> None:
         for e in entries:
             ls.admit(e)
         return
-    for run in fr.decode_runs(fr.encode_entries(entries)[fr.HEAD.size :]):
+    for run in ec.decode_runs(ec.encode_entries(entries)[fr.HEAD.size :]):
         assert ls.admit_run(run.prefix, run.entries, run.leaves) == tuple(run.prefix.split(b"/")[:-1])
 
 
