@@ -13,11 +13,14 @@ import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from zcrepl.agent.transfer.saferoot import TEMP_PREFIX, SafeRoot
 from zcrepl.agent.watch_coalesce import is_ignored
 from zcrepl.core.errors import UnsafePath
 from zcrepl.core.paths import show
+
+_V = TypeVar("_V")
 
 __all__ = ["PollKind", "Polled", "Poller", "Sig", "list_signatures", "list_types", "missing"]
 
@@ -45,10 +48,11 @@ class Polled:
     is_dir: bool = False
 
 
-def list_signatures(root: SafeRoot | None, rel: bytes) -> dict[bytes, Sig] | None:
-    """``lstat`` signatures of directory ``rel``'s entries (never through a symlink), minus our temp
-    namespace; None if it is gone. Entries are stat'ed while the directory fd is open: a DirEntry from
-    an fd-based scandir stats relative to that fd, which must not be closed (or reused) by then."""
+def _listing(root: SafeRoot | None, rel: bytes, each: Callable[[int, os.DirEntry[str], bytes], _V | None],
+             ) -> dict[bytes, _V] | None:
+    """``each(dir fd, entry, name)`` for directory ``rel``'s entries minus our temp namespace, keyed by name (an
+    entry whose ``each`` gives None, e.g. gone meanwhile, is left out); None if the directory is gone. ``each``
+    runs while the directory fd is open: a DirEntry from an fd-based scandir stats relative to that fd."""
     if root is None or root.fd < 0:
         return None
     try:
@@ -56,53 +60,47 @@ def list_signatures(root: SafeRoot | None, rel: bytes) -> dict[bytes, Sig] | Non
     except (OSError, UnsafePath):
         return None
     try:
-        out: dict[bytes, Sig] = {}
+        out: dict[bytes, _V] = {}
         with os.scandir(dfd) as it:
             for de in it:
                 name = os.fsencode(de.name)  # an fd gives str names: fsencode restores the exact bytes
-                if name.startswith(TEMP_PREFIX):
-                    continue
-                try:
-                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                except OSError:
-                    continue  # gone meanwhile
-                out[name] = (stat.S_IFMT(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                if not name.startswith(TEMP_PREFIX):
+                    value = each(dfd, de, name)
+                    if value is not None:
+                        out[name] = value
         return out
     except OSError:
         return None
     finally:
         os.close(dfd)
+
+
+def list_signatures(root: SafeRoot | None, rel: bytes) -> dict[bytes, Sig] | None:
+    """``lstat`` signatures of directory ``rel``'s entries (never through a symlink), minus our temp
+    namespace; None if it is gone."""
+    def sig(dfd: int, _de: os.DirEntry[str], name: bytes) -> Sig | None:
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except OSError:
+            return None  # gone meanwhile
+        return (stat.S_IFMT(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    return _listing(root, rel, sig)
 
 
 def list_types(root: SafeRoot | None, rel: bytes) -> dict[bytes, int] | None:
     """The file type (``S_IFDIR``, ``S_IFREG``, ...) of each of directory ``rel``'s entries,
     minus our temp namespace; None if it is gone. From the directory's own entries (``d_type``), so a scan of a
     new directory costs no lstat per file where the file system records types (ext4, xfs, tmpfs do)."""
-    if root is None or root.fd < 0:
-        return None
-    try:
-        dfd = root.open_dir(rel.split(b"/") if rel else ())
-    except (OSError, UnsafePath):
-        return None
-    try:
-        out: dict[bytes, int] = {}
-        with os.scandir(dfd) as it:
-            for de in it:
-                name = os.fsencode(de.name)  # an fd gives str names: fsencode restores the exact bytes
-                if name.startswith(TEMP_PREFIX):
-                    continue
-                try:  # d_type, or (DT_UNKNOWN) an lstat relative to dfd, which is still open here
-                    kind = (stat.S_IFDIR if de.is_dir(follow_symlinks=False) else
-                            stat.S_IFREG if de.is_file(follow_symlinks=False) else
-                            stat.S_IFMT(de.stat(follow_symlinks=False).st_mode))
-                except OSError:
-                    continue  # gone meanwhile
-                out[name] = kind
-        return out
-    except OSError:
-        return None
-    finally:
-        os.close(dfd)
+    def kind(_dfd: int, de: os.DirEntry[str], _name: bytes) -> int | None:
+        try:  # d_type, or (DT_UNKNOWN) an lstat relative to the directory fd, which is still open here
+            return (stat.S_IFDIR if de.is_dir(follow_symlinks=False) else
+                    stat.S_IFREG if de.is_file(follow_symlinks=False) else
+                    stat.S_IFMT(de.stat(follow_symlinks=False).st_mode))
+        except OSError:
+            return None  # gone meanwhile
+
+    return _listing(root, rel, kind)
 
 
 def missing(root: SafeRoot | None, rels: list[bytes]) -> set[bytes]:
