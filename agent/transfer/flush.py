@@ -24,7 +24,7 @@ fsync, not fdatasync: the mode and mtime set on the fd are part of what "durable
 
 A big file is also flushed while it arrives (:meth:`JobFlush.flush_early`, every ``receive.FLUSH_STEP``
 behind the write position, ``fdatasync`` from one helper thread): a device with a volatile cache (this VM's
-virtio disk, the loop-mounted ext4 the benchmark runs on, most SSDs) takes written data into its cache and
+virtio disk, the loop-mounted ext4 the benchmark runs on, many SSDs) takes written data into its cache and
 writes it out when the cache is flushed, so without that the job's final commit waited for the whole file to
 drain (256 MiB: ~0.09 s after the last byte here); with it, for the last step only. The final wait and
 commit still cover every byte: an early flush only moves work earlier, and its error fails the job.
@@ -154,13 +154,9 @@ class JobFlush:
         self._take(fd, False)
 
     def flush_early(self, fd: int) -> None:
-        """Make what a big file still being received holds so far durable, in the background.
-
-        Called behind the write position (receive.py: every FLUSH_STEP): the device's cache then drains
-        in steps while the rest arrives, where otherwise all of the file waited for the final commit's
-        cache flush (on the loop-mounted ext4 the benchmark uses, 256 MiB: ~0.09 s after the last byte).
-        The fd stays the caller's: the flush works on a duplicate, so the file may be committed or
-        discarded meanwhile. Skipped while one for this fd is queued or running."""
+        """Make what a big file still being received holds so far durable, in the background (see the
+        module's docstring). The fd stays the caller's: the flush works on a duplicate, so the file may be
+        committed or discarded meanwhile. Skipped while one for this fd is queued or running."""
         with self._lock:
             if self._closed or fd in self._early_pending:
                 return
