@@ -11,6 +11,7 @@ swapped for a symlink is unlinked as a link, never descended.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import stat
@@ -29,9 +30,18 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_ATTEMPTS = 16
 _UNNAMED_FLAGS = os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC  # never O_EXCL: that would forbid the link
-# An unnamed file is linked through its /proc/self/fd path (linkat AT_EMPTY_PATH would need
-# CAP_DAC_READ_SEARCH): without /proc, files are created under a temp name.
+# An unnamed file is linked in by its fd (linkat AT_EMPTY_PATH: root, or since Linux 6.10 whoever opened it),
+# else through its /proc/self/fd path, which costs the kernel a lookup of that path (~1.7 us a file on W2's
+# 20,000 files, measured: 0.035 CPU-s). Without /proc, files are created under a temp name.
 _PROC_FD = os.path.isdir("/proc/self/fd")
+_AT_EMPTY_PATH = 0x1000
+_libc = ctypes.CDLL(None, use_errno=True)  # a private instance: its argtypes disturb no other ctypes user
+_linkat = _libc.linkat
+_linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+_linkat.restype = ctypes.c_int
+# Cleared when the kernel refuses AT_EMPTY_PATH (ENOENT without the capability before 6.10, or a seccomp
+# policy): from then on the /proc path, whose outcome decides each link.
+_FLINK = True
 
 
 def _read_umask() -> int | None:
@@ -126,6 +136,17 @@ class AtomicFile:
     def _link(self, dir_fd: int, name: bytes) -> None:
         """Give the unnamed file the name ``name`` in ``dir_fd``; FileExistsError when that is taken (linkat
         never replaces)."""
+        global _FLINK
+        if _FLINK:
+            if _linkat(self.fd, b"", dir_fd, name, _AT_EMPTY_PATH) == 0:
+                return
+            err = ctypes.get_errno()
+            if err not in (errno.ENOENT, errno.EPERM, errno.EINVAL, errno.ENOSYS):
+                raise OSError(err, os.strerror(err), name)
+            # Refused, or the directory is gone: the /proc path tells which (and raises for the latter).
+            os.link(b"/proc/self/fd/%d" % self.fd, name, dst_dir_fd=dir_fd, follow_symlinks=True)
+            _FLINK = False
+            return
         os.link(b"/proc/self/fd/%d" % self.fd, name, dst_dir_fd=dir_fd, follow_symlinks=True)
 
     def _place(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import os
 from collections.abc import Iterator
@@ -24,6 +26,15 @@ def root(tmp_path: Path) -> Iterator[SafeRoot]:
     (tmp_path / "d").mkdir()
     with SafeRoot(os.fsencode(tmp_path / "d")) as r:
         yield r
+
+
+@contextlib.contextmanager
+def _opened(root: SafeRoot, name: bytes) -> Iterator[int]:
+    fd = root.open_dir((name,))
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _names(p: Path) -> list[str]:
@@ -109,6 +120,37 @@ def test_without_proc_a_named_temp(root: SafeRoot, tmp_path: Path, monkeypatch: 
         assert af.tmp.startswith(TEMP_PREFIX)
         af.commit(0o644, MTIME_NS)
     assert _names(tmp_path / "d") == ["f"]
+
+
+@pytest.mark.parametrize("code", [errno.ENOENT, errno.EPERM])
+def test_linked_through_proc_where_the_kernel_refuses_to_link_an_fd(
+        root: SafeRoot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    def refuse(*_args: object) -> int:
+        ctypes.set_errno(code)
+        return -1
+
+    monkeypatch.setattr(atomic, "_FLINK", True)
+    monkeypatch.setattr(atomic, "_linkat", refuse)
+    (tmp_path / "d" / "taken").write_bytes(b"old")
+    for leaf in (b"new", b"taken"):
+        with AtomicFile(root.fd, leaf, unnamed=True) as af:
+            os.write(af.fd, leaf)
+            af.commit(0o644, MTIME_NS)
+    assert not atomic._FLINK  # refused once: the /proc path from then on
+    assert (tmp_path / "d" / "new").read_bytes() == b"new" and (tmp_path / "d" / "taken").read_bytes() == b"taken"
+    assert _names(tmp_path / "d") == ["new", "taken"]
+
+
+def test_a_removed_directory_does_not_turn_off_linking_by_fd(root: SafeRoot, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(atomic, "_FLINK", True)
+    (tmp_path / "d" / "sub").mkdir()
+    with _opened(root, b"sub") as pfd:
+        af = AtomicFile(pfd, b"f", unnamed=True)
+        os.rmdir(tmp_path / "d" / "sub")
+        with pytest.raises(FileNotFoundError):
+            af.commit(0o644, MTIME_NS)
+    assert atomic._FLINK
 
 
 def test_dircache_shares_fds_and_closes_only_idle_ones(root: SafeRoot, tmp_path: Path) -> None:
