@@ -15,7 +15,9 @@ sessions. A directory removed by someone else meanwhile makes creating a file in
 caller then drops the entry (:meth:`DirCache.drop`) and opens the path again.
 
 With each fd the cache keeps whether the directory has no default ACL (one ``getxattr`` per directory): a file
-created there then gets the mode it is created with, minus the umask, and needs no ``fchmod`` (atomic.py).
+created there then gets the mode it is created with, minus the umask, and needs no ``fchmod`` (atomic.py). A
+default ACL someone sets on a held directory meanwhile counts from the cache's next open of it (the files of
+that directory arriving meanwhile keep the source's mode).
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ def no_default_acl(fd: int) -> bool:
     except OSError as err:
         return err.errno in _NO_ACL
     return False
-
 
 
 class DirCache:
