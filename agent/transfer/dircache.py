@@ -16,8 +16,9 @@ caller then drops the entry (:meth:`DirCache.drop`) and opens the path again.
 
 With each fd the cache keeps whether the directory has no default ACL (one ``getxattr`` per directory): a file
 created there then gets the mode it is created with, minus the umask, and needs no ``fchmod`` (atomic.py). A
-default ACL someone sets on a held directory meanwhile counts from the cache's next open of it (the files of
-that directory arriving meanwhile keep the source's mode).
+default ACL someone sets on a held directory meanwhile is seen at the cache's next open of it: files created
+there before that get the modes that ACL allows, which may be narrower than the source's (the next run, which
+compares modes, sets them).
 """
 
 from __future__ import annotations
