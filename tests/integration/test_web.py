@@ -206,7 +206,7 @@ def test_a_browser_sees_hosts_progress_done_and_a_failure(web: Cluster, tmp_path
         row = wait_for(lambda: text(f"#schedules #schedule-{nightly.id}"), what="the schedule on the page")
         assert "every 1h" in row and "never run" in row and f"hostA:{src} → hostB:{dst}" in row
         due = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(nightly.next_due))
-        assert f"{due} (in 59m" in row
+        assert f"{due} (in " in row
 
         with web.client() as c:
             job = c.submit(Endpoint("hostA", str(src).encode()), Endpoint("hostB", str(dst).encode()),
