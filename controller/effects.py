@@ -7,6 +7,10 @@ decisions change (:func:`scheduled`); the agents' reports (:func:`reported`); ho
 settles (:func:`succeeded`, :func:`failed`, :func:`cancelled`); an attempt's start (:func:`started`) and its
 send once the destination is ready (:func:`send`, :func:`unready`). No I/O, no clock, no asyncio, no store:
 tested with tables.
+
+Beside it, with the same effects: effects_faults.py (agents lost and back, attempts adopted after a takeover, a job
+whose scheduling raised), effects_pacing.py (the send's streams and compression, throttling, link steps) and
+effects_submit.py (a new job's checks and creation).
 """
 
 from __future__ import annotations
