@@ -20,6 +20,7 @@ from zcrepl.agent.identity import Renewer, agent_trust, enrolled_paths
 from zcrepl.agent.link import ControllerLink
 from zcrepl.agent.metrics import AgentMetrics
 from zcrepl.agent.priority import TransferPriority
+from zcrepl.agent.snapshot_list import list_snapshots
 from zcrepl.agent.transfer.compress import measure_rate
 from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
@@ -69,7 +70,8 @@ class Agent:
         if self.trust is None:
             log.warning("INSECURE: TLS is off; the controller and the agent's API are reached in plaintext and "
                         "without authentication (use --join TOKEN or --ca/--cert/--key)", extra=kv(name=config.name))
-        self._api = ApiServer(AgentService(self.health, self.info), self.trust)
+        self._api = ApiServer(AgentService(self.health, self.info,
+                                           lambda path: list_snapshots(self.exports, config.name, path)), self.trust)
         self.renewer: Renewer | None = None
         # Once, at start-up, beside the rest of it (tens of ms): the controller's compress = auto weighs it
         # against links. info() waits for it, so the registration always carries it.

@@ -173,6 +173,9 @@ def test_a_browser_sees_hosts_progress_done_and_a_failure(web: Cluster, tmp_path
     src.mkdir()
     write_file(src / "payload", os.urandom(SIZE))
     failed_id, error = failing_job(web)
+    with web.client() as c:  # an hour away: it stays "never run" for the whole test
+        nightly = c.create_schedule(Endpoint("hostA", str(src).encode()), Endpoint("hostB", str(dst).encode()),
+                                    JobOptions(), every=3600)
     driver = webdriver.Chrome(options=options, service=service)
     try:
         url = web.controller.ready["http_url"]
@@ -193,6 +196,10 @@ def test_a_browser_sees_hosts_progress_done_and_a_failure(web: Cluster, tmp_path
         wait_for(lambda: hosts() == [["host-hostA", "true"], ["host-hostB", "true"]], what="two online hosts")
         row = wait_for(lambda: text(f"#failed #job-{failed_id}"), what="the failed job on the page")
         assert error[:60] in row
+        row = wait_for(lambda: text(f"#schedules #schedule-{nightly.id}"), what="the schedule on the page")
+        assert "every 1h" in row and "never run" in row and f"hostA:{src} → hostB:{dst}" in row
+        due = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(nightly.next_due))
+        assert f"{due} (in " in row
 
         with web.client() as c:
             job = c.submit(Endpoint("hostA", str(src).encode()), Endpoint("hostB", str(dst).encode()),
@@ -237,6 +244,8 @@ def test_a_browser_sees_hosts_progress_done_and_a_failure(web: Cluster, tmp_path
         assert not errors, errors
     finally:
         driver.quit()
+        with web.client() as c:
+            c.schedule_action("remove", nightly.id)
 
 
 def _chromium() -> tuple[Any, Any, Any]:
