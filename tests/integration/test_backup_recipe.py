@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from zchelpers import Cluster, snapshot, wait_for
+from zchelpers import Cluster, running, snapshot, wait_for
 
 from zcrepl.core.types import Endpoint, JobOptions
 
@@ -82,18 +82,8 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recipe]:
     i = argv.index("-m")
     assert argv[i + 1] == "zcrepl.controller"
     argv[i:i + 2] = [str(base / "launch.py"), str(base / "clock")]
-    try:
-        c.controller.start()
-        a = c.add_agent("hostA", base / "a")
-        b = c.add_agent("hostB", base / "b")
-        a.spawn()
-        b.spawn()
-        a.wait_ready()
-        b.wait_ready()
-        c.wait_online("hostA", "hostB")
+    with running(c):
         yield Recipe(c, base)
-    finally:
-        c.close()
 
 
 def _write(path: Path, data: bytes, t: int = T) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from zchelpers import Cluster, wait_for, write_file
+from zchelpers import Cluster, running, wait_for, write_file
 
 from zcrepl.core.types import Endpoint, JobOptions
 
@@ -32,15 +32,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A controller serving the view on a free loopback port, and two agents; shared by this module."""
     base = tmp_path_factory.mktemp("web")
-    c = Cluster(base, http_listen="127.0.0.1:0")
-    try:
-        c.controller.start()
-        for name, export in (("hostA", "a"), ("hostB", "b")):
-            c.add_agent(name, base / export).start()
-        c.wait_online("hostA", "hostB")
+    with running(Cluster(base, http_listen="127.0.0.1:0")) as c:
         yield c
-    finally:
-        c.close()
 
 
 def tls(cluster: Cluster, cert: tuple[str, str] | None = None) -> ssl.SSLContext:
