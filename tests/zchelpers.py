@@ -17,7 +17,8 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,22 @@ class Cluster:
                 d.stop()
             except AssertionError:
                 d.kill()
+
+
+@contextmanager
+def running(c: Cluster, a: Path | None = None, b: Path | None = None) -> Iterator[Cluster]:
+    """``c`` started: its controller, then agents hostA and hostB (exporting ``a`` and ``b``, by default
+    base/a and base/b) started side by side and online; closed on the way out, whatever happened. For the
+    cluster fixtures: ``with running(Cluster(base)) as c: yield c``."""
+    try:
+        c.controller.start()
+        agents = [c.add_agent("hostA", a or c.base / "a").spawn(), c.add_agent("hostB", b or c.base / "b").spawn()]
+        for d in agents:
+            d.wait_ready()
+        c.wait_online("hostA", "hostB")
+        yield c
+    finally:
+        c.close()
 
 
 BedCluster = Callable[..., Cluster]
