@@ -1,4 +1,5 @@
-"""The agent's own gRPC API (health, identity, grpc.health.v1, reflection) on an asyncio server of its own.
+"""The agent's own gRPC API (health, identity, snapshot listings, grpc.health.v1, reflection) on an asyncio server
+of its own.
 
 An asyncio server, not a thread pool: a caller that opens streams and leaves them idle (a reflection or
 health Watch stream) costs a little memory, never a worker thread, so it cannot starve the other callers.
@@ -14,6 +15,7 @@ from collections.abc import Callable
 
 import grpc
 
+from zcrepl.core.snapshots import SnapshotEntry
 from zcrepl.core.trust import Trust
 from zcrepl.core.types import AgentInfo, HostHealth
 from zcrepl.proto import agent_pb2, agent_pb2_grpc, types_pb2
@@ -28,9 +30,13 @@ MAX_RPCS = 256
 
 
 class AgentService(agent_pb2_grpc.AgentServicer):
-    def __init__(self, health: Callable[[], HostHealth], info: Callable[[], AgentInfo]) -> None:
+    def __init__(self, health: Callable[[], HostHealth], info: Callable[[], AgentInfo],
+                 snapshots: Callable[[bytes], list[SnapshotEntry]]) -> None:
+        """``snapshots``: a snapshots directory's listing (blocking: it reads the directory), confined to the
+        exports; InvalidPath for a path it may not or cannot list."""
         self._health = health
         self._info = info
+        self._snapshots = snapshots
 
     async def GetHealth(self, request: agent_pb2.GetHealthRequest, context: grpc.aio.ServicerContext
                         ) -> types_pb2.HostHealth:
@@ -39,6 +45,13 @@ class AgentService(agent_pb2_grpc.AgentServicer):
     async def GetInfo(self, request: agent_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
                       ) -> types_pb2.AgentInfo:
         return agent_info_to_pb(self._info())
+
+    async def ListSnapshots(self, request: agent_pb2.ListSnapshotsRequest, context: grpc.aio.ServicerContext
+                            ) -> agent_pb2.ListSnapshotsResponse:
+        # Off the API's loop: a directory of thousands of snapshots must not hold up health reads.
+        entries = await asyncio.to_thread(self._snapshots, request.path)
+        return agent_pb2.ListSnapshotsResponse(snapshots=[
+            agent_pb2.SnapshotEntry(name=e.name, in_progress=e.in_progress, writing=e.writing) for e in entries])
 
 
 class ApiServer:

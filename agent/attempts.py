@@ -65,18 +65,17 @@ class Attempts:
         tickets: TicketBook,
         report: ReportFn,
         *,
-        io_timeout: float = 60.0,
-        limits: SessionLimits | None = None,
+        limits: SessionLimits,
         sweeper: Sweeper | None = None,
     ) -> None:
         self.host = host
         self.sweeper = sweeper
-        self.limits = limits or SessionLimits()
+        self.limits = limits
         self.exports = exports
         self.data = data
         self.tickets = tickets
         self.report = report
-        self.io_timeout = io_timeout
+        self.io_timeout = data.io_timeout  # the agent's one io_timeout, for sends too
         self._lock = threading.Lock()
         self._active: dict[tuple[int, int, Role], Active] = {}
         # Partials kept by recently failed receives, so an operator's cancel that arrives after the

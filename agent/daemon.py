@@ -20,6 +20,7 @@ from zcrepl.agent.identity import Renewer, agent_trust, enrolled_paths
 from zcrepl.agent.link import ControllerLink
 from zcrepl.agent.metrics import AgentMetrics
 from zcrepl.agent.priority import TransferPriority
+from zcrepl.agent.snapshot_list import list_snapshots
 from zcrepl.agent.transfer.compress import measure_rate
 from zcrepl.agent.transfer.leftovers import Sweeper
 from zcrepl.agent.transfer.limits import SessionLimits
@@ -69,7 +70,8 @@ class Agent:
         if self.trust is None:
             log.warning("INSECURE: TLS is off; the controller and the agent's API are reached in plaintext and "
                         "without authentication (use --join TOKEN or --ca/--cert/--key)", extra=kv(name=config.name))
-        self._api = ApiServer(AgentService(self.health, self.info), self.trust)
+        self._api = ApiServer(AgentService(self.health, self.info,
+                                           lambda path: list_snapshots(self.exports, config.name, path)), self.trust)
         self.renewer: Renewer | None = None
         # Once, at start-up, beside the rest of it (tens of ms): the controller's compress = auto weighs it
         # against links. info() waits for it, so the registration always carries it.
@@ -102,19 +104,17 @@ class Agent:
         priority.configure(TransferPriority(cfg.transfer_nice, cfg.transfer_ioclass, cfg.transfer_iolevel))
         try:
             dhost, dport = split_address(cfg.data_listen)
-            self.data = DataServer(dhost, dport, self.tickets, handshake_timeout=cfg.handshake_timeout,
-                                   io_timeout=cfg.io_timeout, max_connections=cfg.max_connections,
-                                   max_pending=cfg.max_pending, max_pending_per_source=cfg.max_pending_per_source,
+            self.data = DataServer(dhost, dport, self.tickets, cfg,
                                    tls_contexts=TlsContexts(self.trust) if self.trust is not None else None)
             self.data_address = self._advertise(dhost, self.data.address[1])
             limits = SessionLimits.from_config(cfg)
             self.sweeper = Sweeper(cfg.name, max_age=cfg.partial_max_age, max_bytes=cfg.partial_max_bytes,
                                    state_file=os.path.join(cfg.state_dir, "recent-destinations.json"))
             self.sweeper.startup([root for _, _, root in self.exports.roots])
-            self.transfers = Attempts(cfg.name, self.exports, self.data, self.tickets, self._report,
-                                       io_timeout=cfg.io_timeout, limits=limits, sweeper=self.sweeper)
-            self.watch_rules = WatchRules(cfg.name, self.exports, self.data, self.tickets, io_timeout=cfg.io_timeout,
-                               limits=limits, sweeper=self.sweeper)
+            self.transfers = Attempts(cfg.name, self.exports, self.data, self.tickets, self._report, limits=limits,
+                                      sweeper=self.sweeper)
+            self.watch_rules = WatchRules(cfg.name, self.exports, self.data, self.tickets, limits=limits,
+                                          sweeper=self.sweeper)
             transfers, watch_rules = self.transfers, self.watch_rules
             sampler = HealthSampler(self.exports.paths, active_transfers=self.transfers.count,
                                     transfer_bytes=lambda: transfers.bytes_moved() + watch_rules.bytes_moved(),

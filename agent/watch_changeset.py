@@ -1,7 +1,7 @@
 """The watcher's output: ``ChangeSet``, the batch of changes a watch rule ships, and the path helpers the
 coalescer's rules are written in.
 
-How a ChangeSet is applied (the contract the shipper relies on; ``tests/unit/test_watch.py`` checks it
+How a ChangeSet is applied (the contract the shipper relies on; ``tests/unit/test_watch_model.py`` checks it
 against a model destination over thousands of random histories):
 
 1. ``rescan``: reconcile the whole tree against the destination; the other fields are then empty. The

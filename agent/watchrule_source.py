@@ -89,7 +89,7 @@ class SourceRule:
     """Started by a WatchSourceOrder; ``stop`` ends it. ``status`` is read by the heartbeat thread."""
 
     def __init__(self, host: str, order: WatchSourceOrder, root: SafeRoot, watch_path: bytes, *,
-                 io_timeout: float = 60.0, backoff_max: float = 30.0, contexts: TlsContexts | None = None) -> None:
+                 io_timeout: float, backoff_max: float = 30.0, contexts: TlsContexts | None = None) -> None:
         self.host = host
         self.order = order
         self.contexts = contexts

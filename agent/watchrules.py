@@ -45,14 +45,14 @@ log = logging.getLogger(__name__)
 
 class WatchRules:
     def __init__(self, host: str, exports: Exports, data: DataServer, tickets: TicketBook, *,
-                 io_timeout: float = 60.0, limits: SessionLimits | None = None, sweeper: Sweeper | None = None) -> None:
+                 limits: SessionLimits, sweeper: Sweeper | None = None) -> None:
         self.host = host
         self.sweeper = sweeper
-        self.limits = limits or SessionLimits()
+        self.limits = limits
         self.exports = exports
         self.data = data
         self.tickets = tickets
-        self.io_timeout = io_timeout
+        self.io_timeout = data.io_timeout  # the agent's one io_timeout, for sends too
         self.contexts: TlsContexts | None = data.tls
         self._lock = threading.Lock()
         self._sources: dict[int, SourceRule] = {}

@@ -41,10 +41,11 @@ def serve(dst: str) -> None:
     from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
     from zcrepl.agent.transfer.saferoot import SafeRoot
     from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
+    from zcrepl.core.config import AgentConfig
     from zcrepl.core.types import Durability, JobOptions
 
     tickets = TicketBook()
-    server = DataServer("0.0.0.0", 0, tickets)
+    server = DataServer("0.0.0.0", 0, tickets, AgentConfig())
     server.start()
     export = SafeRoot(os.fsencode(dst))
     print(json.dumps({"port": server.address[1]}), flush=True)

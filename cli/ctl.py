@@ -279,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     sn.add_argument("dst", metavar="DST", nargs=1, help="HOST:/path of the directory the snapshots are kept in")
     snapshot_options(sn)
     _replicate_options(sn)
+    ss = sub.add_parser("snapshots", help="list the snapshots in a directory of zc-ctl snapshot (UTC time, the job "
+                                          "that made each) and any being written, read from its host's agent")
+    ss.add_argument("dir", metavar="HOST:/SNAPS", help="HOST:/path of the directory the snapshots are kept in")
+    ss.add_argument("--json", action="store_true")
 
     ag = sub.add_parser("agents", help="list registered agents, or remove an offline one")
     ag.add_argument("action", nargs="?", choices=["remove"],

@@ -114,6 +114,12 @@ def _schedules(args: argparse.Namespace, client: ControllerClient, out: Out, err
     return ctl_schedule.run(args, client, out)
 
 
+def _snapshots(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
+    from zcrepl.cli import ctl_snapshots
+
+    return ctl_snapshots.run(args, client, out, err)
+
+
 def _cancel(args: argparse.Namespace, client: ControllerClient, out: Out, err: Out) -> int:
     job = client.cancel(args.id)
     if args.json:
@@ -463,6 +469,7 @@ _Command = Callable[[argparse.Namespace, ControllerClient, Out, Out], int]
 _COMMANDS: dict[str, _Command] = {
     "replicate": _replicate,
     "snapshot": _replicate,
+    "snapshots": _snapshots,
     "agents": _agents,
     "health": _health,
     "jobs": _jobs,

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zcrepl.core.config import parse_compress_links
+from zcrepl.core.config import ControllerConfig, parse_compress_links
+from zcrepl.core.settings import default_of
 from zcrepl.core.types import Compress, HostHealth, TransferStats
 from zcrepl.core.units import rate
 
@@ -79,7 +80,7 @@ def auto_decision(link_bps: float, src: HostHealth | None, dst: HostHealth | Non
 class CompressPolicy:
     """The controller's ``compress`` and ``compress_links`` settings, applied per send."""
 
-    def __init__(self, mode: str = "auto", links: tuple[str, ...] = ()) -> None:
+    def __init__(self, mode: str = default_of(ControllerConfig, "compress"), links: tuple[str, ...] = ()) -> None:
         self.mode = mode
         self.links = parse_compress_links(links)
         self.ratios: dict[tuple[str, str], float] = {}  # link -> file bytes per wire byte of its last finished send

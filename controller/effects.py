@@ -7,6 +7,10 @@ decisions change (:func:`scheduled`); the agents' reports (:func:`reported`); ho
 settles (:func:`succeeded`, :func:`failed`, :func:`cancelled`); an attempt's start (:func:`started`) and its
 send once the destination is ready (:func:`send`, :func:`unready`). No I/O, no clock, no asyncio, no store:
 tested with tables.
+
+Beside it, with the same effects: effects_faults.py (agents lost and back, attempts adopted after a takeover, a job
+whose scheduling raised), effects_pacing.py (the send's streams and compression, throttling, link steps) and
+effects_submit.py (a new job's checks and creation).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from zcrepl.core.types import (
     ReceiveOrder,
     Role,
     SendOrder,
+    ThrottleOrder,
     TransferReport,
     TransferStats,
 )
@@ -43,12 +48,14 @@ class Persist:
 
 @dataclass(frozen=True)
 class Record:
-    """One line of the job's explain history (an unchanged wait is not repeated: ``Engine._decide``)."""
+    """One line of the job's explain history (an unchanged wait is not repeated, unless ``every``:
+    ``Engine._record``)."""
 
     job_id: int
     kind: DecisionKind
     reason: str
     details: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    every: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,7 +155,7 @@ class Order:
     """Give ``host``'s agent ``order`` (if it is connected: one that is not learns at its Register)."""
 
     host: str
-    order: CancelOrder | ReceiveOrder | SendOrder
+    order: CancelOrder | ReceiveOrder | SendOrder | ThrottleOrder
 
 
 @dataclass(frozen=True)
@@ -193,11 +200,76 @@ class Log:
     warning: bool = False
 
 
+@dataclass(frozen=True)
+class Track:
+    """A job just created in the store: keep it as queued here (nothing to save: the store made it)."""
+
+    job: Job
+
+
+@dataclass(frozen=True)
+class Group:
+    """The jobs of one fan-out, grouped under ``group_id``: finished destinations become sources for the others."""
+
+    job_ids: tuple[int, ...]
+    group_id: int
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Run a scheduling pass soon (something it decides on changed)."""
+
+
+@dataclass(frozen=True)
+class Hold:
+    """``host`` went out of reach during the job's attempt: keep the attempt for it until ``until`` (fence.py)."""
+
+    job_id: int
+    host: str
+    until: float
+
+
+@dataclass(frozen=True)
+class Regained:
+    """``host`` came back still running the job's held attempt: it carries on."""
+
+    job_id: int
+    host: str
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """Keep ``run``, an attempt a previous leader left running (its start is saved already), as the job's attempt
+    in flight, and let its link measure it."""
+
+    run: Run
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Forget the job's attempt in flight without saving anything (its scheduling failed half-way)."""
+
+    job_id: int
+
+
+@dataclass(frozen=True)
+class Paced:
+    """The load policy looked at the job's running send at ``at`` (``rate_bytes`` done then) and keeps it at
+    ``bwlimit`` bytes/s (0: no cap of its own), ``paused`` or not."""
+
+    job_id: int
+    at: float
+    rate_bytes: int
+    bwlimit: int
+    paused: bool
+
+
 # The shell carries out each family in one place (``Engine._apply``); mypy checks that none is left out.
-JobEffect = Persist | Record | Notify | Settle | Order | Log
+JobEffect = Persist | Record | Notify | Settle | Order | Log | Track | Group | Wake
 AttemptEffect = Start | FailAttempt | Begin | Sending | EndAttempt | Withdraw | ReplicaDone
 ReportEffect = Heard | Misdirected | Progress | Send | AwaitVerdict | Succeed
-Effect = JobEffect | AttemptEffect | ReportEffect
+RunEffect = Hold | Regained | Adopt | Drop | Paced
+Effect = JobEffect | AttemptEffect | ReportEffect | RunEffect
 
 
 @dataclass(frozen=True)

@@ -15,32 +15,33 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import assert_never
 
-from zcrepl.controller import effects, lifecycle, snapshot, validate
+from zcrepl.controller import effects, effects_pacing, effects_submit, lifecycle
 from zcrepl.controller.compression import CompressPolicy
 from zcrepl.controller.dataplane import DataPlane
+from zcrepl.controller.effects_pacing import THROTTLE_EVERY
+from zcrepl.controller.effects_submit import unknown_host
 from zcrepl.controller.faults import Faults
 from zcrepl.controller.jobreads import JobReads
 from zcrepl.controller.leading import Leading
 from zcrepl.controller.links import LinkTracker
 from zcrepl.controller.observe import Observer
-from zcrepl.controller.pacing import THROTTLE_EVERY, Pacing
+from zcrepl.controller.pacing import Pacing
 from zcrepl.controller.policy import (
     DecisionKind,
     DecisionRecord,
     Thresholds,
-    choose_streams,
     rank_sources,
 )
 from zcrepl.controller.registry import Registry, Session
-from zcrepl.controller.runs import Run, job_fields, stream_caps, stream_usage
+from zcrepl.controller.runs import Run, job_fields, stream_usage
 from zcrepl.controller.schedule_store import ScheduleStore
-from zcrepl.controller.scheduler import Decision, HostView, Policy, Usage, overlaps, plan
+from zcrepl.controller.scheduler import Decision, HostView, Policy, Usage, plan
 from zcrepl.controller.schedules import Schedules
 from zcrepl.controller.store import Store
 from zcrepl.controller.watchrule_store import WatchRuleStore
 from zcrepl.controller.watchrules import WatchRuleManager
 from zcrepl.core.config import ControllerConfig, parse_host_limits, parse_link_limits
-from zcrepl.core.errors import Conflict, InvalidPath, UnknownHost
+from zcrepl.core.errors import Conflict, UnknownHost
 from zcrepl.core.logs import kv
 from zcrepl.core.types import (
     AgentInfo,
@@ -96,7 +97,7 @@ class Engine(Pacing, Faults, JobReads, Leading):
     def _watch_rule_manager(self) -> WatchRuleManager:
         """The watch rules as stored (read off the loop)."""
         return WatchRuleManager(WatchRuleStore(self.store), self.registry, self.policy.thresholds, self._health,
-                                _unknown_host, dataplane=self.dataplane)
+                                unknown_host, dataplane=self.dataplane)
 
     # -- agents -------------------------------------------------------------------------------------
     def connect(self, info: AgentInfo, active: list[tuple[int, int]], serial: int = 0, peer_host: str = "") -> Session:
@@ -162,7 +163,7 @@ class Engine(Pacing, Faults, JobReads, Leading):
         wanted = names or sorted(self.registry.agents)
         for n in wanted:
             if not self.registry.known(n):
-                raise UnknownHost(_unknown_host(n))
+                raise UnknownHost(unknown_host(n))
         return wanted
 
     def statuses(self, names: list[str] | None = None, history: int = 0) -> list[AgentStatus]:
@@ -174,7 +175,7 @@ class Engine(Pacing, Faults, JobReads, Leading):
         """Forget an offline agent: its record, latest health and history (the operator's RemoveAgent)."""
         rec = self.registry.agents.get(name)
         if rec is None:
-            raise UnknownHost(_unknown_host(name))
+            raise UnknownHost(unknown_host(name))
         if rec.session is not None:
             raise Conflict(f"{name} is online: removing it is refused; stop its zc-agent first (an agent that "
                            f"connects again registers anew), then run zc-ctl agents remove {name}")
@@ -200,48 +201,22 @@ class Engine(Pacing, Faults, JobReads, Leading):
     # -- operator -----------------------------------------------------------------------------------
     def submit_fanout(self, src: Endpoint, dsts: list[Endpoint], options: JobOptions) -> list[Job]:
         """One job per destination, grouped: finished destinations become sources for the others."""
-        if len(dsts) < 2:
-            raise InvalidPath("a fan-out needs at least two destinations; use SubmitJob for one")
-        if len({(d.host, d.path) for d in dsts}) != len(dsts):
-            raise InvalidPath("the same destination appears twice")
-        for i, a in enumerate(dsts):
-            for b in dsts[i + 1:]:
-                if overlaps(a, b):
-                    raise InvalidPath(f"destinations {a} and {b} overlap")
+        effects_submit.fanout_checked(dsts)
         jobs = [self.submit(src, dst, options) for dst in dsts]
-        group = jobs[0].id
-        self.store.set_group([j.id for j in jobs], group)
-        for j in jobs:
-            self.jobs[j.id] = replace(self.jobs[j.id], group_id=group)
-        self._replicas_done[group] = []
+        self._apply(effects_submit.grouped(jobs), self.clock())
         return [self.jobs[j.id] for j in jobs]  # new: no history yet
 
     def admit(self, src: Endpoint, dst: Endpoint, options: JobOptions) -> JobOptions:
         """The checks of a job from ``src`` to ``dst`` (also a schedule's, before it is stored): the options as the
         job would carry them, or UnknownHost / InvalidPath in one sentence."""
-        for ep in (src, dst):
-            if not self.registry.known(ep.host):
-                raise UnknownHost(_unknown_host(ep.host))
-        if overlaps(src, dst):
-            raise InvalidPath(f"{src} and {dst} overlap; "
-                              "the destination must not be inside the source or the other way round")
-        if options.bwlimit < 0 or options.max_attempts < 0:
-            raise InvalidPath("bwlimit and max_attempts must not be negative")
-        if options.backup_dir or options.link_dest:
-            options = validate.job_dirs(src, dst, options, self.registry.agents[dst.host].info.exports)
-        return options
+        return effects_submit.admitted(src, dst, options, self.registry.agents)
 
     def submit(self, src: Endpoint, dst: Endpoint, options: JobOptions) -> Job:
-        options = self.admit(src, dst, options)
-        if options.snapshot:  # named per job: a schedule's runs each get their own
-            options = snapshot.name_job(dst, options, self.registry.agents[dst.host].info.exports,
-                                        self.snapshot_clock(), self.jobs.values())
-        job = self.store.create_job(src, dst, options, options.max_attempts or self.config.max_attempts,
-                                    self.clock())
-        self.jobs[job.id] = job
-        log.info("job queued", extra=kv(**job_fields(job), src=str(src),
-                                        dst=str(dst), priority=options.priority.name.lower()))
-        self.wake()
+        new = effects_submit.submission(src, dst, options, self.registry.agents, self.jobs.values(),
+                                        self.snapshot_clock() if options.snapshot else 0.0, self.config.max_attempts)
+        now = self.clock()
+        job = self.store.create_job(new.source, new.destination, new.options, new.max_attempts, now)
+        self._apply(effects_submit.queued(job), now)
         return job
 
     def cancel(self, job_id: int) -> Job:
@@ -331,6 +306,8 @@ class Engine(Pacing, Faults, JobReads, Leading):
                 self._attempt(e, now)
             elif isinstance(e, effects.ReportEffect):
                 self._apply_report(e)
+            elif isinstance(e, effects.RunEffect):
+                self._run_effect(e, now)
             else:
                 self._job_effect(e)
 
@@ -341,8 +318,8 @@ class Engine(Pacing, Faults, JobReads, Leading):
                 self.store.save_job(job)
             case effects.Notify(job_id):
                 self._notify(job_id)
-            case effects.Record(job_id, kind, reason, details):
-                self._record(DecisionRecord(job_id, self.clock(), kind, reason, details))
+            case effects.Record(job_id, kind, reason, details, every):
+                self._record(DecisionRecord(job_id, self.clock(), kind, reason, details), every)
             case effects.Settle(job):
                 self._settle(job)
             case effects.Order(host, order):
@@ -350,6 +327,33 @@ class Engine(Pacing, Faults, JobReads, Leading):
                     session.outbox.put_nowait(order)
             case effects.Log(message, fields, warning):
                 (log.warning if warning else log.info)(message, extra=kv(**fields))
+            case effects.Track(job):
+                self.jobs[job.id] = job
+            case effects.Group(job_ids, group_id):
+                self.store.set_group(list(job_ids), group_id)
+                for i in job_ids:
+                    self.jobs[i] = replace(self.jobs[i], group_id=group_id)
+                self._replicas_done[group_id] = []
+            case effects.Wake():
+                self.wake()
+            case _:
+                assert_never(e)
+
+    def _run_effect(self, e: effects.RunEffect, now: float) -> None:
+        """The effects on an attempt in flight that only this controller keeps (faults, adoption, pacing)."""
+        match e:
+            case effects.Hold(job_id, host, until):
+                self.runs[job_id].held(host, until)
+            case effects.Regained(job_id, host):
+                self.runs[job_id].regained(host)
+            case effects.Adopt(run):
+                self.runs[run.job_id] = run
+                self.links.start((run.job_id, run.attempt), run.progress, run.streams, now)
+            case effects.Drop(job_id):
+                self.runs.pop(job_id, None)
+            case effects.Paced(job_id, at, rate_bytes, bwlimit, paused):
+                run = self.runs[job_id]
+                run.rate_at, run.rate_bytes, run.bwlimit, run.paused = at, rate_bytes, bwlimit, paused
             case _:
                 assert_never(e)
 
@@ -450,27 +454,23 @@ class Engine(Pacing, Faults, JobReads, Leading):
                                     ranked=self._ranking.get(job.id, {}).get(source, "")), now)
 
     def _on_ready(self, job: Job, run: Run) -> None:
-        run.receiver_ready = True
+        """The destination is ready: the send as ``effects_pacing.ready`` decides it from what is known of both
+        ends and their link now."""
         now = self.clock()
-        dst_rec = self.registry.agents.get(job.destination.host)
-        if self.registry.session(run.source.host) is None or dst_rec is None:
-            self._apply(effects.unready(job, run), now)
-            return
-        link = (run.source.host, job.destination.host)
-        caps = stream_caps(self.policy, self._stream_usage(but=job.id), *link, self.links.target(link))
-        streams, why = choose_streams(self._health(run.source.host), self._health(job.destination.host),
-                                      job.options.streams, caps)
-        self._apply(effects.send(job, run, dst_rec.info.data_address, now, streams, why,
-                                 self._compress_choice(job, run, streams)), now)
+        src, dst = run.source.host, job.destination.host
+        src_rec, dst_rec = self.registry.agents.get(src), self.registry.agents.get(dst)
+        ends = None
+        if self.registry.session(src) is not None and src_rec is not None and dst_rec is not None:
+            ends = effects_pacing.Ends(dst_rec.info.data_address, (self._health(src), self._health(dst)),
+                                       (src_rec.info.compress_bps, dst_rec.info.compress_bps),
+                                       self.links.states.get((src, dst)), self._stream_usage(but=job.id))
+        self._apply(effects_pacing.ready(job, run, now, ends, self.policy, self.compression), now)
 
     def _fail_run(self, job_id: int, error: str, retryable: bool, stats: TransferStats) -> None:
         run, job = self.runs.get(job_id), self.jobs.get(job_id)
         if run is not None and job is not None:
             now = self.clock()
             self._apply(effects.failed(job, run, error, retryable, stats, now, self.retry), now)
-
-    def _cancel_sides(self, job: Job, run: Run, reason: str, discard: bool = False) -> None:
-        self._apply(effects.cancel_orders(job, run, reason, discard), self.clock())
 
     def _settle(self, job: Job) -> None:
         self.store.save_job(job)
@@ -490,7 +490,3 @@ class Engine(Pacing, Faults, JobReads, Leading):
         if ev is not None:
             ev.set()
 
-
-def _unknown_host(name: str) -> str:
-    return (f"unknown host {name!r}: no zc-agent named {name!r} has registered with this controller; "
-            "run 'zc-ctl agents' to list hosts, or start zc-agent --name " + name + " on that server")

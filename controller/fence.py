@@ -36,25 +36,19 @@ def holds(run: Run, job: Job, host: str) -> bool:
     return run.sending and host in (job.destination.host, run.source.host)
 
 
-def hold(run: Run, host: str, now: float, grace: float) -> bool:
-    """``host`` went out of reach: keep the attempt for ``grace`` seconds from its first loss; False when it
-    cannot be kept (no grace configured, or its grace already ran out)."""
+def hold_until(run: Run, now: float, grace: float) -> float:
+    """``host`` went out of reach: until when the attempt is kept for it, ``grace`` seconds from its first loss
+    (an earlier loss's deadline stands); 0.0 when it cannot be kept (no grace configured, or its grace already ran
+    out). The engine applies it with ``Run.held``."""
     if grace <= 0 or (run.lost_until and now >= run.lost_until):
-        return False
-    run.lost_hosts.add(host)
-    if not run.lost_until:
-        run.lost_until = now + grace
-    return True
+        return 0.0
+    return run.lost_until or now + grace
 
 
 def rejoin(run: Run, job: Job, host: str, active: set[tuple[int, int]]) -> str:
-    """``host`` registered again with ``active`` attempts: '' when the attempt carries on, else why it failed."""
-    if not holds(run, job, host):
-        return ""
-    if (job.id, run.attempt) in active:
-        run.lost_hosts.discard(host)
-        if not run.lost_hosts:
-            run.lost_until = 0.0
+    """``host`` registered again with ``active`` attempts: '' when the attempt carries on (``Run.regained``),
+    else why it failed."""
+    if not holds(run, job, host) or (job.id, run.attempt) in active:
         return ""
     return f"{host}'s agent came back without attempt {run.attempt} (it restarted): the attempt is lost"
 

@@ -14,15 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from zcrepl.core.backoff import backoff_delay
+from zcrepl.core.config import ControllerConfig
 from zcrepl.core.errors import Conflict
+from zcrepl.core.settings import default_of
 from zcrepl.core.types import Job, JobState, TransferStats
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 5
-    base: float = 2.0
-    cap: float = 60.0
+    """The engine builds it from ControllerConfig; built without one (tests) it holds the config's defaults."""
+
+    max_attempts: int = default_of(ControllerConfig, "max_attempts")
+    base: float = default_of(ControllerConfig, "retry_base")
+    cap: float = default_of(ControllerConfig, "retry_max")
 
 
 def started(job: Job, now: float) -> Job:

@@ -61,6 +61,8 @@ class Run:
     def heard(self, r: TransferReport, at: float) -> None:
         """Take what any report of this attempt carries (``effects.Heard``); a final one is that side's result."""
         self.last_report = at
+        if r.phase is Phase.READY and r.role is Role.RECEIVER:
+            self.receiver_ready = True  # the send it starts (``effects.Send``) decides on a ready run
         self.add_skipped(r)
         self.add_plan(r)
         if r.phase is Phase.DONE:
@@ -68,6 +70,17 @@ class Run:
                 self.sender_done = r.stats
             else:
                 self.receiver_done = r.stats
+
+    def held(self, host: str, until: float) -> None:
+        """``host`` went out of reach: the attempt is kept for it until ``until`` (``effects.Hold``, fence.py)."""
+        self.lost_hosts.add(host)
+        self.lost_until = until
+
+    def regained(self, host: str) -> None:
+        """``host`` came back still running the attempt (``effects.Regained``): held no longer once none is lost."""
+        self.lost_hosts.discard(host)
+        if not self.lost_hosts:
+            self.lost_until = 0.0
 
     def add_skipped(self, r: TransferReport) -> None:
         """Take the skipped entries of a final report (each side sends its list once, with DONE or FAILED)."""

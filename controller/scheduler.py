@@ -13,9 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from zcrepl.controller.policy import Thresholds, host_blockers, order_queue, wait_reason
-from zcrepl.core.config import HostLimit
+from zcrepl.core.config import ControllerConfig, HostLimit
 from zcrepl.core.logs import kv
 from zcrepl.core.paths import relative_to
+from zcrepl.core.settings import default_of
 from zcrepl.core.types import Endpoint, HostHealth, Job, Role
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,11 @@ class HostView:
 
 @dataclass(frozen=True)
 class Policy:
-    max_jobs_per_host: int = 4
+    # The engine builds it from ControllerConfig; built without one (table tests) it holds the config's defaults.
+    max_jobs_per_host: int = default_of(ControllerConfig, "max_jobs_per_host")
     # None turns the load checks off (table tests of the other rules); the controller always sets it.
     thresholds: Thresholds | None = None
-    aging: float = 600.0  # seconds a waiting job gains one priority level
+    aging: float = default_of(ControllerConfig, "priority_aging")  # seconds a waiting job gains one priority level
     # Declared ceilings: per host (jobs replaces max_jobs_per_host; streams of all its jobs together) and
     # per (source, destination) link (streams of all jobs on it together).
     host_limits: Mapping[str, HostLimit] = field(default_factory=dict)

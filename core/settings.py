@@ -51,6 +51,22 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Call
     return dataclasses.field(default=default, metadata=meta)
 
 
+def default_of(cls: type[Any], name: str) -> Any:
+    """The default ``cls`` (a settings class) declares for setting ``name``.
+
+    For the value objects built from a config (``SessionLimits.from_config``): where they still have a default,
+    for tests and tools that build them without a config, it is this, so the setting's default is written once.
+    """
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            if f.default is dataclasses.MISSING:
+                raise KeyError(f"{cls.__name__}.{name} has no default")
+            return f.default
+    raise KeyError(f"{cls.__name__} has no setting {name!r}")
+
+
 def spec_of(f: dataclasses.Field[Any]) -> Setting:
     """The field's declaration; a plain field (no ``setting``) is still a setting, with no help text."""
     spec = f.metadata.get(_META)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 NAME_FORMAT = "%Y-%m-%dT%H%M%SZ"
 _NAME = re.compile(rb"\d{4}-\d{2}-\d{2}T\d{6}Z")
@@ -24,6 +25,16 @@ IN_PROGRESS = b".in-progress"
 PRUNING = b".pruning"
 MAX_KEEP = 100_000
 """A keep count above this is refused (a typo, not a plan: 270 years of dailies)."""
+
+
+class SnapshotEntry(NamedTuple):
+    """One entry of a snapshots directory as zc-ctl snapshots lists it: a complete snapshot, or the hidden
+    in-progress directory of one (``writing``: a run holds it now; else an interrupted run left it). A named
+    tuple, not a dataclass: zc-ctl's parser imports this module, and dataclasses would cost its start-up."""
+
+    name: str
+    in_progress: bool = False
+    writing: bool = False
 
 
 def name_at(t: float) -> str:
@@ -103,5 +114,5 @@ def newest(names: Iterable[str], upto: str = "") -> str | None:
     return pick[-1] if pick else None
 
 
-__all__ = ["MAX_KEEP", "NAME_FORMAT", "in_progress", "leftover", "name_at", "newest", "parse_name",
+__all__ = ["MAX_KEEP", "NAME_FORMAT", "SnapshotEntry", "in_progress", "leftover", "name_at", "newest", "parse_name",
            "pruning", "retain"]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from zcrepl.proto import types_pb2 as zcrepl_dot_proto_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18zcrepl/proto/agent.proto\x12\tzcrepl.v1\x1a\x18zcrepl/proto/types.proto\"\x12\n\x10GetHealthRequest\"\x10\n\x0eGetInfoRequest2\x84\x01\n\x05\x41gent\x12?\n\tGetHealth\x12\x1b.zcrepl.v1.GetHealthRequest\x1a\x15.zcrepl.v1.HostHealth\x12:\n\x07GetInfo\x12\x19.zcrepl.v1.GetInfoRequest\x1a\x14.zcrepl.v1.AgentInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18zcrepl/proto/agent.proto\x12\tzcrepl.v1\x1a\x18zcrepl/proto/types.proto\"\x12\n\x10GetHealthRequest\"\x10\n\x0eGetInfoRequest\"$\n\x14ListSnapshotsRequest\x12\x0c\n\x04path\x18\x01 \x01(\x0c\"C\n\rSnapshotEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bin_progress\x18\x02 \x01(\x08\x12\x0f\n\x07writing\x18\x03 \x01(\x08\"D\n\x15ListSnapshotsResponse\x12+\n\tsnapshots\x18\x01 \x03(\x0b\x32\x18.zcrepl.v1.SnapshotEntry2\xd8\x01\n\x05\x41gent\x12?\n\tGetHealth\x12\x1b.zcrepl.v1.GetHealthRequest\x1a\x15.zcrepl.v1.HostHealth\x12:\n\x07GetInfo\x12\x19.zcrepl.v1.GetInfoRequest\x1a\x14.zcrepl.v1.AgentInfo\x12R\n\rListSnapshots\x12\x1f.zcrepl.v1.ListSnapshotsRequest\x1a .zcrepl.v1.ListSnapshotsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETHEALTHREQUEST']._serialized_end=83
   _globals['_GETINFOREQUEST']._serialized_start=85
   _globals['_GETINFOREQUEST']._serialized_end=101
-  _globals['_AGENT']._serialized_start=104
-  _globals['_AGENT']._serialized_end=236
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=103
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=139
+  _globals['_SNAPSHOTENTRY']._serialized_start=141
+  _globals['_SNAPSHOTENTRY']._serialized_end=208
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=210
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=278
+  _globals['_AGENT']._serialized_start=281
+  _globals['_AGENT']._serialized_end=497
 # @@protoc_insertion_point(module_scope)

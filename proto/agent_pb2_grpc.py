@@ -45,6 +45,11 @@ class AgentStub:
                 request_serializer=zcrepl_dot_proto_dot_agent__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=zcrepl_dot_proto_dot_types__pb2.AgentInfo.FromString,
                 _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/zcrepl.v1.Agent/ListSnapshots',
+                request_serializer=zcrepl_dot_proto_dot_agent__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=zcrepl_dot_proto_dot_agent__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -62,6 +67,13 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSnapshots(self, request, context):
+        """The snapshots in a snapshots directory of zc-ctl snapshot (inside an export): zc-ctl snapshots.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +86,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=zcrepl_dot_proto_dot_agent__pb2.GetInfoRequest.FromString,
                     response_serializer=zcrepl_dot_proto_dot_types__pb2.AgentInfo.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=zcrepl_dot_proto_dot_agent__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=zcrepl_dot_proto_dot_agent__pb2.ListSnapshotsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +147,33 @@ class Agent:
             '/zcrepl.v1.Agent/GetInfo',
             zcrepl_dot_proto_dot_agent__pb2.GetInfoRequest.SerializeToString,
             zcrepl_dot_proto_dot_types__pb2.AgentInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zcrepl.v1.Agent/ListSnapshots',
+            zcrepl_dot_proto_dot_agent__pb2.ListSnapshotsRequest.SerializeToString,
+            zcrepl_dot_proto_dot_agent__pb2.ListSnapshotsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,7 @@ METHODS: dict[str, str] = {
     f"{_S}RenewCertificate": AGENT,
     "/zcrepl.v1.Agent/GetHealth": READ,
     "/zcrepl.v1.Agent/GetInfo": READ,
+    "/zcrepl.v1.Agent/ListSnapshots": READ,
     "/grpc.health.v1.Health/Check": ANY,
     "/grpc.health.v1.Health/Watch": ANY,
     "/grpc.health.v1.Health/List": ANY,

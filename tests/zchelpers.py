@@ -5,6 +5,7 @@ The tree comparison deliberately uses none of zcrepl's code (os.walk + lstat + s
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -12,13 +13,17 @@ import random
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 OLD_MTIME_NS = 946_684_800_123_456_789  # 2000-01-01, with nanoseconds
 
@@ -248,6 +253,22 @@ class Cluster:
                 d.kill()
 
 
+@contextmanager
+def running(c: Cluster, a: Path | None = None, b: Path | None = None) -> Iterator[Cluster]:
+    """``c`` started: its controller, then agents hostA and hostB (exporting ``a`` and ``b``, by default
+    base/a and base/b) started side by side and online; closed on the way out, whatever happened. For the
+    cluster fixtures: ``with running(Cluster(base)) as c: yield c``."""
+    try:
+        c.controller.start()
+        agents = [c.add_agent("hostA", a or c.base / "a").spawn(), c.add_agent("hostB", b or c.base / "b").spawn()]
+        for d in agents:
+            d.wait_ready()
+        c.wait_online("hostA", "hostB")
+        yield c
+    finally:
+        c.close()
+
+
 BedCluster = Callable[..., Cluster]
 """The make_bed_cluster fixture: ``(hosts=("hostA", "hostB"), agent_flags=(), **controller_flags) -> Cluster``."""
 
@@ -429,3 +450,18 @@ class FakeAgent:
         for t in self._threads:
             t.join(5)
         self._channel.close()
+
+
+# A default ACL granting the owner read/write only, nothing to group and other (posix_acl_xattr format:
+# version 2, then (tag, perm, id) entries: USER_OBJ, GROUP_OBJ, OTHER).
+OWNER_ONLY_ACL = struct.pack("<I", 2) + b"".join(
+    struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in ((0x01, 6), (0x04, 0), (0x20, 0)))
+
+
+def set_default_acl(path: Path) -> None:
+    try:
+        os.setxattr(path, "system.posix_acl_default", OWNER_ONLY_ACL)
+    except OSError as err:
+        if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            pytest.skip("no POSIX ACLs on this filesystem")
+        raise

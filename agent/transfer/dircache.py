@@ -13,10 +13,17 @@ transfer (entries under a replaced path are not in the manifest; deletions run a
 session may rename or remove directories while files arrive, so the writer only uses the cache outside watch
 sessions. A directory removed by someone else meanwhile makes creating a file in it fail with ``ENOENT``: the
 caller then drops the entry (:meth:`DirCache.drop`) and opens the path again.
+
+With each fd the cache keeps whether the directory has no default ACL (one ``getxattr`` per directory): a file
+created there then gets the mode it is created with, minus the umask, and needs no ``fchmod`` (atomic.py). A
+default ACL someone sets on a held directory meanwhile is seen at the cache's next open of it: files created
+there before that get the modes that ACL allows, which may be narrower than the source's (the next run, which
+compares modes, sets them).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections import OrderedDict
@@ -24,6 +31,18 @@ from collections import OrderedDict
 from zcrepl.agent.transfer.saferoot import SafeRoot
 
 KEEP = 4
+_DEFAULT_ACL = "system.posix_acl_default"
+_NO_ACL = (errno.ENODATA, errno.EOPNOTSUPP, errno.ENOTSUP)  # no default ACL; the filesystem has no ACLs
+
+
+def no_default_acl(fd: int) -> bool:
+    """Whether files created in directory ``fd`` get their mode from open()'s mode and the umask alone (False
+    when that is not known for sure)."""
+    try:
+        os.getxattr(fd, _DEFAULT_ACL)
+    except OSError as err:
+        return err.errno in _NO_ACL
+    return False
 
 
 class DirCache:
@@ -33,28 +52,35 @@ class DirCache:
         self.root = root
         self.keep = keep
         self._lock = threading.Lock()
-        self._fds: OrderedDict[tuple[bytes, ...], list[int]] = OrderedDict()  # parts -> [fd, users]
+        # parts -> [fd, users, 1 when the directory has no default ACL else 0]
+        self._fds: OrderedDict[tuple[bytes, ...], list[int]] = OrderedDict()
         self._dropped: dict[int, int] = {}  # fd -> users, of fds dropped while in use
         self._closed = False
 
-    def acquire(self, parts: tuple[bytes, ...]) -> int:
-        """A borrowed fd of directory ``parts`` (errors as ``SafeRoot.open_dir``); give it back with ``release``."""
+    def acquire(self, parts: tuple[bytes, ...]) -> tuple[int, bool]:
+        """A borrowed fd of directory ``parts`` (errors as ``SafeRoot.open_dir``) and whether the directory has no
+        default ACL; give the fd back with ``release``."""
         with self._lock:
             held = self._fds.get(parts)
             if held is not None:
                 held[1] += 1
                 self._fds.move_to_end(parts)
-                return held[0]
+                return held[0], held[2] == 1
         fd = self.root.open_dir(parts)  # outside the lock: other connections go on meanwhile
+        try:
+            plain = no_default_acl(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         with self._lock:
             held = self._fds.get(parts)
             if held is not None:  # another connection opened it first: use that one
                 held[1] += 1
                 os.close(fd)
-                return held[0]
-            self._fds[parts] = [fd, 1]
+                return held[0], held[2] == 1
+            self._fds[parts] = [fd, 1, int(plain)]
             self._trim()
-        return fd
+        return fd, plain
 
     def release(self, parts: tuple[bytes, ...], fd: int) -> None:
         with self._lock:

@@ -34,6 +34,7 @@ class FileSlot:
     tmp: AtomicFile | None = None
     pfd: int = -1
     pdir: tuple[bytes, ...] | None = None  # ``pfd`` is borrowed from the writer's DirCache for this directory
+    plain: bool = False  # ``pfd`` has no default ACL: a new file's mode is open()'s minus the umask
     leaf: bytes = b""
     ranges: list[tuple[int, int]] = field(default_factory=list)
     got: int = 0
@@ -52,9 +53,12 @@ def open_slot(w: TreeWriter, s: FileSlot) -> None:
     try:
         # Validated when admitted; the leaf is checked again by AtomicFile, a directory by open_dir.
         parts = tuple(s.entry.path.split(b"/"))
-            # A watch session's ops move and remove directories: no fd is kept there (see dircache.py).
+        # A watch session's ops move and remove directories: no fd is kept there (see dircache.py).
         s.pdir = None if w.restricted else parts[:-1]
-        s.pfd = w.data_dirs.acquire(parts[:-1]) if s.pdir is not None else w.root.open_dir(parts[:-1])
+        if s.pdir is not None:
+            s.pfd, s.plain = w.data_dirs.acquire(s.pdir)
+        else:
+            s.pfd = w.root.open_dir(parts[:-1])
         s.leaf = parts[-1]
     except (OSError, UnsafePath) as err:
         w.entry_failed(s.entry.path, err)  # e.g. a parent swapped for a symlink mid-job
@@ -69,7 +73,8 @@ def open_slot(w: TreeWriter, s: FileSlot) -> None:
             # The directory held in the cache was removed meanwhile: look the path up again.
             w.data_dirs.drop(s.pdir, s.pfd)
             release_parent(w, s)
-            s.pfd, s.pdir = w.data_dirs.acquire(parts[:-1]), parts[:-1]
+            s.pdir = parts[:-1]
+            s.pfd, s.plain = w.data_dirs.acquire(s.pdir)
             s.tmp = _new_temp(w, s)
     except BaseException as err:
         release_parent(w, s)
@@ -88,15 +93,16 @@ def _new_temp(w: TreeWriter, s: FileSlot) -> AtomicFile:
     # by a kill). The saving is per file: a big one keeps its temp name, where an operator sees it grow
     # and the start-up sweep (leftovers.py) finds it after a kill.
     unnamed = s.total < RESUME_MIN
+    mode = s.mode if unnamed and s.plain else None  # created with its final mode: no fchmod at commit
     if tmp is None and s.entry.flags & fr.F_SPARSE:
-        tmp = AtomicFile(s.pfd, s.leaf, unnamed=unnamed)  # no preallocation: holes must stay holes
+        tmp = AtomicFile(s.pfd, s.leaf, unnamed=unnamed, mode=mode)  # no preallocation: holes must stay holes
         try:
             os.ftruncate(tmp.fd, s.total)
         except BaseException:
             tmp.discard()
             raise
     elif tmp is None and s.total < PREALLOCATE_MIN:
-        tmp = AtomicFile(s.pfd, s.leaf, s.total, unnamed=unnamed)  # nothing to check or reserve
+        tmp = AtomicFile(s.pfd, s.leaf, s.total, unnamed=unnamed, mode=mode)  # nothing to check or reserve
     elif tmp is None:
         with w.space_lock:  # the check and the reservation together, one file at a time
             w.check_space(s.total)

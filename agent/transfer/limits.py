@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from zcrepl.core.config import AgentConfig
 from zcrepl.core.errors import ProtocolError
+from zcrepl.core.settings import default_of
 
 
 class LimitExceeded(ProtocolError):
@@ -26,10 +27,13 @@ class LimitExceeded(ProtocolError):
 
 @dataclass(frozen=True)
 class SessionLimits:
-    max_entries: int = 2_000_000
-    max_hardlinks: int = 250_000
-    max_changes_bytes: int = 64 << 20
-    free_margin: int = 1 << 30
+    """AgentConfig's limits of one session; the daemon builds it with ``from_config``. Built without a config
+    (tests, local copies) it holds AgentConfig's defaults, read from there so that they are written once."""
+
+    max_entries: int = default_of(AgentConfig, "max_manifest_entries")
+    max_hardlinks: int = default_of(AgentConfig, "max_hardlinks")
+    max_changes_bytes: int = default_of(AgentConfig, "max_changes_bytes")
+    free_margin: int = default_of(AgentConfig, "free_margin_bytes")
 
     @classmethod
     def from_config(cls, cfg: AgentConfig) -> SessionLimits:

@@ -20,11 +20,13 @@ import xxhash
 
 from zcrepl.agent.transfer.atomic import AtomicFile
 from zcrepl.agent.transfer.saferoot import SafeRoot, temp_name, writer_gone
+from zcrepl.core.config import AgentConfig
 from zcrepl.core.errors import UnsafePath
+from zcrepl.core.settings import default_of
 
 AREA = b".zc.partial"
 RESUME_MIN = 8 << 20  # smaller files are simply sent again
-MAX_AGE = 7 * 86400.0
+MAX_AGE = default_of(AgentConfig, "partial_max_age")  # the daemon's sweeper passes its config's
 MAX_INTERVALS = 4096
 _OPEN = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 

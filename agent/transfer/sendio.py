@@ -16,7 +16,9 @@ from zcrepl.agent.transfer import tls
 from zcrepl.agent.transfer.cancel import Cancel
 from zcrepl.agent.transfer.channel import ZERO_COPY, Channel, Stream, ZeroCopy, wait_ready
 from zcrepl.agent.transfer.frame import Hello
+from zcrepl.core.config import AgentConfig
 from zcrepl.core.errors import ProtocolError, Unavailable
+from zcrepl.core.settings import default_of
 from zcrepl.core.types import JobOptions, TransferStats
 
 
@@ -37,7 +39,7 @@ class SendSpec:
     cancel: Cancel
     on_progress: Callable[[TransferStats], None]
     connect_timeout: float = 10.0
-    io_timeout: float = 60.0
+    io_timeout: float = default_of(AgentConfig, "io_timeout")  # the daemon passes its config's
     progress_interval: float = 0.5
     encrypt: bool = False  # TLS 1.3 on every connection; the receiver must be agent ``dest``
     dest: str = ""  # the destination agent the controller named (checked in its certificate)

@@ -32,6 +32,7 @@ from zcrepl.agent.transfer.admission import Admission, Waiting
 from zcrepl.agent.transfer.channel import Channel, Stream, shut
 from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.peer import Binding, Peer, normalise
+from zcrepl.core.config import AgentConfig
 from zcrepl.core.errors import ProtocolError
 from zcrepl.core.logs import attempt_fields, kv, log_context
 
@@ -129,25 +130,15 @@ class DataServer:
     places of authenticated transfers.
     """
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        tickets: TicketBook,
-        *,
-        handshake_timeout: float = 10.0,
-        io_timeout: float = 60.0,
-        max_connections: int = 64,
-        max_pending: int = 64,
-        max_pending_per_source: int = 32,
-        tls_contexts: tls.TlsContexts | None = None,
-    ) -> None:
+    def __init__(self, host: str, port: int, tickets: TicketBook, cfg: AgentConfig, *,
+                 tls_contexts: tls.TlsContexts | None = None) -> None:
+        """Timeouts and budgets come from ``cfg`` (tests pass ``AgentConfig()`` or a ``replace`` of it)."""
         self.tickets = tickets
         self.tls = tls_contexts  # None: this agent has no certificate and takes plaintext only
-        self.handshake_timeout = handshake_timeout
-        self.io_timeout = io_timeout
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self.admission = Admission(max_pending, max_pending_per_source, handshake_timeout)
+        self.handshake_timeout = cfg.handshake_timeout
+        self.io_timeout = cfg.io_timeout
+        self._slots = threading.BoundedSemaphore(cfg.max_connections)
+        self.admission = Admission(cfg.max_pending, cfg.max_pending_per_source, cfg.handshake_timeout)
         self._lock = threading.Lock()
         self._conns: dict[socket.socket, tuple[int, int] | None] = {}
         self._threads: set[threading.Thread] = set()

@@ -5,6 +5,8 @@ thread, like ListAgents and ListJobs; the store is read only for job counts and 
 A follower (controller/follower.py) holds no such state: its document comes from the store, as its gRPC reads
 do (stored agents, online when the leader saw them lately, without health; the latest running and waiting
 jobs as last saved; the watch rules without live lag), and ``role`` names the leader, whose view is live.
+Sizes and rates come as numbers and as text formatted by ``core.units`` (``*_text`` keys), the one rule of zc-ctl
+and the controller's messages: the page shows the text and does no unit arithmetic of its own.
 The document's size does not grow with the fleet: hosts come in pages (those needing attention first), job
 and rule lists are capped and say how many there are in all.
 """
@@ -18,9 +20,12 @@ from typing import Any
 from zcrepl.controller import follower
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import AgentRecord
+from zcrepl.controller.web import schedview
 from zcrepl.core.errorkind import WAIT_KINDS, wait_kind
 from zcrepl.core.paths import show
 from zcrepl.core.types import Endpoint, HostHealth, Job, JobState
+from zcrepl.core.units import rate as rate_text
+from zcrepl.core.units import size
 from zcrepl.core.watchtypes import WatchRule, WatchState
 
 HOSTS_PER_PAGE = 25  # a glance: the jobs below stay in view
@@ -85,6 +90,7 @@ class StateBuilder:
             if j.wait_reason:
                 waits[wait_kind(j.wait_reason)] += 1
         online = sum(1 for _, _, up in hosts if up)
+        schedules = await schedview.section(e, _text, _ep)
         return {
             "generated_at": now,
             "role": {"leading": e.leading, "leader": self.leader(), "me": self.me()},
@@ -95,6 +101,7 @@ class StateBuilder:
                 "waiting": {k: n for k, n in waits.items() if n},
                 "rules": {"total": len(rules), "paused": sum(r.state is WatchState.PAUSED for r in rules),
                           "max_lag": max((r.lag for r in rules), default=0.0)},
+                "schedules": {"total": schedules["total"], "paused": schedules["paused"]},
             },
             "hosts": {"page": page, "pages": pages, "per_page": HOSTS_PER_PAGE, "total": len(hosts),
                       "items": [self._host(rec, reasons, up, now) for rec, reasons, up in shown]},
@@ -106,9 +113,11 @@ class StateBuilder:
             "rules": {"total": len(rules), "items": [{
                 "id": r.id, "source": _ep(r.source), "destinations": [_ep(d) for d in r.destinations[:8]],
                 "state": r.state.value, "status": _text(r.status), "lag": r.lag, "pending": r.pending,
-                "bytes": r.counters.bytes, "errors": r.counters.errors, "last_error": _text(r.last_error),
+                "bytes": r.counters.bytes, "bytes_text": size(r.counters.bytes), "errors": r.counters.errors,
+                "last_error": _text(r.last_error),
                 "last_shipped_at": r.last_shipped_at,
             } for r in sorted(rules, key=lambda r: -r.lag)[:RULES_SHOWN]]},
+            "schedules": schedules,
         }
 
     async def _stored(self, now: float) -> tuple[list[tuple[AgentRecord, list[str], bool]], list[Job], list[Job],
@@ -175,12 +184,13 @@ class StateBuilder:
         elif now - prev.at >= RATE_MIN_SPAN:
             rate = (p.bytes_done - prev.done) / (now - prev.at)
             self._samples[j.id] = _Sample(now, p.bytes_done, rate)
+        bwlimit = run.bwlimit if run and run.bwlimit else j.options.bwlimit
         return {
             **_job(j), "attempt": j.attempts, "max_attempts": j.max_attempts, "started_at": j.started_at,
-            "bytes_done": p.bytes_done, "bytes_total": p.bytes_total, "files_done": p.files_done,
-            "files_total": p.files_total, "scan_done": p.scan_done, "rate_bps": rate,
-            "streams": run.streams if run else 0, "bwlimit": (run.bwlimit if run and run.bwlimit else
-                                                             j.options.bwlimit),
+            "bytes_done": p.bytes_done, "bytes_total": p.bytes_total, "bytes_total_text": size(p.bytes_total),
+            "files_done": p.files_done, "files_total": p.files_total, "scan_done": p.scan_done, "rate_bps": rate,
+            "rate_text": rate_text(rate), "streams": run.streams if run else 0, "bwlimit": bwlimit,
+            "bwlimit_text": rate_text(bwlimit) if bwlimit else "",
             "paused": bool(run and run.paused), "phase": _phase(run is not None and run.sending,
                                                                 run is not None and run.receiver_ready),
         }
@@ -195,6 +205,7 @@ class StateBuilder:
     def _finished(j: Job) -> dict[str, Any]:
         return {**_job(j), "state": j.state.value, "error": _text(j.error), "attempts": j.attempts,
                 "finished_at": j.finished_at, "bytes_done": j.progress.bytes_done,
+                "bytes_done_text": size(j.progress.bytes_done),
                 "files_done": j.progress.files_done, "skipped": j.progress.entries_skipped}
 
     def _forget_samples(self, running: set[int]) -> None:
@@ -215,12 +226,13 @@ def _health(h: HostHealth) -> dict[str, Any]:
     fullest = max(h.exports, key=lambda x: x.percent, default=None)
     return {
         "cpu_percent": h.cpu_percent, "cpu_count": h.cpu_count, "load1": h.load1,
-        "mem_total": h.mem_total, "mem_available": h.mem_available,
+        "mem_total": h.mem_total, "mem_available": h.mem_available, "mem_available_text": size(h.mem_available),
         "disk_read_bps": h.disk_read_bps, "disk_write_bps": h.disk_write_bps,
         "net_recv_bps": h.net_recv_bps, "net_sent_bps": h.net_sent_bps,
         "active_transfers": h.active_transfers, "transfer_bps": h.transfer_bps,
-        "fullest_export": None if fullest is None else {"path": _text(show(fullest.path)),
-                                                       "percent": fullest.percent, "free": fullest.free},
+        "transfer_rate_text": rate_text(h.transfer_bps),
+        "fullest_export": None if fullest is None else {"path": _text(show(fullest.path)), "percent": fullest.percent,
+                                                       "free": fullest.free, "free_text": size(fullest.free)},
         "sampled_at": h.sampled_at,
     }
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import netbed
 import pytest
-from zchelpers import BedCluster, Cluster, FakeAgent
+from zchelpers import BedCluster, Cluster, FakeAgent, running
 
 from zcrepl.cli.client import ControllerClient
 
@@ -23,17 +23,8 @@ def store_flags(request: pytest.FixtureRequest) -> dict[str, str]:
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """A controller and two agents (hostA exports tmp/a, hostB exports tmp/b), all real processes."""
-    c = Cluster(tmp_path, **store_flags(request))
-    try:
-        c.controller.start()
-        a = c.add_agent("hostA", tmp_path / "a").spawn()
-        b = c.add_agent("hostB", tmp_path / "b").spawn()
-        a.wait_ready()
-        b.wait_ready()
-        c.wait_online("hostA", "hostB")
+    with running(Cluster(tmp_path, **store_flags(request))) as c:
         yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,9 @@ from zchelpers import diff_trees, make_tree, snapshot, wait_for
 
 from zcrepl.agent.attempts import Attempts
 from zcrepl.agent.exports import Exports
+from zcrepl.agent.transfer.limits import SessionLimits
 from zcrepl.agent.transfer.server import DataServer, TicketBook
+from zcrepl.core.config import AgentConfig
 from zcrepl.core.types import CancelOrder, JobOptions, Phase, ReceiveOrder, Role, SendOrder, TransferReport
 
 
@@ -30,9 +32,10 @@ class Host:
         self.export.mkdir(parents=True, exist_ok=True)
         self.exports = Exports(self.name, (os.fsencode(self.export),))
         self.tickets = TicketBook()
-        self.data = DataServer("127.0.0.1", 0, self.tickets, io_timeout=10)
+        self.data = DataServer("127.0.0.1", 0, self.tickets, replace(AgentConfig(), io_timeout=10))
         self.data.start()
-        self.transfers = Attempts(self.name, self.exports, self.data, self.tickets, self._report, io_timeout=10)
+        self.transfers = Attempts(self.name, self.exports, self.data, self.tickets, self._report,
+                                  limits=SessionLimits())
 
     def _report(self, r: TransferReport) -> None:
         with self.lock:

@@ -8,6 +8,8 @@ removes it; retention keeps exactly the snapshots restic's forget would."""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import subprocess
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from zchelpers import Cluster, snapshot, wait_for
+from zchelpers import Cluster, running, snapshot, wait_for
 
 from zcrepl.core.types import Endpoint, JobOptions
 
@@ -80,18 +82,8 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recipe]:
     i = argv.index("-m")
     assert argv[i + 1] == "zcrepl.controller"
     argv[i:i + 2] = [str(base / "launch.py"), str(base / "clock")]
-    try:
-        c.controller.start()
-        a = c.add_agent("hostA", base / "a")
-        b = c.add_agent("hostB", base / "b")
-        a.spawn()
-        b.spawn()
-        a.wait_ready()
-        b.wait_ready()
-        c.wait_online("hostA", "hostB")
+    with running(c):
         yield Recipe(c, base)
-    finally:
-        c.close()
 
 
 def _write(path: Path, data: bytes, t: int = T) -> None:
@@ -193,3 +185,47 @@ def test_snapshot_bad_input_refused_in_one_sentence(recipe: Recipe, args: tuple[
     rc, out, err = recipe.cl.ctl("snapshot", f"hostA:{recipe.src}", *(a.format(b=b) for a in args))
     assert rc == 2 and says in err and err.count("\n") == 1 and not out, err
     assert sorted(p.name for p in b.iterdir()) == before  # nothing made
+
+
+def test_snapshots_lists_the_directory_with_the_job_that_made_each(recipe: Recipe) -> None:
+    """zc-ctl snapshots, read from hostB's agent: what the directory holds (an in-progress directory a run holds,
+    one an interrupted run left), each complete snapshot with its job from the controller's records."""
+    if not recipe.snaps.exists():  # run alone: one night first
+        _write(recipe.src / "f", b"x")
+        recipe.run("2026-12-03 02:00")
+    complete = recipe.names()
+    writing, left = recipe.snaps / ".2026-12-09T020000Z.in-progress", recipe.snaps / ".2026-12-08T020000Z.in-progress"
+    writing.mkdir()
+    left.mkdir()
+    fd = os.open(writing, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the run writing it holds it
+        rc, out, err = recipe.cl.ctl("snapshots", "--json", f"hostB:{recipe.snaps}/")
+        assert rc == 0, err
+        listed = json.loads(out)
+        rc, table, err = recipe.cl.ctl("snapshots", f"hostB:{recipe.snaps}")
+        assert rc == 0, err
+    finally:
+        os.close(fd)
+        writing.rmdir()
+        left.rmdir()
+    assert [(d["name"], d["complete"], d["writing"]) for d in listed] == [
+        *((n, True, False) for n in complete), ("2026-12-08T020000Z", False, False),
+        ("2026-12-09T020000Z", False, True)]
+    with recipe.cl.client() as c:
+        for d in listed[:len(complete)]:
+            assert d["job_state"] == "done" and c.job(d["job_id"]).options.snapshot_name == d["name"]
+            assert d["time"] == datetime.strptime(d["name"], "%Y-%m-%dT%H%M%SZ").strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert listed[-1]["job_id"] is None  # made by hand here: no job names it
+    assert f"snapshots in hostB:{recipe.snaps}: {len(complete)} complete, 1 being written" in table
+    assert "being written" in table and "left by an interrupted run" in table
+
+
+@pytest.mark.parametrize("arg,says", [
+    ("hostZ:/srv", "unknown host 'hostZ'"),
+    ("hostB:/etc", "hostB:/etc is outside the exports of hostB"),
+    ("hostB:{b}", "is not a snapshots directory"),
+])
+def test_snapshots_bad_input_refused_in_one_sentence(recipe: Recipe, arg: str, says: str) -> None:
+    rc, out, err = recipe.cl.ctl("snapshots", arg.format(b=recipe.snaps.parent))
+    assert rc == 2 and says in err and err.count("\n") == 1 and not out, err

@@ -29,6 +29,7 @@ from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
+from zcrepl.core.config import AgentConfig
 from zcrepl.core.errors import ProtocolError
 from zcrepl.core.types import Compress, JobOptions, TransferStats
 
@@ -47,7 +48,7 @@ class Plane:
 
     def __init__(self, dst_export: Path) -> None:
         self.tickets = TicketBook()
-        self.server = DataServer("127.0.0.1", 0, self.tickets)
+        self.server = DataServer("127.0.0.1", 0, self.tickets, AgentConfig())
         self.server.start()
         self.export = SafeRoot(os.fsencode(dst_export))
         self.results: list[Any] = []

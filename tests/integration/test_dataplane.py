@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from zchelpers import diff_trees, make_tree, rewrite, snapshot
+from zchelpers import diff_trees, make_tree, rewrite, set_default_acl, snapshot
 
 from zcrepl.agent.transfer import receive, send_worker, sendio
 from zcrepl.agent.transfer.cancel import Cancel
@@ -22,6 +22,7 @@ from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
+from zcrepl.core.config import AgentConfig
 from zcrepl.core.errors import TransferError
 from zcrepl.core.exportpolicy import ExportPolicy
 from zcrepl.core.types import JobOptions, TransferStats
@@ -32,7 +33,7 @@ class Plane:
 
     def __init__(self, dst_export: Path) -> None:
         self.tickets = TicketBook()
-        self.server = DataServer("127.0.0.1", 0, self.tickets)
+        self.server = DataServer("127.0.0.1", 0, self.tickets, AgentConfig())
         self.server.start()
         self.export = SafeRoot(os.fsencode(dst_export))
         self.results: list[Any] = []
@@ -337,3 +338,24 @@ def test_xattrs_stay_home_without_the_option(plane: Plane, tmp_path: Path) -> No
     _parity_tree(src)
     plane.run(src, b"copy")
     assert os.listxattr(tmp_path / "dst" / "copy" / "a") == []
+
+
+def test_modes_equal_the_sources_with_and_without_a_default_acl(plane: Plane, tmp_path: Path) -> None:
+    # New small files are created with their final mode and skip the fchmod where the umask and the directory's
+    # ACLs leave that mode whole: the umask would strip 0o777 and 0o666, a default ACL everything but u::rw.
+    src = tmp_path / "s"
+    (src / "sub").mkdir(parents=True)
+    modes = [0o777, 0o666, 0o644, 0o640, 0o600, 0o755, 0o400, 0o000]
+    for m in modes:
+        for d in (src, src / "sub"):
+            (d / f"f{m:o}").write_bytes(b"x" * 100)
+            (d / f"f{m:o}").chmod(m)
+    set_default_acl(tmp_path / "dst")
+    for rel in (b"acl", b"plain"):
+        if rel == b"plain":
+            os.removexattr(tmp_path / "dst", "system.posix_acl_default")
+        _, result = plane.run(src, rel)
+        assert isinstance(result, TransferStats) and result.errors == 0, result
+        for m in modes:
+            for d in (Path(os.fsdecode(rel)), Path(os.fsdecode(rel)) / "sub"):
+                assert (tmp_path / "dst" / d / f"f{m:o}").stat().st_mode & 0o7777 == m, (rel, d, oct(m))

@@ -10,6 +10,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
 from zcrepl.core import pki as zpki
+from zcrepl.core.config import AgentConfig
 from zcrepl.core.errors import TransferError
 from zcrepl.core.trust import TlsPaths, Trust
 from zcrepl.core.types import Compress, JobOptions, TransferStats
@@ -97,7 +99,8 @@ class TlsPlane:
     def __init__(self, dst_export: Path, pki: ClusterPKI, name: str = "hostB") -> None:
         self.pki = pki
         self.tickets = TicketBook()
-        self.server = DataServer("127.0.0.1", 0, self.tickets, tls_contexts=tls.TlsContexts(pki.trust("agent", name)))
+        self.server = DataServer("127.0.0.1", 0, self.tickets, AgentConfig(),
+                                 tls_contexts=tls.TlsContexts(pki.trust("agent", name)))
         self.server.start()
         self.export = SafeRoot(os.fsencode(dst_export))
         self.results: list[Any] = []
@@ -389,8 +392,8 @@ def test_a_revoked_agent_certificate_is_refused(tmp_path: Path, caplog: pytest.L
 def test_strangers_trickling_a_tls_handshake_stay_within_the_budget(tmp_path: Path, pki: ClusterPKI) -> None:
     """A TLS ClientHello that never completes counts against the strangers' budget like a slow HELLO: when a
     newcomer needs its place, the oldest is dropped at once, long before its own deadline."""
-    server = DataServer("127.0.0.1", 0, TicketBook(), handshake_timeout=60, max_pending_per_source=2,
-                        tls_contexts=tls.TlsContexts(pki.trust("agent", "hostB")))
+    cfg = replace(AgentConfig(), handshake_timeout=60, max_pending_per_source=2)
+    server = DataServer("127.0.0.1", 0, TicketBook(), cfg, tls_contexts=tls.TlsContexts(pki.trust("agent", "hostB")))
     server.start()
     socks = []
     try:

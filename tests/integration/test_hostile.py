@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from hostilepeer import ROOT, Session, f, job_failed, whole
-from zchelpers import Cluster, FakeAgent, diff_trees, snapshot
+from zchelpers import Cluster, FakeAgent, diff_trees, running, snapshot
 
 from zcrepl.agent.transfer import frame as fr
 from zcrepl.agent.transfer import opsframe as opf
@@ -29,18 +29,8 @@ from zcrepl.cli.client import ControllerClient
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("hostile")
-    (base / "x").mkdir()
-    c = Cluster(base)
-    try:
-        c.controller.start()
-        a = c.add_agent("hostA", base / "x").spawn()
-        b = c.add_agent("hostB", base / "x").spawn()
-        a.wait_ready()
-        b.wait_ready()
-        c.wait_online("hostA", "hostB")
+    with running(Cluster(base), base / "x", base / "x") as c:
         yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture(scope="module")

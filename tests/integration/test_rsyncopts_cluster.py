@@ -12,23 +12,13 @@ from pathlib import Path
 import pytest
 import zchelpers
 from treesnap import snapshot
-from zchelpers import Cluster
+from zchelpers import Cluster, running
 
 
 @pytest.fixture(scope="module")
 def cl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    base = tmp_path_factory.mktemp("rsyncopts")
-    c = Cluster(base)
-    try:
-        c.controller.start()
-        a = c.add_agent("hostA", base / "a")
-        b = c.add_agent("hostB", base / "b")
-        a.start()
-        b.start()
-        c.wait_online("hostA", "hostB")
+    with running(Cluster(tmp_path_factory.mktemp("rsyncopts"))) as c:
         yield c
-    finally:
-        c.close()
 
 
 def _tree(root: Path, files: dict[str, bytes], t: int = 1_600_000_000) -> None:

@@ -9,25 +9,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from zchelpers import Cluster, diff_trees, snapshot, wait_for, write_file
+from zchelpers import Cluster, diff_trees, running, snapshot, wait_for, write_file
 
 from zcrepl.cli.ctl import main
 
 
 @pytest.fixture(scope="module")
 def cl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    base = tmp_path_factory.mktemp("schedules")
-    c = Cluster(base)
-    try:
-        c.controller.start()
-        a = c.add_agent("hostA", base / "a")
-        b = c.add_agent("hostB", base / "b")
-        a.start()
-        b.start()
-        c.wait_online("hostA", "hostB")
+    with running(Cluster(tmp_path_factory.mktemp("schedules"))) as c:
         yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture

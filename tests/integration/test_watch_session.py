@@ -23,6 +23,7 @@ from zcrepl.agent.transfer.receive import ReceiveSession, ReceiveSpec
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.send import Sender, SendSpec
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
+from zcrepl.core.config import AgentConfig
 from zcrepl.core.errors import ProtocolError, TransferError
 from zcrepl.core.types import Durability, JobOptions, TransferStats
 
@@ -36,7 +37,7 @@ class Rule:
     def __init__(self, src: Path, dst: Path) -> None:
         self.src, self.dst = src, dst
         self.tickets = TicketBook()
-        self.server = DataServer("127.0.0.1", 0, self.tickets)
+        self.server = DataServer("127.0.0.1", 0, self.tickets, AgentConfig())
         self.server.start()
         self.export = SafeRoot(os.fsencode(dst.parent))
         self.ticket = os.urandom(32)

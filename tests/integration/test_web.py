@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from zchelpers import Cluster, wait_for, write_file
+from zchelpers import Cluster, running, wait_for, write_file
 
 from zcrepl.core.types import Endpoint, JobOptions
 
@@ -32,15 +32,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A controller serving the view on a free loopback port, and two agents; shared by this module."""
     base = tmp_path_factory.mktemp("web")
-    c = Cluster(base, http_listen="127.0.0.1:0")
-    try:
-        c.controller.start()
-        for name, export in (("hostA", "a"), ("hostB", "b")):
-            c.add_agent(name, base / export).start()
-        c.wait_online("hostA", "hostB")
+    with running(Cluster(base, http_listen="127.0.0.1:0")) as c:
         yield c
-    finally:
-        c.close()
 
 
 def tls(cluster: Cluster, cert: tuple[str, str] | None = None) -> ssl.SSLContext:
@@ -180,6 +173,9 @@ def test_a_browser_sees_hosts_progress_done_and_a_failure(web: Cluster, tmp_path
     src.mkdir()
     write_file(src / "payload", os.urandom(SIZE))
     failed_id, error = failing_job(web)
+    with web.client() as c:  # an hour away: it stays "never run" for the whole test
+        nightly = c.create_schedule(Endpoint("hostA", str(src).encode()), Endpoint("hostB", str(dst).encode()),
+                                    JobOptions(), every=3600)
     driver = webdriver.Chrome(options=options, service=service)
     try:
         url = web.controller.ready["http_url"]
@@ -200,6 +196,10 @@ def test_a_browser_sees_hosts_progress_done_and_a_failure(web: Cluster, tmp_path
         wait_for(lambda: hosts() == [["host-hostA", "true"], ["host-hostB", "true"]], what="two online hosts")
         row = wait_for(lambda: text(f"#failed #job-{failed_id}"), what="the failed job on the page")
         assert error[:60] in row
+        row = wait_for(lambda: text(f"#schedules #schedule-{nightly.id}"), what="the schedule on the page")
+        assert "every 1h" in row and "never run" in row and f"hostA:{src} → hostB:{dst}" in row
+        due = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(nightly.next_due))
+        assert f"{due} (in " in row
 
         with web.client() as c:
             job = c.submit(Endpoint("hostA", str(src).encode()), Endpoint("hostB", str(dst).encode()),
@@ -244,6 +244,8 @@ def test_a_browser_sees_hosts_progress_done_and_a_failure(web: Cluster, tmp_path
         assert not errors, errors
     finally:
         driver.quit()
+        with web.client() as c:
+            c.schedule_action("remove", nightly.id)
 
 
 def _chromium() -> tuple[Any, Any, Any]:

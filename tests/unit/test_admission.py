@@ -7,6 +7,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -15,6 +16,7 @@ from zcrepl.agent.transfer.admission import Admission
 from zcrepl.agent.transfer.channel import Channel
 from zcrepl.agent.transfer.frame import Hello
 from zcrepl.agent.transfer.server import DataServer, Grant, TicketBook
+from zcrepl.core.config import AgentConfig
 
 
 class Clock:
@@ -93,7 +95,8 @@ def test_deadline_counts_from_accept(pairs: list[tuple[socket.socket, socket.soc
 @pytest.fixture
 def server(request: pytest.FixtureRequest) -> Iterator[DataServer]:
     """A data server with default budgets and the handshake timeout the test names."""
-    s = DataServer("127.0.0.1", 0, TicketBook(), handshake_timeout=getattr(request, "param", 1.0))
+    cfg = replace(AgentConfig(), handshake_timeout=getattr(request, "param", 1.0))
+    s = DataServer("127.0.0.1", 0, TicketBook(), cfg)
     s.start()
     yield s
     s.stop()

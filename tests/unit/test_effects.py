@@ -194,6 +194,14 @@ def test_heard_takes_a_final_report_as_its_sides_result() -> None:
     assert (r.last_report, r.sender_done, r.receiver_done) == (NOW + 1, None, SOME)
 
 
+def test_heard_marks_the_destination_ready_before_the_send_is_decided() -> None:
+    r = run(receiver_ready=False)
+    r.heard(rep(S, Phase.READY), NOW)  # only the destination's READY counts
+    assert not r.receiver_ready
+    r.heard(rep(R, Phase.READY), NOW)
+    assert r.receiver_ready
+
+
 RUNNING = replace(job(attempts=1, max_attempts=3, updated_at=NOW - 4), state=JobState.RUNNING)
 RETRY = RetryPolicy(max_attempts=3, base=2.0, cap=60.0)
 

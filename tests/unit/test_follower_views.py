@@ -16,7 +16,7 @@ from zcrepl.controller.metrics import ControllerMetrics
 from zcrepl.controller.store import open_store
 from zcrepl.controller.web.state import StateBuilder
 from zcrepl.core.config import ControllerConfig
-from zcrepl.core.types import JobState, Priority
+from zcrepl.core.types import Endpoint, JobOptions, JobState, Priority
 
 
 def test_a_follower_says_it_follows_and_exports_no_fleet_gauges(tmp_path: Path) -> None:
@@ -82,3 +82,30 @@ def test_a_followers_web_view_shows_the_stored_fleet_and_names_the_leader(tmp_pa
     assert doc["running"]["total"] == stored.get(JobState.RUNNING, 0) == len(running)
     assert doc["waiting"]["total"] == stored.get(JobState.QUEUED, 0) == len(waiting)
     assert waiting and sorted(running + waiting) == [1, 2, 3]
+
+
+def test_a_followers_web_view_lists_the_stored_schedules_with_their_last_runs(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    try:
+        h.agent("hostA")
+        h.agent("hostB")
+        s = h.engine.schedules.add(Endpoint("hostA", b"/srv/a"), Endpoint("hostB", b"/srv/b"), JobOptions(), every=60)
+        h.now += 60
+        h.beat("hostA")
+        h.beat("hostB")
+        h.engine.schedules.step()
+        job = h.engine.jobs[h.engine.schedules.get(s.id).last_job_id]
+        h.start(job)
+        h.finish(job)
+    finally:
+        h.close()
+    store = open_store("", str(tmp_path))
+    e = Engine(ControllerConfig(state_dir=str(tmp_path)), store, clock=lambda: h.now + 1, lead=False)
+    try:
+        doc = asyncio.run(StateBuilder(e).build())
+    finally:
+        store.close()
+    [item] = doc["schedules"]["items"]
+    assert (item["id"], item["when"], item["runs"], item["last_job_id"], item["last_state"]) == (
+        s.id, "every 1m", 1, job.id, "done")
+    assert item["next_due"] == 1000.0 + 120

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from zchelpers import set_default_acl
 
 from zcrepl.agent.transfer import atomic
 from zcrepl.agent.transfer.atomic import AtomicFile
@@ -23,6 +26,15 @@ def root(tmp_path: Path) -> Iterator[SafeRoot]:
     (tmp_path / "d").mkdir()
     with SafeRoot(os.fsencode(tmp_path / "d")) as r:
         yield r
+
+
+@contextlib.contextmanager
+def _opened(root: SafeRoot, name: bytes) -> Iterator[int]:
+    fd = root.open_dir((name,))
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _names(p: Path) -> list[str]:
@@ -110,21 +122,52 @@ def test_without_proc_a_named_temp(root: SafeRoot, tmp_path: Path, monkeypatch: 
     assert _names(tmp_path / "d") == ["f"]
 
 
+@pytest.mark.parametrize("code", [errno.ENOENT, errno.EPERM])
+def test_linked_through_proc_where_the_kernel_refuses_to_link_an_fd(
+        root: SafeRoot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    def refuse(*_args: object) -> int:
+        ctypes.set_errno(code)
+        return -1
+
+    monkeypatch.setattr(atomic, "_FLINK", True)
+    monkeypatch.setattr(atomic, "_linkat", refuse)
+    (tmp_path / "d" / "taken").write_bytes(b"old")
+    for leaf in (b"new", b"taken"):
+        with AtomicFile(root.fd, leaf, unnamed=True) as af:
+            os.write(af.fd, leaf)
+            af.commit(0o644, MTIME_NS)
+    assert not atomic._FLINK  # refused once: the /proc path from then on
+    assert (tmp_path / "d" / "new").read_bytes() == b"new" and (tmp_path / "d" / "taken").read_bytes() == b"taken"
+    assert _names(tmp_path / "d") == ["new", "taken"]
+
+
+def test_a_removed_directory_does_not_turn_off_linking_by_fd(root: SafeRoot, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(atomic, "_FLINK", True)
+    (tmp_path / "d" / "sub").mkdir()
+    with _opened(root, b"sub") as pfd:
+        af = AtomicFile(pfd, b"f", unnamed=True)
+        os.rmdir(tmp_path / "d" / "sub")
+        with pytest.raises(FileNotFoundError):
+            af.commit(0o644, MTIME_NS)
+    assert atomic._FLINK
+
+
 def test_dircache_shares_fds_and_closes_only_idle_ones(root: SafeRoot, tmp_path: Path) -> None:
     for name in "abc":
         (tmp_path / "d" / name).mkdir()
     cache = DirCache(root, keep=1)
-    a1 = cache.acquire((b"a",))
-    a2 = cache.acquire((b"a",))
-    b = cache.acquire((b"b",))
+    a1, _ = cache.acquire((b"a",))
+    a2, _ = cache.acquire((b"a",))
+    b, _ = cache.acquire((b"b",))
     assert a1 == a2 and a1 != b
     cache.release((b"a",), a1)
     cache.release((b"b",), b)  # over ``keep``: the oldest idle one goes, "a" is still in use
     os.fstat(a2)
     cache.release((b"a",), a2)
-    c = cache.acquire((b"c",))
+    c, _ = cache.acquire((b"c",))
     cache.drop((b"c",), c)  # the directory went away: the next acquire opens the path again
-    c2 = cache.acquire((b"c",))
+    c2, _ = cache.acquire((b"c",))
     assert c2 != c
     cache.release((b"c",), c)  # a dropped fd is closed by its last user
     with pytest.raises(OSError):
@@ -134,3 +177,56 @@ def test_dircache_shares_fds_and_closes_only_idle_ones(root: SafeRoot, tmp_path:
     cache.release((b"c",), c2)
     with pytest.raises(OSError):
         os.fstat(c2)
+
+
+def _count_fchmod(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = os.fchmod
+
+    def fchmod(fd: int, mode: int) -> None:
+        calls.append(mode)
+        real(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", fchmod)
+    return calls
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o600, 0o400, 0o000, 0o755, 0o777, 0o666, 0o4755])
+def test_created_with_its_final_mode(root: SafeRoot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     mode: int) -> None:
+    calls = _count_fchmod(monkeypatch)
+    with AtomicFile(root.fd, b"f", unnamed=True, mode=mode) as af:
+        os.write(af.fd, b"x")
+        af.commit(mode, MTIME_NS)
+    assert (tmp_path / "d" / "f").stat().st_mode & 0o7777 == mode & 0o777
+    # fchmod only for bits the umask took away
+    assert atomic.UMASK is not None and bool(calls) == bool(mode & atomic.UMASK)
+
+
+def test_a_mode_other_than_the_one_created_with_is_set(root: SafeRoot, tmp_path: Path) -> None:
+    with AtomicFile(root.fd, b"f", unnamed=True, mode=0o644) as af:
+        af.commit(0o640, MTIME_NS)
+    assert (tmp_path / "d" / "f").stat().st_mode & 0o777 == 0o640
+
+
+def test_the_umask_is_read_without_changing_it() -> None:
+    old = os.umask(0o027)
+    try:
+        assert atomic._read_umask() == 0o027 and os.umask(0o027) == 0o027
+    finally:
+        os.umask(old)
+
+
+def test_dircache_tells_a_directory_with_a_default_acl(root: SafeRoot, tmp_path: Path) -> None:
+    (tmp_path / "d" / "plain").mkdir()
+    (tmp_path / "d" / "acl").mkdir()
+    set_default_acl(tmp_path / "d" / "acl")
+    cache = DirCache(root)
+    fd, plain = cache.acquire((b"plain",))
+    assert plain
+    cache.release((b"plain",), fd)
+    fd, plain = cache.acquire((b"acl",))
+    assert not plain and cache.acquire((b"acl",)) == (fd, False)  # and so it stays while held
+    cache.release((b"acl",), fd)
+    cache.release((b"acl",), fd)
+    cache.close()

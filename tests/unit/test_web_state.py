@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import replace
+from importlib import resources
+from pathlib import Path
 
 import pytest
+from enginehelpers import Harness
 
 from zcrepl.controller.engine import Engine
 from zcrepl.controller.registry import HealthHistory
@@ -22,9 +27,11 @@ from zcrepl.controller.web.state import (
     SPARK_SAMPLES,
     TEXT_MAX,
     StateBuilder,
+    _health,
 )
 from zcrepl.core.config import ControllerConfig
-from zcrepl.core.types import AgentInfo, DiskUsage, Endpoint, HostHealth, JobOptions, JobState
+from zcrepl.core.types import AgentInfo, DiskUsage, Endpoint, HostHealth, Job, JobOptions, JobState, TransferStats
+from zcrepl.core.units import rate, size
 
 AGENTS = 1000
 SAMPLES = 120
@@ -130,3 +137,57 @@ def test_sparkline_series_follow_the_ring_as_it_wraps() -> None:
     assert ring.series("cpu_percent", 4) == [21.0, 22.0, 23.0, 24.0]
     assert ring.series("transfer_bps", 50) == [h.transfer_bps for h in ring.last(50)]
     assert len(ring.series("cpu_percent", 50)) == 10
+
+
+def test_schedules_show_their_timing_next_run_last_result_and_skips(tmp_path: Path) -> None:
+    """The leader's schedules from memory, their last runs' jobs live or (once finished) from the store."""
+    h = Harness(tmp_path)
+    try:
+        h.agent("hostA")
+        h.agent("hostB")
+        hourly = h.engine.schedules.add(Endpoint("hostA", b"/srv/a"), Endpoint("hostB", b"/srv/a"), JobOptions(),
+                                        every=3600)
+        nightly = h.engine.schedules.add(Endpoint("hostA", b"/srv/n"), Endpoint("hostB", b"/srv/n"), JobOptions(),
+                                         cron="0 2 * * *", tz="Europe/Paris")
+        h.engine.schedules.pause(nightly.id)
+        h.now += 3600
+        h.engine.schedules.step()  # the first run is queued
+        h.now += 3600
+        h.engine.schedules.step()  # still queued: this run is skipped
+        doc = asyncio.run(StateBuilder(h.engine).build())
+        job_id = h.engine.schedules.get(hourly.id).last_job_id
+        h.engine.cancel(job_id)
+        after = asyncio.run(StateBuilder(h.engine).build())["schedules"]["items"][0]
+    finally:
+        h.close()
+    assert doc["summary"]["schedules"] == {"total": 2, "paused": 1}
+    first, second = doc["schedules"]["items"]
+    assert first["when"] == "every 1h" and first["every_text"] == "1h" and not first["paused"]
+    assert (first["source"], first["destination"]) == ("hostA:/srv/a", "hostB:/srv/a")
+    assert first["next_due"] == 1000.0 + 3 * 3600
+    assert first["next_due_text"] == time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(first["next_due"]))
+    assert (first["runs"], first["skips"], first["last_job_id"], first["last_state"]) == (1, 1, job_id, "queued")
+    assert "still queued" in first["last_skip"]
+    assert second["when"] == "cron 0 2 * * * (Europe/Paris)" and second["tz"] == "Europe/Paris"
+    assert second["paused"] and second["next_due"] is None and second["last_state"] is None
+    assert (after["last_state"], after["last_job_id"]) == ("cancelled", job_id)
+
+
+@pytest.mark.parametrize("n", [0, 1, 512, 1023, 1024, 1536, 1048575, 10 << 20, 5 << 30, 3 << 40, 1 << 50])
+def test_sizes_and_rates_are_the_text_of_core_units(n: int) -> None:
+    """One rule for the page and zc-ctl: every size or rate the page shows is core/units' text, sent by the
+    server (the page's script does no unit arithmetic: checked below)."""
+    health = _health(HostHealth(mem_available=n, transfer_bps=float(n),
+                                exports=(DiskUsage(b"/srv", 1 << 60, 0, n, 1.0),)))
+    assert health["mem_available_text"] == size(n)
+    assert health["transfer_rate_text"] == rate(n)
+    assert health["fullest_export"]["free_text"] == size(n)
+    job = Job(1, JobState.DONE, Endpoint("a", b"/x"), Endpoint("b", b"/y"), JobOptions(),
+              progress=TransferStats(bytes_done=n))
+    assert StateBuilder._finished(job)["bytes_done_text"] == size(n)
+
+
+def test_the_page_formats_no_sizes_of_its_own() -> None:
+    script = (resources.files("zcrepl.controller.web") / "static" / "app.js").read_text()
+    assert not re.search(r"KiB|MiB|GiB|1024|toFixed\(1\)\} \$\{", script)
+    assert "_text" in script

@@ -1,5 +1,6 @@
 // The zcrepl web view: fetches api/state every second and redraws. Everything shown comes from the
-// controller as text (textContent only: paths and errors are agents' words, never markup).
+// controller as text (textContent only: paths and errors are agents' words, never markup). Sizes and rates
+// come formatted by the controller (the *_text keys, core/units.py): one rule for the page and zc-ctl.
 "use strict";
 
 const PERIOD_MS = 1000;
@@ -18,13 +19,6 @@ function el(tag, attrs, ...children) {
   }
   for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   return e;
-}
-
-function bytes(n) {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return i === 0 ? `${Math.round(n)} B` : `${n.toFixed(1)} ${units[i]}`;
 }
 
 function duration(s) {
@@ -53,12 +47,12 @@ function spark(values, ceiling) {
   return svg;
 }
 
-function bar(done, total, paused) {
+function bar(done, total, totalText, paused) {
   const pct = total > 0 ? Math.min(100, (100 * done) / total) : 0;
   const fill = el("div", { class: paused ? "fill paused" : "fill" });
   fill.style.width = `${pct.toFixed(1)}%`;
   return el("div", { class: "bar", "data-percent": pct.toFixed(1) }, fill,
-    el("div", { class: "label" }, total > 0 ? `${pct.toFixed(0)}% of ${bytes(total)}` : "scanning…"));
+    el("div", { class: "label" }, total > 0 ? `${pct.toFixed(0)}% of ${totalText}` : "scanning…"));
 }
 
 function fill(id, rows, columns, empty) {
@@ -90,6 +84,8 @@ function summary(s) {
     chip("watch rules", r.total),
   ];
   if (r.total) chips.push(chip("max lag", duration(r.max_lag), r.max_lag > 300 ? "warn" : ""));
+  const sc = s.schedules;
+  if (sc.total) chips.push(chip("schedules", sc.paused ? `${sc.total} (${sc.paused} paused)` : sc.total));
   for (const [kind, n] of Object.entries(s.waiting)) chips.push(chip(`waiting: ${kind.replace("_", " ")}`, n));
   document.getElementById("summary").replaceChildren(...chips);
 }
@@ -103,11 +99,11 @@ function hosts(h, now) {
     const cells = hh ? [
       el("td", { class: "num" }, `${hh.cpu_percent.toFixed(0)}%`), el("td", {}, spark(x.history.cpu, 100)),
       el("td", { class: "num" }, (hh.load1 / Math.max(1, hh.cpu_count)).toFixed(2)),
-      el("td", { class: "num" }, bytes(hh.mem_available)),
-      el("td", { class: "num" }, hh.active_transfers ? `${hh.active_transfers} · ${bytes(hh.transfer_bps)}/s` : "0"),
+      el("td", { class: "num" }, hh.mem_available_text),
+      el("td", { class: "num" }, hh.active_transfers ? `${hh.active_transfers} · ${hh.transfer_rate_text}` : "0"),
       el("td", {}, spark(x.history.transfer_bps)),
       el("td", { class: "path" }, hh.fullest_export
-        ? `${hh.fullest_export.path} ${hh.fullest_export.percent.toFixed(0)}% (${bytes(hh.fullest_export.free)} free)`
+        ? `${hh.fullest_export.path} ${hh.fullest_export.percent.toFixed(0)}% (${hh.fullest_export.free_text} free)`
         : "-"),
     ] : [el("td", { class: "empty", colspan: "7" },
       leading ? "no health reported yet" : "live health is in the leader's view")];
@@ -126,10 +122,10 @@ function hosts(h, now) {
 function running(r, now) {
   fill("running", r.items.map((j) => {
     const left = j.rate_bps > 0 && j.bytes_total ? (j.bytes_total - j.bytes_done) / j.rate_bps : NaN;
-    const rate = j.paused ? "paused" : `${bytes(j.rate_bps)}/s`;
+    const rate = j.paused ? "paused" : j.rate_text;
     return el("tr", { id: `job-${j.id}`, "data-state": "running" },
-      el("td", { class: "num" }, `#${j.id}`), route(j), el("td", {}, bar(j.bytes_done, j.bytes_total, j.paused)),
-      el("td", { class: "num" }, j.bwlimit ? `${rate} (cap ${bytes(j.bwlimit)}/s)` : rate),
+      el("td", { class: "num" }, `#${j.id}`), route(j), el("td", {}, bar(j.bytes_done, j.bytes_total, j.bytes_total_text, j.paused)),
+      el("td", { class: "num" }, j.bwlimit ? `${rate} (cap ${j.bwlimit_text})` : rate),
       el("td", { class: "num" }, `${j.files_done}/${j.files_total}${j.scan_done ? "" : "+"}`),
       el("td", { class: "num" }, `${j.attempt}/${j.max_attempts}`),
       el("td", { class: "num" }, duration(left)));
@@ -157,7 +153,7 @@ function finished(f, now) {
   fill("finished", f.items.map((j) => el("tr", { id: `job-${j.id}`, "data-state": j.state },
     el("td", { class: "num" }, `#${j.id}`), route(j),
     el("td", {}, el("span", { class: `badge ${j.state}` }, j.skipped ? `${j.state} (${j.skipped} skipped)` : j.state)),
-    el("td", { class: "num" }, bytes(j.bytes_done)), el("td", { class: "num" }, String(j.files_done)),
+    el("td", { class: "num" }, j.bytes_done_text), el("td", { class: "num" }, String(j.files_done)),
     el("td", { class: "num" }, ago(j.finished_at, now)))), 6, "no job has finished yet");
 }
 
@@ -167,9 +163,32 @@ function rules(r) {
     el("td", { class: "path" }, `${x.source} → ${x.destinations.join(", ")}`),
     el("td", {}, x.state === "paused" ? el("span", { class: "badge paused" }, "paused") : x.status),
     el("td", { class: "num" }, duration(x.lag)), el("td", { class: "num" }, String(x.pending)),
-    el("td", { class: "num" }, bytes(x.bytes)), el("td", { class: "err" }, x.last_error))),
+    el("td", { class: "num" }, x.bytes_text), el("td", { class: "err" }, x.last_error))),
   7, "no watch rule");
   count("rules-count", r.items.length, r.total);
+}
+
+function dueIn(x, now) {
+  if (x.paused) return el("span", { class: "badge paused" }, "paused");
+  if (!x.next_due) return "-";
+  const left = x.next_due - now;
+  return `${x.next_due_text} (${left > 0 ? `in ${duration(left)}` : "due now"})`;
+}
+
+function lastRun(x, now) {
+  if (!x.last_job_id) return "never run";
+  const state = el("span", { class: `badge ${x.last_state}` }, x.last_state);
+  return el("span", {}, `#${x.last_job_id} `, state, ` ${ago(x.last_run_at, now)}`);
+}
+
+function schedules(sc, now) {
+  fill("schedules", sc.items.map((x) => el("tr", { id: `schedule-${x.id}`, "data-paused": String(x.paused) },
+    el("td", { class: "num" }, `#${x.id}`), el("td", { class: "path" }, x.when),
+    el("td", { class: "path" }, `${x.source} → ${x.destination}`), el("td", { class: "due" }, dueIn(x, now)),
+    el("td", { class: "last" }, lastRun(x, now)), el("td", { class: "num" }, String(x.skips)),
+    el("td", { class: "err" }, [x.last_error, x.note, x.last_skip].filter(Boolean).join("; ")))),
+  7, "no schedule");
+  count("schedules-count", sc.items.length, sc.total);
 }
 
 // A follower shows what the store holds; the live view (health, rates, lag) is the leader's.
@@ -206,6 +225,7 @@ async function refresh() {
     failed(s.failed, now);
     finished(s.finished, now);
     rules(s.rules);
+    schedules(s.schedules, now);
     status.className = "status";
     status.textContent = `updated ${new Date(now * 1000).toLocaleTimeString()}`;
   } catch (err) {
