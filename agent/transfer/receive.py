@@ -30,7 +30,7 @@ from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.channel import ZERO_COPY, Channel, ZeroCopy, shut, wait_ready
 from zcrepl.agent.transfer.compress import Unpacker
 from zcrepl.agent.transfer.fileslot import FileSlot
-from zcrepl.agent.transfer.flush import start_writeback, sync_ancestors
+from zcrepl.agent.transfer.flush import JobFlush, start_writeback, sync_ancestors
 from zcrepl.agent.transfer.frame import FileHead, Hello
 from zcrepl.agent.transfer.jobdirs import ExtraDirs, attach_dirs, detach_dirs
 from zcrepl.agent.transfer.limits import SessionLimits
@@ -41,7 +41,7 @@ from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.agent.transfer.server import Grant, TicketBook
 from zcrepl.core.errors import ProtocolError, TransferError
 from zcrepl.core.exportpolicy import DEFAULT_POLICY, ExportPolicy
-from zcrepl.core.types import Durability, JobOptions, TransferStats
+from zcrepl.core.types import JobOptions, TransferStats
 
 _FILE_ENDS = frozenset(fr.FileEnd)
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ _BUF = 1 << 20
 DATA_TICKET_TTL = 60.0
 DATA_WAIT = 120.0
 WRITEBACK_STEP = 8 << 20
+FLUSH_STEP = 32 << 20  # job durability: a big file is flushed in steps of this size as it arrives (flush.py)
 
 
 @dataclass
@@ -126,7 +127,7 @@ class ReceiveSession:
             root.close()
 
     def _control_loop(self, ch: Channel, writer: TreeWriter) -> fr.Result:
-        sink = _Sink(ch, self.spec.zero_copy, writeback=self.spec.options.durability is Durability.JOB)
+        sink = _Sink(ch, self.spec.zero_copy, writer.flush)
         try:
             return ControlSession(self, ch, writer, sink).run()
         finally:
@@ -138,7 +139,7 @@ class ReceiveSession:
             if self.writer is None or self._error is not None:
                 return
             self._data[ch] = False
-        sink = _Sink(ch, self.spec.zero_copy, writeback=self.spec.options.durability is Durability.JOB)
+        sink = _Sink(ch, self.spec.zero_copy, self.writer.flush)
         try:
             ch.send(fr.encode_accept([]))  # inside: a source already gone must still mark this one finished
             while True:
@@ -237,13 +238,16 @@ class ReceiveSession:
 class _Sink:
     """Moves one range of file bytes from a connection into a slot's temp file."""
 
-    def __init__(self, ch: Channel, zero_copy: ZeroCopy, writeback: bool = False) -> None:
+    def __init__(self, ch: Channel, zero_copy: ZeroCopy, flush: JobFlush | None = None) -> None:
         self.ch = ch
         self.use_splice = zero_copy.splice and isinstance(ch.sock, socket.socket)  # never under TLS
-        # ``job`` durability: start the writeback of each WRITEBACK_STEP written, so a big file is mostly on
-        # disk when its last byte arrives instead of all of it being written then.
-        self.writeback = writeback
+        # ``job`` durability: start the writeback of each WRITEBACK_STEP written, and have the flush make
+        # each FLUSH_STEP durable in the background, so a big file is mostly on disk when its last byte
+        # arrives instead of all of it being written (and the device's cache drained) then.
+        self.flush = flush
+        self.writeback = flush is not None
         self._kick = 0
+        self._flushed = 0
         self._pipe: tuple[int, int] | None = None
         self._buf: bytearray | None = None
         self._unpacker: Unpacker | None = None  # this connection's zstd context, made at its first ZFILE
@@ -251,7 +255,7 @@ class _Sink:
 
     def write(self, slot: FileSlot, head: FileHead) -> None:
         fd, off, left = slot.fd, head.offset, head.length
-        self._kick = off
+        self._kick = self._flushed = off
         view = self.ch.buffered(left)  # bytes that came in with the frame header
         if view:
             if fd is not None:
@@ -273,7 +277,7 @@ class _Sink:
         if self._unpacker is None:
             self._unpacker = Unpacker()
         fd, off = slot.fd, head.offset
-        self._kick = off
+        self._kick = self._flushed = off
         for data in self._unpacker.pieces(self.ch, head.length, label):
             if fd is not None:
                 _pwrite_all(fd, memoryview(data), off)
@@ -353,6 +357,9 @@ class _Sink:
     def _start_writeback(self, fd: int, end: int) -> None:
         start_writeback(fd, self._kick, end - self._kick)
         self._kick = end
+        if self.flush is not None and end - self._flushed >= FLUSH_STEP:
+            self.flush.flush_early(fd)
+            self._flushed = end
 
     def _pipe_to_file(self, r: int, fd: int, off: int, n: int) -> None:
         while n:

@@ -1,21 +1,29 @@
-"""JobFlush on real files: every fd handed in is fsynced and closed, a failed fsync fails the wait, and an
-abandoned attempt closes what it held without waiting for it to be durable."""
+"""JobFlush on real files: every fd handed in is fsynced and closed, a failed fsync fails the wait, an
+abandoned attempt closes what it held without waiting for it to be durable, and a big file still arriving is
+flushed in steps behind its write position."""
 
 from __future__ import annotations
 
 import os
 import resource
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from zcrepl.agent.transfer import flush as fl
 from zcrepl.agent.transfer import opsframe as opf
+from zcrepl.agent.transfer import receive as rc
 from zcrepl.agent.transfer.apply import TreeWriter
 from zcrepl.agent.transfer.changes import apply_ops
+from zcrepl.agent.transfer.channel import Channel, ZeroCopy
+from zcrepl.agent.transfer.fileslot import FileSlot
 from zcrepl.agent.transfer.flush import JobFlush
-from zcrepl.agent.transfer.frame import Entry, Kind
+from zcrepl.agent.transfer.frame import Entry, FileHead, Kind
 from zcrepl.agent.transfer.saferoot import SafeRoot
 from zcrepl.core.errors import TransferError
 from zcrepl.core.types import JobOptions
@@ -153,3 +161,42 @@ def test_the_fds_in_flight_grow_with_the_fd_limit_up_to_an_eighth_of_it(monkeypa
                                                                        want: int) -> None:
     monkeypatch.setattr(resource, "getrlimit", lambda _which: (soft, resource.RLIM_INFINITY))
     assert fl.in_flight() == want
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "recv+pwrite"])
+def test_a_big_range_is_flushed_in_steps_as_it_arrives(tmp_path: Path, root: int, splice: bool,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rc, "WRITEBACK_STEP", 256 << 10)  # the steps made small: a 3 MiB range takes several
+    monkeypatch.setattr(rc, "FLUSH_STEP", 1 << 20)
+    data = os.urandom((3 << 20) + 12345)
+    before = _open_fds()
+    a, b = socket.socketpair()
+    sender = threading.Thread(target=a.sendall, args=(data,))
+    sender.start()
+    f = JobFlush(root)
+    fd = os.open(tmp_path / "big", os.O_RDWR | os.O_CREAT, 0o600)
+    sink = rc._Sink(Channel(b), ZeroCopy(splice=splice), f)
+    try:
+        sink.write(cast(FileSlot, SimpleNamespace(fd=fd)), FileHead(0, 0, len(data), len(data), 0, 0o644))
+    finally:
+        sink.close()
+        sender.join()
+        a.close()
+        b.close()
+    assert f.early_flushes >= 1  # one at least: a step's flush is skipped while the one before runs
+    f.file_done(fd, len(data))
+    f.wait("test")
+    assert _open_fds() == before  # the duplicates the early flushes worked on are closed too
+    assert (tmp_path / "big").read_bytes() == data
+
+
+def test_a_failed_early_flush_fails_the_wait(tmp_path: Path, root: int) -> None:
+    before = _open_fds()
+    f = JobFlush(root)
+    r, w = os.pipe()  # fdatasync of a pipe is EINVAL, as a failing disk's writeback error would be EIO
+    f.flush_early(r)
+    os.close(w)
+    os.close(r)  # the caller's fd may go (the file committed or discarded) while its flush runs
+    with pytest.raises(TransferError, match="test: what this job wrote could not be made durable"):
+        f.wait("test")
+    assert _open_fds() == before
