@@ -317,25 +317,30 @@ class SafeRoot:
         Opening a device node may have driver side effects: only ask for what the scanner saw as regular.
         """
         pfd, leaf = self.open_parent(parts)
-        rel = b"/".join(parts)
         try:
-            fd = os.open(leaf, _READ_FLAGS, dir_fd=pfd)
+            return self.open_read_at(pfd, leaf, b"/".join(parts))[0]
+        finally:
+            os.close(pfd)
+
+    def open_read_at(self, dfd: int, leaf: bytes, rel: bytes) -> tuple[int, os.stat_result]:
+        """(fd, its fstat) of the regular file ``leaf`` in the directory ``dfd`` (a confined fd of this root;
+        ``rel`` names it in messages), refused as :meth:`open_read` refuses; the caller closes the fd."""
+        try:
+            fd = os.open(leaf, _READ_FLAGS, dir_fd=dfd)
         except OSError as err:
             if err.errno == errno.ELOOP:
                 raise self._unsafe(rel, "it is a symlink (sent as a link, never read)") from err
             if err.errno == errno.ENXIO:  # a socket, or a device without a driver
                 raise self._unsafe(rel, "not a regular file") from err
             raise
-        finally:
-            os.close(pfd)
         try:
-            st_mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(st_mode):
-                raise self._unsafe(rel, f"not a regular file but a {_kind(st_mode)}")
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise self._unsafe(rel, f"not a regular file but a {_kind(st.st_mode)}")
         except BaseException:
             os.close(fd)
             raise
-        return fd
+        return fd, st
 
     def lstat(self, parts: Sequence[bytes]) -> os.stat_result | None:
         """``lstat`` of ``root/parts...`` (of the root for ``()``); None when it or a parent is absent.

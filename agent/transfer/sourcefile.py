@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from collections.abc import Iterator
 
 from zcrepl.agent.transfer.frame import Entry
 from zcrepl.agent.transfer.saferoot import SafeRoot, validate_name, validate_relpath
-from zcrepl.core.errors import UnsafePath
-from zcrepl.core.paths import show
-
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def as_scanned(st: os.stat_result, e: Entry) -> bool:
@@ -64,28 +59,9 @@ class SourceFiles:
             self.release()
             self._dfd = self.root.open_dir(validate_relpath(parent))
             self._dir = parent
-        try:
-            fd = os.open(leaf, _READ_FLAGS, dir_fd=self._dfd)
-        except OSError as err:
-            if err.errno == errno.ELOOP:
-                raise self._unsafe(path, "it is a symlink (sent as a link, never read)") from err
-            if err.errno == errno.ENXIO:  # a socket, or a device without a driver
-                raise self._unsafe(path, "not a regular file") from err
-            raise
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise self._unsafe(path, "not a regular file any more")
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, st
+        return self.root.open_read_at(self._dfd, leaf, path)
 
     def release(self) -> None:
         dfd, self._dfd, self._dir = self._dfd, -1, None
         if dfd >= 0:
             os.close(dfd)
-
-    def _unsafe(self, path: bytes, why: str) -> UnsafePath:
-        return UnsafePath(f'refusing "{show(path)}" under root "{show(self.root.path)}": {why}; '
-                          "remove or replace it on this host if it is not an attack")
